@@ -1,0 +1,78 @@
+"""The HTTP API: one FastAPI app composed of each service's views (intake, router, notifier).
+
+It holds a Kafka producer (acks=all) and the Redis ticket store; it runs no consumers."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+from redis.asyncio import Redis
+
+from services.intake import views as intake_views
+from services.intake.service import IntakeService
+from services.notifier import views as notifier_views
+from services.notifier.gateway import OutboxGateway
+from services.notifier.service import Notifier
+from services.router import views as router_views
+from shared.bus import ensure_topics, make_broker
+from shared.city import load_city
+from shared.runtime import configure_logging
+from shared.settings import Settings, get_settings
+from shared.store import TicketStore
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(settings.log_level)
+        redis = Redis.from_url(settings.redis_url)
+        broker = make_broker(settings, app_name="api")
+        await ensure_topics(settings)
+        await broker.connect()
+        store = TicketStore(redis)
+        app.state.settings = settings
+        app.state.city = load_city(settings.city_config_dir)
+        app.state.redis = redis
+        app.state.broker = broker
+        app.state.store = store
+        app.state.intake = IntakeService(broker, store, timezone=settings.timezone)
+        app.state.notifier = Notifier(store, OutboxGateway(redis))
+        try:
+            yield
+        finally:
+            await broker.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="12345 appeals API",
+        description="Resident appeal intake and routing (接诉即办).",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    for views in (intake_views, router_views, notifier_views):
+        app.include_router(views.router)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The same shape as our own validation errors: which field, and why.
+        first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return JSONResponse(
+            status_code=422,
+            content={"error": "invalid_request", "field": field, "message": f"{field}: {first['msg']}",
+                     "details": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]},
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz(request: Request) -> dict:
+        await request.app.state.redis.ping()
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,74 @@
+"""The intake worker: keeps the duplicate index that operators consult before submitting.
+
+  dup:caller:{caller_id}  open ticket numbers of a caller (added on receipt, removed on close)
+  dup:grid:{grid}         ticket numbers per grid, scored by time (last 7 days kept)
+
+The HTTP side of intake (views.py) numbers and publishes; this worker follows the events."""
+
+from __future__ import annotations
+
+import time
+
+from faststream import FastStream
+
+from shared import topics
+from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, raw_body
+from shared.events import AppealClassified, AppealReceived, TicketUpdated
+from shared.metrics import BATCH_SECONDS
+from shared.runtime import Runtime
+from shared.settings import Settings
+
+NAME = "intake"
+DUPLICATE_WINDOW_SECONDS = 7 * 86400
+
+
+def caller_key(caller_id: str) -> str:
+    return f"dup:caller:{caller_id}"
+
+
+def grid_key(grid: str) -> str:
+    return f"dup:grid:{grid}"
+
+
+def build_app(settings: Settings | None = None) -> FastStream:
+    rt = Runtime.create(NAME, settings)
+    app = rt.app(metrics_port=rt.settings.metrics_port_intake)
+
+    @rt.broker.subscriber(topics.APPEAL_RECEIVED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    async def index_callers(bodies: list[bytes]) -> None:
+        started = time.perf_counter()
+        appeals = await parse_or_dead_letter(rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
+        async with rt.redis.pipeline(transaction=False) as p:
+            for a in appeals:
+                if a.caller.caller_id:  # SADD is idempotent: a redelivery changes nothing
+                    p.sadd(caller_key(a.caller.caller_id), a.ticket_no)
+                    p.expire(caller_key(a.caller.caller_id), 90 * 86400)
+            await p.execute()
+        BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
+
+    @rt.broker.subscriber(topics.APPEAL_CLASSIFIED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    async def index_grids(bodies: list[bytes]) -> None:
+        classified = await parse_or_dead_letter(rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME)
+        cutoff = time.time() - DUPLICATE_WINDOW_SECONDS
+        async with rt.redis.pipeline(transaction=False) as p:
+            for c in classified:
+                if c.grid.grid:
+                    key = grid_key(c.grid.grid)
+                    p.zadd(key, {c.ticket_no: c.appeal.received_at.timestamp()})
+                    p.zremrangebyscore(key, "-inf", cutoff)
+            await p.execute()
+
+    @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    async def forget_closed(bodies: list[bytes]) -> None:
+        updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
+        closed = [u.ticket_no for u in updates if u.action == "closed"]
+        if not closed:
+            return
+        tickets = await rt.store.get_many(closed)
+        async with rt.redis.pipeline(transaction=False) as p:
+            for t in tickets:
+                if t is not None and t.caller.caller_id:
+                    p.srem(caller_key(t.caller.caller_id), t.ticket_no)
+            await p.execute()
+
+    return app

@@ -1,0 +1,90 @@
+"""What intake accepts: validation and normalisation shared by every channel. Pure functions.
+
+Errors name the field and say what to do, in Chinese (operators and residents read them)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from shared.events import Caller, Channel, GeoPoint
+from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+
+TEXT_MIN, TEXT_MAX = 5, 5000
+ADDRESS_MAX = 200
+# Control characters except tab/newline, plus zero-width and bidi controls that break display.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+class InvalidAppeal(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def clean_text(raw: str) -> str:
+    text = unicodedata.normalize("NFC", raw)
+    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated appeal, before it has a number. `phone` and `name` are personal data."""
+
+    channel: Channel
+    text: str
+    title: str = ""
+    address: str = ""
+    location: GeoPoint | None = None
+    phone: str | None = None
+    name: str | None = None
+    operator_id: str | None = None
+    urgent: bool = False
+
+    @property
+    def caller(self) -> Caller:
+        if not self.phone:
+            return Caller()
+        return Caller(caller_id=caller_id(self.phone), masked_phone=mask_phone(self.phone))
+
+
+def validate(
+    *,
+    channel: Channel,
+    text: str,
+    title: str = "",
+    address: str = "",
+    phone: str | None = None,
+    name: str | None = None,
+    operator_id: str | None = None,
+    urgent: bool = False,
+    location: GeoPoint | None = None,
+    phone_required: bool = False,
+) -> Submission:
+    text = clean_text(text or "")
+    if len(text) < TEXT_MIN:
+        raise InvalidAppeal("text", f"诉求内容太短（{len(text)}字），请至少写{TEXT_MIN}个字说明问题")
+    if len(text) > TEXT_MAX:
+        raise InvalidAppeal("text", f"诉求内容太长（{len(text)}字），请控制在{TEXT_MAX}字以内")
+    address = clean_text(address or "")
+    if len(address) > ADDRESS_MAX:
+        raise InvalidAppeal("address", f"地址太长，请控制在{ADDRESS_MAX}字以内")
+    normalized_phone = None
+    if phone and phone.strip():
+        try:
+            normalized_phone = normalize_phone(phone)
+        except InvalidPhone as e:
+            raise InvalidAppeal("caller_phone", f"{e}，请填写11位手机号或带区号的固话") from None
+    elif phone_required:
+        raise InvalidAppeal("caller_phone", "请填写来电号码")
+    name = clean_text(name or "") or None
+    if name and len(name) > 50:
+        raise InvalidAppeal("caller_name", "姓名太长，请控制在50字以内")
+    return Submission(
+        channel=channel, text=text, title=clean_text(title or "")[:100], address=address,
+        location=location, phone=normalized_phone, name=name, operator_id=operator_id,
+        urgent=urgent,
+    )

@@ -1,0 +1,84 @@
+"""The responsibility list (权责清单): which department owns a classified appeal. Pure functions.
+
+A rule matches when its category is the appeal's category or one of its ancestors, and its area (if
+any) contains the appeal's grid. The most specific rule wins: a narrower area first (grid, then
+community, then street, then anywhere), then a deeper category. No rule: the fallback owner, because
+unclear jurisdiction must never leave a ticket unowned. Low confidence: the dispatch desk decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from shared.city import City, ResponsibilityRule
+from shared.events import GridMatch
+
+
+@dataclass(frozen=True)
+class Routing:
+    lead: str
+    co: tuple[str, ...]
+    via: Literal["rule", "fallback", "dispatch_desk"]
+    rule: str  # the rule, in words
+    explanation: str  # why, in Chinese, for the department that receives it
+    ambiguous: tuple[str, ...] = ()  # other leads named by equally specific rules
+
+
+def _area_specificity(rule: ResponsibilityRule, grid: GridMatch) -> int | None:
+    """3 grid, 2 community, 1 street, 0 anywhere; None when the rule's area does not contain it."""
+    if rule.grid is not None:
+        return 3 if rule.grid == grid.grid else None
+    if rule.community is not None:
+        return 2 if rule.community == grid.community else None
+    if rule.street is not None:
+        return 1 if rule.street == grid.street else None
+    return 0
+
+
+def describe_rule(city: City, rule: ResponsibilityRule) -> str:
+    area = rule.grid or rule.community or rule.street
+    where = f"（限{area}）" if area else ""
+    return f"{'/'.join(city.category_names(rule.category))}{where} → {city.department_by_id[rule.lead].name}"
+
+
+def matching_rules(city: City, category: str, grid: GridMatch) -> list[tuple[tuple[int, int], ResponsibilityRule]]:
+    """Rules that apply, most specific first, with their (area, category depth) specificity."""
+    path = city.category_path[category]
+    found = []
+    for rule in city.responsibilities.rules:
+        if rule.category not in path:
+            continue
+        area = _area_specificity(rule, grid)
+        if area is None:
+            continue
+        found.append(((area, path.index(rule.category)), rule))
+    found.sort(key=lambda x: x[0], reverse=True)
+    return found
+
+
+def route(city: City, category: str, grid: GridMatch, confidence: float, threshold: float) -> Routing:
+    names = "/".join(city.category_names(category))
+    if confidence < threshold or grid.grid is None:
+        why = f"分类置信度{confidence:.2f}低于阈值{threshold:.2f}" if confidence < threshold else "未能确定所属网格"
+        return Routing(
+            lead=city.responsibilities.dispatch_desk, co=(), via="dispatch_desk", rule="",
+            explanation=f"{why}，转人工派单（{names}）",
+        )
+    rules = matching_rules(city, category, grid)
+    if not rules:
+        owner = city.responsibilities.fallback_owner
+        return Routing(
+            lead=owner, co=(), via="fallback", rule="",
+            explanation=f"权责清单中没有“{names}”的责任单位，由{city.department_by_id[owner].name}兜底承办",
+        )
+    best_score, best = rules[0]
+    ties = tuple(
+        r.lead for score, r in rules[1:] if score == best_score and r.lead != best.lead
+    )
+    rule_text = describe_rule(city, best)
+    return Routing(
+        lead=best.lead, co=best.co, via="rule", rule=rule_text,
+        explanation=f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，网格{grid.grid}（{grid.method}）",
+        ambiguous=ties,
+    )

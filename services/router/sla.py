@@ -1,0 +1,63 @@
+"""Deadlines (SLA): respond within N clock hours; resolve within M clock hours or working days on
+the city's holiday calendar. Pure functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from shared.city import City, SlaClass, SlaConfig
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    sla_class: str
+    respond_by: datetime
+    resolve_by: datetime
+
+
+def is_workday(day: date, sla: SlaConfig) -> bool:
+    if day in sla.workdays:  # a make-up working day (调休) on a weekend
+        return True
+    if day in sla.holidays:
+        return False
+    return day.weekday() < 5
+
+
+def add_working_days(start: datetime, days: int, sla: SlaConfig, tz: ZoneInfo) -> datetime:
+    """`start` plus `days` working days, at the same local clock time."""
+    local = start.astimezone(tz)
+    added = 0
+    while added < days:
+        local += timedelta(days=1)
+        if is_workday(local.date(), sla):
+            added += 1
+    return local
+
+
+def sla_class_for(city: City, category: str, urgent: bool) -> str:
+    sla = city.sla
+    if urgent:
+        return sla.urgent_class
+    # The deepest category (leaf first) that the SLA table names.
+    for cat in reversed(city.category_path.get(category, ())):
+        if cat in sla.categories:
+            return sla.categories[cat]
+    return sla.default_class
+
+
+def resolve_deadline(cls: SlaClass, start: datetime, sla: SlaConfig, tz: ZoneInfo) -> datetime:
+    if cls.resolve_hours is not None:
+        return start + timedelta(hours=cls.resolve_hours)
+    return add_working_days(start, cls.resolve_days or 0, sla, tz)
+
+
+def deadlines(city: City, category: str, urgent: bool, start: datetime, tz: ZoneInfo) -> Deadlines:
+    name = sla_class_for(city, category, urgent)
+    cls = city.sla.classes[name]
+    return Deadlines(
+        sla_class=name,
+        respond_by=start + timedelta(hours=cls.respond_hours),
+        resolve_by=resolve_deadline(cls, start, city.sla, tz),
+    )

@@ -1,0 +1,167 @@
+"""Kafka plumbing every service shares: the broker, topic creation, confirmed publishing, dead letters.
+
+Delivery contract (the same on Tansu and on Apache Kafka):
+- producers use acks=all; idempotent producers are a setting (Apache Kafka has them, Tansu does not),
+  and correctness never depends on them: consumers drop duplicates by `event_id`;
+- subscribers take batches of raw bytes and parse them here, so one poison message goes to
+  `<topic>.dlq` with its error while the rest of the batch is handled;
+- offsets are committed after the handler returns; a handler that raises (Redis down, say) is
+  nacked, the batch is read again, and idempotent handlers make the repeat harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import REGISTRY, CollectorRegistry
+from pydantic import ValidationError
+
+from shared import topics
+from shared.events import Event
+from shared.metrics import DEAD_LETTERS
+from shared.settings import Settings
+from shared.store import TicketStore
+
+log = logging.getLogger(__name__)
+E = TypeVar("E", bound=Event)
+
+# Subscriber defaults for the hot path: batches, commit after success, retry the batch on error.
+BATCH_SUBSCRIBER: dict[str, Any] = {
+    "batch": True,
+    "max_records": 500,
+    "batch_timeout_ms": 20,
+    "auto_offset_reset": "earliest",
+    "ack_policy": AckPolicy.NACK_ON_ERROR,
+}
+
+
+async def raw_body(message: Any) -> Any:
+    """Decoder that hands the handler the bytes as they came (FastStream would JSON-decode them)."""
+    return message.body
+
+
+def make_broker(
+    settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY
+) -> KafkaBroker:
+    return KafkaBroker(
+        settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=2,  # lets concurrent publishes share a request
+        client_id=f"appeals-{app_name}",
+        middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name=app_name)],
+        log_level=logging.DEBUG,  # FastStream logs every message at this level: keep it off INFO
+    )
+
+
+async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> None:
+    """Create the topics that do not exist yet (Apache Kafka may have auto-creation off)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(n, settings.kafka_topic_partitions, settings.kafka_replication_factor)
+            for n in names
+            if n not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+    finally:
+        await admin.close()
+
+
+async def publish(broker: KafkaBroker, events: Sequence[Event], topic: str | None = None) -> None:
+    """Publish events keyed by ticket number (one ticket's events stay in order) and wait until the
+    broker has acknowledged every one of them. Raises if any was not acknowledged."""
+    if not events:
+        return
+    pending = [
+        await broker.publish(
+            e.to_bytes(),
+            topic or e.topic,
+            key=e.ticket_no.encode(),
+            headers={"content-type": "application/json"},
+            no_confirm=True,
+        )
+        for e in events
+    ]
+    await asyncio.gather(*pending)
+
+
+def parse_batch(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], list[tuple[bytes, str]]]:
+    """Split raw message bodies into parsed events and (body, error) pairs that could not be parsed."""
+    good: list[E] = []
+    bad: list[tuple[bytes, str]] = []
+    for body in bodies:
+        try:
+            good.append(model.model_validate_json(body))
+        except ValidationError as e:
+            bad.append((body, _short_error(e)))
+    return good, bad
+
+
+def _short_error(e: ValidationError) -> str:
+    parts = [f"{'.'.join(map(str, err['loc'])) or 'message'}: {err['msg']}" for err in e.errors()[:5]]
+    return "; ".join(parts)
+
+
+async def dead_letter(
+    broker: KafkaBroker, topic: str, failures: Sequence[tuple[bytes, str]], consumer: str
+) -> None:
+    """Send messages that cannot be handled to `<topic>.dlq`, with the cause, and count them."""
+    if not failures:
+        return
+    dlq = topics.dlq(topic)
+    pending = []
+    for body, error in failures:
+        record = {
+            "topic": topic,
+            "consumer": consumer,
+            "error": error,
+            "body": body.decode("utf-8", errors="replace"),
+        }
+        pending.append(
+            await broker.publish(
+                json.dumps(record, ensure_ascii=False).encode(), dlq, no_confirm=True
+            )
+        )
+    await asyncio.gather(*pending)
+    DEAD_LETTERS.labels(topic=topic, consumer=consumer).inc(len(failures))
+    log.warning("%d message(s) from %s sent to %s: %s", len(failures), topic, dlq, failures[0][1])
+
+
+async def parse_or_dead_letter(
+    broker: KafkaBroker, model: type[E], topic: str, bodies: Sequence[bytes], consumer: str
+) -> list[E]:
+    """Parse a batch; whatever does not parse goes to the dead-letter topic. Returns what parsed."""
+    good, bad = parse_batch(model, bodies)
+    await dead_letter(broker, topic, bad, consumer)
+    return good
+
+
+async def relay_outbox(broker: KafkaBroker, store: TicketStore, older_than_seconds: float = 10) -> int:
+    """Publish outbox events whose writer died before confirming them. Returns how many."""
+    raws = await store.due_outbox(older_than_seconds)
+    if not raws:
+        return 0
+    events: list[Event] = []
+    for raw in raws:
+        record = json.loads(raw)
+        model = topics.EVENT_TYPES[record.pop("topic")]
+        events.append(model.model_validate(record))
+    await publish(broker, events)
+    await store.remove_outbox_records(raws)
+    return len(events)

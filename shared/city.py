@@ -1,0 +1,332 @@
+"""The city's configuration: administrative areas, departments, categories, responsibilities, SLAs.
+
+All of it is data a city edits (YAML files in one folder, `CITY_CONFIG_DIR`). It is validated on load:
+every cross-reference is checked and every error names the file and the entry, so an analyst can fix
+the YAML without reading Python.
+
+Files in the folder:
+  areas.yaml            district > streets > communities > grids (with compounds, roads, landmarks)
+  departments.yaml      the departments that receive tickets
+  categories.yaml       the appeal category tree (leaves are what the classifier predicts)
+  responsibilities.yaml the responsibility list (权责清单): category (+ optional area) -> departments
+  sla.yaml              deadline classes, the category -> class map, and the working-day calendar
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEMO_CITY_DIR = Path(__file__).parent / "demo_city"
+
+
+class CityConfigError(ValueError):
+    """The city configuration is invalid; the message says which file and entry, and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- areas -------------------------------------------------------------------------------------
+
+
+class Road(_Model):
+    """A road segment covered by a grid: house numbers `from_no`..`to_no` (inclusive) of `name`."""
+
+    name: str
+    from_no: int = Field(1, ge=0)
+    to_no: int = Field(99999, ge=0)
+    aliases: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _range(self) -> Road:
+        if self.to_no < self.from_no:
+            raise ValueError(f"road {self.name}: to_no {self.to_no} is below from_no {self.from_no}")
+        return self
+
+
+class Place(_Model):
+    """A residential compound (小区) or landmark, with the other names residents use for it."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+class Grid(_Model):
+    id: str
+    name: str
+    compounds: tuple[Place, ...] = ()
+    roads: tuple[Road, ...] = ()
+    landmarks: tuple[Place, ...] = ()
+    # Polygon as (longitude, latitude) vertices, WGS-84; closed implicitly.
+    polygon: tuple[tuple[float, float], ...] = ()
+
+    @field_validator("polygon")
+    @classmethod
+    def _polygon(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        if v and len(v) < 3:
+            raise ValueError("a polygon needs at least 3 vertices")
+        return v
+
+
+class Community(_Model):
+    id: str
+    name: str
+    grids: tuple[Grid, ...]
+
+
+class Street(_Model):
+    id: str
+    name: str
+    communities: tuple[Community, ...]
+
+
+class District(_Model):
+    id: str
+    name: str
+    city: str = ""
+    streets: tuple[Street, ...]
+
+
+# --- departments, categories --------------------------------------------------------------------
+
+DepartmentKind = Literal[
+    "district_office", "dispatch_desk", "bureau", "street_office", "utility", "property", "other"
+]
+
+
+class Department(_Model):
+    id: str
+    name: str
+    kind: DepartmentKind = "bureau"
+    street: str | None = None  # street offices: the street they govern
+    phone: str | None = None  # the supervisor's contact for overdue notices (督办)
+
+
+class Category(_Model):
+    id: str
+    name: str
+    keywords: tuple[str, ...] = ()  # domain words for the tokenizer dictionary and the corpus
+    children: tuple[Category, ...] = ()
+
+
+# --- responsibilities, SLA ----------------------------------------------------------------------
+
+
+class ResponsibilityRule(_Model):
+    """Category (leaf or branch) -> lead and co-handling departments, optionally for one area only."""
+
+    category: str
+    street: str | None = None
+    community: str | None = None
+    grid: str | None = None
+    lead: str
+    co: tuple[str, ...] = ()
+    note: str = ""
+
+
+class Responsibilities(_Model):
+    fallback_owner: str  # unclear jurisdiction never leaves a ticket unowned
+    dispatch_desk: str  # low-confidence classifications wait here for an operator (人工派单)
+    rules: tuple[ResponsibilityRule, ...]
+
+
+class SlaClass(_Model):
+    """Respond (accept) within `respond_hours` clock hours; resolve in hours or working days."""
+
+    name: str
+    respond_hours: float = Field(gt=0)
+    resolve_hours: float | None = Field(None, gt=0)
+    resolve_days: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_resolve(self) -> SlaClass:
+        if (self.resolve_hours is None) == (self.resolve_days is None):
+            raise ValueError(f"SLA class {self.name}: give exactly one of resolve_hours, resolve_days")
+        return self
+
+
+class SlaConfig(_Model):
+    classes: dict[str, SlaClass]
+    default_class: str
+    categories: dict[str, str] = {}  # category id (leaf or branch) -> class id
+    urgent_class: str  # what urgent appeals get, whatever their category
+    holidays: tuple[date, ...] = ()  # statutory holidays (no work)
+    workdays: tuple[date, ...] = ()  # make-up working days on weekends (调休)
+
+
+# --- the whole city -----------------------------------------------------------------------------
+
+
+class GridInfo(_Model):
+    """A grid with the names of everything above it: what events and views carry."""
+
+    grid: Grid
+    community_id: str
+    community_name: str
+    street_id: str
+    street_name: str
+
+
+class City(_Model):
+    district: District
+    departments: tuple[Department, ...]
+    categories: tuple[Category, ...]
+    responsibilities: Responsibilities
+    sla: SlaConfig
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+
+    # Indexes, built once: the hot path looks things up by id.
+    @cached_property
+    def grids(self) -> dict[str, GridInfo]:
+        return {
+            g.id: GridInfo(
+                grid=g, community_id=c.id, community_name=c.name, street_id=s.id, street_name=s.name
+            )
+            for s in self.district.streets
+            for c in s.communities
+            for g in c.grids
+        }
+
+    @cached_property
+    def department_by_id(self) -> dict[str, Department]:
+        return {d.id: d for d in self.departments}
+
+    @cached_property
+    def category_by_id(self) -> dict[str, Category]:
+        out: dict[str, Category] = {}
+
+        def walk(cats: tuple[Category, ...]) -> None:
+            for c in cats:
+                out[c.id] = c
+                walk(c.children)
+
+        walk(self.categories)
+        return out
+
+    @cached_property
+    def category_path(self) -> dict[str, tuple[str, ...]]:
+        """Category id -> ids from the root down to it (itself last)."""
+        out: dict[str, tuple[str, ...]] = {}
+
+        def walk(cats: tuple[Category, ...], prefix: tuple[str, ...]) -> None:
+            for c in cats:
+                out[c.id] = prefix + (c.id,)
+                walk(c.children, out[c.id])
+
+        walk(self.categories, ())
+        return out
+
+    @cached_property
+    def leaf_categories(self) -> tuple[str, ...]:
+        return tuple(cid for cid, c in self.category_by_id.items() if not c.children)
+
+    def category_names(self, category_id: str) -> tuple[str, ...]:
+        """Names from the root down, e.g. ('城市管理', '市政设施', '道路破损')."""
+        return tuple(self.category_by_id[c].name for c in self.category_path[category_id])
+
+    @cached_property
+    def community_street(self) -> dict[str, str]:
+        return {c.id: s.id for s in self.district.streets for c in s.communities}
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> City:
+        problems: list[str] = []
+
+        def unique(kind: str, ids: list[str]) -> None:
+            seen: set[str] = set()
+            for i in ids:
+                if i in seen:
+                    problems.append(f"{kind}: id {i!r} is used twice")
+                seen.add(i)
+
+        streets = [s.id for s in self.district.streets]
+        communities = [c.id for s in self.district.streets for c in s.communities]
+        grids = [g.id for s in self.district.streets for c in s.communities for g in c.grids]
+        unique("areas.yaml streets", streets)
+        unique("areas.yaml communities", communities)
+        unique("areas.yaml grids", grids)
+        unique("departments.yaml", [d.id for d in self.departments])
+        all_cats: list[str] = []
+
+        def walk(cats: tuple[Category, ...]) -> None:
+            for c in cats:
+                all_cats.append(c.id)
+                walk(c.children)
+
+        walk(self.categories)
+        unique("categories.yaml", all_cats)
+
+        depts, cats = {d.id for d in self.departments}, set(all_cats)
+        for d in self.departments:
+            if d.street and d.street not in streets:
+                problems.append(f"departments.yaml {d.id}: unknown street {d.street!r}")
+        r = self.responsibilities
+        for field, dept in (("fallback_owner", r.fallback_owner), ("dispatch_desk", r.dispatch_desk)):
+            if dept not in depts:
+                problems.append(f"responsibilities.yaml {field}: unknown department {dept!r}")
+        for n, rule in enumerate(r.rules, 1):
+            where = f"responsibilities.yaml rule {n} ({rule.category})"
+            if rule.category not in cats:
+                problems.append(f"{where}: unknown category {rule.category!r}")
+            for dept in (rule.lead, *rule.co):
+                if dept not in depts:
+                    problems.append(f"{where}: unknown department {dept!r}")
+            for kind, value, known in (
+                ("street", rule.street, streets),
+                ("community", rule.community, communities),
+                ("grid", rule.grid, grids),
+            ):
+                if value is not None and value not in known:
+                    problems.append(f"{where}: unknown {kind} {value!r}")
+        s = self.sla
+        for field, cls in (("default_class", s.default_class), ("urgent_class", s.urgent_class)):
+            if cls not in s.classes:
+                problems.append(f"sla.yaml {field}: unknown class {cls!r}")
+        for cat, cls in s.categories.items():
+            if cat not in cats:
+                problems.append(f"sla.yaml categories: unknown category {cat!r}")
+            if cls not in s.classes:
+                problems.append(f"sla.yaml categories {cat}: unknown class {cls!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+_FILES = {
+    "district": "areas.yaml",
+    "departments": "departments.yaml",
+    "categories": "categories.yaml",
+    "responsibilities": "responsibilities.yaml",
+    "sla": "sla.yaml",
+}
+
+
+def load_city(folder: str | Path | None = None) -> City:
+    """Load and validate the city configuration from `folder` (default: the demo city)."""
+    folder = Path(folder) if folder else DEMO_CITY_DIR
+    raw: dict[str, object] = {}
+    for key, filename in _FILES.items():
+        path = folder / filename
+        if not path.is_file():
+            raise CityConfigError(f"{path}: file missing (a city configuration needs {filename})")
+        try:
+            raw[key] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise CityConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return City.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = list(err["loc"])
+            file = _FILES.get(str(loc[0]), "") if loc else ""
+            lines.append(f"{file} {'.'.join(map(str, loc[1:]))}: {err['msg']}".strip())
+        raise CityConfigError(f"{folder}: invalid city configuration:\n  " + "\n  ".join(lines)) from e

@@ -1,0 +1,181 @@
+"""Versioned domain events: small, immutable facts, one model per topic (see `shared.topics`).
+
+Rules every event follows:
+- `event_id` is unique per fact. Consumers are idempotent on it: the same event twice changes nothing.
+  An event caused by another gets a deterministic id (`Event.caused(...)`), so a handler that runs
+  twice for the same input produces the same output ids, and the consumers downstream drop the copy.
+- `version` is the event's schema version; a change that is not backward compatible bumps it.
+- No raw personal data: callers travel as a masked phone and a stable hashed id (`Caller`). The raw
+  number lives only in the ticket store's contact record, for the services whose role needs it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web"]
+AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
+GridMethod = Literal["coordinates", "gazetteer", "model", "none"]
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Event(_Frozen):
+    topic: ClassVar[str]
+
+    event_id: str = Field(default_factory=new_id)
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=now_utc)
+    ticket_no: str
+    caused_by: str | None = None  # the event this one answers, if any
+
+    @classmethod
+    def caused(cls, cause: Event, /, **fields: Any) -> Self:
+        """An event that `cause` led to, with an id derived from the cause (same cause, same id)."""
+        derived = uuid.uuid5(uuid.NAMESPACE_URL, f"{cause.event_id}/{cls.__name__}").hex
+        fields.setdefault("ticket_no", cause.ticket_no)
+        return cls(event_id=derived, caused_by=cause.event_id, **fields)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+# --- value objects -----------------------------------------------------------------------------
+
+
+class GeoPoint(_Frozen):
+    lng: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+
+
+class Caller(_Frozen):
+    """Who raised the appeal, without the personal data: departments see this."""
+
+    caller_id: str | None = None  # stable salted hash of the normalised phone; None when anonymous
+    masked_phone: str | None = None  # 138****5678
+
+    @property
+    def anonymous(self) -> bool:
+        return self.caller_id is None
+
+
+class CategoryScore(_Frozen):
+    category: str
+    probability: float
+
+
+class GridMatch(_Frozen):
+    grid: str | None
+    community: str | None = None
+    street: str | None = None
+    method: GridMethod = "none"
+    confidence: float = 0.0
+    evidence: str = ""  # what matched: the compound, road or landmark name, or the coordinates
+
+
+class DepartmentRef(_Frozen):
+    id: str
+    name: str
+
+
+# --- the facts ---------------------------------------------------------------------------------
+
+
+class AppealReceived(Event):
+    topic: ClassVar[str] = "appeal.received"
+
+    channel: Channel
+    text: str
+    title: str = ""
+    address: str = ""
+    location: GeoPoint | None = None
+    caller: Caller = Caller()
+    urgent_flag: bool = False  # the operator marked it urgent
+    operator_id: str | None = None
+    received_at: datetime = Field(default_factory=now_utc)
+
+
+class AppealClassified(Event):
+    """The classifier's verdict; it carries the appeal so the router needs nothing else."""
+
+    topic: ClassVar[str] = "appeal.classified"
+
+    appeal: AppealReceived
+    category: str  # leaf category id
+    category_names: tuple[str, ...]  # root to leaf, e.g. ('城市管理', '市政设施', '道路破损')
+    confidence: float
+    top: tuple[CategoryScore, ...]  # the best two, for spotting appeals that need several departments
+    grid: GridMatch
+    appeal_type: AppealType = "诉求"
+    urgent: bool = False
+    needs_review: bool = False
+    model_version: str
+
+
+class TicketAssigned(Event):
+    topic: ClassVar[str] = "ticket.assigned"
+
+    department: DepartmentRef
+    co_departments: tuple[DepartmentRef, ...] = ()
+    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting"]
+    rule: str = ""  # which responsibility rule matched, in words
+    explanation: str  # why, for a department that disputes it
+    category: str
+    grid: str | None
+    urgent: bool = False
+    respond_by: datetime
+    resolve_by: datetime
+
+
+TicketAction = Literal[
+    "accepted", "returned", "extension_requested", "extension_approved", "extension_refused",
+    "resolved", "surveyed", "rated", "closed", "reopened", "warning", "overdue", "escalated",
+]
+
+
+class TicketUpdated(Event):
+    """One transition of the department workflow (the router's state machine)."""
+
+    topic: ClassVar[str] = "ticket.updated"
+
+    action: TicketAction
+    status: str  # the status after the transition
+    actor: str  # department id, "resident", "system" or an operator id
+    department: DepartmentRef | None = None
+    note: str = ""
+    data: dict[str, Any] = {}
+
+
+class SurveySent(Event):
+    topic: ClassVar[str] = "survey.sent"
+
+    survey_id: str
+    masked_phone: str
+    message_id: str
+    text: str
+
+
+Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
+
+
+class SurveyAnswered(Event):
+    topic: ClassVar[str] = "survey.answered"
+
+    survey_id: str
+    rating: Rating | None
+    solved: bool | None = None
+    text: str  # the resident's words, as sent

@@ -1,0 +1,65 @@
+"""Personal data: phone normalisation, masking and the stable caller id that replaces the number.
+
+Phones and names are stored once, in the ticket store's contact records. Events, logs and the views
+departments use carry `138****5678` and a salted hash instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+
+# Salt for caller ids. Set CALLER_ID_SALT in production so ids cannot be reversed by hashing every
+# possible phone number (there are only ~10^10 of them).
+_SALT = os.environ.get("CALLER_ID_SALT", "appeals-demo-salt").encode()
+
+_MOBILE = re.compile(r"^1[3-9]\d{9}$")
+# Landline: area code 0 + 2-3 digits, then a 7-8 digit number; optional extension.
+_LANDLINE = re.compile(r"^0\d{2,3}\d{7,8}$")
+
+
+class InvalidPhone(ValueError):
+    pass
+
+
+def normalize_phone(raw: str) -> str:
+    """Canonical form of a Chinese mobile (13812345678) or landline (010-62345678) number.
+
+    Accepts spaces, dashes, parentheses, full-width digits and a +86/0086 prefix."""
+    s = raw.strip().translate(_FULLWIDTH)
+    s = re.sub(r"[\s\-()（）]", "", s)
+    s = re.sub(r"^(\+86|0086)", "", s)
+    if _MOBILE.match(s):
+        return s
+    if _LANDLINE.match(s):
+        # Beijing, Shanghai, Tianjin, Chongqing and the 02x codes have 3-digit area codes.
+        code_len = 3 if s[1] in "12" else 4
+        return f"{s[:code_len]}-{s[code_len:]}"
+    raise InvalidPhone(f"“{raw}”不是有效的手机号或固话号码")
+
+
+_FULLWIDTH = str.maketrans("０１２３４５６７８９＋－", "0123456789+-")
+
+
+def mask_phone(phone: str) -> str:
+    """13812345678 -> 138****5678; 010-62345678 -> 010-****5678."""
+    if "-" in phone:
+        code, number = phone.split("-", 1)
+        return f"{code}-****{number[-4:]}"
+    return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "****"
+
+
+def mask_name(name: str) -> str:
+    """张三 -> 张*, 欧阳娜娜 -> 欧***."""
+    name = name.strip()
+    return name[:1] + "*" * (len(name) - 1) if name else ""
+
+
+def caller_id(phone: str) -> str:
+    return hmac.new(_SALT, phone.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def is_mobile(phone: str) -> bool:
+    return bool(_MOBILE.match(phone))

@@ -1,0 +1,63 @@
+"""What every worker process sets up the same way: settings, broker, Redis, ticket store, city,
+metrics endpoint, logging. A service's `app.py` builds one `Runtime` and adds its subscribers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from redis.asyncio import Redis
+
+from shared.bus import ensure_topics, make_broker
+from shared.city import City, load_city
+from shared.metrics import serve_metrics
+from shared.settings import Settings, get_settings
+from shared.store import TicketStore
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    broker: KafkaBroker
+    redis: Redis
+    store: TicketStore
+    city: City
+
+    @classmethod
+    def create(cls, name: str, settings: Settings | None = None) -> Runtime:
+        settings = settings or get_settings()
+        redis = Redis.from_url(settings.redis_url)
+        return cls(
+            name=name,
+            settings=settings,
+            broker=make_broker(settings, app_name=name),
+            redis=redis,
+            store=TicketStore(redis),
+            city=load_city(settings.city_config_dir),
+        )
+
+    def app(self, *, metrics_port: int | None = None) -> FastStream:
+        """The FastStream app: makes sure the topics exist, serves /metrics, closes Redis at exit."""
+        app = FastStream(self.broker)
+
+        @app.on_startup
+        async def _start() -> None:
+            configure_logging(self.settings.log_level)
+            await ensure_topics(self.settings)
+            if metrics_port:
+                serve_metrics(metrics_port)
+
+        @app.after_shutdown
+        async def _stop() -> None:
+            await self.redis.aclose()
+
+        return app

@@ -1,0 +1,51 @@
+"""Settings, read from the environment (and a `.env` file) once per process.
+
+Every service reads the same `Settings`; `deploy/` passes these names as environment variables, and a
+test checks that it passes no name that is not here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    # External servers. Unset means "embedded": `appeals up` starts Tansu and Redis itself and sets them.
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Tansu (the embedded broker) has no idempotent producer; Apache Kafka does: switch it on there.
+    kafka_enable_idempotence: bool = False
+    kafka_topic_partitions: int = Field(4, ge=1)  # consumers in a group scale up to this many
+    kafka_replication_factor: int = Field(1, ge=1)
+
+    city_config_dir: Path | None = None  # None: the demo city shipped with the project
+    data_dir: Path = Path("var")  # trained models and other local state
+    timezone: str = "Asia/Shanghai"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    # Each worker serves Prometheus metrics on its own port; 0 turns it off (tests).
+    metrics_port_intake: int = 9101
+    metrics_port_classifier: int = 9102
+    metrics_port_router: int = 9103
+    metrics_port_notifier: int = 9104
+
+    # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
+    review_confidence_threshold: float = Field(0.5, ge=0, le=1)
+    timer_scan_seconds: float = Field(5.0, gt=0)
+    log_level: str = "INFO"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

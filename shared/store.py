@@ -1,0 +1,192 @@
+"""The ticket store in Redis: tickets, their event history, contacts, numbering, and the outbox.
+
+Keys:
+  t:{no}            the ticket, as JSON (shared.tickets.Ticket)
+  t:{no}:h          its history: every event about it, in order, as JSON with its topic
+  seq:{yyyymmdd}    the per-day ticket counter
+  contact:{caller}  the caller's raw phone and name (personal data: only intake and notifier read it)
+  outbox            events written to Redis but not yet confirmed published (sorted by time)
+
+Every change goes through `apply`: read the tickets under WATCH, let a pure function decide the new
+state and the events, then write the tickets, append the events to their histories and to the outbox
+in one MULTI. The caller publishes the events and then calls `published`; if it dies in between, the
+outbox relay (`due_outbox`) publishes them again. Consumers drop the repeat by event id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from shared.events import AppealReceived, Event
+from shared.tickets import Ticket
+
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decided change: the ticket as it is to be, the new facts to publish (history + outbox), and
+    facts that arrived from elsewhere and only go into the history (e.g. the appeal itself)."""
+
+    ticket: Ticket
+    publish: Sequence[Event] = ()
+    record: Sequence[Event] = ()
+
+
+# A decision: given the current ticket (None if there is none yet), the outcome, or None for
+# "nothing to do" (e.g. the event was already applied).
+Decision = Callable[[Ticket | None], Outcome | None]
+
+
+def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | None:
+    """Decision: create the ticket for a new appeal (intake and router may both try; first wins)."""
+    if ticket is not None:
+        return None
+    return Outcome(Ticket.from_appeal(appeal), record=[appeal])
+
+
+class ConcurrentUpdate(RuntimeError):
+    """The same tickets kept changing under us; the caller may retry later."""
+
+
+@dataclass(frozen=True)
+class Change:
+    ticket_no: str
+    decide: Decision
+
+
+def ticket_key(no: str) -> str:
+    return f"t:{no}"
+
+
+def history_key(no: str) -> str:
+    return f"t:{no}:h"
+
+
+def _event_record(event: Event) -> str:
+    return json.dumps({"topic": event.topic, **event.model_dump(mode="json")}, ensure_ascii=False)
+
+
+class TicketStore:
+    OUTBOX = "outbox"
+
+    def __init__(self, redis: Redis, *, max_retries: int = 8) -> None:
+        self.redis = redis
+        self.max_retries = max_retries
+
+    # --- numbering and contacts ----------------------------------------------------------------
+
+    async def next_ticket_no(self, day: date) -> str:
+        key = f"seq:{day:%Y%m%d}"
+        async with self.redis.pipeline(transaction=True) as p:
+            p.incr(key)
+            p.expire(key, 3 * 86400)
+            n, _ = await p.execute()
+        return f"{day:%Y%m%d}-{n:06d}"
+
+    async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
+        mapping = {"phone": phone}
+        if name:
+            mapping["name"] = name
+        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
+
+    async def contact(self, caller_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(f"contact:{caller_id}")
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def get(self, no: str) -> Ticket | None:
+        raw = await self.redis.get(ticket_key(no))
+        return Ticket.model_validate_json(raw) if raw else None
+
+    async def get_many(self, nos: Sequence[str]) -> list[Ticket | None]:
+        if not nos:
+            return []
+        raws = await self.redis.mget([ticket_key(n) for n in nos])
+        return [Ticket.model_validate_json(r) if r else None for r in raws]
+
+    async def history(self, no: str) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in await self.redis.lrange(history_key(no), 0, -1)]
+
+    # --- changing -----------------------------------------------------------------------------
+
+    async def apply_many(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
+        """Apply decisions to several tickets in one optimistic transaction (one round trip to read,
+        one to write). Changes to the same ticket are applied in order. Returns, per change, the
+        ticket as it now is and the events to publish."""
+        keys = list(dict.fromkeys(ticket_key(c.ticket_no) for c in changes))
+        for _ in range(self.max_retries):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*keys)
+                    raws = await pipe.mget(keys)
+                    current = {
+                        k: Ticket.model_validate_json(r) if r else None for k, r in zip(keys, raws)
+                    }
+                    results: list[tuple[Ticket | None, list[Event]]] = []
+                    changed: dict[str, Ticket] = {}
+                    history: list[Event] = []
+                    written: list[Event] = []
+                    for c in changes:
+                        key = ticket_key(c.ticket_no)
+                        outcome = c.decide(current[key])
+                        if outcome is None:
+                            results.append((current[key], []))
+                            continue
+                        current[key] = changed[key] = outcome.ticket
+                        history.extend((*outcome.record, *outcome.publish))
+                        written.extend(outcome.publish)
+                        results.append((outcome.ticket, list(outcome.publish)))
+                    if not changed:
+                        await pipe.reset()
+                        return results
+                    pipe.multi()
+                    for key, ticket in changed.items():
+                        pipe.set(key, ticket.model_dump_json())
+                    for e in history:
+                        pipe.rpush(history_key(e.ticket_no), _event_record(e))
+                    if written:
+                        pipe.zadd(self.OUTBOX, {_event_record(e): time.time() for e in written})
+                    await pipe.execute()
+                    return results
+                except WatchError:
+                    continue
+        raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
+
+    # --- the outbox ---------------------------------------------------------------------------
+
+    async def published(self, events: Sequence[Event]) -> None:
+        if events:
+            await self.redis.zrem(self.OUTBOX, *[_event_record(e) for e in events])
+
+    async def due_outbox(self, older_than_seconds: float, limit: int = 500) -> list[str]:
+        """Outbox records (JSON, with their topic) written more than `older_than_seconds` ago and
+        still not confirmed published."""
+        cutoff = time.time() - older_than_seconds
+        raws = await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
+        return [r.decode() for r in raws]
+
+    async def remove_outbox_records(self, raws: Sequence[str]) -> None:
+        if raws:
+            await self.redis.zrem(self.OUTBOX, *raws)
+
+async def apply_and_publish(
+    store: TicketStore,
+    changes: Sequence[Change],
+    publish: Callable[[Sequence[Event]], Awaitable[None]],
+) -> list[tuple[Ticket | None, list[Event]]]:
+    """Write the decisions, publish their events (acknowledged), then clear them from the outbox."""
+    results = await store.apply_many(changes)
+    events = [e for _, evs in results for e in evs]
+    if events:
+        await publish(events)
+        await store.published(events)
+    return results

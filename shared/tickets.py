@@ -1,0 +1,101 @@
+"""The ticket: the state the router keeps for every appeal, as the API shows it.
+
+A ticket is a projection of its events (the history list beside it in the store); it holds no
+personal data: the caller is a masked phone and a hashed id.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from shared.events import (
+    AppealReceived,
+    AppealType,
+    Caller,
+    CategoryScore,
+    Channel,
+    DepartmentRef,
+    GeoPoint,
+    GridMatch,
+)
+
+# Status values, in the order a ticket normally moves through them.
+RECEIVED = "received"  # numbered and durable, not yet classified
+REVIEW = "review"  # waiting at the dispatch desk for an operator (low confidence)
+ASSIGNED = "assigned"
+ACCEPTED = "accepted"
+RESOLVED = "resolved"  # the department says it is done; the survey is on its way
+SURVEYED = "surveyed"  # the survey SMS went out; waiting for the resident
+CLOSED = "closed"
+MEETING = "meeting"  # a joint meeting (联席会议) holds it
+OPEN_STATUSES = frozenset({RECEIVED, REVIEW, ASSIGNED, ACCEPTED, MEETING})
+
+
+class Ticket(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ticket_no: str
+    status: str = RECEIVED
+    channel: Channel
+    title: str = ""
+    text: str
+    address: str = ""
+    location: GeoPoint | None = None
+    caller: Caller = Caller()
+    urgent: bool = False
+    received_at: datetime
+    operator_id: str | None = None
+
+    category: str | None = None
+    category_names: tuple[str, ...] = ()
+    confidence: float | None = None
+    top_categories: tuple[CategoryScore, ...] = ()
+    appeal_type: AppealType | None = None
+    grid: GridMatch | None = None
+    model_version: str | None = None
+
+    department: DepartmentRef | None = None
+    co_departments: tuple[DepartmentRef, ...] = ()
+    assigned_via: str | None = None
+    assigned_at: datetime | None = None
+    respond_by: datetime | None = None
+    resolve_by: datetime | None = None
+    accepted_at: datetime | None = None
+    resolved_at: datetime | None = None
+    resolution_note: str = ""
+    returns: int = 0
+    reopens: int = 0
+
+    rating: int | None = None
+    solved: bool | None = None
+    closed_at: datetime | None = None
+
+    # Ids of the events already applied: the idempotency check for every handler.
+    applied: list[str] = []
+    updated_at: datetime | None = None
+
+    @classmethod
+    def from_appeal(cls, appeal: AppealReceived) -> Ticket:
+        return cls(
+            ticket_no=appeal.ticket_no,
+            channel=appeal.channel,
+            title=appeal.title,
+            text=appeal.text,
+            address=appeal.address,
+            location=appeal.location,
+            caller=appeal.caller,
+            urgent=appeal.urgent_flag,
+            received_at=appeal.received_at,
+            operator_id=appeal.operator_id,
+            applied=[appeal.event_id],
+            updated_at=appeal.occurred_at,
+        )
+
+    def has_applied(self, event_id: str) -> bool:
+        return event_id in self.applied
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES

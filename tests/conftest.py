@@ -1,0 +1,148 @@
+"""Fixtures: a real Kafka-protocol broker (Tansu) and a real Redis for the whole session, a demo
+model trained once, and the system itself started as real processes through `appeals run`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from shared.embedded import EmbeddedServers, free_port, port_open
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKERS = ("intake", "classifier", "router", "notifier")
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
+    with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """A data dir with a demo model trained once for the whole session."""
+    from services.classifier.service import train_demo_model
+    from shared.city import load_city
+
+    d = tmp_path_factory.mktemp("data")
+    train_demo_model(load_city(), d / "models", per_category=120, seed=7)
+    return d
+
+
+@pytest.fixture(scope="session")
+def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
+    return Settings(
+        kafka_bootstrap_servers=servers.kafka_bootstrap,
+        redis_url=servers.redis_url,
+        data_dir=data_dir,
+        metrics_port_intake=0,
+        metrics_port_classifier=0,
+        metrics_port_router=0,
+        metrics_port_notifier=0,
+        timer_scan_seconds=0.5,
+    )
+
+
+def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[name.upper()] = str(value)
+    env.update({k.upper(): str(v) for k, v in extra.items()})
+    return env
+
+
+class System:
+    """The five processes of `appeals up`, on the session's servers."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.api_port = free_port()
+        self.metrics_ports = {w: free_port() for w in WORKERS}
+        self.env = settings_env(
+            settings,
+            api_port=self.api_port,
+            **{f"metrics_port_{w}": p for w, p in self.metrics_ports.items()},
+        )
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", name],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def stop(self, name: str, sig: int = 2) -> None:
+        p = self.procs.pop(name)
+        p.send_signal(sig)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        ports = [self.api_port, *self.metrics_ports.values()]
+        while not all(port_open(p) for p in ports):
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited: {(self.log_dir / f'{name}.log').read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"system not ready; logs in {self.log_dir}")
+            time.sleep(0.2)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+@pytest.fixture(scope="session")
+def system(settings: Settings, tmp_path_factory) -> Iterator[System]:
+    s = System(settings, tmp_path_factory.mktemp("system-logs"))
+    for name in (*WORKERS, "api"):
+        s.start(name)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        for name in list(s.procs):
+            s.stop(name)
+
+
+@pytest.fixture
+async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    r = Redis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], *, timeout: float = 30, interval: float = 0.1
+) -> Any:
+    """Poll `probe` until it returns something truthy; fail with the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")

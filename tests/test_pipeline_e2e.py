@@ -1,0 +1,170 @@
+"""The whole pipeline on the real broker and Redis, through the running processes:
+submit -> classify -> assign -> resolve -> survey SMS -> resident's reply -> closed or reopened."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from shared import topics
+from shared.events import AppealReceived, Caller
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好"
+
+
+async def submit(api: httpx.AsyncClient, phone: str, text: str = LIGHT, **extra) -> str:
+    r = await api.post("/api/v1/appeals", json={"channel": "hotline", "caller_phone": phone, "text": text, **extra})
+    assert r.status_code == 201, r.text
+    ticket_no = r.json()["ticket_no"]
+    assert re.fullmatch(r"\d{8}-\d{6}", ticket_no)
+    return ticket_no
+
+
+async def ticket_when(api: httpx.AsyncClient, no: str, predicate) -> dict:
+    async def probe():
+        r = await api.get(f"/api/v1/tickets/{no}")
+        return r.json() if r.status_code == 200 and predicate(r.json()) else None
+
+    return await eventually(probe)
+
+
+async def outbox_for(redis, phone: str, kind: str) -> list[dict]:
+    return [m for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
+            if m["phone"] == phone and m["kind"] == kind]
+
+
+async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api, redis):
+    phone = "13812345678"
+    no = await submit(api, phone, address="阳光花园3号楼")
+
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
+    assert ticket["category"] and ticket["grid"]["grid"]
+    assert set(ticket["department"]) >= {"id", "name"}
+    assert ticket["caller"]["masked_phone"] == "138****5678"
+    assert phone not in json.dumps(ticket, ensure_ascii=False)  # departments never see the number
+    kinds = [h["topic"] for h in ticket["history"]]
+    assert kinds[:3] == ["appeal.received", "appeal.classified", "ticket.assigned"]
+    assert ticket["history"][2]["explanation"]  # the router says why
+
+    # The acknowledgement SMS went to the caller.
+    assert await eventually(lambda: outbox_for(redis, phone, "ack"))
+
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "resolved"
+
+    survey = (await eventually(lambda: outbox_for(redis, phone, "survey")))[0]
+    assert no in survey["text"] and "回复1满意" in survey["text"]
+    await ticket_when(api, no, lambda t: t["status"] == "surveyed")
+
+    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+    assert r.status_code == 200 and r.json()["ticket_no"] == no
+    closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
+    assert closed["rating"] == 1
+    assert [h["topic"] for h in closed["history"]][-2:] == ["survey.answered", "ticket.updated"]
+
+
+async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
+    phone = "13900001111"
+    no = await submit(api, phone, text="锦绣家园2栋楼下烧烤摊每天晚上吵到凌晨两点，油烟也很大，影响休息", address="锦绣家园2栋")
+    await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已劝离"})).status_code == 200
+    await eventually(lambda: outbox_for(redis, phone, "survey"))
+    await ticket_when(api, no, lambda t: t["status"] == "surveyed")
+    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "3 根本没解决，今晚还在"})
+    assert r.json()["rating"] == 3
+    reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
+    assert reopened["status"] == "assigned"
+    assert reopened["history"][-1]["action"] == "reopened"
+    assert "今晚还在" in reopened["history"][-1]["note"]
+
+
+async def test_invalid_appeal_gets_a_clear_422(api):
+    r = await api.post("/api/v1/appeals", json={"channel": "hotline", "caller_phone": "12345", "text": "路灯坏了很久了"})
+    assert r.status_code == 422
+    assert r.json()["field"] == "caller_phone"
+    r = await api.post("/api/v1/appeals", json={"channel": "hotline", "text": "坏了"})
+    assert r.status_code == 422 and r.json()["field"] == "text"
+    r = await api.post("/api/v1/appeals", json={"channel": "pigeon", "text": "路灯坏了很久了"})
+    assert r.status_code == 422 and r.json()["field"] == "channel"
+
+
+async def test_idempotency_key_returns_the_same_ticket(api):
+    body = {"channel": "hotline", "caller_phone": "13700000000", "text": LIGHT}
+    headers = {"Idempotency-Key": "op7-call-20261123-001"}
+    first = await api.post("/api/v1/appeals", json=body, headers=headers)
+    again = await api.post("/api/v1/appeals", json=body, headers=headers)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["ticket_no"] == again.json()["ticket_no"]
+
+
+async def test_illegal_transition_is_refused(api):
+    no = await submit(api, "13600000000")
+    await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "修好了"})).status_code in (200, 409)
+    again = await api.post(f"/api/v1/tickets/{no}/accept")
+    assert again.status_code == 409
+    assert "不能" in again.json()["message"]
+    assert (await api.get("/api/v1/tickets/20990101-999999")).status_code == 404
+
+
+async def test_poison_message_goes_to_the_dead_letter_topic_and_the_pipeline_keeps_going(api, settings):
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    consumer = AIOKafkaConsumer(
+        topics.dlq(topics.APPEAL_RECEIVED), bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id="test-dlq-reader", auto_offset_reset="earliest",
+    )
+    await producer.start()
+    await consumer.start()
+    try:
+        await producer.send_and_wait(topics.APPEAL_RECEIVED, b'{"ticket_no": "x", "channel": "hotline"')
+        records = await eventually(lambda: consumer.getmany(timeout_ms=500))
+        record = json.loads(next(iter(records.values()))[0].value)
+        assert record["topic"] == topics.APPEAL_RECEIVED and record["error"]
+        assert '"ticket_no": "x"' in record["body"]
+        # ...and appeals after it still flow.
+        no = await submit(api, "13511112222")
+        await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def test_the_same_event_twice_changes_nothing(api, settings):
+    """A consumer restarted before its commit sees events again: nothing happens twice."""
+    event = AppealReceived(
+        ticket_no="20261123-900001", channel="hotline", text=LIGHT,
+        caller=Caller(caller_id="c-test", masked_phone="138****0000"),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for _ in range(2):
+            await producer.send_and_wait(topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode())
+        ticket = await ticket_when(api, event.ticket_no, lambda t: t["status"] in ("assigned", "review"))
+        # Give the duplicate time to pass through every stage, then look again.
+        no2 = await submit(api, "13511113333")
+        await ticket_when(api, no2, lambda t: t["status"] in ("assigned", "review"))
+        again = (await api.get(f"/api/v1/tickets/{event.ticket_no}")).json()
+        topics_seen = [h["topic"] for h in again["history"]]
+        assert topics_seen.count("ticket.assigned") == 1
+        assert topics_seen.count("appeal.classified") == 1
+        assert again["history"] == ticket["history"] or len(again["history"]) == len(ticket["history"])
+    finally:
+        await producer.stop()
+
+
+async def test_every_service_serves_metrics(system):
+    async with httpx.AsyncClient() as client:
+        for name, port in system.metrics_ports.items():
+            r = await client.get(f"http://127.0.0.1:{port}/metrics")
+            assert r.status_code == 200, name
+        r = await client.get(f"{system.base_url}/metrics/")
+        assert "appeals_received_total" in r.text

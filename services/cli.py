@@ -156,6 +156,33 @@ def train(
     typer.echo(f"wrote {path} (version {meta['version']}, {meta['n_train']} examples)")
 
 
+@cli.command()
+def token(
+    department: str = typer.Option(None, help="Mint a token for this department id."),
+    admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
+) -> None:
+    """Mint an API bearer token (printed once; only its hash is stored)."""
+    from redis.asyncio import Redis
+
+    from shared.auth import issue_token
+    from shared.city import load_city
+
+    settings = get_settings()
+    if admin == (department is not None):
+        raise typer.BadParameter("give exactly one of --department DEPT_ID or --admin")
+    if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
+        raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
+
+    async def mint() -> str:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await issue_token(redis, "admin" if admin else "department", department)
+        finally:
+            await redis.aclose()
+
+    typer.echo(asyncio.run(mint()))
+
+
 def main() -> None:
     cli()
 

@@ -1,0 +1,77 @@
+"""Bearer tokens for departments and the dispatch desk (admin). Stored hashed in Redis.
+
+  auth:token:{sha256(token)} -> JSON {"role": "department"|"admin", "department": id|null}
+
+`appeals token --department DEPT_ID` / `appeals token --admin` mint one and print it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+
+Role = Literal["department", "admin"]
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    department: str | None = None  # the department a department token acts for
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _key(token: str) -> str:
+    return "auth:token:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_token(redis: Redis, role: Role, department: str | None = None) -> str:
+    token = secrets.token_urlsafe(32)
+    await redis.set(_key(token), json.dumps({"role": role, "department": department}))
+    return token
+
+
+async def revoke_token(redis: Redis, token: str) -> bool:
+    return bool(await redis.delete(_key(token)))
+
+
+async def lookup(redis: Redis, token: str) -> Principal | None:
+    raw = await redis.get(_key(token))
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return Principal(role=data["role"], department=data.get("department"))
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+async def current_principal(
+    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Principal:
+    if credentials is None:
+        raise HTTPException(
+            status_code=401, detail="需要登录凭证：请在请求头加 Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = await lookup(request.app.state.redis, credentials.credentials)
+    if principal is None:
+        raise HTTPException(
+            status_code=401, detail="登录凭证无效或已吊销", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return principal
+
+
+async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
+    if not principal.is_admin:
+        raise HTTPException(status_code=403, detail="只有派单中心（管理员）可以执行此操作")
+    return principal

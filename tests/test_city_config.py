@@ -1,0 +1,243 @@
+"""The city configuration: the demo city is complete, and broken configurations fail clearly.
+
+Every broken case copies the demo folder to a tmp dir, breaks one thing, and checks that the error
+names the file and the entry an analyst has to fix.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.city import DEMO_CITY_DIR, City, CityConfigError, load_city
+
+
+@pytest.fixture(scope="module")
+def city() -> City:
+    return load_city()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A private, editable copy of the demo city."""
+    dst = tmp_path / "city"
+    shutil.copytree(DEMO_CITY_DIR, dst)
+    return dst
+
+
+def _read(folder: Path, name: str):
+    return yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+
+
+def _write(folder: Path, name: str, data) -> None:
+    (folder / name).write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+# --- the demo city -------------------------------------------------------------------------------
+
+
+def test_demo_city_counts(city: City) -> None:
+    d = city.district
+    assert d.id and d.name and d.city
+    assert len(d.streets) >= 3
+    assert sum(len(s.communities) for s in d.streets) == 8
+    assert len(city.grids) == 24
+    assert all(len(s.communities) >= 1 for s in d.streets)
+    assert all(len(c.grids) == 3 for s in d.streets for c in s.communities)
+    assert len(city.departments) >= 15
+    assert len(city.leaf_categories) >= 20
+
+
+def test_default_folder_is_the_demo_city(city: City) -> None:
+    assert load_city(DEMO_CITY_DIR) == city
+
+
+def test_demo_grids_have_places_and_polygons(city: City) -> None:
+    for gid, info in city.grids.items():
+        g = info.grid
+        assert 2 <= len(g.compounds) <= 4, gid
+        assert 1 <= len(g.roads) <= 3, gid
+        assert 1 <= len(g.landmarks) <= 3, gid
+        assert len(g.polygon) >= 3, gid
+        for lng, lat in g.polygon:  # [lng, lat], not swapped
+            assert 116.30 <= lng <= 116.42 and 39.90 <= lat <= 39.98, gid
+
+
+def test_demo_grids_tile_without_overlap(city: City) -> None:
+    """The demo polygons are axis-aligned rectangles: no two may overlap (touching is fine)."""
+    boxes = {}
+    for gid, info in city.grids.items():
+        xs = [p[0] for p in info.grid.polygon]
+        ys = [p[1] for p in info.grid.polygon]
+        boxes[gid] = (min(xs), min(ys), max(xs), max(ys))
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            ax0, ay0, ax1, ay1 = boxes[a]
+            bx0, by0, bx1, by1 = boxes[b]
+            overlap_x = min(ax1, bx1) - max(ax0, bx0)
+            overlap_y = min(ay1, by1) - max(ay0, by0)
+            assert overlap_x <= 1e-9 or overlap_y <= 1e-9, (a, b)
+
+
+def test_demo_has_ambiguities_to_resolve(city: City) -> None:
+    # A road split between grids by house number, so the road name alone is ambiguous...
+    roads: dict[str, set[str]] = {}
+    for gid, info in city.grids.items():
+        for r in info.grid.roads:
+            roads.setdefault(r.name, set()).add(gid)
+    assert sum(len(g) > 1 for g in roads.values()) >= 3
+    # ...and colloquial compound names shared across streets.
+    streets_by_alias: dict[str, set[str]] = {}
+    for info in city.grids.values():
+        for c in info.grid.compounds:
+            for a in c.aliases:
+                streets_by_alias.setdefault(a, set()).add(info.street_id)
+    assert "幸福里" in streets_by_alias and len(streets_by_alias["幸福里"]) == 2
+    # Split road segments of one road never overlap.
+    for name in roads:
+        segs = sorted(
+            (r.from_no, r.to_no) for info in city.grids.values() for r in info.grid.roads if r.name == name
+        )
+        for (_, hi), (lo, _) in zip(segs, segs[1:]):
+            assert hi < lo, name
+
+
+def test_demo_departments(city: City) -> None:
+    kinds = {d.kind for d in city.departments}
+    assert {"district_office", "dispatch_desk", "street_office", "property", "utility"} <= kinds
+    street_offices = {d.street for d in city.departments if d.kind == "street_office"}
+    assert street_offices == {s.id for s in city.district.streets}
+    assert all(d.phone for d in city.departments)
+
+
+def test_demo_categories_have_keywords(city: City) -> None:
+    for leaf in city.leaf_categories:
+        assert 6 <= len(city.category_by_id[leaf].keywords) <= 15, leaf
+    assert city.category_names("city.facility.road_damage") == ("城市管理", "市政设施", "道路破损")
+
+
+def test_every_leaf_has_an_owner(city: City) -> None:
+    """Each leaf has a city-wide rule on itself or an ancestor: nothing relies on the fallback."""
+    r = city.responsibilities
+    assert r.fallback_owner == "district_office" and r.dispatch_desk == "dispatch_desk"
+    citywide = {
+        rule.category
+        for rule in r.rules
+        if rule.street is None and rule.community is None and rule.grid is None
+    }
+    for leaf in city.leaf_categories:
+        assert citywide & set(city.category_path[leaf]), leaf
+
+
+def test_demo_rules_are_unambiguous_and_varied(city: City) -> None:
+    keys = [(r.category, r.street, r.community, r.grid) for r in city.responsibilities.rules]
+    assert len(keys) == len(set(keys)), "two rules with the same category and area"
+    assert any(r.co for r in city.responsibilities.rules)
+    assert any(r.street or r.community or r.grid for r in city.responsibilities.rules)
+
+
+def test_demo_sla(city: City) -> None:
+    s = city.sla
+    assert s.default_class == "general" and s.urgent_class == "emergency"
+    assert s.classes["emergency"].resolve_hours == 2
+    assert s.classes["complex"].resolve_days == 15
+    assert date(2026, 2, 17) in s.holidays  # 春节
+    assert date(2026, 10, 1) in s.holidays
+    assert all(d.weekday() >= 5 for d in s.workdays), "make-up working days fall on weekends"
+    assert not set(s.holidays) & set(s.workdays)
+
+
+# --- broken configurations -----------------------------------------------------------------------
+
+
+def _error(folder: Path) -> str:
+    with pytest.raises(CityConfigError) as e:
+        load_city(folder)
+    return str(e.value)
+
+
+def test_unknown_department_in_rule(folder: Path) -> None:
+    data = _read(folder, "responsibilities.yaml")
+    data["rules"][2]["lead"] = "no_such_dept"
+    _write(folder, "responsibilities.yaml", data)
+    msg = _error(folder)
+    assert "responsibilities.yaml" in msg
+    assert f"rule 3 ({data['rules'][2]['category']})" in msg
+    assert "no_such_dept" in msg
+
+
+def test_unknown_co_department_and_area(folder: Path) -> None:
+    data = _read(folder, "responsibilities.yaml")
+    data["rules"][0]["co"] = ["ghost_bureau"]
+    data["rules"][0]["street"] = "s99"
+    _write(folder, "responsibilities.yaml", data)
+    msg = _error(folder)
+    assert "rule 1" in msg and "ghost_bureau" in msg and "s99" in msg
+
+
+def test_duplicate_grid_id(folder: Path) -> None:
+    data = _read(folder, "areas.yaml")
+    grids = data["streets"][1]["communities"][0]["grids"]
+    grids[1]["id"] = grids[0]["id"]
+    _write(folder, "areas.yaml", data)
+    msg = _error(folder)
+    assert "areas.yaml" in msg and "grids" in msg and repr(grids[0]["id"]) in msg
+
+
+def test_missing_file(folder: Path) -> None:
+    (folder / "sla.yaml").unlink()
+    msg = _error(folder)
+    assert "sla.yaml" in msg and "missing" in msg
+
+
+def test_bad_yaml(folder: Path) -> None:
+    (folder / "departments.yaml").write_text("- id: x\n  name: [unclosed\n", encoding="utf-8")
+    msg = _error(folder)
+    assert "departments.yaml" in msg and "not valid YAML" in msg
+
+
+@pytest.mark.parametrize("change", ["both", "neither"])
+def test_sla_class_needs_exactly_one_resolve_field(folder: Path, change: str) -> None:
+    data = _read(folder, "sla.yaml")
+    cls = data["classes"]["general"]
+    if change == "both":
+        cls["resolve_hours"] = 48
+    else:
+        del cls["resolve_days"]
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "sla.yaml" in msg and "classes.general" in msg
+    assert "exactly one of resolve_hours, resolve_days" in msg
+
+
+def test_sla_unknown_class_and_category(folder: Path) -> None:
+    data = _read(folder, "sla.yaml")
+    data["urgent_class"] = "panic"
+    data["categories"]["no.such.category"] = "general"
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "sla.yaml urgent_class" in msg and "'panic'" in msg
+    assert "no.such.category" in msg
+
+
+def test_department_with_unknown_street(folder: Path) -> None:
+    data = _read(folder, "departments.yaml")
+    office = next(d for d in data if d["kind"] == "street_office")
+    office["street"] = "s42"
+    _write(folder, "departments.yaml", data)
+    msg = _error(folder)
+    assert f"departments.yaml {office['id']}" in msg and "s42" in msg
+
+
+def test_unknown_field_is_rejected(folder: Path) -> None:
+    """A typo in a key (e.g. `leed`) must not be silently ignored."""
+    data = _read(folder, "responsibilities.yaml")
+    data["rules"][0]["leed"] = data["rules"][0].pop("lead")
+    _write(folder, "responsibilities.yaml", data)
+    msg = _error(folder)
+    assert "responsibilities.yaml" in msg and "leed" in msg

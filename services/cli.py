@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from enum import Enum
 from pathlib import Path
@@ -27,8 +23,6 @@ class Service(str, Enum):
     router = "router"
     notifier = "notifier"
 
-
-WORKERS = ("intake", "classifier", "router", "notifier")
 
 
 def _worker_app(name: str):
@@ -57,32 +51,26 @@ def up(
 ) -> None:
     """Start the whole system: broker, Redis, the four services and the API. Ctrl-C stops it all."""
     from services.classifier.service import load_or_train
+    from services.launcher import Launcher, external_servers_configured
     from shared.city import load_city
-    from shared.embedded import EmbeddedServers, environment_for
+    from shared.embedded import EmbeddedServers
 
     settings = get_settings()
-    embedded = not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"))
-    servers = EmbeddedServers(kafka_port=9092, redis_port=6379) if embedded else None
-    children: list[subprocess.Popen] = []
+    embedded = None if external_servers_configured() else EmbeddedServers(kafka_port=9092, redis_port=6379)
+    launcher = Launcher(embedded=embedded)
     try:
-        if servers:
+        if embedded:
             typer.echo("starting the embedded Kafka broker (Tansu) and Redis ...")
-            servers.start()
-            env = environment_for(servers)
-        else:
-            env = dict(os.environ)
+            launcher.start_servers()
         city = load_city(settings.city_config_dir)
         typer.echo(f"city: {city.district.city}{city.district.name}, {len(city.grids)} grids, "
                    f"{len(city.departments)} departments, {len(city.leaf_categories)} categories")
         typer.echo("loading the category model (the first start trains one on the demo corpus) ...")
-        model = load_or_train(city, settings.model_dir)
-        typer.echo(f"model {model.version}")
+        typer.echo(f"model {load_or_train(city, settings.model_dir).version}")
         if with_services:
-            for name in (*WORKERS, "api"):
-                children.append(
-                    subprocess.Popen([sys.executable, "-m", "services.cli", "run", name], env=env)
-                )
-            _wait_for_api(settings.api_host, settings.api_port, children)
+            launcher.start_all()
+            launcher.wait_for_ports([settings.api_port])
+        env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""
 The system is up.
@@ -90,41 +78,36 @@ The system is up.
   submit       curl -s -X POST {base}/api/v1/appeals -H 'Content-Type: application/json' \\
                  -d '{{"channel":"hotline","caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期，晚上很黑","address":"阳光花园3号楼"}}'
   a ticket     curl -s {base}/api/v1/tickets/<ticket_no>
-  metrics      {base}/metrics and 127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics (intake, classifier, router, notifier)
+  metrics      {base}/metrics/ and 127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics (intake, classifier, router, notifier)
   Kafka        {env.get('KAFKA_BOOTSTRAP_SERVERS')}    Redis {env.get('REDIS_URL')}
 Press Ctrl-C to stop everything.""")
-        while all(c.poll() is None for c in children) or not children:
+        while (stopped := launcher.first_exited()) is None:
             time.sleep(0.5)
-        failed = [c.args[-1] for c in children if c.poll() is not None]
-        typer.echo(f"service(s) stopped unexpectedly: {', '.join(failed)}; shutting down", err=True)
+        typer.echo(f"{stopped} stopped unexpectedly; shutting everything down", err=True)
         raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("\nstopping ...")
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGINT)
-        for c in children:
-            try:
-                c.wait(15)
-            except subprocess.TimeoutExpired:
-                c.kill()
-        if servers:
-            servers.stop()
+        launcher.stop_all()
         typer.echo("stopped.")
 
 
-def _wait_for_api(host: str, port: int, children: list[subprocess.Popen], timeout: float = 120) -> None:
-    from shared.embedded import port_open
+bench = typer.Typer(help="Benchmarks that print figures (speed is measured here, never in tests).")
+cli.add_typer(bench, name="bench")
 
-    deadline = time.monotonic() + timeout
-    while not port_open(port, host):
-        if any(c.poll() is not None for c in children):
-            raise typer.Exit(1)
-        if time.monotonic() > deadline:
-            typer.echo(f"the API did not start on {host}:{port}", err=True)
-            raise typer.Exit(1)
-        time.sleep(0.2)
+
+@bench.command("pipeline")
+def bench_pipeline(
+    n: int = typer.Option(20_000, help="How many appeals to push through."),
+    callers: int = typer.Option(2_000, help="Distinct callers (each gets acknowledgement SMS)."),
+) -> None:
+    """Push N appeals through classifier, router and notifier; print throughput and latency.
+
+    Starts embedded servers and the workers unless KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are set
+    (then the workers must be running already)."""
+    from services.bench import run_pipeline_bench
+
+    run_pipeline_bench(n=n, callers=callers)
 
 
 @cli.command()

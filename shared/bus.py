@@ -44,6 +44,17 @@ BATCH_SUBSCRIBER: dict[str, Any] = {
 }
 
 
+def batch_subscriber(broker: KafkaBroker, topic: str, service: str, **overrides: Any) -> Any:
+    """The decorator for a service's batch handler of `topic`.
+
+    Each (service, topic) pair is its own consumer group: a service that reads three topics would
+    otherwise rebalance all three consumers whenever one of them joins or leaves. Replicas of the
+    service join the same groups and share the partitions."""
+    return broker.subscriber(
+        topic, group_id=f"{service}.{topic}", decoder=raw_body, **{**BATCH_SUBSCRIBER, **overrides}
+    )
+
+
 async def raw_body(message: Any) -> Any:
     """Decoder that hands the handler the bytes as they came (FastStream would JSON-decode them)."""
     return message.body

@@ -30,7 +30,8 @@ class CityConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # coerce_numbers_to_str: an unquoted phone or numeric-looking id in YAML is still text.
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 # --- areas -------------------------------------------------------------------------------------
@@ -181,7 +182,9 @@ class City(_Model):
     responsibilities: Responsibilities
     sla: SlaConfig
 
-    model_config = ConfigDict(extra="forbid", frozen=True, ignored_types=(cached_property,))
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, coerce_numbers_to_str=True, ignored_types=(cached_property,)
+    )
 
     # Indexes, built once: the hot path looks things up by id.
     @cached_property
@@ -266,14 +269,32 @@ class City(_Model):
 
         depts, cats = {d.id for d in self.departments}, set(all_cats)
         for d in self.departments:
+            if d.kind == "street_office" and not d.street:
+                problems.append(f"departments.yaml {d.id}: a street office needs `street`")
             if d.street and d.street not in streets:
                 problems.append(f"departments.yaml {d.id}: unknown street {d.street!r}")
         r = self.responsibilities
         for field, dept in (("fallback_owner", r.fallback_owner), ("dispatch_desk", r.dispatch_desk)):
             if dept not in depts:
                 problems.append(f"responsibilities.yaml {field}: unknown department {dept!r}")
+        community_street = {c.id: s.id for s in self.district.streets for c in s.communities}
+        grid_community = {
+            g.id: c.id for s in self.district.streets for c in s.communities for g in c.grids
+        }
+        seen_scopes: dict[tuple, int] = {}
         for n, rule in enumerate(r.rules, 1):
             where = f"responsibilities.yaml rule {n} ({rule.category})"
+            scope = (rule.category, rule.street, rule.community, rule.grid)
+            if scope in seen_scopes:
+                problems.append(
+                    f"{where}: same category and area as rule {seen_scopes[scope]}; "
+                    "name one lead and list the others under co"
+                )
+            seen_scopes.setdefault(scope, n)
+            if rule.community and rule.street and community_street.get(rule.community) != rule.street:
+                problems.append(f"{where}: community {rule.community} is not in street {rule.street}")
+            if rule.grid and rule.community and grid_community.get(rule.grid) != rule.community:
+                problems.append(f"{where}: grid {rule.grid} is not in community {rule.community}")
             if rule.category not in cats:
                 problems.append(f"{where}: unknown category {rule.category!r}")
             for dept in (rule.lead, *rule.co):
@@ -287,6 +308,11 @@ class City(_Model):
                 if value is not None and value not in known:
                     problems.append(f"{where}: unknown {kind} {value!r}")
         s = self.sla
+        for day in set(s.holidays) & set(s.workdays):
+            problems.append(f"sla.yaml: {day} is listed both as a holiday and as a make-up working day")
+        for day in s.workdays:
+            if day.weekday() < 5:
+                problems.append(f"sla.yaml workdays: {day} is a weekday already (make-up days fall on weekends)")
         for field, cls in (("default_class", s.default_class), ("urgent_class", s.urgent_class)):
             if cls not in s.classes:
                 problems.append(f"sla.yaml {field}: unknown class {cls!r}")
@@ -296,7 +322,7 @@ class City(_Model):
             if cls not in s.classes:
                 problems.append(f"sla.yaml categories {cat}: unknown class {cls!r}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -327,6 +353,10 @@ def load_city(folder: str | Path | None = None) -> City:
         lines = []
         for err in e.errors():
             loc = list(err["loc"])
-            file = _FILES.get(str(loc[0]), "") if loc else ""
+            if not loc:  # cross-reference problems: already "file entry: why", several per error
+                msg = err["msg"].removeprefix("Value error, ")
+                lines.extend(msg.split("\n"))
+                continue
+            file = _FILES.get(str(loc[0]), "")
             lines.append(f"{file} {'.'.join(map(str, loc[1:]))}: {err['msg']}".strip())
         raise CityConfigError(f"{folder}: invalid city configuration:\n  " + "\n  ".join(lines)) from e

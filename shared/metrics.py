@@ -36,14 +36,8 @@ BATCH_SECONDS = Histogram(
 )
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on `port` (0: not at all) from a background thread."""
+def serve_metrics(port: int, *, bind_all: bool = False) -> None:
+    """Expose /metrics on `port` (0: not at all) from a background thread; loopback unless
+    `bind_all` (in containers, Prometheus scrapes from another host)."""
     if port:
-        start_http_server(port, addr="127.0.0.1" if _loopback_only() else "0.0.0.0")
-
-
-def _loopback_only() -> bool:
-    import os
-
-    # In containers (deploy/) Prometheus scrapes from another host; locally stay on loopback.
-    return os.environ.get("METRICS_BIND_ALL", "") not in ("1", "true")
+        start_http_server(port, addr="0.0.0.0" if bind_all else "127.0.0.1")

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
+from functools import lru_cache
 
-# Salt for caller ids. Set CALLER_ID_SALT in production so ids cannot be reversed by hashing every
-# possible phone number (there are only ~10^10 of them).
-_SALT = os.environ.get("CALLER_ID_SALT", "appeals-demo-salt").encode()
+from shared.settings import get_settings
 
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # Landline: area code 0 + 2-3 digits, then a 7-8 digit number; optional extension.
@@ -57,8 +55,14 @@ def mask_name(name: str) -> str:
     return name[:1] + "*" * (len(name) - 1) if name else ""
 
 
+@lru_cache(maxsize=1)
+def _salt() -> bytes:
+    # CALLER_ID_SALT: there are only ~10^10 phone numbers, so an unsalted hash could be reversed.
+    return get_settings().caller_id_salt.encode()
+
+
 def caller_id(phone: str) -> str:
-    return hmac.new(_SALT, phone.encode(), hashlib.sha256).hexdigest()[:20]
+    return hmac.new(_salt(), phone.encode(), hashlib.sha256).hexdigest()[:20]
 
 
 def is_mobile(phone: str) -> bool:

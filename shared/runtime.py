@@ -54,7 +54,7 @@ class Runtime:
             configure_logging(self.settings.log_level)
             await ensure_topics(self.settings)
             if metrics_port:
-                serve_metrics(metrics_port)
+                serve_metrics(metrics_port, bind_all=self.settings.metrics_bind_all)
 
         @app.after_shutdown
         async def _stop() -> None:

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     metrics_port_classifier: int = 9102
     metrics_port_router: int = 9103
     metrics_port_notifier: int = 9104
+    metrics_bind_all: bool = False  # containers: let Prometheus scrape from another host
+
+    # Salt for caller ids (hashed phones). Set a secret in production, so that ids cannot be reversed
+    # by hashing every possible phone number.
+    caller_id_salt: str = "appeals-demo-salt"
 
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)

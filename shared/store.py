@@ -70,6 +70,30 @@ def history_key(no: str) -> str:
     return f"t:{no}:h"
 
 
+# Writes a batch in one command (one reply to parse, not one per key), inside the MULTI that WATCH
+# guards. ARGV: outbox score, n tickets, then per ticket: json, number of history records, records;
+# KEYS: per ticket: ticket key, history key; last: the outbox.
+_WRITE_BATCH = """
+local score = ARGV[1]
+local n = tonumber(ARGV[2])
+local a = 3
+local outbox = KEYS[#KEYS]
+for i = 1, n do
+  redis.call('SET', KEYS[2 * i - 1], ARGV[a])
+  local h = tonumber(ARGV[a + 1])
+  a = a + 2
+  if h > 0 then
+    redis.call('RPUSH', KEYS[2 * i], unpack(ARGV, a, a + h - 1))
+  end
+  a = a + h
+end
+for j = a, #ARGV, 2 do
+  redis.call('ZADD', outbox, ARGV[j], ARGV[j + 1])
+end
+return n
+"""
+
+
 def _event_record(event: Event) -> str:
     return json.dumps({"topic": event.topic, **event.model_dump(mode="json")}, ensure_ascii=False)
 
@@ -133,8 +157,8 @@ class TicketStore:
                     }
                     results: list[tuple[Ticket | None, list[Event]]] = []
                     changed: dict[str, Ticket] = {}
-                    history: list[Event] = []
-                    written: list[Event] = []
+                    history: dict[str, list[str]] = {}
+                    outbox: list[str] = []
                     for c in changes:
                         key = ticket_key(c.ticket_no)
                         outcome = c.decide(current[key])
@@ -142,19 +166,26 @@ class TicketStore:
                             results.append((current[key], []))
                             continue
                         current[key] = changed[key] = outcome.ticket
-                        history.extend((*outcome.record, *outcome.publish))
-                        written.extend(outcome.publish)
+                        published = [_event_record(e) for e in outcome.publish]
+                        history.setdefault(key, []).extend(
+                            [*(_event_record(e) for e in outcome.record), *published]
+                        )
+                        outbox.extend(published)
                         results.append((outcome.ticket, list(outcome.publish)))
                     if not changed:
                         await pipe.reset()
                         return results
-                    pipe.multi()
+                    now = time.time()
+                    keys_arg: list[str] = []
+                    args: list[str | float] = [now, len(changed)]
                     for key, ticket in changed.items():
-                        pipe.set(key, ticket.model_dump_json())
-                    for e in history:
-                        pipe.rpush(history_key(e.ticket_no), _event_record(e))
-                    if written:
-                        pipe.zadd(self.OUTBOX, {_event_record(e): time.time() for e in written})
+                        records = history.get(key, [])
+                        keys_arg += [key, f"{key}:h"]
+                        args += [ticket.model_dump_json(), len(records), *records]
+                    for record in outbox:
+                        args += [now, record]
+                    pipe.multi()
+                    pipe.eval(_WRITE_BATCH, len(keys_arg) + 1, *keys_arg, self.OUTBOX, *args)
                     await pipe.execute()
                     return results
                 except WatchError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,11 +14,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded import EmbeddedServers, free_port, port_open
+from services.launcher import WORKERS, Launcher
+from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-WORKERS = ("intake", "classifier", "router", "notifier")
 
 
 @pytest.fixture(scope="session")
@@ -63,45 +60,21 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
     return env
 
 
-class System:
-    """The five processes of `appeals up`, on the session's servers."""
+class System(Launcher):
+    """The five processes of `appeals up`, on the session's servers, each logging to a file."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.api_port = free_port()
         self.metrics_ports = {w: free_port() for w in WORKERS}
-        self.env = settings_env(
+        env = settings_env(
             settings,
             api_port=self.api_port,
             **{f"metrics_port_{w}": p for w, p in self.metrics_ports.items()},
         )
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
+        super().__init__(env=env, log_dir=log_dir)
 
-    def start(self, name: str) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "run", name],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
-
-    def stop(self, name: str, sig: int = 2) -> None:
-        p = self.procs.pop(name)
-        p.send_signal(sig)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        ports = [self.api_port, *self.metrics_ports.values()]
-        while not all(port_open(p) for p in ports):
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited: {(self.log_dir / f'{name}.log').read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"system not ready; logs in {self.log_dir}")
-            time.sleep(0.2)
+    def wait_ready(self) -> None:
+        self.wait_for_ports([self.api_port, *self.metrics_ports.values()], timeout=90)
 
     @property
     def base_url(self) -> str:
@@ -111,14 +84,12 @@ class System:
 @pytest.fixture(scope="session")
 def system(settings: Settings, tmp_path_factory) -> Iterator[System]:
     s = System(settings, tmp_path_factory.mktemp("system-logs"))
-    for name in (*WORKERS, "api"):
-        s.start(name)
+    s.start_all()
     try:
         s.wait_ready()
         yield s
     finally:
-        for name in list(s.procs):
-            s.stop(name)
+        s.stop_all()
 
 
 @pytest.fixture

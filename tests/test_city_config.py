@@ -103,7 +103,7 @@ def test_demo_has_ambiguities_to_resolve(city: City) -> None:
         segs = sorted(
             (r.from_no, r.to_no) for info in city.grids.values() for r in info.grid.roads if r.name == name
         )
-        for (_, hi), (lo, _) in zip(segs, segs[1:]):
+        for (_, hi), (lo, _) in zip(segs, segs[1:], strict=False):
             assert hi < lo, name
 
 
@@ -241,3 +241,37 @@ def test_unknown_field_is_rejected(folder: Path) -> None:
     _write(folder, "responsibilities.yaml", data)
     msg = _error(folder)
     assert "responsibilities.yaml" in msg and "leed" in msg
+
+
+def test_two_rules_for_the_same_category_and_area(folder: Path) -> None:
+    data = _read(folder, "responsibilities.yaml")
+    data["rules"].append(dict(data["rules"][0], lead="district_office"))
+    _write(folder, "responsibilities.yaml", data)
+    msg = _error(folder)
+    assert f"rule {len(data['rules'])}" in msg and "same category and area as rule 1" in msg
+
+
+def test_rule_area_must_nest(folder: Path) -> None:
+    data = _read(folder, "responsibilities.yaml")
+    data["rules"].append({"category": data["rules"][0]["category"], "street": "s01", "community": "s02c01",
+                          "lead": data["rules"][0]["lead"]})
+    _write(folder, "responsibilities.yaml", data)
+    assert "community s02c01 is not in street s01" in _error(folder)
+
+
+def test_calendar_conflicts_are_named(folder: Path) -> None:
+    data = _read(folder, "sla.yaml")
+    data["workdays"] = [*data.get("workdays", []), date(2026, 10, 1), date(2026, 11, 24)]
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "2026-10-01 is listed both as a holiday" in msg
+    assert "2026-11-24 is a weekday already" in msg
+    assert msg.count("\n") >= 2, "one problem per line"
+
+
+def test_unquoted_numbers_in_yaml_are_text(folder: Path) -> None:
+    data = _read(folder, "departments.yaml")
+    text = (folder / "departments.yaml").read_text(encoding="utf-8")
+    phone = next(d["phone"] for d in data if d.get("phone", "").startswith("1"))
+    (folder / "departments.yaml").write_text(text.replace(f'"{phone}"', phone), encoding="utf-8")
+    assert any(d.phone == phone for d in load_city(folder).departments)

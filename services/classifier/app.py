@@ -8,7 +8,7 @@ from faststream import FastStream
 
 from services.classifier.service import Classifier, load_or_train
 from shared import topics
-from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, publish, raw_body
+from shared.bus import batch_subscriber, parse_or_dead_letter, publish
 from shared.events import AppealReceived
 from shared.metrics import APPEALS_CLASSIFIED, APPEALS_FOR_REVIEW, BATCH_SECONDS
 from shared.runtime import Runtime
@@ -29,9 +29,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
             rt.city, model, threshold=rt.settings.review_confidence_threshold
         )
 
-    @rt.broker.subscriber(
-        topics.APPEAL_RECEIVED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER
-    )
+    @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def on_appeals_received(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         appeals = await parse_or_dead_letter(

@@ -1058,6 +1058,16 @@ _MOBILE_PREFIXES = (
 _SURNAMES = "王李张刘陈杨赵黄周吴徐孙马朱胡郭何林高罗"
 _TITLE_PATTERNS = ("{q}{kw}", "关于{q}{kw}的问题", "{q}{kw}问题", "反映{q}{kw}", "{q}{kw}急需处理")
 _TITLE_PATTERNS_NOPLACE = ("{kw}问题", "反映{kw}问题", "关于{kw}的{type}", "{kw}{type}", "{name}问题{type}")
+# Titles that say nothing about the category ("市民来电诉求"): residents write those too, and they keep
+# the title from giving the label away.
+_TITLE_VAGUE = ("关于{q}的问题", "{q}有问题需要处理", "反映{q}的情况", "{type}：{q}附近")
+_TITLE_VAGUE_NOPLACE = (
+    "市民来电{type}",
+    "反映一个情况",
+    "请求有关部门处理",
+    "急需解决的问题",
+    "网友留言{type}",
+)
 # Look-alike / sound-alike substitutions, as typed with a pinyin IME in a hurry.
 _TYPOS = {
     "的": "得",
@@ -1361,7 +1371,10 @@ class _Generator:
 
     def title(self, name: str, kw: str, kind: str, urgent: bool, place: _Place | None) -> str:
         rng = self.rng
-        if place and rng.random() < 0.6:
+        if rng.random() < 0.15:
+            patterns = _TITLE_VAGUE if place else _TITLE_VAGUE_NOPLACE
+            title = rng.choice(patterns).replace("{q}", place.short if place else "").replace("{type}", kind)
+        elif place and rng.random() < 0.6:
             title = rng.choice(_TITLE_PATTERNS).replace("{q}", place.short).replace("{kw}", kw)
         else:
             title = rng.choice(_TITLE_PATTERNS_NOPLACE)

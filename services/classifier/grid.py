@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from shared.city import City
 from shared.events import GeoPoint, GridMatch
 
-_HOUSE_NUMBER = re.compile(r"^\s*(\d{1,5})\s*号")
+_HOUSE_NUMBER = re.compile(r"\s*(\d{1,5})\s*号")  # matched at the end of a road name
 
 
 def point_in_polygon(lng: float, lat: float, polygon: tuple[tuple[float, float], ...]) -> bool:

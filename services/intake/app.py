@@ -12,7 +12,7 @@ import time
 from faststream import FastStream
 
 from shared import topics
-from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, raw_body
+from shared.bus import batch_subscriber, parse_or_dead_letter
 from shared.events import AppealClassified, AppealReceived, TicketUpdated
 from shared.metrics import BATCH_SECONDS
 from shared.runtime import Runtime
@@ -34,7 +34,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_intake)
 
-    @rt.broker.subscriber(topics.APPEAL_RECEIVED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def index_callers(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         appeals = await parse_or_dead_letter(rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
@@ -46,7 +46,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
             await p.execute()
         BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
 
-    @rt.broker.subscriber(topics.APPEAL_CLASSIFIED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.APPEAL_CLASSIFIED, NAME)
     async def index_grids(bodies: list[bytes]) -> None:
         classified = await parse_or_dead_letter(rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME)
         cutoff = time.time() - DUPLICATE_WINDOW_SECONDS
@@ -58,7 +58,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
                     p.zremrangebyscore(key, "-inf", cutoff)
             await p.execute()
 
-    @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
     async def forget_closed(bodies: list[bytes]) -> None:
         updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
         closed = [u.ticket_no for u in updates if u.action == "closed"]

@@ -7,7 +7,7 @@ from faststream import FastStream
 from services.notifier.gateway import OutboxGateway
 from services.notifier.service import Notifier
 from shared import topics
-from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, publish, raw_body
+from shared.bus import batch_subscriber, parse_or_dead_letter, publish
 from shared.events import AppealReceived, TicketUpdated
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -22,7 +22,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     app = rt.app(metrics_port=rt.settings.metrics_port_notifier)
     notifier = Notifier(rt.store, OutboxGateway(rt.redis))
 
-    @rt.broker.subscriber(topics.APPEAL_RECEIVED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def acknowledge(bodies: list[bytes]) -> None:
         appeals = await parse_or_dead_letter(rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
         for a in appeals:
@@ -31,7 +31,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
                 if phone:
                     await notifier.acknowledge(a, a.ticket_no, phone)
 
-    @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
     async def follow_up(bodies: list[bytes]) -> None:
         updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
         resolved = [u for u in updates if u.action == "resolved"]

@@ -17,7 +17,7 @@ from services.router import workflow
 from services.router.rules import route
 from services.router.sla import deadlines
 from shared import topics
-from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, publish, raw_body, relay_outbox
+from shared.bus import batch_subscriber, parse_or_dead_letter, publish, relay_outbox
 from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent
 from shared.metrics import BATCH_SECONDS, TICKET_TRANSITIONS, TICKETS_ASSIGNED
 from shared.runtime import Runtime
@@ -47,9 +47,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
         results = await apply_and_publish(rt.store, changes, send)
         return [e for _, events in results for e in events]
 
-    @rt.broker.subscriber(
-        topics.APPEAL_CLASSIFIED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER
-    )
+    @batch_subscriber(rt.broker, topics.APPEAL_CLASSIFIED, NAME)
     async def on_appeals_classified(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         classified = await parse_or_dead_letter(
@@ -60,16 +58,14 @@ def build_app(settings: Settings | None = None) -> FastStream:
             TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
         BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
 
-    @rt.broker.subscriber(topics.SURVEY_SENT, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @batch_subscriber(rt.broker, topics.SURVEY_SENT, NAME)
     async def on_surveys_sent(bodies: list[bytes]) -> None:
         sent = await parse_or_dead_letter(rt.broker, SurveySent, topics.SURVEY_SENT, bodies, NAME)
         changes = [Change(s.ticket_no, partial(workflow.survey_sent, sent=s)) for s in sent]
         for e in await apply(changes):
             TICKET_TRANSITIONS.labels(action=e.action).inc()
 
-    @rt.broker.subscriber(
-        topics.SURVEY_ANSWERED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER
-    )
+    @batch_subscriber(rt.broker, topics.SURVEY_ANSWERED, NAME)
     async def on_surveys_answered(bodies: list[bytes]) -> None:
         answers = await parse_or_dead_letter(
             rt.broker, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME

@@ -1,0 +1,101 @@
+"""The shared core: personal-data helpers, derived event ids, and the store's outbox on a real
+Redis and broker (an event whose writer died before publishing is published by the relay)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
+
+from shared import topics
+from shared.bus import ensure_topics, relay_outbox
+from shared.events import AppealReceived, TicketUpdated
+from shared.privacy import InvalidPhone, caller_id, mask_name, mask_phone, normalize_phone
+from shared.store import Change, Outcome, TicketStore, record_appeal
+from shared.tickets import Ticket
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("13812345678", "13812345678"),
+        ("+86 138-1234-5678", "13812345678"),
+        ("１３８１２３４５６７８", "13812345678"),
+        ("010-62345678", "010-62345678"),
+        ("(0755)83456789", "0755-83456789"),
+        ("02112345678", "021-12345678"),
+    ],
+)
+def test_phones_are_normalised(raw, expected):
+    assert normalize_phone(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["12345", "23812345678", "1381234567", "abc", "", "0101234"])
+def test_bad_phones_are_refused_in_chinese(raw):
+    with pytest.raises(InvalidPhone, match="不是有效的"):
+        normalize_phone(raw)
+
+
+def test_masks_and_caller_ids():
+    assert mask_phone("13812345678") == "138****5678"
+    assert mask_phone("010-62345678") == "010-****5678"
+    assert mask_name("张三") == "张*" and mask_name("欧阳娜娜") == "欧***"
+    assert caller_id("13812345678") == caller_id("13812345678") != caller_id("13812345679")
+    assert "13812345678" not in caller_id("13812345678")
+
+
+def test_an_event_caused_by_another_has_a_stable_derived_id():
+    appeal = AppealReceived(ticket_no="20261123-000001", channel="hotline", text="路灯坏了一周了")
+    a = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
+    b = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
+    assert a.event_id == b.event_id != appeal.event_id
+    assert a.caused_by == appeal.event_id and a.ticket_no == appeal.ticket_no
+    assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
+
+
+async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):
+    """Write a change (ticket + history + outbox) but 'crash' before publishing: the relay
+    publishes the event, once, and clears the outbox."""
+    store = TicketStore(redis)
+    appeal = AppealReceived(ticket_no="20261123-777001", channel="hotline", text="井盖丢了很危险")
+    update = TicketUpdated.caused(appeal, action="warning", status="received", actor="system")
+
+    def decide(ticket: Ticket | None) -> Outcome:
+        created = record_appeal(ticket, appeal)
+        return Outcome(created.ticket, publish=[update], record=created.record)
+
+    [(ticket, published)] = await store.apply_many([Change(appeal.ticket_no, decide)])
+    assert published == [update]
+    assert [h["topic"] for h in await store.history(appeal.ticket_no)] == ["appeal.received", "ticket.updated"]
+
+    await ensure_topics(settings)
+    consumer = AIOKafkaConsumer(
+        topics.TICKET_UPDATED, bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id="test-outbox", auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    broker = KafkaBroker(settings.kafka_bootstrap_servers)
+    await broker.connect()
+    try:
+        assert await relay_outbox(broker, store, older_than_seconds=60) == 0  # too fresh: writer may be alive
+        assert await relay_outbox(broker, store, older_than_seconds=0) >= 1
+        assert await store.due_outbox(0) == []
+        ids = []
+        for _ in range(20):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                ids += [json.loads(r.value)["event_id"] for r in records]
+            if update.event_id in ids:
+                break
+        assert ids.count(update.event_id) == 1
+    finally:
+        await consumer.stop()
+        await broker.stop()
+
+
+async def test_a_decision_that_declines_writes_nothing(redis):
+    store = TicketStore(redis)
+    [(ticket, events)] = await store.apply_many([Change("20261123-777002", lambda t: None)])
+    assert ticket is None and events == []
+    assert await store.get("20261123-777002") is None

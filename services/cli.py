@@ -69,7 +69,10 @@ def up(
         typer.echo(f"model {load_or_train(city, settings.model_dir).version}")
         if with_services:
             launcher.start_all()
-            launcher.wait_for_ports([settings.api_port])
+            launcher.wait_for_ports([
+                settings.api_port, settings.metrics_port_intake, settings.metrics_port_classifier,
+                settings.metrics_port_router, settings.metrics_port_notifier,
+            ])
         env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""

@@ -53,6 +53,9 @@ class Launcher:
             env={**self.env, **extra_env},
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
+            # Own session: the terminal's Ctrl-C reaches only `appeals up`, which then stops the
+            # services before the servers they depend on.
+            start_new_session=True,
         )
         self.procs[name] = proc
         return proc

@@ -21,6 +21,8 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # aiokafka narrates every group join and partition assignment at INFO.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @dataclass
@@ -53,6 +55,10 @@ class Runtime:
         async def _start() -> None:
             configure_logging(self.settings.log_level)
             await ensure_topics(self.settings)
+
+        @app.after_startup
+        async def _serving() -> None:
+            # Opened once the subscribers have started: launchers wait for this port as "ready".
             if metrics_port:
                 serve_metrics(metrics_port, bind_all=self.settings.metrics_bind_all)
 

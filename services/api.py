@@ -1,6 +1,6 @@
 """The HTTP API: one FastAPI app composed of each service's views (intake, router, notifier).
 
-It holds a Kafka producer (acks=all) and the Redis ticket store; it runs no consumers."""
+It holds a Kafka producer (acks=all, shared.bus.EventPublisher) and the Redis ticket store; it runs no consumers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from services.notifier import views as notifier_views
 from services.notifier.gateway import OutboxGateway
 from services.notifier.service import Notifier
 from services.router import views as router_views
-from shared.bus import ensure_topics, make_broker
+from shared.bus import EventPublisher, ensure_topics
 from shared.city import load_city
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
@@ -32,21 +32,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
         redis = Redis.from_url(settings.redis_url)
-        broker = make_broker(settings, app_name="api")
+        publisher = EventPublisher(settings, client_id="api")
         await ensure_topics(settings)
-        await broker.connect()
+        await publisher.start()
         store = TicketStore(redis)
         app.state.settings = settings
         app.state.city = load_city(settings.city_config_dir)
         app.state.redis = redis
-        app.state.broker = broker
+        app.state.publisher = publisher
         app.state.store = store
-        app.state.intake = IntakeService(broker, store, timezone=settings.timezone)
+        app.state.intake = IntakeService(publisher, store, timezone=settings.timezone)
         app.state.notifier = Notifier(store, OutboxGateway(redis))
         try:
             yield
         finally:
-            await broker.stop()
+            await publisher.stop()
             await redis.aclose()
 
     app = FastAPI(

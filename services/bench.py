@@ -47,10 +47,34 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
         launcher.start_all(WORKERS)
         launcher.wait_for_ports(int(p) for p in ports.values())
     try:
+        before = _cpu_seconds(launcher)
         asyncio.run(_bench(settings, n=n, callers=callers))
+        if launcher is not None:
+            after = _cpu_seconds(launcher)
+            print("  CPU per appeal     " + "   ".join(
+                f"{name} {(after[name] - before.get(name, 0)) / n * 1e6:,.0f}µs" for name in after
+            ))
     finally:
         if launcher is not None:
             launcher.stop_all()
+
+
+def _cpu_seconds(launcher: Launcher | None) -> dict[str, float]:
+    """User + system CPU seconds so far of each process the benchmark started (Linux /proc)."""
+    if launcher is None:
+        return {}
+    procs = {name: p.pid for name, p in launcher.procs.items()}
+    if launcher.embedded is not None:
+        procs.update({p.name: p.proc.pid for p in launcher.embedded.processes})
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in procs.items():
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return out
 
 
 async def _bench(settings: Settings, *, n: int, callers: int) -> None:

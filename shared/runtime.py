@@ -10,7 +10,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
-from shared.bus import ensure_topics, make_broker
+from shared.bus import EventPublisher, ensure_topics, make_broker
 from shared.city import City, load_city
 from shared.metrics import serve_metrics
 from shared.settings import Settings, get_settings
@@ -29,7 +29,8 @@ def configure_logging(level: str) -> None:
 class Runtime:
     name: str
     settings: Settings
-    broker: KafkaBroker
+    broker: KafkaBroker  # the subscribers
+    publisher: EventPublisher  # what they publish
     redis: Redis
     store: TicketStore
     city: City
@@ -42,6 +43,7 @@ class Runtime:
             name=name,
             settings=settings,
             broker=make_broker(settings, app_name=name),
+            publisher=EventPublisher(settings, client_id=name),
             redis=redis,
             store=TicketStore(redis),
             city=load_city(settings.city_config_dir),
@@ -55,6 +57,7 @@ class Runtime:
         async def _start() -> None:
             configure_logging(self.settings.log_level)
             await ensure_topics(self.settings)
+            await self.publisher.start()
 
         @app.after_startup
         async def _serving() -> None:
@@ -64,6 +67,7 @@ class Runtime:
 
         @app.after_shutdown
         async def _stop() -> None:
+            await self.publisher.stop()
             await self.redis.aclose()
 
         return app

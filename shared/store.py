@@ -95,7 +95,13 @@ return n
 
 
 def _event_record(event: Event) -> str:
-    return json.dumps({"topic": event.topic, **event.model_dump(mode="json")}, ensure_ascii=False)
+    """The event as stored in a history: its JSON with the topic first (pydantic's serializer)."""
+    return f'{{"topic":"{event.topic}",{event.model_dump_json()[1:]}'
+
+
+def _outbox_member(event: Event) -> str:
+    # Small on purpose: the event itself is in the ticket's history; the relay reads it from there.
+    return f"{event.topic}\t{event.ticket_no}\t{event.event_id}"
 
 
 class TicketStore:
@@ -166,11 +172,10 @@ class TicketStore:
                             results.append((current[key], []))
                             continue
                         current[key] = changed[key] = outcome.ticket
-                        published = [_event_record(e) for e in outcome.publish]
                         history.setdefault(key, []).extend(
-                            [*(_event_record(e) for e in outcome.record), *published]
+                            _event_record(e) for e in (*outcome.record, *outcome.publish)
                         )
-                        outbox.extend(published)
+                        outbox.extend(_outbox_member(e) for e in outcome.publish)
                         results.append((outcome.ticket, list(outcome.publish)))
                     if not changed:
                         await pipe.reset()
@@ -196,18 +201,35 @@ class TicketStore:
 
     async def published(self, events: Sequence[Event]) -> None:
         if events:
-            await self.redis.zrem(self.OUTBOX, *[_event_record(e) for e in events])
+            await self.redis.zrem(self.OUTBOX, *[_outbox_member(e) for e in events])
 
-    async def due_outbox(self, older_than_seconds: float, limit: int = 500) -> list[str]:
-        """Outbox records (JSON, with their topic) written more than `older_than_seconds` ago and
-        still not confirmed published."""
+    async def due_outbox(
+        self, older_than_seconds: float, limit: int = 500
+    ) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Events written more than `older_than_seconds` ago and still not confirmed published:
+        outbox entry -> (topic, event as a dict), read back from the tickets' histories."""
         cutoff = time.time() - older_than_seconds
-        raws = await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
-        return [r.decode() for r in raws]
+        members = [
+            m.decode() for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
+        ]
+        wanted: dict[str, dict[str, str]] = {}  # ticket -> event id -> entry
+        for m in members:
+            _, ticket_no, event_id = m.split("\t")
+            wanted.setdefault(ticket_no, {})[event_id] = m
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for ticket_no, ids in wanted.items():
+            for record in await self.history(ticket_no):
+                if (entry := ids.get(record["event_id"])) is not None:
+                    found[entry] = (record.pop("topic"), record)
+        # An entry whose event is not in any history cannot be relayed: drop it, loudly.
+        lost = [m for m in members if m not in found]
+        if lost:
+            await self.remove_outbox_entries(lost)
+        return found
 
-    async def remove_outbox_records(self, raws: Sequence[str]) -> None:
-        if raws:
-            await self.redis.zrem(self.OUTBOX, *raws)
+    async def remove_outbox_entries(self, entries: Sequence[str]) -> None:
+        if entries:
+            await self.redis.zrem(self.OUTBOX, *entries)
 
 async def apply_and_publish(
     store: TicketStore,

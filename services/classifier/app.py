@@ -33,12 +33,12 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def on_appeals_received(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         appeals = await parse_or_dead_letter(
-            rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME
+            rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME
         )
         results = state["classifier"].classify(appeals)
-        await publish(rt.broker, results)
+        await publish(rt.publisher, results)
         review = [r for r in results if r.needs_review]
-        await publish(rt.broker, review, topic=topics.APPEAL_REVIEW)
+        await publish(rt.publisher, review, topic=topics.APPEAL_REVIEW)
         for r in results:
             APPEALS_CLASSIFIED.labels(category=r.category).inc()
         APPEALS_FOR_REVIEW.inc(len(review))

@@ -37,7 +37,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def index_callers(bodies: list[bytes]) -> None:
         started = time.perf_counter()
-        appeals = await parse_or_dead_letter(rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
+        appeals = await parse_or_dead_letter(rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
         async with rt.redis.pipeline(transaction=False) as p:
             for a in appeals:
                 if a.caller.caller_id:  # SADD is idempotent: a redelivery changes nothing
@@ -48,7 +48,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @batch_subscriber(rt.broker, topics.APPEAL_CLASSIFIED, NAME)
     async def index_grids(bodies: list[bytes]) -> None:
-        classified = await parse_or_dead_letter(rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME)
+        classified = await parse_or_dead_letter(rt.publisher, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME)
         cutoff = time.time() - DUPLICATE_WINDOW_SECONDS
         async with rt.redis.pipeline(transaction=False) as p:
             for c in classified:
@@ -60,7 +60,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
     async def forget_closed(bodies: list[bytes]) -> None:
-        updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
+        updates = await parse_or_dead_letter(rt.publisher, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
         closed = [u.ticket_no for u in updates if u.action == "closed"]
         if not closed:
             return

@@ -17,11 +17,10 @@ from datetime import datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
 from services.intake.domain import Submission
-from shared.bus import publish
+from shared.bus import EventPublisher, publish
 from shared.events import AppealReceived
 from shared.metrics import APPEALS_RECEIVED
 from shared.store import Change, TicketStore, record_appeal
@@ -36,9 +35,9 @@ class BrokerUnavailable(RuntimeError):
 
 class IntakeService:
     def __init__(
-        self, broker: KafkaBroker, store: TicketStore, *, timezone: str, publish_timeout: float = 10
+        self, publisher: EventPublisher, store: TicketStore, *, timezone: str, publish_timeout: float = 10
     ) -> None:
-        self.broker = broker
+        self.publisher = publisher
         self.store = store
         self.redis: Redis = store.redis
         self.tz = ZoneInfo(timezone)
@@ -72,7 +71,7 @@ class IntakeService:
                 address=sub.address, location=sub.location, caller=sub.caller,
                 urgent_flag=sub.urgent, operator_id=sub.operator_id,
             )
-            await asyncio.wait_for(publish(self.broker, [event]), self.publish_timeout)
+            await asyncio.wait_for(publish(self.publisher, [event]), self.publish_timeout)
         except Exception as e:
             if key is not None:
                 await self.redis.delete(key)

@@ -24,7 +24,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def acknowledge(bodies: list[bytes]) -> None:
-        appeals = await parse_or_dead_letter(rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
+        appeals = await parse_or_dead_letter(rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
         for a in appeals:
             if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id:
                 phone = (await rt.store.contact(a.caller.caller_id)).get("phone")
@@ -33,13 +33,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
     async def follow_up(bodies: list[bytes]) -> None:
-        updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
+        updates = await parse_or_dead_letter(rt.publisher, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
         resolved = [u for u in updates if u.action == "resolved"]
         tickets = await rt.store.get_many([u.ticket_no for u in resolved])
         surveys = []
         for update, ticket in zip(resolved, tickets):
             if ticket is not None and (survey := await notifier.start_survey(update, ticket)):
                 surveys.append(survey)
-        await publish(rt.broker, surveys)
+        await publish(rt.publisher, surveys)
 
     return app

@@ -32,7 +32,7 @@ async def inbound_sms(body: InboundSms, request: Request):
     if pending is not None:
         answered, reply = await notifier.answer(phone, body.text, pending)
         try:
-            await publish(request.app.state.broker, [answered])
+            await publish(request.app.state.publisher, [answered])
         except Exception:
             return unavailable()
         if reply.rating is not None:

@@ -41,7 +41,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     tz = ZoneInfo(rt.settings.timezone)
     app = rt.app(metrics_port=rt.settings.metrics_port_router)
-    send = partial(publish, rt.broker)
+    send = partial(publish, rt.publisher)
 
     async def apply(changes: list[Change]) -> list[Event]:
         results = await apply_and_publish(rt.store, changes, send)
@@ -51,7 +51,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def on_appeals_classified(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         classified = await parse_or_dead_letter(
-            rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
+            rt.publisher, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
         )
         changes = [Change(c.ticket_no, assignment_decision(rt, tz, c)) for c in classified]
         for e in await apply(changes):
@@ -60,7 +60,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @batch_subscriber(rt.broker, topics.SURVEY_SENT, NAME)
     async def on_surveys_sent(bodies: list[bytes]) -> None:
-        sent = await parse_or_dead_letter(rt.broker, SurveySent, topics.SURVEY_SENT, bodies, NAME)
+        sent = await parse_or_dead_letter(rt.publisher, SurveySent, topics.SURVEY_SENT, bodies, NAME)
         changes = [Change(s.ticket_no, partial(workflow.survey_sent, sent=s)) for s in sent]
         for e in await apply(changes):
             TICKET_TRANSITIONS.labels(action=e.action).inc()
@@ -68,7 +68,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     @batch_subscriber(rt.broker, topics.SURVEY_ANSWERED, NAME)
     async def on_surveys_answered(bodies: list[bytes]) -> None:
         answers = await parse_or_dead_letter(
-            rt.broker, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME
+            rt.publisher, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME
         )
         changes = [Change(a.ticket_no, partial(workflow.rate, answer=a)) for a in answers]
         for e in await apply(changes):
@@ -81,7 +81,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
         while True:
             await asyncio.sleep(rt.settings.timer_scan_seconds)
             try:
-                if n := await relay_outbox(rt.broker, rt.store):
+                if n := await relay_outbox(rt.publisher, rt.store):
                     log.warning("relayed %d unconfirmed event(s) from the outbox", n)
             except Exception:  # keep relaying; the next scan retries
                 log.exception("outbox relay failed")

@@ -55,7 +55,7 @@ async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, da
 
     try:
         [(ticket, _)] = await apply_and_publish(
-            state.store, [Change(ticket_no, decide)], lambda events: publish(state.broker, events)
+            state.store, [Change(ticket_no, decide)], lambda events: publish(state.publisher, events)
         )
     except ConcurrentUpdate:
         return JSONResponse(status_code=409, headers={"Retry-After": "1"},

@@ -4,6 +4,7 @@ the city's holiday calendar. Pure functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -18,22 +19,38 @@ class Deadlines:
 
 
 def is_workday(day: date, sla: SlaConfig) -> bool:
-    if day in sla.workdays:  # a make-up working day (调休) on a weekend
+    return _is_workday(day, *_calendar(sla.holidays, sla.workdays))
+
+
+def _is_workday(day: date, holidays: frozenset[date], workdays: frozenset[date]) -> bool:
+    if day in workdays:  # a make-up working day (调休) on a weekend
         return True
-    if day in sla.holidays:
-        return False
-    return day.weekday() < 5
+    return day not in holidays and day.weekday() < 5
+
+
+@lru_cache(maxsize=8)
+def _calendar(holidays: tuple[date, ...], workdays: tuple[date, ...]) -> tuple[frozenset, frozenset]:
+    return frozenset(holidays), frozenset(workdays)
+
+
+@lru_cache(maxsize=4096)
+def _working_day_after(day: date, days: int, holidays: tuple[date, ...], workdays: tuple[date, ...]) -> date:
+    """The date `days` working days after `day` (every ticket of a day shares the answer)."""
+    calendar = _calendar(holidays, workdays)
+    added = 0
+    while added < days:
+        day += timedelta(days=1)
+        if _is_workday(day, *calendar):
+            added += 1
+    return day
 
 
 def add_working_days(start: datetime, days: int, sla: SlaConfig, tz: ZoneInfo) -> datetime:
     """`start` plus `days` working days, at the same local clock time."""
     local = start.astimezone(tz)
-    added = 0
-    while added < days:
-        local += timedelta(days=1)
-        if is_workday(local.date(), sla):
-            added += 1
-    return local
+    target = _working_day_after(local.date(), days, sla.holidays, sla.workdays)
+    # Same wall-clock time on the target date (DST-safe: rebuild, don't add a timedelta).
+    return datetime.combine(target, local.timetz().replace(tzinfo=None), tzinfo=tz)
 
 
 def sla_class_for(city: City, category: str, urgent: bool) -> str:

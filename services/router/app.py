@@ -1,6 +1,9 @@
-"""The router worker: assigns classified appeals, follows the survey, and relays the outbox.
+"""The router worker: assigns classified appeals, follows the department workflow and the survey,
+fires deadline timers, convenes joint meetings, and relays the outbox.
 
-Subscribers only load, decide (services.router.workflow / rules / sla) and publish."""
+Subscribers only load, decide (services.router.workflow / rules / sla / timers / meetings) and publish.
+With ROUTER_CONSUME=false a replica runs only the timer scan and the outbox relay.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
 from faststream import FastStream
 
-from services.router import workflow
-from services.router.rules import route
+from services.router import timers, workflow
+from services.router.rules import contested, route
+from services.router.service import Hotspots, MeetingStore, Queues, TimerStore
 from services.router.sla import deadlines
 from shared import topics
 from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, publish, raw_body, relay_outbox
-from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent
+from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent, TicketAssigned, TicketUpdated
 from shared.metrics import BATCH_SECONDS, TICKET_TRANSITIONS, TICKETS_ASSIGNED
 from shared.runtime import Runtime
 from shared.settings import Settings
@@ -29,70 +34,133 @@ log = logging.getLogger(__name__)
 
 
 def assignment_decision(rt: Runtime, tz: ZoneInfo, classified: AppealClassified):
-    routing = route(
-        rt.city, classified.category, classified.grid, classified.confidence,
-        rt.settings.review_confidence_threshold,
-    )
+    # A person's correction is routed by the rules whatever the model's confidence was.
+    threshold = 0.0 if classified.reviewed_by else rt.settings.review_confidence_threshold
+    routing = route(rt.city, classified.category, classified.grid, classified.confidence, threshold)
+    others = contested(rt.city, routing, classified.top, classified.grid, rt.city.sla.supervision.ambiguity_margin)
     due = deadlines(rt.city, classified.category, classified.urgent, classified.occurred_at, tz)
-    return partial(workflow.assign, classified=classified, routing=routing, due=due, city=rt.city)
+    return partial(workflow.assign, classified=classified, routing=routing, due=due, city=rt.city,
+                   contested=others, tz=tz)
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     tz = ZoneInfo(rt.settings.timezone)
+    sup = rt.city.sla.supervision
     app = rt.app(metrics_port=rt.settings.metrics_port_router)
     send = partial(publish, rt.broker)
+    timer_store = TimerStore(rt.redis, sup)
+    queues = Queues(rt.redis, rt.store)
+    meeting_store = MeetingStore(rt.redis, rt.store)
+    hotspots = Hotspots(rt.redis, sup)
+
+    def ref(dept_id: str):
+        return workflow.dept_ref(rt.city, dept_id)
 
     async def apply(changes: list[Change]) -> list[Event]:
         results = await apply_and_publish(rt.store, changes, send)
         return [e for _, events in results for e in events]
 
-    @rt.broker.subscriber(
-        topics.APPEAL_CLASSIFIED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER
-    )
-    async def on_appeals_classified(bodies: list[bytes]) -> None:
-        started = time.perf_counter()
-        classified = await parse_or_dead_letter(
-            rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
-        )
-        changes = [Change(c.ticket_no, assignment_decision(rt, tz, c)) for c in classified]
-        for e in await apply(changes):
-            TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
-        BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
+    async def convene_hotspots(events: list[Event]) -> None:
+        """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting."""
+        nos = [e.ticket_no for e in events if isinstance(e, TicketAssigned)]
+        tickets = [t for t in await rt.store.get_many(nos) if t is not None]
+        hot = await hotspots.record(tickets, time.time())
+        changes = []
+        for (category, grid), cluster in hot.items():
+            mid = await meeting_store.open_hotspot(category, grid, cluster[0])
+            members = [t for t in await rt.store.get_many(cluster) if t is not None]
+            summoned = {t.department.id for t in members if t.department} | {
+                d.id for t in members for d in t.co_departments}
+            summoned.discard(rt.city.responsibilities.dispatch_desk)
+            changes += [Change(no, partial(workflow.hold_for_meeting, mid=mid, reason="hotspot",
+                                           summoned=sorted(summoned), city=rt.city, tz=tz,
+                                           now=datetime.now(UTC))) for no in cluster]
+        if changes:
+            await apply(changes)
 
-    @rt.broker.subscriber(topics.SURVEY_SENT, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
-    async def on_surveys_sent(bodies: list[bytes]) -> None:
-        sent = await parse_or_dead_letter(rt.broker, SurveySent, topics.SURVEY_SENT, bodies, NAME)
-        changes = [Change(s.ticket_no, partial(workflow.survey_sent, sent=s)) for s in sent]
+    if rt.settings.router_consume:
+
+        @rt.broker.subscriber(topics.APPEAL_CLASSIFIED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        async def on_appeals_classified(bodies: list[bytes]) -> None:
+            started = time.perf_counter()
+            classified = await parse_or_dead_letter(
+                rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
+            )
+            changes = [Change(c.ticket_no, assignment_decision(rt, tz, c)) for c in classified]
+            events = await apply(changes)
+            for e in events:
+                if isinstance(e, TicketAssigned):
+                    TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
+            await convene_hotspots(events)
+            BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
+
+        @rt.broker.subscriber(topics.SURVEY_SENT, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        async def on_surveys_sent(bodies: list[bytes]) -> None:
+            sent = await parse_or_dead_letter(rt.broker, SurveySent, topics.SURVEY_SENT, bodies, NAME)
+            changes = [Change(s.ticket_no, partial(workflow.survey_sent, sent=s)) for s in sent]
+            for e in await apply(changes):
+                TICKET_TRANSITIONS.labels(action=e.action).inc()
+
+        @rt.broker.subscriber(topics.SURVEY_ANSWERED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        async def on_surveys_answered(bodies: list[bytes]) -> None:
+            answers = await parse_or_dead_letter(
+                rt.broker, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME
+            )
+            changes = [Change(a.ticket_no, partial(workflow.rate, answer=a, city=rt.city, tz=tz)) for a in answers]
+            for e in await apply(changes):
+                TICKET_TRANSITIONS.labels(action=e.action).inc()
+
+        # The router follows its own facts (whoever wrote them: this worker, the API, a timer) to keep
+        # the timers and the department queues current and to open meetings. Everything here is
+        # idempotent, so a replayed batch changes nothing.
+        @rt.broker.subscriber(topics.TICKET_ASSIGNED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        async def on_tickets_assigned(bodies: list[bytes]) -> None:
+            assigned = await parse_or_dead_letter(rt.broker, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME)
+            await follow([a.ticket_no for a in assigned])
+
+        @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        async def on_tickets_updated(bodies: list[bytes]) -> None:
+            updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
+            escalations = [u for u in updates if u.action == "escalated" and "meeting" in u.data]
+            if escalations:
+                await meeting_store.open_from(escalations, ref, send)
+            await follow([u.ticket_no for u in updates])
+
+    async def follow(nos: list[str]) -> None:
+        tickets = [t for t in await rt.store.get_many(list(dict.fromkeys(nos))) if t is not None]
+        await timer_store.schedule(tickets)
+        await queues.index(tickets)
+
+    async def fire_due_timers() -> int:
+        due = await timer_store.claim_due(time.time())
+        if not due:
+            return 0
+        changes = [Change(t.ticket_no, partial(timers.fire, timer=t, city=rt.city, tz=tz)) for t in due]
         for e in await apply(changes):
             TICKET_TRANSITIONS.labels(action=e.action).inc()
-
-    @rt.broker.subscriber(
-        topics.SURVEY_ANSWERED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER
-    )
-    async def on_surveys_answered(bodies: list[bytes]) -> None:
-        answers = await parse_or_dead_letter(
-            rt.broker, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME
-        )
-        changes = [Change(a.ticket_no, partial(workflow.rate, answer=a)) for a in answers]
-        for e in await apply(changes):
-            TICKET_TRANSITIONS.labels(action=e.action).inc()
+        await timer_store.done(due)
+        return len(due)
 
     background: list[asyncio.Task] = []
 
-    async def relay_forever() -> None:
-        # Events whose writer died between Redis and Kafka: publish them again (consumers dedupe).
+    async def every(seconds: float, job, what: str) -> None:
         while True:
-            await asyncio.sleep(rt.settings.timer_scan_seconds)
+            await asyncio.sleep(seconds)
             try:
-                if n := await relay_outbox(rt.broker, rt.store):
-                    log.warning("relayed %d unconfirmed event(s) from the outbox", n)
-            except Exception:  # keep relaying; the next scan retries
-                log.exception("outbox relay failed")
+                await job()
+            except Exception:  # keep going; the next scan retries
+                log.exception("%s failed", what)
+
+    async def relay() -> None:
+        # Events whose writer died between Redis and Kafka: publish them again (consumers dedupe).
+        if n := await relay_outbox(rt.broker, rt.store):
+            log.warning("relayed %d unconfirmed event(s) from the outbox", n)
 
     @app.after_startup
     async def start_background() -> None:
-        background.append(asyncio.create_task(relay_forever()))
+        background.append(asyncio.create_task(every(rt.settings.timer_scan_seconds, relay, "outbox relay")))
+        background.append(asyncio.create_task(every(rt.settings.timer_scan_seconds, fire_due_timers, "timer scan")))
 
     @app.on_shutdown
     async def stop_background() -> None:
@@ -102,4 +170,3 @@ def build_app(settings: Settings | None = None) -> FastStream:
                 await task
 
     return app
-

@@ -174,7 +174,7 @@ def _escalate(
                   note=note, data=data)
     event = TicketUpdated.caused(cause, **fields) if cause else TicketUpdated(
         ticket_no=ticket.ticket_no, occurred_at=now, **fields)
-    return _updated(ticket, event, escalated=True, meeting_id=mid)
+    return _updated(ticket, event, escalated=True, meeting_id=mid, extension_request=None)
 
 
 def hold_for_meeting(
@@ -276,7 +276,8 @@ def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) 
         department=dept_ref(city, dept_id), note=note, occurred_at=now,
         data={"on_time": ticket.resolve_by is None or now <= ticket.resolve_by},
     )
-    return _updated(ticket, event, resolved_at=now, resolution_note=note)
+    # A pending extension request is moot once the work is done.
+    return _updated(ticket, event, resolved_at=now, resolution_note=note, extension_request=None)
 
 
 RETURN_REASONS = {

@@ -1,0 +1,51 @@
+"""Builders for the router's unit tests: classified appeals and assigned tickets, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from services.router import workflow
+from services.router.rules import contested, route
+from services.router.sla import deadlines
+from shared.city import City
+from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, GridMatch
+from shared.tickets import Ticket
+
+TZ = ZoneInfo("Asia/Shanghai")
+T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
+
+
+def grid(city: City, grid_id: str | None) -> GridMatch:
+    if grid_id is None:
+        return GridMatch(grid=None)
+    info = city.grids[grid_id]
+    return GridMatch(grid=grid_id, community=info.community_id, street=info.street_id, method="gazetteer",
+                     confidence=0.9, evidence="test")
+
+
+def classified(
+    city: City, category: str, grid_id: str | None = "s01c01g01", *, confidence: float = 0.9, no: str = "20261123-000001",
+    second: tuple[str, float] | None = None, urgent: bool = False, at: datetime = T0, reviewed_by: str | None = None,
+) -> AppealClassified:
+    appeal = AppealReceived(ticket_no=no, channel="hotline", text="测试诉求内容", received_at=at, occurred_at=at,
+                            caller=Caller(caller_id="c1", masked_phone="138****0000"))
+    top = (CategoryScore(category=category, probability=confidence),)
+    if second:
+        top += (CategoryScore(category=second[0], probability=second[1]),)
+    return AppealClassified(
+        ticket_no=no, appeal=appeal, category=category, category_names=city.category_names(category),
+        confidence=confidence, top=top, grid=grid(city, grid_id), urgent=urgent, model_version="test",
+        occurred_at=at, reviewed_by=reviewed_by,
+    )
+
+
+def assign(city: City, c: AppealClassified, ticket: Ticket | None = None, threshold: float = 0.5):
+    routing = route(city, c.category, c.grid, c.confidence, 0.0 if c.reviewed_by else threshold)
+    others = contested(city, routing, c.top, c.grid, city.sla.supervision.ambiguity_margin)
+    due = deadlines(city, c.category, c.urgent, c.occurred_at, TZ)
+    return workflow.assign(ticket, c, routing, due, city, contested=others, tz=TZ)
+
+
+def assigned_ticket(city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw) -> Ticket:
+    return assign(city, classified(city, category, grid_id, **kw)).ticket

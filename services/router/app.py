@@ -113,13 +113,14 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
         # The router follows its own facts (whoever wrote them: this worker, the API, a timer) to keep
         # the timers and the department queues current and to open meetings. Everything here is
-        # idempotent, so a replayed batch changes nothing.
-        @rt.broker.subscriber(topics.TICKET_ASSIGNED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        # idempotent, so a replayed batch changes nothing. Each in a group of its own: members joining
+        # one group rebalance all of its consumers, which delays the hot path at every start.
+        @rt.broker.subscriber(topics.TICKET_ASSIGNED, group_id=f"{NAME}.assigned", decoder=raw_body, **BATCH_SUBSCRIBER)
         async def on_tickets_assigned(bodies: list[bytes]) -> None:
             assigned = await parse_or_dead_letter(rt.broker, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME)
             await follow([a.ticket_no for a in assigned])
 
-        @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+        @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=f"{NAME}.updated", decoder=raw_body, **BATCH_SUBSCRIBER)
         async def on_tickets_updated(bodies: list[bytes]) -> None:
             updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
             escalations = [u for u in updates if u.action == "escalated" and "meeting" in u.data]

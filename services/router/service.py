@@ -41,22 +41,22 @@ return due
 
 
 class TimerStore:
-    def __init__(self, redis: Redis, sup: Supervision) -> None:
-        self.redis, self.sup = redis, sup
+    def __init__(self, redis: Redis, sup: Supervision, key: str = TIMERS) -> None:
+        self.redis, self.sup, self.key = redis, sup, key
         self._claim = redis.register_script(_CLAIM)
 
     async def schedule(self, tickets: Iterable[Ticket]) -> int:
         """Set the timers the tickets need (NX: a timer already set, or claimed, stays as it is)."""
         timers = {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
-        return await self.redis.zadd(TIMERS, timers, nx=True) if timers else 0
+        return await self.redis.zadd(self.key, timers, nx=True) if timers else 0
 
     async def claim_due(self, now: float, lease: float = 60, limit: int = 200) -> list[Timer]:
-        raw = await self._claim(keys=[TIMERS], args=[now, now + lease, limit])
+        raw = await self._claim(keys=[self.key], args=[now, now + lease, limit])
         return [Timer.parse(raw[i].decode(), float(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     async def done(self, timers: Sequence[Timer]) -> None:
         if timers:
-            await self.redis.zrem(TIMERS, *[t.member for t in timers])
+            await self.redis.zrem(self.key, *[t.member for t in timers])
 
 
 def _queue_score(t: Ticket) -> float:

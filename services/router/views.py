@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -21,6 +21,7 @@ from services.router.workflow import WorkflowError
 from shared import tickets as st
 from shared.auth import Principal, current_principal, require_admin
 from shared.bus import publish
+from shared.city import City
 from shared.events import MeetingUpdated
 from shared.feedback import record_example
 from shared.store import Change, ConcurrentUpdate, Outcome, apply_and_publish
@@ -64,12 +65,6 @@ def can_read(principal: Principal, ticket: Ticket) -> bool:
         return True
     depts = {d.id for d in (ticket.department, *ticket.co_departments) if d}
     return principal.department in depts
-
-
-def department_of(principal: Principal) -> str | JSONResponse:
-    if principal.is_admin or not principal.department:
-        return error(403, "department_only", "此操作须由承办单位使用本单位凭证办理，派单中心不能代办")
-    return principal.department
 
 
 @router.get("/tickets/{ticket_no}")
@@ -116,38 +111,55 @@ def _tz(request: Request) -> ZoneInfo:
     return ZoneInfo(request.app.state.settings.timezone)
 
 
+def desk_context(request: Request) -> tuple[City, ZoneInfo, str]:
+    """What a dispatch-desk decision needs: the city, its time zone, and the desk's id (the actor)."""
+    city = request.app.state.city
+    return city, _tz(request), city.responsibilities.dispatch_desk
+
+
 # --- department actions ------------------------------------------------------------------------
 
 
+async def acting_department(principal: Principal = Depends(current_principal)) -> Principal:
+    if principal.is_admin or not principal.department:
+        raise HTTPException(status_code=403, detail="此操作须由承办单位使用本单位凭证办理，派单中心不能代办")
+    return principal
+
+
+Transition = Callable[[Ticket, str, City, ZoneInfo, datetime], Outcome]
+
+
+async def act_as(request: Request, ticket_no: str, principal: Principal, transition: Transition):
+    """A department's action on its own ticket: the transition gets the department, city, zone, time."""
+    city, tz = request.app.state.city, _tz(request)
+    return await act(request, ticket_no, lambda t, now: transition(t, principal.department, city, tz, now),
+                     principal=principal)
+
+
 @router.post("/tickets/{ticket_no}/accept")
-async def accept_ticket(ticket_no: str, request: Request, principal: Principal = Depends(current_principal)):
-    dept = department_of(principal)
-    if isinstance(dept, JSONResponse):
-        return dept
-    city = request.app.state.city
-    return await act(request, ticket_no, lambda t, now: workflow.accept(t, dept, city, now), principal=principal)
+async def accept_ticket(ticket_no: str, request: Request, principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.accept(t, d, city, now))
 
 
 class ResolveIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000)
 
 
-@router.post("/tickets/{ticket_no}/resolve")
-async def resolve_ticket(ticket_no: str, body: ResolveIn, request: Request,
-                         principal: Principal = Depends(current_principal)):
-    dept = department_of(principal)
-    if isinstance(dept, JSONResponse):
-        return dept
-    city = request.app.state.city
-
-    def transition(t: Ticket, now: datetime) -> Outcome:
+def _resolve(note: str) -> Transition:
+    def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
         if t.status == st.ASSIGNED:  # resolving straight away implies accepting it
             accepted = workflow.accept(t, dept, city, now)
-            resolved = workflow.resolve(accepted.ticket, dept, body.note, city, now)
+            resolved = workflow.resolve(accepted.ticket, dept, note, city, now)
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
-        return workflow.resolve(t, dept, body.note, city, now)
+        return workflow.resolve(t, dept, note, city, now)
 
-    return await act(request, ticket_no, transition, principal=principal)
+    return transition
+
+
+@router.post("/tickets/{ticket_no}/resolve")
+async def resolve_ticket(ticket_no: str, body: ResolveIn, request: Request,
+                         principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, _resolve(body.note))
 
 
 class ReturnIn(BaseModel):
@@ -158,13 +170,9 @@ class ReturnIn(BaseModel):
 
 @router.post("/tickets/{ticket_no}/return")
 async def return_ticket(ticket_no: str, body: ReturnIn, request: Request,
-                        principal: Principal = Depends(current_principal)):
-    dept = department_of(principal)
-    if isinstance(dept, JSONResponse):
-        return dept
-    city, tz = request.app.state.city, _tz(request)
-    return await act(request, ticket_no, lambda t, now: workflow.return_ticket(
-        t, dept, body.reason, body.note, body.disputed_rule, city, tz, now), principal=principal)
+                        principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.return_ticket(
+        t, d, body.reason, body.note, body.disputed_rule, city, tz, now))
 
 
 class ExtendIn(BaseModel):
@@ -174,13 +182,9 @@ class ExtendIn(BaseModel):
 
 @router.post("/tickets/{ticket_no}/extend")
 async def extend_ticket(ticket_no: str, body: ExtendIn, request: Request,
-                        principal: Principal = Depends(current_principal)):
-    dept = department_of(principal)
-    if isinstance(dept, JSONResponse):
-        return dept
-    city = request.app.state.city
-    return await act(request, ticket_no, lambda t, now: workflow.request_extension(
-        t, dept, body.days, body.reason, city, now), principal=principal)
+                        principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.request_extension(
+        t, d, body.days, body.reason, city, now))
 
 
 class DecisionIn(BaseModel):
@@ -190,8 +194,7 @@ class DecisionIn(BaseModel):
 @router.post("/tickets/{ticket_no}/extension/{verdict}")
 async def decide_extension(ticket_no: str, verdict: Literal["approve", "refuse"], request: Request,
                            body: DecisionIn | None = None, principal: Principal = Depends(require_admin)):
-    city, tz = request.app.state.city, _tz(request)
-    desk = city.responsibilities.dispatch_desk
+    city, tz, desk = desk_context(request)
     note = body.note if body else ""
     return await act(request, ticket_no, lambda t, now: workflow.decide_extension(
         t, verdict == "approve", desk, note, city, tz, now), principal=principal)
@@ -240,15 +243,13 @@ class DispatchIn(BaseModel):
 @router.post("/dispatch/{ticket_no}/assign")
 async def dispatch_assign(ticket_no: str, body: DispatchIn, request: Request,
                           principal: Principal = Depends(require_admin)):
-    state = request.app.state
-    city, tz = state.city, _tz(request)
-    desk = city.responsibilities.dispatch_desk
+    city, tz, desk = desk_context(request)
     response = await act(request, ticket_no, lambda t, now: workflow.dispatch(
         t, body.department, body.category, body.note, desk, city, tz, now), principal=principal)
     if isinstance(response, dict):
         # The operator's choice is a labelled example for the next training run.
         await record_example(
-            state.redis, ticket_no=ticket_no, text=response["text"], title=response["title"],
+            request.app.state.redis, ticket_no=ticket_no, text=response["text"], title=response["title"],
             label=response["category"], grid=(response.get("grid") or {}).get("grid"),
             source="dispatch", by=desk,
         )
@@ -300,11 +301,8 @@ async def change_meeting(request: Request, meeting_id: str, principal: Principal
 
 
 @router.post("/meetings/{meeting_id}/checkin")
-async def meeting_checkin(meeting_id: str, request: Request, principal: Principal = Depends(current_principal)):
-    dept = department_of(principal)
-    if isinstance(dept, JSONResponse):
-        return dept
-    city = request.app.state.city
+async def meeting_checkin(meeting_id: str, request: Request, principal: Principal = Depends(acting_department)):
+    dept, city = principal.department, request.app.state.city
 
     def step(m: meetings.Meeting):
         new = meetings.check_in(m, dept, datetime.now(UTC))
@@ -326,9 +324,7 @@ class MeetingDecisionIn(BaseModel):
 async def meeting_decide(meeting_id: str, body: MeetingDecisionIn, request: Request,
                          principal: Principal = Depends(require_admin)):
     state = request.app.state
-    city, tz = state.city, _tz(request)
-    desk = city.responsibilities.dispatch_desk
-    now = datetime.now(UTC)
+    (city, tz, desk), now = desk_context(request), datetime.now(UTC)
 
     def step(m: meetings.Meeting):
         if m.status == "decided" and m.lead == body.lead:

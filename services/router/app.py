@@ -28,6 +28,7 @@ from shared.metrics import BATCH_SECONDS, TICKET_TRANSITIONS, TICKETS_ASSIGNED
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.store import Change, apply_and_publish
+from shared.tickets import Ticket
 
 NAME = "router"
 log = logging.getLogger(__name__)
@@ -61,10 +62,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
         results = await apply_and_publish(rt.store, changes, send)
         return [e for _, events in results for e in events]
 
-    async def convene_hotspots(events: list[Event]) -> None:
+    async def convene_hotspots(tickets: list[Ticket]) -> None:
         """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting."""
-        nos = [e.ticket_no for e in events if isinstance(e, TicketAssigned)]
-        tickets = [t for t in await rt.store.get_many(nos) if t is not None]
         hot = await hotspots.record(tickets, time.time())
         changes = []
         for (category, grid), cluster in hot.items():
@@ -88,11 +87,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
                 rt.broker, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
             )
             changes = [Change(c.ticket_no, assignment_decision(rt, tz, c)) for c in classified]
-            events = await apply(changes)
-            for e in events:
-                if isinstance(e, TicketAssigned):
-                    TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
-            await convene_hotspots(events)
+            assigned = []
+            for ticket, events in await apply_and_publish(rt.store, changes, send):
+                for e in events:
+                    if isinstance(e, TicketAssigned):
+                        TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
+                        assigned.append(ticket)
+            await convene_hotspots(assigned)
             BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
 
         @rt.broker.subscriber(topics.SURVEY_SENT, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)

@@ -126,7 +126,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
             updates = await parse_or_dead_letter(rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
             escalations = [u for u in updates if u.action == "escalated" and "meeting" in u.data]
             if escalations:
-                await meeting_store.open_from(escalations, ref, send)
+                touched = await meeting_store.open_from(escalations, ref, send)
+                # A ticket that reached a meeting just after its decision follows the decision.
+                late = [Change(no, partial(workflow.meeting_decided, mid=m.meeting_id, lead=m.lead, note=m.note,
+                                           city=rt.city, tz=tz, now=datetime.now(UTC)))
+                        for m, nos in touched if m.status == "decided" for no in nos]
+                if late:
+                    await apply(late)
             await follow([u.ticket_no for u in updates])
 
     async def follow(nos: list[str]) -> None:

@@ -154,8 +154,10 @@ class MeetingStore:
         return meeting
 
     async def open_from(self, escalations: Sequence[TicketUpdated], ref: Callable[[str], DepartmentRef],
-                        publish: Callable[[Sequence[Event]], Awaitable[None]]) -> None:
-        """Open (or attach tickets to) the meetings that `escalated` events ask for."""
+                        publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[tuple[meetings.Meeting, list[str]]]:
+        """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
+        meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
+        touched = []
         by_meeting: dict[str, list[TicketUpdated]] = {}
         for e in escalations:
             by_meeting.setdefault(e.data["meeting"]["meeting_id"], []).append(e)
@@ -180,7 +182,9 @@ class MeetingStore:
                                                 tickets=tuple(added))
                 return meeting, [out]
 
-            await self.change(mid, decide, publish)
+            meeting = await self.change(mid, decide, publish)
+            touched.append((meeting, [e.ticket_no for e in events]))
+        return touched
 
     async def open_hotspot(self, category: str, grid: str, first_ticket: str) -> str:
         """The open meeting for a hot cluster: the one already open, or a new id claimed atomically

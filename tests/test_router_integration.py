@@ -186,6 +186,9 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     assert r.status_code == 200 and r.json()["status"] == "decided"
     t = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
     assert (t["department"]["id"], t["assigned_via"]) == ("street_s03", "meeting")
+    # The meeting's facts are in the ticket's history too, each once.
+    seen = [h.get("action", h["topic"]) for h in t["history"] if h["topic"].startswith("meeting.")]
+    assert seen == ["meeting.convened", "checked_in", "decided"]
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "duplicate"})
     assert r.status_code == 409 and "联席会议" in r.json()["message"]
 

@@ -12,8 +12,8 @@ Keys:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -23,7 +23,7 @@ from services.router.timers import Timer, timers_for
 from shared import tickets as st
 from shared.city import Supervision
 from shared.events import DepartmentRef, Event, MeetingConvened, MeetingUpdated, TicketUpdated
-from shared.store import ConcurrentUpdate, TicketStore, _event_record
+from shared.store import Change, ConcurrentUpdate, Outcome, TicketStore, apply_and_publish
 from shared.tickets import Ticket
 
 TIMERS = "timers"
@@ -102,6 +102,13 @@ class Queues:
         return len(found), found[(page - 1) * size: page * size]
 
 
+def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
+    """Decision: put a fact about the ticket (a meeting's) in its history and publish it, once."""
+    if ticket is None or ticket.has_applied(fact.event_id):
+        return None
+    return Outcome(ticket.model_copy(update={"applied": (ticket.applied + [fact.event_id])[-300:]}), publish=[fact])
+
+
 class MeetingStore:
     def __init__(self, redis: Redis, store: TicketStore) -> None:
         self.redis, self.store = redis, store
@@ -118,8 +125,9 @@ class MeetingStore:
         self, mid: str, decide: Callable[[meetings.Meeting | None], tuple[meetings.Meeting, list[Event]] | None],
         publish: Callable[[Sequence[Event]], Awaitable[None]],
     ) -> meetings.Meeting | None:
-        """Change one meeting under WATCH, with its events in the ticket store's outbox (the router's
-        relay republishes them if we die before `publish` returns)."""
+        """Change one meeting under WATCH. Its events are written first, into the history (and the
+        outbox) of the ticket each names, so they are published even if we die before the meeting
+        is written; a replay derives the same event ids and the tickets drop the repeats."""
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
                 try:
@@ -131,6 +139,8 @@ class MeetingStore:
                         await p.reset()
                         return current
                     meeting, events = decided
+                    await apply_and_publish(
+                        self.store, [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events], publish)
                     p.multi()
                     p.set(self.key(mid), meeting.model_dump_json())
                     if meeting.reason == "hotspot" and meeting.category and meeting.grid:
@@ -140,18 +150,11 @@ class MeetingStore:
                         else:
                             p.delete(open_key)
                             p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
-                    if events:
-                        p.zadd(self.store.OUTBOX, {_event_record(e): time.time() for e in events})
                     await p.execute()
-                    break
+                    return meeting
                 except WatchError:
                     continue
-        else:
-            raise ConcurrentUpdate(f"meeting {mid} kept changing")
-        if events:
-            await publish(events)
-            await self.store.published(events)
-        return meeting
+        raise ConcurrentUpdate(f"meeting {mid} kept changing")
 
     async def open_from(self, escalations: Sequence[TicketUpdated], ref: Callable[[str], DepartmentRef],
                         publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[tuple[meetings.Meeting, list[str]]]:

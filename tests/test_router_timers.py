@@ -158,3 +158,41 @@ def test_hold_for_meeting_only_moves_open_tickets():
     assert workflow.hold_for_meeting(held.ticket, "M1", "hotspot", [], CITY, TZ, T0) is None
     done = workflow.resolve(workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0).ticket
     assert workflow.hold_for_meeting(done, "M1", "hotspot", [], CITY, TZ, T0) is None
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=hs.permutations(range(10)), accept_at=hs.none() | hs.integers(0, 9))
+def test_every_timer_fires_at_most_once_whatever_the_order(order, accept_at):
+    """Replicas may see the timers in any order, twice over; the ticket records each at most once,
+    and a ticket accepted meanwhile records no respond-stage timer after its acceptance."""
+    t = assigned_ticket(CITY)
+    all_timers = timers.timers_for(t, SUP) * 2
+    fired: list[tuple[str, str]] = []
+    accepted_step = None
+    for step, i in enumerate(order):
+        if step == accept_at and t.status == st.ASSIGNED:
+            t, accepted_step = workflow.accept(t, "urban_mgmt", CITY, T0).ticket, step
+        out = timers.fire(t, all_timers[i], CITY, TZ)
+        if out is not None:
+            t = out.ticket
+            fired.append((all_timers[i].stage, all_timers[i].kind))
+            assert accepted_step is None or all_timers[i].stage == "resolve"
+    assert len(fired) == len(set(fired))
+    assert t.overdue == any(kind == "overdue" for _, kind in fired)
+    assert t.escalated == (("resolve", "escalated") in fired)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ages=hs.lists(hs.floats(0, 20), max_size=30), count=hs.integers(2, 8), window=hs.floats(0.5, 10))
+def test_a_cluster_is_hot_exactly_when_enough_appeals_fall_in_the_window(ages, count, window):
+    now = 1_800_000_000.0
+    members = [(f"t{i}", now - a * 86400) for i, a in enumerate(ages)]
+    hot = meetings.hot_clusters({("c", "g"): members}, now, window, count)
+    inside = [a for a in ages if a * 86400 <= window * 86400]
+    assert (("c", "g") in hot) == (len(inside) >= count)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
@@ -161,9 +163,6 @@ def test_hold_for_meeting_only_moves_open_tickets():
 
 
 # --- properties ----------------------------------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as hs  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)

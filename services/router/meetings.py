@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -132,7 +132,7 @@ def hot_clusters(
 ) -> dict[tuple[str, str], list[str]]:
     """Clusters (category, grid) with at least `count` appeals in the last `window_days`, given each
     cluster's (ticket_no, received timestamp) pairs. Returns each hot cluster's tickets, oldest first."""
-    since = now - timedelta(days=window_days).total_seconds()
+    since = now - window_days * 86400
     hot: dict[tuple[str, str], list[str]] = {}
     for key, members in recent.items():
         inside = [no for no, ts in sorted(members, key=lambda m: m[1]) if since <= ts <= now]

@@ -7,6 +7,7 @@ so each test knows the category and grid it routes."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import subprocess
@@ -244,14 +245,12 @@ async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):
 async def test_overdue_escalation_fires_once_across_router_replicas(api, producer, city, tokens, settings, tmp_path):
     # Two more router processes that only scan timers, beside the system's own router: three replicas.
     env = settings_env(settings, router_consume=False, metrics_port_router=0)
-    logs = [open(tmp_path / f"replica{i}.log", "wb") for i in range(2)]  # noqa: SIM115
-    replicas = [subprocess.Popen([sys.executable, "-m", "services.cli", "run", "router"], env=env, cwd=ROOT,
-                                 stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    logs, replicas = _start_replicas(env, tmp_path)
     try:
         await eventually(lambda: _started(tmp_path), timeout=60)
         nos = [await inject(producer, city, TINY_CATEGORY, "s01c02g01") for _ in range(4)]
         done = [await ticket_when(api, tokens, no, lambda t: t["escalated"], timeout=40) for no in nos]
-        await _sleep(2)  # several more scans by every replica
+        await asyncio.sleep(2)  # several more scans by every replica
         for no, t in zip(nos, done):
             t = await ticket_when(api, tokens, no, lambda t: True)
             actions = Counter(h.get("action") for h in t["history"] if h["topic"] == "ticket.updated")
@@ -272,21 +271,19 @@ async def test_overdue_escalation_fires_once_across_router_replicas(api, produce
             log.close()
 
 
+def _start_replicas(env: dict, folder) -> tuple[list, list[subprocess.Popen]]:
+    logs = [open(folder / f"replica{i}.log", "wb") for i in range(2)]  # noqa: SIM115
+    return logs, [subprocess.Popen([sys.executable, "-m", "services.cli", "run", "router"], env=env, cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT) for log in logs]
+
+
 async def _started(folder) -> bool:
     return all("started successfully" in (folder / f"replica{i}.log").read_text(errors="replace") for i in range(2))
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
 
 
 async def test_concurrent_claims_on_real_redis_never_overlap_and_a_lease_brings_back_a_lost_timer(redis, city):
     """The claim script on the real Redis: claimers racing over 300 due timers split them with no
     overlap; a timer whose claimer died comes back once its lease ends."""
-    import asyncio
-
     from services.router.service import TimerStore
     from tests.router_factory import assigned_ticket
 

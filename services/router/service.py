@@ -167,7 +167,7 @@ class MeetingStore:
         for mid, events in by_meeting.items():
             spec = events[0].data["meeting"]
 
-            def decide(current, events=events, spec=spec):
+            def decide(current, events=events, spec=spec, mid=mid):
                 meeting, added = meetings.merge(
                     current, spec, [e.ticket_no for e in events], events[0].occurred_at)
                 if not added:

@@ -170,8 +170,8 @@ def _escalate(
     data = {"meeting": meetings.spec(
         city, mid=mid, reason=reason, grid=grid, category=ticket.category, summoned=summoned, now=now, tz=tz,
     )}
-    fields = dict(action="escalated", status=st.MEETING, actor="system", department=ticket.department,
-                  note=note, data=data)
+    fields = {"action": "escalated", "status": st.MEETING, "actor": "system", "department": ticket.department,
+              "note": note, "data": data}
     event = TicketUpdated.caused(cause, **fields) if cause else TicketUpdated(
         ticket_no=ticket.ticket_no, occurred_at=now, **fields)
     return _updated(ticket, event, escalated=True, meeting_id=mid, extension_request=None)

@@ -263,3 +263,11 @@ def test_no_sequence_of_actions_reaches_an_illegal_state(actions):
             check(out.ticket, t)
             assert all(e.ticket_no == t.ticket_no for e in out.publish)
             t = out.ticket
+
+
+def test_a_category_listed_as_urgent_is_flagged_urgent():
+    sla = CITY.sla.model_copy(update={"urgent_categories": ("housing.elevator",)})
+    city = CITY.model_copy(update={"sla": sla})
+    t = assigned_ticket(city, "housing.elevator")
+    assert t.urgent and t.resolve_by == T0 + timedelta(hours=2)
+    assert not assigned_ticket(city, "housing.safety").urgent

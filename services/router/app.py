@@ -39,7 +39,8 @@ def assignment_decision(rt: Runtime, tz: ZoneInfo, classified: AppealClassified)
     threshold = 0.0 if classified.reviewed_by else rt.settings.review_confidence_threshold
     routing = route(rt.city, classified.category, classified.grid, classified.confidence, threshold)
     others = contested(rt.city, routing, classified.top, classified.grid, rt.city.sla.supervision.ambiguity_margin)
-    due = deadlines(rt.city, classified.category, classified.urgent, classified.occurred_at, tz)
+    urgent = classified.urgent or classified.appeal.urgent_flag
+    due = deadlines(rt.city, classified.category, urgent, classified.occurred_at, tz)
     return partial(workflow.assign, classified=classified, routing=routing, due=due, city=rt.city,
                    contested=others, tz=tz)
 

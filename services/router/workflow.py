@@ -78,8 +78,9 @@ def assign(
     routing: Routing,
     due: Deadlines,
     city: City,
+    *,
+    tz: ZoneInfo,
     contested: Sequence[str] = (),
-    tz: ZoneInfo | None = None,
 ) -> Outcome | None:
     """Assign a classified appeal to the department the responsibility list names. `contested`:
     other departments with an equal claim; the ticket then goes to a joint meeting to decide."""
@@ -93,6 +94,8 @@ def assign(
     if ticket.status != st.RECEIVED and not corrected:
         # Already routed (e.g. a reclassification after a person decided): keep the person's call.
         return Outcome(ticket.model_copy(update={"applied": _applied(ticket, classified)}))
+    # Flagged by the classifier or the operator, or a category the city always treats as urgent.
+    urgent = ticket.urgent or classified.urgent or due.sla_class == city.sla.urgent_class
     assigned = TicketAssigned.caused(
         classified,
         department=dept_ref(city, routing.lead),
@@ -102,7 +105,7 @@ def assign(
         explanation=routing.explanation,
         category=classified.category,
         grid=classified.grid.grid,
-        urgent=classified.urgent,
+        urgent=urgent,
         respond_by=due.respond_by,
         resolve_by=due.resolve_by,
         occurred_at=classified.occurred_at,
@@ -117,7 +120,7 @@ def assign(
             "appeal_type": classified.appeal_type,
             "grid": classified.grid,
             "model_version": classified.model_version,
-            "urgent": ticket.urgent or classified.urgent,
+            "urgent": urgent,
             "department": assigned.department,
             "co_departments": assigned.co_departments,
             "assigned_via": routing.via,
@@ -131,7 +134,7 @@ def assign(
     if contested and routing.via == "rule":
         held = _escalate(
             new, city, reason="ambiguous", summoned=(routing.lead, *contested), now=assigned.occurred_at,
-            tz=tz or ZoneInfo("Asia/Shanghai"), cause=classified,
+            tz=tz, cause=classified,
             note=f"{routing.explanation}；另有{'、'.join(city.department_by_id[d].name for d in contested)}同样有责，提请联席会议确定主办单位",
         )
         return Outcome(held.ticket, publish=[assigned, *held.publish], record=[*recorded, classified])

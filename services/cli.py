@@ -80,7 +80,7 @@ The system is up.
   API docs     {base}/docs
   submit       curl -s -X POST {base}/api/v1/appeals -H 'Content-Type: application/json' \\
                  -d '{{"channel":"hotline","caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期，晚上很黑","address":"阳光花园3号楼"}}'
-  a ticket     curl -s {base}/api/v1/tickets/<ticket_no>
+  a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
   metrics      {base}/metrics/ and 127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics (intake, classifier, router, notifier)
   Kafka        {env.get('KAFKA_BOOTSTRAP_SERVERS')}    Redis {env.get('REDIS_URL')}
 Press Ctrl-C to stop everything.""")

@@ -153,6 +153,17 @@ class SlaClass(_Model):
         return self
 
 
+class Supervision(_Model):
+    """Timers (督办) and joint meetings (联席会议): optional section `supervision` of sla.yaml."""
+
+    warning_ratio: float = Field(0.8, gt=0, lt=1)  # warn when this share of the time is used
+    escalate_ratio: float = Field(1.5, gt=1)  # escalate when overdue by this multiple of the time
+    meeting_days: int = Field(3, gt=0)  # working days for a joint meeting to decide
+    hotspot_count: int = Field(5, ge=2)  # this many appeals of one category in one grid ...
+    hotspot_window_days: float = Field(7, gt=0)  # ... within this many days is a hotspot
+    ambiguity_margin: float = Field(0.1, ge=0, le=1)  # top-two scores this close: a joint meeting
+
+
 class SlaConfig(_Model):
     classes: dict[str, SlaClass]
     default_class: str
@@ -160,6 +171,8 @@ class SlaConfig(_Model):
     urgent_class: str  # what urgent appeals get, whatever their category
     holidays: tuple[date, ...] = ()  # statutory holidays (no work)
     workdays: tuple[date, ...] = ()  # make-up working days on weekends (调休)
+    urgent_categories: tuple[str, ...] = ()  # always urgent (the urgent class), whatever the text
+    supervision: Supervision = Supervision()
 
 
 # --- the whole city -----------------------------------------------------------------------------
@@ -316,6 +329,9 @@ class City(_Model):
         for field, cls in (("default_class", s.default_class), ("urgent_class", s.urgent_class)):
             if cls not in s.classes:
                 problems.append(f"sla.yaml {field}: unknown class {cls!r}")
+        for cat in s.urgent_categories:
+            if cat not in cats:
+                problems.append(f"sla.yaml urgent_categories: unknown category {cat!r}")
         for cat, cls in s.categories.items():
             if cat not in cats:
                 problems.append(f"sla.yaml categories: unknown category {cat!r}")

@@ -124,6 +124,7 @@ class AppealClassified(Event):
     urgent: bool = False
     needs_review: bool = False
     model_version: str
+    reviewed_by: str | None = None  # a person corrected it: route by the rules, not the dispatch desk
 
 
 class TicketAssigned(Event):
@@ -179,3 +180,36 @@ class SurveyAnswered(Event):
     rating: Rating | None
     solved: bool | None = None
     text: str  # the resident's words, as sent
+
+
+MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
+
+
+class MeetingConvened(Event):
+    """A joint meeting (联席会议 / 吹哨报到): the lead street office calls departments together.
+    `ticket_no` is the first ticket attached (the message key); `tickets` are all of them."""
+
+    topic: ClassVar[str] = "meeting.convened"
+
+    meeting_id: str
+    reason: MeetingReason
+    lead_street: DepartmentRef
+    summoned: tuple[DepartmentRef, ...]
+    tickets: tuple[str, ...]
+    category: str | None = None
+    grid: str | None = None
+    deadline: datetime
+    explanation: str
+
+
+class MeetingUpdated(Event):
+    """A meeting moved on: more tickets attached, a department checked in (报到), or the decision."""
+
+    topic: ClassVar[str] = "meeting.updated"
+
+    meeting_id: str
+    action: Literal["attached", "checked_in", "decided"]
+    actor: str
+    department: DepartmentRef | None = None  # who checked in, or the lead decided on
+    tickets: tuple[str, ...] = ()
+    note: str = ""

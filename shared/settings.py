@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)
     timer_scan_seconds: float = Field(5.0, gt=0)
+    # false: a router replica that only runs the deadline timers and the outbox relay (no consumers).
+    router_consume: bool = True
     log_level: str = "INFO"
 
     @property

@@ -15,6 +15,8 @@ TICKET_ASSIGNED = "ticket.assigned"
 TICKET_UPDATED = "ticket.updated"
 SURVEY_SENT = "survey.sent"
 SURVEY_ANSWERED = "survey.answered"
+MEETING_CONVENED = "meeting.convened"
+MEETING_UPDATED = "meeting.updated"
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     APPEAL_RECEIVED: ev.AppealReceived,
@@ -24,6 +26,8 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
     TICKET_UPDATED: ev.TicketUpdated,
     SURVEY_SENT: ev.SurveySent,
     SURVEY_ANSWERED: ev.SurveyAnswered,
+    MEETING_CONVENED: ev.MeetingConvened,
+    MEETING_UPDATED: ev.MeetingUpdated,
 }
 
 

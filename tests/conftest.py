@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from services.launcher import WORKERS, Launcher
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
+from tests.router_factory import session_city
 
 
 
@@ -38,7 +39,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
+def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Settings:
     return Settings(
         kafka_bootstrap_servers=servers.kafka_bootstrap,
         redis_url=servers.redis_url,
@@ -48,6 +49,7 @@ def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
+        city_config_dir=session_city(tmp_path_factory.mktemp("city")),  # issue 5: tiny SLA class, hotspot threshold
     )
 
 

@@ -11,10 +11,22 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
+from shared.auth import issue_token
 from shared.events import AppealReceived, Caller
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+async def as_dispatch_desk(api, redis):
+    """Reading tickets needs a token: these tests read as the dispatch desk (admin)."""
+    api.headers["Authorization"] = f"Bearer {await issue_token(redis, 'admin')}"
+
+
+async def as_department(redis, ticket: dict) -> dict:
+    """Headers for the ticket's own department: only it may act on the ticket."""
+    return {"Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"}
 
 LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好"
 
@@ -56,7 +68,8 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
     # The acknowledgement SMS went to the caller.
     assert await eventually(lambda: outbox_for(redis, phone, "ack"))
 
-    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"})
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"},
+                       headers=await as_department(redis, ticket))
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "resolved"
 
@@ -74,8 +87,9 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
 async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
     phone = "13900001111"
     no = await submit(api, phone, text="锦绣家园2栋楼下烧烤摊每天晚上吵到凌晨两点，油烟也很大，影响休息", address="锦绣家园2栋")
-    await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
-    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已劝离"})).status_code == 200
+    ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已劝离"}, headers=await as_department(redis, ticket))
+    assert r.status_code == 200, r.text
     await eventually(lambda: outbox_for(redis, phone, "survey"))
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
     r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "3 根本没解决，今晚还在"})
@@ -105,11 +119,12 @@ async def test_idempotency_key_returns_the_same_ticket(api):
     assert first.json()["ticket_no"] == again.json()["ticket_no"]
 
 
-async def test_illegal_transition_is_refused(api):
+async def test_illegal_transition_is_refused(api, redis):
     no = await submit(api, "13600000000")
-    await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
-    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "修好了"})).status_code in (200, 409)
-    again = await api.post(f"/api/v1/tickets/{no}/accept")
+    ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+    dept = await as_department(redis, ticket)
+    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "修好了"}, headers=dept)).status_code in (200, 409)
+    again = await api.post(f"/api/v1/tickets/{no}/accept", headers=dept)
     assert again.status_code == 409
     assert "不能" in again.json()["message"]
     assert (await api.get("/api/v1/tickets/20990101-999999")).status_code == 404

@@ -8,11 +8,12 @@ unclear jurisdiction must never leave a ticket unowned. Low confidence: the disp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from shared.city import City, ResponsibilityRule
-from shared.events import GridMatch
+from shared.events import CategoryScore, GridMatch
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,31 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
         explanation=f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，网格{grid.grid}（{grid.method}）",
         ambiguous=ties,
     )
+
+
+def candidates(city: City, category: str, grid: GridMatch) -> list[str]:
+    """Departments that could own the appeal, best first: the leads of the matching rules by
+    specificity, then the best rule's co-handlers. What a return re-routes down."""
+    rules = matching_rules(city, category, grid)
+    found = [r.lead for _, r in rules] + [d for d in (rules[0][1].co if rules else ())]
+    return list(dict.fromkeys(found))
+
+
+def responsible(city: City, category: str, grid: GridMatch, dept_id: str) -> ResponsibilityRule | None:
+    """The most specific rule that makes `dept_id` the lead for this appeal, if any."""
+    return next((r for _, r in matching_rules(city, category, grid) if r.lead == dept_id), None)
+
+
+def contested(
+    city: City, routing: Routing, top: Sequence[CategoryScore], grid: GridMatch, margin: float
+) -> tuple[str, ...]:
+    """Other departments with a claim as strong as the lead's: equally specific rules naming another
+    lead, or a runner-up category within `margin` of the best whose rules name another lead."""
+    if routing.via != "rule":
+        return ()
+    others = list(routing.ambiguous)
+    if len(top) >= 2 and top[0].probability - top[1].probability <= margin and top[1].category in city.category_path:
+        second = matching_rules(city, top[1].category, grid)
+        if second and second[0][1].lead != routing.lead:
+            others.append(second[0][1].lead)
+    return tuple(dict.fromkeys(d for d in others if d != routing.lead))

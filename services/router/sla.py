@@ -53,9 +53,15 @@ def add_working_days(start: datetime, days: int, sla: SlaConfig, tz: ZoneInfo) -
     return datetime.combine(target, local.timetz().replace(tzinfo=None), tzinfo=tz)
 
 
+def is_urgent(city: City, category: str, flagged: bool) -> bool:
+    """Urgent when the classifier or operator flagged it, or the city lists its category (or a
+    branch above it) as always urgent."""
+    return flagged or any(c in city.sla.urgent_categories for c in city.category_path.get(category, ()))
+
+
 def sla_class_for(city: City, category: str, urgent: bool) -> str:
     sla = city.sla
-    if urgent:
+    if is_urgent(city, category, urgent):
         return sla.urgent_class
     # The deepest category (leaf first) that the SLA table names.
     for cat in reversed(city.category_path.get(category, ())):

@@ -1,50 +1,89 @@
-"""The tickets API: read a ticket with its history; department actions on it."""
+"""The router's HTTP API: tickets (read, department actions), department queues, the dispatch desk
+and joint meetings. Every call carries a bearer token (`appeals token --department ID|--admin`):
+a department sees and acts on its own tickets only; the dispatch desk (admin) reads everything,
+assigns from its queue, decides extensions and meeting outcomes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.router import workflow
+from services.router import meetings, workflow
+from services.router.meetings import MeetingError
+from services.router.service import MeetingStore, Queues
 from services.router.workflow import WorkflowError
+from shared import tickets as st
+from shared.auth import Principal, current_principal, require_admin
 from shared.bus import publish
+from shared.city import City
+from shared.events import MeetingUpdated
+from shared.feedback import record_example
 from shared.store import Change, ConcurrentUpdate, Outcome, apply_and_publish
 from shared.tickets import Ticket
 
-router = APIRouter(prefix="/api/v1/tickets", tags=["tickets"])
+router = APIRouter(prefix="/api/v1", tags=["tickets"])
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": code, "message": message})
 
 
 def not_found(ticket_no: str) -> JSONResponse:
-    return JSONResponse(status_code=404, content={"error": "not_found", "message": f"工单{ticket_no}不存在"})
+    return error(404, "not_found", f"工单{ticket_no}不存在")
 
 
-def ticket_view(ticket: Ticket, history: list[dict]) -> dict:
+BUSY = {"status_code": 409, "headers": {"Retry-After": "1"},
+        "content": {"error": "busy", "message": "工单正在被其他操作修改，请稍后重试"}}
+
+
+def flags(ticket: Ticket) -> list[str]:
+    """What every view shows at a glance."""
+    return [name for on, name in (
+        (ticket.urgent, "紧急"), (ticket.reopens > 0, "重办"), (ticket.overdue, "督办"),
+        (ticket.escalated, "升级督办"), (ticket.status == st.MEETING, "联席会议"),
+        (ticket.extension_request is not None, "延期待审"),
+    ) if on]
+
+
+def ticket_view(ticket: Ticket, history: list[dict] | None = None) -> dict:
     body = ticket.model_dump(mode="json", exclude={"applied"})
     body["status_name"] = workflow.STATUS_NAMES.get(ticket.status, ticket.status)
-    body["history"] = history
+    body["flags"] = flags(ticket)
+    if history is not None:
+        body["history"] = history
     return body
 
 
-@router.get("/{ticket_no}")
-async def get_ticket(ticket_no: str, request: Request):
+def can_read(principal: Principal, ticket: Ticket) -> bool:
+    if principal.is_admin:
+        return True
+    depts = {d.id for d in (ticket.department, *ticket.co_departments) if d}
+    return principal.department in depts
+
+
+@router.get("/tickets/{ticket_no}")
+async def get_ticket(ticket_no: str, request: Request, principal: Principal = Depends(current_principal)):
     store = request.app.state.store
     ticket = await store.get(ticket_no)
-    if ticket is None:
-        return not_found(ticket_no)
+    if ticket is None or not can_read(principal, ticket):
+        return not_found(ticket_no)  # another department's ticket looks like no ticket at all
     return ticket_view(ticket, await store.history(ticket_no))
 
 
-async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, datetime], Outcome]):
-    """Apply a department action: the transition decides, the store writes, the event is published."""
+async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, datetime], Outcome],
+              *, principal: Principal):
+    """Apply an action: the transition decides, the store writes, the events are published."""
     state = request.app.state
     errors: list[WorkflowError] = []
 
     def decide(ticket: Ticket | None) -> Outcome | None:
-        if ticket is None:
+        if ticket is None or not can_read(principal, ticket):
             errors.append(WorkflowError("not_found", f"工单{ticket_no}不存在", status=404))
             return None
         try:
@@ -58,41 +97,251 @@ async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, da
             state.store, [Change(ticket_no, decide)], lambda events: publish(state.publisher, events)
         )
     except ConcurrentUpdate:
-        return JSONResponse(status_code=409, headers={"Retry-After": "1"},
-                            content={"error": "busy", "message": "工单正在被其他操作修改，请稍后重试"})
+        return JSONResponse(**BUSY)
     except Exception:
         # Written to the store; the router's outbox relay will publish it.
         ticket = await state.store.get(ticket_no)
     if errors:
         e = errors[-1]
-        return JSONResponse(status_code=e.status, content={"error": e.code, "message": e.message})
+        return error(e.status, e.code, e.message)
     return ticket_view(ticket, await state.store.history(ticket_no))
+
+
+def _tz(request: Request) -> ZoneInfo:
+    return ZoneInfo(request.app.state.settings.timezone)
+
+
+def desk_context(request: Request) -> tuple[City, ZoneInfo, str]:
+    """What a dispatch-desk decision needs: the city, its time zone, and the desk's id (the actor)."""
+    city = request.app.state.city
+    return city, _tz(request), city.responsibilities.dispatch_desk
+
+
+# --- department actions ------------------------------------------------------------------------
+
+
+async def acting_department(principal: Principal = Depends(current_principal)) -> Principal:
+    if principal.is_admin or not principal.department:
+        raise HTTPException(status_code=403, detail="此操作须由承办单位使用本单位凭证办理，派单中心不能代办")
+    return principal
+
+
+Transition = Callable[[Ticket, str, City, ZoneInfo, datetime], Outcome]
+
+
+async def act_as(request: Request, ticket_no: str, principal: Principal, transition: Transition):
+    """A department's action on its own ticket: the transition gets the department, city, zone, time."""
+    city, tz = request.app.state.city, _tz(request)
+    return await act(request, ticket_no, lambda t, now: transition(t, principal.department, city, tz, now),
+                     principal=principal)
+
+
+@router.post("/tickets/{ticket_no}/accept")
+async def accept_ticket(ticket_no: str, request: Request, principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.accept(t, d, city, now))
 
 
 class ResolveIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000)
 
 
-def _owner(ticket: Ticket) -> str:
-    # Until departments authenticate (bearer tokens), the acting department is the ticket's owner.
-    return ticket.department.id if ticket.department else ""
-
-
-@router.post("/{ticket_no}/accept")
-async def accept_ticket(ticket_no: str, request: Request):
-    city = request.app.state.city
-    return await act(request, ticket_no, lambda t, now: workflow.accept(t, _owner(t), city, now))
-
-
-@router.post("/{ticket_no}/resolve")
-async def resolve_ticket(ticket_no: str, body: ResolveIn, request: Request):
-    city = request.app.state.city
-
-    def transition(t: Ticket, now: datetime) -> Outcome:
-        if t.status == "assigned":  # resolving straight away implies accepting it
-            accepted = workflow.accept(t, _owner(t), city, now)
-            resolved = workflow.resolve(accepted.ticket, _owner(t), body.note, city, now)
+def _resolve(note: str) -> Transition:
+    def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
+        if t.status == st.ASSIGNED:  # resolving straight away implies accepting it
+            accepted = workflow.accept(t, dept, city, now)
+            resolved = workflow.resolve(accepted.ticket, dept, note, city, now)
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
-        return workflow.resolve(t, _owner(t), body.note, city, now)
+        return workflow.resolve(t, dept, note, city, now)
 
-    return await act(request, ticket_no, transition)
+    return transition
+
+
+@router.post("/tickets/{ticket_no}/resolve")
+async def resolve_ticket(ticket_no: str, body: ResolveIn, request: Request,
+                         principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, _resolve(body.note))
+
+
+class ReturnIn(BaseModel):
+    reason: str = Field(examples=list(workflow.RETURN_REASONS))
+    note: str = Field("", max_length=2000)
+    disputed_rule: str = Field("", max_length=500, description="the responsibility rule disputed, if it names us")
+
+
+@router.post("/tickets/{ticket_no}/return")
+async def return_ticket(ticket_no: str, body: ReturnIn, request: Request,
+                        principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.return_ticket(
+        t, d, body.reason, body.note, body.disputed_rule, city, tz, now))
+
+
+class ExtendIn(BaseModel):
+    days: int = Field(ge=1, le=30)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post("/tickets/{ticket_no}/extend")
+async def extend_ticket(ticket_no: str, body: ExtendIn, request: Request,
+                        principal: Principal = Depends(acting_department)):
+    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.request_extension(
+        t, d, body.days, body.reason, city, now))
+
+
+class DecisionIn(BaseModel):
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/tickets/{ticket_no}/extension/{verdict}")
+async def decide_extension(ticket_no: str, verdict: Literal["approve", "refuse"], request: Request,
+                           body: DecisionIn | None = None, principal: Principal = Depends(require_admin)):
+    city, tz, desk = desk_context(request)
+    note = body.note if body else ""
+    return await act(request, ticket_no, lambda t, now: workflow.decide_extension(
+        t, verdict == "approve", desk, note, city, tz, now), principal=principal)
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+
+def queues(request: Request) -> Queues:
+    return Queues(request.app.state.redis, request.app.state.store)
+
+
+@router.get("/departments/{dept_id}/tickets")
+async def department_tickets(
+    dept_id: str, request: Request, principal: Principal = Depends(current_principal),
+    status: str | None = None, overdue: bool | None = None,
+    page: int = Query(1, ge=1), size: int = Query(20, ge=1, le=200),
+):
+    """The department's queue, most urgent deadline first."""
+    if not principal.is_admin and principal.department != dept_id:
+        return error(403, "forbidden", "只能查看本单位的工单")
+    if dept_id not in request.app.state.city.department_by_id:
+        return error(404, "unknown_department", f"承办单位{dept_id}不存在")
+    total, items = await queues(request).page(dept_id, status=status, overdue=overdue, page=page, size=size)
+    return {"department": dept_id, "total": total, "page": page, "size": size,
+            "tickets": [ticket_view(t) for t in items]}
+
+
+# --- the dispatch desk (人工派单) -----------------------------------------------------------------
+
+
+@router.get("/dispatch/queue")
+async def dispatch_queue(request: Request, principal: Principal = Depends(require_admin),
+                         page: int = Query(1, ge=1), size: int = Query(20, ge=1, le=200)):
+    desk = request.app.state.city.responsibilities.dispatch_desk
+    total, items = await queues(request).page(desk, status=st.REVIEW, overdue=None, page=page, size=size)
+    return {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
+
+
+class DispatchIn(BaseModel):
+    department: str
+    category: str | None = None  # a corrected leaf category, if the classifier got it wrong
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/dispatch/{ticket_no}/assign")
+async def dispatch_assign(ticket_no: str, body: DispatchIn, request: Request,
+                          principal: Principal = Depends(require_admin)):
+    city, tz, desk = desk_context(request)
+    response = await act(request, ticket_no, lambda t, now: workflow.dispatch(
+        t, body.department, body.category, body.note, desk, city, tz, now), principal=principal)
+    if isinstance(response, dict):
+        # The operator's choice is a labelled example for the next training run.
+        await record_example(
+            request.app.state.redis, ticket_no=ticket_no, text=response["text"], title=response["title"],
+            label=response["category"], grid=(response.get("grid") or {}).get("grid"),
+            source="dispatch", by=desk,
+        )
+    return response
+
+
+# --- joint meetings (联席会议) -------------------------------------------------------------------
+
+
+def meeting_view(m: meetings.Meeting, city) -> dict:
+    body = m.model_dump(mode="json")
+    body["reason_name"] = meetings.REASON_NAMES[m.reason]
+    body["summoned"] = [{"id": d, "name": city.department_by_id[d].name, "checked_in": d in m.checkins}
+                        for d in m.summoned]
+    return body
+
+
+@router.get("/meetings/{meeting_id}")
+async def get_meeting(meeting_id: str, request: Request, principal: Principal = Depends(current_principal)):
+    state = request.app.state
+    m = await MeetingStore(state.redis, state.store).get(meeting_id)
+    if m is None or not (principal.is_admin or principal.department in m.summoned):
+        return error(404, "not_found", f"联席会议{meeting_id}不存在")
+    return meeting_view(m, state.city)
+
+
+async def change_meeting(request: Request, meeting_id: str, principal: Principal, step):
+    state = request.app.state
+    errors: list[MeetingError] = []
+
+    def decide(m):
+        if m is None or not (principal.is_admin or principal.department in m.summoned):
+            errors.append(MeetingError("not_found", f"联席会议{meeting_id}不存在", status=404))
+            return None
+        try:
+            return step(m)
+        except MeetingError as e:
+            errors.append(e)
+            return None
+
+    try:
+        m = await MeetingStore(state.redis, state.store).change(
+            meeting_id, decide, lambda events: publish(state.publisher, events))
+    except ConcurrentUpdate:
+        return JSONResponse(**BUSY)
+    if errors:
+        return error(errors[-1].status, errors[-1].code, errors[-1].message)
+    return m
+
+
+@router.post("/meetings/{meeting_id}/checkin")
+async def meeting_checkin(meeting_id: str, request: Request, principal: Principal = Depends(acting_department)):
+    dept, city = principal.department, request.app.state.city
+
+    def step(m: meetings.Meeting):
+        new = meetings.check_in(m, dept, datetime.now(UTC))
+        if new is m:
+            return None  # already checked in
+        return new, [MeetingUpdated(ticket_no=m.tickets[0], meeting_id=m.meeting_id, action="checked_in",
+                                    actor=dept, department=workflow.dept_ref(city, dept))]
+
+    m = await change_meeting(request, meeting_id, principal, step)
+    return m if isinstance(m, JSONResponse) else meeting_view(m, city)
+
+
+class MeetingDecisionIn(BaseModel):
+    lead: str
+    note: str = Field("", max_length=2000)
+
+
+@router.post("/meetings/{meeting_id}/decide")
+async def meeting_decide(meeting_id: str, body: MeetingDecisionIn, request: Request,
+                         principal: Principal = Depends(require_admin)):
+    state = request.app.state
+    (city, tz, desk), now = desk_context(request), datetime.now(UTC)
+
+    def step(m: meetings.Meeting):
+        if m.status == "decided" and m.lead == body.lead:
+            return None  # asked again: make sure the tickets followed, below
+        new = meetings.decide(m, body.lead, desk, body.note, city, now)
+        return new, [MeetingUpdated(ticket_no=m.tickets[0], meeting_id=m.meeting_id, action="decided",
+                                    actor=desk, department=workflow.dept_ref(city, body.lead),
+                                    tickets=tuple(m.tickets), note=body.note)]
+
+    m = await change_meeting(request, meeting_id, principal, step)
+    if isinstance(m, JSONResponse):
+        return m
+    # The attached tickets follow the decision (the same decision again changes nothing).
+    changes = [Change(no, lambda t, no=no: workflow.meeting_decided(t, meeting_id, m.lead, m.note, city, tz, now))
+               for no in m.tickets]
+    try:
+        await apply_and_publish(state.store, changes, lambda events: publish(state.publisher, events))
+    except ConcurrentUpdate:
+        return JSONResponse(**BUSY)
+    return meeting_view(m, city)

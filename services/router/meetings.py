@@ -1,0 +1,141 @@
+"""Joint meetings (联席会议 / 吹哨报到) and hotspot detection. Pure functions, no I/O.
+
+A meeting is convened when the responsibility list cannot say who leads, when a ticket was returned
+or reopened twice, or when one category piles up in one grid (a hotspot, 主动治理). The lead street
+office calls the departments summoned; each checks in (报到); the dispatch desk records the decision
+naming the lead department, and every attached ticket is reassigned to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel
+
+from services.router.sla import add_working_days
+from shared.city import City
+from shared.events import MeetingReason
+
+REASON_NAMES: dict[str, str] = {
+    "ambiguous": "权责不清，需明确主办单位",
+    "returned_twice": "工单两次被退回",
+    "reopened_twice": "市民两次不满意",
+    "hotspot": "同一网格同类诉求集中（热点）",
+}
+
+
+class MeetingError(Exception):
+    def __init__(self, code: str, message: str, *, status: int = 409) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+class Meeting(BaseModel):
+    meeting_id: str
+    reason: MeetingReason
+    status: Literal["open", "decided"] = "open"
+    lead_street: str
+    summoned: list[str]
+    tickets: list[str]
+    category: str | None = None
+    grid: str | None = None
+    deadline: datetime
+    convened_at: datetime
+    checkins: dict[str, datetime] = {}
+    lead: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    note: str = ""
+
+
+def meeting_id(*parts: str) -> str:
+    """A deterministic id: the same cause convenes the same meeting, however often it is seen."""
+    return "M" + uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex[:15]
+
+
+def lead_street_office(city: City, grid_id: str | None) -> str:
+    """The street office of the grid's street (吹哨 is the street's call); else the fallback owner."""
+    info = city.grids.get(grid_id or "")
+    if info is not None:
+        for d in city.departments:
+            if d.kind == "street_office" and d.street == info.street_id:
+                return d.id
+    return city.responsibilities.fallback_owner
+
+
+def spec(
+    city: City, *, mid: str, reason: MeetingReason, grid: str | None, category: str | None,
+    summoned: Iterable[str], now: datetime, tz: ZoneInfo,
+) -> dict:
+    """What an escalation carries so that whoever sees it first can open the meeting."""
+    lead_street = lead_street_office(city, grid)
+    return {
+        "meeting_id": mid,
+        "reason": reason,
+        "lead_street": lead_street,
+        "summoned": list(dict.fromkeys(d for d in (lead_street, *summoned) if d in city.department_by_id)),
+        "category": category,
+        "grid": grid,
+        "deadline": add_working_days(now, city.sla.supervision.meeting_days, city.sla, tz).isoformat(),
+    }
+
+
+def merge(meeting: Meeting | None, spec: Mapping, tickets: Sequence[str], now: datetime) -> tuple[Meeting, list[str]]:
+    """Open the meeting the spec describes, or attach tickets to it. Returns it and the tickets that
+    are new to it (none: nothing changed)."""
+    if meeting is None:
+        m = Meeting(
+            meeting_id=spec["meeting_id"], reason=spec["reason"], lead_street=spec["lead_street"],
+            summoned=list(spec["summoned"]), tickets=list(dict.fromkeys(tickets)),
+            category=spec.get("category"), grid=spec.get("grid"), deadline=spec["deadline"], convened_at=now,
+        )
+        return m, m.tickets
+    added = [t for t in dict.fromkeys(tickets) if t not in meeting.tickets]
+    if not added or meeting.status != "open":
+        return meeting, []
+    summoned = list(dict.fromkeys([*meeting.summoned, *spec.get("summoned", ())]))
+    return meeting.model_copy(update={"tickets": [*meeting.tickets, *added], "summoned": summoned}), added
+
+
+def check_in(meeting: Meeting, dept_id: str, now: datetime) -> Meeting:
+    if dept_id not in meeting.summoned:
+        raise MeetingError("not_summoned", f"本单位未被召集参加联席会议{meeting.meeting_id}", status=403)
+    if meeting.status != "open":
+        raise MeetingError("meeting_closed", f"联席会议{meeting.meeting_id}已作出决定，无需报到")
+    if dept_id in meeting.checkins:
+        return meeting
+    return meeting.model_copy(update={"checkins": {**meeting.checkins, dept_id: now}})
+
+
+def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: datetime) -> Meeting:
+    if meeting.status != "open":
+        raise MeetingError("meeting_closed", f"联席会议{meeting.meeting_id}已作出决定（主办单位：{meeting.lead}）")
+    dept = city.department_by_id.get(lead)
+    if dept is None or dept.kind == "dispatch_desk":
+        raise MeetingError("unknown_department", f"主办单位{lead!r}不是有效的承办单位（见departments.yaml）", status=422)
+    if lead not in meeting.summoned:
+        raise MeetingError("not_summoned", f"{dept.name}未被召集参加本次联席会议，不能确定为主办单位", status=422)
+    return meeting.model_copy(
+        update={"status": "decided", "lead": lead, "decided_by": by, "decided_at": now, "note": note}
+    )
+
+
+# --- hotspots ------------------------------------------------------------------------------------
+
+
+def hot_clusters(
+    recent: Mapping[tuple[str, str], Sequence[tuple[str, float]]], now: float, window_days: float, count: int
+) -> dict[tuple[str, str], list[str]]:
+    """Clusters (category, grid) with at least `count` appeals in the last `window_days`, given each
+    cluster's (ticket_no, received timestamp) pairs. Returns each hot cluster's tickets, oldest first."""
+    since = now - window_days * 86400
+    hot: dict[tuple[str, str], list[str]] = {}
+    for key, members in recent.items():
+        inside = [no for no, ts in sorted(members, key=lambda m: m[1]) if since <= ts <= now]
+        if len(inside) >= count:
+            hot[key] = inside
+    return hot

@@ -1,0 +1,225 @@
+"""The router's Redis state beside the ticket store: deadline timers, department queues, joint
+meetings and hotspot counters. I/O only; the decisions are in workflow / timers / meetings.
+
+Keys:
+  timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
+  queue:{dept}           sorted set: the department's open tickets -> their nearest deadline
+  queue:owner            hash: ticket -> the department whose queue holds it
+  meeting:{id}           a joint meeting, as JSON (meetings.Meeting)
+  meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any
+  hot:{cat}:{grid}       sorted set: recent tickets of that category in that grid -> received time
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from services.router import meetings
+from services.router.timers import Timer, timers_for
+from shared import tickets as st
+from shared.city import Supervision
+from shared.events import DepartmentRef, Event, MeetingConvened, MeetingUpdated, TicketUpdated
+from shared.store import Change, ConcurrentUpdate, Outcome, TicketStore, apply_and_publish
+from shared.tickets import Ticket
+
+TIMERS = "timers"
+OWNER = "queue:owner"
+_FAR = 4102444800.0  # 2100-01-01: tickets with no running deadline sort last
+
+# Claim due timers atomically: each due member is pushed `lease` seconds into the future, so no
+# other replica sees it; the claimer removes it once fired. A claimer that dies leaves it to come
+# back after the lease (firing is idempotent). Returns member, original score pairs.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #due, 2 do redis.call('ZADD', KEYS[1], ARGV[2], due[i]) end
+return due
+"""
+
+
+class TimerStore:
+    def __init__(self, redis: Redis, sup: Supervision, key: str = TIMERS) -> None:
+        self.redis, self.sup, self.key = redis, sup, key
+        self._claim = redis.register_script(_CLAIM)
+
+    async def schedule(self, tickets: Iterable[Ticket]) -> int:
+        """Set the timers the tickets need (NX: a timer already set, or claimed, stays as it is)."""
+        timers = {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
+        return await self.redis.zadd(self.key, timers, nx=True) if timers else 0
+
+    async def claim_due(self, now: float, lease: float = 60, limit: int = 200) -> list[Timer]:
+        raw = await self._claim(keys=[self.key], args=[now, now + lease, limit])
+        return [Timer.parse(raw[i].decode(), float(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def done(self, timers: Sequence[Timer]) -> None:
+        if timers:
+            await self.redis.zrem(self.key, *[t.member for t in timers])
+
+
+def _queue_score(t: Ticket) -> float:
+    due = t.respond_by if t.status == st.ASSIGNED else t.resolve_by
+    return due.timestamp() if due and t.status in (st.ASSIGNED, st.ACCEPTED) else _FAR
+
+
+class Queues:
+    """Each department's queue, most urgent deadline first; closed tickets leave it."""
+
+    def __init__(self, redis: Redis, store: TicketStore) -> None:
+        self.redis, self.store = redis, store
+
+    async def index(self, tickets: Sequence[Ticket]) -> None:
+        tickets = [t for t in tickets if t.department is not None]
+        if not tickets:
+            return
+        owners = await self.redis.hmget(OWNER, [t.ticket_no for t in tickets])
+        async with self.redis.pipeline(transaction=False) as p:
+            for t, old in zip(tickets, owners):
+                dept = t.department.id
+                if old is not None and old.decode() != dept:
+                    p.zrem(f"queue:{old.decode()}", t.ticket_no)
+                if t.status == st.CLOSED:
+                    p.zrem(f"queue:{dept}", t.ticket_no)
+                    p.hdel(OWNER, t.ticket_no)
+                else:
+                    p.zadd(f"queue:{dept}", {t.ticket_no: _queue_score(t)})
+                    p.hset(OWNER, t.ticket_no, dept)
+            await p.execute()
+
+    async def page(
+        self, dept: str, *, status: str | None, overdue: bool | None, page: int, size: int
+    ) -> tuple[int, list[Ticket]]:
+        nos = [n.decode() for n in await self.redis.zrange(f"queue:{dept}", 0, -1)]
+        found: list[Ticket] = []
+        for i in range(0, len(nos), 500):
+            for t in await self.store.get_many(nos[i:i + 500]):
+                if t is None or t.department is None or t.department.id != dept:
+                    continue  # moved on since it was indexed; the next index call cleans up
+                if (status is None or t.status == status) and (overdue is None or t.overdue == overdue):
+                    found.append(t)
+        return len(found), found[(page - 1) * size: page * size]
+
+
+def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
+    """Decision: put a fact about the ticket (a meeting's) in its history and publish it, once."""
+    if ticket is None or ticket.has_applied(fact.event_id):
+        return None
+    return Outcome(ticket.model_copy(update={"applied": (ticket.applied + [fact.event_id])[-300:]}), publish=[fact])
+
+
+class MeetingStore:
+    def __init__(self, redis: Redis, store: TicketStore) -> None:
+        self.redis, self.store = redis, store
+
+    @staticmethod
+    def key(mid: str) -> str:
+        return f"meeting:{mid}"
+
+    async def get(self, mid: str) -> meetings.Meeting | None:
+        raw = await self.redis.get(self.key(mid))
+        return meetings.Meeting.model_validate_json(raw) if raw else None
+
+    async def change(
+        self, mid: str, decide: Callable[[meetings.Meeting | None], tuple[meetings.Meeting, list[Event]] | None],
+        publish: Callable[[Sequence[Event]], Awaitable[None]],
+    ) -> meetings.Meeting | None:
+        """Change one meeting under WATCH. Its events are written first, into the history (and the
+        outbox) of the ticket each names, so they are published even if we die before the meeting
+        is written; a replay derives the same event ids and the tickets drop the repeats."""
+        for _ in range(8):
+            async with self.redis.pipeline(transaction=True) as p:
+                try:
+                    await p.watch(self.key(mid))
+                    raw = await p.get(self.key(mid))
+                    current = meetings.Meeting.model_validate_json(raw) if raw else None
+                    decided = decide(current)
+                    if decided is None:
+                        await p.reset()
+                        return current
+                    meeting, events = decided
+                    await apply_and_publish(
+                        self.store, [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events], publish)
+                    p.multi()
+                    p.set(self.key(mid), meeting.model_dump_json())
+                    if meeting.reason == "hotspot" and meeting.category and meeting.grid:
+                        open_key = f"meeting:open:{meeting.category}:{meeting.grid}"
+                        if meeting.status == "open":
+                            p.set(open_key, mid)
+                        else:
+                            p.delete(open_key)
+                            p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
+                    await p.execute()
+                    return meeting
+                except WatchError:
+                    continue
+        raise ConcurrentUpdate(f"meeting {mid} kept changing")
+
+    async def open_from(self, escalations: Sequence[TicketUpdated], ref: Callable[[str], DepartmentRef],
+                        publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[tuple[meetings.Meeting, list[str]]]:
+        """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
+        meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
+        touched = []
+        by_meeting: dict[str, list[TicketUpdated]] = {}
+        for e in escalations:
+            by_meeting.setdefault(e.data["meeting"]["meeting_id"], []).append(e)
+        for mid, events in by_meeting.items():
+            spec = events[0].data["meeting"]
+
+            def decide(current, events=events, spec=spec, mid=mid):
+                meeting, added = meetings.merge(
+                    current, spec, [e.ticket_no for e in events], events[0].occurred_at)
+                if not added:
+                    return None
+                first = next(e for e in events if e.ticket_no == added[0])
+                if current is None:
+                    out = MeetingConvened.caused(
+                        first, meeting_id=mid, reason=meeting.reason, lead_street=ref(meeting.lead_street),
+                        summoned=tuple(ref(d) for d in meeting.summoned), tickets=tuple(meeting.tickets),
+                        category=meeting.category, grid=meeting.grid, deadline=meeting.deadline,
+                        explanation=f"{meetings.REASON_NAMES[meeting.reason]}：{first.note}",
+                    )
+                else:
+                    out = MeetingUpdated.caused(first, meeting_id=mid, action="attached", actor="system",
+                                                tickets=tuple(added))
+                return meeting, [out]
+
+            meeting = await self.change(mid, decide, publish)
+            touched.append((meeting, [e.ticket_no for e in events]))
+        return touched
+
+    async def open_hotspot(self, category: str, grid: str, first_ticket: str) -> str:
+        """The open meeting for a hot cluster: the one already open, or a new id claimed atomically
+        (two router replicas seeing the same cluster agree on one meeting)."""
+        key = f"meeting:open:{category}:{grid}"
+        mid = meetings.meeting_id("hotspot", category, grid, first_ticket)
+        await self.redis.set(key, mid, nx=True)
+        return (await self.redis.get(key)).decode()
+
+
+class Hotspots:
+    def __init__(self, redis: Redis, sup: Supervision) -> None:
+        self.redis, self.sup = redis, sup
+
+    async def record(self, tickets: Sequence[Ticket], now: float) -> dict[tuple[str, str], list[str]]:
+        """Count the tickets into their (category, grid) clusters; return the hot clusters."""
+        clusters: dict[tuple[str, str], dict[str, float]] = {}
+        for t in tickets:
+            if t.category and t.grid and t.grid.grid:
+                clusters.setdefault((t.category, t.grid.grid), {})[t.ticket_no] = t.received_at.timestamp()
+        if not clusters:
+            return {}
+        window = self.sup.hotspot_window_days * 86400
+        async with self.redis.pipeline(transaction=False) as p:
+            for (cat, grid), members in clusters.items():
+                key = f"hot:{cat}:{grid}"
+                p.zadd(key, members)
+                p.zremrangebyscore(key, "-inf", now - window)
+                p.expire(key, int(window) + 86400)
+                p.zrange(key, 0, -1, withscores=True)
+            results = await p.execute()
+        recent = {
+            key: [(m.decode(), s) for m, s in results[4 * i + 3]] for i, key in enumerate(clusters)
+        }
+        return meetings.hot_clusters(recent, now, self.sup.hotspot_window_days, self.sup.hotspot_count)

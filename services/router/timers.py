@@ -1,0 +1,99 @@
+"""Deadline timers (督办): when to warn, mark overdue and escalate, and what firing one does. Pure.
+
+Each ticket deadline gets three timers: a warning at `warning_ratio` of the time, overdue at the
+deadline, and (for resolution) escalation at `escalate_ratio` of the time. A timer names the deadline
+it was set for, so a timer left over from before an extension, a re-route or an acceptance finds the
+ticket moved on and fires nothing. Firing is idempotent: the event id is derived from the timer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from shared import tickets as st
+from shared.city import City, Supervision
+from shared.events import DepartmentRef, TicketUpdated
+from shared.store import Outcome
+from shared.tickets import Ticket
+
+Stage = Literal["respond", "resolve"]
+Kind = Literal["warning", "overdue", "escalated"]
+STAGE_NAMES = {"respond": "签收", "resolve": "办结"}
+# While a ticket is in these statuses its clocks run.
+_RUNNING = {"respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED}}
+
+
+@dataclass(frozen=True)
+class Timer:
+    ticket_no: str
+    stage: Stage
+    kind: Kind
+    deadline: datetime  # the deadline it watches
+    due: datetime  # when it fires
+
+    @property
+    def member(self) -> str:
+        return f"{self.ticket_no}|{self.stage}|{self.kind}|{self.deadline.isoformat()}"
+
+    @classmethod
+    def parse(cls, member: str, due: float) -> Timer:
+        no, stage, kind, deadline = member.split("|")
+        d = datetime.fromisoformat(deadline)
+        return cls(no, stage, kind, d, datetime.fromtimestamp(due, d.tzinfo))  # type: ignore[arg-type]
+
+
+def _deadline(ticket: Ticket, stage: Stage) -> datetime | None:
+    return ticket.respond_by if stage == "respond" else ticket.resolve_by
+
+
+def timers_for(ticket: Ticket, sup: Supervision) -> list[Timer]:
+    """The timers a ticket needs now (none once its clocks stopped)."""
+    out: list[Timer] = []
+    if ticket.assigned_at is None:
+        return out
+    for stage in ("respond", "resolve"):
+        deadline = _deadline(ticket, stage)
+        if deadline is None or ticket.status not in _RUNNING[stage]:
+            continue
+        window = deadline - ticket.assigned_at
+        out.append(Timer(ticket.ticket_no, stage, "warning", deadline, ticket.assigned_at + window * sup.warning_ratio))
+        out.append(Timer(ticket.ticket_no, stage, "overdue", deadline, deadline))
+        if stage == "resolve":
+            out.append(Timer(ticket.ticket_no, stage, "escalated", deadline,
+                             ticket.assigned_at + window * sup.escalate_ratio))
+    return out
+
+
+def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outcome | None:
+    """What a due timer does to the ticket; None when the ticket moved on or it already fired."""
+    if ticket is None or ticket.status not in _RUNNING[timer.stage] or _deadline(ticket, timer.stage) != timer.deadline:
+        return None
+    event_id = uuid.uuid5(uuid.NAMESPACE_URL, "timer/" + timer.member).hex
+    if ticket.has_applied(event_id):
+        return None
+    what = STAGE_NAMES[timer.stage]
+    local = timer.deadline.astimezone(tz)
+    notes = {
+        "warning": f"{what}时限即将到期（{local:%m-%d %H:%M}），请抓紧办理",
+        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：已通知承办单位主管",
+        "escalated": f"超过{what}时限已久，升级督办至{city.department_by_id[city.responsibilities.fallback_owner].name}",
+    }
+    data = {"stage": timer.stage, "deadline": timer.deadline.isoformat()}
+    if timer.kind != "warning":
+        data["supervisor"] = ticket.department.id if ticket.department else None
+    if timer.kind == "escalated":
+        data["to"] = city.responsibilities.fallback_owner
+    event = TicketUpdated(
+        event_id=event_id, ticket_no=ticket.ticket_no, action=timer.kind, status=ticket.status, actor="system",
+        department=ticket.department or DepartmentRef(id="", name=""), note=notes[timer.kind],
+        occurred_at=timer.due, data=data,
+    )
+    flags = {"overdue": True} if timer.kind == "overdue" else {"escalated": True} if timer.kind == "escalated" else {}
+    new = ticket.model_copy(update={
+        "applied": (ticket.applied + [event_id])[-300:], "updated_at": event.occurred_at, **flags,
+    })
+    return Outcome(new, publish=[event])

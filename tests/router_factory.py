@@ -1,0 +1,75 @@
+"""Builders for the router's unit tests: classified appeals and assigned tickets, no I/O."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from services.router import workflow
+from services.router.rules import contested, route
+from services.router.sla import deadlines
+from shared.city import DEMO_CITY_DIR, City
+from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, GridMatch
+from shared.tickets import Ticket
+
+TZ = ZoneInfo("Asia/Shanghai")
+T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
+
+
+def grid(city: City, grid_id: str | None) -> GridMatch:
+    if grid_id is None:
+        return GridMatch(grid=None)
+    info = city.grids[grid_id]
+    return GridMatch(grid=grid_id, community=info.community_id, street=info.street_id, method="gazetteer",
+                     confidence=0.9, evidence="test")
+
+
+def classified(
+    city: City, category: str, grid_id: str | None = "s01c01g01", *, confidence: float = 0.9, no: str = "20261123-000001",
+    second: tuple[str, float] | None = None, urgent: bool = False, at: datetime = T0, reviewed_by: str | None = None,
+) -> AppealClassified:
+    appeal = AppealReceived(ticket_no=no, channel="hotline", text="测试诉求内容", received_at=at, occurred_at=at,
+                            caller=Caller(caller_id="c1", masked_phone="138****0000"))
+    top = (CategoryScore(category=category, probability=confidence),)
+    if second:
+        top += (CategoryScore(category=second[0], probability=second[1]),)
+    return AppealClassified(
+        ticket_no=no, appeal=appeal, category=category, category_names=city.category_names(category),
+        confidence=confidence, top=top, grid=grid(city, grid_id), urgent=urgent, model_version="test",
+        occurred_at=at, reviewed_by=reviewed_by,
+    )
+
+
+def assign(city: City, c: AppealClassified, ticket: Ticket | None = None, threshold: float = 0.5):
+    routing = route(city, c.category, c.grid, c.confidence, 0.0 if c.reviewed_by else threshold)
+    others = contested(city, routing, c.top, c.grid, city.sla.supervision.ambiguity_margin)
+    due = deadlines(city, c.category, c.urgent or c.appeal.urgent_flag, c.occurred_at, TZ)
+    return workflow.assign(ticket, c, routing, due, city, contested=others, tz=TZ)
+
+
+def assigned_ticket(city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw) -> Ticket:
+    return assign(city, classified(city, category, grid_id, **kw)).ticket
+
+
+def session_city(folder: Path) -> Path:
+    """The demo city for the test session, with two test-only changes in sla.yaml (issue 5):
+    a `tiny` deadline class (seconds) for education.tutoring, so timers fire within a test, and a
+    hotspot threshold high enough that tests repeating the same appeal never form a hotspot by chance."""
+    shutil.copytree(DEMO_CITY_DIR, folder, dirs_exist_ok=True)
+    path = folder / "sla.yaml"
+    sla = yaml.safe_load(path.read_text(encoding="utf-8"))
+    sla["classes"]["tiny"] = {"name": "测试", "respond_hours": TINY_RESPOND_HOURS, "resolve_hours": TINY_RESOLVE_HOURS}
+    sla["categories"][TINY_CATEGORY] = "tiny"
+    sla["supervision"].update(hotspot_count=HOTSPOT_COUNT, hotspot_window_days=1)
+    path.write_text(yaml.safe_dump(sla, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return folder
+
+
+TINY_CATEGORY = "education.tutoring"
+TINY_RESPOND_HOURS = 3 / 3600  # 3 s to accept
+TINY_RESOLVE_HOURS = 6 / 3600  # 6 s to resolve; escalation at 9 s
+HOTSPOT_COUNT = 25

@@ -1,0 +1,145 @@
+"""Routing by the responsibility list, deadlines and the working-day calendar: pure, no I/O."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+import yaml
+
+from services.router.rules import candidates, contested, responsible, route
+from services.router.sla import add_working_days, deadlines, is_workday, sla_class_for
+from shared.city import DEMO_CITY_DIR, CityConfigError, ResponsibilityRule, load_city
+from shared.events import CategoryScore
+from tests.router_factory import TZ, grid
+
+
+@pytest.fixture(scope="module")
+def city():
+    return load_city()
+
+
+@pytest.mark.parametrize(
+    ("category", "grid_id", "lead", "co", "via"),
+    [
+        ("city.facility.streetlight", "s01c01g01", "urban_mgmt", (), "rule"),  # branch rule
+        ("city.facility.drainage", "s01c01g01", "water", ("urban_mgmt",), "rule"),  # leaf beats branch
+        ("city.appearance.garbage", "s01c01g01", "urban_mgmt", (), "rule"),
+        ("city.appearance.garbage", "s03c02g03", "street_s03", ("urban_mgmt",), "rule"),  # grid rule wins
+        ("city.appearance.street_vending", "s02c01g02", "street_s02", ("urban_enforcement",), "rule"),  # street
+        ("city.appearance.street_vending", "s01c01g01", "urban_enforcement", (), "rule"),
+        ("housing.property.service", "s01c02g02", "property_wanjia", ("housing",), "rule"),  # community
+        ("housing.property.service", "s03c01g01", "housing", (), "rule"),
+        ("safety.fire", "s03c01g02", "street_s03", ("fire",), "rule"),
+        ("safety.fire", "s01c01g01", "fire", (), "rule"),
+        ("env.noise", "s02c02g01", "environment", ("police", "urban_enforcement"), "rule"),
+    ],
+)
+def test_the_most_specific_rule_wins(city, category, grid_id, lead, co, via):
+    r = route(city, category, grid(city, grid_id), 0.9, 0.5)
+    assert (r.lead, r.co, r.via) == (lead, co, via)
+    assert r.rule and r.rule in r.explanation and "0.90" in r.explanation and grid_id in r.explanation
+
+
+def test_low_confidence_goes_to_the_dispatch_desk_and_says_why(city):
+    r = route(city, "city.facility.streetlight", grid(city, "s01c01g01"), 0.31, 0.5)
+    assert (r.lead, r.via) == ("dispatch_desk", "dispatch_desk")
+    assert "0.31" in r.explanation and "0.50" in r.explanation
+
+
+def test_unknown_grid_goes_to_the_dispatch_desk(city):
+    r = route(city, "city.facility.streetlight", grid(city, None), 0.9, 0.5)
+    assert r.via == "dispatch_desk" and "网格" in r.explanation
+
+
+def test_no_rule_falls_back_to_the_district_office(city, tmp_path):
+    folder = tmp_path / "city"
+    shutil.copytree(DEMO_CITY_DIR, folder)
+    resp = yaml.safe_load((folder / "responsibilities.yaml").read_text(encoding="utf-8"))
+    resp["rules"] = [r for r in resp["rules"] if not r["category"].startswith("education")]
+    (folder / "responsibilities.yaml").write_text(yaml.safe_dump(resp, allow_unicode=True), encoding="utf-8")
+    c = load_city(folder)
+    r = route(c, "education.school", grid(c, "s01c01g01"), 0.9, 0.5)
+    assert (r.lead, r.via) == ("district_office", "fallback")
+    assert "兜底" in r.explanation
+
+
+def test_equally_specific_rules_are_ambiguous(city):
+    # The loader refuses such a list; a city built in code (or an older validator) may still have one.
+    rules = (*city.responsibilities.rules, ResponsibilityRule(category="city.greening", lead="urban_mgmt"))
+    c = city.model_copy(update={"responsibilities": city.responsibilities.model_copy(update={"rules": rules})})
+    r = route(c, "city.greening", grid(c, "s01c01g01"), 0.9, 0.5)
+    assert r.lead == "landscape" and r.ambiguous == ("urban_mgmt",)
+    assert contested(c, r, (), grid(c, "s01c01g01"), 0.1) == ("urban_mgmt",)
+
+
+def test_close_runner_up_with_another_department_is_contested(city):
+    g = grid(city, "s01c01g01")
+    r = route(city, "city.facility.streetlight", g, 0.55, 0.5)
+    close = (CategoryScore(category="city.facility.streetlight", probability=0.55),
+             CategoryScore(category="utility.power", probability=0.50))
+    far = (close[0], CategoryScore(category="utility.power", probability=0.30))
+    same_dept = (close[0], CategoryScore(category="city.facility.road_damage", probability=0.54))
+    assert contested(city, r, close, g, 0.1) == ("power",)
+    assert contested(city, r, far, g, 0.1) == ()
+    assert contested(city, r, same_dept, g, 0.1) == ()
+
+
+def test_candidates_and_responsibility(city):
+    g = grid(city, "s03c02g03")
+    assert candidates(city, "city.appearance.garbage", g) == ["street_s03", "urban_mgmt", "urban_enforcement"]
+    assert candidates(city, "city.facility.road_damage", grid(city, "s01c01g01")) == ["urban_mgmt"]
+    assert responsible(city, "city.appearance.garbage", g, "urban_mgmt").lead == "urban_mgmt"
+    assert responsible(city, "city.appearance.garbage", g, "water") is None
+
+
+# --- deadlines -----------------------------------------------------------------------------------
+
+
+def test_sla_classes(city):
+    assert sla_class_for(city, "utility.gas", False) == "utility"
+    assert sla_class_for(city, "housing.safety", False) == "complex"
+    assert sla_class_for(city, "city.facility.streetlight", False) == "general"
+    assert sla_class_for(city, "city.facility.streetlight", True) == "emergency"
+
+
+def test_urgent_categories_from_the_config(tmp_path):
+    folder = tmp_path / "city"
+    shutil.copytree(DEMO_CITY_DIR, folder)
+    sla = yaml.safe_load((folder / "sla.yaml").read_text(encoding="utf-8"))
+    sla["urgent_categories"] = ["housing.elevator"]
+    (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
+    c = load_city(folder)
+    assert sla_class_for(c, "housing.elevator", False) == "emergency"
+    sla["urgent_categories"] = ["no.such"]
+    (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(CityConfigError, match="urgent_categories: unknown category 'no.such'"):
+        load_city(folder)
+
+
+def test_hour_deadlines_count_clock_time(city):
+    start = datetime(2026, 10, 1, 8, tzinfo=UTC)  # a holiday: hours still count
+    d = deadlines(city, "utility.water", False, start, TZ)
+    assert d.respond_by == start + timedelta(hours=2)
+    assert d.resolve_by == start + timedelta(hours=24)
+    e = deadlines(city, "city.facility.streetlight", True, start, TZ)
+    assert e.resolve_by == start + timedelta(hours=2)
+
+
+@pytest.mark.parametrize(
+    ("start", "days", "end"),
+    [
+        (date(2026, 11, 23), 7, date(2026, 12, 2)),  # Monday + 7 working days skips a weekend
+        (date(2026, 9, 30), 1, date(2026, 10, 8)),  # 国庆: 1-7 off
+        (date(2026, 9, 30), 2, date(2026, 10, 9)),
+        (date(2026, 10, 9), 1, date(2026, 10, 10)),  # Saturday 10-10 is a make-up working day
+        (date(2026, 2, 13), 1, date(2026, 2, 14)),  # Saturday 2-14 is worked (春节调休)
+        (date(2026, 2, 14), 1, date(2026, 2, 24)),  # then 2-15..2-23 off
+    ],
+)
+def test_working_days_follow_the_holiday_calendar(city, start, days, end):
+    at = datetime(start.year, start.month, start.day, 10, tzinfo=TZ)
+    got = add_working_days(at, days, city.sla, TZ)
+    assert got.date() == end and got.hour == 10
+    assert is_workday(got.date(), city.sla)

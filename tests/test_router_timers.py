@@ -1,0 +1,197 @@
+"""Deadline timers and joint-meeting / hotspot logic: pure, no I/O."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from services.router import meetings, timers, workflow
+from services.router.meetings import MeetingError
+from services.router.timers import Timer
+from shared import tickets as st
+from shared.city import load_city
+from tests.router_factory import T0, TZ, assigned_ticket
+
+CITY = load_city()
+SUP = CITY.sla.supervision
+
+
+def by_kind(ts):
+    return {(t.stage, t.kind): t for t in ts}
+
+
+def test_an_assigned_ticket_gets_warning_overdue_and_escalation_timers():
+    t = assigned_ticket(CITY)  # general: respond 24 h, resolve 7 working days
+    ts = by_kind(timers.timers_for(t, SUP))
+    assert set(ts) == {("respond", "warning"), ("respond", "overdue"),
+                       ("resolve", "warning"), ("resolve", "overdue"), ("resolve", "escalated")}
+    assert ts["respond", "warning"].due == T0 + timedelta(hours=24 * 0.8)
+    assert ts["respond", "overdue"].due == t.respond_by
+    window = t.resolve_by - T0
+    assert ts["resolve", "escalated"].due == T0 + window * 1.5
+    # Accepted: the respond clock stopped; resolved: every clock stopped.
+    accepted = workflow.accept(t, "urban_mgmt", CITY, T0).ticket
+    assert {k for k in by_kind(timers.timers_for(accepted, SUP))} == {
+        ("resolve", "warning"), ("resolve", "overdue"), ("resolve", "escalated")}
+    done = workflow.resolve(accepted, "urban_mgmt", "好了", CITY, T0).ticket
+    assert timers.timers_for(done, SUP) == []
+
+
+def test_member_round_trip():
+    t = assigned_ticket(CITY)
+    for timer in timers.timers_for(t, SUP):
+        again = Timer.parse(timer.member, timer.due.timestamp())
+        assert again == timer
+
+
+def test_overdue_marks_the_ticket_and_names_the_supervisor_once():
+    t = assigned_ticket(CITY)
+    overdue = by_kind(timers.timers_for(t, SUP))["respond", "overdue"]
+    out = timers.fire(t, overdue, CITY, TZ)
+    [e] = out.publish
+    assert out.ticket.overdue and e.action == "overdue" and e.data["supervisor"] == "urban_mgmt"
+    assert "督办" in e.note and e.status == st.ASSIGNED
+    assert timers.fire(out.ticket, overdue, CITY, TZ) is None  # fired once, whoever fires it again
+    assert timers.fire(t, overdue, CITY, TZ).publish[0].event_id == e.event_id  # same id on any replica
+
+
+def test_escalation_goes_to_the_fallback_owner():
+    t = assigned_ticket(CITY)
+    esc = by_kind(timers.timers_for(t, SUP))["resolve", "escalated"]
+    out = timers.fire(t, esc, CITY, TZ)
+    assert out.ticket.escalated and out.publish[0].data["to"] == "district_office"
+
+
+def test_stale_timers_fire_nothing():
+    t = assigned_ticket(CITY)
+    ts = by_kind(timers.timers_for(t, SUP))
+    accepted = workflow.accept(t, "urban_mgmt", CITY, T0).ticket
+    assert timers.fire(accepted, ts["respond", "overdue"], CITY, TZ) is None  # accepted in time
+    asked = workflow.request_extension(accepted, "urban_mgmt", 5, "等材料", CITY, T0).ticket
+    extended = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, T0).ticket
+    assert timers.fire(extended, ts["resolve", "overdue"], CITY, TZ) is None  # the deadline moved
+    new = by_kind(timers.timers_for(extended, SUP))["resolve", "overdue"]
+    assert new.deadline == extended.resolve_by and timers.fire(extended, new, CITY, TZ) is not None
+    assert timers.fire(None, new, CITY, TZ) is None
+
+
+def test_approved_extension_lifts_the_overdue_mark():
+    t = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
+    late = timers.fire(t, by_kind(timers.timers_for(t, SUP))["resolve", "overdue"], CITY, TZ).ticket
+    asked = workflow.request_extension(late, "urban_mgmt", 5, "等材料", CITY, late.resolve_by).ticket
+    ok = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, late.resolve_by + timedelta(hours=1))
+    assert not ok.ticket.overdue
+
+
+# --- meetings ------------------------------------------------------------------------------------
+
+
+def spec(reason="hotspot", grid="s03c02g03", summoned=("urban_mgmt",)):
+    return meetings.spec(CITY, mid="M1", reason=reason, grid=grid, category="city.appearance.garbage",
+                         summoned=summoned, now=T0, tz=TZ)
+
+
+def test_the_street_office_of_the_grid_leads():
+    assert meetings.lead_street_office(CITY, "s03c02g03") == "street_s03"
+    assert meetings.lead_street_office(CITY, "s01c01g01") == "street_s01"
+    assert meetings.lead_street_office(CITY, None) == "district_office"
+    s = spec(summoned=("urban_mgmt", "nonexistent", "urban_mgmt"))
+    assert s["summoned"] == ["street_s03", "urban_mgmt"]
+    assert s["deadline"].startswith("2026-11-26")  # 3 working days
+
+
+def test_merge_opens_once_and_attaches_later_tickets():
+    m, added = meetings.merge(None, spec(), ["a", "b"], T0)
+    assert added == ["a", "b"] and m.status == "open" and m.lead_street == "street_s03"
+    same, none = meetings.merge(m, spec(), ["a"], T0)
+    assert none == [] and same is m
+    more, added = meetings.merge(m, spec(summoned=("water",)), ["b", "c"], T0)
+    assert added == ["c"] and more.tickets == ["a", "b", "c"] and "water" in more.summoned
+
+
+def test_check_in_and_decide():
+    m, _ = meetings.merge(None, spec(), ["a"], T0)
+    with pytest.raises(MeetingError) as e:
+        meetings.check_in(m, "water", T0)
+    assert e.value.status == 403
+    m = meetings.check_in(m, "urban_mgmt", T0)
+    assert meetings.check_in(m, "urban_mgmt", T0 + timedelta(hours=1)) is m  # checking in twice: no change
+    with pytest.raises(MeetingError):
+        meetings.decide(m, "water", "dispatch_desk", "", CITY, T0)  # not summoned
+    with pytest.raises(MeetingError):
+        meetings.decide(m, "dispatch_desk", "dispatch_desk", "", CITY, T0)
+    d = meetings.decide(m, "urban_mgmt", "dispatch_desk", "城管委牵头清运", CITY, T0)
+    assert (d.status, d.lead) == ("decided", "urban_mgmt")
+    with pytest.raises(MeetingError, match="已作出决定"):
+        meetings.decide(d, "street_s03", "dispatch_desk", "", CITY, T0)
+    with pytest.raises(MeetingError):
+        meetings.check_in(d, "street_s03", T0)
+
+
+@pytest.mark.parametrize(
+    ("ages_days", "count", "window", "hot"),
+    [
+        ([0, 1, 2, 3, 4], 5, 7, True),  # 5 in 7 days
+        ([0, 1, 2, 3], 5, 7, False),  # only 4
+        ([0, 1, 2, 3, 8], 5, 7, False),  # one is older than the window
+        ([0.1] * 6, 5, 7, True),
+        ([0, 6.9, 6.95, 1, 2], 5, 7, True),
+        ([0, 1], 2, 0.5, False),
+    ],
+)
+def test_hot_clusters(ages_days, count, window, hot):
+    now = 1_800_000_000.0
+    members = [(f"t{i}", now - a * 86400) for i, a in enumerate(ages_days)]
+    got = meetings.hot_clusters({("c", "g"): members, ("c", "h"): members[:1]}, now, window, count)
+    assert (("c", "g") in got) == hot and ("c", "h") not in got
+    if hot:
+        inside = [m for m in members if m[1] >= now - window * 86400]
+        assert got["c", "g"] == [no for no, _ in sorted(inside, key=lambda m: m[1])]  # oldest first
+
+
+def test_hold_for_meeting_only_moves_open_tickets():
+    t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
+    held = workflow.hold_for_meeting(t, "M1", "hotspot", ["street_s03"], CITY, TZ, T0)
+    assert held.ticket.status == st.MEETING and held.ticket.meeting_id == "M1"
+    assert held.publish[0].data["meeting"]["meeting_id"] == "M1"
+    assert workflow.hold_for_meeting(held.ticket, "M1", "hotspot", [], CITY, TZ, T0) is None
+    done = workflow.resolve(workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0).ticket
+    assert workflow.hold_for_meeting(done, "M1", "hotspot", [], CITY, TZ, T0) is None
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(order=hs.permutations(range(10)), accept_at=hs.none() | hs.integers(0, 9))
+def test_every_timer_fires_at_most_once_whatever_the_order(order, accept_at):
+    """Replicas may see the timers in any order, twice over; the ticket records each at most once,
+    and a ticket accepted meanwhile records no respond-stage timer after its acceptance."""
+    t = assigned_ticket(CITY)
+    all_timers = timers.timers_for(t, SUP) * 2
+    fired: list[tuple[str, str]] = []
+    accepted_step = None
+    for step, i in enumerate(order):
+        if step == accept_at and t.status == st.ASSIGNED:
+            t, accepted_step = workflow.accept(t, "urban_mgmt", CITY, T0).ticket, step
+        out = timers.fire(t, all_timers[i], CITY, TZ)
+        if out is not None:
+            t = out.ticket
+            fired.append((all_timers[i].stage, all_timers[i].kind))
+            assert accepted_step is None or all_timers[i].stage == "resolve"
+    assert len(fired) == len(set(fired))
+    assert t.overdue == any(kind == "overdue" for _, kind in fired)
+    assert t.escalated == (("resolve", "escalated") in fired)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ages=hs.lists(hs.floats(0, 20), max_size=30), count=hs.integers(2, 8), window=hs.floats(0.5, 10))
+def test_a_cluster_is_hot_exactly_when_enough_appeals_fall_in_the_window(ages, count, window):
+    now = 1_800_000_000.0
+    members = [(f"t{i}", now - a * 86400) for i, a in enumerate(ages)]
+    hot = meetings.hot_clusters({("c", "g"): members}, now, window, count)
+    inside = [a for a in ages if a * 86400 <= window * 86400]
+    assert (("c", "g") in hot) == (len(inside) >= count)

@@ -51,6 +51,7 @@ def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
+        quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
     )
 
 

@@ -70,6 +70,7 @@ class Notifier:
         reminder_after: timedelta = timedelta(hours=24),
         window: timedelta = timedelta(hours=48),
         clock: Callable[[], datetime] = now_utc,
+        jobs_key: str = DUE,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
@@ -80,6 +81,7 @@ class Notifier:
         self.reminder_after = reminder_after
         self.window = window
         self.clock = clock
+        self.jobs = jobs_key
 
     @classmethod
     def from_settings(cls, settings: Settings, store: TicketStore, publish: Publish, **kw: Any) -> Notifier:
@@ -161,21 +163,21 @@ class Notifier:
         return True
 
     async def _schedule(self, job: dict[str, Any], at: datetime) -> None:
-        await self.redis.zadd(DUE, {json.dumps(job, ensure_ascii=False, sort_keys=True): at.timestamp()})
+        await self.redis.zadd(self.jobs, {json.dumps(job, ensure_ascii=False, sort_keys=True): at.timestamp()})
 
     async def scan(self, now: datetime | None = None, limit: int = 200) -> int:
         """Run the jobs due at `now`: held messages, survey reminders and timeouts. Returns how many."""
         now = now or self.clock()
         done = 0
-        for raw in await self.redis.zrangebyscore(DUE, "-inf", now.timestamp(), start=0, num=limit):
-            if not await self.redis.zrem(DUE, raw):
+        for raw in await self.redis.zrangebyscore(self.jobs, "-inf", now.timestamp(), start=0, num=limit):
+            if not await self.redis.zrem(self.jobs, raw):
                 continue  # another notifier claimed it
             try:
                 await self._run(json.loads(raw), now)
                 done += 1
             except Exception:
                 log.exception("scheduled notifier job failed; retrying later")
-                await self.redis.zadd(DUE, {raw: (now + RETRY_LATER).timestamp()})
+                await self.redis.zadd(self.jobs, {raw: (now + RETRY_LATER).timestamp()})
         return done
 
     async def _run(self, job: dict[str, Any], now: datetime) -> None:
@@ -238,7 +240,7 @@ class Notifier:
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(f"survey:open:{phone}", {survey_id: now.timestamp()})
                 p.expire(f"survey:open:{phone}", SURVEY_TTL)
-                p.zadd(DUE, {
+                p.zadd(self.jobs, {
                     json.dumps({"job": "remind", "survey_id": survey_id}, sort_keys=True):
                         (now + self.reminder_after).timestamp(),
                     json.dumps({"job": "close", "survey_id": survey_id}, sort_keys=True):

@@ -283,3 +283,44 @@ async def test_anonymous_appeals_skip_the_survey_and_say_so(make_kit):
     events = await kit.notifier.start_survey(resolved, ticket)
     assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "skipped_anonymous")]
     assert events[0].ticket_no == ticket.ticket_no
+
+
+async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, redis):
+    """The subscribers' batch handlers: progress on a joint meeting and an approved extension, the
+    survey on resolution (published as events on the broker), acknowledgements for a batch."""
+    from services.notifier.app import Handlers
+    from services.notifier.ratebook import RateBook
+    from services.notifier.stats import Weights
+    from shared.city import load_city
+    from shared.events import TicketAssigned
+
+    kit = make_kit()
+    handlers = Handlers(kit.notifier, RateBook(redis, load_city(), SH, Weights()))
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    meeting = TicketAssigned(ticket_no=ticket.ticket_no, department=ticket.department, via="meeting",
+                             explanation="联席会议", category="c", grid=None, respond_by=NOON, resolve_by=NOON)
+    extension = TicketUpdated(ticket_no=ticket.ticket_no, action="extension_approved", status="accepted",
+                              actor="dispatch_desk", data={"resolve_by": "2026-11-30T18:00:00+08:00"})
+    await handlers.assignments([meeting])
+    await handlers.updates([extension, resolved])
+    await handlers.updates([extension, resolved])  # redelivered batch: nothing twice
+    texts = [m["text"] for m in reversed(await kit.sent(phone))]
+    assert len(texts) == 3
+    assert "联席会议" in texts[0] and ticket.ticket_no in texts[0]
+    assert "延期办理至11月30日" in texts[1]
+    assert "回复1满意" in texts[2]
+    assert [type(e) for e in kit.published] == [SurveySent, SurveySent]  # same id: deduped downstream
+    assert kit.published[0].event_id == kit.published[1].event_id
+
+    phones = [new_phone() for _ in range(40)]
+    for p in phones:
+        await kit.store.save_contact(caller_id(p), p, None)
+    appeals = [AppealReceived(ticket_no=f"20261123-5{n:05d}", channel="hotline", text="路灯坏了",
+                              caller=Caller(caller_id=caller_id(p), masked_phone=mask_phone(p)))
+               for n, p in enumerate(phones)]
+    wechat = AppealReceived(ticket_no="20261123-599999", channel="wechat", text="路灯坏了",
+                            caller=Caller(caller_id=caller_id(phones[0]), masked_phone=mask_phone(phones[0])))
+    await handlers.appeals([*appeals, wechat])
+    for p in phones:
+        assert len(await kit.sent(p, "ack")) == 1  # WeChat answered itself: no second ack

@@ -217,3 +217,11 @@ async def test_counting_is_idempotent_in_process(redis):
     assert await book.record(events, ticketed) == 0
     rows = {r["group"]: r for r in await book.query("department", day.date(), day.date() + timedelta(days=3))}
     assert {k: rows[a][k] for k in EXPECTED_A} == EXPECTED_A
+    # The Prometheus gauges: the rates month to date.
+    from prometheus_client import REGISTRY
+
+    await book.refresh_gauges(day + timedelta(days=3))
+    labels = {"group_by": "department", "group": a}
+    assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "score"}) == 64.67
+    assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "satisfaction_rate"}) == 0.6333
+    assert REGISTRY.get_sample_value("hotline_rate", {"group_by": "street", "group": "s02", "rate": "response_rate"}) == 0.5

@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 from faststream import FastStream
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 # WeChat answers in its own passive reply; the others hear from us by SMS.
 ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web"}
 GAUGE_SECONDS = 60
+CONCURRENT_SENDS = 32
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
@@ -82,6 +85,17 @@ def build_app(settings: Settings | None = None) -> FastStream:
     return app
 
 
+async def bounded_gather(coros: list[Coroutine[Any, Any, Any]], limit: int = CONCURRENT_SENDS) -> None:
+    """Run a batch's sends concurrently, a few at a time (each is several Redis round trips). All of
+    them run; the first error is raised after (the batch is then read again; sends are idempotent)."""
+    errors = []
+    for i in range(0, len(coros), limit):
+        results = await asyncio.gather(*coros[i:i + limit], return_exceptions=True)
+        errors.extend(r for r in results if isinstance(r, BaseException))
+    if errors:
+        raise errors[0]
+
+
 class Handlers:
     """What the subscribers do with a parsed batch (kept apart so tests can drive them in-process)."""
 
@@ -91,11 +105,12 @@ class Handlers:
         self.store = notifier.store
 
     async def appeals(self, appeals: list[AppealReceived]) -> None:
-        for a in appeals:
-            if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id:
-                phone = (await self.store.contact(a.caller.caller_id)).get("phone")
-                if phone:
-                    await self.notifier.acknowledge(a, a.ticket_no, phone, urgent=a.urgent_flag)
+        wanted = [a for a in appeals if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id]
+        phones = await self.notifier.phones([a.caller.caller_id for a in wanted])  # type: ignore[misc]
+        await bounded_gather([
+            self.notifier.acknowledge(a, a.ticket_no, phone, urgent=a.urgent_flag)
+            for a, phone in zip(wanted, phones) if phone
+        ])
 
     async def assignments(self, assigned: list[TicketAssigned]) -> None:
         await self.book.record(assigned, [None] * len(assigned))

@@ -203,6 +203,15 @@ class Notifier:
             return None
         return (await self.store.contact(ticket.caller.caller_id)).get("phone")
 
+    async def phones(self, caller_ids: Sequence[str]) -> list[str | None]:
+        """The phones of many callers in one round trip (None where there is no contact)."""
+        if not caller_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for cid in caller_ids:
+                p.hget(f"contact:{cid}", "phone")
+            return [v.decode() if v else None for v in await p.execute()]
+
     async def acknowledge(self, cause: Event, ticket_no: str, phone: str, *, urgent: bool = False) -> str:
         text = self.texts.render("ack", ticket_no=ticket_no)
         return await self.notify(cause.event_id, SmsMessage(phone, text, "ack", ticket_no, urgent=urgent))

@@ -98,6 +98,14 @@ async def resolved_ticket(kit: Kit, phone: str | None, note: str = "已更换路
                                  department=dept, note=note)
 
 
+async def surveyed(kit: Kit) -> tuple[str, Ticket]:
+    """A resident whose resolved ticket's survey went out."""
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    await kit.notifier.start_survey(resolved, ticket)
+    return phone, ticket
+
+
 async def test_acknowledgement_is_sent_once_even_after_a_restart(make_kit):
     phone = new_phone()
     appeal = AppealReceived(ticket_no="20261123-000042", channel="hotline", text="路灯坏了",
@@ -137,9 +145,7 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
 )
 async def test_every_reply_form_is_read(make_kit, text, rating, solved):
     kit = make_kit()
-    phone = new_phone()
-    ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    phone, ticket = await surveyed(kit)
     result = await kit.notifier.reply(phone, text)
     assert result == {"kind": "survey_answer", "ticket_no": ticket.ticket_no, "rating": rating, "solved": solved}
     (answer,) = kit.answers(ticket.ticket_no)
@@ -152,9 +158,7 @@ async def test_every_reply_form_is_read(make_kit, text, rating, solved):
 
 async def test_free_text_is_kept_and_one_clarification_is_sent(make_kit):
     kit = make_kit()
-    phone = new_phone()
-    ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    phone, ticket = await surveyed(kit)
     first = await kit.notifier.reply(phone, "你们辛苦了")
     assert first == {"kind": "comment", "ticket_no": ticket.ticket_no, "clarification": True}
     second = await kit.notifier.reply(phone, "好的好的")
@@ -183,9 +187,7 @@ async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
 
 async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock):
     kit = make_kit(quiet="none")
-    phone = new_phone()
-    ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    phone, ticket = await surveyed(kit)
     assert await kit.notifier.scan(NOON + timedelta(hours=23)) == 0
     assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1
     (reminder,) = await kit.sent(phone, "reminder")
@@ -203,9 +205,7 @@ async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock
 
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     kit = make_kit(quiet="none")
-    phone = new_phone()
-    ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    phone, ticket = await surveyed(kit)
     await kit.notifier.reply(phone, "1")
     await kit.notifier.scan(NOON + timedelta(hours=72))
     assert await kit.sent(phone, "reminder") == []
@@ -261,9 +261,7 @@ async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock)
 
 async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
     kit = make_kit()
-    phone = new_phone()
-    ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    phone, ticket = await surveyed(kit)
     result = await kit.notifier.reply(phone, "TD")
     assert result == {"kind": "opt_out", "closed_surveys": [ticket.ticket_no]}
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]

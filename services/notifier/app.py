@@ -4,13 +4,11 @@ scheduled jobs (held messages, survey reminders and timeouts), and the counters 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from faststream import FastStream
 
@@ -19,15 +17,15 @@ from services.notifier.service import Notifier
 from shared import topics
 from shared.bus import BATCH_SUBSCRIBER, parse_or_dead_letter, publish, raw_body
 from shared.events import AppealReceived, Event, SurveyAnswered, TicketAssigned, TicketUpdated
-from shared.runtime import Runtime
+from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 
 NAME = "notifier"
-log = logging.getLogger(__name__)
 # WeChat answers in its own passive reply; the others hear from us by SMS.
 ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web"}
 GAUGE_SECONDS = 60
 CONCURRENT_SENDS = 32
+E = TypeVar("E", bound=Event)
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
@@ -37,52 +35,32 @@ def build_app(settings: Settings | None = None) -> FastStream:
     book = RateBook.from_settings(rt.redis, rt.city, rt.settings)
     handlers = Handlers(notifier, book)
 
-    @rt.broker.subscriber(topics.APPEAL_RECEIVED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
-    async def on_appeals(bodies: list[bytes]) -> None:
-        await handlers.appeals(await parse_or_dead_letter(
-            rt.broker, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME))
+    for topic, model, handle in (
+        (topics.APPEAL_RECEIVED, AppealReceived, handlers.appeals),
+        (topics.TICKET_ASSIGNED, TicketAssigned, handlers.assignments),
+        (topics.TICKET_UPDATED, TicketUpdated, handlers.updates),
+        (topics.SURVEY_ANSWERED, SurveyAnswered, handlers.answers),
+    ):
+        subscribe(rt, topic, model, handle)
 
-    @rt.broker.subscriber(topics.TICKET_ASSIGNED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
-    async def on_assignments(bodies: list[bytes]) -> None:
-        await handlers.assignments(await parse_or_dead_letter(
-            rt.broker, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME))
+    next_gauges = [0.0]
 
-    @rt.broker.subscriber(topics.TICKET_UPDATED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
-    async def on_updates(bodies: list[bytes]) -> None:
-        await handlers.updates(await parse_or_dead_letter(
-            rt.broker, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME))
+    async def scan() -> None:
+        await notifier.scan()
+        if time.monotonic() >= next_gauges[0]:
+            await book.refresh_gauges(notifier.clock())
+            next_gauges[0] = time.monotonic() + GAUGE_SECONDS
 
-    @rt.broker.subscriber(topics.SURVEY_ANSWERED, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
-    async def on_answers(bodies: list[bytes]) -> None:
-        await handlers.answers(await parse_or_dead_letter(
-            rt.broker, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME))
-
-    background: list[asyncio.Task] = []
-
-    async def scan_forever() -> None:
-        next_gauges = 0.0
-        while True:
-            await asyncio.sleep(rt.settings.timer_scan_seconds)
-            try:
-                await notifier.scan()
-                if time.monotonic() >= next_gauges:
-                    await book.refresh_gauges(notifier.clock())
-                    next_gauges = time.monotonic() + GAUGE_SECONDS
-            except Exception:  # keep scanning; the next round retries
-                log.exception("notifier scan failed")
-
-    @app.after_startup
-    async def start_background() -> None:
-        background.append(asyncio.create_task(scan_forever()))
-
-    @app.on_shutdown
-    async def stop_background() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
+    run_periodically(app, rt.settings.timer_scan_seconds, scan, "notifier scan")
     return app
+
+
+def subscribe(rt: Runtime, topic: str, model: type[E], handle: Callable[[list[E]], Awaitable[None]]) -> None:
+    """One batch subscriber: parse (poison to the DLQ), then hand the events to `handle`."""
+
+    @rt.broker.subscriber(topic, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    async def consume(bodies: list[bytes]) -> None:
+        await handle(await parse_or_dead_letter(rt.broker, model, topic, bodies, NAME))
 
 
 async def bounded_gather(coros: list[Coroutine[Any, Any, Any]], limit: int = CONCURRENT_SENDS) -> None:

@@ -5,6 +5,7 @@ rates from a known sequence of events checked against hand-computed figures."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -86,7 +87,7 @@ async def test_outbox_and_receipts_need_the_admin_token(api, redis, admin):
     assert (await api.post("/api/v1/sms/receipts", json=receipt)).status_code == 401
     r = await api.post("/api/v1/sms/receipts", json=receipt, headers=admin)
     assert r.json() == {"message_id": ack["message_id"], "state": "delivered"}
-    assert (await redis.hget(f"sms:msg:{ack['message_id']}", "state")) == b"delivered"
+    assert json.loads(await redis.get(f"sms:msg:{ack['message_id']}"))["state"] == "delivered"
     missing = await api.post("/api/v1/sms/receipts", json=receipt | {"message_id": "nope"}, headers=admin)
     assert missing.status_code == 404
 

@@ -3,12 +3,11 @@ scheduled jobs (held messages, survey reminders and timeouts), and the counters 
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from faststream import FastStream
 
@@ -24,7 +23,6 @@ NAME = "notifier"
 # WeChat answers in its own passive reply; the others hear from us by SMS.
 ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web"}
 GAUGE_SECONDS = 60
-CONCURRENT_SENDS = 32
 E = TypeVar("E", bound=Event)
 
 
@@ -63,17 +61,6 @@ def subscribe(rt: Runtime, topic: str, model: type[E], handle: Callable[[list[E]
         await handle(await parse_or_dead_letter(rt.broker, model, topic, bodies, NAME))
 
 
-async def bounded_gather(coros: list[Coroutine[Any, Any, Any]], limit: int = CONCURRENT_SENDS) -> None:
-    """Run a batch's sends concurrently, a few at a time (each is several Redis round trips). All of
-    them run; the first error is raised after (the batch is then read again; sends are idempotent)."""
-    errors = []
-    for i in range(0, len(coros), limit):
-        results = await asyncio.gather(*coros[i:i + limit], return_exceptions=True)
-        errors.extend(r for r in results if isinstance(r, BaseException))
-    if errors:
-        raise errors[0]
-
-
 class Handlers:
     """What the subscribers do with a parsed batch (kept apart so tests can drive them in-process)."""
 
@@ -85,8 +72,8 @@ class Handlers:
     async def appeals(self, appeals: list[AppealReceived]) -> None:
         wanted = [a for a in appeals if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id]
         phones = await self.notifier.phones([a.caller.caller_id for a in wanted])  # type: ignore[misc]
-        await bounded_gather([
-            self.notifier.acknowledge(a, a.ticket_no, phone, urgent=a.urgent_flag)
+        await self.notifier.notify_many([
+            (a.event_id, self.notifier.ack_message(a.ticket_no, phone, urgent=a.urgent_flag))
             for a, phone in zip(wanted, phones) if phone
         ])
 

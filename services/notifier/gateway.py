@@ -13,7 +13,7 @@ import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -38,7 +38,8 @@ class SmsMessage:
     urgent: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self) | {"created_at": self.created_at.isoformat()}
+        return {"phone": self.phone, "text": self.text, "kind": self.kind, "ticket_no": self.ticket_no,
+                "message_id": self.message_id, "created_at": self.created_at.isoformat(), "urgent": self.urgent}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SmsMessage:
@@ -68,18 +69,22 @@ class OutboxGateway:
 
     KEY = "sms:outbox"
 
-    def __init__(self, redis: Redis, *, keep: int = 100_000) -> None:
+    def __init__(self, redis: Redis, *, keep: int = 100_000, key: str = KEY) -> None:
         self.redis = redis
         self.keep = keep
+        self.KEY = key
 
     async def send(self, message: SmsMessage) -> str:
+        return (await self.send_many([message]))[0]
+
+    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
         async with self.redis.pipeline(transaction=False) as p:
-            p.lpush(self.KEY, json.dumps(message.to_json(), ensure_ascii=False))
+            p.lpush(self.KEY, *(json.dumps(m.to_json(), ensure_ascii=False) for m in messages))
             p.ltrim(self.KEY, 0, self.keep - 1)
             await p.execute()
-        log.debug("SMS %s to %s (%s): %s", message.kind, mask_phone(message.phone),
-                  message.ticket_no, message.text[:40])
-        return message.message_id
+        for m in messages:
+            log.debug("SMS %s to %s (%s): %s", m.kind, mask_phone(m.phone), m.ticket_no, m.text[:40])
+        return [m.message_id for m in messages]
 
     async def sent(self, phone: str | None = None, limit: int = 100) -> list[dict]:
         """What was sent, newest first, optionally to one phone."""

@@ -1,8 +1,8 @@
 """The notifier's work with I/O: sending once per event, holding and scheduling, the survey book.
 
   sms:done:{event}:{kind}   this event's message of this kind was taken in hand (never sent twice)
-  sms:msg:{message_id}      the message's state: held, sent, retrying, failed, delivered, undelivered
-  sms:count:{phone}:{day}   messages sent to the phone that local day (the daily cap)
+  sms:msg:{message_id}      the message's state (JSON): held, sent, retrying, failed, delivered, ...
+  sms:count:{day}           hash phone -> messages sent to it that local day (the daily cap)
   sms:due                   scheduled jobs (held sends, survey reminders and timeouts) by due time
   sms:optout                phones that sent TD / 退订: no more surveys
   survey:{id}               one survey (JSON: ticket, phone, start)
@@ -15,9 +15,11 @@ notifiers never send the same held message twice. Every function that depends on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +28,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.notifier.gateway import (
+    OutboxGateway,
     PermanentSmsError,
     SmsError,
     SmsGateway,
@@ -103,67 +106,107 @@ class Notifier:
     async def notify(self, event_id: str, message: SmsMessage, now: datetime | None = None) -> str:
         """Send `message` for `event_id` unless one of its kind already was (restarts included).
         Returns sent, held (quiet hours / daily cap), retrying, failed or duplicate."""
-        key = f"sms:done:{event_id}:{message.kind}"
-        if not await self.redis.set(key, message.message_id, nx=True, ex=SENT_TTL):
-            return "duplicate"
-        try:
-            return await self._deliver(message, now or self.clock())
-        except Exception:
-            await self.redis.delete(key)  # nothing was decided: the redelivered event tries again
-            raise
+        return (await self.notify_many([(event_id, message)], now))[0]
 
-    async def _deliver(self, message: SmsMessage, now: datetime) -> str:
-        count_key = f"sms:count:{message.phone}:{self.policy.local_day(now):%Y%m%d}"
-        sent_today = int(await self.redis.get(count_key) or 0)
-        at = self.policy.send_at(now, urgent=message.urgent, sent_today=sent_today)
-        if at > now:
-            await self._schedule({"job": "send", "message": message.to_json()}, at)
-            await self._set_state(message, "held", until=at.isoformat())
-            return "held"
-        try:
-            provider_id = await self.gateway.send(message)
-        except PermanentSmsError as e:
-            log.warning("SMS %s for %s refused by the provider: %s", message.kind, message.ticket_no, e)
-            await self._set_state(message, "failed", error=str(e))
-            return "failed"
-        except SmsError as e:
-            await self._schedule({"job": "send", "message": message.to_json()}, now + RETRY_LATER)
-            await self._set_state(message, "retrying", error=str(e))
-            return "retrying"
+    async def notify_many(self, items: Sequence[tuple[str, SmsMessage]], now: datetime | None = None) -> list[str]:
+        """`notify` for a batch, in three Redis round trips whatever its size."""
+        if not items:
+            return []
+        now = now or self.clock()
+        keys = [f"sms:done:{event_id}:{m.kind}" for event_id, m in items]
         async with self.redis.pipeline(transaction=False) as p:
-            p.incr(count_key)
+            for key, (_, m) in zip(keys, items):
+                p.set(key, m.message_id, nx=True, ex=SENT_TTL)
+            claimed = await p.execute()
+        mine = [i for i, ok in enumerate(claimed) if ok]
+        results = ["duplicate"] * len(items)
+        try:
+            states = await self._dispatch([items[i][1] for i in mine], now)
+        except Exception:
+            if mine:  # nothing was decided: the redelivered event tries again
+                await self.redis.delete(*(keys[i] for i in mine))
+            raise
+        for i, state in zip(mine, states):
+            results[i] = state
+        return results
+
+    def _count_key(self, now: datetime) -> str:
+        return f"sms:count:{self.policy.local_day(now):%Y%m%d}"
+
+    async def _dispatch(self, messages: list[SmsMessage], now: datetime) -> list[str]:
+        """Hold what quiet hours or the cap hold, hand the rest to the gateway, record every state."""
+        if not messages:
+            return []
+        count_key = self._count_key(now)
+        counts = await self.redis.hmget(count_key, [m.phone for m in messages])
+        in_batch: Counter[str] = Counter()  # several messages to one phone in the same batch
+        held: dict[int, datetime] = {}
+        for i, (m, count) in enumerate(zip(messages, counts)):
+            at = self.policy.send_at(now, urgent=m.urgent, sent_today=int(count or 0) + in_batch[m.phone])
+            if at > now:
+                held[i] = at
+            else:
+                in_batch[m.phone] += 1
+        to_send = [i for i in range(len(messages)) if i not in held]
+        outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send])))
+        states: list[str] = []
+        async with self.redis.pipeline(transaction=False) as p:
+            for i, m in enumerate(messages):
+                outcome = outcomes.get(i)
+                if i in held:
+                    self._schedule_into(p, {"job": "send", "message": m.to_json()}, held[i])
+                    self._state_into(p, m, "held", until=held[i].isoformat())
+                    states.append("held")
+                elif isinstance(outcome, PermanentSmsError):
+                    log.warning("SMS %s for %s refused by the provider: %s", m.kind, m.ticket_no, outcome)
+                    self._state_into(p, m, "failed", error=str(outcome))
+                    states.append("failed")
+                elif isinstance(outcome, SmsError):
+                    self._schedule_into(p, {"job": "send", "message": m.to_json()}, now + RETRY_LATER)
+                    self._state_into(p, m, "retrying", error=str(outcome))
+                    states.append("retrying")
+                else:
+                    p.hincrby(count_key, m.phone, 1)
+                    self._state_into(p, m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
+                    SMS_SENT.labels(kind=m.kind).inc()
+                    states.append("sent")
             p.expire(count_key, 2 * 86400)
-            self._state_into(p, message, "sent", provider_id=provider_id, sent_at=now.isoformat())
             await p.execute()
-        SMS_SENT.labels(kind=message.kind).inc()
-        return "sent"
+        return states
+
+    async def _send_all(self, messages: list[SmsMessage]) -> list[str | SmsError]:
+        """Provider ids, or the SmsError for each message the gateway did not take. Anything else
+        (Redis down under the outbox gateway) raises."""
+        if not messages:
+            return []
+        if isinstance(self.gateway, OutboxGateway):
+            return list(await self.gateway.send_many(messages))
+        results = await asyncio.gather(*(self.gateway.send(m) for m in messages), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, SmsError):
+                raise r
+        return results  # type: ignore[return-value]
 
     def _state_into(self, p: Any, message: SmsMessage, state: str, **extra: str) -> None:
-        key = f"sms:msg:{message.message_id}"
-        p.hset(key, mapping={"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "",
-                             "phone": mask_phone(message.phone), **extra})
-        p.expire(key, SENT_TTL)
-
-    async def _set_state(self, message: SmsMessage, state: str, **extra: str) -> None:
-        async with self.redis.pipeline(transaction=False) as p:
-            self._state_into(p, message, state, **extra)
-            await p.execute()
+        record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "",
+                  "phone": mask_phone(message.phone), **extra}
+        p.set(f"sms:msg:{message.message_id}", json.dumps(record, ensure_ascii=False), ex=SENT_TTL)
 
     async def message_state(self, message_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(f"sms:msg:{message_id}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        raw = await self.redis.get(f"sms:msg:{message_id}")
+        return json.loads(raw) if raw else {}
 
     async def receipt(self, message_id: str, delivered: bool, error: str = "") -> bool:
         """A provider's delivery receipt. False when the message is unknown."""
-        key = f"sms:msg:{message_id}"
-        if not await self.redis.exists(key):
+        record = await self.message_state(message_id)
+        if not record:
             return False
-        await self.redis.hset(key, mapping={"state": "delivered" if delivered else "undelivered",
-                                            "receipt_error": error})
+        record |= {"state": "delivered" if delivered else "undelivered", "receipt_error": error}
+        await self.redis.set(f"sms:msg:{message_id}", json.dumps(record, ensure_ascii=False), keepttl=True)
         return True
 
-    async def _schedule(self, job: dict[str, Any], at: datetime) -> None:
-        await self.redis.zadd(self.jobs, {json.dumps(job, ensure_ascii=False, sort_keys=True): at.timestamp()})
+    def _schedule_into(self, p: Any, job: dict[str, Any], at: datetime) -> None:
+        p.zadd(self.jobs, {json.dumps(job, ensure_ascii=False, sort_keys=True): at.timestamp()})
 
     async def scan(self, now: datetime | None = None, limit: int = 200) -> int:
         """Run the jobs due at `now`: held messages, survey reminders and timeouts. Returns how many."""
@@ -182,7 +225,7 @@ class Notifier:
 
     async def _run(self, job: dict[str, Any], now: datetime) -> None:
         if job["job"] == "send":
-            await self._deliver(SmsMessage.from_json(job["message"]), now)
+            await self._dispatch([SmsMessage.from_json(job["message"])], now)
             return
         survey = await self._survey(job["survey_id"])
         if survey is None:
@@ -212,9 +255,11 @@ class Notifier:
                 p.hget(f"contact:{cid}", "phone")
             return [v.decode() if v else None for v in await p.execute()]
 
+    def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
+        return SmsMessage(phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent)
+
     async def acknowledge(self, cause: Event, ticket_no: str, phone: str, *, urgent: bool = False) -> str:
-        text = self.texts.render("ack", ticket_no=ticket_no)
-        return await self.notify(cause.event_id, SmsMessage(phone, text, "ack", ticket_no, urgent=urgent))
+        return await self.notify(cause.event_id, self.ack_message(ticket_no, phone, urgent=urgent))
 
     async def progress(self, cause: Event, ticket: Ticket, template: str, **fields: str) -> str | None:
         phone = await self.phone_of(ticket)

@@ -61,3 +61,30 @@ def test_daytime_quiet_hours():
 
 def test_local_day_is_in_the_city_timezone():
     assert POLICY.local_day(datetime.fromisoformat("2026-11-23T17:00:00+00:00")).day == 24
+
+
+def test_settings_are_checked_when_the_notifier_is_built():
+    from redis.asyncio import Redis
+
+    from services.notifier.gateway import HttpSmsGateway, OutboxGateway
+    from services.notifier.service import Notifier
+    from shared.settings import Settings
+    from shared.store import TicketStore
+
+    store = TicketStore(Redis.from_url("redis://127.0.0.1:1/0"))  # never connected: building does no I/O
+
+    async def publish(events) -> None:
+        return None
+
+    built = Notifier.from_settings(Settings(quiet_hours="22:30-07:00", sms_daily_cap=3), store, publish)
+    assert built.policy.quiet == QuietHours(time(22, 30), time(7)) and built.policy.daily_cap == 3
+    assert isinstance(built.gateway, OutboxGateway)
+    http = Notifier.from_settings(Settings(sms_gateway="http", sms_gateway_url="https://sms.example.com/send"),
+                                  store, publish)
+    assert isinstance(http.gateway, HttpSmsGateway)
+    with pytest.raises(ValueError, match="QUIET_HOURS"):
+        Notifier.from_settings(Settings(quiet_hours="evenings"), store, publish)
+    with pytest.raises(ValueError, match="SURVEY_REMINDER_HOURS"):
+        Notifier.from_settings(Settings(survey_reminder_hours=48, survey_window_hours=24), store, publish)
+    with pytest.raises(ValueError, match="SMS_GATEWAY_URL"):
+        Notifier.from_settings(Settings(sms_gateway="http"), store, publish)

@@ -28,7 +28,6 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.notifier.gateway import (
-    OutboxGateway,
     PermanentSmsError,
     SmsError,
     SmsGateway,
@@ -123,7 +122,9 @@ class Notifier:
         try:
             states = await self._dispatch([items[i][1] for i in mine], now)
         except Exception:
-            if mine:  # nothing was decided: the redelivered event tries again
+            # Redis failed: let the redelivered event try again (should the gateway have taken some
+            # already, a rare repeat beats a lost message).
+            if mine:
                 await self.redis.delete(*(keys[i] for i in mine))
             raise
         for i, state in zip(mine, states):
@@ -179,8 +180,9 @@ class Notifier:
         (Redis down under the outbox gateway) raises."""
         if not messages:
             return []
-        if isinstance(self.gateway, OutboxGateway):
-            return list(await self.gateway.send_many(messages))
+        send_many = getattr(self.gateway, "send_many", None)  # a gateway that takes a batch at once
+        if send_many is not None:
+            return list(await send_many(messages))
         results = await asyncio.gather(*(self.gateway.send(m) for m in messages), return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, SmsError):

@@ -322,3 +322,16 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     await handlers.appeals([*appeals, wechat])
     for p in phones:
         assert len(await kit.sent(p, "ack")) == 1  # WeChat answered itself: no second ack
+
+
+async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 22, 0, tzinfo=SH)
+    kit = make_kit()
+    phone, ticket = await surveyed(kit)  # held by quiet hours
+    assert await kit.sent(phone) == []
+    await kit.notifier.reply(phone, "退订")
+    # The confirmation answers the resident's own SMS: it goes at once, quiet hours or not.
+    assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) >= 1
+    assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]  # the held survey was dropped
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]

@@ -52,6 +52,7 @@ LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are
 RETRY_LATER = timedelta(minutes=5)  # a provider outage outlasted the gateway's own retries
 DUE = "sms:due"
 OPTOUT = "sms:optout"
+SURVEY_KINDS = {"survey", "reminder", "clarification"}  # what an opt-out stops, even when already held
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
@@ -194,6 +195,11 @@ class Notifier:
                   "phone": mask_phone(message.phone), **extra}
         p.set(f"sms:msg:{message.message_id}", json.dumps(record, ensure_ascii=False), ex=SENT_TTL)
 
+    async def _record_state(self, message: SmsMessage, state: str, **extra: str) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            self._state_into(p, message, state, **extra)
+            await p.execute()
+
     async def message_state(self, message_id: str) -> dict[str, str]:
         raw = await self.redis.get(f"sms:msg:{message_id}")
         return json.loads(raw) if raw else {}
@@ -227,7 +233,11 @@ class Notifier:
 
     async def _run(self, job: dict[str, Any], now: datetime) -> None:
         if job["job"] == "send":
-            await self._dispatch([SmsMessage.from_json(job["message"])], now)
+            message = SmsMessage.from_json(job["message"])
+            if message.kind in SURVEY_KINDS and await self.redis.sismember(OPTOUT, message.phone):
+                await self._record_state(message, "cancelled", reason="opted out while it was held")
+                return
+            await self._dispatch([message], now)
             return
         survey = await self._survey(job["survey_id"])
         if survey is None:
@@ -361,7 +371,7 @@ class Notifier:
             if not parsed.rated:  # at most once per survey: notify is idempotent on (survey, kind)
                 message = SmsMessage(phone, self.texts.render(
                     "clarification", ticket_no=survey["ticket_no"], question=self.texts.question,
-                ), "clarification", survey["ticket_no"])
+                ), "clarification", survey["ticket_no"], urgent=True)  # an answer to their own SMS: now
                 clarified = await self.notify(survey["survey_id"], message, now)
             return {"kind": "comment", "ticket_no": survey["ticket_no"],
                     "clarification": clarified in ("sent", "held")}
@@ -380,6 +390,6 @@ class Notifier:
             if survey and await self._close(survey, "opted_out", text, now,
                                             event_id=_derived_id(survey["survey_id"], "opted_out")):
                 closed.append(survey["ticket_no"])
-        confirmation = SmsMessage(phone, self.texts.render("opt_out"), "opt_out")
+        confirmation = SmsMessage(phone, self.texts.render("opt_out"), "opt_out", urgent=True)
         await self.notify(f"optout:{caller_id(phone)}:{self.policy.local_day(now)}", confirmation, now)
         return {"kind": "opt_out", "closed_surveys": closed}

@@ -54,9 +54,10 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
 
 def subscribe(rt: Runtime, topic: str, model: type[E], handle: Callable[[list[E]], Awaitable[None]]) -> None:
-    """One batch subscriber: parse (poison to the DLQ), then hand the events to `handle`."""
+    """One batch subscriber: parse (poison to the DLQ), then hand the events to `handle`. Each topic
+    has its own consumer group: four consumers in one group rebalance each other at every start."""
 
-    @rt.broker.subscriber(topic, group_id=NAME, decoder=raw_body, **BATCH_SUBSCRIBER)
+    @rt.broker.subscriber(topic, group_id=f"{NAME}.{topic}", decoder=raw_body, **BATCH_SUBSCRIBER)
     async def consume(bodies: list[bytes]) -> None:
         await handle(await parse_or_dead_letter(rt.broker, model, topic, bodies, NAME))
 

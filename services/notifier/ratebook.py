@@ -2,7 +2,7 @@
 
   stats:{dimension}:{group}:{yyyymmdd}   hash: counter -> count (see services.notifier.stats.FIELDS)
   stats:groups:{dimension}               the groups seen, per dimension
-  stats:seen:{event_id}                  the event was counted (idempotency; kept 14 days)
+  stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
 
 One Lua script per event checks `seen` and increments every counter atomically, so an event read twice
 (a consumer restarted before its commit) is counted once. A batch is one pipelined round trip.
@@ -23,7 +23,7 @@ from shared.events import Event, TicketAssigned
 from shared.settings import Settings
 from shared.tickets import Ticket
 
-SEEN_TTL = 14 * 86400
+SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
 MAX_DAYS = 366
 
 RATE_EVENTS = Counter(

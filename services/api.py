@@ -5,6 +5,7 @@ It holds a Kafka producer (acks=all, shared.bus.EventPublisher) and the Redis ti
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,10 +16,10 @@ from redis.asyncio import Redis
 from services.intake import views as intake_views
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
-from services.notifier.gateway import OutboxGateway
+from services.notifier.ratebook import RateBook
 from services.notifier.service import Notifier
 from services.router import views as router_views
-from shared.bus import EventPublisher, ensure_topics
+from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
@@ -42,7 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.publisher = publisher
         app.state.store = store
         app.state.intake = IntakeService(publisher, store, timezone=settings.timezone)
-        app.state.notifier = Notifier(store, OutboxGateway(redis))
+        app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
+        app.state.ratebook = RateBook.from_settings(redis, app.state.city, settings)
         try:
             yield
         finally:

@@ -171,6 +171,9 @@ class SurveySent(Event):
 
 
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
+# How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
+# closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
+SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
 
 
 class SurveyAnswered(Event):
@@ -180,6 +183,7 @@ class SurveyAnswered(Event):
     rating: Rating | None
     solved: bool | None = None
     text: str  # the resident's words, as sent
+    outcome: SurveyOutcome = "answered"
 
 
 MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]

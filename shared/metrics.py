@@ -23,7 +23,7 @@ TICKET_TRANSITIONS = Counter(
 )
 SMS_SENT = Counter("sms_sent_total", "SMS handed to the gateway, by kind", ["kind"])
 SURVEYS_ANSWERED = Counter(
-    "surveys_answered_total", "Satisfaction survey answers, by rating (1,2,3 or none)", ["rating"]
+    "surveys_answered_total", "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out)", ["rating"]
 )
 DEAD_LETTERS = Counter(
     "dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"]

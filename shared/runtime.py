@@ -3,7 +3,10 @@ metrics endpoint, logging. A service's `app.py` builds one `Runtime` and adds it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from faststream import FastStream
@@ -71,3 +74,28 @@ class Runtime:
             await self.redis.aclose()
 
         return app
+
+
+def run_periodically(app: FastStream, seconds: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+    """Run `step` every `seconds` while `app` runs; an error is logged and the next round retries."""
+    log = logging.getLogger(what)
+    tasks: list[asyncio.Task] = []
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await step()
+            except Exception:
+                log.exception("%s failed; retrying on the next round", what)
+
+    @app.after_startup
+    async def _start() -> None:
+        tasks.append(asyncio.create_task(loop()))
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,21 @@ class Settings(BaseSettings):
     # false: a router replica that only runs the deadline timers and the outbox relay (no consumers).
     router_consume: bool = True
     log_level: str = "INFO"
+
+    # Notifier (SMS to residents). QUIET_HOURS "HH:MM-HH:MM" local time, or "none".
+    quiet_hours: str = "21:00-08:00"
+    sms_daily_cap: int = Field(5, ge=1)  # messages per phone per local day (urgent ones exempt)
+    survey_reminder_hours: float = Field(24, gt=0)  # one reminder if still unanswered by then
+    survey_window_hours: float = Field(48, gt=0)  # then the survey closes as "no answer"
+    notifications_file: Path | None = None  # message templates; None: services/notifier/notifications.yaml
+    sms_gateway: Literal["outbox", "http"] = "outbox"
+    sms_gateway_url: str = ""  # the provider's send endpoint (SMS_GATEWAY=http)
+    sms_gateway_token: str = ""
+    sms_gateway_attempts: int = Field(5, ge=1)
+    # The three rates (三率): weight of 基本满意 in the satisfaction rate; score weights for
+    # response, resolution, satisfaction.
+    satisfaction_basic_weight: float = Field(0.9, ge=0, le=1)
+    score_weights: str = "0.1,0.5,0.4"
 
     @property
     def model_dir(self) -> Path:

@@ -50,6 +50,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
         city_config_dir=session_city(tmp_path_factory.mktemp("city")),  # issue 5: tiny SLA class, hotspot threshold
+        quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
     )
 
 

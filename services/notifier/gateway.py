@@ -1,18 +1,28 @@
-"""Where SMS go. `SmsGateway` is the interface; `OutboxGateway` (embedded mode) keeps every message
-in a Redis list and logs it with the phone masked. A provider adapter implements the same interface."""
+"""Where SMS go. `SmsGateway` is the interface:
+
+- `OutboxGateway` (embedded mode) keeps every message in a Redis list (newest first) and logs it with
+  the phone masked;
+- `HttpSmsGateway` posts to a provider's HTTP endpoint, retrying with exponential backoff on what is
+  transient (5xx, 429, timeouts, refused connections) and giving up at once on what is not (other 4xx).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
+import httpx
 from redis.asyncio import Redis
 
 from shared.events import new_id, now_utc
 from shared.privacy import mask_phone
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +31,36 @@ log = logging.getLogger(__name__)
 class SmsMessage:
     phone: str
     text: str
-    kind: str  # ack, progress, survey, reminder, clarification, ...
+    kind: str  # ack, progress, survey, result, reminder, clarification, opt_out
     ticket_no: str | None = None
     message_id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=now_utc)
+    urgent: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phone": self.phone, "text": self.text, "kind": self.kind, "ticket_no": self.ticket_no,
+                "message_id": self.message_id, "created_at": self.created_at.isoformat(), "urgent": self.urgent}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SmsMessage:
+        return cls(**(data | {"created_at": datetime.fromisoformat(data["created_at"])}))
+
+
+class SmsError(Exception):
+    """The gateway did not take the message."""
+
+
+class PermanentSmsError(SmsError):
+    """Retrying will not help (bad number, refused content, bad credentials)."""
+
+
+class TransientSmsError(SmsError):
+    """The provider was down or slow; the message may be tried again later."""
 
 
 class SmsGateway(Protocol):
     async def send(self, message: SmsMessage) -> str:
-        """Hand the message over; returns the provider's message id. Raises if it was not taken."""
+        """Hand the message over; returns the provider's message id. Raises `SmsError` if not taken."""
         ...
 
 
@@ -38,19 +69,22 @@ class OutboxGateway:
 
     KEY = "sms:outbox"
 
-    def __init__(self, redis: Redis, *, keep: int = 100_000) -> None:
+    def __init__(self, redis: Redis, *, keep: int = 100_000, key: str = KEY) -> None:
         self.redis = redis
         self.keep = keep
+        self.KEY = key
 
     async def send(self, message: SmsMessage) -> str:
-        record = asdict(message) | {"created_at": message.created_at.isoformat()}
+        return (await self.send_many([message]))[0]
+
+    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
         async with self.redis.pipeline(transaction=False) as p:
-            p.lpush(self.KEY, json.dumps(record, ensure_ascii=False))
+            p.lpush(self.KEY, *(json.dumps(m.to_json(), ensure_ascii=False) for m in messages))
             p.ltrim(self.KEY, 0, self.keep - 1)
             await p.execute()
-        log.info("SMS %s to %s (%s): %s", message.kind, mask_phone(message.phone),
-                 message.ticket_no, message.text[:40])
-        return message.message_id
+        for m in messages:
+            log.debug("SMS %s to %s (%s): %s", m.kind, mask_phone(m.phone), m.ticket_no, m.text[:40])
+        return [m.message_id for m in messages]
 
     async def sent(self, phone: str | None = None, limit: int = 100) -> list[dict]:
         """What was sent, newest first, optionally to one phone."""
@@ -62,3 +96,69 @@ class OutboxGateway:
                 if len(out) >= limit:
                     break
         return out
+
+
+class HttpSmsGateway:
+    """A provider's HTTP API: POST {"phone", "text", "client_ref"} as JSON with a bearer token; a 2xx
+    answer (optionally with {"id": provider id}) means taken. The provider's delivery receipts come
+    back through POST /api/v1/sms/receipts with our `client_ref` as the message id."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str = "",
+        *,
+        attempts: int = 5,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        timeout: float = 5.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"SMS_GATEWAY_URL {url!r}: expected an http(s) URL of the provider's endpoint")
+        self.url = url
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.sleep = sleep
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(timeout=timeout, headers=headers)
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1, 2, ...): exponential, capped, with a little jitter."""
+        delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return delay * random.uniform(0.8, 1.0)
+
+    async def send(self, message: SmsMessage) -> str:
+        body = {"phone": message.phone, "text": message.text, "client_ref": message.message_id}
+        last = ""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                r = await self.client.post(self.url, json=body)
+            except httpx.TimeoutException:
+                last = "timeout"
+            except httpx.TransportError as e:
+                last = f"connection error: {type(e).__name__}"
+            else:
+                if r.is_success:
+                    try:
+                        provider_id = r.json().get("id")
+                    except (ValueError, AttributeError):
+                        provider_id = None
+                    return str(provider_id or message.message_id)
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    raise PermanentSmsError(f"provider refused the message: HTTP {r.status_code} {r.text[:200]}")
+                last = f"HTTP {r.status_code}"
+            if attempt < self.attempts:
+                await self.sleep(self.backoff(attempt))
+        raise TransientSmsError(f"provider unavailable after {self.attempts} attempts ({last})")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def make_gateway(settings: Settings, redis: Redis) -> SmsGateway:
+    if settings.sms_gateway == "http":
+        return HttpSmsGateway(settings.sms_gateway_url, settings.sms_gateway_token,
+                              attempts=settings.sms_gateway_attempts)
+    return OutboxGateway(redis)

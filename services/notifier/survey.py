@@ -1,7 +1,12 @@
-"""Reading residents' survey replies, and the message texts. Pure functions.
+"""Reading residents' survey replies. Pure functions.
 
-The survey asks one combined question: 回复1满意，2基本满意，3不满意. "Not solved" words
-(没解决/未解决/还没修) count as unsatisfied-and-not-solved whatever digit comes with them.
+The survey asks one combined question (the texts are in notifications.yaml):
+    回复1满意，2基本满意，3不满意；问题仍未解决请加回复“未解决”
+- the digit (or the words 满意 / 基本满意 / 不满意 and their variants) is the satisfaction rating;
+- "solved" follows from the rating (1, 2: solved; 3: not solved) unless the words say otherwise:
+  "1 但是没解决" is satisfied-and-not-solved, "3 解决了但太慢" is unsatisfied-and-solved;
+- "没解决" alone (no rating) is read as unsatisfied and not solved;
+- anything else is free text: kept as the resident's comment, and one clarification is sent.
 """
 
 from __future__ import annotations
@@ -12,46 +17,54 @@ from dataclasses import dataclass
 
 from shared.events import Rating
 
-SURVEY_QUESTION = "回复1满意，2基本满意，3不满意"
-
-_UNSOLVED = ("没解决", "未解决", "没有解决", "没处理", "没有处理", "还没修", "没修好", "没人管")
+# Checked before the "solved" words: "没解决" contains "解决".
+_UNSOLVED = (
+    "没解决", "未解决", "没有解决", "没能解决", "不解决", "没处理", "没有处理", "未处理", "没人处理",
+    "还没修", "没修好", "没人管", "还是老样子", "没效果", "没有效果",
+)
+_SOLVED = ("已解决", "解决了", "已经解决", "处理好了", "修好了", "已修好", "已处理")
 # Longest first: "不满意" must not be read as "满意", nor "基本满意" as "满意".
 _WORDS: tuple[tuple[str, Rating], ...] = (
-    ("非常不满意", 3), ("很不满意", 3), ("不太满意", 3), ("不满意", 3), ("不满", 3), ("差评", 3),
-    ("基本满意", 2), ("还行", 2), ("一般", 2), ("凑合", 2),
-    ("非常满意", 1), ("很满意", 1), ("满意", 1), ("好评", 1),
+    ("非常不满意", 3), ("很不满意", 3), ("不太满意", 3), ("不大满意", 3), ("不满意", 3), ("不满", 3),
+    ("差评", 3), ("基本满意", 2), ("比较满意", 2), ("还算满意", 2), ("还行", 2), ("一般", 2), ("凑合", 2),
+    ("非常满意", 1), ("很满意", 1), ("十分满意", 1), ("满意", 1), ("好评", 1),
 )
+# A rating digit at the start, not part of a longer number: "1", "1。", "1 谢谢", "3根本没修".
 _LEADING_DIGIT = re.compile(r"^\s*([123])(?!\d)")
+_OPT_OUT = {"TD", "退订", "取消订阅", "退订短信"}
 
 
 @dataclass(frozen=True)
 class Reply:
     rating: Rating | None
     solved: bool | None
-    text: str
+    text: str  # as sent
+
+    @property
+    def rated(self) -> bool:
+        return self.rating is not None
+
+
+def normalize(raw: str) -> str:
+    """NFKC (full-width １ becomes 1, ＴＤ becomes TD), trimmed."""
+    return unicodedata.normalize("NFKC", raw).strip()
+
+
+def is_opt_out(raw: str) -> bool:
+    """TD / 退订 (the carriers' unsubscribe words), alone, in any case, with stray punctuation."""
+    return normalize(raw).strip("。.!！ ").upper() in _OPT_OUT
 
 
 def parse_reply(raw: str) -> Reply:
-    text = unicodedata.normalize("NFKC", raw).strip()  # NFKC: full-width １ becomes 1
-    unsolved = any(w in text for w in _UNSOLVED)
+    text = normalize(raw)
     rating: Rating | None = None
     if m := _LEADING_DIGIT.match(text):
         rating = int(m.group(1))  # type: ignore[assignment]
     else:
-        for word, value in _WORDS:
-            if word in text:
-                rating = value
-                break
-    if unsolved:
-        return Reply(rating=3, solved=False, text=raw)
-    solved = None if rating is None else rating != 3
+        rating = next((value for word, value in _WORDS if word in text), None)
+    if any(w in text for w in _UNSOLVED):
+        return Reply(rating=rating or 3, solved=False, text=raw)
+    if rating is None:
+        return Reply(rating=None, solved=None, text=raw)
+    solved = True if any(w in text for w in _SOLVED) else rating != 3
     return Reply(rating=rating, solved=solved, text=raw)
-
-
-def survey_text(ticket_no: str, note: str) -> str:
-    short = note if len(note) <= 40 else note[:39] + "…"
-    return f"【12345】您反映的问题（工单号{ticket_no}）已办理：{short}。请评价：{SURVEY_QUESTION}。"
-
-
-def acknowledgement_text(ticket_no: str) -> str:
-    return f"【12345】您的诉求已受理，工单号{ticket_no}，我们将尽快办理并回复您。"

@@ -1,44 +1,59 @@
-"""SMS coming in from residents: survey answers (and, with no survey pending, new appeals)."""
+"""The notifier's HTTP side: SMS from residents (survey replies, opt-outs, new appeals), the provider's
+delivery receipts, the outbox (embedded mode) and the three rates."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import logging
+from datetime import date, datetime
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.intake.domain import InvalidAppeal, validate
 from services.intake.service import BrokerUnavailable
 from services.intake.views import rejection, unavailable
+from services.notifier.gateway import OutboxGateway
+from services.notifier.ratebook import MAX_DAYS, RateBook
 from services.notifier.service import Notifier
-from shared.bus import publish
+from shared.auth import Principal, require_admin
 from shared.privacy import InvalidPhone, normalize_phone
 
-router = APIRouter(prefix="/api/v1/sms", tags=["sms"])
+router = APIRouter(prefix="/api/v1", tags=["sms"])
+log = logging.getLogger(__name__)
 
 
 class InboundSms(BaseModel):
     phone: str
-    text: str
+    text: str = Field(max_length=1000)
 
 
-@router.post("/inbound")
+class Receipt(BaseModel):
+    message_id: str = Field(description="our message id, sent to the provider as client_ref")
+    status: Literal["delivered", "failed"]
+    error: str = ""
+
+
+def _bad_phone(e: InvalidPhone) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"error": "invalid_phone", "field": "phone", "message": str(e)})
+
+
+@router.post("/sms/inbound")
 async def inbound_sms(body: InboundSms, request: Request):
     try:
         phone = normalize_phone(body.phone)
     except InvalidPhone as e:
-        return JSONResponse(status_code=422, content={"error": "invalid_phone", "field": "phone", "message": str(e)})
+        return _bad_phone(e)
     notifier: Notifier = request.app.state.notifier
-    pending = await notifier.pending_survey(phone)
-    if pending is not None:
-        answered, reply = await notifier.answer(phone, body.text, pending)
-        try:
-            await publish(request.app.state.publisher, [answered])
-        except Exception:
-            return unavailable()
-        if reply.rating is not None:
-            await notifier.close_survey(phone)
-        return {"kind": "survey_answer", "ticket_no": answered.ticket_no, "rating": reply.rating, "solved": reply.solved}
-    # No survey waiting: the message is a new appeal by SMS.
+    try:
+        handled = await notifier.reply(phone, body.text)
+    except Exception:  # the broker did not take the answer: the provider retries the SMS
+        log.exception("survey reply not recorded")
+        return unavailable()
+    if handled is not None:
+        return handled
+    # Nothing to answer: the message is a new appeal by SMS.
     try:
         sub = validate(channel="sms", text=body.text, phone=phone)
         ticket_no, _ = await request.app.state.intake.submit(sub)
@@ -47,3 +62,55 @@ async def inbound_sms(body: InboundSms, request: Request):
     except BrokerUnavailable:
         return unavailable()
     return JSONResponse(status_code=201, content={"kind": "appeal", "ticket_no": ticket_no})
+
+
+@router.post("/sms/receipts")
+async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_admin)):
+    if not await request.app.state.notifier.receipt(body.message_id, body.status == "delivered", body.error):
+        return JSONResponse(status_code=404, content={"error": "not_found", "message": f"短信{body.message_id}不存在"})
+    return {"message_id": body.message_id, "state": "delivered" if body.status == "delivered" else "undelivered"}
+
+
+@router.get("/sms/outbox")
+async def outbox(
+    request: Request,
+    phone: str | None = None,
+    limit: int = Query(100, ge=1, le=1000),
+    _: Principal = Depends(require_admin),
+):
+    gateway = request.app.state.notifier.gateway
+    if not isinstance(gateway, OutboxGateway):
+        return JSONResponse(status_code=404, content={
+            "error": "no_outbox", "message": "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用"})
+    try:
+        wanted = normalize_phone(phone) if phone else None
+    except InvalidPhone as e:
+        return _bad_phone(e)
+    return {"messages": await gateway.sent(wanted, limit)}
+
+
+@router.get("/stats")
+async def rates(
+    request: Request,
+    group_by: Literal["department", "category", "grid", "street"] = "department",
+    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
+    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
+    _: Principal = Depends(require_admin),
+):
+    book: RateBook = request.app.state.ratebook
+    today = datetime.now(book.tz).date()
+    end = to or today
+    start = from_ or end.replace(day=1)
+    if start > end:
+        return JSONResponse(status_code=422, content={
+            "error": "invalid_period", "field": "from", "message": f"起始日期{start}晚于结束日期{end}"})
+    if (end - start).days >= MAX_DAYS:
+        return JSONResponse(status_code=422, content={
+            "error": "invalid_period", "field": "from", "message": f"统计区间最长{MAX_DAYS}天"})
+    w = book.weights
+    return {
+        "group_by": group_by, "from": start.isoformat(), "to": end.isoformat(),
+        "weights": {"basically_satisfied": w.basic, "response": w.response,
+                    "resolution": w.resolution, "satisfaction": w.satisfaction},
+        "groups": await book.query(group_by, start, end),
+    }

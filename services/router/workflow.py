@@ -399,6 +399,15 @@ def rate(
     a second unsatisfied answer escalates to a joint meeting (with `city`)."""
     if ticket is None or ticket.has_applied(answer.event_id):
         return None
+    if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and ticket.status in (
+        st.RESOLVED, st.SURVEYED
+    ):
+        # No rating will come (issue 6): the survey closes the ticket without one.
+        event = TicketUpdated.caused(
+            answer, action="closed", status=st.CLOSED, actor="system", department=ticket.department,
+            data={"survey": answer.outcome},
+        )
+        return _updated(ticket, event, cause=answer, closed_at=answer.occurred_at)
     if ticket.status not in (st.RESOLVED, st.SURVEYED) or answer.rating is None:
         # Late or unratable: keep the words in the history, change nothing else.
         return Outcome(ticket.model_copy(update={"applied": _applied(ticket, answer)}), record=[answer])

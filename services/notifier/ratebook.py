@@ -1,0 +1,136 @@
+"""The counters behind the three rates, in Redis, and the queries on them.
+
+  stats:{dimension}:{group}:{yyyymmdd}   hash: counter -> count (see services.notifier.stats.FIELDS)
+  stats:groups:{dimension}               the groups seen, per dimension
+  stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
+
+One Lua script per event checks `seen` and increments every counter atomically, so an event read twice
+(a consumer restarted before its commit) is counted once. A batch is one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from prometheus_client import Counter, Gauge
+from redis.asyncio import Redis
+
+from services.notifier import stats
+from shared.city import City
+from shared.events import Event, TicketAssigned
+from shared.settings import Settings
+from shared.tickets import Ticket
+
+SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
+MAX_DAYS = 366
+
+RATE_EVENTS = Counter(
+    "hotline_rate_events_total", "Events counted for the three rates, by department and counter",
+    ["department", "field"],
+)
+RATES = Gauge(
+    "hotline_rate", "The three rates and the score (month to date), by grouping and group",
+    ["group_by", "group", "rate"],
+)
+
+# KEYS: seen, then n counter hashes, then their n group sets. ARGV: ttl, n, n group names, fields.
+_COUNT_ONCE_SCRIPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  for j = 3 + n, #ARGV do redis.call('HINCRBY', KEYS[1 + i], ARGV[j], 1) end
+  redis.call('SADD', KEYS[1 + n + i], ARGV[2 + i])
+end
+return 1
+"""
+
+
+class RateBook:
+    def __init__(self, redis: Redis, city: City, tz: ZoneInfo, weights: stats.Weights) -> None:
+        self.redis = redis
+        self.city = city
+        self.tz = tz
+        self.weights = weights
+        self._count_once = redis.register_script(_COUNT_ONCE_SCRIPT)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, city: City, settings: Settings) -> RateBook:
+        weights = stats.Weights.parse(settings.satisfaction_basic_weight, settings.score_weights)
+        return cls(redis, city, ZoneInfo(settings.timezone), weights)
+
+    def groups_of(self, event: Event, ticket: Ticket | None) -> dict[str, str]:
+        if isinstance(event, TicketAssigned):
+            return stats.groups_for(self.city, event.department.id, event.category, event.grid)
+        if ticket is None:
+            return stats.groups_for(self.city, None, None, None)
+        return stats.groups_for(
+            self.city, ticket.department.id if ticket.department else None, ticket.category,
+            ticket.grid.grid if ticket.grid else None,
+        )
+
+    async def record(self, events: Sequence[Event], tickets: Sequence[Ticket | None]) -> int:
+        """Count the events (each with its ticket, None for assignments). Returns how many were new."""
+        counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
+        async with self.redis.pipeline(transaction=False) as p:
+            for event, ticket in zip(events, tickets):
+                fields = stats.fields_for(event)
+                if not fields:
+                    continue
+                groups = self.groups_of(event, ticket)
+                day = event.occurred_at.astimezone(self.tz).strftime("%Y%m%d")
+                keys = [f"stats:seen:{event.event_id}",
+                        *(f"stats:{d}:{g}:{day}" for d, g in groups.items()),
+                        *(f"stats:groups:{d}" for d in groups)]
+                args = [SEEN_TTL, len(groups), *groups.values(), *fields]
+                await self._count_once(keys=keys, args=args, client=p)
+                counted.append((groups, fields))
+            results = await p.execute() if counted else []
+        new = 0
+        for (groups, fields), fresh in zip(counted, results):
+            if fresh:
+                new += 1
+                for f in fields:
+                    RATE_EVENTS.labels(department=groups["department"], field=f).inc()
+        return new
+
+    async def query(self, group_by: str, start: date, end: date) -> list[dict]:
+        """Per group: the counters summed over [start, end] and the rates; best score first."""
+        days = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range((end - start).days + 1)]
+        groups = sorted(g.decode() for g in await self.redis.smembers(f"stats:groups:{group_by}"))
+        async with self.redis.pipeline(transaction=False) as p:
+            for g in groups:
+                for d in days:
+                    p.hgetall(f"stats:{group_by}:{g}:{d}")
+            raws = await p.execute() if groups else []
+        out = []
+        for i, g in enumerate(groups):
+            total: dict[str, int] = {}
+            for raw in raws[i * len(days):(i + 1) * len(days)]:
+                stats.add(total, {k.decode(): int(v) for k, v in raw.items()})
+            if any(total.values()):
+                out.append({"group": g, "name": self.name_of(group_by, g)} | stats.rates(total, self.weights))
+        return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["group"]))
+
+    def name_of(self, group_by: str, group: str) -> str:
+        city = self.city
+        if group_by == "department" and group in city.department_by_id:
+            return city.department_by_id[group].name
+        if group_by == "category" and group in city.category_by_id:
+            return "/".join(city.category_names(group))
+        if group_by == "grid" and group in city.grids:
+            return city.grids[group].grid.name
+        if group_by == "street":
+            names = {s.id: s.name for s in city.district.streets}
+            return names.get(group, group)
+        return "未知" if group == "unknown" else group
+
+    async def refresh_gauges(self, now: datetime) -> None:
+        """The rates month to date, for Prometheus."""
+        today = now.astimezone(self.tz).date()
+        for dim in stats.DIMENSIONS:
+            for row in await self.query(dim, today.replace(day=1), today):
+                for rate in ("response_rate", "resolution_rate", "satisfaction_rate", "score"):
+                    if row[rate] is not None:
+                        RATES.labels(group_by=dim, group=row["group"], rate=rate).set(row[rate])

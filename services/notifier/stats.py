@@ -1,0 +1,112 @@
+"""The three rates (三率) and the combined score: which counters an event adds to, and the rates
+from the counters. Pure functions.
+
+    response rate     = tickets accepted within the response deadline / tickets assigned
+    resolution rate   = answered surveys saying "solved" / answered surveys
+    satisfaction rate = (satisfied + w × basically satisfied) / answered surveys   (w: 0.9 by default)
+    score             = 100 × (a·response + b·resolution + c·satisfaction) / (a + b + c)
+                        (a, b, c: SCORE_WEIGHTS, default 0.1,0.5,0.4; a rate with no data yet is
+                        left out and the remaining weights are renormalised; no data at all: None)
+
+Counting: an assignment counts on the day it happens (reroutes count again, for the new department;
+the dispatch desk's waiting room does not count); an acceptance on the day it happens; a survey answer
+on the day it arrives. Surveys closed with no answer, and skipped ones (anonymous, opted out), are
+counted apart and are in no denominator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.city import City
+from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
+
+DIMENSIONS = ("department", "category", "grid", "street")
+FIELDS = (
+    "assigned", "responded", "responded_on_time", "answered", "solved",
+    "satisfied", "basically_satisfied", "unsatisfied", "no_answer", "skipped",
+)
+_RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
+
+
+@dataclass(frozen=True)
+class Weights:
+    basic: float = 0.9  # what one 基本满意 is worth in the satisfaction rate
+    response: float = 0.1
+    resolution: float = 0.5
+    satisfaction: float = 0.4
+
+    @classmethod
+    def parse(cls, basic: float, score_weights: str) -> Weights:
+        """From SATISFACTION_BASIC_WEIGHT and SCORE_WEIGHTS ("0.1,0.5,0.4"); ValueError says why."""
+        try:
+            parts = [float(p) for p in score_weights.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+            raise ValueError(
+                f"SCORE_WEIGHTS {score_weights!r}: expected three non-negative numbers for "
+                "response, resolution, satisfaction, e.g. 0.1,0.5,0.4"
+            )
+        if not 0 <= basic <= 1:
+            raise ValueError(f"SATISFACTION_BASIC_WEIGHT {basic}: must be between 0 and 1")
+        return cls(basic, *parts)
+
+
+def fields_for(event: Event) -> tuple[str, ...]:
+    """The counters one event adds 1 to (for each of its groups)."""
+    if isinstance(event, TicketAssigned):
+        return () if event.via == "dispatch_desk" else ("assigned",)
+    if isinstance(event, TicketUpdated):
+        if event.action == "accepted":
+            return ("responded", "responded_on_time") if event.data.get("on_time") else ("responded",)
+        return ()
+    if isinstance(event, SurveyAnswered):
+        if event.outcome == "answered" and event.rating is not None:
+            solved = ("solved",) if event.solved else ()
+            return ("answered", _RATING_FIELD[event.rating], *solved)
+        if event.outcome == "no_answer":
+            return ("no_answer",)
+        if event.outcome in ("opted_out", "skipped_anonymous"):
+            return ("skipped",)
+    return ()
+
+
+def groups_for(city: City, department: str | None, category: str | None, grid: str | None) -> dict[str, str]:
+    """The group of each dimension a ticket belongs to; "unknown" where it has none (yet)."""
+    info = city.grids.get(grid) if grid else None
+    return {
+        "department": department or "unknown",
+        "category": category or "unknown",
+        "grid": grid or "unknown",
+        "street": info.street_id if info else "unknown",
+    }
+
+
+def _ratio(num: float, den: int) -> float | None:
+    return num / den if den else None
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None]:
+    """The counters, the three rates and the score for one group."""
+    c = {f: int(counts.get(f, 0)) for f in FIELDS}
+    response = _ratio(c["responded_on_time"], c["assigned"])
+    resolution = _ratio(c["solved"], c["answered"])
+    satisfaction = _ratio(c["satisfied"] + w.basic * c["basically_satisfied"], c["answered"])
+    parts = [(w.response, response), (w.resolution, resolution), (w.satisfaction, satisfaction)]
+    weight = sum(wt for wt, r in parts if r is not None)
+    score = 100 * sum(wt * r for wt, r in parts if r is not None) / weight if weight else None
+    return c | {
+        "response_rate": _round(response, 4), "resolution_rate": _round(resolution, 4),
+        "satisfaction_rate": _round(satisfaction, 4), "score": _round(score, 2),
+    }
+
+
+def add(total: dict[str, int], counts: Mapping[str, int]) -> None:
+    for f in FIELDS:
+        total[f] = total.get(f, 0) + int(counts.get(f, 0))

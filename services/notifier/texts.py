@@ -1,0 +1,88 @@
+"""The message templates (notifications.yaml), validated on load, and rendering. No I/O but the load.
+
+Every template is checked at start-up: a missing template, a `{field}` the template may not use, or a
+survey question that lost its 1/2/3 meaning is an error naming the file and the template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from string import Formatter
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_FILE = Path(__file__).with_name("notifications.yaml")
+
+# Template -> the fields it may use (signature is always allowed).
+FIELDS: dict[str, frozenset[str]] = {
+    "ack": frozenset({"ticket_no"}),
+    "progress_meeting": frozenset({"ticket_no"}),
+    "progress_extension": frozenset({"ticket_no", "resolve_by"}),
+    "survey": frozenset({"ticket_no", "note", "question"}),
+    "result": frozenset({"ticket_no", "note"}),
+    "reminder": frozenset({"ticket_no", "question"}),
+    "clarification": frozenset({"ticket_no", "question"}),
+    "opt_out": frozenset(),
+}
+
+
+class NotificationsError(ValueError):
+    """The templates file is invalid; the message says which template and why."""
+
+
+class Texts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signature: str = "【12345】"
+    question: str
+    note_max_chars: int = Field(40, ge=5)
+    templates: dict[str, str]
+
+    @model_validator(mode="after")
+    def _check(self) -> Texts:
+        problems = []
+        for name in FIELDS.keys() - self.templates.keys():
+            problems.append(f"template {name!r} is missing")
+        for name in self.templates.keys() - FIELDS.keys():
+            problems.append(f"template {name!r} is unknown (known: {', '.join(FIELDS)})")
+        for name, text in self.templates.items():
+            try:
+                used = {f for _, f, _, _ in Formatter().parse(text) if f is not None}
+            except ValueError as e:
+                problems.append(f"template {name!r}: {e}")
+                continue
+            allowed = FIELDS.get(name, frozenset()) | {"signature"}
+            for field in sorted(used - allowed):
+                problems.append(f"template {name!r}: unknown field {{{field}}} (allowed: {', '.join(sorted(allowed))})")
+            if "ticket_no" in FIELDS.get(name, ()) and "ticket_no" not in used:
+                problems.append(f"template {name!r} must show the ticket number {{ticket_no}}")
+        for digit, word in (("1", "满意"), ("2", "基本满意"), ("3", "不满意")):
+            if f"{digit}{word}" not in self.question:
+                problems.append(f"question must offer “{digit}{word}” (replies are read with that meaning)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def render(self, name: str, **fields: str) -> str:
+        return self.templates[name].format(signature=self.signature, **fields)
+
+    def short_note(self, note: str) -> str:
+        note = " ".join(note.split()).rstrip("。.")
+        n = self.note_max_chars
+        return note if len(note) <= n else note[: n - 1] + "…"
+
+
+def load_texts(path: str | Path | None = None) -> Texts:
+    path = Path(path) if path else DEFAULT_FILE
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise NotificationsError(f"{path}: file missing (NOTIFICATIONS_FILE)") from e
+    except yaml.YAMLError as e:
+        raise NotificationsError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return Texts.model_validate(raw)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc'])) or 'file'}: {err['msg']}" for err in e.errors()]
+        raise NotificationsError(f"{path}: invalid notifications:\n  " + "\n  ".join(lines)) from e

@@ -1,0 +1,337 @@
+"""The notifier built in-process on the real Redis and the real broker, with an injected clock:
+acknowledgement, callback survey, every reply form, clarification, reminder and timeout, quiet hours,
+daily cap, restart without duplicate sends, opt-out, anonymous appeals."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.notifier.gateway import OutboxGateway
+from services.notifier.policy import Policy, QuietHours
+from services.notifier.service import Notifier
+from services.notifier.texts import load_texts
+from shared.bus import EventPublisher, ensure_topics, publish
+from shared.events import AppealReceived, Caller, DepartmentRef, SurveyAnswered, SurveySent, TicketUpdated
+from shared.privacy import caller_id, mask_phone
+from shared.store import TicketStore
+from shared.tickets import Ticket
+
+pytestmark = pytest.mark.integration
+SH = ZoneInfo("Asia/Shanghai")
+NOON = datetime(2026, 11, 23, 12, 0, tzinfo=SH)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class Kit:
+    """One notifier 'process' (several share Redis and the broker as replicas or restarts would)."""
+
+    def __init__(self, redis, broker, jobs: str, clock: Clock, *, quiet: str = "21:00-08:00", cap: int = 5):
+        self.redis = redis
+        self.store = TicketStore(redis)
+        self.published: list = []
+        self.outbox = OutboxGateway(redis)
+
+        async def pub(events):
+            await publish(broker, events)  # really on the broker, acknowledged
+            self.published.extend(events)
+
+        self.notifier = Notifier(
+            self.store, self.outbox, pub, texts=load_texts(),
+            policy=Policy(QuietHours.parse(quiet), cap, SH), clock=clock, jobs_key=jobs,
+        )
+
+    async def sent(self, phone: str, kind: str | None = None) -> list[dict]:
+        return [m for m in await self.outbox.sent(phone) if kind is None or m["kind"] == kind]
+
+    def answers(self, ticket_no: str) -> list[SurveyAnswered]:
+        return [e for e in self.published if isinstance(e, SurveyAnswered) and e.ticket_no == ticket_no]
+
+
+def new_phone() -> str:
+    return "139" + "".join(random.choices("0123456789", k=8))
+
+
+@pytest.fixture
+async def broker(settings):
+    await ensure_topics(settings)
+    b = EventPublisher(settings, client_id="test-notifier")
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOON)
+
+
+@pytest.fixture
+def make_kit(redis, broker, clock):
+    jobs = f"test:sms:due:{uuid.uuid4().hex}"  # this test's own job queue
+    return lambda **kw: Kit(redis, broker, jobs, clock, **kw)
+
+
+async def resolved_ticket(kit: Kit, phone: str | None, note: str = "已更换路灯灯泡，恢复照明") -> tuple[Ticket, TicketUpdated]:
+    no = f"20261123-{random.randint(100000, 999999)}"
+    caller = Caller()
+    if phone:
+        caller = Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone))
+        await kit.store.save_contact(caller.caller_id, phone, None)
+    dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
+    ticket = Ticket(ticket_no=no, channel="hotline", text="路灯坏了", caller=caller, received_at=NOON,
+                    status="resolved", department=dept, resolution_note=note)
+    await kit.redis.set(f"t:{no}", ticket.model_dump_json())
+    return ticket, TicketUpdated(ticket_no=no, action="resolved", status="resolved", actor=dept.id,
+                                 department=dept, note=note)
+
+
+async def surveyed(kit: Kit) -> tuple[str, Ticket]:
+    """A resident whose resolved ticket's survey went out."""
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    await kit.notifier.start_survey(resolved, ticket)
+    return phone, ticket
+
+
+async def test_acknowledgement_is_sent_once_even_after_a_restart(make_kit):
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000042", channel="hotline", text="路灯坏了",
+                            caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)))
+    first = make_kit(quiet="none")
+    assert await first.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "sent"
+    restarted = make_kit(quiet="none")  # a new process: nothing in memory, the same Redis
+    assert await restarted.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "duplicate"
+    acks = await first.sent(phone, "ack")
+    assert len(acks) == 1
+    assert "您的诉求已受理，工单号20261123-000042" in acks[0]["text"]
+    state = await first.notifier.message_state(acks[0]["message_id"])
+    assert state["state"] == "sent" and state["phone"] == mask_phone(phone)
+
+
+async def test_callback_carries_the_note_and_the_survey(make_kit):
+    kit = make_kit()
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    events = await kit.notifier.start_survey(resolved, ticket)
+    assert [type(e) for e in events] == [SurveySent]
+    assert events[0].masked_phone == mask_phone(phone) and phone not in events[0].model_dump_json()
+    (sms,) = await kit.sent(phone, "survey")
+    assert ticket.ticket_no in sms["text"] and "已更换路灯灯泡" in sms["text"]
+    assert "回复1满意，2基本满意，3不满意" in sms["text"]
+    # The same resolution redelivered: the same survey event, no second SMS.
+    again = await kit.notifier.start_survey(resolved, ticket)
+    assert again[0].event_id == events[0].event_id
+    assert len(await kit.sent(phone, "survey")) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "rating", "solved"),
+    [("1", 1, True), ("１", 1, True), ("1。", 1, True), ("满意", 1, True), ("非常满意", 1, True),
+     ("基本满意", 2, True), ("不满意", 3, False), ("不太满意", 3, False), ("没解决", 3, False),
+     ("1 谢谢，已经亮了", 1, True), ("3 还是不亮", 3, False)],
+)
+async def test_every_reply_form_is_read(make_kit, text, rating, solved):
+    kit = make_kit()
+    phone, ticket = await surveyed(kit)
+    result = await kit.notifier.reply(phone, text)
+    assert result == {"kind": "survey_answer", "ticket_no": ticket.ticket_no, "rating": rating, "solved": solved}
+    (answer,) = kit.answers(ticket.ticket_no)
+    assert (answer.outcome, answer.rating, answer.solved, answer.text) == ("answered", rating, solved, text)
+    # The survey is closed: a second reply is the resident's comment, not a rating.
+    late = await kit.notifier.reply(phone, "2")
+    assert late["kind"] == "comment"
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered", "comment"]
+
+
+async def test_free_text_is_kept_and_one_clarification_is_sent(make_kit):
+    kit = make_kit()
+    phone, ticket = await surveyed(kit)
+    first = await kit.notifier.reply(phone, "你们辛苦了")
+    assert first == {"kind": "comment", "ticket_no": ticket.ticket_no, "clarification": True}
+    second = await kit.notifier.reply(phone, "好的好的")
+    assert second["clarification"] is False  # at most once
+    (clarification,) = await kit.sent(phone, "clarification")
+    assert ticket.ticket_no in clarification["text"] and "1满意" in clarification["text"]
+    answered = await kit.notifier.reply(phone, "2")
+    assert answered["rating"] == 2
+    assert [(a.outcome, a.text) for a in kit.answers(ticket.ticket_no)] == [
+        ("comment", "你们辛苦了"), ("comment", "好的好的"), ("answered", "2")]
+
+
+async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
+    kit = make_kit()
+    phone = new_phone()
+    older, resolved_older = await resolved_ticket(kit, phone)
+    await kit.notifier.start_survey(resolved_older, older)
+    clock.now = NOON + timedelta(hours=1)
+    newer, resolved_newer = await resolved_ticket(kit, phone)
+    await kit.notifier.start_survey(resolved_newer, newer)
+    assert (await kit.notifier.reply(phone, "1"))["ticket_no"] == newer.ticket_no
+    assert (await kit.notifier.reply(phone, "3"))["ticket_no"] == older.ticket_no
+    assert (await kit.notifier.reply(phone, "1"))["kind"] == "comment"
+    assert [a.rating for a in kit.answers(newer.ticket_no)] == [1]
+
+
+async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock):
+    kit = make_kit(quiet="none")
+    phone, ticket = await surveyed(kit)
+    assert await kit.notifier.scan(NOON + timedelta(hours=23)) == 0
+    assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1
+    (reminder,) = await kit.sent(phone, "reminder")
+    assert ticket.ticket_no in reminder["text"]
+    assert await kit.notifier.scan(NOON + timedelta(hours=47)) == 0
+    assert await kit.notifier.scan(NOON + timedelta(hours=48)) == 1
+    (closed,) = kit.answers(ticket.ticket_no)
+    assert (closed.outcome, closed.rating) == ("no_answer", None)
+    assert len(await kit.sent(phone, "reminder")) == 1
+    clock.now = NOON + timedelta(hours=50)
+    late = await kit.notifier.reply(phone, "1")  # after the close: a comment, not a rating
+    assert late["kind"] == "comment"
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["no_answer", "comment"]
+
+
+async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
+    kit = make_kit(quiet="none")
+    phone, ticket = await surveyed(kit)
+    await kit.notifier.reply(phone, "1")
+    await kit.notifier.scan(NOON + timedelta(hours=72))
+    assert await kit.sent(phone, "reminder") == []
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
+
+
+async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    kit, replica = make_kit(), make_kit()
+    phone, urgent_phone = new_phone(), new_phone()
+    normal = AppealReceived(ticket_no="20261123-000101", channel="hotline", text="路灯坏了")
+    urgent = AppealReceived(ticket_no="20261123-000102", channel="hotline", text="燃气泄漏", urgent_flag=True)
+    assert await kit.notifier.acknowledge(normal, normal.ticket_no, phone) == "held"
+    assert await kit.notifier.acknowledge(urgent, urgent.ticket_no, urgent_phone, urgent=True) == "sent"
+    assert await kit.sent(phone) == [] and len(await kit.sent(urgent_phone)) == 1
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 7, 59, tzinfo=SH)) == 0
+    assert await kit.sent(phone) == []
+    # Two replicas scan at 08:00: the held message goes out once.
+    morning = datetime(2026, 11, 24, 8, 0, tzinfo=SH)
+    done = await asyncio.gather(kit.notifier.scan(morning), replica.notifier.scan(morning))
+    assert sorted(done) == [0, 1]
+    (ack,) = await kit.sent(phone, "ack")
+    assert "20261123-000101" in ack["text"]
+    assert (await kit.notifier.message_state(ack["message_id"]))["state"] == "sent"
+
+
+async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
+    kit = make_kit(cap=2)
+    phone = new_phone()
+    results = []
+    for n in range(3):
+        appeal = AppealReceived(ticket_no=f"20261123-0002{n:02d}", channel="sms", text="路灯坏了")
+        results.append(await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone))
+    assert results == ["sent", "sent", "held"]
+    assert len(await kit.sent(phone)) == 2
+    assert await kit.notifier.scan(datetime(2026, 11, 23, 23, 59, tzinfo=SH)) == 0
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
+    assert [m["ticket_no"] for m in await kit.sent(phone)][0] == "20261123-000202"
+
+
+async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 23, 0, tzinfo=SH)
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000301", channel="hotline", text="路灯坏了")
+    assert await make_kit().notifier.acknowledge(appeal, appeal.ticket_no, phone) == "held"
+    restarted = make_kit()
+    assert await restarted.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "duplicate"
+    morning = datetime(2026, 11, 24, 8, 5, tzinfo=SH)
+    assert await restarted.notifier.scan(morning) == 1
+    assert await restarted.notifier.scan(morning) == 0
+    assert len(await restarted.sent(phone)) == 1
+
+
+async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
+    kit = make_kit()
+    phone, ticket = await surveyed(kit)
+    result = await kit.notifier.reply(phone, "TD")
+    assert result == {"kind": "opt_out", "closed_surveys": [ticket.ticket_no]}
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]
+    assert len(await kit.sent(phone, "opt_out")) == 1
+    # The next resolution: the result is told, no survey is asked, and that is recorded.
+    nxt, resolved_next = await resolved_ticket(kit, phone, note="已清理垃圾")
+    events = await kit.notifier.start_survey(resolved_next, nxt)
+    assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "opted_out")]
+    (result_sms,) = await kit.sent(phone, "result")
+    assert "已清理垃圾" in result_sms["text"] and "回复1满意" not in result_sms["text"]
+    assert await kit.sent(phone, "survey") != [] and len(await kit.sent(phone, "survey")) == 1
+
+
+async def test_anonymous_appeals_skip_the_survey_and_say_so(make_kit):
+    kit = make_kit()
+    ticket, resolved = await resolved_ticket(kit, None)
+    events = await kit.notifier.start_survey(resolved, ticket)
+    assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "skipped_anonymous")]
+    assert events[0].ticket_no == ticket.ticket_no
+
+
+async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, redis):
+    """The subscribers' batch handlers: progress on a joint meeting and an approved extension, the
+    survey on resolution (published as events on the broker), acknowledgements for a batch."""
+    from services.notifier.app import Handlers
+    from services.notifier.ratebook import RateBook
+    from services.notifier.stats import Weights
+    from shared.city import load_city
+    from shared.events import TicketAssigned
+
+    kit = make_kit()
+    handlers = Handlers(kit.notifier, RateBook(redis, load_city(), SH, Weights()))
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    meeting = TicketAssigned(ticket_no=ticket.ticket_no, department=ticket.department, via="meeting",
+                             explanation="联席会议", category="c", grid=None, respond_by=NOON, resolve_by=NOON)
+    extension = TicketUpdated(ticket_no=ticket.ticket_no, action="extension_approved", status="accepted",
+                              actor="dispatch_desk", data={"resolve_by": "2026-11-30T18:00:00+08:00"})
+    await handlers.assignments([meeting])
+    await handlers.updates([extension, resolved])
+    await handlers.updates([extension, resolved])  # redelivered batch: nothing twice
+    texts = [m["text"] for m in reversed(await kit.sent(phone))]
+    assert len(texts) == 3
+    assert "联席会议" in texts[0] and ticket.ticket_no in texts[0]
+    assert "延期办理至11月30日" in texts[1]
+    assert "回复1满意" in texts[2]
+    assert [type(e) for e in kit.published] == [SurveySent, SurveySent]  # same id: deduped downstream
+    assert kit.published[0].event_id == kit.published[1].event_id
+
+    phones = [new_phone() for _ in range(40)]
+    for p in phones:
+        await kit.store.save_contact(caller_id(p), p, None)
+    appeals = [AppealReceived(ticket_no=f"20261123-5{n:05d}", channel="hotline", text="路灯坏了",
+                              caller=Caller(caller_id=caller_id(p), masked_phone=mask_phone(p)))
+               for n, p in enumerate(phones)]
+    wechat = AppealReceived(ticket_no="20261123-599999", channel="wechat", text="路灯坏了",
+                            caller=Caller(caller_id=caller_id(phones[0]), masked_phone=mask_phone(phones[0])))
+    await handlers.appeals([*appeals, wechat])
+    for p in phones:
+        assert len(await kit.sent(p, "ack")) == 1  # WeChat answered itself: no second ack
+
+
+async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 22, 0, tzinfo=SH)
+    kit = make_kit()
+    phone, ticket = await surveyed(kit)  # held by quiet hours
+    assert await kit.sent(phone) == []
+    await kit.notifier.reply(phone, "退订")
+    # The confirmation answers the resident's own SMS: it goes at once, quiet hours or not.
+    assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) >= 1
+    assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]  # the held survey was dropped
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]

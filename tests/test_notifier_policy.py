@@ -1,0 +1,90 @@
+"""Quiet hours and the daily cap, with an explicit clock. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.notifier.policy import Policy, QuietHours
+
+SH = ZoneInfo("Asia/Shanghai")
+POLICY = Policy(QuietHours.parse("21:00-08:00"), daily_cap=3, tz=SH)
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    return datetime(2026, 11, day, hour, minute, tzinfo=SH)
+
+
+def test_parse():
+    assert QuietHours.parse("21:00-08:00") == QuietHours(time(21), time(8))
+    assert QuietHours.parse("none") is None
+    for bad in ("21-8", "25:00-08:00", "08:00-08:00", "night"):
+        with pytest.raises(ValueError, match="QUIET_HOURS"):
+            QuietHours.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (at(23, 10), at(23, 10)),  # daytime: now
+        (at(23, 20, 59), at(23, 20, 59)),
+        (at(23, 21), at(24, 8)),  # evening: next morning
+        (at(23, 23, 30), at(24, 8)),
+        (at(24, 3), at(24, 8)),  # after midnight: this morning
+        (at(24, 7, 59), at(24, 8)),
+        (at(24, 8), at(24, 8)),
+    ],
+)
+def test_quiet_hours_hold_until_they_end(now, expected):
+    assert POLICY.send_at(now, urgent=False, sent_today=0) == expected
+
+
+def test_urgent_messages_go_at_any_hour_and_past_the_cap():
+    assert POLICY.send_at(at(23, 23), urgent=True, sent_today=99) == at(23, 23)
+
+
+def test_daily_cap_holds_until_the_next_morning():
+    assert POLICY.send_at(at(23, 10), urgent=False, sent_today=2) == at(23, 10)
+    assert POLICY.send_at(at(23, 10), urgent=False, sent_today=3) == at(24, 8)
+    no_quiet = Policy(None, daily_cap=3, tz=SH)
+    assert no_quiet.send_at(at(23, 10), urgent=False, sent_today=3) == at(24, 0)
+    assert no_quiet.send_at(at(23, 23), urgent=False, sent_today=0) == at(23, 23)
+
+
+def test_daytime_quiet_hours():
+    lunch = Policy(QuietHours.parse("12:00-14:00"), daily_cap=3, tz=SH)
+    assert lunch.send_at(at(23, 12, 30), urgent=False, sent_today=0) == at(23, 14)
+    assert lunch.send_at(at(23, 23), urgent=False, sent_today=0) == at(23, 23)
+
+
+def test_local_day_is_in_the_city_timezone():
+    assert POLICY.local_day(datetime.fromisoformat("2026-11-23T17:00:00+00:00")).day == 24
+
+
+def test_settings_are_checked_when_the_notifier_is_built():
+    from redis.asyncio import Redis
+
+    from services.notifier.gateway import HttpSmsGateway, OutboxGateway
+    from services.notifier.service import Notifier
+    from shared.settings import Settings
+    from shared.store import TicketStore
+
+    store = TicketStore(Redis.from_url("redis://127.0.0.1:1/0"))  # never connected: building does no I/O
+
+    async def publish(events) -> None:
+        return None
+
+    built = Notifier.from_settings(Settings(quiet_hours="22:30-07:00", sms_daily_cap=3), store, publish)
+    assert built.policy.quiet == QuietHours(time(22, 30), time(7)) and built.policy.daily_cap == 3
+    assert isinstance(built.gateway, OutboxGateway)
+    http = Notifier.from_settings(Settings(sms_gateway="http", sms_gateway_url="https://sms.example.com/send"),
+                                  store, publish)
+    assert isinstance(http.gateway, HttpSmsGateway)
+    with pytest.raises(ValueError, match="QUIET_HOURS"):
+        Notifier.from_settings(Settings(quiet_hours="evenings"), store, publish)
+    with pytest.raises(ValueError, match="SURVEY_REMINDER_HOURS"):
+        Notifier.from_settings(Settings(survey_reminder_hours=48, survey_window_hours=24), store, publish)
+    with pytest.raises(ValueError, match="SMS_GATEWAY_URL"):
+        Notifier.from_settings(Settings(sms_gateway="http"), store, publish)

@@ -1,0 +1,102 @@
+"""Reading survey replies as residents really write them, and the message templates. Pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.notifier.survey import is_opt_out, parse_reply
+from services.notifier.texts import NotificationsError, load_texts
+
+
+@pytest.mark.parametrize(
+    ("text", "rating", "solved"),
+    [
+        ("1", 1, True),
+        ("１", 1, True),  # full-width digit
+        ("1。", 1, True),
+        (" 2 ", 2, True),
+        ("3", 3, False),
+        ("满意", 1, True),
+        ("非常满意！", 1, True),
+        ("基本满意", 2, True),
+        ("不满意", 3, False),
+        ("不太满意", 3, False),
+        ("没解决", 3, False),
+        ("1 谢谢你们，路灯已经亮了", 1, True),
+        ("2还行吧", 2, True),
+        ("3根本没人来", 3, False),
+        ("3 根本没解决，今晚还在", 3, False),
+        ("1 但是问题没解决", 1, False),  # satisfied with the service, not solved: counted as said
+        ("3 解决了但是拖了太久", 3, True),
+        ("态度很满意", 1, True),
+        ("一般般吧", 2, True),
+    ],
+)
+def test_reply_forms(text, rating, solved):
+    r = parse_reply(text)
+    assert (r.rating, r.solved) == (rating, solved)
+    assert r.text == text
+
+
+@pytest.mark.parametrize("text", ["谢谢", "你们辛苦了", "4", "12", "好的收到", "？", "123456"])
+def test_free_text_has_no_rating(text):
+    r = parse_reply(text)
+    assert r.rating is None and r.solved is None and not r.rated
+
+
+@pytest.mark.parametrize("text", ["TD", "td", "ＴＤ", "退订", "退订。"])
+def test_opt_out_words(text):
+    assert is_opt_out(text)
+
+
+@pytest.mark.parametrize("text", ["1", "TD一下", "不退订", "满意"])
+def test_not_opt_out(text):
+    assert not is_opt_out(text)
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_to_a_consistent_reply(text):
+    r = parse_reply(text)
+    assert r.rating in (None, 1, 2, 3)
+    assert (r.rating is None) == (r.solved is None)
+
+
+def test_default_templates_render_with_the_ticket_number():
+    t = load_texts()
+    assert "您的诉求已受理，工单号20261123-000001" in t.render("ack", ticket_no="20261123-000001")
+    survey = t.render("survey", ticket_no="X1", note=t.short_note("已更换路灯灯泡。"), question=t.question)
+    assert "X1" in survey and "回复1满意，2基本满意，3不满意" in survey and "已更换路灯灯泡" in survey
+    assert t.short_note("很" * 100).endswith("…") and len(t.short_note("很" * 100)) == t.note_max_chars
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "notifications.yaml"
+    p.write_text(body, encoding="utf-8")
+    return p
+
+
+def test_a_bad_template_is_named(tmp_path):
+    base = Path("services/notifier/notifications.yaml").read_text(encoding="utf-8")
+    bad = base.replace('ack: "{signature}您的诉求已受理，工单号{ticket_no}', 'ack: "{signature}您的诉求已受理，{phone}')
+    with pytest.raises(NotificationsError) as e:
+        load_texts(_write(tmp_path, bad))
+    assert "template 'ack': unknown field {phone}" in str(e.value)
+    assert "template 'ack' must show the ticket number" in str(e.value)
+
+
+def test_a_question_that_lost_its_digits_is_refused(tmp_path):
+    base = Path("services/notifier/notifications.yaml").read_text(encoding="utf-8")
+    bad = base.replace("question: 回复1满意，2基本满意，3不满意", "question: 回复A满意，B基本满意，C不满意")
+    with pytest.raises(NotificationsError, match="question must offer “1满意”"):
+        load_texts(_write(tmp_path, bad))
+
+
+def test_missing_template_and_file(tmp_path):
+    with pytest.raises(NotificationsError, match="template 'reminder' is missing"):
+        load_texts(_write(tmp_path, "question: 回复1满意，2基本满意，3不满意\ntemplates:\n  ack: '{ticket_no}'\n"))
+    with pytest.raises(NotificationsError, match="file missing"):
+        load_texts(tmp_path / "nope.yaml")

@@ -1,0 +1,233 @@
+"""The notifier inside the running system (real processes, real broker and Redis): reopening on an
+unsatisfied reply with the resident's words, opt-out, the outbox and receipt endpoints, and the three
+rates from a known sequence of events checked against hand-computed figures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+
+from services.notifier.ratebook import RateBook
+from services.notifier.stats import Weights
+from shared.auth import issue_token
+from shared.bus import EventPublisher, publish
+from shared.city import load_city
+from shared.events import DepartmentRef, GridMatch, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.tickets import Ticket
+from tests.conftest import eventually
+from tests.test_pipeline_e2e import LIGHT, as_department, as_dispatch_desk, outbox_for, submit, ticket_when
+
+pytestmark = pytest.mark.integration
+SH = ZoneInfo("Asia/Shanghai")
+
+
+def new_phone() -> str:
+    return "137" + "".join(random.choices("0123456789", k=8))
+
+
+@pytest.fixture
+async def admin(redis) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await issue_token(redis, 'admin')}"}
+
+
+NO_TOKEN = {"Authorization": ""}
+__all__ = ["as_dispatch_desk"]  # the autouse fixture: these tests read tickets as the dispatch desk
+
+
+async def resolved_with_survey(api: httpx.AsyncClient, redis, phone: str) -> str:
+    no = await submit(api, phone, address="阳光花园3号楼")
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"},
+                       headers=await as_department(redis, ticket))
+    assert r.status_code == 200, r.text
+    return no
+
+
+async def test_not_solved_reopens_with_the_residents_words(api, redis):
+    phone = new_phone()
+    no = await resolved_with_survey(api, redis, phone)
+    await eventually(lambda: outbox_for(redis, phone, "survey"))
+    await ticket_when(api, no, lambda t: t["status"] == "surveyed")
+    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"})
+    assert r.json() == {"kind": "comment", "ticket_no": no, "clarification": True}
+    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "没解决，路灯晚上还是不亮"})
+    assert r.json()["rating"] == 3 and r.json()["solved"] is False
+    reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
+    assert reopened["status"] == "assigned" and reopened["solved"] is False
+    assert reopened["history"][-1]["action"] == "reopened"
+    assert "路灯晚上还是不亮" in reopened["history"][-1]["note"]
+    comments = [h for h in reopened["history"] if h["topic"] == "survey.answered" and h["outcome"] == "comment"]
+    assert [c["text"] for c in comments] == ["谢谢"]
+
+
+async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_survey(api, redis):
+    phone = new_phone()
+    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "退订"})
+    assert r.json() == {"kind": "opt_out", "closed_surveys": []}
+    no = await resolved_with_survey(api, redis, phone)
+    closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
+    assert closed["history"][-1]["data"] == {"survey": "opted_out"}
+    assert closed["rating"] is None
+    assert await outbox_for(redis, phone, "result") and await outbox_for(redis, phone, "survey") == []
+
+
+async def test_outbox_and_receipts_need_the_admin_token(api, redis, admin):
+    phone = new_phone()
+    no = await submit(api, phone, text=LIGHT)
+    await eventually(lambda: outbox_for(redis, phone, "ack"))
+    assert (await api.get("/api/v1/sms/outbox", params={"phone": phone}, headers=NO_TOKEN)).status_code == 401
+    r = await api.get("/api/v1/sms/outbox", params={"phone": phone}, headers=admin)
+    assert r.status_code == 200
+    (ack,) = r.json()["messages"]
+    assert ack["ticket_no"] == no and no in ack["text"]
+    assert (await api.get("/api/v1/sms/outbox", params={"phone": "123"}, headers=admin)).status_code == 422
+    receipt = {"message_id": ack["message_id"], "status": "delivered"}
+    assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=NO_TOKEN)).status_code == 401
+    r = await api.post("/api/v1/sms/receipts", json=receipt, headers=admin)
+    assert r.json() == {"message_id": ack["message_id"], "state": "delivered"}
+    assert json.loads(await redis.get(f"sms:msg:{ack['message_id']}"))["state"] == "delivered"
+    missing = await api.post("/api/v1/sms/receipts", json=receipt | {"message_id": "nope"}, headers=admin)
+    assert missing.status_code == 404
+
+
+# --- the three rates ---------------------------------------------------------------------------
+
+DAY = datetime(2020, 2, 3, 10, 0, tzinfo=SH)  # a day nothing else in the tests happens on
+
+
+def _sequence(a: str, b: str, day: datetime = DAY) -> tuple[list[Ticket], list]:
+    """Department a: 5 assigned, 3 accepted in time (1 late, 1 never), 3 answers (1 satisfied solved,
+    1 basically satisfied solved, 1 unsatisfied unsolved), 1 no answer.
+    Department b: 2 assigned, 1 in time; 2 answers (basically satisfied solved, satisfied unsolved).
+    Plus events that must not count: a dispatch-desk wait, a comment."""
+    grid = {a: "s01c01g01", b: "s02c01g01"}
+    tickets, events = [], []
+    run = uuid.uuid4().hex[:6]
+    plan = [(a, True, (1, True)), (a, True, (2, True)), (a, False, (3, False)), (a, True, "no_answer"),
+            (a, None, None), (b, True, (2, True)), (b, False, (1, False))]
+    for n, (dept, on_time, answer) in enumerate(plan):
+        no = f"{day:%Y%m%d}-{run}{n}"
+        ref = DepartmentRef(id=dept, name=dept)
+        tickets.append(Ticket(ticket_no=no, channel="hotline", text="x", received_at=day, status="closed",
+                              department=ref, category=f"cat-{dept}", grid=GridMatch(grid=grid[dept])))
+        events.append(TicketAssigned(ticket_no=no, department=ref, via="rule", explanation="test",
+                                     category=f"cat-{dept}", grid=grid[dept], respond_by=day,
+                                     resolve_by=day, occurred_at=day))
+        if on_time is not None:
+            events.append(TicketUpdated(ticket_no=no, action="accepted", status="accepted", actor=dept,
+                                        department=ref, data={"on_time": on_time}, occurred_at=day))
+        if answer == "no_answer":
+            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=None, text="", outcome="no_answer",
+                                         occurred_at=day + timedelta(days=2)))
+        elif answer:
+            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=answer[0], solved=answer[1],
+                                         text=str(answer[0]), occurred_at=day + timedelta(days=1)))
+            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=None, text="谢谢", outcome="comment",
+                                         occurred_at=day + timedelta(days=1)))
+    events.append(TicketAssigned(ticket_no=tickets[0].ticket_no, department=DepartmentRef(id=a, name=a),
+                                 via="dispatch_desk", explanation="low confidence", category=f"cat-{a}",
+                                 grid=grid[a], respond_by=day, resolve_by=day, occurred_at=day))
+    return tickets, events
+
+
+EXPECTED_A = {"assigned": 5, "responded": 4, "responded_on_time": 3, "answered": 3, "solved": 2,
+              "satisfied": 1, "basically_satisfied": 1, "unsatisfied": 1, "no_answer": 1, "skipped": 0,
+              "response_rate": 0.6,  # 3 / 5
+              "resolution_rate": 0.6667,  # 2 / 3
+              "satisfaction_rate": 0.6333,  # (1 + 0.9 × 1) / 3
+              "score": 64.67}  # 100 × (0.1 × 0.6 + 0.5 × 2/3 + 0.4 × 1.9/3) = 6 + 33.333 + 25.333
+EXPECTED_B = {"assigned": 2, "responded": 2, "responded_on_time": 1, "answered": 2, "solved": 1,
+              "satisfied": 1, "basically_satisfied": 1, "unsatisfied": 0, "no_answer": 0, "skipped": 0,
+              "response_rate": 0.5, "resolution_rate": 0.5,
+              "satisfaction_rate": 0.95,  # (1 + 0.9) / 2
+              "score": 68.0}  # 5 + 25 + 38
+
+
+async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, settings, admin, system):
+    a, b = f"test-a-{uuid.uuid4().hex[:6]}", f"test-b-{uuid.uuid4().hex[:6]}"
+    tickets, events = _sequence(a, b)
+    for t in tickets:
+        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
+    broker = EventPublisher(settings, client_id="test-rates")
+    await broker.start()
+    try:
+        await publish(broker, events)
+        await publish(broker, events)  # everything twice: a consumer re-reading after a restart
+    finally:
+        await broker.stop()
+
+    async def by(group_by: str) -> dict[str, dict]:
+        r = await api.get("/api/v1/stats", params={"group_by": group_by, "from": "2020-02-01", "to": "2020-02-29"},
+                          headers=admin)
+        assert r.status_code == 200, r.text
+        return {g["group"]: g for g in r.json()["groups"]}
+
+    def figures(row: dict) -> dict:
+        return {k: row[k] for k in EXPECTED_A}
+
+    async def settled():
+        rows = await by("department")
+        return rows if a in rows and b in rows and figures(rows[b]) == EXPECTED_B and \
+            figures(rows[a]) == EXPECTED_A else None
+
+    rows = await eventually(settled, timeout=30)
+    await asyncio.sleep(1.0)  # the duplicates had time to arrive: still counted once
+    rows = await by("department")
+    assert figures(rows[a]) == EXPECTED_A and figures(rows[b]) == EXPECTED_B
+    assert [g for g in rows if g in (a, b)] == [b, a]  # best score first
+    streets = await by("street")  # nothing else happened on those days: the streets are a and b
+    assert figures(streets["s01"]) == EXPECTED_A and streets["s01"]["name"] == "和平街道"
+    assert figures(streets["s02"]) == EXPECTED_B
+    assert figures((await by("category"))[f"cat-{a}"]) == EXPECTED_A
+    assert figures((await by("grid"))["s02c01g01"]) == EXPECTED_B
+
+    # Only the answers fall in a window that starts the day after.
+    r = await api.get("/api/v1/stats", params={"from": "2020-02-04", "to": "2020-02-04"}, headers=admin)
+    only_answers = {g["group"]: g for g in r.json()["groups"]}[a]
+    assert (only_answers["assigned"], only_answers["answered"], only_answers["response_rate"]) == (0, 3, None)
+
+    # Prometheus: the counters per department on the notifier's metrics port.
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{system.metrics_ports['notifier']}/metrics")).text
+    assert f'hotline_rate_events_total{{department="{a}",field="assigned"}} 5.0' in text
+
+
+async def test_stats_refuses_bad_periods_and_anonymous_callers(api, admin):
+    assert (await api.get("/api/v1/stats", headers=NO_TOKEN)).status_code == 401
+    r = await api.get("/api/v1/stats", params={"from": "2026-03-01", "to": "2026-02-01"}, headers=admin)
+    assert r.status_code == 422 and "晚于" in r.json()["message"]
+    r = await api.get("/api/v1/stats", params={"from": "2024-01-01", "to": "2026-02-01"}, headers=admin)
+    assert r.status_code == 422
+    assert (await api.get("/api/v1/stats", params={"group_by": "planet"}, headers=admin)).status_code == 422
+    r = await api.get("/api/v1/stats", headers=admin)
+    assert r.status_code == 200 and r.json()["weights"]["basically_satisfied"] == 0.9
+
+
+async def test_counting_is_idempotent_in_process(redis):
+    """The rate book on the real Redis: the same events twice count once."""
+    a = f"test-c-{uuid.uuid4().hex[:6]}"
+    day = datetime(2020, 3, 3, 10, 0, tzinfo=SH)  # not the day the system test checks
+    tickets, events = _sequence(a, f"test-d-{uuid.uuid4().hex[:6]}", day)
+    book = RateBook(redis, load_city(), SH, Weights())
+    by_no = {t.ticket_no: t for t in tickets}
+    ticketed = [None if isinstance(e, TicketAssigned) else by_no[e.ticket_no] for e in events]
+    first = await book.record(events, ticketed)
+    assert first == 7 + 6 + 6  # assignments (not the desk's), acceptances, answers (not comments)
+    assert await book.record(events, ticketed) == 0
+    rows = {r["group"]: r for r in await book.query("department", day.date(), day.date() + timedelta(days=3))}
+    assert {k: rows[a][k] for k in EXPECTED_A} == EXPECTED_A
+    # The Prometheus gauges: the rates month to date.
+    from prometheus_client import REGISTRY
+
+    await book.refresh_gauges(day + timedelta(days=3))
+    labels = {"group_by": "department", "group": a}
+    assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "score"}) == 64.67
+    assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "satisfaction_rate"}) == 0.6333
+    assert REGISTRY.get_sample_value("hotline_rate", {"group_by": "street", "group": "s02", "rate": "response_rate"}) == 0.5

@@ -1,0 +1,79 @@
+"""The three rates and the score from counters, checked against hand-computed values. Pure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.notifier import stats
+from services.notifier.stats import Weights, fields_for, groups_for, rates
+from shared.city import load_city
+from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+
+W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
+
+
+def test_rates_by_hand():
+    # 10 assigned, 8 accepted in time; 5 answered: 2 satisfied, 2 basically, 1 unsatisfied; 3 solved.
+    counts = {"assigned": 10, "responded": 9, "responded_on_time": 8, "answered": 5, "solved": 3,
+              "satisfied": 2, "basically_satisfied": 2, "unsatisfied": 1}
+    r = rates(counts, W)
+    assert r["response_rate"] == 0.8
+    assert r["resolution_rate"] == 0.6
+    assert r["satisfaction_rate"] == 0.76  # (2 + 0.9 × 2) / 5
+    assert r["score"] == 68.4  # 100 × (0.1×0.8 + 0.5×0.6 + 0.4×0.76) = 8 + 30 + 30.4
+
+
+def test_no_data_is_none_not_zero_and_the_score_renormalises():
+    r = rates({"assigned": 4, "responded_on_time": 3}, W)
+    assert r["resolution_rate"] is None and r["satisfaction_rate"] is None
+    assert r["score"] == 75.0  # only the response rate is known
+    assert rates({}, W)["score"] is None
+
+
+def test_basic_weight_changes_only_the_satisfaction_rate():
+    counts = {"answered": 4, "solved": 4, "satisfied": 2, "basically_satisfied": 2}
+    assert rates(counts, Weights(basic=1.0))["satisfaction_rate"] == 1.0
+    assert rates(counts, Weights(basic=0.5))["satisfaction_rate"] == 0.75
+
+
+def test_weights_from_settings():
+    assert Weights.parse(0.9, "0.1,0.5,0.4") == W
+    for bad in ("0.1,0.5", "a,b,c", "-1,1,1", "0,0,0"):
+        with pytest.raises(ValueError, match="SCORE_WEIGHTS"):
+            Weights.parse(0.9, bad)
+    with pytest.raises(ValueError, match="SATISFACTION_BASIC_WEIGHT"):
+        Weights.parse(1.5, "1,1,1")
+
+
+def _assigned(via="rule") -> TicketAssigned:
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    return TicketAssigned(ticket_no="T", department=DepartmentRef(id="d", name="D"), via=via, explanation="x",
+                          category="c", grid=None, respond_by=now, resolve_by=now)
+
+
+def test_which_counters_an_event_adds_to():
+    assert fields_for(_assigned()) == ("assigned",)
+    assert fields_for(_assigned("dispatch_desk")) == ()
+    accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": True})
+    late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": False})
+    assert fields_for(accepted) == ("responded", "responded_on_time")
+    assert fields_for(late) == ("responded",)
+
+    def answer(**kw) -> SurveyAnswered:
+        return SurveyAnswered(ticket_no="T", survey_id="s", text="", **{"rating": None} | kw)
+
+    assert fields_for(answer(rating=2, solved=True)) == ("answered", "basically_satisfied", "solved")
+    assert fields_for(answer(rating=1, solved=False)) == ("answered", "satisfied")
+    assert fields_for(answer(outcome="comment")) == ()
+    assert fields_for(answer(outcome="no_answer")) == ("no_answer",)
+    assert fields_for(answer(outcome="opted_out")) == ("skipped",)
+    assert set(stats.FIELDS) >= {"assigned", "no_answer", "skipped"}
+
+
+def test_groups_map_the_grid_to_its_street():
+    city = load_city()
+    g = groups_for(city, "urban_mgmt", "city.facility.streetlight", "s01c01g01")
+    assert g == {"department": "urban_mgmt", "category": "city.facility.streetlight", "grid": "s01c01g01", "street": "s01"}
+    assert groups_for(city, None, None, None)["street"] == "unknown"

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web"]
 AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
-GridMethod = Literal["coordinates", "gazetteer", "model", "none"]
+GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "none"]
 
 
 def now_utc() -> datetime:
@@ -124,6 +124,7 @@ class AppealClassified(Event):
     urgent: bool = False
     needs_review: bool = False
     model_version: str
+    reviewed_by: str | None = None  # set when a person corrected the classification (confidence 1.0)
 
 
 class TicketAssigned(Event):

@@ -52,7 +52,7 @@ def threshold_for_precision(
     coverage = (k + 1) / n
     return {
         "target_precision": target,
-        "threshold": round(float(conf[k]), 6),
+        "threshold": float(conf[k]),
         "coverage": round(coverage, 4),
         "precision": round(float(precision[k]), 4),
         "review_share": round(1 - coverage, 4),

@@ -68,6 +68,18 @@ class GridModel:
         return str(self.grids[best]), confidence
 
 
+def point_in_polygon(lng: float, lat: float, polygon: tuple[tuple[float, float], ...]) -> bool:
+    """Ray casting; points on an edge may fall either side, which is fine for adjacent grids."""
+    inside = False
+    j = len(polygon) - 1
+    for i, (xi, yi) in enumerate(polygon):
+        xj, yj = polygon[j]
+        if (yi > lat) != (yj > lat) and lng < (xj - xi) * (lat - yi) / (yj - yi) + xi:
+            inside = not inside
+        j = i
+    return inside
+
+
 @dataclass(frozen=True)
 class _Entry:
     grid: str

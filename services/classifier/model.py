@@ -2,7 +2,7 @@
 
 Features: word TF-IDF over jieba tokens (domain dictionary) and character n-gram TF-IDF, which keeps
 working on typos and words jieba splits badly. Classifier: a linear SVM with sigmoid-calibrated
-probabilities, so "confidence 0.8" means right about 80% of the time (chosen by cross-validation on
+(Platt) probabilities, so "confidence 0.8" means right about 80% of the time (chosen by cross-validation on
 real appeals, see docs/issue-4.md). Two small heads share the features when the training data has
 them: the appeal type and the urgency flag (the demo corpus has both; real exports often do not).
 
@@ -25,10 +25,9 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
@@ -36,7 +35,8 @@ from services.classifier import evaluation
 from services.classifier.text import Segmenter, normalize
 
 MODEL_PREFIX = "category-"
-HOLDOUT_FOLDS = 3  # out-of-fold predictions for the metrics and the threshold stored with a model
+HOLDOUT_FOLDS = 3  # out-of-fold predictions for calibration, the metrics and the review threshold
+C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/issue-4.md)
 
 
 def document(title: str, text: str) -> str:
@@ -50,17 +50,58 @@ def build_features(segmenter: Segmenter) -> FeatureUnion:
             ("words", TfidfVectorizer(analyzer=segmenter, sublinear_tf=True, min_df=2, dtype=np.float32)),
             (
                 "chars",
-                TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=2,
+                TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2,
                                 max_features=300_000, dtype=np.float32),
             ),
         ]
     )
 
 
-def build_classifier(n_per_class_min: int) -> CalibratedClassifierCV:
-    # Calibration needs a few examples of each class in each of its folds.
-    folds = max(2, min(3, n_per_class_min))
-    return CalibratedClassifierCV(LinearSVC(C=1.0), method="sigmoid", cv=folds)
+class CalibratedLinear:
+    """A linear SVM with Platt-scaled probabilities (one sigmoid per class, rows normalised).
+
+    The sigmoids are fitted on out-of-fold decision scores, so the same cross-validation gives the
+    calibration and the held-out predictions the metrics and the review threshold are measured on:
+    k + 1 SVM fits in all (scikit-learn's CalibratedClassifierCV fits k more for its held-out
+    predictions)."""
+
+    def __init__(self, c: float = 1.0) -> None:
+        self.c = c
+
+    def _svm(self) -> LinearSVC:
+        return LinearSVC(C=self.c)
+
+    @staticmethod
+    def _scores(svm: LinearSVC, x: Any) -> np.ndarray:
+        d = svm.decision_function(x)
+        return np.column_stack([-d, d]) if d.ndim == 1 else d  # binary: one score for both classes
+
+    def fit(self, x: Any, y: Sequence[Any], folds: int = 3) -> np.ndarray:
+        """Fit on all of x; return the out-of-fold probabilities (each row from a model without it)."""
+        y = np.asarray(y)
+        self.classes_ = np.unique(y)
+        oof_scores = np.zeros((len(y), len(self.classes_)))
+        for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, y):
+            svm = self._svm().fit(x[train_idx], y[train_idx])
+            cols = np.searchsorted(self.classes_, svm.classes_)
+            oof_scores[np.ix_(test_idx, cols)] = self._scores(svm, x[test_idx])
+        self.sigmoids_ = []
+        for k, label in enumerate(self.classes_):
+            target = (y == label).astype(int)
+            lr = LogisticRegression(C=1e4).fit(oof_scores[:, [k]], target)
+            self.sigmoids_.append((float(lr.coef_[0, 0]), float(lr.intercept_[0])))
+        self.svm_ = self._svm().fit(x, y)
+        return self._calibrate(oof_scores)
+
+    def _calibrate(self, scores: np.ndarray) -> np.ndarray:
+        a = np.array([s[0] for s in self.sigmoids_])
+        b = np.array([s[1] for s in self.sigmoids_])
+        p = 1.0 / (1.0 + np.exp(-(scores * a + b)))
+        total = p.sum(axis=1, keepdims=True)
+        return np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        return self._calibrate(self._scores(self.svm_, x))
 
 
 def data_hash(records: Sequence[dict[str, Any]]) -> str:
@@ -145,15 +186,19 @@ def _min_per_class(labels: Sequence[Any]) -> int:
     return int(counts.min())
 
 
-def fit_heads(x: Any, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def fit_heads(x: Any, records: Sequence[dict[str, Any]], folds: int) -> dict[str, Any]:
     """Type and urgency heads, when every record carries `type` / `urgent` and there is a choice."""
     heads: dict[str, Any] = {}
     if all(r.get("type") for r in records) and len({r["type"] for r in records}) > 1:
-        heads["type"] = LogisticRegression(C=4.0, max_iter=500).fit(x, [r["type"] for r in records])
+        types = [r["type"] for r in records]
+        if _min_per_class(types) >= folds:
+            heads["type"] = CalibratedLinear(0.5)
+            heads["type"].fit(x, types, folds)
     if all("urgent" in r for r in records) and len({bool(r["urgent"]) for r in records}) > 1:
-        heads["urgent"] = LogisticRegression(C=4.0, max_iter=500, class_weight="balanced").fit(
-            x, [bool(r["urgent"]) for r in records]
-        )
+        urgent = [bool(r["urgent"]) for r in records]
+        if _min_per_class(urgent) >= folds:
+            heads["urgent"] = CalibratedLinear(0.5)
+            heads["urgent"].fit(x, urgent, folds)
     return heads
 
 
@@ -162,29 +207,27 @@ def train(
     segmenter: Segmenter,
     *,
     target_precision: float = 0.95,
-    holdout: bool = True,
     extra_metadata: dict | None = None,
 ) -> CategoryModel:
     """Fit the model on records with `text`, `label` and optional `title` (`type`, `urgent` too).
 
-    With `holdout`, the metrics and the review threshold come from out-of-fold predictions (each
-    appeal predicted by a classifier that did not see it); the vocabulary is fitted once on all data.
+    The metrics and the review threshold stored with the model come from out-of-fold predictions
+    (each appeal predicted by an SVM that did not see it); the vocabulary is fitted once on all data.
     """
     docs = [document(r.get("title", ""), r["text"]) for r in records]
     labels = np.asarray([str(r["label"]) for r in records])
     if len(set(labels)) < 2:
         raise ValueError("training needs at least two different labels")
+    least = _min_per_class(labels)
+    if least < 2:
+        raise ValueError("training needs at least two examples of every label")
+    folds = min(HOLDOUT_FOLDS, least)
     features = build_features(segmenter)
     x = features.fit_transform(docs)
-    least = _min_per_class(labels)
-    metrics: dict[str, Any] | None = None
-    if holdout and least >= HOLDOUT_FOLDS * 2:
-        folds = StratifiedKFold(HOLDOUT_FOLDS, shuffle=True, random_state=0)
-        oof = cross_val_predict(build_classifier(least * 2 // 3), x, labels, cv=folds,
-                                method="predict_proba")
-        metrics = evaluation.report(labels, oof, sorted(set(labels)), target_precision=target_precision)
-        metrics["measured_on"] = f"{HOLDOUT_FOLDS}-fold out-of-fold predictions on the training data"
-    classifier = build_classifier(least).fit(x, labels)
+    classifier = CalibratedLinear(C)
+    oof = classifier.fit(x, labels, folds)
+    metrics = evaluation.report(labels, oof, classifier.classes_, target_precision=target_precision)
+    metrics["measured_on"] = f"{folds}-fold out-of-fold predictions on the training data"
     created = datetime.now(UTC)
     digest = data_hash(records)
     metadata = {
@@ -196,7 +239,7 @@ def train(
         "metrics": metrics,
         **(extra_metadata or {}),
     }
-    return CategoryModel(features, classifier, fit_heads(x, records), metadata)
+    return CategoryModel(features, classifier, fit_heads(x, records, folds), metadata)
 
 
 def cross_validate(
@@ -211,7 +254,7 @@ def cross_validate(
     fold_f1 = []
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
-        model = train([records[i] for i in train_idx], segmenter, holdout=False)
+        model = train([records[i] for i in train_idx], segmenter)
         proba = model.predict_proba([document(records[i].get("title", ""), records[i]["text"])
                                      for i in test_idx])
         cols = [classes.index(c) for c in model.categories]

@@ -51,6 +51,7 @@ def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
+        model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
     )
 
 

@@ -56,16 +56,23 @@ class GridModel:
         self.grids = np.asarray(grids)
 
     def predict(self, tokens: str) -> tuple[str, float] | None:
-        if not tokens:
-            return None
-        sims = (self.matrix @ self.vectorizer.transform([tokens]).T).toarray().ravel()
-        best = int(np.argmax(sims))
-        other = sims[self.grids != self.grids[best]]
-        runner_up = float(other.max()) if len(other) else 0.0
-        confidence = float(sims[best]) * (1 - runner_up / (sims[best] + runner_up + 1e-9) / 2)
-        if confidence < self.min_confidence:
-            return None
-        return str(self.grids[best]), confidence
+        return self.predict_many([tokens])[0]
+
+    def predict_many(self, tokens: list[str]) -> list[tuple[str, float] | None]:
+        """One guess per token string (None: no place-like tokens, or not confident)."""
+        out: list[tuple[str, float] | None] = [None] * len(tokens)
+        todo = [i for i, t in enumerate(tokens) if t]
+        if not todo:
+            return out
+        sims = (self.vectorizer.transform([tokens[i] for i in todo]) @ self.matrix.T).toarray()
+        for row, i in zip(sims, todo):
+            best = int(np.argmax(row))
+            other = row[self.grids != self.grids[best]]
+            runner_up = float(other.max()) if len(other) else 0.0
+            confidence = float(row[best]) * (1 - runner_up / (row[best] + runner_up + 1e-9) / 2)
+            if confidence >= self.min_confidence:
+                out[i] = (str(self.grids[best]), confidence)
+        return out
 
 
 def point_in_polygon(lng: float, lat: float, polygon: tuple[tuple[float, float], ...]) -> bool:
@@ -115,6 +122,22 @@ class GridLocator:
         self.model = GridModel(city)
 
     def locate(self, text: str, address: str = "", location: GeoPoint | None = None) -> GridMatch:
+        return self.locate_many([(text, address, location)])[0]
+
+    def locate_many(self, appeals: list[tuple[str, str, GeoPoint | None]]) -> list[GridMatch]:
+        """`locate` for a batch: the fallback model runs once for all the appeals that need it."""
+        found = [self._without_model(*a) for a in appeals]
+        need = [i for i, m in enumerate(found) if m is None]
+        tokens = [address_tokens(appeals[i][1]) or address_tokens(appeals[i][0]) for i in need]
+        for i, t, guess in zip(need, tokens, self.model.predict_many(tokens)):
+            if guess is None:
+                found[i] = GridMatch(grid=None, method="none", confidence=0.0)
+            else:
+                found[i] = self._match(guess[0], "model", round(guess[1], 3), t)
+        return found  # type: ignore[return-value]
+
+    def _without_model(self, text: str, address: str, location: GeoPoint | None) -> GridMatch | None:
+        """Coordinates, else the gazetteer; a tie is a final answer (none); None: ask the model."""
         if location is not None:
             for gid, info in self.city.grids.items():
                 if info.grid.polygon and point_in_polygon(location.lng, location.lat, info.grid.polygon):
@@ -125,12 +148,7 @@ class GridLocator:
                 found = self._from_names(source, weight)
                 if found:
                     return found
-        tokens = address_tokens(address) or address_tokens(text)
-        guess = self.model.predict(tokens)
-        if guess is not None:
-            gid, p = guess
-            return self._match(gid, "model", round(p, 3), tokens)
-        return GridMatch(grid=None, method="none", confidence=0.0)
+        return None
 
     def _from_names(self, source: str, source_weight: float) -> GridMatch | None:
         if self._names is None:

@@ -63,10 +63,10 @@ class Classifier:
             return []
         model, threshold = self.model, self.threshold
         pred = model.predict([document(a.title, a.text) for a in appeals])
+        grids = self.locator.locate_many([(a.text, a.address, a.location) for a in appeals])
         out = []
-        for i, (appeal, top) in enumerate(zip(appeals, pred.top(2))):
+        for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids)):
             category, confidence = top[0]
-            grid = self.locator.locate(appeal.text, appeal.address, appeal.location)
             full_text = f"{appeal.title} {appeal.text}"
             out.append(
                 AppealClassified.caused(

@@ -214,3 +214,20 @@ def test_the_models_own_threshold_is_used(classifier):
     assert classifier.threshold == classifier.model.threshold
     meta = classifier.model.metadata
     assert {"version", "created_at", "data_hash", "categories", "metrics"} <= set(meta)
+
+
+# --- the vectorised character n-grams --------------------------------------------------------------
+
+_TRAIN_DOCS = ["阳光花园的路灯坏了", "井盖丢了 很危险", "物业费太贵了!", "路灯不亮，井盖也没了", "emoji 😀 路灯"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢 很危险物业费贵!😀aB\t", max_size=30), min_size=1, max_size=6))
+def test_vectorised_char_ngrams_equal_scikit_learns(docs):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from services.classifier.features import CharNgramTfidf
+
+    fast = CharNgramTfidf(ngram_range=(1, 3), min_df=1).fit(_TRAIN_DOCS)
+    slow = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)
+    assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)

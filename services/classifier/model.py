@@ -32,6 +32,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
 from services.classifier import evaluation
+from services.classifier.features import CharNgramTfidf
 from services.classifier.text import Segmenter, normalize
 
 MODEL_PREFIX = "category-"
@@ -48,11 +49,7 @@ def build_features(segmenter: Segmenter) -> FeatureUnion:
     return FeatureUnion(
         [
             ("words", TfidfVectorizer(analyzer=segmenter, sublinear_tf=True, min_df=2, dtype=np.float32)),
-            (
-                "chars",
-                TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=2,
-                                max_features=300_000, dtype=np.float32),
-            ),
+            ("chars", CharNgramTfidf(ngram_range=(1, 3), min_df=2, max_features=300_000)),
         ]
     )
 

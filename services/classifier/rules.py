@@ -7,6 +7,7 @@ model only fills in where no cue matched, and only when it is confident.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import get_args
 
@@ -36,16 +37,24 @@ class Cues(BaseModel):
             raise ValueError(f"unknown appeal type(s) {unknown}; allowed: {list(TYPES)}")
         return v
 
+    def model_post_init(self, _: object) -> None:
+        # One regex per list: a single C-level scan per appeal instead of a Python loop per cue.
+        def pattern(cues: tuple[str, ...]) -> re.Pattern[str] | None:
+            return re.compile("|".join(map(re.escape, cues))) if cues else None
+
+        object.__setattr__(self, "_type_res", [(k, pattern(c)) for k, c in self.types.items()])
+        object.__setattr__(self, "_urgent_re", pattern(self.urgent))
+
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
-        for kind, cues in self.types.items():
-            if any(c in text for c in cues):
+        for kind, cue_re in self._type_res:
+            if cue_re is not None and cue_re.search(text):
                 return kind  # type: ignore[return-value]
         if model_guess and model_guess[1] >= MODEL_TYPE_MIN:
             return model_guess[0]  # type: ignore[return-value]
         return "诉求"
 
     def is_urgent(self, text: str, operator_flag: bool = False, model_p: float | None = None) -> bool:
-        if operator_flag or any(c in text for c in self.urgent):
+        if operator_flag or (self._urgent_re is not None and self._urgent_re.search(text)):
             return True
         return model_p is not None and model_p >= MODEL_URGENT_MIN
 

@@ -41,6 +41,7 @@ class Classifier:
         self.locator = GridLocator(city)
         self.default_threshold = threshold
         self.cues = cues or load_cues()
+        self._names: dict[str, tuple[str, ...]] = {}
 
     @property
     def threshold(self) -> float:
@@ -54,9 +55,11 @@ class Classifier:
 
     def category_names(self, label: str) -> tuple[str, ...]:
         """Root to leaf when the label is one of the city's leaves, else the label itself."""
-        if label in self.city.category_by_id:
-            return self.city.category_names(label)
-        return (label,)
+        names = self._names.get(label)
+        if names is None:
+            names = self.city.category_names(label) if label in self.city.category_by_id else (label,)
+            self._names[label] = names
+        return names
 
     def classify(self, appeals: Sequence[AppealReceived]) -> list[AppealClassified]:
         if not appeals:

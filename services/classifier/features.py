@@ -30,10 +30,17 @@ def _pack(gram: str) -> int:
 
 
 class CharNgramTfidf(TransformerMixin, BaseEstimator):
-    def __init__(self, ngram_range: tuple[int, int] = (1, 3), min_df: int = 2, max_features: int | None = None):
+    def __init__(
+        self, ngram_range: tuple[int, int] = (1, 3), min_df: int = 2, max_features: int | None = None,
+        head: bool = False,
+    ):
         self.ngram_range = ngram_range
         self.min_df = min_df
         self.max_features = max_features
+        self.head = head  # only the first sentence: the title when there is one (see model.document)
+
+    def _docs(self, docs: Sequence[str]) -> list[str]:
+        return [d.split("。", 1)[0] for d in docs] if self.head else list(docs)
 
     def fit(self, docs: Sequence[str], y=None) -> CharNgramTfidf:
         if not 1 <= self.ngram_range[0] <= self.ngram_range[1] <= 3:
@@ -41,7 +48,7 @@ class CharNgramTfidf(TransformerMixin, BaseEstimator):
         tfidf = TfidfVectorizer(
             analyzer="char", ngram_range=self.ngram_range, sublinear_tf=True, min_df=self.min_df,
             max_features=self.max_features, dtype=np.float32,
-        ).fit(docs)
+        ).fit(self._docs(docs))
         grams = list(tfidf.vocabulary_)
         codes = np.array([_pack(g) for g in grams], dtype=np.int64)
         columns = np.array([tfidf.vocabulary_[g] for g in grams], dtype=np.int64)
@@ -54,7 +61,7 @@ class CharNgramTfidf(TransformerMixin, BaseEstimator):
         return self.fit(docs).transform(docs)
 
     def transform(self, docs: Sequence[str]) -> sp.csr_matrix:
-        docs = [_WHITE.sub(" ", d.lower()) for d in docs]  # what the char analyzer does first
+        docs = [_WHITE.sub(" ", d.lower()) for d in self._docs(docs)]  # as the char analyzer does
         lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
         points = np.frombuffer("".join(docs).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         doc_of = np.repeat(np.arange(len(docs)), lengths)

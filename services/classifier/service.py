@@ -24,7 +24,7 @@ from services.classifier.model import CategoryModel, document, latest_model_path
 from services.classifier.rules import Cues, load_cues
 from services.classifier.text import city_vocabulary, segmenter_for
 from shared.city import City
-from shared.events import AppealClassified, AppealReceived, CategoryScore
+from shared.events import AppealClassified, AppealReceived, CategoryScore, now_utc
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class Classifier:
         model, threshold = self.model, self.threshold
         pred = model.predict([document(a.title, a.text) for a in appeals])
         grids = self.locator.locate_many([(a.text, a.address, a.location) for a in appeals])
+        now = now_utc()  # one clock read per batch: the batch is classified at one moment
         out = []
         for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids)):
             category, confidence = top[0]
@@ -74,6 +75,7 @@ class Classifier:
             out.append(
                 AppealClassified.caused(
                     appeal,
+                    occurred_at=now,
                     appeal=appeal,
                     category=category,
                     category_names=self.category_names(category),

@@ -186,6 +186,10 @@ def train(
         records += [{"title": r.get("title", ""), "text": r["text"], "label": r["label"]} for r in fed]
         source += f" + {len(fed)} reviewed examples"
         typer.echo(f"added {len(fed)} labelled examples from reviewers")
+    rare = analyst.too_rare(records)
+    if rare:
+        typer.echo(f"left out {len(rare)} label(s) with a single example: {', '.join(sorted(rare))}", err=True)
+        records = [r for r in records if r["label"] not in rare]
     try:
         path = analyst.train_model(city, records, out, source=source, target_precision=target_precision)
     except analyst.DataError as e:

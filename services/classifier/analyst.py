@@ -55,12 +55,23 @@ def segmenter(city: City):
     return segmenter_for(frozenset(city_vocabulary(city)))
 
 
+def too_rare(records: list[dict[str, Any]], least: int = 2) -> dict[str, int]:
+    """Labels with fewer than `least` examples: a model cannot learn or calibrate them."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["label"]] = counts.get(r["label"], 0) + 1
+    return {label: n for label, n in counts.items() if n < least}
+
+
 def train_model(
     city: City, records: list[dict[str, Any]], out: Path, *, source: str, target_precision: float = 0.95
 ) -> Path:
-    """Train and save. `out` is a folder (the file is named by version) or a `.joblib` file path."""
+    """Train and save. `out` is a folder (the file is named by version) or a `.joblib` file path.
+    Labels with a single example must be left out first (`too_rare`)."""
     if len({r["label"] for r in records}) < 2:
         raise DataError("training needs at least two different labels")
+    if too_rare(records):
+        raise DataError(f"labels with a single example: {sorted(too_rare(records))}")
     model = train(records, segmenter(city), target_precision=target_precision,
                   extra_metadata={"source": source})
     if out.suffix == ".joblib":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -231,3 +232,22 @@ def test_vectorised_char_ngrams_equal_scikit_learns(docs):
     fast = CharNgramTfidf(ngram_range=(1, 3), min_df=1).fit(_TRAIN_DOCS)
     slow = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)
     assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢，。 很危险物业费贵!12", max_size=30), min_size=1, max_size=6))
+def test_clause_cached_word_features_equal_scikit_learns(docs):
+    fast, slow = _word_features()
+    assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+
+
+@lru_cache(maxsize=1)
+def _word_features():
+    import pickle
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from services.classifier.features import WordTfidf
+
+    fast = pickle.loads(pickle.dumps(WordTfidf(_SEG, min_df=1).fit(_TRAIN_DOCS)))  # survives a save
+    return fast, TfidfVectorizer(analyzer=fast.segmenter, sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)

@@ -25,14 +25,13 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
 from services.classifier import evaluation
-from services.classifier.features import CharNgramTfidf
+from services.classifier.features import CharNgramTfidf, WordTfidf
 from services.classifier.text import Segmenter, normalize
 
 MODEL_PREFIX = "category-"
@@ -48,7 +47,7 @@ def document(title: str, text: str) -> str:
 def build_features(segmenter: Segmenter) -> FeatureUnion:
     return FeatureUnion(
         [
-            ("words", TfidfVectorizer(analyzer=segmenter, sublinear_tf=True, min_df=2, dtype=np.float32)),
+            ("words", WordTfidf(segmenter, min_df=2)),
             ("chars", CharNgramTfidf(ngram_range=(1, 3), min_df=2, max_features=300_000)),
             # The title (or first sentence) again on its own: it states the gist (+0.01 macro-F1 in CV).
             ("head", CharNgramTfidf(ngram_range=(1, 2), min_df=1, head=True)),

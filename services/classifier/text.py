@@ -79,9 +79,17 @@ class Segmenter:
             w for w in self._jieba.lcut(clause, HMM=False) if w.strip() and w not in self.stopwords
         )
 
+    @staticmethod
+    def clauses(text: str) -> list[str]:
+        """The text's clauses (between punctuation and spaces), numbers folded to 0."""
+        return _CLAUSE.findall(_DIGITS.sub("0", text))
+
+    def clause_words(self, clause: str) -> tuple[str, ...]:
+        return self._clause(clause)
+
     def words(self, text: str) -> list[str]:
         out: list[str] = []
-        for clause in _CLAUSE.findall(_DIGITS.sub("0", text)):
+        for clause in self.clauses(text):
             out.extend(self._clause(clause))
         return out
 

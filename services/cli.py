@@ -151,9 +151,13 @@ def _redis(settings):
 
 
 async def _with_redis(settings, work):
+    from redis.exceptions import RedisError
+
     redis = _redis(settings)
     try:
         return await work(redis)
+    except RedisError as e:
+        _fail(f"cannot reach Redis at {settings.redis_url} (REDIS_URL): {e}")
     finally:
         await redis.aclose()
 
@@ -253,9 +257,9 @@ def model_list() -> None:
     settings = get_settings()
     try:
         approved = asyncio.run(_with_redis(settings, service.approved_version))
-    except OSError:
-        approved = None
-        typer.echo("(Redis unreachable: approval unknown)", err=True)
+    except typer.Exit:
+        approved = None  # the files are still worth listing
+        typer.echo("(approval unknown without Redis)", err=True)
     for path in list_models(settings.model_dir):
         meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
         f1 = (meta.get("metrics") or {}).get("macro_f1")

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from redis.asyncio import Redis
 
+from services.classifier import views as classifier_views
 from services.intake import views as intake_views
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
     )
-    for views in (intake_views, router_views, notifier_views):
+    for views in (intake_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
 

@@ -113,33 +113,187 @@ def bench_pipeline(
     run_pipeline_bench(n=n, callers=callers)
 
 
+def _fail(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def _read_data(data: Path) -> list[dict]:
+    from services.classifier.analyst import DataError, read_records
+
+    try:
+        records, problems = read_records(data)
+    except DataError as e:
+        _fail(str(e))
+    for p in problems:
+        typer.echo(f"{data}: {p} (skipped)", err=True)
+    return records
+
+
+def _redis(settings):
+    from redis.asyncio import Redis
+
+    return Redis.from_url(settings.redis_url)
+
+
+async def _with_redis(settings, work):
+    from redis.exceptions import RedisError
+
+    redis = _redis(settings)
+    try:
+        return await work(redis)
+    except RedisError as e:
+        _fail(f"cannot reach Redis at {settings.redis_url} (REDIS_URL): {e}")
+    finally:
+        await redis.aclose()
+
+
 @cli.command()
 def train(
-    out: Path = typer.Option(None, help="Folder for the model file (default: DATA_DIR/models)."),
+    out: Path = typer.Option(None, help="Model folder (file named by version) or a .joblib path. Default: DATA_DIR/models."),
     data: Path = typer.Option(None, help="JSONL with text, label, optional title. Default: the demo corpus."),
     per_category: int = typer.Option(200, help="Demo corpus size per category, when no --data."),
     seed: int = typer.Option(7, help="Demo corpus seed, when no --data."),
+    include_feedback: bool = typer.Option(False, "--include-feedback", help="Add reviewers' corrections (Redis)."),
+    approve: bool = typer.Option(False, "--approve", help="Make the new model the one the classifier serves."),
+    target_precision: float = typer.Option(0.95, min=0.5, max=1.0, help="Precision the review threshold must meet."),
 ) -> None:
-    """Train the category model and write a versioned model file."""
+    """Train the category model and write a versioned model file with its metadata."""
+    from services.classifier import analyst, corpus, service
     from services.classifier.model import CategoryModel
-    from services.classifier.service import train_demo_model
     from shared.city import load_city
+    from shared.feedback import examples
 
     settings = get_settings()
     city = load_city(settings.city_config_dir)
     out = out or settings.model_dir
     if data is None:
-        path = train_demo_model(city, out, per_category=per_category, seed=seed)
+        records, source = corpus.generate(city, per_category=per_category, seed=seed), f"demo corpus, seed {seed}, {per_category} per category"
     else:
-        from services.classifier.model import train as fit
-        from services.classifier.text import city_vocabulary, segmenter_for
-
-        records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-        model = fit(records, segmenter_for(frozenset(city_vocabulary(city))),
-                    extra_metadata={"source": str(data)})
-        path = model.save(out)
+        records, source = _read_data(data), str(data)
+    if include_feedback:
+        fed = asyncio.run(_with_redis(settings, examples))
+        records += [{"title": r.get("title", ""), "text": r["text"], "label": r["label"]} for r in fed]
+        source += f" + {len(fed)} reviewed examples"
+        typer.echo(f"added {len(fed)} labelled examples from reviewers")
+    rare = analyst.too_rare(records)
+    if rare:
+        typer.echo(f"left out {len(rare)} label(s) with a single example: {', '.join(sorted(rare))}", err=True)
+        records = [r for r in records if r["label"] not in rare]
+    try:
+        path = analyst.train_model(city, records, out, source=source, target_precision=target_precision)
+    except analyst.DataError as e:
+        _fail(str(e))
     meta = CategoryModel.load(path).metadata
     typer.echo(f"wrote {path} (version {meta['version']}, {meta['n_train']} examples)")
+    review = (meta.get("metrics") or {}).get("review")
+    if review:
+        typer.echo(f"held-out macro-F1 {meta['metrics']['macro_f1']:.4f}; review threshold {review['threshold']} "
+                   f"(precision {review['precision']}, review share {review['review_share']:.2%})")
+    if approve:
+        if path.parent.resolve() != settings.model_dir.resolve():
+            _fail(f"--approve needs the model in {settings.model_dir} (where the classifier looks)")
+        asyncio.run(_with_redis(settings, lambda r: service.approve(r, settings.model_dir, meta["version"])))
+        typer.echo(f"approved {meta['version']}: classifier workers switch to it within "
+                   f"{settings.model_check_seconds:g} s")
+
+
+@cli.command()
+def evaluate(
+    data: Path = typer.Option(..., help="JSONL with text, label, optional title."),
+    model: str = typer.Option(None, help="Model file or version to evaluate (not with --cv)."),
+    cv: int = typer.Option(0, min=0, help="Instead of a model: k-fold cross-validation of training on DATA."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    target_precision: float = typer.Option(0.95, min=0.5, max=1.0, help="Precision for the review threshold."),
+) -> None:
+    """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, review coverage."""
+    from services.classifier import analyst, evaluation
+    from shared.city import load_city
+
+    settings = get_settings()
+    if (model is None) == (cv == 0):
+        _fail("give exactly one of --model MODEL_PATH or --cv K (K >= 2)")
+    if cv == 1:
+        _fail("--cv needs at least 2 folds")
+    records = _read_data(data)
+    try:
+        if cv:
+            labels = [r["label"] for r in records]
+            least = min(labels.count(x) for x in set(labels))
+            if least < cv:
+                _fail(f"{cv}-fold cross-validation needs at least {cv} examples of every label (one has {least})")
+            rep = analyst.cross_validate_data(load_city(settings.city_config_dir), records, cv, target_precision)
+        else:
+            rep = analyst.evaluate_model(analyst.resolve_model(model, settings.model_dir), records, target_precision)
+    except analyst.DataError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(rep, ensure_ascii=False) if as_json else evaluation.format_report(rep))
+
+
+model_cli = typer.Typer(help="The model registry: list models, approve the one the classifier serves.")
+cli.add_typer(model_cli, name="model")
+
+
+@model_cli.command("list")
+def model_list() -> None:
+    """Model files in DATA_DIR/models with their figures; * marks the approved one."""
+    from services.classifier import service
+    from services.classifier.model import list_models
+
+    settings = get_settings()
+    try:
+        approved = asyncio.run(_with_redis(settings, service.approved_version))
+    except typer.Exit:
+        approved = None  # the files are still worth listing
+        typer.echo("(approval unknown without Redis)", err=True)
+    for path in list_models(settings.model_dir):
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        f1 = (meta.get("metrics") or {}).get("macro_f1")
+        mark = "*" if meta["version"] == approved else " "
+        typer.echo(f"{mark} {meta['version']}  n={meta['n_train']}  macro-F1={f1}  {meta.get('source', '')}")
+
+
+@model_cli.command("approve")
+def model_approve(version: str = typer.Argument(..., help="Version, as `appeals model list` shows it.")) -> None:
+    """Make VERSION the model the classifier serves (workers switch without a restart)."""
+    from services.classifier import service
+
+    settings = get_settings()
+    try:
+        path = asyncio.run(_with_redis(settings, lambda r: service.approve(r, settings.model_dir, version)))
+    except FileNotFoundError as e:
+        _fail(str(e))
+    typer.echo(f"approved {version} ({path}); workers switch within {settings.model_check_seconds:g} s")
+
+
+@bench.command("classifier")
+def bench_classifier(
+    model: str = typer.Option(None, help="Model file or version (default: the newest in DATA_DIR/models)."),
+    n: int = typer.Option(20_000, min=100, help="How many demo appeals to classify."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
+    """Classify demo appeals in one process on one core: appeals/s, model load time, memory."""
+    from services.classifier import analyst
+    from services.classifier.model import latest_model_path
+    from shared.city import load_city
+
+    settings = get_settings()
+    city = load_city(settings.city_config_dir)
+    if model is None:
+        path = latest_model_path(settings.model_dir)
+        if path is None:
+            _fail(f"no model in {settings.model_dir}: run `appeals train` first")
+    else:
+        try:
+            path = analyst.resolve_model(model, settings.model_dir)
+        except analyst.DataError as e:
+            _fail(str(e))
+    figures = analyst.bench_classifier(city, path, n=n)
+    if as_json:
+        typer.echo(json.dumps(figures, ensure_ascii=False))
+        return
+    for key, value in figures.items():
+        typer.echo(f"{key:26s} {value}")
 
 
 @cli.command()
@@ -148,8 +302,6 @@ def token(
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
 ) -> None:
     """Mint an API bearer token (printed once; only its hash is stored)."""
-    from redis.asyncio import Redis
-
     from shared.auth import issue_token
     from shared.city import load_city
 
@@ -158,18 +310,11 @@ def token(
         raise typer.BadParameter("give exactly one of --department DEPT_ID or --admin")
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
-
-    async def mint() -> str:
-        redis = Redis.from_url(settings.redis_url)
-        try:
-            return await issue_token(redis, "admin" if admin else "department", department)
-        finally:
-            await redis.aclose()
-
-    typer.echo(asyncio.run(mint()))
+    role = "admin" if admin else "department"
+    typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department))))
 
 
-@cli.command("bench-notifier")
+@bench.command("notifier")
 def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowledge.")) -> None:
     """Measure acknowledgements/s and rate events/s of the notifier against REDIS_URL (cleans up)."""
     from services.notifier import bench

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web"]
 AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
-GridMethod = Literal["coordinates", "gazetteer", "model", "none"]
+GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "none"]
 
 
 def now_utc() -> datetime:
@@ -123,8 +123,9 @@ class AppealClassified(Event):
     appeal_type: AppealType = "诉求"
     urgent: bool = False
     needs_review: bool = False
+    review_threshold: float | None = None  # the confidence the model needed to be routed automatically
     model_version: str
-    reviewed_by: str | None = None  # a person corrected it: route by the rules, not the dispatch desk
+    reviewed_by: str | None = None  # a person corrected it (confidence 1.0): routed by the rules
 
 
 class TicketAssigned(Event):

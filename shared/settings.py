@@ -44,6 +44,8 @@ class Settings(BaseSettings):
 
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)
+    # How often a classifier worker checks the model registry (Redis) for a newly approved model.
+    model_check_seconds: float = Field(5.0, gt=0)
     timer_scan_seconds: float = Field(5.0, gt=0)
     # false: a router replica that only runs the deadline timers and the outbox relay (no consumers).
     router_consume: bool = True

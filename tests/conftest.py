@@ -15,8 +15,11 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS, Launcher
+from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run commands from here)
 from tests.router_factory import session_city
 
 
@@ -51,6 +54,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         timer_scan_seconds=0.5,
         city_config_dir=session_city(tmp_path_factory.mktemp("city")),  # issue 5: tiny SLA class, hotspot threshold
         quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
+        model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
     )
 
 
@@ -106,6 +110,17 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     r = Redis.from_url(settings.redis_url)
     yield r
     await r.aclose()
+
+
+@pytest.fixture
+async def as_dispatch_desk(api, redis) -> None:
+    """Reading tickets needs a token: tests that use this read as the dispatch desk (admin)."""
+    api.headers["Authorization"] = f"Bearer {await issue_token(redis, 'admin')}"
+
+
+async def as_department(redis, ticket: dict) -> dict:
+    """Headers for the ticket's own department: only it may act on the ticket."""
+    return {"Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"}
 
 
 async def eventually(

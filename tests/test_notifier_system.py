@@ -21,10 +21,10 @@ from shared.bus import EventPublisher, publish
 from shared.city import load_city
 from shared.events import DepartmentRef, GridMatch, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.tickets import Ticket
-from tests.conftest import eventually
-from tests.test_pipeline_e2e import LIGHT, as_department, as_dispatch_desk, outbox_for, submit, ticket_when
+from tests.conftest import as_department, eventually
+from tests.test_pipeline_e2e import LIGHT, outbox_for, submit, ticket_when
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 SH = ZoneInfo("Asia/Shanghai")
 
 
@@ -38,7 +38,6 @@ async def admin(redis) -> dict[str, str]:
 
 
 NO_TOKEN = {"Authorization": ""}
-__all__ = ["as_dispatch_desk"]  # the autouse fixture: these tests read tickets as the dispatch desk
 
 
 async def resolved_with_survey(api: httpx.AsyncClient, redis, phone: str) -> str:

@@ -13,20 +13,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from shared import topics
 from shared.auth import issue_token
 from shared.events import AppealReceived, Caller
-from tests.conftest import eventually
+from tests.conftest import as_department, eventually
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-async def as_dispatch_desk(api, redis):
-    """Reading tickets needs a token: these tests read as the dispatch desk (admin)."""
-    api.headers["Authorization"] = f"Bearer {await issue_token(redis, 'admin')}"
-
-
-async def as_department(redis, ticket: dict) -> dict:
-    """Headers for the ticket's own department: only it may act on the ticket."""
-    return {"Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"}
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
 LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好"
 

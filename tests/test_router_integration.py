@@ -7,8 +7,6 @@ so each test knows the category and grid it routes."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import asyncio
 import itertools
 import random
@@ -23,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from shared import topics
 from shared.auth import issue_token
 from shared.city import load_city
-from tests.conftest import eventually, settings_env
+from tests.conftest import ROOT, eventually, settings_env
 from tests.router_factory import HOTSPOT_COUNT, TINY_CATEGORY, classified
 
 pytestmark = pytest.mark.integration
@@ -275,7 +273,7 @@ async def test_overdue_escalation_fires_once_across_router_replicas(api, produce
 
 def _start_replicas(env: dict, folder) -> tuple[list, list[subprocess.Popen]]:
     logs = [open(folder / f"replica{i}.log", "wb") for i in range(2)]  # noqa: SIM115
-    return logs, [subprocess.Popen([sys.executable, "-m", "services.cli", "run", "router"], env=env, cwd=Path(__file__).resolve().parents[1],
+    return logs, [subprocess.Popen([sys.executable, "-m", "services.cli", "run", "router"], env=env, cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT) for log in logs]
 
 

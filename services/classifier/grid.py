@@ -1,8 +1,9 @@
 """Which grid (网格) an appeal is about: from coordinates, else from place names in the address and
-text (the gazetteer built from the city configuration). No grid found is an answer too ("none"),
-which sends the appeal to review: never a guess presented as fact.
+text (the gazetteer built from the city configuration), else from a small model over address-like
+tokens (for names the gazetteer does not know verbatim: 阳光花苑 for 阳光花园, 东湖新村 ...). No grid
+found is an answer too ("none"), which sends the appeal to review: never a guess presented as fact.
 
-Pure functions over the city configuration, no I/O.
+Pure functions over the city configuration, no I/O (the fallback model is fitted from it on load).
 """
 
 from __future__ import annotations
@@ -11,10 +12,67 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
 from shared.city import City
 from shared.events import GeoPoint, GridMatch
 
 _HOUSE_NUMBER = re.compile(r"\s*(\d{1,5})\s*号")  # matched at the end of a road name
+# Address-like tokens: a few Han characters ending the way Chinese place names end.
+_PLACE_SUFFIXES = (
+    "小区|花园|家园|新村|公寓|宿舍|家属院|大厦|广场|市场|菜市场|公园|小学|中学|学校|医院|商场|中心|"
+    "苑|园|里|庭|府|城|湾|居|路|街|大街|道|巷|胡同|村|站"
+)
+_ADDRESS_TOKEN = re.compile(rf"[\u4e00-\u9fff]{{1,6}}?(?:{_PLACE_SUFFIXES})")
+_NAME_SUFFIX = re.compile(rf"(?:{_PLACE_SUFFIXES})$")
+
+
+def address_tokens(text: str) -> str:
+    """The parts of a text that look like place names, joined; "" when there are none."""
+    return " ".join(_ADDRESS_TOKEN.findall(text))
+
+
+class GridModel:
+    """Character n-gram TF-IDF of place names, nearest name by cosine similarity -> its grid. Fitted
+    on the gazetteer's names and their stems (阳光花园 -> 阳光), so a variant that shares most of a name
+    (阳光花苑, 翠竹花园) finds it. Used only when the gazetteer finds no name. The confidence is the
+    similarity, discounted when another grid's name is nearly as close; below `min_confidence` there
+    is no grid."""
+
+    min_confidence = 0.45
+
+    def __init__(self, city: City) -> None:
+        names, grids = [], []
+        for gid, info in city.grids.items():
+            g = info.grid
+            places = [*g.compounds, *g.landmarks, *g.roads]
+            for name in sorted({n for p in places for n in (p.name, *p.aliases)}):
+                for variant in sorted({name, _NAME_SUFFIX.sub("", name)} - {""}):
+                    names.append(variant)
+                    grids.append(gid)
+        self.vectorizer = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True)
+        self.matrix = self.vectorizer.fit_transform(names)
+        self.grids = np.asarray(grids)
+
+    def predict(self, tokens: str) -> tuple[str, float] | None:
+        return self.predict_many([tokens])[0]
+
+    def predict_many(self, tokens: list[str]) -> list[tuple[str, float] | None]:
+        """One guess per token string (None: no place-like tokens, or not confident)."""
+        out: list[tuple[str, float] | None] = [None] * len(tokens)
+        todo = [i for i, t in enumerate(tokens) if t]
+        if not todo:
+            return out
+        sims = (self.vectorizer.transform([tokens[i] for i in todo]) @ self.matrix.T).toarray()
+        for row, i in zip(sims, todo):
+            best = int(np.argmax(row))
+            other = row[self.grids != self.grids[best]]
+            runner_up = float(other.max()) if len(other) else 0.0
+            confidence = float(row[best]) * (1 - runner_up / (row[best] + runner_up + 1e-9) / 2)
+            if confidence >= self.min_confidence:
+                out[i] = (str(self.grids[best]), confidence)
+        return out
 
 
 def point_in_polygon(lng: float, lat: float, polygon: tuple[tuple[float, float], ...]) -> bool:
@@ -61,8 +119,25 @@ class GridLocator:
         areas.update({i.community_name: ("community", i.community_id) for i in city.grids.values()})
         self._areas = areas
         self._area_re = re.compile("|".join(map(re.escape, sorted(areas, key=len, reverse=True))))
+        self.model = GridModel(city)
 
     def locate(self, text: str, address: str = "", location: GeoPoint | None = None) -> GridMatch:
+        return self.locate_many([(text, address, location)])[0]
+
+    def locate_many(self, appeals: list[tuple[str, str, GeoPoint | None]]) -> list[GridMatch]:
+        """`locate` for a batch: the fallback model runs once for all the appeals that need it."""
+        found = [self._without_model(*a) for a in appeals]
+        need = [i for i, m in enumerate(found) if m is None]
+        tokens = [address_tokens(appeals[i][1]) or address_tokens(appeals[i][0]) for i in need]
+        for i, t, guess in zip(need, tokens, self.model.predict_many(tokens)):
+            if guess is None:
+                found[i] = GridMatch(grid=None, method="none", confidence=0.0)
+            else:
+                found[i] = self._match(guess[0], "model", round(guess[1], 3), t)
+        return found  # type: ignore[return-value]
+
+    def _without_model(self, text: str, address: str, location: GeoPoint | None) -> GridMatch | None:
+        """Coordinates, else the gazetteer; a tie is a final answer (none); None: ask the model."""
         if location is not None:
             for gid, info in self.city.grids.items():
                 if info.grid.polygon and point_in_polygon(location.lng, location.lat, info.grid.polygon):
@@ -73,7 +148,7 @@ class GridLocator:
                 found = self._from_names(source, weight)
                 if found:
                     return found
-        return GridMatch(grid=None, method="none", confidence=0.0)
+        return None
 
     def _from_names(self, source: str, source_weight: float) -> GridMatch | None:
         if self._names is None:
@@ -83,16 +158,19 @@ class GridLocator:
         for m in self._names.finditer(source):
             entries = self.by_name[m.group()]
             number = _HOUSE_NUMBER.match(source, m.end())
+            if number and any(e.kind == "road" for e in entries):
+                n = int(number.group(1))
+                # The road runs through several grids; the house number says which stretch.
+                in_range = [e for e in entries if e.kind != "road" or e.from_no <= n <= e.to_no]
+                entries = in_range or entries
+            sharing = len({x.grid for x in entries})
             for e in entries:
-                if e.kind == "road" and number:
-                    n = int(number.group(1))
-                    if not e.from_no <= n <= e.to_no:
-                        continue  # the road runs through this grid, but not this house number
+                if e.kind == "road" and number and e.from_no <= int(number.group(1)) <= e.to_no:
                     weight = 1.0  # a road with a house number in range is as good as a compound
                 else:
                     weight = self.WEIGHTS[e.kind]
                 # A name shared by several grids says less about each of them.
-                weight /= len({x.grid for x in entries})
+                weight /= sharing
                 if weight > scores[e.grid]:
                     evidence[e.grid] = m.group() + (number.group() if number and e.kind == "road" else "")
                 scores[e.grid] = max(scores[e.grid], weight)
@@ -109,7 +187,9 @@ class GridLocator:
         best, best_score = ranked[0]
         runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
         if best_score - runner_up < 0.05:
-            return None  # a tie: not a fact, let a person decide
+            # A tie between grids: not a fact, and no model should pick for a person.
+            tied = "、".join(sorted({evidence[g] for g, sc in ranked if best_score - sc < 0.05}))
+            return GridMatch(grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}")
         confidence = min(0.98, source_weight * best_score * (1 - runner_up / (best_score + runner_up)))
         return self._match(best, "gazetteer", round(confidence, 3), evidence.get(best, ""))
 

@@ -1,33 +1,73 @@
-"""Appeal type (诉求/投诉/咨询/求助/建议) and urgency from cue words. Pure functions.
+"""Appeal type (诉求/投诉/咨询/求助/建议) and urgency: cue lists from data, combined with the model.
 
-The cue lists are defaults; a city can override them in its configuration (see shared/city.py)."""
+The cue lists live in `shared/dictionaries/cues.yaml`; a city replaces them with a `cues.yaml` in its
+configuration folder. A cue is a fact a person can read ("the text says 燃气泄漏"), so it decides; the
+model only fills in where no cue matched, and only when it is confident.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
 from shared.events import AppealType
 
-# Checked in this order: the first type with a cue wins (a complaint phrased as a question is still
-# a complaint).
-TYPE_CUES: tuple[tuple[AppealType, tuple[str, ...]], ...] = (
-    ("求助", ("求助", "救命", "帮帮", "被困", "救助", "困难家庭")),
-    ("投诉", ("投诉", "举报", "乱收费", "不作为", "态度恶劣", "欺骗")),
-    ("建议", ("建议", "提议", "能否增设", "希望增加", "可否")),
-    ("咨询", ("请问", "咨询", "怎么办理", "如何办理", "是否", "能不能", "需要什么材料")),
-)
-
-URGENT_CUES: tuple[str, ...] = (
-    "燃气泄漏", "煤气泄漏", "天然气泄漏", "闻到煤气", "闻到燃气", "煤气味", "燃气味",
-    "着火", "起火", "火灾", "冒烟", "被困", "困在电梯", "困电梯", "触电", "漏电",
-    "整栋楼停水", "整栋停水", "整栋楼停电", "整栋停电", "大面积停电", "爆管", "坍塌", "塌陷",
-)
+DEFAULT_CUES = Path(__file__).resolve().parents[2] / "shared" / "dictionaries" / "cues.yaml"
+TYPES: tuple[str, ...] = get_args(AppealType)
+# The model's type or urgency guess counts only above these probabilities (without a cue).
+MODEL_TYPE_MIN = 0.7
+MODEL_URGENT_MIN = 0.8
 
 
-def appeal_type(text: str) -> AppealType:
-    for kind, cues in TYPE_CUES:
-        if any(c in text for c in cues):
-            return kind
-    return "诉求"
+class Cues(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    types: dict[str, tuple[str, ...]]  # in checking order
+    urgent: tuple[str, ...]
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        unknown = sorted(set(v) - set(TYPES))
+        if unknown:
+            raise ValueError(f"unknown appeal type(s) {unknown}; allowed: {list(TYPES)}")
+        return v
+
+    def model_post_init(self, _: object) -> None:
+        # One regex per list: a single C-level scan per appeal instead of a Python loop per cue.
+        def pattern(cues: tuple[str, ...]) -> re.Pattern[str] | None:
+            return re.compile("|".join(map(re.escape, cues))) if cues else None
+
+        object.__setattr__(self, "_type_res", [(k, pattern(c)) for k, c in self.types.items()])
+        object.__setattr__(self, "_urgent_re", pattern(self.urgent))
+
+    def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
+        for kind, cue_re in self._type_res:
+            if cue_re is not None and cue_re.search(text):
+                return kind  # type: ignore[return-value]
+        if model_guess and model_guess[1] >= MODEL_TYPE_MIN:
+            return model_guess[0]  # type: ignore[return-value]
+        return "诉求"
+
+    def is_urgent(self, text: str, operator_flag: bool = False, model_p: float | None = None) -> bool:
+        if operator_flag or (self._urgent_re is not None and self._urgent_re.search(text)):
+            return True
+        return model_p is not None and model_p >= MODEL_URGENT_MIN
 
 
-def is_urgent(text: str, operator_flag: bool = False) -> bool:
-    return operator_flag or any(c in text for c in URGENT_CUES)
+def load_cues(city_config_dir: str | Path | None = None) -> Cues:
+    """The city's `cues.yaml` if it has one, else the defaults; clear errors when it is invalid."""
+    path = DEFAULT_CUES
+    if city_config_dir and (Path(city_config_dir) / "cues.yaml").is_file():
+        path = Path(city_config_dir) / "cues.yaml"
+    try:
+        return Cues.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"{path}: invalid cue lists:\n  " + "\n  ".join(lines)) from e

@@ -1,4 +1,4 @@
-"""`appeals bench-notifier`: how many acknowledgements and rate events the notifier handles per second
+"""`appeals bench notifier`: how many acknowledgements and rate events the notifier handles per second
 on this machine, against the configured Redis (the outbox gateway; no broker needed). It works in its
 own keys and removes them afterwards."""
 

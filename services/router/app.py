@@ -35,8 +35,14 @@ log = logging.getLogger(__name__)
 
 
 def assignment_decision(rt: Runtime, tz: ZoneInfo, classified: AppealClassified):
-    # A person's correction is routed by the rules whatever the model's confidence was.
-    threshold = 0.0 if classified.reviewed_by else rt.settings.review_confidence_threshold
+    # A person's correction is routed by the rules whatever the model's confidence was; otherwise the
+    # threshold is the one the classifier applied (each model chooses its own on held-out data).
+    if classified.reviewed_by:
+        threshold = 0.0
+    elif classified.review_threshold is not None:
+        threshold = classified.review_threshold
+    else:
+        threshold = rt.settings.review_confidence_threshold
     routing = route(rt.city, classified.category, classified.grid, classified.confidence, threshold)
     others = contested(rt.city, routing, classified.top, classified.grid, rt.city.sla.supervision.ambiguity_margin)
     urgent = classified.urgent or classified.appeal.urgent_flag

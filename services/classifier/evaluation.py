@@ -1,0 +1,121 @@
+"""Measuring a category model: accuracy, macro-F1, per-class figures, confusion matrix, calibration
+error, and the confidence threshold that meets a target precision on auto-routed appeals.
+
+Pure functions over labels and predicted probabilities (no I/O, no model): `appeals evaluate` and
+`appeals train` feed them held-out predictions, never the training set's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """ECE: the gap between stated confidence and observed accuracy, averaged over equal-width bins
+    weighted by how many predictions fall in each (0 = a confidence of 0.8 is right 80% of the time)."""
+    if len(confidence) == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+def threshold_for_precision(
+    confidence: np.ndarray, correct: np.ndarray, target: float
+) -> dict[str, float | None]:
+    """The lowest confidence threshold at which the appeals routed automatically (confidence >= it)
+    are right at least `target` of the time, with the share they make up (coverage). The rest go to
+    review. `threshold` is None when no threshold reaches the target."""
+    n = len(confidence)
+    if n == 0:
+        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None,
+                "review_share": 1.0}
+    order = np.argsort(-confidence, kind="stable")
+    conf, ok = confidence[order], correct[order].astype(float)
+    precision = np.cumsum(ok) / np.arange(1, n + 1)  # precision of the k most confident
+    # Cut only between distinct confidences: everything at the threshold is auto-routed too.
+    last_of_value = np.r_[conf[1:] != conf[:-1], True]
+    meets = np.flatnonzero((precision >= target) & last_of_value)
+    if len(meets) == 0:
+        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None,
+                "review_share": 1.0}
+    k = int(meets[-1])  # the most appeals auto-routed while still meeting the target
+    coverage = (k + 1) / n
+    return {
+        "target_precision": target,
+        "threshold": float(conf[k]),
+        "coverage": round(coverage, 4),
+        "precision": round(float(precision[k]), 4),
+        "review_share": round(1 - coverage, 4),
+    }
+
+
+def report(
+    labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], *, target_precision: float = 0.95
+) -> dict[str, Any]:
+    """Every figure `appeals evaluate` prints, from true labels and predicted probabilities."""
+    classes = list(classes)
+    y = np.asarray(labels)
+    pred = np.asarray(classes)[proba.argmax(axis=1)]
+    confidence = proba.max(axis=1)
+    correct = pred == y
+    names = sorted(set(classes) | set(y.tolist()))
+    p, r, f, support = precision_recall_fscore_support(y, pred, labels=names, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "accuracy": round(float(accuracy_score(y, pred)), 4),
+        "macro_f1": round(float(f1_score(y, pred, labels=sorted(set(y.tolist())), average="macro",
+                                         zero_division=0)), 4),
+        "per_class": {
+            name: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
+                   "f1": round(float(f[i]), 4), "support": int(support[i])}
+            for i, name in enumerate(names)
+        },
+        "labels": names,
+        "confusion_matrix": confusion_matrix(y, pred, labels=names).tolist(),
+        "calibration_error": round(expected_calibration_error(confidence, correct), 4),
+        "review": threshold_for_precision(confidence, correct, target_precision),
+    }
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The report as text for an analyst's terminal."""
+    lines = [f"appeals evaluated: {rep['n']}"]
+    if "folds" in rep:
+        lines.append(f"cross-validation: {rep['folds']} folds, macro-F1 per fold "
+                     f"{', '.join(f'{x:.4f}' for x in rep['fold_macro_f1'])}")
+        lines.append(f"macro-F1 {rep['macro_f1_mean']:.4f} ± {rep['macro_f1_std']:.4f} (mean ± std over folds)")
+    lines += [
+        f"accuracy           {rep['accuracy']:.4f}",
+        f"macro-F1           {rep['macro_f1']:.4f}",
+        f"calibration error  {rep['calibration_error']:.4f} (ECE, 10 bins)",
+    ]
+    rv = rep["review"]
+    if rv["threshold"] is None:
+        lines.append(f"no confidence threshold reaches precision {rv['target_precision']:.0%}: "
+                     "every appeal would go to review")
+    else:
+        lines.append(
+            f"threshold {rv['threshold']:.4f} gives precision {rv['precision']:.2%} on auto-routed "
+            f"appeals (target {rv['target_precision']:.0%}), coverage {rv['coverage']:.2%}, "
+            f"review {rv['review_share']:.2%}"
+        )
+    width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 5
+    lines.append("")
+    lines.append(f"{'class':<{width}}  precision  recall  f1      support")
+    for name, c in rep["per_class"].items():
+        lines.append(f"{name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+    lines.append("")
+    lines.append("confusion matrix (rows: true, columns: predicted, in the order above)")
+    for name, row in zip(rep["labels"], rep["confusion_matrix"]):
+        lines.append(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in row))
+    return "\n".join(lines)

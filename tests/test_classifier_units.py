@@ -1,0 +1,253 @@
+"""The classifier's pure parts: cue lists, metrics and the review threshold, grid tagging on every
+path, segmentation, reading labelled data, and classifying with the session's demo model."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.classifier import evaluation
+from services.classifier.analyst import DataError, read_records
+from services.classifier.grid import GridLocator, point_in_polygon
+from services.classifier.model import CategoryModel, latest_model_path
+from services.classifier.rules import load_cues
+from services.classifier.service import Classifier
+from services.classifier.text import Segmenter, city_vocabulary
+from shared.city import load_city
+from shared.events import AppealReceived, GeoPoint
+
+CITY = load_city()
+
+
+@pytest.fixture(scope="module")
+def locator() -> GridLocator:
+    return GridLocator(CITY)
+
+
+# --- type and urgency from the cue lists ---------------------------------------------------------
+
+
+def test_cues_decide_type_and_urgency_and_the_model_only_fills_in_when_confident():
+    cues = load_cues()
+    assert cues.appeal_type("我要投诉物业乱收费，请问怎么办") == "投诉"  # first listed type wins
+    assert cues.appeal_type("请问社保卡怎么补办") == "咨询"
+    assert cues.appeal_type("楼道灯坏了") == "诉求"
+    assert cues.appeal_type("楼道灯坏了", ("建议", 0.9)) == "建议"
+    assert cues.appeal_type("楼道灯坏了", ("建议", 0.5)) == "诉求"  # an unsure model is ignored
+    assert cues.is_urgent("厨房闻到燃气味，很浓")
+    assert cues.is_urgent("有人困在电梯里")
+    assert not cues.is_urgent("路灯坏了")
+    assert cues.is_urgent("路灯坏了", operator_flag=True)
+    assert cues.is_urgent("路灯坏了", model_p=0.95) and not cues.is_urgent("路灯坏了", model_p=0.3)
+
+
+def test_a_city_overrides_the_cue_lists_and_bad_lists_are_reported(tmp_path: Path):
+    (tmp_path / "cues.yaml").write_text("types:\n  求助: [快来人]\nurgent: [水漫金山]\n", encoding="utf-8")
+    cues = load_cues(tmp_path)
+    assert cues.appeal_type("快来人啊") == "求助" and cues.is_urgent("楼下水漫金山")
+    assert not cues.is_urgent("闻到燃气味")  # the city's list replaces the defaults
+    (tmp_path / "cues.yaml").write_text("types:\n  抱怨: [烦]\nurgent: []\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown appeal type"):
+        load_cues(tmp_path)
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy():
+    conf = np.array([0.8] * 10)
+    assert evaluation.expected_calibration_error(conf, np.array([1] * 8 + [0] * 2)) == pytest.approx(0.0)
+    assert evaluation.expected_calibration_error(conf, np.array([1] * 10)) == pytest.approx(0.2)
+
+
+def test_threshold_is_the_lowest_that_meets_the_target_precision():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 1, 1, 1, 0, 0])
+    t = evaluation.threshold_for_precision(conf, correct, 0.95)
+    assert t["threshold"] == 0.8 and t["coverage"] == pytest.approx(4 / 6, abs=1e-4) and t["precision"] == 1.0
+    assert evaluation.threshold_for_precision(conf, np.zeros(6), 0.95)["threshold"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60),
+       st.floats(0.5, 1.0))
+def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, target):
+    conf = np.array([c for c, _ in pairs])
+    correct = np.array([ok for _, ok in pairs])
+    t = evaluation.threshold_for_precision(conf, correct, target)
+    if t["threshold"] is not None:
+        routed = conf >= t["threshold"]
+        assert correct[routed].mean() >= target - 1e-9
+        assert t["coverage"] == pytest.approx(routed.mean(), abs=1e-4)
+
+
+def test_report_has_every_figure_for_arbitrary_labels():
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    rep = evaluation.report(["甲", "乙", "乙", "乙"], proba, ["甲", "乙"])
+    assert rep["n"] == 4 and rep["accuracy"] == 0.75
+    assert rep["per_class"]["乙"]["recall"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rep["labels"] == ["乙", "甲"] and rep["confusion_matrix"] == [[2, 1], [0, 1]]
+    assert "甲" in evaluation.format_report(rep)
+
+
+# --- grid: every path -------------------------------------------------------------------------------
+
+
+def test_grid_from_coordinates(locator):
+    # s01c01g01 is the cell lng 116.30-116.32, lat 39.96-39.98
+    m = locator.locate("门口路灯坏了", location=GeoPoint(lng=116.31, lat=39.97))
+    assert (m.grid, m.community, m.street, m.method) == ("s01c01g01", "s01c01", "s01", "coordinates")
+    assert point_in_polygon(116.31, 39.97, CITY.grids["s01c01g01"].grid.polygon)
+
+
+def test_coordinates_outside_every_grid_fall_back_to_names(locator):
+    m = locator.locate("翠竹苑门口路灯坏了", location=GeoPoint(lng=100.0, lat=20.0))
+    assert (m.grid, m.method) == ("s01c01g02", "gazetteer")
+
+
+def test_grid_from_a_compound_name_in_the_address(locator):
+    m = locator.locate("门口路灯坏了", address="翠竹苑5号楼")
+    assert (m.grid, m.method, m.evidence) == ("s01c01g02", "gazetteer", "翠竹苑")
+    assert 0 < m.confidence <= 1
+
+
+def test_a_road_is_resolved_by_its_house_number(locator):
+    assert locator.locate("和平路88号门口有个大坑").grid == "s01c01g01"
+    assert locator.locate("和平路188号门口有个大坑").grid == "s01c01g02"
+
+
+def test_an_ambiguous_name_is_resolved_by_the_street_or_left_to_a_person(locator):
+    tie = locator.locate("幸福里门口的垃圾没人清运")
+    assert tie.grid is None and tie.method == "none" and "幸福里" in tie.evidence
+    assert locator.locate("建设街道幸福里门口的垃圾没人清运").grid == "s02c01g01"
+    assert locator.locate("和平里社区幸福里门口的垃圾没人清运").grid == "s01c01g01"
+
+
+def test_a_variant_name_is_found_by_the_model_fallback(locator):
+    m = locator.locate("阳光花苑门口的路灯坏了")  # the gazetteer knows 阳光花园 / 阳光小区
+    assert (m.grid, m.method) == ("s01c01g01", "model")
+    assert 0 < m.confidence < 1
+
+
+def test_no_place_means_no_grid(locator):
+    m = locator.locate("路灯坏了一个星期了，晚上很黑")
+    assert m.grid is None and m.method == "none" and m.confidence == 0
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+
+def test_place_names_and_domain_words_stay_whole():
+    seg = Segmenter(city_vocabulary(CITY))
+    words = seg("阳光花园门口占道经营，拖欠工资的事也没人管")
+    assert {"阳光花园", "占道经营", "拖欠工资"} <= set(words)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(alphabet="阳光花园路灯坏了，。！ 123号楼物业费太贵请问怎么办a", max_size=40))
+def test_clause_cached_segmentation_equals_jieba_on_the_whole_text(text):
+    seg = _SEG
+    plain = [w for w in seg._jieba.lcut(re.sub(r"\d+", "0", text), HMM=False)
+             if w.strip() and w not in seg.stopwords and not all(c in "，。！" for c in w)]
+    assert seg(text) == plain
+
+
+_SEG = Segmenter(frozenset({"阳光花园", "物业费"}))
+
+
+# --- reading labelled data -----------------------------------------------------------------------
+
+
+def test_bad_lines_are_reported_by_number(tmp_path: Path):
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"text": "路灯坏了", "label": "a", "extra": 1}, ensure_ascii=False),
+        "{not json",
+        json.dumps({"text": "没有标签"}, ensure_ascii=False),
+        "[1, 2]",
+        "",
+        json.dumps({"title": "标题", "text": "井盖丢了", "label": "b"}, ensure_ascii=False),
+    ]), encoding="utf-8")
+    records, problems = read_records(f)
+    assert [r["label"] for r in records] == ["a", "b"]
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4"]
+    with pytest.raises(DataError):
+        read_records(tmp_path / "missing.jsonl")
+
+
+# --- the demo model --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def classifier(data_dir: Path) -> Classifier:
+    model = CategoryModel.load(latest_model_path(data_dir / "models"))
+    return Classifier(CITY, model, threshold=0.5)
+
+
+def test_classification_carries_every_level_the_top_two_and_the_model_version(classifier):
+    appeal = AppealReceived(ticket_no="T1", channel="hotline", address="翠竹苑5号楼",
+                            text="小区门口的路灯坏了一个多星期，晚上黑漆漆的，请尽快修好")
+    [r] = classifier.classify([appeal])
+    assert r.category == "city.facility.streetlight"
+    assert r.category_names == ("城市管理", "市政设施", "路灯故障")
+    assert len(r.top) == 2 and r.top[0].category == r.category and r.top[0].probability >= r.top[1].probability
+    assert r.model_version == classifier.model.version and r.grid.grid == "s01c01g02"
+    assert not r.needs_review and r.caused_by == appeal.event_id
+
+
+def test_urgent_and_placeless_appeals(classifier):
+    gas = AppealReceived(ticket_no="T2", channel="hotline", text="求助！楼道里燃气泄漏，味道很大", address="翠竹苑3号楼")
+    vague = AppealReceived(ticket_no="T3", channel="web", text="路灯坏了一个星期了，晚上很黑")
+    r_gas, r_vague = classifier.classify([gas, vague])
+    assert r_gas.urgent and r_gas.appeal_type == "求助"
+    assert r_vague.grid.grid is None and r_vague.needs_review  # no grid: review, never a guess
+
+
+def test_the_models_own_threshold_is_used(classifier):
+    assert classifier.model.threshold is not None
+    assert classifier.threshold == classifier.model.threshold
+    meta = classifier.model.metadata
+    assert {"version", "created_at", "data_hash", "categories", "metrics"} <= set(meta)
+
+
+# --- the vectorised character n-grams --------------------------------------------------------------
+
+_TRAIN_DOCS = ["阳光花园的路灯坏了", "井盖丢了 很危险", "物业费太贵了!", "路灯不亮，井盖也没了", "emoji 😀 路灯"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢 很危险物业费贵!😀aB\t", max_size=30), min_size=1, max_size=6))
+def test_vectorised_char_ngrams_equal_scikit_learns(docs):
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from services.classifier.features import CharNgramTfidf
+
+    fast = CharNgramTfidf(ngram_range=(1, 3), min_df=1).fit(_TRAIN_DOCS)
+    slow = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)
+    assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢，。 很危险物业费贵!12", max_size=30), min_size=1, max_size=6))
+def test_clause_cached_word_features_equal_scikit_learns(docs):
+    fast, slow = _word_features()
+    assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+
+
+@lru_cache(maxsize=1)
+def _word_features():
+    import pickle
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from services.classifier.features import WordTfidf
+
+    fast = pickle.loads(pickle.dumps(WordTfidf(_SEG, min_df=1).fit(_TRAIN_DOCS)))  # survives a save
+    return fast, TfidfVectorizer(analyzer=fast.segmenter, sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)

@@ -11,7 +11,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
-from shared.auth import issue_token
 from shared.events import AppealReceived, Caller
 from tests.conftest import as_department, eventually
 

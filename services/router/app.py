@@ -7,8 +7,6 @@ With ROUTER_CONSUME=false a replica runs only the timer scan and the outbox rela
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -25,7 +23,7 @@ from shared import topics
 from shared.bus import batch_subscriber, parse_or_dead_letter, publish, relay_outbox
 from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent, TicketAssigned, TicketUpdated
 from shared.metrics import BATCH_SECONDS, TICKET_TRANSITIONS, TICKETS_ASSIGNED
-from shared.runtime import Runtime
+from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 from shared.store import Change, apply_and_publish
 from shared.tickets import Ticket
@@ -157,31 +155,12 @@ def build_app(settings: Settings | None = None) -> FastStream:
         await timer_store.done(due)
         return len(due)
 
-    background: list[asyncio.Task] = []
-
-    async def every(seconds: float, job, what: str) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            try:
-                await job()
-            except Exception:  # keep going; the next scan retries
-                log.exception("%s failed", what)
-
     async def relay() -> None:
         # Events whose writer died between Redis and Kafka: publish them again (consumers dedupe).
         if n := await relay_outbox(rt.publisher, rt.store):
             log.warning("relayed %d unconfirmed event(s) from the outbox", n)
 
-    @app.after_startup
-    async def start_background() -> None:
-        background.append(asyncio.create_task(every(rt.settings.timer_scan_seconds, relay, "outbox relay")))
-        background.append(asyncio.create_task(every(rt.settings.timer_scan_seconds, fire_due_timers, "timer scan")))
-
-    @app.on_shutdown
-    async def stop_background() -> None:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    run_periodically(app, rt.settings.timer_scan_seconds, relay, "outbox relay")
+    run_periodically(app, rt.settings.timer_scan_seconds, fire_due_timers, "timer scan")
 
     return app

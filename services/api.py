@@ -12,7 +12,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from redis.asyncio import Redis
 
+from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
+from services.intake.limits import RateLimiter
+from services.intake.preview import Previewer
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
 from services.notifier.gateway import OutboxGateway
@@ -41,7 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.broker = broker
         app.state.store = store
-        app.state.intake = IntakeService(broker, store, timezone=settings.timezone)
+        limiter = RateLimiter(
+            redis, per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
+            per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
+        )
+        app.state.intake = IntakeService(broker, store, timezone=settings.timezone, limiter=limiter)
+        app.state.intake_preview = Previewer(
+            app.state.city, store, settings.model_dir, settings.review_confidence_threshold
+        )
         app.state.notifier = Notifier(store, OutboxGateway(redis))
         try:
             yield
@@ -55,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
     )
-    for views in (intake_views, router_views, notifier_views):
+    for views in (intake_views, wechat_views, open311_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
 

@@ -84,12 +84,16 @@ class TicketStore:
     # --- numbering and contacts ----------------------------------------------------------------
 
     async def next_ticket_no(self, day: date) -> str:
+        return (await self.next_ticket_nos(day, 1))[0]
+
+    async def next_ticket_nos(self, day: date, count: int) -> list[str]:
+        """`count` consecutive numbers of the day, with one round trip (batch intake)."""
         key = f"seq:{day:%Y%m%d}"
         async with self.redis.pipeline(transaction=True) as p:
-            p.incr(key)
+            p.incrby(key, count)
             p.expire(key, 3 * 86400)
-            n, _ = await p.execute()
-        return f"{day:%Y%m%d}-{n:06d}"
+            last, _ = await p.execute()
+        return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
         mapping = {"phone": phone}

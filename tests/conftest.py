@@ -51,6 +51,7 @@ def settings(servers: EmbeddedServers, data_dir: Path) -> Settings:
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
+        wechat_token="test-wechat-token", open311_api_keys="test-open311-key",  # intake channels (issue 3)
     )
 
 

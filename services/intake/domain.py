@@ -70,6 +70,7 @@ def validate(
     urgent: bool = False,
     location: GeoPoint | None = None,
     phone_required: bool = False,
+    wechat_openid: str | None = None,
 ) -> Submission:
     text = clean_text(text or "")
     if len(text) < TEXT_MIN:

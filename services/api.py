@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
-from services.intake.limits import RateLimiter
+from services.intake.limits import RateLimited, RateLimiter
 from services.intake.preview import Previewer
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
@@ -79,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"error": "invalid_request", "field": field, "message": f"{field}: {first['msg']}",
                      "details": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]},
         )
+
+    # Any channel's submission may hit a caller's limit (the SMS view, say): 429 with Retry-After.
+    app.add_exception_handler(RateLimited, lambda _, exc: intake_views.too_many(exc))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict:

@@ -72,7 +72,8 @@ def submission(city: City, form: Mapping[str, str]) -> Submission:
         location = GeoPoint(lat=lat, lng=lng)
     if location is None and not address and not (form.get("address_id") or "").strip():
         raise InvalidAppeal("lat", "a location is required: lat & long, address_string or address_id / 请提供位置")
-    name = " ".join(p for p in ((form.get("last_name") or "").strip(), (form.get("first_name") or "").strip()) if p)
+    last, first = (form.get("last_name") or "").strip(), (form.get("first_name") or "").strip()
+    name = f"{last}{first}" if not (last + first).isascii() else " ".join(p for p in (first, last) if p)
     return validate(
         channel="open311", text=form.get("description") or "", title=city.category_names(code)[-1],
         address=address, location=location, phone=form.get("phone"), name=name or None,

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
+from services.intake.app import CALLER_INDEX_TTL, caller_key
 from services.intake.domain import Submission
 from services.intake.limits import RateLimited, RateLimiter, caller_limited
 from shared.bus import publish
@@ -201,6 +202,9 @@ class IntakeService:
         async with self.redis.pipeline(transaction=False) as p:
             for sub, event in zip(subs, events):
                 cid = event.caller.caller_id
+                if cid:  # the worker indexes it too; here, so that a preview a second later sees it
+                    p.sadd(caller_key(cid), event.ticket_no)
+                    p.expire(caller_key(cid), CALLER_INDEX_TTL)
                 if sub.phone:
                     contact = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
                     p.hset(f"contact:{cid}", mapping=contact)

@@ -165,6 +165,31 @@ class TicketStore:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
 
+    # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
+    # router, which may already be creating the same ticket from the published event.
+    _CREATE = """
+    local created = 0
+    for i = 1, #KEYS, 2 do
+      if redis.call('SET', KEYS[i], ARGV[i], 'NX') then
+        redis.call('RPUSH', KEYS[i + 1], ARGV[i + 1])
+        created = created + 1
+      end
+    end
+    return created
+    """
+
+    async def create_many(self, appeals: Sequence[AppealReceived]) -> int:
+        """Record new appeals' tickets (the `record_appeal` decision for many, in one round trip):
+        a ticket that exists already is left as it is. Returns how many were created."""
+        if not appeals:
+            return 0
+        keys: list[str] = []
+        args: list[str] = []
+        for a in appeals:
+            keys += [ticket_key(a.ticket_no), history_key(a.ticket_no)]
+            args += [Ticket.from_appeal(a).model_dump_json(), _event_record(a)]
+        return await self.redis.eval(self._CREATE, len(keys), *keys, *args)
+
     # --- the outbox ---------------------------------------------------------------------------
 
     async def published(self, events: Sequence[Event]) -> None:

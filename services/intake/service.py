@@ -31,7 +31,7 @@ from services.intake.limits import RateLimited, RateLimiter, caller_limited
 from shared.bus import publish
 from shared.events import AppealLocated, AppealReceived, GeoPoint
 from shared.metrics import APPEALS_RECEIVED
-from shared.store import Change, Outcome, TicketStore, apply_and_publish, record_appeal
+from shared.store import Change, Outcome, TicketStore, apply_and_publish
 from shared.tickets import Ticket
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class IntakeService:
                     p.set(wechat_last_key(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
                 p.zadd(TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
-        await self.store.apply_many([Change(e.ticket_no, partial(record_appeal, appeal=e)) for e in events])
+        await self.store.create_many(events)
         async with self.redis.pipeline(transaction=False) as p:
             for i, event in zip(todo, events):
                 results[i] = Accepted(event.ticket_no, created=True)

@@ -23,9 +23,12 @@ _DEMO = [
 _COMPOUNDS = ["阳光花园", "锦绣家园", "幸福里小区", "和平路", "建设路"]
 
 
-def write_demo_csv(path: Path, rows: int, seed: int = 7) -> Path:
-    """Synthetic slips (anonymous, so no SMS goes out), for trying the upload and measuring it."""
+def write_demo_csv(path: Path, rows: int, seed: int | None = None) -> Path:
+    """Synthetic slips (anonymous, so no SMS goes out), for trying the upload and measuring it.
+    Each call makes new slips (the box ids carry a run tag) unless `seed` is given: the same file
+    uploaded again is all duplicates, which measures the retry path instead."""
     rnd = random.Random(seed)
+    run = rnd.randint(1000, 9999)
     today = date.today()
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
@@ -33,7 +36,7 @@ def write_demo_csv(path: Path, rows: int, seed: int = 7) -> Path:
         for i in range(rows):
             compound = rnd.choice(_COMPOUNDS)
             text = rnd.choice(_DEMO).format(c=compound, n=f"{rnd.randint(1, 30)}-{i}")
-            w.writerow([f"BOX-{i % 20:02d}", (today - timedelta(days=i % 7)).isoformat(), text, "", compound])
+            w.writerow([f"BOX-{run}-{i % 20:02d}", (today - timedelta(days=i % 7)).isoformat(), text, "", compound])
     return path
 
 

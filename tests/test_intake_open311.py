@@ -109,3 +109,12 @@ async def test_invalid_utf8_and_unknown_ids(api):
     assert r.status_code == 404 and r.json()[0]["code"] == 404
     r = await api.get("/open311/v2/requests.json", params={"start_date": "yesterday"})
     assert r.status_code == 400 and "ISO 8601" in r.json()[0]["description"]
+
+
+async def test_a_retried_post_with_an_idempotency_key_returns_the_same_request(api):
+    body = urlencode({"api_key": KEY, "service_code": "city.appearance.garbage", "address_string": "幸福里小区北门",
+                      "description": "幸福里小区北门的垃圾站三天没清运了，气味很大"})
+    headers = {**FORM, "Idempotency-Key": "open311-retry-test-1"}
+    first = await api.post("/open311/v2/requests.json", content=body, headers=headers)
+    second = await api.post("/open311/v2/requests.json", content=body, headers=headers)
+    assert first.json()[0]["service_request_id"] == second.json()[0]["service_request_id"]

@@ -102,9 +102,10 @@ class IntakeService:
         Per item: Accepted, or RateLimited for a caller over the limit. Raises BrokerUnavailable."""
         results: list[Result | None] = [None] * len(items)
         todo, claimed = await self._claim([k for _, k in items], results)
-        todo = await self._within_limits(items, todo, claimed, results)
-        if todo:
-            await self._publish_and_record(items, todo, claimed, results)
+        chunk = _Chunk(items, todo, claimed, results)
+        chunk.todo = await self._within_limits(chunk)
+        if chunk.todo:
+            await self._publish_and_record(chunk)
         for i, r in enumerate(results):
             if isinstance(r, _Copy):
                 first = results[r.original]
@@ -157,13 +158,9 @@ class IntakeService:
         todo.sort()
         return todo, {i: keys[i] for i in todo if keys[i] is not None}  # type: ignore[misc]
 
-    async def _within_limits(
-        self,
-        items: Sequence[tuple[Submission, str | None]],
-        todo: list[int],
-        claimed: dict[int, str],
-        results: list[Result | None],
-    ) -> list[int]:
+    async def _within_limits(self, chunk: _Chunk) -> list[int]:
+        """The items whose caller is within the hourly limit; the others get RateLimited."""
+        items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
         if self.limiter is None:
             return todo
         ids = [items[i][0].caller.caller_id for i in todo]
@@ -181,13 +178,8 @@ class IntakeService:
         if keys:
             await self.redis.delete(*[idem_key(k) for k in keys])
 
-    async def _publish_and_record(
-        self,
-        items: Sequence[tuple[Submission, str | None]],
-        todo: list[int],
-        claimed: dict[int, str],
-        results: list[Result | None],
-    ) -> None:
+    async def _publish_and_record(self, chunk: _Chunk) -> None:
+        items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
         keys = [claimed[i] for i in todo if i in claimed]
         try:
             numbers = await self.store.next_ticket_nos(self.today(), len(todo))
@@ -280,6 +272,17 @@ def wechat_location_key(caller_id: str | None) -> str:
 
 def wechat_last_key(caller_id: str | None) -> str:
     return f"wx:last:{caller_id}"
+
+
+@dataclass
+class _Chunk:
+    """Submissions on their way: which are still to do, the idempotency keys claimed for them
+    (item index -> key), and each item's result so far."""
+
+    items: Sequence[tuple[Submission, str | None]]
+    todo: list[int]
+    claimed: dict[int, str]
+    results: list[Result | None]
 
 
 class _Copy:

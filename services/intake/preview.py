@@ -18,7 +18,7 @@ from shared.events import AppealReceived
 from shared.store import TicketStore
 from shared.tickets import Ticket
 
-GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text
+GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ from shared.tickets import Ticket
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 7 * 86400
+# A claim outlives any honest attempt (publish timeout 10 s) but not a crashed process: a retry
+# after that goes through instead of waiting on a claim nobody will finish.
+PENDING_TTL = 60
 TICKETS_BY_TIME = "intake:tickets"  # every ticket number, scored by receipt time (Open311 listing)
 WECHAT_LOCATION_TTL = 30 * 60  # a location message applies to appeals within 30 minutes of it
 
@@ -134,7 +137,7 @@ class IntakeService:
                 break
             async with self.redis.pipeline(transaction=False) as p:
                 for k in waiting:
-                    p.set(idem_key(k), "pending", nx=True, ex=IDEMPOTENCY_TTL)
+                    p.set(idem_key(k), "pending", nx=True, ex=PENDING_TTL)
                 got = await p.execute()
             still: dict[str, int] = {}
             held = [k for k, ok in zip(waiting, got) if not ok]

@@ -14,8 +14,9 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.conftest import eventually
+from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 KEY = "test-open311-key"  # the settings fixture's OPEN311_API_KEYS
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 # The spec's example body, byte for byte except the substituted values marked {}.

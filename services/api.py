@@ -14,7 +14,10 @@ from prometheus_client import make_asgi_app
 from redis.asyncio import Redis
 
 from services.classifier import views as classifier_views
+from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
+from services.intake.limits import RateLimited, RateLimiter
+from services.intake.preview import Previewer
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
 from services.notifier.ratebook import RateBook
@@ -43,7 +46,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.publisher = publisher
         app.state.store = store
-        app.state.intake = IntakeService(publisher, store, timezone=settings.timezone)
+        limiter = RateLimiter(
+            redis, per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
+            per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
+        )
+        app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
+        app.state.intake_preview = Previewer(
+            app.state.city, store, settings.model_dir, settings.review_confidence_threshold
+        )
         app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
         app.state.ratebook = RateBook.from_settings(redis, app.state.city, settings)
         try:
@@ -58,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
     )
-    for views in (intake_views, classifier_views, router_views, notifier_views):
+    for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
 
@@ -72,6 +82,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             content={"error": "invalid_request", "field": field, "message": f"{field}: {first['msg']}",
                      "details": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]},
         )
+
+    # Any channel's submission may hit a caller's limit (the SMS view, say): 429 with Retry-After.
+    app.add_exception_handler(RateLimited, lambda _, exc: intake_views.too_many(exc))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict:

@@ -322,6 +322,31 @@ def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowl
     typer.echo(json.dumps(asyncio.run(bench.run(get_settings(), n))))
 
 
+@cli.command("upload-slips")
+def upload_slips(
+    file: Path = typer.Argument(None, help="CSV (UTF-8) or XLSX of typed slips: box_id, date, text, phone, address."),
+    demo: int = typer.Option(0, help="Instead of FILE, upload this many synthetic anonymous slips."),
+    api: str = typer.Option(None, help="API base URL (default: API_HOST:API_PORT)."),
+) -> None:
+    """Upload suggestion-box slips; prints accepted/rejected rows and the rows per second."""
+    import tempfile
+
+    from services.intake.upload import upload, write_demo_csv
+
+    settings = get_settings()
+    base = api or f"http://{settings.api_host}:{settings.api_port}"
+    if (file is None) == (demo == 0):
+        raise typer.BadParameter("give a FILE or --demo N")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = file or write_demo_csv(Path(tmp) / "demo-slips.csv", demo)
+        result, seconds = upload(base, path)
+    for row in [r for r in result["rows"] if "error" in r][:20]:
+        typer.echo(f"line {row['line']}: {row['field']}: {row['error']}")
+    total = result["accepted"] + result["rejected"]
+    typer.echo(f"{result['accepted']} accepted, {result['rejected']} rejected, {total} rows in {seconds:.2f}s "
+               f"({total / seconds:.0f} rows/s)")
+
+
 def main() -> None:
     cli()
 

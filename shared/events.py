@@ -109,6 +109,19 @@ class AppealReceived(Event):
     received_at: datetime = Field(default_factory=now_utc)
 
 
+class AppealLocated(Event):
+    """The resident told us where, after (or apart from) the appeal: a WeChat location message.
+
+    Applied to the ticket by intake (location, and the address when it had none); the category and
+    grid already decided are not redone, the dispatcher and department see the place."""
+
+    topic: ClassVar[str] = "appeal.located"
+
+    channel: Channel
+    location: GeoPoint
+    address: str = ""
+
+
 class AppealClassified(Event):
     """The classifier's verdict; it carries the appeal so the router needs nothing else."""
 

@@ -66,6 +66,17 @@ class Settings(BaseSettings):
     satisfaction_basic_weight: float = Field(0.9, ge=0, le=1)
     score_weights: str = "0.1,0.5,0.4"
 
+    # Intake channels (issue 3). WeChat: the Token set in the official account's server config.
+    wechat_token: str = ""  # empty: the WeChat endpoint answers 503 (not configured)
+    wechat_max_clock_skew_seconds: int = Field(300, ge=10)  # older signed timestamps are replays
+    open311_api_keys: str = ""  # comma-separated keys accepted by POST /open311/v2/requests.json
+    rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
+    rate_limit_per_ip_per_minute: int = Field(600, ge=0)
+
+    @property
+    def open311_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.open311_api_keys.split(",") if k.strip())
+
     @property
     def model_dir(self) -> Path:
         return self.data_dir / "models"

@@ -114,12 +114,16 @@ class TicketStore:
     # --- numbering and contacts ----------------------------------------------------------------
 
     async def next_ticket_no(self, day: date) -> str:
+        return (await self.next_ticket_nos(day, 1))[0]
+
+    async def next_ticket_nos(self, day: date, count: int) -> list[str]:
+        """`count` consecutive numbers of the day, with one round trip (batch intake)."""
         key = f"seq:{day:%Y%m%d}"
         async with self.redis.pipeline(transaction=True) as p:
-            p.incr(key)
+            p.incrby(key, count)
             p.expire(key, 3 * 86400)
-            n, _ = await p.execute()
-        return f"{day:%Y%m%d}-{n:06d}"
+            last, _ = await p.execute()
+        return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
         mapping = {"phone": phone}
@@ -196,6 +200,31 @@ class TicketStore:
                 except WatchError:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
+
+    # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
+    # router, which may already be creating the same ticket from the published event.
+    _CREATE = """
+    local created = 0
+    for i = 1, #KEYS, 2 do
+      if redis.call('SET', KEYS[i], ARGV[i], 'NX') then
+        redis.call('RPUSH', KEYS[i + 1], ARGV[i + 1])
+        created = created + 1
+      end
+    end
+    return created
+    """
+
+    async def create_many(self, appeals: Sequence[AppealReceived]) -> int:
+        """Record new appeals' tickets (the `record_appeal` decision for many, in one round trip):
+        a ticket that exists already is left as it is. Returns how many were created."""
+        if not appeals:
+            return 0
+        keys: list[str] = []
+        args: list[str] = []
+        for a in appeals:
+            keys += [ticket_key(a.ticket_no), history_key(a.ticket_no)]
+            args += [Ticket.from_appeal(a).model_dump_json(), _event_record(a)]
+        return await self.redis.eval(self._CREATE, len(keys), *keys, *args)
 
     # --- the outbox ---------------------------------------------------------------------------
 

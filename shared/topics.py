@@ -10,6 +10,7 @@ from shared import events as ev
 
 APPEAL_RECEIVED = "appeal.received"
 APPEAL_CLASSIFIED = "appeal.classified"
+APPEAL_LOCATED = "appeal.located"
 APPEAL_REVIEW = "appeal.review"
 TICKET_ASSIGNED = "ticket.assigned"
 TICKET_UPDATED = "ticket.updated"
@@ -21,6 +22,7 @@ MEETING_UPDATED = "meeting.updated"
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     APPEAL_RECEIVED: ev.AppealReceived,
     APPEAL_CLASSIFIED: ev.AppealClassified,
+    APPEAL_LOCATED: ev.AppealLocated,
     APPEAL_REVIEW: ev.AppealClassified,  # the same fact, routed to people instead of rules
     TICKET_ASSIGNED: ev.TicketAssigned,
     TICKET_UPDATED: ev.TicketUpdated,

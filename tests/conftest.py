@@ -55,6 +55,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         city_config_dir=session_city(tmp_path_factory.mktemp("city")),  # issue 5: tiny SLA class, hotspot threshold
         quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
         model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
+        wechat_token="test-wechat-token", open311_api_keys="test-open311-key",  # intake channels (issue 3)
     )
 
 

@@ -20,6 +20,7 @@ from shared.settings import Settings
 
 NAME = "intake"
 DUPLICATE_WINDOW_SECONDS = 7 * 86400
+CALLER_INDEX_TTL = 90 * 86400
 
 
 def caller_key(caller_id: str) -> str:
@@ -42,7 +43,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
             for a in appeals:
                 if a.caller.caller_id:  # SADD is idempotent: a redelivery changes nothing
                     p.sadd(caller_key(a.caller.caller_id), a.ticket_no)
-                    p.expire(caller_key(a.caller.caller_id), 90 * 86400)
+                    p.expire(caller_key(a.caller.caller_id), CALLER_INDEX_TTL)
             await p.execute()
         BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
 

@@ -43,12 +43,19 @@ class Submission:
     name: str | None = None
     operator_id: str | None = None
     urgent: bool = False
+    wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
 
     @property
     def caller(self) -> Caller:
-        if not self.phone:
-            return Caller()
-        return Caller(caller_id=caller_id(self.phone), masked_phone=mask_phone(self.phone))
+        if self.phone:
+            return Caller(caller_id=caller_id(self.phone), masked_phone=mask_phone(self.phone))
+        if self.wechat_openid:
+            return Caller(caller_id=wechat_caller_id(self.wechat_openid))
+        return Caller()
+
+
+def wechat_caller_id(openid: str) -> str:
+    return caller_id(f"wechat:{openid}")
 
 
 def validate(
@@ -63,6 +70,7 @@ def validate(
     urgent: bool = False,
     location: GeoPoint | None = None,
     phone_required: bool = False,
+    wechat_openid: str | None = None,
 ) -> Submission:
     text = clean_text(text or "")
     if len(text) < TEXT_MIN:
@@ -86,5 +94,5 @@ def validate(
     return Submission(
         channel=channel, text=text, title=clean_text(title or "")[:100], address=address,
         location=location, phone=normalized_phone, name=name, operator_id=operator_id,
-        urgent=urgent,
+        urgent=urgent, wechat_openid=wechat_openid,
     )

@@ -1,17 +1,27 @@
-"""Intake's HTTP adapters: the hotline operators' API (and, through it, every channel's entry)."""
+"""Intake's HTTP API: the hotline operators' submit and preview, and suggestion-box batch uploads.
+
+The other channels have their own views (wechat_views.py, open311_views.py; SMS lives with the
+notifier). All of them go through IntakeService, so they share idempotency, durability and limits."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Header, Request, Response
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+import json
+from typing import Any
 
+from fastapi import APIRouter, File, Header, Request, Response, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from services.intake import batch
 from services.intake.domain import InvalidAppeal, validate
-from services.intake.service import BrokerUnavailable, IntakeService
+from services.intake.limits import RateLimited
+from services.intake.service import Accepted, BrokerUnavailable, IntakeService
 from shared.events import Channel
 from shared.metrics import APPEALS_REJECTED
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
+CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
 
 
 class AppealIn(BaseModel):
@@ -31,10 +41,6 @@ class AppealAccepted(BaseModel):
     message: str
 
 
-def intake_service(request: Request) -> IntakeService:
-    return request.app.state.intake
-
-
 def rejection(channel: str, e: InvalidAppeal) -> JSONResponse:
     APPEALS_REJECTED.labels(channel=channel, reason=e.field).inc()
     return JSONResponse(
@@ -50,24 +56,130 @@ def unavailable() -> JSONResponse:
     )
 
 
-@router.post("/appeals", status_code=201, response_model=AppealAccepted)
-async def submit_appeal(
-    body: AppealIn,
-    response: Response,
-    intake: IntakeService = Depends(intake_service),
-    idempotency_key: str | None = Header(None, max_length=200),
-):
+def too_many(e: RateLimited) -> JSONResponse:
+    return JSONResponse(
+        status_code=429, headers={"Retry-After": str(e.retry_after)},
+        content={"error": "rate_limited", "message": e.message, "retry_after": e.retry_after},
+    )
+
+
+def bad_request(message: str, field: str = "body") -> JSONResponse:
+    return JSONResponse(status_code=400, content={"error": "bad_request", "field": field, "message": message})
+
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def read_json(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+    """The body as `model`; invalid UTF-8 or JSON is a 400 that says so (FastAPI's is opaque)."""
+    raw = await request.body()
     try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return bad_request(f"请求内容不是有效的UTF-8编码（第{e.start}字节）")
+    except json.JSONDecodeError as e:
+        return bad_request(f"请求内容不是有效的JSON：第{e.lineno}行第{e.colno}列 {e.msg}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+@router.post("/appeals", status_code=201, response_model=AppealAccepted, openapi_extra=_body_schema(AppealIn))
+async def submit_appeal(request: Request, response: Response, idempotency_key: str | None = Header(None, max_length=200)):
+    body = await read_json(request, AppealIn)
+    if isinstance(body, JSONResponse):
+        return body
+    assert isinstance(body, AppealIn)
+    intake: IntakeService = request.app.state.intake
+    try:
+        await intake.check_ip(client_ip(request))
         sub = validate(
             channel=body.channel, text=body.text, title=body.title, address=body.address,
             phone=body.caller_phone, name=body.caller_name, operator_id=body.operator_id,
             urgent=body.urgent,
         )
-        ticket_no, created = await intake.submit(sub, idempotency_key)
+        ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
     except InvalidAppeal as e:
         return rejection(body.channel, e)
+    except RateLimited as e:
+        return too_many(e)
     except BrokerUnavailable:
         return unavailable()
     if not created:
         response.status_code = 200
     return AppealAccepted(ticket_no=ticket_no, message=f"诉求已受理，工单号{ticket_no}")
+
+
+@router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))
+async def preview_appeal(request: Request):
+    """Suggested category, grid and department, and possible duplicates, before submitting."""
+    body = await read_json(request, AppealIn)
+    if isinstance(body, JSONResponse):
+        return body
+    assert isinstance(body, AppealIn)
+    try:
+        sub = validate(
+            channel=body.channel, text=body.text, title=body.title, address=body.address,
+            phone=body.caller_phone, urgent=body.urgent,
+        )
+    except InvalidAppeal as e:
+        return rejection(body.channel, e)
+    result = await request.app.state.intake_preview.preview(sub)
+    if result["duplicates"]:
+        d = result["duplicates"][0]
+        result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{d['status']}）"
+    return result
+
+
+@router.post("/appeals/batch")
+async def submit_batch(request: Request, file: UploadFile = File(...)):
+    """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not."""
+    intake: IntakeService = request.app.state.intake
+    try:
+        await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
+        rows = batch.rows_of(file.filename or "", file.content_type or "", file.file)
+        today = intake.today()
+        results: list[dict[str, Any]] = []
+        chunk: list[tuple[int, Any]] = []
+        for line, row in rows:
+            if isinstance(row, InvalidAppeal):
+                results.append({"line": line, "field": row.field, "error": row.message})
+                continue
+            try:
+                chunk.append((line, batch.to_submission(row, today)))
+            except InvalidAppeal as e:
+                APPEALS_REJECTED.labels(channel="box", reason=e.field).inc()
+                results.append({"line": line, "field": e.field, "error": e.message})
+            if len(chunk) >= CHUNK:
+                results.extend(await _submit_chunk(intake, chunk))
+                chunk = []
+        results.extend(await _submit_chunk(intake, chunk))
+    except batch.BadFile as e:
+        return bad_request(str(e), "file")
+    except RateLimited as e:
+        return too_many(e)
+    except BrokerUnavailable:
+        # Rows acknowledged so far keep their tickets; a retry of the same file returns them (row hashes).
+        return unavailable()
+    results.sort(key=lambda r: r["line"])
+    accepted = sum(1 for r in results if "ticket_no" in r)
+    return {"accepted": accepted, "rejected": len(results) - accepted, "rows": results}
+
+
+async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> list[dict[str, Any]]:
+    if not chunk:
+        return []
+    outcomes = await intake.submit_many([sub_key for _, sub_key in chunk])
+    out = []
+    for (line, _), r in zip(chunk, outcomes):
+        if isinstance(r, Accepted):
+            out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
+        else:
+            out.append({"line": line, "field": "phone", "error": r.message})
+    return out

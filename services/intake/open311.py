@@ -1,0 +1,120 @@
+"""Open311 GeoReport v2 (http://wiki.open311.org/GeoReport_v2/): our categories as services, appeals
+as service requests. Pure functions; the HTTP side is open311_views.py.
+
+Mapping: service_code = leaf category id; service_request_id = ticket number; status `open` while
+the ticket is open (shared.tickets.OPEN_STATUSES), `closed` after. A POSTed service_code is the
+resident's choice, kept as the appeal's title: the classifier still decides the category.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.intake.domain import InvalidAppeal, Submission, validate
+from shared.city import City
+from shared.events import GeoPoint
+from shared.tickets import Ticket
+
+MAX_REQUESTS = 1000  # the spec's cap on GET requests
+DEFAULT_DAYS = 90  # ... and its default window
+
+
+def error(code: int, description: str) -> list[dict[str, Any]]:
+    return [{"code": code, "description": description}]
+
+
+def services(city: City) -> list[dict[str, Any]]:
+    out = []
+    for code in city.leaf_categories:
+        names = city.category_names(code)
+        out.append({
+            "service_code": code,
+            "service_name": names[-1],
+            "description": " / ".join(names),
+            "metadata": False,
+            "type": "realtime",
+            "keywords": ",".join(city.category_by_id[code].keywords),
+            "group": names[0],
+        })
+    return out
+
+
+def _coordinate(form: Mapping[str, str], *names: str) -> float | None:
+    for name in names:
+        raw = (form.get(name) or "").strip()
+        if raw:
+            try:
+                return float(raw)
+            except ValueError:
+                raise InvalidAppeal(name, f"{name}应为数字（十进制度），例如39.9087") from None
+    return None
+
+
+def submission(city: City, form: Mapping[str, str]) -> Submission:
+    """A POST requests form -> Submission. Raises InvalidAppeal (Open311 error 400)."""
+    code = (form.get("service_code") or "").strip()
+    if not code:
+        raise InvalidAppeal("service_code", "service_code is required / 缺少service_code")
+    if code not in city.category_by_id or code not in city.leaf_categories:
+        raise InvalidAppeal("service_code", f"service_code {code!r} not found, see services.json / 未知的服务类型")
+    lat = _coordinate(form, "lat")
+    lng = _coordinate(form, "long", "lon")  # the spec names it `long`; some clients send `lon`
+    address = (form.get("address_string") or "").strip()
+    if (lat is None) != (lng is None):
+        raise InvalidAppeal("lat", "lat and long must be given together / 经纬度需同时提供")
+    location = None
+    if lat is not None and lng is not None:
+        if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+            raise InvalidAppeal("lat", "lat/long out of range / 经纬度超出范围")
+        location = GeoPoint(lat=lat, lng=lng)
+    if location is None and not address and not (form.get("address_id") or "").strip():
+        raise InvalidAppeal("lat", "a location is required: lat & long, address_string or address_id / 请提供位置")
+    last, first = (form.get("last_name") or "").strip(), (form.get("first_name") or "").strip()
+    name = f"{last}{first}" if not (last + first).isascii() else " ".join(p for p in (first, last) if p)
+    return validate(
+        channel="open311", text=form.get("description") or "", title=city.category_names(code)[-1],
+        address=address, location=location, phone=form.get("phone"), name=name or None,
+    )
+
+
+def _iso(dt: datetime | None, tz: ZoneInfo) -> str | None:
+    return dt.astimezone(tz).isoformat(timespec="seconds") if dt else None
+
+
+def request_record(ticket: Ticket, city: City, tz: ZoneInfo) -> dict[str, Any]:
+    """One service request as GET requests shows it (no personal data: nothing of the caller)."""
+    code = ticket.category if ticket.category in city.category_by_id else None
+    return {
+        "service_request_id": ticket.ticket_no,
+        "status": "open" if ticket.is_open else "closed",
+        "status_notes": ticket.resolution_note or None,
+        "service_name": city.category_names(code)[-1] if code else None,
+        "service_code": code,
+        "description": ticket.text,
+        "agency_responsible": ticket.department.name if ticket.department else None,
+        "service_notice": None,
+        "requested_datetime": _iso(ticket.received_at, tz),
+        "updated_datetime": _iso(ticket.updated_at, tz),
+        "expected_datetime": _iso(ticket.resolve_by, tz),
+        "address": ticket.address or None,
+        "address_id": None,
+        "zipcode": None,
+        "lat": ticket.location.lat if ticket.location else None,
+        "long": ticket.location.lng if ticket.location else None,
+        "media_url": None,
+    }
+
+
+def parse_time(value: str | None, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidAppeal(field, f"{field} must be ISO 8601, e.g. 2010-05-24T00:00:00Z") from None
+    if dt.tzinfo is None:
+        raise InvalidAppeal(field, f"{field} must include a time zone (Z or +08:00)")
+    return dt

@@ -1,0 +1,107 @@
+"""Open311 GeoReport v2 endpoints (JSON format), so any Open311 client can file and follow appeals.
+
+Errors are the spec's array: [{"code": 400, "description": "..."}]."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from urllib.parse import parse_qsl
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from services.intake import open311
+from services.intake.domain import InvalidAppeal
+from services.intake.limits import RateLimited
+from services.intake.service import TICKETS_BY_TIME, BrokerUnavailable, IntakeService
+from shared.metrics import APPEALS_REJECTED
+
+router = APIRouter(prefix="/open311/v2", tags=["open311"])
+
+def _error(code: int, description: str, **headers: str) -> JSONResponse:
+    return JSONResponse(open311.error(code, description), status_code=code, headers=headers or None)
+
+async def _form(request: Request) -> dict[str, str]:
+    """The POSTed fields. URL-encoded bodies are decoded strictly: invalid UTF-8 is an error."""
+    if request.headers.get("content-type", "").startswith("multipart/"):
+        form = await request.form()
+        return {k: v for k, v in form.items() if isinstance(v, str)}
+    raw = await request.body()
+    return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"))
+
+@router.get("/services.json")
+async def services(request: Request):
+    return open311.services(request.app.state.city)
+
+@router.post("/requests.json", status_code=201)
+async def create_request(request: Request, idempotency_key: str | None = Header(None, max_length=200)):
+    try:
+        form = await _form(request)
+    except UnicodeDecodeError:
+        return _error(400, "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码")
+    if not request.app.state.settings.open311_keys or form.get("api_key") not in request.app.state.settings.open311_keys:
+        return _error(403, "api_key is missing or not valid / api_key无效")
+    intake: IntakeService = request.app.state.intake
+    try:
+        await intake.check_ip(request.client.host if request.client else None)
+        sub = open311.submission(request.app.state.city, form)
+        ticket_no, _ = await intake.submit(sub, f"open311:{idempotency_key}" if idempotency_key else None)
+    except InvalidAppeal as e:
+        APPEALS_REJECTED.labels(channel="open311", reason=e.field).inc()
+        return _error(400, f"{e.field}: {e.message}")
+    except RateLimited as e:
+        return _error(429, e.message, **{"Retry-After": str(e.retry_after)})
+    except BrokerUnavailable:
+        return _error(503, "service busy, retry later / 系统繁忙，请稍后重试", **{"Retry-After": "5"})
+    notice = f"诉求已受理，工单号{ticket_no}。可用GET requests/{ticket_no}.json查询办理状态。"
+    return [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}]
+
+@router.get("/requests/{request_id}.json")
+async def get_request(request: Request, request_id: str):
+    (ticket,) = await request.app.state.store.get_many([request_id])
+    if ticket is None:
+        return _error(404, f"service_request_id {request_id} not found / 未找到该工单")
+    tz = ZoneInfo(request.app.state.settings.timezone)
+    return [open311.request_record(ticket, request.app.state.city, tz)]
+
+@router.get("/requests.json")
+async def list_requests(
+    request: Request,
+    service_request_id: str | None = None,
+    service_code: str | None = None,
+    start_date: str | None = None,
+    end_date: str | None = None,
+    status: str | None = None,
+):
+    city, store = request.app.state.city, request.app.state.store
+    tz = ZoneInfo(request.app.state.settings.timezone)
+    if service_request_id:
+        ids = [i.strip() for i in service_request_id.split(",") if i.strip()][: open311.MAX_REQUESTS]
+        return [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None]
+    try:
+        start = open311.parse_time(start_date, "start_date")
+        end = open311.parse_time(end_date, "end_date")
+    except InvalidAppeal as e:
+        return _error(400, e.message)
+    statuses = {s.strip() for s in (status or "").split(",") if s.strip()}
+    if statuses - {"open", "closed"}:
+        return _error(400, "status must be open, closed or both (comma-separated)")
+    codes = {c.strip() for c in (service_code or "").split(",") if c.strip()}
+    end_ts = end.timestamp() if end else time.time()
+    start_ts = start.timestamp() if start else end_ts - timedelta(days=open311.DEFAULT_DAYS).total_seconds()
+    found: list[dict] = []
+    offset, page = 0, open311.MAX_REQUESTS
+    while len(found) < open311.MAX_REQUESTS:
+        nos = await store.redis.zrevrangebyscore(TICKETS_BY_TIME, end_ts, start_ts, start=offset, num=page)
+        if not nos:
+            break
+        offset += len(nos)
+        for t in await store.get_many([n.decode() for n in nos]):
+            if t is None:
+                continue
+            record = open311.request_record(t, city, tz)
+            if (not statuses or record["status"] in statuses) and (not codes or record["service_code"] in codes):
+                found.append(record)
+    return found[: open311.MAX_REQUESTS]

@@ -1,0 +1,93 @@
+"""What the operator sees before submitting: the suggested category, grid and department, and the
+open tickets this call is probably about (same caller, or a near-identical text in the same grid in
+the last 7 days). Reads the duplicate index the intake worker keeps (see app.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.intake.app import DUPLICATE_WINDOW_SECONDS, caller_key, grid_key
+from services.intake.domain import Submission
+from services.intake.duplicates import near_identical, similarity
+from shared.city import City
+from shared.events import AppealReceived
+from shared.store import TicketStore
+from shared.tickets import Ticket
+
+GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    ticket: Ticket
+    reason: str  # "same_caller" or "similar_text"
+    similarity: float
+
+
+class Previewer:
+    def __init__(self, city: City, store: TicketStore, model_dir: Path, threshold: float) -> None:
+        self.city = city
+        self.store = store
+        self.model_dir = model_dir
+        self.threshold = threshold
+        self._classifier: Any = None
+        self._loading = asyncio.Lock()
+
+    async def classifier(self) -> Any:
+        """Loaded on the first preview (it takes seconds), off the event loop."""
+        async with self._loading:
+            if self._classifier is None:
+                from services.classifier.service import Classifier, load_or_train
+
+                model = await asyncio.to_thread(load_or_train, self.city, self.model_dir)
+                self._classifier = Classifier(self.city, model, threshold=self.threshold)
+            return self._classifier
+
+    async def preview(self, sub: Submission) -> dict[str, Any]:
+        from services.router.rules import route
+
+        appeal = AppealReceived(
+            ticket_no="preview", channel=sub.channel, text=sub.text, title=sub.title,
+            address=sub.address, location=sub.location, caller=sub.caller, urgent_flag=sub.urgent,
+        )
+        classifier = await self.classifier()
+        (c,) = await asyncio.to_thread(classifier.classify, [appeal])
+        routing = route(self.city, c.category, c.grid, c.confidence, self.threshold)
+        lead = self.city.department_by_id[routing.lead]
+        duplicates = await self.duplicates(sub, c.grid.grid)
+        return {
+            "category": {"id": c.category, "names": list(c.category_names), "confidence": c.confidence},
+            "grid": c.grid.model_dump(),
+            "department": {"id": lead.id, "name": lead.name, "via": routing.via, "explanation": routing.explanation},
+            "appeal_type": c.appeal_type,
+            "urgent": c.urgent,
+            "duplicates": [
+                {"ticket_no": d.ticket.ticket_no, "reason": d.reason, "similarity": round(d.similarity, 2),
+                 "status": d.ticket.status, "text": d.ticket.text[:200],
+                 "department": d.ticket.department.name if d.ticket.department else None,
+                 "received_at": d.ticket.received_at.isoformat()}
+                for d in duplicates
+            ],
+        }
+
+    async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
+        found: dict[str, Duplicate] = {}
+        caller = sub.caller.caller_id
+        mine = [m.decode() for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
+        for t in await self.store.get_many(sorted(mine)):
+            if t is not None and t.is_open:
+                found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
+        if grid:
+            since = time.time() - DUPLICATE_WINDOW_SECONDS
+            recent = await self.store.redis.zrevrangebyscore(
+                grid_key(grid), "+inf", since, start=0, num=GRID_CANDIDATES
+            )
+            nos = [n.decode() for n in recent if n.decode() not in found]
+            for t in await self.store.get_many(nos):
+                if t is not None and t.is_open and near_identical(sub.text, t.text):
+                    found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))
+        return sorted(found.values(), key=lambda d: -d.similarity)

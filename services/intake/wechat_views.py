@@ -1,0 +1,98 @@
+"""The WeChat official account's server URL: `GET` verifies the URL, `POST` receives user messages.
+
+Status codes: a request that is not from WeChat (bad signature, stale timestamp: 403) or not a
+readable message (malformed XML, invalid UTF-8: 400) is refused and nothing is published. Problems
+the *resident* must fix (text too short, too many appeals) are answered with HTTP 200 and a passive
+reply saying so, because WeChat shows the user nothing but "该公众号暂时无法提供服务" for any other
+status, and would retry the message three times. Broker down: 503, and WeChat's retry (same MsgId)
+is then the resubmission.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, Response
+
+from services.intake import wechat
+from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
+from services.intake.limits import RateLimited
+from services.intake.service import BrokerUnavailable, IntakeService
+from shared.events import GeoPoint
+from shared.metrics import APPEALS_REJECTED
+
+router = APIRouter(prefix="/api/v1/channels/wechat", tags=["wechat"])
+XML = "application/xml; charset=utf-8"
+
+
+def _xml(body: str, status: int = 200, **headers: str) -> Response:
+    return Response(body, status_code=status, media_type=XML, headers=headers or None)
+
+
+def _verified(request: Request, signature: str, timestamp: str, nonce: str) -> Response | None:
+    settings = request.app.state.settings
+    if not settings.wechat_token:
+        return _xml(wechat.error_reply("未配置WECHAT_TOKEN"), 503)
+    if not wechat.signature_ok(settings.wechat_token, signature, timestamp, nonce):
+        return _xml(wechat.error_reply("签名校验失败"), 403)
+    if not wechat.timestamp_fresh(timestamp, time.time(), settings.wechat_max_clock_skew_seconds):
+        return _xml(wechat.error_reply("时间戳已过期（疑似重放）"), 403)
+    return None
+
+
+@router.get("", response_class=PlainTextResponse)
+async def verify_url(request: Request, signature: str = "", timestamp: str = "", nonce: str = "", echostr: str = ""):
+    refused = _verified(request, signature, timestamp, nonce)
+    return refused or PlainTextResponse(echostr)
+
+
+@router.post("")
+async def receive(
+    request: Request,
+    signature: str = Query(""),
+    timestamp: str = Query(""),
+    nonce: str = Query(""),
+):
+    refused = _verified(request, signature, timestamp, nonce)
+    if refused:
+        return refused
+    try:
+        msg = wechat.parse(await request.body())
+    except wechat.BadMessage as e:
+        APPEALS_REJECTED.labels(channel="wechat", reason="xml").inc()
+        return _xml(wechat.error_reply(str(e)), 400)
+    now = int(time.time())
+    intake: IntakeService = request.app.state.intake
+    try:
+        reply = await _handle(intake, msg)
+    except BrokerUnavailable:
+        return _xml(wechat.error_reply("系统繁忙，请稍后重试"), 503, **{"Retry-After": "5"})
+    if not reply:
+        return PlainTextResponse("success")  # WeChat's "received, nothing to say"
+    return _xml(wechat.text_reply(msg, reply, now))
+
+
+async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
+    """What to tell the user. Raises BrokerUnavailable."""
+    if msg.msg_type == "location":
+        label = msg.label or f"{msg.lat:.6f},{msg.lng:.6f}"
+        point = GeoPoint(lat=msg.lat, lng=msg.lng)  # type: ignore[arg-type]
+        ticket_no = await intake.locate(wechat_caller_id(msg.from_user), msg.msg_id, point, label)
+        template = wechat.LOCATED_LAST if ticket_no else wechat.LOCATED_NEXT
+        return template.format(label=label, ticket_no=ticket_no)
+    if msg.msg_type == "event":
+        return wechat.WELCOME if msg.event == "subscribe" else ""
+    if msg.msg_type not in ("text", "voice"):
+        return wechat.UNSUPPORTED
+    if msg.msg_type == "voice" and not msg.content:
+        return wechat.NO_SPEECH
+    try:
+        sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
+        ticket_no, created = await intake.submit(sub, f"wechat:{msg.msg_id}")
+    except InvalidAppeal as e:
+        APPEALS_REJECTED.labels(channel="wechat", reason=e.field).inc()
+        return e.message
+    except RateLimited as e:
+        return e.message
+    return (wechat.ACCEPTED if created else wechat.ALREADY).format(ticket_no=ticket_no)

@@ -1,0 +1,107 @@
+"""Pure intake logic: WeChat signing and parsing, near-duplicate texts, slip rows, Open311 forms."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import xml.etree.ElementTree as ET
+from datetime import date
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.intake import batch, open311, wechat
+from services.intake.domain import InvalidAppeal
+from services.intake.duplicates import NEAR_IDENTICAL, near_identical, similarity
+from shared.city import load_city
+
+CITY = load_city()
+
+
+def test_signature_is_sha1_of_the_sorted_parts():
+    expected = hashlib.sha1("".join(sorted(["tok", "1700000000", "42"])).encode()).hexdigest()
+    assert wechat.signature("tok", "1700000000", "42") == expected
+    assert wechat.signature_ok("tok", expected.upper(), "1700000000", "42")
+    assert not wechat.signature_ok("tok", expected, "1700000001", "42")
+    assert not wechat.signature_ok("", wechat.signature("", "1", "2"), "1", "2")  # no token, no trust
+    assert wechat.timestamp_fresh("1000", 1200, 300) and not wechat.timestamp_fresh("1000", 1400, 300)
+    assert not wechat.timestamp_fresh("soon", 1000, 300)
+
+
+def test_parse_location_and_reply_round_trip():
+    msg = wechat.parse(
+        "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[oU1]]></FromUserName>"
+        "<CreateTime>1351776360</CreateTime><MsgType><![CDATA[location]]></MsgType>"
+        "<Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y><Scale>20</Scale>"
+        "<Label><![CDATA[位置信息]]></Label><MsgId>1234567890123456</MsgId></xml>".encode()
+    )
+    assert (msg.lat, msg.lng, msg.label, msg.msg_id) == (23.134521, 113.358803, "位置信息", "1234567890123456")
+    reply = ET.fromstring(wechat.text_reply(msg, "工单号：20240101-000001 ]]> 结束", 1700000000))
+    assert reply.findtext("ToUserName") == "oU1" and reply.findtext("FromUserName") == "gh_1"
+    assert reply.findtext("Content") == "工单号：20240101-000001 ]]> 结束"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"<xml><ToUserName>a</ToUserName>", b"<root/>", b"\xff<xml/>",
+     b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType>"
+     b"<CreateTime>x</CreateTime><MsgId>1</MsgId></xml>",
+     b'<!DOCTYPE xml [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml>&e;</xml>'],
+)
+def test_parse_refuses_what_is_not_a_wechat_message(body):
+    with pytest.raises(wechat.BadMessage):
+        wechat.parse(body)
+
+
+def test_near_identical_texts():
+    a = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的"
+    assert near_identical(a, "阳光花园3号楼门口路灯坏了一个多星期了！晚上出门黑漆漆的。")
+    assert not near_identical(a, "阳光花园3号楼楼下有人摆摊卖菜，占用消防通道")
+    assert similarity("", a) == 0.0
+
+
+@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
+def test_similarity_is_symmetric_and_bounded(a, b):
+    assert similarity(a, b) == similarity(b, a)
+    assert 0.0 <= similarity(a, b) <= 1.0
+
+
+@given(st.text(alphabet=st.characters(categories=["Lo", "Nd"]), min_size=4, max_size=80))
+def test_a_text_is_a_duplicate_of_itself(a):
+    assert similarity(a, a) == 1.0 >= NEAR_IDENTICAL
+
+
+def test_csv_rows_report_the_first_line_of_multiline_rows():
+    data = 'text,日期,意见箱编号\n"第一行\n第二行的内容很长",2024-05-01,B1\n,,\n路灯不亮已经好几天,2024-05-02,B2\n'
+    rows = list(batch.csv_rows(io.BytesIO(data.encode())))
+    assert [line for line, _ in rows] == [2, 5]
+    assert rows[0][1] == {"text": "第一行\n第二行的内容很长", "date": "2024-05-01", "box_id": "B1"}
+
+
+def test_slip_validation():
+    today = date(2024, 5, 10)
+    sub, key = batch.to_submission({"box_id": "B1", "date": "2024/5/1", "text": "路灯不亮已经好几天", "phone": 13812345678.0}, today)
+    assert sub.phone == "13812345678" and sub.channel == "box" and "2024-05-01" in sub.title
+    _, same = batch.to_submission({"box_id": "B1", "date": "2024-05-01", "text": " 路灯不亮已经好几天 ", "phone": "138-1234-5678"}, today)
+    assert key == same  # the same slip typed differently is the same row
+    with pytest.raises(InvalidAppeal) as e:
+        batch.to_submission({"box_id": "B1", "date": "2024-06-01", "text": "路灯不亮已经好几天"}, today)
+    assert e.value.field == "date"
+    with pytest.raises(batch.BadFile, match="box_id"):
+        batch.header_map(["date", "text"])
+
+
+def test_open311_form_to_submission():
+    sub = open311.submission(CITY, {"service_code": "city.facility.manhole", "lat": "39.9", "long": "116.4",
+                                    "description": "井盖丢了很危险啊", "first_name": "三", "last_name": "张",
+                                    "phone": "13812345678"})
+    assert sub.location.lat == 39.9 and sub.title == "井盖缺失" and sub.name == "张三"
+    for form, field in [({"service_code": "city"}, "service_code"),
+                        ({"service_code": "city.facility.manhole", "lat": "1"}, "lat"),
+                        ({"service_code": "city.facility.manhole"}, "lat")]:
+        with pytest.raises(InvalidAppeal) as e:
+            open311.submission(CITY, {"description": "井盖丢了很危险啊", **form})
+        assert e.value.field == field
+    codes = [s["service_code"] for s in open311.services(CITY)]
+    assert codes == list(CITY.leaf_categories) and "city.facility.streetlight" in codes

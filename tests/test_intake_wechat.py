@@ -1,0 +1,145 @@
+"""WeChat official account channel, through the running API with real signed XML pushes."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.conftest import eventually
+from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
+TOKEN = "test-wechat-token"  # the settings fixture's WECHAT_TOKEN
+URL = "/api/v1/channels/wechat"
+
+
+def signed(timestamp: int | None = None, token: str = TOKEN) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = str(random.randint(10**8, 10**9))
+    sig = hashlib.sha1("".join(sorted([token, ts, nonce])).encode()).hexdigest()
+    return {"signature": sig, "timestamp": ts, "nonce": nonce, "openid": "ignored"}
+
+
+def push(openid: str, msg_type: str, body: str, msg_id: int | None = None) -> bytes:
+    msg_id = msg_id or random.randint(10**15, 10**16)
+    return (
+        f"<xml><ToUserName><![CDATA[gh_12345hotline]]></ToUserName>"
+        f"<FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{int(time.time())}</CreateTime>"
+        f"<MsgType><![CDATA[{msg_type}]]></MsgType>{body}<MsgId>{msg_id}</MsgId></xml>"
+    ).encode()
+
+
+def text(openid: str, content: str, msg_id: int | None = None) -> bytes:
+    return push(openid, "text", f"<Content><![CDATA[{content}]]></Content>", msg_id)
+
+
+def reply_of(r) -> dict[str, str]:
+    root = ET.fromstring(r.content)
+    return {child.tag: child.text or "" for child in root}
+
+
+def openid() -> str:
+    return f"oWx{random.randint(10**12, 10**13)}"
+
+
+async def seq(redis) -> int:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return int(await redis.get(f"seq:{datetime.now(ZoneInfo('Asia/Shanghai')):%Y%m%d}") or 0)
+
+
+async def test_url_verification_echoes_only_with_a_valid_signature(api):
+    params = signed()
+    r = await api.get(URL, params={**params, "echostr": "6214387651"})
+    assert r.status_code == 200 and r.text == "6214387651"
+    r = await api.get(URL, params={**signed(token="wrong"), "echostr": "6214387651"})
+    assert r.status_code == 403 and "6214387651" not in r.text
+
+
+async def test_text_message_becomes_an_appeal_and_a_replay_does_not(api):
+    user = openid()
+    body = text(user, "幸福里小区5号楼电梯坏了三天了，老人上下楼很困难，请尽快维修", msg_id=7001234567890123)
+    r = await api.post(URL, params=signed(), content=body, headers={"content-type": "text/xml"})
+    assert r.status_code == 200, r.text
+    reply = reply_of(r)
+    assert reply["ToUserName"] == user and reply["FromUserName"] == "gh_12345hotline"
+    assert reply["MsgType"] == "text" and "工单号" in reply["Content"]
+    ticket_no = reply["Content"].split("工单号：")[1][:15]
+    # WeChat retries a push it got no answer to: same MsgId, same ticket.
+    again = await api.post(URL, params=signed(), content=body, headers={"content-type": "text/xml"})
+    assert ticket_no in reply_of(again)["Content"] and "不会重复登记" in reply_of(again)["Content"]
+    t = (await api.get(f"/api/v1/tickets/{ticket_no}")).json()
+    assert t["channel"] == "wechat" and t["caller"]["caller_id"] and user not in r.text.replace(user, "", 1)
+    assert user not in str(t)  # the openid is personal data: only its hash travels
+
+
+async def test_voice_with_recognition_is_an_appeal_and_other_types_get_a_polite_reply(api):
+    user = openid()
+    voice = push(user, "voice", "<MediaId><![CDATA[m1]]></MediaId><Format><![CDATA[amr]]></Format>"
+                 "<Recognition><![CDATA[和平路十字路口的红绿灯不亮了，车辆很乱，很危险]]></Recognition>")
+    r = await api.post(URL, params=signed(), content=voice)
+    assert r.status_code == 200 and "工单号" in reply_of(r)["Content"]
+    image = push(user, "image", "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl><MediaId><![CDATA[m2]]></MediaId>")
+    r = await api.post(URL, params=signed(), content=image)
+    assert r.status_code == 200 and "文字" in reply_of(r)["Content"] and "工单号" not in r.text
+
+
+async def test_location_then_text_and_text_then_location(api):
+    user = openid()
+    loc = push(user, "location", "<Location_X>39.915</Location_X><Location_Y>116.404</Location_Y>"
+               "<Scale>15</Scale><Label><![CDATA[阳光花园3号楼]]></Label>")
+    r = await api.post(URL, params=signed(), content=loc)
+    assert "30分钟内" in reply_of(r)["Content"]
+    r = await api.post(URL, params=signed(), content=text(user, "小区门口的井盖不见了，晚上很危险，有人差点掉进去"))
+    no = reply_of(r)["Content"].split("工单号：")[1][:15]
+    t = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert t["location"] == {"lng": 116.404, "lat": 39.915} and t["address"] == "阳光花园3号楼"
+
+    other = openid()
+    r = await api.post(URL, params=signed(), content=text(other, "锦绣家园门口垃圾堆了好几天没人清运，气味很大"))
+    no2 = reply_of(r)["Content"].split("工单号：")[1][:15]
+    loc2 = push(other, "location", "<Location_X>39.92</Location_X><Location_Y>116.41</Location_Y>"
+                "<Scale>15</Scale><Label><![CDATA[锦绣家园东门]]></Label>")
+    r = await api.post(URL, params=signed(), content=loc2)
+    assert no2 in reply_of(r)["Content"]
+
+    async def located():
+        t = (await api.get(f"/api/v1/tickets/{no2}")).json()
+        return t if t.get("location") == {"lng": 116.41, "lat": 39.92} else None
+
+    t2 = await eventually(located)
+    assert t2["address"] == "锦绣家园东门"
+    assert "appeal.located" in [h["topic"] for h in t2["history"]]
+
+
+@pytest.mark.parametrize("case", ["bad_signature", "stale", "malformed", "dtd", "utf8"])
+async def test_rejected_pushes_publish_nothing(api, redis, case):
+    user = openid()
+    body = text(user, "这是一条不应被受理的诉求内容测试消息")
+    params = signed()
+    expected = 400
+    if case == "bad_signature":
+        params, expected = signed(token="not-the-token"), 403
+    elif case == "stale":
+        params, expected = signed(timestamp=int(time.time()) - 3600), 403
+    elif case == "malformed":
+        body = body[:-10]
+    elif case == "dtd":
+        body = b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aaaa">]>' + body.replace(b"<Content>", b"<Content>&a;")
+    elif case == "utf8":
+        body = body.replace("诉求".encode(), b"\xff\xfe")
+    before = await seq(redis)
+    r = await api.post(URL, params=params, content=body)
+    assert r.status_code == expected, r.text
+    assert ET.fromstring(r.content).find("Error").text  # a reason, in XML
+    assert await seq(redis) == before
+
+
+async def test_too_short_text_gets_a_reply_saying_why(api):
+    r = await api.post(URL, params=signed(), content=text(openid(), "路灯"))
+    assert r.status_code == 200 and "太短" in reply_of(r)["Content"]

@@ -271,3 +271,13 @@ def test_calibrated_probabilities_are_the_logistic_calibrators_own(n_classes):
     lr = LogisticRegression()
     lr.classes_, lr.coef_, lr.intercept_ = clf.classes_, clf.coef_, clf.intercept_
     assert np.allclose(p, lr.predict_proba(clf._scores(clf.svm_, x)))
+
+
+def test_a_model_file_with_platt_sigmoids_still_predicts():
+    # Model files saved before the logistic calibrator carry one sigmoid per class.
+    from services.classifier.model import CalibratedLinear
+
+    old = CalibratedLinear.__new__(CalibratedLinear)
+    old.sigmoids_ = [(2.0, 0.0), (1.0, -1.0)]
+    p = old._calibrate(np.array([[1.0, -1.0], [-3.0, 3.0]]))
+    assert np.allclose(p.sum(axis=1), 1) and p[0, 0] > 0.9 and p[1, 1] > 0.9

@@ -251,3 +251,33 @@ def _word_features():
 
     fast = pickle.loads(pickle.dumps(WordTfidf(_SEG, min_df=1).fit(_TRAIN_DOCS)))  # survives a save
     return fast, TfidfVectorizer(analyzer=fast.segmenter, sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_calibrated_probabilities_are_the_logistic_calibrators_own(n_classes):
+    # The numpy softmax at prediction time must give what the fitted logistic regression gives.
+    from sklearn.linear_model import LogisticRegression
+
+    from services.classifier.model import CalibratedLinear
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(n_classes), 30).astype(str)
+    x = rng.normal(size=(len(y), 6)) + np.eye(n_classes, 6)[y.astype(int)] * 3
+    clf = CalibratedLinear()
+    oof = clf.fit(x, y, folds=3)
+    assert oof.shape == (len(y), n_classes) and np.allclose(oof.sum(axis=1), 1)
+    p = clf.predict_proba(x)
+    assert np.allclose(p.sum(axis=1), 1) and (p.argmax(axis=1) == y.astype(int)).mean() > 0.7
+    lr = LogisticRegression()
+    lr.classes_, lr.coef_, lr.intercept_ = clf.classes_, clf.coef_, clf.intercept_
+    assert np.allclose(p, lr.predict_proba(clf._scores(clf.svm_, x)))
+
+
+def test_a_model_file_with_platt_sigmoids_still_predicts():
+    # Model files saved before the logistic calibrator carry one sigmoid per class.
+    from services.classifier.model import CalibratedLinear
+
+    old = CalibratedLinear.__new__(CalibratedLinear)
+    old.sigmoids_ = [(2.0, 0.0), (1.0, -1.0)]
+    p = old._calibrate(np.array([[1.0, -1.0], [-3.0, 3.0]]))
+    assert np.allclose(p.sum(axis=1), 1) and p[0, 0] > 0.8 and p[1, 1] > 0.9

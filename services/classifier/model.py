@@ -1,9 +1,9 @@
 """The category model: a scikit-learn pipeline over title + text, saved as a versioned file.
 
 Features: word TF-IDF over jieba tokens (domain dictionary) and character n-gram TF-IDF, which keeps
-working on typos and words jieba splits badly. Classifier: a linear SVM with sigmoid-calibrated
-(Platt) probabilities, so "confidence 0.8" means right about 80% of the time (chosen by cross-validation on
-real appeals, see docs/issue-4.md). Two small heads share the features when the training data has
+working on typos and words jieba splits badly. Classifier: a linear SVM with calibrated
+probabilities (a multinomial logistic regression over its scores), so "confidence 0.8" means right
+about 80% of the time (chosen by cross-validation on real appeals, see docs/classifier.md). Two small heads share the features when the training data has
 them: the appeal type and the urgency flag (the demo corpus has both; real exports often do not).
 
 The model is label-agnostic: labels are whatever the training data says (the city's leaf ids for the
@@ -56,12 +56,14 @@ def build_features(segmenter: Segmenter) -> FeatureUnion:
 
 
 class CalibratedLinear:
-    """A linear SVM with Platt-scaled probabilities (one sigmoid per class, rows normalised).
+    """A linear SVM with calibrated probabilities: a multinomial logistic regression over its
+    decision scores (all classes' scores at once, so it also learns how classes are confused).
 
-    The sigmoids are fitted on out-of-fold decision scores, so the same cross-validation gives the
+    The calibrator is fitted on out-of-fold decision scores, so the same cross-validation gives the
     calibration and the held-out predictions the metrics and the review threshold are measured on:
     k + 1 SVM fits in all (scikit-learn's CalibratedClassifierCV fits k more for its held-out
-    predictions)."""
+    predictions). It beat one Platt sigmoid per class in cross-validation on real appeals
+    (docs/classifier.md) and costs one (n, k) x (k, k) product per batch."""
 
     def __init__(self, c: float = 1.0) -> None:
         self.c = c
@@ -83,23 +85,33 @@ class CalibratedLinear:
             svm = self._svm().fit(x[train_idx], y[train_idx])
             cols = np.searchsorted(self.classes_, svm.classes_)
             oof_scores[np.ix_(test_idx, cols)] = self._scores(svm, x[test_idx])
-        self.sigmoids_ = []
-        for k, label in enumerate(self.classes_):
-            target = (y == label).astype(int)
-            lr = LogisticRegression(C=1e4).fit(oof_scores[:, [k]], target)
-            self.sigmoids_.append((float(lr.coef_[0, 0]), float(lr.intercept_[0])))
+        lr = LogisticRegression(C=1.0, max_iter=1000).fit(oof_scores, y)
+        # Kept as plain arrays: a softmax in numpy at prediction time. Binary: one row, the
+        # positive class's logit against 0.
+        self.coef_, self.intercept_ = lr.coef_.astype(np.float64), lr.intercept_.astype(np.float64)
         self.svm_ = self._svm().fit(x, y)
-        return self._calibrate(oof_scores)
+        return lr.predict_proba(oof_scores)
 
     def _calibrate(self, scores: np.ndarray) -> np.ndarray:
-        a = np.array([s[0] for s in self.sigmoids_])
-        b = np.array([s[1] for s in self.sigmoids_])
-        p = 1.0 / (1.0 + np.exp(-(scores * a + b)))
-        total = p.sum(axis=1, keepdims=True)
-        return np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)
+        if not hasattr(self, "coef_"):  # a model file saved before: one Platt sigmoid per class
+            return _platt(scores, self.sigmoids_)
+        z = scores @ self.coef_.T + self.intercept_
+        if z.shape[1] == 1:
+            z = np.column_stack([np.zeros(len(z)), z[:, 0]])
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
 
     def predict_proba(self, x: Any) -> np.ndarray:
         return self._calibrate(self._scores(self.svm_, x))
+
+
+def _platt(scores: np.ndarray, sigmoids: list[tuple[float, float]]) -> np.ndarray:
+    a = np.array([s[0] for s in sigmoids])
+    b = np.array([s[1] for s in sigmoids])
+    p = 1.0 / (1.0 + np.exp(-(scores * a + b)))
+    total = p.sum(axis=1, keepdims=True)
+    return np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)
 
 
 def data_hash(records: Sequence[dict[str, Any]]) -> str:

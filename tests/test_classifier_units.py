@@ -162,6 +162,30 @@ def test_clause_cached_segmentation_equals_jieba_on_the_whole_text(text):
 _SEG = Segmenter(frozenset({"阳光花园", "物业费"}))
 
 
+def test_fast_segmenter_splits_demo_appeals_exactly_as_python_jieba():
+    """jieba_fast_dat with jieba's dictionary and our words gives jieba's own words (HMM off)."""
+    import jieba
+
+    from services.classifier.corpus import generate
+    from services.classifier.text import DICTIONARY_DIR, JIEBA_DICTIONARY, _read_words, normalize
+
+    words = city_vocabulary(CITY)
+    seg = segmenter_for_city()
+    reference = jieba.Tokenizer(str(JIEBA_DICTIONARY))
+    reference.initialize()
+    for w in [*_read_words(DICTIONARY_DIR / "domain.txt"), *words]:
+        reference.add_word(w, freq=2000)
+    clauses = {c for r in generate(CITY, per_category=10, seed=11) for c in seg.clauses(normalize(r["text"]))}
+    assert len(clauses) > 500
+    differ = [c for c in clauses if seg._jieba.lcut(c, HMM=False) != reference.lcut(c, HMM=False)]
+    assert differ == []
+
+
+@lru_cache(maxsize=1)
+def segmenter_for_city() -> Segmenter:
+    return Segmenter(city_vocabulary(CITY))
+
+
 # --- reading labelled data -----------------------------------------------------------------------
 
 

@@ -107,7 +107,7 @@ def _outbox_member(event: Event) -> str:
 class TicketStore:
     OUTBOX = "outbox"
 
-    def __init__(self, redis: Redis, *, max_retries: int = 8) -> None:
+    def __init__(self, redis: Redis, *, max_retries: int = 4) -> None:
         self.redis = redis
         self.max_retries = max_retries
 
@@ -155,7 +155,25 @@ class TicketStore:
     async def apply_many(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
         """Apply decisions to several tickets in one optimistic transaction (one round trip to read,
         one to write). Changes to the same ticket are applied in order. Returns, per change, the
-        ticket as it now is and the events to publish."""
+        ticket as it now is and the events to publish.
+
+        A batch whose tickets keep changing under it (another handler, the API, a timer) is split
+        in halves rather than retried whole forever: one busy ticket must not hold up the others."""
+        try:
+            return await self._apply_batch(changes)
+        except ConcurrentUpdate:
+            tickets = list(dict.fromkeys(c.ticket_no for c in changes))
+            if len(tickets) < 2:
+                raise
+            first = set(tickets[: len(tickets) // 2])
+            halves = [[c for c in changes if c.ticket_no in first], [c for c in changes if c.ticket_no not in first]]
+            done = {}
+            for half in halves:
+                for c, result in zip(half, await self.apply_many(half)):
+                    done[id(c)] = result
+            return [done[id(c)] for c in changes]
+
+    async def _apply_batch(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
         keys = list(dict.fromkeys(ticket_key(c.ticket_no) for c in changes))
         for _ in range(self.max_retries):
             async with self.redis.pipeline(transaction=True) as pipe:

@@ -98,3 +98,22 @@ async def test_a_decision_that_declines_writes_nothing(redis):
     [(ticket, events)] = await store.apply_many([Change("20261123-777002", lambda t: None)])
     assert ticket is None and events == []
     assert await store.get("20261123-777002") is None
+
+
+async def test_a_batch_that_keeps_conflicting_is_split_so_the_other_tickets_go_through(redis):
+    """One ticket that changes under every attempt must not hold up the rest of its batch."""
+    from shared.store import ConcurrentUpdate
+
+    class OneBusyTicket(TicketStore):
+        async def _apply_batch(self, changes):
+            if len({c.ticket_no for c in changes}) > 1 and any(c.ticket_no.endswith("BUSY") for c in changes):
+                raise ConcurrentUpdate("the busy ticket changed again")
+            return await super()._apply_batch(changes)
+
+    store = OneBusyTicket(redis)
+    nos = [f"20261123-8880{i:02d}" for i in range(5)] + ["20261123-BUSY"]
+    appeals = {no: AppealReceived(ticket_no=no, channel="hotline", text="楼道灯不亮很久了") for no in nos}
+    changes = [Change(no, lambda t, a=appeals[no]: record_appeal(t, a)) for no in nos]
+    results = await store.apply_many(changes)
+    assert [t.ticket_no for t, _ in results] == nos  # every change answered, in order
+    assert all(await store.get(no) for no in nos)

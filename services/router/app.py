@@ -68,18 +68,27 @@ def build_app(settings: Settings | None = None) -> FastStream:
         return [e for _, events in results for e in events]
 
     async def convene_hotspots(tickets: list[Ticket]) -> None:
-        """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting."""
+        """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting.
+        A cluster that just turned hot brings all its tickets; one whose meeting is already open
+        only this batch's (the others are there already): the work stays per batch, not per cluster."""
         hot = await hotspots.record(tickets, time.time())
+        if not hot:
+            return
+        already_open = await meeting_store.open_hotspots(list(hot))
+        new_here = {t.ticket_no for t in tickets}
         changes = []
         for (category, grid), cluster in hot.items():
+            joining = cluster if (category, grid) not in already_open else [n for n in cluster if n in new_here]
+            if not joining:
+                continue
             mid = await meeting_store.open_hotspot(category, grid, cluster[0])
-            members = [t for t in await rt.store.get_many(cluster) if t is not None]
+            members = [t for t in await rt.store.get_many(joining) if t is not None]
             summoned = {t.department.id for t in members if t.department} | {
                 d.id for t in members for d in t.co_departments}
             summoned.discard(rt.city.responsibilities.dispatch_desk)
             changes += [Change(no, partial(workflow.hold_for_meeting, mid=mid, reason="hotspot",
                                            summoned=sorted(summoned), city=rt.city, tz=tz,
-                                           now=datetime.now(UTC))) for no in cluster]
+                                           now=datetime.now(UTC))) for no in joining]
         if changes:
             await apply(changes)
 

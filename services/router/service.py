@@ -189,6 +189,11 @@ class MeetingStore:
             touched.append((meeting, [e.ticket_no for e in events]))
         return touched
 
+    async def open_hotspots(self, clusters: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (category, grid) clusters have an open meeting already (one round trip)."""
+        found = await self.redis.mget([f"meeting:open:{c}:{g}" for c, g in clusters])
+        return {cluster for cluster, mid in zip(clusters, found) if mid is not None}
+
     async def open_hotspot(self, category: str, grid: str, first_ticket: str) -> str:
         """The open meeting for a hot cluster: the one already open, or a new id claimed atomically
         (two router replicas seeing the same cluster agree on one meeting)."""

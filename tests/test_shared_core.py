@@ -116,4 +116,4 @@ async def test_a_batch_that_keeps_conflicting_is_split_so_the_other_tickets_go_t
     changes = [Change(no, lambda t, a=appeals[no]: record_appeal(t, a)) for no in nos]
     results = await store.apply_many(changes)
     assert [t.ticket_no for t, _ in results] == nos  # every change answered, in order
-    assert all(await store.get(no) for no in nos)
+    assert all([await store.get(no) for no in nos])

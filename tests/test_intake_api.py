@@ -17,7 +17,6 @@ from shared.embedded import EmbeddedServers
 from shared.privacy import caller_id
 from shared.store import TicketStore
 from tests.conftest import eventually
-from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 

@@ -13,7 +13,6 @@ from openpyxl import Workbook
 
 from services.api import create_app
 from shared.embedded import EmbeddedServers
-from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 URL = "/api/v1/appeals/batch"

@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.conftest import eventually
-from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 KEY = "test-open311-key"  # the settings fixture's OPEN311_API_KEYS

@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.conftest import eventually
-from tests.intake_helpers import as_dispatch_desk  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 TOKEN = "test-wechat-token"  # the settings fixture's WECHAT_TOKEN

@@ -65,7 +65,8 @@ def _queue_score(t: Ticket) -> float:
 
 
 class Queues:
-    """Each department's queue, most urgent deadline first; closed tickets leave it."""
+    """Each department's queue, most urgent deadline first. Closed tickets leave it for the
+    department's closed list (`queue:{dept}:closed`, newest first), which `status=closed` pages."""
 
     def __init__(self, redis: Redis, store: TicketStore) -> None:
         self.redis, self.store = redis, store
@@ -82,16 +83,20 @@ class Queues:
                     p.zrem(f"queue:{old.decode()}", t.ticket_no)
                 if t.status == st.CLOSED:
                     p.zrem(f"queue:{dept}", t.ticket_no)
+                    closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
+                    p.zadd(f"queue:{dept}:closed", {t.ticket_no: -closed_at})
                     p.hdel(OWNER, t.ticket_no)
                 else:
                     p.zadd(f"queue:{dept}", {t.ticket_no: _queue_score(t)})
+                    p.zrem(f"queue:{dept}:closed", t.ticket_no)
                     p.hset(OWNER, t.ticket_no, dept)
             await p.execute()
 
     async def page(
         self, dept: str, *, status: str | None, overdue: bool | None, page: int, size: int
     ) -> tuple[int, list[Ticket]]:
-        nos = [n.decode() for n in await self.redis.zrange(f"queue:{dept}", 0, -1)]
+        key = f"queue:{dept}:closed" if status == st.CLOSED else f"queue:{dept}"
+        nos = [n.decode() for n in await self.redis.zrange(key, 0, -1)]
         found: list[Ticket] = []
         for i in range(0, len(nos), 500):
             for t in await self.store.get_many(nos[i:i + 500]):

@@ -25,6 +25,7 @@ from services.notifier.service import Notifier
 from services.router import views as router_views
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
+from shared.http import api_error
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
@@ -77,10 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The same shape as our own validation errors: which field, and why.
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return JSONResponse(
-            status_code=422,
-            content={"error": "invalid_request", "field": field, "message": f"{field}: {first['msg']}",
-                     "details": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]},
+        return api_error(
+            422, "invalid_request", f"{field}: {first['msg']}", field=field,
+            details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
 
     # Any channel's submission may hit a caller's limit (the SMS view, say): 429 with Retry-After.

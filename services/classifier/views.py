@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.classifier import service
@@ -14,6 +13,7 @@ from shared.auth import Principal, require_admin
 from shared.bus import publish
 from shared.events import AppealClassified, CategoryScore, GridMatch, now_utc
 from shared.feedback import record_example
+from shared.http import api_error
 from shared.tickets import RECEIVED, REVIEW
 
 router = APIRouter(prefix="/api/v1/review", tags=["review"])
@@ -22,10 +22,6 @@ router = APIRouter(prefix="/api/v1/review", tags=["review"])
 class Correction(BaseModel):
     category: str = Field(description="the leaf category id the appeal belongs to")
     grid: str | None = Field(None, description="the grid id, when the classifier's grid was wrong or missing")
-
-
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": error, "message": message})
 
 
 def _item(r: AppealClassified) -> dict:
@@ -67,14 +63,14 @@ async def correct(
     city = state.city
     original = await service.in_review(state.redis, ticket_no)
     if original is None:
-        return _error(404, "not_in_review", f"工单{ticket_no}不在待复核队列中（可能已处理）")
+        return api_error(404, "not_in_review", f"工单{ticket_no}不在待复核队列中（可能已处理）")
     if correction.category not in city.leaf_categories:
-        return _error(422, "invalid_category",
+        return api_error(422, "invalid_category",
                       f"分类{correction.category!r}不是诉求分类目录中的末级分类，请选择末级分类编号")
     if correction.grid is not None and correction.grid not in city.grids:
-        return _error(422, "invalid_grid", f"网格{correction.grid!r}不存在，请检查网格编号")
+        return api_error(422, "invalid_grid", f"网格{correction.grid!r}不存在，请检查网格编号")
     if correction.grid is None and original.grid.grid is None:
-        return _error(422, "grid_required", "分类器没有找到网格，请同时指定网格编号（grid）")
+        return api_error(422, "grid_required", "分类器没有找到网格，请同时指定网格编号（grid）")
     reviewer = principal.department or principal.role
     if correction.grid is not None:
         info = city.grids[correction.grid]

@@ -18,6 +18,7 @@ from services.intake.domain import InvalidAppeal, validate
 from services.intake.limits import RateLimited
 from services.intake.service import Accepted, BrokerUnavailable, IntakeService
 from shared.events import Channel
+from shared.http import api_error
 from shared.metrics import APPEALS_REJECTED
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
@@ -43,28 +44,21 @@ class AppealAccepted(BaseModel):
 
 def rejection(channel: str, e: InvalidAppeal) -> JSONResponse:
     APPEALS_REJECTED.labels(channel=channel, reason=e.field).inc()
-    return JSONResponse(
-        status_code=422, content={"error": "invalid_appeal", "field": e.field, "message": e.message}
-    )
+    return api_error(422, "invalid_appeal", e.message, field=e.field)
 
 
 def unavailable() -> JSONResponse:
-    return JSONResponse(
-        status_code=503,
-        headers={"Retry-After": "5"},
-        content={"error": "unavailable", "message": "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）"},
-    )
+    return api_error(503, "unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）",
+                     headers={"Retry-After": "5"})
 
 
 def too_many(e: RateLimited) -> JSONResponse:
-    return JSONResponse(
-        status_code=429, headers={"Retry-After": str(e.retry_after)},
-        content={"error": "rate_limited", "message": e.message, "retry_after": e.retry_after},
-    )
+    return api_error(429, "rate_limited", e.message, headers={"Retry-After": str(e.retry_after)},
+                     retry_after=e.retry_after)
 
 
 def bad_request(message: str, field: str = "body") -> JSONResponse:
-    return JSONResponse(status_code=400, content={"error": "bad_request", "field": field, "message": message})
+    return api_error(400, "bad_request", message, field=field)
 
 
 def client_ip(request: Request) -> str | None:

@@ -18,6 +18,7 @@ from services.notifier.gateway import OutboxGateway
 from services.notifier.ratebook import MAX_DAYS, RateBook
 from services.notifier.service import Notifier
 from shared.auth import Principal, require_admin
+from shared.http import api_error
 from shared.privacy import InvalidPhone, normalize_phone
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
@@ -36,7 +37,7 @@ class Receipt(BaseModel):
 
 
 def _bad_phone(e: InvalidPhone) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"error": "invalid_phone", "field": "phone", "message": str(e)})
+    return api_error(422, "invalid_phone", str(e), field="phone")
 
 
 @router.post("/sms/inbound")
@@ -67,7 +68,7 @@ async def inbound_sms(body: InboundSms, request: Request):
 @router.post("/sms/receipts")
 async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_admin)):
     if not await request.app.state.notifier.receipt(body.message_id, body.status == "delivered", body.error):
-        return JSONResponse(status_code=404, content={"error": "not_found", "message": f"短信{body.message_id}不存在"})
+        return api_error(404, "not_found", f"短信{body.message_id}不存在")
     return {"message_id": body.message_id, "state": "delivered" if body.status == "delivered" else "undelivered"}
 
 
@@ -80,8 +81,7 @@ async def outbox(
 ):
     gateway = request.app.state.notifier.gateway
     if not isinstance(gateway, OutboxGateway):
-        return JSONResponse(status_code=404, content={
-            "error": "no_outbox", "message": "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用"})
+        return api_error(404, "no_outbox", "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用")
     try:
         wanted = normalize_phone(phone) if phone else None
     except InvalidPhone as e:
@@ -102,11 +102,9 @@ async def rates(
     end = to or today
     start = from_ or end.replace(day=1)
     if start > end:
-        return JSONResponse(status_code=422, content={
-            "error": "invalid_period", "field": "from", "message": f"起始日期{start}晚于结束日期{end}"})
+        return api_error(422, "invalid_period", f"起始日期{start}晚于结束日期{end}", field="from")
     if (end - start).days >= MAX_DAYS:
-        return JSONResponse(status_code=422, content={
-            "error": "invalid_period", "field": "from", "message": f"统计区间最长{MAX_DAYS}天"})
+        return api_error(422, "invalid_period", f"统计区间最长{MAX_DAYS}天", field="from")
     w = book.weights
     return {
         "group_by": group_by, "from": start.isoformat(), "to": end.isoformat(),

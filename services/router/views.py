@@ -24,22 +24,19 @@ from shared.bus import publish
 from shared.city import City
 from shared.events import MeetingUpdated
 from shared.feedback import record_example
+from shared.http import api_error
 from shared.store import Change, ConcurrentUpdate, Outcome, apply_and_publish
 from shared.tickets import Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": code, "message": message})
-
-
 def not_found(ticket_no: str) -> JSONResponse:
-    return error(404, "not_found", f"工单{ticket_no}不存在")
+    return api_error(404, "not_found", f"工单{ticket_no}不存在")
 
 
-BUSY = {"status_code": 409, "headers": {"Retry-After": "1"},
-        "content": {"error": "busy", "message": "工单正在被其他操作修改，请稍后重试"}}
+def busy() -> JSONResponse:
+    return api_error(409, "busy", "工单正在被其他操作修改，请稍后重试", headers={"Retry-After": "1"})
 
 
 def flags(ticket: Ticket) -> list[str]:
@@ -97,13 +94,13 @@ async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, da
             state.store, [Change(ticket_no, decide)], lambda events: publish(state.publisher, events)
         )
     except ConcurrentUpdate:
-        return JSONResponse(**BUSY)
+        return busy()
     except Exception:
         # Written to the store; the router's outbox relay will publish it.
         ticket = await state.store.get(ticket_no)
     if errors:
         e = errors[-1]
-        return error(e.status, e.code, e.message)
+        return api_error(e.status, e.code, e.message)
     return ticket_view(ticket, await state.store.history(ticket_no))
 
 
@@ -215,9 +212,9 @@ async def department_tickets(
 ):
     """The department's queue, most urgent deadline first."""
     if not principal.is_admin and principal.department != dept_id:
-        return error(403, "forbidden", "只能查看本单位的工单")
+        return api_error(403, "forbidden", "只能查看本单位的工单")
     if dept_id not in request.app.state.city.department_by_id:
-        return error(404, "unknown_department", f"承办单位{dept_id}不存在")
+        return api_error(404, "unknown_department", f"承办单位{dept_id}不存在")
     total, items = await queues(request).page(dept_id, status=status, overdue=overdue, page=page, size=size)
     return {"department": dept_id, "total": total, "page": page, "size": size,
             "tickets": [ticket_view(t) for t in items]}
@@ -272,7 +269,7 @@ async def get_meeting(meeting_id: str, request: Request, principal: Principal = 
     state = request.app.state
     m = await MeetingStore(state.redis, state.store).get(meeting_id)
     if m is None or not (principal.is_admin or principal.department in m.summoned):
-        return error(404, "not_found", f"联席会议{meeting_id}不存在")
+        return api_error(404, "not_found", f"联席会议{meeting_id}不存在")
     return meeting_view(m, state.city)
 
 
@@ -294,9 +291,9 @@ async def change_meeting(request: Request, meeting_id: str, principal: Principal
         m = await MeetingStore(state.redis, state.store).change(
             meeting_id, decide, lambda events: publish(state.publisher, events))
     except ConcurrentUpdate:
-        return JSONResponse(**BUSY)
+        return busy()
     if errors:
-        return error(errors[-1].status, errors[-1].code, errors[-1].message)
+        return api_error(errors[-1].status, errors[-1].code, errors[-1].message)
     return m
 
 
@@ -343,5 +340,5 @@ async def meeting_decide(meeting_id: str, body: MeetingDecisionIn, request: Requ
     try:
         await apply_and_publish(state.store, changes, lambda events: publish(state.publisher, events))
     except ConcurrentUpdate:
-        return JSONResponse(**BUSY)
+        return busy()
     return meeting_view(m, city)

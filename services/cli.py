@@ -205,6 +205,10 @@ def evaluate(
     cv: int = typer.Option(0, min=0, help="Instead of a model: k-fold cross-validation of training on DATA."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     target_precision: float = typer.Option(0.95, min=0.5, max=1.0, help="Precision for the review threshold."),
+    curve: bool = typer.Option(False, "--learning-curve",
+                               help="With --cv: also train on 25/50/75% of each training fold and project "
+                                    "how much labelled data --target-f1 needs."),
+    target_f1: float = typer.Option(0.90, min=0.0, max=1.0, help="The macro-F1 the learning curve projects to."),
 ) -> None:
     """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, review coverage."""
     from services.classifier import analyst, evaluation
@@ -215,6 +219,8 @@ def evaluate(
         _fail("give exactly one of --model MODEL_PATH or --cv K (K >= 2)")
     if cv == 1:
         _fail("--cv needs at least 2 folds")
+    if curve and not cv:
+        _fail("--learning-curve needs --cv K: the curve is cross-validated")
     records = _read_data(data)
     try:
         if cv:
@@ -222,12 +228,21 @@ def evaluate(
             least = min(labels.count(x) for x in set(labels))
             if least < cv:
                 _fail(f"{cv}-fold cross-validation needs at least {cv} examples of every label (one has {least})")
-            rep = analyst.cross_validate_data(load_city(settings.city_config_dir), records, cv, target_precision)
+            city = load_city(settings.city_config_dir)
+            rep = analyst.cross_validate_data(city, records, cv, target_precision)
+            if curve:
+                rep["learning_curve"] = analyst.learning_curve_data(city, records, cv, rep, target_f1)
         else:
             rep = analyst.evaluate_model(analyst.resolve_model(model, settings.model_dir), records, target_precision)
     except analyst.DataError as e:
         _fail(str(e))
-    typer.echo(json.dumps(rep, ensure_ascii=False) if as_json else evaluation.format_report(rep))
+    if as_json:
+        typer.echo(json.dumps(rep, ensure_ascii=False))
+        return
+    typer.echo(evaluation.format_report(rep))
+    if "learning_curve" in rep:
+        typer.echo("\n" + evaluation.format_learning_curve(rep["learning_curve"]["points"],
+                                                           rep["learning_curve"]["projection"]))
 
 
 model_cli = typer.Typer(help="The model registry: list models, approve the one the classifier serves.")

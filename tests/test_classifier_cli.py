@@ -69,6 +69,8 @@ def test_evaluate_prints_the_figures_and_one_json_object(trained):
 def test_evaluate_refuses_what_it_cannot_do(trained, tmp_path):
     model, test = trained
     assert appeals("evaluate", "--data", str(test)).returncode == 2  # neither --model nor --cv
+    no_cv = appeals("evaluate", "--model", str(model), "--data", str(test), "--learning-curve")
+    assert no_cv.returncode == 2 and "--learning-curve needs --cv" in no_cv.stderr
     missing = appeals("evaluate", "--model", str(model), "--data", str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
@@ -94,3 +96,19 @@ def test_cross_validation_on_the_real_message_board_data(tmp_path):
     rep = json.loads(out.stdout)
     assert rep["n"] == len(lines) and len(rep["per_class"]) == 7 and rep["folds"] == 2
     assert 0.6 < rep["macro_f1_mean"] <= 1.0  # sane, far above chance (~0.14), not a tuned number
+
+
+def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
+    data = tmp_path / "train.jsonl"
+    corpus.write_jsonl(top_level(corpus.generate(load_city(), per_category=6, seed=33)), data)
+    out = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve", "--json")
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    points = rep["learning_curve"]["points"]
+    assert [p["fraction"] for p in points] == [0.25, 0.5, 0.75, 1.0]
+    sizes = [p["n_train"] for p in points]
+    assert sizes == sorted(sizes) and sizes[-1] == rep["n"] // 2  # each 2-fold model saw half the data
+    assert points[-1]["macro_f1_mean"] == rep["macro_f1_mean"]
+    assert rep["learning_curve"]["projection"]["n_all"] == rep["n"]
+    text = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve")
+    assert text.returncode == 0 and "learning curve" in text.stdout and "per doubling" in text.stdout

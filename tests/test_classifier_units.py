@@ -88,6 +88,30 @@ def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, targ
         assert t["coverage"] == pytest.approx(routed.mean(), abs=1e-4)
 
 
+def _curve(points: list[tuple[int, float]]) -> list[dict]:
+    return [{"fraction": n / points[-1][0], "n_train": n, "macro_f1_mean": f, "macro_f1_std": 0.0}
+            for n, f in points]
+
+
+def test_learning_curve_projection_follows_the_upper_half_of_the_curve():
+    # 0.80 at 500, +0.04 per doubling above it; the steep start (0.50 at 100) is left out.
+    proj = evaluation.projection(_curve([(100, 0.50), (500, 0.80), (1000, 0.84), (2000, 0.88)]), 0.90, 2000)
+    assert proj["per_doubling"] == pytest.approx(0.04, abs=1e-4)
+    assert proj["n_for_target"] == pytest.approx(2000 * 2 ** 0.5, abs=2)
+    assert proj["at_all_data"] == pytest.approx(0.88, abs=1e-4)
+    text = evaluation.format_learning_curve(_curve([(100, 0.50), (500, 0.80), (1000, 0.84), (2000, 0.88)]), proj)
+    assert "2,829 labelled appeals" in text and "trained on all 2,000: about 0.8800" in text
+
+
+def test_learning_curve_projection_when_flat_or_already_there():
+    flat = evaluation.projection(_curve([(500, 0.85), (1000, 0.85), (2000, 0.84)]), 0.90, 2500)
+    assert flat["n_for_target"] is None and flat["per_doubling"] < 0
+    there = evaluation.projection(_curve([(500, 0.88), (1000, 0.91)]), 0.90, 1250)
+    assert there["n_for_target"] == 1000
+    with pytest.raises(ValueError):
+        evaluation.projection(_curve([(100, 0.5), (1000, 0.9)]), 0.9, 1000)  # one point in the upper half
+
+
 def test_report_has_every_figure_for_arbitrary_labels():
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     rep = evaluation.report(["甲", "乙", "乙", "乙"], proba, ["甲", "乙"])

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from services.classifier import corpus
-from services.classifier.model import CategoryModel, cross_validate, document, model_path, train
+from services.classifier.model import (
+    CategoryModel,
+    cross_validate,
+    document,
+    learning_curve,
+    model_path,
+    train,
+)
 from services.classifier.text import city_vocabulary, segmenter_for
 from shared.city import City
 
@@ -110,6 +117,19 @@ def cross_validate_data(
     city: City, records: list[dict[str, Any]], folds: int, target_precision: float
 ) -> dict[str, Any]:
     return cross_validate(records, segmenter(city), folds=folds, target_precision=target_precision)
+
+
+def learning_curve_data(
+    city: City, records: list[dict[str, Any]], folds: int, full: dict[str, Any], target_f1: float
+) -> dict[str, Any]:
+    """The learning curve below the full training folds (`full` is their cross-validation report)
+    and the projection to `target_f1`."""
+    from services.classifier import evaluation
+
+    points = learning_curve(records, segmenter(city), folds=folds)
+    points.append({"fraction": 1.0, "n_train": round(full["n"] * (folds - 1) / folds),
+                   "macro_f1_mean": full["macro_f1_mean"], "macro_f1_std": full["macro_f1_std"]})
+    return {"points": points, "projection": evaluation.projection(points, target_f1, len(records))}
 
 
 def _rss_mb() -> tuple[float, float]:

@@ -87,6 +87,46 @@ def report(
     }
 
 
+def projection(points: Sequence[dict[str, Any]], target: float, n_all: int) -> dict[str, Any]:
+    """Where the learning curve is heading, from its upper half (training sizes of at least half the
+    largest; curves flatten, so the steep start would promise too much): a least-squares line of
+    macro-F1 over log2(training size). `at_all_data` is its value for a model trained on all `n_all`
+    examples (what `appeals train` ships, a little more than each fold saw); `n_for_target` how many
+    labelled examples would reach `target` if the trend held (None when the curve does not rise).
+    A rough guide, not a promise."""
+    top = max(p["n_train"] for p in points)
+    upper = [p for p in points if p["n_train"] >= top / 2]
+    n = np.array([p["n_train"] for p in upper], dtype=float)
+    f1 = np.array([p["macro_f1_mean"] for p in upper], dtype=float)
+    if len(n) < 2 or np.ptp(n) == 0:
+        raise ValueError("a projection needs two training sizes at least in the curve's upper half")
+    slope, intercept = np.polyfit(np.log2(n), f1, 1)
+    if f1[n.argmax()] >= target:
+        needed: int | None = int(n.max())
+    elif slope <= 0:
+        needed = None
+    else:
+        needed = int(np.ceil(2 ** ((target - intercept) / slope)))
+    return {"target_macro_f1": target, "per_doubling": round(float(slope), 4), "n_all": n_all,
+            "at_all_data": round(float(intercept + slope * np.log2(n_all)), 4), "n_for_target": needed}
+
+
+def format_learning_curve(points: Sequence[dict[str, Any]], proj: dict[str, Any]) -> str:
+    lines = ["learning curve (same test folds, stratified shares of each training fold)",
+             "share  trained on  macro-F1"]
+    lines += [f"{p['fraction']:>5.0%}  {p['n_train']:>10}  {p['macro_f1_mean']:.4f} ± {p['macro_f1_std']:.4f}"
+              for p in points]
+    target = proj["target_macro_f1"]
+    lines.append(f"trained on all {proj['n_all']:,}: about {proj['at_all_data']:.4f} expected on unseen appeals "
+                 "(the trend of the curve's upper half)")
+    if proj["n_for_target"] is None:
+        lines.append(f"macro-F1 does not rise with more data here; no projection to {target:.2f}")
+    else:
+        lines.append(f"+{proj['per_doubling']:.4f} macro-F1 per doubling of the training data: "
+                     f"{target:.2f} at about {proj['n_for_target']:,} labelled appeals if the trend held")
+    return "\n".join(lines)
+
+
 def format_report(rep: dict[str, Any]) -> str:
     """The report as text for an analyst's terminal."""
     lines = [f"appeals evaluated: {rep['n']}"]

@@ -252,6 +252,29 @@ def train(
     return CategoryModel(features, classifier, fit_heads(x, records, folds), metadata)
 
 
+def _fold_predictions(
+    records: Sequence[dict[str, Any]], segmenter: Segmenter, classes: list[str], *, folds: int, seed: int,
+    fraction: float = 1.0,
+):
+    """For each of `folds` stratified folds: (test indices, probabilities over `classes`) from a model
+    trained on the other folds, or on a stratified `fraction` of them (the test folds never change)."""
+    labels = np.asarray([str(r["label"]) for r in records])
+    rng = np.random.default_rng(seed)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
+        if fraction < 1.0:
+            # The same share of every label, at least two (a model needs two examples of a label).
+            train_idx = np.concatenate([
+                rng.permutation(idx)[: max(2, round(fraction * len(idx)))]
+                for idx in (train_idx[labels[train_idx] == c] for c in np.unique(labels[train_idx]))
+            ])
+        model = train([records[i] for i in train_idx], segmenter)
+        proba = np.zeros((len(test_idx), len(classes)))
+        proba[:, [classes.index(c) for c in model.categories]] = model.predict_proba(
+            [document(records[i].get("title", ""), records[i]["text"]) for i in test_idx])
+        yield len(train_idx), test_idx, proba
+
+
 def cross_validate(
     records: Sequence[dict[str, Any]], segmenter: Segmenter, *, folds: int = 5,
     target_precision: float = 0.95, seed: int = 0,
@@ -262,19 +285,33 @@ def cross_validate(
     classes = sorted(set(labels.tolist()))
     oof = np.zeros((len(records), len(classes)))
     fold_f1 = []
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
-        model = train([records[i] for i in train_idx], segmenter)
-        proba = model.predict_proba([document(records[i].get("title", ""), records[i]["text"])
-                                     for i in test_idx])
-        cols = [classes.index(c) for c in model.categories]
-        oof[np.ix_(test_idx, cols)] = proba
-        fold = evaluation.report(labels[test_idx], oof[test_idx], classes)
-        fold_f1.append(fold["macro_f1"])
+    for _, test_idx, proba in _fold_predictions(records, segmenter, classes, folds=folds, seed=seed):
+        oof[test_idx] = proba
+        fold_f1.append(evaluation.report(labels[test_idx], proba, classes)["macro_f1"])
     rep = evaluation.report(labels, oof, classes, target_precision=target_precision)
     rep.update(folds=folds, fold_macro_f1=fold_f1, macro_f1_mean=round(float(np.mean(fold_f1)), 4),
                macro_f1_std=round(float(np.std(fold_f1)), 4))
     return rep
+
+
+def learning_curve(
+    records: Sequence[dict[str, Any]], segmenter: Segmenter, *, folds: int = 5,
+    fractions: Sequence[float] = (0.25, 0.5, 0.75), seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Cross-validated macro-F1 when training on growing shares of each training fold, to see how
+    much more labelled data would buy (`evaluation.projection`). The full share is `cross_validate`."""
+    labels = np.asarray([str(r["label"]) for r in records])
+    classes = sorted(set(labels.tolist()))
+    points = []
+    for fraction in fractions:
+        sizes, f1 = [], []
+        for n_train, test_idx, proba in _fold_predictions(records, segmenter, classes, folds=folds,
+                                                           seed=seed, fraction=fraction):
+            sizes.append(n_train)
+            f1.append(evaluation.report(labels[test_idx], proba, classes)["macro_f1"])
+        points.append({"fraction": fraction, "n_train": round(float(np.mean(sizes))),
+                       "macro_f1_mean": round(float(np.mean(f1)), 4), "macro_f1_std": round(float(np.std(f1)), 4)})
+    return points
 
 
 def list_models(model_dir: Path) -> list[Path]:

@@ -33,6 +33,7 @@ from shared.store import TicketStore
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    wechat_crypto = wechat_views.safe_mode(settings)  # a bad EncodingAESKey stops the start, with the reason
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await publisher.start()
         store = TicketStore(redis)
         app.state.settings = settings
+        app.state.wechat_crypto = wechat_crypto
         app.state.city = load_city(settings.city_config_dir)
         app.state.redis = redis
         app.state.publisher = publisher

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     # Intake channels (issue 3). WeChat: the Token set in the official account's server config.
     wechat_token: str = ""  # empty: the WeChat endpoint answers 503 (not configured)
     wechat_max_clock_skew_seconds: int = Field(300, ge=10)  # older signed timestamps are replays
+    # Safe / compatible mode (encrypted pushes): the console's EncodingAESKey and the account's AppID.
+    wechat_encoding_aes_key: str = ""
+    wechat_app_id: str = ""
     open311_api_keys: str = ""  # comma-separated keys accepted by POST /open311/v2/requests.json
     rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
     rate_limit_per_ip_per_minute: int = Field(600, ge=0)

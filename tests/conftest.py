@@ -56,6 +56,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
         model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
         wechat_token="test-wechat-token", open311_api_keys="test-open311-key",  # intake channels (issue 3)
+        wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", wechat_app_id="wx12345hotline",
     )
 
 

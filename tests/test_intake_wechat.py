@@ -142,3 +142,70 @@ async def test_rejected_pushes_publish_nothing(api, redis, case):
 async def test_too_short_text_gets_a_reply_saying_why(api):
     r = await api.post(URL, params=signed(), content=text(openid(), "路灯"))
     assert r.status_code == 200 and "太短" in reply_of(r)["Content"]
+
+
+# --- safe mode (encrypted pushes) ---------------------------------------------------------------------
+
+AES_KEY, APP_ID = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "wx12345hotline"  # the settings fixture's
+
+
+def encrypted(body: bytes, *, app_id: str = APP_ID, compatible: bool = False) -> tuple[dict[str, str], bytes]:
+    """A push as WeChat sends it in safe mode (or compatible mode: the plaintext fields stay beside it)."""
+    from services.intake.wechat_crypto import WeChatCrypto, msg_signature
+
+    enc = WeChatCrypto(TOKEN, AES_KEY, app_id).encrypt(body.decode())
+    params = signed()
+    params.update(encrypt_type="aes", msg_signature=msg_signature(TOKEN, params["timestamp"], params["nonce"], enc))
+    inner = body.decode()[len("<xml>"):-len("</xml>")] if compatible else ""
+    return params, (f"<xml><ToUserName><![CDATA[gh_12345hotline]]></ToUserName>{inner}"
+                    f"<Encrypt><![CDATA[{enc}]]></Encrypt></xml>").encode()
+
+
+def decrypted_reply(r) -> dict[str, str]:
+    from services.intake.wechat_crypto import WeChatCrypto, msg_signature
+
+    envelope = reply_of(r)
+    assert envelope["MsgSignature"] == msg_signature(TOKEN, envelope["TimeStamp"], envelope["Nonce"],
+                                                     envelope["Encrypt"])
+    inner = WeChatCrypto(TOKEN, AES_KEY, APP_ID).decrypt(envelope["Encrypt"])
+    return {child.tag: child.text or "" for child in ET.fromstring(inner)}
+
+
+@pytest.mark.parametrize("mode", ["safe", "compatible"])
+async def test_an_encrypted_push_becomes_an_appeal_with_an_encrypted_reply(api, mode):
+    user = openid()
+    params, body = encrypted(text(user, "朝阳路88号门口的井盖丢了一个，晚上很危险，请尽快处理"),
+                             compatible=mode == "compatible")
+    r = await api.post(URL, params=params, content=body)
+    assert r.status_code == 200, r.text
+    assert "工单号" not in r.text  # the reply is encrypted too
+    reply = decrypted_reply(r)
+    assert reply["ToUserName"] == user and "工单号" in reply["Content"]
+    ticket_no = reply["Content"].split("工单号：")[1][:15]
+    t = (await api.get(f"/api/v1/tickets/{ticket_no}")).json()
+    assert t["channel"] == "wechat" and "井盖" in t["text"]
+
+
+@pytest.mark.parametrize("case", ["msg_signature", "other_account", "no_encrypt"])
+async def test_an_encrypted_push_that_is_not_ours_publishes_nothing(api, redis, case):
+    body = text(openid(), "这是一条不应被受理的加密诉求内容测试消息")
+    params, enc_body = encrypted(body, app_id="wx0ther" if case == "other_account" else APP_ID)
+    expected = 403
+    if case == "msg_signature":
+        params["msg_signature"] = "0" * 40
+    elif case == "no_encrypt":
+        enc_body, expected = body, 400  # says aes, carries plaintext only
+    before = await seq(redis)
+    r = await api.post(URL, params=params, content=enc_body)
+    assert r.status_code == expected, r.text
+    assert ET.fromstring(r.content).find("Error").text
+    assert await seq(redis) == before
+
+
+def test_safe_mode_is_off_without_a_key_and_a_bad_key_stops_the_api_with_the_reason(settings):
+    from services.api import create_app
+    from services.intake.wechat_views import safe_mode
+
+    assert safe_mode(settings.model_copy(update={"wechat_encoding_aes_key": ""})) is None
+    with pytest.raises(ValueError, match="43 characters"):
+        create_app(settings.model_copy(update={"wechat_encoding_aes_key": "short"}))

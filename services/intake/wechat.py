@@ -1,4 +1,4 @@
-"""The WeChat official account's server-side message interface (plaintext mode). Pure functions.
+"""The WeChat official account's server-side message interface (the messages themselves). Pure functions.
 
 WeChat signs every request to the server URL: `signature = sha1("".join(sorted([token, timestamp,
 nonce])))`. It pushes user messages as XML:
@@ -57,8 +57,8 @@ class Message:
     event: str = ""
 
 
-def parse(body: bytes) -> Message:
-    """Parse a push, refusing DTDs and entities (XML from the internet must not expand or fetch)."""
+def read_xml(body: bytes) -> ET.Element:
+    """The push's XML root, refusing DTDs and entities (XML from the internet must not expand or fetch)."""
     if len(body) > MAX_BODY:
         raise BadMessage("消息过大")
     try:
@@ -73,6 +73,15 @@ def parse(body: bytes) -> Message:
         raise BadMessage(f"XML格式错误：{e}") from None
     if root.tag != "xml":
         raise BadMessage("根元素应为<xml>")
+    return root
+
+
+def parse(body: bytes) -> Message:
+    return message(read_xml(body))
+
+
+def message(root: ET.Element) -> Message:
+    """The message in a push's XML root."""
 
     def field(name: str, required: bool = False) -> str:
         node = root.find(name)

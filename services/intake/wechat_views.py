@@ -1,5 +1,8 @@
 """The WeChat official account's server URL: `GET` verifies the URL, `POST` receives user messages.
 
+Safe and compatible modes (`encrypt_type=aes`): the push is decrypted and its reply encrypted
+(services.intake.wechat_crypto); a wrong msg_signature or another account's AppID is 403.
+
 Status codes: a request that is not from WeChat (bad signature, stale timestamp: 403) or not a
 readable message (malformed XML, invalid UTF-8: 400) is refused and nothing is published. Problems
 the *resident* must fix (text too short, too many appeals) are answered with HTTP 200 and a passive
@@ -15,12 +18,13 @@ import time
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from services.intake import wechat
+from services.intake import wechat, wechat_crypto
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
 from services.intake.limits import RateLimited
 from services.intake.service import BrokerUnavailable, IntakeService
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
+from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1/channels/wechat", tags=["wechat"])
 XML = "application/xml; charset=utf-8"
@@ -28,6 +32,15 @@ XML = "application/xml; charset=utf-8"
 
 def _xml(body: str, status: int = 200, **headers: str) -> Response:
     return Response(body, status_code=status, media_type=XML, headers=headers or None)
+
+
+def safe_mode(settings: Settings) -> wechat_crypto.WeChatCrypto | None:
+    """The decrypter for safe / compatible mode when WECHAT_ENCODING_AES_KEY is set; ValueError names
+    what is wrong with the key or the AppID."""
+    if not settings.wechat_encoding_aes_key:
+        return None
+    return wechat_crypto.WeChatCrypto(settings.wechat_token, settings.wechat_encoding_aes_key,
+                                      settings.wechat_app_id)
 
 
 def _verified(request: Request, signature: str, timestamp: str, nonce: str) -> Response | None:
@@ -53,12 +66,28 @@ async def receive(
     signature: str = Query(""),
     timestamp: str = Query(""),
     nonce: str = Query(""),
+    encrypt_type: str = Query(""),
+    msg_signature: str = Query(""),
 ):
     refused = _verified(request, signature, timestamp, nonce)
     if refused:
         return refused
+    crypto: wechat_crypto.WeChatCrypto | None = request.app.state.wechat_crypto
     try:
-        msg = wechat.parse(await request.body())
+        root = wechat.read_xml(await request.body())
+        encrypted = wechat_crypto.encrypted_field(root) if encrypt_type.lower() == "aes" else None
+        if encrypted is not None:
+            if crypto is None:
+                return _xml(wechat.error_reply("未配置WECHAT_ENCODING_AES_KEY，无法解密安全模式消息"), 503)
+            if not crypto.signature_ok(msg_signature, timestamp, nonce, encrypted):
+                return _xml(wechat.error_reply("消息签名（msg_signature）校验失败"), 403)
+            root = wechat.read_xml(crypto.decrypt(encrypted))
+        elif encrypt_type.lower() == "aes":
+            raise wechat.BadMessage("encrypt_type=aes 的消息缺少Encrypt字段")
+        msg = wechat.message(root)
+    except wechat_crypto.CryptoError as e:
+        APPEALS_REJECTED.labels(channel="wechat", reason="crypto").inc()
+        return _xml(wechat.error_reply(str(e)), 403)
     except wechat.BadMessage as e:
         APPEALS_REJECTED.labels(channel="wechat", reason="xml").inc()
         return _xml(wechat.error_reply(str(e)), 400)
@@ -69,8 +98,11 @@ async def receive(
     except BrokerUnavailable:
         return _xml(wechat.error_reply("系统繁忙，请稍后重试"), 503, **{"Retry-After": "5"})
     if not reply:
-        return PlainTextResponse("success")  # WeChat's "received, nothing to say"
-    return _xml(wechat.text_reply(msg, reply, now))
+        return PlainTextResponse("success")  # WeChat's "received, nothing to say", in every mode
+    answer = wechat.text_reply(msg, reply, now)
+    if encrypted is not None:
+        answer = crypto.reply(answer, now, nonce)  # an encrypted push gets an encrypted reply
+    return _xml(answer)
 
 
 async def _handle(intake: IntakeService, msg: wechat.Message) -> str:

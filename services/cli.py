@@ -315,17 +315,19 @@ def bench_classifier(
 def token(
     department: str = typer.Option(None, help="Mint a token for this department id."),
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
+    sms_gateway: bool = typer.Option(False, "--sms-gateway",
+                                     help="Mint the SMS provider's token (incoming SMS and receipts only)."),
 ) -> None:
     """Mint an API bearer token (printed once; only its hash is stored)."""
     from shared.auth import issue_token
     from shared.city import load_city
 
     settings = get_settings()
-    if admin == (department is not None):
-        raise typer.BadParameter("give exactly one of --department DEPT_ID or --admin")
+    if admin + sms_gateway + (department is not None) != 1:
+        raise typer.BadParameter("give exactly one of --department DEPT_ID, --admin or --sms-gateway")
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
-    role = "admin" if admin else "department"
+    role = "admin" if admin else "sms_gateway" if sms_gateway else "department"
     typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department))))
 
 

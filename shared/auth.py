@@ -1,8 +1,11 @@
-"""Bearer tokens for departments and the dispatch desk (admin). Stored hashed in Redis.
+"""Bearer tokens for departments, the dispatch desk (admin) and the SMS provider's gateway. Stored
+hashed in Redis.
 
-  auth:token:{sha256(token)} -> JSON {"role": "department"|"admin", "department": id|null}
+  auth:token:{sha256(token)} -> JSON {"role": "department"|"admin"|"sms_gateway", "department": id|null}
 
-`appeals token --department DEPT_ID` / `appeals token --admin` mint one and print it once.
+`appeals token --department DEPT_ID` / `--admin` / `--sms-gateway` mint one and print it once. The
+gateway token can only push incoming SMS and delivery receipts: a forged "1" from a resident's number
+would close a ticket as satisfied, so those callbacks are not open, yet the provider needs no more.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-Role = Literal["department", "admin"]
+Role = Literal["department", "admin", "sms_gateway"]
 
 
 @dataclass(frozen=True)
@@ -74,4 +77,11 @@ async def current_principal(
 async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
     if not principal.is_admin:
         raise HTTPException(status_code=403, detail="只有派单中心（管理员）可以执行此操作")
+    return principal
+
+
+async def require_sms_gateway(principal: Principal = Depends(current_principal)) -> Principal:
+    """The SMS provider's callbacks (incoming messages, receipts); the dispatch desk may use them too."""
+    if principal.role not in ("sms_gateway", "admin"):
+        raise HTTPException(status_code=403, detail="只有短信服务商网关（或派单中心）可以推送短信和回执")
     return principal

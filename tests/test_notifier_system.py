@@ -77,6 +77,28 @@ async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_s
     assert await outbox_for(redis, phone, "result") and await outbox_for(redis, phone, "survey") == []
 
 
+async def test_sms_callbacks_need_the_gateway_token_and_it_opens_nothing_else(api, redis):
+    """A forged "1" from a resident's number would close a ticket as satisfied: the provider's
+    callbacks are not open, and the provider's token reaches nothing but them."""
+    gateway = {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
+    phone = new_phone()
+    text = {"phone": phone, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"}
+    assert (await api.post("/api/v1/sms/inbound", json=text, headers=NO_TOKEN)).status_code == 401
+    no = await submit(api, new_phone(), text=LIGHT)
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
+    department = await as_department(redis, ticket)
+    r = await api.post("/api/v1/sms/inbound", json=text, headers=department)
+    assert r.status_code == 403 and "短信服务商网关" in r.json()["detail"]
+    r = await api.post("/api/v1/sms/inbound", json=text, headers=gateway)
+    assert r.status_code == 201 and r.json()["kind"] == "appeal"
+    receipt = {"message_id": "nope", "status": "delivered"}
+    assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=gateway)).status_code == 404
+    assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=department)).status_code == 403
+    assert (await api.get("/api/v1/sms/outbox", headers=gateway)).status_code == 403
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=gateway)).status_code == 404
+    assert (await api.get("/api/v1/stats", headers=gateway)).status_code == 403
+
+
 async def test_outbox_and_receipts_need_the_admin_token(api, redis, admin):
     phone = new_phone()
     no = await submit(api, phone, text=LIGHT)

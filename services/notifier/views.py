@@ -17,7 +17,7 @@ from services.intake.views import rejection, unavailable
 from services.notifier.gateway import OutboxGateway
 from services.notifier.ratebook import MAX_DAYS, RateBook
 from services.notifier.service import Notifier
-from shared.auth import Principal, require_admin
+from shared.auth import Principal, require_admin, require_sms_gateway
 from shared.http import api_error
 from shared.privacy import InvalidPhone, normalize_phone
 
@@ -41,7 +41,7 @@ def _bad_phone(e: InvalidPhone) -> JSONResponse:
 
 
 @router.post("/sms/inbound")
-async def inbound_sms(body: InboundSms, request: Request):
+async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends(require_sms_gateway)):
     try:
         phone = normalize_phone(body.phone)
     except InvalidPhone as e:
@@ -66,7 +66,7 @@ async def inbound_sms(body: InboundSms, request: Request):
 
 
 @router.post("/sms/receipts")
-async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_admin)):
+async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_sms_gateway)):
     if not await request.app.state.notifier.receipt(body.message_id, body.status == "delivered", body.error):
         return api_error(404, "not_found", f"短信{body.message_id}不存在")
     return {"message_id": body.message_id, "state": "delivered" if body.status == "delivered" else "undelivered"}

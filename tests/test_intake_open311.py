@@ -9,6 +9,7 @@ window is today instead of 2010."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
 import pytest
@@ -118,3 +119,56 @@ async def test_a_retried_post_with_an_idempotency_key_returns_the_same_request(a
     first = await api.post("/open311/v2/requests.json", content=body, headers=headers)
     second = await api.post("/open311/v2/requests.json", content=body, headers=headers)
     assert first.json()[0]["service_request_id"] == second.json()[0]["service_request_id"]
+
+
+# --- the XML format ----------------------------------------------------------------------------------
+
+def xml_records(r, outer: str, inner: str) -> list[dict[str, str]]:
+    assert r.headers["content-type"].startswith("text/xml")
+    root = ET.fromstring(r.content)
+    assert root.tag == outer
+    return [{child.tag: child.text or "" for child in item} for item in root.findall(inner)]
+
+
+async def test_the_spec_example_sequence_in_xml(api):
+    r = await api.get("/open311/v2/services.xml", params={"jurisdiction_id": "city.gov"})
+    assert r.status_code == 200
+    services = xml_records(r, "services", "service")
+    assert services[0]["metadata"] == "false" and services[0]["type"] == "realtime"
+    code = next(s["service_code"] for s in services if s["service_name"] == "道路破损")
+
+    body = SPEC_POST.format(key=KEY, code=code, phone="13811113333")
+    r = await api.post("/open311/v2/requests.xml", content=body, headers=FORM)
+    assert r.status_code == 201, r.text
+    [created] = xml_records(r, "service_requests", "request")
+    assert set(created) == {"service_request_id", "service_notice", "account_id"} and created["account_id"] == ""
+    no = created["service_request_id"]
+    assert f"requests/{no}.xml" in created["service_notice"]
+
+    [record] = xml_records(await api.get(f"/open311/v2/requests/{no}.xml"), "service_requests", "request")
+    assert set(record) == SPEC_FIELDS
+    assert record["status"] == "open" and record["description"] == "A large sinkhole is destroying the street"
+    assert float(record["lat"]) == 37.76524078 and record["zipcode"] == ""
+    listed = xml_records(await api.get("/open311/v2/requests.xml", params={"service_request_id": no}),
+                         "service_requests", "request")
+    assert [x["service_request_id"] for x in listed] == [no]
+
+
+async def test_xml_errors_and_unknown_formats(api):
+    r = await api.post("/open311/v2/requests.xml", content=urlencode({"api_key": "wrong"}), headers=FORM)
+    assert r.status_code == 403
+    [err] = xml_records(r, "errors", "error")
+    assert err["code"] == "403" and "api_key" in err["description"]
+    r = await api.get("/open311/v2/requests/20000101-999999.xml")
+    assert r.status_code == 404 and xml_records(r, "errors", "error")[0]["code"] == "404"
+    r = await api.get("/open311/v2/services.csv")
+    assert r.status_code == 404 and ".json or .xml" in r.json()[0]["description"]
+
+
+def test_xml_escapes_markup_and_drops_characters_xml_cannot_carry():
+    from services.intake.open311 import to_xml
+
+    xml = to_xml("requests", [{"description": "<b>噪音</b> & \x01夜间施工", "lat": None, "metadata": True}])
+    [item] = ET.fromstring(xml).findall("request")
+    assert item.find("description").text == "<b>噪音</b> & 夜间施工"
+    assert item.find("lat").text is None and item.find("metadata").text == "true"

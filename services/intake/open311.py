@@ -1,6 +1,9 @@
 """Open311 GeoReport v2 (http://wiki.open311.org/GeoReport_v2/): our categories as services, appeals
 as service requests. Pure functions; the HTTP side is open311_views.py.
 
+Both formats of the spec: `.json` and `.xml` (the same records; `to_xml` writes the spec's element
+names: services/service, service_requests/request, errors/error).
+
 Mapping: service_code = leaf category id; service_request_id = ticket number; status `open` while
 the ticket is open (shared.tickets.OPEN_STATUSES), `closed` after. A POSTed service_code is the
 resident's choice, kept as the appeal's title: the classifier still decides the category.
@@ -8,9 +11,11 @@ resident's choice, kept as the appeal's title: the classifier still decides the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
 from services.intake.domain import InvalidAppeal, Submission, validate
@@ -22,8 +27,36 @@ MAX_REQUESTS = 1000  # the spec's cap on GET requests
 DEFAULT_DAYS = 90  # ... and its default window
 
 
+FORMATS = ("json", "xml")
+Kind = Literal["services", "requests", "errors"]
+_XML_ELEMENTS = {"services": ("services", "service"), "requests": ("service_requests", "request"),
+                 "errors": ("errors", "error")}
+
+
 def error(code: int, description: str) -> list[dict[str, Any]]:
     return [{"code": code, "description": description}]
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0 at all
+
+
+def _xml_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return escape(_NOT_XML.sub("", str(value)))
+
+
+def to_xml(kind: Kind, records: list[dict[str, Any]]) -> str:
+    """The spec's XML for a list of records: `<service_requests><request><status>open</status>...`;
+    None is an empty element, booleans are true/false."""
+    outer, inner = _XML_ELEMENTS[kind]
+    items = "".join(
+        f"<{inner}>" + "".join(f"<{k}>{_xml_value(v)}</{k}>" for k, v in r.items()) + f"</{inner}>"
+        for r in records
+    )
+    return f'<?xml version="1.0" encoding="utf-8"?><{outer}>{items}</{outer}>'
 
 
 def services(city: City) -> list[dict[str, Any]]:

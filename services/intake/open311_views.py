@@ -1,6 +1,7 @@
-"""Open311 GeoReport v2 endpoints (JSON format), so any Open311 client can file and follow appeals.
+"""Open311 GeoReport v2 endpoints, so any Open311 client can file and follow appeals.
 
-Errors are the spec's array: [{"code": 400, "description": "..."}]."""
+The format is the path's extension, as in the spec: `requests.json` or `requests.xml`. Errors are the
+spec's list in the same format: [{"code": 400, "description": "..."}] or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from services.intake import open311
 from services.intake.domain import InvalidAppeal
@@ -20,8 +21,24 @@ from shared.metrics import APPEALS_REJECTED
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 
-def _error(code: int, description: str, **headers: str) -> JSONResponse:
-    return JSONResponse(open311.error(code, description), status_code=code, headers=headers or None)
+
+def _respond(fmt: str, kind: open311.Kind, records: list[dict], status: int = 200, **headers: str) -> Response:
+    if fmt == "xml":
+        return Response(open311.to_xml(kind, records), status_code=status, headers=headers or None,
+                        media_type="text/xml; charset=utf-8")
+    return JSONResponse(records, status_code=status, headers=headers or None)
+
+
+def _error(code: int, description: str, fmt: str = "json", **headers: str) -> Response:
+    return _respond(fmt if fmt in open311.FORMATS else "json", "errors", open311.error(code, description), code,
+                    **headers)
+
+
+def _unknown_format(fmt: str) -> Response | None:
+    if fmt in open311.FORMATS:
+        return None
+    return _error(404, f"format .{fmt} is not offered: use .json or .xml / 仅支持json和xml格式")
+
 
 async def _form(request: Request) -> dict[str, str]:
     """The POSTed fields. URL-encoded bodies are decoded strictly: invalid UTF-8 is an error."""
@@ -31,18 +48,22 @@ async def _form(request: Request) -> dict[str, str]:
     raw = await request.body()
     return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"))
 
-@router.get("/services.json")
-async def services(request: Request):
-    return open311.services(request.app.state.city)
 
-@router.post("/requests.json", status_code=201)
-async def create_request(request: Request, idempotency_key: str | None = Header(None, max_length=200)):
+@router.get("/services.{fmt}")
+async def services(request: Request, fmt: str):
+    return _unknown_format(fmt) or _respond(fmt, "services", open311.services(request.app.state.city))
+
+
+@router.post("/requests.{fmt}", status_code=201)
+async def create_request(request: Request, fmt: str, idempotency_key: str | None = Header(None, max_length=200)):
+    if refused := _unknown_format(fmt):
+        return refused
     try:
         form = await _form(request)
     except UnicodeDecodeError:
-        return _error(400, "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码")
+        return _error(400, "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码", fmt)
     if not request.app.state.settings.open311_keys or form.get("api_key") not in request.app.state.settings.open311_keys:
-        return _error(403, "api_key is missing or not valid / api_key无效")
+        return _error(403, "api_key is missing or not valid / api_key无效", fmt)
     intake: IntakeService = request.app.state.intake
     try:
         await intake.check_ip(request.client.host if request.client else None)
@@ -50,44 +71,53 @@ async def create_request(request: Request, idempotency_key: str | None = Header(
         ticket_no, _ = await intake.submit(sub, f"open311:{idempotency_key}" if idempotency_key else None)
     except InvalidAppeal as e:
         APPEALS_REJECTED.labels(channel="open311", reason=e.field).inc()
-        return _error(400, f"{e.field}: {e.message}")
+        return _error(400, f"{e.field}: {e.message}", fmt)
     except RateLimited as e:
-        return _error(429, e.message, **{"Retry-After": str(e.retry_after)})
+        return _error(429, e.message, fmt, **{"Retry-After": str(e.retry_after)})
     except BrokerUnavailable:
-        return _error(503, "service busy, retry later / 系统繁忙，请稍后重试", **{"Retry-After": "5"})
-    notice = f"诉求已受理，工单号{ticket_no}。可用GET requests/{ticket_no}.json查询办理状态。"
-    return [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}]
+        return _error(503, "service busy, retry later / 系统繁忙，请稍后重试", fmt, **{"Retry-After": "5"})
+    notice = f"诉求已受理，工单号{ticket_no}。可用GET requests/{ticket_no}.{fmt}查询办理状态。"
+    return _respond(fmt, "requests", [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}],
+                    201)
 
-@router.get("/requests/{request_id}.json")
-async def get_request(request: Request, request_id: str):
+
+@router.get("/requests/{request_id}.{fmt}")
+async def get_request(request: Request, request_id: str, fmt: str):
+    if refused := _unknown_format(fmt):
+        return refused
     (ticket,) = await request.app.state.store.get_many([request_id])
     if ticket is None:
-        return _error(404, f"service_request_id {request_id} not found / 未找到该工单")
+        return _error(404, f"service_request_id {request_id} not found / 未找到该工单", fmt)
     tz = ZoneInfo(request.app.state.settings.timezone)
-    return [open311.request_record(ticket, request.app.state.city, tz)]
+    return _respond(fmt, "requests", [open311.request_record(ticket, request.app.state.city, tz)])
 
-@router.get("/requests.json")
+
+@router.get("/requests.{fmt}")
 async def list_requests(
     request: Request,
+    fmt: str,
     service_request_id: str | None = None,
     service_code: str | None = None,
     start_date: str | None = None,
     end_date: str | None = None,
     status: str | None = None,
 ):
+    if refused := _unknown_format(fmt):
+        return refused
     city, store = request.app.state.city, request.app.state.store
     tz = ZoneInfo(request.app.state.settings.timezone)
     if service_request_id:
         ids = [i.strip() for i in service_request_id.split(",") if i.strip()][: open311.MAX_REQUESTS]
-        return [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None]
+        return _respond(fmt, "requests",
+                        [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None])
     try:
         start = open311.parse_time(start_date, "start_date")
         end = open311.parse_time(end_date, "end_date")
     except InvalidAppeal as e:
-        return _error(400, e.message)
+        return _error(400, e.message, fmt)
     statuses = {s.strip() for s in (status or "").split(",") if s.strip()}
     if statuses - {"open", "closed"}:
-        return _error(400, "status must be open, closed or both (comma-separated)")
+        return _error(400, "status must be open, closed or both (comma-separated)", fmt)
     codes = {c.strip() for c in (service_code or "").split(",") if c.strip()}
     end_ts = end.timestamp() if end else time.time()
     start_ts = start.timestamp() if start else end_ts - timedelta(days=open311.DEFAULT_DAYS).total_seconds()
@@ -104,4 +134,4 @@ async def list_requests(
             record = open311.request_record(t, city, tz)
             if (not statuses or record["status"] in statuses) and (not codes or record["service_code"] in codes):
                 found.append(record)
-    return found[: open311.MAX_REQUESTS]
+    return _respond(fmt, "requests", found[: open311.MAX_REQUESTS])

@@ -13,7 +13,7 @@ from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
 from shared.city import load_city
-from tests.router_factory import T0, TZ, assigned_ticket
+from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
 CITY = load_city()
 SUP = CITY.sla.supervision
@@ -38,6 +38,28 @@ def test_an_assigned_ticket_gets_warning_overdue_and_escalation_timers():
         ("resolve", "warning"), ("resolve", "overdue"), ("resolve", "escalated")}
     done = workflow.resolve(accepted, "urban_mgmt", "好了", CITY, T0).ticket
     assert timers.timers_for(done, SUP) == []
+
+
+def test_a_ticket_waiting_for_manual_dispatch_has_the_desks_clock():
+    c = classified(CITY, "city.facility.streetlight", confidence=0.3)  # too unsure: the dispatch desk
+    t = assign(CITY, c).ticket
+    assert t.status == st.REVIEW
+    ts = by_kind(timers.timers_for(t, SUP))
+    hours = timedelta(hours=SUP.dispatch_hours)
+    assert set(ts) == {("dispatch", "warning"), ("dispatch", "overdue")}
+    assert ts["dispatch", "overdue"].due == T0 + hours and ts["dispatch", "warning"].due == T0 + hours * 0.8
+    late = timers.fire(t, ts["dispatch", "overdue"], CITY, TZ)
+    [event] = late.publish
+    assert late.ticket.overdue and "派单时限" in event.note and "派单中心" in event.note
+    assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
+    # The desk dispatches: the department starts with its own clocks and no overdue mark of the desk's.
+    out = workflow.dispatch(late.ticket, "urban_mgmt", None, "", "op1", CITY, TZ, T0 + hours * 2).ticket
+    assert not out.overdue and ("dispatch", "overdue") not in by_kind(timers.timers_for(out, SUP))
+    assert timers.fire(out, ts["dispatch", "overdue"], CITY, TZ) is None
+    # ... and so does a reviewer's correction of the classification.
+    corrected = assign(CITY, classified(CITY, "city.facility.streetlight", reviewed_by="desk", at=T0 + hours * 2),
+                       late.ticket).ticket
+    assert corrected.status == st.ASSIGNED and not corrected.overdue
 
 
 def test_member_round_trip():

@@ -1,7 +1,9 @@
 """Deadline timers (督办): when to warn, mark overdue and escalate, and what firing one does. Pure.
 
 Each ticket deadline gets three timers: a warning at `warning_ratio` of the time, overdue at the
-deadline, and (for resolution) escalation at `escalate_ratio` of the time. A timer names the deadline
+deadline, and (for resolution) escalation at `escalate_ratio` of the time. A ticket waiting at the
+dispatch desk (待人工派单) has a clock too: `dispatch_hours` from when it got there, with a warning and
+an overdue timer, so no ticket waits unseen for a person. A timer names the deadline
 it was set for, so a timer left over from before an extension, a re-route or an acceptance finds the
 ticket moved on and fires nothing. Firing is idempotent: the event id is derived from the timer.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -20,11 +22,11 @@ from shared.events import DepartmentRef, TicketUpdated
 from shared.store import Outcome
 from shared.tickets import Ticket
 
-Stage = Literal["respond", "resolve"]
+Stage = Literal["dispatch", "respond", "resolve"]
 Kind = Literal["warning", "overdue", "escalated"]
-STAGE_NAMES = {"respond": "签收", "resolve": "办结"}
+STAGE_NAMES = {"dispatch": "派单", "respond": "签收", "resolve": "办结"}
 # While a ticket is in these statuses its clocks run.
-_RUNNING = {"respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED}}
+_RUNNING = {"dispatch": {st.REVIEW}, "respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED}}
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,9 @@ class Timer:
         return cls(no, stage, kind, d, datetime.fromtimestamp(due, d.tzinfo))  # type: ignore[arg-type]
 
 
-def _deadline(ticket: Ticket, stage: Stage) -> datetime | None:
+def _deadline(ticket: Ticket, stage: Stage, sup: Supervision) -> datetime | None:
+    if stage == "dispatch":  # from when the desk got it (assigned_at is set for the desk too)
+        return ticket.assigned_at + timedelta(hours=sup.dispatch_hours) if ticket.assigned_at else None
     return ticket.respond_by if stage == "respond" else ticket.resolve_by
 
 
@@ -55,8 +59,8 @@ def timers_for(ticket: Ticket, sup: Supervision) -> list[Timer]:
     out: list[Timer] = []
     if ticket.assigned_at is None:
         return out
-    for stage in ("respond", "resolve"):
-        deadline = _deadline(ticket, stage)
+    for stage in ("dispatch", "respond", "resolve"):
+        deadline = _deadline(ticket, stage, sup)
         if deadline is None or ticket.status not in _RUNNING[stage]:
             continue
         window = deadline - ticket.assigned_at
@@ -70,7 +74,8 @@ def timers_for(ticket: Ticket, sup: Supervision) -> list[Timer]:
 
 def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outcome | None:
     """What a due timer does to the ticket; None when the ticket moved on or it already fired."""
-    if ticket is None or ticket.status not in _RUNNING[timer.stage] or _deadline(ticket, timer.stage) != timer.deadline:
+    if (ticket is None or ticket.status not in _RUNNING[timer.stage]
+            or _deadline(ticket, timer.stage, city.sla.supervision) != timer.deadline):
         return None
     event_id = uuid.uuid5(uuid.NAMESPACE_URL, "timer/" + timer.member).hex
     if ticket.has_applied(event_id):
@@ -79,7 +84,8 @@ def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outco
     local = timer.deadline.astimezone(tz)
     notes = {
         "warning": f"{what}时限即将到期（{local:%m-%d %H:%M}），请抓紧办理",
-        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：已通知承办单位主管",
+        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：" + (
+            "请派单中心立即派单" if timer.stage == "dispatch" else "已通知承办单位主管"),
         "escalated": f"超过{what}时限已久，升级督办至{city.department_by_id[city.responsibilities.fallback_owner].name}",
     }
     data = {"stage": timer.stage, "deadline": timer.deadline.isoformat()}

@@ -127,6 +127,7 @@ def assign(
             "assigned_at": assigned.occurred_at,
             "respond_by": due.respond_by,
             "resolve_by": due.resolve_by,
+            "overdue": False,  # the dispatch desk's clock (if it was late) is not the department's
             "applied": _applied(ticket, classified.appeal, classified, assigned),
             "updated_at": assigned.occurred_at,
         }

@@ -78,7 +78,8 @@ def up(
         typer.echo(f"""
 The system is up.
   API docs     {base}/docs
-  submit       curl -s -X POST {base}/api/v1/appeals -H 'Content-Type: application/json' \\
+  submit       curl -s -X POST {base}/api/v1/appeals -H "Authorization: Bearer $(appeals token --operator 0231)" \\
+                 -H 'Content-Type: application/json' \\
                  -d '{{"channel":"hotline","caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期，晚上很黑","address":"阳光花园3号楼"}}'
   a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
   metrics      {base}/metrics/ and 127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics (intake, classifier, router, notifier)
@@ -313,6 +314,7 @@ def bench_classifier(
 
 @cli.command()
 def token(
+    operator: str = typer.Option(None, help="Mint a hotline operator's token (registers appeals only)."),
     department: str = typer.Option(None, help="Mint a token for this department id."),
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
     sms_gateway: bool = typer.Option(False, "--sms-gateway",
@@ -323,12 +325,15 @@ def token(
     from shared.city import load_city
 
     settings = get_settings()
-    if admin + sms_gateway + (department is not None) != 1:
-        raise typer.BadParameter("give exactly one of --department DEPT_ID, --admin or --sms-gateway")
+    if admin + sms_gateway + (department is not None) + (operator is not None) != 1:
+        raise typer.BadParameter("give exactly one of --operator ID, --department DEPT_ID, --admin or --sms-gateway")
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
-    role = "admin" if admin else "sms_gateway" if sms_gateway else "department"
-    typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department))))
+    if operator is not None and not operator.strip():
+        raise typer.BadParameter("--operator needs the operator's id (工号), e.g. --operator 0231")
+    role = ("admin" if admin else "sms_gateway" if sms_gateway else "operator" if operator is not None
+            else "department")
+    typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department, operator))))
 
 
 @bench.command("notifier")
@@ -344,6 +349,8 @@ def upload_slips(
     file: Path = typer.Argument(None, help="CSV (UTF-8) or XLSX of typed slips: box_id, date, text, phone, address."),
     demo: int = typer.Option(0, help="Instead of FILE, upload this many synthetic anonymous slips."),
     api: str = typer.Option(None, help="API base URL (default: API_HOST:API_PORT)."),
+    token: str = typer.Option(..., envvar="APPEALS_TOKEN",
+                              help="An operator's token (appeals token --operator ID), or set APPEALS_TOKEN."),
 ) -> None:
     """Upload suggestion-box slips; prints accepted/rejected rows and the rows per second."""
     import tempfile
@@ -356,7 +363,10 @@ def upload_slips(
         raise typer.BadParameter("give a FILE or --demo N")
     with tempfile.TemporaryDirectory() as tmp:
         path = file or write_demo_csv(Path(tmp) / "demo-slips.csv", demo)
-        result, seconds = upload(base, path)
+        try:
+            result, seconds = upload(base, path, token)
+        except RuntimeError as e:
+            _fail(str(e))
     for row in [r for r in result["rows"] if "error" in r][:20]:
         typer.echo(f"line {row['line']}: {row['field']}: {row['error']}")
     total = result["accepted"] + result["rejected"]

@@ -1,9 +1,12 @@
-"""Bearer tokens for departments, the dispatch desk (admin) and the SMS provider's gateway. Stored
-hashed in Redis.
+"""Bearer tokens for hotline operators, departments, the dispatch desk (admin) and the SMS provider's
+gateway. Stored hashed in Redis.
 
-  auth:token:{sha256(token)} -> JSON {"role": "department"|"admin"|"sms_gateway", "department": id|null}
+  auth:token:{sha256(token)} -> JSON {"role": "operator"|"department"|"admin"|"sms_gateway",
+                                      "department": id|null, "operator": id|null}
 
-`appeals token --department DEPT_ID` / `--admin` / `--sms-gateway` mint one and print it once. The
+`appeals token --operator ID` / `--department DEPT_ID` / `--admin` / `--sms-gateway` mint one and
+print it once. An operator token registers appeals (hotline, preview, suggestion-box uploads) and
+reads nothing else: the preview shows a caller's open appeals, which is no one else's business. The
 gateway token can only push incoming SMS and delivery receipts: a forged "1" from a resident's number
 would close a ticket as satisfied, so those callbacks are not open, yet the provider needs no more.
 """
@@ -20,13 +23,14 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-Role = Literal["department", "admin", "sms_gateway"]
+Role = Literal["operator", "department", "admin", "sms_gateway"]
 
 
 @dataclass(frozen=True)
 class Principal:
     role: Role
     department: str | None = None  # the department a department token acts for
+    operator: str | None = None  # the hotline operator an operator token belongs to
 
     @property
     def is_admin(self) -> bool:
@@ -37,9 +41,9 @@ def _key(token: str) -> str:
     return "auth:token:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-async def issue_token(redis: Redis, role: Role, department: str | None = None) -> str:
+async def issue_token(redis: Redis, role: Role, department: str | None = None, operator: str | None = None) -> str:
     token = secrets.token_urlsafe(32)
-    await redis.set(_key(token), json.dumps({"role": role, "department": department}))
+    await redis.set(_key(token), json.dumps({"role": role, "department": department, "operator": operator}))
     return token
 
 
@@ -52,7 +56,7 @@ async def lookup(redis: Redis, token: str) -> Principal | None:
     if raw is None:
         return None
     data = json.loads(raw)
-    return Principal(role=data["role"], department=data.get("department"))
+    return Principal(role=data["role"], department=data.get("department"), operator=data.get("operator"))
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -77,6 +81,13 @@ async def current_principal(
 async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
     if not principal.is_admin:
         raise HTTPException(status_code=403, detail="只有派单中心（管理员）可以执行此操作")
+    return principal
+
+
+async def require_intake_staff(principal: Principal = Depends(current_principal)) -> Principal:
+    """Registering appeals by hand: hotline operators, and the dispatch desk."""
+    if principal.role not in ("operator", "admin"):
+        raise HTTPException(status_code=403, detail="只有话务员（或派单中心）可以登记诉求")
     return principal
 
 

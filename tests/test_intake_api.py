@@ -142,3 +142,29 @@ async def test_broker_unreachable_means_503_and_nothing_half_written(settings, r
             assert await redis.zcard("intake:tickets") == before
         finally:
             await broker.stop()
+
+
+async def test_registering_appeals_needs_an_operators_token_and_it_opens_nothing_else(api, redis):
+    """The preview lists a caller's open appeals: without a staff token anyone could read them by
+    typing a phone number. The operator's id comes from the token, not from what the client says."""
+    from shared.auth import issue_token
+
+    me = phone()
+    body = {"caller_phone": me, "text": "阳光花园3号楼门口的路灯坏了一个星期，晚上很黑", "operator_id": "someone-else"}
+    none = {"Authorization": ""}
+    for path in ("/api/v1/appeals", "/api/v1/appeals/preview"):
+        assert (await api.post(path, json=body, headers=none)).status_code == 401
+    files = {"file": ("slips.csv", "box_id,date,text,phone,address\n".encode(), "text/csv")}
+    assert (await api.post("/api/v1/appeals/batch", files=files, headers=none)).status_code == 401
+    gateway = {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
+    r = await api.post("/api/v1/appeals/preview", json=body, headers=gateway)
+    assert r.status_code == 403 and "话务员" in r.json()["detail"]
+
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
+    r = await api.post("/api/v1/appeals", json=body, headers=operator)
+    assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+    assert (await api.post("/api/v1/appeals/preview", json=body, headers=operator)).json()["duplicates"][0]["ticket_no"] == no
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=operator)).status_code == 404  # reads nothing
+    assert (await api.get("/api/v1/review", headers=operator)).status_code == 403
+    assert (await api.get(f"/api/v1/tickets/{no}")).json()["operator_id"] == "0231"

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from openpyxl import Workbook
 
 from services.api import create_app
+from shared.auth import issue_token
 from shared.embedded import EmbeddedServers
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -41,7 +42,9 @@ async def test_ten_thousand_rows_in_one_request(settings, tmp_path):
         }))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://intake", timeout=300) as client:
+            operator = {"Authorization": f"Bearer {await issue_token(app.state.redis, 'operator', operator='box-clerk')}"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://intake", timeout=300,
+                                         headers=operator) as client:
                 tag = random.randint(10**5, 10**6)
                 rows = [[f"BOX-{i % 40:02d}", "2026-11-20", PROBLEMS[i % 4].format(n=f"{tag}-{i}"), "", "阳光花园"]
                         for i in range(10_000)]
@@ -137,3 +140,27 @@ async def test_xlsx_upload(api):
     assert t["caller"]["masked_phone"] == "139****1234" and "2026-11-19" in t["title"]
     r = await api.post(URL, files={"file": ("broken.xlsx", b"PK\x03\x04 not really", "application/octet-stream")})
     assert r.status_code == 400 and "XLSX" in r.json()["message"]
+
+
+async def test_upload_slips_command_uses_an_operators_token(system, redis):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k != "APPEALS_TOKEN"}
+
+    def upload(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.cli", "upload-slips", "--demo", "20",
+                               "--api", system.base_url, *extra], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    missing = upload()
+    assert missing.returncode == 2 and "APPEALS_TOKEN" in missing.stderr
+    department = await issue_token(redis, "department", "urban_mgmt")
+    refused = upload("--token", department)
+    assert refused.returncode == 2 and "HTTP 403" in refused.stderr
+    done = upload("--token", await issue_token(redis, "operator", operator="box-clerk"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("20 accepted, 0 rejected")

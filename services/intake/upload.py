@@ -39,14 +39,16 @@ def write_demo_csv(path: Path, rows: int, seed: int | None = None) -> Path:
     return path
 
 
-def upload(base_url: str, path: Path, timeout: float = 600) -> tuple[dict[str, Any], float]:
-    """POST the file to /api/v1/appeals/batch; returns the answer and the seconds it took."""
+def upload(base_url: str, path: Path, token: str, timeout: float = 600) -> tuple[dict[str, Any], float]:
+    """POST the file to /api/v1/appeals/batch with an operator's token; returns the answer and the
+    seconds it took."""
     kind = XLSX if path.suffix.lower() == ".xlsx" else mimetypes.guess_type(path.name)[0] or "text/csv"
     started = time.perf_counter()
     with path.open("rb") as f:
-        r = httpx.post(f"{base_url}/api/v1/appeals/batch", files={"file": (path.name, f, kind)}, timeout=timeout)
+        r = httpx.post(f"{base_url}/api/v1/appeals/batch", files={"file": (path.name, f, kind)}, timeout=timeout,
+                       headers={"Authorization": f"Bearer {token}"})
     elapsed = time.perf_counter() - started
     body = r.json()
     if r.status_code != 200:
-        raise RuntimeError(f"HTTP {r.status_code}: {body.get('message', body)}")
+        raise RuntimeError(f"HTTP {r.status_code}: {body.get('message') or body.get('detail') or body}")
     return body, elapsed

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, File, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
@@ -17,6 +17,7 @@ from services.intake import batch
 from services.intake.domain import InvalidAppeal, validate
 from services.intake.limits import RateLimited
 from services.intake.service import Accepted, BrokerUnavailable, IntakeService
+from shared.auth import Principal, require_intake_staff
 from shared.events import Channel
 from shared.http import api_error
 from shared.metrics import APPEALS_REJECTED
@@ -85,7 +86,10 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 @router.post("/appeals", status_code=201, response_model=AppealAccepted, openapi_extra=_body_schema(AppealIn))
-async def submit_appeal(request: Request, response: Response, idempotency_key: str | None = Header(None, max_length=200)):
+async def submit_appeal(
+    request: Request, response: Response, idempotency_key: str | None = Header(None, max_length=200),
+    staff: Principal = Depends(require_intake_staff),
+):
     body = await read_json(request, AppealIn)
     if isinstance(body, JSONResponse):
         return body
@@ -95,7 +99,7 @@ async def submit_appeal(request: Request, response: Response, idempotency_key: s
         await intake.check_ip(client_ip(request))
         sub = validate(
             channel=body.channel, text=body.text, title=body.title, address=body.address,
-            phone=body.caller_phone, name=body.caller_name, operator_id=body.operator_id,
+            phone=body.caller_phone, name=body.caller_name, operator_id=staff.operator or body.operator_id,
             urgent=body.urgent,
         )
         ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
@@ -111,7 +115,7 @@ async def submit_appeal(request: Request, response: Response, idempotency_key: s
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))
-async def preview_appeal(request: Request):
+async def preview_appeal(request: Request, _: Principal = Depends(require_intake_staff)):
     """Suggested category, grid and department, and possible duplicates, before submitting."""
     body = await read_json(request, AppealIn)
     if isinstance(body, JSONResponse):
@@ -132,7 +136,7 @@ async def preview_appeal(request: Request):
 
 
 @router.post("/appeals/batch")
-async def submit_batch(request: Request, file: UploadFile = File(...)):
+async def submit_batch(request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)):
     """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not."""
     intake: IntakeService = request.app.state.intake
     try:

@@ -12,8 +12,10 @@ Keys:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -45,10 +47,18 @@ class TimerStore:
         self.redis, self.sup, self.key = redis, sup, key
         self._claim = redis.register_script(_CLAIM)
 
+    def _needed(self, tickets: Iterable[Ticket]) -> dict[str, float]:
+        return {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
+
     async def schedule(self, tickets: Iterable[Ticket]) -> int:
         """Set the timers the tickets need (NX: a timer already set, or claimed, stays as it is)."""
-        timers = {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
+        timers = self._needed(tickets)
         return await self.redis.zadd(self.key, timers, nx=True) if timers else 0
+
+    def schedule_into(self, pipe: Any, tickets: Iterable[Ticket]) -> None:
+        """`schedule`, as a command of the caller's pipeline (a ticket write's MULTI)."""
+        if timers := self._needed(tickets):
+            pipe.zadd(self.key, timers, nx=True)
 
     async def claim_due(self, now: float, lease: float = 60, limit: int = 200) -> list[Timer]:
         raw = await self._claim(keys=[self.key], args=[now, now + lease, limit])
@@ -64,6 +74,42 @@ def _queue_score(t: Ticket) -> float:
     return due.timestamp() if due and t.status in (st.ASSIGNED, st.ACCEPTED) else _FAR
 
 
+# Index a batch in one command. A ticket leaves the queue of the department that held it before
+# (queue:owner); a closed one moves to the department's closed list, newest first. The queue keys
+# are derived here from department ids (one Redis, as the ticket writes' MULTI already assumes).
+# KEYS[1]: queue:owner. ARGV, per ticket: ticket number, department, score, "1" if closed.
+_INDEX = """
+for i = 1, #ARGV, 4 do
+  local no, dept, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], no)
+  if old and old ~= dept then redis.call('ZREM', 'queue:' .. old, no) end
+  if ARGV[i + 3] == '1' then
+    redis.call('ZREM', 'queue:' .. dept, no)
+    redis.call('ZADD', 'queue:' .. dept .. ':closed', score, no)
+    redis.call('HDEL', KEYS[1], no)
+  else
+    redis.call('ZADD', 'queue:' .. dept, score, no)
+    redis.call('ZREM', 'queue:' .. dept .. ':closed', no)
+    redis.call('HSET', KEYS[1], no, dept)
+  end
+end
+return 0
+"""
+
+
+def _index_args(tickets: Iterable[Ticket]) -> list[str | float]:
+    args: list[str | float] = []
+    for t in tickets:
+        if t.department is None:
+            continue
+        if t.status == st.CLOSED:
+            closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
+            args += [t.ticket_no, t.department.id, -closed_at, "1"]
+        else:
+            args += [t.ticket_no, t.department.id, _queue_score(t), "0"]
+    return args
+
+
 class Queues:
     """Each department's queue, most urgent deadline first. Closed tickets leave it for the
     department's closed list (`queue:{dept}:closed`, newest first), which `status=closed` pages."""
@@ -72,25 +118,13 @@ class Queues:
         self.redis, self.store = redis, store
 
     async def index(self, tickets: Sequence[Ticket]) -> None:
-        tickets = [t for t in tickets if t.department is not None]
-        if not tickets:
-            return
-        owners = await self.redis.hmget(OWNER, [t.ticket_no for t in tickets])
-        async with self.redis.pipeline(transaction=False) as p:
-            for t, old in zip(tickets, owners):
-                dept = t.department.id
-                if old is not None and old.decode() != dept:
-                    p.zrem(f"queue:{old.decode()}", t.ticket_no)
-                if t.status == st.CLOSED:
-                    p.zrem(f"queue:{dept}", t.ticket_no)
-                    closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
-                    p.zadd(f"queue:{dept}:closed", {t.ticket_no: -closed_at})
-                    p.hdel(OWNER, t.ticket_no)
-                else:
-                    p.zadd(f"queue:{dept}", {t.ticket_no: _queue_score(t)})
-                    p.zrem(f"queue:{dept}:closed", t.ticket_no)
-                    p.hset(OWNER, t.ticket_no, dept)
-            await p.execute()
+        if args := _index_args(tickets):
+            await self.redis.eval(_INDEX, 1, OWNER, *args)
+
+    def index_into(self, pipe: Any, tickets: Sequence[Ticket]) -> None:
+        """`index`, as a command of the caller's pipeline (a ticket write's MULTI)."""
+        if args := _index_args(tickets):
+            pipe.eval(_INDEX, 1, OWNER, *args)
 
     async def page(
         self, dept: str, *, status: str | None, overdue: bool | None, page: int, size: int
@@ -105,6 +139,46 @@ class Queues:
                 if (status is None or t.status == status) and (overdue is None or t.overdue == overdue):
                     found.append(t)
         return len(found), found[(page - 1) * size: page * size]
+
+
+def _followed(t: Ticket) -> tuple:
+    """What a ticket's timers and queue entry are computed from."""
+    closed = (t.closed_at or t.updated_at) if t.status == st.CLOSED else None
+    return t.status, t.department, t.assigned_at, t.respond_by, t.resolve_by, closed
+
+
+class FollowUps:
+    """The TicketStore's `on_write` for the router: the timers and the queue entry of every ticket
+    whose deadlines, status or department the write changed, in the write's own MULTI."""
+
+    def __init__(self, timers: TimerStore, queues: Queues) -> None:
+        self.timers, self.queues = timers, queues
+
+    def __call__(self, pipe: Any, changes: Sequence[tuple[Ticket | None, Ticket]]) -> None:
+        tickets = [new for old, new in changes if old is None or _followed(old) != _followed(new)]
+        self.timers.schedule_into(pipe, tickets)
+        self.queues.index_into(pipe, tickets)
+
+
+class RecentIds:
+    """Event ids seen lately; past `size` the oldest are forgotten (which costs a re-read, no error)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._ids[i] = None
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def pop(self, event_id: str) -> bool:
+        """Whether the id was there (it is forgotten now: a redelivery is followed again)."""
+        if event_id not in self._ids:
+            return False
+        del self._ids[event_id]
+        return True
 
 
 def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:

@@ -79,19 +79,20 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def convene_hotspots(tickets: list[Ticket]) -> None:
         """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting.
         A cluster that just turned hot brings all its tickets; one whose meeting is already open
-        only this batch's (the others are there already): the work stays per batch, not per cluster."""
+        only this batch's (the others are there already): the work stays per batch, not per cluster,
+        and so do the round trips (one to count, one to claim new meetings, one to read members)."""
         hot = await hotspots.record(tickets, time.time())
         if not hot:
             return
-        already_open = await meeting_store.open_hotspots(list(hot))
-        new_here = {t.ticket_no for t in tickets}
+        claimed = await meeting_store.open_hotspots(
+            {cluster: joining[0] for cluster, (mid, joining) in hot.items() if mid is None})
+        known = {t.ticket_no: t for t in tickets}
+        older = [n for _, joining in hot.values() for n in joining if n not in known]
+        known.update((t.ticket_no, t) for t in await rt.store.get_many(older) if t is not None)
         changes = []
-        for (category, grid), cluster in hot.items():
-            joining = cluster if (category, grid) not in already_open else [n for n in cluster if n in new_here]
-            if not joining:
-                continue
-            mid = await meeting_store.open_hotspot(category, grid, cluster[0])
-            members = [t for t in await rt.store.get_many(joining) if t is not None]
+        for cluster, (mid, joining) in hot.items():
+            mid = mid or claimed[cluster]
+            members = [known[n] for n in joining if n in known]
             summoned = {t.department.id for t in members if t.department} | {
                 d.id for t in members for d in t.co_departments}
             summoned.discard(rt.city.responsibilities.dispatch_desk)

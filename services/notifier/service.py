@@ -57,6 +57,23 @@ SURVEY_KINDS = {"survey", "reminder", "clarification"}  # what an opt-out stops,
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 
+# Per-item commands of a batch as one command each (redis-py packs and parses every command in Python).
+# KEYS: the keys; ARGV: the ttl, then a value per key. Returns per key 1 if it was set now, else 0.
+_SET_NX_EACH = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'EX', ARGV[1]) and 1 or 0
+end
+return out
+"""
+# KEYS: hashes; ARGV[1]: the field. Returns the field of each ('' where there is none).
+_HGET_EACH = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[1]) or '' end
+return out
+"""
+
+
 def _derived_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
@@ -85,6 +102,8 @@ class Notifier:
         self.window = window
         self.clock = clock
         self.jobs = jobs_key
+        self._set_nx_each = self.redis.register_script(_SET_NX_EACH)
+        self._hget_each = self.redis.register_script(_HGET_EACH)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: TicketStore, publish: Publish, **kw: Any) -> Notifier:
@@ -114,10 +133,7 @@ class Notifier:
             return []
         now = now or self.clock()
         keys = [f"sms:done:{event_id}:{m.kind}" for event_id, m in items]
-        async with self.redis.pipeline(transaction=False) as p:
-            for key, (_, m) in zip(keys, items):
-                p.set(key, m.message_id, nx=True, ex=SENT_TTL)
-            claimed = await p.execute()
+        claimed = await self._set_nx_each(keys=keys, args=[SENT_TTL, *(m.message_id for _, m in items)])
         mine = [i for i, ok in enumerate(claimed) if ok]
         results = ["duplicate"] * len(items)
         try:
@@ -262,10 +278,8 @@ class Notifier:
         """The phones of many callers in one round trip (None where there is no contact)."""
         if not caller_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as p:
-            for cid in caller_ids:
-                p.hget(f"contact:{cid}", "phone")
-            return [v.decode() if v else None for v in await p.execute()]
+        found = await self._hget_each(keys=[f"contact:{cid}" for cid in caller_ids], args=["phone"])
+        return [v.decode() if v else None for v in found]
 
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
         return SmsMessage(phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent)

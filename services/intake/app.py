@@ -60,7 +60,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def index_callers(bodies: list[bytes]) -> None:
         started = time.perf_counter()
         appeals = await parse_or_dead_letter(rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
-        callers = [a for a in appeals if a.caller.caller_id]  # SADD is idempotent: a redelivery changes nothing
+        # SADD is idempotent: a redelivery changes nothing.
+        callers = [a for a in appeals if a.caller.caller_id]
         if callers:
             await index_callers_script(keys=[caller_key(a.caller.caller_id) for a in callers],
                                        args=[CALLER_INDEX_TTL, *(a.ticket_no for a in callers)])

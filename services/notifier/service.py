@@ -198,8 +198,8 @@ class Notifier:
                     written.append((*self._state(m, "retrying", error=str(outcome)), ""))
                     states.append("retrying")
                 else:
-                    written.append((*self._state(m, "sent", provider_id=str(outcome), sent_at=now.isoformat()),
-                                    m.phone))
+                    key, record = self._state(m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
+                    written.append((key, record, m.phone))
                     SMS_SENT.labels(kind=m.kind).inc()
                     states.append("sent")
             p.eval(_RECORD_STATES, 1 + len(written), count_key, *(key for key, _, _ in written),

@@ -298,8 +298,9 @@ class MeetingStore:
         One round trip for them all."""
         async with self.redis.pipeline(transaction=False) as p:
             for (category, grid), first in first_tickets.items():
-                p.set(open_key(category, grid), meetings.meeting_id("hotspot", category, grid, first), nx=True)
-                p.get(open_key(category, grid))
+                key = open_key(category, grid)
+                p.set(key, meetings.meeting_id("hotspot", category, grid, first), nx=True)
+                p.get(key)
             replies = await p.execute()
         return {cluster: mid.decode() for cluster, mid in zip(first_tickets, replies[1::2])}
 

@@ -11,7 +11,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
-from redis.asyncio import Redis
 
 from services.classifier import views as classifier_views
 from services.intake import open311_views, wechat_views
@@ -27,6 +26,7 @@ from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.http import api_error
 from shared.runtime import configure_logging
+from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         publisher = EventPublisher(settings, client_id="api")
         await ensure_topics(settings)
         await publisher.start()

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from shared.bus import EventPublisher, ensure_topics, make_broker
 from shared.city import City, load_city
 from shared.metrics import serve_metrics
+from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -41,7 +42,7 @@ class Runtime:
     @classmethod
     def create(cls, name: str, settings: Settings | None = None) -> Runtime:
         settings = settings or get_settings()
-        redis = Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         return cls(
             name=name,
             settings=settings,

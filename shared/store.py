@@ -44,6 +44,11 @@ class Outcome:
 # "nothing to do" (e.g. the event was already applied).
 Decision = Callable[[Ticket | None], Outcome | None]
 
+# What a service keeps beside the tickets (the router: timers and department queues), added to the
+# MULTI of every ticket write, given each changed ticket as it was (None: new) and as it is now. Kept
+# in the same transaction it can never be older than the ticket, and no second read is needed.
+OnWrite = Callable[[Any, Sequence[tuple[Ticket | None, Ticket]]], None]
+
 
 def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | None:
     """Decision: create the ticket for a new appeal (intake and router may both try; first wins)."""
@@ -107,9 +112,10 @@ def _outbox_member(event: Event) -> str:
 class TicketStore:
     OUTBOX = "outbox"
 
-    def __init__(self, redis: Redis, *, max_retries: int = 4) -> None:
+    def __init__(self, redis: Redis, *, max_retries: int = 4, on_write: OnWrite | None = None) -> None:
         self.redis = redis
         self.max_retries = max_retries
+        self.on_write = on_write
 
     # --- numbering and contacts ----------------------------------------------------------------
 
@@ -183,6 +189,7 @@ class TicketStore:
                     current = {
                         k: Ticket.model_validate_json(r) if r else None for k, r in zip(keys, raws)
                     }
+                    before = dict(current)
                     results: list[tuple[Ticket | None, list[Event]]] = []
                     changed: dict[str, Ticket] = {}
                     history: dict[str, list[str]] = {}
@@ -213,8 +220,30 @@ class TicketStore:
                         args += [now, record]
                     pipe.multi()
                     pipe.eval(_WRITE_BATCH, len(keys_arg) + 1, *keys_arg, self.OUTBOX, *args)
+                    if self.on_write is not None:
+                        self.on_write(pipe, [(before[k], t) for k, t in changed.items()])
                     await pipe.execute()
                     return results
+                except WatchError:
+                    continue
+        raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
+
+    async def rewrite_follow_ups(self, nos: Sequence[str]) -> list[Ticket]:
+        """Run `on_write` for tickets as they are now: for writes made without it (another process).
+        Under WATCH, so that a newer write of the same ticket (which wrote its own) is not undone."""
+        keys = [ticket_key(n) for n in dict.fromkeys(nos)]
+        if not keys:
+            return []
+        for _ in range(self.max_retries):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(*keys)
+                    tickets = [Ticket.model_validate_json(r) for r in await pipe.mget(keys) if r]
+                    pipe.multi()
+                    if self.on_write is not None:
+                        self.on_write(pipe, [(None, t) for t in tickets])
+                    await pipe.execute()
+                    return tickets
                 except WatchError:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")

@@ -4,8 +4,8 @@
   stats:groups:{dimension}               the groups seen, per dimension
   stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
 
-One Lua script per event checks `seen` and increments every counter atomically, so an event read twice
-(a consumer restarted before its commit) is counted once. A batch is one pipelined round trip.
+One Lua script checks `seen` and increments every counter atomically, so an event read twice
+(a consumer restarted before its commit) is counted once. A batch is one command.
 """
 
 from __future__ import annotations
@@ -35,15 +35,29 @@ RATES = Gauge(
     ["group_by", "group", "rate"],
 )
 
-# KEYS: seen, then n counter hashes, then their n group sets. ARGV: ttl, n, n group names, fields.
+# A batch in one command. Per event: check `seen`, then increment every counter (the checks and the
+# counting atomic together). KEYS, per event: seen, its n counter hashes, their n group sets.
+# ARGV: ttl, then per event: n, number of fields f, the n group names, the f fields. Returns per
+# event 1 if it was counted now, 0 if it had been already.
 _COUNT_ONCE_SCRIPT = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local n = tonumber(ARGV[2])
-for i = 1, n do
-  for j = 3 + n, #ARGV do redis.call('HINCRBY', KEYS[1 + i], ARGV[j], 1) end
-  redis.call('SADD', KEYS[1 + n + i], ARGV[2 + i])
+local ttl = ARGV[1]
+local k, a = 1, 2
+local out = {}
+while a <= #ARGV do
+  local n, f = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
+    for i = 1, n do
+      for j = a + 2 + n, a + 1 + n + f do redis.call('HINCRBY', KEYS[k + i], ARGV[j], 1) end
+      redis.call('SADD', KEYS[k + n + i], ARGV[a + 1 + i])
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  k = k + 1 + 2 * n
+  a = a + 2 + n + f
 end
-return 1
+return out
 """
 
 
@@ -73,20 +87,20 @@ class RateBook:
     async def record(self, events: Sequence[Event], tickets: Sequence[Ticket | None]) -> int:
         """Count the events (each with its ticket, None for assignments). Returns how many were new."""
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
-        async with self.redis.pipeline(transaction=False) as p:
-            for event, ticket in zip(events, tickets):
-                fields = stats.fields_for(event)
-                if not fields:
-                    continue
-                groups = self.groups_of(event, ticket)
-                day = event.occurred_at.astimezone(self.tz).strftime("%Y%m%d")
-                keys = [f"stats:seen:{event.event_id}",
-                        *(f"stats:{d}:{g}:{day}" for d, g in groups.items()),
-                        *(f"stats:groups:{d}" for d in groups)]
-                args = [SEEN_TTL, len(groups), *groups.values(), *fields]
-                await self._count_once(keys=keys, args=args, client=p)
-                counted.append((groups, fields))
-            results = await p.execute() if counted else []
+        keys: list[str] = []
+        args: list[str | int] = [SEEN_TTL]
+        for event, ticket in zip(events, tickets):
+            fields = stats.fields_for(event)
+            if not fields:
+                continue
+            groups = self.groups_of(event, ticket)
+            day = event.occurred_at.astimezone(self.tz).strftime("%Y%m%d")
+            keys += [f"stats:seen:{event.event_id}",
+                     *(f"stats:{d}:{g}:{day}" for d, g in groups.items()),
+                     *(f"stats:groups:{d}" for d in groups)]
+            args += [len(groups), len(fields), *groups.values(), *fields]
+            counted.append((groups, fields))
+        results = await self._count_once(keys=keys, args=args) if counted else []
         new = 0
         for (groups, fields), fresh in zip(counted, results):
             if fresh:

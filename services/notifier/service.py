@@ -57,6 +57,36 @@ SURVEY_KINDS = {"survey", "reminder", "clarification"}  # what an opt-out stops,
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 
 
+# Per-item commands of a batch as one command each (redis-py packs and parses every command in Python).
+# KEYS: the keys; ARGV: the ttl, then a value per key. Returns per key 1 if it was set now, else 0.
+_SET_NX_EACH = """
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'EX', ARGV[1]) and 1 or 0
+end
+return out
+"""
+# KEYS: hashes; ARGV[1]: the field. Returns the field of each ('' where there is none).
+_HGET_EACH = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[1]) or '' end
+return out
+"""
+
+
+# The states of a dispatched batch, and the day's count of each phone sent to, in one command.
+# KEYS: the day's count hash, then per message its state key. ARGV: state ttl, count ttl, then per
+# message: its state record and the phone to count ('' when it was not sent).
+_RECORD_STATES = """
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', ARGV[1])
+  if ARGV[2 * i] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2 * i], 1) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return #KEYS - 1
+"""
+
+
 def _derived_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
@@ -85,6 +115,8 @@ class Notifier:
         self.window = window
         self.clock = clock
         self.jobs = jobs_key
+        self._set_nx_each = self.redis.register_script(_SET_NX_EACH)
+        self._hget_each = self.redis.register_script(_HGET_EACH)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: TicketStore, publish: Publish, **kw: Any) -> Notifier:
@@ -114,10 +146,7 @@ class Notifier:
             return []
         now = now or self.clock()
         keys = [f"sms:done:{event_id}:{m.kind}" for event_id, m in items]
-        async with self.redis.pipeline(transaction=False) as p:
-            for key, (_, m) in zip(keys, items):
-                p.set(key, m.message_id, nx=True, ex=SENT_TTL)
-            claimed = await p.execute()
+        claimed = await self._set_nx_each(keys=keys, args=[SENT_TTL, *(m.message_id for _, m in items)])
         mine = [i for i, ok in enumerate(claimed) if ok]
         results = ["duplicate"] * len(items)
         try:
@@ -152,27 +181,29 @@ class Notifier:
         to_send = [i for i in range(len(messages)) if i not in held]
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send])))
         states: list[str] = []
+        written: list[tuple[str, str, str]] = []  # state key, state, phone to count ('' : not sent)
         async with self.redis.pipeline(transaction=False) as p:
             for i, m in enumerate(messages):
                 outcome = outcomes.get(i)
                 if i in held:
                     self._schedule_into(p, {"job": "send", "message": m.to_json()}, held[i])
-                    self._state_into(p, m, "held", until=held[i].isoformat())
+                    written.append((*self._state(m, "held", until=held[i].isoformat()), ""))
                     states.append("held")
                 elif isinstance(outcome, PermanentSmsError):
                     log.warning("SMS %s for %s refused by the provider: %s", m.kind, m.ticket_no, outcome)
-                    self._state_into(p, m, "failed", error=str(outcome))
+                    written.append((*self._state(m, "failed", error=str(outcome)), ""))
                     states.append("failed")
                 elif isinstance(outcome, SmsError):
                     self._schedule_into(p, {"job": "send", "message": m.to_json()}, now + RETRY_LATER)
-                    self._state_into(p, m, "retrying", error=str(outcome))
+                    written.append((*self._state(m, "retrying", error=str(outcome)), ""))
                     states.append("retrying")
                 else:
-                    p.hincrby(count_key, m.phone, 1)
-                    self._state_into(p, m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
+                    key, record = self._state(m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
+                    written.append((key, record, m.phone))
                     SMS_SENT.labels(kind=m.kind).inc()
                     states.append("sent")
-            p.expire(count_key, 2 * 86400)
+            p.eval(_RECORD_STATES, 1 + len(written), count_key, *(key for key, _, _ in written),
+                   SENT_TTL, 2 * 86400, *(v for _, record, phone in written for v in (record, phone)))
             await p.execute()
         return states
 
@@ -190,15 +221,16 @@ class Notifier:
                 raise r
         return results  # type: ignore[return-value]
 
-    def _state_into(self, p: Any, message: SmsMessage, state: str, **extra: str) -> None:
+    @staticmethod
+    def _state(message: SmsMessage, state: str, **extra: str) -> tuple[str, str]:
+        """The message's state record: its key and JSON."""
         record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "",
                   "phone": mask_phone(message.phone), **extra}
-        p.set(f"sms:msg:{message.message_id}", json.dumps(record, ensure_ascii=False), ex=SENT_TTL)
+        return f"sms:msg:{message.message_id}", json.dumps(record, ensure_ascii=False)
 
     async def _record_state(self, message: SmsMessage, state: str, **extra: str) -> None:
-        async with self.redis.pipeline(transaction=False) as p:
-            self._state_into(p, message, state, **extra)
-            await p.execute()
+        key, record = self._state(message, state, **extra)
+        await self.redis.set(key, record, ex=SENT_TTL)
 
     async def message_state(self, message_id: str) -> dict[str, str]:
         raw = await self.redis.get(f"sms:msg:{message_id}")
@@ -262,10 +294,8 @@ class Notifier:
         """The phones of many callers in one round trip (None where there is no contact)."""
         if not caller_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as p:
-            for cid in caller_ids:
-                p.hget(f"contact:{cid}", "phone")
-            return [v.decode() if v else None for v in await p.execute()]
+        found = await self._hget_each(keys=[f"contact:{cid}" for cid in caller_ids], args=["phone"])
+        return [v.decode() if v else None for v in found]
 
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
         return SmsMessage(phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent)

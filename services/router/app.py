@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
@@ -17,7 +18,7 @@ from faststream import FastStream
 
 from services.router import timers, workflow
 from services.router.rules import contested, route
-from services.router.service import Hotspots, MeetingStore, Queues, TimerStore
+from services.router.service import FollowUps, Hotspots, MeetingStore, Queues, RecentIds, TimerStore
 from services.router.sla import deadlines
 from shared import topics
 from shared.bus import batch_subscriber, parse_or_dead_letter, publish, relay_outbox
@@ -54,9 +55,17 @@ def build_app(settings: Settings | None = None) -> FastStream:
     tz = ZoneInfo(rt.settings.timezone)
     sup = rt.city.sla.supervision
     app = rt.app(metrics_port=rt.settings.metrics_port_router)
-    send = partial(publish, rt.publisher)
     timer_store = TimerStore(rt.redis, sup)
     queues = Queues(rt.redis, rt.store)
+    # Every ticket this worker writes gets its timers and queue entry in the same MULTI; the events
+    # of those writes need no following when they come back (`followed`). Others' writes (the API,
+    # another replica, the relay after a crash) are followed from their events.
+    rt.store.on_write = FollowUps(timer_store, queues)
+    followed = RecentIds()
+
+    async def send(events: Sequence[Event]) -> None:
+        followed.add(e.event_id for e in events if e.topic in (topics.TICKET_ASSIGNED, topics.TICKET_UPDATED))
+        await publish(rt.publisher, events)
     meeting_store = MeetingStore(rt.redis, rt.store)
     hotspots = Hotspots(rt.redis, sup)
 
@@ -70,19 +79,20 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def convene_hotspots(tickets: list[Ticket]) -> None:
         """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting.
         A cluster that just turned hot brings all its tickets; one whose meeting is already open
-        only this batch's (the others are there already): the work stays per batch, not per cluster."""
+        only this batch's (the others are there already): the work stays per batch, not per cluster,
+        and so do the round trips (one to count, one to claim new meetings, one to read members)."""
         hot = await hotspots.record(tickets, time.time())
         if not hot:
             return
-        already_open = await meeting_store.open_hotspots(list(hot))
-        new_here = {t.ticket_no for t in tickets}
+        claimed = await meeting_store.open_hotspots(
+            {cluster: joining[0] for cluster, (mid, joining) in hot.items() if mid is None})
+        known = {t.ticket_no: t for t in tickets}
+        older = [n for _, joining in hot.values() for n in joining if n not in known]
+        known.update((t.ticket_no, t) for t in await rt.store.get_many(older) if t is not None)
         changes = []
-        for (category, grid), cluster in hot.items():
-            joining = cluster if (category, grid) not in already_open else [n for n in cluster if n in new_here]
-            if not joining:
-                continue
-            mid = await meeting_store.open_hotspot(category, grid, cluster[0])
-            members = [t for t in await rt.store.get_many(joining) if t is not None]
+        for cluster, (mid, joining) in hot.items():
+            mid = mid or claimed[cluster]
+            members = [known[n] for n in joining if n in known]
             summoned = {t.department.id for t in members if t.department} | {
                 d.id for t in members for d in t.co_departments}
             summoned.discard(rt.city.responsibilities.dispatch_desk)
@@ -133,7 +143,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
         @batch_subscriber(rt.broker, topics.TICKET_ASSIGNED, NAME)
         async def on_tickets_assigned(bodies: list[bytes]) -> None:
             assigned = await parse_or_dead_letter(rt.publisher, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME)
-            await follow([a.ticket_no for a in assigned])
+            await follow(assigned)
 
         @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
         async def on_tickets_updated(bodies: list[bytes]) -> None:
@@ -147,12 +157,10 @@ def build_app(settings: Settings | None = None) -> FastStream:
                         for m, nos in touched if m.status == "decided" for no in nos]
                 if late:
                     await apply(late)
-            await follow([u.ticket_no for u in updates])
+            await follow(updates)
 
-    async def follow(nos: list[str]) -> None:
-        tickets = [t for t in await rt.store.get_many(list(dict.fromkeys(nos))) if t is not None]
-        await timer_store.schedule(tickets)
-        await queues.index(tickets)
+    async def follow(events: Sequence[Event]) -> None:
+        await rt.store.rewrite_follow_ups([e.ticket_no for e in events if not followed.pop(e.event_id)])
 
     async def fire_due_timers() -> int:
         due = await timer_store.claim_due(time.time())

@@ -127,12 +127,16 @@ def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: dat
 # --- hotspots ------------------------------------------------------------------------------------
 
 
+def window_start(now: float, window_days: float) -> float:
+    return now - window_days * 86400
+
+
 def hot_clusters(
     recent: Mapping[tuple[str, str], Sequence[tuple[str, float]]], now: float, window_days: float, count: int
 ) -> dict[tuple[str, str], list[str]]:
     """Clusters (category, grid) with at least `count` appeals in the last `window_days`, given each
     cluster's (ticket_no, received timestamp) pairs. Returns each hot cluster's tickets, oldest first."""
-    since = now - window_days * 86400
+    since = window_start(now, window_days)
     hot: dict[tuple[str, str], list[str]] = {}
     for key, members in recent.items():
         inside = [no for no, ts in sorted(members, key=lambda m: m[1]) if since <= ts <= now]

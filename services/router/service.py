@@ -12,8 +12,10 @@ Keys:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -45,10 +47,18 @@ class TimerStore:
         self.redis, self.sup, self.key = redis, sup, key
         self._claim = redis.register_script(_CLAIM)
 
+    def _needed(self, tickets: Iterable[Ticket]) -> dict[str, float]:
+        return {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
+
     async def schedule(self, tickets: Iterable[Ticket]) -> int:
         """Set the timers the tickets need (NX: a timer already set, or claimed, stays as it is)."""
-        timers = {t.member: t.due.timestamp() for ticket in tickets for t in timers_for(ticket, self.sup)}
+        timers = self._needed(tickets)
         return await self.redis.zadd(self.key, timers, nx=True) if timers else 0
+
+    def schedule_into(self, pipe: Any, tickets: Iterable[Ticket]) -> None:
+        """`schedule`, as a command of the caller's pipeline (a ticket write's MULTI)."""
+        if timers := self._needed(tickets):
+            pipe.zadd(self.key, timers, nx=True)
 
     async def claim_due(self, now: float, lease: float = 60, limit: int = 200) -> list[Timer]:
         raw = await self._claim(keys=[self.key], args=[now, now + lease, limit])
@@ -64,6 +74,42 @@ def _queue_score(t: Ticket) -> float:
     return due.timestamp() if due and t.status in (st.ASSIGNED, st.ACCEPTED) else _FAR
 
 
+# Index a batch in one command. A ticket leaves the queue of the department that held it before
+# (queue:owner); a closed one moves to the department's closed list, newest first. The queue keys
+# are derived here from department ids (one Redis, as the ticket writes' MULTI already assumes).
+# KEYS[1]: queue:owner. ARGV, per ticket: ticket number, department, score, "1" if closed.
+_INDEX = """
+for i = 1, #ARGV, 4 do
+  local no, dept, score = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local old = redis.call('HGET', KEYS[1], no)
+  if old and old ~= dept then redis.call('ZREM', 'queue:' .. old, no) end
+  if ARGV[i + 3] == '1' then
+    redis.call('ZREM', 'queue:' .. dept, no)
+    redis.call('ZADD', 'queue:' .. dept .. ':closed', score, no)
+    redis.call('HDEL', KEYS[1], no)
+  else
+    redis.call('ZADD', 'queue:' .. dept, score, no)
+    redis.call('ZREM', 'queue:' .. dept .. ':closed', no)
+    redis.call('HSET', KEYS[1], no, dept)
+  end
+end
+return 0
+"""
+
+
+def _index_args(tickets: Iterable[Ticket]) -> list[str | float]:
+    args: list[str | float] = []
+    for t in tickets:
+        if t.department is None:
+            continue
+        if t.status == st.CLOSED:
+            closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
+            args += [t.ticket_no, t.department.id, -closed_at, "1"]
+        else:
+            args += [t.ticket_no, t.department.id, _queue_score(t), "0"]
+    return args
+
+
 class Queues:
     """Each department's queue, most urgent deadline first. Closed tickets leave it for the
     department's closed list (`queue:{dept}:closed`, newest first), which `status=closed` pages."""
@@ -72,25 +118,13 @@ class Queues:
         self.redis, self.store = redis, store
 
     async def index(self, tickets: Sequence[Ticket]) -> None:
-        tickets = [t for t in tickets if t.department is not None]
-        if not tickets:
-            return
-        owners = await self.redis.hmget(OWNER, [t.ticket_no for t in tickets])
-        async with self.redis.pipeline(transaction=False) as p:
-            for t, old in zip(tickets, owners):
-                dept = t.department.id
-                if old is not None and old.decode() != dept:
-                    p.zrem(f"queue:{old.decode()}", t.ticket_no)
-                if t.status == st.CLOSED:
-                    p.zrem(f"queue:{dept}", t.ticket_no)
-                    closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
-                    p.zadd(f"queue:{dept}:closed", {t.ticket_no: -closed_at})
-                    p.hdel(OWNER, t.ticket_no)
-                else:
-                    p.zadd(f"queue:{dept}", {t.ticket_no: _queue_score(t)})
-                    p.zrem(f"queue:{dept}:closed", t.ticket_no)
-                    p.hset(OWNER, t.ticket_no, dept)
-            await p.execute()
+        if args := _index_args(tickets):
+            await self.redis.eval(_INDEX, 1, OWNER, *args)
+
+    def index_into(self, pipe: Any, tickets: Sequence[Ticket]) -> None:
+        """`index`, as a command of the caller's pipeline (a ticket write's MULTI)."""
+        if args := _index_args(tickets):
+            pipe.eval(_INDEX, 1, OWNER, *args)
 
     async def page(
         self, dept: str, *, status: str | None, overdue: bool | None, page: int, size: int
@@ -107,11 +141,61 @@ class Queues:
         return len(found), found[(page - 1) * size: page * size]
 
 
+def _followed(t: Ticket) -> tuple:
+    """What a ticket's timers and queue entry are computed from."""
+    closed = (t.closed_at or t.updated_at) if t.status == st.CLOSED else None
+    return t.status, t.department, t.assigned_at, t.respond_by, t.resolve_by, closed
+
+
+class FollowUps:
+    """The TicketStore's `on_write` for the router: the timers and the queue entry of every ticket
+    whose deadlines, status or department the write changed, in the write's own MULTI."""
+
+    def __init__(self, timers: TimerStore, queues: Queues) -> None:
+        self.timers, self.queues = timers, queues
+
+    def __call__(self, pipe: Any, changes: Sequence[tuple[Ticket | None, Ticket]]) -> None:
+        tickets = [new for old, new in changes if old is None or _followed(old) != _followed(new)]
+        self.timers.schedule_into(pipe, tickets)
+        self.queues.index_into(pipe, tickets)
+
+
+class RecentIds:
+    """Event ids seen lately; past `size` the oldest are forgotten (which costs a re-read, no error)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, ids: Iterable[str]) -> None:
+        for i in ids:
+            self._ids[i] = None
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def pop(self, event_id: str) -> bool:
+        """Whether the id was there (it is forgotten now: a redelivery is followed again)."""
+        if event_id not in self._ids:
+            return False
+        del self._ids[event_id]
+        return True
+
+
 def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
     """Decision: put a fact about the ticket (a meeting's) in its history and publish it, once."""
     if ticket is None or ticket.has_applied(fact.event_id):
         return None
     return Outcome(ticket.model_copy(update={"applied": (ticket.applied + [fact.event_id])[-300:]}), publish=[fact])
+
+
+# A decision about a meeting: given it as it is (None: not opened yet), the meeting as it is to be and
+# the events that record the change, or None for "nothing to do".
+Decide = Callable[[meetings.Meeting | None], tuple[meetings.Meeting, list[Event]] | None]
+
+
+def open_key(category: str, grid: str) -> str:
+    """The id of the cluster's open hotspot meeting, if there is one."""
+    return f"meeting:open:{category}:{grid}"
 
 
 class MeetingStore:
@@ -127,48 +211,60 @@ class MeetingStore:
         return meetings.Meeting.model_validate_json(raw) if raw else None
 
     async def change(
-        self, mid: str, decide: Callable[[meetings.Meeting | None], tuple[meetings.Meeting, list[Event]] | None],
-        publish: Callable[[Sequence[Event]], Awaitable[None]],
+        self, mid: str, decide: Decide, publish: Callable[[Sequence[Event]], Awaitable[None]],
     ) -> meetings.Meeting | None:
-        """Change one meeting under WATCH. Its events are written first, into the history (and the
-        outbox) of the ticket each names, so they are published even if we die before the meeting
-        is written; a replay derives the same event ids and the tickets drop the repeats."""
+        """Change one meeting (see `change_many`)."""
+        return (await self.change_many({mid: decide}, publish))[mid]
+
+    async def change_many(
+        self, decisions: dict[str, Decide], publish: Callable[[Sequence[Event]], Awaitable[None]],
+    ) -> dict[str, meetings.Meeting | None]:
+        """Change meetings under WATCH, all in one transaction. Their events are written first, into
+        the history (and the outbox) of the ticket each names, so they are published even if we die
+        before the meetings are written; a replay derives the same event ids and the tickets drop
+        the repeats. Returns each meeting as it now is."""
+        keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
                 try:
-                    await p.watch(self.key(mid))
-                    raw = await p.get(self.key(mid))
-                    current = meetings.Meeting.model_validate_json(raw) if raw else None
-                    decided = decide(current)
-                    if decided is None:
+                    await p.watch(*keys)
+                    out: dict[str, meetings.Meeting | None] = {}
+                    changed: dict[str, meetings.Meeting] = {}
+                    events: list[Event] = []
+                    for (mid, decide), raw in zip(decisions.items(), await p.mget(keys)):
+                        out[mid] = current = meetings.Meeting.model_validate_json(raw) if raw else None
+                        if (decided := decide(current)) is not None:
+                            out[mid] = changed[mid] = decided[0]
+                            events += decided[1]
+                    if not changed:
                         await p.reset()
-                        return current
-                    meeting, events = decided
+                        return out
                     await apply_and_publish(
                         self.store, [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events], publish)
                     p.multi()
-                    p.set(self.key(mid), meeting.model_dump_json())
-                    if meeting.reason == "hotspot" and meeting.category and meeting.grid:
-                        open_key = f"meeting:open:{meeting.category}:{meeting.grid}"
-                        if meeting.status == "open":
-                            p.set(open_key, mid)
-                        else:
-                            p.delete(open_key)
-                            p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
+                    for mid, meeting in changed.items():
+                        p.set(self.key(mid), meeting.model_dump_json())
+                        if meeting.reason == "hotspot" and meeting.category and meeting.grid:
+                            key = open_key(meeting.category, meeting.grid)
+                            if meeting.status == "open":
+                                p.set(key, mid)
+                            else:
+                                p.delete(key)
+                                p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
                     await p.execute()
-                    return meeting
+                    return out
                 except WatchError:
                     continue
-        raise ConcurrentUpdate(f"meeting {mid} kept changing")
+        raise ConcurrentUpdate(f"meetings kept changing: {', '.join(list(decisions)[:5])}")
 
     async def open_from(self, escalations: Sequence[TicketUpdated], ref: Callable[[str], DepartmentRef],
                         publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[tuple[meetings.Meeting, list[str]]]:
         """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
         meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
-        touched = []
         by_meeting: dict[str, list[TicketUpdated]] = {}
         for e in escalations:
             by_meeting.setdefault(e.data["meeting"]["meeting_id"], []).append(e)
+        decisions: dict[str, Decide] = {}
         for mid, events in by_meeting.items():
             spec = events[0].data["meeting"]
 
@@ -190,46 +286,88 @@ class MeetingStore:
                                                 tickets=tuple(added))
                 return meeting, [out]
 
-            meeting = await self.change(mid, decide, publish)
-            touched.append((meeting, [e.ticket_no for e in events]))
-        return touched
+            decisions[mid] = decide
+        if not decisions:
+            return []
+        changed = await self.change_many(decisions, publish)
+        return [(changed[mid], [e.ticket_no for e in events]) for mid, events in by_meeting.items()]
 
-    async def open_hotspots(self, clusters: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (category, grid) clusters have an open meeting already (one round trip)."""
-        found = await self.redis.mget([f"meeting:open:{c}:{g}" for c, g in clusters])
-        return {cluster for cluster, mid in zip(clusters, found) if mid is not None}
+    async def open_hotspots(self, first_tickets: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
+        """The open meeting of each hot (category, grid) cluster, given its first ticket: the one
+        already open, or a new id claimed atomically (replicas seeing the same cluster agree on one).
+        One round trip for them all."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for (category, grid), first in first_tickets.items():
+                key = open_key(category, grid)
+                p.set(key, meetings.meeting_id("hotspot", category, grid, first), nx=True)
+                p.get(key)
+            replies = await p.execute()
+        return {cluster: mid.decode() for cluster, mid in zip(first_tickets, replies[1::2])}
 
-    async def open_hotspot(self, category: str, grid: str, first_ticket: str) -> str:
-        """The open meeting for a hot cluster: the one already open, or a new id claimed atomically
-        (two router replicas seeing the same cluster agree on one meeting)."""
-        key = f"meeting:open:{category}:{grid}"
-        mid = meetings.meeting_id("hotspot", category, grid, first_ticket)
-        await self.redis.set(key, mid, nx=True)
-        return (await self.redis.get(key)).decode()
+
+# Count a batch into its clusters in one command. Per cluster: add the tickets, drop those older
+# than the window, then either the open meeting's id and how many tickets are in the window (the
+# cluster's other tickets are in the meeting already), or, with no meeting open, all its tickets
+# (few: a cluster with a meeting has its tickets taken out when the meeting is decided).
+# KEYS, per cluster: hot:{cat}:{grid}, meeting:open:{cat}:{grid}. ARGV: window start, now, ttl, then
+# per cluster: n, n times member, score.
+_RECORD = """
+local since, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local a = 4
+for c = 1, #KEYS, 2 do
+  local key = KEYS[c]
+  local last = a + 2 * tonumber(ARGV[a])
+  for j = a + 1, last, 2 do redis.call('ZADD', key, ARGV[j + 1], ARGV[j]) end
+  a = last + 1
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', since)
+  redis.call('EXPIRE', key, ttl)
+  local open = redis.call('GET', KEYS[c + 1])
+  if open then
+    out[#out + 1] = {open, redis.call('ZCOUNT', key, since, now)}
+  else
+    out[#out + 1] = {'', redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
+  end
+end
+return out
+"""
 
 
 class Hotspots:
     def __init__(self, redis: Redis, sup: Supervision) -> None:
         self.redis, self.sup = redis, sup
 
-    async def record(self, tickets: Sequence[Ticket], now: float) -> dict[tuple[str, str], list[str]]:
-        """Count the tickets into their (category, grid) clusters; return the hot clusters."""
+    async def record(
+        self, tickets: Sequence[Ticket], now: float
+    ) -> dict[tuple[str, str], tuple[str | None, list[str]]]:
+        """Count the tickets into their (category, grid) clusters. Returns each hot cluster's open
+        meeting (None: none yet) and the tickets to bring to it, oldest first: all the cluster's if
+        it just turned hot, else only these (the others are there already)."""
         clusters: dict[tuple[str, str], dict[str, float]] = {}
         for t in tickets:
             if t.category and t.grid and t.grid.grid:
                 clusters.setdefault((t.category, t.grid.grid), {})[t.ticket_no] = t.received_at.timestamp()
         if not clusters:
             return {}
-        window = self.sup.hotspot_window_days * 86400
-        async with self.redis.pipeline(transaction=False) as p:
-            for (cat, grid), members in clusters.items():
-                key = f"hot:{cat}:{grid}"
-                p.zadd(key, members)
-                p.zremrangebyscore(key, "-inf", now - window)
-                p.expire(key, int(window) + 86400)
-                p.zrange(key, 0, -1, withscores=True)
-            results = await p.execute()
-        recent = {
-            key: [(m.decode(), s) for m, s in results[4 * i + 3]] for i, key in enumerate(clusters)
-        }
-        return meetings.hot_clusters(recent, now, self.sup.hotspot_window_days, self.sup.hotspot_count)
+        days = self.sup.hotspot_window_days
+        since = meetings.window_start(now, days)
+        keys: list[str] = []
+        args: list[str | float | int] = [since, now, int(days * 86400) + 86400]
+        for (cat, grid), members in clusters.items():
+            keys += [f"hot:{cat}:{grid}", open_key(cat, grid)]
+            args.append(len(members))
+            for member in members.items():
+                args += member
+        replies = await self.redis.eval(_RECORD, len(keys), *keys, *args)
+        hot: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
+        recent: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        for cluster, (mid, found) in zip(clusters, replies):
+            if not mid:
+                recent[cluster] = [(found[i].decode(), float(found[i + 1])) for i in range(0, len(found), 2)]
+            elif found >= self.sup.hotspot_count:  # the rule of meetings.hot_clusters, counted in Redis
+                inside = meetings.hot_clusters({cluster: list(clusters[cluster].items())}, now, days, 1)
+                if inside:
+                    hot[cluster] = (mid.decode(), inside[cluster])
+        for cluster, members in meetings.hot_clusters(recent, now, days, self.sup.hotspot_count).items():
+            hot[cluster] = (None, members)
+        return hot

@@ -73,6 +73,7 @@ class Ticket(BaseModel):
     overdue: bool = False  # 督办: a deadline passed
     escalated: bool = False  # long overdue, or sent to a joint meeting
     meeting_id: str | None = None
+    meeting_by: datetime | None = None  # when the joint meeting holding it must have decided
 
     rating: int | None = None
     solved: bool | None = None

@@ -62,6 +62,22 @@ def test_a_ticket_waiting_for_manual_dispatch_has_the_desks_clock():
     assert corrected.status == st.ASSIGNED and not corrected.overdue
 
 
+def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_its_deadline():
+    # Top two categories close and for different departments: a meeting, 3 working days to decide.
+    t = assign(CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))).ticket
+    assert t.status == st.MEETING and t.meeting_by == T0 + timedelta(days=3)  # Monday -> Thursday
+    ts = by_kind(timers.timers_for(t, SUP))
+    assert set(ts) == {("meeting", "overdue")} and ts["meeting", "overdue"].due == t.meeting_by
+    late = timers.fire(t, ts["meeting", "overdue"], CITY, TZ)
+    [event] = late.publish
+    assert late.ticket.overdue and t.meeting_id in event.note and "联席会议决定时限" in event.note
+    assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
+    decided = workflow.meeting_decided(late.ticket, t.meeting_id, "power", "", CITY, TZ, t.meeting_by).ticket
+    assert not decided.overdue and decided.meeting_by is None
+    assert timers.fire(decided, ts["meeting", "overdue"], CITY, TZ) is None
+    assert ("meeting", "overdue") not in by_kind(timers.timers_for(decided, SUP))
+
+
 def test_member_round_trip():
     t = assigned_ticket(CITY)
     for timer in timers.timers_for(t, SUP):

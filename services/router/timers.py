@@ -3,7 +3,8 @@
 Each ticket deadline gets three timers: a warning at `warning_ratio` of the time, overdue at the
 deadline, and (for resolution) escalation at `escalate_ratio` of the time. A ticket waiting at the
 dispatch desk (待人工派单) has a clock too: `dispatch_hours` from when it got there, with a warning and
-an overdue timer, so no ticket waits unseen for a person. A timer names the deadline
+an overdue timer, so no ticket waits unseen for a person; one held for a joint meeting has an overdue
+timer at the meeting's deadline (`meeting_days` working days). A timer names the deadline
 it was set for, so a timer left over from before an extension, a re-route or an acceptance finds the
 ticket moved on and fires nothing. Firing is idempotent: the event id is derived from the timer.
 """
@@ -22,11 +23,12 @@ from shared.events import DepartmentRef, TicketUpdated
 from shared.store import Outcome
 from shared.tickets import Ticket
 
-Stage = Literal["dispatch", "respond", "resolve"]
+Stage = Literal["dispatch", "respond", "resolve", "meeting"]
 Kind = Literal["warning", "overdue", "escalated"]
-STAGE_NAMES = {"dispatch": "派单", "respond": "签收", "resolve": "办结"}
+STAGE_NAMES = {"dispatch": "派单", "respond": "签收", "resolve": "办结", "meeting": "联席会议决定"}
 # While a ticket is in these statuses its clocks run.
-_RUNNING = {"dispatch": {st.REVIEW}, "respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED}}
+_RUNNING = {"dispatch": {st.REVIEW}, "respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED},
+            "meeting": {st.MEETING}}
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Timer:
 def _deadline(ticket: Ticket, stage: Stage, sup: Supervision) -> datetime | None:
     if stage == "dispatch":  # from when the desk got it (assigned_at is set for the desk too)
         return ticket.assigned_at + timedelta(hours=sup.dispatch_hours) if ticket.assigned_at else None
+    if stage == "meeting":
+        return ticket.meeting_by
     return ticket.respond_by if stage == "respond" else ticket.resolve_by
 
 
@@ -59,9 +63,12 @@ def timers_for(ticket: Ticket, sup: Supervision) -> list[Timer]:
     out: list[Timer] = []
     if ticket.assigned_at is None:
         return out
-    for stage in ("dispatch", "respond", "resolve"):
+    for stage in ("dispatch", "respond", "resolve", "meeting"):
         deadline = _deadline(ticket, stage, sup)
         if deadline is None or ticket.status not in _RUNNING[stage]:
+            continue
+        if stage == "meeting":  # the meeting was convened with its deadline: no warning needed
+            out.append(Timer(ticket.ticket_no, stage, "overdue", deadline, deadline))
             continue
         window = deadline - ticket.assigned_at
         out.append(Timer(ticket.ticket_no, stage, "warning", deadline, ticket.assigned_at + window * sup.warning_ratio))
@@ -84,13 +91,16 @@ def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outco
     local = timer.deadline.astimezone(tz)
     notes = {
         "warning": f"{what}时限即将到期（{local:%m-%d %H:%M}），请抓紧办理",
-        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：" + (
-            "请派单中心立即派单" if timer.stage == "dispatch" else "已通知承办单位主管"),
+        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：" + {
+            "dispatch": "请派单中心立即派单",
+            "meeting": f"请派单中心督促联席会议（{ticket.meeting_id}）尽快确定主办单位",
+        }.get(timer.stage, "已通知承办单位主管"),
         "escalated": f"超过{what}时限已久，升级督办至{city.department_by_id[city.responsibilities.fallback_owner].name}",
     }
     data = {"stage": timer.stage, "deadline": timer.deadline.isoformat()}
     if timer.kind != "warning":
-        data["supervisor"] = ticket.department.id if ticket.department else None
+        data["supervisor"] = (city.responsibilities.dispatch_desk if timer.stage == "meeting"
+                              else ticket.department.id if ticket.department else None)
     if timer.kind == "escalated":
         data["to"] = city.responsibilities.fallback_owner
     event = TicketUpdated(

@@ -157,7 +157,7 @@ def _assigned(
     new = ticket.model_copy(update={
         "status": status, "department": event.department, "co_departments": (), "assigned_via": via,
         "assigned_at": now, "respond_by": due.respond_by, "resolve_by": due.resolve_by,
-        "accepted_at": None, "overdue": False, "escalated": False, "extension_request": None,
+        "accepted_at": None, "overdue": False, "escalated": False, "extension_request": None, "meeting_by": None,
         "applied": _applied(ticket, event), "updated_at": now, **changes,
     })
     return new, event
@@ -178,7 +178,8 @@ def _escalate(
               "note": note, "data": data}
     event = TicketUpdated.caused(cause, **fields) if cause else TicketUpdated(
         ticket_no=ticket.ticket_no, occurred_at=now, **fields)
-    return _updated(ticket, event, escalated=True, meeting_id=mid, extension_request=None)
+    return _updated(ticket, event, escalated=True, meeting_id=mid, extension_request=None,
+                    meeting_by=datetime.fromisoformat(data["meeting"]["deadline"]))
 
 
 def hold_for_meeting(

@@ -108,6 +108,22 @@ class Department(_Model):
     kind: DepartmentKind = "bureau"
     street: str | None = None  # street offices: the street they govern
     phone: str | None = None  # the supervisor's contact for overdue notices (督办)
+    supervisor_mobile: str | None = None  # where overdue / escalation notices go by SMS (none: no SMS)
+
+    @field_validator("supervisor_mobile")
+    @classmethod
+    def _mobile(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from shared.privacy import InvalidPhone, normalize_phone
+
+        try:
+            phone = normalize_phone(value)
+        except InvalidPhone as e:
+            raise ValueError(str(e)) from None
+        if "-" in phone:
+            raise ValueError(f"“{value}”是固话，督办短信需要手机号")
+        return phone
 
 
 class Category(_Model):

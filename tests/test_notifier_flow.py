@@ -335,3 +335,30 @@ async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, cl
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) >= 1
     assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]  # the held survey was dropped
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]
+
+
+async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_kit):
+    from shared.city import load_city
+
+    city = load_city()
+    kit = make_kit(quiet="none", cap=1000)
+    dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
+    no = f"20261123-{random.randint(100000, 999999)}"
+    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH).isoformat()
+    overdue = TicketUpdated(ticket_no=no, action="overdue", status="assigned", actor="system", department=dept,
+                            note="", data={"stage": "resolve", "stage_name": "办结", "deadline": deadline,
+                                           "supervisor": "urban_mgmt"})
+    escalated = TicketUpdated(ticket_no=no, action="escalated", status="assigned", actor="system", department=dept,
+                              note="", data={"stage": "resolve", "stage_name": "办结", "deadline": deadline,
+                                             "supervisor": "urban_mgmt", "to": "district_office"})
+    assert await kit.notifier.supervise([overdue], city) == ["sent"]
+    assert await make_kit(quiet="none", cap=1000).notifier.supervise([overdue], city) == ["duplicate"]  # a replay
+    mobile = city.department_by_id["urban_mgmt"].supervisor_mobile
+    [notice] = [m for m in await kit.sent(mobile, "supervision") if m["ticket_no"] == no]
+    assert notice["text"] == f"【12345】督办提醒：区城市管理委员会承办的工单{no}已超过办结时限（11月23日18:00），请督促尽快办理。"
+    assert await kit.notifier.supervise([escalated], city) == ["sent", "sent"]  # the department and the district
+    office = city.department_by_id["district_office"].supervisor_mobile
+    assert [m["text"][:12] for m in await kit.sent(office, "supervision") if m["ticket_no"] == no] == ["【12345】升级督办："]
+    # A department without a supervisor's mobile gets no SMS (its desk line is not texted).
+    silent = overdue.model_copy(update={"event_id": uuid.uuid4().hex, "data": {**overdue.data, "supervisor": "nobody"}})
+    assert await kit.notifier.supervise([silent], city) == []

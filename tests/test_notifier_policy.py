@@ -88,3 +88,19 @@ def test_settings_are_checked_when_the_notifier_is_built():
         Notifier.from_settings(Settings(survey_reminder_hours=48, survey_window_hours=24), store, publish)
     with pytest.raises(ValueError, match="SMS_GATEWAY_URL"):
         Notifier.from_settings(Settings(sms_gateway="http"), store, publish)
+
+
+def test_a_citys_own_file_without_the_supervisor_notices_uses_the_shipped_texts(tmp_path):
+    import yaml
+
+    from services.notifier.texts import DEFAULT_FILE, load_texts
+
+    raw = yaml.safe_load(DEFAULT_FILE.read_text(encoding="utf-8"))
+    for name in ("overdue_notice", "escalated_notice"):
+        del raw["templates"][name]
+    raw["signature"] = "【市热线】"
+    own = tmp_path / "notifications.yaml"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    text = load_texts(own).render("overdue_notice", ticket_no="20261123-000001", stage="签收", deadline="",
+                                  department="区城管委")
+    assert text.startswith("【市热线】督办提醒：区城管委承办的工单20261123-000001")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import subprocess
 import sys
@@ -242,7 +243,9 @@ async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):
         assert (t["department"]["id"], t["assigned_via"]) == ("market", "meeting")
 
 
-async def test_overdue_escalation_fires_once_across_router_replicas(api, producer, city, tokens, settings, tmp_path):
+async def test_overdue_escalation_fires_once_across_router_replicas(
+    api, producer, city, tokens, settings, tmp_path, redis,
+):
     # Two more router processes that only scan timers, beside the system's own router: three replicas.
     env = settings_env(settings, router_consume=False, metrics_port_router=0)
     logs, replicas = _start_replicas(env, tmp_path)
@@ -258,6 +261,19 @@ async def test_overdue_escalation_fires_once_across_router_replicas(api, produce
             assert t["overdue"] and {"督办", "升级督办"} <= set(t["flags"])
             overdue = [h for h in t["history"] if h.get("action") == "overdue"]
             assert all(h["data"]["supervisor"] == t["department"]["id"] for h in overdue)
+            # The notifier texted the supervisors once per notice: both overdue marks and the
+            # escalation to the department's, the escalation to the district office's too.
+            assert city.department_by_id[t["department"]["id"]].supervisor_mobile
+            assert city.department_by_id[city.responsibilities.fallback_owner].supervisor_mobile
+            expected = 4
+
+            async def texted(no=no):
+                return [m for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
+                        if m["kind"] == "supervision" and m["ticket_no"] == no]
+
+            await eventually(lambda: _count(texted, expected))
+            await asyncio.sleep(1)
+            assert len(await texted()) == expected
         assert all(p.poll() is None for p in replicas)
     finally:
         for p in replicas:
@@ -269,6 +285,10 @@ async def test_overdue_escalation_fires_once_across_router_replicas(api, produce
                 p.kill()
         for log in logs:
             log.close()
+
+
+async def _count(read, n: int) -> bool:
+    return len(await read()) >= n
 
 
 def _start_replicas(env: dict, folder) -> tuple[list, list[subprocess.Popen]]:

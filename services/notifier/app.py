@@ -86,6 +86,7 @@ class Handlers:
                 await self.notifier.progress(a, ticket, "progress_meeting")
 
     async def updates(self, updates: list[TicketUpdated]) -> None:
+        await self.notifier.supervise([u for u in updates if u.action in ("overdue", "escalated")], self.book.city)
         wanted = [u for u in updates if u.action in ("accepted", "resolved", "extension_approved")]
         tickets = await self.store.get_many([u.ticket_no for u in wanted])
         accepted = [(u, t) for u, t in zip(wanted, tickets) if u.action == "accepted"]

@@ -37,6 +37,7 @@ from services.notifier.gateway import (
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.survey import is_opt_out, parse_reply
 from services.notifier.texts import Texts, load_texts
+from shared.city import City
 from shared.events import Event, SurveyAnswered, SurveyOutcome, SurveySent, TicketUpdated, now_utc
 from shared.metrics import SMS_SENT, SURVEYS_ANSWERED
 from shared.privacy import caller_id, mask_phone
@@ -309,6 +310,31 @@ class Notifier:
             return None
         text = self.texts.render(template, ticket_no=ticket.ticket_no, **fields)
         return await self.notify(cause.event_id, SmsMessage(phone, text, "progress", ticket.ticket_no))
+
+    async def supervise(self, updates: Sequence[TicketUpdated], city: City) -> list[str]:
+        """督办短信: an overdue ticket's notice to its department's supervisor; an escalated one's to
+        that supervisor and to the office it was escalated to. Only departments with a
+        `supervisor_mobile`; once per event and recipient."""
+        items = []
+        for u in updates:
+            names = {"stage": str(u.data.get("stage_name") or u.data.get("stage") or ""),
+                     "deadline": self._local_time(u.data.get("deadline")), "department": u.department.name}
+            template = "overdue_notice" if u.action == "overdue" else "escalated_notice"
+            for dept_id in dict.fromkeys(d for d in (u.data.get("supervisor"), u.data.get("to")) if d):
+                dept = city.department_by_id.get(str(dept_id))
+                if dept is None or not dept.supervisor_mobile:
+                    continue
+                text = self.texts.render(template, ticket_no=u.ticket_no, **names)
+                items.append((f"{u.event_id}:{dept.id}",
+                              SmsMessage(dept.supervisor_mobile, text, "supervision", u.ticket_no)))
+        return await self.notify_many(items)
+
+    def _local_time(self, value: object) -> str:
+        try:
+            d = datetime.fromisoformat(str(value)).astimezone(self.policy.tz)
+        except ValueError:
+            return ""
+        return f"{d.month}月{d.day}日{d:%H:%M}"
 
     # --- the survey ---------------------------------------------------------------------------
 

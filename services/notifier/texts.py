@@ -6,6 +6,7 @@ survey question that lost its 1/2/3 meaning is an error naming the file and the 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from string import Formatter
 
@@ -24,7 +25,12 @@ FIELDS: dict[str, frozenset[str]] = {
     "reminder": frozenset({"ticket_no", "question"}),
     "clarification": frozenset({"ticket_no", "question"}),
     "opt_out": frozenset(),
+    # To a department's supervisor (not a resident): a deadline passed, or the ticket was escalated.
+    "overdue_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
+    "escalated_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
 }
+# Added after cities had their own files: when a file lacks them, the shipped texts are used.
+OPTIONAL = frozenset({"overdue_notice", "escalated_notice"})
 
 
 class NotificationsError(ValueError):
@@ -42,7 +48,7 @@ class Texts(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> Texts:
         problems = []
-        for name in FIELDS.keys() - self.templates.keys():
+        for name in FIELDS.keys() - self.templates.keys() - OPTIONAL:
             problems.append(f"template {name!r} is missing")
         for name in self.templates.keys() - FIELDS.keys():
             problems.append(f"template {name!r} is unknown (known: {', '.join(FIELDS)})")
@@ -65,7 +71,8 @@ class Texts(BaseModel):
         return self
 
     def render(self, name: str, **fields: str) -> str:
-        return self.templates[name].format(signature=self.signature, **fields)
+        template = self.templates.get(name) or _shipped().templates[name]
+        return template.format(signature=self.signature, **fields)
 
     def short_note(self, note: str) -> str:
         note = " ".join(note.split()).rstrip("。.")
@@ -86,3 +93,8 @@ def load_texts(path: str | Path | None = None) -> Texts:
     except ValidationError as e:
         lines = [f"{'.'.join(map(str, err['loc'])) or 'file'}: {err['msg']}" for err in e.errors()]
         raise NotificationsError(f"{path}: invalid notifications:\n  " + "\n  ".join(lines)) from e
+
+
+@lru_cache(maxsize=1)
+def _shipped() -> Texts:
+    return load_texts(DEFAULT_FILE)

@@ -97,7 +97,7 @@ def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outco
         }.get(timer.stage, "已通知承办单位主管"),
         "escalated": f"超过{what}时限已久，升级督办至{city.department_by_id[city.responsibilities.fallback_owner].name}",
     }
-    data = {"stage": timer.stage, "deadline": timer.deadline.isoformat()}
+    data = {"stage": timer.stage, "stage_name": what, "deadline": timer.deadline.isoformat()}
     if timer.kind != "warning":
         data["supervisor"] = (city.responsibilities.dispatch_desk if timer.stage == "meeting"
                               else ticket.department.id if ticket.department else None)

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
 from faststream import FastStream
 
 from services.notifier.ratebook import RateBook
-from services.notifier.service import Notifier
+from services.notifier.service import Notifier, local_datetime
 from shared import topics
 from shared.bus import batch_subscriber, parse_or_dead_letter, publish
 from shared.events import AppealReceived, Event, SurveyAnswered, TicketAssigned, TicketUpdated
@@ -108,8 +107,5 @@ class Handlers:
 
     def _local_date(self, value: object) -> str:
         """"2026-11-30T18:00:00+08:00" -> "至11月30日"; nothing when the event does not say."""
-        try:
-            d = datetime.fromisoformat(str(value)).astimezone(self.book.tz)
-        except ValueError:
-            return ""
-        return f"至{d.month}月{d.day}日"
+        d = local_datetime(value, self.book.tz)
+        return f"至{d.month}月{d.day}日" if d else ""

@@ -88,6 +88,14 @@ return #KEYS - 1
 """
 
 
+def local_datetime(value: object, tz: ZoneInfo) -> datetime | None:
+    """An event's ISO time field in local time; None when the event does not carry a valid one."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(tz)
+    except ValueError:
+        return None
+
+
 def _derived_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
@@ -330,11 +338,8 @@ class Notifier:
         return await self.notify_many(items)
 
     def _local_time(self, value: object) -> str:
-        try:
-            d = datetime.fromisoformat(str(value)).astimezone(self.policy.tz)
-        except ValueError:
-            return ""
-        return f"{d.month}月{d.day}日{d:%H:%M}"
+        d = local_datetime(value, self.policy.tz)
+        return f"{d.month}月{d.day}日{d:%H:%M}" if d else ""
 
     # --- the survey ---------------------------------------------------------------------------
 

@@ -275,3 +275,11 @@ def test_unquoted_numbers_in_yaml_are_text(folder: Path) -> None:
     phone = next(d["phone"] for d in data if d.get("phone", "").startswith("1"))
     (folder / "departments.yaml").write_text(text.replace(f'"{phone}"', phone), encoding="utf-8")
     assert any(d.phone == phone for d in load_city(folder).departments)
+
+
+def test_a_supervisors_mobile_must_be_a_mobile(folder: Path) -> None:
+    data = _read(folder, "departments.yaml")
+    data[0]["supervisor_mobile"] = "010-68010001"  # a desk line cannot receive the 督办 SMS
+    _write(folder, "departments.yaml", data)
+    msg = _error(folder)
+    assert "departments.yaml" in msg and "supervisor_mobile" in msg and "手机号" in msg

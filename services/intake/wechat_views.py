@@ -75,14 +75,15 @@ async def receive(
     crypto: wechat_crypto.WeChatCrypto | None = request.app.state.wechat_crypto
     try:
         root = wechat.read_xml(await request.body())
-        encrypted = wechat_crypto.encrypted_field(root) if encrypt_type.lower() == "aes" else None
+        aes = encrypt_type.lower() == "aes"
+        encrypted = wechat_crypto.encrypted_field(root) if aes else None
         if encrypted is not None:
             if crypto is None:
                 return _xml(wechat.error_reply("未配置WECHAT_ENCODING_AES_KEY，无法解密安全模式消息"), 503)
             if not crypto.signature_ok(msg_signature, timestamp, nonce, encrypted):
                 return _xml(wechat.error_reply("消息签名（msg_signature）校验失败"), 403)
             root = wechat.read_xml(crypto.decrypt(encrypted))
-        elif encrypt_type.lower() == "aes":
+        elif aes:
             raise wechat.BadMessage("encrypt_type=aes 的消息缺少Encrypt字段")
         msg = wechat.message(root)
     except wechat_crypto.CryptoError as e:

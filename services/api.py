@@ -1,6 +1,7 @@
 """The HTTP API: one FastAPI app composed of each service's views (intake, router, notifier).
 
-It holds a Kafka producer (acks=all, shared.bus.EventPublisher) and the Redis ticket store; it runs no consumers."""
+It holds a Kafka producer (acks=all, shared.bus.EventPublisher) and the Redis ticket store;
+it runs no consumers."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from services.router import views as router_views
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.http import api_error
-from shared.runtime import configure_logging
 from shared.redis_client import connect
+from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -50,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.publisher = publisher
         app.state.store = store
         limiter = RateLimiter(
-            redis, per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
+            redis,
+            per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
             per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
         )
         app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
@@ -81,7 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return api_error(
-            422, "invalid_request", f"{field}: {first['msg']}", field=field,
+            422,
+            "invalid_request",
+            f"{field}: {first['msg']}",
+            field=field,
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
 

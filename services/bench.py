@@ -51,9 +51,12 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
         asyncio.run(_bench(settings, n=n, callers=callers))
         if launcher is not None:
             after = _cpu_seconds(launcher)
-            print("  CPU per appeal     " + "   ".join(
-                f"{name} {(after[name] - before.get(name, 0)) / n * 1e6:,.0f}µs" for name in after
-            ))
+            print(
+                "  CPU per appeal     "
+                + "   ".join(
+                    f"{name} {(after[name] - before.get(name, 0)) / n * 1e6:,.0f}µs" for name in after
+                )
+            )
     finally:
         if launcher is not None:
             launcher.stop_all()
@@ -70,7 +73,8 @@ def _cpu_seconds(launcher: Launcher | None) -> dict[str, float]:
     out = {}
     for name, pid in procs.items():
         try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
         out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
@@ -92,8 +96,12 @@ async def _bench(settings: Settings, *, n: int, callers: int) -> None:
     await redis.aclose()
 
     consumer = AIOKafkaConsumer(
-        topics.APPEAL_CLASSIFIED, topics.TICKET_ASSIGNED, bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"bench-{run}", auto_offset_reset="latest", enable_auto_commit=False,
+        topics.APPEAL_CLASSIFIED,
+        topics.TICKET_ASSIGNED,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"bench-{run}",
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
@@ -101,7 +109,9 @@ async def _bench(settings: Settings, *, n: int, callers: int) -> None:
     await consumer.seek_to_end()
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=5,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=5,
         max_batch_size=256 * 1024,
     )
     await producer.start()
@@ -112,12 +122,18 @@ async def _bench(settings: Settings, *, n: int, callers: int) -> None:
     for i, r in enumerate(records):
         phone = phones[i % callers]
         event = AppealReceived(
-            ticket_no=f"B{run}-{i:06d}", channel="hotline", title=r["title"], text=r["text"],
-            address=r["address"], caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
+            ticket_no=f"B{run}-{i:06d}",
+            channel="hotline",
+            title=r["title"],
+            text=r["text"],
+            address=r["address"],
+            caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
             received_at=datetime.now(UTC),
         )
         received_at[event.ticket_no] = time.perf_counter()
-        chunk.append(await producer.send(topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode()))
+        chunk.append(
+            await producer.send(topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode())
+        )
         if len(chunk) >= 2000:
             await asyncio.gather(*chunk)
             chunk.clear()
@@ -154,8 +170,8 @@ async def _bench(settings: Settings, *, n: int, callers: int) -> None:
 
     print(f"""
 pipeline benchmark ({os.cpu_count()} CPUs; broker, Redis, 4 workers and this process on one machine)
-  appeals            {n}   assigned {done}{'' if done == n else f'  (MISSING {n - done})'}
+  appeals            {n}   assigned {done}{"" if done == n else f"  (MISSING {n - done})"}
   throughput         {done / elapsed:,.0f} appeals/s end to end ({elapsed:.1f}s)
   classifier stage   all {n} classified after {classified_done:.1f}s ({n / classified_done:,.0f}/s)
   latency ms         p50 {pct(0.5):,.0f}   p95 {pct(0.95):,.0f}   p99 {pct(0.99):,.0f}   max {pct(1.0):,.0f}
-  mean latency       {statistics.fmean(latencies) * 1000 if done else float('nan'):,.0f} ms""")
+  mean latency       {statistics.fmean(latencies) * 1000 if done else float("nan"):,.0f} ms""")

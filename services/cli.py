@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -16,13 +16,12 @@ from shared.settings import get_settings
 cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_args_is_help=True)
 
 
-class Service(str, Enum):
+class Service(StrEnum):
     api = "api"
     intake = "intake"
     classifier = "classifier"
     router = "router"
     notifier = "notifier"
-
 
 
 def _worker_app(name: str):
@@ -63,27 +62,38 @@ def up(
             typer.echo("starting the embedded Kafka broker (Tansu) and Redis ...")
             launcher.start_servers()
         city = load_city(settings.city_config_dir)
-        typer.echo(f"city: {city.district.city}{city.district.name}, {len(city.grids)} grids, "
-                   f"{len(city.departments)} departments, {len(city.leaf_categories)} categories")
+        typer.echo(
+            f"city: {city.district.city}{city.district.name}, {len(city.grids)} grids, "
+            f"{len(city.departments)} departments, {len(city.leaf_categories)} categories"
+        )
         typer.echo("loading the category model (the first start trains one on the demo corpus) ...")
         typer.echo(f"model {load_or_train(city, settings.model_dir).version}")
         if with_services:
             launcher.start_all()
-            launcher.wait_for_ports([
-                settings.api_port, settings.metrics_port_intake, settings.metrics_port_classifier,
-                settings.metrics_port_router, settings.metrics_port_notifier,
-            ])
+            launcher.wait_for_ports(
+                [
+                    settings.api_port,
+                    settings.metrics_port_intake,
+                    settings.metrics_port_classifier,
+                    settings.metrics_port_router,
+                    settings.metrics_port_notifier,
+                ]
+            )
         env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""
 The system is up.
   API docs     {base}/docs
-  submit       curl -s -X POST {base}/api/v1/appeals -H "Authorization: Bearer $(appeals token --operator 0231)" \\
+  submit       curl -s -X POST {base}/api/v1/appeals \\
+                 -H "Authorization: Bearer $(appeals token --operator 0231)" \\
                  -H 'Content-Type: application/json' \\
-                 -d '{{"channel":"hotline","caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期，晚上很黑","address":"阳光花园3号楼"}}'
+                 -d '{{"caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期", \\
+                      "address":"阳光花园3号楼"}}'
   a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
-  metrics      {base}/metrics/ and 127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics (intake, classifier, router, notifier)
-  Kafka        {env.get('KAFKA_BOOTSTRAP_SERVERS')}    Redis {env.get('REDIS_URL')}
+  metrics      {base}/metrics/ and
+               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics
+               (intake, classifier, router, notifier)
+  Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
 Press Ctrl-C to stop everything.""")
         while (stopped := launcher.first_exited()) is None:
             time.sleep(0.5)
@@ -151,13 +161,21 @@ async def _with_redis(settings, work):
 
 @cli.command()
 def train(
-    out: Path = typer.Option(None, help="Model folder (file named by version) or a .joblib path. Default: DATA_DIR/models."),
+    out: Path = typer.Option(
+        None, help="Model folder (file named by version) or a .joblib path. Default: DATA_DIR/models."
+    ),
     data: Path = typer.Option(None, help="JSONL with text, label, optional title. Default: the demo corpus."),
     per_category: int = typer.Option(200, help="Demo corpus size per category, when no --data."),
     seed: int = typer.Option(7, help="Demo corpus seed, when no --data."),
-    include_feedback: bool = typer.Option(False, "--include-feedback", help="Add reviewers' corrections (Redis)."),
-    approve: bool = typer.Option(False, "--approve", help="Make the new model the one the classifier serves."),
-    target_precision: float = typer.Option(0.95, min=0.5, max=1.0, help="Precision the review threshold must meet."),
+    include_feedback: bool = typer.Option(
+        False, "--include-feedback", help="Add reviewers' corrections (Redis)."
+    ),
+    approve: bool = typer.Option(
+        False, "--approve", help="Make the new model the one the classifier serves."
+    ),
+    target_precision: float = typer.Option(
+        0.95, min=0.5, max=1.0, help="Precision the review threshold must meet."
+    ),
 ) -> None:
     """Train the category model and write a versioned model file with its metadata."""
     from services.classifier import analyst, corpus, service
@@ -169,7 +187,10 @@ def train(
     city = load_city(settings.city_config_dir)
     out = out or settings.model_dir
     if data is None:
-        records, source = corpus.generate(city, per_category=per_category, seed=seed), f"demo corpus, seed {seed}, {per_category} per category"
+        records, source = (
+            corpus.generate(city, per_category=per_category, seed=seed),
+            f"demo corpus, seed {seed}, {per_category} per category",
+        )
     else:
         records, source = _read_data(data), str(data)
     if include_feedback:
@@ -179,7 +200,9 @@ def train(
         typer.echo(f"added {len(fed)} labelled examples from reviewers")
     rare = analyst.too_rare(records)
     if rare:
-        typer.echo(f"left out {len(rare)} label(s) with a single example: {', '.join(sorted(rare))}", err=True)
+        typer.echo(
+            f"left out {len(rare)} label(s) with a single example: {', '.join(sorted(rare))}", err=True
+        )
         records = [r for r in records if r["label"] not in rare]
     try:
         path = analyst.train_model(city, records, out, source=source, target_precision=target_precision)
@@ -189,14 +212,18 @@ def train(
     typer.echo(f"wrote {path} (version {meta['version']}, {meta['n_train']} examples)")
     review = (meta.get("metrics") or {}).get("review")
     if review:
-        typer.echo(f"held-out macro-F1 {meta['metrics']['macro_f1']:.4f}; review threshold {review['threshold']} "
-                   f"(precision {review['precision']}, review share {review['review_share']:.2%})")
+        typer.echo(
+            f"held-out macro-F1 {meta['metrics']['macro_f1']:.4f}; review threshold {review['threshold']} "
+            f"(precision {review['precision']}, review share {review['review_share']:.2%})"
+        )
     if approve:
         if path.parent.resolve() != settings.model_dir.resolve():
             _fail(f"--approve needs the model in {settings.model_dir} (where the classifier looks)")
         asyncio.run(_with_redis(settings, lambda r: service.approve(r, settings.model_dir, meta["version"])))
-        typer.echo(f"approved {meta['version']}: classifier workers switch to it within "
-                   f"{settings.model_check_seconds:g} s")
+        typer.echo(
+            f"approved {meta['version']}: classifier workers switch to it within "
+            f"{settings.model_check_seconds:g} s"
+        )
 
 
 @cli.command()
@@ -205,11 +232,18 @@ def evaluate(
     model: str = typer.Option(None, help="Model file or version to evaluate (not with --cv)."),
     cv: int = typer.Option(0, min=0, help="Instead of a model: k-fold cross-validation of training on DATA."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
-    target_precision: float = typer.Option(0.95, min=0.5, max=1.0, help="Precision for the review threshold."),
-    curve: bool = typer.Option(False, "--learning-curve",
-                               help="With --cv: also train on 25/50/75% of each training fold and project "
-                                    "how much labelled data --target-f1 needs."),
-    target_f1: float = typer.Option(0.90, min=0.0, max=1.0, help="The macro-F1 the learning curve projects to."),
+    target_precision: float = typer.Option(
+        0.95, min=0.5, max=1.0, help="Precision for the review threshold."
+    ),
+    curve: bool = typer.Option(
+        False,
+        "--learning-curve",
+        help="With --cv: also train on 25/50/75% of each training fold and project "
+        "how much labelled data --target-f1 needs.",
+    ),
+    target_f1: float = typer.Option(
+        0.90, min=0.0, max=1.0, help="The macro-F1 the learning curve projects to."
+    ),
 ) -> None:
     """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, review coverage."""
     from services.classifier import analyst, evaluation
@@ -228,13 +262,18 @@ def evaluate(
             labels = [r["label"] for r in records]
             least = min(labels.count(x) for x in set(labels))
             if least < cv:
-                _fail(f"{cv}-fold cross-validation needs at least {cv} examples of every label (one has {least})")
+                _fail(
+                    f"{cv}-fold cross-validation needs at least {cv} examples of every label "
+                    f"(one has {least})"
+                )
             city = load_city(settings.city_config_dir)
             rep = analyst.cross_validate_data(city, records, cv, target_precision)
             if curve:
                 rep["learning_curve"] = analyst.learning_curve_data(city, records, cv, rep, target_f1)
         else:
-            rep = analyst.evaluate_model(analyst.resolve_model(model, settings.model_dir), records, target_precision)
+            rep = analyst.evaluate_model(
+                analyst.resolve_model(model, settings.model_dir), records, target_precision
+            )
     except analyst.DataError as e:
         _fail(str(e))
     if as_json:
@@ -242,8 +281,12 @@ def evaluate(
         return
     typer.echo(evaluation.format_report(rep))
     if "learning_curve" in rep:
-        typer.echo("\n" + evaluation.format_learning_curve(rep["learning_curve"]["points"],
-                                                           rep["learning_curve"]["projection"]))
+        typer.echo(
+            "\n"
+            + evaluation.format_learning_curve(
+                rep["learning_curve"]["points"], rep["learning_curve"]["projection"]
+            )
+        )
 
 
 model_cli = typer.Typer(help="The model registry: list models, approve the one the classifier serves.")
@@ -270,7 +313,9 @@ def model_list() -> None:
 
 
 @model_cli.command("approve")
-def model_approve(version: str = typer.Argument(..., help="Version, as `appeals model list` shows it.")) -> None:
+def model_approve(
+    version: str = typer.Argument(..., help="Version, as `appeals model list` shows it."),
+) -> None:
     """Make VERSION the model the classifier serves (workers switch without a restart)."""
     from services.classifier import service
 
@@ -317,8 +362,9 @@ def token(
     operator: str = typer.Option(None, help="Mint a hotline operator's token (registers appeals only)."),
     department: str = typer.Option(None, help="Mint a token for this department id."),
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
-    sms_gateway: bool = typer.Option(False, "--sms-gateway",
-                                     help="Mint the SMS provider's token (incoming SMS and receipts only)."),
+    sms_gateway: bool = typer.Option(
+        False, "--sms-gateway", help="Mint the SMS provider's token (incoming SMS and receipts only)."
+    ),
 ) -> None:
     """Mint an API bearer token (printed once; only its hash is stored)."""
     from shared.auth import issue_token
@@ -326,13 +372,22 @@ def token(
 
     settings = get_settings()
     if admin + sms_gateway + (department is not None) + (operator is not None) != 1:
-        raise typer.BadParameter("give exactly one of --operator ID, --department DEPT_ID, --admin or --sms-gateway")
+        raise typer.BadParameter(
+            "give exactly one of --operator ID, --department DEPT_ID, --admin or --sms-gateway"
+        )
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
     if operator is not None and not operator.strip():
         raise typer.BadParameter("--operator needs the operator's id (工号), e.g. --operator 0231")
-    role = ("admin" if admin else "sms_gateway" if sms_gateway else "operator" if operator is not None
-            else "department")
+    role = (
+        "admin"
+        if admin
+        else "sms_gateway"
+        if sms_gateway
+        else "operator"
+        if operator is not None
+        else "department"
+    )
     typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department, operator))))
 
 
@@ -346,11 +401,16 @@ def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowl
 
 @cli.command("upload-slips")
 def upload_slips(
-    file: Path = typer.Argument(None, help="CSV (UTF-8) or XLSX of typed slips: box_id, date, text, phone, address."),
+    file: Path = typer.Argument(
+        None, help="CSV (UTF-8) or XLSX of typed slips: box_id, date, text, phone, address."
+    ),
     demo: int = typer.Option(0, help="Instead of FILE, upload this many synthetic anonymous slips."),
     api: str = typer.Option(None, help="API base URL (default: API_HOST:API_PORT)."),
-    token: str = typer.Option(..., envvar="APPEALS_TOKEN",
-                              help="An operator's token (appeals token --operator ID), or set APPEALS_TOKEN."),
+    token: str = typer.Option(
+        ...,
+        envvar="APPEALS_TOKEN",
+        help="An operator's token (appeals token --operator ID), or set APPEALS_TOKEN.",
+    ),
 ) -> None:
     """Upload suggestion-box slips; prints accepted/rejected rows and the rows per second."""
     import tempfile
@@ -370,8 +430,10 @@ def upload_slips(
     for row in [r for r in result["rows"] if "error" in r][:20]:
         typer.echo(f"line {row['line']}: {row['field']}: {row['error']}")
     total = result["accepted"] + result["rejected"]
-    typer.echo(f"{result['accepted']} accepted, {result['rejected']} rejected, {total} rows in {seconds:.2f}s "
-               f"({total / seconds:.0f} rows/s)")
+    typer.echo(
+        f"{result['accepted']} accepted, {result['rejected']} rejected, {total} rows in {seconds:.2f}s "
+        f"({total / seconds:.0f} rows/s)"
+    )
 
 
 def main() -> None:

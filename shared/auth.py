@@ -41,7 +41,9 @@ def _key(token: str) -> str:
     return "auth:token:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-async def issue_token(redis: Redis, role: Role, department: str | None = None, operator: str | None = None) -> str:
+async def issue_token(
+    redis: Redis, role: Role, department: str | None = None, operator: str | None = None
+) -> str:
     token = secrets.token_urlsafe(32)
     await redis.set(_key(token), json.dumps({"role": role, "department": department, "operator": operator}))
     return token
@@ -67,7 +69,8 @@ async def current_principal(
 ) -> Principal:
     if credentials is None:
         raise HTTPException(
-            status_code=401, detail="需要登录凭证：请在请求头加 Authorization: Bearer <token>",
+            status_code=401,
+            detail="需要登录凭证：请在请求头加 Authorization: Bearer <token>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     principal = await lookup(request.app.state.redis, credentials.credentials)

@@ -12,6 +12,7 @@ Delivery contract (the same on Tansu and on Apache Kafka):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -61,9 +62,7 @@ async def raw_body(message: Any) -> Any:
     return message.body
 
 
-def make_broker(
-    settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY
-) -> KafkaBroker:
+def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> KafkaBroker:
     """The FastStream broker for a service's subscribers (publishing goes through EventPublisher)."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
@@ -119,17 +118,13 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
             if n not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
     finally:
         await admin.close()
 
 
-async def publish(
-    publisher: EventPublisher, events: Sequence[Event], topic: str | None = None
-) -> None:
+async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str | None = None) -> None:
     """Publish events and wait until the broker has acknowledged every one of them (acks=all).
     Raises if any was not acknowledged."""
     if not events:
@@ -185,9 +180,7 @@ async def parse_or_dead_letter(
     return good
 
 
-async def relay_outbox(
-    publisher: EventPublisher, store: TicketStore, older_than_seconds: float = 10
-) -> int:
+async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than_seconds: float = 10) -> int:
     """Publish outbox events whose writer died before confirming them. Returns how many."""
     due = await store.due_outbox(older_than_seconds)
     if not due:

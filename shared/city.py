@@ -251,7 +251,7 @@ class City(_Model):
 
         def walk(cats: tuple[Category, ...], prefix: tuple[str, ...]) -> None:
             for c in cats:
-                out[c.id] = prefix + (c.id,)
+                out[c.id] = (*prefix, c.id)
                 walk(c.children, out[c.id])
 
         walk(self.categories, ())
@@ -308,9 +308,7 @@ class City(_Model):
             if dept not in depts:
                 problems.append(f"responsibilities.yaml {field}: unknown department {dept!r}")
         community_street = {c.id: s.id for s in self.district.streets for c in s.communities}
-        grid_community = {
-            g.id: c.id for s in self.district.streets for c in s.communities for g in c.grids
-        }
+        grid_community = {g.id: c.id for s in self.district.streets for c in s.communities for g in c.grids}
         seen_scopes: dict[tuple, int] = {}
         for n, rule in enumerate(r.rules, 1):
             where = f"responsibilities.yaml rule {n} ({rule.category})"
@@ -342,7 +340,9 @@ class City(_Model):
             problems.append(f"sla.yaml: {day} is listed both as a holiday and as a make-up working day")
         for day in s.workdays:
             if day.weekday() < 5:
-                problems.append(f"sla.yaml workdays: {day} is a weekday already (make-up days fall on weekends)")
+                problems.append(
+                    f"sla.yaml workdays: {day} is a weekday already (make-up days fall on weekends)"
+                )
         for field, cls in (("default_class", s.default_class), ("urgent_class", s.urgent_class)):
             if cls not in s.classes:
                 problems.append(f"sla.yaml {field}: unknown class {cls!r}")

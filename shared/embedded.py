@@ -122,7 +122,10 @@ class EmbeddedServers:
     def _spawn(self, name: str, argv: list[str], stop_signal: int) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
         )
         self.processes.append(ManagedProcess(name, proc, stop_signal))
@@ -132,9 +135,19 @@ class EmbeddedServers:
         proc = self._spawn(
             "redis",
             [
-                redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.log_dir),
-                "--protected-mode", "yes",
+                redis_server_binary(),
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.log_dir),
+                "--protected-mode",
+                "yes",
             ],
             signal.SIGTERM,
         )
@@ -143,8 +156,14 @@ class EmbeddedServers:
     def _start_kafka(self) -> None:
         url = f"tcp://127.0.0.1:{self.kafka_port}"
         env_argv = [
-            tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         proc = self._spawn("kafka", env_argv, signal.SIGINT)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
@@ -164,7 +183,5 @@ class EmbeddedServers:
 def environment_for(servers: EmbeddedServers, **extra: str) -> dict[str, str]:
     """The environment a service process needs to use these servers."""
     env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap, REDIS_URL=servers.redis_url, **extra
-    )
+    env.update(KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap, REDIS_URL=servers.redis_url, **extra)
     return env

@@ -157,8 +157,19 @@ class TicketAssigned(Event):
 
 
 TicketAction = Literal[
-    "accepted", "returned", "extension_requested", "extension_approved", "extension_refused",
-    "resolved", "surveyed", "rated", "closed", "reopened", "warning", "overdue", "escalated",
+    "accepted",
+    "returned",
+    "extension_requested",
+    "extension_approved",
+    "extension_refused",
+    "resolved",
+    "surveyed",
+    "rated",
+    "closed",
+    "reopened",
+    "warning",
+    "overdue",
+    "escalated",
 ]
 
 

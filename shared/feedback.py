@@ -27,8 +27,14 @@ async def record_example(
     by: str,
 ) -> dict:
     record = {
-        "ticket_no": ticket_no, "title": title, "text": text, "label": label, "grid": grid,
-        "source": source, "by": by, "at": datetime.now(UTC).isoformat(),
+        "ticket_no": ticket_no,
+        "title": title,
+        "text": text,
+        "label": label,
+        "grid": grid,
+        "source": source,
+        "by": by,
+        "at": datetime.now(UTC).isoformat(),
     }
     raw = json.dumps(record, ensure_ascii=False)
     async with redis.pipeline(transaction=True) as p:

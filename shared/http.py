@@ -10,8 +10,13 @@ from fastapi.responses import JSONResponse
 
 
 def api_error(
-    status: int, code: str, message: str, *, field: str | None = None,
-    headers: dict[str, str] | None = None, **extra: Any,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     content: dict[str, Any] = {"error": code}
     if field is not None:

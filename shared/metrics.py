@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram, start_http_server
 
-APPEALS_RECEIVED = Counter(
-    "appeals_received_total", "Appeals accepted by intake, by channel", ["channel"]
-)
+APPEALS_RECEIVED = Counter("appeals_received_total", "Appeals accepted by intake, by channel", ["channel"])
 APPEALS_REJECTED = Counter(
     "appeals_rejected_total", "Submissions refused by intake, by channel and reason", ["channel", "reason"]
 )
@@ -18,16 +16,12 @@ APPEALS_FOR_REVIEW = Counter("appeals_review_total", "Appeals sent to human revi
 TICKETS_ASSIGNED = Counter(
     "tickets_assigned_total", "Tickets assigned, by department and how", ["department", "via"]
 )
-TICKET_TRANSITIONS = Counter(
-    "ticket_transitions_total", "Department workflow transitions", ["action"]
-)
+TICKET_TRANSITIONS = Counter("ticket_transitions_total", "Department workflow transitions", ["action"])
 SMS_SENT = Counter("sms_sent_total", "SMS handed to the gateway, by kind", ["kind"])
 SURVEYS_ANSWERED = Counter(
     "surveys_answered_total", "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out)", ["rating"]
 )
-DEAD_LETTERS = Counter(
-    "dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"]
-)
+DEAD_LETTERS = Counter("dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"])
 BATCH_SECONDS = Histogram(
     "handler_batch_seconds",
     "Time to handle one consumed batch",

@@ -22,9 +22,7 @@ from shared.store import TicketStore
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiokafka narrates every group join and partition assignment at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
@@ -77,7 +75,9 @@ class Runtime:
         return app
 
 
-def run_periodically(app: FastStream, seconds: float, step: Callable[[], Awaitable[object]], what: str) -> None:
+def run_periodically(
+    app: FastStream, seconds: float, step: Callable[[], Awaitable[object]], what: str
+) -> None:
     """Run `step` every `seconds` while `app` runs; an error is logged and the next round retries."""
     log = logging.getLogger(what)
     tasks: list[asyncio.Task] = []

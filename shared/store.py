@@ -29,7 +29,6 @@ from shared.events import AppealReceived, Event
 from shared.tickets import Ticket
 
 
-
 @dataclass(frozen=True)
 class Outcome:
     """A decided change: the ticket as it is to be, the new facts to publish (history + outbox), and
@@ -172,10 +171,13 @@ class TicketStore:
             if len(tickets) < 2:
                 raise
             first = set(tickets[: len(tickets) // 2])
-            halves = [[c for c in changes if c.ticket_no in first], [c for c in changes if c.ticket_no not in first]]
+            halves = [
+                [c for c in changes if c.ticket_no in first],
+                [c for c in changes if c.ticket_no not in first],
+            ]
             done = {}
             for half in halves:
-                for c, result in zip(half, await self.apply_many(half)):
+                for c, result in zip(half, await self.apply_many(half), strict=False):
                     done[id(c)] = result
             return [done[id(c)] for c in changes]
 
@@ -187,7 +189,8 @@ class TicketStore:
                     await pipe.watch(*keys)
                     raws = await pipe.mget(keys)
                     current = {
-                        k: Ticket.model_validate_json(r) if r else None for k, r in zip(keys, raws)
+                        k: Ticket.model_validate_json(r) if r else None
+                        for k, r in zip(keys, raws, strict=False)
                     }
                     before = dict(current)
                     results: list[tuple[Ticket | None, list[Event]]] = []
@@ -286,7 +289,8 @@ class TicketStore:
         outbox entry -> (topic, event as a dict), read back from the tickets' histories."""
         cutoff = time.time() - older_than_seconds
         members = [
-            m.decode() for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
+            m.decode()
+            for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
         ]
         wanted: dict[str, dict[str, str]] = {}  # ticket -> event id -> entry
         for m in members:
@@ -306,6 +310,7 @@ class TicketStore:
     async def remove_outbox_entries(self, entries: Sequence[str]) -> None:
         if entries:
             await self.redis.zrem(self.OUTBOX, *entries)
+
 
 async def apply_and_publish(
     store: TicketStore,

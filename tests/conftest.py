@@ -18,10 +18,9 @@ from services.launcher import WORKERS, Launcher
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
-
-ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run commands from here)
 from tests.router_factory import session_city
 
+ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run commands from here)
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +51,16 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
-        city_config_dir=session_city(tmp_path_factory.mktemp("city")),  # issue 5: tiny SLA class, hotspot threshold
-        quiet_hours="none", sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
+        city_config_dir=session_city(
+            tmp_path_factory.mktemp("city")
+        ),  # issue 5: tiny SLA class, hotspot threshold
+        quiet_hours="none",
+        sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
         model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
-        wechat_token="test-wechat-token", open311_api_keys="test-open311-key",  # intake channels (issue 3)
-        wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", wechat_app_id="wx12345hotline",
+        wechat_token="test-wechat-token",
+        open311_api_keys="test-open311-key",  # intake channels (issue 3)
+        wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+        wechat_app_id="wx12345hotline",
     )
 
 

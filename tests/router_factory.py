@@ -24,23 +24,51 @@ def grid(city: City, grid_id: str | None) -> GridMatch:
     if grid_id is None:
         return GridMatch(grid=None)
     info = city.grids[grid_id]
-    return GridMatch(grid=grid_id, community=info.community_id, street=info.street_id, method="gazetteer",
-                     confidence=0.9, evidence="test")
+    return GridMatch(
+        grid=grid_id,
+        community=info.community_id,
+        street=info.street_id,
+        method="gazetteer",
+        confidence=0.9,
+        evidence="test",
+    )
 
 
 def classified(
-    city: City, category: str, grid_id: str | None = "s01c01g01", *, confidence: float = 0.9, no: str = "20261123-000001",
-    second: tuple[str, float] | None = None, urgent: bool = False, at: datetime = T0, reviewed_by: str | None = None,
+    city: City,
+    category: str,
+    grid_id: str | None = "s01c01g01",
+    *,
+    confidence: float = 0.9,
+    no: str = "20261123-000001",
+    second: tuple[str, float] | None = None,
+    urgent: bool = False,
+    at: datetime = T0,
+    reviewed_by: str | None = None,
 ) -> AppealClassified:
-    appeal = AppealReceived(ticket_no=no, channel="hotline", text="测试诉求内容", received_at=at, occurred_at=at,
-                            caller=Caller(caller_id="c1", masked_phone="138****0000"))
+    appeal = AppealReceived(
+        ticket_no=no,
+        channel="hotline",
+        text="测试诉求内容",
+        received_at=at,
+        occurred_at=at,
+        caller=Caller(caller_id="c1", masked_phone="138****0000"),
+    )
     top = (CategoryScore(category=category, probability=confidence),)
     if second:
         top += (CategoryScore(category=second[0], probability=second[1]),)
     return AppealClassified(
-        ticket_no=no, appeal=appeal, category=category, category_names=city.category_names(category),
-        confidence=confidence, top=top, grid=grid(city, grid_id), urgent=urgent, model_version="test",
-        occurred_at=at, reviewed_by=reviewed_by,
+        ticket_no=no,
+        appeal=appeal,
+        category=category,
+        category_names=city.category_names(category),
+        confidence=confidence,
+        top=top,
+        grid=grid(city, grid_id),
+        urgent=urgent,
+        model_version="test",
+        occurred_at=at,
+        reviewed_by=reviewed_by,
     )
 
 
@@ -51,7 +79,9 @@ def assign(city: City, c: AppealClassified, ticket: Ticket | None = None, thresh
     return workflow.assign(ticket, c, routing, due, city, contested=others, tz=TZ)
 
 
-def assigned_ticket(city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw) -> Ticket:
+def assigned_ticket(
+    city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw
+) -> Ticket:
     return assign(city, classified(city, category, grid_id, **kw)).ticket
 
 
@@ -62,7 +92,11 @@ def session_city(folder: Path) -> Path:
     shutil.copytree(DEMO_CITY_DIR, folder, dirs_exist_ok=True)
     path = folder / "sla.yaml"
     sla = yaml.safe_load(path.read_text(encoding="utf-8"))
-    sla["classes"]["tiny"] = {"name": "测试", "respond_hours": TINY_RESPOND_HOURS, "resolve_hours": TINY_RESOLVE_HOURS}
+    sla["classes"]["tiny"] = {
+        "name": "测试",
+        "respond_hours": TINY_RESPOND_HOURS,
+        "resolve_hours": TINY_RESOLVE_HOURS,
+    }
     sla["categories"][TINY_CATEGORY] = "tiny"
     sla["supervision"].update(hotspot_count=HOTSPOT_COUNT, hotspot_window_days=1)
     path.write_text(yaml.safe_dump(sla, allow_unicode=True, sort_keys=False), encoding="utf-8")

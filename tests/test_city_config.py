@@ -6,6 +6,7 @@ names the file and the entry an analyst has to fix.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from datetime import date
 from pathlib import Path
@@ -42,7 +43,9 @@ def _write(folder: Path, name: str, data) -> None:
 
 def test_demo_city_counts(city: City) -> None:
     d = city.district
-    assert d.id and d.name and d.city
+    assert d.id
+    assert d.name
+    assert d.city
     assert len(d.streets) >= 3
     assert sum(len(s.communities) for s in d.streets) == 8
     assert len(city.grids) == 24
@@ -64,7 +67,8 @@ def test_demo_grids_have_places_and_polygons(city: City) -> None:
         assert 1 <= len(g.landmarks) <= 3, gid
         assert len(g.polygon) >= 3, gid
         for lng, lat in g.polygon:  # [lng, lat], not swapped
-            assert 116.30 <= lng <= 116.42 and 39.90 <= lat <= 39.98, gid
+            assert 116.30 <= lng <= 116.42, gid
+            assert 39.90 <= lat <= 39.98, gid
 
 
 def test_demo_grids_tile_without_overlap(city: City) -> None:
@@ -97,13 +101,14 @@ def test_demo_has_ambiguities_to_resolve(city: City) -> None:
         for c in info.grid.compounds:
             for a in c.aliases:
                 streets_by_alias.setdefault(a, set()).add(info.street_id)
-    assert "幸福里" in streets_by_alias and len(streets_by_alias["幸福里"]) == 2
+    assert "幸福里" in streets_by_alias
+    assert len(streets_by_alias["幸福里"]) == 2
     # Split road segments of one road never overlap.
     for name in roads:
         segs = sorted(
             (r.from_no, r.to_no) for info in city.grids.values() for r in info.grid.roads if r.name == name
         )
-        for (_, hi), (lo, _) in zip(segs, segs[1:], strict=False):
+        for (_, hi), (lo, _) in itertools.pairwise(segs):
             assert hi < lo, name
 
 
@@ -124,7 +129,8 @@ def test_demo_categories_have_keywords(city: City) -> None:
 def test_every_leaf_has_an_owner(city: City) -> None:
     """Each leaf has a city-wide rule on itself or an ancestor: nothing relies on the fallback."""
     r = city.responsibilities
-    assert r.fallback_owner == "district_office" and r.dispatch_desk == "dispatch_desk"
+    assert r.fallback_owner == "district_office"
+    assert r.dispatch_desk == "dispatch_desk"
     citywide = {
         rule.category
         for rule in r.rules
@@ -143,7 +149,8 @@ def test_demo_rules_are_unambiguous_and_varied(city: City) -> None:
 
 def test_demo_sla(city: City) -> None:
     s = city.sla
-    assert s.default_class == "general" and s.urgent_class == "emergency"
+    assert s.default_class == "general"
+    assert s.urgent_class == "emergency"
     assert s.classes["emergency"].resolve_hours == 2
     assert s.classes["complex"].resolve_days == 15
     assert date(2026, 2, 17) in s.holidays  # 春节
@@ -177,7 +184,9 @@ def test_unknown_co_department_and_area(folder: Path) -> None:
     data["rules"][0]["street"] = "s99"
     _write(folder, "responsibilities.yaml", data)
     msg = _error(folder)
-    assert "rule 1" in msg and "ghost_bureau" in msg and "s99" in msg
+    assert "rule 1" in msg
+    assert "ghost_bureau" in msg
+    assert "s99" in msg
 
 
 def test_duplicate_grid_id(folder: Path) -> None:
@@ -186,19 +195,23 @@ def test_duplicate_grid_id(folder: Path) -> None:
     grids[1]["id"] = grids[0]["id"]
     _write(folder, "areas.yaml", data)
     msg = _error(folder)
-    assert "areas.yaml" in msg and "grids" in msg and repr(grids[0]["id"]) in msg
+    assert "areas.yaml" in msg
+    assert "grids" in msg
+    assert repr(grids[0]["id"]) in msg
 
 
 def test_missing_file(folder: Path) -> None:
     (folder / "sla.yaml").unlink()
     msg = _error(folder)
-    assert "sla.yaml" in msg and "missing" in msg
+    assert "sla.yaml" in msg
+    assert "missing" in msg
 
 
 def test_bad_yaml(folder: Path) -> None:
     (folder / "departments.yaml").write_text("- id: x\n  name: [unclosed\n", encoding="utf-8")
     msg = _error(folder)
-    assert "departments.yaml" in msg and "not valid YAML" in msg
+    assert "departments.yaml" in msg
+    assert "not valid YAML" in msg
 
 
 @pytest.mark.parametrize("change", ["both", "neither"])
@@ -211,7 +224,8 @@ def test_sla_class_needs_exactly_one_resolve_field(folder: Path, change: str) ->
         del cls["resolve_days"]
     _write(folder, "sla.yaml", data)
     msg = _error(folder)
-    assert "sla.yaml" in msg and "classes.general" in msg
+    assert "sla.yaml" in msg
+    assert "classes.general" in msg
     assert "exactly one of resolve_hours, resolve_days" in msg
 
 
@@ -221,7 +235,8 @@ def test_sla_unknown_class_and_category(folder: Path) -> None:
     data["categories"]["no.such.category"] = "general"
     _write(folder, "sla.yaml", data)
     msg = _error(folder)
-    assert "sla.yaml urgent_class" in msg and "'panic'" in msg
+    assert "sla.yaml urgent_class" in msg
+    assert "'panic'" in msg
     assert "no.such.category" in msg
 
 
@@ -231,7 +246,8 @@ def test_department_with_unknown_street(folder: Path) -> None:
     office["street"] = "s42"
     _write(folder, "departments.yaml", data)
     msg = _error(folder)
-    assert f"departments.yaml {office['id']}" in msg and "s42" in msg
+    assert f"departments.yaml {office['id']}" in msg
+    assert "s42" in msg
 
 
 def test_unknown_field_is_rejected(folder: Path) -> None:
@@ -240,7 +256,8 @@ def test_unknown_field_is_rejected(folder: Path) -> None:
     data["rules"][0]["leed"] = data["rules"][0].pop("lead")
     _write(folder, "responsibilities.yaml", data)
     msg = _error(folder)
-    assert "responsibilities.yaml" in msg and "leed" in msg
+    assert "responsibilities.yaml" in msg
+    assert "leed" in msg
 
 
 def test_two_rules_for_the_same_category_and_area(folder: Path) -> None:
@@ -248,13 +265,20 @@ def test_two_rules_for_the_same_category_and_area(folder: Path) -> None:
     data["rules"].append(dict(data["rules"][0], lead="district_office"))
     _write(folder, "responsibilities.yaml", data)
     msg = _error(folder)
-    assert f"rule {len(data['rules'])}" in msg and "same category and area as rule 1" in msg
+    assert f"rule {len(data['rules'])}" in msg
+    assert "same category and area as rule 1" in msg
 
 
 def test_rule_area_must_nest(folder: Path) -> None:
     data = _read(folder, "responsibilities.yaml")
-    data["rules"].append({"category": data["rules"][0]["category"], "street": "s01", "community": "s02c01",
-                          "lead": data["rules"][0]["lead"]})
+    data["rules"].append(
+        {
+            "category": data["rules"][0]["category"],
+            "street": "s01",
+            "community": "s02c01",
+            "lead": data["rules"][0]["lead"],
+        }
+    )
     _write(folder, "responsibilities.yaml", data)
     assert "community s02c01 is not in street s01" in _error(folder)
 
@@ -282,4 +306,6 @@ def test_a_supervisors_mobile_must_be_a_mobile(folder: Path) -> None:
     data[0]["supervisor_mobile"] = "010-68010001"  # a desk line cannot receive the 督办 SMS
     _write(folder, "departments.yaml", data)
     msg = _error(folder)
-    assert "departments.yaml" in msg and "supervisor_mobile" in msg and "手机号" in msg
+    assert "departments.yaml" in msg
+    assert "supervisor_mobile" in msg
+    assert "手机号" in msg

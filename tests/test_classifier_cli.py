@@ -18,8 +18,13 @@ GOVMSG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "govms
 
 
 def appeals(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def top_level(records: list[dict]) -> list[dict]:
@@ -39,7 +44,8 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     out = appeals("train", "--data", str(data), "--out", str(d / "model.joblib"))
     assert out.returncode == 0, out.stderr
     n = sum(1 for _ in data.open(encoding="utf-8"))
-    assert f"line {n - 1}: not valid JSON" in out.stderr and f"line {n}: missing or empty text" in out.stderr
+    assert f"line {n - 1}: not valid JSON" in out.stderr
+    assert f"line {n}: missing or empty text" in out.stderr
     test = d / "test.jsonl"
     corpus.write_jsonl(top_level(corpus.generate(load_city(), per_category=3, seed=32)), test)
     return d / "model.joblib", test
@@ -49,7 +55,8 @@ def test_train_writes_a_versioned_model_with_its_metadata(trained):
     model, _ = trained
     meta = json.loads(model.with_suffix(".json").read_text(encoding="utf-8"))
     assert {"version", "created_at", "data_hash", "categories", "metrics", "n_train"} <= set(meta)
-    assert "城市管理" in meta["categories"] and len(meta["data_hash"]) == 16
+    assert "城市管理" in meta["categories"]
+    assert len(meta["data_hash"]) == 16
     assert meta["metrics"]["review"]["target_precision"] == 0.95
 
 
@@ -59,20 +66,26 @@ def test_evaluate_prints_the_figures_and_one_json_object(trained):
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["n"] == sum(1 for _ in test.open(encoding="utf-8"))
-    assert 0 <= rep["macro_f1"] <= 1 and 0 <= rep["accuracy"] <= 1 and 0 <= rep["calibration_error"] <= 1
+    assert 0 <= rep["macro_f1"] <= 1
+    assert 0 <= rep["accuracy"] <= 1
+    assert 0 <= rep["calibration_error"] <= 1
     assert set(rep["per_class"]["城市管理"]) == {"precision", "recall", "f1", "support"}
     assert len(rep["confusion_matrix"]) == len(rep["labels"])
     text = appeals("evaluate", "--model", str(model), "--data", str(test))
-    assert text.returncode == 0 and "macro-F1" in text.stdout and "confusion matrix" in text.stdout
+    assert text.returncode == 0
+    assert "macro-F1" in text.stdout
+    assert "confusion matrix" in text.stdout
 
 
 def test_evaluate_refuses_what_it_cannot_do(trained, tmp_path):
     model, test = trained
     assert appeals("evaluate", "--data", str(test)).returncode == 2  # neither --model nor --cv
     no_cv = appeals("evaluate", "--model", str(model), "--data", str(test), "--learning-curve")
-    assert no_cv.returncode == 2 and "--learning-curve needs --cv" in no_cv.stderr
+    assert no_cv.returncode == 2
+    assert "--learning-curve needs --cv" in no_cv.stderr
     missing = appeals("evaluate", "--model", str(model), "--data", str(tmp_path / "none.jsonl"))
-    assert missing.returncode == 2 and "no such file" in missing.stderr
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr
 
 
 def test_bench_prints_speed_load_time_and_memory(trained):
@@ -80,8 +93,10 @@ def test_bench_prints_speed_load_time_and_memory(trained):
     out = appeals("bench", "classifier", "--model", str(model), "--n", "300", "--json")
     assert out.returncode == 0, out.stderr
     figures = json.loads(out.stdout)
-    assert figures["appeals"] == 300 and figures["appeals_per_second"] > 0
-    assert figures["model_load_seconds"] > 0 and figures["peak_rss_mb"] > 0
+    assert figures["appeals"] == 300
+    assert figures["appeals_per_second"] > 0
+    assert figures["model_load_seconds"] > 0
+    assert figures["peak_rss_mb"] > 0
 
 
 def test_cross_validation_on_the_real_message_board_data(tmp_path):
@@ -94,7 +109,9 @@ def test_cross_validation_on_the_real_message_board_data(tmp_path):
     out = appeals("evaluate", "--data", str(data), "--cv", "2", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
-    assert rep["n"] == len(lines) and len(rep["per_class"]) == 7 and rep["folds"] == 2
+    assert rep["n"] == len(lines)
+    assert len(rep["per_class"]) == 7
+    assert rep["folds"] == 2
     assert 0.6 < rep["macro_f1_mean"] <= 1.0  # sane, far above chance (~0.14), not a tuned number
 
 
@@ -107,8 +124,11 @@ def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
     points = rep["learning_curve"]["points"]
     assert [p["fraction"] for p in points] == [0.25, 0.5, 0.75, 1.0]
     sizes = [p["n_train"] for p in points]
-    assert sizes == sorted(sizes) and sizes[-1] == rep["n"] // 2  # each 2-fold model saw half the data
+    assert sizes == sorted(sizes)
+    assert sizes[-1] == rep["n"] // 2
     assert points[-1]["macro_f1_mean"] == rep["macro_f1_mean"]
     assert rep["learning_curve"]["projection"]["n_all"] == rep["n"]
     text = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve")
-    assert text.returncode == 0 and "learning curve" in text.stdout and "per doubling" in text.stdout
+    assert text.returncode == 0
+    assert "learning curve" in text.stdout
+    assert "per doubling" in text.stdout

@@ -3,6 +3,7 @@ reviewer's correction through the API, and switching to a newly approved model w
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -25,7 +26,9 @@ PLACELESS = "路灯坏了一个多星期了，晚上出门黑漆漆的，老人�
 
 
 async def submit(api: httpx.AsyncClient, text: str, **extra) -> str:
-    r = await api.post("/api/v1/appeals", json={"channel": "web", "caller_phone": "13700001234", "text": text, **extra})
+    r = await api.post(
+        "/api/v1/appeals", json={"channel": "web", "caller_phone": "13700001234", "text": text, **extra}
+    )
     assert r.status_code == 201, r.text
     return r.json()["ticket_no"]
 
@@ -40,28 +43,43 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
         return [i for i in r.json()["items"] if i["ticket_no"] == no]
 
     [item] = await eventually(listed)
-    assert item["grid"]["grid"] is None and item["model_version"] and len(item["top"]) == 2
+    assert item["grid"]["grid"] is None
+    assert item["model_version"]
+    assert len(item["top"]) == 2
     assert (await api.get("/api/v1/review", headers={"Authorization": ""})).status_code == 401
 
     bad = await api.post(f"/api/v1/review/{no}", json={"category": "city"}, headers=admin)
-    assert bad.status_code == 422 and "末级分类" in bad.json()["message"]
-    no_grid = await api.post(f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin)
-    assert no_grid.status_code == 422 and no_grid.json()["error"] == "grid_required"
+    assert bad.status_code == 422
+    assert "末级分类" in bad.json()["message"]
+    no_grid = await api.post(
+        f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin
+    )
+    assert no_grid.status_code == 422
+    assert no_grid.json()["error"] == "grid_required"
 
     consumer = AIOKafkaConsumer(
-        topics.APPEAL_CLASSIFIED, bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"test-review-{uuid.uuid4().hex}", auto_offset_reset="earliest",
+        topics.APPEAL_CLASSIFIED,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"test-review-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
-        r = await api.post(f"/api/v1/review/{no}", json={"category": "city.facility.streetlight", "grid": "s01c01g01"},
-                           headers=admin)
+        r = await api.post(
+            f"/api/v1/review/{no}",
+            json={"category": "city.facility.streetlight", "grid": "s01c01g01"},
+            headers=admin,
+        )
         assert r.status_code == 200, r.text
         assert r.json()["category_names"] == ["城市管理", "市政设施", "路灯故障"]
 
         stored = json.loads(await redis.get(f"feedback:ticket:{no}"))
         assert (stored["label"], stored["grid"], stored["source"], stored["text"]) == (
-            "city.facility.streetlight", "s01c01g01", "review", PLACELESS)
+            "city.facility.streetlight",
+            "s01c01g01",
+            "review",
+            PLACELESS,
+        )
 
         async def corrected():
             batches = await consumer.getmany(timeout_ms=500)
@@ -73,24 +91,43 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
 
         event = await eventually(corrected)
         assert event["event_id"] == r.json()["event_id"]
-        assert event["category"] == "city.facility.streetlight" and event["confidence"] == 1.0
-        assert event["grid"]["grid"] == "s01c01g01" and event["grid"]["method"] == "reviewer"
-        assert not event["needs_review"] and event["reviewed_by"] == "admin"
+        assert event["category"] == "city.facility.streetlight"
+        assert event["confidence"] == 1.0
+        assert event["grid"]["grid"] == "s01c01g01"
+        assert event["grid"]["method"] == "reviewer"
+        assert not event["needs_review"]
+        assert event["reviewed_by"] == "admin"
     finally:
         await consumer.stop()
 
     assert not await listed()  # reviewed appeals leave the queue
-    again = await api.post(f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin)
+    again = await api.post(
+        f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin
+    )
     assert again.status_code == 404
 
     # The correction becomes training data: `appeals train --include-feedback` picks it up.
     data = tmp_path / "small.jsonl"
     records = corpus.generate(load_city(), per_category=4, seed=21)
     corpus.write_jsonl(records, data)
-    out = subprocess.run(
-        [sys.executable, "-m", "services.cli", "train", "--data", str(data), "--include-feedback",
-         "--out", str(tmp_path / "models")],
-        env=settings_env(settings), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "train",
+            "--data",
+            str(data),
+            "--include-feedback",
+            "--out",
+            str(tmp_path / "models"),
+        ],
+        env=settings_env(settings),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     added = int(out.stdout.split("added ")[1].split()[0])

@@ -45,13 +45,15 @@ def test_cues_decide_type_and_urgency_and_the_model_only_fills_in_when_confident
     assert cues.is_urgent("有人困在电梯里")
     assert not cues.is_urgent("路灯坏了")
     assert cues.is_urgent("路灯坏了", operator_flag=True)
-    assert cues.is_urgent("路灯坏了", model_p=0.95) and not cues.is_urgent("路灯坏了", model_p=0.3)
+    assert cues.is_urgent("路灯坏了", model_p=0.95)
+    assert not cues.is_urgent("路灯坏了", model_p=0.3)
 
 
 def test_a_city_overrides_the_cue_lists_and_bad_lists_are_reported(tmp_path: Path):
     (tmp_path / "cues.yaml").write_text("types:\n  求助: [快来人]\nurgent: [水漫金山]\n", encoding="utf-8")
     cues = load_cues(tmp_path)
-    assert cues.appeal_type("快来人啊") == "求助" and cues.is_urgent("楼下水漫金山")
+    assert cues.appeal_type("快来人啊") == "求助"
+    assert cues.is_urgent("楼下水漫金山")
     assert not cues.is_urgent("闻到燃气味")  # the city's list replaces the defaults
     (tmp_path / "cues.yaml").write_text("types:\n  抱怨: [烦]\nurgent: []\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown appeal type"):
@@ -71,13 +73,14 @@ def test_threshold_is_the_lowest_that_meets_the_target_precision():
     conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
     correct = np.array([1, 1, 1, 1, 0, 0])
     t = evaluation.threshold_for_precision(conf, correct, 0.95)
-    assert t["threshold"] == 0.8 and t["coverage"] == pytest.approx(4 / 6, abs=1e-4) and t["precision"] == 1.0
+    assert t["threshold"] == 0.8
+    assert t["coverage"] == pytest.approx(4 / 6, abs=1e-4)
+    assert t["precision"] == 1.0
     assert evaluation.threshold_for_precision(conf, np.zeros(6), 0.95)["threshold"] is None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60),
-       st.floats(0.5, 1.0))
+@given(st.lists(st.tuples(st.floats(0, 1), st.booleans()), min_size=1, max_size=60), st.floats(0.5, 1.0))
 def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, target):
     conf = np.array([c for c, _ in pairs])
     correct = np.array([ok for _, ok in pairs])
@@ -89,35 +92,43 @@ def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, targ
 
 
 def _curve(points: list[tuple[int, float]]) -> list[dict]:
-    return [{"fraction": n / points[-1][0], "n_train": n, "macro_f1_mean": f, "macro_f1_std": 0.0}
-            for n, f in points]
+    return [
+        {"fraction": n / points[-1][0], "n_train": n, "macro_f1_mean": f, "macro_f1_std": 0.0}
+        for n, f in points
+    ]
 
 
 def test_learning_curve_projection_follows_the_upper_half_of_the_curve():
     # 0.80 at 500, +0.04 per doubling above it; the steep start (0.50 at 100) is left out.
     proj = evaluation.projection(_curve([(100, 0.50), (500, 0.80), (1000, 0.84), (2000, 0.88)]), 0.90, 2000)
     assert proj["per_doubling"] == pytest.approx(0.04, abs=1e-4)
-    assert proj["n_for_target"] == pytest.approx(2000 * 2 ** 0.5, abs=2)
+    assert proj["n_for_target"] == pytest.approx(2000 * 2**0.5, abs=2)
     assert proj["at_all_data"] == pytest.approx(0.88, abs=1e-4)
-    text = evaluation.format_learning_curve(_curve([(100, 0.50), (500, 0.80), (1000, 0.84), (2000, 0.88)]), proj)
-    assert "2,829 labelled appeals" in text and "trained on all 2,000: about 0.8800" in text
+    text = evaluation.format_learning_curve(
+        _curve([(100, 0.50), (500, 0.80), (1000, 0.84), (2000, 0.88)]), proj
+    )
+    assert "2,829 labelled appeals" in text
+    assert "trained on all 2,000: about 0.8800" in text
 
 
 def test_learning_curve_projection_when_flat_or_already_there():
     flat = evaluation.projection(_curve([(500, 0.85), (1000, 0.85), (2000, 0.84)]), 0.90, 2500)
-    assert flat["n_for_target"] is None and flat["per_doubling"] < 0
+    assert flat["n_for_target"] is None
+    assert flat["per_doubling"] < 0
     there = evaluation.projection(_curve([(500, 0.88), (1000, 0.91)]), 0.90, 1250)
     assert there["n_for_target"] == 1000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two training sizes"):
         evaluation.projection(_curve([(100, 0.5), (1000, 0.9)]), 0.9, 1000)  # one point in the upper half
 
 
 def test_report_has_every_figure_for_arbitrary_labels():
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     rep = evaluation.report(["甲", "乙", "乙", "乙"], proba, ["甲", "乙"])
-    assert rep["n"] == 4 and rep["accuracy"] == 0.75
+    assert rep["n"] == 4
+    assert rep["accuracy"] == 0.75
     assert rep["per_class"]["乙"]["recall"] == pytest.approx(2 / 3, abs=1e-4)
-    assert rep["labels"] == ["乙", "甲"] and rep["confusion_matrix"] == [[2, 1], [0, 1]]
+    assert rep["labels"] == ["乙", "甲"]
+    assert rep["confusion_matrix"] == [[2, 1], [0, 1]]
     assert "甲" in evaluation.format_report(rep)
 
 
@@ -149,7 +160,9 @@ def test_a_road_is_resolved_by_its_house_number(locator):
 
 def test_an_ambiguous_name_is_resolved_by_the_street_or_left_to_a_person(locator):
     tie = locator.locate("幸福里门口的垃圾没人清运")
-    assert tie.grid is None and tie.method == "none" and "幸福里" in tie.evidence
+    assert tie.grid is None
+    assert tie.method == "none"
+    assert "幸福里" in tie.evidence
     assert locator.locate("建设街道幸福里门口的垃圾没人清运").grid == "s02c01g01"
     assert locator.locate("和平里社区幸福里门口的垃圾没人清运").grid == "s01c01g01"
 
@@ -162,7 +175,9 @@ def test_a_variant_name_is_found_by_the_model_fallback(locator):
 
 def test_no_place_means_no_grid(locator):
     m = locator.locate("路灯坏了一个星期了，晚上很黑")
-    assert m.grid is None and m.method == "none" and m.confidence == 0
+    assert m.grid is None
+    assert m.method == "none"
+    assert m.confidence == 0
 
 
 # --- text ------------------------------------------------------------------------------------------
@@ -178,8 +193,11 @@ def test_place_names_and_domain_words_stay_whole():
 @given(st.text(alphabet="阳光花园路灯坏了，。！ 123号楼物业费太贵请问怎么办a", max_size=40))
 def test_clause_cached_segmentation_equals_jieba_on_the_whole_text(text):
     seg = _SEG
-    plain = [w for w in seg._jieba.lcut(re.sub(r"\d+", "0", text), HMM=False)
-             if w.strip() and w not in seg.stopwords and not all(c in "，。！" for c in w)]
+    plain = [
+        w
+        for w in seg._jieba.lcut(re.sub(r"\d+", "0", text), HMM=False)
+        if w.strip() and w not in seg.stopwords and not all(c in "，。！" for c in w)
+    ]
     assert seg(text) == plain
 
 
@@ -215,14 +233,19 @@ def segmenter_for_city() -> Segmenter:
 
 def test_bad_lines_are_reported_by_number(tmp_path: Path):
     f = tmp_path / "d.jsonl"
-    f.write_text("\n".join([
-        json.dumps({"text": "路灯坏了", "label": "a", "extra": 1}, ensure_ascii=False),
-        "{not json",
-        json.dumps({"text": "没有标签"}, ensure_ascii=False),
-        "[1, 2]",
-        "",
-        json.dumps({"title": "标题", "text": "井盖丢了", "label": "b"}, ensure_ascii=False),
-    ]), encoding="utf-8")
+    f.write_text(
+        "\n".join(
+            [
+                json.dumps({"text": "路灯坏了", "label": "a", "extra": 1}, ensure_ascii=False),
+                "{not json",
+                json.dumps({"text": "没有标签"}, ensure_ascii=False),
+                "[1, 2]",
+                "",
+                json.dumps({"title": "标题", "text": "井盖丢了", "label": "b"}, ensure_ascii=False),
+            ]
+        ),
+        encoding="utf-8",
+    )
     records, problems = read_records(f)
     assert [r["label"] for r in records] == ["a", "b"]
     assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4"]
@@ -240,22 +263,34 @@ def classifier(data_dir: Path) -> Classifier:
 
 
 def test_classification_carries_every_level_the_top_two_and_the_model_version(classifier):
-    appeal = AppealReceived(ticket_no="T1", channel="hotline", address="翠竹苑5号楼",
-                            text="小区门口的路灯坏了一个多星期，晚上黑漆漆的，请尽快修好")
+    appeal = AppealReceived(
+        ticket_no="T1",
+        channel="hotline",
+        address="翠竹苑5号楼",
+        text="小区门口的路灯坏了一个多星期，晚上黑漆漆的，请尽快修好",
+    )
     [r] = classifier.classify([appeal])
     assert r.category == "city.facility.streetlight"
     assert r.category_names == ("城市管理", "市政设施", "路灯故障")
-    assert len(r.top) == 2 and r.top[0].category == r.category and r.top[0].probability >= r.top[1].probability
-    assert r.model_version == classifier.model.version and r.grid.grid == "s01c01g02"
-    assert not r.needs_review and r.caused_by == appeal.event_id
+    assert len(r.top) == 2
+    assert r.top[0].category == r.category
+    assert r.top[0].probability >= r.top[1].probability
+    assert r.model_version == classifier.model.version
+    assert r.grid.grid == "s01c01g02"
+    assert not r.needs_review
+    assert r.caused_by == appeal.event_id
 
 
 def test_urgent_and_placeless_appeals(classifier):
-    gas = AppealReceived(ticket_no="T2", channel="hotline", text="求助！楼道里燃气泄漏，味道很大", address="翠竹苑3号楼")
+    gas = AppealReceived(
+        ticket_no="T2", channel="hotline", text="求助！楼道里燃气泄漏，味道很大", address="翠竹苑3号楼"
+    )
     vague = AppealReceived(ticket_no="T3", channel="web", text="路灯坏了一个星期了，晚上很黑")
     r_gas, r_vague = classifier.classify([gas, vague])
-    assert r_gas.urgent and r_gas.appeal_type == "求助"
-    assert r_vague.grid.grid is None and r_vague.needs_review  # no grid: review, never a guess
+    assert r_gas.urgent
+    assert r_gas.appeal_type == "求助"
+    assert r_vague.grid.grid is None
+    assert r_vague.needs_review
 
 
 def test_the_models_own_threshold_is_used(classifier):
@@ -267,11 +302,21 @@ def test_the_models_own_threshold_is_used(classifier):
 
 # --- the vectorised character n-grams --------------------------------------------------------------
 
-_TRAIN_DOCS = ["阳光花园的路灯坏了", "井盖丢了 很危险", "物业费太贵了!", "路灯不亮，井盖也没了", "emoji 😀 路灯"]
+_TRAIN_DOCS = [
+    "阳光花园的路灯坏了",
+    "井盖丢了 很危险",
+    "物业费太贵了!",
+    "路灯不亮，井盖也没了",
+    "emoji 😀 路灯",
+]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢 很危险物业费贵!😀aB\t", max_size=30), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.text(alphabet="阳光花园路灯坏了井盖丢 很危险物业费贵!😀aB\t", max_size=30), min_size=1, max_size=6
+    )
+)
 def test_vectorised_char_ngrams_equal_scikit_learns(docs):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -283,7 +328,11 @@ def test_vectorised_char_ngrams_equal_scikit_learns(docs):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.text(alphabet="阳光花园路灯坏了井盖丢，。 很危险物业费贵!12", max_size=30), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.text(alphabet="阳光花园路灯坏了井盖丢，。 很危险物业费贵!12", max_size=30), min_size=1, max_size=6
+    )
+)
 def test_clause_cached_word_features_equal_scikit_learns(docs):
     fast, slow = _word_features()
     assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
@@ -313,9 +362,11 @@ def test_calibrated_probabilities_are_the_logistic_calibrators_own(n_classes):
     x = rng.normal(size=(len(y), 6)) + np.eye(n_classes, 6)[y.astype(int)] * 3
     clf = CalibratedLinear()
     oof = clf.fit(x, y, folds=3)
-    assert oof.shape == (len(y), n_classes) and np.allclose(oof.sum(axis=1), 1)
+    assert oof.shape == (len(y), n_classes)
+    assert np.allclose(oof.sum(axis=1), 1)
     p = clf.predict_proba(x)
-    assert np.allclose(p.sum(axis=1), 1) and (p.argmax(axis=1) == y.astype(int)).mean() > 0.7
+    assert np.allclose(p.sum(axis=1), 1)
+    assert (p.argmax(axis=1) == y.astype(int)).mean() > 0.7
     lr = LogisticRegression()
     lr.classes_, lr.coef_, lr.intercept_ = clf.classes_, clf.coef_, clf.intercept_
     assert np.allclose(p, lr.predict_proba(clf._scores(clf.svm_, x)))
@@ -328,4 +379,6 @@ def test_a_model_file_with_platt_sigmoids_still_predicts():
     old = CalibratedLinear.__new__(CalibratedLinear)
     old.sigmoids_ = [(2.0, 0.0), (1.0, -1.0)]
     p = old._calibrate(np.array([[1.0, -1.0], [-3.0, 3.0]]))
-    assert np.allclose(p.sum(axis=1), 1) and p[0, 0] > 0.8 and p[1, 1] > 0.9
+    assert np.allclose(p.sum(axis=1), 1)
+    assert p[0, 0] > 0.8
+    assert p[1, 1] > 0.9

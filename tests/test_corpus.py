@@ -67,7 +67,8 @@ def test_record_shape(city: City, records: list[dict]) -> None:
         assert r["type"] in APPEAL_TYPES
         assert isinstance(r["urgent"], bool)
         assert isinstance(r["address"], str)
-        assert "{" not in r["text"] and "}" not in r["text"], r["text"]  # no unfilled template slot
+        assert "{" not in r["text"], r["text"]  # no unfilled template slot
+        assert "}" not in r["text"], r["text"]
 
 
 def test_texts_are_varied(records: list[dict]) -> None:

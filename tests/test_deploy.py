@@ -22,7 +22,9 @@ def compose() -> dict:
 
 
 def k8s_documents() -> list[dict]:
-    return [d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    return [
+        d for f in sorted((DEPLOY / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d
+    ]
 
 
 def test_compose_runs_every_service_and_only_real_targets():

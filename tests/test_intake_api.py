@@ -10,7 +10,7 @@ import pytest
 
 from services.intake.app import grid_key
 from services.intake.domain import validate
-from services.intake.limits import RateLimiter
+from services.intake.limits import RateLimited, RateLimiter
 from services.intake.service import BrokerUnavailable, IntakeService
 from shared.bus import EventPublisher
 from shared.embedded import EmbeddedServers
@@ -26,29 +26,45 @@ def phone() -> str:
 
 
 async def test_idempotency_key_returns_the_same_ticket(api):
-    body = {"caller_phone": phone(), "text": "建设路菜市场门口占道经营严重，车辆过不去", "operator_id": "op-7"}
+    body = {
+        "caller_phone": phone(),
+        "text": "建设路菜市场门口占道经营严重，车辆过不去",
+        "operator_id": "op-7",
+    }
     key = f"call-{random.random()}"
     first = await api.post("/api/v1/appeals", json=body, headers={"Idempotency-Key": key})
     assert first.status_code == 201
-    retries = await asyncio.gather(*[api.post("/api/v1/appeals", json=body, headers={"Idempotency-Key": key})
-                                     for _ in range(3)])
+    retries = await asyncio.gather(
+        *[api.post("/api/v1/appeals", json=body, headers={"Idempotency-Key": key}) for _ in range(3)]
+    )
     assert {r.json()["ticket_no"] for r in retries} == {first.json()["ticket_no"]}
     assert {r.status_code for r in retries} == {200}
 
 
 async def test_validation_errors_name_the_field(api):
     r = await api.post("/api/v1/appeals", json={"caller_phone": "12345", "text": "路灯坏了一个星期了很黑"})
-    assert r.status_code == 422 and r.json()["field"] == "caller_phone"
+    assert r.status_code == 422
+    assert r.json()["field"] == "caller_phone"
     r = await api.post("/api/v1/appeals", json={"text": "  \u200b路灯\x00  "})
-    assert r.status_code == 422 and r.json()["field"] == "text" and "太短" in r.json()["message"]
+    assert r.status_code == 422
+    assert r.json()["field"] == "text"
+    assert "太短" in r.json()["message"]
     r = await api.post("/api/v1/appeals", json={"text": "很" * 5001})
-    assert r.status_code == 422 and "太长" in r.json()["message"]
-    r = await api.post("/api/v1/appeals", content=b'{"text": "\xff\xfe\xfd\xfc\xfb\xfa"}',
-                       headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "UTF-8" in r.json()["message"]
+    assert r.status_code == 422
+    assert "太长" in r.json()["message"]
+    r = await api.post(
+        "/api/v1/appeals",
+        content=b'{"text": "\xff\xfe\xfd\xfc\xfb\xfa"}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert "UTF-8" in r.json()["message"]
     r = await api.post("/api/v1/appeals", content=b'{"text": ', headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "JSON" in r.json()["message"]
-    r = await api.post("/api/v1/appeals", json={"caller_phone": "+86 010-6234 5678", "text": "𠀀生僻字也要能受理，谢谢😀"})
+    assert r.status_code == 400
+    assert "JSON" in r.json()["message"]
+    r = await api.post(
+        "/api/v1/appeals", json={"caller_phone": "+86 010-6234 5678", "text": "𠀀生僻字也要能受理，谢谢😀"}
+    )
     assert r.status_code == 201
 
 
@@ -66,44 +82,69 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
     await eventually(lambda: redis.zscore(grid_key(grid), no))
 
     # The same caller calls again about something else: their open ticket is shown.
-    r = await api.post("/api/v1/appeals/preview", json={"caller_phone": me, "text": "我之前反映的事情怎么样了，还没人来处理"})
+    r = await api.post(
+        "/api/v1/appeals/preview", json={"caller_phone": me, "text": "我之前反映的事情怎么样了，还没人来处理"}
+    )
     assert r.status_code == 200, r.text
     assert {"ticket_no": no, "reason": "same_caller"}.items() <= r.json()["duplicates"][0].items()
 
     # A neighbour reports the same light: near-identical text in the same grid.
-    r = await api.post("/api/v1/appeals/preview", json={
-        "caller_phone": phone(), "address": "阳光花园3号楼",
-        "text": "阳光花园3号楼门口路灯坏了一个多星期了，晚上出门黑漆漆的，老人和孩子容易摔倒"})
+    r = await api.post(
+        "/api/v1/appeals/preview",
+        json={
+            "caller_phone": phone(),
+            "address": "阳光花园3号楼",
+            "text": "阳光花园3号楼门口路灯坏了一个多星期了，晚上出门黑漆漆的，老人和孩子容易摔倒",
+        },
+    )
     p = r.json()
-    assert p["category"]["id"] and p["grid"]["grid"] == grid and p["department"]["name"]
+    assert p["category"]["id"]
+    assert p["grid"]["grid"] == grid
+    assert p["department"]["name"]
     dup = next(d for d in p["duplicates"] if d["ticket_no"] == no)
-    assert dup["reason"] == "similar_text" and dup["similarity"] >= 0.6 and no in p["hint"]
+    assert dup["reason"] == "similar_text"
+    assert dup["similarity"] >= 0.6
+    assert no in p["hint"]
     assert me not in r.text
 
     # A different problem in the same grid is not a duplicate.
-    r = await api.post("/api/v1/appeals/preview", json={
-        "caller_phone": phone(), "address": "阳光花园3号楼", "text": "阳光花园3号楼楼下有人摆摊卖菜，占用消防通道"})
+    r = await api.post(
+        "/api/v1/appeals/preview",
+        json={
+            "caller_phone": phone(),
+            "address": "阳光花园3号楼",
+            "text": "阳光花园3号楼楼下有人摆摊卖菜，占用消防通道",
+        },
+    )
     assert no not in [d["ticket_no"] for d in r.json()["duplicates"]]
 
 
 async def test_sms_without_a_pending_survey_becomes_an_appeal(api, redis):
     me = phone()
-    r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": me, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"}
+    )
     assert r.status_code == 201, r.text
     t = (await api.get(f"/api/v1/tickets/{r.json()['ticket_no']}")).json()
-    assert t["channel"] == "sms" and t["caller"]["masked_phone"] == f"{me[:3]}****{me[-4:]}"
+    assert t["channel"] == "sms"
+    assert t["caller"]["masked_phone"] == f"{me[:3]}****{me[-4:]}"
     r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "好"})
-    assert r.status_code == 422 and r.json()["field"] == "text"
+    assert r.status_code == 422
+    assert r.json()["field"] == "text"
 
 
 async def test_too_many_appeals_from_one_caller_are_refused(api):
     me = phone()
     codes = []
     for i in range(31):  # the default limit is 30 per caller per hour
-        r = await api.post("/api/v1/appeals", json={"caller_phone": me, "text": f"第{i}次反映：楼下噪音很大影响休息"})
+        r = await api.post(
+            "/api/v1/appeals", json={"caller_phone": me, "text": f"第{i}次反映：楼下噪音很大影响休息"}
+        )
         codes.append(r.status_code)
-    assert codes[:30] == [201] * 30 and codes[30] == 429
-    assert int(r.headers["Retry-After"]) > 0 and "过多" in r.json()["message"]
+    assert codes[:30] == [201] * 30
+    assert codes[30] == 429
+    assert int(r.headers["Retry-After"]) > 0
+    assert "过多" in r.json()["message"]
     # The same caller through another channel is limited too.
     r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "再反映一次楼下噪音很大影响休息"})
     assert r.status_code == 429
@@ -114,9 +155,10 @@ async def test_ip_limit(settings, redis):
     ip = f"10.9.{random.randint(0, 255)}.{random.randint(0, 255)}"
     for _ in range(3):
         await limiter.check_ip(ip)
-    with pytest.raises(Exception) as e:
+    with pytest.raises(RateLimited) as e:
         await limiter.check_ip(ip)
-    assert e.value.retry_after <= 61 and "频繁" in e.value.message
+    assert e.value.retry_after <= 61
+    assert "频繁" in e.value.message
     who = f"caller-{random.random()}"
     assert await limiter.callers_over([who, who]) == {}
     assert who in await limiter.callers_over([who])
@@ -125,8 +167,10 @@ async def test_ip_limit(settings, redis):
 async def test_broker_unreachable_means_503_and_nothing_half_written(settings, redis, tmp_path):
     """A broker of its own, connected and then stopped: the real client fails to publish."""
     with EmbeddedServers(log_dir=tmp_path) as own:
-        broker = EventPublisher(settings.model_copy(update={"kafka_bootstrap_servers": own.kafka_bootstrap}),
-                                client_id="test-dead")
+        broker = EventPublisher(
+            settings.model_copy(update={"kafka_bootstrap_servers": own.kafka_bootstrap}),
+            client_id="test-dead",
+        )
         await broker.start()
         try:
             next(p for p in own.processes if p.name == "kafka").stop()
@@ -150,21 +194,28 @@ async def test_registering_appeals_needs_an_operators_token_and_it_opens_nothing
     from shared.auth import issue_token
 
     me = phone()
-    body = {"caller_phone": me, "text": "阳光花园3号楼门口的路灯坏了一个星期，晚上很黑", "operator_id": "someone-else"}
+    body = {
+        "caller_phone": me,
+        "text": "阳光花园3号楼门口的路灯坏了一个星期，晚上很黑",
+        "operator_id": "someone-else",
+    }
     none = {"Authorization": ""}
     for path in ("/api/v1/appeals", "/api/v1/appeals/preview"):
         assert (await api.post(path, json=body, headers=none)).status_code == 401
-    files = {"file": ("slips.csv", "box_id,date,text,phone,address\n".encode(), "text/csv")}
+    files = {"file": ("slips.csv", b"box_id,date,text,phone,address\n", "text/csv")}
     assert (await api.post("/api/v1/appeals/batch", files=files, headers=none)).status_code == 401
     gateway = {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
     r = await api.post("/api/v1/appeals/preview", json=body, headers=gateway)
-    assert r.status_code == 403 and "话务员" in r.json()["detail"]
+    assert r.status_code == 403
+    assert "话务员" in r.json()["detail"]
 
     operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
     r = await api.post("/api/v1/appeals", json=body, headers=operator)
     assert r.status_code == 201, r.text
     no = r.json()["ticket_no"]
-    assert (await api.post("/api/v1/appeals/preview", json=body, headers=operator)).json()["duplicates"][0]["ticket_no"] == no
+    assert (await api.post("/api/v1/appeals/preview", json=body, headers=operator)).json()["duplicates"][0][
+        "ticket_no"
+    ] == no
     assert (await api.get(f"/api/v1/tickets/{no}", headers=operator)).status_code == 404  # reads nothing
     assert (await api.get("/api/v1/review", headers=operator)).status_code == 403
     assert (await api.get(f"/api/v1/tickets/{no}")).json()["operator_id"] == "0231"

@@ -37,36 +37,59 @@ async def test_ten_thousand_rows_in_one_request(settings, tmp_path):
     """On a broker and Redis of its own, with the API in-process and no workers: 10,000 appeals are
     published and recorded without flooding the session's pipeline (its dispatch queue, hotspots)."""
     with EmbeddedServers(log_dir=tmp_path) as own:
-        app = create_app(settings.model_copy(update={
-            "kafka_bootstrap_servers": own.kafka_bootstrap, "redis_url": own.redis_url,
-        }))
+        app = create_app(
+            settings.model_copy(
+                update={
+                    "kafka_bootstrap_servers": own.kafka_bootstrap,
+                    "redis_url": own.redis_url,
+                }
+            )
+        )
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
-            operator = {"Authorization": f"Bearer {await issue_token(app.state.redis, 'operator', operator='box-clerk')}"}
-            async with httpx.AsyncClient(transport=transport, base_url="http://intake", timeout=300,
-                                         headers=operator) as client:
+            token = await issue_token(app.state.redis, "operator", operator="box-clerk")
+            operator = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://intake", timeout=300, headers=operator
+            ) as client:
                 tag = random.randint(10**5, 10**6)
-                rows = [[f"BOX-{i % 40:02d}", "2026-11-20", PROBLEMS[i % 4].format(n=f"{tag}-{i}"), "", "阳光花园"]
-                        for i in range(10_000)]
+                rows = [
+                    [
+                        f"BOX-{i % 40:02d}",
+                        "2026-11-20",
+                        PROBLEMS[i % 4].format(n=f"{tag}-{i}"),
+                        "",
+                        "阳光花园",
+                    ]
+                    for i in range(10_000)
+                ]
                 r = await client.post(URL, files={"file": ("slips.csv", csv_file(rows), "text/csv")})
                 assert r.status_code == 200, r.text[:500]
                 result = r.json()
-                assert result["accepted"] == 10_000 and result["rejected"] == 0
+                assert result["accepted"] == 10_000
+                assert result["rejected"] == 0
                 nos = [row["ticket_no"] for row in result["rows"]]
                 assert len(set(nos)) == 10_000
                 assert [row["line"] for row in result["rows"]] == list(range(2, 10_002))
                 store = app.state.store
                 t = await store.get(nos[-1])
-                assert t.channel == "box" and t.caller.caller_id is None  # anonymous: no SMS survey
-                assert t.title.startswith("意见箱BOX-") and str(tag) in t.text
+                assert t.channel == "box"
+                assert t.caller.caller_id is None
+                assert t.title.startswith("意见箱BOX-")
+                assert str(tag) in t.text
                 # Every one was acknowledged by the broker before its number was given out.
                 assert await _tickets_on(own.kafka_bootstrap, "appeal.received") == set(nos)
 
 
 async def _tickets_on(bootstrap: str, topic: str) -> set[str]:
     """The ticket numbers of every record on the topic, read back from the broker."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
     await consumer.start()
     seen: set[str] = set()
     try:
@@ -92,7 +115,8 @@ async def test_csv_rows_are_validated_one_by_one_and_a_retry_returns_the_same_ti
     r = await api.post(URL, files={"file": ("box.csv", data, "text/csv")})
     assert r.status_code == 200, r.text
     by_line = {row["line"]: row for row in r.json()["rows"]}
-    assert by_line[3]["field"] == "text" and "太短" in by_line[3]["error"]
+    assert by_line[3]["field"] == "text"
+    assert "太短" in by_line[3]["error"]
     assert by_line[4]["field"] == "box_id"
     assert by_line[5]["field"] == "date"
     assert by_line[6]["field"] == "caller_phone"
@@ -104,16 +128,19 @@ async def test_csv_rows_are_validated_one_by_one_and_a_retry_returns_the_same_ti
 async def test_invalid_utf8_and_bad_headers_are_refused_with_a_reason(api):
     gbk = "box_id,date,text\nA,2026-11-20,路灯坏了好几天了没人修\n".encode("gbk")
     r = await api.post(URL, files={"file": ("gbk.csv", gbk, "text/csv")})
-    assert r.status_code == 400 and "UTF-8" in r.json()["message"]
+    assert r.status_code == 400
+    assert "UTF-8" in r.json()["message"]
     # Past the first 64 KB (where the file's encoding is judged), a bad line rejects only its row.
     padding = "A,2026-11-20,短\n".encode() * 5000
-    mixed = "box_id,date,text\n".encode() + padding + b"B,2026-11-20,\xff\xfe\xfd bad\n"
+    mixed = b"box_id,date,text\n" + padding + b"B,2026-11-20,\xff\xfe\xfd bad\n"
     r = await api.post(URL, files={"file": ("mixed.csv", mixed, "text/csv")})
     rows = r.json()["rows"]
     assert rows[-1] == {"line": 5002, "field": "text", "error": "该行不是有效的UTF-8编码"}
-    assert {row["field"] for row in rows[:-1]} == {"text"} and r.json()["accepted"] == 0
+    assert {row["field"] for row in rows[:-1]} == {"text"}
+    assert r.json()["accepted"] == 0
     r = await api.post(URL, files={"file": ("h.csv", b"a,b,c\n1,2,3\n", "text/csv")})
-    assert r.status_code == 400 and "box_id" in r.json()["message"]
+    assert r.status_code == 400
+    assert "box_id" in r.json()["message"]
     r = await api.post(URL, files={"file": ("x.pdf", b"%PDF-1.4", "application/pdf")})
     assert r.status_code == 400
 
@@ -125,21 +152,37 @@ async def test_xlsx_upload(api):
     wb = Workbook()
     ws = wb.active
     ws.append(["意见箱编号", "日期", "内容", "联系电话", "地址"])
-    ws.append(["XL-1", datetime(2026, 11, 19), f"锦绣家园{tag}栋楼道灯不亮已经一周了", 13900001234, "锦绣家园"])
+    ws.append(
+        ["XL-1", datetime(2026, 11, 19), f"锦绣家园{tag}栋楼道灯不亮已经一周了", 13900001234, "锦绣家园"]
+    )
     ws.append(["XL-1", "2026/11/19", f"幸福里{tag}号附近施工噪音扰民到深夜", None, None])
     ws.append(["XL-2", datetime(2026, 11, 19), "短", None, None])
     buf = io.BytesIO()
     wb.save(buf)
-    r = await api.post(URL, files={"file": ("slips.xlsx", buf.getvalue(),
-                                            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")})
+    r = await api.post(
+        URL,
+        files={
+            "file": (
+                "slips.xlsx",
+                buf.getvalue(),
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            )
+        },
+    )
     assert r.status_code == 200, r.text
     rows = r.json()["rows"]
     assert [row["line"] for row in rows] == [2, 3, 4]
-    assert "ticket_no" in rows[0] and "ticket_no" in rows[1] and rows[2]["field"] == "text"
+    assert "ticket_no" in rows[0]
+    assert "ticket_no" in rows[1]
+    assert rows[2]["field"] == "text"
     t = (await api.get(f"/api/v1/tickets/{rows[0]['ticket_no']}")).json()
-    assert t["caller"]["masked_phone"] == "139****1234" and "2026-11-19" in t["title"]
-    r = await api.post(URL, files={"file": ("broken.xlsx", b"PK\x03\x04 not really", "application/octet-stream")})
-    assert r.status_code == 400 and "XLSX" in r.json()["message"]
+    assert t["caller"]["masked_phone"] == "139****1234"
+    assert "2026-11-19" in t["title"]
+    r = await api.post(
+        URL, files={"file": ("broken.xlsx", b"PK\x03\x04 not really", "application/octet-stream")}
+    )
+    assert r.status_code == 400
+    assert "XLSX" in r.json()["message"]
 
 
 async def test_upload_slips_command_uses_an_operators_token(system, redis):
@@ -152,15 +195,32 @@ async def test_upload_slips_command_uses_an_operators_token(system, redis):
     env = {k: v for k, v in os.environ.items() if k != "APPEALS_TOKEN"}
 
     def upload(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "services.cli", "upload-slips", "--demo", "20",
-                               "--api", system.base_url, *extra], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "upload-slips",
+                "--demo",
+                "20",
+                "--api",
+                system.base_url,
+                *extra,
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     missing = upload()
-    assert missing.returncode == 2 and "APPEALS_TOKEN" in missing.stderr
+    assert missing.returncode == 2
+    assert "APPEALS_TOKEN" in missing.stderr
     department = await issue_token(redis, "department", "urban_mgmt")
     refused = upload("--token", department)
-    assert refused.returncode == 2 and "HTTP 403" in refused.stderr
+    assert refused.returncode == 2
+    assert "HTTP 403" in refused.stderr
     done = upload("--token", await issue_token(redis, "operator", operator="box-clerk"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("20 accepted, 0 rejected")

@@ -8,8 +8,8 @@ window is today instead of 2010."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
@@ -26,16 +26,34 @@ SPEC_POST = (
     "&first_name=john&last_name=smith&phone={phone}&description=A+large+sinkhole+is+destroying+the+street"
     "&media_url=http%3A%2F%2Ftinyurl.com%2Fsfgeocode"
 )
-SPEC_FIELDS = {"service_request_id", "status", "status_notes", "service_name", "service_code", "description",
-               "agency_responsible", "service_notice", "requested_datetime", "updated_datetime",
-               "expected_datetime", "address", "address_id", "zipcode", "lat", "long", "media_url"}
+SPEC_FIELDS = {
+    "service_request_id",
+    "status",
+    "status_notes",
+    "service_name",
+    "service_code",
+    "description",
+    "agency_responsible",
+    "service_notice",
+    "requested_datetime",
+    "updated_datetime",
+    "expected_datetime",
+    "address",
+    "address_id",
+    "zipcode",
+    "lat",
+    "long",
+    "media_url",
+}
 
 
 async def test_the_spec_example_sequence(api):
     r = await api.get("/open311/v2/services.json", params={"jurisdiction_id": "city.gov"})
     assert r.status_code == 200
     services = r.json()
-    assert {"service_code", "service_name", "description", "metadata", "type", "keywords", "group"} <= set(services[0])
+    assert {"service_code", "service_name", "description", "metadata", "type", "keywords", "group"} <= set(
+        services[0]
+    )
     code = next(s["service_code"] for s in services if s["service_name"] == "道路破损")
 
     body = SPEC_POST.format(key=KEY, code=code, phone="13811112222")
@@ -48,13 +66,19 @@ async def test_the_spec_example_sequence(api):
     r = await api.get(f"/open311/v2/requests/{no}.json", params={"jurisdiction_id": "city.gov"})
     [record] = r.json()
     assert set(record) == SPEC_FIELDS
-    assert record["status"] == "open" and record["description"] == "A large sinkhole is destroying the street"
-    assert record["lat"] == 37.76524078 and record["long"] == -122.4212043 and record["address"] == "1234 5th street"
+    assert record["status"] == "open"
+    assert record["description"] == "A large sinkhole is destroying the street"
+    assert record["lat"] == 37.76524078
+    assert record["long"] == -122.4212043
+    assert record["address"] == "1234 5th street"
     assert "13811112222" not in r.text
 
     now = datetime.now(UTC)
-    window = {"start_date": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "end_date": (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"), "status": "open"}
+    window = {
+        "start_date": (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end_date": (now + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "status": "open",
+    }
     listed = (await api.get("/open311/v2/requests.json", params=window)).json()
     assert no in [x["service_request_id"] for x in listed]
     closed = (await api.get("/open311/v2/requests.json", params={**window, "status": "closed"})).json()
@@ -65,8 +89,14 @@ async def test_the_spec_example_sequence(api):
 
 async def test_status_follows_the_ticket_to_closed(api):
     text = "和平路与建设路交叉口的路灯全部不亮，晚上过马路很危险"
-    body = urlencode({"api_key": KEY, "service_code": "city.facility.streetlight", "address_string": "和平路建设路口",
-                      "description": text})
+    body = urlencode(
+        {
+            "api_key": KEY,
+            "service_code": "city.facility.streetlight",
+            "address_string": "和平路建设路口",
+            "description": text,
+        }
+    )
     r = await api.post("/open311/v2/requests.json", content=body, headers=FORM)
     no = r.json()[0]["service_request_id"]
 
@@ -76,7 +106,8 @@ async def test_status_follows_the_ticket_to_closed(api):
 
     t = await eventually(routed)
     record = (await api.get(f"/open311/v2/requests/{no}.json")).json()[0]
-    assert record["status"] == "open" and record["service_code"] == t["category"]
+    assert record["status"] == "open"
+    assert record["service_code"] == t["category"]
     if t["department"]:
         assert record["agency_responsible"] == t["department"]["name"]
 
@@ -94,27 +125,46 @@ async def test_status_follows_the_ticket_to_closed(api):
     ],
 )
 async def test_rejections_use_the_spec_error_format(api, change, code, words):
-    fields = {"api_key": KEY, "service_code": "city.facility.road_damage", "lat": "39.91", "long": "116.40",
-              "address_string": "和平路", "description": "和平路上有一个大坑，车辆经过很危险", **change}
+    fields = {
+        "api_key": KEY,
+        "service_code": "city.facility.road_damage",
+        "lat": "39.91",
+        "long": "116.40",
+        "address_string": "和平路",
+        "description": "和平路上有一个大坑，车辆经过很危险",
+        **change,
+    }
     body = urlencode({k: v for k, v in fields.items() if v is not None})
     r = await api.post("/open311/v2/requests.json", content=body, headers=FORM)
     assert r.status_code == code, r.text
     [err] = r.json()
-    assert err["code"] == code and words in err["description"]
+    assert err["code"] == code
+    assert words in err["description"]
 
 
 async def test_invalid_utf8_and_unknown_ids(api):
-    r = await api.post("/open311/v2/requests.json", content=b"api_key=" + KEY.encode() + b"&description=%FF%FE", headers=FORM)
-    assert r.status_code == 400 and "UTF-8" in r.json()[0]["description"]
+    r = await api.post(
+        "/open311/v2/requests.json", content=b"api_key=" + KEY.encode() + b"&description=%FF%FE", headers=FORM
+    )
+    assert r.status_code == 400
+    assert "UTF-8" in r.json()[0]["description"]
     r = await api.get("/open311/v2/requests/20000101-999999.json")
-    assert r.status_code == 404 and r.json()[0]["code"] == 404
+    assert r.status_code == 404
+    assert r.json()[0]["code"] == 404
     r = await api.get("/open311/v2/requests.json", params={"start_date": "yesterday"})
-    assert r.status_code == 400 and "ISO 8601" in r.json()[0]["description"]
+    assert r.status_code == 400
+    assert "ISO 8601" in r.json()[0]["description"]
 
 
 async def test_a_retried_post_with_an_idempotency_key_returns_the_same_request(api):
-    body = urlencode({"api_key": KEY, "service_code": "city.appearance.garbage", "address_string": "幸福里小区北门",
-                      "description": "幸福里小区北门的垃圾站三天没清运了，气味很大"})
+    body = urlencode(
+        {
+            "api_key": KEY,
+            "service_code": "city.appearance.garbage",
+            "address_string": "幸福里小区北门",
+            "description": "幸福里小区北门的垃圾站三天没清运了，气味很大",
+        }
+    )
     headers = {**FORM, "Idempotency-Key": "open311-retry-test-1"}
     first = await api.post("/open311/v2/requests.json", content=body, headers=headers)
     second = await api.post("/open311/v2/requests.json", content=body, headers=headers)
@@ -122,6 +172,7 @@ async def test_a_retried_post_with_an_idempotency_key_returns_the_same_request(a
 
 
 # --- the XML format ----------------------------------------------------------------------------------
+
 
 def xml_records(r, outer: str, inner: str) -> list[dict[str, str]]:
     assert r.headers["content-type"].startswith("text/xml")
@@ -134,23 +185,30 @@ async def test_the_spec_example_sequence_in_xml(api):
     r = await api.get("/open311/v2/services.xml", params={"jurisdiction_id": "city.gov"})
     assert r.status_code == 200
     services = xml_records(r, "services", "service")
-    assert services[0]["metadata"] == "false" and services[0]["type"] == "realtime"
+    assert services[0]["metadata"] == "false"
+    assert services[0]["type"] == "realtime"
     code = next(s["service_code"] for s in services if s["service_name"] == "道路破损")
 
     body = SPEC_POST.format(key=KEY, code=code, phone="13811113333")
     r = await api.post("/open311/v2/requests.xml", content=body, headers=FORM)
     assert r.status_code == 201, r.text
     [created] = xml_records(r, "service_requests", "request")
-    assert set(created) == {"service_request_id", "service_notice", "account_id"} and created["account_id"] == ""
+    assert set(created) == {"service_request_id", "service_notice", "account_id"}
+    assert created["account_id"] == ""
     no = created["service_request_id"]
     assert f"requests/{no}.xml" in created["service_notice"]
 
     [record] = xml_records(await api.get(f"/open311/v2/requests/{no}.xml"), "service_requests", "request")
     assert set(record) == SPEC_FIELDS
-    assert record["status"] == "open" and record["description"] == "A large sinkhole is destroying the street"
-    assert float(record["lat"]) == 37.76524078 and record["zipcode"] == ""
-    listed = xml_records(await api.get("/open311/v2/requests.xml", params={"service_request_id": no}),
-                         "service_requests", "request")
+    assert record["status"] == "open"
+    assert record["description"] == "A large sinkhole is destroying the street"
+    assert float(record["lat"]) == 37.76524078
+    assert record["zipcode"] == ""
+    listed = xml_records(
+        await api.get("/open311/v2/requests.xml", params={"service_request_id": no}),
+        "service_requests",
+        "request",
+    )
     assert [x["service_request_id"] for x in listed] == [no]
 
 
@@ -158,11 +216,14 @@ async def test_xml_errors_and_unknown_formats(api):
     r = await api.post("/open311/v2/requests.xml", content=urlencode({"api_key": "wrong"}), headers=FORM)
     assert r.status_code == 403
     [err] = xml_records(r, "errors", "error")
-    assert err["code"] == "403" and "api_key" in err["description"]
+    assert err["code"] == "403"
+    assert "api_key" in err["description"]
     r = await api.get("/open311/v2/requests/20000101-999999.xml")
-    assert r.status_code == 404 and xml_records(r, "errors", "error")[0]["code"] == "404"
+    assert r.status_code == 404
+    assert xml_records(r, "errors", "error")[0]["code"] == "404"
     r = await api.get("/open311/v2/services.csv")
-    assert r.status_code == 404 and ".json or .xml" in r.json()[0]["description"]
+    assert r.status_code == 404
+    assert ".json or .xml" in r.json()[0]["description"]
 
 
 def test_xml_escapes_markup_and_drops_characters_xml_cannot_carry():
@@ -171,4 +232,5 @@ def test_xml_escapes_markup_and_drops_characters_xml_cannot_carry():
     xml = to_xml("requests", [{"description": "<b>噪音</b> & \x01夜间施工", "lat": None, "metadata": True}])
     [item] = ET.fromstring(xml).findall("request")
     assert item.find("description").text == "<b>噪音</b> & 夜间施工"
-    assert item.find("lat").text is None and item.find("metadata").text == "true"
+    assert item.find("lat").text is None
+    assert item.find("metadata").text == "true"

@@ -25,7 +25,8 @@ def test_signature_is_sha1_of_the_sorted_parts():
     assert wechat.signature_ok("tok", expected.upper(), "1700000000", "42")
     assert not wechat.signature_ok("tok", expected, "1700000001", "42")
     assert not wechat.signature_ok("", wechat.signature("", "1", "2"), "1", "2")  # no token, no trust
-    assert wechat.timestamp_fresh("1000", 1200, 300) and not wechat.timestamp_fresh("1000", 1400, 300)
+    assert wechat.timestamp_fresh("1000", 1200, 300)
+    assert not wechat.timestamp_fresh("1000", 1400, 300)
     assert not wechat.timestamp_fresh("soon", 1000, 300)
 
 
@@ -36,18 +37,29 @@ def test_parse_location_and_reply_round_trip():
         "<Location_X>23.134521</Location_X><Location_Y>113.358803</Location_Y><Scale>20</Scale>"
         "<Label><![CDATA[位置信息]]></Label><MsgId>1234567890123456</MsgId></xml>".encode()
     )
-    assert (msg.lat, msg.lng, msg.label, msg.msg_id) == (23.134521, 113.358803, "位置信息", "1234567890123456")
+    assert (msg.lat, msg.lng, msg.label, msg.msg_id) == (
+        23.134521,
+        113.358803,
+        "位置信息",
+        "1234567890123456",
+    )
     reply = ET.fromstring(wechat.text_reply(msg, "工单号：20240101-000001 ]]> 结束", 1700000000))
-    assert reply.findtext("ToUserName") == "oU1" and reply.findtext("FromUserName") == "gh_1"
+    assert reply.findtext("ToUserName") == "oU1"
+    assert reply.findtext("FromUserName") == "gh_1"
     assert reply.findtext("Content") == "工单号：20240101-000001 ]]> 结束"
 
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"<xml><ToUserName>a</ToUserName>", b"<root/>", b"\xff<xml/>",
-     b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType>"
-     b"<CreateTime>x</CreateTime><MsgId>1</MsgId></xml>",
-     b'<!DOCTYPE xml [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml>&e;</xml>'],
+    [
+        b"",
+        b"<xml><ToUserName>a</ToUserName>",
+        b"<root/>",
+        b"\xff<xml/>",
+        b"<xml><ToUserName>a</ToUserName><FromUserName>b</FromUserName><MsgType>text</MsgType>"
+        b"<CreateTime>x</CreateTime><MsgId>1</MsgId></xml>",
+        b'<!DOCTYPE xml [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml>&e;</xml>',
+    ],
 )
 def test_parse_refuses_what_is_not_a_wechat_message(body):
     with pytest.raises(wechat.BadMessage):
@@ -73,7 +85,10 @@ def test_a_text_is_a_duplicate_of_itself(a):
 
 
 def test_csv_rows_report_the_first_line_of_multiline_rows():
-    data = 'text,日期,意见箱编号\n"第一行\n第二行的内容很长",2024-05-01,B1\n,,\n路灯不亮已经好几天,2024-05-02,B2\n'
+    data = (
+        'text,日期,意见箱编号\n"第一行\n第二行的内容很长",2024-05-01,B1\n,,\n'
+        "路灯不亮已经好几天,2024-05-02,B2\n"
+    )
     rows = list(batch.csv_rows(io.BytesIO(data.encode())))
     assert [line for line, _ in rows] == [2, 5]
     assert rows[0][1] == {"text": "第一行\n第二行的内容很长", "date": "2024-05-01", "box_id": "B1"}
@@ -81,9 +96,16 @@ def test_csv_rows_report_the_first_line_of_multiline_rows():
 
 def test_slip_validation():
     today = date(2024, 5, 10)
-    sub, key = batch.to_submission({"box_id": "B1", "date": "2024/5/1", "text": "路灯不亮已经好几天", "phone": 13812345678.0}, today)
-    assert sub.phone == "13812345678" and sub.channel == "box" and "2024-05-01" in sub.title
-    _, same = batch.to_submission({"box_id": "B1", "date": "2024-05-01", "text": " 路灯不亮已经好几天 ", "phone": "138-1234-5678"}, today)
+    sub, key = batch.to_submission(
+        {"box_id": "B1", "date": "2024/5/1", "text": "路灯不亮已经好几天", "phone": 13812345678.0}, today
+    )
+    assert sub.phone == "13812345678"
+    assert sub.channel == "box"
+    assert "2024-05-01" in sub.title
+    _, same = batch.to_submission(
+        {"box_id": "B1", "date": "2024-05-01", "text": " 路灯不亮已经好几天 ", "phone": "138-1234-5678"},
+        today,
+    )
     assert key == same  # the same slip typed differently is the same row
     with pytest.raises(InvalidAppeal) as e:
         batch.to_submission({"box_id": "B1", "date": "2024-06-01", "text": "路灯不亮已经好几天"}, today)
@@ -93,15 +115,29 @@ def test_slip_validation():
 
 
 def test_open311_form_to_submission():
-    sub = open311.submission(CITY, {"service_code": "city.facility.manhole", "lat": "39.9", "long": "116.4",
-                                    "description": "井盖丢了很危险啊", "first_name": "三", "last_name": "张",
-                                    "phone": "13812345678"})
-    assert sub.location.lat == 39.9 and sub.title == "井盖缺失" and sub.name == "张三"
-    for form, field in [({"service_code": "city"}, "service_code"),
-                        ({"service_code": "city.facility.manhole", "lat": "1"}, "lat"),
-                        ({"service_code": "city.facility.manhole"}, "lat")]:
+    sub = open311.submission(
+        CITY,
+        {
+            "service_code": "city.facility.manhole",
+            "lat": "39.9",
+            "long": "116.4",
+            "description": "井盖丢了很危险啊",
+            "first_name": "三",
+            "last_name": "张",
+            "phone": "13812345678",
+        },
+    )
+    assert sub.location.lat == 39.9
+    assert sub.title == "井盖缺失"
+    assert sub.name == "张三"
+    for form, field in [
+        ({"service_code": "city"}, "service_code"),
+        ({"service_code": "city.facility.manhole", "lat": "1"}, "lat"),
+        ({"service_code": "city.facility.manhole"}, "lat"),
+    ]:
         with pytest.raises(InvalidAppeal) as e:
             open311.submission(CITY, {"description": "井盖丢了很危险啊", **form})
         assert e.value.field == field
     codes = [s["service_code"] for s in open311.services(CITY)]
-    assert codes == list(CITY.leaf_categories) and "city.facility.streetlight" in codes
+    assert codes == list(CITY.leaf_categories)
+    assert "city.facility.streetlight" in codes

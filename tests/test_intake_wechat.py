@@ -55,9 +55,11 @@ async def seq(redis) -> int:
 async def test_url_verification_echoes_only_with_a_valid_signature(api):
     params = signed()
     r = await api.get(URL, params={**params, "echostr": "6214387651"})
-    assert r.status_code == 200 and r.text == "6214387651"
+    assert r.status_code == 200
+    assert r.text == "6214387651"
     r = await api.get(URL, params={**signed(token="wrong"), "echostr": "6214387651"})
-    assert r.status_code == 403 and "6214387651" not in r.text
+    assert r.status_code == 403
+    assert "6214387651" not in r.text
 
 
 async def test_text_message_becomes_an_appeal_and_a_replay_does_not(api):
@@ -66,44 +68,71 @@ async def test_text_message_becomes_an_appeal_and_a_replay_does_not(api):
     r = await api.post(URL, params=signed(), content=body, headers={"content-type": "text/xml"})
     assert r.status_code == 200, r.text
     reply = reply_of(r)
-    assert reply["ToUserName"] == user and reply["FromUserName"] == "gh_12345hotline"
-    assert reply["MsgType"] == "text" and "工单号" in reply["Content"]
+    assert reply["ToUserName"] == user
+    assert reply["FromUserName"] == "gh_12345hotline"
+    assert reply["MsgType"] == "text"
+    assert "工单号" in reply["Content"]
     ticket_no = reply["Content"].split("工单号：")[1][:15]
     # WeChat retries a push it got no answer to: same MsgId, same ticket.
     again = await api.post(URL, params=signed(), content=body, headers={"content-type": "text/xml"})
-    assert ticket_no in reply_of(again)["Content"] and "不会重复登记" in reply_of(again)["Content"]
+    assert ticket_no in reply_of(again)["Content"]
+    assert "不会重复登记" in reply_of(again)["Content"]
     t = (await api.get(f"/api/v1/tickets/{ticket_no}")).json()
-    assert t["channel"] == "wechat" and t["caller"]["caller_id"] and user not in r.text.replace(user, "", 1)
+    assert t["channel"] == "wechat"
+    assert t["caller"]["caller_id"]
+    assert user not in r.text.replace(user, "", 1)
     assert user not in str(t)  # the openid is personal data: only its hash travels
 
 
 async def test_voice_with_recognition_is_an_appeal_and_other_types_get_a_polite_reply(api):
     user = openid()
-    voice = push(user, "voice", "<MediaId><![CDATA[m1]]></MediaId><Format><![CDATA[amr]]></Format>"
-                 "<Recognition><![CDATA[和平路十字路口的红绿灯不亮了，车辆很乱，很危险]]></Recognition>")
+    voice = push(
+        user,
+        "voice",
+        "<MediaId><![CDATA[m1]]></MediaId><Format><![CDATA[amr]]></Format>"
+        "<Recognition><![CDATA[和平路十字路口的红绿灯不亮了，车辆很乱，很危险]]></Recognition>",
+    )
     r = await api.post(URL, params=signed(), content=voice)
-    assert r.status_code == 200 and "工单号" in reply_of(r)["Content"]
-    image = push(user, "image", "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl><MediaId><![CDATA[m2]]></MediaId>")
+    assert r.status_code == 200
+    assert "工单号" in reply_of(r)["Content"]
+    image = push(
+        user, "image", "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl><MediaId><![CDATA[m2]]></MediaId>"
+    )
     r = await api.post(URL, params=signed(), content=image)
-    assert r.status_code == 200 and "文字" in reply_of(r)["Content"] and "工单号" not in r.text
+    assert r.status_code == 200
+    assert "文字" in reply_of(r)["Content"]
+    assert "工单号" not in r.text
 
 
 async def test_location_then_text_and_text_then_location(api):
     user = openid()
-    loc = push(user, "location", "<Location_X>39.915</Location_X><Location_Y>116.404</Location_Y>"
-               "<Scale>15</Scale><Label><![CDATA[阳光花园3号楼]]></Label>")
+    loc = push(
+        user,
+        "location",
+        "<Location_X>39.915</Location_X><Location_Y>116.404</Location_Y>"
+        "<Scale>15</Scale><Label><![CDATA[阳光花园3号楼]]></Label>",
+    )
     r = await api.post(URL, params=signed(), content=loc)
     assert "30分钟内" in reply_of(r)["Content"]
-    r = await api.post(URL, params=signed(), content=text(user, "小区门口的井盖不见了，晚上很危险，有人差点掉进去"))
+    r = await api.post(
+        URL, params=signed(), content=text(user, "小区门口的井盖不见了，晚上很危险，有人差点掉进去")
+    )
     no = reply_of(r)["Content"].split("工单号：")[1][:15]
     t = (await api.get(f"/api/v1/tickets/{no}")).json()
-    assert t["location"] == {"lng": 116.404, "lat": 39.915} and t["address"] == "阳光花园3号楼"
+    assert t["location"] == {"lng": 116.404, "lat": 39.915}
+    assert t["address"] == "阳光花园3号楼"
 
     other = openid()
-    r = await api.post(URL, params=signed(), content=text(other, "锦绣家园门口垃圾堆了好几天没人清运，气味很大"))
+    r = await api.post(
+        URL, params=signed(), content=text(other, "锦绣家园门口垃圾堆了好几天没人清运，气味很大")
+    )
     no2 = reply_of(r)["Content"].split("工单号：")[1][:15]
-    loc2 = push(other, "location", "<Location_X>39.92</Location_X><Location_Y>116.41</Location_Y>"
-                "<Scale>15</Scale><Label><![CDATA[锦绣家园东门]]></Label>")
+    loc2 = push(
+        other,
+        "location",
+        "<Location_X>39.92</Location_X><Location_Y>116.41</Location_Y>"
+        "<Scale>15</Scale><Label><![CDATA[锦绣家园东门]]></Label>",
+    )
     r = await api.post(URL, params=signed(), content=loc2)
     assert no2 in reply_of(r)["Content"]
 
@@ -129,7 +158,9 @@ async def test_rejected_pushes_publish_nothing(api, redis, case):
     elif case == "malformed":
         body = body[:-10]
     elif case == "dtd":
-        body = b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aaaa">]>' + body.replace(b"<Content>", b"<Content>&a;")
+        body = b'<?xml version="1.0"?><!DOCTYPE xml [<!ENTITY a "aaaa">]>' + body.replace(
+            b"<Content>", b"<Content>&a;"
+        )
     elif case == "utf8":
         body = body.replace("诉求".encode(), b"\xff\xfe")
     before = await seq(redis)
@@ -141,7 +172,8 @@ async def test_rejected_pushes_publish_nothing(api, redis, case):
 
 async def test_too_short_text_gets_a_reply_saying_why(api):
     r = await api.post(URL, params=signed(), content=text(openid(), "路灯"))
-    assert r.status_code == 200 and "太短" in reply_of(r)["Content"]
+    assert r.status_code == 200
+    assert "太短" in reply_of(r)["Content"]
 
 
 # --- safe mode (encrypted pushes) ---------------------------------------------------------------------
@@ -155,18 +187,23 @@ def encrypted(body: bytes, *, app_id: str = APP_ID, compatible: bool = False) ->
 
     enc = WeChatCrypto(TOKEN, AES_KEY, app_id).encrypt(body.decode())
     params = signed()
-    params.update(encrypt_type="aes", msg_signature=msg_signature(TOKEN, params["timestamp"], params["nonce"], enc))
-    inner = body.decode()[len("<xml>"):-len("</xml>")] if compatible else ""
-    return params, (f"<xml><ToUserName><![CDATA[gh_12345hotline]]></ToUserName>{inner}"
-                    f"<Encrypt><![CDATA[{enc}]]></Encrypt></xml>").encode()
+    params.update(
+        encrypt_type="aes", msg_signature=msg_signature(TOKEN, params["timestamp"], params["nonce"], enc)
+    )
+    inner = body.decode()[len("<xml>") : -len("</xml>")] if compatible else ""
+    return params, (
+        f"<xml><ToUserName><![CDATA[gh_12345hotline]]></ToUserName>{inner}"
+        f"<Encrypt><![CDATA[{enc}]]></Encrypt></xml>"
+    ).encode()
 
 
 def decrypted_reply(r) -> dict[str, str]:
     from services.intake.wechat_crypto import WeChatCrypto, msg_signature
 
     envelope = reply_of(r)
-    assert envelope["MsgSignature"] == msg_signature(TOKEN, envelope["TimeStamp"], envelope["Nonce"],
-                                                     envelope["Encrypt"])
+    assert envelope["MsgSignature"] == msg_signature(
+        TOKEN, envelope["TimeStamp"], envelope["Nonce"], envelope["Encrypt"]
+    )
     inner = WeChatCrypto(TOKEN, AES_KEY, APP_ID).decrypt(envelope["Encrypt"])
     return {child.tag: child.text or "" for child in ET.fromstring(inner)}
 
@@ -174,16 +211,19 @@ def decrypted_reply(r) -> dict[str, str]:
 @pytest.mark.parametrize("mode", ["safe", "compatible"])
 async def test_an_encrypted_push_becomes_an_appeal_with_an_encrypted_reply(api, mode):
     user = openid()
-    params, body = encrypted(text(user, "朝阳路88号门口的井盖丢了一个，晚上很危险，请尽快处理"),
-                             compatible=mode == "compatible")
+    params, body = encrypted(
+        text(user, "朝阳路88号门口的井盖丢了一个，晚上很危险，请尽快处理"), compatible=mode == "compatible"
+    )
     r = await api.post(URL, params=params, content=body)
     assert r.status_code == 200, r.text
     assert "工单号" not in r.text  # the reply is encrypted too
     reply = decrypted_reply(r)
-    assert reply["ToUserName"] == user and "工单号" in reply["Content"]
+    assert reply["ToUserName"] == user
+    assert "工单号" in reply["Content"]
     ticket_no = reply["Content"].split("工单号：")[1][:15]
     t = (await api.get(f"/api/v1/tickets/{ticket_no}")).json()
-    assert t["channel"] == "wechat" and "井盖" in t["text"]
+    assert t["channel"] == "wechat"
+    assert "井盖" in t["text"]
 
 
 @pytest.mark.parametrize("case", ["msg_signature", "other_account", "no_encrypt"])

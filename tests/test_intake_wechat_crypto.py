@@ -39,7 +39,8 @@ def test_wechats_own_sample_push_is_verified_and_decrypted():
     assert crypto.signature_ok(SAMPLE_SIGNATURE, SAMPLE_TIMESTAMP, SAMPLE_NONCE, SAMPLE_ENCRYPT)
     msg = wechat.parse(crypto.decrypt(SAMPLE_ENCRYPT))
     assert (msg.msg_type, msg.content, msg.msg_id) == ("text", "abcdteT", "6054768590064713728")
-    assert msg.from_user == "oyORnuP8q7ou2gfYjqLzSIWZf0rs" and msg.to_user == "gh_10f6c3c3ac5a"
+    assert msg.from_user == "oyORnuP8q7ou2gfYjqLzSIWZf0rs"
+    assert msg.to_user == "gh_10f6c3c3ac5a"
 
 
 def test_a_push_for_another_account_or_with_another_key_is_refused():
@@ -63,9 +64,12 @@ def test_replies_round_trip_and_are_padded_to_32_byte_blocks(text):
 
 def test_the_reply_envelope_is_signed_over_its_own_timestamp_and_nonce():
     crypto = sample()
-    envelope = wechat.read_xml(crypto.reply("<xml><Content><![CDATA[工单号]]></Content></xml>", 1700000000, "42").encode())
+    envelope = wechat.read_xml(
+        crypto.reply("<xml><Content><![CDATA[工单号]]></Content></xml>", 1700000000, "42").encode()
+    )
     fields = {child.tag: child.text for child in envelope}
-    assert fields["TimeStamp"] == "1700000000" and fields["Nonce"] == "42"
+    assert fields["TimeStamp"] == "1700000000"
+    assert fields["Nonce"] == "42"
     assert fields["MsgSignature"] == msg_signature(SAMPLE_TOKEN, "1700000000", "42", fields["Encrypt"])
     assert "工单号" in crypto.decrypt(encrypted_field(envelope)).decode()
 

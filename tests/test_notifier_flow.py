@@ -49,8 +49,13 @@ class Kit:
             self.published.extend(events)
 
         self.notifier = Notifier(
-            self.store, self.outbox, pub, texts=load_texts(),
-            policy=Policy(QuietHours.parse(quiet), cap, SH), clock=clock, jobs_key=jobs,
+            self.store,
+            self.outbox,
+            pub,
+            texts=load_texts(),
+            policy=Policy(QuietHours.parse(quiet), cap, SH),
+            clock=clock,
+            jobs_key=jobs,
         )
 
     async def sent(self, phone: str, kind: str | None = None) -> list[dict]:
@@ -84,18 +89,29 @@ def make_kit(redis, broker, clock):
     return lambda **kw: Kit(redis, broker, jobs, clock, **kw)
 
 
-async def resolved_ticket(kit: Kit, phone: str | None, note: str = "已更换路灯灯泡，恢复照明") -> tuple[Ticket, TicketUpdated]:
+async def resolved_ticket(
+    kit: Kit, phone: str | None, note: str = "已更换路灯灯泡，恢复照明"
+) -> tuple[Ticket, TicketUpdated]:
     no = f"20261123-{random.randint(100000, 999999)}"
     caller = Caller()
     if phone:
         caller = Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone))
         await kit.store.save_contact(caller.caller_id, phone, None)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
-    ticket = Ticket(ticket_no=no, channel="hotline", text="路灯坏了", caller=caller, received_at=NOON,
-                    status="resolved", department=dept, resolution_note=note)
+    ticket = Ticket(
+        ticket_no=no,
+        channel="hotline",
+        text="路灯坏了",
+        caller=caller,
+        received_at=NOON,
+        status="resolved",
+        department=dept,
+        resolution_note=note,
+    )
     await kit.redis.set(f"t:{no}", ticket.model_dump_json())
-    return ticket, TicketUpdated(ticket_no=no, action="resolved", status="resolved", actor=dept.id,
-                                 department=dept, note=note)
+    return ticket, TicketUpdated(
+        ticket_no=no, action="resolved", status="resolved", actor=dept.id, department=dept, note=note
+    )
 
 
 async def surveyed(kit: Kit) -> tuple[str, Ticket]:
@@ -108,8 +124,12 @@ async def surveyed(kit: Kit) -> tuple[str, Ticket]:
 
 async def test_acknowledgement_is_sent_once_even_after_a_restart(make_kit):
     phone = new_phone()
-    appeal = AppealReceived(ticket_no="20261123-000042", channel="hotline", text="路灯坏了",
-                            caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)))
+    appeal = AppealReceived(
+        ticket_no="20261123-000042",
+        channel="hotline",
+        text="路灯坏了",
+        caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
+    )
     first = make_kit(quiet="none")
     assert await first.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "sent"
     restarted = make_kit(quiet="none")  # a new process: nothing in memory, the same Redis
@@ -118,7 +138,8 @@ async def test_acknowledgement_is_sent_once_even_after_a_restart(make_kit):
     assert len(acks) == 1
     assert "您的诉求已受理，工单号20261123-000042" in acks[0]["text"]
     state = await first.notifier.message_state(acks[0]["message_id"])
-    assert state["state"] == "sent" and state["phone"] == mask_phone(phone)
+    assert state["state"] == "sent"
+    assert state["phone"] == mask_phone(phone)
 
 
 async def test_callback_carries_the_note_and_the_survey(make_kit):
@@ -127,9 +148,11 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
     ticket, resolved = await resolved_ticket(kit, phone)
     events = await kit.notifier.start_survey(resolved, ticket)
     assert [type(e) for e in events] == [SurveySent]
-    assert events[0].masked_phone == mask_phone(phone) and phone not in events[0].model_dump_json()
+    assert events[0].masked_phone == mask_phone(phone)
+    assert phone not in events[0].model_dump_json()
     (sms,) = await kit.sent(phone, "survey")
-    assert ticket.ticket_no in sms["text"] and "已更换路灯灯泡" in sms["text"]
+    assert ticket.ticket_no in sms["text"]
+    assert "已更换路灯灯泡" in sms["text"]
     assert "回复1满意，2基本满意，3不满意" in sms["text"]
     # The same resolution redelivered: the same survey event, no second SMS.
     again = await kit.notifier.start_survey(resolved, ticket)
@@ -139,15 +162,30 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
 
 @pytest.mark.parametrize(
     ("text", "rating", "solved"),
-    [("1", 1, True), ("１", 1, True), ("1。", 1, True), ("满意", 1, True), ("非常满意", 1, True),
-     ("基本满意", 2, True), ("不满意", 3, False), ("不太满意", 3, False), ("没解决", 3, False),
-     ("1 谢谢，已经亮了", 1, True), ("3 还是不亮", 3, False)],
+    [
+        ("1", 1, True),
+        ("１", 1, True),
+        ("1。", 1, True),
+        ("满意", 1, True),
+        ("非常满意", 1, True),
+        ("基本满意", 2, True),
+        ("不满意", 3, False),
+        ("不太满意", 3, False),
+        ("没解决", 3, False),
+        ("1 谢谢，已经亮了", 1, True),
+        ("3 还是不亮", 3, False),
+    ],
 )
 async def test_every_reply_form_is_read(make_kit, text, rating, solved):
     kit = make_kit()
     phone, ticket = await surveyed(kit)
     result = await kit.notifier.reply(phone, text)
-    assert result == {"kind": "survey_answer", "ticket_no": ticket.ticket_no, "rating": rating, "solved": solved}
+    assert result == {
+        "kind": "survey_answer",
+        "ticket_no": ticket.ticket_no,
+        "rating": rating,
+        "solved": solved,
+    }
     (answer,) = kit.answers(ticket.ticket_no)
     assert (answer.outcome, answer.rating, answer.solved, answer.text) == ("answered", rating, solved, text)
     # The survey is closed: a second reply is the resident's comment, not a rating.
@@ -164,11 +202,15 @@ async def test_free_text_is_kept_and_one_clarification_is_sent(make_kit):
     second = await kit.notifier.reply(phone, "好的好的")
     assert second["clarification"] is False  # at most once
     (clarification,) = await kit.sent(phone, "clarification")
-    assert ticket.ticket_no in clarification["text"] and "1满意" in clarification["text"]
+    assert ticket.ticket_no in clarification["text"]
+    assert "1满意" in clarification["text"]
     answered = await kit.notifier.reply(phone, "2")
     assert answered["rating"] == 2
     assert [(a.outcome, a.text) for a in kit.answers(ticket.ticket_no)] == [
-        ("comment", "你们辛苦了"), ("comment", "好的好的"), ("answered", "2")]
+        ("comment", "你们辛苦了"),
+        ("comment", "好的好的"),
+        ("answered", "2"),
+    ]
 
 
 async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
@@ -220,7 +262,8 @@ async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):
     urgent = AppealReceived(ticket_no="20261123-000102", channel="hotline", text="燃气泄漏", urgent_flag=True)
     assert await kit.notifier.acknowledge(normal, normal.ticket_no, phone) == "held"
     assert await kit.notifier.acknowledge(urgent, urgent.ticket_no, urgent_phone, urgent=True) == "sent"
-    assert await kit.sent(phone) == [] and len(await kit.sent(urgent_phone)) == 1
+    assert await kit.sent(phone) == []
+    assert len(await kit.sent(urgent_phone)) == 1
     assert await kit.notifier.scan(datetime(2026, 11, 24, 7, 59, tzinfo=SH)) == 0
     assert await kit.sent(phone) == []
     # Two replicas scan at 08:00: the held message goes out once.
@@ -243,7 +286,7 @@ async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
     assert len(await kit.sent(phone)) == 2
     assert await kit.notifier.scan(datetime(2026, 11, 23, 23, 59, tzinfo=SH)) == 0
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
-    assert [m["ticket_no"] for m in await kit.sent(phone)][0] == "20261123-000202"
+    assert next(m["ticket_no"] for m in await kit.sent(phone)) == "20261123-000202"
 
 
 async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock):
@@ -271,8 +314,10 @@ async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
     events = await kit.notifier.start_survey(resolved_next, nxt)
     assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "opted_out")]
     (result_sms,) = await kit.sent(phone, "result")
-    assert "已清理垃圾" in result_sms["text"] and "回复1满意" not in result_sms["text"]
-    assert await kit.sent(phone, "survey") != [] and len(await kit.sent(phone, "survey")) == 1
+    assert "已清理垃圾" in result_sms["text"]
+    assert "回复1满意" not in result_sms["text"]
+    assert await kit.sent(phone, "survey") != []
+    assert len(await kit.sent(phone, "survey")) == 1
 
 
 async def test_anonymous_appeals_skip_the_survey_and_say_so(make_kit):
@@ -296,16 +341,30 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     handlers = Handlers(kit.notifier, RateBook(redis, load_city(), SH, Weights()))
     phone = new_phone()
     ticket, resolved = await resolved_ticket(kit, phone)
-    meeting = TicketAssigned(ticket_no=ticket.ticket_no, department=ticket.department, via="meeting",
-                             explanation="联席会议", category="c", grid=None, respond_by=NOON, resolve_by=NOON)
-    extension = TicketUpdated(ticket_no=ticket.ticket_no, action="extension_approved", status="accepted",
-                              actor="dispatch_desk", data={"resolve_by": "2026-11-30T18:00:00+08:00"})
+    meeting = TicketAssigned(
+        ticket_no=ticket.ticket_no,
+        department=ticket.department,
+        via="meeting",
+        explanation="联席会议",
+        category="c",
+        grid=None,
+        respond_by=NOON,
+        resolve_by=NOON,
+    )
+    extension = TicketUpdated(
+        ticket_no=ticket.ticket_no,
+        action="extension_approved",
+        status="accepted",
+        actor="dispatch_desk",
+        data={"resolve_by": "2026-11-30T18:00:00+08:00"},
+    )
     await handlers.assignments([meeting])
     await handlers.updates([extension, resolved])
     await handlers.updates([extension, resolved])  # redelivered batch: nothing twice
     texts = [m["text"] for m in reversed(await kit.sent(phone))]
     assert len(texts) == 3
-    assert "联席会议" in texts[0] and ticket.ticket_no in texts[0]
+    assert "联席会议" in texts[0]
+    assert ticket.ticket_no in texts[0]
     assert "延期办理至11月30日" in texts[1]
     assert "回复1满意" in texts[2]
     assert [type(e) for e in kit.published] == [SurveySent, SurveySent]  # same id: deduped downstream
@@ -314,11 +373,21 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     phones = [new_phone() for _ in range(40)]
     for p in phones:
         await kit.store.save_contact(caller_id(p), p, None)
-    appeals = [AppealReceived(ticket_no=f"20261123-5{n:05d}", channel="hotline", text="路灯坏了",
-                              caller=Caller(caller_id=caller_id(p), masked_phone=mask_phone(p)))
-               for n, p in enumerate(phones)]
-    wechat = AppealReceived(ticket_no="20261123-599999", channel="wechat", text="路灯坏了",
-                            caller=Caller(caller_id=caller_id(phones[0]), masked_phone=mask_phone(phones[0])))
+    appeals = [
+        AppealReceived(
+            ticket_no=f"20261123-5{n:05d}",
+            channel="hotline",
+            text="路灯坏了",
+            caller=Caller(caller_id=caller_id(p), masked_phone=mask_phone(p)),
+        )
+        for n, p in enumerate(phones)
+    ]
+    wechat = AppealReceived(
+        ticket_no="20261123-599999",
+        channel="wechat",
+        text="路灯坏了",
+        caller=Caller(caller_id=caller_id(phones[0]), masked_phone=mask_phone(phones[0])),
+    )
     await handlers.appeals([*appeals, wechat])
     for p in phones:
         assert len(await kit.sent(p, "ack")) == 1  # WeChat answered itself: no second ack
@@ -345,20 +414,51 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     no = f"20261123-{random.randint(100000, 999999)}"
     deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH).isoformat()
-    overdue = TicketUpdated(ticket_no=no, action="overdue", status="assigned", actor="system", department=dept,
-                            note="", data={"stage": "resolve", "stage_name": "办结", "deadline": deadline,
-                                           "supervisor": "urban_mgmt"})
-    escalated = TicketUpdated(ticket_no=no, action="escalated", status="assigned", actor="system", department=dept,
-                              note="", data={"stage": "resolve", "stage_name": "办结", "deadline": deadline,
-                                             "supervisor": "urban_mgmt", "to": "district_office"})
+    overdue = TicketUpdated(
+        ticket_no=no,
+        action="overdue",
+        status="assigned",
+        actor="system",
+        department=dept,
+        note="",
+        data={"stage": "resolve", "stage_name": "办结", "deadline": deadline, "supervisor": "urban_mgmt"},
+    )
+    escalated = TicketUpdated(
+        ticket_no=no,
+        action="escalated",
+        status="assigned",
+        actor="system",
+        department=dept,
+        note="",
+        data={
+            "stage": "resolve",
+            "stage_name": "办结",
+            "deadline": deadline,
+            "supervisor": "urban_mgmt",
+            "to": "district_office",
+        },
+    )
     assert await kit.notifier.supervise([overdue], city) == ["sent"]
-    assert await make_kit(quiet="none", cap=1000).notifier.supervise([overdue], city) == ["duplicate"]  # a replay
+    assert await make_kit(quiet="none", cap=1000).notifier.supervise([overdue], city) == [
+        "duplicate"
+    ]  # a replay
     mobile = city.department_by_id["urban_mgmt"].supervisor_mobile
     [notice] = [m for m in await kit.sent(mobile, "supervision") if m["ticket_no"] == no]
-    assert notice["text"] == f"【12345】督办提醒：区城市管理委员会承办的工单{no}已超过办结时限（11月23日18:00），请督促尽快办理。"
-    assert await kit.notifier.supervise([escalated], city) == ["sent", "sent"]  # the department and the district
+    assert (
+        notice["text"]
+        == f"【12345】督办提醒：区城市管理委员会承办的工单{no}已超过办结时限（11月23日18:00），"
+        "请督促尽快办理。"
+    )
+    assert await kit.notifier.supervise([escalated], city) == [
+        "sent",
+        "sent",
+    ]  # the department and the district
     office = city.department_by_id["district_office"].supervisor_mobile
-    assert [m["text"][:12] for m in await kit.sent(office, "supervision") if m["ticket_no"] == no] == ["【12345】升级督办："]
+    assert [m["text"][:12] for m in await kit.sent(office, "supervision") if m["ticket_no"] == no] == [
+        "【12345】升级督办："
+    ]
     # A department without a supervisor's mobile gets no SMS (its desk line is not texted).
-    silent = overdue.model_copy(update={"event_id": uuid.uuid4().hex, "data": {**overdue.data, "supervisor": "nobody"}})
+    silent = overdue.model_copy(
+        update={"event_id": uuid.uuid4().hex, "data": {**overdue.data, "supervisor": "nobody"}}
+    )
     assert await kit.notifier.supervise([silent], city) == []

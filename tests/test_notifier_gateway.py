@@ -32,7 +32,7 @@ class Provider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 provider.requests.append({"body": body, "auth": self.headers.get("Authorization")})
                 step = provider.script.pop(0) if provider.script else "ok"
@@ -43,7 +43,9 @@ class Provider:
                     time.sleep(1.0)
                     step = "ok"
                 status = 200 if step == "ok" else step
-                payload = json.dumps({"id": f"p-{len(provider.requests)}"} if status == 200 else {"error": "x"})
+                payload = json.dumps(
+                    {"id": f"p-{len(provider.requests)}"} if status == 200 else {"error": "x"}
+                )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -78,7 +80,9 @@ def gateway(provider: Provider, delays: list[float], attempts: int = 4) -> HttpS
     return HttpSmsGateway(provider.url, "secret", attempts=attempts, base_delay=0.2, timeout=0.3, sleep=sleep)
 
 
-MESSAGE = SmsMessage("13812345678", "【12345】您的诉求已受理，工单号20261123-000001", "ack", "20261123-000001")
+MESSAGE = SmsMessage(
+    "13812345678", "【12345】您的诉求已受理，工单号20261123-000001", "ack", "20261123-000001"
+)
 
 
 async def test_server_errors_are_retried_with_exponential_backoff(provider):
@@ -88,9 +92,14 @@ async def test_server_errors_are_retried_with_exponential_backoff(provider):
     assert await gw.send(MESSAGE) == "p-3"
     assert len(provider.requests) == 3
     assert provider.requests[0]["auth"] == "Bearer secret"
-    assert provider.requests[0]["body"] == {"phone": MESSAGE.phone, "text": MESSAGE.text,
-                                            "client_ref": MESSAGE.message_id}
-    assert len(delays) == 2 and 0.16 <= delays[0] <= 0.2 and 0.32 <= delays[1] <= 0.4  # 0.2, 0.4 (jitter -20%)
+    assert provider.requests[0]["body"] == {
+        "phone": MESSAGE.phone,
+        "text": MESSAGE.text,
+        "client_ref": MESSAGE.message_id,
+    }
+    assert len(delays) == 2
+    assert 0.16 <= delays[0] <= 0.2
+    assert 0.32 <= delays[1] <= 0.4
     await gw.aclose()
 
 
@@ -124,7 +133,8 @@ async def test_giving_up_after_the_attempts(provider):
     gw = gateway(provider, delays, attempts=3)
     with pytest.raises(TransientSmsError, match="after 3 attempts"):
         await gw.send(MESSAGE)
-    assert len(provider.requests) == 3 and len(delays) == 2
+    assert len(provider.requests) == 3
+    assert len(delays) == 2
     await gw.aclose()
 
 
@@ -147,8 +157,13 @@ async def test_the_notifier_keeps_what_the_provider_could_not_take(provider, red
         raise AssertionError("nothing to publish here")
 
     notifier = Notifier(
-        TicketStore(redis), gateway(provider, [], attempts=2), no_publish, texts=load_texts(),
-        policy=Policy(QuietHours.parse("none"), 5, sh), clock=lambda: now, jobs_key=f"test:due:{uuid.uuid4().hex}",
+        TicketStore(redis),
+        gateway(provider, [], attempts=2),
+        no_publish,
+        texts=load_texts(),
+        policy=Policy(QuietHours.parse("none"), 5, sh),
+        clock=lambda: now,
+        jobs_key=f"test:due:{uuid.uuid4().hex}",
     )
     provider.script = [500, 500]
     appeal = AppealReceived(ticket_no="20261123-000401", channel="hotline", text="路灯坏了")
@@ -157,7 +172,8 @@ async def test_the_notifier_keeps_what_the_provider_could_not_take(provider, red
     assert (await notifier.message_state(message_id))["state"] == "retrying"
     assert await notifier.scan(now + timedelta(minutes=1)) == 0
     assert await notifier.scan(now + timedelta(minutes=5)) == 1  # the provider is back
-    assert len(provider.requests) == 3 and provider.requests[2]["body"]["client_ref"] == message_id
+    assert len(provider.requests) == 3
+    assert provider.requests[2]["body"]["client_ref"] == message_id
     assert (await notifier.message_state(message_id))["provider_id"] == "p-3"
     assert await notifier.receipt(message_id, delivered=True)
     assert (await notifier.message_state(message_id))["state"] == "delivered"

@@ -77,10 +77,12 @@ def test_settings_are_checked_when_the_notifier_is_built():
         return None
 
     built = Notifier.from_settings(Settings(quiet_hours="22:30-07:00", sms_daily_cap=3), store, publish)
-    assert built.policy.quiet == QuietHours(time(22, 30), time(7)) and built.policy.daily_cap == 3
+    assert built.policy.quiet == QuietHours(time(22, 30), time(7))
+    assert built.policy.daily_cap == 3
     assert isinstance(built.gateway, OutboxGateway)
-    http = Notifier.from_settings(Settings(sms_gateway="http", sms_gateway_url="https://sms.example.com/send"),
-                                  store, publish)
+    http = Notifier.from_settings(
+        Settings(sms_gateway="http", sms_gateway_url="https://sms.example.com/send"), store, publish
+    )
     assert isinstance(http.gateway, HttpSmsGateway)
     with pytest.raises(ValueError, match="QUIET_HOURS"):
         Notifier.from_settings(Settings(quiet_hours="evenings"), store, publish)
@@ -101,6 +103,7 @@ def test_a_citys_own_file_without_the_supervisor_notices_uses_the_shipped_texts(
     raw["signature"] = "【市热线】"
     own = tmp_path / "notifications.yaml"
     own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
-    text = load_texts(own).render("overdue_notice", ticket_no="20261123-000001", stage="签收", deadline="",
-                                  department="区城管委")
+    text = load_texts(own).render(
+        "overdue_notice", ticket_no="20261123-000001", stage="签收", deadline="", department="区城管委"
+    )
     assert text.startswith("【市热线】督办提醒：区城管委承办的工单20261123-000001")

@@ -45,7 +45,9 @@ def test_reply_forms(text, rating, solved):
 @pytest.mark.parametrize("text", ["谢谢", "你们辛苦了", "4", "12", "好的收到", "？", "123456"])
 def test_free_text_has_no_rating(text):
     r = parse_reply(text)
-    assert r.rating is None and r.solved is None and not r.rated
+    assert r.rating is None
+    assert r.solved is None
+    assert not r.rated
 
 
 @pytest.mark.parametrize("text", ["TD", "td", "ＴＤ", "退订", "退订。"])
@@ -69,8 +71,11 @@ def test_default_templates_render_with_the_ticket_number():
     t = load_texts()
     assert "您的诉求已受理，工单号20261123-000001" in t.render("ack", ticket_no="20261123-000001")
     survey = t.render("survey", ticket_no="X1", note=t.short_note("已更换路灯灯泡。"), question=t.question)
-    assert "X1" in survey and "回复1满意，2基本满意，3不满意" in survey and "已更换路灯灯泡" in survey
-    assert t.short_note("很" * 100).endswith("…") and len(t.short_note("很" * 100)) == t.note_max_chars
+    assert "X1" in survey
+    assert "回复1满意，2基本满意，3不满意" in survey
+    assert "已更换路灯灯泡" in survey
+    assert t.short_note("很" * 100).endswith("…")
+    assert len(t.short_note("很" * 100)) == t.note_max_chars
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -81,7 +86,9 @@ def _write(tmp_path: Path, body: str) -> Path:
 
 def test_a_bad_template_is_named(tmp_path):
     base = Path("services/notifier/notifications.yaml").read_text(encoding="utf-8")
-    bad = base.replace('ack: "{signature}您的诉求已受理，工单号{ticket_no}', 'ack: "{signature}您的诉求已受理，{phone}')
+    bad = base.replace(
+        'ack: "{signature}您的诉求已受理，工单号{ticket_no}', 'ack: "{signature}您的诉求已受理，{phone}'
+    )
     with pytest.raises(NotificationsError) as e:
         load_texts(_write(tmp_path, bad))
     assert "template 'ack': unknown field {phone}" in str(e.value)
@@ -97,6 +104,8 @@ def test_a_question_that_lost_its_digits_is_refused(tmp_path):
 
 def test_missing_template_and_file(tmp_path):
     with pytest.raises(NotificationsError, match="template 'reminder' is missing"):
-        load_texts(_write(tmp_path, "question: 回复1满意，2基本满意，3不满意\ntemplates:\n  ack: '{ticket_no}'\n"))
+        load_texts(
+            _write(tmp_path, "question: 回复1满意，2基本满意，3不满意\ntemplates:\n  ack: '{ticket_no}'\n")
+        )
     with pytest.raises(NotificationsError, match="file missing"):
         load_texts(tmp_path / "nope.yaml")

@@ -43,8 +43,11 @@ NO_TOKEN = {"Authorization": ""}
 async def resolved_with_survey(api: httpx.AsyncClient, redis, phone: str) -> str:
     no = await submit(api, phone, address="阳光花园3号楼")
     ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
-    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"},
-                       headers=await as_department(redis, ticket))
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        json={"note": "已更换路灯灯泡，恢复照明"},
+        headers=await as_department(redis, ticket),
+    )
     assert r.status_code == 200, r.text
     return no
 
@@ -57,12 +60,16 @@ async def test_not_solved_reopens_with_the_residents_words(api, redis):
     r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"})
     assert r.json() == {"kind": "comment", "ticket_no": no, "clarification": True}
     r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "没解决，路灯晚上还是不亮"})
-    assert r.json()["rating"] == 3 and r.json()["solved"] is False
+    assert r.json()["rating"] == 3
+    assert r.json()["solved"] is False
     reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
-    assert reopened["status"] == "assigned" and reopened["solved"] is False
+    assert reopened["status"] == "assigned"
+    assert reopened["solved"] is False
     assert reopened["history"][-1]["action"] == "reopened"
     assert "路灯晚上还是不亮" in reopened["history"][-1]["note"]
-    comments = [h for h in reopened["history"] if h["topic"] == "survey.answered" and h["outcome"] == "comment"]
+    comments = [
+        h for h in reopened["history"] if h["topic"] == "survey.answered" and h["outcome"] == "comment"
+    ]
     assert [c["text"] for c in comments] == ["谢谢"]
 
 
@@ -74,7 +81,8 @@ async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_s
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
     assert closed["history"][-1]["data"] == {"survey": "opted_out"}
     assert closed["rating"] is None
-    assert await outbox_for(redis, phone, "result") and await outbox_for(redis, phone, "survey") == []
+    assert await outbox_for(redis, phone, "result")
+    assert await outbox_for(redis, phone, "survey") == []
 
 
 async def test_sms_callbacks_need_the_gateway_token_and_it_opens_nothing_else(api, redis):
@@ -88,9 +96,11 @@ async def test_sms_callbacks_need_the_gateway_token_and_it_opens_nothing_else(ap
     ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
     department = await as_department(redis, ticket)
     r = await api.post("/api/v1/sms/inbound", json=text, headers=department)
-    assert r.status_code == 403 and "短信服务商网关" in r.json()["detail"]
+    assert r.status_code == 403
+    assert "短信服务商网关" in r.json()["detail"]
     r = await api.post("/api/v1/sms/inbound", json=text, headers=gateway)
-    assert r.status_code == 201 and r.json()["kind"] == "appeal"
+    assert r.status_code == 201
+    assert r.json()["kind"] == "appeal"
     receipt = {"message_id": "nope", "status": "delivered"}
     assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=gateway)).status_code == 404
     assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=department)).status_code == 403
@@ -107,7 +117,8 @@ async def test_outbox_and_receipts_need_the_admin_token(api, redis, admin):
     r = await api.get("/api/v1/sms/outbox", params={"phone": phone}, headers=admin)
     assert r.status_code == 200
     (ack,) = r.json()["messages"]
-    assert ack["ticket_no"] == no and no in ack["text"]
+    assert ack["ticket_no"] == no
+    assert no in ack["text"]
     assert (await api.get("/api/v1/sms/outbox", params={"phone": "123"}, headers=admin)).status_code == 422
     receipt = {"message_id": ack["message_id"], "status": "delivered"}
     assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=NO_TOKEN)).status_code == 401
@@ -131,44 +142,135 @@ def _sequence(a: str, b: str, day: datetime = DAY) -> tuple[list[Ticket], list]:
     grid = {a: "s01c01g01", b: "s02c01g01"}
     tickets, events = [], []
     run = uuid.uuid4().hex[:6]
-    plan = [(a, True, (1, True)), (a, True, (2, True)), (a, False, (3, False)), (a, True, "no_answer"),
-            (a, None, None), (b, True, (2, True)), (b, False, (1, False))]
+    plan = [
+        (a, True, (1, True)),
+        (a, True, (2, True)),
+        (a, False, (3, False)),
+        (a, True, "no_answer"),
+        (a, None, None),
+        (b, True, (2, True)),
+        (b, False, (1, False)),
+    ]
     for n, (dept, on_time, answer) in enumerate(plan):
         no = f"{day:%Y%m%d}-{run}{n}"
         ref = DepartmentRef(id=dept, name=dept)
-        tickets.append(Ticket(ticket_no=no, channel="hotline", text="x", received_at=day, status="closed",
-                              department=ref, category=f"cat-{dept}", grid=GridMatch(grid=grid[dept])))
-        events.append(TicketAssigned(ticket_no=no, department=ref, via="rule", explanation="test",
-                                     category=f"cat-{dept}", grid=grid[dept], respond_by=day,
-                                     resolve_by=day, occurred_at=day))
+        tickets.append(
+            Ticket(
+                ticket_no=no,
+                channel="hotline",
+                text="x",
+                received_at=day,
+                status="closed",
+                department=ref,
+                category=f"cat-{dept}",
+                grid=GridMatch(grid=grid[dept]),
+            )
+        )
+        events.append(
+            TicketAssigned(
+                ticket_no=no,
+                department=ref,
+                via="rule",
+                explanation="test",
+                category=f"cat-{dept}",
+                grid=grid[dept],
+                respond_by=day,
+                resolve_by=day,
+                occurred_at=day,
+            )
+        )
         if on_time is not None:
-            events.append(TicketUpdated(ticket_no=no, action="accepted", status="accepted", actor=dept,
-                                        department=ref, data={"on_time": on_time}, occurred_at=day))
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="accepted",
+                    status="accepted",
+                    actor=dept,
+                    department=ref,
+                    data={"on_time": on_time},
+                    occurred_at=day,
+                )
+            )
         if answer == "no_answer":
-            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=None, text="", outcome="no_answer",
-                                         occurred_at=day + timedelta(days=2)))
+            events.append(
+                SurveyAnswered(
+                    ticket_no=no,
+                    survey_id=no,
+                    rating=None,
+                    text="",
+                    outcome="no_answer",
+                    occurred_at=day + timedelta(days=2),
+                )
+            )
         elif answer:
-            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=answer[0], solved=answer[1],
-                                         text=str(answer[0]), occurred_at=day + timedelta(days=1)))
-            events.append(SurveyAnswered(ticket_no=no, survey_id=no, rating=None, text="谢谢", outcome="comment",
-                                         occurred_at=day + timedelta(days=1)))
-    events.append(TicketAssigned(ticket_no=tickets[0].ticket_no, department=DepartmentRef(id=a, name=a),
-                                 via="dispatch_desk", explanation="low confidence", category=f"cat-{a}",
-                                 grid=grid[a], respond_by=day, resolve_by=day, occurred_at=day))
+            events.append(
+                SurveyAnswered(
+                    ticket_no=no,
+                    survey_id=no,
+                    rating=answer[0],
+                    solved=answer[1],
+                    text=str(answer[0]),
+                    occurred_at=day + timedelta(days=1),
+                )
+            )
+            events.append(
+                SurveyAnswered(
+                    ticket_no=no,
+                    survey_id=no,
+                    rating=None,
+                    text="谢谢",
+                    outcome="comment",
+                    occurred_at=day + timedelta(days=1),
+                )
+            )
+    events.append(
+        TicketAssigned(
+            ticket_no=tickets[0].ticket_no,
+            department=DepartmentRef(id=a, name=a),
+            via="dispatch_desk",
+            explanation="low confidence",
+            category=f"cat-{a}",
+            grid=grid[a],
+            respond_by=day,
+            resolve_by=day,
+            occurred_at=day,
+        )
+    )
     return tickets, events
 
 
-EXPECTED_A = {"assigned": 5, "responded": 4, "responded_on_time": 3, "answered": 3, "solved": 2,
-              "satisfied": 1, "basically_satisfied": 1, "unsatisfied": 1, "no_answer": 1, "skipped": 0,
-              "response_rate": 0.6,  # 3 / 5
-              "resolution_rate": 0.6667,  # 2 / 3
-              "satisfaction_rate": 0.6333,  # (1 + 0.9 × 1) / 3
-              "score": 64.67}  # 100 × (0.1 × 0.6 + 0.5 × 2/3 + 0.4 × 1.9/3) = 6 + 33.333 + 25.333
-EXPECTED_B = {"assigned": 2, "responded": 2, "responded_on_time": 1, "answered": 2, "solved": 1,
-              "satisfied": 1, "basically_satisfied": 1, "unsatisfied": 0, "no_answer": 0, "skipped": 0,
-              "response_rate": 0.5, "resolution_rate": 0.5,
-              "satisfaction_rate": 0.95,  # (1 + 0.9) / 2
-              "score": 68.0}  # 5 + 25 + 38
+EXPECTED_A = {
+    "assigned": 5,
+    "responded": 4,
+    "responded_on_time": 3,
+    "answered": 3,
+    "solved": 2,
+    "satisfied": 1,
+    "basically_satisfied": 1,
+    "unsatisfied": 1,
+    "no_answer": 1,
+    "skipped": 0,
+    "response_rate": 0.6,  # 3 / 5
+    "resolution_rate": 0.6667,  # 2 / 3
+    "satisfaction_rate": 0.6333,  # (1 + 0.9 × 1) / 3
+    "score": 64.67,
+}  # 100 × (0.1 × 0.6 + 0.5 × 2/3 + 0.4 × 1.9/3) = 6 + 33.333 + 25.333
+EXPECTED_B = {
+    "assigned": 2,
+    "responded": 2,
+    "responded_on_time": 1,
+    "answered": 2,
+    "solved": 1,
+    "satisfied": 1,
+    "basically_satisfied": 1,
+    "unsatisfied": 0,
+    "no_answer": 0,
+    "skipped": 0,
+    "response_rate": 0.5,
+    "resolution_rate": 0.5,
+    "satisfaction_rate": 0.95,  # (1 + 0.9) / 2
+    "score": 68.0,
+}  # 5 + 25 + 38
 
 
 async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, settings, admin, system):
@@ -185,8 +287,11 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
         await broker.stop()
 
     async def by(group_by: str) -> dict[str, dict]:
-        r = await api.get("/api/v1/stats", params={"group_by": group_by, "from": "2020-02-01", "to": "2020-02-29"},
-                          headers=admin)
+        r = await api.get(
+            "/api/v1/stats",
+            params={"group_by": group_by, "from": "2020-02-01", "to": "2020-02-29"},
+            headers=admin,
+        )
         assert r.status_code == 200, r.text
         return {g["group"]: g for g in r.json()["groups"]}
 
@@ -195,16 +300,21 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
 
     async def settled():
         rows = await by("department")
-        return rows if a in rows and b in rows and figures(rows[b]) == EXPECTED_B and \
-            figures(rows[a]) == EXPECTED_A else None
+        return (
+            rows
+            if a in rows and b in rows and figures(rows[b]) == EXPECTED_B and figures(rows[a]) == EXPECTED_A
+            else None
+        )
 
     rows = await eventually(settled, timeout=30)
     await asyncio.sleep(1.0)  # the duplicates had time to arrive: still counted once
     rows = await by("department")
-    assert figures(rows[a]) == EXPECTED_A and figures(rows[b]) == EXPECTED_B
+    assert figures(rows[a]) == EXPECTED_A
+    assert figures(rows[b]) == EXPECTED_B
     assert [g for g in rows if g in (a, b)] == [b, a]  # best score first
     streets = await by("street")  # nothing else happened on those days: the streets are a and b
-    assert figures(streets["s01"]) == EXPECTED_A and streets["s01"]["name"] == "和平街道"
+    assert figures(streets["s01"]) == EXPECTED_A
+    assert streets["s01"]["name"] == "和平街道"
     assert figures(streets["s02"]) == EXPECTED_B
     assert figures((await by("category"))[f"cat-{a}"]) == EXPECTED_A
     assert figures((await by("grid"))["s02c01g01"]) == EXPECTED_B
@@ -223,12 +333,14 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
 async def test_stats_refuses_bad_periods_and_anonymous_callers(api, admin):
     assert (await api.get("/api/v1/stats", headers=NO_TOKEN)).status_code == 401
     r = await api.get("/api/v1/stats", params={"from": "2026-03-01", "to": "2026-02-01"}, headers=admin)
-    assert r.status_code == 422 and "晚于" in r.json()["message"]
+    assert r.status_code == 422
+    assert "晚于" in r.json()["message"]
     r = await api.get("/api/v1/stats", params={"from": "2024-01-01", "to": "2026-02-01"}, headers=admin)
     assert r.status_code == 422
     assert (await api.get("/api/v1/stats", params={"group_by": "planet"}, headers=admin)).status_code == 422
     r = await api.get("/api/v1/stats", headers=admin)
-    assert r.status_code == 200 and r.json()["weights"]["basically_satisfied"] == 0.9
+    assert r.status_code == 200
+    assert r.json()["weights"]["basically_satisfied"] == 0.9
 
 
 async def test_counting_is_idempotent_in_process(redis):
@@ -251,4 +363,9 @@ async def test_counting_is_idempotent_in_process(redis):
     labels = {"group_by": "department", "group": a}
     assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "score"}) == 64.67
     assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "satisfaction_rate"}) == 0.6333
-    assert REGISTRY.get_sample_value("hotline_rate", {"group_by": "street", "group": "s02", "rate": "response_rate"}) == 0.5
+    assert (
+        REGISTRY.get_sample_value(
+            "hotline_rate", {"group_by": "street", "group": "s02", "rate": "response_rate"}
+        )
+        == 0.5
+    )

@@ -20,7 +20,9 @@ LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出�
 
 
 async def submit(api: httpx.AsyncClient, phone: str, text: str = LIGHT, **extra) -> str:
-    r = await api.post("/api/v1/appeals", json={"channel": "hotline", "caller_phone": phone, "text": text, **extra})
+    r = await api.post(
+        "/api/v1/appeals", json={"channel": "hotline", "caller_phone": phone, "text": text, **extra}
+    )
     assert r.status_code == 201, r.text
     ticket_no = r.json()["ticket_no"]
     assert re.fullmatch(r"\d{8}-\d{6}", ticket_no)
@@ -36,8 +38,11 @@ async def ticket_when(api: httpx.AsyncClient, no: str, predicate) -> dict:
 
 
 async def outbox_for(redis, phone: str, kind: str) -> list[dict]:
-    return [m for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
-            if m["phone"] == phone and m["kind"] == kind]
+    return [
+        m
+        for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
+        if m["phone"] == phone and m["kind"] == kind
+    ]
 
 
 async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api, redis):
@@ -45,7 +50,8 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
     no = await submit(api, phone, address="阳光花园3号楼")
 
     ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
-    assert ticket["category"] and ticket["grid"]["grid"]
+    assert ticket["category"]
+    assert ticket["grid"]["grid"]
     assert set(ticket["department"]) >= {"id", "name"}
     assert ticket["caller"]["masked_phone"] == "138****5678"
     assert phone not in json.dumps(ticket, ensure_ascii=False)  # departments never see the number
@@ -56,17 +62,22 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
     # The acknowledgement SMS went to the caller.
     assert await eventually(lambda: outbox_for(redis, phone, "ack"))
 
-    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已更换路灯灯泡，恢复照明"},
-                       headers=await as_department(redis, ticket))
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        json={"note": "已更换路灯灯泡，恢复照明"},
+        headers=await as_department(redis, ticket),
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "resolved"
 
     survey = (await eventually(lambda: outbox_for(redis, phone, "survey")))[0]
-    assert no in survey["text"] and "回复1满意" in survey["text"]
+    assert no in survey["text"]
+    assert "回复1满意" in survey["text"]
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
 
     r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
-    assert r.status_code == 200 and r.json()["ticket_no"] == no
+    assert r.status_code == 200
+    assert r.json()["ticket_no"] == no
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
     assert closed["rating"] == 1
     assert [h["topic"] for h in closed["history"]][-2:] == ["survey.answered", "ticket.updated"]
@@ -74,9 +85,16 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
 
 async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
     phone = "13900001111"
-    no = await submit(api, phone, text="锦绣家园2栋楼下烧烤摊每天晚上吵到凌晨两点，油烟也很大，影响休息", address="锦绣家园2栋")
+    no = await submit(
+        api,
+        phone,
+        text="锦绣家园2栋楼下烧烤摊每天晚上吵到凌晨两点，油烟也很大，影响休息",
+        address="锦绣家园2栋",
+    )
     ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
-    r = await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "已劝离"}, headers=await as_department(redis, ticket))
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve", json={"note": "已劝离"}, headers=await as_department(redis, ticket)
+    )
     assert r.status_code == 200, r.text
     await eventually(lambda: outbox_for(redis, phone, "survey"))
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
@@ -89,13 +107,17 @@ async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
 
 
 async def test_invalid_appeal_gets_a_clear_422(api):
-    r = await api.post("/api/v1/appeals", json={"channel": "hotline", "caller_phone": "12345", "text": "路灯坏了很久了"})
+    r = await api.post(
+        "/api/v1/appeals", json={"channel": "hotline", "caller_phone": "12345", "text": "路灯坏了很久了"}
+    )
     assert r.status_code == 422
     assert r.json()["field"] == "caller_phone"
     r = await api.post("/api/v1/appeals", json={"channel": "hotline", "text": "坏了"})
-    assert r.status_code == 422 and r.json()["field"] == "text"
+    assert r.status_code == 422
+    assert r.json()["field"] == "text"
     r = await api.post("/api/v1/appeals", json={"channel": "pigeon", "text": "路灯坏了很久了"})
-    assert r.status_code == 422 and r.json()["field"] == "channel"
+    assert r.status_code == 422
+    assert r.json()["field"] == "channel"
 
 
 async def test_idempotency_key_returns_the_same_ticket(api):
@@ -103,7 +125,8 @@ async def test_idempotency_key_returns_the_same_ticket(api):
     headers = {"Idempotency-Key": "op7-call-20261123-001"}
     first = await api.post("/api/v1/appeals", json=body, headers=headers)
     again = await api.post("/api/v1/appeals", json=body, headers=headers)
-    assert first.status_code == 201 and again.status_code == 200
+    assert first.status_code == 201
+    assert again.status_code == 200
     assert first.json()["ticket_no"] == again.json()["ticket_no"]
 
 
@@ -111,7 +134,9 @@ async def test_illegal_transition_is_refused(api, redis):
     no = await submit(api, "13600000000")
     ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
     dept = await as_department(redis, ticket)
-    assert (await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "修好了"}, headers=dept)).status_code in (200, 409)
+    assert (
+        await api.post(f"/api/v1/tickets/{no}/resolve", json={"note": "修好了"}, headers=dept)
+    ).status_code in (200, 409)
     again = await api.post(f"/api/v1/tickets/{no}/accept", headers=dept)
     assert again.status_code == 409
     assert "不能" in again.json()["message"]
@@ -121,8 +146,10 @@ async def test_illegal_transition_is_refused(api, redis):
 async def test_poison_message_goes_to_the_dead_letter_topic_and_the_pipeline_keeps_going(api, settings):
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     consumer = AIOKafkaConsumer(
-        topics.dlq(topics.APPEAL_RECEIVED), bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id="test-dlq-reader", auto_offset_reset="earliest",
+        topics.dlq(topics.APPEAL_RECEIVED),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id="test-dlq-reader",
+        auto_offset_reset="earliest",
     )
     await producer.start()
     await consumer.start()
@@ -130,7 +157,8 @@ async def test_poison_message_goes_to_the_dead_letter_topic_and_the_pipeline_kee
         await producer.send_and_wait(topics.APPEAL_RECEIVED, b'{"ticket_no": "x", "channel": "hotline"')
         records = await eventually(lambda: consumer.getmany(timeout_ms=500))
         record = json.loads(next(iter(records.values()))[0].value)
-        assert record["topic"] == topics.APPEAL_RECEIVED and record["error"]
+        assert record["topic"] == topics.APPEAL_RECEIVED
+        assert record["error"]
         assert '"ticket_no": "x"' in record["body"]
         # ...and appeals after it still flow.
         no = await submit(api, "13511112222")
@@ -143,14 +171,18 @@ async def test_poison_message_goes_to_the_dead_letter_topic_and_the_pipeline_kee
 async def test_the_same_event_twice_changes_nothing(api, settings):
     """A consumer restarted before its commit sees events again: nothing happens twice."""
     event = AppealReceived(
-        ticket_no="20261123-900001", channel="hotline", text=LIGHT,
+        ticket_no="20261123-900001",
+        channel="hotline",
+        text=LIGHT,
         caller=Caller(caller_id="c-test", masked_phone="138****0000"),
     )
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
         for _ in range(2):
-            await producer.send_and_wait(topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode())
+            await producer.send_and_wait(
+                topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode()
+            )
         ticket = await ticket_when(api, event.ticket_no, lambda t: t["status"] in ("assigned", "review"))
         # Give the duplicate time to pass through every stage, then look again.
         no2 = await submit(api, "13511113333")

@@ -80,10 +80,13 @@ async def ticket_when(api, tokens, no: str, predicate, timeout: float = 30) -> d
 async def test_routing_by_rule_and_the_department_queue(api, producer, city, tokens):
     no = await inject(producer, city, "city.appearance.garbage", "s03c02g03")
     t = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
-    assert t["department"]["id"] == "street_s03" and t["assigned_via"] == "rule"
+    assert t["department"]["id"] == "street_s03"
+    assert t["assigned_via"] == "rule"
     assigned = t["history"][-1]
-    assert assigned["topic"] == "ticket.assigned" and "s03c02g03" in assigned["rule"]
-    assert "权责清单" in assigned["explanation"] and "0.90" in assigned["explanation"]
+    assert assigned["topic"] == "ticket.assigned"
+    assert "s03c02g03" in assigned["rule"]
+    assert "权责清单" in assigned["explanation"]
+    assert "0.90" in assigned["explanation"]
 
     mine = await tokens("street_s03")
 
@@ -92,8 +95,11 @@ async def test_routing_by_rule_and_the_department_queue(api, producer, city, tok
         return r.json() if no in [x["ticket_no"] for x in r.json()["tickets"]] else None
 
     queue = await eventually(listed)
-    deadlines = [x["respond_by"] if x["status"] == "assigned" else x["resolve_by"] for x in queue["tickets"]
-                 if x["status"] in ("assigned", "accepted")]
+    deadlines = [
+        x["respond_by"] if x["status"] == "assigned" else x["resolve_by"]
+        for x in queue["tickets"]
+        if x["status"] in ("assigned", "accepted")
+    ]
     assert deadlines == sorted(deadlines)  # most urgent first
     assert all(x["department"]["id"] == "street_s03" for x in queue["tickets"])
 
@@ -105,26 +111,39 @@ async def test_department_isolation(api, producer, city, tokens):
     missing = await api.get("/api/v1/tickets/20991231-000001", headers=other)
     theirs = await api.get(f"/api/v1/tickets/{no}", headers=other)
     assert theirs.status_code == missing.status_code == 404
-    assert theirs.json()["message"].replace(no, "X") == missing.json()["message"].replace("20991231-000001", "X")
-    for action, body in (("accept", None), ("resolve", {"note": "x"}), ("return", {"reason": "duplicate"}),
-                         ("extend", {"days": 1, "reason": "x"})):
+    assert theirs.json()["message"].replace(no, "X") == missing.json()["message"].replace(
+        "20991231-000001", "X"
+    )
+    for action, body in (
+        ("accept", None),
+        ("resolve", {"note": "x"}),
+        ("return", {"reason": "duplicate"}),
+        ("extend", {"days": 1, "reason": "x"}),
+    ):
         r = await api.post(f"/api/v1/tickets/{no}/{action}", headers=other, json=body)
-        assert r.status_code == 404 and "street_s03" not in r.text, action
+        assert r.status_code == 404, action
+        assert "street_s03" not in r.text, action
     queue = await api.get("/api/v1/departments/street_s03/tickets", headers=other)
-    assert queue.status_code == 403 and "total" not in queue.json() and no not in queue.text
+    assert queue.status_code == 403
+    assert "total" not in queue.json()
+    assert no not in queue.text
     assert (await api.get(f"/api/v1/tickets/{no}")).status_code == 401
-    assert (await api.get(f"/api/v1/tickets/{no}", headers={"Authorization": "Bearer nope"})).status_code == 401
+    assert (
+        await api.get(f"/api/v1/tickets/{no}", headers={"Authorization": "Bearer nope"})
+    ).status_code == 401
     assert (await api.post(f"/api/v1/tickets/{no}/accept")).status_code == 401
     r = await api.post(f"/api/v1/tickets/{no}/accept", headers=await tokens())
     assert r.status_code == 403  # the dispatch desk does not act for a department
     r = await api.post(f"/api/v1/tickets/{no}/accept", headers=await tokens("street_s03"))
-    assert r.status_code == 200 and r.json()["status"] == "accepted"
+    assert r.status_code == 200
+    assert r.json()["status"] == "accepted"
 
 
 async def test_dispatch_desk_fallback_and_feedback(api, producer, city, tokens, redis):
     no = await inject(producer, city, "city.appearance.garbage", "s01c01g01", confidence=0.2)
     t = await ticket_when(api, tokens, no, lambda t: t["status"] == "review")
-    assert t["department"]["id"] == "dispatch_desk" and "0.20" in t["history"][-1]["explanation"]
+    assert t["department"]["id"] == "dispatch_desk"
+    assert "0.20" in t["history"][-1]["explanation"]
     admin = await tokens()
 
     async def queued():
@@ -133,18 +152,31 @@ async def test_dispatch_desk_fallback_and_feedback(api, producer, city, tokens, 
 
     await eventually(queued)
     assert (await api.get("/api/v1/dispatch/queue", headers=await tokens("urban_mgmt"))).status_code == 403
-    r = await api.post(f"/api/v1/dispatch/{no}/assign", headers=admin,
-                       json={"department": "nobody", "note": "x"})
-    assert r.status_code == 422 and "departments.yaml" in r.json()["message"]
-    r = await api.post(f"/api/v1/dispatch/{no}/assign", headers=admin,
-                       json={"department": "urban_enforcement", "category": "city.appearance.street_vending",
-                             "note": "实为占道经营"})
+    r = await api.post(
+        f"/api/v1/dispatch/{no}/assign", headers=admin, json={"department": "nobody", "note": "x"}
+    )
+    assert r.status_code == 422
+    assert "departments.yaml" in r.json()["message"]
+    r = await api.post(
+        f"/api/v1/dispatch/{no}/assign",
+        headers=admin,
+        json={
+            "department": "urban_enforcement",
+            "category": "city.appearance.street_vending",
+            "note": "实为占道经营",
+        },
+    )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["status"], body["department"]["id"], body["assigned_via"]) == ("assigned", "urban_enforcement", "operator")
+    assert (body["status"], body["department"]["id"], body["assigned_via"]) == (
+        "assigned",
+        "urban_enforcement",
+        "operator",
+    )
     assert body["category"] == "city.appearance.street_vending"
     example = await redis.get(f"feedback:ticket:{no}")
-    assert b'"source": "dispatch"' in example and b"city.appearance.street_vending" in example
+    assert b'"source": "dispatch"' in example
+    assert b"city.appearance.street_vending" in example
     again = await api.post(f"/api/v1/dispatch/{no}/assign", headers=admin, json={"department": "water"})
     assert again.status_code == 409
 
@@ -154,11 +186,20 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
     street = await tokens("street_s03")
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "not_ours"})
-    assert r.status_code == 422 and "disputed_rule" in r.json()["message"]
+    assert r.status_code == 422
+    assert "disputed_rule" in r.json()["message"]
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "太忙"})
-    assert r.status_code == 422 and "not_ours" in r.json()["message"]
-    r = await api.post(f"/api/v1/tickets/{no}/return", headers=street,
-                       json={"reason": "not_ours", "note": "市场内垃圾由市场方清运", "disputed_rule": "南苑批发市场网格规则"})
+    assert r.status_code == 422
+    assert "not_ours" in r.json()["message"]
+    r = await api.post(
+        f"/api/v1/tickets/{no}/return",
+        headers=street,
+        json={
+            "reason": "not_ours",
+            "note": "市场内垃圾由市场方清运",
+            "disputed_rule": "南苑批发市场网格规则",
+        },
+    )
     assert r.status_code == 200, r.text
     t = r.json()
     assert (t["department"]["id"], t["assigned_via"], t["returns"]) == ("urban_mgmt", "reroute", 1)
@@ -166,9 +207,13 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     assert (await api.get(f"/api/v1/tickets/{no}", headers=street)).status_code == 404  # no longer theirs
 
     mgmt = await tokens("urban_mgmt")
-    r = await api.post(f"/api/v1/tickets/{no}/return", headers=mgmt,
-                       json={"reason": "needs_other", "disputed_rule": "属于街道保洁范围"})
-    assert r.status_code == 200 and r.json()["status"] == "meeting"
+    r = await api.post(
+        f"/api/v1/tickets/{no}/return",
+        headers=mgmt,
+        json={"reason": "needs_other", "disputed_rule": "属于街道保洁范围"},
+    )
+    assert r.status_code == 200
+    assert r.json()["status"] == "meeting"
     mid = r.json()["meeting_id"]
     admin = await tokens()
 
@@ -177,42 +222,59 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
         return m.json() if m.status_code == 200 else None
 
     meeting = await eventually(opened)
-    assert meeting["reason"] == "returned_twice" and meeting["tickets"] == [no]
+    assert meeting["reason"] == "returned_twice"
+    assert meeting["tickets"] == [no]
     assert meeting["lead_street"] == "street_s03"
     assert {"street_s03", "urban_mgmt"} <= {d["id"] for d in meeting["summoned"]}
     assert (await api.get(f"/api/v1/meetings/{mid}", headers=await tokens("water"))).status_code == 404
     r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=mgmt)
-    assert r.status_code == 200 and {d["id"]: d["checked_in"] for d in r.json()["summoned"]}["urban_mgmt"]
-    assert (await api.post(f"/api/v1/meetings/{mid}/decide", headers=mgmt, json={"lead": "urban_mgmt"})).status_code == 403
-    r = await api.post(f"/api/v1/meetings/{mid}/decide", headers=admin, json={"lead": "street_s03", "note": "街道牵头"})
-    assert r.status_code == 200 and r.json()["status"] == "decided"
+    assert r.status_code == 200
+    assert {d["id"]: d["checked_in"] for d in r.json()["summoned"]}["urban_mgmt"]
+    assert (
+        await api.post(f"/api/v1/meetings/{mid}/decide", headers=mgmt, json={"lead": "urban_mgmt"})
+    ).status_code == 403
+    r = await api.post(
+        f"/api/v1/meetings/{mid}/decide", headers=admin, json={"lead": "street_s03", "note": "街道牵头"}
+    )
+    assert r.status_code == 200
+    assert r.json()["status"] == "decided"
     t = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
     assert (t["department"]["id"], t["assigned_via"]) == ("street_s03", "meeting")
     # The meeting's facts are in the ticket's history too, each once.
     seen = [h.get("action", h["topic"]) for h in t["history"] if h["topic"].startswith("meeting.")]
     assert seen == ["meeting.convened", "checked_in", "decided"]
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "duplicate"})
-    assert r.status_code == 409 and "联席会议" in r.json()["message"]
+    assert r.status_code == 409
+    assert "联席会议" in r.json()["message"]
 
 
 async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, producer, city, tokens):
     no = await inject(producer, city, "city.facility.road_damage", "s01c01g01")
     await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
     mgmt, admin = await tokens("urban_mgmt"), await tokens()
-    r = await api.post(f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 3, "reason": "需要封路施工"})
-    assert r.status_code == 409 and "签收" in r.json()["message"]
+    r = await api.post(
+        f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 3, "reason": "需要封路施工"}
+    )
+    assert r.status_code == 409
+    assert "签收" in r.json()["message"]
     assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=mgmt)).status_code == 200
     r = await api.post(f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 0, "reason": "x"})
-    assert r.status_code == 422 and r.json()["field"] == "days"
-    r = await api.post(f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 3, "reason": "需要封路施工"})
-    assert r.status_code == 200 and "延期待审" in r.json()["flags"]
+    assert r.status_code == 422
+    assert r.json()["field"] == "days"
+    r = await api.post(
+        f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 3, "reason": "需要封路施工"}
+    )
+    assert r.status_code == 200
+    assert "延期待审" in r.json()["flags"]
     before = r.json()["resolve_by"]
     assert (await api.post(f"/api/v1/tickets/{no}/extension/approve", headers=mgmt)).status_code == 403
     r = await api.post(f"/api/v1/tickets/{no}/extension/approve", headers=admin, json={"note": "同意"})
     assert r.status_code == 200, r.text
     t = r.json()
-    assert t["resolve_by"] > before and t["history"][-1]["action"] == "extension_approved"
-    assert t["history"][-1]["data"]["days"] == 3 and t["extension_request"] is None
+    assert t["resolve_by"] > before
+    assert t["history"][-1]["action"] == "extension_approved"
+    assert t["history"][-1]["data"]["days"] == 3
+    assert t["extension_request"] is None
     assert (await api.post(f"/api/v1/tickets/{no}/extension/refuse", headers=admin)).status_code == 409
 
 
@@ -229,14 +291,18 @@ async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):
         return m.json() if m.status_code == 200 and len(m.json()["tickets"]) == n else None
 
     meeting = await eventually(lambda: with_all(HOTSPOT_COUNT))
-    assert meeting["reason"] == "hotspot" and sorted(meeting["tickets"]) == sorted(nos)
-    assert meeting["lead_street"] == "street_s02" and meeting["grid"] == "s02c03g03"
+    assert meeting["reason"] == "hotspot"
+    assert sorted(meeting["tickets"]) == sorted(nos)
+    assert meeting["lead_street"] == "street_s02"
+    assert meeting["grid"] == "s02c03g03"
     later = await inject(producer, city, "market.consumer", "s02c03g03")  # joins the open meeting
     assert (await ticket_when(api, tokens, later, lambda t: t["status"] == "meeting"))["meeting_id"] == mid
     await eventually(lambda: with_all(HOTSPOT_COUNT + 1))
     r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await tokens("market"))
     assert r.status_code == 200
-    r = await api.post(f"/api/v1/meetings/{mid}/decide", headers=admin, json={"lead": "market", "note": "集中整治"})
+    r = await api.post(
+        f"/api/v1/meetings/{mid}/decide", headers=admin, json={"lead": "market", "note": "集中整治"}
+    )
     assert r.status_code == 200
     for no in [*nos, later]:
         t = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
@@ -244,7 +310,13 @@ async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):
 
 
 async def test_overdue_escalation_fires_once_across_router_replicas(
-    api, producer, city, tokens, settings, tmp_path, redis,
+    api,
+    producer,
+    city,
+    tokens,
+    settings,
+    tmp_path,
+    redis,
 ):
     # Two more router processes that only scan timers, beside the system's own router: three replicas.
     env = settings_env(settings, router_consume=False, metrics_port_router=0)
@@ -254,11 +326,12 @@ async def test_overdue_escalation_fires_once_across_router_replicas(
         nos = [await inject(producer, city, TINY_CATEGORY, "s01c02g01") for _ in range(4)]
         done = [await ticket_when(api, tokens, no, lambda t: t["escalated"], timeout=40) for no in nos]
         await asyncio.sleep(2)  # several more scans by every replica
-        for no, t in zip(nos, done):
+        for no, t in zip(nos, done, strict=False):
             t = await ticket_when(api, tokens, no, lambda t: True)
             actions = Counter(h.get("action") for h in t["history"] if h["topic"] == "ticket.updated")
             assert actions == {"warning": 2, "overdue": 2, "escalated": 1}, (no, actions)
-            assert t["overdue"] and {"督办", "升级督办"} <= set(t["flags"])
+            assert t["overdue"]
+            assert {"督办", "升级督办"} <= set(t["flags"])
             overdue = [h for h in t["history"] if h.get("action") == "overdue"]
             assert all(h["data"]["supervisor"] == t["department"]["id"] for h in overdue)
             # The notifier texted the supervisors once per notice: both overdue marks and the
@@ -268,10 +341,13 @@ async def test_overdue_escalation_fires_once_across_router_replicas(
             expected = 4
 
             async def texted(no=no):
-                return [m for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
-                        if m["kind"] == "supervision" and m["ticket_no"] == no]
+                return [
+                    m
+                    for m in map(json.loads, await redis.lrange("sms:outbox", 0, -1))
+                    if m["kind"] == "supervision" and m["ticket_no"] == no
+                ]
 
-            await eventually(lambda: _count(texted, expected))
+            await eventually(lambda expected=expected: _count(texted, expected))
             await asyncio.sleep(1)
             assert len(await texted()) == expected
         assert all(p.poll() is None for p in replicas)
@@ -293,15 +369,27 @@ async def _count(read, n: int) -> bool:
 
 def _start_replicas(env: dict, folder) -> tuple[list, list[subprocess.Popen]]:
     logs = [open(folder / f"replica{i}.log", "wb") for i in range(2)]  # noqa: SIM115
-    return logs, [subprocess.Popen([sys.executable, "-m", "services.cli", "run", "router"], env=env, cwd=ROOT,
-                                   stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    return logs, [
+        subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "run", "router"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for log in logs
+    ]
 
 
 async def _started(folder) -> bool:
-    return all("started successfully" in (folder / f"replica{i}.log").read_text(errors="replace") for i in range(2))
+    return all(
+        "started successfully" in (folder / f"replica{i}.log").read_text(errors="replace") for i in range(2)
+    )
 
 
-async def test_concurrent_claims_on_real_redis_never_overlap_and_a_lease_brings_back_a_lost_timer(redis, city):
+async def test_concurrent_claims_on_real_redis_never_overlap_and_a_lease_brings_back_a_lost_timer(
+    redis, city
+):
     """The claim script on the real Redis: claimers racing over 300 due timers split them with no
     overlap; a timer whose claimer died comes back once its lease ends."""
     from services.router.service import TimerStore

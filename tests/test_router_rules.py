@@ -27,7 +27,13 @@ def city():
         ("city.facility.drainage", "s01c01g01", "water", ("urban_mgmt",), "rule"),  # leaf beats branch
         ("city.appearance.garbage", "s01c01g01", "urban_mgmt", (), "rule"),
         ("city.appearance.garbage", "s03c02g03", "street_s03", ("urban_mgmt",), "rule"),  # grid rule wins
-        ("city.appearance.street_vending", "s02c01g02", "street_s02", ("urban_enforcement",), "rule"),  # street
+        (
+            "city.appearance.street_vending",
+            "s02c01g02",
+            "street_s02",
+            ("urban_enforcement",),
+            "rule",
+        ),  # street
         ("city.appearance.street_vending", "s01c01g01", "urban_enforcement", (), "rule"),
         ("housing.property.service", "s01c02g02", "property_wanjia", ("housing",), "rule"),  # community
         ("housing.property.service", "s03c01g01", "housing", (), "rule"),
@@ -39,18 +45,23 @@ def city():
 def test_the_most_specific_rule_wins(city, category, grid_id, lead, co, via):
     r = route(city, category, grid(city, grid_id), 0.9, 0.5)
     assert (r.lead, r.co, r.via) == (lead, co, via)
-    assert r.rule and r.rule in r.explanation and "0.90" in r.explanation and grid_id in r.explanation
+    assert r.rule
+    assert r.rule in r.explanation
+    assert "0.90" in r.explanation
+    assert grid_id in r.explanation
 
 
 def test_low_confidence_goes_to_the_dispatch_desk_and_says_why(city):
     r = route(city, "city.facility.streetlight", grid(city, "s01c01g01"), 0.31, 0.5)
     assert (r.lead, r.via) == ("dispatch_desk", "dispatch_desk")
-    assert "0.31" in r.explanation and "0.50" in r.explanation
+    assert "0.31" in r.explanation
+    assert "0.50" in r.explanation
 
 
 def test_unknown_grid_goes_to_the_dispatch_desk(city):
     r = route(city, "city.facility.streetlight", grid(city, None), 0.9, 0.5)
-    assert r.via == "dispatch_desk" and "网格" in r.explanation
+    assert r.via == "dispatch_desk"
+    assert "网格" in r.explanation
 
 
 def test_no_rule_falls_back_to_the_district_office(city, tmp_path):
@@ -68,17 +79,22 @@ def test_no_rule_falls_back_to_the_district_office(city, tmp_path):
 def test_equally_specific_rules_are_ambiguous(city):
     # The loader refuses such a list; a city built in code (or an older validator) may still have one.
     rules = (*city.responsibilities.rules, ResponsibilityRule(category="city.greening", lead="urban_mgmt"))
-    c = city.model_copy(update={"responsibilities": city.responsibilities.model_copy(update={"rules": rules})})
+    c = city.model_copy(
+        update={"responsibilities": city.responsibilities.model_copy(update={"rules": rules})}
+    )
     r = route(c, "city.greening", grid(c, "s01c01g01"), 0.9, 0.5)
-    assert r.lead == "landscape" and r.ambiguous == ("urban_mgmt",)
+    assert r.lead == "landscape"
+    assert r.ambiguous == ("urban_mgmt",)
     assert contested(c, r, (), grid(c, "s01c01g01"), 0.1) == ("urban_mgmt",)
 
 
 def test_close_runner_up_with_another_department_is_contested(city):
     g = grid(city, "s01c01g01")
     r = route(city, "city.facility.streetlight", g, 0.55, 0.5)
-    close = (CategoryScore(category="city.facility.streetlight", probability=0.55),
-             CategoryScore(category="utility.power", probability=0.50))
+    close = (
+        CategoryScore(category="city.facility.streetlight", probability=0.55),
+        CategoryScore(category="utility.power", probability=0.50),
+    )
     far = (close[0], CategoryScore(category="utility.power", probability=0.30))
     same_dept = (close[0], CategoryScore(category="city.facility.road_damage", probability=0.54))
     assert contested(city, r, close, g, 0.1) == ("power",)
@@ -114,7 +130,7 @@ def test_urgent_categories_from_the_config(tmp_path):
     assert sla_class_for(c, "housing.elevator", False) == "emergency"
     sla["urgent_categories"] = ["no.such"]
     (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
-    with pytest.raises(CityConfigError, match="urgent_categories: unknown category 'no.such'"):
+    with pytest.raises(CityConfigError, match=r"urgent_categories: unknown category 'no\.such'"):
         load_city(folder)
 
 
@@ -141,5 +157,6 @@ def test_hour_deadlines_count_clock_time(city):
 def test_working_days_follow_the_holiday_calendar(city, start, days, end):
     at = datetime(start.year, start.month, start.day, 10, tzinfo=TZ)
     got = add_working_days(at, days, city.sla, TZ)
-    assert got.date() == end and got.hour == 10
+    assert got.date() == end
+    assert got.hour == 10
     assert is_workday(got.date(), city.sla)

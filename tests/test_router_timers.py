@@ -26,8 +26,13 @@ def by_kind(ts):
 def test_an_assigned_ticket_gets_warning_overdue_and_escalation_timers():
     t = assigned_ticket(CITY)  # general: respond 24 h, resolve 7 working days
     ts = by_kind(timers.timers_for(t, SUP))
-    assert set(ts) == {("respond", "warning"), ("respond", "overdue"),
-                       ("resolve", "warning"), ("resolve", "overdue"), ("resolve", "escalated")}
+    assert set(ts) == {
+        ("respond", "warning"),
+        ("respond", "overdue"),
+        ("resolve", "warning"),
+        ("resolve", "overdue"),
+        ("resolve", "escalated"),
+    }
     assert ts["respond", "warning"].due == T0 + timedelta(hours=24 * 0.8)
     assert ts["respond", "overdue"].due == t.respond_by
     window = t.resolve_by - T0
@@ -35,7 +40,10 @@ def test_an_assigned_ticket_gets_warning_overdue_and_escalation_timers():
     # Accepted: the respond clock stopped; resolved: every clock stopped.
     accepted = workflow.accept(t, "urban_mgmt", CITY, T0).ticket
     assert {k for k in by_kind(timers.timers_for(accepted, SUP))} == {
-        ("resolve", "warning"), ("resolve", "overdue"), ("resolve", "escalated")}
+        ("resolve", "warning"),
+        ("resolve", "overdue"),
+        ("resolve", "escalated"),
+    }
     done = workflow.resolve(accepted, "urban_mgmt", "好了", CITY, T0).ticket
     assert timers.timers_for(done, SUP) == []
 
@@ -47,33 +55,48 @@ def test_a_ticket_waiting_for_manual_dispatch_has_the_desks_clock():
     ts = by_kind(timers.timers_for(t, SUP))
     hours = timedelta(hours=SUP.dispatch_hours)
     assert set(ts) == {("dispatch", "warning"), ("dispatch", "overdue")}
-    assert ts["dispatch", "overdue"].due == T0 + hours and ts["dispatch", "warning"].due == T0 + hours * 0.8
+    assert ts["dispatch", "overdue"].due == T0 + hours
+    assert ts["dispatch", "warning"].due == T0 + hours * 0.8
     late = timers.fire(t, ts["dispatch", "overdue"], CITY, TZ)
     [event] = late.publish
-    assert late.ticket.overdue and "派单时限" in event.note and "派单中心" in event.note
+    assert late.ticket.overdue
+    assert "派单时限" in event.note
+    assert "派单中心" in event.note
     assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
     # The desk dispatches: the department starts with its own clocks and no overdue mark of the desk's.
     out = workflow.dispatch(late.ticket, "urban_mgmt", None, "", "op1", CITY, TZ, T0 + hours * 2).ticket
-    assert not out.overdue and ("dispatch", "overdue") not in by_kind(timers.timers_for(out, SUP))
+    assert not out.overdue
+    assert ("dispatch", "overdue") not in by_kind(timers.timers_for(out, SUP))
     assert timers.fire(out, ts["dispatch", "overdue"], CITY, TZ) is None
     # ... and so does a reviewer's correction of the classification.
-    corrected = assign(CITY, classified(CITY, "city.facility.streetlight", reviewed_by="desk", at=T0 + hours * 2),
-                       late.ticket).ticket
-    assert corrected.status == st.ASSIGNED and not corrected.overdue
+    corrected = assign(
+        CITY,
+        classified(CITY, "city.facility.streetlight", reviewed_by="desk", at=T0 + hours * 2),
+        late.ticket,
+    ).ticket
+    assert corrected.status == st.ASSIGNED
+    assert not corrected.overdue
 
 
 def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_its_deadline():
     # Top two categories close and for different departments: a meeting, 3 working days to decide.
-    t = assign(CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))).ticket
-    assert t.status == st.MEETING and t.meeting_by == T0 + timedelta(days=3)  # Monday -> Thursday
+    t = assign(
+        CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
+    ).ticket
+    assert t.status == st.MEETING
+    assert t.meeting_by == T0 + timedelta(days=3)
     ts = by_kind(timers.timers_for(t, SUP))
-    assert set(ts) == {("meeting", "overdue")} and ts["meeting", "overdue"].due == t.meeting_by
+    assert set(ts) == {("meeting", "overdue")}
+    assert ts["meeting", "overdue"].due == t.meeting_by
     late = timers.fire(t, ts["meeting", "overdue"], CITY, TZ)
     [event] = late.publish
-    assert late.ticket.overdue and t.meeting_id in event.note and "联席会议决定时限" in event.note
+    assert late.ticket.overdue
+    assert t.meeting_id in event.note
+    assert "联席会议决定时限" in event.note
     assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
     decided = workflow.meeting_decided(late.ticket, t.meeting_id, "power", "", CITY, TZ, t.meeting_by).ticket
-    assert not decided.overdue and decided.meeting_by is None
+    assert not decided.overdue
+    assert decided.meeting_by is None
     assert timers.fire(decided, ts["meeting", "overdue"], CITY, TZ) is None
     assert ("meeting", "overdue") not in by_kind(timers.timers_for(decided, SUP))
 
@@ -90,8 +113,11 @@ def test_overdue_marks_the_ticket_and_names_the_supervisor_once():
     overdue = by_kind(timers.timers_for(t, SUP))["respond", "overdue"]
     out = timers.fire(t, overdue, CITY, TZ)
     [e] = out.publish
-    assert out.ticket.overdue and e.action == "overdue" and e.data["supervisor"] == "urban_mgmt"
-    assert "督办" in e.note and e.status == st.ASSIGNED
+    assert out.ticket.overdue
+    assert e.action == "overdue"
+    assert e.data["supervisor"] == "urban_mgmt"
+    assert "督办" in e.note
+    assert e.status == st.ASSIGNED
     assert timers.fire(out.ticket, overdue, CITY, TZ) is None  # fired once, whoever fires it again
     assert timers.fire(t, overdue, CITY, TZ).publish[0].event_id == e.event_id  # same id on any replica
 
@@ -100,7 +126,8 @@ def test_escalation_goes_to_the_fallback_owner():
     t = assigned_ticket(CITY)
     esc = by_kind(timers.timers_for(t, SUP))["resolve", "escalated"]
     out = timers.fire(t, esc, CITY, TZ)
-    assert out.ticket.escalated and out.publish[0].data["to"] == "district_office"
+    assert out.ticket.escalated
+    assert out.publish[0].data["to"] == "district_office"
 
 
 def test_stale_timers_fire_nothing():
@@ -112,7 +139,8 @@ def test_stale_timers_fire_nothing():
     extended = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, T0).ticket
     assert timers.fire(extended, ts["resolve", "overdue"], CITY, TZ) is None  # the deadline moved
     new = by_kind(timers.timers_for(extended, SUP))["resolve", "overdue"]
-    assert new.deadline == extended.resolve_by and timers.fire(extended, new, CITY, TZ) is not None
+    assert new.deadline == extended.resolve_by
+    assert timers.fire(extended, new, CITY, TZ) is not None
     assert timers.fire(None, new, CITY, TZ) is None
 
 
@@ -120,7 +148,9 @@ def test_approved_extension_lifts_the_overdue_mark():
     t = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
     late = timers.fire(t, by_kind(timers.timers_for(t, SUP))["resolve", "overdue"], CITY, TZ).ticket
     asked = workflow.request_extension(late, "urban_mgmt", 5, "等材料", CITY, late.resolve_by).ticket
-    ok = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, late.resolve_by + timedelta(hours=1))
+    ok = workflow.decide_extension(
+        asked, True, "dispatch_desk", "", CITY, TZ, late.resolve_by + timedelta(hours=1)
+    )
     assert not ok.ticket.overdue
 
 
@@ -128,8 +158,16 @@ def test_approved_extension_lifts_the_overdue_mark():
 
 
 def spec(reason="hotspot", grid="s03c02g03", summoned=("urban_mgmt",)):
-    return meetings.spec(CITY, mid="M1", reason=reason, grid=grid, category="city.appearance.garbage",
-                         summoned=summoned, now=T0, tz=TZ)
+    return meetings.spec(
+        CITY,
+        mid="M1",
+        reason=reason,
+        grid=grid,
+        category="city.appearance.garbage",
+        summoned=summoned,
+        now=T0,
+        tz=TZ,
+    )
 
 
 def test_the_street_office_of_the_grid_leads():
@@ -143,11 +181,16 @@ def test_the_street_office_of_the_grid_leads():
 
 def test_merge_opens_once_and_attaches_later_tickets():
     m, added = meetings.merge(None, spec(), ["a", "b"], T0)
-    assert added == ["a", "b"] and m.status == "open" and m.lead_street == "street_s03"
+    assert added == ["a", "b"]
+    assert m.status == "open"
+    assert m.lead_street == "street_s03"
     same, none = meetings.merge(m, spec(), ["a"], T0)
-    assert none == [] and same is m
+    assert none == []
+    assert same is m
     more, added = meetings.merge(m, spec(summoned=("water",)), ["b", "c"], T0)
-    assert added == ["c"] and more.tickets == ["a", "b", "c"] and "water" in more.summoned
+    assert added == ["c"]
+    assert more.tickets == ["a", "b", "c"]
+    assert "water" in more.summoned
 
 
 def test_check_in_and_decide():
@@ -184,7 +227,8 @@ def test_hot_clusters(ages_days, count, window, hot):
     now = 1_800_000_000.0
     members = [(f"t{i}", now - a * 86400) for i, a in enumerate(ages_days)]
     got = meetings.hot_clusters({("c", "g"): members, ("c", "h"): members[:1]}, now, window, count)
-    assert (("c", "g") in got) == hot and ("c", "h") not in got
+    assert (("c", "g") in got) == hot
+    assert ("c", "h") not in got
     if hot:
         inside = [m for m in members if m[1] >= now - window * 86400]
         assert got["c", "g"] == [no for no, _ in sorted(inside, key=lambda m: m[1])]  # oldest first
@@ -193,10 +237,13 @@ def test_hot_clusters(ages_days, count, window, hot):
 def test_hold_for_meeting_only_moves_open_tickets():
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
     held = workflow.hold_for_meeting(t, "M1", "hotspot", ["street_s03"], CITY, TZ, T0)
-    assert held.ticket.status == st.MEETING and held.ticket.meeting_id == "M1"
+    assert held.ticket.status == st.MEETING
+    assert held.ticket.meeting_id == "M1"
     assert held.publish[0].data["meeting"]["meeting_id"] == "M1"
     assert workflow.hold_for_meeting(held.ticket, "M1", "hotspot", [], CITY, TZ, T0) is None
-    done = workflow.resolve(workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0).ticket
+    done = workflow.resolve(
+        workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0
+    ).ticket
     assert workflow.hold_for_meeting(done, "M1", "hotspot", [], CITY, TZ, T0) is None
 
 

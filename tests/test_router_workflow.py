@@ -20,11 +20,21 @@ CITY = load_city()
 
 
 def survey(ticket, rating, n=0, text="还是没修好"):
-    sent = SurveySent(ticket_no=ticket.ticket_no, survey_id=f"s{n}", masked_phone="138****0000", message_id="m",
-                      text="请回复")
+    sent = SurveySent(
+        ticket_no=ticket.ticket_no,
+        survey_id=f"s{n}",
+        masked_phone="138****0000",
+        message_id="m",
+        text="请回复",
+    )
     t = workflow.survey_sent(ticket, sent).ticket
-    ans = SurveyAnswered(ticket_no=ticket.ticket_no, survey_id=f"s{n}", rating=rating, text=text,
-                         occurred_at=T0 + timedelta(days=3 + n))
+    ans = SurveyAnswered(
+        ticket_no=ticket.ticket_no,
+        survey_id=f"s{n}",
+        rating=rating,
+        text=text,
+        occurred_at=T0 + timedelta(days=3 + n),
+    )
     return workflow.rate(t, ans, city=CITY, tz=TZ)
 
 
@@ -41,7 +51,9 @@ def test_assignment_explains_the_rule_and_sets_deadlines():
     out = assign(CITY, c)
     t, [e] = out.ticket, out.publish
     assert (t.status, t.department.id, t.assigned_via) == (st.ASSIGNED, "urban_mgmt", "rule")
-    assert e.rule and "权责清单" in e.explanation and t.respond_by == T0 + timedelta(hours=24)
+    assert e.rule
+    assert "权责清单" in e.explanation
+    assert t.respond_by == T0 + timedelta(hours=24)
     assert assign(CITY, c, t) is None  # the same event twice changes nothing
 
 
@@ -61,17 +73,20 @@ def test_low_confidence_waits_at_the_desk_and_a_person_correction_routes_it():
 def test_contested_ownership_goes_to_a_joint_meeting():
     c = classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
     out = assign(CITY, c)
-    assert out.ticket.status == st.MEETING and out.ticket.meeting_id
+    assert out.ticket.status == st.MEETING
+    assert out.ticket.meeting_id
     assigned, escalated = out.publish
     spec = escalated.data["meeting"]
-    assert spec["reason"] == "ambiguous" and spec["lead_street"] == "street_s01"
+    assert spec["reason"] == "ambiguous"
+    assert spec["lead_street"] == "street_s01"
     assert {"urban_mgmt", "power", "street_s01"} <= set(spec["summoned"])
     assert assigned.department.id == "urban_mgmt"  # provisionally owned: never unowned
 
 
 def test_urgent_appeals_get_the_urgent_deadline():
     t = assigned_ticket(CITY, "city.facility.streetlight", urgent=True)
-    assert t.urgent and t.resolve_by == T0 + timedelta(hours=2)
+    assert t.urgent
+    assert t.resolve_by == T0 + timedelta(hours=2)
 
 
 # --- department actions --------------------------------------------------------------------------
@@ -81,18 +96,23 @@ def test_illegal_transitions_are_refused_clearly():
     t = assigned_ticket(CITY)
     with pytest.raises(WorkflowError) as e:
         workflow.resolve(t, "urban_mgmt", "修好了", CITY, T0)
-    assert e.value.code == "illegal_transition" and "签收" in e.value.message
+    assert e.value.code == "illegal_transition"
+    assert "签收" in e.value.message
     with pytest.raises(WorkflowError) as e:
         workflow.accept(t, "water", CITY, T0)  # another department's ticket: as if it did not exist
-    assert e.value.status == 404 and "不存在" in e.value.message
+    assert e.value.status == 404
+    assert "不存在" in e.value.message
     closed = survey(resolved(t), 1, text="满意").ticket
     assert closed.status == st.CLOSED
-    for act in (lambda: workflow.accept(closed, "urban_mgmt", CITY, T0),
-                lambda: workflow.return_ticket(closed, "urban_mgmt", "not_ours", "", "x", CITY, TZ, T0),
-                lambda: workflow.request_extension(closed, "urban_mgmt", 3, "材料", CITY, T0)):
+    for act in (
+        lambda: workflow.accept(closed, "urban_mgmt", CITY, T0),
+        lambda: workflow.return_ticket(closed, "urban_mgmt", "not_ours", "", "x", CITY, TZ, T0),
+        lambda: workflow.request_extension(closed, "urban_mgmt", 3, "材料", CITY, T0),
+    ):
         with pytest.raises(WorkflowError) as e:
             act()
-        assert e.value.status == 409 and "已关闭" in e.value.message
+        assert e.value.status == 409
+        assert "已关闭" in e.value.message
 
 
 def test_return_needs_a_listed_reason_and_a_disputed_rule_when_the_list_names_us():
@@ -100,16 +120,33 @@ def test_return_needs_a_listed_reason_and_a_disputed_rule_when_the_list_names_us
     assert t.department.id == "street_s03"
     with pytest.raises(WorkflowError) as e:
         workflow.return_ticket(t, "street_s03", "too_busy", "", "", CITY, TZ, T0)
-    assert e.value.status == 422 and "not_ours" in e.value.message
+    assert e.value.status == 422
+    assert "not_ours" in e.value.message
     with pytest.raises(WorkflowError) as e:
         workflow.return_ticket(t, "street_s03", "not_ours", "不归我们", "", CITY, TZ, T0)
-    assert e.value.code == "rule_not_disputed" and "南苑" not in e.value.message and "垃圾清运" in e.value.message
-    out = workflow.return_ticket(t, "street_s03", "not_ours", "批发市场内由市场方清运", "网格规则已过时",
-                                 CITY, TZ, T0 + timedelta(hours=1))
+    assert e.value.code == "rule_not_disputed"
+    assert "南苑" not in e.value.message
+    assert "垃圾清运" in e.value.message
+    out = workflow.return_ticket(
+        t,
+        "street_s03",
+        "not_ours",
+        "批发市场内由市场方清运",
+        "网格规则已过时",
+        CITY,
+        TZ,
+        T0 + timedelta(hours=1),
+    )
     returned, reassigned = out.publish
-    assert returned.action == "returned" and returned.data["reason"] == "not_ours"
-    assert (out.ticket.department.id, out.ticket.assigned_via, out.ticket.returns) == ("urban_mgmt", "reroute", 1)
-    assert "退单" in reassigned.explanation and out.ticket.respond_by == T0 + timedelta(hours=25)
+    assert returned.action == "returned"
+    assert returned.data["reason"] == "not_ours"
+    assert (out.ticket.department.id, out.ticket.assigned_via, out.ticket.returns) == (
+        "urban_mgmt",
+        "reroute",
+        1,
+    )
+    assert "退单" in reassigned.explanation
+    assert out.ticket.respond_by == T0 + timedelta(hours=25)
 
 
 def test_duplicate_goes_to_the_desk_and_a_second_return_to_a_meeting():
@@ -118,15 +155,19 @@ def test_duplicate_goes_to_the_desk_and_a_second_return_to_a_meeting():
     assert (once.status, once.department.id) == (st.REVIEW, "dispatch_desk")
     again = workflow.dispatch(once, "urban_mgmt", None, "请城管委处理", "dispatch_desk", CITY, TZ, T0).ticket
     twice = workflow.return_ticket(again, "urban_mgmt", "not_ours", "", "不同意", CITY, TZ, T0)
-    assert twice.ticket.status == st.MEETING and twice.ticket.returns == 2
+    assert twice.ticket.status == st.MEETING
+    assert twice.ticket.returns == 2
     spec = twice.publish[-1].data["meeting"]
-    assert spec["reason"] == "returned_twice" and {"street_s03", "urban_mgmt"} <= set(spec["summoned"])
+    assert spec["reason"] == "returned_twice"
+    assert {"street_s03", "urban_mgmt"} <= set(spec["summoned"])
 
 
 def test_return_only_within_the_acceptance_window_and_before_accepting():
     t = assigned_ticket(CITY)
     with pytest.raises(WorkflowError, match="签收时限"):
-        workflow.return_ticket(t, "urban_mgmt", "duplicate", "", "", CITY, TZ, t.respond_by + timedelta(seconds=1))
+        workflow.return_ticket(
+            t, "urban_mgmt", "duplicate", "", "", CITY, TZ, t.respond_by + timedelta(seconds=1)
+        )
     accepted = workflow.accept(t, "urban_mgmt", CITY, T0).ticket
     with pytest.raises(WorkflowError, match="签收后不能退单"):
         workflow.return_ticket(accepted, "urban_mgmt", "duplicate", "", "", CITY, TZ, T0)
@@ -135,11 +176,13 @@ def test_return_only_within_the_acceptance_window_and_before_accepting():
 def test_extensions_move_the_deadline_only_when_approved():
     t = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
     asked = workflow.request_extension(t, "urban_mgmt", 3, "需要采购灯杆", CITY, T0).ticket
-    assert asked.resolve_by == t.resolve_by and asked.extension_request["days"] == 3
+    assert asked.resolve_by == t.resolve_by
+    assert asked.extension_request["days"] == 3
     with pytest.raises(WorkflowError, match="待派单中心审核"):
         workflow.request_extension(asked, "urban_mgmt", 2, "再延", CITY, T0)
     refused = workflow.decide_extension(asked, False, "dispatch_desk", "理由不足", CITY, TZ, T0)
-    assert refused.ticket.resolve_by == t.resolve_by and refused.publish[0].action == "extension_refused"
+    assert refused.ticket.resolve_by == t.resolve_by
+    assert refused.publish[0].action == "extension_refused"
     approved = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, T0).ticket
     # 2026-12-02 (Wed) + 3 working days = 2026-12-07 (Mon)
     assert approved.resolve_by.astimezone(TZ).date().isoformat() == "2026-12-07"
@@ -152,17 +195,23 @@ def test_unsatisfied_reopens_then_escalates():
     first = survey(t, 3, 0, "灯还是不亮")
     r = first.ticket
     assert (r.status, r.reopens, r.department.id) == (st.ASSIGNED, 1, "urban_mgmt")
-    assert first.publish[0].action == "reopened" and "灯还是不亮" in first.publish[0].note
+    assert first.publish[0].action == "reopened"
+    assert "灯还是不亮" in first.publish[0].note
     assert r.resolve_by > t.resolve_by  # 重办 gets its time again
     second = survey(resolved(r), 3, 1, "第二次了还没修")
-    assert second.ticket.status == st.MEETING and second.ticket.reopens == 2
+    assert second.ticket.status == st.MEETING
+    assert second.ticket.reopens == 2
     assert second.publish[-1].data["meeting"]["reason"] == "reopened_twice"
 
 
 def test_dispatch_desk_assigns_and_may_correct_the_category():
     t = assign(CITY, classified(CITY, "city.facility.streetlight", confidence=0.2)).ticket
     out = workflow.dispatch(t, "power", "utility.power", "其实是小区停电", "dispatch_desk", CITY, TZ, T0)
-    assert (out.ticket.department.id, out.ticket.category, out.ticket.assigned_via) == ("power", "utility.power", "operator")
+    assert (out.ticket.department.id, out.ticket.category, out.ticket.assigned_via) == (
+        "power",
+        "utility.power",
+        "operator",
+    )
     assert out.ticket.resolve_by == T0 + timedelta(hours=24)
     with pytest.raises(WorkflowError) as e:
         workflow.dispatch(t, "nobody", None, "", "dispatch_desk", CITY, TZ, T0)
@@ -175,9 +224,15 @@ def test_dispatch_desk_assigns_and_may_correct_the_category():
 
 
 def test_meeting_decision_reassigns_and_is_final():
-    t = assign(CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))).ticket
+    t = assign(
+        CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
+    ).ticket
     out = workflow.meeting_decided(t, t.meeting_id, "power", "供电线路问题", CITY, TZ, T0 + timedelta(days=1))
-    assert (out.ticket.status, out.ticket.department.id, out.ticket.assigned_via) == (st.ASSIGNED, "power", "meeting")
+    assert (out.ticket.status, out.ticket.department.id, out.ticket.assigned_via) == (
+        st.ASSIGNED,
+        "power",
+        "meeting",
+    )
     assert workflow.meeting_decided(out.ticket, t.meeting_id, "power", "", CITY, TZ, T0) is None
     with pytest.raises(WorkflowError, match="联席会议"):
         workflow.return_ticket(out.ticket, "power", "not_ours", "", "x", CITY, TZ, T0 + timedelta(days=1))
@@ -190,8 +245,12 @@ ACTOR = hs.sampled_from(["owner"] * 4 + DEPTS)  # mostly the ticket's own depart
 ACTIONS = hs.one_of(
     hs.tuples(hs.just("accept"), ACTOR),
     hs.tuples(hs.just("resolve"), ACTOR),
-    hs.tuples(hs.just("return"), ACTOR, hs.sampled_from([*workflow.RETURN_REASONS, "bad"]),
-              hs.sampled_from(["", "规则有误"])),
+    hs.tuples(
+        hs.just("return"),
+        ACTOR,
+        hs.sampled_from([*workflow.RETURN_REASONS, "bad"]),
+        hs.sampled_from(["", "规则有误"]),
+    ),
     hs.tuples(hs.just("extend"), ACTOR, hs.integers(1, 10)),
     hs.tuples(hs.just("decide_extension"), hs.booleans()),
     hs.tuples(hs.just("dispatch"), hs.sampled_from(DEPTS)),
@@ -232,15 +291,19 @@ def check(t, before):
     if t.status == st.ACCEPTED:
         assert t.accepted_at is not None
     if t.status in (st.RESOLVED, st.SURVEYED):
-        assert t.resolution_note and t.resolved_at is not None
+        assert t.resolution_note
+        assert t.resolved_at is not None
     if t.status == st.CLOSED:
-        assert t.rating in (1, 2) and t.closed_at is not None
+        assert t.rating in (1, 2)
+        assert t.closed_at is not None
     if t.status == st.MEETING:
         assert t.meeting_id
     if t.extension_request is not None:
         assert t.status == st.ACCEPTED
-    assert t.returns <= 2 and t.reopens <= 2
-    assert t.returns >= before.returns and t.reopens >= before.reopens
+    assert t.returns <= 2
+    assert t.reopens <= 2
+    assert t.returns >= before.returns
+    assert t.reopens >= before.reopens
     if before.status == st.CLOSED:
         assert t == before  # nothing moves a closed ticket
 
@@ -257,7 +320,8 @@ def test_no_sequence_of_actions_reaches_an_illegal_state(actions):
         try:
             out = step(t, action, now, n)
         except WorkflowError as e:
-            assert e.message and 400 <= e.status < 500
+            assert e.message
+            assert 400 <= e.status < 500
             continue
         if out is not None:
             check(out.ticket, t)
@@ -269,5 +333,6 @@ def test_a_category_listed_as_urgent_is_flagged_urgent():
     sla = CITY.sla.model_copy(update={"urgent_categories": ("housing.elevator",)})
     city = CITY.model_copy(update={"sla": sla})
     t = assigned_ticket(city, "housing.elevator")
-    assert t.urgent and t.resolve_by == T0 + timedelta(hours=2)
+    assert t.urgent
+    assert t.resolve_by == T0 + timedelta(hours=2)
     assert not assigned_ticket(city, "housing.safety").urgent

@@ -40,7 +40,8 @@ def test_bad_phones_are_refused_in_chinese(raw):
 def test_masks_and_caller_ids():
     assert mask_phone("13812345678") == "138****5678"
     assert mask_phone("010-62345678") == "010-****5678"
-    assert mask_name("张三") == "张*" and mask_name("欧阳娜娜") == "欧***"
+    assert mask_name("张三") == "张*"
+    assert mask_name("欧阳娜娜") == "欧***"
     assert caller_id("13812345678") == caller_id("13812345678") != caller_id("13812345679")
     assert "13812345678" not in caller_id("13812345678")
 
@@ -50,7 +51,8 @@ def test_an_event_caused_by_another_has_a_stable_derived_id():
     a = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
     b = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
     assert a.event_id == b.event_id != appeal.event_id
-    assert a.caused_by == appeal.event_id and a.ticket_no == appeal.ticket_no
+    assert a.caused_by == appeal.event_id
+    assert a.ticket_no == appeal.ticket_no
     assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
 
 
@@ -65,20 +67,27 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
         created = record_appeal(ticket, appeal)
         return Outcome(created.ticket, publish=[update], record=created.record)
 
-    [(ticket, published)] = await store.apply_many([Change(appeal.ticket_no, decide)])
+    [(_ticket, published)] = await store.apply_many([Change(appeal.ticket_no, decide)])
     assert published == [update]
-    assert [h["topic"] for h in await store.history(appeal.ticket_no)] == ["appeal.received", "ticket.updated"]
+    assert [h["topic"] for h in await store.history(appeal.ticket_no)] == [
+        "appeal.received",
+        "ticket.updated",
+    ]
 
     await ensure_topics(settings)
     consumer = AIOKafkaConsumer(
-        topics.TICKET_UPDATED, bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id="test-outbox", auto_offset_reset="earliest",
+        topics.TICKET_UPDATED,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id="test-outbox",
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     publisher = EventPublisher(settings, client_id="test")
     await publisher.start()
     try:
-        assert await relay_outbox(publisher, store, older_than_seconds=60) == 0  # too fresh: writer may be alive
+        assert (
+            await relay_outbox(publisher, store, older_than_seconds=60) == 0
+        )  # too fresh: writer may be alive
         assert await relay_outbox(publisher, store, older_than_seconds=0) >= 1
         assert await store.due_outbox(0) == {}
         ids = []
@@ -96,7 +105,8 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
 async def test_a_decision_that_declines_writes_nothing(redis):
     store = TicketStore(redis)
     [(ticket, events)] = await store.apply_many([Change("20261123-777002", lambda t: None)])
-    assert ticket is None and events == []
+    assert ticket is None
+    assert events == []
     assert await store.get("20261123-777002") is None
 
 

@@ -16,8 +16,16 @@ W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
 
 def test_rates_by_hand():
     # 10 assigned, 8 accepted in time; 5 answered: 2 satisfied, 2 basically, 1 unsatisfied; 3 solved.
-    counts = {"assigned": 10, "responded": 9, "responded_on_time": 8, "answered": 5, "solved": 3,
-              "satisfied": 2, "basically_satisfied": 2, "unsatisfied": 1}
+    counts = {
+        "assigned": 10,
+        "responded": 9,
+        "responded_on_time": 8,
+        "answered": 5,
+        "solved": 3,
+        "satisfied": 2,
+        "basically_satisfied": 2,
+        "unsatisfied": 1,
+    }
     r = rates(counts, W)
     assert r["response_rate"] == 0.8
     assert r["resolution_rate"] == 0.6
@@ -27,7 +35,8 @@ def test_rates_by_hand():
 
 def test_no_data_is_none_not_zero_and_the_score_renormalises():
     r = rates({"assigned": 4, "responded_on_time": 3}, W)
-    assert r["resolution_rate"] is None and r["satisfaction_rate"] is None
+    assert r["resolution_rate"] is None
+    assert r["satisfaction_rate"] is None
     assert r["score"] == 75.0  # only the response rate is known
     assert rates({}, W)["score"] is None
 
@@ -49,15 +58,27 @@ def test_weights_from_settings():
 
 def _assigned(via="rule") -> TicketAssigned:
     now = datetime(2026, 11, 23, tzinfo=UTC)
-    return TicketAssigned(ticket_no="T", department=DepartmentRef(id="d", name="D"), via=via, explanation="x",
-                          category="c", grid=None, respond_by=now, resolve_by=now)
+    return TicketAssigned(
+        ticket_no="T",
+        department=DepartmentRef(id="d", name="D"),
+        via=via,
+        explanation="x",
+        category="c",
+        grid=None,
+        respond_by=now,
+        resolve_by=now,
+    )
 
 
 def test_which_counters_an_event_adds_to():
     assert fields_for(_assigned()) == ("assigned",)
     assert fields_for(_assigned("dispatch_desk")) == ()
-    accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": True})
-    late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": False})
+    accepted = TicketUpdated(
+        ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": True}
+    )
+    late = TicketUpdated(
+        ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": False}
+    )
     assert fields_for(accepted) == ("responded", "responded_on_time")
     assert fields_for(late) == ("responded",)
 
@@ -75,5 +96,10 @@ def test_which_counters_an_event_adds_to():
 def test_groups_map_the_grid_to_its_street():
     city = load_city()
     g = groups_for(city, "urban_mgmt", "city.facility.streetlight", "s01c01g01")
-    assert g == {"department": "urban_mgmt", "category": "city.facility.streetlight", "grid": "s01c01g01", "street": "s01"}
+    assert g == {
+        "department": "urban_mgmt",
+        "category": "city.facility.streetlight",
+        "grid": "s01c01g01",
+        "street": "s01",
+    }
     assert groups_for(city, None, None, None)["street"] == "unknown"

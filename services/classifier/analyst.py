@@ -79,8 +79,9 @@ def train_model(
         raise DataError("training needs at least two different labels")
     if too_rare(records):
         raise DataError(f"labels with a single example: {sorted(too_rare(records))}")
-    model = train(records, segmenter(city), target_precision=target_precision,
-                  extra_metadata={"source": source})
+    model = train(
+        records, segmenter(city), target_precision=target_precision, extra_metadata={"source": source}
+    )
     if out.suffix == ".joblib":
         model.save(out.parent)
         saved = model_path(out.parent, model.version)
@@ -106,8 +107,9 @@ def evaluate_model(path: Path, records: list[dict[str, Any]], target_precision: 
 
     model = CategoryModel.load(path)
     proba = model.predict_proba([document(r.get("title", ""), r["text"]) for r in records])
-    rep = evaluation.report([r["label"] for r in records], proba, model.categories,
-                            target_precision=target_precision)
+    rep = evaluation.report(
+        [r["label"] for r in records], proba, model.categories, target_precision=target_precision
+    )
     unknown = sorted({r["label"] for r in records} - set(model.categories))
     rep.update(model_version=model.version, unknown_labels=unknown)
     return rep
@@ -127,8 +129,14 @@ def learning_curve_data(
     from services.classifier import evaluation
 
     points = learning_curve(records, segmenter(city), folds=folds)
-    points.append({"fraction": 1.0, "n_train": round(full["n"] * (folds - 1) / folds),
-                   "macro_f1_mean": full["macro_f1_mean"], "macro_f1_std": full["macro_f1_std"]})
+    points.append(
+        {
+            "fraction": 1.0,
+            "n_train": round(full["n"] * (folds - 1) / folds),
+            "macro_f1_mean": full["macro_f1_mean"],
+            "macro_f1_std": full["macro_f1_std"],
+        }
+    )
     return {"points": points, "projection": evaluation.projection(points, target_f1, len(records))}
 
 
@@ -171,8 +179,13 @@ def bench_classifier(city: City, path: Path, *, n: int, batch: int = 500, seed: 
         for i in range(0, len(records), batch):
             chunk = records[i : i + batch]
             appeals = [
-                AppealReceived(ticket_no=f"B{j:07d}", channel="hotline", title=r["title"], text=r["text"],
-                               address=r["address"])
+                AppealReceived(
+                    ticket_no=f"B{j:07d}",
+                    channel="hotline",
+                    title=r["title"],
+                    text=r["text"],
+                    address=r["address"],
+                )
                 for j, r in enumerate(chunk, i)
             ]
             started, started_cpu = time.perf_counter(), time.process_time()
@@ -181,9 +194,11 @@ def bench_classifier(city: City, path: Path, *, n: int, batch: int = 500, seed: 
             cpu += time.process_time() - started_cpu
             # Counted, not kept: the worker holds one batch at a time, and so does the benchmark.
             done += len(results)
-            correct += sum(r.category == rec["label"] for r, rec in zip(results, chunk))
+            correct += sum(r.category == rec["label"] for r, rec in zip(results, chunk, strict=False))
             located += sum(1 for r in results if r.grid.grid)
-            grid_right += sum(r.grid.grid == rec["grid"] for r, rec in zip(results, chunk) if r.grid.grid)
+            grid_right += sum(
+                r.grid.grid == rec["grid"] for r, rec in zip(results, chunk, strict=False) if r.grid.grid
+            )
             review += sum(r.needs_review for r in results)
     rss, peak = _rss_mb()
     return {

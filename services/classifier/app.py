@@ -40,7 +40,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
         path = model_path(rt.settings.model_dir, version)
         if not path.is_file():
             if state.get("missing") != version:
-                log.error("approved model %s not found at %s; keeping %s", version, path, classifier.model.version)
+                log.error(
+                    "approved model %s not found at %s; keeping %s", version, path, classifier.model.version
+                )
                 state["missing"] = version
             return
         model = await asyncio.to_thread(CategoryModel.load, path)
@@ -60,7 +62,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
         version = await approved_version(rt.redis)
         model = await asyncio.to_thread(load_or_train, rt.city, rt.settings.model_dir, version)
         state["classifier"] = Classifier(
-            rt.city, model, threshold=rt.settings.review_confidence_threshold,
+            rt.city,
+            model,
+            threshold=rt.settings.review_confidence_threshold,
             cues=load_cues(rt.settings.city_config_dir),
         )
         log.info("serving model %s", model.version)

@@ -1245,10 +1245,7 @@ class _Generator:
         # Where: an address field (~85%), and a place in the text for most of those.
         place = self.place(gi)
         has_address = place is not None and rng.random() >= NO_ADDRESS_SHARE
-        if has_address:
-            in_text = rng.random() < 0.93
-        else:
-            in_text = place is not None and rng.random() < 0.4
+        in_text = rng.random() < 0.93 if has_address else place is not None and rng.random() < 0.4
         address = place.address if has_address and place else ""
         spot = place.text if in_text and place else rng.choice(_VAGUE_PLACES)
 
@@ -1273,7 +1270,7 @@ class _Generator:
             if rng.random() < 0.5:
                 problem = "具体情况是这样的：" + problem
         first = [problem]
-        if urgent or style != "short" and rng.random() < 0.6:
+        if urgent or (style != "short" and rng.random() < 0.6):
             durations = _URGENT_DURATIONS if urgent else _DURATIONS
             first.append(self._fill(rng.choice(durations), ""))
         sentences.append(first)
@@ -1285,14 +1282,14 @@ class _Generator:
                 sentences.append([rng.choice(_EXTRA) + "，" + extra])
         if urgent:
             pass  # no history, no feelings: someone reporting a gas leak says what and where
-        elif style != "short" and rng.random() < 0.6 or style == "narrative":
+        elif (style != "short" and rng.random() < 0.6) or style == "narrative":
             if style == "narrative":
                 sentences.append(rng.sample(topic.impacts + _IMPACTS, rng.randint(2, 3)))
             else:  # mostly the category's own impacts; the generic ones fit anything
                 sentences.append(
                     [rng.choice(topic.impacts if topic.impacts and rng.random() < 0.7 else _IMPACTS)]
                 )
-        if not urgent and (long or style == "medium" and rng.random() < 0.2):
+        if not urgent and (long or (style == "medium" and rng.random() < 0.2)):
             n_prior = rng.randint(1, 3) if style == "narrative" else 1
             sentences.extend([x] for x in rng.sample(_PRIORS, n_prior))
         if style == "narrative" and not urgent:

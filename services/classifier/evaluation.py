@@ -37,8 +37,13 @@ def threshold_for_precision(
     review. `threshold` is None when no threshold reaches the target."""
     n = len(confidence)
     if n == 0:
-        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None,
-                "review_share": 1.0}
+        return {
+            "target_precision": target,
+            "threshold": None,
+            "coverage": 0.0,
+            "precision": None,
+            "review_share": 1.0,
+        }
     order = np.argsort(-confidence, kind="stable")
     conf, ok = confidence[order], correct[order].astype(float)
     precision = np.cumsum(ok) / np.arange(1, n + 1)  # precision of the k most confident
@@ -46,8 +51,13 @@ def threshold_for_precision(
     last_of_value = np.r_[conf[1:] != conf[:-1], True]
     meets = np.flatnonzero((precision >= target) & last_of_value)
     if len(meets) == 0:
-        return {"target_precision": target, "threshold": None, "coverage": 0.0, "precision": None,
-                "review_share": 1.0}
+        return {
+            "target_precision": target,
+            "threshold": None,
+            "coverage": 0.0,
+            "precision": None,
+            "review_share": 1.0,
+        }
     k = int(meets[-1])  # the most appeals auto-routed while still meeting the target
     coverage = (k + 1) / n
     return {
@@ -71,13 +81,18 @@ def report(
     names = sorted(set(classes) | set(y.tolist()))
     p, r, f, support = precision_recall_fscore_support(y, pred, labels=names, zero_division=0)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": round(float(accuracy_score(y, pred)), 4),
-        "macro_f1": round(float(f1_score(y, pred, labels=sorted(set(y.tolist())), average="macro",
-                                         zero_division=0)), 4),
+        "macro_f1": round(
+            float(f1_score(y, pred, labels=sorted(set(y.tolist())), average="macro", zero_division=0)), 4
+        ),
         "per_class": {
-            name: {"precision": round(float(p[i]), 4), "recall": round(float(r[i]), 4),
-                   "f1": round(float(f[i]), 4), "support": int(support[i])}
+            name: {
+                "precision": round(float(p[i]), 4),
+                "recall": round(float(r[i]), 4),
+                "f1": round(float(f[i]), 4),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(names)
         },
         "labels": names,
@@ -107,23 +122,36 @@ def projection(points: Sequence[dict[str, Any]], target: float, n_all: int) -> d
         needed = None
     else:
         needed = int(np.ceil(2 ** ((target - intercept) / slope)))
-    return {"target_macro_f1": target, "per_doubling": round(float(slope), 4), "n_all": n_all,
-            "at_all_data": round(float(intercept + slope * np.log2(n_all)), 4), "n_for_target": needed}
+    return {
+        "target_macro_f1": target,
+        "per_doubling": round(float(slope), 4),
+        "n_all": n_all,
+        "at_all_data": round(float(intercept + slope * np.log2(n_all)), 4),
+        "n_for_target": needed,
+    }
 
 
 def format_learning_curve(points: Sequence[dict[str, Any]], proj: dict[str, Any]) -> str:
-    lines = ["learning curve (same test folds, stratified shares of each training fold)",
-             "share  trained on  macro-F1"]
-    lines += [f"{p['fraction']:>5.0%}  {p['n_train']:>10}  {p['macro_f1_mean']:.4f} ± {p['macro_f1_std']:.4f}"
-              for p in points]
+    lines = [
+        "learning curve (same test folds, stratified shares of each training fold)",
+        "share  trained on  macro-F1",
+    ]
+    lines += [
+        f"{p['fraction']:>5.0%}  {p['n_train']:>10}  {p['macro_f1_mean']:.4f} ± {p['macro_f1_std']:.4f}"
+        for p in points
+    ]
     target = proj["target_macro_f1"]
-    lines.append(f"trained on all {proj['n_all']:,}: about {proj['at_all_data']:.4f} expected on unseen appeals "
-                 "(the trend of the curve's upper half)")
+    lines.append(
+        f"trained on all {proj['n_all']:,}: about {proj['at_all_data']:.4f} expected on unseen appeals "
+        "(the trend of the curve's upper half)"
+    )
     if proj["n_for_target"] is None:
         lines.append(f"macro-F1 does not rise with more data here; no projection to {target:.2f}")
     else:
-        lines.append(f"+{proj['per_doubling']:.4f} macro-F1 per doubling of the training data: "
-                     f"{target:.2f} at about {proj['n_for_target']:,} labelled appeals if the trend held")
+        lines.append(
+            f"+{proj['per_doubling']:.4f} macro-F1 per doubling of the training data: "
+            f"{target:.2f} at about {proj['n_for_target']:,} labelled appeals if the trend held"
+        )
     return "\n".join(lines)
 
 
@@ -131,9 +159,13 @@ def format_report(rep: dict[str, Any]) -> str:
     """The report as text for an analyst's terminal."""
     lines = [f"appeals evaluated: {rep['n']}"]
     if "folds" in rep:
-        lines.append(f"cross-validation: {rep['folds']} folds, macro-F1 per fold "
-                     f"{', '.join(f'{x:.4f}' for x in rep['fold_macro_f1'])}")
-        lines.append(f"macro-F1 {rep['macro_f1_mean']:.4f} ± {rep['macro_f1_std']:.4f} (mean ± std over folds)")
+        lines.append(
+            f"cross-validation: {rep['folds']} folds, macro-F1 per fold "
+            f"{', '.join(f'{x:.4f}' for x in rep['fold_macro_f1'])}"
+        )
+        lines.append(
+            f"macro-F1 {rep['macro_f1_mean']:.4f} ± {rep['macro_f1_std']:.4f} (mean ± std over folds)"
+        )
     lines += [
         f"accuracy           {rep['accuracy']:.4f}",
         f"macro-F1           {rep['macro_f1']:.4f}",
@@ -141,8 +173,10 @@ def format_report(rep: dict[str, Any]) -> str:
     ]
     rv = rep["review"]
     if rv["threshold"] is None:
-        lines.append(f"no confidence threshold reaches precision {rv['target_precision']:.0%}: "
-                     "every appeal would go to review")
+        lines.append(
+            f"no confidence threshold reaches precision {rv['target_precision']:.0%}: "
+            "every appeal would go to review"
+        )
     else:
         lines.append(
             f"threshold {rv['threshold']:.4f} gives precision {rv['precision']:.2%} on auto-routed "
@@ -153,9 +187,11 @@ def format_report(rep: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{'class':<{width}}  precision  recall  f1      support")
     for name, c in rep["per_class"].items():
-        lines.append(f"{name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}")
+        lines.append(
+            f"{name:<{width}}  {c['precision']:.4f}     {c['recall']:.4f}  {c['f1']:.4f}  {c['support']}"
+        )
     lines.append("")
     lines.append("confusion matrix (rows: true, columns: predicted, in the order above)")
-    for name, row in zip(rep["labels"], rep["confusion_matrix"]):
+    for name, row in zip(rep["labels"], rep["confusion_matrix"], strict=False):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:4d}" for v in row))
     return "\n".join(lines)

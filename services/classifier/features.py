@@ -54,8 +54,9 @@ class WordTfidf(TransformerMixin, BaseEstimator):
         self.cache_size = cache_size
 
     def fit(self, docs: Sequence[str], y=None) -> WordTfidf:
-        tfidf = TfidfVectorizer(analyzer=self.segmenter, sublinear_tf=True, min_df=self.min_df,
-                                dtype=np.float32).fit(docs)
+        tfidf = TfidfVectorizer(
+            analyzer=self.segmenter, sublinear_tf=True, min_df=self.min_df, dtype=np.float32
+        ).fit(docs)
         self.vocabulary_ = tfidf.vocabulary_
         self.idf_ = tfidf.idf_.astype(np.float32)
         self._make_cache()
@@ -79,7 +80,9 @@ class WordTfidf(TransformerMixin, BaseEstimator):
             for clause in self.segmenter.clauses(doc):
                 cols.extend(self._columns(clause))
             rows.extend([i] * (len(cols) - before))
-        return _tfidf(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), len(docs), self.idf_)
+        return _tfidf(
+            np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), len(docs), self.idf_
+        )
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -94,7 +97,10 @@ class WordTfidf(TransformerMixin, BaseEstimator):
 
 class CharNgramTfidf(TransformerMixin, BaseEstimator):
     def __init__(
-        self, ngram_range: tuple[int, int] = (1, 3), min_df: int = 2, max_features: int | None = None,
+        self,
+        ngram_range: tuple[int, int] = (1, 3),
+        min_df: int = 2,
+        max_features: int | None = None,
         head: bool = False,
     ):
         self.ngram_range = ngram_range
@@ -109,8 +115,12 @@ class CharNgramTfidf(TransformerMixin, BaseEstimator):
         if not 1 <= self.ngram_range[0] <= self.ngram_range[1] <= 3:
             raise ValueError("CharNgramTfidf packs at most three characters per n-gram")
         tfidf = TfidfVectorizer(
-            analyzer="char", ngram_range=self.ngram_range, sublinear_tf=True, min_df=self.min_df,
-            max_features=self.max_features, dtype=np.float32,
+            analyzer="char",
+            ngram_range=self.ngram_range,
+            sublinear_tf=True,
+            min_df=self.min_df,
+            max_features=self.max_features,
+            dtype=np.float32,
         ).fit(self._docs(docs))
         grams = list(tfidf.vocabulary_)
         codes = np.array([_pack(g) for g in grams], dtype=np.int64)

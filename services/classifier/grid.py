@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -65,7 +66,7 @@ class GridModel:
         if not todo:
             return out
         sims = (self.vectorizer.transform([tokens[i] for i in todo]) @ self.matrix.T).toarray()
-        for row, i in zip(sims, todo):
+        for row, i in zip(sims, todo, strict=False):
             best = int(np.argmax(row))
             other = row[self.grids != self.grids[best]]
             runner_up = float(other.max()) if len(other) else 0.0
@@ -98,7 +99,7 @@ class _Entry:
 
 class GridLocator:
     # How much each kind of mention says about the grid.
-    WEIGHTS = {"compound": 1.0, "landmark": 0.8, "road": 0.6}
+    WEIGHTS: ClassVar[dict[str, float]] = {"compound": 1.0, "landmark": 0.8, "road": 0.6}
 
     def __init__(self, city: City) -> None:
         self.city = city
@@ -129,7 +130,7 @@ class GridLocator:
         found = [self._without_model(*a) for a in appeals]
         need = [i for i, m in enumerate(found) if m is None]
         tokens = [address_tokens(appeals[i][1]) or address_tokens(appeals[i][0]) for i in need]
-        for i, t, guess in zip(need, tokens, self.model.predict_many(tokens)):
+        for i, t, guess in zip(need, tokens, self.model.predict_many(tokens), strict=False):
             if guess is None:
                 found[i] = GridMatch(grid=None, method="none", confidence=0.0)
             else:
@@ -196,6 +197,10 @@ class GridLocator:
     def _match(self, gid: str, method: str, confidence: float, evidence: str) -> GridMatch:
         info = self.city.grids[gid]
         return GridMatch(
-            grid=gid, community=info.community_id, street=info.street_id, method=method,
-            confidence=confidence, evidence=evidence,
+            grid=gid,
+            community=info.community_id,
+            street=info.street_id,
+            method=method,
+            confidence=confidence,
+            evidence=evidence,
         )

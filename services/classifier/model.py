@@ -3,8 +3,9 @@
 Features: word TF-IDF over jieba tokens (domain dictionary) and character n-gram TF-IDF, which keeps
 working on typos and words jieba splits badly. Classifier: a linear SVM with calibrated
 probabilities (a multinomial logistic regression over its scores), so "confidence 0.8" means right
-about 80% of the time (chosen by cross-validation on real appeals, see docs/classifier.md). Two small heads share the features when the training data has
-them: the appeal type and the urgency flag (the demo corpus has both; real exports often do not).
+about 80% of the time (chosen by cross-validation on real appeals, see docs/classifier.md).
+Two small heads share the features when the training data has them: the appeal type and the
+urgency flag (the demo corpus has both; real exports often do not).
 
 The model is label-agnostic: labels are whatever the training data says (the city's leaf ids for the
 demo model, a message board's own categories for an evaluation set).
@@ -130,7 +131,10 @@ class Prediction:
 
     def top(self, k: int = 2) -> list[list[tuple[str, float]]]:
         best = np.argsort(-self.proba, axis=1)[:, :k]
-        return [[(str(self.classes[j]), float(row[j])) for j in idx] for row, idx in zip(self.proba, best)]
+        return [
+            [(str(self.classes[j]), float(row[j])) for j in idx]
+            for row, idx in zip(self.proba, best, strict=False)
+        ]
 
 
 @dataclass
@@ -176,8 +180,12 @@ class CategoryModel:
         model_dir.mkdir(parents=True, exist_ok=True)
         path = model_dir / f"{MODEL_PREFIX}{self.version}.joblib"
         tmp = path.with_suffix(".tmp")
-        blob = {"features": self.features, "classifier": self.classifier, "heads": self.heads,
-                "metadata": self.metadata}
+        blob = {
+            "features": self.features,
+            "classifier": self.classifier,
+            "heads": self.heads,
+            "metadata": self.metadata,
+        }
         joblib.dump(blob, tmp)  # uncompressed: loads faster, and the service loads it at start
         tmp.replace(path)  # never leave a half-written model where the service looks
         path.with_suffix(".json").write_text(
@@ -253,7 +261,12 @@ def train(
 
 
 def _fold_predictions(
-    records: Sequence[dict[str, Any]], segmenter: Segmenter, classes: list[str], *, folds: int, seed: int,
+    records: Sequence[dict[str, Any]],
+    segmenter: Segmenter,
+    classes: list[str],
+    *,
+    folds: int,
+    seed: int,
     fraction: float = 1.0,
 ):
     """For each of `folds` stratified folds: (test indices, probabilities over `classes`) from a model
@@ -264,20 +277,27 @@ def _fold_predictions(
     for train_idx, test_idx in splitter.split(np.zeros(len(labels)), labels):
         if fraction < 1.0:
             # The same share of every label, at least two (a model needs two examples of a label).
-            train_idx = np.concatenate([
-                rng.permutation(idx)[: max(2, round(fraction * len(idx)))]
-                for idx in (train_idx[labels[train_idx] == c] for c in np.unique(labels[train_idx]))
-            ])
+            train_idx = np.concatenate(
+                [
+                    rng.permutation(idx)[: max(2, round(fraction * len(idx)))]
+                    for idx in (train_idx[labels[train_idx] == c] for c in np.unique(labels[train_idx]))
+                ]
+            )
         model = train([records[i] for i in train_idx], segmenter)
         proba = np.zeros((len(test_idx), len(classes)))
         proba[:, [classes.index(c) for c in model.categories]] = model.predict_proba(
-            [document(records[i].get("title", ""), records[i]["text"]) for i in test_idx])
+            [document(records[i].get("title", ""), records[i]["text"]) for i in test_idx]
+        )
         yield len(train_idx), test_idx, proba
 
 
 def cross_validate(
-    records: Sequence[dict[str, Any]], segmenter: Segmenter, *, folds: int = 5,
-    target_precision: float = 0.95, seed: int = 0,
+    records: Sequence[dict[str, Any]],
+    segmenter: Segmenter,
+    *,
+    folds: int = 5,
+    target_precision: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """k-fold cross-validation of the whole recipe (vocabulary included): each fold trains a model on
     the other folds and predicts this one. Macro-F1 per fold (mean ± std) and the pooled report."""
@@ -289,14 +309,22 @@ def cross_validate(
         oof[test_idx] = proba
         fold_f1.append(evaluation.report(labels[test_idx], proba, classes)["macro_f1"])
     rep = evaluation.report(labels, oof, classes, target_precision=target_precision)
-    rep.update(folds=folds, fold_macro_f1=fold_f1, macro_f1_mean=round(float(np.mean(fold_f1)), 4),
-               macro_f1_std=round(float(np.std(fold_f1)), 4))
+    rep.update(
+        folds=folds,
+        fold_macro_f1=fold_f1,
+        macro_f1_mean=round(float(np.mean(fold_f1)), 4),
+        macro_f1_std=round(float(np.std(fold_f1)), 4),
+    )
     return rep
 
 
 def learning_curve(
-    records: Sequence[dict[str, Any]], segmenter: Segmenter, *, folds: int = 5,
-    fractions: Sequence[float] = (0.25, 0.5, 0.75), seed: int = 0,
+    records: Sequence[dict[str, Any]],
+    segmenter: Segmenter,
+    *,
+    folds: int = 5,
+    fractions: Sequence[float] = (0.25, 0.5, 0.75),
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Cross-validated macro-F1 when training on growing shares of each training fold, to see how
     much more labelled data would buy (`evaluation.projection`). The full share is `cross_validate`."""
@@ -305,12 +333,19 @@ def learning_curve(
     points = []
     for fraction in fractions:
         sizes, f1 = [], []
-        for n_train, test_idx, proba in _fold_predictions(records, segmenter, classes, folds=folds,
-                                                           seed=seed, fraction=fraction):
+        for n_train, test_idx, proba in _fold_predictions(
+            records, segmenter, classes, folds=folds, seed=seed, fraction=fraction
+        ):
             sizes.append(n_train)
             f1.append(evaluation.report(labels[test_idx], proba, classes)["macro_f1"])
-        points.append({"fraction": fraction, "n_train": round(float(np.mean(sizes))),
-                       "macro_f1_mean": round(float(np.mean(f1)), 4), "macro_f1_std": round(float(np.std(f1)), 4)})
+        points.append(
+            {
+                "fraction": fraction,
+                "n_train": round(float(np.mean(sizes))),
+                "macro_f1_mean": round(float(np.mean(f1)), 4),
+                "macro_f1_std": round(float(np.std(f1)), 4),
+            }
+        )
     return points
 
 

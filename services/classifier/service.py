@@ -69,7 +69,7 @@ class Classifier:
         grids = self.locator.locate_many([(a.text, a.address, a.location) for a in appeals])
         now = now_utc()  # one clock read per batch: the batch is classified at one moment
         out = []
-        for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids)):
+        for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids, strict=False)):
             category, confidence = top[0]
             full_text = f"{appeal.title} {appeal.text}"
             out.append(
@@ -84,7 +84,8 @@ class Classifier:
                     grid=grid,
                     appeal_type=self.cues.appeal_type(full_text, pred.types[i] if pred.types else None),
                     urgent=self.cues.is_urgent(
-                        full_text, appeal.urgent_flag,
+                        full_text,
+                        appeal.urgent_flag,
                         float(pred.urgent[i]) if pred.urgent is not None else None,
                     ),
                     needs_review=confidence < threshold or grid.grid is None,
@@ -130,7 +131,9 @@ async def approve(redis: Redis, model_dir: Path, version: str) -> Path:
     path = model_path(model_dir, version)
     if not path.is_file():
         raise FileNotFoundError(f"no model {version} in {model_dir} (expected {path.name})")
-    await redis.set(APPROVED_KEY, json.dumps({"version": version, "approved_at": datetime.now(UTC).isoformat()}))
+    await redis.set(
+        APPROVED_KEY, json.dumps({"version": version, "approved_at": datetime.now(UTC).isoformat()})
+    )
     return path
 
 

@@ -81,9 +81,7 @@ class Segmenter:
 
     def _segment_clause(self, clause: str) -> tuple[str, ...]:
         # HMM off: new-word discovery is slow and the domain dictionary covers the words we need.
-        return tuple(
-            w for w in self._jieba.lcut(clause, HMM=False) if w.strip() and w not in self.stopwords
-        )
+        return tuple(w for w in self._jieba.lcut(clause, HMM=False) if w.strip() and w not in self.stopwords)
 
     @staticmethod
     def clauses(text: str) -> list[str]:

@@ -59,17 +59,23 @@ def build_app(settings: Settings | None = None) -> FastStream:
     @batch_subscriber(rt.broker, topics.APPEAL_RECEIVED, NAME)
     async def index_callers(bodies: list[bytes]) -> None:
         started = time.perf_counter()
-        appeals = await parse_or_dead_letter(rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME)
+        appeals = await parse_or_dead_letter(
+            rt.publisher, AppealReceived, topics.APPEAL_RECEIVED, bodies, NAME
+        )
         # SADD is idempotent: a redelivery changes nothing.
         callers = [a for a in appeals if a.caller.caller_id]
         if callers:
-            await index_callers_script(keys=[caller_key(a.caller.caller_id) for a in callers],
-                                       args=[CALLER_INDEX_TTL, *(a.ticket_no for a in callers)])
+            await index_callers_script(
+                keys=[caller_key(a.caller.caller_id) for a in callers],
+                args=[CALLER_INDEX_TTL, *(a.ticket_no for a in callers)],
+            )
         BATCH_SECONDS.labels(consumer=NAME).observe(time.perf_counter() - started)
 
     @batch_subscriber(rt.broker, topics.APPEAL_CLASSIFIED, NAME)
     async def index_grids(bodies: list[bytes]) -> None:
-        classified = await parse_or_dead_letter(rt.publisher, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME)
+        classified = await parse_or_dead_letter(
+            rt.publisher, AppealClassified, topics.APPEAL_CLASSIFIED, bodies, NAME
+        )
         located = [c for c in classified if c.grid.grid]
         if located:
             args: list[str | float] = [time.time() - DUPLICATE_WINDOW_SECONDS]

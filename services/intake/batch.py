@@ -76,8 +76,11 @@ def to_submission(row: dict[str, Any], today: date) -> tuple[Submission, str]:
     day = slip_date(row.get("date"), today)
     phone = _cell(row.get("phone"))
     sub = validate(
-        channel="box", text=_cell(row.get("text")), title=f"意见箱{box_id}（{day}投递）",
-        address=_cell(row.get("address")), phone=phone,
+        channel="box",
+        text=_cell(row.get("text")),
+        title=f"意见箱{box_id}（{day}投递）",
+        address=_cell(row.get("address")),
+        phone=phone,
     )
     return sub, row_key(box_id, day, sub.text, sub.phone or "")
 

@@ -92,7 +92,14 @@ def validate(
     if name and len(name) > 50:
         raise InvalidAppeal("caller_name", "姓名太长，请控制在50字以内")
     return Submission(
-        channel=channel, text=text, title=clean_text(title or "")[:100], address=address,
-        location=location, phone=normalized_phone, name=name, operator_id=operator_id,
-        urgent=urgent, wechat_openid=wechat_openid,
+        channel=channel,
+        text=text,
+        title=clean_text(title or "")[:100],
+        address=address,
+        location=location,
+        phone=normalized_phone,
+        name=name,
+        operator_id=operator_id,
+        urgent=urgent,
+        wechat_openid=wechat_openid,
     )

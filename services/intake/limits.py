@@ -38,7 +38,7 @@ class RateLimiter:
                 p.expire(key, window + 1)
             totals = (await p.execute())[::2]
         retry = max(1, int((slot + 1) * window - now) + 1)
-        return {who: retry for who, total in zip(counts, totals) if total > limit}
+        return {who: retry for who, total in zip(counts, totals, strict=False) if total > limit}
 
     async def check_ip(self, ip: str | None, cost: int = 1) -> None:
         if not ip:
@@ -54,4 +54,6 @@ class RateLimiter:
 
 def caller_limited(retry_after: int) -> RateLimited:
     minutes = max(1, retry_after // 60)
-    return RateLimited(retry_after, f"同一来电人一小时内提交的诉求过多，请约{minutes}分钟后再试；紧急情况请直接拨打12345")
+    return RateLimited(
+        retry_after, f"同一来电人一小时内提交的诉求过多，请约{minutes}分钟后再试；紧急情况请直接拨打12345"
+    )

@@ -29,8 +29,11 @@ DEFAULT_DAYS = 90  # ... and its default window
 
 FORMATS = ("json", "xml")
 Kind = Literal["services", "requests", "errors"]
-_XML_ELEMENTS = {"services": ("services", "service"), "requests": ("service_requests", "request"),
-                 "errors": ("errors", "error")}
+_XML_ELEMENTS = {
+    "services": ("services", "service"),
+    "requests": ("service_requests", "request"),
+    "errors": ("errors", "error"),
+}
 
 
 def error(code: int, description: str) -> list[dict[str, Any]]:
@@ -63,15 +66,17 @@ def services(city: City) -> list[dict[str, Any]]:
     out = []
     for code in city.leaf_categories:
         names = city.category_names(code)
-        out.append({
-            "service_code": code,
-            "service_name": names[-1],
-            "description": " / ".join(names),
-            "metadata": False,
-            "type": "realtime",
-            "keywords": ",".join(city.category_by_id[code].keywords),
-            "group": names[0],
-        })
+        out.append(
+            {
+                "service_code": code,
+                "service_name": names[-1],
+                "description": " / ".join(names),
+                "metadata": False,
+                "type": "realtime",
+                "keywords": ",".join(city.category_by_id[code].keywords),
+                "group": names[0],
+            }
+        )
     return out
 
 
@@ -92,7 +97,9 @@ def submission(city: City, form: Mapping[str, str]) -> Submission:
     if not code:
         raise InvalidAppeal("service_code", "service_code is required / 缺少service_code")
     if code not in city.category_by_id or code not in city.leaf_categories:
-        raise InvalidAppeal("service_code", f"service_code {code!r} not found, see services.json / 未知的服务类型")
+        raise InvalidAppeal(
+            "service_code", f"service_code {code!r} not found, see services.json / 未知的服务类型"
+        )
     lat = _coordinate(form, "lat")
     lng = _coordinate(form, "long", "lon")  # the spec names it `long`; some clients send `lon`
     address = (form.get("address_string") or "").strip()
@@ -104,12 +111,19 @@ def submission(city: City, form: Mapping[str, str]) -> Submission:
             raise InvalidAppeal("lat", "lat/long out of range / 经纬度超出范围")
         location = GeoPoint(lat=lat, lng=lng)
     if location is None and not address and not (form.get("address_id") or "").strip():
-        raise InvalidAppeal("lat", "a location is required: lat & long, address_string or address_id / 请提供位置")
+        raise InvalidAppeal(
+            "lat", "a location is required: lat & long, address_string or address_id / 请提供位置"
+        )
     last, first = (form.get("last_name") or "").strip(), (form.get("first_name") or "").strip()
     name = f"{last}{first}" if not (last + first).isascii() else " ".join(p for p in (first, last) if p)
     return validate(
-        channel="open311", text=form.get("description") or "", title=city.category_names(code)[-1],
-        address=address, location=location, phone=form.get("phone"), name=name or None,
+        channel="open311",
+        text=form.get("description") or "",
+        title=city.category_names(code)[-1],
+        address=address,
+        location=location,
+        phone=form.get("phone"),
+        name=name or None,
     )
 
 

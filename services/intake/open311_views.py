@@ -1,7 +1,8 @@
 """Open311 GeoReport v2 endpoints, so any Open311 client can file and follow appeals.
 
 The format is the path's extension, as in the spec: `requests.json` or `requests.xml`. Errors are the
-spec's list in the same format: [{"code": 400, "description": "..."}] or <errors><error>...</error></errors>."""
+spec's list in the same format: [{"code": 400, "description": "..."}]
+or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
@@ -22,16 +23,23 @@ from shared.metrics import APPEALS_REJECTED
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
 
 
-def _respond(fmt: str, kind: open311.Kind, records: list[dict], status: int = 200, **headers: str) -> Response:
+def _respond(
+    fmt: str, kind: open311.Kind, records: list[dict], status: int = 200, **headers: str
+) -> Response:
     if fmt == "xml":
-        return Response(open311.to_xml(kind, records), status_code=status, headers=headers or None,
-                        media_type="text/xml; charset=utf-8")
+        return Response(
+            open311.to_xml(kind, records),
+            status_code=status,
+            headers=headers or None,
+            media_type="text/xml; charset=utf-8",
+        )
     return JSONResponse(records, status_code=status, headers=headers or None)
 
 
 def _error(code: int, description: str, fmt: str = "json", **headers: str) -> Response:
-    return _respond(fmt if fmt in open311.FORMATS else "json", "errors", open311.error(code, description), code,
-                    **headers)
+    return _respond(
+        fmt if fmt in open311.FORMATS else "json", "errors", open311.error(code, description), code, **headers
+    )
 
 
 def _unknown_format(fmt: str) -> Response | None:
@@ -55,14 +63,19 @@ async def services(request: Request, fmt: str):
 
 
 @router.post("/requests.{fmt}", status_code=201)
-async def create_request(request: Request, fmt: str, idempotency_key: str | None = Header(None, max_length=200)):
+async def create_request(
+    request: Request, fmt: str, idempotency_key: str | None = Header(None, max_length=200)
+):
     if refused := _unknown_format(fmt):
         return refused
     try:
         form = await _form(request)
     except UnicodeDecodeError:
         return _error(400, "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码", fmt)
-    if not request.app.state.settings.open311_keys or form.get("api_key") not in request.app.state.settings.open311_keys:
+    if (
+        not request.app.state.settings.open311_keys
+        or form.get("api_key") not in request.app.state.settings.open311_keys
+    ):
         return _error(403, "api_key is missing or not valid / api_key无效", fmt)
     intake: IntakeService = request.app.state.intake
     try:
@@ -77,8 +90,12 @@ async def create_request(request: Request, fmt: str, idempotency_key: str | None
     except BrokerUnavailable:
         return _error(503, "service busy, retry later / 系统繁忙，请稍后重试", fmt, **{"Retry-After": "5"})
     notice = f"诉求已受理，工单号{ticket_no}。可用GET requests/{ticket_no}.{fmt}查询办理状态。"
-    return _respond(fmt, "requests", [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}],
-                    201)
+    return _respond(
+        fmt,
+        "requests",
+        [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}],
+        201,
+    )
 
 
 @router.get("/requests/{request_id}.{fmt}")
@@ -108,8 +125,11 @@ async def list_requests(
     tz = ZoneInfo(request.app.state.settings.timezone)
     if service_request_id:
         ids = [i.strip() for i in service_request_id.split(",") if i.strip()][: open311.MAX_REQUESTS]
-        return _respond(fmt, "requests",
-                        [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None])
+        return _respond(
+            fmt,
+            "requests",
+            [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None],
+        )
     try:
         start = open311.parse_time(start_date, "start_date")
         end = open311.parse_time(end_date, "end_date")
@@ -132,6 +152,8 @@ async def list_requests(
             if t is None:
                 continue
             record = open311.request_record(t, city, tz)
-            if (not statuses or record["status"] in statuses) and (not codes or record["service_code"] in codes):
+            if (not statuses or record["status"] in statuses) and (
+                not codes or record["service_code"] in codes
+            ):
                 found.append(record)
     return _respond(fmt, "requests", found[: open311.MAX_REQUESTS])

@@ -51,8 +51,14 @@ class Previewer:
         from services.router.rules import route
 
         appeal = AppealReceived(
-            ticket_no="preview", channel=sub.channel, text=sub.text, title=sub.title,
-            address=sub.address, location=sub.location, caller=sub.caller, urgent_flag=sub.urgent,
+            ticket_no="preview",
+            channel=sub.channel,
+            text=sub.text,
+            title=sub.title,
+            address=sub.address,
+            location=sub.location,
+            caller=sub.caller,
+            urgent_flag=sub.urgent,
         )
         classifier = await self.classifier()
         (c,) = await asyncio.to_thread(classifier.classify, [appeal])
@@ -62,14 +68,24 @@ class Previewer:
         return {
             "category": {"id": c.category, "names": list(c.category_names), "confidence": c.confidence},
             "grid": c.grid.model_dump(),
-            "department": {"id": lead.id, "name": lead.name, "via": routing.via, "explanation": routing.explanation},
+            "department": {
+                "id": lead.id,
+                "name": lead.name,
+                "via": routing.via,
+                "explanation": routing.explanation,
+            },
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,
             "duplicates": [
-                {"ticket_no": d.ticket.ticket_no, "reason": d.reason, "similarity": round(d.similarity, 2),
-                 "status": d.ticket.status, "text": d.ticket.text[:200],
-                 "department": d.ticket.department.name if d.ticket.department else None,
-                 "received_at": d.ticket.received_at.isoformat()}
+                {
+                    "ticket_no": d.ticket.ticket_no,
+                    "reason": d.reason,
+                    "similarity": round(d.similarity, 2),
+                    "status": d.ticket.status,
+                    "text": d.ticket.text[:200],
+                    "department": d.ticket.department.name if d.ticket.department else None,
+                    "received_at": d.ticket.received_at.isoformat(),
+                }
                 for d in duplicates
             ],
         }

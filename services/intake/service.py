@@ -111,7 +111,9 @@ class IntakeService:
         for i, r in enumerate(results):
             if isinstance(r, _Copy):
                 first = results[r.original]
-                results[i] = Accepted(first.ticket_no, created=False) if isinstance(first, Accepted) else first
+                results[i] = (
+                    Accepted(first.ticket_no, created=False) if isinstance(first, Accepted) else first
+                )
         return results  # type: ignore[return-value]
 
     async def _claim(
@@ -139,12 +141,12 @@ class IntakeService:
                     p.set(idem_key(k), "pending", nx=True, ex=PENDING_TTL)
                 got = await p.execute()
             still: dict[str, int] = {}
-            held = [k for k, ok in zip(waiting, got) if not ok]
+            held = [k for k, ok in zip(waiting, got, strict=False) if not ok]
             done = await self.redis.mget([idem_key(k) for k in held]) if held else []
-            for k, ok in zip(waiting, got):
+            for k, ok in zip(waiting, got, strict=False):
                 if ok:
                     todo.append(waiting[k])
-            for k, value in zip(held, done):
+            for k, value in zip(held, done, strict=False):
                 if value is not None and value != b"pending":
                     results[waiting[k]] = Accepted(value.decode(), created=False)
                 else:
@@ -169,8 +171,8 @@ class IntakeService:
         over = await self.limiter.callers_over(c for c in ids if c)
         if not over:
             return todo
-        refused = [i for i, c in zip(todo, ids) if c in over]
-        for i, c in zip(todo, ids):
+        refused = [i for i, c in zip(todo, ids, strict=False) if c in over]
+        for i, c in zip(todo, ids, strict=False):
             if c in over:
                 results[i] = caller_limited(over[c])
         await self._release([claimed[i] for i in refused if i in claimed])
@@ -186,7 +188,7 @@ class IntakeService:
         try:
             numbers = await self.store.next_ticket_nos(self.today(), len(todo))
             subs = [items[i][0] for i in todo]
-            events = [await self._appeal_event(no, sub) for no, sub in zip(numbers, subs)]
+            events = [await self._appeal_event(no, sub) for no, sub in zip(numbers, subs, strict=False)]
             await asyncio.wait_for(publish(self.publisher, events), self.publish_timeout)
         except Exception as e:
             await self._release(keys)
@@ -194,7 +196,7 @@ class IntakeService:
             raise BrokerUnavailable(str(e)) from e
         # Durable from here on: the router would create the tickets from the events even if we died.
         async with self.redis.pipeline(transaction=False) as p:
-            for sub, event in zip(subs, events):
+            for sub, event in zip(subs, events, strict=False):
                 cid = event.caller.caller_id
                 if cid:  # the worker indexes it too; here, so that a preview a second later sees it
                     p.sadd(caller_key(cid), event.ticket_no)
@@ -209,7 +211,7 @@ class IntakeService:
             await p.execute()
         await self.store.create_many(events)
         async with self.redis.pipeline(transaction=False) as p:
-            for i, event in zip(todo, events):
+            for i, event in zip(todo, events, strict=False):
                 results[i] = Accepted(event.ticket_no, created=True)
                 if i in claimed:
                     p.set(idem_key(claimed[i]), event.ticket_no, ex=IDEMPOTENCY_TTL)
@@ -227,9 +229,15 @@ class IntakeService:
                 location = GeoPoint(lng=place["lng"], lat=place["lat"])
                 address = address or place["label"]
         return AppealReceived(
-            ticket_no=ticket_no, channel=sub.channel, text=sub.text, title=sub.title,
-            address=address, location=location, caller=sub.caller,
-            urgent_flag=sub.urgent, operator_id=sub.operator_id,
+            ticket_no=ticket_no,
+            channel=sub.channel,
+            text=sub.text,
+            title=sub.title,
+            address=address,
+            location=location,
+            caller=sub.caller,
+            urgent_flag=sub.urgent,
+            operator_id=sub.operator_id,
         )
 
     # --- WeChat locations -------------------------------------------------------------------------
@@ -245,10 +253,14 @@ class IntakeService:
         ticket_no = last.decode()
         located = AppealLocated(
             event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-location/{msg_id}").hex,
-            ticket_no=ticket_no, channel="wechat", location=point, address=label,
+            ticket_no=ticket_no,
+            channel="wechat",
+            location=point,
+            address=label,
         )
         results = await apply_and_publish(
-            self.store, [Change(ticket_no, partial(apply_location, located=located))],
+            self.store,
+            [Change(ticket_no, partial(apply_location, located=located))],
             partial(publish, self.publisher),
         )
         ticket = results[0][0]
@@ -259,12 +271,14 @@ def apply_location(ticket: Ticket | None, located: AppealLocated) -> Outcome | N
     """Decision: put the place on an open ticket (once per message)."""
     if ticket is None or ticket.has_applied(located.event_id) or not ticket.is_open:
         return None
-    updated = ticket.model_copy(update={
-        "location": located.location,
-        "address": ticket.address or located.address,
-        "applied": [*ticket.applied, located.event_id],
-        "updated_at": located.occurred_at,
-    })
+    updated = ticket.model_copy(
+        update={
+            "location": located.location,
+            "address": ticket.address or located.address,
+            "applied": [*ticket.applied, located.event_id],
+            "updated_at": located.occurred_at,
+        }
+    )
     return Outcome(updated, publish=[located])
 
 

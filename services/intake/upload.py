@@ -45,8 +45,12 @@ def upload(base_url: str, path: Path, token: str, timeout: float = 600) -> tuple
     kind = XLSX if path.suffix.lower() == ".xlsx" else mimetypes.guess_type(path.name)[0] or "text/csv"
     started = time.perf_counter()
     with path.open("rb") as f:
-        r = httpx.post(f"{base_url}/api/v1/appeals/batch", files={"file": (path.name, f, kind)}, timeout=timeout,
-                       headers={"Authorization": f"Bearer {token}"})
+        r = httpx.post(
+            f"{base_url}/api/v1/appeals/batch",
+            files={"file": (path.name, f, kind)},
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {token}"},
+        )
     elapsed = time.perf_counter() - started
     body = r.json()
     if r.status_code != 200:

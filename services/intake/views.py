@@ -49,13 +49,15 @@ def rejection(channel: str, e: InvalidAppeal) -> JSONResponse:
 
 
 def unavailable() -> JSONResponse:
-    return api_error(503, "unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）",
-                     headers={"Retry-After": "5"})
+    return api_error(
+        503, "unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）", headers={"Retry-After": "5"}
+    )
 
 
 def too_many(e: RateLimited) -> JSONResponse:
-    return api_error(429, "rate_limited", e.message, headers={"Retry-After": str(e.retry_after)},
-                     retry_after=e.retry_after)
+    return api_error(
+        429, "rate_limited", e.message, headers={"Retry-After": str(e.retry_after)}, retry_after=e.retry_after
+    )
 
 
 def bad_request(message: str, field: str = "body") -> JSONResponse:
@@ -82,12 +84,19 @@ async def read_json(request: Request, model: type[BaseModel]) -> BaseModel | JSO
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 @router.post("/appeals", status_code=201, response_model=AppealAccepted, openapi_extra=_body_schema(AppealIn))
 async def submit_appeal(
-    request: Request, response: Response, idempotency_key: str | None = Header(None, max_length=200),
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(None, max_length=200),
     staff: Principal = Depends(require_intake_staff),
 ):
     body = await read_json(request, AppealIn)
@@ -98,8 +107,13 @@ async def submit_appeal(
     try:
         await intake.check_ip(client_ip(request))
         sub = validate(
-            channel=body.channel, text=body.text, title=body.title, address=body.address,
-            phone=body.caller_phone, name=body.caller_name, operator_id=staff.operator or body.operator_id,
+            channel=body.channel,
+            text=body.text,
+            title=body.title,
+            address=body.address,
+            phone=body.caller_phone,
+            name=body.caller_name,
+            operator_id=staff.operator or body.operator_id,
             urgent=body.urgent,
         )
         ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
@@ -123,8 +137,12 @@ async def preview_appeal(request: Request, _: Principal = Depends(require_intake
     assert isinstance(body, AppealIn)
     try:
         sub = validate(
-            channel=body.channel, text=body.text, title=body.title, address=body.address,
-            phone=body.caller_phone, urgent=body.urgent,
+            channel=body.channel,
+            text=body.text,
+            title=body.title,
+            address=body.address,
+            phone=body.caller_phone,
+            urgent=body.urgent,
         )
     except InvalidAppeal as e:
         return rejection(body.channel, e)
@@ -136,7 +154,9 @@ async def preview_appeal(request: Request, _: Principal = Depends(require_intake
 
 
 @router.post("/appeals/batch")
-async def submit_batch(request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)):
+async def submit_batch(
+    request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)
+):
     """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not."""
     intake: IntakeService = request.app.state.intake
     try:
@@ -175,7 +195,7 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
         return []
     outcomes = await intake.submit_many([sub_key for _, sub_key in chunk])
     out = []
-    for (line, _), r in zip(chunk, outcomes):
+    for (line, _), r in zip(chunk, outcomes, strict=False):
         if isinstance(r, Accepted):
             out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
         else:

@@ -96,8 +96,11 @@ def message(root: ET.Element) -> Message:
     except ValueError:
         raise BadMessage("CreateTime应为整数") from None
     common = dict(
-        to_user=field("ToUserName", True), from_user=field("FromUserName", True),
-        create_time=create_time, msg_type=msg_type, msg_id=field("MsgId", msg_type != "event"),
+        to_user=field("ToUserName", True),
+        from_user=field("FromUserName", True),
+        create_time=create_time,
+        msg_type=msg_type,
+        msg_id=field("MsgId", msg_type != "event"),
     )
     if msg_type == "text":
         return Message(**common, content=field("Content"))

@@ -32,8 +32,10 @@ class CryptoError(ValueError):
 def aes_key(encoding_aes_key: str) -> bytes:
     """The AES key from the console's 43-character EncodingAESKey; ValueError with the reason."""
     if len(encoding_aes_key) != 43:
-        raise ValueError(f"WECHAT_ENCODING_AES_KEY must be the 43 characters from the account's console, "
-                         f"got {len(encoding_aes_key)}")
+        raise ValueError(
+            f"WECHAT_ENCODING_AES_KEY must be the 43 characters from the account's console, "
+            f"got {len(encoding_aes_key)}"
+        )
     try:
         return base64.b64decode(encoding_aes_key + "=", validate=True)
     except binascii.Error:
@@ -88,8 +90,10 @@ class WeChatCrypto:
         """The passive reply in safe mode: the reply XML encrypted, signed and wrapped."""
         encrypted = self.encrypt(xml)
         sig = msg_signature(self.token, str(timestamp), nonce, encrypted)
-        return (f"<xml><Encrypt><![CDATA[{encrypted}]]></Encrypt><MsgSignature><![CDATA[{sig}]]></MsgSignature>"
-                f"<TimeStamp>{timestamp}</TimeStamp><Nonce><![CDATA[{nonce}]]></Nonce></xml>")
+        return (
+            f"<xml><Encrypt><![CDATA[{encrypted}]]></Encrypt><MsgSignature><![CDATA[{sig}]]></MsgSignature>"
+            f"<TimeStamp>{timestamp}</TimeStamp><Nonce><![CDATA[{nonce}]]></Nonce></xml>"
+        )
 
 
 def encrypted_field(root: ET.Element) -> str | None:

@@ -39,8 +39,9 @@ def safe_mode(settings: Settings) -> wechat_crypto.WeChatCrypto | None:
     what is wrong with the key or the AppID."""
     if not settings.wechat_encoding_aes_key:
         return None
-    return wechat_crypto.WeChatCrypto(settings.wechat_token, settings.wechat_encoding_aes_key,
-                                      settings.wechat_app_id)
+    return wechat_crypto.WeChatCrypto(
+        settings.wechat_token, settings.wechat_encoding_aes_key, settings.wechat_app_id
+    )
 
 
 def _verified(request: Request, signature: str, timestamp: str, nonce: str) -> Response | None:
@@ -55,7 +56,9 @@ def _verified(request: Request, signature: str, timestamp: str, nonce: str) -> R
 
 
 @router.get("", response_class=PlainTextResponse)
-async def verify_url(request: Request, signature: str = "", timestamp: str = "", nonce: str = "", echostr: str = ""):
+async def verify_url(
+    request: Request, signature: str = "", timestamp: str = "", nonce: str = "", echostr: str = ""
+):
     refused = _verified(request, signature, timestamp, nonce)
     return refused or PlainTextResponse(echostr)
 

@@ -72,33 +72,44 @@ class Handlers:
     async def appeals(self, appeals: list[AppealReceived]) -> None:
         wanted = [a for a in appeals if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id]
         phones = await self.notifier.phones([a.caller.caller_id for a in wanted])  # type: ignore[misc]
-        await self.notifier.notify_many([
-            (a.event_id, self.notifier.ack_message(a.ticket_no, phone, urgent=a.urgent_flag))
-            for a, phone in zip(wanted, phones) if phone
-        ])
+        await self.notifier.notify_many(
+            [
+                (a.event_id, self.notifier.ack_message(a.ticket_no, phone, urgent=a.urgent_flag))
+                for a, phone in zip(wanted, phones, strict=False)
+                if phone
+            ]
+        )
 
     async def assignments(self, assigned: list[TicketAssigned]) -> None:
         await self.book.record(assigned, [None] * len(assigned))
         meetings = [a for a in assigned if a.via == "meeting"]
-        for a, ticket in zip(meetings, await self.store.get_many([a.ticket_no for a in meetings])):
+        for a, ticket in zip(
+            meetings, await self.store.get_many([a.ticket_no for a in meetings]), strict=False
+        ):
             if ticket is not None:
                 await self.notifier.progress(a, ticket, "progress_meeting")
 
     async def updates(self, updates: list[TicketUpdated]) -> None:
-        await self.notifier.supervise([u for u in updates if u.action in ("overdue", "escalated")], self.book.city)
+        await self.notifier.supervise(
+            [u for u in updates if u.action in ("overdue", "escalated")], self.book.city
+        )
         wanted = [u for u in updates if u.action in ("accepted", "resolved", "extension_approved")]
         tickets = await self.store.get_many([u.ticket_no for u in wanted])
-        accepted = [(u, t) for u, t in zip(wanted, tickets) if u.action == "accepted"]
+        accepted = [(u, t) for u, t in zip(wanted, tickets, strict=False) if u.action == "accepted"]
         await self.book.record([u for u, _ in accepted], [t for _, t in accepted])
         out: list[Event] = []
-        for update, ticket in zip(wanted, tickets):
+        for update, ticket in zip(wanted, tickets, strict=False):
             if ticket is None:
                 continue
             if update.action == "resolved":
                 out.extend(await self.notifier.start_survey(update, ticket))
             elif update.action == "extension_approved":
-                await self.notifier.progress(update, ticket, "progress_extension",
-                                             resolve_by=self._local_date(update.data.get("resolve_by")))
+                await self.notifier.progress(
+                    update,
+                    ticket,
+                    "progress_extension",
+                    resolve_by=self._local_date(update.data.get("resolve_by")),
+                )
         await self.notifier.publish(out)
 
     async def answers(self, answers: list[SurveyAnswered]) -> None:
@@ -106,6 +117,6 @@ class Handlers:
         await self.book.record(counted, await self.store.get_many([a.ticket_no for a in counted]))
 
     def _local_date(self, value: object) -> str:
-        """"2026-11-30T18:00:00+08:00" -> "至11月30日"; nothing when the event does not say."""
+        """ "2026-11-30T18:00:00+08:00" -> "至11月30日"; nothing when the event does not say."""
         d = local_datetime(value, self.book.tz)
         return f"至{d.month}月{d.day}日" if d else ""

@@ -16,8 +16,8 @@ from services.notifier.app import Handlers
 from services.notifier.gateway import OutboxGateway
 from services.notifier.policy import Policy
 from services.notifier.ratebook import RateBook
-from services.notifier.stats import Weights
 from services.notifier.service import Notifier
+from services.notifier.stats import Weights
 from services.notifier.texts import load_texts
 from shared.city import load_city
 from shared.events import AppealReceived, Caller, DepartmentRef, TicketAssigned
@@ -38,44 +38,74 @@ async def run(settings: Settings, n: int) -> dict[str, float]:
         return None
 
     notifier = Notifier(
-        TicketStore(redis), OutboxGateway(redis, key=f"bench:{run_id}:outbox"), no_publish,
-        texts=load_texts(settings.notifications_file), policy=Policy(None, 10, tz),
+        TicketStore(redis),
+        OutboxGateway(redis, key=f"bench:{run_id}:outbox"),
+        no_publish,
+        texts=load_texts(settings.notifications_file),
+        policy=Policy(None, 10, tz),
         jobs_key=f"bench:{run_id}:due",
     )
     handlers = Handlers(notifier, RateBook(redis, city, tz, Weights()))
     phones = [f"199{i:08d}" for i in range(n)]
-    appeals = [AppealReceived(ticket_no=f"bench-{run_id}-{i}", channel="hotline", text="路灯坏了",
-                              caller=Caller(caller_id=f"bench-{run_id}-{i}", masked_phone="199****0000"))
-               for i in range(n)]
+    appeals = [
+        AppealReceived(
+            ticket_no=f"bench-{run_id}-{i}",
+            channel="hotline",
+            text="路灯坏了",
+            caller=Caller(caller_id=f"bench-{run_id}-{i}", masked_phone="199****0000"),
+        )
+        for i in range(n)
+    ]
     day = BENCH_DAY.replace(tzinfo=tz)
     dept = DepartmentRef(id=f"bench-{run_id}", name="bench")
-    assigned = [TicketAssigned(ticket_no=a.ticket_no, department=dept, via="rule", explanation="bench",
-                               category=f"bench-{run_id}", grid=None, respond_by=day, resolve_by=day,
-                               occurred_at=day) for a in appeals]
+    assigned = [
+        TicketAssigned(
+            ticket_no=a.ticket_no,
+            department=dept,
+            via="rule",
+            explanation="bench",
+            category=f"bench-{run_id}",
+            grid=None,
+            respond_by=day,
+            resolve_by=day,
+            occurred_at=day,
+        )
+        for a in appeals
+    ]
     try:
         async with redis.pipeline(transaction=False) as p:
-            for a, phone in zip(appeals, phones):
+            for a, phone in zip(appeals, phones, strict=False):
                 p.hset(f"contact:{a.caller.caller_id}", mapping={"phone": phone})
             await p.execute()
         started = time.perf_counter()
         for i in range(0, n, BATCH):
-            await handlers.appeals(appeals[i:i + BATCH])
+            await handlers.appeals(appeals[i : i + BATCH])
         acks = n / (time.perf_counter() - started)
         started = time.perf_counter()
         for i in range(0, n, BATCH):
-            await handlers.assignments(assigned[i:i + BATCH])
+            await handlers.assignments(assigned[i : i + BATCH])
         rate_events = n / (time.perf_counter() - started)
         sent = await redis.llen(f"bench:{run_id}:outbox")
     finally:
         today = f"{notifier.policy.local_day(datetime.now(tz)):%Y%m%d}"
         await _clean(redis, run_id, appeals, assigned, phones, today)
         await redis.aclose()
-    return {"messages": n, "acks_sent": sent, "acks_per_second": round(acks),
-            "rate_events_per_second": round(rate_events)}
+    return {
+        "messages": n,
+        "acks_sent": sent,
+        "acks_per_second": round(acks),
+        "rate_events_per_second": round(rate_events),
+    }
 
 
-async def _clean(redis: Redis, run_id: str, appeals: list[AppealReceived], assigned: list[TicketAssigned],
-                 phones: list[str], today: str) -> None:
+async def _clean(
+    redis: Redis,
+    run_id: str,
+    appeals: list[AppealReceived],
+    assigned: list[TicketAssigned],
+    phones: list[str],
+    today: str,
+) -> None:
     outbox = f"bench:{run_id}:outbox"
     sent = [json.loads(r)["message_id"] for r in await redis.lrange(outbox, 0, -1)]
     keys = [outbox, f"bench:{run_id}:due", *(f"sms:msg:{m}" for m in sent)]
@@ -87,4 +117,4 @@ async def _clean(redis: Redis, run_id: str, appeals: list[AppealReceived], assig
     for dim in ("department", "category"):
         await redis.srem(f"stats:groups:{dim}", f"bench-{run_id}")
     for i in range(0, len(keys), 1000):
-        await redis.delete(*keys[i:i + 1000])
+        await redis.delete(*keys[i : i + 1000])

@@ -38,8 +38,15 @@ class SmsMessage:
     urgent: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"phone": self.phone, "text": self.text, "kind": self.kind, "ticket_no": self.ticket_no,
-                "message_id": self.message_id, "created_at": self.created_at.isoformat(), "urgent": self.urgent}
+        return {
+            "phone": self.phone,
+            "text": self.text,
+            "kind": self.kind,
+            "ticket_no": self.ticket_no,
+            "message_id": self.message_id,
+            "created_at": self.created_at.isoformat(),
+            "urgent": self.urgent,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SmsMessage:
@@ -147,7 +154,9 @@ class HttpSmsGateway:
                         provider_id = None
                     return str(provider_id or message.message_id)
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                    raise PermanentSmsError(f"provider refused the message: HTTP {r.status_code} {r.text[:200]}")
+                    raise PermanentSmsError(
+                        f"provider refused the message: HTTP {r.status_code} {r.text[:200]}"
+                    )
                 last = f"HTTP {r.status_code}"
             if attempt < self.attempts:
                 await self.sleep(self.backoff(attempt))
@@ -159,6 +168,7 @@ class HttpSmsGateway:
 
 def make_gateway(settings: Settings, redis: Redis) -> SmsGateway:
     if settings.sms_gateway == "http":
-        return HttpSmsGateway(settings.sms_gateway_url, settings.sms_gateway_token,
-                              attempts=settings.sms_gateway_attempts)
+        return HttpSmsGateway(
+            settings.sms_gateway_url, settings.sms_gateway_token, attempts=settings.sms_gateway_attempts
+        )
     return OutboxGateway(redis)

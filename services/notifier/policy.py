@@ -23,7 +23,7 @@ class QuietHours:
 
     @classmethod
     def parse(cls, spec: str) -> QuietHours | None:
-        """"21:00-08:00" -> QuietHours; "none" (or empty) -> None. Raises ValueError with the reason."""
+        """ "21:00-08:00" -> QuietHours; "none" (or empty) -> None. Raises ValueError with the reason."""
         if spec.strip().lower() in ("", "none", "off"):
             return None
         m = _RANGE.match(spec)

@@ -27,11 +27,13 @@ SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never coun
 MAX_DAYS = 366
 
 RATE_EVENTS = Counter(
-    "hotline_rate_events_total", "Events counted for the three rates, by department and counter",
+    "hotline_rate_events_total",
+    "Events counted for the three rates, by department and counter",
     ["department", "field"],
 )
 RATES = Gauge(
-    "hotline_rate", "The three rates and the score (month to date), by grouping and group",
+    "hotline_rate",
+    "The three rates and the score (month to date), by grouping and group",
     ["group_by", "group", "rate"],
 )
 
@@ -80,7 +82,9 @@ class RateBook:
         if ticket is None:
             return stats.groups_for(self.city, None, None, None)
         return stats.groups_for(
-            self.city, ticket.department.id if ticket.department else None, ticket.category,
+            self.city,
+            ticket.department.id if ticket.department else None,
+            ticket.category,
             ticket.grid.grid if ticket.grid else None,
         )
 
@@ -89,20 +93,22 @@ class RateBook:
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
-        for event, ticket in zip(events, tickets):
+        for event, ticket in zip(events, tickets, strict=False):
             fields = stats.fields_for(event)
             if not fields:
                 continue
             groups = self.groups_of(event, ticket)
             day = event.occurred_at.astimezone(self.tz).strftime("%Y%m%d")
-            keys += [f"stats:seen:{event.event_id}",
-                     *(f"stats:{d}:{g}:{day}" for d, g in groups.items()),
-                     *(f"stats:groups:{d}" for d in groups)]
+            keys += [
+                f"stats:seen:{event.event_id}",
+                *(f"stats:{d}:{g}:{day}" for d, g in groups.items()),
+                *(f"stats:groups:{d}" for d in groups),
+            ]
             args += [len(groups), len(fields), *groups.values(), *fields]
             counted.append((groups, fields))
         results = await self._count_once(keys=keys, args=args) if counted else []
         new = 0
-        for (groups, fields), fresh in zip(counted, results):
+        for (groups, fields), fresh in zip(counted, results, strict=False):
             if fresh:
                 new += 1
                 for f in fields:
@@ -121,7 +127,7 @@ class RateBook:
         out = []
         for i, g in enumerate(groups):
             total: dict[str, int] = {}
-            for raw in raws[i * len(days):(i + 1) * len(days)]:
+            for raw in raws[i * len(days) : (i + 1) * len(days)]:
                 stats.add(total, {k.decode(): int(v) for k, v in raw.items()})
             if any(total.values()):
                 out.append({"group": g, "name": self.name_of(group_by, g)} | stats.rates(total, self.weights))

@@ -133,10 +133,13 @@ class Notifier:
         if settings.survey_reminder_hours >= settings.survey_window_hours:
             raise ValueError("SURVEY_REMINDER_HOURS must be below SURVEY_WINDOW_HOURS")
         return cls(
-            store, make_gateway(settings, store.redis), publish,
+            store,
+            make_gateway(settings, store.redis),
+            publish,
             texts=load_texts(settings.notifications_file),
-            policy=Policy(QuietHours.parse(settings.quiet_hours), settings.sms_daily_cap,
-                          ZoneInfo(settings.timezone)),
+            policy=Policy(
+                QuietHours.parse(settings.quiet_hours), settings.sms_daily_cap, ZoneInfo(settings.timezone)
+            ),
             reminder_after=timedelta(hours=settings.survey_reminder_hours),
             window=timedelta(hours=settings.survey_window_hours),
             **kw,
@@ -149,7 +152,9 @@ class Notifier:
         Returns sent, held (quiet hours / daily cap), retrying, failed or duplicate."""
         return (await self.notify_many([(event_id, message)], now))[0]
 
-    async def notify_many(self, items: Sequence[tuple[str, SmsMessage]], now: datetime | None = None) -> list[str]:
+    async def notify_many(
+        self, items: Sequence[tuple[str, SmsMessage]], now: datetime | None = None
+    ) -> list[str]:
         """`notify` for a batch, in three Redis round trips whatever its size."""
         if not items:
             return []
@@ -166,7 +171,7 @@ class Notifier:
             if mine:
                 await self.redis.delete(*(keys[i] for i in mine))
             raise
-        for i, state in zip(mine, states):
+        for i, state in zip(mine, states, strict=False):
             results[i] = state
         return results
 
@@ -181,14 +186,14 @@ class Notifier:
         counts = await self.redis.hmget(count_key, [m.phone for m in messages])
         in_batch: Counter[str] = Counter()  # several messages to one phone in the same batch
         held: dict[int, datetime] = {}
-        for i, (m, count) in enumerate(zip(messages, counts)):
+        for i, (m, count) in enumerate(zip(messages, counts, strict=False)):
             at = self.policy.send_at(now, urgent=m.urgent, sent_today=int(count or 0) + in_batch[m.phone])
             if at > now:
                 held[i] = at
             else:
                 in_batch[m.phone] += 1
         to_send = [i for i in range(len(messages)) if i not in held]
-        outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send])))
+        outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=False))
         states: list[str] = []
         written: list[tuple[str, str, str]] = []  # state key, state, phone to count ('' : not sent)
         async with self.redis.pipeline(transaction=False) as p:
@@ -211,8 +216,15 @@ class Notifier:
                     written.append((key, record, m.phone))
                     SMS_SENT.labels(kind=m.kind).inc()
                     states.append("sent")
-            p.eval(_RECORD_STATES, 1 + len(written), count_key, *(key for key, _, _ in written),
-                   SENT_TTL, 2 * 86400, *(v for _, record, phone in written for v in (record, phone)))
+            p.eval(
+                _RECORD_STATES,
+                1 + len(written),
+                count_key,
+                *(key for key, _, _ in written),
+                SENT_TTL,
+                2 * 86400,
+                *(v for _, record, phone in written for v in (record, phone)),
+            )
             await p.execute()
         return states
 
@@ -233,8 +245,13 @@ class Notifier:
     @staticmethod
     def _state(message: SmsMessage, state: str, **extra: str) -> tuple[str, str]:
         """The message's state record: its key and JSON."""
-        record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "",
-                  "phone": mask_phone(message.phone), **extra}
+        record = {
+            "state": state,
+            "kind": message.kind,
+            "ticket_no": message.ticket_no or "",
+            "phone": mask_phone(message.phone),
+            **extra,
+        }
         return f"sms:msg:{message.message_id}", json.dumps(record, ensure_ascii=False)
 
     async def _record_state(self, message: SmsMessage, state: str, **extra: str) -> None:
@@ -285,12 +302,18 @@ class Notifier:
             return
         if job["job"] == "remind":
             if await self.redis.zscore(f"survey:open:{survey['phone']}", survey["survey_id"]) is not None:
-                text = self.texts.render("reminder", ticket_no=survey["ticket_no"], question=self.texts.question)
-                await self.notify(survey["survey_id"], SmsMessage(survey["phone"], text, "reminder",
-                                                                  survey["ticket_no"]), now)
+                text = self.texts.render(
+                    "reminder", ticket_no=survey["ticket_no"], question=self.texts.question
+                )
+                await self.notify(
+                    survey["survey_id"],
+                    SmsMessage(survey["phone"], text, "reminder", survey["ticket_no"]),
+                    now,
+                )
         elif job["job"] == "close":
-            await self._close(survey, "no_answer", "", now,
-                              event_id=_derived_id(survey["survey_id"], "no_answer"))
+            await self._close(
+                survey, "no_answer", "", now, event_id=_derived_id(survey["survey_id"], "no_answer")
+            )
 
     # --- messages about tickets ---------------------------------------------------------------
 
@@ -307,7 +330,9 @@ class Notifier:
         return [v.decode() if v else None for v in found]
 
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
-        return SmsMessage(phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent)
+        return SmsMessage(
+            phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent
+        )
 
     async def acknowledge(self, cause: Event, ticket_no: str, phone: str, *, urgent: bool = False) -> str:
         return await self.notify(cause.event_id, self.ack_message(ticket_no, phone, urgent=urgent))
@@ -325,16 +350,23 @@ class Notifier:
         `supervisor_mobile`; once per event and recipient."""
         items = []
         for u in updates:
-            names = {"stage": str(u.data.get("stage_name") or u.data.get("stage") or ""),
-                     "deadline": self._local_time(u.data.get("deadline")), "department": u.department.name}
+            names = {
+                "stage": str(u.data.get("stage_name") or u.data.get("stage") or ""),
+                "deadline": self._local_time(u.data.get("deadline")),
+                "department": u.department.name,
+            }
             template = "overdue_notice" if u.action == "overdue" else "escalated_notice"
             for dept_id in dict.fromkeys(d for d in (u.data.get("supervisor"), u.data.get("to")) if d):
                 dept = city.department_by_id.get(str(dept_id))
                 if dept is None or not dept.supervisor_mobile:
                     continue
                 text = self.texts.render(template, ticket_no=u.ticket_no, **names)
-                items.append((f"{u.event_id}:{dept.id}",
-                              SmsMessage(dept.supervisor_mobile, text, "supervision", u.ticket_no)))
+                items.append(
+                    (
+                        f"{u.event_id}:{dept.id}",
+                        SmsMessage(dept.supervisor_mobile, text, "supervision", u.ticket_no),
+                    )
+                )
         return await self.notify_many(items)
 
     def _local_time(self, value: object) -> str:
@@ -344,7 +376,9 @@ class Notifier:
     # --- the survey ---------------------------------------------------------------------------
 
     def _not_asked(self, resolved: TicketUpdated, outcome: SurveyOutcome) -> SurveyAnswered:
-        return SurveyAnswered.caused(resolved, survey_id=resolved.event_id, rating=None, text="", outcome=outcome)
+        return SurveyAnswered.caused(
+            resolved, survey_id=resolved.event_id, rating=None, text="", outcome=outcome
+        )
 
     async def start_survey(self, resolved: TicketUpdated, ticket: Ticket) -> list[Event]:
         """The callback with the survey for a resolved ticket. Returns the events that record it: the
@@ -359,24 +393,44 @@ class Notifier:
             return [self._not_asked(resolved, "opted_out")]
         survey_id = resolved.event_id
         now = self.clock()
-        text = self.texts.render("survey", ticket_no=ticket.ticket_no, note=note, question=self.texts.question)
-        message = SmsMessage(phone, text, "survey", ticket.ticket_no, message_id=_derived_id(survey_id, "sms"))
-        record = {"survey_id": survey_id, "ticket_no": ticket.ticket_no, "phone": phone,
-                  "started_at": now.timestamp()}
+        text = self.texts.render(
+            "survey", ticket_no=ticket.ticket_no, note=note, question=self.texts.question
+        )
+        message = SmsMessage(
+            phone, text, "survey", ticket.ticket_no, message_id=_derived_id(survey_id, "sms")
+        )
+        record = {
+            "survey_id": survey_id,
+            "ticket_no": ticket.ticket_no,
+            "phone": phone,
+            "started_at": now.timestamp(),
+        }
         if await self.redis.set(f"survey:{survey_id}", json.dumps(record), nx=True, ex=SURVEY_TTL):
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(f"survey:open:{phone}", {survey_id: now.timestamp()})
                 p.expire(f"survey:open:{phone}", SURVEY_TTL)
-                p.zadd(self.jobs, {
-                    json.dumps({"job": "remind", "survey_id": survey_id}, sort_keys=True):
-                        (now + self.reminder_after).timestamp(),
-                    json.dumps({"job": "close", "survey_id": survey_id}, sort_keys=True):
-                        (now + self.window).timestamp(),
-                })
+                p.zadd(
+                    self.jobs,
+                    {
+                        json.dumps({"job": "remind", "survey_id": survey_id}, sort_keys=True): (
+                            now + self.reminder_after
+                        ).timestamp(),
+                        json.dumps({"job": "close", "survey_id": survey_id}, sort_keys=True): (
+                            now + self.window
+                        ).timestamp(),
+                    },
+                )
                 await p.execute()
         await self.notify(survey_id, message, now)
-        return [SurveySent.caused(resolved, survey_id=survey_id, masked_phone=mask_phone(phone),
-                                  message_id=message.message_id, text=text)]
+        return [
+            SurveySent.caused(
+                resolved,
+                survey_id=survey_id,
+                masked_phone=mask_phone(phone),
+                message_id=message.message_id,
+                text=text,
+            )
+        ]
 
     async def _survey(self, survey_id: str | bytes) -> dict[str, Any] | None:
         sid = survey_id.decode() if isinstance(survey_id, bytes) else survey_id
@@ -384,8 +438,15 @@ class Notifier:
         return json.loads(raw) if raw else None
 
     async def _close(
-        self, survey: dict[str, Any], outcome: SurveyOutcome, text: str, now: datetime, *,
-        event_id: str, rating: int | None = None, solved: bool | None = None,
+        self,
+        survey: dict[str, Any],
+        outcome: SurveyOutcome,
+        text: str,
+        now: datetime,
+        *,
+        event_id: str,
+        rating: int | None = None,
+        solved: bool | None = None,
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
         reply or the timeout closed it first). If the publish fails the survey is open again."""
@@ -393,8 +454,14 @@ class Notifier:
         if not await self.redis.zrem(open_key, survey["survey_id"]):
             return None
         answered = SurveyAnswered(
-            event_id=event_id, ticket_no=survey["ticket_no"], survey_id=survey["survey_id"], rating=rating,
-            solved=solved, text=text, outcome=outcome, occurred_at=now,
+            event_id=event_id,
+            ticket_no=survey["ticket_no"],
+            survey_id=survey["survey_id"],
+            rating=rating,
+            solved=solved,
+            text=text,
+            outcome=outcome,
+            occurred_at=now,
         )
         try:
             await self.publish([answered])
@@ -406,10 +473,18 @@ class Notifier:
         return answered
 
     async def _comment(self, survey: dict[str, Any], text: str, now: datetime) -> None:
-        await self.publish([SurveyAnswered(
-            ticket_no=survey["ticket_no"], survey_id=survey["survey_id"], rating=None, text=text,
-            outcome="comment", occurred_at=now,
-        )])
+        await self.publish(
+            [
+                SurveyAnswered(
+                    ticket_no=survey["ticket_no"],
+                    survey_id=survey["survey_id"],
+                    rating=None,
+                    text=text,
+                    outcome="comment",
+                    occurred_at=now,
+                )
+            ]
+        )
 
     async def reply(self, phone: str, text: str) -> dict[str, Any] | None:
         """An SMS from a resident: opt-out, an answer to the newest open survey, or a comment on a
@@ -422,20 +497,42 @@ class Notifier:
         if survey is not None:
             parsed = parse_reply(text)
             if parsed.rated:
-                answered = await self._close(survey, "answered", text, now, event_id=uuid.uuid4().hex,
-                                             rating=parsed.rating, solved=parsed.solved)
+                answered = await self._close(
+                    survey,
+                    "answered",
+                    text,
+                    now,
+                    event_id=uuid.uuid4().hex,
+                    rating=parsed.rating,
+                    solved=parsed.solved,
+                )
                 if answered is not None:
-                    return {"kind": "survey_answer", "ticket_no": survey["ticket_no"],
-                            "rating": parsed.rating, "solved": parsed.solved}
+                    return {
+                        "kind": "survey_answer",
+                        "ticket_no": survey["ticket_no"],
+                        "rating": parsed.rating,
+                        "solved": parsed.solved,
+                    }
             await self._comment(survey, text, now)
             clarified = None
             if not parsed.rated:  # at most once per survey: notify is idempotent on (survey, kind)
-                message = SmsMessage(phone, self.texts.render(
-                    "clarification", ticket_no=survey["ticket_no"], question=self.texts.question,
-                ), "clarification", survey["ticket_no"], urgent=True)  # an answer to their own SMS: now
+                message = SmsMessage(
+                    phone,
+                    self.texts.render(
+                        "clarification",
+                        ticket_no=survey["ticket_no"],
+                        question=self.texts.question,
+                    ),
+                    "clarification",
+                    survey["ticket_no"],
+                    urgent=True,
+                )  # an answer to their own SMS: now
                 clarified = await self.notify(survey["survey_id"], message, now)
-            return {"kind": "comment", "ticket_no": survey["ticket_no"],
-                    "clarification": clarified in ("sent", "held")}
+            return {
+                "kind": "comment",
+                "ticket_no": survey["ticket_no"],
+                "clarification": clarified in ("sent", "held"),
+            }
         last = await self.redis.get(f"survey:last:{phone}")
         if last and (survey := await self._survey(last)) is not None:
             await self._comment(survey, text, now)
@@ -448,8 +545,9 @@ class Notifier:
         closed = []
         for sid in await self.redis.zrange(f"survey:open:{phone}", 0, -1):
             survey = await self._survey(sid)
-            if survey and await self._close(survey, "opted_out", text, now,
-                                            event_id=_derived_id(survey["survey_id"], "opted_out")):
+            if survey and await self._close(
+                survey, "opted_out", text, now, event_id=_derived_id(survey["survey_id"], "opted_out")
+            ):
                 closed.append(survey["ticket_no"])
         confirmation = SmsMessage(phone, self.texts.render("opt_out"), "opt_out", urgent=True)
         await self.notify(f"optout:{caller_id(phone)}:{self.policy.local_day(now)}", confirmation, now)

@@ -24,8 +24,16 @@ from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
 
 DIMENSIONS = ("department", "category", "grid", "street")
 FIELDS = (
-    "assigned", "responded", "responded_on_time", "answered", "solved",
-    "satisfied", "basically_satisfied", "unsatisfied", "no_answer", "skipped",
+    "assigned",
+    "responded",
+    "responded_on_time",
+    "answered",
+    "solved",
+    "satisfied",
+    "basically_satisfied",
+    "unsatisfied",
+    "no_answer",
+    "skipped",
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 
@@ -102,8 +110,10 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
     weight = sum(wt for wt, r in parts if r is not None)
     score = 100 * sum(wt * r for wt, r in parts if r is not None) / weight if weight else None
     return c | {
-        "response_rate": _round(response, 4), "resolution_rate": _round(resolution, 4),
-        "satisfaction_rate": _round(satisfaction, 4), "score": _round(score, 2),
+        "response_rate": _round(response, 4),
+        "resolution_rate": _round(resolution, 4),
+        "satisfaction_rate": _round(satisfaction, 4),
+        "score": _round(score, 2),
     }
 
 

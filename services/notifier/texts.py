@@ -60,7 +60,9 @@ class Texts(BaseModel):
                 continue
             allowed = FIELDS.get(name, frozenset()) | {"signature"}
             for field in sorted(used - allowed):
-                problems.append(f"template {name!r}: unknown field {{{field}}} (allowed: {', '.join(sorted(allowed))})")
+                problems.append(
+                    f"template {name!r}: unknown field {{{field}}} (allowed: {', '.join(sorted(allowed))})"
+                )
             if "ticket_no" in FIELDS.get(name, ()) and "ticket_no" not in used:
                 problems.append(f"template {name!r} must show the ticket number {{ticket_no}}")
         for digit, word in (("1", "满意"), ("2", "基本满意"), ("3", "不满意")):

@@ -69,7 +69,10 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
 async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_sms_gateway)):
     if not await request.app.state.notifier.receipt(body.message_id, body.status == "delivered", body.error):
         return api_error(404, "not_found", f"短信{body.message_id}不存在")
-    return {"message_id": body.message_id, "state": "delivered" if body.status == "delivered" else "undelivered"}
+    return {
+        "message_id": body.message_id,
+        "state": "delivered" if body.status == "delivered" else "undelivered",
+    }
 
 
 @router.get("/sms/outbox")
@@ -81,7 +84,9 @@ async def outbox(
 ):
     gateway = request.app.state.notifier.gateway
     if not isinstance(gateway, OutboxGateway):
-        return api_error(404, "no_outbox", "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用")
+        return api_error(
+            404, "no_outbox", "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用"
+        )
     try:
         wanted = normalize_phone(phone) if phone else None
     except InvalidPhone as e:
@@ -107,8 +112,14 @@ async def rates(
         return api_error(422, "invalid_period", f"统计区间最长{MAX_DAYS}天", field="from")
     w = book.weights
     return {
-        "group_by": group_by, "from": start.isoformat(), "to": end.isoformat(),
-        "weights": {"basically_satisfied": w.basic, "response": w.response,
-                    "resolution": w.resolution, "satisfaction": w.satisfaction},
+        "group_by": group_by,
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "weights": {
+            "basically_satisfied": w.basic,
+            "response": w.response,
+            "resolution": w.resolution,
+            "satisfaction": w.satisfaction,
+        },
         "groups": await book.query(group_by, start, end),
     }

@@ -43,11 +43,20 @@ def assignment_decision(rt: Runtime, tz: ZoneInfo, classified: AppealClassified)
     else:
         threshold = rt.settings.review_confidence_threshold
     routing = route(rt.city, classified.category, classified.grid, classified.confidence, threshold)
-    others = contested(rt.city, routing, classified.top, classified.grid, rt.city.sla.supervision.ambiguity_margin)
+    others = contested(
+        rt.city, routing, classified.top, classified.grid, rt.city.sla.supervision.ambiguity_margin
+    )
     urgent = classified.urgent or classified.appeal.urgent_flag
     due = deadlines(rt.city, classified.category, urgent, classified.occurred_at, tz)
-    return partial(workflow.assign, classified=classified, routing=routing, due=due, city=rt.city,
-                   contested=others, tz=tz)
+    return partial(
+        workflow.assign,
+        classified=classified,
+        routing=routing,
+        due=due,
+        city=rt.city,
+        contested=others,
+        tz=tz,
+    )
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
@@ -66,6 +75,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def send(events: Sequence[Event]) -> None:
         followed.add(e.event_id for e in events if e.topic in (topics.TICKET_ASSIGNED, topics.TICKET_UPDATED))
         await publish(rt.publisher, events)
+
     meeting_store = MeetingStore(rt.redis, rt.store)
     hotspots = Hotspots(rt.redis, sup)
 
@@ -85,7 +95,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
         if not hot:
             return
         claimed = await meeting_store.open_hotspots(
-            {cluster: joining[0] for cluster, (mid, joining) in hot.items() if mid is None})
+            {cluster: joining[0] for cluster, (mid, joining) in hot.items() if mid is None}
+        )
         known = {t.ticket_no: t for t in tickets}
         older = [n for _, joining in hot.values() for n in joining if n not in known]
         known.update((t.ticket_no, t) for t in await rt.store.get_many(older) if t is not None)
@@ -94,11 +105,24 @@ def build_app(settings: Settings | None = None) -> FastStream:
             mid = mid or claimed[cluster]
             members = [known[n] for n in joining if n in known]
             summoned = {t.department.id for t in members if t.department} | {
-                d.id for t in members for d in t.co_departments}
+                d.id for t in members for d in t.co_departments
+            }
             summoned.discard(rt.city.responsibilities.dispatch_desk)
-            changes += [Change(no, partial(workflow.hold_for_meeting, mid=mid, reason="hotspot",
-                                           summoned=sorted(summoned), city=rt.city, tz=tz,
-                                           now=datetime.now(UTC))) for no in joining]
+            changes += [
+                Change(
+                    no,
+                    partial(
+                        workflow.hold_for_meeting,
+                        mid=mid,
+                        reason="hotspot",
+                        summoned=sorted(summoned),
+                        city=rt.city,
+                        tz=tz,
+                        now=datetime.now(UTC),
+                    ),
+                )
+                for no in joining
+            ]
         if changes:
             await apply(changes)
 
@@ -132,7 +156,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
             answers = await parse_or_dead_letter(
                 rt.publisher, SurveyAnswered, topics.SURVEY_ANSWERED, bodies, NAME
             )
-            changes = [Change(a.ticket_no, partial(workflow.rate, answer=a, city=rt.city, tz=tz)) for a in answers]
+            changes = [
+                Change(a.ticket_no, partial(workflow.rate, answer=a, city=rt.city, tz=tz)) for a in answers
+            ]
             for e in await apply(changes):
                 TICKET_TRANSITIONS.labels(action=e.action).inc()
 
@@ -142,19 +168,37 @@ def build_app(settings: Settings | None = None) -> FastStream:
         # one group rebalance all of its consumers, which delays the hot path at every start.
         @batch_subscriber(rt.broker, topics.TICKET_ASSIGNED, NAME)
         async def on_tickets_assigned(bodies: list[bytes]) -> None:
-            assigned = await parse_or_dead_letter(rt.publisher, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME)
+            assigned = await parse_or_dead_letter(
+                rt.publisher, TicketAssigned, topics.TICKET_ASSIGNED, bodies, NAME
+            )
             await follow(assigned)
 
         @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
         async def on_tickets_updated(bodies: list[bytes]) -> None:
-            updates = await parse_or_dead_letter(rt.publisher, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
+            updates = await parse_or_dead_letter(
+                rt.publisher, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME
+            )
             escalations = [u for u in updates if u.action == "escalated" and "meeting" in u.data]
             if escalations:
                 touched = await meeting_store.open_from(escalations, ref, send)
                 # A ticket that reached a meeting just after its decision follows the decision.
-                late = [Change(no, partial(workflow.meeting_decided, mid=m.meeting_id, lead=m.lead, note=m.note,
-                                           city=rt.city, tz=tz, now=datetime.now(UTC)))
-                        for m, nos in touched if m.status == "decided" for no in nos]
+                late = [
+                    Change(
+                        no,
+                        partial(
+                            workflow.meeting_decided,
+                            mid=m.meeting_id,
+                            lead=m.lead,
+                            note=m.note,
+                            city=rt.city,
+                            tz=tz,
+                            now=datetime.now(UTC),
+                        ),
+                    )
+                    for m, nos in touched
+                    if m.status == "decided"
+                    for no in nos
+                ]
                 if late:
                     await apply(late)
             await follow(updates)

@@ -68,8 +68,15 @@ def lead_street_office(city: City, grid_id: str | None) -> str:
 
 
 def spec(
-    city: City, *, mid: str, reason: MeetingReason, grid: str | None, category: str | None,
-    summoned: Iterable[str], now: datetime, tz: ZoneInfo,
+    city: City,
+    *,
+    mid: str,
+    reason: MeetingReason,
+    grid: str | None,
+    category: str | None,
+    summoned: Iterable[str],
+    now: datetime,
+    tz: ZoneInfo,
 ) -> dict:
     """What an escalation carries so that whoever sees it first can open the meeting."""
     lead_street = lead_street_office(city, grid)
@@ -84,14 +91,22 @@ def spec(
     }
 
 
-def merge(meeting: Meeting | None, spec: Mapping, tickets: Sequence[str], now: datetime) -> tuple[Meeting, list[str]]:
+def merge(
+    meeting: Meeting | None, spec: Mapping, tickets: Sequence[str], now: datetime
+) -> tuple[Meeting, list[str]]:
     """Open the meeting the spec describes, or attach tickets to it. Returns it and the tickets that
     are new to it (none: nothing changed)."""
     if meeting is None:
         m = Meeting(
-            meeting_id=spec["meeting_id"], reason=spec["reason"], lead_street=spec["lead_street"],
-            summoned=list(spec["summoned"]), tickets=list(dict.fromkeys(tickets)),
-            category=spec.get("category"), grid=spec.get("grid"), deadline=spec["deadline"], convened_at=now,
+            meeting_id=spec["meeting_id"],
+            reason=spec["reason"],
+            lead_street=spec["lead_street"],
+            summoned=list(spec["summoned"]),
+            tickets=list(dict.fromkeys(tickets)),
+            category=spec.get("category"),
+            grid=spec.get("grid"),
+            deadline=spec["deadline"],
+            convened_at=now,
         )
         return m, m.tickets
     added = [t for t in dict.fromkeys(tickets) if t not in meeting.tickets]
@@ -113,12 +128,18 @@ def check_in(meeting: Meeting, dept_id: str, now: datetime) -> Meeting:
 
 def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: datetime) -> Meeting:
     if meeting.status != "open":
-        raise MeetingError("meeting_closed", f"联席会议{meeting.meeting_id}已作出决定（主办单位：{meeting.lead}）")
+        raise MeetingError(
+            "meeting_closed", f"联席会议{meeting.meeting_id}已作出决定（主办单位：{meeting.lead}）"
+        )
     dept = city.department_by_id.get(lead)
     if dept is None or dept.kind == "dispatch_desk":
-        raise MeetingError("unknown_department", f"主办单位{lead!r}不是有效的承办单位（见departments.yaml）", status=422)
+        raise MeetingError(
+            "unknown_department", f"主办单位{lead!r}不是有效的承办单位（见departments.yaml）", status=422
+        )
     if lead not in meeting.summoned:
-        raise MeetingError("not_summoned", f"{dept.name}未被召集参加本次联席会议，不能确定为主办单位", status=422)
+        raise MeetingError(
+            "not_summoned", f"{dept.name}未被召集参加本次联席会议，不能确定为主办单位", status=422
+        )
     return meeting.model_copy(
         update={"status": "decided", "lead": lead, "decided_by": by, "decided_at": now, "note": note}
     )

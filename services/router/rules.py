@@ -43,7 +43,9 @@ def describe_rule(city: City, rule: ResponsibilityRule) -> str:
     return f"{'/'.join(city.category_names(rule.category))}{where} → {city.department_by_id[rule.lead].name}"
 
 
-def matching_rules(city: City, category: str, grid: GridMatch) -> list[tuple[tuple[int, int], ResponsibilityRule]]:
+def matching_rules(
+    city: City, category: str, grid: GridMatch
+) -> list[tuple[tuple[int, int], ResponsibilityRule]]:
     """Rules that apply, most specific first, with their (area, category depth) specificity."""
     path = city.category_path[category]
     found = []
@@ -61,25 +63,36 @@ def matching_rules(city: City, category: str, grid: GridMatch) -> list[tuple[tup
 def route(city: City, category: str, grid: GridMatch, confidence: float, threshold: float) -> Routing:
     names = "/".join(city.category_names(category))
     if confidence < threshold or grid.grid is None:
-        why = f"分类置信度{confidence:.2f}低于阈值{threshold:.2f}" if confidence < threshold else "未能确定所属网格"
+        why = (
+            f"分类置信度{confidence:.2f}低于阈值{threshold:.2f}"
+            if confidence < threshold
+            else "未能确定所属网格"
+        )
         return Routing(
-            lead=city.responsibilities.dispatch_desk, co=(), via="dispatch_desk", rule="",
+            lead=city.responsibilities.dispatch_desk,
+            co=(),
+            via="dispatch_desk",
+            rule="",
             explanation=f"{why}，转人工派单（{names}）",
         )
     rules = matching_rules(city, category, grid)
     if not rules:
         owner = city.responsibilities.fallback_owner
         return Routing(
-            lead=owner, co=(), via="fallback", rule="",
+            lead=owner,
+            co=(),
+            via="fallback",
+            rule="",
             explanation=f"权责清单中没有“{names}”的责任单位，由{city.department_by_id[owner].name}兜底承办",
         )
     best_score, best = rules[0]
-    ties = tuple(
-        r.lead for score, r in rules[1:] if score == best_score and r.lead != best.lead
-    )
+    ties = tuple(r.lead for score, r in rules[1:] if score == best_score and r.lead != best.lead)
     rule_text = describe_rule(city, best)
     return Routing(
-        lead=best.lead, co=best.co, via="rule", rule=rule_text,
+        lead=best.lead,
+        co=best.co,
+        via="rule",
+        rule=rule_text,
         explanation=f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，网格{grid.grid}（{grid.method}）",
         ambiguous=ties,
     )
@@ -106,7 +119,11 @@ def contested(
     if routing.via != "rule":
         return ()
     others = list(routing.ambiguous)
-    if len(top) >= 2 and top[0].probability - top[1].probability <= margin and top[1].category in city.category_path:
+    if (
+        len(top) >= 2
+        and top[0].probability - top[1].probability <= margin
+        and top[1].category in city.category_path
+    ):
         second = matching_rules(city, top[1].category, grid)
         if second and second[0][1].lead != routing.lead:
             others.append(second[0][1].lead)

@@ -133,12 +133,12 @@ class Queues:
         nos = [n.decode() for n in await self.redis.zrange(key, 0, -1)]
         found: list[Ticket] = []
         for i in range(0, len(nos), 500):
-            for t in await self.store.get_many(nos[i:i + 500]):
+            for t in await self.store.get_many(nos[i : i + 500]):
                 if t is None or t.department is None or t.department.id != dept:
                     continue  # moved on since it was indexed; the next index call cleans up
                 if (status is None or t.status == status) and (overdue is None or t.overdue == overdue):
                     found.append(t)
-        return len(found), found[(page - 1) * size: page * size]
+        return len(found), found[(page - 1) * size : page * size]
 
 
 def _followed(t: Ticket) -> tuple:
@@ -185,7 +185,9 @@ def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
     """Decision: put a fact about the ticket (a meeting's) in its history and publish it, once."""
     if ticket is None or ticket.has_applied(fact.event_id):
         return None
-    return Outcome(ticket.model_copy(update={"applied": (ticket.applied + [fact.event_id])[-300:]}), publish=[fact])
+    return Outcome(
+        ticket.model_copy(update={"applied": ([*ticket.applied, fact.event_id])[-300:]}), publish=[fact]
+    )
 
 
 # A decision about a meeting: given it as it is (None: not opened yet), the meeting as it is to be and
@@ -211,13 +213,18 @@ class MeetingStore:
         return meetings.Meeting.model_validate_json(raw) if raw else None
 
     async def change(
-        self, mid: str, decide: Decide, publish: Callable[[Sequence[Event]], Awaitable[None]],
+        self,
+        mid: str,
+        decide: Decide,
+        publish: Callable[[Sequence[Event]], Awaitable[None]],
     ) -> meetings.Meeting | None:
         """Change one meeting (see `change_many`)."""
         return (await self.change_many({mid: decide}, publish))[mid]
 
     async def change_many(
-        self, decisions: dict[str, Decide], publish: Callable[[Sequence[Event]], Awaitable[None]],
+        self,
+        decisions: dict[str, Decide],
+        publish: Callable[[Sequence[Event]], Awaitable[None]],
     ) -> dict[str, meetings.Meeting | None]:
         """Change meetings under WATCH, all in one transaction. Their events are written first, into
         the history (and the outbox) of the ticket each names, so they are published even if we die
@@ -231,7 +238,7 @@ class MeetingStore:
                     out: dict[str, meetings.Meeting | None] = {}
                     changed: dict[str, meetings.Meeting] = {}
                     events: list[Event] = []
-                    for (mid, decide), raw in zip(decisions.items(), await p.mget(keys)):
+                    for (mid, decide), raw in zip(decisions.items(), await p.mget(keys), strict=False):
                         out[mid] = current = meetings.Meeting.model_validate_json(raw) if raw else None
                         if (decided := decide(current)) is not None:
                             out[mid] = changed[mid] = decided[0]
@@ -240,7 +247,10 @@ class MeetingStore:
                         await p.reset()
                         return out
                     await apply_and_publish(
-                        self.store, [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events], publish)
+                        self.store,
+                        [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events],
+                        publish,
+                    )
                     p.multi()
                     for mid, meeting in changed.items():
                         p.set(self.key(mid), meeting.model_dump_json())
@@ -257,8 +267,12 @@ class MeetingStore:
                     continue
         raise ConcurrentUpdate(f"meetings kept changing: {', '.join(list(decisions)[:5])}")
 
-    async def open_from(self, escalations: Sequence[TicketUpdated], ref: Callable[[str], DepartmentRef],
-                        publish: Callable[[Sequence[Event]], Awaitable[None]]) -> list[tuple[meetings.Meeting, list[str]]]:
+    async def open_from(
+        self,
+        escalations: Sequence[TicketUpdated],
+        ref: Callable[[str], DepartmentRef],
+        publish: Callable[[Sequence[Event]], Awaitable[None]],
+    ) -> list[tuple[meetings.Meeting, list[str]]]:
         """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
         meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
         by_meeting: dict[str, list[TicketUpdated]] = {}
@@ -270,20 +284,28 @@ class MeetingStore:
 
             def decide(current, events=events, spec=spec, mid=mid):
                 meeting, added = meetings.merge(
-                    current, spec, [e.ticket_no for e in events], events[0].occurred_at)
+                    current, spec, [e.ticket_no for e in events], events[0].occurred_at
+                )
                 if not added:
                     return None
                 first = next(e for e in events if e.ticket_no == added[0])
                 if current is None:
                     out = MeetingConvened.caused(
-                        first, meeting_id=mid, reason=meeting.reason, lead_street=ref(meeting.lead_street),
-                        summoned=tuple(ref(d) for d in meeting.summoned), tickets=tuple(meeting.tickets),
-                        category=meeting.category, grid=meeting.grid, deadline=meeting.deadline,
+                        first,
+                        meeting_id=mid,
+                        reason=meeting.reason,
+                        lead_street=ref(meeting.lead_street),
+                        summoned=tuple(ref(d) for d in meeting.summoned),
+                        tickets=tuple(meeting.tickets),
+                        category=meeting.category,
+                        grid=meeting.grid,
+                        deadline=meeting.deadline,
                         explanation=f"{meetings.REASON_NAMES[meeting.reason]}：{first.note}",
                     )
                 else:
-                    out = MeetingUpdated.caused(first, meeting_id=mid, action="attached", actor="system",
-                                                tickets=tuple(added))
+                    out = MeetingUpdated.caused(
+                        first, meeting_id=mid, action="attached", actor="system", tickets=tuple(added)
+                    )
                 return meeting, [out]
 
             decisions[mid] = decide
@@ -302,7 +324,7 @@ class MeetingStore:
                 p.set(key, meetings.meeting_id("hotspot", category, grid, first), nx=True)
                 p.get(key)
             replies = await p.execute()
-        return {cluster: mid.decode() for cluster, mid in zip(first_tickets, replies[1::2])}
+        return {cluster: mid.decode() for cluster, mid in zip(first_tickets, replies[1::2], strict=False)}
 
 
 # Count a batch into its clusters in one command. Per cluster: add the tickets, drop those older
@@ -361,7 +383,7 @@ class Hotspots:
         replies = await self.redis.eval(_RECORD, len(keys), *keys, *args)
         hot: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
         recent: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        for cluster, (mid, found) in zip(clusters, replies):
+        for cluster, (mid, found) in zip(clusters, replies, strict=False):
             if not mid:
                 recent[cluster] = [(found[i].decode(), float(found[i + 1])) for i in range(0, len(found), 2)]
             elif found >= self.sup.hotspot_count:  # the rule of meetings.hot_clusters, counted in Redis

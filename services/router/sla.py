@@ -4,8 +4,8 @@ the city's holiday calendar. Pure functions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from shared.city import City, SlaClass, SlaConfig

@@ -27,8 +27,12 @@ Stage = Literal["dispatch", "respond", "resolve", "meeting"]
 Kind = Literal["warning", "overdue", "escalated"]
 STAGE_NAMES = {"dispatch": "派单", "respond": "签收", "resolve": "办结", "meeting": "联席会议决定"}
 # While a ticket is in these statuses its clocks run.
-_RUNNING = {"dispatch": {st.REVIEW}, "respond": {st.ASSIGNED}, "resolve": {st.ASSIGNED, st.ACCEPTED},
-            "meeting": {st.MEETING}}
+_RUNNING = {
+    "dispatch": {st.REVIEW},
+    "respond": {st.ASSIGNED},
+    "resolve": {st.ASSIGNED, st.ACCEPTED},
+    "meeting": {st.MEETING},
+}
 
 
 @dataclass(frozen=True)
@@ -71,18 +75,32 @@ def timers_for(ticket: Ticket, sup: Supervision) -> list[Timer]:
             out.append(Timer(ticket.ticket_no, stage, "overdue", deadline, deadline))
             continue
         window = deadline - ticket.assigned_at
-        out.append(Timer(ticket.ticket_no, stage, "warning", deadline, ticket.assigned_at + window * sup.warning_ratio))
+        out.append(
+            Timer(
+                ticket.ticket_no, stage, "warning", deadline, ticket.assigned_at + window * sup.warning_ratio
+            )
+        )
         out.append(Timer(ticket.ticket_no, stage, "overdue", deadline, deadline))
         if stage == "resolve":
-            out.append(Timer(ticket.ticket_no, stage, "escalated", deadline,
-                             ticket.assigned_at + window * sup.escalate_ratio))
+            out.append(
+                Timer(
+                    ticket.ticket_no,
+                    stage,
+                    "escalated",
+                    deadline,
+                    ticket.assigned_at + window * sup.escalate_ratio,
+                )
+            )
     return out
 
 
 def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outcome | None:
     """What a due timer does to the ticket; None when the ticket moved on or it already fired."""
-    if (ticket is None or ticket.status not in _RUNNING[timer.stage]
-            or _deadline(ticket, timer.stage, city.sla.supervision) != timer.deadline):
+    if (
+        ticket is None
+        or ticket.status not in _RUNNING[timer.stage]
+        or _deadline(ticket, timer.stage, city.sla.supervision) != timer.deadline
+    ):
         return None
     event_id = uuid.uuid5(uuid.NAMESPACE_URL, "timer/" + timer.member).hex
     if ticket.has_applied(event_id):
@@ -91,25 +109,48 @@ def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outco
     local = timer.deadline.astimezone(tz)
     notes = {
         "warning": f"{what}时限即将到期（{local:%m-%d %H:%M}），请抓紧办理",
-        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办：" + {
+        "overdue": f"已超过{what}时限（{local:%m-%d %H:%M}），督办："
+        + {
             "dispatch": "请派单中心立即派单",
             "meeting": f"请派单中心督促联席会议（{ticket.meeting_id}）尽快确定主办单位",
         }.get(timer.stage, "已通知承办单位主管"),
-        "escalated": f"超过{what}时限已久，升级督办至{city.department_by_id[city.responsibilities.fallback_owner].name}",
+        "escalated": f"超过{what}时限已久，升级督办至"
+        f"{city.department_by_id[city.responsibilities.fallback_owner].name}",
     }
     data = {"stage": timer.stage, "stage_name": what, "deadline": timer.deadline.isoformat()}
     if timer.kind != "warning":
-        data["supervisor"] = (city.responsibilities.dispatch_desk if timer.stage == "meeting"
-                              else ticket.department.id if ticket.department else None)
+        data["supervisor"] = (
+            city.responsibilities.dispatch_desk
+            if timer.stage == "meeting"
+            else ticket.department.id
+            if ticket.department
+            else None
+        )
     if timer.kind == "escalated":
         data["to"] = city.responsibilities.fallback_owner
     event = TicketUpdated(
-        event_id=event_id, ticket_no=ticket.ticket_no, action=timer.kind, status=ticket.status, actor="system",
-        department=ticket.department or DepartmentRef(id="", name=""), note=notes[timer.kind],
-        occurred_at=timer.due, data=data,
+        event_id=event_id,
+        ticket_no=ticket.ticket_no,
+        action=timer.kind,
+        status=ticket.status,
+        actor="system",
+        department=ticket.department or DepartmentRef(id="", name=""),
+        note=notes[timer.kind],
+        occurred_at=timer.due,
+        data=data,
     )
-    flags = {"overdue": True} if timer.kind == "overdue" else {"escalated": True} if timer.kind == "escalated" else {}
-    new = ticket.model_copy(update={
-        "applied": (ticket.applied + [event_id])[-300:], "updated_at": event.occurred_at, **flags,
-    })
+    flags = (
+        {"overdue": True}
+        if timer.kind == "overdue"
+        else {"escalated": True}
+        if timer.kind == "escalated"
+        else {}
+    )
+    new = ticket.model_copy(
+        update={
+            "applied": ([*ticket.applied, event_id])[-300:],
+            "updated_at": event.occurred_at,
+            **flags,
+        }
+    )
     return Outcome(new, publish=[event])

@@ -41,11 +41,18 @@ def busy() -> JSONResponse:
 
 def flags(ticket: Ticket) -> list[str]:
     """What every view shows at a glance."""
-    return [name for on, name in (
-        (ticket.urgent, "紧急"), (ticket.reopens > 0, "重办"), (ticket.overdue, "督办"),
-        (ticket.escalated, "升级督办"), (ticket.status == st.MEETING, "联席会议"),
-        (ticket.extension_request is not None, "延期待审"),
-    ) if on]
+    return [
+        name
+        for on, name in (
+            (ticket.urgent, "紧急"),
+            (ticket.reopens > 0, "重办"),
+            (ticket.overdue, "督办"),
+            (ticket.escalated, "升级督办"),
+            (ticket.status == st.MEETING, "联席会议"),
+            (ticket.extension_request is not None, "延期待审"),
+        )
+        if on
+    ]
 
 
 def ticket_view(ticket: Ticket, history: list[dict] | None = None) -> dict:
@@ -73,8 +80,13 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
     return ticket_view(ticket, await store.history(ticket_no))
 
 
-async def act(request: Request, ticket_no: str, transition: Callable[[Ticket, datetime], Outcome],
-              *, principal: Principal):
+async def act(
+    request: Request,
+    ticket_no: str,
+    transition: Callable[[Ticket, datetime], Outcome],
+    *,
+    principal: Principal,
+):
     """Apply an action: the transition decides, the store writes, the events are published."""
     state = request.app.state
     errors: list[WorkflowError] = []
@@ -129,13 +141,19 @@ Transition = Callable[[Ticket, str, City, ZoneInfo, datetime], Outcome]
 async def act_as(request: Request, ticket_no: str, principal: Principal, transition: Transition):
     """A department's action on its own ticket: the transition gets the department, city, zone, time."""
     city, tz = request.app.state.city, _tz(request)
-    return await act(request, ticket_no, lambda t, now: transition(t, principal.department, city, tz, now),
-                     principal=principal)
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: transition(t, principal.department, city, tz, now),
+        principal=principal,
+    )
 
 
 @router.post("/tickets/{ticket_no}/accept")
 async def accept_ticket(ticket_no: str, request: Request, principal: Principal = Depends(acting_department)):
-    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.accept(t, d, city, now))
+    return await act_as(
+        request, ticket_no, principal, lambda t, d, city, tz, now: workflow.accept(t, d, city, now)
+    )
 
 
 class ResolveIn(BaseModel):
@@ -154,22 +172,32 @@ def _resolve(note: str) -> Transition:
 
 
 @router.post("/tickets/{ticket_no}/resolve")
-async def resolve_ticket(ticket_no: str, body: ResolveIn, request: Request,
-                         principal: Principal = Depends(acting_department)):
+async def resolve_ticket(
+    ticket_no: str, body: ResolveIn, request: Request, principal: Principal = Depends(acting_department)
+):
     return await act_as(request, ticket_no, principal, _resolve(body.note))
 
 
 class ReturnIn(BaseModel):
     reason: str = Field(examples=list(workflow.RETURN_REASONS))
     note: str = Field("", max_length=2000)
-    disputed_rule: str = Field("", max_length=500, description="the responsibility rule disputed, if it names us")
+    disputed_rule: str = Field(
+        "", max_length=500, description="the responsibility rule disputed, if it names us"
+    )
 
 
 @router.post("/tickets/{ticket_no}/return")
-async def return_ticket(ticket_no: str, body: ReturnIn, request: Request,
-                        principal: Principal = Depends(acting_department)):
-    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.return_ticket(
-        t, d, body.reason, body.note, body.disputed_rule, city, tz, now))
+async def return_ticket(
+    ticket_no: str, body: ReturnIn, request: Request, principal: Principal = Depends(acting_department)
+):
+    return await act_as(
+        request,
+        ticket_no,
+        principal,
+        lambda t, d, city, tz, now: workflow.return_ticket(
+            t, d, body.reason, body.note, body.disputed_rule, city, tz, now
+        ),
+    )
 
 
 class ExtendIn(BaseModel):
@@ -178,10 +206,15 @@ class ExtendIn(BaseModel):
 
 
 @router.post("/tickets/{ticket_no}/extend")
-async def extend_ticket(ticket_no: str, body: ExtendIn, request: Request,
-                        principal: Principal = Depends(acting_department)):
-    return await act_as(request, ticket_no, principal, lambda t, d, city, tz, now: workflow.request_extension(
-        t, d, body.days, body.reason, city, now))
+async def extend_ticket(
+    ticket_no: str, body: ExtendIn, request: Request, principal: Principal = Depends(acting_department)
+):
+    return await act_as(
+        request,
+        ticket_no,
+        principal,
+        lambda t, d, city, tz, now: workflow.request_extension(t, d, body.days, body.reason, city, now),
+    )
 
 
 class DecisionIn(BaseModel):
@@ -189,12 +222,21 @@ class DecisionIn(BaseModel):
 
 
 @router.post("/tickets/{ticket_no}/extension/{verdict}")
-async def decide_extension(ticket_no: str, verdict: Literal["approve", "refuse"], request: Request,
-                           body: DecisionIn | None = None, principal: Principal = Depends(require_admin)):
+async def decide_extension(
+    ticket_no: str,
+    verdict: Literal["approve", "refuse"],
+    request: Request,
+    body: DecisionIn | None = None,
+    principal: Principal = Depends(require_admin),
+):
     city, tz, desk = desk_context(request)
     note = body.note if body else ""
-    return await act(request, ticket_no, lambda t, now: workflow.decide_extension(
-        t, verdict == "approve", desk, note, city, tz, now), principal=principal)
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.decide_extension(t, verdict == "approve", desk, note, city, tz, now),
+        principal=principal,
+    )
 
 
 # --- queues ------------------------------------------------------------------------------------
@@ -206,9 +248,13 @@ def queues(request: Request) -> Queues:
 
 @router.get("/departments/{dept_id}/tickets")
 async def department_tickets(
-    dept_id: str, request: Request, principal: Principal = Depends(current_principal),
-    status: str | None = None, overdue: bool | None = None,
-    page: int = Query(1, ge=1), size: int = Query(20, ge=1, le=200),
+    dept_id: str,
+    request: Request,
+    principal: Principal = Depends(current_principal),
+    status: str | None = None,
+    overdue: bool | None = None,
+    page: int = Query(1, ge=1),
+    size: int = Query(20, ge=1, le=200),
 ):
     """The department's queue, most urgent deadline first."""
     if not principal.is_admin and principal.department != dept_id:
@@ -216,16 +262,25 @@ async def department_tickets(
     if dept_id not in request.app.state.city.department_by_id:
         return api_error(404, "unknown_department", f"承办单位{dept_id}不存在")
     total, items = await queues(request).page(dept_id, status=status, overdue=overdue, page=page, size=size)
-    return {"department": dept_id, "total": total, "page": page, "size": size,
-            "tickets": [ticket_view(t) for t in items]}
+    return {
+        "department": dept_id,
+        "total": total,
+        "page": page,
+        "size": size,
+        "tickets": [ticket_view(t) for t in items],
+    }
 
 
 # --- the dispatch desk (人工派单) -----------------------------------------------------------------
 
 
 @router.get("/dispatch/queue")
-async def dispatch_queue(request: Request, principal: Principal = Depends(require_admin),
-                         page: int = Query(1, ge=1), size: int = Query(20, ge=1, le=200)):
+async def dispatch_queue(
+    request: Request,
+    principal: Principal = Depends(require_admin),
+    page: int = Query(1, ge=1),
+    size: int = Query(20, ge=1, le=200),
+):
     desk = request.app.state.city.responsibilities.dispatch_desk
     total, items = await queues(request).page(desk, status=st.REVIEW, overdue=None, page=page, size=size)
     return {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
@@ -238,17 +293,27 @@ class DispatchIn(BaseModel):
 
 
 @router.post("/dispatch/{ticket_no}/assign")
-async def dispatch_assign(ticket_no: str, body: DispatchIn, request: Request,
-                          principal: Principal = Depends(require_admin)):
+async def dispatch_assign(
+    ticket_no: str, body: DispatchIn, request: Request, principal: Principal = Depends(require_admin)
+):
     city, tz, desk = desk_context(request)
-    response = await act(request, ticket_no, lambda t, now: workflow.dispatch(
-        t, body.department, body.category, body.note, desk, city, tz, now), principal=principal)
+    response = await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.dispatch(t, body.department, body.category, body.note, desk, city, tz, now),
+        principal=principal,
+    )
     if isinstance(response, dict):
         # The operator's choice is a labelled example for the next training run.
         await record_example(
-            request.app.state.redis, ticket_no=ticket_no, text=response["text"], title=response["title"],
-            label=response["category"], grid=(response.get("grid") or {}).get("grid"),
-            source="dispatch", by=desk,
+            request.app.state.redis,
+            ticket_no=ticket_no,
+            text=response["text"],
+            title=response["title"],
+            label=response["category"],
+            grid=(response.get("grid") or {}).get("grid"),
+            source="dispatch",
+            by=desk,
         )
     return response
 
@@ -259,8 +324,9 @@ async def dispatch_assign(ticket_no: str, body: DispatchIn, request: Request,
 def meeting_view(m: meetings.Meeting, city) -> dict:
     body = m.model_dump(mode="json")
     body["reason_name"] = meetings.REASON_NAMES[m.reason]
-    body["summoned"] = [{"id": d, "name": city.department_by_id[d].name, "checked_in": d in m.checkins}
-                        for d in m.summoned]
+    body["summoned"] = [
+        {"id": d, "name": city.department_by_id[d].name, "checked_in": d in m.checkins} for d in m.summoned
+    ]
     return body
 
 
@@ -289,7 +355,8 @@ async def change_meeting(request: Request, meeting_id: str, principal: Principal
 
     try:
         m = await MeetingStore(state.redis, state.store).change(
-            meeting_id, decide, lambda events: publish(state.publisher, events))
+            meeting_id, decide, lambda events: publish(state.publisher, events)
+        )
     except ConcurrentUpdate:
         return busy()
     if errors:
@@ -298,15 +365,24 @@ async def change_meeting(request: Request, meeting_id: str, principal: Principal
 
 
 @router.post("/meetings/{meeting_id}/checkin")
-async def meeting_checkin(meeting_id: str, request: Request, principal: Principal = Depends(acting_department)):
+async def meeting_checkin(
+    meeting_id: str, request: Request, principal: Principal = Depends(acting_department)
+):
     dept, city = principal.department, request.app.state.city
 
     def step(m: meetings.Meeting):
         new = meetings.check_in(m, dept, datetime.now(UTC))
         if new is m:
             return None  # already checked in
-        return new, [MeetingUpdated(ticket_no=m.tickets[0], meeting_id=m.meeting_id, action="checked_in",
-                                    actor=dept, department=workflow.dept_ref(city, dept))]
+        return new, [
+            MeetingUpdated(
+                ticket_no=m.tickets[0],
+                meeting_id=m.meeting_id,
+                action="checked_in",
+                actor=dept,
+                department=workflow.dept_ref(city, dept),
+            )
+        ]
 
     m = await change_meeting(request, meeting_id, principal, step)
     return m if isinstance(m, JSONResponse) else meeting_view(m, city)
@@ -318,8 +394,9 @@ class MeetingDecisionIn(BaseModel):
 
 
 @router.post("/meetings/{meeting_id}/decide")
-async def meeting_decide(meeting_id: str, body: MeetingDecisionIn, request: Request,
-                         principal: Principal = Depends(require_admin)):
+async def meeting_decide(
+    meeting_id: str, body: MeetingDecisionIn, request: Request, principal: Principal = Depends(require_admin)
+):
     state = request.app.state
     (city, tz, desk), now = desk_context(request), datetime.now(UTC)
 
@@ -327,16 +404,26 @@ async def meeting_decide(meeting_id: str, body: MeetingDecisionIn, request: Requ
         if m.status == "decided" and m.lead == body.lead:
             return None  # asked again: make sure the tickets followed, below
         new = meetings.decide(m, body.lead, desk, body.note, city, now)
-        return new, [MeetingUpdated(ticket_no=m.tickets[0], meeting_id=m.meeting_id, action="decided",
-                                    actor=desk, department=workflow.dept_ref(city, body.lead),
-                                    tickets=tuple(m.tickets), note=body.note)]
+        return new, [
+            MeetingUpdated(
+                ticket_no=m.tickets[0],
+                meeting_id=m.meeting_id,
+                action="decided",
+                actor=desk,
+                department=workflow.dept_ref(city, body.lead),
+                tickets=tuple(m.tickets),
+                note=body.note,
+            )
+        ]
 
     m = await change_meeting(request, meeting_id, principal, step)
     if isinstance(m, JSONResponse):
         return m
     # The attached tickets follow the decision (the same decision again changes nothing).
-    changes = [Change(no, lambda t, no=no: workflow.meeting_decided(t, meeting_id, m.lead, m.note, city, tz, now))
-               for no in m.tickets]
+    changes = [
+        Change(no, lambda t, no=no: workflow.meeting_decided(t, meeting_id, m.lead, m.note, city, tz, now))
+        for no in m.tickets
+    ]
     try:
         await apply_and_publish(state.store, changes, lambda events: publish(state.publisher, events))
     except ConcurrentUpdate:

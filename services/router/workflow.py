@@ -134,74 +134,173 @@ def assign(
     )
     if contested and routing.via == "rule":
         held = _escalate(
-            new, city, reason="ambiguous", summoned=(routing.lead, *contested), now=assigned.occurred_at,
-            tz=tz, cause=classified,
-            note=f"{routing.explanation}；另有{'、'.join(city.department_by_id[d].name for d in contested)}同样有责，提请联席会议确定主办单位",
+            new,
+            city,
+            reason="ambiguous",
+            summoned=(routing.lead, *contested),
+            now=assigned.occurred_at,
+            tz=tz,
+            cause=classified,
+            note=f"{routing.explanation}；另有{'、'.join(city.department_by_id[d].name for d in contested)}"
+            "同样有责，提请联席会议确定主办单位",
         )
         return Outcome(held.ticket, publish=[assigned, *held.publish], record=[*recorded, classified])
     return Outcome(new, publish=[assigned], record=[*recorded, classified])
 
 
 def _assigned(
-    ticket: Ticket, dept_id: str, *, via: str, explanation: str, city: City, tz: ZoneInfo, now: datetime,
-    rule: str = "", status: str = st.ASSIGNED, **changes,
+    ticket: Ticket,
+    dept_id: str,
+    *,
+    via: str,
+    explanation: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
+    rule: str = "",
+    status: str = st.ASSIGNED,
+    **changes,
 ) -> tuple[Ticket, TicketAssigned]:
     """Give the ticket to `dept_id` with fresh deadlines from `now` (a new owner gets its full time)."""
     category = changes.get("category", ticket.category)
     due = deadlines(city, category, ticket.urgent, now, tz)
     event = TicketAssigned(
-        ticket_no=ticket.ticket_no, department=dept_ref(city, dept_id), via=via, rule=rule,
-        explanation=explanation, category=category, grid=ticket.grid.grid if ticket.grid else None,
-        urgent=ticket.urgent, respond_by=due.respond_by, resolve_by=due.resolve_by, occurred_at=now,
+        ticket_no=ticket.ticket_no,
+        department=dept_ref(city, dept_id),
+        via=via,
+        rule=rule,
+        explanation=explanation,
+        category=category,
+        grid=ticket.grid.grid if ticket.grid else None,
+        urgent=ticket.urgent,
+        respond_by=due.respond_by,
+        resolve_by=due.resolve_by,
+        occurred_at=now,
     )
-    new = ticket.model_copy(update={
-        "status": status, "department": event.department, "co_departments": (), "assigned_via": via,
-        "assigned_at": now, "respond_by": due.respond_by, "resolve_by": due.resolve_by,
-        "accepted_at": None, "overdue": False, "escalated": False, "extension_request": None, "meeting_by": None,
-        "applied": _applied(ticket, event), "updated_at": now, **changes,
-    })
+    new = ticket.model_copy(
+        update={
+            "status": status,
+            "department": event.department,
+            "co_departments": (),
+            "assigned_via": via,
+            "assigned_at": now,
+            "respond_by": due.respond_by,
+            "resolve_by": due.resolve_by,
+            "accepted_at": None,
+            "overdue": False,
+            "escalated": False,
+            "extension_request": None,
+            "meeting_by": None,
+            "applied": _applied(ticket, event),
+            "updated_at": now,
+            **changes,
+        }
+    )
     return new, event
 
 
 def _escalate(
-    ticket: Ticket, city: City, *, reason: str, summoned: Sequence[str], now: datetime, tz: ZoneInfo,
-    note: str, cause: Event | None = None, mid: str | None = None,
+    ticket: Ticket,
+    city: City,
+    *,
+    reason: str,
+    summoned: Sequence[str],
+    now: datetime,
+    tz: ZoneInfo,
+    note: str,
+    cause: Event | None = None,
+    mid: str | None = None,
 ) -> Outcome:
     """Hold the ticket for a joint meeting. The `escalated` event carries what the meeting needs;
     the router opens the meeting (or attaches the ticket to it) when it sees the event."""
     grid = ticket.grid.grid if ticket.grid else None
     mid = mid or meetings.meeting_id(ticket.ticket_no, reason, str(ticket.returns), str(ticket.reopens))
-    data = {"meeting": meetings.spec(
-        city, mid=mid, reason=reason, grid=grid, category=ticket.category, summoned=summoned, now=now, tz=tz,
-    )}
-    fields = {"action": "escalated", "status": st.MEETING, "actor": "system", "department": ticket.department,
-              "note": note, "data": data}
-    event = TicketUpdated.caused(cause, **fields) if cause else TicketUpdated(
-        ticket_no=ticket.ticket_no, occurred_at=now, **fields)
-    return _updated(ticket, event, escalated=True, meeting_id=mid, extension_request=None,
-                    meeting_by=datetime.fromisoformat(data["meeting"]["deadline"]))
+    data = {
+        "meeting": meetings.spec(
+            city,
+            mid=mid,
+            reason=reason,
+            grid=grid,
+            category=ticket.category,
+            summoned=summoned,
+            now=now,
+            tz=tz,
+        )
+    }
+    fields = {
+        "action": "escalated",
+        "status": st.MEETING,
+        "actor": "system",
+        "department": ticket.department,
+        "note": note,
+        "data": data,
+    }
+    event = (
+        TicketUpdated.caused(cause, **fields)
+        if cause
+        else TicketUpdated(ticket_no=ticket.ticket_no, occurred_at=now, **fields)
+    )
+    return _updated(
+        ticket,
+        event,
+        escalated=True,
+        meeting_id=mid,
+        extension_request=None,
+        meeting_by=datetime.fromisoformat(data["meeting"]["deadline"]),
+    )
 
 
 def hold_for_meeting(
-    ticket: Ticket | None, mid: str, reason: str, summoned: Sequence[str], city: City, tz: ZoneInfo, now: datetime,
+    ticket: Ticket | None,
+    mid: str,
+    reason: str,
+    summoned: Sequence[str],
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
 ) -> Outcome | None:
     """Attach an open ticket to a meeting (a hotspot cluster); tickets already there, or finished,
     are left alone."""
-    if ticket is None or ticket.meeting_id == mid or ticket.status not in (st.ASSIGNED, st.ACCEPTED, st.REVIEW):
+    if (
+        ticket is None
+        or ticket.meeting_id == mid
+        or ticket.status not in (st.ASSIGNED, st.ACCEPTED, st.REVIEW)
+    ):
         return None
-    return _escalate(ticket, city, reason=reason, summoned=summoned, now=now, tz=tz, mid=mid,
-                     note=f"{meetings.REASON_NAMES[reason]}，提请联席会议（{mid}）统筹解决")
+    return _escalate(
+        ticket,
+        city,
+        reason=reason,
+        summoned=summoned,
+        now=now,
+        tz=tz,
+        mid=mid,
+        note=f"{meetings.REASON_NAMES[reason]}，提请联席会议（{mid}）统筹解决",
+    )
 
 
 def meeting_decided(
-    ticket: Ticket | None, mid: str, lead: str, note: str, city: City, tz: ZoneInfo, now: datetime,
+    ticket: Ticket | None,
+    mid: str,
+    lead: str,
+    note: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
 ) -> Outcome | None:
     """The meeting named the lead: its tickets go there, with fresh deadlines."""
     if ticket is None or ticket.meeting_id != mid or ticket.status != st.MEETING:
         return None
     new, event = _assigned(
-        ticket, lead, via="meeting", city=city, tz=tz, now=now, rule=f"联席会议{mid}决定",
-        explanation=f"联席会议{mid}决定由{city.department_by_id[lead].name}主办" + (f"：{note}" if note else ""),
+        ticket,
+        lead,
+        via="meeting",
+        city=city,
+        tz=tz,
+        now=now,
+        rule=f"联席会议{mid}决定",
+        explanation=f"联席会议{mid}决定由{city.department_by_id[lead].name}主办"
+        + (f"：{note}" if note else ""),
     )
     return Outcome(new, publish=[event])
 
@@ -210,22 +309,38 @@ def meeting_decided(
 
 
 def dispatch(
-    ticket: Ticket, dept_id: str, category: str | None, note: str, operator: str, city: City, tz: ZoneInfo,
+    ticket: Ticket,
+    dept_id: str,
+    category: str | None,
+    note: str,
+    operator: str,
+    city: City,
+    tz: ZoneInfo,
     now: datetime,
 ) -> Outcome:
     """An operator at the dispatch desk picks the department (and may correct the category)."""
     _require_status(ticket, {st.REVIEW}, "人工派单（只有待人工派单的工单可以派单）")
     dept = city.department_by_id.get(dept_id)
     if dept is None or dept.kind == "dispatch_desk":
-        raise WorkflowError("unknown_department", f"承办单位{dept_id!r}不存在（见departments.yaml）", status=422)
+        raise WorkflowError(
+            "unknown_department", f"承办单位{dept_id!r}不存在（见departments.yaml）", status=422
+        )
     changes = {}
     if category is not None and category != ticket.category:
         if category not in city.leaf_categories:
-            raise WorkflowError("unknown_category", f"分类{category!r}不是有效的末级分类（见categories.yaml）", status=422)
+            raise WorkflowError(
+                "unknown_category", f"分类{category!r}不是有效的末级分类（见categories.yaml）", status=422
+            )
         changes = {"category": category, "category_names": city.category_names(category)}
     new, event = _assigned(
-        ticket, dept_id, via="operator", city=city, tz=tz, now=now,
-        explanation=f"派单员{operator}人工派单至{dept.name}" + (f"：{note}" if note else ""), **changes,
+        ticket,
+        dept_id,
+        via="operator",
+        city=city,
+        tz=tz,
+        now=now,
+        explanation=f"派单员{operator}人工派单至{dept.name}" + (f"：{note}" if note else ""),
+        **changes,
     )
     return Outcome(new, publish=[event])
 
@@ -243,7 +358,8 @@ def _require_status(ticket: Ticket, allowed: set[str], action: str) -> None:
     if ticket.status not in allowed:
         raise WorkflowError(
             "illegal_transition",
-            f"工单{ticket.ticket_no}当前状态为“{STATUS_NAMES.get(ticket.status, ticket.status)}”，不能{action}",
+            f"工单{ticket.ticket_no}当前状态为“{STATUS_NAMES.get(ticket.status, ticket.status)}”，"
+            f"不能{action}",
         )
 
 
@@ -263,8 +379,12 @@ def accept(ticket: Ticket, dept_id: str, city: City, now: datetime) -> Outcome:
     _require_owner(ticket, dept_id)
     _require_status(ticket, {st.ASSIGNED}, "签收")
     event = TicketUpdated(
-        ticket_no=ticket.ticket_no, action="accepted", status=st.ACCEPTED, actor=dept_id,
-        department=dept_ref(city, dept_id), occurred_at=now,
+        ticket_no=ticket.ticket_no,
+        action="accepted",
+        status=st.ACCEPTED,
+        actor=dept_id,
+        department=dept_ref(city, dept_id),
+        occurred_at=now,
         data={"on_time": ticket.respond_by is None or now <= ticket.respond_by},
     )
     return _updated(ticket, event, accepted_at=now)
@@ -277,8 +397,13 @@ def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) 
     if not note:
         raise WorkflowError("note_required", "办结时必须填写办理结果说明", status=422)
     event = TicketUpdated(
-        ticket_no=ticket.ticket_no, action="resolved", status=st.RESOLVED, actor=dept_id,
-        department=dept_ref(city, dept_id), note=note, occurred_at=now,
+        ticket_no=ticket.ticket_no,
+        action="resolved",
+        status=st.RESOLVED,
+        actor=dept_id,
+        department=dept_ref(city, dept_id),
+        note=note,
+        occurred_at=now,
         data={"on_time": ticket.resolve_by is None or now <= ticket.resolve_by},
     )
     # A pending extension request is moot once the work is done.
@@ -296,7 +421,13 @@ _DISPUTES = {"not_ours", "needs_other"}
 
 
 def return_ticket(
-    ticket: Ticket, dept_id: str, reason: str, note: str, disputed_rule: str, city: City, tz: ZoneInfo,
+    ticket: Ticket,
+    dept_id: str,
+    reason: str,
+    note: str,
+    disputed_rule: str,
+    city: City,
+    tz: ZoneInfo,
     now: datetime,
 ) -> Outcome:
     """退单: within the acceptance window, with a reason from the fixed list. Re-routes to the next
@@ -315,20 +446,39 @@ def return_ticket(
     if reason in _DISPUTES and rule is not None and not disputed_rule.strip():
         raise WorkflowError(
             "rule_not_disputed",
-            f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请在disputed_rule中写明所争议的规则及理由",
+            f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；"
+            "如有异议，请在disputed_rule中写明所争议的规则及理由",
             status=422,
         )
     returns, returned_by = ticket.returns + 1, tuple(dict.fromkeys((*ticket.returned_by, dept_id)))
-    data = {"reason": reason, "reason_name": RETURN_REASONS[reason], "disputed_rule": disputed_rule, "returns": returns}
+    data = {
+        "reason": reason,
+        "reason_name": RETURN_REASONS[reason],
+        "disputed_rule": disputed_rule,
+        "returns": returns,
+    }
     base = ticket.model_copy(update={"returns": returns, "returned_by": returned_by})
     if returns >= 2:
         held = _escalate(
-            base, city, reason="returned_twice", now=now, tz=tz,
+            base,
+            city,
+            reason="returned_twice",
+            now=now,
+            tz=tz,
             summoned=(*returned_by, *(candidates(city, ticket.category, grid) if ticket.category else ())),
-            note=f"工单已被{'、'.join(city.department_by_id[d].name for d in returned_by)}退回，提请联席会议确定主办单位",
+            note=f"工单已被{'、'.join(city.department_by_id[d].name for d in returned_by)}退回，"
+            "提请联席会议确定主办单位",
         )
-        returned = TicketUpdated(ticket_no=ticket.ticket_no, action="returned", status=st.MEETING, actor=dept_id,
-                                 department=dept_ref(city, dept_id), note=note, occurred_at=now, data=data)
+        returned = TicketUpdated(
+            ticket_no=ticket.ticket_no,
+            action="returned",
+            status=st.MEETING,
+            actor=dept_id,
+            department=dept_ref(city, dept_id),
+            note=note,
+            occurred_at=now,
+            data=data,
+        )
         return Outcome(held.ticket, publish=[returned, *held.publish])
     nxt = None
     if reason in _DISPUTES and ticket.category:
@@ -336,17 +486,42 @@ def return_ticket(
     why = f"{dept_ref(city, dept_id).name}退单（{RETURN_REASONS[reason]}）" + (f"：{note}" if note else "")
     if nxt is None:
         desk = city.responsibilities.dispatch_desk
-        new, assigned = _assigned(base, desk, via="dispatch_desk", status=st.REVIEW, city=city, tz=tz, now=now,
-                                  explanation=f"{why}；权责清单没有其他候选单位，转人工派单")
+        new, assigned = _assigned(
+            base,
+            desk,
+            via="dispatch_desk",
+            status=st.REVIEW,
+            city=city,
+            tz=tz,
+            now=now,
+            explanation=f"{why}；权责清单没有其他候选单位，转人工派单",
+        )
     else:
-        new, assigned = _assigned(base, nxt, via="reroute", city=city, tz=tz, now=now,
-                                  explanation=f"{why}；按权责清单改派下一候选单位{city.department_by_id[nxt].name}")
-    returned = TicketUpdated(ticket_no=ticket.ticket_no, action="returned", status=new.status, actor=dept_id,
-                             department=dept_ref(city, dept_id), note=note, occurred_at=now, data=data)
+        new, assigned = _assigned(
+            base,
+            nxt,
+            via="reroute",
+            city=city,
+            tz=tz,
+            now=now,
+            explanation=f"{why}；按权责清单改派下一候选单位{city.department_by_id[nxt].name}",
+        )
+    returned = TicketUpdated(
+        ticket_no=ticket.ticket_no,
+        action="returned",
+        status=new.status,
+        actor=dept_id,
+        department=dept_ref(city, dept_id),
+        note=note,
+        occurred_at=now,
+        data=data,
+    )
     return Outcome(new.model_copy(update={"applied": _applied(new, returned)}), publish=[returned, assigned])
 
 
-def request_extension(ticket: Ticket, dept_id: str, days: int, reason: str, city: City, now: datetime) -> Outcome:
+def request_extension(
+    ticket: Ticket, dept_id: str, days: int, reason: str, city: City, now: datetime
+) -> Outcome:
     """延期申请: the dispatch desk approves or refuses; the deadline moves only on approval."""
     _require_owner(ticket, dept_id)
     _require_status(ticket, {st.ACCEPTED}, "申请延期（请先签收）")
@@ -356,14 +531,26 @@ def request_extension(ticket: Ticket, dept_id: str, days: int, reason: str, city
         raise WorkflowError("reason_required", "申请延期必须说明理由", status=422)
     request = {"days": days, "reason": reason.strip(), "by": dept_id, "at": now.isoformat()}
     event = TicketUpdated(
-        ticket_no=ticket.ticket_no, action="extension_requested", status=ticket.status, actor=dept_id,
-        department=dept_ref(city, dept_id), note=reason.strip(), occurred_at=now, data={"days": days},
+        ticket_no=ticket.ticket_no,
+        action="extension_requested",
+        status=ticket.status,
+        actor=dept_id,
+        department=dept_ref(city, dept_id),
+        note=reason.strip(),
+        occurred_at=now,
+        data={"days": days},
     )
     return _updated(ticket, event, extension_request=request)
 
 
 def decide_extension(
-    ticket: Ticket, approve: bool, operator: str, note: str, city: City, tz: ZoneInfo, now: datetime,
+    ticket: Ticket,
+    approve: bool,
+    operator: str,
+    note: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
 ) -> Outcome:
     if ticket.extension_request is None or not ticket.is_open:
         raise WorkflowError("no_extension_request", f"工单{ticket.ticket_no}没有待审核的延期申请")
@@ -375,8 +562,14 @@ def decide_extension(
         changes.update(resolve_by=new_due, overdue=ticket.overdue and new_due <= now)
         data["resolve_by"] = new_due.isoformat()
     event = TicketUpdated(
-        ticket_no=ticket.ticket_no, action="extension_approved" if approve else "extension_refused",
-        status=ticket.status, actor=operator, department=ticket.department, note=note, occurred_at=now, data=data,
+        ticket_no=ticket.ticket_no,
+        action="extension_approved" if approve else "extension_refused",
+        status=ticket.status,
+        actor=operator,
+        department=ticket.department,
+        note=note,
+        occurred_at=now,
+        data=data,
     )
     return _updated(ticket, event, **changes)
 
@@ -388,25 +581,37 @@ def survey_sent(ticket: Ticket | None, sent: SurveySent) -> Outcome | None:
     if ticket is None or ticket.has_applied(sent.event_id) or ticket.status != st.RESOLVED:
         return None
     event = TicketUpdated.caused(
-        sent, action="surveyed", status=st.SURVEYED, actor="system", department=ticket.department,
+        sent,
+        action="surveyed",
+        status=st.SURVEYED,
+        actor="system",
+        department=ticket.department,
         data={"survey_id": sent.survey_id},
     )
     return _updated(ticket, event, cause=sent)
 
 
 def rate(
-    ticket: Ticket | None, answer: SurveyAnswered, city: City | None = None, tz: ZoneInfo | None = None,
+    ticket: Ticket | None,
+    answer: SurveyAnswered,
+    city: City | None = None,
+    tz: ZoneInfo | None = None,
 ) -> Outcome | None:
     """The resident's rating closes the ticket, or reopens it (重办) when unsatisfied or not solved;
     a second unsatisfied answer escalates to a joint meeting (with `city`)."""
     if ticket is None or ticket.has_applied(answer.event_id):
         return None
     if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and ticket.status in (
-        st.RESOLVED, st.SURVEYED
+        st.RESOLVED,
+        st.SURVEYED,
     ):
         # No rating will come (issue 6): the survey closes the ticket without one.
         event = TicketUpdated.caused(
-            answer, action="closed", status=st.CLOSED, actor="system", department=ticket.department,
+            answer,
+            action="closed",
+            status=st.CLOSED,
+            actor="system",
+            department=ticket.department,
             data={"survey": answer.outcome},
         )
         return _updated(ticket, event, cause=answer, closed_at=answer.occurred_at)
@@ -416,29 +621,53 @@ def rate(
     unhappy = answer.rating == 3 or answer.solved is False
     if unhappy:
         event = TicketUpdated.caused(
-            answer, action="reopened", status=st.ASSIGNED, actor="resident",
-            department=ticket.department, note=answer.text,
+            answer,
+            action="reopened",
+            status=st.ASSIGNED,
+            actor="resident",
+            department=ticket.department,
+            note=answer.text,
             data={"rating": answer.rating, "solved": answer.solved, "reopens": ticket.reopens + 1},
         )
         reopened = _updated(
-            ticket, event, cause=answer, rating=answer.rating, solved=answer.solved,
-            reopens=ticket.reopens + 1, accepted_at=None, resolved_at=None,
+            ticket,
+            event,
+            cause=answer,
+            rating=answer.rating,
+            solved=answer.solved,
+            reopens=ticket.reopens + 1,
+            accepted_at=None,
+            resolved_at=None,
             **(_fresh_deadlines(ticket, city, tz, answer.occurred_at) if city and tz else {}),
         )
         if city is None or tz is None or ticket.reopens < 1:
             return reopened
         held = _escalate(
-            reopened.ticket, city, reason="reopened_twice", now=answer.occurred_at, tz=tz, cause=event,
+            reopened.ticket,
+            city,
+            reason="reopened_twice",
+            now=answer.occurred_at,
+            tz=tz,
+            cause=event,
             summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
             note=f"市民第{ticket.reopens + 1}次不满意：{answer.text}",
         )
         return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
     event = TicketUpdated.caused(
-        answer, action="closed", status=st.CLOSED, actor="resident", department=ticket.department,
-        note=answer.text, data={"rating": answer.rating, "solved": answer.solved},
+        answer,
+        action="closed",
+        status=st.CLOSED,
+        actor="resident",
+        department=ticket.department,
+        note=answer.text,
+        data={"rating": answer.rating, "solved": answer.solved},
     )
     return _updated(
-        ticket, event, cause=answer, rating=answer.rating, solved=answer.solved,
+        ticket,
+        event,
+        cause=answer,
+        rating=answer.rating,
+        solved=answer.solved,
         closed_at=answer.occurred_at,
     )
 
@@ -448,5 +677,10 @@ def _fresh_deadlines(ticket: Ticket, city: City, tz: ZoneInfo, now: datetime) ->
     if ticket.category is None:
         return {}
     due = deadlines(city, ticket.category, ticket.urgent, now, tz)
-    return {"assigned_at": now, "respond_by": due.respond_by, "resolve_by": due.resolve_by,
-            "overdue": False, "escalated": False}
+    return {
+        "assigned_at": now,
+        "respond_by": due.respond_by,
+        "resolve_by": due.resolve_by,
+        "overdue": False,
+        "escalated": False,
+    }

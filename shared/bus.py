@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from shared import topics
 from shared.events import Event
-from shared.metrics import DEAD_LETTERS
+from shared.metrics import BATCH_SECONDS, DEAD_LETTERS
 from shared.settings import Settings
 from shared.store import TicketStore
 
@@ -55,6 +56,28 @@ def batch_subscriber(broker: KafkaBroker, topic: str, service: str, **overrides:
     return broker.subscriber(
         topic, group_id=f"{service}.{topic}", decoder=raw_body, **{**BATCH_SUBSCRIBER, **overrides}
     )
+
+
+def subscribe(
+    broker: KafkaBroker,
+    publisher: EventPublisher,
+    service: str,
+    event: type[E],
+    handle: Callable[[list[E]], Awaitable[None]],
+    *,
+    topic: str | None = None,
+    **overrides: Any,
+) -> None:
+    """Subscribe `handle` to the topic that carries `event` (`topic` only where one event class
+    travels on two topics). The handler gets the batch's parsed events; what does not parse goes
+    to the dead-letter topic first, and the batch's time is observed under the service's name."""
+    name = topic or event.topic
+
+    @batch_subscriber(broker, name, service, **overrides)
+    async def consume(bodies: list[bytes]) -> None:
+        started = time.perf_counter()
+        await handle(await parse_or_dead_letter(publisher, event, name, bodies, service))
+        BATCH_SECONDS.labels(consumer=service).observe(time.perf_counter() - started)
 
 
 async def raw_body(message: Any) -> Any:

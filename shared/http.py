@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from shared.errors import DomainError
+
 
 def api_error(
     status: int,
@@ -24,3 +26,21 @@ def api_error(
     content["message"] = message
     content.update(extra)
     return JSONResponse(status_code=status, content=content, headers=headers)
+
+
+# One place maps a domain error's kind to an HTTP status.
+STATUS_BY_KIND: dict[str, int] = {
+    "invalid": 422,
+    "not_found": 404,
+    "forbidden": 403,
+    "conflict": 409,
+    "unavailable": 503,
+    "too_many": 429,
+}
+
+
+def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The response for a refused request (see `shared.errors`)."""
+    return api_error(
+        STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
+    )

@@ -8,17 +8,21 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
-from shared.bus import EventPublisher, ensure_topics, make_broker
+from shared.bus import EventPublisher, ensure_topics, make_broker, subscribe
 from shared.city import City, load_city
+from shared.events import Event
 from shared.metrics import serve_metrics
 from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
+
+E = TypeVar("E", bound=Event)
 
 
 def configure_logging(level: str) -> None:
@@ -50,6 +54,18 @@ class Runtime:
             store=TicketStore(redis),
             city=load_city(settings.city_config_dir),
         )
+
+    def subscribe(
+        self,
+        event: type[E],
+        handle: Callable[[list[E]], Awaitable[None]],
+        *,
+        topic: str | None = None,
+        **overrides: Any,
+    ) -> None:
+        """Every worker's one way to consume: `handle` gets each batch of `event`s from its topic
+        (see `shared.bus.subscribe`: poison to the dead-letter topic, batch time measured)."""
+        subscribe(self.broker, self.publisher, self.name, event, handle, topic=topic, **overrides)
 
     def app(self, *, metrics_port: int | None = None) -> FastStream:
         """The FastStream app: makes sure the topics exist, serves /metrics, closes Redis at exit."""

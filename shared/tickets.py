@@ -7,6 +7,7 @@ personal data: the caller is a masked phone and a hashed id.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
@@ -21,15 +22,24 @@ from shared.events import (
     GridMatch,
 )
 
-# Status values, in the order a ticket normally moves through them.
-RECEIVED = "received"  # numbered and durable, not yet classified
-REVIEW = "review"  # waiting at the dispatch desk for an operator (low confidence)
-ASSIGNED = "assigned"
-ACCEPTED = "accepted"
-RESOLVED = "resolved"  # the department says it is done; the survey is on its way
-SURVEYED = "surveyed"  # the survey SMS went out; waiting for the resident
-CLOSED = "closed"
-MEETING = "meeting"  # a joint meeting (联席会议) holds it
+
+class Status(StrEnum):
+    """Where a ticket is, in the order it normally moves. Which moves are allowed is one table:
+    `services.router.workflow.ALLOWED_STATUS_CHANGES`."""
+
+    RECEIVED = "received"  # numbered and durable, not yet classified
+    REVIEW = "review"  # waiting at the dispatch desk for an operator (low confidence)
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    RESOLVED = "resolved"  # the department says it is done; the survey is on its way
+    SURVEYED = "surveyed"  # the survey SMS went out; waiting for the resident
+    CLOSED = "closed"
+    MEETING = "meeting"  # a joint meeting (联席会议) holds it
+
+
+# Short names for the members, as the workflow code reads them.
+RECEIVED, REVIEW, ASSIGNED, ACCEPTED = Status.RECEIVED, Status.REVIEW, Status.ASSIGNED, Status.ACCEPTED
+RESOLVED, SURVEYED, CLOSED, MEETING = Status.RESOLVED, Status.SURVEYED, Status.CLOSED, Status.MEETING
 OPEN_STATUSES = frozenset({RECEIVED, REVIEW, ASSIGNED, ACCEPTED, MEETING})
 
 
@@ -37,7 +47,7 @@ class Ticket(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     ticket_no: str
-    status: str = RECEIVED
+    status: Status = Status.RECEIVED
     channel: Channel
     title: str = ""
     text: str

@@ -1,0 +1,28 @@
+"""Domain errors: what went wrong, as a code for programs and a sentence for people (in Chinese).
+
+Pure code raises these; it knows nothing of HTTP. The views map a code's kind to a status in one
+place (`shared.http.STATUS_BY_KIND`), so a rule change never needs a view change."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+# What kind of refusal it is; the HTTP status follows from the kind.
+ErrorKind = Literal["invalid", "not_found", "forbidden", "conflict", "unavailable", "too_many"]
+
+
+class DomainError(Exception):
+    """A request the domain refuses. `code` names the reason for programs, `message` says it to
+    a person in words they can act on, `field` names the input at fault when there is one."""
+
+    kind: ErrorKind = "conflict"
+
+    def __init__(
+        self, code: str, message: str, *, kind: ErrorKind | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        if kind is not None:
+            self.kind = kind

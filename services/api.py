@@ -19,8 +19,9 @@ from services.intake import views as intake_views
 from services.intake.limits import RateLimited, RateLimiter
 from services.intake.preview import Previewer
 from services.intake.service import IntakeService
+from services.intake.sms import SmsIntake
 from services.notifier import views as notifier_views
-from services.notifier.ratebook import RateBook
+from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.router import views as router_views
 from shared.bus import EventPublisher, ensure_topics, publish
@@ -56,11 +57,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
         )
         app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
+        app.state.sms_intake = SmsIntake(app.state.intake)
         app.state.intake_preview = Previewer(
             app.state.city, store, settings.model_dir, settings.review_confidence_threshold
         )
         app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
-        app.state.ratebook = RateBook.from_settings(redis, app.state.city, settings)
+        app.state.scorecard = Scorecard.from_settings(redis, app.state.city, settings)
         try:
             yield
         finally:

@@ -393,7 +393,7 @@ def token(
 
 @bench.command("notifier")
 def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowledge.")) -> None:
-    """Measure acknowledgements/s and rate events/s of the notifier against REDIS_URL (cleans up)."""
+    """Measure acknowledgements/s and scorecard events/s of the notifier against REDIS_URL (cleans up)."""
     from services.notifier import bench
 
     typer.echo(json.dumps(asyncio.run(bench.run(get_settings(), n))))

@@ -15,6 +15,7 @@ import pytest
 from services.notifier.gateway import OutboxGateway
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
+from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.events import AppealReceived, Caller, DepartmentRef, SurveyAnswered, SurveySent, TicketUpdated
@@ -137,7 +138,7 @@ async def test_acknowledgement_is_sent_once_even_after_a_restart(make_kit):
     acks = await first.sent(phone, "ack")
     assert len(acks) == 1
     assert "您的诉求已受理，工单号20261123-000042" in acks[0]["text"]
-    state = await first.notifier.message_state(acks[0]["message_id"])
+    state = await first.notifier.states.get(acks[0]["message_id"])
     assert state["state"] == "sent"
     assert state["phone"] == mask_phone(phone)
 
@@ -179,33 +180,28 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
 async def test_every_reply_form_is_read(make_kit, text, rating, solved):
     kit = make_kit()
     phone, ticket = await surveyed(kit)
-    result = await kit.notifier.reply(phone, text)
-    assert result == {
-        "kind": "survey_answer",
-        "ticket_no": ticket.ticket_no,
-        "rating": rating,
-        "solved": solved,
-    }
+    result = await kit.notifier.surveys.reply(phone, text)
+    assert result == SurveyAnswer(ticket_no=ticket.ticket_no, rating=rating, solved=solved)
     (answer,) = kit.answers(ticket.ticket_no)
     assert (answer.outcome, answer.rating, answer.solved, answer.text) == ("answered", rating, solved, text)
     # The survey is closed: a second reply is the resident's comment, not a rating.
-    late = await kit.notifier.reply(phone, "2")
-    assert late["kind"] == "comment"
+    late = await kit.notifier.surveys.reply(phone, "2")
+    assert late == SurveyComment(ticket_no=ticket.ticket_no, clarification=False)
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered", "comment"]
 
 
 async def test_free_text_is_kept_and_one_clarification_is_sent(make_kit):
     kit = make_kit()
     phone, ticket = await surveyed(kit)
-    first = await kit.notifier.reply(phone, "你们辛苦了")
-    assert first == {"kind": "comment", "ticket_no": ticket.ticket_no, "clarification": True}
-    second = await kit.notifier.reply(phone, "好的好的")
-    assert second["clarification"] is False  # at most once
+    first = await kit.notifier.surveys.reply(phone, "你们辛苦了")
+    assert first == SurveyComment(ticket_no=ticket.ticket_no, clarification=True)
+    second = await kit.notifier.surveys.reply(phone, "好的好的")
+    assert second == SurveyComment(ticket_no=ticket.ticket_no, clarification=False)  # at most once
     (clarification,) = await kit.sent(phone, "clarification")
     assert ticket.ticket_no in clarification["text"]
     assert "1满意" in clarification["text"]
-    answered = await kit.notifier.reply(phone, "2")
-    assert answered["rating"] == 2
+    answered = await kit.notifier.surveys.reply(phone, "2")
+    assert answered == SurveyAnswer(ticket_no=ticket.ticket_no, rating=2, solved=True)
     assert [(a.outcome, a.text) for a in kit.answers(ticket.ticket_no)] == [
         ("comment", "你们辛苦了"),
         ("comment", "好的好的"),
@@ -221,9 +217,13 @@ async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
     clock.now = NOON + timedelta(hours=1)
     newer, resolved_newer = await resolved_ticket(kit, phone)
     await kit.notifier.start_survey(resolved_newer, newer)
-    assert (await kit.notifier.reply(phone, "1"))["ticket_no"] == newer.ticket_no
-    assert (await kit.notifier.reply(phone, "3"))["ticket_no"] == older.ticket_no
-    assert (await kit.notifier.reply(phone, "1"))["kind"] == "comment"
+    assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
+        ticket_no=newer.ticket_no, rating=1, solved=True
+    )
+    assert await kit.notifier.surveys.reply(phone, "3") == SurveyAnswer(
+        ticket_no=older.ticket_no, rating=3, solved=False
+    )
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1"), SurveyComment)
     assert [a.rating for a in kit.answers(newer.ticket_no)] == [1]
 
 
@@ -240,15 +240,15 @@ async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock
     assert (closed.outcome, closed.rating) == ("no_answer", None)
     assert len(await kit.sent(phone, "reminder")) == 1
     clock.now = NOON + timedelta(hours=50)
-    late = await kit.notifier.reply(phone, "1")  # after the close: a comment, not a rating
-    assert late["kind"] == "comment"
+    late = await kit.notifier.surveys.reply(phone, "1")  # after the close: a comment, not a rating
+    assert late == SurveyComment(ticket_no=ticket.ticket_no, clarification=False)
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["no_answer", "comment"]
 
 
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     kit = make_kit(quiet="none")
     phone, ticket = await surveyed(kit)
-    await kit.notifier.reply(phone, "1")
+    await kit.notifier.surveys.reply(phone, "1")
     await kit.notifier.scan(NOON + timedelta(hours=72))
     assert await kit.sent(phone, "reminder") == []
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
@@ -272,7 +272,7 @@ async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):
     assert sorted(done) == [0, 1]
     (ack,) = await kit.sent(phone, "ack")
     assert "20261123-000101" in ack["text"]
-    assert (await kit.notifier.message_state(ack["message_id"]))["state"] == "sent"
+    assert (await kit.notifier.states.get(ack["message_id"]))["state"] == "sent"
 
 
 async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
@@ -305,8 +305,8 @@ async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock)
 async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
     kit = make_kit()
     phone, ticket = await surveyed(kit)
-    result = await kit.notifier.reply(phone, "TD")
-    assert result == {"kind": "opt_out", "closed_surveys": [ticket.ticket_no]}
+    result = await kit.notifier.surveys.reply(phone, "TD")
+    assert result == OptedOut(closed_surveys=[ticket.ticket_no])
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]
     assert len(await kit.sent(phone, "opt_out")) == 1
     # The next resolution: the result is told, no survey is asked, and that is recorded.
@@ -332,13 +332,13 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     """The subscribers' batch handlers: progress on a joint meeting and an approved extension, the
     survey on resolution (published as events on the broker), acknowledgements for a batch."""
     from services.notifier.app import Handlers
-    from services.notifier.ratebook import RateBook
-    from services.notifier.stats import Weights
+    from services.notifier.scorecard import Scorecard
+    from services.notifier.scoring import Weights
     from shared.city import load_city
     from shared.events import TicketAssigned
 
     kit = make_kit()
-    handlers = Handlers(kit.notifier, RateBook(redis, load_city(), SH, Weights()))
+    handlers = Handlers(kit.notifier, Scorecard(redis, load_city(), SH, Weights()))
     phone = new_phone()
     ticket, resolved = await resolved_ticket(kit, phone)
     meeting = TicketAssigned(
@@ -398,7 +398,7 @@ async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, cl
     kit = make_kit()
     phone, ticket = await surveyed(kit)  # held by quiet hours
     assert await kit.sent(phone) == []
-    await kit.notifier.reply(phone, "退订")
+    await kit.notifier.surveys.reply(phone, "退订")
     # The confirmation answers the resident's own SMS: it goes at once, quiet hours or not.
     assert [m["kind"] for m in await kit.sent(phone)] == ["opt_out"]
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) >= 1

@@ -169,19 +169,19 @@ async def test_the_notifier_keeps_what_the_provider_could_not_take(provider, red
     appeal = AppealReceived(ticket_no="20261123-000401", channel="hotline", text="路灯坏了")
     assert await notifier.acknowledge(appeal, appeal.ticket_no, "13812340001") == "retrying"
     message_id = provider.requests[0]["body"]["client_ref"]
-    assert (await notifier.message_state(message_id))["state"] == "retrying"
+    assert (await notifier.states.get(message_id))["state"] == "retrying"
     assert await notifier.scan(now + timedelta(minutes=1)) == 0
     assert await notifier.scan(now + timedelta(minutes=5)) == 1  # the provider is back
     assert len(provider.requests) == 3
     assert provider.requests[2]["body"]["client_ref"] == message_id
-    assert (await notifier.message_state(message_id))["provider_id"] == "p-3"
-    assert await notifier.receipt(message_id, delivered=True)
-    assert (await notifier.message_state(message_id))["state"] == "delivered"
-    assert not await notifier.receipt("no-such-message", delivered=True)
+    assert (await notifier.states.get(message_id))["provider_id"] == "p-3"
+    assert await notifier.states.receipt(message_id, delivered=True)
+    assert (await notifier.states.get(message_id))["state"] == "delivered"
+    assert not await notifier.states.receipt("no-such-message", delivered=True)
 
     provider.script = [400]
     refused = AppealReceived(ticket_no="20261123-000402", channel="hotline", text="路灯坏了")
     assert await notifier.acknowledge(refused, refused.ticket_no, "13812340002") == "failed"
     failed_id = provider.requests[-1]["body"]["client_ref"]
-    assert (await notifier.message_state(failed_id))["state"] == "failed"
+    assert (await notifier.states.get(failed_id))["state"] == "failed"
     await notifier.gateway.aclose()

@@ -47,7 +47,7 @@ def test_free_text_has_no_rating(text):
     r = parse_reply(text)
     assert r.rating is None
     assert r.solved is None
-    assert not r.rated
+    assert not r.has_rating
 
 
 @pytest.mark.parametrize("text", ["TD", "td", "ＴＤ", "退订", "退订。"])

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from services.notifier.ratebook import RateBook
-from services.notifier.stats import Weights
+from services.notifier.scorecard import Scorecard
+from services.notifier.scoring import Weights
 from shared.auth import issue_token
 from shared.bus import EventPublisher, publish
 from shared.city import load_city
@@ -344,22 +344,22 @@ async def test_stats_refuses_bad_periods_and_anonymous_callers(api, admin):
 
 
 async def test_counting_is_idempotent_in_process(redis):
-    """The rate book on the real Redis: the same events twice count once."""
+    """The scorecard on the real Redis: the same events twice count once."""
     a = f"test-c-{uuid.uuid4().hex[:6]}"
     day = datetime(2020, 3, 3, 10, 0, tzinfo=SH)  # not the day the system test checks
     tickets, events = _sequence(a, f"test-d-{uuid.uuid4().hex[:6]}", day)
-    book = RateBook(redis, load_city(), SH, Weights())
+    card = Scorecard(redis, load_city(), SH, Weights())
     by_no = {t.ticket_no: t for t in tickets}
     ticketed = [None if isinstance(e, TicketAssigned) else by_no[e.ticket_no] for e in events]
-    first = await book.record(events, ticketed)
+    first = await card.record(events, ticketed)
     assert first == 7 + 6 + 6  # assignments (not the desk's), acceptances, answers (not comments)
-    assert await book.record(events, ticketed) == 0
-    rows = {r["group"]: r for r in await book.query("department", day.date(), day.date() + timedelta(days=3))}
+    assert await card.record(events, ticketed) == 0
+    rows = {r["group"]: r for r in await card.query("department", day.date(), day.date() + timedelta(days=3))}
     assert {k: rows[a][k] for k in EXPECTED_A} == EXPECTED_A
     # The Prometheus gauges: the rates month to date.
     from prometheus_client import REGISTRY
 
-    await book.refresh_gauges(day + timedelta(days=3))
+    await card.refresh_gauges(day + timedelta(days=3))
     labels = {"group_by": "department", "group": a}
     assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "score"}) == 64.67
     assert REGISTRY.get_sample_value("hotline_rate", labels | {"rate": "satisfaction_rate"}) == 0.6333

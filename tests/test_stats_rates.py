@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.notifier import stats
-from services.notifier.stats import Weights, fields_for, groups_for, rates
+from services.notifier import scoring
+from services.notifier.scoring import Weights, fields_for, groups_for, rates
 from shared.city import load_city
 from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
 
@@ -90,7 +90,7 @@ def test_which_counters_an_event_adds_to():
     assert fields_for(answer(outcome="comment")) == ()
     assert fields_for(answer(outcome="no_answer")) == ("no_answer",)
     assert fields_for(answer(outcome="opted_out")) == ("skipped",)
-    assert set(stats.FIELDS) >= {"assigned", "no_answer", "skipped"}
+    assert set(scoring.FIELDS) >= {"assigned", "no_answer", "skipped"}
 
 
 def test_groups_map_the_grid_to_its_street():

@@ -1,4 +1,4 @@
-"""`appeals bench notifier`: how many acknowledgements and rate events the notifier handles per second
+"""`appeals bench notifier`: how many acknowledgements and scorecard events the notifier handles per second
 on this machine, against the configured Redis (the outbox gateway; no broker needed). It works in its
 own keys and removes them afterwards."""
 
@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from services.notifier.app import Handlers
 from services.notifier.gateway import OutboxGateway
 from services.notifier.policy import Policy
-from services.notifier.ratebook import RateBook
+from services.notifier.scorecard import Scorecard
+from services.notifier.scoring import Weights
 from services.notifier.service import Notifier
-from services.notifier.stats import Weights
 from services.notifier.texts import load_texts
 from shared.city import load_city
 from shared.events import AppealReceived, Caller, DepartmentRef, TicketAssigned
@@ -25,7 +25,7 @@ from shared.settings import Settings
 from shared.store import TicketStore
 
 BATCH = 500  # what one consumer batch holds (shared.bus.BATCH_SUBSCRIBER)
-BENCH_DAY = datetime(2000, 1, 3, 10)  # the rate events are counted on a day nobody else uses
+BENCH_DAY = datetime(2000, 1, 3, 10)  # the scorecard events are counted on a day nobody else uses
 
 
 async def run(settings: Settings, n: int) -> dict[str, float]:
@@ -45,7 +45,7 @@ async def run(settings: Settings, n: int) -> dict[str, float]:
         policy=Policy(None, 10, tz),
         jobs_key=f"bench:{run_id}:due",
     )
-    handlers = Handlers(notifier, RateBook(redis, city, tz, Weights()))
+    handlers = Handlers(notifier, Scorecard(redis, city, tz, Weights()))
     phones = [f"199{i:08d}" for i in range(n)]
     appeals = [
         AppealReceived(
@@ -84,7 +84,7 @@ async def run(settings: Settings, n: int) -> dict[str, float]:
         started = time.perf_counter()
         for i in range(0, n, BATCH):
             await handlers.assignments(assigned[i : i + BATCH])
-        rate_events = n / (time.perf_counter() - started)
+        scorecard_events = n / (time.perf_counter() - started)
         sent = await redis.llen(f"bench:{run_id}:outbox")
     finally:
         today = f"{notifier.policy.local_day(datetime.now(tz)):%Y%m%d}"
@@ -94,7 +94,7 @@ async def run(settings: Settings, n: int) -> dict[str, float]:
         "messages": n,
         "acks_sent": sent,
         "acks_per_second": round(acks),
-        "rate_events_per_second": round(rate_events),
+        "scorecard_events_per_second": round(scorecard_events),
     }
 
 

@@ -1,4 +1,4 @@
-"""Reading residents' survey replies. Pure functions.
+"""The survey as data, and reading residents' replies to it. Pure: no I/O.
 
 The survey asks one combined question (the texts are in notifications.yaml):
     回复1满意，2基本满意，3不满意；问题仍未解决请加回复“未解决”
@@ -7,6 +7,9 @@ The survey asks one combined question (the texts are in notifications.yaml):
   "1 但是没解决" is satisfied-and-not-solved, "3 解决了但太慢" is unsatisfied-and-solved;
 - "没解决" alone (no rating) is read as unsatisfied and not solved;
 - anything else is free text: kept as the resident's comment, and one clarification is sent.
+
+`Survey` is one survey as the survey book stores it; `SurveyAnswer`, `SurveyComment` and `OptedOut`
+are what an inbound SMS turned out to be (the SMS endpoint answers with them as JSON).
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import Rating
 
@@ -62,14 +69,56 @@ _LEADING_DIGIT = re.compile(r"^\s*([123])(?!\d)")
 _OPT_OUT = {"TD", "退订", "取消订阅", "退订短信"}
 
 
+class Survey(BaseModel):
+    """One survey: asked for `ticket_no` of `phone` at `started_at`. `phone` is personal data: it
+    stays in the survey book's Redis record and is never put in an event or a log line."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    survey_id: str  # the id of the `ticket.updated` (resolved) event that started it
+    ticket_no: str
+    phone: str
+    started_at: datetime  # records written as a Unix timestamp are read as well
+
+
+class SurveyAnswer(BaseModel):
+    """The reply rated the newest open survey, which is now closed."""
+
+    kind: Literal["survey_answer"] = "survey_answer"
+    ticket_no: str
+    rating: Rating
+    solved: bool | None
+
+
+class SurveyComment(BaseModel):
+    """The reply is the resident's words on a survey (open without a rating, or closed lately)."""
+
+    kind: Literal["comment"] = "comment"
+    ticket_no: str
+    clarification: bool  # whether this reply made us ask the question again (once per survey)
+
+
+class OptedOut(BaseModel):
+    """TD / 退订: no more surveys for the phone; its open surveys were closed."""
+
+    kind: Literal["opt_out"] = "opt_out"
+    closed_surveys: list[str]  # their ticket numbers
+
+
+# What an inbound SMS was, when it was about surveys (else it is a new appeal, for intake).
+SmsReply = Annotated[SurveyAnswer | SurveyComment | OptedOut, Field(discriminator="kind")]
+
+
 @dataclass(frozen=True)
 class Reply:
+    """A reply as read: its rating and whether the problem is solved, when it says."""
+
     rating: Rating | None
     solved: bool | None
     text: str  # as sent
 
     @property
-    def rated(self) -> bool:
+    def has_rating(self) -> bool:
         return self.rating is not None
 
 

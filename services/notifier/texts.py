@@ -1,4 +1,5 @@
-"""The message templates (notifications.yaml), validated on load, and rendering. No I/O but the load.
+"""The message templates (notifications.yaml), validated on load, and rendering, with the way dates
+are written in them. No I/O but reading the file.
 
 Every template is checked at start-up: a missing template, a `{field}` the template may not use, or a
 survey question that lost its 1/2/3 meaning is an error naming the file and the template.
@@ -6,9 +7,11 @@ survey question that lost its 1/2/3 meaning is an error naming the file and the 
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from string import Formatter
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,3 +103,23 @@ def load_texts(path: str | Path | None = None) -> Texts:
 @lru_cache(maxsize=1)
 def _shipped() -> Texts:
     return load_texts(DEFAULT_FILE)
+
+
+def local_datetime(value: object, tz: ZoneInfo) -> datetime | None:
+    """An event's ISO time field in local time; None when the event does not carry a valid one."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone(tz)
+    except ValueError:
+        return None
+
+
+def month_day_time(value: object, tz: ZoneInfo) -> str:
+    """ "2026-11-23T10:00:00Z" -> "11月23日18:00" (a deadline in a notice); "" when there is none."""
+    d = local_datetime(value, tz)
+    return f"{d.month}月{d.day}日{d:%H:%M}" if d else ""
+
+
+def until_date(value: object, tz: ZoneInfo) -> str:
+    """ "2026-11-30T18:00:00+08:00" -> "至11月30日" (an extension's new date); "" when there is none."""
+    d = local_datetime(value, tz)
+    return f"至{d.month}月{d.day}日" if d else ""

@@ -1,5 +1,6 @@
-"""The notifier's HTTP side: SMS from residents (survey replies, opt-outs, new appeals), the provider's
-delivery receipts, the outbox (embedded mode) and the three rates."""
+"""The notifier's HTTP side: SMS from residents (survey replies and opt-outs; anything else goes to
+intake as a new appeal), the provider's delivery receipts, the outbox (embedded mode) and the
+scorecard (the three rates)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.intake.domain import InvalidAppeal, validate
+from services.intake.domain import InvalidAppeal
 from services.intake.service import BrokerUnavailable
+from services.intake.sms import SmsIntake
 from services.intake.views import rejection, unavailable
 from services.notifier.gateway import OutboxGateway
-from services.notifier.ratebook import MAX_DAYS, RateBook
+from services.notifier.scorecard import MAX_DAYS, Scorecard
 from services.notifier.service import Notifier
 from shared.auth import Principal, require_admin, require_sms_gateway
 from shared.http import api_error
@@ -48,16 +50,16 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
         return _bad_phone(e)
     notifier: Notifier = request.app.state.notifier
     try:
-        handled = await notifier.reply(phone, body.text)
+        answered = await notifier.surveys.reply(phone, body.text)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
         log.exception("survey reply not recorded")
         return unavailable()
-    if handled is not None:
-        return handled
-    # Nothing to answer: the message is a new appeal by SMS.
+    if answered is not None:
+        return answered
+    # Not about a survey: a new appeal by SMS, which is intake's.
+    sms_intake: SmsIntake = request.app.state.sms_intake
     try:
-        sub = validate(channel="sms", text=body.text, phone=phone)
-        ticket_no, _ = await request.app.state.intake.submit(sub)
+        ticket_no = await sms_intake.submit(phone, body.text)
     except InvalidAppeal as e:
         return rejection("sms", e)
     except BrokerUnavailable:
@@ -67,7 +69,8 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
 
 @router.post("/sms/receipts")
 async def delivery_receipt(body: Receipt, request: Request, _: Principal = Depends(require_sms_gateway)):
-    if not await request.app.state.notifier.receipt(body.message_id, body.status == "delivered", body.error):
+    notifier: Notifier = request.app.state.notifier
+    if not await notifier.states.receipt(body.message_id, body.status == "delivered", body.error):
         return api_error(404, "not_found", f"短信{body.message_id}不存在")
     return {
         "message_id": body.message_id,
@@ -82,7 +85,8 @@ async def outbox(
     limit: int = Query(100, ge=1, le=1000),
     _: Principal = Depends(require_admin),
 ):
-    gateway = request.app.state.notifier.gateway
+    notifier: Notifier = request.app.state.notifier
+    gateway = notifier.gateway
     if not isinstance(gateway, OutboxGateway):
         return api_error(
             404, "no_outbox", "短信经服务商网关发送（SMS_GATEWAY=http），发件箱仅在内嵌模式下可用"
@@ -95,22 +99,22 @@ async def outbox(
 
 
 @router.get("/stats")
-async def rates(
+async def scorecard(
     request: Request,
     group_by: Literal["department", "category", "grid", "street"] = "department",
     from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
     to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
     _: Principal = Depends(require_admin),
 ):
-    book: RateBook = request.app.state.ratebook
-    today = datetime.now(book.tz).date()
+    card: Scorecard = request.app.state.scorecard
+    today = datetime.now(card.tz).date()
     end = to or today
     start = from_ or end.replace(day=1)
     if start > end:
         return api_error(422, "invalid_period", f"起始日期{start}晚于结束日期{end}", field="from")
     if (end - start).days >= MAX_DAYS:
         return api_error(422, "invalid_period", f"统计区间最长{MAX_DAYS}天", field="from")
-    w = book.weights
+    w = card.weights
     return {
         "group_by": group_by,
         "from": start.isoformat(),
@@ -121,5 +125,5 @@ async def rates(
             "resolution": w.resolution,
             "satisfaction": w.satisfaction,
         },
-        "groups": await book.query(group_by, start, end),
+        "groups": await card.query(group_by, start, end),
     }

@@ -1,6 +1,7 @@
-"""The counters behind the three rates, in Redis, and the queries on them.
+"""The scorecard: the counters behind the three rates (三率) and the score, in Redis, and the queries
+on them (the formulas are in `scoring.py`).
 
-  stats:{dimension}:{group}:{yyyymmdd}   hash: counter -> count (see services.notifier.stats.FIELDS)
+  stats:{dimension}:{group}:{yyyymmdd}   hash: counter -> count (see services.notifier.scoring.FIELDS)
   stats:groups:{dimension}               the groups seen, per dimension
   stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
 
@@ -17,7 +18,7 @@ from zoneinfo import ZoneInfo
 from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 
-from services.notifier import stats
+from services.notifier import scoring
 from shared.city import City
 from shared.events import Event, TicketAssigned
 from shared.settings import Settings
@@ -26,12 +27,13 @@ from shared.tickets import Ticket
 SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
 MAX_DAYS = 366
 
-RATE_EVENTS = Counter(
+# The metric names predate the scorecard's name; dashboards read them, so they stay.
+SCORECARD_EVENTS = Counter(
     "hotline_rate_events_total",
     "Events counted for the three rates, by department and counter",
     ["department", "field"],
 )
-RATES = Gauge(
+SCORECARD_RATES = Gauge(
     "hotline_rate",
     "The three rates and the score (month to date), by grouping and group",
     ["group_by", "group", "rate"],
@@ -63,8 +65,8 @@ return out
 """
 
 
-class RateBook:
-    def __init__(self, redis: Redis, city: City, tz: ZoneInfo, weights: stats.Weights) -> None:
+class Scorecard:
+    def __init__(self, redis: Redis, city: City, tz: ZoneInfo, weights: scoring.Weights) -> None:
         self.redis = redis
         self.city = city
         self.tz = tz
@@ -72,16 +74,16 @@ class RateBook:
         self._count_once = redis.register_script(_COUNT_ONCE_SCRIPT)
 
     @classmethod
-    def from_settings(cls, redis: Redis, city: City, settings: Settings) -> RateBook:
-        weights = stats.Weights.parse(settings.satisfaction_basic_weight, settings.score_weights)
+    def from_settings(cls, redis: Redis, city: City, settings: Settings) -> Scorecard:
+        weights = scoring.Weights.parse(settings.satisfaction_basic_weight, settings.score_weights)
         return cls(redis, city, ZoneInfo(settings.timezone), weights)
 
     def groups_of(self, event: Event, ticket: Ticket | None) -> dict[str, str]:
         if isinstance(event, TicketAssigned):
-            return stats.groups_for(self.city, event.department.id, event.category, event.grid)
+            return scoring.groups_for(self.city, event.department.id, event.category, event.grid)
         if ticket is None:
-            return stats.groups_for(self.city, None, None, None)
-        return stats.groups_for(
+            return scoring.groups_for(self.city, None, None, None)
+        return scoring.groups_for(
             self.city,
             ticket.department.id if ticket.department else None,
             ticket.category,
@@ -94,7 +96,7 @@ class RateBook:
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
         for event, ticket in zip(events, tickets, strict=False):
-            fields = stats.fields_for(event)
+            fields = scoring.fields_for(event)
             if not fields:
                 continue
             groups = self.groups_of(event, ticket)
@@ -112,13 +114,14 @@ class RateBook:
             if fresh:
                 new += 1
                 for f in fields:
-                    RATE_EVENTS.labels(department=groups["department"], field=f).inc()
+                    SCORECARD_EVENTS.labels(department=groups["department"], field=f).inc()
         return new
 
     async def query(self, group_by: str, start: date, end: date) -> list[dict]:
         """Per group: the counters summed over [start, end] and the rates; best score first."""
         days = [(start + timedelta(days=i)).strftime("%Y%m%d") for i in range((end - start).days + 1)]
-        groups = sorted(g.decode() for g in await self.redis.smembers(f"stats:groups:{group_by}"))
+        members = await self.redis.smembers(f"stats:groups:{group_by}")
+        groups = sorted(g.decode() if isinstance(g, bytes) else g for g in members)
         async with self.redis.pipeline(transaction=False) as p:
             for g in groups:
                 for d in days:
@@ -128,9 +131,11 @@ class RateBook:
         for i, g in enumerate(groups):
             total: dict[str, int] = {}
             for raw in raws[i * len(days) : (i + 1) * len(days)]:
-                stats.add(total, {k.decode(): int(v) for k, v in raw.items()})
+                scoring.add(total, {k.decode(): int(v) for k, v in raw.items()})
             if any(total.values()):
-                out.append({"group": g, "name": self.name_of(group_by, g)} | stats.rates(total, self.weights))
+                out.append(
+                    {"group": g, "name": self.name_of(group_by, g)} | scoring.rates(total, self.weights)
+                )
         return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["group"]))
 
     def name_of(self, group_by: str, group: str) -> str:
@@ -149,8 +154,8 @@ class RateBook:
     async def refresh_gauges(self, now: datetime) -> None:
         """The rates month to date, for Prometheus."""
         today = now.astimezone(self.tz).date()
-        for dim in stats.DIMENSIONS:
+        for dim in scoring.DIMENSIONS:
             for row in await self.query(dim, today.replace(day=1), today):
                 for rate in ("response_rate", "resolution_rate", "satisfaction_rate", "score"):
                     if row[rate] is not None:
-                        RATES.labels(group_by=dim, group=row["group"], rate=rate).set(row[rate])
+                        SCORECARD_RATES.labels(group_by=dim, group=row["group"], rate=rate).set(row[rate])

@@ -1,5 +1,5 @@
-"""The three rates (三率) and the combined score: which counters an event adds to, and the rates
-from the counters. Pure functions.
+"""Scoring for the scorecard: the three rates (三率) and the combined score, which counters an event
+adds to, and the rates from the counters. Pure functions (the counting in Redis: `scorecard.py`).
 
     response rate     = tickets accepted within the response deadline / tickets assigned
     resolution rate   = answered surveys saying "solved" / answered surveys

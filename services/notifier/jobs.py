@@ -1,0 +1,91 @@
+"""The notifier's scheduled jobs: a held message to send, a survey to remind of or to close.
+
+  sms:due   sorted set: one job (JSON) per member, scored by the Unix time it is due
+
+A job is claimed with ZREM: only the replica whose ZREM removed it runs it, so two notifiers never
+run the same job. A job that fails goes back in the set, due again a few minutes later. A job's JSON
+is deterministic (sorted keys), so scheduling the same job twice keeps one member.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from services.notifier.gateway import SmsMessage
+
+log = logging.getLogger(__name__)
+
+DUE = "sms:due"
+RETRY_LATER = timedelta(minutes=5)  # a failed job, or a provider outage longer than the gateway's retries
+
+
+@dataclass(frozen=True)
+class SendJob:
+    """A message held by quiet hours or the daily cap, or one the provider did not take yet."""
+
+    message: SmsMessage
+
+
+@dataclass(frozen=True)
+class SurveyJob:
+    """Remind the resident of an open survey, or close it as unanswered."""
+
+    action: Literal["remind", "close"]
+    survey_id: str
+
+
+Job = SendJob | SurveyJob
+
+
+def encode(job: Job) -> str:
+    if isinstance(job, SendJob):
+        body: dict[str, Any] = {"job": "send", "message": job.message.to_json()}
+    else:
+        body = {"job": job.action, "survey_id": job.survey_id}
+    return json.dumps(body, ensure_ascii=False, sort_keys=True)
+
+
+def decode(raw: str | bytes) -> Job:
+    body = json.loads(raw)
+    if body["job"] == "send":
+        return SendJob(SmsMessage.from_json(body["message"]))
+    if body["job"] in ("remind", "close"):
+        return SurveyJob(body["job"], body["survey_id"])
+    raise ValueError(f"unknown notifier job {body['job']!r}")
+
+
+class JobQueue:
+    def __init__(self, redis: Redis, key: str = DUE) -> None:
+        self.redis = redis
+        self.key = key
+
+    def add_into(self, p: Pipeline, jobs: dict[Job, datetime]) -> None:
+        """Schedule `jobs` (job -> when) as part of the pipeline `p` (with the writes they belong to)."""
+        p.zadd(self.key, {encode(job): at.timestamp() for job, at in jobs.items()})
+
+    async def scan(
+        self, now: datetime, run: Callable[[Job, datetime], Awaitable[None]], limit: int = 200
+    ) -> int:
+        """Claim and `run` the jobs due at `now`, up to `limit`. Returns how many ran."""
+        done = 0
+        # Without scores, redis-py returns the members (its types cover every form of the command).
+        due = await self.redis.zrangebyscore(self.key, "-inf", now.timestamp(), start=0, num=limit)
+        raws = cast("list[bytes]", due)
+        for raw in raws:
+            if not await self.redis.zrem(self.key, raw):
+                continue  # another notifier claimed it
+            try:
+                await run(decode(raw), now)
+                done += 1
+            except Exception:
+                log.exception("scheduled notifier job failed; retrying later")
+                await self.redis.zadd(self.key, {raw: (now + RETRY_LATER).timestamp()})
+        return done

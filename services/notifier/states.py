@@ -1,0 +1,61 @@
+"""What became of every message: its state, and the provider's delivery receipts that complete it.
+
+  sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone, and what the state adds
+                         (until, error, provider_id, sent_at, receipt_error, reason); 30 days
+
+States: held (quiet hours or the daily cap), sent, retrying (the provider was down), failed (the
+provider refused it), cancelled (a held survey message after an opt-out), then delivered or
+undelivered when the provider's receipt comes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from redis.asyncio import Redis
+
+from services.notifier.gateway import SmsMessage
+from shared.privacy import mask_phone
+
+STATE_TTL = 30 * 86400
+MessageState = Literal["held", "sent", "retrying", "failed", "cancelled", "delivered", "undelivered"]
+
+
+def state_key(message_id: str) -> str:
+    return f"sms:msg:{message_id}"
+
+
+def state_record(message: SmsMessage, state: MessageState, **extra: str) -> tuple[str, str]:
+    """The message's state record: its key and JSON (for writers that batch it with other writes)."""
+    record = {
+        "state": state,
+        "kind": message.kind,
+        "ticket_no": message.ticket_no or "",
+        "phone": mask_phone(message.phone),
+        **extra,
+    }
+    return state_key(message.message_id), json.dumps(record, ensure_ascii=False)
+
+
+class MessageStates:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def set(self, message: SmsMessage, state: MessageState, **extra: str) -> None:
+        key, record = state_record(message, state, **extra)
+        await self.redis.set(key, record, ex=STATE_TTL)
+
+    async def get(self, message_id: str) -> dict[str, str]:
+        """The message's state record; {} when the message is unknown (or older than 30 days)."""
+        raw = await self.redis.get(state_key(message_id))
+        return json.loads(raw) if raw else {}
+
+    async def receipt(self, message_id: str, delivered: bool, error: str = "") -> bool:
+        """A provider's delivery receipt. False when the message is unknown."""
+        record = await self.get(message_id)
+        if not record:
+            return False
+        record |= {"state": "delivered" if delivered else "undelivered", "receipt_error": error}
+        await self.redis.set(state_key(message_id), json.dumps(record, ensure_ascii=False), keepttl=True)
+        return True

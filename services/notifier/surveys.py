@@ -1,0 +1,267 @@
+"""The survey book: the callback survey after a resolution, the residents' replies, reminders and
+timeouts, and opt-outs.
+
+  survey:{id}            one survey (JSON, `services.notifier.survey.Survey`); 30 days
+  survey:open:{phone}    the phone's surveys still waiting for an answer, scored by start time
+  survey:last:{phone}    the phone's last closed survey, for 72 hours: later replies are comments on it
+  sms:optout             phones that sent TD / 退订: no more surveys
+
+Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
+skipped_anonymous); comments add more. Closing is a ZREM on the open set, so of a reply and the
+timeout arriving together only one closes the survey. The messages go out through the dispatcher,
+once per survey and kind; the reminder and the timeout are jobs in the job queue.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import cast
+
+from redis.asyncio import Redis
+
+from services.notifier.dispatch import Dispatcher
+from services.notifier.gateway import SmsMessage
+from services.notifier.jobs import JobQueue, SurveyJob
+from services.notifier.survey import (
+    OptedOut,
+    SmsReply,
+    Survey,
+    SurveyAnswer,
+    SurveyComment,
+    is_opt_out,
+    parse_reply,
+)
+from services.notifier.texts import Texts
+from shared.events import (
+    Event,
+    Rating,
+    SurveyAnswered,
+    SurveyOutcome,
+    SurveySent,
+    TicketUpdated,
+    now_utc,
+)
+from shared.metrics import SURVEYS_ANSWERED
+from shared.privacy import caller_id, mask_phone
+from shared.tickets import Ticket
+
+SURVEY_TTL = 30 * 86400
+LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
+OPTOUT = "sms:optout"
+SURVEY_KINDS = frozenset({"survey", "reminder", "clarification"})  # what an opt-out stops, even held
+
+Publish = Callable[[Sequence[Event]], Awaitable[None]]
+
+
+def derived_id(*parts: str) -> str:
+    """A deterministic id: the same survey and step give the same event or message id."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
+
+
+class SurveyBook:
+    def __init__(
+        self,
+        redis: Redis,
+        sms: Dispatcher,
+        jobs: JobQueue,
+        publish: Publish,
+        texts: Texts,
+        *,
+        reminder_after: timedelta = timedelta(hours=24),
+        window: timedelta = timedelta(hours=48),
+        clock: Callable[[], datetime] = now_utc,
+    ) -> None:
+        self.redis = redis
+        self.sms = sms
+        self.jobs = jobs
+        self.publish = publish
+        self.texts = texts
+        self.reminder_after = reminder_after
+        self.window = window
+        self.clock = clock
+
+    # --- asking -------------------------------------------------------------------------------
+
+    async def start(self, resolved: TicketUpdated, ticket: Ticket, phone: str | None) -> list[Event]:
+        """The callback with the survey for a resolved ticket (sent to `phone`, the caller's). Returns
+        the events that record it: the survey sent, or why it was not (anonymous appeal, opted-out
+        phone), never nothing. Idempotent: the same resolution gives the same survey and events."""
+        note = self.texts.short_note(resolved.note or ticket.resolution_note)
+        if phone is None:
+            return [self._not_asked(resolved, "skipped_anonymous")]
+        if await self.opted_out(phone):
+            text = self.texts.render("result", ticket_no=ticket.ticket_no, note=note)
+            await self.sms.send(resolved.event_id, SmsMessage(phone, text, "result", ticket.ticket_no))
+            return [self._not_asked(resolved, "opted_out")]
+        now = self.clock()
+        survey = Survey(survey_id=resolved.event_id, ticket_no=ticket.ticket_no, phone=phone, started_at=now)
+        text = self.texts.render(
+            "survey", ticket_no=ticket.ticket_no, note=note, question=self.texts.question
+        )
+        message = SmsMessage(
+            phone, text, "survey", ticket.ticket_no, message_id=derived_id(survey.survey_id, "sms")
+        )
+        if await self.redis.set(
+            f"survey:{survey.survey_id}", survey.model_dump_json(), nx=True, ex=SURVEY_TTL
+        ):
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zadd(f"survey:open:{phone}", {survey.survey_id: now.timestamp()})
+                p.expire(f"survey:open:{phone}", SURVEY_TTL)
+                self.jobs.add_into(
+                    p,
+                    {
+                        SurveyJob("remind", survey.survey_id): now + self.reminder_after,
+                        SurveyJob("close", survey.survey_id): now + self.window,
+                    },
+                )
+                await p.execute()
+        await self.sms.send(survey.survey_id, message, now)
+        return [
+            SurveySent.caused(
+                resolved,
+                survey_id=survey.survey_id,
+                masked_phone=mask_phone(phone),
+                message_id=message.message_id,
+                text=text,
+            )
+        ]
+
+    def _not_asked(self, resolved: TicketUpdated, outcome: SurveyOutcome) -> SurveyAnswered:
+        return SurveyAnswered.caused(
+            resolved, survey_id=resolved.event_id, rating=None, text="", outcome=outcome
+        )
+
+    async def opted_out(self, phone: str) -> bool:
+        return bool(await self.redis.sismember(OPTOUT, phone))
+
+    # --- the scheduled steps ------------------------------------------------------------------
+
+    async def remind(self, survey_id: str, now: datetime) -> None:
+        """The one reminder, if the survey is still open."""
+        survey = await self.get(survey_id)
+        if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
+            return
+        text = self.texts.render("reminder", ticket_no=survey.ticket_no, question=self.texts.question)
+        await self.sms.send(survey_id, SmsMessage(survey.phone, text, "reminder", survey.ticket_no), now)
+
+    async def expire(self, survey_id: str, now: datetime) -> None:
+        """The window ended: the survey closes without an answer (if nothing closed it before)."""
+        survey = await self.get(survey_id)
+        if survey is not None:
+            await self._close(survey, "no_answer", "", now, event_id=derived_id(survey_id, "no_answer"))
+
+    # --- replies ------------------------------------------------------------------------------
+
+    async def reply(self, phone: str, text: str) -> SmsReply | None:
+        """An SMS from a resident: an opt-out, an answer to the newest open survey, or a comment on a
+        survey closed lately. None when it is none of these (then it is a new appeal, for intake)."""
+        now = self.clock()
+        if is_opt_out(text):
+            return await self.opt_out(phone, text, now)
+        # Without scores, redis-py returns the members (its types cover every form of the command).
+        newest = cast("list[bytes]", await self.redis.zrevrange(f"survey:open:{phone}", 0, 0))
+        survey = await self.get(newest[0]) if newest else None
+        if survey is not None:
+            return await self._on_open(survey, text, now)
+        last = await self.redis.get(f"survey:last:{phone}")
+        if last and (survey := await self.get(last)) is not None:
+            await self._comment(survey, text, now)
+            return SurveyComment(ticket_no=survey.ticket_no, clarification=False)
+        return None
+
+    async def _on_open(self, survey: Survey, text: str, now: datetime) -> SurveyAnswer | SurveyComment:
+        parsed = parse_reply(text)
+        if parsed.rating is not None:
+            answered = await self._close(
+                survey,
+                "answered",
+                text,
+                now,
+                event_id=uuid.uuid4().hex,
+                rating=parsed.rating,
+                solved=parsed.solved,
+            )
+            if answered is not None:
+                return SurveyAnswer(ticket_no=survey.ticket_no, rating=parsed.rating, solved=parsed.solved)
+        # Unread words, or a rating that lost the race with another close: the resident's comment.
+        await self._comment(survey, text, now)
+        clarified = None
+        if not parsed.has_rating:  # at most once per survey: sending is once per (survey, kind)
+            message = SmsMessage(
+                survey.phone,
+                self.texts.render("clarification", ticket_no=survey.ticket_no, question=self.texts.question),
+                "clarification",
+                survey.ticket_no,
+                urgent=True,  # an answer to their own SMS: now, quiet hours or not
+            )
+            clarified = await self.sms.send(survey.survey_id, message, now)
+        return SurveyComment(ticket_no=survey.ticket_no, clarification=clarified in ("sent", "held"))
+
+    async def opt_out(self, phone: str, text: str, now: datetime) -> OptedOut:
+        """TD / 退订: no more surveys for this phone; its open surveys close as opted out."""
+        await self.redis.sadd(OPTOUT, phone)
+        closed = []
+        for sid in cast("list[bytes]", await self.redis.zrange(f"survey:open:{phone}", 0, -1)):
+            survey = await self.get(sid)
+            if survey and await self._close(
+                survey, "opted_out", text, now, event_id=derived_id(survey.survey_id, "opted_out")
+            ):
+                closed.append(survey.ticket_no)
+        confirmation = SmsMessage(phone, self.texts.render("opt_out"), "opt_out", urgent=True)
+        await self.sms.send(f"optout:{caller_id(phone)}:{self.sms.policy.local_day(now)}", confirmation, now)
+        return OptedOut(closed_surveys=closed)
+
+    # --- the record ---------------------------------------------------------------------------
+
+    async def get(self, survey_id: str | bytes) -> Survey | None:
+        sid = survey_id.decode() if isinstance(survey_id, bytes) else survey_id
+        raw = await self.redis.get(f"survey:{sid}")
+        return Survey.model_validate_json(raw) if raw else None
+
+    async def _close(
+        self,
+        survey: Survey,
+        outcome: SurveyOutcome,
+        text: str,
+        now: datetime,
+        *,
+        event_id: str,
+        rating: Rating | None = None,
+        solved: bool | None = None,
+    ) -> SurveyAnswered | None:
+        """Close an open survey with `outcome` and publish it. None when it was no longer open (another
+        reply or the timeout closed it first). If the publish fails the survey is open again."""
+        open_key = f"survey:open:{survey.phone}"
+        if not await self.redis.zrem(open_key, survey.survey_id):
+            return None
+        answered = SurveyAnswered(
+            event_id=event_id,
+            ticket_no=survey.ticket_no,
+            survey_id=survey.survey_id,
+            rating=rating,
+            solved=solved,
+            text=text,
+            outcome=outcome,
+            occurred_at=now,
+        )
+        try:
+            await self.publish([answered])
+        except Exception:
+            await self.redis.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
+            raise
+        await self.redis.set(f"survey:last:{survey.phone}", survey.survey_id, ex=LATE_REPLY_SECONDS)
+        SURVEYS_ANSWERED.labels(rating=str(rating) if rating else outcome).inc()
+        return answered
+
+    async def _comment(self, survey: Survey, text: str, now: datetime) -> None:
+        comment = SurveyAnswered(
+            ticket_no=survey.ticket_no,
+            survey_id=survey.survey_id,
+            rating=None,
+            text=text,
+            outcome="comment",
+            occurred_at=now,
+        )
+        await self.publish([comment])

@@ -1,7 +1,8 @@
 """Intake's HTTP API: the hotline operators' submit and preview, and suggestion-box batch uploads.
 
-The other channels have their own views (wechat_views.py, open311_views.py; SMS lives with the
-notifier). All of them go through IntakeService, so they share idempotency, durability and limits."""
+The other channels have their own views (wechat_views.py, open311_views.py; SMS arrives at the
+notifier's inbound endpoint, which hands what answers no survey to sms.py). All of them go through
+IntakeService, so they share idempotency, durability and limits."""
 
 from __future__ import annotations
 

@@ -14,10 +14,10 @@ from hypothesis import strategies as hs
 from services.router import timers, workflow
 from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
 from shared import tickets as st
-from shared.decisions import Outcome
-from shared.tickets import Status, Ticket
 from shared.city import load_city
+from shared.decisions import Outcome
 from shared.events import SurveyAnswered, SurveySent
+from shared.tickets import Status, Ticket
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
 CITY = load_city()

@@ -177,10 +177,11 @@ def ticket_updated(
 def _updated(
     ticket: Ticket, step: Step, event: TicketUpdated, cause: Event | None = None, **changes: Any
 ) -> Outcome:
-    check(ticket, step, Status(event.status))
+    status = Status(event.status)
+    check(ticket, step, status)
     new = ticket.model_copy(
         update={
-            "status": event.status,
+            "status": status,
             "applied": applied(ticket, *(e for e in (cause, event) if e is not None)),
             "updated_at": event.occurred_at,
             **changes,

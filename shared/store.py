@@ -7,10 +7,11 @@ Keys:
   contact:{caller}  the caller's raw phone and name (personal data: only intake and notifier read it)
   outbox            events written to Redis but not yet confirmed published (sorted by time)
 
-Every change goes through `apply`: read the tickets under WATCH, let a pure function decide the new
-state and the events, then write the tickets, append the events to their histories and to the outbox
-in one MULTI. The caller publishes the events and then calls `published`; if it dies in between, the
-outbox relay (`due_outbox`) publishes them again. Consumers drop the repeat by event id.
+Every change goes through `apply_many`: read the tickets under WATCH, let a pure decision
+(`shared.decisions`) decide the new state and the events, then write the tickets, append the events
+to their histories and to the outbox in one MULTI (with the owner's follow-ups, `on_write`). The
+caller publishes the events and then calls `published`; if it dies in between, the outbox relay
+(`due_outbox`) publishes them again. Consumers drop the repeat by event id.
 """
 
 from __future__ import annotations

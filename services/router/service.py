@@ -5,6 +5,7 @@ the recording of meeting facts in `shared.decisions.record_fact`.
 Keys:
   timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
   queue:{dept}           sorted set: the department's open tickets -> their nearest deadline
+  queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
   meeting:{id}           a joint meeting, as JSON (meetings.Meeting)
   meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any

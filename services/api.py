@@ -24,6 +24,7 @@ from services.notifier import views as notifier_views
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.router import views as router_views
+from services.router.service import FollowUps
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.http import api_error
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.wechat_crypto = wechat_crypto
         app.state.city = load_city(settings.city_config_dir)
+        # Ticket changes made here keep their timers and queue entries in the same write.
+        FollowUps.attach(store, app.state.city.sla.supervision)
         app.state.redis = redis
         app.state.publisher = publisher
         app.state.store = store

@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web"]
 AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
@@ -142,8 +142,12 @@ class AppealClassified(Event):
 
 
 class TicketAssigned(Event):
+    """The ticket has a new owner (the dispatch desk too), with the deadlines it starts."""
+
     topic: ClassVar[str] = "ticket.assigned"
 
+    version: int = 2  # 2: the caller's hashed id, so the notifier reads no ticket to find the phone
+    caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
     via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting"]
@@ -164,26 +168,124 @@ TicketAction = Literal[
     "extension_refused",
     "resolved",
     "surveyed",
-    "rated",
     "closed",
     "reopened",
     "warning",
     "overdue",
     "escalated",
 ]
+Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
+# How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
+# closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
+SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
+MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
+ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other"]
+Stage = Literal["dispatch", "respond", "resolve", "meeting"]  # the clock a deadline timer watches
+
+
+class Returned(_Frozen):
+    """`returned` (退单): why, and how often the ticket has been returned now."""
+
+    reason: ReturnReason
+    reason_name: str
+    disputed_rule: str = ""  # the responsibility rule the department disputes, in its words
+    returns: int
+
+
+class Extension(_Frozen):
+    """`extension_requested` / `_approved` / `_refused`: the days asked for and, once decided, the
+    deadline before and after."""
+
+    days: int
+    reason: str = ""
+    old_resolve_by: datetime | None = None
+    resolve_by: datetime | None = None  # approved: the new resolution deadline
+
+
+class DeadlineNotice(_Frozen):
+    """`warning` / `overdue` / `escalated` by a deadline timer (督办)."""
+
+    stage: Stage
+    stage_name: str  # the stage in words, e.g. 办结
+    deadline: datetime
+    supervisor: str | None = None  # overdue, escalated: the department whose supervisor is told
+    to: str | None = None  # escalated: the office it is escalated to
+
+
+class MeetingSpec(_Frozen):
+    """`escalated` to a joint meeting (联席会议): what the meeting needs, so that whoever sees the
+    event first can open it."""
+
+    meeting_id: str
+    reason: MeetingReason
+    lead_street: str
+    summoned: tuple[str, ...]
+    category: str | None = None
+    grid: str | None = None
+    deadline: datetime
+
+
+class Answer(_Frozen):
+    """`reopened` / `closed` by the survey: the resident's answer, or why there was none."""
+
+    outcome: SurveyOutcome = "answered"
+    rating: Rating | None = None
+    solved: bool | None = None
+    reopens: int = 0  # how often the ticket has been reopened, this time included
+
+
+# The payload field each action must carry (escalated: one of the two).
+PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
+    "accepted": ("on_time",),
+    "resolved": ("on_time",),
+    "returned": ("returned",),
+    "extension_requested": ("extension",),
+    "extension_approved": ("extension",),
+    "extension_refused": ("extension",),
+    "surveyed": ("survey_id",),
+    "closed": ("answer",),
+    "reopened": ("answer",),
+    "warning": ("supervision",),
+    "overdue": ("supervision",),
+    "escalated": ("supervision", "meeting"),
+}
+_PAYLOADS = frozenset(f for fields in PAYLOAD_OF_ACTION.values() for f in fields)
 
 
 class TicketUpdated(Event):
-    """One transition of the department workflow (the router's state machine)."""
+    """One transition of the department workflow (the router's state machine).
+
+    Besides the action it carries what its consumers need about the ticket (the caller's hashed id,
+    category, grid, department), so none of them reads the ticket it was just told about, and the
+    action's own payload: exactly the field(s) `PAYLOAD_OF_ACTION` names, typed."""
 
     topic: ClassVar[str] = "ticket.updated"
 
+    version: int = 2  # 2: typed payloads and the ticket's facts instead of a free `data` dict
     action: TicketAction
-    status: str  # the status after the transition
+    status: str  # the status after the transition (a shared.tickets.Status value)
     actor: str  # department id, "resident", "system" or an operator id
     department: DepartmentRef | None = None
-    note: str = ""
-    data: dict[str, Any] = {}
+    note: str = ""  # resolved: the resolution note; returned, reopened: the words given
+    caller_id: str | None = None  # the caller's salted hash (None: anonymous)
+    category: str | None = None
+    grid: str | None = None
+
+    on_time: bool | None = None  # accepted, resolved: within the deadline
+    returned: Returned | None = None
+    extension: Extension | None = None
+    supervision: DeadlineNotice | None = None
+    meeting: MeetingSpec | None = None
+    survey_id: str | None = None  # surveyed: the survey that went out
+    answer: Answer | None = None
+
+    @model_validator(mode="after")
+    def _payload_fits_action(self) -> Self:
+        wanted = PAYLOAD_OF_ACTION[self.action]
+        present = [f for f in _PAYLOADS if getattr(self, f) is not None]
+        if len([f for f in present if f in wanted]) != 1 or any(f not in wanted for f in present):
+            raise ValueError(f"{self.action} carries exactly one of {wanted}, not {present or 'none'}")
+        return self
 
 
 class SurveySent(Event):
@@ -195,12 +297,6 @@ class SurveySent(Event):
     text: str
 
 
-Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
-# How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
-# closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
-SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
-
-
 class SurveyAnswered(Event):
     topic: ClassVar[str] = "survey.answered"
 
@@ -209,9 +305,6 @@ class SurveyAnswered(Event):
     solved: bool | None = None
     text: str  # the resident's words, as sent
     outcome: SurveyOutcome = "answered"
-
-
-MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
 
 
 class MeetingConvened(Event):

@@ -7,10 +7,11 @@ Keys:
   contact:{caller}  the caller's raw phone and name (personal data: only intake and notifier read it)
   outbox            events written to Redis but not yet confirmed published (sorted by time)
 
-Every change goes through `apply`: read the tickets under WATCH, let a pure function decide the new
-state and the events, then write the tickets, append the events to their histories and to the outbox
-in one MULTI. The caller publishes the events and then calls `published`; if it dies in between, the
-outbox relay (`due_outbox`) publishes them again. Consumers drop the repeat by event id.
+Every change goes through `apply_many`: read the tickets under WATCH, let a pure decision
+(`shared.decisions`) decide the new state and the events, then write the tickets, append the events
+to their histories and to the outbox in one MULTI (with the owner's follow-ups, `on_write`). The
+caller publishes the events and then calls `published`; if it dies in between, the outbox relay
+(`due_outbox`) publishes them again. Consumers drop the repeat by event id.
 """
 
 from __future__ import annotations
@@ -18,30 +19,28 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+# The decision types live with the pure code; re-exported for the callers that write them here.
+from shared.decisions import Change, Decision, Outcome, record_appeal
 from shared.events import AppealReceived, Event
 from shared.tickets import Ticket
 
+__all__ = [
+    "Change",
+    "ConcurrentUpdate",
+    "Decision",
+    "OnWrite",
+    "Outcome",
+    "TicketStore",
+    "apply_and_publish",
+    "record_appeal",
+]
 
-@dataclass(frozen=True)
-class Outcome:
-    """A decided change: the ticket as it is to be, the new facts to publish (history + outbox), and
-    facts that arrived from elsewhere and only go into the history (e.g. the appeal itself)."""
-
-    ticket: Ticket
-    publish: Sequence[Event] = ()
-    record: Sequence[Event] = ()
-
-
-# A decision: given the current ticket (None if there is none yet), the outcome, or None for
-# "nothing to do" (e.g. the event was already applied).
-Decision = Callable[[Ticket | None], Outcome | None]
 
 # What a service keeps beside the tickets (the router: timers and department queues), added to the
 # MULTI of every ticket write, given each changed ticket as it was (None: new) and as it is now. Kept
@@ -49,21 +48,13 @@ Decision = Callable[[Ticket | None], Outcome | None]
 OnWrite = Callable[[Any, Sequence[tuple[Ticket | None, Ticket]]], None]
 
 
-def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | None:
-    """Decision: create the ticket for a new appeal (intake and router may both try; first wins)."""
-    if ticket is not None:
-        return None
-    return Outcome(Ticket.from_appeal(appeal), record=[appeal])
-
-
 class ConcurrentUpdate(RuntimeError):
     """The same tickets kept changing under us; the caller may retry later."""
 
 
-@dataclass(frozen=True)
-class Change:
-    ticket_no: str
-    decide: Decision
+def _text(value: object) -> str:
+    # The client returns bytes (no decode_responses); the stubs allow str as well.
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def ticket_key(no: str) -> str:
@@ -131,14 +122,14 @@ class TicketStore:
         return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
-        mapping = {"phone": phone}
+        mapping: dict[str | bytes, str | bytes] = {"phone": phone}
         if name:
             mapping["name"] = name
-        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
+        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)  # type: ignore[arg-type]
 
     async def contact(self, caller_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(f"contact:{caller_id}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -231,26 +222,6 @@ class TicketStore:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
 
-    async def rewrite_follow_ups(self, nos: Sequence[str]) -> list[Ticket]:
-        """Run `on_write` for tickets as they are now: for writes made without it (another process).
-        Under WATCH, so that a newer write of the same ticket (which wrote its own) is not undone."""
-        keys = [ticket_key(n) for n in dict.fromkeys(nos)]
-        if not keys:
-            return []
-        for _ in range(self.max_retries):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(*keys)
-                    tickets = [Ticket.model_validate_json(r) for r in await pipe.mget(keys) if r]
-                    pipe.multi()
-                    if self.on_write is not None:
-                        self.on_write(pipe, [(None, t) for t in tickets])
-                    await pipe.execute()
-                    return tickets
-                except WatchError:
-                    continue
-        raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
-
     # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
     # router, which may already be creating the same ticket from the published event.
     _CREATE = """
@@ -289,8 +260,7 @@ class TicketStore:
         outbox entry -> (topic, event as a dict), read back from the tickets' histories."""
         cutoff = time.time() - older_than_seconds
         members = [
-            m.decode()
-            for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
+            _text(m) for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
         ]
         wanted: dict[str, dict[str, str]] = {}  # ticket -> event id -> entry
         for m in members:

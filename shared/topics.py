@@ -1,4 +1,6 @@
-"""The topic registry: one topic per fact, and the event model that each carries.
+"""The topic registry: one topic per fact, and the event model that each carries. Only facts some
+service consumes travel on a topic: a joint meeting's facts (`MeetingConvened`, `MeetingUpdated`)
+are kept in the tickets' histories, not published.
 
 Every topic has a dead-letter twin `<topic>.dlq` for messages that could not be handled; its records
 carry the original bytes and the error (see `shared.bus`).
@@ -11,25 +13,19 @@ from shared import events as ev
 APPEAL_RECEIVED = "appeal.received"
 APPEAL_CLASSIFIED = "appeal.classified"
 APPEAL_LOCATED = "appeal.located"
-APPEAL_REVIEW = "appeal.review"
 TICKET_ASSIGNED = "ticket.assigned"
 TICKET_UPDATED = "ticket.updated"
 SURVEY_SENT = "survey.sent"
 SURVEY_ANSWERED = "survey.answered"
-MEETING_CONVENED = "meeting.convened"
-MEETING_UPDATED = "meeting.updated"
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     APPEAL_RECEIVED: ev.AppealReceived,
     APPEAL_CLASSIFIED: ev.AppealClassified,
     APPEAL_LOCATED: ev.AppealLocated,
-    APPEAL_REVIEW: ev.AppealClassified,  # the same fact, routed to people instead of rules
     TICKET_ASSIGNED: ev.TicketAssigned,
     TICKET_UPDATED: ev.TicketUpdated,
     SURVEY_SENT: ev.SurveySent,
     SURVEY_ANSWERED: ev.SurveyAnswered,
-    MEETING_CONVENED: ev.MeetingConvened,
-    MEETING_UPDATED: ev.MeetingUpdated,
 }
 
 

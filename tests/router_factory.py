@@ -86,7 +86,7 @@ def assigned_ticket(
 
 
 def session_city(folder: Path) -> Path:
-    """The demo city for the test session, with two test-only changes in sla.yaml (issue 5):
+    """The demo city for the test session, with two test-only changes in sla.yaml:
     a `tiny` deadline class (seconds) for education.tutoring, so timers fire within a test, and a
     hotspot threshold high enough that tests repeating the same appeal never form a hotspot by chance."""
     shutil.copytree(DEMO_CITY_DIR, folder, dirs_exist_ok=True)

@@ -18,7 +18,16 @@ from services.notifier.service import Notifier
 from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
-from shared.events import AppealReceived, Caller, DepartmentRef, SurveyAnswered, SurveySent, TicketUpdated
+from shared.events import (
+    AppealReceived,
+    Caller,
+    DeadlineNotice,
+    DepartmentRef,
+    Extension,
+    SurveyAnswered,
+    SurveySent,
+    TicketUpdated,
+)
 from shared.privacy import caller_id, mask_phone
 from shared.store import TicketStore
 from shared.tickets import Ticket
@@ -111,7 +120,14 @@ async def resolved_ticket(
     )
     await kit.redis.set(f"t:{no}", ticket.model_dump_json())
     return ticket, TicketUpdated(
-        ticket_no=no, action="resolved", status="resolved", actor=dept.id, department=dept, note=note
+        ticket_no=no,
+        action="resolved",
+        status="resolved",
+        actor=dept.id,
+        department=dept,
+        note=note,
+        caller_id=caller.caller_id,
+        on_time=True,
     )
 
 
@@ -356,7 +372,8 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
         action="extension_approved",
         status="accepted",
         actor="dispatch_desk",
-        data={"resolve_by": "2026-11-30T18:00:00+08:00"},
+        caller_id=ticket.caller.caller_id,
+        extension=Extension(days=3, resolve_by=datetime(2026, 11, 30, 18, 0, tzinfo=SH)),
     )
     await handlers.assignments([meeting])
     await handlers.updates([extension, resolved])
@@ -413,7 +430,7 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
     kit = make_kit(quiet="none", cap=1000)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     no = f"20261123-{random.randint(100000, 999999)}"
-    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH).isoformat()
+    deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH)
     overdue = TicketUpdated(
         ticket_no=no,
         action="overdue",
@@ -421,7 +438,9 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
         actor="system",
         department=dept,
         note="",
-        data={"stage": "resolve", "stage_name": "办结", "deadline": deadline, "supervisor": "urban_mgmt"},
+        supervision=DeadlineNotice(
+            stage="resolve", stage_name="办结", deadline=deadline, supervisor="urban_mgmt"
+        ),
     )
     escalated = TicketUpdated(
         ticket_no=no,
@@ -430,13 +449,13 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
         actor="system",
         department=dept,
         note="",
-        data={
-            "stage": "resolve",
-            "stage_name": "办结",
-            "deadline": deadline,
-            "supervisor": "urban_mgmt",
-            "to": "district_office",
-        },
+        supervision=DeadlineNotice(
+            stage="resolve",
+            stage_name="办结",
+            deadline=deadline,
+            supervisor="urban_mgmt",
+            to="district_office",
+        ),
     )
     assert await kit.notifier.supervise([overdue], city) == ["sent"]
     assert await make_kit(quiet="none", cap=1000).notifier.supervise([overdue], city) == [
@@ -459,6 +478,11 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
     ]
     # A department without a supervisor's mobile gets no SMS (its desk line is not texted).
     silent = overdue.model_copy(
-        update={"event_id": uuid.uuid4().hex, "data": {**overdue.data, "supervisor": "nobody"}}
+        update={
+            "event_id": uuid.uuid4().hex,
+            "supervision": DeadlineNotice(
+                stage="resolve", stage_name="办结", deadline=deadline, supervisor="nobody"
+            ),
+        }
     )
     assert await kit.notifier.supervise([silent], city) == []

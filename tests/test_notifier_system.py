@@ -79,7 +79,7 @@ async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_s
     assert r.json() == {"kind": "opt_out", "closed_surveys": []}
     no = await resolved_with_survey(api, redis, phone)
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
-    assert closed["history"][-1]["data"] == {"survey": "opted_out"}
+    assert closed["history"][-1]["answer"]["outcome"] == "opted_out"
     assert closed["rating"] is None
     assert await outbox_for(redis, phone, "result")
     assert await outbox_for(redis, phone, "survey") == []
@@ -187,7 +187,7 @@ def _sequence(a: str, b: str, day: datetime = DAY) -> tuple[list[Ticket], list]:
                     status="accepted",
                     actor=dept,
                     department=ref,
-                    data={"on_time": on_time},
+                    on_time=on_time,
                     occurred_at=day,
                 )
             )

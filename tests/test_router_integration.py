@@ -273,7 +273,7 @@ async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, pro
     t = r.json()
     assert t["resolve_by"] > before
     assert t["history"][-1]["action"] == "extension_approved"
-    assert t["history"][-1]["data"]["days"] == 3
+    assert t["history"][-1]["extension"]["days"] == 3
     assert t["extension_request"] is None
     assert (await api.post(f"/api/v1/tickets/{no}/extension/refuse", headers=admin)).status_code == 409
 
@@ -333,7 +333,7 @@ async def test_overdue_escalation_fires_once_across_router_replicas(
             assert t["overdue"]
             assert {"督办", "升级督办"} <= set(t["flags"])
             overdue = [h for h in t["history"] if h.get("action") == "overdue"]
-            assert all(h["data"]["supervisor"] == t["department"]["id"] for h in overdue)
+            assert all(h["supervision"]["supervisor"] == t["department"]["id"] for h in overdue)
             # The notifier texted the supervisors once per notice: both overdue marks and the
             # escalation to the department's, the escalation to the district office's too.
             assert city.department_by_id[t["department"]["id"]].supervisor_mobile

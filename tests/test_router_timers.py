@@ -62,7 +62,7 @@ def test_a_ticket_waiting_for_manual_dispatch_has_the_desks_clock():
     assert late.ticket.overdue
     assert "派单时限" in event.note
     assert "派单中心" in event.note
-    assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
+    assert event.supervision.supervisor == CITY.responsibilities.dispatch_desk
     # The desk dispatches: the department starts with its own clocks and no overdue mark of the desk's.
     out = workflow.dispatch(late.ticket, "urban_mgmt", None, "", "op1", CITY, TZ, T0 + hours * 2).ticket
     assert not out.overdue
@@ -93,7 +93,7 @@ def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_it
     assert late.ticket.overdue
     assert t.meeting_id in event.note
     assert "联席会议决定时限" in event.note
-    assert event.data["supervisor"] == CITY.responsibilities.dispatch_desk
+    assert event.supervision.supervisor == CITY.responsibilities.dispatch_desk
     decided = workflow.meeting_decided(late.ticket, t.meeting_id, "power", "", CITY, TZ, t.meeting_by).ticket
     assert not decided.overdue
     assert decided.meeting_by is None
@@ -115,7 +115,7 @@ def test_overdue_marks_the_ticket_and_names_the_supervisor_once():
     [e] = out.publish
     assert out.ticket.overdue
     assert e.action == "overdue"
-    assert e.data["supervisor"] == "urban_mgmt"
+    assert e.supervision.supervisor == "urban_mgmt"
     assert "督办" in e.note
     assert e.status == st.ASSIGNED
     assert timers.fire(out.ticket, overdue, CITY, TZ) is None  # fired once, whoever fires it again
@@ -127,7 +127,7 @@ def test_escalation_goes_to_the_fallback_owner():
     esc = by_kind(timers.timers_for(t, SUP))["resolve", "escalated"]
     out = timers.fire(t, esc, CITY, TZ)
     assert out.ticket.escalated
-    assert out.publish[0].data["to"] == "district_office"
+    assert out.publish[0].supervision.to == "district_office"
 
 
 def test_stale_timers_fire_nothing():
@@ -175,8 +175,8 @@ def test_the_street_office_of_the_grid_leads():
     assert meetings.lead_street_office(CITY, "s01c01g01") == "street_s01"
     assert meetings.lead_street_office(CITY, None) == "district_office"
     s = spec(summoned=("urban_mgmt", "nonexistent", "urban_mgmt"))
-    assert s["summoned"] == ["street_s03", "urban_mgmt"]
-    assert s["deadline"].startswith("2026-11-26")  # 3 working days
+    assert s.summoned == ("street_s03", "urban_mgmt")
+    assert s.deadline.astimezone(TZ).date().isoformat() == "2026-11-26"  # 3 working days
 
 
 def test_merge_opens_once_and_attaches_later_tickets():
@@ -197,7 +197,7 @@ def test_check_in_and_decide():
     m, _ = meetings.merge(None, spec(), ["a"], T0)
     with pytest.raises(MeetingError) as e:
         meetings.check_in(m, "water", T0)
-    assert e.value.status == 403
+    assert e.value.kind == "forbidden"
     m = meetings.check_in(m, "urban_mgmt", T0)
     assert meetings.check_in(m, "urban_mgmt", T0 + timedelta(hours=1)) is m  # checking in twice: no change
     with pytest.raises(MeetingError):
@@ -239,7 +239,7 @@ def test_hold_for_meeting_only_moves_open_tickets():
     held = workflow.hold_for_meeting(t, "M1", "hotspot", ["street_s03"], CITY, TZ, T0)
     assert held.ticket.status == st.MEETING
     assert held.ticket.meeting_id == "M1"
-    assert held.publish[0].data["meeting"]["meeting_id"] == "M1"
+    assert held.publish[0].meeting.meeting_id == "M1"
     assert workflow.hold_for_meeting(held.ticket, "M1", "hotspot", [], CITY, TZ, T0) is None
     done = workflow.resolve(
         workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0

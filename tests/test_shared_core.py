@@ -48,8 +48,8 @@ def test_masks_and_caller_ids():
 
 def test_an_event_caused_by_another_has_a_stable_derived_id():
     appeal = AppealReceived(ticket_no="20261123-000001", channel="hotline", text="路灯坏了一周了")
-    a = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
-    b = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1")
+    a = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1", on_time=True)
+    b = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1", on_time=True)
     assert a.event_id == b.event_id != appeal.event_id
     assert a.caused_by == appeal.event_id
     assert a.ticket_no == appeal.ticket_no
@@ -61,7 +61,7 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
     publishes the event, once, and clears the outbox."""
     store = TicketStore(redis)
     appeal = AppealReceived(ticket_no="20261123-777001", channel="hotline", text="井盖丢了很危险")
-    update = TicketUpdated.caused(appeal, action="warning", status="received", actor="system")
+    update = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1", on_time=True)
 
     def decide(ticket: Ticket | None) -> Outcome:
         created = record_appeal(ticket, appeal)

@@ -73,12 +73,8 @@ def _assigned(via="rule") -> TicketAssigned:
 def test_which_counters_an_event_adds_to():
     assert fields_for(_assigned()) == ("assigned",)
     assert fields_for(_assigned("dispatch_desk")) == ()
-    accepted = TicketUpdated(
-        ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": True}
-    )
-    late = TicketUpdated(
-        ticket_no="T", action="accepted", status="accepted", actor="d", data={"on_time": False}
-    )
+    accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=True)
+    late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=False)
     assert fields_for(accepted) == ("responded", "responded_on_time")
     assert fields_for(late) == ("responded",)
 

@@ -1,4 +1,4 @@
-"""The classifier worker: appeal.received -> appeal.classified (and appeal.review when unsure).
+"""The classifier worker: appeal.received -> appeal.classified (flagged `needs_review` when unsure).
 
 It serves the approved model (Redis key `classifier:model:approved`) and polls that key every
 MODEL_CHECK_SECONDS: a newly approved model is loaded in a thread and swapped in between batches,
@@ -92,7 +92,6 @@ def build_app(settings: Settings | None = None) -> FastStream:
         review = [r for r in results if r.needs_review]
         await queue_for_review(rt.redis, review)  # before publishing: a retry rewrites the same entry
         await publish(rt.publisher, results)
-        await publish(rt.publisher, review, topic=topics.APPEAL_REVIEW)
         for r in results:
             APPEALS_CLASSIFIED.labels(category=r.category).inc()
         APPEALS_FOR_REVIEW.inc(len(review))

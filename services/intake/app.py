@@ -86,14 +86,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
     @batch_subscriber(rt.broker, topics.TICKET_UPDATED, NAME)
     async def forget_closed(bodies: list[bytes]) -> None:
         updates = await parse_or_dead_letter(rt.publisher, TicketUpdated, topics.TICKET_UPDATED, bodies, NAME)
-        closed = [u.ticket_no for u in updates if u.action == "closed"]
+        # The event names the caller: no ticket to read.
+        closed = [(u.ticket_no, cid) for u in updates if u.action == "closed" and (cid := u.caller_id)]
         if not closed:
             return
-        tickets = await rt.store.get_many(closed)
         async with rt.redis.pipeline(transaction=False) as p:
-            for t in tickets:
-                if t is not None and t.caller.caller_id:
-                    p.srem(caller_key(t.caller.caller_id), t.ticket_no)
+            for ticket_no, cid in closed:
+                p.srem(caller_key(cid), ticket_no)
             await p.execute()
 
     return app

@@ -98,7 +98,7 @@ class Handlers:
                     update,
                     ticket,
                     "progress_extension",
-                    resolve_by=self._local_date(update.data.get("resolve_by")),
+                    resolve_by=self._local_date(update.extension and update.extension.resolve_by),
                 )
         await self.notifier.publish(out)
 

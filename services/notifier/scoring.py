@@ -68,7 +68,7 @@ def fields_for(event: Event) -> tuple[str, ...]:
         return () if event.via == "dispatch_desk" else ("assigned",)
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
-            return ("responded", "responded_on_time") if event.data.get("on_time") else ("responded",)
+            return ("responded", "responded_on_time") if event.on_time else ("responded",)
         return ()
     if isinstance(event, SurveyAnswered):
         if event.outcome == "answered" and event.rating is not None:

@@ -159,13 +159,16 @@ class Notifier:
         `supervisor_mobile`; once per event and recipient."""
         items = []
         for u in updates:
+            notice = u.supervision
+            if notice is None:  # escalated to a joint meeting, not by a deadline
+                continue
             names = {
-                "stage": str(u.data.get("stage_name") or u.data.get("stage") or ""),
-                "deadline": self._local_time(u.data.get("deadline")),
+                "stage": notice.stage_name,
+                "deadline": self._local_time(notice.deadline),
                 "department": u.department.name if u.department else "",
             }
             template = "overdue_notice" if u.action == "overdue" else "escalated_notice"
-            for dept_id in dict.fromkeys(d for d in (u.data.get("supervisor"), u.data.get("to")) if d):
+            for dept_id in dict.fromkeys(d for d in (notice.supervisor, notice.to) if d):
                 dept = city.department_by_id.get(str(dept_id))
                 if dept is None or not dept.supervisor_mobile:
                     continue

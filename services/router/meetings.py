@@ -18,7 +18,8 @@ from pydantic import BaseModel
 
 from services.router.sla import add_working_days
 from shared.city import City
-from shared.events import MeetingReason
+from shared.errors import DomainError
+from shared.events import MeetingReason, MeetingSpec
 
 REASON_NAMES: dict[str, str] = {
     "ambiguous": "权责不清，需明确主办单位",
@@ -28,10 +29,8 @@ REASON_NAMES: dict[str, str] = {
 }
 
 
-class MeetingError(Exception):
-    def __init__(self, code: str, message: str, *, status: int = 409) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class MeetingError(DomainError):
+    """A meeting step that is not allowed; the message (Chinese) says why and what to do."""
 
 
 class Meeting(BaseModel):
@@ -77,48 +76,50 @@ def spec(
     summoned: Iterable[str],
     now: datetime,
     tz: ZoneInfo,
-) -> dict:
+) -> MeetingSpec:
     """What an escalation carries so that whoever sees it first can open the meeting."""
     lead_street = lead_street_office(city, grid)
-    return {
-        "meeting_id": mid,
-        "reason": reason,
-        "lead_street": lead_street,
-        "summoned": list(dict.fromkeys(d for d in (lead_street, *summoned) if d in city.department_by_id)),
-        "category": category,
-        "grid": grid,
-        "deadline": add_working_days(now, city.sla.supervision.meeting_days, city.sla, tz).isoformat(),
-    }
+    return MeetingSpec(
+        meeting_id=mid,
+        reason=reason,
+        lead_street=lead_street,
+        summoned=tuple(dict.fromkeys(d for d in (lead_street, *summoned) if d in city.department_by_id)),
+        category=category,
+        grid=grid,
+        deadline=add_working_days(now, city.sla.supervision.meeting_days, city.sla, tz),
+    )
 
 
 def merge(
-    meeting: Meeting | None, spec: Mapping, tickets: Sequence[str], now: datetime
+    meeting: Meeting | None, spec: MeetingSpec, tickets: Sequence[str], now: datetime
 ) -> tuple[Meeting, list[str]]:
     """Open the meeting the spec describes, or attach tickets to it. Returns it and the tickets that
     are new to it (none: nothing changed)."""
     if meeting is None:
         m = Meeting(
-            meeting_id=spec["meeting_id"],
-            reason=spec["reason"],
-            lead_street=spec["lead_street"],
-            summoned=list(spec["summoned"]),
+            meeting_id=spec.meeting_id,
+            reason=spec.reason,
+            lead_street=spec.lead_street,
+            summoned=list(spec.summoned),
             tickets=list(dict.fromkeys(tickets)),
-            category=spec.get("category"),
-            grid=spec.get("grid"),
-            deadline=spec["deadline"],
+            category=spec.category,
+            grid=spec.grid,
+            deadline=spec.deadline,
             convened_at=now,
         )
         return m, m.tickets
     added = [t for t in dict.fromkeys(tickets) if t not in meeting.tickets]
     if not added or meeting.status != "open":
         return meeting, []
-    summoned = list(dict.fromkeys([*meeting.summoned, *spec.get("summoned", ())]))
+    summoned = list(dict.fromkeys([*meeting.summoned, *spec.summoned]))
     return meeting.model_copy(update={"tickets": [*meeting.tickets, *added], "summoned": summoned}), added
 
 
 def check_in(meeting: Meeting, dept_id: str, now: datetime) -> Meeting:
     if dept_id not in meeting.summoned:
-        raise MeetingError("not_summoned", f"本单位未被召集参加联席会议{meeting.meeting_id}", status=403)
+        raise MeetingError(
+            "not_summoned", f"本单位未被召集参加联席会议{meeting.meeting_id}", kind="forbidden"
+        )
     if meeting.status != "open":
         raise MeetingError("meeting_closed", f"联席会议{meeting.meeting_id}已作出决定，无需报到")
     if dept_id in meeting.checkins:
@@ -134,11 +135,17 @@ def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: dat
     dept = city.department_by_id.get(lead)
     if dept is None or dept.kind == "dispatch_desk":
         raise MeetingError(
-            "unknown_department", f"主办单位{lead!r}不是有效的承办单位（见departments.yaml）", status=422
+            "unknown_department",
+            f"主办单位{lead!r}不是有效的承办单位（见departments.yaml）",
+            kind="invalid",
+            field="lead",
         )
     if lead not in meeting.summoned:
         raise MeetingError(
-            "not_summoned", f"{dept.name}未被召集参加本次联席会议，不能确定为主办单位", status=422
+            "not_summoned",
+            f"{dept.name}未被召集参加本次联席会议，不能确定为主办单位",
+            kind="invalid",
+            field="lead",
         )
     return meeting.model_copy(
         update={"status": "decided", "lead": lead, "decided_by": by, "decided_at": now, "note": note}

@@ -1,9 +1,11 @@
 """The router's Redis state beside the ticket store: deadline timers, department queues, joint
-meetings and hotspot counters. I/O only; the decisions are in workflow / timers / meetings.
+meetings and hotspot counters. I/O only; the decisions are in workflow / timers / meetings, and
+the recording of meeting facts in `shared.decisions.record_fact`.
 
 Keys:
   timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
   queue:{dept}           sorted set: the department's open tickets -> their nearest deadline
+  queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
   meeting:{id}           a joint meeting, as JSON (meetings.Meeting)
   meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any
@@ -12,8 +14,7 @@ Keys:
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -22,11 +23,11 @@ from redis.exceptions import WatchError
 
 from services.router import meetings
 from services.router.timers import Timer, timers_for
-from shared import tickets as st
 from shared.city import Supervision
-from shared.events import DepartmentRef, Event, MeetingConvened, MeetingUpdated, TicketUpdated
-from shared.store import Change, ConcurrentUpdate, Outcome, TicketStore, apply_and_publish
-from shared.tickets import Ticket
+from shared.decisions import Change, record_fact
+from shared.events import DepartmentRef, Event, MeetingConvened, MeetingSpec, MeetingUpdated, TicketUpdated
+from shared.store import ConcurrentUpdate, TicketStore
+from shared.tickets import Status, Ticket
 
 TIMERS = "timers"
 OWNER = "queue:owner"
@@ -53,7 +54,7 @@ class TimerStore:
     async def schedule(self, tickets: Iterable[Ticket]) -> int:
         """Set the timers the tickets need (NX: a timer already set, or claimed, stays as it is)."""
         timers = self._needed(tickets)
-        return await self.redis.zadd(self.key, timers, nx=True) if timers else 0
+        return int(await self.redis.zadd(self.key, timers, nx=True) or 0) if timers else 0
 
     def schedule_into(self, pipe: Any, tickets: Iterable[Ticket]) -> None:
         """`schedule`, as a command of the caller's pipeline (a ticket write's MULTI)."""
@@ -69,9 +70,13 @@ class TimerStore:
             await self.redis.zrem(self.key, *[t.member for t in timers])
 
 
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _queue_score(t: Ticket) -> float:
-    due = t.respond_by if t.status == st.ASSIGNED else t.resolve_by
-    return due.timestamp() if due and t.status in (st.ASSIGNED, st.ACCEPTED) else _FAR
+    due = t.respond_by if t.status == Status.ASSIGNED else t.resolve_by
+    return due.timestamp() if due and t.status in (Status.ASSIGNED, Status.ACCEPTED) else _FAR
 
 
 # Index a batch in one command. A ticket leaves the queue of the department that held it before
@@ -102,7 +107,7 @@ def _index_args(tickets: Iterable[Ticket]) -> list[str | float]:
     for t in tickets:
         if t.department is None:
             continue
-        if t.status == st.CLOSED:
+        if t.status == Status.CLOSED:
             closed_at = (t.closed_at or t.updated_at or t.received_at).timestamp()
             args += [t.ticket_no, t.department.id, -closed_at, "1"]
         else:
@@ -129,8 +134,8 @@ class Queues:
     async def page(
         self, dept: str, *, status: str | None, overdue: bool | None, page: int, size: int
     ) -> tuple[int, list[Ticket]]:
-        key = f"queue:{dept}:closed" if status == st.CLOSED else f"queue:{dept}"
-        nos = [n.decode() for n in await self.redis.zrange(key, 0, -1)]
+        key = f"queue:{dept}:closed" if status == Status.CLOSED else f"queue:{dept}"
+        nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
         found: list[Ticket] = []
         for i in range(0, len(nos), 500):
             for t in await self.store.get_many(nos[i : i + 500]):
@@ -143,51 +148,32 @@ class Queues:
 
 def _followed(t: Ticket) -> tuple:
     """What a ticket's timers and queue entry are computed from."""
-    closed = (t.closed_at or t.updated_at) if t.status == st.CLOSED else None
+    closed = (t.closed_at or t.updated_at) if t.status == Status.CLOSED else None
     return t.status, t.department, t.assigned_at, t.respond_by, t.resolve_by, closed
 
 
 class FollowUps:
     """The TicketStore's `on_write` for the router: the timers and the queue entry of every ticket
-    whose deadlines, status or department the write changed, in the write's own MULTI."""
+    whose deadlines, status or department the write changed, in the write's own MULTI.
+
+    Every process that changes tickets (the router worker and the API) sets it on its store, so
+    the timers and queues can never lag behind a ticket and nobody has to follow the events to
+    catch up (see docs/writers.md)."""
 
     def __init__(self, timers: TimerStore, queues: Queues) -> None:
         self.timers, self.queues = timers, queues
+
+    @classmethod
+    def attach(cls, store: TicketStore, sup: Supervision) -> FollowUps:
+        """Set the follow-ups on `store` (its Redis holds the timers and queues too)."""
+        follow = cls(TimerStore(store.redis, sup), Queues(store.redis, store))
+        store.on_write = follow
+        return follow
 
     def __call__(self, pipe: Any, changes: Sequence[tuple[Ticket | None, Ticket]]) -> None:
         tickets = [new for old, new in changes if old is None or _followed(old) != _followed(new)]
         self.timers.schedule_into(pipe, tickets)
         self.queues.index_into(pipe, tickets)
-
-
-class RecentIds:
-    """Event ids seen lately; past `size` the oldest are forgotten (which costs a re-read, no error)."""
-
-    def __init__(self, size: int = 100_000) -> None:
-        self.size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, ids: Iterable[str]) -> None:
-        for i in ids:
-            self._ids[i] = None
-        while len(self._ids) > self.size:
-            self._ids.popitem(last=False)
-
-    def pop(self, event_id: str) -> bool:
-        """Whether the id was there (it is forgotten now: a redelivery is followed again)."""
-        if event_id not in self._ids:
-            return False
-        del self._ids[event_id]
-        return True
-
-
-def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
-    """Decision: put a fact about the ticket (a meeting's) in its history and publish it, once."""
-    if ticket is None or ticket.has_applied(fact.event_id):
-        return None
-    return Outcome(
-        ticket.model_copy(update={"applied": ([*ticket.applied, fact.event_id])[-300:]}), publish=[fact]
-    )
 
 
 # A decision about a meeting: given it as it is (None: not opened yet), the meeting as it is to be and
@@ -212,24 +198,16 @@ class MeetingStore:
         raw = await self.redis.get(self.key(mid))
         return meetings.Meeting.model_validate_json(raw) if raw else None
 
-    async def change(
-        self,
-        mid: str,
-        decide: Decide,
-        publish: Callable[[Sequence[Event]], Awaitable[None]],
-    ) -> meetings.Meeting | None:
+    async def change(self, mid: str, decide: Decide) -> meetings.Meeting | None:
         """Change one meeting (see `change_many`)."""
-        return (await self.change_many({mid: decide}, publish))[mid]
+        return (await self.change_many({mid: decide}))[mid]
 
-    async def change_many(
-        self,
-        decisions: dict[str, Decide],
-        publish: Callable[[Sequence[Event]], Awaitable[None]],
-    ) -> dict[str, meetings.Meeting | None]:
-        """Change meetings under WATCH, all in one transaction. Their events are written first, into
-        the history (and the outbox) of the ticket each names, so they are published even if we die
-        before the meetings are written; a replay derives the same event ids and the tickets drop
-        the repeats. Returns each meeting as it now is."""
+    async def change_many(self, decisions: dict[str, Decide]) -> dict[str, meetings.Meeting | None]:
+        """Change meetings under WATCH, all in one transaction. Their facts (convened, attached,
+        checked in, decided) go into the history of the ticket each names, first: the ticket view
+        shows its meeting's course. They are not published (nothing consumes them). A replay after
+        a crash between the two writes derives the same event ids and the tickets drop the repeats.
+        Returns each meeting as it now is."""
         keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
@@ -246,10 +224,8 @@ class MeetingStore:
                     if not changed:
                         await p.reset()
                         return out
-                    await apply_and_publish(
-                        self.store,
-                        [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events],
-                        publish,
+                    await self.store.apply_many(
+                        [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events]
                     )
                     p.multi()
                     for mid, meeting in changed.items():
@@ -271,24 +247,31 @@ class MeetingStore:
         self,
         escalations: Sequence[TicketUpdated],
         ref: Callable[[str], DepartmentRef],
-        publish: Callable[[Sequence[Event]], Awaitable[None]],
     ) -> list[tuple[meetings.Meeting, list[str]]]:
         """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
         meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
         by_meeting: dict[str, list[TicketUpdated]] = {}
+        specs: dict[str, MeetingSpec] = {}
         for e in escalations:
-            by_meeting.setdefault(e.data["meeting"]["meeting_id"], []).append(e)
+            if e.meeting is not None:
+                by_meeting.setdefault(e.meeting.meeting_id, []).append(e)
+                specs.setdefault(e.meeting.meeting_id, e.meeting)
         decisions: dict[str, Decide] = {}
         for mid, events in by_meeting.items():
-            spec = events[0].data["meeting"]
 
-            def decide(current, events=events, spec=spec, mid=mid):
+            def decide(
+                current: meetings.Meeting | None,
+                events: list[TicketUpdated] = events,
+                spec: MeetingSpec = specs[mid],
+                mid: str = mid,
+            ) -> tuple[meetings.Meeting, list[Event]] | None:
                 meeting, added = meetings.merge(
                     current, spec, [e.ticket_no for e in events], events[0].occurred_at
                 )
                 if not added:
                     return None
                 first = next(e for e in events if e.ticket_no == added[0])
+                out: Event
                 if current is None:
                     out = MeetingConvened.caused(
                         first,
@@ -311,8 +294,12 @@ class MeetingStore:
             decisions[mid] = decide
         if not decisions:
             return []
-        changed = await self.change_many(decisions, publish)
-        return [(changed[mid], [e.ticket_no for e in events]) for mid, events in by_meeting.items()]
+        changed = await self.change_many(decisions)
+        return [
+            (meeting, [e.ticket_no for e in events])
+            for mid, events in by_meeting.items()
+            if (meeting := changed[mid]) is not None
+        ]
 
     async def open_hotspots(self, first_tickets: dict[tuple[str, str], str]) -> dict[tuple[str, str], str]:
         """The open meeting of each hot (category, grid) cluster, given its first ticket: the one
@@ -383,13 +370,13 @@ class Hotspots:
         replies = await self.redis.eval(_RECORD, len(keys), *keys, *args)
         hot: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
         recent: dict[tuple[str, str], list[tuple[str, float]]] = {}
-        for cluster, (mid, found) in zip(clusters, replies, strict=False):
+        for cluster, (mid, reply) in zip(clusters, replies, strict=False):
             if not mid:
-                recent[cluster] = [(found[i].decode(), float(found[i + 1])) for i in range(0, len(found), 2)]
-            elif found >= self.sup.hotspot_count:  # the rule of meetings.hot_clusters, counted in Redis
+                recent[cluster] = [(reply[i].decode(), float(reply[i + 1])) for i in range(0, len(reply), 2)]
+            elif reply >= self.sup.hotspot_count:  # the rule of meetings.hot_clusters, counted in Redis
                 inside = meetings.hot_clusters({cluster: list(clusters[cluster].items())}, now, days, 1)
                 if inside:
                     hot[cluster] = (mid.decode(), inside[cluster])
-        for cluster, members in meetings.hot_clusters(recent, now, days, self.sup.hotspot_count).items():
-            hot[cluster] = (None, members)
+        for cluster, nos in meetings.hot_clusters(recent, now, days, self.sup.hotspot_count).items():
+            hot[cluster] = (None, nos)
         return hot

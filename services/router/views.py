@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -15,28 +16,30 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.router import meetings, workflow
-from services.router.meetings import MeetingError
 from services.router.service import MeetingStore, Queues
-from services.router.workflow import WorkflowError
-from shared import tickets as st
 from shared.auth import Principal, current_principal, require_admin
 from shared.bus import publish
 from shared.city import City
-from shared.events import MeetingUpdated
+from shared.decisions import Change, Outcome
+from shared.errors import DomainError
+from shared.events import Event, MeetingUpdated
 from shared.feedback import record_example
-from shared.http import api_error
-from shared.store import Change, ConcurrentUpdate, Outcome, apply_and_publish
-from shared.tickets import Ticket
+from shared.http import domain_error
+from shared.store import ConcurrentUpdate, apply_and_publish
+from shared.tickets import Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 
 
-def not_found(ticket_no: str) -> JSONResponse:
-    return api_error(404, "not_found", f"工单{ticket_no}不存在")
+def ticket_not_found(ticket_no: str) -> DomainError:
+    return DomainError("not_found", f"工单{ticket_no}不存在", kind="not_found")
 
 
 def busy() -> JSONResponse:
-    return api_error(409, "busy", "工单正在被其他操作修改，请稍后重试", headers={"Retry-After": "1"})
+    return domain_error(
+        DomainError("busy", "工单正在被其他操作修改，请稍后重试", kind="conflict"),
+        headers={"Retry-After": "1"},
+    )
 
 
 def flags(ticket: Ticket) -> list[str]:
@@ -48,7 +51,7 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.reopens > 0, "重办"),
             (ticket.overdue, "督办"),
             (ticket.escalated, "升级督办"),
-            (ticket.status == st.MEETING, "联席会议"),
+            (ticket.status == Status.MEETING, "联席会议"),
             (ticket.extension_request is not None, "延期待审"),
         )
         if on
@@ -57,7 +60,7 @@ def flags(ticket: Ticket) -> list[str]:
 
 def ticket_view(ticket: Ticket, history: list[dict] | None = None) -> dict:
     body = ticket.model_dump(mode="json", exclude={"applied"})
-    body["status_name"] = workflow.STATUS_NAMES.get(ticket.status, ticket.status)
+    body["status_name"] = workflow.STATUS_NAMES[ticket.status]
     body["flags"] = flags(ticket)
     if history is not None:
         body["history"] = history
@@ -76,7 +79,8 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
     store = request.app.state.store
     ticket = await store.get(ticket_no)
     if ticket is None or not can_read(principal, ticket):
-        return not_found(ticket_no)  # another department's ticket looks like no ticket at all
+        # Another department's ticket looks like no ticket at all.
+        return domain_error(ticket_not_found(ticket_no))
     return ticket_view(ticket, await store.history(ticket_no))
 
 
@@ -89,15 +93,15 @@ async def act(
 ):
     """Apply an action: the transition decides, the store writes, the events are published."""
     state = request.app.state
-    errors: list[WorkflowError] = []
+    errors: list[DomainError] = []
 
     def decide(ticket: Ticket | None) -> Outcome | None:
         if ticket is None or not can_read(principal, ticket):
-            errors.append(WorkflowError("not_found", f"工单{ticket_no}不存在", status=404))
+            errors.append(ticket_not_found(ticket_no))
             return None
         try:
             return transition(ticket, datetime.now(UTC))
-        except WorkflowError as e:
+        except DomainError as e:
             errors.append(e)
             return None
 
@@ -111,8 +115,9 @@ async def act(
         # Written to the store; the router's outbox relay will publish it.
         ticket = await state.store.get(ticket_no)
     if errors:
-        e = errors[-1]
-        return api_error(e.status, e.code, e.message)
+        return domain_error(errors[-1])
+    if ticket is None:
+        return domain_error(ticket_not_found(ticket_no))
     return ticket_view(ticket, await state.store.history(ticket_no))
 
 
@@ -141,10 +146,11 @@ Transition = Callable[[Ticket, str, City, ZoneInfo, datetime], Outcome]
 async def act_as(request: Request, ticket_no: str, principal: Principal, transition: Transition):
     """A department's action on its own ticket: the transition gets the department, city, zone, time."""
     city, tz = request.app.state.city, _tz(request)
+    dept = principal.department or ""  # never empty: `acting_department` refuses that
     return await act(
         request,
         ticket_no,
-        lambda t, now: transition(t, principal.department, city, tz, now),
+        lambda t, now: transition(t, dept, city, tz, now),
         principal=principal,
     )
 
@@ -162,7 +168,7 @@ class ResolveIn(BaseModel):
 
 def _resolve(note: str) -> Transition:
     def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
-        if t.status == st.ASSIGNED:  # resolving straight away implies accepting it
+        if workflow.allowed(t.status, "accept"):  # resolving straight away implies accepting it
             accepted = workflow.accept(t, dept, city, now)
             resolved = workflow.resolve(accepted.ticket, dept, note, city, now)
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
@@ -258,9 +264,9 @@ async def department_tickets(
 ):
     """The department's queue, most urgent deadline first."""
     if not principal.is_admin and principal.department != dept_id:
-        return api_error(403, "forbidden", "只能查看本单位的工单")
+        return domain_error(DomainError("forbidden", "只能查看本单位的工单", kind="forbidden"))
     if dept_id not in request.app.state.city.department_by_id:
-        return api_error(404, "unknown_department", f"承办单位{dept_id}不存在")
+        return domain_error(DomainError("unknown_department", f"承办单位{dept_id}不存在", kind="not_found"))
     total, items = await queues(request).page(dept_id, status=status, overdue=overdue, page=page, size=size)
     return {
         "department": dept_id,
@@ -282,7 +288,7 @@ async def dispatch_queue(
     size: int = Query(20, ge=1, le=200),
 ):
     desk = request.app.state.city.responsibilities.dispatch_desk
-    total, items = await queues(request).page(desk, status=st.REVIEW, overdue=None, page=page, size=size)
+    total, items = await queues(request).page(desk, status=Status.REVIEW, overdue=None, page=page, size=size)
     return {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
 
 
@@ -321,7 +327,7 @@ async def dispatch_assign(
 # --- joint meetings (联席会议) -------------------------------------------------------------------
 
 
-def meeting_view(m: meetings.Meeting, city) -> dict:
+def meeting_view(m: meetings.Meeting, city: City) -> dict:
     body = m.model_dump(mode="json")
     body["reason_name"] = meetings.REASON_NAMES[m.reason]
     body["summoned"] = [
@@ -335,32 +341,41 @@ async def get_meeting(meeting_id: str, request: Request, principal: Principal = 
     state = request.app.state
     m = await MeetingStore(state.redis, state.store).get(meeting_id)
     if m is None or not (principal.is_admin or principal.department in m.summoned):
-        return api_error(404, "not_found", f"联席会议{meeting_id}不存在")
+        return domain_error(meeting_not_found(meeting_id))
     return meeting_view(m, state.city)
 
 
-async def change_meeting(request: Request, meeting_id: str, principal: Principal, step):
-    state = request.app.state
-    errors: list[MeetingError] = []
+def meeting_not_found(meeting_id: str) -> DomainError:
+    return DomainError("not_found", f"联席会议{meeting_id}不存在", kind="not_found")
 
-    def decide(m):
+
+MeetingStep = Callable[[meetings.Meeting], tuple[meetings.Meeting, list[Event]] | None]
+
+
+async def change_meeting(
+    request: Request, meeting_id: str, principal: Principal, step: MeetingStep
+) -> meetings.Meeting | JSONResponse:
+    state = request.app.state
+    errors: list[DomainError] = []
+
+    def decide(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
         if m is None or not (principal.is_admin or principal.department in m.summoned):
-            errors.append(MeetingError("not_found", f"联席会议{meeting_id}不存在", status=404))
+            errors.append(meeting_not_found(meeting_id))
             return None
         try:
             return step(m)
-        except MeetingError as e:
+        except DomainError as e:
             errors.append(e)
             return None
 
     try:
-        m = await MeetingStore(state.redis, state.store).change(
-            meeting_id, decide, lambda events: publish(state.publisher, events)
-        )
+        m = await MeetingStore(state.redis, state.store).change(meeting_id, decide)
     except ConcurrentUpdate:
         return busy()
     if errors:
-        return api_error(errors[-1].status, errors[-1].code, errors[-1].message)
+        return domain_error(errors[-1])
+    if m is None:
+        return domain_error(meeting_not_found(meeting_id))
     return m
 
 
@@ -368,9 +383,9 @@ async def change_meeting(request: Request, meeting_id: str, principal: Principal
 async def meeting_checkin(
     meeting_id: str, request: Request, principal: Principal = Depends(acting_department)
 ):
-    dept, city = principal.department, request.app.state.city
+    dept, city = principal.department or "", request.app.state.city  # never empty: see acting_department
 
-    def step(m: meetings.Meeting):
+    def step(m: meetings.Meeting) -> tuple[meetings.Meeting, list[Event]] | None:
         new = meetings.check_in(m, dept, datetime.now(UTC))
         if new is m:
             return None  # already checked in
@@ -400,7 +415,7 @@ async def meeting_decide(
     state = request.app.state
     (city, tz, desk), now = desk_context(request), datetime.now(UTC)
 
-    def step(m: meetings.Meeting):
+    def step(m: meetings.Meeting) -> tuple[meetings.Meeting, list[Event]] | None:
         if m.status == "decided" and m.lead == body.lead:
             return None  # asked again: make sure the tickets followed, below
         new = meetings.decide(m, body.lead, desk, body.note, city, now)
@@ -420,10 +435,11 @@ async def meeting_decide(
     if isinstance(m, JSONResponse):
         return m
     # The attached tickets follow the decision (the same decision again changes nothing).
-    changes = [
-        Change(no, lambda t, no=no: workflow.meeting_decided(t, meeting_id, m.lead, m.note, city, tz, now))
-        for no in m.tickets
-    ]
+    lead = m.lead or body.lead
+    follow = partial(
+        workflow.meeting_decided, mid=meeting_id, lead=lead, note=m.note, city=city, tz=tz, now=now
+    )
+    changes = [Change(no, follow) for no in m.tickets]
     try:
         await apply_and_publish(state.store, changes, lambda events: publish(state.publisher, events))
     except ConcurrentUpdate:

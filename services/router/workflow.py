@@ -1,4 +1,4 @@
-"""The ticket workflow: a state machine over `Ticket`, one pure function per transition.
+"""The ticket workflow: a state machine over `Ticket`, one table and one pure function per step.
 
     received -> assigned -> accepted -> resolved -> surveyed -> closed
                   |  ^  ^                              |
@@ -7,61 +7,182 @@
                   +-> review (dispatch desk) -> assigned
     meeting (联席会议) -> assigned to the lead the meeting decided
 
-Each function takes the current ticket (and what happened), checks that the transition is allowed,
-and returns an `Outcome`: the new ticket and the events that record it. It returns None when the
-input event was already applied (idempotency), and raises `WorkflowError` with a message a person
-can act on when the transition is not allowed. No I/O: the handlers load, call these, and store.
+`ALLOWED_STATUS_CHANGES` names every step, the statuses it may start from and the statuses it may
+lead to; `check` is the one place that enforces it, and every step function below goes through it
+(`allowed` answers the same question for steps driven by events, which skip rather than refuse).
+
+Each step takes the current ticket (and what happened) and returns an `Outcome`: the new ticket and
+the events that record it. It returns None when the input event was already applied (idempotency),
+and raises `WorkflowError` with a message a person can act on when the step is not allowed. No I/O:
+the handlers load, call these, and store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from services.router import meetings
 from services.router.rules import Routing, candidates, describe_rule, responsible
 from services.router.sla import Deadlines, add_working_days, deadlines
-from shared import tickets as st
 from shared.city import City
+from shared.decisions import Outcome, applied
+from shared.errors import DomainError
 from shared.events import (
+    Answer,
     AppealClassified,
     DepartmentRef,
     Event,
+    Extension,
     GridMatch,
+    MeetingReason,
+    Returned,
+    ReturnReason,
     SurveyAnswered,
     SurveySent,
+    TicketAction,
     TicketAssigned,
     TicketUpdated,
 )
-from shared.store import Outcome
-from shared.tickets import Ticket
+from shared.tickets import Status, Ticket
 
 
-class WorkflowError(Exception):
-    """A transition that is not allowed. `code` is for programs, the message for people."""
+class WorkflowError(DomainError):
+    """A step that is not allowed, or input it cannot take. `code` is for programs, the message
+    (Chinese) for the person who asked; the kind decides the HTTP status in the views."""
 
-    def __init__(self, code: str, message: str, *, status: int = 409) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+
+# --- the table ---------------------------------------------------------------------------------
+
+Step = Literal[
+    "assign",  # the responsibility list routes a classified appeal
+    "reclassify",  # a person corrected the category of a ticket waiting at the dispatch desk
+    "dispatch",  # the dispatch desk picks the department
+    "accept",
+    "resolve",
+    "return",
+    "request_extension",
+    "decide_extension",
+    "survey",  # the survey SMS went out
+    "close",
+    "reopen",
+    "hold",  # a joint meeting takes the ticket
+    "meeting_decided",
+    "supervise",  # a deadline timer warns, marks overdue or escalates
+]
+
+
+@dataclass(frozen=True)
+class Move:
+    name: str  # the step in words, as a refusal says it: "不能{name}"
+    sources: frozenset[Status]
+    targets: frozenset[Status] | None  # None: the status stays as it is
+    hint: str = ""  # what to do instead, added to a refusal
+
+
+def _move(name: str, sources: Iterable[Status], targets: Iterable[Status] | None, hint: str = "") -> Move:
+    return Move(name, frozenset(sources), None if targets is None else frozenset(targets), hint)
+
+
+S = Status
+ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
+    "assign": _move("派单", {S.RECEIVED}, {S.ASSIGNED, S.REVIEW}),
+    "reclassify": _move("按更正的分类派单", {S.REVIEW}, {S.ASSIGNED, S.REVIEW}),
+    "dispatch": _move("人工派单", {S.REVIEW}, {S.ASSIGNED}, "（只有待人工派单的工单可以派单）"),
+    "accept": _move("签收", {S.ASSIGNED}, {S.ACCEPTED}),
+    "resolve": _move("办结", {S.ACCEPTED}, {S.RESOLVED}, "（请先签收）"),
+    "return": _move("退单", {S.ASSIGNED}, {S.ASSIGNED, S.REVIEW, S.MEETING}, "（签收后不能退单）"),
+    "request_extension": _move("申请延期", {S.ACCEPTED}, None, "（请先签收）"),
+    "decide_extension": _move("审核延期", {S.ACCEPTED}, None),
+    "survey": _move("回访", {S.RESOLVED}, {S.SURVEYED}),
+    "close": _move("关闭", {S.RESOLVED, S.SURVEYED}, {S.CLOSED}),
+    "reopen": _move("重办", {S.RESOLVED, S.SURVEYED}, {S.ASSIGNED}),
+    "hold": _move("提请联席会议", {S.REVIEW, S.ASSIGNED, S.ACCEPTED}, {S.MEETING}),
+    "meeting_decided": _move("按联席会议决定派单", {S.MEETING}, {S.ASSIGNED}),
+    "supervise": _move("督办", {S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING}, None),
+}
+# Where every ticket starts (the appeal is numbered and recorded before anything else happens).
+INITIAL = Status.RECEIVED
+
+STATUS_NAMES: dict[Status, str] = {
+    S.RECEIVED: "已受理",
+    S.REVIEW: "待人工派单",
+    S.ASSIGNED: "已派单",
+    S.ACCEPTED: "办理中",
+    S.RESOLVED: "已办结",
+    S.SURVEYED: "回访中",
+    S.CLOSED: "已关闭",
+    S.MEETING: "联席会议",
+}
+
+
+def allowed(status: Status, step: Step) -> bool:
+    """Whether a ticket in `status` may take `step` (the table's answer; see `check`)."""
+    return status in ALLOWED_STATUS_CHANGES[step].sources
+
+
+def check(ticket: Ticket, step: Step, to: Status | None = None) -> None:
+    """Raise `WorkflowError` unless the table lets `ticket` take `step` (and end in `to`)."""
+    move = ALLOWED_STATUS_CHANGES[step]
+    now = STATUS_NAMES[ticket.status]
+    if not allowed(ticket.status, step):
+        raise WorkflowError(
+            "illegal_transition", f"工单{ticket.ticket_no}当前状态为“{now}”，不能{move.name}{move.hint}"
+        )
+    fits = to == ticket.status if move.targets is None else to in move.targets
+    if to is not None and not fits:
+        raise WorkflowError(
+            "illegal_transition",
+            f"工单{ticket.ticket_no}{move.name}后不能成为“{STATUS_NAMES[to]}”（当前状态为“{now}”）",
+        )
+
+
+# --- building events ---------------------------------------------------------------------------
 
 
 def dept_ref(city: City, dept_id: str) -> DepartmentRef:
     return DepartmentRef(id=dept_id, name=city.department_by_id[dept_id].name)
 
 
-def _applied(ticket: Ticket, *events: Event) -> list[str]:
-    # The last few hundred ids are plenty: duplicates arrive close to the original.
-    return (ticket.applied + [e.event_id for e in events])[-300:]
+def ticket_updated(
+    ticket: Ticket,
+    action: TicketAction,
+    status: Status,
+    *,
+    actor: str,
+    cause: Event | None = None,
+    **fields: Any,
+) -> TicketUpdated:
+    """A `ticket.updated` about `ticket`, with the facts about it that consumers need (so they read
+    no ticket): the caller's hashed id, category, grid and department. With `cause`, its id is
+    derived from the cause's (the same input gives the same event)."""
+    fields = {
+        "action": action,
+        "status": status,
+        "actor": actor,
+        "department": ticket.department,
+        "caller_id": ticket.caller.caller_id,
+        "category": ticket.category,
+        "grid": ticket.grid.grid if ticket.grid else None,
+        **fields,
+    }
+    if cause is not None:
+        return TicketUpdated.caused(cause, **fields)
+    return TicketUpdated(ticket_no=ticket.ticket_no, **fields)
 
 
-def _updated(ticket: Ticket, event: TicketUpdated, cause: Event | None = None, **changes) -> Outcome:
+def _updated(
+    ticket: Ticket, step: Step, event: TicketUpdated, cause: Event | None = None, **changes: Any
+) -> Outcome:
+    status = Status(event.status)
+    check(ticket, step, status)
     new = ticket.model_copy(
         update={
-            "status": event.status,
-            "applied": _applied(ticket, *(e for e in (cause, event) if e is not None)),
+            "status": status,
+            "applied": applied(ticket, *(e for e in (cause, event) if e is not None)),
             "updated_at": event.occurred_at,
             **changes,
         }
@@ -90,14 +211,17 @@ def assign(
         recorded.append(classified.appeal)
     if ticket.has_applied(classified.event_id):
         return None
-    corrected = classified.reviewed_by is not None and ticket.status == st.REVIEW
-    if ticket.status != st.RECEIVED and not corrected:
+    corrected = classified.reviewed_by is not None and allowed(ticket.status, "reclassify")
+    if not allowed(ticket.status, "assign") and not corrected:
         # Already routed (e.g. a reclassification after a person decided): keep the person's call.
-        return Outcome(ticket.model_copy(update={"applied": _applied(ticket, classified)}))
+        return Outcome(ticket.model_copy(update={"applied": applied(ticket, classified)}))
+    status = Status.REVIEW if routing.via == "dispatch_desk" else Status.ASSIGNED
+    check(ticket, "reclassify" if corrected else "assign", status)
     # Flagged by the classifier or the operator, or a category the city always treats as urgent.
     urgent = ticket.urgent or classified.urgent or due.sla_class == city.sla.urgent_class
     assigned = TicketAssigned.caused(
         classified,
+        caller_id=ticket.caller.caller_id,
         department=dept_ref(city, routing.lead),
         co_departments=tuple(dept_ref(city, d) for d in routing.co),
         via=routing.via,
@@ -112,7 +236,7 @@ def assign(
     )
     new = ticket.model_copy(
         update={
-            "status": st.REVIEW if routing.via == "dispatch_desk" else st.ASSIGNED,
+            "status": status,
             "category": classified.category,
             "category_names": classified.category_names,
             "confidence": classified.confidence,
@@ -128,7 +252,7 @@ def assign(
             "respond_by": due.respond_by,
             "resolve_by": due.resolve_by,
             "overdue": False,  # the dispatch desk's clock (if it was late) is not the department's
-            "applied": _applied(ticket, classified.appeal, classified, assigned),
+            "applied": applied(ticket, classified.appeal, classified, assigned),
             "updated_at": assigned.occurred_at,
         }
     )
@@ -150,22 +274,26 @@ def assign(
 
 def _assigned(
     ticket: Ticket,
+    step: Step,
     dept_id: str,
     *,
-    via: str,
+    via: Literal["operator", "reroute", "meeting", "dispatch_desk"],
     explanation: str,
     city: City,
     tz: ZoneInfo,
     now: datetime,
     rule: str = "",
-    status: str = st.ASSIGNED,
-    **changes,
+    status: Status = Status.ASSIGNED,
+    **changes: Any,
 ) -> tuple[Ticket, TicketAssigned]:
     """Give the ticket to `dept_id` with fresh deadlines from `now` (a new owner gets its full time)."""
-    category = changes.get("category", ticket.category)
+    check(ticket, step, status)
+    # Every ticket past `received` has a category (the classifier's, or the operator's correction).
+    category: str = changes.get("category") or ticket.category or ""
     due = deadlines(city, category, ticket.urgent, now, tz)
     event = TicketAssigned(
         ticket_no=ticket.ticket_no,
+        caller_id=ticket.caller.caller_id,
         department=dept_ref(city, dept_id),
         via=via,
         rule=rule,
@@ -191,7 +319,7 @@ def _assigned(
             "escalated": False,
             "extension_request": None,
             "meeting_by": None,
-            "applied": _applied(ticket, event),
+            "applied": applied(ticket, event),
             "updated_at": now,
             **changes,
         }
@@ -203,8 +331,8 @@ def _escalate(
     ticket: Ticket,
     city: City,
     *,
-    reason: str,
-    summoned: Sequence[str],
+    reason: MeetingReason,
+    summoned: Iterable[str],
     now: datetime,
     tz: ZoneInfo,
     note: str,
@@ -215,45 +343,28 @@ def _escalate(
     the router opens the meeting (or attaches the ticket to it) when it sees the event."""
     grid = ticket.grid.grid if ticket.grid else None
     mid = mid or meetings.meeting_id(ticket.ticket_no, reason, str(ticket.returns), str(ticket.reopens))
-    data = {
-        "meeting": meetings.spec(
-            city,
-            mid=mid,
-            reason=reason,
-            grid=grid,
-            category=ticket.category,
-            summoned=summoned,
-            now=now,
-            tz=tz,
-        )
-    }
-    fields = {
-        "action": "escalated",
-        "status": st.MEETING,
-        "actor": "system",
-        "department": ticket.department,
-        "note": note,
-        "data": data,
-    }
-    event = (
-        TicketUpdated.caused(cause, **fields)
-        if cause
-        else TicketUpdated(ticket_no=ticket.ticket_no, occurred_at=now, **fields)
+    spec = meetings.spec(
+        city, mid=mid, reason=reason, grid=grid, category=ticket.category, summoned=summoned, now=now, tz=tz
     )
+    fields: dict[str, Any] = {"note": note, "meeting": spec}
+    if cause is None:
+        fields["occurred_at"] = now
+    event = ticket_updated(ticket, "escalated", Status.MEETING, actor="system", cause=cause, **fields)
     return _updated(
         ticket,
+        "hold",
         event,
         escalated=True,
         meeting_id=mid,
         extension_request=None,
-        meeting_by=datetime.fromisoformat(data["meeting"]["deadline"]),
+        meeting_by=spec.deadline,
     )
 
 
 def hold_for_meeting(
     ticket: Ticket | None,
     mid: str,
-    reason: str,
+    reason: MeetingReason,
     summoned: Sequence[str],
     city: City,
     tz: ZoneInfo,
@@ -261,11 +372,7 @@ def hold_for_meeting(
 ) -> Outcome | None:
     """Attach an open ticket to a meeting (a hotspot cluster); tickets already there, or finished,
     are left alone."""
-    if (
-        ticket is None
-        or ticket.meeting_id == mid
-        or ticket.status not in (st.ASSIGNED, st.ACCEPTED, st.REVIEW)
-    ):
+    if ticket is None or ticket.meeting_id == mid or not allowed(ticket.status, "hold"):
         return None
     return _escalate(
         ticket,
@@ -289,10 +396,11 @@ def meeting_decided(
     now: datetime,
 ) -> Outcome | None:
     """The meeting named the lead: its tickets go there, with fresh deadlines."""
-    if ticket is None or ticket.meeting_id != mid or ticket.status != st.MEETING:
+    if ticket is None or ticket.meeting_id != mid or not allowed(ticket.status, "meeting_decided"):
         return None
     new, event = _assigned(
         ticket,
+        "meeting_decided",
         lead,
         via="meeting",
         city=city,
@@ -319,21 +427,28 @@ def dispatch(
     now: datetime,
 ) -> Outcome:
     """An operator at the dispatch desk picks the department (and may correct the category)."""
-    _require_status(ticket, {st.REVIEW}, "人工派单（只有待人工派单的工单可以派单）")
+    check(ticket, "dispatch")
     dept = city.department_by_id.get(dept_id)
     if dept is None or dept.kind == "dispatch_desk":
         raise WorkflowError(
-            "unknown_department", f"承办单位{dept_id!r}不存在（见departments.yaml）", status=422
+            "unknown_department",
+            f"承办单位{dept_id!r}不存在（见departments.yaml）",
+            kind="invalid",
+            field="department",
         )
-    changes = {}
+    changes: dict[str, Any] = {}
     if category is not None and category != ticket.category:
         if category not in city.leaf_categories:
             raise WorkflowError(
-                "unknown_category", f"分类{category!r}不是有效的末级分类（见categories.yaml）", status=422
+                "unknown_category",
+                f"分类{category!r}不是有效的末级分类（见categories.yaml）",
+                kind="invalid",
+                field="category",
             )
         changes = {"category": category, "category_names": city.category_names(category)}
     new, event = _assigned(
         ticket,
+        "dispatch",
         dept_id,
         via="operator",
         city=city,
@@ -351,66 +466,45 @@ def dispatch(
 def _require_owner(ticket: Ticket, dept_id: str) -> None:
     if ticket.department is None or ticket.department.id != dept_id:
         # Same answer as "no such ticket": a department learns nothing about others' tickets.
-        raise WorkflowError("not_found", f"工单{ticket.ticket_no}不存在", status=404)
-
-
-def _require_status(ticket: Ticket, allowed: set[str], action: str) -> None:
-    if ticket.status not in allowed:
-        raise WorkflowError(
-            "illegal_transition",
-            f"工单{ticket.ticket_no}当前状态为“{STATUS_NAMES.get(ticket.status, ticket.status)}”，"
-            f"不能{action}",
-        )
-
-
-STATUS_NAMES = {
-    st.RECEIVED: "已受理",
-    st.REVIEW: "待人工派单",
-    st.ASSIGNED: "已派单",
-    st.ACCEPTED: "办理中",
-    st.RESOLVED: "已办结",
-    st.SURVEYED: "回访中",
-    st.CLOSED: "已关闭",
-    st.MEETING: "联席会议",
-}
+        raise WorkflowError("not_found", f"工单{ticket.ticket_no}不存在", kind="not_found")
 
 
 def accept(ticket: Ticket, dept_id: str, city: City, now: datetime) -> Outcome:
     _require_owner(ticket, dept_id)
-    _require_status(ticket, {st.ASSIGNED}, "签收")
-    event = TicketUpdated(
-        ticket_no=ticket.ticket_no,
-        action="accepted",
-        status=st.ACCEPTED,
+    check(ticket, "accept")
+    event = ticket_updated(
+        ticket,
+        "accepted",
+        Status.ACCEPTED,
         actor=dept_id,
         department=dept_ref(city, dept_id),
         occurred_at=now,
-        data={"on_time": ticket.respond_by is None or now <= ticket.respond_by},
+        on_time=ticket.respond_by is None or now <= ticket.respond_by,
     )
-    return _updated(ticket, event, accepted_at=now)
+    return _updated(ticket, "accept", event, accepted_at=now)
 
 
 def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) -> Outcome:
     _require_owner(ticket, dept_id)
-    _require_status(ticket, {st.ACCEPTED}, "办结（请先签收）")
+    check(ticket, "resolve")
     note = note.strip()
     if not note:
-        raise WorkflowError("note_required", "办结时必须填写办理结果说明", status=422)
-    event = TicketUpdated(
-        ticket_no=ticket.ticket_no,
-        action="resolved",
-        status=st.RESOLVED,
+        raise WorkflowError("note_required", "办结时必须填写办理结果说明", kind="invalid", field="note")
+    event = ticket_updated(
+        ticket,
+        "resolved",
+        Status.RESOLVED,
         actor=dept_id,
         department=dept_ref(city, dept_id),
         note=note,
         occurred_at=now,
-        data={"on_time": ticket.resolve_by is None or now <= ticket.resolve_by},
+        on_time=ticket.resolve_by is None or now <= ticket.resolve_by,
     )
     # A pending extension request is moot once the work is done.
-    return _updated(ticket, event, resolved_at=now, resolution_note=note, extension_request=None)
+    return _updated(ticket, "resolve", event, resolved_at=now, resolution_note=note, extension_request=None)
 
 
-RETURN_REASONS = {
+RETURN_REASONS: dict[ReturnReason, str] = {
     "not_ours": "不属于本单位职责",
     "wrong_grid": "属地（网格）有误",
     "duplicate": "重复工单",
@@ -433,10 +527,13 @@ def return_ticket(
     """退单: within the acceptance window, with a reason from the fixed list. Re-routes to the next
     candidate the responsibility list names (or the dispatch desk); a second return goes to a meeting."""
     _require_owner(ticket, dept_id)
-    _require_status(ticket, {st.ASSIGNED}, "退单（签收后不能退单）")
+    check(ticket, "return")
     if reason not in RETURN_REASONS:
         choices = "、".join(f"{k}（{v}）" for k, v in RETURN_REASONS.items())
-        raise WorkflowError("invalid_reason", f"退单理由必须是以下之一：{choices}", status=422)
+        raise WorkflowError(
+            "invalid_reason", f"退单理由必须是以下之一：{choices}", kind="invalid", field="reason"
+        )
+    why_code: ReturnReason = reason
     if ticket.assigned_via == "meeting":
         raise WorkflowError("meeting_decided", "该工单的主办单位由联席会议确定，不能退单")
     if ticket.respond_by is not None and now > ticket.respond_by:
@@ -448,16 +545,28 @@ def return_ticket(
             "rule_not_disputed",
             f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；"
             "如有异议，请在disputed_rule中写明所争议的规则及理由",
-            status=422,
+            kind="invalid",
+            field="disputed_rule",
         )
     returns, returned_by = ticket.returns + 1, tuple(dict.fromkeys((*ticket.returned_by, dept_id)))
-    data = {
-        "reason": reason,
-        "reason_name": RETURN_REASONS[reason],
-        "disputed_rule": disputed_rule,
-        "returns": returns,
-    }
+    detail = Returned(
+        reason=why_code, reason_name=RETURN_REASONS[why_code], disputed_rule=disputed_rule, returns=returns
+    )
     base = ticket.model_copy(update={"returns": returns, "returned_by": returned_by})
+
+    def returned(status: Status) -> TicketUpdated:
+        check(ticket, "return", status)
+        return ticket_updated(
+            ticket,
+            "returned",
+            status,
+            actor=dept_id,
+            department=dept_ref(city, dept_id),
+            note=note,
+            occurred_at=now,
+            returned=detail,
+        )
+
     if returns >= 2:
         held = _escalate(
             base,
@@ -469,28 +578,19 @@ def return_ticket(
             note=f"工单已被{'、'.join(city.department_by_id[d].name for d in returned_by)}退回，"
             "提请联席会议确定主办单位",
         )
-        returned = TicketUpdated(
-            ticket_no=ticket.ticket_no,
-            action="returned",
-            status=st.MEETING,
-            actor=dept_id,
-            department=dept_ref(city, dept_id),
-            note=note,
-            occurred_at=now,
-            data=data,
-        )
-        return Outcome(held.ticket, publish=[returned, *held.publish])
+        return Outcome(held.ticket, publish=[returned(Status.MEETING), *held.publish])
     nxt = None
     if reason in _DISPUTES and ticket.category:
         nxt = next((d for d in candidates(city, ticket.category, grid) if d not in returned_by), None)
-    why = f"{dept_ref(city, dept_id).name}退单（{RETURN_REASONS[reason]}）" + (f"：{note}" if note else "")
+    why = f"{dept_ref(city, dept_id).name}退单（{RETURN_REASONS[why_code]}）" + (f"：{note}" if note else "")
     if nxt is None:
         desk = city.responsibilities.dispatch_desk
         new, assigned = _assigned(
             base,
+            "return",
             desk,
             via="dispatch_desk",
-            status=st.REVIEW,
+            status=Status.REVIEW,
             city=city,
             tz=tz,
             now=now,
@@ -499,6 +599,7 @@ def return_ticket(
     else:
         new, assigned = _assigned(
             base,
+            "return",
             nxt,
             via="reroute",
             city=city,
@@ -506,17 +607,8 @@ def return_ticket(
             now=now,
             explanation=f"{why}；按权责清单改派下一候选单位{city.department_by_id[nxt].name}",
         )
-    returned = TicketUpdated(
-        ticket_no=ticket.ticket_no,
-        action="returned",
-        status=new.status,
-        actor=dept_id,
-        department=dept_ref(city, dept_id),
-        note=note,
-        occurred_at=now,
-        data=data,
-    )
-    return Outcome(new.model_copy(update={"applied": _applied(new, returned)}), publish=[returned, assigned])
+    event = returned(new.status)
+    return Outcome(new.model_copy(update={"applied": applied(new, event)}), publish=[event, assigned])
 
 
 def request_extension(
@@ -524,23 +616,23 @@ def request_extension(
 ) -> Outcome:
     """延期申请: the dispatch desk approves or refuses; the deadline moves only on approval."""
     _require_owner(ticket, dept_id)
-    _require_status(ticket, {st.ACCEPTED}, "申请延期（请先签收）")
+    check(ticket, "request_extension")
     if ticket.extension_request is not None:
         raise WorkflowError("extension_pending", "已有一项延期申请待派单中心审核，请等待审核结果")
     if not reason.strip():
-        raise WorkflowError("reason_required", "申请延期必须说明理由", status=422)
+        raise WorkflowError("reason_required", "申请延期必须说明理由", kind="invalid", field="reason")
     request = {"days": days, "reason": reason.strip(), "by": dept_id, "at": now.isoformat()}
-    event = TicketUpdated(
-        ticket_no=ticket.ticket_no,
-        action="extension_requested",
-        status=ticket.status,
+    event = ticket_updated(
+        ticket,
+        "extension_requested",
+        ticket.status,
         actor=dept_id,
         department=dept_ref(city, dept_id),
         note=reason.strip(),
         occurred_at=now,
-        data={"days": days},
+        extension=Extension(days=days, reason=reason.strip(), old_resolve_by=ticket.resolve_by),
     )
-    return _updated(ticket, event, extension_request=request)
+    return _updated(ticket, "request_extension", event, extension_request=request)
 
 
 def decide_extension(
@@ -552,43 +644,42 @@ def decide_extension(
     tz: ZoneInfo,
     now: datetime,
 ) -> Outcome:
-    if ticket.extension_request is None or not ticket.is_open:
+    if ticket.extension_request is None:
         raise WorkflowError("no_extension_request", f"工单{ticket.ticket_no}没有待审核的延期申请")
+    check(ticket, "decide_extension")
     days = int(ticket.extension_request["days"])
-    data = {"days": days, "old_resolve_by": ticket.resolve_by.isoformat() if ticket.resolve_by else None}
-    changes: dict = {"extension_request": None}
+    changes: dict[str, Any] = {"extension_request": None}
+    new_due = None
     if approve and ticket.resolve_by is not None:
         new_due = add_working_days(ticket.resolve_by, days, city.sla, tz)
         changes.update(resolve_by=new_due, overdue=ticket.overdue and new_due <= now)
-        data["resolve_by"] = new_due.isoformat()
-    event = TicketUpdated(
-        ticket_no=ticket.ticket_no,
-        action="extension_approved" if approve else "extension_refused",
-        status=ticket.status,
+    event = ticket_updated(
+        ticket,
+        "extension_approved" if approve else "extension_refused",
+        ticket.status,
         actor=operator,
-        department=ticket.department,
         note=note,
         occurred_at=now,
-        data=data,
+        extension=Extension(
+            days=days,
+            reason=str(ticket.extension_request.get("reason", "")),
+            old_resolve_by=ticket.resolve_by,
+            resolve_by=new_due,
+        ),
     )
-    return _updated(ticket, event, **changes)
+    return _updated(ticket, "decide_extension", event, **changes)
 
 
 # --- the survey --------------------------------------------------------------------------------
 
 
 def survey_sent(ticket: Ticket | None, sent: SurveySent) -> Outcome | None:
-    if ticket is None or ticket.has_applied(sent.event_id) or ticket.status != st.RESOLVED:
+    if ticket is None or ticket.has_applied(sent.event_id) or not allowed(ticket.status, "survey"):
         return None
-    event = TicketUpdated.caused(
-        sent,
-        action="surveyed",
-        status=st.SURVEYED,
-        actor="system",
-        department=ticket.department,
-        data={"survey_id": sent.survey_id},
+    event = ticket_updated(
+        ticket, "surveyed", Status.SURVEYED, actor="system", cause=sent, survey_id=sent.survey_id
     )
-    return _updated(ticket, event, cause=sent)
+    return _updated(ticket, "survey", event, cause=sent)
 
 
 def rate(
@@ -601,78 +692,78 @@ def rate(
     a second unsatisfied answer escalates to a joint meeting (with `city`)."""
     if ticket is None or ticket.has_applied(answer.event_id):
         return None
-    if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and ticket.status in (
-        st.RESOLVED,
-        st.SURVEYED,
-    ):
-        # No rating will come (issue 6): the survey closes the ticket without one.
-        event = TicketUpdated.caused(
-            answer,
-            action="closed",
-            status=st.CLOSED,
-            actor="system",
-            department=ticket.department,
-            data={"survey": answer.outcome},
-        )
-        return _updated(ticket, event, cause=answer, closed_at=answer.occurred_at)
-    if ticket.status not in (st.RESOLVED, st.SURVEYED) or answer.rating is None:
-        # Late or unratable: keep the words in the history, change nothing else.
-        return Outcome(ticket.model_copy(update={"applied": _applied(ticket, answer)}), record=[answer])
-    unhappy = answer.rating == 3 or answer.solved is False
-    if unhappy:
-        event = TicketUpdated.caused(
-            answer,
-            action="reopened",
-            status=st.ASSIGNED,
-            actor="resident",
-            department=ticket.department,
-            note=answer.text,
-            data={"rating": answer.rating, "solved": answer.solved, "reopens": ticket.reopens + 1},
-        )
-        reopened = _updated(
+    closable = allowed(ticket.status, "close")
+    if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and closable:
+        # No rating will come: the survey's end closes the ticket without one.
+        event = ticket_updated(
             ticket,
+            "closed",
+            Status.CLOSED,
+            actor="system",
+            cause=answer,
+            answer=Answer(outcome=answer.outcome, reopens=ticket.reopens),
+        )
+        return _updated(ticket, "close", event, cause=answer, closed_at=answer.occurred_at)
+    if not closable or answer.rating is None:
+        # Late or unratable: keep the words in the history, change nothing else.
+        return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
+    unhappy = answer.rating == 3 or answer.solved is False
+    if not unhappy:
+        event = ticket_updated(
+            ticket,
+            "closed",
+            Status.CLOSED,
+            actor="resident",
+            cause=answer,
+            note=answer.text,
+            answer=Answer(rating=answer.rating, solved=answer.solved, reopens=ticket.reopens),
+        )
+        return _updated(
+            ticket,
+            "close",
             event,
             cause=answer,
             rating=answer.rating,
             solved=answer.solved,
-            reopens=ticket.reopens + 1,
-            accepted_at=None,
-            resolved_at=None,
-            **(_fresh_deadlines(ticket, city, tz, answer.occurred_at) if city and tz else {}),
+            closed_at=answer.occurred_at,
         )
-        if city is None or tz is None or ticket.reopens < 1:
-            return reopened
-        held = _escalate(
-            reopened.ticket,
-            city,
-            reason="reopened_twice",
-            now=answer.occurred_at,
-            tz=tz,
-            cause=event,
-            summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
-            note=f"市民第{ticket.reopens + 1}次不满意：{answer.text}",
-        )
-        return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
-    event = TicketUpdated.caused(
-        answer,
-        action="closed",
-        status=st.CLOSED,
-        actor="resident",
-        department=ticket.department,
-        note=answer.text,
-        data={"rating": answer.rating, "solved": answer.solved},
-    )
-    return _updated(
+    event = ticket_updated(
         ticket,
+        "reopened",
+        Status.ASSIGNED,
+        actor="resident",
+        cause=answer,
+        note=answer.text,
+        answer=Answer(rating=answer.rating, solved=answer.solved, reopens=ticket.reopens + 1),
+    )
+    reopened = _updated(
+        ticket,
+        "reopen",
         event,
         cause=answer,
         rating=answer.rating,
         solved=answer.solved,
-        closed_at=answer.occurred_at,
+        reopens=ticket.reopens + 1,
+        accepted_at=None,
+        resolved_at=None,
+        **(_fresh_deadlines(ticket, city, tz, answer.occurred_at) if city and tz else {}),
     )
+    if city is None or tz is None or ticket.reopens < 1:
+        return reopened
+    held = _escalate(
+        reopened.ticket,
+        city,
+        reason="reopened_twice",
+        now=answer.occurred_at,
+        tz=tz,
+        cause=event,
+        summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
+        note=f"市民第{ticket.reopens + 1}次不满意：{answer.text}",
+    )
+    return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
 
 
-def _fresh_deadlines(ticket: Ticket, city: City, tz: ZoneInfo, now: datetime) -> dict:
+def _fresh_deadlines(ticket: Ticket, city: City, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
     """重办 gets the category's time again, from the resident's answer."""
     if ticket.category is None:
         return {}

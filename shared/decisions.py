@@ -1,0 +1,60 @@
+"""What a pure decision returns, and the shapes the stores apply: no I/O, no client library.
+
+A decision is a function of the ticket as it is (None: there is none yet) to an `Outcome` (the
+ticket as it is to be and the events that record it) or None ("nothing to do", e.g. the event was
+already applied). The router's workflow, timers and fact recording, and intake's appeal recording,
+return these; `shared.store.TicketStore` writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from shared.events import AppealReceived, Event
+from shared.tickets import Ticket
+
+# The last few hundred applied event ids are plenty: a duplicate arrives close to its original.
+APPLIED_KEPT = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A decided change: the ticket as it is to be, the new facts to publish (history + outbox), and
+    facts that arrived from elsewhere and only go into the history (e.g. the appeal itself)."""
+
+    ticket: Ticket
+    publish: Sequence[Event] = ()
+    record: Sequence[Event] = ()
+
+
+# Given the current ticket (None if there is none yet), the outcome, or None for "nothing to do".
+Decision = Callable[[Ticket | None], Outcome | None]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One decision about one ticket, as a batch write takes it."""
+
+    ticket_no: str
+    decide: Decision
+
+
+def applied(ticket: Ticket, *events: Event) -> list[str]:
+    """The ticket's applied ids with these events' ids added (the idempotency check's memory)."""
+    return [*ticket.applied, *(e.event_id for e in events)][-APPLIED_KEPT:]
+
+
+def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | None:
+    """Create the ticket for a new appeal (intake and router may both try; first wins)."""
+    if ticket is not None:
+        return None
+    return Outcome(Ticket.from_appeal(appeal), record=[appeal])
+
+
+def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
+    """Put a fact about the ticket (a joint meeting's) in its history, once. Recorded, not published:
+    the ticket view is where people follow a meeting; no service consumes these facts."""
+    if ticket is None or ticket.has_applied(fact.event_id):
+        return None
+    return Outcome(ticket.model_copy(update={"applied": applied(ticket, fact)}), record=[fact])

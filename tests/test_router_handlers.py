@@ -1,0 +1,95 @@
+"""The router's handlers driven directly, on the real Redis, with no broker: what a batch writes and
+what it publishes."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.router.app import RouterHandlers
+from shared.city import load_city
+from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
+from shared.store import TicketStore
+from tests.router_factory import classified
+
+pytestmark = pytest.mark.integration
+CITY = load_city()
+# A grid no other test files appeals in: the hotspot counters in Redis are shared by the session,
+# and tickets of another test in the same cluster would turn this one's assignment into a hotspot.
+GRID = "s03c01g03"
+
+
+class Sent:
+    """Stands for the broker: keeps what the handlers publish."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def __call__(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+
+async def nothing_to_relay() -> int:
+    return 0
+
+
+def handlers(redis, sent: Sent) -> RouterHandlers:
+    return RouterHandlers(
+        CITY,
+        TicketStore(redis),
+        sent,
+        nothing_to_relay,
+        tz=ZoneInfo("Asia/Shanghai"),
+        review_threshold=0.5,
+    )
+
+
+def number() -> str:
+    return f"20261130-{random.randint(800000, 899999)}"
+
+
+async def test_an_assignment_writes_its_timers_and_queue_entry_with_the_ticket(redis):
+    sent = Sent()
+    h = handlers(redis, sent)
+    no = number()
+    # Now, not a fixed day: a timer already due could be fired by another test's router.
+    await h.classified([classified(CITY, "city.facility.streetlight", GRID, no=no, at=datetime.now(UTC))])
+    ticket = await h.store.get(no)
+    assert ticket is not None
+    assert ticket.department is not None
+    [assigned] = sent.events
+    assert isinstance(assigned, TicketAssigned)
+    assert assigned.caller_id == "c1"  # the notifier needs no ticket read for the phone
+    members = [m.decode() for m in await redis.zrange("timers", 0, -1)]
+    assert len([m for m in members if m.startswith(f"{no}|")]) == 5
+    assert await redis.hget("queue:owner", no) == ticket.department.id.encode()
+
+
+async def test_an_escalation_opens_its_meeting_and_records_it_without_publishing(redis):
+    sent = Sent()
+    h = handlers(redis, sent)
+    no = number()
+    contested = classified(
+        CITY,
+        "city.facility.streetlight",
+        GRID,
+        no=no,
+        confidence=0.55,
+        second=("utility.power", 0.5),
+        at=datetime.now(UTC),
+    )
+    await h.classified([contested])
+    [escalated] = [e for e in sent.events if isinstance(e, TicketUpdated)]
+    assert escalated.meeting is not None
+    before = len(sent.events)
+    await h.updates([escalated])
+    await h.updates([escalated])  # redelivered: the meeting is opened once
+    assert len(sent.events) == before  # a meeting's facts are not published
+    raw = await redis.get(f"meeting:{escalated.meeting.meeting_id}")
+    assert raw is not None
+    history = await h.store.history(no)
+    assert [r["topic"] for r in history].count(MeetingConvened.topic) == 1

@@ -24,9 +24,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
 
 from shared.events import AppealReceived, Event
 from shared.tickets import Ticket
+
+
+def _text(value: object) -> str:
+    """A reply as text: the client is made without decode_responses, so replies are bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -131,14 +137,14 @@ class TicketStore:
         return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
-        mapping = {"phone": phone}
+        mapping: dict[FieldT, EncodableT] = {"phone": phone}
         if name:
             mapping["name"] = name
         await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
 
     async def contact(self, caller_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(f"contact:{caller_id}")
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -289,8 +295,7 @@ class TicketStore:
         outbox entry -> (topic, event as a dict), read back from the tickets' histories."""
         cutoff = time.time() - older_than_seconds
         members = [
-            m.decode()
-            for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
+            _text(m) for m in await self.redis.zrangebyscore(self.OUTBOX, "-inf", cutoff, start=0, num=limit)
         ]
         wanted: dict[str, dict[str, str]] = {}  # ticket -> event id -> entry
         for m in members:

@@ -17,11 +17,6 @@ import yaml
 from shared.city import DEMO_CITY_DIR, City, CityConfigError, load_city
 
 
-@pytest.fixture(scope="module")
-def city() -> City:
-    return load_city()
-
-
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
     """A private, editable copy of the demo city."""

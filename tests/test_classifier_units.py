@@ -20,10 +20,10 @@ from services.classifier.model import CategoryModel, latest_model_path
 from services.classifier.rules import load_cues
 from services.classifier.service import Classifier
 from services.classifier.text import Segmenter, city_vocabulary
-from shared.city import load_city
 from shared.events import AppealReceived, GeoPoint
+from tests.cities import demo_city
 
-CITY = load_city()
+CITY = demo_city()
 
 
 @pytest.fixture(scope="module")

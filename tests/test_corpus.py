@@ -9,14 +9,9 @@ import pytest
 
 from services.classifier import corpus
 from services.classifier.corpus import APPEAL_TYPES, generate, read_jsonl, write_jsonl
-from shared.city import Category, City, load_city
+from shared.city import Category, City
 
 PER_CATEGORY = 60
-
-
-@pytest.fixture(scope="module")
-def city() -> City:
-    return load_city()
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
-from shared.city import load_city
+from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
-CITY = load_city()
+CITY = demo_city()
 SUP = CITY.sla.supervision
 
 

@@ -12,11 +12,11 @@ from hypothesis import strategies as hs
 from services.router import workflow
 from services.router.workflow import WorkflowError
 from shared import tickets as st
-from shared.city import load_city
 from shared.events import SurveyAnswered, SurveySent
+from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
-CITY = load_city()
+CITY = demo_city()
 
 
 def survey(ticket, rating, n=0, text="还是没修好"):

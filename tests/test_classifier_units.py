@@ -89,6 +89,9 @@ def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, targ
         routed = conf >= t["threshold"]
         assert correct[routed].mean() >= target - 1e-9
         assert t["coverage"] == pytest.approx(routed.mean(), abs=1e-4)
+    else:  # no cut between distinct confidences reaches the target
+        assert t["coverage"] == 0.0
+        assert all(correct[conf >= c].mean() < target + 1e-9 for c in set(conf.tolist()))
 
 
 def _curve(points: list[tuple[int, float]]) -> list[dict]:

@@ -103,7 +103,9 @@ def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_it
 
 def test_member_round_trip():
     t = assigned_ticket(CITY)
-    for timer in timers.timers_for(t, SUP):
+    every = timers.timers_for(t, SUP)
+    assert every
+    for timer in every:
         again = Timer.parse(timer.member, timer.due.timestamp())
         assert again == timer
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -103,17 +104,23 @@ def test_walkthrough_runs_as_written(doc: Path, system: System, settings, tmp_pa
     env = settings_env(settings, api_port=system.api_port)
     command_shims(tmp_path, env)
     (tmp_path / "docs").symlink_to(ROOT / "docs")  # files the walkthroughs name, e.g. the sample history
-    done = subprocess.run(
+    proc = subprocess.Popen(
         ["bash", "-c", script],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=SCRIPT_TIMEOUT,
+        start_new_session=True,  # on a timeout the whole group goes, curl and appeals included
     )
-    steps = done.stdout.split(MARK)
-    where = f"{doc.name}\n--- stdout ---\n{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
-    assert done.returncode == 0, where
+    try:
+        stdout, stderr = proc.communicate(timeout=SCRIPT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    steps = stdout.split(MARK)
+    where = f"{doc.name}\n--- stdout ---\n{stdout[-4000:]}\n--- stderr ---\n{stderr[-4000:]}"
+    assert proc.returncode == 0, where
     assert len(steps) == len(expected) + 1, where
     for n, (want, got) in enumerate(zip(expected, steps, strict=False), start=1):
         assert expectation(want).search(got), f"step {n}: expected {want!r}, got {got.strip()!r}\n{where}"

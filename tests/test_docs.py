@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -35,6 +36,7 @@ TICKET = r"\d{8}-\d{6}"
 MARK = "@@step-done@@"
 SCRIPT_TIMEOUT = 240  # the whole document
 COMMAND_TIMEOUT = 60  # each `appeals` command and each curl call
+WALKTHROUGH_TOOLS = ("bash", "curl", "python3", "sha1sum", "timeout")  # what a reader's shell has
 
 
 def runnable_blocks(path: Path) -> list[str]:
@@ -101,6 +103,8 @@ def test_walkthrough_runs_as_written(doc: Path, system: System, settings, tmp_pa
         settings.open311_api_keys.split(",")[0],
     )
     assert expected, f"{doc.name}: a walkthrough with nothing to check; add `# -> ...` lines"
+    missing = [tool for tool in WALKTHROUGH_TOOLS if shutil.which(tool) is None]
+    assert missing == [], f"the walkthroughs use {missing}: install them to run this test"
     env = settings_env(settings, api_port=system.api_port)
     command_shims(tmp_path, env)
     (tmp_path / "docs").symlink_to(ROOT / "docs")  # files the walkthroughs name, e.g. the sample history

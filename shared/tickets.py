@@ -77,7 +77,7 @@ class Ticket(BaseModel):
     resolution_note: str = ""
     returns: int = 0
     reopens: int = 0
-    # The router's bookkeeping (issue 5): who returned it, a pending extension request, supervision.
+    # The router's bookkeeping: who returned it, a pending extension request, supervision.
     returned_by: tuple[str, ...] = ()
     extension_request: dict | None = None  # {"days", "reason", "by", "at"} until the desk decides
     overdue: bool = False  # 督办: a deadline passed

@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: up test bench clean
+.PHONY: up test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed ($(PYTHON) is older)"; exit 1; }
@@ -16,11 +17,23 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/appeals up
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+# Cheapest first, so a mistake fails in seconds: lint and types, then the tests that start nothing
+# (the import contract among them), then the tests on the real broker, Redis and services.
+# One recipe, so the order holds under `make -j` too.
+test: lint
+	$(PYTEST) -m "not integration"
+	$(PYTEST) -m integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services
+
+unit: $(STAMP)
+	$(PYTEST) -m "not integration"
 
 bench: $(STAMP)
 	$(BIN)/appeals bench pipeline
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -120,6 +120,7 @@ class EmbeddedServers:
         return self
 
     def _spawn(self, name: str, argv: list[str], stop_signal: int) -> subprocess.Popen:
+        assert self.log_dir is not None, "start() sets the log folder before spawning"
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
             argv,

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     satisfaction_basic_weight: float = Field(0.9, ge=0, le=1)
     score_weights: str = "0.1,0.5,0.4"
 
-    # Intake channels (issue 3). WeChat: the Token set in the official account's server config.
+    # Intake channels. WeChat: the Token set in the official account's server config.
     wechat_token: str = ""  # empty: the WeChat endpoint answers 503 (not configured)
     wechat_max_clock_skew_seconds: int = Field(300, ge=10)  # older signed timestamps are replays
     # Safe / compatible mode (encrypted pushes): the console's EncodingAESKey and the account's AppID.

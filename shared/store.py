@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
+from redis.typing import EncodableT, FieldT
 
 # The decision types live with the pure code; re-exported for the callers that write them here.
 from shared.decisions import Change, Decision, Outcome, record_appeal
@@ -40,6 +41,11 @@ __all__ = [
     "apply_and_publish",
     "record_appeal",
 ]
+
+
+def _text(value: object) -> str:
+    """A reply as text: the client is made without decode_responses, so replies are bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # What a service keeps beside the tickets (the router: timers and department queues), added to the
@@ -122,10 +128,10 @@ class TicketStore:
         return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
-        mapping: dict[str | bytes, str | bytes] = {"phone": phone}
+        mapping: dict[FieldT, EncodableT] = {"phone": phone}
         if name:
             mapping["name"] = name
-        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)  # type: ignore[arg-type]
+        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
 
     async def contact(self, caller_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(f"contact:{caller_id}")

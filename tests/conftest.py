@@ -1,5 +1,10 @@
 """Fixtures: a real Kafka-protocol broker (Tansu) and a real Redis for the whole session, a demo
-model trained once, and the system itself started as real processes through `appeals run`."""
+model trained once, and the system itself started as real processes through `appeals run`.
+
+A test that uses any of the server fixtures (INTEGRATION_FIXTURES, directly or through another fixture)
+is marked `integration` here at collection, so `pytest -m "not integration"` starts nothing. A test
+left unmarked that still tries to start a server or reach Redis or the broker fails at once with
+what to do (see `pytest_runtest_protocol` below)."""
 
 from __future__ import annotations
 
@@ -16,11 +21,71 @@ from redis.asyncio import Redis
 
 from services.launcher import WORKERS, Launcher
 from shared.auth import issue_token
+from shared.city import City, load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
-from tests.router_factory import session_city
+from tests.cities import demo_city, system_city_dir
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run commands from here)
+
+# Fixtures that start or reach the broker, Redis or the services, and `data_dir`, which trains the
+# demo model (tens of seconds): any test whose fixture closure holds one is an integration test.
+INTEGRATION_FIXTURES = frozenset(
+    {"servers", "settings", "system", "api", "redis", "as_dispatch_desk", "data_dir"}
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+def _refuse(what: str) -> Callable[..., Any]:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(
+            f"{what} in a test not marked integration: use one of the fixtures"
+            f" ({', '.join(sorted(INTEGRATION_FIXTURES))}), which marks the test, or mark it integration"
+        )
+
+    return refuse
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Outside integration tests, starting the servers or the services and connecting to Redis or
+    Kafka fail, so the fast group cannot come to need them without anyone noticing."""
+    if item.get_closest_marker("integration") is not None:
+        return (yield)
+    import aiokafka.client
+    import redis.asyncio.connection
+    import redis.connection
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EmbeddedServers, "start", _refuse("starting the embedded broker and Redis"))
+        mp.setattr(Launcher, "start", _refuse("starting a service"))
+        mp.setattr(redis.asyncio.connection.AbstractConnection, "connect", _refuse("connecting to Redis"))
+        mp.setattr(redis.connection.AbstractConnection, "connect", _refuse("connecting to Redis"))
+        mp.setattr(aiokafka.client.AIOKafkaClient, "bootstrap", _refuse("connecting to the broker"))
+        return (yield)
+
+
+@pytest.fixture(scope="session")
+def city() -> City:
+    """The demo city as shipped, loaded once for the session."""
+    return demo_city()
+
+
+@pytest.fixture(scope="session")
+def city_dir(tmp_path_factory) -> Path:
+    """The folder of the city the started system reads: the demo city with test deadlines."""
+    return system_city_dir(tmp_path_factory.mktemp("city"))
+
+
+@pytest.fixture(scope="session")
+def system_city(city_dir: Path) -> City:
+    return load_city(city_dir)
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +98,14 @@ def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
 def data_dir(tmp_path_factory) -> Path:
     """A data dir with a demo model trained once for the whole session."""
     from services.classifier.service import train_demo_model
-    from shared.city import load_city
 
     d = tmp_path_factory.mktemp("data")
-    train_demo_model(load_city(), d / "models", per_category=120, seed=7)
+    train_demo_model(demo_city(), d / "models", per_category=120, seed=7)
     return d
 
 
 @pytest.fixture(scope="session")
-def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Settings:
+def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settings:
     return Settings(
         kafka_bootstrap_servers=servers.kafka_bootstrap,
         redis_url=servers.redis_url,
@@ -51,14 +115,12 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
         metrics_port_router=0,
         metrics_port_notifier=0,
         timer_scan_seconds=0.5,
-        city_config_dir=session_city(
-            tmp_path_factory.mktemp("city")
-        ),  # issue 5: tiny SLA class, hotspot threshold
-        quiet_hours="none",
-        sms_daily_cap=1000,  # issue 6: SMS flow at any hour; quiet hours/cap tested apart
-        model_check_seconds=0.5,  # issue 4: classifier workers pick up a newly approved model fast
+        city_config_dir=city_dir,
+        quiet_hours="none",  # SMS flow at any hour; quiet hours and the cap are tested apart
+        sms_daily_cap=1000,
+        model_check_seconds=0.5,  # classifier workers pick up a newly approved model fast
         wechat_token="test-wechat-token",
-        open311_api_keys="test-open311-key",  # intake channels (issue 3)
+        open311_api_keys="test-open311-key",
         wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
         wechat_app_id="wx12345hotline",
     )

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 from zoneinfo import ZoneInfo
-
-import yaml
 
 from services.router import workflow
 from services.router.rules import contested, route
 from services.router.sla import deadlines
-from shared.city import DEMO_CITY_DIR, City
+from shared.city import City
 from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, GridMatch
 from shared.tickets import Ticket
 
@@ -83,27 +79,3 @@ def assigned_ticket(
     city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw
 ) -> Ticket:
     return assign(city, classified(city, category, grid_id, **kw)).ticket
-
-
-def session_city(folder: Path) -> Path:
-    """The demo city for the test session, with two test-only changes in sla.yaml:
-    a `tiny` deadline class (seconds) for education.tutoring, so timers fire within a test, and a
-    hotspot threshold high enough that tests repeating the same appeal never form a hotspot by chance."""
-    shutil.copytree(DEMO_CITY_DIR, folder, dirs_exist_ok=True)
-    path = folder / "sla.yaml"
-    sla = yaml.safe_load(path.read_text(encoding="utf-8"))
-    sla["classes"]["tiny"] = {
-        "name": "测试",
-        "respond_hours": TINY_RESPOND_HOURS,
-        "resolve_hours": TINY_RESOLVE_HOURS,
-    }
-    sla["categories"][TINY_CATEGORY] = "tiny"
-    sla["supervision"].update(hotspot_count=HOTSPOT_COUNT, hotspot_window_days=1)
-    path.write_text(yaml.safe_dump(sla, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    return folder
-
-
-TINY_CATEGORY = "education.tutoring"
-TINY_RESPOND_HOURS = 3 / 3600  # 3 s to accept
-TINY_RESOLVE_HOURS = 6 / 3600  # 6 s to resolve; escalation at 9 s
-HOTSPOT_COUNT = 25

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from services.classifier import corpus
-from shared.city import load_city
+from tests.cities import demo_city
 from tests.conftest import ROOT
+
+# Every test here runs `appeals` in a subprocess that trains or loads a model: tens of seconds, so
+# they belong with the slow group, not the one that runs in seconds.
+pytestmark = pytest.mark.integration
 
 GOVMSG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "govmsg"
 
@@ -29,7 +33,7 @@ def appeals(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def top_level(records: list[dict]) -> list[dict]:
     """Demo appeals labelled with their first-level category name: labels that are not city leaves."""
-    city = load_city()
+    city = demo_city()
     return [{**r, "label": city.category_names(r["label"])[0]} for r in records]
 
 
@@ -37,7 +41,7 @@ def top_level(records: list[dict]) -> list[dict]:
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("cli")
     data = d / "train.jsonl"
-    corpus.write_jsonl(top_level(corpus.generate(load_city(), per_category=8, seed=31)), data)
+    corpus.write_jsonl(top_level(corpus.generate(demo_city(), per_category=8, seed=31)), data)
     with data.open("a", encoding="utf-8") as f:
         f.write("{broken\n")
         f.write(json.dumps({"title": "没有正文", "label": "城市管理"}, ensure_ascii=False) + "\n")
@@ -47,7 +51,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     assert f"line {n - 1}: not valid JSON" in out.stderr
     assert f"line {n}: missing or empty text" in out.stderr
     test = d / "test.jsonl"
-    corpus.write_jsonl(top_level(corpus.generate(load_city(), per_category=3, seed=32)), test)
+    corpus.write_jsonl(top_level(corpus.generate(demo_city(), per_category=3, seed=32)), test)
     return d / "model.joblib", test
 
 
@@ -117,7 +121,7 @@ def test_cross_validation_on_the_real_message_board_data(tmp_path):
 
 def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
     data = tmp_path / "train.jsonl"
-    corpus.write_jsonl(top_level(corpus.generate(load_city(), per_category=6, seed=33)), data)
+    corpus.write_jsonl(top_level(corpus.generate(demo_city(), per_category=6, seed=33)), data)
     out = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)

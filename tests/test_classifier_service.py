@@ -17,7 +17,7 @@ from services.classifier import corpus, service
 from services.classifier.model import CategoryModel, latest_model_path
 from shared import topics
 from shared.auth import issue_token
-from shared.city import load_city
+from tests.cities import demo_city
 from tests.conftest import ROOT, eventually, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -108,7 +108,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
 
     # The correction becomes training data: `appeals train --include-feedback` picks it up.
     data = tmp_path / "small.jsonl"
-    records = corpus.generate(load_city(), per_category=4, seed=21)
+    records = corpus.generate(demo_city(), per_category=4, seed=21)
     corpus.write_jsonl(records, data)
     out = await asyncio.to_thread(
         subprocess.run,

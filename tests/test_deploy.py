@@ -38,9 +38,9 @@ def test_compose_runs_every_service_and_only_real_targets():
 
 
 def test_compose_passes_only_settings_the_services_read():
-    for name, s in compose()["services"].items():
-        if name in INFRA:
-            continue
+    apps = {name: s for name, s in compose()["services"].items() if name not in INFRA}
+    assert apps
+    for name, s in apps.items():
         unknown = set(s["environment"]) - APP_SETTINGS
         assert not unknown, f"{name} passes settings no service reads: {unknown}"
         assert {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"} <= set(s["environment"])

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from services.intake import batch, open311, wechat
 from services.intake.domain import InvalidAppeal
 from services.intake.duplicates import NEAR_IDENTICAL, near_identical, similarity
-from shared.city import load_city
+from tests.cities import demo_city
 
-CITY = load_city()
+CITY = demo_city()
 
 
 def test_signature_is_sha1_of_the_sorted_parts():

@@ -350,11 +350,11 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     from services.notifier.app import Handlers
     from services.notifier.scorecard import Scorecard
     from services.notifier.scoring import Weights
-    from shared.city import load_city
     from shared.events import TicketAssigned
+    from tests.cities import demo_city
 
     kit = make_kit()
-    handlers = Handlers(kit.notifier, Scorecard(redis, load_city(), SH, Weights()))
+    handlers = Handlers(kit.notifier, Scorecard(redis, demo_city(), SH, Weights()))
     phone = new_phone()
     ticket, resolved = await resolved_ticket(kit, phone)
     meeting = TicketAssigned(
@@ -424,9 +424,9 @@ async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, cl
 
 
 async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_kit):
-    from shared.city import load_city
+    from tests.cities import demo_city
 
-    city = load_city()
+    city = demo_city()
     kit = make_kit(quiet="none", cap=1000)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     no = f"20261123-{random.randint(100000, 999999)}"

@@ -18,9 +18,9 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.scoring import Weights
 from shared.auth import issue_token
 from shared.bus import EventPublisher, publish
-from shared.city import load_city
 from shared.events import DepartmentRef, GridMatch, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.tickets import Ticket
+from tests.cities import demo_city
 from tests.conftest import as_department, eventually
 from tests.test_pipeline_e2e import LIGHT, outbox_for, submit, ticket_when
 
@@ -348,7 +348,7 @@ async def test_counting_is_idempotent_in_process(redis):
     a = f"test-c-{uuid.uuid4().hex[:6]}"
     day = datetime(2020, 3, 3, 10, 0, tzinfo=SH)  # not the day the system test checks
     tickets, events = _sequence(a, f"test-d-{uuid.uuid4().hex[:6]}", day)
-    card = Scorecard(redis, load_city(), SH, Weights())
+    card = Scorecard(redis, demo_city(), SH, Weights())
     by_no = {t.ticket_no: t for t in tickets}
     ticketed = [None if isinstance(e, TicketAssigned) else by_no[e.ticket_no] for e in events]
     first = await card.record(events, ticketed)

@@ -11,13 +11,13 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.router.app import RouterHandlers
-from shared.city import load_city
 from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
 from shared.store import TicketStore
+from tests.cities import demo_city
 from tests.router_factory import classified
 
 pytestmark = pytest.mark.integration
-CITY = load_city()
+CITY = demo_city()
 # A grid no other test files appeals in: the hotspot counters in Redis are shared by the session,
 # and tickets of another test in the same cluster would turn this one's assignment into a hotspot.
 GRID = "s03c01g03"

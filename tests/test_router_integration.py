@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaProducer
 
 from shared import topics
 from shared.auth import issue_token
-from shared.city import load_city
+from tests.cities import HOTSPOT_COUNT, TINY_CATEGORY
 from tests.conftest import ROOT, eventually, settings_env
-from tests.router_factory import HOTSPOT_COUNT, TINY_CATEGORY, classified
+from tests.router_factory import classified
 
 pytestmark = pytest.mark.integration
 _numbers = itertools.count(random.randint(100000, 800000))
@@ -34,8 +34,8 @@ def new_no() -> str:
 
 
 @pytest.fixture(scope="module")
-def city(settings):
-    return load_city(settings.city_config_dir)
+def city(system_city):
+    return system_city  # the city the started system runs (test deadlines), not the demo city
 
 
 @pytest.fixture

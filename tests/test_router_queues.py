@@ -6,13 +6,13 @@ from datetime import timedelta
 
 from services.router.service import Queues
 from shared import tickets as st
-from shared.city import load_city
 from shared.store import TicketStore
+from tests.cities import demo_city
 from tests.router_factory import T0, assigned_ticket
 
 
 async def test_closed_tickets_move_to_the_departments_closed_list(redis):
-    city = load_city()
+    city = demo_city()
     store = TicketStore(redis)
     queues = Queues(redis, store)
     a, b = (assigned_ticket(city, no=f"20261123-7710{i}") for i in range(2))

@@ -15,11 +15,6 @@ from shared.events import CategoryScore
 from tests.router_factory import TZ, grid
 
 
-@pytest.fixture(scope="module")
-def city():
-    return load_city()
-
-
 @pytest.mark.parametrize(
     ("category", "grid_id", "lead", "co", "via"),
     [

@@ -12,10 +12,10 @@ from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
-from shared.city import load_city
+from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
-CITY = load_city()
+CITY = demo_city()
 SUP = CITY.sla.supervision
 
 
@@ -103,7 +103,9 @@ def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_it
 
 def test_member_round_trip():
     t = assigned_ticket(CITY)
-    for timer in timers.timers_for(t, SUP):
+    every = timers.timers_for(t, SUP)
+    assert every
+    for timer in every:
         again = Timer.parse(timer.member, timer.due.timestamp())
         assert again == timer
 

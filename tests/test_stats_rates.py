@@ -8,8 +8,8 @@ import pytest
 
 from services.notifier import scoring
 from services.notifier.scoring import Weights, fields_for, groups_for, rates
-from shared.city import load_city
 from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+from tests.cities import demo_city
 
 W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
 
@@ -90,7 +90,7 @@ def test_which_counters_an_event_adds_to():
 
 
 def test_groups_map_the_grid_to_its_street():
-    city = load_city()
+    city = demo_city()
     g = groups_for(city, "urban_mgmt", "city.facility.streetlight", "s01c01g01")
     assert g == {
         "department": "urban_mgmt",

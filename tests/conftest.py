@@ -32,7 +32,7 @@ def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A data dir with a demo model trained once for the whole session."""
-    from services.classifier.service import train_demo_model
+    from services.classifier.analyst import train_demo_model
     from shared.city import load_city
 
     d = tmp_path_factory.mktemp("data")

@@ -18,7 +18,7 @@ from services.classifier.analyst import DataError, read_records
 from services.classifier.grid import GridLocator, point_in_polygon
 from services.classifier.model import CategoryModel, latest_model_path
 from services.classifier.rules import load_cues
-from services.classifier.service import Classifier
+from services.classifier.classification import Classifier
 from services.classifier.text import Segmenter, city_vocabulary
 from shared.city import load_city
 from shared.events import AppealReceived, GeoPoint

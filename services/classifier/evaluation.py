@@ -84,7 +84,7 @@ def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) 
 
 
 def confidence_and_correct(
-    labels: Sequence[str], proba: np.ndarray, classes: Sequence[str]
+    labels: Sequence[str] | np.ndarray, proba: np.ndarray, classes: Sequence[str] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each prediction's confidence (the top probability) and whether its top class is the label."""
     pred = np.asarray(list(classes))[proba.argmax(axis=1)]
@@ -92,7 +92,11 @@ def confidence_and_correct(
 
 
 def report(
-    labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], *, target_precision: float = 0.95
+    labels: Sequence[str] | np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str] | np.ndarray,
+    *,
+    target_precision: float = 0.95,
 ) -> dict[str, Any]:
     """Every figure `appeals evaluate` prints, from true labels and predicted probabilities. `review`
     is the threshold fitted on these predictions to meet `target_precision`: meaningful on held-out

@@ -21,6 +21,11 @@ from shared.tickets import Ticket
 GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
 
 
+def _text(value: object) -> str:
+    """A Redis reply item as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass(frozen=True)
 class Duplicate:
     ticket: Ticket
@@ -89,7 +94,7 @@ class Previewer:
     async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
         found: dict[str, Duplicate] = {}
         caller = sub.caller.caller_id
-        mine = [m.decode() for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
+        mine = [_text(m) for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
         for t in await self.store.get_many(sorted(mine)):
             if t is not None and t.is_open:
                 found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
@@ -98,7 +103,7 @@ class Previewer:
             recent = await self.store.redis.zrevrangebyscore(
                 grid_key(grid), "+inf", since, start=0, num=GRID_CANDIDATES
             )
-            nos = [n.decode() for n in recent if n.decode() not in found]
+            nos = [_text(n) for n in recent if _text(n) not in found]
             for t in await self.store.get_many(nos):
                 if t is not None and t.is_open and near_identical(sub.text, t.text):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))

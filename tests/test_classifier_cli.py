@@ -134,7 +134,7 @@ def test_bench_prints_speed_load_time_and_memory(trained):
 
 def test_cross_validation_on_the_real_message_board_data(tmp_path):
     if not (GOVMSG / "dev.jsonl").is_file():
-        pytest.skip(f"real data not here ({GOVMSG}/dev.jsonl); see docs/issue-4.md")
+        pytest.skip(f"real data not here ({GOVMSG}/dev.jsonl); see docs/classifier.md")
     # A quick run: 2 folds over every other message. The README's figure is the full 5-fold run.
     lines = (GOVMSG / "dev.jsonl").read_text(encoding="utf-8").splitlines()[::2]
     data = tmp_path / "govmsg-half.jsonl"

@@ -468,3 +468,39 @@ def test_the_classification_imports_no_io_client_and_the_services_not_the_corpus
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.splitlines()
     assert out == ["[]", "[]"]
+
+
+# --- a reviewer's correction ----------------------------------------------------------------------
+
+
+def test_a_reviewers_correction_is_checked_and_is_the_same_event_when_repeated(classifier):
+    from datetime import UTC, datetime
+
+    from services.classifier import review
+    from shared.errors import DomainError
+
+    [original] = classifier.classify([AppealReceived(ticket_no="T7", channel="web", text="路灯坏了很久")])
+    assert original.grid.grid is None
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    for category, grid, code in (
+        ("city", "s01c01g01", "invalid_category"),
+        ("city.facility.streetlight", "nowhere", "invalid_grid"),
+        ("city.facility.streetlight", None, "grid_required"),
+    ):
+        with pytest.raises(DomainError) as e:
+            review.corrected(CITY, original, category=category, grid=grid, reviewer="admin", now=now)
+        assert e.value.code == code
+        assert e.value.kind == "invalid"
+    fixed = review.corrected(
+        CITY, original, category="city.facility.streetlight", grid="s01c01g01", reviewer="admin", now=now
+    )
+    assert fixed.category_names == ("城市管理", "市政设施", "路灯故障")
+    assert fixed.confidence == 1.0
+    assert fixed.grid.method == "reviewer"
+    assert not fixed.needs_review
+    assert fixed.reviewed_by == "admin"
+    assert fixed.caused_by == original.event_id
+    again = review.corrected(
+        CITY, original, category="city.facility.streetlight", grid="s01c01g01", reviewer="admin", now=now
+    )
+    assert again.event_id == fixed.event_id

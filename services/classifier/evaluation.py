@@ -1,8 +1,10 @@
 """Measuring a category model: accuracy, macro-F1, per-class figures, confusion matrix, calibration
-error, and the confidence threshold that meets a target precision on auto-routed appeals.
+error, the confidence threshold that meets a target precision on auto-routed appeals, and what a
+given threshold does (precision of the auto-routed appeals, their share).
 
-Pure functions over labels and predicted probabilities (no I/O, no model): `appeals evaluate` and
-`appeals train` feed them held-out predictions, never the training set's own.
+Pure functions over labels and predicted probabilities (no I/O, no model): `appeals train` and
+`appeals evaluate --cv` feed them held-out predictions, never the training set's own;
+`appeals evaluate --model` a test set, judged at the model's own threshold.
 """
 
 from __future__ import annotations

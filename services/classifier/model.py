@@ -37,7 +37,7 @@ from services.classifier.text import Segmenter, normalize
 
 MODEL_PREFIX = "category-"
 HOLDOUT_FOLDS = 3  # out-of-fold predictions for calibration, the metrics and the review threshold
-C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/issue-4.md)
+C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/classifier.md)
 
 
 def document(title: str, text: str) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
 from services.classifier import views as classifier_views
+from services.classifier.service import ServedClassifier
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
 from services.intake.limits import RateLimited, RateLimiter
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
         app.state.sms_intake = SmsIntake(app.state.intake)
         app.state.intake_preview = Previewer(
-            app.state.city, store, settings.model_dir, settings.review_confidence_threshold
+            app.state.city, store, ServedClassifier.from_settings(app.state.city, settings)
         )
         app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
         app.state.scorecard = Scorecard.from_settings(redis, app.state.city, settings)

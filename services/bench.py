@@ -32,7 +32,7 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
     if external_servers_configured():
         settings = get_settings()
     else:
-        from services.classifier.service import load_or_train
+        from services.classifier.analyst import ensure_model
 
         servers = EmbeddedServers()
         launcher = Launcher(embedded=servers)
@@ -42,7 +42,7 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
         settings = get_settings().model_copy(
             update={"kafka_bootstrap_servers": servers.kafka_bootstrap, "redis_url": servers.redis_url}
         )
-        load_or_train(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
+        ensure_model(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
         print("starting the four workers ...")
         launcher.start_all(WORKERS)
         launcher.wait_for_ports(int(p) for p in ports.values())

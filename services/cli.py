@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_args_is_help=True)
 
@@ -33,15 +38,32 @@ def _worker_app(name: str):
 @cli.command()
 def run(service: Service) -> None:
     """Run one service in the foreground (servers from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)."""
+    s = get_settings()
+    if service in (Service.api, Service.classifier):
+        _ensure_model(s)  # both serve the model (the API in its hotline preview)
     if service is Service.api:
         import uvicorn
 
         from services.api import create_app
 
-        s = get_settings()
         uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning")
         return
     asyncio.run(_worker_app(service.value).run())
+
+
+def _ensure_model(settings: Settings) -> str:
+    """The newest model's version; on a first start, a model trained on the demo corpus now (here,
+    not in the services: they only serve models)."""
+    from services.classifier.model import latest_model_path
+
+    path = latest_model_path(settings.model_dir)
+    if path is None:
+        from services.classifier import analyst
+        from shared.city import load_city
+
+        typer.echo("no model yet: training one on the demo corpus ...", err=True)
+        path = analyst.ensure_model(load_city(settings.city_config_dir), settings.model_dir)
+    return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["version"]
 
 
 @cli.command()
@@ -49,7 +71,6 @@ def up(
     with_services: bool = typer.Option(True, help="Start the four services and the API too."),
 ) -> None:
     """Start the whole system: broker, Redis, the four services and the API. Ctrl-C stops it all."""
-    from services.classifier.service import load_or_train
     from services.launcher import Launcher, external_servers_configured
     from shared.city import load_city
     from shared.embedded import EmbeddedServers
@@ -66,8 +87,8 @@ def up(
             f"city: {city.district.city}{city.district.name}, {len(city.grids)} grids, "
             f"{len(city.departments)} departments, {len(city.leaf_categories)} categories"
         )
-        typer.echo("loading the category model (the first start trains one on the demo corpus) ...")
-        typer.echo(f"model {load_or_train(city, settings.model_dir).version}")
+        typer.echo("checking the category model (the first start trains one on the demo corpus) ...")
+        typer.echo(f"model {_ensure_model(settings)}")
         if with_services:
             launcher.start_all()
             launcher.wait_for_ports(
@@ -124,7 +145,7 @@ def bench_pipeline(
     run_pipeline_bench(n=n, callers=callers)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     typer.echo(message, err=True)
     raise typer.Exit(2)
 
@@ -141,22 +162,42 @@ def _read_data(data: Path) -> list[dict]:
     return records
 
 
-def _redis(settings):
+T = TypeVar("T")
+
+
+async def _with_redis(settings: Settings, work: Callable[[Redis], Awaitable[T]]) -> T:
     from redis.asyncio import Redis
-
-    return Redis.from_url(settings.redis_url)
-
-
-async def _with_redis(settings, work):
     from redis.exceptions import RedisError
 
-    redis = _redis(settings)
+    redis = Redis.from_url(settings.redis_url)
     try:
         return await work(redis)
     except RedisError as e:
         _fail(f"cannot reach Redis at {settings.redis_url} (REDIS_URL): {e}")
     finally:
         await redis.aclose()
+
+
+@cli.command()
+def corpus(
+    out: Path = typer.Option(..., help="JSONL file to write."),
+    per_category: int = typer.Option(200, min=0, help="Appeals per leaf category."),
+    seed: int = typer.Option(0, help="Another seed gives other texts (a test set apart from training)."),
+    city: Path = typer.Option(
+        None, help="City configuration folder. Default: CITY_CONFIG_DIR, else the demo city."
+    ),
+) -> None:
+    """Write the demo corpus: seeded, labelled synthetic appeals for every leaf category (JSONL)."""
+    from services.classifier import analyst
+    from services.classifier.corpus import ContentError
+    from shared.city import CityConfigError, load_city
+
+    try:
+        town = load_city(city or get_settings().city_config_dir)
+        n = analyst.write_corpus(town, out, per_category=per_category, seed=seed)
+    except (CityConfigError, ContentError, analyst.DataError) as e:
+        _fail(str(e))
+    typer.echo(f"wrote {n} appeals ({len(town.leaf_categories)} categories x {per_category}) to {out}")
 
 
 @cli.command()
@@ -178,38 +219,33 @@ def train(
     ),
 ) -> None:
     """Train the category model and write a versioned model file with its metadata."""
-    from services.classifier import analyst, corpus, service
-    from services.classifier.model import CategoryModel
+    from services.classifier import analyst, service
     from shared.city import load_city
-    from shared.feedback import examples
 
     settings = get_settings()
     city = load_city(settings.city_config_dir)
     out = out or settings.model_dir
     if data is None:
-        records, source = (
-            corpus.generate(city, per_category=per_category, seed=seed),
-            f"demo corpus, seed {seed}, {per_category} per category",
-        )
+        records, source = analyst.demo_records(city, per_category=per_category, seed=seed)
     else:
         records, source = _read_data(data), str(data)
     if include_feedback:
-        fed = asyncio.run(_with_redis(settings, examples))
-        records += [{"title": r.get("title", ""), "text": r["text"], "label": r["label"]} for r in fed]
+        fed = asyncio.run(_with_redis(settings, analyst.reviewed_examples))
+        records += fed
         source += f" + {len(fed)} reviewed examples"
         typer.echo(f"added {len(fed)} labelled examples from reviewers")
-    rare = analyst.too_rare(records)
-    if rare:
-        typer.echo(
-            f"left out {len(rare)} label(s) with a single example: {', '.join(sorted(rare))}", err=True
-        )
-        records = [r for r in records if r["label"] not in rare]
     try:
-        path = analyst.train_model(city, records, out, source=source, target_precision=target_precision)
+        trained = analyst.train_and_save(city, records, out, source=source, target_precision=target_precision)
     except analyst.DataError as e:
         _fail(str(e))
-    meta = CategoryModel.load(path).metadata
-    typer.echo(f"wrote {path} (version {meta['version']}, {meta['n_train']} examples)")
+    if trained.left_out:
+        typer.echo(
+            f"left out {len(trained.left_out)} label(s) with a single example: "
+            f"{', '.join(sorted(trained.left_out))}",
+            err=True,
+        )
+    meta = trained.metadata
+    typer.echo(f"wrote {trained.path} (version {meta['version']}, {meta['n_train']} examples)")
     review = (meta.get("metrics") or {}).get("review")
     if review:
         typer.echo(
@@ -217,12 +253,12 @@ def train(
             f"(precision {review['precision']}, review share {review['review_share']:.2%})"
         )
     if approve:
-        if path.parent.resolve() != settings.model_dir.resolve():
+        if trained.path.parent.resolve() != settings.model_dir.resolve():
             _fail(f"--approve needs the model in {settings.model_dir} (where the classifier looks)")
-        asyncio.run(_with_redis(settings, lambda r: service.approve(r, settings.model_dir, meta["version"])))
+        version = meta["version"]
+        asyncio.run(_with_redis(settings, lambda r: service.approve(r, settings.model_dir, version)))
         typer.echo(
-            f"approved {meta['version']}: classifier workers switch to it within "
-            f"{settings.model_check_seconds:g} s"
+            f"approved {version}: classifier workers switch to it within {settings.model_check_seconds:g} s"
         )
 
 
@@ -233,7 +269,7 @@ def evaluate(
     cv: int = typer.Option(0, min=0, help="Instead of a model: k-fold cross-validation of training on DATA."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     target_precision: float = typer.Option(
-        0.95, min=0.5, max=1.0, help="Precision for the review threshold."
+        0.95, min=0.5, max=1.0, help="Precision for the review threshold fitted on the predictions."
     ),
     curve: bool = typer.Option(
         False,
@@ -245,7 +281,9 @@ def evaluate(
         0.90, min=0.0, max=1.0, help="The macro-F1 the learning curve projects to."
     ),
 ) -> None:
-    """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, review coverage."""
+    """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, and review: with
+    --model, precision and auto-routed share at the model's own threshold (the fitted one only as
+    the best possible on DATA); with --cv, the threshold fitted on out-of-fold predictions."""
     from services.classifier import analyst, evaluation
     from shared.city import load_city
 
@@ -259,20 +297,16 @@ def evaluate(
     records = _read_data(data)
     try:
         if cv:
-            labels = [r["label"] for r in records]
-            least = min(labels.count(x) for x in set(labels))
-            if least < cv:
-                _fail(
-                    f"{cv}-fold cross-validation needs at least {cv} examples of every label "
-                    f"(one has {least})"
-                )
             city = load_city(settings.city_config_dir)
             rep = analyst.cross_validate_data(city, records, cv, target_precision)
             if curve:
                 rep["learning_curve"] = analyst.learning_curve_data(city, records, cv, rep, target_f1)
         else:
             rep = analyst.evaluate_model(
-                analyst.resolve_model(model, settings.model_dir), records, target_precision
+                analyst.resolve_model(model, settings.model_dir),
+                records,
+                target_precision,
+                settings.review_confidence_threshold,
             )
     except analyst.DataError as e:
         _fail(str(e))
@@ -296,8 +330,7 @@ cli.add_typer(model_cli, name="model")
 @model_cli.command("list")
 def model_list() -> None:
     """Model files in DATA_DIR/models with their figures; * marks the approved one."""
-    from services.classifier import service
-    from services.classifier.model import list_models
+    from services.classifier import analyst, service
 
     settings = get_settings()
     try:
@@ -305,11 +338,11 @@ def model_list() -> None:
     except typer.Exit:
         approved = None  # the files are still worth listing
         typer.echo("(approval unknown without Redis)", err=True)
-    for path in list_models(settings.model_dir):
-        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-        f1 = (meta.get("metrics") or {}).get("macro_f1")
-        mark = "*" if meta["version"] == approved else " "
-        typer.echo(f"{mark} {meta['version']}  n={meta['n_train']}  macro-F1={f1}  {meta.get('source', '')}")
+    for row in analyst.model_table(settings.model_dir, approved):
+        mark = "*" if row["approved"] else " "
+        typer.echo(
+            f"{mark} {row['version']}  n={row['n_train']}  macro-F1={row['macro_f1']}  {row['source']}"
+        )
 
 
 @model_cli.command("approve")
@@ -335,21 +368,16 @@ def bench_classifier(
 ) -> None:
     """Classify demo appeals in one process on one core: appeals/s, model load time, memory."""
     from services.classifier import analyst
-    from services.classifier.model import latest_model_path
+    from services.classifier.rules import load_cues
     from shared.city import load_city
 
     settings = get_settings()
+    try:
+        path = analyst.bench_model_path(model, settings.model_dir)
+    except analyst.DataError as e:
+        _fail(str(e))
     city = load_city(settings.city_config_dir)
-    if model is None:
-        path = latest_model_path(settings.model_dir)
-        if path is None:
-            _fail(f"no model in {settings.model_dir}: run `appeals train` first")
-    else:
-        try:
-            path = analyst.resolve_model(model, settings.model_dir)
-        except analyst.DataError as e:
-            _fail(str(e))
-    figures = analyst.bench_classifier(city, path, n=n)
+    figures = analyst.bench_classifier(city, path, load_cues(settings.city_config_dir), n=n)
     if as_json:
         typer.echo(json.dumps(figures, ensure_ascii=False))
         return

@@ -97,7 +97,7 @@ def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """A data dir with a demo model trained once for the whole session."""
-    from services.classifier.service import train_demo_model
+    from services.classifier.analyst import train_demo_model
 
     d = tmp_path_factory.mktemp("data")
     train_demo_model(demo_city(), d / "models", per_category=120, seed=7)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.classifier import corpus
+from services.classifier.model import CategoryModel
 from tests.cities import demo_city
 from tests.conftest import ROOT
 
@@ -81,6 +82,38 @@ def test_evaluate_prints_the_figures_and_one_json_object(trained):
     assert "confusion matrix" in text.stdout
 
 
+def with_threshold(model: Path, threshold: float, folder: Path) -> Path:
+    """A copy of `model` that stores another review threshold."""
+    m = CategoryModel.load(model)
+    metrics = {**m.metadata["metrics"], "review": {**m.metadata["metrics"]["review"], "threshold": threshold}}
+    m.metadata = {**m.metadata, "version": f"t{threshold}", "metrics": metrics}
+    return m.save(folder)
+
+
+def test_evaluate_reports_the_models_own_threshold_not_one_fitted_on_the_test_data(trained, tmp_path):
+    model, test = trained
+    own = json.loads(model.with_suffix(".json").read_text(encoding="utf-8"))["metrics"]["review"]["threshold"]
+    rep = json.loads(appeals("evaluate", "--model", str(model), "--data", str(test), "--json").stdout)
+    assert rep["review"]["threshold"] == own
+    assert rep["review"]["threshold_from"] == "model"
+    assert rep["best_possible_review"]["fitted_on"] == "this data"
+
+    # At a stored threshold of 0 every appeal is routed automatically: precision is the accuracy.
+    everything = with_threshold(model, 0.0, tmp_path)
+    rep = json.loads(appeals("evaluate", "--model", str(everything), "--data", str(test), "--json").stdout)
+    assert rep["review"]["auto_routed_share"] == 1.0
+    assert rep["review"]["review_share"] == 0.0
+    assert rep["review"]["precision"] == rep["accuracy"]
+
+    # Above every confidence nothing is: the report says so instead of fitting a threshold.
+    nothing = with_threshold(model, 1.01, tmp_path)
+    out = appeals("evaluate", "--model", str(nothing), "--data", str(test))
+    assert out.returncode == 0, out.stderr
+    assert "at the model's threshold 1.0100 (its own): precision n/a" in out.stdout
+    assert "auto-routed 0.00%" in out.stdout
+    assert "best possible on this data" in out.stdout
+
+
 def test_evaluate_refuses_what_it_cannot_do(trained, tmp_path):
     model, test = trained
     assert appeals("evaluate", "--data", str(test)).returncode == 2  # neither --model nor --cv
@@ -105,7 +138,7 @@ def test_bench_prints_speed_load_time_and_memory(trained):
 
 def test_cross_validation_on_the_real_message_board_data(tmp_path):
     if not (GOVMSG / "dev.jsonl").is_file():
-        pytest.skip(f"real data not here ({GOVMSG}/dev.jsonl); see docs/issue-4.md")
+        pytest.skip(f"real data not here ({GOVMSG}/dev.jsonl); see docs/classifier.md")
     # A quick run: 2 folds over every other message. The README's figure is the full 5-fold run.
     lines = (GOVMSG / "dev.jsonl").read_text(encoding="utf-8").splitlines()[::2]
     data = tmp_path / "govmsg-half.jsonl"

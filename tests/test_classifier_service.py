@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from services.classifier import corpus, service
-from services.classifier.model import CategoryModel, latest_model_path
+from services.classifier.model import CategoryModel, latest_model_path, model_path
 from shared import topics
 from shared.auth import issue_token
 from tests.cities import demo_city
@@ -155,3 +155,50 @@ async def test_the_classifier_switches_to_a_newly_approved_model_without_a_resta
     assert await eventually(tagged_with_new_model, timeout=60, interval=0.5)
     with pytest.raises(FileNotFoundError):
         await service.approve(redis, settings.model_dir, "no-such-version")
+
+
+async def test_the_preview_and_the_worker_agree_after_a_new_model_is_approved(api, redis, settings):
+    """The hotline preview serves the approved model with the city's cues, as the workers do: after
+    an approval, an operator is shown the suggestion the pipeline then makes."""
+    previous = await service.approved_version(redis)
+    model = CategoryModel.load(latest_model_path(settings.model_dir))
+    # Named to sort first: the approved model is not the newest file (which the preview used to take).
+    version = f"0-preview-{uuid.uuid4().hex[:8]}"
+    model.metadata = {**model.metadata, "version": version}
+    model.save(settings.model_dir)
+    assert latest_model_path(settings.model_dir) != model_path(settings.model_dir, version)
+    await service.approve(redis, settings.model_dir, version)
+    body = {
+        "channel": "web",
+        "caller_phone": "13700004321",
+        "text": "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的",
+        "address": "阳光花园3号楼",
+    }
+    try:
+
+        async def routed_by_the_new_model():
+            no = await submit(api, body["text"], address=body["address"])
+
+            async def ticket():
+                r = await api.get(f"/api/v1/tickets/{no}")
+                t = r.json() if r.status_code == 200 else {}
+                return t if t.get("model_version") and t.get("department") else None
+
+            t = await eventually(ticket)
+            return t if t["model_version"] == version else None
+
+        ticket = await eventually(routed_by_the_new_model, timeout=60, interval=0.5)
+        r = await api.post("/api/v1/appeals/preview", json=body)
+        assert r.status_code == 200, r.text
+        preview = r.json()
+        assert preview["category"]["model_version"] == version
+        assert preview["category"]["id"] == ticket["category"]
+        assert preview["category"]["confidence"] == ticket["confidence"]
+        assert preview["grid"]["grid"] == ticket["grid"]["grid"]
+        assert preview["appeal_type"] == ticket["appeal_type"]
+        assert preview["department"]["id"] == ticket["department"]["id"]
+    finally:
+        if previous is None:
+            await redis.delete(service.APPROVED_KEY)
+        else:
+            await service.approve(redis, settings.model_dir, previous)

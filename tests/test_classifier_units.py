@@ -5,23 +5,30 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.classifier import evaluation
+from services.classifier import evaluation, service
 from services.classifier.analyst import DataError, read_records
+from services.classifier.classification import Classifier
 from services.classifier.grid import GridLocator, point_in_polygon
 from services.classifier.model import CategoryModel, latest_model_path
-from services.classifier.rules import load_cues
-from services.classifier.service import Classifier
+from services.classifier.rules import DEFAULT_CUES, load_cues
 from services.classifier.text import Segmenter, city_vocabulary
+from shared.city import DEMO_CITY_DIR
 from shared.events import AppealReceived, GeoPoint
+from shared.settings import Settings
 from tests.cities import demo_city
+from tests.conftest import ROOT
 
 CITY = demo_city()
 
@@ -386,3 +393,119 @@ def test_a_model_file_with_platt_sigmoids_still_predicts():
     assert np.allclose(p.sum(axis=1), 1)
     assert p[0, 0] > 0.8
     assert p[1, 1] > 0.9
+
+
+# --- what a threshold does on a test set ----------------------------------------------------------
+
+
+def test_at_threshold_counts_the_auto_routed_and_how_often_they_are_right():
+    confidence = np.array([0.9, 0.8, 0.6, 0.4])
+    correct = np.array([True, False, True, True])
+    at = evaluation.at_threshold(confidence, correct, 0.6)
+    assert at["auto_routed_share"] == 0.75
+    assert at["precision"] == round(2 / 3, 4)
+    assert at["review_share"] == 0.25
+    nothing = evaluation.at_threshold(confidence, correct, 0.95)
+    assert nothing["auto_routed_share"] == 0.0
+    assert nothing["precision"] is None
+
+
+# --- the served classifier: one builder for the workers and the hotline preview -------------------
+
+
+class Registry:
+    """Redis as far as the model registry uses it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    async def set(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+async def test_the_served_classifier_follows_approvals_with_the_citys_cues(data_dir: Path, tmp_path: Path):
+    model = CategoryModel.load(latest_model_path(data_dir / "models"))
+    config = Settings(data_dir=tmp_path, city_config_dir=tmp_path / "city")
+    for version in ("a-approved", "z-newest"):
+        model.metadata = {**model.metadata, "version": version}
+        model.save(config.model_dir)
+    shutil.copytree(DEMO_CITY_DIR, tmp_path / "city")
+    cues = yaml.safe_load(DEFAULT_CUES.read_text(encoding="utf-8"))
+    cues["urgent"].append("井盖被偷")
+    (tmp_path / "city" / "cues.yaml").write_text(yaml.safe_dump(cues, allow_unicode=True), encoding="utf-8")
+    redis = Registry()
+    await service.approve(redis, config.model_dir, "a-approved")  # type: ignore[arg-type]
+
+    served = service.ServedClassifier.from_settings(CITY, config)
+    classifier = await served.current(redis)  # type: ignore[arg-type]
+    assert classifier.model.version == "a-approved"  # the approved one, not the newest file
+    [r] = classifier.classify([AppealReceived(ticket_no="T9", channel="web", text="小区门口井盖被偷了")])
+    assert r.urgent  # the city's cue list, not the default one
+
+    await service.approve(redis, config.model_dir, "z-newest")  # type: ignore[arg-type]
+    assert (await served.current(redis)).model.version == "z-newest"  # type: ignore[arg-type]
+    redis.values[service.APPROVED_KEY] = json.dumps({"version": "no-such-file"})
+    assert not await served.refresh(redis)  # type: ignore[arg-type]
+    assert served.classifier.model.version == "z-newest"
+
+
+def test_no_model_file_is_a_clear_refusal(tmp_path: Path):
+    with pytest.raises(service.NoModelError) as e:
+        service.load_model(tmp_path / "models")
+    assert e.value.kind == "unavailable"
+    assert "appeals train" in e.value.message
+
+
+def test_the_classification_imports_no_io_client_and_the_services_not_the_corpus():
+    probe = (
+        "import sys\n"
+        "import services.classifier.classification\n"
+        "print(sorted(m for m in ('redis', 'aiokafka', 'faststream', 'httpx', 'fastapi', 'shared.store')"
+        " if m in sys.modules))\n"
+        "import services.classifier.app, services.api\n"
+        "print(sorted(m for m in ('services.classifier.corpus', 'services.classifier.analyst')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
+    assert out == ["[]", "[]"]
+
+
+# --- a reviewer's correction ----------------------------------------------------------------------
+
+
+def test_a_reviewers_correction_is_checked_and_is_the_same_event_when_repeated(classifier):
+    from datetime import UTC, datetime
+
+    from services.classifier import review
+    from shared.errors import DomainError
+
+    [original] = classifier.classify([AppealReceived(ticket_no="T7", channel="web", text="路灯坏了很久")])
+    assert original.grid.grid is None
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    for category, grid, code in (
+        ("city", "s01c01g01", "invalid_category"),
+        ("city.facility.streetlight", "nowhere", "invalid_grid"),
+        ("city.facility.streetlight", None, "grid_required"),
+    ):
+        with pytest.raises(DomainError) as e:
+            review.corrected(CITY, original, category=category, grid=grid, reviewer="admin", now=now)
+        assert e.value.code == code
+        assert e.value.kind == "invalid"
+    fixed = review.corrected(
+        CITY, original, category="city.facility.streetlight", grid="s01c01g01", reviewer="admin", now=now
+    )
+    assert fixed.category_names == ("城市管理", "市政设施", "路灯故障")
+    assert fixed.confidence == 1.0
+    assert fixed.grid.method == "reviewer"
+    assert not fixed.needs_review
+    assert fixed.reviewed_by == "admin"
+    assert fixed.caused_by == original.event_id
+    again = review.corrected(
+        CITY, original, category="city.facility.streetlight", grid="s01c01g01", reviewer="admin", now=now
+    )
+    assert again.event_id == fixed.event_id

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from services.classifier import corpus
-from services.classifier.corpus import APPEAL_TYPES, generate, read_jsonl, write_jsonl
-from shared.city import Category, City
+from services.classifier.corpus import (
+    APPEAL_TYPES,
+    ContentError,
+    generate,
+    load_content,
+    read_jsonl,
+    write_jsonl,
+)
+from services.cli import cli
+from shared.city import DEMO_CITY_DIR, Category, City
 
 PER_CATEGORY = 60
 
@@ -163,8 +174,98 @@ def test_jsonl_round_trip(tmp_path: Path, records: list[dict]) -> None:
     assert "来" in path.read_text(encoding="utf-8") or "的" in path.read_text(encoding="utf-8")
 
 
-def test_cli(tmp_path: Path, city: City, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CITY_CONFIG_DIR", raising=False)
+def test_appeals_corpus_writes_what_generate_gives(tmp_path: Path, city: City) -> None:
     out = tmp_path / "c.jsonl"
-    assert corpus.main(["--out", str(out), "--per-category", "3", "--seed", "5"]) == 0
+    r = CliRunner().invoke(
+        cli, ["corpus", "--out", str(out), "--per-category", "3", "--seed", "5", "--city", str(DEMO_CITY_DIR)]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"wrote {3 * len(city.leaf_categories)} appeals" in r.output
     assert read_jsonl(out) == generate(city, per_category=3, seed=5)
+    refused = CliRunner().invoke(cli, ["corpus", "--out", str(out), "--per-category", "-1"])
+    assert refused.exit_code == 2
+
+
+# --- the data files --------------------------------------------------------------------------------
+
+
+def _content_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    shutil.copytree(corpus.CONTENT_DIR, folder)
+    return folder
+
+
+def _edit(path: Path, change) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def test_the_shipped_content_loads_and_has_a_topic_for_every_demo_category(city: City) -> None:
+    content = load_content()
+    names = {city.category_by_id[leaf].name for leaf in city.leaf_categories}
+    assert names <= set(content.topics)
+    assert all(t.problems for t in content.topics.values())
+
+
+def test_content_from_another_folder_is_what_the_generator_says(tmp_path: Path, city: City) -> None:
+    folder = _content_copy(tmp_path)
+    _edit(folder / "phrases.yaml", lambda d: d.update(closings=["此致敬礼"]))
+    recs = generate(city, per_category=20, seed=0, content=load_content(folder))
+    assert any(r["text"].endswith("此致敬礼。") for r in recs)
+    assert not any("此致敬礼" in r["text"] for r in generate(city, per_category=20, seed=0))
+
+
+def test_an_unknown_slot_is_refused_with_the_file_and_the_entry(tmp_path: Path) -> None:
+    folder = _content_copy(tmp_path)
+    _edit(folder / "topics.yaml", lambda d: d["路灯故障"]["problems"].append("{place}的路灯不亮"))
+    with pytest.raises(ContentError) as e:
+        load_content(folder)
+    message = str(e.value)
+    assert str(folder / "topics.yaml") in message
+    assert "路灯故障.problems[" in message
+    assert "{place}" in message
+
+
+def test_a_slot_where_nothing_fills_it_is_refused(tmp_path: Path) -> None:
+    folder = _content_copy(tmp_path)
+    _edit(folder / "phrases.yaml", lambda d: d["closings"].append("谢谢{kw}"))
+    with pytest.raises(ContentError) as e:
+        load_content(folder)
+    assert str(folder / "phrases.yaml") in str(e.value)
+    assert "closings[" in str(e.value)
+
+
+def test_an_empty_table_and_a_missing_appeal_type_are_refused(tmp_path: Path) -> None:
+    folder = _content_copy(tmp_path)
+
+    def break_tables(d: dict) -> None:
+        d["greetings"] = []
+        del d["type_openings"]["咨询"]
+
+    _edit(folder / "phrases.yaml", break_tables)
+    with pytest.raises(ContentError) as e:
+        load_content(folder)
+    assert "greetings:" in str(e.value)
+    assert "type_openings:" in str(e.value)
+
+
+def test_a_topic_without_problems_or_with_a_misspelt_field_is_refused(tmp_path: Path) -> None:
+    folder = _content_copy(tmp_path)
+
+    def break_topics(d: dict) -> None:
+        d["供水"]["problems"] = []
+        d["路灯故障"]["impact"] = d["路灯故障"].pop("impacts")
+
+    _edit(folder / "topics.yaml", break_topics)
+    with pytest.raises(ContentError) as e:
+        load_content(folder)
+    assert "供水.problems: a topic needs at least one problem sentence" in str(e.value)
+    assert "路灯故障.impact" in str(e.value)
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    folder = _content_copy(tmp_path)
+    (folder / "phrases.yaml").unlink()
+    with pytest.raises(ContentError, match=r"phrases\.yaml: file missing"):
+        load_content(folder)

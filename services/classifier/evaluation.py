@@ -1,8 +1,10 @@
 """Measuring a category model: accuracy, macro-F1, per-class figures, confusion matrix, calibration
-error, and the confidence threshold that meets a target precision on auto-routed appeals.
+error, the confidence threshold that meets a target precision on auto-routed appeals, and what a
+given threshold does (precision of the auto-routed appeals, their share).
 
-Pure functions over labels and predicted probabilities (no I/O, no model): `appeals evaluate` and
-`appeals train` feed them held-out predictions, never the training set's own.
+Pure functions over labels and predicted probabilities (no I/O, no model): `appeals train` and
+`appeals evaluate --cv` feed them held-out predictions, never the training set's own;
+`appeals evaluate --model` a test set, judged at the model's own threshold.
 """
 
 from __future__ import annotations
@@ -69,15 +71,42 @@ def threshold_for_precision(
     }
 
 
+def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What a given threshold does: the share of appeals routed automatically (confidence >= it, as
+    the classifier decides), how often those are right, and the share left for review."""
+    n = len(confidence)
+    auto = confidence >= threshold
+    routed = int(auto.sum())
+    return {
+        "threshold": threshold,
+        "precision": round(float(correct[auto].mean()), 4) if routed else None,
+        "auto_routed_share": round(routed / n, 4) if n else 0.0,
+        "review_share": round(1 - routed / n, 4) if n else 1.0,
+    }
+
+
+def confidence_and_correct(
+    labels: Sequence[str] | np.ndarray, proba: np.ndarray, classes: Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each prediction's confidence (the top probability) and whether its top class is the label."""
+    pred = np.asarray(list(classes))[proba.argmax(axis=1)]
+    return proba.max(axis=1), pred == np.asarray(labels)
+
+
 def report(
-    labels: Sequence[str], proba: np.ndarray, classes: Sequence[str], *, target_precision: float = 0.95
+    labels: Sequence[str] | np.ndarray,
+    proba: np.ndarray,
+    classes: Sequence[str] | np.ndarray,
+    *,
+    target_precision: float = 0.95,
 ) -> dict[str, Any]:
-    """Every figure `appeals evaluate` prints, from true labels and predicted probabilities."""
+    """Every figure `appeals evaluate` prints, from true labels and predicted probabilities. `review`
+    is the threshold fitted on these predictions to meet `target_precision`: meaningful on held-out
+    predictions (training, cross-validation), only a best case on a test set."""
     classes = list(classes)
     y = np.asarray(labels)
     pred = np.asarray(classes)[proba.argmax(axis=1)]
-    confidence = proba.max(axis=1)
-    correct = pred == y
+    confidence, correct = confidence_and_correct(labels, proba, classes)
     names = sorted(set(classes) | set(y.tolist()))
     p, r, f, support = precision_recall_fscore_support(y, pred, labels=names, zero_division=0)
     return {
@@ -155,6 +184,19 @@ def format_learning_curve(points: Sequence[dict[str, Any]], proj: dict[str, Any]
     return "\n".join(lines)
 
 
+def _fitted(rv: dict[str, Any]) -> str:
+    if rv["threshold"] is None:
+        return (
+            f"no confidence threshold reaches precision {rv['target_precision']:.0%}: "
+            "every appeal would go to review"
+        )
+    return (
+        f"threshold {rv['threshold']:.4f} gives precision {rv['precision']:.2%} on auto-routed "
+        f"appeals (target {rv['target_precision']:.0%}), coverage {rv['coverage']:.2%}, "
+        f"review {rv['review_share']:.2%}"
+    )
+
+
 def format_report(rep: dict[str, Any]) -> str:
     """The report as text for an analyst's terminal."""
     lines = [f"appeals evaluated: {rep['n']}"]
@@ -171,18 +213,18 @@ def format_report(rep: dict[str, Any]) -> str:
         f"macro-F1           {rep['macro_f1']:.4f}",
         f"calibration error  {rep['calibration_error']:.4f} (ECE, 10 bins)",
     ]
-    rv = rep["review"]
-    if rv["threshold"] is None:
+    if "best_possible_review" in rep:  # a model on a test set: as it will be served, then the best case
+        rv = rep["review"]
+        source = "its own" if rv["threshold_from"] == "model" else "REVIEW_CONFIDENCE_THRESHOLD"
+        precision = "n/a" if rv["precision"] is None else f"{rv['precision']:.2%}"
         lines.append(
-            f"no confidence threshold reaches precision {rv['target_precision']:.0%}: "
-            "every appeal would go to review"
+            f"at the model's threshold {rv['threshold']:.4f} ({source}): precision {precision} on "
+            f"auto-routed appeals, auto-routed {rv['auto_routed_share']:.2%}, review {rv['review_share']:.2%}"
         )
+        lines.append("best possible on this data (threshold fitted on it, not what the model will do):")
+        lines.append("  " + _fitted(rep["best_possible_review"]))
     else:
-        lines.append(
-            f"threshold {rv['threshold']:.4f} gives precision {rv['precision']:.2%} on auto-routed "
-            f"appeals (target {rv['target_precision']:.0%}), coverage {rv['coverage']:.2%}, "
-            f"review {rv['review_share']:.2%}"
-        )
+        lines.append(_fitted(rep["review"]))
     width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 5
     lines.append("")
     lines.append(f"{'class':<{width}}  precision  recall  f1      support")

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from shared.city import City
+from shared.city import City, Place, Road
 from shared.events import GeoPoint, GridMatch
 
 _HOUSE_NUMBER = re.compile(r"\s*(\d{1,5})\s*号")  # matched at the end of a road name
@@ -47,7 +47,7 @@ class GridModel:
         names, grids = [], []
         for gid, info in city.grids.items():
             g = info.grid
-            places = [*g.compounds, *g.landmarks, *g.roads]
+            places: list[Place | Road] = [*g.compounds, *g.landmarks, *g.roads]
             for name in sorted({n for p in places for n in (p.name, *p.aliases)}):
                 for variant in sorted({name, _NAME_SUFFIX.sub("", name)} - {""}):
                     names.append(variant)

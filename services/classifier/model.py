@@ -37,7 +37,7 @@ from services.classifier.text import Segmenter, normalize
 
 MODEL_PREFIX = "category-"
 HOLDOUT_FOLDS = 3  # out-of-fold predictions for calibration, the metrics and the review threshold
-C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/issue-4.md)
+C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/classifier.md)
 
 
 def document(title: str, text: str) -> str:
@@ -66,6 +66,8 @@ class CalibratedLinear:
     predictions). It beat one Platt sigmoid per class in cross-validation on real appeals
     (docs/classifier.md) and costs one (n, k) x (k, k) product per batch."""
 
+    sigmoids_: list[tuple[float, float]]  # only in model files from before the logistic calibrator
+
     def __init__(self, c: float = 1.0) -> None:
         self.c = c
 
@@ -77,9 +79,9 @@ class CalibratedLinear:
         d = svm.decision_function(x)
         return np.column_stack([-d, d]) if d.ndim == 1 else d  # binary: one score for both classes
 
-    def fit(self, x: Any, y: Sequence[Any], folds: int = 3) -> np.ndarray:
+    def fit(self, x: Any, labels: Sequence[Any] | np.ndarray, folds: int = 3) -> np.ndarray:
         """Fit on all of x; return the out-of-fold probabilities (each row from a model without it)."""
-        y = np.asarray(y)
+        y = np.asarray(labels)
         self.classes_ = np.unique(y)
         oof_scores = np.zeros((len(y), len(self.classes_)))
         for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, y):
@@ -199,7 +201,7 @@ class CategoryModel:
         return cls(blob["features"], blob["classifier"], blob["heads"], blob["metadata"])
 
 
-def _min_per_class(labels: Sequence[Any]) -> int:
+def _min_per_class(labels: Sequence[Any] | np.ndarray) -> int:
     _, counts = np.unique(np.asarray(labels), return_counts=True)
     return int(counts.min())
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from shared.events import AppealType
 
@@ -28,6 +28,8 @@ class Cues(BaseModel):
 
     types: dict[str, tuple[str, ...]]  # in checking order
     urgent: tuple[str, ...]
+    _type_res: list[tuple[AppealType, re.Pattern[str] | None]] = PrivateAttr(default_factory=list)
+    _urgent_re: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
@@ -42,13 +44,14 @@ class Cues(BaseModel):
         def pattern(cues: tuple[str, ...]) -> re.Pattern[str] | None:
             return re.compile("|".join(map(re.escape, cues))) if cues else None
 
-        object.__setattr__(self, "_type_res", [(k, pattern(c)) for k, c in self.types.items()])
-        object.__setattr__(self, "_urgent_re", pattern(self.urgent))
+        # The keys are checked against AppealType above.
+        self._type_res = [(cast(AppealType, k), pattern(c)) for k, c in self.types.items()]
+        self._urgent_re = pattern(self.urgent)
 
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
         for kind, cue_re in self._type_res:
             if cue_re is not None and cue_re.search(text):
-                return kind  # type: ignore[return-value]
+                return kind
         if model_guess and model_guess[1] >= MODEL_TYPE_MIN:
             return model_guess[0]  # type: ignore[return-value]
         return "诉求"

@@ -1,7 +1,6 @@
-"""Classification of a batch of appeals (category: model; grid: locator; type and urgency: cue lists
-with the model), the model registry in Redis, and the review queue.
-
-No Kafka here: `app.py` feeds batches in and publishes what comes out.
+"""The classifier's I/O: which model is served (the model files and the registry in Redis), the one
+builder of the served classifier, and the review queue. The classification itself is pure
+(`classification.py`); training is the analyst's (`analyst.py`, `appeals train`).
 
   classifier:model:approved  JSON {version, approved_at}: the model the workers serve. Workers poll
                              it and swap models without a restart; `appeals model approve` sets it.
@@ -10,6 +9,7 @@ No Kafka here: `app.py` feeds batches in and publishes what comes out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
@@ -18,13 +18,13 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from services.classifier import corpus
-from services.classifier.grid import GridLocator
-from services.classifier.model import CategoryModel, document, latest_model_path, model_path, train
+from services.classifier.classification import Classifier
+from services.classifier.model import CategoryModel, latest_model_path, model_path
 from services.classifier.rules import Cues, load_cues
-from services.classifier.text import city_vocabulary, segmenter_for
 from shared.city import City
-from shared.events import AppealClassified, AppealReceived, CategoryScore, now_utc
+from shared.errors import DomainError
+from shared.events import AppealClassified
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,89 +32,27 @@ APPROVED_KEY = "classifier:model:approved"
 REVIEW_KEY = "classifier:review"
 
 
-class Classifier:
-    def __init__(
-        self, city: City, model: CategoryModel, *, threshold: float, cues: Cues | None = None
-    ) -> None:
-        self.city = city
-        self.model = model
-        self.locator = GridLocator(city)
-        self.default_threshold = threshold
-        self.cues = cues or load_cues()
-        self._names: dict[str, tuple[str, ...]] = {}
+class NoModelError(DomainError):
+    """No model file to serve: none was trained (or the folder is not the one the services read)."""
 
-    @property
-    def threshold(self) -> float:
-        """The model's own threshold (chosen on held-out predictions to meet the target precision),
-        else the configured one."""
-        t = self.model.threshold
-        return self.default_threshold if t is None else float(t)
+    kind = "unavailable"
 
-    def swap(self, model: CategoryModel) -> None:
-        self.model = model  # one attribute: a batch in flight keeps the model it started with
-
-    def category_names(self, label: str) -> tuple[str, ...]:
-        """Root to leaf when the label is one of the city's leaves, else the label itself."""
-        names = self._names.get(label)
-        if names is None:
-            names = self.city.category_names(label) if label in self.city.category_by_id else (label,)
-            self._names[label] = names
-        return names
-
-    def classify(self, appeals: Sequence[AppealReceived]) -> list[AppealClassified]:
-        if not appeals:
-            return []
-        model, threshold = self.model, self.threshold
-        pred = model.predict([document(a.title, a.text) for a in appeals])
-        grids = self.locator.locate_many([(a.text, a.address, a.location) for a in appeals])
-        now = now_utc()  # one clock read per batch: the batch is classified at one moment
-        out = []
-        for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids, strict=False)):
-            category, confidence = top[0]
-            full_text = f"{appeal.title} {appeal.text}"
-            out.append(
-                AppealClassified.caused(
-                    appeal,
-                    occurred_at=now,
-                    appeal=appeal,
-                    category=category,
-                    category_names=self.category_names(category),
-                    confidence=round(confidence, 4),
-                    top=tuple(CategoryScore(category=c, probability=round(p, 4)) for c, p in top),
-                    grid=grid,
-                    appeal_type=self.cues.appeal_type(full_text, pred.types[i] if pred.types else None),
-                    urgent=self.cues.is_urgent(
-                        full_text,
-                        appeal.urgent_flag,
-                        float(pred.urgent[i]) if pred.urgent is not None else None,
-                    ),
-                    needs_review=confidence < threshold or grid.grid is None,
-                    review_threshold=round(threshold, 4),
-                    model_version=model.version,
-                )
-            )
-        return out
+    def __init__(self, model_dir: Path) -> None:
+        super().__init__(
+            "no_model",
+            f"{model_dir}中没有分类模型：请先运行 `appeals train` 训练模型（或检查 DATA_DIR 设置）",
+        )
 
 
-def train_demo_model(city: City, model_dir: Path, *, per_category: int = 200, seed: int = 7) -> Path:
-    """Train on the generated demo corpus (never on real data) and save a versioned model file."""
-    records = corpus.generate(city, per_category=per_category, seed=seed)
-    model = train(
-        records,
-        segmenter_for(frozenset(city_vocabulary(city))),
-        extra_metadata={"source": f"demo corpus, seed {seed}, {per_category} per category"},
-    )
-    return model.save(model_dir)
-
-
-def load_or_train(city: City, model_dir: Path, version: str | None = None) -> CategoryModel:
-    """The approved `version` when its file is there, else the newest model in `model_dir`; on the
-    first start, one trained on the demo corpus."""
+def load_model(model_dir: Path, version: str | None = None) -> CategoryModel:
+    """The approved `version` when its file is there, else the newest model in `model_dir`."""
     if version and model_path(model_dir, version).is_file():
         return CategoryModel.load(model_path(model_dir, version))
     if version:
         log.error("approved model %s not found in %s; serving the newest model instead", version, model_dir)
-    path = latest_model_path(model_dir) or train_demo_model(city, model_dir)
+    path = latest_model_path(model_dir)
+    if path is None:
+        raise NoModelError(model_dir)
     return CategoryModel.load(path)
 
 
@@ -135,6 +73,75 @@ async def approve(redis: Redis, model_dir: Path, version: str) -> Path:
         APPROVED_KEY, json.dumps({"version": version, "approved_at": datetime.now(UTC).isoformat()})
     )
     return path
+
+
+class ServedClassifier:
+    """The classifier the pipeline serves, built in one place: the approved model (else the newest
+    file), the city's cue lists (`cues.yaml` in CITY_CONFIG_DIR, else the defaults) and the
+    configured review threshold for a model without its own. The classifier workers and the hotline
+    preview each hold one, so an operator is shown the suggestion the pipeline will make.
+
+    `refresh` follows the registry: a newly approved model is loaded off the event loop and swapped
+    in; an approved version whose file is missing is logged once and the current model kept."""
+
+    def __init__(self, city: City, model_dir: Path, *, threshold: float, cues: Cues) -> None:
+        self.city = city
+        self.model_dir = model_dir
+        self.threshold = threshold
+        self.cues = cues
+        self._classifier: Classifier | None = None
+        self._missing: str | None = None  # an approved version without a file, already logged
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, city: City, settings: Settings) -> ServedClassifier:
+        return cls(
+            city,
+            settings.model_dir,
+            threshold=settings.review_confidence_threshold,
+            cues=load_cues(settings.city_config_dir),
+        )
+
+    @property
+    def classifier(self) -> Classifier:
+        if self._classifier is None:
+            raise RuntimeError("ServedClassifier.load() was not awaited")
+        return self._classifier
+
+    async def load(self, redis: Redis) -> Classifier:
+        """Build the classifier from the approved model (seconds: off the event loop)."""
+        version = await approved_version(redis)
+        model = await asyncio.to_thread(load_model, self.model_dir, version)
+        self._classifier = Classifier(self.city, model, threshold=self.threshold, cues=self.cues)
+        log.info("serving model %s", model.version)
+        return self._classifier
+
+    async def refresh(self, redis: Redis) -> bool:
+        """Swap in the approved model if it is another one; True when the model changed."""
+        classifier = self.classifier
+        version = await approved_version(redis)
+        if version is None or version == classifier.model.version:
+            return False
+        path = model_path(self.model_dir, version)
+        if not path.is_file():
+            if self._missing != version:
+                log.error(
+                    "approved model %s not found at %s; keeping %s", version, path, classifier.model.version
+                )
+                self._missing = version
+            return False
+        classifier.swap(await asyncio.to_thread(CategoryModel.load, path))
+        log.info("switched to model %s", version)
+        return True
+
+    async def current(self, redis: Redis) -> Classifier:
+        """The classifier, built on first use and checked against the registry on every call (one
+        Redis read): for callers that classify now and then, like the hotline preview."""
+        async with self._lock:
+            if self._classifier is None:
+                return await self.load(redis)
+            await self.refresh(redis)
+            return self._classifier
 
 
 # --- the review queue ------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class Segmenter:
         return {"extra_words": sorted(self.extra_words)}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(set(state["extra_words"]))
+        Segmenter.__init__(self, set(state["extra_words"]))
 
 
 @lru_cache(maxsize=4)

@@ -1,20 +1,20 @@
 """The review queue API (dispatch desk, admin token): appeals the classifier was unsure about, and
-a reviewer's correction, which is stored as a labelled example and published as a classification."""
+a reviewer's correction (checked in `review.py`), which is stored as a labelled example and
+published as a classification."""
 
 from __future__ import annotations
-
-import uuid
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
-from services.classifier import service
+from services.classifier import review, service
 from shared.auth import Principal, require_admin
 from shared.bus import publish
-from shared.events import AppealClassified, CategoryScore, GridMatch, now_utc
+from shared.errors import DomainError
+from shared.events import AppealClassified, now_utc
 from shared.feedback import record_example
-from shared.http import api_error
-from shared.tickets import RECEIVED, REVIEW
+from shared.http import domain_error
+from shared.tickets import Status
 
 router = APIRouter(prefix="/api/v1/review", tags=["review"])
 
@@ -52,7 +52,7 @@ async def list_review(request: Request, _: Principal = Depends(require_admin)) -
     settled = [
         r.ticket_no
         for r, t in zip(waiting, tickets, strict=False)
-        if t is not None and t.status not in (RECEIVED, REVIEW)
+        if t is not None and t.status not in (Status.RECEIVED, Status.REVIEW)
     ]
     await service.done_reviewing(state.redis, settled)
     items = [_item(r) for r in waiting if r.ticket_no not in settled]
@@ -64,69 +64,38 @@ async def correct(
     ticket_no: str, correction: Correction, request: Request, principal: Principal = Depends(require_admin)
 ):
     state = request.app.state
-    city = state.city
     original = await service.in_review(state.redis, ticket_no)
-    if original is None:
-        return api_error(404, "not_in_review", f"工单{ticket_no}不在待复核队列中（可能已处理）")
-    if correction.category not in city.leaf_categories:
-        return api_error(
-            422,
-            "invalid_category",
-            f"分类{correction.category!r}不是诉求分类目录中的末级分类，请选择末级分类编号",
-        )
-    if correction.grid is not None and correction.grid not in city.grids:
-        return api_error(422, "invalid_grid", f"网格{correction.grid!r}不存在，请检查网格编号")
-    if correction.grid is None and original.grid.grid is None:
-        return api_error(422, "grid_required", "分类器没有找到网格，请同时指定网格编号（grid）")
     reviewer = principal.department or principal.role
-    if correction.grid is not None:
-        info = city.grids[correction.grid]
-        grid = GridMatch(
+    try:
+        if original is None:
+            raise review.not_in_review(ticket_no)
+        fixed = review.corrected(
+            state.city,
+            original,
+            category=correction.category,
             grid=correction.grid,
-            community=info.community_id,
-            street=info.street_id,
-            method="reviewer",
-            confidence=1.0,
-            evidence="人工复核",
+            reviewer=reviewer,
+            now=now_utc(),
         )
-    else:
-        grid = original.grid
-    # The same correction posted twice is the same fact (same id): consumers drop the copy.
-    event_id = uuid.uuid5(
-        uuid.NAMESPACE_URL, f"{original.event_id}/review/{correction.category}/{grid.grid}"
-    ).hex
-    corrected = original.model_copy(
-        update={
-            "event_id": event_id,
-            "caused_by": original.event_id,
-            "occurred_at": now_utc(),
-            "category": correction.category,
-            "category_names": city.category_names(correction.category),
-            "confidence": 1.0,
-            "top": (CategoryScore(category=correction.category, probability=1.0),),
-            "grid": grid,
-            "needs_review": False,
-            "reviewed_by": reviewer,
-        }
-    )
-    corrected = AppealClassified.model_validate(corrected.model_dump())  # re-validated, still frozen
+    except DomainError as e:
+        return domain_error(e)
     example = await record_example(
         state.redis,
         ticket_no=ticket_no,
         title=original.appeal.title,
         text=original.appeal.text,
-        label=correction.category,
-        grid=grid.grid,
+        label=fixed.category,
+        grid=fixed.grid.grid,
         source="review",
         by=reviewer,
     )
-    await publish(state.publisher, [corrected])
+    await publish(state.publisher, [fixed])
     await service.done_reviewing(state.redis, [ticket_no])
     return {
         "ticket_no": ticket_no,
-        "event_id": event_id,
-        "category": correction.category,
-        "category_names": list(corrected.category_names),
-        "grid": grid.grid,
+        "event_id": fixed.event_id,
+        "category": fixed.category,
+        "category_names": list(fixed.category_names),
+        "grid": fixed.grid.grid,
         "example": example,
     }

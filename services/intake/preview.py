@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from services.classifier.service import ServedClassifier
 from services.intake.app import DUPLICATE_WINDOW_SECONDS, caller_key, grid_key
 from services.intake.domain import Submission
 from services.intake.duplicates import near_identical, similarity
@@ -21,6 +21,11 @@ from shared.tickets import Ticket
 GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
 
 
+def _text(value: object) -> str:
+    """A Redis reply item as text (the client returns bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass(frozen=True)
 class Duplicate:
     ticket: Ticket
@@ -29,23 +34,12 @@ class Duplicate:
 
 
 class Previewer:
-    def __init__(self, city: City, store: TicketStore, model_dir: Path, threshold: float) -> None:
+    def __init__(self, city: City, store: TicketStore, classifiers: ServedClassifier) -> None:
         self.city = city
         self.store = store
-        self.model_dir = model_dir
-        self.threshold = threshold
-        self._classifier: Any = None
-        self._loading = asyncio.Lock()
-
-    async def classifier(self) -> Any:
-        """Loaded on the first preview (it takes seconds), off the event loop."""
-        async with self._loading:
-            if self._classifier is None:
-                from services.classifier.service import Classifier, load_or_train
-
-                model = await asyncio.to_thread(load_or_train, self.city, self.model_dir)
-                self._classifier = Classifier(self.city, model, threshold=self.threshold)
-            return self._classifier
+        # The classifier the workers serve (approved model, the city's cue lists), built on the
+        # first preview and following approvals, so the suggestion is the one the pipeline makes.
+        self.classifiers = classifiers
 
     async def preview(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import route
@@ -60,13 +54,20 @@ class Previewer:
             caller=sub.caller,
             urgent_flag=sub.urgent,
         )
-        classifier = await self.classifier()
+        classifier = await self.classifiers.current(self.store.redis)
         (c,) = await asyncio.to_thread(classifier.classify, [appeal])
-        routing = route(self.city, c.category, c.grid, c.confidence, self.threshold)
+        # The threshold the classifier applied, as the router uses it.
+        threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
+        routing = route(self.city, c.category, c.grid, c.confidence, threshold)
         lead = self.city.department_by_id[routing.lead]
         duplicates = await self.duplicates(sub, c.grid.grid)
         return {
-            "category": {"id": c.category, "names": list(c.category_names), "confidence": c.confidence},
+            "category": {
+                "id": c.category,
+                "names": list(c.category_names),
+                "confidence": c.confidence,
+                "model_version": c.model_version,
+            },
             "grid": c.grid.model_dump(),
             "department": {
                 "id": lead.id,
@@ -93,7 +94,7 @@ class Previewer:
     async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
         found: dict[str, Duplicate] = {}
         caller = sub.caller.caller_id
-        mine = [m.decode() for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
+        mine = [_text(m) for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
         for t in await self.store.get_many(sorted(mine)):
             if t is not None and t.is_open:
                 found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
@@ -102,7 +103,7 @@ class Previewer:
             recent = await self.store.redis.zrevrangebyscore(
                 grid_key(grid), "+inf", since, start=0, num=GRID_CANDIDATES
             )
-            nos = [n.decode() for n in recent if n.decode() not in found]
+            nos = [_text(n) for n in recent if _text(n) not in found]
             for t in await self.store.get_many(nos):
                 if t is not None and t.is_open and near_identical(sub.text, t.text):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))

@@ -58,11 +58,6 @@ class ConcurrentUpdate(RuntimeError):
     """The same tickets kept changing under us; the caller may retry later."""
 
 
-def _text(value: object) -> str:
-    # The client returns bytes (no decode_responses); the stubs allow str as well.
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def ticket_key(no: str) -> str:
     return f"t:{no}"
 

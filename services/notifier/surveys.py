@@ -141,6 +141,7 @@ class SurveyBook:
             rating=None,
             text="",
             outcome=outcome,
+            occurred_at=self.clock(),
             department=resolved.department,
             category=resolved.category,
             grid=resolved.grid,

@@ -298,6 +298,11 @@ class SurveySent(Event):
 
 
 class SurveyAnswered(Event):
+    """How a survey ended, or the resident's comment on it. It carries the ticket's department,
+    category and grid as they were at resolution (the notifier keeps them with the survey), so the
+    scorecard counts the answer in its groups without reading the ticket. Events written before
+    those fields existed have them as None."""
+
     topic: ClassVar[str] = "survey.answered"
 
     survey_id: str
@@ -305,6 +310,9 @@ class SurveyAnswered(Event):
     solved: bool | None = None
     text: str  # the resident's words, as sent
     outcome: SurveyOutcome = "answered"
+    department: DepartmentRef | None = None
+    category: str | None = None
+    grid: str | None = None
 
 
 class MeetingConvened(Event):

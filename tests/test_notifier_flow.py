@@ -118,7 +118,7 @@ async def resolved_ticket(
         department=dept,
         resolution_note=note,
     )
-    await kit.redis.set(f"t:{no}", ticket.model_dump_json())
+    # The ticket is not stored: the notifier works from the event alone.
     return ticket, TicketUpdated(
         ticket_no=no,
         action="resolved",
@@ -127,6 +127,8 @@ async def resolved_ticket(
         department=dept,
         note=note,
         caller_id=caller.caller_id,
+        category="street_light",
+        grid="s01c01g01",
         on_time=True,
     )
 
@@ -135,7 +137,7 @@ async def surveyed(kit: Kit) -> tuple[str, Ticket]:
     """A resident whose resolved ticket's survey went out."""
     phone = new_phone()
     ticket, resolved = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved, ticket)
+    await kit.notifier.start_surveys([resolved])
     return phone, ticket
 
 
@@ -163,7 +165,7 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
     kit = make_kit()
     phone = new_phone()
     ticket, resolved = await resolved_ticket(kit, phone)
-    events = await kit.notifier.start_survey(resolved, ticket)
+    events = await kit.notifier.start_surveys([resolved])
     assert [type(e) for e in events] == [SurveySent]
     assert events[0].masked_phone == mask_phone(phone)
     assert phone not in events[0].model_dump_json()
@@ -172,7 +174,7 @@ async def test_callback_carries_the_note_and_the_survey(make_kit):
     assert "已更换路灯灯泡" in sms["text"]
     assert "回复1满意，2基本满意，3不满意" in sms["text"]
     # The same resolution redelivered: the same survey event, no second SMS.
-    again = await kit.notifier.start_survey(resolved, ticket)
+    again = await kit.notifier.start_surveys([resolved])
     assert again[0].event_id == events[0].event_id
     assert len(await kit.sent(phone, "survey")) == 1
 
@@ -229,10 +231,10 @@ async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
     kit = make_kit()
     phone = new_phone()
     older, resolved_older = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved_older, older)
+    await kit.notifier.start_surveys([resolved_older])
     clock.now = NOON + timedelta(hours=1)
     newer, resolved_newer = await resolved_ticket(kit, phone)
-    await kit.notifier.start_survey(resolved_newer, newer)
+    await kit.notifier.start_surveys([resolved_newer])
     assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
         ticket_no=newer.ticket_no, rating=1, solved=True
     )
@@ -326,8 +328,8 @@ async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["opted_out"]
     assert len(await kit.sent(phone, "opt_out")) == 1
     # The next resolution: the result is told, no survey is asked, and that is recorded.
-    nxt, resolved_next = await resolved_ticket(kit, phone, note="已清理垃圾")
-    events = await kit.notifier.start_survey(resolved_next, nxt)
+    _, resolved_next = await resolved_ticket(kit, phone, note="已清理垃圾")
+    events = await kit.notifier.start_surveys([resolved_next])
     assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "opted_out")]
     (result_sms,) = await kit.sent(phone, "result")
     assert "已清理垃圾" in result_sms["text"]
@@ -339,9 +341,41 @@ async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):
 async def test_anonymous_appeals_skip_the_survey_and_say_so(make_kit):
     kit = make_kit()
     ticket, resolved = await resolved_ticket(kit, None)
-    events = await kit.notifier.start_survey(resolved, ticket)
+    events = await kit.notifier.start_surveys([resolved])
     assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "skipped_anonymous")]
     assert events[0].ticket_no == ticket.ticket_no
+
+
+async def test_answers_are_counted_in_the_groups_their_survey_kept(make_kit, redis):
+    """No ticket is stored: the survey keeps the resolved event's department, category and grid,
+    the answer's event carries them, and the scorecard counts it there (street from the grid)."""
+    from services.notifier.app import Handlers
+    from services.notifier.scorecard import Scorecard
+    from services.notifier.scoring import Weights
+    from shared.city import load_city
+
+    kit = make_kit()
+    card = Scorecard(redis, load_city(), SH, Weights())
+    handlers = Handlers(kit.notifier, card)
+    dept = DepartmentRef(id=f"test-g-{uuid.uuid4().hex[:6]}", name="测试单位")
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    resolved = resolved.model_copy(update={"department": dept})
+    anonymous_ticket, anonymous = await resolved_ticket(kit, None)
+    anonymous = anonymous.model_copy(update={"department": dept})
+    await handlers.updates([resolved, anonymous])
+    assert await kit.redis.get(f"t:{ticket.ticket_no}") is None
+    await kit.notifier.surveys.reply(phone, "2")
+    (answer,) = kit.answers(ticket.ticket_no)
+    assert (answer.department, answer.category, answer.grid) == (dept, "street_light", "s01c01g01")
+    (skipped,) = kit.answers(anonymous_ticket.ticket_no)
+    assert skipped.outcome == "skipped_anonymous"
+    assert skipped.department == dept
+    await handlers.answers([answer, skipped])
+    day = NOON.date()
+    (row,) = [r for r in await card.query("department", day, day) if r["group"] == dept.id]
+    assert (row["answered"], row["basically_satisfied"], row["solved"], row["skipped"]) == (1, 1, 1, 1)
+    assert card.groups_of(answer)["street"] == "s01"
 
 
 async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, redis):
@@ -359,6 +393,7 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     ticket, resolved = await resolved_ticket(kit, phone)
     meeting = TicketAssigned(
         ticket_no=ticket.ticket_no,
+        caller_id=ticket.caller.caller_id,
         department=ticket.department,
         via="meeting",
         explanation="联席会议",

@@ -39,7 +39,7 @@ def survey(ticket, rating, n=0, text="还是没修好"):
         text=text,
         occurred_at=T0 + timedelta(days=3 + n),
     )
-    return workflow.rate(t, ans, city=CITY, tz=TZ)
+    return workflow.record_rating(t, ans, city=CITY, tz=TZ)
 
 
 # --- the table -----------------------------------------------------------------------------------

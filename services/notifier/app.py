@@ -13,7 +13,7 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.notifier.texts import until_date
 from shared.bus import publish
-from shared.events import AppealReceived, Event, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.events import AppealReceived, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 
@@ -48,63 +48,53 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
 
 class Handlers:
-    """What the subscribers do with a parsed batch (kept apart so tests can drive them in-process)."""
+    """What the subscribers do with a parsed batch (kept apart so tests can drive them in-process).
+
+    They work from the events alone: each carries what these need about its ticket (the caller's
+    hashed id, department, category, grid, the resolution note; a survey's answer carries the groups
+    its survey kept), so no handler reads a ticket it was just told about. The Redis work is per
+    batch: one phone lookup, one send, one scorecard command."""
 
     def __init__(self, notifier: Notifier, scorecard: Scorecard) -> None:
         self.notifier = notifier
         self.scorecard = scorecard
-        self.store = notifier.store
 
     async def appeals(self, appeals: list[AppealReceived]) -> None:
-        wanted = [
-            (a, a.caller.caller_id)
-            for a in appeals
-            if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id is not None
-        ]
-        phones = await self.notifier.phones([caller for _, caller in wanted])
+        wanted = [a for a in appeals if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id is not None]
+        phones = await self.notifier.phones([a.caller.caller_id for a in wanted])
         await self.notifier.sms.send_many(
             [
                 (a.event_id, self.notifier.ack_message(a.ticket_no, phone, urgent=a.urgent_flag))
-                for (a, _), phone in zip(wanted, phones, strict=True)
+                for a, phone in zip(wanted, phones, strict=True)
                 if phone
             ]
         )
 
     async def assignments(self, assigned: list[TicketAssigned]) -> None:
-        await self.scorecard.record(assigned, [None] * len(assigned))
-        meetings = [a for a in assigned if a.via == "meeting"]
-        for a, ticket in zip(
-            meetings, await self.store.get_many([a.ticket_no for a in meetings]), strict=False
-        ):
-            if ticket is not None:
-                await self.notifier.progress(a, ticket, "progress_meeting")
+        await self.scorecard.record(assigned)
+        await self.notifier.progress([(a, "progress_meeting", {}) for a in assigned if a.via == "meeting"])
 
     async def updates(self, updates: list[TicketUpdated]) -> None:
         await self.notifier.supervise(
             [u for u in updates if u.action in ("overdue", "escalated")], self.scorecard.city
         )
-        wanted = [u for u in updates if u.action in ("accepted", "resolved", "extension_approved")]
-        tickets = await self.store.get_many([u.ticket_no for u in wanted])
-        accepted = [(u, t) for u, t in zip(wanted, tickets, strict=False) if u.action == "accepted"]
-        await self.scorecard.record([u for u, _ in accepted], [t for _, t in accepted])
-        out: list[Event] = []
-        for update, ticket in zip(wanted, tickets, strict=False):
-            if ticket is None:
-                continue
-            if update.action == "resolved":
-                out.extend(await self.notifier.start_survey(update, ticket))
-            elif update.action == "extension_approved":
-                await self.notifier.progress(
-                    update,
-                    ticket,
+        await self.scorecard.record([u for u in updates if u.action == "accepted"])
+        await self.notifier.progress(
+            [
+                (
+                    u,
                     "progress_extension",
-                    resolve_by=self._local_date(update.extension and update.extension.resolve_by),
+                    {"resolve_by": self._local_date(u.extension and u.extension.resolve_by)},
                 )
+                for u in updates
+                if u.action == "extension_approved"
+            ]
+        )
+        out = await self.notifier.start_surveys([u for u in updates if u.action == "resolved"])
         await self.notifier.publish(out)
 
     async def answers(self, answers: list[SurveyAnswered]) -> None:
-        counted = [a for a in answers if a.outcome != "comment"]
-        await self.scorecard.record(counted, await self.store.get_many([a.ticket_no for a in counted]))
+        await self.scorecard.record([a for a in answers if a.outcome != "comment"])
 
     def _local_date(self, value: object) -> str:
         return until_date(value, self.notifier.policy.tz)

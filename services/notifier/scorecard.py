@@ -20,9 +20,8 @@ from redis.asyncio import Redis
 
 from services.notifier import scoring
 from shared.city import City
-from shared.events import Event, TicketAssigned
+from shared.events import SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.settings import Settings
-from shared.tickets import Ticket
 
 SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
 MAX_DAYS = 366
@@ -78,28 +77,23 @@ class Scorecard:
         weights = scoring.Weights.parse(settings.satisfaction_basic_weight, settings.score_weights)
         return cls(redis, city, ZoneInfo(settings.timezone), weights)
 
-    def groups_of(self, event: Event, ticket: Ticket | None) -> dict[str, str]:
-        if isinstance(event, TicketAssigned):
-            return scoring.groups_for(self.city, event.department.id, event.category, event.grid)
-        if ticket is None:
-            return scoring.groups_for(self.city, None, None, None)
+    def groups_of(self, event: TicketAssigned | TicketUpdated | SurveyAnswered) -> dict[str, str]:
+        """The event's group in each dimension, from the event alone: each of these carries its
+        ticket's department, category and grid (the street follows from the grid)."""
         return scoring.groups_for(
-            self.city,
-            ticket.department.id if ticket.department else None,
-            ticket.category,
-            ticket.grid.grid if ticket.grid else None,
+            self.city, event.department.id if event.department else None, event.category, event.grid
         )
 
-    async def record(self, events: Sequence[Event], tickets: Sequence[Ticket | None]) -> int:
-        """Count the events (each with its ticket, None for assignments). Returns how many were new."""
+    async def record(self, events: Sequence[TicketAssigned | TicketUpdated | SurveyAnswered]) -> int:
+        """Count the events, in one Redis command for the batch. Returns how many were new."""
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
-        for event, ticket in zip(events, tickets, strict=False):
+        for event in events:
             fields = scoring.fields_for(event)
             if not fields:
                 continue
-            groups = self.groups_of(event, ticket)
+            groups = self.groups_of(event)
             day = event.occurred_at.astimezone(self.tz).strftime("%Y%m%d")
             keys += [
                 f"stats:seen:{event.event_id}",

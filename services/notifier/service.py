@@ -29,10 +29,9 @@ from services.notifier.states import MessageStates
 from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook
 from services.notifier.texts import Texts, load_texts, month_day_time
 from shared.city import City
-from shared.events import Event, TicketUpdated, now_utc
+from shared.events import Event, TicketAssigned, TicketUpdated, now_utc
 from shared.settings import Settings
 from shared.store import TicketStore
-from shared.tickets import Ticket
 
 # KEYS: hashes; ARGV[1]: the field. Returns the field of each ('' where there is none): the phones of
 # a batch's callers in one command (redis-py packs and parses every command in Python).
@@ -41,6 +40,8 @@ local out = {}
 for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[1]) or '' end
 return out
 """
+# A progress message: the event it is about (the ticket and its caller), the template, its fields.
+Progress = tuple[TicketAssigned | TicketUpdated, str, dict[str, str]]
 
 
 class Notifier:
@@ -120,17 +121,13 @@ class Notifier:
 
     # --- messages about tickets ---------------------------------------------------------------
 
-    async def phone_of(self, ticket: Ticket) -> str | None:
-        if ticket.caller.caller_id is None:
-            return None
-        return (await self.store.contact(ticket.caller.caller_id)).get("phone")
-
-    async def phones(self, caller_ids: Sequence[str]) -> list[str | None]:
-        """The phones of many callers in one round trip (None where there is no contact)."""
-        if not caller_ids:
-            return []
-        found = await self._hget_each(keys=[f"contact:{cid}" for cid in caller_ids], args=["phone"])
-        return [v.decode() if v else None for v in found]
+    async def phones(self, caller_ids: Sequence[str | None]) -> list[str | None]:
+        """The phones of many callers in one round trip (None where there is no caller or contact)."""
+        known = [cid for cid in caller_ids if cid is not None]
+        if not known:
+            return [None] * len(caller_ids)
+        found = iter(await self._hget_each(keys=[f"contact:{cid}" for cid in known], args=["phone"]))
+        return [None if cid is None else (v.decode() if (v := next(found)) else None) for cid in caller_ids]
 
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
         return SmsMessage(
@@ -142,16 +139,33 @@ class Notifier:
     ) -> SendResult:
         return await self.sms.send(cause.event_id, self.ack_message(ticket_no, phone, urgent=urgent))
 
-    async def progress(self, cause: Event, ticket: Ticket, template: str, **fields: str) -> SendResult | None:
-        phone = await self.phone_of(ticket)
-        if phone is None:
-            return None
-        text = self.texts.render(template, ticket_no=ticket.ticket_no, **fields)
-        return await self.sms.send(cause.event_id, SmsMessage(phone, text, "progress", ticket.ticket_no))
+    async def progress(self, items: Sequence[Progress]) -> list[SendResult]:
+        """Progress SMS to the callers of the tickets the events are about: one phone lookup and one
+        send for the batch. Anonymous callers, and callers without a contact, get none."""
+        phones = await self.phones([cause.caller_id for cause, _, _ in items])
+        return await self.sms.send_many(
+            [
+                (
+                    cause.event_id,
+                    SmsMessage(
+                        phone,
+                        self.texts.render(template, ticket_no=cause.ticket_no, **fields),
+                        "progress",
+                        cause.ticket_no,
+                    ),
+                )
+                for (cause, template, fields), phone in zip(items, phones, strict=True)
+                if phone is not None
+            ]
+        )
 
-    async def start_survey(self, resolved: TicketUpdated, ticket: Ticket) -> list[Event]:
-        """The survey for a resolved ticket, to its caller's phone (see `SurveyBook.start`)."""
-        return await self.surveys.start(resolved, ticket, await self.phone_of(ticket))
+    async def start_surveys(self, resolved: Sequence[TicketUpdated]) -> list[Event]:
+        """The surveys for resolved tickets, to their callers' phones (one lookup for the batch; see
+        `SurveyBook.start`). Returns the events that record them."""
+        out: list[Event] = []
+        for update, phone in zip(resolved, await self.phones([u.caller_id for u in resolved]), strict=True):
+            out.extend(await self.surveys.start(update, phone))
+        return out
 
     async def supervise(self, updates: Sequence[TicketUpdated], city: City) -> list[SendResult]:
         """督办短信: an overdue ticket's notice to its department's supervisor; an escalated one's to

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.events import Rating
+from shared.events import DepartmentRef, Rating
 
 # Checked before the "solved" words: "没解决" contains "解决".
 _UNSOLVED = (
@@ -79,6 +79,11 @@ class Survey(BaseModel):
     ticket_no: str
     phone: str
     started_at: datetime  # records written as a Unix timestamp are read as well
+    # The ticket's groups at resolution, from that event: the answer's event carries them to the
+    # scorecard. None in records written before they were kept.
+    department: DepartmentRef | None = None
+    category: str | None = None
+    grid: str | None = None
 
 
 class SurveyAnswer(BaseModel):

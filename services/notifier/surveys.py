@@ -17,7 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -45,7 +45,6 @@ from shared.events import (
 )
 from shared.metrics import SURVEYS_ANSWERED
 from shared.privacy import caller_id, mask_phone
-from shared.tickets import Ticket
 
 SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
@@ -84,25 +83,32 @@ class SurveyBook:
 
     # --- asking -------------------------------------------------------------------------------
 
-    async def start(self, resolved: TicketUpdated, ticket: Ticket, phone: str | None) -> list[Event]:
+    async def start(self, resolved: TicketUpdated, phone: str | None) -> list[Event]:
         """The callback with the survey for a resolved ticket (sent to `phone`, the caller's). Returns
         the events that record it: the survey sent, or why it was not (anonymous appeal, opted-out
-        phone), never nothing. Idempotent: the same resolution gives the same survey and events."""
-        note = self.texts.short_note(resolved.note or ticket.resolution_note)
+        phone), never nothing. Idempotent: the same resolution gives the same survey and events.
+        The event is all it reads: its note is the resolution note, and its department, category
+        and grid are kept with the survey for the answer's event."""
+        no = resolved.ticket_no
+        note = self.texts.short_note(resolved.note)
         if phone is None:
             return [self._not_asked(resolved, "skipped_anonymous")]
         if await self.opted_out(phone):
-            text = self.texts.render("result", ticket_no=ticket.ticket_no, note=note)
-            await self.sms.send(resolved.event_id, SmsMessage(phone, text, "result", ticket.ticket_no))
+            text = self.texts.render("result", ticket_no=no, note=note)
+            await self.sms.send(resolved.event_id, SmsMessage(phone, text, "result", no))
             return [self._not_asked(resolved, "opted_out")]
         now = self.clock()
-        survey = Survey(survey_id=resolved.event_id, ticket_no=ticket.ticket_no, phone=phone, started_at=now)
-        text = self.texts.render(
-            "survey", ticket_no=ticket.ticket_no, note=note, question=self.texts.question
+        survey = Survey(
+            survey_id=resolved.event_id,
+            ticket_no=no,
+            phone=phone,
+            started_at=now,
+            department=resolved.department,
+            category=resolved.category,
+            grid=resolved.grid,
         )
-        message = SmsMessage(
-            phone, text, "survey", ticket.ticket_no, message_id=derived_id(survey.survey_id, "sms")
-        )
+        text = self.texts.render("survey", ticket_no=no, note=note, question=self.texts.question)
+        message = SmsMessage(phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"))
         if await self.redis.set(
             f"survey:{survey.survey_id}", survey.model_dump_json(), nx=True, ex=SURVEY_TTL
         ):
@@ -130,7 +136,15 @@ class SurveyBook:
 
     def _not_asked(self, resolved: TicketUpdated, outcome: SurveyOutcome) -> SurveyAnswered:
         return SurveyAnswered.caused(
-            resolved, survey_id=resolved.event_id, rating=None, text="", outcome=outcome
+            resolved,
+            survey_id=resolved.event_id,
+            rating=None,
+            text="",
+            outcome=outcome,
+            occurred_at=self.clock(),
+            department=resolved.department,
+            category=resolved.category,
+            grid=resolved.grid,
         )
 
     async def opted_out(self, phone: str) -> bool:
@@ -245,6 +259,7 @@ class SurveyBook:
             text=text,
             outcome=outcome,
             occurred_at=now,
+            **_groups(survey),
         )
         try:
             await self.publish([answered])
@@ -263,5 +278,11 @@ class SurveyBook:
             text=text,
             outcome="comment",
             occurred_at=now,
+            **_groups(survey),
         )
         await self.publish([comment])
+
+
+def _groups(survey: Survey) -> dict[str, Any]:
+    """What an answer's event carries about the ticket, from the survey that kept it."""
+    return {"department": survey.department, "category": survey.category, "grid": survey.grid}

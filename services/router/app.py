@@ -155,8 +155,8 @@ class RouterHandlers:
         await self._transitions([Change(s.ticket_no, partial(workflow.survey_sent, sent=s)) for s in batch])
 
     async def surveys_answered(self, batch: list[SurveyAnswered]) -> None:
-        rate = partial(workflow.rate, city=self.city, tz=self.tz)
-        await self._transitions([Change(a.ticket_no, partial(rate, answer=a)) for a in batch])
+        record_rating = partial(workflow.record_rating, city=self.city, tz=self.tz)
+        await self._transitions([Change(a.ticket_no, partial(record_rating, answer=a)) for a in batch])
 
     # --- ticket.updated: escalations open meetings --------------------------------------------------
 

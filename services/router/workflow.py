@@ -682,7 +682,7 @@ def survey_sent(ticket: Ticket | None, sent: SurveySent) -> Outcome | None:
     return _updated(ticket, "survey", event, cause=sent)
 
 
-def rate(
+def record_rating(
     ticket: Ticket | None,
     answer: SurveyAnswered,
     city: City | None = None,

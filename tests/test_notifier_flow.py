@@ -352,10 +352,10 @@ async def test_answers_are_counted_in_the_groups_their_survey_kept(make_kit, red
     from services.notifier.app import Handlers
     from services.notifier.scorecard import Scorecard
     from services.notifier.scoring import Weights
-    from shared.city import load_city
+    from tests.cities import demo_city
 
     kit = make_kit()
-    card = Scorecard(redis, load_city(), SH, Weights())
+    card = Scorecard(redis, demo_city(), SH, Weights())
     handlers = Handlers(kit.notifier, card)
     dept = DepartmentRef(id=f"test-g-{uuid.uuid4().hex[:6]}", name="测试单位")
     phone = new_phone()

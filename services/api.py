@@ -16,7 +16,7 @@ from prometheus_client import make_asgi_app
 from services.classifier import views as classifier_views
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
-from services.intake.limits import RateLimited, RateLimiter
+from services.intake.limits import RateLimiter
 from services.intake.preview import Previewer
 from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
@@ -25,7 +25,8 @@ from services.notifier.service import Notifier
 from services.router import views as router_views
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
-from shared.http import api_error
+from shared.errors import DomainError
+from shared.http import api_error, domain_error
 from shared.redis_client import connect
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
@@ -90,8 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
 
-    # Any channel's submission may hit a caller's limit (the SMS view, say): 429 with Retry-After.
-    app.add_exception_handler(RateLimited, lambda _, exc: intake_views.too_many(exc))
+    @app.exception_handler(DomainError)
+    async def refused(request: Request, exc: DomainError) -> JSONResponse:
+        # Pure code and services raise these (a rate limit, a broker away, an invalid field); every
+        # view lets them through to here, so every refusal has the one shape.
+        return domain_error(exc)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict:

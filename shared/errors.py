@@ -8,7 +8,17 @@ from __future__ import annotations
 from typing import Literal
 
 # What kind of refusal it is; the HTTP status follows from the kind.
-ErrorKind = Literal["invalid", "not_found", "forbidden", "conflict", "unavailable", "too_many"]
+ErrorKind = Literal[
+    "invalid",
+    "not_found",
+    "forbidden",
+    "conflict",
+    "unavailable",
+    "too_many",
+    "unreadable",
+    "unauthorized",
+    "too_large",
+]
 
 
 class DomainError(Exception):
@@ -16,6 +26,8 @@ class DomainError(Exception):
     a person in words they can act on, `field` names the input at fault when there is one."""
 
     kind: ErrorKind = "conflict"
+    # Seconds after which a retry may succeed (rate limits, a store or broker away): Retry-After.
+    retry_after: int | None = None
 
     def __init__(
         self, code: str, message: str, *, kind: ErrorKind | None = None, field: str | None = None

@@ -36,11 +36,16 @@ STATUS_BY_KIND: dict[str, int] = {
     "conflict": 409,
     "unavailable": 503,
     "too_many": 429,
+    "unreadable": 400,
+    "unauthorized": 401,
+    "too_large": 413,
 }
 
 
 def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The response for a refused request (see `shared.errors`)."""
+    """The response for a refused request (see `shared.errors`), with Retry-After when it says when."""
+    if error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after), **(headers or {})}
     return api_error(
         STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
     )

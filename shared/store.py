@@ -66,6 +66,10 @@ class Change:
     decide: Decision
 
 
+def contact_key(caller_id: str) -> str:
+    return f"contact:{caller_id}"
+
+
 def ticket_key(no: str) -> str:
     return f"t:{no}"
 
@@ -134,10 +138,10 @@ class TicketStore:
         mapping = {"phone": phone}
         if name:
             mapping["name"] = name
-        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
+        await self.redis.hset(contact_key(caller_id), mapping=mapping)
 
     async def contact(self, caller_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(f"contact:{caller_id}")
+        raw = await self.redis.hgetall(contact_key(caller_id))
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     # --- reading ------------------------------------------------------------------------------

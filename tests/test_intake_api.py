@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from services.intake.app import grid_key
+from services.intake import keys
 from services.intake.domain import validate
 from services.intake.limits import RateLimited, RateLimiter
 from services.intake.service import BrokerUnavailable, IntakeService
@@ -79,7 +79,7 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
         return t if t.get("grid") and t["grid"]["grid"] else None
 
     grid = (await eventually(classified))["grid"]["grid"]
-    await eventually(lambda: redis.zscore(grid_key(grid), no))
+    await eventually(lambda: redis.zscore(keys.grid_index(grid), no))
 
     # The same caller calls again about something else: their open ticket is shown.
     r = await api.post(
@@ -178,12 +178,12 @@ async def test_broker_unreachable_means_503_and_nothing_half_written(settings, r
             me = phone()
             sub = validate(channel="hotline", text=f"路灯坏了一个星期了，晚上很黑{me}", phone=me)
             key = f"api:dead-{random.random()}"
-            before = await redis.zcard("intake:tickets")
+            before = await redis.zcard(keys.TICKETS_BY_TIME)
             with pytest.raises(BrokerUnavailable):
                 await intake.submit(sub, key)
-            assert await redis.get(f"idem:{key}") is None  # released: a retry may go through later
+            assert await redis.get(keys.idempotency(key)) is None  # released: a retry may go through later
             assert await redis.exists(f"contact:{caller_id(me)}") == 0
-            assert await redis.zcard("intake:tickets") == before
+            assert await redis.zcard(keys.TICKETS_BY_TIME) == before
         finally:
             await broker.stop()
 

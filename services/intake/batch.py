@@ -15,6 +15,7 @@ from datetime import date, datetime
 from typing import IO, Any
 
 from services.intake.domain import InvalidAppeal, Submission, clean_text, validate
+from services.intake.errors import BadRequest
 
 COLUMNS = {
     "box_id": ("box_id", "box", "意见箱编号", "意见箱", "箱号"),
@@ -27,8 +28,11 @@ REQUIRED = ("box_id", "date", "text")
 SNIFF = 64 * 1024
 
 
-class BadFile(ValueError):
+class BadFile(BadRequest):
     """The file as a whole cannot be read (HTTP 400): wrong type, encoding or header."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="file")
 
 
 def header_map(header: Iterable[Any]) -> dict[str, int]:

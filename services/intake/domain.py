@@ -8,8 +8,10 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from shared.events import Caller, Channel, GeoPoint
+from services.intake.errors import InvalidAppeal
+from shared.events import AppealLocated, Caller, Channel, GeoPoint
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.tickets import Ticket
 
 TEXT_MIN, TEXT_MAX = 5, 5000
 ADDRESS_MAX = 200
@@ -17,11 +19,7 @@ ADDRESS_MAX = 200
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
-class InvalidAppeal(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+__all__ = ["InvalidAppeal", "Submission", "clean_text", "located", "validate", "wechat_caller_id"]
 
 
 def clean_text(raw: str) -> str:
@@ -102,4 +100,20 @@ def validate(
         operator_id=operator_id,
         urgent=urgent,
         wechat_openid=wechat_openid,
+    )
+
+
+def located(ticket: Ticket | None, place: AppealLocated) -> Ticket | None:
+    """The location rule: a place the resident sends after the appeal goes on its ticket while the
+    ticket is open, once per message, and fills the address only where the appeal gave none (what
+    the resident typed is more precise than a map label). None: nothing to change."""
+    if ticket is None or ticket.has_applied(place.event_id) or not ticket.is_open:
+        return None
+    return ticket.model_copy(
+        update={
+            "location": place.location,
+            "address": ticket.address or place.address,
+            "applied": [*ticket.applied, place.event_id],
+            "updated_at": place.occurred_at,
+        }
     )

@@ -36,8 +36,12 @@ _XML_ELEMENTS = {
 }
 
 
-def error(code: int, description: str) -> list[dict[str, Any]]:
-    return [{"code": code, "description": description}]
+def error(status: int, code: str, message: str, field: str | None = None) -> list[dict[str, Any]]:
+    """The spec's error list (`code` is the HTTP status, `description` the reason), each error also
+    carrying the API's own shape (`error`, `field`, `message`): Open311 clients read the first two,
+    everything else the last three."""
+    description = f"{field}: {message}" if field else message
+    return [{"code": status, "description": description, "error": code, "field": field, "message": message}]
 
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0 at all

@@ -24,13 +24,15 @@ from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
-from services.intake.app import CALLER_INDEX_TTL, caller_key
-from services.intake.domain import Submission
-from services.intake.limits import RateLimited, RateLimiter, caller_limited
+from services.intake import keys
+from services.intake.domain import Submission, located
+from services.intake.errors import BrokerUnavailable, RateLimited
+from services.intake.limits import RateLimiter, caller_limited
 from shared.bus import EventPublisher, publish
 from shared.events import AppealLocated, AppealReceived, GeoPoint
 from shared.metrics import APPEALS_RECEIVED
-from shared.store import Change, Outcome, TicketStore, apply_and_publish
+from shared.redis_client import text
+from shared.store import Change, Outcome, TicketStore, apply_and_publish, contact_key
 from shared.tickets import Ticket
 
 log = logging.getLogger(__name__)
@@ -38,12 +40,10 @@ IDEMPOTENCY_TTL = 7 * 86400
 # A claim outlives any honest attempt (publish timeout 10 s) but not a crashed process: a retry
 # after that goes through instead of waiting on a claim nobody will finish.
 PENDING_TTL = 60
-TICKETS_BY_TIME = "intake:tickets"  # every ticket number, scored by receipt time (Open311 listing)
 WECHAT_LOCATION_TTL = 30 * 60  # a location message applies to appeals within 30 minutes of it
+CALLER_INDEX_TTL = 90 * 86400  # a caller's open-ticket index outlives any ticket's life
 
-
-class BrokerUnavailable(RuntimeError):
-    """The appeal could not be durably written; ask the client to retry."""
+__all__ = ["Accepted", "BrokerUnavailable", "IntakeService", "Result"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class Accepted:
 
 
 Result = Accepted | RateLimited
-
-
-def idem_key(key: str) -> str:
-    return f"idem:{key}"
 
 
 class IntakeService:
@@ -86,11 +82,11 @@ class IntakeService:
 
     async def existing(self, idempotency_key: str) -> str | None:
         """The ticket number an earlier submission with this key got, if it completed."""
-        value = await self.redis.get(idem_key(idempotency_key))
+        value = await self.redis.get(keys.idempotency(idempotency_key))
         if value is None:
             return None
-        value = value.decode()
-        return None if value == "pending" else value
+        number = text(value)
+        return None if number == "pending" else number
 
     async def submit(self, sub: Submission, idempotency_key: str | None = None) -> tuple[str, bool]:
         """Returns (ticket number, created). Raises RateLimited or BrokerUnavailable."""
@@ -102,22 +98,25 @@ class IntakeService:
     async def submit_many(self, items: Sequence[tuple[Submission, str | None]]) -> list[Result]:
         """Submit a chunk (one appeal or a few hundred rows of a batch) with a handful of round trips.
         Per item: Accepted, or RateLimited for a caller over the limit. Raises BrokerUnavailable."""
-        results: list[Result | None] = [None] * len(items)
+        results: list[_Slot] = [None] * len(items)
         todo, claimed = await self._claim([k for _, k in items], results)
         chunk = _Chunk(items, todo, claimed, results)
         chunk.todo = await self._within_limits(chunk)
         if chunk.todo:
             await self._publish_and_record(chunk)
-        for i, r in enumerate(results):
-            if isinstance(r, _Copy):
-                first = results[r.original]
-                results[i] = (
-                    Accepted(first.ticket_no, created=False) if isinstance(first, Accepted) else first
-                )
-        return results  # type: ignore[return-value]
+        return [self._decided(results, r) for r in results]
+
+    @staticmethod
+    def _decided(results: list[_Slot], r: _Slot) -> Result:
+        if isinstance(r, _Copy):  # a repeated key within the chunk: the first item's answer
+            first = results[r.original]
+            r = Accepted(first.ticket_no, created=False) if isinstance(first, Accepted) else first
+        if not isinstance(r, Accepted | RateLimited):
+            raise RuntimeError("an item of the chunk was left undecided")
+        return r
 
     async def _claim(
-        self, keys: Sequence[str | None], results: list[Result | None]
+        self, idem_keys: Sequence[str | None], results: list[_Slot]
     ) -> tuple[list[int], dict[int, str]]:
         """Claim idempotency keys. Items whose key already has a ticket get it; a key that appears
         twice in the chunk gets the first one's ticket. Returns the items to process and, of those,
@@ -125,7 +124,7 @@ class IntakeService:
         first: dict[str, int] = {}
         todo: list[int] = []
         copies: list[tuple[int, int]] = []
-        for i, k in enumerate(keys):
+        for i, k in enumerate(idem_keys):
             if k is None:
                 todo.append(i)
             elif k in first:
@@ -138,17 +137,17 @@ class IntakeService:
                 break
             async with self.redis.pipeline(transaction=False) as p:
                 for k in waiting:
-                    p.set(idem_key(k), "pending", nx=True, ex=PENDING_TTL)
+                    p.set(keys.idempotency(k), "pending", nx=True, ex=PENDING_TTL)
                 got = await p.execute()
             still: dict[str, int] = {}
             held = [k for k, ok in zip(waiting, got, strict=False) if not ok]
-            done = await self.redis.mget([idem_key(k) for k in held]) if held else []
+            done = await self.redis.mget([keys.idempotency(k) for k in held]) if held else []
             for k, ok in zip(waiting, got, strict=False):
                 if ok:
                     todo.append(waiting[k])
             for k, value in zip(held, done, strict=False):
                 if value is not None and value != b"pending":
-                    results[waiting[k]] = Accepted(value.decode(), created=False)
+                    results[waiting[k]] = Accepted(text(value), created=False)
                 else:
                     still[k] = waiting[k]
             waiting = still
@@ -158,9 +157,9 @@ class IntakeService:
             await self._release([k for k in first if first[k] in todo])
             raise BrokerUnavailable("the same submission is still being processed")
         for copy, original in copies:
-            results[copy] = _Copy(original)  # type: ignore[assignment]
+            results[copy] = _Copy(original)
         todo.sort()
-        return todo, {i: keys[i] for i in todo if keys[i] is not None}  # type: ignore[misc]
+        return todo, {i: k for i in todo if (k := idem_keys[i]) is not None}
 
     async def _within_limits(self, chunk: _Chunk) -> list[int]:
         """The items whose caller is within the hourly limit; the others get RateLimited."""
@@ -178,20 +177,20 @@ class IntakeService:
         await self._release([claimed[i] for i in refused if i in claimed])
         return [i for i in todo if results[i] is None]
 
-    async def _release(self, keys: Sequence[str]) -> None:
-        if keys:
-            await self.redis.delete(*[idem_key(k) for k in keys])
+    async def _release(self, idem_keys: Sequence[str]) -> None:
+        if idem_keys:
+            await self.redis.delete(*[keys.idempotency(k) for k in idem_keys])
 
     async def _publish_and_record(self, chunk: _Chunk) -> None:
         items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
-        keys = [claimed[i] for i in todo if i in claimed]
+        mine = [claimed[i] for i in todo if i in claimed]
         try:
             numbers = await self.store.next_ticket_nos(self.today(), len(todo))
             subs = [items[i][0] for i in todo]
             events = [await self._appeal_event(no, sub) for no, sub in zip(numbers, subs, strict=False)]
             await asyncio.wait_for(publish(self.publisher, events), self.publish_timeout)
         except Exception as e:
-            await self._release(keys)
+            await self._release(mine)
             log.warning("%d appeal(s) not accepted, broker did not acknowledge: %r", len(todo), e)
             raise BrokerUnavailable(str(e)) from e
         # Durable from here on: the router would create the tickets from the events even if we died.
@@ -199,22 +198,23 @@ class IntakeService:
             for sub, event in zip(subs, events, strict=False):
                 cid = event.caller.caller_id
                 if cid:  # the worker indexes it too; here, so that a preview a second later sees it
-                    p.sadd(caller_key(cid), event.ticket_no)
-                    p.expire(caller_key(cid), CALLER_INDEX_TTL)
-                if sub.phone:
-                    contact = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
-                    p.hset(f"contact:{cid}", mapping=contact)
-                elif sub.wechat_openid:
-                    p.hset(f"contact:{cid}", mapping={"wechat_openid": sub.wechat_openid})
-                    p.set(wechat_last_key(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
-                p.zadd(TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
+                    p.sadd(keys.caller_index(cid), event.ticket_no)
+                    p.expire(keys.caller_index(cid), CALLER_INDEX_TTL)
+                if cid and sub.phone:
+                    p.hset(contact_key(cid), "phone", sub.phone)
+                    if sub.name:
+                        p.hset(contact_key(cid), "name", sub.name)
+                elif cid and sub.wechat_openid:
+                    p.hset(contact_key(cid), "wechat_openid", sub.wechat_openid)
+                    p.set(keys.wechat_last(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
+                p.zadd(keys.TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
         await self.store.create_many(events)
         async with self.redis.pipeline(transaction=False) as p:
             for i, event in zip(todo, events, strict=False):
                 results[i] = Accepted(event.ticket_no, created=True)
                 if i in claimed:
-                    p.set(idem_key(claimed[i]), event.ticket_no, ex=IDEMPOTENCY_TTL)
+                    p.set(keys.idempotency(claimed[i]), event.ticket_no, ex=IDEMPOTENCY_TTL)
             await p.execute()
         for sub in subs:
             APPEALS_RECEIVED.labels(channel=sub.channel).inc()
@@ -223,7 +223,7 @@ class IntakeService:
         location, address = sub.location, sub.address
         if sub.wechat_openid and location is None:
             # A location the user sent just before this message belongs to it.
-            held = await self.redis.get(wechat_location_key(sub.caller.caller_id))
+            held = await self.redis.get(keys.wechat_location(sub.caller.caller_id))
             if held is not None:
                 place = json.loads(held)
                 location = GeoPoint(lng=place["lng"], lat=place["lat"])
@@ -246,12 +246,12 @@ class IntakeService:
         """A location message: kept for the user's next appeal (30 minutes), and applied to the last
         one if it came in the last 30 minutes and is still open. Returns that ticket number."""
         place = json.dumps({"lng": point.lng, "lat": point.lat, "label": label}, ensure_ascii=False)
-        await self.redis.set(wechat_location_key(caller_id), place, ex=WECHAT_LOCATION_TTL)
-        last = await self.redis.get(wechat_last_key(caller_id))
+        await self.redis.set(keys.wechat_location(caller_id), place, ex=WECHAT_LOCATION_TTL)
+        last = await self.redis.get(keys.wechat_last(caller_id))
         if last is None:
             return None
-        ticket_no = last.decode()
-        located = AppealLocated(
+        ticket_no = text(last)
+        place_event = AppealLocated(
             event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-location/{msg_id}").hex,
             ticket_no=ticket_no,
             channel="wechat",
@@ -260,34 +260,18 @@ class IntakeService:
         )
         results = await apply_and_publish(
             self.store,
-            [Change(ticket_no, partial(apply_location, located=located))],
+            [Change(ticket_no, partial(apply_location, place=place_event))],
             partial(publish, self.publisher),
         )
         ticket = results[0][0]
         return ticket_no if ticket is not None and ticket.location == point else None
 
 
-def apply_location(ticket: Ticket | None, located: AppealLocated) -> Outcome | None:
-    """Decision: put the place on an open ticket (once per message)."""
-    if ticket is None or ticket.has_applied(located.event_id) or not ticket.is_open:
-        return None
-    updated = ticket.model_copy(
-        update={
-            "location": located.location,
-            "address": ticket.address or located.address,
-            "applied": [*ticket.applied, located.event_id],
-            "updated_at": located.occurred_at,
-        }
-    )
-    return Outcome(updated, publish=[located])
-
-
-def wechat_location_key(caller_id: str | None) -> str:
-    return f"wx:loc:{caller_id}"
-
-
-def wechat_last_key(caller_id: str | None) -> str:
-    return f"wx:last:{caller_id}"
+def apply_location(ticket: Ticket | None, place: AppealLocated) -> Outcome | None:
+    """The store's decision around the pure location rule (`domain.located`): the changed ticket,
+    and the fact to publish."""
+    updated = located(ticket, place)
+    return None if updated is None else Outcome(updated, publish=[place])
 
 
 @dataclass
@@ -298,7 +282,7 @@ class _Chunk:
     items: Sequence[tuple[Submission, str | None]]
     todo: list[int]
     claimed: dict[int, str]
-    results: list[Result | None]
+    results: list[_Slot]
 
 
 class _Copy:
@@ -306,3 +290,6 @@ class _Copy:
 
     def __init__(self, original: int) -> None:
         self.original = original
+
+
+_Slot = Result | _Copy | None  # an item's result while the chunk is on its way

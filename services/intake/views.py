@@ -1,29 +1,31 @@
 """Intake's HTTP API: the hotline operators' submit and preview, and suggestion-box batch uploads.
 
-The other channels have their own views (wechat_views.py, open311_views.py; SMS lives with the
-notifier). All of them go through IntakeService, so they share idempotency, durability and limits."""
+The other channels have their own views (wechat_views.py, open311_views.py, sms.py). All of them go
+through IntakeService, so they share idempotency, durability and limits. Refusals are domain errors
+(services.intake.errors): the API's handler answers them in the one error shape."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from services.intake import batch
 from services.intake.domain import InvalidAppeal, validate
-from services.intake.limits import RateLimited
-from services.intake.service import Accepted, BrokerUnavailable, IntakeService
+from services.intake.errors import BadRequest
+from services.intake.service import Accepted, IntakeService
 from shared.auth import Principal, require_intake_staff
 from shared.events import Channel
-from shared.http import api_error
 from shared.metrics import APPEALS_REJECTED
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
+M = TypeVar("M", bound=BaseModel)
 
 
 class AppealIn(BaseModel):
@@ -43,40 +45,30 @@ class AppealAccepted(BaseModel):
     message: str
 
 
-def rejection(channel: str, e: InvalidAppeal) -> JSONResponse:
-    APPEALS_REJECTED.labels(channel=channel, reason=e.field).inc()
-    return api_error(422, "invalid_appeal", e.message, field=e.field)
-
-
-def unavailable() -> JSONResponse:
-    return api_error(
-        503, "unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）", headers={"Retry-After": "5"}
-    )
-
-
-def too_many(e: RateLimited) -> JSONResponse:
-    return api_error(
-        429, "rate_limited", e.message, headers={"Retry-After": str(e.retry_after)}, retry_after=e.retry_after
-    )
-
-
-def bad_request(message: str, field: str = "body") -> JSONResponse:
-    return api_error(400, "bad_request", message, field=field)
+@contextmanager
+def counting_rejections(channel: str) -> Iterator[None]:
+    """Counts an invalid submission under its channel and the field at fault, and lets it through
+    to the error handler."""
+    try:
+        yield
+    except InvalidAppeal as e:
+        APPEALS_REJECTED.labels(channel=channel, reason=e.field or "").inc()
+        raise
 
 
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def read_json(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
+async def read_json(request: Request, model: type[M]) -> M:
     """The body as `model`; invalid UTF-8 or JSON is a 400 that says so (FastAPI's is opaque)."""
     raw = await request.body()
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
-        return bad_request(f"请求内容不是有效的UTF-8编码（第{e.start}字节）")
+        raise BadRequest(f"请求内容不是有效的UTF-8编码（第{e.start}字节）") from None
     except json.JSONDecodeError as e:
-        return bad_request(f"请求内容不是有效的JSON：第{e.lineno}行第{e.colno}列 {e.msg}")
+        raise BadRequest(f"请求内容不是有效的JSON：第{e.lineno}行第{e.colno}列 {e.msg}") from None
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -98,14 +90,11 @@ async def submit_appeal(
     response: Response,
     idempotency_key: str | None = Header(None, max_length=200),
     staff: Principal = Depends(require_intake_staff),
-):
+) -> AppealAccepted:
     body = await read_json(request, AppealIn)
-    if isinstance(body, JSONResponse):
-        return body
-    assert isinstance(body, AppealIn)
     intake: IntakeService = request.app.state.intake
-    try:
-        await intake.check_ip(client_ip(request))
+    await intake.check_ip(client_ip(request))
+    with counting_rejections(body.channel):
         sub = validate(
             channel=body.channel,
             text=body.text,
@@ -116,26 +105,17 @@ async def submit_appeal(
             operator_id=staff.operator or body.operator_id,
             urgent=body.urgent,
         )
-        ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
-    except InvalidAppeal as e:
-        return rejection(body.channel, e)
-    except RateLimited as e:
-        return too_many(e)
-    except BrokerUnavailable:
-        return unavailable()
+    ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
     if not created:
         response.status_code = 200
     return AppealAccepted(ticket_no=ticket_no, message=f"诉求已受理，工单号{ticket_no}")
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))
-async def preview_appeal(request: Request, _: Principal = Depends(require_intake_staff)):
+async def preview_appeal(request: Request, _: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
     """Suggested category, grid and department, and possible duplicates, before submitting."""
     body = await read_json(request, AppealIn)
-    if isinstance(body, JSONResponse):
-        return body
-    assert isinstance(body, AppealIn)
-    try:
+    with counting_rejections(body.channel):
         sub = validate(
             channel=body.channel,
             text=body.text,
@@ -144,9 +124,7 @@ async def preview_appeal(request: Request, _: Principal = Depends(require_intake
             phone=body.caller_phone,
             urgent=body.urgent,
         )
-    except InvalidAppeal as e:
-        return rejection(body.channel, e)
-    result = await request.app.state.intake_preview.preview(sub)
+    result: dict[str, Any] = await request.app.state.intake_preview.preview(sub)
     if result["duplicates"]:
         d = result["duplicates"][0]
         result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{d['status']}）"
@@ -156,35 +134,30 @@ async def preview_appeal(request: Request, _: Principal = Depends(require_intake
 @router.post("/appeals/batch")
 async def submit_batch(
     request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)
-):
-    """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not."""
+) -> dict[str, Any]:
+    """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not.
+
+    Broker away mid-file: 503; rows acknowledged so far keep their tickets, and a retry of the same
+    file returns them (row hashes are the idempotency keys)."""
     intake: IntakeService = request.app.state.intake
-    try:
-        await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
-        rows = batch.rows_of(file.filename or "", file.content_type or "", file.file)
-        today = intake.today()
-        results: list[dict[str, Any]] = []
-        chunk: list[tuple[int, Any]] = []
-        for line, row in rows:
-            if isinstance(row, InvalidAppeal):
-                results.append({"line": line, "field": row.field, "error": row.message})
-                continue
-            try:
+    await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
+    rows = batch.rows_of(file.filename or "", file.content_type or "", file.file)
+    today = intake.today()
+    results: list[dict[str, Any]] = []
+    chunk: list[tuple[int, Any]] = []
+    for line, row in rows:
+        if isinstance(row, InvalidAppeal):
+            results.append({"line": line, "field": row.field, "error": row.message})
+            continue
+        try:
+            with counting_rejections("box"):
                 chunk.append((line, batch.to_submission(row, today)))
-            except InvalidAppeal as e:
-                APPEALS_REJECTED.labels(channel="box", reason=e.field).inc()
-                results.append({"line": line, "field": e.field, "error": e.message})
-            if len(chunk) >= CHUNK:
-                results.extend(await _submit_chunk(intake, chunk))
-                chunk = []
-        results.extend(await _submit_chunk(intake, chunk))
-    except batch.BadFile as e:
-        return bad_request(str(e), "file")
-    except RateLimited as e:
-        return too_many(e)
-    except BrokerUnavailable:
-        # Rows acknowledged so far keep their tickets; a retry of the same file returns them (row hashes).
-        return unavailable()
+        except InvalidAppeal as e:
+            results.append({"line": line, "field": e.field, "error": e.message})
+        if len(chunk) >= CHUNK:
+            results.extend(await _submit_chunk(intake, chunk))
+            chunk = []
+    results.extend(await _submit_chunk(intake, chunk))
     results.sort(key=lambda r: r["line"])
     accepted = sum(1 for r in results if "ticket_no" in r)
     return {"accepted": accepted, "rejected": len(results) - accepted, "rows": results}
@@ -194,8 +167,8 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
     if not chunk:
         return []
     outcomes = await intake.submit_many([sub_key for _, sub_key in chunk])
-    out = []
-    for (line, _), r in zip(chunk, outcomes, strict=False):
+    out: list[dict[str, Any]] = []
+    for (line, _), r in zip(chunk, outcomes, strict=True):
         if isinstance(r, Accepted):
             out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
         else:

@@ -20,8 +20,8 @@ from fastapi.responses import PlainTextResponse, Response
 
 from services.intake import wechat, wechat_crypto
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
-from services.intake.limits import RateLimited
-from services.intake.service import BrokerUnavailable, IntakeService
+from services.intake.errors import BrokerUnavailable, RateLimited
+from services.intake.service import IntakeService
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
@@ -104,7 +104,7 @@ async def receive(
     if not reply:
         return PlainTextResponse("success")  # WeChat's "received, nothing to say", in every mode
     answer = wechat.text_reply(msg, reply, now)
-    if encrypted is not None:
+    if encrypted is not None and crypto is not None:
         answer = crypto.reply(answer, now, nonce)  # an encrypted push gets an encrypted reply
     return _xml(answer)
 
@@ -113,7 +113,7 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
     """What to tell the user. Raises BrokerUnavailable."""
     if msg.msg_type == "location":
         label = msg.label or f"{msg.lat:.6f},{msg.lng:.6f}"
-        point = GeoPoint(lat=msg.lat, lng=msg.lng)  # type: ignore[arg-type]
+        point = GeoPoint(lat=msg.lat, lng=msg.lng)
         ticket_no = await intake.locate(wechat_caller_id(msg.from_user), msg.msg_id, point, label)
         template = wechat.LOCATED_LAST if ticket_no else wechat.LOCATED_NEXT
         return template.format(label=label, ticket_no=ticket_no)
@@ -127,7 +127,7 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
         sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
         ticket_no, created = await intake.submit(sub, f"wechat:{msg.msg_id}")
     except InvalidAppeal as e:
-        APPEALS_REJECTED.labels(channel="wechat", reason=e.field).inc()
+        APPEALS_REJECTED.labels(channel="wechat", reason=e.field or "").inc()
         return e.message
     except RateLimited as e:
         return e.message

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.intake.domain import InvalidAppeal, validate
-from services.intake.service import BrokerUnavailable
-from services.intake.views import rejection, unavailable
+from services.intake.domain import validate
+from services.intake.errors import BrokerUnavailable
+from services.intake.views import counting_rejections
 from services.notifier.gateway import OutboxGateway
 from services.notifier.ratebook import MAX_DAYS, RateBook
 from services.notifier.service import Notifier
@@ -51,17 +51,13 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
         handled = await notifier.reply(phone, body.text)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
         log.exception("survey reply not recorded")
-        return unavailable()
+        raise BrokerUnavailable() from None
     if handled is not None:
         return handled
     # Nothing to answer: the message is a new appeal by SMS.
-    try:
+    with counting_rejections("sms"):
         sub = validate(channel="sms", text=body.text, phone=phone)
-        ticket_no, _ = await request.app.state.intake.submit(sub)
-    except InvalidAppeal as e:
-        return rejection("sms", e)
-    except BrokerUnavailable:
-        return unavailable()
+    ticket_no, _ = await request.app.state.intake.submit(sub)
     return JSONResponse(status_code=201, content={"kind": "appeal", "ticket_no": ticket_no})
 
 

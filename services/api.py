@@ -27,6 +27,7 @@ from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
+from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
@@ -36,6 +37,7 @@ from shared.store import TicketStore
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     wechat_crypto = wechat_views.safe_mode(settings)  # a bad EncodingAESKey stops the start, with the reason
+    check_salt(settings)  # so does a public caller-id salt in production
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -56,7 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
             per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
         )
-        app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
+        app.state.intake = IntakeService(
+            publisher,
+            store,
+            timezone=settings.timezone,
+            limiter=limiter,
+            public_channels=settings.public_channels,
+        )
         app.state.intake_preview = Previewer(
             app.state.city, store, settings.model_dir, settings.review_confidence_threshold
         )

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_CALLER_ID_SALT = "appeals-demo-salt"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -38,9 +40,12 @@ class Settings(BaseSettings):
     metrics_port_notifier: int = 9104
     metrics_bind_all: bool = False  # containers: let Prometheus scrape from another host
 
-    # Salt for caller ids (hashed phones). Set a secret in production, so that ids cannot be reversed
-    # by hashing every possible phone number.
-    caller_id_salt: str = "appeals-demo-salt"
+    # The key of the caller ids (keyed hashes of phones). A secret in production, kept out of the
+    # data it protects, so that ids cannot be reversed by hashing every possible phone number;
+    # shared.privacy.check_salt refuses to start a production process with a public one.
+    caller_id_salt: str = DEMO_CALLER_ID_SALT
+    # "production": refuse unsafe settings at start (a public caller-id salt), whatever the servers.
+    appeals_env: Literal["development", "production"] = "development"
 
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)
@@ -66,19 +71,26 @@ class Settings(BaseSettings):
     satisfaction_basic_weight: float = Field(0.9, ge=0, le=1)
     score_weights: str = "0.1,0.5,0.4"
 
-    # Intake channels (issue 3). WeChat: the Token set in the official account's server config.
+    # Intake channels. WeChat: the Token set in the official account's server config.
     wechat_token: str = ""  # empty: the WeChat endpoint answers 503 (not configured)
     wechat_max_clock_skew_seconds: int = Field(300, ge=10)  # older signed timestamps are replays
     # Safe / compatible mode (encrypted pushes): the console's EncodingAESKey and the account's AppID.
     wechat_encoding_aes_key: str = ""
     wechat_app_id: str = ""
     open311_api_keys: str = ""  # comma-separated keys accepted by POST /open311/v2/requests.json
+    # Channels whose tickets the public Open311 GET lists (status, category, street only); a hotline
+    # call or a WeChat chat was given in confidence.
+    open311_public_channels: str = "open311"
     rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
     rate_limit_per_ip_per_minute: int = Field(600, ge=0)
 
     @property
     def open311_keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.open311_api_keys.split(",") if k.strip())
+
+    @property
+    def public_channels(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.open311_public_channels.split(",") if c.strip())
 
     @property
     def model_dir(self) -> Path:

@@ -176,14 +176,14 @@ async def test_broker_unreachable_means_503_and_nothing_half_written(settings, r
             next(p for p in own.processes if p.name == "kafka").stop()
             intake = IntakeService(broker, TicketStore(redis), timezone=settings.timezone, publish_timeout=3)
             me = phone()
-            sub = validate(channel="hotline", text=f"路灯坏了一个星期了，晚上很黑{me}", phone=me)
+            sub = validate(channel="open311", text=f"路灯坏了一个星期了，晚上很黑{me}", phone=me)
             key = f"api:dead-{random.random()}"
-            before = await redis.zcard(keys.TICKETS_BY_TIME)
+            before = await redis.zcard(keys.PUBLIC_BY_TIME)
             with pytest.raises(BrokerUnavailable):
                 await intake.submit(sub, key)
             assert await redis.get(keys.idempotency(key)) is None  # released: a retry may go through later
             assert await redis.exists(f"contact:{caller_id(me)}") == 0
-            assert await redis.zcard(keys.TICKETS_BY_TIME) == before
+            assert await redis.zcard(keys.PUBLIC_BY_TIME) == before
         finally:
             await broker.stop()
 

@@ -5,7 +5,7 @@ tests import these instead of spelling the keys themselves.
   dup:grid:{grid}           ticket numbers per grid, scored by time (last 7 days kept)
   idem:{key}                an idempotency key's claim, then its ticket number
   rl:{scope}:{who}:{slot}   a rate-limit window's counter
-  intake:tickets            every ticket number, scored by receipt time (the Open311 listing)
+  intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
   wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
   wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete
 
@@ -14,7 +14,7 @@ The contact record (`contact:{caller_id}`) belongs to the ticket store: `shared.
 
 from __future__ import annotations
 
-TICKETS_BY_TIME = "intake:tickets"
+PUBLIC_BY_TIME = "intake:public"
 
 
 def caller_index(caller_id: str) -> str:

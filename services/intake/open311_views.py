@@ -6,6 +6,7 @@ or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 from urllib.parse import parse_qsl
@@ -19,8 +20,11 @@ from services.intake.domain import InvalidAppeal
 from services.intake.service import IntakeService
 from shared.errors import DomainError
 from shared.metrics import APPEALS_REJECTED
+from shared.redis_client import text
+from shared.tickets import TICKET_NO_PATTERN
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
+TICKET_NO = re.compile(TICKET_NO_PATTERN)
 
 
 def _respond(
@@ -108,12 +112,19 @@ async def create_request(
     )
 
 
+def _ticket_no(value: str) -> bool:
+    return TICKET_NO.fullmatch(value) is not None
+
+
 @router.get("/requests/{request_id}.{fmt}")
-async def get_request(request: Request, request_id: str, fmt: str):
+async def get_request(request: Request, request_id: str, fmt: str) -> Response:
     if refused := _unknown_format(fmt):
         return refused
-    (ticket,) = await request.app.state.store.get_many([request_id])
-    if ticket is None:
+    ticket = None
+    if _ticket_no(request_id):  # anything else names no ticket, and never reaches a store key
+        (ticket,) = await request.app.state.store.get_many([request_id])
+    if ticket is None or not open311.is_public(ticket, request.app.state.settings.public_channels):
+        # A ticket the city does not publish is as absent as one that does not exist.
         return _error(
             404, "not_found", f"service_request_id {request_id} not found / 未找到该工单", fmt, "request_id"
         )
@@ -130,17 +141,23 @@ async def list_requests(
     start_date: str | None = None,
     end_date: str | None = None,
     status: str | None = None,
-):
+) -> Response:
     if refused := _unknown_format(fmt):
         return refused
     city, store = request.app.state.city, request.app.state.store
+    public = request.app.state.settings.public_channels
     tz = ZoneInfo(request.app.state.settings.timezone)
     if service_request_id:
-        ids = [i.strip() for i in service_request_id.split(",") if i.strip()][: open311.MAX_REQUESTS]
+        ids = [i.strip() for i in service_request_id.split(",") if _ticket_no(i.strip())]
+        tickets = await store.get_many(ids[: open311.MAX_REQUESTS])
         return _respond(
             fmt,
             "requests",
-            [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None],
+            [
+                open311.request_record(t, city, tz)
+                for t in tickets
+                if t is not None and open311.is_public(t, public)
+            ],
         )
     try:
         start = open311.parse_time(start_date, "start_date")
@@ -157,15 +174,16 @@ async def list_requests(
     start_ts = start.timestamp() if start else end_ts - timedelta(days=open311.DEFAULT_DAYS).total_seconds()
     found: list[dict] = []
     offset, page = 0, open311.MAX_REQUESTS
-    while len(found) < open311.MAX_REQUESTS:
+    # Filters that match little must not walk the whole index: a request reads at most MAX_SCANNED.
+    while len(found) < open311.MAX_REQUESTS and offset < open311.MAX_SCANNED:
         nos = await store.redis.zrevrangebyscore(
-            keys.TICKETS_BY_TIME, end_ts, start_ts, start=offset, num=page
+            keys.PUBLIC_BY_TIME, end_ts, start_ts, start=offset, num=page
         )
         if not nos:
             break
         offset += len(nos)
-        for t in await store.get_many([n.decode() for n in nos]):
-            if t is None:
+        for t in await store.get_many([text(n) for n in nos]):
+            if t is None or not open311.is_public(t, public):
                 continue
             record = open311.request_record(t, city, tz)
             if (not statuses or record["status"] in statuses) and (

@@ -64,6 +64,7 @@ class IntakeService:
         timezone: str,
         publish_timeout: float = 10,
         limiter: RateLimiter | None = None,
+        public_channels: frozenset[str] = frozenset({"open311"}),
     ) -> None:
         self.publisher = publisher
         self.store = store
@@ -71,6 +72,7 @@ class IntakeService:
         self.tz = ZoneInfo(timezone)
         self.publish_timeout = publish_timeout
         self.limiter = limiter
+        self.public_channels = public_channels  # their tickets are listed by Open311's public GET
 
     def today(self):
         return datetime.now(self.tz).date()
@@ -207,7 +209,8 @@ class IntakeService:
                 elif cid and sub.wechat_openid:
                     p.hset(contact_key(cid), "wechat_openid", sub.wechat_openid)
                     p.set(keys.wechat_last(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
-                p.zadd(keys.TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
+                if sub.channel in self.public_channels:
+                    p.zadd(keys.PUBLIC_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
         await self.store.create_many(events)
         async with self.redis.pipeline(transaction=False) as p:

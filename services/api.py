@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.classifier import views as classifier_views
 from services.intake import open311_views, wechat_views
@@ -23,10 +24,11 @@ from services.notifier import views as notifier_views
 from services.notifier.ratebook import RateBook
 from services.notifier.service import Notifier
 from services.router import views as router_views
+from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.errors import DomainError
-from shared.http import api_error, domain_error
+from shared.http import api_error, domain_error, http_exception
 from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging
@@ -85,6 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
+    app.add_middleware(
+        BodyLimits,
+        default=Limit(settings.max_body_bytes, "请精简内容后重试"),
+        by_prefix=intake_views.body_limits(settings),
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,6 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             field=field,
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return http_exception(exc)  # 401/403 from authentication, 404/405 from routing, 413: one shape
 
     @app.exception_handler(DomainError)
     async def refused(request: Request, exc: DomainError) -> JSONResponse:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from shared.errors import DomainError
 
@@ -20,10 +21,7 @@ def api_error(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    content: dict[str, Any] = {"error": code}
-    if field is not None:
-        content["field"] = field
-    content["message"] = message
+    content: dict[str, Any] = {"error": code, "field": field, "message": message}  # field: null if none
     content.update(extra)
     return JSONResponse(status_code=status, content=content, headers=headers)
 
@@ -49,3 +47,32 @@ def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -
     return api_error(
         STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
     )
+
+
+# Statuses the framework itself raises (an unknown path, a wrong method, a body over its limit) and
+# those raised as HTTPException (authentication): the code and, without a detail, the sentence.
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "请求无法解析，请检查格式"),
+    401: ("unauthorized", "需要登录凭证：请在请求头加 Authorization: Bearer <token>"),
+    403: ("forbidden", "无权执行此操作"),
+    404: ("not_found", "请求的地址不存在，请检查路径"),
+    405: ("method_not_allowed", "该地址不支持此请求方法"),
+    413: ("too_large", "请求内容过大"),
+    415: ("unsupported_media_type", "不支持的内容类型"),
+    422: ("invalid_request", "请求内容不符合要求"),
+    429: ("rate_limited", "请求过于频繁，请稍后再试"),
+    503: ("unavailable", "系统繁忙，请稍后重试"),
+}
+
+
+def http_exception(exc: HTTPException) -> JSONResponse:
+    """An HTTPException (the framework's, or authentication's) in the one error shape."""
+    code, default = _HTTP_ERRORS.get(exc.status_code, ("error", "请求未能完成"))
+    message = exc.detail if isinstance(exc.detail, str) and _is_ours(exc.detail) else default
+    field = {401: "authorization", 413: "body"}.get(exc.status_code)
+    return api_error(exc.status_code, code, message, field=field, headers=dict(exc.headers or {}) or None)
+
+
+def _is_ours(detail: str) -> bool:
+    """A detail written for people here (Chinese), not the framework's English status phrase."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in detail)

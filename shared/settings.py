@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     open311_public_channels: str = "open311"
     rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
     rate_limit_per_ip_per_minute: int = Field(600, ge=0)
+    # Work one request may cause (README, Security): bodies are refused over these sizes before they
+    # are read; an upload is parsed off the event loop within a row, column and time budget.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)  # JSON and everything not listed below
+    max_form_bytes: int = Field(64 * 1024, ge=1024)  # Open311's form: a text and a place
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # a suggestion-box CSV or XLSX
+    upload_max_rows: int = Field(20_000, ge=1)
+    upload_max_columns: int = Field(50, ge=5)
+    upload_parse_seconds: float = Field(60, gt=0)
 
     @property
     def open311_keys(self) -> frozenset[str]:

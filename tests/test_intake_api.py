@@ -207,7 +207,7 @@ async def test_registering_appeals_needs_an_operators_token_and_it_opens_nothing
     gateway = {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
     r = await api.post("/api/v1/appeals/preview", json=body, headers=gateway)
     assert r.status_code == 403
-    assert "话务员" in r.json()["detail"]
+    assert "话务员" in r.json()["message"]
 
     operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
     r = await api.post("/api/v1/appeals", json=body, headers=operator)

@@ -3,14 +3,24 @@ may cause, idempotency that cannot drop an appeal, one error shape, text that sa
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import random
-from datetime import UTC, datetime, timedelta
+import zipfile
+from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import pytest
+from openpyxl import Workbook
 
-from services.intake import open311
+from services.intake import batch, open311
+from services.intake.batch import BadFile
+from services.intake.domain import InvalidAppeal
+from services.intake.errors import BadRequest, TooLarge
+from services.intake.jsonbody import parse_json
+from shared.auth import issue_token
 from shared.city import load_city
 from shared.events import AppealReceived, DepartmentRef, GeoPoint, GridMatch
 from shared.privacy import UnsafeSettings, check_salt
@@ -136,3 +146,133 @@ def test_production_refuses_the_public_salt():
     check_salt(Settings(appeals_env="production", caller_id_salt="k" * 64))
     check_salt(Settings())  # this machine, the embedded servers: the demo salt is fine
     assert Settings().caller_id_salt == DEMO_CALLER_ID_SALT
+
+
+# --- bounded work per request -------------------------------------------------------------------------
+
+
+def xlsx(rows: list[list[object]]) -> bytes:
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet()
+    for row in rows:
+        ws.append(row)
+    out = io.BytesIO()
+    wb.save(out)
+    return out.getvalue()
+
+
+def test_json_bodies_are_bounded_in_depth_and_numbers():
+    for raw, words in [
+        (b"[" * 100_000, "嵌套"),
+        (b'{"text": ' + b"9" * 5000 + b"}", "数字"),
+        (b'{"text": 1e999}', "范围"),
+        (b'{"text": NaN}', "NaN"),
+        (b'{"text": "\xff"}', "UTF-8"),
+        (b'{"text": ', "JSON"),
+    ]:
+        with pytest.raises(BadRequest, match=words):
+            parse_json(raw)
+    assert parse_json(b'{"text": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[", "n": -1.5}') == {
+        "text": "[" * 28,
+        "n": -1.5,
+    }
+
+
+def test_uploads_are_read_within_rows_columns_time_and_unpacked_size():
+    today = date(2026, 11, 30)
+    header = ["box_id", "date", "text", "phone", "address"]
+    rows = [[f"B{i}", "2026-11-20", "和平路的路灯坏了很多天", "", ""] for i in range(30)]
+    small = batch.UploadLimits(rows=20)
+    with pytest.raises(TooLarge, match="20行"):
+        batch.read("slips.xlsx", "", io.BytesIO(xlsx([header, *rows])), today, small)
+    # Blank rows count: a sheet whose last row is a million lines down is refused, not walked.
+    far = io.BytesIO(xlsx([header, *[[None]] * 25, rows[0]]))
+    with pytest.raises(TooLarge):
+        batch.read("slips.xlsx", "", far, today, small)
+    with pytest.raises(TooLarge, match="超时"):
+        batch.read(
+            "slips.xlsx", "", io.BytesIO(xlsx([header, *rows])), today, batch.UploadLimits(seconds=1e-9)
+        )
+    # Columns past the bound are not read: a row of 10,000 cells costs what a row of 50 does.
+    wide = [[*header, *(f"x{i}" for i in range(10_000))], [*rows[0], *("y" for _ in range(10_000))]]
+    [(line, slip)] = batch.read("w.xlsx", "", io.BytesIO(xlsx(wide)), today, batch.UploadLimits(columns=5))
+    assert line == 2
+    assert not isinstance(slip, InvalidAppeal)
+
+
+def test_an_xlsx_whose_shared_strings_unpack_to_hundreds_of_megabytes_is_refused_unread():
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/sharedStrings.xml", b"<sst>" + b"A" * (64 * 1024 * 1024) + b"</sst>")
+    assert bomb.tell() < 1024 * 1024  # a small upload...
+    bomb.seek(0)
+    with pytest.raises(TooLarge, match="文字内容过多"):  # ...refused from the zip's directory alone
+        batch.read("bomb.xlsx", "", bomb, date(2026, 11, 30), batch.UploadLimits())
+
+
+def test_an_oversized_csv_cell_is_a_reason_not_a_crash():
+    big = b"box_id,date,text\nB1,2026-11-20," + b"x" * 200_000 + b"\n"
+    with pytest.raises(BadFile, match="第2行"):
+        batch.read("slips.csv", "text/csv", io.BytesIO(big), date(2026, 11, 30), batch.UploadLimits())
+
+
+@pytest.mark.integration
+async def test_bodies_over_their_endpoints_limit_are_refused_before_reading(api, redis, system):
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0999')}"}
+    big = json.dumps({"text": "路灯坏了" * 100_000}).encode()
+    as_json = {**operator, "content-type": "application/json"}
+    r = await api.post("/api/v1/appeals", content=big, headers=as_json)
+    assert r.status_code == 413
+    assert r.json()["error"] == "too_large"
+    assert "过大" in r.json()["message"]
+
+    async def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(100):
+            yield b" " * 10_000
+
+    r = await api.post("/api/v1/appeals", content=chunks(), headers=as_json)
+    assert r.status_code == 413
+    assert r.json()["field"] == "body"
+    # A 28 MB Open311 form, unauthenticated: refused from its Content-Length.
+    r = await api.post("/open311/v2/requests.json", content=b"a=" + b"x" * 28_000_000, headers=FORM)
+    assert r.status_code == 413
+
+
+@pytest.mark.integration
+async def test_an_upload_without_a_token_is_refused_before_its_body_is_sent(system):
+    """Only the headers and a first kilobyte of a declared 5 MB upload are sent: the 401 must come
+    back anyway, because the token is checked before the body is read."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", system.api_port)
+    try:
+        writer.write(
+            b"POST /api/v1/appeals/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 5000000\r\n\r\n"
+            + b"--b\r\n"
+            + b"x" * 1000
+        )
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), timeout=20)
+    finally:
+        writer.close()
+    assert status.split()[1] == b"401"
+
+
+@pytest.mark.integration
+async def test_health_keeps_answering_while_a_hostile_upload_is_read(api, redis):
+    """20,000 rows, every one refused (so the old code never awaited between them): the read runs
+    in a worker thread, and health answers again and again before the upload's answer comes."""
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0998')}"}
+    rows = [["box_id", "date", "text"], *([f"B{i}", "2026-11-20", "短"] for i in range(19_999))]
+    files = {"file": ("slips.xlsx", xlsx(rows), "application/octet-stream")}
+    upload = asyncio.create_task(api.post("/api/v1/appeals/batch", files=files, headers=operator))
+    answered_meanwhile = 0
+    while not upload.done():
+        r = await api.get("/healthz")
+        assert r.status_code == 200
+        if not upload.done():
+            answered_meanwhile += 1
+        await asyncio.sleep(0.02)
+    result = (await upload).json()
+    assert result["rejected"] == 19_999
+    assert answered_meanwhile >= 5

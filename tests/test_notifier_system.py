@@ -97,7 +97,7 @@ async def test_sms_callbacks_need_the_gateway_token_and_it_opens_nothing_else(ap
     department = await as_department(redis, ticket)
     r = await api.post("/api/v1/sms/inbound", json=text, headers=department)
     assert r.status_code == 403
-    assert "短信服务商网关" in r.json()["detail"]
+    assert "短信服务商网关" in r.json()["message"]
     r = await api.post("/api/v1/sms/inbound", json=text, headers=gateway)
     assert r.status_code == 201
     assert r.json()["kind"] == "appeal"

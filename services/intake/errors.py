@@ -44,3 +44,12 @@ class BrokerUnavailable(DomainError):
     def __init__(self, detail: str = "") -> None:
         super().__init__("unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）")
         self.detail = detail  # for the log, never shown to the client
+
+
+class TooLarge(DomainError):
+    """An upload over one of its limits (413): the message says to split it."""
+
+    kind = "too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("too_large", message, field="file")

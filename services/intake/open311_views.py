@@ -65,8 +65,8 @@ def _unknown_format(fmt: str) -> Response | None:
 async def _form(request: Request) -> dict[str, str]:
     """The POSTed fields. URL-encoded bodies are decoded strictly: invalid UTF-8 is an error."""
     if request.headers.get("content-type", "").startswith("multipart/"):
-        form = await request.form()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        async with request.form(max_files=1, max_fields=50) as form:
+            return {k: v for k, v in form.items() if isinstance(v, str)}
     raw = await request.body()
     return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"))
 

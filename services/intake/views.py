@@ -6,22 +6,26 @@ through IntakeService, so they share idempotency, durability and limits. Refusal
 
 from __future__ import annotations
 
-import json
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
-from services.intake import batch
+from services.intake import batch, wechat
 from services.intake.domain import InvalidAppeal, validate
 from services.intake.errors import BadRequest
+from services.intake.jsonbody import parse_json
 from services.intake.service import Accepted, IntakeService
 from shared.auth import Principal, require_intake_staff
+from shared.bodies import Limit
 from shared.events import Channel
 from shared.metrics import APPEALS_REJECTED
+from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
@@ -61,14 +65,8 @@ def client_ip(request: Request) -> str | None:
 
 
 async def read_json(request: Request, model: type[M]) -> M:
-    """The body as `model`; invalid UTF-8 or JSON is a 400 that says so (FastAPI's is opaque)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"请求内容不是有效的UTF-8编码（第{e.start}字节）") from None
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"请求内容不是有效的JSON：第{e.lineno}行第{e.colno}列 {e.msg}") from None
+    """The body as `model`; what is not JSON we accept is a 400 that says why (FastAPI's is opaque)."""
+    data = parse_json(await request.body())
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -131,29 +129,70 @@ async def preview_appeal(request: Request, _: Principal = Depends(require_intake
     return result
 
 
-@router.post("/appeals/batch")
-async def submit_batch(
-    request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)
-) -> dict[str, Any]:
+_UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def upload_limits(settings: Settings) -> batch.UploadLimits:
+    return batch.UploadLimits(
+        rows=settings.upload_max_rows,
+        columns=settings.upload_max_columns,
+        seconds=settings.upload_parse_seconds,
+    )
+
+
+def body_limits(settings: Settings) -> dict[str, Limit]:
+    """Intake's endpoints whose bodies may be larger or must be smaller than the API's default."""
+    return {
+        "/api/v1/appeals/batch": Limit(settings.max_upload_bytes, "请把文件拆分后分批上传"),
+        "/open311/": Limit(settings.max_form_bytes, "Open311表单只需诉求文字和位置，请精简后重试"),
+        "/api/v1/channels/wechat": Limit(wechat.MAX_BODY, "这不是微信服务器推送的消息"),
+    }
+
+
+@router.post("/appeals/batch", openapi_extra=_UPLOAD_SCHEMA)
+async def submit_batch(request: Request, _: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
     """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not.
 
-    Broker away mid-file: 503; rows acknowledged so far keep their tickets, and a retry of the same
-    file returns them (row hashes are the idempotency keys)."""
+    The token is checked before the body is read (the file is no parameter of the route, so FastAPI
+    does not parse it first); the file is read and validated in a worker thread within
+    `upload_limits`, so the API keeps answering meanwhile. Broker away mid-file: 503; rows
+    acknowledged so far keep their tickets, and a retry of the same file returns them (row hashes
+    are the idempotency keys)."""
     intake: IntakeService = request.app.state.intake
     await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
-    rows = batch.rows_of(file.filename or "", file.content_type or "", file.file)
-    today = intake.today()
+    async with request.form(max_files=1, max_fields=5) as form:
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise BadRequest("请以multipart/form-data上传文件，字段名为file", field="file")
+        slips = await asyncio.to_thread(
+            batch.read,
+            upload.filename or "",
+            upload.content_type or "",
+            upload.file,
+            intake.today(),
+            upload_limits(request.app.state.settings),
+        )
     results: list[dict[str, Any]] = []
     chunk: list[tuple[int, Any]] = []
-    for line, row in rows:
-        if isinstance(row, InvalidAppeal):
-            results.append({"line": line, "field": row.field, "error": row.message})
+    for line, slip in slips:
+        if isinstance(slip, InvalidAppeal):
+            APPEALS_REJECTED.labels(channel="box", reason=slip.field or "").inc()
+            results.append({"line": line, "field": slip.field, "error": slip.message})
             continue
-        try:
-            with counting_rejections("box"):
-                chunk.append((line, batch.to_submission(row, today)))
-        except InvalidAppeal as e:
-            results.append({"line": line, "field": e.field, "error": e.message})
+        chunk.append((line, slip))
         if len(chunk) >= CHUNK:
             results.extend(await _submit_chunk(intake, chunk))
             chunk = []

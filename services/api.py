@@ -5,13 +5,17 @@ it runs no consumers."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from functools import partial
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.classifier import views as classifier_views
@@ -27,13 +31,15 @@ from services.router import views as router_views
 from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
-from shared.errors import DomainError
+from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception
 from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -109,6 +115,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return http_exception(exc)  # 401/403 from authentication, 404/405 from routing, 413: one shape
+
+    async def store_away(request: Request, exc: Exception) -> JSONResponse:
+        # Redis or the broker cannot be reached: nothing a client did, and a retry may work.
+        log.warning("%s %s: %r", request.method, request.url.path, exc)
+        return domain_error(Unavailable())
+
+    for away in (RedisConnectionError, RedisTimeoutError, KafkaError):
+        app.add_exception_handler(away, store_away)
 
     @app.exception_handler(DomainError)
     async def refused(request: Request, exc: DomainError) -> JSONResponse:

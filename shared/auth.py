@@ -31,10 +31,17 @@ class Principal:
     role: Role
     department: str | None = None  # the department a department token acts for
     operator: str | None = None  # the hotline operator an operator token belongs to
+    token_id: str = ""  # names the token (a prefix of its hash) in listings, logs and key scopes
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def scope(self) -> str:
+        """Whose request this is, for what must not be shared between callers (idempotency keys):
+        the operator or department, else the token itself."""
+        return f"{self.role}:{self.operator or self.department or self.token_id}"
 
 
 def _key(token: str) -> str:
@@ -58,7 +65,12 @@ async def lookup(redis: Redis, token: str) -> Principal | None:
     if raw is None:
         return None
     data = json.loads(raw)
-    return Principal(role=data["role"], department=data.get("department"), operator=data.get("operator"))
+    return Principal(
+        role=data["role"],
+        department=data.get("department"),
+        operator=data.get("operator"),
+        token_id=_key(token).rsplit(":", 1)[1][:16],
+    )
 
 
 _bearer = HTTPBearer(auto_error=False)

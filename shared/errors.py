@@ -38,3 +38,13 @@ class DomainError(Exception):
         self.field = field
         if kind is not None:
             self.kind = kind
+
+
+class Unavailable(DomainError):
+    """A store or the broker cannot be reached just now (503 with Retry-After)."""
+
+    kind = "unavailable"
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("unavailable", "系统繁忙，请稍后重试")

@@ -11,7 +11,7 @@ import pytest
 from services.intake import keys
 from services.intake.domain import validate
 from services.intake.limits import RateLimited, RateLimiter
-from services.intake.service import BrokerUnavailable, IntakeService
+from services.intake.service import BrokerUnavailable, Claim, IntakeService
 from shared.bus import EventPublisher
 from shared.embedded import EmbeddedServers
 from shared.privacy import caller_id
@@ -181,7 +181,10 @@ async def test_broker_unreachable_means_503_and_nothing_half_written(settings, r
             before = await redis.zcard(keys.PUBLIC_BY_TIME)
             with pytest.raises(BrokerUnavailable):
                 await intake.submit(sub, key)
-            assert await redis.get(keys.idempotency(key)) is None  # released: a retry may go through later
+            # The claim keeps the number, unanswered: a retry with the key publishes that number again.
+            claim = Claim.loads(await redis.get(keys.idempotency(key)))
+            assert claim.done is False
+            assert claim.digest == sub.digest()
             assert await redis.exists(f"contact:{caller_id(me)}") == 0
             assert await redis.zcard(keys.PUBLIC_BY_TIME) == before
         finally:

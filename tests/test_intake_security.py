@@ -14,17 +14,22 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import Workbook
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.intake import batch, open311
 from services.intake.batch import BadFile
-from services.intake.domain import InvalidAppeal
+from services.intake.domain import InvalidAppeal, validate
 from services.intake.errors import BadRequest, TooLarge
 from services.intake.jsonbody import parse_json
+from services.intake.service import IntakeService
 from shared.auth import issue_token
+from shared.bus import EventPublisher
 from shared.city import load_city
 from shared.events import AppealReceived, DepartmentRef, GeoPoint, GridMatch
 from shared.privacy import UnsafeSettings, check_salt
 from shared.settings import DEMO_CALLER_ID_SALT, Settings
+from shared.store import TicketStore
 from shared.tickets import Ticket
 from tests.conftest import eventually
 
@@ -276,3 +281,100 @@ async def test_health_keeps_answering_while_a_hostile_upload_is_read(api, redis)
     result = (await upload).json()
     assert result["rejected"] == 19_999
     assert answered_meanwhile >= 5
+
+
+# --- idempotency that means it ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_a_key_is_bound_to_its_body_and_scoped_to_its_caller(api, redis):
+    def operator(op: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[op]}"}
+
+    tokens = {op: await issue_token(redis, "operator", operator=op) for op in ("0301", "0302")}
+    key = f"call-{random.random()}"
+    first = {"caller_phone": phone(), "text": "建设路菜市场门口占道经营严重，车辆过不去"}
+    r = await api.post("/api/v1/appeals", json=first, headers={**operator("0301"), "Idempotency-Key": key})
+    assert r.status_code == 201
+    no = r.json()["ticket_no"]
+    # The same key with another appeal: refused with the reason, not answered with the old ticket.
+    other = {"caller_phone": phone(), "text": "幸福里小区北门的垃圾站三天没清运了"}
+    r = await api.post("/api/v1/appeals", json=other, headers={**operator("0301"), "Idempotency-Key": key})
+    assert r.status_code == 422
+    assert r.json()["error"] == "idempotency_key_reused"
+    assert r.json()["field"] == "Idempotency-Key"
+    assert no in r.json()["message"]
+    # Another operator's key of the same name is their own.
+    r = await api.post("/api/v1/appeals", json=first, headers={**operator("0302"), "Idempotency-Key": key})
+    assert r.status_code == 201
+    assert r.json()["ticket_no"] != no
+    # And the first operator's retry of the first body still gets the first ticket.
+    r = await api.post("/api/v1/appeals", json=first, headers={**operator("0301"), "Idempotency-Key": key})
+    assert r.status_code == 200
+    assert r.json()["ticket_no"] == no
+
+
+class FlakyRedis:
+    """The session's Redis, until `broken`: then every use raises what redis-py raises when the
+    server is gone."""
+
+    def __init__(self, real: Redis) -> None:
+        self.real = real
+        self.broken = False
+
+    def __getattr__(self, name: str) -> object:
+        if self.broken:
+            raise RedisConnectionError("Redis went away (test)")
+        return getattr(self.real, name)
+
+
+class BreaksRedisOnAck:
+    """A publisher that, once the broker has acknowledged, takes Redis away: the moment between
+    the publish and the answer."""
+
+    def __init__(self, real: EventPublisher, redis: FlakyRedis) -> None:
+        self.real = real
+        self.redis = redis
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+        acked = await self.real.send(topic, value, key)
+        acked.add_done_callback(lambda _: setattr(self.redis, "broken", True))
+        return acked
+
+
+@pytest.mark.integration
+@pytest.mark.usefixtures("as_dispatch_desk")
+async def test_a_retry_after_redis_failed_between_publish_and_answer_gets_the_same_ticket(
+    settings, redis, api
+):
+    publisher = EventPublisher(settings, client_id="test-flaky")
+    await publisher.start()
+    try:
+        flaky = FlakyRedis(redis)
+        store = TicketStore(flaky)  # type: ignore[arg-type]
+        failing = IntakeService(
+            BreaksRedisOnAck(publisher, flaky),  # type: ignore[arg-type]
+            store,
+            timezone=settings.timezone,
+        )
+        me = phone()
+        sub = validate(channel="hotline", text=f"阳光花园3号楼门口的路灯坏了，晚上很黑{me[-4:]}", phone=me)
+        key = f"api:operator:0303:retry-{random.random()}"
+        with pytest.raises(RedisConnectionError):
+            await failing.submit(sub, key)  # published, then Redis failed: the client saw an error
+        flaky.broken = False
+        retry = IntakeService(publisher, TicketStore(redis), timezone=settings.timezone)
+        no, created = await retry.submit(sub, key)
+        again, _ = await retry.submit(sub, key)
+        assert again == no
+        assert created is False  # the number was the first attempt's
+
+        async def routed():
+            t = (await api.get(f"/api/v1/tickets/{no}")).json()
+            return t if t.get("status") not in (None, "received") else None
+
+        history = (await eventually(routed))["history"]
+        assert [h["topic"] for h in history].count("appeal.received") == 1
+        assert me not in json.dumps(history)
+    finally:
+        await publisher.stop()

@@ -4,6 +4,8 @@ Errors name the field and say what to do, in Chinese (operators and residents re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -42,6 +44,14 @@ class Submission:
     operator_id: str | None = None
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
+
+    def digest(self) -> str:
+        """A hash of everything the appeal says, after normalisation: what an idempotency key is
+        bound to (the same key with another body is another appeal, not a retry)."""
+        fields: list[object] = [self.channel, self.text, self.title, self.address, self.phone, self.name]
+        fields += [self.operator_id, self.urgent, self.wechat_openid]
+        fields += [self.location.lat, self.location.lng] if self.location else [None, None]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @property
     def caller(self) -> Caller:

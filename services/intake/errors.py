@@ -53,3 +53,19 @@ class TooLarge(DomainError):
 
     def __init__(self, message: str) -> None:
         super().__init__("too_large", message, field="file")
+
+
+class KeyReused(DomainError):
+    """An idempotency key that came before with another body: the new appeal would be dropped
+    silently if the first ticket were returned, so it is refused with the reason (422)."""
+
+    kind = "invalid"
+
+    def __init__(self, ticket_no: str) -> None:
+        super().__init__(
+            "idempotency_key_reused",
+            f"该Idempotency-Key已用于另一份内容不同的诉求（工单号{ticket_no}）。"
+            "重试请原样重发同一内容；登记新的诉求请换一个新的Idempotency-Key",
+            field="Idempotency-Key",
+        )
+        self.ticket_no = ticket_no

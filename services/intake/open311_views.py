@@ -6,6 +6,7 @@ or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from datetime import timedelta
@@ -97,7 +98,10 @@ async def create_request(
     try:
         await intake.check_ip(request.client.host if request.client else None)
         sub = open311.submission(request.app.state.city, form)
-        ticket_no, _ = await intake.submit(sub, f"open311:{idempotency_key}" if idempotency_key else None)
+        # Keys are per client (its api_key): two clients' "1" are two submissions.
+        client = hashlib.sha256(form["api_key"].encode()).hexdigest()[:16]
+        key = f"open311:{client}:{idempotency_key}" if idempotency_key else None
+        ticket_no, _ = await intake.submit(sub, key)
     except InvalidAppeal as e:
         APPEALS_REJECTED.labels(channel="open311", reason=e.field or "").inc()
         return _refused(e, fmt)

@@ -103,7 +103,9 @@ async def submit_appeal(
             operator_id=staff.operator or body.operator_id,
             urgent=body.urgent,
         )
-    ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
+    # A key is the caller's own: another operator's key of the same text is another submission.
+    key = f"api:{staff.scope}:{idempotency_key}" if idempotency_key else None
+    ticket_no, created = await intake.submit(sub, key)
     if not created:
         response.status_code = 200
     return AppealAccepted(ticket_no=ticket_no, message=f"诉求已受理，工单号{ticket_no}")
@@ -211,5 +213,5 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
         if isinstance(r, Accepted):
             out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
         else:
-            out.append({"line": line, "field": "phone", "error": r.message})
+            out.append({"line": line, "field": r.field or "phone", "error": r.message})
     return out

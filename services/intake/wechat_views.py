@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from services.intake import wechat, wechat_crypto
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
-from services.intake.errors import BrokerUnavailable, RateLimited
+from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.service import IntakeService
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
@@ -125,10 +125,10 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
         return wechat.NO_SPEECH
     try:
         sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
-        ticket_no, created = await intake.submit(sub, f"wechat:{msg.msg_id}")
+        ticket_no, created = await intake.submit(sub, f"wechat:{msg.to_user}:{msg.msg_id}")
     except InvalidAppeal as e:
         APPEALS_REJECTED.labels(channel="wechat", reason=e.field or "").inc()
         return e.message
-    except RateLimited as e:
+    except (RateLimited, KeyReused) as e:
         return e.message
     return (wechat.ACCEPTED if created else wechat.ALREADY).format(ticket_no=ticket_no)

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 from aiokafka.errors import KafkaError
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
@@ -32,7 +32,7 @@ from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.errors import DomainError, Unavailable
-from shared.http import api_error, domain_error, http_exception
+from shared.http import api_error, domain_error, http_exception, valid_path_params
 from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Resident appeal intake and routing (接诉即办).",
         version="1.0",
         lifespan=lifespan,
+        dependencies=[Depends(valid_path_params)],
     )
     for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
@@ -103,11 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The same shape as our own validation errors: which field, and why.
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
+        field = field or "body"
         return api_error(
             422,
             "invalid_request",
-            f"{field}: {first['msg']}",
+            f"请求参数{field}不符合要求（{first['msg']}），请按接口文档填写",
             field=field,
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )

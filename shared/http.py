@@ -4,12 +4,15 @@ Every view builds its error responses here, so clients parse one format."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from shared.errors import DomainError
+from shared.tickets import TICKET_NO_PATTERN
 
 
 def api_error(
@@ -76,3 +79,33 @@ def http_exception(exc: HTTPException) -> JSONResponse:
 def _is_ours(detail: str) -> bool:
     """A detail written for people here (Chinese), not the framework's English status phrase."""
     return any("\u4e00" <= ch <= "\u9fff" for ch in detail)
+
+
+# Every path parameter that names something in a store is checked against its pattern before a view
+# builds a key from it: a ticket number, a department, a meeting. Others are checked by their views.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PATH_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ticket_no": re.compile(TICKET_NO_PATTERN),
+    "dept_id": _ID,
+    "meeting_id": _ID,
+}
+
+
+class NoSuchPath(DomainError):
+    kind = "not_found"
+
+    def __init__(self, name: str, value: str) -> None:
+        super().__init__(
+            "not_found", f"{value[:40]!r}不是有效的{_NAMES.get(name, name)}，请检查地址", field=name
+        )
+
+
+_NAMES = {"ticket_no": "工单号（如20261130-000001）", "dept_id": "单位编号", "meeting_id": "会议编号"}
+
+
+async def valid_path_params(request: Request) -> None:
+    """An app-wide dependency: a malformed identifier in the path names nothing (404)."""
+    for name, value in request.path_params.items():
+        pattern = PATH_PATTERNS.get(name)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise NoSuchPath(name, value)

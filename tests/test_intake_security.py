@@ -9,14 +9,17 @@ import json
 import random
 import zipfile
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from openpyxl import Workbook
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from services.api import create_app
 from services.intake import batch, open311
 from services.intake.batch import BadFile
 from services.intake.domain import InvalidAppeal, validate
@@ -26,6 +29,7 @@ from services.intake.service import IntakeService
 from shared.auth import issue_token
 from shared.bus import EventPublisher
 from shared.city import load_city
+from shared.embedded import free_port
 from shared.events import AppealReceived, DepartmentRef, GeoPoint, GridMatch
 from shared.privacy import UnsafeSettings, check_salt
 from shared.settings import DEMO_CALLER_ID_SALT, Settings
@@ -378,3 +382,48 @@ async def test_a_retry_after_redis_failed_between_publish_and_answer_gets_the_sa
         assert me not in json.dumps(history)
     finally:
         await publisher.stop()
+
+
+# --- one error shape ----------------------------------------------------------------------------------
+
+
+def assert_error_shape(r: httpx.Response, status: int) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) >= {"error", "field", "message"}
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in body["message"])  # said in Chinese
+    return body
+
+
+@pytest.mark.integration
+async def test_every_refusal_has_the_one_error_shape(api, redis):
+    assert_error_shape(await api.get("/api/v1/tickets/20261130-000001"), 401)
+    admin = {"Authorization": f"Bearer {await issue_token(redis, 'admin')}"}
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0304')}"}
+    assert assert_error_shape(await api.get("/api/v1/tickets/1", headers=admin), 404)["field"] == "ticket_no"
+    assert_error_shape(await api.get("/api/v1/tickets/*:x", headers=admin), 404)
+    assert_error_shape(await api.get("/api/v1/review", headers=operator), 403)
+    assert_error_shape(await api.get("/no/such/path"), 404)
+    assert_error_shape(await api.delete("/api/v1/appeals", headers=operator), 405)
+    body = assert_error_shape(await api.post("/api/v1/appeals", json={"text": 5}, headers=operator), 422)
+    assert body["field"] == "text"
+    assert_error_shape(await api.post("/api/v1/appeals", json={"text": "短"}, headers=operator), 422)
+
+
+@pytest.mark.integration
+async def test_redis_away_is_a_503_with_retry_after(settings):
+    """The API started against a Redis port nobody listens on: every request that needs Redis is
+    a 503 that says to retry, not a 500."""
+    app = create_app(settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"}))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            for r in (
+                await client.get("/healthz"),
+                await client.get("/api/v1/tickets/20261130-000001", headers={"Authorization": "Bearer x"}),
+                await client.post(
+                    "/api/v1/appeals", json={"text": "路灯坏了很多天"}, headers={"Authorization": "Bearer x"}
+                ),
+            ):
+                assert_error_shape(r, 503)
+                assert int(r.headers["Retry-After"]) > 0

@@ -32,7 +32,10 @@ def signature(token: str, timestamp: str, nonce: str) -> str:
 
 
 def signature_ok(token: str, sig: str, timestamp: str, nonce: str) -> bool:
-    return bool(token) and hmac.compare_digest(signature(token, timestamp, nonce), sig.lower())
+    # compare_digest refuses non-ASCII strings (a TypeError): such a signature is simply wrong.
+    return (
+        bool(token) and sig.isascii() and hmac.compare_digest(signature(token, timestamp, nonce), sig.lower())
+    )
 
 
 def timestamp_fresh(timestamp: str, now: float, max_skew: int) -> bool:

@@ -15,6 +15,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openpyxl import Workbook
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.api import create_app
 from services.intake import batch, open311
 from services.intake.batch import BadFile
-from services.intake.domain import InvalidAppeal, validate
+from services.intake.domain import InvalidAppeal, validate, visible_length
 from services.intake.errors import BadRequest, TooLarge
 from services.intake.jsonbody import parse_json
 from services.intake.service import IntakeService
@@ -427,3 +429,31 @@ async def test_redis_away_is_a_503_with_retry_after(settings):
             ):
                 assert_error_shape(r, 503)
                 assert int(r.headers["Retry-After"]) > 0
+
+
+# --- text that says something -------------------------------------------------------------------------
+
+_UNSEEN = st.characters(categories=["Zs", "Zl", "Zp", "Cc", "Cf", "Mn", "Me"]) | st.sampled_from(
+    ["\u3164", "\u115f", "\u1160", "\uffa0", "\u034f", "\u180e", "\U000e0041", "\ufe0f"]
+)
+
+
+@given(st.text(alphabet=_UNSEEN, min_size=1, max_size=200), st.text(alphabet="路灯坏了", max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_text_of_invisible_characters_is_refused_whatever_they_are(unseen: str, seen: str) -> None:
+    """Fillers, format characters, marks and spaces of every kind, with at most four visible
+    characters among them: refused as too short or empty, never made into a blank ticket."""
+    mixed = "".join(a + b for a, b in zip(unseen, seen.ljust(len(unseen), "\u3164"), strict=False))
+    for text in (unseen, mixed):
+        with pytest.raises(InvalidAppeal) as e:
+            validate(channel="hotline", text=text)
+        assert e.value.field == "text"
+
+
+def test_visible_characters_are_what_counts():
+    assert visible_length("\u3164" * 10) == 0  # HANGUL FILLER: a letter by category, invisible
+    assert visible_length("路灯\u200b\u2060坏了") == 4
+    with pytest.raises(InvalidAppeal, match="空"):
+        validate(channel="hotline", text="\u3164\u3164\u3164\u3164\u3164\u3164")
+    assert validate(channel="hotline", text="路灯坏了好几天").text == "路灯坏了好几天"
+    assert validate(channel="hotline", text="👨‍👩‍👧路灯坏了").text  # emoji count as what they show

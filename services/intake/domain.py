@@ -10,6 +10,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import regex
+
 from services.intake.errors import InvalidAppeal
 from shared.events import AppealLocated, Caller, Channel, GeoPoint
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
@@ -19,9 +21,21 @@ TEXT_MIN, TEXT_MAX = 5, 5000
 ADDRESS_MAX = 200
 # Control characters except tab/newline, plus zero-width and bidi controls that break display.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# What a reader cannot see, by Unicode's own properties rather than a list: white space and
+# separators, controls, format characters (Cf: zero-width, bidi, tags), surrogates, private use and
+# unassigned code points, marks that only modify a neighbour, and the default-ignorable code points,
+# which include the fillers that are letters by category (HANGUL FILLER U+3164 is Lo).
+_INVISIBLE = regex.compile(
+    r"[\p{White_Space}\p{Z}\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{M}\p{Default_Ignorable_Code_Point}]"
+)
 
 
 __all__ = ["InvalidAppeal", "Submission", "clean_text", "located", "validate", "wechat_caller_id"]
+
+
+def visible_length(text: str) -> int:
+    """How many characters of `text` a reader sees."""
+    return len(_INVISIBLE.sub("", text))
 
 
 def clean_text(raw: str) -> str:
@@ -81,8 +95,11 @@ def validate(
     wechat_openid: str | None = None,
 ) -> Submission:
     text = clean_text(text or "")
-    if len(text) < TEXT_MIN:
-        raise InvalidAppeal("text", f"诉求内容太短（{len(text)}字），请至少写{TEXT_MIN}个字说明问题")
+    seen = visible_length(text)
+    if seen == 0:
+        raise InvalidAppeal("text", "诉求内容是空的（只有空白或不可见字符），请用文字写明问题")
+    if seen < TEXT_MIN:
+        raise InvalidAppeal("text", f"诉求内容太短（{seen}字），请至少写{TEXT_MIN}个字说明问题")
     if len(text) > TEXT_MAX:
         raise InvalidAppeal("text", f"诉求内容太长（{len(text)}字），请控制在{TEXT_MAX}字以内")
     address = clean_text(address or "")

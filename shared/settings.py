@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # data it protects, so that ids cannot be reversed by hashing every possible phone number;
     # shared.privacy.check_salt refuses to start a production process with a public one.
     caller_id_salt: str = DEMO_CALLER_ID_SALT
+    # API tokens minted by `appeals token` stop working after this many days (0: never).
+    token_ttl_days: int = Field(90, ge=0)
     # "production": refuse unsafe settings at start (a public caller-id salt), whatever the servers.
     appeals_env: Literal["development", "production"] = "development"
 

@@ -16,7 +16,7 @@ from shared.bus import EventPublisher
 from shared.embedded import EmbeddedServers
 from shared.privacy import caller_id
 from shared.store import TicketStore
-from tests.conftest import eventually
+from tests.conftest import as_sms_gateway, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -121,19 +121,22 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
 
 async def test_sms_without_a_pending_survey_becomes_an_appeal(api, redis):
     me = phone()
+    gateway = await as_sms_gateway(redis)
     r = await api.post(
-        "/api/v1/sms/inbound", json={"phone": me, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"}
+        "/api/v1/sms/inbound",
+        json={"phone": me, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"},
+        headers=gateway,
     )
     assert r.status_code == 201, r.text
     t = (await api.get(f"/api/v1/tickets/{r.json()['ticket_no']}")).json()
     assert t["channel"] == "sms"
     assert t["caller"]["masked_phone"] == f"{me[:3]}****{me[-4:]}"
-    r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "好"})
+    r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "好"}, headers=gateway)
     assert r.status_code == 422
     assert r.json()["field"] == "text"
 
 
-async def test_too_many_appeals_from_one_caller_are_refused(api):
+async def test_too_many_appeals_from_one_caller_are_refused(api, redis):
     me = phone()
     codes = []
     for i in range(31):  # the default limit is 30 per caller per hour
@@ -146,7 +149,11 @@ async def test_too_many_appeals_from_one_caller_are_refused(api):
     assert int(r.headers["Retry-After"]) > 0
     assert "过多" in r.json()["message"]
     # The same caller through another channel is limited too.
-    r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "再反映一次楼下噪音很大影响休息"})
+    r = await api.post(
+        "/api/v1/sms/inbound",
+        json={"phone": me, "text": "再反映一次楼下噪音很大影响休息"},
+        headers=await as_sms_gateway(redis),
+    )
     assert r.status_code == 429
 
 

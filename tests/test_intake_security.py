@@ -4,9 +4,12 @@ may cause, idempotency that cannot drop an appeal, one error shape, text that sa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import random
+import sys
+import time
 import zipfile
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -37,15 +40,37 @@ from shared.privacy import UnsafeSettings, check_salt
 from shared.settings import DEMO_CALLER_ID_SALT, Settings
 from shared.store import TicketStore
 from shared.tickets import Ticket
-from tests.conftest import eventually
+from tests.conftest import ROOT, eventually, settings_env
 
 KEY = "test-open311-key"  # the settings fixture's OPEN311_API_KEYS
+WECHAT_TOKEN = "test-wechat-token"  # and its WECHAT_TOKEN
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 CITY = load_city()
 
 
 def phone() -> str:
     return f"136{random.randint(10**7, 10**8 - 1)}"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def cli(env: dict[str, str], *args: str) -> str:
+    """`appeals ...` as an operator types it, against the session's Redis."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
 
 
 # --- public means public ------------------------------------------------------------------------------
@@ -457,3 +482,81 @@ def test_visible_characters_are_what_counts():
         validate(channel="hotline", text="\u3164\u3164\u3164\u3164\u3164\u3164")
     assert validate(channel="hotline", text="路灯坏了好几天").text == "路灯坏了好几天"
     assert validate(channel="hotline", text="👨‍👩‍👧路灯坏了").text  # emoji count as what they show
+
+
+# --- tokens, roles, channels --------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+async def test_tokens_expire_and_can_be_listed_and_revoked(api, redis, settings):
+    short = await issue_token(redis, "operator", operator="0305", ttl_seconds=1)
+    body = {"caller_phone": phone(), "text": "建设路菜市场门口占道经营严重，车辆过不去"}
+    assert (await api.post("/api/v1/appeals/preview", json=body, headers=bearer(short))).status_code == 200
+    await asyncio.sleep(1.5)
+    assert_error_shape(await api.post("/api/v1/appeals/preview", json=body, headers=bearer(short)), 401)
+
+    kept = await issue_token(redis, "department", department="housing")
+    env = settings_env(settings)
+    listed = await cli(env, "token", "--list")
+    [row] = [line for line in listed.splitlines() if "housing" in line and "department" in line][-1:]
+    token_id = row.split()[0]
+    assert kept not in listed  # the list names tokens, it never shows them
+    assert "expires" in row
+    assert "never" not in row  # minted with the default lifetime
+    assert (await api.get("/api/v1/departments/housing/tickets", headers=bearer(kept))).status_code == 200
+    await cli(env, "token", "--revoke", token_id)
+    assert_error_shape(await api.get("/api/v1/departments/housing/tickets", headers=bearer(kept)), 401)
+    assert token_id not in await cli(env, "token", "--list")
+
+
+@pytest.mark.integration
+async def test_only_the_gateway_speaks_for_a_resident_and_the_channel_is_the_tokens(api, redis):
+    admin = bearer(await issue_token(redis, "admin"))
+    sms = {"phone": phone(), "text": "1"}
+    r = await api.post("/api/v1/sms/inbound", json=sms, headers=admin)
+    assert_error_shape(r, 403)
+    assert "网关" in r.json()["message"]
+    operator = bearer(await issue_token(redis, "operator", operator="0306"))
+    body = {"channel": "wechat", "caller_phone": phone(), "text": "建设路菜市场门口占道经营严重，车辆过不去"}
+    for token in (operator, admin):
+        r = await api.post("/api/v1/appeals", json=body, headers=token)
+        assert assert_error_shape(r, 422)["field"] == "channel"
+    r = await api.post("/api/v1/appeals", json={**body, "channel": "hotline"}, headers=operator)
+    assert r.status_code == 201
+
+
+@pytest.mark.integration
+async def test_a_plaintext_wechat_push_cannot_be_replayed_with_another_body(api):
+    ts, nonce = str(int(time.time())), str(random.randint(10**8, 10**9))
+    sig = hashlib.sha1("".join(sorted([WECHAT_TOKEN, ts, nonce])).encode()).hexdigest()
+    params = {"signature": sig, "timestamp": ts, "nonce": nonce}
+
+    def push(content: str, msg_id: int) -> bytes:
+        return (
+            "<xml><ToUserName><![CDATA[gh_12345hotline]]></ToUserName>"
+            f"<FromUserName><![CDATA[oWx{msg_id}]]></FromUserName><CreateTime>{ts}</CreateTime>"
+            f"<MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>"
+            f"<MsgId>{msg_id}</MsgId></xml>"
+        ).encode()
+
+    first = push("幸福里小区5号楼电梯坏了三天了，老人上下楼很困难", random.randint(10**15, 10**16))
+    r = await api.post("/api/v1/channels/wechat", params=params, content=first)
+    assert r.status_code == 200
+    assert "工单号" in r.text
+    assert (await api.post("/api/v1/channels/wechat", params=params, content=first)).status_code == 200
+    forged = push("和平路的路灯全坏了，快来修", random.randint(10**15, 10**16))
+    r = await api.post("/api/v1/channels/wechat", params=params, content=forged)
+    assert r.status_code == 403
+    assert "重放" in r.text
+
+
+def test_a_neutralised_formula_keeps_its_leading_tab():
+    sub, _ = batch.to_submission(
+        {"box_id": "B1", "date": "2026-11-20", "text": '\t=HYPERLINK("http://x","路灯坏了很多天")'},
+        date(2026, 11, 30),
+    )
+    assert sub.text.startswith("\t=")
+    plain, _ = batch.to_submission(
+        {"box_id": "B1", "date": "2026-11-20", "text": "\t 路灯坏了很多天 "}, date(2026, 11, 30)
+    )
+    assert plain.text == "路灯坏了很多天"

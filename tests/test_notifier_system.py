@@ -21,7 +21,7 @@ from shared.bus import EventPublisher, publish
 from shared.city import load_city
 from shared.events import DepartmentRef, GridMatch, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.tickets import Ticket
-from tests.conftest import as_department, eventually
+from tests.conftest import as_department, as_sms_gateway, eventually
 from tests.test_pipeline_e2e import LIGHT, outbox_for, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -57,9 +57,15 @@ async def test_not_solved_reopens_with_the_residents_words(api, redis):
     no = await resolved_with_survey(api, redis, phone)
     await eventually(lambda: outbox_for(redis, phone, "survey"))
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"}, headers=await as_sms_gateway(redis)
+    )
     assert r.json() == {"kind": "comment", "ticket_no": no, "clarification": True}
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "没解决，路灯晚上还是不亮"})
+    r = await api.post(
+        "/api/v1/sms/inbound",
+        json={"phone": phone, "text": "没解决，路灯晚上还是不亮"},
+        headers=await as_sms_gateway(redis),
+    )
     assert r.json()["rating"] == 3
     assert r.json()["solved"] is False
     reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
@@ -75,7 +81,9 @@ async def test_not_solved_reopens_with_the_residents_words(api, redis):
 
 async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_survey(api, redis):
     phone = new_phone()
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "退订"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "退订"}, headers=await as_sms_gateway(redis)
+    )
     assert r.json() == {"kind": "opt_out", "closed_surveys": []}
     no = await resolved_with_survey(api, redis, phone)
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")

@@ -38,10 +38,18 @@ def visible_length(text: str) -> int:
     return len(_INVISIBLE.sub("", text))
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula; a tab in front is how
+# exports neutralise it, so a leading tab before one is content, not padding.
+FORMULA_START = ("=", "+", "-", "@")
+
+
 def clean_text(raw: str) -> str:
     text = unicodedata.normalize("NFC", raw)
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
+    stripped = text.strip()
+    if stripped.startswith(FORMULA_START) and "\t" in text[: len(text) - len(text.lstrip())]:
+        return "\t" + stripped
+    return stripped
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ tests import these instead of spelling the keys themselves.
   intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
   wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
   wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete
+  wx:nonce:{ts}:{nonce}     the hash of the plaintext push that came with this signed nonce
 
 The contact record (`contact:{caller_id}`) belongs to the ticket store: `shared.store.contact_key`.
 """
@@ -39,3 +40,7 @@ def wechat_location(caller_id: str | None) -> str:
 
 def wechat_last(caller_id: str | None) -> str:
     return f"wx:last:{caller_id}"
+
+
+def wechat_nonce(timestamp: str, nonce: str) -> str:
+    return f"wx:nonce:{timestamp}:{nonce}"

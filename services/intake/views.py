@@ -33,7 +33,9 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class AppealIn(BaseModel):
-    channel: Channel = "hotline"
+    channel: Channel = Field(
+        "hotline", description="optional: the token decides (hotline; web for the dispatch desk)"
+    )
     caller_phone: str | None = Field(None, examples=["13812345678"])
     caller_name: str | None = None
     text: str = Field(examples=["阳光花园3号楼门口的路灯坏了一个星期，晚上很黑"])
@@ -47,6 +49,25 @@ class AppealAccepted(BaseModel):
     ticket_no: str
     status: str = "received"
     message: str
+
+
+# The channel follows from the credential, not the client's word: an operator registers calls to
+# the hotline; the dispatch desk may also enter what reached the city's website. Neither can pass an
+# appeal off as a resident's WeChat message, SMS, Open311 request or slip, which arrive through
+# their own endpoints and credentials (and fall under their own publication and survey rules).
+STAFF_CHANNELS: dict[str, tuple[Channel, ...]] = {"operator": ("hotline",), "admin": ("hotline", "web")}
+
+
+def channel_of(body: AppealIn, staff: Principal) -> Channel:
+    allowed = STAFF_CHANNELS.get(staff.role, ("hotline",))
+    if "channel" not in body.model_fields_set:
+        return allowed[0]
+    if body.channel not in allowed:
+        raise InvalidAppeal(
+            "channel",
+            f"渠道由登录凭证决定：此凭证只能登记{'、'.join(allowed)}渠道的诉求，不能填写{body.channel}",
+        )
+    return body.channel
 
 
 @contextmanager
@@ -93,8 +114,9 @@ async def submit_appeal(
     intake: IntakeService = request.app.state.intake
     await intake.check_ip(client_ip(request))
     with counting_rejections(body.channel):
+        channel = channel_of(body, staff)
         sub = validate(
-            channel=body.channel,
+            channel=channel,
             text=body.text,
             title=body.title,
             address=body.address,
@@ -112,12 +134,15 @@ async def submit_appeal(
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))
-async def preview_appeal(request: Request, _: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
+async def preview_appeal(
+    request: Request, staff: Principal = Depends(require_intake_staff)
+) -> dict[str, Any]:
     """Suggested category, grid and department, and possible duplicates, before submitting."""
     body = await read_json(request, AppealIn)
     with counting_rejections(body.channel):
+        channel = channel_of(body, staff)
         sub = validate(
-            channel=body.channel,
+            channel=channel,
             text=body.text,
             title=body.title,
             address=body.address,

@@ -17,7 +17,7 @@ from services.intake.views import counting_rejections
 from services.notifier.gateway import OutboxGateway
 from services.notifier.ratebook import MAX_DAYS, RateBook
 from services.notifier.service import Notifier
-from shared.auth import Principal, require_admin, require_sms_gateway
+from shared.auth import Principal, require_admin, require_resident_sms, require_sms_gateway
 from shared.http import api_error
 from shared.privacy import InvalidPhone, normalize_phone
 
@@ -41,7 +41,7 @@ def _bad_phone(e: InvalidPhone) -> JSONResponse:
 
 
 @router.post("/sms/inbound")
-async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends(require_sms_gateway)):
+async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends(require_resident_sms)):
     try:
         phone = normalize_phone(body.phone)
     except InvalidPhone as e:

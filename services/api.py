@@ -5,19 +5,24 @@ it runs no consumers."""
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from functools import partial
 
-from fastapi import FastAPI, Request
+from aiokafka.errors import KafkaError
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
-from services.intake.limits import RateLimited, RateLimiter
+from services.intake.limits import RateLimiter
 from services.intake.preview import Previewer
 from services.intake.service import IntakeService
 from services.intake.sms import SmsIntake
@@ -26,18 +31,24 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.router import views as router_views
 from services.router.service import FollowUps
+from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
-from shared.http import api_error
+from shared.errors import DomainError, Unavailable
+from shared.http import api_error, domain_error, http_exception, valid_path_params
+from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     wechat_crypto = wechat_views.safe_mode(settings)  # a bad EncodingAESKey stops the start, with the reason
+    check_salt(settings)  # so does a public caller-id salt in production
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,7 +71,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
             per_ip_per_minute=settings.rate_limit_per_ip_per_minute,
         )
-        app.state.intake = IntakeService(publisher, store, timezone=settings.timezone, limiter=limiter)
+        app.state.intake = IntakeService(
+            publisher,
+            store,
+            timezone=settings.timezone,
+            limiter=limiter,
+            public_channels=settings.public_channels,
+        )
         app.state.sms_intake = SmsIntake(app.state.intake)
         app.state.intake_preview = Previewer(
             app.state.city, store, ServedClassifier.from_settings(app.state.city, settings)
@@ -78,26 +95,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Resident appeal intake and routing (接诉即办).",
         version="1.0",
         lifespan=lifespan,
+        dependencies=[Depends(valid_path_params)],
     )
     for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
+    app.add_middleware(
+        BodyLimits,
+        default=Limit(settings.max_body_bytes, "请精简内容后重试"),
+        by_prefix=intake_views.body_limits(settings),
+    )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The same shape as our own validation errors: which field, and why.
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
+        field = field or "body"
         return api_error(
             422,
             "invalid_request",
-            f"{field}: {first['msg']}",
+            f"请求参数{field}不符合要求（{first['msg']}），请按接口文档填写",
             field=field,
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
 
-    # Any channel's submission may hit a caller's limit (the SMS view, say): 429 with Retry-After.
-    app.add_exception_handler(RateLimited, lambda _, exc: intake_views.too_many(exc))
+    @app.exception_handler(StarletteHTTPException)
+    async def http_refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return http_exception(exc)  # 401/403 from authentication, 404/405 from routing, 413: one shape
+
+    async def store_away(request: Request, exc: Exception) -> JSONResponse:
+        # Redis or the broker cannot be reached: nothing a client did, and a retry may work.
+        log.warning("%s %s: %r", request.method, request.url.path, exc)
+        return domain_error(Unavailable())
+
+    for away in (RedisConnectionError, RedisTimeoutError, KafkaError):
+        app.add_exception_handler(away, store_away)
+
+    @app.exception_handler(DomainError)
+    async def refused(request: Request, exc: DomainError) -> JSONResponse:
+        # Pure code and services raise these (a rate limit, a broker away, an invalid field); every
+        # view lets them through to here, so every refusal has the one shape.
+        return domain_error(exc)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> dict:

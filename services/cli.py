@@ -393,15 +393,34 @@ def token(
     sms_gateway: bool = typer.Option(
         False, "--sms-gateway", help="Mint the SMS provider's token (incoming SMS and receipts only)."
     ),
+    days: int = typer.Option(
+        None, min=0, help="Days until the new token expires (default TOKEN_TTL_DAYS; 0: never)."
+    ),
+    list_: bool = typer.Option(False, "--list", help="List the live tokens (id, role, who, expiry)."),
+    revoke: str = typer.Option(None, help="Revoke a token, given its id from --list (or the token)."),
 ) -> None:
-    """Mint an API bearer token (printed once; only its hash is stored)."""
-    from shared.auth import Role, issue_token
+    """Mint an API bearer token (printed once; only its hash is stored), list or revoke tokens."""
+    from shared.auth import Role, issue_token, list_tokens, revoke_token
     from shared.city import load_city
 
     settings = get_settings()
+    if list_:
+        for t in asyncio.run(_with_redis(settings, list_tokens)):
+            expires = _when(t.expires_at) if t.expires_at else "never"
+            typer.echo(
+                f"{t.token_id}  {t.role:11s} {t.operator or t.department or '-':16s} "
+                f"created {_when(t.created_at)}  expires {expires}"
+            )
+        return
+    if revoke is not None:
+        if not asyncio.run(_with_redis(settings, lambda r: revoke_token(r, revoke))):
+            raise typer.BadParameter(f"no live token with id {revoke!r} (see appeals token --list)")
+        typer.echo(f"revoked {revoke}")
+        return
     if admin + sms_gateway + (department is not None) + (operator is not None) != 1:
         raise typer.BadParameter(
             "give exactly one of --operator ID, --department DEPT_ID, --admin or --sms-gateway"
+            " (or --list, --revoke ID)"
         )
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
@@ -416,7 +435,18 @@ def token(
         if operator is not None
         else "department"
     )
-    typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department, operator))))
+    ttl = None if days is None else days * 86400
+    typer.echo(
+        asyncio.run(
+            _with_redis(settings, lambda r: issue_token(r, role, department, operator, ttl_seconds=ttl))
+        )
+    )
+
+
+def _when(ts: int | None) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "?"
 
 
 @bench.command("notifier")

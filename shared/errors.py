@@ -8,7 +8,17 @@ from __future__ import annotations
 from typing import Literal
 
 # What kind of refusal it is; the HTTP status follows from the kind.
-ErrorKind = Literal["invalid", "not_found", "forbidden", "conflict", "unavailable", "too_many"]
+ErrorKind = Literal[
+    "invalid",
+    "not_found",
+    "forbidden",
+    "conflict",
+    "unavailable",
+    "too_many",
+    "unreadable",
+    "unauthorized",
+    "too_large",
+]
 
 
 class DomainError(Exception):
@@ -16,6 +26,8 @@ class DomainError(Exception):
     a person in words they can act on, `field` names the input at fault when there is one."""
 
     kind: ErrorKind = "conflict"
+    # Seconds after which a retry may succeed (rate limits, a store or broker away): Retry-After.
+    retry_after: int | None = None
 
     def __init__(
         self, code: str, message: str, *, kind: ErrorKind | None = None, field: str | None = None
@@ -26,3 +38,13 @@ class DomainError(Exception):
         self.field = field
         if kind is not None:
             self.kind = kind
+
+
+class Unavailable(DomainError):
+    """A store or the broker cannot be reached just now (503 with Retry-After)."""
+
+    kind = "unavailable"
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__("unavailable", "系统繁忙，请稍后重试")

@@ -4,11 +4,15 @@ Every view builds its error responses here, so clients parse one format."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from shared.errors import DomainError
+from shared.tickets import TICKET_NO_PATTERN
 
 
 def api_error(
@@ -20,10 +24,7 @@ def api_error(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    content: dict[str, Any] = {"error": code}
-    if field is not None:
-        content["field"] = field
-    content["message"] = message
+    content: dict[str, Any] = {"error": code, "field": field, "message": message}  # field: null if none
     content.update(extra)
     return JSONResponse(status_code=status, content=content, headers=headers)
 
@@ -36,11 +37,75 @@ STATUS_BY_KIND: dict[str, int] = {
     "conflict": 409,
     "unavailable": 503,
     "too_many": 429,
+    "unreadable": 400,
+    "unauthorized": 401,
+    "too_large": 413,
 }
 
 
 def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The response for a refused request (see `shared.errors`)."""
+    """The response for a refused request (see `shared.errors`), with Retry-After when it says when."""
+    if error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after), **(headers or {})}
     return api_error(
         STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
     )
+
+
+# Statuses the framework itself raises (an unknown path, a wrong method, a body over its limit) and
+# those raised as HTTPException (authentication): the code and, without a detail, the sentence.
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "请求无法解析，请检查格式"),
+    401: ("unauthorized", "需要登录凭证：请在请求头加 Authorization: Bearer <token>"),
+    403: ("forbidden", "无权执行此操作"),
+    404: ("not_found", "请求的地址不存在，请检查路径"),
+    405: ("method_not_allowed", "该地址不支持此请求方法"),
+    413: ("too_large", "请求内容过大"),
+    415: ("unsupported_media_type", "不支持的内容类型"),
+    422: ("invalid_request", "请求内容不符合要求"),
+    429: ("rate_limited", "请求过于频繁，请稍后再试"),
+    503: ("unavailable", "系统繁忙，请稍后重试"),
+}
+
+
+def http_exception(exc: HTTPException) -> JSONResponse:
+    """An HTTPException (the framework's, or authentication's) in the one error shape."""
+    code, default = _HTTP_ERRORS.get(exc.status_code, ("error", "请求未能完成"))
+    message = exc.detail if isinstance(exc.detail, str) and _is_ours(exc.detail) else default
+    field = {401: "authorization", 413: "body"}.get(exc.status_code)
+    return api_error(exc.status_code, code, message, field=field, headers=dict(exc.headers or {}) or None)
+
+
+def _is_ours(detail: str) -> bool:
+    """A detail written for people here (Chinese), not the framework's English status phrase."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in detail)
+
+
+# Every path parameter that names something in a store is checked against its pattern before a view
+# builds a key from it: a ticket number, a department, a meeting. Others are checked by their views.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PATH_PATTERNS: dict[str, re.Pattern[str]] = {
+    "ticket_no": re.compile(TICKET_NO_PATTERN),
+    "dept_id": _ID,
+    "meeting_id": _ID,
+}
+
+
+class NoSuchPath(DomainError):
+    kind = "not_found"
+
+    def __init__(self, name: str, value: str) -> None:
+        super().__init__(
+            "not_found", f"{value[:40]!r}不是有效的{_NAMES.get(name, name)}，请检查地址", field=name
+        )
+
+
+_NAMES = {"ticket_no": "工单号（如20261130-000001）", "dept_id": "单位编号", "meeting_id": "会议编号"}
+
+
+async def valid_path_params(request: Request) -> None:
+    """An app-wide dependency: a malformed identifier in the path names nothing (404)."""
+    for name, value in request.path_params.items():
+        pattern = PATH_PATTERNS.get(name)
+        if pattern is not None and not pattern.fullmatch(value):
+            raise NoSuchPath(name, value)

@@ -10,8 +10,9 @@ import hashlib
 import hmac
 import re
 from functools import lru_cache
+from urllib.parse import urlsplit
 
-from shared.settings import get_settings
+from shared.settings import DEMO_CALLER_ID_SALT, Settings, get_settings
 
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # Landline: area code 0 + 2-3 digits, then a 7-8 digit number; optional extension.
@@ -59,6 +60,38 @@ def mask_name(name: str) -> str:
 def _salt() -> bytes:
     # CALLER_ID_SALT: there are only ~10^10 phone numbers, so an unsalted hash could be reversed.
     return get_settings().caller_id_salt.encode()
+
+
+# Salts anyone can read (the code's default, the deploy examples' placeholder): with one of them, a
+# ticket view's 138****5678 and caller_id give the number back after 10,000 guesses.
+PUBLIC_SALTS = frozenset({DEMO_CALLER_ID_SALT, "replace-with-a-long-random-secret"})
+MIN_SALT_LENGTH = 16
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class UnsafeSettings(RuntimeError):
+    """A production process refuses to start with these settings; the message says what to set."""
+
+
+def is_production(settings: Settings) -> bool:
+    """APPEALS_ENV=production, or a Redis on another machine: whoever points the services at a
+    shared store is running them for real, whatever they forgot to declare."""
+    host = urlsplit(settings.redis_url).hostname or "localhost"
+    return settings.appeals_env == "production" or host not in _LOOPBACK
+
+
+def check_salt(settings: Settings) -> None:
+    """Raises UnsafeSettings when a production process would hash phones with a public or short
+    salt. Development on this machine (the embedded servers, the tests) keeps the demo salt."""
+    if not is_production(settings):
+        return
+    salt = settings.caller_id_salt
+    if salt in PUBLIC_SALTS or len(salt) < MIN_SALT_LENGTH:
+        raise UnsafeSettings(
+            "CALLER_ID_SALT is the public default or shorter than "
+            f"{MIN_SALT_LENGTH} characters: with it, a masked phone and its caller_id give the number "
+            "back. Set a long random secret, e.g. CALLER_ID_SALT=$(openssl rand -hex 32)."
+        )
 
 
 def caller_id(phone: str) -> str:

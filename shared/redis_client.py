@@ -36,3 +36,8 @@ def connect(url: str) -> Redis:
     if pool.connection_class is Connection and hasattr(hiredis, "pack_command"):
         pool.connection_class = HiredisPackedConnection
     return redis
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (the clients here are not created with decode_responses)."""
+    return value.decode() if isinstance(value, bytes) else value

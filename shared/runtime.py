@@ -18,6 +18,7 @@ from shared.bus import EventPublisher, ensure_topics, make_broker, subscribe
 from shared.city import City, load_city
 from shared.events import Event
 from shared.metrics import serve_metrics
+from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
@@ -44,6 +45,7 @@ class Runtime:
     @classmethod
     def create(cls, name: str, settings: Settings | None = None) -> Runtime:
         settings = settings or get_settings()
+        check_salt(settings)  # a production worker with a public caller-id salt does not start
         redis = connect(settings.redis_url)
         return cls(
             name=name,

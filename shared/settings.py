@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_CALLER_ID_SALT = "appeals-demo-salt"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -38,9 +40,14 @@ class Settings(BaseSettings):
     metrics_port_notifier: int = 9104
     metrics_bind_all: bool = False  # containers: let Prometheus scrape from another host
 
-    # Salt for caller ids (hashed phones). Set a secret in production, so that ids cannot be reversed
-    # by hashing every possible phone number.
-    caller_id_salt: str = "appeals-demo-salt"
+    # The key of the caller ids (keyed hashes of phones). A secret in production, kept out of the
+    # data it protects, so that ids cannot be reversed by hashing every possible phone number;
+    # shared.privacy.check_salt refuses to start a production process with a public one.
+    caller_id_salt: str = DEMO_CALLER_ID_SALT
+    # API tokens minted by `appeals token` stop working after this many days (0: never).
+    token_ttl_days: int = Field(90, ge=0)
+    # "production": refuse unsafe settings at start (a public caller-id salt), whatever the servers.
+    appeals_env: Literal["development", "production"] = "development"
 
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)
@@ -73,12 +80,27 @@ class Settings(BaseSettings):
     wechat_encoding_aes_key: str = ""
     wechat_app_id: str = ""
     open311_api_keys: str = ""  # comma-separated keys accepted by POST /open311/v2/requests.json
+    # Channels whose tickets the public Open311 GET lists (status, category, street only); a hotline
+    # call or a WeChat chat was given in confidence.
+    open311_public_channels: str = "open311"
     rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
     rate_limit_per_ip_per_minute: int = Field(600, ge=0)
+    # Work one request may cause (README, Security): bodies are refused over these sizes before they
+    # are read; an upload is parsed off the event loop within a row, column and time budget.
+    max_body_bytes: int = Field(256 * 1024, ge=1024)  # JSON and everything not listed below
+    max_form_bytes: int = Field(64 * 1024, ge=1024)  # Open311's form: a text and a place
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # a suggestion-box CSV or XLSX
+    upload_max_rows: int = Field(20_000, ge=1)
+    upload_max_columns: int = Field(50, ge=5)
+    upload_parse_seconds: float = Field(60, gt=0)
 
     @property
     def open311_keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.open311_api_keys.split(",") if k.strip())
+
+    @property
+    def public_channels(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.open311_public_channels.split(",") if c.strip())
 
     @property
     def model_dir(self) -> Path:

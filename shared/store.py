@@ -58,6 +58,10 @@ class ConcurrentUpdate(RuntimeError):
     """The same tickets kept changing under us; the caller may retry later."""
 
 
+def contact_key(caller_id: str) -> str:
+    return f"contact:{caller_id}"
+
+
 def ticket_key(no: str) -> str:
     return f"t:{no}"
 
@@ -126,10 +130,10 @@ class TicketStore:
         mapping: dict[FieldT, EncodableT] = {"phone": phone}
         if name:
             mapping["name"] = name
-        await self.redis.hset(f"contact:{caller_id}", mapping=mapping)
+        await self.redis.hset(contact_key(caller_id), mapping=mapping)
 
     async def contact(self, caller_id: str) -> dict[str, str]:
-        raw = await self.redis.hgetall(f"contact:{caller_id}")
+        raw = await self.redis.hgetall(contact_key(caller_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     # --- reading ------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ class Status(StrEnum):
 RECEIVED, REVIEW, ASSIGNED, ACCEPTED = Status.RECEIVED, Status.REVIEW, Status.ASSIGNED, Status.ACCEPTED
 RESOLVED, SURVEYED, CLOSED, MEETING = Status.RESOLVED, Status.SURVEYED, Status.CLOSED, Status.MEETING
 OPEN_STATUSES = frozenset({RECEIVED, REVIEW, ASSIGNED, ACCEPTED, MEETING})
+# A ticket number: the day, then its number of the day (six digits, more on a day past a million).
+# Path parameters are checked against it before they reach a store key.
+TICKET_NO_PATTERN = r"^\d{8}-\d{6,9}$"
 
 
 class Ticket(BaseModel):

@@ -191,6 +191,11 @@ async def as_department(redis, ticket: dict) -> dict:
     return {"Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"}
 
 
+async def as_sms_gateway(redis) -> dict:
+    """Headers for the SMS provider's gateway: a resident's SMS comes through nothing else."""
+    return {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
+
+
 async def eventually(
     probe: Callable[[], Awaitable[Any]], *, timeout: float = 30, interval: float = 0.1
 ) -> Any:

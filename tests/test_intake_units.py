@@ -89,7 +89,7 @@ def test_csv_rows_report_the_first_line_of_multiline_rows():
         'text,日期,意见箱编号\n"第一行\n第二行的内容很长",2024-05-01,B1\n,,\n'
         "路灯不亮已经好几天,2024-05-02,B2\n"
     )
-    rows = list(batch.csv_rows(io.BytesIO(data.encode())))
+    rows = [(line, row) for line, row in batch.csv_rows(io.BytesIO(data.encode())) if row is not batch.BLANK]
     assert [line for line, _ in rows] == [2, 5]
     assert rows[0][1] == {"text": "第一行\n第二行的内容很长", "date": "2024-05-01", "box_id": "B1"}
 
@@ -141,3 +141,50 @@ def test_open311_form_to_submission():
     codes = [s["service_code"] for s in open311.services(CITY)]
     assert codes == list(CITY.leaf_categories)
     assert "city.facility.streetlight" in codes
+
+
+def test_intakes_decisions_import_no_io_client():
+    """Validation, the location rule, parsers and keys stay pure: importing them loads no client of
+    Redis, Kafka or HTTP (a fresh interpreter, so other tests' imports do not count)."""
+    import subprocess
+    import sys
+
+    pure = ["domain", "errors", "duplicates", "open311", "wechat", "wechat_crypto", "batch", "keys"]
+    clients = ["redis", "aiokafka", "faststream", "httpx", "fastapi", "shared.store"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {pure!r}: importlib.import_module('services.intake.' + m)\n"
+        f"print(','.join(c for c in {clients!r} if c in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_a_location_goes_on_an_open_ticket_once_and_keeps_the_typed_address():
+    from datetime import UTC, datetime
+
+    from services.intake.domain import located
+    from shared.events import AppealLocated, AppealReceived, GeoPoint
+    from shared.tickets import Ticket
+
+    appeal = AppealReceived(ticket_no="20261130-000001", channel="wechat", text="路灯坏了一个星期了")
+    ticket = Ticket.from_appeal(appeal)
+    place = AppealLocated(
+        ticket_no=ticket.ticket_no,
+        channel="wechat",
+        location=GeoPoint(lat=39.9, lng=116.4),
+        address="和平路",
+        occurred_at=datetime(2026, 11, 30, tzinfo=UTC),
+    )
+    placed = located(ticket, place)
+    assert placed is not None
+    assert placed.location == place.location
+    assert placed.address == "和平路"
+    assert located(placed, place) is None  # the same message twice changes nothing
+    typed = ticket.model_copy(update={"address": "和平路12号"})
+    moved = located(typed, place)
+    assert moved is not None
+    assert moved.address == "和平路12号"
+    closed = ticket.model_copy(update={"status": "closed"})
+    assert located(closed, place) is None
+    assert located(None, place) is None

@@ -20,7 +20,7 @@ from shared.auth import issue_token
 from shared.bus import EventPublisher, publish
 from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
 from tests.cities import demo_city
-from tests.conftest import as_department, eventually
+from tests.conftest import as_department, as_sms_gateway, eventually
 from tests.test_pipeline_e2e import LIGHT, outbox_for, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -56,9 +56,15 @@ async def test_not_solved_reopens_with_the_residents_words(api, redis):
     no = await resolved_with_survey(api, redis, phone)
     await eventually(lambda: outbox_for(redis, phone, "survey"))
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "谢谢"}, headers=await as_sms_gateway(redis)
+    )
     assert r.json() == {"kind": "comment", "ticket_no": no, "clarification": True}
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "没解决，路灯晚上还是不亮"})
+    r = await api.post(
+        "/api/v1/sms/inbound",
+        json={"phone": phone, "text": "没解决，路灯晚上还是不亮"},
+        headers=await as_sms_gateway(redis),
+    )
     assert r.json()["rating"] == 3
     assert r.json()["solved"] is False
     reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
@@ -74,7 +80,9 @@ async def test_not_solved_reopens_with_the_residents_words(api, redis):
 
 async def test_opted_out_phone_gets_the_result_and_the_ticket_closes_without_a_survey(api, redis):
     phone = new_phone()
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "退订"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "退订"}, headers=await as_sms_gateway(redis)
+    )
     assert r.json() == {"kind": "opt_out", "closed_surveys": []}
     no = await resolved_with_survey(api, redis, phone)
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
@@ -96,7 +104,7 @@ async def test_sms_callbacks_need_the_gateway_token_and_it_opens_nothing_else(ap
     department = await as_department(redis, ticket)
     r = await api.post("/api/v1/sms/inbound", json=text, headers=department)
     assert r.status_code == 403
-    assert "短信服务商网关" in r.json()["detail"]
+    assert "短信服务商网关" in r.json()["message"]
     r = await api.post("/api/v1/sms/inbound", json=text, headers=gateway)
     assert r.status_code == 201
     assert r.json()["kind"] == "appeal"

@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from shared import topics
 from shared.events import AppealReceived, Caller
-from tests.conftest import as_department, eventually
+from tests.conftest import as_department, as_sms_gateway, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -75,7 +75,9 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
     assert "回复1满意" in survey["text"]
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
 
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "1"}, headers=await as_sms_gateway(redis)
+    )
     assert r.status_code == 200
     assert r.json()["ticket_no"] == no
     closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
@@ -98,7 +100,11 @@ async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
     assert r.status_code == 200, r.text
     await eventually(lambda: outbox_for(redis, phone, "survey"))
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "3 根本没解决，今晚还在"})
+    r = await api.post(
+        "/api/v1/sms/inbound",
+        json={"phone": phone, "text": "3 根本没解决，今晚还在"},
+        headers=await as_sms_gateway(redis),
+    )
     assert r.json()["rating"] == 3
     reopened = await ticket_when(api, no, lambda t: t["reopens"] == 1)
     assert reopened["status"] == "assigned"

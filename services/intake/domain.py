@@ -4,30 +4,52 @@ Errors name the field and say what to do, in Chinese (operators and residents re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
 
-from shared.events import Caller, Channel, GeoPoint
+import regex
+
+from services.intake.errors import InvalidAppeal
+from shared.events import AppealLocated, Caller, Channel, GeoPoint
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.tickets import Ticket
 
 TEXT_MIN, TEXT_MAX = 5, 5000
 ADDRESS_MAX = 200
 # Control characters except tab/newline, plus zero-width and bidi controls that break display.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# What a reader cannot see, by Unicode's own properties rather than a list: white space and
+# separators, controls, format characters (Cf: zero-width, bidi, tags), surrogates, private use and
+# unassigned code points, marks that only modify a neighbour, and the default-ignorable code points,
+# which include the fillers that are letters by category (HANGUL FILLER U+3164 is Lo).
+_INVISIBLE = regex.compile(
+    r"[\p{White_Space}\p{Z}\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{M}\p{Default_Ignorable_Code_Point}]"
+)
 
 
-class InvalidAppeal(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+__all__ = ["InvalidAppeal", "Submission", "clean_text", "located", "validate", "wechat_caller_id"]
+
+
+def visible_length(text: str) -> int:
+    """How many characters of `text` a reader sees."""
+    return len(_INVISIBLE.sub("", text))
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula; a tab in front is how
+# exports neutralise it, so a leading tab before one is content, not padding.
+FORMULA_START = ("=", "+", "-", "@")
 
 
 def clean_text(raw: str) -> str:
     text = unicodedata.normalize("NFC", raw)
     text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
-    return text.strip()
+    stripped = text.strip()
+    if stripped.startswith(FORMULA_START) and "\t" in text[: len(text) - len(text.lstrip())]:
+        return "\t" + stripped
+    return stripped
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,14 @@ class Submission:
     operator_id: str | None = None
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
+
+    def digest(self) -> str:
+        """A hash of everything the appeal says, after normalisation: what an idempotency key is
+        bound to (the same key with another body is another appeal, not a retry)."""
+        fields: list[object] = [self.channel, self.text, self.title, self.address, self.phone, self.name]
+        fields += [self.operator_id, self.urgent, self.wechat_openid]
+        fields += [self.location.lat, self.location.lng] if self.location else [None, None]
+        return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @property
     def caller(self) -> Caller:
@@ -73,8 +103,11 @@ def validate(
     wechat_openid: str | None = None,
 ) -> Submission:
     text = clean_text(text or "")
-    if len(text) < TEXT_MIN:
-        raise InvalidAppeal("text", f"诉求内容太短（{len(text)}字），请至少写{TEXT_MIN}个字说明问题")
+    seen = visible_length(text)
+    if seen == 0:
+        raise InvalidAppeal("text", "诉求内容是空的（只有空白或不可见字符），请用文字写明问题")
+    if seen < TEXT_MIN:
+        raise InvalidAppeal("text", f"诉求内容太短（{seen}字），请至少写{TEXT_MIN}个字说明问题")
     if len(text) > TEXT_MAX:
         raise InvalidAppeal("text", f"诉求内容太长（{len(text)}字），请控制在{TEXT_MAX}字以内")
     address = clean_text(address or "")
@@ -102,4 +135,20 @@ def validate(
         operator_id=operator_id,
         urgent=urgent,
         wechat_openid=wechat_openid,
+    )
+
+
+def located(ticket: Ticket | None, place: AppealLocated) -> Ticket | None:
+    """The location rule: a place the resident sends after the appeal goes on its ticket while the
+    ticket is open, once per message, and fills the address only where the appeal gave none (what
+    the resident typed is more precise than a map label). None: nothing to change."""
+    if ticket is None or ticket.has_applied(place.event_id) or not ticket.is_open:
+        return None
+    return ticket.model_copy(
+        update={
+            "location": place.location,
+            "address": ticket.address or place.address,
+            "applied": [*ticket.applied, place.event_id],
+            "updated_at": place.occurred_at,
+        }
     )

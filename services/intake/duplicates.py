@@ -13,6 +13,7 @@ import re
 import unicodedata
 
 NEAR_IDENTICAL = 0.6
+DUPLICATE_WINDOW_SECONDS = 7 * 86400  # a grid's tickets compared with a new text: the last 7 days
 _NOT_WORD = re.compile(r"[\W_]+")
 
 

@@ -11,12 +11,10 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
+from services.intake import keys
+from services.intake.errors import RateLimited
 
-class RateLimited(Exception):
-    def __init__(self, retry_after: int, message: str) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.message = message
+__all__ = ["RateLimited", "RateLimiter", "caller_limited"]
 
 
 class RateLimiter:
@@ -33,7 +31,7 @@ class RateLimiter:
         slot = int(now // window)
         async with self.redis.pipeline(transaction=False) as p:
             for who, n in counts.items():
-                key = f"rl:{scope}:{who}:{slot}"
+                key = keys.rate_window(scope, who, slot)
                 p.incrby(key, n)
                 p.expire(key, window + 1)
             totals = (await p.execute())[::2]

@@ -7,6 +7,9 @@ names: services/service, service_requests/request, errors/error).
 Mapping: service_code = leaf category id; service_request_id = ticket number; status `open` while
 the ticket is open (shared.tickets.OPEN_STATUSES), `closed` after. A POSTed service_code is the
 resident's choice, kept as the appeal's title: the classifier still decides the category.
+
+GET is public (no key), so it shows only what anyone may see (`request_record`), and only of
+tickets the city publishes (`is_public`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from shared.events import GeoPoint
 from shared.tickets import Ticket
 
 MAX_REQUESTS = 1000  # the spec's cap on GET requests
+MAX_SCANNED = 10 * MAX_REQUESTS  # tickets one GET may read while filtering by status or code
 DEFAULT_DAYS = 90  # ... and its default window
 
 
@@ -36,8 +40,12 @@ _XML_ELEMENTS = {
 }
 
 
-def error(code: int, description: str) -> list[dict[str, Any]]:
-    return [{"code": code, "description": description}]
+def error(status: int, code: str, message: str, field: str | None = None) -> list[dict[str, Any]]:
+    """The spec's error list (`code` is the HTTP status, `description` the reason), each error also
+    carrying the API's own shape (`error`, `field`, `message`): Open311 clients read the first two,
+    everything else the last three."""
+    description = f"{field}: {message}" if field else message
+    return [{"code": status, "description": description, "error": code, "field": field, "message": message}]
 
 
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")  # not allowed in XML 1.0 at all
@@ -131,26 +139,60 @@ def _iso(dt: datetime | None, tz: ZoneInfo) -> str | None:
     return dt.astimezone(tz).isoformat(timespec="seconds") if dt else None
 
 
+# What a department writes may still quote a number (a phone, an ID card): runs of 7 or more digits,
+# spaces and dashes allowed between them, never reach the public record.
+_NUMBER_RUN = re.compile(r"\d(?:[\s\-]?\d){6,}")
+COORDINATE_DECIMALS = 2  # about a kilometre: the neighbourhood, not the building
+
+
+def is_public(ticket: Ticket, public_channels: frozenset[str]) -> bool:
+    """Whether the city publishes this ticket at all (`OPEN311_PUBLIC_CHANNELS`): by default only
+    what residents filed through Open311 itself, never a hotline call, a WeChat chat, an SMS or a
+    suggestion-box slip, which residents gave in confidence."""
+    return ticket.channel in public_channels
+
+
+def street_of(ticket: Ticket, city: City) -> str | None:
+    """The street (街道) the classifier placed the ticket in, as `district street`: the finest place
+    that is public. The resident's own address and point are not."""
+    grid = ticket.grid
+    if grid is None:
+        return None
+    if grid.grid and grid.grid in city.grids:
+        name: str | None = city.grids[grid.grid].street_name
+    else:
+        name = next((s.name for s in city.district.streets if s.id == grid.street), None)
+    return f"{city.district.name}{name}" if name else None
+
+
+def public_answer(note: str) -> str | None:
+    """The department's answer as published: its own words, numbers masked."""
+    return _NUMBER_RUN.sub("****", note).strip() or None
+
+
 def request_record(ticket: Ticket, city: City, tz: ZoneInfo) -> dict[str, Any]:
-    """One service request as GET requests shows it (no personal data: nothing of the caller)."""
+    """One service request as GET requests shows it: status, category, the street and the
+    department's answer. Never the resident's text, address, point or anything of the caller; the
+    spec's fields stay present (null) so that clients find what they expect."""
     code = ticket.category if ticket.category in city.category_by_id else None
+    point = ticket.location
     return {
         "service_request_id": ticket.ticket_no,
         "status": "open" if ticket.is_open else "closed",
-        "status_notes": ticket.resolution_note or None,
+        "status_notes": public_answer(ticket.resolution_note),
         "service_name": city.category_names(code)[-1] if code else None,
         "service_code": code,
-        "description": ticket.text,
+        "description": None,
         "agency_responsible": ticket.department.name if ticket.department else None,
         "service_notice": None,
         "requested_datetime": _iso(ticket.received_at, tz),
         "updated_datetime": _iso(ticket.updated_at, tz),
         "expected_datetime": _iso(ticket.resolve_by, tz),
-        "address": ticket.address or None,
+        "address": street_of(ticket, city),
         "address_id": None,
         "zipcode": None,
-        "lat": ticket.location.lat if ticket.location else None,
-        "long": ticket.location.lng if ticket.location else None,
+        "lat": round(point.lat, COORDINATE_DECIMALS) if point else None,
+        "long": round(point.lng, COORDINATE_DECIMALS) if point else None,
         "media_url": None,
     }
 

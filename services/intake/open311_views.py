@@ -6,6 +6,8 @@ or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from datetime import timedelta
 from urllib.parse import parse_qsl
@@ -14,13 +16,16 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.intake import open311
+from services.intake import keys, open311
 from services.intake.domain import InvalidAppeal
-from services.intake.limits import RateLimited
-from services.intake.service import TICKETS_BY_TIME, BrokerUnavailable, IntakeService
+from services.intake.service import IntakeService
+from shared.errors import DomainError
 from shared.metrics import APPEALS_REJECTED
+from shared.redis_client import text
+from shared.tickets import TICKET_NO_PATTERN
 
 router = APIRouter(prefix="/open311/v2", tags=["open311"])
+TICKET_NO = re.compile(TICKET_NO_PATTERN)
 
 
 def _respond(
@@ -36,23 +41,33 @@ def _respond(
     return JSONResponse(records, status_code=status, headers=headers or None)
 
 
-def _error(code: int, description: str, fmt: str = "json", **headers: str) -> Response:
-    return _respond(
-        fmt if fmt in open311.FORMATS else "json", "errors", open311.error(code, description), code, **headers
-    )
+def _error(
+    status: int, code: str, message: str, fmt: str = "json", field: str | None = None, **headers: str
+) -> Response:
+    records = open311.error(status, code, message, field)
+    return _respond(fmt if fmt in open311.FORMATS else "json", "errors", records, status, **headers)
+
+
+def _refused(e: DomainError, fmt: str) -> Response:
+    """A domain error in the spec's format. Invalid input is the spec's 400 (not the API's 422)."""
+    status = {"invalid": 400, "unreadable": 400, "too_many": 429, "unavailable": 503}.get(e.kind, 400)
+    headers = {"Retry-After": str(e.retry_after)} if e.retry_after is not None else {}
+    return _error(status, e.code, e.message, fmt, e.field, **headers)
 
 
 def _unknown_format(fmt: str) -> Response | None:
     if fmt in open311.FORMATS:
         return None
-    return _error(404, f"format .{fmt} is not offered: use .json or .xml / 仅支持json和xml格式")
+    return _error(
+        404, "unknown_format", f"format .{fmt} is not offered: use .json or .xml / 仅支持json和xml格式"
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
     """The POSTed fields. URL-encoded bodies are decoded strictly: invalid UTF-8 is an error."""
     if request.headers.get("content-type", "").startswith("multipart/"):
-        form = await request.form()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+        async with request.form(max_files=1, max_fields=50) as form:
+            return {k: v for k, v in form.items() if isinstance(v, str)}
     raw = await request.body()
     return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True, encoding="utf-8", errors="strict"))
 
@@ -71,24 +86,27 @@ async def create_request(
     try:
         form = await _form(request)
     except UnicodeDecodeError:
-        return _error(400, "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码", fmt)
+        return _error(
+            400, "bad_request", "request body is not valid UTF-8 / 请求内容不是有效的UTF-8编码", fmt, "body"
+        )
     if (
         not request.app.state.settings.open311_keys
         or form.get("api_key") not in request.app.state.settings.open311_keys
     ):
-        return _error(403, "api_key is missing or not valid / api_key无效", fmt)
+        return _error(403, "forbidden", "api_key is missing or not valid / api_key无效", fmt, "api_key")
     intake: IntakeService = request.app.state.intake
     try:
         await intake.check_ip(request.client.host if request.client else None)
         sub = open311.submission(request.app.state.city, form)
-        ticket_no, _ = await intake.submit(sub, f"open311:{idempotency_key}" if idempotency_key else None)
+        # Keys are per client (its api_key): two clients' "1" are two submissions.
+        client = hashlib.sha256(form["api_key"].encode()).hexdigest()[:16]
+        key = f"open311:{client}:{idempotency_key}" if idempotency_key else None
+        ticket_no, _ = await intake.submit(sub, key)
     except InvalidAppeal as e:
-        APPEALS_REJECTED.labels(channel="open311", reason=e.field).inc()
-        return _error(400, f"{e.field}: {e.message}", fmt)
-    except RateLimited as e:
-        return _error(429, e.message, fmt, **{"Retry-After": str(e.retry_after)})
-    except BrokerUnavailable:
-        return _error(503, "service busy, retry later / 系统繁忙，请稍后重试", fmt, **{"Retry-After": "5"})
+        APPEALS_REJECTED.labels(channel="open311", reason=e.field or "").inc()
+        return _refused(e, fmt)
+    except DomainError as e:
+        return _refused(e, fmt)
     notice = f"诉求已受理，工单号{ticket_no}。可用GET requests/{ticket_no}.{fmt}查询办理状态。"
     return _respond(
         fmt,
@@ -98,13 +116,22 @@ async def create_request(
     )
 
 
+def _ticket_no(value: str) -> bool:
+    return TICKET_NO.fullmatch(value) is not None
+
+
 @router.get("/requests/{request_id}.{fmt}")
-async def get_request(request: Request, request_id: str, fmt: str):
+async def get_request(request: Request, request_id: str, fmt: str) -> Response:
     if refused := _unknown_format(fmt):
         return refused
-    (ticket,) = await request.app.state.store.get_many([request_id])
-    if ticket is None:
-        return _error(404, f"service_request_id {request_id} not found / 未找到该工单", fmt)
+    ticket = None
+    if _ticket_no(request_id):  # anything else names no ticket, and never reaches a store key
+        (ticket,) = await request.app.state.store.get_many([request_id])
+    if ticket is None or not open311.is_public(ticket, request.app.state.settings.public_channels):
+        # A ticket the city does not publish is as absent as one that does not exist.
+        return _error(
+            404, "not_found", f"service_request_id {request_id} not found / 未找到该工单", fmt, "request_id"
+        )
     tz = ZoneInfo(request.app.state.settings.timezone)
     return _respond(fmt, "requests", [open311.request_record(ticket, request.app.state.city, tz)])
 
@@ -118,38 +145,49 @@ async def list_requests(
     start_date: str | None = None,
     end_date: str | None = None,
     status: str | None = None,
-):
+) -> Response:
     if refused := _unknown_format(fmt):
         return refused
     city, store = request.app.state.city, request.app.state.store
+    public = request.app.state.settings.public_channels
     tz = ZoneInfo(request.app.state.settings.timezone)
     if service_request_id:
-        ids = [i.strip() for i in service_request_id.split(",") if i.strip()][: open311.MAX_REQUESTS]
+        ids = [i.strip() for i in service_request_id.split(",") if _ticket_no(i.strip())]
+        tickets = await store.get_many(ids[: open311.MAX_REQUESTS])
         return _respond(
             fmt,
             "requests",
-            [open311.request_record(t, city, tz) for t in await store.get_many(ids) if t is not None],
+            [
+                open311.request_record(t, city, tz)
+                for t in tickets
+                if t is not None and open311.is_public(t, public)
+            ],
         )
     try:
         start = open311.parse_time(start_date, "start_date")
         end = open311.parse_time(end_date, "end_date")
     except InvalidAppeal as e:
-        return _error(400, e.message, fmt)
+        return _refused(e, fmt)
     statuses = {s.strip() for s in (status or "").split(",") if s.strip()}
     if statuses - {"open", "closed"}:
-        return _error(400, "status must be open, closed or both (comma-separated)", fmt)
+        return _error(
+            400, "invalid_request", "status must be open, closed or both (comma-separated)", fmt, "status"
+        )
     codes = {c.strip() for c in (service_code or "").split(",") if c.strip()}
     end_ts = end.timestamp() if end else time.time()
     start_ts = start.timestamp() if start else end_ts - timedelta(days=open311.DEFAULT_DAYS).total_seconds()
     found: list[dict] = []
     offset, page = 0, open311.MAX_REQUESTS
-    while len(found) < open311.MAX_REQUESTS:
-        nos = await store.redis.zrevrangebyscore(TICKETS_BY_TIME, end_ts, start_ts, start=offset, num=page)
+    # Filters that match little must not walk the whole index: a request reads at most MAX_SCANNED.
+    while len(found) < open311.MAX_REQUESTS and offset < open311.MAX_SCANNED:
+        nos = await store.redis.zrevrangebyscore(
+            keys.PUBLIC_BY_TIME, end_ts, start_ts, start=offset, num=page
+        )
         if not nos:
             break
         offset += len(nos)
-        for t in await store.get_many([n.decode() for n in nos]):
-            if t is None:
+        for t in await store.get_many([text(n) for n in nos]):
+            if t is None or not open311.is_public(t, public):
                 continue
             record = open311.request_record(t, city, tz)
             if (not statuses or record["status"] in statuses) and (

@@ -1,29 +1,25 @@
 """What the operator sees before submitting: the suggested category, grid and department, and the
 open tickets this call is probably about (same caller, or a near-identical text in the same grid in
-the last 7 days). Reads the duplicate index the intake worker keeps (see app.py)."""
+the last 7 days). Reads the duplicate index the intake worker keeps (see app.py, keys.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from services.classifier.service import ServedClassifier
-from services.intake.app import DUPLICATE_WINDOW_SECONDS, caller_key, grid_key
+from services.intake import keys
 from services.intake.domain import Submission
-from services.intake.duplicates import near_identical, similarity
+from services.intake.duplicates import DUPLICATE_WINDOW_SECONDS, near_identical, similarity
 from shared.city import City
 from shared.events import AppealReceived
+from shared.redis_client import text
 from shared.store import TicketStore
 from shared.tickets import Ticket
 
 GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
-
-
-def _text(value: object) -> str:
-    """A Redis reply item as text (the client returns bytes)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -94,16 +90,16 @@ class Previewer:
     async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
         found: dict[str, Duplicate] = {}
         caller = sub.caller.caller_id
-        mine = [_text(m) for m in await self.store.redis.smembers(caller_key(caller))] if caller else []
+        mine = [text(m) for m in await self.store.redis.smembers(keys.caller_index(caller))] if caller else []
         for t in await self.store.get_many(sorted(mine)):
             if t is not None and t.is_open:
                 found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
         if grid:
             since = time.time() - DUPLICATE_WINDOW_SECONDS
             recent = await self.store.redis.zrevrangebyscore(
-                grid_key(grid), "+inf", since, start=0, num=GRID_CANDIDATES
+                keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES
             )
-            nos = [_text(n) for n in recent if _text(n) not in found]
+            nos = [no for no in map(text, cast(list[bytes], recent)) if no not in found]
             for t in await self.store.get_many(nos):
                 if t is not None and t.is_open and near_identical(sub.text, t.text):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))

@@ -1,13 +1,19 @@
 """Turning validated submissions into numbered, durable appeals.
 
-Order matters for "never lost, never acknowledged early":
-  1. claim the idempotency keys (a retry returns the first ticket number, never a second one);
-  2. count the callers against their hourly limit;
-  3. take the next numbers of the day (one INCRBY for a whole batch);
-  4. publish the `appeal.received` events and wait for the broker's acks=all;
-  5. only then record the tickets and the callers' contacts, and answer with the numbers.
-If the broker does not acknowledge, the claims are released and the caller gets BrokerUnavailable
-(HTTP 503 with Retry-After): the numbers are burnt, nothing else remains.
+Order matters for "never lost, never acknowledged early, never twice":
+  1. a submission whose idempotency key is known resumes it: the same body gets the number the
+     key holds (published again if it was never answered), another body is refused (KeyReused);
+  2. new submissions count against their caller's hourly limit;
+  3. they take the next numbers of the day (one INCRBY for a whole batch), and each key is claimed
+     with its body's hash and its number in the same step: from here on, whatever fails, a retry
+     with the key ends at this number;
+  4. the `appeal.received` events are published (with a keyed submission, under an id that follows
+     from the key) and the broker's acks=all awaited;
+  5. only then the tickets, the callers' contacts and the indexes are recorded, the claims marked
+     answered, and the numbers answered.
+Broker down at 4: BrokerUnavailable (HTTP 503 with Retry-After); Redis down at 5: Redis's error
+(503 too). Either way the claim keeps the number, and the retry publishes the same fact again,
+which every consumer drops as already seen. Without a key, a failed submission's number is burnt.
 """
 
 from __future__ import annotations
@@ -17,46 +23,39 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
-from services.intake.app import CALLER_INDEX_TTL, caller_key
-from services.intake.domain import Submission
-from services.intake.limits import RateLimited, RateLimiter, caller_limited
+from services.intake import keys
+from services.intake.domain import Submission, located
+from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
+from services.intake.limits import RateLimiter, caller_limited
 from shared.bus import EventPublisher, publish
 from shared.events import AppealLocated, AppealReceived, GeoPoint
 from shared.metrics import APPEALS_RECEIVED
-from shared.store import Change, Outcome, TicketStore, apply_and_publish
+from shared.redis_client import text
+from shared.store import Change, Outcome, TicketStore, apply_and_publish, contact_key
 from shared.tickets import Ticket
 
 log = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 7 * 86400
-# A claim outlives any honest attempt (publish timeout 10 s) but not a crashed process: a retry
-# after that goes through instead of waiting on a claim nobody will finish.
-PENDING_TTL = 60
-TICKETS_BY_TIME = "intake:tickets"  # every ticket number, scored by receipt time (Open311 listing)
 WECHAT_LOCATION_TTL = 30 * 60  # a location message applies to appeals within 30 minutes of it
+CALLER_INDEX_TTL = 90 * 86400  # a caller's open-ticket index outlives any ticket's life
 
-
-class BrokerUnavailable(RuntimeError):
-    """The appeal could not be durably written; ask the client to retry."""
+__all__ = ["Accepted", "BrokerUnavailable", "IntakeService", "Result"]
 
 
 @dataclass(frozen=True)
 class Accepted:
     ticket_no: str
-    created: bool  # False: the idempotency key was seen before, this is the first ticket's number
+    created: bool  # False: the idempotency key was seen before, this is its ticket's number
 
 
-Result = Accepted | RateLimited
-
-
-def idem_key(key: str) -> str:
-    return f"idem:{key}"
+Result = Accepted | RateLimited | KeyReused
 
 
 class IntakeService:
@@ -68,6 +67,7 @@ class IntakeService:
         timezone: str,
         publish_timeout: float = 10,
         limiter: RateLimiter | None = None,
+        public_channels: frozenset[str] = frozenset({"open311"}),
     ) -> None:
         self.publisher = publisher
         self.store = store
@@ -75,6 +75,7 @@ class IntakeService:
         self.tz = ZoneInfo(timezone)
         self.publish_timeout = publish_timeout
         self.limiter = limiter
+        self.public_channels = public_channels  # their tickets are listed by Open311's public GET
 
     def today(self):
         return datetime.now(self.tz).date()
@@ -84,151 +85,161 @@ class IntakeService:
         if self.limiter is not None:
             await self.limiter.check_ip(ip, cost)
 
-    async def existing(self, idempotency_key: str) -> str | None:
-        """The ticket number an earlier submission with this key got, if it completed."""
-        value = await self.redis.get(idem_key(idempotency_key))
-        if value is None:
-            return None
-        value = value.decode()
-        return None if value == "pending" else value
-
     async def submit(self, sub: Submission, idempotency_key: str | None = None) -> tuple[str, bool]:
-        """Returns (ticket number, created). Raises RateLimited or BrokerUnavailable."""
+        """Returns (ticket number, created). Raises RateLimited, KeyReused or BrokerUnavailable."""
         (result,) = await self.submit_many([(sub, idempotency_key)])
-        if isinstance(result, RateLimited):
+        if isinstance(result, RateLimited | KeyReused):
             raise result
         return result.ticket_no, result.created
 
     async def submit_many(self, items: Sequence[tuple[Submission, str | None]]) -> list[Result]:
         """Submit a chunk (one appeal or a few hundred rows of a batch) with a handful of round trips.
-        Per item: Accepted, or RateLimited for a caller over the limit. Raises BrokerUnavailable."""
-        results: list[Result | None] = [None] * len(items)
-        todo, claimed = await self._claim([k for _, k in items], results)
-        chunk = _Chunk(items, todo, claimed, results)
-        chunk.todo = await self._within_limits(chunk)
-        if chunk.todo:
+        Per item: Accepted; RateLimited for a caller over the limit; KeyReused for a key that came
+        with another body. Raises BrokerUnavailable, or Redis's own error when Redis is away."""
+        chunk = _Chunk(items)
+        await self._resume_claimed(chunk)
+        await self._within_limits(chunk)
+        await self._claim_numbers(chunk)
+        if chunk.to_publish:
             await self._publish_and_record(chunk)
-        for i, r in enumerate(results):
-            if isinstance(r, _Copy):
-                first = results[r.original]
-                results[i] = (
-                    Accepted(first.ticket_no, created=False) if isinstance(first, Accepted) else first
-                )
-        return results  # type: ignore[return-value]
+        return chunk.decided()
 
-    async def _claim(
-        self, keys: Sequence[str | None], results: list[Result | None]
-    ) -> tuple[list[int], dict[int, str]]:
-        """Claim idempotency keys. Items whose key already has a ticket get it; a key that appears
-        twice in the chunk gets the first one's ticket. Returns the items to process and, of those,
-        the keys this call claimed (item index -> key)."""
+    async def _resume_claimed(self, chunk: _Chunk) -> None:
+        """Keys seen before: the same body gets the first submission's number (finished, or to be
+        published again), another body is refused. A key repeated inside the chunk gets the first
+        item's answer."""
         first: dict[str, int] = {}
-        todo: list[int] = []
-        copies: list[tuple[int, int]] = []
-        for i, k in enumerate(keys):
-            if k is None:
-                todo.append(i)
-            elif k in first:
-                copies.append((i, first[k]))
+        for i, (_, key) in enumerate(chunk.items):
+            if key is None:
+                chunk.new.append(i)
+            elif key in first:
+                chunk.copies[i] = first[key]
             else:
-                first[k] = i
-        waiting = dict(first)
-        for _ in range(50):  # another request with the same key may be mid-flight
-            if not waiting:
-                break
-            async with self.redis.pipeline(transaction=False) as p:
-                for k in waiting:
-                    p.set(idem_key(k), "pending", nx=True, ex=PENDING_TTL)
-                got = await p.execute()
-            still: dict[str, int] = {}
-            held = [k for k, ok in zip(waiting, got, strict=False) if not ok]
-            done = await self.redis.mget([idem_key(k) for k in held]) if held else []
-            for k, ok in zip(waiting, got, strict=False):
-                if ok:
-                    todo.append(waiting[k])
-            for k, value in zip(held, done, strict=False):
-                if value is not None and value != b"pending":
-                    results[waiting[k]] = Accepted(value.decode(), created=False)
-                else:
-                    still[k] = waiting[k]
-            waiting = still
-            if waiting:
-                await asyncio.sleep(0.1)
-        if waiting:
-            await self._release([k for k in first if first[k] in todo])
-            raise BrokerUnavailable("the same submission is still being processed")
-        for copy, original in copies:
-            results[copy] = _Copy(original)  # type: ignore[assignment]
-        todo.sort()
-        return todo, {i: keys[i] for i in todo if keys[i] is not None}  # type: ignore[misc]
+                first[key] = i
+        if not first:
+            return
+        found = await self.redis.mget([keys.idempotency(k) for k in first])
+        for i, raw in zip(first.values(), found, strict=True):
+            if raw is None:
+                chunk.new.append(i)
+            else:
+                self._settle(chunk, i, Claim.loads(raw))
+        chunk.new.sort()
 
-    async def _within_limits(self, chunk: _Chunk) -> list[int]:
-        """The items whose caller is within the hourly limit; the others get RateLimited."""
-        items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
-        if self.limiter is None:
-            return todo
-        ids = [items[i][0].caller.caller_id for i in todo]
+    def _settle(self, chunk: _Chunk, i: int, claim: Claim) -> None:
+        """An item whose key holds `claim`."""
+        sub, _ = chunk.items[i]
+        if claim.digest != sub.digest():
+            chunk.results[i] = KeyReused(claim.ticket_no)
+        elif claim.done:
+            chunk.results[i] = Accepted(claim.ticket_no, created=False)
+        else:
+            # Numbered, perhaps published, never answered (the broker or Redis failed on the way):
+            # publishing it again under the same event id is harmless, and the caller gets its number.
+            chunk.numbers[i] = claim.ticket_no
+            chunk.results[i] = _Resumed()
+            chunk.to_publish.append(i)
+
+    async def _within_limits(self, chunk: _Chunk) -> None:
+        """New items whose caller is over the hourly limit get RateLimited (a retry never counts)."""
+        if self.limiter is None or not chunk.new:
+            return
+        ids = [chunk.items[i][0].caller.caller_id for i in chunk.new]
         over = await self.limiter.callers_over(c for c in ids if c)
-        if not over:
-            return todo
-        refused = [i for i, c in zip(todo, ids, strict=False) if c in over]
-        for i, c in zip(todo, ids, strict=False):
-            if c in over:
-                results[i] = caller_limited(over[c])
-        await self._release([claimed[i] for i in refused if i in claimed])
-        return [i for i in todo if results[i] is None]
+        if over:
+            for i, c in zip(chunk.new, ids, strict=True):
+                if c in over:
+                    chunk.results[i] = caller_limited(over[c])
+            chunk.new = [i for i in chunk.new if chunk.results[i] is None]
 
-    async def _release(self, keys: Sequence[str]) -> None:
-        if keys:
-            await self.redis.delete(*[idem_key(k) for k in keys])
+    async def _claim_numbers(self, chunk: _Chunk) -> None:
+        """Numbers for the new items, and the claims that tie each key to its body and number, so
+        that from here on every attempt with the key ends at this number. A claim lost to a
+        concurrent request with the same key settles the item as that request's (its number burnt)."""
+        if not chunk.new:
+            return
+        numbers = await self.store.next_ticket_nos(self.today(), len(chunk.new))
+        keyed = [(i, no) for i, no in zip(chunk.new, numbers, strict=True) if chunk.items[i][1]]
+        won: list[bool] = []
+        if keyed:
+            async with self.redis.pipeline(transaction=False) as p:
+                for i, no in keyed:
+                    sub, key = chunk.items[i]
+                    claim = Claim(sub.digest(), no, done=False)
+                    p.set(keys.idempotency(key or ""), claim.dumps(), nx=True, ex=IDEMPOTENCY_TTL)
+                won = [bool(ok) for ok in await p.execute()]
+        lost = {i for (i, _), ok in zip(keyed, won, strict=True) if not ok}
+        for i, no in zip(chunk.new, numbers, strict=True):
+            if i not in lost:
+                chunk.numbers[i] = no
+                chunk.to_publish.append(i)
+        if lost:
+            found = await self.redis.mget([keys.idempotency(chunk.items[i][1] or "") for i in sorted(lost)])
+            for i, raw in zip(sorted(lost), found, strict=True):
+                if raw is None:  # claimed and gone again within a moment: let the client retry
+                    raise BrokerUnavailable("idempotency claim vanished")
+                self._settle(chunk, i, Claim.loads(raw))
+        chunk.to_publish.sort()
 
     async def _publish_and_record(self, chunk: _Chunk) -> None:
-        items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
-        keys = [claimed[i] for i in todo if i in claimed]
+        todo = chunk.to_publish
+        subs = [chunk.items[i][0] for i in todo]
+        events = [await self._appeal_event(chunk.numbers[i], chunk.items[i]) for i in todo]
         try:
-            numbers = await self.store.next_ticket_nos(self.today(), len(todo))
-            subs = [items[i][0] for i in todo]
-            events = [await self._appeal_event(no, sub) for no, sub in zip(numbers, subs, strict=False)]
             await asyncio.wait_for(publish(self.publisher, events), self.publish_timeout)
         except Exception as e:
-            await self._release(keys)
+            # Claims stay: a retry with the same key publishes the same number again.
             log.warning("%d appeal(s) not accepted, broker did not acknowledge: %r", len(todo), e)
             raise BrokerUnavailable(str(e)) from e
         # Durable from here on: the router would create the tickets from the events even if we died.
+        await self._record(subs, events)
         async with self.redis.pipeline(transaction=False) as p:
-            for sub, event in zip(subs, events, strict=False):
+            for i, event in zip(todo, events, strict=True):
+                sub, key = chunk.items[i]
+                resumed = isinstance(chunk.results[i], _Resumed)
+                chunk.results[i] = Accepted(event.ticket_no, created=not resumed)
+                if key:
+                    done = Claim(sub.digest(), event.ticket_no, done=True)
+                    p.set(keys.idempotency(key), done.dumps(), ex=IDEMPOTENCY_TTL)
+                if not resumed:
+                    APPEALS_RECEIVED.labels(channel=sub.channel).inc()
+            await p.execute()
+
+    async def _record(self, subs: Sequence[Submission], events: Sequence[AppealReceived]) -> None:
+        """What intake keeps beside the published appeals: contacts, indexes, the tickets."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for sub, event in zip(subs, events, strict=True):
                 cid = event.caller.caller_id
                 if cid:  # the worker indexes it too; here, so that a preview a second later sees it
-                    p.sadd(caller_key(cid), event.ticket_no)
-                    p.expire(caller_key(cid), CALLER_INDEX_TTL)
-                if sub.phone:
-                    contact = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
-                    p.hset(f"contact:{cid}", mapping=contact)
-                elif sub.wechat_openid:
-                    p.hset(f"contact:{cid}", mapping={"wechat_openid": sub.wechat_openid})
-                    p.set(wechat_last_key(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
-                p.zadd(TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
+                    p.sadd(keys.caller_index(cid), event.ticket_no)
+                    p.expire(keys.caller_index(cid), CALLER_INDEX_TTL)
+                if cid and sub.phone:
+                    p.hset(contact_key(cid), "phone", sub.phone)
+                    if sub.name:
+                        p.hset(contact_key(cid), "name", sub.name)
+                elif cid and sub.wechat_openid:
+                    p.hset(contact_key(cid), "wechat_openid", sub.wechat_openid)
+                    p.set(keys.wechat_last(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
+                if sub.channel in self.public_channels:
+                    p.zadd(keys.PUBLIC_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
         await self.store.create_many(events)
-        async with self.redis.pipeline(transaction=False) as p:
-            for i, event in zip(todo, events, strict=False):
-                results[i] = Accepted(event.ticket_no, created=True)
-                if i in claimed:
-                    p.set(idem_key(claimed[i]), event.ticket_no, ex=IDEMPOTENCY_TTL)
-            await p.execute()
-        for sub in subs:
-            APPEALS_RECEIVED.labels(channel=sub.channel).inc()
 
-    async def _appeal_event(self, ticket_no: str, sub: Submission) -> AppealReceived:
+    async def _appeal_event(self, ticket_no: str, item: tuple[Submission, str | None]) -> AppealReceived:
+        """The event for a numbered submission. With an idempotency key its id follows from the key,
+        so the event published again on a retry is the same fact, dropped by every consumer."""
+        sub, key = item
+        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"appeal/{key}").hex if key else uuid.uuid4().hex
         location, address = sub.location, sub.address
         if sub.wechat_openid and location is None:
             # A location the user sent just before this message belongs to it.
-            held = await self.redis.get(wechat_location_key(sub.caller.caller_id))
+            held = await self.redis.get(keys.wechat_location(sub.caller.caller_id))
             if held is not None:
                 place = json.loads(held)
                 location = GeoPoint(lng=place["lng"], lat=place["lat"])
                 address = address or place["label"]
         return AppealReceived(
+            event_id=event_id,
             ticket_no=ticket_no,
             channel=sub.channel,
             text=sub.text,
@@ -246,12 +257,12 @@ class IntakeService:
         """A location message: kept for the user's next appeal (30 minutes), and applied to the last
         one if it came in the last 30 minutes and is still open. Returns that ticket number."""
         place = json.dumps({"lng": point.lng, "lat": point.lat, "label": label}, ensure_ascii=False)
-        await self.redis.set(wechat_location_key(caller_id), place, ex=WECHAT_LOCATION_TTL)
-        last = await self.redis.get(wechat_last_key(caller_id))
+        await self.redis.set(keys.wechat_location(caller_id), place, ex=WECHAT_LOCATION_TTL)
+        last = await self.redis.get(keys.wechat_last(caller_id))
         if last is None:
             return None
-        ticket_no = last.decode()
-        located = AppealLocated(
+        ticket_no = text(last)
+        place_event = AppealLocated(
             event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-location/{msg_id}").hex,
             ticket_no=ticket_no,
             channel="wechat",
@@ -260,49 +271,65 @@ class IntakeService:
         )
         results = await apply_and_publish(
             self.store,
-            [Change(ticket_no, partial(apply_location, located=located))],
+            [Change(ticket_no, partial(apply_location, place=place_event))],
             partial(publish, self.publisher),
         )
         ticket = results[0][0]
         return ticket_no if ticket is not None and ticket.location == point else None
 
 
-def apply_location(ticket: Ticket | None, located: AppealLocated) -> Outcome | None:
-    """Decision: put the place on an open ticket (once per message)."""
-    if ticket is None or ticket.has_applied(located.event_id) or not ticket.is_open:
-        return None
-    updated = ticket.model_copy(
-        update={
-            "location": located.location,
-            "address": ticket.address or located.address,
-            "applied": [*ticket.applied, located.event_id],
-            "updated_at": located.occurred_at,
-        }
-    )
-    return Outcome(updated, publish=[located])
+def apply_location(ticket: Ticket | None, place: AppealLocated) -> Outcome | None:
+    """The store's decision around the pure location rule (`domain.located`): the changed ticket,
+    and the fact to publish."""
+    updated = located(ticket, place)
+    return None if updated is None else Outcome(updated, publish=[place])
 
 
-def wechat_location_key(caller_id: str | None) -> str:
-    return f"wx:loc:{caller_id}"
+@dataclass(frozen=True)
+class Claim:
+    """What an idempotency key holds: the hash of the body it first came with, the number that body
+    got, and whether the caller was answered. Kept for IDEMPOTENCY_TTL either way: a claim whose
+    answer never left is how a retry finds its number."""
+
+    digest: str
+    ticket_no: str
+    done: bool
+
+    def dumps(self) -> str:
+        return json.dumps({"h": self.digest, "no": self.ticket_no, "done": self.done})
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Claim:
+        data = json.loads(raw)
+        return cls(data["h"], data["no"], bool(data["done"]))
 
 
-def wechat_last_key(caller_id: str | None) -> str:
-    return f"wx:last:{caller_id}"
+class _Resumed:
+    """Marks an item that resumes an earlier, unanswered submission (not counted as received again)."""
 
 
 @dataclass
 class _Chunk:
-    """Submissions on their way: which are still to do, the idempotency keys claimed for them
-    (item index -> key), and each item's result so far."""
+    """Submissions on their way: the new ones, those to publish with their numbers, repeated keys
+    (item -> the item it repeats), and each item's result so far."""
 
     items: Sequence[tuple[Submission, str | None]]
-    todo: list[int]
-    claimed: dict[int, str]
-    results: list[Result | None]
+    new: list[int] = field(default_factory=list)
+    to_publish: list[int] = field(default_factory=list)
+    numbers: dict[int, str] = field(default_factory=dict)
+    copies: dict[int, int] = field(default_factory=dict)
+    results: list[Result | _Resumed | None] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.items)
 
-class _Copy:
-    """Placeholder for an item whose idempotency key repeats an earlier item of the same chunk."""
-
-    def __init__(self, original: int) -> None:
-        self.original = original
+    def decided(self) -> list[Result]:
+        out: list[Result] = []
+        for i, r in enumerate(self.results):
+            if i in self.copies:  # a repeated key within the chunk: the first item's answer
+                r = self.results[self.copies[i]]
+                r = Accepted(r.ticket_no, created=False) if isinstance(r, Accepted) else r
+            if not isinstance(r, Accepted | RateLimited | KeyReused):
+                raise RuntimeError("an item of the chunk was left undecided")
+            out.append(r)
+        return out

@@ -2,33 +2,41 @@
 
 The other channels have their own views (wechat_views.py, open311_views.py; SMS arrives at the
 notifier's inbound endpoint, which hands what answers no survey to sms.py). All of them go through
-IntakeService, so they share idempotency, durability and limits."""
+IntakeService, so they share idempotency, durability and limits. Refusals are domain errors
+(services.intake.errors): the API's handler answers them in the one error shape."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, File, Header, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile as StarletteUpload
 
-from services.intake import batch
+from services.intake import batch, wechat
 from services.intake.domain import InvalidAppeal, validate
-from services.intake.limits import RateLimited
-from services.intake.service import Accepted, BrokerUnavailable, IntakeService
+from services.intake.errors import BadRequest
+from services.intake.jsonbody import parse_json
+from services.intake.service import Accepted, IntakeService
 from shared.auth import Principal, require_intake_staff
+from shared.bodies import Limit
 from shared.events import Channel
-from shared.http import api_error
 from shared.metrics import APPEALS_REJECTED
+from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
+M = TypeVar("M", bound=BaseModel)
 
 
 class AppealIn(BaseModel):
-    channel: Channel = "hotline"
+    channel: Channel = Field(
+        "hotline", description="optional: the token decides (hotline; web for the dispatch desk)"
+    )
     caller_phone: str | None = Field(None, examples=["13812345678"])
     caller_name: str | None = None
     text: str = Field(examples=["阳光花园3号楼门口的路灯坏了一个星期，晚上很黑"])
@@ -44,40 +52,43 @@ class AppealAccepted(BaseModel):
     message: str
 
 
-def rejection(channel: str, e: InvalidAppeal) -> JSONResponse:
-    APPEALS_REJECTED.labels(channel=channel, reason=e.field).inc()
-    return api_error(422, "invalid_appeal", e.message, field=e.field)
+# The channel follows from the credential, not the client's word: an operator registers calls to
+# the hotline; the dispatch desk may also enter what reached the city's website. Neither can pass an
+# appeal off as a resident's WeChat message, SMS, Open311 request or slip, which arrive through
+# their own endpoints and credentials (and fall under their own publication and survey rules).
+STAFF_CHANNELS: dict[str, tuple[Channel, ...]] = {"operator": ("hotline",), "admin": ("hotline", "web")}
 
 
-def unavailable() -> JSONResponse:
-    return api_error(
-        503, "unavailable", "系统繁忙，诉求未能保存，请稍后重试（不会重复登记）", headers={"Retry-After": "5"}
-    )
+def channel_of(body: AppealIn, staff: Principal) -> Channel:
+    allowed = STAFF_CHANNELS.get(staff.role, ("hotline",))
+    if "channel" not in body.model_fields_set:
+        return allowed[0]
+    if body.channel not in allowed:
+        raise InvalidAppeal(
+            "channel",
+            f"渠道由登录凭证决定：此凭证只能登记{'、'.join(allowed)}渠道的诉求，不能填写{body.channel}",
+        )
+    return body.channel
 
 
-def too_many(e: RateLimited) -> JSONResponse:
-    return api_error(
-        429, "rate_limited", e.message, headers={"Retry-After": str(e.retry_after)}, retry_after=e.retry_after
-    )
-
-
-def bad_request(message: str, field: str = "body") -> JSONResponse:
-    return api_error(400, "bad_request", message, field=field)
+@contextmanager
+def counting_rejections(channel: str) -> Iterator[None]:
+    """Counts an invalid submission under its channel and the field at fault, and lets it through
+    to the error handler."""
+    try:
+        yield
+    except InvalidAppeal as e:
+        APPEALS_REJECTED.labels(channel=channel, reason=e.field or "").inc()
+        raise
 
 
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-async def read_json(request: Request, model: type[BaseModel]) -> BaseModel | JSONResponse:
-    """The body as `model`; invalid UTF-8 or JSON is a 400 that says so (FastAPI's is opaque)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return bad_request(f"请求内容不是有效的UTF-8编码（第{e.start}字节）")
-    except json.JSONDecodeError as e:
-        return bad_request(f"请求内容不是有效的JSON：第{e.lineno}行第{e.colno}列 {e.msg}")
+async def read_json(request: Request, model: type[M]) -> M:
+    """The body as `model`; what is not JSON we accept is a 400 that says why (FastAPI's is opaque)."""
+    data = parse_json(await request.body())
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -99,16 +110,14 @@ async def submit_appeal(
     response: Response,
     idempotency_key: str | None = Header(None, max_length=200),
     staff: Principal = Depends(require_intake_staff),
-):
+) -> AppealAccepted:
     body = await read_json(request, AppealIn)
-    if isinstance(body, JSONResponse):
-        return body
-    assert isinstance(body, AppealIn)
     intake: IntakeService = request.app.state.intake
-    try:
-        await intake.check_ip(client_ip(request))
+    await intake.check_ip(client_ip(request))
+    with counting_rejections(body.channel):
+        channel = channel_of(body, staff)
         sub = validate(
-            channel=body.channel,
+            channel=channel,
             text=body.text,
             title=body.title,
             address=body.address,
@@ -117,75 +126,105 @@ async def submit_appeal(
             operator_id=staff.operator or body.operator_id,
             urgent=body.urgent,
         )
-        ticket_no, created = await intake.submit(sub, f"api:{idempotency_key}" if idempotency_key else None)
-    except InvalidAppeal as e:
-        return rejection(body.channel, e)
-    except RateLimited as e:
-        return too_many(e)
-    except BrokerUnavailable:
-        return unavailable()
+    # A key is the caller's own: another operator's key of the same text is another submission.
+    key = f"api:{staff.scope}:{idempotency_key}" if idempotency_key else None
+    ticket_no, created = await intake.submit(sub, key)
     if not created:
         response.status_code = 200
     return AppealAccepted(ticket_no=ticket_no, message=f"诉求已受理，工单号{ticket_no}")
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))
-async def preview_appeal(request: Request, _: Principal = Depends(require_intake_staff)):
+async def preview_appeal(
+    request: Request, staff: Principal = Depends(require_intake_staff)
+) -> dict[str, Any]:
     """Suggested category, grid and department, and possible duplicates, before submitting."""
     body = await read_json(request, AppealIn)
-    if isinstance(body, JSONResponse):
-        return body
-    assert isinstance(body, AppealIn)
-    try:
+    with counting_rejections(body.channel):
+        channel = channel_of(body, staff)
         sub = validate(
-            channel=body.channel,
+            channel=channel,
             text=body.text,
             title=body.title,
             address=body.address,
             phone=body.caller_phone,
             urgent=body.urgent,
         )
-    except InvalidAppeal as e:
-        return rejection(body.channel, e)
-    result = await request.app.state.intake_preview.preview(sub)
+    result: dict[str, Any] = await request.app.state.intake_preview.preview(sub)
     if result["duplicates"]:
         d = result["duplicates"][0]
         result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{d['status']}）"
     return result
 
 
-@router.post("/appeals/batch")
-async def submit_batch(
-    request: Request, file: UploadFile = File(...), _: Principal = Depends(require_intake_staff)
-):
-    """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not."""
+_UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def upload_limits(settings: Settings) -> batch.UploadLimits:
+    return batch.UploadLimits(
+        rows=settings.upload_max_rows,
+        columns=settings.upload_max_columns,
+        seconds=settings.upload_parse_seconds,
+    )
+
+
+def body_limits(settings: Settings) -> dict[str, Limit]:
+    """Intake's endpoints whose bodies may be larger or must be smaller than the API's default."""
+    return {
+        "/api/v1/appeals/batch": Limit(settings.max_upload_bytes, "请把文件拆分后分批上传"),
+        "/open311/": Limit(settings.max_form_bytes, "Open311表单只需诉求文字和位置，请精简后重试"),
+        "/api/v1/channels/wechat": Limit(wechat.MAX_BODY, "这不是微信服务器推送的消息"),
+    }
+
+
+@router.post("/appeals/batch", openapi_extra=_UPLOAD_SCHEMA)
+async def submit_batch(request: Request, _: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
+    """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not.
+
+    The token is checked before the body is read (the file is no parameter of the route, so FastAPI
+    does not parse it first); the file is read and validated in a worker thread within
+    `upload_limits`, so the API keeps answering meanwhile. Broker away mid-file: 503; rows
+    acknowledged so far keep their tickets, and a retry of the same file returns them (row hashes
+    are the idempotency keys)."""
     intake: IntakeService = request.app.state.intake
-    try:
-        await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
-        rows = batch.rows_of(file.filename or "", file.content_type or "", file.file)
-        today = intake.today()
-        results: list[dict[str, Any]] = []
-        chunk: list[tuple[int, Any]] = []
-        for line, row in rows:
-            if isinstance(row, InvalidAppeal):
-                results.append({"line": line, "field": row.field, "error": row.message})
-                continue
-            try:
-                chunk.append((line, batch.to_submission(row, today)))
-            except InvalidAppeal as e:
-                APPEALS_REJECTED.labels(channel="box", reason=e.field).inc()
-                results.append({"line": line, "field": e.field, "error": e.message})
-            if len(chunk) >= CHUNK:
-                results.extend(await _submit_chunk(intake, chunk))
-                chunk = []
-        results.extend(await _submit_chunk(intake, chunk))
-    except batch.BadFile as e:
-        return bad_request(str(e), "file")
-    except RateLimited as e:
-        return too_many(e)
-    except BrokerUnavailable:
-        # Rows acknowledged so far keep their tickets; a retry of the same file returns them (row hashes).
-        return unavailable()
+    await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
+    async with request.form(max_files=1, max_fields=5) as form:
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise BadRequest("请以multipart/form-data上传文件，字段名为file", field="file")
+        slips = await asyncio.to_thread(
+            batch.read,
+            upload.filename or "",
+            upload.content_type or "",
+            upload.file,
+            intake.today(),
+            upload_limits(request.app.state.settings),
+        )
+    results: list[dict[str, Any]] = []
+    chunk: list[tuple[int, Any]] = []
+    for line, slip in slips:
+        if isinstance(slip, InvalidAppeal):
+            APPEALS_REJECTED.labels(channel="box", reason=slip.field or "").inc()
+            results.append({"line": line, "field": slip.field, "error": slip.message})
+            continue
+        chunk.append((line, slip))
+        if len(chunk) >= CHUNK:
+            results.extend(await _submit_chunk(intake, chunk))
+            chunk = []
+    results.extend(await _submit_chunk(intake, chunk))
     results.sort(key=lambda r: r["line"])
     accepted = sum(1 for r in results if "ticket_no" in r)
     return {"accepted": accepted, "rejected": len(results) - accepted, "rows": results}
@@ -195,10 +234,10 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
     if not chunk:
         return []
     outcomes = await intake.submit_many([sub_key for _, sub_key in chunk])
-    out = []
-    for (line, _), r in zip(chunk, outcomes, strict=False):
+    out: list[dict[str, Any]] = []
+    for (line, _), r in zip(chunk, outcomes, strict=True):
         if isinstance(r, Accepted):
             out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
         else:
-            out.append({"line": line, "field": "phone", "error": r.message})
+            out.append({"line": line, "field": r.field or "phone", "error": r.message})
     return out

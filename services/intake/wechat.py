@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from xml.sax.saxutils import escape
 
 MAX_BODY = 64 * 1024  # a text message is at most 2,048 characters; anything near this is not WeChat
@@ -32,7 +32,10 @@ def signature(token: str, timestamp: str, nonce: str) -> str:
 
 
 def signature_ok(token: str, sig: str, timestamp: str, nonce: str) -> bool:
-    return bool(token) and hmac.compare_digest(signature(token, timestamp, nonce), sig.lower())
+    # compare_digest refuses non-ASCII strings (a TypeError): such a signature is simply wrong.
+    return (
+        bool(token) and sig.isascii() and hmac.compare_digest(signature(token, timestamp, nonce), sig.lower())
+    )
 
 
 def timestamp_fresh(timestamp: str, now: float, max_skew: int) -> bool:
@@ -95,7 +98,7 @@ def message(root: ET.Element) -> Message:
         create_time = int(field("CreateTime", True))
     except ValueError:
         raise BadMessage("CreateTime应为整数") from None
-    common = dict(
+    common = Message(
         to_user=field("ToUserName", True),
         from_user=field("FromUserName", True),
         create_time=create_time,
@@ -103,9 +106,9 @@ def message(root: ET.Element) -> Message:
         msg_id=field("MsgId", msg_type != "event"),
     )
     if msg_type == "text":
-        return Message(**common, content=field("Content"))
+        return replace(common, content=field("Content"))
     if msg_type == "voice":
-        return Message(**common, content=field("Recognition"))
+        return replace(common, content=field("Recognition"))
     if msg_type == "location":
         try:
             lat, lng = float(field("Location_X", True)), float(field("Location_Y", True))
@@ -113,8 +116,8 @@ def message(root: ET.Element) -> Message:
             raise BadMessage("Location_X/Location_Y应为数字") from None
         if not (-90 <= lat <= 90 and -180 <= lng <= 180):
             raise BadMessage("Location_X/Location_Y超出经纬度范围")
-        return Message(**common, lat=lat, lng=lng, label=field("Label"))
-    return Message(**common, event=field("Event").lower())
+        return replace(common, lat=lat, lng=lng, label=field("Label"))
+    return replace(common, event=field("Event").lower())
 
 
 def text_reply(message: Message, content: str, now: int) -> str:

@@ -57,7 +57,8 @@ class WeChatCrypto:
         return Cipher(algorithms.AES(self.key), modes.CBC(self.key[:16]))
 
     def signature_ok(self, sig: str, timestamp: str, nonce: str, encrypted: str) -> bool:
-        return hmac.compare_digest(msg_signature(self.token, timestamp, nonce, encrypted), sig.lower())
+        expected = msg_signature(self.token, timestamp, nonce, encrypted)
+        return sig.isascii() and hmac.compare_digest(expected, sig.lower())
 
     def decrypt(self, encrypted: str) -> bytes:
         """The message XML inside `Encrypt`; CryptoError when it is not ours or not readable."""

@@ -13,17 +13,19 @@ is then the resubmission.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from services.intake import wechat, wechat_crypto
+from services.intake import keys, wechat, wechat_crypto
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
-from services.intake.limits import RateLimited
-from services.intake.service import BrokerUnavailable, IntakeService
+from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
+from services.intake.service import IntakeService
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
+from shared.redis_client import text
 from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1/channels/wechat", tags=["wechat"])
@@ -76,8 +78,9 @@ async def receive(
     if refused:
         return refused
     crypto: wechat_crypto.WeChatCrypto | None = request.app.state.wechat_crypto
+    body = await request.body()
     try:
-        root = wechat.read_xml(await request.body())
+        root = wechat.read_xml(body)
         aes = encrypt_type.lower() == "aes"
         encrypted = wechat_crypto.encrypted_field(root) if aes else None
         if encrypted is not None:
@@ -88,6 +91,9 @@ async def receive(
             root = wechat.read_xml(crypto.decrypt(encrypted))
         elif aes:
             raise wechat.BadMessage("encrypt_type=aes 的消息缺少Encrypt字段")
+        elif not await _fresh_nonce(request, timestamp, nonce, body):
+            APPEALS_REJECTED.labels(channel="wechat", reason="replay").inc()
+            return _xml(wechat.error_reply("该签名已用于另一条消息（疑似重放）"), 403)
         msg = wechat.message(root)
     except wechat_crypto.CryptoError as e:
         APPEALS_REJECTED.labels(channel="wechat", reason="crypto").inc()
@@ -104,16 +110,31 @@ async def receive(
     if not reply:
         return PlainTextResponse("success")  # WeChat's "received, nothing to say", in every mode
     answer = wechat.text_reply(msg, reply, now)
-    if encrypted is not None:
+    if encrypted is not None and crypto is not None:
         answer = crypto.reply(answer, now, nonce)  # an encrypted push gets an encrypted reply
     return _xml(answer)
+
+
+async def _fresh_nonce(request: Request, timestamp: str, nonce: str, body: bytes) -> bool:
+    """Plaintext mode signs the timestamp and nonce, not the body: within the clock window anyone who
+    saw one push could send another body under its signature. Each signed nonce is remembered with
+    the hash of its body for as long as the window lasts: the same push again (WeChat's retry) is
+    fine, another body under a used nonce is a replay."""
+    digest = hashlib.sha256(body).hexdigest()
+    window = 2 * request.app.state.settings.wechat_max_clock_skew_seconds
+    redis = request.app.state.redis
+    key = keys.wechat_nonce(timestamp, nonce)
+    if await redis.set(key, digest, nx=True, ex=window):
+        return True
+    seen = await redis.get(key)
+    return seen is not None and text(seen) == digest
 
 
 async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
     """What to tell the user. Raises BrokerUnavailable."""
     if msg.msg_type == "location":
         label = msg.label or f"{msg.lat:.6f},{msg.lng:.6f}"
-        point = GeoPoint(lat=msg.lat, lng=msg.lng)  # type: ignore[arg-type]
+        point = GeoPoint(lat=msg.lat, lng=msg.lng)
         ticket_no = await intake.locate(wechat_caller_id(msg.from_user), msg.msg_id, point, label)
         template = wechat.LOCATED_LAST if ticket_no else wechat.LOCATED_NEXT
         return template.format(label=label, ticket_no=ticket_no)
@@ -125,10 +146,10 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
         return wechat.NO_SPEECH
     try:
         sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
-        ticket_no, created = await intake.submit(sub, f"wechat:{msg.msg_id}")
+        ticket_no, created = await intake.submit(sub, f"wechat:{msg.to_user}:{msg.msg_id}")
     except InvalidAppeal as e:
-        APPEALS_REJECTED.labels(channel="wechat", reason=e.field).inc()
+        APPEALS_REJECTED.labels(channel="wechat", reason=e.field or "").inc()
         return e.message
-    except RateLimited as e:
+    except (RateLimited, KeyReused) as e:
         return e.message
     return (wechat.ACCEPTED if created else wechat.ALREADY).format(ticket_no=ticket_no)

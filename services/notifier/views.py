@@ -12,14 +12,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.intake.domain import InvalidAppeal
-from services.intake.service import BrokerUnavailable
+from services.intake.errors import BrokerUnavailable
 from services.intake.sms import SmsIntake
-from services.intake.views import rejection, unavailable
+from services.intake.views import counting_rejections
 from services.notifier.gateway import OutboxGateway
 from services.notifier.scorecard import MAX_DAYS, Scorecard
 from services.notifier.service import Notifier
-from shared.auth import Principal, require_admin, require_sms_gateway
+from shared.auth import Principal, require_admin, require_resident_sms, require_sms_gateway
 from shared.http import api_error
 from shared.privacy import InvalidPhone, normalize_phone
 
@@ -43,7 +42,7 @@ def _bad_phone(e: InvalidPhone) -> JSONResponse:
 
 
 @router.post("/sms/inbound")
-async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends(require_sms_gateway)):
+async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends(require_resident_sms)):
     try:
         phone = normalize_phone(body.phone)
     except InvalidPhone as e:
@@ -53,17 +52,13 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
         answered = await notifier.surveys.reply(phone, body.text)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
         log.exception("survey reply not recorded")
-        return unavailable()
+        raise BrokerUnavailable() from None
     if answered is not None:
         return answered
     # Not about a survey: a new appeal by SMS, which is intake's.
     sms_intake: SmsIntake = request.app.state.sms_intake
-    try:
+    with counting_rejections("sms"):
         ticket_no = await sms_intake.submit(phone, body.text)
-    except InvalidAppeal as e:
-        return rejection("sms", e)
-    except BrokerUnavailable:
-        return unavailable()
     return JSONResponse(status_code=201, content={"kind": "appeal", "ticket_no": ticket_no})
 
 

@@ -1,0 +1,46 @@
+"""Every Redis key intake owns, built in one place: the worker, the API views, the preview and the
+tests import these instead of spelling the keys themselves.
+
+  dup:caller:{caller_id}    open ticket numbers of a caller (added on receipt, removed on close)
+  dup:grid:{grid}           ticket numbers per grid, scored by time (last 7 days kept)
+  idem:{key}                an idempotency key's claim, then its ticket number
+  rl:{scope}:{who}:{slot}   a rate-limit window's counter
+  intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
+  wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
+  wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete
+  wx:nonce:{ts}:{nonce}     the hash of the plaintext push that came with this signed nonce
+
+The contact record (`contact:{caller_id}`) belongs to the ticket store: `shared.store.contact_key`.
+"""
+
+from __future__ import annotations
+
+PUBLIC_BY_TIME = "intake:public"
+
+
+def caller_index(caller_id: str) -> str:
+    return f"dup:caller:{caller_id}"
+
+
+def grid_index(grid: str) -> str:
+    return f"dup:grid:{grid}"
+
+
+def idempotency(key: str) -> str:
+    return f"idem:{key}"
+
+
+def rate_window(scope: str, who: str, slot: int) -> str:
+    return f"rl:{scope}:{who}:{slot}"
+
+
+def wechat_location(caller_id: str | None) -> str:
+    return f"wx:loc:{caller_id}"
+
+
+def wechat_last(caller_id: str | None) -> str:
+    return f"wx:last:{caller_id}"
+
+
+def wechat_nonce(timestamp: str, nonce: str) -> str:
+    return f"wx:nonce:{timestamp}:{nonce}"

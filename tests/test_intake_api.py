@@ -190,6 +190,7 @@ async def test_broker_unreachable_means_503_and_nothing_half_written(settings, r
                 await intake.submit(sub, key)
             # The claim keeps the number, unanswered: a retry with the key publishes that number again.
             claim = Claim.loads(await redis.get(keys.idempotency(key)))
+            assert claim is not None
             assert claim.done is False
             assert claim.digest == sub.digest()
             assert await redis.exists(f"contact:{caller_id(me)}") == 0

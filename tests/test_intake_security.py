@@ -560,3 +560,22 @@ def test_a_neutralised_formula_keeps_its_leading_tab():
         {"box_id": "B1", "date": "2026-11-20", "text": "\t 路灯坏了很多天 "}, date(2026, 11, 30)
     )
     assert plain.text == "路灯坏了很多天"
+
+
+@pytest.mark.integration
+async def test_a_slip_uploaded_again_with_another_address_says_which_ticket_it_matches(api, redis):
+    operator = bearer(await issue_token(redis, "operator", operator="0307"))
+    text = f"和平路菜市场门口的下水道堵了，污水漫到人行道上{random.randint(10**6, 10**7)}"
+
+    def slips(address: str) -> dict[str, tuple[str, bytes, str]]:
+        csv = f"box_id,date,text,phone,address\nB-09,2026-11-20,{text},,{address}\n".encode()
+        return {"file": ("slips.csv", csv, "text/csv")}
+
+    first = (await api.post("/api/v1/appeals/batch", files=slips("和平路"), headers=operator)).json()
+    [row] = first["rows"]
+    again = (await api.post("/api/v1/appeals/batch", files=slips("和平路"), headers=operator)).json()
+    assert again["rows"] == [{"line": 2, "ticket_no": row["ticket_no"], "duplicate": True}]
+    moved = (await api.post("/api/v1/appeals/batch", files=slips("建设路"), headers=operator)).json()
+    [refused] = moved["rows"]
+    assert refused["field"] == "address"
+    assert row["ticket_no"] in refused["error"]

@@ -188,3 +188,13 @@ def test_a_location_goes_on_an_open_ticket_once_and_keeps_the_typed_address():
     closed = ticket.model_copy(update={"status": "closed"})
     assert located(closed, place) is None
     assert located(None, place) is None
+
+
+def test_claims_written_before_they_held_json_still_resolve():
+    from services.intake.service import Claim
+
+    assert Claim.loads(b"pending") is None
+    legacy = Claim.loads(b"20261130-000001")
+    assert legacy == Claim("", "20261130-000001", done=True)
+    current = Claim("abc", "20261130-000002", done=False)
+    assert Claim.loads(current.dumps().encode()) == current

@@ -120,16 +120,17 @@ class IntakeService:
             return
         found = await self.redis.mget([keys.idempotency(k) for k in first])
         for i, raw in zip(first.values(), found, strict=True):
-            if raw is None:
+            claim = None if raw is None else Claim.loads(raw)
+            if claim is None:
                 chunk.new.append(i)
             else:
-                self._settle(chunk, i, Claim.loads(raw))
+                self._settle(chunk, i, claim)
         chunk.new.sort()
 
     def _settle(self, chunk: _Chunk, i: int, claim: Claim) -> None:
         """An item whose key holds `claim`."""
         sub, _ = chunk.items[i]
-        if claim.digest != sub.digest():
+        if claim.digest and claim.digest != sub.digest():
             chunk.results[i] = KeyReused(claim.ticket_no)
         elif claim.done:
             chunk.results[i] = Accepted(claim.ticket_no, created=False)
@@ -165,8 +166,8 @@ class IntakeService:
             async with self.redis.pipeline(transaction=False) as p:
                 for i, no in keyed:
                     sub, key = chunk.items[i]
-                    claim = Claim(sub.digest(), no, done=False)
-                    p.set(keys.idempotency(key or ""), claim.dumps(), nx=True, ex=IDEMPOTENCY_TTL)
+                    mine = Claim(sub.digest(), no, done=False)
+                    p.set(keys.idempotency(key or ""), mine.dumps(), nx=True, ex=IDEMPOTENCY_TTL)
                 won = [bool(ok) for ok in await p.execute()]
         lost = {i for (i, _), ok in zip(keyed, won, strict=True) if not ok}
         for i, no in zip(chunk.new, numbers, strict=True):
@@ -176,9 +177,10 @@ class IntakeService:
         if lost:
             found = await self.redis.mget([keys.idempotency(chunk.items[i][1] or "") for i in sorted(lost)])
             for i, raw in zip(sorted(lost), found, strict=True):
-                if raw is None:  # claimed and gone again within a moment: let the client retry
-                    raise BrokerUnavailable("idempotency claim vanished")
-                self._settle(chunk, i, Claim.loads(raw))
+                claim = None if raw is None else Claim.loads(raw)
+                if claim is None:  # held by an older process's placeholder: let the client retry
+                    raise BrokerUnavailable("idempotency claim not settled")
+                self._settle(chunk, i, claim)
         chunk.to_publish.sort()
 
     async def _publish_and_record(self, chunk: _Chunk) -> None:
@@ -299,8 +301,13 @@ class Claim:
         return json.dumps({"h": self.digest, "no": self.ticket_no, "done": self.done})
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> Claim:
-        data = json.loads(raw)
+    def loads(cls, raw: bytes | str) -> Claim | None:
+        """None for a claim that holds nothing yet. Keys written before claims held JSON held the
+        bare ticket number (or "pending"): their body is unknown, so any body matches them."""
+        value = text(raw)
+        if not value.startswith("{"):
+            return None if value == "pending" else cls("", value, done=True)
+        data = json.loads(value)
         return cls(data["h"], data["no"], bool(data["done"]))
 
 

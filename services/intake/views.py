@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from services.intake import batch, wechat
 from services.intake.domain import InvalidAppeal, validate
-from services.intake.errors import BadRequest
+from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.service import Accepted, IntakeService
 from shared.auth import Principal, require_intake_staff
@@ -238,6 +238,12 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
     for (line, _), r in zip(chunk, outcomes, strict=True):
         if isinstance(r, Accepted):
             out.append({"line": line, "ticket_no": r.ticket_no, "duplicate": not r.created})
+        elif isinstance(r, KeyReused):  # a slip's key is its box, date, text and phone
+            message = (
+                f"与已登记的工单{r.ticket_no}意见箱、日期、内容和电话都相同，但地址不同；"
+                "如是同一条意见请改正地址，如是另一条请在内容中注明区别"
+            )
+            out.append({"line": line, "field": "address", "error": message})
         else:
             out.append({"line": line, "field": r.field or "phone", "error": r.message})
     return out

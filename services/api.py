@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 
 from services.classifier import views as classifier_views
+from services.console import views as console_views
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
 from services.intake.limits import RateLimited, RateLimiter
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
+    console_views.mount(app)  # the web console at /, and /docs served without a CDN
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

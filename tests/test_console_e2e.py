@@ -34,13 +34,17 @@ SHOTS = ROOT / "docs" / "screenshots"
 HOSTILE = '<script>window.__pwned = 1</script><b id="bold">粗体</b><img src=x onerror="window.__pwned=2">'
 
 
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
+def chromium() -> str:
     if not CHROMIUM.exists():
         # Never skip: the console's tests are how we know it works. `make test` installs it.
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    return str(CHROMIUM)
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        b = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
         yield b
         await b.close()
 
@@ -84,8 +88,8 @@ async def accessible(page: Page) -> None:
 async def sign_in(page: Page, token: str) -> None:
     await page.goto("/console/signin")
     await page.keyboard.type(token)  # the token field has the focus
-    await page.keyboard.press("Enter")
-    await page.wait_for_load_state("load")
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
 
 
 async def admin_api(system: System, redis) -> httpx.AsyncClient:
@@ -228,10 +232,13 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         assert await choices.count() >= 2
         await choices.nth(1).click()
         chosen = await choices.nth(1).get_attribute("value")
-        await card.locator("button.dept").nth(1).click()
+        department = card.locator("button.dept").first
+        chosen_department = await department.get_attribute("value")
+        await department.click()
         await expect(page.locator("p.ok")).to_contain_text(f"工单{no}已派至")
         routed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
     assert routed["category"] == chosen
+    assert routed["department"]["id"] == chosen_department
     assert routed["assigned_via"] == "operator"
     await expect(page.locator(f"#desk-{no}")).to_have_count(0)
 
@@ -330,7 +337,7 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await expect(page.locator("#lookup-status")).to_be_visible()
     body = await page.locator("main").text_content() or ""
     assert phone not in body
-    assert "井盖" not in body  # the appeal's words are not shown to whoever has the number
+    assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 360  # no sideways scrolling on a phone
     await accessible(page)

@@ -49,9 +49,9 @@ class Found:
 
 async def _count(redis: Redis, key: str) -> int:
     async with redis.pipeline(transaction=True) as p:
+        p.set(key, 0, ex=3600, nx=True)  # the hour starts at the first try
         p.incr(key)
-        p.expire(key, 3600, nx=True)
-        n, _ = await p.execute()
+        _, n = await p.execute()
     return int(n)
 
 

@@ -30,9 +30,10 @@ from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.notifier import stats
-from services.router.rules import route
+from services.router.rules import matching_rules, route
 from services.router.workflow import RETURN_REASONS, STATUS_NAMES
 from shared.city import City
+from shared.events import GridMatch
 from shared.tickets import Status
 
 HERE = Path(__file__).parent
@@ -347,11 +348,18 @@ def departments_of(city: City) -> list[dict[str, str]]:
     return [{"id": d.id, "name": d.name} for d in city.departments if d.kind != "dispatch_desk"]
 
 
-def suggestions(city: City, ticket: dict, threshold: float) -> list[dict[str, Any]]:
+def likely_department(city: City, category: str, grid: GridMatch) -> str:
+    """Where the responsibility list sends the category, for the desk to confirm with one click. With
+    no grid, the rules that hold anywhere decide, else the fallback owner."""
+    if grid.grid is not None:
+        return route(city, category, grid, 1.0, 0.0).lead
+    rules = matching_rules(city, category, grid)
+    return rules[0][1].lead if rules else city.responsibilities.fallback_owner
+
+
+def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
     """The classifier's top categories, each with the department the rules would send it to."""
     grid = ticket.get("grid") or {}
-    from shared.events import GridMatch
-
     match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
     out = []
     tops = ticket.get("top_categories") or [
@@ -361,8 +369,7 @@ def suggestions(city: City, ticket: dict, threshold: float) -> list[dict[str, An
         cat = top.get("category")
         if not cat or cat not in city.category_by_id:
             continue
-        routing = route(city, cat, match, 1.0, threshold)
-        dept = city.department_by_id.get(routing.lead)
+        dept = city.department_by_id.get(likely_department(city, cat, match))
         out.append(
             {
                 "category": cat,
@@ -383,7 +390,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     tz, now = tz_of(request), datetime.now(UTC)
     waiting = [row(t, tz, now) for t in (queue.body.get("tickets", []) if queue.ok else [])]
     for t in waiting:
-        t["suggestions"] = suggestions(city, t, threshold)
+        t["suggestions"] = suggestions(city, t)
     low = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
     unrouted = [t for t in waiting if t not in low]
     everything = await client.open_tickets([d["id"] for d in departments_of(city)])
@@ -602,7 +609,8 @@ async def lookup_form(request: Request) -> Response:
 
 def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
     csrf = session.new_csrf()
-    response = page(request, "lookup.html", status, csrf=csrf, values={}, errors={}, found=None, **context)
+    context = {"values": {}, "errors": {}, "found": None, **context}
+    response = page(request, "lookup.html", status, csrf=csrf, **context)
     response.set_cookie(
         session.LOGIN_CSRF_COOKIE,
         csrf,

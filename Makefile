@@ -1,5 +1,8 @@
 # The two commands a newcomer needs: `make up` and `make test`. Each sets up its own environment.
 PYTHON ?= python3
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here);
+# a CJK font so the pages' Chinese renders in the screenshots.
+CHROMIUM := /usr/bin/chromium
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -16,7 +19,11 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/appeals up
 
-test: $(STAMP)
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-wqy-microhei
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -87,7 +87,8 @@ async def accessible(page: Page) -> None:
 
 async def sign_in(page: Page, token: str) -> None:
     await page.goto("/console/signin")
-    await page.keyboard.type(token)  # the token field has the focus
+    await expect(page.locator("#token")).to_be_focused()
+    await page.keyboard.type(token)
     async with page.expect_navigation():
         await page.keyboard.press("Enter")
 
@@ -201,6 +202,7 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
 
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
     await sign_in(page, await issue_token(redis, "operator", operator="op02"))
+    await expect(page.locator("#caller_phone")).to_be_focused()
     await page.keyboard.type("12345")  # not a phone number
     await page.keyboard.press("Tab")
     await page.keyboard.press("Tab")

@@ -382,6 +382,20 @@ def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
     return out
 
 
+async def return_reasons(client: Api, no: str) -> list[str]:
+    """Each return of the ticket: who, why, and their note (from its history)."""
+    reply = await client.get(f"/api/v1/tickets/{no}")
+    history = reply.body.get("history", []) if reply.ok else []
+    out = []
+    for h in history:
+        if h.get("action") == "returned":
+            data = h.get("data") or {}
+            who = (h.get("department") or {}).get("name", h.get("actor", ""))
+            note = f"：{h['note']}" if h.get("note") else ""
+            out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
+    return out
+
+
 @router.get("/desk")
 async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
@@ -398,6 +412,8 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
     ]
+    for t in returned:
+        t["return_reasons"] = await return_reasons(client, t["ticket_no"])
     return page(
         request,
         "desk.html",

@@ -260,6 +260,13 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await sign_in(page, await issue_token(redis, "department", dept))
         await expect(page).to_have_url(re.compile(r"/console/department$"))
         await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
+        # A new ticket for the department appears in the open queue without a reload.
+        await expect(page.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
+        await page.evaluate("window.__same_page = true")
+        second = await submit(client, "建设路路灯也不亮了，整条街都是黑的", new_phone(), "和平里小区")
+        await expect(page.locator(f"a[href='/console/tickets/{second}']")).to_be_visible(timeout=30_000)
+        await expect(page.locator("#live-news")).to_contain_text(second)
+        assert await page.evaluate("window.__same_page === true")
         await accessible(page)
         await shot(page, "department-queue")
 

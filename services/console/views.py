@@ -269,6 +269,41 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     )
 
 
+@router.get("/department/live")
+async def department_live(request: Request, s: session.Session = Depends(as_department)):
+    """Server-sent events: a ticket of this department was assigned or changed."""
+    client, feed = api(request, s), live_feed(request)
+    dept = s.principal.department
+
+    async def stream() -> AsyncIterator[str]:
+        async with feed.subscribe() as news:
+            await asyncio.wait_for(feed.ready.wait(), timeout=30)
+            yield "retry: 3000\nevent: ready\ndata: {}\n\n"
+            while not await request.is_disconnected():
+                try:
+                    item = await asyncio.wait_for(news.get(), timeout=15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item["topic"] not in ("ticket.assigned", "ticket.updated") or not item["ticket_no"]:
+                    continue
+                # The API answers 404 for another department's ticket: only ours get through.
+                reply = await client.get(f"/api/v1/tickets/{item['ticket_no']}")
+                if reply.ok and (reply.body.get("department") or {}).get("id") == dept:
+                    data = json.dumps({"ticket_no": item["ticket_no"], "topic": item["topic"]})
+                    yield f"event: ticket\ndata: {data}\n\n"
+
+    return event_stream(stream())
+
+
+def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
 TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]]] = {
     # action: (API path suffix, the body from the form, the form's fields; the first is where an
     # error that names no field is shown)
@@ -608,11 +643,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                     }
                     yield f"event: figures\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n"
 
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(stream())
 
 
 # --- residents -----------------------------------------------------------------------------------

@@ -60,6 +60,22 @@
     }
   });
 
+  // --- a department's queue: redrawn when one of its tickets arrives or changes ------------------
+  const queue = document.getElementById("queue");
+  if (queue && window.EventSource) {
+    const news = document.getElementById("live-news");
+    const source = new EventSource(queue.dataset.live);
+    source.addEventListener("ready", () => { queue.dataset.liveState = "ready"; });
+    source.addEventListener("ticket", async (e) => {
+      const data = JSON.parse(e.data);
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
+      if (fresh) queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
+      news.textContent = (data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：") + data.ticket_no;
+    });
+  }
+
   // --- the dashboard ---------------------------------------------------------------------------
   const figures = document.getElementById("figures");
   if (figures && window.EventSource) {

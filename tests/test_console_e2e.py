@@ -243,6 +243,10 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
     assert routed["department"]["id"] == chosen_department
     assert routed["assigned_via"] == "operator"
     await expect(page.locator(f"#desk-{no}")).to_have_count(0)
+    await page.goto("/console/meetings")
+    await expect(page.locator("h1")).to_have_text("联席会议")
+    await accessible(page)
+    await shot(page, "meetings")
 
 
 # --- departments, the survey and the dashboard --------------------------------------------------
@@ -302,6 +306,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         )
         before = await manager.locator("#satisfaction").text_content()
         answered = await manager.locator("[data-figure=answered]").text_content()
+        dept_answered = manager.locator(f"#rank-department [data-answered='{dept}']")
+        dept_answered_before = await dept_answered.text_content() or ""
         await manager.evaluate("window.__same_page = true")
         r = await client.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
         assert r.status_code == 200, r.text
@@ -309,6 +315,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
             answered or "", timeout=30_000
         )
         assert await manager.evaluate("window.__same_page === true")  # changed without a reload
+        # The ranking by department follows, also without a reload.
+        await expect(dept_answered).not_to_have_text(dept_answered_before, timeout=30_000)
         after = await manager.locator("#satisfaction").text_content()
         assert after != "—"
         assert (before, answered) != (after, await manager.locator("[data-figure=answered]").text_content())

@@ -114,3 +114,10 @@ def test_templates_render_residents_text_as_text():
     assert "<script>" not in html
     assert "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_daily_bars_scale_to_the_busiest_day():
+    chart = present.daily_bars([("2026-03-01", 0), ("2026-03-02", 4), ("2026-03-03", 2)], width=300)
+    heights = [b["h"] for b in chart["bars"]]
+    assert heights == [0, present.CHART_HEIGHT, present.CHART_HEIGHT / 2]
+    assert [b["x"] for b in chart["bars"]] == [1, 101, 201]

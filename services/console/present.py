@@ -152,6 +152,29 @@ def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
     return {"width": MAP_WIDTH, "height": height, "shapes": shapes, "shades": SHADES}
 
 
+CHART_HEIGHT = 120
+
+
+def daily_bars(days: list[tuple[str, int]], width: int = MAP_WIDTH) -> dict[str, Any]:
+    """Volume per day as SVG bars (one per day, oldest left), for the dashboard."""
+    top = max((n for _, n in days), default=0)
+    step = width / max(len(days), 1)
+    bars = []
+    for i, (day, n) in enumerate(days):
+        h = round(CHART_HEIGHT * n / top, 1) if top else 0
+        bars.append(
+            {
+                "day": day,
+                "count": n,
+                "x": round(i * step + 1, 1),
+                "w": round(max(step - 2, 1), 1),
+                "h": h,
+                "y": round(CHART_HEIGHT - h, 1),
+            }
+        )
+    return {"width": width, "height": CHART_HEIGHT, "bars": bars, "top": top}
+
+
 def count_by(items: Iterable[Mapping[str, Any]], key) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -563,6 +563,21 @@ async def figures(client: Api, start: str, end: str) -> dict[str, Any]:
     return stats.rates(total, weights)
 
 
+CHART_DAYS = 31  # the daily chart shows the period's last month at most
+
+
+async def daily_volume(client: Api, start: str, end: str) -> list[tuple[str, int]]:
+    """Tickets assigned per day (the stats endpoint, one day at a time)."""
+    first, last = date.fromisoformat(start), date.fromisoformat(end)
+    first = max(first, last - timedelta(days=CHART_DAYS - 1))
+    out = []
+    for i in range((last - first).days + 1):
+        day = (first + timedelta(days=i)).isoformat()
+        reply = await client.get("/api/v1/stats", group_by="department", **{"from": day, "to": day})
+        out.append((day, sum(g["assigned"] for g in reply.body["groups"]) if reply.ok else 0))
+    return out
+
+
 @router.get("/dashboard")
 async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
@@ -576,6 +591,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
             break
         tables[dim] = reply.body["groups"]
     overall = await figures(client, start, end) if not error else {}
+    chart = present.daily_bars(await daily_volume(client, start, end) if not error else [])
     volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
     top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
     tz, now = tz_of(request), datetime.now(UTC)
@@ -594,6 +610,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         dimension_names=DIMENSION_NAMES,
         overall=overall,
         map=present.grid_map(city, volume),
+        chart=chart,
         top_categories=top_categories,
         top_max=max((g["assigned"] for g in top_categories), default=0),
         overdue=overdue,

@@ -83,12 +83,19 @@
     const source = new EventSource(figures.dataset.live);
     source.addEventListener("ready", () => { state.textContent = "实时更新：已连接"; figures.dataset.liveState = "ready"; });
     source.addEventListener("error", () => { state.textContent = "实时更新：连接中断，正在重连…"; });
-    source.addEventListener("figures", (e) => {
+    source.addEventListener("figures", async (e) => {
       const data = JSON.parse(e.data);
       for (const el of figures.querySelectorAll("[data-figure]")) {
         const value = data[el.dataset.figure];
         el.textContent = value === null || value === undefined ? "—" : String(value);
       }
+      // The rankings moved with the figures: take the server's fresh rendering of them.
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      const fresh = response.ok
+        ? new DOMParser().parseFromString(await response.text(), "text/html").getElementById("rankings")
+        : null;
+      const rankings = document.getElementById("rankings");
+      if (fresh && rankings) rankings.innerHTML = fresh.innerHTML;
       state.textContent = "实时更新：已连接（" + new Date().toLocaleTimeString("zh-CN") + " 更新）";
     });
   }

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from shared.auth import issue_token
+from shared.auth import issue_token, revoke_token
 from tests.conftest import ROOT, System, eventually
 
 pytestmark = pytest.mark.integration
@@ -148,7 +148,16 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     )
     assert r.status == 403
 
-    # Sign out, by keyboard: the session is gone, pages go to sign-in.
+    # A revoked token ends its session at the next page.
+    token = await issue_token(redis, "department", "water")
+    await sign_in(page, token)
+    await expect(page).to_have_url(re.compile(r"/console/department$"))
+    await revoke_token(redis, token)
+    await page.goto("/console/department")
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+
+    # Sign out: the session is gone, pages go to sign-in.
+    await sign_in(page, await issue_token(redis, "operator", operator="op07"))
     await page.goto("/console/operator")
     await page.get_by_role("button", name="退出登录").click()
     await expect(page).to_have_url(re.compile(r"/console/signin$"))

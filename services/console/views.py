@@ -744,7 +744,10 @@ def mount(app: FastAPI) -> None:
 
 
 async def _to_signin(request: Request, exc: Exception) -> Response:
-    if request.headers.get("X-Requested-With") == "fetch":
+    # Scripts and live streams cannot follow a redirect to a page: they get 401 and send the person there.
+    if request.headers.get("X-Requested-With") == "fetch" or "text/event-stream" in request.headers.get(
+        "Accept", ""
+    ):
         return Response(status_code=401, headers={"X-Sign-In": "/console/signin"})
     return RedirectResponse("/console/signin", status_code=303)
 

@@ -6,6 +6,15 @@
   const main = document.getElementById("main");
   const csrf = main ? main.dataset.csrf : "";
 
+  // A live stream refused (the session expired): to the sign-in page, as any other page would go.
+  function watch(url) {
+    const source = new EventSource(url);
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) window.location.assign("/console/signin");
+    });
+    return source;
+  }
+
   async function post(url, body) {
     const response = await fetch(url, {
       method: "POST",
@@ -64,7 +73,7 @@
   const queue = document.getElementById("queue");
   if (queue && window.EventSource) {
     const news = document.getElementById("live-news");
-    const source = new EventSource(queue.dataset.live);
+    const source = watch(queue.dataset.live);
     source.addEventListener("ready", () => { queue.dataset.liveState = "ready"; });
     source.addEventListener("ticket", async (e) => {
       const data = JSON.parse(e.data);
@@ -80,7 +89,7 @@
   const figures = document.getElementById("figures");
   if (figures && window.EventSource) {
     const state = document.getElementById("live-state");
-    const source = new EventSource(figures.dataset.live);
+    const source = watch(figures.dataset.live);
     source.addEventListener("ready", () => { state.textContent = "实时更新：已连接"; figures.dataset.liveState = "ready"; });
     source.addEventListener("error", () => { state.textContent = "实时更新：连接中断，正在重连…"; });
     source.addEventListener("figures", async (e) => {

@@ -121,3 +121,19 @@ def test_daily_bars_scale_to_the_busiest_day():
     heights = [b["h"] for b in chart["bars"]]
     assert heights == [0, present.CHART_HEIGHT, present.CHART_HEIGHT / 2]
     assert [b["x"] for b in chart["bars"]] == [1, 101, 201]
+
+
+def test_desk_suggestions_name_a_department_even_without_a_grid(city):
+    leaves = [c for c in city.leaf_categories if c.startswith("city.")][:2]
+    ticket = {
+        "grid": {"grid": None},
+        "top_categories": [
+            {"category": leaves[0], "probability": 0.4},
+            {"category": leaves[1], "probability": 0.3},
+        ],
+    }
+    suggested = present.suggestions(city, ticket)
+    assert [s["category"] for s in suggested] == leaves
+    for s in suggested:
+        assert s["department"] in city.department_by_id
+        assert city.department_by_id[s["department"]].kind != "dispatch_desk"

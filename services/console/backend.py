@@ -7,12 +7,16 @@ error messages. The request never leaves the process (httpx's ASGI transport).""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from typing import Any
 
 import httpx
 from fastapi import Request
 
+from services.notifier import stats
 from shared.tickets import Status
+
+CHART_DAYS = 31  # the daily chart shows the period's last month at most
 
 
 @dataclass
@@ -95,4 +99,42 @@ class Api:
         out: list[dict] = []
         for dept in departments:
             out += [t for t in await self.department_tickets(dept) if t["status"] != Status.CLOSED]
+        return out
+
+    # --- figures --------------------------------------------------------------------------------
+
+    async def return_reasons(self, no: str) -> list[str]:
+        """Each return of the ticket: who, why, and their note (from its history)."""
+        reply = await self.get(f"/api/v1/tickets/{no}")
+        history = reply.body.get("history", []) if reply.ok else []
+        out = []
+        for h in history:
+            if h.get("action") == "returned":
+                data = h.get("data") or {}
+                who = (h.get("department") or {}).get("name", h.get("actor", ""))
+                note = f"：{h['note']}" if h.get("note") else ""
+                out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
+        return out
+
+    async def figures(self, start: str, end: str) -> dict[str, Any]:
+        """The whole city's three rates and score for the period (summed over departments)."""
+        reply = await self.get("/api/v1/stats", group_by="department", **{"from": start, "to": end})
+        if not reply.ok:
+            return {"error": reply.message}
+        total: dict[str, int] = {}
+        for g in reply.body["groups"]:
+            stats.add(total, g)
+        w = reply.body["weights"]
+        weights = stats.Weights(w["basically_satisfied"], w["response"], w["resolution"], w["satisfaction"])
+        return stats.rates(total, weights)
+
+    async def daily_volume(self, start: str, end: str) -> list[tuple[str, int]]:
+        """Tickets assigned per day (the stats endpoint, one day at a time)."""
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+        first = max(first, last - timedelta(days=CHART_DAYS - 1))
+        out = []
+        for i in range((last - first).days + 1):
+            day = (first + timedelta(days=i)).isoformat()
+            reply = await self.get("/api/v1/stats", group_by="department", **{"from": day, "to": day})
+            out.append((day, sum(g["assigned"] for g in reply.body["groups"]) if reply.ok else 0))
         return out

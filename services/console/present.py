@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.router.rules import matching_rules, route
 from shared.city import City
+from shared.events import GridMatch
 
 ACTION_NAMES = {
     "accepted": "签收",
@@ -111,6 +113,47 @@ def describe(record: Mapping[str, Any], city: City) -> str:
 
 def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+# --- the dispatch desk's choices -------------------------------------------------------------------
+
+
+def departments_of(city: City) -> list[dict[str, str]]:
+    return [{"id": d.id, "name": d.name} for d in city.departments if d.kind != "dispatch_desk"]
+
+
+def likely_department(city: City, category: str, grid: GridMatch) -> str:
+    """Where the responsibility list sends the category, for the desk to confirm with one click. With
+    no grid, the rules that hold anywhere decide, else the fallback owner."""
+    if grid.grid is not None:
+        return route(city, category, grid, 1.0, 0.0).lead
+    rules = matching_rules(city, category, grid)
+    return rules[0][1].lead if rules else city.responsibilities.fallback_owner
+
+
+def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
+    """The classifier's top categories, each with the department the rules would send it to."""
+    grid = ticket.get("grid") or {}
+    match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
+    out = []
+    tops = ticket.get("top_categories") or [
+        {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
+    ]
+    for top in tops[:3]:
+        cat = top.get("category")
+        if not cat or cat not in city.category_by_id:
+            continue
+        dept = city.department_by_id.get(likely_department(city, cat, match))
+        out.append(
+            {
+                "category": cat,
+                "names": "/".join(city.category_names(cat)),
+                "probability": top.get("probability") or 0,
+                "department": dept.id if dept and dept.kind != "dispatch_desk" else None,
+                "department_name": dept.name if dept and dept.kind != "dispatch_desk" else None,
+            }
+        )
+    return out
 
 
 # --- the grid map --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,11 +29,8 @@ from services.console import lookup as resident_lookup
 from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
-from services.notifier import stats
-from services.router.rules import matching_rules, route
 from services.router.workflow import RETURN_REASONS, STATUS_NAMES
 from shared.city import City
-from shared.events import GridMatch
 from shared.tickets import Status
 
 HERE = Path(__file__).parent
@@ -379,58 +376,6 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
 # --- the dispatch desk ---------------------------------------------------------------------------
 
 
-def departments_of(city: City) -> list[dict[str, str]]:
-    return [{"id": d.id, "name": d.name} for d in city.departments if d.kind != "dispatch_desk"]
-
-
-def likely_department(city: City, category: str, grid: GridMatch) -> str:
-    """Where the responsibility list sends the category, for the desk to confirm with one click. With
-    no grid, the rules that hold anywhere decide, else the fallback owner."""
-    if grid.grid is not None:
-        return route(city, category, grid, 1.0, 0.0).lead
-    rules = matching_rules(city, category, grid)
-    return rules[0][1].lead if rules else city.responsibilities.fallback_owner
-
-
-def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
-    """The classifier's top categories, each with the department the rules would send it to."""
-    grid = ticket.get("grid") or {}
-    match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
-    out = []
-    tops = ticket.get("top_categories") or [
-        {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
-    ]
-    for top in tops[:3]:
-        cat = top.get("category")
-        if not cat or cat not in city.category_by_id:
-            continue
-        dept = city.department_by_id.get(likely_department(city, cat, match))
-        out.append(
-            {
-                "category": cat,
-                "names": "/".join(city.category_names(cat)),
-                "probability": top.get("probability") or 0,
-                "department": dept.id if dept and dept.kind != "dispatch_desk" else None,
-                "department_name": dept.name if dept and dept.kind != "dispatch_desk" else None,
-            }
-        )
-    return out
-
-
-async def return_reasons(client: Api, no: str) -> list[str]:
-    """Each return of the ticket: who, why, and their note (from its history)."""
-    reply = await client.get(f"/api/v1/tickets/{no}")
-    history = reply.body.get("history", []) if reply.ok else []
-    out = []
-    for h in history:
-        if h.get("action") == "returned":
-            data = h.get("data") or {}
-            who = (h.get("department") or {}).get("name", h.get("actor", ""))
-            note = f"：{h['note']}" if h.get("note") else ""
-            out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
-    return out
-
-
 @router.get("/desk")
 async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
@@ -439,16 +384,16 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     tz, now = tz_of(request), datetime.now(UTC)
     waiting = [row(t, tz, now) for t in (queue.body.get("tickets", []) if queue.ok else [])]
     for t in waiting:
-        t["suggestions"] = suggestions(city, t)
+        t["suggestions"] = present.suggestions(city, t)
     low = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
     unrouted = [t for t in waiting if t not in low]
-    everything = await client.open_tickets([d["id"] for d in departments_of(city)])
+    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
     ]
     for t in returned:
-        t["return_reasons"] = await return_reasons(client, t["ticket_no"])
+        t["return_reasons"] = await client.return_reasons(t["ticket_no"])
     return page(
         request,
         "desk.html",
@@ -457,7 +402,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         unrouted=unrouted,
         extensions=extensions,
         returned=returned,
-        departments=departments_of(city),
+        departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
         error=request.query_params.get("error"),
         done=request.query_params.get("done"),
@@ -501,7 +446,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
     client, city = api(request, s), city_of(request)
     if s.principal.is_admin:
         held = await client.open_tickets(
-            [d["id"] for d in departments_of(city)] + [city.responsibilities.dispatch_desk]
+            [d["id"] for d in present.departments_of(city)] + [city.responsibilities.dispatch_desk]
         )
     else:
         held = await client.department_tickets(s.principal.department or "")
@@ -518,7 +463,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         "meetings.html",
         s=s,
         meetings=meetings,
-        departments=departments_of(city),
+        departments=present.departments_of(city),
         error=request.query_params.get("error"),
         done=request.query_params.get("done"),
     )
@@ -550,34 +495,6 @@ def period(request: Request) -> tuple[str, str]:
     return q.get("from") or today.replace(day=1).isoformat(), q.get("to") or today.isoformat()
 
 
-async def figures(client: Api, start: str, end: str) -> dict[str, Any]:
-    """The whole city's three rates and score for the period (summed over departments)."""
-    reply = await client.get("/api/v1/stats", group_by="department", **{"from": start, "to": end})
-    if not reply.ok:
-        return {"error": reply.message}
-    total: dict[str, int] = {}
-    for g in reply.body["groups"]:
-        stats.add(total, g)
-    w = reply.body["weights"]
-    weights = stats.Weights(w["basically_satisfied"], w["response"], w["resolution"], w["satisfaction"])
-    return stats.rates(total, weights)
-
-
-CHART_DAYS = 31  # the daily chart shows the period's last month at most
-
-
-async def daily_volume(client: Api, start: str, end: str) -> list[tuple[str, int]]:
-    """Tickets assigned per day (the stats endpoint, one day at a time)."""
-    first, last = date.fromisoformat(start), date.fromisoformat(end)
-    first = max(first, last - timedelta(days=CHART_DAYS - 1))
-    out = []
-    for i in range((last - first).days + 1):
-        day = (first + timedelta(days=i)).isoformat()
-        reply = await client.get("/api/v1/stats", group_by="department", **{"from": day, "to": day})
-        out.append((day, sum(g["assigned"] for g in reply.body["groups"]) if reply.ok else 0))
-    return out
-
-
 @router.get("/dashboard")
 async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
@@ -590,12 +507,12 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
             error = reply.message
             break
         tables[dim] = reply.body["groups"]
-    overall = await figures(client, start, end) if not error else {}
-    chart = present.daily_bars(await daily_volume(client, start, end) if not error else [])
+    overall = await client.figures(start, end) if not error else {}
+    chart = present.daily_bars(await client.daily_volume(start, end) if not error else [])
     volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
     top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
     tz, now = tz_of(request), datetime.now(UTC)
-    everything = await client.open_tickets([d["id"] for d in departments_of(city)])
+    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
     overdue = sorted(
         (row(t, tz, now) for t in everything if t.get("overdue")), key=lambda t: t.get("resolve_by") or ""
     )
@@ -635,7 +552,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
     async def stream() -> AsyncIterator[str]:
         async with feed.subscribe() as news:
             await asyncio.wait_for(feed.ready.wait(), timeout=30)
-            last = await figures(client, start, end)
+            last = await client.figures(start, end)
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"  # from here on, no event is missed
             pending: list[float] = []
             loop = asyncio.get_running_loop()
@@ -652,7 +569,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                     yield ": keep-alive\n\n"
                     continue
                 pending = [p for p in pending if p > loop.time()]
-                now_figures = await figures(client, start, end)
+                now_figures = await client.figures(start, end)
                 if now_figures != last:
                     last = now_figures
                     shown = {

@@ -86,6 +86,7 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     history = [
         {"topic": "appeal.received", "occurred_at": NOW.isoformat()},
         {"topic": "appeal.classified", "occurred_at": NOW.isoformat(), "confidence": 0.9},
+        {"topic": "ticket.assigned", "via": "dispatch_desk", "occurred_at": NOW.isoformat()},
         {"topic": "ticket.updated", "action": "accepted", "occurred_at": NOW.isoformat()},
     ]
     shown = str(public_view(ticket, history, city, TZ))
@@ -94,6 +95,7 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     assert "5678" not in shown
     assert "办理中" in shown
     assert "承办单位已签收，正在办理" in shown
+    assert "正在人工分派承办单位" in shown
 
 
 def test_templates_render_residents_text_as_text():

@@ -78,7 +78,9 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
     steps = []
     for record in history:
         key = record.get("action") or record.get("topic", "")
-        if key in _SHOWN:
+        if key == "ticket.assigned" and record.get("via") == "dispatch_desk":
+            steps.append({"at": present.local(record.get("occurred_at"), tz), "text": "正在人工分派承办单位"})
+        elif key in _SHOWN:
             dept = (record.get("department") or {}).get("name", "") if key == "ticket.assigned" else ""
             steps.append(
                 {

@@ -1,5 +1,8 @@
 # The two commands a newcomer needs: `make up` and `make test`. Each sets up its own environment.
 PYTHON ?= python3
+# The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here);
+# a CJK font so the pages' Chinese renders in the screenshots.
+CHROMIUM := /usr/bin/chromium
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -17,10 +20,14 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/appeals up
 
+$(CHROMIUM):
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-wqy-microhei
+
 # Cheapest first, so a mistake fails in seconds: lint and types, then the tests that start nothing
 # (the import contract among them), then the tests on the real broker, Redis and services.
 # One recipe, so the order holds under `make -j` too.
-test: lint
+test: lint $(CHROMIUM)
 	$(PYTEST) -m "not integration"
 	$(PYTEST) -m integration
 

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
+from services.console import views as console_views
 from services.intake import open311_views, wechat_views
 from services.intake import views as intake_views
 from services.intake.limits import RateLimiter
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default=Limit(settings.max_body_bytes, "请精简内容后重试"),
         by_prefix=intake_views.body_limits(settings),
     )
+    console_views.mount(app)  # the web console at /, and /docs served without a CDN
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

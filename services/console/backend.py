@@ -1,0 +1,140 @@
+"""The API's endpoints, called in-process with the signed-in person's token.
+
+The console has no rules of its own: accepting a ticket, validating an appeal or reading a queue
+goes through the same endpoint a JSON client uses, with the same permissions and the same Chinese
+error messages. The request never leaves the process (httpx's ASGI transport)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import httpx
+from fastapi import Request
+
+from services.notifier import scoring
+from shared.tickets import Status
+
+CHART_DAYS = 31  # the daily chart shows the period's last month at most
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def message(self) -> str:
+        """The API's reason for a refusal, in Chinese."""
+        if isinstance(self.body, dict):
+            return str(self.body.get("message") or self.body.get("detail") or "请求未被接受")
+        return "请求未被接受"
+
+    @property
+    def field(self) -> str | None:
+        return self.body.get("field") if isinstance(self.body, dict) else None
+
+
+@dataclass
+class Api:
+    request: Request
+    token: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        client_host = self.request.client.host if self.request.client else "127.0.0.1"
+        transport = httpx.ASGITransport(app=self.request.app, client=(client_host, 0))
+        async with httpx.AsyncClient(transport=transport, base_url=str(self.request.base_url)) as client:
+            r = await client.request(
+                method,
+                path,
+                json=json,
+                params={k: v for k, v in (params or {}).items() if v not in (None, "")},
+                headers={"Authorization": f"Bearer {self.token}", **(headers or {})},
+                timeout=60,
+            )
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"message": r.text}
+        return Reply(r.status_code, body)
+
+    async def get(self, path: str, **params: Any) -> Reply:
+        return await self.call("GET", path, params=params)
+
+    async def post(self, path: str, json: Any = None, headers: dict[str, str] | None = None) -> Reply:
+        return await self.call("POST", path, json=json, headers=headers)
+
+    # --- lists -------------------------------------------------------------------------------
+    # Until the API has one ticket list with search, the lists are read from the department queues
+    # (the desk's token may read every queue). Only these two functions change when it does.
+
+    async def department_tickets(self, dept_id: str, status: str | None = None) -> list[dict]:
+        tickets: list[dict] = []
+        page = 1
+        while True:
+            r = await self.get(f"/api/v1/departments/{dept_id}/tickets", status=status, page=page, size=200)
+            if not r.ok:
+                return tickets
+            tickets += r.body["tickets"]
+            if page * 200 >= r.body["total"]:
+                return tickets
+            page += 1
+
+    async def open_tickets(self, departments: list[str]) -> list[dict]:
+        """Every open ticket of the given departments (the desk's view of the whole city)."""
+        out: list[dict] = []
+        for dept in departments:
+            out += [t for t in await self.department_tickets(dept) if t["status"] != Status.CLOSED]
+        return out
+
+    # --- figures --------------------------------------------------------------------------------
+
+    async def return_reasons(self, no: str) -> list[str]:
+        """Each return of the ticket: who, why, and their note (from its history)."""
+        reply = await self.get(f"/api/v1/tickets/{no}")
+        history = reply.body.get("history", []) if reply.ok else []
+        out = []
+        for h in history:
+            if h.get("action") == "returned":
+                data = h.get("data") or {}
+                who = (h.get("department") or {}).get("name", h.get("actor", ""))
+                note = f"：{h['note']}" if h.get("note") else ""
+                out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
+        return out
+
+    async def figures(self, start: str, end: str) -> dict[str, Any]:
+        """The whole city's three rates and score for the period (summed over departments)."""
+        reply = await self.get("/api/v1/stats", group_by="department", **{"from": start, "to": end})
+        if not reply.ok:
+            return {"error": reply.message}
+        total: dict[str, int] = {}
+        for g in reply.body["groups"]:
+            scoring.add(total, g)
+        w = reply.body["weights"]
+        weights = scoring.Weights(w["basically_satisfied"], w["response"], w["resolution"], w["satisfaction"])
+        return scoring.rates(total, weights)
+
+    async def daily_volume(self, start: str, end: str) -> list[tuple[str, int]]:
+        """Tickets assigned per day (the stats endpoint, one day at a time)."""
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+        first = max(first, last - timedelta(days=CHART_DAYS - 1))
+        out = []
+        for i in range((last - first).days + 1):
+            day = (first + timedelta(days=i)).isoformat()
+            reply = await self.get("/api/v1/stats", group_by="department", **{"from": day, "to": day})
+            out.append((day, sum(g["assigned"] for g in reply.body["groups"]) if reply.ok else 0))
+        return out

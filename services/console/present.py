@@ -1,0 +1,227 @@
+"""How the console shows things: deadlines as time left, event histories as sentences, the grid map
+as SVG. Pure functions over the API's JSON; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.router.rules import matching_rules, route
+from shared.city import City
+from shared.events import GridMatch
+
+ACTION_NAMES = {
+    "accepted": "签收",
+    "returned": "退单",
+    "extension_requested": "申请延期",
+    "extension_approved": "延期已批准",
+    "extension_refused": "延期未批准",
+    "resolved": "办结",
+    "surveyed": "回访短信已发送",
+    "rated": "市民评价",
+    "closed": "关闭",
+    "reopened": "重新办理",
+    "warning": "临期提醒",
+    "overdue": "超期督办",
+    "escalated": "升级督办",
+}
+TOPIC_NAMES = {
+    "appeal.received": "受理登记",
+    "appeal.classified": "智能分类",
+    "appeal.located": "定位",
+    "appeal.review": "转人工复核",
+    "ticket.assigned": "派单",
+    "survey.sent": "回访短信已发送",
+    "survey.answered": "市民回复回访",
+    "meeting.convened": "召开联席会议",
+    "meeting.updated": "联席会议进展",
+}
+RATING_NAMES = {1: "满意", 2: "基本满意", 3: "不满意"}
+VIA_NAMES = {
+    "rule": "按权责清单",
+    "fallback": "按兜底规则",
+    "dispatch_desk": "转派单中心",
+    "operator": "人工派单",
+    "reroute": "退单后改派",
+    "meeting": "联席会议确定",
+}
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def local(value: str | datetime | None, tz: ZoneInfo) -> str:
+    moment = parse_time(value) if isinstance(value, str) or value is None else value
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
+def due_of(ticket: Mapping[str, Any]) -> datetime | None:
+    """The deadline that matters now: to accept while assigned, to resolve once accepted."""
+    if ticket.get("status") == "assigned":
+        return parse_time(ticket.get("respond_by"))
+    if ticket.get("status") == "accepted":
+        return parse_time(ticket.get("resolve_by"))
+    return None
+
+
+def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
+    """("剩余3小时20分", False), or ("已超期1天2小时", True)."""
+    if due is None:
+        return "", False
+    seconds = int((due - now).total_seconds())
+    late = seconds < 0
+    seconds = abs(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = (f"{days}天" if days else "") + (f"{hours}小时" if hours else "")
+    if not days:
+        parts += f"{minutes}分"
+    return ("已超期" if late else "剩余") + parts, late
+
+
+def describe(record: Mapping[str, Any], city: City) -> str:
+    """One history record (an event as the store keeps it) as a sentence for staff."""
+    topic = record.get("topic", "")
+    if topic == "ticket.assigned":
+        dept = (record.get("department") or {}).get("name", "")
+        via = VIA_NAMES.get(record.get("via", ""), record.get("via", ""))
+        return f"派单至{dept}（{via}）：{record.get('explanation', '')}"
+    if topic == "ticket.updated":
+        action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
+        dept = (record.get("department") or {}).get("name")
+        data = record.get("data") or {}
+        extra = data.get("reason_name") or (f"{data['days']}个工作日" if "days" in data else "")
+        note = record.get("note") or ""
+        words = [w for w in (dept, extra, note) if w]
+        return action + ("：" + "，".join(words) if words else "")
+    if topic in ("appeal.classified", "appeal.review"):
+        names = "/".join(record.get("category_names") or ()) or record.get("category", "")
+        confidence = record.get("confidence")
+        share = f"（置信度{confidence:.0%}）" if isinstance(confidence, int | float) else ""
+        return f"{TOPIC_NAMES[topic]}：{names}{share}"
+    if topic == "survey.answered":
+        rating = RATING_NAMES.get(record.get("rating") or 0, "")
+        return f"市民回复回访：{rating or record.get('outcome', '')}"
+    if topic in ("meeting.convened", "meeting.updated"):
+        return f"{TOPIC_NAMES[topic]}：{record.get('explanation') or record.get('note') or ''}"
+    return TOPIC_NAMES.get(topic, topic)
+
+
+def percent(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+# --- the dispatch desk's choices -------------------------------------------------------------------
+
+
+def departments_of(city: City) -> list[dict[str, str]]:
+    return [{"id": d.id, "name": d.name} for d in city.departments if d.kind != "dispatch_desk"]
+
+
+def likely_department(city: City, category: str, grid: GridMatch) -> str:
+    """Where the responsibility list sends the category, for the desk to confirm with one click. With
+    no grid, the rules that hold anywhere decide, else the fallback owner."""
+    if grid.grid is not None:
+        return route(city, category, grid, 1.0, 0.0).lead
+    rules = matching_rules(city, category, grid)
+    return rules[0][1].lead if rules else city.responsibilities.fallback_owner
+
+
+def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
+    """The classifier's top categories, each with the department the rules would send it to."""
+    grid = ticket.get("grid") or {}
+    match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
+    out = []
+    tops = ticket.get("top_categories") or [
+        {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
+    ]
+    for top in tops[:3]:
+        cat = top.get("category")
+        if not cat or cat not in city.category_by_id:
+            continue
+        dept = city.department_by_id.get(likely_department(city, cat, match))
+        out.append(
+            {
+                "category": cat,
+                "names": "/".join(city.category_names(cat)),
+                "probability": top.get("probability") or 0,
+                "department": dept.id if dept and dept.kind != "dispatch_desk" else None,
+                "department_name": dept.name if dept and dept.kind != "dispatch_desk" else None,
+            }
+        )
+    return out
+
+
+# --- the grid map --------------------------------------------------------------------------------
+
+MAP_WIDTH = 600
+# Volume classes from few to many: light to dark blue. Labels on the darker two are white, so each
+# text colour keeps WCAG AA contrast on its fill.
+SHADES = ("#eef4fb", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
+
+
+def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
+    """The configured grid polygons as SVG shapes, shaded by ticket volume."""
+    polys = {gid: info.grid.polygon for gid, info in city.grids.items() if info.grid.polygon}
+    if not polys:
+        return {"width": MAP_WIDTH, "height": 0, "shapes": []}
+    xs = [x for poly in polys.values() for x, _ in poly]
+    ys = [y for poly in polys.values() for _, y in poly]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    scale = MAP_WIDTH / ((x1 - x0) or 1)
+    height = round((y1 - y0) * scale) or 1
+    top = max(volume.values(), default=0)
+    shapes = []
+    for gid, poly in sorted(polys.items()):
+        points = [((x - x0) * scale, (y1 - y) * scale) for x, y in poly]  # north up
+        n = volume.get(gid, 0)
+        shade = 0 if not top or not n else min(len(SHADES) - 1, 1 + int(3 * n / top))
+        shapes.append(
+            {
+                "grid": gid,
+                "name": city.grids[gid].grid.name,
+                "count": n,
+                "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
+                "fill": SHADES[shade],
+                "ink": "#ffffff" if shade >= 3 else "#1a1a1a",
+                "cx": round(sum(x for x, _ in points) / len(points), 1),
+                "cy": round(sum(y for _, y in points) / len(points), 1),
+            }
+        )
+    return {"width": MAP_WIDTH, "height": height, "shapes": shapes, "shades": SHADES}
+
+
+CHART_HEIGHT = 120
+
+
+def daily_bars(days: list[tuple[str, int]], width: int = MAP_WIDTH) -> dict[str, Any]:
+    """Volume per day as SVG bars (one per day, oldest left), for the dashboard."""
+    top = max((n for _, n in days), default=0)
+    step = width / max(len(days), 1)
+    bars = []
+    for i, (day, n) in enumerate(days):
+        h = round(CHART_HEIGHT * n / top, 1) if top else 0
+        bars.append(
+            {
+                "day": day,
+                "count": n,
+                "x": round(i * step + 1, 1),
+                "w": round(max(step - 2, 1), 1),
+                "h": h,
+                "y": round(CHART_HEIGHT - h, 1),
+            }
+        )
+    return {"width": width, "height": CHART_HEIGHT, "bars": bars, "top": top}
+
+
+def count_by(items: Iterable[Mapping[str, Any]], key) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        k = key(item)
+        if k:
+            out[k] = out.get(k, 0) + 1
+    return out

@@ -1,0 +1,111 @@
+// The console's few behaviours: the operator's live preview and keyboard shortcuts, and the
+// dashboard's live figures. Every page works without this file; it only saves clicks and reloads.
+"use strict";
+
+(function () {
+  const main = document.getElementById("main");
+  const csrf = main ? main.dataset.csrf : "";
+
+  // A live stream refused (the session expired): to the sign-in page, as any other page would go.
+  function watch(url) {
+    const source = new EventSource(url);
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) window.location.assign("/console/signin");
+    });
+    return source;
+  }
+
+  async function post(url, body) {
+    const response = await fetch(url, {
+      method: "POST",
+      body: body,
+      credentials: "same-origin",
+      headers: { "X-CSRF-Token": csrf || "", "X-Requested-With": "fetch" },
+    });
+    if (response.status === 401) {
+      window.location.assign("/console/signin");
+      return null;
+    }
+    return response;
+  }
+
+  // --- the hotline operator ------------------------------------------------------------------
+  const intake = document.getElementById("intake");
+  if (intake) {
+    const preview = document.getElementById("preview");
+    const text = document.getElementById("text");
+    let timer = null;
+    let asked = 0;
+    const refresh = () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        if (!text.value.trim()) return;
+        const mine = ++asked;
+        const response = await post(intake.dataset.preview, new FormData(intake));
+        if (response && mine === asked) {
+          preview.innerHTML = await response.text(); // rendered and escaped by the server
+          preview.dataset.state = "ready";
+        }
+      }, 350);
+    };
+    intake.addEventListener("input", refresh);
+    // Enter submits from the text box too; Shift+Enter is a new line. Not while an input method is
+    // composing Chinese characters: that Enter picks the characters.
+    text.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        intake.requestSubmit();
+      }
+    });
+    intake.addEventListener("submit", () => {
+      document.getElementById("submit").disabled = true; // one call, one ticket
+    });
+    if (text.value.trim()) refresh();
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.altKey && (e.key === "n" || e.key === "N") && document.querySelector("[data-operator]") !== null) {
+      e.preventDefault();
+      window.location.assign("/console/operator");
+    }
+  });
+
+  // --- a department's queue: redrawn when one of its tickets arrives or changes ------------------
+  const queue = document.getElementById("queue");
+  if (queue && window.EventSource) {
+    const news = document.getElementById("live-news");
+    const source = watch(queue.dataset.live);
+    source.addEventListener("ready", () => { queue.dataset.liveState = "ready"; });
+    source.addEventListener("ticket", async (e) => {
+      const data = JSON.parse(e.data);
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      if (!response.ok) return;
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
+      if (fresh) queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
+      news.textContent = (data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：") + data.ticket_no;
+    });
+  }
+
+  // --- the dashboard ---------------------------------------------------------------------------
+  const figures = document.getElementById("figures");
+  if (figures && window.EventSource) {
+    const state = document.getElementById("live-state");
+    const source = watch(figures.dataset.live);
+    source.addEventListener("ready", () => { state.textContent = "实时更新：已连接"; figures.dataset.liveState = "ready"; });
+    source.addEventListener("error", () => { state.textContent = "实时更新：连接中断，正在重连…"; });
+    source.addEventListener("figures", async (e) => {
+      const data = JSON.parse(e.data);
+      for (const el of figures.querySelectorAll("[data-figure]")) {
+        const value = data[el.dataset.figure];
+        el.textContent = value === null || value === undefined ? "—" : String(value);
+      }
+      // The rankings moved with the figures: take the server's fresh rendering of them.
+      const response = await fetch(window.location.href, { credentials: "same-origin" });
+      const fresh = response.ok
+        ? new DOMParser().parseFromString(await response.text(), "text/html").getElementById("rankings")
+        : null;
+      const rankings = document.getElementById("rankings");
+      if (fresh && rankings) rankings.innerHTML = fresh.innerHTML;
+      state.textContent = "实时更新：已连接（" + new Date().toLocaleTimeString("zh-CN") + " 更新）";
+    });
+  }
+})();

@@ -1,0 +1,681 @@
+"""The console's pages. Each handler reads the session, calls the API's endpoint for the work
+(`backend.Api`, with the person's own token) and renders a template; the rules stay in the services.
+
+  /console/signin      every role pastes its token once     /console/operator   hotline intake
+  /console/department  a department's queue                 /console/tickets/N  a ticket, its actions
+  /console/desk        the dispatch desk                     /console/meetings   joint meetings
+  /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData
+
+from services.console import lookup as resident_lookup
+from services.console import present, session
+from services.console.backend import Api, Reply
+from services.console.live import LiveFeed
+from services.router.workflow import RETURN_REASONS, STATUS_NAMES
+from shared.city import City
+from shared.tickets import Status
+
+HERE = Path(__file__).parent
+router = APIRouter(prefix="/console", include_in_schema=False)
+templates = Environment(
+    loader=FileSystemLoader(HERE / "templates"),
+    autoescape=select_autoescape(["html"], default=True),  # residents' words are text, never markup
+)
+templates.globals.update(
+    status_names=STATUS_NAMES,
+    role_names=session.ROLE_NAMES,
+    percent=present.percent,
+    return_reasons=RETURN_REASONS,
+)
+HOME = {"operator": "/console/operator", "department": "/console/department", "admin": "/console/desk"}
+
+
+class SignInRequired(Exception):
+    """No session, an expired one, or its token was revoked: back to the sign-in page."""
+
+
+class WrongRole(Exception):
+    def __init__(self, session: session.Session) -> None:
+        self.session = session
+
+
+def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = templates.get_template(name).render(request=request, **context)
+    return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+def city_of(request: Request) -> City:
+    return request.app.state.city
+
+
+def tz_of(request: Request) -> ZoneInfo:
+    return ZoneInfo(request.app.state.settings.timezone)
+
+
+async def current(request: Request) -> session.Session:
+    found = await session.load(request.app.state.redis, request.cookies.get(session.COOKIE))
+    if found is None:
+        raise SignInRequired()
+    return found
+
+
+def staff(*roles: str) -> Callable[[Request], Awaitable[session.Session]]:
+    """A dependency: the session, if its role may see the page (else 403, or sign-in)."""
+
+    async def dependency(request: Request) -> session.Session:
+        s = await current(request)
+        if s.principal.role not in roles:
+            raise WrongRole(s)
+        return s
+
+    return dependency
+
+
+as_operator = staff("operator", "admin")  # the desk may register an appeal too, as the API allows
+as_department = staff("department")
+as_desk = staff("admin")
+as_staff = staff("department", "admin")
+
+
+async def checked_form(request: Request, s: session.Session) -> FormData:
+    """The posted form, after its CSRF token was compared with the session's."""
+    form = await request.form()
+    given = form.get("csrf") or request.headers.get("X-CSRF-Token")
+    if not session.same(str(given) if given else None, s.csrf):
+        raise WrongRole(s)  # a forged or stale form: refused like a foreign page
+    return form
+
+
+def api(request: Request, s: session.Session) -> Api:
+    return Api(request, s.token)
+
+
+def field_errors(reply: Reply, fields: tuple[str, ...], default: str) -> dict[str, str]:
+    """The API's refusal, beside the field it names (or above the form)."""
+    field = reply.field if reply.field in fields else default
+    return {field: reply.message}
+
+
+def text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+# --- signing in ----------------------------------------------------------------------------------
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    s = await session.load(request.app.state.redis, request.cookies.get(session.COOKIE))
+    target = HOME[s.principal.role] if s else "/console/signin"
+    return RedirectResponse(target, status_code=303)
+
+
+def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
+    csrf = session.new_csrf()
+    response = page(request, "signin.html", status, csrf=csrf, error=error)
+    response.set_cookie(
+        session.LOGIN_CSRF_COOKIE,
+        csrf,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/console",
+    )
+    return response
+
+
+@router.get("/signin")
+async def signin_form(request: Request) -> Response:
+    return signin_page(request)
+
+
+@router.post("/signin")
+async def signin(request: Request) -> Response:
+    form = await request.form()
+    if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
+        return signin_page(request, "页面已过期，请重新输入登录凭证", 403)
+    token = text(form, "token").strip()
+    if not token:
+        return signin_page(request, "请粘贴登录凭证（由 appeals token 命令生成）", 422)
+    signed = await session.sign_in(request.app.state.redis, token)
+    if signed is None:
+        return signin_page(request, "登录凭证无效或已吊销，请向管理员重新申领", 401)
+    session_id, principal = signed
+    response = RedirectResponse(HOME[principal.role], status_code=303)
+    response.set_cookie(
+        session.COOKIE,
+        session_id,
+        max_age=session.TTL_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    response.delete_cookie(session.LOGIN_CSRF_COOKIE, path="/console")
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request, s: session.Session = Depends(current)) -> Response:
+    await checked_form(request, s)
+    await session.sign_out(request.app.state.redis, request.cookies.get(session.COOKIE))
+    response = RedirectResponse("/console/signin", status_code=303)
+    response.delete_cookie(session.COOKIE, path="/")
+    return response
+
+
+# --- the hotline operator ------------------------------------------------------------------------
+
+INTAKE_FIELDS = ("caller_phone", "caller_name", "text", "address", "urgent")
+
+
+def appeal_of(form: FormData) -> dict[str, Any]:
+    return {
+        "channel": "hotline",
+        "caller_phone": text(form, "caller_phone").strip() or None,
+        "caller_name": text(form, "caller_name").strip() or None,
+        "text": text(form, "text"),
+        "address": text(form, "address"),
+        "urgent": form.get("urgent") == "on",
+    }
+
+
+@router.get("/operator")
+async def operator_page(request: Request, s: session.Session = Depends(as_operator)):
+    return page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
+
+
+@router.post("/operator/preview")
+async def operator_preview(request: Request, s: session.Session = Depends(as_operator)):
+    form = await checked_form(request, s)
+    reply = await api(request, s).post("/api/v1/appeals/preview", appeal_of(form))
+    return page(request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply)
+
+
+@router.post("/operator/appeals")
+async def operator_submit(request: Request, s: session.Session = Depends(as_operator)):
+    form = await checked_form(request, s)
+    idem = text(form, "idem") or uuid.uuid4().hex
+    reply = await api(request, s).post(
+        "/api/v1/appeals", appeal_of(form), headers={"Idempotency-Key": f"console:{idem}"}
+    )
+    if reply.ok:
+        return page(request, "operator.html", s=s, accepted=reply.body["ticket_no"], values={}, errors={})
+    errors = field_errors(reply, INTAKE_FIELDS, "form")
+    values = {k: text(form, k) for k in INTAKE_FIELDS}
+    return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem)
+
+
+# --- departments ---------------------------------------------------------------------------------
+
+
+def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
+    left, late = present.time_left(present.due_of(ticket), now)
+    return {
+        **ticket,
+        "left": left,
+        "late": late or ticket.get("overdue", False),
+        "received": present.local(ticket.get("received_at"), tz),
+        "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
+    }
+
+
+@router.get("/department")
+async def department_page(request: Request, s: session.Session = Depends(as_department)):
+    q = request.query_params
+    dept = s.principal.department or ""
+    tickets = await api(request, s).department_tickets(dept, status=q.get("status") or None)
+    tz, now = tz_of(request), datetime.now(UTC)
+    rows = [row(t, tz, now) for t in tickets]
+    if q.get("overdue") == "1":
+        rows = [r for r in rows if r["late"]]
+    if q.get("category"):
+        rows = [r for r in rows if q["category"] in r["category_label"]]
+    if q.get("grid"):
+        rows = [r for r in rows if q["grid"] in ((r.get("grid") or {}).get("grid") or "")]
+    if q.get("date"):
+        rows = [r for r in rows if r["received"].startswith(q["date"])]
+    city = city_of(request)
+    return page(
+        request,
+        "department.html",
+        s=s,
+        rows=rows,
+        filters=dict(q),
+        department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
+        statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
+    )
+
+
+@router.get("/department/live")
+async def department_live(request: Request, s: session.Session = Depends(as_department)):
+    """Server-sent events: a ticket of this department was assigned or changed."""
+    client, feed = api(request, s), live_feed(request)
+    dept = s.principal.department
+
+    async def stream() -> AsyncIterator[str]:
+        async with feed.subscribe() as news:
+            await asyncio.wait_for(feed.ready.wait(), timeout=30)
+            yield "retry: 3000\nevent: ready\ndata: {}\n\n"
+            while not await request.is_disconnected():
+                try:
+                    item = await asyncio.wait_for(news.get(), timeout=15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                if item["topic"] not in ("ticket.assigned", "ticket.updated") or not item["ticket_no"]:
+                    continue
+                # The API answers 404 for another department's ticket: only ours get through.
+                reply = await client.get(f"/api/v1/tickets/{item['ticket_no']}")
+                if reply.ok and (reply.body.get("department") or {}).get("id") == dept:
+                    data = json.dumps({"ticket_no": item["ticket_no"], "topic": item["topic"]})
+                    yield f"event: ticket\ndata: {data}\n\n"
+
+    return event_stream(stream())
+
+
+def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]]] = {
+    # action: (API path suffix, the body from the form, the form's fields; the first is where an
+    # error that names no field is shown)
+    "accept": ("accept", lambda f: {}, ("form",)),
+    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, ("note",)),
+    "return": (
+        "return",
+        lambda f: {
+            "reason": text(f, "reason"),
+            "note": text(f, "note"),
+            "disputed_rule": text(f, "disputed_rule"),
+        },
+        ("reason", "note", "disputed_rule"),
+    ),
+    "extend": (
+        "extend",
+        lambda f: {
+            "days": int(text(f, "days")) if text(f, "days").isdigit() else 0,
+            "reason": text(f, "reason"),
+        },
+        ("reason", "days"),
+    ),
+}
+
+
+async def ticket_context(request: Request, s: session.Session, no: str) -> dict[str, Any] | None:
+    reply = await api(request, s).get(f"/api/v1/tickets/{no}")
+    if not reply.ok:
+        return None
+    ticket = reply.body
+    tz, city = tz_of(request), city_of(request)
+    history = [
+        {"at": present.local(h.get("occurred_at"), tz), "text": present.describe(h, city)}
+        for h in ticket.get("history", [])
+    ]
+    grid = (ticket.get("grid") or {}).get("grid")
+    volume = {grid: 1} if grid else {}
+    return {
+        "t": row(ticket, tz, datetime.now(UTC)),
+        "history": history,
+        "map": present.grid_map(city, volume),
+        "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
+    }
+
+
+@router.get("/tickets/{no}")
+async def ticket_page(request: Request, no: str, s: session.Session = Depends(as_staff)):
+    context = await ticket_context(request, s, no)
+    if context is None:
+        return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
+    return page(
+        request, "ticket.html", s=s, errors={}, values={}, done=request.query_params.get("done"), **context
+    )
+
+
+@router.post("/tickets/{no}/{action}")
+async def ticket_action(request: Request, no: str, action: str, s: session.Session = Depends(as_department)):
+    form = await checked_form(request, s)
+    if action not in TICKET_ACTIONS:
+        return page(request, "message.html", 404, s=s, title="操作不存在", message=f"没有“{action}”这项操作")
+    suffix, body, fields = TICKET_ACTIONS[action]
+    reply = await api(request, s).post(f"/api/v1/tickets/{no}/{suffix}", body(form))
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
+    context = await ticket_context(request, s, no)
+    if context is None:
+        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
+    errors = {action: field_errors(reply, fields, fields[0])}
+    values = {action: {k: text(form, k) for k in fields}}
+    return page(request, "ticket.html", 422, s=s, errors=errors, values=values, done=None, **context)
+
+
+# --- the dispatch desk ---------------------------------------------------------------------------
+
+
+@router.get("/desk")
+async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
+    client, city = api(request, s), city_of(request)
+    threshold = request.app.state.settings.review_confidence_threshold
+    queue = await client.get("/api/v1/dispatch/queue", size=200)
+    tz, now = tz_of(request), datetime.now(UTC)
+    waiting = [row(t, tz, now) for t in (queue.body.get("tickets", []) if queue.ok else [])]
+    for t in waiting:
+        t["suggestions"] = present.suggestions(city, t)
+    low = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
+    unrouted = [t for t in waiting if t not in low]
+    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
+    extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
+    returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
+        t for t in waiting if t.get("returns")
+    ]
+    for t in returned:
+        t["return_reasons"] = await client.return_reasons(t["ticket_no"])
+    return page(
+        request,
+        "desk.html",
+        s=s,
+        low=low,
+        unrouted=unrouted,
+        extensions=extensions,
+        returned=returned,
+        departments=present.departments_of(city),
+        categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
+        error=request.query_params.get("error"),
+        done=request.query_params.get("done"),
+    )
+
+
+@router.post("/desk/{no}/assign")
+async def desk_assign(request: Request, no: str, s: session.Session = Depends(as_desk)):
+    form = await checked_form(request, s)
+    # Two clicks: a category (a suggestion, or any leaf from the list), then a department button.
+    body = {
+        "department": text(form, "department") or text(form, "department_other"),
+        "category": text(form, "category_other") or text(form, "category") or None,
+        "note": text(form, "note"),
+    }
+    reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
+    return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+
+
+@router.post("/desk/{no}/extension/{verdict}")
+async def desk_extension(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
+    form = await checked_form(request, s)
+    reply = await api(request, s).post(
+        f"/api/v1/tickets/{no}/extension/{verdict}", {"note": text(form, "note")}
+    )
+    return desk_redirect(reply, f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}")
+
+
+def desk_redirect(reply: Reply, done: str) -> Response:
+    from urllib.parse import urlencode
+
+    query = urlencode({"done": done} if reply.ok else {"error": reply.message})
+    return RedirectResponse(f"/console/desk?{query}", status_code=303)
+
+
+# --- joint meetings ------------------------------------------------------------------------------
+
+
+@router.get("/meetings")
+async def meetings_page(request: Request, s: session.Session = Depends(as_staff)):
+    client, city = api(request, s), city_of(request)
+    if s.principal.is_admin:
+        held = await client.open_tickets(
+            [d["id"] for d in present.departments_of(city)] + [city.responsibilities.dispatch_desk]
+        )
+    else:
+        held = await client.department_tickets(s.principal.department or "")
+    ids = sorted({t["meeting_id"] for t in held if t.get("meeting_id")})
+    meetings = []
+    for mid in ids:
+        reply = await client.get(f"/api/v1/meetings/{mid}")
+        if reply.ok:
+            m = reply.body
+            m["deadline_local"] = present.local(m.get("deadline"), tz_of(request))
+            meetings.append(m)
+    return page(
+        request,
+        "meetings.html",
+        s=s,
+        meetings=meetings,
+        departments=present.departments_of(city),
+        error=request.query_params.get("error"),
+        done=request.query_params.get("done"),
+    )
+
+
+@router.post("/meetings/{mid}/{step}")
+async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
+    from urllib.parse import urlencode
+
+    form = await checked_form(request, s)
+    if step == "decide":
+        reply = await api(request, s).post(
+            f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
+        )
+    else:
+        reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
+    query = urlencode({"done": f"联席会议{mid}已更新"} if reply.ok else {"error": reply.message})
+    return RedirectResponse(f"/console/meetings?{query}", status_code=303)
+
+
+# --- the manager's dashboard ---------------------------------------------------------------------
+
+DIMENSION_NAMES = {"department": "承办单位", "category": "诉求分类", "street": "街道", "grid": "网格"}
+
+
+def period(request: Request) -> tuple[str, str]:
+    today = datetime.now(tz_of(request)).date()
+    q = request.query_params
+    return q.get("from") or today.replace(day=1).isoformat(), q.get("to") or today.isoformat()
+
+
+@router.get("/dashboard")
+async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)):
+    client, city = api(request, s), city_of(request)
+    start, end = period(request)
+    tables: dict[str, Any] = {}
+    error = ""
+    for dim in DIMENSION_NAMES:
+        reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
+        if not reply.ok:
+            error = reply.message
+            break
+        tables[dim] = reply.body["groups"]
+    overall = await client.figures(start, end) if not error else {}
+    chart = present.daily_bars(await client.daily_volume(start, end) if not error else [])
+    volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
+    top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
+    tz, now = tz_of(request), datetime.now(UTC)
+    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
+    overdue = sorted(
+        (row(t, tz, now) for t in everything if t.get("overdue")), key=lambda t: t.get("resolve_by") or ""
+    )
+    return page(
+        request,
+        "dashboard.html",
+        s=s,
+        start=start,
+        end=end,
+        error=error,
+        tables=tables,
+        dimension_names=DIMENSION_NAMES,
+        overall=overall,
+        map=present.grid_map(city, volume),
+        chart=chart,
+        top_categories=top_categories,
+        top_max=max((g["assigned"] for g in top_categories), default=0),
+        overdue=overdue,
+    )
+
+
+def live_feed(request: Request) -> LiveFeed:
+    """The process's one feed, made on first use (it needs the settings the app's lifespan sets)."""
+    state = request.app.state
+    if not hasattr(state, "console_live"):
+        state.console_live = LiveFeed(state.settings)
+    return state.console_live
+
+
+@router.get("/dashboard/live")
+async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)):
+    """Server-sent events: the city's figures again whenever an event may have moved them."""
+    start, end = period(request)
+    client = api(request, s)
+    feed = live_feed(request)
+
+    async def stream() -> AsyncIterator[str]:
+        async with feed.subscribe() as news:
+            await asyncio.wait_for(feed.ready.wait(), timeout=30)
+            last = await client.figures(start, end)
+            yield "retry: 3000\nevent: ready\ndata: {}\n\n"  # from here on, no event is missed
+            pending: list[float] = []
+            loop = asyncio.get_running_loop()
+            while not await request.is_disconnected():
+                wait = max(0.0, min(pending) - loop.time()) if pending else 15.0
+                try:
+                    await asyncio.wait_for(news.get(), timeout=wait)
+                    # The notifier counts the event beside us: look again shortly after, and once more.
+                    pending = [loop.time() + 0.3, loop.time() + 1.5, loop.time() + 4]
+                    continue
+                except TimeoutError:
+                    pass
+                if not pending:
+                    yield ": keep-alive\n\n"
+                    continue
+                pending = [p for p in pending if p > loop.time()]
+                now_figures = await client.figures(start, end)
+                if now_figures != last:
+                    last = now_figures
+                    shown = {
+                        k: present.percent(v) if k.endswith("_rate") else v for k, v in now_figures.items()
+                    }
+                    yield f"event: figures\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n"
+
+    return event_stream(stream())
+
+
+# --- residents -----------------------------------------------------------------------------------
+
+
+@router.get("/lookup")
+async def lookup_form(request: Request) -> Response:
+    return lookup_page(request)
+
+
+def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
+    csrf = session.new_csrf()
+    context = {"values": {}, "errors": {}, "found": None, **context}
+    response = page(request, "lookup.html", status, csrf=csrf, **context)
+    response.set_cookie(
+        session.LOGIN_CSRF_COOKIE,
+        csrf,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/console",
+    )
+    return response
+
+
+@router.post("/lookup")
+async def lookup(request: Request) -> Response:
+    form = await request.form()
+    values = {"ticket_no": text(form, "ticket_no").strip(), "last4": text(form, "last4").strip()}
+    if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
+        return lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
+    state = request.app.state
+    client_ip = request.client.host if request.client else "unknown"
+    result = await resident_lookup.find(
+        state.redis, state.store, values["ticket_no"], values["last4"], client_ip
+    )
+    if isinstance(result, resident_lookup.Refused):
+        return lookup_page(request, result.status, values=values, errors={result.field: result.message})
+    tz = tz_of(request)
+    found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz)
+    return lookup_page(request, values=values, found=found)
+
+
+# --- wiring ----------------------------------------------------------------------------------------
+
+
+def _docs_route(app: FastAPI) -> None:
+    """/docs with Swagger UI's files served from the installed package, not from a CDN."""
+    import swagger_ui
+
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.docs_url]
+    app.mount(
+        "/console/swagger",
+        StaticFiles(directory=Path(swagger_ui.__file__).parent / "static"),
+        name="swagger-static",
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url="/console/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/console/swagger/swagger-ui.css",
+            swagger_favicon_url="/console/swagger/favicon-32x32.png",
+        )
+
+
+def mount(app: FastAPI) -> None:
+    """Add the console to the API app: its pages, its static files, the local /docs."""
+    app.include_router(router)
+    app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    _docs_route(app)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=303)
+
+    app.add_exception_handler(SignInRequired, _to_signin)
+    app.add_exception_handler(WrongRole, _forbidden)
+
+
+async def _to_signin(request: Request, exc: Exception) -> Response:
+    # Scripts and live streams cannot follow a redirect to a page: they get 401 and send the person there.
+    if request.headers.get("X-Requested-With") == "fetch" or "text/event-stream" in request.headers.get(
+        "Accept", ""
+    ):
+        return Response(status_code=401, headers={"X-Sign-In": "/console/signin"})
+    return RedirectResponse("/console/signin", status_code=303)
+
+
+async def _forbidden(request: Request, exc: Exception) -> Response:
+    s = exc.session if isinstance(exc, WrongRole) else None
+    return page(
+        request,
+        "message.html",
+        403,
+        s=s,
+        title="无权访问",
+        message="当前登录的角色不能访问此页面，或页面已过期。请返回本角色的首页。",
+    )

@@ -1,0 +1,383 @@
+"""The web console end to end, in Debian's Chromium (headless, driven by Playwright), against the
+system started as real processes. Each flow writes a screenshot of its pages to docs/screenshots/,
+which the README shows, and checks the page with axe-core (WCAG 2 AA)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from shared.auth import issue_token, revoke_token
+from tests.conftest import ROOT, System, eventually
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = ROOT / "docs" / "screenshots"
+HOSTILE = '<script>window.__pwned = 1</script><b id="bold">粗体</b><img src=x onerror="window.__pwned=2">'
+
+
+def chromium() -> str:
+    if not CHROMIUM.exists():
+        # Never skip: the console's tests are how we know it works. `make test` installs it.
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    return str(CHROMIUM)
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, system: System) -> AsyncIterator[Page]:
+    context = await browser.new_context(
+        base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
+    )
+    p = await context.new_page()
+    yield p
+    await context.close()
+
+
+def new_phone() -> str:
+    return "139" + "".join(random.choices("0123456789", k=8))
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def axe_violations(page: Page) -> list[dict[str, Any]]:
+    """axe-core's WCAG 2 A/AA violations on the page (axe's script ships in a PyPI package)."""
+    import axe_playwright_python
+
+    script = (Path(axe_playwright_python.__file__).parent / "axe.min.js").read_text(encoding="utf-8")
+    await page.evaluate(script)
+    result = await page.evaluate(
+        "async () => await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa']}})"
+    )
+    return [{"id": v["id"], "nodes": [n["html"] for n in v["nodes"]][:3]} for v in result["violations"]]
+
+
+async def accessible(page: Page) -> None:
+    violations = await axe_violations(page)
+    assert violations == [], json.dumps(violations, ensure_ascii=False, indent=1)
+
+
+async def sign_in(page: Page, token: str) -> None:
+    await page.goto("/console/signin")
+    await expect(page.locator("#token")).to_be_focused()
+    await page.keyboard.type(token)
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+
+
+async def admin_api(system: System, redis) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=system.base_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {await issue_token(redis, 'admin')}"},
+    )
+
+
+async def ticket_when(client: httpx.AsyncClient, no: str, ok) -> dict:
+    async def probe():
+        r = await client.get(f"/api/v1/tickets/{no}")
+        return r.json() if r.status_code == 200 and ok(r.json()) else None
+
+    return await eventually(probe, timeout=60)
+
+
+async def submit(client: httpx.AsyncClient, text: str, phone: str, address: str = "") -> str:
+    r = await client.post(
+        "/api/v1/appeals",
+        json={"channel": "hotline", "caller_phone": phone, "text": text, "address": address},
+    )
+    assert r.status_code == 201, r.text
+    return r.json()["ticket_no"]
+
+
+# --- signing in ---------------------------------------------------------------------------------
+
+
+async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
+    await page.goto("/")
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    await accessible(page)
+    await shot(page, "signin")
+
+    await sign_in(page, "not-a-token")
+    await expect(page.locator("#token-error")).to_contain_text("登录凭证无效")
+
+    await sign_in(page, await issue_token(redis, "operator", operator="op07"))
+    await expect(page).to_have_url(re.compile(r"/console/operator$"))
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "appeals_console")
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+
+    # Another role's page: 403, in Chinese.
+    response = await page.goto("/console/desk")
+    assert response is not None
+    assert response.status == 403
+    await expect(page.locator("h1")).to_have_text("无权访问")
+
+    # A form without the session's CSRF token is refused.
+    r = await page.request.post(
+        "/console/operator/appeals", form={"text": "路灯坏了很久没人修", "csrf": "forged"}
+    )
+    assert r.status == 403
+
+    # A revoked token ends its session at the next page.
+    token = await issue_token(redis, "department", "water")
+    await sign_in(page, token)
+    await expect(page).to_have_url(re.compile(r"/console/department$"))
+    await revoke_token(redis, token)
+    await page.goto("/console/department")
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+
+    # Sign out: the session is gone, pages go to sign-in.
+    await sign_in(page, await issue_token(redis, "operator", operator="op07"))
+    await page.goto("/console/operator")
+    await page.get_by_role("button", name="退出登录").click()
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    await page.goto("/console/operator")
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+
+    # A made-up session cookie is no session.
+    await page.context.add_cookies([{**cookie, "value": "forged-session-id"}])
+    await page.goto("/console/department")
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+
+
+# --- the hotline operator ----------------------------------------------------------------------
+
+
+async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, system: System):
+    await sign_in(page, await issue_token(redis, "operator", operator="op01"))
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    await accessible(page)
+    keyboard = page.keyboard
+    await keyboard.type(new_phone())
+    await keyboard.press("Tab")
+    await keyboard.type("王先生")
+    await keyboard.press("Tab")
+    await keyboard.type("阳光花园3号楼")
+    await keyboard.press("Tab")
+    await keyboard.type("阳光花园3号楼门口的路灯坏了一个星期，晚上很黑，老人出门不方便")
+    # The preview appears while typing: category, grid, department.
+    await expect(page.locator("#pv-department")).not_to_be_empty(timeout=60_000)
+    await expect(page.locator("#pv-grid")).to_contain_text("s01c01g01")
+    await shot(page, "operator-preview")
+    await keyboard.press("Enter")
+    number = page.locator("#ticket-no")
+    await expect(number).to_have_text(re.compile(r"^\S{6,}$"))
+    ticket_no = (await number.text_content() or "").strip()
+    font_size = await number.evaluate("el => parseFloat(getComputedStyle(el).fontSize)")
+    assert font_size >= 32  # read out over the phone: large
+    await accessible(page)
+    await shot(page, "operator-accepted")
+
+    async with await admin_api(system, redis) as client:
+        ticket = await ticket_when(client, ticket_no, lambda t: t["status"] != "received")
+    assert ticket["channel"] == "hotline"
+    assert ticket["operator_id"] == "op01"
+
+    # Alt+N: the next call, on an empty form with the phone field focused.
+    await keyboard.press("Alt+n")
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    await expect(page.locator("#caller_phone")).to_have_value("")
+
+
+async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
+    await sign_in(page, await issue_token(redis, "operator", operator="op02"))
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    await page.keyboard.type("12345")  # not a phone number
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Tab")
+    await page.keyboard.press("Tab")
+    await page.keyboard.type("小区门口垃圾堆了三天没人清理")
+    await page.keyboard.press("Enter")
+    error = page.locator("#caller_phone-error")
+    await expect(error).to_contain_text("不是有效的手机号或固话号码")
+    await expect(page.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#text")).to_have_value("小区门口垃圾堆了三天没人清理")  # nothing retyped
+
+
+# --- the dispatch desk -------------------------------------------------------------------------
+
+
+async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, redis, system: System):
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "有个事情想反映一下，麻烦你们看看怎么处理", new_phone())
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "review")
+        await sign_in(page, await issue_token(redis, "admin"))
+        await expect(page).to_have_url(re.compile(r"/console/desk$"))
+        card = page.locator(f"#desk-{no}")
+        await expect(card).to_be_visible()
+        await expect(card.locator(".resident-text")).to_have_text(ticket["text"])
+        await accessible(page)
+        await shot(page, "desk")
+        # Click 1: the second suggested category; click 2: its department.
+        choices = card.get_by_role("radio")
+        assert await choices.count() >= 2
+        await choices.nth(1).click()
+        chosen = await choices.nth(1).get_attribute("value")
+        department = card.locator("button.dept").first
+        chosen_department = await department.get_attribute("value")
+        await department.click()
+        await expect(page.locator("p.ok")).to_contain_text(f"工单{no}已派至")
+        routed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    assert routed["category"] == chosen
+    assert routed["department"]["id"] == chosen_department
+    assert routed["assigned_via"] == "operator"
+    await expect(page.locator(f"#desk-{no}")).to_have_count(0)
+    await page.goto("/console/meetings")
+    await expect(page.locator("h1")).to_have_text("联席会议")
+    await accessible(page)
+    await shot(page, "meetings")
+
+
+# --- departments, the survey and the dashboard --------------------------------------------------
+
+
+async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
+    page: Page, browser: Browser, redis, system: System
+):
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "建设路的路灯坏了好几天了，晚上走路很危险" + HOSTILE, phone, "和平里小区")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        dept = ticket["department"]["id"]
+
+        await sign_in(page, await issue_token(redis, "department", dept))
+        await expect(page).to_have_url(re.compile(r"/console/department$"))
+        await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
+        # A new ticket for the department appears in the open queue without a reload.
+        await expect(page.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
+        await page.evaluate("window.__same_page = true")
+        second = await submit(client, "建设路路灯也不亮了，整条街都是黑的", new_phone(), "和平里小区")
+        await expect(page.locator(f"a[href='/console/tickets/{second}']")).to_be_visible(timeout=30_000)
+        await expect(page.locator("#live-news")).to_contain_text(second)
+        assert await page.evaluate("window.__same_page === true")
+        await accessible(page)
+        await shot(page, "department-queue")
+
+        await page.locator(f"a[href='/console/tickets/{no}']").click()
+        await expect(page.locator("#status")).to_have_text("已派单")
+        # The resident's words are text, not markup.
+        await expect(page.locator("#resident-text")).to_contain_text("<script>window.__pwned = 1</script>")
+        assert await page.locator("#resident-text b").count() == 0
+        assert await page.evaluate("window.__pwned === undefined")
+        await expect(page.locator("ol.history")).to_contain_text("派单至")
+
+        await page.locator("#accept").click()
+        await expect(page.locator("#status")).to_have_text("办理中")
+        # A resolution without a note: the API's message, beside the note.
+        await page.locator("#resolve-note").fill("   ")
+        await page.locator("#resolve").click()
+        await expect(page.locator("#resolve-note-error")).to_contain_text("办结时必须填写办理结果说明")
+        await page.locator("#resolve-note").fill("已更换灯泡，恢复照明")
+        await page.locator("#resolve").click()
+        await expect(page.locator("#status")).to_have_text("已办结")
+        await accessible(page)
+        await shot(page, "department-ticket")
+        await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+
+        # The manager's dashboard, open while the resident answers the survey.
+        manager = await (
+            await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
+        ).new_page()
+        await sign_in(manager, await issue_token(redis, "admin"))
+        await manager.goto("/console/dashboard")
+        await expect(manager.locator("#figures")).to_have_attribute(
+            "data-live-state", "ready", timeout=30_000
+        )
+        before = await manager.locator("#satisfaction").text_content()
+        answered = await manager.locator("[data-figure=answered]").text_content()
+        dept_answered = manager.locator(f"#rank-department [data-answered='{dept}']")
+        dept_answered_before = await dept_answered.text_content() or ""
+        await manager.evaluate("window.__same_page = true")
+        r = await client.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+        assert r.status_code == 200, r.text
+        await expect(manager.locator("[data-figure=answered]")).not_to_have_text(
+            answered or "", timeout=30_000
+        )
+        assert await manager.evaluate("window.__same_page === true")  # changed without a reload
+        # The ranking by department follows, also without a reload.
+        await expect(dept_answered).not_to_have_text(dept_answered_before, timeout=30_000)
+        after = await manager.locator("#satisfaction").text_content()
+        assert after != "—"
+        assert (before, answered) != (after, await manager.locator("[data-figure=answered]").text_content())
+        await accessible(manager)
+        await shot(manager, "dashboard")
+        await manager.context.close()
+
+        # The desk's view of the same ticket escapes the text too.
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/tickets/{no}")
+        await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
+        assert await page.locator("#bold").count() == 0
+        assert await page.evaluate("window.__pwned === undefined")
+
+
+# --- residents ---------------------------------------------------------------------------------
+
+
+async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, system: System):
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "人民路上的井盖松动了，车开过去哐哐响" + HOSTILE, phone)
+        await ticket_when(client, no, lambda t: t["status"] in ("assigned", "review"))
+    context = await browser.new_context(
+        base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    page = await context.new_page()
+    await page.goto("/console/lookup")
+    await page.get_by_label("工单号").fill(no)
+    await page.get_by_label("来电手机号后四位").fill("0000" if phone[-4:] != "0000" else "1111")
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("p.error")).to_contain_text("没有找到")
+    await page.get_by_label("来电手机号后四位").fill(phone[-4:])
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("#lookup-status")).to_be_visible()
+    body = await page.locator("main").text_content() or ""
+    assert phone not in body
+    assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360  # no sideways scrolling on a phone
+    await accessible(page)
+    await shot(page, "lookup-mobile")
+    await context.close()
+
+
+async def test_docs_load_swagger_from_the_project(page: Page):
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    await page.goto("/docs")
+    await expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+        "12345 appeals API", timeout=30_000
+    )
+    base = page.url.split("/docs")[0]
+    assert [u for u in requests if not u.startswith(base)] == []
+    await shot(page, "docs")

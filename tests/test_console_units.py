@@ -1,0 +1,141 @@
+"""The console's pure parts: deadlines as time left, histories as sentences, the grid map, what a
+resident's lookup shows, and the templates' escaping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.console import present
+from services.console.lookup import public_view
+from services.console.views import templates
+from shared.city import load_city
+from shared.events import Caller, DepartmentRef
+from shared.tickets import Status, Ticket
+
+NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+@pytest.fixture(scope="module")
+def city():
+    return load_city()
+
+
+def test_time_left_and_overdue():
+    assert present.time_left(NOW + timedelta(hours=3, minutes=20), NOW) == ("剩余3小时20分", False)
+    assert present.time_left(NOW - timedelta(days=1, hours=2), NOW) == ("已超期1天2小时", True)
+    assert present.time_left(None, NOW) == ("", False)
+
+
+def test_the_deadline_that_matters_follows_the_status():
+    ticket = {
+        "status": "assigned",
+        "respond_by": "2026-03-02T10:00:00+00:00",
+        "resolve_by": "2026-03-09T10:00:00+00:00",
+    }
+    assert present.due_of(ticket) == datetime(2026, 3, 2, 10, tzinfo=UTC)
+    assert present.due_of({**ticket, "status": "accepted"}) == datetime(2026, 3, 9, 10, tzinfo=UTC)
+    assert present.due_of({**ticket, "status": "closed"}) is None
+
+
+def test_history_sentences(city):
+    assigned = {
+        "topic": "ticket.assigned",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "via": "rule",
+        "explanation": "按权责清单派单",
+    }
+    assert present.describe(assigned, city) == "派单至区城市管理委员会（按权责清单）：按权责清单派单"
+    returned = {
+        "topic": "ticket.updated",
+        "action": "returned",
+        "department": {"id": "water", "name": "区水务局"},
+        "data": {"reason_name": "不属于本单位职责"},
+        "note": "应由供热公司处理",
+    }
+    assert present.describe(returned, city) == "退单：区水务局，不属于本单位职责，应由供热公司处理"
+
+
+def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
+    drawn = present.grid_map(city, {"s01c01g01": 10, "s02c01g01": 1})
+    shapes = {s["grid"]: s for s in drawn["shapes"]}
+    assert set(shapes) == {g for g, info in city.grids.items() if info.grid.polygon}
+    assert shapes["s01c01g01"]["fill"] == present.SHADES[-1]
+    assert shapes["s01c01g01"]["ink"] == "#ffffff"
+    assert shapes["s02c01g01"]["fill"] not in (present.SHADES[0], present.SHADES[-1])
+    assert shapes["s01c01g02"]["fill"] == present.SHADES[0]
+    # North up: the demo city's top row (lat 39.96-39.98) is drawn at the top.
+    assert min(float(p.split(",")[1]) for p in shapes["s01c01g01"]["points"].split()) == 0
+
+
+def test_a_residents_lookup_shows_no_personal_data(city):
+    ticket = Ticket(
+        ticket_no="20260302-000001",
+        status=Status.ACCEPTED,
+        channel="hotline",
+        text="我叫张三，住阳光花园3号楼2单元，路灯坏了",
+        address="阳光花园3号楼2单元501",
+        caller=Caller(caller_id="abc", masked_phone="138****5678"),
+        received_at=NOW,
+        category_names=("城市管理", "市政设施", "路灯故障"),
+        department=DepartmentRef(id="urban_mgmt", name="区城市管理委员会"),
+    )
+    history = [
+        {"topic": "appeal.received", "occurred_at": NOW.isoformat()},
+        {"topic": "appeal.classified", "occurred_at": NOW.isoformat(), "confidence": 0.9},
+        {"topic": "ticket.assigned", "via": "dispatch_desk", "occurred_at": NOW.isoformat()},
+        {"topic": "ticket.updated", "action": "accepted", "occurred_at": NOW.isoformat()},
+    ]
+    shown = str(public_view(ticket, history, city, TZ))
+    assert "张三" not in shown
+    assert "阳光花园" not in shown
+    assert "5678" not in shown
+    assert "办理中" in shown
+    assert "承办单位已签收，正在办理" in shown
+    assert "正在人工分派承办单位" in shown
+
+
+def test_templates_render_residents_text_as_text():
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    html = templates.get_template("_preview.html").render(
+        preview={
+            "category": {"names": ["城市管理"], "confidence": 0.9},
+            "grid": {"grid": None, "evidence": ""},
+            "department": {"name": "区城市管理委员会", "explanation": ""},
+            "hint": hostile,
+            "duplicates": [
+                {"ticket_no": "1", "status": "assigned", "reason": "similar_text", "text": hostile}
+            ],
+        },
+        reply=None,
+        status_names={},
+    )
+    assert "<script>" not in html
+    assert "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_daily_bars_scale_to_the_busiest_day():
+    chart = present.daily_bars([("2026-03-01", 0), ("2026-03-02", 4), ("2026-03-03", 2)], width=300)
+    heights = [b["h"] for b in chart["bars"]]
+    assert heights == [0, present.CHART_HEIGHT, present.CHART_HEIGHT / 2]
+    assert [b["x"] for b in chart["bars"]] == [1, 101, 201]
+
+
+def test_desk_suggestions_name_a_department_even_without_a_grid(city):
+    leaves = [c for c in city.leaf_categories if c.startswith("city.")][:2]
+    ticket = {
+        "grid": {"grid": None},
+        "top_categories": [
+            {"category": leaves[0], "probability": 0.4},
+            {"category": leaves[1], "probability": 0.3},
+        ],
+    }
+    suggested = present.suggestions(city, ticket)
+    assert [s["category"] for s in suggested] == leaves
+    for s in suggested:
+        assert s["department"] in city.department_by_id
+        assert city.department_by_id[s["department"]].kind != "dispatch_desk"

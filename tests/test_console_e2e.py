@@ -318,7 +318,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         dept_answered = manager.locator(f"#rank-department [data-answered='{dept}']")
         dept_answered_before = await dept_answered.text_content() or ""
         await manager.evaluate("window.__same_page = true")
-        r = await client.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+        gateway = {"Authorization": f"Bearer {await issue_token(redis, 'sms_gateway')}"}
+        r = await client.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"}, headers=gateway)
         assert r.status_code == 200, r.text
         await expect(manager.locator("[data-figure=answered]")).not_to_have_text(
             answered or "", timeout=30_000

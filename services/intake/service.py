@@ -23,6 +23,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from services.intake.app import CALLER_INDEX_TTL, caller_key
 from services.intake.domain import Submission
@@ -185,13 +186,18 @@ class IntakeService:
     async def _publish_and_record(self, chunk: _Chunk) -> None:
         items, todo, claimed, results = chunk.items, chunk.todo, chunk.claimed, chunk.results
         keys = [claimed[i] for i in todo if i in claimed]
+        subs = [items[i][0] for i in todo]
+        # The contact before the event: the notifier may read the event, and look up the phone to
+        # acknowledge it by SMS, before the broker's ack even reaches us.
+        new_contacts = await self._save_contacts(subs)
         try:
             numbers = await self.store.next_ticket_nos(self.today(), len(todo))
-            subs = [items[i][0] for i in todo]
             events = [await self._appeal_event(no, sub) for no, sub in zip(numbers, subs, strict=False)]
             await asyncio.wait_for(publish(self.publisher, events), self.publish_timeout)
         except Exception as e:
             await self._release(keys)
+            if new_contacts:  # no appeal refers to them
+                await self.redis.delete(*new_contacts)
             log.warning("%d appeal(s) not accepted, broker did not acknowledge: %r", len(todo), e)
             raise BrokerUnavailable(str(e)) from e
         # Durable from here on: the router would create the tickets from the events even if we died.
@@ -201,11 +207,7 @@ class IntakeService:
                 if cid:  # the worker indexes it too; here, so that a preview a second later sees it
                     p.sadd(caller_key(cid), event.ticket_no)
                     p.expire(caller_key(cid), CALLER_INDEX_TTL)
-                if sub.phone:
-                    contact = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
-                    p.hset(f"contact:{cid}", mapping=contact)
-                elif sub.wechat_openid:
-                    p.hset(f"contact:{cid}", mapping={"wechat_openid": sub.wechat_openid})
+                if sub.wechat_openid and not sub.phone:
                     p.set(wechat_last_key(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
                 p.zadd(TICKETS_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
@@ -218,6 +220,24 @@ class IntakeService:
             await p.execute()
         for sub in subs:
             APPEALS_RECEIVED.labels(channel=sub.channel).inc()
+
+    async def _save_contacts(self, subs: Sequence[Submission]) -> list[str]:
+        """Write the callers' contact records; returns the keys of those that did not exist before."""
+        contacts: dict[str, dict[FieldT, EncodableT]] = {}
+        for sub in subs:
+            cid = sub.caller.caller_id
+            if cid and sub.phone:
+                contacts[f"contact:{cid}"] = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
+            elif cid and sub.wechat_openid:
+                contacts[f"contact:{cid}"] = {"wechat_openid": sub.wechat_openid}
+        if not contacts:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for key, mapping in contacts.items():
+                p.exists(key)
+                p.hset(key, mapping=mapping)
+            replies = await p.execute()
+        return [key for key, existed in zip(contacts, replies[::2], strict=True) if not existed]
 
     async def _appeal_event(self, ticket_no: str, sub: Submission) -> AppealReceived:
         location, address = sub.location, sub.address

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
@@ -286,6 +287,17 @@ async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[Co
     finally:
         await consumer.stop()
     return out
+
+
+async def group_size(bootstrap: str, group: str) -> int:
+    """How many members the consumer group has (Tansu does not report their assignments)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    return sum(len(described[5]) for response in responses for described in response.groups)
 
 
 async def tickets_of(redis: Redis, nos: Sequence[str]) -> dict[str, dict[str, Any] | None]:

@@ -27,10 +27,11 @@ from tests.faults_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 # Appeals flow from before the first kill until EVERY more have been answered after the last
-# restart, EVERY between kills, at most LIMIT in all. Kills wait for the answers rather than the
-# clock, so each one meets appeals in flight however slow the machine is; what bounds the test is
-# the three restarts. On the shared 2-core machine (load 8) the intake answered ~20 appeals/s and a
-# restart took ~20 s: ~1,500 appeals, ~2 minutes; unloaded it is the 5,000 of LIMIT.
+# restart, EVERY between kills, at most LIMIT in all. Kills wait for answers rather than the clock,
+# so each one meets appeals in flight however slow the machine is, and what bounds the test is the
+# three restarts, not the count. Measured on the shared 2-core machine (load average 8): the intake
+# answered ~17 appeals/s, a restarted worker was up again after ~40 s: ~2,100 appeals, flow ~2 min,
+# start and checks ~50 s. Unloaded the restarts are much faster and the count stays well below LIMIT.
 LIMIT = 5000
 EVERY = 100
 

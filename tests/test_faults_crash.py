@@ -13,6 +13,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from services.launcher import WORKERS
 from tests.faults_support import (
     CONSUMERS,
     admin_client,
@@ -40,7 +41,7 @@ async def test_kill9_of_each_consumer_in_turn_loses_and_repeats_nothing(settings
     started = time.monotonic()
     with isolated_system(settings, tmp_path) as (system, s):
         system.start_all()
-        await asyncio.to_thread(system.wait_ready)
+        await asyncio.to_thread(system.ready, WORKERS)
         ready = time.monotonic()
         async with await admin_client(system, s) as client:
             killed: list[tuple[str, int, int]] = []

@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
+from services.launcher import WORKERS
 from shared import topics
 from shared.auth import issue_token
 from tests.conftest import eventually
@@ -68,7 +69,7 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
     started = time.monotonic()
     with isolated_system(settings, tmp_path, log_level="DEBUG") as (system, s):
         system.start_all()
-        await asyncio.to_thread(system.wait_ready)
+        await asyncio.to_thread(system.ready, WORKERS)
         redis = Redis.from_url(s.redis_url)
         try:
             async with await admin_client(system, s) as api:

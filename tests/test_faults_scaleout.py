@@ -51,7 +51,7 @@ async def test_the_surviving_replica_takes_over_when_one_of_each_consumer_is_kil
     started = time.monotonic()
     with isolated_system(settings, tmp_path) as (system, s):
         keys = system.start_replicas(2)
-        await asyncio.to_thread(system.ready, keys)
+        await asyncio.to_thread(system.ready, [*keys, "intake"])
         bootstrap = s.kafka_bootstrap_servers
         await eventually(lambda: groups_of_size(bootstrap, 2), timeout=180, interval=1)
         ready = time.monotonic()

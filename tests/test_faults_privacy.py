@@ -1,0 +1,139 @@
+"""Personal data: a full flow (a hotline appeal with the caller's phone and name, the department's
+resolution, the survey SMS and the resident's reply) on a system of its own, logging at DEBUG; then
+no log line of any process (the services and the broker and Redis) and no event on any topic
+(dead-letter topics included) may hold the raw phone number or the caller's name.
+
+The appeal's text is the resident's own words and may hold whatever they typed; this one holds
+neither the phone nor the name, so that finding either can only mean the system copied it from the
+fields made for them (`caller_phone`, `caller_name`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from services.launcher import WORKERS
+from shared import topics
+from shared.auth import issue_token
+from tests.conftest import eventually
+from tests.faults_support import admin_client, isolated_system, read_topics, sms_outbox
+
+pytestmark = pytest.mark.integration
+
+PHONE = "13591827364"
+TYPED_PHONE = "135 9182 7364"  # as the operator typed it; stored as PHONE
+NAME = "司马清源"
+TEXT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好"
+# What must not appear anywhere: the number (and its last eight digits: the mask shows four), the
+# typed form, and the name as it is and as JSON escapes it.
+SECRETS = (PHONE, PHONE[-8:], TYPED_PHONE, NAME, json.dumps(NAME)[1:-1])
+MASKED = "135****7364"
+SERVICES = ("intake", "classifier", "router", "notifier")
+
+
+async def everything_consumed(bootstrap: str) -> bool:
+    """Every consumer group has committed up to the end of every partition of its topic."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await reader.start()
+    try:
+        parts = [
+            TopicPartition(t, p) for t in topics.EVENT_TYPES for p in reader.partitions_for_topic(t) or ()
+        ]
+        ends = await reader.end_offsets(parts)
+    finally:
+        await reader.stop()
+    for service in SERVICES:
+        for topic in topics.EVENT_TYPES:
+            group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{service}.{topic}")
+            await group.start()
+            try:
+                for tp in (tp for tp in parts if tp.topic == topic):
+                    committed = await group.committed(tp)
+                    if committed is not None and committed < ends[tp]:
+                        return False
+            finally:
+                await group.stop()
+    return True
+
+
+def leaks(text: str) -> list[str]:
+    return [s for s in SECRETS if s in text]
+
+
+async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
+    started = time.monotonic()
+    with isolated_system(settings, tmp_path, log_level="DEBUG") as (system, s):
+        system.start_all()
+        await asyncio.to_thread(system.ready, WORKERS)
+        redis = Redis.from_url(s.redis_url)
+        try:
+            async with await admin_client(system, s) as api:
+
+                async def ticket(no: str, *statuses: str) -> dict | None:
+                    r = await api.get(f"/api/v1/tickets/{no}")
+                    return r.json() if r.status_code == 200 and r.json()["status"] in statuses else None
+
+                async def sms(kind: str) -> list[dict]:
+                    return [m for m in await sms_outbox(redis) if m["phone"] == PHONE and m["kind"] == kind]
+
+                r = await api.post(
+                    "/api/v1/appeals",
+                    json={
+                        "channel": "hotline",
+                        "caller_phone": TYPED_PHONE,
+                        "caller_name": NAME,
+                        "text": TEXT,
+                        "address": "阳光花园3号楼",
+                    },
+                )
+                assert r.status_code == 201, r.text
+                no = r.json()["ticket_no"]
+                assigned = await eventually(lambda: ticket(no, "assigned"), timeout=120)
+                department = await issue_token(redis, "department", assigned["department"]["id"])
+                r = await api.post(
+                    f"/api/v1/tickets/{no}/resolve",
+                    json={"note": "已更换路灯灯泡，恢复照明"},
+                    headers={"Authorization": f"Bearer {department}"},
+                )
+                assert r.status_code == 200, r.text
+                await eventually(lambda: sms("survey"), timeout=120)
+                await eventually(lambda: ticket(no, "surveyed"), timeout=120)
+                r = await api.post(
+                    "/api/v1/sms/inbound", json={"phone": f"+86{PHONE}", "text": "1 修好了，谢谢"}
+                )
+                assert r.status_code == 200, r.text
+                await eventually(lambda: ticket(no, "closed"), timeout=120)
+                # The flow did use the phone: the resident had the acknowledgement and the survey.
+                assert await sms("ack")
+        finally:
+            await redis.aclose()
+        await eventually(lambda: everything_consumed(s.kafka_bootstrap_servers), timeout=120, interval=1)
+        system.stop_all()  # their last lines (shutdown) written too
+
+        flowed = await read_topics(s.kafka_bootstrap_servers, topics.ALL_TOPICS)
+        events = [
+            (t, r.offset, r.value.decode("utf-8", errors="replace")) for t, rs in flowed.items() for r in rs
+        ]
+        for topic in (
+            topics.APPEAL_RECEIVED,
+            topics.TICKET_ASSIGNED,
+            topics.SURVEY_SENT,
+            topics.SURVEY_ANSWERED,
+        ):
+            assert flowed[topic], f"nothing on {topic}: the flow did not go through it"
+        assert any(MASKED in value for _, _, value in events), "no event carries the caller, even masked"
+        found = [(t, offset, leaks(value)) for t, offset, value in events if leaks(value)]
+        assert not found, f"personal data in events: {found[:5]}"
+
+        logs = sorted([*system.log_files(), *(tmp_path / "servers").glob("*.log")])
+        assert {p.stem for p in logs} >= {*SERVICES, "api"}
+        lines = [(p.name, line) for p in logs for line in p.read_text(errors="replace").splitlines()]
+        assert any(MASKED in line for _, line in lines), "no log line names the caller, even masked"
+        found_lines = [(name, line[:200], leaks(line)) for name, line in lines if leaks(line)]
+        assert not found_lines, f"personal data in logs: {found_lines[:5]}"
+    print(f"\n{len(events)} events, {len(lines)} log lines searched; {time.monotonic() - started:.0f}s")

@@ -1,0 +1,95 @@
+"""Scale-out: two replicas of each consumer (classifier, router, notifier), each pair in one
+consumer group; kill -9 one of each while appeals flow. The survivor takes over the dead one's
+partitions, and every acknowledged appeal still ends routed exactly once (the crash test's checks).
+
+The system runs on a broker and a Redis of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from shared import topics
+from tests.conftest import eventually
+from tests.faults_support import (
+    CONSUMERS,
+    Submissions,
+    admin_client,
+    check_exactly_once,
+    flow_while,
+    group_size,
+    isolated_system,
+    kill_in_turn,
+    read_topics,
+    wait_for_notifier,
+    wait_until_routed,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+# As in the crash test: the flow lasts as long as the kills (EVERY appeals answered before each and
+# after the last), at most LIMIT. No restarts here, so it is short: a few hundred appeals under load.
+LIMIT = 5000
+EVERY = 100
+# The group that feeds each consumer's hot path (every (service, topic) pair is a group).
+HOT_GROUPS = {
+    "classifier": f"classifier.{topics.APPEAL_RECEIVED}",
+    "router": f"router.{topics.APPEAL_CLASSIFIED}",
+    "notifier": f"notifier.{topics.APPEAL_RECEIVED}",
+}
+
+
+async def groups_of_size(bootstrap: str, size: int) -> bool:
+    return all([await group_size(bootstrap, g) == size for g in HOT_GROUPS.values()])
+
+
+async def test_the_surviving_replica_takes_over_when_one_of_each_consumer_is_killed(settings, tmp_path):
+    started = time.monotonic()
+    with isolated_system(settings, tmp_path) as (system, s):
+        keys = system.start_replicas(2)
+        await asyncio.to_thread(system.ready, [*keys, "intake"])
+        bootstrap = s.kafka_bootstrap_servers
+        await eventually(lambda: groups_of_size(bootstrap, 2), timeout=180, interval=1)
+        ready = time.monotonic()
+        victims = [f"{name}#2" for name in CONSUMERS]
+        killed: list[tuple[str, int, int]] = []
+        before_last_kill: set[str] = set()
+
+        async def faults(submissions: Submissions) -> None:
+            killed.extend(await kill_in_turn(system, victims, submissions, every=EVERY, restart=False))
+            before_last_kill.update(submissions.acked)
+
+        async with await admin_client(system, s) as client:
+            submissions = await flow_while(client, faults, limit=LIMIT, after=EVERY)
+        submitted = time.monotonic()
+        assert not submissions.failed, f"appeals never acknowledged: {submissions.failed}"
+        nos = sorted(submissions.acked)
+        redis = Redis.from_url(s.redis_url)
+        try:
+            await wait_until_routed(redis, nos, timeout=600)
+            await wait_for_notifier(s.kafka_bootstrap_servers, timeout=300)
+            report = await check_exactly_once(redis, bootstrap, submissions)
+        finally:
+            await redis.aclose()
+
+        # The survivors are the groups' only members now, and what came after the kills, spread
+        # over every partition, was handled (checked above) by them alone.
+        for name in CONSUMERS:
+            assert system.procs[name].poll() is None, f"the surviving {name} exited"
+        await eventually(lambda: groups_of_size(bootstrap, 1), timeout=120, interval=1)
+        later = set(nos) - before_last_kill
+        assert later, "no appeal was submitted after the last kill"
+        flowed = await read_topics(bootstrap, [topics.APPEAL_RECEIVED, topics.APPEAL_CLASSIFIED])
+        for topic, records in flowed.items():
+            used = {r.partition for r in records if json.loads(r.value)["ticket_no"] in later}
+            assert used == set(range(s.kafka_topic_partitions)), f"{topic}: partitions {used}"
+    assert [k for k, _, _ in killed] == victims
+    print(
+        f"\nkilled (process, pid, appeals answered then): {killed}; {len(later)} after the last; "
+        f"{report}; start {ready - started:.0f}s, flow {submitted - ready:.0f}s, "
+        f"drain+check {time.monotonic() - submitted:.0f}s"
+    )

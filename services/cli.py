@@ -33,15 +33,38 @@ def _worker_app(name: str):
 @cli.command()
 def run(service: Service) -> None:
     """Run one service in the foreground (servers from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)."""
+    from shared.settings import InsecureSettings, check_production_secrets
+
+    s = get_settings()
+    try:
+        check_production_secrets(s)
+    except InsecureSettings as e:
+        _fail(str(e))
     if service is Service.api:
         import uvicorn
 
         from services.api import create_app
 
-        s = get_settings()
         uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning")
         return
     asyncio.run(_worker_app(service.value).run())
+
+
+@cli.command()
+def check(
+    services: list[Service] = typer.Argument(None, help="Services to check (default: all of them)."),
+) -> None:
+    """Load what each service loads at start-up (city, cues, dictionaries, templates, the model) and
+    classify one appeal, without the broker or Redis: a broken install fails here, not in production."""
+    from services.preflight import check as preflight
+
+    settings = get_settings()
+    for service in services or list(Service):
+        try:
+            for line in preflight(service.value, settings):
+                typer.echo(f"{service.value}: ok  {line}")
+        except Exception as e:
+            _fail(f"{service.value}: FAILED  {type(e).__name__}: {e}")
 
 
 @cli.command()

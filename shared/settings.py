@@ -13,6 +13,15 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_CALLER_ID_SALT = "appeals-demo-salt"
+# Words that mark a value copied from an example rather than generated.
+PLACEHOLDER_WORDS = ("replace", "change", "example", "placeholder", "secret", "demo", "xxx")
+MIN_SALT_LENGTH = 32
+
+
+class InsecureSettings(ValueError):
+    """A production process was given a demo or placeholder secret; the message says which and how."""
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
@@ -38,9 +47,11 @@ class Settings(BaseSettings):
     metrics_port_notifier: int = 9104
     metrics_bind_all: bool = False  # containers: let Prometheus scrape from another host
 
+    # "production" makes start-up refuse demo secrets (check_production_secrets); deploy/ sets it.
+    appeals_env: Literal["development", "production"] = "development"
     # Salt for caller ids (hashed phones). Set a secret in production, so that ids cannot be reversed
     # by hashing every possible phone number.
-    caller_id_salt: str = "appeals-demo-salt"
+    caller_id_salt: str = DEMO_CALLER_ID_SALT
 
     # Below this confidence an appeal goes to human review / the dispatch desk instead of auto-routing.
     review_confidence_threshold: float = Field(0.5, ge=0, le=1)
@@ -83,6 +94,24 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.data_dir / "models"
+
+
+def check_production_secrets(settings: Settings) -> None:
+    """With APPEALS_ENV=production, refuse to start on the demo salt, a placeholder or a short one:
+    caller ids hashed with a known salt can be reversed by hashing every phone number."""
+    if settings.appeals_env != "production":
+        return
+    salt = settings.caller_id_salt
+    if salt == DEMO_CALLER_ID_SALT or any(w in salt.lower() for w in PLACEHOLDER_WORDS):
+        raise InsecureSettings(
+            "CALLER_ID_SALT is the demo value or a placeholder; create a secret, e.g. "
+            "`openssl rand -hex 32`, and keep it: changing it changes every caller id"
+        )
+    if len(salt) < MIN_SALT_LENGTH:
+        raise InsecureSettings(
+            f"CALLER_ID_SALT has {len(salt)} characters; use at least {MIN_SALT_LENGTH} random ones "
+            "(`openssl rand -hex 32`)"
+        )
 
 
 @lru_cache

@@ -122,6 +122,12 @@ class EventPublisher:
             await self._producer.stop()
             self._producer = None
 
+    async def check(self) -> None:
+        """Raise unless the broker answers a metadata request (readiness of a process that publishes)."""
+        if self._producer is None:
+            raise RuntimeError("EventPublisher.start() was not called")
+        await self._producer.client.fetch_all_metadata()
+
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
         """Queue one record; the returned future resolves when the broker acknowledged it."""
         if self._producer is None:
@@ -129,8 +135,9 @@ class EventPublisher:
         return await self._producer.send(topic, value, key=key)
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> None:
-    """Create the topics that do not exist yet (Apache Kafka may have auto-creation off)."""
+async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> list[str]:
+    """Create the topics that do not exist yet (Apache Kafka may have auto-creation off, and a broker
+    that restarted empty has none). Returns the names that were missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -145,6 +152,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+    return [t.name for t in missing]
 
 
 async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str | None = None) -> None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import typer
 
+from services.dlq import dlq_cli
 from shared.settings import get_settings
 
 cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_args_is_help=True)
+cli.add_typer(dlq_cli, name="dlq")
 
 
 class Service(StrEnum):

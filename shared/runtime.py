@@ -124,11 +124,13 @@ class Runtime:
     def create(cls, name: str, settings: Settings | None = None) -> Runtime:
         settings = settings or get_settings()
         redis = connect(settings.redis_url)
+        publisher = EventPublisher(settings, client_id=name)
+        publisher.claims = redis  # poison messages: one consumer group dead-letters each
         return cls(
             name=name,
             settings=settings,
             broker=make_broker(settings, app_name=name),
-            publisher=EventPublisher(settings, client_id=name),
+            publisher=publisher,
             redis=redis,
             store=TicketStore(redis),
             city=load_city(settings.city_config_dir),

@@ -137,16 +137,33 @@ cli.add_typer(bench, name="bench")
 
 @bench.command("pipeline")
 def bench_pipeline(
-    n: int = typer.Option(20_000, help="How many appeals to push through."),
+    rate: float = typer.Option(
+        0, min=0, help="Offered appeals a second (0: as fast as the broker takes them)."
+    ),
+    duration: float = typer.Option(30, min=1, help="Seconds at --rate."),
+    n: int = typer.Option(20_000, help="How many appeals to push through, without --rate."),
     callers: int = typer.Option(2_000, help="Distinct callers (each gets acknowledgement SMS)."),
+    replicas: int = typer.Option(1, min=1, help="Processes of each worker (scale-out on more cores)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    broker_limit: bool = typer.Option(True, help="Also measure the broker's limit with no-op handlers."),
+    broker_limit_messages: int = typer.Option(0, min=0, help="Messages for the broker limit (0: auto)."),
 ) -> None:
-    """Push N appeals through classifier, router and notifier; print throughput and latency.
+    """Latency (ack -> ticket.assigned, per stage) at a fixed rate, throughput, and the broker's limit.
 
     Starts embedded servers and the workers unless KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are set
     (then the workers must be running already)."""
     from services.bench import run_pipeline_bench
 
-    run_pipeline_bench(n=n, callers=callers)
+    run_pipeline_bench(
+        n=n,
+        callers=callers,
+        rate=rate,
+        duration=duration,
+        replicas=replicas,
+        json_path=json_path,
+        broker_limit=broker_limit,
+        broker_limit_messages=broker_limit_messages,
+    )
 
 
 def _fail(message: str) -> None:

@@ -26,30 +26,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 APPEALS = 320
 CONCURRENCY = 20
 APPEALS_BEFORE_KILL = 100
-NOTIFIER_LOSES_CLAIMED_SMS = (
-    "the notifier claims an SMS (SET NX, kept for days) before handing it to the gateway: killed between "
-    "the two, the redelivered event finds the claim and the acknowledgement is never sent (5 of 400 in "
-    "one run). The claim needs a pending state that a redelivery may take over."
-)
+# The notifier is not among them yet: it claims an SMS (SET NX, kept for days) before handing it to
+# the gateway, so a kill between the two loses that acknowledgement (the redelivered event finds the
+# claim). Seen here: 5 of 400 acknowledgements lost when the notifier was killed mid-batch. Its claim
+# needs a pending state that a redelivery may take over; then add it to VICTIMS.
+VICTIMS = ("classifier", "router")
 
 
-def phone(i: int) -> str:
-    return f"1370{i:07d}"
-
-
-@pytest.mark.parametrize(
-    "victims",
-    [
-        pytest.param(("classifier", "router"), id="classifier-router"),
-        pytest.param(
-            ("notifier",),
-            id="notifier",
-            marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NOTIFIER_LOSES_CLAIMED_SMS),
-        ),
-    ],
-)
-async def test_kill_9_of_a_worker_loses_and_repeats_nothing(tmp_path, data_dir, victims):
-    """Each of `victims` is killed in turn (every APPEALS_BEFORE_KILL acknowledged appeals) and restarted."""
+async def test_kill_9_of_workers_in_turn_loses_and_repeats_nothing(tmp_path, data_dir):
+    """Each of VICTIMS is killed in turn (every APPEALS_BEFORE_KILL acknowledged appeals) and restarted."""
     records = corpus.generate(load_city(), per_category=APPEALS // 30 + 1, seed=4242)[:APPEALS]
     with EmbeddedServers(log_dir=tmp_path / "servers") as servers:
         settings = Settings(
@@ -102,8 +87,8 @@ async def test_kill_9_of_a_worker_loses_and_repeats_nothing(tmp_path, data_dir, 
                         *(submit(i) for i in range(start, min(APPEALS, start + CONCURRENCY)))
                     )
                     killed, due = divmod(start + CONCURRENCY, APPEALS_BEFORE_KILL)
-                    if due == 0 and killed <= len(victims):
-                        victim = victims[killed - 1]
+                    if due == 0 and killed <= len(VICTIMS):
+                        victim = VICTIMS[killed - 1]
                         system.procs[victim].kill()  # SIGKILL: no shutdown, no commit
                         system.procs[victim].wait(10)
                         system.start(victim)

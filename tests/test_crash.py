@@ -33,6 +33,10 @@ APPEALS_BEFORE_KILL = 100
 VICTIMS = ("classifier", "router")
 
 
+def phone(i: int) -> str:
+    return f"1370{i:07d}"
+
+
 async def test_kill_9_of_workers_in_turn_loses_and_repeats_nothing(tmp_path, data_dir):
     """Each of VICTIMS is killed in turn (every APPEALS_BEFORE_KILL acknowledged appeals) and restarted."""
     records = corpus.generate(load_city(), per_category=APPEALS // 30 + 1, seed=4242)[:APPEALS]

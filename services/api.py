@@ -39,7 +39,7 @@ from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception, valid_path_params
 from shared.privacy import check_salt
 from shared.redis_client import connect
-from shared.runtime import configure_logging
+from shared.runtime import configure_logging, readiness
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -144,5 +144,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz(request: Request) -> dict:
         await request.app.state.redis.ping()
         return {"status": "ok"}
+
+    # Liveness: the process answers (a Redis or broker outage is no reason to restart it).
+    @app.get("/livez", include_in_schema=False)
+    async def livez() -> dict:
+        return {"status": "ok"}
+
+    # Readiness: Redis and the broker answer; otherwise take this replica out of the load balancer.
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        state = request.app.state
+        problems = await readiness({"redis": state.redis.ping, "broker": state.publisher.check})
+        ok = not any(problems.values())
+        body = {"status": "ok" if ok else "unavailable", **{k: v or "ok" for k, v in problems.items()}}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

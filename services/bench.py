@@ -1,17 +1,39 @@
-"""`appeals bench pipeline`: how many appeals a second the pipeline sustains, everything on this
-machine. It publishes N `appeal.received` events (as intake does, with callers whose contacts are
-stored, so the notifier sends acknowledgements) as fast as the broker takes them, and waits for every
-`ticket.assigned`. Throughput is N over the time from the first publish to the last assignment;
-latency is from each appeal's receipt to its assignment reaching the benchmark's consumer."""
+"""`appeals bench pipeline`: latency at a fixed offered load, sustained throughput, and the broker's
+own limit, everything on this machine.
+
+It publishes `appeal.received` events as intake does (callers whose contacts are stored, so the
+notifier sends acknowledgements), either at a fixed rate (`--rate R --duration S`) or as fast as the
+broker takes them (`--rate 0 --n N`), and follows each appeal to `ticket.assigned`:
+
+  ack         the broker acknowledged `appeal.received` (when intake would answer the caller)
+  classifier  ack -> the classifier's `appeal.classified` record (its producer timestamp)
+  router      `appeal.classified` -> the router's `ticket.assigned` record
+  delivery    `ticket.assigned` produced -> read by a consumer (this benchmark)
+  e2e         ack -> `ticket.assigned` read
+
+Then the same number of hops and message sizes go through the same broker with relays that do
+nothing but read and forward (separate processes, like the workers): the broker and client limit, of
+which the pipeline's throughput is printed as a fraction. Latency at a rate the system sustains
+measures the system; at a rate above it, a queue."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
+import multiprocessing
 import os
+import platform
 import statistics
+import sys
 import time
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
@@ -19,15 +41,47 @@ from redis.asyncio import Redis
 from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
-from shared.bus import ensure_topics
+from shared.bus import FETCH_MAX_WAIT_MS, ensure_topics
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
-from shared.events import AppealReceived, Caller, TicketAssigned
+from shared.events import AppealReceived, Caller
 from shared.privacy import caller_id, mask_phone
 from shared.settings import Settings, get_settings
 
+WARMUP_APPEALS = 300  # model loaded, groups joined, caches warm before anything is measured
+STAGES = ("classifier", "router", "delivery")
+RELAY_HOPS = (topics.APPEAL_RECEIVED, topics.APPEAL_CLASSIFIED, topics.TICKET_ASSIGNED)
 
-def run_pipeline_bench(*, n: int, callers: int) -> None:
+
+@dataclass
+class Trace:
+    """One appeal's way through the pipeline, in wall-clock seconds (record timestamps are wall-clock)."""
+
+    acked: float | None = None
+    classified: float | None = None
+    assigned: float | None = None
+    read: float | None = None
+
+
+@dataclass
+class Run:
+    traces: dict[str, Trace] = field(default_factory=dict)
+    sizes: dict[str, list[int]] = field(default_factory=lambda: {t: [] for t in RELAY_HOPS})
+    first_ack: float = float("inf")
+    last_read: float = 0.0
+
+
+def run_pipeline_bench(
+    *,
+    n: int,
+    callers: int,
+    rate: float = 0,
+    duration: float = 30,
+    replicas: int = 1,
+    json_path: Path | None = None,
+    broker_limit: bool = True,
+    broker_limit_messages: int = 0,
+) -> dict[str, Any]:
     launcher = None
     if external_servers_configured():
         settings = get_settings()
@@ -37,57 +91,103 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
         servers = EmbeddedServers()
         launcher = Launcher(embedded=servers)
         launcher.start_servers()
-        ports = {f"METRICS_PORT_{w.upper()}": str(free_port()) for w in WORKERS}
-        launcher.base_env.update(ports)
         settings = get_settings().model_copy(
             update={"kafka_bootstrap_servers": servers.kafka_bootstrap, "redis_url": servers.redis_url}
         )
         ensure_model(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
-        print("starting the four workers ...")
-        launcher.start_all(WORKERS)
-        launcher.wait_for_ports(int(p) for p in ports.values())
+        print(f"starting the four workers, {replicas} of each ...")
+        ports = []
+        for worker in WORKERS:
+            for i in range(replicas):
+                port = free_port()
+                launcher.start(worker, **{f"METRICS_PORT_{worker.upper()}": str(port)})
+                launcher.procs[f"{worker}#{i}"] = launcher.procs.pop(worker)
+                ports.append(port)
+        launcher.wait_for_ports(ports)
     try:
-        before = _cpu_seconds(launcher)
-        asyncio.run(_bench(settings, n=n, callers=callers))
-        if launcher is not None:
-            after = _cpu_seconds(launcher)
-            print(
-                "  CPU per appeal     "
-                + "   ".join(
-                    f"{name} {(after[name] - before.get(name, 0)) / n * 1e6:,.0f}µs" for name in after
+        figures = asyncio.run(
+            _bench(settings, launcher, n=n, callers=callers, rate=rate, duration=duration, replicas=replicas)
+        )
+        if broker_limit:
+            count = figures["completed"] or n
+            figures["broker_limit_per_s"] = round(
+                _broker_limit(
+                    settings,
+                    count=broker_limit_messages or max(10_000, min(count, 30_000)),
+                    sizes=figures.pop("_sizes"),
+                    replicas=replicas,
                 )
             )
+            figures["fraction_of_broker_limit"] = round(
+                figures["e2e_appeals_per_s"] / figures["broker_limit_per_s"], 3
+            )
+        figures.pop("_sizes", None)
     finally:
         if launcher is not None:
             launcher.stop_all()
+    _print(figures)
+    if json_path is not None:
+        json_path.write_text(json.dumps(figures, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        print(f"figures written to {json_path}")
+    return figures
 
 
 def _cpu_seconds(launcher: Launcher | None) -> dict[str, float]:
-    """User + system CPU seconds so far of each process the benchmark started (Linux /proc)."""
+    """User + system CPU seconds so far of each process the benchmark started (Linux /proc), summed
+    over a service's replicas."""
     if launcher is None:
         return {}
     procs = {name: p.pid for name, p in launcher.procs.items()}
     if launcher.embedded is not None:
         procs.update({p.name: p.proc.pid for p in launcher.embedded.processes})
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {}
+    out: dict[str, float] = {}
     for name, pid in procs.items():
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        service = name.split("#")[0]
+        out[service] = out.get(service, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return out
 
 
-async def _bench(settings: Settings, *, n: int, callers: int) -> None:
+def _appeals(settings: Settings, count: int, run: str, phones: Sequence[str]) -> list[AppealReceived]:
     city = load_city(settings.city_config_dir)
-    records = corpus.generate(city, per_category=max(1, n // len(city.leaf_categories) + 1), seed=2026)[:n]
-    run = uuid.uuid4().hex[:6].upper()
+    per_category = max(1, count // len(city.leaf_categories) + 1)
+    records = corpus.generate(city, per_category=per_category, seed=2026)
+    out = []
+    for i in range(count):
+        r = records[i % len(records)]
+        phone = phones[i % len(phones)]
+        out.append(
+            AppealReceived(
+                ticket_no=f"B{run}-{i:06d}",
+                channel="hotline",
+                title=r["title"],
+                text=r["text"],
+                address=r["address"],
+                caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
+                received_at=datetime.now(UTC),
+            )
+        )
+    return out
+
+
+async def _bench(
+    settings: Settings,
+    launcher: Launcher | None,
+    *,
+    n: int,
+    callers: int,
+    rate: float,
+    duration: float,
+    replicas: int,
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:6].upper()
     phones = [f"139{i:08d}" for i in range(callers)]
     await ensure_topics(settings)
-
     redis = Redis.from_url(settings.redis_url)
     async with redis.pipeline(transaction=False) as p:
         for phone in phones:
@@ -99,79 +199,338 @@ async def _bench(settings: Settings, *, n: int, callers: int) -> None:
         topics.APPEAL_CLASSIFIED,
         topics.TICKET_ASSIGNED,
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"bench-{run}",
+        group_id=f"bench-{run_id}",
         auto_offset_reset="latest",
         enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # as the workers read
     )
     await consumer.start()
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
         await consumer.getmany(timeout_ms=200)
     await consumer.seek_to_end()
-
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        acks="all",
-        linger_ms=5,
-        max_batch_size=256 * 1024,
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2, max_batch_size=256 * 1024
     )
     await producer.start()
-    print(f"publishing {n} appeals (run {run}) ...")
+    try:
+        warmup = min(WARMUP_APPEALS, max(50, round(rate * 3))) if rate else WARMUP_APPEALS
+        print(f"warming up with {warmup} appeals ...")
+        warm = _appeals(settings, warmup, f"W{run_id}", phones)
+        await _drive(producer, consumer, warm, rate=min(rate or 200, 200), run=Run(), wait_seconds=120)
+
+        count = round(rate * duration) if rate else n
+        appeals = _appeals(settings, count, run_id, phones)
+        offered = f"{rate:,.0f}/s for {duration:g}s" if rate else "as fast as the broker takes them"
+        print(f"publishing {count} appeals ({offered}) ...")
+        cpu_before = _cpu_seconds(launcher)
+        run = Run()
+        published_in = await _drive(
+            producer, consumer, appeals, rate=rate, run=run, wait_seconds=max(120, duration * 4)
+        )
+        cpu_after = _cpu_seconds(launcher)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return _figures(run, count, rate, published_in, replicas, cpu_before, cpu_after)
+
+
+async def _drive(
+    producer: AIOKafkaProducer,
+    consumer: AIOKafkaConsumer,
+    appeals: list[AppealReceived],
+    *,
+    rate: float,
+    run: Run,
+    wait_seconds: float,
+) -> float:
+    """Publish `appeals` (at `rate` a second, or flat out when 0) while reading what comes back;
+    returns the seconds publishing took. Waits for every assignment or `timeout`."""
+    for a in appeals:
+        run.traces[a.ticket_no] = Trace()
+    reader = asyncio.create_task(_read(consumer, run, len(appeals)))
     started = time.perf_counter()
-    received_at: dict[str, float] = {}
-    chunk = []
-    for i, r in enumerate(records):
-        phone = phones[i % callers]
-        event = AppealReceived(
-            ticket_no=f"B{run}-{i:06d}",
-            channel="hotline",
-            title=r["title"],
-            text=r["text"],
-            address=r["address"],
-            caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
-            received_at=datetime.now(UTC),
-        )
-        received_at[event.ticket_no] = time.perf_counter()
-        chunk.append(
-            await producer.send(topics.APPEAL_RECEIVED, event.to_bytes(), key=event.ticket_no.encode())
-        )
-        if len(chunk) >= 2000:
-            await asyncio.gather(*chunk)
-            chunk.clear()
-    await asyncio.gather(*chunk)
+    pending: list[asyncio.Future] = []
+    tick = 0.005
+    for i, appeal in enumerate(appeals):
+        if rate:
+            due = started + i / rate
+            ahead = due - time.perf_counter()
+            if ahead > tick:
+                await asyncio.sleep(ahead)
+        body = appeal.to_bytes()
+        run.sizes[topics.APPEAL_RECEIVED].append(len(body))
+        fut = await producer.send(topics.APPEAL_RECEIVED, body, key=appeal.ticket_no.encode())
+        fut.add_done_callback(lambda f, no=appeal.ticket_no: _acked(run, no, f))
+        pending.append(fut)
+        if len(pending) >= 2000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
     published = time.perf_counter() - started
-    print(f"published in {published:.1f}s ({n / published:,.0f}/s); waiting for assignments ...")
+    with contextlib.suppress(TimeoutError):  # what is missing then is reported as missing
+        await asyncio.wait_for(reader, wait_seconds)
+    return published
 
-    latencies: list[float] = []
-    classified = 0
-    classified_done = float("nan")
-    deadline = time.perf_counter() + max(120, n / 200)
-    while len(latencies) < n and time.perf_counter() < deadline:
-        batches = await consumer.getmany(timeout_ms=500, max_records=5000)
-        now = time.perf_counter()
-        for tp, records_ in batches.items():
-            if tp.topic == topics.APPEAL_CLASSIFIED:
-                classified += len(records_)
-                if classified >= n and classified_done != classified_done:  # first time: NaN != NaN
-                    classified_done = now - started
-                continue
-            for rec in records_:
-                no = TicketAssigned.model_validate_json(rec.value).ticket_no
-                if no in received_at:
-                    latencies.append(now - received_at.pop(no))
-    elapsed = time.perf_counter() - started
-    await producer.stop()
-    await consumer.stop()
 
-    done = len(latencies)
-    latencies.sort()
+def _acked(run: Run, ticket_no: str, fut: asyncio.Future) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        now = time.time()
+        run.traces[ticket_no].acked = now
+        run.first_ack = min(run.first_ack, now)
 
-    def pct(q: float) -> float:
-        return latencies[min(done - 1, int(q * done))] * 1000 if done else float("nan")
 
-    print(f"""
-pipeline benchmark ({os.cpu_count()} CPUs; broker, Redis, 4 workers and this process on one machine)
-  appeals            {n}   assigned {done}{"" if done == n else f"  (MISSING {n - done})"}
-  throughput         {done / elapsed:,.0f} appeals/s end to end ({elapsed:.1f}s)
-  classifier stage   all {n} classified after {classified_done:.1f}s ({n / classified_done:,.0f}/s)
-  latency ms         p50 {pct(0.5):,.0f}   p95 {pct(0.95):,.0f}   p99 {pct(0.99):,.0f}   max {pct(1.0):,.0f}
-  mean latency       {statistics.fmean(latencies) * 1000 if done else float("nan"):,.0f} ms""")
+async def _read(consumer: AIOKafkaConsumer, run: Run, expected: int) -> None:
+    done = 0
+    while done < expected:
+        batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+        now = time.time()
+        for tp, records in batches.items():
+            for rec in records:
+                value = json.loads(rec.value)
+                trace = run.traces.get(value.get("ticket_no", ""))
+                if trace is None:
+                    continue
+                if tp.topic == topics.APPEAL_CLASSIFIED:
+                    if trace.classified is None:
+                        trace.classified = rec.timestamp / 1000
+                        run.sizes[topics.APPEAL_CLASSIFIED].append(len(rec.value))
+                elif trace.assigned is None:
+                    trace.assigned, trace.read = rec.timestamp / 1000, now
+                    run.sizes[topics.TICKET_ASSIGNED].append(len(rec.value))
+                    run.last_read = max(run.last_read, now)
+                    done += 1
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    values = sorted(values)
+
+    def at(q: float) -> float:
+        return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
+
+    return {"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+def _figures(
+    run: Run,
+    count: int,
+    rate: float,
+    published_in: float,
+    replicas: int,
+    cpu_before: dict[str, float],
+    cpu_after: dict[str, float],
+) -> dict[str, Any]:
+    done = [t for t in run.traces.values() if t.read is not None and t.acked is not None]
+    e2e = [t.read - t.acked for t in done]  # type: ignore[operator]
+    stages = {
+        "classifier": [t.classified - t.acked for t in done if t.classified],  # type: ignore[operator]
+        "router": [t.assigned - t.classified for t in done if t.classified],  # type: ignore[operator]
+        "delivery": [t.read - t.assigned for t in done],  # type: ignore[operator]
+    }
+    span = run.last_read - run.first_ack if done else float("nan")
+    cpu = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+    e2e_pct = _percentiles(e2e)
+    figures: dict[str, Any] = {
+        "offered_per_s": round(rate, 1) if rate else round(count / published_in, 1),
+        "fixed_rate": bool(rate),
+        "appeals": count,
+        "completed": len(done),
+        "missing": count - len(done),
+        "e2e_appeals_per_s": round(len(done) / span, 1) if done else 0.0,
+        "e2e_p50_ms": e2e_pct["p50_ms"],
+        "e2e_p95_ms": e2e_pct["p95_ms"],
+        "e2e_p99_ms": e2e_pct["p99_ms"],
+        "e2e_max_ms": e2e_pct["max_ms"],
+        "e2e_mean_ms": round(statistics.fmean(e2e) * 1000, 1) if e2e else None,
+        "stages": {name: _percentiles(values) for name, values in stages.items()},
+        "replicas": replicas,
+        "cpu_us_per_appeal": {name: round(s / max(1, len(done)) * 1e6) for name, s in sorted(cpu.items())},
+        "classifier_per_s_per_core": round(len(done) / cpu["classifier"]) if cpu.get("classifier") else None,
+        "machine": _machine(),
+        "_sizes": {topic: round(statistics.fmean(s)) if s else 600 for topic, s in run.sizes.items()},
+    }
+    return figures
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+
+
+# --- the broker and client limit --------------------------------------------------------------
+
+
+def _broker_limit(settings: Settings, *, count: int, sizes: dict[str, int], replicas: int) -> float:
+    """Messages a second through the pipeline's hops (received -> classified -> assigned, each hop
+    a consumer group in its own process that forwards a message of the next stage's size), with
+    handlers that do nothing. The pipeline cannot beat this on the same broker and clients."""
+    run = uuid.uuid4().hex[:6]
+    hops = [f"bench.{run}.{i}" for i in range(len(RELAY_HOPS))] + [f"bench.{run}.end"]
+    asyncio.run(ensure_topics(settings, hops))
+    ctx = multiprocessing.get_context("spawn")
+    # Hop i forwards what stage i+1 publishes: classified after received, assigned after classified.
+    out_sizes = [sizes[t] for t in RELAY_HOPS[1:]] + [sizes[RELAY_HOPS[-1]]]
+    relays = [
+        ctx.Process(
+            target=_relay_main, args=(settings.kafka_bootstrap_servers, src, dst, out_sizes[i]), daemon=True
+        )
+        for i, (src, dst) in enumerate(itertools.pairwise(hops))
+        for _ in range(replicas)
+    ]
+    for r in relays:
+        r.start()
+    try:
+        print(f"broker limit: {count} messages through {len(RELAY_HOPS)} no-op hops ...")
+        return asyncio.run(_push_and_count(settings, hops[0], hops[-1], count, sizes[RELAY_HOPS[0]]))
+    finally:
+        for r in relays:
+            r.terminate()
+            r.join(5)
+        asyncio.run(_delete_topics(settings, hops))
+
+
+async def _push_and_count(settings: Settings, first: str, last: str, count: int, size: int) -> float:
+    consumer = AIOKafkaConsumer(
+        last,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"{last}.reader",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    await consumer.start()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        await _wait_for_relays(producer, consumer, first)
+        payload = b"x" * size
+        # The rate at which messages leave the last hop, first to last (read while publishing): the
+        # fill time of the hops (one message's latency) is not throughput.
+        reader = asyncio.create_task(_count_out(consumer, count))
+        pending = []
+        for i in range(count):
+            pending.append(await producer.send(first, payload, key=str(i).encode()))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        seen, first_out, last_out = await asyncio.wait_for(reader, 300)
+        return (seen - 1) / (last_out - first_out) if seen > 1 and last_out > first_out else 0.0
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def _count_out(consumer: AIOKafkaConsumer, count: int) -> tuple[int, float, float]:
+    seen, first_out, last_out = 0, 0.0, 0.0
+    while seen < count:
+        for records in (await consumer.getmany(timeout_ms=200, max_records=10_000)).values():
+            out = sum(1 for r in records if r.value != b"ping")
+            if out:
+                last_out = time.perf_counter()
+                first_out = first_out or last_out
+                seen += out
+    return seen, first_out, last_out
+
+
+async def _wait_for_relays(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer, first: str) -> None:
+    """Send pings until one comes out at the end: every relay has joined its group."""
+    deadline = time.perf_counter() + 120
+    while time.perf_counter() < deadline:
+        await producer.send_and_wait(first, b"ping")
+        for records in (await consumer.getmany(timeout_ms=1000)).values():
+            if records:
+                return
+    raise RuntimeError("the no-op relays did not start within 120 s")
+
+
+def _relay_main(bootstrap: str, src: str, dst: str, size: int) -> None:
+    asyncio.run(_relay(bootstrap, src, dst, size))
+
+
+async def _relay(bootstrap: str, src: str, dst: str, size: int) -> None:
+    """Read batches from `src` and forward each message as `size` bytes to `dst`, committing after
+    the sends are acknowledged: the workers' consume-publish-commit cycle without their work."""
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=bootstrap,
+        group_id=f"{src}.relay",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024
+    )
+    await consumer.start()
+    await producer.start()
+    payload = b"y" * size
+    while True:
+        batches = await consumer.getmany(timeout_ms=20, max_records=500)
+        pending = [
+            await producer.send(dst, r.value if r.value == b"ping" else payload, key=r.key)
+            for records in batches.values()
+            for r in records
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+            await consumer.commit()
+
+
+async def _delete_topics(settings: Settings, names: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.delete_topics(names)
+    except Exception as e:  # a broker without topic deletion keeps a few small topics
+        print(f"(could not delete the benchmark's relay topics: {e})", file=sys.stderr)
+    finally:
+        await admin.close()
+
+
+def _print(f: dict[str, Any]) -> None:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f}"
+
+    m = f["machine"]
+    lines = [
+        "",
+        f"pipeline benchmark ({m['cpus']} CPUs, {m['cpu_model'] or 'unknown CPU'}; broker, Redis, "
+        f"{f['replicas']}x4 workers and this process on one machine)",
+        f"  offered            {f['offered_per_s']:,.0f} appeals/s{'' if f['fixed_rate'] else ' (flat out)'}",
+        f"  appeals            {f['appeals']}   assigned {f['completed']}"
+        + (f"  (MISSING {f['missing']})" if f["missing"] else ""),
+        f"  throughput         {f['e2e_appeals_per_s']:,.0f} appeals/s end to end",
+        f"  latency ms         p50 {ms(f['e2e_p50_ms'])}   p95 {ms(f['e2e_p95_ms'])}   "
+        f"p99 {ms(f['e2e_p99_ms'])}   max {ms(f['e2e_max_ms'])}   (ack -> ticket.assigned read)",
+    ]
+    for stage in STAGES:
+        s = f["stages"][stage]
+        lines.append(f"    {stage:16s} p50 {ms(s['p50_ms'])}   p95 {ms(s['p95_ms'])}   p99 {ms(s['p99_ms'])}")
+    if "broker_limit_per_s" in f:
+        lines.append(
+            f"  broker limit       {f['broker_limit_per_s']:,.0f} messages/s through the same hops, no-op "
+            f"handlers (the pipeline: {f['fraction_of_broker_limit']:.0%} of it)"
+        )
+    if f["cpu_us_per_appeal"]:
+        lines.append(
+            "  CPU per appeal     "
+            + "   ".join(f"{name} {us:,}µs" for name, us in f["cpu_us_per_appeal"].items())
+        )
+        lines.append(f"  classifier         {f['classifier_per_s_per_core'] or '-'} appeals/s per core")
+    print("\n".join(lines))

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 
+from services.dlq import dlq_cli
 from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_args_is_help=True)
+cli.add_typer(dlq_cli, name="dlq")
 
 
 class Service(StrEnum):
@@ -38,7 +40,13 @@ def _worker_app(name: str):
 @cli.command()
 def run(service: Service) -> None:
     """Run one service in the foreground (servers from KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)."""
+    from shared.privacy import UnsafeSettings, check_salt
+
     s = get_settings()
+    try:
+        check_salt(s)
+    except UnsafeSettings as e:
+        _fail(str(e))
     if service in (Service.api, Service.classifier):
         _ensure_model(s)  # both serve the model (the API in its hotline preview)
     if service is Service.api:
@@ -64,6 +72,23 @@ def _ensure_model(settings: Settings) -> str:
         typer.echo("no model yet: training one on the demo corpus ...", err=True)
         path = analyst.ensure_model(load_city(settings.city_config_dir), settings.model_dir)
     return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["version"]
+
+
+@cli.command()
+def check(
+    services: list[Service] = typer.Argument(None, help="Services to check (default: all of them)."),
+) -> None:
+    """Load what each service loads at start-up (city, cues, dictionaries, templates, the model) and
+    classify one appeal, without the broker or Redis: a broken install fails here, not in production."""
+    from services.preflight import check as preflight
+
+    settings = get_settings()
+    for service in services or list(Service):
+        try:
+            for line in preflight(service.value, settings):
+                typer.echo(f"{service.value}: ok  {line}")
+        except Exception as e:
+            _fail(f"{service.value}: FAILED  {type(e).__name__}: {e}")
 
 
 @cli.command()
@@ -133,16 +158,33 @@ cli.add_typer(bench, name="bench")
 
 @bench.command("pipeline")
 def bench_pipeline(
-    n: int = typer.Option(20_000, help="How many appeals to push through."),
+    rate: float = typer.Option(
+        0, min=0, help="Offered appeals a second (0: as fast as the broker takes them)."
+    ),
+    duration: float = typer.Option(30, min=1, help="Seconds at --rate."),
+    n: int = typer.Option(20_000, help="How many appeals to push through, without --rate."),
     callers: int = typer.Option(2_000, help="Distinct callers (each gets acknowledgement SMS)."),
+    replicas: int = typer.Option(1, min=1, help="Processes of each worker (scale-out on more cores)."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    broker_limit: bool = typer.Option(True, help="Also measure the broker's limit with no-op handlers."),
+    broker_limit_messages: int = typer.Option(0, min=0, help="Messages for the broker limit (0: auto)."),
 ) -> None:
-    """Push N appeals through classifier, router and notifier; print throughput and latency.
+    """Latency (ack -> ticket.assigned, per stage) at a fixed rate, throughput, and the broker's limit.
 
     Starts embedded servers and the workers unless KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are set
     (then the workers must be running already)."""
     from services.bench import run_pipeline_bench
 
-    run_pipeline_bench(n=n, callers=callers)
+    run_pipeline_bench(
+        n=n,
+        callers=callers,
+        rate=rate,
+        duration=duration,
+        replicas=replicas,
+        json_path=json_path,
+        broker_limit=broker_limit,
+        broker_limit_messages=broker_limit_messages,
+    )
 
 
 def _fail(message: str) -> NoReturn:

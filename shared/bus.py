@@ -4,7 +4,9 @@ Delivery contract (the same on Tansu and on Apache Kafka):
 - producers use acks=all; idempotent producers are a setting (Apache Kafka has them, Tansu does not),
   and correctness never depends on them: consumers drop duplicates by `event_id`;
 - subscribers take batches of raw bytes and parse them here, so one poison message goes to
-  `<topic>.dlq` with its error while the rest of the batch is handled;
+  `<topic>.dlq` with its error while the rest of the batch is handled; several consumer groups read
+  each topic, and the first group to meet a poison message claims it in Redis, so it is
+  dead-lettered once (with the group, partition, offset and error), not once per group;
 - offsets are committed after the handler returns; a handler that raises (Redis down, say) is
   nacked, the batch is read again, and idempotent handlers make the repeat harmless.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -27,6 +30,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY, CollectorRegistry
 from pydantic import ValidationError
+from redis.asyncio import Redis
 
 from shared import topics
 from shared.events import Event
@@ -37,11 +41,16 @@ from shared.store import TicketStore
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
 
+FETCH_MAX_WAIT_MS = 50
 # Subscriber defaults for the hot path: batches, commit after success, retry the batch on error.
 BATCH_SUBSCRIBER: dict[str, Any] = {
     "batch": True,
     "max_records": 500,
     "batch_timeout_ms": 20,
+    # How long the broker may hold a fetch that found nothing new. The embedded Tansu holds it the
+    # whole time even when a message arrives meanwhile, so each hop of an idle pipeline waited up to
+    # the 500 ms default: at 100 appeals/s that, not the work, was most of the latency.
+    "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
     "auto_offset_reset": "earliest",
     "ack_policy": AckPolicy.NACK_ON_ERROR,
 }
@@ -54,8 +63,12 @@ def batch_subscriber(broker: KafkaBroker, topic: str, service: str, **overrides:
     otherwise rebalance all three consumers whenever one of them joins or leaves. Replicas of the
     service join the same groups and share the partitions."""
     return broker.subscriber(
-        topic, group_id=f"{service}.{topic}", decoder=raw_body, **{**BATCH_SUBSCRIBER, **overrides}
+        topic, group_id=group_id(service, topic), **{"decoder": raw_body, **BATCH_SUBSCRIBER, **overrides}
     )
+
+
+def group_id(service: str, topic: str) -> str:
+    return f"{service}.{topic}"
 
 
 def subscribe(
@@ -73,16 +86,23 @@ def subscribe(
     to the dead-letter topic first, and the batch's time is observed under the service's name."""
     name = topic or event.topic
 
-    @batch_subscriber(broker, name, service, **overrides)
-    async def consume(bodies: list[bytes]) -> None:
+    @batch_subscriber(broker, name, service, **{"decoder": raw_records, **overrides})
+    async def consume(records: Any) -> None:  # Any: FastStream passes the records on unvalidated
         started = time.perf_counter()
-        await handle(await parse_or_dead_letter(publisher, event, name, bodies, service))
+        bodies = [r.value or b"" for r in records]
+        positions = [(r.partition, r.offset, r.timestamp) for r in records]
+        await handle(await parse_or_dead_letter(publisher, event, name, bodies, service, positions=positions))
         BATCH_SECONDS.labels(consumer=service).observe(time.perf_counter() - started)
 
 
 async def raw_body(message: Any) -> Any:
     """Decoder that hands the handler the bytes as they came (FastStream would JSON-decode them)."""
     return message.body
+
+
+async def raw_records(message: Any) -> Any:
+    """Decoder that hands the handler aiokafka's records (value, partition, offset, timestamp)."""
+    return list(message.raw_message)
 
 
 def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> KafkaBroker:
@@ -104,6 +124,9 @@ class EventPublisher:
         self.settings = settings
         self.client_id = f"appeals-{client_id}"
         self._producer: AIOKafkaProducer | None = None
+        # Where consumers claim poison messages, so that one group dead-letters each (None: every
+        # group does, as a process without Redis must).
+        self.claims: Redis | None = None
 
     async def start(self) -> None:
         # Created here: aiokafka wants the event loop that will run it.
@@ -122,6 +145,12 @@ class EventPublisher:
             await self._producer.stop()
             self._producer = None
 
+    async def check(self) -> None:
+        """Raise unless the broker answers a metadata request (readiness of a process that publishes)."""
+        if self._producer is None:
+            raise RuntimeError("EventPublisher.start() was not called")
+        await self._producer.client.fetch_all_metadata()
+
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
         """Queue one record; the returned future resolves when the broker acknowledged it."""
         if self._producer is None:
@@ -129,8 +158,9 @@ class EventPublisher:
         return await self._producer.send(topic, value, key=key)
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> None:
-    """Create the topics that do not exist yet (Apache Kafka may have auto-creation off)."""
+async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> list[str]:
+    """Create the topics that do not exist yet (Apache Kafka may have auto-creation off, and a broker
+    that restarted empty has none). Returns the names that were missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
@@ -145,6 +175,7 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+    return [t.name for t in missing]
 
 
 async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str | None = None) -> None:
@@ -158,13 +189,18 @@ async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str
 
 def parse_batch(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], list[tuple[bytes, str]]]:
     """Split raw message bodies into parsed events and (body, error) pairs that could not be parsed."""
+    good, bad = _parse_indexed(model, bodies)
+    return good, [(body, error) for _, body, error in bad]
+
+
+def _parse_indexed(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], list[tuple[int, bytes, str]]]:
     good: list[E] = []
-    bad: list[tuple[bytes, str]] = []
-    for body in bodies:
+    bad: list[tuple[int, bytes, str]] = []
+    for i, body in enumerate(bodies):
         try:
             good.append(model.model_validate_json(body))
         except ValidationError as e:
-            bad.append((body, _short_error(e)))
+            bad.append((i, body, _short_error(e)))
     return good, bad
 
 
@@ -173,33 +209,96 @@ def _short_error(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
+# A claim outlives any consumer group's lag; a replayed message gets a new offset (and a new claim).
+DEAD_LETTER_CLAIM_SECONDS = 7 * 86400
+# (partition, offset, timestamp in ms) of a record, when the subscriber knows it.
+Position = tuple[int, int, int]
+
+
+def dead_letter_key(topic: str, body: bytes, position: Position | None) -> str:
+    """What identifies one poison message across consumer groups: its place in the topic (with the
+    record's timestamp, since a broker that restarted empty numbers offsets from 0 again), else, for
+    subscribers that see only bodies, a hash of the bytes."""
+    if position is not None:
+        partition, offset, timestamp = position
+        return f"{topic}:{partition}:{offset}:{timestamp}"
+    return f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def claim_key(key: str) -> str:
+    return f"dlq:claim:{key}"
+
+
 async def dead_letter(
-    publisher: EventPublisher, topic: str, failures: Sequence[tuple[bytes, str]], consumer: str
+    publisher: EventPublisher,
+    topic: str,
+    failures: Sequence[tuple[bytes, str]],
+    consumer: str,
+    *,
+    positions: Sequence[Position | None] | None = None,
 ) -> None:
-    """Send messages that cannot be handled to `<topic>.dlq`, with the cause, and count them."""
+    """Send messages that cannot be handled to `<topic>.dlq`, with the cause, the consumer group and
+    the offset, and count them. With `publisher.claims` (Redis), only the first group to meet a
+    message sends it; the others (and a redelivery to the same group) skip it."""
     if not failures:
         return
     dlq = topics.dlq(topic)
+    group = group_id(consumer, topic)
+    claimed: list[str] = []
     pending = []
-    for body, error in failures:
-        record = {
-            "topic": topic,
-            "consumer": consumer,
-            "error": error,
-            "body": body.decode("utf-8", errors="replace"),
-        }
-        pending.append(await publisher.send(dlq, json.dumps(record, ensure_ascii=False).encode()))
-    await asyncio.gather(*pending)
-    DEAD_LETTERS.labels(topic=topic, consumer=consumer).inc(len(failures))
-    log.warning("%d message(s) from %s sent to %s: %s", len(failures), topic, dlq, failures[0][1])
+    try:
+        for i, (body, error) in enumerate(failures):
+            position = positions[i] if positions else None
+            key = dead_letter_key(topic, body, position)
+            if publisher.claims is not None:
+                if not await publisher.claims.set(
+                    claim_key(key), group, nx=True, ex=DEAD_LETTER_CLAIM_SECONDS
+                ):
+                    continue  # another group (or an earlier delivery) dead-lettered it
+                claimed.append(key)
+            record = {
+                "topic": topic,
+                "partition": position[0] if position else None,
+                "offset": position[1] if position else None,
+                "consumer": consumer,
+                "group": group,
+                "error": error,
+                "body": body.decode("utf-8", errors="replace"),
+            }
+            pending.append(
+                await publisher.send(dlq, json.dumps(record, ensure_ascii=False).encode(), key.encode())
+            )
+        await asyncio.gather(*pending)
+    except BaseException:
+        # Not confirmed: let the next delivery (to this group or another) claim them again.
+        if claimed and publisher.claims is not None:
+            with contextlib.suppress(Exception):
+                await publisher.claims.delete(*(claim_key(k) for k in claimed))
+        raise
+    if pending:
+        DEAD_LETTERS.labels(topic=topic, consumer=consumer).inc(len(pending))
+        log.warning("%d message(s) from %s sent to %s: %s", len(pending), topic, dlq, failures[0][1])
 
 
 async def parse_or_dead_letter(
-    publisher: EventPublisher, model: type[E], topic: str, bodies: Sequence[bytes], consumer: str
+    publisher: EventPublisher,
+    model: type[E],
+    topic: str,
+    bodies: Sequence[bytes],
+    consumer: str,
+    *,
+    positions: Sequence[Position] | None = None,
 ) -> list[E]:
     """Parse a batch; whatever does not parse goes to the dead-letter topic. Returns what parsed."""
-    good, bad = parse_batch(model, bodies)
-    await dead_letter(publisher, topic, bad, consumer)
+    good, bad = _parse_indexed(model, bodies)
+    if bad:
+        await dead_letter(
+            publisher,
+            topic,
+            [(body, error) for _, body, error in bad],
+            consumer,
+            positions=[positions[i] for i, _, _ in bad] if positions else None,
+        )
     return good
 
 

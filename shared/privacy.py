@@ -65,7 +65,9 @@ def _salt() -> bytes:
 # Salts anyone can read (the code's default, the deploy examples' placeholder): with one of them, a
 # ticket view's 138****5678 and caller_id give the number back after 10,000 guesses.
 PUBLIC_SALTS = frozenset({DEMO_CALLER_ID_SALT, "replace-with-a-long-random-secret"})
-MIN_SALT_LENGTH = 16
+# Words that mark a value copied from an example rather than generated.
+PLACEHOLDER_WORDS = ("replace", "change", "example", "placeholder", "secret", "demo", "xxx")
+MIN_SALT_LENGTH = 32
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -86,9 +88,10 @@ def check_salt(settings: Settings) -> None:
     if not is_production(settings):
         return
     salt = settings.caller_id_salt
-    if salt in PUBLIC_SALTS or len(salt) < MIN_SALT_LENGTH:
+    placeholder = any(w in salt.lower() for w in PLACEHOLDER_WORDS)
+    if salt in PUBLIC_SALTS or placeholder or len(salt) < MIN_SALT_LENGTH:
         raise UnsafeSettings(
-            "CALLER_ID_SALT is the public default or shorter than "
+            "CALLER_ID_SALT is the public default, a placeholder or shorter than "
             f"{MIN_SALT_LENGTH} characters: with it, a masked phone and its caller_id give the number "
             "back. Set a long random secret, e.g. CALLER_ID_SALT=$(openssl rand -hex 32)."
         )

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from faststream import FastStream
@@ -17,19 +18,96 @@ from redis.asyncio import Redis
 from shared.bus import EventPublisher, ensure_topics, make_broker, subscribe
 from shared.city import City, load_city
 from shared.events import Event
-from shared.metrics import serve_metrics
+from shared.metrics import (
+    KAFKA_CLIENT_ERRORS,
+    LOG_LINES_HELD_BACK,
+    TOPICS_RECREATED,
+    Health,
+    serve_metrics,
+)
 from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
 E = TypeVar("E", bound=Event)
+log = logging.getLogger(__name__)
+
+# How often a worker checks the broker (topics there, consumer groups joined) and Redis.
+HEALTH_CHECK_SECONDS = 5.0
+CHECK_TIMEOUT_SECONDS = 3.0  # within the probes' own timeout
+BROKER_CHECK_TIMEOUT_SECONDS = 10.0  # a worker's round in the background: connect, list, create topics
+# One line per kind of Kafka client failure per this many seconds (the rest are counted).
+LOG_REPEAT_SECONDS = 30.0
+KAFKA_LOGGERS = ("aiokafka", "faststream")
+
+
+class RepeatLimiter(logging.Filter):
+    """Lets one warning or error of the Kafka client through per kind per interval.
+
+    With the broker away, aiokafka and FastStream log every failed connect, fetch and commit: about a
+    thousand lines a second across the workers. The kind is the logger and the message template (not
+    its arguments), so each failing connection shows once per interval; the next line that passes says
+    how many were held back, and kafka_client_errors_total counts them all."""
+
+    def __init__(self, interval: float = LOG_REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith(KAFKA_LOGGERS):
+            return True
+        KAFKA_CLIENT_ERRORS.inc()
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            LOG_LINES_HELD_BACK.inc()
+            return False
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        if held and last is not None:
+            record.msg = f"{record.getMessage()} [{held} more like this in the last {now - last:.0f}s]"
+            record.args = None
+        return True
+
+
+_LIMITER = RepeatLimiter()
 
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiokafka narrates every group join and partition assignment at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiokafka's records reach the root handlers; FastStream's loggers have their own handlers and do
+    # not propagate, so the limiter sits on those loggers too (a logger's filter sees its own records).
+    for handler in logging.getLogger().handlers:
+        if _LIMITER not in handler.filters:
+            handler.addFilter(_LIMITER)
+    for name in ("faststream", "faststream.access.kafka"):
+        logger = logging.getLogger(name)
+        if _LIMITER not in logger.filters:
+            logger.addFilter(_LIMITER)
+
+
+async def readiness(
+    checks: dict[str, Callable[[], Awaitable[object]]], *, seconds: float = CHECK_TIMEOUT_SECONDS
+) -> dict[str, str | None]:
+    """Run each check with a timeout, concurrently: None when it passed, else what went wrong."""
+
+    async def one(probe: Callable[[], Awaitable[object]]) -> str | None:
+        try:
+            await asyncio.wait_for(probe(), seconds)
+        except Exception as e:  # every failure means "not ready"; the next probe asks again
+            return f"{type(e).__name__}: {e}"[:200]
+        return None
+
+    results = await asyncio.gather(*(one(p) for p in checks.values()))
+    return dict(zip(checks, results, strict=True))
 
 
 @dataclass
@@ -41,17 +119,20 @@ class Runtime:
     redis: Redis
     store: TicketStore
     city: City
+    health: Health = field(default_factory=Health)
 
     @classmethod
     def create(cls, name: str, settings: Settings | None = None) -> Runtime:
         settings = settings or get_settings()
         check_salt(settings)  # a production worker with a public caller-id salt does not start
         redis = connect(settings.redis_url)
+        publisher = EventPublisher(settings, client_id=name)
+        publisher.claims = redis  # poison messages: one consumer group dead-letters each
         return cls(
             name=name,
             settings=settings,
             broker=make_broker(settings, app_name=name),
-            publisher=EventPublisher(settings, client_id=name),
+            publisher=publisher,
             redis=redis,
             store=TicketStore(redis),
             city=load_city(settings.city_config_dir),
@@ -69,21 +150,79 @@ class Runtime:
         (see `shared.bus.subscribe`: poison to the dead-letter topic, batch time measured)."""
         subscribe(self.broker, self.publisher, self.name, event, handle, topic=topic, **overrides)
 
+    async def check_broker(self, *, first: bool = False) -> None:
+        """The broker answers and has every topic. A broker that restarted empty (the embedded one
+        keeps nothing) has none: create them again and make the consumers look, so that they join
+        their groups anew and start from the earliest offset of the new, empty topics."""
+        created = await ensure_topics(self.settings)
+        if created and not first:
+            TOPICS_RECREATED.inc(len(created))
+            log.warning("%d topics were missing on the broker (restarted empty?): created", len(created))
+            for sub in self.broker.subscribers:
+                client = getattr(getattr(sub, "consumer", None), "_client", None)
+                if client is not None:
+                    client.force_metadata_update()
+
+    def groups_problem(self) -> str | None:
+        """None when every consumer has joined its group, else which have not."""
+        waiting = []
+        for sub in self.broker.subscribers:
+            group = getattr(sub, "group_id", None) or ",".join(getattr(sub, "topic_names", ()))
+            consumer: Any = getattr(sub, "consumer", None)
+            # aiokafka's group coordinator: a coordinator found and a generation > 0 mean joined.
+            coordinator: Any = getattr(consumer, "_coordinator", None)
+            if consumer is None:
+                waiting.append(f"{group}: not started")
+            elif hasattr(coordinator, "generation") and (
+                coordinator.coordinator_id is None or coordinator.generation < 0
+            ):
+                waiting.append(f"{group}: not joined")
+        return "; ".join(sorted(waiting)) or None
+
+    async def _check_health(self) -> None:
+        checks: dict[str, Callable[[], Awaitable[object]]] = {
+            "redis": self.redis.ping,
+            "broker": self.check_broker,
+        }
+        for name, problem in (await readiness(checks, seconds=BROKER_CHECK_TIMEOUT_SECONDS)).items():
+            self.health.set(name, problem)
+        self.health.set("consumer_groups", self.groups_problem())
+
     def app(self, *, metrics_port: int | None = None) -> FastStream:
-        """The FastStream app: makes sure the topics exist, serves /metrics, closes Redis at exit."""
+        """The FastStream app: makes sure the topics exist, serves /metrics, /healthz and /readyz,
+        watches the broker and Redis, closes Redis at exit."""
         app = FastStream(self.broker)
+        tasks: list[asyncio.Task] = []
+
+        async def beat() -> None:
+            while True:
+                self.health.beat()
+                await asyncio.sleep(1)
+
+        async def watch() -> None:
+            while True:
+                await self._check_health()
+                await asyncio.sleep(HEALTH_CHECK_SECONDS)
 
         @app.on_startup
         async def _start() -> None:
             configure_logging(self.settings.log_level)
-            await ensure_topics(self.settings)
+            await self.check_broker(first=True)
             await self.publisher.start()
 
         @app.after_startup
         async def _serving() -> None:
+            tasks.extend([asyncio.create_task(beat()), asyncio.create_task(watch())])
             # Opened once the subscribers have started: launchers wait for this port as "ready".
             if metrics_port:
-                serve_metrics(metrics_port, bind_all=self.settings.metrics_bind_all)
+                serve_metrics(metrics_port, bind_all=self.settings.metrics_bind_all, health=self.health)
+
+        @app.on_shutdown
+        async def _stop_watching() -> None:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
         @app.after_shutdown
         async def _stop() -> None:

@@ -1,0 +1,133 @@
+"""The broker is lost and comes back empty (the embedded Tansu keeps nothing): the workers recover
+by themselves, and while it is away they say so (not ready) without flooding the log.
+
+The system runs on its own broker and Redis here, so stopping the broker disturbs no other test."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from shared.auth import issue_token
+from shared.embedded import EmbeddedServers, port_open
+from shared.settings import Settings
+from tests.conftest import System, eventually
+
+pytestmark = pytest.mark.integration
+
+LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，希望尽快修好"
+OUTAGE_SECONDS = 20
+# Lines at WARNING or above that a worker may write for the whole outage and recovery. Unlimited,
+# the Kafka client wrote about a thousand a second.
+MAX_ERROR_LINES_PER_WORKER = 60
+
+
+async def submit(api: httpx.AsyncClient, phone: str) -> str:
+    """Submit one appeal, retrying while the API's producer reconnects (503 with Retry-After)."""
+
+    async def attempt() -> str | None:
+        r = await api.post(
+            "/api/v1/appeals", json={"channel": "hotline", "caller_phone": phone, "text": LIGHT}
+        )
+        return r.json()["ticket_no"] if r.status_code == 201 else None
+
+    return await eventually(attempt, timeout=90, interval=1)
+
+
+async def all_assigned(api: httpx.AsyncClient, numbers: list[str]) -> None:
+    async def probe() -> bool:
+        for no in numbers:
+            r = await api.get(f"/api/v1/tickets/{no}")
+            # Past "received": classified and routed (five alike in one grid may convene a meeting).
+            if r.status_code != 200 or r.json()["status"] == "received":
+                return False
+        return True
+
+    await eventually(probe, timeout=120, interval=0.5)
+
+
+async def readiness(client: httpx.AsyncClient, port: int) -> int:
+    try:
+        return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+async def until_readiness(
+    client: httpx.AsyncClient, ports: Iterable[int], status: int, timeout: float
+) -> None:
+    for port in ports:
+
+        async def probe(port: int = port) -> bool:
+            return await readiness(client, port) == status
+
+        await eventually(probe, timeout=timeout, interval=0.5)
+
+
+def error_lines(log: Path) -> list[str]:
+    return [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if re.search(r"\b(WARNING|ERROR)\b", line)
+    ]
+
+
+def restart_broker_empty(servers: EmbeddedServers) -> None:
+    (kafka,) = [p for p in servers.processes if p.name == "kafka"]
+    kafka.stop()
+    servers.processes.remove(kafka)
+
+
+async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_dir):
+    with EmbeddedServers(log_dir=tmp_path / "servers") as servers:
+        settings = Settings(
+            kafka_bootstrap_servers=servers.kafka_bootstrap,
+            redis_url=servers.redis_url,
+            data_dir=data_dir,
+            quiet_hours="none",
+            sms_daily_cap=1000,
+        )
+        system = System(settings, tmp_path / "logs")
+        system.start_all()
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            system.wait_ready()
+            token = await issue_token(redis, "admin")
+            async with httpx.AsyncClient(
+                base_url=system.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
+            ) as api:
+                before = [await submit(api, f"1380000{i:04d}") for i in range(5)]
+                await all_assigned(api, before)
+                for port in system.metrics_ports.values():
+                    assert await readiness(api, port) == 200
+
+                restart_broker_empty(servers)
+                lost_at = time.monotonic()
+                # While the broker is away every worker says it is not ready, and none exits.
+                await until_readiness(api, system.metrics_ports.values(), 503, timeout=30)
+                await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - lost_at)))
+                assert system.first_exited() is None
+
+                servers._start_kafka()  # a new, empty broker on the same port
+                assert port_open(servers.kafka_port)
+                await until_readiness(api, system.metrics_ports.values(), 200, timeout=90)
+
+                after = [await submit(api, f"1390000{i:04d}") for i in range(5)]
+                await all_assigned(api, after)
+                assert system.first_exited() is None
+        finally:
+            await redis.aclose()
+            system.stop_all()
+
+    for worker in ("intake", "classifier", "router", "notifier"):
+        lines = error_lines(tmp_path / "logs" / f"{worker}.log")
+        assert len(lines) <= MAX_ERROR_LINES_PER_WORKER, f"{worker}: {len(lines)} lines:\n" + "\n".join(
+            lines[:40]
+        )

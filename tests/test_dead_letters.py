@@ -1,0 +1,135 @@
+"""A poison message is dead-lettered once, not once per consumer group that reads its topic, with the
+group, the error and the offset; `appeals dlq list` shows it and `appeals dlq replay` re-drives it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.dlq import read_dead_letters
+from shared import topics
+from shared.bus import dead_letter, group_id
+from tests.conftest import ROOT, eventually, settings_env
+
+pytestmark = pytest.mark.integration
+
+TOPIC = topics.TICKET_UPDATED  # read by several services, each in its own group
+READERS = ("intake", "router", "notifier")
+
+
+async def all_groups_past(settings, partition: int, offset: int) -> None:
+    """Wait until every group that reads TOPIC has committed past `offset` on `partition`."""
+    tp = TopicPartition(TOPIC, partition)
+    # A consumer that names the group but subscribes to nothing reads its commits without joining it.
+    readers = [
+        AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=group_id(service, TOPIC),
+            enable_auto_commit=False,
+        )
+        for service in READERS
+    ]
+    for reader in readers:
+        await reader.start()
+    try:
+
+        async def past() -> bool:
+            for reader in readers:
+                committed = await reader.committed(tp)
+                if committed is None or committed <= offset:
+                    return False
+            return True
+
+        await eventually(past, timeout=60, interval=0.5)
+    finally:
+        for reader in readers:
+            await reader.stop()
+
+
+async def letters_with(settings, marker: str):
+    return [d for d in await read_dead_letters(settings, [topics.dlq(TOPIC)]) if marker in str(d.record)]
+
+
+def appeals(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "dlq", *args],
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_a_poison_message_is_dead_lettered_once_and_can_be_replayed(system, settings):
+    marker = f"POISON-{uuid.uuid4().hex[:8]}"
+    poison = json.dumps({"ticket_no": marker, "action": "teleported"}).encode()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(TOPIC, poison, key=marker.encode())
+    finally:
+        await producer.stop()
+    await all_groups_past(settings, sent.partition, sent.offset)
+
+    (letter,) = await letters_with(settings, marker)
+    assert letter.record["topic"] == TOPIC
+    assert (letter.record["partition"], letter.record["offset"]) in (
+        (sent.partition, sent.offset),
+        (None, None),
+    )
+    assert letter.record["group"] in {group_id(s, TOPIC) for s in READERS}
+    assert letter.record["error"]
+    assert json.loads(letter.record["body"]) == json.loads(poison)
+
+    listed = appeals(settings, "list", "--topic", TOPIC, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines() if marker in line]
+    assert [r["ref"] for r in rows] == [letter.ref]
+    assert rows[0]["replayed"] is False
+
+    replayed = appeals(settings, "replay", TOPIC, "--ref", letter.ref)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replayed 1" in replayed.stdout
+    # Still poison (nothing was fixed): the copy is dead-lettered once more, once.
+    letters = await eventually(lambda: _at_least(letters_with(settings, marker), 2), timeout=60)
+    await asyncio.sleep(2)  # the other groups reach it too
+    assert len(await letters_with(settings, marker)) == len(letters) == 2
+
+    again = appeals(settings, "replay", TOPIC, "--ref", letter.ref)
+    assert "replayed 0, skipped 1" in again.stdout
+
+
+async def _at_least(found, n: int):
+    letters = await found
+    return letters if len(letters) >= n else None
+
+
+async def test_a_redelivered_poison_message_is_not_dead_lettered_twice(system, settings):
+    """The claim also covers the same group meeting the message again (a batch retried)."""
+    from redis.asyncio import Redis
+
+    from shared.bus import EventPublisher
+
+    marker = f"POISON-{uuid.uuid4().hex[:8]}"
+    publisher = EventPublisher(settings, client_id="test-dlq")
+    publisher.claims = Redis.from_url(settings.redis_url)
+    await publisher.start()
+    try:
+        for _ in range(3):
+            await dead_letter(
+                publisher, TOPIC, [(marker.encode(), "broken")], "tester", positions=[(0, 10**9, 1)]
+            )
+    finally:
+        await publisher.stop()
+        await publisher.claims.aclose()
+    letters = await eventually(lambda: letters_with(settings, marker), timeout=30)
+    assert len(letters) == 1
+    assert letters[0].record["group"] == group_id("tester", TOPIC)
+    assert letters[0].record["offset"] == 10**9

@@ -1,0 +1,92 @@
+"""Liveness and readiness of every process, the Kafka client's log rate limit, and the refusal of
+demo secrets in production."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+
+from shared.metrics import KAFKA_CLIENT_ERRORS, LOG_LINES_HELD_BACK, Health
+from shared.privacy import UnsafeSettings, check_salt
+from shared.runtime import RepeatLimiter
+from shared.settings import Settings
+from tests.conftest import eventually
+
+
+def record(name: str, msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_repeated_kafka_client_errors_pass_once_per_interval_and_are_all_counted():
+    now = [0.0]
+    limiter = RepeatLimiter(interval=30, clock=lambda: now[0])
+    errors, held = KAFKA_CLIENT_ERRORS._value.get(), LOG_LINES_HELD_BACK._value.get()
+    failing = "Unable connect to node with id %s: %s"
+    passed = [limiter.filter(record("aiokafka", failing, 1, "refused")) for _ in range(1000)]
+    assert passed.count(True) == 1
+    assert KAFKA_CLIENT_ERRORS._value.get() - errors == 1000
+    assert LOG_LINES_HELD_BACK._value.get() - held == 999
+
+    # Another kind of failure is its own line; so is an unrelated logger's warning, always.
+    assert limiter.filter(record("aiokafka.consumer.group_coordinator", "Heartbeat failed"))
+    assert all(limiter.filter(record("services.router.app", "no rule for %s", "x")) for _ in range(5))
+    assert all(limiter.filter(record("aiokafka", failing, 1, "x", level=logging.INFO)) for _ in range(5))
+
+    now[0] = 31
+    line = record("aiokafka", failing, 1, "refused")
+    assert limiter.filter(line)
+    assert (
+        line.getMessage() == "Unable connect to node with id 1: refused [999 more like this in the last 31s]"
+    )
+
+
+def test_health_is_ready_only_when_every_check_passed():
+    health = Health()
+    assert not health.ready()[0]  # nothing checked yet
+    health.set("redis", None)
+    health.set("broker", "KafkaConnectionError: refused")
+    ok, detail = health.ready()
+    assert not ok
+    assert detail == {"redis": "ok", "broker": "KafkaConnectionError: refused"}
+    health.set("broker", None)
+    assert health.ready()[0]
+    assert health.alive()[0]
+
+
+@pytest.mark.parametrize(
+    "salt", ["appeals-demo-salt", "replace-with-a-long-random-secret", "0123456789abcdef"]
+)
+def test_production_refuses_a_demo_placeholder_or_short_salt(salt):
+    with pytest.raises(UnsafeSettings, match="CALLER_ID_SALT"):
+        check_salt(Settings(appeals_env="production", caller_id_salt=salt))
+
+
+def test_production_accepts_a_generated_salt_and_development_the_demo_one():
+    check_salt(Settings(appeals_env="production", caller_id_salt="9f" * 32))
+    check_salt(Settings())  # development: the demo salt is fine
+
+
+@pytest.mark.integration
+async def test_every_process_answers_liveness_and_readiness(system):
+    async with httpx.AsyncClient(timeout=10) as client:
+        for worker, port in system.metrics_ports.items():
+            base = f"http://127.0.0.1:{port}"
+            assert (await client.get(f"{base}/healthz")).status_code == 200, worker
+
+            async def ready(base: str = base) -> dict | None:
+                r = await client.get(f"{base}/readyz")
+                return r.json() if r.status_code == 200 else None
+
+            body = await eventually(ready, timeout=30)
+            assert body["redis"] == "ok", worker
+            assert body["broker"] == "ok", worker
+            assert body["consumer_groups"] == "ok", worker
+            metrics = (await client.get(f"{base}/metrics")).text
+            assert "process_ready 1.0" in metrics, worker
+            assert (await client.get(f"{base}/nothing-here")).status_code == 404
+        assert (await client.get(f"{system.base_url}/livez")).status_code == 200
+        r = await client.get(f"{system.base_url}/readyz")
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "ok", "redis": "ok", "broker": "ok"}

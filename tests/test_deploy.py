@@ -15,7 +15,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import services.notifier.ratebook  # noqa: F401 - registers its metrics
+import services.notifier.scorecard  # noqa: F401 - registers its metrics
 import shared.metrics  # noqa: F401 - registers the metrics the dashboard reads
 from services.cli import Service
 from services.launcher import WORKERS

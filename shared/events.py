@@ -249,7 +249,7 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "overdue": ("supervision",),
     "escalated": ("supervision", "meeting"),
 }
-_PAYLOADS = frozenset(f for fields in PAYLOAD_OF_ACTION.values() for f in fields)
+_PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
 
 class TicketUpdated(Event):
@@ -281,9 +281,12 @@ class TicketUpdated(Event):
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:
+        # Runs for every TicketUpdated parsed (the notifier and the router read them all): the
+        # fields straight from __dict__, and "exactly one of wanted, nothing else" as one test.
+        fields = self.__dict__
+        present = [f for f in _PAYLOADS if fields[f] is not None]
         wanted = PAYLOAD_OF_ACTION[self.action]
-        present = [f for f in _PAYLOADS if getattr(self, f) is not None]
-        if len([f for f in present if f in wanted]) != 1 or any(f not in wanted for f in present):
+        if len(present) != 1 or present[0] not in wanted:
             raise ValueError(f"{self.action} carries exactly one of {wanted}, not {present or 'none'}")
         return self
 

@@ -57,6 +57,16 @@ def test_an_event_caused_by_another_has_a_stable_derived_id():
     assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
 
 
+def test_an_event_is_serialised_once_and_a_copy_is_serialised_afresh():
+    appeal = AppealReceived(ticket_no="20261123-000001", channel="hotline", text="路灯坏了一周了")
+    assert appeal.json_text is appeal.json_text  # made once, for the history and for Kafka
+    assert appeal.to_bytes() == appeal.model_dump_json().encode()
+    assert "json_text" not in appeal.model_dump()
+    changed = appeal.model_copy(update={"text": "井盖丢了"})
+    assert json.loads(changed.to_bytes())["text"] == "井盖丢了"
+    assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
+
+
 def test_a_ticket_update_carries_exactly_the_payload_its_action_names():
     base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "d1"}
     assert TicketUpdated(action="accepted", on_time=True, **base).on_time is True

@@ -96,7 +96,7 @@ return n
 
 def _event_record(event: Event) -> str:
     """The event as stored in a history: its JSON with the topic first (pydantic's serializer)."""
-    return f'{{"topic":"{event.topic}",{event.model_dump_json()[1:]}'
+    return f'{{"topic":"{event.topic}",{event.json_text[1:]}'
 
 
 def _outbox_member(event: Event) -> str:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from pydantic import ValidationError
 
 from shared import topics
 from shared.bus import EventPublisher, ensure_topics, relay_outbox
@@ -54,6 +55,29 @@ def test_an_event_caused_by_another_has_a_stable_derived_id():
     assert a.caused_by == appeal.event_id
     assert a.ticket_no == appeal.ticket_no
     assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
+
+
+def test_an_event_is_serialised_once_and_a_copy_is_serialised_afresh():
+    appeal = AppealReceived(ticket_no="20261123-000001", channel="hotline", text="路灯坏了一周了")
+    assert appeal.json_text is appeal.json_text  # made once, for the history and for Kafka
+    assert appeal.to_bytes() == appeal.model_dump_json().encode()
+    assert "json_text" not in appeal.model_dump()
+    changed = appeal.model_copy(update={"text": "井盖丢了"})
+    assert json.loads(changed.to_bytes())["text"] == "井盖丢了"
+    assert AppealReceived.model_validate_json(appeal.to_bytes()) == appeal
+
+
+def test_a_ticket_update_carries_exactly_the_payload_its_action_names():
+    base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "d1"}
+    assert TicketUpdated(action="accepted", on_time=True, **base).on_time is True
+    notice = {"stage": "resolve", "stage_name": "办结", "deadline": "2026-11-23T08:00:00Z"}
+    assert TicketUpdated(action="escalated", supervision=notice, **base).supervision is not None
+    with pytest.raises(ValidationError, match="accepted carries exactly one of"):
+        TicketUpdated(action="accepted", **base)  # none
+    with pytest.raises(ValidationError, match="accepted carries exactly one of"):
+        TicketUpdated(action="accepted", on_time=True, survey_id="s1", **base)  # one too many
+    with pytest.raises(ValidationError, match="surveyed carries exactly one of"):
+        TicketUpdated(action="surveyed", on_time=True, **base)  # another action's
 
 
 async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):

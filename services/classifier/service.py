@@ -149,7 +149,7 @@ class ServedClassifier:
 
 async def queue_for_review(redis: Redis, results: Sequence[AppealClassified]) -> None:
     if results:
-        await redis.hset(REVIEW_KEY, mapping={r.ticket_no: r.model_dump_json() for r in results})
+        await redis.hset(REVIEW_KEY, mapping={r.ticket_no: r.json_text for r in results})
 
 
 async def waiting_for_review(redis: Redis) -> list[AppealClassified]:

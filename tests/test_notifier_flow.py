@@ -107,8 +107,9 @@ async def resolved_ticket(
     no = f"20261123-{random.randint(100000, 999999)}"
     caller = Caller()
     if phone:
-        caller = Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone))
-        await kit.store.save_contact(caller.caller_id, phone, None)
+        cid = caller_id(phone)
+        caller = Caller(caller_id=cid, masked_phone=mask_phone(phone))
+        await kit.store.save_contact(cid, phone, None)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     ticket = Ticket(
         ticket_no=no,

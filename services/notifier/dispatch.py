@@ -149,58 +149,48 @@ class Dispatcher:
             return []
         now = now or self.clock()
         results: list[SendResult] = ["duplicate"] * len(items)
-        first: dict[str, int] = {}  # an event redelivered twice in one batch is claimed once
+        # (done key, lease key) per (event, kind); an event twice in one batch is claimed once.
+        claims: dict[tuple[str, str], int] = {}
         for i, (event_id, m) in enumerate(items):
-            first.setdefault(done_key(event_id, m.kind), i)
-        asked = list(first.values())
-        keys = [
-            k
-            for i in asked
-            for k in (done_key(items[i][0], items[i][1].kind), lease_key(items[i][0], items[i][1].kind))
-        ]
-        claimed = await self._claim(
-            keys=keys,
+            claims.setdefault((done_key(event_id, m.kind), lease_key(event_id, m.kind)), i)
+        answers = await self._claim(
+            keys=[k for pair in claims for k in pair],
             args=[
                 DONE_TTL,
                 int(self.lease.total_seconds() * 1000),
-                *(self._json(items[i][1]) for i in asked),
+                *(self._json(items[i][1]) for i in claims.values()),
             ],
         )
-        mine: list[int] = []
+        mine: list[int] = []  # the items whose lease was taken now
         messages: list[SmsMessage] = []
+        leases: list[tuple[str, str]] = []
         busy_ms = 0
-        for i, answer in zip(asked, claimed, strict=True):
-            if isinstance(answer, int):
-                busy_ms = max(busy_ms, answer)  # 0: done already
+        for (pair, i), answer in zip(claims.items(), answers, strict=True):
+            if isinstance(answer, int):  # 0: done already; else another sender's lease + 1 ms
+                busy_ms = max(busy_ms, answer)
                 continue
-            mine.append(i)
             recorded = answer.decode() if isinstance(answer, bytes) else answer
             own = items[i][1]
-            # A sender that died recorded this message: send the same one (same id) again.
+            # Not ours: a sender that died recorded it. Send that very message (same id) again.
             messages.append(
                 own if recorded == self._json(own) else SmsMessage.from_json(json.loads(recorded))
             )
-        held = [lease_key(items[i][0], items[i][1].kind) for i in mine]
+            mine.append(i)
+            leases.append(pair)
         try:
-            states = await self.dispatch(
-                messages,
-                now,
-                claims=[
-                    (done_key(items[i][0], m.kind), k) for i, m, k in zip(mine, messages, held, strict=True)
-                ],
-            )
+            states = await self.dispatch(messages, now, claims=leases)
         except Exception:
             # Redis failed: drop the leases, so that the redelivered event sends the recorded
             # messages again at once (same ids: the gateway drops those it took already).
-            if held:
+            if leases:
                 with contextlib.suppress(Exception):
-                    await self.redis.delete(*held)
+                    await self.redis.delete(*(lease for _, lease in leases))
             raise
         for i, state in zip(mine, states, strict=True):
             results[i] = state
         if busy_ms:
             await asyncio.sleep(min(self.in_flight_wait, (busy_ms - 1) / 1000))
-            raise SendInFlight(f"{sum(isinstance(a, int) and a > 0 for a in claimed)} message(s) in flight")
+            raise SendInFlight(f"{sum(isinstance(a, int) and a > 0 for a in answers)} message(s) in flight")
         return results
 
     @staticmethod

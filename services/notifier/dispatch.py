@@ -49,7 +49,6 @@ COUNT_TTL = 2 * 86400
 SEND_LEASE = timedelta(seconds=60)
 # How long a batch that met a message in flight waits (at most) before failing to be read again.
 IN_FLIGHT_WAIT = 5.0
-SENDING = "sending:"
 # What became of a message handed to `send`: duplicate when its (event, kind) was already done.
 SendResult = Literal["sent", "held", "retrying", "failed", "duplicate"]
 

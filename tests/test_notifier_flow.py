@@ -1,6 +1,7 @@
 """The notifier built in-process on the real Redis and the real broker, with an injected clock:
 acknowledgement, callback survey, every reply form, clarification, reminder and timeout, quiet hours,
-daily cap, restart without duplicate sends, opt-out, anonymous appeals."""
+daily cap, restart without duplicate sends, a kill between the claim and the gateway (nothing lost, nothing
+sent twice), a redelivery while the send is in flight, opt-out, anonymous appeals."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.notifier.gateway import OutboxGateway
+from services.notifier.dispatch import SendInFlight
+from services.notifier.gateway import OutboxGateway, SmsMessage
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
 from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
@@ -105,8 +107,9 @@ async def resolved_ticket(
     no = f"20261123-{random.randint(100000, 999999)}"
     caller = Caller()
     if phone:
-        caller = Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone))
-        await kit.store.save_contact(caller.caller_id, phone, None)
+        cid = caller_id(phone)
+        caller = Caller(caller_id=cid, masked_phone=mask_phone(phone))
+        await kit.store.save_contact(cid, phone, None)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     ticket = Ticket(
         ticket_no=no,
@@ -318,6 +321,134 @@ async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock)
     assert await restarted.notifier.scan(morning) == 1
     assert await restarted.notifier.scan(morning) == 0
     assert len(await restarted.sent(phone)) == 1
+
+
+class Killed(BaseException):
+    """The process dies here (kill -9): no handler of the notifier's runs after it."""
+
+
+class DyingGateway:
+    """Dies before handing the batch to the outbox, or right after the outbox took it."""
+
+    def __init__(self, outbox: OutboxGateway, *, after: bool) -> None:
+        self.outbox = outbox
+        self.after = after
+        self.seen: list[str] = []
+
+    async def send(self, message: SmsMessage) -> str:
+        return (await self.send_many([message]))[0]
+
+    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
+        self.seen.extend(m.message_id for m in messages)
+        if self.after:
+            await self.outbox.send_many(messages)
+        raise Killed
+
+
+class SlowGateway:
+    """Holds each batch until released, as a provider that is slow to answer."""
+
+    def __init__(self, outbox: OutboxGateway) -> None:
+        self.outbox = outbox
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def send(self, message: SmsMessage) -> str:
+        return (await self.send_many([message]))[0]
+
+    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
+        self.entered.set()
+        await self.release.wait()
+        return await self.outbox.send_many(messages)
+
+
+def short_lease(kit: Kit) -> Kit:
+    kit.notifier.sms.lease = timedelta(milliseconds=300)
+    kit.notifier.sms.in_flight_wait = 0
+    return kit
+
+
+async def redelivered(kit: Kit, appeal: AppealReceived, phone: str) -> str:
+    """The event read again until no other sender's lease stands in the way."""
+    for _ in range(200):
+        try:
+            return await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone)
+        except SendInFlight:
+            await asyncio.sleep(0.05)
+    raise AssertionError("the lease of the killed sender never expired")
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-gateway", "after-the-gateway"])
+async def test_a_kill_between_claim_and_done_loses_nothing_and_sends_once(make_kit, redis, after):
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000401", channel="hotline", text="路灯坏了")
+    dying = short_lease(make_kit(quiet="none"))
+    gateway = DyingGateway(dying.outbox, after=after)
+    dying.notifier.sms.gateway = gateway
+    with pytest.raises(Killed):
+        await dying.notifier.acknowledge(appeal, appeal.ticket_no, phone)
+    assert len(await dying.sent(phone)) == (1 if after else 0)
+
+    restarted = short_lease(make_kit(quiet="none"))  # the event was not committed: read again
+    with pytest.raises(SendInFlight):  # the dead sender's lease still stands
+        await restarted.notifier.acknowledge(appeal, appeal.ticket_no, phone)
+    assert await redelivered(restarted, appeal, phone) == "sent"
+    assert await restarted.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "duplicate"
+
+    acks = await restarted.sent(phone)
+    assert [m["message_id"] for m in acks] == gateway.seen  # once, with the first attempt's id
+    assert (await restarted.notifier.states.get(gateway.seen[0]))["state"] == "sent"
+    assert await redis.hget(f"sms:count:{NOON:%Y%m%d}", phone) == b"1"  # counted once for the cap
+
+
+async def test_a_redelivery_while_the_send_is_in_flight_sends_nothing_twice(make_kit):
+    phone, other = new_phone(), new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000402", channel="hotline", text="路灯坏了")
+    next_one = AppealReceived(ticket_no="20261123-000403", channel="hotline", text="井盖缺失")
+    first = make_kit(quiet="none")
+    slow = SlowGateway(first.outbox)
+    first.notifier.sms.gateway = slow
+    sending = asyncio.create_task(first.notifier.acknowledge(appeal, appeal.ticket_no, phone))
+    await asyncio.wait_for(slow.entered.wait(), 10)
+
+    # A second notifier given the same event (a rebalance) in a batch with a new one: the new one
+    # goes out, the one in flight does not, and the batch fails to be read again.
+    second = make_kit(quiet="none")
+    second.notifier.sms.in_flight_wait = 0
+    batch = [
+        (appeal.event_id, second.notifier.ack_message(appeal.ticket_no, phone)),
+        (next_one.event_id, second.notifier.ack_message(next_one.ticket_no, other)),
+    ]
+    with pytest.raises(SendInFlight):
+        await second.notifier.sms.send_many(batch)
+    assert await second.sent(phone) == []
+    assert len(await second.sent(other)) == 1
+
+    slow.release.set()
+    assert await sending == "sent"
+    assert await second.notifier.sms.send_many(batch) == ["duplicate", "duplicate"]
+    assert len(await second.sent(phone)) == 1
+    assert len(await second.sent(other)) == 1
+
+
+async def test_a_redis_failure_after_the_claim_lets_the_redelivery_send_at_once(make_kit):
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000404", channel="hotline", text="路灯坏了")
+    kit = make_kit(quiet="none")
+    gateway = DyingGateway(kit.outbox, after=False)
+
+    async def broken(messages: list[SmsMessage]) -> list[str]:
+        gateway.seen.extend(m.message_id for m in messages)
+        raise ConnectionError("Redis went away under the outbox")
+
+    kit.notifier.sms.gateway = gateway
+    gateway.send_many = broken  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone)
+    kit.notifier.sms.gateway = kit.outbox
+    # No lease left to wait for: the same message, at once.
+    assert await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "sent"
+    assert [m["message_id"] for m in await kit.sent(phone)] == gateway.seen
 
 
 async def test_opt_out_closes_open_surveys_and_skips_the_next(make_kit):

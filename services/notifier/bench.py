@@ -109,6 +109,7 @@ async def _clean(
     outbox = f"bench:{run_id}:outbox"
     sent = [json.loads(r)["message_id"] for r in await redis.lrange(outbox, 0, -1)]
     keys = [outbox, f"bench:{run_id}:due", *(f"sms:msg:{m}" for m in sent)]
+    keys += [f"{outbox}:id:{m}" for m in sent]  # the outbox's once-per-id keys
     keys += [f"contact:{a.caller.caller_id}" for a in appeals]
     keys += [f"sms:done:{a.event_id}:ack" for a in appeals]
     keys += [f"stats:seen:{a.event_id}" for a in assigned]

@@ -1,21 +1,34 @@
 """Sending SMS: once per (event, kind), within the daily cap and outside quiet hours, through the gateway.
 
-  sms:done:{event}:{kind}   this event's message of this kind was taken in hand (never sent twice); 30 days
-  sms:count:{yyyymmdd}      hash phone -> messages sent to it that local day (the daily cap); 2 days
+  sms:done:{event}:{kind}     "sending:" + the message's JSON while it is being sent, then the message
+                              id once the gateway took it (or it was held, or failed); 30 days
+  sms:sending:{event}:{kind}  the lease of the notifier sending it now; a minute
+  sms:count:{yyyymmdd}        hash phone -> messages sent to it that local day (the daily cap); 2 days
+
+A message is claimed in two phases so that a crash loses nothing and sends nothing twice. The claim
+records the message (with its id) and takes a short lease; the gateway's answer turns the record
+into "done" and drops the lease, in the same transaction as the message's state. A notifier killed
+in between leaves the record and a lease that expires: the redelivered event (its offset was not
+committed) sends the recorded message again, with the SAME message id, which the provider (as
+`client_ref`) and the outbox gateway deduplicate. An event redelivered while another notifier holds
+the lease (its send in flight) is not sent: the batch fails with `SendInFlight`, is read again, and
+by then the message is done, or its lease has expired.
 
 It also writes each message's state (`services.notifier.states`) and schedules what it holds in the
 job queue (`services.notifier.jobs`). A batch costs three Redis round trips whatever its size (claim,
-the day's counts, then states + counts + held jobs), each a single command or one pipeline: the
-per-item commands run as Lua scripts, because redis-py packs and parses every command in Python.
+the day's counts, then states + counts + held jobs + done), each a single command or one pipeline:
+the per-item commands run as Lua scripts, because redis-py packs and parses every command in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from redis.asyncio import Redis
@@ -31,17 +44,60 @@ log = logging.getLogger(__name__)
 
 DONE_TTL = 30 * 86400  # longer than the topics' retention: a re-read event never sends again
 COUNT_TTL = 2 * 86400
-# What became of a message handed to `send`: duplicate when its (event, kind) was already taken.
+# Longer than the gateway takes to answer, retries included (the HTTP gateway's five attempts and
+# their backoff: about 35 s at worst): a live sender's lease never expires under it.
+SEND_LEASE = timedelta(seconds=60)
+# How long a batch that met a message in flight waits (at most) before failing to be read again.
+IN_FLIGHT_WAIT = 5.0
+# What became of a message handed to `send`: duplicate when its (event, kind) was already done.
 SendResult = Literal["sent", "held", "retrying", "failed", "duplicate"]
 
-# KEYS: the keys; ARGV: the ttl, then a value per key. Returns per key 1 if it was set now, else 0.
-_SET_NX_EACH = """
+# The claim of a batch. KEYS: per message its done key, then its lease key. ARGV: the done ttl (s),
+# the lease ttl (ms), then per message its JSON. Returns per message: 0 when it is done; the JSON
+# of the message to send (this one, or the one recorded by a sender that died) when the lease was
+# taken now; else 1 + the milliseconds left on another sender's lease.
+_CLAIM = """
 local out = {}
-for i = 1, #KEYS do
-  out[i] = redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'EX', ARGV[1]) and 1 or 0
+for i = 1, #KEYS / 2 do
+  local done, lease = KEYS[2 * i - 1], KEYS[2 * i]
+  local record = redis.call('GET', done)
+  if record and string.sub(record, 1, 8) ~= 'sending:' then
+    out[i] = 0
+  elseif redis.call('SET', lease, '1', 'NX', 'PX', ARGV[2]) then
+    if not record then
+      record = 'sending:' .. ARGV[i + 2]
+      redis.call('SET', done, record, 'EX', ARGV[1])
+    end
+    out[i] = string.sub(record, 9)
+  else
+    out[i] = 1 + math.max(redis.call('PTTL', lease), 0)
+  end
 end
 return out
 """
+# Claims the gateway answered for. KEYS: per message its done key, then its lease key. ARGV: the
+# done ttl, then per message its id.
+_DONE = """
+for i = 1, #KEYS / 2 do
+  redis.call('SET', KEYS[2 * i - 1], ARGV[i + 1], 'EX', ARGV[1])
+  redis.call('DEL', KEYS[2 * i])
+end
+return #KEYS / 2
+"""
+
+
+class SendInFlight(Exception):
+    """Another notifier is sending some of these messages now: read the batch again later."""
+
+
+def done_key(event_id: str, kind: str) -> str:
+    return f"sms:done:{event_id}:{kind}"
+
+
+def lease_key(event_id: str, kind: str) -> str:
+    return f"sms:sending:{event_id}:{kind}"
+
+
 # The states of a dispatched batch, and the day's count of each phone sent to, in one command.
 # KEYS: the day's count hash, then per message its state key. ARGV: state ttl, count ttl, then per
 # message: its state record and the phone to count ('' when it was not sent).
@@ -64,44 +120,92 @@ class Dispatcher:
         jobs: JobQueue,
         *,
         clock: Callable[[], datetime] = now_utc,
+        lease: timedelta = SEND_LEASE,
+        in_flight_wait: float = IN_FLIGHT_WAIT,
     ) -> None:
         self.redis = redis
         self.gateway = gateway
         self.policy = policy
         self.jobs = jobs
         self.clock = clock
-        self._set_nx_each = redis.register_script(_SET_NX_EACH)
+        self.lease = lease
+        self.in_flight_wait = in_flight_wait
+        self._claim = redis.register_script(_CLAIM)
 
     async def send(self, event_id: str, message: SmsMessage, now: datetime | None = None) -> SendResult:
-        """Send `message` for `event_id` unless one of its kind already was (restarts included)."""
+        """Send `message` for `event_id` unless one of its kind already was (restarts included).
+        Raises `SendInFlight` when another notifier is sending it now."""
         return (await self.send_many([(event_id, message)], now))[0]
 
     async def send_many(
         self, items: Sequence[tuple[str, SmsMessage]], now: datetime | None = None
     ) -> list[SendResult]:
-        """`send` for a batch (event id, message), in three Redis round trips whatever its size."""
+        """`send` for a batch (event id, message), in three Redis round trips whatever its size.
+        The messages no other notifier is sending are sent first; then, should another be sending
+        some, `SendInFlight` is raised (after waiting a little for its lease) so that the batch is
+        read again: those come back as duplicates once done, or are sent when their lease expired."""
         if not items:
             return []
         now = now or self.clock()
-        keys = [f"sms:done:{event_id}:{m.kind}" for event_id, m in items]
-        claimed = await self._set_nx_each(keys=keys, args=[DONE_TTL, *(m.message_id for _, m in items)])
-        mine = [i for i, ok in enumerate(claimed) if ok]
         results: list[SendResult] = ["duplicate"] * len(items)
+        # (done key, lease key) per (event, kind); an event twice in one batch is claimed once.
+        claims: dict[tuple[str, str], int] = {}
+        for i, (event_id, m) in enumerate(items):
+            claims.setdefault((done_key(event_id, m.kind), lease_key(event_id, m.kind)), i)
+        answers = await self._claim(
+            keys=[k for pair in claims for k in pair],
+            args=[
+                DONE_TTL,
+                int(self.lease.total_seconds() * 1000),
+                *(self._json(items[i][1]) for i in claims.values()),
+            ],
+        )
+        mine: list[int] = []  # the items whose lease was taken now
+        messages: list[SmsMessage] = []
+        leases: list[tuple[str, str]] = []
+        busy_ms = 0
+        for (pair, i), answer in zip(claims.items(), answers, strict=True):
+            if isinstance(answer, int):  # 0: done already; else another sender's lease + 1 ms
+                busy_ms = max(busy_ms, answer)
+                continue
+            recorded = answer.decode() if isinstance(answer, bytes) else answer
+            own = items[i][1]
+            # Not ours: a sender that died recorded it. Send that very message (same id) again.
+            messages.append(
+                own if recorded == self._json(own) else SmsMessage.from_json(json.loads(recorded))
+            )
+            mine.append(i)
+            leases.append(pair)
         try:
-            states = await self.dispatch([items[i][1] for i in mine], now)
+            states = await self.dispatch(messages, now, claims=leases)
         except Exception:
-            # Redis failed: let the redelivered event try again (should the gateway have taken some
-            # already, a rare repeat beats a lost message).
-            if mine:
-                await self.redis.delete(*(keys[i] for i in mine))
+            # Redis failed: drop the leases, so that the redelivered event sends the recorded
+            # messages again at once (same ids: the gateway drops those it took already).
+            if leases:
+                with contextlib.suppress(Exception):
+                    await self.redis.delete(*(lease for _, lease in leases))
             raise
         for i, state in zip(mine, states, strict=True):
             results[i] = state
+        if busy_ms:
+            await asyncio.sleep(min(self.in_flight_wait, (busy_ms - 1) / 1000))
+            raise SendInFlight(f"{sum(isinstance(a, int) and a > 0 for a in answers)} message(s) in flight")
         return results
 
-    async def dispatch(self, messages: list[SmsMessage], now: datetime) -> list[SendResult]:
+    @staticmethod
+    def _json(message: SmsMessage) -> str:
+        return json.dumps(message.to_json(), ensure_ascii=False, sort_keys=True)
+
+    async def dispatch(
+        self,
+        messages: list[SmsMessage],
+        now: datetime,
+        *,
+        claims: Sequence[tuple[str, str]] = (),
+    ) -> list[SendResult]:
         """Hold what quiet hours or the cap hold, hand the rest to the gateway, record every state.
-        No once-only check: `send_many` made it, or the message is a held one whose time came."""
+        No once-only check: `send_many` made it, or the message is a held one whose time came.
+        `claims` (done key, lease key) per message, from `send_many`: marked done with the states."""
         if not messages:
             return []
         count_key = f"sms:count:{self.policy.local_day(now):%Y%m%d}"
@@ -118,7 +222,8 @@ class Dispatcher:
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=True))
         results: list[SendResult] = []
         written: list[tuple[str, str, str]] = []  # state key, state, phone to count ('' : not sent)
-        async with self.redis.pipeline(transaction=False) as p:
+        # One transaction: a message is done exactly when its state (and held job) is written.
+        async with self.redis.pipeline(transaction=True) as p:
             for i, m in enumerate(messages):
                 outcome = outcomes.get(i)
                 if i in held:
@@ -147,6 +252,14 @@ class Dispatcher:
                 COUNT_TTL,
                 *(v for _, record, phone in written for v in (record, phone)),
             )
+            if claims:
+                p.eval(
+                    _DONE,
+                    2 * len(claims),
+                    *(k for claim in claims for k in claim),
+                    DONE_TTL,
+                    *(m.message_id for m in messages),
+                )
             await p.execute()
         return results
 

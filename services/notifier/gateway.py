@@ -1,7 +1,7 @@
 """Where SMS go. `SmsGateway` is the interface:
 
 - `OutboxGateway` (embedded mode) keeps every message in a Redis list (newest first) and logs it with
-  the phone masked;
+  the phone masked; like a provider given a client reference, it takes each message id once;
 - `HttpSmsGateway` posts to a provider's HTTP endpoint, retrying with exponential backoff on what is
   transient (5xx, 429, timeouts, refused connections) and giving up at once on what is not (other 4xx).
 """
@@ -71,8 +71,27 @@ class SmsGateway(Protocol):
         ...
 
 
+# The outbox's batch. KEYS: the list, then per message its id's key. ARGV: how many to keep, how long
+# an id is remembered, then per message its JSON. A message whose id was taken already is dropped.
+_OUTBOX_PUSH = """
+local pushed = 0
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
+    redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+    pushed = pushed + 1
+  end
+end
+redis.call('LTRIM', KEYS[1], 0, ARGV[1] - 1)
+return pushed
+"""
+# As long as the notifier may send a message again (its claim's lifetime).
+OUTBOX_ID_TTL = 30 * 86400
+
+
 class OutboxGateway:
-    """Embedded mode: the 'sent' SMS are a Redis list (newest first) and a log line."""
+    """Embedded mode: the 'sent' SMS are a Redis list (newest first) and a log line. A message id
+    is taken once (`{key}:id:{message_id}`, 30 days), as a provider deduplicates by `client_ref`:
+    a message sent again after a crash is not listed twice."""
 
     KEY = "sms:outbox"
 
@@ -80,15 +99,19 @@ class OutboxGateway:
         self.redis = redis
         self.keep = keep
         self.KEY = key
+        self._push = redis.register_script(_OUTBOX_PUSH)
+
+    def id_key(self, message_id: str) -> str:
+        return f"{self.KEY}:id:{message_id}"
 
     async def send(self, message: SmsMessage) -> str:
         return (await self.send_many([message]))[0]
 
     async def send_many(self, messages: list[SmsMessage]) -> list[str]:
-        async with self.redis.pipeline(transaction=False) as p:
-            p.lpush(self.KEY, *(json.dumps(m.to_json(), ensure_ascii=False) for m in messages))
-            p.ltrim(self.KEY, 0, self.keep - 1)
-            await p.execute()
+        await self._push(
+            keys=[self.KEY, *(self.id_key(m.message_id) for m in messages)],
+            args=[self.keep, OUTBOX_ID_TTL, *(json.dumps(m.to_json(), ensure_ascii=False) for m in messages)],
+        )
         for m in messages:
             log.debug("SMS %s to %s (%s): %s", m.kind, mask_phone(m.phone), m.ticket_no, m.text[:40])
         return [m.message_id for m in messages]

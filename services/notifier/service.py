@@ -2,7 +2,7 @@
 
 It wires four parts, each with its own Redis keys (listed at the top of each module):
   - `dispatch.Dispatcher`: sends once per (event, kind), within the daily cap, outside quiet hours,
-    through the gateway (sms:done, sms:count);
+    through the gateway (sms:done, sms:sending, sms:count);
   - `jobs.JobQueue`: the scheduled jobs (held messages, survey reminders and timeouts), claimed
     with ZREM so two notifiers never run one twice (sms:due);
   - `states.MessageStates`: each message's state and the provider's delivery receipts (sms:msg);

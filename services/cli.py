@@ -55,11 +55,22 @@ def up(
     from shared.embedded import EmbeddedServers
 
     settings = get_settings()
-    embedded = None if external_servers_configured() else EmbeddedServers(kafka_port=9092, redis_port=6379)
-    launcher = Launcher(embedded=embedded)
+    embedded = (
+        None
+        if external_servers_configured()
+        else EmbeddedServers(
+            kafka_port=9092,
+            redis_port=6379,
+            data_dir=settings.data_dir,  # Redis and PostgreSQL keep their data here across restarts
+            postgres=not settings.database_url,
+            postgres_port=5433,  # beside a system PostgreSQL on 5432
+            log_dir=settings.data_dir / "logs",
+        )
+    )
+    launcher = Launcher(embedded=embedded, log_dir=settings.data_dir / "logs")
     try:
         if embedded:
-            typer.echo("starting the embedded Kafka broker (Tansu) and Redis ...")
+            typer.echo("starting the embedded Kafka broker (Tansu), Redis and PostgreSQL ...")
             launcher.start_servers()
         city = load_city(settings.city_config_dir)
         typer.echo(
@@ -94,11 +105,12 @@ The system is up.
                127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics
                (intake, classifier, router, notifier)
   Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
+  PostgreSQL   {env.get("DATABASE_URL")}  (psql "$DATABASE_URL": see README, Records)
+  logs         {launcher.log_dir}
 Press Ctrl-C to stop everything.""")
-        while (stopped := launcher.first_exited()) is None:
+        while True:  # a service that exits is started again (with backoff); the rest keep running
+            launcher.supervise(report=lambda line: typer.echo(line, err=True))
             time.sleep(0.5)
-        typer.echo(f"{stopped} stopped unexpectedly; shutting everything down", err=True)
-        raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("\nstopping ...")
     finally:

@@ -22,6 +22,7 @@ from services.intake.service import IntakeService
 from services.notifier import views as notifier_views
 from services.notifier.ratebook import RateBook
 from services.notifier.service import Notifier
+from services.records import views as records_views
 from services.router import views as router_views
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
@@ -73,7 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0",
         lifespan=lifespan,
     )
-    for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
+    # records_views before router_views: /tickets/export must not be read as a ticket number.
+    for views in (
+        intake_views,
+        wechat_views,
+        open311_views,
+        classifier_views,
+        records_views,
+        router_views,
+        notifier_views,
+    ):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
 

@@ -34,7 +34,7 @@ def run_pipeline_bench(*, n: int, callers: int) -> None:
     else:
         from services.classifier.service import load_or_train
 
-        servers = EmbeddedServers()
+        servers = EmbeddedServers(postgres=True)
         launcher = Launcher(embedded=servers)
         launcher.start_servers()
         ports = {f"METRICS_PORT_{w.upper()}": str(free_port()) for w in WORKERS}

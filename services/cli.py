@@ -22,6 +22,7 @@ class Service(StrEnum):
     classifier = "classifier"
     router = "router"
     notifier = "notifier"
+    records = "records"
 
 
 def _worker_app(name: str):
@@ -46,9 +47,9 @@ def run(service: Service) -> None:
 
 @cli.command()
 def up(
-    with_services: bool = typer.Option(True, help="Start the four services and the API too."),
+    with_services: bool = typer.Option(True, help="Start the five workers and the API too."),
 ) -> None:
-    """Start the whole system: broker, Redis, the four services and the API. Ctrl-C stops it all."""
+    """Start the whole system: broker, Redis, PostgreSQL, five workers and the API. Ctrl-C stops all."""
     from services.classifier.service import load_or_train
     from services.launcher import Launcher, external_servers_configured
     from shared.city import load_city
@@ -88,6 +89,7 @@ def up(
                     settings.metrics_port_classifier,
                     settings.metrics_port_router,
                     settings.metrics_port_notifier,
+                    settings.metrics_port_records,
                 ]
             )
         env = launcher.env
@@ -102,8 +104,8 @@ The system is up.
                       "address":"阳光花园3号楼"}}'
   a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
   metrics      {base}/metrics/ and
-               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics
-               (intake, classifier, router, notifier)
+               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_records}/metrics
+               (intake, classifier, router, notifier, records)
   Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
   PostgreSQL   {env.get("DATABASE_URL")}  (psql "$DATABASE_URL": see README, Records)
   logs         {launcher.log_dir}
@@ -446,6 +448,97 @@ def upload_slips(
         f"{result['accepted']} accepted, {result['rejected']} rejected, {total} rows in {seconds:.2f}s "
         f"({total / seconds:.0f} rows/s)"
     )
+
+
+records_cli = typer.Typer(help="The record in PostgreSQL (DATABASE_URL): rebuild, backfill, retention.")
+cli.add_typer(records_cli, name="records")
+privacy_cli = typer.Typer(help="Residents' personal data.")
+cli.add_typer(privacy_cli, name="privacy")
+
+
+async def _with_records(settings, work):
+    """Run `work(records, store, retention)` against DATABASE_URL and REDIS_URL."""
+    import psycopg
+
+    from services.records import db
+    from services.records.retention import Retention
+    from services.records.service import Records
+    from shared.city import load_city
+    from shared.store import TicketStore
+
+    try:
+        await db.migrate(settings.database_url)
+        pool = db.pool(settings.database_url)
+        await pool.open(wait=True, timeout=10)
+    except (psycopg.OperationalError, db.DatabaseNotConfigured) as e:
+        _fail(f"cannot reach PostgreSQL (DATABASE_URL): {e}")
+    redis = _redis(settings)
+    try:
+        store = TicketStore(redis)
+        return await work(
+            Records(pool, load_city(settings.city_config_dir)), store, Retention(pool, store, settings)
+        )
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+@records_cli.command("rebuild")
+def records_rebuild(
+    since: str = typer.Option(
+        None,
+        help="Fold again the tickets with events at or after this time (ISO, e.g. 2026-11-01). "
+        "Without it: every ticket, from scratch.",
+    ),
+) -> None:
+    """Rebuild the tickets and meetings tables from the stored events (replays change nothing)."""
+    from datetime import datetime
+
+    settings = get_settings()
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise typer.BadParameter(f"--since {since!r}: expected an ISO date or time") from None
+    n = asyncio.run(_with_records(settings, lambda records, _s, _r: records.rebuild(start)))
+    typer.echo(f"rebuilt {n} tickets" + (f" with events since {since}" if since else " from scratch"))
+
+
+@records_cli.command("backfill")
+def records_backfill() -> None:
+    """Copy the events in Redis's ticket histories into the record (events it has not seen)."""
+    n = asyncio.run(
+        _with_records(get_settings(), lambda records, store, _r: records.backfill_from_store(store))
+    )
+    typer.echo(f"read {n} events from Redis; the record has every one of them now")
+
+
+@records_cli.command("retention")
+def records_retention() -> None:
+    """Run the retention jobs now (the records worker runs them every RETENTION_SCAN_SECONDS)."""
+    done = asyncio.run(_with_records(get_settings(), lambda _rec, _s, retention: retention.run()))
+    typer.echo(
+        f"{done['left_redis']} closed tickets left Redis; "
+        f"personal data removed from {done['personal_data_removed']} tickets"
+    )
+
+
+@privacy_cli.command("erase")
+def privacy_erase(
+    phone: str = typer.Option(..., help="The resident's phone number, as they give it."),
+    by: str = typer.Option(..., help="Who erases (staff id): goes into the audit entry."),
+    reason: str = typer.Option("居民申请删除个人信息", help="Why: goes into the audit entry."),
+) -> None:
+    """Remove one resident's personal data from every ticket (record and Redis), with an audit entry."""
+    from shared.privacy import InvalidPhone, caller_id, normalize_phone
+
+    try:
+        subject = caller_id(normalize_phone(phone))
+    except InvalidPhone as e:
+        raise typer.BadParameter(str(e)) from None
+    nos = asyncio.run(
+        _with_records(get_settings(), lambda _rec, _s, retention: retention.erase_caller(subject, by, reason))
+    )
+    typer.echo(f"personal data removed from {len(nos)} tickets; audit entry written (caller {subject})")
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from shared.embedded import EmbeddedServers, die_with_parent, environment_for, p
 
 log = logging.getLogger("appeals.launcher")
 
-WORKERS = ("intake", "classifier", "router", "notifier")
+WORKERS = ("intake", "classifier", "router", "notifier", "records")
 ALL_PROCESSES = (*WORKERS, "api")
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run comman
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
-    with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers")) as s:
+    with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers"), postgres=True) as s:
         yield s
 
 
@@ -45,11 +45,13 @@ def settings(servers: EmbeddedServers, data_dir: Path, tmp_path_factory) -> Sett
     return Settings(
         kafka_bootstrap_servers=servers.kafka_bootstrap,
         redis_url=servers.redis_url,
+        database_url=servers.database_url,  # the records (PostgreSQL)
         data_dir=data_dir,
         metrics_port_intake=0,
         metrics_port_classifier=0,
         metrics_port_router=0,
         metrics_port_notifier=0,
+        metrics_port_records=0,
         timer_scan_seconds=0.5,
         city_config_dir=session_city(
             tmp_path_factory.mktemp("city")

@@ -292,3 +292,107 @@ async def test_postgres_down_search_503_appeals_taken_projection_catches_up(sett
         launcher.stop_all()
     finally:
         own.stop()
+
+
+async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(settings, redis, pool):
+    """Assignments, acceptances and answers on a day of their own, through the broker to both the
+    notifier (Redis counters) and the record; the rates per department and per grid agree."""
+    from zoneinfo import ZoneInfo
+
+    from services.notifier.ratebook import RateBook
+    from services.records.rates import rates
+    from shared.bus import EventPublisher, publish
+    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+
+    day = datetime(2031, 3, 5, 10, tzinfo=UTC)
+    depts = [DepartmentRef(id=d.id, name=d.name) for d in load_city(settings.city_config_dir).departments[:2]]
+    events: list = []
+    for i in range(12):
+        no = f"20310305-{900000 + i}"
+        dept = depts[i % 2]
+        via = "dispatch_desk" if i == 11 else "rule"
+        events.append(
+            TicketAssigned(
+                ticket_no=no,
+                department=dept,
+                via=via,
+                explanation="测试",
+                category="city.facility.streetlight",
+                grid=f"g-{i % 3}",
+                respond_by=day,
+                resolve_by=day,
+                occurred_at=day,
+            )
+        )
+        if i % 4:
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="accepted",
+                    status="accepted",
+                    actor=dept.id,
+                    data={"on_time": i % 3 != 0},
+                    occurred_at=day,
+                )
+            )
+        rating = (1, 2, 3, None)[i % 4]
+        events.append(
+            SurveyAnswered(
+                ticket_no=no,
+                survey_id=f"s{i}",
+                rating=rating,
+                solved=i % 2 == 0,
+                text="1",
+                outcome="answered" if rating else "no_answer",
+                occurred_at=day,
+            )
+        )
+    publisher = EventPublisher(settings, client_id="test-rates")
+    await publisher.start()
+    await publish(publisher, events)
+    await publisher.stop()
+
+    book = RateBook.from_settings(redis, load_city(settings.city_config_dir), settings)
+    tz = ZoneInfo(settings.timezone)
+
+    async def agree(group_by: str):
+        live = [
+            {k: v for k, v in r.items() if k != "name"}
+            for r in await book.query(group_by, day.date(), day.date())
+        ]
+        sql = await rates(pool, group_by, day.date(), day.date(), tz, book.weights)
+        counted = (
+            sum(r["assigned"] for r in sql) == 11 and sum(r["answered"] + r["no_answer"] for r in sql) == 12
+        )
+        return sql if counted and live == sql else None
+
+    by_department = await eventually(lambda: agree("department"), timeout=60)
+    assert {r["group"] for r in by_department} >= {d.id for d in depts}
+    assert await eventually(lambda: agree("grid"), timeout=30)
+
+
+async def test_retention_removes_personal_data_from_tickets_closed_long_enough(api, redis, pool, settings):
+    phone = fresh_phone()
+    no = await submit(api, phone, text=LIGHT + "，联系人李四", address="阳光花园3号楼")
+    await close_by_resident(api, redis, no, phone)
+
+    async def closed():
+        r = await row(pool, no)
+        return r if r and r["status"] == "closed" else None
+
+    before = await eventually(closed)
+    retention = Retention(pool, TicketStore(redis), settings)
+    await retention.remove_personal_data(before["closed_at"] - timedelta(seconds=1))
+    kept = await row(pool, no)
+    assert kept is not None
+    assert "李四" in kept["text"]  # closed after the cut-off: kept
+    assert await retention.remove_personal_data(datetime.now(UTC) + timedelta(minutes=1)) >= 1
+    after = await row(pool, no)
+    assert after is not None
+    assert "李四" not in after["text"]
+    assert after["masked_phone"] is None
+    for stat in ("category", "department", "street", "rating", "closed_at"):
+        assert after[stat] == before[stat]
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT count(*) AS n FROM privacy_audit WHERE action = 'retention'")
+        assert (await cur.fetchone())["n"] >= 1

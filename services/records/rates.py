@@ -56,7 +56,7 @@ async def rates(
     lo = datetime.combine(start, time(), tz)
     hi = datetime.combine(end + timedelta(days=1), time(), tz)
     async with pool.connection() as conn:
-        rows = await (await conn.execute(sql, (lo, hi))).fetchall()  # type: ignore[arg-type]
+        rows = await (await conn.execute(sql, (lo, hi))).fetchall()
     out = [
         {"group": r["grp"]} | stats.rates({f: r[f] for f in stats.FIELDS}, weights)
         for r in rows

@@ -14,7 +14,7 @@ from shared.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 APP_SETTINGS = {name.upper() for name in Settings.model_fields}
-INFRA = {"kafka", "redis", "prometheus", "grafana"}
+INFRA = {"kafka", "redis", "postgres", "prometheus", "grafana"}
 
 
 def compose() -> dict:

@@ -405,6 +405,17 @@ def token(
     typer.echo(asyncio.run(_with_redis(settings, lambda r: issue_token(r, role, department, operator))))
 
 
+@bench.command("records")
+def bench_records(
+    n: int = typer.Option(200_000, help="Tickets projected into the record (six events each)."),
+    redis_closed: int = typer.Option(200_000, help="Closed tickets piled into Redis (at most N)."),
+) -> None:
+    """Projection rate, search times on N tickets, Redis memory with retention, restart time."""
+    from services.records import bench as records_bench
+
+    records_bench.main(n, min(redis_closed, n))
+
+
 @bench.command("notifier")
 def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowledge.")) -> None:
     """Measure acknowledgements/s and rate events/s of the notifier against REDIS_URL (cleans up)."""

@@ -92,6 +92,12 @@ def up(
                     settings.metrics_port_records,
                 ]
             )
+            if embedded:  # the embedded broker kept nothing: drive on what it still owed
+                from services.records.redrive import redrive
+
+                again = asyncio.run(_with_redis(settings, lambda r: redrive(settings, r)))
+                if again:
+                    typer.echo(f"{again} acknowledged appeals not yet classified: published again")
         env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""

@@ -228,3 +228,10 @@ def test_dates_are_local_days_and_to_includes_its_day():
 def test_q_is_a_literal_substring():
     search = build({"q": "100%_完成"}, tz=TZ, department_scope=None)
     assert search.params == ["%100\\%\\_完成%"]
+
+
+def test_folding_later_events_onto_a_row_equals_folding_them_all():
+    events = life()
+    for cut in range(1, len(events)):
+        start = fold_ticket(events[:cut], STREETS)
+        assert fold_ticket(events[cut:], STREETS, start=start) == fold_ticket(events, STREETS)

@@ -177,7 +177,7 @@ async def run(n: int, redis_closed: int) -> dict[str, Any]:
                     await p.execute()
                 if first % 10_000 == 1:
                     kept = int((await redis.info("memory"))["used_memory"]) - base
-                    left = await retention.evict_closed(datetime.now(UTC))
+                    left = (await retention.run(datetime.now(UTC)))["left_redis"]
                     after = int((await redis.info("memory"))["used_memory"]) - base
                     rows.append(
                         f"{first + 999:>7} closed: {kept / 1e6:6.1f} MB before retention, "

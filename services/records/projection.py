@@ -105,10 +105,13 @@ def _base(appeal: Mapping[str, Any]) -> Row:
     }
 
 
-def fold_ticket(events: Iterable[Mapping[str, Any]], streets: Mapping[str, tuple[str, str]]) -> Row | None:
+def fold_ticket(
+    events: Iterable[Mapping[str, Any]], streets: Mapping[str, tuple[str, str]], start: Row | None = None
+) -> Row | None:
     """The ticket's row from all its events; None while its appeal is not among them.
-    `streets`: grid id -> (community id, street id), from the city's areas."""
-    row: Row | None = None
+    `streets`: grid id -> (community id, street id), from the city's areas. `start`: the row as
+    folded so far, when every event given happened after all those already in it (a left fold)."""
+    row: Row | None = dict(start) if start else None
     for e in in_order(events):
         topic = e["topic"]
         if row is None and topic == "appeal.received":

@@ -44,10 +44,19 @@ class Retention:
         self.settings = settings
         self.streets = street_index(load_city(settings.city_config_dir))
 
-    async def run(self, now: datetime | None = None) -> dict[str, int]:
+    async def run(self, now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
+        """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
         now = now or datetime.now(UTC)
-        left = await self.evict_closed(now - timedelta(days=self.settings.redis_keep_closed_days))
-        removed = await self.remove_personal_data(now - timedelta(days=self.settings.personal_data_keep_days))
+        left = removed = 0
+        while n := await self.evict_closed(now - timedelta(days=self.settings.redis_keep_closed_days), limit):
+            left += n
+            if n < limit:
+                break
+        cutoff = now - timedelta(days=self.settings.personal_data_keep_days)
+        while n := await self.remove_personal_data(cutoff, limit):
+            removed += n
+            if n < limit:
+                break
         if left or removed:
             log.info("retention: %d closed tickets left Redis, personal data removed from %d", left, removed)
         return {"left_redis": left, "personal_data_removed": removed}

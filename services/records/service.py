@@ -20,7 +20,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import TICKET_TOPICS, Row, fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, Row, at, fold_meeting, fold_ticket
 from shared.city import City
 from shared.events import Event
 from shared.store import TicketStore
@@ -102,6 +102,7 @@ INSERT_EVENT = (
     "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
 )
+SELECT_TICKETS = f"SELECT {', '.join(TICKET_COLUMNS)} FROM tickets WHERE ticket_no = ANY(%s)"
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
@@ -122,15 +123,50 @@ class Records:
     async def project(self, topic: str, events: Sequence[Event]) -> None:
         if not events:
             return
+        payloads = [payload(topic, e) for e in events]
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await cur.executemany(
-                INSERT_EVENT,
-                [(e.event_id, e.ticket_no, topic, e.occurred_at, Jsonb(payload(topic, e))) for e in events],
+                INSERT_EVENT + " RETURNING event_id",
+                [
+                    (e.event_id, e.ticket_no, topic, e.occurred_at, Jsonb(p))
+                    for e, p in zip(events, payloads, strict=True)
+                ],
+                returning=True,
             )
+            inserted: set[str] = set()
+            while True:
+                inserted.update(r["event_id"] for r in await cur.fetchall())
+                if not cur.nextset():
+                    break
+            fresh = [p for p in payloads if p["event_id"] in inserted]  # a replay inserts nothing
+            if not fresh:
+                return
             if topic.startswith("meeting."):
-                await self._refold_meetings(cur, {getattr(e, "meeting_id", "") for e in events})
+                await self._refold_meetings(cur, {p.get("meeting_id", "") for p in fresh})
             else:
-                await self._refold_tickets(cur, {e.ticket_no for e in events})
+                await self._fold_onto(cur, fresh)
+
+    async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
+        """Fold new events onto the stored rows where they all come after what a row holds (the
+        usual case: one read of the rows, not of every event); the others, events that arrived
+        out of order, and new tickets, are folded again from all their stored events."""
+        by_ticket: dict[str, list[dict[str, Any]]] = {}
+        for p in fresh:
+            by_ticket.setdefault(p["ticket_no"], []).append(p)
+        await cur.execute(SELECT_TICKETS, (list(by_ticket),))
+        stored = {r["ticket_no"]: r for r in await cur.fetchall()}
+        rows: list[Row] = []
+        again: list[str] = []
+        for no, evs in by_ticket.items():
+            row = stored.get(no)
+            if row is not None and all(at(e["occurred_at"]) > row["updated_at"] for e in evs):
+                if (folded := fold_ticket(evs, self.streets, start=row)) is not None:
+                    rows.append(folded)
+            else:
+                again.append(no)
+        if rows:
+            await cur.executemany(UPSERT_TICKET, rows)
+        await self._refold_tickets(cur, again)
 
     async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
         nos = sorted(set(nos))

@@ -212,7 +212,7 @@ def test_bad_filters_are_refused_with_the_field_named():
 
 def test_a_department_sees_only_what_it_leads_or_co_handles():
     search = build({"status": "assigned,accepted"}, tz=TZ, department_scope="water")
-    assert search.where.startswith("(department = %s OR %s = ANY(co_departments))")
+    assert search.where.startswith("(department = %s OR co_departments @> ARRAY[%s])")
     assert search.params[:2] == ["water", "water"]
     assert search.params[2] == ["assigned", "accepted"]
     assert build({}, tz=TZ, department_scope=None).where == "TRUE"

@@ -98,7 +98,7 @@ def build(
     if not 1 <= size <= max_size:
         raise invalid("size", f"每页条数应在1到{max_size}之间")
     if department_scope is not None:
-        add("(department = %s OR %s = ANY(co_departments))", department_scope, department_scope)
+        add("(department = %s OR co_departments @> ARRAY[%s])", department_scope, department_scope)
     if status := raw.get("status"):
         statuses = [s.strip() for s in status.split(",") if s.strip()]
         unknown = [s for s in statuses if s not in Status.__members__.values()]
@@ -115,7 +115,7 @@ def build(
                 # A branch takes its leaves: ids are dotted paths (city.facility -> city.facility.*).
                 add("(category = %s OR category LIKE %s)", value, f"{value}.%")
             elif name == "department":
-                add("(department = %s OR %s = ANY(co_departments))", value, value)
+                add("(department = %s OR co_departments @> ARRAY[%s])", value, value)
             else:
                 add(f"{name} = %s", value)
     for name in ("urgent", "overdue"):

@@ -66,7 +66,10 @@ CREATE TABLE tickets (
 );
 CREATE INDEX tickets_by_received ON tickets (received_at DESC, ticket_no DESC);
 CREATE INDEX tickets_by_status ON tickets (status, received_at DESC);
-CREATE INDEX tickets_by_department ON tickets (department, received_at DESC);
+CREATE INDEX tickets_by_department ON tickets (department, status, received_at DESC);
+-- A department's queue: its open tickets, newest first, read in index order a page at a time.
+CREATE INDEX tickets_open_by_department ON tickets (department, received_at DESC)
+    WHERE status IN ('received', 'review', 'assigned', 'accepted', 'meeting');
 CREATE INDEX tickets_by_co_departments ON tickets USING gin (co_departments);
 CREATE INDEX tickets_by_category ON tickets (category, received_at DESC);
 CREATE INDEX tickets_by_street ON tickets (street, received_at DESC);

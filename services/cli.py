@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -69,6 +70,11 @@ def up(
         )
     )
     launcher = Launcher(embedded=embedded, log_dir=settings.data_dir / "logs")
+
+    def stop_requested(*_: object) -> None:
+        raise KeyboardInterrupt  # a service manager's SIGTERM stops everything in order, as Ctrl-C
+
+    signal.signal(signal.SIGTERM, stop_requested)
     try:
         if embedded:
             typer.echo("starting the embedded Kafka broker (Tansu), Redis and PostgreSQL ...")

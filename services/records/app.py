@@ -38,6 +38,7 @@ log = logging.getLogger(NAME)
 SUBSCRIPTIONS: tuple[tuple[str, type[ev.Event]], ...] = tuple(topics.EVENT_TYPES.items())
 RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+COUNTER_CHECK_SECONDS = 5
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
@@ -62,6 +63,11 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def _close() -> None:
         await pool.close()
 
+    async def keep_counters_above_the_record() -> None:
+        # Not only at start: a Redis that restarts empty while we run must not number from 1 again.
+        await records.raise_counters(rt.store, datetime.now(tz).date())
+
+    run_periodically(app, COUNTER_CHECK_SECONDS, keep_counters_above_the_record, "records counters")
     retention = Retention(pool, rt.store, rt.settings)
     run_periodically(app, rt.settings.retention_scan_seconds, retention.run, "records retention")
     return app

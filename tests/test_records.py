@@ -396,3 +396,13 @@ async def test_retention_removes_personal_data_from_tickets_closed_long_enough(a
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) AS n FROM privacy_audit WHERE action = 'retention'")
         assert (await cur.fetchone())["n"] >= 1
+
+
+async def test_a_counter_lost_with_redis_starts_above_the_records_highest_number(api, redis, pool, records):
+    no = await submit(api, fresh_phone())
+    await eventually(lambda: row(pool, no))
+    day = datetime.strptime(no[:8], "%Y%m%d").date()
+    store = TicketStore(redis)
+    await redis.set(f"seq:{no[:8]}", 0)  # Redis came back empty: the counter is gone
+    await records.raise_counters(store, day)
+    assert await store.next_ticket_no(day) > no

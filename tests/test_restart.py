@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
@@ -48,6 +51,16 @@ def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
     return alive
 
 
+@pytest.fixture
+def data_home() -> Iterator[Path]:
+    """A DATA_DIR the unprivileged PostgreSQL user can reach (pytest's folders are 0700: the
+    cluster would move to /var/lib/appeals and outlive the test)."""
+    d = Path(tempfile.mkdtemp(prefix="appeals-test-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def test_backoff_doubles_on_quick_failures_and_resets_after_a_healthy_run():
     b = Backoff(first=1, ceiling=8, stable=60)
     assert [b.delay_after(2) for _ in range(5)] == [1, 2, 4, 8, 8]
@@ -61,8 +74,8 @@ def kill_nine(servers: EmbeddedServers) -> None:
     servers.processes.clear()
 
 
-async def test_redis_and_postgres_keep_their_data_across_a_kill_9(tmp_path):
-    data = tmp_path / "data"
+async def test_redis_and_postgres_keep_their_data_across_a_kill_9(tmp_path, data_home):
+    data = data_home / "data"
 
     first = EmbeddedServers(data_dir=data, postgres=True, log_dir=tmp_path / "logs").start()
     try:
@@ -174,10 +187,12 @@ async def test_numbers_are_never_handed_out_twice_when_the_counter_is_lost(redis
     await redis.delete("seq:20310517", *[f"t:{no}" for no in first])
 
 
-async def test_the_whole_system_killed_and_started_again_keeps_tickets_tokens_and_numbers(settings, tmp_path):
+async def test_the_whole_system_killed_and_started_again_keeps_tickets_tokens_and_numbers(
+    settings, tmp_path, data_home
+):
     """Every process and server killed with -9 mid-flow, then started again on the same DATA_DIR: the
     acknowledged tickets, the contacts, the token and the record are all there, numbers go on."""
-    data = tmp_path / "data"
+    data = data_home / "data"
 
     def settings_for(servers: EmbeddedServers):
         return settings.model_copy(

@@ -26,10 +26,10 @@ from shared.store import TicketStore, history_key, ticket_key
 log = logging.getLogger("records.retention")
 
 # Delete a ticket and its history only if it is still closed and its history has the length the
-# record has seen. KEYS: ticket, history; ARGV: expected history length.
+# record has seen (1); 2: already gone. KEYS: ticket, history; ARGV: expected history length.
 _EVICT = """
 local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
+if not raw then return redis.call('EXISTS', KEYS[2]) == 0 and 2 or 0 end
 if cjson.decode(raw)['status'] ~= 'closed' then return 0 end
 if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -62,26 +62,27 @@ class Retention:
         return {"left_redis": left, "personal_data_removed": removed}
 
     async def evict_closed(self, closed_before: datetime, limit: int = 5000) -> int:
+        """One round: up to `limit` tickets closed before `closed_before` leave Redis. Returns how
+        many left (or were already gone)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT t.ticket_no, count(e.event_id) AS n FROM tickets t "
-                "JOIN ticket_events e ON e.ticket_no = t.ticket_no AND e.topic NOT LIKE 'meeting.%%' "
+                "SELECT t.ticket_no, (SELECT count(*) FROM ticket_events e WHERE e.ticket_no = t.ticket_no "
+                "AND e.topic NOT LIKE 'meeting.%%') AS n FROM tickets t "
                 "WHERE t.status = 'closed' AND t.closed_at < %s AND t.left_redis_at IS NULL "
-                "GROUP BY t.ticket_no LIMIT %s",
+                "ORDER BY t.closed_at LIMIT %s",
                 (closed_before, limit),
             )
             candidates = await cur.fetchall()
         if not candidates:
             return 0
         evict = self.store.redis.register_script(_EVICT)
-        gone: list[str] = []
-        for r in candidates:
-            no = r["ticket_no"]
-            history = await self.store.redis.llen(history_key(no))
-            if await evict(keys=[ticket_key(no), history_key(no)], args=[r["n"]]) or (
-                history == 0 and not await self.store.redis.exists(ticket_key(no))
-            ):
-                gone.append(no)
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for r in candidates:
+                await evict(
+                    keys=[ticket_key(r["ticket_no"]), history_key(r["ticket_no"])], args=[r["n"]], client=pipe
+                )
+            results = await pipe.execute()
+        gone = [r["ticket_no"] for r, done in zip(candidates, results, strict=True) if done]
         async with self.pool.connection() as conn:
             await conn.execute("UPDATE tickets SET left_redis_at = now() WHERE ticket_no = ANY(%s)", (gone,))
         return len(gone)

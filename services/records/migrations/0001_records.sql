@@ -77,6 +77,7 @@ CREATE INDEX tickets_by_community ON tickets (community);
 CREATE INDEX tickets_by_grid ON tickets (grid);
 CREATE INDEX tickets_by_caller ON tickets (caller_id);
 CREATE INDEX tickets_by_closed ON tickets (closed_at) WHERE closed_at IS NOT NULL;
+CREATE INDEX tickets_still_in_redis ON tickets (closed_at) WHERE status = 'closed' AND left_redis_at IS NULL;
 CREATE INDEX tickets_search_trgm ON tickets USING gin (search gin_trgm_ops);
 
 CREATE TABLE meetings (

@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
 from services.records.projection import fold_ticket, scrub_event
-from services.records.service import UPSERT_TICKET, street_index
+from services.records.service import UPSERT_TICKET, Records, street_index
 from shared.city import load_city
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
@@ -120,6 +120,7 @@ class Retention:
         if not nos:
             return
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await Records._lock(cur, nos)  # no worker's fold of the same tickets in between
             await cur.execute(
                 "SELECT event_id, ticket_no, topic, payload FROM ticket_events WHERE ticket_no = ANY(%s)",
                 (list(nos),),

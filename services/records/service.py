@@ -146,6 +146,18 @@ class Records:
             else:
                 await self._fold_onto(cur, fresh)
 
+    @staticmethod
+    async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
+        """Hold these tickets (or meetings) until the transaction ends. Each topic has its own
+        consumer, so two batches may fold the same ticket at once; without the lock the one that
+        commits last would write a row missing the other's events. Taken in sorted order: no
+        deadlock between batches."""
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM "
+            "(SELECT hashtextextended(n, 7) AS k FROM unnest(%s::text[]) AS n ORDER BY 1 OFFSET 0) AS s",
+            (sorted(set(keys)),),
+        )
+
     async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
         """Fold new events onto the stored rows where they all come after what a row holds (the
         usual case: one read of the rows, not of every event); the others, events that arrived
@@ -153,6 +165,7 @@ class Records:
         by_ticket: dict[str, list[dict[str, Any]]] = {}
         for p in fresh:
             by_ticket.setdefault(p["ticket_no"], []).append(p)
+        await self._lock(cur, by_ticket)
         await cur.execute(SELECT_TICKETS, (list(by_ticket),))
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
         rows: list[Row] = []
@@ -172,6 +185,7 @@ class Records:
         nos = sorted(set(nos))
         if not nos:
             return 0
+        await self._lock(cur, nos)
         await cur.execute(
             "SELECT ticket_no, payload FROM ticket_events WHERE ticket_no = ANY(%s) AND topic = ANY(%s)",
             (nos, list(TICKET_TOPICS)),
@@ -188,6 +202,7 @@ class Records:
         ids = sorted(i for i in set(ids) if i)
         if not ids:
             return 0
+        await self._lock(cur, [f"meeting:{i}" for i in ids])
         await cur.execute(
             "SELECT payload FROM ticket_events "
             "WHERE topic LIKE 'meeting.%%' AND payload->>'meeting_id' = ANY(%s)",

@@ -410,7 +410,7 @@ def list_choices(city: City) -> dict[str, Any]:
     return {
         "statuses": [(st.value, STATUS_LABELS.get(st.value, st.value)) for st in Status],
         "departments": [(d["id"], d["name"]) for d in present.departments_of(city)],
-        "categories": sorted((c, "/".join(names)) for c, names in city.category_path.items()),
+        "categories": sorted((c, "/".join(city.category_names(c))) for c in city.category_path),
         "streets": [(st.id, st.name) for st in streets],
         "communities": [(c.id, f"{st.name}/{c.name}") for st in streets for c in st.communities],
         "grids": [(g, f"{info.community_name}/{info.grid.name}") for g, info in city.grids.items()],

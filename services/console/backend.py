@@ -98,8 +98,11 @@ class Api:
         return await self.call("POST", path, json=json, headers=headers)
 
     # --- lists -------------------------------------------------------------------------------
-    # Until the API has one ticket list with search, the lists are read from the department queues
-    # (the desk's token may read every queue). Only these two functions change when it does.
+    # The working lists (a department's queue, the desk's open tickets) are read from the department
+    # queues in Redis (the desk's token may read every queue), not from the search endpoint: its rows lack
+    # fields these pages use (the appeal's text, extension requests, meeting ids), the record trails the
+    # events by its consumer's lag, and is down when PostgreSQL is, while taking and working appeals must
+    # go on without it. The ticket list page (/console/tickets) is the one that searches.
 
     async def department_tickets(self, dept_id: str, status: str | None = None) -> list[dict]:
         tickets: list[dict] = []

@@ -361,7 +361,7 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
 ):
     place = f"{random.randint(100000, 999999)}号楼"  # the keyword: this ticket's alone
     async with await admin_api(system, redis) as client:
-        text = "建设路的路灯坏了好几天了，晚上走路很危险" + HOSTILE
+        text = "小区门口的路灯一直不亮，晚上出门看不清路" + HOSTILE
         no = await submit(client, text, new_phone(), "和平里小区" + place)
         ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
         await in_record(client, no, place)

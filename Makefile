@@ -8,7 +8,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: up test lint unit bench clean
+.PHONY: up test lint unit bench clean setup postgres
+
+# The embedded PostgreSQL runs the machine's server binaries (Debian's package `postgresql`). Where
+# they are missing and no DATABASE_URL names a server, install the package (needs root or sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@[ -n "$$DATABASE_URL" ] || [ -n "$$PG_BIN" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || command -v initdb >/dev/null \
+	  || { echo "installing the PostgreSQL server (Debian package postgresql) ..."; \
+	       $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+setup: $(STAMP) postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed ($(PYTHON) is older)"; exit 1; }
@@ -17,17 +28,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-up: $(STAMP)
+up: setup
 	$(BIN)/appeals up
 
 $(CHROMIUM):
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y chromium fonts-wqy-microhei
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-wqy-microhei
 
 # Cheapest first, so a mistake fails in seconds: lint and types, then the tests that start nothing
 # (the import contract among them), then the tests on the real broker, Redis and services.
 # One recipe, so the order holds under `make -j` too.
-test: lint $(CHROMIUM)
+test: lint setup $(CHROMIUM)
 	$(PYTEST) -m "not integration"
 	$(PYTEST) -m integration
 

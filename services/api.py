@@ -30,6 +30,7 @@ from services.intake.sms import SmsIntake
 from services.notifier import views as notifier_views
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
+from services.records import views as records_views
 from services.router import views as router_views
 from services.router.service import FollowUps
 from shared.bodies import BodyLimits, Limit
@@ -98,7 +99,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(valid_path_params)],
     )
-    for views in (intake_views, wechat_views, open311_views, classifier_views, router_views, notifier_views):
+    # records_views before router_views: /tickets/export must not be read as a ticket number.
+    for views in (
+        intake_views,
+        wechat_views,
+        open311_views,
+        classifier_views,
+        records_views,
+        router_views,
+        notifier_views,
+    ):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(

@@ -88,7 +88,7 @@ def run_pipeline_bench(
     else:
         from services.classifier.analyst import ensure_model
 
-        servers = EmbeddedServers()
+        servers = EmbeddedServers(postgres=True)
         launcher = Launcher(embedded=servers)
         launcher.start_servers()
         settings = get_settings().model_copy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
@@ -29,6 +30,7 @@ class Service(StrEnum):
     classifier = "classifier"
     router = "router"
     notifier = "notifier"
+    records = "records"
 
 
 def _worker_app(name: str):
@@ -93,19 +95,35 @@ def check(
 
 @cli.command()
 def up(
-    with_services: bool = typer.Option(True, help="Start the four services and the API too."),
+    with_services: bool = typer.Option(True, help="Start the five workers and the API too."),
 ) -> None:
-    """Start the whole system: broker, Redis, the four services and the API. Ctrl-C stops it all."""
+    """Start the whole system: broker, Redis, PostgreSQL, five workers and the API. Ctrl-C stops all."""
     from services.launcher import Launcher, external_servers_configured
     from shared.city import load_city
     from shared.embedded import EmbeddedServers
 
     settings = get_settings()
-    embedded = None if external_servers_configured() else EmbeddedServers(kafka_port=9092, redis_port=6379)
-    launcher = Launcher(embedded=embedded)
+    embedded = (
+        None
+        if external_servers_configured()
+        else EmbeddedServers(
+            kafka_port=9092,
+            redis_port=6379,
+            data_dir=settings.data_dir,  # Redis and PostgreSQL keep their data here across restarts
+            postgres=not settings.database_url,
+            postgres_port=5433,  # beside a system PostgreSQL on 5432
+            log_dir=settings.data_dir / "logs",
+        )
+    )
+    launcher = Launcher(embedded=embedded, log_dir=settings.data_dir / "logs")
+
+    def stop_requested(*_: object) -> None:
+        raise KeyboardInterrupt  # a service manager's SIGTERM stops everything in order, as Ctrl-C
+
+    signal.signal(signal.SIGTERM, stop_requested)
     try:
         if embedded:
-            typer.echo("starting the embedded Kafka broker (Tansu) and Redis ...")
+            typer.echo("starting the embedded Kafka broker (Tansu), Redis and PostgreSQL ...")
             launcher.start_servers()
         city = load_city(settings.city_config_dir)
         typer.echo(
@@ -123,8 +141,15 @@ def up(
                     settings.metrics_port_classifier,
                     settings.metrics_port_router,
                     settings.metrics_port_notifier,
+                    settings.metrics_port_records,
                 ]
             )
+            if embedded:  # the embedded broker kept nothing: drive on what it still owed
+                from services.records.redrive import redrive
+
+                again = asyncio.run(_with_redis(settings, lambda r: redrive(settings, r)))
+                if again:
+                    typer.echo(f"{again} acknowledged appeals not yet classified: published again")
         env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""
@@ -137,14 +162,15 @@ The system is up.
                       "address":"阳光花园3号楼"}}'
   a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
   metrics      {base}/metrics/ and
-               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_notifier}/metrics
-               (intake, classifier, router, notifier)
+               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_records}/metrics
+               (intake, classifier, router, notifier, records)
   Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
+  PostgreSQL   {env.get("DATABASE_URL")}  (psql "$DATABASE_URL": see README, Records)
+  logs         {launcher.log_dir}
 Press Ctrl-C to stop everything.""")
-        while (stopped := launcher.first_exited()) is None:
+        while True:  # a service that exits is started again (with backoff); the rest keep running
+            launcher.supervise(report=lambda line: typer.echo(line, err=True))
             time.sleep(0.5)
-        typer.echo(f"{stopped} stopped unexpectedly; shutting everything down", err=True)
-        raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("\nstopping ...")
     finally:
@@ -491,6 +517,17 @@ def _when(ts: int | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "?"
 
 
+@bench.command("records")
+def bench_records(
+    n: int = typer.Option(200_000, help="Tickets projected into the record (six events each)."),
+    redis_closed: int = typer.Option(200_000, help="Closed tickets piled into Redis (at most N)."),
+) -> None:
+    """Projection rate, search times on N tickets, Redis memory with retention, restart time."""
+    from services.records import bench as records_bench
+
+    records_bench.main(n, min(redis_closed, n))
+
+
 @bench.command("notifier")
 def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowledge.")) -> None:
     """Measure acknowledgements/s and scorecard events/s of the notifier against REDIS_URL (cleans up)."""
@@ -534,6 +571,98 @@ def upload_slips(
         f"{result['accepted']} accepted, {result['rejected']} rejected, {total} rows in {seconds:.2f}s "
         f"({total / seconds:.0f} rows/s)"
     )
+
+
+records_cli = typer.Typer(help="The record in PostgreSQL (DATABASE_URL): rebuild, backfill, retention.")
+cli.add_typer(records_cli, name="records")
+privacy_cli = typer.Typer(help="Residents' personal data.")
+cli.add_typer(privacy_cli, name="privacy")
+
+
+async def _with_records(settings, work):
+    """Run `work(records, store, retention)` against DATABASE_URL and REDIS_URL."""
+    import psycopg
+
+    from services.records import db
+    from services.records.retention import Retention
+    from services.records.service import Records
+    from shared.city import load_city
+    from shared.redis_client import connect
+    from shared.store import TicketStore
+
+    try:
+        await db.migrate(settings.database_url)
+        pool = db.pool(settings.database_url)
+        await pool.open(wait=True, timeout=10)
+    except (psycopg.OperationalError, db.DatabaseNotConfigured) as e:
+        _fail(f"cannot reach PostgreSQL (DATABASE_URL): {e}")
+    redis = connect(settings.redis_url)
+    try:
+        store = TicketStore(redis)
+        return await work(
+            Records(pool, load_city(settings.city_config_dir)), store, Retention(pool, store, settings)
+        )
+    finally:
+        await pool.close()
+        await redis.aclose()
+
+
+@records_cli.command("rebuild")
+def records_rebuild(
+    since: str = typer.Option(
+        None,
+        help="Fold again the tickets with events at or after this time (ISO, e.g. 2026-11-01). "
+        "Without it: every ticket, from scratch.",
+    ),
+) -> None:
+    """Rebuild the tickets and meetings tables from the stored events (replays change nothing)."""
+    from datetime import datetime
+
+    settings = get_settings()
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise typer.BadParameter(f"--since {since!r}: expected an ISO date or time") from None
+    n = asyncio.run(_with_records(settings, lambda records, _s, _r: records.rebuild(start)))
+    typer.echo(f"rebuilt {n} tickets" + (f" with events since {since}" if since else " from scratch"))
+
+
+@records_cli.command("backfill")
+def records_backfill() -> None:
+    """Copy the events in Redis's ticket histories into the record (events it has not seen)."""
+    n = asyncio.run(
+        _with_records(get_settings(), lambda records, store, _r: records.backfill_from_store(store))
+    )
+    typer.echo(f"read {n} events from Redis; the record has every one of them now")
+
+
+@records_cli.command("retention")
+def records_retention() -> None:
+    """Run the retention jobs now (the records worker runs them every RETENTION_SCAN_SECONDS)."""
+    done = asyncio.run(_with_records(get_settings(), lambda _rec, _s, retention: retention.run()))
+    typer.echo(
+        f"{done['left_redis']} closed tickets left Redis; "
+        f"personal data removed from {done['personal_data_removed']} tickets"
+    )
+
+
+@privacy_cli.command("erase")
+def privacy_erase(
+    phone: str = typer.Option(..., help="The resident's phone number, as they give it."),
+    by: str = typer.Option(..., help="Who erases (staff id): goes into the audit entry."),
+    reason: str = typer.Option("居民申请删除个人信息", help="Why: goes into the audit entry."),
+) -> None:
+    """Remove one resident's personal data from every ticket (record and Redis), with an audit entry."""
+    from shared.privacy import InvalidPhone, caller_id, normalize_phone
+
+    try:
+        subject = caller_id(normalize_phone(phone))
+    except InvalidPhone as e:
+        raise typer.BadParameter(str(e)) from None
+    nos = asyncio.run(
+        _with_records(get_settings(), lambda _rec, _s, retention: retention.erase_caller(subject, by, reason))
+    )
+    typer.echo(f"personal data removed from {len(nos)} tickets; audit entry written (caller {subject})")
 
 
 def main() -> None:

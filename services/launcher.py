@@ -1,25 +1,50 @@
 """Starting the system as separate processes: `appeals up`, `appeals bench pipeline` and the tests'
 fixture all use this one launcher. Embedded servers are started unless the environment names
-external ones (KAFKA_BOOTSTRAP_SERVERS and REDIS_URL)."""
+external ones (KAFKA_BOOTSTRAP_SERVERS and REDIS_URL).
+
+`appeals up` supervises what it started, like a service manager: a process that exits is logged
+and started again after a backoff that doubles with each quick failure (1 s up to 60 s) and resets
+once it has stayed up for a while; the others keep running. Every child dies with the launcher
+(`shared.embedded.die_with_parent`), so a `kill -9` of `appeals up` leaves no ports held.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import EmbeddedServers, environment_for, port_open
+from shared.embedded import EmbeddedServers, die_with_parent, environment_for, port_open
 
-WORKERS = ("intake", "classifier", "router", "notifier")
+log = logging.getLogger("appeals.launcher")
+
+WORKERS = ("intake", "classifier", "router", "notifier", "records")
 ALL_PROCESSES = (*WORKERS, "api")
 
 
 def external_servers_configured(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("KAFKA_BOOTSTRAP_SERVERS") and env.get("REDIS_URL"))
+
+
+@dataclass
+class Backoff:
+    """When to start a process again after it exited: 1 s, 2 s, 4 s ... up to `ceiling`; a run that
+    lasted `stable` seconds counts as healthy and starts the series again."""
+
+    first: float = 1.0
+    ceiling: float = 60.0
+    stable: float = 60.0
+    failures: int = 0
+
+    def delay_after(self, ran_for: float) -> float:
+        self.failures = 1 if ran_for >= self.stable else self.failures + 1
+        return min(self.ceiling, self.first * 2 ** (self.failures - 1))
 
 
 class Launcher:
@@ -34,6 +59,11 @@ class Launcher:
         self.base_env = dict(env if env is not None else os.environ)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
+        self.extra_env: dict[str, dict[str, str]] = {}
+        self.backoff: dict[str, Backoff] = {}
+        self.restart_at: dict[str, float] = {}  # exited processes waiting for their backoff
+        self.restarts: dict[str, int] = {}
 
     @property
     def env(self) -> dict[str, str]:
@@ -56,8 +86,11 @@ class Launcher:
             # Own session: the terminal's Ctrl-C reaches only `appeals up`, which then stops the
             # services before the servers they depend on.
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
         self.procs[name] = proc
+        self.started_at[name] = time.monotonic()
+        self.extra_env[name] = dict(extra_env)
         return proc
 
     def start_all(self, names: Iterable[str] = ALL_PROCESSES) -> None:
@@ -76,17 +109,42 @@ class Launcher:
                 raise RuntimeError(f"not ready within {timeout:.0f}s (ports {ports})")
             time.sleep(0.2)
 
-    def _log_tail(self, name: str) -> str:
+    def _log_tail(self, name: str, size: int = 3000) -> str:
         if self.log_dir is None:
             return ""
         path = self.log_dir / f"{name}.log"
-        return f":\n{path.read_text(errors='replace')[-3000:]}" if path.exists() else ""
+        return f":\n{path.read_text(errors='replace')[-size:]}" if path.exists() else ""
 
     def first_exited(self) -> str | None:
         return next((n for n, p in self.procs.items() if p.poll() is not None), None)
 
+    def supervise(
+        self, now: Callable[[], float] = time.monotonic, report: Callable[[str], None] = log.warning
+    ) -> list[str]:
+        """One round of supervision: note processes that exited (their backoff starts), start
+        those whose backoff is over. Returns the names started again in this round."""
+        t = now()
+        for name, proc in self.procs.items():
+            if name in self.restart_at or proc.poll() is None:
+                continue
+            ran = t - self.started_at.get(name, t)
+            delay = self.backoff.setdefault(name, Backoff()).delay_after(ran)
+            self.restart_at[name] = t + delay
+            report(
+                f"{name} exited with code {proc.returncode} after {ran:.0f}s; "
+                f"starting it again in {delay:.0f}s{self._log_tail(name, 600)}"
+            )
+        again = [n for n, at in self.restart_at.items() if at <= t]
+        for name in again:
+            del self.restart_at[name]
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.start(name, **self.extra_env.get(name, {}))
+            report(f"{name} started again (restart {self.restarts[name]})")
+        return again
+
     def stop(self, name: str, timeout: float = 20) -> None:
         proc = self.procs.pop(name)
+        self.restart_at.pop(name, None)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # FastStream and uvicorn shut down cleanly on SIGINT
         try:

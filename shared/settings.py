@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     kafka_topic_partitions: int = Field(4, ge=1)  # consumers in a group scale up to this many
     kafka_replication_factor: int = Field(1, ge=1)
 
+    # PostgreSQL, the lasting record of every ticket (services/records). Empty: `appeals up` starts
+    # an embedded server and sets it.
+    database_url: str = ""
+    metrics_port_records: int = 9105
+    records_export_max_rows: int = Field(100_000, ge=1)  # one export; past it, narrow the filters
+    redis_keep_closed_days: float = Field(30, gt=0)  # a closed ticket then leaves Redis (PostgreSQL keeps it)
+    personal_data_keep_days: int = Field(5 * 365, ge=1)  # after closing; then masked in the record
+    retention_scan_seconds: float = Field(3600, gt=0)  # how often the records worker runs retention
+
     city_config_dir: Path | None = None  # None: the demo city shipped with the project
     data_dir: Path = Path("var")  # trained models and other local state
     timezone: str = "Asia/Shanghai"

@@ -117,14 +117,44 @@ class TicketStore:
     async def next_ticket_no(self, day: date) -> str:
         return (await self.next_ticket_nos(day, 1))[0]
 
+    # A day's counter that does not exist yet is created only with a floor (ARGV[2]): -1 asks the
+    # caller for it. So a counter lost with Redis's data never hands out a number twice.
+    _NEXT_NOS = """
+    if redis.call('EXISTS', KEYS[1]) == 0 then
+      if ARGV[2] == '' then return -1 end
+      redis.call('SET', KEYS[1], ARGV[2])
+    end
+    local last = redis.call('INCRBY', KEYS[1], ARGV[1])
+    redis.call('EXPIRE', KEYS[1], 259200)
+    return last
+    """
+
     async def next_ticket_nos(self, day: date, count: int) -> list[str]:
         """`count` consecutive numbers of the day, with one round trip (batch intake)."""
         key = f"seq:{day:%Y%m%d}"
-        async with self.redis.pipeline(transaction=True) as p:
-            p.incrby(key, count)
-            p.expire(key, 3 * 86400)
-            last, _ = await p.execute()
+        last = await self.redis.eval(self._NEXT_NOS, 1, key, count, "")
+        if last < 0:  # the first numbers of the day, or Redis lost the counter
+            last = await self.redis.eval(self._NEXT_NOS, 1, key, count, await self.highest_number(day))
         return [f"{day:%Y%m%d}-{n:06d}" for n in range(last - count + 1, last + 1)]
+
+    async def highest_number(self, day: date) -> int:
+        """The highest ticket number of `day` in the store (0: none). A scan of the keys: it runs
+        once a day per counter, when the counter is created."""
+        highest = 0
+        async for key in self.redis.scan_iter(match=f"t:{day:%Y%m%d}-" + "[0-9]" * 6, count=10_000):
+            highest = max(highest, int(key[-6:]))
+        return highest
+
+    async def raise_counter(self, day: date, floor: int) -> None:
+        """Make the day's next number greater than `floor` (the highest number another record, the
+        database, has seen for that day)."""
+        await self.redis.eval(
+            "local v = tonumber(redis.call('GET', KEYS[1]) or '0') "
+            "if v < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', 259200) end",
+            1,
+            f"seq:{day:%Y%m%d}",
+            floor,
+        )
 
     async def save_contact(self, caller_id: str, phone: str, name: str | None) -> None:
         mapping: dict[FieldT, EncodableT] = {"phone": phone}

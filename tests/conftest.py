@@ -90,7 +90,7 @@ def system_city(city_dir: Path) -> City:
 
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
-    with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers")) as s:
+    with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers"), postgres=True) as s:
         yield s
 
 
@@ -109,11 +109,13 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
     return Settings(
         kafka_bootstrap_servers=servers.kafka_bootstrap,
         redis_url=servers.redis_url,
+        database_url=servers.database_url,  # the records (PostgreSQL)
         data_dir=data_dir,
         metrics_port_intake=0,
         metrics_port_classifier=0,
         metrics_port_router=0,
         metrics_port_notifier=0,
+        metrics_port_records=0,
         timer_scan_seconds=0.5,
         city_config_dir=city_dir,
         quiet_hours="none",  # SMS flow at any hour; quiet hours and the cap are tested apart

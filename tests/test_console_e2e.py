@@ -4,6 +4,7 @@ which the README shows, and checks the page with axe-core (WCAG 2 AA)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -340,6 +341,81 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
         assert await page.locator("#bold").count() == 0
         assert await page.evaluate("window.__pwned === undefined")
+
+
+# --- the ticket list with search and export -------------------------------------------------------
+
+
+async def in_record(client: httpx.AsyncClient, no: str, keyword: str) -> None:
+    """The record (PostgreSQL) is written by its own consumer: wait until the search finds the ticket."""
+
+    async def probe():
+        r = await client.get("/api/v1/tickets", params={"q": keyword})
+        return r.status_code == 200 and no in [t["ticket_no"] for t in r.json()["items"]]
+
+    await eventually(probe, timeout=60)
+
+
+async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
+    page: Page, redis, system: System, system_city
+):
+    place = f"{random.randint(100000, 999999)}号楼"  # the keyword: this ticket's alone
+    async with await admin_api(system, redis) as client:
+        text = "小区门口的路灯一直不亮，晚上出门看不清路" + HOSTILE
+        no = await submit(client, text, new_phone(), "和平里小区" + place)
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        await in_record(client, no, place)
+    dept, category = ticket["department"]["id"], ticket["category"]
+
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.get_by_role("navigation", name="主导航").get_by_role("link", name="工单查询").click()
+    await expect(page.locator("h1")).to_have_text("工单查询")
+    # The API's validation message, beside the field it names.
+    await page.locator("#f-q").fill("幸")
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("#f-q-error")).to_contain_text("搜索词至少两个字")
+    await expect(page.locator("#f-q")).to_have_attribute("aria-invalid", "true")
+
+    await page.locator("#f-q").fill(place)
+    await page.locator("#f-category").select_option(category)
+    await page.get_by_role("button", name="查询").click()
+    link = page.locator(f"#ticket-list a[href='/console/tickets/{no}']")
+    await expect(link).to_be_visible()
+    await expect(page.locator("#ticket-list tbody tr")).to_have_count(1)
+    await expect(page.locator("#f-category")).to_have_value(category)
+    assert await page.locator("#ticket-list b").count() == 0
+    assert await page.evaluate("window.__pwned === undefined")
+    await accessible(page)
+    await shot(page, "tickets")
+
+    # The export carries the same filters, through the session: no token in the link.
+    href = await page.locator("#export-csv").get_attribute("href") or ""
+    assert "token" not in href.lower()
+    async with page.expect_download() as info:
+        await page.locator("#export-csv").click()
+    download = await info.value
+    assert download.suggested_filename.endswith(".csv")
+    content = await asyncio.to_thread(Path(await download.path()).read_bytes)
+    assert content.startswith(b"\xef\xbb\xbf")  # the BOM Excel needs to read UTF-8
+    lines = content.decode("utf-8-sig").splitlines()
+    assert lines[0].split(",")[:3] == ["工单号", "状态", "渠道"]
+    assert len(lines) == 2
+    assert lines[1].startswith(no)
+
+    await link.click()
+    await expect(page).to_have_url(re.compile(f"/console/tickets/{no}$"))
+    await expect(page.locator("#status")).to_have_text("已派单")
+
+    # A department finds its own ticket; another finds nothing, even naming the first in the URL.
+    await sign_in(page, await issue_token(redis, "department", dept))
+    await page.goto(f"/console/tickets?q={place}")
+    await expect(page.locator(f"#ticket-list a[href='/console/tickets/{no}']")).to_be_visible()
+    assert await page.locator("#f-department").count() == 0  # the desk alone chooses a department
+    other = next(d.id for d in system_city.departments if d.kind != "dispatch_desk" and d.id != dept)
+    await sign_in(page, await issue_token(redis, "department", other))
+    await page.goto(f"/console/tickets?q={place}&department={dept}")
+    await expect(page.locator("#list-total")).to_contain_text("共 0 件")
+    await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_have_count(0)
 
 
 # --- residents ---------------------------------------------------------------------------------

@@ -4,13 +4,16 @@ resident's lookup shows, and the templates' escaping."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from services.console import present
+from services.console.backend import Reply
 from services.console.lookup import public_view
-from services.console.views import templates
+from services.console.views import LIST_FILTERS, list_choices, list_errors, list_row, place_of, templates
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
 from shared.tickets import Status, Ticket
@@ -139,3 +142,56 @@ def test_desk_suggestions_name_a_department_even_without_a_grid(city):
     for s in suggested:
         assert s["department"] in city.department_by_id
         assert city.department_by_id[s["department"]].kind != "dispatch_desk"
+
+
+def test_the_lists_refusals_go_beside_their_field_or_above_the_list():
+    bad_keyword = Reply(422, {"code": "invalid_filter", "field": "q", "message": "q: 搜索词至少两个字"})
+    assert list_errors(bad_keyword) == ({"q": "搜索词至少两个字"}, "")
+    too_many = Reply(422, {"code": "too_many_rows", "message": "符合条件的工单有9条，超过单次导出上限5条"})
+    assert list_errors(too_many) == ({"form": "符合条件的工单有9条，超过单次导出上限5条"}, "")
+    down = Reply(503, {"code": "records_unavailable", "message": "工单档案库（PostgreSQL）暂时无法访问"})
+    assert list_errors(down) == ({}, "工单档案库（PostgreSQL）暂时无法访问")
+
+
+def test_a_listed_tickets_place_is_named(city):
+    gid, info = next(iter(city.grids.items()))
+    assert place_of({"grid": gid}, city) == f"{info.street_name}/{info.community_name}/{info.grid.name}"
+    assert place_of({"street": info.street_id}, city) == info.street_name
+    assert place_of({}, city) == "未定位"
+
+
+def test_the_ticket_list_renders_residents_text_as_text_and_offers_no_department_to_departments(city):
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    item = {
+        "ticket_no": "20260302-000001",
+        "status": "assigned",
+        "channel": "hotline",
+        "title": "",
+        "address": hostile,
+        "urgent": True,
+        "overdue": False,
+        "received_at": "2026-03-02T08:00:00+00:00",
+    }
+    filters = dict.fromkeys(LIST_FILTERS, "")
+    department = SimpleNamespace(
+        principal=SimpleNamespace(role="department", is_admin=False, department="d1", operator=None), csrf="x"
+    )
+    html = templates.get_template("tickets.html").render(
+        request=None,
+        s=department,
+        filters={**filters, "q": hostile},
+        query={"q": hostile},
+        urlencode=urlencode,
+        rows=[list_row(item, TZ, city)],
+        total=1,
+        page_no=1,
+        pages=1,
+        errors={"q": hostile},
+        notice="",
+        **list_choices(city),
+    )
+    assert "<script>" not in html
+    assert "<img" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert 'id="f-department"' not in html
+    assert "/console/tickets/export?q=%3Cscript%3E" in html  # the export keeps the filters, encoded

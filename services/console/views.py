@@ -5,6 +5,7 @@
   /console/department  a department's queue                 /console/tickets/N  a ticket, its actions
   /console/desk        the dispatch desk                     /console/meetings   joint meetings
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
+  /console/tickets     search the record, export it (desk: every ticket; a department: its own)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -326,6 +328,154 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
 }
 
 
+# --- the ticket list with search (the record, PostgreSQL) ------------------------------------------
+
+LIST_FILTERS = (
+    "status", "department", "category", "street", "community", "grid", "channel",
+    "urgent", "overdue", "from", "to", "q", "sort",
+)  # fmt: skip
+LIST_PAGE_SIZE = 50
+STATUS_LABELS = {str(st): name for st, name in STATUS_NAMES.items()}  # the record's statuses are text
+CHANNEL_NAMES = {
+    "hotline": "12345热线",
+    "wechat": "微信公众号",
+    "box": "意见箱",
+    "sms": "短信",
+    "open311": "Open311",
+    "web": "网站",
+}
+SORT_NAMES = {
+    "-received_at": "受理时间（新→旧）",
+    "received_at": "受理时间（旧→新）",
+    "resolve_by": "办结时限（近→远）",
+    "-resolve_by": "办结时限（远→近）",
+    "-updated_at": "最近更新",
+    "ticket_no": "工单号（小→大）",
+    "-ticket_no": "工单号（大→小）",
+}
+
+
+def list_filters(request: Request, s: session.Session) -> dict[str, str]:
+    """The filters as the person chose them; a department's list is always its own (the API scopes
+    it anyway, so the field is not offered)."""
+    q = request.query_params
+    filters = {name: (q.get(name) or "").strip() for name in LIST_FILTERS}
+    if not s.principal.is_admin:
+        filters["department"] = ""
+    return filters
+
+
+def list_page_number(request: Request) -> int:
+    raw = request.query_params.get("page") or ""
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
+
+
+def list_errors(reply: Reply) -> tuple[dict[str, str], str]:
+    """(a message beside the field the API names, a notice above the list)."""
+    if reply.status == 503:
+        return {}, reply.message
+    field = reply.field if reply.field in LIST_FILTERS else "form"
+    # The API's message starts with the parameter's name ("q: ..."); beside its field it is redundant.
+    message = reply.message.removeprefix(f"{field}: ")
+    return {field: message}, ""
+
+
+def place_of(item: dict, city: City) -> str:
+    """Street / community / grid by name (the record keeps their ids)."""
+    grid = city.grids.get(item.get("grid") or "")
+    if grid is not None:
+        return f"{grid.street_name}/{grid.community_name}/{grid.grid.name}"
+    streets = {st.id: st for st in city.district.streets}
+    street = streets.get(item.get("street") or "")
+    if street is None:
+        return "未定位"
+    community = next((c.name for c in street.communities if c.id == item.get("community")), "")
+    return "/".join(n for n in (street.name, community) if n)
+
+
+def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
+    return {
+        "place": place_of(item, city),
+        **item,
+        "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
+        "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
+        "received": present.local(item.get("received_at"), tz),
+        "resolve_due": present.local(item.get("resolve_by"), tz),
+        "category_label": "/".join(item.get("category_names") or ()) or "未分类",
+    }
+
+
+def list_choices(city: City) -> dict[str, Any]:
+    streets = city.district.streets
+    return {
+        "statuses": [(st.value, STATUS_LABELS.get(st.value, st.value)) for st in Status],
+        "departments": [(d["id"], d["name"]) for d in present.departments_of(city)],
+        "categories": sorted((c, "/".join(city.category_names(c))) for c in city.category_path),
+        "streets": [(st.id, st.name) for st in streets],
+        "communities": [(c.id, f"{st.name}/{c.name}") for st in streets for c in st.communities],
+        "grids": [(g, f"{info.community_name}/{info.grid.name}") for g, info in city.grids.items()],
+        "channels": CHANNEL_NAMES,
+        "sorts": SORT_NAMES,
+    }
+
+
+def list_page(request: Request, s: session.Session, status: int = 200, **context: Any) -> HTMLResponse:
+    filters = context.pop("filters")
+    query = {k: v for k, v in filters.items() if v}
+    return page(
+        request,
+        "tickets.html",
+        status,
+        s=s,
+        filters=filters,
+        query=query,
+        urlencode=urlencode,
+        **list_choices(city_of(request)),
+        **{"rows": [], "total": 0, "page_no": 1, "pages": 1, "errors": {}, "notice": "", **context},
+    )
+
+
+@router.get("/tickets")
+async def tickets_page(request: Request, s: session.Session = Depends(as_staff)):
+    filters, page_no = list_filters(request, s), list_page_number(request)
+    reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
+    if not reply.ok:
+        errors, notice = list_errors(reply)
+        return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
+    tz = tz_of(request)
+    total = reply.body["total"]
+    return list_page(
+        request,
+        s,
+        filters=filters,
+        rows=[list_row(item, tz, city_of(request)) for item in reply.body["items"]],
+        total=total,
+        page_no=page_no,
+        pages=max(1, -(-total // LIST_PAGE_SIZE)),
+    )
+
+
+@router.get("/tickets/export")
+async def tickets_export(request: Request, s: session.Session = Depends(as_staff)):
+    """The same filters as the list, downloaded as CSV or XLSX through the session: the token never
+    appears in a URL. A refusal (a bad filter, too many rows, the record down) shows the list with
+    the reason."""
+    filters = list_filters(request, s)
+    fmt = "xlsx" if request.query_params.get("format") == "xlsx" else "csv"
+    reply = await api(request, s).download("/api/v1/tickets/export", format=fmt, **filters)
+    if isinstance(reply, Reply):
+        errors, notice = list_errors(reply)
+        return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
+    return Response(
+        reply.content,
+        media_type=reply.headers.get("content-type"),
+        headers={
+            "Content-Disposition": reply.headers.get("content-disposition", "attachment"),
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 async def ticket_context(request: Request, s: session.Session, no: str) -> dict[str, Any] | None:
     reply = await api(request, s).get(f"/api/v1/tickets/{no}")
     if not reply.ok:
@@ -432,8 +582,6 @@ async def desk_extension(request: Request, no: str, verdict: str, s: session.Ses
 
 
 def desk_redirect(reply: Reply, done: str) -> Response:
-    from urllib.parse import urlencode
-
     query = urlencode({"done": done} if reply.ok else {"error": reply.message})
     return RedirectResponse(f"/console/desk?{query}", status_code=303)
 
@@ -471,8 +619,6 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
 
 @router.post("/meetings/{mid}/{step}")
 async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
-    from urllib.parse import urlencode
-
     form = await checked_form(request, s)
     if step == "decide":
         reply = await api(request, s).post(

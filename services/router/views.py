@@ -78,7 +78,11 @@ def can_read(principal: Principal, ticket: Ticket) -> bool:
 async def get_ticket(ticket_no: str, request: Request, principal: Principal = Depends(current_principal)):
     store = request.app.state.store
     ticket = await store.get(ticket_no)
-    if ticket is None or not can_read(principal, ticket):
+    if ticket is None:  # closed long ago, it has left Redis: the record (PostgreSQL) has it
+        from services.records.views import archived_ticket
+
+        return await archived_ticket(request, principal, ticket_no)
+    if not can_read(principal, ticket):
         # Another department's ticket looks like no ticket at all.
         return domain_error(ticket_not_found(ticket_no))
     return ticket_view(ticket, await store.history(ticket_no))

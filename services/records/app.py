@@ -1,0 +1,99 @@
+"""The records worker (the fifth worker, `appeals run records`): projects every ticket event into
+PostgreSQL, and runs the retention jobs.
+
+A separate worker rather than part of the router: the router's batches stay as fast as Redis, a
+slow or absent database holds up only the record, and the record can be rebuilt or replayed
+without touching routing. While PostgreSQL is down a batch waits (retrying) and is then handed
+back to Kafka unacknowledged; it is read again, so the projection catches up when the server
+returns and the rest of the system never notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import psycopg
+from faststream import FastStream
+from psycopg_pool import PoolTimeout
+
+from services.records import db
+from services.records.retention import Retention
+from services.records.service import Records
+from shared import events as ev
+from shared import topics
+from shared.runtime import Runtime, run_periodically
+from shared.settings import Settings
+
+NAME = "records"
+E = TypeVar("E", bound=ev.Event)
+log = logging.getLogger(NAME)
+
+# One subscription per topic; `appeal.review` carries the same class as `appeal.classified`.
+SUBSCRIPTIONS: tuple[tuple[str, type[ev.Event]], ...] = tuple(topics.EVENT_TYPES.items())
+RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
+UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+COUNTER_CHECK_SECONDS = 5
+
+
+def build_app(settings: Settings | None = None) -> FastStream:
+    rt = Runtime.create(NAME, settings)
+    app = rt.app(metrics_port=rt.settings.metrics_port_records)
+    pool = db.pool(rt.settings.database_url)
+    records = Records(pool, rt.city)
+    tz = ZoneInfo(rt.settings.timezone)
+
+    for topic, model in SUBSCRIPTIONS:
+        rt.subscribe(model, projector(records, topic), topic=topic)
+
+    @app.on_startup
+    async def _open() -> None:
+        await db.migrate(rt.settings.database_url)
+        await pool.open()
+        raised = await records.raise_counters(rt.store, datetime.now(tz).date())
+        if raised:
+            log.info("ticket counters kept above the record's highest numbers: %s", raised)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        await pool.close()
+
+    async def keep_counters_above_the_record() -> None:
+        # Not only at start: a Redis that restarts empty while we run must not number from 1 again.
+        await records.raise_counters(rt.store, datetime.now(tz).date())
+
+    run_periodically(app, COUNTER_CHECK_SECONDS, keep_counters_above_the_record, "records counters")
+    retention = Retention(pool, rt.store, rt.settings)
+    run_periodically(app, rt.settings.retention_scan_seconds, retention.run, "records retention")
+    return app
+
+
+def projector(records: Records, topic: str) -> Callable[[list[Any]], Awaitable[None]]:
+    async def handle(events: list[Any]) -> None:
+        await until_available(lambda: records.project(topic, events), what=f"{len(events)} {topic}")
+
+    return handle
+
+
+async def until_available(
+    work: Callable[[], Awaitable[None]], *, what: str, give_up_after: float = RETRY_FOR_SECONDS
+) -> None:
+    """Run `work`, retrying while PostgreSQL is unreachable; past `give_up_after` the error goes
+    up (the batch is read again later)."""
+    deadline = time.monotonic() + give_up_after
+    delay = 0.2
+    while True:
+        try:
+            await work()
+            return
+        except UNAVAILABLE as e:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("PostgreSQL unavailable (%s); %s wait", str(e).strip()[:200], what)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)

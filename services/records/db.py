@@ -1,0 +1,77 @@
+"""PostgreSQL access for the records: connections and the schema migrations.
+
+Migrations are plain SQL files, `migrations/NNNN_name.sql`, applied in order at start by whoever
+connects first (the records worker, the API, the command line) under an advisory lock, each in its
+own transaction, and noted in `schema_migrations`. Plain SQL rather than Alembic: the schema is
+read and reviewed by the centre's DBAs as SQL, and without SQLAlchemy models Alembic would only add
+a second way of running the same SQL files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_LOCK = 4_712_345  # pg_advisory_lock key: one migrator at a time
+
+
+class DatabaseNotConfigured(RuntimeError):
+    pass
+
+
+def require_url(url: str) -> str:
+    if not url:
+        raise DatabaseNotConfigured(
+            "DATABASE_URL is not set: `appeals up` starts an embedded PostgreSQL and sets it; "
+            "elsewhere point it at a server, e.g. postgresql://user:password@host:5432/appeals"
+        )
+    return url
+
+
+def migration_files() -> list[tuple[str, Path]]:
+    return sorted((p.stem, p) for p in MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations not applied yet; returns their versions."""
+    applied_now: list[str] = []
+    async with await psycopg.AsyncConnection.connect(require_url(url), autocommit=True) as conn:
+        await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK,))
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute("SELECT version FROM schema_migrations")
+            done = {r[0] for r in await cur.fetchall()}
+            for version, path in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text(encoding="utf-8"))
+                    await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                applied_now.append(version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK,))
+    return applied_now
+
+
+def pool(url: str, *, max_size: int = 4) -> Pool:
+    """A pool that is not opened yet (`await pool.open()`): connections come and go with the
+    server, so a PostgreSQL that is down at start does not stop the process."""
+    return AsyncConnectionPool(
+        require_url(url),
+        connection_class=psycopg.AsyncConnection[DictRow],
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        kwargs={"row_factory": dict_row, "connect_timeout": 5},
+        timeout=5,  # waiting for a connection: then the caller answers "unavailable"
+        check=AsyncConnectionPool.check_connection,  # a server restart leaves dead connections behind
+    )

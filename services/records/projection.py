@@ -1,0 +1,266 @@
+"""The fold: a ticket's row (and a meeting's) from its events, in the order they happened. Pure:
+the worker and `appeals records rebuild` call the same functions on the same stored events, so a
+rebuild equals the live projection by construction, and a replayed event changes nothing.
+
+Events come as the dicts they were published as (`Event.model_dump(mode="json")`), not as the
+classes: the record must still read events written by older versions of the services.
+
+What the events do not carry is not in the row: the router renews the deadlines of a reopened
+ticket without an event saying so, so after a reopening `respond_by`/`resolve_by` are those of the
+last assignment or extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+# When two events of a ticket carry the same time (the router stamps an assignment with the time of
+# the classification it answers), the order of the pipeline decides.
+TOPIC_ORDER = {
+    "appeal.received": 0,
+    "appeal.located": 1,
+    "appeal.classified": 2,
+    "appeal.review": 2,
+    "ticket.assigned": 3,
+    "ticket.updated": 4,
+    "survey.sent": 5,
+    "survey.answered": 6,
+    "meeting.convened": 7,
+    "meeting.updated": 8,
+}
+TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
+
+Row = dict[str, Any]
+
+
+def at(value: str | datetime) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def in_order(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Sorted by time, then pipeline stage; an event caused by another of the list after it."""
+    events = list(events)
+    ids = {e["event_id"]: e for e in events}
+
+    def depth(e: Mapping[str, Any]) -> int:
+        d, seen = 0, set()
+        while (cause := e.get("caused_by")) in ids and cause not in seen:
+            seen.add(cause)
+            e, d = ids[cause], d + 1
+        return d
+
+    return sorted(
+        events, key=lambda e: (at(e["occurred_at"]), TOPIC_ORDER.get(e["topic"], 9), depth(e), e["event_id"])
+    )
+
+
+def _base(appeal: Mapping[str, Any]) -> Row:
+    location = appeal.get("location") or {}
+    caller = appeal.get("caller") or {}
+    return {
+        "ticket_no": appeal["ticket_no"],
+        "status": "received",
+        "channel": appeal["channel"],
+        "title": appeal.get("title", ""),
+        "text": appeal["text"],
+        "address": appeal.get("address", ""),
+        "lng": location.get("lng"),
+        "lat": location.get("lat"),
+        "caller_id": caller.get("caller_id"),
+        "masked_phone": caller.get("masked_phone"),
+        "urgent": bool(appeal.get("urgent_flag")),
+        "received_at": at(appeal["received_at"]),
+        "category": None,
+        "category_names": [],
+        "confidence": None,
+        "appeal_type": None,
+        "grid": None,
+        "community": None,
+        "street": None,
+        "department": None,
+        "department_name": None,
+        "co_departments": [],
+        "assigned_via": None,
+        "explanation": "",
+        "assigned_at": None,
+        "respond_by": None,
+        "resolve_by": None,
+        "accepted_at": None,
+        "accepted_on_time": None,
+        "resolved_at": None,
+        "resolution_note": "",
+        "closed_at": None,
+        "returns": 0,
+        "reopens": 0,
+        "overdue": False,
+        "escalated": False,
+        "meeting_id": None,
+        "rating": None,
+        "solved": None,
+        "survey_outcome": None,
+        "events": 0,
+        "updated_at": at(appeal["occurred_at"]),
+    }
+
+
+def fold_ticket(
+    events: Iterable[Mapping[str, Any]], streets: Mapping[str, tuple[str, str]], start: Row | None = None
+) -> Row | None:
+    """The ticket's row from all its events; None while its appeal is not among them.
+    `streets`: grid id -> (community id, street id), from the city's areas. `start`: the row as
+    folded so far, when every event given happened after all those already in it (a left fold)."""
+    row: Row | None = dict(start) if start else None
+    for e in in_order(events):
+        topic = e["topic"]
+        if row is None and topic == "appeal.received":
+            row = _base(e)
+        elif row is None and topic in ("appeal.classified", "appeal.review"):
+            row = _base(e["appeal"])  # the classification carries the appeal: same starting row
+        if row is None:
+            continue
+        _apply(row, e, streets)
+        row["events"] += 1
+        row["updated_at"] = max(row["updated_at"], at(e["occurred_at"]))
+    return row
+
+
+def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]]) -> None:
+    topic, when = e["topic"], at(e["occurred_at"])
+    if topic in ("appeal.classified", "appeal.review"):
+        grid = (e.get("grid") or {}).get("grid")
+        community, street = streets.get(grid, (None, None)) if grid else (None, None)
+        row.update(
+            category=e["category"],
+            category_names=list(e.get("category_names") or ()),
+            confidence=e.get("confidence"),
+            appeal_type=e.get("appeal_type"),
+            grid=grid,
+            community=community or (e.get("grid") or {}).get("community"),
+            street=street or (e.get("grid") or {}).get("street"),
+            urgent=row["urgent"] or bool(e.get("urgent")),
+        )
+        if row["status"] == "received" and e.get("needs_review"):
+            row["status"] = "review"
+    elif topic == "appeal.located" and e.get("location"):
+        row.update(lng=e["location"]["lng"], lat=e["location"]["lat"])
+    elif topic == "ticket.assigned":
+        row.update(
+            status="review" if e["via"] == "dispatch_desk" else "assigned",
+            department=e["department"]["id"],
+            department_name=e["department"]["name"],
+            co_departments=[d["id"] for d in e.get("co_departments") or ()],
+            assigned_via=e["via"],
+            explanation=e.get("explanation", ""),
+            assigned_at=when,
+            respond_by=at(e["respond_by"]),
+            resolve_by=at(e["resolve_by"]),
+            category=e.get("category") or row["category"],
+            urgent=bool(e.get("urgent")) or row["urgent"],
+            accepted_at=None,
+            accepted_on_time=None,
+            overdue=False,
+            escalated=False,
+        )
+    elif topic == "ticket.updated":
+        _apply_update(row, e, when)
+    elif topic == "survey.answered":
+        row["survey_outcome"] = e.get("outcome", "answered")
+
+
+def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
+    action, data = e["action"], e.get("data") or {}
+    row["status"] = e["status"]
+    if action == "accepted":
+        row.update(accepted_at=when, accepted_on_time=data.get("on_time"))
+    elif action == "returned":
+        row["returns"] += 1
+    elif action == "extension_approved" and data.get("resolve_by"):
+        row["resolve_by"] = at(data["resolve_by"])
+        row["overdue"] = row["overdue"] and row["resolve_by"] <= when
+    elif action == "resolved":
+        row.update(resolved_at=when, resolution_note=e.get("note", ""))
+    elif action == "closed":
+        row.update(
+            closed_at=when,
+            rating=data.get("rating", row["rating"]),
+            solved=data.get("solved", row["solved"]),
+            survey_outcome=data.get("survey", "answered"),
+        )
+    elif action == "reopened":
+        row.update(
+            reopens=data.get("reopens", row["reopens"] + 1),
+            rating=data.get("rating"),
+            solved=data.get("solved"),
+            accepted_at=None,
+            accepted_on_time=None,
+            resolved_at=None,
+            closed_at=None,
+            overdue=False,
+            escalated=False,
+        )
+    elif action == "overdue":
+        row["overdue"] = True
+    elif action == "escalated":
+        row["escalated"] = True
+        meeting = data.get("meeting") or {}
+        row["meeting_id"] = meeting.get("meeting_id", row["meeting_id"])
+
+
+def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
+    """A joint meeting's row from its events; None until it was convened."""
+    row: Row | None = None
+    for e in in_order(events):
+        when = at(e["occurred_at"])
+        if e["topic"] == "meeting.convened":
+            row = {
+                "meeting_id": e["meeting_id"],
+                "reason": e["reason"],
+                "lead_street": e["lead_street"]["id"],
+                "summoned": [d["id"] for d in e.get("summoned") or ()],
+                "tickets": list(e.get("tickets") or ()),
+                "category": e.get("category"),
+                "grid": e.get("grid"),
+                "deadline": at(e["deadline"]),
+                "explanation": e.get("explanation", ""),
+                "convened_at": when,
+                "checked_in": [],
+                "decided_at": None,
+                "decision": "",
+                "updated_at": when,
+            }
+            continue
+        if row is None:
+            continue
+        action = e.get("action")
+        if action == "attached":
+            row["tickets"] = list(dict.fromkeys([*row["tickets"], *e.get("tickets", ())]))
+        elif action == "checked_in" and e.get("department"):
+            row["checked_in"] = list(dict.fromkeys([*row["checked_in"], e["department"]["id"]]))
+        elif action == "decided":
+            row.update(decided_at=when, decision=e.get("note", ""))
+        row["updated_at"] = max(row["updated_at"], when)
+    return row
+
+
+# Personal data an event may carry: the resident's words (names, addresses, phone numbers typed into
+# the text), where they live, and how to reach them. Categories, grids, departments, deadlines and
+# ratings stay: the statistics must survive the removal.
+REMOVED = "[已删除]"
+_FREE_TEXT = ("text", "title", "address", "note", "resolution_note")
+_CONTACT = ("caller", "masked_phone", "location")
+
+
+def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event without personal data (the same shape, so that it still folds)."""
+    out = dict(event)
+    for key in _FREE_TEXT:
+        if out.get(key):
+            out[key] = REMOVED
+    for key in _CONTACT:
+        if key in out:
+            out[key] = {"caller": {}, "masked_phone": "****", "location": None}[key]
+    if isinstance(out.get("appeal"), Mapping):
+        out["appeal"] = scrub_event(out["appeal"])
+    return out

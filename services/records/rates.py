@@ -1,0 +1,65 @@
+"""The three rates (三率) for any period from the record, counted by the notifier's rules
+(`services.notifier.scoring`): an assignment on the day it happens (not the dispatch desk's waiting
+room; a reroute counts again, for the new department), an acceptance on its day, a survey answer on
+the day it arrives. Assignments are grouped by the department, category and grid they name; the
+other events by the ticket's current ones (the notifier takes the ticket as it is when it counts:
+the two differ only for a ticket rerouted after it was accepted or answered).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from services.notifier import scoring
+from services.records.db import Pool
+
+GROUP_SQL = {
+    "department": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->'department'->>'id' "
+    "ELSE t.department END",
+    "category": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->>'category' ELSE t.category END",
+    "grid": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->>'grid' ELSE t.grid END",
+    "street": "t.street",
+}
+_ANSWERED = (
+    "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' IS NOT NULL"
+)
+COUNTERS = {
+    "assigned": "e.topic = 'ticket.assigned' AND e.payload->>'via' <> 'dispatch_desk'",
+    "responded": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted'",
+    "responded_on_time": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted' "
+    "AND coalesce((e.payload->'data'->>'on_time')::boolean, false)",
+    "answered": _ANSWERED,
+    "solved": f"{_ANSWERED} AND coalesce((e.payload->>'solved')::boolean, false)",
+    "satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '1'",
+    "basically_satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '2'",
+    "unsatisfied": f"{_ANSWERED} AND e.payload->>'rating' = '3'",
+    "no_answer": "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'no_answer'",
+    "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
+}
+
+
+async def rates(
+    pool: Pool, group_by: str, start: date, end: date, tz: ZoneInfo, weights: scoring.Weights
+) -> list[dict]:
+    """Per group: the counters over the local days [start, end] and the rates; best score first
+    (the shape of the notifier's `RateBook.query`, names left to the caller)."""
+    if group_by not in GROUP_SQL:
+        raise ValueError(f"group_by must be one of {', '.join(GROUP_SQL)}")
+    counters = ", ".join(f"count(*) FILTER (WHERE {sql}) AS {name}" for name, sql in COUNTERS.items())
+    sql = (
+        f"SELECT coalesce({GROUP_SQL[group_by]}, 'unknown') AS grp, {counters} "
+        "FROM ticket_events e LEFT JOIN tickets t ON t.ticket_no = e.ticket_no "
+        "WHERE e.occurred_at >= %s AND e.occurred_at < %s "
+        "AND e.topic IN ('ticket.assigned', 'ticket.updated', 'survey.answered') GROUP BY grp"
+    )
+    lo = datetime.combine(start, time(), tz)
+    hi = datetime.combine(end + timedelta(days=1), time(), tz)
+    async with pool.connection() as conn:
+        rows = await (await conn.execute(sql, (lo, hi))).fetchall()
+    out = [
+        {"group": r["grp"]} | scoring.rates({f: r[f] for f in scoring.FIELDS}, weights)
+        for r in rows
+        if any(r[f] for f in scoring.FIELDS)
+    ]
+    return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["group"]))

@@ -1,0 +1,173 @@
+"""Retention: closed tickets leave Redis (the record keeps them), personal data leaves closed tickets
+after its period, and one resident's personal data is erased on request, with an audit entry.
+
+Redis keeps the working set: a ticket closed more than REDIS_KEEP_CLOSED_DAYS ago is removed from
+it, but only when the record holds every event of its history (same count) and Redis still has it
+closed (a reopening inside the window keeps it). Reading it by number then answers from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from services.records.db import Pool
+from services.records.projection import fold_ticket, scrub_event
+from services.records.service import UPSERT_TICKET, Records, street_index
+from shared.city import load_city
+from shared.settings import Settings
+from shared.store import TicketStore, history_key, ticket_key
+
+log = logging.getLogger("records.retention")
+
+# Delete a ticket and its history only if it is still closed and its history has the length the
+# record has seen (1); 2: already gone. KEYS: ticket, history; ARGV: expected history length.
+_EVICT = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return redis.call('EXISTS', KEYS[2]) == 0 and 2 or 0 end
+if cjson.decode(raw)['status'] ~= 'closed' then return 0 end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
+class Retention:
+    def __init__(self, pool: Pool, store: TicketStore, settings: Settings) -> None:
+        self.pool = pool
+        self.store = store
+        self.settings = settings
+        self.streets = street_index(load_city(settings.city_config_dir))
+
+    async def run(self, now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
+        """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
+        now = now or datetime.now(UTC)
+        left = removed = 0
+        while n := await self.evict_closed(now - timedelta(days=self.settings.redis_keep_closed_days), limit):
+            left += n
+            if n < limit:
+                break
+        cutoff = now - timedelta(days=self.settings.personal_data_keep_days)
+        while n := await self.remove_personal_data(cutoff, limit):
+            removed += n
+            if n < limit:
+                break
+        if left or removed:
+            log.info("retention: %d closed tickets left Redis, personal data removed from %d", left, removed)
+        return {"left_redis": left, "personal_data_removed": removed}
+
+    async def evict_closed(self, closed_before: datetime, limit: int = 5000) -> int:
+        """One round: up to `limit` tickets closed before `closed_before` leave Redis. Returns how
+        many left (or were already gone)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT t.ticket_no, (SELECT count(*) FROM ticket_events e WHERE e.ticket_no = t.ticket_no "
+                "AND e.topic NOT LIKE 'meeting.%%') AS n FROM tickets t "
+                "WHERE t.status = 'closed' AND t.closed_at < %s AND t.left_redis_at IS NULL "
+                "ORDER BY t.closed_at LIMIT %s",
+                (closed_before, limit),
+            )
+            candidates = await cur.fetchall()
+        if not candidates:
+            return 0
+        evict = self.store.redis.register_script(_EVICT)
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for r in candidates:
+                await evict(
+                    keys=[ticket_key(r["ticket_no"]), history_key(r["ticket_no"])], args=[r["n"]], client=pipe
+                )
+            results = await pipe.execute()
+        gone = [r["ticket_no"] for r, done in zip(candidates, results, strict=True) if done]
+        async with self.pool.connection() as conn:
+            await conn.execute("UPDATE tickets SET left_redis_at = now() WHERE ticket_no = ANY(%s)", (gone,))
+        return len(gone)
+
+    async def remove_personal_data(self, closed_before: datetime, limit: int = 5000) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT ticket_no FROM tickets WHERE status = 'closed' AND closed_at < %s "
+                "AND personal_data_removed_at IS NULL LIMIT %s",
+                (closed_before, limit),
+            )
+            nos = [r["ticket_no"] for r in await cur.fetchall()]
+        await self.scrub(nos)
+        if nos:
+            await self.audit(
+                "retention", None, "system", len(nos), {"closed_before": closed_before.isoformat()}
+            )
+        return len(nos)
+
+    async def erase_caller(self, caller_id: str, actor: str, reason: str) -> list[str]:
+        """A resident's right to erasure: every ticket of `caller_id`, in the record and in Redis,
+        loses its personal data; the contact goes; an audit entry says who did it and why."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT ticket_no FROM tickets WHERE caller_id = %s", (caller_id,))
+            nos = [r["ticket_no"] for r in await cur.fetchall()]
+        await self.scrub(nos)
+        for no in nos:
+            await self._scrub_redis(no)
+        await self.store.redis.delete(f"contact:{caller_id}")
+        await self.audit("erase", caller_id, actor, len(nos), {"reason": reason})
+        return nos
+
+    async def scrub(self, nos: Sequence[str]) -> None:
+        """Remove personal data from these tickets' stored events and fold them again."""
+        if not nos:
+            return
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await Records._lock(cur, nos)  # no worker's fold of the same tickets in between
+            await cur.execute(
+                "SELECT event_id, ticket_no, topic, payload FROM ticket_events WHERE ticket_no = ANY(%s)",
+                (list(nos),),
+            )
+            rows = await cur.fetchall()
+            scrubbed = [(r["event_id"], scrub_event(r["payload"])) for r in rows]
+            await cur.executemany(
+                "UPDATE ticket_events SET payload = %s WHERE event_id = %s",
+                [(Jsonb(p), eid) for eid, p in scrubbed],
+            )
+            by_ticket: dict[str, list[dict[str, Any]]] = {}
+            for r, (_, p) in zip(rows, scrubbed, strict=True):
+                if not r["topic"].startswith("meeting."):
+                    by_ticket.setdefault(r["ticket_no"], []).append(p)
+            tickets = [t for evs in by_ticket.values() if (t := fold_ticket(evs, self.streets))]
+            if tickets:
+                await cur.executemany(UPSERT_TICKET, tickets)
+            await cur.execute(
+                "UPDATE tickets SET personal_data_removed_at = now(), caller_id = NULL, "
+                "masked_phone = NULL WHERE ticket_no = ANY(%s)",
+                (list(nos),),
+            )
+
+    async def _scrub_redis(self, no: str) -> None:
+        """The same removal in Redis, where the ticket still is (the working set)."""
+        redis = self.store.redis
+        async with redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(ticket_key(no), history_key(no))
+            raw = await pipe.get(ticket_key(no))
+            history = await pipe.lrange(history_key(no), 0, -1)
+            pipe.multi()
+            if raw:
+                ticket = scrub_event(json.loads(raw))
+                ticket["caller"] = {}
+                pipe.set(ticket_key(no), json.dumps(ticket, ensure_ascii=False))
+            if history:
+                pipe.delete(history_key(no))
+                pipe.rpush(
+                    history_key(no),
+                    *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
+                )
+            await pipe.execute()
+
+    async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO privacy_audit (action, subject, actor, tickets, detail) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (action, subject, actor, tickets, Jsonb(detail)),
+            )

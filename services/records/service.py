@@ -1,0 +1,290 @@
+"""The records' I/O: events into `ticket_events`, the fold of the tickets and meetings they touch
+into `tickets` and `meetings` (services/records/projection.py), rebuilds, counters, retention.
+
+Per batch, one transaction: the events are inserted with `executemany` (pipelined: one round trip
+for the batch) and `ON CONFLICT DO NOTHING`, so a replay inserts nothing; then every ticket and
+meeting the batch touched is folded again from all its stored events, in one query, and upserted
+with `executemany`. A ticket's row is always the fold of everything known about it, whatever order
+the topics were read in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from services.records.db import Pool
+from services.records.projection import TICKET_TOPICS, Row, at, fold_meeting, fold_ticket
+from shared.city import City
+from shared.events import Event
+from shared.store import TicketStore
+
+log = logging.getLogger("records")
+
+TICKET_COLUMNS = [
+    "ticket_no",
+    "status",
+    "channel",
+    "title",
+    "text",
+    "address",
+    "lng",
+    "lat",
+    "caller_id",
+    "masked_phone",
+    "urgent",
+    "received_at",
+    "category",
+    "category_names",
+    "confidence",
+    "appeal_type",
+    "grid",
+    "community",
+    "street",
+    "department",
+    "department_name",
+    "co_departments",
+    "assigned_via",
+    "explanation",
+    "assigned_at",
+    "respond_by",
+    "resolve_by",
+    "accepted_at",
+    "accepted_on_time",
+    "resolved_at",
+    "resolution_note",
+    "closed_at",
+    "returns",
+    "reopens",
+    "overdue",
+    "escalated",
+    "meeting_id",
+    "rating",
+    "solved",
+    "survey_outcome",
+    "events",
+    "updated_at",
+]
+MEETING_COLUMNS = [
+    "meeting_id",
+    "reason",
+    "lead_street",
+    "summoned",
+    "tickets",
+    "category",
+    "grid",
+    "deadline",
+    "explanation",
+    "convened_at",
+    "checked_in",
+    "decided_at",
+    "decision",
+    "updated_at",
+]
+
+
+def _upsert(table: str, columns: Sequence[str], key: str) -> str:
+    cols = ", ".join(columns)
+    values = ", ".join(f"%({c})s" for c in columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
+    return f"INSERT INTO {table} ({cols}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
+
+
+UPSERT_TICKET = _upsert("tickets", TICKET_COLUMNS, "ticket_no")
+UPSERT_MEETING = _upsert("meetings", MEETING_COLUMNS, "meeting_id")
+INSERT_EVENT = (
+    "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
+    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
+)
+SELECT_TICKETS = f"SELECT {', '.join(TICKET_COLUMNS)} FROM tickets WHERE ticket_no = ANY(%s)"
+
+
+def payload(topic: str, event: Event) -> dict[str, Any]:
+    return {"topic": topic, **event.model_dump(mode="json")}
+
+
+def street_index(city: City) -> dict[str, tuple[str, str]]:
+    return {g: (info.community_id, info.street_id) for g, info in city.grids.items()}
+
+
+class Records:
+    def __init__(self, pool: Pool, city: City) -> None:
+        self.pool = pool
+        self.streets = street_index(city)
+
+    # --- the projection -----------------------------------------------------------------------
+
+    async def project(self, topic: str, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        payloads = [payload(topic, e) for e in events]
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                INSERT_EVENT + " RETURNING event_id",
+                [
+                    (e.event_id, e.ticket_no, topic, e.occurred_at, Jsonb(p))
+                    for e, p in zip(events, payloads, strict=True)
+                ],
+                returning=True,
+            )
+            inserted: set[str] = set()
+            while True:
+                inserted.update(r["event_id"] for r in await cur.fetchall())
+                if not cur.nextset():
+                    break
+            fresh = [p for p in payloads if p["event_id"] in inserted]  # a replay inserts nothing
+            if not fresh:
+                return
+            if topic.startswith("meeting."):
+                await self._refold_meetings(cur, {p.get("meeting_id", "") for p in fresh})
+            else:
+                await self._fold_onto(cur, fresh)
+
+    @staticmethod
+    async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
+        """Hold these tickets (or meetings) until the transaction ends. Each topic has its own
+        consumer, so two batches may fold the same ticket at once; without the lock the one that
+        commits last would write a row missing the other's events. Taken in sorted order: no
+        deadlock between batches."""
+        await cur.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM "
+            "(SELECT hashtextextended(n, 7) AS k FROM unnest(%s::text[]) AS n ORDER BY 1 OFFSET 0) AS s",
+            (sorted(set(keys)),),
+        )
+
+    async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
+        """Fold new events onto the stored rows where they all come after what a row holds (the
+        usual case: one read of the rows, not of every event); the others, events that arrived
+        out of order, and new tickets, are folded again from all their stored events."""
+        by_ticket: dict[str, list[dict[str, Any]]] = {}
+        for p in fresh:
+            by_ticket.setdefault(p["ticket_no"], []).append(p)
+        await self._lock(cur, by_ticket)
+        await cur.execute(SELECT_TICKETS, (list(by_ticket),))
+        stored = {r["ticket_no"]: r for r in await cur.fetchall()}
+        rows: list[Row] = []
+        again: list[str] = []
+        for no, evs in by_ticket.items():
+            row = stored.get(no)
+            if row is not None and all(at(e["occurred_at"]) > row["updated_at"] for e in evs):
+                if (folded := fold_ticket(evs, self.streets, start=row)) is not None:
+                    rows.append(folded)
+            else:
+                again.append(no)
+        if rows:
+            await cur.executemany(UPSERT_TICKET, rows)
+        await self._refold_tickets(cur, again)
+
+    async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
+        nos = sorted(set(nos))
+        if not nos:
+            return 0
+        await self._lock(cur, nos)
+        await cur.execute(
+            "SELECT ticket_no, payload FROM ticket_events WHERE ticket_no = ANY(%s) AND topic = ANY(%s)",
+            (nos, list(TICKET_TOPICS)),
+        )
+        by_ticket: dict[str, list[Mapping[str, Any]]] = {}
+        for r in await cur.fetchall():
+            by_ticket.setdefault(r["ticket_no"], []).append(r["payload"])
+        rows = [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
+        if rows:
+            await cur.executemany(UPSERT_TICKET, rows)
+        return len(rows)
+
+    async def _refold_meetings(self, cur: AsyncCursor[DictRow], ids: Iterable[str]) -> int:
+        ids = sorted(i for i in set(ids) if i)
+        if not ids:
+            return 0
+        await self._lock(cur, [f"meeting:{i}" for i in ids])
+        await cur.execute(
+            "SELECT payload FROM ticket_events "
+            "WHERE topic LIKE 'meeting.%%' AND payload->>'meeting_id' = ANY(%s)",
+            (ids,),
+        )
+        by_meeting: dict[str, list[Mapping[str, Any]]] = {}
+        for r in await cur.fetchall():
+            event = r["payload"]
+            by_meeting.setdefault(event["meeting_id"], []).append(event)
+        rows: list[Row] = [row for evs in by_meeting.values() if (row := fold_meeting(evs))]
+        if rows:
+            await cur.executemany(UPSERT_MEETING, rows)
+        return len(rows)
+
+    async def rebuild(self, since: datetime | None = None, chunk: int = 2000) -> int:
+        """Fold again every ticket and meeting with an event at or after `since` (None: all of
+        them, from scratch). Returns how many tickets were written."""
+        written = 0
+        async with self.pool.connection() as conn:
+            if since is None:
+                async with conn.transaction():
+                    await conn.execute("TRUNCATE tickets, meetings")
+            where, args = ("WHERE occurred_at >= %s", [since]) if since else ("", [])
+            cur = await conn.execute(f"SELECT DISTINCT ticket_no FROM ticket_events {where}", args)
+            nos = [r["ticket_no"] for r in await cur.fetchall()]
+            for i in range(0, len(nos), chunk):
+                async with conn.transaction(), conn.cursor() as c:
+                    written += await self._refold_tickets(c, nos[i : i + chunk])
+            cur = await conn.execute(
+                "SELECT DISTINCT payload->>'meeting_id' AS id FROM ticket_events "
+                f"{where + ' AND' if where else 'WHERE'} topic LIKE 'meeting.%%'",
+                args,
+            )
+            ids = [r["id"] for r in await cur.fetchall()]
+            async with conn.transaction(), conn.cursor() as c:
+                await self._refold_meetings(c, ids)
+        return written
+
+    async def backfill_from_store(self, store: TicketStore, batch: int = 500) -> int:
+        """Copy the events kept in Redis's ticket histories into the record (a system that ran
+        before the record existed, or events the record missed). Returns events read."""
+        nos: list[str] = []
+        seen = 0
+        async for key in store.redis.scan_iter(match="t:*:h", count=5000):
+            nos.append(key.decode()[2:-2])
+            if len(nos) >= batch:
+                seen += await self._backfill(store, nos)
+                nos = []
+        return seen + await self._backfill(store, nos)
+
+    async def _backfill(self, store: TicketStore, nos: list[str]) -> int:
+        events = [record for no in nos for record in await store.history(no)]
+        if not events:
+            return 0
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                INSERT_EVENT,
+                [(e["event_id"], e["ticket_no"], e["topic"], e["occurred_at"], Jsonb(e)) for e in events],
+            )
+            await self._refold_tickets(cur, nos)
+            await self._refold_meetings(
+                cur, {e.get("meeting_id", "") for e in events if e["topic"].startswith("meeting.")}
+            )
+        return len(events)
+
+    # --- numbering ----------------------------------------------------------------------------
+
+    async def raise_counters(self, store: TicketStore, today: date) -> dict[str, int]:
+        """Make the ticket counters of today and yesterday start above the highest number the
+        record has seen: Redis may have lost its data, the record has not."""
+        days = [today - timedelta(days=1), today]
+        highest: dict[str, int] = {}
+        async with self.pool.connection() as conn:
+            for day in days:
+                prefix = f"{day:%Y%m%d}-"
+                cur = await conn.execute(
+                    "SELECT max(ticket_no) AS no FROM ticket_events WHERE ticket_no >= %s AND ticket_no < %s",
+                    (prefix, f"{day:%Y%m%d}."),  # '.' sorts right after '-'
+                )
+                row = await cur.fetchone()
+                no = row["no"] if row else None
+                if no:
+                    highest[prefix[:-1]] = int(no[-6:])
+                    await store.raise_counter(day, int(no[-6:]))
+        return highest

@@ -1,0 +1,277 @@
+"""Search and export over the record (PostgreSQL), and tickets that have left Redis.
+
+    GET /api/v1/tickets?status=&department=&category=&street=&community=&grid=&channel=&urgent=
+                       &overdue=&from=&to=&q=&sort=&page=&size=
+    GET /api/v1/tickets/export?format=csv|xlsx&<the same filters>
+
+The same access rule as reading one ticket: the dispatch desk (admin) sees every ticket, a
+department the tickets it leads or co-handles. With PostgreSQL down these answer 503 with
+Retry-After; taking appeals does not need the database and goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from psycopg_pool import PoolTimeout
+
+from services.records import db
+from services.records.db import Pool
+from services.records.query import Search, build
+from shared.auth import Principal, current_principal
+from shared.errors import DomainError
+from shared.http import api_error, domain_error
+
+router = APIRouter(prefix="/api/v1", tags=["records"])
+
+FILTERS = ("status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue")
+LIST_COLUMNS = (
+    "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
+    "category_names, grid, community, street, department, department_name, co_departments, "
+    "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
+    "caller_id, reopens, returns, updated_at"
+)
+# The export's columns: header (Chinese, for the people who open it in Excel) -> column.
+EXPORT = {
+    "工单号": "ticket_no",
+    "状态": "status",
+    "渠道": "channel",
+    "受理时间": "received_at",
+    "分类": "category_names",
+    "街道": "street",
+    "社区": "community",
+    "网格": "grid",
+    "承办单位": "department_name",
+    "紧急": "urgent",
+    "超期": "overdue",
+    "响应时限": "respond_by",
+    "办结时限": "resolve_by",
+    "响应时间": "accepted_at",
+    "办结时间": "resolved_at",
+    "结案时间": "closed_at",
+    "满意度": "rating",
+    "来电号码": "masked_phone",
+    "标题": "title",
+    "诉求内容": "text",
+    "地址": "address",
+}
+UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
+RETRY_AFTER = "5"
+_pool_lock = asyncio.Lock()
+
+
+async def records_pool(request: Request) -> Pool:
+    """The API's connections to the record, opened on first use (the API starts without them)."""
+    state = request.app.state
+    async with _pool_lock:
+        if getattr(state, "records_pool", None) is None:
+            pool = db.pool(state.settings.database_url, max_size=8)
+            await db.migrate(state.settings.database_url)
+            await pool.open(wait=False)
+            state.records_pool = pool
+    return state.records_pool
+
+
+def unavailable() -> JSONResponse:
+    return api_error(
+        503,
+        "records_unavailable",
+        "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响",
+        headers={"Retry-After": RETRY_AFTER},
+    )
+
+
+def scope_of(principal: Principal) -> str | None:
+    """None: sees everything; else the department whose tickets are visible."""
+    if principal.is_admin:
+        return None
+    if principal.role != "department" or not principal.department:
+        raise DomainError("forbidden", "此凭证无权查询工单", kind="forbidden")
+    return principal.department
+
+
+def search_of(request: Request, principal: Principal, page: int, size: int, max_size: int = 500) -> Search:
+    raw = {name: request.query_params.get(name) for name in (*FILTERS, "from", "to", "q", "sort")}
+    return build(
+        raw,
+        tz=ZoneInfo(request.app.state.settings.timezone),
+        department_scope=scope_of(principal),
+        page=page,
+        size=size,
+        max_size=max_size,
+    )
+
+
+@router.get("/tickets")
+async def search_tickets(
+    request: Request,
+    page: int = Query(1),
+    size: int = Query(50),
+    principal: Principal = Depends(current_principal),
+):
+    """Tickets matching the filters, newest first (or `sort`), a page at a time, with the total."""
+    try:
+        search = search_of(request, principal, page, size)
+        pool = await records_pool(request)
+        async with pool.connection() as conn:
+            total = await (
+                await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
+            ).fetchone()
+            cur = await conn.execute(
+                f"SELECT {LIST_COLUMNS} FROM tickets WHERE {search.where} "
+                f"ORDER BY {search.order_by} LIMIT %s OFFSET %s",
+                [*search.params, search.size, search.offset],
+            )
+            items = await cur.fetchall()
+    except DomainError as e:
+        return domain_error(e)
+    except UNAVAILABLE:
+        return unavailable()
+    return {"total": total["n"] if total else 0, "page": search.page, "size": search.size, "items": items}
+
+
+def _cell(value: Any, tz: ZoneInfo) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, list):
+        return "/".join(map(str, value))
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value  # a cell that Excel would run as a formula
+    return value
+
+
+@router.get("/tickets/export")
+async def export_tickets(
+    request: Request,
+    format: str = Query("csv", pattern="^(csv|xlsx)$"),
+    principal: Principal = Depends(current_principal),
+):
+    """The tickets matching the filters as CSV (UTF-8 with BOM, for Excel) or XLSX, streamed."""
+    settings = request.app.state.settings
+    cap = settings.records_export_max_rows
+    try:
+        search = search_of(request, principal, 1, 1)
+        pool = await records_pool(request)
+        async with pool.connection() as conn:
+            cur = await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
+            row = await cur.fetchone()
+            total = row["n"] if row else 0
+    except DomainError as e:
+        return domain_error(e)
+    except UNAVAILABLE:
+        return unavailable()
+    if total > cap:
+        return api_error(
+            422,
+            "too_many_rows",
+            f"符合条件的工单有{total}条，超过单次导出上限{cap}条；请缩小日期范围或增加筛选条件后分批导出",
+            total=total,
+            limit=cap,
+        )
+    tz = ZoneInfo(settings.timezone)
+    rows = _rows(pool, search, tz)
+    stamp = datetime.now(tz).strftime("%Y%m%d-%H%M")
+    if format == "csv":
+        return StreamingResponse(
+            _csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="tickets-{stamp}.csv"'},
+        )
+    return StreamingResponse(
+        _xlsx(rows),
+        media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        headers={"Content-Disposition": f'attachment; filename="tickets-{stamp}.xlsx"'},
+    )
+
+
+async def _rows(pool: Pool, search: Search, tz: ZoneInfo) -> AsyncIterator[list[Any]]:
+    """The rows through a server-side cursor: a thousand at a time in memory, whatever the total."""
+    columns = ", ".join(EXPORT.values())
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(name="export")
+        await cur.execute(
+            f"SELECT {columns} FROM tickets WHERE {search.where} ORDER BY {search.order_by}",
+            search.params,
+        )
+        while batch := await cur.fetchmany(1000):
+            for r in batch:
+                yield [_cell(r[c], tz) for c in EXPORT.values()]
+
+
+async def _csv(rows: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT.keys())
+    yield "\ufeff".encode() + buffer.getvalue().encode()  # the BOM: Excel then reads UTF-8
+    async for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(row)
+        yield buffer.getvalue().encode()
+
+
+async def _xlsx(rows: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
+    """openpyxl's write-only mode keeps no rows in memory; the file is built on disk, then sent."""
+    from openpyxl import Workbook
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("工单")
+    ws.append(list(EXPORT.keys()))
+    async for row in rows:
+        ws.append(row)
+    with tempfile.TemporaryFile() as f:
+        await asyncio.to_thread(wb.save, f)
+        f.seek(0)
+        while chunk := f.read(256 * 1024):
+            yield chunk
+
+
+async def archived_ticket(request: Request, principal: Principal, ticket_no: str) -> JSONResponse | dict:
+    """A ticket that has left Redis, from the record: its row and its history. 404 as for any
+    ticket the caller may not read."""
+    not_found = api_error(404, "not_found", f"工单{ticket_no}不存在")
+    try:
+        pool = await records_pool(request)
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT * FROM tickets WHERE ticket_no = %s", (ticket_no,))
+            ).fetchone()
+            if row is None:
+                return not_found
+            scope = None if principal.is_admin else principal.department
+            if scope is not None and scope not in (row["department"], *row["co_departments"]):
+                return not_found
+            cur = await conn.execute(
+                "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic NOT LIKE 'meeting.%%' "
+                "ORDER BY occurred_at, recorded_at",
+                (ticket_no,),
+            )
+            history = [r["payload"] for r in await cur.fetchall()]
+    except UNAVAILABLE:
+        return unavailable()
+    body = {k: v for k, v in row.items() if k != "search"}
+    body["history"] = history
+    body["archived"] = True  # read from the record: the ticket has left the working set
+    return JSONResponse(content=_jsonable(body))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

@@ -1,0 +1,237 @@
+"""The record's pure parts: the fold of a ticket's events, scrubbing, and the search filters."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.records.projection import REMOVED, fold_meeting, fold_ticket, scrub_event
+from services.records.query import build
+from shared.errors import DomainError
+from shared.events import (
+    AppealClassified,
+    AppealReceived,
+    Caller,
+    CategoryScore,
+    DepartmentRef,
+    GridMatch,
+    MeetingConvened,
+    MeetingUpdated,
+    SurveyAnswered,
+    TicketAssigned,
+    TicketUpdated,
+)
+
+T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+DEPT = DepartmentRef(id="street_office_a", name="阳光街道办事处")
+STREETS = {"g-001": ("c-01", "s-01")}
+TZ = ZoneInfo("Asia/Shanghai")
+
+
+def dump(e) -> dict:
+    return {"topic": e.topic, **e.model_dump(mode="json")}
+
+
+def life() -> list[dict]:
+    appeal = AppealReceived(
+        ticket_no="20261102-000001",
+        channel="hotline",
+        text="阳光花园3号楼门口的路灯坏了",
+        address="阳光花园3号楼",
+        caller=Caller(caller_id="abc", masked_phone="138****5678"),
+        received_at=T0,
+        occurred_at=T0,
+    )
+    classified = AppealClassified(
+        ticket_no=appeal.ticket_no,
+        appeal=appeal,
+        category="city.facility.streetlight",
+        category_names=("城市管理", "市政设施", "路灯故障"),
+        confidence=0.93,
+        top=(CategoryScore(category="city.facility.streetlight", probability=0.93),),
+        grid=GridMatch(grid="g-001", method="gazetteer", confidence=1.0),
+        model_version="m1",
+        occurred_at=T0 + timedelta(seconds=1),
+    )
+    assigned = TicketAssigned(
+        ticket_no=appeal.ticket_no,
+        department=DEPT,
+        via="rule",
+        explanation="路灯归街道",
+        category=classified.category,
+        grid="g-001",
+        respond_by=T0 + timedelta(hours=2),
+        resolve_by=T0 + timedelta(days=3),
+        occurred_at=classified.occurred_at,  # the router stamps it with the classification's time
+    )
+
+    def update(action: str, status: str, minutes: int, **kw) -> TicketUpdated:
+        return TicketUpdated(
+            ticket_no=appeal.ticket_no,
+            action=action,
+            status=status,
+            actor=DEPT.id,
+            department=DEPT,
+            occurred_at=T0 + timedelta(minutes=minutes),
+            **kw,
+        )
+
+    answer = SurveyAnswered(
+        ticket_no=appeal.ticket_no,
+        survey_id="s1",
+        rating=1,
+        solved=True,
+        text="1",
+        occurred_at=T0 + timedelta(minutes=90),
+    )
+    return [
+        dump(e)
+        for e in (
+            appeal,
+            classified,
+            assigned,
+            update("accepted", "accepted", 10, data={"on_time": True}),
+            update("overdue", "accepted", 20),
+            update("resolved", "resolved", 30, note="已更换灯泡"),
+            update("surveyed", "surveyed", 31),
+            answer,
+            update("closed", "closed", 90, data={"rating": 1, "solved": True}),
+        )
+    ]
+
+
+def test_the_fold_follows_a_ticket_through_its_life():
+    row = fold_ticket(life(), STREETS)
+    assert row is not None
+    assert row["status"] == "closed"
+    assert row["category"] == "city.facility.streetlight"
+    assert (row["grid"], row["community"], row["street"]) == ("g-001", "c-01", "s-01")
+    assert row["department"] == DEPT.id
+    assert row["accepted_on_time"] is True
+    assert row["overdue"] is True
+    assert row["rating"] == 1
+    assert row["solved"] is True
+    assert row["resolution_note"] == "已更换灯泡"
+    assert row["masked_phone"] == "138****5678"
+    assert row["closed_at"] == T0 + timedelta(minutes=90)
+    assert row["events"] == 9
+
+
+def test_order_of_arrival_and_replays_change_nothing():
+    events = life()
+    expected = fold_ticket(events, STREETS)
+    shuffled = events * 2  # every event twice, in any order
+    random.Random(3).shuffle(shuffled)
+    deduplicated = list({e["event_id"]: e for e in shuffled}.values())
+    assert fold_ticket(deduplicated, STREETS) == expected
+
+
+def test_without_its_appeal_a_ticket_has_no_row_yet():
+    assert fold_ticket([e for e in life() if e["topic"] == "ticket.updated"], STREETS) is None
+
+
+def test_a_classification_alone_starts_the_row_from_the_appeal_it_carries():
+    row = fold_ticket([life()[1]], STREETS)
+    assert row is not None
+    assert row["text"] == "阳光花园3号楼门口的路灯坏了"
+    assert row["status"] == "received"
+
+
+def test_scrubbing_keeps_the_statistics_and_removes_the_person():
+    scrubbed = fold_ticket([scrub_event(e) for e in life()], STREETS)
+    assert scrubbed is not None
+    assert scrubbed["text"] == REMOVED
+    assert scrubbed["address"] == REMOVED
+    assert scrubbed["masked_phone"] is None
+    assert scrubbed["caller_id"] is None
+    assert scrubbed["resolution_note"] == REMOVED
+    original = fold_ticket(life(), STREETS)
+    assert original is not None
+    for kept in ("category", "street", "department", "rating", "solved", "accepted_on_time", "closed_at"):
+        assert scrubbed[kept] == original[kept]
+
+
+def test_a_meeting_folds_from_convening_to_decision():
+    convened = MeetingConvened(
+        ticket_no="20261102-000001",
+        meeting_id="m1",
+        reason="ambiguous",
+        lead_street=DEPT,
+        summoned=(DEPT, DepartmentRef(id="water", name="水务局")),
+        tickets=("20261102-000001",),
+        deadline=T0 + timedelta(days=2),
+        explanation="两家同样有责",
+        occurred_at=T0,
+    )
+    attached = MeetingUpdated(
+        ticket_no="20261102-000002",
+        meeting_id="m1",
+        action="attached",
+        actor="system",
+        tickets=("20261102-000002",),
+        occurred_at=T0 + timedelta(hours=1),
+    )
+    decided = MeetingUpdated(
+        ticket_no="20261102-000001",
+        meeting_id="m1",
+        action="decided",
+        actor=DEPT.id,
+        department=DEPT,
+        note="由水务局主办",
+        occurred_at=T0 + timedelta(hours=2),
+    )
+    row = fold_meeting([dump(decided), dump(attached), dump(convened), dump(attached)])
+    assert row is not None
+    assert row["tickets"] == ["20261102-000001", "20261102-000002"]
+    assert row["summoned"] == [DEPT.id, "water"]
+    assert row["decision"] == "由水务局主办"
+    assert row["decided_at"] == T0 + timedelta(hours=2)
+
+
+def invalid_field(raw: dict, **kw) -> str | None:
+    with pytest.raises(DomainError) as e:
+        build(raw, tz=TZ, department_scope=None, **kw)
+    assert e.value.kind == "invalid"
+    return e.value.field
+
+
+def test_bad_filters_are_refused_with_the_field_named():
+    assert invalid_field({"status": "open"}) == "status"
+    assert invalid_field({"from": "2026-13-01"}) == "from"
+    assert invalid_field({"from": "2026-11-02", "to": "2026-11-01"}) == "to"
+    assert invalid_field({}, size=501) == "size"
+    assert invalid_field({}, page=0) == "page"
+    assert invalid_field({"urgent": "maybe"}) == "urgent"
+    assert invalid_field({"sort": "text"}) == "sort"
+    assert invalid_field({"channel": "fax"}) == "channel"
+    assert invalid_field({"q": "灯"}) == "q"
+
+
+def test_a_department_sees_only_what_it_leads_or_co_handles():
+    search = build({"status": "assigned,accepted"}, tz=TZ, department_scope="water")
+    assert search.where.startswith("(department = %s OR co_departments @> ARRAY[%s])")
+    assert search.params[:2] == ["water", "water"]
+    assert search.params[2] == ["assigned", "accepted"]
+    assert build({}, tz=TZ, department_scope=None).where == "TRUE"
+
+
+def test_dates_are_local_days_and_to_includes_its_day():
+    search = build({"from": "2026-11-01", "to": "2026-11-01"}, tz=TZ, department_scope=None)
+    start, end = search.params
+    assert start == datetime(2026, 11, 1, tzinfo=TZ)
+    assert end == datetime(2026, 11, 2, tzinfo=TZ)
+
+
+def test_q_is_a_literal_substring():
+    search = build({"q": "100%_完成"}, tz=TZ, department_scope=None)
+    assert search.params == ["%100\\%\\_完成%"]
+
+
+def test_folding_later_events_onto_a_row_equals_folding_them_all():
+    events = life()
+    for cut in range(1, len(events)):
+        start = fold_ticket(events[:cut], STREETS)
+        assert fold_ticket(events[cut:], STREETS, start=start) == fold_ticket(events, STREETS)

@@ -29,7 +29,7 @@ from shared.events import AppealReceived, Caller
 from shared.privacy import caller_id
 from shared.store import TicketStore
 from tests.cities import demo_city
-from tests.conftest import as_department, eventually, settings_env
+from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
 from tests.test_pipeline_e2e import LIGHT, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -67,7 +67,9 @@ async def close_by_resident(api, redis, no: str, phone: str) -> dict:
     )
     assert r.status_code == 200, r.text
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "1"}, headers=await as_sms_gateway(redis)
+    )
     assert r.status_code == 200, r.text
     return await ticket_when(api, no, lambda t: t["status"] == "closed")
 

@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import ALL_PROCESSES, WORKERS, Backoff, Launcher
-from services.records.redrive import redrive, stalled_appeals
+from shared.redrive import redrive, stalled_appeals
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port, port_open
 from shared.privacy import caller_id

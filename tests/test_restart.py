@@ -20,10 +20,10 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import ALL_PROCESSES, WORKERS, Backoff, Launcher
-from shared.redrive import redrive, stalled_appeals
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port, port_open
 from shared.privacy import caller_id
+from shared.redrive import redrive, stalled_appeals
 from shared.store import TicketStore
 from tests.conftest import settings_env
 from tests.test_pipeline_e2e import submit, ticket_when

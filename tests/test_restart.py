@@ -238,7 +238,10 @@ async def test_the_whole_system_killed_and_started_again_keeps_tickets_tokens_an
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
             api.headers["Authorization"] = f"Bearer {token}"  # the token survived
             for no in settled:
-                assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == before[no]
+                # Still routed; assigned may have become meeting: the appeals in flight, alike,
+                # can have made a hotspot that called the settled ones to a joint meeting.
+                status = (await api.get(f"/api/v1/tickets/{no}")).json()["status"]
+                assert status in ROUTED, f"{no} was {before[no]}, now {status}"
             # The embedded broker lost its topics: what was acknowledged and not yet classified is
             # driven on, as `appeals up` does, and every acknowledged appeal is routed, once.
             redis = Redis.from_url(servers.redis_url)

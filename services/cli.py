@@ -145,7 +145,7 @@ def up(
                 ]
             )
             if embedded:  # the embedded broker kept nothing: drive on what it still owed
-                from services.records.redrive import redrive
+                from shared.redrive import redrive
 
                 again = asyncio.run(_with_redis(settings, lambda r: redrive(settings, r)))
                 if again:

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from faststream import FastStream
@@ -27,6 +28,7 @@ from shared.metrics import (
 )
 from shared.privacy import check_salt
 from shared.redis_client import connect
+from shared.redrive import redrive_once
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -120,6 +122,11 @@ class Runtime:
     store: TicketStore
     city: City
     health: Health = field(default_factory=Health)
+    # Run (in the background) after this process found the broker empty and re-created the topics:
+    # what the lost topics held is driven on from the store (`shared.redrive`; one process of all
+    # those that saw the loss does it, under a Redis lock).
+    on_topics_recreated: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    _recovering: set[asyncio.Task] = field(default_factory=set)
 
     @classmethod
     def create(cls, name: str, settings: Settings | None = None) -> Runtime:
@@ -128,7 +135,7 @@ class Runtime:
         redis = connect(settings.redis_url)
         publisher = EventPublisher(settings, client_id=name)
         publisher.claims = redis  # poison messages: one consumer group dead-letters each
-        return cls(
+        rt = cls(
             name=name,
             settings=settings,
             broker=make_broker(settings, app_name=name),
@@ -137,6 +144,8 @@ class Runtime:
             store=TicketStore(redis),
             city=load_city(settings.city_config_dir),
         )
+        rt.on_topics_recreated.append(partial(redrive_once, publisher, redis, name))
+        return rt
 
     def subscribe(
         self,
@@ -162,6 +171,17 @@ class Runtime:
                 client = getattr(getattr(sub, "consumer", None), "_client", None)
                 if client is not None:
                     client.force_metadata_update()
+            # Not awaited here: the health check runs this under a short timeout.
+            for hook in self.on_topics_recreated:
+                task = asyncio.create_task(self._recover(hook))
+                self._recovering.add(task)
+                task.add_done_callback(self._recovering.discard)
+
+    async def _recover(self, hook: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await hook()
+        except Exception:
+            log.exception("driving on from the store after the broker came back empty failed")
 
     def groups_problem(self) -> str | None:
         """None when every consumer has joined its group, else which have not."""

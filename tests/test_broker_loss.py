@@ -1,11 +1,13 @@
 """The broker is lost and comes back empty (the embedded Tansu keeps nothing): the workers recover
-by themselves, and while it is away they say so (not ready) without flooding the log.
+by themselves, while it is away they say so (not ready) without flooding the log, and the appeals
+acknowledged before the loss that the lost topics still held are driven on from the store.
 
 The system runs on its own broker and Redis here, so stopping the broker disturbs no other test."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -18,6 +20,7 @@ from redis.asyncio import Redis
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, port_open
 from shared.settings import Settings
+from shared.store import history_key
 from tests.conftest import System, eventually
 
 pytestmark = pytest.mark.integration
@@ -86,10 +89,11 @@ def restart_broker_empty(servers: EmbeddedServers) -> None:
 
 
 async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_dir):
-    with EmbeddedServers(log_dir=tmp_path / "servers") as servers:
+    with EmbeddedServers(log_dir=tmp_path / "servers", postgres=True) as servers:
         settings = Settings(
             kafka_bootstrap_servers=servers.kafka_bootstrap,
             redis_url=servers.redis_url,
+            database_url=servers.database_url,
             data_dir=data_dir,
             quiet_hours="none",
             sms_daily_cap=1000,
@@ -108,20 +112,38 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
                 for port in system.metrics_ports.values():
                     assert await readiness(api, port) == 200
 
+                # Acknowledged just before the loss and not yet classified: with the classifier
+                # stopped, these wait on `appeal.received`, which the broker takes with it.
+                system.stop("classifier")
+                stalled = [await submit(api, f"1370000{i:04d}") for i in range(5)]
+                for no in stalled:
+                    assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == "received"
+                running = [p for w, p in system.metrics_ports.items() if w != "classifier"]
+
                 restart_broker_empty(servers)
                 lost_at = time.monotonic()
                 # While the broker is away every worker says it is not ready, and none exits.
-                await until_readiness(api, system.metrics_ports.values(), 503, timeout=30)
+                await until_readiness(api, running, 503, timeout=30)
                 await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - lost_at)))
                 assert system.first_exited() is None
 
                 servers._start_kafka()  # a new, empty broker on the same port
                 assert port_open(servers.kafka_port)
+                # A worker re-creates the topics and re-drives the stalled appeals from the store
+                # before the classifier comes back (its own start finds the topics there).
+                await until_readiness(api, running, 200, timeout=90)
+                system.start("classifier")
                 await until_readiness(api, system.metrics_ports.values(), 200, timeout=90)
+                await all_assigned(api, stalled)
 
                 after = [await submit(api, f"1390000{i:04d}") for i in range(5)]
                 await all_assigned(api, after)
                 assert system.first_exited() is None
+                # Driven on exactly once: one assignment each, however many workers saw the loss.
+                for no in stalled:
+                    history = [json.loads(h) for h in await redis.lrange(history_key(no), 0, -1)]
+                    assigned = [e for e in history if e["topic"] == "ticket.assigned"]
+                    assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times"
         finally:
             await redis.aclose()
             system.stop_all()

@@ -24,12 +24,12 @@ from services.records.retention import Retention
 from services.records.service import Records
 from shared import topics
 from shared.auth import issue_token
-from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
 from shared.privacy import caller_id
 from shared.store import TicketStore
-from tests.conftest import as_department, eventually, settings_env
+from tests.cities import demo_city
+from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
 from tests.test_pipeline_e2e import LIGHT, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -45,8 +45,8 @@ async def pool(settings) -> AsyncIterator[db.Pool]:
 
 
 @pytest.fixture
-async def records(pool, settings) -> Records:
-    return Records(pool, load_city(settings.city_config_dir))
+async def records(pool, system_city) -> Records:
+    return Records(pool, system_city)
 
 
 def fresh_phone() -> str:
@@ -67,7 +67,9 @@ async def close_by_resident(api, redis, no: str, phone: str) -> dict:
     )
     assert r.status_code == 200, r.text
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
-    r = await api.post("/api/v1/sms/inbound", json={"phone": phone, "text": "1"})
+    r = await api.post(
+        "/api/v1/sms/inbound", json={"phone": phone, "text": "1"}, headers=await as_sms_gateway(redis)
+    )
     assert r.status_code == 200, r.text
     return await ticket_when(api, no, lambda t: t["status"] == "closed")
 
@@ -170,7 +172,7 @@ async def test_search_filters_pages_and_access_rules(api, redis, pool):
     own = await as_department(redis, ticket)
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=own)
     assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
-    other_dept = next(d.id for d in load_city().departments if d.id != dept)
+    other_dept = next(d.id for d in demo_city().departments if d.id != dept)
     other = {"Authorization": f"Bearer {await issue_token(redis, 'department', other_dept)}"}
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=other)
     assert r.json()["items"] == []
@@ -268,7 +270,7 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
         assert all("王小明" not in e["p"] for e in await cur.fetchall())
 
 
-async def test_postgres_down_search_503_appeals_taken_projection_catches_up(settings, tmp_path):
+async def test_postgres_down_search_503_appeals_taken_projection_catches_up(settings, tmp_path, system_city):
     # A PostgreSQL of its own, to stop and start again.
     own = EmbeddedServers(log_dir=tmp_path, postgres=True).start()
     try:
@@ -279,7 +281,7 @@ async def test_postgres_down_search_503_appeals_taken_projection_catches_up(sett
         await db.migrate(own.database_url)
         pool = db.pool(own.database_url)
         await pool.open(wait=True)
-        records = Records(pool, load_city(settings.city_config_dir))
+        records = Records(pool, system_city)
         [pg] = [p for p in own.processes if p.name == "postgres"]
         pg.stop()  # PostgreSQL goes away
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=30) as client:
@@ -317,18 +319,20 @@ async def test_postgres_down_search_503_appeals_taken_projection_catches_up(sett
         own.stop()
 
 
-async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(settings, redis, pool):
+async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
+    settings, redis, pool, system_city
+):
     """Assignments, acceptances and answers on a day of their own, through the broker to both the
     notifier (Redis counters) and the record; the rates per department and per grid agree."""
     from zoneinfo import ZoneInfo
 
-    from services.notifier.ratebook import RateBook
+    from services.notifier.scorecard import Scorecard
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
     from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
 
     day = datetime(2031, 3, 5, 10, tzinfo=UTC)
-    depts = [DepartmentRef(id=d.id, name=d.name) for d in load_city(settings.city_config_dir).departments[:2]]
+    depts = [DepartmentRef(id=d.id, name=d.name) for d in system_city.departments[:2]]
     events: list = []
     for i in range(12):
         no = f"20310305-{900000 + i}"
@@ -354,7 +358,10 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(se
                     action="accepted",
                     status="accepted",
                     actor=dept.id,
-                    data={"on_time": i % 3 != 0},
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    on_time=i % 3 != 0,
                     occurred_at=day,
                 )
             )
@@ -367,6 +374,9 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(se
                 solved=i % 2 == 0,
                 text="1",
                 outcome="answered" if rating else "no_answer",
+                department=dept,
+                category="city.facility.streetlight",
+                grid=f"g-{i % 3}",
                 occurred_at=day,
             )
         )
@@ -375,7 +385,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(se
     await publish(publisher, events)
     await publisher.stop()
 
-    book = RateBook.from_settings(redis, load_city(settings.city_config_dir), settings)
+    book = Scorecard.from_settings(redis, system_city, settings)
     tz = ZoneInfo(settings.timezone)
 
     async def agree(group_by: str):

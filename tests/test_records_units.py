@@ -12,10 +12,12 @@ from services.records.projection import REMOVED, fold_meeting, fold_ticket, scru
 from services.records.query import build
 from shared.errors import DomainError
 from shared.events import (
+    Answer,
     AppealClassified,
     AppealReceived,
     Caller,
     CategoryScore,
+    DeadlineNotice,
     DepartmentRef,
     GridMatch,
     MeetingConvened,
@@ -29,6 +31,7 @@ T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 DEPT = DepartmentRef(id="street_office_a", name="阳光街道办事处")
 STREETS = {"g-001": ("c-01", "s-01")}
 TZ = ZoneInfo("Asia/Shanghai")
+OVERDUE = DeadlineNotice(stage="resolve", stage_name="办结", deadline=T0 + timedelta(minutes=15))
 
 
 def dump(e) -> dict:
@@ -93,12 +96,12 @@ def life() -> list[dict]:
             appeal,
             classified,
             assigned,
-            update("accepted", "accepted", 10, data={"on_time": True}),
-            update("overdue", "accepted", 20),
-            update("resolved", "resolved", 30, note="已更换灯泡"),
-            update("surveyed", "surveyed", 31),
+            update("accepted", "accepted", 10, on_time=True),
+            update("overdue", "accepted", 20, supervision=OVERDUE),
+            update("resolved", "resolved", 30, note="已更换灯泡", on_time=True),
+            update("surveyed", "surveyed", 31, survey_id="s1"),
             answer,
-            update("closed", "closed", 90, data={"rating": 1, "solved": True}),
+            update("closed", "closed", 90, answer=Answer(rating=1, solved=True)),
         )
     ]
 

@@ -20,10 +20,10 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import ALL_PROCESSES, WORKERS, Backoff, Launcher
-from services.records.redrive import redrive, stalled_appeals
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port, port_open
 from shared.privacy import caller_id
+from shared.redrive import redrive, stalled_appeals
 from shared.store import TicketStore
 from tests.conftest import settings_env
 from tests.test_pipeline_e2e import submit, ticket_when
@@ -238,7 +238,10 @@ async def test_the_whole_system_killed_and_started_again_keeps_tickets_tokens_an
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as api:
             api.headers["Authorization"] = f"Bearer {token}"  # the token survived
             for no in settled:
-                assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == before[no]
+                # Still routed; assigned may have become meeting: the appeals in flight, alike,
+                # can have made a hotspot that called the settled ones to a joint meeting.
+                status = (await api.get(f"/api/v1/tickets/{no}")).json()["status"]
+                assert status in ROUTED, f"{no} was {before[no]}, now {status}"
             # The embedded broker lost its topics: what was acknowledged and not yet classified is
             # driven on, as `appeals up` does, and every acknowledged appeal is routed, once.
             redis = Redis.from_url(servers.redis_url)

@@ -34,7 +34,7 @@ NAME = "records"
 E = TypeVar("E", bound=ev.Event)
 log = logging.getLogger(NAME)
 
-# One subscription per topic; `appeal.review` carries the same class as `appeal.classified`.
+# One subscription per topic.
 SUBSCRIPTIONS: tuple[tuple[str, type[ev.Event]], ...] = tuple(topics.EVENT_TYPES.items())
 RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)

@@ -29,6 +29,7 @@ from services.records.service import Records
 from shared.city import load_city
 from shared.embedded import EmbeddedServers
 from shared.events import (
+    Answer,
     AppealClassified,
     AppealReceived,
     Caller,
@@ -113,9 +114,9 @@ def lifecycle(i: int, day: datetime, city: Any, rng: random.Random) -> list[Even
         appeal,
         classified,
         assigned,
-        update("accepted", "accepted", 10, data={"on_time": True}),
-        update("resolved", "resolved", 60, note="已处理"),
-        update("closed", "closed", 120, data={"rating": rng.choice([1, 2, 3]), "solved": True}),
+        update("accepted", "accepted", 10, on_time=True),
+        update("resolved", "resolved", 60, note="已处理", on_time=True),
+        update("closed", "closed", 120, answer=Answer(rating=rng.choice([1, 2, 3]), solved=True)),
     ]
 
 

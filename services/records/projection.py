@@ -22,12 +22,12 @@ TOPIC_ORDER = {
     "appeal.received": 0,
     "appeal.located": 1,
     "appeal.classified": 2,
-    "appeal.review": 2,
+    "appeal.review": 2,  # no longer published; kept so stored events of older versions fold
     "ticket.assigned": 3,
     "ticket.updated": 4,
     "survey.sent": 5,
     "survey.answered": 6,
-    "meeting.convened": 7,
+    "meeting.convened": 7,  # meeting events: only from stored events of older versions
     "meeting.updated": 8,
 }
 TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
@@ -169,30 +169,42 @@ def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]
         row["survey_outcome"] = e.get("outcome", "answered")
 
 
+def _payload(e: Mapping[str, Any], field: str) -> Mapping[str, Any]:
+    """A typed payload of a `ticket.updated` (version 2), or the free `data` dict that version 1
+    carried instead: stored events of both versions must fold."""
+    value = e.get(field)
+    if isinstance(value, Mapping):
+        return value
+    return e.get("data") or {}
+
+
 def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
-    action, data = e["action"], e.get("data") or {}
+    action = e["action"]
     row["status"] = e["status"]
     if action == "accepted":
-        row.update(accepted_at=when, accepted_on_time=data.get("on_time"))
+        on_time = e["on_time"] if e.get("on_time") is not None else _payload(e, "on_time").get("on_time")
+        row.update(accepted_at=when, accepted_on_time=on_time)
     elif action == "returned":
         row["returns"] += 1
-    elif action == "extension_approved" and data.get("resolve_by"):
-        row["resolve_by"] = at(data["resolve_by"])
+    elif action == "extension_approved" and (resolve_by := _payload(e, "extension").get("resolve_by")):
+        row["resolve_by"] = at(resolve_by)
         row["overdue"] = row["overdue"] and row["resolve_by"] <= when
     elif action == "resolved":
         row.update(resolved_at=when, resolution_note=e.get("note", ""))
     elif action == "closed":
+        answer = _payload(e, "answer")
         row.update(
             closed_at=when,
-            rating=data.get("rating", row["rating"]),
-            solved=data.get("solved", row["solved"]),
-            survey_outcome=data.get("survey", "answered"),
+            rating=answer.get("rating", row["rating"]),
+            solved=answer.get("solved", row["solved"]),
+            survey_outcome=answer.get("outcome") or answer.get("survey") or "answered",
         )
     elif action == "reopened":
+        answer = _payload(e, "answer")
         row.update(
-            reopens=data.get("reopens", row["reopens"] + 1),
-            rating=data.get("rating"),
-            solved=data.get("solved"),
+            reopens=answer.get("reopens") or row["reopens"] + 1,
+            rating=answer.get("rating"),
+            solved=answer.get("solved"),
             accepted_at=None,
             accepted_on_time=None,
             resolved_at=None,
@@ -204,8 +216,12 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         row["overdue"] = True
     elif action == "escalated":
         row["escalated"] = True
-        meeting = data.get("meeting") or {}
-        row["meeting_id"] = meeting.get("meeting_id", row["meeting_id"])
+        meeting = (
+            e.get("meeting")
+            if isinstance(e.get("meeting"), Mapping)
+            else _payload(e, "meeting").get("meeting")
+        )
+        row["meeting_id"] = (meeting or {}).get("meeting_id", row["meeting_id"])
 
 
 def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:

@@ -1,9 +1,8 @@
 """The three rates (三率) for any period from the record, counted by the notifier's rules
 (`services.notifier.scoring`): an assignment on the day it happens (not the dispatch desk's waiting
 room; a reroute counts again, for the new department), an acceptance on its day, a survey answer on
-the day it arrives. Assignments are grouped by the department, category and grid they name; the
-other events by the ticket's current ones (the notifier takes the ticket as it is when it counts:
-the two differ only for a ticket rerouted after it was accepted or answered).
+the day it arrives. Each event is grouped by the department, category and grid it names, as the
+notifier does.
 """
 
 from __future__ import annotations
@@ -14,11 +13,14 @@ from zoneinfo import ZoneInfo
 from services.notifier import scoring
 from services.records.db import Pool
 
+# Each event is counted in the groups it names itself (the assignment, the update and the answer
+# all carry their ticket's department, category and grid); events written before they carried them
+# fall back to the ticket's current ones. The street is the ticket's (the record has no grid table).
 GROUP_SQL = {
-    "department": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->'department'->>'id' "
+    "department": "CASE WHEN e.payload ? 'department' THEN e.payload->'department'->>'id' "
     "ELSE t.department END",
-    "category": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->>'category' ELSE t.category END",
-    "grid": "CASE WHEN e.topic = 'ticket.assigned' THEN e.payload->>'grid' ELSE t.grid END",
+    "category": "CASE WHEN e.payload ? 'category' THEN e.payload->>'category' ELSE t.category END",
+    "grid": "CASE WHEN e.payload ? 'grid' THEN e.payload->>'grid' ELSE t.grid END",
     "street": "t.street",
 }
 _ANSWERED = (
@@ -28,7 +30,7 @@ COUNTERS = {
     "assigned": "e.topic = 'ticket.assigned' AND e.payload->>'via' <> 'dispatch_desk'",
     "responded": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted'",
     "responded_on_time": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted' "
-    "AND coalesce((e.payload->'data'->>'on_time')::boolean, false)",
+    "AND coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean, false)",
     "answered": _ANSWERED,
     "solved": f"{_ANSWERED} AND coalesce((e.payload->>'solved')::boolean, false)",
     "satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '1'",
@@ -43,7 +45,7 @@ async def rates(
     pool: Pool, group_by: str, start: date, end: date, tz: ZoneInfo, weights: scoring.Weights
 ) -> list[dict]:
     """Per group: the counters over the local days [start, end] and the rates; best score first
-    (the shape of the notifier's `RateBook.query`, names left to the caller)."""
+    (the shape of the notifier's `Scorecard.query`, names left to the caller)."""
     if group_by not in GROUP_SQL:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_SQL)}")
     counters = ", ".join(f"count(*) FILTER (WHERE {sql}) AS {name}" for name, sql in COUNTERS.items())

@@ -393,7 +393,7 @@ def token(
     ),
 ) -> None:
     """Mint an API bearer token (printed once; only its hash is stored)."""
-    from shared.auth import issue_token
+    from shared.auth import Role, issue_token
     from shared.city import load_city
 
     settings = get_settings()
@@ -405,7 +405,7 @@ def token(
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
     if operator is not None and not operator.strip():
         raise typer.BadParameter("--operator needs the operator's id (工号), e.g. --operator 0231")
-    role = (
+    role: Role = (
         "admin"
         if admin
         else "sms_gateway"

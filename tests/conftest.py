@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from services.launcher import WORKERS, Launcher
+from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared.auth import issue_token
 from shared.city import City, load_city
 from shared.embedded import EmbeddedServers, free_port
@@ -88,8 +89,23 @@ def system_city(city_dir: Path) -> City:
     return load_city(city_dir)
 
 
+@dataclass(frozen=True)
+class ExternalServers:
+    """Servers someone else runs (a deployment's Apache Kafka, Redis and PostgreSQL), named by the
+    environment: the same suite then runs against them instead of the embedded ones."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    database_url: str
+
+
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory) -> Iterator[EmbeddedServers]:
+def servers(tmp_path_factory) -> Iterator[EmbeddedServers | ExternalServers]:
+    if external_servers_configured() and os.environ.get("DATABASE_URL"):
+        yield ExternalServers(
+            os.environ["KAFKA_BOOTSTRAP_SERVERS"], os.environ["REDIS_URL"], os.environ["DATABASE_URL"]
+        )
+        return
     with EmbeddedServers(log_dir=tmp_path_factory.mktemp("servers"), postgres=True) as s:
         yield s
 

@@ -131,9 +131,11 @@ async def home(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
-def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
+def anonymous_form(request: Request, template: str, status: int, **context: Any) -> Response:
+    """A page whose form is posted without a session (sign-in, the resident's lookup): its CSRF
+    token is double-submitted, in the form and in a cookie of its own."""
     csrf = session.new_csrf()
-    response = page(request, "signin.html", status, csrf=csrf, error=error)
+    response = page(request, template, status, csrf=csrf, **context)
     response.set_cookie(
         session.LOGIN_CSRF_COOKIE,
         csrf,
@@ -143,6 +145,10 @@ def signin_page(request: Request, error: str = "", status: int = 200) -> Respons
         path="/console",
     )
     return response
+
+
+def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
+    return anonymous_form(request, "signin.html", status, error=error)
 
 
 @router.get("/signin")
@@ -735,18 +741,8 @@ async def lookup_form(request: Request) -> Response:
 
 
 def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
-    csrf = session.new_csrf()
-    context = {"values": {}, "errors": {}, "found": None, **context}
-    response = page(request, "lookup.html", status, csrf=csrf, **context)
-    response.set_cookie(
-        session.LOGIN_CSRF_COOKIE,
-        csrf,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/console",
-    )
-    return response
+    defaults: dict[str, Any] = {"values": {}, "errors": {}, "found": None}
+    return anonymous_form(request, "lookup.html", status, **{**defaults, **context})
 
 
 @router.post("/lookup")

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from shared.privacy import check_salt
 from shared.settings import Settings
 
-SERVICES = ("api", "intake", "classifier", "router", "notifier")
+SERVICES = ("api", "intake", "classifier", "router", "notifier", "records")
 SAMPLE_TEXT = "阳光花园3号楼门口的路灯坏了一个星期，晚上很黑"
 
 
@@ -96,10 +96,20 @@ def _classify(settings: Settings) -> str:
     )
 
 
+def _migrations(settings: Settings) -> str:
+    from services.records.db import MIGRATIONS, migration_files
+
+    found = migration_files()
+    if not found:
+        raise FileNotFoundError(f"no schema migrations in {MIGRATIONS}")
+    return f"records: {len(found)} schema migration(s)"
+
+
 _STEPS: dict[str, tuple[Callable[[Settings], str], ...]] = {
     "api": (_city, _templates, _api),
     "intake": (_city, _worker("intake")),
     "classifier": (_city, _classify, _worker("classifier")),
     "router": (_city, _worker("router")),
     "notifier": (_city, _templates, _worker("notifier")),
+    "records": (_city, _migrations),  # its app needs DATABASE_URL; the check stays offline
 }

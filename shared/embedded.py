@@ -16,6 +16,7 @@ import ctypes
 import hashlib
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -32,10 +33,39 @@ class EmbeddedServerError(RuntimeError):
     pass
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, for a server about to start.
+
+    Not one the kernel picks for `bind(0)`: the kernel hands the same port out again as soon as it is
+    closed, and hands ports of that range to outgoing connections, so two servers (or a server and a
+    client socket) could end up wanting one port. We draw below the ephemeral range instead, and
+    never give the same port twice in one process.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.randint(15000, low - 1) if low > 16000 else rng.randint(low, 65000)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise EmbeddedServerError("no free TCP port found on 127.0.0.1")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -40,13 +40,7 @@ $(CHROMIUM):
 # One recipe, so the order holds under `make -j` too.
 test: lint setup $(CHROMIUM)
 	$(PYTEST) -m "not integration"
-	@# Each file's integration tests in a session of their own (their own servers and system), so no
-	@# file leans on, or is upset by, what another left in a shared broker, Redis or PostgreSQL.
-	@# Exit 5 is pytest's "no test here" (files with only fast tests).
-	@fail=0; for f in tests/test_*.py; do \
-	  $(PYTEST) -m integration $$f; rc=$$?; \
-	  if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then fail=1; echo "FAILED: $$f"; fi; \
-	done; exit $$fail
+	$(PYTEST) -m integration --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,7 +19,9 @@ from shared.city import DEMO_CITY_DIR, City, load_city
 TINY_CATEGORY = "education.tutoring"
 TINY_RESPOND_HOURS = 3 / 3600  # 3 s to accept
 TINY_RESOLVE_HOURS = 6 / 3600  # 6 s to resolve; escalation at 9 s
-HOTSPOT_COUNT = 25
+# One session's tests submit the same street-light appeal a hundred times and more, in one grid:
+# below this, tickets they wait to see assigned would be held for a joint meeting instead.
+HOTSPOT_COUNT = 400
 
 
 @cache

@@ -301,7 +301,10 @@ async def test_health_keeps_answering_while_a_hostile_upload_is_read(api, redis)
     operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0998')}"}
     rows = [["box_id", "date", "text"], *([f"B{i}", "2026-11-20", "短"] for i in range(19_999))]
     files = {"file": ("slips.xlsx", xlsx(rows), "application/octet-stream")}
-    upload = asyncio.create_task(api.post("/api/v1/appeals/batch", files=files, headers=operator))
+    # The read may take long on a busy machine: the point is that health answers meanwhile.
+    upload = asyncio.create_task(
+        api.post("/api/v1/appeals/batch", files=files, headers=operator, timeout=180)
+    )
     answered_meanwhile = 0
     while not upload.done():
         r = await api.get("/healthz")

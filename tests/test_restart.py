@@ -142,9 +142,16 @@ def test_children_die_when_appeals_up_is_killed(tmp_path, settings):
 
 def test_a_worker_that_dies_is_started_again_and_the_others_keep_running(settings, tmp_path):
     ports = {"router": free_port(), "notifier": free_port()}
+    # Servers of its own: in the session's groups, each start and the kill would make the session's
+    # workers wait for a rebalance (and this test for the dead member's session to time out).
+    own = EmbeddedServers(log_dir=tmp_path / "servers").start()
     launcher = Launcher(
         env=settings_env(
-            settings, metrics_port_router=ports["router"], metrics_port_notifier=ports["notifier"]
+            settings,
+            kafka_bootstrap_servers=own.kafka_bootstrap,
+            redis_url=own.redis_url,
+            metrics_port_router=ports["router"],
+            metrics_port_notifier=ports["notifier"],
         ),
         log_dir=tmp_path,
     )
@@ -167,6 +174,7 @@ def test_a_worker_that_dies_is_started_again_and_the_others_keep_running(setting
         assert port_open(ports["router"])
     finally:
         launcher.stop_all()
+        own.stop()
 
 
 async def test_numbers_are_never_handed_out_twice_when_the_counter_is_lost(redis):

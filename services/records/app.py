@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -67,11 +69,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def _close() -> None:
         await pool.close()
 
-    async def catch_up() -> None:
+    async def catch_up(give_up_after: float = RETRY_FOR_SECONDS) -> None:
         # What the broker held for this worker and lost (the embedded one keeps nothing across a
         # restart) is still in Redis's ticket histories: the record takes it from there.
         if behind := await until_available(
-            lambda: records.catch_up_with_store(rt.store), what="catching up with the store"
+            lambda: records.catch_up_with_store(rt.store),
+            what="catching up with the store",
+            give_up_after=give_up_after,
         ):
             log.info("the record caught up with the store on %d ticket(s)", behind)
 
@@ -79,8 +83,12 @@ def build_app(settings: Settings | None = None) -> FastStream:
     on_start: list[asyncio.Task] = []
 
     @app.after_startup
-    async def _catch_up_on_start() -> None:  # in the background: consuming starts meanwhile
-        on_start.append(asyncio.create_task(logged(catch_up, "catching up with the store failed")))
+    async def _catch_up_on_start() -> None:
+        # In the background (consuming starts meanwhile), and for as long as PostgreSQL is away:
+        # nothing else would bring those events in.
+        on_start.append(
+            asyncio.create_task(logged(partial(catch_up, math.inf), "catching up with the store failed"))
+        )
 
     @app.on_shutdown
     async def _stop_catching_up() -> None:

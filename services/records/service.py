@@ -257,7 +257,10 @@ class Records:
         """Copy in the events of every ticket whose Redis history holds more than the record: the
         embedded broker keeps nothing across a restart (nor when it is lost while we run), so the
         events it held that this worker had not read yet are left only in the histories. Counting
-        first keeps it to a few round trips per `batch` tickets. Returns how many were behind."""
+        first keeps it to a few round trips per `batch` tickets, not a read of every history. The
+        count misses a ticket only where the record also holds an event its history does not have
+        yet (a classification or survey event its writer published before the router recorded it)
+        and lacks another. Returns how many were behind."""
         behind = 0
         nos: list[str] = []
         async for key in store.redis.scan_iter(match="t:*:h", count=5000):

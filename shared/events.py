@@ -250,6 +250,10 @@ class Answer(_Frozen):
     rating: Rating | None = None
     solved: bool | None = None
     reopens: int = 0  # how often the ticket has been reopened, this time included
+    # reopened: the deadlines the department has again (重办 gets the category's time anew, from the
+    # answer); None when the ticket had no category to time it by, and in events of older versions.
+    respond_by: datetime | None = None
+    resolve_by: datetime | None = None
 
 
 # The payload field each action must carry (escalated: one of the two).

@@ -123,6 +123,41 @@ def test_the_fold_follows_a_ticket_through_its_life():
     assert row["events"] == 9
 
 
+def test_a_reopened_ticket_has_the_deadlines_the_router_gave_it_again():
+    """重办: the department gets the category's time again; the record follows the event's answer."""
+    events = [e for e in life() if e["topic"] != "survey.answered" and e.get("action") != "closed"]
+    when = T0 + timedelta(days=1)
+    again = Answer(
+        rating=3,
+        solved=False,
+        reopens=1,
+        respond_by=when + timedelta(hours=2),
+        resolve_by=when + timedelta(days=3),
+    )
+    reopened = TicketUpdated(
+        ticket_no=events[0]["ticket_no"],
+        action="reopened",
+        status="assigned",
+        actor="resident",
+        department=DEPT,
+        note="灯还是不亮",
+        answer=again,
+        occurred_at=when,
+    )
+    row = fold_ticket([*events, dump(reopened)], STREETS)
+    assert row is not None
+    assert (row["status"], row["reopens"]) == ("assigned", 1)
+    assert row["respond_by"] == again.respond_by
+    assert row["resolve_by"] == again.resolve_by
+    assert row["overdue"] is False
+    # A reopening written before the answer carried the deadlines leaves the last ones known.
+    older = dump(reopened)
+    del older["answer"]["respond_by"], older["answer"]["resolve_by"]
+    kept = fold_ticket([*events, older], STREETS)
+    assert kept is not None
+    assert kept["resolve_by"] == T0 + timedelta(days=3)
+
+
 def test_order_of_arrival_and_replays_change_nothing():
     events = life()
     expected = fold_ticket(events, STREETS)

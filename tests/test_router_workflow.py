@@ -285,6 +285,11 @@ def test_unsatisfied_reopens_then_escalates():
     assert first.publish[0].action == "reopened"
     assert "灯还是不亮" in first.publish[0].note
     assert r.resolve_by > t.resolve_by  # 重办 gets its time again
+    # ...and the event says so, for those who do not read the ticket (the record).
+    assert (first.publish[0].answer.respond_by, first.publish[0].answer.resolve_by) == (
+        r.respond_by,
+        r.resolve_by,
+    )
     second = survey(resolved(r), 3, 1, "第二次了还没修")
     assert second.ticket.status == st.MEETING
     assert second.ticket.reopens == 2

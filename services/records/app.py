@@ -5,16 +5,21 @@ A separate worker rather than part of the router: the router's batches stay as f
 slow or absent database holds up only the record, and the record can be rebuilt or replayed
 without touching routing. While PostgreSQL is down a batch waits (retrying) and is then handed
 back to Kafka unacknowledged; it is read again, so the projection catches up when the server
-returns and the rest of the system never notices.
+returns and the rest of the system never notices. On start, and when the broker came back empty,
+it catches up with Redis's ticket histories: the embedded broker keeps nothing across a restart, so
+events it held that this worker had not read yet are only there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -32,6 +37,7 @@ from shared.settings import Settings
 
 NAME = "records"
 E = TypeVar("E", bound=ev.Event)
+T = TypeVar("T")
 log = logging.getLogger(NAME)
 
 # One subscription per topic.
@@ -63,6 +69,34 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def _close() -> None:
         await pool.close()
 
+    async def catch_up(give_up_after: float = RETRY_FOR_SECONDS) -> None:
+        # What the broker held for this worker and lost (the embedded one keeps nothing across a
+        # restart) is still in Redis's ticket histories: the record takes it from there.
+        if behind := await until_available(
+            lambda: records.catch_up_with_store(rt.store),
+            what="catching up with the store",
+            give_up_after=give_up_after,
+        ):
+            log.info("the record caught up with the store on %d ticket(s)", behind)
+
+    rt.on_topics_recreated.append(catch_up)  # the broker came back empty while we run
+    on_start: list[asyncio.Task] = []
+
+    @app.after_startup
+    async def _catch_up_on_start() -> None:
+        # In the background (consuming starts meanwhile), and for as long as PostgreSQL is away:
+        # nothing else would bring those events in.
+        on_start.append(
+            asyncio.create_task(logged(partial(catch_up, math.inf), "catching up with the store failed"))
+        )
+
+    @app.on_shutdown
+    async def _stop_catching_up() -> None:
+        for task in on_start:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def keep_counters_above_the_record() -> None:
         # Not only at start: a Redis that restarts empty while we run must not number from 1 again.
         await records.raise_counters(rt.store, datetime.now(tz).date())
@@ -81,19 +115,25 @@ def projector(records: Records, topic: str) -> Callable[[list[Any]], Awaitable[N
 
 
 async def until_available(
-    work: Callable[[], Awaitable[None]], *, what: str, give_up_after: float = RETRY_FOR_SECONDS
-) -> None:
+    work: Callable[[], Awaitable[T]], *, what: str, give_up_after: float = RETRY_FOR_SECONDS
+) -> T:
     """Run `work`, retrying while PostgreSQL is unreachable; past `give_up_after` the error goes
     up (the batch is read again later)."""
     deadline = time.monotonic() + give_up_after
     delay = 0.2
     while True:
         try:
-            await work()
-            return
+            return await work()
         except UNAVAILABLE as e:
             if time.monotonic() > deadline:
                 raise
             log.warning("PostgreSQL unavailable (%s); %s wait", str(e).strip()[:200], what)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5)
+
+
+async def logged(work: Callable[[], Awaitable[object]], failure: str) -> None:
+    try:
+        await work()
+    except Exception:
+        log.exception(failure)

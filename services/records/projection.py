@@ -5,9 +5,9 @@ rebuild equals the live projection by construction, and a replayed event changes
 Events come as the dicts they were published as (`Event.model_dump(mode="json")`), not as the
 classes: the record must still read events written by older versions of the services.
 
-What the events do not carry is not in the row: the router renews the deadlines of a reopened
-ticket without an event saying so, so after a reopening `respond_by`/`resolve_by` are those of the
-last assignment or extension.
+The deadlines are those of the last event that set them: an assignment, an approved extension, or a
+reopening (重办 gives the department the category's time again; a `reopened` written before its
+answer carried the new deadlines leaves the old ones).
 """
 
 from __future__ import annotations
@@ -212,6 +212,9 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
             overdue=False,
             escalated=False,
         )
+        for deadline in ("respond_by", "resolve_by"):
+            if answer.get(deadline):
+                row[deadline] = at(answer[deadline])
     elif action == "overdue":
         row["overdue"] = True
     elif action == "escalated":

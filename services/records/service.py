@@ -23,7 +23,7 @@ from services.records.db import Pool
 from services.records.projection import TICKET_TOPICS, Row, at, fold_meeting, fold_ticket
 from shared.city import City
 from shared.events import Event
-from shared.store import TicketStore
+from shared.store import TicketStore, history_key
 
 log = logging.getLogger("records")
 
@@ -252,6 +252,41 @@ class Records:
                 seen += await self._backfill(store, nos)
                 nos = []
         return seen + await self._backfill(store, nos)
+
+    async def catch_up_with_store(self, store: TicketStore, batch: int = 1000) -> int:
+        """Copy in the events of every ticket whose Redis history holds more than the record: the
+        embedded broker keeps nothing across a restart (nor when it is lost while we run), so the
+        events it held that this worker had not read yet are left only in the histories. Counting
+        first keeps it to a few round trips per `batch` tickets, not a read of every history. The
+        count misses a ticket only where the record also holds an event its history does not have
+        yet (a classification or survey event its writer published before the router recorded it)
+        and lacks another. Returns how many were behind."""
+        behind = 0
+        nos: list[str] = []
+        async for key in store.redis.scan_iter(match="t:*:h", count=5000):
+            nos.append(key.decode()[2:-2])
+            if len(nos) >= batch:
+                behind += await self._catch_up(store, nos)
+                nos = []
+        return behind + await self._catch_up(store, nos)
+
+    async def _catch_up(self, store: TicketStore, nos: list[str]) -> int:
+        if not nos:
+            return 0
+        async with store.redis.pipeline(transaction=False) as pipe:
+            for no in nos:
+                pipe.llen(history_key(no))
+            lengths = await pipe.execute()
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT ticket_no, count(*) AS n FROM ticket_events "
+                "WHERE ticket_no = ANY(%s) GROUP BY ticket_no",
+                (nos,),
+            )
+            recorded = {r["ticket_no"]: r["n"] for r in await cur.fetchall()}
+        behind = [no for no, n in zip(nos, lengths, strict=True) if n > recorded.get(no, 0)]
+        await self._backfill(store, behind)
+        return len(behind)
 
     async def _backfill(self, store: TicketStore, nos: list[str]) -> int:
         events = [record for no in nos for record in await store.history(no)]

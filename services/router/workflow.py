@@ -727,6 +727,7 @@ def record_rating(
             solved=answer.solved,
             closed_at=answer.occurred_at,
         )
+    fresh = _fresh_deadlines(ticket, city, tz, answer.occurred_at) if city and tz else {}
     event = ticket_updated(
         ticket,
         "reopened",
@@ -734,7 +735,13 @@ def record_rating(
         actor="resident",
         cause=answer,
         note=answer.text,
-        answer=Answer(rating=answer.rating, solved=answer.solved, reopens=ticket.reopens + 1),
+        answer=Answer(
+            rating=answer.rating,
+            solved=answer.solved,
+            reopens=ticket.reopens + 1,
+            respond_by=fresh.get("respond_by"),
+            resolve_by=fresh.get("resolve_by"),
+        ),
     )
     reopened = _updated(
         ticket,
@@ -746,7 +753,7 @@ def record_rating(
         reopens=ticket.reopens + 1,
         accepted_at=None,
         resolved_at=None,
-        **(_fresh_deadlines(ticket, city, tz, answer.occurred_at) if city and tz else {}),
+        **fresh,
     )
     if city is None or tz is None or ticket.reopens < 1:
         return reopened

@@ -20,7 +20,7 @@ from tests.conftest import ROOT, eventually, settings_env
 pytestmark = pytest.mark.integration
 
 TOPIC = topics.TICKET_UPDATED  # read by several services, each in its own group
-READERS = ("intake", "router", "notifier")
+READERS = ("intake", "router", "notifier", "records")  # the records worker reads every topic
 
 
 async def all_groups_past(settings, partition: int, offset: int) -> None:

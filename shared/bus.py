@@ -22,9 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -176,6 +177,40 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
     finally:
         await admin.close()
     return [t.name for t in missing]
+
+
+async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[ConsumerRecord]]:
+    """Every record of the topics from the beginning to their end when called, in offset order per
+    partition, without joining a consumer group (so no group's offsets move). A topic that does not
+    exist reads as empty."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: dict[str, list[ConsumerRecord]] = {n: [] for n in names}
+    try:
+        available = await consumer.topics()
+        parts = [
+            TopicPartition(t, p)
+            for t in names
+            if t in available
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in parts])
+
+        while await behind():
+            batch = await consumer.getmany(*parts, timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                # What was published after the call is left for the next reader.
+                out[tp.topic].extend(r for r in records if r.offset < end[tp])
+    finally:
+        await consumer.stop()
+    return out
 
 
 async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str | None = None) -> None:

@@ -27,6 +27,12 @@ from shared.settings import Settings
 from tests.conftest import System, eventually
 
 CONSUMERS = ("classifier", "router", "notifier")
+# Appeals flow from before the first kill until EVERY more have been answered after the last one,
+# EVERY between kills, at most LIMIT in all. Kills wait for answers rather than the clock, so each
+# one meets appeals in flight however slow the machine is, and what bounds a test is its kills (and
+# restarts), not the count.
+LIMIT = 5000
+EVERY = 100
 
 # Appeals of several categories and places, so that routing, review and hotspot meetings all occur.
 # The texts carry no phone and no name: those travel only in the fields made for them.
@@ -380,6 +386,19 @@ class Report:
     ticket_assigned_records: int
     distinct_assignments: int
     statuses: Counter[str]
+
+
+async def settle_and_check(settings: Settings, submissions: Submissions) -> Report:
+    """Once the flow is over: every appeal was acknowledged, the router has decided every ticket and
+    the notifier has caught up, then `check_exactly_once`."""
+    assert not submissions.failed, f"appeals never acknowledged: {submissions.failed}"
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await wait_until_routed(redis, sorted(submissions.acked), timeout=600)
+        await wait_for_notifier(settings.kafka_bootstrap_servers, timeout=300)
+        return await check_exactly_once(redis, settings.kafka_bootstrap_servers, submissions)
+    finally:
+        await redis.aclose()
 
 
 async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissions) -> Report:

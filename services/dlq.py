@@ -37,47 +37,21 @@ class DeadLetter:
 
 async def read_dead_letters(settings: Settings, names: list[str]) -> list[DeadLetter]:
     """Every record of the given dead-letter topics, oldest first, without joining a group."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from shared.bus import read_topics
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    try:
-        available = await consumer.topics()
-        parts = [
-            TopicPartition(t, p)
-            for t in names
-            if t in available
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-        if not parts:
-            return []
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        out: list[DeadLetter] = []
-
-        async def behind() -> bool:
-            return any([await consumer.position(tp) < end[tp] for tp in parts])
-
-        while await behind():
-            for tp, records in (await consumer.getmany(*parts, timeout_ms=1000)).items():
-                for r in records:
-                    if r.offset >= end[tp]:
-                        continue
-                    try:
-                        record = json.loads(r.value or b"{}")
-                    except ValueError:
-                        record = {
-                            "error": "not a dead-letter record",
-                            "body": (r.value or b"").decode(errors="replace"),
-                        }
-                    key = r.key.decode() if r.key else None
-                    out.append(DeadLetter(tp.topic, tp.partition, r.offset, key, record))
-        return sorted(out, key=lambda d: (d.dlq_topic, d.dlq_partition, d.dlq_offset))
-    finally:
-        await consumer.stop()
+    out: list[DeadLetter] = []
+    for records in (await read_topics(settings.kafka_bootstrap_servers, names)).values():
+        for r in records:
+            try:
+                record = json.loads(r.value or b"{}")
+            except ValueError:
+                record = {
+                    "error": "not a dead-letter record",
+                    "body": (r.value or b"").decode(errors="replace"),
+                }
+            key = r.key.decode() if r.key else None
+            out.append(DeadLetter(r.topic, r.partition, r.offset, key, record))
+    return sorted(out, key=lambda d: (d.dlq_topic, d.dlq_partition, d.dlq_offset))
 
 
 def _dlq_topics(topic: str | None) -> list[str]:

@@ -22,9 +22,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
@@ -193,6 +194,51 @@ async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TO
     finally:
         await admin.close()
     return [t.name for t in missing]
+
+
+async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[ConsumerRecord]]:
+    """Every record of the topics from the beginning to (at least) their end when called, in offset
+    order per partition, without joining a consumer group (so no group's offsets move). A topic that
+    does not exist reads as empty."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    out: dict[str, list[ConsumerRecord]] = {n: [] for n in names}
+    try:
+        available = await consumer.topics()
+        parts = [
+            TopicPartition(t, p)
+            for t in names
+            if t in available
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        await _read_to(consumer, parts, end, out)
+        # Tansu answers a partition's end offset with its last batch's first offset + 1, so the rest
+        # of that batch lies beyond it; the high watermark every fetch answer carries is exact.
+        await _read_to(consumer, parts, {tp: max(end[tp], consumer.highwater(tp) or 0) for tp in parts}, out)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _read_to(
+    consumer: AIOKafkaConsumer,
+    parts: Sequence[TopicPartition],
+    end: dict[TopicPartition, int],
+    out: dict[str, list[ConsumerRecord]],
+) -> None:
+    """Read the assigned partitions on until each has reached its offset in `end`."""
+
+    async def behind() -> bool:
+        return any([await consumer.position(tp) < end[tp] for tp in parts])
+
+    while await behind():
+        for tp, records in (await consumer.getmany(*parts, timeout_ms=500, max_records=5000)).items():
+            out[tp.topic].extend(records)
 
 
 async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str | None = None) -> None:

@@ -3,8 +3,9 @@
 PostgreSQL (the server binaries of the machine's `postgresql` package).
 
 Used by `appeals up` and by the test fixtures. Known limits of this Tansu build, which the code
-must not lean on: data in memory only; no idempotent producer or transactions; it stops on SIGINT and
-ignores SIGTERM (so we send SIGINT, then SIGKILL if it lingers).
+must not lean on: data in memory only; no idempotent producer or transactions; a partition's end
+offset (ListOffsets) is its last batch's first offset + 1, not the high watermark (a fetch answer's
+is exact); it stops on SIGINT and ignores SIGTERM (so we send SIGINT, then SIGKILL if it lingers).
 
 Every server is started so that it dies with the process that started it (`die_with_parent`): a
 `kill -9` of `appeals up` must not leave servers holding the ports the next `make up` needs.

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -239,10 +239,7 @@ class Runtime:
 
         @app.on_shutdown
         async def _stop_watching() -> None:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_all(tasks)
 
         @app.after_shutdown
         async def _stop() -> None:
@@ -250,6 +247,14 @@ class Runtime:
             await self.redis.aclose()
 
         return app
+
+
+async def cancel_all(tasks: Sequence[asyncio.Task]) -> None:
+    """Cancel the background tasks and wait until each has ended (its `finally` run)."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def run_periodically(
@@ -273,7 +278,4 @@ def run_periodically(
 
     @app.on_shutdown
     async def _stop() -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)

@@ -20,13 +20,19 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
 
-from shared import topics
+from shared import bus, topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
 from tests.conftest import System, eventually
 
 CONSUMERS = ("classifier", "router", "notifier")
+# Appeals flow from before the first kill until EVERY more have been answered after the last one,
+# EVERY between kills, at most LIMIT in all. Kills wait for answers rather than the clock, so each
+# one meets appeals in flight however slow the machine is, and what bounds a test is its kills (and
+# restarts), not the count.
+LIMIT = 5000
+EVERY = 100
 
 # Appeals of several categories and places, so that routing, review and hotspot meetings all occur.
 # The texts carry no phone and no name: those travel only in the fields made for them.
@@ -259,37 +265,9 @@ async def kill_in_turn(
 
 
 async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[ConsumerRecord]]:
-    """Every record of the topics, from the beginning to the current end (no consumer group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: dict[str, list[ConsumerRecord]] = {n: [] for n in names}
-    try:
-        existing = await consumer.topics()
-        parts = [
-            TopicPartition(t, p)
-            for t in names
-            if t in existing
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-        if not parts:
-            return out
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        end = await consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if end[tp] > 0}
-
-        async def drain() -> None:
-            while remaining:
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-                for tp, records in batch.items():
-                    out[tp.topic].extend(records)
-                    if records and records[-1].offset + 1 >= end[tp]:
-                        remaining.discard(tp)
-
-        await asyncio.wait_for(drain(), timeout=120)
-    finally:
-        await consumer.stop()
-    return out
+    """Every record of the topics so far; a broker that stops answering fails the test in two minutes."""
+    async with asyncio.timeout(120):
+        return await bus.read_topics(bootstrap, names)
 
 
 async def group_size(bootstrap: str, group: str) -> int:
@@ -408,6 +386,19 @@ class Report:
     ticket_assigned_records: int
     distinct_assignments: int
     statuses: Counter[str]
+
+
+async def settle_and_check(settings: Settings, submissions: Submissions) -> Report:
+    """Once the flow is over: every appeal was acknowledged, the router has decided every ticket and
+    the notifier has caught up, then `check_exactly_once`."""
+    assert not submissions.failed, f"appeals never acknowledged: {submissions.failed}"
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await wait_until_routed(redis, sorted(submissions.acked), timeout=600)
+        await wait_for_notifier(settings.kafka_bootstrap_servers, timeout=300)
+        return await check_exactly_once(redis, settings.kafka_bootstrap_servers, submissions)
+    finally:
+        await redis.aclose()
 
 
 async def check_exactly_once(redis: Redis, bootstrap: str, submissions: Submissions) -> Report:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from services.classifier.grid import grid_match
 from services.router import workflow
 from services.router.rules import contested, route
 from services.router.sla import deadlines
@@ -19,15 +20,7 @@ T0 = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 def grid(city: City, grid_id: str | None) -> GridMatch:
     if grid_id is None:
         return GridMatch(grid=None)
-    info = city.grids[grid_id]
-    return GridMatch(
-        grid=grid_id,
-        community=info.community_id,
-        street=info.street_id,
-        method="gazetteer",
-        confidence=0.9,
-        evidence="test",
-    )
+    return grid_match(city, grid_id, "gazetteer", 0.9, "test")
 
 
 def classified(

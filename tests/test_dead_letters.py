@@ -133,3 +133,27 @@ async def test_a_redelivered_poison_message_is_not_dead_lettered_twice(system, s
     assert len(letters) == 1
     assert letters[0].record["group"] == group_id("tester", TOPIC)
     assert letters[0].record["offset"] == 10**9
+
+
+async def test_every_dead_letter_of_a_batch_is_listed(system, settings):
+    """Tansu reports a partition's end offset as the first offset of its last batch + 1: a reader
+    that stopped there would miss the rest of that batch."""
+    marker = f"POISON-{uuid.uuid4().hex[:8]}"
+    # One key and a linger: the ten records travel as one batch, the partition's last.
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=200)
+    await producer.start()
+    try:
+        sent = [
+            await producer.send(
+                topics.dlq(TOPIC),
+                json.dumps({"topic": TOPIC, "error": "broken", "body": f"{marker}-{i}"}).encode(),
+                key=marker.encode(),
+            )
+            for i in range(10)
+        ]
+        offsets = [m.offset for m in await asyncio.gather(*sent)]
+    finally:
+        await producer.stop()
+    assert offsets == list(range(offsets[0], offsets[0] + 10))
+    letters = await letters_with(settings, marker)
+    assert sorted(d.record["body"] for d in letters) == sorted(f"{marker}-{i}" for i in range(10))

@@ -21,7 +21,7 @@ from shared.bus import EventPublisher, publish
 from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually
-from tests.test_pipeline_e2e import LIGHT, outbox_for, submit, ticket_when
+from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 SH = ZoneInfo("Asia/Shanghai")
@@ -41,13 +41,7 @@ NO_TOKEN = {"Authorization": ""}
 
 async def resolved_with_survey(api: httpx.AsyncClient, redis, phone: str) -> str:
     no = await submit(api, phone, address="阳光花园3号楼")
-    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
-    r = await api.post(
-        f"/api/v1/tickets/{no}/resolve",
-        json={"note": "已更换路灯灯泡，恢复照明"},
-        headers=await as_department(redis, ticket),
-    )
-    assert r.status_code == 200, r.text
+    await resolve_when_assigned(api, redis, no)
     return no
 
 

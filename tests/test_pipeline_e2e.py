@@ -39,6 +39,17 @@ async def ticket_when(api: httpx.AsyncClient, no: str, predicate) -> dict:
     return await eventually(probe)
 
 
+async def resolve_when_assigned(api: httpx.AsyncClient, redis, no: str) -> None:
+    """Once the ticket is assigned, its department resolves it (the survey SMS follows)."""
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        json={"note": "已更换路灯灯泡，恢复照明"},
+        headers=await as_department(redis, ticket),
+    )
+    assert r.status_code == 200, r.text
+
+
 async def outbox_for(redis, phone: str, kind: str) -> list[dict]:
     return [
         m

@@ -30,7 +30,7 @@ from shared.privacy import caller_id
 from shared.store import TicketStore
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
-from tests.test_pipeline_e2e import LIGHT, submit, ticket_when
+from tests.test_pipeline_e2e import LIGHT, resolve_when_assigned, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -59,13 +59,7 @@ async def row(pool: db.Pool, no: str) -> dict | None:
 
 
 async def close_by_resident(api, redis, no: str, phone: str) -> dict:
-    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
-    r = await api.post(
-        f"/api/v1/tickets/{no}/resolve",
-        json={"note": "已更换路灯灯泡，恢复照明"},
-        headers=await as_department(redis, ticket),
-    )
-    assert r.status_code == 200, r.text
+    await resolve_when_assigned(api, redis, no)
     await ticket_when(api, no, lambda t: t["status"] == "surveyed")
     r = await api.post(
         "/api/v1/sms/inbound", json={"phone": phone, "text": "1"}, headers=await as_sms_gateway(redis)

@@ -31,6 +31,17 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(ece)
 
 
+def _unreachable(target: float) -> dict[str, float | None]:
+    """No threshold meets `target`: nothing is routed automatically, everything goes to review."""
+    return {
+        "target_precision": target,
+        "threshold": None,
+        "coverage": 0.0,
+        "precision": None,
+        "review_share": 1.0,
+    }
+
+
 def threshold_for_precision(
     confidence: np.ndarray, correct: np.ndarray, target: float
 ) -> dict[str, float | None]:
@@ -39,13 +50,7 @@ def threshold_for_precision(
     review. `threshold` is None when no threshold reaches the target."""
     n = len(confidence)
     if n == 0:
-        return {
-            "target_precision": target,
-            "threshold": None,
-            "coverage": 0.0,
-            "precision": None,
-            "review_share": 1.0,
-        }
+        return _unreachable(target)
     order = np.argsort(-confidence, kind="stable")
     conf, ok = confidence[order], correct[order].astype(float)
     precision = np.cumsum(ok) / np.arange(1, n + 1)  # precision of the k most confident
@@ -53,13 +58,7 @@ def threshold_for_precision(
     last_of_value = np.r_[conf[1:] != conf[:-1], True]
     meets = np.flatnonzero((precision >= target) & last_of_value)
     if len(meets) == 0:
-        return {
-            "target_precision": target,
-            "threshold": None,
-            "coverage": 0.0,
-            "precision": None,
-            "review_share": 1.0,
-        }
+        return _unreachable(target)
     k = int(meets[-1])  # the most appeals auto-routed while still meeting the target
     coverage = (k + 1) / n
     return {

@@ -29,6 +29,19 @@ _ADDRESS_TOKEN = re.compile(rf"[\u4e00-\u9fff]{{1,6}}?(?:{_PLACE_SUFFIXES})")
 _NAME_SUFFIX = re.compile(rf"(?:{_PLACE_SUFFIXES})$")
 
 
+def grid_match(city: City, gid: str, method: str, confidence: float, evidence: str) -> GridMatch:
+    """A match of the grid `gid`, with the community and street the city places it in."""
+    info = city.grids[gid]
+    return GridMatch(
+        grid=gid,
+        community=info.community_id,
+        street=info.street_id,
+        method=method,
+        confidence=confidence,
+        evidence=evidence,
+    )
+
+
 def address_tokens(text: str) -> str:
     """The parts of a text that look like place names, joined; "" when there are none."""
     return " ".join(_ADDRESS_TOKEN.findall(text))
@@ -134,7 +147,7 @@ class GridLocator:
             if guess is None:
                 found[i] = GridMatch(grid=None, method="none", confidence=0.0)
             else:
-                found[i] = self._match(guess[0], "model", round(guess[1], 3), t)
+                found[i] = grid_match(self.city, guess[0], "model", round(guess[1], 3), t)
         return found  # type: ignore[return-value]
 
     def _without_model(self, text: str, address: str, location: GeoPoint | None) -> GridMatch | None:
@@ -142,7 +155,7 @@ class GridLocator:
         if location is not None:
             for gid, info in self.city.grids.items():
                 if info.grid.polygon and point_in_polygon(location.lng, location.lat, info.grid.polygon):
-                    return self._match(gid, "coordinates", 0.99, f"{location.lng},{location.lat}")
+                    return grid_match(self.city, gid, "coordinates", 0.99, f"{location.lng},{location.lat}")
         # The address is what the operator typed as the place: trust it over the narrative.
         for source, weight in ((address, 1.0), (text, 0.8)):
             if source:
@@ -192,15 +205,4 @@ class GridLocator:
             tied = "、".join(sorted({evidence[g] for g, sc in ranked if best_score - sc < 0.05}))
             return GridMatch(grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}")
         confidence = min(0.98, source_weight * best_score * (1 - runner_up / (best_score + runner_up)))
-        return self._match(best, "gazetteer", round(confidence, 3), evidence.get(best, ""))
-
-    def _match(self, gid: str, method: str, confidence: float, evidence: str) -> GridMatch:
-        info = self.city.grids[gid]
-        return GridMatch(
-            grid=gid,
-            community=info.community_id,
-            street=info.street_id,
-            method=method,
-            confidence=confidence,
-            evidence=evidence,
-        )
+        return grid_match(self.city, best, "gazetteer", round(confidence, 3), evidence.get(best, ""))

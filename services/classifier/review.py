@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from services.classifier.grid import grid_match
 from shared.city import City
 from shared.errors import DomainError
-from shared.events import AppealClassified, CategoryScore, GridMatch
+from shared.events import AppealClassified, CategoryScore
 
 
 def not_in_review(ticket_no: str) -> DomainError:
@@ -39,18 +40,7 @@ def corrected(
         raise DomainError(
             "grid_required", "分类器没有找到网格，请同时指定网格编号（grid）", kind="invalid", field="grid"
         )
-    if grid is not None:
-        info = city.grids[grid]
-        match = GridMatch(
-            grid=grid,
-            community=info.community_id,
-            street=info.street_id,
-            method="reviewer",
-            confidence=1.0,
-            evidence="人工复核",
-        )
-    else:
-        match = original.grid
+    match = original.grid if grid is None else grid_match(city, grid, "reviewer", 1.0, "人工复核")
     # The same correction posted twice is the same fact (same id): consumers drop the copy.
     event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{original.event_id}/review/{category}/{match.grid}").hex
     update = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import regex
 
 from services.intake.errors import InvalidAppeal
-from shared.events import AppealLocated, Caller, Channel, GeoPoint
+from shared.events import AppealLocated, AppealReceived, Caller, Channel, GeoPoint, new_id
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.tickets import Ticket
 
@@ -82,6 +82,31 @@ class Submission:
         if self.wechat_openid:
             return Caller(caller_id=wechat_caller_id(self.wechat_openid))
         return Caller()
+
+    def appeal(
+        self,
+        ticket_no: str,
+        *,
+        event_id: str | None = None,
+        address: str | None = None,
+        location: GeoPoint | None = None,
+    ) -> AppealReceived:
+        """The appeal as the pipeline sees it (the caller masked and hashed, no name): the event
+        intake publishes once it has a number, and what a preview classifies. `event_id` else a new
+        one; `address` and `location`, when given, stand for the submission's (a place a WeChat
+        user sent in a message of its own)."""
+        return AppealReceived(
+            event_id=event_id or new_id(),
+            ticket_no=ticket_no,
+            channel=self.channel,
+            text=self.text,
+            title=self.title,
+            address=self.address if address is None else address,
+            location=location or self.location,
+            caller=self.caller,
+            urgent_flag=self.urgent,
+            operator_id=self.operator_id,
+        )
 
 
 def wechat_caller_id(openid: str) -> str:

@@ -14,7 +14,6 @@ from services.intake import keys
 from services.intake.domain import Submission
 from services.intake.duplicates import DUPLICATE_WINDOW_SECONDS, near_identical, similarity
 from shared.city import City
-from shared.events import AppealReceived
 from shared.redis_client import text
 from shared.store import TicketStore
 from shared.tickets import Ticket
@@ -40,18 +39,8 @@ class Previewer:
     async def preview(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import route
 
-        appeal = AppealReceived(
-            ticket_no="preview",
-            channel=sub.channel,
-            text=sub.text,
-            title=sub.title,
-            address=sub.address,
-            location=sub.location,
-            caller=sub.caller,
-            urgent_flag=sub.urgent,
-        )
         classifier = await self.classifiers.current(self.store.redis)
-        (c,) = await asyncio.to_thread(classifier.classify, [appeal])
+        (c,) = await asyncio.to_thread(classifier.classify, [sub.appeal("preview")])
         # The threshold the classifier applied, as the router uses it.
         threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
         routing = route(self.city, c.category, c.grid, c.confidence, threshold)

@@ -260,18 +260,7 @@ class IntakeService:
                 place = json.loads(held)
                 location = GeoPoint(lng=place["lng"], lat=place["lat"])
                 address = address or place["label"]
-        return AppealReceived(
-            event_id=event_id,
-            ticket_no=ticket_no,
-            channel=sub.channel,
-            text=sub.text,
-            title=sub.title,
-            address=address,
-            location=location,
-            caller=sub.caller,
-            urgent_flag=sub.urgent,
-            operator_id=sub.operator_id,
-        )
+        return sub.appeal(ticket_no, event_id=event_id, address=address, location=location)
 
     # --- WeChat locations -------------------------------------------------------------------------
 

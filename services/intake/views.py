@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from services.intake import batch, wechat
-from services.intake.domain import InvalidAppeal, validate
+from services.intake.domain import InvalidAppeal, Submission, validate
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.service import Accepted, IntakeService
@@ -82,6 +82,22 @@ def counting_rejections(channel: str) -> Iterator[None]:
         raise
 
 
+def submission_of(body: AppealIn, staff: Principal, *, preview: bool = False) -> Submission:
+    """The body as a validated submission, a refusal counted under the body's channel. A preview
+    leaves out the caller's name and the operator: it needs neither, and the name is personal data."""
+    with counting_rejections(body.channel):
+        return validate(
+            channel=channel_of(body, staff),
+            text=body.text,
+            title=body.title,
+            address=body.address,
+            phone=body.caller_phone,
+            name=None if preview else body.caller_name,
+            operator_id=None if preview else staff.operator or body.operator_id,
+            urgent=body.urgent,
+        )
+
+
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -114,18 +130,7 @@ async def submit_appeal(
     body = await read_json(request, AppealIn)
     intake: IntakeService = request.app.state.intake
     await intake.check_ip(client_ip(request))
-    with counting_rejections(body.channel):
-        channel = channel_of(body, staff)
-        sub = validate(
-            channel=channel,
-            text=body.text,
-            title=body.title,
-            address=body.address,
-            phone=body.caller_phone,
-            name=body.caller_name,
-            operator_id=staff.operator or body.operator_id,
-            urgent=body.urgent,
-        )
+    sub = submission_of(body, staff)
     # A key is the caller's own: another operator's key of the same text is another submission.
     key = f"api:{staff.scope}:{idempotency_key}" if idempotency_key else None
     ticket_no, created = await intake.submit(sub, key)
@@ -140,16 +145,7 @@ async def preview_appeal(
 ) -> dict[str, Any]:
     """Suggested category, grid and department, and possible duplicates, before submitting."""
     body = await read_json(request, AppealIn)
-    with counting_rejections(body.channel):
-        channel = channel_of(body, staff)
-        sub = validate(
-            channel=channel,
-            text=body.text,
-            title=body.title,
-            address=body.address,
-            phone=body.caller_phone,
-            urgent=body.urgent,
-        )
+    sub = submission_of(body, staff, preview=True)
     result: dict[str, Any] = await request.app.state.intake_preview.preview(sub)
     if result["duplicates"]:
         d = result["duplicates"][0]

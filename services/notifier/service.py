@@ -67,16 +67,7 @@ class Notifier:
         self.jobs = JobQueue(self.redis, jobs_key)
         self.states = MessageStates(self.redis)
         self.sms = Dispatcher(self.redis, gateway, policy, self.jobs, clock=clock)
-        self.surveys = SurveyBook(
-            self.redis,
-            self.sms,
-            self.jobs,
-            publish,
-            texts,
-            reminder_after=reminder_after,
-            window=window,
-            clock=clock,
-        )
+        self.surveys = SurveyBook(self.sms, publish, texts, reminder_after=reminder_after, window=window)
         self._hget_each = self.redis.register_script(_HGET_EACH)
 
     @classmethod

@@ -19,11 +19,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import SmsMessage
-from services.notifier.jobs import JobQueue, SurveyJob
+from services.notifier.jobs import SurveyJob
 from services.notifier.survey import (
     OptedOut,
     SmsReply,
@@ -41,7 +39,6 @@ from shared.events import (
     SurveyOutcome,
     SurveySent,
     TicketUpdated,
-    now_utc,
 )
 from shared.metrics import SURVEYS_ANSWERED
 from shared.privacy import caller_id, mask_phone
@@ -61,25 +58,16 @@ def derived_id(*parts: str) -> str:
 
 class SurveyBook:
     def __init__(
-        self,
-        redis: Redis,
-        sms: Dispatcher,
-        jobs: JobQueue,
-        publish: Publish,
-        texts: Texts,
-        *,
-        reminder_after: timedelta = timedelta(hours=24),
-        window: timedelta = timedelta(hours=48),
-        clock: Callable[[], datetime] = now_utc,
+        self, sms: Dispatcher, publish: Publish, texts: Texts, *, reminder_after: timedelta, window: timedelta
     ) -> None:
-        self.redis = redis
+        # The dispatcher's Redis, job queue and clock: a survey's reminder and timeout wait in the
+        # queue that holds its messages, and are due by the same clock.
         self.sms = sms
-        self.jobs = jobs
+        self.redis, self.jobs, self.clock = sms.redis, sms.jobs, sms.clock
         self.publish = publish
         self.texts = texts
         self.reminder_after = reminder_after
         self.window = window
-        self.clock = clock
 
     # --- asking -------------------------------------------------------------------------------
 

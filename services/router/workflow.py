@@ -469,17 +469,31 @@ def _require_owner(ticket: Ticket, dept_id: str) -> None:
         raise WorkflowError("not_found", f"工单{ticket.ticket_no}不存在", kind="not_found")
 
 
+def _by_department(
+    ticket: Ticket,
+    action: TicketAction,
+    status: Status,
+    dept_id: str,
+    city: City,
+    now: datetime,
+    **fields: Any,
+) -> TicketUpdated:
+    """The `ticket.updated` of a step the ticket's department took at `now`: by it, naming it."""
+    return ticket_updated(
+        ticket, action, status, actor=dept_id, department=dept_ref(city, dept_id), occurred_at=now, **fields
+    )
+
+
+def _in_time(deadline: datetime | None, now: datetime) -> bool:
+    """A stage's step is on time up to its deadline, included; a stage without one is never late."""
+    return deadline is None or now <= deadline
+
+
 def accept(ticket: Ticket, dept_id: str, city: City, now: datetime) -> Outcome:
     _require_owner(ticket, dept_id)
     check(ticket, "accept")
-    event = ticket_updated(
-        ticket,
-        "accepted",
-        Status.ACCEPTED,
-        actor=dept_id,
-        department=dept_ref(city, dept_id),
-        occurred_at=now,
-        on_time=ticket.respond_by is None or now <= ticket.respond_by,
+    event = _by_department(
+        ticket, "accepted", Status.ACCEPTED, dept_id, city, now, on_time=_in_time(ticket.respond_by, now)
     )
     return _updated(ticket, "accept", event, accepted_at=now)
 
@@ -490,15 +504,15 @@ def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) 
     note = note.strip()
     if not note:
         raise WorkflowError("note_required", "办结时必须填写办理结果说明", kind="invalid", field="note")
-    event = ticket_updated(
+    event = _by_department(
         ticket,
         "resolved",
         Status.RESOLVED,
-        actor=dept_id,
-        department=dept_ref(city, dept_id),
+        dept_id,
+        city,
+        now,
         note=note,
-        occurred_at=now,
-        on_time=ticket.resolve_by is None or now <= ticket.resolve_by,
+        on_time=_in_time(ticket.resolve_by, now),
     )
     # A pending extension request is moot once the work is done.
     return _updated(ticket, "resolve", event, resolved_at=now, resolution_note=note, extension_request=None)
@@ -536,7 +550,7 @@ def return_ticket(
     why_code: ReturnReason = reason
     if ticket.assigned_via == "meeting":
         raise WorkflowError("meeting_decided", "该工单的主办单位由联席会议确定，不能退单")
-    if ticket.respond_by is not None and now > ticket.respond_by:
+    if not _in_time(ticket.respond_by, now):
         raise WorkflowError("window_closed", "已超过签收时限，不能退单；请签收办理或申请延期")
     grid = ticket.grid or GridMatch(grid=None)
     rule = responsible(city, ticket.category, grid, dept_id) if ticket.category else None
@@ -556,16 +570,7 @@ def return_ticket(
 
     def returned(status: Status) -> TicketUpdated:
         check(ticket, "return", status)
-        return ticket_updated(
-            ticket,
-            "returned",
-            status,
-            actor=dept_id,
-            department=dept_ref(city, dept_id),
-            note=note,
-            occurred_at=now,
-            returned=detail,
-        )
+        return _by_department(ticket, "returned", status, dept_id, city, now, note=note, returned=detail)
 
     if returns >= 2:
         held = _escalate(
@@ -622,14 +627,14 @@ def request_extension(
     if not reason.strip():
         raise WorkflowError("reason_required", "申请延期必须说明理由", kind="invalid", field="reason")
     request = {"days": days, "reason": reason.strip(), "by": dept_id, "at": now.isoformat()}
-    event = ticket_updated(
+    event = _by_department(
         ticket,
         "extension_requested",
         ticket.status,
-        actor=dept_id,
-        department=dept_ref(city, dept_id),
+        dept_id,
+        city,
+        now,
         note=reason.strip(),
-        occurred_at=now,
         extension=Extension(days=days, reason=reason.strip(), old_resolve_by=ticket.resolve_by),
     )
     return _updated(ticket, "request_extension", event, extension_request=request)

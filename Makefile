@@ -40,7 +40,7 @@ $(CHROMIUM):
 # One recipe, so the order holds under `make -j` too.
 test: lint setup $(CHROMIUM)
 	$(PYTEST) -m "not integration"
-	$(PYTEST) -m integration --durations=25
+	$(PYTEST) -m integration -n 2 --dist loadgroup --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -35,6 +35,9 @@ class EmbeddedServerError(RuntimeError):
 
 
 _handed_out: set[int] = set()
+# Processes that run side by side and cannot see each other's `_handed_out` (parallel test workers)
+# each take a share of the range: `PORT_SHARE = (i, n)`, the i-th of n.
+PORT_SHARE = (0, 1)
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -54,9 +57,13 @@ def free_port() -> int:
     never give the same port twice in one process.
     """
     low, _ = _ephemeral_range()
+    first, last = (15000, low - 1) if low > 16000 else (low, 65000)
+    share, shares = PORT_SHARE
+    width = (last - first) // shares
+    first += share * width
     rng = random.SystemRandom()
     for _ in range(500):
-        port = rng.randint(15000, low - 1) if low > 16000 else rng.randint(low, 65000)
+        port = rng.randint(first, first + width - 1)
         if port in _handed_out:
             continue
         with socket.socket() as s:

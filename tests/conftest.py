@@ -21,6 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS, Launcher, external_servers_configured
+from shared import embedded
 from shared.auth import issue_token
 from shared.city import City, load_city
 from shared.embedded import EmbeddedServers, free_port
@@ -37,10 +38,22 @@ INTEGRATION_FIXTURES = frozenset(
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_configure(config: pytest.Config) -> None:
+    # `make test` runs the integration tests in two processes (pytest-xdist): each draws the ports of
+    # the servers it starts from a share of the range of its own.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw"):
+        embedded.PORT_SHARE = (int(worker[2:]), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+        # The tests that start whole systems of their own and load the machine (kill -9 under load,
+        # replicas, the broker lost, a restart): one after another in one process, beside the rest.
+        if item.get_closest_marker("own_system") is not None:
+            item.add_marker(pytest.mark.xdist_group("own_system"))
 
 
 def _refuse(what: str) -> Callable[..., Any]:

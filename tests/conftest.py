@@ -51,9 +51,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
         # The tests that start whole systems of their own and load the machine (kill -9 under load,
-        # replicas, the broker lost, a restart): one after another in one process, beside the rest.
-        if item.get_closest_marker("own_system") is not None:
-            item.add_marker(pytest.mark.xdist_group("own_system"))
+        # replicas, the broker lost, a restart) run one after another in their lane, so that no more
+        # than two run at once; the two lanes hold about the same time, one for each process.
+        own = item.get_closest_marker("own_system")
+        if own is not None:
+            item.add_marker(pytest.mark.xdist_group(f"own_system_{own.kwargs['lane']}"))
 
 
 def _refuse(what: str) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from tests.faults_support import (
     settle_and_check,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1), pytest.mark.timeout(900)]
 
 # Here the three restarts bound the flow. Measured on the shared 2-core machine (load average 8):
 # the intake answered ~17 appeals/s, a restarted worker was up again after ~40 s: ~2,100 appeals,

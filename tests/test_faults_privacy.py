@@ -23,7 +23,7 @@ from shared.auth import issue_token
 from tests.conftest import eventually
 from tests.faults_support import admin_client, isolated_system, read_topics, sms_outbox
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 
 PHONE = "13591827364"
 TYPED_PHONE = "135 9182 7364"  # as the operator typed it; stored as PHONE

@@ -28,7 +28,7 @@ from tests.faults_support import (
     settle_and_check,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1), pytest.mark.timeout(900)]
 
 # No restarts here, so the flow is short: a few hundred appeals under load.
 # The group that feeds each consumer's hot path (every (service, topic) pair is a group).

@@ -43,7 +43,7 @@ from tests.faults_support import (
 )
 from tests.test_pipeline_e2e import submit
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -279,18 +279,24 @@ async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, pro
 
 
 async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):
-    nos = [await inject(producer, city, "market.consumer", "s02c03g03") for _ in range(HOTSPOT_COUNT)]
-    held = [await ticket_when(api, tokens, no, lambda t: t["status"] == "meeting") for no in nos]
-    mids = {t["meeting_id"] for t in held}
-    assert len(mids) == 1
-    mid = mids.pop()
+    nos = list(
+        await asyncio.gather(
+            *(inject(producer, city, "market.consumer", "s02c03g03") for _ in range(HOTSPOT_COUNT))
+        )
+    )
+    mid = (await ticket_when(api, tokens, nos[0], lambda t: t["status"] == "meeting"))["meeting_id"]
     admin = await tokens()
 
     async def with_all(n):
         m = await api.get(f"/api/v1/meetings/{mid}", headers=admin)
         return m.json() if m.status_code == 200 and len(m.json()["tickets"]) == n else None
 
+    async def all_held() -> bool:
+        held = [(await api.get(f"/api/v1/tickets/{no}", headers=admin)).json() for no in nos]
+        return {(t["status"], t["meeting_id"]) for t in held} == {("meeting", mid)}
+
     meeting = await eventually(lambda: with_all(HOTSPOT_COUNT))
+    await eventually(all_held, timeout=60)  # every one held for that one meeting
     assert meeting["reason"] == "hotspot"
     assert sorted(meeting["tickets"]) == sorted(nos)
     assert meeting["lead_street"] == "street_s02"

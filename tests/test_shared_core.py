@@ -7,10 +7,18 @@ import json
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from shared import topics
-from shared.bus import EventPublisher, ensure_topics, relay_outbox
+from shared.bus import (
+    BATCH_WAIT_MS,
+    EventPublisher,
+    batch_subscriber,
+    ensure_topics,
+    next_batch,
+    relay_outbox,
+)
 from shared.events import AppealReceived, TicketUpdated
 from shared.privacy import InvalidPhone, caller_id, mask_name, mask_phone, normalize_phone
 from shared.store import Change, Outcome, TicketStore, record_appeal
@@ -78,6 +86,27 @@ def test_a_ticket_update_carries_exactly_the_payload_its_action_names():
         TicketUpdated(action="accepted", on_time=True, survey_id="s1", **base)  # one too many
     with pytest.raises(ValidationError, match="surveyed carries exactly one of"):
         TicketUpdated(action="surveyed", on_time=True, **base)  # another action's
+
+
+class RecordsByPartition:
+    """Stands for aiokafka's consumer: each `getmany` gives the next reply (records by partition)."""
+
+    def __init__(self, *replies: dict[str, list[int]]) -> None:
+        self.replies = list(replies)
+        self.asked: list[tuple[int, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[str, list[int]]:
+        self.asked.append((timeout_ms, max_records))
+        return self.replies.pop(0)
+
+
+async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partition():
+    subscriber = batch_subscriber(KafkaBroker("localhost:9"), "some.topic", "svc")
+    assert subscriber.get_msg.func is next_batch  # not FastStream's, which sleeps after an empty wait
+    consumer = RecordsByPartition({}, {"p0": [1, 2], "p1": [3]})
+    assert await subscriber.get_msg(consumer) == ()
+    assert await subscriber.get_msg(consumer) == (1, 2, 3)
+    assert consumer.asked == [(BATCH_WAIT_MS, 500), (BATCH_WAIT_MS, 500)]
 
 
 async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):

@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
-from shared.bus import FETCH_MAX_WAIT_MS, ensure_topics
+from shared.bus import FAST_FETCH_MAX_WAIT_MS, ensure_topics
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
@@ -202,7 +202,7 @@ async def _bench(
         group_id=f"bench-{run_id}",
         auto_offset_reset="latest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # as the workers read
+        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,  # as the workers read
     )
     await consumer.start()
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
@@ -407,7 +407,7 @@ async def _push_and_count(settings: Settings, first: str, last: str, count: int,
         group_id=f"{last}.reader",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,
     )
     await consumer.start()
     producer = AIOKafkaProducer(
@@ -470,7 +470,7 @@ async def _relay(bootstrap: str, src: str, dst: str, size: int) -> None:
         group_id=f"{src}.relay",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024

@@ -37,6 +37,9 @@ __all__ = [
     "Decision",
     "OnWrite",
     "Outcome",
+    "Read",
+    "Result",
+    "Then",
     "TicketStore",
     "apply_and_publish",
     "record_appeal",
@@ -52,6 +55,14 @@ def _text(value: object) -> str:
 # MULTI of every ticket write, given each changed ticket as it was (None: new) and as it is now. Kept
 # in the same transaction it can never be older than the ticket, and no second read is needed.
 OnWrite = Callable[[Any, Sequence[tuple[Ticket | None, Ticket]]], None]
+
+
+# A second step of a batch write (`apply_many(..., then=...)`): given the first changes' results and
+# a reader of more tickets inside the same transaction (each ticket as the transaction now has it),
+# the changes to add to the same write. The router holds a hotspot's tickets with their assignment.
+Read = Callable[[Sequence[str]], Awaitable[dict[str, Ticket | None]]]
+Result = tuple[Ticket | None, list[Event]]
+Then = Callable[[Sequence[Result], Read], Awaitable[Sequence[Change]]]
 
 
 class ConcurrentUpdate(RuntimeError):
@@ -102,6 +113,46 @@ def _event_record(event: Event) -> str:
 def _outbox_member(event: Event) -> str:
     # Small on purpose: the event itself is in the ticket's history; the relay reads it from there.
     return f"{event.topic}\t{event.ticket_no}\t{event.event_id}"
+
+
+class _Batch:
+    """One attempt at a batch write: the tickets read under WATCH as they were and as the decisions
+    so far make them, and what is to be written."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.before: dict[str, Ticket | None] = {}
+        self.current: dict[str, Ticket | None] = {}
+        self.changed: dict[str, Ticket] = {}
+        self.history: dict[str, list[str]] = {}
+        self.outbox: list[str] = []
+
+    async def read(self, nos: Sequence[str]) -> dict[str, Ticket | None]:
+        """The tickets as this transaction has them; those not read yet are watched and read (one
+        round trip each way)."""
+        new = [k for k in dict.fromkeys(ticket_key(n) for n in nos) if k not in self.current]
+        if new:
+            await self.pipe.watch(*new)
+            for k, raw in zip(new, await self.pipe.mget(new), strict=False):
+                self.current[k] = self.before[k] = Ticket.model_validate_json(raw) if raw else None
+        return {n: self.current[ticket_key(n)] for n in nos}
+
+    def decide(self, changes: Sequence[Change]) -> list[Result]:
+        """Apply the decisions in order to the tickets read (each sees the one before it)."""
+        results: list[Result] = []
+        for c in changes:
+            key = ticket_key(c.ticket_no)
+            outcome = c.decide(self.current[key])
+            if outcome is None:
+                results.append((self.current[key], []))
+                continue
+            self.current[key] = self.changed[key] = outcome.ticket
+            self.history.setdefault(key, []).extend(
+                _event_record(e) for e in (*outcome.record, *outcome.publish)
+            )
+            self.outbox.extend(_outbox_member(e) for e in outcome.publish)
+            results.append((outcome.ticket, list(outcome.publish)))
+        return results
 
 
 class TicketStore:
@@ -183,15 +234,16 @@ class TicketStore:
 
     # --- changing -----------------------------------------------------------------------------
 
-    async def apply_many(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
+    async def apply_many(self, changes: Sequence[Change], then: Then | None = None) -> list[Result]:
         """Apply decisions to several tickets in one optimistic transaction (one round trip to read,
         one to write). Changes to the same ticket are applied in order. Returns, per change, the
-        ticket as it now is and the events to publish.
+        ticket as it now is and the events to publish; with `then`, the results of the changes it
+        added follow, all written in the same transaction (tickets it reads cost one more round trip).
 
         A batch whose tickets keep changing under it (another handler, the API, a timer) is split
         in halves rather than retried whole forever: one busy ticket must not hold up the others."""
         try:
-            return await self._apply_batch(changes)
+            return await self._apply_batch(changes, then)
         except ConcurrentUpdate:
             tickets = list(dict.fromkeys(c.ticket_no for c in changes))
             if len(tickets) < 2:
@@ -202,60 +254,47 @@ class TicketStore:
                 [c for c in changes if c.ticket_no not in first],
             ]
             done = {}
+            added: list[Result] = []
             for half in halves:
-                for c, result in zip(half, await self.apply_many(half), strict=False):
+                results = await self.apply_many(half, then)
+                for c, result in zip(half, results, strict=False):
                     done[id(c)] = result
-            return [done[id(c)] for c in changes]
+                added += results[len(half) :]
+            return [done[id(c)] for c in changes] + added
 
-    async def _apply_batch(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
-        keys = list(dict.fromkeys(ticket_key(c.ticket_no) for c in changes))
+    async def _apply_batch(self, changes: Sequence[Change], then: Then | None) -> list[Result]:
+        nos = list(dict.fromkeys(c.ticket_no for c in changes))
         for _ in range(self.max_retries):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(*keys)
-                    raws = await pipe.mget(keys)
-                    current = {
-                        k: Ticket.model_validate_json(r) if r else None
-                        for k, r in zip(keys, raws, strict=False)
-                    }
-                    before = dict(current)
-                    results: list[tuple[Ticket | None, list[Event]]] = []
-                    changed: dict[str, Ticket] = {}
-                    history: dict[str, list[str]] = {}
-                    outbox: list[str] = []
-                    for c in changes:
-                        key = ticket_key(c.ticket_no)
-                        outcome = c.decide(current[key])
-                        if outcome is None:
-                            results.append((current[key], []))
-                            continue
-                        current[key] = changed[key] = outcome.ticket
-                        history.setdefault(key, []).extend(
-                            _event_record(e) for e in (*outcome.record, *outcome.publish)
-                        )
-                        outbox.extend(_outbox_member(e) for e in outcome.publish)
-                        results.append((outcome.ticket, list(outcome.publish)))
-                    if not changed:
+                    batch = _Batch(pipe)
+                    await batch.read(nos)
+                    results = batch.decide(changes)
+                    if then is not None:
+                        more = await then(results, batch.read)
+                        await batch.read([c.ticket_no for c in more])
+                        results += batch.decide(more)
+                    if not batch.changed:
                         await pipe.reset()
                         return results
                     now = time.time()
                     keys_arg: list[str] = []
-                    args: list[str | float] = [now, len(changed)]
-                    for key, ticket in changed.items():
-                        records = history.get(key, [])
+                    args: list[str | float] = [now, len(batch.changed)]
+                    for key, ticket in batch.changed.items():
+                        records = batch.history.get(key, [])
                         keys_arg += [key, f"{key}:h"]
                         args += [ticket.model_dump_json(), len(records), *records]
-                    for record in outbox:
+                    for record in batch.outbox:
                         args += [now, record]
                     pipe.multi()
                     pipe.eval(_WRITE_BATCH, len(keys_arg) + 1, *keys_arg, self.OUTBOX, *args)
                     if self.on_write is not None:
-                        self.on_write(pipe, [(before[k], t) for k, t in changed.items()])
+                        self.on_write(pipe, [(batch.before[k], t) for k, t in batch.changed.items()])
                     await pipe.execute()
                     return results
                 except WatchError:
                     continue
-        raise ConcurrentUpdate(f"tickets kept changing: {', '.join(keys[:5])}")
+        raise ConcurrentUpdate(f"tickets kept changing: {', '.join(nos[:5])}")
 
     # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
     # router, which may already be creating the same ticket from the published event.
@@ -321,9 +360,11 @@ async def apply_and_publish(
     store: TicketStore,
     changes: Sequence[Change],
     publish: Callable[[Sequence[Event]], Awaitable[None]],
-) -> list[tuple[Ticket | None, list[Event]]]:
-    """Write the decisions, publish their events (acknowledged), then clear them from the outbox."""
-    results = await store.apply_many(changes)
+    then: Then | None = None,
+) -> list[Result]:
+    """Write the decisions (and what `then` adds, see `apply_many`), publish their events
+    (acknowledged), then clear them from the outbox."""
+    results = await store.apply_many(changes, then)
     events = [e for _, evs in results for e in evs]
     if events:
         await publish(events)

@@ -44,4 +44,6 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(tmp_path, data_dir):
     assert figures["offered_per_s"] == 50
     assert figures["appeals"] == 150
     assert set(figures["stages"]) == {"classifier", "router", "delivery"}
+    assert sum(figures["assigned_via"].values()) == figures["completed"]
+    assert sum(figures["held_for_meeting"].values()) <= figures["completed"]
     assert "latency ms" in run.stdout

@@ -7,13 +7,21 @@ import json
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from shared import topics
-from shared.bus import EventPublisher, ensure_topics, relay_outbox
+from shared.bus import (
+    BATCH_WAIT_MS,
+    EventPublisher,
+    batch_subscriber,
+    ensure_topics,
+    next_batch,
+    relay_outbox,
+)
 from shared.events import AppealReceived, TicketUpdated
 from shared.privacy import InvalidPhone, caller_id, mask_name, mask_phone, normalize_phone
-from shared.store import Change, Outcome, TicketStore, record_appeal
+from shared.store import Change, Decision, Outcome, TicketStore, record_appeal
 from shared.tickets import Ticket
 
 
@@ -90,6 +98,27 @@ def foreign_or_id(raw: bytes | None) -> str | None:
     return message.get("event_id") if isinstance(message, dict) else None
 
 
+class RecordsByPartition:
+    """Stands for aiokafka's consumer: each `getmany` gives the next reply (records by partition)."""
+
+    def __init__(self, *replies: dict[str, list[int]]) -> None:
+        self.replies = list(replies)
+        self.asked: list[tuple[int, int]] = []
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[str, list[int]]:
+        self.asked.append((timeout_ms, max_records))
+        return self.replies.pop(0)
+
+
+async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partition():
+    subscriber = batch_subscriber(KafkaBroker("localhost:9"), "some.topic", "svc")
+    assert subscriber.get_msg.func is next_batch  # not FastStream's, which sleeps after an empty wait
+    consumer = RecordsByPartition({}, {"p0": [1, 2], "p1": [3]})
+    assert await subscriber.get_msg(consumer) == ()
+    assert await subscriber.get_msg(consumer) == (1, 2, 3)
+    assert consumer.asked == [(BATCH_WAIT_MS, 500), (BATCH_WAIT_MS, 500)]
+
+
 async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):
     """Write a change (ticket + history + outbox) but 'crash' before publishing: the relay
     publishes the event, once, and clears the outbox."""
@@ -149,10 +178,10 @@ async def test_a_batch_that_keeps_conflicting_is_split_so_the_other_tickets_go_t
     from shared.store import ConcurrentUpdate
 
     class OneBusyTicket(TicketStore):
-        async def _apply_batch(self, changes):
+        async def _apply_batch(self, changes, then=None):
             if len({c.ticket_no for c in changes}) > 1 and any(c.ticket_no.endswith("BUSY") for c in changes):
                 raise ConcurrentUpdate("the busy ticket changed again")
-            return await super()._apply_batch(changes)
+            return await super()._apply_batch(changes, then)
 
     store = OneBusyTicket(redis)
     nos = [f"20261123-8880{i:02d}" for i in range(5)] + ["20261123-BUSY"]
@@ -161,3 +190,49 @@ async def test_a_batch_that_keeps_conflicting_is_split_so_the_other_tickets_go_t
     results = await store.apply_many(changes)
     assert [t.ticket_no for t, _ in results] == nos  # every change answered, in order
     assert all([await store.get(no) for no in nos])
+
+
+def retitled(title: str) -> Decision:
+    def decide(ticket: Ticket | None) -> Outcome | None:
+        return None if ticket is None else Outcome(ticket.model_copy(update={"title": title}))
+
+    return decide
+
+
+async def test_a_follow_on_step_writes_in_the_same_transaction_and_sees_the_first_changes(redis):
+    store = TicketStore(redis)
+    first, other = "20261123-777101", "20261123-777102"
+    await store.create_many(
+        [AppealReceived(ticket_no=no, channel="hotline", text="小区门口路灯不亮") for no in (first, other)]
+    )
+    seen: list[dict[str, Ticket | None]] = []
+
+    async def then(results, read):
+        seen.append(await read([first, other]))
+        return [Change(other, retitled(f"随{results[0][0].title}"))]
+
+    results = await store.apply_many([Change(first, retitled("路灯"))], then)
+    assert [t.title for t, _ in results] == ["路灯", "随路灯"]
+    assert seen[0][first].title == "路灯"  # the follow-on reads the ticket as the batch left it
+    assert (await store.get(other)).title == "随路灯"
+
+
+async def test_a_ticket_the_follow_on_step_reads_is_watched_like_the_others(redis):
+    """Another writer changing a ticket the follow-on read makes the whole batch try again."""
+    store = TicketStore(redis)
+    first, other = "20261123-777103", "20261123-777104"
+    await store.create_many(
+        [AppealReceived(ticket_no=no, channel="hotline", text="楼下施工噪音扰民") for no in (first, other)]
+    )
+    attempts: list[str] = []
+
+    async def then(results, read):
+        title = (await read([other]))[other].title
+        attempts.append(title)
+        if len(attempts) == 1:  # someone else (the API, a timer) writes it meanwhile
+            await TicketStore(redis).apply_many([Change(other, retitled("改过"))])
+        return [Change(other, retitled(f"{title}/跟进"))]
+
+    await store.apply_many([Change(first, retitled("施工"))], then)
+    assert attempts == ["", "改过"]
+    assert (await store.get(other)).title == "改过/跟进"

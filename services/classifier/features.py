@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.preprocessing import normalize
+from sklearn.utils.sparsefuncs_fast import inplace_csr_row_normalize_l2
 
 _BITS = 21  # every Unicode code point fits in 21 bits; three of them in 63
 _WHITE = re.compile(r"\s\s+")
@@ -37,14 +37,20 @@ def _pack(gram: str) -> int:
 
 
 def _tfidf(rows: np.ndarray, cols: np.ndarray, n_docs: int, idf: np.ndarray) -> sp.csr_matrix:
-    """Counts from (row, column) pairs, then sublinear tf, idf and l2 rows, as TfidfVectorizer does."""
+    """Counts from (row, column) pairs, then sublinear tf, idf and l2 rows, as TfidfVectorizer does.
+
+    In place on the matrix's data, with no sparse product and no input checks: those (a diagonal
+    matrix built, multiplied, its result checked by `normalize`) cost about a millisecond per call
+    whatever the batch, three calls per batch, and a lightly loaded pipeline classifies batches of
+    one to five appeals. The values are the same; the columns of a row now stay sorted."""
     counts = sp.csr_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(n_docs, len(idf))
     )  # duplicates are summed: term counts
     counts.sum_duplicates()
     counts.data = np.log(counts.data) + 1
-    counts = counts @ sp.diags(idf, format="csr")
-    return normalize(counts, norm="l2", copy=False).astype(np.float32)
+    counts.data *= idf[counts.indices]
+    inplace_csr_row_normalize_l2(counts)  # what `normalize(norm="l2")` does to a float csr matrix
+    return counts
 
 
 class WordTfidf(TransformerMixin, BaseEstimator):

@@ -21,15 +21,14 @@ from services.router import timers, workflow
 from services.router.rules import contested, route
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
-from shared.bus import publish, relay_outbox
+from shared.bus import CALLERS_PATH, publish, relay_outbox
 from shared.city import City
 from shared.decisions import Change, Decision
 from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent, TicketAssigned, TicketUpdated
 from shared.metrics import TICKET_TRANSITIONS, TICKETS_ASSIGNED
 from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
-from shared.store import TicketStore, apply_and_publish
-from shared.tickets import Ticket
+from shared.store import Read, Result, Then, TicketStore, apply_and_publish
 
 NAME = "router"
 log = logging.getLogger(__name__)
@@ -66,8 +65,8 @@ class RouterHandlers:
         self.meetings = MeetingStore(store.redis, store)
         self.hotspots = Hotspots(store.redis, sup)
 
-    async def _apply(self, changes: Sequence[Change]) -> list[tuple[Ticket | None, list[Event]]]:
-        return await apply_and_publish(self.store, changes, self.send)
+    async def _apply(self, changes: Sequence[Change], then: Then | None = None) -> list[Result]:
+        return await apply_and_publish(self.store, changes, self.send, then)
 
     async def _transitions(self, changes: Sequence[Change]) -> None:
         for _, events in await self._apply(changes):
@@ -104,34 +103,37 @@ class RouterHandlers:
         )
 
     async def classified(self, batch: list[AppealClassified]) -> None:
-        """Assign each classified appeal, then count the assigned ones into their hotspot clusters."""
-        assigned: list[Ticket] = []
-        for ticket, events in await self._apply([Change(c.ticket_no, self.assignment(c)) for c in batch]):
+        """Assign each classified appeal and count the assigned ones into their hotspot clusters;
+        the tickets a hot cluster calls to its meeting are held in the same write."""
+        changes = [Change(c.ticket_no, self.assignment(c)) for c in batch]
+        for _, events in await self._apply(changes, then=self.hotspot_holds):
             for e in events:
-                if isinstance(e, TicketAssigned) and ticket is not None:
+                if isinstance(e, TicketAssigned):
                     TICKETS_ASSIGNED.labels(department=e.department.id, via=e.via).inc()
-                    assigned.append(ticket)
-        await self.convene_hotspots(assigned)
 
-    async def convene_hotspots(self, tickets: list[Ticket]) -> None:
-        """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting.
-        A cluster that just turned hot brings all its tickets; one whose meeting is already open
-        only this batch's (the others are there already): the work stays per batch, not per cluster,
-        and so do the round trips (one to count, one to claim new meetings, one to read members)."""
-        hot = await self.hotspots.record(tickets, time.time())
+    async def hotspot_holds(self, results: Sequence[Result], read: Read) -> list[Change]:
+        """Count newly assigned tickets into their clusters; a hot cluster becomes one meeting, and
+        the holds of its tickets join the assignments' write (`TicketStore.apply_many`'s `then`):
+        a ticket assigned and held in one batch is read, parsed and written once. A cluster that
+        just turned hot brings all its tickets (the older ones read in the same transaction); one
+        whose meeting is already open only this batch's (the others are there already). The round
+        trips are per batch, not per cluster: one to count, one to claim new meetings, one to read
+        older members."""
+        assigned = [
+            t for t, events in results if t is not None and any(isinstance(e, TicketAssigned) for e in events)
+        ]
+        hot = await self.hotspots.record(assigned, time.time())
         if not hot:
-            return
+            return []
         claimed = await self.meetings.open_hotspots(
             {cluster: joining[0] for cluster, (mid, joining) in hot.items() if mid is None}
         )
-        known = {t.ticket_no: t for t in tickets}
-        older = [n for _, joining in hot.values() for n in joining if n not in known]
-        known.update((t.ticket_no, t) for t in await self.store.get_many(older) if t is not None)
+        known = await read([n for _, joining in hot.values() for n in joining])
         desk, now = self.city.responsibilities.dispatch_desk, self.clock()
         changes: list[Change] = []
         for cluster, (open_mid, joining) in hot.items():
             mid = open_mid or claimed[cluster]
-            members = [known[n] for n in joining if n in known]
+            members = [t for n in joining if (t := known[n]) is not None]
             summoned = {t.department.id for t in members if t.department} | {
                 d.id for t in members for d in t.co_departments
             }
@@ -146,8 +148,7 @@ class RouterHandlers:
                 now=now,
             )
             changes += [Change(no, hold) for no in joining]
-        if changes:
-            await self._apply(changes)
+        return changes
 
     # --- the survey -------------------------------------------------------------------------------
 
@@ -221,7 +222,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
         review_threshold=rt.settings.review_confidence_threshold,
     )
     if rt.settings.router_consume:
-        rt.subscribe(AppealClassified, handlers.classified)
+        # On the caller's path to the assignment: polled often (see shared.bus).
+        rt.subscribe(AppealClassified, handlers.classified, **CALLERS_PATH)
         rt.subscribe(SurveySent, handlers.surveys_sent)
         rt.subscribe(SurveyAnswered, handlers.surveys_answered)
         rt.subscribe(TicketUpdated, handlers.updates)

@@ -33,7 +33,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -59,10 +59,17 @@ REDRIVE_WINDOW = timedelta(hours=24)
 _TICKET_KEY = re.compile(TICKET_NO_PATTERN.replace("^", "^t:"))
 
 
+def when(raw: str | None) -> datetime | None:
+    """A stored time; one written without a zone is UTC (comparing it with the others must not fail)."""
+    if not raw:
+        return None
+    at = datetime.fromisoformat(raw)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def changed_at(ticket: dict[str, Any]) -> datetime | None:
     """When a stored ticket (its JSON, parsed) last changed."""
-    raw = ticket.get("updated_at") or ticket.get("received_at")
-    return datetime.fromisoformat(raw) if raw else None
+    return when(ticket.get("updated_at") or ticket.get("received_at"))
 
 
 def owed(status: str, history: Sequence[dict[str, Any]], since: datetime | None) -> list[dict[str, Any]]:
@@ -80,7 +87,7 @@ def owed(status: str, history: Sequence[dict[str, Any]], since: datetime | None)
                 continue
             if status == Status.CLOSED:
                 continue
-        if since is not None and datetime.fromisoformat(record["occurred_at"]) >= since:
+        if since is not None and (at := when(record.get("occurred_at"))) is not None and at >= since:
             out.append(record)
     return out
 

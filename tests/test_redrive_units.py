@@ -67,6 +67,7 @@ def test_the_last_change_is_the_update_or_else_the_reception():
     later = T0 + timedelta(hours=1)
     assert changed_at({"received_at": T0.isoformat(), "updated_at": later.isoformat()}) == later
     assert changed_at({}) is None
+    assert changed_at({"received_at": "2026-11-30T08:00:00"}) == T0  # no zone written: UTC
 
 
 def test_a_history_record_that_does_not_parse_is_left_out():

@@ -9,8 +9,9 @@ have owed a consumer (`owed_events`):
     its history that travel on a topic and occurred in that window (a closed ticket's
     `appeal.received` left out: its caller must not join the open-ticket index again). So the
     notifier still acknowledges an appeal the classifier and router had handled, sends the
-    progress SMS and the survey of a resolved ticket (its `survey.sent`, or why none was asked,
-    goes to the router again), and the router applies the survey events it had not.
+    progress SMS and the survey of a resolved ticket, and the router applies the survey events it
+    had not: read again, a resolution makes the notifier give its survey's `survey.sent` (or why
+    none was asked) and, once closed, the event that closed it, both as first published.
 
 The bound is the window, measured from the store's newest change rather than the clock, so a system
 that was down for a weekend still re-drives what was in flight when it stopped: a consumer lags

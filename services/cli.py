@@ -149,7 +149,7 @@ def up(
 
                 again = asyncio.run(_with_redis(settings, lambda r: redrive(settings, r)))
                 if again:
-                    typer.echo(f"{again} acknowledged appeals not yet classified: published again")
+                    typer.echo(f"{again} event(s) the lost topics may have owed: published again")
         env = launcher.env
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""

@@ -652,3 +652,20 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
         }
     )
     assert await kit.notifier.supervise([silent], city) == []
+
+
+async def test_a_resolution_read_again_gives_the_surveys_end_again_and_sends_nothing(make_kit):
+    """After a broker loss the re-drive publishes the resolution again: a router that had not
+    applied the survey's answer gets it again, the same event, and the resident no second SMS."""
+    kit = make_kit(quiet="none")
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    first = await kit.notifier.start_surveys([resolved])
+    assert [type(e) for e in first] == [SurveySent]
+    await kit.notifier.surveys.reply(phone, "1")
+    (answered,) = kit.answers(ticket.ticket_no)
+
+    again = await kit.notifier.start_surveys([resolved])
+    assert [e.event_id for e in again] == [first[0].event_id, answered.event_id]
+    assert again[1].model_dump() == answered.model_dump()
+    assert len(await kit.sent(phone, "survey")) == 1

@@ -24,8 +24,9 @@ from services.launcher import WORKERS, Backoff, Launcher
 from shared import topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port, port_open
+from shared.events import AppealReceived
 from shared.privacy import caller_id
-from shared.redrive import redrive, stalled_appeals
+from shared.redrive import owed_events, redrive
 from shared.store import TicketStore
 from tests.conftest import eventually, settings_env
 from tests.faults_support import (
@@ -329,15 +330,16 @@ async def test_the_whole_system_killed_mid_flow_and_started_again_routes_every_a
         }
         assert "missing" not in at_kill.values(), "an acknowledged appeal has no ticket after the restart"
         assert all(stages.values()), f"the kill was not mid-flow: {stages}"
-        stalled = [a.ticket_no for a in await stalled_appeals(redis)]
-        assert waiting <= set(stalled)
+        owed = await owed_events(redis)
+        assert waiting <= {e.ticket_no for e in owed if isinstance(e, AppealReceived)}
 
         system.start_all()
         await asyncio.to_thread(system.ready, WORKERS)
         ready_again = time.monotonic()
         # The embedded broker came back empty: drive on what it owed, as `appeals up` does.
-        assert await redrive(s, redis) == len(stalled)
-        assert await redrive(s, redis) <= len(stalled)  # again: the same events, dropped as repeats
+        # The workers may have changed a ticket meanwhile (a timer fired): what is owed may grow.
+        assert await redrive(s, redis) >= len(owed)
+        assert await redrive(s, redis) >= len(owed)  # again: the same events, dropped as repeats
         await wait_until_routed(redis, acked, timeout=300)
         await wait_for_notifier(s.kafka_bootstrap_servers, timeout=300)
         statuses = await check_in_store(redis, submissions)

@@ -4,6 +4,8 @@ timeouts, and opt-outs.
   survey:{id}            one survey (JSON, `services.notifier.survey.Survey`); 30 days
   survey:open:{phone}    the phone's surveys still waiting for an answer, scored by start time
   survey:last:{phone}    the phone's last closed survey, for 72 hours: later replies are comments on it
+  survey:answer:{id}     the event that closed the survey (JSON), 30 days: given again when the
+                         resolution is read again (after the broker lost it before the router did)
   sms:optout             phones that sent TD / 退订: no more surveys
 
 Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
@@ -97,9 +99,10 @@ class SurveyBook:
         )
         text = self.texts.render("survey", ticket_no=no, note=note, question=self.texts.question)
         message = SmsMessage(phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"))
-        if await self.redis.set(
+        created = await self.redis.set(
             f"survey:{survey.survey_id}", survey.model_dump_json(), nx=True, ex=SURVEY_TTL
-        ):
+        )
+        if created:
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(f"survey:open:{phone}", {survey.survey_id: now.timestamp()})
                 p.expire(f"survey:open:{phone}", SURVEY_TTL)
@@ -112,6 +115,9 @@ class SurveyBook:
                 )
                 await p.execute()
         await self.sms.send(survey.survey_id, message, now)
+        # The resolution read again (a re-drive after the broker was lost): the survey's end goes
+        # with it, for a router that had not applied it when the broker lost it (it drops a repeat).
+        closed = None if created else await self.redis.get(_answer_key(survey.survey_id))
         return [
             SurveySent.caused(
                 resolved,
@@ -119,7 +125,8 @@ class SurveyBook:
                 masked_phone=mask_phone(phone),
                 message_id=message.message_id,
                 text=text,
-            )
+            ),
+            *([SurveyAnswered.model_validate_json(closed)] if closed else []),
         ]
 
     def _not_asked(self, resolved: TicketUpdated, outcome: SurveyOutcome) -> SurveyAnswered:
@@ -249,9 +256,11 @@ class SurveyBook:
             occurred_at=now,
             **_groups(survey),
         )
+        await self.redis.set(_answer_key(survey.survey_id), answered.json_text, ex=SURVEY_TTL)
         try:
             await self.publish([answered])
         except Exception:
+            await self.redis.delete(_answer_key(survey.survey_id))
             await self.redis.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
             raise
         await self.redis.set(f"survey:last:{survey.phone}", survey.survey_id, ex=LATE_REPLY_SECONDS)
@@ -269,6 +278,10 @@ class SurveyBook:
             **_groups(survey),
         )
         await self.publish([comment])
+
+
+def _answer_key(survey_id: str) -> str:
+    return f"survey:answer:{survey_id}"
 
 
 def _groups(survey: Survey) -> dict[str, Any]:

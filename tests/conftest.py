@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         # than two run at once; the two lanes hold about the same time, one for each process.
         own = item.get_closest_marker("own_system")
         if own is not None:
-            item.add_marker(pytest.mark.xdist_group(f"own_system_{own.kwargs['lane']}"))
+            item.add_marker(pytest.mark.xdist_group(f"own_system_{own.kwargs.get('lane', 1)}"))
 
 
 def _refuse(what: str) -> Callable[..., Any]:

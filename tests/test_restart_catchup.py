@@ -23,7 +23,7 @@ from tests.conftest import System, as_department, eventually
 from tests.faults_support import caught_up, sms_outbox, tickets_of
 from tests.test_pipeline_e2e import submit
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
 
 PROCESSES = ("api", "intake", "classifier", "router", "notifier")
 NOTIFIER_GROUPS = {

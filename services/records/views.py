@@ -27,6 +27,7 @@ from psycopg_pool import PoolTimeout
 
 from services.records import db
 from services.records.db import Pool
+from services.records.projection import in_order
 from services.records.query import Search, build
 from shared.auth import Principal, current_principal
 from shared.errors import DomainError
@@ -258,7 +259,9 @@ async def archived_ticket(request: Request, principal: Principal, ticket_no: str
                 "ORDER BY occurred_at, recorded_at",
                 (ticket_no,),
             )
-            history = [r["payload"] for r in await cur.fetchall()]
+            # The fold's order: a time shared by two events (an assignment carries the time of
+            # the classification it answers) is settled by the pipeline, not by arrival.
+            history = [dict(e) for e in in_order(r["payload"] for r in await cur.fetchall())]
     except UNAVAILABLE:
         return unavailable()
     body = {k: v for k, v in row.items() if k != "search"}

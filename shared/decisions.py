@@ -2,8 +2,8 @@
 
 A decision is a function of the ticket as it is (None: there is none yet) to an `Outcome` (the
 ticket as it is to be and the events that record it) or None ("nothing to do", e.g. the event was
-already applied). The router's workflow, timers and fact recording, and intake's appeal recording,
-return these; `shared.store.TicketStore` writes them.
+already applied). The router's workflow and timers, and intake's appeal recording, return these;
+`shared.store.TicketStore` writes them.
 """
 
 from __future__ import annotations
@@ -50,11 +50,3 @@ def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | No
     if ticket is not None:
         return None
     return Outcome(Ticket.from_appeal(appeal), record=[appeal])
-
-
-def record_fact(ticket: Ticket | None, fact: Event) -> Outcome | None:
-    """Put a fact about the ticket (a joint meeting's) in its history, once. Recorded, not published:
-    the ticket view is where people follow a meeting; no service consumes these facts."""
-    if ticket is None or ticket.has_applied(fact.event_id):
-        return None
-    return Outcome(ticket.model_copy(update={"applied": applied(ticket, fact)}), record=[fact])

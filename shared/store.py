@@ -296,6 +296,36 @@ class TicketStore:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(nos[:5])}")
 
+    # Facts appended to histories of tickets that exist. KEYS: per ticket its key and its history's;
+    # ARGV: per ticket the number of records, then the records.
+    _RECORD_FACTS = """
+    local a = 1
+    for i = 1, #KEYS, 2 do
+      local n = tonumber(ARGV[a])
+      if n > 0 and redis.call('EXISTS', KEYS[i]) == 1 then
+        redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, a + 1, a + n))
+      end
+      a = a + n + 1
+    end
+    return 0
+    """
+
+    def record_into(self, pipe: Any, facts: Sequence[Event]) -> None:
+        """Append facts to their tickets' histories, as a command of the caller's transaction: a
+        joint meeting's facts, written with the meeting under its WATCH, so exactly once and with
+        no ticket to read or write. Not published, not in the outbox: nothing consumes them."""
+        by_ticket: dict[str, list[str]] = {}
+        for e in facts:
+            by_ticket.setdefault(e.ticket_no, []).append(_event_record(e))
+        if not by_ticket:
+            return
+        keys: list[str] = []
+        args: list[str | int] = []
+        for no, records in by_ticket.items():
+            keys += [ticket_key(no), history_key(no)]
+            args += [len(records), *records]
+        pipe.eval(self._RECORD_FACTS, len(keys), *keys, *args)
+
     # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
     # router, which may already be creating the same ticket from the published event.
     _CREATE = """

@@ -236,3 +236,18 @@ async def test_a_ticket_the_follow_on_step_reads_is_watched_like_the_others(redi
     await store.apply_many([Change(first, retitled("施工"))], then)
     assert attempts == ["", "改过"]
     assert (await store.get(other)).title == "改过/跟进"
+
+
+async def test_facts_go_into_the_histories_of_tickets_that_exist_only(redis):
+    store = TicketStore(redis)
+    there, gone = "20261123-777105", "20261123-777106"
+    await store.create_many([AppealReceived(ticket_no=there, channel="hotline", text="路口积水很深")])
+    facts = [
+        TicketUpdated(ticket_no=no, action="accepted", status="accepted", actor="d1", on_time=True)
+        for no in (there, gone)
+    ]
+    async with redis.pipeline(transaction=True) as pipe:
+        store.record_into(pipe, facts)
+        await pipe.execute()
+    assert [h["event_id"] for h in await store.history(there)][1:] == [facts[0].event_id]
+    assert await redis.exists(f"t:{gone}:h") == 0  # no history without its ticket

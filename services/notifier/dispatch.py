@@ -152,13 +152,10 @@ class Dispatcher:
         claims: dict[tuple[str, str], int] = {}
         for i, (event_id, m) in enumerate(items):
             claims.setdefault((done_key(event_id, m.kind), lease_key(event_id, m.kind)), i)
+        texts = {i: self._json(items[i][1]) for i in claims.values()}  # each message serialised once
         answers = await self._claim(
             keys=[k for pair in claims for k in pair],
-            args=[
-                DONE_TTL,
-                int(self.lease.total_seconds() * 1000),
-                *(self._json(items[i][1]) for i in claims.values()),
-            ],
+            args=[DONE_TTL, int(self.lease.total_seconds() * 1000), *texts.values()],
         )
         mine: list[int] = []  # the items whose lease was taken now
         messages: list[SmsMessage] = []
@@ -171,9 +168,7 @@ class Dispatcher:
             recorded = answer.decode() if isinstance(answer, bytes) else answer
             own = items[i][1]
             # Not ours: a sender that died recorded it. Send that very message (same id) again.
-            messages.append(
-                own if recorded == self._json(own) else SmsMessage.from_json(json.loads(recorded))
-            )
+            messages.append(own if recorded == texts[i] else SmsMessage.from_json(json.loads(recorded)))
             mine.append(i)
             leases.append(pair)
         try:

@@ -1,6 +1,5 @@
 """The router's Redis state beside the ticket store: deadline timers, department queues, joint
-meetings and hotspot counters. I/O only; the decisions are in workflow / timers / meetings, and
-the recording of meeting facts in `shared.decisions.record_fact`.
+meetings and hotspot counters. I/O only; the decisions are in workflow / timers / meetings.
 
 Keys:
   timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
@@ -15,7 +14,6 @@ Keys:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,7 +22,6 @@ from redis.exceptions import WatchError
 from services.router import meetings
 from services.router.timers import Timer, timers_for
 from shared.city import Supervision
-from shared.decisions import Change, record_fact
 from shared.events import DepartmentRef, Event, MeetingConvened, MeetingSpec, MeetingUpdated, TicketUpdated
 from shared.store import ConcurrentUpdate, TicketStore
 from shared.tickets import Status, Ticket
@@ -204,10 +201,10 @@ class MeetingStore:
 
     async def change_many(self, decisions: dict[str, Decide]) -> dict[str, meetings.Meeting | None]:
         """Change meetings under WATCH, all in one transaction. Their facts (convened, attached,
-        checked in, decided) go into the history of the ticket each names, first: the ticket view
-        shows its meeting's course. They are not published (nothing consumes them). A replay after
-        a crash between the two writes derives the same event ids and the tickets drop the repeats.
-        Returns each meeting as it now is."""
+        checked in, decided) go into the history of the ticket each names, in the same transaction
+        (`TicketStore.record_into`): the ticket view shows its meeting's course. A fact comes only
+        with a change of its meeting, so it is written once; it is not published (nothing consumes
+        it). Returns each meeting as it now is."""
         keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
@@ -224,10 +221,8 @@ class MeetingStore:
                     if not changed:
                         await p.reset()
                         return out
-                    await self.store.apply_many(
-                        [Change(e.ticket_no, partial(record_fact, fact=e)) for e in events]
-                    )
                     p.multi()
+                    self.store.record_into(p, events)
                     for mid, meeting in changed.items():
                         p.set(self.key(mid), meeting.model_dump_json())
                         if meeting.reason == "hotspot" and meeting.category and meeting.grid:

@@ -36,6 +36,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -102,8 +103,11 @@ def run_pipeline_bench(
     else:
         from services.classifier.analyst import ensure_model
 
-        servers = EmbeddedServers(postgres=True)
-        launcher = Launcher(embedded=servers)
+        # The servers' and workers' own output goes to files, so the terminal shows the figures.
+        logs = Path(tempfile.mkdtemp(prefix="appeals-bench-logs-"))
+        servers = EmbeddedServers(postgres=True, log_dir=logs)
+        launcher = Launcher(embedded=servers, log_dir=logs)
+        print(f"logs of the servers and workers: {logs}")
         launcher.start_servers()
         settings = get_settings().model_copy(
             update={"kafka_bootstrap_servers": servers.kafka_bootstrap, "redis_url": servers.redis_url}
@@ -147,23 +151,44 @@ def run_pipeline_bench(
 
 
 def _cpu_seconds(launcher: Launcher | None) -> dict[str, float]:
-    """User + system CPU seconds so far of each process the benchmark started (Linux /proc), summed
-    over a service's replicas."""
+    """User + system CPU seconds so far of each process the benchmark started and of everything it
+    started in turn (Linux /proc), summed over a service's replicas. The tree matters for
+    PostgreSQL: its work is done in backends, children of the postmaster."""
     if launcher is None:
         return {}
     procs = {name: p.pid for name, p in launcher.procs.items()}
     if launcher.embedded is not None:
         procs.update({p.name: p.proc.pid for p in launcher.embedded.processes})
-    ticks = os.sysconf("SC_CLK_TCK")
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
     out: dict[str, float] = {}
-    for name, pid in procs.items():
+    for name, root in procs.items():
+        seconds, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            seconds += stats[pid][1] if pid in stats else 0.0
+            todo.extend(children.get(pid, ()))
+        service = name.split("#")[0]
+        out[service] = out.get(service, 0.0) + seconds
+    return out
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and of its children it has reaped)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
+            with open(f"/proc/{entry.name}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        service = name.split("#")[0]
-        out[service] = out.get(service, 0.0) + (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+            continue  # gone meanwhile
+        # fields[1] is ppid; 11-14 utime, stime, cutime, cstime
+        out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / ticks)
     return out
 
 

@@ -233,13 +233,7 @@ async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[Co
     await consumer.start()
     out: dict[str, list[ConsumerRecord]] = {n: [] for n in names}
     try:
-        available = await consumer.topics()
-        parts = [
-            TopicPartition(t, p)
-            for t in names
-            if t in available
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        parts = await _partitions(consumer, names)
         if not parts:
             return out
         consumer.assign(parts)
@@ -252,6 +246,39 @@ async def read_topics(bootstrap: str, names: Sequence[str]) -> dict[str, list[Co
     finally:
         await consumer.stop()
     return out
+
+
+async def _partitions(consumer: AIOKafkaConsumer, names: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of those of these topics that exist."""
+    available = await consumer.topics()
+    return [
+        TopicPartition(t, p)
+        for t in names
+        if t in available
+        for p in sorted(consumer.partitions_for_topic(t) or ())
+    ]
+
+
+async def ends_of(bootstrap: str, names: Sequence[str]) -> dict[TopicPartition, int]:
+    """One past the last record of every partition of these topics (those that exist). Tansu
+    answers `end_offsets` with the last batch's first offset + 1, so that last batch is read once
+    here: the high watermark a fetch answer carries is exact."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        parts = await _partitions(consumer, names)
+        if not parts:
+            return {}
+        consumer.assign(parts)
+        end = await consumer.end_offsets(parts)
+        filled = [tp for tp in parts if end[tp] > 0]
+        for tp in filled:
+            consumer.seek(tp, end[tp] - 1)
+        while any(consumer.highwater(tp) is None for tp in filled):
+            await consumer.getmany(*filled, timeout_ms=200, max_records=1)
+        return {tp: max(end[tp], consumer.highwater(tp) or 0) for tp in parts}
+    finally:
+        await consumer.stop()
 
 
 async def _read_to(

@@ -338,20 +338,15 @@ async def wait_until_routed(redis: Redis, nos: Sequence[str], timeout: float) ->
 async def caught_up(bootstrap: str, groups: dict[str, str]) -> bool:
     """Each consumer group (group -> its topic) has committed to the end of every partition: all
     that was published so far has been handled by a process that lived to say so."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await reader.start()
-    try:
-        parts = {
-            t: [TopicPartition(t, p) for p in reader.partitions_for_topic(t) or ()] for t in groups.values()
-        }
-        ends = await reader.end_offsets([tp for tps in parts.values() for tp in tps])
-    finally:
-        await reader.stop()
+    ends = await bus.ends_of(bootstrap, sorted(set(groups.values())))
+    parts: dict[str, list[TopicPartition]] = {}
+    for tp in ends:
+        parts.setdefault(tp.topic, []).append(tp)
     for group, topic in groups.items():
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            for tp in parts[topic]:
+            for tp in parts.get(topic, []):
                 committed = await consumer.committed(tp)
                 if ends[tp] and (committed is None or committed < ends[tp]):
                     return False

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.dlq import read_dead_letters
 from shared import topics
-from shared.bus import dead_letter, group_id
+from shared.bus import dead_letter, ends_of, group_id
 from tests.conftest import ROOT, eventually, settings_env
 
 pytestmark = pytest.mark.integration
@@ -157,3 +157,19 @@ async def test_every_dead_letter_of_a_batch_is_listed(system, settings):
     assert offsets == list(range(offsets[0], offsets[0] + 10))
     letters = await letters_with(settings, marker)
     assert sorted(d.record["body"] for d in letters) == sorted(f"{marker}-{i}" for i in range(10))
+
+
+async def test_the_end_of_a_partition_is_past_its_last_batch(system, settings):
+    """What the fault tests compare a group's committed offset with: if the end were one batch
+    early, a group would look caught up while that batch was still to be handled."""
+    topic = topics.dlq(TOPIC)
+    marker = f"END-{uuid.uuid4().hex[:8]}"
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=200)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, f"{marker}-{i}".encode(), key=marker.encode()) for i in range(10)]
+        last = (await asyncio.gather(*sent))[-1]
+    finally:
+        await producer.stop()
+    ends = await ends_of(settings.kafka_bootstrap_servers, [topic])
+    assert ends[TopicPartition(topic, last.partition)] >= last.offset + 1

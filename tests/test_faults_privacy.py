@@ -14,12 +14,13 @@ import json
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS
 from shared import topics
 from shared.auth import issue_token
+from shared.bus import ends_of
 from tests.conftest import eventually
 from tests.faults_support import admin_client, isolated_system, read_topics, sms_outbox
 
@@ -38,15 +39,8 @@ SERVICES = ("intake", "classifier", "router", "notifier")
 
 async def everything_consumed(bootstrap: str) -> bool:
     """Every consumer group has committed up to the end of every partition of its topic."""
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await reader.start()
-    try:
-        parts = [
-            TopicPartition(t, p) for t in topics.EVENT_TYPES for p in reader.partitions_for_topic(t) or ()
-        ]
-        ends = await reader.end_offsets(parts)
-    finally:
-        await reader.stop()
+    ends = await ends_of(bootstrap, list(topics.EVENT_TYPES))
+    parts = list(ends)
     for service in SERVICES:
         for topic in topics.EVENT_TYPES:
             group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{service}.{topic}")

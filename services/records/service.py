@@ -20,7 +20,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import TICKET_TOPICS, Row, at, fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, TOPIC_ORDER, Row, at, fold_meeting, fold_ticket
 from shared.city import City
 from shared.events import Event
 from shared.store import TicketStore, history_key
@@ -102,7 +102,15 @@ INSERT_EVENT = (
     "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
 )
-SELECT_TICKETS = f"SELECT {', '.join(TICKET_COLUMNS)} FROM tickets WHERE ticket_no = ANY(%s)"
+# The stored rows, each with the topics of its events at the row's `updated_at` other than those just
+# inserted: a new event of the same time still folds onto the row when its topic comes later in the
+# pipeline (the router stamps an assignment with its classification's time).
+SELECT_TICKETS = (
+    f"SELECT {', '.join('t.' + c for c in TICKET_COLUMNS)}, "
+    "ARRAY(SELECT e.topic FROM ticket_events e WHERE e.ticket_no = t.ticket_no "
+    "AND e.occurred_at = t.updated_at AND e.event_id <> ALL(%(fresh)s)) AS last_topics "
+    "FROM tickets t WHERE t.ticket_no = ANY(%(nos)s)"
+)
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
@@ -111,6 +119,16 @@ def payload(topic: str, event: Event) -> dict[str, Any]:
 
 def street_index(city: City) -> dict[str, tuple[str, str]]:
     return {g: (info.community_id, info.street_id) for g, info in city.grids.items()}
+
+
+def _comes_after(event: Mapping[str, Any], row: Row) -> bool:
+    """Whether `event` sorts after every event folded into `row` (projection.in_order): a later
+    time, or the same time and a later stage than all the stored events of that time."""
+    when = at(event["occurred_at"])
+    if when != row["updated_at"]:
+        return when > row["updated_at"]
+    stage = TOPIC_ORDER.get(event["topic"], 9)
+    return all(TOPIC_ORDER.get(t, 9) < stage for t in row["last_topics"])
 
 
 class Records:
@@ -161,42 +179,56 @@ class Records:
     async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
         """Fold new events onto the stored rows where they all come after what a row holds (the
         usual case: one read of the rows, not of every event); the others, events that arrived
-        out of order, and new tickets, are folded again from all their stored events."""
+        out of order, and new tickets, are folded again from all their events."""
         by_ticket: dict[str, list[dict[str, Any]]] = {}
         for p in fresh:
             by_ticket.setdefault(p["ticket_no"], []).append(p)
         await self._lock(cur, by_ticket)
-        await cur.execute(SELECT_TICKETS, (list(by_ticket),))
+        await cur.execute(SELECT_TICKETS, {"nos": list(by_ticket), "fresh": [p["event_id"] for p in fresh]})
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
         rows: list[Row] = []
         again: list[str] = []
         for no, evs in by_ticket.items():
             row = stored.get(no)
-            if row is not None and all(at(e["occurred_at"]) > row["updated_at"] for e in evs):
+            if row is not None and all(_comes_after(e, row) for e in evs):
+                del row["last_topics"]
                 if (folded := fold_ticket(evs, self.streets, start=row)) is not None:
                     rows.append(folded)
             else:
                 again.append(no)
+        rows += await self._refolded_tickets(cur, again, by_ticket)
         if rows:
             await cur.executemany(UPSERT_TICKET, rows)
-        await self._refold_tickets(cur, again)
 
     async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
         nos = sorted(set(nos))
         if not nos:
             return 0
         await self._lock(cur, nos)
-        await cur.execute(
-            "SELECT ticket_no, payload FROM ticket_events WHERE ticket_no = ANY(%s) AND topic = ANY(%s)",
-            (nos, list(TICKET_TOPICS)),
-        )
-        by_ticket: dict[str, list[Mapping[str, Any]]] = {}
-        for r in await cur.fetchall():
-            by_ticket.setdefault(r["ticket_no"], []).append(r["payload"])
-        rows = [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
+        rows = await self._refolded_tickets(cur, nos, {})
         if rows:
             await cur.executemany(UPSERT_TICKET, rows)
         return len(rows)
+
+    async def _refolded_tickets(
+        self, cur: AsyncCursor[DictRow], nos: Sequence[str], fresh: Mapping[str, Sequence[dict[str, Any]]]
+    ) -> list[Row]:
+        """The rows of these (locked) tickets folded from all their events: those stored before,
+        read back, and `fresh`, those this transaction has just inserted, as they are (a new
+        ticket's appeal is not read back from the table it was just written to)."""
+        if not nos:
+            return []
+        by_ticket: dict[str, list[Mapping[str, Any]]] = {
+            no: [p for p in fresh.get(no, ()) if p["topic"] in TICKET_TOPICS] for no in nos
+        }
+        await cur.execute(
+            "SELECT ticket_no, payload FROM ticket_events "
+            "WHERE ticket_no = ANY(%s) AND topic = ANY(%s) AND event_id <> ALL(%s)",
+            (list(nos), list(TICKET_TOPICS), [p["event_id"] for evs in by_ticket.values() for p in evs]),
+        )
+        for r in await cur.fetchall():
+            by_ticket[r["ticket_no"]].append(r["payload"])
+        return [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
 
     async def _refold_meetings(self, cur: AsyncCursor[DictRow], ids: Iterable[str]) -> int:
         ids = sorted(i for i in set(ids) if i)

@@ -129,7 +129,9 @@ SELECT_TICKETS = (
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
-    return {"topic": topic, **event.model_dump(mode="json")}
+    dumped = event.model_dump(mode="json")
+    dumped["topic"] = topic  # set, not merged into a new dict: one dict per event, not two
+    return dumped
 
 
 def as_jsonb(value: Any) -> Jsonb:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
@@ -74,4 +76,11 @@ def pool(url: str, *, max_size: int = 4) -> Pool:
         kwargs={"row_factory": dict_row, "connect_timeout": 5},
         timeout=5,  # waiting for a connection: then the caller answers "unavailable"
         check=AsyncConnectionPool.check_connection,  # a server restart leaves dead connections behind
+        configure=_configure,
     )
+
+
+async def _configure(conn: psycopg.AsyncConnection[DictRow]) -> None:
+    # Stored events come back as JSON: orjson reads them several times faster than the standard
+    # library (a rebuild reads every event; the worker, those of tickets folded again).
+    set_json_loads(orjson.loads, conn)

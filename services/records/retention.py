@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
 from services.records.projection import fold_ticket, scrub_event
-from services.records.service import UPSERT_TICKET, Records, street_index
+from services.records.service import Records, street_index, upsert_tickets
 from shared.city import load_city
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
@@ -136,8 +136,7 @@ class Retention:
                 if not r["topic"].startswith("meeting."):
                     by_ticket.setdefault(r["ticket_no"], []).append(p)
             tickets = [t for evs in by_ticket.values() if (t := fold_ticket(evs, self.streets))]
-            if tickets:
-                await cur.executemany(UPSERT_TICKET, tickets)
+            await upsert_tickets(cur, tickets)
             await cur.execute(
                 "UPDATE tickets SET personal_data_removed_at = now(), caller_id = NULL, "
                 "masked_phone = NULL WHERE ticket_no = ANY(%s)",

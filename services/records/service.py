@@ -1,76 +1,81 @@
 """The records' I/O: events into `ticket_events`, the fold of the tickets and meetings they touch
 into `tickets` and `meetings` (services/records/projection.py), rebuilds, counters, retention.
 
-Per batch, one transaction: the events are inserted with `executemany` (pipelined: one round trip
-for the batch) and `ON CONFLICT DO NOTHING`, so a replay inserts nothing; then every ticket and
-meeting the batch touched is folded again from all its stored events, in one query, and upserted
-with `executemany`. A ticket's row is always the fold of everything known about it, whatever order
-the topics were read in.
+Per batch, one transaction: the events are inserted in one statement (the batch as one JSON
+document) with `ON CONFLICT DO NOTHING`, so a replay inserts nothing; then every ticket the batch
+touched is folded: its new events onto its stored row when they all come after what the row holds
+(the usual case), else again from all its events, and the rows are upserted in one statement. A
+meeting is folded again from all its stored events. A ticket's row is always the fold of everything
+known about it, whatever order the topics were read in.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import orjson
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import TICKET_TOPICS, Row, at, fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, TOPIC_ORDER, Row, at, fold_meeting, fold_ticket
 from shared.city import City
 from shared.events import Event
 from shared.store import TicketStore, history_key
 
 log = logging.getLogger("records")
 
-TICKET_COLUMNS = [
-    "ticket_no",
-    "status",
-    "channel",
-    "title",
-    "text",
-    "address",
-    "lng",
-    "lat",
-    "caller_id",
-    "masked_phone",
-    "urgent",
-    "received_at",
-    "category",
-    "category_names",
-    "confidence",
-    "appeal_type",
-    "grid",
-    "community",
-    "street",
-    "department",
-    "department_name",
-    "co_departments",
-    "assigned_via",
-    "explanation",
-    "assigned_at",
-    "respond_by",
-    "resolve_by",
-    "accepted_at",
-    "accepted_on_time",
-    "resolved_at",
-    "resolution_note",
-    "closed_at",
-    "returns",
-    "reopens",
-    "overdue",
-    "escalated",
-    "meeting_id",
-    "rating",
-    "solved",
-    "survey_outcome",
-    "events",
-    "updated_at",
-]
+# The folded columns, with the type each has in the JSON document an upsert sends (the table's own,
+# but `confidence` goes in as double precision and is cast to real as a single value would be).
+TICKET_TYPES = {
+    "ticket_no": "text",
+    "status": "text",
+    "channel": "text",
+    "title": "text",
+    "text": "text",
+    "address": "text",
+    "lng": "double precision",
+    "lat": "double precision",
+    "caller_id": "text",
+    "masked_phone": "text",
+    "urgent": "boolean",
+    "received_at": "timestamptz",
+    "category": "text",
+    "category_names": "text[]",
+    "confidence": "double precision",
+    "appeal_type": "text",
+    "grid": "text",
+    "community": "text",
+    "street": "text",
+    "department": "text",
+    "department_name": "text",
+    "co_departments": "text[]",
+    "assigned_via": "text",
+    "explanation": "text",
+    "assigned_at": "timestamptz",
+    "respond_by": "timestamptz",
+    "resolve_by": "timestamptz",
+    "accepted_at": "timestamptz",
+    "accepted_on_time": "boolean",
+    "resolved_at": "timestamptz",
+    "resolution_note": "text",
+    "closed_at": "timestamptz",
+    "returns": "integer",
+    "reopens": "integer",
+    "overdue": "boolean",
+    "escalated": "boolean",
+    "meeting_id": "text",
+    "rating": "integer",
+    "solved": "boolean",
+    "survey_outcome": "text",
+    "events": "integer",
+    "updated_at": "timestamptz",
+}
+TICKET_COLUMNS = list(TICKET_TYPES)
 MEETING_COLUMNS = [
     "meeting_id",
     "reason",
@@ -96,21 +101,69 @@ def _upsert(table: str, columns: Sequence[str], key: str) -> str:
     return f"INSERT INTO {table} ({cols}) VALUES ({values}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
 
 
-UPSERT_TICKET = _upsert("tickets", TICKET_COLUMNS, "ticket_no")
 UPSERT_MEETING = _upsert("meetings", MEETING_COLUMNS, "meeting_id")
-INSERT_EVENT = (
-    "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
-    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING"
+# Rows and events go to the server as one JSON document per statement, not one statement per row:
+# the rows' parameters cost psycopg more CPU to adapt, one by one, than the whole batch costs
+# orjson, and the server runs one statement instead of hundreds.
+UPSERT_TICKETS = (
+    f"INSERT INTO tickets ({', '.join(TICKET_COLUMNS)}) SELECT {', '.join(TICKET_COLUMNS)} "
+    f"FROM jsonb_to_recordset(%s) AS r({', '.join(f'{c} {t}' for c, t in TICKET_TYPES.items())}) "
+    f"ON CONFLICT (ticket_no) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in TICKET_COLUMNS if c != "ticket_no")
 )
-SELECT_TICKETS = f"SELECT {', '.join(TICKET_COLUMNS)} FROM tickets WHERE ticket_no = ANY(%s)"
+INSERT_EVENTS = (
+    "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
+    "SELECT e->>'event_id', e->>'ticket_no', e->>'topic', (e->>'occurred_at')::timestamptz, e "
+    "FROM jsonb_array_elements(%s) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+# The stored rows, each with the [topic, event id] of its events at the row's `updated_at`: a new
+# event of the same time still folds onto the row when its topic comes later in the pipeline than
+# theirs (the router stamps an assignment with its classification's time). The events just inserted
+# are told apart in Python: a list of ids compared row by row costs the server more than the read.
+SELECT_TICKETS = (
+    f"SELECT {', '.join('t.' + c for c in TICKET_COLUMNS)}, "
+    "ARRAY(SELECT ARRAY[e.topic, e.event_id] FROM ticket_events e "
+    "WHERE e.ticket_no = t.ticket_no AND e.occurred_at = t.updated_at) AS last_events "
+    "FROM tickets t WHERE t.ticket_no = ANY(%s)"
+)
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
-    return {"topic": topic, **event.model_dump(mode="json")}
+    dumped = event.model_dump(mode="json")
+    dumped["topic"] = topic  # set, not merged into a new dict: one dict per event, not two
+    return dumped
+
+
+def as_jsonb(value: Any) -> Jsonb:
+    return Jsonb(value, dumps=orjson.dumps)
+
+
+async def upsert_tickets(cur: AsyncCursor[DictRow], rows: Sequence[Row]) -> None:
+    """Write these rows (one per ticket: a statement may not update a row twice)."""
+    if rows:
+        await cur.execute(UPSERT_TICKETS, (as_jsonb(rows),))
+
+
+async def insert_events(cur: AsyncCursor[DictRow], payloads: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Store these events (as published, with their topic); returns the ids of those that were not
+    stored yet."""
+    await cur.execute(INSERT_EVENTS, (as_jsonb(payloads),))
+    return {r["event_id"] for r in await cur.fetchall()}
 
 
 def street_index(city: City) -> dict[str, tuple[str, str]]:
     return {g: (info.community_id, info.street_id) for g, info in city.grids.items()}
+
+
+def _comes_after(event: Mapping[str, Any], row: Row, fresh: Container[str]) -> bool:
+    """Whether `event` sorts after every event folded into `row` (projection.in_order): a later
+    time, or the same time and a later stage than all the events of that time stored before
+    (`fresh`: the ids of those just inserted)."""
+    when = at(event["occurred_at"])
+    if when != row["updated_at"]:
+        return when > row["updated_at"]
+    stage = TOPIC_ORDER.get(event["topic"], 9)
+    return all(TOPIC_ORDER.get(topic, 9) < stage for topic, id_ in row["last_events"] if id_ not in fresh)
 
 
 class Records:
@@ -125,20 +178,9 @@ class Records:
             return
         payloads = [payload(topic, e) for e in events]
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(
-                INSERT_EVENT + " RETURNING event_id",
-                [
-                    (e.event_id, e.ticket_no, topic, e.occurred_at, Jsonb(p))
-                    for e, p in zip(events, payloads, strict=True)
-                ],
-                returning=True,
-            )
-            inserted: set[str] = set()
-            while True:
-                inserted.update(r["event_id"] for r in await cur.fetchall())
-                if not cur.nextset():
-                    break
-            fresh = [p for p in payloads if p["event_id"] in inserted]  # a replay inserts nothing
+            inserted = await insert_events(cur, payloads)
+            # A replay inserts nothing; an event twice in the batch is inserted, and folded, once.
+            fresh = list({p["event_id"]: p for p in payloads if p["event_id"] in inserted}.values())
             if not fresh:
                 return
             if topic.startswith("meeting."):
@@ -161,42 +203,55 @@ class Records:
     async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
         """Fold new events onto the stored rows where they all come after what a row holds (the
         usual case: one read of the rows, not of every event); the others, events that arrived
-        out of order, and new tickets, are folded again from all their stored events."""
+        out of order, and new tickets, are folded again from all their events."""
         by_ticket: dict[str, list[dict[str, Any]]] = {}
         for p in fresh:
             by_ticket.setdefault(p["ticket_no"], []).append(p)
         await self._lock(cur, by_ticket)
         await cur.execute(SELECT_TICKETS, (list(by_ticket),))
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
+        ids = {p["event_id"] for p in fresh}
         rows: list[Row] = []
         again: list[str] = []
         for no, evs in by_ticket.items():
             row = stored.get(no)
-            if row is not None and all(at(e["occurred_at"]) > row["updated_at"] for e in evs):
+            if row is not None and all(_comes_after(e, row, ids) for e in evs):
+                del row["last_events"]
                 if (folded := fold_ticket(evs, self.streets, start=row)) is not None:
                     rows.append(folded)
             else:
                 again.append(no)
-        if rows:
-            await cur.executemany(UPSERT_TICKET, rows)
-        await self._refold_tickets(cur, again)
+        rows += await self._refolded_tickets(cur, again, by_ticket)
+        await upsert_tickets(cur, rows)
 
     async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
         nos = sorted(set(nos))
         if not nos:
             return 0
         await self._lock(cur, nos)
-        await cur.execute(
-            "SELECT ticket_no, payload FROM ticket_events WHERE ticket_no = ANY(%s) AND topic = ANY(%s)",
-            (nos, list(TICKET_TOPICS)),
-        )
-        by_ticket: dict[str, list[Mapping[str, Any]]] = {}
-        for r in await cur.fetchall():
-            by_ticket.setdefault(r["ticket_no"], []).append(r["payload"])
-        rows = [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
-        if rows:
-            await cur.executemany(UPSERT_TICKET, rows)
+        rows = await self._refolded_tickets(cur, nos, {})
+        await upsert_tickets(cur, rows)
         return len(rows)
+
+    async def _refolded_tickets(
+        self, cur: AsyncCursor[DictRow], nos: Sequence[str], fresh: Mapping[str, Sequence[dict[str, Any]]]
+    ) -> list[Row]:
+        """The rows of these (locked) tickets folded from all their events: those stored before,
+        read back, and `fresh`, those this transaction has just inserted, as they are (a new
+        ticket's appeal is not read back from the table it was just written to)."""
+        if not nos:
+            return []
+        by_ticket: dict[str, list[Mapping[str, Any]]] = {
+            no: [p for p in fresh.get(no, ()) if p["topic"] in TICKET_TOPICS] for no in nos
+        }
+        await cur.execute(  # NOT IN a subquery: hashed, where a list parameter is read row by row
+            "SELECT ticket_no, payload FROM ticket_events "
+            "WHERE ticket_no = ANY(%s) AND topic = ANY(%s) AND event_id NOT IN (SELECT unnest(%s::text[]))",
+            (list(nos), list(TICKET_TOPICS), [p["event_id"] for evs in by_ticket.values() for p in evs]),
+        )
+        for r in await cur.fetchall():
+            by_ticket[r["ticket_no"]].append(r["payload"])
+        return [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
 
     async def _refold_meetings(self, cur: AsyncCursor[DictRow], ids: Iterable[str]) -> int:
         ids = sorted(i for i in set(ids) if i)
@@ -293,10 +348,7 @@ class Records:
         if not events:
             return 0
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(
-                INSERT_EVENT,
-                [(e["event_id"], e["ticket_no"], e["topic"], e["occurred_at"], Jsonb(e)) for e in events],
-            )
+            await insert_events(cur, events)
             await self._refold_tickets(cur, nos)
             await self._refold_meetings(
                 cur, {e.get("meeting_id", "") for e in events if e["topic"].startswith("meeting.")}

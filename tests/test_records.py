@@ -135,6 +135,8 @@ async def test_replays_change_nothing_and_a_rebuild_equals_the_live_projection(a
         }
 
     live = await snapshot()
+    text = await searched_text(pool, no)
+    assert "阳光花园3号楼" in text
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT topic, payload FROM ticket_events WHERE ticket_no = %s", (no,))
         stored = await cur.fetchall()
@@ -146,6 +148,7 @@ async def test_replays_change_nothing_and_a_rebuild_equals_the_live_projection(a
     await compare(live)
     await records.rebuild()  # from scratch: the tables emptied and folded again
     await compare(live)
+    assert await searched_text(pool, no) == text
 
 
 async def test_search_filters_pages_and_access_rules(api, redis, pool):
@@ -251,14 +254,25 @@ async def test_a_closed_ticket_leaves_redis_and_is_read_from_the_record(api, red
     ]
 
 
+async def searched_text(pool, no: str) -> str:
+    """What full-text search matches the ticket by (kept apart from its row, by trigger)."""
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT search FROM ticket_search WHERE ticket_no = %s", (no,))
+        found = await cur.fetchone()
+    assert found is not None
+    return found["search"]
+
+
 async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entry(api, redis, pool, settings):
     phone = fresh_phone()
     no = await submit(api, phone, text=LIGHT + "，我叫王小明", address="阳光花园3号楼")
     await ticket_when(api, no, lambda t: t["status"] == "assigned")
     await eventually(lambda: row(pool, no))
+    assert "王小明" in await searched_text(pool, no)
     retention = Retention(pool, TicketStore(redis), settings)
     subject = caller_id(phone)
     assert await retention.erase_caller(subject, actor="0231", reason="居民申请") == [no]
+    assert "王小明" not in await searched_text(pool, no)  # search finds the name no more
     r = await row(pool, no)
     assert r is not None
     assert "王小明" not in r["text"]

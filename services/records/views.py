@@ -264,7 +264,7 @@ async def archived_ticket(request: Request, principal: Principal, ticket_no: str
             history = [dict(e) for e in in_order(r["payload"] for r in await cur.fetchall())]
     except UNAVAILABLE:
         return unavailable()
-    body = {k: v for k, v in row.items() if k != "search"}
+    body = dict(row)
     body["history"] = history
     body["archived"] = True  # read from the record: the ticket has left the working set
     return JSONResponse(content=_jsonable(body))

@@ -113,7 +113,7 @@ def run_pipeline_bench(
             update={"kafka_bootstrap_servers": servers.kafka_bootstrap, "redis_url": servers.redis_url}
         )
         ensure_model(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
-        print(f"starting the four workers, {replicas} of each ...")
+        print(f"starting the {len(WORKERS)} workers, {replicas} of each ...")
         ports = []
         for worker in WORKERS:
             for i in range(replicas):
@@ -565,7 +565,7 @@ def _print(f: dict[str, Any]) -> None:
     lines = [
         "",
         f"pipeline benchmark ({m['cpus']} CPUs, {m['cpu_model'] or 'unknown CPU'}; broker, Redis, "
-        f"{f['replicas']}x4 workers and this process on one machine)",
+        f"PostgreSQL, {f['replicas']}x{len(WORKERS)} workers and this process on one machine)",
         f"  offered            {f['offered_per_s']:,.0f} appeals/s{'' if f['fixed_rate'] else ' (flat out)'}",
         f"  appeals            {f['appeals']}   assigned {f['completed']}"
         + (f"  (MISSING {f['missing']})" if f["missing"] else ""),

@@ -10,6 +10,7 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import psycopg
@@ -20,6 +21,7 @@ from psycopg.rows import dict_row
 from services.launcher import Launcher
 from services.records import db
 from services.records.app import until_available
+from services.records.query import build
 from services.records.retention import Retention
 from services.records.service import Records
 from shared import topics
@@ -345,8 +347,6 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
 ):
     """Assignments, acceptances and answers on a day of their own, through the broker to both the
     notifier (Redis counters) and the record; the rates per department and per grid agree."""
-    from zoneinfo import ZoneInfo
-
     from services.notifier.scorecard import Scorecard
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
@@ -460,3 +460,33 @@ async def test_a_counter_lost_with_redis_starts_above_the_records_highest_number
     await redis.set(f"seq:{no[:8]}", 0)  # Redis came back empty: the counter is gone
     await records.raise_counters(store, day)
     assert await store.next_ticket_no(day) > no
+
+
+async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrade(settings, monkeypatch):
+    """A database that holds tickets under the first schema gets its search table filled by the
+    migration that moved it, and search and the trigger work on it from then on."""
+    name = f"upgrade_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the DATABASE_URL given may not create a database (the embedded one may)")
+    url = settings.database_url.rsplit("/", 1)[0] + "/" + name
+    everything = db.migration_files()
+    monkeypatch.setattr(db, "migration_files", lambda: everything[:1])
+    assert await db.migrate(url) == ["0001_records"]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "INSERT INTO tickets (ticket_no, status, channel, title, text, address, received_at, updated_at) "
+            "VALUES ('20261130-000001', 'closed', 'hotline', '路灯', '升级前的工单', '和平街', now(), now())"
+        )
+    monkeypatch.setattr(db, "migration_files", lambda: everything)
+    assert await db.migrate(url) == [v for v, _ in everything[1:]]
+    search = build({"q": "升级前"}, tz=ZoneInfo(settings.timezone), department_scope=None)
+    query = f"SELECT ticket_no FROM tickets WHERE {search.where}"
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        assert await (await conn.execute(query, search.params)).fetchall() == [("20261130-000001",)]
+        await conn.execute("UPDATE tickets SET text = '个人信息已删除' WHERE ticket_no = '20261130-000001'")
+        assert await (await conn.execute(query, search.params)).fetchall() == []
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

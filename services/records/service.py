@@ -22,7 +22,15 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import TICKET_TOPICS, TOPIC_ORDER, Row, at, fold_meeting, fold_ticket
+from services.records.projection import (
+    TICKET_TOPICS,
+    TOPIC_ORDER,
+    Row,
+    at,
+    fold_meeting,
+    fold_ticket,
+    scrub_event,
+)
 from shared.city import City
 from shared.events import Event
 from shared.store import TicketStore, history_key
@@ -123,7 +131,8 @@ INSERT_EVENTS = (
 SELECT_TICKETS = (
     f"SELECT {', '.join('t.' + c for c in TICKET_COLUMNS)}, "
     "ARRAY(SELECT ARRAY[e.topic, e.event_id] FROM ticket_events e "
-    "WHERE e.ticket_no = t.ticket_no AND e.occurred_at = t.updated_at) AS last_events "
+    "WHERE e.ticket_no = t.ticket_no AND e.occurred_at = t.updated_at) AS last_events, "
+    "t.personal_data_removed_at AS erased_at "
     "FROM tickets t WHERE t.ticket_no = ANY(%s)"
 )
 
@@ -210,6 +219,16 @@ class Records:
         await self._lock(cur, by_ticket)
         await cur.execute(SELECT_TICKETS, (list(by_ticket),))
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
+        # A ticket whose personal data was removed while some of its events were still on their
+        # way (the record reads each topic on its own) takes those events scrubbed too.
+        erased = [no for no, row in stored.items() if row.pop("erased_at") is not None]
+        if erased:
+            for no in erased:
+                by_ticket[no] = [scrub_event(p) for p in by_ticket[no]]
+            await cur.executemany(
+                "UPDATE ticket_events SET payload = %s WHERE event_id = %s",
+                [(as_jsonb(p), p["event_id"]) for no in erased for p in by_ticket[no]],
+            )
         ids = {p["event_id"] for p in fresh}
         rows: list[Row] = []
         again: list[str] = []

@@ -12,7 +12,7 @@ known about it, whatever order the topics were read in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -175,6 +175,21 @@ def _comes_after(event: Mapping[str, Any], row: Row, fresh: Container[str]) -> b
     return all(TOPIC_ORDER.get(topic, 9) < stage for topic, id_ in row["last_events"] if id_ not in fresh)
 
 
+async def _each_history(
+    store: TicketStore, batch: int, work: Callable[[TicketStore, list[str]], Awaitable[int]]
+) -> int:
+    """Run `work` on the numbers of every ticket with a Redis history, `batch` at a time; returns
+    the sum of what it returned."""
+    total = 0
+    nos: list[str] = []
+    async for key in store.redis.scan_iter(match="t:*:h", count=5000):
+        nos.append(key.decode()[2:-2])
+        if len(nos) >= batch:
+            total += await work(store, nos)
+            nos = []
+    return total + await work(store, nos)
+
+
 class Records:
     def __init__(self, pool: Pool, city: City) -> None:
         self.pool = pool
@@ -318,14 +333,7 @@ class Records:
     async def backfill_from_store(self, store: TicketStore, batch: int = 500) -> int:
         """Copy the events kept in Redis's ticket histories into the record (a system that ran
         before the record existed, or events the record missed). Returns events read."""
-        nos: list[str] = []
-        seen = 0
-        async for key in store.redis.scan_iter(match="t:*:h", count=5000):
-            nos.append(key.decode()[2:-2])
-            if len(nos) >= batch:
-                seen += await self._backfill(store, nos)
-                nos = []
-        return seen + await self._backfill(store, nos)
+        return await _each_history(store, batch, self._backfill)
 
     async def catch_up_with_store(self, store: TicketStore, batch: int = 1000) -> int:
         """Copy in the events of every ticket whose Redis history holds more than the record: the
@@ -335,14 +343,7 @@ class Records:
         count misses a ticket only where the record also holds an event its history does not have
         yet (a classification or survey event its writer published before the router recorded it)
         and lacks another. Returns how many were behind."""
-        behind = 0
-        nos: list[str] = []
-        async for key in store.redis.scan_iter(match="t:*:h", count=5000):
-            nos.append(key.decode()[2:-2])
-            if len(nos) >= batch:
-                behind += await self._catch_up(store, nos)
-                nos = []
-        return behind + await self._catch_up(store, nos)
+        return await _each_history(store, batch, self._catch_up)
 
     async def _catch_up(self, store: TicketStore, nos: list[str]) -> int:
         if not nos:

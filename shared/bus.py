@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from itertools import chain
 from typing import Any, TypeVar
@@ -77,14 +77,17 @@ BATCH_SUBSCRIBER: dict[str, Any] = {
 }
 
 
-def batch_subscriber(broker: KafkaBroker, topic: str, service: str, **overrides: Any) -> Any:
-    """The decorator for a service's batch handler of `topic`.
+def batch_subscriber(
+    broker: KafkaBroker, topic: str, service: str, *more: str, group: str | None = None, **overrides: Any
+) -> Any:
+    """The decorator for a service's batch handler of `topic` (and `more` topics, read by one
+    consumer in the consumer group `group`).
 
-    Each (service, topic) pair is its own consumer group: a service that reads three topics would
-    otherwise rebalance all three consumers whenever one of them joins or leaves. Replicas of the
-    service join the same groups and share the partitions."""
+    A consumer on the caller's path reads its topic alone, in a group of its own (`group_id`), so
+    that nothing else it reads can hold it up. Replicas of the service join the same groups and share
+    the partitions."""
     options = {"decoder": raw_body, **BATCH_SUBSCRIBER, **overrides}
-    subscriber = broker.subscriber(topic, group_id=group_id(service, topic), **options)
+    subscriber = broker.subscriber(topic, *more, group_id=group or group_id(service, topic), **options)
     if options["batch"]:
         wait, most = options["batch_timeout_ms"], options["max_records"]
         subscriber.get_msg = partial(next_batch, wait_ms=wait, max_records=most)
@@ -100,8 +103,10 @@ async def next_batch(consumer: AIOKafkaConsumer, *, wait_ms: int, max_records: i
     return tuple(chain.from_iterable(batches.values()))
 
 
-def group_id(service: str, topic: str) -> str:
-    return f"{service}.{topic}"
+def group_id(service: str, topic: str | None = None) -> str:
+    """The consumer group of a service's consumer of `topic` on the caller's path; without a topic,
+    of its one consumer of the rest (`subscribe_topics`)."""
+    return f"{service}.{topic}" if topic else service
 
 
 def subscribe(
@@ -126,6 +131,68 @@ def subscribe(
         positions = [(r.partition, r.offset, r.timestamp) for r in records]
         await handle(await parse_or_dead_letter(publisher, event, name, bodies, service, positions=positions))
         BATCH_SECONDS.labels(consumer=service).observe(time.perf_counter() - started)
+
+
+def subscribe_topics(
+    broker: KafkaBroker,
+    publisher: EventPublisher,
+    service: str,
+    models: Mapping[str, type[Event]],
+    handle: Callable[[list[tuple[str, Event]]], Awaitable[None]],
+    **overrides: Any,
+) -> None:
+    """Subscribe `handle` to several topics with one consumer, in the consumer group named after the
+    service: for what is off the caller's path. Each consumer costs the broker a fetch per wait and
+    an offset commit per batch whatever it brings, and an idle one still asks; one consumer for a
+    worker's seven topics asks once, and its batches hold a ticket's events of several topics
+    together. The handler gets the batch's events that parsed, each with its topic, in the order
+    read per partition; what does not parse goes to its topic's dead-letter topic."""
+    names = list(models)
+
+    group = group_id(service)
+
+    @batch_subscriber(broker, names[0], service, *names[1:], group=group, decoder=raw_records, **overrides)
+    async def consume(records: Any) -> None:  # Any: FastStream passes the records on unvalidated
+        started = time.perf_counter()
+        by_topic: dict[str, list[ConsumerRecord]] = {}
+        for r in records:
+            by_topic.setdefault(r.topic, []).append(r)
+        parsed: list[tuple[str, Event]] = []
+        for topic, part in by_topic.items():
+            events = await parse_or_dead_letter(
+                publisher,
+                models[topic],
+                topic,
+                [r.value or b"" for r in part],
+                service,
+                positions=[(r.partition, r.offset, r.timestamp) for r in part],
+                group=group,
+            )
+            parsed += [(topic, e) for e in events]
+        await handle(parsed)
+        BATCH_SECONDS.labels(consumer=service).observe(time.perf_counter() - started)
+
+
+def subscribe_each(
+    broker: KafkaBroker,
+    publisher: EventPublisher,
+    service: str,
+    handlers: Mapping[type[Event], Callable[[list[Any]], Awaitable[None]]],
+    **overrides: Any,
+) -> None:
+    """`subscribe_topics` with a handler per event class: each batch's events go to their class's
+    handler, in the order the mapping gives (the pipeline's). A handler that raises has the whole
+    batch read again, so the others see theirs again too: every handler drops what it has done."""
+
+    async def handle(batch: list[tuple[str, Event]]) -> None:
+        split: dict[str, list[Event]] = {}
+        for topic, event in batch:
+            split.setdefault(topic, []).append(event)
+        for model, each in handlers.items():
+            if events := split.get(model.topic):
+                await each(events)
+
+    subscribe_topics(broker, publisher, service, {m.topic: m for m in handlers}, handle, **overrides)
 
 
 async def raw_body(message: Any) -> Any:
@@ -320,7 +387,7 @@ def _parse_indexed(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], li
     bad: list[tuple[int, bytes, str]] = []
     for i, body in enumerate(bodies):
         try:
-            good.append(model.model_validate_json(body))
+            good.append(model.from_json(body))
         except ValidationError as e:
             bad.append((i, body, _short_error(e)))
     return good, bad
@@ -358,6 +425,7 @@ async def dead_letter(
     consumer: str,
     *,
     positions: Sequence[Position | None] | None = None,
+    group: str | None = None,
 ) -> None:
     """Send messages that cannot be handled to `<topic>.dlq`, with the cause, the consumer group and
     the offset, and count them. With `publisher.claims` (Redis), only the first group to meet a
@@ -365,7 +433,7 @@ async def dead_letter(
     if not failures:
         return
     dlq = topics.dlq(topic)
-    group = group_id(consumer, topic)
+    group = group or group_id(consumer, topic)
     claimed: list[str] = []
     pending = []
     try:
@@ -410,6 +478,7 @@ async def parse_or_dead_letter(
     consumer: str,
     *,
     positions: Sequence[Position] | None = None,
+    group: str | None = None,
 ) -> list[E]:
     """Parse a batch; whatever does not parse goes to the dead-letter topic. Returns what parsed."""
     good, bad = _parse_indexed(model, bodies)
@@ -420,6 +489,7 @@ async def parse_or_dead_letter(
             [(body, error) for _, body, error in bad],
             consumer,
             positions=[positions[i] for i, _, _ in bad] if positions else None,
+            group=group,
         )
     return good
 

@@ -51,6 +51,16 @@ class Event(_Frozen):
         fields.setdefault("ticket_no", cause.ticket_no)
         return cls(event_id=derived, caused_by=cause.event_id, **fields)
 
+    @classmethod
+    def from_json(cls, body: bytes) -> Self:
+        """The event a message carries, with the message's text kept as its JSON: a consumer that
+        writes it to a history, records it or sends it on does not serialise it again. (The text
+        is the event's: every field is checked, and no field the model lacks is allowed.)"""
+        event = cls.model_validate_json(body)
+        if body[:1] == b"{":
+            event.__dict__["json_text"] = body.decode()
+        return event
+
     @property
     def json_text(self) -> str:
         """The event's JSON (`model_dump_json`), made once: a router event is written to its

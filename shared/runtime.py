@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -16,7 +16,14 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
-from shared.bus import EventPublisher, ensure_topics, make_broker, subscribe
+from shared.bus import (
+    EventPublisher,
+    ensure_topics,
+    make_broker,
+    subscribe,
+    subscribe_each,
+    subscribe_topics,
+)
 from shared.city import City, load_city
 from shared.events import Event
 from shared.metrics import (
@@ -158,6 +165,23 @@ class Runtime:
         """Every worker's one way to consume: `handle` gets each batch of `event`s from its topic
         (see `shared.bus.subscribe`: poison to the dead-letter topic, batch time measured)."""
         subscribe(self.broker, self.publisher, self.name, event, handle, topic=topic, **overrides)
+
+    def subscribe_topics(
+        self,
+        models: Mapping[str, type[Event]],
+        handle: Callable[[list[tuple[str, Event]]], Awaitable[None]],
+        **overrides: Any,
+    ) -> None:
+        """One consumer for several topics off the caller's path (`shared.bus.subscribe_topics`):
+        `handle` gets each batch's events with their topics."""
+        subscribe_topics(self.broker, self.publisher, self.name, models, handle, **overrides)
+
+    def subscribe_each(
+        self, handlers: Mapping[type[Event], Callable[[list[Any]], Awaitable[None]]], **overrides: Any
+    ) -> None:
+        """One consumer for the topics of these event classes, off the caller's path; each batch's
+        events go to their class's handler (`shared.bus.subscribe_each`)."""
+        subscribe_each(self.broker, self.publisher, self.name, handlers, **overrides)
 
     async def check_broker(self, *, first: bool = False) -> None:
         """The broker answers and has every topic. A broker that restarted empty (the embedded one

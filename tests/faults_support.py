@@ -5,6 +5,7 @@ appeals, and the checks that every acknowledged appeal was routed exactly once."
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import subprocess
 from collections import Counter, defaultdict
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 from redis.asyncio import Redis
@@ -335,18 +336,15 @@ async def wait_until_routed(redis: Redis, nos: Sequence[str], timeout: float) ->
         raise AssertionError(f"{len(left)} of {len(nos)} tickets never routed, e.g. {left[:5]}") from None
 
 
-async def caught_up(bootstrap: str, groups: dict[str, str]) -> bool:
-    """Each consumer group (group -> its topic) has committed to the end of every partition: all
-    that was published so far has been handled by a process that lived to say so."""
-    ends = await bus.ends_of(bootstrap, sorted(set(groups.values())))
-    parts: dict[str, list[TopicPartition]] = {}
-    for tp in ends:
-        parts.setdefault(tp.topic, []).append(tp)
-    for group, topic in groups.items():
+async def caught_up(bootstrap: str, groups: dict[str, Sequence[str]]) -> bool:
+    """Each consumer group (group -> the topics it reads) has committed to the end of every
+    partition: all that was published so far has been handled by a process that lived to say so."""
+    ends = await bus.ends_of(bootstrap, sorted({t for names in groups.values() for t in names}))
+    for group, names in groups.items():
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            for tp in parts.get(topic, []):
+            for tp in (tp for tp in ends if tp.topic in names):
                 committed = await consumer.committed(tp)
                 if ends[tp] and (committed is None or committed < ends[tp]):
                     return False
@@ -355,9 +353,20 @@ async def caught_up(bootstrap: str, groups: dict[str, str]) -> bool:
     return True
 
 
+def consumer_groups(*services: str) -> dict[str, list[str]]:
+    """The consumer groups these services' workers join, each with the topics it reads, as the
+    workers' apps are wired (built, not started)."""
+    groups: dict[str, list[str]] = {}
+    for name in services:
+        app = importlib.import_module(f"services.{name}.app").build_app()
+        for sub in app.broker.subscribers:
+            groups[sub.group_id] = list(sub.topic_names)
+    return groups
+
+
 async def wait_for_notifier(bootstrap: str, timeout: float) -> None:
     """The notifier has handled every appeal (so each acknowledgement SMS is sent)."""
-    groups = {f"notifier.{topics.APPEAL_RECEIVED}": topics.APPEAL_RECEIVED}
+    groups = consumer_groups("notifier")
     await eventually(lambda: caught_up(bootstrap, groups), timeout=timeout, interval=1)
 
 

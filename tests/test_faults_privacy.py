@@ -14,15 +14,20 @@ import json
 import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS
 from shared import topics
 from shared.auth import issue_token
-from shared.bus import ends_of
 from tests.conftest import eventually
-from tests.faults_support import admin_client, isolated_system, read_topics, sms_outbox
+from tests.faults_support import (
+    admin_client,
+    caught_up,
+    consumer_groups,
+    isolated_system,
+    read_topics,
+    sms_outbox,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 
@@ -38,21 +43,9 @@ SERVICES = ("intake", "classifier", "router", "notifier")
 
 
 async def everything_consumed(bootstrap: str) -> bool:
-    """Every consumer group has committed up to the end of every partition of its topic."""
-    ends = await ends_of(bootstrap, list(topics.EVENT_TYPES))
-    parts = list(ends)
-    for service in SERVICES:
-        for topic in topics.EVENT_TYPES:
-            group = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=f"{service}.{topic}")
-            await group.start()
-            try:
-                for tp in (tp for tp in parts if tp.topic == topic):
-                    committed = await group.committed(tp)
-                    if committed is not None and committed < ends[tp]:
-                        return False
-            finally:
-                await group.stop()
-    return True
+    """Every consumer group of the services has committed up to the end of every partition of
+    every topic it reads."""
+    return await caught_up(bootstrap, consumer_groups(*SERVICES))
 
 
 def leaks(text: str) -> list[str]:

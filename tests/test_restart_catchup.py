@@ -14,22 +14,17 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared import topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers
 from shared.redrive import redrive
 from shared.settings import Settings
 from tests.conftest import System, as_department, eventually
-from tests.faults_support import caught_up, sms_outbox, tickets_of
+from tests.faults_support import caught_up, consumer_groups, sms_outbox, tickets_of
 from tests.test_pipeline_e2e import submit
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
 
 PROCESSES = ("api", "intake", "classifier", "router", "notifier")
-NOTIFIER_GROUPS = {
-    f"notifier.{topics.APPEAL_RECEIVED}": topics.APPEAL_RECEIVED,
-    f"notifier.{topics.TICKET_UPDATED}": topics.TICKET_UPDATED,
-}
 EARLY, ROUTED, RESOLVED = "13600000001", "13600000002", "13600000003"
 
 
@@ -127,7 +122,7 @@ async def test_the_notifiers_unread_events_are_driven_on_once_after_the_whole_sy
         assert await until_status(redis, resolved, {"surveyed"}) == "surveyed"
         assert await redrive(s, redis) > 0  # again: every event a repeat, each dropped
         await eventually(
-            lambda: caught_up(s.kafka_bootstrap_servers, NOTIFIER_GROUPS), timeout=90, interval=1
+            lambda: caught_up(s.kafka_bootstrap_servers, consumer_groups("notifier")), timeout=90, interval=1
         )
 
         assert await sent(redis, EARLY, "ack") == 1

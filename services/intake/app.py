@@ -85,7 +85,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_intake)
     index = DuplicateIndex(rt.redis, rt.store)
-    rt.subscribe(AppealReceived, index.received)
-    rt.subscribe(AppealClassified, index.classified)
-    rt.subscribe(TicketUpdated, index.updated)
+    rt.subscribe_each(
+        {AppealReceived: index.received, AppealClassified: index.classified, TicketUpdated: index.updated}
+    )
     return app

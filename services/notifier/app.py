@@ -30,10 +30,14 @@ def build_app(settings: Settings | None = None) -> FastStream:
     scorecard = Scorecard.from_settings(rt.redis, rt.city, rt.settings)
     handlers = Handlers(notifier, scorecard)
 
-    rt.subscribe(AppealReceived, handlers.appeals)
-    rt.subscribe(TicketAssigned, handlers.assignments)
-    rt.subscribe(TicketUpdated, handlers.updates)
-    rt.subscribe(SurveyAnswered, handlers.answers)
+    rt.subscribe_each(
+        {
+            AppealReceived: handlers.appeals,
+            TicketAssigned: handlers.assignments,
+            TicketUpdated: handlers.updates,
+            SurveyAnswered: handlers.answers,
+        }
+    )
 
     next_gauges = [0.0]
 

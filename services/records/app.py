@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -40,8 +40,6 @@ E = TypeVar("E", bound=ev.Event)
 T = TypeVar("T")
 log = logging.getLogger(NAME)
 
-# One subscription per topic.
-SUBSCRIPTIONS: tuple[tuple[str, type[ev.Event]], ...] = tuple(topics.EVENT_TYPES.items())
 RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 COUNTER_CHECK_SECONDS = 5
@@ -54,8 +52,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
     records = Records(pool, rt.city)
     tz = ZoneInfo(rt.settings.timezone)
 
-    for topic, model in SUBSCRIPTIONS:
-        rt.subscribe(model, projector(records, topic), topic=topic)
+    # One consumer for every topic: a batch then holds a ticket's events of several stages (an
+    # assignment and the hold written with it), folded into one write of its row, and no two
+    # batches of this worker wait for each other's locks on the same ticket.
+    async def project(batch: list[tuple[str, ev.Event]]) -> None:
+        await until_available(lambda: records.project_many(batch), what=f"{len(batch)} events")
+
+    rt.subscribe_topics(topics.EVENT_TYPES, project)
 
     @app.on_startup
     async def _open() -> None:
@@ -105,13 +108,6 @@ def build_app(settings: Settings | None = None) -> FastStream:
     retention = Retention(pool, rt.store, rt.settings)
     run_periodically(app, rt.settings.retention_scan_seconds, retention.run, "records retention")
     return app
-
-
-def projector(records: Records, topic: str) -> Callable[[list[Any]], Awaitable[None]]:
-    async def handle(events: list[Any]) -> None:
-        await until_available(lambda: records.project(topic, events), what=f"{len(events)} {topic}")
-
-    return handle
 
 
 async def until_available(

@@ -138,7 +138,9 @@ SELECT_TICKETS = (
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
-    dumped = event.model_dump(mode="json")
+    # From the event's JSON: the text it came in (see `Event.from_json`), read by orjson, costs a
+    # fifth of dumping the model again.
+    dumped: dict[str, Any] = orjson.loads(event.json_text)
     dumped["topic"] = topic  # set, not merged into a new dict: one dict per event, not two
     return dumped
 
@@ -198,25 +200,29 @@ class Records:
     # --- the projection -----------------------------------------------------------------------
 
     async def project(self, topic: str, events: Sequence[Event]) -> None:
+        await self.project_many([(topic, e) for e in events])
+
+    async def project_many(self, events: Sequence[tuple[str, Event]]) -> None:
+        """Record a batch of events (each with its topic) and fold them into their rows, in one
+        transaction."""
         if not events:
             return
-        payloads = [payload(topic, e) for e in events]
+        payloads = [payload(topic, e) for topic, e in events]
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             inserted = await insert_events(cur, payloads)
             # A replay inserts nothing; an event twice in the batch is inserted, and folded, once.
             fresh = list({p["event_id"]: p for p in payloads if p["event_id"] in inserted}.values())
-            if not fresh:
-                return
-            if topic.startswith("meeting."):
-                await self._refold_meetings(cur, {p.get("meeting_id", "") for p in fresh})
-            else:
-                await self._fold_onto(cur, fresh)
+            # Tickets before meetings: every transaction takes its locks in that order.
+            if tickets := [p for p in fresh if not p["topic"].startswith("meeting.")]:
+                await self._fold_onto(cur, tickets)
+            if meetings := {p.get("meeting_id", "") for p in fresh if p["topic"].startswith("meeting.")}:
+                await self._refold_meetings(cur, meetings)
 
     @staticmethod
     async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
-        """Hold these tickets (or meetings) until the transaction ends. Each topic has its own
-        consumer, so two batches may fold the same ticket at once; without the lock the one that
-        commits last would write a row missing the other's events. Taken in sorted order: no
+        """Hold these tickets (or meetings) until the transaction ends. Replicas of the worker, and
+        the removal of personal data, may fold the same ticket at once; without the lock the one
+        that commits last would write a row missing the other's events. Taken in sorted order: no
         deadlock between batches."""
         await cur.execute(
             "SELECT pg_advisory_xact_lock(k) FROM "

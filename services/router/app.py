@@ -224,9 +224,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
     if rt.settings.router_consume:
         # On the caller's path to the assignment: polled often (see shared.bus).
         rt.subscribe(AppealClassified, handlers.classified, **CALLERS_PATH)
-        rt.subscribe(SurveySent, handlers.surveys_sent)
-        rt.subscribe(SurveyAnswered, handlers.surveys_answered)
-        rt.subscribe(TicketUpdated, handlers.updates)
+        rt.subscribe_each(
+            {
+                TicketUpdated: handlers.updates,
+                SurveySent: handlers.surveys_sent,
+                SurveyAnswered: handlers.surveys_answered,
+            }
+        )
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.relay, "outbox relay")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.fire_due_timers, "timer scan")
     return app

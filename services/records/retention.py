@@ -17,9 +17,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import fold_ticket, scrub_event
+from services.records.projection import fold_ticket
 from services.records.service import Records, street_index, upsert_tickets
 from shared.city import load_city
+from shared.privacy import scrub_event
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
 

@@ -499,7 +499,14 @@ async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than
     due = await store.due_outbox(older_than_seconds)
     if not due:
         return 0
-    events = [topics.EVENT_TYPES[topic].model_validate(record) for topic, record in due.values()]
+    events: list[Event] = []
+    for entry, (topic, record) in due.items():
+        try:
+            events.append(topics.EVENT_TYPES[topic].model_validate(record))
+        except ValidationError:
+            # A record scrubbed by an erasure keeps its shape, but a located event's place is all it
+            # carries and cannot be blanked: dropped, or it would hold up every relay after it.
+            log.warning("outbox event %s no longer parses (erased?): not relayed", entry.replace("\t", " "))
     await publish(publisher, events)
     await store.remove_outbox_entries(list(due))
     return len(events)

@@ -1,4 +1,5 @@
-"""Personal data: phone normalisation, masking and the stable caller id that replaces the number.
+"""Personal data: phone normalisation, masking and the stable caller id that replaces the number,
+and the rule that removes a resident's personal data from events and tickets.
 
 Phones and names are stored once, in the ticket store's contact records. Events, logs and the views
 departments use carry `138****5678` and a salted hash instead.
@@ -9,10 +10,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Mapping
+from datetime import datetime
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.settings import DEMO_CALLER_ID_SALT, Settings, get_settings
+from shared.tickets import Ticket
 
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # Landline: area code 0 + 2-3 digits, then a 7-8 digit number; optional extension.
@@ -103,3 +108,39 @@ def caller_id(phone: str) -> str:
 
 def is_mobile(phone: str) -> bool:
     return bool(_MOBILE.match(phone))
+
+
+# Personal data an event may carry: the resident's words (names, addresses, phone numbers typed into
+# the text), where they live, and how to reach them or link their appeals (the salted hash). What
+# takes its place keeps the shape, so that a scrubbed event still folds into the record, and still
+# parses as its class where the class allows the blank (not `appeal.located`, whose place is all it
+# carries). Categories, grids, departments, deadlines and ratings stay: the statistics must survive.
+REMOVED = "[已删除]"
+_FREE_TEXT = ("text", "title", "address", "note", "resolution_note")
+_CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": None, "caller_id": None}
+
+
+def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event (or a ticket, as its JSON) without personal data, in the same shape."""
+    out = dict(event)
+    for key in _FREE_TEXT:
+        if out.get(key):
+            out[key] = REMOVED
+    for key, blank in _CONTACT.items():
+        if key in out:
+            out[key] = dict(blank) if isinstance(blank, dict) else blank
+    # The grid's evidence is what located it: the coordinates, or the road and house number.
+    grid = out.get("grid")
+    if isinstance(grid, Mapping) and grid.get("evidence"):
+        out["grid"] = {**grid, "evidence": REMOVED}
+    if isinstance(out.get("appeal"), Mapping):
+        out["appeal"] = scrub_event(out["appeal"])
+    return out
+
+
+def scrub_ticket(ticket: Ticket, removed_at: datetime) -> Ticket:
+    """The ticket without personal data, marked with when it was removed. The ticket store applies
+    it again after every decision about a marked ticket, so that no decision brings the data back."""
+    scrubbed = scrub_event(ticket.model_dump(mode="json"))
+    scrubbed["personal_data_removed_at"] = removed_at
+    return Ticket.model_validate(scrubbed)

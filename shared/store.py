@@ -12,6 +12,10 @@ Every change goes through `apply_many`: read the tickets under WATCH, let a pure
 to their histories and to the outbox in one MULTI (with the owner's follow-ups, `on_write`). The
 caller publishes the events and then calls `published`; if it dies in between, the outbox relay
 (`due_outbox`) publishes them again. Consumers drop the repeat by event id.
+
+A ticket whose resident had their personal data erased (`remove_personal_data`) carries the time
+of it; every later write keeps that ticket, and what it appends to its history, scrubbed: an appeal
+still being classified or routed at the erasure must not bring the data back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,6 +33,7 @@ from redis.typing import EncodableT, FieldT
 # The decision types live with the pure code; re-exported for the callers that write them here.
 from shared.decisions import Change, Decision, Outcome, record_appeal
 from shared.events import AppealReceived, Event
+from shared.privacy import scrub_event, scrub_ticket
 from shared.tickets import Ticket
 
 __all__ = [
@@ -110,6 +115,12 @@ def _event_record(event: Event) -> str:
     return f'{{"topic":"{event.topic}",{event.json_text[1:]}'
 
 
+def _scrubbed_record(event: Event) -> str:
+    """`_event_record` of the event without personal data (an erased ticket's history)."""
+    record = {"topic": event.topic, **scrub_event(event.model_dump(mode="json"))}
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+
+
 def _outbox_member(event: Event) -> str:
     # Small on purpose: the event itself is in the ticket's history; the relay reads it from there.
     return f"{event.topic}\t{event.ticket_no}\t{event.event_id}"
@@ -142,16 +153,24 @@ class _Batch:
         results: list[Result] = []
         for c in changes:
             key = ticket_key(c.ticket_no)
-            outcome = c.decide(self.current[key])
+            prior = self.current[key]
+            outcome = c.decide(prior)
             if outcome is None:
-                results.append((self.current[key], []))
+                results.append((prior, []))
                 continue
-            self.current[key] = self.changed[key] = outcome.ticket
-            self.history.setdefault(key, []).extend(
-                _event_record(e) for e in (*outcome.record, *outcome.publish)
-            )
+            ticket, facts = outcome.ticket, (*outcome.record, *outcome.publish)
+            if prior is None or prior.personal_data_removed_at is None:
+                records = [_event_record(e) for e in facts]
+            else:
+                # Erased while this decision's input was on its way (e.g. a classification, which
+                # carries the whole appeal). The events it publishes have left already; the copies
+                # kept here, which the outbox relay would send again, go scrubbed.
+                ticket = scrub_ticket(ticket, prior.personal_data_removed_at)
+                records = [_scrubbed_record(e) for e in facts]
+            self.current[key] = self.changed[key] = ticket
+            self.history.setdefault(key, []).extend(records)
             self.outbox.extend(_outbox_member(e) for e in outcome.publish)
-            results.append((outcome.ticket, list(outcome.publish)))
+            results.append((ticket, list(outcome.publish)))
         return results
 
 
@@ -350,6 +369,34 @@ class TicketStore:
             keys += [ticket_key(a.ticket_no), history_key(a.ticket_no)]
             args += [Ticket.from_appeal(a).model_dump_json(), _event_record(a)]
         return await self.redis.eval(self._CREATE, len(keys), *keys, *args)
+
+    async def remove_personal_data(self, no: str, at: datetime | None = None) -> bool:
+        """Scrub a ticket and its history (`shared.privacy.scrub_event`) and mark the ticket with
+        `at`, so that every later write keeps it scrubbed. False: the ticket is not in Redis."""
+        at = at or datetime.now(UTC)
+        for _ in range(self.max_retries):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    # The history too: a meeting's facts are appended to it without the ticket's WATCH.
+                    await pipe.watch(ticket_key(no), history_key(no))
+                    raw = await pipe.get(ticket_key(no))
+                    history = await pipe.lrange(history_key(no), 0, -1)
+                    pipe.multi()
+                    if raw:
+                        ticket = Ticket.model_validate_json(raw)
+                        ticket = scrub_ticket(ticket, ticket.personal_data_removed_at or at)
+                        pipe.set(ticket_key(no), ticket.model_dump_json())
+                    if history:
+                        pipe.delete(history_key(no))
+                        pipe.rpush(
+                            history_key(no),
+                            *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
+                        )
+                    await pipe.execute()
+                    return bool(raw)
+                except WatchError:
+                    continue
+        raise ConcurrentUpdate(f"ticket kept changing: {no}")
 
     # --- the outbox ---------------------------------------------------------------------------
 

@@ -92,6 +92,10 @@ class Ticket(BaseModel):
     solved: bool | None = None
     closed_at: datetime | None = None
 
+    # When the resident's personal data was removed (erasure on request): from then on the store
+    # keeps the ticket and what it appends to its history scrubbed (`shared.privacy.scrub_event`).
+    personal_data_removed_at: datetime | None = None
+
     # Ids of the events already applied: the idempotency check for every handler.
     applied: list[str] = []
     updated_at: datetime | None = None

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -18,17 +20,19 @@ import pytest
 from openpyxl import load_workbook
 from psycopg.rows import dict_row
 
+from services.classifier.grid import grid_match
 from services.launcher import Launcher
 from services.records import db
 from services.records.app import until_available
 from services.records.query import build
 from services.records.retention import Retention
 from services.records.service import Records
+from services.router.app import RouterHandlers
 from shared import topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
-from shared.events import AppealReceived, Caller
-from shared.privacy import caller_id
+from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, Event, GeoPoint
+from shared.privacy import caller_id, mask_phone
 from shared.store import TicketStore
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
@@ -533,3 +537,74 @@ async def test_an_event_recorded_after_the_erasure_is_recorded_without_personal_
     assert r is not None
     assert "李大伟" not in r["text"]
     assert "李大伟" not in await searched_text(pool, no)
+
+
+async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_store(
+    redis, pool, settings, records, system_city
+):
+    """The erasure lands between intake's write and the router's assignment: the router's write
+    (which records the classification, the whole appeal, into the history) keeps the ticket and
+    its history without the resident's words, name, phone and place."""
+    phone, name = fresh_phone(), "周晓梅"
+    no = f"20261201-{random.randint(900000, 999999)}"
+    at = datetime.now(UTC)  # the assignment's timers fall due after this session
+    appeal = AppealReceived(
+        ticket_no=no,
+        channel="hotline",
+        text=LIGHT + f"，我叫{name}，电话{phone}",
+        address="幸福里小区5号楼",
+        location=GeoPoint(lng=116.397, lat=39.909),
+        caller=Caller(caller_id=caller_id(phone), masked_phone=mask_phone(phone)),
+        received_at=at,
+        occurred_at=at,
+    )
+    store = TicketStore(redis)
+    assert await store.create_many([appeal]) == 1  # intake's write; never published, so only we route it
+    await records.project(topics.APPEAL_RECEIVED, [appeal])
+    retention = Retention(pool, store, settings)
+    assert await retention.erase_caller(caller_id(phone), actor="0231", reason="居民申请") == [no]
+
+    # A grid no other test files appeals in: another test's tickets would make it a hotspot.
+    classified = AppealClassified(
+        ticket_no=no,
+        appeal=appeal,
+        category="city.facility.streetlight",
+        category_names=system_city.category_names("city.facility.streetlight"),
+        confidence=0.9,
+        top=(CategoryScore(category="city.facility.streetlight", probability=0.9),),
+        grid=grid_match(system_city, "s01c03g02", "coordinates", 0.99, "116.397,39.909"),
+        model_version="test",
+        occurred_at=at,
+    )
+    sent: list[Event] = []
+
+    async def send(events: Sequence[Event]) -> None:
+        sent.extend(events)
+
+    async def nothing_to_relay() -> int:
+        return 0
+
+    router = RouterHandlers(
+        system_city, store, send, nothing_to_relay, tz=ZoneInfo("Asia/Shanghai"), review_threshold=0.5
+    )
+    await router.classified([classified])
+    assert [e.topic for e in sent] == [topics.TICKET_ASSIGNED]  # it was routed
+
+    raw = await redis.get(f"t:{no}")
+    history = await redis.lrange(f"t:{no}:h", 0, -1)
+    assert [json.loads(h)["topic"] for h in history] == [
+        topics.APPEAL_RECEIVED,
+        topics.APPEAL_CLASSIFIED,
+        topics.TICKET_ASSIGNED,
+    ]
+    personal = (name, phone, mask_phone(phone), "阳光花园", "幸福里", "116.397")
+    assert [p for p in personal if p in raw.decode()] == []
+    for h in history:
+        assert [p for p in personal if p in h.decode()] == []
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.category == "city.facility.streetlight"  # the statistics stay
+    assert ticket.department is not None
+    assert ticket.grid is not None
+    assert ticket.grid.grid == "s01c03g02"
+    assert ticket.personal_data_removed_at is not None

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.records.projection import REMOVED, fold_meeting, fold_ticket, scrub_event
+from services.records.projection import fold_meeting, fold_ticket
 from services.records.query import build
 from shared.errors import DomainError
 from shared.events import (
@@ -26,6 +26,7 @@ from shared.events import (
     TicketAssigned,
     TicketUpdated,
 )
+from shared.privacy import REMOVED, scrub_event
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 DEPT = DepartmentRef(id="street_office_a", name="阳光街道办事处")

@@ -1,9 +1,12 @@
-"""The shared core: personal-data helpers, derived event ids, and the store's outbox on a real
-Redis and broker (an event whose writer died before publishing is published by the relay)."""
+"""The shared core: personal-data helpers, derived event ids, the store's outbox on a real Redis
+and broker (an event whose writer died before publishing is published by the relay), and erasure
+(an erased ticket stays without personal data whatever is written onto it later)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -19,9 +22,40 @@ from shared.bus import (
     next_batch,
     relay_outbox,
 )
-from shared.events import AppealReceived, TicketUpdated
-from shared.privacy import InvalidPhone, caller_id, mask_name, mask_phone, normalize_phone
-from shared.store import Change, Decision, Outcome, TicketStore, record_appeal
+from shared.events import (
+    AppealClassified,
+    AppealLocated,
+    AppealReceived,
+    Caller,
+    DepartmentRef,
+    Event,
+    GeoPoint,
+    GridMatch,
+    SurveyAnswered,
+    SurveySent,
+    TicketAssigned,
+    TicketUpdated,
+)
+from shared.privacy import (
+    REMOVED,
+    InvalidPhone,
+    caller_id,
+    mask_name,
+    mask_phone,
+    normalize_phone,
+    scrub_event,
+    scrub_ticket,
+)
+from shared.store import (
+    Change,
+    Decision,
+    Outcome,
+    TicketStore,
+    _Batch,
+    _event_record,
+    record_appeal,
+    ticket_key,
+)
 from shared.tickets import Ticket
 
 
@@ -251,3 +285,190 @@ async def test_facts_go_into_the_histories_of_tickets_that_exist_only(redis):
         await pipe.execute()
     assert [h["event_id"] for h in await store.history(there)][1:] == [facts[0].event_id]
     assert await redis.exists(f"t:{gone}:h") == 0  # no history without its ticket
+
+
+# --- erasure: an erased ticket stays scrubbed whatever is written onto it later ------------------
+
+NAME, PHONE = "赵小红", "13812345678"
+
+
+def personal_data() -> tuple[str, ...]:
+    """What must not survive an erasure: the name and phone typed into the words, the address, the
+    coordinates (also the grid's evidence), the masked phone and the salted hash."""
+    return (NAME, PHONE, "幸福里", "116.397", mask_phone(PHONE), caller_id(PHONE))
+
+
+def leaks(text: str) -> list[str]:
+    return [p for p in personal_data() if p in text]
+
+
+def personal_appeal(no: str) -> AppealReceived:
+    return AppealReceived(
+        ticket_no=no,
+        channel="hotline",
+        text=f"我叫{NAME}，电话{PHONE}，楼下路灯坏了",
+        title="路灯不亮",
+        address="幸福里小区5号楼",
+        location=GeoPoint(lng=116.397, lat=39.909),
+        caller=Caller(caller_id=caller_id(PHONE), masked_phone=mask_phone(PHONE)),
+    )
+
+
+def classified_from(appeal: AppealReceived) -> AppealClassified:
+    return AppealClassified(
+        ticket_no=appeal.ticket_no,
+        appeal=appeal,
+        category="city.facility.streetlight",
+        category_names=("城市管理", "市政设施", "路灯"),
+        confidence=0.9,
+        top=(),
+        grid=GridMatch(grid="s01c01g01", method="coordinates", confidence=0.99, evidence="116.397,39.909"),
+        model_version="test",
+    )
+
+
+def resolved_with_words(appeal: AppealReceived) -> TicketUpdated:
+    return TicketUpdated.caused(
+        appeal,
+        action="resolved",
+        status="resolved",
+        actor="d1",
+        note=f"已电话联系{NAME}（{PHONE}），路灯已修复",
+        caller_id=appeal.caller.caller_id,
+        on_time=True,
+    )
+
+
+def located(no: str) -> AppealLocated:
+    return AppealLocated(
+        ticket_no=no, channel="wechat", location=GeoPoint(lng=116.397, lat=39.91), address="幸福里小区北门"
+    )
+
+
+def one_of_each(no: str) -> list[Event]:
+    appeal = personal_appeal(no)
+    dept = DepartmentRef(id="d1", name="市政市容委")
+    return [
+        appeal,
+        located(no),
+        classified_from(appeal),
+        TicketAssigned.caused(
+            appeal,
+            caller_id=appeal.caller.caller_id,
+            department=dept,
+            via="rule",
+            explanation="按权责清单派单",
+            category="city.facility.streetlight",
+            grid="s01c01g01",
+            respond_by=appeal.occurred_at,
+            resolve_by=appeal.occurred_at,
+        ),
+        resolved_with_words(appeal),
+        SurveySent(
+            ticket_no=no, survey_id="s1", masked_phone=mask_phone(PHONE), message_id="m1", text=f"{NAME}您好"
+        ),
+        SurveyAnswered(ticket_no=no, survey_id="s1", rating=1, text=f"满意，我是{NAME}"),
+    ]
+
+
+def test_a_scrubbed_event_keeps_its_shape_and_loses_the_person():
+    events = one_of_each("20261123-777201")
+    assert {e.topic for e in events} == set(topics.EVENT_TYPES)  # every class the outbox relay sends
+    unparsed = []
+    for e in events:
+        assert leaks(e.json_text), e.topic  # each sample carries personal data to remove
+        scrubbed = scrub_event(e.model_dump(mode="json"))
+        assert leaks(json.dumps(scrubbed, ensure_ascii=False)) == [], e.topic
+        try:
+            topics.EVENT_TYPES[e.topic].model_validate(scrubbed)
+        except ValidationError:
+            unparsed.append(e.topic)
+    # A located event's place is all it carries: blanked, it is no event any more.
+    assert unparsed == ["appeal.located"]
+
+
+def test_a_decision_cannot_bring_personal_data_back_onto_an_erased_ticket():
+    """As the router does when it sees no ticket: rebuild it from the classified appeal, and record
+    the classification, which carries the whole appeal."""
+    no = "20261123-777202"
+    appeal = personal_appeal(no)
+    classified, update = classified_from(appeal), resolved_with_words(appeal)
+    removed_at = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+    batch = _Batch(pipe=None)
+    batch.current[ticket_key(no)] = scrub_ticket(Ticket.from_appeal(appeal), removed_at)
+
+    def decide(ticket: Ticket | None) -> Outcome:
+        rebuilt = Ticket.from_appeal(appeal).model_copy(update={"category": classified.category})
+        return Outcome(rebuilt, publish=[update], record=[classified])
+
+    [(ticket, published)] = batch.decide([Change(no, decide)])
+    assert published == [update]  # on its way already; the relay's copy comes from the history
+    assert batch.changed[ticket_key(no)] == ticket
+    assert ticket.personal_data_removed_at == removed_at
+    assert ticket.category == classified.category  # the statistics stay
+    assert ticket.caller == Caller()
+    assert leaks(ticket.model_dump_json()) == []
+    records = [json.loads(r) for r in batch.history[ticket_key(no)]]
+    assert [r["event_id"] for r in records] == [classified.event_id, update.event_id]
+    assert leaks(json.dumps(records, ensure_ascii=False)) == []
+    for r in records:  # still the events they were, for the relay and the record
+        topics.EVENT_TYPES[r.pop("topic")].model_validate(r)
+
+
+def test_a_ticket_not_erased_is_written_as_decided():
+    no = "20261123-777203"
+    appeal = personal_appeal(no)
+    classified = classified_from(appeal)
+    batch = _Batch(pipe=None)
+    batch.current[ticket_key(no)] = None
+    [(ticket, _)] = batch.decide(
+        [Change(no, lambda t: Outcome(Ticket.from_appeal(appeal), record=[classified]))]
+    )
+    assert ticket == Ticket.from_appeal(appeal)
+    assert batch.history[ticket_key(no)] == [_event_record(classified)]
+
+
+class Broker:
+    """Stands for the publisher: acknowledges at once and keeps what was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict]] = []
+
+    async def send(self, topic: str, body: bytes, key: bytes) -> asyncio.Future[None]:
+        self.sent.append((topic, json.loads(body)))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class PrivateOutbox(TicketStore):
+    OUTBOX = "outbox:test-erasure"  # the relay below must not take the running services' entries
+
+
+async def test_an_erased_tickets_events_left_in_the_outbox_are_relayed_scrubbed(redis):
+    store = PrivateOutbox(redis)
+    no = "20261123-777204"
+    appeal = personal_appeal(no)
+    await store.create_many([appeal])
+    assert await store.remove_personal_data(no)
+    assert not await store.remove_personal_data("20261123-777299")  # not in Redis
+    assert leaks(json.dumps(await store.history(no), ensure_ascii=False)) == []
+    place, update = located(no), resolved_with_words(appeal)
+
+    def decide(ticket: Ticket | None) -> Outcome:
+        assert ticket is not None
+        return Outcome(ticket.model_copy(update={"location": place.location}), publish=[place, update])
+
+    await store.apply_many([Change(no, decide)])  # and the writer dies before publishing
+    broker = Broker()
+    assert await relay_outbox(broker, store, older_than_seconds=0) == 1  # type: ignore[arg-type]
+    [(topic, body)] = broker.sent
+    assert topic == topics.TICKET_UPDATED
+    assert body["event_id"] == update.event_id
+    assert body["note"] == REMOVED
+    assert body["caller_id"] is None
+    assert await store.due_outbox(0) == {}  # the located event, which cannot parse, is not retried
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.location is None
+    assert leaks(json.dumps(await store.history(no), ensure_ascii=False)) == []

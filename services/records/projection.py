@@ -261,25 +261,3 @@ def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
             row.update(decided_at=when, decision=e.get("note", ""))
         row["updated_at"] = max(row["updated_at"], when)
     return row
-
-
-# Personal data an event may carry: the resident's words (names, addresses, phone numbers typed into
-# the text), where they live, and how to reach them. Categories, grids, departments, deadlines and
-# ratings stay: the statistics must survive the removal.
-REMOVED = "[已删除]"
-_FREE_TEXT = ("text", "title", "address", "note", "resolution_note")
-_CONTACT = ("caller", "masked_phone", "location")
-
-
-def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event without personal data (the same shape, so that it still folds)."""
-    out = dict(event)
-    for key in _FREE_TEXT:
-        if out.get(key):
-            out[key] = REMOVED
-    for key in _CONTACT:
-        if key in out:
-            out[key] = {"caller": {}, "masked_phone": "****", "location": None}[key]
-    if isinstance(out.get("appeal"), Mapping):
-        out["appeal"] = scrub_event(out["appeal"])
-    return out

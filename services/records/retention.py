@@ -8,7 +8,6 @@ closed (a reopening inside the window keeps it). Reading it by number then answe
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,9 +16,10 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import fold_ticket, scrub_event
+from services.records.projection import fold_ticket
 from services.records.service import Records, street_index, upsert_tickets
 from shared.city import load_city
+from shared.privacy import scrub_event
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
 
@@ -109,8 +109,11 @@ class Retention:
             cur = await conn.execute("SELECT ticket_no FROM tickets WHERE caller_id = %s", (caller_id,))
             nos = [r["ticket_no"] for r in await cur.fetchall()]
         await self.scrub(nos)
+        # The same removal in Redis, where the ticket still is (the working set). The ticket keeps
+        # the mark, so a write that was on its way (the router's assignment) stays scrubbed too.
+        now = datetime.now(UTC)
         for no in nos:
-            await self._scrub_redis(no)
+            await self.store.remove_personal_data(no, now)
         await self.store.redis.delete(f"contact:{caller_id}")
         await self.audit("erase", caller_id, actor, len(nos), {"reason": reason})
         return nos
@@ -142,26 +145,6 @@ class Retention:
                 "masked_phone = NULL WHERE ticket_no = ANY(%s)",
                 (list(nos),),
             )
-
-    async def _scrub_redis(self, no: str) -> None:
-        """The same removal in Redis, where the ticket still is (the working set)."""
-        redis = self.store.redis
-        async with redis.pipeline(transaction=True) as pipe:
-            await pipe.watch(ticket_key(no), history_key(no))
-            raw = await pipe.get(ticket_key(no))
-            history = await pipe.lrange(history_key(no), 0, -1)
-            pipe.multi()
-            if raw:
-                ticket = scrub_event(json.loads(raw))
-                ticket["caller"] = {}
-                pipe.set(ticket_key(no), json.dumps(ticket, ensure_ascii=False))
-            if history:
-                pipe.delete(history_key(no))
-                pipe.rpush(
-                    history_key(no),
-                    *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
-                )
-            await pipe.execute()
 
     async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:
         async with self.pool.connection() as conn:

@@ -29,10 +29,10 @@ from services.records.projection import (
     at,
     fold_meeting,
     fold_ticket,
-    scrub_event,
 )
 from shared.city import City
 from shared.events import Event
+from shared.privacy import scrub_event
 from shared.store import TicketStore, history_key
 
 log = logging.getLogger("records")

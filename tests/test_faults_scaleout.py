@@ -13,6 +13,7 @@ import time
 import pytest
 
 from shared import topics
+from shared.bus import group_id
 from tests.conftest import eventually
 from tests.faults_support import (
     CONSUMERS,
@@ -31,11 +32,12 @@ from tests.faults_support import (
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1), pytest.mark.timeout(900)]
 
 # No restarts here, so the flow is short: a few hundred appeals under load.
-# The group that feeds each consumer's hot path (every (service, topic) pair is a group).
+# The group that feeds each consumer's main work: the two on the caller's path have a group of
+# their own; the notifier reads all its topics in one.
 HOT_GROUPS = {
-    "classifier": f"classifier.{topics.APPEAL_RECEIVED}",
-    "router": f"router.{topics.APPEAL_CLASSIFIED}",
-    "notifier": f"notifier.{topics.APPEAL_RECEIVED}",
+    "classifier": group_id("classifier", topics.APPEAL_RECEIVED),
+    "router": group_id("router", topics.APPEAL_CLASSIFIED),
+    "notifier": group_id("notifier"),
 }
 
 

@@ -108,7 +108,8 @@ def merge(
             convened_at=now,
         )
         return m, m.tickets
-    added = [t for t in dict.fromkeys(tickets) if t not in meeting.tickets]
+    known = set(meeting.tickets)  # a hotspot's meeting may hold thousands
+    added = [t for t in dict.fromkeys(tickets) if t not in known]
     if not added or meeting.status != "open":
         return meeting, []
     summoned = list(dict.fromkeys([*meeting.summoned, *spec.summoned]))

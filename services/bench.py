@@ -52,7 +52,7 @@ from redis.asyncio import Redis
 from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
-from shared.bus import FAST_FETCH_MAX_WAIT_MS, ensure_topics
+from shared.bus import ensure_topics
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
@@ -242,7 +242,7 @@ async def _bench(
         group_id=f"bench-{run_id}",
         auto_offset_reset="latest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,  # as the workers read
+        fetch_max_wait_ms=settings.kafka_callers_path_fetch_wait_ms,  # as the workers read
     )
     await consumer.start()
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
@@ -437,7 +437,15 @@ def _broker_limit(settings: Settings, *, count: int, sizes: dict[str, int], repl
     out_sizes = [sizes[t] for t in RELAY_HOPS[1:]] + [sizes[RELAY_HOPS[-1]]]
     relays = [
         ctx.Process(
-            target=_relay_main, args=(settings.kafka_bootstrap_servers, src, dst, out_sizes[i]), daemon=True
+            target=_relay_main,
+            args=(
+                settings.kafka_bootstrap_servers,
+                src,
+                dst,
+                out_sizes[i],
+                settings.kafka_callers_path_fetch_wait_ms,
+            ),
+            daemon=True,
         )
         for i, (src, dst) in enumerate(itertools.pairwise(hops))
         for _ in range(replicas)
@@ -461,7 +469,7 @@ async def _push_and_count(settings: Settings, first: str, last: str, count: int,
         group_id=f"{last}.reader",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=settings.kafka_callers_path_fetch_wait_ms,
     )
     await consumer.start()
     producer = AIOKafkaProducer(
@@ -511,11 +519,11 @@ async def _wait_for_relays(producer: AIOKafkaProducer, consumer: AIOKafkaConsume
     raise RuntimeError("the no-op relays did not start within 120 s")
 
 
-def _relay_main(bootstrap: str, src: str, dst: str, size: int) -> None:
-    asyncio.run(_relay(bootstrap, src, dst, size))
+def _relay_main(bootstrap: str, src: str, dst: str, size: int, wait_ms: int) -> None:
+    asyncio.run(_relay(bootstrap, src, dst, size, wait_ms))
 
 
-async def _relay(bootstrap: str, src: str, dst: str, size: int) -> None:
+async def _relay(bootstrap: str, src: str, dst: str, size: int, wait_ms: int) -> None:
     """Read batches from `src` and forward each message as `size` bytes to `dst`, committing after
     the sends are acknowledged: the workers' consume-publish-commit cycle without their work."""
     consumer = AIOKafkaConsumer(
@@ -524,7 +532,7 @@ async def _relay(bootstrap: str, src: str, dst: str, size: int) -> None:
         group_id=f"{src}.relay",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        fetch_max_wait_ms=FAST_FETCH_MAX_WAIT_MS,
+        fetch_max_wait_ms=wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024

@@ -48,20 +48,25 @@ E = TypeVar("E", bound=Event)
 # the whole time even when a message arrives meanwhile, so this is the latency of a hop that was
 # idle; and an idle consumer costs the broker and itself one fetch per wait (19 idle consumers cost
 # a quarter of a core at 50 ms, a tenth at 200 ms). So the consumers between a caller's
-# acknowledgement and the assignment (the classifier's and the router's) ask every 20 ms, and the
+# acknowledgement and the assignment (the classifier's and the router's) ask every 20 ms (the
+# setting KAFKA_CALLERS_PATH_FETCH_WAIT_MS; 500 on Apache Kafka, see `callers_path`), and the
 # others (SMS, indexes, records, meetings: nobody waits on them to the half second) every 500 ms:
 # at 100 appeals/s that took about a fifth of a core off the broker, the notifier, the intake
 # worker, the records worker and PostgreSQL together, against 200 ms. (Apache Kafka answers a held
 # fetch once it has `fetch_min_bytes`, so there a long wait costs no latency under load.)
 FETCH_MAX_WAIT_MS = 500
-FAST_FETCH_MAX_WAIT_MS = 20
 # The others also let records gather (up to FETCH_MAX_WAIT_MS) until a fetch brings this many bytes:
 # every batch costs a fetch, an offset commit and the handler's round trips whatever its size, and
 # at 100 appeals/s they got batches of two to five.
 FETCH_MIN_BYTES = 32 * 1024
-# What the two consumers on the caller's path subscribe with: a fetch answered as soon as there is
-# a record, asked again every 20 ms.
-CALLERS_PATH: dict[str, Any] = {"fetch_max_wait_ms": FAST_FETCH_MAX_WAIT_MS, "fetch_min_bytes": 1}
+
+
+def callers_path(settings: Settings) -> dict[str, Any]:
+    """What the two consumers on the caller's path subscribe with: a fetch answered as soon as there
+    is a record (on Apache Kafka; Tansu holds it), asked again after the setting's wait."""
+    return {"fetch_max_wait_ms": settings.kafka_callers_path_fetch_wait_ms, "fetch_min_bytes": 1}
+
+
 # How long a consumer waits in the client for the next batch before it asks again (it returns as
 # soon as records are there).
 BATCH_WAIT_MS = 500

@@ -16,9 +16,11 @@ from pydantic import ValidationError
 from shared import topics
 from shared.bus import (
     BATCH_WAIT_MS,
+    FETCH_MAX_WAIT_MS,
     EventPublisher,
     batch_subscriber,
     ensure_topics,
+    group_id,
     next_batch,
     relay_outbox,
 )
@@ -46,6 +48,7 @@ from shared.privacy import (
     scrub_event,
     scrub_ticket,
 )
+from shared.settings import get_settings
 from shared.store import (
     Change,
     Decision,
@@ -151,6 +154,21 @@ async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partiti
     assert await subscriber.get_msg(consumer) == ()
     assert await subscriber.get_msg(consumer) == (1, 2, 3)
     assert consumer.asked == [(BATCH_WAIT_MS, 500), (BATCH_WAIT_MS, 500)]
+
+
+def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():
+    """The caller's-path consumer waits as the setting says (500 ms on Apache Kafka, see deploy/);
+    the router's one consumer of the rest reads its three topics at the off-path wait."""
+    from services.router.app import build_app
+
+    settings = get_settings().model_copy(update={"kafka_callers_path_fetch_wait_ms": 500})
+    subscribers = {s.group_id: s for s in build_app(settings).broker.subscribers}
+    assert set(subscribers) == {group_id("router", topics.APPEAL_CLASSIFIED), group_id("router")}
+    hot = subscribers[group_id("router", topics.APPEAL_CLASSIFIED)]._connection_args
+    assert (hot["fetch_max_wait_ms"], hot["fetch_min_bytes"]) == (500, 1)
+    rest = subscribers[group_id("router")]
+    assert rest._connection_args["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+    assert set(rest.topic_names) == {topics.TICKET_UPDATED, topics.SURVEY_SENT, topics.SURVEY_ANSWERED}
 
 
 async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):

@@ -11,7 +11,7 @@ import logging
 from faststream import FastStream
 
 from services.classifier.service import ServedClassifier, queue_for_review
-from shared.bus import CALLERS_PATH, publish
+from shared.bus import callers_path, publish
 from shared.events import AppealReceived
 from shared.metrics import APPEALS_CLASSIFIED, APPEALS_FOR_REVIEW
 from shared.runtime import Runtime, run_periodically
@@ -43,5 +43,5 @@ def build_app(settings: Settings | None = None) -> FastStream:
         APPEALS_FOR_REVIEW.inc(len(review))
 
     # On the caller's path to the assignment: polled often (see shared.bus).
-    rt.subscribe(AppealReceived, on_appeals_received, **CALLERS_PATH)
+    rt.subscribe(AppealReceived, on_appeals_received, **callers_path(rt.settings))
     return app

@@ -21,7 +21,7 @@ from services.router import timers, workflow
 from services.router.rules import contested, route
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
-from shared.bus import CALLERS_PATH, publish, relay_outbox
+from shared.bus import callers_path, publish, relay_outbox
 from shared.city import City
 from shared.decisions import Change, Decision
 from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent, TicketAssigned, TicketUpdated
@@ -223,7 +223,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     )
     if rt.settings.router_consume:
         # On the caller's path to the assignment: polled often (see shared.bus).
-        rt.subscribe(AppealClassified, handlers.classified, **CALLERS_PATH)
+        rt.subscribe(AppealClassified, handlers.classified, **callers_path(rt.settings))
         rt.subscribe_each(
             {
                 TicketUpdated: handlers.updates,

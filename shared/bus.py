@@ -185,9 +185,19 @@ def subscribe_each(
     handlers: Mapping[type[Event], Callable[[list[Any]], Awaitable[None]]],
     **overrides: Any,
 ) -> None:
-    """`subscribe_topics` with a handler per event class: each batch's events go to their class's
-    handler, in the order the mapping gives (the pipeline's). A handler that raises has the whole
-    batch read again, so the others see theirs again too: every handler drops what it has done."""
+    """`subscribe_topics` with a handler per event class (`by_event_class`). A handler that raises
+    has the whole batch read again, so the others see theirs again too: every handler drops what it
+    has done."""
+    models = {m.topic: m for m in handlers}
+    subscribe_topics(broker, publisher, service, models, by_event_class(handlers), **overrides)
+
+
+def by_event_class(
+    handlers: Mapping[type[Event], Callable[[list[Any]], Awaitable[None]]],
+) -> Callable[[list[tuple[str, Event]]], Awaitable[None]]:
+    """A handler of mixed batches that gives each class's handler its events, in the order read,
+    one handler after the other in the order the mapping gives (the pipeline's); a handler with
+    nothing in the batch is not called."""
 
     async def handle(batch: list[tuple[str, Event]]) -> None:
         split: dict[str, list[Event]] = {}
@@ -197,7 +207,7 @@ def subscribe_each(
             if events := split.get(model.topic):
                 await each(events)
 
-    subscribe_topics(broker, publisher, service, {m.topic: m for m in handlers}, handle, **overrides)
+    return handle
 
 
 async def raw_body(message: Any) -> Any:

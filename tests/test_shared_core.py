@@ -19,6 +19,7 @@ from shared.bus import (
     FETCH_MAX_WAIT_MS,
     EventPublisher,
     batch_subscriber,
+    by_event_class,
     ensure_topics,
     group_id,
     next_batch,
@@ -154,6 +155,32 @@ async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partiti
     assert await subscriber.get_msg(consumer) == ()
     assert await subscriber.get_msg(consumer) == (1, 2, 3)
     assert consumer.asked == [(BATCH_WAIT_MS, 500), (BATCH_WAIT_MS, 500)]
+
+
+async def test_a_mixed_batch_reaches_each_event_classs_handler_in_pipeline_order():
+    calls: list[tuple[str, list[str]]] = []
+
+    def recorder(name: str):
+        async def handle(events: list) -> None:
+            calls.append((name, [e.ticket_no for e in events]))
+
+        return handle
+
+    handle = by_event_class(
+        {
+            AppealReceived: recorder("received"),
+            TicketUpdated: recorder("updated"),
+            SurveyAnswered: recorder("answered"),
+        }
+    )
+    base = {"status": "accepted", "actor": "d1", "action": "accepted", "on_time": True}
+    batch = [
+        (topics.TICKET_UPDATED, TicketUpdated(ticket_no="T2", **base)),
+        (topics.APPEAL_RECEIVED, AppealReceived(ticket_no="T1", channel="hotline", text="路灯坏了")),
+        (topics.TICKET_UPDATED, TicketUpdated(ticket_no="T3", **base)),
+    ]
+    await handle(batch)
+    assert calls == [("received", ["T1"]), ("updated", ["T2", "T3"])]  # nothing for the survey
 
 
 def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():

@@ -149,9 +149,9 @@ def subscribe_topics(
     """Subscribe `handle` to several topics with one consumer, in the consumer group named after the
     service: for what is off the caller's path. Each consumer costs the broker a fetch per wait and
     an offset commit per batch whatever it brings, and an idle one still asks; one consumer for a
-    worker's seven topics asks once, and its batches hold a ticket's events of several topics
-    together. The handler gets the batch's events that parsed, each with its topic, in the order
-    read per partition; what does not parse goes to its topic's dead-letter topic."""
+    worker's seven topics asks once. The handler gets the batch's events that parsed, each with its
+    topic, in the order read per partition; what does not parse goes to its topic's dead-letter
+    topic."""
     names = list(models)
 
     group = group_id(service)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -82,17 +82,12 @@ BATCH_SUBSCRIBER: dict[str, Any] = {
 }
 
 
-def batch_subscriber(
-    broker: KafkaBroker, topic: str, service: str, *more: str, group: str | None = None, **overrides: Any
-) -> Any:
-    """The decorator for a service's batch handler of `topic` (and `more` topics, read by one
-    consumer in the consumer group `group`).
-
-    A consumer on the caller's path reads its topic alone, in a group of its own (`group_id`), so
-    that nothing else it reads can hold it up. Replicas of the service join the same groups and share
-    the partitions."""
-    options = {"decoder": raw_body, **BATCH_SUBSCRIBER, **overrides}
-    subscriber = broker.subscriber(topic, *more, group_id=group or group_id(service, topic), **options)
+def batch_subscriber(broker: KafkaBroker, names: Sequence[str], group: str, **overrides: Any) -> Any:
+    """The decorator for a batch handler of the topics `names`, read by one consumer in the consumer
+    group `group` (see `group_id`). Replicas of the service join the same groups and share the
+    partitions. The handler gets aiokafka's records as they came."""
+    options = {"decoder": raw_records, **BATCH_SUBSCRIBER, **overrides}
+    subscriber = broker.subscriber(*names, group_id=group, **options)
     if options["batch"]:
         wait, most = options["batch_timeout_ms"], options["max_records"]
         subscriber.get_msg = partial(next_batch, wait_ms=wait, max_records=most)
@@ -120,22 +115,19 @@ def subscribe(
     service: str,
     event: type[E],
     handle: Callable[[list[E]], Awaitable[None]],
-    *,
-    topic: str | None = None,
     **overrides: Any,
 ) -> None:
-    """Subscribe `handle` to the topic that carries `event` (`topic` only where one event class
-    travels on two topics). The handler gets the batch's parsed events; what does not parse goes
-    to the dead-letter topic first, and the batch's time is observed under the service's name."""
-    name = topic or event.topic
+    """Subscribe `handle` to the topic that carries `event`, alone, in a consumer group of its own:
+    for a consumer on the caller's path, which nothing else it reads may hold up. The handler gets
+    the batch's parsed events; what does not parse goes to the dead-letter topic first, and the
+    batch's time is observed under the service's name."""
 
-    @batch_subscriber(broker, name, service, **{"decoder": raw_records, **overrides})
-    async def consume(records: Any) -> None:  # Any: FastStream passes the records on unvalidated
-        started = time.perf_counter()
-        bodies = [r.value or b"" for r in records]
-        positions = [(r.partition, r.offset, r.timestamp) for r in records]
-        await handle(await parse_or_dead_letter(publisher, event, name, bodies, service, positions=positions))
-        BATCH_SECONDS.labels(consumer=service).observe(time.perf_counter() - started)
+    async def events(batch: list[tuple[str, Event]]) -> None:
+        await handle(cast(list[E], [e for _, e in batch]))  # all parsed as `event`
+
+    _subscribe(
+        broker, publisher, service, {event.topic: event}, group_id(service, event.topic), events, **overrides
+    )
 
 
 def subscribe_topics(
@@ -152,11 +144,19 @@ def subscribe_topics(
     worker's seven topics asks once. The handler gets the batch's events that parsed, each with its
     topic, in the order read per partition; what does not parse goes to its topic's dead-letter
     topic."""
-    names = list(models)
+    _subscribe(broker, publisher, service, models, group_id(service), handle, **overrides)
 
-    group = group_id(service)
 
-    @batch_subscriber(broker, names[0], service, *names[1:], group=group, decoder=raw_records, **overrides)
+def _subscribe(
+    broker: KafkaBroker,
+    publisher: EventPublisher,
+    service: str,
+    models: Mapping[str, type[Event]],
+    group: str,
+    handle: Callable[[list[tuple[str, Event]]], Awaitable[None]],
+    **overrides: Any,
+) -> None:
+    @batch_subscriber(broker, list(models), group, **overrides)
     async def consume(records: Any) -> None:  # Any: FastStream passes the records on unvalidated
         started = time.perf_counter()
         by_topic: dict[str, list[ConsumerRecord]] = {}
@@ -208,11 +208,6 @@ def by_event_class(
                 await each(events)
 
     return handle
-
-
-async def raw_body(message: Any) -> Any:
-    """Decoder that hands the handler the bytes as they came (FastStream would JSON-decode them)."""
-    return message.body
 
 
 async def raw_records(message: Any) -> Any:

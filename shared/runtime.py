@@ -158,13 +158,11 @@ class Runtime:
         self,
         event: type[E],
         handle: Callable[[list[E]], Awaitable[None]],
-        *,
-        topic: str | None = None,
         **overrides: Any,
     ) -> None:
-        """Every worker's one way to consume: `handle` gets each batch of `event`s from its topic
+        """A consumer on the caller's path: `handle` gets each batch of `event`s from its topic
         (see `shared.bus.subscribe`: poison to the dead-letter topic, batch time measured)."""
-        subscribe(self.broker, self.publisher, self.name, event, handle, topic=topic, **overrides)
+        subscribe(self.broker, self.publisher, self.name, event, handle, **overrides)
 
     def subscribe_topics(
         self,

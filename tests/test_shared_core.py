@@ -149,7 +149,7 @@ class RecordsByPartition:
 
 
 async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partition():
-    subscriber = batch_subscriber(KafkaBroker("localhost:9"), "some.topic", "svc")
+    subscriber = batch_subscriber(KafkaBroker("localhost:9"), ["some.topic"], "svc.some.topic")
     assert subscriber.get_msg.func is next_batch  # not FastStream's, which sleeps after an empty wait
     consumer = RecordsByPartition({}, {"p0": [1, 2], "p1": [3]})
     assert await subscriber.get_msg(consumer) == ()

@@ -287,13 +287,17 @@ class EventPublisher:
 
 async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> list[str]:
     """Create the topics that do not exist yet (Apache Kafka may have auto-creation off, and a broker
-    that restarted empty has none). Returns the names that were missing."""
+    that restarted empty has none), with the retention of KAFKA_RETENTION_HOURS; a topic that exists
+    keeps its own. Returns the names that were missing."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        retention = {"retention.ms": str(int(settings.kafka_retention_hours * 3_600_000))}
         missing = [
-            NewTopic(n, settings.kafka_topic_partitions, settings.kafka_replication_factor)
+            NewTopic(
+                n, settings.kafka_topic_partitions, settings.kafka_replication_factor, topic_configs=retention
+            )
             for n in names
             if n not in existing
         ]

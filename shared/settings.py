@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     kafka_enable_idempotence: bool = False
     kafka_topic_partitions: int = Field(4, ge=1)  # consumers in a group scale up to this many
     kafka_replication_factor: int = Field(1, ge=1)
+    # How long the broker keeps an event (set on the topics this project creates). Events carry the
+    # appeal's text and the caller's hash, so this bounds how long erased data stays on the broker.
+    # The stores are the source of truth: a consumer away for longer than this misses events, and
+    # the record would then lack them; a week covers a long weekend's outage with room to spare.
+    kafka_retention_hours: float = Field(168, gt=0)
     # How long the broker may hold a fetch of the two consumers on the caller's path (the
     # classifier's and the router's; see shared.bus). The embedded Tansu holds a fetch for the whole
     # wait even when a message arrives, so there it is a hop's latency. Apache Kafka answers as soon

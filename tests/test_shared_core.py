@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -242,6 +243,25 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
     finally:
         await consumer.stop()
         await publisher.stop()
+
+
+async def test_topics_are_created_with_the_configured_retention(settings):
+    """Events carry the appeal's text: how long the broker keeps them is set, not left to its default."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    name = f"test.retention.{uuid.uuid4().hex[:8]}"
+    assert await ensure_topics(settings.model_copy(update={"kafka_retention_hours": 36}), [name]) == [name]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        [answer] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
+    finally:
+        await admin.close()
+    [(_code, _msg, _type, _name, entries)] = answer.resources
+    assert {e[0]: e[1] for e in entries}["retention.ms"] == str(36 * 3_600_000)
+    # A topic that exists keeps its own retention.
+    assert await ensure_topics(settings, [name]) == []
 
 
 async def test_a_decision_that_declines_writes_nothing(redis):

@@ -238,15 +238,26 @@ def test_hot_clusters(ages_days, count, window, hot):
 
 def test_hold_for_meeting_only_moves_open_tickets():
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
-    held = workflow.hold_for_meeting(t, "M1", "hotspot", ["street_s03"], CITY, TZ, T0)
+    spec = meetings.spec(
+        CITY,
+        mid="M1",
+        reason="hotspot",
+        grid="s03c02g03",
+        category="city.appearance.garbage",
+        summoned=["street_s03"],
+        now=T0,
+        tz=TZ,
+    )
+    held = workflow.hold_for_meeting(t, spec, T0)
     assert held.ticket.status == st.MEETING
     assert held.ticket.meeting_id == "M1"
-    assert held.publish[0].meeting.meeting_id == "M1"
-    assert workflow.hold_for_meeting(held.ticket, "M1", "hotspot", [], CITY, TZ, T0) is None
+    assert held.ticket.meeting_by == spec.deadline
+    assert held.publish[0].meeting == spec
+    assert workflow.hold_for_meeting(held.ticket, spec, T0) is None
     done = workflow.resolve(
         workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0
     ).ticket
-    assert workflow.hold_for_meeting(done, "M1", "hotspot", [], CITY, TZ, T0) is None
+    assert workflow.hold_for_meeting(done, spec, T0) is None
 
 
 # --- properties ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from faststream import FastStream
 
-from services.router import timers, workflow
+from services.router import meetings, timers, workflow
 from services.router.rules import contested, route
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
@@ -138,15 +138,18 @@ class RouterHandlers:
                 d.id for t in members for d in t.co_departments
             }
             summoned.discard(desk)
-            hold = partial(
-                workflow.hold_for_meeting,
+            category, grid = cluster
+            spec = meetings.spec(
+                self.city,
                 mid=mid,
                 reason="hotspot",
+                grid=grid,
+                category=category,
                 summoned=sorted(summoned),
-                city=self.city,
-                tz=self.tz,
                 now=now,
+                tz=self.tz,
             )
+            hold = partial(workflow.hold_for_meeting, spec=spec, now=now)
             changes += [Change(no, hold) for no in joining]
         return changes
 

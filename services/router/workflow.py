@@ -39,6 +39,7 @@ from shared.events import (
     Extension,
     GridMatch,
     MeetingReason,
+    MeetingSpec,
     Returned,
     ReturnReason,
     SurveyAnswered,
@@ -337,15 +338,21 @@ def _escalate(
     tz: ZoneInfo,
     note: str,
     cause: Event | None = None,
-    mid: str | None = None,
 ) -> Outcome:
-    """Hold the ticket for a joint meeting. The `escalated` event carries what the meeting needs;
-    the router opens the meeting (or attaches the ticket to it) when it sees the event."""
+    """Hold the ticket for a joint meeting of its own (the meeting this cause convenes)."""
     grid = ticket.grid.grid if ticket.grid else None
-    mid = mid or meetings.meeting_id(ticket.ticket_no, reason, str(ticket.returns), str(ticket.reopens))
+    mid = meetings.meeting_id(ticket.ticket_no, reason, str(ticket.returns), str(ticket.reopens))
     spec = meetings.spec(
         city, mid=mid, reason=reason, grid=grid, category=ticket.category, summoned=summoned, now=now, tz=tz
     )
+    return _hold(ticket, spec, now=now, note=note, cause=cause)
+
+
+def _hold(
+    ticket: Ticket, spec: MeetingSpec, *, now: datetime, note: str, cause: Event | None = None
+) -> Outcome:
+    """Hold the ticket for the meeting `spec` describes. The `escalated` event carries the spec: the
+    router opens the meeting (or attaches the ticket to it) when it sees the event."""
     fields: dict[str, Any] = {"note": note, "meeting": spec}
     if cause is None:
         fields["occurred_at"] = now
@@ -355,35 +362,19 @@ def _escalate(
         "hold",
         event,
         escalated=True,
-        meeting_id=mid,
+        meeting_id=spec.meeting_id,
         extension_request=None,
         meeting_by=spec.deadline,
     )
 
 
-def hold_for_meeting(
-    ticket: Ticket | None,
-    mid: str,
-    reason: MeetingReason,
-    summoned: Sequence[str],
-    city: City,
-    tz: ZoneInfo,
-    now: datetime,
-) -> Outcome | None:
-    """Attach an open ticket to a meeting (a hotspot cluster); tickets already there, or finished,
-    are left alone."""
-    if ticket is None or ticket.meeting_id == mid or not allowed(ticket.status, "hold"):
+def hold_for_meeting(ticket: Ticket | None, spec: MeetingSpec, now: datetime) -> Outcome | None:
+    """Attach an open ticket to a meeting that gathers several (a hotspot cluster's: its spec is the
+    cluster's, built once for all its tickets); tickets already there, or finished, are left alone."""
+    if ticket is None or ticket.meeting_id == spec.meeting_id or not allowed(ticket.status, "hold"):
         return None
-    return _escalate(
-        ticket,
-        city,
-        reason=reason,
-        summoned=summoned,
-        now=now,
-        tz=tz,
-        mid=mid,
-        note=f"{meetings.REASON_NAMES[reason]}，提请联席会议（{mid}）统筹解决",
-    )
+    note = f"{meetings.REASON_NAMES[spec.reason]}，提请联席会议（{spec.meeting_id}）统筹解决"
+    return _hold(ticket, spec, now=now, note=note)
 
 
 def meeting_decided(

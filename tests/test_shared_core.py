@@ -580,6 +580,29 @@ def staff_wording(no: str) -> list[Event]:
     ]
 
 
+async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis):
+    """A meeting writes its facts into its tickets' histories under its own WATCH, not theirs; those
+    of an erased ticket go in scrubbed, those of the others as they are."""
+    store = TicketStore(redis)
+    erased, kept = "20261123-777303", "20261123-777304"
+    await store.create_many([personal_appeal(erased), personal_appeal(kept)])
+    assert await store.remove_personal_data(erased)
+    convened, *_, decided = (e for e in staff_wording(erased) if e.topic.startswith("meeting."))
+    facts = [convened, decided, decided.model_copy(update={"ticket_no": kept})]
+    async with redis.pipeline(transaction=True) as pipe:
+        store.record_into(pipe, facts)
+        await pipe.execute()
+    history = await store.history(erased)
+    assert [h["event_id"] for h in history[1:]] == [convened.event_id, decided.event_id]
+    assert leaks(json.dumps(history, ensure_ascii=False)) == []
+    assert (history[1]["explanation"], history[2]["note"]) == (REMOVED, REMOVED)
+    for h in history[1:]:  # still the facts they were, for the ticket view and the record
+        type(convened if h["topic"] == convened.topic else decided).model_validate(
+            {k: v for k, v in h.items() if k != "topic"}
+        )
+    assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [_event_record(facts[2]).encode()]
+
+
 def test_staff_wording_is_removed_and_the_facts_stay():
     for e in staff_wording("20261123-777301"):
         original = e.model_dump(mode="json")

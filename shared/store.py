@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -412,6 +412,24 @@ class TicketStore:
                 except WatchError:
                     continue
         raise ConcurrentUpdate(f"ticket kept changing: {no}")
+
+    async def keep_erased(self, marks: Mapping[str, datetime]) -> list[str]:
+        """Tickets the record has erased (number -> when): any of them that Redis holds without the
+        mark is erased again (`remove_personal_data`, with the record's time). Redis lost it and an
+        appeal still on its way rebuilt it (the router makes a ticket it does not find from the
+        classified appeal), with the resident's words and contact. One read for them all; the
+        erasure only where it is missing. Returns the numbers erased again."""
+        if not marks:
+            return []
+        nos = list(marks)
+        again = [
+            no
+            for no, ticket in zip(nos, await self.get_many(nos), strict=True)
+            if ticket is not None and ticket.personal_data_removed_at is None
+        ]
+        for no in again:
+            await self.remove_personal_data(no, marks[no])
+        return again
 
     # --- the outbox ---------------------------------------------------------------------------
 

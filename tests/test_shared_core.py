@@ -603,6 +603,25 @@ async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis
     assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [_event_record(facts[2]).encode()]
 
 
+async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its_mark(redis):
+    store = TicketStore(redis)
+    back, marked, gone = "20261123-777305", "20261123-777306", "20261123-777307"
+    await store.create_many([personal_appeal(back), personal_appeal(marked)])
+    first = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+    assert await store.remove_personal_data(marked, first)
+    await redis.rpush(f"t:{marked}:h", "kept as it is")  # a rewrite of its history would scrub it
+    erased_at = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
+    marks = dict.fromkeys((back, marked, gone), erased_at)
+    assert await store.keep_erased(marks) == [back]
+    ticket = await store.get(back)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at == erased_at  # the record's time
+    assert leaks(ticket.model_dump_json()) == []
+    assert leaks(json.dumps(await store.history(back), ensure_ascii=False)) == []
+    assert (await redis.lrange(f"t:{marked}:h", -1, -1)) == [b"kept as it is"]
+    assert await redis.exists(f"t:{gone}") == 0  # nothing made up for a ticket Redis does not hold
+
+
 def test_staff_wording_is_removed_and_the_facts_stay():
     for e in staff_wording("20261123-777301"):
         original = e.model_dump(mode="json")

@@ -609,7 +609,11 @@ async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its
     await store.create_many([personal_appeal(back), personal_appeal(marked)])
     first = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
     assert await store.remove_personal_data(marked, first)
-    await redis.rpush(f"t:{marked}:h", "kept as it is")  # a rewrite of its history would scrub it
+    # A record a rewrite of its history would scrub (the note), left as it is if there is none.
+    note = TicketUpdated(
+        ticket_no=marked, action="accepted", status="accepted", actor="d1", note="原样", on_time=True
+    )
+    await redis.rpush(f"t:{marked}:h", _event_record(note))
     erased_at = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
     marks = dict.fromkeys((back, marked, gone), erased_at)
     assert await store.keep_erased(marks) == [back]
@@ -618,7 +622,7 @@ async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its
     assert ticket.personal_data_removed_at == erased_at  # the record's time
     assert leaks(ticket.model_dump_json()) == []
     assert leaks(json.dumps(await store.history(back), ensure_ascii=False)) == []
-    assert (await redis.lrange(f"t:{marked}:h", -1, -1)) == [b"kept as it is"]
+    assert (await store.history(marked))[-1]["note"] == "原样"
     assert await redis.exists(f"t:{gone}") == 0  # nothing made up for a ticket Redis does not hold
 
 

@@ -111,12 +111,29 @@ def is_mobile(phone: str) -> bool:
 
 
 # Personal data an event may carry: the resident's words (names, addresses, phone numbers typed into
-# the text), where they live, and how to reach them or link their appeals (the salted hash). What
-# takes its place keeps the shape, so that a scrubbed event still folds into the record, and still
-# parses as its class where the class allows the blank (not `appeal.located`, whose place is all it
-# carries). Categories, grids, departments, deadlines and ratings stay: the statistics must survive.
+# the text), where they live, and how to reach them or link their appeals (the salted hash). Staff
+# wording counts as the resident's words: a resolution note, a return's disputed rule, an extension's
+# reason, a routing explanation or a meeting's note may repeat the name or the address. What takes
+# its place keeps the shape, so that a scrubbed event still folds into the record, and still parses
+# as its class where the class allows the blank (not `appeal.located`, whose place is all it
+# carries). Categories, grids, departments, deadlines, ratings, actions and times stay: the
+# statistics must survive. Wording the system writes from the city's configuration (a rule's name,
+# a return reason's name, a stage's name) is no one's words and stays too.
 REMOVED = "[已删除]"
-_FREE_TEXT = ("text", "title", "address", "note", "resolution_note")
+# Top-level free text: the appeal's (text, title, address), the resident's (a survey answer's text),
+# staff's (a transition's note, a ticket's resolution note, an assignment's or a meeting's
+# explanation).
+_FREE_TEXT = ("text", "title", "address", "note", "resolution_note", "explanation")
+# Free text inside a payload: the payload's field, then its free-text fields. `grid.evidence` is
+# what located the appeal (the coordinates, or the road and house number); `data` is the free
+# payload `ticket.updated` carried before version 2 (a return's disputed rule was in it).
+_NESTED_TEXT = {
+    "returned": ("disputed_rule",),
+    "extension": ("reason",),
+    "extension_request": ("reason",),  # a ticket's pending request, until the desk decides
+    "grid": ("evidence",),
+    "data": ("disputed_rule",),
+}
 _CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": None, "caller_id": None}
 
 
@@ -129,10 +146,10 @@ def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
     for key, blank in _CONTACT.items():
         if key in out:
             out[key] = dict(blank) if isinstance(blank, dict) else blank
-    # The grid's evidence is what located it: the coordinates, or the road and house number.
-    grid = out.get("grid")
-    if isinstance(grid, Mapping) and grid.get("evidence"):
-        out["grid"] = {**grid, "evidence": REMOVED}
+    for key, fields in _NESTED_TEXT.items():
+        payload = out.get(key)
+        if isinstance(payload, Mapping) and any(payload.get(f) for f in fields):
+            out[key] = {**payload, **{f: REMOVED for f in fields if payload.get(f)}}
     if isinstance(out.get("appeal"), Mapping):
         out["appeal"] = scrub_event(out["appeal"])
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -315,16 +315,29 @@ class TicketStore:
                     continue
         raise ConcurrentUpdate(f"tickets kept changing: {', '.join(nos[:5])}")
 
-    # Facts appended to histories of tickets that exist. KEYS: per ticket its key and its history's;
-    # ARGV: per ticket the number of records, then the records.
+    # Facts appended to histories of tickets that exist; to an erased ticket's (one whose JSON has
+    # `personal_data_removed_at`), their scrubbed copies. KEYS: per ticket its key and its history's;
+    # ARGV: per ticket the number of records n, the n records, then the same n scrubbed.
+    #
+    # The mark is read here, where the facts are written, rather than before the MULTI (the tickets
+    # under WATCH, or a set of erased numbers asked with SMISMEMBER): that read would cost a round
+    # trip per meeting write, watching the tickets would make a meeting retry whenever one of them
+    # changes, and a set would be one more key to keep in step with the marks (and to lose with
+    # them). Read inside the script it costs no round trip, and no erasure can land between the
+    # read and the write (one that lands after rewrites the history scrubbed anyway). The price, a
+    # GET and a decode per ticket named, is paid per meeting fact, not per appeal.
     _RECORD_FACTS = """
     local a = 1
     for i = 1, #KEYS, 2 do
       local n = tonumber(ARGV[a])
-      if n > 0 and redis.call('EXISTS', KEYS[i]) == 1 then
-        redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, a + 1, a + n))
+      local raw = n > 0 and redis.call('GET', KEYS[i])
+      if raw then
+        local first = a + 1
+        local erased = cjson.decode(raw)['personal_data_removed_at']
+        if erased and erased ~= cjson.null then first = a + 1 + n end
+        redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, first, first + n - 1))
       end
-      a = a + n + 1
+      a = a + 2 * n + 1
     end
     return 0
     """
@@ -332,17 +345,19 @@ class TicketStore:
     def record_into(self, pipe: Any, facts: Sequence[Event]) -> None:
         """Append facts to their tickets' histories, as a command of the caller's transaction: a
         joint meeting's facts, written with the meeting under its WATCH, so exactly once and with
-        no ticket to read or write. Not published, not in the outbox: nothing consumes them."""
-        by_ticket: dict[str, list[str]] = {}
+        no ticket to read or write. Not published, not in the outbox: nothing consumes them. An
+        erased ticket takes them scrubbed (their explanations and notes are staff's words, which
+        may repeat the resident's)."""
+        by_ticket: dict[str, list[Event]] = {}
         for e in facts:
-            by_ticket.setdefault(e.ticket_no, []).append(_event_record(e))
+            by_ticket.setdefault(e.ticket_no, []).append(e)
         if not by_ticket:
             return
         keys: list[str] = []
         args: list[str | int] = []
-        for no, records in by_ticket.items():
+        for no, events in by_ticket.items():
             keys += [ticket_key(no), history_key(no)]
-            args += [len(records), *records]
+            args += [len(events), *map(_event_record, events), *map(_scrubbed_record, events)]
         pipe.eval(self._RECORD_FACTS, len(keys), *keys, *args)
 
     # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
@@ -397,6 +412,24 @@ class TicketStore:
                 except WatchError:
                     continue
         raise ConcurrentUpdate(f"ticket kept changing: {no}")
+
+    async def keep_erased(self, marks: Mapping[str, datetime]) -> list[str]:
+        """Tickets the record has erased (number -> when): any of them that Redis holds without the
+        mark is erased again (`remove_personal_data`, with the record's time). Redis lost it and an
+        appeal still on its way rebuilt it (the router makes a ticket it does not find from the
+        classified appeal), with the resident's words and contact. One read for them all; the
+        erasure only where it is missing. Returns the numbers erased again."""
+        if not marks:
+            return []
+        nos = list(marks)
+        again = [
+            no
+            for no, ticket in zip(nos, await self.get_many(nos), strict=True)
+            if ticket is not None and ticket.personal_data_removed_at is None
+        ]
+        for no in again:
+            await self.remove_personal_data(no, marks[no])
+        return again
 
     # --- the outbox ---------------------------------------------------------------------------
 

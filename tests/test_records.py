@@ -31,9 +31,20 @@ from services.router.app import RouterHandlers
 from shared import topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
-from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, Event, GeoPoint
-from shared.privacy import caller_id, mask_phone
-from shared.store import TicketStore
+from shared.events import (
+    AppealClassified,
+    AppealReceived,
+    Caller,
+    CategoryScore,
+    DepartmentRef,
+    Event,
+    GeoPoint,
+    MeetingConvened,
+    MeetingUpdated,
+)
+from shared.privacy import REMOVED, caller_id, mask_phone
+from shared.store import Change, Outcome, TicketStore
+from shared.tickets import Ticket
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
 from tests.test_pipeline_e2e import LIGHT, resolve_when_assigned, submit, ticket_when
@@ -539,14 +550,9 @@ async def test_an_event_recorded_after_the_erasure_is_recorded_without_personal_
     assert "李大伟" not in await searched_text(pool, no)
 
 
-async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_store(
-    redis, pool, settings, records, system_city
-):
-    """The erasure lands between intake's write and the router's assignment: the router's write
-    (which records the classification, the whole appeal, into the history) keeps the ticket and
-    its history without the resident's words, name, phone and place."""
-    phone, name = fresh_phone(), "周晓梅"
-    no = f"20261201-{random.randint(900000, 999999)}"
+def personal_appeal(no: str, name: str, phone: str, city) -> tuple[AppealReceived, AppealClassified]:
+    """An appeal with the resident's name, phone and place, and its classification (which carries
+    it), in a grid no other test files appeals in: another test's tickets would make it a hotspot."""
     at = datetime.now(UTC)  # the assignment's timers fall due after this session
     appeal = AppealReceived(
         ticket_no=no,
@@ -558,25 +564,22 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
         received_at=at,
         occurred_at=at,
     )
-    store = TicketStore(redis)
-    assert await store.create_many([appeal]) == 1  # intake's write; never published, so only we route it
-    await records.project(topics.APPEAL_RECEIVED, [appeal])
-    retention = Retention(pool, store, settings)
-    assert await retention.erase_caller(caller_id(phone), actor="0231", reason="居民申请") == [no]
-
-    # A grid no other test files appeals in: another test's tickets would make it a hotspot.
     classified = AppealClassified(
         ticket_no=no,
         appeal=appeal,
         category="city.facility.streetlight",
-        category_names=system_city.category_names("city.facility.streetlight"),
+        category_names=city.category_names("city.facility.streetlight"),
         confidence=0.9,
         top=(CategoryScore(category="city.facility.streetlight", probability=0.9),),
-        grid=grid_match(system_city, "s01c03g02", "coordinates", 0.99, "116.397,39.909"),
+        grid=grid_match(city, "s01c03g02", "coordinates", 0.99, "116.397,39.909"),
         model_version="test",
         occurred_at=at,
     )
-    sent: list[Event] = []
+    return appeal, classified
+
+
+def router_sending_to(sent: list[Event], city, store: TicketStore) -> RouterHandlers:
+    """The router's handlers, publishing into `sent` instead of the broker."""
 
     async def send(events: Sequence[Event]) -> None:
         sent.extend(events)
@@ -584,10 +587,32 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
     async def nothing_to_relay() -> int:
         return 0
 
-    router = RouterHandlers(
-        system_city, store, send, nothing_to_relay, tz=ZoneInfo("Asia/Shanghai"), review_threshold=0.5
+    return RouterHandlers(
+        city, store, send, nothing_to_relay, tz=ZoneInfo("Asia/Shanghai"), review_threshold=0.5
     )
-    await router.classified([classified])
+
+
+def personal_of(name: str, phone: str) -> tuple[str, ...]:
+    return (name, phone, mask_phone(phone), "阳光花园", "幸福里", "116.397")
+
+
+async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_store(
+    redis, pool, settings, records, system_city
+):
+    """The erasure lands between intake's write and the router's assignment: the router's write
+    (which records the classification, the whole appeal, into the history) keeps the ticket and
+    its history without the resident's words, name, phone and place."""
+    phone, name = fresh_phone(), "周晓梅"
+    no = f"20261201-{random.randint(900000, 999999)}"
+    appeal, classified = personal_appeal(no, name, phone, system_city)
+    store = TicketStore(redis)
+    assert await store.create_many([appeal]) == 1  # intake's write; never published, so only we route it
+    await records.project(topics.APPEAL_RECEIVED, [appeal])
+    retention = Retention(pool, store, settings)
+    assert await retention.erase_caller(caller_id(phone), actor="0231", reason="居民申请") == [no]
+
+    sent: list[Event] = []
+    await router_sending_to(sent, system_city, store).classified([classified])
     assert [e.topic for e in sent] == [topics.TICKET_ASSIGNED]  # it was routed
 
     raw = await redis.get(f"t:{no}")
@@ -597,7 +622,7 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
         topics.APPEAL_CLASSIFIED,
         topics.TICKET_ASSIGNED,
     ]
-    personal = (name, phone, mask_phone(phone), "阳光花园", "幸福里", "116.397")
+    personal = personal_of(name, phone)
     assert [p for p in personal if p in raw.decode()] == []
     for h in history:
         assert [p for p in personal if p in h.decode()] == []
@@ -608,3 +633,102 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
     assert ticket.grid is not None
     assert ticket.grid.grid == "s01c03g02"
     assert ticket.personal_data_removed_at is not None
+
+
+@pytest.mark.parametrize("reconciled_by", ["projection", "catch_up"])
+async def test_a_ticket_redis_lost_and_an_appeal_on_its_way_rebuilt_is_erased_again(
+    redis, pool, settings, system_city, reconciled_by
+):
+    """Redis lost an erased ticket (no persistence, eviction), and its classification, still on
+    its way, makes the router rebuild it from the appeal it carries, with the resident's words.
+    The record, which keeps the erasure, erases it again: when it records the router's
+    assignment (the worker), or when it catches up with Redis's histories. From then on the
+    ticket's mark keeps it scrubbed, and the record took nothing personal from it."""
+    phone, name = fresh_phone(), "吴海燕"
+    no = f"20261201-{random.randint(900000, 999999)}"
+    appeal, classified = personal_appeal(no, name, phone, system_city)
+    store = TicketStore(redis)
+    await store.create_many([appeal])
+    # The worker's Records holds the store; catching up is given it.
+    records = Records(pool, system_city, store if reconciled_by == "projection" else None)
+    await records.project(topics.APPEAL_RECEIVED, [appeal])
+    await Retention(pool, store, settings).erase_caller(caller_id(phone), actor="0231", reason="居民申请")
+    await redis.delete(f"t:{no}", f"t:{no}:h")  # Redis lost it
+
+    sent: list[Event] = []
+    await router_sending_to(sent, system_city, store).classified([classified])
+    assert name in (await redis.get(f"t:{no}")).decode()  # rebuilt with the resident's words
+    if reconciled_by == "projection":
+        await records.project_many([(e.topic, e) for e in (classified, *sent)])
+    else:
+        assert await records.catch_up_with_store(store) >= 1
+
+    personal = personal_of(name, phone)
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at is not None
+    assert ticket.category == "city.facility.streetlight"  # the statistics stay
+    assert [p for p in personal if p in ticket.model_dump_json()] == []
+    assert [p for p in personal if p in json.dumps(await store.history(no), ensure_ascii=False)] == []
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
+        stored = [e["p"] for e in await cur.fetchall()]
+    assert any(classified.event_id in p for p in stored)  # the record has the classification now
+    assert [p for p in personal if any(p in e for e in stored)] == []
+    assert [p for p in personal if p in str(await row(pool, no))] == []
+
+    def noted(t: Ticket | None) -> Outcome:  # a department's words, naming the resident
+        assert t is not None
+        return Outcome(t.model_copy(update={"resolution_note": f"已电话联系{name}"}))
+
+    await store.apply_many([Change(no, noted)])
+    assert name not in (await redis.get(f"t:{no}")).decode()
+
+
+async def test_erasure_removes_the_words_of_the_meetings_a_ticket_went_to(redis, pool, settings, records):
+    """A meeting's row keeps its explanation and its decision's note, staff's words that may repeat
+    the resident's: they go with the erasure, the meeting's course stays."""
+    phone, name = fresh_phone(), "郑丽"
+    no = f"20261201-{random.randint(900000, 999999)}"
+    appeal, _ = personal_appeal(no, name, phone, demo_city())
+    street, dept = DepartmentRef(id="s01", name="阳光街道"), DepartmentRef(id="d1", name="市政市容委")
+    mid = f"m-{no}"
+    convened = MeetingConvened(
+        ticket_no=no,
+        meeting_id=mid,
+        reason="ambiguous",
+        lead_street=street,
+        summoned=(dept,),
+        tickets=(no,),
+        deadline=appeal.occurred_at + timedelta(days=2),
+        explanation=f"多个单位均有责：{name}家门口",
+        occurred_at=appeal.occurred_at,
+    )
+    decided = MeetingUpdated(
+        ticket_no=no,
+        meeting_id=mid,
+        action="decided",
+        actor=street.id,
+        department=dept,
+        note=f"已联系{name}，由市政市容委主办",
+        occurred_at=appeal.occurred_at + timedelta(hours=1),
+    )
+    await records.project_many([(e.topic, e) for e in (appeal, convened, decided)])
+
+    async def meeting() -> dict:
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM meetings WHERE meeting_id = %s", (mid,))
+            found = await cur.fetchone()
+        assert found is not None
+        return found
+
+    before = await meeting()
+    assert name in before["explanation"]
+    await Retention(pool, TicketStore(redis), settings).erase_caller(
+        caller_id(phone), actor="0231", reason="居民申请"
+    )
+    after = await meeting()
+    assert (after["explanation"], after["decision"]) == (REMOVED, REMOVED)
+    assert {k: v for k, v in after.items() if k not in ("explanation", "decision")} == {
+        k: v for k, v in before.items() if k not in ("explanation", "decision")
+    }

@@ -19,9 +19,11 @@ from shared.events import (
     CategoryScore,
     DeadlineNotice,
     DepartmentRef,
+    Extension,
     GridMatch,
     MeetingConvened,
     MeetingUpdated,
+    Returned,
     SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
@@ -187,10 +189,47 @@ def test_scrubbing_keeps_the_statistics_and_removes_the_person():
     assert scrubbed["masked_phone"] is None
     assert scrubbed["caller_id"] is None
     assert scrubbed["resolution_note"] == REMOVED
+    assert scrubbed["explanation"] == REMOVED  # staff wording may repeat the resident's
     original = fold_ticket(life(), STREETS)
     assert original is not None
     for kept in ("category", "street", "department", "rating", "solved", "accepted_on_time", "closed_at"):
         assert scrubbed[kept] == original[kept]
+
+
+def test_scrubbed_returns_and_extensions_fold_to_the_same_figures():
+    events = [e for e in life() if e["topic"] != "survey.answered" and e.get("action") != "closed"]
+    words = "已联系阳光花园3号楼的住户"
+    returned = TicketUpdated(
+        ticket_no=events[0]["ticket_no"],
+        action="returned",
+        status="assigned",
+        actor=DEPT.id,
+        note=words,
+        returned=Returned(reason="not_ours", reason_name="非本单位职责", disputed_rule=words, returns=1),
+        occurred_at=T0 + timedelta(minutes=5),
+    )
+    approved = TicketUpdated(
+        ticket_no=events[0]["ticket_no"],
+        action="extension_approved",
+        status="accepted",
+        actor="desk",
+        note=words,
+        extension=Extension(days=2, reason=words, resolve_by=T0 + timedelta(days=5)),
+        occurred_at=T0 + timedelta(minutes=25),
+    )
+    life_with_words = [*events, dump(returned), dump(approved)]
+    original = fold_ticket(life_with_words, STREETS)
+    scrubbed = fold_ticket([scrub_event(e) for e in life_with_words], STREETS)
+    assert original is not None
+    assert scrubbed is not None
+    assert "阳光花园" not in str(scrubbed)
+    # Everything but the words and the contact folds as before.
+    kept = [k for k, v in scrubbed.items() if v != REMOVED and k not in ("caller_id", "masked_phone")]
+    assert {k: scrubbed[k] for k in kept} == {k: original[k] for k in kept}
+    assert sorted(k for k in scrubbed if k not in kept) == [
+        "address", "caller_id", "explanation", "masked_phone", "resolution_note", "text"
+    ]  # fmt: skip
+    assert (scrubbed["returns"], scrubbed["resolve_by"]) == (1, T0 + timedelta(days=5))
 
 
 def test_a_meeting_folds_from_convening_to_decision():
@@ -228,6 +267,9 @@ def test_a_meeting_folds_from_convening_to_decision():
     assert row["summoned"] == [DEPT.id, "water"]
     assert row["decision"] == "由水务局主办"
     assert row["decided_at"] == T0 + timedelta(hours=2)
+    # Without the words said at it (they may name a resident), the meeting's course stays.
+    scrubbed = fold_meeting([scrub_event(dump(e)) for e in (decided, attached, convened)])
+    assert scrubbed == {**row, "explanation": REMOVED, "decision": REMOVED}
 
 
 def invalid_field(raw: dict, **kw) -> str | None:

@@ -49,7 +49,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_records)
     pool = db.pool(rt.settings.database_url)
-    records = Records(pool, rt.city)
+    records = Records(pool, rt.city, rt.store)
     tz = ZoneInfo(rt.settings.timezone)
 
     # One consumer for every topic, one transaction per batch: no two batches of this worker wait

@@ -17,7 +17,7 @@ from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
 from services.records.projection import fold_ticket
-from services.records.service import Records, street_index, upsert_tickets
+from services.records.service import Records, upsert_tickets
 from shared.city import load_city
 from shared.privacy import scrub_event
 from shared.settings import Settings
@@ -42,7 +42,8 @@ class Retention:
         self.pool = pool
         self.store = store
         self.settings = settings
-        self.streets = street_index(load_city(settings.city_config_dir))
+        self.records = Records(pool, load_city(settings.city_config_dir))
+        self.streets = self.records.streets
 
     async def run(self, now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
         """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
@@ -135,9 +136,12 @@ class Retention:
                 [(Jsonb(p), eid) for eid, p in scrubbed],
             )
             by_ticket: dict[str, list[dict[str, Any]]] = {}
+            meetings: set[str] = set()
             for r, (_, p) in zip(rows, scrubbed, strict=True):
                 if not r["topic"].startswith("meeting."):
                     by_ticket.setdefault(r["ticket_no"], []).append(p)
+                else:
+                    meetings.add(p.get("meeting_id", ""))
             tickets = [t for evs in by_ticket.values() if (t := fold_ticket(evs, self.streets))]
             await upsert_tickets(cur, tickets)
             await cur.execute(
@@ -145,6 +149,9 @@ class Retention:
                 "masked_phone = NULL WHERE ticket_no = ANY(%s)",
                 (list(nos),),
             )
+            # A meeting's row holds the words of its facts (the explanation, the decision's note),
+            # which may repeat the resident's: folded again from the facts just scrubbed.
+            await self.records._refold_meetings(cur, meetings)
 
     async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:
         async with self.pool.connection() as conn:

@@ -193,9 +193,12 @@ async def _each_history(
 
 
 class Records:
-    def __init__(self, pool: Pool, city: City) -> None:
+    def __init__(self, pool: Pool, city: City, store: TicketStore | None = None) -> None:
+        """`store`: the ticket store in Redis, where a ticket the record has erased is erased again
+        if it comes back (see `_fold_onto`); the worker passes it, readers of the record need not."""
         self.pool = pool
         self.streets = street_index(city)
+        self.store = store
 
     # --- the projection -----------------------------------------------------------------------
 
@@ -242,7 +245,7 @@ class Records:
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
         # A ticket whose personal data was removed while some of its events were still on their
         # way (the record reads each topic on its own) takes those events scrubbed too.
-        erased = [no for no, row in stored.items() if row.pop("erased_at") is not None]
+        erased = {no: at for no, row in stored.items() if (at := row.pop("erased_at")) is not None}
         if erased:
             for no in erased:
                 by_ticket[no] = [scrub_event(p) for p in by_ticket[no]]
@@ -250,6 +253,13 @@ class Records:
                 "UPDATE ticket_events SET payload = %s WHERE event_id = %s",
                 [(as_jsonb(p), p["event_id"]) for no in erased for p in by_ticket[no]],
             )
+            # Those events may also have rebuilt the ticket in Redis, with the resident's words,
+            # if Redis had lost it: the router makes a ticket it does not find from the appeal a
+            # classification carries. Every write of the router publishes an event that comes
+            # here after the write, so the ticket is found and erased again (inside this
+            # transaction: if Redis fails, the batch is read again and so is this).
+            if self.store is not None:
+                await self.store.keep_erased(erased)
         ids = {p["event_id"] for p in fresh}
         rows: list[Row] = []
         again: list[str] = []
@@ -374,6 +384,17 @@ class Records:
         if not events:
             return 0
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # A ticket the record has erased whose Redis history holds what the record lacks was
+            # rebuilt there (see `_fold_onto`): its events come in scrubbed, and it is erased again.
+            await self._lock(cur, nos)
+            await cur.execute(
+                "SELECT ticket_no, personal_data_removed_at AS at FROM tickets "
+                "WHERE ticket_no = ANY(%s) AND personal_data_removed_at IS NOT NULL",
+                (nos,),
+            )
+            if erased := {r["ticket_no"]: r["at"] for r in await cur.fetchall()}:
+                events = [scrub_event(e) if e["ticket_no"] in erased else e for e in events]
+                await store.keep_erased(erased)
             await insert_events(cur, events)
             await self._refold_tickets(cur, nos)
             await self._refold_meetings(

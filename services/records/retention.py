@@ -151,7 +151,7 @@ class Retention:
             )
             # A meeting's row holds the words of its facts (the explanation, the decision's note),
             # which may repeat the resident's: folded again from the facts just scrubbed.
-            await self.records._refold_meetings(cur, meetings)
+            await self.records.refold_meetings(cur, meetings)
 
     async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:
         async with self.pool.connection() as conn:

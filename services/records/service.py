@@ -219,7 +219,7 @@ class Records:
             if tickets := [p for p in fresh if not p["topic"].startswith("meeting.")]:
                 await self._fold_onto(cur, tickets)
             if meetings := {p.get("meeting_id", "") for p in fresh if p["topic"].startswith("meeting.")}:
-                await self._refold_meetings(cur, meetings)
+                await self.refold_meetings(cur, meetings)
 
     @staticmethod
     async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
@@ -303,7 +303,9 @@ class Records:
             by_ticket[r["ticket_no"]].append(r["payload"])
         return [row for evs in by_ticket.values() if (row := fold_ticket(evs, self.streets))]
 
-    async def _refold_meetings(self, cur: AsyncCursor[DictRow], ids: Iterable[str]) -> int:
+    async def refold_meetings(self, cur: AsyncCursor[DictRow], ids: Iterable[str]) -> int:
+        """Fold these meetings' rows again from all their facts, in the caller's transaction (the
+        projection's, or an erasure's that has just scrubbed some of them)."""
         ids = sorted(i for i in set(ids) if i)
         if not ids:
             return 0
@@ -343,7 +345,7 @@ class Records:
             )
             ids = [r["id"] for r in await cur.fetchall()]
             async with conn.transaction(), conn.cursor() as c:
-                await self._refold_meetings(c, ids)
+                await self.refold_meetings(c, ids)
         return written
 
     async def backfill_from_store(self, store: TicketStore, batch: int = 500) -> int:
@@ -397,7 +399,7 @@ class Records:
                 await store.keep_erased(erased)
             await insert_events(cur, events)
             await self._refold_tickets(cur, nos)
-            await self._refold_meetings(
+            await self.refold_meetings(
                 cur, {e.get("meeting_id", "") for e in events if e["topic"].startswith("meeting.")}
             )
         return len(events)

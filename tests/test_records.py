@@ -732,3 +732,46 @@ async def test_erasure_removes_the_words_of_the_meetings_a_ticket_went_to(redis,
     assert {k: v for k, v in after.items() if k not in ("explanation", "decision")} == {
         k: v for k, v in before.items() if k not in ("explanation", "decision")
     }
+
+
+async def test_an_appeal_not_yet_recorded_when_its_caller_is_erased_is_erased_when_it_arrives(
+    redis, pool, settings, system_city
+):
+    """The erasure looks for the caller's tickets in the record; an appeal still on its way there
+    (taken seconds before, or while the record was down) is erased when it arrives, in the record
+    and in Redis. An appeal the resident makes after the erasure is a new one, and is kept."""
+    phone, name = fresh_phone(), "吴佩兰"
+    no = f"20261201-{random.randint(900000, 999999)}"
+    appeal, classified = personal_appeal(no, name, phone, system_city)
+    store = TicketStore(redis)
+    assert await store.create_many([appeal]) == 1  # intake's write; the record has not seen it
+    retention = Retention(pool, store, settings)
+    assert await retention.erase_caller(caller_id(phone), actor="0231", reason="居民申请") == []
+
+    records = Records(pool, system_city, store)  # as the worker has it
+    await records.project(topics.APPEAL_RECEIVED, [appeal])
+    await records.project(topics.APPEAL_CLASSIFIED, [classified])
+    personal = personal_of(name, phone)
+    r = await row(pool, no)
+    assert r is not None
+    assert r["personal_data_removed_at"] is not None
+    assert r["caller_id"] is None
+    assert r["category"] == "city.facility.streetlight"  # the statistics stay
+    assert [p for p in personal if p in json.dumps(r, default=str, ensure_ascii=False)] == []
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
+        stored = [e["p"] for e in await cur.fetchall()]
+    assert len(stored) == 2
+    assert [p for p in personal for s in stored if p in s] == []
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at is not None
+    assert [p for p in personal if p in ticket.model_dump_json()] == []
+
+    later_no = f"20261201-{random.randint(900000, 999999)}"
+    later, _ = personal_appeal(later_no, name, phone, system_city)  # received now, after the erasure
+    await records.project(topics.APPEAL_RECEIVED, [later])
+    kept = await row(pool, later_no)
+    assert kept is not None
+    assert kept["personal_data_removed_at"] is None
+    assert name in kept["text"]

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
+from psycopg import AsyncCursor
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
-from services.records.projection import fold_ticket
-from services.records.service import Records, upsert_tickets
+from services.records.service import Records
 from shared.city import load_city
-from shared.privacy import scrub_event
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
 
@@ -105,10 +104,16 @@ class Retention:
 
     async def erase_caller(self, caller_id: str, actor: str, reason: str) -> list[str]:
         """A resident's right to erasure: every ticket of `caller_id`, in the record and in Redis,
-        loses its personal data; the contact goes; an audit entry says who did it and why."""
-        async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT ticket_no FROM tickets WHERE caller_id = %s", (caller_id,))
+        loses its personal data; the contact goes; an audit entry says who did it and why.
+
+        The tickets are looked up, and the audit entry written, under the caller's lock in one
+        transaction. An appeal the record had not stored yet is then erased by the projection when
+        it arrives (it asks the audit under the same lock), so none falls between the two."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await Records.caller_lock(cur, [caller_id])
+            await cur.execute("SELECT ticket_no FROM tickets WHERE caller_id = %s", (caller_id,))
             nos = [r["ticket_no"] for r in await cur.fetchall()]
+            await self._audit(cur, "erase", caller_id, actor, len(nos), {"reason": reason})
         await self.scrub(nos)
         # The same removal in Redis, where the ticket still is (the working set). The ticket keeps
         # the mark, so a write that was on its way (the router's assignment) stays scrubbed too.
@@ -116,7 +121,6 @@ class Retention:
         for no in nos:
             await self.store.remove_personal_data(no, now)
         await self.store.redis.delete(f"contact:{caller_id}")
-        await self.audit("erase", caller_id, actor, len(nos), {"reason": reason})
         return nos
 
     async def scrub(self, nos: Sequence[str]) -> None:
@@ -125,38 +129,17 @@ class Retention:
             return
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await Records._lock(cur, nos)  # no worker's fold of the same tickets in between
-            await cur.execute(
-                "SELECT event_id, ticket_no, topic, payload FROM ticket_events WHERE ticket_no = ANY(%s)",
-                (list(nos),),
-            )
-            rows = await cur.fetchall()
-            scrubbed = [(r["event_id"], scrub_event(r["payload"])) for r in rows]
-            await cur.executemany(
-                "UPDATE ticket_events SET payload = %s WHERE event_id = %s",
-                [(Jsonb(p), eid) for eid, p in scrubbed],
-            )
-            by_ticket: dict[str, list[dict[str, Any]]] = {}
-            meetings: set[str] = set()
-            for r, (_, p) in zip(rows, scrubbed, strict=True):
-                if not r["topic"].startswith("meeting."):
-                    by_ticket.setdefault(r["ticket_no"], []).append(p)
-                else:
-                    meetings.add(p.get("meeting_id", ""))
-            tickets = [t for evs in by_ticket.values() if (t := fold_ticket(evs, self.streets))]
-            await upsert_tickets(cur, tickets)
-            await cur.execute(
-                "UPDATE tickets SET personal_data_removed_at = now(), caller_id = NULL, "
-                "masked_phone = NULL WHERE ticket_no = ANY(%s)",
-                (list(nos),),
-            )
-            # A meeting's row holds the words of its facts (the explanation, the decision's note),
-            # which may repeat the resident's: folded again from the facts just scrubbed.
-            await self.records.refold_meetings(cur, meetings)
+            await self.records.remove_personal_data(cur, nos)
 
     async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO privacy_audit (action, subject, actor, tickets, detail) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (action, subject, actor, tickets, Jsonb(detail)),
-            )
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await self._audit(cur, action, subject, actor, tickets, detail)
+
+    @staticmethod
+    async def _audit(
+        cur: AsyncCursor[DictRow], action: str, subject: str | None, actor: str, tickets: int, detail: dict
+    ) -> None:
+        await cur.execute(
+            "INSERT INTO privacy_audit (action, subject, actor, tickets, detail) VALUES (%s, %s, %s, %s, %s)",
+            (action, subject, actor, tickets, Jsonb(detail)),
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from shared.city import City
 from shared.events import Event
 from shared.privacy import scrub_event
 from shared.store import TicketStore, history_key
+from shared.topics import APPEAL_RECEIVED
 
 log = logging.getLogger("records")
 
@@ -273,6 +274,77 @@ class Records:
                 again.append(no)
         rows += await self._refolded_tickets(cur, again, by_ticket)
         await upsert_tickets(cur, rows)
+        if late := await self._erased_on_their_way(cur, fresh, erased):
+            await self.remove_personal_data(cur, late)
+            if self.store is not None:
+                now = datetime.now(UTC)
+                await self.store.keep_erased(dict.fromkeys(late, now))
+
+    @staticmethod
+    async def caller_lock(cur: AsyncCursor[DictRow], caller_ids: Iterable[str]) -> None:
+        """Hold these callers until the transaction ends: an erasure finds a caller's tickets under
+        it, and the projection takes it before it asks whether a caller was erased (`_erased_on_
+        their_way`), so no ticket can be recorded between the erasure's look and its audit entry
+        and be missed by both."""
+        await Records._lock(cur, [f"caller:{c}" for c in caller_ids])
+
+    async def _erased_on_their_way(
+        self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]], erased: Container[str]
+    ) -> list[str]:
+        """The (locked) tickets of this batch whose caller asked for erasure after the appeal was
+        received: the appeal was on its way to the record when the erasure looked for it there."""
+        appeals: dict[str, tuple[str, datetime]] = {}
+        for p in fresh:
+            appeal = p if p["topic"] == APPEAL_RECEIVED else p.get("appeal")
+            if p["ticket_no"] in erased or not isinstance(appeal, Mapping):
+                continue
+            if cid := (appeal.get("caller") or {}).get("caller_id"):
+                appeals[p["ticket_no"]] = (cid, at(appeal["received_at"]))
+        if not appeals:
+            return []
+        callers = sorted({cid for cid, _ in appeals.values()})
+        await self.caller_lock(cur, callers)
+        await cur.execute(
+            "SELECT subject, max(at) AS at FROM privacy_audit "
+            "WHERE action = 'erase' AND subject = ANY(%s) GROUP BY subject",
+            (callers,),
+        )
+        asked = {r["subject"]: r["at"] for r in await cur.fetchall()}
+        return sorted(
+            no for no, (cid, received) in appeals.items() if cid in asked and received <= asked[cid]
+        )
+
+    async def remove_personal_data(self, cur: AsyncCursor[DictRow], nos: Sequence[str]) -> None:
+        """Scrub these (locked) tickets' stored events, fold their rows and their meetings' again,
+        and mark the rows (the projection scrubs a marked ticket's later events by the mark)."""
+        if not nos:
+            return
+        await cur.execute(
+            "SELECT event_id, ticket_no, topic, payload FROM ticket_events WHERE ticket_no = ANY(%s)",
+            (list(nos),),
+        )
+        rows = await cur.fetchall()
+        scrubbed = [(r["event_id"], scrub_event(r["payload"])) for r in rows]
+        await cur.executemany(
+            "UPDATE ticket_events SET payload = %s WHERE event_id = %s",
+            [(as_jsonb(p), eid) for eid, p in scrubbed],
+        )
+        by_ticket: dict[str, list[dict[str, Any]]] = {}
+        meetings: set[str] = set()
+        for r, (_, p) in zip(rows, scrubbed, strict=True):
+            if not r["topic"].startswith("meeting."):
+                by_ticket.setdefault(r["ticket_no"], []).append(p)
+            else:
+                meetings.add(p.get("meeting_id", ""))
+        await upsert_tickets(cur, [t for evs in by_ticket.values() if (t := fold_ticket(evs, self.streets))])
+        await cur.execute(
+            "UPDATE tickets SET personal_data_removed_at = now(), caller_id = NULL, "
+            "masked_phone = NULL WHERE ticket_no = ANY(%s)",
+            (list(nos),),
+        )
+        # A meeting's row holds the words of its facts (the explanation, the decision's note),
+        # which may repeat the resident's: folded again from the facts just scrubbed.
+        await self.refold_meetings(cur, meetings)
 
     async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
         nos = sorted(set(nos))

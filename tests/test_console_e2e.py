@@ -424,7 +424,7 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
 # --- a resident's erasure request ----------------------------------------------------------------
 
 
-async def test_privacy_desk_erases_a_residents_personal_data_after_a_preview(page: Page, redis, system: System):
+async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, redis, system: System):
     phone = new_phone()
     async with await admin_api(system, redis) as client:
         no = await submit(client, "小区门口的路灯一直不亮，晚上出门看不清路，我叫李四", phone, "和平里小区")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.records import db
+from services.records.service import Records
 from shared.auth import issue_token
 from shared.privacy import REMOVED, caller_id
 from tests.conftest import System, eventually
@@ -193,3 +194,22 @@ async def test_the_audit_is_paged_newest_first(api, pool):
     r = await api.get(AUDIT, params={"page": 0})
     assert r.status_code == 422
     assert r.json()["field"] == "page"
+
+
+async def test_a_rebuild_from_scratch_keeps_the_erasure(api, pool, system_city):
+    """The mark is no event's: emptying the tables to fold them again must not forget it (the
+    worker scrubs the late events of a marked ticket by it)."""
+    phone = fresh_phone()
+    no = await recorded(api, pool, phone, LIGHT + "，我叫赵六")
+    r = await api.post(ERASE, json={"phone": phone, "reason": "居民申请删除个人信息"})
+    assert r.json()["tickets"] == [no]
+    erased = await row(pool, no)
+    assert erased is not None
+    assert erased["personal_data_removed_at"] is not None
+
+    await Records(pool, system_city).rebuild()
+    rebuilt = await row(pool, no)
+    assert rebuilt is not None
+    assert rebuilt["personal_data_removed_at"] == erased["personal_data_removed_at"]
+    assert rebuilt["text"] == REMOVED
+    assert rebuilt["caller_id"] is None

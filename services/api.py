@@ -30,6 +30,7 @@ from services.intake.sms import SmsIntake
 from services.notifier import views as notifier_views
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
+from services.records import privacy_views as records_privacy_views
 from services.records import views as records_views
 from services.router import views as router_views
 from services.router.service import FollowUps
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         open311_views,
         classifier_views,
         records_views,
+        records_privacy_views,
         router_views,
         notifier_views,
     ):

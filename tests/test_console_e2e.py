@@ -20,6 +20,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from shared.auth import issue_token, revoke_token
+from shared.privacy import REMOVED
 from tests.conftest import System, eventually
 
 pytestmark = pytest.mark.integration
@@ -418,6 +419,73 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     await page.goto(f"/console/tickets?q={place}&department={dept}")
     await expect(page.locator("#list-total")).to_contain_text("共 0 件")
     await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_have_count(0)
+
+
+# --- a resident's erasure request ----------------------------------------------------------------
+
+
+async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, redis, system: System):
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "小区门口的路灯一直不亮，晚上出门看不清路，我叫李四", phone, "和平里小区")
+        await ticket_when(client, no, lambda t: t["status"] == "assigned")
+
+        async def in_record():  # the record's own consumer writes the row the erasure reads
+            r = await client.post("/api/v1/records/privacy/erasures/preview", json={"phone": phone})
+            return r.status_code == 200 and r.json()["count"] == 1
+
+        await eventually(in_record, timeout=60)
+
+    await sign_in(page, await issue_token(redis, "department", "water"))
+    response = await page.goto("/console/privacy")
+    assert response is not None
+    assert response.status == 403
+
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.get_by_role("navigation", name="主导航").get_by_role("link", name="个人信息删除").click()
+    await expect(page.locator("h1")).to_have_text("个人信息删除")
+    await expect(page.locator("#reason")).to_have_value("居民申请删除个人信息")
+    await accessible(page)
+
+    # The API's reasons, beside their fields.
+    await page.locator("#phone").fill("12345")
+    await page.get_by_role("button", name="查看将受影响的工单").click()
+    await expect(page.locator("#phone-error")).to_contain_text("不是有效的手机号或固话号码")
+    await expect(page.locator("#phone")).to_have_attribute("aria-invalid", "true")
+    await page.locator("#phone").fill(f"+86 {phone[:3]}-{phone[3:7]}-{phone[7:]}")
+    await page.locator("#reason").fill(" ")
+    await page.get_by_role("button", name="查看将受影响的工单").click()
+    await expect(page.locator("#reason-error")).to_contain_text("请填写删除原因")
+    await page.locator("#reason").fill("居民来电申请删除个人信息")
+    await page.get_by_role("button", name="查看将受影响的工单").click()
+
+    # The preview: the resident's ticket, and a plain warning before the one button that erases.
+    await expect(page.locator("#preview-tickets tbody tr")).to_have_count(1)
+    await expect(page.locator("#preview-tickets")).to_contain_text(no)
+    await expect(page.locator("#preview-tickets")).to_contain_text("已派单")
+    await expect(page.locator("#preview-count")).to_contain_text(f"{phone[:3]}****{phone[-4:]}")
+    await expect(page.locator("#irreversible")).to_contain_text("删除后无法恢复")
+    await accessible(page)
+    await shot(page, "privacy-preview")
+    async with await admin_api(system, redis) as client:  # nothing changed yet
+        assert "李四" in (await client.get(f"/api/v1/tickets/{no}")).json()["text"]
+
+    await page.get_by_role("button", name="确认删除（不可恢复）").click()
+    await expect(page).to_have_url(re.compile(r"/console/privacy\?erased=1$"))
+    await expect(page.locator("#erased")).to_contain_text("已删除1件工单中的个人信息")
+    first = page.locator("#audit-list tbody tr").first
+    await expect(first).to_contain_text("依申请删除")
+    await expect(first).to_contain_text("居民来电申请删除个人信息")
+    await expect(first).to_contain_text("派单中心")
+    assert phone not in await page.content()
+    assert phone[3:] not in await page.content()
+    await accessible(page)
+    await shot(page, "privacy")
+
+    await page.goto(f"/console/tickets/{no}")
+    await expect(page.locator("#resident-text")).to_have_text(REMOVED)
+    await expect(page.locator("#address")).to_have_text(REMOVED)
+    assert "李四" not in await page.content()
 
 
 # --- residents ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
   /console/desk        the dispatch desk                     /console/meetings   joint meetings
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
   /console/tickets     search the record, export it (desk: every ticket; a department: its own)
+  /console/privacy     the desk: a resident's erasure request (preview, confirm) and the audit trail
 """
 
 from __future__ import annotations
@@ -590,6 +591,89 @@ async def desk_extension(request: Request, no: str, verdict: str, s: session.Ses
 def desk_redirect(reply: Reply, done: str) -> Response:
     query = urlencode({"done": done} if reply.ok else {"error": reply.message})
     return RedirectResponse(f"/console/desk?{query}", status_code=303)
+
+
+# --- residents' erasure requests (the desk) -----------------------------------------------------
+
+ERASURE_FIELDS = ("phone", "reason")
+ERASURE_REASON = "居民申请删除个人信息"
+AUDIT_PAGE_SIZE = 20
+
+
+def erasure_of(form: FormData) -> dict[str, str]:
+    return {"phone": text(form, "phone").strip(), "reason": text(form, "reason").strip()}
+
+
+async def privacy_page(
+    request: Request, s: session.Session, status: int = 200, **context: Any
+) -> HTMLResponse:
+    """The request form (or its preview), and below it the audit trail, a page at a time."""
+    page_no = list_page_number(request)
+    reply = await api(request, s).get("/api/v1/records/privacy/audit", page=page_no, size=AUDIT_PAGE_SIZE)
+    items: list[dict] = reply.body["items"] if reply.ok else []
+    total: int = reply.body["total"] if reply.ok else 0
+    tz = tz_of(request)
+    entries = [{**e, "at_local": present.local(e["at"], tz)} for e in items]
+    defaults: dict[str, Any] = {
+        "values": {"reason": ERASURE_REASON},
+        "errors": {},
+        "preview": None,
+        "erased": None,
+    }
+    return page(
+        request,
+        "privacy.html",
+        status,
+        s=s,
+        audit=entries,
+        audit_notice="" if reply.ok else reply.message,
+        page_no=page_no,
+        pages=max(1, -(-total // AUDIT_PAGE_SIZE)),
+        **{**defaults, **context},
+    )
+
+
+@router.get("/privacy")
+async def privacy_form(request: Request, s: session.Session = Depends(as_desk)):
+    erased = request.query_params.get("erased") or ""
+    return await privacy_page(request, s, erased=int(erased) if erased.isdigit() else None)
+
+
+@router.post("/privacy/preview")
+async def privacy_preview(request: Request, s: session.Session = Depends(as_desk)):
+    """The first step: which tickets the erasure would reach, to confirm with the resident."""
+    form = await checked_form(request, s)
+    values = erasure_of(form)
+    reply = await api(request, s).post("/api/v1/records/privacy/erasures/preview", values)
+    if not reply.ok:
+        errors = field_errors(reply, ERASURE_FIELDS, "form")
+        return await privacy_page(request, s, reply.status, values=values, errors=errors)
+    tz = tz_of(request)
+    preview = {
+        **reply.body,
+        "tickets": [
+            {
+                **t,
+                "received": present.local(t.get("received_at"), tz),
+                "status_name": STATUS_LABELS.get(t.get("status") or "", t.get("status") or ""),
+                "category_label": "/".join(t.get("category_names") or ()) or "未分类",
+            }
+            for t in reply.body["tickets"]
+        ],
+    }
+    return await privacy_page(request, s, values=values, preview=preview)
+
+
+@router.post("/privacy/erase")
+async def privacy_erase(request: Request, s: session.Session = Depends(as_desk)):
+    """The confirmed erasure; then back to the form (a reload does not erase again)."""
+    form = await checked_form(request, s)
+    values = erasure_of(form)
+    reply = await api(request, s).post("/api/v1/records/privacy/erasures", values)
+    if not reply.ok:
+        errors = field_errors(reply, ERASURE_FIELDS, "form")
+        return await privacy_page(request, s, reply.status, values=values, errors=errors)
+    return RedirectResponse(f"/console/privacy?erased={reply.body['count']}", status_code=303)
 
 
 # --- joint meetings ------------------------------------------------------------------------------

@@ -400,9 +400,20 @@ class Records:
         """Fold again every ticket and meeting with an event at or after `since` (None: all of
         them, from scratch). Returns how many tickets were written."""
         written = 0
+        marks: dict[str, tuple[datetime | None, datetime | None]] = {}
         async with self.pool.connection() as conn:
             if since is None:
                 async with conn.transaction():
+                    # What no event says, kept across the emptying: which tickets had their personal
+                    # data removed (the worker scrubs their late events by it) and which left Redis.
+                    cur = await conn.execute(
+                        "SELECT ticket_no, personal_data_removed_at, left_redis_at FROM tickets "
+                        "WHERE personal_data_removed_at IS NOT NULL OR left_redis_at IS NOT NULL"
+                    )
+                    marks = {
+                        r["ticket_no"]: (r["personal_data_removed_at"], r["left_redis_at"])
+                        for r in await cur.fetchall()
+                    }
                     await conn.execute("TRUNCATE tickets, meetings")
             where, args = ("WHERE occurred_at >= %s", [since]) if since else ("", [])
             cur = await conn.execute(f"SELECT DISTINCT ticket_no FROM ticket_events {where}", args)
@@ -410,6 +421,12 @@ class Records:
             for i in range(0, len(nos), chunk):
                 async with conn.transaction(), conn.cursor() as c:
                     written += await self._refold_tickets(c, nos[i : i + chunk])
+                    if kept := [(*marks[no], no) for no in nos[i : i + chunk] if no in marks]:
+                        await c.executemany(
+                            "UPDATE tickets SET personal_data_removed_at = %s, left_redis_at = %s "
+                            "WHERE ticket_no = %s",
+                            kept,
+                        )
             cur = await conn.execute(
                 "SELECT DISTINCT payload->>'meeting_id' AS id FROM ticket_events "
                 f"{where + ' AND' if where else 'WHERE'} topic LIKE 'meeting.%%'",

@@ -1,0 +1,79 @@
+"""Residents' erasure requests, handled by the dispatch desk (admin token only):
+
+    POST /api/v1/records/privacy/erasures/preview   {"phone", "reason"?}: the tickets it would reach
+    POST /api/v1/records/privacy/erasures           {"phone", "reason"}: erase, with an audit entry
+    GET  /api/v1/records/privacy/audit?page=&size=  the audit entries, newest first
+
+The phone is never sent back (a preview shows it masked, as staff see it everywhere else). With
+PostgreSQL down these answer 503 with Retry-After, as the search does.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from services.records.erasure import Erasures, Subject, checked_reason
+from services.records.retention import Retention
+from services.records.views import UNAVAILABLE, records_pool, unavailable
+from shared.auth import Principal, require_admin
+
+router = APIRouter(prefix="/api/v1/records/privacy", tags=["records"])
+
+
+class ErasureRequest(BaseModel):
+    phone: str = Field(
+        "", description="the resident's phone, as they give it (+86, spaces and dashes allowed)"
+    )
+    reason: str = Field("", description="why: goes into the audit entry")
+
+
+class PreviewRequest(BaseModel):
+    phone: str = Field("", description="the resident's phone, as they give it")
+    reason: str | None = Field(None, description="checked as the erasure would check it, when given")
+
+
+async def erasures_of(request: Request) -> Erasures:
+    """The API's erasure service, made on first use (the API starts without the record)."""
+    state = request.app.state
+    pool = await records_pool(request)
+    if getattr(state, "privacy_erasures", None) is None:
+        state.privacy_erasures = Erasures(pool, Retention(pool, state.store, state.settings))
+    return state.privacy_erasures
+
+
+@router.post("/erasures/preview")
+async def preview_erasure(body: PreviewRequest, request: Request, _: Principal = Depends(require_admin)):
+    """What erasing this resident's personal data would reach; changes nothing."""
+    subject = Subject(body.phone)
+    if body.reason is not None:
+        checked_reason(body.reason)
+    try:
+        return await (await erasures_of(request)).preview(subject)
+    except UNAVAILABLE:
+        return unavailable()
+
+
+@router.post("/erasures")
+async def erase(body: ErasureRequest, request: Request, principal: Principal = Depends(require_admin)):
+    """Every ticket of the resident, in the record and in Redis, loses its personal data; the
+    contact record goes; the audit entry names the token that did it (`appeals token --list`)."""
+    subject = Subject(body.phone)
+    reason = checked_reason(body.reason)
+    try:
+        return await (await erasures_of(request)).erase(subject, principal.scope, reason)
+    except UNAVAILABLE:
+        return unavailable()
+
+
+@router.get("/audit")
+async def audit(
+    request: Request,
+    page: int = Query(1, ge=1),
+    size: int = Query(20, ge=1, le=200),
+    _: Principal = Depends(require_admin),
+):
+    try:
+        return await (await erasures_of(request)).audit(page, size)
+    except UNAVAILABLE:
+        return unavailable()

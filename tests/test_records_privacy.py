@@ -1,0 +1,215 @@
+"""The dispatch desk's erasure endpoints against the started system and a real PostgreSQL: who may
+use them, the Chinese refusals beside their field, a preview that changes nothing, the erasure in
+the record and in Redis with its audit entry, and the phone in no answer, audit entry or log."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.records import db
+from services.records.service import Records
+from shared.auth import issue_token
+from shared.privacy import REMOVED, caller_id
+from tests.conftest import System, eventually
+from tests.test_pipeline_e2e import LIGHT, submit, ticket_when
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
+
+PREVIEW = "/api/v1/records/privacy/erasures/preview"
+ERASE = "/api/v1/records/privacy/erasures"
+AUDIT = "/api/v1/records/privacy/audit"
+
+
+@pytest.fixture
+async def pool(settings) -> AsyncIterator[db.Pool]:
+    await db.migrate(settings.database_url)
+    p = db.pool(settings.database_url)
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+def fresh_phone() -> str:
+    return "139" + str(uuid.uuid4().int)[:8]
+
+
+async def row(pool: db.Pool, no: str) -> dict | None:
+    async with pool.connection() as conn:
+        return await (await conn.execute("SELECT * FROM tickets WHERE ticket_no = %s", (no,))).fetchone()
+
+
+async def audit_rows(pool: db.Pool, subject: str) -> list[dict]:
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT * FROM privacy_audit WHERE subject = %s ORDER BY id", (subject,))
+        return await cur.fetchall()
+
+
+async def recorded(api, pool: db.Pool, phone: str, text: str) -> str:
+    """A ticket of `phone`, assigned, and in the record with its caller (each topic has its consumer)."""
+    no = await submit(api, phone, text=text, address="阳光花园3号楼")
+    await ticket_when(api, no, lambda t: t["status"] == "assigned")
+
+    async def in_record():
+        r = await row(pool, no)
+        return r if r and r["department"] and r["caller_id"] else None
+
+    await eventually(in_record, timeout=60)
+    return no
+
+
+@pytest.mark.parametrize("role", ["operator", "department"])
+async def test_only_the_dispatch_desk_may_preview_erase_or_read_the_audit(api, redis, role):
+    if role == "department":
+        token = await issue_token(redis, "department", department="water")
+    else:
+        token = await issue_token(redis, "operator", operator="0231")
+    staff = {"Authorization": f"Bearer {token}"}
+    body = {"phone": fresh_phone(), "reason": "居民申请删除个人信息"}
+    for r in (
+        await api.post(PREVIEW, json=body, headers=staff),
+        await api.post(ERASE, json=body, headers=staff),
+        await api.get(AUDIT, headers=staff),
+    ):
+        assert r.status_code == 403, r.text
+        assert r.json()["message"] == "只有派单中心（管理员）可以执行此操作"
+    r = await api.post(ERASE, json=body, headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 401
+
+
+async def test_a_bad_phone_or_a_blank_reason_is_refused_in_chinese_beside_its_field(api, pool):
+    for path in (PREVIEW, ERASE):
+        r = await api.post(path, json={"phone": "12345", "reason": "居民申请"})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "phone"
+        assert "不是有效的手机号或固话号码" in r.json()["message"]
+        r = await api.post(path, json={"phone": "  ", "reason": "居民申请"})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "phone"
+        assert r.json()["message"].startswith("请填写居民的来电号码")
+
+    phone = fresh_phone()
+    for path in (PREVIEW, ERASE):
+        r = await api.post(path, json={"phone": phone, "reason": " \t "})
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "reason"
+        assert r.json()["message"].startswith("请填写删除原因")
+        assert phone not in r.text
+    r = await api.post(ERASE, json={"phone": phone})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "reason"
+    r = await api.post(ERASE, json={"phone": phone, "reason": "原" * 201})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "reason"
+    assert await audit_rows(pool, caller_id(phone)) == []  # nothing refused was erased
+
+
+async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_redis_with_an_audit_entry(
+    api, redis, pool, system: System
+):
+    phone = fresh_phone()
+    subject = caller_id(phone)
+    no = await recorded(api, pool, phone, LIGHT + "，我叫王小明")
+    before = await row(pool, no)
+    assert before is not None
+
+    r = await api.post(PREVIEW, json={"phone": phone})
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert preview["count"] == 1
+    assert [t["ticket_no"] for t in preview["tickets"]] == [no]
+    assert preview["tickets"][0]["status"] == "assigned"
+    assert preview["tickets"][0]["received_at"]
+    assert preview["masked_phone"] == f"{phone[:3]}****{phone[-4:]}"
+    assert phone not in r.text
+    # Nothing changed: the row, the Redis ticket, the contact, the audit.
+    unchanged = await row(pool, no)
+    assert unchanged is not None
+    for column in ("text", "caller_id", "masked_phone", "personal_data_removed_at"):
+        assert unchanged[column] == before[column]
+    assert before["personal_data_removed_at"] is None
+    assert "王小明" in (await api.get(f"/api/v1/tickets/{no}")).json()["text"]
+    assert await redis.exists(f"contact:{subject}")
+    assert await audit_rows(pool, subject) == []
+
+    # The phone as the resident says it: the same resident.
+    spoken = f"+86 {phone[:3]} {phone[3:7]}-{phone[7:]}"
+    r = await api.post(ERASE, json={"phone": spoken, "reason": "居民来电申请删除个人信息"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"tickets": [no], "count": 1}
+    assert phone not in r.text
+
+    after = await row(pool, no)
+    assert after is not None
+    assert "王小明" not in after["text"]
+    assert after["caller_id"] is None
+    assert after["masked_phone"] is None
+    assert after["personal_data_removed_at"] is not None
+    assert after["category"] == before["category"]  # the statistics stay
+    ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert ticket["text"] == REMOVED
+    assert "王小明" not in str(ticket)
+    assert not await redis.exists(f"contact:{subject}")
+
+    entries = await audit_rows(pool, subject)
+    assert [(a["action"], a["tickets"], a["detail"]) for a in entries] == [
+        ("erase", 1, {"reason": "居民来电申请删除个人信息"})
+    ]
+    assert entries[0]["actor"].startswith("admin:")  # the desk's token, as `appeals token --list` names it
+    assert phone not in str(entries)
+
+    r = await api.get(AUDIT, params={"size": 200})
+    assert r.status_code == 200, r.text
+    listed = [e for e in r.json()["items"] if e["subject_prefix"] == subject[:8]]
+    assert [(e["action"], e["action_name"], e["tickets"], e["reason"]) for e in listed] == [
+        ("erase", "依申请删除", 1, "居民来电申请删除个人信息")
+    ]
+    assert subject not in r.text  # shortened
+    assert phone not in r.text
+    ats = [e["at"] for e in r.json()["items"]]
+    assert ats == sorted(ats, reverse=True)  # newest first
+
+    # Once erased, the phone finds nothing more.
+    r = await api.post(PREVIEW, json={"phone": phone})
+    assert r.json()["count"] == 0
+    assert system.log_dir is not None
+    assert phone not in (system.log_dir / "api.log").read_text(encoding="utf-8", errors="replace")
+
+
+async def test_the_audit_is_paged_newest_first(api, pool):
+    subjects = []
+    for reason in ("第一次申请", "第二次申请"):
+        phone = fresh_phone()
+        subjects.append(caller_id(phone)[:8])
+        r = await api.post(ERASE, json={"phone": phone, "reason": reason})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"tickets": [], "count": 0}  # no ticket: the contact goes, the entry stays
+    first = (await api.get(AUDIT, params={"page": 1, "size": 1})).json()
+    second = (await api.get(AUDIT, params={"page": 2, "size": 1})).json()
+    assert [e["subject_prefix"] for e in first["items"] + second["items"]] == subjects[::-1]
+    assert first["total"] == second["total"]
+    assert first["total"] >= 2
+    r = await api.get(AUDIT, params={"page": 0})
+    assert r.status_code == 422
+    assert r.json()["field"] == "page"
+
+
+async def test_a_rebuild_from_scratch_keeps_the_erasure(api, pool, system_city):
+    """The mark is no event's: emptying the tables to fold them again must not forget it (the
+    worker scrubs the late events of a marked ticket by it)."""
+    phone = fresh_phone()
+    no = await recorded(api, pool, phone, LIGHT + "，我叫赵六")
+    r = await api.post(ERASE, json={"phone": phone, "reason": "居民申请删除个人信息"})
+    assert r.json()["tickets"] == [no]
+    erased = await row(pool, no)
+    assert erased is not None
+    assert erased["personal_data_removed_at"] is not None
+
+    await Records(pool, system_city).rebuild()
+    rebuilt = await row(pool, no)
+    assert rebuilt is not None
+    assert rebuilt["personal_data_removed_at"] == erased["personal_data_removed_at"]
+    assert rebuilt["text"] == REMOVED
+    assert rebuilt["caller_id"] is None

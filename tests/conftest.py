@@ -21,6 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS, Launcher, external_servers_configured
+from services.records import db
 from shared import embedded
 from shared.auth import issue_token
 from shared.city import City, load_city
@@ -211,6 +212,16 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
     r = Redis.from_url(settings.redis_url)
     yield r
     await r.aclose()
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[db.Pool]:
+    """A connection pool to the record (PostgreSQL), its schema migrated."""
+    await db.migrate(settings.database_url)
+    p = db.pool(settings.database_url)
+    await p.open(wait=True)
+    yield p
+    await p.close()
 
 
 @pytest.fixture

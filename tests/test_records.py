@@ -10,7 +10,7 @@ import io
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -50,15 +50,6 @@ from tests.conftest import as_department, as_sms_gateway, eventually, settings_e
 from tests.test_pipeline_e2e import LIGHT, resolve_when_assigned, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
-
-
-@pytest.fixture
-async def pool(settings) -> AsyncIterator[db.Pool]:
-    await db.migrate(settings.database_url)
-    p = db.pool(settings.database_url)
-    await p.open(wait=True)
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ the record and in Redis with its audit entry, and the phone in no answer, audit 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -21,15 +20,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk
 PREVIEW = "/api/v1/records/privacy/erasures/preview"
 ERASE = "/api/v1/records/privacy/erasures"
 AUDIT = "/api/v1/records/privacy/audit"
-
-
-@pytest.fixture
-async def pool(settings) -> AsyncIterator[db.Pool]:
-    await db.migrate(settings.database_url)
-    p = db.pool(settings.database_url)
-    await p.open(wait=True)
-    yield p
-    await p.close()
 
 
 def fresh_phone() -> str:

@@ -633,6 +633,19 @@ async def privacy_page(
     )
 
 
+async def erasure_request(
+    request: Request, s: session.Session, path: str
+) -> tuple[dict[str, str], Reply, Response | None]:
+    """The form's erasure request posted to the API: the values, the reply, and the form again with
+    the refusal beside its field (None: accepted)."""
+    values = erasure_of(await checked_form(request, s))
+    reply = await api(request, s).post(path, values)
+    if reply.ok:
+        return values, reply, None
+    errors = field_errors(reply, ERASURE_FIELDS, "form")
+    return values, reply, await privacy_page(request, s, reply.status, values=values, errors=errors)
+
+
 @router.get("/privacy")
 async def privacy_form(request: Request, s: session.Session = Depends(as_desk)):
     erased = request.query_params.get("erased") or ""
@@ -642,12 +655,9 @@ async def privacy_form(request: Request, s: session.Session = Depends(as_desk)):
 @router.post("/privacy/preview")
 async def privacy_preview(request: Request, s: session.Session = Depends(as_desk)):
     """The first step: which tickets the erasure would reach, to confirm with the resident."""
-    form = await checked_form(request, s)
-    values = erasure_of(form)
-    reply = await api(request, s).post("/api/v1/records/privacy/erasures/preview", values)
-    if not reply.ok:
-        errors = field_errors(reply, ERASURE_FIELDS, "form")
-        return await privacy_page(request, s, reply.status, values=values, errors=errors)
+    values, reply, refused = await erasure_request(request, s, "/api/v1/records/privacy/erasures/preview")
+    if refused is not None:
+        return refused
     tz = tz_of(request)
     preview = {
         **reply.body,
@@ -667,12 +677,9 @@ async def privacy_preview(request: Request, s: session.Session = Depends(as_desk
 @router.post("/privacy/erase")
 async def privacy_erase(request: Request, s: session.Session = Depends(as_desk)):
     """The confirmed erasure; then back to the form (a reload does not erase again)."""
-    form = await checked_form(request, s)
-    values = erasure_of(form)
-    reply = await api(request, s).post("/api/v1/records/privacy/erasures", values)
-    if not reply.ok:
-        errors = field_errors(reply, ERASURE_FIELDS, "form")
-        return await privacy_page(request, s, reply.status, values=values, errors=errors)
+    _, reply, refused = await erasure_request(request, s, "/api/v1/records/privacy/erasures")
+    if refused is not None:
+        return refused
     return RedirectResponse(f"/console/privacy?erased={reply.body['count']}", status_code=303)
 
 

@@ -203,3 +203,9 @@ async def test_a_rebuild_from_scratch_keeps_the_erasure(api, pool, system_city):
     assert rebuilt["personal_data_removed_at"] == erased["personal_data_removed_at"]
     assert rebuilt["text"] == REMOVED
     assert rebuilt["caller_id"] is None
+
+
+async def test_an_audit_page_beyond_any_offset_is_refused_not_a_server_error(api):
+    r = await api.get(AUDIT, params={"page": 930186793021326464})
+    assert r.status_code == 422, r.text
+    assert "page" in r.text

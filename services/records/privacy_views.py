@@ -69,7 +69,7 @@ async def erase(body: ErasureRequest, request: Request, principal: Principal = D
 @router.get("/audit")
 async def audit(
     request: Request,
-    page: int = Query(1, ge=1),
+    page: int = Query(1, ge=1, le=100_000),  # bounded: the offset it makes must fit the database's
     size: int = Query(20, ge=1, le=200),
     _: Principal = Depends(require_admin),
 ):

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import topics
-from shared.events import Event
+from shared.events import Event, PersonalDataRemoved
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -527,4 +527,8 @@ async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than
             log.warning("outbox event %s no longer parses (erased?): not relayed", entry.replace("\t", " "))
     await publish(publisher, events)
     await store.remove_outbox_entries(list(due))
+    # An erasure's notice kept the caller's hash in its ticket's history only to be sent: sent, it
+    # is scrubbed like the rest of that history (a few erasures, not every relay, pay for this).
+    for no in dict.fromkeys(e.ticket_no for e in events if isinstance(e, PersonalDataRemoved)):
+        await store.remove_personal_data(no)
     return len(events)

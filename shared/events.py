@@ -357,8 +357,8 @@ class PersonalDataRemoved(Event):
     and the outbox, so the outbox relay publishes it. Who asked and why are in the erasure's audit,
     not here.
 
-    The hashed caller id is all it carries: once its ticket's history is scrubbed again, it is no
-    event any more (like a located event without its place), and the relay drops it."""
+    The hashed caller id is all it carries: once its ticket's history is scrubbed again (the relay
+    does so once it has sent it), it is no event any more, like a located event without its place."""
 
     topic: ClassVar[str] = "ticket.personal_data_removed"
 

@@ -423,8 +423,8 @@ class TicketStore:
                             *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
                         )
                     if raw and announced is not None:
-                        # After the scrubbed history: this copy keeps the hash until the relay
-                        # has read it (it leaves with the ticket, or with the next scrub).
+                        # After the scrubbed history: this copy keeps the hash until the relay has
+                        # sent it, and then scrubs the history again (`shared.bus.relay_outbox`).
                         pipe.rpush(history_key(no), _event_record(announced))
                         pipe.zadd(self.OUTBOX, {_outbox_member(announced): time.time()})
                     await pipe.execute()

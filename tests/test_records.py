@@ -287,6 +287,10 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
     subject = caller_id(phone)
     assert await redis.sismember(keys.caller_index(subject), no)  # intake's duplicate index has it
     assert await retention.erase_caller(subject, actor="0231", reason="居民申请") == [no]
+    # Announced: written into the ticket's history (and the outbox) for the router's relay to send.
+    history = await TicketStore(redis).history(no)
+    [notice] = [h for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED]
+    assert notice["caller_id"] in (subject, None)  # None: relayed, then scrubbed, already
     assert "王小明" not in await searched_text(pool, no)  # search finds the name no more
     r = await row(pool, no)
     assert r is not None
@@ -305,12 +309,9 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
         cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
         assert all("王小明" not in e["p"] for e in await cur.fetchall())
 
-    # The erasure is announced: written into the ticket's history (and the outbox), relayed to the
-    # services by the router; intake drops the ticket from the caller's index, the record keeps the
-    # notice without the caller's hash (the ticket is erased).
-    history = await TicketStore(redis).history(no)
-    assert [h["caller_id"] for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED] == [subject]
-
+    # The notice reaches the services: intake drops the ticket from the caller's index, the record
+    # keeps the notice without the caller's hash (the ticket is erased), and the relay that sent it
+    # scrubbed its copy in the history.
     async def notice_recorded() -> list:
         async with pool.connection() as conn:
             cur = await conn.execute(
@@ -326,6 +327,12 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
         return not await redis.sismember(keys.caller_index(subject), no)
 
     await eventually(unindexed, timeout=60, interval=0.5)
+
+    async def scrubbed_in_history() -> bool:
+        history = await TicketStore(redis).history(no)
+        return [h["caller_id"] for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED] == [None]
+
+    await eventually(scrubbed_in_history, timeout=60, interval=0.5)
 
 
 async def test_postgres_down_search_503_appeals_taken_projection_catches_up(settings, tmp_path, system_city):

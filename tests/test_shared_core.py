@@ -507,6 +507,13 @@ async def test_an_erasure_on_request_is_announced_through_the_outbox(redis):
         event_id=notice["event_id"], ticket_no=no, caller_id=cid, occurred_at=at
     )
     assert await redis.zcard(store.OUTBOX) == 0
+    # Sent, the notice's copy loses the hash too: nothing in Redis links the ticket to the caller.
+    history = await store.history(no)
+    assert [h["event_id"] for h in history][-1] == notice["event_id"]
+    assert leaks(json.dumps(history, ensure_ascii=False)) == []
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at == at  # the erasure's mark, not the relay's time
 
 
 def test_a_decision_cannot_bring_personal_data_back_onto_an_erased_ticket():

@@ -641,6 +641,7 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
     history = await redis.lrange(f"t:{no}:h", 0, -1)
     assert [json.loads(h)["topic"] for h in history] == [
         topics.APPEAL_RECEIVED,
+        topics.PERSONAL_DATA_REMOVED,  # the erasure's notice, for the outbox relay to send
         topics.APPEAL_CLASSIFIED,
         topics.TICKET_ASSIGNED,
     ]

@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import topics
-from shared.events import Event
+from shared.events import Event, PersonalDataRemoved
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -509,7 +509,9 @@ async def parse_or_dead_letter(
 
 
 async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than_seconds: float = 10) -> int:
-    """Publish outbox events whose writer died before confirming them. Returns how many."""
+    """Publish outbox events whose writer died before confirming them, and the erasures'
+    `PersonalDataRemoved` facts, which are written only to the outbox (the erasure runs in the API
+    or the CLI, with no publisher): this relay is their one way out. Returns how many."""
     due = await store.due_outbox(older_than_seconds)
     if not due:
         return 0
@@ -518,9 +520,15 @@ async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than
         try:
             events.append(topics.EVENT_TYPES[topic].model_validate(record))
         except ValidationError:
-            # A record scrubbed by an erasure keeps its shape, but a located event's place is all it
-            # carries and cannot be blanked: dropped, or it would hold up every relay after it.
+            # A record scrubbed by an erasure keeps its shape, but a located event's place (and an
+            # erasure notice's caller, when the ticket was erased again before the relay came) is
+            # all it carries and cannot be blanked: dropped, or it would hold up every relay after
+            # it. (An erasure again announces again.)
             log.warning("outbox event %s no longer parses (erased?): not relayed", entry.replace("\t", " "))
     await publish(publisher, events)
     await store.remove_outbox_entries(list(due))
+    # An erasure's notice kept the caller's hash in its ticket's history only to be sent: sent, it
+    # is scrubbed like the rest of that history (a few erasures, not every relay, pay for this).
+    for no in dict.fromkeys(e.ticket_no for e in events if isinstance(e, PersonalDataRemoved)):
+        await store.remove_personal_data(no)
     return len(events)

@@ -350,6 +350,21 @@ class SurveyAnswered(Event):
     grid: str | None = None
 
 
+class PersonalDataRemoved(Event):
+    """A resident's personal data was erased on their request, from this ticket: the services that
+    keep keys linking the caller to the ticket (intake's duplicate index, the notifier's message and
+    survey records) remove them. Written by the erasure with the scrubbed ticket, into its history
+    and the outbox, so the outbox relay publishes it. Who asked and why are in the erasure's audit,
+    not here.
+
+    The hashed caller id is all it carries: once its ticket's history is scrubbed again (the relay
+    does so once it has sent it), it is no event any more, like a located event without its place."""
+
+    topic: ClassVar[str] = "ticket.personal_data_removed"
+
+    caller_id: str  # the salted hash (`shared.privacy.caller_id`), never the phone
+
+
 class MeetingConvened(Event):
     """A joint meeting (联席会议 / 吹哨报到): the lead street office calls departments together.
     `ticket_no` is the first ticket attached (the message key); `tickets` are all of them."""

@@ -5,7 +5,8 @@ Keys:
   t:{no}:h          its history: every event about it, in order, as JSON with its topic
   seq:{yyyymmdd}    the per-day ticket counter
   contact:{caller}  the caller's raw phone and name (personal data: only intake and notifier read it)
-  outbox            events written to Redis but not yet confirmed published (sorted by time)
+  outbox            events written to Redis but not yet confirmed published (sorted by time), and
+                    the erasures' `PersonalDataRemoved`, which only the relay publishes
 
 Every change goes through `apply_many`: read the tickets under WATCH, let a pure decision
 (`shared.decisions`) decide the new state and the events, then write the tickets, append the events
@@ -32,7 +33,7 @@ from redis.typing import EncodableT, FieldT
 
 # The decision types live with the pure code; re-exported for the callers that write them here.
 from shared.decisions import Change, Decision, Outcome, record_appeal
-from shared.events import AppealReceived, Event
+from shared.events import AppealReceived, Event, PersonalDataRemoved
 from shared.privacy import scrub_event, scrub_ticket
 from shared.tickets import Ticket
 
@@ -385,10 +386,24 @@ class TicketStore:
             args += [Ticket.from_appeal(a).model_dump_json(), _event_record(a)]
         return await self.redis.eval(self._CREATE, len(keys), *keys, *args)
 
-    async def remove_personal_data(self, no: str, at: datetime | None = None) -> bool:
+    async def remove_personal_data(
+        self, no: str, at: datetime | None = None, *, announce_caller: str | None = None
+    ) -> bool:
         """Scrub a ticket and its history (`shared.privacy.scrub_event`) and mark the ticket with
-        `at`, so that every later write keeps it scrubbed. False: the ticket is not in Redis."""
+        `at`, so that every later write keeps it scrubbed. False: the ticket is not in Redis.
+
+        `announce_caller` (an erasure on request: the caller's hashed id): the same MULTI appends a
+        `PersonalDataRemoved` to the history and the outbox, and the outbox relay publishes it, so
+        the services that keep their own keys linking the caller to the ticket drop them (none of
+        them may be reached into from here). The erasure's process needs no publisher, and the fact
+        cannot be lost between the scrub and a publish. Not for a ticket Redis no longer has: its
+        other keys have expired as well."""
         at = at or datetime.now(UTC)
+        announced = (
+            PersonalDataRemoved(ticket_no=no, caller_id=announce_caller, occurred_at=at)
+            if announce_caller
+            else None
+        )
         for _ in range(self.max_retries):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
@@ -407,6 +422,11 @@ class TicketStore:
                             history_key(no),
                             *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
                         )
+                    if raw and announced is not None:
+                        # After the scrubbed history: this copy keeps the hash until the relay has
+                        # sent it, and then scrubs the history again (`shared.bus.relay_outbox`).
+                        pipe.rpush(history_key(no), _event_record(announced))
+                        pipe.zadd(self.OUTBOX, {_outbox_member(announced): time.time()})
                     await pipe.execute()
                     return bool(raw)
                 except WatchError:

@@ -17,6 +17,7 @@ TICKET_ASSIGNED = "ticket.assigned"
 TICKET_UPDATED = "ticket.updated"
 SURVEY_SENT = "survey.sent"
 SURVEY_ANSWERED = "survey.answered"
+PERSONAL_DATA_REMOVED = "ticket.personal_data_removed"
 
 EVENT_TYPES: dict[str, type[ev.Event]] = {
     APPEAL_RECEIVED: ev.AppealReceived,
@@ -26,6 +27,7 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
     TICKET_UPDATED: ev.TicketUpdated,
     SURVEY_SENT: ev.SurveySent,
     SURVEY_ANSWERED: ev.SurveyAnswered,
+    PERSONAL_DATA_REMOVED: ev.PersonalDataRemoved,
 }
 
 

@@ -669,3 +669,74 @@ async def test_a_resolution_read_again_gives_the_surveys_end_again_and_sends_not
     assert [e.event_id for e in again] == [first[0].event_id, answered.event_id]
     assert again[1].model_dump() == answered.model_dump()
     assert len(await kit.sent(phone, "survey")) == 1
+
+
+async def test_an_erased_tickets_messages_and_surveys_are_forgotten(make_kit, redis):
+    """The handler of `PersonalDataRemoved`: the erased tickets' message states and surveys go, with
+    their places in the phone's keys; an open one ends as opted out (the ticket must still close).
+    The same resident's other ticket keeps its records."""
+    from services.notifier.app import Handlers
+    from services.notifier.scorecard import Scorecard
+    from services.notifier.scoring import Weights
+    from services.notifier.states import state_key, ticket_records_key
+    from shared.events import PersonalDataRemoved
+    from tests.cities import demo_city
+
+    kit = make_kit()
+    handlers = Handlers(kit.notifier, Scorecard(redis, demo_city(), SH, Weights()))
+    phone = new_phone()
+    answered, first = await resolved_ticket(kit, phone)  # its survey is answered before the erasure
+    other, second = await resolved_ticket(kit, phone)  # not erased
+    still_open, third = await resolved_ticket(kit, phone)  # its survey is open at the erasure
+    appeal = AppealReceived(ticket_no=answered.ticket_no, channel="hotline", text="路灯坏了")
+    assert await kit.notifier.acknowledge(appeal, answered.ticket_no, phone) == "sent"
+    await kit.notifier.start_surveys([first])
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1"), SurveyAnswer)  # closes the first
+    await kit.notifier.start_surveys([second, third])  # both open
+    assert await redis.get(f"survey:last:{phone}") == first.event_id.encode()
+    sent = {(m["ticket_no"], m["kind"]): m["message_id"] for m in await kit.sent(phone)}
+    erased_messages = [sent[answered.ticket_no, "ack"], sent[answered.ticket_no, "survey"]]
+    erased_messages.append(sent[still_open.ticket_no, "survey"])
+
+    cid = caller_id(phone)
+    notices = [PersonalDataRemoved(ticket_no=t.ticket_no, caller_id=cid) for t in (answered, still_open)]
+    await handlers.erased(notices)
+    await handlers.erased(notices)  # redelivered: nothing left, nothing fails
+
+    for message_id in erased_messages:
+        assert await redis.exists(state_key(message_id)) == 0
+    for survey in (first, third):
+        sid = survey.event_id
+        assert await redis.exists(f"survey:{sid}", f"survey:answer:{sid}") == 0
+        assert await redis.zscore(f"survey:open:{phone}", sid) is None
+    assert await redis.exists(f"survey:last:{phone}") == 0
+    jobs = [m.decode() for m in await redis.zrange(kit.notifier.jobs.key, 0, -1)]
+    assert [j for j in jobs if third.event_id in j] == []  # no reminder, no timeout
+    assert [j for j in jobs if second.event_id in j] != []
+    assert [a.outcome for a in kit.answers(still_open.ticket_no)] == ["opted_out"]
+    assert await redis.exists(*(ticket_records_key(t.ticket_no) for t in (answered, still_open))) == 0
+    # The other ticket of the same resident keeps its survey and its message.
+    assert await redis.zscore(f"survey:open:{phone}", second.event_id) is not None
+    assert await kit.notifier.surveys.get(second.event_id) is not None
+    assert await redis.exists(state_key(sent[other.ticket_no, "survey"])) == 1
+    assert await redis.smembers(ticket_records_key(other.ticket_no)) == {
+        f"survey:{second.event_id}".encode(),
+        state_key(sent[other.ticket_no, "survey"]).encode(),
+    }
+
+
+async def test_a_message_held_for_an_erased_ticket_is_not_sent(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    kit = make_kit()
+    phone = new_phone()
+    held = AppealReceived(
+        ticket_no=f"20261123-{random.randint(100000, 999999)}", channel="hotline", text="路灯坏了"
+    )
+    kept = AppealReceived(
+        ticket_no=f"20261123-{random.randint(100000, 999999)}", channel="hotline", text="井盖丢了"
+    )
+    assert await kit.notifier.acknowledge(held, held.ticket_no, phone) == "held"
+    assert await kit.notifier.acknowledge(kept, kept.ticket_no, phone) == "held"
+    await kit.notifier.forget([held.ticket_no])
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 2  # both jobs taken
+    assert [m["ticket_no"] for m in await kit.sent(phone)] == [kept.ticket_no]

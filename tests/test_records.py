@@ -21,6 +21,7 @@ from openpyxl import load_workbook
 from psycopg.rows import dict_row
 
 from services.classifier.grid import grid_match
+from services.intake import keys
 from services.launcher import Launcher
 from services.records import db
 from services.records.app import until_available
@@ -284,7 +285,12 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
     assert "王小明" in await searched_text(pool, no)
     retention = Retention(pool, TicketStore(redis), settings)
     subject = caller_id(phone)
+    assert await redis.sismember(keys.caller_index(subject), no)  # intake's duplicate index has it
     assert await retention.erase_caller(subject, actor="0231", reason="居民申请") == [no]
+    # Announced: written into the ticket's history (and the outbox) for the router's relay to send.
+    history = await TicketStore(redis).history(no)
+    [notice] = [h for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED]
+    assert notice["caller_id"] in (subject, None)  # None: relayed, then scrubbed, already
     assert "王小明" not in await searched_text(pool, no)  # search finds the name no more
     r = await row(pool, no)
     assert r is not None
@@ -302,6 +308,31 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
         assert all("王小明" not in e["p"] for e in await cur.fetchall())
+
+    # The notice reaches the services: intake drops the ticket from the caller's index, the record
+    # keeps the notice without the caller's hash (the ticket is erased), and the relay that sent it
+    # scrubbed its copy in the history.
+    async def notice_recorded() -> list:
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic = %s",
+                (no, topics.PERSONAL_DATA_REMOVED),
+            )
+            return await cur.fetchall()
+
+    [recorded] = await eventually(notice_recorded, timeout=60, interval=0.5)
+    assert recorded["payload"]["caller_id"] is None
+
+    async def unindexed() -> bool:
+        return not await redis.sismember(keys.caller_index(subject), no)
+
+    await eventually(unindexed, timeout=60, interval=0.5)
+
+    async def scrubbed_in_history() -> bool:
+        history = await TicketStore(redis).history(no)
+        return [h["caller_id"] for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED] == [None]
+
+    await eventually(scrubbed_in_history, timeout=60, interval=0.5)
 
 
 async def test_postgres_down_search_503_appeals_taken_projection_catches_up(settings, tmp_path, system_city):
@@ -610,6 +641,7 @@ async def test_an_appeal_erased_while_it_is_routed_stays_erased_in_the_ticket_st
     history = await redis.lrange(f"t:{no}:h", 0, -1)
     assert [json.loads(h)["topic"] for h in history] == [
         topics.APPEAL_RECEIVED,
+        topics.PERSONAL_DATA_REMOVED,  # the erasure's notice, for the outbox relay to send
         topics.APPEAL_CLASSIFIED,
         topics.TICKET_ASSIGNED,
     ]

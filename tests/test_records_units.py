@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.records.projection import fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket
 from services.records.query import build
 from shared.errors import DomainError
 from shared.events import (
@@ -23,6 +23,7 @@ from shared.events import (
     GridMatch,
     MeetingConvened,
     MeetingUpdated,
+    PersonalDataRemoved,
     Returned,
     SurveyAnswered,
     TicketAssigned,
@@ -194,6 +195,28 @@ def test_scrubbing_keeps_the_statistics_and_removes_the_person():
     assert original is not None
     for kept in ("category", "street", "department", "rating", "solved", "accepted_on_time", "closed_at"):
         assert scrubbed[kept] == original[kept]
+
+
+def test_an_erasure_notice_is_counted_and_changes_nothing_else():
+    """Recorded as it comes (scrubbed: its ticket is erased), folded live and when refolded alike."""
+    events = [scrub_event(e) for e in life()]
+    notice = scrub_event(
+        dump(
+            PersonalDataRemoved(
+                ticket_no="20261102-000001", caller_id="abc", occurred_at=T0 + timedelta(hours=2)
+            )
+        )
+    )
+    assert notice["topic"] in TICKET_TOPICS  # a refold reads it back with the ticket's other events
+    before, after = fold_ticket(events, STREETS), fold_ticket([*events, notice], STREETS)
+    assert before is not None
+    assert after is not None
+    assert after["events"] == before["events"] + 1
+    assert after["updated_at"] == T0 + timedelta(hours=2)
+    assert {k: v for k, v in after.items() if k not in ("events", "updated_at")} == {
+        k: v for k, v in before.items() if k not in ("events", "updated_at")
+    }
+    assert fold_ticket([notice], STREETS, start=before) == after  # the live fold: onto the row
 
 
 def test_scrubbed_returns_and_extensions_fold_to_the_same_figures():

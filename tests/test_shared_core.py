@@ -40,6 +40,7 @@ from shared.events import (
     GridMatch,
     MeetingConvened,
     MeetingUpdated,
+    PersonalDataRemoved,
     Returned,
     SurveyAnswered,
     SurveySent,
@@ -439,6 +440,7 @@ def one_of_each(no: str) -> list[Event]:
             ticket_no=no, survey_id="s1", masked_phone=mask_phone(PHONE), message_id="m1", text=f"{NAME}您好"
         ),
         SurveyAnswered(ticket_no=no, survey_id="s1", rating=1, text=f"满意，我是{NAME}"),
+        PersonalDataRemoved(ticket_no=no, caller_id=caller_id(PHONE)),
     ]
 
 
@@ -454,8 +456,64 @@ def test_a_scrubbed_event_keeps_its_shape_and_loses_the_person():
             topics.EVENT_TYPES[e.topic].model_validate(scrubbed)
         except ValidationError:
             unparsed.append(e.topic)
-    # A located event's place is all it carries: blanked, it is no event any more.
-    assert unparsed == ["appeal.located"]
+    # A located event's place is all it carries, and an erasure's notice its caller: blanked, they
+    # are no events any more.
+    assert unparsed == ["appeal.located", "ticket.personal_data_removed"]
+
+
+def test_an_erasure_notice_is_a_registered_event_that_reads_back():
+    notice = PersonalDataRemoved(ticket_no="20261123-777210", caller_id=caller_id(PHONE))
+    assert topics.EVENT_TYPES[notice.topic] is PersonalDataRemoved
+    assert topics.dlq(notice.topic) in topics.ALL_TOPICS  # created by ensure_topics, with its twin
+    assert PersonalDataRemoved.from_json(notice.to_bytes()) == notice
+    assert set(notice.model_dump()) == {
+        "event_id",
+        "version",
+        "occurred_at",
+        "ticket_no",
+        "caused_by",
+        "caller_id",
+    }
+
+
+async def test_an_erasure_on_request_is_announced_through_the_outbox(redis):
+    store = TicketStore(redis)
+    store.OUTBOX = f"outbox:test-{uuid.uuid4().hex}"  # the relay below takes only this test's entries
+    no, quiet, gone = "20261123-777211", "20261123-777212", "20261123-777213"
+    appeal = personal_appeal(no)
+    await store.create_many([appeal, personal_appeal(quiet)])
+    at = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
+    cid = caller_id(PHONE)
+    assert await store.remove_personal_data(no, at, announce_caller=cid)
+    assert await store.remove_personal_data(quiet, at)  # retention's removal: nothing announced
+    assert not await store.remove_personal_data(gone, at, announce_caller=cid)  # not in Redis
+
+    history = await store.history(no)
+    assert [h["topic"] for h in history] == ["appeal.received", topics.PERSONAL_DATA_REMOVED]
+    assert leaks(json.dumps(history[0], ensure_ascii=False)) == []  # the rest is scrubbed first
+    notice = history[-1]
+    assert notice["caller_id"] == cid
+    assert notice["ticket_no"] == no
+    assert [h["topic"] for h in await store.history(quiet)] == ["appeal.received"]
+    assert await redis.exists(f"t:{gone}:h") == 0
+    members = [m.decode() for m in await redis.zrange(store.OUTBOX, 0, -1)]
+    assert members == [f"{topics.PERSONAL_DATA_REMOVED}\t{no}\t{notice['event_id']}"]
+
+    broker = Broker()
+    assert await relay_outbox(broker, store, older_than_seconds=0) == 1  # type: ignore[arg-type]
+    [(topic, body)] = broker.sent
+    assert topic == topics.PERSONAL_DATA_REMOVED
+    assert PersonalDataRemoved.model_validate(body) == PersonalDataRemoved(
+        event_id=notice["event_id"], ticket_no=no, caller_id=cid, occurred_at=at
+    )
+    assert await redis.zcard(store.OUTBOX) == 0
+    # Sent, the notice's copy loses the hash too: nothing in Redis links the ticket to the caller.
+    history = await store.history(no)
+    assert [h["event_id"] for h in history][-1] == notice["event_id"]
+    assert leaks(json.dumps(history, ensure_ascii=False)) == []
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at == at  # the erasure's mark, not the relay's time
 
 
 def test_a_decision_cannot_bring_personal_data_back_onto_an_erased_ticket():

@@ -35,6 +35,7 @@ TOPIC_NAMES = {
     "ticket.assigned": "派单",
     "survey.sent": "回访短信已发送",
     "survey.answered": "市民回复回访",
+    "ticket.personal_data_removed": "个人信息已按居民申请删除",
     "meeting.convened": "召开联席会议",
     "meeting.updated": "联席会议进展",
 }

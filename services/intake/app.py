@@ -1,6 +1,7 @@
 """The intake worker: keeps the duplicate index that operators consult before submitting
 (`keys.caller_index`: a caller's open tickets; `keys.grid_index`: a grid's tickets of the last
-7 days, scored by time).
+7 days, scored by time), and drops a ticket from the caller's keys when its resident's personal
+data is erased.
 
 The HTTP side of intake (views.py) numbers and publishes; this worker follows the events."""
 
@@ -14,7 +15,7 @@ from redis.asyncio import Redis
 from services.intake import keys
 from services.intake.duplicates import DUPLICATE_WINDOW_SECONDS
 from services.intake.service import CALLER_INDEX_TTL
-from shared.events import AppealClassified, AppealReceived, TicketUpdated
+from shared.events import AppealClassified, AppealReceived, PersonalDataRemoved, TicketUpdated
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -39,6 +40,17 @@ end
 return #KEYS
 """
 
+# A ticket whose resident had their personal data erased: its caller no longer leads to it (the
+# operator's duplicate preview would show an erased resident their erased tickets). KEYS: per ticket
+# its caller's index, then the caller's last WeChat ticket; ARGV: per ticket its number.
+_FORGET = """
+for i = 1, #ARGV do
+  redis.call('SREM', KEYS[2 * i - 1], ARGV[i])
+  if redis.call('GET', KEYS[2 * i]) == ARGV[i] then redis.call('DEL', KEYS[2 * i]) end
+end
+return #ARGV
+"""
+
 
 class DuplicateIndex:
     """The worker's handlers, one per event it follows. Every one is idempotent (set and sorted-set
@@ -49,6 +61,7 @@ class DuplicateIndex:
         self.store = store
         self._index_callers = redis.register_script(_INDEX_CALLERS)
         self._index_grids = redis.register_script(_INDEX_GRIDS)
+        self._forget = redis.register_script(_FORGET)
 
     async def received(self, appeals: list[AppealReceived]) -> None:
         """A caller's new tickets join their open-ticket index."""
@@ -80,12 +93,30 @@ class DuplicateIndex:
                 p.srem(keys.caller_index(cid), ticket_no)
             await p.execute()
 
+    async def erased(self, removed: list[PersonalDataRemoved]) -> None:
+        """A ticket erased on its resident's request leaves the caller's open-ticket index, and is
+        no longer the WeChat ticket a location message would complete. (The grid index keeps it:
+        a ticket number there says nothing of who called.)"""
+        if not removed:
+            return
+        await self._forget(
+            keys=[
+                k for r in removed for k in (keys.caller_index(r.caller_id), keys.wechat_last(r.caller_id))
+            ],
+            args=[r.ticket_no for r in removed],
+        )
+
 
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_intake)
     index = DuplicateIndex(rt.redis, rt.store)
     rt.subscribe_each(
-        {AppealReceived: index.received, AppealClassified: index.classified, TicketUpdated: index.updated}
+        {
+            AppealReceived: index.received,
+            AppealClassified: index.classified,
+            TicketUpdated: index.updated,
+            PersonalDataRemoved: index.erased,
+        }
     )
     return app

@@ -1,13 +1,15 @@
 """Every Redis key intake owns, built in one place: the worker, the API views, the preview and the
 tests import these instead of spelling the keys themselves.
 
-  dup:caller:{caller_id}    open ticket numbers of a caller (added on receipt, removed on close)
+  dup:caller:{caller_id}    open ticket numbers of a caller (added on receipt, removed on close, or
+                            when the resident's personal data is erased from the ticket)
   dup:grid:{grid}           ticket numbers per grid, scored by time (last 7 days kept)
   idem:{key}                an idempotency key's claim, then its ticket number
   rl:{scope}:{who}:{slot}   a rate-limit window's counter
   intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
   wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
   wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete
+                            (removed when that ticket's personal data is erased)
   wx:nonce:{ts}:{nonce}     the hash of the plaintext push that came with this signed nonce
 
 The contact record (`contact:{caller_id}`) belongs to the ticket store: `shared.store.contact_key`.

@@ -1,6 +1,7 @@
 """The notifier worker: acknowledgements, progress and supervision messages, the callback survey after
-resolution, the scheduled jobs (held messages, survey reminders and timeouts), and the scorecard's
-counters (the three rates)."""
+resolution, the scheduled jobs (held messages, survey reminders and timeouts), the scorecard's
+counters (the three rates), and forgetting a ticket's messages and surveys when its resident's
+personal data is erased."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.notifier.texts import until_date
 from shared.bus import publish
-from shared.events import AppealReceived, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.events import (
+    AppealReceived,
+    PersonalDataRemoved,
+    SurveyAnswered,
+    TicketAssigned,
+    TicketUpdated,
+)
 from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 
@@ -36,6 +43,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
             TicketAssigned: handlers.assignments,
             TicketUpdated: handlers.updates,
             SurveyAnswered: handlers.answers,
+            PersonalDataRemoved: handlers.erased,
         }
     )
 
@@ -99,6 +107,11 @@ class Handlers:
 
     async def answers(self, answers: list[SurveyAnswered]) -> None:
         await self.scorecard.record([a for a in answers if a.outcome != "comment"])
+
+    async def erased(self, removed: list[PersonalDataRemoved]) -> None:
+        """Tickets whose resident had their personal data erased: their messages' records and
+        surveys go (an open survey ends as opted out)."""
+        await self.notifier.forget([r.ticket_no for r in removed])
 
     def _local_date(self, value: object) -> str:
         return until_date(value, self.notifier.policy.tz)

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from services.notifier.gateway import PermanentSmsError, SmsError, SmsGateway, SmsMessage
 from services.notifier.jobs import RETRY_LATER, JobQueue, SendJob
 from services.notifier.policy import Policy
-from services.notifier.states import STATE_TTL, state_record
+from services.notifier.states import STATE_TTL, about_resident, state_record, ticket_records_key
 from shared.events import now_utc
 from shared.metrics import SMS_SENT
 
@@ -98,16 +98,25 @@ def lease_key(event_id: str, kind: str) -> str:
     return f"sms:sending:{event_id}:{kind}"
 
 
-# The states of a dispatched batch, and the day's count of each phone sent to, in one command.
-# KEYS: the day's count hash, then per message its state key. ARGV: state ttl, count ttl, then per
-# message: its state record and the phone to count ('' when it was not sent).
+# The states of a dispatched batch, the day's count of each phone sent to, and each resident's
+# message under its ticket (`states.ticket_records_key`, what an erasure finds), in one command.
+# KEYS: the day's count hash, then per message its state key, then the tickets' indexes. ARGV: state
+# ttl, count ttl, the number of messages, then per message: its state record, the phone to count
+# ('' when it was not sent), and the position of its ticket's index among those keys (0: none).
 _RECORD_STATES = """
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2 * i - 1], 'EX', ARGV[1])
-  if ARGV[2 * i] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[2 * i], 1) end
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  local state, a = KEYS[1 + i], 1 + 3 * i
+  redis.call('SET', state, ARGV[a], 'EX', ARGV[1])
+  if ARGV[a + 1] ~= '' then redis.call('HINCRBY', KEYS[1], ARGV[a + 1], 1) end
+  local k = tonumber(ARGV[a + 2])
+  if k > 0 then
+    redis.call('SADD', KEYS[1 + n + k], state)
+    redis.call('EXPIRE', KEYS[1 + n + k], ARGV[1])
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return #KEYS - 1
+return n
 """
 
 
@@ -238,14 +247,27 @@ class Dispatcher:
                     written.append((key, record, m.phone))
                     SMS_SENT.labels(kind=m.kind).inc()
                     results.append("sent")
+            indexes: dict[str, int] = {}  # a ticket's index key -> its position (from 1)
+            slots = [
+                indexes.setdefault(ticket_records_key(m.ticket_no), len(indexes) + 1)
+                if m.ticket_no and about_resident(m)
+                else 0
+                for m in messages
+            ]
             p.eval(
                 _RECORD_STATES,
-                1 + len(written),
+                1 + len(written) + len(indexes),
                 count_key,
                 *(key for key, _, _ in written),
+                *indexes,
                 STATE_TTL,
                 COUNT_TTL,
-                *(v for _, record, phone in written for v in (record, phone)),
+                len(written),
+                *(
+                    v
+                    for (_, record, phone), slot in zip(written, slots, strict=True)
+                    for v in (record, phone, slot)
+                ),
             )
             if claims:
                 p.eval(

@@ -5,7 +5,9 @@ It wires four parts, each with its own Redis keys (listed at the top of each mod
     through the gateway (sms:done, sms:sending, sms:count);
   - `jobs.JobQueue`: the scheduled jobs (held messages, survey reminders and timeouts), claimed
     with ZREM so two notifiers never run one twice (sms:due);
-  - `states.MessageStates`: each message's state and the provider's delivery receipts (sms:msg);
+  - `states.MessageStates`: each message's state and the provider's delivery receipts (sms:msg),
+    and the index of a ticket's records that reach its resident (sms:ticket), which `forget` uses
+    when the resident's personal data is erased;
   - `surveys.SurveyBook`: the callback survey, replies, reminders, timeouts, opt-outs (survey:*,
     sms:optout).
 What is left here reads the callers' contacts and composes the acknowledgement, progress and
@@ -25,7 +27,7 @@ from services.notifier.dispatch import Dispatcher, SendResult
 from services.notifier.gateway import SmsGateway, SmsMessage, make_gateway
 from services.notifier.jobs import DUE, Job, JobQueue, SendJob
 from services.notifier.policy import Policy, QuietHours
-from services.notifier.states import MessageStates
+from services.notifier.states import MessageStates, about_resident, state_key, ticket_records_key
 from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook
 from services.notifier.texts import Texts, load_texts, month_day_time
 from shared.city import City
@@ -101,6 +103,10 @@ class Notifier:
     async def _run(self, job: Job, now: datetime) -> None:
         if isinstance(job, SendJob):
             message = job.message
+            if about_resident(message) and not await self.redis.exists(state_key(message.message_id)):
+                # Its state was written with the job: gone, the resident's data was erased since
+                # (`forget`), and the message must not reach them.
+                return
             if message.kind in SURVEY_KINDS and await self.surveys.opted_out(message.phone):
                 await self.states.set(message, "cancelled", reason="opted out while it was held")
                 return
@@ -109,6 +115,27 @@ class Notifier:
             await self.surveys.remind(job.survey_id, now)
         else:
             await self.surveys.expire(job.survey_id, now)
+
+    # --- erasure ------------------------------------------------------------------------------
+
+    async def forget(self, ticket_nos: Sequence[str], now: datetime | None = None) -> int:
+        """The residents of these tickets had their personal data erased: what the notifier keeps
+        about their messages and surveys for those tickets goes (found by `ticket_records_key`).
+        A held message is then not sent (`_run` finds no state). Returns how many records went."""
+        if not ticket_nos:
+            return 0
+        indexes = [ticket_records_key(no) for no in dict.fromkeys(ticket_nos)]
+        async with self.redis.pipeline(transaction=False) as p:
+            for key in indexes:
+                p.smembers(key)
+            members = await p.execute()
+        records = sorted({m.decode() if isinstance(m, bytes) else m for found in members for m in found})
+        surveys = await self.surveys.forget(
+            [r for r in records if not r.startswith("sms:")], now or self.clock()
+        )
+        states = [r for r in records if r.startswith("sms:")]
+        await self.redis.delete(*states, *indexes)
+        return len(states) + len(surveys)
 
     # --- messages about tickets ---------------------------------------------------------------
 

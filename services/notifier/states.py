@@ -2,6 +2,9 @@
 
   sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone, and what the state adds
                          (until, error, provider_id, sent_at, receipt_error, reason); 30 days
+  sms:ticket:{no}        the keys of a ticket's records that reach its resident: its messages'
+                         states (not the supervisors') and its surveys (`survey:{id}`), added where
+                         they are written; 30 days from the last. What an erasure removes.
 
 States: held (quiet hours or the daily cap), sent, retrying (the provider was down), failed (the
 provider refused it), cancelled (a held survey message after an opt-out), then delivered or
@@ -24,6 +27,16 @@ MessageState = Literal["held", "sent", "retrying", "failed", "cancelled", "deliv
 
 def state_key(message_id: str) -> str:
     return f"sms:msg:{message_id}"
+
+
+def ticket_records_key(ticket_no: str) -> str:
+    return f"sms:ticket:{ticket_no}"
+
+
+def about_resident(message: SmsMessage) -> bool:
+    """A message to the resident about their ticket (indexed under it, see `ticket_records_key`);
+    a supervisor's notice names the ticket but reaches staff."""
+    return bool(message.ticket_no) and message.kind != "supervision"
 
 
 def state_record(message: SmsMessage, state: MessageState, **extra: str) -> tuple[str, str]:

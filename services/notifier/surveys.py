@@ -6,6 +6,8 @@ timeouts, and opt-outs.
   survey:last:{phone}    the phone's last closed survey, for 72 hours: later replies are comments on it
   survey:answer:{id}     the event that closed the survey (JSON), 30 days: given again when the
                          resolution is read again (after the broker lost it before the router did)
+  sms:ticket:{no}        also lists the ticket's surveys (`services.notifier.states`): an erasure
+                         removes them by ticket (`forget`)
   sms:optout             phones that sent TD / 退订: no more surveys
 
 Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
@@ -23,7 +25,8 @@ from typing import Any, cast
 
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import SmsMessage
-from services.notifier.jobs import SurveyJob
+from services.notifier.jobs import SurveyJob, encode
+from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
     OptedOut,
     SmsReply,
@@ -100,12 +103,15 @@ class SurveyBook:
         text = self.texts.render("survey", ticket_no=no, note=note, question=self.texts.question)
         message = SmsMessage(phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"))
         created = await self.redis.set(
-            f"survey:{survey.survey_id}", survey.model_dump_json(), nx=True, ex=SURVEY_TTL
+            _survey_key(survey.survey_id), survey.model_dump_json(), nx=True, ex=SURVEY_TTL
         )
         if created:
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(f"survey:open:{phone}", {survey.survey_id: now.timestamp()})
                 p.expire(f"survey:open:{phone}", SURVEY_TTL)
+                # Found by its ticket when the resident's personal data is erased (`forget`).
+                p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
+                p.expire(ticket_records_key(no), SURVEY_TTL)
                 self.jobs.add_into(
                     p,
                     {
@@ -226,8 +232,45 @@ class SurveyBook:
 
     async def get(self, survey_id: str | bytes) -> Survey | None:
         sid = survey_id.decode() if isinstance(survey_id, bytes) else survey_id
-        raw = await self.redis.get(f"survey:{sid}")
+        raw = await self.redis.get(_survey_key(sid))
         return Survey.model_validate_json(raw) if raw else None
+
+    # --- erasure ------------------------------------------------------------------------------
+
+    async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
+        """The resident's personal data was erased from these surveys' tickets: a survey still open
+        ends as opted out (no one may ask them any more, and the ticket must still close), then
+        the surveys, their answers and their places in the phone's keys go, with their reminder
+        and timeout. Returns the keys of those that were still stored."""
+        if not survey_keys:
+            return []
+        stored = [
+            Survey.model_validate_json(raw) for raw in await self.redis.mget(survey_keys) if raw is not None
+        ]
+        if not stored:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for survey in stored:
+                p.zscore(f"survey:open:{survey.phone}", survey.survey_id)
+            still_open = [s for s, score in zip(stored, await p.execute(), strict=True) if score is not None]
+        for survey in still_open:  # rare: erased between the resolution and the answer
+            await self._close(
+                survey, "opted_out", "", now, event_id=derived_id(survey.survey_id, "opted_out")
+            )
+        async with self.redis.pipeline(transaction=True) as p:
+            for survey in stored:
+                sid = survey.survey_id
+                p.delete(_survey_key(sid), _answer_key(sid))
+                p.zrem(f"survey:open:{survey.phone}", sid)
+                p.zrem(self.jobs.key, *(encode(SurveyJob(a, sid)) for a in ("remind", "close")))
+            p.eval(
+                _FORGET_LAST,
+                len(stored),
+                *(f"survey:last:{s.phone}" for s in stored),
+                *(s.survey_id for s in stored),
+            )
+            await p.execute()
+        return [_survey_key(s.survey_id) for s in stored]
 
     async def _close(
         self,
@@ -278,6 +321,20 @@ class SurveyBook:
             **_groups(survey),
         )
         await self.publish([comment])
+
+
+# A phone's last closed survey, if it is one of those erased. KEYS: per survey its phone's key;
+# ARGV: per survey its id.
+_FORGET_LAST = """
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then redis.call('DEL', KEYS[i]) end
+end
+return #KEYS
+"""
+
+
+def _survey_key(survey_id: str) -> str:
+    return f"survey:{survey_id}"
 
 
 def _answer_key(survey_id: str) -> str:

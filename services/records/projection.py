@@ -29,6 +29,9 @@ TOPIC_ORDER = {
     "survey.answered": 6,
     "meeting.convened": 7,  # meeting events: only from stored events of older versions
     "meeting.updated": 8,
+    # An erasure's notice: recorded and counted among the ticket's events (the live fold and a
+    # rebuild must agree), nothing else; the erasure itself changed the row.
+    "ticket.personal_data_removed": 9,
 }
 TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
 

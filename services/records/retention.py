@@ -117,9 +117,11 @@ class Retention:
         await self.scrub(nos)
         # The same removal in Redis, where the ticket still is (the working set). The ticket keeps
         # the mark, so a write that was on its way (the router's assignment) stays scrubbed too.
+        # Each ticket erased there is announced (`PersonalDataRemoved`, via the outbox): intake and
+        # the notifier drop their own keys linking the caller to it.
         now = datetime.now(UTC)
         for no in nos:
-            await self.store.remove_personal_data(no, now)
+            await self.store.remove_personal_data(no, now, announce_caller=caller_id)
         await self.store.redis.delete(f"contact:{caller_id}")
         return nos
 

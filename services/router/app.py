@@ -207,9 +207,10 @@ class RouterHandlers:
         return len(due)
 
     async def relay(self) -> int:
-        """Publish again the events whose writer died between Redis and Kafka (consumers dedupe)."""
+        """Publish again the events whose writer died between Redis and Kafka (consumers dedupe),
+        and publish the erasures' notices, which only the outbox carries."""
         if n := await self._relay():
-            log.warning("relayed %d unconfirmed event(s) from the outbox", n)
+            log.warning("relayed %d event(s) from the outbox (unconfirmed writes or erasure notices)", n)
         return n
 
 

@@ -511,7 +511,8 @@ async def parse_or_dead_letter(
 async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than_seconds: float = 10) -> int:
     """Publish outbox events whose writer died before confirming them, and the erasures'
     `PersonalDataRemoved` facts, which are written only to the outbox (the erasure runs in the API
-    or the CLI, with no publisher): this relay is their one way out. Returns how many."""
+    or the CLI, with no publisher): this relay is their one way out. Returns how many of the first
+    (a writer that died is worth a warning; an erasure's notice is the relay's ordinary work)."""
     due = await store.due_outbox(older_than_seconds)
     if not due:
         return 0
@@ -529,6 +530,9 @@ async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than
     await store.remove_outbox_entries(list(due))
     # An erasure's notice kept the caller's hash in its ticket's history only to be sent: sent, it
     # is scrubbed like the rest of that history (a few erasures, not every relay, pay for this).
-    for no in dict.fromkeys(e.ticket_no for e in events if isinstance(e, PersonalDataRemoved)):
+    notices = list(dict.fromkeys(e.ticket_no for e in events if isinstance(e, PersonalDataRemoved)))
+    for no in notices:
         await store.remove_personal_data(no)
-    return len(events)
+    if notices:
+        log.info("published the erasure notices of %d ticket(s)", len(notices))
+    return sum(not isinstance(e, PersonalDataRemoved) for e in events)

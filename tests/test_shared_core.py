@@ -500,7 +500,8 @@ async def test_an_erasure_on_request_is_announced_through_the_outbox(redis):
     assert members == [f"{topics.PERSONAL_DATA_REMOVED}\t{no}\t{notice['event_id']}"]
 
     broker = Broker()
-    assert await relay_outbox(broker, store, older_than_seconds=0) == 1  # type: ignore[arg-type]
+    # Sent, and not counted: no writer died (the count is what the router warns about).
+    assert await relay_outbox(broker, store, older_than_seconds=0) == 0  # type: ignore[arg-type]
     [(topic, body)] = broker.sent
     assert topic == topics.PERSONAL_DATA_REMOVED
     assert PersonalDataRemoved.model_validate(body) == PersonalDataRemoved(

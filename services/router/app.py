@@ -208,9 +208,10 @@ class RouterHandlers:
 
     async def relay(self) -> int:
         """Publish again the events whose writer died between Redis and Kafka (consumers dedupe),
-        and publish the erasures' notices, which only the outbox carries."""
+        and publish the erasures' notices, which only the outbox carries. Returns how many of the
+        first."""
         if n := await self._relay():
-            log.warning("relayed %d event(s) from the outbox (unconfirmed writes or erasure notices)", n)
+            log.warning("relayed %d unconfirmed event(s) from the outbox", n)
         return n
 
 

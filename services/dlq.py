@@ -3,7 +3,8 @@
 Each `<topic>.dlq` record (written by `shared.bus.dead_letter`) holds the original bytes, the error,
 the consumer group that dead-lettered it and the original partition and offset. After the cause is
 fixed (a producer's bug, a schema the consumers now accept), `replay` publishes the original bytes to
-the original topic again; each replay is remembered in Redis so a second run does not repeat it."""
+the original topic again (without the personal data, if the ticket's was erased meanwhile); each
+replay is remembered in Redis so a second run does not repeat it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Any
 import typer
 
 from shared import topics
+from shared.privacy import scrub_event
 from shared.settings import Settings, get_settings
+from shared.store import ticket_key
 
 dlq_cli = typer.Typer(help="Dead letters: messages no consumer could handle, and their replay.")
 REPLAYED_KEY = "dlq:replayed"  # Redis hash: "<dlq topic>:<partition>:<offset>" -> original topic's new offset
@@ -104,7 +107,17 @@ def replay(
     """Publish dead letters back to their topic (after the cause is fixed); each once unless --again."""
     settings = get_settings()
     result = asyncio.run(_replay(settings, topic, set(ref or ()), again))
-    typer.echo(f"replayed {result['replayed']}, skipped {result['skipped']} already replayed")
+    typer.echo(
+        f"replayed {result['replayed']}, skipped {result['skipped']} already replayed"
+        + (f", {result['scrubbed']} without the personal data erased since" if result["scrubbed"] else "")
+    )
+
+
+async def _erased(redis: Any, ticket_no: str) -> bool:
+    """Whether the ticket is marked as having had its personal data removed (the ticket store's
+    mark; a ticket Redis no longer holds is closed, and the record scrubs what comes for it)."""
+    raw = await redis.get(ticket_key(ticket_no))
+    return bool(raw) and json.loads(raw).get("personal_data_removed_at") is not None
 
 
 async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -> dict[str, int]:
@@ -121,7 +134,7 @@ async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
-    counts = {"replayed": 0, "skipped": 0}
+    counts = {"replayed": 0, "skipped": 0, "scrubbed": 0}
     try:
         done = await redis.hgetall(REPLAYED_KEY)
         for d in chosen:
@@ -130,8 +143,15 @@ async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -
                 continue
             body = str(d.record.get("body", "")).encode()
             key = None
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                key = str(json.loads(body)["ticket_no"]).encode()  # keep one ticket's events in order
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                event = json.loads(body)
+                no = str(event["ticket_no"])
+                key = no.encode()  # keep one ticket's events in order
+                if await _erased(redis, no):
+                    # The resident's data was erased after this was dead-lettered: it goes back
+                    # without it, or the pipeline would write the words back (an appeal's text).
+                    body = json.dumps(scrub_event(event), ensure_ascii=False).encode()
+                    counts["scrubbed"] += 1
             if d.key:
                 # Subscribers that see only bodies claim by their hash: let the replayed copy be claimed.
                 await redis.delete(claim_key(d.key))

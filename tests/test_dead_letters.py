@@ -174,3 +174,33 @@ async def test_the_end_of_a_partition_is_past_its_last_batch(system, settings):
         await producer.stop()
     ends = await ends_of(settings.kafka_bootstrap_servers, [topic])
     assert ends[TopicPartition(topic, last.partition)] >= last.offset + 1
+
+
+async def test_a_dead_letter_of_a_ticket_erased_since_is_replayed_without_the_personal_data(
+    system, settings, redis
+):
+    marker = f"POISON-{uuid.uuid4().hex[:8]}"
+    words = "我叫郑秀英，住幸福里小区5号楼"
+    poison = json.dumps({"ticket_no": marker, "action": "teleported", "note": words}, ensure_ascii=False)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(TOPIC, poison.encode(), key=marker.encode())
+    finally:
+        await producer.stop()
+    await all_groups_past(settings, sent.partition, sent.offset)
+    (letter,) = await letters_with(settings, marker)
+    assert words in letter.record["body"]
+    # The resident's data is erased while the message waits in the dead-letter topic.
+    await redis.set(f"t:{marker}", json.dumps({"personal_data_removed_at": "2026-12-01T06:00:00Z"}))
+
+    replayed = appeals(settings, "replay", TOPIC, "--ref", letter.ref)
+    assert replayed.returncode == 0, replayed.stderr
+    assert "1 without the personal data erased since" in replayed.stdout
+    # Still poison: its replayed copy comes back to the dead-letter topic, as it was published.
+    letters = await eventually(lambda: _at_least(letters_with(settings, marker), 2), timeout=60)
+    (copy_letter,) = [d for d in letters if d.ref != letter.ref]  # (listed by partition, not by time)
+    copy = json.loads(copy_letter.record["body"])
+    assert copy["ticket_no"] == marker
+    assert copy["action"] == "teleported"
+    assert words not in json.dumps(copy, ensure_ascii=False)

@@ -42,7 +42,6 @@ class Retention:
         self.store = store
         self.settings = settings
         self.records = Records(pool, load_city(settings.city_config_dir))
-        self.streets = self.records.streets
 
     async def run(self, now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
         """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
@@ -130,7 +129,6 @@ class Retention:
         if not nos:
             return
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            await Records._lock(cur, nos)  # no worker's fold of the same tickets in between
             await self.records.remove_personal_data(cur, nos)
 
     async def audit(self, action: str, subject: str | None, actor: str, tickets: int, detail: dict) -> None:

@@ -315,10 +315,13 @@ class Records:
         )
 
     async def remove_personal_data(self, cur: AsyncCursor[DictRow], nos: Sequence[str]) -> None:
-        """Scrub these (locked) tickets' stored events, fold their rows and their meetings' again,
-        and mark the rows (the projection scrubs a marked ticket's later events by the mark)."""
+        """Scrub these tickets' stored events, fold their rows and their meetings' again, and mark
+        the rows (the projection scrubs a marked ticket's later events by the mark). Locks the
+        tickets for the transaction, so no fold of them comes in between (a lock the transaction
+        holds already is taken again at no cost)."""
         if not nos:
             return
+        await self._lock(cur, nos)
         await cur.execute(
             "SELECT event_id, ticket_no, topic, payload FROM ticket_events WHERE ticket_no = ANY(%s)",
             (list(nos),),

@@ -134,6 +134,7 @@ class AppealReceived(Event):
     caller: Caller = Caller()
     urgent_flag: bool = False  # the operator marked it urgent
     operator_id: str | None = None
+    photos: tuple[str, ...] = ()  # ids of the photos sent with it (shared.photos), never the bytes
     received_at: datetime = Field(default_factory=now_utc)
 
 
@@ -299,6 +300,7 @@ class TicketUpdated(Event):
     actor: str  # department id, "resident", "system" or an operator id
     department: DepartmentRef | None = None
     note: str = ""  # resolved: the resolution note; returned, reopened: the words given
+    photos: tuple[str, ...] = ()  # resolved: the department's photos of the result (处置照片)
     caller_id: str | None = None  # the caller's salted hash (None: anonymous)
     category: str | None = None
     grid: str | None = None

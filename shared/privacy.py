@@ -135,6 +135,9 @@ _NESTED_TEXT = {
     "data": ("disputed_rule",),
 }
 _CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": None, "caller_id": None}
+# Photos show the place, often the home, sometimes the resident: the erasure deletes the files
+# (shared.photo_store) and the ids go from the events and the ticket.
+_PHOTOS = ("photos", "resolution_photos")
 
 
 def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,6 +149,9 @@ def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
     for key, blank in _CONTACT.items():
         if key in out:
             out[key] = dict(blank) if isinstance(blank, dict) else blank
+    for key in _PHOTOS:
+        if out.get(key):
+            out[key] = []
     for key, fields in _NESTED_TEXT.items():
         payload = out.get(key)
         if isinstance(payload, Mapping) and any(payload.get(f) for f in fields):

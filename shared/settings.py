@@ -113,6 +113,17 @@ class Settings(BaseSettings):
     upload_max_columns: int = Field(50, ge=5)
     upload_parse_seconds: float = Field(60, gt=0)
 
+    # Photos (shared.photos, shared.photo_store). Empty URL: files under DATA_DIR/photos; else
+    # "s3://BUCKET" (an S3-compatible store; the endpoint and keys below, or the usual AWS_*
+    # variables when they are empty).
+    photo_store_url: str = ""
+    photo_s3_endpoint: str = ""  # e.g. http://minio:9000; empty: the cloud's own
+    photo_s3_region: str = "us-east-1"
+    photo_s3_access_key: str = ""
+    photo_s3_secret_key: str = ""
+    photo_max_bytes: int = Field(15 * 1024 * 1024, ge=1024)  # one photo as uploaded (a phone's is 3-8 MB)
+    photo_unattached_hours: float = Field(48, gt=0)  # an upload no ticket took is then deleted
+
     @property
     def open311_keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.open311_api_keys.split(",") if k.strip())

@@ -60,6 +60,7 @@ class Ticket(BaseModel):
     urgent: bool = False
     received_at: datetime
     operator_id: str | None = None
+    photos: tuple[str, ...] = ()  # sent with the appeal (shared.photos ids)
 
     category: str | None = None
     category_names: tuple[str, ...] = ()
@@ -78,6 +79,7 @@ class Ticket(BaseModel):
     accepted_at: datetime | None = None
     resolved_at: datetime | None = None
     resolution_note: str = ""
+    resolution_photos: tuple[str, ...] = ()  # the department's photos of the result
     returns: int = 0
     reopens: int = 0
     # The router's bookkeeping: who returned it, a pending extension request, supervision.
@@ -113,6 +115,7 @@ class Ticket(BaseModel):
             urgent=appeal.urgent_flag,
             received_at=appeal.received_at,
             operator_id=appeal.operator_id,
+            photos=appeal.photos,
             applied=[appeal.event_id],
             updated_at=appeal.occurred_at,
         )

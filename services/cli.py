@@ -642,7 +642,8 @@ def records_retention() -> None:
     done = asyncio.run(_with_records(get_settings(), lambda _rec, _s, retention: retention.run()))
     typer.echo(
         f"{done['left_redis']} closed tickets left Redis; "
-        f"personal data removed from {done['personal_data_removed']} tickets"
+        f"personal data removed from {done['personal_data_removed']} tickets; "
+        f"{done['unattached_photos_deleted']} photos no ticket took deleted"
     )
 
 

@@ -4,6 +4,7 @@ its backends, files and a real S3-compatible server (`rclone serve s3`, from the
 from __future__ import annotations
 
 import io
+import random
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from services.records.retention import Retention
+from services.records.service import Records
 from shared.embedded import free_port
+from shared.events import AppealReceived, DepartmentRef, TicketUpdated
 from shared.photo_store import PENDING, PhotoMissing, PhotoStore, open_store
 from shared.photos import MAX_PER_ITEM, MAX_SIDE, PhotoRefused, checked_ids, prepare
 from shared.settings import Settings
+from shared.store import TicketStore
 
 MB = 1024 * 1024
 
@@ -191,3 +196,89 @@ async def test_a_photo_is_kept_found_and_deleted(store_settings: Settings, redis
     with pytest.raises(PhotoMissing) as e:
         await photos.require([photo.id])
     assert "重新上传" in e.value.message
+
+
+# --- the record: which ticket took which photo, erasure, the sweep of unattached uploads ----------
+
+
+def ticket_no() -> str:
+    return f"20261201-{random.randrange(100_000, 999_999)}"
+
+
+def appeal_with(no: str, photos: tuple[str, ...]) -> AppealReceived:
+    return AppealReceived(ticket_no=no, channel="hotline", text="阳光花园3号楼门口的路灯坏了", photos=photos)
+
+
+def resolved_with(no: str, photos: tuple[str, ...]) -> TicketUpdated:
+    dept = DepartmentRef(id="d1", name="街道办")
+    return TicketUpdated(
+        ticket_no=no,
+        action="resolved",
+        status="resolved",
+        actor="d1",
+        department=dept,
+        note="已修复",
+        on_time=True,
+        photos=photos,
+    )
+
+
+async def test_the_record_keeps_which_ticket_took_which_photo_and_erasure_deletes_the_files(
+    pool, redis, settings: Settings, system_city, tmp_path: Path
+) -> None:
+    photos = PhotoStore(open_store(settings.model_copy(update={"data_dir": tmp_path})), redis)
+    before, after, both = (prepare(jpeg(color=(i, 9, 9)), max_bytes=MB) for i in (10, 20, 30))
+    for p in (before, after, both):
+        await photos.put(p)
+    records = Records(pool, system_city, photos=photos)
+    one, other = ticket_no(), ticket_no()
+    first = appeal_with(one, (before.id, both.id))
+    await records.project_many(
+        [
+            ("appeal.received", first),
+            ("ticket.updated", resolved_with(one, (after.id,))),
+            ("appeal.received", appeal_with(other, (both.id,))),  # the same picture, sent again
+        ]
+    )
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT * FROM tickets WHERE ticket_no = %s", (one,))).fetchone()
+    assert row["photos"] == [before.id, both.id]
+    assert row["resolution_photos"] == [after.id]
+    for p in (before, after, both):
+        assert await redis.zscore(PENDING, p.id) is None  # taken: the sweep leaves them alone
+
+    async with pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        await records.remove_personal_data(cur, [one])
+    assert await photos.get(before.id) is None
+    assert await photos.get(after.id) is None
+    assert await photos.get(both.id) == both.data  # the other ticket still shows it
+    async with pool.connection() as conn:
+        row = await (await conn.execute("SELECT * FROM tickets WHERE ticket_no = %s", (one,))).fetchone()
+    assert row["photos"] == []
+    assert row["resolution_photos"] == []
+
+
+async def test_uploads_no_ticket_took_are_deleted_after_their_time(
+    pool, redis, settings: Settings, tmp_path: Path
+):
+    local = settings.model_copy(update={"data_dir": tmp_path})
+    retention = Retention(pool, TicketStore(redis), local)
+    photos = retention.photos
+    unsent, sent, fresh = (prepare(jpeg(color=(i, 7, 7)), max_bytes=MB) for i in (40, 50, 60))
+    for p in (unsent, sent, fresh):
+        await photos.put(p)
+    # `sent` reached the record, but the worker's note to Redis was lost: the sweep asks the record.
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO ticket_photos (ticket_no, photo_id, event_id) VALUES (%s, %s, 'e')",
+            (ticket_no(), sent.id),
+        )
+    old = time.time() - 3 * 86400
+    await redis.zadd(PENDING, {unsent.id: old, sent.id: old})
+    done = await retention.run()
+    assert done["unattached_photos_deleted"] >= 2
+    assert await photos.get(unsent.id) is None
+    assert await photos.get(sent.id) == sent.data
+    assert await photos.get(fresh.id) == fresh.data  # uploaded just now: the form may still be sent
+    assert await redis.zscore(PENDING, sent.id) is None
+    assert await redis.zscore(PENDING, fresh.id) is not None

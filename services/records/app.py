@@ -32,6 +32,7 @@ from services.records.retention import Retention
 from services.records.service import Records
 from shared import events as ev
 from shared import topics
+from shared.photo_store import PhotoStore
 from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 
@@ -49,7 +50,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_records)
     pool = db.pool(rt.settings.database_url)
-    records = Records(pool, rt.city, rt.store)
+    records = Records(pool, rt.city, rt.store, PhotoStore.from_settings(rt.settings, rt.redis))
     tz = ZoneInfo(rt.settings.timezone)
 
     # One consumer for every topic, one transaction per batch: no two batches of this worker wait

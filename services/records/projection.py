@@ -75,6 +75,7 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "masked_phone": caller.get("masked_phone"),
         "urgent": bool(appeal.get("urgent_flag")),
         "received_at": at(appeal["received_at"]),
+        "photos": list(appeal.get("photos") or ()),
         "category": None,
         "category_names": [],
         "confidence": None,
@@ -94,6 +95,7 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "accepted_on_time": None,
         "resolved_at": None,
         "resolution_note": "",
+        "resolution_photos": [],
         "closed_at": None,
         "returns": 0,
         "reopens": 0,
@@ -193,7 +195,11 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         row["resolve_by"] = at(resolve_by)
         row["overdue"] = row["overdue"] and row["resolve_by"] <= when
     elif action == "resolved":
-        row.update(resolved_at=when, resolution_note=e.get("note", ""))
+        # The photos of the last resolution: a reopened ticket shows what was done before until
+        # it is resolved again.
+        row.update(
+            resolved_at=when, resolution_note=e.get("note", ""), resolution_photos=list(e.get("photos") or ())
+        )
     elif action == "closed":
         answer = _payload(e, "answer")
         row.update(

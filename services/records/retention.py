@@ -19,6 +19,7 @@ from psycopg.types.json import Jsonb
 from services.records.db import Pool
 from services.records.service import Records
 from shared.city import load_city
+from shared.photo_store import PhotoStore
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
 
@@ -41,7 +42,8 @@ class Retention:
         self.pool = pool
         self.store = store
         self.settings = settings
-        self.records = Records(pool, load_city(settings.city_config_dir))
+        self.photos = PhotoStore.from_settings(settings, store.redis)
+        self.records = Records(pool, load_city(settings.city_config_dir), photos=self.photos)
 
     async def run(self, now: datetime | None = None, limit: int = 5000) -> dict[str, int]:
         """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
@@ -56,9 +58,38 @@ class Retention:
             removed += n
             if n < limit:
                 break
-        if left or removed:
-            log.info("retention: %d closed tickets left Redis, personal data removed from %d", left, removed)
-        return {"left_redis": left, "personal_data_removed": removed}
+        swept = 0
+        uploaded_before = now - timedelta(hours=self.settings.photo_unattached_hours)
+        while n := await self.sweep_unattached_photos(uploaded_before, limit):
+            swept += n
+            if n < limit:
+                break
+        if left or removed or swept:
+            log.info(
+                "retention: %d closed tickets left Redis, personal data removed from %d, "
+                "%d photo(s) no ticket took deleted",
+                left,
+                removed,
+                swept,
+            )
+        return {"left_redis": left, "personal_data_removed": removed, "unattached_photos_deleted": swept}
+
+    async def sweep_unattached_photos(self, uploaded_before: datetime, limit: int = 5000) -> int:
+        """One round: photos uploaded before `uploaded_before` that no ticket took (a form left
+        unsent, a photo chosen and removed) are deleted. The record says which were taken: a
+        photo still listed as pending but recorded on a ticket is only taken off the list. Returns
+        how many were looked at."""
+        ids = await self.photos.pending_before(uploaded_before.timestamp(), limit)
+        if not ids:
+            return 0
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT photo_id FROM ticket_photos WHERE photo_id = ANY(%s)", (ids,)
+            )
+            taken = {r["photo_id"] for r in await cur.fetchall()}
+        await self.photos.attached(taken)
+        await self.photos.delete([i for i in ids if i not in taken])
+        return len(ids)
 
     async def evict_closed(self, closed_before: datetime, limit: int = 5000) -> int:
         """One round: up to `limit` tickets closed before `closed_before` leave Redis. Returns how

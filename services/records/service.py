@@ -32,6 +32,7 @@ from services.records.projection import (
 )
 from shared.city import City
 from shared.events import Event
+from shared.photo_store import PhotoStore
 from shared.privacy import scrub_event
 from shared.store import TicketStore, history_key
 from shared.topics import APPEAL_RECEIVED
@@ -53,6 +54,7 @@ TICKET_TYPES = {
     "masked_phone": "text",
     "urgent": "boolean",
     "received_at": "timestamptz",
+    "photos": "text[]",
     "category": "text",
     "category_names": "text[]",
     "confidence": "double precision",
@@ -72,6 +74,7 @@ TICKET_TYPES = {
     "accepted_on_time": "boolean",
     "resolved_at": "timestamptz",
     "resolution_note": "text",
+    "resolution_photos": "text[]",
     "closed_at": "timestamptz",
     "returns": "integer",
     "reopens": "integer",
@@ -193,13 +196,28 @@ async def _each_history(
     return total + await work(store, nos)
 
 
+def photos_of(event: Mapping[str, Any]) -> Sequence[str]:
+    """The photo ids an event brings to its ticket: an appeal's (also inside the classification
+    that carries it) or a resolution's."""
+    photos: Sequence[str] = event.get("photos") or ()
+    if photos:
+        return photos
+    appeal = event.get("appeal")
+    return (appeal.get("photos") or ()) if isinstance(appeal, Mapping) else ()
+
+
 class Records:
-    def __init__(self, pool: Pool, city: City, store: TicketStore | None = None) -> None:
+    def __init__(
+        self, pool: Pool, city: City, store: TicketStore | None = None, photos: PhotoStore | None = None
+    ) -> None:
         """`store`: the ticket store in Redis, where a ticket the record has erased is erased again
-        if it comes back (see `_fold_onto`); the worker passes it, readers of the record need not."""
+        if it comes back (see `_fold_onto`); `photos`: where the tickets' photos are kept, which
+        the removal of personal data deletes. The worker passes both; readers of the record need
+        neither."""
         self.pool = pool
         self.streets = street_index(city)
         self.store = store
+        self.photos = photos
 
     # --- the projection -----------------------------------------------------------------------
 
@@ -216,11 +234,21 @@ class Records:
             inserted = await insert_events(cur, payloads)
             # A replay inserts nothing; an event twice in the batch is inserted, and folded, once.
             fresh = list({p["event_id"]: p for p in payloads if p["event_id"] in inserted}.values())
+            if taken := [(p["ticket_no"], i, p["event_id"]) for p in fresh for i in photos_of(p)]:
+                await cur.executemany(
+                    "INSERT INTO ticket_photos (ticket_no, photo_id, event_id) VALUES (%s, %s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    taken,
+                )
             # Tickets before meetings: every transaction takes its locks in that order.
             if tickets := [p for p in fresh if not p["topic"].startswith("meeting.")]:
                 await self._fold_onto(cur, tickets)
             if meetings := {p.get("meeting_id", "") for p in fresh if p["topic"].startswith("meeting.")}:
                 await self.refold_meetings(cur, meetings)
+        if taken and self.photos is not None:
+            # Recorded (committed): the sweep of unattached uploads leaves these alone. Should this
+            # fail, the sweep still finds them in `ticket_photos` before it deletes anything.
+            await self.photos.attached(i for _, i, _ in taken)
 
     @staticmethod
     async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
@@ -345,9 +373,26 @@ class Records:
             "masked_phone = NULL WHERE ticket_no = ANY(%s)",
             (list(nos),),
         )
+        await self._delete_photos(cur, nos)
         # A meeting's row holds the words of its facts (the explanation, the decision's note),
         # which may repeat the resident's: folded again from the facts just scrubbed.
         await self.refold_meetings(cur, meetings)
+
+    async def _delete_photos(self, cur: AsyncCursor[DictRow], nos: Sequence[str]) -> None:
+        """Delete the files of these tickets' photos, but for a photo another ticket also has (the
+        same picture sent twice is one file). Inside the transaction: if the photo store is away,
+        the removal fails as a whole and is done again, rather than say done with photos left."""
+        await cur.execute(
+            "DELETE FROM ticket_photos WHERE ticket_no = ANY(%s) RETURNING photo_id", (list(nos),)
+        )
+        ids = {r["photo_id"] for r in await cur.fetchall()}
+        if not ids or self.photos is None:
+            return
+        await cur.execute(
+            "SELECT DISTINCT photo_id FROM ticket_photos WHERE photo_id = ANY(%s)", (list(ids),)
+        )
+        shared = {r["photo_id"] for r in await cur.fetchall()}
+        await self.photos.delete(sorted(ids - shared))
 
     async def _refold_tickets(self, cur: AsyncCursor[DictRow], nos: Iterable[str]) -> int:
         nos = sorted(set(nos))

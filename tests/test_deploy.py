@@ -24,7 +24,7 @@ from shared.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 APP_SETTINGS = {name.upper() for name in Settings.model_fields}
-INFRA = {"kafka", "redis", "postgres", "prometheus", "grafana"}
+INFRA = {"kafka", "redis", "postgres", "minio", "minio-init", "prometheus", "grafana"}
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 DEFAULTS = Settings()
 PORTS = {w: getattr(DEFAULTS, f"metrics_port_{w}") for w in WORKERS} | {"api": DEFAULTS.api_port}

@@ -135,6 +135,9 @@ class AppealReceived(Event):
     urgent_flag: bool = False  # the operator marked it urgent
     operator_id: str | None = None
     photos: tuple[str, ...] = ()  # ids of the photos sent with it (shared.photos), never the bytes
+    # The operator answered it on the call (直接答复, e.g. a question the knowledge base answers):
+    # what the resident was told. The router resolves it at once; the survey follows as for any.
+    direct_answer: str = ""
     received_at: datetime = Field(default_factory=now_utc)
 
 
@@ -179,7 +182,7 @@ class TicketAssigned(Event):
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
-    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting"]
+    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting", "answered"]
     rule: str = ""  # which responsibility rule matched, in words
     explanation: str  # why, for a department that disputes it
     category: str

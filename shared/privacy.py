@@ -122,8 +122,8 @@ def is_mobile(phone: str) -> bool:
 REMOVED = "[已删除]"
 # Top-level free text: the appeal's (text, title, address), the resident's (a survey answer's text),
 # staff's (a transition's note, a ticket's resolution note, an assignment's or a meeting's
-# explanation).
-_FREE_TEXT = ("text", "title", "address", "note", "resolution_note", "explanation")
+# explanation, an operator's answer on the call).
+_FREE_TEXT = ("text", "title", "address", "note", "resolution_note", "explanation", "direct_answer")
 # Free text inside a payload: the payload's field, then its free-text fields. `grid.evidence` is
 # what located the appeal (the coordinates, or the road and house number); `data` is the free
 # payload `ticket.updated` carried before version 2 (a return's disputed rule was in it).

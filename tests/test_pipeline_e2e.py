@@ -98,6 +98,34 @@ async def test_appeal_flows_to_a_department_and_closes_on_a_satisfied_reply(api,
     assert [h["topic"] for h in closed["history"]][-2:] == ["survey.answered", "ticket.updated"]
 
 
+async def test_a_call_answered_on_the_spot_is_resolved_and_surveyed_without_a_department(api, redis):
+    phone = f"139{random.randrange(10**8):08d}"
+    answer = "已告知来电人：社保卡补办可携带身份证到任一社保服务网点办理，当场可取"
+    r = await api.post(
+        "/api/v1/appeals",
+        json={
+            "caller_phone": phone,
+            "text": "来电人咨询社保卡丢了怎么补办，需要带什么材料",
+            "direct_answer": answer,
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert "当场答复" in r.json()["message"]
+    no = r.json()["ticket_no"]
+    ticket = await ticket_when(api, no, lambda t: t["status"] in ("resolved", "surveyed"))
+    assert ticket["department"]["id"] == "dispatch_desk"
+    assert ticket["assigned_via"] == "answered"
+    assert ticket["resolution_note"] == answer
+    actions = [h.get("action") for h in ticket["history"] if h["topic"] == "ticket.updated"]
+    assert actions[:2] == ["accepted", "resolved"]
+    survey = (await eventually(lambda: outbox_for(redis, phone, "survey")))[0]
+    assert no in survey["text"]
+    assert await outbox_for(redis, phone, "ack") == []  # the caller has the answer already
+    r = await api.post("/api/v1/appeals", json={"caller_phone": phone, "text": LIGHT, "direct_answer": "好"})
+    assert r.status_code == 422
+    assert r.json()["field"] == "direct_answer"
+
+
 async def test_unsatisfied_reply_reopens_the_ticket(api, redis):
     phone = "13900001111"
     no = await submit(

@@ -12,6 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from services.router import timers, workflow
+from services.router.rules import answered_on_call
+from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
@@ -142,6 +144,31 @@ def test_assignment_explains_the_rule_and_sets_deadlines():
     assert "权责清单" in e.explanation
     assert t.respond_by == T0 + timedelta(hours=24)
     assert assign(CITY, c, t) is None  # the same event twice changes nothing
+
+
+def test_a_call_answered_on_the_spot_is_resolved_by_the_desk_at_once():
+    c = classified(CITY, "city.facility.streetlight", confidence=0.3)  # low confidence: no matter
+    answer = "已告知来电人路灯报修可拨打96777，由路灯所在24小时内处理"
+    c = c.model_copy(
+        update={"appeal": c.appeal.model_copy(update={"direct_answer": answer, "operator_id": "op7"})}
+    )
+    due = deadlines(CITY, c.category, False, c.occurred_at, TZ)
+    routing = answered_on_call(CITY, "op7")
+    out = workflow.assign(None, c, routing, due, CITY, tz=TZ)
+    assert out is not None
+    t = out.ticket
+    assert (t.status, t.department.id, t.assigned_via) == (st.RESOLVED, "dispatch_desk", "answered")
+    assert t.resolution_note == answer
+    assigned, accepted, resolved = out.publish
+    assert (assigned.via, assigned.explanation) == ("answered", "话务员op7在来电中当场答复，直接办结")
+    assert (accepted.action, accepted.on_time, accepted.caused_by) == ("accepted", True, assigned.event_id)
+    assert (resolved.action, resolved.note, resolved.caused_by) == ("resolved", answer, accepted.event_id)
+    # The router may see the classification twice: the same events, by id, and then nothing.
+    again = workflow.assign(None, c, routing, due, CITY, tz=TZ)
+    assert again is not None
+    assert [e.event_id for e in again.publish] == [e.event_id for e in out.publish]
+    assert workflow.assign(t, c, routing, due, CITY, tz=TZ) is None
+    assert timers.timers_for(t, CITY.sla.supervision) == []  # done: no clock runs
 
 
 def test_low_confidence_waits_at_the_desk_and_a_person_correction_routes_it():

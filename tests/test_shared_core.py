@@ -765,7 +765,7 @@ def _text_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
 BLANKED = {
     "text", "title", "address", "note", "resolution_note", "explanation", "caller_id", "masked_phone",
     "caller.caller_id", "caller.masked_phone", "grid.evidence", "returned.disputed_rule",
-    "extension.reason", "photos", "resolution_photos",
+    "extension.reason", "photos", "resolution_photos", "direct_answer",
 }  # fmt: skip
 # Text that is no one's words: ids, the city's names from its configuration, codes, versions.
 KEPT = {

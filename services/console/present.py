@@ -47,6 +47,7 @@ VIA_NAMES = {
     "operator": "人工派单",
     "reroute": "退单后改派",
     "meeting": "联席会议确定",
+    "answered": "话务员当场答复",
 }
 
 

@@ -66,12 +66,13 @@ class Submission:
     operator_id: str | None = None
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
+    direct_answer: str = ""  # the operator answered it on the call (直接答复): what was said
 
     def digest(self) -> str:
         """A hash of everything the appeal says, after normalisation: what an idempotency key is
         bound to (the same key with another body is another appeal, not a retry)."""
         fields: list[object] = [self.channel, self.text, self.title, self.address, self.phone, self.name]
-        fields += [self.operator_id, self.urgent, self.wechat_openid]
+        fields += [self.operator_id, self.urgent, self.wechat_openid, self.direct_answer]
         fields += [self.location.lat, self.location.lng] if self.location else [None, None]
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
@@ -106,6 +107,7 @@ class Submission:
             caller=self.caller,
             urgent_flag=self.urgent,
             operator_id=self.operator_id,
+            direct_answer=self.direct_answer,
         )
 
 
@@ -126,6 +128,7 @@ def validate(
     location: GeoPoint | None = None,
     phone_required: bool = False,
     wechat_openid: str | None = None,
+    direct_answer: str = "",
 ) -> Submission:
     text = clean_text(text or "")
     seen = visible_length(text)
@@ -149,6 +152,13 @@ def validate(
     name = clean_text(name or "") or None
     if name and len(name) > 50:
         raise InvalidAppeal("caller_name", "姓名太长，请控制在50字以内")
+    direct_answer = clean_text(direct_answer or "")
+    if direct_answer and visible_length(direct_answer) < TEXT_MIN:
+        raise InvalidAppeal(
+            "direct_answer", f"当场答复的内容太短，请至少写{TEXT_MIN}个字，说明告诉了来电人什么"
+        )
+    if len(direct_answer) > TEXT_MAX:
+        raise InvalidAppeal("direct_answer", f"当场答复的内容太长，请控制在{TEXT_MAX}字以内")
     return Submission(
         channel=channel,
         text=text,
@@ -160,6 +170,7 @@ def validate(
         operator_id=operator_id,
         urgent=urgent,
         wechat_openid=wechat_openid,
+        direct_answer=direct_answer,
     )
 
 

@@ -44,6 +44,12 @@ class AppealIn(BaseModel):
     address: str = ""
     operator_id: str | None = None
     urgent: bool = False
+    direct_answer: str = Field(
+        "",
+        description="the operator answered it on the call (直接答复): what the caller was told; "
+        "the ticket is then resolved at once and the survey follows",
+        examples=["已告知来电人：社保卡补办可携带身份证到任一社保服务网点办理，当场可取。"],
+    )
 
 
 class AppealAccepted(BaseModel):
@@ -95,6 +101,7 @@ def submission_of(body: AppealIn, staff: Principal, *, preview: bool = False) ->
             name=None if preview else body.caller_name,
             operator_id=None if preview else staff.operator or body.operator_id,
             urgent=body.urgent,
+            direct_answer=body.direct_answer,
         )
 
 
@@ -136,7 +143,11 @@ async def submit_appeal(
     ticket_no, created = await intake.submit(sub, key)
     if not created:
         response.status_code = 200
-    return AppealAccepted(ticket_no=ticket_no, message=f"诉求已受理，工单号{ticket_no}")
+    if sub.direct_answer:
+        message = f"已登记当场答复，工单号{ticket_no}，将自动办结并回访"
+    else:
+        message = f"诉求已受理，工单号{ticket_no}"
+    return AppealAccepted(ticket_no=ticket_no, message=message)
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))

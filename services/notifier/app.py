@@ -72,7 +72,13 @@ class Handlers:
         self.scorecard = scorecard
 
     async def appeals(self, appeals: list[AppealReceived]) -> None:
-        wanted = [a for a in appeals if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id is not None]
+        # A call the operator answered on the spot gets no "已受理" text: the resident has the answer,
+        # and the survey about it follows at once.
+        wanted = [
+            a
+            for a in appeals
+            if a.channel in ACKNOWLEDGED_BY_SMS and a.caller.caller_id is not None and not a.direct_answer
+        ]
         phones = await self.notifier.phones([a.caller.caller_id for a in wanted])
         await self.notifier.sms.send_many(
             [

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from faststream import FastStream
 
 from services.router import meetings, timers, workflow
-from services.router.rules import contested, route
+from services.router.rules import answered_on_call, contested, route
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
@@ -87,9 +87,13 @@ class RouterHandlers:
         else:
             threshold = self.review_threshold
         city = self.city
-        routing = route(city, classified.category, classified.grid, classified.confidence, threshold)
-        margin = city.sla.supervision.ambiguity_margin
-        others = contested(city, routing, classified.top, classified.grid, margin)
+        others: tuple[str, ...] = ()
+        if classified.appeal.direct_answer:
+            routing = answered_on_call(city, classified.appeal.operator_id)
+        else:
+            routing = route(city, classified.category, classified.grid, classified.confidence, threshold)
+            margin = city.sla.supervision.ambiguity_margin
+            others = contested(city, routing, classified.top, classified.grid, margin)
         urgent = classified.urgent or classified.appeal.urgent_flag
         due = deadlines(city, classified.category, urgent, classified.occurred_at, self.tz)
         return partial(
@@ -119,8 +123,13 @@ class RouterHandlers:
         whose meeting is already open only this batch's (the others are there already). The round
         trips are per batch, not per cluster: one to count, one to claim new meetings, one to read
         older members."""
+        # A call answered on the spot is done: it joins no meeting.
         assigned = [
-            t for t, events in results if t is not None and any(isinstance(e, TicketAssigned) for e in events)
+            t
+            for t, events in results
+            if t is not None
+            and t.assigned_via != "answered"
+            and any(isinstance(e, TicketAssigned) for e in events)
         ]
         hot = await self.hotspots.record(assigned, time.time())
         if not hot:

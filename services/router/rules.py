@@ -20,7 +20,7 @@ from shared.events import CategoryScore, GridMatch
 class Routing:
     lead: str
     co: tuple[str, ...]
-    via: Literal["rule", "fallback", "dispatch_desk"]
+    via: Literal["rule", "fallback", "dispatch_desk", "answered"]
     rule: str  # the rule, in words
     explanation: str  # why, in Chinese, for the department that receives it
     ambiguous: tuple[str, ...] = ()  # other leads named by equally specific rules
@@ -58,6 +58,19 @@ def matching_rules(
         found.append(((area, path.index(rule.category)), rule))
     found.sort(key=lambda x: x[0], reverse=True)
     return found
+
+
+def answered_on_call(city: City, operator: str | None) -> Routing:
+    """An appeal the operator answered on the call: the hotline's desk took it and is done with it,
+    whatever the category's owner (the category still counts in the statistics)."""
+    who = f"话务员{operator}" if operator else "话务员"
+    return Routing(
+        lead=city.responsibilities.dispatch_desk,
+        co=(),
+        via="answered",
+        rule="",
+        explanation=f"{who}在来电中当场答复，直接办结",
+    )
 
 
 def route(city: City, category: str, grid: GridMatch, confidence: float, threshold: float) -> Routing:

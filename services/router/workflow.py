@@ -257,6 +257,9 @@ def assign(
             "updated_at": assigned.occurred_at,
         }
     )
+    if routing.via == "answered":
+        answered = _answered_on_call(new, assigned, classified.appeal.direct_answer, city)
+        return Outcome(answered.ticket, publish=[assigned, *answered.publish], record=[*recorded, classified])
     if contested and routing.via == "rule":
         held = _escalate(
             new,
@@ -271,6 +274,17 @@ def assign(
         )
         return Outcome(held.ticket, publish=[assigned, *held.publish], record=[*recorded, classified])
     return Outcome(new, publish=[assigned], record=[*recorded, classified])
+
+
+def _answered_on_call(ticket: Ticket, assigned: TicketAssigned, answer: str, city: City) -> Outcome:
+    """An appeal the operator answered on the call (直接答复): the desk it was assigned to accepts
+    and resolves it at once, with what the resident was told as the result. The same steps as a
+    department's, so the record, the rates and the survey (回访) treat it like any resolved
+    ticket. Each event is caused by the one before: a replay produces the same ids."""
+    desk, now = assigned.department.id, assigned.occurred_at
+    accepted = accept(ticket, desk, city, now, cause=assigned)
+    resolved = resolve(accepted.ticket, desk, answer, city, now, cause=accepted.publish[0])
+    return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
 
 
 def _assigned(
@@ -467,11 +481,20 @@ def _by_department(
     dept_id: str,
     city: City,
     now: datetime,
+    cause: Event | None = None,
     **fields: Any,
 ) -> TicketUpdated:
-    """The `ticket.updated` of a step the ticket's department took at `now`: by it, naming it."""
+    """The `ticket.updated` of a step the ticket's department took at `now`: by it, naming it.
+    `cause`: the event it answers, when the step is the router's own (see `ticket_updated`)."""
     return ticket_updated(
-        ticket, action, status, actor=dept_id, department=dept_ref(city, dept_id), occurred_at=now, **fields
+        ticket,
+        action,
+        status,
+        actor=dept_id,
+        cause=cause,
+        department=dept_ref(city, dept_id),
+        occurred_at=now,
+        **fields,
     )
 
 
@@ -480,16 +503,25 @@ def _in_time(deadline: datetime | None, now: datetime) -> bool:
     return deadline is None or now <= deadline
 
 
-def accept(ticket: Ticket, dept_id: str, city: City, now: datetime) -> Outcome:
+def accept(ticket: Ticket, dept_id: str, city: City, now: datetime, cause: Event | None = None) -> Outcome:
     _require_owner(ticket, dept_id)
     check(ticket, "accept")
     event = _by_department(
-        ticket, "accepted", Status.ACCEPTED, dept_id, city, now, on_time=_in_time(ticket.respond_by, now)
+        ticket,
+        "accepted",
+        Status.ACCEPTED,
+        dept_id,
+        city,
+        now,
+        cause=cause,
+        on_time=_in_time(ticket.respond_by, now),
     )
     return _updated(ticket, "accept", event, accepted_at=now)
 
 
-def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) -> Outcome:
+def resolve(
+    ticket: Ticket, dept_id: str, note: str, city: City, now: datetime, cause: Event | None = None
+) -> Outcome:
     _require_owner(ticket, dept_id)
     check(ticket, "resolve")
     note = note.strip()
@@ -502,6 +534,7 @@ def resolve(ticket: Ticket, dept_id: str, note: str, city: City, now: datetime) 
         dept_id,
         city,
         now,
+        cause=cause,
         note=note,
         on_time=_in_time(ticket.resolve_by, now),
     )

@@ -205,12 +205,28 @@ class GridInfo(_Model):
     street_name: str
 
 
+# --- the hotline's knowledge base ----------------------------------------------------------------
+
+
+class KnowledgeEntry(_Model):
+    """An answer an operator may give on the call (直接答复), owned by a department."""
+
+    id: str
+    question: str = Field(min_length=2)
+    answer: str = Field(min_length=5)
+    category: str | None = None  # a leaf or branch of categories.yaml
+    keywords: tuple[str, ...] = ()
+    department: str | None = None  # who owns the answer and confirms it
+    reviewed: date | None = None  # when they last did
+
+
 class City(_Model):
     district: District
     departments: tuple[Department, ...]
     categories: tuple[Category, ...]
     responsibilities: Responsibilities
     sla: SlaConfig
+    knowledge: tuple[KnowledgeEntry, ...] = ()  # optional file: a city may have none
 
     model_config = ConfigDict(
         extra="forbid", frozen=True, coerce_numbers_to_str=True, ignored_types=(cached_property,)
@@ -335,6 +351,12 @@ class City(_Model):
             ):
                 if value is not None and value not in known:
                     problems.append(f"{where}: unknown {kind} {value!r}")
+        unique("knowledge.yaml", [k.id for k in self.knowledge])
+        for k in self.knowledge:
+            if k.category is not None and k.category not in cats:
+                problems.append(f"knowledge.yaml {k.id}: unknown category {k.category!r}")
+            if k.department is not None and k.department not in depts:
+                problems.append(f"knowledge.yaml {k.id}: unknown department {k.department!r}")
         s = self.sla
         for day in set(s.holidays) & set(s.workdays):
             problems.append(f"sla.yaml: {day} is listed both as a holiday and as a make-up working day")
@@ -366,6 +388,7 @@ _FILES = {
     "responsibilities": "responsibilities.yaml",
     "sla": "sla.yaml",
 }
+_OPTIONAL_FILES = {"knowledge": "knowledge.yaml"}
 
 
 def load_city(folder: str | Path | None = None) -> City:
@@ -380,6 +403,13 @@ def load_city(folder: str | Path | None = None) -> City:
             raw[key] = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise CityConfigError(f"{path}: not valid YAML: {e}") from e
+    for key, filename in _OPTIONAL_FILES.items():
+        path = folder / filename
+        if path.is_file():
+            try:
+                raw[key] = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+            except yaml.YAMLError as e:
+                raise CityConfigError(f"{path}: not valid YAML: {e}") from e
     try:
         return City.model_validate(raw)
     except ValidationError as e:
@@ -390,6 +420,6 @@ def load_city(folder: str | Path | None = None) -> City:
                 msg = err["msg"].removeprefix("Value error, ")
                 lines.extend(msg.split("\n"))
                 continue
-            file = _FILES.get(str(loc[0]), "")
+            file = {**_FILES, **_OPTIONAL_FILES}.get(str(loc[0]), "")
             lines.append(f"{file} {'.'.join(map(str, loc[1:]))}: {err['msg']}".strip())
         raise CityConfigError(f"{folder}: invalid city configuration:\n  " + "\n  ".join(lines)) from e

@@ -1,6 +1,7 @@
-"""What the operator sees before submitting: the suggested category, grid and department, and the
+"""What the operator sees before submitting: the suggested category, grid and department, the
 open tickets this call is probably about (same caller, or a near-identical text in the same grid in
-the last 7 days). Reads the duplicate index the intake worker keeps (see app.py, keys.py)."""
+the last 7 days), and the knowledge base's answers that fit it (an operator may answer on the call).
+Reads the duplicate index the intake worker keeps (see app.py, keys.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from services.classifier.service import ServedClassifier
 from services.intake import keys
 from services.intake.domain import Submission
 from services.intake.duplicates import DUPLICATE_WINDOW_SECONDS, near_identical, similarity
+from services.intake.knowledge import KnowledgeBase
 from shared.city import City
 from shared.redis_client import text
 from shared.store import TicketStore
@@ -35,6 +37,7 @@ class Previewer:
         # The classifier the workers serve (approved model, the city's cue lists), built on the
         # first preview and following approvals, so the suggestion is the one the pipeline makes.
         self.classifiers = classifiers
+        self.knowledge = KnowledgeBase(city)
 
     async def preview(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import route
@@ -62,6 +65,10 @@ class Previewer:
             },
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,
+            "answers": [
+                self.knowledge.view(s)
+                for s in self.knowledge.search(f"{sub.title} {sub.text}", category=c.category)
+            ],
             "duplicates": [
                 {
                     "ticket_no": d.ticket.ticket_no,

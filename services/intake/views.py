@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -148,6 +148,19 @@ async def submit_appeal(
     else:
         message = f"诉求已受理，工单号{ticket_no}"
     return AppealAccepted(ticket_no=ticket_no, message=message)
+
+
+@router.get("/knowledge")
+async def search_knowledge(
+    request: Request,
+    q: str = Query("", max_length=500, description="what the caller asks, in their words"),
+    category: str | None = Query(None, max_length=100),
+    size: int = Query(5, ge=1, le=20),
+    staff: Principal = Depends(require_intake_staff),
+) -> dict[str, Any]:
+    """The knowledge base's answers that fit `q` (an operator answering a question on the call)."""
+    kb = request.app.state.intake_preview.knowledge
+    return {"answers": [kb.view(s) for s in kb.search(q, category=category, k=size)]}
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))

@@ -66,6 +66,9 @@ class Submission:
     operator_id: str | None = None
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
+    # Ids of photos already kept (shared.photos), checked by the view that takes them. Only the
+    # hotline API sends any: WeChat, SMS, Open311 and suggestion boxes carry none.
+    photos: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """A hash of everything the appeal says, after normalisation: what an idempotency key is
@@ -73,6 +76,8 @@ class Submission:
         fields: list[object] = [self.channel, self.text, self.title, self.address, self.phone, self.name]
         fields += [self.operator_id, self.urgent, self.wechat_openid]
         fields += [self.location.lat, self.location.lng] if self.location else [None, None]
+        if self.photos:  # only then: the digests of appeals without photos stay what they were
+            fields.append(list(self.photos))
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @property
@@ -106,6 +111,7 @@ class Submission:
             caller=self.caller,
             urgent_flag=self.urgent,
             operator_id=self.operator_id,
+            photos=self.photos,
         )
 
 

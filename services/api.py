@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         by_prefix={
             **intake_views.body_limits(settings),
             **photo_views.body_limits(settings),
+            **console_views.body_limits(settings),
         },
     )
     console_views.mount(app)  # the web console at /, and /docs served without a CDN

@@ -396,6 +396,12 @@ async def test_photo_uploads_have_a_body_limit_of_their_own(api, settings, redis
         headers={"Content-Type": "multipart/form-data; boundary=x"},
     )
     assert r.status_code == 400  # past the usual limit: read, and refused for what it is (no photo)
+    r = await api.post(
+        "/api/v1/photos", files=upload(("大.jpg", b"\xff" * (settings.photo_max_bytes + 1), "image/jpeg"))
+    )
+    assert r.status_code == 413
+    assert r.json()["field"] == "photos"
+    assert "“大.jpg”太大" in r.json()["message"]
     # The console's forms that carry photos take as much; its other forms keep the usual limit.
     for path, refused in (
         ("/console/operator/appeals", False),

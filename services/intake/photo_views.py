@@ -21,7 +21,7 @@ from shared.auth import Principal, current_principal
 from shared.bodies import Limit
 from shared.errors import DomainError
 from shared.photo_store import PhotoStore
-from shared.photos import MAX_PER_ITEM, Photo, checked_ids, prepare
+from shared.photos import MAX_PER_ITEM, Photo, PhotoRefused, checked_ids, prepare
 from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["photos"])
@@ -116,8 +116,12 @@ async def upload_photos(
             raise BadRequest(f"没有收到照片：请以multipart/form-data上传，字段名为{FIELD}", field=FIELD)
         photos: list[Photo] = []
         for upload in uploads:  # one at a time: a photo's bytes are read only when its turn comes
-            raw = await upload.read()
             name = (upload.filename or "")[:NAME_MAX]
+            # Never more than one byte past the limit in memory: a larger file is refused by the
+            # size the parser counted while spooling it.
+            raw = await upload.read(settings.photo_max_bytes + 1)
+            if upload.size is not None and upload.size > settings.photo_max_bytes:
+                raise too_large(name, upload.size, settings.photo_max_bytes)
             async with _decoding(request):
                 # Decoding a phone's photo takes tens of milliseconds: off the event loop.
                 photos.append(
@@ -128,6 +132,16 @@ async def upload_photos(
     for photo in photos:
         await store.put(photo)
     return {"photos": [{"photo_id": p.id, "width": p.width, "height": p.height} for p in photos]}
+
+
+def too_large(name: str, size: int, max_bytes: int) -> PhotoRefused:
+    label = f"“{name}”" if name else "照片"
+    return PhotoRefused(
+        "photo_too_large",
+        f"{label}太大（{size / 1048576:.1f} MB），单张照片不能超过 {max_bytes // 1048576} MB",
+        kind="too_large",
+        field=FIELD,
+    )
 
 
 class PhotoNotFound(DomainError):

@@ -23,6 +23,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from shared.auth import issue_token, revoke_token
 from shared.privacy import REMOVED
+from shared.settings import Settings
 from tests.conftest import System, eventually
 
 pytestmark = pytest.mark.integration
@@ -261,7 +262,7 @@ async def loaded(page: Page, selector: str, count: int) -> None:
 
 
 async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
-    page: Page, redis, system: System
+    page: Page, redis, system: System, settings: Settings
 ):
     await sign_in(page, await issue_token(redis, "operator", operator="op03"))
     # The form is multipart now: a forged CSRF token is refused all the same.
@@ -273,11 +274,12 @@ async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
     await page.locator("#address").fill("阳光花园3号楼")
     await page.locator("#text").fill("阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下")
     not_a_photo = {"name": "说明.jpg", "mimeType": "image/jpeg", "buffer": "这不是照片".encode()}
-    await page.locator("#photos").set_input_files([photo((200, 40, 40)), not_a_photo])
+    too_big = {"name": "大.jpg", "mimeType": "image/jpeg", "buffer": b"\xff" * (settings.photo_max_bytes + 1)}
+    await page.locator("#photos").set_input_files([photo((200, 40, 40)), not_a_photo, too_big])
     await page.locator("#submit").click()
-    # The refused file's reason beside the field; the good one uploaded, kept, shown small.
-    await expect(page.locator("#photos-error")).to_contain_text("说明.jpg")
-    await expect(page.locator("#photos-error")).to_contain_text("无法识别为图片")
+    # The refused files' reasons beside the field; the good one uploaded, kept, shown small.
+    await expect(page.locator("#photos-error")).to_contain_text("“说明.jpg”无法识别为图片")
+    await expect(page.locator("#photos-error")).to_contain_text("“大.jpg”太大")
     await expect(page.locator("#photos")).to_have_attribute("aria-invalid", "true")
     await loaded(page, "#photos-kept", 1)
     await expect(page.locator("#text")).to_have_value("阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下")

@@ -14,6 +14,7 @@ import httpx
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
+from services.intake.photo_views import too_large
 from services.notifier import scoring
 from shared.photos import ID as PHOTO_ID
 from shared.photos import MAX_PER_ITEM
@@ -116,7 +117,11 @@ class Api:
             over = len(ids) + len(chosen) - MAX_PER_ITEM
             return ids, refusal(f"最多附{MAX_PER_ITEM}张照片，请少选{over}张")
         reasons: list[str] = []
+        max_bytes = self.request.app.state.settings.photo_max_bytes
         for upload in chosen:
+            if upload.size is not None and upload.size > max_bytes:  # said here, without reading it
+                reasons.append(too_large(upload.filename or "", upload.size, max_bytes).message)
+                continue
             data = await upload.read()
             reply = await self.call(
                 "POST",

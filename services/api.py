@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
 from services.console import views as console_views
-from services.intake import open311_views, wechat_views
+from services.intake import open311_views, photo_views, wechat_views
 from services.intake import views as intake_views
 from services.intake.limits import RateLimiter
 from services.intake.preview import Previewer
@@ -39,6 +39,7 @@ from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import load_city
 from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception, valid_path_params
+from shared.photo_store import PhotoStore
 from shared.privacy import check_salt
 from shared.redis_client import connect
 from shared.runtime import configure_logging, readiness
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = redis
         app.state.publisher = publisher
         app.state.store = store
+        app.state.photos = PhotoStore.from_settings(settings, redis)
         limiter = RateLimiter(
             redis,
             per_caller_per_hour=settings.rate_limit_per_caller_per_hour,
@@ -103,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # records_views before router_views: /tickets/export must not be read as a ticket number.
     for views in (
         intake_views,
+        photo_views,
         wechat_views,
         open311_views,
         classifier_views,
@@ -116,7 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimits,
         default=Limit(settings.max_body_bytes, "请精简内容后重试"),
-        by_prefix=intake_views.body_limits(settings),
+        by_prefix={
+            **intake_views.body_limits(settings),
+            **photo_views.body_limits(settings),
+            **console_views.body_limits(settings),
+        },
     )
     console_views.mount(app)  # the web console at /, and /docs served without a CDN
 

@@ -1,12 +1,13 @@
 """Request body limits, applied before the application reads a byte of the body.
 
-A limit is chosen by the request path (the longest matching prefix, else the default). A declared
-Content-Length over it is answered 413 at once, without reading; a body sent without one is
-counted as it arrives and cut off at the limit. The 413 carries the API's error shape and a Chinese
-message saying what to do."""
+A limit is chosen by the request path (the longest matching prefix, else the default; a `*` in a
+prefix stands for one path segment, such as a ticket number). A declared Content-Length over it is
+answered 413 at once, without reading; a body sent without one is counted as it arrives and cut off
+at the limit. The 413 carries the API's error shape and a Chinese message saying what to do."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -44,10 +45,13 @@ class BodyLimits:
     def __init__(self, app: ASGIApp, *, default: Limit, by_prefix: Mapping[str, Limit]) -> None:
         self.app = app
         self.default = default
-        self.by_prefix = sorted(by_prefix.items(), key=lambda kv: -len(kv[0]))
+        self.by_prefix = [
+            (re.compile(re.escape(prefix).replace(r"\*", "[^/]+")), limit)
+            for prefix, limit in sorted(by_prefix.items(), key=lambda kv: -len(kv[0]))
+        ]
 
     def limit_for(self, path: str) -> Limit:
-        return next((limit for prefix, limit in self.by_prefix if path.startswith(prefix)), self.default)
+        return next((limit for prefix, limit in self.by_prefix if prefix.match(path)), self.default)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

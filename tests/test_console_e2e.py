@@ -6,6 +6,7 @@ otherwise they go to a temporary folder, so a test run leaves the source tree as
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import random
@@ -17,10 +18,12 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from shared.auth import issue_token, revoke_token
 from shared.privacy import REMOVED
+from shared.settings import Settings
 from tests.conftest import System, eventually
 
 pytestmark = pytest.mark.integration
@@ -226,6 +229,104 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await expect(error).to_contain_text("不是有效的手机号或固话号码")
     await expect(page.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
     await expect(page.locator("#text")).to_have_value("小区门口垃圾堆了三天没人清理")  # nothing retyped
+
+
+# --- photos ----------------------------------------------------------------------------------------
+
+
+def photo(color: tuple[int, int, int], size: tuple[int, int] = (800, 600)) -> dict[str, Any]:
+    """A file for a file input: a generated JPEG."""
+    out = io.BytesIO()
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).ellipse(
+        (size[0] // 4, size[1] // 4, size[0] * 3 // 4, size[1] * 3 // 4), fill=(250, 250, 250)
+    )
+    image.save(out, "JPEG")
+    return {
+        "name": f"{color[0]}-{color[1]}-{color[2]}.jpg",
+        "mimeType": "image/jpeg",
+        "buffer": out.getvalue(),
+    }
+
+
+async def loaded(page: Page, selector: str, count: int) -> None:
+    """Every <img> under `selector` (`count` of them) loaded from the console and decoded."""
+    images = page.locator(f"{selector} img")
+    await expect(images).to_have_count(count)
+    await images.last.scroll_into_view_if_needed()  # lazy images load once near the screen
+    await page.wait_for_function(
+        "s => [...document.querySelectorAll(s + ' img')].every(i => i.complete && i.naturalWidth > 0)",
+        arg=selector,
+        timeout=30_000,
+    )
+
+
+async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
+    page: Page, redis, system: System, settings: Settings
+):
+    await sign_in(page, await issue_token(redis, "operator", operator="op03"))
+    # The form is multipart now: a forged CSRF token is refused all the same.
+    r = await page.request.post(
+        "/console/operator/appeals", multipart={"text": "路灯坏了很久没人修", "csrf": "forged"}
+    )
+    assert r.status == 403
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#address").fill("阳光花园3号楼")
+    await page.locator("#text").fill("阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下")
+    not_a_photo = {"name": "说明.jpg", "mimeType": "image/jpeg", "buffer": "这不是照片".encode()}
+    too_big = {"name": "大.jpg", "mimeType": "image/jpeg", "buffer": b"\xff" * (settings.photo_max_bytes + 1)}
+    await page.locator("#photos").set_input_files([photo((200, 40, 40)), not_a_photo, too_big])
+    await page.locator("#submit").click()
+    # The refused files' reasons beside the field; the good one uploaded, kept, shown small.
+    await expect(page.locator("#photos-error")).to_contain_text("“说明.jpg”无法识别为图片")
+    await expect(page.locator("#photos-error")).to_contain_text("“大.jpg”太大")
+    await expect(page.locator("#photos")).to_have_attribute("aria-invalid", "true")
+    await loaded(page, "#photos-kept", 1)
+    await expect(page.locator("#text")).to_have_value("阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下")
+    await accessible(page)
+    await shot(page, "operator-photos")
+    # Sent again with one more photo: both go with the appeal.
+    await page.locator("#photos").set_input_files([photo((40, 40, 200))])
+    await page.locator("#submit").click()
+    await expect(page.locator("#ticket-no")).to_have_text(re.compile(r"^\S{6,}$"))
+    await expect(page.locator("#accepted-photos")).to_contain_text("已附照片2张")
+    no = (await page.locator("#ticket-no").text_content() or "").strip()
+
+    async with await admin_api(system, redis) as client:
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    assert len(ticket["photos"]) == 2
+
+    await sign_in(page, await issue_token(redis, "department", ticket["department"]["id"]))
+    await page.goto(f"/console/tickets/{no}")
+    await loaded(page, "#appeal-photos", 2)
+    first = page.locator("#appeal-photos a").first
+    assert await first.get_attribute("target") == "_blank"
+    href = await first.get_attribute("href") or ""
+    assert href == f"/console/photos/{ticket['photos'][0]}"  # through the session: no token in it
+    await expect(page.locator("#resolution-photos")).to_have_count(0)
+
+    # The department resolves with a photo of the result.
+    await page.locator("#resolve-note").fill("已扶正灯杆并加固底座")
+    await page.locator("#resolve-photos").set_input_files([photo((40, 160, 40), (600, 800))])
+    await page.locator("#resolve").click()
+    await expect(page.locator("#status")).to_have_text("已办结")
+    await loaded(page, "#resolution-photos", 1)
+    await accessible(page)
+    await shot(page, "ticket-photos")
+    # On a phone the thumbnails wrap: nothing scrolls sideways.
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await loaded(page, "#resolution-photos", 1)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+    await shot(page, "ticket-photos-mobile")
+    async with await admin_api(system, redis) as client:
+        done = (await client.get(f"/api/v1/tickets/{no}")).json()
+    assert len(done["resolution_photos"]) == 1
+    assert done["resolution_photos"][0] not in done["photos"]
+
+    # A photo nobody kept: 404 from the console too.
+    response = await page.goto(f"/console/photos/{'0' * 32}")
+    assert response is not None
+    assert response.status == 404
 
 
 # --- the dispatch desk -------------------------------------------------------------------------

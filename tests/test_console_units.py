@@ -60,6 +60,17 @@ def test_history_sentences(city):
         "note": "应由供热公司处理",
     }
     assert present.describe(returned, city) == "退单：区水务局，不属于本单位职责，应由供热公司处理"
+    resolved = {
+        "topic": "ticket.updated",
+        "action": "resolved",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "note": "已更换灯泡",
+        "photos": ["a" * 32, "b" * 32],
+    }
+    assert present.describe(resolved, city) == "办结：区城市管理委员会，已更换灯泡，附照片2张"
+    received = {"topic": "appeal.received", "photos": ["a" * 32]}
+    assert present.describe(received, city) == "受理登记（附照片1张）"
+    assert present.describe({"topic": "appeal.received", "photos": []}, city) == "受理登记"
 
 
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):

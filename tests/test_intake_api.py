@@ -4,19 +4,27 @@ on the running system (real broker and Redis)."""
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import random
+from urllib.parse import urlsplit
 
 import pytest
+from PIL import Image
 
 from services.intake import keys
 from services.intake.domain import validate
 from services.intake.limits import RateLimited, RateLimiter
+from services.intake.photo_views import upload_limit
 from services.intake.service import BrokerUnavailable, Claim, IntakeService
+from shared.auth import issue_token
 from shared.bus import EventPublisher
 from shared.embedded import EmbeddedServers
+from shared.photos import MAX_PER_ITEM, MAX_SIDE
 from shared.privacy import caller_id
 from shared.store import TicketStore
-from tests.conftest import as_sms_gateway, eventually
+from tests.conftest import as_department, as_sms_gateway, eventually
+from tests.test_photos import jpeg, with_gps_and_rotation
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -230,3 +238,175 @@ async def test_registering_appeals_needs_an_operators_token_and_it_opens_nothing
     assert (await api.get(f"/api/v1/tickets/{no}", headers=operator)).status_code == 404  # reads nothing
     assert (await api.get("/api/v1/review", headers=operator)).status_code == 403
     assert (await api.get(f"/api/v1/tickets/{no}")).json()["operator_id"] == "0231"
+
+
+# --- photos ----------------------------------------------------------------------------------------
+
+
+def upload(*files: tuple[str, bytes, str]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("photos", f) for f in files]
+
+
+def a_phone_photo() -> bytes:
+    """What a phone sends: 6 megapixels that do not compress (noise), a few megabytes, with GPS."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[2] = (39.0, 54.0, 26.0)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (3000, 2000), os.urandom(3000 * 2000 * 3)).save(out, "JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
+async def test_photos_are_kept_clean_and_go_with_the_appeal_and_its_resolution(api, redis):
+    # A phone's photo, far over the API's usual body limit, goes through, kept smaller and clean.
+    raw = a_phone_photo()
+    assert len(raw) > 1024 * 1024
+    r = await api.post("/api/v1/photos", files=upload(("现场.jpg", raw, "image/jpeg")))
+    assert r.status_code == 200, r.text
+    [big] = r.json()["photos"]
+    assert (big["width"], big["height"]) == (MAX_SIDE, MAX_SIDE * 2 // 3)
+
+    # Two at once, by an operator: the ids in the order sent.
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0232')}"}
+    r = await api.post(
+        "/api/v1/photos",
+        files=upload(
+            ("门口.jpg", with_gps_and_rotation(), "image/jpeg"),
+            ("b.jpg", jpeg(color=(9, 9, 9)), "image/jpeg"),
+        ),
+        headers=operator,
+    )
+    assert r.status_code == 200, r.text
+    first, second = r.json()["photos"]
+    assert (first["width"], first["height"]) == (300, 400)
+    got = await api.get(f"/api/v1/photos/{first['photo_id']}", headers=operator)
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "image/jpeg"
+    assert got.headers["cache-control"] == "private, max-age=86400, immutable"
+    kept = Image.open(io.BytesIO(got.content))
+    assert kept.format == "JPEG"
+    assert dict(kept.getexif()) == {}  # the position the phone wrote is gone
+
+    # Refusals, in the API's one shape and in Chinese.
+    r = await api.post("/api/v1/photos", files=upload(("清单.txt", "这不是照片".encode(), "text/plain")))
+    assert r.status_code == 422
+    assert r.json()["field"] == "photos"
+    assert "清单.txt" in r.json()["message"]
+    assert "无法识别为图片" in r.json()["message"]
+    r = await api.post(
+        "/api/v1/photos", files=upload(*[(f"{i}.jpg", jpeg(), "image/jpeg") for i in range(10)])
+    )
+    assert r.status_code == 400
+    assert f"最多{MAX_PER_ITEM}张" in r.json()["message"]
+    none = {"Authorization": ""}
+    assert (
+        await api.post("/api/v1/photos", files=upload(("a.jpg", jpeg(), "image/jpeg")), headers=none)
+    ).status_code == 401
+    assert (await api.get(f"/api/v1/photos/{first['photo_id']}", headers=none)).status_code == 401
+    r = await api.get("/api/v1/photos/not-an-id")
+    assert r.status_code == 422
+    assert r.json()["field"] == "photo_id"
+    r = await api.get(f"/api/v1/photos/{'0' * 32}")
+    assert r.status_code == 404
+    assert "照片不存在" in r.json()["message"]
+
+    # An appeal names its photos; an id that names no kept photo is refused before any number.
+    text = "阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下"
+    r = await api.post(
+        "/api/v1/appeals",
+        json={"caller_phone": phone(), "text": text, "photos": [first["photo_id"], "f" * 32]},
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "photos"
+    assert "重新上传" in r.json()["message"]
+    r = await api.post(
+        "/api/v1/appeals",
+        json={
+            "caller_phone": phone(),
+            "text": text,
+            "address": "阳光花园3号楼",
+            "photos": [first["photo_id"], second["photo_id"]],
+        },
+        headers=operator,
+    )
+    assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+
+    async def assigned():
+        t = (await api.get(f"/api/v1/tickets/{no}")).json()
+        return t if t.get("status") == "assigned" else None
+
+    ticket = await eventually(assigned, timeout=60)
+    assert ticket["photos"] == [first["photo_id"], second["photo_id"]]
+    assert ticket["resolution_photos"] == []
+
+    # The department resolves with a photo of the result: an unknown one is refused, nothing changes.
+    department = await as_department(redis, ticket)
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve", json={"note": "已扶正灯杆", "photos": ["e" * 32]}, headers=department
+    )
+    assert r.status_code == 422
+    assert "重新上传" in r.json()["message"]
+    assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == "assigned"
+    r = await api.post("/api/v1/photos", files=upload(("after.png", png(), "image/png")), headers=department)
+    assert r.status_code == 200, r.text
+    [after] = r.json()["photos"]
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        json={"note": "已扶正灯杆并加固", "photos": [after["photo_id"]]},
+        headers=department,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["resolution_photos"] == [after["photo_id"]]
+    resolved = next(h for h in r.json()["history"] if h.get("action") == "resolved")
+    assert resolved["photos"] == [after["photo_id"]]
+    assert (await api.get(f"/api/v1/photos/{after['photo_id']}", headers=department)).status_code == 200
+    gateway = await as_sms_gateway(redis)
+    assert (await api.get(f"/api/v1/photos/{after['photo_id']}", headers=gateway)).status_code == 403
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGBA", (64, 48), (0, 128, 0, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def declared_length(base_url: str, path: str, length: int, token: str) -> bytes:
+    """The status line the API answers to a body declared `length` bytes long, before any is sent."""
+    url = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_photo_uploads_have_a_body_limit_of_their_own(api, settings, redis):
+    token = await issue_token(redis, "admin")
+    limit = upload_limit(settings)
+    status = await declared_length(str(api.base_url), "/api/v1/photos", limit + 1, token)
+    assert b" 413 " in status
+    r = await api.post(
+        "/api/v1/photos",
+        content=b"x" * (settings.max_body_bytes + 1),
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert r.status_code == 400  # past the usual limit: read, and refused for what it is (no photo)
+    r = await api.post(
+        "/api/v1/photos", files=upload(("大.jpg", b"\xff" * (settings.photo_max_bytes + 1), "image/jpeg"))
+    )
+    assert r.status_code == 413
+    assert r.json()["field"] == "photos"
+    assert "“大.jpg”太大" in r.json()["message"]
+    # The console's forms that carry photos take as much; its other forms keep the usual limit.
+    for path, refused in (
+        ("/console/operator/appeals", False),
+        ("/console/tickets/20261130-000001/resolve", False),
+        ("/console/tickets/20261130-000001/accept", True),
+    ):
+        line = await declared_length(str(api.base_url), path, settings.max_body_bytes * 2, token)
+        assert (b" 413 " in line) is refused, (path, line)

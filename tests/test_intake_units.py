@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import xml.etree.ElementTree as ET
 from datetime import date
 
@@ -198,3 +199,20 @@ def test_claims_written_before_they_held_json_still_resolve():
     assert legacy == Claim("", "20261130-000001", done=True)
     current = Claim("abc", "20261130-000002", done=False)
     assert Claim.loads(current.dumps().encode()) == current
+
+
+def test_an_idempotency_key_binds_to_the_photos_and_appeals_without_keep_their_digest():
+    import dataclasses
+
+    from services.intake.domain import validate
+
+    plain = validate(channel="hotline", text="路灯坏了一个星期了很黑", phone="13812345678")
+    # The hash of an appeal without photos is what it was before photos existed: claims made then
+    # (kept 7 days) still match their retries.
+    legacy = ["hotline", plain.text, "", "", "13812345678", None, None, False, None, None, None]
+    assert plain.digest() == hashlib.sha256(json.dumps(legacy, ensure_ascii=False).encode()).hexdigest()
+    one, other = "a" * 32, "b" * 32
+    with_photo = dataclasses.replace(plain, photos=(one,))
+    assert with_photo.digest() != plain.digest()
+    assert with_photo.digest() != dataclasses.replace(plain, photos=(other,)).digest()
+    assert with_photo.appeal("20261130-000001").photos == (one,)

@@ -323,6 +323,29 @@ def test_unsatisfied_reopens_then_escalates():
     assert second.publish[-1].meeting.reason == "reopened_twice"
 
 
+def test_resolution_photos_go_on_the_event_and_the_ticket_and_stay_until_the_next_resolution():
+    before, after = "a" * 32, "b" * 32
+    accepted = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
+    first = workflow.resolve(accepted, "urban_mgmt", "已更换灯泡", CITY, T0, photos=(before,))
+    [event] = first.publish
+    assert (event.action, event.photos) == ("resolved", (before,))
+    assert first.ticket.resolution_photos == (before,)
+    assert first.ticket.photos == ()  # the appeal's own photos are another list
+    # Reopened: what the resident found wanting is still shown, with the note.
+    reopened = survey(first.ticket, 3, 0, "灯还是不亮").ticket
+    assert reopened.status == st.ASSIGNED
+    assert reopened.resolution_photos == (before,)
+    assert reopened.resolution_note == "已更换灯泡"
+    again = workflow.accept(reopened, "urban_mgmt", CITY, T0).ticket
+    second = workflow.resolve(again, "urban_mgmt", "更换了整套灯具", CITY, T0, photos=(after,))
+    assert second.ticket.resolution_photos == (after,)
+    assert second.publish[0].photos == (after,)
+    # Resolved again without photos: none shown, not the earlier resolution's.
+    bare = workflow.resolve(again, "urban_mgmt", "更换了整套灯具", CITY, T0)
+    assert bare.ticket.resolution_photos == ()
+    assert bare.publish[0].photos == ()
+
+
 def test_dispatch_desk_assigns_and_may_correct_the_category():
     t = assign(CITY, classified(CITY, "city.facility.streetlight", confidence=0.2)).ticket
     out = workflow.dispatch(t, "power", "utility.power", "其实是小区停电", "dispatch_desk", CITY, TZ, T0)

@@ -12,8 +12,12 @@ from typing import Any
 
 import httpx
 from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
 
+from services.intake.photo_views import too_large
 from services.notifier import scoring
+from shared.photos import ID as PHOTO_ID
+from shared.photos import MAX_PER_ITEM
 from shared.tickets import Status
 
 CHART_DAYS = 31  # the daily chart shows the period's last month at most
@@ -47,6 +51,11 @@ def reply_of(r: httpx.Response) -> Reply:
         return Reply(r.status_code, {"message": r.text})
 
 
+def refusal(message: str, field: str = "photos") -> Reply:
+    """A refusal the console makes itself, in the API's shape."""
+    return Reply(422, {"error": "invalid", "field": field, "message": message})
+
+
 @dataclass
 class Api:
     request: Request
@@ -61,6 +70,7 @@ class Api:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
     ) -> httpx.Response:
         client_host = self.request.client.host if self.request.client else "127.0.0.1"
         transport = httpx.ASGITransport(app=self.request.app, client=(client_host, 0))
@@ -69,6 +79,7 @@ class Api:
                 method,
                 path,
                 json=json,
+                files=files,
                 params={k: v for k, v in (params or {}).items() if v not in (None, "")},
                 headers={"Authorization": f"Bearer {self.token}", **(headers or {})},
                 timeout=60,
@@ -82,14 +93,46 @@ class Api:
         json: Any = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
     ) -> Reply:
-        return reply_of(await self.send(method, path, json=json, params=params, headers=headers))
+        return reply_of(await self.send(method, path, json=json, params=params, headers=headers, files=files))
 
     async def download(self, path: str, **params: Any) -> httpx.Response | Reply:
         """A file the API sends (an export): the response itself when it succeeds, else the refusal.
         The in-process transport hands the body over whole; the API caps an export's rows."""
         r = await self.send("GET", path, params=params)
         return r if r.is_success else reply_of(r)
+
+    async def attach_photos(self, form: FormData) -> tuple[list[str], Reply | None]:
+        """The photos a form sends: those it uploaded before (`kept_photos`, when the form came back
+        refused: a browser cannot refill a file input) and its newly chosen files (`photos`), each
+        uploaded on its own so that one refused file does not lose the others. Returns their ids,
+        and the refusal (every refused file's reason, beside the field) or None."""
+        ids = list(
+            dict.fromkeys(v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.match(v))
+        )
+        # An empty file input still sends a part, with no file name.
+        chosen = [u for u in form.getlist("photos") if isinstance(u, UploadFile) and u.filename]
+        if len(ids) + len(chosen) > MAX_PER_ITEM:
+            over = len(ids) + len(chosen) - MAX_PER_ITEM
+            return ids, refusal(f"最多附{MAX_PER_ITEM}张照片，请少选{over}张")
+        reasons: list[str] = []
+        max_bytes = self.request.app.state.settings.photo_max_bytes
+        for upload in chosen:
+            if upload.size is not None and upload.size > max_bytes:  # said here, without reading it
+                reasons.append(too_large(upload.filename or "", upload.size, max_bytes).message)
+                continue
+            data = await upload.read()
+            reply = await self.call(
+                "POST",
+                "/api/v1/photos",
+                files=[("photos", (upload.filename or "photo", data, upload.content_type or "image/jpeg"))],
+            )
+            if reply.ok:
+                ids += [p["photo_id"] for p in reply.body["photos"] if p["photo_id"] not in ids]
+            else:
+                reasons.append(reply.message)
+        return ids, refusal("；".join(reasons)) if reasons else None
 
     async def get(self, path: str, **params: Any) -> Reply:
         return await self.call("GET", path, params=params)

@@ -98,7 +98,7 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         data = record.get("data") or {}
         extra = data.get("reason_name") or (f"{data['days']}个工作日" if "days" in data else "")
         note = record.get("note") or ""
-        words = [w for w in (dept, extra, note) if w]
+        words = [w for w in (dept, extra, note, photo_count(record)) if w]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")
@@ -110,7 +110,14 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"市民回复回访：{rating or record.get('outcome', '')}"
     if topic in ("meeting.convened", "meeting.updated"):
         return f"{TOPIC_NAMES[topic]}：{record.get('explanation') or record.get('note') or ''}"
+    if topic == "appeal.received" and record.get("photos"):
+        return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def photo_count(record: Mapping[str, Any]) -> str:
+    """ "附照片2张" for an event that carries photos (the thumbnails are on the ticket)."""
+    return f"附照片{len(record['photos'])}张" if record.get("photos") else ""
 
 
 def percent(rate: float | None) -> str:

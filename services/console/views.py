@@ -7,6 +7,7 @@
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
   /console/tickets     search the record, export it (desk: every ticket; a department: its own)
   /console/privacy     the desk: a resident's erasure request (preview, confirm) and the audit trail
+  /console/photos/ID   a photo of an appeal or a resolution, for the pages' thumbnails
 """
 
 from __future__ import annotations
@@ -32,8 +33,12 @@ from services.console import lookup as resident_lookup
 from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
+from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.router.workflow import RETURN_REASONS, STATUS_NAMES
+from shared.bodies import Limit
 from shared.city import City
+from shared.photos import ID as PHOTO_ID
+from shared.settings import Settings
 from shared.tickets import Status
 
 HERE = Path(__file__).parent
@@ -96,6 +101,7 @@ as_operator = staff("operator", "admin")  # the desk may register an appeal too,
 as_department = staff("department")
 as_desk = staff("admin")
 as_staff = staff("department", "admin")
+as_photo_viewer = staff("operator", "department", "admin")  # an operator sees the photos it uploaded
 
 
 async def checked_form(request: Request, s: session.Session) -> FormData:
@@ -224,14 +230,28 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
 async def operator_submit(request: Request, s: session.Session = Depends(as_operator)):
     form = await checked_form(request, s)
     idem = text(form, "idem") or uuid.uuid4().hex
-    reply = await api(request, s).post(
-        "/api/v1/appeals", appeal_of(form), headers={"Idempotency-Key": f"console:{idem}"}
-    )
+    client = api(request, s)
+    # The photos go up first; a refused one stops the appeal, so it is not sent without it.
+    photos, reply = await client.attach_photos(form)
+    if reply is None:
+        reply = await client.post(
+            "/api/v1/appeals",
+            {**appeal_of(form), "photos": photos},
+            headers={"Idempotency-Key": f"console:{idem}"},
+        )
     if reply.ok:
-        return page(request, "operator.html", s=s, accepted=reply.body["ticket_no"], values={}, errors={})
-    errors = field_errors(reply, INTAKE_FIELDS, "form")
+        return page(
+            request,
+            "operator.html",
+            s=s,
+            accepted=reply.body["ticket_no"],
+            accepted_photos=len(photos),
+            values={},
+            errors={},
+        )
+    errors = field_errors(reply, (*INTAKE_FIELDS, "photos"), "form")
     values = {k: text(form, k) for k in INTAKE_FIELDS}
-    return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem)
+    return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos)
 
 
 # --- departments ---------------------------------------------------------------------------------
@@ -314,7 +334,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
     # action: (API path suffix, the body from the form, the form's fields; the first is where an
     # error that names no field is shown)
     "accept": ("accept", lambda f: {}, ("form",)),
-    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, ("note",)),
+    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, ("note", "photos")),
     "return": (
         "return",
         lambda f: {
@@ -334,6 +354,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
     ),
 }
 
+WITH_PHOTOS = {"resolve"}  # actions whose form sends photos (处置照片)
 
 # --- the ticket list with search (the record, PostgreSQL) ------------------------------------------
 
@@ -509,7 +530,14 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
     return page(
-        request, "ticket.html", s=s, errors={}, values={}, done=request.query_params.get("done"), **context
+        request,
+        "ticket.html",
+        s=s,
+        errors={},
+        values={},
+        kept={},
+        done=request.query_params.get("done"),
+        **context,
     )
 
 
@@ -519,7 +547,14 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
     if action not in TICKET_ACTIONS:
         return page(request, "message.html", 404, s=s, title="操作不存在", message=f"没有“{action}”这项操作")
     suffix, body, fields = TICKET_ACTIONS[action]
-    reply = await api(request, s).post(f"/api/v1/tickets/{no}/{suffix}", body(form))
+    client, payload = api(request, s), body(form)
+    photos: list[str] = []
+    reply: Reply | None = None
+    if action in WITH_PHOTOS:  # uploaded first; a refused photo stops the action
+        photos, reply = await client.attach_photos(form)
+        payload["photos"] = photos
+    if reply is None:
+        reply = await client.post(f"/api/v1/tickets/{no}/{suffix}", payload)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
     context = await ticket_context(request, s, no)
@@ -527,7 +562,42 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
     errors = {action: field_errors(reply, fields, fields[0])}
     values = {action: {k: text(form, k) for k in fields}}
-    return page(request, "ticket.html", 422, s=s, errors=errors, values=values, done=None, **context)
+    return page(
+        request,
+        "ticket.html",
+        422,
+        s=s,
+        errors=errors,
+        values=values,
+        kept={action: photos},
+        done=None,
+        **context,
+    )
+
+
+# --- photos ------------------------------------------------------------------------------------
+
+
+@router.get("/photos/{photo_id}")
+async def photo(request: Request, photo_id: str, s: session.Session = Depends(as_photo_viewer)) -> Response:
+    """A photo for the page's <img>, fetched from the API with the session's token (which never
+    reaches the browser)."""
+    if not PHOTO_ID.fullmatch(photo_id):
+        return Response("照片编号无效", status_code=404, media_type="text/plain; charset=utf-8")
+    reply = await api(request, s).download(f"/api/v1/photos/{photo_id}")
+    if isinstance(reply, Reply):
+        return Response(reply.message, status_code=reply.status, media_type="text/plain; charset=utf-8")
+    return Response(
+        reply.content,
+        media_type="image/jpeg",
+        headers={"Cache-Control": CACHE, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def body_limits(settings: Settings) -> dict[str, Limit]:
+    """The forms that post photos with them: as much as the API takes in one upload."""
+    limit = Limit(upload_limit(settings), upload_advice(settings))
+    return {"/console/operator/appeals": limit, "/console/tickets/*/resolve": limit}
 
 
 # --- the dispatch desk ---------------------------------------------------------------------------

@@ -67,13 +67,21 @@ class Submission:
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
     direct_answer: str = ""  # the operator answered it on the call (直接答复): what was said
+    # Ids of photos already kept (shared.photos), checked by the view that takes them. Only the
+    # hotline API sends any: WeChat, SMS, Open311 and suggestion boxes carry none.
+    photos: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """A hash of everything the appeal says, after normalisation: what an idempotency key is
         bound to (the same key with another body is another appeal, not a retry)."""
         fields: list[object] = [self.channel, self.text, self.title, self.address, self.phone, self.name]
-        fields += [self.operator_id, self.urgent, self.wechat_openid, self.direct_answer]
+        fields += [self.operator_id, self.urgent, self.wechat_openid]
         fields += [self.location.lat, self.location.lng] if self.location else [None, None]
+        # Only when given: the digests of appeals without them stay what they were.
+        if self.photos:
+            fields.append(list(self.photos))
+        if self.direct_answer:
+            fields.append({"direct_answer": self.direct_answer})
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @property
@@ -108,6 +116,7 @@ class Submission:
             urgent_flag=self.urgent,
             operator_id=self.operator_id,
             direct_answer=self.direct_answer,
+            photos=self.photos,
         )
 
 

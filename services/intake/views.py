@@ -8,6 +8,7 @@ IntakeService, so they share idempotency, durability and limits. Refusals are do
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from services.intake import batch, wechat
 from services.intake.domain import InvalidAppeal, Submission, validate
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
+from services.intake.photo_views import checked_photos
 from services.intake.service import Accepted, IntakeService
 from shared.auth import Principal, require_intake_staff
 from shared.bodies import Limit
@@ -49,6 +51,9 @@ class AppealIn(BaseModel):
         description="the operator answered it on the call (直接答复): what the caller was told; "
         "the ticket is then resolved at once and the survey follows",
         examples=["已告知来电人：社保卡补办可携带身份证到任一社保服务网点办理，当场可取。"],
+    )
+    photos: list[str] = Field(
+        [], description="ids from POST /api/v1/photos (at most 9): the photos sent with the appeal"
     )
 
 
@@ -138,6 +143,8 @@ async def submit_appeal(
     intake: IntakeService = request.app.state.intake
     await intake.check_ip(client_ip(request))
     sub = submission_of(body, staff)
+    if body.photos:  # before a number is taken: an appeal never names a photo nobody can open
+        sub = dataclasses.replace(sub, photos=await checked_photos(body.photos, request.app.state.photos))
     # A key is the caller's own: another operator's key of the same text is another submission.
     key = f"api:{staff.scope}:{idempotency_key}" if idempotency_key else None
     ticket_no, created = await intake.submit(sub, key)

@@ -141,6 +141,8 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
     if msg.msg_type == "event":
         return wechat.WELCOME if msg.event == "subscribe" else ""
     if msg.msg_type not in ("text", "voice"):
+        # An image message's PicUrl is not fetched (the server would fetch an address a message
+        # names); photos reach a ticket through staff uploads (POST /api/v1/photos).
         return wechat.UNSUPPORTED
     if msg.msg_type == "voice" and not msg.content:
         return wechat.NO_SPEECH

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from services.intake.photo_views import checked_photos, photo_store
 from services.router import meetings, workflow
 from services.router.service import MeetingStore, Queues
 from shared.auth import Principal, current_principal, require_admin
@@ -25,6 +26,7 @@ from shared.errors import DomainError
 from shared.events import Event, MeetingUpdated
 from shared.feedback import record_example
 from shared.http import domain_error
+from shared.photo_store import PhotoStore
 from shared.store import ConcurrentUpdate, apply_and_publish
 from shared.tickets import Status, Ticket
 
@@ -168,24 +170,32 @@ async def accept_ticket(ticket_no: str, request: Request, principal: Principal =
 
 class ResolveIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000)
+    photos: list[str] = Field(
+        [], description="ids from POST /api/v1/photos (at most 9): photos of the result (处置照片)"
+    )
 
 
-def _resolve(note: str) -> Transition:
+def _resolve(note: str, photos: tuple[str, ...]) -> Transition:
     def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
         if workflow.allowed(t.status, "accept"):  # resolving straight away implies accepting it
             accepted = workflow.accept(t, dept, city, now)
-            resolved = workflow.resolve(accepted.ticket, dept, note, city, now)
+            resolved = workflow.resolve(accepted.ticket, dept, note, city, now, photos=photos)
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
-        return workflow.resolve(t, dept, note, city, now)
+        return workflow.resolve(t, dept, note, city, now, photos=photos)
 
     return transition
 
 
 @router.post("/tickets/{ticket_no}/resolve")
 async def resolve_ticket(
-    ticket_no: str, body: ResolveIn, request: Request, principal: Principal = Depends(acting_department)
+    ticket_no: str,
+    body: ResolveIn,
+    request: Request,
+    principal: Principal = Depends(acting_department),
+    photos: PhotoStore = Depends(photo_store),
 ):
-    return await act_as(request, ticket_no, principal, _resolve(body.note))
+    kept = await checked_photos(body.photos, photos)  # every id a kept photo, before the ticket changes
+    return await act_as(request, ticket_no, principal, _resolve(body.note, kept))
 
 
 class ReturnIn(BaseModel):

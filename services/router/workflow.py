@@ -520,8 +520,20 @@ def accept(ticket: Ticket, dept_id: str, city: City, now: datetime, cause: Event
 
 
 def resolve(
-    ticket: Ticket, dept_id: str, note: str, city: City, now: datetime, cause: Event | None = None
+    ticket: Ticket,
+    dept_id: str,
+    note: str,
+    city: City,
+    now: datetime,
+    cause: Event | None = None,
+    *,
+    photos: tuple[str, ...] = (),
 ) -> Outcome:
+    """办结, with the result in words and, if the department took any, in photos (处置照片: ids the
+    view checked were kept). They replace an earlier resolution's: a ticket reopened (重办) keeps
+    its last resolution's note and photos until it is resolved again, because what the resident
+    found wanting is what the department must do better, and whoever handles the reopened ticket
+    needs to see it; the earlier ones stay in the history's `resolved` events."""
     _require_owner(ticket, dept_id)
     check(ticket, "resolve")
     note = note.strip()
@@ -536,10 +548,19 @@ def resolve(
         now,
         cause=cause,
         note=note,
+        photos=photos,
         on_time=_in_time(ticket.resolve_by, now),
     )
     # A pending extension request is moot once the work is done.
-    return _updated(ticket, "resolve", event, resolved_at=now, resolution_note=note, extension_request=None)
+    return _updated(
+        ticket,
+        "resolve",
+        event,
+        resolved_at=now,
+        resolution_note=note,
+        resolution_photos=photos,
+        extension_request=None,
+    )
 
 
 RETURN_REASONS: dict[ReturnReason, str] = {
@@ -781,7 +802,7 @@ def record_rating(
         solved=answer.solved,
         reopens=ticket.reopens + 1,
         accepted_at=None,
-        resolved_at=None,
+        resolved_at=None,  # the resolution's note and photos stay until the next one (see resolve)
         **fresh,
     )
     if city is None or tz is None or ticket.reopens < 1:

@@ -41,7 +41,9 @@
       timer = setTimeout(async () => {
         if (!text.value.trim()) return;
         const mine = ++asked;
-        const response = await post(intake.dataset.preview, new FormData(intake));
+        const form = new FormData(intake);
+        form.delete("photos"); // the preview reads the words: photos go up once, with the appeal
+        const response = await post(intake.dataset.preview, form);
         if (response && mine === asked) {
           preview.innerHTML = await response.text(); // rendered and escaped by the server
           preview.dataset.state = "ready";

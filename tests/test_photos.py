@@ -201,6 +201,11 @@ async def test_a_photo_is_kept_found_and_deleted(store_settings: Settings, redis
 # --- the record: which ticket took which photo, erasure, the sweep of unattached uploads ----------
 
 
+def unique_color() -> tuple[int, int, int]:
+    """A colour no other test's photo has: photos are kept by content, and the record is shared."""
+    return (random.randrange(256), random.randrange(256), random.randrange(256))
+
+
 def ticket_no() -> str:
     return f"20261201-{random.randrange(100_000, 999_999)}"
 
@@ -227,7 +232,7 @@ async def test_the_record_keeps_which_ticket_took_which_photo_and_erasure_delete
     pool, redis, settings: Settings, system_city, tmp_path: Path
 ) -> None:
     photos = PhotoStore(open_store(settings.model_copy(update={"data_dir": tmp_path})), redis)
-    before, after, both = (prepare(jpeg(color=(i, 9, 9)), max_bytes=MB) for i in (10, 20, 30))
+    before, after, both = (prepare(jpeg(color=unique_color()), max_bytes=MB) for _ in range(3))
     for p in (before, after, both):
         await photos.put(p)
     records = Records(pool, system_city, photos=photos)
@@ -264,7 +269,7 @@ async def test_uploads_no_ticket_took_are_deleted_after_their_time(
     local = settings.model_copy(update={"data_dir": tmp_path})
     retention = Retention(pool, TicketStore(redis), local)
     photos = retention.photos
-    unsent, sent, fresh = (prepare(jpeg(color=(i, 7, 7)), max_bytes=MB) for i in (40, 50, 60))
+    unsent, sent, fresh = (prepare(jpeg(color=unique_color()), max_bytes=MB) for _ in range(3))
     for p in (unsent, sent, fresh):
         await photos.put(p)
     # `sent` reached the record, but the worker's note to Redis was lost: the sweep asks the record.

@@ -491,6 +491,14 @@ class TicketStore:
             await self.remove_personal_data(no, marks[no], announce_caller=caller)
         return [no for no, _ in again]
 
+    async def is_erased(self, no: str) -> bool:
+        """Whether the ticket carries the mark of an erasure (a ticket Redis no longer holds does
+        not). Reads the one field, without validating the whole ticket: the read-time checks of
+        the services that keep their own keys about a ticket (see `remove_personal_data`) call it
+        where a notice they missed would otherwise let them use those keys."""
+        raw = await self.redis.get(ticket_key(no))
+        return raw is not None and json.loads(raw).get("personal_data_removed_at") is not None
+
     # --- the outbox ---------------------------------------------------------------------------
 
     async def published(self, events: Sequence[Event]) -> None:

@@ -771,6 +771,16 @@ async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its
     assert leaks(json.dumps(await store.history(back), ensure_ascii=False)) == []
 
 
+async def test_is_erased_reads_the_mark(redis):
+    store = TicketStore(redis)
+    erased, kept = "20261123-777308", "20261123-777309"
+    await store.create_many([personal_appeal(erased), personal_appeal(kept)])
+    assert await store.remove_personal_data(erased)
+    assert await store.is_erased(erased)
+    assert not await store.is_erased(kept)
+    assert not await store.is_erased("20261123-777398")  # not in Redis
+
+
 def test_staff_wording_is_removed_and_the_facts_stay():
     for e in staff_wording("20261123-777301"):
         original = e.model_dump(mode="json")

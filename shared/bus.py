@@ -521,10 +521,10 @@ async def relay_outbox(publisher: EventPublisher, store: TicketStore, older_than
         try:
             events.append(topics.EVENT_TYPES[topic].model_validate(record))
         except ValidationError:
-            # A record scrubbed by an erasure keeps its shape, but a located event's place (and an
-            # erasure notice's caller, when the ticket was erased again before the relay came) is
-            # all it carries and cannot be blanked: dropped, or it would hold up every relay after
-            # it. (An erasure again announces again.)
+            # A record scrubbed by an erasure keeps its shape, but a located event's place is all
+            # it carries and cannot be blanked: dropped, or it would hold up every relay after it.
+            # (An erasure notice not sent yet is never scrubbed: `TicketStore.remove_personal_data`
+            # keeps it for this relay.)
             log.warning("outbox event %s no longer parses (erased?): not relayed", entry.replace("\t", " "))
     await publish(publisher, events)
     await store.remove_outbox_entries(list(due))

@@ -123,8 +123,12 @@ def _scrubbed_record(event: Event) -> str:
 
 
 def _outbox_member(event: Event) -> str:
+    return _outbox_entry(event.topic, event.ticket_no, event.event_id)
+
+
+def _outbox_entry(topic: str, ticket_no: str, event_id: str) -> str:
     # Small on purpose: the event itself is in the ticket's history; the relay reads it from there.
-    return f"{event.topic}\t{event.ticket_no}\t{event.event_id}"
+    return f"{topic}\t{ticket_no}\t{event_id}"
 
 
 class _Batch:
@@ -397,7 +401,12 @@ class TicketStore:
         the services that keep their own keys linking the caller to the ticket drop them (none of
         them may be reached into from here). The erasure's process needs no publisher, and the fact
         cannot be lost between the scrub and a publish. Not for a ticket Redis no longer has: its
-        other keys have expired as well."""
+        other keys have expired as well.
+
+        An earlier erasure's notice still in the outbox is kept as it is: scrubbed, it would lose
+        the caller id, no longer parse, and the relay would drop it unsent (two erasures of one
+        caller a few seconds apart, or the relay scrubbing after sending another notice of the
+        ticket). The relay scrubs it once it has sent it (`shared.bus.relay_outbox`)."""
         at = at or datetime.now(UTC)
         announced = (
             PersonalDataRemoved(ticket_no=no, caller_id=announce_caller, occurred_at=at)
@@ -411,6 +420,8 @@ class TicketStore:
                     await pipe.watch(ticket_key(no), history_key(no))
                     raw = await pipe.get(ticket_key(no))
                     history = await pipe.lrange(history_key(no), 0, -1)
+                    records = [json.loads(h) for h in history]
+                    unsent = await self._unsent_notices(pipe, no, records)
                     pipe.multi()
                     if raw:
                         ticket = Ticket.model_validate_json(raw)
@@ -420,7 +431,12 @@ class TicketStore:
                         pipe.delete(history_key(no))
                         pipe.rpush(
                             history_key(no),
-                            *[json.dumps(scrub_event(json.loads(h)), ensure_ascii=False) for h in history],
+                            *[
+                                h
+                                if r.get("event_id") in unsent
+                                else json.dumps(scrub_event(r), ensure_ascii=False)
+                                for h, r in zip(history, records, strict=True)
+                            ],
                         )
                     if raw and announced is not None:
                         # After the scrubbed history: this copy keeps the hash until the relay has
@@ -433,23 +449,55 @@ class TicketStore:
                     continue
         raise ConcurrentUpdate(f"ticket kept changing: {no}")
 
+    async def _unsent_notices(self, pipe: Any, no: str, records: Sequence[dict[str, Any]]) -> set[str]:
+        """The ids of the erasure notices among a ticket's history records that the outbox still
+        holds (not sent yet). No round trip unless the history holds a notice: a ticket erased
+        before, which is rare. Read under the history's WATCH, not the outbox's: the relay removes
+        a notice's entry before it scrubs the history, so a scrub that read the entry as still
+        there either lands first (and the relay's scrub, which comes after, finds it gone) or is
+        retried."""
+        notices = [r["event_id"] for r in records if r.get("topic") == PersonalDataRemoved.topic]
+        if not notices:
+            return set()
+        entries = [_outbox_entry(PersonalDataRemoved.topic, no, event_id) for event_id in notices]
+        scores = await pipe.zmscore(self.OUTBOX, entries)
+        return {event_id for event_id, score in zip(notices, scores, strict=True) if score is not None}
+
     async def keep_erased(self, marks: Mapping[str, datetime]) -> list[str]:
         """Tickets the record has erased (number -> when): any of them that Redis holds without the
-        mark is erased again (`remove_personal_data`, with the record's time). Redis lost it and an
-        appeal still on its way rebuilt it (the router makes a ticket it does not find from the
-        classified appeal), with the resident's words and contact. One read for them all; the
-        erasure only where it is missing. Returns the numbers erased again."""
+        mark is erased (`remove_personal_data`, with the record's time) and announced, with the
+        caller id it still carries, as an erasure on request is. One read for them all; the erasure
+        only where it is missing. Returns the numbers erased here. The record comes here with:
+
+        - appeals that reached it after their caller's erasure (`Records._erased_on_their_way`):
+          the erasure did not find them, so Redis has them as intake wrote them, and intake's caller
+          index and `wx:last`, and the notifier's records of the acknowledgement, link the caller
+          to them; only the notice removes those;
+        - tickets it erased that Redis lost, which an appeal still on its way rebuilt (the router
+          makes a ticket it does not find from the classified appeal), with the resident's words
+          and contact. Announced again too: the notice of the first erasure may have been lost
+          with them (the outbox is in the same Redis), and the rebuilt ticket's events name the
+          caller again (the notifier may have texted them). Intake and the notifier take a notice
+          again at no harm: they remove what is there."""
         if not marks:
             return []
         nos = list(marks)
         again = [
-            no
+            (no, ticket.caller.caller_id)
             for no, ticket in zip(nos, await self.get_many(nos), strict=True)
             if ticket is not None and ticket.personal_data_removed_at is None
         ]
-        for no in again:
-            await self.remove_personal_data(no, marks[no])
-        return again
+        for no, caller in again:
+            await self.remove_personal_data(no, marks[no], announce_caller=caller)
+        return [no for no, _ in again]
+
+    async def is_erased(self, no: str) -> bool:
+        """Whether the ticket carries the mark of an erasure (a ticket Redis no longer holds does
+        not). Reads the one field, without validating the whole ticket: the read-time checks of
+        the services that keep their own keys about a ticket (see `remove_personal_data`) call it
+        where a notice they missed would otherwise let them use those keys."""
+        raw = await self.redis.get(ticket_key(no))
+        return raw is not None and json.loads(raw).get("personal_data_removed_at") is not None
 
     # --- the outbox ---------------------------------------------------------------------------
 

@@ -189,6 +189,9 @@ def test_a_location_goes_on_an_open_ticket_once_and_keeps_the_typed_address():
     closed = ticket.model_copy(update={"status": "closed"})
     assert located(closed, place) is None
     assert located(None, place) is None
+    # Erased, its resident's later place is not its (`wx:last` outlives a notice that was lost).
+    erased = ticket.model_copy(update={"personal_data_removed_at": datetime(2026, 11, 30, tzinfo=UTC)})
+    assert located(erased, place) is None
 
 
 def test_claims_written_before_they_held_json_still_resolve():

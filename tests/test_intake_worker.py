@@ -1,14 +1,21 @@
 """The intake worker's handlers on a real Redis: a caller's tickets join their open-ticket index,
-and a ticket erased on its resident's request leaves the caller's keys."""
+and a ticket erased on its resident's request leaves the caller's keys (and, should the notice be
+lost, the duplicate preview still never shows it)."""
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 
 from services.intake import keys
 from services.intake.app import DuplicateIndex
+from services.intake.domain import Submission
+from services.intake.preview import Previewer
 from shared.events import AppealReceived, Caller, PersonalDataRemoved
+from shared.privacy import REMOVED, caller_id
 from shared.store import TicketStore
+from tests.cities import demo_city
 
 
 def appeal(no: str, cid: str) -> AppealReceived:
@@ -39,3 +46,36 @@ async def test_an_erased_ticket_leaves_its_callers_index_and_last_wechat_ticket(
     assert await redis.smembers(keys.caller_index(other)) == {b"20261123-888003"}
     assert await redis.get(keys.wechat_last(other)) == b"20261123-888003"
     await redis.delete(*(k(c) for k in (keys.caller_index, keys.wechat_last) for c in (erased, kept, other)))
+
+
+async def test_the_duplicate_preview_never_shows_an_erased_ticket(redis):
+    """The erasure's notice never reached the worker (a broker lost after the relay sent it), so the
+    caller's index still leads to the erased ticket. The preview, which reads the tickets anyway,
+    leaves it out by its mark and takes it out of the index; in the grid, where erased tickets stay,
+    its placeholder text is matched by nothing."""
+    store = TicketStore(redis)
+    index = DuplicateIndex(redis, store)
+    phone = f"138{random.randint(10**7, 10**8 - 1)}"
+    cid = caller_id(phone)
+    erased, kept = (f"20261123-{n}" for n in random.sample(range(880100, 889999), 2))
+    text = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的"
+    appeals = [
+        AppealReceived(ticket_no=no, channel="hotline", text=text, caller=Caller(caller_id=cid))
+        for no in (erased, kept)
+    ]
+    await store.create_many(appeals)
+    await index.received(appeals)
+    grid = f"test-{uuid.uuid4().hex[:8]}"
+    await redis.zadd(keys.grid_index(grid), {erased: time.time(), kept: time.time()})
+    assert await store.remove_personal_data(erased)  # and no notice reaches intake
+    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
+
+    again = Submission(channel="hotline", text="我之前反映的事情怎么样了，还没人来处理", phone=phone)
+    found = await previewer.duplicates(again, None)
+    assert [(d.ticket.ticket_no, d.reason) for d in found] == [(kept, "same_caller")]
+    assert await redis.smembers(keys.caller_index(cid)) == {kept.encode()}
+
+    neighbour = f"139{random.randint(10**7, 10**8 - 1)}"
+    placeholder = Submission(channel="hotline", text=f"【{REMOVED}】", phone=neighbour)
+    assert await previewer.duplicates(placeholder, grid) == []
+    await redis.delete(keys.caller_index(cid), keys.grid_index(grid))

@@ -740,3 +740,83 @@ async def test_a_message_held_for_an_erased_ticket_is_not_sent(make_kit, clock):
     await kit.notifier.forget([held.ticket_no])
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 2  # both jobs taken
     assert [m["ticket_no"] for m in await kit.sent(phone)] == [kept.ticket_no]
+
+
+async def erased_without_notice(kit: Kit, ticket_no: str, phone: str) -> None:
+    """The ticket in Redis, erased there, and the erasure's notice never reaching the notifier (a
+    broker lost after the relay sent it)."""
+    cid = caller_id(phone)
+    appeal = AppealReceived(
+        ticket_no=ticket_no,
+        channel="hotline",
+        text="路灯坏了",
+        caller=Caller(caller_id=cid, masked_phone=mask_phone(phone)),
+    )
+    await kit.store.create_many([appeal])
+    assert await kit.store.remove_personal_data(ticket_no)
+
+
+async def test_jobs_about_a_ticket_erased_without_its_notice_send_nothing_and_forget_it(make_kit, clock):
+    """A held message, a survey's reminder and its timeout read the ticket's mark before they run:
+    for an erased ticket nothing is sent, and what the notice would have removed goes then (the open
+    survey ends as opted out, so the ticket still closes). Another ticket's held message is sent."""
+    from services.notifier.states import ticket_records_key
+
+    kit = make_kit()
+    phone = new_phone()
+    surveyed_ticket, resolved = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved])  # at noon: sent, with its reminder and timeout
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)  # quiet hours: acknowledgements are held
+    erased_no, kept_no = (f"20261123-{n}" for n in random.sample(range(100000, 999999), 2))
+    for no in (erased_no, kept_no):
+        appeal = AppealReceived(ticket_no=no, channel="hotline", text="路灯坏了")
+        assert await kit.notifier.acknowledge(appeal, no, phone) == "held"
+    held = await kit.redis.smembers(ticket_records_key(erased_no))  # the held message's state
+    assert len(held) == 1
+    for no in (surveyed_ticket.ticket_no, erased_no):
+        await erased_without_notice(kit, no, phone)
+
+    assert await kit.notifier.scan(NOON + timedelta(hours=25)) == 3  # two acks, the reminder
+    assert {(m["ticket_no"], m["kind"]) for m in await kit.sent(phone)} == {
+        (surveyed_ticket.ticket_no, "survey"),
+        (kept_no, "ack"),
+    }
+    sid = resolved.event_id
+    assert await kit.notifier.surveys.get(sid) is None
+    assert await kit.redis.zscore(f"survey:open:{phone}", sid) is None
+    assert [a.outcome for a in kit.answers(surveyed_ticket.ticket_no)] == ["opted_out"]
+    jobs = [m.decode() for m in await kit.redis.zrange(kit.notifier.jobs.key, 0, -1)]
+    assert [j for j in jobs if sid in j] == []  # the timeout went with it
+    assert (
+        await kit.redis.exists(*(ticket_records_key(n) for n in (surveyed_ticket.ticket_no, erased_no))) == 0
+    )
+    assert await kit.redis.exists(*held) == 0
+    kept = await kit.redis.smembers(ticket_records_key(kept_no))
+    assert len(kept) == 1
+    assert await kit.redis.exists(*kept) == 1
+
+
+async def test_a_reply_skips_the_survey_of_a_ticket_erased_without_its_notice(make_kit, clock):
+    """The resident's newest open survey is about a ticket erased since; its notice never came.
+    The reply goes to the survey that is left, and the erased ticket's survey is forgotten (closed
+    as opted out) rather than answered or sent a clarification."""
+    kit = make_kit(quiet="none")
+    phone = new_phone()
+    older, resolved_older = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved_older])
+    clock.now = NOON + timedelta(hours=1)
+    newer, resolved_newer = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved_newer])
+    await erased_without_notice(kit, newer.ticket_no, phone)
+
+    assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
+        ticket_no=older.ticket_no, rating=1, solved=True
+    )
+    assert [a.outcome for a in kit.answers(newer.ticket_no)] == ["opted_out"]
+    assert await kit.notifier.surveys.get(resolved_newer.event_id) is None
+    # The last closed survey is the older one's: a later word is a comment on it, and nothing
+    # more reaches the resident about the erased ticket.
+    assert await kit.notifier.surveys.reply(phone, "谢谢") == SurveyComment(
+        ticket_no=older.ticket_no, clarification=False
+    )
+    assert [m["kind"] for m in await kit.sent(phone) if m["ticket_no"] == newer.ticket_no] == ["survey"]

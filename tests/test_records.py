@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from services.classifier.grid import grid_match
 from services.intake import keys
+from services.intake.app import DuplicateIndex
 from services.launcher import Launcher
 from services.records import db
 from services.records.app import until_available
@@ -31,6 +32,7 @@ from services.records.service import Records
 from services.router.app import RouterHandlers
 from shared import topics
 from shared.auth import issue_token
+from shared.bus import relay_outbox
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import (
     AppealClassified,
@@ -42,6 +44,7 @@ from shared.events import (
     GeoPoint,
     MeetingConvened,
     MeetingUpdated,
+    PersonalDataRemoved,
 )
 from shared.privacy import REMOVED, caller_id, mask_phone
 from shared.store import Change, Outcome, TicketStore
@@ -49,6 +52,7 @@ from shared.tickets import Ticket
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
 from tests.test_pipeline_e2e import LIGHT, resolve_when_assigned, submit, ticket_when
+from tests.test_shared_core import Broker
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -671,12 +675,13 @@ async def test_a_ticket_redis_lost_and_an_appeal_on_its_way_rebuilt_is_erased_ag
     no = f"20261201-{random.randint(900000, 999999)}"
     appeal, classified = personal_appeal(no, name, phone, system_city)
     store = TicketStore(redis)
+    store.OUTBOX = f"outbox:test-{uuid.uuid4().hex}"  # the running router's relay must not send these
     await store.create_many([appeal])
     # The worker's Records holds the store; catching up is given it.
     records = Records(pool, system_city, store if reconciled_by == "projection" else None)
     await records.project(topics.APPEAL_RECEIVED, [appeal])
     await Retention(pool, store, settings).erase_caller(caller_id(phone), actor="0231", reason="居民申请")
-    await redis.delete(f"t:{no}", f"t:{no}:h")  # Redis lost it
+    await redis.delete(f"t:{no}", f"t:{no}:h", store.OUTBOX)  # Redis lost it, the notice with it
 
     sent: list[Event] = []
     await router_sending_to(sent, system_city, store).classified([classified])
@@ -692,7 +697,14 @@ async def test_a_ticket_redis_lost_and_an_appeal_on_its_way_rebuilt_is_erased_ag
     assert ticket.personal_data_removed_at is not None
     assert ticket.category == "city.facility.streetlight"  # the statistics stay
     assert [p for p in personal if p in ticket.model_dump_json()] == []
-    assert [p for p in personal if p in json.dumps(await store.history(no), ensure_ascii=False)] == []
+    history = await store.history(no)
+    assert [p for p in personal if p in json.dumps(history, ensure_ascii=False)] == []
+    # Announced again, with the caller id the rebuilt ticket carried: the first notice was lost.
+    notice = history[-1]
+    assert (notice["topic"], notice["caller_id"]) == (topics.PERSONAL_DATA_REMOVED, caller_id(phone))
+    assert await redis.zrange(store.OUTBOX, 0, -1) == [
+        f"{topics.PERSONAL_DATA_REMOVED}\t{no}\t{notice['event_id']}".encode()
+    ]
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
         stored = [e["p"] for e in await cur.fetchall()]
@@ -767,7 +779,10 @@ async def test_an_appeal_not_yet_recorded_when_its_caller_is_erased_is_erased_wh
     no = f"20261201-{random.randint(900000, 999999)}"
     appeal, classified = personal_appeal(no, name, phone, system_city)
     store = TicketStore(redis)
+    store.OUTBOX = f"outbox:test-{uuid.uuid4().hex}"  # the relay below takes only this test's entries
     assert await store.create_many([appeal]) == 1  # intake's write; the record has not seen it
+    intake = DuplicateIndex(redis, store)
+    await intake.received([appeal])  # the caller's open-ticket index now leads to it
     retention = Retention(pool, store, settings)
     assert await retention.erase_caller(caller_id(phone), actor="0231", reason="居民申请") == []
 
@@ -790,6 +805,16 @@ async def test_an_appeal_not_yet_recorded_when_its_caller_is_erased_is_erased_wh
     assert ticket is not None
     assert ticket.personal_data_removed_at is not None
     assert [p for p in personal if p in ticket.model_dump_json()] == []
+    # Announced like the erasure on request: intake's caller index no longer leads to it.
+    broker = Broker()
+    await relay_outbox(broker, store, older_than_seconds=0)  # type: ignore[arg-type]
+    [(topic, body)] = broker.sent
+    assert topic == topics.PERSONAL_DATA_REMOVED
+    notice = PersonalDataRemoved.model_validate(body)
+    assert (notice.ticket_no, notice.caller_id) == (no, caller_id(phone))
+    assert no.encode() in await redis.smembers(keys.caller_index(caller_id(phone)))
+    await intake.erased([notice])
+    assert no.encode() not in await redis.smembers(keys.caller_index(caller_id(phone)))
 
     later_no = f"20261201-{random.randint(900000, 999999)}"
     later, _ = personal_appeal(later_no, name, phone, system_city)  # received now, after the erasure

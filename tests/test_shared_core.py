@@ -517,6 +517,54 @@ async def test_an_erasure_on_request_is_announced_through_the_outbox(redis):
     assert ticket.personal_data_removed_at == at  # the erasure's mark, not the relay's time
 
 
+async def test_a_second_erasure_before_the_relay_keeps_the_first_notice(redis, caplog):
+    """Two erasures of one ticket a few seconds apart (the same caller erased twice, two requests
+    racing): the second scrubs the history again, but not the first's notice, which the outbox
+    still holds, so the relay sends it rather than dropping it as unparseable. Then the relay,
+    having sent the first, scrubs the history, but not the second's notice, which is not due yet."""
+    store = TicketStore(redis)
+    store.OUTBOX = f"outbox:test-{uuid.uuid4().hex}"
+    no = "20261123-777214"
+    await store.create_many([personal_appeal(no)])
+    cid = caller_id(PHONE)
+    first_at, second_at = (
+        datetime(2026, 11, 23, 3, 0, tzinfo=UTC),
+        datetime(2026, 11, 23, 3, 0, 5, tzinfo=UTC),
+    )
+    assert await store.remove_personal_data(no, first_at, announce_caller=cid)
+    [first] = [m.decode() for m in await redis.zrange(store.OUTBOX, 0, -1)]
+    await redis.zadd(store.OUTBOX, {first: 1.0})  # written long ago: due for the relay
+    assert await store.remove_personal_data(no, second_at, announce_caller=cid)
+
+    history = await store.history(no)
+    notices = [h for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED]
+    assert [h["caller_id"] for h in notices] == [cid, cid]
+    assert leaks(json.dumps(history[0], ensure_ascii=False)) == []
+
+    broker = Broker()
+    with caplog.at_level("WARNING", logger="shared.bus"):
+        assert await relay_outbox(broker, store, older_than_seconds=10) == 0  # type: ignore[arg-type]
+    assert [(topic, body["event_id"], body["caller_id"]) for topic, body in broker.sent] == [
+        (topics.PERSONAL_DATA_REMOVED, notices[0]["event_id"], cid)
+    ]
+    assert "no longer parses" not in caplog.text
+    # The first is sent and scrubbed; the second, not due yet, keeps what it must carry.
+    assert [
+        h.get("caller_id") for h in await store.history(no) if h["topic"] == topics.PERSONAL_DATA_REMOVED
+    ] == [
+        None,
+        cid,
+    ]
+
+    assert await relay_outbox(broker, store, older_than_seconds=0) == 0  # type: ignore[arg-type]
+    assert [body["event_id"] for _, body in broker.sent[1:]] == [notices[1]["event_id"]]
+    assert await redis.zcard(store.OUTBOX) == 0
+    assert leaks(json.dumps(await store.history(no), ensure_ascii=False)) == []
+    ticket = await store.get(no)
+    assert ticket is not None
+    assert ticket.personal_data_removed_at == first_at  # the first erasure's mark stays
+
+
 def test_a_decision_cannot_bring_personal_data_back_onto_an_erased_ticket():
     """As the router does when it sees no ticket: rebuild it from the classified appeal, and record
     the classification, which carries the whole appeal."""
@@ -683,7 +731,11 @@ async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis
 
 
 async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its_mark(redis):
+    """And announces it, with the caller id the ticket it finds still carries: intake and the
+    notifier may hold keys linking the caller to it that no notice has removed (an appeal that
+    reached the record after its caller's erasure, or a first notice lost with the ticket)."""
     store = TicketStore(redis)
+    store.OUTBOX = f"outbox:test-{uuid.uuid4().hex}"
     back, marked, gone = "20261123-777305", "20261123-777306", "20261123-777307"
     await store.create_many([personal_appeal(back), personal_appeal(marked)])
     first = datetime(2026, 11, 23, 3, 0, tzinfo=UTC)
@@ -700,9 +752,33 @@ async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its
     assert ticket is not None
     assert ticket.personal_data_removed_at == erased_at  # the record's time
     assert leaks(ticket.model_dump_json()) == []
-    assert leaks(json.dumps(await store.history(back), ensure_ascii=False)) == []
-    assert (await store.history(marked))[-1]["note"] == "原样"
+    *scrubbed, notice = await store.history(back)
+    assert leaks(json.dumps(scrubbed, ensure_ascii=False)) == []
+    assert (notice["topic"], notice["ticket_no"], notice["caller_id"]) == (
+        topics.PERSONAL_DATA_REMOVED,
+        back,
+        caller_id(PHONE),
+    )
+    assert [m.decode() for m in await redis.zrange(store.OUTBOX, 0, -1)] == [
+        f"{topics.PERSONAL_DATA_REMOVED}\t{back}\t{notice['event_id']}"
+    ]
+    assert (await store.history(marked))[-1]["note"] == "原样"  # nothing done, nothing announced
     assert await redis.exists(f"t:{gone}") == 0  # nothing made up for a ticket Redis does not hold
+
+    broker = Broker()
+    assert await relay_outbox(broker, store, older_than_seconds=0) == 0  # type: ignore[arg-type]
+    assert [body["event_id"] for _, body in broker.sent] == [notice["event_id"]]
+    assert leaks(json.dumps(await store.history(back), ensure_ascii=False)) == []
+
+
+async def test_is_erased_reads_the_mark(redis):
+    store = TicketStore(redis)
+    erased, kept = "20261123-777308", "20261123-777309"
+    await store.create_many([personal_appeal(erased), personal_appeal(kept)])
+    assert await store.remove_personal_data(erased)
+    assert await store.is_erased(erased)
+    assert not await store.is_erased(kept)
+    assert not await store.is_erased("20261123-777398")  # not in Redis
 
 
 def test_staff_wording_is_removed_and_the_facts_stay():

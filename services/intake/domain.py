@@ -186,8 +186,12 @@ def validate(
 def located(ticket: Ticket | None, place: AppealLocated) -> Ticket | None:
     """The location rule: a place the resident sends after the appeal goes on its ticket while the
     ticket is open, once per message, and fills the address only where the appeal gave none (what
-    the resident typed is more precise than a map label). None: nothing to change."""
+    the resident typed is more precise than a map label). None: nothing to change. Never onto a
+    ticket whose resident's personal data was erased: `wx:last` may still name it when the
+    erasure's notice did not reach intake, and a place sent now is no longer that ticket's."""
     if ticket is None or ticket.has_applied(place.event_id) or not ticket.is_open:
+        return None
+    if ticket.personal_data_removed_at is not None:
         return None
     return ticket.model_copy(
         update={

@@ -84,19 +84,37 @@ class Previewer:
         }
 
     async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
+        """Open tickets of the same caller, and open tickets of the grid with a near-identical text.
+        A ticket whose resident's personal data was erased is never one: the tickets are read
+        anyway, so their mark costs nothing to check, and it holds even when the erasure's notice
+        never reached the intake worker (a broker lost after the relay sent it), which would leave
+        the ticket in the caller's index for its 90 days. Such a ticket found there is taken out
+        of it now, as the notice would have."""
         found: dict[str, Duplicate] = {}
         caller = sub.caller.caller_id
         mine = [text(m) for m in await self.store.redis.smembers(keys.caller_index(caller))] if caller else []
+        erased: list[str] = []
         for t in await self.store.get_many(sorted(mine)):
-            if t is not None and t.is_open:
+            if t is not None and t.personal_data_removed_at is not None:
+                erased.append(t.ticket_no)
+            elif t is not None and t.is_open:
                 found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
+        if erased and caller:
+            await self.store.redis.srem(keys.caller_index(caller), *erased)
         if grid:
             since = time.time() - DUPLICATE_WINDOW_SECONDS
             recent = await self.store.redis.zrevrangebyscore(
                 keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES
             )
             nos = [no for no in map(text, cast(list[bytes], recent)) if no not in found]
+            # The grid's index keeps erased tickets (a number there says nothing of who called);
+            # their text is a placeholder, which a new text must not be matched against.
             for t in await self.store.get_many(nos):
-                if t is not None and t.is_open and near_identical(sub.text, t.text):
+                if (
+                    t is not None
+                    and t.is_open
+                    and t.personal_data_removed_at is None
+                    and near_identical(sub.text, t.text)
+                ):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))
         return sorted(found.values(), key=lambda d: -d.similarity)

@@ -69,7 +69,14 @@ class Notifier:
         self.jobs = JobQueue(self.redis, jobs_key)
         self.states = MessageStates(self.redis)
         self.sms = Dispatcher(self.redis, gateway, policy, self.jobs, clock=clock)
-        self.surveys = SurveyBook(self.sms, publish, texts, reminder_after=reminder_after, window=window)
+        self.surveys = SurveyBook(
+            self.sms,
+            publish,
+            texts,
+            reminder_after=reminder_after,
+            window=window,
+            erased=self.forget_if_erased,
+        )
         self._hget_each = self.redis.register_script(_HGET_EACH)
 
     @classmethod
@@ -103,10 +110,14 @@ class Notifier:
     async def _run(self, job: Job, now: datetime) -> None:
         if isinstance(job, SendJob):
             message = job.message
-            if about_resident(message) and not await self.redis.exists(state_key(message.message_id)):
-                # Its state was written with the job: gone, the resident's data was erased since
-                # (`forget`), and the message must not reach them.
-                return
+            if about_resident(message):
+                # The resident's data was erased since, and the message must not reach them: their
+                # ticket has the mark (whether or not the erasure's notice came), or the message's
+                # state, written with the job, is gone (`forget` ran on the notice).
+                if await self.forget_if_erased(message.ticket_no or ""):
+                    return
+                if not await self.redis.exists(state_key(message.message_id)):
+                    return
             if message.kind in SURVEY_KINDS and await self.surveys.opted_out(message.phone):
                 await self.states.set(message, "cancelled", reason="opted out while it was held")
                 return
@@ -117,6 +128,19 @@ class Notifier:
             await self.surveys.expire(job.survey_id, now)
 
     # --- erasure ------------------------------------------------------------------------------
+
+    async def forget_if_erased(self, ticket_no: str) -> bool:
+        """Whether the ticket carries the mark of an erasure (`TicketStore.is_erased`); if so, what
+        `forget` removes goes now. Asked where something kept about a ticket is about to reach its
+        resident (a held message, a survey's reminder, timeout or reply): the erasure's notice is
+        how these are removed, and a broker lost after the relay sent it does not send it again.
+        One read per held message or survey step. Messages sent as events arrive need none: the
+        router's events about an erased ticket carry no caller, and those written before the
+        erasure find no contact, which it deleted."""
+        if not ticket_no or not await self.store.is_erased(ticket_no):
+            return False
+        await self.forget([ticket_no])
+        return True
 
     async def forget(self, ticket_nos: Sequence[str], now: datetime | None = None) -> int:
         """The residents of these tickets had their personal data erased: what the notifier keeps

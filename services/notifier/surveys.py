@@ -54,6 +54,9 @@ OPTOUT = "sms:optout"
 SURVEY_KINDS = frozenset({"survey", "reminder", "clarification"})  # what an opt-out stops, even held
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
+# Whether a ticket's resident had their personal data erased, in which case what the notifier kept
+# about the ticket has been forgotten by the time it answers (`Notifier.forget_if_erased`).
+Erased = Callable[[str], Awaitable[bool]]
 
 
 def derived_id(*parts: str) -> str:
@@ -63,7 +66,14 @@ def derived_id(*parts: str) -> str:
 
 class SurveyBook:
     def __init__(
-        self, sms: Dispatcher, publish: Publish, texts: Texts, *, reminder_after: timedelta, window: timedelta
+        self,
+        sms: Dispatcher,
+        publish: Publish,
+        texts: Texts,
+        *,
+        reminder_after: timedelta,
+        window: timedelta,
+        erased: Erased,
     ) -> None:
         # The dispatcher's Redis, job queue and clock: a survey's reminder and timeout wait in the
         # queue that holds its messages, and are due by the same clock.
@@ -73,6 +83,7 @@ class SurveyBook:
         self.texts = texts
         self.reminder_after = reminder_after
         self.window = window
+        self.erased = erased
 
     # --- asking -------------------------------------------------------------------------------
 
@@ -154,9 +165,11 @@ class SurveyBook:
     # --- the scheduled steps ------------------------------------------------------------------
 
     async def remind(self, survey_id: str, now: datetime) -> None:
-        """The one reminder, if the survey is still open."""
+        """The one reminder, if the survey is still open (and its ticket not erased)."""
         survey = await self.get(survey_id)
         if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
+            return
+        if await self._forgotten(survey, now):
             return
         text = self.texts.render("reminder", ticket_no=survey.ticket_no, question=self.texts.question)
         await self.sms.send(survey_id, SmsMessage(survey.phone, text, "reminder", survey.ticket_no), now)
@@ -164,7 +177,7 @@ class SurveyBook:
     async def expire(self, survey_id: str, now: datetime) -> None:
         """The window ended: the survey closes without an answer (if nothing closed it before)."""
         survey = await self.get(survey_id)
-        if survey is not None:
+        if survey is not None and not await self._forgotten(survey, now):
             await self._close(survey, "no_answer", "", now, event_id=derived_id(survey_id, "no_answer"))
 
     # --- replies ------------------------------------------------------------------------------
@@ -175,16 +188,32 @@ class SurveyBook:
         now = self.clock()
         if is_opt_out(text):
             return await self.opt_out(phone, text, now)
-        # Without scores, redis-py returns the members (its types cover every form of the command).
-        newest = cast("list[bytes]", await self.redis.zrevrange(f"survey:open:{phone}", 0, 0))
-        survey = await self.get(newest[0]) if newest else None
+        survey = await self._newest_open(phone)
+        while survey is not None and await self._forgotten(survey, now):
+            survey = await self._newest_open(phone)  # that one is gone: the reply is about the rest
         if survey is not None:
             return await self._on_open(survey, text, now)
         last = await self.redis.get(f"survey:last:{phone}")
-        if last and (survey := await self.get(last)) is not None:
+        if last and (survey := await self.get(last)) is not None and not await self._forgotten(survey, now):
             await self._comment(survey, text, now)
             return SurveyComment(ticket_no=survey.ticket_no, clarification=False)
         return None
+
+    async def _newest_open(self, phone: str) -> Survey | None:
+        # Without scores, redis-py returns the members (its types cover every form of the command).
+        newest = cast("list[bytes]", await self.redis.zrevrange(f"survey:open:{phone}", 0, 0))
+        return await self.get(newest[0]) if newest else None
+
+    async def _forgotten(self, survey: Survey, now: datetime) -> bool:
+        """Whether the survey's ticket was erased: then the survey is forgotten now, as the
+        erasure's notice would have had it (`forget`), before anything is sent or recorded for it.
+        The notice may never have come: a broker lost after the relay sent it does not send it
+        again. One read of the ticket per step of a survey (a reply, the reminder, the timeout)."""
+        if not await self.erased(survey.ticket_no):
+            return False
+        # The hook forgot the ticket's records by its index; this one goes even if it was not listed.
+        await self.forget([_survey_key(survey.survey_id)], now)
+        return True
 
     async def _on_open(self, survey: Survey, text: str, now: datetime) -> SurveyAnswer | SurveyComment:
         parsed = parse_reply(text)

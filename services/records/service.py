@@ -286,7 +286,9 @@ class Records:
             # if Redis had lost it: the router makes a ticket it does not find from the appeal a
             # classification carries. Every write of the router publishes an event that comes
             # here after the write, so the ticket is found and erased again (inside this
-            # transaction: if Redis fails, the batch is read again and so is this).
+            # transaction: if Redis fails, the batch is read again and so is this), and announced
+            # again with the caller id the rebuilt ticket carries (`TicketStore.keep_erased` says
+            # why: the first notice may have been lost with the ticket).
             if self.store is not None:
                 await self.store.keep_erased(erased)
         ids = {p["event_id"] for p in fresh}
@@ -304,6 +306,8 @@ class Records:
         await upsert_tickets(cur, rows)
         if late := await self._erased_on_their_way(cur, fresh, erased):
             await self.remove_personal_data(cur, late)
+            # In Redis too, announced like the erasure on request, so intake and the notifier drop
+            # their keys linking the caller to these tickets (the erasure did not find them).
             if self.store is not None:
                 now = datetime.now(UTC)
                 await self.store.keep_erased(dict.fromkeys(late, now))

@@ -19,7 +19,7 @@ import typer
 from shared import topics
 from shared.privacy import scrub_event
 from shared.settings import Settings, get_settings
-from shared.store import ticket_key
+from shared.store import TicketStore
 
 dlq_cli = typer.Typer(help="Dead letters: messages no consumer could handle, and their replay.")
 REPLAYED_KEY = "dlq:replayed"  # Redis hash: "<dlq topic>:<partition>:<offset>" -> original topic's new offset
@@ -113,13 +113,6 @@ def replay(
     )
 
 
-async def _erased(redis: Any, ticket_no: str) -> bool:
-    """Whether the ticket is marked as having had its personal data removed (the ticket store's
-    mark; a ticket Redis no longer holds is closed, and the record scrubs what comes for it)."""
-    raw = await redis.get(ticket_key(ticket_no))
-    return bool(raw) and json.loads(raw).get("personal_data_removed_at") is not None
-
-
 async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -> dict[str, int]:
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
@@ -147,7 +140,7 @@ async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -
                 event = json.loads(body)
                 no = str(event["ticket_no"])
                 key = no.encode()  # keep one ticket's events in order
-                if await _erased(redis, no):
+                if await TicketStore(redis).is_erased(no):
                     # The resident's data was erased after this was dead-lettered: it goes back
                     # without it, or the pipeline would write the words back (an appeal's text).
                     body = json.dumps(scrub_event(event), ensure_ascii=False).encode()

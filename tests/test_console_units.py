@@ -62,6 +62,34 @@ def test_history_sentences(city):
     assert present.describe(returned, city) == "退单：区水务局，不属于本单位职责，应由供热公司处理"
 
 
+def test_history_sentences_name_what_each_step_carried(city):
+    water = {"id": "water", "name": "区水务局"}
+    returned = {
+        "topic": "ticket.updated",
+        "action": "returned",
+        "department": water,
+        "note": "应由供热公司处理",
+        "returned": {"reason": "not_ours", "reason_name": "不属于本单位职责", "returns": 1},
+    }
+    assert present.describe(returned, city) == "退单：区水务局，不属于本单位职责，应由供热公司处理"
+    extension = {
+        "topic": "ticket.updated",
+        "action": "extension_requested",
+        "department": water,
+        "extension": {"days": 3, "reason": "需协调施工队"},
+    }
+    assert present.describe(extension, city) == "申请延期：区水务局，3个工作日（需协调施工队）"
+    overdue = {
+        "topic": "ticket.updated",
+        "action": "overdue",
+        "department": water,
+        "supervision": {"stage": "resolve", "stage_name": "办结", "deadline": NOW.isoformat()},
+    }
+    assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
+    closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
+    assert present.describe(closed, city) == "关闭：基本满意"
+
+
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     drawn = present.grid_map(city, {"s01c01g01": 10, "s02c01g01": 1})
     shapes = {s["grid"]: s for s in drawn["shapes"]}

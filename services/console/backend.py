@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from fastapi import Request
 
+from services.console import present
 from services.notifier import scoring
 from shared.tickets import Status
 
@@ -132,10 +133,10 @@ class Api:
         out = []
         for h in history:
             if h.get("action") == "returned":
-                data = h.get("data") or {}
                 who = (h.get("department") or {}).get("name", h.get("actor", ""))
+                reason = present.payload_words(h)
                 note = f"：{h['note']}" if h.get("note") else ""
-                out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
+                out.append(f"{who}{f'（{reason}）' if reason else ''}{note}")
         return out
 
     async def figures(self, start: str, end: str) -> dict[str, Any]:

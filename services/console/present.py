@@ -19,7 +19,7 @@ ACTION_NAMES = {
     "extension_approved": "延期已批准",
     "extension_refused": "延期未批准",
     "resolved": "办结",
-    "surveyed": "回访短信已发送",
+    "surveyed": "转入回访",  # the SMS itself is the survey.sent record beside it
     "rated": "市民评价",
     "closed": "关闭",
     "reopened": "重新办理",
@@ -84,6 +84,36 @@ def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     return ("已超期" if late else "剩余") + parts, late
 
 
+OUTCOME_NAMES = {
+    "no_answer": "市民未答复",
+    "opted_out": "市民已退订回访",
+    "skipped_anonymous": "匿名诉求不回访",
+}
+
+
+def payload_words(record: Mapping[str, Any]) -> str:
+    """What a workflow step carried, in words: the return's reason, the days asked for, the stage
+    that ran late, the resident's rating. Events carry it in the field the action names (`returned`,
+    `extension`, `supervision`, `answer`); records written before that kept it in `data`."""
+    returned = record.get("returned") or {}
+    extension = record.get("extension") or {}
+    supervision = record.get("supervision") or {}
+    answer = record.get("answer") or {}
+    data = record.get("data") or {}
+    if returned.get("reason_name") or data.get("reason_name"):
+        return str(returned.get("reason_name") or data["reason_name"])
+    days = extension.get("days") or data.get("days")
+    if days:
+        reason = extension.get("reason") or ""
+        return f"{days}个工作日" + (f"（{reason}）" if reason else "")
+    if supervision.get("stage_name"):
+        return f"{supervision['stage_name']}时限"
+    if answer:
+        rating = RATING_NAMES.get(answer.get("rating") or 0)
+        return rating or OUTCOME_NAMES.get(answer.get("outcome") or "", "")
+    return ""
+
+
 def describe(record: Mapping[str, Any], city: City) -> str:
     """One history record (an event as the store keeps it) as a sentence for staff."""
     topic = record.get("topic", "")
@@ -94,10 +124,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
-        data = record.get("data") or {}
-        extra = data.get("reason_name") or (f"{data['days']}个工作日" if "days" in data else "")
         note = record.get("note") or ""
-        words = [w for w in (dept, extra, note) if w]
+        words = [w for w in (dept, payload_words(record), note) if w]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")

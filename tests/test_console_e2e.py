@@ -237,11 +237,20 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         ticket = await ticket_when(client, no, lambda t: t["status"] == "review")
         await sign_in(page, await issue_token(redis, "admin"))
         await expect(page).to_have_url(re.compile(r"/console/desk$"))
+        # The desk's queue is paged: the ticket's own page links to the page that holds its card.
+        await page.goto(f"/console/tickets/{no}")
+        await page.locator("#to-desk").click()
         card = page.locator(f"#desk-{no}")
         await expect(card).to_be_visible()
         await expect(card.locator(".resident-text")).to_have_text(ticket["text"])
         await accessible(page)
         await shot(page, "desk")
+        # No unit is chosen until the desk chooses one: "派往所选单位" alone sends the ticket nowhere.
+        await expect(card.locator(f"#dept-{no}")).to_have_value("")
+        await card.get_by_role("button", name="派往所选单位").click()
+        await expect(page.locator("p.error")).to_contain_text("请先在“其他单位”中选择承办单位")
+        await page.goto(f"/console/desk?ticket={no}")
+        await expect(card).to_be_visible()
         # Click 1: the second suggested category; click 2: its department.
         choices = card.get_by_role("radio")
         assert await choices.count() >= 2

@@ -3,6 +3,7 @@ resident's lookup shows, and the templates' escaping."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from urllib.parse import urlencode
@@ -223,3 +224,68 @@ def test_the_ticket_list_renders_residents_text_as_text_and_offers_no_department
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'id="f-department"' not in html
     assert "/console/tickets/export?q=%3Cscript%3E" in html  # the export keeps the filters, encoded
+
+
+def test_a_long_list_is_shown_a_page_at_a_time():
+    items = list(range(45))
+    assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
+    assert present.page_of(items, 3, 20) == (list(range(40, 45)), 3, 3)
+    assert present.page_of(items, 99, 20) == (list(range(40, 45)), 3, 3)  # past the end: the last page
+    assert present.page_of([], 1, 20) == ([], 1, 1)
+    tickets = [{"ticket_no": f"N{i}"} for i in range(45)]
+    assert present.page_holding(tickets, "N20", 20) == 2
+    assert present.page_holding(tickets, "N19", 20) == 1
+    assert present.page_holding(tickets, "elsewhere", 20) is None
+
+
+def meeting(city, **changes):
+    summoned = [d for d in city.departments if d.kind != "dispatch_desk"][:2]
+    leaf = city.leaf_categories[0]
+    grid = next(iter(city.grids))
+    return {
+        "meeting_id": "M1",
+        "reason_name": "同一网格同类诉求集中（热点）",
+        "status": "open",
+        "summoned": [{"id": d.id, "name": d.name, "checked_in": False} for d in summoned],
+        "tickets": ["20260302-000001"],
+        "category": leaf,
+        "grid": grid,
+        "deadline": "2026-03-05T08:00:00+00:00",
+        "lead": None,
+        "note": "",
+        **changes,
+    }
+
+
+def render_meetings(city, meetings, role="admin"):
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    return templates.get_template("meetings.html").render(
+        request=None,
+        s=desk,
+        meetings=[present.meeting_row(m, city, TZ) for m in meetings],
+        total=len(meetings),
+        open_count=len(meetings),
+        page_no=1,
+        pages=1,
+        error="",
+        done="",
+    )
+
+
+def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(city):
+    open_meeting = meeting(city)
+    html = render_meetings(city, [open_meeting])
+    options = re.findall(r'<option value="([^"]*)">', html)
+    # No department chosen for the desk: an empty choice first, then only those summoned.
+    assert options == ["", *(d["id"] for d in open_meeting["summoned"])]
+    assert "2026-03-05 16:00" in html  # the deadline in local time
+    assert "/".join(city.category_names(open_meeting["category"])) in html
+
+    lead = open_meeting["summoned"][1]
+    decided = render_meetings(city, [meeting(city, status="decided", lead=lead["id"], note="牵头处理")])
+    assert f"主办单位：{lead['name']}（牵头处理）" in decided
+    assert f"主办单位：{lead['id']}" not in decided
+    assert "记录决定" not in decided  # decided once: no second decision offered

@@ -6,6 +6,7 @@ error messages. The request never leaves the process (httpx's ASGI transport).""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -118,11 +119,23 @@ class Api:
             page += 1
 
     async def open_tickets(self, departments: list[str]) -> list[dict]:
-        """Every open ticket of the given departments (the desk's view of the whole city)."""
-        out: list[dict] = []
-        for dept in departments:
-            out += [t for t in await self.department_tickets(dept) if t["status"] != Status.CLOSED]
-        return out
+        """Every open ticket of the given departments (the desk's view of the whole city), the
+        departments read side by side."""
+        queues = await asyncio.gather(*(self.department_tickets(dept) for dept in departments))
+        return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
+
+    async def dispatch_queue(self) -> list[dict]:
+        """Every ticket waiting for the desk to dispatch it, however many pages the API takes."""
+        tickets: list[dict] = []
+        page = 1
+        while True:
+            r = await self.get("/api/v1/dispatch/queue", page=page, size=200)
+            if not r.ok:
+                return tickets
+            tickets += r.body["tickets"]
+            if page * 200 >= r.body["total"]:
+                return tickets
+            page += 1
 
     # --- figures --------------------------------------------------------------------------------
 

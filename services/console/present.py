@@ -140,8 +140,36 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     return TOPIC_NAMES.get(topic, topic)
 
 
+def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:
+    """One page of a list: (its items, the page number, kept within the pages there are, the pages)."""
+    pages = max(1, -(-len(items) // size))
+    page_no = min(max(page_no, 1), pages)
+    return items[(page_no - 1) * size : page_no * size], page_no, pages
+
+
+def page_holding(tickets: list[dict[str, Any]], ticket_no: str, size: int) -> int | None:
+    """The page (of `size`) on which the ticket appears, or None if it is not in the list."""
+    index = next((i for i, t in enumerate(tickets) if t.get("ticket_no") == ticket_no), None)
+    return None if index is None else index // size + 1
+
+
 def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, Any]:
+    """A joint meeting as the page shows it: its deadline in local time, its category, grid and
+    lead by name (the API gives their ids)."""
+    lead = city.department_by_id.get(meeting.get("lead") or "")
+    grid = city.grids.get(meeting.get("grid") or "")
+    category = meeting.get("category")
+    return {
+        **meeting,
+        "deadline_local": local(meeting.get("deadline"), tz),
+        "lead_name": lead.name if lead else meeting.get("lead") or "",
+        "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",
+        "grid_name": grid.grid.name if grid else "",
+    }
 
 
 # --- the dispatch desk's choices -------------------------------------------------------------------

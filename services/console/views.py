@@ -372,8 +372,8 @@ def list_filters(request: Request, s: session.Session) -> dict[str, str]:
     return filters
 
 
-def list_page_number(request: Request) -> int:
-    raw = request.query_params.get("page") or ""
+def page_number(request: Request, name: str = "page") -> int:
+    raw = request.query_params.get(name) or ""
     return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
@@ -444,7 +444,7 @@ def list_page(request: Request, s: session.Session, status: int = 200, **context
 
 @router.get("/tickets")
 async def tickets_page(request: Request, s: session.Session = Depends(as_staff)):
-    filters, page_no = list_filters(request, s), list_page_number(request)
+    filters, page_no = list_filters(request, s), page_number(request)
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
         errors, notice = list_errors(reply)
@@ -533,30 +533,54 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
 # --- the dispatch desk ---------------------------------------------------------------------------
 
 
+DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
+
+
 @router.get("/desk")
 async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
     threshold = request.app.state.settings.review_confidence_threshold
-    queue = await client.get("/api/v1/dispatch/queue", size=200)
     tz, now = tz_of(request), datetime.now(UTC)
-    waiting = [row(t, tz, now) for t in (queue.body.get("tickets", []) if queue.ok else [])]
-    for t in waiting:
+    queue, everything = await asyncio.gather(
+        client.dispatch_queue(), client.open_tickets([d["id"] for d in present.departments_of(city)])
+    )
+    waiting = [row(t, tz, now) for t in queue]
+    low_all = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
+    unrouted_all = [t for t in waiting if t not in low_all]
+    # ?ticket=N (the ticket page's link): the page of its section that holds it.
+    wanted = request.query_params.get("ticket") or ""
+    low, low_page, low_pages = present.page_of(
+        low_all,
+        present.page_holding(low_all, wanted, DESK_PAGE_SIZE) or page_number(request, "low"),
+        DESK_PAGE_SIZE,
+    )
+    unrouted, unrouted_page, unrouted_pages = present.page_of(
+        unrouted_all,
+        present.page_holding(unrouted_all, wanted, DESK_PAGE_SIZE) or page_number(request, "unrouted"),
+        DESK_PAGE_SIZE,
+    )
+    for t in low + unrouted:
         t["suggestions"] = present.suggestions(city, t)
-    low = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
-    unrouted = [t for t in waiting if t not in low]
-    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
     ]
-    for t in returned:
-        t["return_reasons"] = await client.return_reasons(t["ticket_no"])
+    reasons = await asyncio.gather(*(client.return_reasons(t["ticket_no"]) for t in returned))
+    for t, why in zip(returned, reasons, strict=True):
+        t["return_reasons"] = why
     return page(
         request,
         "desk.html",
         s=s,
-        low=low,
-        unrouted=unrouted,
+        sections={
+            "low": {"items": low, "total": len(low_all), "page_no": low_page, "pages": low_pages},
+            "unrouted": {
+                "items": unrouted,
+                "total": len(unrouted_all),
+                "page_no": unrouted_page,
+                "pages": unrouted_pages,
+            },
+        },
         extensions=extensions,
         returned=returned,
         departments=present.departments_of(city),
@@ -575,6 +599,8 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
         "category": text(form, "category_other") or text(form, "category") or None,
         "note": text(form, "note"),
     }
+    if not body["department"]:
+        return desk_redirect(Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"}), "")
     reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
 
@@ -608,7 +634,7 @@ async def privacy_page(
     request: Request, s: session.Session, status: int = 200, **context: Any
 ) -> HTMLResponse:
     """The request form (or its preview), and below it the audit trail, a page at a time."""
-    page_no = list_page_number(request)
+    page_no = page_number(request)
     reply = await api(request, s).get("/api/v1/records/privacy/audit", page=page_no, size=AUDIT_PAGE_SIZE)
     items: list[dict] = reply.body["items"] if reply.ok else []
     total: int = reply.body["total"] if reply.ok else 0
@@ -686,9 +712,12 @@ async def privacy_erase(request: Request, s: session.Session = Depends(as_desk))
 # --- joint meetings ------------------------------------------------------------------------------
 
 
+MEETINGS_PAGE_SIZE = 20
+
+
 @router.get("/meetings")
 async def meetings_page(request: Request, s: session.Session = Depends(as_staff)):
-    client, city = api(request, s), city_of(request)
+    client, city, tz = api(request, s), city_of(request), tz_of(request)
     if s.principal.is_admin:
         held = await client.open_tickets(
             [d["id"] for d in present.departments_of(city)] + [city.responsibilities.dispatch_desk]
@@ -696,19 +725,20 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
     else:
         held = await client.department_tickets(s.principal.department or "")
     ids = sorted({t["meeting_id"] for t in held if t.get("meeting_id")})
-    meetings = []
-    for mid in ids:
-        reply = await client.get(f"/api/v1/meetings/{mid}")
-        if reply.ok:
-            m = reply.body
-            m["deadline_local"] = present.local(m.get("deadline"), tz_of(request))
-            meetings.append(m)
+    replies = await asyncio.gather(*(client.get(f"/api/v1/meetings/{mid}") for mid in ids))
+    found = [present.meeting_row(r.body, city, tz) for r in replies if r.ok]
+    # Those still to decide first, the nearest deadline first; decided ones after them.
+    found.sort(key=lambda m: (m["status"] == "decided", m.get("deadline") or ""))
+    shown, page_no, pages = present.page_of(found, page_number(request), MEETINGS_PAGE_SIZE)
     return page(
         request,
         "meetings.html",
         s=s,
-        meetings=meetings,
-        departments=present.departments_of(city),
+        meetings=shown,
+        total=len(found),
+        open_count=sum(m["status"] != "decided" for m in found),
+        page_no=page_no,
+        pages=pages,
         error=request.query_params.get("error"),
         done=request.query_params.get("done"),
     )
@@ -718,13 +748,18 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
 async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
     form = await checked_form(request, s)
     if step == "decide":
+        if not text(form, "lead"):
+            query = urlencode({"error": f"联席会议{mid}未记录：请先选择主办单位"})
+            return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
         reply = await api(request, s).post(
             f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
         )
+        done = f"联席会议{mid}已记录决定，相关工单将派往主办单位"
     else:
         reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
-    query = urlencode({"done": f"联席会议{mid}已更新"} if reply.ok else {"error": reply.message})
-    return RedirectResponse(f"/console/meetings?{query}", status_code=303)
+        done = f"已在联席会议{mid}报到"
+    query = urlencode({"done": done} if reply.ok else {"error": reply.message})
+    return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
 
 
 # --- the manager's dashboard ---------------------------------------------------------------------

@@ -226,6 +226,12 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await expect(error).to_contain_text("不是有效的手机号或固话号码")
     await expect(page.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
     await expect(page.locator("#text")).to_have_value("小区门口垃圾堆了三天没人清理")  # nothing retyped
+    # The page comes back with the field at fault focused, not the first one.
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#text").fill("")
+    await page.locator("#submit").click()
+    await expect(page.locator("#text-error")).to_contain_text("诉求内容是空的")
+    await expect(page.locator("#text")).to_be_focused()
 
 
 # --- the dispatch desk -------------------------------------------------------------------------
@@ -285,7 +291,15 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
 
         await sign_in(page, await issue_token(redis, "department", dept))
         await expect(page).to_have_url(re.compile(r"/console/department$"))
+        await expect(page.locator(".who")).to_contain_text(ticket["department"]["name"])  # not its id
         await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
+        asked: list[str] = []  # what the confirmations asked; each is accepted
+
+        async def confirm(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", confirm)
         # A new ticket for the department appears in the open queue without a reload.
         await expect(page.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
         await page.evaluate("window.__same_page = true")
@@ -306,6 +320,12 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
 
         await page.locator("#accept").click()
         await expect(page.locator("#status")).to_have_text("办理中")
+        await expect(page.locator("#done")).to_contain_text("已签收")
+        # An extension without a reason: what to fill in, in Chinese, beside the field, focused.
+        await page.locator("#extend-days").fill("2")
+        await page.locator("#extend").click()
+        await expect(page.locator("#extend-reason-error")).to_have_text("请填写延期理由")
+        await expect(page.locator("#extend-reason")).to_be_focused()
         # A resolution without a note: the API's message, beside the note.
         await page.locator("#resolve-note").fill("   ")
         await page.locator("#resolve").click()
@@ -313,8 +333,19 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await page.locator("#resolve-note").fill("已更换灯泡，恢复照明")
         await page.locator("#resolve").click()
         await expect(page.locator("#status")).to_have_text("已办结")
+        assert any("办结后将向市民发送回访短信" in q for q in asked)  # asked before it could not be undone
+        await expect(page.locator("#done")).to_contain_text("已办结")
         await accessible(page)
         await shot(page, "department-ticket")
+
+        # The second ticket returned: asked first, then back in the queue with what happens next.
+        await page.locator("#done").get_by_role("link", name="返回本单位工单").click()
+        await page.locator(f"a[href='/console/tickets/{second}']").click()
+        await page.locator("#return-reason").select_option("not_ours")
+        await page.locator("#return-rule").fill("路灯维护属于街道职责")
+        await page.locator("#return").click()
+        await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
+        assert any("确定退单吗" in q for q in asked)
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")
 
         # The manager's dashboard, open while the resident answers the survey.
@@ -349,6 +380,9 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
 
         # The desk's view of the same ticket escapes the text too.
         await sign_in(page, await issue_token(redis, "admin"))
+        # The desk sees who returned the second ticket and why.
+        returned = page.locator("#returned tr", has=page.locator(f"a[href='/console/tickets/{second}']"))
+        await expect(returned.first).to_contain_text("（不属于本单位职责）")
         await page.goto(f"/console/tickets/{no}")
         await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
         assert await page.locator("#bold").count() == 0

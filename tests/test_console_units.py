@@ -289,3 +289,16 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
+    fields = {"reason": "延期理由", "days": "延长工作日数"}
+    schema = "请求参数reason不符合要求（String should have at least 1 character），请按接口文档填写"
+    assert present.refusal("reason", "invalid_request", schema, fields, {"reason": " "}, "reason") == {
+        "reason": "请填写延期理由"
+    }
+    too_many = present.refusal("days", "invalid_request", "请求参数days…", fields, {"days": "99"}, "reason")
+    assert too_many == {"days": "延长工作日数不符合要求，请检查后重新填写"}
+    # The API's own refusals are already in words for staff: shown as they are.
+    late = "已超过签收时限，不能退单；请签收办理或申请延期"
+    assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}

@@ -38,6 +38,11 @@ class Reply:
         return "请求未被接受"
 
     @property
+    def code(self) -> str:
+        """The API's code for a refusal (e.g. invalid_request: its schema refused the request)."""
+        return str(self.body.get("error") or "") if isinstance(self.body, dict) else ""
+
+    @property
     def field(self) -> str | None:
         return self.body.get("field") if isinstance(self.body, dict) else None
 

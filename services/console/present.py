@@ -68,6 +68,20 @@ def due_of(ticket: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def due_label(status: str | None) -> str:
+    """What the time left counts down to (see due_of)."""
+    return {"assigned": "签收时限", "accepted": "办结时限"}.get(status or "", "时限")
+
+
+# What a department is told after each action on a ticket, with what happens next.
+DONE = {
+    "accept": "已签收，请在办结时限内办理。",
+    "resolve": "已办结，系统将向市民发送回访短信。",
+    "extend": "延期申请已提交，等待派单中心审核。",
+    "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
+}
+
+
 def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     """("剩余3小时20分", False), or ("已超期1天2小时", True)."""
     if due is None:
@@ -151,6 +165,26 @@ def page_holding(tickets: list[dict[str, Any]], ticket_no: str, size: int) -> in
     """The page (of `size`) on which the ticket appears, or None if it is not in the list."""
     index = next((i for i, t in enumerate(tickets) if t.get("ticket_no") == ticket_no), None)
     return None if index is None else index // size + 1
+
+
+def refusal(
+    field: str | None,
+    code: str,
+    message: str,
+    fields: Mapping[str, str],
+    values: Mapping[str, str],
+    default: str,
+) -> dict[str, str]:
+    """The API's refusal as {form field: message}, beside the field it names (else at `default`).
+    When the API's schema refused the request (code invalid_request), its message is for developers
+    (the parameter's English name, the validator's English words): staff are told instead, by the
+    field's label, what to fill in."""
+    at = field if field is not None and field in fields else default
+    label = fields.get(at, "")
+    if code == "invalid_request" and label:
+        blank = not (values.get(at) or "").strip()
+        return {at: f"请填写{label}" if blank else f"{label}不符合要求，请检查后重新填写"}
+    return {at: message}
 
 
 def percent(rate: float | None) -> str:

@@ -61,7 +61,9 @@ class WrongRole(Exception):
 
 
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = templates.get_template(name).render(request=request, **context)
+    city = city_of(request)
+    names = {d.id: d.name for d in city.departments}  # the header names the signed-in department
+    html = templates.get_template(name).render(request=request, department_names=names, **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
@@ -111,10 +113,12 @@ def api(request: Request, s: session.Session) -> Api:
     return Api(request, s.token)
 
 
-def field_errors(reply: Reply, fields: tuple[str, ...], default: str) -> dict[str, str]:
-    """The API's refusal, beside the field it names (or above the form)."""
-    field = reply.field if reply.field in fields else default
-    return {field: reply.message}
+def field_errors(
+    reply: Reply, fields: dict[str, str], default: str, form: FormData | None = None
+) -> dict[str, str]:
+    """The API's refusal, beside the field it names (or above the form), in words for staff."""
+    values = {name: text(form, name) for name in fields} if form is not None else {}
+    return present.refusal(reply.field, reply.code, reply.message, fields, values, default)
 
 
 def text(form: FormData, name: str) -> str:
@@ -194,7 +198,13 @@ async def signout(request: Request, s: session.Session = Depends(current)) -> Re
 
 # --- the hotline operator ------------------------------------------------------------------------
 
-INTAKE_FIELDS = ("caller_phone", "caller_name", "text", "address", "urgent")
+INTAKE_FIELDS = {  # the form's fields and their labels
+    "caller_phone": "来电号码",
+    "caller_name": "来电人姓名",
+    "text": "诉求内容",
+    "address": "事发地址",
+    "urgent": "紧急",
+}
 
 
 def appeal_of(form: FormData) -> dict[str, Any]:
@@ -229,7 +239,7 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     )
     if reply.ok:
         return page(request, "operator.html", s=s, accepted=reply.body["ticket_no"], values={}, errors={})
-    errors = field_errors(reply, INTAKE_FIELDS, "form")
+    errors = field_errors(reply, INTAKE_FIELDS, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem)
 
@@ -242,6 +252,7 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     return {
         **ticket,
         "left": left,
+        "due_label": present.due_label(ticket.get("status")),
         "late": late or ticket.get("overdue", False),
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
@@ -271,6 +282,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         rows=rows,
         filters=dict(q),
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
+        done=present.DONE["return"].format(no=q["returned"]) if q.get("returned") else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
     )
 
@@ -310,11 +322,11 @@ def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]]] = {
-    # action: (API path suffix, the body from the form, the form's fields; the first is where an
-    # error that names no field is shown)
-    "accept": ("accept", lambda f: {}, ("form",)),
-    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, ("note",)),
+TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]] = {
+    # action: (API path suffix, the body from the form, the form's fields and their labels; the first
+    # is where an error that names no field is shown)
+    "accept": ("accept", lambda f: {}, {"form": ""}),
+    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, {"note": "办理结果说明"}),
     "return": (
         "return",
         lambda f: {
@@ -322,7 +334,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
             "note": text(f, "note"),
             "disputed_rule": text(f, "disputed_rule"),
         },
-        ("reason", "note", "disputed_rule"),
+        {"reason": "退单理由", "note": "说明", "disputed_rule": "有异议的权责规则"},
     ),
     "extend": (
         "extend",
@@ -330,7 +342,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
             "days": int(text(f, "days")) if text(f, "days").isdigit() else 0,
             "reason": text(f, "reason"),
         },
-        ("reason", "days"),
+        {"reason": "延期理由", "days": "延长工作日数"},
     ),
 }
 
@@ -508,9 +520,8 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     context = await ticket_context(request, s, no)
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
-    return page(
-        request, "ticket.html", s=s, errors={}, values={}, done=request.query_params.get("done"), **context
-    )
+    done = present.DONE.get(request.query_params.get("done") or "", "")
+    return page(request, "ticket.html", s=s, errors={}, values={}, done=done, **context)
 
 
 @router.post("/tickets/{no}/{action}")
@@ -520,12 +531,14 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         return page(request, "message.html", 404, s=s, title="操作不存在", message=f"没有“{action}”这项操作")
     suffix, body, fields = TICKET_ACTIONS[action]
     reply = await api(request, s).post(f"/api/v1/tickets/{no}/{suffix}", body(form))
+    if reply.ok and action == "return":  # the ticket is no longer ours to open: back to the queue
+        return RedirectResponse(f"/console/department?{urlencode({'returned': no})}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
     context = await ticket_context(request, s, no)
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
-    errors = {action: field_errors(reply, fields, fields[0])}
+    errors = {action: field_errors(reply, fields, next(iter(fields)), form)}
     values = {action: {k: text(form, k) for k in fields}}
     return page(request, "ticket.html", 422, s=s, errors=errors, values=values, done=None, **context)
 
@@ -621,7 +634,7 @@ def desk_redirect(reply: Reply, done: str) -> Response:
 
 # --- residents' erasure requests (the desk) -----------------------------------------------------
 
-ERASURE_FIELDS = ("phone", "reason")
+ERASURE_FIELDS = {"phone": "居民来电号码", "reason": "删除原因"}
 ERASURE_REASON = "居民申请删除个人信息"
 AUDIT_PAGE_SIZE = 20
 
@@ -664,11 +677,12 @@ async def erasure_request(
 ) -> tuple[dict[str, str], Reply, Response | None]:
     """The form's erasure request posted to the API: the values, the reply, and the form again with
     the refusal beside its field (None: accepted)."""
-    values = erasure_of(await checked_form(request, s))
+    form = await checked_form(request, s)
+    values = erasure_of(form)
     reply = await api(request, s).post(path, values)
     if reply.ok:
         return values, reply, None
-    errors = field_errors(reply, ERASURE_FIELDS, "form")
+    errors = field_errors(reply, ERASURE_FIELDS, "form", form)
     return values, reply, await privacy_page(request, s, reply.status, values=values, errors=errors)
 
 

@@ -89,6 +89,16 @@ async def accessible(page: Page) -> None:
     assert violations == [], json.dumps(violations, ensure_ascii=False, indent=1)
 
 
+async def fits_a_phone(page: Page) -> None:
+    """The page, shown 360 px wide, needs no sideways scrolling; then back to the desktop's width."""
+    desktop = page.viewport_size
+    await page.set_viewport_size({"width": 360, "height": 740})
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    if desktop is not None:
+        await page.set_viewport_size(desktop)
+    assert width <= 360, f"{page.url} is {width} px wide on a 360 px screen"
+
+
 async def sign_in(page: Page, token: str) -> None:
     await page.goto("/console/signin")
     await expect(page.locator("#token")).to_be_focused()
@@ -346,6 +356,7 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await page.locator("#return").click()
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
         assert any("确定退单吗" in q for q in asked)
+        await fits_a_phone(page)  # the queue, on a grid worker's phone
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")
 
         # The manager's dashboard, open while the resident answers the survey.
@@ -456,6 +467,7 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     await sign_in(page, await issue_token(redis, "department", dept))
     await page.goto(f"/console/tickets?q={place}")
     await expect(page.locator(f"#ticket-list a[href='/console/tickets/{no}']")).to_be_visible()
+    await fits_a_phone(page)
     assert await page.locator("#f-department").count() == 0  # the desk alone chooses a department
     other = next(d.id for d in system_city.departments if d.kind != "dispatch_desk" and d.id != dept)
     await sign_in(page, await issue_token(redis, "department", other))

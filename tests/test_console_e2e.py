@@ -560,9 +560,13 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.get_by_label("来电手机号后四位").fill("0000" if phone[-4:] != "0000" else "1111")
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("p.error")).to_contain_text("没有找到")
-    await page.get_by_label("来电手机号后四位").fill(phone[-4:])
+    # Typed on a phone without the dash, the digits full-width: the same number.
+    await page.get_by_label("工单号").fill(f" {no.replace('-', '')} ")
+    full_width = "".join(chr(ord(d) + 0xFEE0) for d in phone[-4:])
+    await page.get_by_label("来电手机号后四位").fill(full_width)
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#lookup-status")).to_be_visible()
+    await expect(page.get_by_label("工单号")).to_have_value(no)
     body = await page.locator("main").text_content() or ""
     assert phone not in body
     assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number

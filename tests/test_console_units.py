@@ -13,7 +13,7 @@ import pytest
 
 from services.console import present
 from services.console.backend import Reply
-from services.console.lookup import public_view
+from services.console.lookup import clean_last4, clean_ticket_no, public_view
 from services.console.views import LIST_FILTERS, list_choices, list_errors, list_row, place_of, templates
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
@@ -302,3 +302,16 @@ def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
     # The API's own refusals are already in words for staff: shown as they are.
     late = "已超过签收时限，不能退单；请签收办理或申请延期"
     assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}
+
+
+def test_a_residents_ticket_number_is_read_as_typed_on_a_phone():
+    for typed in (
+        "20261201-000123",
+        " 20261201 - 000123 ",
+        "20261201000123",
+        "２０２６１２０１－０００１２３",
+        "20261201—000123",
+    ):
+        assert clean_ticket_no(typed) == "20261201-000123"
+    assert clean_ticket_no("") == ""
+    assert clean_last4(" ５６７８ ") == "5678"

@@ -888,7 +888,10 @@ def lookup_page(request: Request, status: int = 200, **context: Any) -> Response
 @router.post("/lookup")
 async def lookup(request: Request) -> Response:
     form = await request.form()
-    values = {"ticket_no": text(form, "ticket_no").strip(), "last4": text(form, "last4").strip()}
+    values = {
+        "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
+        "last4": resident_lookup.clean_last4(text(form, "last4")),
+    }
     if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
         return lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
     state = request.app.state

@@ -155,6 +155,12 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     assert response is not None
     assert response.status == 403
     await expect(page.locator("h1")).to_have_text("无权访问")
+    # A form's address opened again from the address bar: a page in Chinese with the menu, not JSON.
+    response = await page.goto("/console/operator/appeals")
+    assert response is not None
+    assert response.status == 404
+    await expect(page.locator("h1")).to_have_text("页面不存在")
+    await expect(page.get_by_role("navigation", name="主导航")).to_be_visible()
 
     # A form without the session's CSRF token is refused.
     r = await page.request.post(

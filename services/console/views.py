@@ -943,6 +943,21 @@ def mount(app: FastAPI) -> None:
 
     app.add_exception_handler(SignInRequired, _to_signin)
     app.add_exception_handler(WrongRole, _forbidden)
+    # Last, after the static mounts: any other GET under /console is a page for people, not JSON
+    # (a mistyped address, or a form's address opened again from the history or address bar).
+    app.add_api_route("/console/{rest:path}", _no_such_page, methods=["GET"], include_in_schema=False)
+
+
+async def _no_such_page(request: Request, rest: str) -> Response:
+    s = await session.load(request.app.state.redis, request.cookies.get(session.COOKIE))
+    return page(
+        request,
+        "message.html",
+        404,
+        s=s,
+        title="页面不存在",
+        message="没有这个页面：地址可能有误，或是提交表单后的地址被再次打开。请从上方菜单或首页继续。",
+    )
 
 
 async def _to_signin(request: Request, exc: Exception) -> Response:

@@ -333,6 +333,7 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         assert await page.locator("#resident-text b").count() == 0
         assert await page.evaluate("window.__pwned === undefined")
         await expect(page.locator("ol.history")).to_contain_text("派单至")
+        await expect(page.locator("ol.history")).to_contain_text("（按地名定位）")  # not the method's code
 
         await page.locator("#accept").click()
         await expect(page.locator("#status")).to_have_text("办理中")

@@ -6,6 +6,7 @@ otherwise they go to a temporary folder, so a test run leaves the source tree as
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import random
@@ -465,6 +466,10 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     assert lines[0].split(",")[:3] == ["工单号", "状态", "渠道"]
     assert len(lines) == 2
     assert lines[1].startswith(no)
+    # In words, as the people who open it in Excel read them: not assigned, hotline, s01c01g01.
+    exported = next(csv.reader(lines[1:]))
+    assert exported[1:3] == ["已派单", "12345热线"]
+    assert exported[7] == system_city.grids[ticket["grid"]["grid"]].grid.name
 
     await link.click()
     await expect(page).to_have_url(re.compile(f"/console/tickets/{no}$"))

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from services.router.rules import matching_rules, route
 from shared.city import City
 from shared.events import GridMatch
+from shared.tickets import RATING_NAMES
 
 ACTION_NAMES = {
     "accepted": "签收",
@@ -39,7 +40,6 @@ TOPIC_NAMES = {
     "meeting.convened": "召开联席会议",
     "meeting.updated": "联席会议进展",
 }
-RATING_NAMES = {1: "满意", 2: "基本满意", 3: "不满意"}
 VIA_NAMES = {
     "rule": "按权责清单",
     "fallback": "按兜底规则",

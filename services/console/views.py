@@ -34,7 +34,7 @@ from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.router.workflow import RETURN_REASONS, STATUS_NAMES
 from shared.city import City
-from shared.tickets import Status
+from shared.tickets import CHANNEL_NAMES, Status
 
 HERE = Path(__file__).parent
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -355,14 +355,6 @@ LIST_FILTERS = (
 )  # fmt: skip
 LIST_PAGE_SIZE = 50
 STATUS_LABELS = {str(st): name for st, name in STATUS_NAMES.items()}  # the record's statuses are text
-CHANNEL_NAMES = {
-    "hotline": "12345热线",
-    "wechat": "微信公众号",
-    "box": "意见箱",
-    "sms": "短信",
-    "open311": "Open311",
-    "web": "网站",
-}
 SORT_NAMES = {
     "-received_at": "受理时间（新→旧）",
     "received_at": "受理时间（旧→新）",

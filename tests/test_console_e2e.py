@@ -372,6 +372,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
             await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
         ).new_page()
         await sign_in(manager, await issue_token(redis, "admin"))
+        await manager.goto("/console/dashboard?from=2026-02-30")  # a period the API refuses: in words
+        await expect(manager.locator("p.error")).to_have_text("起始日期不符合要求，请检查后重新填写")
         await manager.goto("/console/dashboard")
         await expect(manager.locator("#figures")).to_have_attribute(
             "data-live-state", "ready", timeout=30_000
@@ -477,8 +479,9 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
 
     # A department finds its own ticket; another finds nothing, even naming the first in the URL.
     await sign_in(page, await issue_token(redis, "department", dept))
-    await page.goto(f"/console/tickets?q={place}")
+    await page.goto(f"/console/tickets?q={place}&page=9")  # past the end: the last page, not an empty 9/1
     await expect(page.locator(f"#ticket-list a[href='/console/tickets/{no}']")).to_be_visible()
+    await expect(page.locator("#list-total")).to_contain_text("第 1/1 页")
     await fits_a_phone(page)
     assert await page.locator("#f-department").count() == 0  # the desk alone chooses a department
     other = next(d.id for d in system_city.departments if d.kind != "dispatch_desk" and d.id != dept)

@@ -455,6 +455,10 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_staff))
         return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
     tz = tz_of(request)
     total = reply.body["total"]
+    pages = max(1, -(-total // LIST_PAGE_SIZE))
+    if page_no > pages:  # past the end (the list got shorter since the link was made): its last page
+        query = urlencode([*((k, v) for k, v in filters.items() if v), ("page", pages)])
+        return RedirectResponse(f"/console/tickets?{query}", status_code=303)
     return list_page(
         request,
         s,
@@ -462,7 +466,7 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_staff))
         rows=[list_row(item, tz, city_of(request)) for item in reply.body["items"]],
         total=total,
         page_no=page_no,
-        pages=max(1, -(-total // LIST_PAGE_SIZE)),
+        pages=pages,
     )
 
 
@@ -770,6 +774,7 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
 
 # --- the manager's dashboard ---------------------------------------------------------------------
 
+PERIOD_FIELDS = {"from": "起始日期", "to": "结束日期"}
 DIMENSION_NAMES = {"department": "承办单位", "category": "诉求分类", "street": "街道", "grid": "网格"}
 
 
@@ -788,7 +793,10 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     for dim in DIMENSION_NAMES:
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
-            error = reply.message
+            shown = present.refusal(
+                reply.field, reply.code, reply.message, PERIOD_FIELDS, {"from": start, "to": end}, ""
+            )
+            error = next(iter(shown.values()))
             break
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}

@@ -298,7 +298,7 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
 
 
 async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
-    page: Page, browser: Browser, redis, system: System
+    page: Page, browser: Browser, redis, system: System, system_city
 ):
     phone = new_phone()
     async with await admin_api(system, redis) as client:
@@ -324,6 +324,14 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator(f"a[href='/console/tickets/{second}']")).to_be_visible(timeout=30_000)
         await expect(page.locator("#live-news")).to_contain_text(second)
         assert await page.evaluate("window.__same_page === true")
+        # The grid filter offers the grids by name (staff do not know their codes).
+        grid = ticket["grid"]["grid"]
+        await page.locator("#f-grid").select_option(grid)
+        await page.get_by_role("button", name="筛选").click()
+        await expect(page.locator("#f-grid option:checked")).to_contain_text(
+            system_city.grids[grid].grid.name
+        )
+        await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
         await accessible(page)
         await shot(page, "department-queue")
 

@@ -271,7 +271,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     if q.get("category"):
         rows = [r for r in rows if q["category"] in r["category_label"]]
     if q.get("grid"):
-        rows = [r for r in rows if q["grid"] in ((r.get("grid") or {}).get("grid") or "")]
+        rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
     if q.get("date"):
         rows = [r for r in rows if r["received"].startswith(q["date"])]
     city = city_of(request)
@@ -284,6 +284,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
         done=present.DONE["return"].format(no=q["returned"]) if q.get("returned") else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
+        grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
     )
 
 

@@ -61,14 +61,24 @@ class WrongRole(Exception):
 
 
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    city = city_of(request)
-    names = {d.id: d.name for d in city.departments}  # the header names the signed-in department
-    html = templates.get_template(name).render(request=request, department_names=names, **context)
+    html = templates.get_template(name).render(request=request, **names_of(request), **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def city_of(request: Request) -> City:
     return request.app.state.city
+
+
+def names_of(request: Request) -> dict[str, dict[str, str]]:
+    """Departments and grids by name, for every page (the API gives their ids), made once."""
+    state = request.app.state
+    if not hasattr(state, "console_names"):
+        city = city_of(request)
+        state.console_names = {
+            "department_names": {d.id: d.name for d in city.departments},
+            "grid_names": {gid: info.grid.name for gid, info in city.grids.items()},
+        }
+    return state.console_names
 
 
 def tz_of(request: Request) -> ZoneInfo:

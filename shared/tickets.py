@@ -37,6 +37,18 @@ class Status(StrEnum):
     MEETING = "meeting"  # a joint meeting (联席会议) holds it
 
 
+# The channels and the survey's ratings in the words of the staff who read lists and exports.
+CHANNEL_NAMES: dict[str, str] = {
+    "hotline": "12345热线",
+    "wechat": "微信公众号",
+    "box": "意见箱",
+    "sms": "短信",
+    "open311": "Open311",
+    "web": "网站",
+}
+RATING_NAMES: dict[int, str] = {1: "满意", 2: "基本满意", 3: "不满意"}
+
+
 # Short names for the members, as the workflow code reads them.
 RECEIVED, REVIEW, ASSIGNED, ACCEPTED = Status.RECEIVED, Status.REVIEW, Status.ASSIGNED, Status.ACCEPTED
 RESOLVED, SURVEYED, CLOSED, MEETING = Status.RESOLVED, Status.SURVEYED, Status.CLOSED, Status.MEETING

@@ -6,6 +6,7 @@ otherwise they go to a temporary folder, so a test run leaves the source tree as
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 import json
 import os
@@ -92,6 +93,16 @@ async def accessible(page: Page) -> None:
     assert violations == [], json.dumps(violations, ensure_ascii=False, indent=1)
 
 
+async def fits_a_phone(page: Page) -> None:
+    """The page, shown 360 px wide, needs no sideways scrolling; then back to the desktop's width."""
+    desktop = page.viewport_size
+    await page.set_viewport_size({"width": 360, "height": 740})
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    if desktop is not None:
+        await page.set_viewport_size(desktop)
+    assert width <= 360, f"{page.url} is {width} px wide on a 360 px screen"
+
+
 async def sign_in(page: Page, token: str) -> None:
     await page.goto("/console/signin")
     await expect(page.locator("#token")).to_be_focused()
@@ -148,6 +159,12 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     assert response is not None
     assert response.status == 403
     await expect(page.locator("h1")).to_have_text("无权访问")
+    # A form's address opened again from the address bar: a page in Chinese with the menu, not JSON.
+    response = await page.goto("/console/operator/appeals")
+    assert response is not None
+    assert response.status == 404
+    await expect(page.locator("h1")).to_have_text("页面不存在")
+    await expect(page.get_by_role("navigation", name="主导航")).to_be_visible()
 
     # A form without the session's CSRF token is refused.
     r = await page.request.post(
@@ -180,7 +197,7 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
 # --- the hotline operator ----------------------------------------------------------------------
 
 
-async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, system: System):
+async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, system: System, system_city):
     await sign_in(page, await issue_token(redis, "operator", operator="op01"))
     await expect(page.locator("#caller_phone")).to_be_focused()
     await accessible(page)
@@ -194,7 +211,7 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     await keyboard.type("阳光花园3号楼门口的路灯坏了一个星期，晚上很黑，老人出门不方便")
     # The preview appears while typing: category, grid, department.
     await expect(page.locator("#pv-department")).not_to_be_empty(timeout=60_000)
-    await expect(page.locator("#pv-grid")).to_contain_text("s01c01g01")
+    await expect(page.locator("#pv-grid")).to_contain_text(system_city.grids["s01c01g01"].grid.name)
     await shot(page, "operator-preview")
     await keyboard.press("Enter")
     number = page.locator("#ticket-no")
@@ -229,6 +246,12 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await expect(error).to_contain_text("不是有效的手机号或固话号码")
     await expect(page.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
     await expect(page.locator("#text")).to_have_value("小区门口垃圾堆了三天没人清理")  # nothing retyped
+    # The page comes back with the field at fault focused, not the first one.
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#text").fill("")
+    await page.locator("#submit").click()
+    await expect(page.locator("#text-error")).to_contain_text("诉求内容是空的")
+    await expect(page.locator("#text")).to_be_focused()
 
 
 # --- photos ----------------------------------------------------------------------------------------
@@ -305,7 +328,8 @@ async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
     assert href == f"/console/photos/{ticket['photos'][0]}"  # through the session: no token in it
     await expect(page.locator("#resolution-photos")).to_have_count(0)
 
-    # The department resolves with a photo of the result.
+    # The department resolves with a photo of the result (and confirms: it cannot be undone).
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
     await page.locator("#resolve-note").fill("已扶正灯杆并加固底座")
     await page.locator("#resolve-photos").set_input_files([photo((40, 160, 40), (600, 800))])
     await page.locator("#resolve").click()
@@ -338,11 +362,20 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         ticket = await ticket_when(client, no, lambda t: t["status"] == "review")
         await sign_in(page, await issue_token(redis, "admin"))
         await expect(page).to_have_url(re.compile(r"/console/desk$"))
+        # The desk's queue is paged: the ticket's own page links to the page that holds its card.
+        await page.goto(f"/console/tickets/{no}")
+        await page.locator("#to-desk").click()
         card = page.locator(f"#desk-{no}")
         await expect(card).to_be_visible()
         await expect(card.locator(".resident-text")).to_have_text(ticket["text"])
         await accessible(page)
         await shot(page, "desk")
+        # No unit is chosen until the desk chooses one: "派往所选单位" alone sends the ticket nowhere.
+        await expect(card.locator(f"#dept-{no}")).to_have_value("")
+        await card.get_by_role("button", name="派往所选单位").click()
+        await expect(page.locator("p.error")).to_contain_text("请先在“其他单位”中选择承办单位")
+        await page.goto(f"/console/desk?ticket={no}")
+        await expect(card).to_be_visible()
         # Click 1: the second suggested category; click 2: its department.
         choices = card.get_by_role("radio")
         assert await choices.count() >= 2
@@ -367,7 +400,7 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
 
 
 async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
-    page: Page, browser: Browser, redis, system: System
+    page: Page, browser: Browser, redis, system: System, system_city
 ):
     phone = new_phone()
     async with await admin_api(system, redis) as client:
@@ -377,7 +410,15 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
 
         await sign_in(page, await issue_token(redis, "department", dept))
         await expect(page).to_have_url(re.compile(r"/console/department$"))
+        await expect(page.locator(".who")).to_contain_text(ticket["department"]["name"])  # not its id
         await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
+        asked: list[str] = []  # what the confirmations asked; each is accepted
+
+        async def confirm(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", confirm)
         # A new ticket for the department appears in the open queue without a reload.
         await expect(page.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
         await page.evaluate("window.__same_page = true")
@@ -385,6 +426,14 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator(f"a[href='/console/tickets/{second}']")).to_be_visible(timeout=30_000)
         await expect(page.locator("#live-news")).to_contain_text(second)
         assert await page.evaluate("window.__same_page === true")
+        # The grid filter offers the grids by name (staff do not know their codes).
+        grid = ticket["grid"]["grid"]
+        await page.locator("#f-grid").select_option(grid)
+        await page.get_by_role("button", name="筛选").click()
+        await expect(page.locator("#f-grid option:checked")).to_contain_text(
+            system_city.grids[grid].grid.name
+        )
+        await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
         await accessible(page)
         await shot(page, "department-queue")
 
@@ -395,9 +444,16 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         assert await page.locator("#resident-text b").count() == 0
         assert await page.evaluate("window.__pwned === undefined")
         await expect(page.locator("ol.history")).to_contain_text("派单至")
+        await expect(page.locator("ol.history")).to_contain_text("（按地名定位）")  # not the method's code
 
         await page.locator("#accept").click()
         await expect(page.locator("#status")).to_have_text("办理中")
+        await expect(page.locator("#done")).to_contain_text("已签收")
+        # An extension without a reason: what to fill in, in Chinese, beside the field, focused.
+        await page.locator("#extend-days").fill("2")
+        await page.locator("#extend").click()
+        await expect(page.locator("#extend-reason-error")).to_have_text("请填写延期理由")
+        await expect(page.locator("#extend-reason")).to_be_focused()
         # A resolution without a note: the API's message, beside the note.
         await page.locator("#resolve-note").fill("   ")
         await page.locator("#resolve").click()
@@ -405,8 +461,20 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await page.locator("#resolve-note").fill("已更换灯泡，恢复照明")
         await page.locator("#resolve").click()
         await expect(page.locator("#status")).to_have_text("已办结")
+        assert any("办结后将向市民发送回访短信" in q for q in asked)  # asked before it could not be undone
+        await expect(page.locator("#done")).to_contain_text("已办结")
         await accessible(page)
         await shot(page, "department-ticket")
+
+        # The second ticket returned: asked first, then back in the queue with what happens next.
+        await page.locator("#done").get_by_role("link", name="返回本单位工单").click()
+        await page.locator(f"a[href='/console/tickets/{second}']").click()
+        await page.locator("#return-reason").select_option("not_ours")
+        await page.locator("#return-rule").fill("路灯维护属于街道职责")
+        await page.locator("#return").click()
+        await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
+        assert any("确定退单吗" in q for q in asked)
+        await fits_a_phone(page)  # the queue, on a grid worker's phone
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")
 
         # The manager's dashboard, open while the resident answers the survey.
@@ -414,6 +482,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
             await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
         ).new_page()
         await sign_in(manager, await issue_token(redis, "admin"))
+        await manager.goto("/console/dashboard?from=2026-02-30")  # a period the API refuses: in words
+        await expect(manager.locator("p.error")).to_have_text("起始日期不符合要求，请检查后重新填写")
         await manager.goto("/console/dashboard")
         await expect(manager.locator("#figures")).to_have_attribute(
             "data-live-state", "ready", timeout=30_000
@@ -441,6 +511,9 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
 
         # The desk's view of the same ticket escapes the text too.
         await sign_in(page, await issue_token(redis, "admin"))
+        # The desk sees who returned the second ticket and why.
+        returned = page.locator("#returned tr", has=page.locator(f"a[href='/console/tickets/{second}']"))
+        await expect(returned.first).to_contain_text("（不属于本单位职责）")
         await page.goto(f"/console/tickets/{no}")
         await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
         assert await page.locator("#bold").count() == 0
@@ -505,6 +578,10 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     assert lines[0].split(",")[:3] == ["工单号", "状态", "渠道"]
     assert len(lines) == 2
     assert lines[1].startswith(no)
+    # In words, as the people who open it in Excel read them: not assigned, hotline, s01c01g01.
+    exported = next(csv.reader(lines[1:]))
+    assert exported[1:3] == ["已派单", "12345热线"]
+    assert exported[7] == system_city.grids[ticket["grid"]["grid"]].grid.name
 
     await link.click()
     await expect(page).to_have_url(re.compile(f"/console/tickets/{no}$"))
@@ -512,8 +589,10 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
 
     # A department finds its own ticket; another finds nothing, even naming the first in the URL.
     await sign_in(page, await issue_token(redis, "department", dept))
-    await page.goto(f"/console/tickets?q={place}")
+    await page.goto(f"/console/tickets?q={place}&page=9")  # past the end: the last page, not an empty 9/1
     await expect(page.locator(f"#ticket-list a[href='/console/tickets/{no}']")).to_be_visible()
+    await expect(page.locator("#list-total")).to_contain_text("第 1/1 页")
+    await fits_a_phone(page)
     assert await page.locator("#f-department").count() == 0  # the desk alone chooses a department
     other = next(d.id for d in system_city.departments if d.kind != "dispatch_desk" and d.id != dept)
     await sign_in(page, await issue_token(redis, "department", other))
@@ -606,9 +685,13 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.get_by_label("来电手机号后四位").fill("0000" if phone[-4:] != "0000" else "1111")
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("p.error")).to_contain_text("没有找到")
-    await page.get_by_label("来电手机号后四位").fill(phone[-4:])
+    # Typed on a phone without the dash, the digits full-width: the same number.
+    await page.get_by_label("工单号").fill(f" {no.replace('-', '')} ")
+    full_width = "".join(chr(ord(d) + 0xFEE0) for d in phone[-4:])
+    await page.get_by_label("来电手机号后四位").fill(full_width)
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#lookup-status")).to_be_visible()
+    await expect(page.get_by_label("工单号")).to_have_value(no)
     body = await page.locator("main").text_content() or ""
     assert phone not in body
     assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number

@@ -3,6 +3,7 @@ resident's lookup shows, and the templates' escaping."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from urllib.parse import urlencode
@@ -12,7 +13,7 @@ import pytest
 
 from services.console import present
 from services.console.backend import Reply
-from services.console.lookup import public_view
+from services.console.lookup import clean_last4, clean_ticket_no, public_view
 from services.console.views import LIST_FILTERS, list_choices, list_errors, list_row, place_of, templates
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
@@ -71,6 +72,34 @@ def test_history_sentences(city):
     received = {"topic": "appeal.received", "photos": ["a" * 32]}
     assert present.describe(received, city) == "受理登记（附照片1张）"
     assert present.describe({"topic": "appeal.received", "photos": []}, city) == "受理登记"
+
+
+def test_history_sentences_name_what_each_step_carried(city):
+    water = {"id": "water", "name": "区水务局"}
+    returned = {
+        "topic": "ticket.updated",
+        "action": "returned",
+        "department": water,
+        "note": "应由供热公司处理",
+        "returned": {"reason": "not_ours", "reason_name": "不属于本单位职责", "returns": 1},
+    }
+    assert present.describe(returned, city) == "退单：区水务局，不属于本单位职责，应由供热公司处理"
+    extension = {
+        "topic": "ticket.updated",
+        "action": "extension_requested",
+        "department": water,
+        "extension": {"days": 3, "reason": "需协调施工队"},
+    }
+    assert present.describe(extension, city) == "申请延期：区水务局，3个工作日（需协调施工队）"
+    overdue = {
+        "topic": "ticket.updated",
+        "action": "overdue",
+        "department": water,
+        "supervision": {"stage": "resolve", "stage_name": "办结", "deadline": NOW.isoformat()},
+    }
+    assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
+    closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
+    assert present.describe(closed, city) == "关闭：基本满意"
 
 
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
@@ -206,3 +235,94 @@ def test_the_ticket_list_renders_residents_text_as_text_and_offers_no_department
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'id="f-department"' not in html
     assert "/console/tickets/export?q=%3Cscript%3E" in html  # the export keeps the filters, encoded
+
+
+def test_a_long_list_is_shown_a_page_at_a_time():
+    items = list(range(45))
+    assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
+    assert present.page_of(items, 3, 20) == (list(range(40, 45)), 3, 3)
+    assert present.page_of(items, 99, 20) == (list(range(40, 45)), 3, 3)  # past the end: the last page
+    assert present.page_of([], 1, 20) == ([], 1, 1)
+    tickets = [{"ticket_no": f"N{i}"} for i in range(45)]
+    assert present.page_holding(tickets, "N20", 20) == 2
+    assert present.page_holding(tickets, "N19", 20) == 1
+    assert present.page_holding(tickets, "elsewhere", 20) is None
+
+
+def meeting(city, **changes):
+    summoned = [d for d in city.departments if d.kind != "dispatch_desk"][:2]
+    leaf = city.leaf_categories[0]
+    grid = next(iter(city.grids))
+    return {
+        "meeting_id": "M1",
+        "reason_name": "同一网格同类诉求集中（热点）",
+        "status": "open",
+        "summoned": [{"id": d.id, "name": d.name, "checked_in": False} for d in summoned],
+        "tickets": ["20260302-000001"],
+        "category": leaf,
+        "grid": grid,
+        "deadline": "2026-03-05T08:00:00+00:00",
+        "lead": None,
+        "note": "",
+        **changes,
+    }
+
+
+def render_meetings(city, meetings, role="admin"):
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    return templates.get_template("meetings.html").render(
+        request=None,
+        s=desk,
+        meetings=[present.meeting_row(m, city, TZ) for m in meetings],
+        total=len(meetings),
+        open_count=len(meetings),
+        page_no=1,
+        pages=1,
+        error="",
+        done="",
+    )
+
+
+def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(city):
+    open_meeting = meeting(city)
+    html = render_meetings(city, [open_meeting])
+    options = re.findall(r'<option value="([^"]*)">', html)
+    # No department chosen for the desk: an empty choice first, then only those summoned.
+    assert options == ["", *(d["id"] for d in open_meeting["summoned"])]
+    assert "2026-03-05 16:00" in html  # the deadline in local time
+    assert "/".join(city.category_names(open_meeting["category"])) in html
+
+    lead = open_meeting["summoned"][1]
+    decided = render_meetings(city, [meeting(city, status="decided", lead=lead["id"], note="牵头处理")])
+    assert f"主办单位：{lead['name']}（牵头处理）" in decided
+    assert f"主办单位：{lead['id']}" not in decided
+    assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
+    fields = {"reason": "延期理由", "days": "延长工作日数"}
+    schema = "请求参数reason不符合要求（String should have at least 1 character），请按接口文档填写"
+    assert present.refusal("reason", "invalid_request", schema, fields, {"reason": " "}, "reason") == {
+        "reason": "请填写延期理由"
+    }
+    too_many = present.refusal("days", "invalid_request", "请求参数days…", fields, {"days": "99"}, "reason")
+    assert too_many == {"days": "延长工作日数不符合要求，请检查后重新填写"}
+    # The API's own refusals are already in words for staff: shown as they are.
+    late = "已超过签收时限，不能退单；请签收办理或申请延期"
+    assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}
+
+
+def test_a_residents_ticket_number_is_read_as_typed_on_a_phone():
+    for typed in (
+        "20261201-000123",
+        " 20261201 - 000123 ",
+        "20261201000123",
+        "２０２６１２０１－０００１２３",
+        "20261201—000123",
+    ):
+        assert clean_ticket_no(typed) == "20261201-000123"
+    assert clean_ticket_no("") == ""
+    assert clean_last4(" ５６７８ ") == "5678"

@@ -187,7 +187,8 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     street = await tokens("street_s03")
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "not_ours"})
     assert r.status_code == 422
-    assert "disputed_rule" in r.json()["message"]
+    assert r.json()["field"] == "disputed_rule"  # which parameter to fill in; the message says why
+    assert "如有异议" in r.json()["message"]
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "太忙"})
     assert r.status_code == 422
     assert "not_ours" in r.json()["message"]

@@ -6,6 +6,7 @@ error messages. The request never leaves the process (httpx's ASGI transport).""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -14,6 +15,7 @@ import httpx
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
+from services.console import present
 from services.intake.photo_views import too_large
 from services.notifier import scoring
 from shared.photos import ID as PHOTO_ID
@@ -38,6 +40,11 @@ class Reply:
         if isinstance(self.body, dict):
             return str(self.body.get("message") or self.body.get("detail") or "请求未被接受")
         return "请求未被接受"
+
+    @property
+    def code(self) -> str:
+        """The API's code for a refusal (e.g. invalid_request: its schema refused the request)."""
+        return str(self.body.get("error") or "") if isinstance(self.body, dict) else ""
 
     @property
     def field(self) -> str | None:
@@ -160,11 +167,23 @@ class Api:
             page += 1
 
     async def open_tickets(self, departments: list[str]) -> list[dict]:
-        """Every open ticket of the given departments (the desk's view of the whole city)."""
-        out: list[dict] = []
-        for dept in departments:
-            out += [t for t in await self.department_tickets(dept) if t["status"] != Status.CLOSED]
-        return out
+        """Every open ticket of the given departments (the desk's view of the whole city), the
+        departments read side by side."""
+        queues = await asyncio.gather(*(self.department_tickets(dept) for dept in departments))
+        return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
+
+    async def dispatch_queue(self) -> list[dict]:
+        """Every ticket waiting for the desk to dispatch it, however many pages the API takes."""
+        tickets: list[dict] = []
+        page = 1
+        while True:
+            r = await self.get("/api/v1/dispatch/queue", page=page, size=200)
+            if not r.ok:
+                return tickets
+            tickets += r.body["tickets"]
+            if page * 200 >= r.body["total"]:
+                return tickets
+            page += 1
 
     # --- figures --------------------------------------------------------------------------------
 
@@ -175,10 +194,10 @@ class Api:
         out = []
         for h in history:
             if h.get("action") == "returned":
-                data = h.get("data") or {}
                 who = (h.get("department") or {}).get("name", h.get("actor", ""))
+                reason = present.payload_words(h)
                 note = f"：{h['note']}" if h.get("note") else ""
-                out.append(f"{who}（{data.get('reason_name', data.get('reason', ''))}）{note}")
+                out.append(f"{who}{f'（{reason}）' if reason else ''}{note}")
         return out
 
     async def figures(self, start: str, end: str) -> dict[str, Any]:

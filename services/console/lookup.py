@@ -5,6 +5,7 @@ number. Guessing is bounded: a few wrong tries per ticket and per address each h
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,9 +56,23 @@ async def _count(redis: Redis, key: str) -> int:
     return int(n)
 
 
+def clean_ticket_no(raw: str) -> str:
+    """The number as a resident may type it on a phone: full-width digits, spaces, a long dash, or
+    no dash at all (20261201000123) are the same number as 20261201-000123."""
+    text = re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
+    text = re.sub(r"[—–‐_]", "-", text)
+    return f"{text[:8]}-{text[8:]}" if re.fullmatch(r"\d{14}", text) else text
+
+
+def clean_last4(raw: str) -> str:
+    return re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
+
+
 async def find(redis: Redis, store: TicketStore, ticket_no: str, last4: str, ip: str) -> Found | Refused:
-    if not _TICKET_NO.match(ticket_no):
+    if not ticket_no:
         return Refused(422, "ticket_no", "请填写工单号（受理短信或话务员告知的编号）")
+    if not _TICKET_NO.match(ticket_no):
+        return Refused(422, "ticket_no", "工单号应为受理短信中的编号，由数字和“-”组成，如20261201-000123")
     if not re.fullmatch(r"\d{4}", last4):
         return Refused(422, "last4", "请填写来电手机号的后四位数字")
     if await _count(redis, f"console:lookup:ip:{ip}") > TRIES_PER_IP_PER_HOUR:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from services.router.rules import matching_rules, route
 from shared.city import City
 from shared.events import GridMatch
+from shared.tickets import RATING_NAMES
 
 ACTION_NAMES = {
     "accepted": "签收",
@@ -19,7 +20,7 @@ ACTION_NAMES = {
     "extension_approved": "延期已批准",
     "extension_refused": "延期未批准",
     "resolved": "办结",
-    "surveyed": "回访短信已发送",
+    "surveyed": "转入回访",  # the SMS itself is the survey.sent record beside it
     "rated": "市民评价",
     "closed": "关闭",
     "reopened": "重新办理",
@@ -39,7 +40,6 @@ TOPIC_NAMES = {
     "meeting.convened": "召开联席会议",
     "meeting.updated": "联席会议进展",
 }
-RATING_NAMES = {1: "满意", 2: "基本满意", 3: "不满意"}
 VIA_NAMES = {
     "rule": "按权责清单",
     "fallback": "按兜底规则",
@@ -69,6 +69,20 @@ def due_of(ticket: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def due_label(status: str | None) -> str:
+    """What the time left counts down to (see due_of)."""
+    return {"assigned": "签收时限", "accepted": "办结时限"}.get(status or "", "时限")
+
+
+# What a department is told after each action on a ticket, with what happens next.
+DONE = {
+    "accept": "已签收，请在办结时限内办理。",
+    "resolve": "已办结，系统将向市民发送回访短信。",
+    "extend": "延期申请已提交，等待派单中心审核。",
+    "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
+}
+
+
 def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     """("剩余3小时20分", False), or ("已超期1天2小时", True)."""
     if due is None:
@@ -85,6 +99,36 @@ def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     return ("已超期" if late else "剩余") + parts, late
 
 
+OUTCOME_NAMES = {
+    "no_answer": "市民未答复",
+    "opted_out": "市民已退订回访",
+    "skipped_anonymous": "匿名诉求不回访",
+}
+
+
+def payload_words(record: Mapping[str, Any]) -> str:
+    """What a workflow step carried, in words: the return's reason, the days asked for, the stage
+    that ran late, the resident's rating. Events carry it in the field the action names (`returned`,
+    `extension`, `supervision`, `answer`); records written before that kept it in `data`."""
+    returned = record.get("returned") or {}
+    extension = record.get("extension") or {}
+    supervision = record.get("supervision") or {}
+    answer = record.get("answer") or {}
+    data = record.get("data") or {}
+    if returned.get("reason_name") or data.get("reason_name"):
+        return str(returned.get("reason_name") or data["reason_name"])
+    days = extension.get("days") or data.get("days")
+    if days:
+        reason = extension.get("reason") or ""
+        return f"{days}个工作日" + (f"（{reason}）" if reason else "")
+    if supervision.get("stage_name"):
+        return f"{supervision['stage_name']}时限"
+    if answer:
+        rating = RATING_NAMES.get(answer.get("rating") or 0)
+        return rating or OUTCOME_NAMES.get(answer.get("outcome") or "", "")
+    return ""
+
+
 def describe(record: Mapping[str, Any], city: City) -> str:
     """One history record (an event as the store keeps it) as a sentence for staff."""
     topic = record.get("topic", "")
@@ -95,10 +139,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
-        data = record.get("data") or {}
-        extra = data.get("reason_name") or (f"{data['days']}个工作日" if "days" in data else "")
         note = record.get("note") or ""
-        words = [w for w in (dept, extra, note, photo_count(record)) if w]
+        words = [w for w in (dept, payload_words(record), note, photo_count(record)) if w]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")
@@ -120,8 +162,56 @@ def photo_count(record: Mapping[str, Any]) -> str:
     return f"附照片{len(record['photos'])}张" if record.get("photos") else ""
 
 
+def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:
+    """One page of a list: (its items, the page number, kept within the pages there are, the pages)."""
+    pages = max(1, -(-len(items) // size))
+    page_no = min(max(page_no, 1), pages)
+    return items[(page_no - 1) * size : page_no * size], page_no, pages
+
+
+def page_holding(tickets: list[dict[str, Any]], ticket_no: str, size: int) -> int | None:
+    """The page (of `size`) on which the ticket appears, or None if it is not in the list."""
+    index = next((i for i, t in enumerate(tickets) if t.get("ticket_no") == ticket_no), None)
+    return None if index is None else index // size + 1
+
+
+def refusal(
+    field: str | None,
+    code: str,
+    message: str,
+    fields: Mapping[str, str],
+    values: Mapping[str, str],
+    default: str,
+) -> dict[str, str]:
+    """The API's refusal as {form field: message}, beside the field it names (else at `default`).
+    When the API's schema refused the request (code invalid_request), its message is for developers
+    (the parameter's English name, the validator's English words): staff are told instead, by the
+    field's label, what to fill in."""
+    at = field if field is not None and field in fields else default
+    label = fields.get(at, "")
+    if code == "invalid_request" and label:
+        blank = not (values.get(at) or "").strip()
+        return {at: f"请填写{label}" if blank else f"{label}不符合要求，请检查后重新填写"}
+    return {at: message}
+
+
 def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, Any]:
+    """A joint meeting as the page shows it: its deadline in local time, its category, grid and
+    lead by name (the API gives their ids)."""
+    lead = city.department_by_id.get(meeting.get("lead") or "")
+    grid = city.grids.get(meeting.get("grid") or "")
+    category = meeting.get("category")
+    return {
+        **meeting,
+        "deadline_local": local(meeting.get("deadline"), tz),
+        "lead_name": lead.name if lead else meeting.get("lead") or "",
+        "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",
+        "grid_name": grid.grid.name if grid else "",
+    }
 
 
 # --- the dispatch desk's choices -------------------------------------------------------------------

@@ -39,7 +39,7 @@ from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
 from shared.settings import Settings
-from shared.tickets import Status
+from shared.tickets import CHANNEL_NAMES, Status
 
 HERE = Path(__file__).parent
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -66,12 +66,24 @@ class WrongRole(Exception):
 
 
 def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = templates.get_template(name).render(request=request, **context)
+    html = templates.get_template(name).render(request=request, **names_of(request), **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def city_of(request: Request) -> City:
     return request.app.state.city
+
+
+def names_of(request: Request) -> dict[str, dict[str, str]]:
+    """Departments and grids by name, for every page (the API gives their ids), made once."""
+    state = request.app.state
+    if not hasattr(state, "console_names"):
+        city = city_of(request)
+        state.console_names = {
+            "department_names": {d.id: d.name for d in city.departments},
+            "grid_names": {gid: info.grid.name for gid, info in city.grids.items()},
+        }
+    return state.console_names
 
 
 def tz_of(request: Request) -> ZoneInfo:
@@ -117,10 +129,12 @@ def api(request: Request, s: session.Session) -> Api:
     return Api(request, s.token)
 
 
-def field_errors(reply: Reply, fields: tuple[str, ...], default: str) -> dict[str, str]:
-    """The API's refusal, beside the field it names (or above the form)."""
-    field = reply.field if reply.field in fields else default
-    return {field: reply.message}
+def field_errors(
+    reply: Reply, fields: dict[str, str], default: str, form: FormData | None = None
+) -> dict[str, str]:
+    """The API's refusal, beside the field it names (or above the form), in words for staff."""
+    values = {name: text(form, name) for name in fields} if form is not None else {}
+    return present.refusal(reply.field, reply.code, reply.message, fields, values, default)
 
 
 def text(form: FormData, name: str) -> str:
@@ -200,7 +214,13 @@ async def signout(request: Request, s: session.Session = Depends(current)) -> Re
 
 # --- the hotline operator ------------------------------------------------------------------------
 
-INTAKE_FIELDS = ("caller_phone", "caller_name", "text", "address", "urgent")
+INTAKE_FIELDS = {  # the form's fields and their labels
+    "caller_phone": "来电号码",
+    "caller_name": "来电人姓名",
+    "text": "诉求内容",
+    "address": "事发地址",
+    "urgent": "紧急",
+}
 
 
 def appeal_of(form: FormData) -> dict[str, Any]:
@@ -249,7 +269,7 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
             values={},
             errors={},
         )
-    errors = field_errors(reply, (*INTAKE_FIELDS, "photos"), "form")
+    errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos)
 
@@ -262,6 +282,7 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     return {
         **ticket,
         "left": left,
+        "due_label": present.due_label(ticket.get("status")),
         "late": late or ticket.get("overdue", False),
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
@@ -280,7 +301,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     if q.get("category"):
         rows = [r for r in rows if q["category"] in r["category_label"]]
     if q.get("grid"):
-        rows = [r for r in rows if q["grid"] in ((r.get("grid") or {}).get("grid") or "")]
+        rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
     if q.get("date"):
         rows = [r for r in rows if r["received"].startswith(q["date"])]
     city = city_of(request)
@@ -291,7 +312,9 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         rows=rows,
         filters=dict(q),
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
+        done=present.DONE["return"].format(no=q["returned"]) if q.get("returned") else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
+        grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
     )
 
 
@@ -330,11 +353,15 @@ def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]]] = {
-    # action: (API path suffix, the body from the form, the form's fields; the first is where an
-    # error that names no field is shown)
-    "accept": ("accept", lambda f: {}, ("form",)),
-    "resolve": ("resolve", lambda f: {"note": text(f, "note")}, ("note", "photos")),
+TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]] = {
+    # action: (API path suffix, the body from the form, the form's fields and their labels; the first
+    # is where an error that names no field is shown)
+    "accept": ("accept", lambda f: {}, {"form": ""}),
+    "resolve": (
+        "resolve",
+        lambda f: {"note": text(f, "note")},
+        {"note": "办理结果说明", "photos": "处置照片"},
+    ),
     "return": (
         "return",
         lambda f: {
@@ -342,7 +369,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
             "note": text(f, "note"),
             "disputed_rule": text(f, "disputed_rule"),
         },
-        ("reason", "note", "disputed_rule"),
+        {"reason": "退单理由", "note": "说明", "disputed_rule": "有异议的权责规则"},
     ),
     "extend": (
         "extend",
@@ -350,7 +377,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], tuple[str, ...]
             "days": int(text(f, "days")) if text(f, "days").isdigit() else 0,
             "reason": text(f, "reason"),
         },
-        ("reason", "days"),
+        {"reason": "延期理由", "days": "延长工作日数"},
     ),
 }
 
@@ -364,14 +391,6 @@ LIST_FILTERS = (
 )  # fmt: skip
 LIST_PAGE_SIZE = 50
 STATUS_LABELS = {str(st): name for st, name in STATUS_NAMES.items()}  # the record's statuses are text
-CHANNEL_NAMES = {
-    "hotline": "12345热线",
-    "wechat": "微信公众号",
-    "box": "意见箱",
-    "sms": "短信",
-    "open311": "Open311",
-    "web": "网站",
-}
 SORT_NAMES = {
     "-received_at": "受理时间（新→旧）",
     "received_at": "受理时间（旧→新）",
@@ -393,8 +412,8 @@ def list_filters(request: Request, s: session.Session) -> dict[str, str]:
     return filters
 
 
-def list_page_number(request: Request) -> int:
-    raw = request.query_params.get("page") or ""
+def page_number(request: Request, name: str = "page") -> int:
+    raw = request.query_params.get(name) or ""
     return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
@@ -465,13 +484,17 @@ def list_page(request: Request, s: session.Session, status: int = 200, **context
 
 @router.get("/tickets")
 async def tickets_page(request: Request, s: session.Session = Depends(as_staff)):
-    filters, page_no = list_filters(request, s), list_page_number(request)
+    filters, page_no = list_filters(request, s), page_number(request)
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
         errors, notice = list_errors(reply)
         return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
     tz = tz_of(request)
     total = reply.body["total"]
+    pages = max(1, -(-total // LIST_PAGE_SIZE))
+    if page_no > pages:  # past the end (the list got shorter since the link was made): its last page
+        query = urlencode([*((k, v) for k, v in filters.items() if v), ("page", pages)])
+        return RedirectResponse(f"/console/tickets?{query}", status_code=303)
     return list_page(
         request,
         s,
@@ -479,7 +502,7 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_staff))
         rows=[list_row(item, tz, city_of(request)) for item in reply.body["items"]],
         total=total,
         page_no=page_no,
-        pages=max(1, -(-total // LIST_PAGE_SIZE)),
+        pages=pages,
     )
 
 
@@ -529,16 +552,8 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     context = await ticket_context(request, s, no)
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
-    return page(
-        request,
-        "ticket.html",
-        s=s,
-        errors={},
-        values={},
-        kept={},
-        done=request.query_params.get("done"),
-        **context,
-    )
+    done = present.DONE.get(request.query_params.get("done") or "", "")
+    return page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
 @router.post("/tickets/{no}/{action}")
@@ -555,12 +570,14 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         payload["photos"] = photos
     if reply is None:
         reply = await client.post(f"/api/v1/tickets/{no}/{suffix}", payload)
+    if reply.ok and action == "return":  # the ticket is no longer ours to open: back to the queue
+        return RedirectResponse(f"/console/department?{urlencode({'returned': no})}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
     context = await ticket_context(request, s, no)
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
-    errors = {action: field_errors(reply, fields, fields[0])}
+    errors = {action: field_errors(reply, fields, next(iter(fields)), form)}
     values = {action: {k: text(form, k) for k in fields}}
     return page(
         request,
@@ -603,30 +620,54 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 # --- the dispatch desk ---------------------------------------------------------------------------
 
 
+DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
+
+
 @router.get("/desk")
 async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
     threshold = request.app.state.settings.review_confidence_threshold
-    queue = await client.get("/api/v1/dispatch/queue", size=200)
     tz, now = tz_of(request), datetime.now(UTC)
-    waiting = [row(t, tz, now) for t in (queue.body.get("tickets", []) if queue.ok else [])]
-    for t in waiting:
+    queue, everything = await asyncio.gather(
+        client.dispatch_queue(), client.open_tickets([d["id"] for d in present.departments_of(city)])
+    )
+    waiting = [row(t, tz, now) for t in queue]
+    low_all = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
+    unrouted_all = [t for t in waiting if t not in low_all]
+    # ?ticket=N (the ticket page's link): the page of its section that holds it.
+    wanted = request.query_params.get("ticket") or ""
+    low, low_page, low_pages = present.page_of(
+        low_all,
+        present.page_holding(low_all, wanted, DESK_PAGE_SIZE) or page_number(request, "low"),
+        DESK_PAGE_SIZE,
+    )
+    unrouted, unrouted_page, unrouted_pages = present.page_of(
+        unrouted_all,
+        present.page_holding(unrouted_all, wanted, DESK_PAGE_SIZE) or page_number(request, "unrouted"),
+        DESK_PAGE_SIZE,
+    )
+    for t in low + unrouted:
         t["suggestions"] = present.suggestions(city, t)
-    low = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
-    unrouted = [t for t in waiting if t not in low]
-    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
     ]
-    for t in returned:
-        t["return_reasons"] = await client.return_reasons(t["ticket_no"])
+    reasons = await asyncio.gather(*(client.return_reasons(t["ticket_no"]) for t in returned))
+    for t, why in zip(returned, reasons, strict=True):
+        t["return_reasons"] = why
     return page(
         request,
         "desk.html",
         s=s,
-        low=low,
-        unrouted=unrouted,
+        sections={
+            "low": {"items": low, "total": len(low_all), "page_no": low_page, "pages": low_pages},
+            "unrouted": {
+                "items": unrouted,
+                "total": len(unrouted_all),
+                "page_no": unrouted_page,
+                "pages": unrouted_pages,
+            },
+        },
         extensions=extensions,
         returned=returned,
         departments=present.departments_of(city),
@@ -645,6 +686,8 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
         "category": text(form, "category_other") or text(form, "category") or None,
         "note": text(form, "note"),
     }
+    if not body["department"]:
+        return desk_redirect(Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"}), "")
     reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
 
@@ -665,7 +708,7 @@ def desk_redirect(reply: Reply, done: str) -> Response:
 
 # --- residents' erasure requests (the desk) -----------------------------------------------------
 
-ERASURE_FIELDS = ("phone", "reason")
+ERASURE_FIELDS = {"phone": "居民来电号码", "reason": "删除原因"}
 ERASURE_REASON = "居民申请删除个人信息"
 AUDIT_PAGE_SIZE = 20
 
@@ -678,7 +721,7 @@ async def privacy_page(
     request: Request, s: session.Session, status: int = 200, **context: Any
 ) -> HTMLResponse:
     """The request form (or its preview), and below it the audit trail, a page at a time."""
-    page_no = list_page_number(request)
+    page_no = page_number(request)
     reply = await api(request, s).get("/api/v1/records/privacy/audit", page=page_no, size=AUDIT_PAGE_SIZE)
     items: list[dict] = reply.body["items"] if reply.ok else []
     total: int = reply.body["total"] if reply.ok else 0
@@ -708,11 +751,12 @@ async def erasure_request(
 ) -> tuple[dict[str, str], Reply, Response | None]:
     """The form's erasure request posted to the API: the values, the reply, and the form again with
     the refusal beside its field (None: accepted)."""
-    values = erasure_of(await checked_form(request, s))
+    form = await checked_form(request, s)
+    values = erasure_of(form)
     reply = await api(request, s).post(path, values)
     if reply.ok:
         return values, reply, None
-    errors = field_errors(reply, ERASURE_FIELDS, "form")
+    errors = field_errors(reply, ERASURE_FIELDS, "form", form)
     return values, reply, await privacy_page(request, s, reply.status, values=values, errors=errors)
 
 
@@ -756,9 +800,12 @@ async def privacy_erase(request: Request, s: session.Session = Depends(as_desk))
 # --- joint meetings ------------------------------------------------------------------------------
 
 
+MEETINGS_PAGE_SIZE = 20
+
+
 @router.get("/meetings")
 async def meetings_page(request: Request, s: session.Session = Depends(as_staff)):
-    client, city = api(request, s), city_of(request)
+    client, city, tz = api(request, s), city_of(request), tz_of(request)
     if s.principal.is_admin:
         held = await client.open_tickets(
             [d["id"] for d in present.departments_of(city)] + [city.responsibilities.dispatch_desk]
@@ -766,19 +813,20 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
     else:
         held = await client.department_tickets(s.principal.department or "")
     ids = sorted({t["meeting_id"] for t in held if t.get("meeting_id")})
-    meetings = []
-    for mid in ids:
-        reply = await client.get(f"/api/v1/meetings/{mid}")
-        if reply.ok:
-            m = reply.body
-            m["deadline_local"] = present.local(m.get("deadline"), tz_of(request))
-            meetings.append(m)
+    replies = await asyncio.gather(*(client.get(f"/api/v1/meetings/{mid}") for mid in ids))
+    found = [present.meeting_row(r.body, city, tz) for r in replies if r.ok]
+    # Those still to decide first, the nearest deadline first; decided ones after them.
+    found.sort(key=lambda m: (m["status"] == "decided", m.get("deadline") or ""))
+    shown, page_no, pages = present.page_of(found, page_number(request), MEETINGS_PAGE_SIZE)
     return page(
         request,
         "meetings.html",
         s=s,
-        meetings=meetings,
-        departments=present.departments_of(city),
+        meetings=shown,
+        total=len(found),
+        open_count=sum(m["status"] != "decided" for m in found),
+        page_no=page_no,
+        pages=pages,
         error=request.query_params.get("error"),
         done=request.query_params.get("done"),
     )
@@ -788,17 +836,23 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
 async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
     form = await checked_form(request, s)
     if step == "decide":
+        if not text(form, "lead"):
+            query = urlencode({"error": f"联席会议{mid}未记录：请先选择主办单位"})
+            return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
         reply = await api(request, s).post(
             f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
         )
+        done = f"联席会议{mid}已记录决定，相关工单将派往主办单位"
     else:
         reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
-    query = urlencode({"done": f"联席会议{mid}已更新"} if reply.ok else {"error": reply.message})
-    return RedirectResponse(f"/console/meetings?{query}", status_code=303)
+        done = f"已在联席会议{mid}报到"
+    query = urlencode({"done": done} if reply.ok else {"error": reply.message})
+    return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
 
 
 # --- the manager's dashboard ---------------------------------------------------------------------
 
+PERIOD_FIELDS = {"from": "起始日期", "to": "结束日期"}
 DIMENSION_NAMES = {"department": "承办单位", "category": "诉求分类", "street": "街道", "grid": "网格"}
 
 
@@ -817,7 +871,10 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     for dim in DIMENSION_NAMES:
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
-            error = reply.message
+            shown = present.refusal(
+                reply.field, reply.code, reply.message, PERIOD_FIELDS, {"from": start, "to": end}, ""
+            )
+            error = next(iter(shown.values()))
             break
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}
@@ -909,7 +966,10 @@ def lookup_page(request: Request, status: int = 200, **context: Any) -> Response
 @router.post("/lookup")
 async def lookup(request: Request) -> Response:
     form = await request.form()
-    values = {"ticket_no": text(form, "ticket_no").strip(), "last4": text(form, "last4").strip()}
+    values = {
+        "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
+        "last4": resident_lookup.clean_last4(text(form, "last4")),
+    }
     if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
         return lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
     state = request.app.state
@@ -961,6 +1021,21 @@ def mount(app: FastAPI) -> None:
 
     app.add_exception_handler(SignInRequired, _to_signin)
     app.add_exception_handler(WrongRole, _forbidden)
+    # Last, after the static mounts: any other GET under /console is a page for people, not JSON
+    # (a mistyped address, or a form's address opened again from the history or address bar).
+    app.add_api_route("/console/{rest:path}", _no_such_page, methods=["GET"], include_in_schema=False)
+
+
+async def _no_such_page(request: Request, rest: str) -> Response:
+    s = await session.load(request.app.state.redis, request.cookies.get(session.COOKIE))
+    return page(
+        request,
+        "message.html",
+        404,
+        s=s,
+        title="页面不存在",
+        message="没有这个页面：地址可能有误，或是提交表单后的地址被再次打开。请从上方菜单或首页继续。",
+    )
 
 
 async def _to_signin(request: Request, exc: Exception) -> Response:

@@ -29,9 +29,12 @@ from services.records import db
 from services.records.db import Pool
 from services.records.projection import in_order
 from services.records.query import Search, build
+from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, current_principal
+from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
+from shared.tickets import CHANNEL_NAMES, RATING_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
 
@@ -182,7 +185,7 @@ async def export_tickets(
             limit=cap,
         )
     tz = ZoneInfo(settings.timezone)
-    rows = _rows(pool, search, tz)
+    rows = _rows(pool, search, tz, request.app.state.city)
     stamp = datetime.now(tz).strftime("%Y%m%d-%H%M")
     if format == "csv":
         return StreamingResponse(
@@ -197,8 +200,23 @@ async def export_tickets(
     )
 
 
-async def _rows(pool: Pool, search: Search, tz: ZoneInfo) -> AsyncIterator[list[Any]]:
+def export_names(city: City) -> dict[str, dict[Any, str]]:
+    """Columns whose codes the export writes as words: the people who open it in Excel read
+    已派单 and 和平街道, not assigned and s01."""
+    streets = city.district.streets
+    return {
+        "status": {str(st): name for st, name in STATUS_NAMES.items()},
+        "channel": CHANNEL_NAMES,
+        "street": {st.id: st.name for st in streets},
+        "community": {c.id: c.name for st in streets for c in st.communities},
+        "grid": {gid: info.grid.name for gid, info in city.grids.items()},
+        "rating": dict(RATING_NAMES),
+    }
+
+
+async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIterator[list[Any]]:
     """The rows through a server-side cursor: a thousand at a time in memory, whatever the total."""
+    names = export_names(city)
     columns = ", ".join(EXPORT.values())
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="export")
@@ -208,7 +226,7 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo) -> AsyncIterator[list[
         )
         while batch := await cur.fetchmany(1000):
             for r in batch:
-                yield [_cell(r[c], tz) for c in EXPORT.values()]
+                yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
 
 
 async def _csv(rows: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:

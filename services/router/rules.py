@@ -37,6 +37,16 @@ def _area_specificity(rule: ResponsibilityRule, grid: GridMatch) -> int | None:
     return 0
 
 
+# How the grid was found, in the words of the staff who read the explanation.
+GRID_METHODS = {
+    "coordinates": "按坐标定位",
+    "gazetteer": "按地名定位",
+    "model": "按文本推断",
+    "reviewer": "人工指定",
+    "none": "未定位",
+}
+
+
 def describe_rule(city: City, rule: ResponsibilityRule) -> str:
     area = rule.grid or rule.community or rule.street
     where = f"（限{area}）" if area else ""
@@ -106,7 +116,10 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
         co=best.co,
         via="rule",
         rule=rule_text,
-        explanation=f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，网格{grid.grid}（{grid.method}）",
+        explanation=(
+            f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，"
+            f"网格{grid.grid}（{GRID_METHODS.get(grid.method, grid.method)}）"
+        ),
         ambiguous=ties,
     )
 

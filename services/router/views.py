@@ -282,13 +282,17 @@ async def department_tickets(
     if dept_id not in request.app.state.city.department_by_id:
         return domain_error(DomainError("unknown_department", f"承办单位{dept_id}不存在", kind="not_found"))
     total, items = await queues(request).page(dept_id, status=status, overdue=overdue, page=page, size=size)
-    return {
-        "department": dept_id,
-        "total": total,
-        "page": page,
-        "size": size,
-        "tickets": [ticket_view(t) for t in items],
-    }
+    # Already JSON (model_dump(mode="json")): sent as is, not walked again by FastAPI's encoder, which
+    # took half the time of a page of 200 (the desk and the dashboard read every queue of the city).
+    return JSONResponse(
+        {
+            "department": dept_id,
+            "total": total,
+            "page": page,
+            "size": size,
+            "tickets": [ticket_view(t) for t in items],
+        }
+    )
 
 
 # --- the dispatch desk (人工派单) -----------------------------------------------------------------
@@ -303,7 +307,9 @@ async def dispatch_queue(
 ):
     desk = request.app.state.city.responsibilities.dispatch_desk
     total, items = await queues(request).page(desk, status=Status.REVIEW, overdue=None, page=page, size=size)
-    return {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
+    return JSONResponse(  # already JSON, as a department's queue above
+        {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
+    )
 
 
 class DispatchIn(BaseModel):

@@ -602,8 +602,7 @@ def return_ticket(
     if reason in _DISPUTES and rule is not None and not disputed_rule.strip():
         raise WorkflowError(
             "rule_not_disputed",
-            f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；"
-            "如有异议，请在disputed_rule中写明所争议的规则及理由",
+            f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请写明所争议的规则及理由",
             kind="invalid",
             field="disputed_rule",
         )

@@ -29,6 +29,13 @@
     return response;
   }
 
+  // A form that cannot be undone (a return, a resolution, a meeting's decision) asks first. Without
+  // the script it posts at once, as every form did before.
+  document.addEventListener("submit", (e) => {
+    const question = e.target instanceof HTMLFormElement ? e.target.dataset.confirm : "";
+    if (question && !window.confirm(question)) e.preventDefault();
+  });
+
   // --- the hotline operator ------------------------------------------------------------------
   const intake = document.getElementById("intake");
   if (intake) {

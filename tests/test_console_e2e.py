@@ -233,6 +233,33 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     await expect(page.locator("#caller_phone")).to_have_value("")
 
 
+async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
+    page: Page, redis, system: System
+):
+    await sign_in(page, await issue_token(redis, "operator", operator="op04"))
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#text").fill("来电人咨询社保卡丢了怎么补办，要带什么材料")
+    answers = page.locator("#pv-answers li")
+    await expect(answers.first).to_contain_text("社保卡丢了怎么补办", timeout=60_000)
+    await expect(answers.first).to_contain_text("区人力资源和社会保障局提供")
+    await answers.first.locator("button.use-answer").click()
+    answer = page.locator("#direct_answer")
+    await expect(answer).to_be_focused()
+    await expect(answer).to_have_value(re.compile("挂失"))
+    await answer.press("End")
+    await answer.type("。已提醒来电人先挂失。")  # the operator adapts it to what was said
+    await accessible(page)
+    await shot(page, "operator-knowledge")
+    await page.locator("#submit").click()
+    await expect(page.locator(".accepted")).to_contain_text("已登记当场答复")
+    ticket_no = (await page.locator("#ticket-no").text_content() or "").strip()
+    async with await admin_api(system, redis) as client:
+        ticket = await ticket_when(client, ticket_no, lambda t: t["status"] in ("resolved", "surveyed"))
+    assert ticket["assigned_via"] == "answered"
+    assert ticket["resolution_note"].endswith("已提醒来电人先挂失。")
+    assert ticket["operator_id"] == "op04"
+
+
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
     await sign_in(page, await issue_token(redis, "operator", operator="op02"))
     await expect(page.locator("#caller_phone")).to_be_focused()

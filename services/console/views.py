@@ -220,6 +220,7 @@ INTAKE_FIELDS = {  # the form's fields and their labels
     "text": "诉求内容",
     "address": "事发地址",
     "urgent": "紧急",
+    "direct_answer": "当场答复",
 }
 
 
@@ -230,6 +231,7 @@ def appeal_of(form: FormData) -> dict[str, Any]:
         "caller_name": text(form, "caller_name").strip() or None,
         "text": text(form, "text"),
         "address": text(form, "address"),
+        "direct_answer": text(form, "direct_answer"),
         "urgent": form.get("urgent") == "on",
     }
 
@@ -266,6 +268,7 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
             s=s,
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
+            answered=bool(text(form, "direct_answer").strip()),
             values={},
             errors={},
         )

@@ -24,11 +24,13 @@ from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
 from services.intake.service import Accepted, IntakeService
+from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, require_intake_staff
 from shared.bodies import Limit
 from shared.events import Channel
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
+from shared.tickets import Status
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
@@ -106,7 +108,7 @@ def submission_of(body: AppealIn, staff: Principal, *, preview: bool = False) ->
             name=None if preview else body.caller_name,
             operator_id=None if preview else staff.operator or body.operator_id,
             urgent=body.urgent,
-            direct_answer=body.direct_answer,
+            direct_answer="" if preview else body.direct_answer,  # half-typed while the preview runs
         )
 
 
@@ -180,7 +182,8 @@ async def preview_appeal(
     result: dict[str, Any] = await request.app.state.intake_preview.preview(sub)
     if result["duplicates"]:
         d = result["duplicates"][0]
-        result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{d['status']}）"
+        status = STATUS_NAMES.get(Status(d["status"]), d["status"])
+        result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{status}）"
     return result
 
 

@@ -58,6 +58,14 @@
       }, 350);
     };
     intake.addEventListener("input", refresh);
+    // A knowledge-base answer taken with one click, for the operator to adapt before submitting.
+    preview.addEventListener("click", (e) => {
+      const use = e.target.closest("button.use-answer");
+      if (!use) return;
+      const answer = document.getElementById("direct_answer");
+      answer.value = use.dataset.answer;
+      answer.focus();
+    });
     // Enter submits from the text box too; Shift+Enter is a new line. Not while an input method is
     // composing Chinese characters: that Enter picks the characters.
     text.addEventListener("keydown", (e) => {

@@ -109,3 +109,18 @@ async def valid_path_params(request: Request) -> None:
         pattern = PATH_PATTERNS.get(name)
         if pattern is not None and not pattern.fullmatch(value):
             raise NoSuchPath(name, value)
+
+
+def multipart_schema(field: str, file_schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI request body of an upload endpoint that reads its form itself (so FastAPI cannot
+    describe it): one required field, `file_schema` the file's (or files') schema."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": [field], "properties": {field: file_schema}}
+                }
+            },
+        }
+    }

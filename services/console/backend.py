@@ -155,10 +155,15 @@ class Api:
     # go on without it. The ticket list page (/console/tickets) is the one that searches.
 
     async def department_tickets(self, dept_id: str, status: str | None = None) -> list[dict]:
+        return await self._every_page(f"/api/v1/departments/{dept_id}/tickets", status=status)
+
+    async def _every_page(self, path: str, **params: Any) -> list[dict]:
+        """Every ticket of a paged list, however many pages the API takes (what it gave, if a page
+        is refused)."""
         tickets: list[dict] = []
         page = 1
         while True:
-            r = await self.get(f"/api/v1/departments/{dept_id}/tickets", status=status, page=page, size=200)
+            r = await self.get(path, **params, page=page, size=200)
             if not r.ok:
                 return tickets
             tickets += r.body["tickets"]
@@ -173,17 +178,8 @@ class Api:
         return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
 
     async def dispatch_queue(self) -> list[dict]:
-        """Every ticket waiting for the desk to dispatch it, however many pages the API takes."""
-        tickets: list[dict] = []
-        page = 1
-        while True:
-            r = await self.get("/api/v1/dispatch/queue", page=page, size=200)
-            if not r.ok:
-                return tickets
-            tickets += r.body["tickets"]
-            if page * 200 >= r.body["total"]:
-                return tickets
-            page += 1
+        """Every ticket waiting for the desk to dispatch it."""
+        return await self._every_page("/api/v1/dispatch/queue")
 
     # --- figures --------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from services.intake.errors import BadRequest
 from shared.auth import Principal, current_principal
 from shared.bodies import Limit
 from shared.errors import DomainError
+from shared.http import multipart_schema
 from shared.photo_store import PhotoStore
 from shared.photos import MAX_PER_ITEM, Photo, PhotoRefused, checked_ids, prepare
 from shared.settings import Settings
@@ -68,26 +69,9 @@ def _decoding(request: Request) -> asyncio.Semaphore:
     return slots
 
 
-_UPLOAD_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FIELD],
-                    "properties": {
-                        FIELD: {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "maxItems": MAX_PER_ITEM,
-                        }
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = multipart_schema(
+    FIELD, {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_PER_ITEM}
+)
 
 
 @router.post("/photos", openapi_extra=_UPLOAD_SCHEMA)

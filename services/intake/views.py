@@ -28,6 +28,7 @@ from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, require_intake_staff
 from shared.bodies import Limit
 from shared.events import Channel
+from shared.http import multipart_schema
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
 from shared.tickets import Status
@@ -187,20 +188,7 @@ async def preview_appeal(
     return result
 
 
-_UPLOAD_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            }
-        },
-    }
-}
+_UPLOAD_SCHEMA = multipart_schema("file", {"type": "string", "format": "binary"})
 
 
 def upload_limits(settings: Settings) -> batch.UploadLimits:

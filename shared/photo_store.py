@@ -15,6 +15,7 @@ PHOTO_UNATTACHED_HOURS: a photo chosen and then not sent does not stay for ever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -42,8 +43,8 @@ class PhotoMissing(DomainError):
     kind = "invalid"
 
 
-def key(photo_id: str) -> str:
-    return f"{photo_id[:2]}/{photo_id}.jpg"
+def key(photo_id: str, thumbnail: bool = False) -> str:
+    return f"{photo_id[:2]}/{photo_id}{'.thumb' if thumbnail else ''}.jpg"
 
 
 def open_store(settings: Settings) -> ObjectStore:
@@ -87,15 +88,17 @@ class PhotoStore:
     async def put(self, photo: Photo) -> None:
         """Keep the photo (again, harmlessly, if it is there already), listed as not yet attached."""
         try:
+            # The thumbnail first: a photo found (`require`) always has one.
+            await obstore.put_async(self.store, key(photo.id, thumbnail=True), photo.thumbnail)
             await obstore.put_async(self.store, key(photo.id), photo.data)
         except BaseError as e:
             log.warning("photo store unavailable: %s", str(e).splitlines()[0][:200])
             raise Unavailable() from None
         await self.redis.zadd(PENDING, {photo.id: time.time()}, nx=True)
 
-    async def get(self, photo_id: str) -> bytes | None:
+    async def get(self, photo_id: str, thumbnail: bool = False) -> bytes | None:
         try:
-            result = await obstore.get_async(self.store, key(photo_id))
+            result = await obstore.get_async(self.store, key(photo_id, thumbnail))
             return bytes(await result.bytes_async())
         except (NotFoundError, FileNotFoundError):
             return None
@@ -135,6 +138,8 @@ class PhotoStore:
             if await self._exists(i):
                 await obstore.delete_async(self.store, key(i))
                 deleted += 1
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
+                await obstore.delete_async(self.store, key(i, thumbnail=True))
         if ids:
             await self.redis.zrem(PENDING, *ids)
         return deleted

@@ -27,6 +27,9 @@ from shared.errors import DomainError
 
 ACCEPTED_FORMATS = {"JPEG": "JPG", "PNG": "PNG", "WEBP": "WebP", "MPO": "JPG"}  # MPO: phones' JPEGs
 MAX_SIDE = 2048  # pixels, the long side of what is kept: sharp on any screen, small to send
+# The thumbnail a ticket's page shows (a few kilobytes; the photo itself opens on a tap): a
+# department's queue on a phone, out in the street, should not pull megabytes to show a row.
+THUMB_SIDE = 320
 MAX_PIXELS = 50_000_000  # a decompression bomb (a small file that decodes to gigabytes) stops here
 QUALITY = 82
 MAX_PER_ITEM = 9  # photos on one appeal or one resolution (as many as a WeChat message takes)
@@ -43,6 +46,7 @@ class Photo:
     data: bytes  # JPEG
     width: int
     height: int
+    thumbnail: bytes  # JPEG, at most THUMB_SIDE a side
 
 
 def prepare(raw: bytes, *, max_bytes: int, name: str = "") -> Photo:
@@ -88,10 +92,18 @@ def prepare(raw: bytes, *, max_bytes: int, name: str = "") -> Photo:
         background.paste(rgba, mask=rgba.getchannel("A"))
         image = background
     image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+    data = _jpeg(image, QUALITY)
+    small = image.copy()
+    small.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.LANCZOS)
+    return Photo(
+        id=photo_id(data), data=data, width=image.width, height=image.height, thumbnail=_jpeg(small, 75)
+    )
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=QUALITY, optimize=True)  # no exif= argument: no metadata
-    data = out.getvalue()
-    return Photo(id=photo_id(data), data=data, width=image.width, height=image.height)
+    image.save(out, "JPEG", quality=quality, optimize=True)  # no exif= argument: no metadata
+    return out.getvalue()
 
 
 def photo_id(data: bytes) -> str:

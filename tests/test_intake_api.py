@@ -285,6 +285,10 @@ async def test_photos_are_kept_clean_and_go_with_the_appeal_and_its_resolution(a
     kept = Image.open(io.BytesIO(got.content))
     assert kept.format == "JPEG"
     assert dict(kept.getexif()) == {}  # the position the phone wrote is gone
+    thumb = await api.get(f"/api/v1/photos/{first['photo_id']}", params={"size": "thumb"}, headers=operator)
+    assert thumb.status_code == 200
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 320
+    assert len(thumb.content) < len(got.content)
 
     # Refusals, in the API's one shape and in Chinese.
     r = await api.post("/api/v1/photos", files=upload(("清单.txt", "这不是照片".encode(), "text/plain")))

@@ -20,7 +20,7 @@ from services.records.service import Records
 from shared.embedded import free_port
 from shared.events import AppealReceived, DepartmentRef, TicketUpdated
 from shared.photo_store import PENDING, PhotoMissing, PhotoStore, open_store
-from shared.photos import MAX_PER_ITEM, MAX_SIDE, PhotoRefused, checked_ids, prepare
+from shared.photos import MAX_PER_ITEM, MAX_SIDE, THUMB_SIDE, PhotoRefused, checked_ids, prepare
 from shared.settings import Settings
 from shared.store import TicketStore
 
@@ -57,10 +57,14 @@ def test_the_kept_photo_has_no_metadata_and_stands_upright() -> None:
     assert kept.size == (300, 400)
 
 
-def test_a_large_photo_is_kept_at_a_bounded_size() -> None:
+def test_a_large_photo_is_kept_at_a_bounded_size_with_a_small_thumbnail() -> None:
     photo = prepare(jpeg(4000, 3000), max_bytes=10 * MB)
     assert max(photo.width, photo.height) == MAX_SIDE
     assert Image.open(io.BytesIO(photo.data)).size == (MAX_SIDE, MAX_SIDE * 3 // 4)
+    thumb = Image.open(io.BytesIO(photo.thumbnail))
+    assert thumb.size == (THUMB_SIDE, THUMB_SIDE * 3 // 4)
+    assert dict(thumb.getexif()) == {}
+    assert len(photo.thumbnail) < len(photo.data)
 
 
 def test_the_same_photo_gets_the_same_id_and_another_another() -> None:
@@ -187,12 +191,14 @@ async def test_a_photo_is_kept_found_and_deleted(store_settings: Settings, redis
     photo = prepare(jpeg(color=(1, 2, 3)), max_bytes=MB)
     await photos.put(photo)
     assert await photos.get(photo.id) == photo.data
+    assert await photos.get(photo.id, thumbnail=True) == photo.thumbnail
     await photos.require([photo.id])
     assert await redis.zscore(PENDING, photo.id) is not None  # no ticket has it yet
     await photos.attached([photo.id])
     assert await redis.zscore(PENDING, photo.id) is None
     assert await photos.delete([photo.id]) == 1
     assert await photos.get(photo.id) is None
+    assert await photos.get(photo.id, thumbnail=True) is None
     with pytest.raises(PhotoMissing) as e:
         await photos.require([photo.id])
     assert "重新上传" in e.value.message

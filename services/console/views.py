@@ -600,11 +600,12 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
 
 @router.get("/photos/{photo_id}")
 async def photo(request: Request, photo_id: str, s: session.Session = Depends(as_photo_viewer)) -> Response:
-    """A photo for the page's <img>, fetched from the API with the session's token (which never
-    reaches the browser)."""
+    """A photo for the page's <img> (`?size=thumb`: its thumbnail), fetched from the API with the
+    session's token (which never reaches the browser)."""
     if not PHOTO_ID.fullmatch(photo_id):
         return Response("照片编号无效", status_code=404, media_type="text/plain; charset=utf-8")
-    reply = await api(request, s).download(f"/api/v1/photos/{photo_id}")
+    size = "thumb" if request.query_params.get("size") == "thumb" else "full"
+    reply = await api(request, s).download(f"/api/v1/photos/{photo_id}", size=size)
     if isinstance(reply, Reply):
         return Response(reply.message, status_code=reply.status, media_type="text/plain; charset=utf-8")
     return Response(

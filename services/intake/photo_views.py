@@ -10,9 +10,9 @@ encoding and cannot be guessed: any staff token may read a photo it can name."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -144,12 +144,13 @@ class PhotoNotFound(DomainError):
 )
 async def get_photo(
     photo_id: str,
+    size: Literal["full", "thumb"] = Query("full", description="thumb: at most 320 px a side"),
     _: Principal = Depends(require_staff),
     store: PhotoStore = Depends(photo_store),
 ) -> Response:
-    """The photo as kept (JPEG)."""
+    """The photo as kept (JPEG), or its thumbnail."""
     (checked,) = checked_ids([photo_id], field="photo_id")
-    data = await store.get(checked)
+    data = await store.get(checked, thumbnail=size == "thumb")
     if data is None:
         raise PhotoNotFound()
     return Response(

@@ -154,6 +154,16 @@ class AppealLocated(Event):
     address: str = ""
 
 
+class AppealPhotosAdded(Event):
+    """The resident sent photos after the appeal: WeChat image messages. Applied to the ticket by
+    intake (added to its photos, at most 9 in all), like a location sent after the text."""
+
+    topic: ClassVar[str] = "appeal.photos_added"
+
+    channel: Channel
+    photos: tuple[str, ...]  # ids (shared.photos)
+
+
 class AppealClassified(Event):
     """The classifier's verdict; it carries the appeal so the router needs nothing else."""
 

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # Safe / compatible mode (encrypted pushes): the console's EncodingAESKey and the account's AppID.
     wechat_encoding_aes_key: str = ""
     wechat_app_id: str = ""
+    # Where a WeChat image message's picture may be fetched from (its PicUrl): WeChat's own media
+    # hosts only, so a push cannot make the server fetch any address it names.
+    wechat_media_hosts: str = "mmbiz.qpic.cn,mmbiz.qlogo.cn"
     open311_api_keys: str = ""  # comma-separated keys accepted by POST /open311/v2/requests.json
     # Channels whose tickets the public Open311 GET lists (status, category, street only); a hotline
     # call or a WeChat chat was given in confidence.

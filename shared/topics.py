@@ -13,6 +13,7 @@ from shared import events as ev
 APPEAL_RECEIVED = "appeal.received"
 APPEAL_CLASSIFIED = "appeal.classified"
 APPEAL_LOCATED = "appeal.located"
+APPEAL_PHOTOS_ADDED = "appeal.photos_added"
 TICKET_ASSIGNED = "ticket.assigned"
 TICKET_UPDATED = "ticket.updated"
 SURVEY_SENT = "survey.sent"
@@ -23,6 +24,7 @@ EVENT_TYPES: dict[str, type[ev.Event]] = {
     APPEAL_RECEIVED: ev.AppealReceived,
     APPEAL_CLASSIFIED: ev.AppealClassified,
     APPEAL_LOCATED: ev.AppealLocated,
+    APPEAL_PHOTOS_ADDED: ev.AppealPhotosAdded,
     TICKET_ASSIGNED: ev.TicketAssigned,
     TICKET_UPDATED: ev.TicketUpdated,
     SURVEY_SENT: ev.SurveySent,

@@ -157,6 +157,8 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
         open311_api_keys="test-open311-key",
         wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
         wechat_app_id="wx12345hotline",
+        # WeChat's media hosts, and this machine: the tests serve image messages' pictures here.
+        wechat_media_hosts="mmbiz.qpic.cn,mmbiz.qlogo.cn,127.0.0.1",
     )
 
 

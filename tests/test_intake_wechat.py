@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from services.intake.wechat_media import allowed
+from shared.embedded import free_port
+from shared.settings import Settings
 from tests.conftest import eventually
+from tests.test_photos import jpeg, unique_color
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 TOKEN = "test-wechat-token"  # the settings fixture's WECHAT_TOKEN
@@ -95,10 +102,10 @@ async def test_voice_with_recognition_is_an_appeal_and_other_types_get_a_polite_
     r = await api.post(URL, params=signed(), content=voice)
     assert r.status_code == 200
     assert "工单号" in reply_of(r)["Content"]
-    image = push(
-        user, "image", "<PicUrl><![CDATA[http://mmbiz.qpic.cn/x]]></PicUrl><MediaId><![CDATA[m2]]></MediaId>"
+    video = push(
+        user, "video", "<MediaId><![CDATA[m2]]></MediaId><ThumbMediaId><![CDATA[m3]]></ThumbMediaId>"
     )
-    r = await api.post(URL, params=signed(), content=image)
+    r = await api.post(URL, params=signed(), content=video)
     assert r.status_code == 200
     assert "文字" in reply_of(r)["Content"]
     assert "工单号" not in r.text
@@ -249,3 +256,74 @@ def test_safe_mode_is_off_without_a_key_and_a_bad_key_stops_the_api_with_the_rea
     assert safe_mode(settings.model_copy(update={"wechat_encoding_aes_key": ""})) is None
     with pytest.raises(ValueError, match="43 characters"):
         create_app(settings.model_copy(update={"wechat_encoding_aes_key": "short"}))
+
+
+# --- image messages: the picture fetched from WeChat's media host (here, a server on this machine) --
+
+
+@pytest.fixture(scope="module")
+def media_host() -> Iterator[str]:
+    """WeChat's media host as far as the system knows: 127.0.0.1 is in the test settings'
+    WECHAT_MEDIA_HOSTS. Serves /photo-N.jpg (a JPEG) and /notes.txt (not a picture)."""
+    pictures: dict[str, tuple[bytes, str]] = {"/notes.txt": (b"not a picture", "text/plain")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # the standard library names it
+            body, kind = pictures.get(self.path) or (jpeg(color=unique_color()), "image/jpeg")
+            pictures.setdefault(self.path, (body, kind))
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def image(user: str, url: str) -> bytes:
+    return push(
+        user, "image", f"<PicUrl><![CDATA[{url}]]></PicUrl><MediaId><![CDATA[m{random.random()}]]></MediaId>"
+    )
+
+
+async def test_photos_before_the_text_go_with_it_and_after_it_onto_its_ticket(api, media_host):
+    user = openid()
+    r = await api.post(URL, params=signed(), content=image(user, f"{media_host}/photo-1.jpg"))
+    assert reply_of(r)["Content"] == "已收到照片。请在30分钟内发送文字描述问题，我们会把照片附在诉求上。"
+    r = await api.post(
+        URL, params=signed(), content=text(user, "小区东门口的路灯杆被车撞歪了，随时可能倒下来")
+    )
+    no = reply_of(r)["Content"].split("工单号：")[1][:15]
+    t = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert len(t["photos"]) == 1
+    got = await api.get(f"/api/v1/photos/{t['photos'][0]}")
+    assert got.headers["content-type"] == "image/jpeg"  # kept as any photo: decoded, a clean JPEG
+
+    r = await api.post(URL, params=signed(), content=image(user, f"{media_host}/photo-2.jpg"))
+    assert reply_of(r)["Content"] == f"已将照片补充到工单{no}。"
+    t = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert len(t["photos"]) == 2
+    assert "appeal.photos_added" in [h["topic"] for h in t["history"]]
+    # The same message again (WeChat retries when the reply is slow): the photo is there once.
+    r = await api.post(URL, params=signed(), content=image(user, f"{media_host}/photo-2.jpg"))
+    assert len((await api.get(f"/api/v1/tickets/{no}")).json()["photos"]) == 2
+
+
+async def test_a_picture_that_is_not_one_or_not_on_wechats_host_is_refused_in_words(api, media_host):
+    user = openid()
+    r = await api.post(URL, params=signed(), content=image(user, f"{media_host}/notes.txt"))
+    assert "无法识别为图片" in reply_of(r)["Content"]
+    # An address that is not WeChat's media host is not fetched at all.
+    r = await api.post(URL, params=signed(), content=image(user, "http://169.254.169.254/latest/meta-data"))
+    assert reply_of(r)["Content"] == "抱歉，照片未能接收，请稍后重新发送。"
+    assert not allowed("http://169.254.169.254/x", Settings(wechat_media_hosts="mmbiz.qpic.cn"))
+    assert not allowed("file:///etc/passwd", Settings(wechat_media_hosts="mmbiz.qpic.cn"))
+    assert allowed("https://mmbiz.qpic.cn/mmbiz_jpg/x/0", Settings(wechat_media_hosts="mmbiz.qpic.cn"))

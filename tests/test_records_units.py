@@ -14,6 +14,7 @@ from shared.errors import DomainError
 from shared.events import (
     Answer,
     AppealClassified,
+    AppealPhotosAdded,
     AppealReceived,
     Caller,
     CategoryScore,
@@ -339,3 +340,15 @@ def test_folding_later_events_onto_a_row_equals_folding_them_all():
     for cut in range(1, len(events)):
         start = fold_ticket(events[:cut], STREETS)
         assert fold_ticket(events[cut:], STREETS, start=start) == fold_ticket(events, STREETS)
+
+
+def test_photos_sent_after_the_appeal_join_its_own_once_each():
+    events = life()[:2]
+    events[0]["photos"] = ["a" * 32]
+    added = AppealPhotosAdded(
+        ticket_no="20261102-000001", channel="wechat", photos=("b" * 32, "a" * 32), occurred_at=T0
+    )
+    row = fold_ticket([*events, dump(added)], STREETS)
+    assert row is not None
+    assert row["photos"] == ["a" * 32, "b" * 32]
+    assert fold_ticket([*events, dump(added)], STREETS) == fold_ticket([dump(added), *events], STREETS)

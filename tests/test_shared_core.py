@@ -31,6 +31,7 @@ from shared.bus import (
 from shared.events import (
     AppealClassified,
     AppealLocated,
+    AppealPhotosAdded,
     AppealReceived,
     Caller,
     DepartmentRef,
@@ -362,12 +363,14 @@ async def test_facts_go_into_the_histories_of_tickets_that_exist_only(redis):
 # --- erasure: an erased ticket stays scrubbed whatever is written onto it later ------------------
 
 NAME, PHONE = "赵小红", "13812345678"
+PHOTO = "0f" * 16  # a photo id, of a photo of the resident's door
 
 
 def personal_data() -> tuple[str, ...]:
     """What must not survive an erasure: the name and phone typed into the words, the address, the
-    coordinates (also the grid's evidence), the masked phone and the salted hash."""
-    return (NAME, PHONE, "幸福里", "116.397", mask_phone(PHONE), caller_id(PHONE))
+    coordinates (also the grid's evidence), the masked phone, the salted hash, and the photos (their
+    files are deleted; the ids go too)."""
+    return (NAME, PHONE, "幸福里", "116.397", mask_phone(PHONE), caller_id(PHONE), PHOTO)
 
 
 def leaks(text: str) -> list[str]:
@@ -423,6 +426,7 @@ def one_of_each(no: str) -> list[Event]:
     return [
         appeal,
         located(no),
+        AppealPhotosAdded(ticket_no=no, channel="wechat", photos=(PHOTO,)),
         classified_from(appeal),
         TicketAssigned.caused(
             appeal,

@@ -32,6 +32,7 @@ TOPIC_NAMES = {
     "appeal.received": "受理登记",
     "appeal.classified": "智能分类",
     "appeal.located": "定位",
+    "appeal.photos_added": "补充照片",
     "appeal.review": "转人工复核",
     "ticket.assigned": "派单",
     "survey.sent": "回访短信已发送",

@@ -105,6 +105,9 @@ class DuplicateIndex:
             ],
             args=[r.ticket_no for r in removed],
         )
+        # Photos sent for an appeal that has not come yet: no ticket took them, and the sweep of
+        # unattached uploads deletes their files.
+        await self.redis.delete(*{keys.wechat_photos(r.caller_id) for r in removed})
 
 
 def build_app(settings: Settings | None = None) -> FastStream:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import regex
 
 from services.intake.errors import InvalidAppeal
-from shared.events import AppealLocated, AppealReceived, Caller, Channel, GeoPoint, new_id
+from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, Caller, Channel, GeoPoint, new_id
+from shared.photos import MAX_PER_ITEM
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.tickets import Ticket
 
@@ -99,11 +100,13 @@ class Submission:
         event_id: str | None = None,
         address: str | None = None,
         location: GeoPoint | None = None,
+        photos: tuple[str, ...] = (),
     ) -> AppealReceived:
         """The appeal as the pipeline sees it (the caller masked and hashed, no name): the event
         intake publishes once it has a number, and what a preview classifies. `event_id` else a new
         one; `address` and `location`, when given, stand for the submission's (a place a WeChat
-        user sent in a message of its own)."""
+        user sent in a message of its own); `photos` go with the submission's (photos a WeChat user
+        sent before the text)."""
         return AppealReceived(
             event_id=event_id or new_id(),
             ticket_no=ticket_no,
@@ -116,7 +119,7 @@ class Submission:
             urgent_flag=self.urgent,
             operator_id=self.operator_id,
             direct_answer=self.direct_answer,
-            photos=self.photos,
+            photos=tuple(dict.fromkeys([*self.photos, *photos]))[:MAX_PER_ITEM],
         )
 
 
@@ -180,6 +183,26 @@ def validate(
         urgent=urgent,
         wechat_openid=wechat_openid,
         direct_answer=direct_answer,
+    )
+
+
+def photographed(ticket: Ticket | None, added: AppealPhotosAdded) -> Ticket | None:
+    """The rule for photos sent after the appeal: onto its ticket while the ticket is open, once per
+    message, up to MAX_PER_ITEM photos in all (later ones are not added). Never onto an erased
+    ticket (see `located`). None: nothing to change."""
+    if ticket is None or ticket.has_applied(added.event_id) or not ticket.is_open:
+        return None
+    if ticket.personal_data_removed_at is not None:
+        return None
+    photos = tuple(dict.fromkeys([*ticket.photos, *added.photos]))[:MAX_PER_ITEM]
+    if photos == ticket.photos:
+        return None
+    return ticket.model_copy(
+        update={
+            "photos": photos,
+            "applied": [*ticket.applied, added.event_id],
+            "updated_at": added.occurred_at,
+        }
     )
 
 

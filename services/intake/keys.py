@@ -44,5 +44,10 @@ def wechat_last(caller_id: str | None) -> str:
     return f"wx:last:{caller_id}"
 
 
+def wechat_photos(caller_id: str | None) -> str:
+    """Photos a WeChat user sent before the text they belong to (ids, oldest first)."""
+    return f"wx:photos:{caller_id}"
+
+
 def wechat_nonce(timestamp: str, nonce: str) -> str:
     return f"wx:nonce:{timestamp}:{nonce}"

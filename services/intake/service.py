@@ -32,12 +32,13 @@ from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from services.intake import keys
-from services.intake.domain import Submission, located
+from services.intake.domain import Submission, located, photographed
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.limits import RateLimiter, caller_limited
 from shared.bus import EventPublisher, publish
-from shared.events import AppealLocated, AppealReceived, GeoPoint
+from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, GeoPoint
 from shared.metrics import APPEALS_RECEIVED
+from shared.photos import MAX_PER_ITEM
 from shared.redis_client import text
 from shared.store import Change, Outcome, TicketStore, apply_and_publish, contact_key
 from shared.tickets import Ticket
@@ -224,6 +225,8 @@ class IntakeService:
                     p.expire(keys.caller_index(cid), CALLER_INDEX_TTL)
                 if cid and sub.wechat_openid and not sub.phone:
                     p.set(keys.wechat_last(cid), event.ticket_no, ex=WECHAT_LOCATION_TTL)
+                    if event.photos:  # the photos sent before it are its own now
+                        p.delete(keys.wechat_photos(cid))
                 if sub.channel in self.public_channels:
                     p.zadd(keys.PUBLIC_BY_TIME, {event.ticket_no: event.received_at.timestamp()})
             await p.execute()
@@ -253,14 +256,19 @@ class IntakeService:
         sub, key = item
         event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"appeal/{key}").hex if key else uuid.uuid4().hex
         location, address = sub.location, sub.address
-        if sub.wechat_openid and location is None:
-            # A location the user sent just before this message belongs to it.
-            held = await self.redis.get(keys.wechat_location(sub.caller.caller_id))
-            if held is not None:
+        photos: tuple[str, ...] = ()
+        if sub.wechat_openid:
+            # A location and photos the user sent just before this message belong to it.
+            cid = sub.caller.caller_id
+            held, held_photos = await asyncio.gather(
+                self.redis.get(keys.wechat_location(cid)), self.redis.lrange(keys.wechat_photos(cid), 0, -1)
+            )
+            if held is not None and location is None:
                 place = json.loads(held)
                 location = GeoPoint(lng=place["lng"], lat=place["lat"])
                 address = address or place["label"]
-        return sub.appeal(ticket_no, event_id=event_id, address=address, location=location)
+            photos = tuple(text(p) for p in held_photos)
+        return sub.appeal(ticket_no, event_id=event_id, address=address, location=location, photos=photos)
 
     # --- WeChat locations -------------------------------------------------------------------------
 
@@ -287,6 +295,42 @@ class IntakeService:
         )
         ticket = results[0][0]
         return ticket_no if ticket is not None and ticket.location == point else None
+
+    # --- WeChat photos ----------------------------------------------------------------------------
+
+    async def add_photo(self, caller_id: str, msg_id: str, photo_id: str) -> str | None:
+        """A photo from an image message (kept already): added to the user's last appeal if it came
+        in the last 30 minutes and is still open, else kept for their next appeal (30 minutes, the
+        last 9). Returns the ticket number it was added to."""
+        last = await self.redis.get(keys.wechat_last(caller_id))
+        if last is not None:
+            ticket_no = text(last)
+            added = AppealPhotosAdded(
+                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-image/{msg_id}").hex,
+                ticket_no=ticket_no,
+                channel="wechat",
+                photos=(photo_id,),
+            )
+            results = await apply_and_publish(
+                self.store,
+                [Change(ticket_no, partial(apply_photos, added=added))],
+                partial(publish, self.publisher),
+            )
+            ticket = results[0][0]
+            if ticket is not None and photo_id in ticket.photos:
+                return ticket_no
+        async with self.redis.pipeline(transaction=True) as p:
+            p.rpush(keys.wechat_photos(caller_id), photo_id)
+            p.ltrim(keys.wechat_photos(caller_id), -MAX_PER_ITEM, -1)
+            p.expire(keys.wechat_photos(caller_id), WECHAT_LOCATION_TTL)
+            await p.execute()
+        return None
+
+
+def apply_photos(ticket: Ticket | None, added: AppealPhotosAdded) -> Outcome | None:
+    """The store's decision around the pure photo rule (`domain.photographed`)."""
+    updated = photographed(ticket, added)
+    return None if updated is None else Outcome(updated, publish=[added])
 
 
 def apply_location(ticket: Ticket | None, place: AppealLocated) -> Outcome | None:

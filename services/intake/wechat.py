@@ -58,6 +58,7 @@ class Message:
     lng: float | None = None
     label: str = ""
     event: str = ""
+    pic_url: str = ""  # an image message's picture, on WeChat's media host
 
 
 def read_xml(body: bytes) -> ET.Element:
@@ -109,6 +110,8 @@ def message(root: ET.Element) -> Message:
         return replace(common, content=field("Content"))
     if msg_type == "voice":
         return replace(common, content=field("Recognition"))
+    if msg_type == "image":
+        return replace(common, pic_url=field("PicUrl", True))
     if msg_type == "location":
         try:
             lat, lng = float(field("Location_X", True)), float(field("Location_Y", True))
@@ -148,5 +151,8 @@ ALREADY = "您的诉求已受理，工单号：{ticket_no}（此消息已收到�
 LOCATED_LAST = "已将位置“{label}”补充到工单{ticket_no}。"
 LOCATED_NEXT = "已收到您的位置“{label}”。请在30分钟内发送文字描述问题，我们会把位置附在诉求上。"
 WELCOME = "您好，这里是12345市民服务热线。请直接发送文字或语音描述您的诉求，也可以发送位置帮助我们定位。"
-UNSUPPORTED = "您好，目前只能受理文字、语音和位置消息。请用文字或语音描述您的诉求，谢谢。"
+UNSUPPORTED = "您好，目前只能受理文字、语音、图片和位置消息。请用文字或语音描述您的诉求，谢谢。"
+PHOTO_LAST = "已将照片补充到工单{ticket_no}。"
+PHOTO_NEXT = "已收到照片。请在30分钟内发送文字描述问题，我们会把照片附在诉求上。"
+PHOTO_FAILED = "抱歉，照片未能接收，请稍后重新发送。"
 NO_SPEECH = "抱歉，未能识别您的语音内容，请改用文字描述您的诉求。"

@@ -13,23 +13,29 @@ is then the resubmission.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from services.intake import keys, wechat, wechat_crypto
+from services.intake import keys, wechat, wechat_crypto, wechat_media
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.service import IntakeService
+from shared.errors import Unavailable
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
+from shared.photos import PhotoRefused, prepare
 from shared.redis_client import text
 from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1/channels/wechat", tags=["wechat"])
 XML = "application/xml; charset=utf-8"
+log = logging.getLogger("intake.wechat")
 
 
 def _xml(body: str, status: int = 200, **headers: str) -> Response:
@@ -104,7 +110,7 @@ async def receive(
     now = int(time.time())
     intake: IntakeService = request.app.state.intake
     try:
-        reply = await _handle(intake, msg)
+        reply = await _handle(intake, msg, request.app.state)
     except BrokerUnavailable:
         return _xml(wechat.error_reply("系统繁忙，请稍后重试"), 503, **{"Retry-After": "5"})
     if not reply:
@@ -130,8 +136,10 @@ async def _fresh_nonce(request: Request, timestamp: str, nonce: str, body: bytes
     return seen is not None and text(seen) == digest
 
 
-async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
+async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str:
     """What to tell the user. Raises BrokerUnavailable."""
+    if msg.msg_type == "image":
+        return await _photo(intake, msg, state)
     if msg.msg_type == "location":
         label = msg.label or f"{msg.lat:.6f},{msg.lng:.6f}"
         point = GeoPoint(lat=msg.lat, lng=msg.lng)
@@ -141,8 +149,6 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
     if msg.msg_type == "event":
         return wechat.WELCOME if msg.event == "subscribe" else ""
     if msg.msg_type not in ("text", "voice"):
-        # An image message's PicUrl is not fetched (the server would fetch an address a message
-        # names); photos reach a ticket through staff uploads (POST /api/v1/photos).
         return wechat.UNSUPPORTED
     if msg.msg_type == "voice" and not msg.content:
         return wechat.NO_SPEECH
@@ -155,3 +161,24 @@ async def _handle(intake: IntakeService, msg: wechat.Message) -> str:
     except (RateLimited, KeyReused) as e:
         return e.message
     return (wechat.ACCEPTED if created else wechat.ALREADY).format(ticket_no=ticket_no)
+
+
+async def _photo(intake: IntakeService, msg: wechat.Message, state: Any) -> str:
+    """An image message: its picture fetched from WeChat's media host, kept as any photo is
+    (`shared.photos`), and added to the user's last appeal or kept for their next one."""
+    settings, photos = state.settings, state.photos
+    try:
+        raw = await wechat_media.fetch_picture(msg.pic_url, settings)
+        photo = await asyncio.to_thread(prepare, raw, max_bytes=settings.photo_max_bytes)
+        await photos.put(photo)
+    except wechat_media.MediaRefused as e:
+        log.warning("WeChat picture not fetched: %s", e)
+        APPEALS_REJECTED.labels(channel="wechat", reason="photos").inc()
+        return wechat.PHOTO_FAILED
+    except PhotoRefused as e:
+        APPEALS_REJECTED.labels(channel="wechat", reason="photos").inc()
+        return e.message
+    except Unavailable:
+        return wechat.PHOTO_FAILED
+    ticket_no = await intake.add_photo(wechat_caller_id(msg.from_user), msg.msg_id, photo.id)
+    return wechat.PHOTO_LAST.format(ticket_no=ticket_no) if ticket_no else wechat.PHOTO_NEXT

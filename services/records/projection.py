@@ -21,6 +21,7 @@ from typing import Any
 TOPIC_ORDER = {
     "appeal.received": 0,
     "appeal.located": 1,
+    "appeal.photos_added": 1,
     "appeal.classified": 2,
     "appeal.review": 2,  # no longer published; kept so stored events of older versions fold
     "ticket.assigned": 3,
@@ -36,6 +37,7 @@ TOPIC_ORDER = {
 TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
 
 Row = dict[str, Any]
+MAX_PER_ITEM = 9  # photos on one appeal (shared.photos keeps the same bound on the ticket)
 
 
 def at(value: str | datetime) -> datetime:
@@ -148,6 +150,8 @@ def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]
         )
         if row["status"] == "received" and e.get("needs_review"):
             row["status"] = "review"
+    elif topic == "appeal.photos_added":
+        row["photos"] = list(dict.fromkeys([*row["photos"], *(e.get("photos") or ())]))[:MAX_PER_ITEM]
     elif topic == "appeal.located" and e.get("location"):
         row.update(lng=e["location"]["lng"], lat=e["location"]["lat"])
     elif topic == "ticket.assigned":

@@ -7,6 +7,8 @@ import json
 import random
 import re
 import uuid
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -121,6 +123,16 @@ async def test_a_call_answered_on_the_spot_is_resolved_and_surveyed_without_a_de
     survey = (await eventually(lambda: outbox_for(redis, phone, "survey")))[0]
     assert no in survey["text"]
     assert await outbox_for(redis, phone, "ack") == []  # the caller has the answer already
+    # The desk's figures count it as answered on the call (直接答复率), the city's by the record too.
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()  # the figures' local day
+
+    async def counted():
+        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        desk = next((g for g in r.json()["groups"] if g["group"] == "dispatch_desk"), None)
+        return desk if desk and desk["answered_directly"] >= 1 else None
+
+    desk = await eventually(counted)
+    assert 0 < desk["direct_answer_rate"] <= 1
     r = await api.post("/api/v1/appeals", json={"caller_phone": phone, "text": LIGHT, "direct_answer": "好"})
     assert r.status_code == 422
     assert r.json()["field"] == "direct_answer"

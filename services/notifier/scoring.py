@@ -34,6 +34,7 @@ FIELDS = (
     "unsatisfied",
     "no_answer",
     "skipped",
+    "answered_directly",  # of the assigned: calls the operator answered on the spot (直接答复)
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 
@@ -65,7 +66,9 @@ class Weights:
 def fields_for(event: Event) -> tuple[str, ...]:
     """The counters one event adds 1 to (for each of its groups)."""
     if isinstance(event, TicketAssigned):
-        return () if event.via == "dispatch_desk" else ("assigned",)
+        if event.via == "dispatch_desk":
+            return ()
+        return ("assigned", "answered_directly") if event.via == "answered" else ("assigned",)
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
             return ("responded", "responded_on_time") if event.on_time else ("responded",)
@@ -114,6 +117,8 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
         "resolution_rate": _round(resolution, 4),
         "satisfaction_rate": _round(satisfaction, 4),
         "score": _round(score, 2),
+        # Not in the score: how much of the hotline's work ends on the call (直接答复率).
+        "direct_answer_rate": _round(_ratio(c["answered_directly"], c["assigned"]), 4),
     }
 
 

@@ -38,6 +38,7 @@ COUNTERS = {
     "unsatisfied": f"{_ANSWERED} AND e.payload->>'rating' = '3'",
     "no_answer": "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'no_answer'",
     "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
+    "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
 }
 
 

@@ -34,7 +34,7 @@ SCORECARD_EVENTS = Counter(
 )
 SCORECARD_RATES = Gauge(
     "hotline_rate",
-    "The three rates and the score (month to date), by grouping and group",
+    "The three rates, the score and the direct-answer rate (month to date), by grouping and group",
     ["group_by", "group", "rate"],
 )
 
@@ -150,6 +150,12 @@ class Scorecard:
         today = now.astimezone(self.tz).date()
         for dim in scoring.DIMENSIONS:
             for row in await self.query(dim, today.replace(day=1), today):
-                for rate in ("response_rate", "resolution_rate", "satisfaction_rate", "score"):
+                for rate in (
+                    "response_rate",
+                    "resolution_rate",
+                    "satisfaction_rate",
+                    "score",
+                    "direct_answer_rate",
+                ):
                     if row[rate] is not None:
                         SCORECARD_RATES.labels(group_by=dim, group=row["group"], rate=rate).set(row[rate])

@@ -60,13 +60,16 @@ def upload_advice(settings: Settings) -> str:
     return f"每次最多上传{MAX_PER_ITEM}张照片，单张不超过{settings.photo_max_bytes // 1048576} MB"
 
 
-def _decoding(request: Request) -> asyncio.Semaphore:
-    """Made on first use, in the app's own event loop."""
-    state = request.app.state
+async def decode(state: Any, raw: bytes, name: str = "") -> Photo:
+    """The photo to keep from an upload's bytes (`prepare`), off the event loop (a phone's photo
+    takes tens of milliseconds) and at most DECODING_AT_ONCE at a time in the process, whichever
+    channel it came by. `state`: the app's state, which holds the settings and the slots (made on
+    first use, in the app's own event loop)."""
     if not hasattr(state, "photo_decoding"):
         state.photo_decoding = asyncio.Semaphore(DECODING_AT_ONCE)
     slots: asyncio.Semaphore = state.photo_decoding
-    return slots
+    async with slots:
+        return await asyncio.to_thread(prepare, raw, max_bytes=state.settings.photo_max_bytes, name=name)
 
 
 _UPLOAD_SCHEMA = multipart_schema(
@@ -106,11 +109,7 @@ async def upload_photos(
             raw = await upload.read(settings.photo_max_bytes + 1)
             if upload.size is not None and upload.size > settings.photo_max_bytes:
                 raise too_large(name, upload.size, settings.photo_max_bytes)
-            async with _decoding(request):
-                # Decoding a phone's photo takes tens of milliseconds: off the event loop.
-                photos.append(
-                    await asyncio.to_thread(prepare, raw, max_bytes=settings.photo_max_bytes, name=name)
-                )
+            photos.append(await decode(request.app.state, raw, name))
     finally:
         await form.close()
     for photo in photos:

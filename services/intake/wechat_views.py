@@ -13,7 +13,6 @@ is then the resubmission.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -25,11 +24,12 @@ from fastapi.responses import PlainTextResponse, Response
 from services.intake import keys, wechat, wechat_crypto, wechat_media
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
+from services.intake.photo_views import decode
 from services.intake.service import IntakeService
 from shared.errors import Unavailable
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
-from shared.photos import PhotoRefused, prepare
+from shared.photos import PhotoRefused
 from shared.redis_client import text
 from shared.settings import Settings
 
@@ -164,13 +164,12 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
 
 
 async def _photo(intake: IntakeService, msg: wechat.Message, state: Any) -> str:
-    """An image message: its picture fetched from WeChat's media host, kept as any photo is
-    (`shared.photos`), and added to the user's last appeal or kept for their next one."""
-    settings, photos = state.settings, state.photos
+    """An image message: its picture fetched from WeChat's media host, kept as an upload is
+    (`photo_views.decode`), and added to the user's last appeal or kept for their next one."""
     try:
-        raw = await wechat_media.fetch_picture(msg.pic_url, settings)
-        photo = await asyncio.to_thread(prepare, raw, max_bytes=settings.photo_max_bytes)
-        await photos.put(photo)
+        raw = await wechat_media.fetch_picture(msg.pic_url, state.settings)
+        photo = await decode(state, raw)
+        await state.photos.put(photo)
     except wechat_media.MediaRefused as e:
         log.warning("WeChat picture not fetched: %s", e)
         APPEALS_REJECTED.labels(channel="wechat", reason="photos").inc()

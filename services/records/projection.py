@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from shared.photos import MAX_PER_ITEM
+
 # When two events of a ticket carry the same time (the router stamps an assignment with the time of
 # the classification it answers), the order of the pipeline decides.
 TOPIC_ORDER = {
@@ -37,7 +39,6 @@ TOPIC_ORDER = {
 TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
 
 Row = dict[str, Any]
-MAX_PER_ITEM = 9  # photos on one appeal (shared.photos keeps the same bound on the ticket)
 
 
 def at(value: str | datetime) -> datetime:

@@ -36,8 +36,8 @@
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
-  // --- the hotline operator ------------------------------------------------------------------
-  const intake = document.getElementById("intake");
+  // --- the hotline operator, and a grid worker's report: the live preview ----------------------
+  const intake = document.querySelector("form[data-preview]");
   if (intake) {
     const preview = document.getElementById("preview");
     const text = document.getElementById("text");
@@ -66,10 +66,11 @@
       answer.value = use.dataset.answer;
       answer.focus();
     });
-    // Enter submits from the text box too; Shift+Enter is a new line. Not while an input method is
-    // composing Chinese characters: that Enter picks the characters.
+    // The operator's Enter submits from the text box too; Shift+Enter is a new line. Not while an
+    // input method is composing Chinese characters: that Enter picks the characters. Not on the
+    // grid worker's phone form, where Enter is a new line.
     text.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      if (intake.id === "intake" && e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
         intake.requestSubmit();
       }
@@ -78,6 +79,31 @@
       document.getElementById("submit").disabled = true; // one call, one ticket
     });
     if (text.value.trim()) refresh();
+  }
+  // The grid worker's position, from the phone, when the worker allows it: the grid it falls in is
+  // the report's. Refused or unavailable, the report goes to the worker's own grid.
+  const locate = document.getElementById("locate");
+  if (locate && navigator.geolocation) {
+    const state = document.getElementById("location-state");
+    locate.hidden = false;
+    locate.addEventListener("click", () => {
+      state.className = "";
+      state.textContent = "正在获取位置…";
+      navigator.geolocation.getCurrentPosition(
+        (pos) => {
+          const lng = pos.coords.longitude.toFixed(6);
+          const lat = pos.coords.latitude.toFixed(6);
+          document.getElementById("lng").value = lng;
+          document.getElementById("lat").value = lat;
+          state.textContent = `已定位：${lng}, ${lat}（精度约${Math.round(pos.coords.accuracy)}米）`;
+          intake.dispatchEvent(new Event("input")); // the preview's grid follows the position
+        },
+        (err) => {
+          state.textContent = (err.code === err.PERMISSION_DENIED ? "未获准读取位置" : "暂时无法定位") + "：将按所属网格上报";
+        },
+        { enableHighAccuracy: true, timeout: 15000, maximumAge: 60000 },
+      );
+    });
   }
   document.addEventListener("keydown", (e) => {
     if (e.altKey && (e.key === "n" || e.key === "N") && document.querySelector("[data-operator]") !== null) {

@@ -87,7 +87,8 @@ async def test_what_the_worker_dealt_with_on_the_spot_is_resolved_by_its_street_
     assert ticket["department"]["id"] == "street_s01"
     assert ticket["assigned_via"] == "on_spot"
     assert ticket["resolution_note"] == done
-    assert "网格员W019巡查发现并现场处置" in ticket["explanation"]
+    assigned = next(h for h in ticket["history"] if h["topic"] == "ticket.assigned")
+    assert "网格员W019巡查发现并现场处置" in assigned["explanation"]
     assert ticket["meeting_id"] is None  # done: it joins no hotspot meeting
     # Counted apart from the hotline's direct answers (the record's count: tests/test_records.py).
     today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()  # the figures' local day

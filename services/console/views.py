@@ -327,7 +327,7 @@ async def patrol_page(
         "patrol.html",
         status,
         s=s,
-        grid_name=f"{grid.community_name}{grid.grid.name}" if grid else "未知网格",
+        grid_name=f"{grid.street_name}{grid.grid.name}" if grid else "未知网格",
         recent=[list_row(item, tz, city) for item in reply.body["items"]] if reply.ok else None,
         recent_total=reply.body["total"] if reply.ok else 0,
         recent_error="" if reply.ok else reply.message,

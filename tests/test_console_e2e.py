@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import os
@@ -258,6 +259,31 @@ async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
     assert ticket["assigned_via"] == "answered"
     assert ticket["resolution_note"].endswith("已提醒来电人先挂失。")
     assert ticket["operator_id"] == "op04"
+
+
+async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page, redis):
+    token = await issue_token(redis, "operator", operator="op05")
+    await sign_in(page, token)
+    phone = new_phone()
+    await page.locator("#caller_phone").fill(phone)
+    await page.locator("#text").fill("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
+    await page.locator("#urgent").check()
+    # The session ends while the call goes on (12 hours without a page, or signed out elsewhere).
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "appeals_console")
+    await redis.delete("console:session:" + hashlib.sha256(cookie["value"].encode()).hexdigest())
+    await page.locator("#submit").click()
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    await sign_in(page, token)
+    await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    await expect(page.locator("#caller_phone")).to_have_value(phone)
+    await expect(page.locator("#text")).to_have_value("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
+    await expect(page.locator("#urgent")).to_be_checked()
+    await page.locator("#submit").click()
+    await expect(page.locator("#ticket-no")).to_have_text(re.compile(r"^\S{6,}$"))
+    # Accepted: the next call starts on an empty form.
+    await page.goto("/console/operator")
+    await expect(page.locator("#text")).to_have_value("")
+    await expect(page.locator("#draft-restored")).to_have_count(0)
 
 
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):

@@ -36,9 +36,49 @@
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
-  // --- the hotline operator, and a grid worker's report: the live preview ----------------------
+  // --- the hotline operator, and a grid worker's report ----------------------------------------
+  // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
+  // is accepted, so a session that expired mid-call, which sends the person to sign in again,
+  // does not cost the words: the form comes back filled. Signing out, or a number given, clears
+  // it; photos are not kept (a browser cannot refill a file input).
+  const DRAFT = "appeals-draft:";
+  const clearDrafts = () => {
+    for (const key of Object.keys(sessionStorage)) if (key.startsWith(DRAFT)) sessionStorage.removeItem(key);
+  };
+  if (document.querySelector(".accepted")) clearDrafts();
+  document.addEventListener("submit", (e) => {
+    if (e.target instanceof HTMLFormElement && e.target.action.endsWith("/console/signout")) clearDrafts();
+  });
   const intake = document.querySelector("form[data-preview]");
   if (intake) {
+    const key = DRAFT + intake.id;
+    const kept = [...intake.elements].filter(
+      (el) => el.name && (el.tagName === "TEXTAREA" || ["text", "tel", "checkbox"].includes(el.type)),
+    );
+    const typed = () => kept.some((el) => (el.type === "checkbox" ? el.checked : el.value.trim()));
+    const draft = JSON.parse(sessionStorage.getItem(key) || "null");
+    if (draft && !typed()) {
+      for (const el of kept) {
+        if (!(el.name in draft)) continue;
+        if (el.type === "checkbox") el.checked = draft[el.name];
+        else el.value = draft[el.name];
+      }
+      const note = document.createElement("p");
+      note.className = "ok";
+      note.id = "draft-restored";
+      note.setAttribute("role", "status");
+      note.textContent = "已恢复上次未提交的内容，请核对后提交。";
+      intake.prepend(note);
+    }
+    const save = () => {
+      if (!typed()) return sessionStorage.removeItem(key);
+      const values = {};
+      for (const el of kept) values[el.name] = el.type === "checkbox" ? el.checked : el.value;
+      sessionStorage.setItem(key, JSON.stringify(values));
+    };
+    intake.addEventListener("input", save);
+    intake.addEventListener("change", save);
+
     const preview = document.getElementById("preview");
     const text = document.getElementById("text");
     let timer = null;

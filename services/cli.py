@@ -456,6 +456,10 @@ def bench_classifier(
 @cli.command()
 def token(
     operator: str = typer.Option(None, help="Mint a hotline operator's token (registers appeals only)."),
+    grid_worker: str = typer.Option(
+        None, "--grid-worker", help="Mint a grid worker's token (reports, its grid's tickets), with --grid."
+    ),
+    grid: str = typer.Option(None, help="The grid id a grid worker patrols (see areas.yaml)."),
     department: str = typer.Option(None, help="Mint a token for this department id."),
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
     sms_gateway: bool = typer.Option(
@@ -477,6 +481,7 @@ def token(
             expires = _when(t.expires_at) if t.expires_at else "never"
             typer.echo(
                 f"{t.token_id}  {t.role:11s} {t.operator or t.department or '-':16s} "
+                f"{t.grid + '  ' if t.grid else ''}"
                 f"created {_when(t.created_at)}  expires {expires}"
             )
         return
@@ -485,15 +490,23 @@ def token(
             raise typer.BadParameter(f"no live token with id {revoke!r} (see appeals token --list)")
         typer.echo(f"revoked {revoke}")
         return
-    if admin + sms_gateway + (department is not None) + (operator is not None) != 1:
+    people = (department is not None) + (operator is not None) + (grid_worker is not None)
+    if admin + sms_gateway + people != 1:
         raise typer.BadParameter(
-            "give exactly one of --operator ID, --department DEPT_ID, --admin or --sms-gateway"
-            " (or --list, --revoke ID)"
+            "give exactly one of --operator ID, --grid-worker ID --grid GRID_ID, --department DEPT_ID,"
+            " --admin or --sms-gateway (or --list, --revoke ID)"
         )
     if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
         raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
     if operator is not None and not operator.strip():
         raise typer.BadParameter("--operator needs the operator's id (工号), e.g. --operator 0231")
+    if (grid is not None) != (grid_worker is not None):
+        raise typer.BadParameter("--grid goes with --grid-worker: the grid that worker patrols")
+    if grid_worker is not None:
+        if not grid_worker.strip():
+            raise typer.BadParameter("--grid-worker needs the worker's id (工号), e.g. --grid-worker W017")
+        if grid not in load_city(settings.city_config_dir).grids:
+            raise typer.BadParameter(f"unknown grid {grid!r} (see areas.yaml)")
     role: Role = (
         "admin"
         if admin
@@ -501,12 +514,17 @@ def token(
         if sms_gateway
         else "operator"
         if operator is not None
+        else "grid_worker"
+        if grid_worker is not None
         else "department"
     )
+    person = operator if operator is not None else grid_worker
     ttl = None if days is None else days * 86400
     typer.echo(
         asyncio.run(
-            _with_redis(settings, lambda r: issue_token(r, role, department, operator, ttl_seconds=ttl))
+            _with_redis(
+                settings, lambda r: issue_token(r, role, department, person, grid=grid, ttl_seconds=ttl)
+            )
         )
     )
 

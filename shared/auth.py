@@ -1,16 +1,18 @@
-"""Bearer tokens for hotline operators, departments, the dispatch desk (admin) and the SMS provider's
-gateway. Stored hashed in Redis, with an expiry.
+"""Bearer tokens for hotline operators, grid workers, departments, the dispatch desk (admin) and the
+SMS provider's gateway. Stored hashed in Redis, with an expiry.
 
-  auth:token:{sha256(token)} -> JSON {"role": "operator"|"department"|"admin"|"sms_gateway",
-                                      "department": id|null, "operator": id|null,
+  auth:token:{sha256(token)} -> JSON {"role": "operator"|"grid_worker"|"department"|"admin"|"sms_gateway",
+                                      "department": id|null, "operator": id|null, "grid": id|null,
                                       "created_at": unix s, "expires_at": unix s|null}
 
-`appeals token --operator ID` / `--department DEPT_ID` / `--admin` / `--sms-gateway` mint one and
+`appeals token --operator ID` / `--grid-worker ID --grid GRID_ID` / `--department DEPT_ID` /
+`--admin` / `--sms-gateway` mint one and
 print it once (it expires after TOKEN_TTL_DAYS, or `--days`); `appeals token --list` shows every
 live token by its id (a prefix of the hash), `appeals token --revoke ID` ends one. An operator token
 registers appeals (hotline, preview, suggestion-box uploads) and reads nothing else: the preview
-shows a caller's open appeals, which is no one else's business. The gateway token can only push
-incoming SMS and delivery receipts: a forged "1" from a resident's number would close a ticket as
+shows a caller's open appeals, which is no one else's business. A grid worker's token reports what
+its worker finds on patrol in its one grid, and reads that grid's tickets. The gateway token can
+only push incoming SMS and delivery receipts: a forged "1" from a resident's number would close a ticket as
 satisfied, so those callbacks are not open, yet the provider needs no more; and a resident's SMS
 comes only through it, never through a staff token.
 """
@@ -21,6 +23,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,24 +33,34 @@ from redis.asyncio import Redis
 
 from shared.settings import get_settings
 
-Role = Literal["operator", "department", "admin", "sms_gateway"]
+Role = Literal["operator", "grid_worker", "department", "admin", "sms_gateway"]
 
 
 @dataclass(frozen=True)
 class Principal:
     role: Role
     department: str | None = None  # the department a department token acts for
-    operator: str | None = None  # the hotline operator an operator token belongs to
+    operator: str | None = None  # the person an operator's or a grid worker's token belongs to (工号)
+    grid: str | None = None  # the grid a grid worker patrols
     token_id: str = ""  # names the token (a prefix of its hash) in listings, logs and key scopes
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    def may_read(self, departments: Iterable[str | None], grid: str | None) -> bool:
+        """Whose tickets this credential reads: the desk every one; a department those it leads or
+        co-handles; a grid worker those in its grid (it reports there and checks on them)."""
+        if self.is_admin:
+            return True
+        if self.role == "grid_worker":
+            return self.grid is not None and grid == self.grid
+        return self.role == "department" and self.department is not None and self.department in departments
+
     @property
     def scope(self) -> str:
         """Whose request this is, for what must not be shared between callers (idempotency keys):
-        the operator or department, else the token itself."""
+        the operator, grid worker or department, else the token itself."""
         return f"{self.role}:{self.operator or self.department or self.token_id}"
 
 
@@ -71,6 +84,7 @@ class TokenInfo:
     role: Role
     department: str | None
     operator: str | None
+    grid: str | None
     created_at: int | None  # unix seconds; None for tokens minted before these were recorded
     expires_at: int | None  # None: never
 
@@ -81,6 +95,7 @@ async def issue_token(
     department: str | None = None,
     operator: str | None = None,
     *,
+    grid: str | None = None,
     ttl_seconds: int | None = None,
 ) -> str:
     """A new token, printed once and stored hashed. It expires after `ttl_seconds` (by default
@@ -93,6 +108,7 @@ async def issue_token(
         "role": role,
         "department": department,
         "operator": operator,
+        "grid": grid,
         "created_at": now,
         "expires_at": now + ttl_seconds if ttl_seconds else None,
     }
@@ -116,6 +132,7 @@ async def list_tokens(redis: Redis) -> list[TokenInfo]:
                 role=data["role"],
                 department=data.get("department"),
                 operator=data.get("operator"),
+                grid=data.get("grid"),
                 created_at=data.get("created_at"),
                 expires_at=data.get("expires_at"),
             )
@@ -145,6 +162,7 @@ async def lookup(redis: Redis, token: str) -> Principal | None:
         role=data["role"],
         department=data.get("department"),
         operator=data.get("operator"),
+        grid=data.get("grid"),
         token_id=_digest(token)[:TOKEN_ID_LENGTH],
     )
 
@@ -176,9 +194,10 @@ async def require_admin(principal: Principal = Depends(current_principal)) -> Pr
 
 
 async def require_intake_staff(principal: Principal = Depends(current_principal)) -> Principal:
-    """Registering appeals by hand: hotline operators, and the dispatch desk."""
-    if principal.role not in ("operator", "admin"):
-        raise HTTPException(status_code=403, detail="只有话务员（或派单中心）可以登记诉求")
+    """Registering appeals by hand: hotline operators, grid workers (what they find on patrol), and
+    the dispatch desk."""
+    if principal.role not in ("operator", "grid_worker", "admin"):
+        raise HTTPException(status_code=403, detail="只有话务员、网格员（或派单中心）可以登记诉求")
     return principal
 
 

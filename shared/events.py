@@ -18,9 +18,9 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web"]
+Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web", "patrol"]
 AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
-GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "none"]
+GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "patrol", "none"]
 
 
 def now_utc() -> datetime:
@@ -133,11 +133,15 @@ class AppealReceived(Event):
     location: GeoPoint | None = None
     caller: Caller = Caller()
     urgent_flag: bool = False  # the operator marked it urgent
-    operator_id: str | None = None
+    operator_id: str | None = None  # who registered it: a hotline operator's or a grid worker's id
     photos: tuple[str, ...] = ()  # ids of the photos sent with it (shared.photos), never the bytes
-    # The operator answered it on the call (直接答复, e.g. a question the knowledge base answers):
-    # what the resident was told. The router resolves it at once; the survey follows as for any.
+    # Closed at first contact: the operator answered it on the call (直接答复, e.g. a question the
+    # knowledge base answers; what the resident was told), or the grid worker who found it dealt
+    # with it there (现场处置; what was done). The router resolves it at once.
     direct_answer: str = ""
+    # A grid worker's report (channel "patrol"): the grid the worker patrols, from the credential.
+    # The classifier takes it as the appeal's grid unless the coordinates fall in another.
+    patrol_grid: str | None = None
     received_at: datetime = Field(default_factory=now_utc)
 
 
@@ -192,7 +196,7 @@ class TicketAssigned(Event):
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
-    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting", "answered"]
+    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting", "answered", "on_spot"]
     rule: str = ""  # which responsibility rule matched, in words
     explanation: str  # why, for a department that disputes it
     category: str

@@ -45,6 +45,7 @@ CHANNEL_NAMES: dict[str, str] = {
     "sms": "短信",
     "open311": "Open311",
     "web": "网站",
+    "patrol": "网格巡查",
 }
 RATING_NAMES: dict[int, str] = {1: "满意", 2: "基本满意", 3: "不满意"}
 

@@ -509,3 +509,15 @@ def test_a_reviewers_correction_is_checked_and_is_the_same_event_when_repeated(c
         CITY, original, category="city.facility.streetlight", grid="s01c01g01", reviewer="admin", now=now
     )
     assert again.event_id == fixed.event_id
+
+
+def test_a_grid_workers_report_takes_its_grid_unless_the_position_says_otherwise(locator):
+    m = locator.locate("门口路灯坏了", patrol_grid="s01c01g02")
+    assert (m.grid, m.method, m.street) == ("s01c01g02", "patrol", "s01")
+    # A landmark named in the text may be across the road: the worker's grid is the better answer.
+    assert locator.locate("和平路88号门口有个大坑", patrol_grid="s01c01g02").grid == "s01c01g02"
+    # The phone's position wins over both: the worker may have crossed into the next grid.
+    m = locator.locate("门口路灯坏了", location=GeoPoint(lng=116.31, lat=39.97), patrol_grid="s01c01g02")
+    assert (m.grid, m.method) == ("s01c01g01", "coordinates")
+    # A grid the city does not have is no answer.
+    assert locator.locate("和平路88号门口有个大坑", patrol_grid="nowhere").grid == "s01c01g01"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import os
@@ -260,6 +261,31 @@ async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
     assert ticket["operator_id"] == "op04"
 
 
+async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page, redis):
+    token = await issue_token(redis, "operator", operator="op05")
+    await sign_in(page, token)
+    phone = new_phone()
+    await page.locator("#caller_phone").fill(phone)
+    await page.locator("#text").fill("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
+    await page.locator("#urgent").check()
+    # The session ends while the call goes on (12 hours without a page, or signed out elsewhere).
+    cookie = next(c for c in await page.context.cookies() if c["name"] == "appeals_console")
+    await redis.delete("console:session:" + hashlib.sha256(cookie["value"].encode()).hexdigest())
+    await page.locator("#submit").click()
+    await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    await sign_in(page, token)
+    await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    await expect(page.locator("#caller_phone")).to_have_value(phone)
+    await expect(page.locator("#text")).to_have_value("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
+    await expect(page.locator("#urgent")).to_be_checked()
+    await page.locator("#submit").click()
+    await expect(page.locator("#ticket-no")).to_have_text(re.compile(r"^\S{6,}$"))
+    # Accepted: the next call starts on an empty form.
+    await page.goto("/console/operator")
+    await expect(page.locator("#text")).to_have_value("")
+    await expect(page.locator("#draft-restored")).to_have_count(0)
+
+
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
     await sign_in(page, await issue_token(redis, "operator", operator="op02"))
     await expect(page.locator("#caller_phone")).to_be_focused()
@@ -378,6 +404,75 @@ async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
     response = await page.goto(f"/console/photos/{'0' * 32}")
     assert response is not None
     assert response.status == 404
+
+
+# --- a grid worker on patrol ---------------------------------------------------------------------
+
+
+async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
+    browser: Browser, redis, system: System, system_city
+):
+    grid = system_city.grids["s01c01g02"]  # lng 116.32-116.34, lat 39.96-39.98
+    context = await browser.new_context(
+        base_url=system.base_url,
+        locale="zh-CN",
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        geolocation={"longitude": 116.33, "latitude": 39.97, "accuracy": 12},
+        permissions=["geolocation"],
+    )
+    page = await context.new_page()
+    try:
+        await sign_in(page, await issue_token(redis, "grid_worker", operator="W031", grid="s01c01g02"))
+        await expect(page).to_have_url(re.compile(r"/console/patrol$"))
+        await expect(page.locator("#patrol-grid")).to_contain_text(grid.grid.name)
+        await page.locator("#text").fill("巡查发现翠竹苑东门外人行道井盖破损下陷，行人容易绊倒")
+        await page.locator("#locate").click()
+        await expect(page.locator("#location-state")).to_contain_text("已定位：116.330000, 39.970000")
+        await expect(page.locator("#pv-grid")).to_contain_text(grid.grid.name, timeout=60_000)
+        await page.locator("#photos").set_input_files([photo((90, 90, 90))])
+        await accessible(page)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        await shot(page, "patrol-report")
+        await page.locator("#submit").click()
+        await expect(page.locator(".accepted")).to_contain_text("问题已上报")
+        reported = (await page.locator("#ticket-no").text_content() or "").strip()
+        await expect(page.locator("#accepted-photos")).to_contain_text("已附照片1张")
+
+        # The next one the worker dealt with there: resolved at once by the street office.
+        await page.locator("#next-report").click()
+        await page.locator("#text").fill("巡查发现翠竹苑2号楼楼道堆放纸箱杂物，堵塞消防通道")
+        await page.locator("#direct_answer").fill("已现场联系物业清理杂物，消防通道恢复畅通")
+        await page.locator("#submit").click()
+        await expect(page.locator(".accepted")).to_contain_text("已登记现场处置")
+        handled = (await page.locator("#ticket-no").text_content() or "").strip()
+
+        async with await admin_api(system, redis) as client:
+            ticket = await ticket_when(client, reported, lambda t: t["status"] != "received")
+            done = await ticket_when(client, handled, lambda t: t["status"] == "resolved")
+        assert (ticket["channel"], ticket["operator_id"], len(ticket["photos"])) == ("patrol", "W031", 1)
+        assert (ticket["grid"]["grid"], ticket["grid"]["method"]) == ("s01c01g02", "coordinates")
+        assert (done["assigned_via"], done["department"]["id"]) == ("on_spot", "street_s01")
+
+        # The grid's latest tickets under the form, once the record has them; each opens read-only.
+        async def listed() -> bool:
+            await page.goto("/console/patrol")
+            return await page.locator(f"#recent a:text-is('{reported}')").count() == 1
+
+        await eventually(listed, timeout=60)
+        await expect(page.locator("#recent")).to_contain_text("网格巡查")
+        await accessible(page)
+        await shot(page, "patrol-recent")
+        await page.locator(f"#recent a:text-is('{reported}')").click()
+        await expect(page.locator("h1")).to_contain_text(reported)
+        await expect(page.get_by_role("button", name="签收")).to_have_count(0)
+        # Another grid's ticket is no ticket for this worker; the desk's pages are not its pages.
+        response = await page.goto("/console/desk")
+        assert response is not None
+        assert response.status == 403
+    finally:
+        await context.close()
 
 
 # --- the dispatch desk -------------------------------------------------------------------------

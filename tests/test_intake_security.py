@@ -510,6 +510,16 @@ async def test_tokens_expire_and_can_be_listed_and_revoked(api, redis, settings)
     await cli(env, "token", "--revoke", token_id)
     assert_error_shape(await api.get("/api/v1/departments/housing/tickets", headers=bearer(kept)), 401)
     assert token_id not in await cli(env, "token", "--list")
+    # A grid worker's token names its grid; the grid is checked against the city's when minted.
+    worker = (await cli(env, "token", "--grid-worker", "W088", "--grid", "s01c01g02")).strip()
+    assert (await api.post("/api/v1/appeals/preview", json=body, headers=bearer(worker))).status_code == 200
+    [row] = [line for line in (await cli(env, "token", "--list")).splitlines() if "W088" in line]
+    assert "grid_worker" in row
+    assert "s01c01g02" in row
+    with pytest.raises(AssertionError, match="unknown grid"):
+        await cli(env, "token", "--grid-worker", "W089", "--grid", "nowhere")
+    with pytest.raises(AssertionError, match="--grid goes with --grid-worker"):
+        await cli(env, "token", "--grid-worker", "W089")
 
 
 @pytest.mark.integration

@@ -404,7 +404,8 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     for i in range(12):
         no = f"20310305-{900000 + i}"
         dept = depts[i % 2]
-        via = "dispatch_desk" if i == 11 else "rule"
+        # The waiting room counts nowhere; what ended at first contact counts apart as well.
+        via = {11: "dispatch_desk", 10: "on_spot", 9: "answered"}.get(i, "rule")
         events.append(
             TicketAssigned(
                 ticket_no=no,
@@ -468,6 +469,8 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
 
     by_department = await eventually(lambda: agree("department"), timeout=60)
     assert {r["group"] for r in by_department} >= {d.id for d in depts}
+    assert sum(r["handled_on_spot"] for r in by_department) == 1
+    assert sum(r["answered_directly"] for r in by_department) == 1
     assert await eventually(lambda: agree("grid"), timeout=30)
 
 

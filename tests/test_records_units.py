@@ -323,6 +323,22 @@ def test_a_department_sees_only_what_it_leads_or_co_handles():
     assert build({}, tz=TZ, department_scope=None).where == "TRUE"
 
 
+def test_a_grid_worker_sees_only_its_grid_and_who_reads_what():
+    search = build({"grid": "s02c01g01"}, tz=TZ, department_scope=None, grid_scope="s01c01g02")
+    assert search.where.startswith("grid = %s")
+    assert search.params[0] == "s01c01g02"  # its own grid, whatever grid it asks for (then: none)
+    from shared.auth import Principal
+
+    worker = Principal("grid_worker", operator="W017", grid="s01c01g02")
+    assert worker.may_read([], "s01c01g02")
+    assert not worker.may_read(["urban_mgmt"], "s01c01g01")
+    dept = Principal("department", department="urban_mgmt")
+    assert dept.may_read(["urban_mgmt"], None)
+    assert not dept.may_read(["water"], "s01c01g02")
+    assert Principal("admin").may_read([], None)
+    assert not Principal("operator", operator="0231").may_read([None], None)
+
+
 def test_dates_are_local_days_and_to_includes_its_day():
     search = build({"from": "2026-11-01", "to": "2026-11-01"}, tz=TZ, department_scope=None)
     start, end = search.params

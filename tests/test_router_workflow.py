@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from services.router import timers, workflow
-from services.router.rules import answered_on_call
+from services.router.rules import answered_on_call, handled_on_spot
 from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
 from shared import tickets as st
@@ -169,6 +169,29 @@ def test_a_call_answered_on_the_spot_is_resolved_by_the_desk_at_once():
     assert [e.event_id for e in again.publish] == [e.event_id for e in out.publish]
     assert workflow.assign(t, c, routing, due, CITY, tz=TZ) is None
     assert timers.timers_for(t, CITY.sla.supervision) == []  # done: no clock runs
+
+
+def test_what_a_grid_worker_dealt_with_on_the_spot_is_resolved_by_its_street_office():
+    c = classified(CITY, "city.facility.streetlight", confidence=0.3)
+    done = "已现场联系物业更换灯泡，路灯恢复照明"
+    appeal = c.appeal.model_copy(
+        update={"channel": "patrol", "direct_answer": done, "operator_id": "W017", "patrol_grid": c.grid.grid}
+    )
+    c = c.model_copy(update={"appeal": appeal})
+    routing = handled_on_spot(CITY, c.grid, "W017")
+    assert (routing.lead, routing.via) == (f"street_{c.grid.street}", "on_spot")
+    due = deadlines(CITY, c.category, False, c.occurred_at, TZ)
+    out = workflow.assign(None, c, routing, due, CITY, tz=TZ)
+    assert out is not None
+    t = out.ticket
+    assert (t.status, t.department.id, t.assigned_via) == (st.RESOLVED, routing.lead, "on_spot")
+    assert t.resolution_note == done
+    assigned, accepted, resolved = out.publish
+    assert (assigned.via, assigned.explanation) == ("on_spot", "网格员W017巡查发现并现场处置，直接办结")
+    assert [accepted.action, resolved.action] == ["accepted", "resolved"]
+    # A grid the city cannot place: the desk takes it, and still closes it (the work was done).
+    unplaced = c.grid.model_copy(update={"grid": None, "community": None, "street": None})
+    assert handled_on_spot(CITY, unplaced, None).lead == CITY.responsibilities.dispatch_desk
 
 
 def test_low_confidence_waits_at_the_desk_and_a_person_correction_routes_it():

@@ -853,7 +853,8 @@ KEPT = {
     "co_departments.name", "department.id", "department.name", "grid", "grid.community", "grid.grid",
     "grid.street", "lead_street.id", "lead_street.name", "meeting.category", "meeting.grid",
     "meeting.lead_street", "meeting.meeting_id", "meeting.summoned", "meeting_id", "message_id",
-    "model_version", "operator_id", "returned.reason_name", "returned_by", "reviewed_by", "rule", "status",
+    "model_version", "operator_id", "patrol_grid", "returned.reason_name", "returned_by", "reviewed_by",
+    "rule", "status",
     "summoned.id", "summoned.name", "supervision.stage_name", "supervision.supervisor", "supervision.to",
     "survey_id", "tickets", "top.category", "top_categories.category",
 }  # fmt: skip

@@ -55,7 +55,7 @@ class Classifier:
             return []
         model, threshold = self.model, self.threshold
         pred = model.predict([document(a.title, a.text) for a in appeals])
-        grids = self.locator.locate_many([(a.text, a.address, a.location) for a in appeals])
+        grids = self.locator.locate_many([(a.text, a.address, a.location, a.patrol_grid) for a in appeals])
         now = now_utc()  # one clock read per batch: the batch is classified at one moment
         out = []
         for i, (appeal, top, grid) in enumerate(zip(appeals, pred.top(2), grids, strict=True)):

@@ -135,10 +135,12 @@ class GridLocator:
         self._area_re = re.compile("|".join(map(re.escape, sorted(areas, key=len, reverse=True))))
         self.model = GridModel(city)
 
-    def locate(self, text: str, address: str = "", location: GeoPoint | None = None) -> GridMatch:
-        return self.locate_many([(text, address, location)])[0]
+    def locate(
+        self, text: str, address: str = "", location: GeoPoint | None = None, patrol_grid: str | None = None
+    ) -> GridMatch:
+        return self.locate_many([(text, address, location, patrol_grid)])[0]
 
-    def locate_many(self, appeals: list[tuple[str, str, GeoPoint | None]]) -> list[GridMatch]:
+    def locate_many(self, appeals: list[tuple[str, str, GeoPoint | None, str | None]]) -> list[GridMatch]:
         """`locate` for a batch: the fallback model runs once for all the appeals that need it."""
         found = [self._without_model(*a) for a in appeals]
         need = [i for i, m in enumerate(found) if m is None]
@@ -150,12 +152,19 @@ class GridLocator:
                 found[i] = grid_match(self.city, guess[0], "model", round(guess[1], 3), t)
         return found  # type: ignore[return-value]
 
-    def _without_model(self, text: str, address: str, location: GeoPoint | None) -> GridMatch | None:
-        """Coordinates, else the gazetteer; a tie is a final answer (none); None: ask the model."""
+    def _without_model(
+        self, text: str, address: str, location: GeoPoint | None, patrol_grid: str | None = None
+    ) -> GridMatch | None:
+        """Coordinates, else the grid of the grid worker who reported it, else the gazetteer; a tie
+        is a final answer (none); None: ask the model."""
         if location is not None:
             for gid, info in self.city.grids.items():
                 if info.grid.polygon and point_in_polygon(location.lng, location.lat, info.grid.polygon):
                     return grid_match(self.city, gid, "coordinates", 0.99, f"{location.lng},{location.lat}")
+        # A grid worker reports what it finds in its own grid; a place named in the text may be a
+        # landmark across the street, so the worker's grid is the better answer.
+        if patrol_grid in self.city.grids:
+            return grid_match(self.city, patrol_grid, "patrol", 0.95, "网格员巡查上报")
         # The address is what the operator typed as the place: trust it over the narrative.
         for source, weight in ((address, 1.0), (text, 0.8)):
             if source:

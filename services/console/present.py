@@ -49,6 +49,7 @@ VIA_NAMES = {
     "reroute": "退单后改派",
     "meeting": "联席会议确定",
     "answered": "话务员当场答复",
+    "on_spot": "网格员现场处置",
 }
 
 

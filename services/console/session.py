@@ -22,7 +22,7 @@ from shared.auth import Principal, lookup
 COOKIE = "appeals_console"
 LOGIN_CSRF_COOKIE = "appeals_console_csrf"
 TTL_SECONDS = 12 * 3600  # one working shift; each request extends it
-ROLE_NAMES = {"operator": "话务员", "department": "承办单位", "admin": "派单中心"}
+ROLE_NAMES = {"operator": "话务员", "grid_worker": "网格员", "department": "承办单位", "admin": "派单中心"}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 (`backend.Api`, with the person's own token) and renders a template; the rules stay in the services.
 
   /console/signin      every role pastes its token once     /console/operator   hotline intake
+  /console/patrol      a grid worker's report from the spot, and its grid's latest tickets
   /console/department  a department's queue                 /console/tickets/N  a ticket, its actions
   /console/desk        the dispatch desk                     /console/meetings   joint meetings
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
@@ -53,7 +54,12 @@ templates.globals.update(
     percent=present.percent,
     return_reasons=RETURN_REASONS,
 )
-HOME = {"operator": "/console/operator", "department": "/console/department", "admin": "/console/desk"}
+HOME = {
+    "operator": "/console/operator",
+    "grid_worker": "/console/patrol",
+    "department": "/console/department",
+    "admin": "/console/desk",
+}
 
 
 class SignInRequired(Exception):
@@ -113,7 +119,10 @@ as_operator = staff("operator", "admin")  # the desk may register an appeal too,
 as_department = staff("department")
 as_desk = staff("admin")
 as_staff = staff("department", "admin")
-as_photo_viewer = staff("operator", "department", "admin")  # an operator sees the photos it uploaded
+as_reader = staff("department", "admin", "grid_worker")  # tickets to read: the API scopes them
+as_grid_worker = staff("grid_worker")
+# An operator or a grid worker sees the photos it uploaded.
+as_photo_viewer = staff("operator", "grid_worker", "department", "admin")
 
 
 async def checked_form(request: Request, s: session.Session) -> FormData:
@@ -275,6 +284,92 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos)
+
+
+# --- grid workers on patrol ----------------------------------------------------------------------
+
+PATROL_FIELDS = {
+    "text": "问题描述",
+    "address": "位置说明",
+    "location": "当前位置",
+    "caller_phone": "反映群众电话",
+    "urgent": "紧急",
+    "direct_answer": "现场处置情况",
+}
+PATROL_RECENT = 10  # the grid's latest tickets under the form
+
+
+def report_of(form: FormData) -> dict[str, Any]:
+    """The patrol form as an appeal: the channel and the grid come from the worker's credential."""
+    report: dict[str, Any] = {
+        "text": text(form, "text"),
+        "address": text(form, "address"),
+        "caller_phone": text(form, "caller_phone").strip() or None,
+        "urgent": form.get("urgent") == "on",
+        "direct_answer": text(form, "direct_answer"),
+    }
+    lng, lat = text(form, "lng").strip(), text(form, "lat").strip()
+    if lng or lat:  # the phone's position, when the worker let the page read it
+        report["location"] = {"lng": lng, "lat": lat}
+    return report
+
+
+async def patrol_page(
+    request: Request, s: session.Session, status: int = 200, **context: Any
+) -> HTMLResponse:
+    """The report form, and the latest tickets of the worker's grid (the record, a few seconds
+    behind; without PostgreSQL the form still works and the list says why it is missing)."""
+    reply = await api(request, s).get("/api/v1/tickets", size=PATROL_RECENT)
+    tz, city = tz_of(request), city_of(request)
+    grid = city.grids.get(s.principal.grid or "")
+    return page(
+        request,
+        "patrol.html",
+        status,
+        s=s,
+        grid_name=f"{grid.street_name}{grid.grid.name}" if grid else "未知网格",
+        recent=[list_row(item, tz, city) for item in reply.body["items"]] if reply.ok else None,
+        recent_total=reply.body["total"] if reply.ok else 0,
+        recent_error="" if reply.ok else reply.message,
+        **{"values": {}, "errors": {}, "idem": uuid.uuid4().hex, **context},
+    )
+
+
+@router.get("/patrol")
+async def patrol_form(request: Request, s: session.Session = Depends(as_grid_worker)):
+    return await patrol_page(request, s)
+
+
+@router.post("/patrol/preview")
+async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_worker)):
+    form = await checked_form(request, s)
+    reply = await api(request, s).post("/api/v1/appeals/preview", report_of(form))
+    return page(request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True)
+
+
+@router.post("/patrol/reports")
+async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_worker)):
+    form = await checked_form(request, s)
+    idem = text(form, "idem") or uuid.uuid4().hex
+    client = api(request, s)
+    photos, reply = await client.attach_photos(form)
+    if reply is None:
+        reply = await client.post(
+            "/api/v1/appeals",
+            {**report_of(form), "photos": photos},
+            headers={"Idempotency-Key": f"console:{idem}"},
+        )
+    if reply.ok:
+        return await patrol_page(
+            request,
+            s,
+            accepted=reply.body["ticket_no"],
+            accepted_photos=len(photos),
+            handled=bool(text(form, "direct_answer").strip()),
+        )
+    errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form)
+    values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}
+    return await patrol_page(request, s, 422, values=values, errors=errors, idem=idem, kept=photos)
 
 
 # --- departments ---------------------------------------------------------------------------------
@@ -486,7 +581,7 @@ def list_page(request: Request, s: session.Session, status: int = 200, **context
 
 
 @router.get("/tickets")
-async def tickets_page(request: Request, s: session.Session = Depends(as_staff)):
+async def tickets_page(request: Request, s: session.Session = Depends(as_reader)):
     filters, page_no = list_filters(request, s), page_number(request)
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
@@ -510,7 +605,7 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_staff))
 
 
 @router.get("/tickets/export")
-async def tickets_export(request: Request, s: session.Session = Depends(as_staff)):
+async def tickets_export(request: Request, s: session.Session = Depends(as_reader)):
     """The same filters as the list, downloaded as CSV or XLSX through the session: the token never
     appears in a URL. A refusal (a bad filter, too many rows, the record down) shows the list with
     the reason."""
@@ -551,7 +646,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
 
 
 @router.get("/tickets/{no}")
-async def ticket_page(request: Request, no: str, s: session.Session = Depends(as_staff)):
+async def ticket_page(request: Request, no: str, s: session.Session = Depends(as_reader)):
     context = await ticket_context(request, s, no)
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
@@ -618,7 +713,11 @@ async def photo(request: Request, photo_id: str, s: session.Session = Depends(as
 def body_limits(settings: Settings) -> dict[str, Limit]:
     """The forms that post photos with them: as much as the API takes in one upload."""
     limit = Limit(upload_limit(settings), upload_advice(settings))
-    return {"/console/operator/appeals": limit, "/console/tickets/*/resolve": limit}
+    return {
+        "/console/operator/appeals": limit,
+        "/console/patrol/reports": limit,
+        "/console/tickets/*/resolve": limit,
+    }
 
 
 # --- the dispatch desk ---------------------------------------------------------------------------

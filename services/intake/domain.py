@@ -67,7 +67,8 @@ class Submission:
     operator_id: str | None = None
     urgent: bool = False
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
-    direct_answer: str = ""  # the operator answered it on the call (直接答复): what was said
+    direct_answer: str = ""  # closed at first contact (直接答复, 现场处置): what was said or done
+    patrol_grid: str | None = None  # a grid worker's report: the grid it patrols (its credential's)
     # Ids of photos already kept (shared.photos), checked by the view that takes them. Only the
     # hotline API sends any: WeChat, SMS, Open311 and suggestion boxes carry none.
     photos: tuple[str, ...] = ()
@@ -83,6 +84,8 @@ class Submission:
             fields.append(list(self.photos))
         if self.direct_answer:
             fields.append({"direct_answer": self.direct_answer})
+        if self.patrol_grid:
+            fields.append({"patrol_grid": self.patrol_grid})
         return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
 
     @property
@@ -119,6 +122,7 @@ class Submission:
             urgent_flag=self.urgent,
             operator_id=self.operator_id,
             direct_answer=self.direct_answer,
+            patrol_grid=self.patrol_grid,
             photos=tuple(dict.fromkeys([*self.photos, *photos]))[:MAX_PER_ITEM],
         )
 
@@ -141,6 +145,7 @@ def validate(
     phone_required: bool = False,
     wechat_openid: str | None = None,
     direct_answer: str = "",
+    patrol_grid: str | None = None,
 ) -> Submission:
     text = clean_text(text or "")
     seen = visible_length(text)
@@ -165,12 +170,17 @@ def validate(
     if name and len(name) > 50:
         raise InvalidAppeal("caller_name", "姓名太长，请控制在50字以内")
     direct_answer = clean_text(direct_answer or "")
+    what = "现场处置情况" if channel == "patrol" else "当场答复的内容"
     if direct_answer and visible_length(direct_answer) < TEXT_MIN:
-        raise InvalidAppeal(
-            "direct_answer", f"当场答复的内容太短，请至少写{TEXT_MIN}个字，说明告诉了来电人什么"
-        )
+        advice = "怎么处置的、结果如何" if channel == "patrol" else "告诉了来电人什么"
+        raise InvalidAppeal("direct_answer", f"{what}太短，请至少写{TEXT_MIN}个字，说明{advice}")
     if len(direct_answer) > TEXT_MAX:
-        raise InvalidAppeal("direct_answer", f"当场答复的内容太长，请控制在{TEXT_MAX}字以内")
+        raise InvalidAppeal("direct_answer", f"{what}太长，请控制在{TEXT_MAX}字以内")
+    if channel == "patrol" and not patrol_grid:
+        # The credential names the grid; a grid worker's token without one was minted wrongly.
+        raise InvalidAppeal(
+            "channel", "此网格员凭证没有所属网格，请向管理员重新申领（appeals token --grid-worker）"
+        )
     return Submission(
         channel=channel,
         text=text,
@@ -183,6 +193,7 @@ def validate(
         urgent=urgent,
         wechat_openid=wechat_openid,
         direct_answer=direct_answer,
+        patrol_grid=patrol_grid,
     )
 
 

@@ -27,7 +27,8 @@ from shared.settings import Settings
 
 router = APIRouter(prefix="/api/v1", tags=["photos"])
 FIELD = "photos"
-UPLOADERS = ("operator", "admin", "department")  # who attaches photos: intake, the desk, departments
+# Who attaches photos: intake (operators, grid workers on patrol), the desk, departments.
+UPLOADERS = ("operator", "grid_worker", "admin", "department")
 DECODING_AT_ONCE = 2  # photos decoded at the same time per process: a 50-megapixel one takes ~150 MB
 # The browser keeps a photo for a day without asking again; the content never changes under its id.
 CACHE = "private, max-age=86400, immutable"
@@ -42,7 +43,9 @@ def photo_store(request: Request) -> PhotoStore:
 
 async def require_staff(principal: Principal = Depends(current_principal)) -> Principal:
     if principal.role not in UPLOADERS:
-        raise HTTPException(status_code=403, detail="只有话务员、派单中心和承办单位可以上传和查看照片")
+        raise HTTPException(
+            status_code=403, detail="只有话务员、网格员、派单中心和承办单位可以上传和查看照片"
+        )
     return principal
 
 

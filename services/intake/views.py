@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -27,7 +27,7 @@ from services.intake.service import Accepted, IntakeService
 from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, require_intake_staff
 from shared.bodies import Limit
-from shared.events import Channel
+from shared.events import Channel, GeoPoint
 from shared.http import multipart_schema
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
@@ -40,7 +40,8 @@ M = TypeVar("M", bound=BaseModel)
 
 class AppealIn(BaseModel):
     channel: Channel = Field(
-        "hotline", description="optional: the token decides (hotline; web for the dispatch desk)"
+        "hotline",
+        description="optional: the token decides (hotline; web for the dispatch desk; patrol: a grid worker)",
     )
     caller_phone: str | None = Field(None, examples=["13812345678"])
     caller_name: str | None = None
@@ -49,10 +50,14 @@ class AppealIn(BaseModel):
     address: str = ""
     operator_id: str | None = None
     urgent: bool = False
+    location: GeoPoint | None = Field(
+        None, description="where it is (WGS-84), e.g. a grid worker's phone position; decides the grid"
+    )
     direct_answer: str = Field(
         "",
-        description="the operator answered it on the call (直接答复): what the caller was told; "
-        "the ticket is then resolved at once and the survey follows",
+        description="closed at first contact: the operator answered it on the call (直接答复: what the "
+        "caller was told), or the grid worker dealt with it on the spot (现场处置: what was done); "
+        "the ticket is then resolved at once",
         examples=["已告知来电人：社保卡补办可携带身份证到任一社保服务网点办理，当场可取。"],
     )
     photos: list[str] = Field(
@@ -67,10 +72,15 @@ class AppealAccepted(BaseModel):
 
 
 # The channel follows from the credential, not the client's word: an operator registers calls to
-# the hotline; the dispatch desk may also enter what reached the city's website. Neither can pass an
-# appeal off as a resident's WeChat message, SMS, Open311 request or slip, which arrive through
-# their own endpoints and credentials (and fall under their own publication and survey rules).
-STAFF_CHANNELS: dict[str, tuple[Channel, ...]] = {"operator": ("hotline",), "admin": ("hotline", "web")}
+# the hotline; the dispatch desk may also enter what reached the city's website; a grid worker
+# reports what it finds on patrol. None can pass an appeal off as a resident's WeChat message, SMS,
+# Open311 request or slip, which arrive through their own endpoints and credentials (and fall under
+# their own publication and survey rules).
+STAFF_CHANNELS: dict[str, tuple[Channel, ...]] = {
+    "operator": ("hotline",),
+    "admin": ("hotline", "web"),
+    "grid_worker": ("patrol",),
+}
 
 
 def channel_of(body: AppealIn, staff: Principal) -> Channel:
@@ -109,7 +119,9 @@ def submission_of(body: AppealIn, staff: Principal, *, preview: bool = False) ->
             name=None if preview else body.caller_name,
             operator_id=None if preview else staff.operator or body.operator_id,
             urgent=body.urgent,
+            location=body.location,
             direct_answer="" if preview else body.direct_answer,  # half-typed while the preview runs
+            patrol_grid=staff.grid if staff.role == "grid_worker" else None,
         )
 
 
@@ -153,7 +165,9 @@ async def submit_appeal(
     ticket_no, created = await intake.submit(sub, key)
     if not created:
         response.status_code = 200
-    if sub.direct_answer:
+    if sub.direct_answer and sub.channel == "patrol":
+        message = f"已登记现场处置，工单号{ticket_no}，将自动办结"
+    elif sub.direct_answer:
         message = f"已登记当场答复，工单号{ticket_no}，将自动办结并回访"
     else:
         message = f"诉求已受理，工单号{ticket_no}"
@@ -209,7 +223,7 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 @router.post("/appeals/batch", openapi_extra=_UPLOAD_SCHEMA)
-async def submit_batch(request: Request, _: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
+async def submit_batch(request: Request, staff: Principal = Depends(require_intake_staff)) -> dict[str, Any]:
     """Typed suggestion-box slips (CSV UTF-8 or XLSX). Per row: the ticket number, or why not.
 
     The token is checked before the body is read (the file is no parameter of the route, so FastAPI
@@ -217,6 +231,8 @@ async def submit_batch(request: Request, _: Principal = Depends(require_intake_s
     `upload_limits`, so the API keeps answering meanwhile. Broker away mid-file: 503; rows
     acknowledged so far keep their tickets, and a retry of the same file returns them (row hashes
     are the idempotency keys)."""
+    if staff.role == "grid_worker":
+        raise HTTPException(status_code=403, detail="意见箱的意见由话务员或派单中心录入；网格员请用巡查上报")
     intake: IntakeService = request.app.state.intake
     await intake.check_ip(client_ip(request))  # the upload counts once; each row counts for its caller
     async with request.form(max_files=1, max_fields=5) as form:

@@ -25,8 +25,9 @@ from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
 
 NAME = "notifier"
-# WeChat answers in its own passive reply; the others hear from us by SMS.
-ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web"}
+# WeChat answers in its own passive reply; the others hear from us by SMS (a grid worker's report
+# only when a resident who told the worker left a phone).
+ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web", "patrol"}
 GAUGE_SECONDS = 60
 
 

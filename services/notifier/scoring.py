@@ -35,8 +35,10 @@ FIELDS = (
     "no_answer",
     "skipped",
     "answered_directly",  # of the assigned: calls the operator answered on the spot (直接答复)
+    "handled_on_spot",  # of the assigned: what grid workers found and dealt with there (现场处置)
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
+_FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def fields_for(event: Event) -> tuple[str, ...]:
     if isinstance(event, TicketAssigned):
         if event.via == "dispatch_desk":
             return ()
-        return ("assigned", "answered_directly") if event.via == "answered" else ("assigned",)
+        return ("assigned", *_FIRST_CONTACT_FIELD.get(event.via, ()))
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
             return ("responded", "responded_on_time") if event.on_time else ("responded",)

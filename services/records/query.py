@@ -29,7 +29,7 @@ SORTS = {
     "ticket_no": "ticket_no ASC",
     "-ticket_no": "ticket_no DESC",
 }
-CHANNELS = frozenset({"hotline", "wechat", "box", "sms", "open311", "web"})
+CHANNELS = frozenset({"hotline", "wechat", "box", "sms", "open311", "web", "patrol"})
 
 
 def invalid(name: str, message: str) -> DomainError:
@@ -80,12 +80,14 @@ def build(
     *,
     tz: ZoneInfo,
     department_scope: str | None,
+    grid_scope: str | None = None,
     page: int = 1,
     size: int = 50,
     max_size: int = MAX_PAGE_SIZE,
 ) -> Search:
     """`raw`: the query parameters as given. `department_scope`: None for the dispatch desk (sees
-    everything), else the department whose tickets (lead or co-handler) are the only ones visible."""
+    everything), else the department whose tickets (lead or co-handler) are the only ones visible.
+    `grid_scope`: a grid worker's grid, the only one whose tickets it sees."""
     clauses: list[str] = []
     params: list[Any] = []
 
@@ -99,6 +101,8 @@ def build(
         raise invalid("size", f"每页条数应在1到{max_size}之间")
     if department_scope is not None:
         add("(department = %s OR co_departments @> ARRAY[%s])", department_scope, department_scope)
+    if grid_scope is not None:
+        add("grid = %s", grid_scope)
     if status := raw.get("status"):
         statuses = [s.strip() for s in status.split(",") if s.strip()]
         unknown = [s for s in statuses if s not in Status.__members__.values()]

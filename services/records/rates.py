@@ -39,6 +39,7 @@ COUNTERS = {
     "no_answer": "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'no_answer'",
     "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
     "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
+    "handled_on_spot": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'on_spot'",
 }
 
 

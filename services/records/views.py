@@ -95,21 +95,25 @@ def unavailable() -> JSONResponse:
     )
 
 
-def scope_of(principal: Principal) -> str | None:
-    """None: sees everything; else the department whose tickets are visible."""
+def scope_of(principal: Principal) -> tuple[str | None, str | None]:
+    """The department and the grid whose tickets are visible; (None, None): everything (the desk)."""
     if principal.is_admin:
-        return None
-    if principal.role != "department" or not principal.department:
-        raise DomainError("forbidden", "此凭证无权查询工单", kind="forbidden")
-    return principal.department
+        return None, None
+    if principal.role == "department" and principal.department:
+        return principal.department, None
+    if principal.role == "grid_worker" and principal.grid:
+        return None, principal.grid
+    raise DomainError("forbidden", "此凭证无权查询工单", kind="forbidden")
 
 
 def search_of(request: Request, principal: Principal, page: int, size: int, max_size: int = 500) -> Search:
     raw = {name: request.query_params.get(name) for name in (*FILTERS, "from", "to", "q", "sort")}
+    department, grid = scope_of(principal)
     return build(
         raw,
         tz=ZoneInfo(request.app.state.settings.timezone),
-        department_scope=scope_of(principal),
+        department_scope=department,
+        grid_scope=grid,
         page=page,
         size=size,
         max_size=max_size,
@@ -269,8 +273,7 @@ async def archived_ticket(request: Request, principal: Principal, ticket_no: str
             ).fetchone()
             if row is None:
                 return not_found
-            scope = None if principal.is_admin else principal.department
-            if scope is not None and scope not in (row["department"], *row["co_departments"]):
+            if not principal.may_read([row["department"], *row["co_departments"]], row["grid"]):
                 return not_found
             cur = await conn.execute(
                 "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic NOT LIKE 'meeting.%%' "

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from faststream import FastStream
 
 from services.router import meetings, timers, workflow
-from services.router.rules import answered_on_call, contested, route
+from services.router.rules import FIRST_CONTACT, answered_on_call, contested, handled_on_spot, route
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
@@ -88,8 +88,11 @@ class RouterHandlers:
             threshold = self.review_threshold
         city = self.city
         others: tuple[str, ...] = ()
-        if classified.appeal.direct_answer:
-            routing = answered_on_call(city, classified.appeal.operator_id)
+        appeal = classified.appeal
+        if appeal.direct_answer and appeal.channel == "patrol":
+            routing = handled_on_spot(city, classified.grid, appeal.operator_id)
+        elif appeal.direct_answer:
+            routing = answered_on_call(city, appeal.operator_id)
         else:
             routing = route(city, classified.category, classified.grid, classified.confidence, threshold)
             margin = city.sla.supervision.ambiguity_margin
@@ -123,12 +126,12 @@ class RouterHandlers:
         whose meeting is already open only this batch's (the others are there already). The round
         trips are per batch, not per cluster: one to count, one to claim new meetings, one to read
         older members."""
-        # A call answered on the spot is done: it joins no meeting.
+        # An appeal closed at first contact is done: it joins no meeting.
         assigned = [
             t
             for t, events in results
             if t is not None
-            and t.assigned_via != "answered"
+            and t.assigned_via not in FIRST_CONTACT
             and any(isinstance(e, TicketAssigned) for e in events)
         ]
         hot = await self.hotspots.record(assigned, time.time())

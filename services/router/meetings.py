@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
+from services.router.rules import street_office
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.errors import DomainError
@@ -58,12 +59,7 @@ def meeting_id(*parts: str) -> str:
 
 def lead_street_office(city: City, grid_id: str | None) -> str:
     """The street office of the grid's street (吹哨 is the street's call); else the fallback owner."""
-    info = city.grids.get(grid_id or "")
-    if info is not None:
-        for d in city.departments:
-            if d.kind == "street_office" and d.street == info.street_id:
-                return d.id
-    return city.responsibilities.fallback_owner
+    return street_office(city, grid_id) or city.responsibilities.fallback_owner
 
 
 def spec(

@@ -20,7 +20,7 @@ from shared.events import CategoryScore, GridMatch
 class Routing:
     lead: str
     co: tuple[str, ...]
-    via: Literal["rule", "fallback", "dispatch_desk", "answered"]
+    via: Literal["rule", "fallback", "dispatch_desk", "answered", "on_spot"]
     rule: str  # the rule, in words
     explanation: str  # why, in Chinese, for the department that receives it
     ambiguous: tuple[str, ...] = ()  # other leads named by equally specific rules
@@ -43,6 +43,7 @@ GRID_METHODS = {
     "gazetteer": "按地名定位",
     "model": "按文本推断",
     "reviewer": "人工指定",
+    "patrol": "网格员所属网格",
     "none": "未定位",
 }
 
@@ -80,6 +81,34 @@ def answered_on_call(city: City, operator: str | None) -> Routing:
         via="answered",
         rule="",
         explanation=f"{who}在来电中当场答复，直接办结",
+    )
+
+
+# Closed at first contact: the ticket is resolved when it is assigned, so it joins no meeting.
+FIRST_CONTACT = frozenset({"answered", "on_spot"})
+
+
+def street_office(city: City, grid_id: str | None) -> str | None:
+    """The street office (街道办事处) governing the grid's street, if the city names one."""
+    info = city.grids.get(grid_id or "")
+    if info is not None:
+        for d in city.departments:
+            if d.kind == "street_office" and d.street == info.street_id:
+                return d.id
+    return None
+
+
+def handled_on_spot(city: City, grid: GridMatch, worker: str | None) -> Routing:
+    """What a grid worker dealt with where it found it (现场处置): the street office the worker's
+    grid reports to took it and is done with it (the category still counts in the statistics). A
+    grid the city cannot place goes to the desk, which still resolves it: the work was done."""
+    who = f"网格员{worker}" if worker else "网格员"
+    return Routing(
+        lead=street_office(city, grid.grid) or city.responsibilities.dispatch_desk,
+        co=(),
+        via="on_spot",
+        rule="",
+        explanation=f"{who}巡查发现并现场处置，直接办结",
     )
 
 

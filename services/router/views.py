@@ -70,10 +70,8 @@ def ticket_view(ticket: Ticket, history: list[dict] | None = None) -> dict:
 
 
 def can_read(principal: Principal, ticket: Ticket) -> bool:
-    if principal.is_admin:
-        return True
-    depts = {d.id for d in (ticket.department, *ticket.co_departments) if d}
-    return principal.department in depts
+    depts = [d.id for d in (ticket.department, *ticket.co_departments) if d]
+    return principal.may_read(depts, ticket.grid.grid if ticket.grid else None)
 
 
 @router.get("/tickets/{ticket_no}")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from services.router import meetings
-from services.router.rules import Routing, candidates, describe_rule, responsible
+from services.router.rules import FIRST_CONTACT, Routing, candidates, describe_rule, responsible
 from services.router.sla import Deadlines, add_working_days, deadlines
 from shared.city import City
 from shared.decisions import Outcome, applied
@@ -257,7 +257,7 @@ def assign(
             "updated_at": assigned.occurred_at,
         }
     )
-    if routing.via == "answered":
+    if routing.via in FIRST_CONTACT:
         answered = _answered_on_call(new, assigned, classified.appeal.direct_answer, city)
         return Outcome(answered.ticket, publish=[assigned, *answered.publish], record=[*recorded, classified])
     if contested and routing.via == "rule":
@@ -277,10 +277,12 @@ def assign(
 
 
 def _answered_on_call(ticket: Ticket, assigned: TicketAssigned, answer: str, city: City) -> Outcome:
-    """An appeal the operator answered on the call (直接答复): the desk it was assigned to accepts
-    and resolves it at once, with what the resident was told as the result. The same steps as a
-    department's, so the record, the rates and the survey (回访) treat it like any resolved
-    ticket. Each event is caused by the one before: a replay produces the same ids."""
+    """An appeal closed at first contact: the operator answered it on the call (直接答复), or the
+    grid worker who found it dealt with it there (现场处置). The unit it was assigned to (the
+    hotline's desk, the grid's street office) accepts and resolves it at once, with what was said or
+    done as the result. The same steps as a department's, so the record, the rates and the survey
+    (回访, when a resident left a phone) treat it like any resolved ticket. Each event is caused by
+    the one before: a replay produces the same ids."""
     desk, now = assigned.department.id, assigned.occurred_at
     accepted = accept(ticket, desk, city, now, cause=assigned)
     resolved = resolve(accepted.ticket, desk, answer, city, now, cause=accepted.publish[0])

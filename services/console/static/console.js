@@ -36,9 +36,49 @@
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
-  // --- the hotline operator ------------------------------------------------------------------
-  const intake = document.getElementById("intake");
+  // --- the hotline operator, and a grid worker's report ----------------------------------------
+  // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
+  // is accepted, so a session that expired mid-call, which sends the person to sign in again,
+  // does not cost the words: the form comes back filled. Signing out, or a number given, clears
+  // it; photos are not kept (a browser cannot refill a file input).
+  const DRAFT = "appeals-draft:";
+  const clearDrafts = () => {
+    for (const key of Object.keys(sessionStorage)) if (key.startsWith(DRAFT)) sessionStorage.removeItem(key);
+  };
+  if (document.querySelector(".accepted")) clearDrafts();
+  document.addEventListener("submit", (e) => {
+    if (e.target instanceof HTMLFormElement && e.target.action.endsWith("/console/signout")) clearDrafts();
+  });
+  const intake = document.querySelector("form[data-preview]");
   if (intake) {
+    const key = DRAFT + intake.id;
+    const kept = [...intake.elements].filter(
+      (el) => el.name && (el.tagName === "TEXTAREA" || ["text", "tel", "checkbox"].includes(el.type)),
+    );
+    const typed = () => kept.some((el) => (el.type === "checkbox" ? el.checked : el.value.trim()));
+    const draft = JSON.parse(sessionStorage.getItem(key) || "null");
+    if (draft && !typed()) {
+      for (const el of kept) {
+        if (!(el.name in draft)) continue;
+        if (el.type === "checkbox") el.checked = draft[el.name];
+        else el.value = draft[el.name];
+      }
+      const note = document.createElement("p");
+      note.className = "ok";
+      note.id = "draft-restored";
+      note.setAttribute("role", "status");
+      note.textContent = "已恢复上次未提交的内容，请核对后提交。";
+      intake.prepend(note);
+    }
+    const save = () => {
+      if (!typed()) return sessionStorage.removeItem(key);
+      const values = {};
+      for (const el of kept) values[el.name] = el.type === "checkbox" ? el.checked : el.value;
+      sessionStorage.setItem(key, JSON.stringify(values));
+    };
+    intake.addEventListener("input", save);
+    intake.addEventListener("change", save);
+
     const preview = document.getElementById("preview");
     const text = document.getElementById("text");
     let timer = null;
@@ -66,10 +106,11 @@
       answer.value = use.dataset.answer;
       answer.focus();
     });
-    // Enter submits from the text box too; Shift+Enter is a new line. Not while an input method is
-    // composing Chinese characters: that Enter picks the characters.
+    // The operator's Enter submits from the text box too; Shift+Enter is a new line. Not while an
+    // input method is composing Chinese characters: that Enter picks the characters. Not on the
+    // grid worker's phone form, where Enter is a new line.
     text.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      if (intake.id === "intake" && e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
         intake.requestSubmit();
       }
@@ -78,6 +119,31 @@
       document.getElementById("submit").disabled = true; // one call, one ticket
     });
     if (text.value.trim()) refresh();
+  }
+  // The grid worker's position, from the phone, when the worker allows it: the grid it falls in is
+  // the report's. Refused or unavailable, the report goes to the worker's own grid.
+  const locate = document.getElementById("locate");
+  if (locate && navigator.geolocation) {
+    const state = document.getElementById("location-state");
+    locate.hidden = false;
+    locate.addEventListener("click", () => {
+      state.className = "";
+      state.textContent = "正在获取位置…";
+      navigator.geolocation.getCurrentPosition(
+        (pos) => {
+          const lng = pos.coords.longitude.toFixed(6);
+          const lat = pos.coords.latitude.toFixed(6);
+          document.getElementById("lng").value = lng;
+          document.getElementById("lat").value = lat;
+          state.textContent = `已定位：${lng}, ${lat}（精度约${Math.round(pos.coords.accuracy)}米）`;
+          intake.dispatchEvent(new Event("input")); // the preview's grid follows the position
+        },
+        (err) => {
+          state.textContent = (err.code === err.PERMISSION_DENIED ? "未获准读取位置" : "暂时无法定位") + "：将按所属网格上报";
+        },
+        { enableHighAccuracy: true, timeout: 15000, maximumAge: 60000 },
+      );
+    });
   }
   document.addEventListener("keydown", (e) => {
     if (e.altKey && (e.key === "n" || e.key === "N") && document.querySelector("[data-operator]") !== null) {

@@ -1,0 +1,126 @@
+"""Grid workers (网格员) on patrol, through the running processes: a report takes the worker's grid
+(or the phone's position), is routed like any appeal, or is resolved by the grid's street office
+when the worker dealt with it on the spot; the worker reads its own grid's tickets and no others."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.auth import issue_token
+from tests.conftest import eventually
+from tests.test_pipeline_e2e import ticket_when
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
+
+GRID = "s01c01g02"  # 和平里社区第二网格, street s01 (和平街道): lng 116.32-116.34, lat 39.96-39.98
+NEIGHBOUR = "s01c01g01"  # lng 116.30-116.32, the same latitudes
+
+
+async def grid_worker(redis, grid: str = GRID, worker: str = "W017") -> dict:
+    token = await issue_token(redis, "grid_worker", operator=worker, grid=grid)
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_patrol_report_is_routed_in_the_workers_grid_and_the_worker_follows_it(api, redis):
+    worker = await grid_worker(redis)
+    text = "巡查发现路边一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患"
+    r = await api.post("/api/v1/appeals", json={"text": text}, headers=worker)
+    assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+    ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review", "meeting"))
+    assert ticket["channel"] == "patrol"
+    assert ticket["grid"]["grid"] == GRID
+    assert ticket["grid"]["method"] == "patrol"
+    # The worker reads its grid's ticket, from Redis now and from the record once it is there.
+    r = await api.get(f"/api/v1/tickets/{no}", headers=worker)
+    assert r.status_code == 200
+    assert r.json()["ticket_no"] == no
+
+    async def listed():
+        r = await api.get("/api/v1/tickets", params={"size": 50}, headers=worker)
+        assert r.status_code == 200, r.text
+        return r.json() if any(i["ticket_no"] == no for i in r.json()["items"]) else None
+
+    found = await eventually(listed)
+    assert {i["grid"] for i in found["items"]} == {GRID}  # nothing from another grid, whatever the filter
+    r = await api.get("/api/v1/tickets", params={"grid": NEIGHBOUR}, headers=worker)
+    assert r.json()["total"] == 0
+    # Another grid's worker sees no such ticket, and cannot act on it as a department would.
+    other = await grid_worker(redis, NEIGHBOUR, "W018")
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=other)).status_code == 404
+    r = await api.post(f"/api/v1/tickets/{no}/accept", headers=worker)
+    assert r.status_code == 403
+
+
+async def test_the_phones_position_decides_the_grid_over_the_workers_own(api, redis):
+    worker = await grid_worker(redis)
+    r = await api.post(
+        "/api/v1/appeals",
+        json={
+            "text": "巡查发现人行道上有一处井盖缺失，行人容易踩空",
+            "location": {"lng": 116.31, "lat": 39.97},
+        },
+        headers=worker,
+    )
+    assert r.status_code == 201, r.text
+    ticket = await ticket_when(api, r.json()["ticket_no"], lambda t: t["grid"] is not None)
+    assert ticket["grid"]["grid"] == NEIGHBOUR
+    assert ticket["grid"]["method"] == "coordinates"
+    assert ticket["location"] == {"lng": 116.31, "lat": 39.97}
+
+
+async def test_what_the_worker_dealt_with_on_the_spot_is_resolved_by_its_street_office(api, redis):
+    worker = await grid_worker(redis, worker="W019")
+    done = "已现场联系物业清理楼道堆放的纸箱杂物，通道已畅通"
+    r = await api.post(
+        "/api/v1/appeals",
+        json={"text": "巡查发现3号楼楼道堆放大量纸箱杂物，堵塞消防通道", "direct_answer": done},
+        headers=worker,
+    )
+    assert r.status_code == 201, r.text
+    assert "现场处置" in r.json()["message"]
+    no = r.json()["ticket_no"]
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "resolved")
+    assert ticket["department"]["id"] == "street_s01"
+    assert ticket["assigned_via"] == "on_spot"
+    assert ticket["resolution_note"] == done
+    assigned = next(h for h in ticket["history"] if h["topic"] == "ticket.assigned")
+    assert "网格员W019巡查发现并现场处置" in assigned["explanation"]
+    assert ticket["meeting_id"] is None  # done: it joins no hotspot meeting
+    # Counted apart from the hotline's direct answers (the record's count: tests/test_records.py).
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()  # the figures' local day
+
+    async def counted():
+        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        assert r.status_code == 200, r.text
+        street = next((g for g in r.json()["groups"] if g["group"] == "street_s01"), None)
+        return street if street and street["handled_on_spot"] >= 1 else None
+
+    street = await eventually(counted)
+    assert street["answered_directly"] == 0
+
+
+async def test_a_grid_worker_can_only_report_on_patrol(api, redis):
+    worker = await grid_worker(redis)
+    r = await api.post(
+        "/api/v1/appeals", json={"channel": "hotline", "text": "巡查发现小区门口路灯不亮"}, headers=worker
+    )
+    assert r.status_code == 422
+    assert r.json()["field"] == "channel"
+    r = await api.post(
+        "/api/v1/appeals/batch", files={"file": ("slips.csv", b"text\n", "text/csv")}, headers=worker
+    )
+    assert r.status_code == 403
+    assert "网格员" in r.json()["message"]
+    # A worker's token without a grid (minted by hand, wrongly) is refused with what to do.
+    token = await issue_token(redis, "grid_worker", operator="W020")
+    r = await api.post(
+        "/api/v1/appeals",
+        json={"text": "巡查发现小区门口路灯不亮"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 422
+    assert "appeals token --grid-worker" in r.json()["message"]

@@ -219,6 +219,7 @@ TicketAction = Literal[
     "warning",
     "overdue",
     "escalated",
+    "urged",
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -284,6 +285,13 @@ class Answer(_Frozen):
     resolve_by: datetime | None = None
 
 
+class Urge(_Frozen):
+    """`urged` (催办): the resident called again about the open ticket; the call's words are the
+    event's `note`, the operator who took the call its `actor`. The status does not change."""
+
+    urges: int  # how often the ticket has been urged now, this time included
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -298,6 +306,7 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "warning": ("supervision",),
     "overdue": ("supervision",),
     "escalated": ("supervision", "meeting"),
+    "urged": ("urge",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
@@ -314,9 +323,9 @@ class TicketUpdated(Event):
     version: int = 2  # 2: typed payloads and the ticket's facts instead of a free `data` dict
     action: TicketAction
     status: str  # the status after the transition (a shared.tickets.Status value)
-    actor: str  # department id, "resident", "system" or an operator id
+    actor: str  # department id, "resident", "system" or an operator id (urged: who took the call)
     department: DepartmentRef | None = None
-    note: str = ""  # resolved: the resolution note; returned, reopened: the words given
+    note: str = ""  # resolved: the resolution note; returned, reopened: the words given; urged: the call
     photos: tuple[str, ...] = ()  # resolved: the department's photos of the result (处置照片)
     caller_id: str | None = None  # the caller's salted hash (None: anonymous)
     category: str | None = None
@@ -329,6 +338,7 @@ class TicketUpdated(Event):
     meeting: MeetingSpec | None = None
     survey_id: str | None = None  # surveyed: the survey that went out
     answer: Answer | None = None
+    urge: Urge | None = None
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:

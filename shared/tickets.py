@@ -95,6 +95,7 @@ class Ticket(BaseModel):
     resolution_photos: tuple[str, ...] = ()  # the department's photos of the result
     returns: int = 0
     reopens: int = 0
+    urges: int = 0  # 催办: how often the resident called again about it while it was open
     # The router's bookkeeping: who returned it, a pending extension request, supervision.
     returned_by: tuple[str, ...] = ()
     extension_request: dict | None = None  # {"days", "reason", "by", "at"} until the desk decides

@@ -107,6 +107,7 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "request_extension": lambda t: workflow.request_extension(t, "urban_mgmt", 3, "等材料", CITY, T0),
     "decide_extension": lambda t: workflow.decide_extension(t, True, "dispatch_desk", "", CITY, TZ, T0),
     "dispatch": lambda t: workflow.dispatch(t, "water", None, "", "dispatch_desk", CITY, TZ, T0),
+    "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
 }
 
 
@@ -130,6 +131,63 @@ def test_deadline_clocks_run_only_where_the_table_lets_a_timer_supervise():
 def resolved(ticket, dept="urban_mgmt", at=T0 + timedelta(hours=1)):
     t = workflow.accept(ticket, dept, CITY, at).ticket
     return workflow.resolve(t, dept, "已修复", CITY, at).ticket
+
+
+# --- a repeat call (重复来电 → 催办) ----------------------------------------------------------------
+
+
+def test_an_urge_is_allowed_on_every_open_ticket_and_on_nothing_else():
+    assert ALLOWED_STATUS_CHANGES["urge"].sources == st.OPEN_STATUSES
+    assert ALLOWED_STATUS_CHANGES["urge"].targets is None  # the status stays
+
+
+@pytest.mark.parametrize("status", sorted(st.OPEN_STATUSES))
+def test_an_urge_counts_records_the_call_and_changes_nothing_else(status: Status):
+    t = _in(status, meeting_id="m1" if status == Status.MEETING else None)
+    later = T0 + timedelta(days=2)
+    first = workflow.urge(t, "0231", "  上周打过电话，到现在还没人来修  ", later)
+    assert first is not None
+    (event,) = first.publish
+    assert (event.action, event.status, event.actor) == ("urged", status, "0231")
+    assert event.note == "上周打过电话，到现在还没人来修"
+    assert event.urge is not None
+    assert event.urge.urges == 1
+    assert event.department == t.department  # the department sees it among its own events
+    assert first.ticket.urges == 1
+    # Nothing else moves: status, owner, deadlines, flags.
+    same = {"urges", "applied", "updated_at"}
+    assert first.ticket.model_dump(exclude=same) == t.model_dump(exclude=same)
+    second = workflow.urge(first.ticket, "0232", "", later)
+    assert second is not None
+    assert second.ticket.urges == 2
+    assert second.publish[0].urge.urges == 2  # type: ignore[union-attr]
+    assert second.ticket.status == status
+
+
+def test_the_same_urge_twice_is_recorded_once():
+    t = assigned_ticket(CITY)
+    key = workflow.urge_id(t.ticket_no, "operator:0231", "console:abc")
+    assert key == workflow.urge_id(t.ticket_no, "operator:0231", "console:abc")
+    assert key != workflow.urge_id(t.ticket_no, "operator:0232", "console:abc")  # keys are the caller's
+    once = workflow.urge(t, "0231", "还是没人来修", T0, event_id=key)
+    assert once is not None
+    assert once.publish[0].event_id == key
+    assert workflow.urge(once.ticket, "0231", "还是没人来修", T0, event_id=key) is None
+    other = workflow.urge(
+        once.ticket, "0231", "还是没人来修", T0, event_id=workflow.urge_id(t.ticket_no, "x", "y")
+    )
+    assert other is not None
+    assert other.ticket.urges == 2
+
+
+@pytest.mark.parametrize("status", [Status.RESOLVED, Status.SURVEYED, Status.CLOSED])
+def test_a_finished_ticket_is_not_urged_and_the_operator_is_told_what_to_do(status: Status):
+    t = _in(status, resolution_note="已修复")
+    with pytest.raises(WorkflowError) as e:
+        workflow.urge(t, "0231", "又坏了", T0)
+    assert e.value.kind == "conflict"  # 409
+    assert f"当前状态为“{STATUS_NAMES[status]}”，不能催办" in e.value.message
+    assert "登记新的诉求" in e.value.message
 
 
 # --- assignment ----------------------------------------------------------------------------------
@@ -422,6 +480,7 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("survey"), hs.sampled_from([1, 2, 3])),
     hs.tuples(hs.just("meeting"), hs.sampled_from(DEPTS[:4])),
     hs.tuples(hs.just("wait"), hs.integers(1, 48)),
+    hs.tuples(hs.just("urge"), hs.sampled_from(["0231", "0232"])),
 )
 
 
@@ -447,6 +506,8 @@ def step(t, action, now, n):
             return survey(t, args[0], n)
         case "meeting":
             return workflow.meeting_decided(t, t.meeting_id or "", args[0], "", CITY, TZ, now)
+        case "urge":
+            return workflow.urge(t, args[0], "还是没人来", now)
 
 
 def check(t, before):
@@ -469,6 +530,9 @@ def check(t, before):
     assert t.reopens <= 2
     assert t.returns >= before.returns
     assert t.reopens >= before.reopens
+    assert t.urges >= before.urges
+    if t.urges > before.urges:  # an urge moves nothing but its count
+        assert (t.urges, t.status) == (before.urges + 1, before.status)
     if before.status == st.CLOSED:
         assert t == before  # nothing moves a closed ticket
 

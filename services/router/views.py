@@ -11,7 +11,7 @@ from functools import partial
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -55,6 +55,7 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.escalated, "升级督办"),
             (ticket.status == Status.MEETING, "联席会议"),
             (ticket.extension_request is not None, "延期待审"),
+            (ticket.urges > 0, f"催办{ticket.urges}次"),
         )
         if on
     ]
@@ -91,16 +92,20 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
 async def act(
     request: Request,
     ticket_no: str,
-    transition: Callable[[Ticket, datetime], Outcome],
+    transition: Callable[[Ticket, datetime], Outcome | None],
     *,
     principal: Principal,
+    may_act: Callable[[Principal, Ticket], bool] = can_read,
+    answer: Callable[[Ticket], dict] | None = None,
 ):
-    """Apply an action: the transition decides, the store writes, the events are published."""
+    """Apply an action: the transition decides (None: nothing to do), the store writes, the events
+    are published. The answer is the ticket with its history, or what `answer` makes of it for
+    those who may act on a ticket they may not read (`may_act`: an operator's urge)."""
     state = request.app.state
     errors: list[DomainError] = []
 
     def decide(ticket: Ticket | None) -> Outcome | None:
-        if ticket is None or not can_read(principal, ticket):
+        if ticket is None or not may_act(principal, ticket):
             errors.append(ticket_not_found(ticket_no))
             return None
         try:
@@ -122,6 +127,8 @@ async def act(
         return domain_error(errors[-1])
     if ticket is None:
         return domain_error(ticket_not_found(ticket_no))
+    if answer is not None:
+        return answer(ticket)
     return ticket_view(ticket, await state.store.history(ticket_no))
 
 
@@ -254,6 +261,63 @@ async def decide_extension(
         ticket_no,
         lambda t, now: workflow.decide_extension(t, verdict == "approve", desk, note, city, tz, now),
         principal=principal,
+    )
+
+
+# --- the hotline: a repeat call urges the open ticket (重复来电 → 催办) ------------------------------
+
+
+async def urging_staff(principal: Principal = Depends(current_principal)) -> Principal:
+    """Who takes the resident's repeat call: hotline operators, and the dispatch desk."""
+    if principal.role not in ("operator", "admin"):
+        raise HTTPException(status_code=403, detail="只有话务员（或派单中心）可以催办工单")
+    return principal
+
+
+class UrgeIn(BaseModel):
+    note: str = Field("", max_length=5000, description="what the resident said on this call")
+    operator_id: str | None = Field(
+        None, max_length=50, description="the dispatch desk's token only: the operator who took the call"
+    )
+
+
+def urge_answer(ticket: Ticket) -> dict:
+    """What the operator reads to the caller, and no more of the ticket: an operator's token reads
+    no tickets (the preview shows a caller's open tickets by number, status and department)."""
+    dept = ticket.department.name if ticket.department else "正在分派"
+    return {
+        "ticket_no": ticket.ticket_no,
+        "status": ticket.status,
+        "status_name": workflow.STATUS_NAMES[ticket.status],
+        "department": ticket.department.model_dump() if ticket.department else None,
+        "urges": ticket.urges,
+        "message": f"已催办工单{ticket.ticket_no}，承办单位：{dept}，不新建工单",
+    }
+
+
+@router.post("/tickets/{ticket_no}/urge")
+async def urge_ticket(
+    ticket_no: str,
+    request: Request,
+    body: UrgeIn | None = None,
+    idempotency_key: str | None = Header(None, max_length=200),
+    principal: Principal = Depends(urging_staff),
+):
+    """催办: the resident called again about an open ticket. The ticket keeps its status and
+    deadlines, counts the urge, and its department reads the call in the history; no new ticket.
+    A finished ticket (办结, 回访, 关闭) is refused (409) with what to do instead. The same
+    `Idempotency-Key` (per token) urges once, however often it is sent."""
+    body = body or UrgeIn()
+    desk = request.app.state.city.responsibilities.dispatch_desk
+    by = principal.operator or (body.operator_id if principal.is_admin else None) or desk
+    event_id = workflow.urge_id(ticket_no, principal.scope, idempotency_key) if idempotency_key else None
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.urge(t, by, body.note, now, event_id=event_id),
+        principal=principal,
+        may_act=lambda p, t: True,  # any ticket, by its number: the operator has it from the preview
+        answer=urge_answer,
     )
 
 

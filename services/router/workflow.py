@@ -6,6 +6,7 @@
                   |  +-- returned (退单): next candidate, or the dispatch desk; twice: meeting
                   +-> review (dispatch desk) -> assigned
     meeting (联席会议) -> assigned to the lead the meeting decided
+    urged (催办, the resident called again): any open status, which it keeps
 
 `ALLOWED_STATUS_CHANGES` names every step, the statuses it may start from and the statuses it may
 lead to; `check` is the one place that enforces it, and every step function below goes through it
@@ -19,6 +20,7 @@ the handlers load, call these, and store.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +49,7 @@ from shared.events import (
     TicketAction,
     TicketAssigned,
     TicketUpdated,
+    Urge,
 )
 from shared.tickets import Status, Ticket
 
@@ -73,6 +76,7 @@ Step = Literal[
     "hold",  # a joint meeting takes the ticket
     "meeting_decided",
     "supervise",  # a deadline timer warns, marks overdue or escalates
+    "urge",  # 催办: the resident called again about the open ticket
 ]
 
 
@@ -104,6 +108,14 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     "hold": _move("提请联席会议", {S.REVIEW, S.ASSIGNED, S.ACCEPTED}, {S.MEETING}),
     "meeting_decided": _move("按联席会议决定派单", {S.MEETING}, {S.ASSIGNED}),
     "supervise": _move("督办", {S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING}, None),
+    # Every open status (`shared.tickets.OPEN_STATUSES`): a caller may call again at any point
+    # before the department says it is done. After that the survey is the resident's say.
+    "urge": _move(
+        "催办",
+        {S.RECEIVED, S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING},
+        None,
+        "（办结后不再催办：问题仍未解决的，请登记新的诉求；回访尚未结束的，市民答复不满意即可重新办理）",
+    ),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
 INITIAL = Status.RECEIVED
@@ -719,6 +731,31 @@ def decide_extension(
         ),
     )
     return _updated(ticket, "decide_extension", event, **changes)
+
+
+# --- the hotline: a repeat call (重复来电 → 催办) ---------------------------------------------------
+
+
+def urge_id(ticket_no: str, by: str, key: str) -> str:
+    """The id of the urge `by` records on the ticket under the idempotency key `key`: the same call
+    urged twice (a double click, a retry) is the same event, which the ticket has applied already."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"urge/{ticket_no}/{by}/{key}").hex
+
+
+def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | None = None) -> Outcome | None:
+    """催办: the resident called again about this open ticket instead of getting a second one. The
+    status and the deadlines stay; the ticket counts the urge, and the call's words (`note`) and
+    who took it (`by`) go into its history for the department to read. `event_id` (`urge_id`):
+    None when this urge was recorded already."""
+    if event_id is not None and ticket.has_applied(event_id):
+        return None
+    check(ticket, "urge")
+    urges = ticket.urges + 1
+    fields: dict[str, Any] = {"note": note.strip(), "urge": Urge(urges=urges), "occurred_at": now}
+    if event_id is not None:
+        fields["event_id"] = event_id
+    event = ticket_updated(ticket, "urged", ticket.status, actor=by, **fields)
+    return _updated(ticket, "urge", event, urges=urges)
 
 
 # --- the survey --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from shared.events import (
     SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
+    Urge,
 )
 from shared.privacy import REMOVED, scrub_event
 
@@ -126,6 +127,39 @@ def test_the_fold_follows_a_ticket_through_its_life():
     assert row["masked_phone"] == "138****5678"
     assert row["closed_at"] == T0 + timedelta(minutes=90)
     assert row["events"] == 9
+
+
+def test_urges_are_counted_and_change_nothing_else():
+    """催办: a repeat call about the open ticket, counted on the row; its words stay in the event."""
+    events = life()
+    urges = [
+        dump(
+            TicketUpdated(
+                ticket_no="20261102-000001",
+                action="urged",
+                status="accepted",
+                actor="0231",
+                department=DEPT,
+                note="上周反映的路灯还没修",
+                urge=Urge(urges=n),
+                occurred_at=T0 + timedelta(minutes=10 + n),
+            )
+        )
+        for n in (1, 2)
+    ]
+    plain = fold_ticket(events, STREETS)
+    row = fold_ticket([*events, *urges], STREETS)
+    assert plain is not None
+    assert row is not None
+    assert (plain["urges"], row["urges"]) == (0, 2)
+    assert row["status"] == "closed"  # the urges came while it was open; the close came later
+    assert row["events"] == plain["events"] + 2
+    assert {k: v for k, v in row.items() if k not in ("urges", "events")} == {
+        k: v for k, v in plain.items() if k not in ("urges", "events")
+    }
+    scrubbed = scrub_event(urges[0])
+    assert scrubbed["note"] == REMOVED
+    assert fold_ticket([*events, *(scrub_event(u) for u in urges)], STREETS)["urges"] == 2  # type: ignore[index]
 
 
 def test_a_reopened_ticket_has_the_deadlines_the_router_gave_it_again():

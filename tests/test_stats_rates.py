@@ -8,7 +8,7 @@ import pytest
 
 from services.notifier import scoring
 from services.notifier.scoring import Weights, fields_for, groups_for, rates
-from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge
 from tests.cities import demo_city
 
 W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
@@ -77,6 +77,8 @@ def test_which_counters_an_event_adds_to():
     late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=False)
     assert fields_for(accepted) == ("responded", "responded_on_time")
     assert fields_for(late) == ("responded",)
+    urged = TicketUpdated(ticket_no="T", action="urged", status="accepted", actor="0231", urge=Urge(urges=1))
+    assert fields_for(urged) == ("urged",)  # 催办件数, in no rate
 
     def answer(**kw) -> SurveyAnswered:
         return SurveyAnswered(ticket_no="T", survey_id="s", text="", **{"rating": None} | kw)

@@ -11,7 +11,8 @@ adds to, and the rates from the counters. Pure functions (the counting in Redis:
 Counting: an assignment counts on the day it happens (reroutes count again, for the new department;
 the dispatch desk's waiting room does not count); an acceptance on the day it happens; a survey answer
 on the day it arrives. Surveys closed with no answer, and skipped ones (anonymous, opted out), are
-counted apart and are in no denominator.
+counted apart and are in no denominator; so are urges (催办: a resident calling again about an open
+ticket), on the day of the call, for the department that has the ticket then.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ FIELDS = (
     "skipped",
     "answered_directly",  # of the assigned: calls the operator answered on the spot (直接答复)
     "handled_on_spot",  # of the assigned: what grid workers found and dealt with there (现场处置)
+    "urged",  # 催办件数: repeat calls about an open ticket, each counted on its day (not in a rate)
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -74,6 +76,8 @@ def fields_for(event: Event) -> tuple[str, ...]:
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
             return ("responded", "responded_on_time") if event.on_time else ("responded",)
+        if event.action == "urged":
+            return ("urged",)
         return ()
     if isinstance(event, SurveyAnswered):
         if event.outcome == "answered" and event.rating is not None:

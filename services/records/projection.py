@@ -102,6 +102,7 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "closed_at": None,
         "returns": 0,
         "reopens": 0,
+        "urges": 0,
         "overdue": False,
         "escalated": False,
         "meeting_id": None,
@@ -229,6 +230,8 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         for deadline in ("respond_by", "resolve_by"):
             if answer.get(deadline):
                 row[deadline] = at(answer[deadline])
+    elif action == "urged":
+        row["urges"] += 1  # counted, like returns: the fold of the events gives the number
     elif action == "overdue":
         row["overdue"] = True
     elif action == "escalated":

@@ -40,6 +40,7 @@ COUNTERS = {
     "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
     "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
     "handled_on_spot": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'on_spot'",
+    "urged": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'urged'",
 }
 
 

@@ -78,6 +78,7 @@ TICKET_TYPES = {
     "closed_at": "timestamptz",
     "returns": "integer",
     "reopens": "integer",
+    "urges": "integer",
     "overdue": "boolean",
     "escalated": "boolean",
     "meeting_id": "text",

@@ -43,7 +43,7 @@ LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
-    "caller_id, reopens, returns, updated_at"
+    "caller_id, reopens, returns, urges, updated_at"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {
@@ -63,6 +63,7 @@ EXPORT = {
     "响应时间": "accepted_at",
     "办结时间": "resolved_at",
     "结案时间": "closed_at",
+    "催办次数": "urges",
     "满意度": "rating",
     "来电号码": "masked_phone",
     "标题": "title",

@@ -15,12 +15,14 @@ import subprocess
 import sys
 from collections import Counter
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared import topics
+from shared import bus, topics
 from shared.auth import issue_token
+from shared.events import TicketUpdated
 from tests.cities import HOTSPOT_COUNT, TINY_CATEGORY
 from tests.conftest import ROOT, eventually, settings_env
 from tests.router_factory import classified
@@ -247,6 +249,77 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "duplicate"})
     assert r.status_code == 409
     assert "联席会议" in r.json()["message"]
+
+
+async def test_an_operator_urges_an_open_ticket_once_per_key_and_not_a_finished_one(
+    api, producer, city, tokens, redis, settings, pool
+):
+    """催办: the repeat call reaches the ticket in Redis, the bus, the record and the scorecard; a
+    double click (the same key) urges once; a finished ticket is refused in words to act on."""
+    no = await inject(producer, city, "city.appearance.garbage", "s03c02g03")
+    await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
+    call = {"note": "上周反映的垃圾还没清走，味道很大"}
+    key = {"Idempotency-Key": f"urge-{no}"}
+    first = await api.post(f"/api/v1/tickets/{no}/urge", headers={**operator, **key}, json=call)
+    again = await api.post(f"/api/v1/tickets/{no}/urge", headers={**operator, **key}, json=call)
+    assert (first.status_code, again.status_code) == (200, 200), first.text
+    assert first.json() == again.json()
+    body = first.json()
+    assert (body["ticket_no"], body["status"], body["urges"]) == (no, "assigned", 1)
+    assert body["message"] == f"已催办工单{no}，承办单位：{body['department']['name']}，不新建工单"
+    assert set(body) == {"ticket_no", "status", "status_name", "department", "urges", "message"}
+    street = await tokens("street_s03")
+    assert (await api.post(f"/api/v1/tickets/{no}/urge", headers=street, json=call)).status_code == 403
+
+    t = await ticket_when(api, tokens, no, lambda t: True)  # the ticket in Redis, read by the desk
+    assert (t["urges"], t["status"], t["flags"]) == (1, "assigned", ["催办1次"])
+    urged = [h for h in t["history"] if h.get("action") == "urged"]
+    assert [(h["actor"], h["note"], h["urge"]) for h in urged] == [("0231", call["note"], {"urges": 1})]
+
+    async def published():
+        records = (await bus.read_topics(settings.kafka_bootstrap_servers, [topics.TICKET_UPDATED]))[
+            topics.TICKET_UPDATED
+        ]
+        mine = [TicketUpdated.from_json(r.value) for r in records if r.key == no.encode()]
+        return [u for u in mine if u.action == "urged"] or None
+
+    (event,) = await eventually(published)
+    assert (event.event_id, event.department.id, event.urge.urges) == (urged[0]["event_id"], "street_s03", 1)
+
+    async def recorded():
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute("SELECT urges FROM tickets WHERE ticket_no = %s", (no,))
+            ).fetchone()
+        return row if row and row["urges"] == 1 else None
+
+    await eventually(recorded)
+    today = datetime.now(ZoneInfo(settings.timezone)).date().isoformat()
+
+    async def counted():
+        r = await api.get(
+            "/api/v1/stats",
+            headers=await tokens(),
+            params={"group_by": "department", "from": today, "to": today},
+        )
+        return next((g for g in r.json()["groups"] if g["group"] == "street_s03" and g["urged"] >= 1), None)
+
+    await eventually(counted)
+
+    # Resolved: the urge is refused and the operator is told what to do instead.
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", headers=street, json={"note": "已清运"})
+    assert r.status_code == 200, r.text
+    r = await api.post(
+        f"/api/v1/tickets/{no}/urge", headers={**operator, "Idempotency-Key": "later"}, json=call
+    )
+    assert r.status_code == 409
+    assert "当前状态为“已办结”，不能催办" in r.json()["message"]
+    assert "登记新的诉求" in r.json()["message"]
+    r = await api.post(f"/api/v1/tickets/{no}/urge", headers={**operator, **key}, json=call)
+    assert (r.status_code, r.json()["urges"]) == (200, 1)  # the key's urge was made: answered again
+    missing = await api.post("/api/v1/tickets/20991231-000001/urge", headers=operator, json=call)
+    assert missing.status_code == 404
 
 
 async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, producer, city, tokens):

@@ -286,6 +286,64 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await expect(page.locator("#draft-restored")).to_have_count(0)
 
 
+async def test_operator_urges_the_callers_open_ticket_and_the_department_sees_it(
+    page: Page, redis, system: System
+):
+    """重复来电: the caller's open ticket is urged (催办) from the preview; no new ticket."""
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "和平里小区门口的路灯坏了好几天了，晚上走路很危险", phone, "和平里小区")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+
+        async def listed():  # the caller's tickets are indexed by the intake worker
+            r = await client.post(
+                "/api/v1/appeals/preview", json={"caller_phone": phone, "text": "路灯还是不亮"}
+            )
+            return no in [d["ticket_no"] for d in r.json()["duplicates"]]
+
+        await eventually(listed, timeout=60)
+        await sign_in(page, await issue_token(redis, "operator", operator="op05"))
+        asked: list[str] = []
+
+        async def confirm(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", confirm)
+        await page.locator("#caller_phone").fill(phone)
+        await page.locator("#text").fill("上周反映的路灯还是不亮，一直没人来修")
+        urge = page.locator(f"#urge-{no}")
+        await expect(urge).to_have_text("催办此工单", timeout=60_000)
+        await accessible(page)
+        await shot(page, "operator-urge")
+        await urge.click()
+        await expect(page.locator("#ticket-no")).to_have_text(no)  # the existing number, read out again
+        dept = ticket["department"]["name"]
+        await expect(page.locator("#urged")).to_contain_text(f"已催办工单{no}，承办单位：{dept}，不新建工单")
+        assert any("不会新建工单" in q and "承办单位会看到" in q for q in asked)
+        assert int(await redis.get(f"seq:{no[:8]}")) == int(no.split("-")[1])  # no number taken
+        await accessible(page)
+        await shot(page, "operator-urged")
+        await ticket_when(client, no, lambda t: t["urges"] == 1)
+        # The same post without the script (a plain form): a refusal comes back in words, the call kept.
+        csrf = await page.locator("#main").get_attribute("data-csrf") or ""
+        call = {"csrf": csrf, "idem": "k1", "urge": "20991231-000001", "text": "路灯还是不亮"}
+        refused = await page.request.post("/console/operator/urge", form=call)
+        assert refused.status == 404
+        assert "工单20991231-000001不存在" in await refused.text()
+        assert "路灯还是不亮</textarea>" in await refused.text()
+
+    # The department: the badge in its queue, the call in the ticket's history.
+    await sign_in(page, await issue_token(redis, "department", ticket["department"]["id"]))
+    row = page.locator("#queue tr", has=page.locator(f"a[href='/console/tickets/{no}']"))
+    await expect(row).to_contain_text("催办1次")
+    await row.get_by_role("link", name=no).click()
+    await expect(page.locator("#urges")).to_have_text("催办1次")
+    await expect(page.locator("ol.history")).to_contain_text(
+        "来电催办：上周反映的路灯还是不亮，一直没人来修（第1次，话务员op05）"
+    )
+
+
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
     await sign_in(page, await issue_token(redis, "operator", operator="op02"))
     await expect(page.locator("#caller_phone")).to_be_focused()

@@ -100,6 +100,17 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
     closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
     assert present.describe(closed, city) == "关闭：基本满意"
+    urged = {
+        "topic": "ticket.updated",
+        "action": "urged",
+        "actor": "0231",
+        "department": water,
+        "note": "上周打过电话，还是没人来",
+        "urge": {"urges": 2},
+    }
+    assert present.describe(urged, city) == "来电催办：上周打过电话，还是没人来（第2次，话务员0231）"
+    by_desk = {**urged, "actor": city.responsibilities.dispatch_desk, "note": ""}
+    assert present.describe(by_desk, city) == "来电催办：（未记录来电内容）（第2次，派单中心）"
 
 
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):

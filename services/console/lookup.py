@@ -31,6 +31,7 @@ _SHOWN = {
     "surveyed": "已发送回访短信",
     "closed": "工单已关闭",
     "reopened": "工单重新办理",
+    "urged": "已收到您的催办，已转告承办单位",
     "survey.answered": "已收到您的评价",
 }
 

@@ -27,6 +27,7 @@ ACTION_NAMES = {
     "warning": "临期提醒",
     "overdue": "超期督办",
     "escalated": "升级督办",
+    "urged": "来电催办",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -138,6 +139,13 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         dept = (record.get("department") or {}).get("name", "")
         via = VIA_NAMES.get(record.get("via", ""), record.get("via", ""))
         return f"派单至{dept}（{via}）：{record.get('explanation', '')}"
+    if topic == "ticket.updated" and record.get("action") == "urged":
+        # The resident's words first: that is what the department must read.
+        actor = record.get("actor", "")
+        by = "派单中心" if actor == city.responsibilities.dispatch_desk else f"话务员{actor}"
+        urges = (record.get("urge") or {}).get("urges")
+        count = f"第{urges}次，" if urges else ""
+        return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")

@@ -286,6 +286,45 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos)
 
 
+@router.post("/operator/urge")
+async def operator_urge(request: Request, s: session.Session = Depends(as_operator)):
+    """The call is about an open ticket the preview listed (重复来电): that ticket is urged with the
+    call's words (催办), and its number read to the caller again; no new ticket. The intake form's
+    key makes a second click the same urge."""
+    form = await checked_form(request, s)
+    idem = text(form, "idem") or uuid.uuid4().hex
+    no = text(form, "urge").strip()
+    reply = await api(request, s).post(
+        f"/api/v1/tickets/{no}/urge",
+        {"note": text(form, "text")},
+        headers={"Idempotency-Key": f"console:{idem}"},
+    )
+    if reply.ok:
+        return page(
+            request,
+            "operator.html",
+            s=s,
+            accepted=reply.body["ticket_no"],
+            urged=reply.body["message"],
+            values={},
+            errors={},
+        )
+    # Refused (the ticket was finished meanwhile, or is unknown): the call as typed, with the reason.
+    kept = [v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.fullmatch(v)]
+    values = {k: text(form, k) for k in INTAKE_FIELDS}
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return page(
+        request,
+        "operator.html",
+        status,
+        s=s,
+        values=values,
+        errors={"form": reply.message},
+        idem=idem,
+        kept=kept,
+    )
+
+
 # --- grid workers on patrol ----------------------------------------------------------------------
 
 PATROL_FIELDS = {

@@ -77,6 +77,7 @@ class Previewer:
                     "status": d.ticket.status,
                     "text": d.ticket.text[:200],
                     "department": d.ticket.department.name if d.ticket.department else None,
+                    "urges": d.ticket.urges,
                     "received_at": d.ticket.received_at.isoformat(),
                 }
                 for d in duplicates

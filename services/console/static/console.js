@@ -29,10 +29,12 @@
     return response;
   }
 
-  // A form that cannot be undone (a return, a resolution, a meeting's decision) asks first. Without
-  // the script it posts at once, as every form did before.
+  // A form that cannot be undone (a return, a resolution, a meeting's decision) asks first, and so
+  // does a button that sends its form elsewhere (the operator's urge). Without the script it posts
+  // at once, as every form did before.
   document.addEventListener("submit", (e) => {
-    const question = e.target instanceof HTMLFormElement ? e.target.dataset.confirm : "";
+    const button = e.submitter instanceof HTMLElement ? e.submitter.dataset.confirm : "";
+    const question = button || (e.target instanceof HTMLFormElement ? e.target.dataset.confirm : "");
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
@@ -115,7 +117,9 @@
         intake.requestSubmit();
       }
     });
-    intake.addEventListener("submit", () => {
+    intake.addEventListener("submit", (e) => {
+      // An urge asks first and may be called off; a double click urges once (its idempotency key).
+      if (e.submitter instanceof HTMLElement && e.submitter.dataset.confirm) return;
       document.getElementById("submit").disabled = true; // one call, one ticket
     });
     if (text.value.trim()) refresh();

@@ -396,7 +396,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     from services.notifier.scorecard import Scorecard
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
-    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge
 
     day = datetime(2031, 3, 5, 10, tzinfo=UTC)
     depts = [DepartmentRef(id=d.id, name=d.name) for d in system_city.departments[:2]]
@@ -433,6 +433,21 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     occurred_at=day,
                 )
             )
+        if i % 5 == 0:  # 催办: counted beside the rates, by both alike
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="urged",
+                    status="assigned",
+                    actor="0231",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    note="还是没人来",
+                    urge=Urge(urges=1),
+                    occurred_at=day,
+                )
+            )
         rating = (1, 2, 3, None)[i % 4]
         events.append(
             SurveyAnswered(
@@ -463,7 +478,9 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
         ]
         sql = await rates(pool, group_by, day.date(), day.date(), tz, book.weights)
         counted = (
-            sum(r["assigned"] for r in sql) == 11 and sum(r["answered"] + r["no_answer"] for r in sql) == 12
+            sum(r["assigned"] for r in sql) == 11
+            and sum(r["answered"] + r["no_answer"] for r in sql) == 12
+            and sum(r["urged"] for r in sql) == 3
         )
         return sql if counted and live == sql else None
 

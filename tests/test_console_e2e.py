@@ -287,7 +287,7 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
 
 
 async def test_operator_urges_the_callers_open_ticket_and_the_department_sees_it(
-    page: Page, redis, system: System
+    page: Page, browser: Browser, redis, system: System
 ):
     """重复来电: the caller's open ticket is urged (催办) from the preview; no new ticket."""
     phone = new_phone()
@@ -333,15 +333,32 @@ async def test_operator_urges_the_callers_open_ticket_and_the_department_sees_it
         assert "工单20991231-000001不存在" in await refused.text()
         assert "路灯还是不亮</textarea>" in await refused.text()
 
+        # Without the script: the form asks for the preview, which comes with the page; the urge
+        # posts at once (no dialog without the script, as every confirmation of the console).
+        context = await browser.new_context(base_url=system.base_url, java_script_enabled=False)
+        plain = await context.new_page()
+        await sign_in(plain, await issue_token(redis, "operator", operator="op06"))
+        await plain.locator("#caller_phone").fill(phone)
+        await plain.locator("#text").fill("又打来了，路灯还是不亮")
+        await plain.get_by_role("button", name="查看智能提示（不提交）").click()
+        await expect(plain.locator("#text")).to_have_value("又打来了，路灯还是不亮")
+        await plain.locator(f"#urge-{no}").click()
+        await expect(plain.locator("#ticket-no")).to_have_text(no)
+        await expect(plain.locator("#urged")).to_contain_text("不新建工单")
+        await context.close()
+        await ticket_when(client, no, lambda t: t["urges"] == 2)
+
     # The department: the badge in its queue, the call in the ticket's history.
     await sign_in(page, await issue_token(redis, "department", ticket["department"]["id"]))
     row = page.locator("#queue tr", has=page.locator(f"a[href='/console/tickets/{no}']"))
-    await expect(row).to_contain_text("催办1次")
+    await expect(row).to_contain_text("催办2次")
     await row.get_by_role("link", name=no).click()
-    await expect(page.locator("#urges")).to_have_text("催办1次")
-    await expect(page.locator("ol.history")).to_contain_text(
+    await expect(page.locator("#urges")).to_have_text("催办2次")
+    history = page.locator("ol.history")
+    await expect(history).to_contain_text(
         "来电催办：上周反映的路灯还是不亮，一直没人来修（第1次，话务员op05）"
     )
+    await expect(history).to_contain_text("来电催办：又打来了，路灯还是不亮（第2次，话务员op06）")
 
 
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):

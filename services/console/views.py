@@ -252,9 +252,19 @@ async def operator_page(request: Request, s: session.Session = Depends(as_operat
 
 @router.post("/operator/preview")
 async def operator_preview(request: Request, s: session.Session = Depends(as_operator)):
+    """The preview for the script to put beside the form; without the script (the form's own
+    preview button) the whole page, the call as typed and the preview beside it, so the operator
+    sees the caller's open tickets and may urge one there too."""
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", appeal_of(form))
-    return page(request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply)
+    preview = reply.body if reply.ok else None
+    if request.headers.get("X-Requested-With") == "fetch":
+        return page(request, "_preview.html", preview=preview, reply=reply)
+    values = {k: text(form, k) for k in INTAKE_FIELDS}
+    idem = text(form, "idem") or uuid.uuid4().hex
+    return page(
+        request, "operator.html", s=s, values=values, errors={}, idem=idem, preview=preview, reply=reply
+    )
 
 
 @router.post("/operator/appeals")

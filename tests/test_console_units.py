@@ -172,6 +172,31 @@ def test_templates_render_residents_text_as_text():
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
+def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker_not():
+    preview = {
+        "category": {"names": ["城市管理"], "confidence": 0.9},
+        "grid": {"grid": None, "evidence": ""},
+        "department": {"name": "区城市管理委员会", "explanation": ""},
+        "duplicates": [
+            {
+                "ticket_no": "20261123-000001",
+                "status": "assigned",
+                "reason": "same_caller",
+                "text": "路灯",
+                "urges": 2,
+            },
+            {"ticket_no": "20261123-000002", "status": "review", "reason": "similar_text", "text": "路灯"},
+        ],
+    }
+    render = templates.get_template("_preview.html").render
+    html = render(preview=preview, reply=None, status_names={})
+    assert html.count('formaction="/console/operator/urge"') == 2
+    assert 'id="urge-20261123-000002"' in html
+    assert "已催办2次" in html
+    assert "不会新建工单" in html  # the confirmation says so before anything happens
+    assert "/console/operator/urge" not in render(preview=preview, reply=None, status_names={}, patrol=True)
+
+
 def test_daily_bars_scale_to_the_busiest_day():
     chart = present.daily_bars([("2026-03-01", 0), ("2026-03-02", 4), ("2026-03-03", 2)], width=300)
     heights = [b["h"] for b in chart["bars"]]

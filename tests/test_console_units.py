@@ -362,3 +362,32 @@ def test_a_residents_ticket_number_is_read_as_typed_on_a_phone():
         assert clean_ticket_no(typed) == "20261201-000123"
     assert clean_ticket_no("") == ""
     assert clean_last4(" ５６７８ ") == "5678"
+
+
+def test_a_departments_queue_pages_keep_its_filters():
+    from urllib.parse import urlencode
+
+    dept = SimpleNamespace(
+        principal=SimpleNamespace(
+            role="department", is_admin=False, department="water", operator=None, grid=None
+        ),
+        csrf="x",
+    )
+    filters = {"grid": "s01c01g02", "overdue": "1"}
+    html = templates.get_template("department.html").render(
+        request=None,
+        s=dept,
+        rows=[],
+        total=120,
+        page_no=2,
+        pages=3,
+        page_query=lambda n: urlencode([*sorted(filters.items()), ("page", n)]),
+        filters=filters,
+        department="区水务局",
+        done="",
+        statuses=[],
+        grids=[],
+    )
+    assert "共 120 件，按办理时限排序，第 2/3 页" in html
+    assert 'href="/console/department?grid=s01c01g02&amp;overdue=1&amp;page=1" rel="prev"' in html
+    assert 'href="/console/department?grid=s01c01g02&amp;overdue=1&amp;page=3" rel="next"' in html

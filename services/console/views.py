@@ -436,6 +436,11 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     }
 
 
+# A department's queue a page at a time, the most pressing deadlines first: on a phone out in the
+# street a queue of hundreds is one endless list otherwise.
+DEPARTMENT_PAGE_SIZE = 50
+
+
 @router.get("/department")
 async def department_page(request: Request, s: session.Session = Depends(as_department)):
     q = request.query_params
@@ -452,11 +457,17 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     if q.get("date"):
         rows = [r for r in rows if r["received"].startswith(q["date"])]
     city = city_of(request)
+    shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
+    filters = {k: v for k, v in q.items() if k not in ("page", "returned") and v}
     return page(
         request,
         "department.html",
         s=s,
-        rows=rows,
+        rows=shown,
+        total=len(rows),
+        page_no=page_no,
+        pages=pages,
+        page_query=lambda n: urlencode([*sorted(filters.items()), ("page", n)]),
         filters=dict(q),
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
         done=present.DONE["return"].format(no=q["returned"]) if q.get("returned") else "",

@@ -245,6 +245,24 @@ def appeal_of(form: FormData) -> dict[str, Any]:
     }
 
 
+async def submit_appeal(
+    request: Request, s: session.Session, form: FormData, appeal: dict[str, Any]
+) -> tuple[Reply, list[str], str]:
+    """An intake form's appeal, under the form's idempotency key (a second click is the same appeal):
+    the photos go up first, and a refused one stops the appeal, so it is not sent without it.
+    Returns the API's reply, the photos uploaded and the key."""
+    idem = text(form, "idem") or uuid.uuid4().hex
+    client = api(request, s)
+    photos, reply = await client.attach_photos(form)
+    if reply is None:
+        reply = await client.post(
+            "/api/v1/appeals",
+            {**appeal, "photos": photos},
+            headers={"Idempotency-Key": f"console:{idem}"},
+        )
+    return reply, photos, idem
+
+
 @router.get("/operator")
 async def operator_page(request: Request, s: session.Session = Depends(as_operator)):
     return page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
@@ -270,16 +288,7 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
 @router.post("/operator/appeals")
 async def operator_submit(request: Request, s: session.Session = Depends(as_operator)):
     form = await checked_form(request, s)
-    idem = text(form, "idem") or uuid.uuid4().hex
-    client = api(request, s)
-    # The photos go up first; a refused one stops the appeal, so it is not sent without it.
-    photos, reply = await client.attach_photos(form)
-    if reply is None:
-        reply = await client.post(
-            "/api/v1/appeals",
-            {**appeal_of(form), "photos": photos},
-            headers={"Idempotency-Key": f"console:{idem}"},
-        )
+    reply, photos, idem = await submit_appeal(request, s, form, appeal_of(form))
     if reply.ok:
         return page(
             request,
@@ -399,15 +408,7 @@ async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_
 @router.post("/patrol/reports")
 async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
-    idem = text(form, "idem") or uuid.uuid4().hex
-    client = api(request, s)
-    photos, reply = await client.attach_photos(form)
-    if reply is None:
-        reply = await client.post(
-            "/api/v1/appeals",
-            {**report_of(form), "photos": photos},
-            headers={"Idempotency-Key": f"console:{idem}"},
-        )
+    reply, photos, idem = await submit_appeal(request, s, form, report_of(form))
     if reply.ok:
         return await patrol_page(
             request,

@@ -154,6 +154,8 @@ def up(
         base = f"http://{settings.api_host}:{settings.api_port}"
         typer.echo(f"""
 The system is up.
+  console      {base}/console/  (sign in with a token: appeals token --operator 0231, or
+               --grid-worker W017 --grid s01c01g02, --department urban_mgmt, --admin)
   API docs     {base}/docs
   submit       curl -s -X POST {base}/api/v1/appeals \\
                  -H "Authorization: Bearer $(appeals token --operator 0231)" \\

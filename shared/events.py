@@ -196,7 +196,17 @@ class TicketAssigned(Event):
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
-    via: Literal["rule", "fallback", "dispatch_desk", "operator", "reroute", "meeting", "answered", "on_spot"]
+    via: Literal[
+        "rule",
+        "fallback",
+        "dispatch_desk",
+        "operator",  # the desk dispatched it from its queue (人工派单)
+        "reroute",  # returned, and sent to the responsibility list's next candidate
+        "redispatch",  # the desk moved it from the department that held it (改派), with its reason
+        "meeting",
+        "answered",
+        "on_spot",
+    ]
     rule: str = ""  # which responsibility rule matched, in words
     explanation: str  # why, for a department that disputes it
     category: str

@@ -107,6 +107,7 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "request_extension": lambda t: workflow.request_extension(t, "urban_mgmt", 3, "等材料", CITY, T0),
     "decide_extension": lambda t: workflow.decide_extension(t, True, "dispatch_desk", "", CITY, TZ, T0),
     "dispatch": lambda t: workflow.dispatch(t, "water", None, "", "dispatch_desk", CITY, TZ, T0),
+    "redispatch": lambda t: workflow.redispatch(t, "water", "属地有误，应由水务局处理", CITY, TZ, T0),
     "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
 }
 
@@ -446,6 +447,66 @@ def test_dispatch_desk_assigns_and_may_correct_the_category():
         workflow.dispatch(out.ticket, "water", None, "", "dispatch_desk", CITY, TZ, T0)
 
 
+def test_the_desk_redispatches_a_department_s_ticket_with_fresh_deadlines_and_its_reason():
+    """改派: from assigned or accepted only, to another department, which starts with its full time;
+    the old department's acceptance, pending extension and overdue marks go with the move."""
+    assert ALLOWED_STATUS_CHANGES["redispatch"].sources == {st.ASSIGNED, st.ACCEPTED}
+    assert ALLOWED_STATUS_CHANGES["redispatch"].targets == {st.ASSIGNED}
+    t = assigned_ticket(CITY)  # urban_mgmt, from T0
+    later = T0 + timedelta(hours=5)
+    accepted = workflow.accept(t, "urban_mgmt", CITY, T0 + timedelta(hours=1)).ticket
+    asked = workflow.request_extension(accepted, "urban_mgmt", 3, "等材料", CITY, T0).ticket
+    held = asked.model_copy(update={"overdue": True, "urges": 1, "returns": 1})
+    fresh = deadlines(CITY, t.category, t.urgent, later, TZ)
+    for before in (t, held):
+        out = workflow.redispatch(before, "power", "  居民来电反映  实为供电线路故障 ", CITY, TZ, later)
+        n = out.ticket
+        assert (n.status, n.department.id, n.assigned_via) == (st.ASSIGNED, "power", "redispatch")
+        assert (n.assigned_at, n.respond_by, n.resolve_by) == (later, fresh.respond_by, fresh.resolve_by)
+        assert n.resolve_by > before.resolve_by
+        assert (n.accepted_at, n.extension_request, n.overdue, n.co_departments) == (None, None, False, ())
+        assert (n.urges, n.returns) == (before.urges, before.returns)  # the desk's move is no return
+        [event] = out.publish
+        assert (event.topic, event.via, event.department.id) == ("ticket.assigned", "redispatch", "power")
+        assert (event.respond_by, event.resolve_by) == (fresh.respond_by, fresh.resolve_by)
+        assert event.explanation.startswith("派单中心改派：居民来电反映 实为供电线路故障（原承办单位：")
+        assert CITY.department_by_id["urban_mgmt"].name in event.explanation
+        assert n.has_applied(event.event_id)
+    assert (
+        "延期申请随之撤销"
+        in workflow.redispatch(held, "power", "实为停电", CITY, TZ, later).publish[0].explanation
+    )
+    # The old department's timers find the deadlines moved and fire nothing; the new ones are set.
+    sup = CITY.sla.supervision
+    old = timers.timers_for(held, sup)
+    new = workflow.redispatch(held, "power", "实为停电", CITY, TZ, later).ticket
+    assert old
+    assert [timer for timer in old if timers.fire(new, timer, CITY, TZ) is not None] == []
+    assert {x.deadline for x in timers.timers_for(new, sup)} == {new.respond_by, new.resolve_by}
+
+
+def test_a_redispatch_is_refused_in_words_where_it_cannot_be_made():
+    t = assigned_ticket(CITY)
+    with pytest.raises(WorkflowError) as e:
+        workflow.redispatch(t, "urban_mgmt", "换个单位试试", CITY, TZ, T0)
+    assert (e.value.code, e.value.kind) == ("same_department", "conflict")
+    assert "无需改派" in e.value.message
+    for dept in ("nobody", "dispatch_desk"):
+        with pytest.raises(WorkflowError) as e:
+            workflow.redispatch(t, dept, "属地有误", CITY, TZ, T0)
+        assert (e.value.kind, e.value.field) == ("invalid", "department")
+    for reason in ("", "   ", "错了"):
+        with pytest.raises(WorkflowError) as e:
+            workflow.redispatch(t, "power", reason, CITY, TZ, T0)
+        assert (e.value.kind, e.value.field) == ("invalid", "reason")
+        assert "改派原因" in e.value.message
+    for status in (st.REVIEW, st.MEETING, st.RESOLVED, st.SURVEYED, st.CLOSED):
+        with pytest.raises(WorkflowError) as e:
+            workflow.redispatch(_in(status), "power", "属地有误", CITY, TZ, T0)
+        assert e.value.kind == "conflict"
+        assert f"“{STATUS_NAMES[status]}”，不能改派" in e.value.message
+
+
 def test_meeting_decision_reassigns_and_is_final():
     t = assign(
         CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
@@ -477,6 +538,7 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("extend"), ACTOR, hs.integers(1, 10)),
     hs.tuples(hs.just("decide_extension"), hs.booleans()),
     hs.tuples(hs.just("dispatch"), hs.sampled_from(DEPTS)),
+    hs.tuples(hs.just("redispatch"), hs.sampled_from(DEPTS)),
     hs.tuples(hs.just("survey"), hs.sampled_from([1, 2, 3])),
     hs.tuples(hs.just("meeting"), hs.sampled_from(DEPTS[:4])),
     hs.tuples(hs.just("wait"), hs.integers(1, 48)),
@@ -500,6 +562,8 @@ def step(t, action, now, n):
             return workflow.decide_extension(t, args[0], "dispatch_desk", "", CITY, TZ, now)
         case "dispatch":
             return workflow.dispatch(t, args[0], None, "", "dispatch_desk", CITY, TZ, now)
+        case "redispatch":
+            return workflow.redispatch(t, args[0], "分派有误", CITY, TZ, now)
         case "survey":
             if t.status != st.RESOLVED:
                 return None

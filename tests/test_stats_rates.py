@@ -73,6 +73,8 @@ def _assigned(via="rule") -> TicketAssigned:
 def test_which_counters_an_event_adds_to():
     assert fields_for(_assigned()) == ("assigned",)
     assert fields_for(_assigned("dispatch_desk")) == ()
+    # A ticket moved to another department counts again, for it: a return's reroute, the desk's 改派.
+    assert fields_for(_assigned("reroute")) == fields_for(_assigned("redispatch")) == ("assigned",)
     accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=True)
     late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=False)
     assert fields_for(accepted) == ("responded", "responded_on_time")

@@ -48,6 +48,7 @@ VIA_NAMES = {
     "dispatch_desk": "转派单中心",
     "operator": "人工派单",
     "reroute": "退单后改派",
+    "redispatch": "派单中心改派",
     "meeting": "联席会议确定",
     "answered": "话务员当场答复",
     "on_spot": "网格员现场处置",

@@ -8,11 +8,12 @@ adds to, and the rates from the counters. Pure functions (the counting in Redis:
                         (a, b, c: SCORE_WEIGHTS, default 0.1,0.5,0.4; a rate with no data yet is
                         left out and the remaining weights are renormalised; no data at all: None)
 
-Counting: an assignment counts on the day it happens (reroutes count again, for the new department;
-the dispatch desk's waiting room does not count); an acceptance on the day it happens; a survey answer
-on the day it arrives. Surveys closed with no answer, and skipped ones (anonymous, opted out), are
-counted apart and are in no denominator; so are urges (催办: a resident calling again about an open
-ticket), on the day of the call, for the department that has the ticket then.
+Counting: an assignment counts on the day it happens (reroutes after a return and the desk's
+re-dispatches, 改派, count again, for the new department; the dispatch desk's waiting room does not
+count); an acceptance on the day it happens; a survey answer on the day it arrives. Surveys closed
+with no answer, and skipped ones (anonymous, opted out), are counted apart and are in no
+denominator; so are urges (催办: a resident calling again about an open ticket), on the day of the
+call, for the department that has the ticket then.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The three rates (三率) for any period from the record, counted by the notifier's rules
 (`services.notifier.scoring`): an assignment on the day it happens (not the dispatch desk's waiting
-room; a reroute counts again, for the new department), an acceptance on its day, a survey answer on
-the day it arrives. Each event is grouped by the department, category and grid it names, as the
-notifier does.
+room; a reroute after a return and a re-dispatch by the desk, 改派, count again, for the new
+department), an acceptance on its day, a survey answer on the day it arrives. Each event is grouped
+by the department, category and grid it names, as the notifier does.
 """
 
 from __future__ import annotations

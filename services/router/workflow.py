@@ -5,6 +5,7 @@
                   |  |  +----------- reopened (不满意) <-+   (a second 不满意: meeting)
                   |  +-- returned (退单): next candidate, or the dispatch desk; twice: meeting
                   +-> review (dispatch desk) -> assigned
+    assigned / accepted -> assigned to another department (改派: the desk moved it, with a reason)
     meeting (联席会议) -> assigned to the lead the meeting decided
     urged (催办, the resident called again): any open status, which it keeps
 
@@ -65,6 +66,7 @@ Step = Literal[
     "assign",  # the responsibility list routes a classified appeal
     "reclassify",  # a person corrected the category of a ticket waiting at the dispatch desk
     "dispatch",  # the dispatch desk picks the department
+    "redispatch",  # 改派: the desk moves a ticket a department holds to another, with a reason
     "accept",
     "resolve",
     "return",
@@ -97,6 +99,14 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     "assign": _move("派单", {S.RECEIVED}, {S.ASSIGNED, S.REVIEW}),
     "reclassify": _move("按更正的分类派单", {S.REVIEW}, {S.ASSIGNED, S.REVIEW}),
     "dispatch": _move("人工派单", {S.REVIEW}, {S.ASSIGNED}, "（只有待人工派单的工单可以派单）"),
+    # Not once resolved (the survey is the resident's say, a reopen sends it back), nor while a
+    # joint meeting holds it (the meeting decides who leads).
+    "redispatch": _move(
+        "改派",
+        {S.ASSIGNED, S.ACCEPTED},
+        {S.ASSIGNED},
+        "（只有已派单或办理中的工单可以改派；联席会议中的工单由会议确定主办单位）",
+    ),
     "accept": _move("签收", {S.ASSIGNED}, {S.ACCEPTED}),
     "resolve": _move("办结", {S.ACCEPTED}, {S.RESOLVED}, "（请先签收）"),
     "return": _move("退单", {S.ASSIGNED}, {S.ASSIGNED, S.REVIEW, S.MEETING}, "（签收后不能退单）"),
@@ -306,7 +316,7 @@ def _assigned(
     step: Step,
     dept_id: str,
     *,
-    via: Literal["operator", "reroute", "meeting", "dispatch_desk"],
+    via: Literal["operator", "reroute", "redispatch", "meeting", "dispatch_desk"],
     explanation: str,
     city: City,
     tz: ZoneInfo,
@@ -475,6 +485,61 @@ def dispatch(
         now=now,
         explanation=f"派单员{operator}人工派单至{dept.name}" + (f"：{note}" if note else ""),
         **changes,
+    )
+    return Outcome(new, publish=[event])
+
+
+REDISPATCH_REASON_MIN = 4  # characters: enough to say why (e.g. 属地有误), for the new department
+
+
+def redispatch(
+    ticket: Ticket,
+    dept_id: str,
+    reason: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
+) -> Outcome:
+    """改派: the dispatch desk moves a ticket a department holds (assigned or accepted) to another
+    department on its own initiative (a wrong assignment noticed by a supervisor, a resident, or the
+    department on the phone), without waiting for a return. The new department gets its full time
+    from now; whatever the old one had started (its acceptance, a pending extension request, its
+    overdue marks) goes with it, and its timers find the deadlines moved and fire nothing. The
+    reason is the assignment's explanation, which the new department reads in the history."""
+    check(ticket, "redispatch")
+    dept = city.department_by_id.get(dept_id)
+    if dept is None or dept.kind == "dispatch_desk":
+        raise WorkflowError(
+            "unknown_department",
+            f"承办单位{dept_id!r}不存在（见departments.yaml）",
+            kind="invalid",
+            field="department",
+        )
+    old = ticket.department
+    if old is not None and old.id == dept_id:
+        raise WorkflowError(
+            "same_department", f"工单{ticket.ticket_no}已由{dept.name}承办，无需改派；请选择其他单位"
+        )
+    reason = " ".join(reason.split())
+    if len(reason) < REDISPATCH_REASON_MIN:
+        raise WorkflowError(
+            "reason_required",
+            f"请填写改派原因（至少{REDISPATCH_REASON_MIN}个字），承办单位将看到原因",
+            kind="invalid",
+            field="reason",
+        )
+    was = f"原承办单位：{old.name}" if old else ""
+    if ticket.extension_request is not None:
+        was += "，其延期申请随之撤销"
+    new, event = _assigned(
+        ticket,
+        "redispatch",
+        dept_id,
+        via="redispatch",
+        city=city,
+        tz=tz,
+        now=now,
+        explanation=f"派单中心改派：{reason}" + (f"（{was}）" if was else ""),
     )
     return Outcome(new, publish=[event])
 

@@ -1,6 +1,6 @@
 """The router on the real broker and Redis, through the running processes: routing by rule, the
-dispatch desk, return and re-route, extensions, joint meetings, hotspots, deadline timers fired once
-across router replicas, and department isolation.
+dispatch desk, return and re-route, the desk's re-dispatch (改派), extensions, joint meetings,
+hotspots, deadline timers fired once across router replicas, and department isolation.
 
 Classified appeals are published straight to `appeal.classified` (the classifier has its own tests),
 so each test knows the category and grid it routes."""
@@ -249,6 +249,62 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "duplicate"})
     assert r.status_code == 409
     assert "联席会议" in r.json()["message"]
+
+
+async def test_the_desk_redispatches_a_department_s_ticket_and_the_new_one_takes_it_over(
+    api, producer, city, tokens
+):
+    """改派: only the desk, only a ticket a department holds, only to another department, with a
+    reason; the old department loses it (404 on reading and acting, gone from its queue), the new
+    one reads why and works it from fresh deadlines."""
+    no = await inject(producer, city, "city.facility.road_damage", "s01c01g01")
+    before = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    assert before["department"]["id"] == "urban_mgmt"
+    mgmt, water, admin = await tokens("urban_mgmt"), await tokens("water"), await tokens()
+    assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=mgmt)).status_code == 200
+    move = {"department": "water", "reason": "居民来电说明是自来水管爆裂冲坏路面"}
+    url = f"/api/v1/tickets/{no}/redispatch"
+
+    r = await api.post(url, headers=mgmt, json=move)
+    assert r.status_code == 403
+    assert "派单中心" in r.json()["message"]
+    assert (
+        await api.post("/api/v1/tickets/20991231-000001/redispatch", headers=admin, json=move)
+    ).status_code == 404
+    for body, field in (
+        ({**move, "department": "nobody"}, "department"),
+        ({"department": "water"}, "reason"),
+    ):
+        r = await api.post(url, headers=admin, json=body)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+    r = await api.post(url, headers=admin, json={**move, "department": "urban_mgmt"})
+    assert r.status_code == 409
+    assert "无需改派" in r.json()["message"]
+
+    r = await api.post(url, headers=admin, json=move)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert (t["status"], t["department"]["id"], t["assigned_via"]) == ("assigned", "water", "redispatch")
+    assert t["respond_by"] > before["respond_by"]
+    assigned = t["history"][-1]
+    assert (assigned["topic"], assigned["via"]) == ("ticket.assigned", "redispatch")
+    assert assigned["explanation"].startswith(f"派单中心改派：{move['reason']}")
+
+    # The old department: not its ticket any more, as if there were none; gone from its queue.
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=mgmt)).status_code == 404
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", headers=mgmt, json={"note": "已修复"})
+    assert r.status_code == 404
+    queue = await api.get("/api/v1/departments/urban_mgmt/tickets", headers=mgmt, params={"size": 200})
+    assert no not in [x["ticket_no"] for x in queue.json()["tickets"]]
+    # The new one reads why, takes it over, and once it is resolved the desk cannot move it.
+    r = await api.get(f"/api/v1/tickets/{no}", headers=water)
+    assert r.json()["history"][-1]["explanation"] == assigned["explanation"]
+    assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=water)).status_code == 200
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", headers=water, json={"note": "已抢修水管并修复路面"})
+    assert r.status_code == 200
+    r = await api.post(url, headers=admin, json={**move, "department": "urban_mgmt"})
+    assert r.status_code == 409
+    assert "当前状态为“已办结”，不能改派" in r.json()["message"]
 
 
 async def test_an_operator_urges_an_open_ticket_once_per_key_and_not_a_finished_one(

@@ -593,6 +593,62 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
     await shot(page, "meetings")
 
 
+async def test_desk_redispatches_a_departments_ticket_and_its_queue_lets_it_go(
+    page: Page, browser: Browser, redis, system: System, system_city
+):
+    """改派: the desk, on a ticket's page, moves it from the department that holds it to another,
+    with a reason, after a confirmation; the old department's open queue drops it by itself."""
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "和平里小区门口的路灯坏了好几天了，晚上很黑", new_phone(), "和平里小区")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    old = ticket["department"]
+    target = next(d for d in ("power", "water") if d != old["id"])
+    target_name = system_city.department_by_id[target].name
+
+    holder = await (
+        await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
+    ).new_page()
+    await sign_in(holder, await issue_token(redis, "department", old["id"]))
+    await expect(holder.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
+    await expect(holder.locator(f"a[href='/console/tickets/{no}']")).to_be_visible()
+
+    asked: list[str] = []
+
+    async def confirm(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto(f"/console/tickets/{no}")
+    choice = page.locator("#redispatch-department")
+    await expect(choice).to_have_value("")  # no department chosen until the desk chooses one
+    assert await choice.locator(f"option[value='{old['id']}']").count() == 0  # not where it is
+    await choice.select_option(target)
+    await page.locator("#redispatch-reason").fill("错了")
+    await page.locator("#redispatch").click()
+    await expect(page.locator("#redispatch-reason-error")).to_contain_text("请填写改派原因")
+    await expect(page.locator("#redispatch-reason")).to_be_focused()
+    await expect(choice).to_have_value(target)  # what was chosen stays chosen
+    await page.locator("#redispatch-reason").fill("居民来电反映路灯由供电线路故障引起")
+    await page.locator("#redispatch").click()
+    await expect(page.locator("#done")).to_contain_text(f"已改派至{target_name}")
+    await expect(page.locator("#status")).to_have_text("已派单")
+    await expect(page.locator("dl.facts")).to_contain_text(target_name)
+    await expect(page.locator("ol.history")).to_contain_text(
+        "派单中心改派：居民来电反映路灯由供电线路故障引起"
+    )
+    assert asked
+    assert all(f"{old['name']}将不再承办此工单" in q for q in asked)  # asked each time, naming who loses it
+    await accessible(page)
+    await shot(page, "ticket-redispatch")
+
+    # The old department's open queue lets it go without a reload.
+    await expect(holder.locator(f"a[href='/console/tickets/{no}']")).to_have_count(0, timeout=30_000)
+    await expect(holder.locator("#live-news")).to_contain_text(f"工单已转出本单位：{no}")
+    await holder.context.close()
+
+
 # --- departments, the survey and the dashboard --------------------------------------------------
 
 

@@ -489,7 +489,7 @@ def test_a_redispatch_is_refused_in_words_where_it_cannot_be_made():
     t = assigned_ticket(CITY)
     with pytest.raises(WorkflowError) as e:
         workflow.redispatch(t, "urban_mgmt", "换个单位试试", CITY, TZ, T0)
-    assert (e.value.code, e.value.kind) == ("same_department", "conflict")
+    assert (e.value.code, e.value.kind, e.value.field) == ("same_department", "conflict", "department")
     assert "无需改派" in e.value.message
     for dept in ("nobody", "dispatch_desk"):
         with pytest.raises(WorkflowError) as e:

@@ -84,6 +84,8 @@ DONE = {
     "resolve": "已办结，系统将向市民发送回访短信。",
     "extend": "延期申请已提交，等待派单中心审核。",
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
+    # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
+    "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
 }
 
 

@@ -486,6 +486,9 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
     async def stream() -> AsyncIterator[str]:
         async with feed.subscribe() as news:
             await asyncio.wait_for(feed.ready.wait(), timeout=30)
+            # The tickets the page may show. One that leaves (the desk re-dispatched it, 改派) is news
+            # too, though the department can no longer read it; others' tickets never get through.
+            ours = {t["ticket_no"] for t in await client.department_tickets(dept or "")}
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
                 try:
@@ -493,13 +496,20 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
-                if item["topic"] not in ("ticket.assigned", "ticket.updated") or not item["ticket_no"]:
+                no = item["ticket_no"]
+                if item["topic"] not in ("ticket.assigned", "ticket.updated") or not no:
                     continue
                 # The API answers 404 for another department's ticket: only ours get through.
-                reply = await client.get(f"/api/v1/tickets/{item['ticket_no']}")
+                reply = await client.get(f"/api/v1/tickets/{no}")
                 if reply.ok and (reply.body.get("department") or {}).get("id") == dept:
-                    data = json.dumps({"ticket_no": item["ticket_no"], "topic": item["topic"]})
-                    yield f"event: ticket\ndata: {data}\n\n"
+                    ours.add(no)
+                    data = json.dumps({"ticket_no": no, "topic": item["topic"]})
+                elif no in ours:
+                    ours.discard(no)
+                    data = json.dumps({"ticket_no": no, "topic": item["topic"], "left": True})
+                else:
+                    continue
+                yield f"event: ticket\ndata: {data}\n\n"
 
     return event_stream(stream())
 
@@ -703,6 +713,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "history": history,
         "map": present.grid_map(city, volume),
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
+        "departments": present.departments_of(city),  # the desk's 改派 form
     }
 
 
@@ -712,7 +723,39 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     if context is None:
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
     done = present.DONE.get(request.query_params.get("done") or "", "")
+    department = (context["t"].get("department") or {}).get("name", "")
+    done = done.format(no=no, department=department)
     return page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
+
+
+# The desk's 改派 form: its fields and their labels; an error that names no field (the ticket moved
+# on meanwhile) is shown above the form.
+REDISPATCH_FIELDS = {"form": "", "department": "改派至", "reason": "改派原因"}
+
+
+@router.post("/tickets/{no}/redispatch")  # before the departments' actions below: a path of its own
+async def ticket_redispatch(request: Request, no: str, s: session.Session = Depends(as_desk)):
+    """改派: the desk moves a ticket a department holds to another, with the reason."""
+    form = await checked_form(request, s)
+    values = {"department": text(form, "department"), "reason": text(form, "reason")}
+    reply = await api(request, s).post(f"/api/v1/tickets/{no}/redispatch", values)
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done=redispatch", status_code=303)
+    context = await ticket_context(request, s, no)
+    if context is None:
+        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
+    errors = {"redispatch": field_errors(reply, REDISPATCH_FIELDS, "form", form)}
+    return page(
+        request,
+        "ticket.html",
+        reply.status,
+        s=s,
+        errors=errors,
+        values={"redispatch": values},
+        kept={},
+        done=None,
+        **context,
+    )
 
 
 @router.post("/tickets/{no}/{action}")

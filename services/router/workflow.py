@@ -518,7 +518,9 @@ def redispatch(
     old = ticket.department
     if old is not None and old.id == dept_id:
         raise WorkflowError(
-            "same_department", f"工单{ticket.ticket_no}已由{dept.name}承办，无需改派；请选择其他单位"
+            "same_department",
+            f"工单{ticket.ticket_no}已由{dept.name}承办，无需改派；请选择其他单位",
+            field="department",
         )
     reason = " ".join(reason.split())
     if len(reason) < REDISPATCH_REASON_MIN:

@@ -168,7 +168,9 @@
       if (!response.ok) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
       if (fresh) queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
-      news.textContent = (data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：") + data.ticket_no;
+      // A ticket that left (the desk re-dispatched it) is gone from the redrawn queue; say so.
+      const what = data.left ? "工单已转出本单位：" : data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：";
+      news.textContent = what + data.ticket_no;
     });
   }
 

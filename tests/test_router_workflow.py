@@ -520,6 +520,10 @@ def test_meeting_decision_reassigns_and_is_final():
     assert workflow.meeting_decided(out.ticket, t.meeting_id, "power", "", CITY, TZ, T0) is None
     with pytest.raises(WorkflowError, match="联席会议"):
         workflow.return_ticket(out.ticket, "power", "not_ours", "", "x", CITY, TZ, T0 + timedelta(days=1))
+    # Nor does the desk move it on its own: the meeting's lead keeps it.
+    with pytest.raises(WorkflowError, match="联席会议确定，不能改派") as e:
+        workflow.redispatch(out.ticket, "urban_mgmt", "属地有误", CITY, TZ, T0 + timedelta(days=1))
+    assert e.value.kind == "conflict"
 
 
 # --- property: no sequence of actions reaches an illegal state ------------------------------------

@@ -507,6 +507,10 @@ def redispatch(
     overdue marks) goes with it, and its timers find the deadlines moved and fire nothing. The
     reason is the assignment's explanation, which the new department reads in the history."""
     check(ticket, "redispatch")
+    if ticket.assigned_via == "meeting":
+        # The departments settled it together (联席会议); the desk alone does not overturn that, and
+        # a lead the meeting named cannot return it either, so a dispute cannot go round again.
+        raise WorkflowError("meeting_decided", "该工单的主办单位由联席会议确定，不能改派")
     dept = city.department_by_id.get(dept_id)
     if dept is None or dept.kind == "dispatch_desk":
         raise WorkflowError(

@@ -5,6 +5,7 @@ answered as a missing one, no ticket registered for a query, and a survey's "1" 
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -16,8 +17,10 @@ from services.intake.limits import RateLimiter
 from services.intake.progress import Query
 from services.intake.queries import ProgressQueries
 from services.router.workflow import STATUS_NAMES
+from shared.events import Caller
 from shared.privacy import caller_id
-from shared.store import TicketStore
+from shared.store import TicketStore, ticket_key
+from shared.tickets import Status, Ticket
 from tests.conftest import as_sms_gateway
 from tests.test_intake_wechat import URL, openid, reply_of, seq, signed, text
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
@@ -166,3 +169,32 @@ async def test_a_query_loop_by_sms_stops_at_the_hourly_limit(api, redis):
     ]
     assert codes == [200] * 30 + [429]  # the default limit: 30 per caller per hour
     assert len(await outbox_for(redis, phone, "query")) == 30
+
+
+async def test_an_erased_ticket_is_nobodys_and_leaves_the_index(redis):
+    """Erasure's notice may never reach intake (a broker lost after the relay sent it): the
+    ticket's own mark is read, as the duplicate preview does."""
+    store = TicketStore(redis)
+    cid = caller_id(new_phone())
+    day = f"2000010{random.randint(1, 9)}"
+    kept, erased = (f"{day}-{random.randint(100000, 999999)}" for _ in range(2))
+    for no, removed in ((kept, None), (erased, datetime.now(UTC))):
+        ticket = Ticket(
+            ticket_no=no,
+            status=Status.ASSIGNED,
+            channel="sms",
+            text="幸福路公交站的站牌被撞坏了，请派人修一下",
+            caller=Caller(caller_id=cid),
+            received_at=datetime.now(UTC),
+            personal_data_removed_at=removed,
+        )
+        await redis.set(ticket_key(no), ticket.model_dump_json())
+        await redis.sadd(keys.caller_index(cid), no)
+    queries = ProgressQueries(store, None, timezone="Asia/Shanghai")
+    answer = await queries.answer(cid, Query())
+    assert answer.ticket_nos == (kept,)
+    assert erased not in answer.text
+    assert [m.decode() for m in await redis.smembers(keys.caller_index(cid))] == [kept]
+    by_number = await queries.answer(cid, Query(erased))
+    assert by_number.ticket_nos == ()
+    assert by_number.text.startswith(f"未找到该用户的工单{erased}。")

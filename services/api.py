@@ -25,6 +25,7 @@ from services.intake import open311_views, photo_views, wechat_views
 from services.intake import views as intake_views
 from services.intake.limits import RateLimiter
 from services.intake.preview import Previewer
+from services.intake.queries import ProgressQueries
 from services.intake.service import IntakeService
 from services.intake.sms import SmsIntake
 from services.notifier import views as notifier_views
@@ -83,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limiter=limiter,
             public_channels=settings.public_channels,
         )
-        app.state.sms_intake = SmsIntake(app.state.intake)
+        app.state.progress = ProgressQueries(store, limiter, timezone=settings.timezone)
+        app.state.sms_intake = SmsIntake(app.state.intake, app.state.progress)
         app.state.intake_preview = Previewer(
             app.state.city, store, ServedClassifier.from_settings(app.state.city, settings)
         )

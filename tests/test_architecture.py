@@ -23,6 +23,7 @@ PURE_MODULES = [
     "services.router.timers",
     "services.router.meetings",
     "services.intake.domain",
+    "services.intake.progress",
     "services.classifier.text",
     "services.classifier.features",
     "services.classifier.grid",

@@ -13,6 +13,10 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.console import present
+
+# The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
+from services.intake.progress import clean_ticket_no as clean_ticket_no
+from services.intake.progress import step_words
 from services.router.workflow import STATUS_NAMES
 from shared.city import City
 from shared.store import TicketStore
@@ -21,19 +25,6 @@ from shared.tickets import Ticket
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60
 _TICKET_NO = re.compile(r"^[0-9A-Za-z-]{4,40}$")
-# What a resident is told happened, in their words; the rest of the history is internal.
-_SHOWN = {
-    "appeal.received": "诉求已受理",
-    "ticket.assigned": "已转交承办单位",
-    "accepted": "承办单位已签收，正在办理",
-    "extension_approved": "办理期限已延长",
-    "resolved": "承办单位已办结",
-    "surveyed": "已发送回访短信",
-    "closed": "工单已关闭",
-    "reopened": "工单重新办理",
-    "urged": "已收到您的催办，已转告承办单位",
-    "survey.answered": "已收到您的评价",
-}
 
 
 @dataclass(frozen=True)
@@ -55,14 +46,6 @@ async def _count(redis: Redis, key: str) -> int:
         p.incr(key)
         _, n = await p.execute()
     return int(n)
-
-
-def clean_ticket_no(raw: str) -> str:
-    """The number as a resident may type it on a phone: full-width digits, spaces, a long dash, or
-    no dash at all (20261201000123) are the same number as 20261201-000123."""
-    text = re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
-    text = re.sub(r"[—–‐_]", "-", text)
-    return f"{text[:8]}-{text[8:]}" if re.fullmatch(r"\d{14}", text) else text
 
 
 def clean_last4(raw: str) -> str:
@@ -91,19 +74,11 @@ async def find(redis: Redis, store: TicketStore, ticket_no: str, last4: str, ip:
 
 
 def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: ZoneInfo) -> dict[str, Any]:
-    steps = []
-    for record in history:
-        key = record.get("action") or record.get("topic", "")
-        if key == "ticket.assigned" and record.get("via") == "dispatch_desk":
-            steps.append({"at": present.local(record.get("occurred_at"), tz), "text": "正在人工分派承办单位"})
-        elif key in _SHOWN:
-            dept = (record.get("department") or {}).get("name", "") if key == "ticket.assigned" else ""
-            steps.append(
-                {
-                    "at": present.local(record.get("occurred_at"), tz),
-                    "text": _SHOWN[key] + (f"：{dept}" if dept else ""),
-                }
-            )
+    steps = [
+        {"at": present.local(record.get("occurred_at"), tz), "text": words}
+        for record in history
+        if (words := step_words(record)) is not None
+    ]
     return {
         "ticket_no": ticket.ticket_no,
         "status": STATUS_NAMES.get(ticket.status, ticket.status),

@@ -5,7 +5,7 @@ tests import these instead of spelling the keys themselves.
                             when the resident's personal data is erased from the ticket)
   dup:grid:{grid}           ticket numbers per grid, scored by time (last 7 days kept)
   idem:{key}                an idempotency key's claim, then its ticket number
-  rl:{scope}:{who}:{slot}   a rate-limit window's counter
+  rl:{scope}:{who}:{slot}   a rate-limit window's counter (scopes: ip, caller, query)
   intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
   wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
   wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete

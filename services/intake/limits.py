@@ -49,6 +49,15 @@ class RateLimiter:
         """Count one submission per id given (repeat an id for several); who is over the hourly limit."""
         return await self._over("caller", Counter(caller_ids), self.per_caller, 3600)
 
+    async def check_queries(self, caller_id: str) -> None:
+        """A resident's progress queries (WeChat, SMS): the per-caller hourly limit, counted apart
+        from their appeals (asking how one is going must not use up the right to raise the next),
+        so that a query loop sends at most that many answers an hour. Raises RateLimited."""
+        over = await self._over("query", Counter({caller_id: 1}), self.per_caller, 3600)
+        if over:
+            minutes = max(1, over[caller_id] // 60)
+            raise RateLimited(over[caller_id], f"查询过于频繁，请约{minutes}分钟后再试；也可拨打12345查询")
+
 
 def caller_limited(retry_after: int) -> RateLimited:
     minutes = max(1, retry_after // 60)

@@ -1,20 +1,34 @@
-"""The SMS channel's intake: a resident's text message that answers no survey is a new appeal.
+"""The SMS channel's intake: a resident's text message that answers no survey is a progress query
+(`services.intake.progress`: 查询, a ticket number…) or else a new appeal.
 
 The SMS provider posts every inbound message to one endpoint (`POST /api/v1/sms/inbound`, in the
-notifier's views); the notifier keeps what answers its surveys and hands the rest here. The sender's
-number is the caller's phone, validated like every channel's. A message carries no idempotency
-key: two identical texts are two messages, and the caller's hourly limit still applies.
+notifier's views); the notifier keeps what answers its surveys and hands the rest here, and sends
+the answer to a query. The sender's number is the caller's phone, validated like every channel's.
+A message carries no idempotency key: two identical texts are two messages, and the caller's
+hourly limit still applies (to queries apart from appeals).
 """
 
 from __future__ import annotations
 
 from services.intake.domain import validate
+from services.intake.progress import parse_query
+from services.intake.queries import Answer, ProgressQueries
 from services.intake.service import IntakeService
+from shared.privacy import caller_id
 
 
 class SmsIntake:
-    def __init__(self, intake: IntakeService) -> None:
+    def __init__(self, intake: IntakeService, progress: ProgressQueries) -> None:
         self.intake = intake
+        self.progress = progress
+
+    async def query(self, phone: str, text: str) -> Answer | None:
+        """The answer to `text` from `phone` (normalised) when it is a progress query, else None.
+        Raises RateLimited (the phone asked too often)."""
+        query = parse_query(text)
+        if query is None:
+            return None
+        return await self.progress.answer(caller_id(phone), query)
 
     async def submit(self, phone: str, text: str) -> str:
         """The new appeal's ticket number. Raises InvalidAppeal (the text), RateLimited (the caller)

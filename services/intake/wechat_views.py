@@ -25,6 +25,8 @@ from services.intake import keys, wechat, wechat_crypto, wechat_media
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.photo_views import decode
+from services.intake.progress import parse_query
+from services.intake.queries import ProgressQueries
 from services.intake.service import IntakeService
 from shared.errors import Unavailable
 from shared.events import GeoPoint
@@ -152,6 +154,13 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
         return wechat.UNSUPPORTED
     if msg.msg_type == "voice" and not msg.content:
         return wechat.NO_SPEECH
+    query = parse_query(msg.content)
+    if query is not None:  # "查询", a ticket number: answered here, not registered as an appeal
+        progress: ProgressQueries = state.progress
+        try:
+            return (await progress.answer(wechat_caller_id(msg.from_user), query)).text
+        except RateLimited as e:
+            return e.message
     try:
         sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
         ticket_no, created = await intake.submit(sub, f"wechat:{msg.to_user}:{msg.msg_id}")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class SmsMessage:
     phone: str
     text: str
-    kind: str  # ack, progress, survey, result, reminder, clarification, opt_out, supervision
+    kind: str  # ack, progress, survey, result, reminder, clarification, opt_out, query, supervision
     ticket_no: str | None = None
     message_id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=now_utc)

@@ -181,6 +181,17 @@ class Notifier:
     ) -> SendResult:
         return await self.sms.send(cause.event_id, self.ack_message(ticket_no, phone, urgent=urgent))
 
+    async def answer_query(self, phone: str, progress: str, ticket_nos: Sequence[str]) -> SendResult:
+        """The answer to a progress query the resident just sent (`progress`, intake's words about
+        `ticket_nos`), now: quiet hours do not hold an answer to their own SMS, as they do not hold
+        a survey's clarification; nor does the daily cap (held to the morning it would answer
+        nothing); the per-caller hourly limit on queries bounds how many go out. Filed under the
+        first ticket it names, so that erasing the resident's personal data (which reaches all of
+        their tickets) removes its record, and a retry still pending is not sent."""
+        text = self.texts.render("progress_reply", progress=progress)
+        message = SmsMessage(phone, text, "query", ticket_nos[0] if ticket_nos else None, urgent=True)
+        return await self.sms.send(message.message_id, message)
+
     async def progress(self, items: Sequence[Progress]) -> list[SendResult]:
         """Progress SMS to the callers of the tickets the events are about: one phone lookup and one
         send for the batch. Anonymous callers, and callers without a contact, get none."""

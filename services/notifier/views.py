@@ -1,6 +1,6 @@
-"""The notifier's HTTP side: SMS from residents (survey replies and opt-outs; anything else goes to
-intake as a new appeal), the provider's delivery receipts, the outbox (embedded mode) and the
-scorecard (the three rates)."""
+"""The notifier's HTTP side: SMS from residents (progress queries, answered by SMS; survey replies
+and opt-outs; anything else goes to intake as a new appeal), the provider's delivery receipts, the
+outbox (embedded mode) and the scorecard (the three rates)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,13 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
     except InvalidPhone as e:
         return _bad_phone(e)
     notifier: Notifier = request.app.state.notifier
+    sms_intake: SmsIntake = request.app.state.sms_intake
+    # A progress query first: it is never a survey's answer (a "1", "满意" or "TD" is no query, see
+    # services.intake.progress), and a resident with a survey open may still ask how things stand.
+    answer = await sms_intake.query(phone, body.text)
+    if answer is not None:
+        sent = await notifier.answer_query(phone, answer.text, answer.ticket_nos)
+        return {"kind": "query", "tickets": list(answer.ticket_nos), "sms": sent}
     try:
         answered = await notifier.surveys.reply(phone, body.text)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
@@ -56,7 +63,6 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
     if answered is not None:
         return answered
     # Not about a survey: a new appeal by SMS, which is intake's.
-    sms_intake: SmsIntake = request.app.state.sms_intake
     with counting_rejections("sms"):
         ticket_no = await sms_intake.submit(phone, body.text)
     return JSONResponse(status_code=201, content={"kind": "appeal", "ticket_no": ticket_no})

@@ -1,0 +1,196 @@
+"""Residents asking for their appeals' progress where they raised them (WeChat, SMS). Pure functions.
+
+What counts as a progress query: a message that is nothing but a query word (查询, 进度, 查进度,
+办理进度…, with stray punctuation and a polite 请 / 帮我 / 一下 around it), or a ticket number
+(`yyyymmdd-nnnnnn`, with or without the dash, full-width digits too), alone or after a query word
+or 工单号. Anything longer or vaguer ("进度太慢了，路灯还没修") is not one: it goes on as it did
+before (a survey reply, or a new appeal), so a query never swallows a resident's words, and a
+survey's "1" or "满意" is never a query.
+
+The answer names the tickets, their status and department and the last step in words, never what
+the resident wrote, where, or who: the same words the console's lookup page shows (`step_words`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from services.router.workflow import STATUS_NAMES
+from shared.tickets import Status, Ticket
+
+LISTED = 3  # tickets a keyword query lists, the most recent first (an SMS stays short)
+
+# Longest first inside the pattern, so that 查询进度 is not read as 查询 followed by junk.
+QUERY_WORDS = (
+    "查询",
+    "查进度",
+    "进度",
+    "办理进度",
+    "查询进度",
+    "进度查询",
+    "查工单",
+    "工单查询",
+    "查询工单",
+    "工单进度",
+    "查询工单进度",
+    "查询办理进度",
+    "我的工单",
+)
+_WORD = "|".join(sorted(map(re.escape, QUERY_WORDS), key=len, reverse=True))
+_POLITE = r"(?:请|麻烦)?(?:帮我|我要|我想)?"
+_NUMBER = r"(?P<no>\d{8}-?\d{6,9})"
+_KEYWORD_ONLY = re.compile(rf"{_POLITE}(?:{_WORD})(?:一下)?")
+_WITH_NUMBER = re.compile(rf"{_POLITE}(?:(?:{_WORD})(?:一下)?)?(?:工单号?|单号)?{_NUMBER}(?:{_WORD})?")
+# Everything a resident may put around the words: spaces, punctuation, emoji. Dashes are kept (they
+# may sit inside a ticket number) after every dash-like character becomes "-".
+_DASHES = re.compile(r"[—–‐‑−_]")
+_IGNORED_CATEGORIES = ("Z", "P", "S", "C")
+
+# What a resident is told happened, in their words; the rest of the history is internal.
+_SHOWN = {
+    "appeal.received": "诉求已受理",
+    "ticket.assigned": "已转交承办单位",
+    "accepted": "承办单位已签收，正在办理",
+    "extension_approved": "办理期限已延长",
+    "resolved": "承办单位已办结",
+    "surveyed": "已发送回访短信",
+    "closed": "工单已关闭",
+    "reopened": "工单重新办理",
+    "urged": "已收到您的催办，已转告承办单位",
+    "survey.answered": "已收到您的评价",
+}
+
+NOT_FOUND = (
+    "未找到该用户的工单{ticket_no}。请核对工单号（受理时告知的编号，如20261201-000123）；"
+    "发送“查询”可查看您近期的工单，也可拨打12345。"
+)
+NONE_OPEN = (
+    "未找到您近期的工单。已关闭的工单请发送工单号查询；如需反映新问题，请直接发送文字描述，也可拨打12345。"
+)
+LIST_HEAD = "您近期的工单："
+ONE_HEAD = "您的工单："
+MORE = "另有{n}件工单未列出，可发送工单号逐件查询。"
+LIST_TAIL = "发送工单号可查询某一件工单。"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A progress query: about one ticket (its number, normalised), or about the sender's recent ones."""
+
+    ticket_no: str | None = None
+
+
+@dataclass(frozen=True)
+class TicketProgress:
+    """One ticket as a resident is told about it."""
+
+    ticket_no: str
+    status: str  # in words
+    department: str  # the department handling it, or that one is being chosen
+    last_step: str  # in words, with its local time; "" when the history shows none
+
+
+def clean_ticket_no(raw: str) -> str:
+    """The number as a resident may type it on a phone: full-width digits, spaces, a long dash, or
+    no dash at all (20261201000123) are the same number as 20261201-000123."""
+    text = re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
+    text = _DASHES.sub("-", text)
+    return f"{text[:8]}-{text[8:]}" if re.fullmatch(r"\d{14,17}", text) else text
+
+
+def _compact(raw: str) -> str:
+    """The message with what carries no meaning for the rule taken out (white space, punctuation,
+    symbols, controls), full-width folded, dash-likes as "-"."""
+    text = _DASHES.sub("-", unicodedata.normalize("NFKC", raw))
+    return "".join(c for c in text if c == "-" or not unicodedata.category(c).startswith(_IGNORED_CATEGORIES))
+
+
+def _plausible_day(digits: str) -> bool:
+    """Ticket numbers begin with the day they were received: a run of digits that is no date is
+    something else (a phone number, an order number) and not a query."""
+    try:
+        day = date(int(digits[:4]), int(digits[4:6]), int(digits[6:8]))
+    except ValueError:
+        return False
+    return 2000 <= day.year <= 2099
+
+
+def parse_query(raw: str) -> Query | None:
+    """The progress query `raw` is, or None when it is not clearly one (see the module's rule)."""
+    text = _compact(raw)
+    if len(text) > 40:  # the longest query the rule reads is far shorter
+        return None
+    if _KEYWORD_ONLY.fullmatch(text):
+        return Query()
+    m = _WITH_NUMBER.fullmatch(text)
+    if m is None:
+        return None
+    digits = m.group("no").replace("-", "")
+    if not _plausible_day(digits):
+        return None
+    return Query(ticket_no=f"{digits[:8]}-{digits[8:]}")
+
+
+def step_words(record: dict[str, Any], *, department: bool = True) -> str | None:
+    """A history record as the resident is told it, or None for an internal step. `department`:
+    whether an assignment names the department (a line that shows it apart leaves it out)."""
+    key = record.get("action") or record.get("topic", "")
+    if key == "ticket.assigned" and record.get("via") == "dispatch_desk":
+        return "正在人工分派承办单位"
+    words = _SHOWN.get(key)
+    if words is None:
+        return None
+    name = (record.get("department") or {}).get("name", "") if key == "ticket.assigned" else ""
+    return words + (f"：{name}" if name and department else "")
+
+
+def _month_day_time(value: object, tz: ZoneInfo) -> str:
+    try:
+        d = datetime.fromisoformat(str(value)).astimezone(tz)
+    except ValueError:
+        return ""
+    return f"{d.month}月{d.day}日{d:%H:%M}"
+
+
+def progress_of(ticket: Ticket, history: Sequence[dict[str, Any]], tz: ZoneInfo) -> TicketProgress:
+    """What a resident is told about one of their tickets: nothing of its text, place or caller."""
+    last = ""
+    for record in reversed(history):
+        words = step_words(record, department=False)
+        if words is not None:
+            at = _month_day_time(record.get("occurred_at"), tz)
+            last = f"{at} {words}" if at else words
+            break
+    held = ticket.department is not None and ticket.status not in (Status.RECEIVED, Status.REVIEW)
+    return TicketProgress(
+        ticket_no=ticket.ticket_no,
+        status=STATUS_NAMES.get(ticket.status, str(ticket.status)),
+        department=ticket.department.name if held and ticket.department else "正在分派",
+        last_step=last,
+    )
+
+
+def _line(p: TicketProgress) -> str:
+    step = f"，最新进展：{p.last_step}" if p.last_step else ""
+    return f"工单号{p.ticket_no}，{p.status}，承办单位：{p.department}{step}。"
+
+
+def reply_text(query: Query, found: Sequence[TicketProgress], more: int = 0) -> str:
+    """The answer to `query`: `found` are the sender's tickets it is about (the asked number's, when
+    it is the sender's; else the most recent), `more` how many of theirs were left out. A number
+    that is not the sender's gets the answer a number that does not exist gets."""
+    if query.ticket_no is not None:
+        if not found:
+            return NOT_FOUND.format(ticket_no=query.ticket_no)
+        return ONE_HEAD + _line(found[0])
+    if not found:
+        return NONE_OPEN
+    lines = [f"{i}. {_line(p)}" for i, p in enumerate(found, 1)]
+    tail = MORE.format(n=more) if more else LIST_TAIL
+    return "\n".join([LIST_HEAD, *lines, tail])

@@ -1,0 +1,183 @@
+"""Residents' progress queries (WeChat, SMS), pure: which messages are queries, and the answer's words."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.intake.progress import (
+    LISTED,
+    QUERY_WORDS,
+    Query,
+    TicketProgress,
+    parse_query,
+    progress_of,
+    reply_text,
+)
+from services.notifier.survey import is_opt_out, parse_reply
+from services.notifier.texts import DEFAULT_FILE, NotificationsError, load_texts
+from shared.events import Caller, DepartmentRef
+from shared.tickets import Status, Ticket
+
+TZ = ZoneInfo("Asia/Shanghai")
+NOW = datetime(2026, 11, 23, 2, 5, tzinfo=UTC)  # 10:05 in Beijing
+
+QUERIES = {
+    "查询": None,
+    "查询。": None,
+    " 查进度！": None,
+    "进度?": None,
+    "办理进度": None,
+    "查询进度～": None,
+    "请帮我查询一下": None,
+    "我的工单": None,
+    "🙏查询": None,
+    "20261123-000001": "20261123-000001",
+    "20261123000001": "20261123-000001",
+    "２０２６１１２３－０００００１": "20261123-000001",
+    "20261123 — 000001": "20261123-000001",
+    "查询 20261123-000001": "20261123-000001",
+    "工单号：20261123-000001": "20261123-000001",
+    "查询工单号20261123000001。": "20261123-000001",
+    "20261123-000001进度": "20261123-000001",
+    "20261123-1000001": "20261123-1000001",  # a day past a million appeals
+}
+NOT_QUERIES = [
+    "",
+    "1",
+    "１",
+    "3 没解决",
+    "满意",
+    "不满意",
+    "TD",
+    "退订",
+    "好",
+    "进度太慢了，路灯还没修",
+    "查询一下我家门口的路灯什么时候修",
+    "进度 谢谢",
+    "工单",
+    "13812345678",  # a phone number
+    "99999999000001",  # fourteen digits that begin with no day
+    "20261341000001",  # nor does this (month 13)
+    "2026112300001",  # five digits after the day
+    "幸福路公交站的站牌被撞坏了，请派人修一下，工单号20261123-000001",
+]
+
+
+@pytest.mark.parametrize(("text", "number"), QUERIES.items())
+def test_a_query_is_recognised_with_its_number_as_typed_on_a_phone(text, number):
+    assert parse_query(text) == Query(ticket_no=number)
+
+
+@pytest.mark.parametrize("text", NOT_QUERIES)
+def test_anything_else_is_not_a_query(text):
+    assert parse_query(text) is None
+
+
+@pytest.mark.parametrize("text", [*QUERIES, *QUERY_WORDS])
+def test_a_query_is_never_a_survey_answer_nor_an_opt_out(text):
+    # The SMS endpoint asks for a query before the survey book: this is why a "1" still answers it.
+    assert parse_reply(text).rating is None
+    assert not is_opt_out(text)
+
+
+@given(st.text(max_size=60))
+def test_what_the_survey_book_would_rate_is_never_a_query(text):
+    if parse_reply(text).rating is not None or is_opt_out(text):
+        assert parse_query(text) is None
+
+
+def _ticket(status: Status, **extra) -> Ticket:
+    return Ticket(
+        ticket_no="20261123-000001",
+        status=status,
+        channel="wechat",
+        text="我叫张三，住阳光花园3号楼2单元501，楼下路灯坏了",
+        address="阳光花园3号楼2单元501",
+        caller=Caller(caller_id="abc", masked_phone="138****5678"),
+        received_at=NOW,
+        **extra,
+    )
+
+
+DEPT = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
+HISTORY = [
+    {"topic": "appeal.received", "occurred_at": "2026-11-23T02:00:00+00:00"},
+    {"topic": "appeal.classified", "occurred_at": "2026-11-23T02:00:01+00:00", "confidence": 0.9},
+    {
+        "topic": "ticket.assigned",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "occurred_at": "2026-11-23T02:00:02+00:00",
+    },
+    {"topic": "ticket.updated", "action": "accepted", "occurred_at": "2026-11-23T02:05:00+00:00"},
+    {"topic": "ticket.updated", "action": "overdue", "occurred_at": "2026-11-24T02:05:00+00:00"},
+]
+
+
+def test_a_tickets_progress_is_its_status_department_and_last_step_in_words():
+    p = progress_of(_ticket(Status.ACCEPTED, department=DEPT), HISTORY, TZ)
+    # "overdue" is internal: the last step a resident is told is the department's acceptance.
+    assert p == TicketProgress(
+        "20261123-000001", "办理中", "区城市管理委员会", "11月23日10:05 承办单位已签收，正在办理"
+    )
+    fresh = progress_of(_ticket(Status.RECEIVED), HISTORY[:1], TZ)
+    assert (fresh.status, fresh.department, fresh.last_step) == (
+        "已受理",
+        "正在分派",
+        "11月23日10:00 诉求已受理",
+    )
+    # At the dispatch desk the department a classifier guessed is not yet the one handling it.
+    review = progress_of(_ticket(Status.REVIEW, department=DEPT), HISTORY[:2], TZ)
+    assert (review.status, review.department) == ("待人工派单", "正在分派")
+    assigned = progress_of(_ticket(Status.ASSIGNED, department=DEPT), HISTORY[:3], TZ)
+    assert assigned.last_step == "11月23日10:00 已转交承办单位"  # the department is on the line already
+
+
+def test_the_answer_lists_the_tickets_without_personal_data():
+    mine = [
+        progress_of(_ticket(Status.ACCEPTED, department=DEPT), HISTORY, TZ),
+        TicketProgress("20261122-000007", "已派单", "区市政市容委", ""),
+    ]
+    text = reply_text(Query(), mine)
+    assert text.splitlines()[0] == "您近期的工单："
+    assert "1. 工单号20261123-000001，办理中，承办单位：区城市管理委员会，最新进展：11月23日10:05" in text
+    assert "2. 工单号20261122-000007，已派单，承办单位：区市政市容委。" in text
+    assert text.endswith("发送工单号可查询某一件工单。")
+    for private in ("张三", "阳光花园", "5678", "138"):
+        assert private not in text
+    more = reply_text(Query(), mine[:1] * LISTED, more=2)
+    assert more.endswith("另有2件工单未列出，可发送工单号逐件查询。")
+
+
+def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():
+    one = progress_of(_ticket(Status.CLOSED, department=DEPT), HISTORY, TZ)
+    assert reply_text(Query("20261123-000001"), [one]).startswith("您的工单：工单号20261123-000001，已关闭")
+    # The caller of the answer passes no ticket for another's number and for a missing one alike.
+    missing = reply_text(Query("20261123-000009"), [])
+    assert missing.startswith("未找到该用户的工单20261123-000009。")
+    assert reply_text(Query("20261123-000001"), []) == missing.replace("000009", "000001")
+    assert reply_text(Query(), []).startswith("未找到您近期的工单。已关闭的工单请发送工单号查询")
+
+
+def test_the_sms_answer_is_a_template_a_city_may_edit(tmp_path: Path):
+    texts = load_texts()
+    assert texts.render("progress_reply", progress="您近期的工单：…") == "【12345】您近期的工单：…"
+    raw = yaml.safe_load(DEFAULT_FILE.read_text(encoding="utf-8"))
+    # A city's own file from before the query: the shipped text is used.
+    del raw["templates"]["progress_reply"]
+    own = tmp_path / "notifications.yaml"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert load_texts(own).render("progress_reply", progress="X") == "【12345】X"
+    # One that leaves the answer out would send residents nothing they asked for.
+    raw["templates"]["progress_reply"] = "{signature}请拨打12345查询"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(
+        NotificationsError, match=r"template 'progress_reply' must show the answer \{progress\}"
+    ):
+        load_texts(own)

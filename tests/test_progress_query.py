@@ -1,0 +1,200 @@
+"""Residents asking for their appeals' progress where they raised them, through the running system:
+查询 on WeChat (the passive reply) and by SMS (an SMS back through the outbox), another's number
+answered as a missing one, no ticket registered for a query, and a survey's "1" still its answer."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from services.intake import keys
+from services.intake.domain import wechat_caller_id
+from services.intake.errors import RateLimited
+from services.intake.limits import RateLimiter
+from services.intake.progress import Query
+from services.intake.queries import ProgressQueries
+from services.router.workflow import STATUS_NAMES
+from shared.events import Caller
+from shared.privacy import caller_id
+from shared.store import TicketStore, ticket_key
+from shared.tickets import Status, Ticket
+from tests.conftest import as_sms_gateway
+from tests.test_intake_wechat import URL, openid, reply_of, seq, signed, text
+from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
+INBOUND = "/api/v1/sms/inbound"
+
+
+def new_phone() -> str:
+    return "135" + "".join(random.choices("0123456789", k=8))
+
+
+async def wechat(api: httpx.AsyncClient, user: str, content: str) -> str:
+    r = await api.post(
+        URL, params=signed(), content=text(user, content), headers={"content-type": "text/xml"}
+    )
+    assert r.status_code == 200, r.text
+    return reply_of(r)["Content"]
+
+
+async def routed(api: httpx.AsyncClient, no: str) -> dict:
+    """The ticket once the router has it (assigned, or waiting at the desk): its status stays."""
+    return await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review"))
+
+
+def line_of(ticket: dict) -> str:
+    """How the answer names a ticket: number, status and department in words."""
+    held = ticket["department"] and ticket["status"] != "review"
+    department = ticket["department"]["name"] if held else "正在分派"
+    return f"工单号{ticket['ticket_no']}，{STATUS_NAMES[ticket['status']]}，承办单位：{department}"
+
+
+async def test_wechat_user_asks_and_gets_their_two_tickets_and_nobody_elses(api, redis):
+    me, other = openid(), openid()
+    mine = []
+    for content in (
+        "幸福里小区5号楼电梯坏了三天了，老人上下楼很困难，请尽快维修",
+        "和平路十字路口的红绿灯不亮了，车辆很乱，很危险",
+    ):
+        reply = await wechat(api, me, content)
+        mine.append(reply.split("工单号：")[1][:15])
+    theirs = (await wechat(api, other, "翠竹苑东门外人行道井盖破损下陷，行人容易绊倒")).split("工单号：")[1][
+        :15
+    ]
+    tickets = [await routed(api, no) for no in mine]
+
+    before = await seq(redis)
+    answer = await wechat(api, me, "查询")
+    assert answer.startswith("您近期的工单：")
+    for t in tickets:
+        assert line_of(t) in answer
+    assert answer.index(mine[1]) < answer.index(mine[0])  # the most recent first
+    assert theirs not in answer
+    # One of mine by its number, typed as on a phone: that one alone.
+    one = await wechat(api, me, f"查进度 {mine[0].replace('-', '')}")
+    assert one.startswith("您的工单：" + line_of(tickets[0]))
+    assert mine[1] not in one
+    # Another user's number reads exactly as a number nobody has.
+    nobodys = theirs[:9] + "999999"
+    guessed, missing = await wechat(api, me, theirs), await wechat(api, me, nobodys)
+    assert guessed.startswith(f"未找到该用户的工单{theirs}。")
+    assert guessed.replace(theirs, "N") == missing.replace(nobodys, "N")
+    assert "工单号：" not in answer + one + guessed  # nothing was registered…
+    assert await seq(redis) == before  # …nor numbered
+    cid = wechat_caller_id(me)
+    assert sorted(m.decode() for m in await redis.smembers(keys.caller_index(cid))) == sorted(mine)
+
+
+async def test_wechat_user_without_tickets_is_told_so_and_how_to_raise_one(api, redis):
+    before = await seq(redis)
+    answer = await wechat(api, openid(), "办理进度？")
+    assert answer.startswith("未找到您近期的工单。")
+    assert "请直接发送文字描述" in answer
+    assert await seq(redis) == before
+
+
+async def test_sms_query_is_answered_by_sms_and_registers_nothing(api, redis):
+    phone = new_phone()
+    gateway = await as_sms_gateway(redis)
+    r = await api.post(
+        INBOUND, json={"phone": phone, "text": "幸福路公交站的站牌被撞坏了，请派人修一下"}, headers=gateway
+    )
+    assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+    ticket = await routed(api, no)
+
+    before = await seq(redis)
+    r = await api.post(INBOUND, json={"phone": phone, "text": "查询。"}, headers=gateway)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"kind": "query", "tickets": [no], "sms": "sent"}
+    (sms,) = await outbox_for(redis, phone, "query")
+    assert sms["text"].startswith("【12345】您近期的工单：")
+    assert line_of(ticket) in sms["text"]
+    assert phone not in sms["text"]
+    assert await seq(redis) == before
+    # Another phone's ticket by its number: not found, by SMS too.
+    stranger = await submit(api, new_phone(), text=LIGHT)
+    r = await api.post(INBOUND, json={"phone": phone, "text": stranger}, headers=gateway)
+    assert r.json() == {"kind": "query", "tickets": [], "sms": "sent"}
+    texts = [m["text"] for m in await outbox_for(redis, phone, "query")]
+    assert texts[0].startswith(f"【12345】未找到该用户的工单{stranger}。请核对工单号")
+    assert "您近期的工单：" in texts[1]
+    assert await seq(redis) == before + 1  # the stranger's appeal, nothing more
+
+
+async def test_a_pending_survey_still_takes_its_1_and_a_query_beside_it(api, redis):
+    phone = new_phone()
+    gateway = await as_sms_gateway(redis)
+    no = await submit(api, phone, address="阳光花园3号楼")
+    await resolve_when_assigned(api, redis, no)
+    surveyed = await ticket_when(api, no, lambda t: t["status"] == "surveyed")
+    # Asking how it stands while the survey waits: an answer, not an unreadable rating.
+    r = await api.post(INBOUND, json={"phone": phone, "text": "进度"}, headers=gateway)
+    assert r.json()["kind"] == "query"
+    (sms,) = await outbox_for(redis, phone, "query")
+    assert line_of(surveyed) in sms["text"]
+    assert await outbox_for(redis, phone, "clarification") == []
+    r = await api.post(INBOUND, json={"phone": phone, "text": "1"}, headers=gateway)
+    assert r.json() == {"kind": "survey_answer", "ticket_no": no, "rating": 1, "solved": True}
+    closed = await ticket_when(api, no, lambda t: t["status"] == "closed")
+    assert closed["rating"] == 1
+    # Closed, it left the caller's index; its number still finds it while Redis keeps it.
+    await api.post(INBOUND, json={"phone": phone, "text": f"查询{no}"}, headers=gateway)
+    latest = (await outbox_for(redis, phone, "query"))[0]["text"]
+    assert latest.startswith(f"【12345】您的工单：工单号{no}，已关闭")
+
+
+async def test_queries_have_the_callers_hourly_limit_apart_from_appeals(redis):
+    limiter = RateLimiter(redis, per_caller_per_hour=2, per_ip_per_minute=0)
+    queries = ProgressQueries(TicketStore(redis), limiter, timezone="Asia/Shanghai")
+    cid = caller_id(new_phone())
+    for _ in range(2):
+        await queries.answer(cid, Query())
+    with pytest.raises(RateLimited) as e:
+        await queries.answer(cid, Query())
+    assert "查询过于频繁" in e.value.message
+    assert await limiter.callers_over([cid]) == {}  # their next appeal is not refused for it
+
+
+async def test_a_query_loop_by_sms_stops_at_the_hourly_limit(api, redis):
+    phone = new_phone()
+    gateway = await as_sms_gateway(redis)
+    codes = [
+        (await api.post(INBOUND, json={"phone": phone, "text": "查询"}, headers=gateway)).status_code
+        for _ in range(31)
+    ]
+    assert codes == [200] * 30 + [429]  # the default limit: 30 per caller per hour
+    assert len(await outbox_for(redis, phone, "query")) == 30
+
+
+async def test_an_erased_ticket_is_nobodys_and_leaves_the_index(redis):
+    """Erasure's notice may never reach intake (a broker lost after the relay sent it): the
+    ticket's own mark is read, as the duplicate preview does."""
+    store = TicketStore(redis)
+    cid = caller_id(new_phone())
+    day = f"2000010{random.randint(1, 9)}"
+    kept, erased = (f"{day}-{random.randint(100000, 999999)}" for _ in range(2))
+    for no, removed in ((kept, None), (erased, datetime.now(UTC))):
+        ticket = Ticket(
+            ticket_no=no,
+            status=Status.ASSIGNED,
+            channel="sms",
+            text="幸福路公交站的站牌被撞坏了，请派人修一下",
+            caller=Caller(caller_id=cid),
+            received_at=datetime.now(UTC),
+            personal_data_removed_at=removed,
+        )
+        await redis.set(ticket_key(no), ticket.model_dump_json())
+        await redis.sadd(keys.caller_index(cid), no)
+    queries = ProgressQueries(store, None, timezone="Asia/Shanghai")
+    answer = await queries.answer(cid, Query())
+    assert answer.ticket_nos == (kept,)
+    assert erased not in answer.text
+    assert [m.decode() for m in await redis.smembers(keys.caller_index(cid))] == [kept]
+    by_number = await queries.answer(cid, Query(erased))
+    assert by_number.ticket_nos == ()
+    assert by_number.text.startswith(f"未找到该用户的工单{erased}。")

@@ -96,6 +96,14 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         key = record.get("action") or record.get("topic", "")
         if key == "ticket.assigned" and record.get("via") == "dispatch_desk":
             steps.append({"at": present.local(record.get("occurred_at"), tz), "text": "正在人工分派承办单位"})
+        elif key == "verified":  # 现场核查: the outcome, not the worker's words (they are for staff)
+            solved = (record.get("verification") or {}).get("solved")
+            text = (
+                "网格员已现场核查，问题已解决"
+                if solved
+                else "网格员现场核查发现问题未解决，已退回承办单位重新办理"
+            )
+            steps.append({"at": present.local(record.get("occurred_at"), tz), "text": text})
         elif key in _SHOWN:
             dept = (record.get("department") or {}).get("name", "") if key == "ticket.assigned" else ""
             steps.append(

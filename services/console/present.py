@@ -28,6 +28,7 @@ ACTION_NAMES = {
     "overdue": "超期督办",
     "escalated": "升级督办",
     "urged": "来电催办",
+    "verified": "现场核查",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -149,6 +150,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         urges = (record.get("urge") or {}).get("urges")
         count = f"第{urges}次，" if urges else ""
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
+    if topic == "ticket.updated" and record.get("action") == "verified":
+        return verification_words(record)
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
@@ -168,6 +171,17 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def verification_words(record: Mapping[str, Any]) -> str:
+    """网格员W017现场核查：已解决（路灯已亮） / 网格员W017现场核查未解决：…，退回…重新办理."""
+    who = f"网格员{record.get('actor', '')}"
+    note, photos = record.get("note") or "", photo_count(record)
+    if (record.get("verification") or {}).get("solved"):
+        said = "，".join(w for w in (note, photos) if w)
+        return f"{who}现场核查：已解决" + (f"（{said}）" if said else "")
+    dept = (record.get("department") or {}).get("name") or "承办单位"
+    return f"{who}现场核查未解决：{note}" + (f"（{photos}）" if photos else "") + f"，退回{dept}重新办理"
 
 
 def photo_count(record: Mapping[str, Any]) -> str:

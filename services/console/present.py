@@ -87,6 +87,9 @@ DONE = {
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
+    # The grid worker's 现场核查 (the page then shows the ticket with the check's outcome).
+    "verified": "核查结果已记录：{verification}。",
+    "verified_back": "已退回{department}重新办理，承办单位将看到您写的现场情况和照片。",
 }
 
 
@@ -171,6 +174,15 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def verified_line(ticket: Mapping[str, Any], tz: ZoneInfo) -> str:
+    """The ticket's check on the spot in one line: 已解决（网格员W017，2026-11-24 10:00）; "" before one."""
+    outcome = {"solved": "已解决", "not_solved": "未解决，已退回重办"}.get(ticket.get("verification") or "")
+    if not outcome:
+        return ""
+    who = f"网格员{ticket.get('verified_by') or ''}"
+    return f"{outcome}（{who}，{local(ticket.get('verified_at'), tz)}）"
 
 
 def verification_words(record: Mapping[str, Any]) -> str:

@@ -230,6 +230,7 @@ TicketAction = Literal[
     "overdue",
     "escalated",
     "urged",
+    "verified",
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -302,6 +303,19 @@ class Urge(_Frozen):
     urges: int  # how often the ticket has been urged now, this time included
 
 
+class Verification(_Frozen):
+    """`verified` (现场核查): the grid worker of the ticket's grid went to look at what the
+    department reported resolved. What the worker saw is the event's `note`, the photos taken there
+    its `photos`, the worker (工号) its `actor`. Confirmed: the status stays. Not solved: the ticket
+    goes back to the department that resolved it (重办, the event's status `assigned`), with the
+    category's time again from the check."""
+
+    solved: bool
+    reopens: int = 0  # not solved: how often the ticket has been reopened, this time included
+    respond_by: datetime | None = None  # not solved: the deadlines the department has again
+    resolve_by: datetime | None = None
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -317,6 +331,7 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "overdue": ("supervision",),
     "escalated": ("supervision", "meeting"),
     "urged": ("urge",),
+    "verified": ("verification",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
@@ -333,10 +348,15 @@ class TicketUpdated(Event):
     version: int = 2  # 2: typed payloads and the ticket's facts instead of a free `data` dict
     action: TicketAction
     status: str  # the status after the transition (a shared.tickets.Status value)
-    actor: str  # department id, "resident", "system" or an operator id (urged: who took the call)
+    # department id, "resident", "system", an operator id (urged: who took the call) or a grid
+    # worker's id (verified: who checked on the spot)
+    actor: str
     department: DepartmentRef | None = None
-    note: str = ""  # resolved: the resolution note; returned, reopened: the words given; urged: the call
-    photos: tuple[str, ...] = ()  # resolved: the department's photos of the result (处置照片)
+    # resolved: the resolution note; returned, reopened: the words given; urged: the call; verified:
+    # what the grid worker saw
+    note: str = ""
+    # resolved: the department's photos of the result (处置照片); verified: the grid worker's
+    photos: tuple[str, ...] = ()
     caller_id: str | None = None  # the caller's salted hash (None: anonymous)
     category: str | None = None
     grid: str | None = None
@@ -349,6 +369,7 @@ class TicketUpdated(Event):
     survey_id: str | None = None  # surveyed: the survey that went out
     answer: Answer | None = None
     urge: Urge | None = None
+    verification: Verification | None = None
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:

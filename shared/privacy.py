@@ -121,9 +121,12 @@ def is_mobile(phone: str) -> bool:
 # a return reason's name, a stage's name) is no one's words and stays too.
 REMOVED = "[已删除]"
 # Top-level free text: the appeal's (text, title, address), the resident's (a survey answer's text),
-# staff's (a transition's note, a ticket's resolution note, an assignment's or a meeting's
-# explanation, an operator's answer on the call).
-_FREE_TEXT = ("text", "title", "address", "note", "resolution_note", "explanation", "direct_answer")
+# staff's (a transition's note, a ticket's resolution note, a grid worker's note of what was seen on
+# the spot, an assignment's or a meeting's explanation, an operator's answer on the call).
+_FREE_TEXT = (
+    "text", "title", "address", "note", "resolution_note", "verification_note", "explanation",
+    "direct_answer",
+)  # fmt: skip
 # Free text inside a payload: the payload's field, then its free-text fields. `grid.evidence` is
 # what located the appeal (the coordinates, or the road and house number); `data` is the free
 # payload `ticket.updated` carried before version 2 (a return's disputed rule was in it).
@@ -137,7 +140,7 @@ _NESTED_TEXT = {
 _CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": None, "caller_id": None}
 # Photos show the place, often the home, sometimes the resident: the erasure deletes the files
 # (shared.photo_store) and the ids go from the events and the ticket.
-_PHOTOS = ("photos", "resolution_photos")
+_PHOTOS = ("photos", "resolution_photos", "verification_photos")
 
 
 def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:

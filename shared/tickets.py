@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -93,6 +94,19 @@ class Ticket(BaseModel):
     resolved_at: datetime | None = None
     resolution_note: str = ""
     resolution_photos: tuple[str, ...] = ()  # the department's photos of the result
+    # The id of the last resolution's `resolved` event, which is also its survey's id (the
+    # notifier names the survey after the resolution it asks about).
+    resolution_id: str | None = None
+    # 现场核查: the grid worker's check of the last resolution (cleared when the department resolves
+    # again: each resolution is checked once). "not_solved" sent the ticket back (重办).
+    verified_at: datetime | None = None
+    verified_by: str | None = None  # the grid worker's id (工号)
+    verification: Literal["solved", "not_solved"] | None = None
+    verification_note: str = ""  # what the worker saw
+    verification_photos: tuple[str, ...] = ()  # the worker's photos from the spot
+    # Surveys of resolutions a grid worker found not solved: the resident may still answer them,
+    # but the answer neither closes nor reopens the ticket (it has gone back to the department).
+    void_surveys: tuple[str, ...] = ()
     returns: int = 0
     reopens: int = 0
     urges: int = 0  # 催办: how often the resident called again about it while it was open

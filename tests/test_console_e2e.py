@@ -550,6 +550,142 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         await context.close()
 
 
+async def resolved_in_grid(system: System, redis, worker: str, text: str) -> dict:
+    """A grid worker's report that a resident left a phone for, held by a department (the desk
+    dispatches it, or a meeting names the lead, where routing did not) and resolved by it; the
+    ticket once its survey went out."""
+    async with httpx.AsyncClient(
+        base_url=system.base_url, timeout=30, headers={"Authorization": f"Bearer {worker}"}
+    ) as as_worker:
+        r = await as_worker.post("/api/v1/appeals", json={"text": text, "caller_phone": new_phone()})
+        assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+    async with await admin_api(system, redis) as client:
+        t = await ticket_when(client, no, lambda t: t["status"] in ("assigned", "review", "meeting"))
+        if t["status"] == "review":
+            r = await client.post(f"/api/v1/dispatch/{no}/assign", json={"department": "urban_mgmt"})
+            assert r.status_code == 200, r.text
+        elif t["status"] == "meeting":
+            meeting = await eventually(lambda: meeting_of(client, t["meeting_id"]), timeout=60)
+            lead = meeting["summoned"][0]["id"]
+            r = await client.post(f"/api/v1/meetings/{t['meeting_id']}/decide", json={"lead": lead})
+            assert r.status_code == 200, r.text
+        t = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        token = await issue_token(redis, "department", t["department"]["id"])
+        r = await client.post(
+            f"/api/v1/tickets/{no}/resolve",
+            json={"note": "已派人处理完毕"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+        return await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+
+
+async def meeting_of(client: httpx.AsyncClient, mid: str) -> dict | None:
+    r = await client.get(f"/api/v1/meetings/{mid}")
+    return r.json() if r.status_code == 200 else None
+
+
+async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
+    browser: Browser, redis, system: System
+):
+    """现场核查: the patrol page lists the grid's resolutions to check; on a phone the worker sends one
+    back as not solved (asked to confirm; a missing note refused beside the field), and confirms
+    another with a photo without the script."""
+    token = await issue_token(redis, "grid_worker", operator="W032", grid="s01c01g02")
+    fixed = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑北门路灯不亮，夜间行人看不清台阶")
+    broken = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑3号楼前人行道地砖大面积松动翘起")
+    phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+    context = await browser.new_context(base_url=system.base_url, locale="zh-CN", **phone)
+    page = await context.new_page()
+    asked: list[str] = []
+
+    async def confirm(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    try:
+        await sign_in(page, token)
+        to_verify = page.locator("#to-verify")
+
+        async def listed() -> bool:  # the record has both, a few seconds behind
+            await page.goto("/console/patrol")
+            links = [to_verify.locator(f"a:text-is('{t['ticket_no']}')") for t in (fixed, broken)]
+            return all([await link.count() == 1 for link in links])
+
+        await eventually(listed, timeout=60)
+        await expect(page.locator("#to-verify-title")).to_contain_text("待核查")
+        await accessible(page)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        await shot(page, "patrol-to-verify")
+
+        # Not solved: a note is required; the choice asks first; the ticket goes back to the department.
+        await to_verify.locator(f"a:text-is('{broken['ticket_no']}')").click()
+        await expect(page.locator("#verify-title")).to_have_text("现场核查")
+        await page.get_by_label("未解决（退回").check()
+        await page.locator("#verify").click()
+        await expect(page.locator("#verify-note-error")).to_contain_text("现场看到的情况")
+        await expect(page.get_by_label("未解决（退回")).to_be_checked()  # the choice kept
+        seen = "地砖仍然松动，3号楼前有两处翘起，雨后积水"
+        await page.locator("#verify-note").fill(seen)
+        await page.locator("#verify-photos").set_input_files([photo((120, 100, 60))])
+        await accessible(page)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        await shot(page, "ticket-verify")
+        await page.locator("#verify").click()
+        dept = broken["department"]["name"]
+        await expect(page.locator("#done")).to_contain_text(f"已退回{dept}重新办理")
+        await expect(page.locator("#status")).to_have_text("已派单")
+        await expect(page.locator("#verification")).to_contain_text("未解决，已退回重办（网格员W032，")
+        await expect(page.locator("#verification")).to_contain_text(seen)
+        await expect(page.locator("ol.history")).to_contain_text(f"网格员W032现场核查未解决：{seen}")
+        await loaded(page, "#verification-photos", 1)
+        await expect(page.locator("#verify")).to_have_count(0)  # nothing more to check here
+        assert len(asked) == 2, asked  # asked both times "not solved" was sent
+        assert all(f"退回{dept}重新办理" in q for q in asked), asked
+        async with await admin_api(system, redis) as client:
+            back = await ticket_when(client, broken["ticket_no"], lambda t: t["status"] == "assigned")
+        assert (back["department"], back["verification_note"], back["reopens"]) == (
+            broken["department"],
+            seen,
+            1,
+        )
+    finally:
+        await context.close()
+
+    # Without the script, on a phone: confirmed, with a photo from the spot.
+    context = await browser.new_context(
+        base_url=system.base_url, locale="zh-CN", java_script_enabled=False, **phone
+    )
+    plain = await context.new_page()
+    try:
+        await sign_in(plain, token)
+        await plain.locator(f"#to-verify a:text-is('{fixed['ticket_no']}')").click()
+        await plain.get_by_label("已解决（核查属实）").check()
+        await plain.locator("#verify-note").fill("路灯已亮，台阶照得清楚")
+        await plain.locator("#verify-photos").set_input_files([photo((200, 200, 90))])
+        await plain.locator("#verify").click()
+        await expect(plain.locator("#done")).to_contain_text("核查结果已记录：已解决（网格员W032，")
+        await expect(plain.locator("#status")).to_have_text("回访中")  # the survey is the resident's
+        await expect(plain.locator("#verification")).to_contain_text("路灯已亮，台阶照得清楚")
+        await expect(plain.locator("ol.history")).to_contain_text(
+            "网格员W032现场核查：已解决（路灯已亮，台阶照得清楚，附照片1张）"
+        )
+        await expect(plain.locator("#verify")).to_have_count(0)
+        assert await plain.evaluate("document.documentElement.scrollWidth") <= 390
+        await shot(plain, "ticket-verified")
+
+        async def gone() -> bool:  # both checked: neither waits on the patrol page any more
+            await plain.goto("/console/patrol")
+            nos = [t["ticket_no"] for t in (fixed, broken)]
+            return all([await plain.locator(f"#to-verify a:text-is('{no}')").count() == 0 for no in nos])
+
+        await eventually(gone, timeout=60)
+    finally:
+        await context.close()
+
+
 # --- the dispatch desk -------------------------------------------------------------------------
 
 

@@ -391,3 +391,30 @@ def test_a_departments_queue_pages_keep_its_filters():
     assert "共 120 件，按办理时限排序，第 2/3 页" in html
     assert 'href="/console/department?grid=s01c01g02&amp;overdue=1&amp;page=1" rel="prev"' in html
     assert 'href="/console/department?grid=s01c01g02&amp;overdue=1&amp;page=3" rel="next"' in html
+
+
+def test_a_check_on_the_spot_in_words_for_staff_and_for_the_resident(city):
+    """现场核查: staff read who checked, what was seen and where it went; the resident the outcome
+    alone (the worker's words are for staff)."""
+    base = {"topic": "ticket.updated", "action": "verified", "actor": "W017", "occurred_at": NOW.isoformat()}
+    dept = {"id": "urban_mgmt", "name": "区城市管理委员会"}
+    solved = {**base, "verification": {"solved": True}, "note": "", "department": dept}
+    assert present.describe(solved, city) == "网格员W017现场核查：已解决"
+    unsolved = {**solved, "verification": {"solved": False}, "note": "灯还是不亮", "photos": ["a" * 32]}
+    assert present.describe(unsolved, city) == (
+        "网格员W017现场核查未解决：灯还是不亮（附照片1张），退回区城市管理委员会重新办理"
+    )
+    ticket = {"verification": "not_solved", "verified_by": "W017", "verified_at": NOW.isoformat()}
+    assert present.verified_line(ticket, TZ) == "未解决，已退回重办（网格员W017，2026-03-02 16:00）"
+    assert present.verified_line({"verification": None}, TZ) == ""
+    done = Ticket(
+        ticket_no="20260302-000002",
+        status=Status.ASSIGNED,
+        channel="patrol",
+        text="巡查发现路灯不亮",
+        received_at=NOW,
+    )
+    shown = str(public_view(done, [solved, unsolved], city, TZ))
+    assert "网格员已现场核查，问题已解决" in shown
+    assert "网格员现场核查发现问题未解决，已退回承办单位重新办理" in shown
+    assert "灯还是不亮" not in shown

@@ -396,7 +396,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     from services.notifier.scorecard import Scorecard
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
-    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge
+    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge, Verification
 
     day = datetime(2031, 3, 5, 10, tzinfo=UTC)
     depts = [DepartmentRef(id=d.id, name=d.name) for d in system_city.departments[:2]]
@@ -462,6 +462,21 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     occurred_at=day,
                 )
             )
+        if i % 3 == 1:  # 现场核查: counted beside the rates too, a check found not solved apart
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="verified",
+                    status="resolved" if i % 2 else "assigned",
+                    actor="W017",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    note="现场查看",
+                    verification=Verification(solved=bool(i % 2)),
+                    occurred_at=day,
+                )
+            )
         rating = (1, 2, 3, None)[i % 4]
         events.append(
             SurveyAnswered(
@@ -495,6 +510,8 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             sum(r["assigned"] for r in sql) == 12  # 11 departments' first assignments, 1 re-dispatch
             and sum(r["answered"] + r["no_answer"] for r in sql) == 12
             and sum(r["urged"] for r in sql) == 3
+            and sum(r["verified"] for r in sql) == 4  # i = 1, 4, 7, 10
+            and sum(r["verification_failed"] for r in sql) == 2  # the even ones: 4, 10
         )
         return sql if counted and live == sql else None
 

@@ -30,6 +30,7 @@ from shared.events import (
     TicketAssigned,
     TicketUpdated,
     Urge,
+    Verification,
 )
 from shared.privacy import REMOVED, scrub_event
 
@@ -195,6 +196,87 @@ def test_a_reopened_ticket_has_the_deadlines_the_router_gave_it_again():
     kept = fold_ticket([*events, older], STREETS)
     assert kept is not None
     assert kept["resolve_by"] == T0 + timedelta(days=3)
+
+
+def verified(solved: bool, minutes: int, note: str, **kw) -> dict:
+    return dump(
+        TicketUpdated(
+            ticket_no="20261102-000001",
+            action="verified",
+            status="surveyed" if solved else "assigned",  # checked while the survey was out
+            actor="W017",
+            department=DEPT,
+            grid="g-001",
+            note=note,
+            photos=("d" * 32,),
+            verification=Verification(solved=solved, **kw),
+            occurred_at=T0 + timedelta(minutes=minutes),
+        )
+    )
+
+
+def test_a_check_on_the_spot_is_on_the_row_until_the_next_resolution():
+    """现场核查: confirmed, the row says when, by whom, what was seen; not solved, the ticket is
+    back with its department (重办, the new deadlines); a new resolution is checked anew."""
+    events = [e for e in life() if e["topic"] != "survey.answered" and e.get("action") != "closed"]
+    row = fold_ticket([*events, verified(True, 40, "路灯已亮")], STREETS)
+    assert row is not None
+    assert (row["status"], row["reopens"], row["resolved_at"]) == ("surveyed", 0, T0 + timedelta(minutes=30))
+    assert (row["verified_at"], row["verified_by"], row["verification"]) == (
+        T0 + timedelta(minutes=40),
+        "W017",
+        "solved",
+    )
+    assert (row["verification_note"], row["verification_photos"]) == ("路灯已亮", ["d" * 32])
+    when = T0 + timedelta(days=1)
+    back = verified(
+        False,
+        24 * 60,
+        "灯还是不亮",
+        reopens=1,
+        respond_by=when + timedelta(hours=2),
+        resolve_by=when + timedelta(days=3),
+    )
+    row = fold_ticket([*events, back], STREETS)
+    assert row is not None
+    assert (row["status"], row["reopens"], row["verification"]) == ("assigned", 1, "not_solved")
+    assert (row["accepted_at"], row["resolved_at"]) == (None, None)
+    assert (row["respond_by"], row["resolve_by"]) == (when + timedelta(hours=2), when + timedelta(days=3))
+    assert row["resolution_note"] == "已更换灯泡"  # what was found wanting, as after a reopen
+    resolved_again = TicketUpdated(
+        ticket_no="20261102-000001",
+        action="resolved",
+        status="resolved",
+        actor=DEPT.id,
+        department=DEPT,
+        note="更换了灯杆",
+        on_time=True,
+        occurred_at=when + timedelta(hours=5),
+    )
+    row = fold_ticket([*events, back, dump(resolved_again)], STREETS)
+    assert row is not None
+    assert (row["status"], row["resolution_note"]) == ("resolved", "更换了灯杆")
+    assert (row["verified_at"], row["verification"], row["verification_note"]) == (None, None, "")
+    assert row["verification_photos"] == []
+    # Folding onto a stored row gives the same as folding everything.
+    everything = [*events, back, dump(resolved_again)]
+    for cut in range(1, len(everything)):
+        start = fold_ticket(everything[:cut], STREETS)
+        assert fold_ticket(everything[cut:], STREETS, start=start) == fold_ticket(everything, STREETS)
+
+
+def test_the_list_of_resolutions_to_check_leaves_out_those_closed_at_first_contact():
+    search = build(
+        {"status": "resolved,surveyed", "verified": "false"}, tz=TZ, department_scope=None, grid_scope="g"
+    )
+    assert search.where == (
+        "grid = %s AND status = ANY(%s) AND verified_at IS NULL "
+        "AND NOT (coalesce(assigned_via, '') = ANY(%s) AND reopens = 0)"
+    )
+    assert search.params == ["g", ["resolved", "surveyed"], ["answered", "on_spot"]]
+    assert build({"verified": "true"}, tz=TZ, department_scope=None).where == "verified_at IS NOT NULL"
+    assert build({"verified": ""}, tz=TZ, department_scope=None).where == "TRUE"
+    assert invalid_field({"verified": "maybe"}) == "verified"
 
 
 def test_order_of_arrival_and_replays_change_nothing():

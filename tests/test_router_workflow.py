@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from services.console import present
 from services.router import timers, workflow
 from services.router.rules import answered_on_call, handled_on_spot
 from services.router.sla import deadlines
@@ -109,6 +110,7 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "dispatch": lambda t: workflow.dispatch(t, "water", None, "", "dispatch_desk", CITY, TZ, T0),
     "redispatch": lambda t: workflow.redispatch(t, "water", "属地有误，应由水务局处理", CITY, TZ, T0),
     "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
+    "verify": lambda t: workflow.verify(t, "W017", "s01c01g01", False, "路灯仍不亮", CITY, TZ, T0),
 }
 
 
@@ -189,6 +191,184 @@ def test_a_finished_ticket_is_not_urged_and_the_operator_is_told_what_to_do(stat
     assert e.value.kind == "conflict"  # 409
     assert f"当前状态为“{STATUS_NAMES[status]}”，不能催办" in e.value.message
     assert "登记新的诉求" in e.value.message
+
+
+# --- the grid worker's check on the spot (现场核查) -------------------------------------------------
+
+GRID = "s01c01g01"  # assigned_ticket's grid
+
+
+def test_a_check_on_the_spot_starts_from_a_resolution_and_may_send_the_ticket_back():
+    move = ALLOWED_STATUS_CHANGES["verify"]
+    assert move.sources == {st.RESOLVED, st.SURVEYED}
+    assert move.targets == {st.RESOLVED, st.SURVEYED, st.ASSIGNED}
+
+
+@pytest.mark.parametrize("surveyed", [False, True])
+def test_a_grid_worker_confirms_a_resolution_once(surveyed: bool):
+    t = resolved(assigned_ticket(CITY))
+    if surveyed:
+        t = workflow.survey_sent(t, sent(t)).ticket
+    status, photo = t.status, "c" * 32
+    later = T0 + timedelta(days=1)
+    out = workflow.verify(t, "W017", GRID, True, "  路灯已亮，灯罩已更换 ", CITY, TZ, later, photos=(photo,))
+    n, [event] = out.ticket, out.publish
+    assert (n.status, n.department, n.reopens, n.resolve_by) == (status, t.department, 0, t.resolve_by)
+    assert (n.verified_at, n.verified_by, n.verification) == (later, "W017", "solved")
+    assert (n.verification_note, n.verification_photos) == ("路灯已亮，灯罩已更换", (photo,))
+    assert (event.action, event.status, event.actor, event.department.id) == (
+        "verified",
+        status,
+        "W017",
+        "urban_mgmt",
+    )
+    assert event.verification is not None
+    assert event.verification.solved
+    assert (event.note, event.photos, event.grid) == ("路灯已亮，灯罩已更换", (photo,), GRID)
+    assert present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY) == (
+        "网格员W017现场核查：已解决（路灯已亮，灯罩已更换，附照片1张）"
+    )
+    # Once per resolution: the second check is refused and says who checked it, and when.
+    with pytest.raises(WorkflowError) as e:
+        workflow.verify(n, "W018", GRID, True, "", CITY, TZ, later)
+    assert (e.value.code, e.value.kind) == ("already_verified", "conflict")
+    assert "网格员W017" in e.value.message
+    assert "11月24日10:00" in e.value.message
+    with pytest.raises(WorkflowError, match="无需重复核查"):
+        workflow.verify(n, "W017", GRID, False, "又坏了", CITY, TZ, later)
+    # The resident still has the last word: unsatisfied reopens it; the next resolution is checked anew.
+    reopened = workflow.record_rating(
+        n, answer(n, n.resolution_id, 3, text="灯还是一闪一闪"), city=CITY, tz=TZ
+    ).ticket
+    assert (reopened.status, reopened.verification) == (st.ASSIGNED, "solved")  # shown until resolved again
+    again = resolved(reopened)
+    assert (again.verified_at, again.verification, again.verification_photos) == (None, None, ())
+    assert workflow.verify(again, "W017", GRID, True, "", CITY, TZ, later).ticket.verification == "solved"
+
+
+def test_not_solved_goes_back_to_the_department_that_resolved_it_with_the_worker_s_note():
+    t = resolved(assigned_ticket(CITY))
+    later = T0 + timedelta(days=2)
+    fresh = deadlines(CITY, t.category, t.urgent, later, TZ)
+    out = workflow.verify(t, "W017", GRID, False, "灯还是不亮，灯杆有漏电", CITY, TZ, later)
+    n, [event] = out.ticket, out.publish
+    assert (n.status, n.department.id, n.reopens) == (st.ASSIGNED, "urban_mgmt", 1)
+    assert (n.assigned_at, n.respond_by, n.resolve_by) == (later, fresh.respond_by, fresh.resolve_by)
+    assert (n.accepted_at, n.resolved_at, n.overdue) == (None, None, False)
+    assert n.resolution_note == "已修复"  # what was found wanting stays in view, as after a reopen
+    assert (n.verification, n.verification_note, n.verified_by) == (
+        "not_solved",
+        "灯还是不亮，灯杆有漏电",
+        "W017",
+    )
+    assert n.void_surveys == (t.resolution_id,)
+    assert (event.action, event.status, event.note) == ("verified", st.ASSIGNED, "灯还是不亮，灯杆有漏电")
+    assert event.verification is not None
+    assert (event.verification.solved, event.verification.reopens) == (False, 1)
+    assert (event.verification.respond_by, event.verification.resolve_by) == (
+        fresh.respond_by,
+        fresh.resolve_by,
+    )
+    assert present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY) == (
+        f"网格员W017现场核查未解决：灯还是不亮，灯杆有漏电，退回{t.department.name}重新办理"
+    )
+    # The department works it again as its own, and the next resolution is checked anew.
+    again = resolved(n, at=later + timedelta(hours=2))
+    assert (again.status, again.verification, again.void_surveys) == (st.RESOLVED, None, n.void_surveys)
+    # A second time not solved: a joint meeting, as a second 不满意.
+    second = workflow.verify(again, "W017", GRID, False, "仍然漏电", CITY, TZ, later + timedelta(days=1))
+    assert (second.ticket.status, second.ticket.reopens) == (st.MEETING, 2)
+    assert [e.action for e in second.publish] == ["verified", "escalated"]
+    assert second.publish[-1].meeting.reason == "reopened_twice"
+    assert "网格员W017现场核查仍未解决：仍然漏电" in second.publish[-1].note
+
+
+def test_a_check_is_refused_in_words_where_it_cannot_be_made():
+    t = resolved(assigned_ticket(CITY))
+    # Another grid's ticket: as if there were none (the API answers 404, as reading it does).
+    for grid in ("s01c01g02", None):
+        with pytest.raises(WorkflowError) as e:
+            workflow.verify(t, "W020", grid, True, "", CITY, TZ, T0)
+        assert (e.value.code, e.value.kind) == ("not_found", "not_found")
+    for note in ("", "   "):
+        with pytest.raises(WorkflowError) as e:
+            workflow.verify(t, "W017", GRID, False, note, CITY, TZ, T0)
+        assert (e.value.kind, e.value.field) == ("invalid", "note")
+        assert "现场看到的情况" in e.value.message
+    for status in (st.ASSIGNED, st.ACCEPTED, st.CLOSED, st.MEETING, st.REVIEW):
+        with pytest.raises(WorkflowError) as e:
+            workflow.verify(_in(status), "W017", GRID, True, "", CITY, TZ, T0)
+        assert e.value.kind == "conflict"
+        assert f"“{STATUS_NAMES[status]}”，不能现场核查" in e.value.message
+    # What the worker dealt with there (or the hotline answered on the call): nothing to go and see.
+    on_spot = t.model_copy(update={"assigned_via": "on_spot"})
+    with pytest.raises(WorkflowError) as e:
+        workflow.verify(on_spot, "W017", GRID, True, "", CITY, TZ, T0)
+    assert (e.value.code, e.value.kind) == ("nothing_to_verify", "conflict")
+    # ...unless it was reopened: the street office's second try is a department's resolution.
+    assert workflow.verify(on_spot.model_copy(update={"reopens": 1}), "W017", GRID, True, "", CITY, TZ, T0)
+
+
+def sent(t: Ticket, survey_id: str | None = None) -> SurveySent:
+    return SurveySent(
+        ticket_no=t.ticket_no,
+        survey_id=survey_id or t.resolution_id or "s",
+        masked_phone="138****0000",
+        message_id="m",
+        text="请回复",
+    )
+
+
+def answer(t: Ticket, survey_id: str | None, rating, outcome="answered", text="1") -> SurveyAnswered:
+    return SurveyAnswered(
+        ticket_no=t.ticket_no,
+        survey_id=survey_id or "s",
+        rating=rating,
+        text=text,
+        outcome=outcome,
+        occurred_at=T0 + timedelta(days=3),
+    )
+
+
+@pytest.mark.parametrize("rating", [1, 3])
+def test_the_resident_s_answer_to_a_survey_the_worker_overtook_changes_nothing(rating):
+    """The survey went out after the resolution; the worker found it not solved first. The
+    resident's later answer (satisfied or not) neither closes nor reopens the ticket again: it is
+    kept in the history; and once the department resolved it again, neither that answer nor the
+    old survey's end without one closes the new resolution, whose own survey does."""
+    t = resolved(assigned_ticket(CITY))
+    first = t.resolution_id
+    assert first is not None
+    t = workflow.survey_sent(t, sent(t)).ticket
+    back = workflow.verify(t, "W017", GRID, False, "灯还是不亮", CITY, TZ, T0 + timedelta(days=1)).ticket
+    late = workflow.record_rating(back, answer(back, first, rating), city=CITY, tz=TZ)
+    assert late is not None
+    assert list(late.publish) == []
+    assert late.ticket.model_dump(exclude={"applied"}) == back.model_dump(exclude={"applied"})
+    assert [e.survey_id for e in late.record] == [first]  # the words stay in the history
+    # Resolved again: a late `survey.sent` of the old survey, its answer or its timeout change nothing.
+    again = resolved(late.ticket, at=T0 + timedelta(days=2))
+    assert again.resolution_id not in (None, first)
+    assert workflow.survey_sent(again, sent(again, first)) is None
+    for old in (answer(again, first, rating), answer(again, first, None, "no_answer", "")):
+        kept = workflow.record_rating(again, old, city=CITY, tz=TZ)
+        assert kept is not None
+        assert (kept.ticket.status, list(kept.publish)) == (st.RESOLVED, [])
+    # The new resolution's own survey decides.
+    asked = workflow.survey_sent(again, sent(again)).ticket
+    closed = workflow.record_rating(asked, answer(asked, again.resolution_id, 1), city=CITY, tz=TZ)
+    assert closed is not None
+    assert (closed.ticket.status, closed.publish[0].action) == (st.CLOSED, "closed")
+
+
+def test_a_resident_who_answered_first_leaves_the_worker_nothing_to_check():
+    t = resolved(assigned_ticket(CITY))
+    reopened = survey(t, 3, 0).ticket  # 不满意: back to the department already
+    with pytest.raises(WorkflowError, match="不能现场核查"):
+        workflow.verify(reopened, "W017", GRID, False, "灯还是不亮", CITY, TZ, T0)
+    closed = survey(t, 1, 1).ticket
+    with pytest.raises(WorkflowError, match="“已关闭”，不能现场核查"):
+        workflow.verify(closed, "W017", GRID, True, "", CITY, TZ, T0)
 
 
 # --- assignment ----------------------------------------------------------------------------------
@@ -547,6 +727,7 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("meeting"), hs.sampled_from(DEPTS[:4])),
     hs.tuples(hs.just("wait"), hs.integers(1, 48)),
     hs.tuples(hs.just("urge"), hs.sampled_from(["0231", "0232"])),
+    hs.tuples(hs.just("verify"), hs.booleans(), hs.sampled_from(["s03c02g03", "s01c01g01"])),
 )
 
 
@@ -576,6 +757,8 @@ def step(t, action, now, n):
             return workflow.meeting_decided(t, t.meeting_id or "", args[0], "", CITY, TZ, now)
         case "urge":
             return workflow.urge(t, args[0], "还是没人来", now)
+        case "verify":
+            return workflow.verify(t, "W017", args[1], args[0], "现场查看", CITY, TZ, now)
 
 
 def check(t, before):
@@ -601,6 +784,9 @@ def check(t, before):
     assert t.urges >= before.urges
     if t.urges > before.urges:  # an urge moves nothing but its count
         assert (t.urges, t.status) == (before.urges + 1, before.status)
+    if t.verified_at is not None:  # a check is of the last resolution, by the grid's worker
+        assert t.verified_by == "W017"
+        assert (t.verification == "solved") == (t.status in (st.RESOLVED, st.SURVEYED, st.CLOSED))
     if before.status == st.CLOSED:
         assert t == before  # nothing moves a closed ticket
 

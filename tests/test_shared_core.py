@@ -845,7 +845,8 @@ def _text_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
 BLANKED = {
     "text", "title", "address", "note", "resolution_note", "explanation", "caller_id", "masked_phone",
     "caller.caller_id", "caller.masked_phone", "grid.evidence", "returned.disputed_rule",
-    "extension.reason", "photos", "resolution_photos", "direct_answer",
+    "extension.reason", "photos", "resolution_photos", "direct_answer", "verification_note",
+    "verification_photos",
 }  # fmt: skip
 # Text that is no one's words: ids, the city's names from its configuration, codes, versions.
 KEPT = {
@@ -857,6 +858,7 @@ KEPT = {
     "rule", "status",
     "summoned.id", "summoned.name", "supervision.stage_name", "supervision.supervisor", "supervision.to",
     "survey_id", "tickets", "top.category", "top_categories.category",
+    "resolution_id", "verified_by", "void_surveys",  # event ids, a grid worker's id (工号)
 }  # fmt: skip
 
 

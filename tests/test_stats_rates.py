@@ -8,7 +8,7 @@ import pytest
 
 from services.notifier import scoring
 from services.notifier.scoring import Weights, fields_for, groups_for, rates
-from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge
+from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge, Verification
 from tests.cities import demo_city
 
 W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
@@ -81,6 +81,20 @@ def test_which_counters_an_event_adds_to():
     assert fields_for(late) == ("responded",)
     urged = TicketUpdated(ticket_no="T", action="urged", status="accepted", actor="0231", urge=Urge(urges=1))
     assert fields_for(urged) == ("urged",)  # 催办件数, in no rate
+    # 现场核查: every check counts, one found not solved counts apart too; neither in a rate.
+    checked = TicketUpdated(
+        ticket_no="T",
+        action="verified",
+        status="resolved",
+        actor="W017",
+        verification=Verification(solved=True),
+    )
+    failed = checked.model_copy(update={"status": "assigned", "verification": Verification(solved=False)})
+    assert fields_for(checked) == ("verified",)
+    assert fields_for(failed) == ("verified", "verification_failed")
+    counts = {"assigned": 4, "responded_on_time": 2, "answered": 2, "solved": 1, "satisfied": 1}
+    with_checks = counts | {"verified": 3, "verification_failed": 2}
+    assert rates(with_checks, W) == rates(counts, W) | {"verified": 3, "verification_failed": 2}
 
     def answer(**kw) -> SurveyAnswered:
         return SurveyAnswered(ticket_no="T", survey_id="s", text="", **{"rating": None} | kw)

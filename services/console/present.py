@@ -28,6 +28,7 @@ ACTION_NAMES = {
     "overdue": "超期督办",
     "escalated": "升级督办",
     "urged": "来电催办",
+    "verified": "现场核查",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -86,6 +87,9 @@ DONE = {
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
+    # The grid worker's 现场核查 (the page then shows the ticket with the check's outcome).
+    "verified": "核查结果已记录：{verification}。",
+    "verified_back": "已退回{department}重新办理，承办单位将看到您写的现场情况和照片。",
 }
 
 
@@ -149,6 +153,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         urges = (record.get("urge") or {}).get("urges")
         count = f"第{urges}次，" if urges else ""
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
+    if topic == "ticket.updated" and record.get("action") == "verified":
+        return verification_words(record)
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
@@ -168,6 +174,26 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def verified_line(ticket: Mapping[str, Any], tz: ZoneInfo) -> str:
+    """The ticket's check on the spot in one line: 已解决（网格员W017，2026-11-24 10:00）; "" before one."""
+    outcome = {"solved": "已解决", "not_solved": "未解决，已退回重办"}.get(ticket.get("verification") or "")
+    if not outcome:
+        return ""
+    who = f"网格员{ticket.get('verified_by') or ''}"
+    return f"{outcome}（{who}，{local(ticket.get('verified_at'), tz)}）"
+
+
+def verification_words(record: Mapping[str, Any]) -> str:
+    """网格员W017现场核查：已解决（路灯已亮） / 网格员W017现场核查未解决：…，退回…重新办理."""
+    who = f"网格员{record.get('actor', '')}"
+    note, photos = record.get("note") or "", photo_count(record)
+    if (record.get("verification") or {}).get("solved"):
+        said = "，".join(w for w in (note, photos) if w)
+        return f"{who}现场核查：已解决" + (f"（{said}）" if said else "")
+    dept = (record.get("department") or {}).get("name") or "承办单位"
+    return f"{who}现场核查未解决：{note}" + (f"（{photos}）" if photos else "") + f"，退回{dept}重新办理"
 
 
 def photo_count(record: Mapping[str, Any]) -> str:

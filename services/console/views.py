@@ -35,6 +35,7 @@ from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
+from services.router.rules import FIRST_CONTACT
 from services.router.workflow import RETURN_REASONS, STATUS_NAMES
 from shared.bodies import Limit
 from shared.city import City
@@ -355,6 +356,7 @@ PATROL_FIELDS = {
     "direct_answer": "现场处置情况",
 }
 PATROL_RECENT = 10  # the grid's latest tickets under the form
+PATROL_TO_VERIFY = 20  # resolutions to check on the spot (待核查), the longest waiting first
 
 
 def report_of(form: FormData) -> dict[str, Any]:
@@ -375,9 +377,20 @@ def report_of(form: FormData) -> dict[str, Any]:
 async def patrol_page(
     request: Request, s: session.Session, status: int = 200, **context: Any
 ) -> HTMLResponse:
-    """The report form, and the latest tickets of the worker's grid (the record, a few seconds
-    behind; without PostgreSQL the form still works and the list says why it is missing)."""
-    reply = await api(request, s).get("/api/v1/tickets", size=PATROL_RECENT)
+    """The report form, the grid's resolutions waiting for the worker's check on the spot (待核查)
+    and its latest tickets (the record, a few seconds behind; without PostgreSQL the form still
+    works and the lists say why they are missing)."""
+    client = api(request, s)
+    reply, pending = await asyncio.gather(
+        client.get("/api/v1/tickets", size=PATROL_RECENT),
+        client.get(
+            "/api/v1/tickets",
+            status="resolved,surveyed",
+            verified="false",
+            sort="updated_at",
+            size=PATROL_TO_VERIFY,
+        ),
+    )
     tz, city = tz_of(request), city_of(request)
     grid = city.grids.get(s.principal.grid or "")
     return page(
@@ -389,6 +402,9 @@ async def patrol_page(
         recent=[list_row(item, tz, city) for item in reply.body["items"]] if reply.ok else None,
         recent_total=reply.body["total"] if reply.ok else 0,
         recent_error="" if reply.ok else reply.message,
+        to_verify=[list_row(item, tz, city) for item in pending.body["items"]] if pending.ok else None,
+        to_verify_total=pending.body["total"] if pending.ok else 0,
+        to_verify_error="" if pending.ok else pending.message,
         **{"values": {}, "errors": {}, "idem": uuid.uuid4().hex, **context},
     )
 
@@ -714,6 +730,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "map": present.grid_map(city, volume),
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
         "departments": present.departments_of(city),  # the desk's 改派 form
+        # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
+        "can_verify": ticket.get("status") in ("resolved", "surveyed")
+        and not ticket.get("verified_at")
+        and not (ticket.get("assigned_via") in FIRST_CONTACT and not ticket.get("reopens")),
+        "verified": present.verified_line(ticket, tz),
     }
 
 
@@ -724,7 +745,7 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
     done = present.DONE.get(request.query_params.get("done") or "", "")
     department = (context["t"].get("department") or {}).get("name", "")
-    done = done.format(no=no, department=department)
+    done = done.format(no=no, department=department, verification=context["verified"])
     return page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
@@ -753,6 +774,47 @@ async def ticket_redispatch(request: Request, no: str, s: session.Session = Depe
         errors=errors,
         values={"redispatch": values},
         kept={},
+        done=None,
+        **context,
+    )
+
+
+# The grid worker's 现场核查 form: its fields and their labels (an error naming no field, e.g. the
+# ticket was closed or checked meanwhile, is shown above the form).
+VERIFY_FIELDS = {"form": "", "solved": "核查结果", "note": "现场情况", "photos": "现场照片"}
+
+
+@router.post("/tickets/{no}/verify")  # before the departments' actions below: a path of its own
+async def ticket_verify(request: Request, no: str, s: session.Session = Depends(as_grid_worker)):
+    """现场核查: the grid worker says whether the resolution holds on the spot, with what was seen and
+    photos; not solved, the ticket goes back to its department (the form asked to confirm)."""
+    form = await checked_form(request, s)
+    values = {"solved": text(form, "solved"), "note": text(form, "note")}
+    client = api(request, s)
+    photos: list[str] = []
+    reply: Reply | None = None
+    if values["solved"] not in ("true", "false"):
+        reply = Reply(422, {"message": "请选择核查结果：已解决或未解决", "field": "solved"})
+    else:  # the photos go up first; a refused one stops the check
+        photos, reply = await client.attach_photos(form)
+    if reply is None:
+        body = {"solved": values["solved"] == "true", "note": values["note"], "photos": photos}
+        reply = await client.post(f"/api/v1/tickets/{no}/verify", body)
+    if reply.ok:
+        done = "verified" if values["solved"] == "true" else "verified_back"
+        return RedirectResponse(f"/console/tickets/{no}?done={done}", status_code=303)
+    context = await ticket_context(request, s, no)
+    if context is None:
+        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return page(
+        request,
+        "ticket.html",
+        status,
+        s=s,
+        errors={"verify": field_errors(reply, VERIFY_FIELDS, "form", form)},
+        values={"verify": values},
+        kept={"verify": photos},
         done=None,
         **context,
     )
@@ -821,6 +883,7 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
         "/console/operator/appeals": limit,
         "/console/patrol/reports": limit,
         "/console/tickets/*/resolve": limit,
+        "/console/tickets/*/verify": limit,
     }
 
 

@@ -143,6 +143,10 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
     key = record.get("action") or record.get("topic", "")
     if key == "ticket.assigned" and record.get("via") == "dispatch_desk":
         return "正在人工分派承办单位"
+    if key == "verified":  # 现场核查: the outcome, not the worker's words (they are for staff)
+        if (record.get("verification") or {}).get("solved"):
+            return "网格员已现场核查，问题已解决"
+        return "网格员现场核查发现问题未解决，已退回承办单位重新办理"
     words = _SHOWN.get(key)
     if words is None:
         return None

@@ -97,7 +97,7 @@ class Handlers:
         await self.notifier.supervise(
             [u for u in updates if u.action in ("overdue", "escalated")], self.scorecard.city
         )
-        await self.scorecard.record([u for u in updates if u.action in ("accepted", "urged")])
+        await self.scorecard.record([u for u in updates if u.action in ("accepted", "urged", "verified")])
         await self.notifier.progress(
             [
                 (

@@ -13,7 +13,9 @@ re-dispatches, 改派, count again, for the new department; the dispatch desk's 
 count); an acceptance on the day it happens; a survey answer on the day it arrives. Surveys closed
 with no answer, and skipped ones (anonymous, opted out), are counted apart and are in no
 denominator; so are urges (催办: a resident calling again about an open ticket), on the day of the
-call, for the department that has the ticket then.
+call, for the department that has the ticket then, and the grid workers' checks of resolutions on
+the spot (现场核查: checked, and found not solved), on the day of the check, for the department whose
+resolution was checked. The resident's survey stays the measure of resolution and satisfaction.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ FIELDS = (
     "answered_directly",  # of the assigned: calls the operator answered on the spot (直接答复)
     "handled_on_spot",  # of the assigned: what grid workers found and dealt with there (现场处置)
     "urged",  # 催办件数: repeat calls about an open ticket, each counted on its day (not in a rate)
+    "verified",  # 核查件数: resolutions a grid worker checked on the spot (现场核查), not in a rate
+    "verification_failed",  # of the verified: found not solved and sent back (核查未解决), not in a rate
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -79,6 +83,8 @@ def fields_for(event: Event) -> tuple[str, ...]:
             return ("responded", "responded_on_time") if event.on_time else ("responded",)
         if event.action == "urged":
             return ("urged",)
+        if event.action == "verified" and event.verification is not None:
+            return ("verified",) if event.verification.solved else ("verified", "verification_failed")
         return ()
     if isinstance(event, SurveyAnswered):
         if event.outcome == "answered" and event.rating is not None:

@@ -41,6 +41,17 @@ TICKET_TOPICS = tuple(t for t in TOPIC_ORDER if not t.startswith("meeting."))
 Row = dict[str, Any]
 
 
+def unverified() -> Row:
+    """The grid worker's check of the last resolution (现场核查), as a row has it before one."""
+    return {
+        "verified_at": None,
+        "verified_by": None,
+        "verification": None,
+        "verification_note": "",
+        "verification_photos": [],
+    }
+
+
 def at(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
@@ -103,6 +114,7 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "returns": 0,
         "reopens": 0,
         "urges": 0,
+        **unverified(),
         "overdue": False,
         "escalated": False,
         "meeting_id": None,
@@ -204,7 +216,10 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         # The photos of the last resolution: a reopened ticket shows what was done before until
         # it is resolved again.
         row.update(
-            resolved_at=when, resolution_note=e.get("note", ""), resolution_photos=list(e.get("photos") or ())
+            resolved_at=when,
+            resolution_note=e.get("note", ""),
+            resolution_photos=list(e.get("photos") or ()),
+            **unverified(),  # a new resolution is checked anew
         )
     elif action == "closed":
         answer = _payload(e, "answer")
@@ -230,6 +245,28 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         for deadline in ("respond_by", "resolve_by"):
             if answer.get(deadline):
                 row[deadline] = at(answer[deadline])
+    elif action == "verified":
+        check = e.get("verification") or {}
+        row.update(
+            verified_at=when,
+            verified_by=e.get("actor"),
+            verification="solved" if check.get("solved") else "not_solved",
+            verification_note=e.get("note", ""),
+            verification_photos=list(e.get("photos") or ()),
+        )
+        if not check.get("solved"):  # back to the department, as a reopen (重办)
+            row.update(
+                reopens=check.get("reopens") or row["reopens"] + 1,
+                accepted_at=None,
+                accepted_on_time=None,
+                resolved_at=None,
+                closed_at=None,
+                overdue=False,
+                escalated=False,
+            )
+            for deadline in ("respond_by", "resolve_by"):
+                if check.get(deadline):
+                    row[deadline] = at(check[deadline])
     elif action == "urged":
         row["urges"] += 1  # counted, like returns: the fold of the events gives the number
     elif action == "overdue":

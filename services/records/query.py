@@ -14,6 +14,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.router.rules import FIRST_CONTACT
 from shared.errors import DomainError
 from shared.tickets import Status
 
@@ -125,6 +126,15 @@ def build(
     for name in ("urgent", "overdue"):
         if (flag := _flag(name, raw.get(name))) is not None:
             add(f"{name} = %s", flag)
+    if (flag := _flag("verified", raw.get("verified"))) is True:
+        add("verified_at IS NOT NULL")
+    elif flag is False:
+        # Not checked on the spot since its last resolution (现场核查), where there is something to
+        # check: not those closed at first contact and never reopened (`workflow.needs_no_check`).
+        add(
+            "verified_at IS NULL AND NOT (coalesce(assigned_via, '') = ANY(%s) AND reopens = 0)",
+            sorted(FIRST_CONTACT),
+        )
     start = _day("from", raw.get("from"), tz, end=False)
     end = _day("to", raw.get("to"), tz, end=True)
     if start and end and start >= end:

@@ -41,6 +41,9 @@ COUNTERS = {
     "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
     "handled_on_spot": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'on_spot'",
     "urged": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'urged'",
+    "verified": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'verified'",
+    "verification_failed": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'verified' "
+    "AND NOT coalesce((e.payload->'verification'->>'solved')::boolean, false)",
 }
 
 

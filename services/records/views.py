@@ -1,7 +1,7 @@
 """Search and export over the record (PostgreSQL), and tickets that have left Redis.
 
     GET /api/v1/tickets?status=&department=&category=&street=&community=&grid=&channel=&urgent=
-                       &overdue=&from=&to=&q=&sort=&page=&size=
+                       &overdue=&verified=&from=&to=&q=&sort=&page=&size=
     GET /api/v1/tickets/export?format=csv|xlsx&<the same filters>
 
 The same access rule as reading one ticket: the dispatch desk (admin) sees every ticket, a
@@ -38,12 +38,15 @@ from shared.tickets import CHANNEL_NAMES, RATING_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
 
-FILTERS = ("status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue")
+FILTERS = (
+    "status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue",
+    "verified",
+)  # fmt: skip
 LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
-    "caller_id, reopens, returns, urges, updated_at"
+    "caller_id, reopens, returns, urges, verified_at, verified_by, verification, updated_at"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {

@@ -25,7 +25,7 @@ from shared.events import MeetingReason, MeetingSpec
 REASON_NAMES: dict[str, str] = {
     "ambiguous": "权责不清，需明确主办单位",
     "returned_twice": "工单两次被退回",
-    "reopened_twice": "市民两次不满意",
+    "reopened_twice": "重办两次仍未解决（市民不满意或网格员核查未解决）",
     "hotspot": "同一网格同类诉求集中（热点）",
 }
 

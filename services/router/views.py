@@ -1,7 +1,8 @@
 """The router's HTTP API: tickets (read, department actions), department queues, the dispatch desk
 and joint meetings. Every call carries a bearer token (`appeals token --department ID|--admin`):
 a department sees and acts on its own tickets only; the dispatch desk (admin) reads everything,
-assigns from its queue, re-dispatches a department's ticket, decides extensions and meeting outcomes."""
+assigns from its queue, re-dispatches a department's ticket, decides extensions and meeting outcomes;
+a grid worker reads its grid's tickets and checks their resolutions on the spot (现场核查)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.status == Status.MEETING, "联席会议"),
             (ticket.extension_request is not None, "延期待审"),
             (ticket.urges > 0, f"催办{ticket.urges}次"),
+            (ticket.verification == "not_solved", "核查未解决"),  # the grid worker sent it back
         )
         if on
     ]
@@ -318,6 +320,46 @@ async def urge_ticket(
         principal=principal,
         may_act=lambda p, t: True,  # any ticket, by its number: the operator has it from the preview
         answer=urge_answer,
+    )
+
+
+# --- grid workers: the check on the spot of a resolution (现场核查) ---------------------------------
+
+
+async def verifying_worker(principal: Principal = Depends(current_principal)) -> Principal:
+    """Who checks a resolution on the spot: the grid worker of the ticket's grid, no one else (a
+    department does not check its own work, the desk is not there)."""
+    if principal.role != "grid_worker":
+        raise HTTPException(status_code=403, detail="只有本网格的网格员可以现场核查工单")
+    return principal
+
+
+class VerifyIn(BaseModel):
+    solved: bool = Field(description="true: 核查属实，已解决; false: 核查未解决, back to the department")
+    note: str = Field("", max_length=2000, description="what the worker saw (required when not solved)")
+    photos: list[str] = Field([], description="ids from POST /api/v1/photos (at most 9): the worker's photos")
+
+
+@router.post("/tickets/{ticket_no}/verify")
+async def verify_ticket(
+    ticket_no: str,
+    body: VerifyIn,
+    request: Request,
+    principal: Principal = Depends(verifying_worker),
+    photos: PhotoStore = Depends(photo_store),
+):
+    """现场核查: the grid worker of the ticket's grid went to look at a resolved ticket (办结 or
+    回访中). Solved: recorded, the status stays (once per resolution: a second check is 409). Not
+    solved: the ticket goes back to the department that resolved it with the worker's note (重办,
+    fresh deadlines; a second reopen goes to a joint meeting). Another grid's ticket is 404."""
+    kept = await checked_photos(body.photos, photos)  # every id a kept photo, before the ticket changes
+    city, tz = request.app.state.city, _tz(request)
+    worker, grid = principal.operator or principal.token_id, principal.grid
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.verify(t, worker, grid, body.solved, body.note, city, tz, now, photos=kept),
+        principal=principal,
     )
 
 

@@ -8,6 +8,8 @@
     assigned / accepted -> assigned to another department (改派: the desk moved it, with a reason)
     meeting (联席会议) -> assigned to the lead the meeting decided
     urged (催办, the resident called again): any open status, which it keeps
+    resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
+                           not solved, back to the department that resolved it (重办), as 不满意 does
 
 `ALLOWED_STATUS_CHANGES` names every step, the statuses it may start from and the statuses it may
 lead to; `check` is the one place that enforces it, and every step function below goes through it
@@ -51,6 +53,7 @@ from shared.events import (
     TicketAssigned,
     TicketUpdated,
     Urge,
+    Verification,
 )
 from shared.tickets import Status, Ticket
 
@@ -79,6 +82,7 @@ Step = Literal[
     "meeting_decided",
     "supervise",  # a deadline timer warns, marks overdue or escalates
     "urge",  # 催办: the resident called again about the open ticket
+    "verify",  # 现场核查: the grid worker checked on the spot what the department resolved
 ]
 
 
@@ -125,6 +129,14 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
         {S.RECEIVED, S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING},
         None,
         "（办结后不再催办：问题仍未解决的，请登记新的诉求；回访尚未结束的，市民答复不满意即可重新办理）",
+    ),
+    # Once the department says it is done, until the ticket closes. Confirmed, the status stays;
+    # not solved, the ticket goes back to the department (as a reopen does).
+    "verify": _move(
+        "现场核查",
+        {S.RESOLVED, S.SURVEYED},
+        {S.RESOLVED, S.SURVEYED, S.ASSIGNED},
+        "（只有承办单位已办结、尚未结案的工单需要现场核查）",
     ),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
@@ -636,7 +648,8 @@ def resolve(
         photos=photos,
         on_time=_in_time(ticket.resolve_by, now),
     )
-    # A pending extension request is moot once the work is done.
+    # A pending extension request is moot once the work is done. A new resolution is checked anew
+    # (现场核查): the grid worker's verdict on the last one stays in the history.
     return _updated(
         ticket,
         "resolve",
@@ -644,7 +657,9 @@ def resolve(
         resolved_at=now,
         resolution_note=note,
         resolution_photos=photos,
+        resolution_id=event.event_id,
         extension_request=None,
+        **UNVERIFIED,
     )
 
 
@@ -835,6 +850,8 @@ def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | N
 def survey_sent(ticket: Ticket | None, sent: SurveySent) -> Outcome | None:
     if ticket is None or ticket.has_applied(sent.event_id) or not allowed(ticket.status, "survey"):
         return None
+    if sent.survey_id in ticket.void_surveys:
+        return None  # a survey of a resolution the grid worker found not solved, sent late
     event = ticket_updated(
         ticket, "surveyed", Status.SURVEYED, actor="system", cause=sent, survey_id=sent.survey_id
     )
@@ -851,6 +868,11 @@ def record_rating(
     a second unsatisfied answer escalates to a joint meeting (with `city`)."""
     if ticket is None or ticket.has_applied(answer.event_id):
         return None
+    if answer.survey_id in ticket.void_surveys:
+        # About a resolution the grid worker found not solved (现场核查未解决): the ticket went back to
+        # the department then. Its answer (or its end without one) closes and reopens nothing, even
+        # after the department resolved it again; the words stay in the history.
+        return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     closable = allowed(ticket.status, "close")
     if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and closable:
         # No rating will come: the survey's end closes the ticket without one.
@@ -941,3 +963,119 @@ def _fresh_deadlines(ticket: Ticket, city: City, tz: ZoneInfo, now: datetime) ->
         "overdue": False,
         "escalated": False,
     }
+
+
+# --- the grid worker's check on the spot (现场核查) -------------------------------------------------
+
+# The fields of a verification, as a ticket has them before its resolution was checked.
+UNVERIFIED: dict[str, Any] = {
+    "verified_at": None,
+    "verified_by": None,
+    "verification": None,
+    "verification_note": "",
+    "verification_photos": (),
+}
+
+
+def needs_no_check(ticket: Ticket) -> bool:
+    """Closed at first contact and never reopened: answered on the call (a question the hotline
+    answered), or dealt with on the spot by the grid worker who found it. Nothing to go and see."""
+    return ticket.assigned_via in FIRST_CONTACT and ticket.reopens == 0
+
+
+def verify(
+    ticket: Ticket,
+    worker: str,
+    grid: str | None,
+    solved: bool,
+    note: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
+    *,
+    photos: tuple[str, ...] = (),
+) -> Outcome:
+    """现场核查: the grid worker (`worker`, of `grid`) went to look at what the department reported
+    resolved. Solved: the ticket records it, once per resolution (a second check of the same
+    resolution is refused: the first one stands, and the resident's survey has the last word).
+    Not solved: the ticket goes back to the department that resolved it, like a resident's
+    不满意 (重办: the category's time again, a second reopen to a joint meeting), with what the
+    worker saw (`note`, required) as the reason; the survey already sent about that resolution is
+    void from then on (see `record_rating`)."""
+    if ticket.grid is None or grid is None or ticket.grid.grid != grid:
+        # Another grid's ticket: the same answer as no ticket, as reading it gives.
+        raise WorkflowError("not_found", f"工单{ticket.ticket_no}不存在", kind="not_found")
+    check(ticket, "verify")
+    if needs_no_check(ticket):
+        raise WorkflowError(
+            "nothing_to_verify",
+            f"工单{ticket.ticket_no}已在受理时当场办结（话务员答复或网格员现场处置），无需现场核查",
+        )
+    if ticket.verified_at is not None:
+        by = f"网格员{ticket.verified_by}" if ticket.verified_by else "网格员"
+        raise WorkflowError(
+            "already_verified",
+            f"工单{ticket.ticket_no}的本次办结已于{ticket.verified_at.astimezone(tz):%m月%d日%H:%M}由{by}"
+            "现场核查为已解决，无需重复核查；如问题再次出现，请上报新的问题",
+        )
+    note = note.strip()
+    if not solved and not note:
+        raise WorkflowError(
+            "note_required",
+            "核查未解决时必须写明现场看到的情况，承办单位将据此重新办理",
+            kind="invalid",
+            field="note",
+        )
+    checked: dict[str, Any] = {
+        "verified_at": now,
+        "verified_by": worker,
+        "verification": "solved" if solved else "not_solved",
+        "verification_note": note,
+        "verification_photos": photos,
+    }
+    fields: dict[str, Any] = {"note": note, "photos": photos, "occurred_at": now}
+    if solved:
+        event = ticket_updated(
+            ticket, "verified", ticket.status, actor=worker, verification=Verification(solved=True), **fields
+        )
+        return _updated(ticket, "verify", event, **checked)
+    fresh = _fresh_deadlines(ticket, city, tz, now)
+    reopens = ticket.reopens + 1
+    event = ticket_updated(
+        ticket,
+        "verified",
+        Status.ASSIGNED,
+        actor=worker,
+        verification=Verification(
+            solved=False,
+            reopens=reopens,
+            respond_by=fresh.get("respond_by"),
+            resolve_by=fresh.get("resolve_by"),
+        ),
+        **fields,
+    )
+    void = (ticket.resolution_id,) if ticket.resolution_id else ()
+    reopened = _updated(
+        ticket,
+        "verify",
+        event,
+        reopens=reopens,
+        accepted_at=None,
+        resolved_at=None,  # the resolution's note and photos stay until the next one (see resolve)
+        void_surveys=tuple(dict.fromkeys((*ticket.void_surveys, *void))),
+        **checked,
+        **fresh,
+    )
+    if ticket.reopens < 1:
+        return reopened
+    held = _escalate(
+        reopened.ticket,
+        city,
+        reason="reopened_twice",
+        now=now,
+        tz=tz,
+        cause=event,
+        summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
+        note=f"第{reopens}次重办：网格员{worker}现场核查仍未解决：{note}",
+    )
+    return Outcome(held.ticket, publish=[*reopened.publish, *held.publish])

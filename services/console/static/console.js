@@ -34,7 +34,10 @@
   // at once, as every form did before.
   document.addEventListener("submit", (e) => {
     const button = e.submitter instanceof HTMLElement ? e.submitter.dataset.confirm : "";
-    const question = button || (e.target instanceof HTMLFormElement ? e.target.dataset.confirm : "");
+    const form = e.target instanceof HTMLFormElement ? e.target : null;
+    // A choice that needs asking first (a grid worker's "not solved"): the chosen radio says so.
+    const choice = form ? form.querySelector("input[type=radio][data-confirm]:checked") : null;
+    const question = button || (choice ? choice.dataset.confirm : "") || (form ? form.dataset.confirm : "");
     if (question && !window.confirm(question)) e.preventDefault();
   });
 

@@ -18,7 +18,7 @@ from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
-from shared.events import SurveyAnswered, SurveySent
+from shared.events import Caller, SurveyAnswered, SurveySent
 from shared.tickets import Status, Ticket
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
@@ -281,6 +281,39 @@ def test_not_solved_goes_back_to_the_department_that_resolved_it_with_the_worker
     assert [e.action for e in second.publish] == ["verified", "escalated"]
     assert second.publish[-1].meeting.reason == "reopened_twice"
     assert "网格员W017现场核查仍未解决：仍然漏电" in second.publish[-1].note
+
+
+def test_a_patrol_report_no_resident_can_rate_waits_for_the_check_and_the_check_closes_it():
+    patrol = assigned_ticket(CITY).model_copy(
+        update={"channel": "patrol", "caller": Caller(), "operator_id": "W017"}
+    )
+    t = resolved(patrol)
+    skipped = answer(t, t.resolution_id, None, outcome="skipped_anonymous", text="")
+    kept = workflow.record_rating(t, skipped, city=CITY, tz=TZ)
+    assert kept is not None
+    assert (kept.ticket.status, list(kept.publish)) == (st.RESOLVED, [])  # nobody to ask: it waits
+    later = T0 + timedelta(days=1)
+    out = workflow.verify(kept.ticket, "W018", GRID, True, "井盖已更换", CITY, TZ, later)
+    assert (out.ticket.status, out.ticket.closed_at, out.ticket.verification) == (st.CLOSED, later, "solved")
+    verified, closed = out.publish
+    assert (verified.action, closed.action, closed.actor, closed.caused_by) == (
+        "verified",
+        "closed",
+        "W018",
+        verified.event_id,
+    )
+    assert closed.answer is not None
+    assert closed.answer.outcome == "skipped_anonymous"
+    # Not solved: back to the department, as for any ticket; a caller's ticket still closes on the
+    # skipped survey's end, and one the worker dealt with on the spot has nothing to check.
+    back = workflow.verify(kept.ticket, "W018", GRID, False, "井盖还是松动", CITY, TZ, later)
+    assert back.ticket.status == st.ASSIGNED
+    hotline = resolved(assigned_ticket(CITY))
+    ended = workflow.record_rating(
+        hotline, answer(hotline, hotline.resolution_id, None, "no_answer"), city=CITY, tz=TZ
+    )
+    assert ended is not None
+    assert ended.ticket.status == st.CLOSED
 
 
 def test_a_check_is_refused_in_words_where_it_cannot_be_made():

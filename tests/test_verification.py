@@ -39,11 +39,12 @@ def jpeg() -> bytes:
     return out.getvalue()
 
 
-async def resolved_report(api, redis, worker: dict, text: str, phone: str) -> tuple[dict, dict]:
-    """A patrol report with a resident's phone, held by a department (the desk dispatches it or a
-    meeting names the lead, if routing did not), then resolved by it; returns the ticket once its
-    survey went out, and the department's headers."""
-    r = await api.post("/api/v1/appeals", json={"text": text, "caller_phone": phone}, headers=worker)
+async def resolved_report(api, redis, worker: dict, text: str, phone: str | None) -> tuple[dict, dict]:
+    """A patrol report (with a resident's phone, or none), held by a department (the desk dispatches
+    it or a meeting names the lead, if routing did not), then resolved by it; returns the ticket once
+    its survey went out (or, with no phone, was skipped), and the department's headers."""
+    body = {"text": text, **({"caller_phone": phone} if phone else {})}
+    r = await api.post("/api/v1/appeals", json=body, headers=worker)
     assert r.status_code == 201, r.text
     no = r.json()["ticket_no"]
     ticket = await ticket_when(api, no, lambda t: t["status"] in ("assigned", "review", "meeting"))
@@ -61,6 +62,12 @@ async def resolved_report(api, redis, worker: dict, text: str, phone: str) -> tu
         f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=department
     )
     assert r.status_code == 200, r.text
+    if phone is None:  # nobody to ask: the survey's skip is recorded, the ticket stays resolved
+
+        def skipped(t: dict) -> bool:
+            return any(h.get("outcome") == "skipped_anonymous" for h in t["history"])
+
+        return await ticket_when(api, no, skipped), department
     return await ticket_when(api, no, lambda t: t["status"] == "surveyed"), department
 
 
@@ -193,3 +200,27 @@ async def test_the_grid_worker_confirms_one_resolution_and_sends_another_back(ap
         return group if group and group["verification_failed"] >= 1 else None
 
     await eventually(failed)
+
+
+async def test_a_report_no_resident_can_rate_waits_resolved_until_the_worker_checks_it(api, redis):
+    """A patrol report with no resident: nobody answers a survey, so the grid worker's check closes
+    it (核查结案) instead of the skipped survey; until then it stays in the grid's list to check."""
+    worker = bearer(await issue_token(redis, "grid_worker", operator="W021", grid=GRID))
+    ticket, _ = await resolved_report(api, redis, worker, "巡查发现人行道井盖松动，踩上去晃动响声很大", None)
+    no = ticket["ticket_no"]
+    assert ticket["status"] == "resolved"  # the skip came, and closed nothing
+
+    async def to_check():
+        r = await api.get(
+            "/api/v1/tickets", params={"status": "resolved", "verified": "false", "size": 500}, headers=worker
+        )
+        return no in [i["ticket_no"] for i in r.json()["items"]]
+
+    await eventually(to_check)
+    r = await api.post(
+        f"/api/v1/tickets/{no}/verify", json={"solved": True, "note": "已更换井盖"}, headers=worker
+    )
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert (done["status"], done["verification"]) == ("closed", "solved")
+    assert [h.get("action") for h in done["history"][-2:]] == ["verified", "closed"]

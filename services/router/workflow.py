@@ -874,6 +874,14 @@ def record_rating(
         # after the department resolved it again; the words stay in the history.
         return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     closable = allowed(ticket.status, "close")
+    if (
+        answer.outcome == "skipped_anonymous"
+        and closable
+        and awaits_check(ticket)
+        and ticket.verified_at is None
+    ):
+        # No resident to ask: the grid worker's check will close it (see `verify`).
+        return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and closable:
         # No rating will come: the survey's end closes the ticket without one.
         event = ticket_updated(
@@ -977,6 +985,13 @@ UNVERIFIED: dict[str, Any] = {
 }
 
 
+def awaits_check(ticket: Ticket) -> bool:
+    """A grid worker's report with no resident to ask (网格巡查 with no caller): nobody answers a
+    survey, so the on-site check closes it (核查结案), not the skipped survey. It waits, resolved,
+    in its grid's 待核查 list until a grid worker has looked."""
+    return ticket.channel == "patrol" and ticket.caller.caller_id is None and not needs_no_check(ticket)
+
+
 def needs_no_check(ticket: Ticket) -> bool:
     """Closed at first contact and never reopened: answered on the call (a question the hotline
     answered), or dealt with on the spot by the grid worker who found it. Nothing to go and see."""
@@ -1038,7 +1053,21 @@ def verify(
         event = ticket_updated(
             ticket, "verified", ticket.status, actor=worker, verification=Verification(solved=True), **fields
         )
-        return _updated(ticket, "verify", event, **checked)
+        verified = _updated(ticket, "verify", event, **checked)
+        if not awaits_check(ticket):
+            return verified  # the resident's survey has the last word
+        # A report no resident can rate: checked, it is done (核查结案).
+        closed = ticket_updated(
+            verified.ticket,
+            "closed",
+            Status.CLOSED,
+            actor=worker,
+            cause=event,
+            answer=Answer(outcome="skipped_anonymous", reopens=ticket.reopens),
+            occurred_at=now,
+        )
+        done = _updated(verified.ticket, "close", closed, closed_at=now)
+        return Outcome(done.ticket, publish=[*verified.publish, *done.publish])
     fresh = _fresh_deadlines(ticket, city, tz, now)
     reopens = ticket.reopens + 1
     event = ticket_updated(

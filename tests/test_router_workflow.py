@@ -18,7 +18,7 @@ from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
-from shared.events import Caller, SurveyAnswered, SurveySent
+from shared.events import AppealReceived, Caller, SurveyAnswered, SurveySent
 from shared.tickets import Status, Ticket
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
@@ -853,3 +853,33 @@ def test_a_category_listed_as_urgent_is_flagged_urgent():
     assert t.urgent
     assert t.resolve_by == T0 + timedelta(hours=2)
     assert not assigned_ticket(city, "housing.safety").urgent
+
+
+def test_resolving_straight_from_assigned_folds_resolved_in_the_record_whatever_the_order():
+    """The API's resolve of a ticket not yet accepted takes both steps at one instant; the record
+    orders events of one instant by cause, so its row must end resolved, read in any order."""
+    from services.records.projection import fold_ticket
+    from services.router.views import _resolve
+
+    t = assigned_ticket(CITY)
+    out = _resolve("已修复", ())(t, "urban_mgmt", CITY, TZ, T0 + timedelta(hours=1))
+    accepted, resolved_event = out.publish
+    assert resolved_event.caused_by == accepted.event_id
+    assert accepted.occurred_at == resolved_event.occurred_at
+    appeal = {"topic": "appeal.received", **c_appeal(t)}
+    for order in ([accepted, resolved_event], [resolved_event, accepted]):
+        events = [appeal, *({"topic": e.topic, **e.model_dump(mode="json")} for e in order)]
+        row = fold_ticket(events, {})
+        assert row is not None
+        assert row["status"] == "resolved"
+
+
+def c_appeal(t: Ticket) -> dict:
+    """The appeal a ticket came from, as the record stores it."""
+    return AppealReceived(
+        ticket_no=t.ticket_no,
+        channel=t.channel,
+        text=t.text,
+        received_at=t.received_at,
+        occurred_at=t.received_at,
+    ).model_dump(mode="json")

@@ -186,7 +186,11 @@ def _resolve(note: str, photos: tuple[str, ...]) -> Transition:
     def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
         if workflow.allowed(t.status, "accept"):  # resolving straight away implies accepting it
             accepted = workflow.accept(t, dept, city, now)
-            resolved = workflow.resolve(accepted.ticket, dept, note, city, now, photos=photos)
+            # Caused by the acceptance: both happen at `now`, and the record orders events of one
+            # instant by cause, so the ticket's row ends resolved, not accepted.
+            resolved = workflow.resolve(
+                accepted.ticket, dept, note, city, now, cause=accepted.publish[0], photos=photos
+            )
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
         return workflow.resolve(t, dept, note, city, now, photos=photos)
 

@@ -227,6 +227,7 @@ async def test_export_streams_csv_with_a_bom_and_xlsx(api, pool):
     assert r.content.startswith("\ufeff".encode())
     rows = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
     assert rows[0][0] == "工单号"
+    assert {"催办次数", "现场核查", "核查时间"} <= set(rows[0])
     assert [x[0] for x in rows[1:]] == [no]
     assert rows[1][-1] == "'=阳光花园3号楼"  # no formula for Excel to run
     r = await api.get("/api/v1/tickets/export", params={"q": "测试导出乙", "format": "xlsx"})

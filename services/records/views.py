@@ -67,6 +67,8 @@ EXPORT = {
     "办结时间": "resolved_at",
     "结案时间": "closed_at",
     "催办次数": "urges",
+    "现场核查": "verification",
+    "核查时间": "verified_at",
     "满意度": "rating",
     "来电号码": "masked_phone",
     "标题": "title",
@@ -219,6 +221,7 @@ def export_names(city: City) -> dict[str, dict[Any, str]]:
         "community": {c.id: c.name for st in streets for c in st.communities},
         "grid": {gid: info.grid.name for gid, info in city.grids.items()},
         "rating": dict(RATING_NAMES),
+        "verification": {"solved": "已解决", "not_solved": "未解决"},
     }
 
 

@@ -201,6 +201,23 @@ def _payload(e: Mapping[str, Any], field: str) -> Mapping[str, Any]:
     return e.get("data") or {}
 
 
+def _back_to_department(row: Row, payload: Mapping[str, Any]) -> None:
+    """重办: the ticket is the department's to work again (a resident's 不满意, or a grid worker's
+    check that found it not solved), with the deadlines the payload gives it anew."""
+    row.update(
+        reopens=payload.get("reopens") or row["reopens"] + 1,
+        accepted_at=None,
+        accepted_on_time=None,
+        resolved_at=None,
+        closed_at=None,
+        overdue=False,
+        escalated=False,
+    )
+    for deadline in ("respond_by", "resolve_by"):
+        if payload.get(deadline):
+            row[deadline] = at(payload[deadline])
+
+
 def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
     action = e["action"]
     row["status"] = e["status"]
@@ -231,20 +248,8 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         )
     elif action == "reopened":
         answer = _payload(e, "answer")
-        row.update(
-            reopens=answer.get("reopens") or row["reopens"] + 1,
-            rating=answer.get("rating"),
-            solved=answer.get("solved"),
-            accepted_at=None,
-            accepted_on_time=None,
-            resolved_at=None,
-            closed_at=None,
-            overdue=False,
-            escalated=False,
-        )
-        for deadline in ("respond_by", "resolve_by"):
-            if answer.get(deadline):
-                row[deadline] = at(answer[deadline])
+        row.update(rating=answer.get("rating"), solved=answer.get("solved"))
+        _back_to_department(row, answer)
     elif action == "verified":
         check = e.get("verification") or {}
         row.update(
@@ -255,18 +260,7 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
             verification_photos=list(e.get("photos") or ()),
         )
         if not check.get("solved"):  # back to the department, as a reopen (重办)
-            row.update(
-                reopens=check.get("reopens") or row["reopens"] + 1,
-                accepted_at=None,
-                accepted_on_time=None,
-                resolved_at=None,
-                closed_at=None,
-                overdue=False,
-                escalated=False,
-            )
-            for deadline in ("respond_by", "resolve_by"):
-                if check.get(deadline):
-                    row[deadline] = at(check[deadline])
+            _back_to_department(row, check)
     elif action == "urged":
         row["urges"] += 1  # counted, like returns: the fold of the events gives the number
     elif action == "overdue":

@@ -266,6 +266,20 @@ async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["no_answer", "comment"]
 
 
+async def test_a_resolution_the_grid_worker_found_not_solved_gets_no_reminder(make_kit, clock):
+    """现场核查未解决: the ticket is being redone, so nobody asks the resident to rate the work again;
+    the survey stays open to its end, and a reply is still its answer (not a new appeal)."""
+    kit = make_kit(quiet="none")
+    phone, ticket = await surveyed(kit)
+    await kit.notifier.sent_back([ticket.ticket_no])
+    assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 0
+    assert await kit.sent(phone, "reminder") == []
+    clock.now = NOON + timedelta(hours=30)
+    answer = await kit.notifier.surveys.reply(phone, "3 还是没修好")
+    assert isinstance(answer, SurveyAnswer)
+    assert answer.ticket_no == ticket.ticket_no
+
+
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     kit = make_kit(quiet="none")
     phone, ticket = await surveyed(kit)

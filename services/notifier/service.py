@@ -161,6 +161,18 @@ class Notifier:
         await self.redis.delete(*states, *indexes)
         return len(states) + len(surveys)
 
+    async def sent_back(self, ticket_nos: Sequence[str]) -> None:
+        """These tickets went back to their departments after a grid worker's check: their open
+        surveys send no reminder (`SurveyBook.withdraw_reminders`)."""
+        if not ticket_nos:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for no in dict.fromkeys(ticket_nos):
+                p.smembers(ticket_records_key(no))
+            members = await p.execute()
+        records = {m.decode() if isinstance(m, bytes) else m for found in members for m in found}
+        await self.surveys.withdraw_reminders(sorted(r for r in records if not r.startswith("sms:")))
+
     # --- messages about tickets ---------------------------------------------------------------
 
     async def phones(self, caller_ids: Sequence[str | None]) -> list[str | None]:

@@ -266,6 +266,15 @@ class SurveyBook:
 
     # --- erasure ------------------------------------------------------------------------------
 
+    async def withdraw_reminders(self, survey_keys: Sequence[str]) -> None:
+        """The grid worker found these surveys' resolution not solved (现场核查未解决) and the ticket
+        went back to its department: no reminder asks the resident to rate work that is being
+        redone. The survey stays open until its window ends, so a reply is still read as its answer
+        (which the router keeps in the history and acts on no more) rather than as a new appeal."""
+        ids = [k.removeprefix("survey:") for k in survey_keys if k.startswith("survey:")]
+        if ids:
+            await self.redis.zrem(self.jobs.key, *(encode(SurveyJob("remind", sid)) for sid in ids))
+
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
         """The resident's personal data was erased from these surveys' tickets: a survey still open
         ends as opted out (no one may ask them any more, and the ticket must still close), then

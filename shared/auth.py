@@ -23,7 +23,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -187,33 +187,31 @@ async def current_principal(
     return principal
 
 
-async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
-    if not principal.is_admin:
-        raise HTTPException(status_code=403, detail="只有派单中心（管理员）可以执行此操作")
-    return principal
+def require_role(*roles: Role, refusal: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the caller, when its token's role is one of `roles`; else 403 with `refusal`,
+    which says in Chinese who may do it."""
+
+    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+        if principal.role not in roles:
+            raise HTTPException(status_code=403, detail=refusal)
+        return principal
+
+    return dependency
 
 
-async def require_intake_staff(principal: Principal = Depends(current_principal)) -> Principal:
-    """Registering appeals by hand: hotline operators, grid workers (what they find on patrol), and
-    the dispatch desk."""
-    if principal.role not in ("operator", "grid_worker", "admin"):
-        raise HTTPException(status_code=403, detail="只有话务员、网格员（或派单中心）可以登记诉求")
-    return principal
-
-
-async def require_sms_gateway(principal: Principal = Depends(current_principal)) -> Principal:
-    """The SMS provider's delivery receipts; the dispatch desk may use them too."""
-    if principal.role not in ("sms_gateway", "admin"):
-        raise HTTPException(status_code=403, detail="只有短信服务商网关（或派单中心）可以推送短信和回执")
-    return principal
-
-
-async def require_resident_sms(principal: Principal = Depends(current_principal)) -> Principal:
-    """A resident's own words by SMS (a survey answer, a new appeal): only the provider's gateway
-    relays them. Not the dispatch desk: staff answering a survey in a resident's name would close
-    the ticket as the resident's verdict."""
-    if principal.role != "sms_gateway":
-        raise HTTPException(
-            status_code=403, detail="居民短信只能由短信服务商网关推送，其他凭证不能代居民回复"
-        )
-    return principal
+require_admin = require_role("admin", refusal="只有派单中心（管理员）可以执行此操作")
+# Registering appeals by hand: hotline operators, grid workers (what they find on patrol), and the
+# dispatch desk.
+require_intake_staff = require_role(
+    "operator", "grid_worker", "admin", refusal="只有话务员、网格员（或派单中心）可以登记诉求"
+)
+# The SMS provider's delivery receipts; the dispatch desk may use them too.
+require_sms_gateway = require_role(
+    "sms_gateway", "admin", refusal="只有短信服务商网关（或派单中心）可以推送短信和回执"
+)
+# A resident's own words by SMS (a survey answer, a new appeal): only the provider's gateway relays
+# them. Not the dispatch desk: staff answering a survey in a resident's name would close the ticket
+# as the resident's verdict.
+require_resident_sms = require_role(
+    "sms_gateway", refusal="居民短信只能由短信服务商网关推送，其他凭证不能代居民回复"
+)

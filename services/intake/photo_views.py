@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.intake.errors import BadRequest
-from shared.auth import Principal, current_principal
+from shared.auth import Principal, Role, require_role
 from shared.bodies import Limit
 from shared.errors import DomainError
 from shared.http import multipart_schema
@@ -28,7 +28,7 @@ from shared.settings import Settings
 router = APIRouter(prefix="/api/v1", tags=["photos"])
 FIELD = "photos"
 # Who attaches photos: intake (operators, grid workers on patrol), the desk, departments.
-UPLOADERS = ("operator", "grid_worker", "admin", "department")
+UPLOADERS: tuple[Role, ...] = ("operator", "grid_worker", "admin", "department")
 DECODING_AT_ONCE = 2  # photos decoded at the same time per process: a 50-megapixel one takes ~150 MB
 # The browser keeps a photo for a day without asking again; the content never changes under its id.
 CACHE = "private, max-age=86400, immutable"
@@ -41,12 +41,7 @@ def photo_store(request: Request) -> PhotoStore:
     return store
 
 
-async def require_staff(principal: Principal = Depends(current_principal)) -> Principal:
-    if principal.role not in UPLOADERS:
-        raise HTTPException(
-            status_code=403, detail="只有话务员、网格员、派单中心和承办单位可以上传和查看照片"
-        )
-    return principal
+require_staff = require_role(*UPLOADERS, refusal="只有话务员、网格员、派单中心和承办单位可以上传和查看照片")
 
 
 def upload_limit(settings: Settings) -> int:

@@ -148,30 +148,28 @@ class Notifier:
         A held message is then not sent (`_run` finds no state). Returns how many records went."""
         if not ticket_nos:
             return 0
-        indexes = [ticket_records_key(no) for no in dict.fromkeys(ticket_nos)]
-        async with self.redis.pipeline(transaction=False) as p:
-            for key in indexes:
-                p.smembers(key)
-            members = await p.execute()
-        records = sorted({m.decode() if isinstance(m, bytes) else m for found in members for m in found})
-        surveys = await self.surveys.forget(
-            [r for r in records if not r.startswith("sms:")], now or self.clock()
-        )
-        states = [r for r in records if r.startswith("sms:")]
+        indexes, states, survey_keys = await self._records_of(ticket_nos)
+        surveys = await self.surveys.forget(survey_keys, now or self.clock())
         await self.redis.delete(*states, *indexes)
         return len(states) + len(surveys)
 
     async def sent_back(self, ticket_nos: Sequence[str]) -> None:
         """These tickets went back to their departments after a grid worker's check: their open
         surveys send no reminder (`SurveyBook.withdraw_reminders`)."""
-        if not ticket_nos:
-            return
+        if ticket_nos:
+            await self.surveys.withdraw_reminders((await self._records_of(ticket_nos))[2])
+
+    async def _records_of(self, ticket_nos: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+        """What the notifier keeps about these tickets, found by `ticket_records_key` in one round
+        trip: (the index keys, the messages' state keys, the surveys' keys)."""
+        indexes = [ticket_records_key(no) for no in dict.fromkeys(ticket_nos)]
         async with self.redis.pipeline(transaction=False) as p:
-            for no in dict.fromkeys(ticket_nos):
-                p.smembers(ticket_records_key(no))
+            for key in indexes:
+                p.smembers(key)
             members = await p.execute()
-        records = {m.decode() if isinstance(m, bytes) else m for found in members for m in found}
-        await self.surveys.withdraw_reminders(sorted(r for r in records if not r.startswith("sms:")))
+        records = sorted({m.decode() if isinstance(m, bytes) else m for found in members for m in found})
+        states = [r for r in records if r.startswith("sms:")]
+        return indexes, states, [r for r in records if not r.startswith("sms:")]
 
     # --- messages about tickets ---------------------------------------------------------------
 

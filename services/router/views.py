@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from services.intake.photo_views import checked_photos, photo_store
 from services.router import meetings, workflow
 from services.router.service import MeetingStore, Queues
-from shared.auth import Principal, current_principal, require_admin
+from shared.auth import Principal, current_principal, require_admin, require_role
 from shared.bus import publish
 from shared.city import City
 from shared.decisions import Change, Outcome
@@ -273,11 +273,8 @@ async def decide_extension(
 # --- the hotline: a repeat call urges the open ticket (重复来电 → 催办) ------------------------------
 
 
-async def urging_staff(principal: Principal = Depends(current_principal)) -> Principal:
-    """Who takes the resident's repeat call: hotline operators, and the dispatch desk."""
-    if principal.role not in ("operator", "admin"):
-        raise HTTPException(status_code=403, detail="只有话务员（或派单中心）可以催办工单")
-    return principal
+# Who takes the resident's repeat call: hotline operators, and the dispatch desk.
+urging_staff = require_role("operator", "admin", refusal="只有话务员（或派单中心）可以催办工单")
 
 
 class UrgeIn(BaseModel):
@@ -330,12 +327,9 @@ async def urge_ticket(
 # --- grid workers: the check on the spot of a resolution (现场核查) ---------------------------------
 
 
-async def verifying_worker(principal: Principal = Depends(current_principal)) -> Principal:
-    """Who checks a resolution on the spot: the grid worker of the ticket's grid, no one else (a
-    department does not check its own work, the desk is not there)."""
-    if principal.role != "grid_worker":
-        raise HTTPException(status_code=403, detail="只有本网格的网格员可以现场核查工单")
-    return principal
+# Who checks a resolution on the spot: the grid worker of the ticket's grid, no one else (a
+# department does not check its own work, the desk is not there).
+verifying_worker = require_role("grid_worker", refusal="只有本网格的网格员可以现场核查工单")
 
 
 class VerifyIn(BaseModel):

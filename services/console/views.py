@@ -738,6 +738,37 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
     }
 
 
+async def action_refused(
+    request: Request,
+    s: session.Session,
+    no: str,
+    reply: Reply,
+    status: int,
+    *,
+    action: str,
+    errors: dict[str, str],
+    values: dict[str, str],
+    photos: list[str] | None = None,
+) -> HTMLResponse:
+    """The ticket's page again after the API refused an action on it: the refusal beside the
+    action's form, what was typed kept, the photos uploaded shown as kept (404 if the ticket is
+    gone meanwhile)."""
+    context = await ticket_context(request, s, no)
+    if context is None:
+        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
+    return page(
+        request,
+        "ticket.html",
+        status,
+        s=s,
+        errors={action: errors},
+        values={action: values},
+        kept={action: photos} if photos is not None else {},
+        done=None,
+        **context,
+    )
+
+
 @router.get("/tickets/{no}")
 async def ticket_page(request: Request, no: str, s: session.Session = Depends(as_reader)):
     context = await ticket_context(request, s, no)
@@ -762,20 +793,9 @@ async def ticket_redispatch(request: Request, no: str, s: session.Session = Depe
     reply = await api(request, s).post(f"/api/v1/tickets/{no}/redispatch", values)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done=redispatch", status_code=303)
-    context = await ticket_context(request, s, no)
-    if context is None:
-        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
-    errors = {"redispatch": field_errors(reply, REDISPATCH_FIELDS, "form", form)}
-    return page(
-        request,
-        "ticket.html",
-        reply.status,
-        s=s,
-        errors=errors,
-        values={"redispatch": values},
-        kept={},
-        done=None,
-        **context,
+    errors = field_errors(reply, REDISPATCH_FIELDS, "form", form)
+    return await action_refused(
+        request, s, no, reply, reply.status, action="redispatch", errors=errors, values=values
     )
 
 
@@ -803,20 +823,10 @@ async def ticket_verify(request: Request, no: str, s: session.Session = Depends(
     if reply.ok:
         done = "verified" if values["solved"] == "true" else "verified_back"
         return RedirectResponse(f"/console/tickets/{no}?done={done}", status_code=303)
-    context = await ticket_context(request, s, no)
-    if context is None:
-        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
     status = reply.status if 400 <= reply.status < 500 else 422
-    return page(
-        request,
-        "ticket.html",
-        status,
-        s=s,
-        errors={"verify": field_errors(reply, VERIFY_FIELDS, "form", form)},
-        values={"verify": values},
-        kept={"verify": photos},
-        done=None,
-        **context,
+    errors = field_errors(reply, VERIFY_FIELDS, "form", form)
+    return await action_refused(
+        request, s, no, reply, status, action="verify", errors=errors, values=values, photos=photos
     )
 
 
@@ -838,21 +848,10 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         return RedirectResponse(f"/console/department?{urlencode({'returned': no})}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
-    context = await ticket_context(request, s, no)
-    if context is None:
-        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
-    errors = {action: field_errors(reply, fields, next(iter(fields)), form)}
-    values = {action: {k: text(form, k) for k in fields}}
-    return page(
-        request,
-        "ticket.html",
-        422,
-        s=s,
-        errors=errors,
-        values=values,
-        kept={action: photos},
-        done=None,
-        **context,
+    errors = field_errors(reply, fields, next(iter(fields)), form)
+    values = {k: text(form, k) for k in fields}
+    return await action_refused(
+        request, s, no, reply, 422, action=action, errors=errors, values=values, photos=photos
     )
 
 

@@ -176,6 +176,7 @@ class Supervision(_Model):
     escalate_ratio: float = Field(1.5, gt=1)  # escalate when overdue by this multiple of the time
     meeting_days: int = Field(3, gt=0)  # working days for a joint meeting to decide
     dispatch_hours: float = Field(2, gt=0)  # clock hours for the dispatch desk to dispatch a ticket in review
+    check_hours: float = Field(48, gt=0)  # clock hours for a grid worker to check a report nobody rates
     hotspot_count: int = Field(5, ge=2)  # this many appeals of one category in one grid ...
     hotspot_window_days: float = Field(7, gt=0)  # ... within this many days is a hotspot
     ambiguity_margin: float = Field(0.1, ge=0, le=1)  # top-two scores this close: a joint meeting

@@ -238,7 +238,7 @@ Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
 MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
 ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other"]
-Stage = Literal["dispatch", "respond", "resolve", "meeting"]  # the clock a deadline timer watches
+Stage = Literal["dispatch", "respond", "resolve", "meeting", "check"]  # the clock a deadline timer watches
 
 
 class Returned(_Frozen):

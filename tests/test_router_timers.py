@@ -12,6 +12,7 @@ from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
+from shared.events import Caller
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
@@ -99,6 +100,39 @@ def test_a_ticket_held_for_a_joint_meeting_is_overdue_when_the_meeting_misses_it
     assert decided.meeting_by is None
     assert timers.fire(decided, ts["meeting", "overdue"], CITY, TZ) is None
     assert ("meeting", "overdue") not in by_kind(timers.timers_for(decided, SUP))
+
+
+def test_a_patrol_report_nobody_can_rate_has_a_check_clock_and_its_overdue_goes_to_the_street():
+    patrol = assigned_ticket(CITY).model_copy(
+        update={"channel": "patrol", "caller": Caller(), "operator_id": "W017"}
+    )
+    done_at = T0 + timedelta(hours=3)
+    accepted = workflow.accept(patrol, "urban_mgmt", CITY, done_at).ticket
+    t = workflow.resolve(accepted, "urban_mgmt", "井盖已更换", CITY, done_at).ticket
+    ts = by_kind(timers.timers_for(t, SUP))
+    hours = timedelta(hours=SUP.check_hours)
+    assert set(ts) == {("check", "warning"), ("check", "overdue")}
+    assert ts["check", "overdue"].due == done_at + hours
+    assert ts["check", "warning"].due == done_at + hours * SUP.warning_ratio
+    late = timers.fire(t, ts["check", "overdue"], CITY, TZ)
+    assert late is not None
+    [event] = late.publish
+    assert (late.ticket.status, late.ticket.overdue) == (st.RESOLVED, True)
+    assert "现场核查时限" in event.note
+    # The department is done: the grid's street office directs its grid workers.
+    assert event.supervision.supervisor == "street_s01"
+    # Checked, the clock stops (the check closes it), and a timer left over fires nothing.
+    checked = workflow.verify(late.ticket, "W017", "s01c01g01", True, "", CITY, TZ, done_at + hours * 2)
+    assert checked.ticket.status == st.CLOSED
+    assert timers.timers_for(checked.ticket, SUP) == []
+    assert timers.fire(checked.ticket, ts["check", "overdue"], CITY, TZ) is None
+    # A resident's phone: the survey closes it, so there is no check clock; nor for what the
+    # worker dealt with on the spot.
+    with_caller = workflow.resolve(
+        workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket, "urban_mgmt", "好了", CITY, T0
+    ).ticket
+    assert timers.timers_for(with_caller, SUP) == []
+    assert timers.timers_for(t.model_copy(update={"assigned_via": "on_spot"}), SUP) == []
 
 
 def test_member_round_trip():

@@ -209,6 +209,17 @@ async def test_a_report_no_resident_can_rate_waits_resolved_until_the_worker_che
     ticket, _ = await resolved_report(api, redis, worker, "巡查发现人行道井盖松动，踩上去晃动响声很大", None)
     no = ticket["ticket_no"]
     assert ticket["status"] == "resolved"  # the skip came, and closed nothing
+    # ... and the check has its clock: overdue (督办 to the street office) 48 hours after the resolution.
+    resolved_at = datetime.fromisoformat(ticket["resolved_at"]).timestamp()
+    clocks = {
+        m.decode().split("|")[2]: due
+        for m, due in await redis.zrange("timers", 0, -1, withscores=True)
+        if m.decode().startswith(f"{no}|check|")
+    }
+    assert clocks == {
+        "warning": pytest.approx(resolved_at + 48 * 3600 * 0.8),
+        "overdue": pytest.approx(resolved_at + 48 * 3600),
+    }
 
     async def to_check():
         r = await api.get(

@@ -405,6 +405,7 @@ async def patrol_page(
         to_verify=[list_row(item, tz, city) for item in pending.body["items"]] if pending.ok else None,
         to_verify_total=pending.body["total"] if pending.ok else 0,
         to_verify_error="" if pending.ok else pending.message,
+        check_hours=f"{city.sla.supervision.check_hours:g}",
         **{"values": {}, "errors": {}, "idem": uuid.uuid4().hex, **context},
     )
 
@@ -633,6 +634,7 @@ def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
         "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
         "received": present.local(item.get("received_at"), tz),
         "resolve_due": present.local(item.get("resolve_by"), tz),
+        "resolved": present.local(item.get("resolved_at"), tz),
         "category_label": "/".join(item.get("category_names") or ()) or "未分类",
     }
 

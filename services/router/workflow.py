@@ -121,7 +121,7 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     "reopen": _move("重办", {S.RESOLVED, S.SURVEYED}, {S.ASSIGNED}),
     "hold": _move("提请联席会议", {S.REVIEW, S.ASSIGNED, S.ACCEPTED}, {S.MEETING}),
     "meeting_decided": _move("按联席会议决定派单", {S.MEETING}, {S.ASSIGNED}),
-    "supervise": _move("督办", {S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING}, None),
+    "supervise": _move("督办", {S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING, S.RESOLVED}, None),
     # Every open status (`shared.tickets.OPEN_STATUSES`): a caller may call again at any point
     # before the department says it is done. After that the survey is the resident's say.
     "urge": _move(

@@ -25,6 +25,7 @@ from shared.privacy import caller_id
 from shared.store import TicketStore
 from tests.conftest import as_department, as_sms_gateway, eventually
 from tests.test_photos import jpeg, with_gps_and_rotation
+from tests.test_pipeline_e2e import outbox_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -142,6 +143,34 @@ async def test_sms_without_a_pending_survey_becomes_an_appeal(api, redis):
     r = await api.post("/api/v1/sms/inbound", json={"phone": me, "text": "好"}, headers=gateway)
     assert r.status_code == 422
     assert r.json()["field"] == "text"
+
+
+async def test_the_providers_repeat_of_an_sms_gets_the_first_answer_and_nothing_twice(api, redis):
+    """A provider posts a message again when our answer did not reach it: with the message's id the
+    repeat registers no second appeal and texts no second progress answer; a refused message is
+    handled anew (nothing was answered), and another sender's message with the same id is theirs."""
+    me, gateway = phone(), await as_sms_gateway(redis)
+    appeal = {"phone": me, "text": "幸福路公交站的站牌被撞坏了，请派人修一下", "message_id": "mo-1"}
+    first = await api.post("/api/v1/sms/inbound", json=appeal, headers=gateway)
+    again = await api.post("/api/v1/sms/inbound", json=appeal, headers=gateway)
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json()
+    no = first.json()["ticket_no"]
+    query = {"phone": me, "text": "查询", "message_id": "mo-2"}
+    answers = [await api.post("/api/v1/sms/inbound", json=query, headers=gateway) for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["tickets"] == [no]  # the repeat made no second ticket to list
+    assert len(await outbox_for(redis, me, "query")) == 1
+    # Refused (too short to be an appeal): nothing answered, so the repeat is read again.
+    short = {"phone": me, "text": "好", "message_id": "mo-3"}
+    for _ in range(2):
+        r = await api.post("/api/v1/sms/inbound", json=short, headers=gateway)
+        assert r.status_code == 422 and r.json()["field"] == "text"
+    # Another sender, the same id: their own message.
+    other = await api.post("/api/v1/sms/inbound", json={**appeal, "phone": phone()}, headers=gateway)
+    assert other.status_code == 201
+    assert other.json()["ticket_no"] != no
 
 
 async def test_too_many_appeals_from_one_caller_are_refused(api, redis):

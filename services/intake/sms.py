@@ -4,8 +4,9 @@
 The SMS provider posts every inbound message to one endpoint (`POST /api/v1/sms/inbound`, in the
 notifier's views); the notifier keeps what answers its surveys and hands the rest here, and sends
 the answer to a query. The sender's number is the caller's phone, validated like every channel's.
-A message carries no idempotency key: two identical texts are two messages, and the caller's
-hourly limit still applies (to queries apart from appeals).
+Two identical texts are two messages, and the caller's hourly limit still applies (to queries
+apart from appeals); the provider's repeat of one message (the same `message_id`) is one
+(`services.notifier.inbound`, and the appeal's idempotency key below).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ class SmsIntake:
             return None
         return await self.progress.answer(caller_id(phone), query)
 
-    async def submit(self, phone: str, text: str) -> str:
-        """The new appeal's ticket number. Raises InvalidAppeal (the text), RateLimited (the caller)
-        or BrokerUnavailable (not durably written: the provider should retry)."""
-        ticket_no, _ = await self.intake.submit(validate(channel="sms", text=text, phone=phone))
+    async def submit(self, phone: str, text: str, message_id: str | None = None) -> str:
+        """The new appeal's ticket number (the same one for the provider's repeat of `message_id`).
+        Raises InvalidAppeal (the text), RateLimited (the caller) or BrokerUnavailable (not durably
+        written: the provider should retry)."""
+        key = f"sms:{caller_id(phone)}:{message_id}" if message_id else None
+        ticket_no, _ = await self.intake.submit(validate(channel="sms", text=text, phone=phone), key)
         return ticket_no

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
+from functools import partial
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,11 +17,12 @@ from services.intake.errors import BrokerUnavailable
 from services.intake.sms import SmsIntake
 from services.intake.views import counting_rejections
 from services.notifier.gateway import OutboxGateway
+from services.notifier.inbound import Answer, InboundMessages
 from services.notifier.scorecard import MAX_DAYS, Scorecard
 from services.notifier.service import Notifier
 from shared.auth import Principal, require_admin, require_resident_sms, require_sms_gateway
 from shared.http import api_error
-from shared.privacy import InvalidPhone, normalize_phone
+from shared.privacy import InvalidPhone, caller_id, normalize_phone
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
 log = logging.getLogger(__name__)
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 class InboundSms(BaseModel):
     phone: str
     text: str = Field(max_length=1000)
+    message_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="the provider's id of this inbound message: its repeat gets the first answer",
+    )
 
 
 class Receipt(BaseModel):
@@ -47,25 +55,40 @@ async def inbound_sms(body: InboundSms, request: Request, _: Principal = Depends
         phone = normalize_phone(body.phone)
     except InvalidPhone as e:
         return _bad_phone(e)
+    handle = partial(_handle_sms, request, phone, body.text, body.message_id)
+    if body.message_id is None:
+        answered = await handle()
+    else:  # the provider's repeat of a message gets the first answer
+        messages = InboundMessages(request.app.state.redis)
+        first = await messages.once(caller_id(phone), body.message_id, handle)
+        if first is None:
+            return api_error(409, "in_progress", f"短信{body.message_id}正在处理，请稍后重试")
+        answered = first
+    status, content = answered
+    return JSONResponse(content, status_code=status)
+
+
+async def _handle_sms(request: Request, phone: str, text: str, message_id: str | None) -> Answer:
+    """The status and body of the answer to one inbound SMS."""
     notifier: Notifier = request.app.state.notifier
     sms_intake: SmsIntake = request.app.state.sms_intake
     # A progress query first: it is never a survey's answer (a "1", "满意" or "TD" is no query, see
     # services.intake.progress), and a resident with a survey open may still ask how things stand.
-    answer = await sms_intake.query(phone, body.text)
+    answer = await sms_intake.query(phone, text)
     if answer is not None:
         sent = await notifier.answer_query(phone, answer.text, answer.ticket_nos)
-        return {"kind": "query", "tickets": list(answer.ticket_nos), "sms": sent}
+        return 200, {"kind": "query", "tickets": list(answer.ticket_nos), "sms": sent}
     try:
-        answered = await notifier.surveys.reply(phone, body.text)
+        answered = await notifier.surveys.reply(phone, text)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
         log.exception("survey reply not recorded")
         raise BrokerUnavailable() from None
     if answered is not None:
-        return answered
+        return 200, answered.model_dump(mode="json")
     # Not about a survey: a new appeal by SMS, which is intake's.
     with counting_rejections("sms"):
-        ticket_no = await sms_intake.submit(phone, body.text)
-    return JSONResponse(status_code=201, content={"kind": "appeal", "ticket_no": ticket_no})
+        ticket_no = await sms_intake.submit(phone, text, message_id)
+    return 201, {"kind": "appeal", "ticket_no": ticket_no}
 
 
 @router.post("/sms/receipts")

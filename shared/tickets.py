@@ -38,6 +38,18 @@ class Status(StrEnum):
     MEETING = "meeting"  # a joint meeting (联席会议) holds it
 
 
+# The statuses in the words of residents and staff (lists, progress answers, refusals).
+STATUS_NAMES: dict[Status, str] = {
+    Status.RECEIVED: "已受理",
+    Status.REVIEW: "待人工派单",
+    Status.ASSIGNED: "已派单",
+    Status.ACCEPTED: "办理中",
+    Status.RESOLVED: "已办结",
+    Status.SURVEYED: "回访中",
+    Status.CLOSED: "已关闭",
+    Status.MEETING: "联席会议",
+}
+
 # The channels and the survey's ratings in the words of the staff who read lists and exports.
 CHANNEL_NAMES: dict[str, str] = {
     "hotline": "12345热线",

@@ -166,7 +166,8 @@ async def test_the_providers_repeat_of_an_sms_gets_the_first_answer_and_nothing_
     short = {"phone": me, "text": "好", "message_id": "mo-3"}
     for _ in range(2):
         r = await api.post("/api/v1/sms/inbound", json=short, headers=gateway)
-        assert r.status_code == 422 and r.json()["field"] == "text"
+        assert r.status_code == 422
+        assert r.json()["field"] == "text"
     # Another sender, the same id: their own message.
     other = await api.post("/api/v1/sms/inbound", json={**appeal, "phone": phone()}, headers=gateway)
     assert other.status_code == 201

@@ -16,11 +16,10 @@ from services.intake.errors import RateLimited
 from services.intake.limits import RateLimiter
 from services.intake.progress import Query
 from services.intake.queries import ProgressQueries
-from services.router.workflow import STATUS_NAMES
 from shared.events import Caller
 from shared.privacy import caller_id
 from shared.store import TicketStore, ticket_key
-from shared.tickets import Status, Ticket
+from shared.tickets import STATUS_NAMES, Status, Ticket
 from tests.conftest import as_sms_gateway
 from tests.test_intake_wechat import URL, openid, reply_of, seq, signed, text
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when

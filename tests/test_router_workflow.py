@@ -15,11 +15,11 @@ from services.console import present
 from services.router import timers, workflow
 from services.router.rules import answered_on_call, handled_on_spot
 from services.router.sla import deadlines
-from services.router.workflow import ALLOWED_STATUS_CHANGES, STATUS_NAMES, Step, WorkflowError
+from services.router.workflow import ALLOWED_STATUS_CHANGES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
 from shared.events import AppealReceived, Caller, SurveyAnswered, SurveySent
-from shared.tickets import Status, Ticket
+from shared.tickets import STATUS_NAMES, Status, Ticket
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
@@ -795,7 +795,7 @@ def step(t, action, now, n):
 
 
 def check(t, before):
-    assert t.status in workflow.STATUS_NAMES
+    assert t.status in STATUS_NAMES
     assert t.department is not None  # never unowned
     assert (t.status == st.REVIEW) == (t.department.id == "dispatch_desk")
     if t.status == st.ACCEPTED:

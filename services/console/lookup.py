@@ -17,10 +17,9 @@ from services.console import present
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
 from services.intake.progress import clean_ticket_no as clean_ticket_no
 from services.intake.progress import step_words
-from services.router.workflow import STATUS_NAMES
 from shared.city import City
 from shared.store import TicketStore
-from shared.tickets import Ticket
+from shared.tickets import STATUS_NAMES, Ticket
 
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60

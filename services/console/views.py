@@ -36,12 +36,12 @@ from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.router.rules import FIRST_CONTACT
-from services.router.workflow import RETURN_REASONS, STATUS_NAMES
+from services.router.workflow import RETURN_REASONS
 from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
 from shared.settings import Settings
-from shared.tickets import CHANNEL_NAMES, Status
+from shared.tickets import CHANNEL_NAMES, STATUS_NAMES, Status
 
 HERE = Path(__file__).parent
 router = APIRouter(prefix="/console", include_in_schema=False)

@@ -21,8 +21,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from services.router.workflow import STATUS_NAMES
-from shared.tickets import Status, Ticket
+from shared.tickets import STATUS_NAMES, Status, Ticket
 
 LISTED = 3  # tickets a keyword query lists, the most recent first (an SMS stays short)
 

@@ -24,14 +24,13 @@ from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
 from services.intake.service import Accepted, IntakeService
-from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, require_intake_staff
 from shared.bodies import Limit
 from shared.events import Channel, GeoPoint
 from shared.http import multipart_schema
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
-from shared.tickets import Status
+from shared.tickets import STATUS_NAMES, Status
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish

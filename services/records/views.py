@@ -29,12 +29,11 @@ from services.records import db
 from services.records.db import Pool
 from services.records.projection import in_order
 from services.records.query import Search, build
-from services.router.workflow import STATUS_NAMES
 from shared.auth import Principal, current_principal
 from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
-from shared.tickets import CHANNEL_NAMES, RATING_NAMES
+from shared.tickets import CHANNEL_NAMES, RATING_NAMES, STATUS_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
 

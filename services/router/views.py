@@ -29,7 +29,7 @@ from shared.feedback import record_example
 from shared.http import domain_error
 from shared.photo_store import PhotoStore
 from shared.store import ConcurrentUpdate, apply_and_publish
-from shared.tickets import Status, Ticket
+from shared.tickets import STATUS_NAMES, Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 
@@ -65,7 +65,7 @@ def flags(ticket: Ticket) -> list[str]:
 
 def ticket_view(ticket: Ticket, history: list[dict] | None = None) -> dict:
     body = ticket.model_dump(mode="json", exclude={"applied"})
-    body["status_name"] = workflow.STATUS_NAMES[ticket.status]
+    body["status_name"] = STATUS_NAMES[ticket.status]
     body["flags"] = flags(ticket)
     if history is not None:
         body["history"] = history
@@ -291,7 +291,7 @@ def urge_answer(ticket: Ticket) -> dict:
     return {
         "ticket_no": ticket.ticket_no,
         "status": ticket.status,
-        "status_name": workflow.STATUS_NAMES[ticket.status],
+        "status_name": STATUS_NAMES[ticket.status],
         "department": ticket.department.model_dump() if ticket.department else None,
         "urges": ticket.urges,
         "message": f"已催办工单{ticket.ticket_no}，承办单位：{dept}，不新建工单",

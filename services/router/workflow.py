@@ -55,7 +55,7 @@ from shared.events import (
     Urge,
     Verification,
 )
-from shared.tickets import Status, Ticket
+from shared.tickets import STATUS_NAMES, Status, Ticket
 
 
 class WorkflowError(DomainError):
@@ -141,17 +141,6 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
 INITIAL = Status.RECEIVED
-
-STATUS_NAMES: dict[Status, str] = {
-    S.RECEIVED: "已受理",
-    S.REVIEW: "待人工派单",
-    S.ASSIGNED: "已派单",
-    S.ACCEPTED: "办理中",
-    S.RESOLVED: "已办结",
-    S.SURVEYED: "回访中",
-    S.CLOSED: "已关闭",
-    S.MEETING: "联席会议",
-}
 
 
 def allowed(status: Status, step: Step) -> bool:

@@ -504,7 +504,7 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
     async def stream() -> AsyncIterator[str]:
         async with feed.subscribe() as news:
             await asyncio.wait_for(feed.ready.wait(), timeout=30)
-            # The tickets the page may show. One that leaves (the desk re-dispatched it, 改派) is news
+            # The tickets the page may show. One that leaves (改派 by the desk, 转人民调解) is news
             # too, though the department can no longer read it; others' tickets never get through.
             ours = {t["ticket_no"] for t in await client.department_tickets(dept or "")}
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"

@@ -98,15 +98,24 @@ class District(_Model):
 # --- departments, categories --------------------------------------------------------------------
 
 DepartmentKind = Literal[
-    "district_office", "dispatch_desk", "bureau", "street_office", "utility", "property", "other"
+    "district_office",
+    "dispatch_desk",
+    "bureau",
+    "street_office",
+    "mediation",  # a street's People's Mediation Committee (人民调解委员会): disputes between parties
+    "utility",
+    "property",
+    "other",
 ]
+# Kinds that serve one street and must say which (`Department.street`).
+STREET_KINDS = frozenset({"street_office", "mediation"})
 
 
 class Department(_Model):
     id: str
     name: str
     kind: DepartmentKind = "bureau"
-    street: str | None = None  # street offices: the street they govern
+    street: str | None = None  # street offices: the street they govern; mediation committees: they serve
     phone: str | None = None  # the supervisor's contact for overdue notices (督办)
     supervisor_mobile: str | None = None  # where overdue / escalation notices go by SMS (none: no SMS)
 
@@ -316,10 +325,20 @@ class City(_Model):
 
         depts, cats = {d.id for d in self.departments}, set(all_cats)
         for d in self.departments:
-            if d.kind == "street_office" and not d.street:
-                problems.append(f"departments.yaml {d.id}: a street office needs `street`")
+            if d.kind in STREET_KINDS and not d.street:
+                problems.append(f"departments.yaml {d.id}: a {d.kind} department needs `street`")
             if d.street and d.street not in streets:
                 problems.append(f"departments.yaml {d.id}: unknown street {d.street!r}")
+        # A referral (转人民调解) goes to the committee of the ticket's street: there must be one answer.
+        committees: dict[str, str] = {}
+        for d in self.departments:
+            if d.kind == "mediation" and d.street:
+                if d.street in committees:
+                    problems.append(
+                        f"departments.yaml {d.id}: street {d.street} has a mediation committee already "
+                        f"({committees[d.street]})"
+                    )
+                committees.setdefault(d.street, d.id)
         r = self.responsibilities
         for field, dept in (("fallback_owner", r.fallback_owner), ("dispatch_desk", r.dispatch_desk)):
             if dept not in depts:

@@ -203,6 +203,7 @@ class TicketAssigned(Event):
         "operator",  # the desk dispatched it from its queue (人工派单)
         "reroute",  # returned, and sent to the responsibility list's next candidate
         "redispatch",  # the desk moved it from the department that held it (改派), with its reason
+        "mediation",  # the department that held it referred it to its street's mediation committee
         "meeting",
         "answered",
         "on_spot",
@@ -316,6 +317,19 @@ class Verification(_Frozen):
     resolve_by: datetime | None = None
 
 
+MediationOutcome = Literal["agreed", "not_agreed"]  # 调解成功，达成协议 / 调解不成
+
+
+class Mediation(_Frozen):
+    """`resolved` by a street's People's Mediation Committee (人民调解委员会): what the mediator
+    recorded after hearing both sides. Agreed: the agreement's terms (调解协议). Not agreed: nothing
+    here; the resolution's note says what the parties were told (litigation, arbitration, the
+    competent department). Also the body the API takes for it."""
+
+    outcome: MediationOutcome
+    agreement: str = Field("", max_length=5000)
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -370,6 +384,9 @@ class TicketUpdated(Event):
     answer: Answer | None = None
     urge: Urge | None = None
     verification: Verification | None = None
+    # Beside `on_time`, on a resolution by a mediation committee only (None on every other event,
+    # and on events written before committees took tickets: the version stays 2, old events parse).
+    mediation: Mediation | None = None
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:
@@ -380,6 +397,8 @@ class TicketUpdated(Event):
         wanted = PAYLOAD_OF_ACTION[self.action]
         if len(present) != 1 or present[0] not in wanted:
             raise ValueError(f"{self.action} carries exactly one of {wanted}, not {present or 'none'}")
+        if fields["mediation"] is not None and self.action != "resolved":
+            raise ValueError(f"{self.action} carries no mediation (only a resolution does)")
         return self
 
 

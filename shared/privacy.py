@@ -122,10 +122,11 @@ def is_mobile(phone: str) -> bool:
 REMOVED = "[已删除]"
 # Top-level free text: the appeal's (text, title, address), the resident's (a survey answer's text),
 # staff's (a transition's note, a ticket's resolution note, a grid worker's note of what was seen on
-# the spot, an assignment's or a meeting's explanation, an operator's answer on the call).
+# the spot, an assignment's or a meeting's explanation, an operator's answer on the call, the terms
+# of a mediation agreement, which name the parties and what each owes).
 _FREE_TEXT = (
     "text", "title", "address", "note", "resolution_note", "verification_note", "explanation",
-    "direct_answer",
+    "direct_answer", "mediation_agreement",
 )  # fmt: skip
 # Free text inside a payload: the payload's field, then its free-text fields. `grid.evidence` is
 # what located the appeal (the coordinates, or the road and house number); `data` is the free
@@ -135,6 +136,7 @@ _NESTED_TEXT = {
     "extension": ("reason",),
     "extension_request": ("reason",),  # a ticket's pending request, until the desk decides
     "grid": ("evidence",),
+    "mediation": ("agreement",),  # a committee's resolution: the agreement's terms
     "data": ("disputed_rule",),
 }
 _CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": None, "caller_id": None}

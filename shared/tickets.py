@@ -21,6 +21,7 @@ from shared.events import (
     DepartmentRef,
     GeoPoint,
     GridMatch,
+    MediationOutcome,
 )
 
 
@@ -61,6 +62,7 @@ CHANNEL_NAMES: dict[str, str] = {
     "patrol": "网格巡查",
 }
 RATING_NAMES: dict[int, str] = {1: "满意", 2: "基本满意", 3: "不满意"}
+MEDIATION_OUTCOME_NAMES: dict[str, str] = {"agreed": "调解成功，达成协议", "not_agreed": "调解不成"}
 
 
 # Short names for the members, as the workflow code reads them.
@@ -116,6 +118,11 @@ class Ticket(BaseModel):
     verification: Literal["solved", "not_solved"] | None = None
     verification_note: str = ""  # what the worker saw
     verification_photos: tuple[str, ...] = ()  # the worker's photos from the spot
+    # 人民调解: the outcome a mediation committee recorded with its last resolution, and the
+    # agreement's terms when the parties agreed. Like the resolution's note, they stay until the next
+    # resolution (a reopened ticket shows what was agreed), which sets them anew.
+    mediation_outcome: MediationOutcome | None = None
+    mediation_agreement: str = ""
     # Surveys of resolutions a grid worker found not solved: the resident may still answer them,
     # but the answer neither closes nor reopens the ticket (it has gone back to the department).
     void_surveys: tuple[str, ...] = ()

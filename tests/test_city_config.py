@@ -114,6 +114,9 @@ def test_demo_departments(city: City) -> None:
     assert {"district_office", "dispatch_desk", "street_office", "property", "utility"} <= kinds
     street_offices = {d.street for d in city.departments if d.kind == "street_office"}
     assert street_offices == {s.id for s in city.district.streets}
+    # One People's Mediation Committee per street, where its departments refer disputes.
+    committees = [d.street for d in city.departments if d.kind == "mediation"]
+    assert sorted(committees) == sorted(s.id for s in city.district.streets)
     assert all(d.phone for d in city.departments)
 
 
@@ -245,6 +248,17 @@ def test_department_with_unknown_street(folder: Path) -> None:
     msg = _error(folder)
     assert f"departments.yaml {office['id']}" in msg
     assert "s42" in msg
+
+
+def test_a_mediation_committee_serves_one_street_and_a_street_has_one(folder: Path) -> None:
+    data = _read(folder, "departments.yaml")
+    committee = next(d for d in data if d["kind"] == "mediation")
+    del committee["street"]
+    data.append({"id": "mediation_extra", "name": "另一调解委员会", "kind": "mediation", "street": "s02"})
+    _write(folder, "departments.yaml", data)
+    msg = _error(folder)
+    assert f"departments.yaml {committee['id']}: a mediation department needs `street`" in msg
+    assert "departments.yaml mediation_extra: street s02 has a mediation committee already" in msg
 
 
 def test_unknown_field_is_rejected(folder: Path) -> None:

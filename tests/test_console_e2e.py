@@ -786,6 +786,79 @@ async def test_desk_redispatches_a_departments_ticket_and_its_queue_lets_it_go(
     await holder.context.close()
 
 
+async def test_a_department_refers_a_dispute_to_mediation_and_the_mediator_records_the_agreement(
+    page: Page, browser: Browser, redis, system: System, system_city
+):
+    """转人民调解: the department holding a neighbours' dispute refers it from the ticket's page, with
+    a reason, after a confirmation, and is told in its queue; the street's committee finds it in its
+    queue and resolves it with 达成协议 and the terms (missing terms refused beside the field); the
+    ticket's page shows the outcome and the agreement."""
+    async with await admin_api(system, redis) as client:
+        no = await submit(
+            client,
+            "和平里小区3号楼楼上邻居每天深夜拖动家具、大声放音乐，噪音扰民，上门沟通还吵了起来",
+            new_phone(),
+            "和平里小区",
+        )
+        ticket = await ticket_when(client, no, lambda t: t["status"] in ("assigned", "review"))
+        if ticket["status"] == "review":  # the classifier was unsure: the desk dispatches it
+            r = await client.post(f"/api/v1/dispatch/{no}/assign", json={"department": "environment"})
+            assert r.status_code == 200, r.text
+            ticket = r.json()
+    holder, street = ticket["department"], system_city.grids[ticket["grid"]["grid"]].street_id
+    committee = next(d for d in system_city.departments if d.kind == "mediation" and d.street == street)
+
+    asked: list[str] = []
+
+    async def confirm(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    await sign_in(page, await issue_token(redis, "department", holder["id"]))
+    await page.goto(f"/console/tickets/{no}")
+    await page.locator("#mediate-reason").fill("纠纷")
+    await page.locator("#mediate").click()
+    await expect(page.locator("#mediate-reason-error")).to_contain_text("请填写转人民调解的原因")
+    await expect(page.locator("#mediate-reason")).to_be_focused()
+    await page.locator("#mediate-reason").fill("楼上楼下因深夜噪音多次争吵，属邻里纠纷")
+    await page.locator("#mediate").click()
+    await expect(page.locator("#done")).to_contain_text(f"工单{no}已转街道人民调解委员会调解")
+    assert asked
+    assert all(f"确定转{committee.name}调解吗" in q for q in asked)
+    await accessible(page)
+
+    mediator = await (
+        await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
+    ).new_page()
+    mediator.on("dialog", confirm)
+    await sign_in(mediator, await issue_token(redis, "department", committee.id))
+    await mediator.locator(f"a[href='/console/tickets/{no}']").click()
+    await expect(mediator.locator("ol.history")).to_contain_text(
+        f"{holder['name']}转{committee.name}调解：楼上楼下因深夜噪音多次争吵"
+    )
+    await expect(mediator.locator("#mediate")).to_have_count(0)  # with the committee already
+    await mediator.locator("#resolve-agreed").check()
+    await mediator.locator("#resolve-note").fill("调解员分别听取双方意见后组织面对面调解")
+    await mediator.locator("#resolve").click()
+    agreement = mediator.locator("#resolve-agreement")
+    await expect(mediator.locator("[id='resolve-mediation.agreement-error']")).to_contain_text(
+        "请填写协议内容"
+    )
+    await expect(agreement).to_be_focused()
+    await expect(mediator.locator("#resolve-agreed")).to_be_checked()  # what was chosen stays chosen
+    terms = "楼上住户22时后不再大声放音乐，家具加装防噪垫；双方互不追究此前争执"
+    await agreement.fill(terms)
+    await mediator.locator("#resolve").click()
+    await expect(mediator.locator("#status")).to_have_text("已办结")
+    await expect(mediator.locator("#mediation-outcome")).to_have_text("调解成功，达成协议")
+    await expect(mediator.locator("#mediation-agreement")).to_have_text(terms)
+    await expect(mediator.locator("ol.history")).to_contain_text(f"调解成功，达成协议（协议：{terms}）")
+    await accessible(mediator)
+    await shot(mediator, "ticket-mediation")
+    await mediator.context.close()
+
+
 # --- departments, the survey and the dashboard --------------------------------------------------
 
 

@@ -397,7 +397,15 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     from services.notifier.scorecard import Scorecard
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
-    from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge, Verification
+    from shared.events import (
+        DepartmentRef,
+        Mediation,
+        SurveyAnswered,
+        TicketAssigned,
+        TicketUpdated,
+        Urge,
+        Verification,
+    )
 
     day = datetime(2031, 3, 5, 10, tzinfo=UTC)
     depts = [DepartmentRef(id=d.id, name=d.name) for d in system_city.departments[:2]]
@@ -478,6 +486,24 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     occurred_at=day,
                 )
             )
+        if i % 6 == 2:  # 人民调解: a committee's resolution (i = 2 agreed, 8 not), beside the rates too
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="resolved",
+                    status="resolved",
+                    actor=dept.id,
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    note="已调解",
+                    on_time=True,
+                    mediation=Mediation(outcome="agreed", agreement="赔偿")
+                    if i == 2
+                    else Mediation(outcome="not_agreed"),
+                    occurred_at=day,
+                )
+            )
         rating = (1, 2, 3, None)[i % 4]
         events.append(
             SurveyAnswered(
@@ -513,6 +539,8 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["urged"] for r in sql) == 3
             and sum(r["verified"] for r in sql) == 4  # i = 1, 4, 7, 10
             and sum(r["verification_failed"] for r in sql) == 2  # the even ones: 4, 10
+            and sum(r["mediated"] for r in sql) == 2
+            and sum(r["mediation_agreed"] for r in sql) == 1
         )
         return sql if counted and live == sql else None
 

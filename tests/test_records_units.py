@@ -22,6 +22,7 @@ from shared.events import (
     DepartmentRef,
     Extension,
     GridMatch,
+    Mediation,
     MeetingConvened,
     MeetingUpdated,
     PersonalDataRemoved,
@@ -260,6 +261,56 @@ def test_a_check_on_the_spot_is_on_the_row_until_the_next_resolution():
     assert row["verification_photos"] == []
     # Folding onto a stored row gives the same as folding everything.
     everything = [*events, back, dump(resolved_again)]
+    for cut in range(1, len(everything)):
+        start = fold_ticket(everything[:cut], STREETS)
+        assert fold_ticket(everything[cut:], STREETS, start=start) == fold_ticket(everything, STREETS)
+
+
+def test_a_committee_s_mediation_outcome_is_on_the_row_until_the_next_resolution():
+    """人民调解: the ticket referred to the committee (an assignment like any other), resolved with
+    the outcome and the agreement's terms; a later resolution sets them anew, by anyone."""
+    events = [e for e in life() if e["topic"] != "survey.answered" and e.get("action") != "closed"]
+    committee = DepartmentRef(id="mediation_a", name="阳光街道人民调解委员会")
+    when = T0 + timedelta(hours=2)
+    referred = TicketAssigned(
+        ticket_no="20261102-000001",
+        department=committee,
+        via="mediation",
+        explanation="阳光街道办事处转阳光街道人民调解委员会调解：邻里纠纷",
+        category="city.facility.streetlight",
+        grid="g-001",
+        respond_by=when + timedelta(hours=2),
+        resolve_by=when + timedelta(days=3),
+        occurred_at=when,
+    )
+
+    def resolved(minutes: int, dept: DepartmentRef, mediation: Mediation | None) -> dict:
+        return dump(
+            TicketUpdated(
+                ticket_no="20261102-000001",
+                action="resolved",
+                status="resolved",
+                actor=dept.id,
+                department=dept,
+                note="已调解",
+                on_time=True,
+                mediation=mediation,
+                occurred_at=when + timedelta(minutes=minutes),
+            )
+        )
+
+    agreed = resolved(30, committee, Mediation(outcome="agreed", agreement="赔偿800元"))
+    row = fold_ticket([*events, dump(referred), agreed], STREETS)
+    assert row is not None
+    assert (row["department"], row["assigned_via"], row["status"]) == ("mediation_a", "mediation", "resolved")
+    assert (row["mediation_outcome"], row["mediation_agreement"]) == ("agreed", "赔偿800元")
+    not_agreed = resolved(60, committee, Mediation(outcome="not_agreed"))
+    row = fold_ticket([*events, dump(referred), agreed, not_agreed], STREETS)
+    assert row is not None
+    assert (row["mediation_outcome"], row["mediation_agreement"]) == ("not_agreed", "")
+    # The street office's own resolution before the referral carried none.
+    assert fold_ticket(events, STREETS)["mediation_outcome"] is None  # type: ignore[index]
+    everything = [*events, dump(referred), agreed]
     for cut in range(1, len(everything)):
         start = fold_ticket(everything[:cut], STREETS)
         assert fold_ticket(everything[cut:], STREETS, start=start) == fold_ticket(everything, STREETS)

@@ -8,6 +8,8 @@ so each test knows the category and grid it routes."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import json
 import random
@@ -305,6 +307,124 @@ async def test_the_desk_redispatches_a_department_s_ticket_and_the_new_one_takes
     r = await api.post(url, headers=admin, json={**move, "department": "urban_mgmt"})
     assert r.status_code == 409
     assert "当前状态为“已办结”，不能改派" in r.json()["message"]
+
+
+async def test_a_dispute_referred_to_the_street_s_mediation_committee_is_resolved_with_its_agreement(
+    api, producer, city, tokens, pool, settings
+):
+    """转人民调解: the department holding a neighbours' dispute refers it, with a reason, to the
+    mediation committee of the ticket's street, which then holds it (the department and its
+    co-handlers lose it) and resolves it with the outcome and the agreement's terms; the ticket, the
+    record, its export and the counters show them. Refusals: a short reason, someone else's ticket,
+    the desk, the committee referring it again, a department sending a mediation outcome."""
+    no = await inject(producer, city, "env.noise", "s02c02g01")  # 建设街道: environment leads
+    await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    env, police, admin = await tokens("environment"), await tokens("police"), await tokens()
+    committee = await tokens("mediation_s02")
+    url = f"/api/v1/tickets/{no}/mediate"
+    reason = {"reason": "楼上住户夜间噪音扰民，双方多次争吵，属邻里纠纷"}
+
+    r = await api.post(url, headers=env, json={"reason": "纠纷"})
+    assert (r.status_code, r.json()["field"]) == (422, "reason")
+    assert "转人民调解的原因" in r.json()["message"]
+    assert (await api.post(url, headers=police, json=reason)).status_code == 404  # co-handler, not holder
+    r = await api.post(url, headers=admin, json=reason)
+    assert r.status_code == 403  # the desk re-dispatches instead
+    assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=env)).status_code == 200
+
+    r = await api.post(url, headers=env, json=reason)
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert (t["status"], t["department"]["id"], t["assigned_via"]) == (
+        "assigned",
+        "mediation_s02",
+        "mediation",
+    )
+    assert t["department"]["name"] == "建设街道人民调解委员会"
+    assert t["co_departments"] == []
+    assert (
+        t["history"][-1]["explanation"]
+        == f"市生态环境局示范区分局转建设街道人民调解委员会调解：{reason['reason']}"
+    )
+    for gone in (env, police):
+        assert (await api.get(f"/api/v1/tickets/{no}", headers=gone)).status_code == 404
+    queue = await api.get(
+        "/api/v1/departments/mediation_s02/tickets", headers=committee, params={"size": 200}
+    )
+    assert no in [x["ticket_no"] for x in queue.json()["tickets"]]
+    r = await api.post(url, headers=committee, json=reason)
+    assert r.status_code == 409
+    assert "已由建设街道人民调解委员会调解" in r.json()["message"]
+
+    # The mediator resolves: the outcome is required, and the terms when the parties agreed.
+    resolve = f"/api/v1/tickets/{no}/resolve"
+    note = "调解员分别听取双方意见后组织面对面调解，双方当场签订调解协议"
+    for body, field in (
+        ({"note": note}, "mediation"),
+        ({"note": note, "mediation": {"outcome": "agreed"}}, "mediation.agreement"),
+        ({"note": note, "mediation": {"outcome": "maybe"}}, "mediation.outcome"),
+    ):
+        r = await api.post(resolve, headers=committee, json=body)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+    terms = "楼上住户22时后不再使用音响、家具加装防噪垫；双方互不追究此前争执"
+    r = await api.post(
+        resolve,
+        headers=committee,
+        json={"note": note, "mediation": {"outcome": "agreed", "agreement": terms}},
+    )
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert (t["status"], t["mediation_outcome"], t["mediation_agreement"]) == ("resolved", "agreed", terms)
+    resolved = t["history"][-1]
+    assert (resolved["action"], resolved["mediation"]) == (
+        "resolved",
+        {"outcome": "agreed", "agreement": terms},
+    )
+
+    # Any other department resolving sends no mediation.
+    other = await inject(producer, city, "env.noise", "s02c02g01")
+    await ticket_when(api, tokens, other, lambda t: t["status"] == "assigned")
+    r = await api.post(
+        f"/api/v1/tickets/{other}/resolve",
+        headers=env,
+        json={"note": "已查处", "mediation": {"outcome": "not_agreed"}},
+    )
+    assert (r.status_code, r.json()["field"]) == (422, "mediation")
+    assert "只有人民调解委员会" in r.json()["message"]
+
+    # The record: the row, its export in words, and the committee's counters.
+    async def recorded():
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT department, mediation_outcome, mediation_agreement FROM tickets "
+                    "WHERE ticket_no = %s",
+                    (no,),
+                )
+            ).fetchone()
+        return row if row and row["mediation_outcome"] else None
+
+    assert await eventually(recorded) == {
+        "department": "mediation_s02",
+        "mediation_outcome": "agreed",
+        "mediation_agreement": terms,
+    }
+    r = await api.get("/api/v1/tickets/export", headers=admin, params={"department": "mediation_s02"})
+    assert r.status_code == 200, r.text
+    header, *rows = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+    [exported] = [dict(zip(header, x, strict=True)) for x in rows if x[0] == no]
+    assert (exported["调解结果"], exported["调解协议"]) == ("调解成功，达成协议", terms)
+    today = datetime.now(ZoneInfo(settings.timezone)).date().isoformat()
+
+    async def counted():
+        r = await api.get(
+            "/api/v1/stats", headers=admin, params={"group_by": "department", "from": today, "to": today}
+        )
+        group = next((g for g in r.json()["groups"] if g["group"] == "mediation_s02"), None)
+        return group if group and group["mediation_agreed"] >= 1 else None
+
+    group = await eventually(counted)
+    assert group["mediated"] >= group["mediation_agreed"] >= 1
 
 
 async def test_an_operator_urges_an_open_ticket_once_per_key_and_not_a_finished_one(

@@ -8,7 +8,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import yaml
 
-from services.router.rules import candidates, contested, responsible, route
+from services.router.rules import (
+    candidates,
+    contested,
+    mediation_committee,
+    responsible,
+    route,
+    street_office,
+)
 from services.router.sla import add_working_days, deadlines, is_workday, sla_class_for
 from shared.city import DEMO_CITY_DIR, CityConfigError, ResponsibilityRule, load_city
 from shared.events import CategoryScore
@@ -106,6 +113,21 @@ def test_candidates_and_responsibility(city):
 
 
 # --- deadlines -----------------------------------------------------------------------------------
+
+
+def test_a_grid_s_street_office_and_mediation_committee(city):
+    assert (street_office(city, "s03c02g03"), mediation_committee(city, "s03c02g03")) == (
+        "street_s03",
+        "mediation_s03",
+    )
+    assert mediation_committee(city, "s01c01g01") == "mediation_s01"
+    assert mediation_committee(city, None) is None
+    assert mediation_committee(city, "nowhere") is None
+    without = city.model_copy(
+        update={"departments": tuple(d for d in city.departments if d.id != "mediation_s02")}
+    )
+    assert mediation_committee(without, "s02c01g01") is None
+    assert street_office(without, "s02c01g01") == "street_s02"
 
 
 def test_sla_classes(city):

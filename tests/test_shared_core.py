@@ -846,7 +846,7 @@ BLANKED = {
     "text", "title", "address", "note", "resolution_note", "explanation", "caller_id", "masked_phone",
     "caller.caller_id", "caller.masked_phone", "grid.evidence", "returned.disputed_rule",
     "extension.reason", "photos", "resolution_photos", "direct_answer", "verification_note",
-    "verification_photos",
+    "verification_photos", "mediation_agreement", "mediation.agreement",
 }  # fmt: skip
 # Text that is no one's words: ids, the city's names from its configuration, codes, versions.
 KEPT = {

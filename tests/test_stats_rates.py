@@ -8,7 +8,15 @@ import pytest
 
 from services.notifier import scoring
 from services.notifier.scoring import Weights, fields_for, groups_for, rates
-from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated, Urge, Verification
+from shared.events import (
+    DepartmentRef,
+    Mediation,
+    SurveyAnswered,
+    TicketAssigned,
+    TicketUpdated,
+    Urge,
+    Verification,
+)
 from tests.cities import demo_city
 
 W = Weights(basic=0.9, response=0.1, resolution=0.5, satisfaction=0.4)
@@ -95,6 +103,16 @@ def test_which_counters_an_event_adds_to():
     counts = {"assigned": 4, "responded_on_time": 2, "answered": 2, "solved": 1, "satisfied": 1}
     with_checks = counts | {"verified": 3, "verification_failed": 2}
     assert rates(with_checks, W) == rates(counts, W) | {"verified": 3, "verification_failed": 2}
+    # 人民调解: a committee's resolution counts as mediated, an agreement apart too; neither in a rate.
+    resolved = TicketUpdated(ticket_no="T", action="resolved", status="resolved", actor="d", on_time=True)
+    agreed = resolved.model_copy(update={"mediation": Mediation(outcome="agreed", agreement="赔偿")})
+    assert fields_for(resolved) == ()
+    assert fields_for(agreed) == ("mediated", "mediation_agreed")
+    assert fields_for(resolved.model_copy(update={"mediation": Mediation(outcome="not_agreed")})) == (
+        "mediated",
+    )
+    with_mediation = counts | {"mediated": 2, "mediation_agreed": 1}
+    assert rates(with_mediation, W) == rates(counts, W) | {"mediated": 2, "mediation_agreed": 1}
 
     def answer(**kw) -> SurveyAnswered:
         return SurveyAnswered(ticket_no="T", survey_id="s", text="", **{"rating": None} | kw)

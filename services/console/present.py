@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from services.router.rules import matching_rules, route
 from shared.city import City
 from shared.events import GridMatch
-from shared.tickets import RATING_NAMES
+from shared.tickets import MEDIATION_OUTCOME_NAMES, RATING_NAMES
 
 ACTION_NAMES = {
     "accepted": "签收",
@@ -50,6 +50,7 @@ VIA_NAMES = {
     "operator": "人工派单",
     "reroute": "退单后改派",
     "redispatch": "派单中心改派",
+    "mediation": "转人民调解",
     "meeting": "联席会议确定",
     "answered": "话务员当场答复",
     "on_spot": "网格员现场处置",
@@ -87,6 +88,8 @@ DONE = {
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
+    # 转人民调解: the ticket has gone to the committee (the department's queue, where it is told).
+    "mediate": "工单{no}已转街道人民调解委员会调解，本单位不再承办此工单。",
     # The grid worker's 现场核查 (the page then shows the ticket with the check's outcome).
     "verified": "核查结果已记录：{verification}。",
     "verified_back": "已退回{department}重新办理，承办单位将看到您写的现场情况和照片。",
@@ -118,8 +121,11 @@ OUTCOME_NAMES = {
 
 def payload_words(record: Mapping[str, Any]) -> str:
     """What a workflow step carried, in words: the return's reason, the days asked for, the stage
-    that ran late, the resident's rating. Events carry it in the field the action names (`returned`,
-    `extension`, `supervision`, `answer`); records written before that kept it in `data`."""
+    that ran late, the resident's rating, a mediation's outcome. Events carry it in the field the
+    action names (`returned`, `extension`, `supervision`, `answer`, `mediation`); records written
+    before that kept it in `data`."""
+    if mediation := record.get("mediation"):
+        return mediation_words(mediation)
     returned = record.get("returned") or {}
     extension = record.get("extension") or {}
     supervision = record.get("supervision") or {}
@@ -174,6 +180,13 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def mediation_words(mediation: Mapping[str, Any]) -> str:
+    """调解成功，达成协议（协议：…） / 调解不成."""
+    outcome = MEDIATION_OUTCOME_NAMES.get(mediation.get("outcome") or "", "")
+    agreement = mediation.get("agreement") or ""
+    return outcome + (f"（协议：{agreement}）" if agreement else "")
 
 
 def verified_line(ticket: Mapping[str, Any], tz: ZoneInfo) -> str:

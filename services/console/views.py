@@ -35,13 +35,13 @@ from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
-from services.router.rules import FIRST_CONTACT
-from services.router.workflow import RETURN_REASONS
+from services.router.rules import FIRST_CONTACT, mediation_committee
+from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
 from shared.settings import Settings
-from shared.tickets import CHANNEL_NAMES, STATUS_NAMES, Status
+from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status
 
 HERE = Path(__file__).parent
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -476,7 +476,8 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         rows = [r for r in rows if r["received"].startswith(q["date"])]
     city = city_of(request)
     shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
-    filters = {k: v for k, v in q.items() if k not in ("page", "returned") and v}
+    filters = {k: v for k, v in q.items() if k not in ("page", *LEAVING.values()) and v}
+    left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     return page(
         request,
         "department.html",
@@ -488,7 +489,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         page_query=lambda n: urlencode([*sorted(filters.items()), ("page", n)]),
         filters=dict(q),
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
-        done=present.DONE["return"].format(no=q["returned"]) if q.get("returned") else "",
+        done=present.DONE[left[0]].format(no=left[1]) if left else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
         grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
     )
@@ -503,7 +504,7 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
     async def stream() -> AsyncIterator[str]:
         async with feed.subscribe() as news:
             await asyncio.wait_for(feed.ready.wait(), timeout=30)
-            # The tickets the page may show. One that leaves (the desk re-dispatched it, 改派) is news
+            # The tickets the page may show. One that leaves (改派 by the desk, 转人民调解) is news
             # too, though the department can no longer read it; others' tickets never get through.
             ours = {t["ticket_no"] for t in await client.department_tickets(dept or "")}
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"
@@ -539,15 +540,32 @@ def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
+def mediation_of(form: FormData) -> dict[str, Any]:
+    """A mediation committee's resolve form: how the mediation ended and the agreement's terms, named
+    as the API names them (`mediation.outcome`, `mediation.agreement`), so a refusal finds its field.
+    Another department's form has neither, and sends none."""
+    outcome = text(form, "mediation.outcome")
+    if not outcome:
+        return {}
+    return {"mediation": {"outcome": outcome, "agreement": text(form, "mediation.agreement")}}
+
+
 TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]] = {
     # action: (API path suffix, the body from the form, the form's fields and their labels; the first
     # is where an error that names no field is shown)
     "accept": ("accept", lambda f: {}, {"form": ""}),
     "resolve": (
         "resolve",
-        lambda f: {"note": text(f, "note")},
-        {"note": "办理结果说明", "photos": "处置照片"},
+        lambda f: {"note": text(f, "note"), **mediation_of(f)},
+        {
+            "note": "办理结果说明",
+            "photos": "处置照片",
+            "mediation": "调解结果",
+            "mediation.outcome": "调解结果",
+            "mediation.agreement": "协议内容",
+        },
     ),
+    "mediate": ("mediate", lambda f: {"reason": text(f, "reason")}, {"reason": "转人民调解的原因"}),
     "return": (
         "return",
         lambda f: {
@@ -568,6 +586,8 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]
 }
 
 WITH_PHOTOS = {"resolve"}  # actions whose form sends photos (处置照片)
+# Actions after which the ticket is no longer the department's to open: back to its queue, told there.
+LEAVING = {"return": "returned", "mediate": "mediated"}
 
 # --- the ticket list with search (the record, PostgreSQL) ------------------------------------------
 
@@ -726,6 +746,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
     ]
     grid = (ticket.get("grid") or {}).get("grid")
     volume = {grid: 1} if grid else {}
+    committee = mediation_committee(city, grid)
     return {
         "t": row(ticket, tz, datetime.now(UTC)),
         "history": history,
@@ -737,6 +758,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         and not ticket.get("verified_at")
         and not (ticket.get("assigned_via") in FIRST_CONTACT and not ticket.get("reopens")),
         "verified": present.verified_line(ticket, tz),
+        # 人民调解: the signed-in department is a committee (its resolve form asks how it ended), and
+        # the committee the ticket's street refers disputes to (转人民调解), if there is one.
+        "is_committee": is_mediation_committee(city, s.principal.department or ""),
+        "committee": city.department_by_id[committee].name if committee else "",
+        "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
     }
 
 
@@ -846,8 +872,8 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         payload["photos"] = photos
     if reply is None:
         reply = await client.post(f"/api/v1/tickets/{no}/{suffix}", payload)
-    if reply.ok and action == "return":  # the ticket is no longer ours to open: back to the queue
-        return RedirectResponse(f"/console/department?{urlencode({'returned': no})}", status_code=303)
+    if reply.ok and action in LEAVING:  # the ticket is no longer ours to open: back to the queue
+        return RedirectResponse(f"/console/department?{urlencode({LEAVING[action]: no})}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
     errors = field_errors(reply, fields, next(iter(fields)), form)

@@ -15,7 +15,9 @@ with no answer, and skipped ones (anonymous, opted out), are counted apart and a
 denominator; so are urges (催办: a resident calling again about an open ticket), on the day of the
 call, for the department that has the ticket then, and the grid workers' checks of resolutions on
 the spot (现场核查: checked, and found not solved), on the day of the check, for the department whose
-resolution was checked. The resident's survey stays the measure of resolution and satisfaction.
+resolution was checked, and the resolutions of the streets' mediation committees (人民调解: mediated,
+and those where the parties reached an agreement), on the day of the resolution, for the committee.
+The resident's survey stays the measure of resolution and satisfaction.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ FIELDS = (
     "urged",  # 催办件数: repeat calls about an open ticket, each counted on its day (not in a rate)
     "verified",  # 核查件数: resolutions a grid worker checked on the spot (现场核查), not in a rate
     "verification_failed",  # of the verified: found not solved and sent back (核查未解决), not in a rate
+    "mediated",  # 调解件数: resolutions by a mediation committee (人民调解), not in a rate
+    "mediation_agreed",  # of the mediated: the parties reached an agreement (达成协议), not in a rate
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -85,6 +89,8 @@ def fields_for(event: Event) -> tuple[str, ...]:
             return ("urged",)
         if event.action == "verified" and event.verification is not None:
             return ("verified",) if event.verification.solved else ("verified", "verification_failed")
+        if event.action == "resolved" and event.mediation is not None:  # only a committee's carries one
+            return ("mediated", "mediation_agreed") if event.mediation.outcome == "agreed" else ("mediated",)
         return ()
     if isinstance(event, SurveyAnswered):
         if event.outcome == "answered" and event.rating is not None:

@@ -110,6 +110,8 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "resolved_at": None,
         "resolution_note": "",
         "resolution_photos": [],
+        "mediation_outcome": None,
+        "mediation_agreement": "",
         "closed_at": None,
         "returns": 0,
         "reopens": 0,
@@ -231,11 +233,14 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
         row["overdue"] = row["overdue"] and row["resolve_by"] <= when
     elif action == "resolved":
         # The photos of the last resolution: a reopened ticket shows what was done before until
-        # it is resolved again.
+        # it is resolved again. So does a mediation committee's outcome (none from anyone else).
+        mediation = e.get("mediation") or {}
         row.update(
             resolved_at=when,
             resolution_note=e.get("note", ""),
             resolution_photos=list(e.get("photos") or ()),
+            mediation_outcome=mediation.get("outcome"),
+            mediation_agreement=mediation.get("agreement") or "",
             **unverified(),  # a new resolution is checked anew
         )
     elif action == "closed":

@@ -44,6 +44,11 @@ COUNTERS = {
     "verified": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'verified'",
     "verification_failed": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'verified' "
     "AND NOT coalesce((e.payload->'verification'->>'solved')::boolean, false)",
+    # A mediation committee's resolution is the one that carries a mediation (others carry null).
+    "mediated": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'resolved' "
+    "AND e.payload->'mediation'->>'outcome' IS NOT NULL",
+    "mediation_agreed": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'resolved' "
+    "AND e.payload->'mediation'->>'outcome' = 'agreed'",
 }
 
 

@@ -75,6 +75,8 @@ TICKET_TYPES = {
     "resolved_at": "timestamptz",
     "resolution_note": "text",
     "resolution_photos": "text[]",
+    "mediation_outcome": "text",
+    "mediation_agreement": "text",
     "closed_at": "timestamptz",
     "returns": "integer",
     "reopens": "integer",

@@ -33,7 +33,7 @@ from shared.auth import Principal, current_principal
 from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
-from shared.tickets import CHANNEL_NAMES, RATING_NAMES, STATUS_NAMES
+from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, RATING_NAMES, STATUS_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
 
@@ -45,7 +45,8 @@ LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
-    "caller_id, reopens, returns, urges, verified_at, verified_by, verification, updated_at"
+    "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
+    "updated_at"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {
@@ -68,6 +69,8 @@ EXPORT = {
     "催办次数": "urges",
     "现场核查": "verification",
     "核查时间": "verified_at",
+    "调解结果": "mediation_outcome",
+    "调解协议": "mediation_agreement",
     "满意度": "rating",
     "来电号码": "masked_phone",
     "标题": "title",
@@ -221,6 +224,7 @@ def export_names(city: City) -> dict[str, dict[Any, str]]:
         "grid": {gid: info.grid.name for gid, info in city.grids.items()},
         "rating": dict(RATING_NAMES),
         "verification": {"solved": "已解决", "not_solved": "未解决"},
+        "mediation_outcome": dict(MEDIATION_OUTCOME_NAMES),
     }
 
 

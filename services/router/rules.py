@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from shared.city import City, ResponsibilityRule
+from shared.city import City, DepartmentKind, ResponsibilityRule
 from shared.events import CategoryScore, GridMatch
 
 
@@ -88,14 +88,25 @@ def answered_on_call(city: City, operator: str | None) -> Routing:
 FIRST_CONTACT = frozenset({"answered", "on_spot"})
 
 
-def street_office(city: City, grid_id: str | None) -> str | None:
-    """The street office (街道办事处) governing the grid's street, if the city names one."""
+def _of_street(city: City, kind: DepartmentKind, grid_id: str | None) -> str | None:
+    """The department of `kind` that serves the grid's street, if the city names one."""
     info = city.grids.get(grid_id or "")
     if info is not None:
         for d in city.departments:
-            if d.kind == "street_office" and d.street == info.street_id:
+            if d.kind == kind and d.street == info.street_id:
                 return d.id
     return None
+
+
+def street_office(city: City, grid_id: str | None) -> str | None:
+    """The street office (街道办事处) governing the grid's street, if the city names one."""
+    return _of_street(city, "street_office", grid_id)
+
+
+def mediation_committee(city: City, grid_id: str | None) -> str | None:
+    """The street's People's Mediation Committee (街道人民调解委员会) for the grid, if the city names
+    one: where a department refers a dispute between parties (转人民调解)."""
+    return _of_street(city, "mediation", grid_id)
 
 
 def handled_on_spot(city: City, grid: GridMatch, worker: str | None) -> Routing:

@@ -2,7 +2,9 @@
 and joint meetings. Every call carries a bearer token (`appeals token --department ID|--admin`):
 a department sees and acts on its own tickets only; the dispatch desk (admin) reads everything,
 assigns from its queue, re-dispatches a department's ticket, decides extensions and meeting outcomes;
-a grid worker reads its grid's tickets and checks their resolutions on the spot (现场核查)."""
+a grid worker reads its grid's tickets and checks their resolutions on the spot (现场核查). A
+department refers a dispute between parties to its street's mediation committee (转人民调解), which
+then works it as any department does and resolves it with the mediation's outcome."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from shared.bus import publish
 from shared.city import City
 from shared.decisions import Change, Outcome
 from shared.errors import DomainError
-from shared.events import Event, MeetingUpdated
+from shared.events import Event, Mediation, MeetingUpdated
 from shared.feedback import record_example
 from shared.http import domain_error
 from shared.photo_store import PhotoStore
@@ -180,19 +182,31 @@ class ResolveIn(BaseModel):
     photos: list[str] = Field(
         [], description="ids from POST /api/v1/photos (at most 9): photos of the result (处置照片)"
     )
+    mediation: Mediation | None = Field(
+        None,
+        description="a mediation committee only, and required of it: agreed (with the agreement's "
+        "terms) or not_agreed (the note then says what the parties were told)",
+    )
 
 
-def _resolve(note: str, photos: tuple[str, ...]) -> Transition:
+def _resolve(note: str, photos: tuple[str, ...], mediation: Mediation | None = None) -> Transition:
     def transition(t: Ticket, dept: str, city: City, tz: ZoneInfo, now: datetime) -> Outcome:
         if workflow.allowed(t.status, "accept"):  # resolving straight away implies accepting it
             accepted = workflow.accept(t, dept, city, now)
             # Caused by the acceptance: both happen at `now`, and the record orders events of one
             # instant by cause, so the ticket's row ends resolved, not accepted.
             resolved = workflow.resolve(
-                accepted.ticket, dept, note, city, now, cause=accepted.publish[0], photos=photos
+                accepted.ticket,
+                dept,
+                note,
+                city,
+                now,
+                cause=accepted.publish[0],
+                photos=photos,
+                mediation=mediation,
             )
             return Outcome(resolved.ticket, publish=[*accepted.publish, *resolved.publish])
-        return workflow.resolve(t, dept, note, city, now, photos=photos)
+        return workflow.resolve(t, dept, note, city, now, photos=photos, mediation=mediation)
 
     return transition
 
@@ -206,7 +220,29 @@ async def resolve_ticket(
     photos: PhotoStore = Depends(photo_store),
 ):
     kept = await checked_photos(body.photos, photos)  # every id a kept photo, before the ticket changes
-    return await act_as(request, ticket_no, principal, _resolve(body.note, kept))
+    return await act_as(request, ticket_no, principal, _resolve(body.note, kept, body.mediation))
+
+
+class MediateIn(BaseModel):
+    # Checked by the workflow (at least a few characters), so a blank one is refused in words.
+    reason: str = Field("", max_length=2000, description="why it is a dispute between parties")
+
+
+@router.post("/tickets/{ticket_no}/mediate")
+async def mediate_ticket(
+    ticket_no: str, body: MediateIn, request: Request, principal: Principal = Depends(acting_department)
+):
+    """转人民调解: the department holding the ticket (已派单 or 办理中) refers a dispute between parties
+    to the People's Mediation Committee of the ticket's street, with the reason; the committee holds
+    it from then on with fresh deadlines, and the department no longer sees it. 409 when the street
+    has no committee, the ticket is with a committee already, a joint meeting named its lead, or it
+    is not (or no longer) in a status to move; 422 for a missing or short reason."""
+    return await act_as(
+        request,
+        ticket_no,
+        principal,
+        lambda t, d, city, tz, now: workflow.refer_to_mediation(t, d, body.reason, city, tz, now),
+    )
 
 
 class ReturnIn(BaseModel):

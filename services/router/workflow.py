@@ -6,6 +6,8 @@
                   |  +-- returned (退单): next candidate, or the dispatch desk; twice: meeting
                   +-> review (dispatch desk) -> assigned
     assigned / accepted -> assigned to another department (改派: the desk moved it, with a reason)
+    assigned / accepted -> assigned to the street's mediation committee (转人民调解: the department
+                           holding it says it is a dispute between parties, with a reason)
     meeting (联席会议) -> assigned to the lead the meeting decided
     urged (催办, the resident called again): any open status, which it keeps
     resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
@@ -31,7 +33,14 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from services.router import meetings
-from services.router.rules import FIRST_CONTACT, Routing, candidates, describe_rule, responsible
+from services.router.rules import (
+    FIRST_CONTACT,
+    Routing,
+    candidates,
+    describe_rule,
+    mediation_committee,
+    responsible,
+)
 from services.router.sla import Deadlines, add_working_days, deadlines
 from shared.city import City
 from shared.decisions import Outcome, applied
@@ -43,6 +52,7 @@ from shared.events import (
     Event,
     Extension,
     GridMatch,
+    Mediation,
     MeetingReason,
     MeetingSpec,
     Returned,
@@ -70,6 +80,7 @@ Step = Literal[
     "reclassify",  # a person corrected the category of a ticket waiting at the dispatch desk
     "dispatch",  # the dispatch desk picks the department
     "redispatch",  # 改派: the desk moves a ticket a department holds to another, with a reason
+    "mediate",  # 转人民调解: the department holding it refers a dispute to its street's committee
     "accept",
     "resolve",
     "return",
@@ -110,6 +121,13 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
         {S.ASSIGNED, S.ACCEPTED},
         {S.ASSIGNED},
         "（只有已派单或办理中的工单可以改派；联席会议中的工单由会议确定主办单位）",
+    ),
+    # Before the department says it is done: the committee then hears the parties with its own time.
+    "mediate": _move(
+        "转人民调解",
+        {S.ASSIGNED, S.ACCEPTED},
+        {S.ASSIGNED},
+        "（只有本单位已派单或办理中的工单可以转人民调解）",
     ),
     "accept": _move("签收", {S.ASSIGNED}, {S.ACCEPTED}),
     "resolve": _move("办结", {S.ACCEPTED}, {S.RESOLVED}, "（请先签收）"),
@@ -317,7 +335,7 @@ def _assigned(
     step: Step,
     dept_id: str,
     *,
-    via: Literal["operator", "reroute", "redispatch", "meeting", "dispatch_desk"],
+    via: Literal["operator", "reroute", "redispatch", "mediation", "meeting", "dispatch_desk"],
     explanation: str,
     city: City,
     tz: ZoneInfo,
@@ -490,7 +508,34 @@ def dispatch(
     return Outcome(new, publish=[event])
 
 
-REDISPATCH_REASON_MIN = 4  # characters: enough to say why (e.g. 属地有误), for the new department
+REASON_MIN = 4  # characters: enough to say why a ticket moves (e.g. 属地有误), for whoever gets it
+
+
+def _stated(reason: str, asked: str, reader: str) -> str:
+    """The reason a person gives for moving a ticket (改派, 转人民调解), on one line; refused when
+    too short to say why (`asked`: what to fill in; `reader`: who will read it)."""
+    reason = " ".join(reason.split())
+    if len(reason) < REASON_MIN:
+        raise WorkflowError(
+            "reason_required",
+            f"请填写{asked}（至少{REASON_MIN}个字），{reader}将看到原因",
+            kind="invalid",
+            field="reason",
+        )
+    return reason
+
+
+def _not_settled_by_meeting(ticket: Ticket, doing: str) -> None:
+    """A lead a joint meeting named keeps the ticket: the departments settled it together (联席会议),
+    and neither the lead (退单, 转人民调解) nor the desk alone (改派) overturns that, so a dispute
+    cannot go round again."""
+    if ticket.assigned_via == "meeting":
+        raise WorkflowError("meeting_decided", f"该工单的主办单位由联席会议确定，不能{doing}")
+
+
+def _dropped_extension(ticket: Ticket) -> str:
+    """What a move says about the old department's pending extension request, which goes with it."""
+    return "其延期申请随之撤销" if ticket.extension_request is not None else ""
 
 
 def redispatch(
@@ -508,10 +553,7 @@ def redispatch(
     overdue marks) goes with it, and its timers find the deadlines moved and fire nothing. The
     reason is the assignment's explanation, which the new department reads in the history."""
     check(ticket, "redispatch")
-    if ticket.assigned_via == "meeting":
-        # The departments settled it together (联席会议); the desk alone does not overturn that, and
-        # a lead the meeting named cannot return it either, so a dispute cannot go round again.
-        raise WorkflowError("meeting_decided", "该工单的主办单位由联席会议确定，不能改派")
+    _not_settled_by_meeting(ticket, "改派")
     dept = city.department_by_id.get(dept_id)
     if dept is None or dept.kind == "dispatch_desk":
         raise WorkflowError(
@@ -527,17 +569,8 @@ def redispatch(
             f"工单{ticket.ticket_no}已由{dept.name}承办，无需改派；请选择其他单位",
             field="department",
         )
-    reason = " ".join(reason.split())
-    if len(reason) < REDISPATCH_REASON_MIN:
-        raise WorkflowError(
-            "reason_required",
-            f"请填写改派原因（至少{REDISPATCH_REASON_MIN}个字），承办单位将看到原因",
-            kind="invalid",
-            field="reason",
-        )
-    was = f"原承办单位：{old.name}" if old else ""
-    if ticket.extension_request is not None:
-        was += "，其延期申请随之撤销"
+    reason = _stated(reason, "改派原因", "承办单位")
+    was = "，".join(w for w in (f"原承办单位：{old.name}" if old else "", _dropped_extension(ticket)) if w)
     new, event = _assigned(
         ticket,
         "redispatch",
@@ -549,6 +582,98 @@ def redispatch(
         explanation=f"派单中心改派：{reason}" + (f"（{was}）" if was else ""),
     )
     return Outcome(new, publish=[event])
+
+
+# --- people's mediation (人民调解) -----------------------------------------------------------------
+
+
+def is_mediation_committee(city: City, dept_id: str) -> bool:
+    dept = city.department_by_id.get(dept_id)
+    return dept is not None and dept.kind == "mediation"
+
+
+def refer_to_mediation(
+    ticket: Ticket,
+    dept_id: str,
+    reason: str,
+    city: City,
+    tz: ZoneInfo,
+    now: datetime,
+) -> Outcome:
+    """转人民调解: the department holding the ticket (assigned or accepted) finds it a dispute between
+    parties (neighbours' noise, a leaking ceiling, property fees, a small debt) and refers it to the
+    People's Mediation Committee of the ticket's street, which becomes its department with its full
+    time from now, as after a re-dispatch (改派); the reason is the assignment's explanation, which
+    the mediator reads. Not a return (`returns` stays): the committee may still return it."""
+    _require_owner(ticket, dept_id)
+    check(ticket, "mediate")
+    _not_settled_by_meeting(ticket, "转人民调解")
+    holder = ticket.department.name if ticket.department else dept_id
+    if is_mediation_committee(city, dept_id):
+        raise WorkflowError(
+            "already_with_committee",
+            f"工单{ticket.ticket_no}已由{holder}调解，不能再转人民调解；调解不成的，办结时如实记录调解结果",
+        )
+    grid = ticket.grid.grid if ticket.grid else None
+    committee = mediation_committee(city, grid)
+    if committee is None:
+        info = city.grids.get(grid or "")
+        where = f"工单所在的{info.street_name}没有人民调解委员会" if info else "工单未定位，无法确定所属街道"
+        raise WorkflowError(
+            "no_mediation_committee",
+            f"{where}，不能转人民调解；请本单位办理，或请派单中心改派",
+        )
+    reason = _stated(reason, "转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会")
+    dropped = _dropped_extension(ticket)
+    new, event = _assigned(
+        ticket,
+        "mediate",
+        committee,
+        via="mediation",
+        city=city,
+        tz=tz,
+        now=now,
+        explanation=f"{holder}转{city.department_by_id[committee].name}调解：{reason}"
+        + (f"（{dropped}）" if dropped else ""),
+    )
+    return Outcome(new, publish=[event])
+
+
+def _mediation_recorded(city: City, dept_id: str, mediation: Mediation | None) -> Mediation | None:
+    """What a resolution records of a mediation: a committee must say how it ended (and, agreed, the
+    agreement's terms); another department says nothing of one."""
+    if not is_mediation_committee(city, dept_id):
+        if mediation is not None:
+            raise WorkflowError(
+                "not_a_committee",
+                "只有人民调解委员会办结时填写调解结果；请只填写办理结果说明",
+                kind="invalid",
+                field="mediation",
+            )
+        return None
+    if mediation is None:
+        raise WorkflowError(
+            "mediation_required",
+            "人民调解委员会办结时须填写调解结果：达成协议（并写明协议内容）或调解不成",
+            kind="invalid",
+            field="mediation",
+        )
+    agreement = mediation.agreement.strip()
+    if mediation.outcome == "agreed" and not agreement:
+        raise WorkflowError(
+            "agreement_required",
+            "调解达成协议的，请填写协议内容（双方约定的事项、履行方式和期限）",
+            kind="invalid",
+            field="mediation.agreement",
+        )
+    if mediation.outcome == "not_agreed" and agreement:
+        raise WorkflowError(
+            "no_agreement",
+            "调解不成时不填写协议内容；已告知当事人的其他解决途径（诉讼、仲裁或主管部门）请写在办理结果说明中",
+            kind="invalid",
+            field="mediation.agreement",
+        )
+    return Mediation(outcome=mediation.outcome, agreement=agreement)
 
 
 # --- department actions ------------------------------------------------------------------------
@@ -614,17 +739,21 @@ def resolve(
     cause: Event | None = None,
     *,
     photos: tuple[str, ...] = (),
+    mediation: Mediation | None = None,
 ) -> Outcome:
     """办结, with the result in words and, if the department took any, in photos (处置照片: ids the
     view checked were kept). They replace an earlier resolution's: a ticket reopened (重办) keeps
     its last resolution's note and photos until it is resolved again, because what the resident
     found wanting is what the department must do better, and whoever handles the reopened ticket
-    needs to see it; the earlier ones stay in the history's `resolved` events."""
+    needs to see it; the earlier ones stay in the history's `resolved` events. A mediation committee
+    resolves with the mediation's outcome (`mediation`, required of it and of no one else); when the
+    parties did not agree, the note says what they were told of the other ways."""
     _require_owner(ticket, dept_id)
     check(ticket, "resolve")
     note = note.strip()
     if not note:
         raise WorkflowError("note_required", "办结时必须填写办理结果说明", kind="invalid", field="note")
+    mediated = _mediation_recorded(city, dept_id, mediation)
     event = _by_department(
         ticket,
         "resolved",
@@ -636,6 +765,7 @@ def resolve(
         note=note,
         photos=photos,
         on_time=_in_time(ticket.resolve_by, now),
+        mediation=mediated,
     )
     # A pending extension request is moot once the work is done. A new resolution is checked anew
     # (现场核查): the grid worker's verdict on the last one stays in the history.
@@ -647,6 +777,8 @@ def resolve(
         resolution_note=note,
         resolution_photos=photos,
         resolution_id=event.event_id,
+        mediation_outcome=mediated.outcome if mediated else None,
+        mediation_agreement=mediated.agreement if mediated else "",
         extension_request=None,
         **UNVERIFIED,
     )
@@ -682,8 +814,7 @@ def return_ticket(
             "invalid_reason", f"退单理由必须是以下之一：{choices}", kind="invalid", field="reason"
         )
     why_code: ReturnReason = reason
-    if ticket.assigned_via == "meeting":
-        raise WorkflowError("meeting_decided", "该工单的主办单位由联席会议确定，不能退单")
+    _not_settled_by_meeting(ticket, "退单")
     if not _in_time(ticket.respond_by, now):
         raise WorkflowError("window_closed", "已超过签收时限，不能退单；请签收办理或申请延期")
     grid = ticket.grid or GridMatch(grid=None)

@@ -418,3 +418,22 @@ def test_a_check_on_the_spot_in_words_for_staff_and_for_the_resident(city):
     assert "网格员已现场核查，问题已解决" in shown
     assert "网格员现场核查发现问题未解决，已退回承办单位重新办理" in shown
     assert "灯还是不亮" not in shown
+
+
+def test_a_residents_lookup_shows_a_mediations_outcome_but_not_its_agreement(city):
+    mediated = Ticket(
+        ticket_no="20260302-000003",
+        status=Status.RESOLVED,
+        channel="hotline",
+        text="楼上邻居深夜噪音",
+        received_at=NOW,
+        resolution_note="调解员分别听取双方意见后组织面对面调解",
+        mediation_outcome="agreed",
+        mediation_agreement="楼上住户22时后不再大声放音乐",
+    )
+    shown = public_view(mediated, [], city, TZ)
+    assert shown["mediation"] == "调解成功，达成协议"
+    assert "22时后" not in str(shown)  # the terms name the parties: staff read them, not the page
+    assert (
+        public_view(mediated.model_copy(update={"mediation_outcome": None}), [], city, TZ)["mediation"] == ""
+    )

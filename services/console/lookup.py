@@ -19,7 +19,7 @@ from services.intake.progress import clean_ticket_no as clean_ticket_no
 from services.intake.progress import step_words
 from shared.city import City
 from shared.store import TicketStore
-from shared.tickets import STATUS_NAMES, Ticket
+from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Ticket
 
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60
@@ -85,5 +85,7 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         "category": "/".join(ticket.category_names) or "分类中",
         "department": ticket.department.name if ticket.department and ticket.status != "review" else "",
         "resolution": ticket.resolution_note,
+        # A mediation's outcome, not its agreement: the terms name the parties (personal data).
+        "mediation": MEDIATION_OUTCOME_NAMES.get(ticket.mediation_outcome or "", ""),
         "steps": steps,
     }

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
+from services.console import callbacks as console_callbacks
 from services.console import views as console_views
 from services.intake import open311_views, photo_views, wechat_views
 from services.intake import views as intake_views
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             **console_views.body_limits(settings),
         },
     )
+    app.include_router(console_callbacks.router)  # before the console's catch-all for unknown pages
     console_views.mount(app)  # the web console at /, and /docs served without a CDN
 
     @app.exception_handler(RequestValidationError)

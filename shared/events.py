@@ -422,11 +422,12 @@ class SurveyAnswered(Event):
     survey_id: str
     rating: Rating | None
     solved: bool | None = None
-    text: str  # the resident's words, as sent
+    text: str  # the resident's words, as sent (by phone: as the operator wrote them down)
     outcome: SurveyOutcome = "answered"
     department: DepartmentRef | None = None
     category: str | None = None
     grid: str | None = None
+    by: str | None = None  # the operator who asked on the phone (电话回访); None: by SMS
 
 
 class PersonalDataRemoved(Event):

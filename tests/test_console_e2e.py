@@ -1175,3 +1175,62 @@ async def test_docs_load_swagger_from_the_project(page: Page):
     base = page.url.split("/docs")[0]
     assert [u for u in requests if not u.startswith(base)] == []
     await shot(page, "docs")
+
+
+# --- phone callbacks (电话回访) --------------------------------------------------------------------
+
+
+async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
+    page: Page, redis, system: System
+):
+    """A resident who answered neither the survey SMS nor its reminder is listed for a call; the
+    operator takes it, sees the number and what to read out, records 不满意/未解决, and the ticket
+    goes back to its department, the history naming the operator."""
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "阳光花园5号楼门口的路灯坏了一个多星期，晚上很黑", phone, "阳光花园5号楼")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        dept = {
+            "Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"
+        }
+        r = await client.post(
+            f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=dept
+        )
+        assert r.status_code == 200, r.text
+        surveyed = await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+        sid = next(h["survey_id"] for h in surveyed["history"] if h["topic"] == "survey.sent")
+        # The reminder's hour has come with no answer (a day in the demo city): due for a call.
+        await redis.zadd("survey:callback", {sid: 0}, xx=True)
+
+        await sign_in(page, await issue_token(redis, "operator", operator="op09"))
+        await page.get_by_role("link", name="电话回访").click()
+        await expect(page.locator("#callbacks")).to_contain_text(no)
+        await accessible(page)
+        await shot(page, "callbacks")
+        await page.get_by_role("button", name=f"开始回访工单{no}").click()
+        await expect(page.locator("#dial")).to_have_text(phone)
+        await expect(page.locator("#script")).to_contain_text("已更换灯泡，恢复照明")
+        await accessible(page)
+        await shot(page, "callback")
+        # Recorded without a rating: refused in words, the call kept.
+        await page.locator("#record-answer").evaluate("b => b.form.noValidate = true")
+        page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.locator("#record-answer").click()
+        await expect(page.locator("#callback-error")).to_contain_text("请记录市民的评价")
+        await page.get_by_label("不满意").check()
+        await page.get_by_label("未解决").check()
+        await page.locator("#note").fill("灯亮了两天又坏了")
+        page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
+        await page.locator("#record-answer").click()
+        await expect(page.locator("#callback-done")).to_contain_text(f"工单{no}回访已记录：不满意")
+        await expect(page.locator("#callbacks")).not_to_contain_text(no)
+
+        back = await ticket_when(client, no, lambda t: t["status"] == "assigned" and t["reopens"] == 1)
+        answer = next(h for h in back["history"] if h["topic"] == "survey.answered")
+        assert (answer["by"], answer["rating"], answer["solved"]) == ("op09", 3, False)
+        # Another operator cannot take a call that is over.
+        other = await page.request.post(
+            f"/api/v1/callbacks/{sid}/call",
+            headers={"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='op10')}"},
+        )
+        assert other.status == 409

@@ -437,3 +437,9 @@ def test_a_residents_lookup_shows_a_mediations_outcome_but_not_its_agreement(cit
     assert (
         public_view(mediated.model_copy(update={"mediation_outcome": None}), [], city, TZ)["mediation"] == ""
     )
+
+
+def test_an_answer_taken_on_the_phone_names_the_operator(city):
+    by_sms = {"topic": "survey.answered", "rating": 1, "outcome": "answered"}
+    assert present.describe(by_sms, city) == "市民回复回访：满意"
+    assert present.describe({**by_sms, "rating": 3, "by": "op09"}, city) == "电话回访（话务员op09）：不满意"

@@ -18,6 +18,7 @@ from services.notifier.gateway import OutboxGateway, SmsMessage
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
 from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
+from services.notifier.surveys import CALL_ATTEMPTS, CallRefused
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.events import (
@@ -287,6 +288,77 @@ async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     await kit.notifier.scan(NOON + timedelta(hours=72))
     assert await kit.sent(phone, "reminder") == []
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
+
+
+async def surveyed_with_id(kit: Kit) -> tuple[str, Ticket, str]:
+    """`surveyed`, and the survey's id (that of the resolution that started it)."""
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    [sent] = await kit.notifier.start_surveys([resolved])
+    assert isinstance(sent, SurveySent)
+    return phone, ticket, sent.survey_id
+
+
+async def due_for_a_call(kit: Kit, survey_id: str, now: datetime):
+    _, calls = await kit.notifier.surveys.due_calls(now, limit=10_000)
+    return next((c for c in calls if c.survey.survey_id == survey_id), None)
+
+
+async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(make_kit, clock):
+    """电话回访: due when the reminder goes out unanswered; one operator at a time; the answer on
+    the phone closes the survey like an SMS answer, naming the operator; a later SMS is a comment."""
+    kit = make_kit(quiet="none")
+    phone, ticket, sid = await surveyed_with_id(kit)
+    surveys = kit.notifier.surveys
+    assert await due_for_a_call(kit, sid, NOON + timedelta(hours=23)) is None  # the SMS has its time
+    later = NOON + timedelta(hours=25)
+    due = await due_for_a_call(kit, sid, later)
+    assert due is not None
+    assert (due.survey.phone, due.attempts, due.calling) == (phone, 0, None)
+    held = await surveys.call(sid, "op7", later)
+    assert held.calling == "op7"
+    with pytest.raises(CallRefused, match="话务员op7正在回访"):
+        await surveys.call(sid, "op8", later + timedelta(minutes=1))
+    assert (await due_for_a_call(kit, sid, later)).calling == "op7"
+    # The hold lapses: another operator may take it.
+    assert (await surveys.call(sid, "op8", later + timedelta(minutes=11))).calling == "op8"
+    answered = await surveys.answer_by_phone(
+        sid, "op8", 3, False, "路灯还是不亮", later + timedelta(minutes=12)
+    )
+    assert (answered.outcome, answered.rating, answered.solved, answered.by) == ("answered", 3, False, "op8")
+    assert answered.text == "路灯还是不亮"
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
+    assert await due_for_a_call(kit, sid, later + timedelta(hours=1)) is None
+    with pytest.raises(CallRefused, match="已结束"):
+        await surveys.answer_by_phone(sid, "op7", 1, True, "", later + timedelta(minutes=13))
+    # The resident's SMS after the call: a comment on the closed survey, not a second answer.
+    clock.now = later + timedelta(minutes=20)
+    assert isinstance(await surveys.reply(phone, "1"), SurveyComment)
+
+
+async def test_a_call_nobody_answers_is_tried_again_and_an_sms_answer_ends_the_calls(make_kit, clock):
+    kit = make_kit(quiet="none")
+    phone, ticket, sid = await surveyed_with_id(kit)
+    surveys, at = kit.notifier.surveys, NOON + timedelta(hours=25)
+    await surveys.call(sid, "op7", at)
+    assert await surveys.unreachable(sid, "op7", at) == 1
+    assert await due_for_a_call(kit, sid, at + timedelta(hours=1)) is None  # not before CALL_AGAIN
+    again = await due_for_a_call(kit, sid, at + timedelta(hours=2))
+    assert again is not None
+    assert (again.attempts, again.calling) == (1, None)
+    assert await surveys.unreachable(sid, "op8", at + timedelta(hours=2)) == 2
+    assert await surveys.unreachable(sid, "op8", at + timedelta(hours=4)) == CALL_ATTEMPTS
+    assert await due_for_a_call(kit, sid, at + timedelta(hours=20)) is None  # given up by phone
+    # ... the SMS still answers it, and the survey's end by its window closes nothing twice.
+    clock.now = at + timedelta(hours=5)
+    assert isinstance(await surveys.reply(phone, "2"), SurveyAnswer)
+    assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
+    # Another resident answers by SMS before any call: never listed again.
+    phone2, _, sid2 = await surveyed_with_id(kit)
+    await surveys.reply(phone2, "1")
+    assert await due_for_a_call(kit, sid2, at + timedelta(hours=30)) is None
+    with pytest.raises(CallRefused):
+        await surveys.call(sid2, "op7", at + timedelta(hours=30))
 
 
 async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):

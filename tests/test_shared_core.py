@@ -859,6 +859,7 @@ KEPT = {
     "summoned.id", "summoned.name", "supervision.stage_name", "supervision.supervisor", "supervision.to",
     "survey_id", "tickets", "top.category", "top_categories.category",
     "resolution_id", "verified_by", "void_surveys",  # event ids, a grid worker's id (工号)
+    "by",  # the operator who took a survey's answer on the phone (工号)
 }  # fmt: skip
 
 

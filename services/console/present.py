@@ -174,6 +174,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"{TOPIC_NAMES[topic]}：{names}{share}"
     if topic == "survey.answered":
         rating = RATING_NAMES.get(record.get("rating") or 0, "")
+        if record.get("by"):  # asked on the phone (电话回访)
+            return f"电话回访（话务员{record['by']}）：{rating}"
         return f"市民回复回访：{rating or record.get('outcome', '')}"
     if topic in ("meeting.convened", "meeting.updated"):
         return f"{TOPIC_NAMES[topic]}：{record.get('explanation') or record.get('note') or ''}"

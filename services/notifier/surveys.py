@@ -9,9 +9,17 @@ timeouts, and opt-outs.
   sms:ticket:{no}        also lists the ticket's surveys (`services.notifier.states`): an erasure
                          removes them by ticket (`forget`)
   sms:optout             phones that sent TD / 退订: no more surveys
+  survey:callback        the open surveys to ask by phone (电话回访), scored by when they are due:
+                         when the reminder goes out unanswered, later after a call nobody took
+  survey:call:{id}       a phone callback's state (hash): `attempts` (calls not answered), and
+                         `by`/`until` while an operator is calling (so no two call one resident)
 
 Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
-skipped_anonymous); comments add more. Closing is a ZREM on the open set, so of a reply and the
+skipped_anonymous); comments add more. Residents who do not answer the SMS are asked by phone: an
+open survey still unanswered when its reminder goes out is due for a call from a hotline operator
+(电话回访), who records the answer (`answer_by_phone`, the event naming the operator in `by`) or a
+call nobody took (`unreachable`: tried again later, at most CALL_ATTEMPTS times; the SMS window still
+ends the survey). Closing is a ZREM on the open set, so of a reply and the
 timeout arriving together only one closes the survey. The messages go out through the dispatcher,
 once per survey and kind; the reminder and the timeout are jobs in the job queue.
 """
@@ -19,7 +27,8 @@ once per survey and kind; the reminder and the timeout are jobs in the job queue
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -37,6 +46,7 @@ from services.notifier.survey import (
     parse_reply,
 )
 from services.notifier.texts import Texts
+from shared.errors import DomainError
 from shared.events import (
     Event,
     Rating,
@@ -52,6 +62,10 @@ SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
 OPTOUT = "sms:optout"
 SURVEY_KINDS = frozenset({"survey", "reminder", "clarification"})  # what an opt-out stops, even held
+CALLBACKS = "survey:callback"
+CALL_ATTEMPTS = 3  # calls nobody answered before the phone callback gives up (the SMS may still come)
+CALL_AGAIN = timedelta(hours=2)  # after a call nobody answered
+CALL_HOLD = timedelta(minutes=10)  # an operator's hold on a resident being called
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 # Whether a ticket's resident had their personal data erased, in which case what the notifier kept
@@ -123,6 +137,8 @@ class SurveyBook:
                 # Found by its ticket when the resident's personal data is erased (`forget`).
                 p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
                 p.expire(ticket_records_key(no), SURVEY_TTL)
+                # Unanswered when the reminder goes out: an operator calls (电话回访).
+                p.zadd(CALLBACKS, {survey.survey_id: (now + self.reminder_after).timestamp()})
                 self.jobs.add_into(
                     p,
                     {
@@ -257,6 +273,93 @@ class SurveyBook:
         await self.sms.send(f"optout:{caller_id(phone)}:{self.sms.policy.local_day(now)}", confirmation, now)
         return OptedOut(closed_surveys=closed)
 
+    # --- by phone (电话回访) ----------------------------------------------------------------------
+
+    async def due_calls(self, now: datetime, limit: int = 50) -> tuple[int, list[Call]]:
+        """How many open surveys are due for a phone call, and the `limit` longest waiting."""
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zcount(CALLBACKS, "-inf", now.timestamp())
+            p.zrangebyscore(CALLBACKS, "-inf", now.timestamp(), start=0, num=limit, withscores=True)
+            total, due = await p.execute()
+        if not due:
+            return int(total), []
+        ids = [sid.decode() for sid, _ in due]
+        async with self.redis.pipeline(transaction=False) as p:
+            p.mget([_survey_key(sid) for sid in ids])
+            for sid in ids:
+                p.hgetall(_call_key(sid))
+            stored, *states = await p.execute()
+        calls = [
+            _call(Survey.model_validate_json(raw), score, state, now)
+            for raw, (_, score), state in zip(stored, due, states, strict=True)
+            if raw is not None  # forgotten meanwhile
+        ]
+        return int(total), calls
+
+    async def call(self, survey_id: str, operator: str, now: datetime) -> Call:
+        """The survey `operator` is about to phone about, held for them for CALL_HOLD so that no
+        other operator calls the same resident meanwhile. Raises CallRefused when it is no longer
+        open or another operator holds it."""
+        survey = await self._open(survey_id, now)
+        key = _call_key(survey_id)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hgetall(key)
+            p.zscore(CALLBACKS, survey_id)
+            state, due = await p.execute()
+        held = _call(survey, due or now.timestamp(), state, now)
+        if held.calling and held.calling != operator:
+            raise CallRefused(f"话务员{held.calling}正在回访该市民，请选择其他工单")
+        until = now + CALL_HOLD
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hset(key, mapping={"by": operator, "until": until.timestamp()})
+            p.expire(key, SURVEY_TTL)
+            await p.execute()
+        return Call(survey, held.due, held.attempts, operator)
+
+    async def answer_by_phone(
+        self, survey_id: str, operator: str, rating: Rating, solved: bool, note: str, now: datetime
+    ) -> SurveyAnswered:
+        """The resident answered on the phone: the survey closes with their rating, as an SMS
+        answer would close it, and the event names the operator (`by`). `note`: what they said,
+        in the operator's words (kept as the answer's text)."""
+        survey = await self._open(survey_id, now)
+        answered = await self._close(
+            survey,
+            "answered",
+            note.strip() or "电话回访",
+            now,
+            event_id=derived_id(survey_id, "phone"),
+            rating=rating,
+            solved=solved,
+            by=operator,
+        )
+        if answered is None:  # the resident's SMS came first
+            raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
+        return answered
+
+    async def unreachable(self, survey_id: str, operator: str, now: datetime) -> int:
+        """A call nobody answered: tried again after CALL_AGAIN, at most CALL_ATTEMPTS calls (the
+        survey stays open for an SMS answer until its window ends). Returns the calls so far."""
+        await self._open(survey_id, now)
+        key = _call_key(survey_id)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hincrby(key, "attempts", 1)
+            p.hdel(key, "by", "until")
+            attempts = int((await p.execute())[0])
+        if attempts >= CALL_ATTEMPTS:
+            await self.redis.zrem(CALLBACKS, survey_id)
+        else:
+            await self.redis.zadd(CALLBACKS, {survey_id: (now + CALL_AGAIN).timestamp()}, xx=True)
+        return attempts
+
+    async def _open(self, survey_id: str, now: datetime) -> Survey:
+        survey = await self.get(survey_id)
+        if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
+            raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
+        if await self._forgotten(survey, now):
+            raise CallRefused("该市民的个人信息已删除，不能再回访")
+        return survey
+
     # --- the record ---------------------------------------------------------------------------
 
     async def get(self, survey_id: str | bytes) -> Survey | None:
@@ -273,7 +376,10 @@ class SurveyBook:
         (which the router keeps in the history and acts on no more) rather than as a new appeal."""
         ids = [k.removeprefix("survey:") for k in survey_keys if k.startswith("survey:")]
         if ids:
-            await self.redis.zrem(self.jobs.key, *(encode(SurveyJob("remind", sid)) for sid in ids))
+            async with self.redis.pipeline(transaction=True) as p:
+                p.zrem(self.jobs.key, *(encode(SurveyJob("remind", sid)) for sid in ids))
+                p.zrem(CALLBACKS, *ids)  # nor does an operator phone them about it
+                await p.execute()
 
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
         """The resident's personal data was erased from these surveys' tickets: a survey still open
@@ -298,8 +404,9 @@ class SurveyBook:
         async with self.redis.pipeline(transaction=True) as p:
             for survey in stored:
                 sid = survey.survey_id
-                p.delete(_survey_key(sid), _answer_key(sid))
+                p.delete(_survey_key(sid), _answer_key(sid), _call_key(sid))
                 p.zrem(f"survey:open:{survey.phone}", sid)
+                p.zrem(CALLBACKS, sid)
                 p.zrem(self.jobs.key, *(encode(SurveyJob(a, sid)) for a in ("remind", "close")))
             p.eval(
                 _FORGET_LAST,
@@ -320,6 +427,7 @@ class SurveyBook:
         event_id: str,
         rating: Rating | None = None,
         solved: bool | None = None,
+        by: str | None = None,
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
         reply or the timeout closed it first). If the publish fails the survey is open again."""
@@ -335,6 +443,7 @@ class SurveyBook:
             text=text,
             outcome=outcome,
             occurred_at=now,
+            by=by,
             **_groups(survey),
         )
         await self.redis.set(_answer_key(survey.survey_id), answered.json_text, ex=SURVEY_TTL)
@@ -344,7 +453,11 @@ class SurveyBook:
             await self.redis.delete(_answer_key(survey.survey_id))
             await self.redis.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
             raise
-        await self.redis.set(f"survey:last:{survey.phone}", survey.survey_id, ex=LATE_REPLY_SECONDS)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.set(f"survey:last:{survey.phone}", survey.survey_id, ex=LATE_REPLY_SECONDS)
+            p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
+            p.delete(_call_key(survey.survey_id))
+            await p.execute()
         SURVEYS_ANSWERED.labels(rating=str(rating) if rating else outcome).inc()
         return answered
 
@@ -373,6 +486,39 @@ return #KEYS
 
 def _survey_key(survey_id: str) -> str:
     return f"survey:{survey_id}"
+
+
+def _call_key(survey_id: str) -> str:
+    return f"survey:call:{survey_id}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """An open survey due for a phone call: whom to call (`survey.phone`, for the operator only),
+    since when it is due, how many calls nobody answered, and who is calling now (None: nobody)."""
+
+    survey: Survey
+    due: datetime
+    attempts: int
+    calling: str | None
+
+
+class CallRefused(DomainError):
+    """The phone callback cannot be taken or recorded: it ended, or another operator has it (409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("callback_refused", message)
+
+
+def _call(survey: Survey, due: float, state: Mapping[Any, Any], now: datetime) -> Call:
+    until = float(state.get(b"until", 0))
+    by = state.get(b"by")
+    return Call(
+        survey=survey,
+        due=datetime.fromtimestamp(due, now.tzinfo),
+        attempts=int(state.get(b"attempts", 0)),
+        calling=by.decode() if by and until > now.timestamp() else None,
+    )
 
 
 def _answer_key(survey_id: str) -> str:

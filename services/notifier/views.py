@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -20,9 +20,10 @@ from services.notifier.gateway import OutboxGateway
 from services.notifier.inbound import Answer, InboundMessages
 from services.notifier.scorecard import MAX_DAYS, Scorecard
 from services.notifier.service import Notifier
-from shared.auth import Principal, require_admin, require_resident_sms, require_sms_gateway
+from services.notifier.surveys import CALL_ATTEMPTS, Call
+from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
 from shared.http import api_error
-from shared.privacy import InvalidPhone, caller_id, normalize_phone
+from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
 log = logging.getLogger(__name__)
@@ -151,3 +152,93 @@ async def scorecard(
         },
         "groups": await card.query(group_by, start, end),
     }
+
+
+# --- phone callbacks (电话回访) -------------------------------------------------------------------
+
+# Operators phone the residents who have not answered the SMS survey; the desk may too.
+require_callers = require_role("operator", "admin", refusal="只有话务员（或派单中心）可以电话回访")
+
+
+def _caller_of(principal: Principal) -> str:
+    """Who made the call, as the answer's event names them: the operator's number (工号)."""
+    return principal.operator or ("派单中心" if principal.is_admin else principal.token_id)
+
+
+def _call_view(call: Call) -> dict[str, Any]:
+    survey = call.survey
+    return {
+        "survey_id": survey.survey_id,
+        "ticket_no": survey.ticket_no,
+        # The number to dial: the operator's to see, as the caller's number is when they register.
+        "phone": survey.phone,
+        "masked_phone": mask_phone(survey.phone),
+        "department": survey.department.model_dump() if survey.department else None,
+        "surveyed_at": survey.started_at.isoformat(),
+        "due_at": call.due.isoformat(),
+        "attempts": call.attempts,
+        "calling": call.calling,
+    }
+
+
+class CallbackIn(BaseModel):
+    reached: bool = Field(description="false: nobody answered the call (未接通)")
+    rating: Literal[1, 2, 3] | None = Field(None, description="满意 1, 基本满意 2, 不满意 3 (reached)")
+    solved: bool | None = Field(None, description="whether the resident says the problem is solved")
+    note: str = Field("", max_length=500, description="what the resident said, in a few words")
+
+
+@router.get("/callbacks")
+async def due_callbacks(
+    request: Request,
+    size: int = Query(50, ge=1, le=200),
+    principal: Principal = Depends(require_callers),
+):
+    """The surveys due for a phone call (电话回访), the longest waiting first: unanswered by SMS
+    when their reminder went out, or again a while after a call nobody took. `calling`: the
+    operator holding one now (`mine`: the one asking)."""
+    notifier: Notifier = request.app.state.notifier
+    total, calls = await notifier.surveys.due_calls(notifier.clock(), size)
+    me = _caller_of(principal)
+    return {
+        "total": total,
+        "attempts": CALL_ATTEMPTS,
+        "items": [_call_view(c) | {"mine": c.calling == me} for c in calls],
+    }
+
+
+@router.post("/callbacks/{survey_id}/call")
+async def take_callback(survey_id: str, request: Request, principal: Principal = Depends(require_callers)):
+    """The operator is about to phone this resident: held for them for a few minutes (409 when
+    another operator holds it or the survey ended); with the appeal's text and the resolution."""
+    notifier: Notifier = request.app.state.notifier
+    call = await notifier.surveys.call(survey_id, _caller_of(principal), notifier.clock())
+    # What the operator reads out: the appeal and what the department says it did (operators do
+    # not read tickets otherwise).
+    ticket = await notifier.store.get(call.survey.ticket_no)
+    return _call_view(call) | {
+        "text": ticket.text if ticket else "",
+        "category_names": list(ticket.category_names) if ticket else [],
+        "resolution_note": ticket.resolution_note if ticket else "",
+    }
+
+
+@router.post("/callbacks/{survey_id}")
+async def record_callback(
+    survey_id: str, body: CallbackIn, request: Request, principal: Principal = Depends(require_callers)
+):
+    """What the call gave: the resident's answer, which closes the survey as an SMS answer does
+    (an unsatisfied one reopens the ticket), or a call nobody answered (tried again later)."""
+    notifier: Notifier = request.app.state.notifier
+    now, operator = notifier.clock(), _caller_of(principal)
+    if not body.reached:
+        attempts = await notifier.surveys.unreachable(survey_id, operator, now)
+        return {"outcome": "unreachable", "attempts": attempts, "again": attempts < CALL_ATTEMPTS}
+    if body.rating is None or body.solved is None:
+        missing = "rating" if body.rating is None else "solved"
+        why = "接通后请记录市民的评价（满意、基本满意或不满意）和问题是否解决"
+        return api_error(422, "answer_required", why, field=missing)
+    answered = await notifier.surveys.answer_by_phone(
+        survey_id, operator, body.rating, body.solved, body.note, now
+    )
+    return {"outcome": "answered", "ticket_no": answered.ticket_no, "rating": answered.rating}

@@ -8,7 +8,8 @@ then works it as any department does and resolves it with the mediation's outcom
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
@@ -30,8 +31,8 @@ from shared.events import Event, Mediation, MeetingUpdated
 from shared.feedback import record_example
 from shared.http import domain_error
 from shared.photo_store import PhotoStore
-from shared.store import ConcurrentUpdate, apply_and_publish
-from shared.tickets import STATUS_NAMES, Status, Ticket
+from shared.store import ConcurrentUpdate, Then, apply_and_publish, together
+from shared.tickets import STATUS_NAMES, TICKET_NO_PATTERN, Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 
@@ -105,7 +106,6 @@ async def act(
     """Apply an action: the transition decides (None: nothing to do), the store writes, the events
     are published. The answer is the ticket with its history, or what `answer` makes of it for
     those who may act on a ticket they may not read (`may_act`: an operator's urge)."""
-    state = request.app.state
     errors: list[DomainError] = []
 
     def decide(ticket: Ticket | None) -> Outcome | None:
@@ -118,10 +118,26 @@ async def act(
             errors.append(e)
             return None
 
+    return await written(request, ticket_no, errors, [Change(ticket_no, decide)], answer=answer)
+
+
+async def written(
+    request: Request,
+    ticket_no: str,
+    errors: list[DomainError],
+    changes: list[Change],
+    then: Then | None = None,
+    *,
+    answer: Callable[[Ticket], dict] | None = None,
+):
+    """Write the decisions (see `apply_and_publish`) and answer with `ticket_no`, the first ticket
+    they are about, or with the refusal its decisions noted in `errors`."""
+    state = request.app.state
     try:
-        [(ticket, _)] = await apply_and_publish(
-            state.store, [Change(ticket_no, decide)], lambda events: publish(state.publisher, events)
+        results = await apply_and_publish(
+            state.store, changes, lambda events: publish(state.publisher, events), then
         )
+        ticket = results[0][0] if results else None
     except ConcurrentUpdate:
         return busy()
     except Exception:
@@ -503,6 +519,45 @@ async def redispatch_ticket(
         lambda t, now: workflow.redispatch(t, body.department, body.reason, city, tz, now),
         principal=principal,
     )
+
+
+class MergeIn(BaseModel):
+    into: str = Field(max_length=40, description="the main ticket (主件) the duplicate is merged into")
+    # Checked by the workflow (at least a few characters), so a blank one is refused in words.
+    reason: str = Field("", max_length=2000, description="并案原因: why it is the same problem")
+
+
+@router.post("/tickets/{ticket_no}/merge")
+async def merge_ticket(
+    ticket_no: str, body: MergeIn, request: Request, principal: Principal = Depends(require_admin)
+):
+    """并案: the dispatch desk merges a duplicate (从件: 待人工派单, or 已派单 and not yet accepted)
+    into the ticket already being handled (主件, `into`). The duplicate is closed, pointing at it
+    (`merged_into`), and leaves its department's queue; its resident is texted which ticket to
+    follow; the main ticket lists it (`merged`). Both tickets change in one write. Refused: another
+    role 403; a main ticket that does not exist 404 (`into`); one that is finished or merged itself
+    409 (`into`); a duplicate in another status 409; the ticket itself, or a short reason, 422. The
+    answer is the duplicate with its history."""
+    _, _, desk = desk_context(request)
+    into = body.into.strip()
+    nos = [ticket_no, into] if re.fullmatch(TICKET_NO_PATTERN, into) else [ticket_no]
+    errors: list[DomainError] = []
+
+    def decide(tickets: Mapping[str, Ticket | None]) -> dict[str, Outcome] | None:
+        duplicate = tickets[ticket_no]
+        if duplicate is None:
+            errors.append(ticket_not_found(ticket_no))
+            return None
+        try:
+            merged, listed = workflow.merge(
+                duplicate, tickets.get(into), into, body.reason, desk, datetime.now(UTC)
+            )
+        except DomainError as e:
+            errors.append(e)
+            return None
+        return {ticket_no: merged, into: listed}
+
+    return await written(request, ticket_no, errors, [], together(nos, decide))
 
 
 # --- joint meetings (联席会议) -------------------------------------------------------------------

@@ -61,6 +61,8 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.extension_request is not None, "延期待审"),
             (ticket.urges > 0, f"催办{ticket.urges}次"),
             (ticket.verification == "not_solved", "核查未解决"),  # the grid worker sent it back
+            (bool(ticket.merged), f"并案{len(ticket.merged)}件"),  # more residents wait on its result
+            (ticket.merged_into is not None, "已并案"),  # closed into another ticket
         )
         if on
     ]

@@ -859,6 +859,7 @@ KEPT = {
     "summoned.id", "summoned.name", "supervision.stage_name", "supervision.supervisor", "supervision.to",
     "survey_id", "tickets", "top.category", "top_categories.category",
     "resolution_id", "verified_by", "void_surveys",  # event ids, a grid worker's id (工号)
+    "merge.into", "merge.duplicate", "merged_into", "merged",  # 并案: ticket numbers
 }  # fmt: skip
 
 

@@ -8,7 +8,7 @@ already applied). The router's workflow and timers, and intake's appeal recordin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.events import AppealReceived, Event
@@ -30,6 +30,12 @@ class Outcome:
 
 # Given the current ticket (None if there is none yet), the outcome, or None for "nothing to do".
 Decision = Callable[[Ticket | None], Outcome | None]
+
+
+# One decision about several tickets at once, each seen as it is (None: there is none): the outcome
+# per ticket it changes, or None for "nothing to do" (e.g. refused). 并案 decides the duplicate and
+# the main ticket together, because each side is only right if the other is.
+JointDecision = Callable[[Mapping[str, Ticket | None]], Mapping[str, Outcome] | None]
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,8 @@ TicketAction = Literal[
     "escalated",
     "urged",
     "verified",
+    "merged",  # 并案: this ticket (a duplicate, 从件) was merged into another one and is closed
+    "duplicate_merged",  # 并案: a duplicate was merged into this ticket (主件); its status stays
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -330,6 +332,20 @@ class Mediation(_Frozen):
     agreement: str = Field("", max_length=5000)
 
 
+class Merge(_Frozen):
+    """`merged` / `duplicate_merged` (并案): the dispatch desk merged the duplicate (从件) into the
+    ticket already being handled (主件), with its reason as the event's `note`. Both sides' events
+    carry the two numbers, so a consumer of either knows which side it reads (`ticket_no`)."""
+
+    into: str  # the main ticket (主件)
+    duplicate: str  # the duplicate (从件), closed by the merge
+    # The duplicate's side, when a department held it and had not accepted it yet (已派单): whether
+    # the merge came within its response deadline. The merge answers for that department's
+    # response in the three rates (see services.notifier.scoring); None when the duplicate waited at
+    # the dispatch desk (待人工派单), which no rate counts, and on the main ticket's side.
+    response_on_time: bool | None = None
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -346,6 +362,8 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "escalated": ("supervision", "meeting"),
     "urged": ("urge",),
     "verified": ("verification",),
+    "merged": ("merge",),
+    "duplicate_merged": ("merge",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
@@ -384,6 +402,8 @@ class TicketUpdated(Event):
     answer: Answer | None = None
     urge: Urge | None = None
     verification: Verification | None = None
+    # Added after version 2 was out: optional, so events written before it parse unchanged.
+    merge: Merge | None = None
     # Beside `on_time`, on a resolution by a mediation committee only (None on every other event,
     # and on events written before committees took tickets: the version stays 2, old events parse).
     mediation: Mediation | None = None

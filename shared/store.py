@@ -32,7 +32,7 @@ from redis.exceptions import WatchError
 from redis.typing import EncodableT, FieldT
 
 # The decision types live with the pure code; re-exported for the callers that write them here.
-from shared.decisions import Change, Decision, Outcome, record_appeal
+from shared.decisions import Change, Decision, JointDecision, Outcome, record_appeal
 from shared.events import AppealReceived, Event, PersonalDataRemoved
 from shared.privacy import scrub_event, scrub_ticket
 from shared.tickets import Ticket
@@ -41,6 +41,7 @@ __all__ = [
     "Change",
     "ConcurrentUpdate",
     "Decision",
+    "JointDecision",
     "OnWrite",
     "Outcome",
     "Read",
@@ -49,6 +50,7 @@ __all__ = [
     "TicketStore",
     "apply_and_publish",
     "record_appeal",
+    "together",
 ]
 
 
@@ -69,6 +71,24 @@ OnWrite = Callable[[Any, Sequence[tuple[Ticket | None, Ticket]]], None]
 Read = Callable[[Sequence[str]], Awaitable[dict[str, Ticket | None]]]
 Result = tuple[Ticket | None, list[Event]]
 Then = Callable[[Sequence[Result], Read], Awaitable[Sequence[Change]]]
+
+
+def together(nos: Sequence[str], decide: JointDecision) -> Then:
+    """One decision about several tickets (`nos`), as the `then` of a write with no changes of its
+    own: `apply_and_publish(store, [], publish, then=together(nos, decide))`. The tickets are read
+    under the transaction's WATCH, the decision sees them all, and what it decides for each is
+    written in the same MULTI, or nothing is (a ticket that changed meanwhile: read and decided
+    again). Never split: `apply_many` halves a busy batch by its own changes, and this one has none,
+    so it is retried whole and then refused (`ConcurrentUpdate`)."""
+
+    def decided(outcome: Outcome) -> Decision:
+        return lambda _ticket: outcome  # decided on the ticket just read, in this transaction
+
+    async def then(_: Sequence[Result], read: Read) -> list[Change]:
+        outcomes = decide(await read(nos)) or {}
+        return [Change(no, decided(outcome)) for no, outcome in outcomes.items()]
+
+    return then
 
 
 class ConcurrentUpdate(RuntimeError):

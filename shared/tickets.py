@@ -129,6 +129,10 @@ class Ticket(BaseModel):
     returns: int = 0
     reopens: int = 0
     urges: int = 0  # 催办: how often the resident called again about it while it was open
+    # 并案: the main ticket (主件) this duplicate was merged into (it is closed), and, on a main
+    # ticket, the duplicates merged into it: the residents waiting on its result besides its own.
+    merged_into: str | None = None
+    merged: tuple[str, ...] = ()
     # The router's bookkeeping: who returned it, a pending extension request, supervision.
     returned_by: tuple[str, ...] = ()
     extension_request: dict | None = None  # {"days", "reason", "by", "at"} until the desk decides

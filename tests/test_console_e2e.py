@@ -786,6 +786,64 @@ async def test_desk_redispatches_a_departments_ticket_and_its_queue_lets_it_go(
     await holder.context.close()
 
 
+async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pages_link(
+    page: Page, redis, system: System
+):
+    """并案: on a duplicate's page the desk picks the main ticket among its grid's and category's open
+    tickets, gives the reason, confirms a question naming both; the duplicate closes and the two
+    pages link to each other."""
+    async with await admin_api(system, redis) as client:
+        text = "和平里小区8号楼西侧的路灯坏了三天了，晚上很黑，老人出门不方便"
+        main = await submit(client, text, new_phone(), "和平里小区")
+        await ticket_when(client, main, lambda t: t["status"] in ("assigned", "review"))
+        dup = await submit(
+            client, "和平里小区8号楼西侧路灯坏了三天，晚上漆黑一片，请尽快修", new_phone(), "和平里小区"
+        )
+        await ticket_when(client, dup, lambda t: t["status"] in ("assigned", "review"))
+
+    asked: list[str] = []
+
+    async def confirm(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto(f"/console/tickets/{dup}")
+    offered = page.locator(f"input[name='into'][value='{main}']")
+    await expect(offered).to_have_count(1)  # the same grid and category, being handled
+    await expect(page.locator(f"input[name='into'][value='{dup}']")).to_have_count(0)  # not itself
+    await page.locator("#merge-reason").fill("同一路灯邻居重复反映")
+    await page.locator("#merge").click()  # no main ticket chosen: said beside the field
+    await expect(page.locator("#merge-into-error")).to_contain_text("请选择或填写主件的工单号")
+    await offered.check()
+    await page.locator("#merge-reason").fill("重复")
+    await page.locator("#merge").click()
+    await expect(page.locator("#merge-reason-error")).to_contain_text("请填写并案原因")
+    await expect(page.locator("#merge-reason")).to_be_focused()
+    await expect(offered).to_be_checked()  # what was chosen stays chosen
+    await page.locator("#merge-reason").fill("同一盏路灯，邻居重复反映")
+    await page.locator("#merge").click()
+    await expect(page.locator("#done")).to_contain_text(f"工单{dup}已并入工单{main}合并办理")
+    await expect(page.locator("#status")).to_have_text("已关闭")
+    await expect(page.locator(f"#merged-into a[href='/console/tickets/{main}']")).to_have_text(main)
+    await expect(page.locator("ol.history")).to_contain_text(
+        f"并入工单{main}合并办理：同一盏路灯，邻居重复反映"
+    )
+    await expect(page.locator("#merge")).to_have_count(0)  # closed: nothing more to merge
+    assert asked
+    assert all(f"确定将工单{dup}并入" in q for q in asked)  # asked each time
+    assert f"确定将工单{dup}并入工单{main}合并办理吗" in asked[-1]  # the main ticket chosen: both named
+    await accessible(page)
+    await shot(page, "ticket-merge")
+
+    await page.locator(f"#merged-into a[href='/console/tickets/{main}']").click()
+    await expect(page.locator(f"#merged a[href='/console/tickets/{dup}']")).to_have_text(f"工单{dup}")
+    await expect(page.locator("#merged")).to_contain_text("共2位市民反映")
+    await expect(page.locator("ol.history")).to_contain_text(f"并案：工单{dup}并入本工单")
+    await accessible(page)
+
+
 async def test_a_department_refers_a_dispute_to_mediation_and_the_mediator_records_the_agreement(
     page: Page, browser: Browser, redis, system: System, system_city
 ):

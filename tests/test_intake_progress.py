@@ -19,6 +19,7 @@ from services.intake.progress import (
     parse_query,
     progress_of,
     reply_text,
+    step_words,
 )
 from services.notifier.survey import is_opt_out, parse_reply
 from services.notifier.texts import DEFAULT_FILE, NotificationsError, load_texts
@@ -153,6 +154,30 @@ def test_the_answer_lists_the_tickets_without_personal_data():
         assert private not in text
     more = reply_text(Query(), mine[:1] * LISTED, more=2)
     assert more.endswith("另有2件工单未列出，可发送工单号逐件查询。")
+
+
+def test_a_merged_ticket_is_told_by_the_ticket_it_follows_and_nothing_else_of_that_one():
+    """并案: the resident follows the main ticket, another resident's: its number, status and
+    department only (not its last step, which may be that resident's urge or survey)."""
+    mine = _ticket(Status.CLOSED, department=DEPT, merged_into="20261123-000001").model_copy(
+        update={"ticket_no": "20261123-000005"}
+    )
+    theirs = _ticket(Status.ACCEPTED, department=DEPT, merged=("20261123-000005",), urges=2)
+    p = progress_of(mine, HISTORY, TZ, theirs)
+    assert p == TicketProgress("20261123-000005", "办理中", "区城市管理委员会", "", "20261123-000001")
+    text = reply_text(Query("20261123-000001"), [p])
+    assert text == (
+        "您的工单：工单号20261123-000005，与工单20261123-000001为同一问题，已并入该工单合并办理；"
+        "工单20261123-000001办理中，承办单位：区城市管理委员会。"
+    )
+    for private in ("张三", "阳光花园", "5678", "催办"):
+        assert private not in text
+    # The main ticket gone from Redis: the resident is still told which ticket they follow.
+    gone = reply_text(Query("20261123-000005"), [progress_of(mine, HISTORY, TZ, None)])
+    assert gone.endswith("与工单20261123-000001为同一问题，已并入该工单合并办理。")
+    merged = {"topic": "ticket.updated", "action": "merged", "merge": {"into": "20261123-000001"}}
+    assert step_words(merged) == "与工单20261123-000001为同一问题，已合并办理"
+    assert step_words({"topic": "ticket.updated", "action": "duplicate_merged"}) is None  # another's
 
 
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():

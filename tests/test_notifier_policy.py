@@ -107,3 +107,29 @@ def test_a_citys_own_file_without_the_supervisor_notices_uses_the_shipped_texts(
         "overdue_notice", ticket_no="20261123-000001", stage="签收", deadline="", department="区城管委"
     )
     assert text.startswith("【市热线】督办提醒：区城管委承办的工单20261123-000001")
+
+
+def test_the_merge_notice_names_the_ticket_to_follow_and_a_city_may_leave_it_out(tmp_path):
+    import yaml
+
+    from services.notifier.texts import DEFAULT_FILE, NotificationsError, load_texts
+
+    shipped = load_texts().render("merged_notice", ticket_no="20261123-000005", into="20261123-000001")
+    assert shipped == (
+        "【12345】您反映的问题（工单号20261123-000005）与工单20261123-000001为同一问题，已合并办理，"
+        "可回复“查询20261123-000001”了解进度。"
+    )
+    raw = yaml.safe_load(DEFAULT_FILE.read_text(encoding="utf-8"))
+    del raw["templates"]["merged_notice"]  # a city's file from before 并案: the shipped text is used
+    own = tmp_path / "notifications.yaml"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    assert load_texts(own).render("merged_notice", ticket_no="1", into="2").startswith("【12345】")
+    # Without the number to follow, the resident would be told nothing they can act on.
+    raw["templates"]["merged_notice"] = "{signature}工单{ticket_no}已合并办理。"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(NotificationsError, match=r"'merged_notice' must show the ticket to follow \{into\}"):
+        load_texts(own)
+    raw["templates"]["merged_notice"] = "{signature}工单{ticket_no}并入{into}，联系人{phone}"
+    own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(NotificationsError, match=r"'merged_notice': unknown field \{phone\}"):
+        load_texts(own)

@@ -400,6 +400,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     from shared.events import (
         DepartmentRef,
         Mediation,
+        Merge,
         SurveyAnswered,
         TicketAssigned,
         TicketUpdated,
@@ -504,6 +505,23 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     occurred_at=day,
                 )
             )
+        if i in (0, 4, 11):  # 并案 before any acceptance: on time, late, and from the desk's waiting room
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="merged",
+                    status="closed",
+                    actor="dispatch_desk",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    note="并入工单20310305-900001合并办理：同一问题",
+                    merge=Merge(
+                        into="20310305-900001", duplicate=no, response_on_time={0: True, 4: False}.get(i)
+                    ),
+                    occurred_at=day,
+                )
+            )
         rating = (1, 2, 3, None)[i % 4]
         events.append(
             SurveyAnswered(
@@ -541,6 +559,11 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["verification_failed"] for r in sql) == 2  # the even ones: 4, 10
             and sum(r["mediated"] for r in sql) == 2
             and sum(r["mediation_agreed"] for r in sql) == 1
+            and sum(r["merged"] for r in sql) == 3
+            # accepted: i % 4 != 0 (9 of 12); merged while a department held it: i = 0, 4 (one late)
+            and sum(r["responded"] for r in sql) == 11
+            and sum(r["responded_on_time"] for r in sql)
+            == sum(i % 4 != 0 and i % 3 != 0 for i in range(12)) + 1
         )
         return sql if counted and live == sql else None
 

@@ -25,6 +25,7 @@ from shared.events import (
     Mediation,
     MeetingConvened,
     MeetingUpdated,
+    Merge,
     PersonalDataRemoved,
     Returned,
     SurveyAnswered,
@@ -162,6 +163,43 @@ def test_urges_are_counted_and_change_nothing_else():
     scrubbed = scrub_event(urges[0])
     assert scrubbed["note"] == REMOVED
     assert fold_ticket([*events, *(scrub_event(u) for u in urges)], STREETS)["urges"] == 2  # type: ignore[index]
+
+
+def test_a_merge_closes_the_duplicate_s_row_into_its_main_ticket_and_lists_it_there():
+    """并案: the duplicate's row is closed with the main ticket's number; the main ticket's lists its
+    duplicates once each, in order, and keeps its status."""
+    events = life()[:4]  # received, classified, assigned, accepted
+    dup_events = [{**e, "ticket_no": "20261102-000002"} for e in life()[:3]]
+
+    def merge_event(no: str, action: str, status: str, duplicate: str, minutes: int) -> dict:
+        return dump(
+            TicketUpdated(
+                ticket_no=no,
+                action=action,
+                status=status,
+                actor="dispatch_desk",
+                department=DEPT,
+                note="同一路灯",
+                merge=Merge(into="20261102-000001", duplicate=duplicate),
+                occurred_at=T0 + timedelta(minutes=minutes),
+            )
+        )
+
+    closed = merge_event("20261102-000002", "merged", "closed", "20261102-000002", 15)
+    dup = fold_ticket([*dup_events, closed], STREETS)
+    assert dup is not None
+    assert (dup["status"], dup["merged_into"], dup["merged"]) == ("closed", "20261102-000001", [])
+    assert (dup["closed_at"], dup["rating"], dup["department"]) == (T0 + timedelta(minutes=15), None, DEPT.id)
+    listed = [
+        merge_event("20261102-000001", "duplicate_merged", "accepted", no, m)
+        for no, m in (("20261102-000002", 15), ("20261102-000003", 16), ("20261102-000002", 15))
+    ]
+    main = fold_ticket([*events, *listed], STREETS)
+    assert main is not None
+    assert (main["status"], main["merged_into"]) == ("accepted", None)
+    assert main["merged"] == ["20261102-000002", "20261102-000003"]  # a replay lists nobody twice
+    plain = fold_ticket(events, STREETS)
+    assert (plain["merged_into"], plain["merged"]) == (None, [])  # type: ignore[index]
 
 
 def test_a_reopened_ticket_has_the_deadlines_the_router_gave_it_again():

@@ -100,6 +100,10 @@ def test_a_step_cannot_end_in_a_status_the_table_does_not_name(step: Step):
             workflow.check(_in(start), step, to)
 
 
+MAIN = "20261123-000099"  # the main ticket (主件) of the merges below
+SAME = "  同一盏路灯， 邻居重复反映 "
+
+
 # Every department and desk action, as the API calls it: each must go through the table.
 ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "accept": lambda t: workflow.accept(t, "urban_mgmt", CITY, T0),
@@ -114,6 +118,13 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     ),
     "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
     "verify": lambda t: workflow.verify(t, "W017", "s01c01g01", False, "路灯仍不亮", CITY, TZ, T0),
+    # 并案: the ticket as the duplicate, then as the main ticket (each side refused by its own row).
+    "merge": lambda t: workflow.merge(t, _in(st.ACCEPTED, ticket_no=MAIN), MAIN, SAME, "dispatch_desk", T0)[
+        0
+    ],
+    "receive_duplicate": lambda t: workflow.merge(
+        _in(st.REVIEW, ticket_no=MAIN), t, t.ticket_no, SAME, "dispatch_desk", T0
+    )[1],
 }
 
 
@@ -723,6 +734,113 @@ def test_a_redispatch_is_refused_in_words_where_it_cannot_be_made():
         assert f"“{STATUS_NAMES[status]}”，不能改派" in e.value.message
 
 
+# --- merging duplicates (并案) ----------------------------------------------------------------------
+
+
+def test_a_merge_takes_a_duplicate_no_department_has_taken_up_into_a_ticket_being_handled():
+    assert ALLOWED_STATUS_CHANGES["merge"].sources == {st.REVIEW, st.ASSIGNED}
+    assert ALLOWED_STATUS_CHANGES["merge"].targets == {st.CLOSED}
+    assert ALLOWED_STATUS_CHANGES["receive_duplicate"].sources == {
+        st.REVIEW,
+        st.ASSIGNED,
+        st.ACCEPTED,
+        st.MEETING,
+    }
+    assert ALLOWED_STATUS_CHANGES["receive_duplicate"].targets is None  # the main ticket's status stays
+
+
+@pytest.mark.parametrize("main_status", [st.REVIEW, st.ASSIGNED, st.ACCEPTED, st.MEETING])
+@pytest.mark.parametrize("dup_status", [st.REVIEW, st.ASSIGNED])
+def test_the_duplicate_closes_pointing_at_the_main_ticket_which_lists_it(dup_status, main_status):
+    dup = _in(dup_status, ticket_no="20261123-000005", urges=1)
+    main = _in(main_status, ticket_no=MAIN, merged=("20261123-000003",), meeting_id="m1")
+    later = T0 + timedelta(hours=1)
+    merged, listed = workflow.merge(dup, main, MAIN, SAME, "dispatch_desk", later)
+    d, m = merged.ticket, listed.ticket
+    assert (d.status, d.merged_into, d.closed_at, d.merged) == (st.CLOSED, MAIN, later, ())
+    assert (d.department, d.urges, d.rating) == (dup.department, 1, None)  # who held it, for the record
+    assert m.merged == ("20261123-000003", "20261123-000005")
+    assert m.model_dump(exclude={"merged", "applied", "updated_at"}) == main.model_dump(
+        exclude={"merged", "applied", "updated_at"}
+    )  # its status, department and deadlines stay
+    [closed], [took] = merged.publish, listed.publish
+    assert (closed.ticket_no, closed.action, closed.status, closed.actor) == (
+        dup.ticket_no,
+        "merged",
+        "closed",
+        "dispatch_desk",
+    )
+    assert closed.note == f"并入工单{MAIN}合并办理：同一盏路灯， 邻居重复反映"
+    assert (closed.department, closed.caller_id) == (dup.department, "c1")
+    assert (took.ticket_no, took.action, took.status) == (MAIN, "duplicate_merged", main_status)
+    assert took.note == "并案：工单20261123-000005并入本工单（同一盏路灯， 邻居重复反映）"
+    assert (
+        (closed.merge.into, closed.merge.duplicate)
+        == (took.merge.into, took.merge.duplicate)
+        == (MAIN, dup.ticket_no)
+    )
+    # A department that held it (not accepted yet) is answered for, on time within its deadline;
+    # the desk's waiting room is in no rate.
+    assert closed.merge.response_on_time is (True if dup_status == st.ASSIGNED else None)
+    assert took.merge.response_on_time is None
+    assert (d.has_applied(closed.event_id), m.has_applied(took.event_id)) == (True, True)
+    assert TicketUpdated.model_validate_json(closed.json_text) == closed  # it parses back
+
+
+def test_a_merged_duplicate_s_clocks_stop_and_a_late_merge_is_no_response_on_time():
+    sup = CITY.sla.supervision
+    for dup in (_in(st.ASSIGNED), _in(st.REVIEW, assigned_at=T0)):
+        before = timers.timers_for(dup, sup)
+        assert before  # the department's (or the desk's) clock was running
+        merged, _ = workflow.merge(dup, _in(st.ACCEPTED, ticket_no=MAIN), MAIN, SAME, "dispatch_desk", T0)
+        assert timers.timers_for(merged.ticket, sup) == []
+        assert [x for x in before if timers.fire(merged.ticket, x, CITY, TZ) is not None] == []
+    late = _in(st.ASSIGNED)
+    merged, _ = workflow.merge(
+        late,
+        _in(st.ACCEPTED, ticket_no=MAIN),
+        MAIN,
+        SAME,
+        "dispatch_desk",
+        late.respond_by + timedelta(minutes=1),
+    )
+    assert merged.publish[0].merge.response_on_time is False
+
+
+def test_a_merge_is_refused_in_words_where_it_cannot_be_made():
+    dup, being_handled = _in(st.ASSIGNED, ticket_no="20261123-000005"), _in(st.ACCEPTED, ticket_no=MAIN)
+
+    def refused(duplicate=dup, main=being_handled, into=MAIN, reason=SAME):
+        with pytest.raises(WorkflowError) as e:
+            workflow.merge(duplicate, main, into, reason, "dispatch_desk", T0)
+        return e.value
+
+    e = refused(main=dup, into=dup.ticket_no)
+    assert (e.code, e.kind, e.field) == ("same_ticket", "invalid", "into")
+    assert "不能并入自身" in e.message
+    e = refused(main=None, into="20261123-000777")
+    assert (e.code, e.kind, e.field) == ("not_found", "not_found", "into")
+    assert "工单20261123-000777不存在" in e.message
+    for status in (st.RECEIVED, st.RESOLVED, st.SURVEYED, st.CLOSED):
+        e = refused(main=_in(status, ticket_no=MAIN))
+        assert (e.kind, e.field) == ("conflict", "into")
+        assert f"工单{MAIN}当前状态为“{STATUS_NAMES[status]}”，不能接收并案" in e.message
+    e = refused(main=_in(st.CLOSED, ticket_no=MAIN, merged_into="20261123-000001"))
+    assert (e.code, e.kind, e.field) == ("main_merged", "conflict", "into")
+    assert "请并入工单20261123-000001" in e.message
+    for status in (st.RECEIVED, st.ACCEPTED, st.MEETING, st.RESOLVED, st.SURVEYED, st.CLOSED):
+        e = refused(duplicate=_in(status, ticket_no="20261123-000005"))
+        assert (e.code, e.kind) == ("illegal_transition", "conflict")
+        assert f"“{STATUS_NAMES[status]}”，不能并案" in e.message
+    e = refused(duplicate=dup.model_copy(update={"merged": ("20261123-000004",)}))
+    assert (e.code, e.kind) == ("has_duplicates", "conflict")
+    assert f"请把工单{MAIN}并入工单20261123-000005" in e.message
+    for reason in ("", "  ", "重复"):
+        e = refused(reason=reason)
+        assert (e.kind, e.field) == ("invalid", "reason")
+        assert "并案原因" in e.message
+
+
 # --- people's mediation (转人民调解, 调解结果) ----------------------------------------------------------
 
 AGREED = Mediation(outcome="agreed", agreement="  楼上住户承担维修费800元，7日内修复防水层 ")
@@ -932,6 +1050,9 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("wait"), hs.integers(1, 48)),
     hs.tuples(hs.just("urge"), hs.sampled_from(["0231", "0232"])),
     hs.tuples(hs.just("verify"), hs.booleans(), hs.sampled_from(["s03c02g03", "s01c01g01"])),
+    # 并案: the ticket merged into another (in any status), or another merged into it.
+    hs.tuples(hs.just("merge"), hs.sampled_from(list(Status)), hs.sampled_from(["", "重复反映同一问题"])),
+    hs.tuples(hs.just("take_duplicate")),
 )
 
 
@@ -968,18 +1089,25 @@ def step(t, action, now, n):
             return workflow.urge(t, args[0], "还是没人来", now)
         case "verify":
             return workflow.verify(t, "W017", args[1], args[0], "现场查看", CITY, TZ, now)
+        case "merge":
+            main = _in(args[0], ticket_no=MAIN)
+            return workflow.merge(t, main, MAIN, args[1], "dispatch_desk", now)[0]
+        case "take_duplicate":
+            dup = _in(st.REVIEW, ticket_no=f"20261123-{n + 100:06d}")
+            return workflow.merge(dup, t, t.ticket_no, "重复反映同一问题", "dispatch_desk", now)[1]
 
 
 def check(t, before):
     assert t.status in STATUS_NAMES
     assert t.department is not None  # never unowned
-    assert (t.status == st.REVIEW) == (t.department.id == "dispatch_desk")
+    if t.merged_into is None:  # a duplicate merged from the desk stays the desk's, closed
+        assert (t.status == st.REVIEW) == (t.department.id == "dispatch_desk")
     if t.status == st.ACCEPTED:
         assert t.accepted_at is not None
     if t.status in (st.RESOLVED, st.SURVEYED):
         assert t.resolution_note
         assert t.resolved_at is not None
-    if t.status in (st.RESOLVED, st.SURVEYED, st.CLOSED):
+    if t.status in (st.RESOLVED, st.SURVEYED, st.CLOSED) and t.merged_into is None:
         # A committee's resolution says how the mediation ended (agreed: with the terms); no other.
         committee = CITY.department_by_id[t.department.id].kind == "mediation"
         assert (t.mediation_outcome is not None) == committee
@@ -987,8 +1115,13 @@ def check(t, before):
     if t.assigned_via == "mediation" and t.assigned_via != before.assigned_via:
         assert t.department.id == "mediation_s03"  # the committee of the ticket's street
         assert before.assigned_via != "meeting"
-    if t.status == st.CLOSED:
+    if t.merged_into is not None:  # 并案: closed, from where no department had taken it up
+        assert (t.status, t.merged_into) == (st.CLOSED, MAIN)
+        assert before.merged_into == MAIN or before.status in (st.REVIEW, st.ASSIGNED)
+        assert not t.merged  # a main ticket is not merged into another
+    elif t.status == st.CLOSED:
         assert t.rating in (1, 2)
+    if t.status == st.CLOSED:
         assert t.closed_at is not None
     if t.status == st.MEETING:
         assert t.meeting_id
@@ -1011,6 +1144,10 @@ def check(t, before):
             # next resolution (see test_a_grid_worker_confirms_a_resolution_once).
             assert t.reopens >= 1
             assert t.rating == 3 or t.solved is False
+    assert t.merged[: len(before.merged)] == before.merged  # duplicates are only ever added
+    if len(t.merged) > len(before.merged):  # one more resident waits on it; nothing else moves
+        assert (len(t.merged), t.status) == (len(before.merged) + 1, before.status)
+        assert before.status in (st.REVIEW, st.ASSIGNED, st.ACCEPTED, st.MEETING)
     if before.status == st.CLOSED:
         assert t == before  # nothing moves a closed ticket
 

@@ -11,6 +11,7 @@ from services.notifier.scoring import Weights, fields_for, groups_for, rates
 from shared.events import (
     DepartmentRef,
     Mediation,
+    Merge,
     SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
@@ -113,6 +114,28 @@ def test_which_counters_an_event_adds_to():
     )
     with_mediation = counts | {"mediated": 2, "mediation_agreed": 1}
     assert rates(with_mediation, W) == rates(counts, W) | {"mediated": 2, "mediation_agreed": 1}
+
+    # 并案: every merged duplicate counts, for whoever held it, in no rate; one a department held and
+    # had not accepted yet answers for its response (on time within the deadline), so the merge never
+    # lowers the response rate: (r + 1) / a >= r / a. One from the desk's waiting room, nothing else.
+    merge = Merge(into="M", duplicate="T")
+    merged = TicketUpdated(
+        ticket_no="T", action="merged", status="closed", actor="dispatch_desk", merge=merge
+    )
+    on_time = merged.model_copy(update={"merge": merge.model_copy(update={"response_on_time": True})})
+    late = merged.model_copy(update={"merge": merge.model_copy(update={"response_on_time": False})})
+    assert fields_for(merged) == ("merged",)
+    assert fields_for(on_time) == ("merged", "responded", "responded_on_time")
+    assert fields_for(late) == ("merged", "responded")
+    main_side = merged.model_copy(
+        update={"ticket_no": "M", "action": "duplicate_merged", "status": "accepted"}
+    )
+    assert fields_for(main_side) == ()
+    for r, a in ((0, 1), (3, 4), (2, 5)):
+        before = rates({"assigned": a, "responded_on_time": r}, W)["response_rate"]
+        after = rates({"assigned": a, "responded_on_time": r + 1, "merged": 1}, W)["response_rate"]
+        assert after >= before
+    assert rates(counts | {"merged": 2}, W) == rates(counts, W) | {"merged": 2}
 
     def answer(**kw) -> SurveyAnswered:
         return SurveyAnswered(ticket_no="T", survey_id="s", text="", **{"rating": None} | kw)

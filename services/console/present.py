@@ -29,6 +29,8 @@ ACTION_NAMES = {
     "escalated": "升级督办",
     "urged": "来电催办",
     "verified": "现场核查",
+    "merged": "并案",
+    "duplicate_merged": "并案",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -93,6 +95,8 @@ DONE = {
     # The grid worker's 现场核查 (the page then shows the ticket with the check's outcome).
     "verified": "核查结果已记录：{verification}。",
     "verified_back": "已退回{department}重新办理，承办单位将看到您写的现场情况和照片。",
+    # The desk's 并案 (on the duplicate's page, which then links to the ticket it follows).
+    "merge": "工单{no}已并入工单{into}合并办理并关闭，原承办单位不再承办；已短信告知市民跟进工单{into}。",
 }
 
 
@@ -161,6 +165,9 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
     if topic == "ticket.updated" and record.get("action") == "verified":
         return verification_words(record)
+    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged"):
+        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…）.
+        return record.get("note") or ACTION_NAMES[record["action"]]
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")

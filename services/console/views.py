@@ -747,6 +747,12 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
     grid = (ticket.get("grid") or {}).get("grid")
     volume = {grid: 1} if grid else {}
     committee = mediation_committee(city, grid)
+    # 并案: the desk may merge a duplicate no department has taken up; the tickets of its grid and
+    # category still being handled are offered as the main ticket (intake's duplicate finder).
+    can_merge = (
+        s.principal.role == "admin" and ticket.get("status") in MERGEABLE and not ticket.get("merged_into")
+    )
+    candidates = await api(request, s).get(f"/api/v1/tickets/{no}/merge/candidates") if can_merge else None
     return {
         "t": row(ticket, tz, datetime.now(UTC)),
         "history": history,
@@ -763,6 +769,8 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "is_committee": is_mediation_committee(city, s.principal.department or ""),
         "committee": city.department_by_id[committee].name if committee else "",
         "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
+        "can_merge": can_merge,
+        "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
     }
 
 
@@ -804,7 +812,8 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
         return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
     done = present.DONE.get(request.query_params.get("done") or "", "")
     department = (context["t"].get("department") or {}).get("name", "")
-    done = done.format(no=no, department=department, verification=context["verified"])
+    into = context["t"].get("merged_into") or ""
+    done = done.format(no=no, department=department, verification=context["verified"], into=into)
     return page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
@@ -825,6 +834,38 @@ async def ticket_redispatch(request: Request, no: str, s: session.Session = Depe
     return await action_refused(
         request, s, no, reply, reply.status, action="redispatch", errors=errors, values=values
     )
+
+
+# The desk's 并案 form: a duplicate no department has taken up (the API refuses the others, saying
+# why); its fields and their labels. The main ticket is one of those offered (`into`) or typed
+# (`into_typed`), not both; an error naming no field is shown above the form.
+MERGEABLE = ("review", "assigned")
+MERGE_FIELDS = {"form": "", "into": "主件工单号", "reason": "并案原因"}
+
+
+@router.post("/tickets/{no}/merge")  # before the departments' actions below: a path of its own
+async def ticket_merge(request: Request, no: str, s: session.Session = Depends(as_desk)):
+    """并案: the desk merges this ticket (a duplicate) into the ticket already being handled."""
+    form = await checked_form(request, s)
+    chosen, typed = text(form, "into").strip(), text(form, "into_typed").strip()
+    values = {"into": chosen, "into_typed": typed, "reason": text(form, "reason")}
+    if chosen and typed and chosen != typed:
+        reply = Reply(
+            422, {"message": f"请只选择一张主件：已选工单{chosen}，又填写了工单{typed}", "field": "into"}
+        )
+    elif not (chosen or typed):
+        reply = Reply(
+            422, {"message": "请选择或填写主件的工单号（本工单将并入该工单合并办理）", "field": "into"}
+        )
+    else:
+        reply = await api(request, s).post(
+            f"/api/v1/tickets/{no}/merge", {"into": chosen or typed, "reason": values["reason"]}
+        )
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done=merge", status_code=303)
+    errors = field_errors(reply, MERGE_FIELDS, "form", form)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await action_refused(request, s, no, reply, status, action="merge", errors=errors, values=values)
 
 
 # The grid worker's 现场核查 form: its fields and their labels (an error naming no field, e.g. the

@@ -84,8 +84,11 @@ class DuplicateIndex:
 
     async def updated(self, updates: list[TicketUpdated]) -> None:
         """A closed ticket leaves its caller's open-ticket index (the event names the caller: no
-        ticket to read)."""
-        closed = [(u.ticket_no, cid) for u in updates if u.action == "closed" and (cid := u.caller_id)]
+        ticket to read), a duplicate merged into another (并案) too: its resident follows the main
+        ticket from then on, and asks about it by number (see queries.py)."""
+        closed = [
+            (u.ticket_no, cid) for u in updates if u.action in ("closed", "merged") and (cid := u.caller_id)
+        ]
         if not closed:
             return
         async with self.redis.pipeline(transaction=False) as p:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -103,19 +104,25 @@ class Previewer:
         if erased and caller:
             await self.store.redis.srem(keys.caller_index(caller), *erased)
         if grid:
-            since = time.time() - DUPLICATE_WINDOW_SECONDS
-            recent = await self.store.redis.zrevrangebyscore(
-                keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES
-            )
-            nos = [no for no in map(text, cast(list[bytes], recent)) if no not in found]
-            # The grid's index keeps erased tickets (a number there says nothing of who called);
-            # their text is a placeholder, which a new text must not be matched against.
-            for t in await self.store.get_many(nos):
-                if (
-                    t is not None
-                    and t.is_open
-                    and t.personal_data_removed_at is None
-                    and near_identical(sub.text, t.text)
-                ):
+            for t in await open_in_grid(self.store, grid, skip=found):
+                if near_identical(sub.text, t.text):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))
         return sorted(found.values(), key=lambda d: -d.similarity)
+
+
+async def open_in_grid(store: TicketStore, grid: str, skip: Container[str] = ()) -> list[Ticket]:
+    """The open tickets of the grid's last 7 days (its duplicate index), most recent first, but
+    those in `skip`: what a new text is compared with, and where the dispatch desk looks for the
+    ticket a duplicate is to be merged into (并案). The grid's index keeps erased tickets (a number
+    there says nothing of who called); their text is a placeholder, which no text may be matched
+    against, so they are left out."""
+    since = time.time() - DUPLICATE_WINDOW_SECONDS
+    recent = await store.redis.zrevrangebyscore(
+        keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES
+    )
+    nos = [no for no in map(text, cast(list[bytes], recent)) if no not in skip]
+    return [
+        t
+        for t in await store.get_many(nos)
+        if t is not None and t.is_open and t.personal_data_removed_at is None
+    ]

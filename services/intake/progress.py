@@ -93,6 +93,9 @@ class TicketProgress:
     status: str  # in words
     department: str  # the department handling it, or that one is being chosen
     last_step: str  # in words, with its local time; "" when the history shows none
+    # 并案: the ticket was merged into this one, being handled for it: `status` and `department`
+    # are then that ticket's (None: Redis no longer has it), and nothing else of it is told.
+    merged_into: str | None = None
 
 
 def clean_ticket_no(raw: str) -> str:
@@ -146,6 +149,8 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
         if (record.get("verification") or {}).get("solved"):
             return "网格员已现场核查，问题已解决"
         return "网格员现场核查发现问题未解决，已退回承办单位重新办理"
+    if key == "merged":  # 并案: which ticket to follow (the main ticket's side is not this resident's)
+        return f"与工单{(record.get('merge') or {}).get('into', '')}为同一问题，已合并办理"
     words = _SHOWN.get(key)
     if words is None:
         return None
@@ -161,8 +166,22 @@ def _month_day_time(value: object, tz: ZoneInfo) -> str:
     return f"{d.month}月{d.day}日{d:%H:%M}"
 
 
-def progress_of(ticket: Ticket, history: Sequence[dict[str, Any]], tz: ZoneInfo) -> TicketProgress:
-    """What a resident is told about one of their tickets: nothing of its text, place or caller."""
+def progress_of(
+    ticket: Ticket, history: Sequence[dict[str, Any]], tz: ZoneInfo, main: Ticket | None = None
+) -> TicketProgress:
+    """What a resident is told about one of their tickets: nothing of its text, place or caller.
+    A ticket merged into another (并案, `main`: that ticket, if Redis has it) is told by that
+    ticket's status and department, the words the resident needs to follow it; nothing else of
+    it (its history is another resident's: their urges, their survey)."""
+    if ticket.merged_into is not None:
+        followed = progress_of(main, (), tz) if main is not None else None
+        return TicketProgress(
+            ticket_no=ticket.ticket_no,
+            status=followed.status if followed else "",
+            department=followed.department if followed else "",
+            last_step="",
+            merged_into=ticket.merged_into,
+        )
     last = ""
     for record in reversed(history):
         words = step_words(record, department=False)
@@ -180,6 +199,11 @@ def progress_of(ticket: Ticket, history: Sequence[dict[str, Any]], tz: ZoneInfo)
 
 
 def _line(p: TicketProgress) -> str:
+    if p.merged_into is not None:
+        merged = f"工单号{p.ticket_no}，与工单{p.merged_into}为同一问题，已并入该工单合并办理"
+        if not p.status:
+            return merged + "。"
+        return f"{merged}；工单{p.merged_into}{p.status}，承办单位：{p.department}。"
     step = f"，最新进展：{p.last_step}" if p.last_step else ""
     return f"工单号{p.ticket_no}，{p.status}，承办单位：{p.department}{step}。"
 

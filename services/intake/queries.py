@@ -8,6 +8,11 @@ when it closes. A closed ticket is still answered by its number while Redis keep
 that is someone else's is answered as one that does not exist, so numbers cannot be guessed to
 read others' tickets. A ticket whose resident's personal data was erased is nobody's any more
 (and, found in the index, is taken out of it, as the preview does).
+
+A ticket merged into another (并案) is answered with the ticket it was merged into: its number, its
+status and its department, asked by either number (the merge's SMS tells the resident to ask for the
+main ticket's, which is another resident's: only its number, status and department are told, and
+only to a resident whose ticket was merged into it).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from services.intake import keys
 from services.intake.limits import RateLimiter
-from services.intake.progress import LISTED, Query, progress_of, reply_text
+from services.intake.progress import LISTED, Query, TicketProgress, progress_of, reply_text
 from shared.redis_client import text
 from shared.store import TicketStore
 from shared.tickets import Ticket
@@ -42,11 +47,22 @@ class ProgressQueries:
         if query.ticket_no is not None:
             ticket = await self.store.get(query.ticket_no)
             mine = [ticket] if ticket is not None and _belongs(ticket, caller_id) else []
+            if not mine and ticket is not None and ticket.merged:
+                # 并案: the main ticket of one of theirs, the number their SMS told them to follow.
+                merged = await self.store.get_many(list(ticket.merged))
+                mine = [t for t in merged if t is not None and _belongs(t, caller_id)][:1]
             more = 0
         else:
             mine, more = await self._recent(caller_id)
-        found = [progress_of(t, await self.store.history(t.ticket_no), self.tz) for t in mine]
+        found = [await self._progress(t) for t in mine]
         return Answer(reply_text(query, found, more), tuple(t.ticket_no for t in mine))
+
+    async def _progress(self, ticket: Ticket) -> TicketProgress:
+        """One of the caller's tickets as they are told it; a merged one by the ticket it follows
+        (its status and department only: that ticket is another resident's)."""
+        if ticket.merged_into is not None:
+            return progress_of(ticket, (), self.tz, await self.store.get(ticket.merged_into))
+        return progress_of(ticket, await self.store.history(ticket.ticket_no), self.tz)
 
     async def _recent(self, caller_id: str) -> tuple[list[Ticket], int]:
         """The caller's LISTED most recent tickets in their index, and how many more there are."""

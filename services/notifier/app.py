@@ -98,7 +98,7 @@ class Handlers:
             [u for u in updates if u.action in ("overdue", "escalated")], self.scorecard.city
         )
         await self.scorecard.record(
-            [u for u in updates if u.action in ("accepted", "urged", "verified", "resolved")]
+            [u for u in updates if u.action in ("accepted", "urged", "verified", "resolved", "merged")]
         )
         back = [u for u in updates if u.action == "verified" and u.verification and not u.verification.solved]
         await self.notifier.sent_back([u.ticket_no for u in back])
@@ -111,6 +111,13 @@ class Handlers:
                 )
                 for u in updates
                 if u.action == "extension_approved"
+            ]
+            # 并案: the duplicate's resident is told which ticket to follow (the main ticket's own
+            # resident hears nothing: nothing changed for them).
+            + [
+                (u, "merged_notice", {"into": u.merge.into})
+                for u in updates
+                if u.action == "merged" and u.merge
             ]
         )
         out = await self.notifier.start_surveys([u for u in updates if u.action == "resolved"])

@@ -16,8 +16,12 @@ denominator; so are urges (催办: a resident calling again about an open ticket
 call, for the department that has the ticket then, and the grid workers' checks of resolutions on
 the spot (现场核查: checked, and found not solved), on the day of the check, for the department whose
 resolution was checked, and the resolutions of the streets' mediation committees (人民调解: mediated,
-and those where the parties reached an agreement), on the day of the resolution, for the committee.
-The resident's survey stays the measure of resolution and satisfaction.
+and those where the parties reached an agreement), on the day of the resolution, for the committee,
+and the duplicates merged (并案: merged), on the day of the merge, for the department (or the desk)
+that held the duplicate; a merge of a duplicate a department held and had not accepted yet also
+counts as that department's response (see `fields_for`). A merged duplicate gets no survey, so it
+is in no resolution or satisfaction rate. The resident's survey stays the measure of resolution and
+satisfaction.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ FIELDS = (
     "verification_failed",  # of the verified: found not solved and sent back (核查未解决), not in a rate
     "mediated",  # 调解件数: resolutions by a mediation committee (人民调解), not in a rate
     "mediation_agreed",  # of the mediated: the parties reached an agreement (达成协议), not in a rate
+    "merged",  # 并案件数: duplicates merged into a ticket already being handled, not in a rate
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -89,6 +94,18 @@ def fields_for(event: Event) -> tuple[str, ...]:
             return ("urged",)
         if event.action == "verified" and event.verification is not None:
             return ("verified",) if event.verification.solved else ("verified", "verification_failed")
+        if event.action == "merged" and event.merge is not None:
+            # A duplicate a department held and had not accepted yet (已派单) counted as assigned to
+            # it on its day, and will now never be accepted. Counters only ever add, per day, and
+            # the assignment may be days back, so it cannot be taken out of `assigned`; instead the
+            # merge answers for that department's response, as an acceptance would, on the day of
+            # the merge and on time if it came within the response deadline. The rate can only
+            # stay or rise ((r + 1) / a >= r / a): the department is not marked down for a
+            # duplicate the desk took from it. One waiting at the desk counted nowhere.
+            on_time = event.merge.response_on_time
+            if on_time is None:
+                return ("merged",)
+            return ("merged", "responded", "responded_on_time") if on_time else ("merged", "responded")
         if event.action == "resolved" and event.mediation is not None:  # only a committee's carries one
             return ("mediated", "mediation_agreed") if event.mediation.outcome == "agreed" else ("mediated",)
         return ()

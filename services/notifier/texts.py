@@ -31,12 +31,15 @@ FIELDS: dict[str, frozenset[str]] = {
     # The answer to a resident's progress query (查询): `progress` is intake's answer, in the words
     # the WeChat reply uses too (services.intake.progress).
     "progress_reply": frozenset({"progress"}),
+    # 并案: the resident's ticket was merged into the ticket already being handled (`into`), whose
+    # number they are to follow.
+    "merged_notice": frozenset({"ticket_no", "into"}),
     # To a department's supervisor (not a resident): a deadline passed, or the ticket was escalated.
     "overdue_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
     "escalated_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
 }
 # Added after cities had their own files: when a file lacks them, the shipped texts are used.
-OPTIONAL = frozenset({"overdue_notice", "escalated_notice", "progress_reply"})
+OPTIONAL = frozenset({"overdue_notice", "escalated_notice", "progress_reply", "merged_notice"})
 
 
 class NotificationsError(ValueError):
@@ -73,6 +76,8 @@ class Texts(BaseModel):
                 problems.append(f"template {name!r} must show the ticket number {{ticket_no}}")
             if "progress" in FIELDS.get(name, ()) and "progress" not in used:
                 problems.append(f"template {name!r} must show the answer {{progress}}")
+            if "into" in FIELDS.get(name, ()) and "into" not in used:
+                problems.append(f"template {name!r} must show the ticket to follow {{into}}")
         for digit, word in (("1", "满意"), ("2", "基本满意"), ("3", "不满意")):
             if f"{digit}{word}" not in self.question:
                 problems.append(f"question must offer “{digit}{word}” (replies are read with that meaning)")

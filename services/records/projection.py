@@ -116,6 +116,8 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "returns": 0,
         "reopens": 0,
         "urges": 0,
+        "merged_into": None,
+        "merged": [],
         **unverified(),
         "overdue": False,
         "escalated": False,
@@ -268,6 +270,10 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
             _back_to_department(row, check)
     elif action == "urged":
         row["urges"] += 1  # counted, like returns: the fold of the events gives the number
+    elif action == "merged":  # 并案: this duplicate was closed into the main ticket
+        row.update(merged_into=(e.get("merge") or {}).get("into"), closed_at=when)
+    elif action == "duplicate_merged" and (duplicate := (e.get("merge") or {}).get("duplicate")):
+        row["merged"] = list(dict.fromkeys([*row["merged"], duplicate]))
     elif action == "overdue":
         row["overdue"] = True
     elif action == "escalated":

@@ -1,7 +1,8 @@
 """The three rates (三率) for any period from the record, counted by the notifier's rules
 (`services.notifier.scoring`): an assignment on the day it happens (not the dispatch desk's waiting
 room; a reroute after a return and a re-dispatch by the desk, 改派, count again, for the new
-department), an acceptance on its day, a survey answer on the day it arrives. Each event is grouped
+department), an acceptance on its day (and a merge, 并案, of a duplicate the department held and had
+not accepted yet, as its response), a survey answer on the day it arrives. Each event is grouped
 by the department, category and grid it names, as the notifier does.
 """
 
@@ -26,11 +27,17 @@ GROUP_SQL = {
 _ANSWERED = (
     "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' IS NOT NULL"
 )
+# 并案: a duplicate merged while a department held it and had not accepted it yet answers for that
+# department's response (scoring.fields_for says why): its `merge` says whether it was on time.
+_MERGED = "e.topic = 'ticket.updated' AND e.payload->>'action' = 'merged'"
+_MERGE_ON_TIME = "(e.payload->'merge'->>'response_on_time')::boolean"
 COUNTERS = {
     "assigned": "e.topic = 'ticket.assigned' AND e.payload->>'via' <> 'dispatch_desk'",
-    "responded": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted'",
-    "responded_on_time": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'accepted' "
-    "AND coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean, false)",
+    "responded": "e.topic = 'ticket.updated' AND (e.payload->>'action' = 'accepted' "
+    f"OR ({_MERGED} AND {_MERGE_ON_TIME} IS NOT NULL))",
+    "responded_on_time": "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
+    "AND coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean, false)) "
+    f"OR ({_MERGED} AND coalesce({_MERGE_ON_TIME}, false)))",
     "answered": _ANSWERED,
     "solved": f"{_ANSWERED} AND coalesce((e.payload->>'solved')::boolean, false)",
     "satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '1'",
@@ -49,6 +56,7 @@ COUNTERS = {
     "AND e.payload->'mediation'->>'outcome' IS NOT NULL",
     "mediation_agreed": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'resolved' "
     "AND e.payload->'mediation'->>'outcome' = 'agreed'",
+    "merged": _MERGED,
 }
 
 

@@ -81,6 +81,8 @@ TICKET_TYPES = {
     "returns": "integer",
     "reopens": "integer",
     "urges": "integer",
+    "merged_into": "text",
+    "merged": "text[]",
     "verified_at": "timestamptz",
     "verified_by": "text",
     "verification": "text",

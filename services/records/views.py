@@ -46,7 +46,7 @@ LIST_COLUMNS = (
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
-    "updated_at"
+    "merged_into, merged, updated_at"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {
@@ -71,6 +71,8 @@ EXPORT = {
     "核查时间": "verified_at",
     "调解结果": "mediation_outcome",
     "调解协议": "mediation_agreement",
+    "并入": "merged_into",  # 并案: the main ticket a duplicate was merged into
+    "并案": "merged",  # the duplicates merged into this one (the cell joins them with /)
     "满意度": "rating",
     "来电号码": "masked_phone",
     "标题": "title",

@@ -8,7 +8,8 @@ then works it as any department does and resolves it with the mediation's outcom
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
@@ -30,8 +31,8 @@ from shared.events import Event, Mediation, MeetingUpdated
 from shared.feedback import record_example
 from shared.http import domain_error
 from shared.photo_store import PhotoStore
-from shared.store import ConcurrentUpdate, apply_and_publish
-from shared.tickets import STATUS_NAMES, Status, Ticket
+from shared.store import ConcurrentUpdate, Then, apply_and_publish, together
+from shared.tickets import STATUS_NAMES, TICKET_NO_PATTERN, Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 
@@ -60,6 +61,8 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.extension_request is not None, "延期待审"),
             (ticket.urges > 0, f"催办{ticket.urges}次"),
             (ticket.verification == "not_solved", "核查未解决"),  # the grid worker sent it back
+            (bool(ticket.merged), f"并案{len(ticket.merged)}件"),  # more residents wait on its result
+            (ticket.merged_into is not None, "已并案"),  # closed into another ticket
         )
         if on
     ]
@@ -105,7 +108,6 @@ async def act(
     """Apply an action: the transition decides (None: nothing to do), the store writes, the events
     are published. The answer is the ticket with its history, or what `answer` makes of it for
     those who may act on a ticket they may not read (`may_act`: an operator's urge)."""
-    state = request.app.state
     errors: list[DomainError] = []
 
     def decide(ticket: Ticket | None) -> Outcome | None:
@@ -118,10 +120,26 @@ async def act(
             errors.append(e)
             return None
 
+    return await written(request, ticket_no, errors, [Change(ticket_no, decide)], answer=answer)
+
+
+async def written(
+    request: Request,
+    ticket_no: str,
+    errors: list[DomainError],
+    changes: list[Change],
+    then: Then | None = None,
+    *,
+    answer: Callable[[Ticket], dict] | None = None,
+):
+    """Write the decisions (see `apply_and_publish`) and answer with `ticket_no`, the first ticket
+    they are about, or with the refusal its decisions noted in `errors`."""
+    state = request.app.state
     try:
-        [(ticket, _)] = await apply_and_publish(
-            state.store, [Change(ticket_no, decide)], lambda events: publish(state.publisher, events)
+        results = await apply_and_publish(
+            state.store, changes, lambda events: publish(state.publisher, events), then
         )
+        ticket = results[0][0] if results else None
     except ConcurrentUpdate:
         return busy()
     except Exception:
@@ -503,6 +521,91 @@ async def redispatch_ticket(
         lambda t, now: workflow.redispatch(t, body.department, body.reason, city, tz, now),
         principal=principal,
     )
+
+
+class MergeIn(BaseModel):
+    into: str = Field(max_length=40, description="the main ticket (主件) the duplicate is merged into")
+    # Checked by the workflow (at least a few characters), so a blank one is refused in words.
+    reason: str = Field("", max_length=2000, description="并案原因: why it is the same problem")
+
+
+@router.post("/tickets/{ticket_no}/merge")
+async def merge_ticket(
+    ticket_no: str, body: MergeIn, request: Request, principal: Principal = Depends(require_admin)
+):
+    """并案: the dispatch desk merges a duplicate (从件: 待人工派单, or 已派单 and not yet accepted)
+    into the ticket already being handled (主件, `into`). The duplicate is closed, pointing at it
+    (`merged_into`), and leaves its department's queue; its resident is texted which ticket to
+    follow; the main ticket lists it (`merged`). Both tickets change in one write. Refused: another
+    role 403; a main ticket that does not exist 404 (`into`); one that is finished or merged itself
+    409 (`into`); a duplicate in another status 409; the ticket itself, or a short reason, 422. The
+    answer is the duplicate with its history."""
+    _, _, desk = desk_context(request)
+    into = body.into.strip()
+    nos = [ticket_no, into] if re.fullmatch(TICKET_NO_PATTERN, into) else [ticket_no]
+    errors: list[DomainError] = []
+
+    def decide(tickets: Mapping[str, Ticket | None]) -> dict[str, Outcome] | None:
+        duplicate = tickets[ticket_no]
+        if duplicate is None:
+            errors.append(ticket_not_found(ticket_no))
+            return None
+        try:
+            merged, listed = workflow.merge(
+                duplicate, tickets.get(into), into, body.reason, desk, datetime.now(UTC)
+            )
+        except DomainError as e:
+            errors.append(e)
+            return None
+        return {ticket_no: merged, into: listed}
+
+    return await written(request, ticket_no, errors, [], together(nos, decide))
+
+
+MERGE_CANDIDATES = 10
+
+
+@router.get("/tickets/{ticket_no}/merge/candidates")
+async def merge_candidates(ticket_no: str, request: Request, principal: Principal = Depends(require_admin)):
+    """并案: the tickets this one may be merged into, as intake's duplicate finder sees the grid (its
+    open tickets of the last 7 days): those of the same category still being handled and not merged
+    themselves, the most similar text first. Only numbers, statuses, departments and texts: the
+    desk reads every ticket anyway. Empty when the ticket is no duplicate to merge (its status) or
+    has no grid."""
+    from services.intake.duplicates import similarity
+    from services.intake.preview import open_in_grid
+
+    store = request.app.state.store
+    ticket = await store.get(ticket_no)
+    if ticket is None:
+        return domain_error(ticket_not_found(ticket_no))
+    grid = ticket.grid.grid if ticket.grid else None
+    if grid is None or not workflow.allowed(ticket.status, "merge"):
+        return {"ticket_no": ticket_no, "candidates": []}
+    found = [
+        (similarity(ticket.text, t.text), t)
+        for t in await open_in_grid(store, grid, skip={ticket_no})
+        if t.category == ticket.category
+        and t.merged_into is None
+        and workflow.allowed(t.status, "receive_duplicate")
+    ]
+    found.sort(key=lambda pair: -pair[0])
+    return {
+        "ticket_no": ticket_no,
+        "candidates": [
+            {
+                "ticket_no": t.ticket_no,
+                "status": t.status,
+                "status_name": STATUS_NAMES[t.status],
+                "department": t.department.model_dump() if t.department else None,
+                "text": t.text[:200],
+                "similarity": round(score, 2),
+                "merged": len(t.merged),
+                "received_at": t.received_at.isoformat(),
+            }
+            for score, t in found[:MERGE_CANDIDATES]
+        ],
+    }
 
 
 # --- joint meetings (联席会议) -------------------------------------------------------------------

@@ -10,6 +10,8 @@
                            holding it says it is a dispute between parties, with a reason)
     meeting (联席会议) -> assigned to the lead the meeting decided
     urged (催办, the resident called again): any open status, which it keeps
+    review / assigned -> closed, merged into another open ticket (并案: the desk found it a duplicate
+                         of a ticket already being handled, which keeps its status and lists it)
     resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
                            not solved, back to the department that resolved it (重办), as 不满意 does
 
@@ -55,6 +57,7 @@ from shared.events import (
     Mediation,
     MeetingReason,
     MeetingSpec,
+    Merge,
     Returned,
     ReturnReason,
     SurveyAnswered,
@@ -94,6 +97,8 @@ Step = Literal[
     "supervise",  # a deadline timer warns, marks overdue or escalates
     "urge",  # 催办: the resident called again about the open ticket
     "verify",  # 现场核查: the grid worker checked on the spot what the department resolved
+    "merge",  # 并案: the desk merges a duplicate (从件) into the ticket already being handled (主件)
+    "receive_duplicate",  # 并案, the main ticket's side: it lists the duplicate, its status stays
 ]
 
 
@@ -155,6 +160,22 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
         {S.RESOLVED, S.SURVEYED},
         {S.RESOLVED, S.SURVEYED, S.ASSIGNED},
         "（只有承办单位已办结、尚未结案的工单需要现场核查）",
+    ),
+    # 并案: a duplicate no department has taken up (at the desk, or assigned and not yet accepted);
+    # once a department accepted it, it is that department's work (it may return it as 重复工单).
+    "merge": _move(
+        "并案",
+        {S.REVIEW, S.ASSIGNED},
+        {S.CLOSED},
+        "（只有待人工派单或已派单尚未签收的工单可以并入其他工单；已签收的由承办单位办理，或以“重复工单”退单）",
+    ),
+    # The main ticket: any ticket past intake that is still being handled. A finished one cannot
+    # answer for the duplicate's resident, whose problem would then wait on nothing.
+    "receive_duplicate": _move(
+        "接收并案",
+        {S.REVIEW, S.ASSIGNED, S.ACCEPTED, S.MEETING},
+        None,
+        "（只能并入尚未办结的工单；请选择正在办理的工单作为主件）",
     ),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
@@ -582,6 +603,84 @@ def redispatch(
         explanation=f"派单中心改派：{reason}" + (f"（{was}）" if was else ""),
     )
     return Outcome(new, publish=[event])
+
+
+# --- the dispatch desk: merging duplicates (并案) ----------------------------------------------------
+
+
+def merge(
+    duplicate: Ticket,
+    main: Ticket | None,
+    into: str,
+    reason: str,
+    by: str,
+    now: datetime,
+) -> tuple[Outcome, Outcome]:
+    """并案: the dispatch desk (`by`) merges a duplicate (从件: the same problem reported again, by
+    another resident or on another channel) that no department has taken up yet into the ticket
+    already being handled (主件: `main`, numbered `into`; None when there is no such ticket), so one
+    department works one ticket. The duplicate is closed pointing at the main ticket: its clocks
+    stop and it leaves its queue (a closed ticket has no timers and goes to its department's closed
+    list), and its resident is told which ticket to follow. The main ticket keeps its status and
+    deadlines and lists the duplicate, so its department sees how many residents wait on it.
+    Returns both outcomes (the duplicate's, the main ticket's), to be written in one transaction
+    (`shared.store.together`): neither side may exist without the other."""
+    no = duplicate.ticket_no
+    if into == no:
+        raise WorkflowError(
+            "same_ticket",
+            f"工单{no}不能并入自身；请填写与它反映同一问题、正在办理的另一张工单的编号",
+            kind="invalid",
+            field="into",
+        )
+    check(duplicate, "merge")
+    if duplicate.merged:
+        raise WorkflowError(
+            "has_duplicates",
+            f"工单{no}已是主件（{'、'.join(duplicate.merged)}已并入），不能再并入其他工单；"
+            f"如为同一问题，请把工单{into}并入工单{no}",
+        )
+    if main is None:
+        raise WorkflowError(
+            "not_found", f"工单{into}不存在，请核对主件的工单号", kind="not_found", field="into"
+        )
+    if main.merged_into is not None:
+        raise WorkflowError(
+            "main_merged",
+            f"工单{into}已并入工单{main.merged_into}，不能作为主件；请并入工单{main.merged_into}",
+            field="into",
+        )
+    try:
+        check(main, "receive_duplicate")
+    except WorkflowError as e:  # the main ticket's status: said beside the number that named it
+        raise WorkflowError(e.code, e.message, kind=e.kind, field="into") from None
+    reason = _stated(reason, "并案原因（为何与主件是同一问题）", "主件的承办单位")
+    payload = Merge(into=into, duplicate=no)
+    held = duplicate.status == Status.ASSIGNED  # by a department that had not accepted it yet
+    closed = ticket_updated(
+        duplicate,
+        "merged",
+        Status.CLOSED,
+        actor=by,
+        note=f"并入工单{into}合并办理：{reason}",
+        occurred_at=now,
+        merge=payload.model_copy(
+            update={"response_on_time": _in_time(duplicate.respond_by, now) if held else None}
+        ),
+    )
+    listed = ticket_updated(
+        main,
+        "duplicate_merged",
+        main.status,
+        actor=by,
+        note=f"并案：工单{no}并入本工单（{reason}）",
+        occurred_at=now,
+        merge=payload,
+    )
+    return (
+        _updated(duplicate, "merge", closed, closed_at=now, merged_into=into),
+        _updated(main, "receive_duplicate", listed, merged=(*main.merged, no)),
+    )
 
 
 # --- people's mediation (人民调解) -----------------------------------------------------------------

@@ -832,6 +832,9 @@ def test_a_merge_is_refused_in_words_where_it_cannot_be_made():
         e = refused(duplicate=_in(status, ticket_no="20261123-000005"))
         assert (e.code, e.kind) == ("illegal_transition", "conflict")
         assert f"“{STATUS_NAMES[status]}”，不能并案" in e.message
+    e = refused(duplicate=dup.model_copy(update={"reopens": 1}))
+    assert (e.code, e.kind) == ("reopened", "conflict")
+    assert "已重办1次" in e.message
     e = refused(duplicate=dup.model_copy(update={"merged": ("20261123-000004",)}))
     assert (e.code, e.kind) == ("has_duplicates", "conflict")
     assert f"请把工单{MAIN}并入工单20261123-000005" in e.message

@@ -634,6 +634,13 @@ def merge(
             field="into",
         )
     check(duplicate, "merge")
+    if duplicate.reopens:
+        # Its resident found the work wanting (不满意, or a grid worker's check): the department
+        # owes them this ticket's redo, which another ticket's progress would not answer for.
+        raise WorkflowError(
+            "reopened",
+            f"工单{no}已重办{duplicate.reopens}次，由承办单位继续办理，不能并入其他工单",
+        )
     if duplicate.merged:
         raise WorkflowError(
             "has_duplicates",

@@ -20,14 +20,17 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from services.intake import batch, wechat
 from services.intake.domain import InvalidAppeal, Submission, validate
+from services.intake.duplicates import similarity
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
+from services.intake.preview import open_in_grid
 from services.intake.service import Accepted, IntakeService
-from shared.auth import Principal, require_intake_staff
+from services.router import workflow
+from shared.auth import Principal, require_admin, require_intake_staff
 from shared.bodies import Limit
 from shared.events import Channel, GeoPoint
-from shared.http import multipart_schema
+from shared.http import api_error, multipart_schema
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
 from shared.tickets import STATUS_NAMES, Status
@@ -280,3 +283,48 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
         else:
             out.append({"line": line, "field": r.field or "phone", "error": r.message})
     return out
+
+
+# --- the dispatch desk's duplicates (并案) -------------------------------------------------------
+
+MERGE_CANDIDATES = 10
+
+
+@router.get("/tickets/{ticket_no}/merge/candidates")
+async def merge_candidates(ticket_no: str, request: Request, _: Principal = Depends(require_admin)):
+    """并案: the tickets this one may be merged into (the router's `merge`), as intake's duplicate
+    finder sees the grid (its open tickets of the last 7 days): those of the same category still
+    being handled and not merged themselves, the most similar text first. Only numbers, statuses,
+    departments and texts: the desk reads every ticket anyway. Empty when the ticket is no
+    duplicate to merge (its status) or has no grid."""
+    store = request.app.state.store
+    ticket = await store.get(ticket_no)
+    if ticket is None:
+        return api_error(404, "not_found", f"工单{ticket_no}不存在")
+    grid = ticket.grid.grid if ticket.grid else None
+    if grid is None or not workflow.allowed(ticket.status, "merge"):
+        return {"ticket_no": ticket_no, "candidates": []}
+    found = [
+        (similarity(ticket.text, t.text), t)
+        for t in await open_in_grid(store, grid, skip={ticket_no})
+        if t.category == ticket.category
+        and t.merged_into is None
+        and workflow.allowed(t.status, "receive_duplicate")
+    ]
+    found.sort(key=lambda pair: -pair[0])
+    return {
+        "ticket_no": ticket_no,
+        "candidates": [
+            {
+                "ticket_no": t.ticket_no,
+                "status": t.status,
+                "status_name": STATUS_NAMES[t.status],
+                "department": t.department.model_dump() if t.department else None,
+                "text": t.text[:200],
+                "similarity": round(score, 2),
+                "merged": len(t.merged),
+                "received_at": t.received_at.isoformat(),
+            }
+            for score, t in found[:MERGE_CANDIDATES]
+        ],
+    }

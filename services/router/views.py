@@ -562,52 +562,6 @@ async def merge_ticket(
     return await written(request, ticket_no, errors, [], together(nos, decide))
 
 
-MERGE_CANDIDATES = 10
-
-
-@router.get("/tickets/{ticket_no}/merge/candidates")
-async def merge_candidates(ticket_no: str, request: Request, principal: Principal = Depends(require_admin)):
-    """并案: the tickets this one may be merged into, as intake's duplicate finder sees the grid (its
-    open tickets of the last 7 days): those of the same category still being handled and not merged
-    themselves, the most similar text first. Only numbers, statuses, departments and texts: the
-    desk reads every ticket anyway. Empty when the ticket is no duplicate to merge (its status) or
-    has no grid."""
-    from services.intake.duplicates import similarity
-    from services.intake.preview import open_in_grid
-
-    store = request.app.state.store
-    ticket = await store.get(ticket_no)
-    if ticket is None:
-        return domain_error(ticket_not_found(ticket_no))
-    grid = ticket.grid.grid if ticket.grid else None
-    if grid is None or not workflow.allowed(ticket.status, "merge"):
-        return {"ticket_no": ticket_no, "candidates": []}
-    found = [
-        (similarity(ticket.text, t.text), t)
-        for t in await open_in_grid(store, grid, skip={ticket_no})
-        if t.category == ticket.category
-        and t.merged_into is None
-        and workflow.allowed(t.status, "receive_duplicate")
-    ]
-    found.sort(key=lambda pair: -pair[0])
-    return {
-        "ticket_no": ticket_no,
-        "candidates": [
-            {
-                "ticket_no": t.ticket_no,
-                "status": t.status,
-                "status_name": STATUS_NAMES[t.status],
-                "department": t.department.model_dump() if t.department else None,
-                "text": t.text[:200],
-                "similarity": round(score, 2),
-                "merged": len(t.merged),
-                "received_at": t.received_at.isoformat(),
-            }
-            for score, t in found[:MERGE_CANDIDATES]
-        ],
-    }
-
-
 # --- joint meetings (联席会议) -------------------------------------------------------------------
 
 

@@ -128,3 +128,20 @@ async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, re
 
     group = await eventually(counted)
     assert group["responded"] >= group["responded_on_time"]
+
+    # The main ticket resolved: the duplicate's resident hears its result under their own number;
+    # the survey is the main ticket's resident's.
+    if main_now["status"] == "review":
+        r = await api.post(f"/api/v1/dispatch/{main_no}/assign", json={"department": "urban_mgmt"})
+        assert r.status_code == 200, r.text
+    held = await ticket_when(api, main_no, lambda t: t["status"] in ("assigned", "accepted"))
+    r = await api.post(
+        f"/api/v1/tickets/{main_no}/resolve",
+        json={"note": "已更换路灯灯泡，恢复照明"},
+        headers=await as_department(redis, held),
+    )
+    assert r.status_code == 200, r.text
+    [result] = await eventually(lambda: outbox_for(redis, second, "result"))
+    assert result["text"] == f"【12345】您反映的问题（工单号{dup_no}）已办理：已更换路灯灯泡，恢复照明。"
+    await eventually(lambda: outbox_for(redis, first, "survey"))
+    assert await outbox_for(redis, second, "survey") == []

@@ -120,7 +120,9 @@ class Handlers:
                 if u.action == "merged" and u.merge
             ]
         )
-        out = await self.notifier.start_surveys([u for u in updates if u.action == "resolved"])
+        resolved = [u for u in updates if u.action == "resolved"]
+        await self.notifier.results_to_duplicates(resolved)
+        out = await self.notifier.start_surveys(resolved)
         await self.notifier.publish(out)
 
     async def answers(self, answers: list[SurveyAnswered]) -> None:

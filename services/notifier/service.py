@@ -181,6 +181,26 @@ class Notifier:
         found = iter(await self._hget_each(keys=[f"contact:{cid}" for cid in known], args=["phone"]))
         return [None if cid is None else (v.decode() if (v := next(found)) else None) for cid in caller_ids]
 
+    async def results_to_duplicates(self, resolved: Sequence[TicketUpdated]) -> list[SendResult]:
+        """并案: the residents of the duplicates merged into a resolved ticket hear its result,
+        under their own ticket's number (the `result` SMS: the survey is the main ticket's
+        resident's, whose answer closes or reopens it). One read of the resolved tickets and one of
+        their duplicates for the batch; an erased duplicate's resident has no phone any more."""
+        if not resolved:
+            return []
+        mains = await self.store.get_many([u.ticket_no for u in resolved])
+        pairs = [(u, no) for u, main in zip(resolved, mains, strict=True) if main for no in main.merged]
+        if not pairs:
+            return []
+        duplicates = await self.store.get_many([no for _, no in pairs])
+        phones = await self.phones([d.caller.caller_id if d else None for d in duplicates])
+        messages = []
+        for (u, no), phone in zip(pairs, phones, strict=True):
+            if phone:
+                text = self.texts.render("result", ticket_no=no, note=self.texts.short_note(u.note))
+                messages.append((f"{u.event_id}:{no}", SmsMessage(phone, text, "result", no)))
+        return await self.sms.send_many(messages)
+
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
         return SmsMessage(
             phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent

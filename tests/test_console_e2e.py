@@ -1028,6 +1028,12 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         assert (before, answered) != (after, await manager.locator("[data-figure=answered]").text_content())
         await accessible(manager)
         await shot(manager, "dashboard")
+        # Each ranking downloads as a table for Excel, through the session.
+        async with manager.expect_download() as got:
+            await manager.locator("#export-department").click()
+        download = await got.value
+        assert download.suggested_filename.startswith("ranking-department-")
+        assert download.suggested_filename.endswith(".xlsx")
         await manager.context.close()
 
         # The desk's view of the same ticket escapes the text too.

@@ -5,6 +5,8 @@ rates from a known sequence of events checked against hand-computed figures."""
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import random
 import uuid
@@ -12,6 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
+import openpyxl
 import pytest
 
 from services.notifier.scorecard import Scorecard
@@ -312,6 +315,34 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
     assert figures(streets["s02"]) == EXPECTED_B
     assert figures((await by("category"))[f"cat-{a}"]) == EXPECTED_A
     assert figures((await by("grid"))["s02c01g01"]) == EXPECTED_B
+
+    # The same ranking as a table for Excel (排名表): CSV and XLSX alike, best score first.
+    period = {"group_by": "department", "from": "2020-02-01", "to": "2020-02-29"}
+    r = await api.get("/api/v1/stats/export", params={**period, "format": "csv"}, headers=admin)
+    assert r.status_code == 200, r.text
+    assert 'filename="ranking-department-20200201-20200229.csv"' in r.headers["content-disposition"]
+    table = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert table[0][:8] == ["名次", "承办单位", "派单", "回访答复", "响应率", "解决率", "满意率", "综合得分"]
+    ours = {row[1]: row for row in table[1:] if row[1] in (a, b)}
+    assert int(ours[b][0]) < int(ours[a][0])  # b ranks higher, as in /stats
+    assert ours[a][2:7] == ["5", "3", "60.0%", "66.7%", f"{EXPECTED_A['satisfaction_rate']:.1%}"]
+    r = await api.get("/api/v1/stats/export", params=period, headers=admin)
+    assert r.headers["content-type"].startswith("application/vnd.openxmlformats")
+    sheet = openpyxl.load_workbook(io.BytesIO(r.content)).active
+    assert sheet.title == "按承办单位排名"
+
+    def same(cell: object) -> object:  # Excel keeps numbers (68 for 68.0), the CSV their text
+        try:
+            return float(str(cell))
+        except ValueError:
+            return "" if cell is None else str(cell)
+
+    assert [[same(v) for v in row] for row in sheet.iter_rows(values_only=True)] == [
+        [same(v) for v in row] for row in table
+    ]
+    r = await api.get("/api/v1/stats/export", params={**period, "from": "2020-03-01"}, headers=admin)
+    assert r.status_code == 422
+    assert "晚于" in r.json()["message"]
 
     # Only the answers fall in a window that starts the day after.
     r = await api.get("/api/v1/stats", params={"from": "2020-02-04", "to": "2020-02-04"}, headers=admin)

@@ -5,6 +5,7 @@ outbox (embedded mode) and the scorecard (the three rates)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime
 from functools import partial
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from services.notifier.surveys import CALL_ATTEMPTS, Call
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
 from shared.http import api_error
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.spreadsheets import Format, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
 log = logging.getLogger(__name__)
@@ -123,15 +125,12 @@ async def outbox(
     return {"messages": await gateway.sent(wanted, limit)}
 
 
-@router.get("/stats")
-async def scorecard(
-    request: Request,
-    group_by: Literal["department", "category", "grid", "street"] = "department",
-    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
-    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
-    _: Principal = Depends(require_admin),
-):
-    card: Scorecard = request.app.state.scorecard
+GroupBy = Literal["department", "category", "grid", "street"]
+GROUP_NAMES = {"department": "承办单位", "category": "诉求分类", "grid": "网格", "street": "街道"}
+
+
+def _period(card: Scorecard, from_: date | None, to: date | None) -> tuple[date, date] | JSONResponse:
+    """The period asked for (default: this month so far), or why it cannot be counted."""
     today = datetime.now(card.tz).date()
     end = to or today
     start = from_ or end.replace(day=1)
@@ -139,6 +138,22 @@ async def scorecard(
         return api_error(422, "invalid_period", f"起始日期{start}晚于结束日期{end}", field="from")
     if (end - start).days >= MAX_DAYS:
         return api_error(422, "invalid_period", f"统计区间最长{MAX_DAYS}天", field="from")
+    return start, end
+
+
+@router.get("/stats")
+async def scorecard(
+    request: Request,
+    group_by: GroupBy = "department",
+    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
+    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
+    _: Principal = Depends(require_admin),
+):
+    card: Scorecard = request.app.state.scorecard
+    period = _period(card, from_, to)
+    if isinstance(period, JSONResponse):
+        return period
+    start, end = period
     w = card.weights
     return {
         "group_by": group_by,
@@ -152,6 +167,54 @@ async def scorecard(
         },
         "groups": await card.query(group_by, start, end),
     }
+
+
+def _percent(rate: float | None) -> str:
+    return "" if rate is None else f"{rate:.1%}"
+
+
+# The ranking as managers publish it: the three rates and the score, then the figures beside them.
+RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "派单": lambda g: g["assigned"],
+    "回访答复": lambda g: g["answered"],
+    "响应率": lambda g: _percent(g["response_rate"]),
+    "解决率": lambda g: _percent(g["resolution_rate"]),
+    "满意率": lambda g: _percent(g["satisfaction_rate"]),
+    "综合得分": lambda g: "" if g["score"] is None else g["score"],
+    "直接答复率": lambda g: _percent(g["direct_answer_rate"]),
+    "催办件数": lambda g: g["urged"],
+    "现场核查": lambda g: g["verified"],
+    "核查未解决": lambda g: g["verification_failed"],
+    "人民调解": lambda g: g["mediated"],
+    "达成协议": lambda g: g["mediation_agreed"],
+    "并案件数": lambda g: g["merged"],
+}
+
+
+@router.get("/stats/export")
+async def scorecard_export(
+    request: Request,
+    group_by: GroupBy = "department",
+    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
+    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
+    format: Format = "xlsx",
+    _: Principal = Depends(require_admin),
+):
+    """The ranking of /stats as a table to open in Excel (排名表): rank, name, the three rates and
+    the score in percent and points, and the figures beside them, best score first."""
+    card: Scorecard = request.app.state.scorecard
+    period = _period(card, from_, to)
+    if isinstance(period, JSONResponse):
+        return period
+    start, end = period
+    groups = await card.query(group_by, start, end)
+    header = ["名次", GROUP_NAMES[group_by], *RANKING]
+    rows = [
+        [rank, "未知" if g["group"] == "unknown" else g["name"], *(cell(g) for cell in RANKING.values())]
+        for rank, g in enumerate(groups, 1)
+    ]
+    name = f"ranking-{group_by}-{start:%Y%m%d}-{end:%Y%m%d}"
+    return download(format, name, header, each(rows), f"按{GROUP_NAMES[group_by]}排名")
 
 
 # --- phone callbacks (电话回访) -------------------------------------------------------------------

@@ -12,9 +12,6 @@ Retry-After; taking appeals does not need the database and goes on.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import tempfile
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -22,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from psycopg_pool import PoolTimeout
 
 from services.records import db
@@ -33,6 +30,7 @@ from shared.auth import Principal, current_principal
 from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
+from shared.spreadsheets import download
 from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, RATING_NAMES, STATUS_NAMES
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
@@ -201,17 +199,7 @@ async def export_tickets(
     tz = ZoneInfo(settings.timezone)
     rows = _rows(pool, search, tz, request.app.state.city)
     stamp = datetime.now(tz).strftime("%Y%m%d-%H%M")
-    if format == "csv":
-        return StreamingResponse(
-            _csv(rows),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="tickets-{stamp}.csv"'},
-        )
-    return StreamingResponse(
-        _xlsx(rows),
-        media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        headers={"Content-Disposition": f'attachment; filename="tickets-{stamp}.xlsx"'},
-    )
+    return download("xlsx" if format == "xlsx" else "csv", f"tickets-{stamp}", list(EXPORT), rows, "工单")
 
 
 def export_names(city: City) -> dict[str, dict[Any, str]]:
@@ -243,34 +231,6 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIt
         while batch := await cur.fetchmany(1000):
             for r in batch:
                 yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
-
-
-async def _csv(rows: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(EXPORT.keys())
-    yield "\ufeff".encode() + buffer.getvalue().encode()  # the BOM: Excel then reads UTF-8
-    async for row in rows:
-        buffer.seek(0)
-        buffer.truncate()
-        writer.writerow(row)
-        yield buffer.getvalue().encode()
-
-
-async def _xlsx(rows: AsyncIterator[list[Any]]) -> AsyncIterator[bytes]:
-    """openpyxl's write-only mode keeps no rows in memory; the file is built on disk, then sent."""
-    from openpyxl import Workbook
-
-    wb = Workbook(write_only=True)
-    ws = wb.create_sheet("工单")
-    ws.append(list(EXPORT.keys()))
-    async for row in rows:
-        ws.append(row)
-    with tempfile.TemporaryFile() as f:
-        await asyncio.to_thread(wb.save, f)
-        f.seek(0)
-        while chunk := f.read(256 * 1024):
-            yield chunk
 
 
 async def archived_ticket(request: Request, principal: Principal, ticket_no: str) -> JSONResponse | dict:

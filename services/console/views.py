@@ -36,6 +36,7 @@ from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
+from services.router import workflow
 from services.router.rules import FIRST_CONTACT, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared.bodies import Limit
@@ -756,7 +757,9 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
     # 并案: the desk may merge a duplicate no department has taken up; the tickets of its grid and
     # category still being handled are offered as the main ticket (intake's duplicate finder).
     can_merge = (
-        s.principal.role == "admin" and ticket.get("status") in MERGEABLE and not ticket.get("merged_into")
+        s.principal.role == "admin"
+        and workflow.allowed(Status(ticket["status"]), "merge")
+        and not ticket.get("merged_into")
     )
     candidates = await api(request, s).get(f"/api/v1/tickets/{no}/merge/candidates") if can_merge else None
     return {
@@ -845,7 +848,6 @@ async def ticket_redispatch(request: Request, no: str, s: session.Session = Depe
 # The desk's 并案 form: a duplicate no department has taken up (the API refuses the others, saying
 # why); its fields and their labels. The main ticket is one of those offered (`into`) or typed
 # (`into_typed`), not both; an error naming no field is shown above the form.
-MERGEABLE = ("review", "assigned")
 MERGE_FIELDS = {"form": "", "into": "主件工单号", "reason": "并案原因"}
 
 
@@ -1260,7 +1262,7 @@ def live_feed(request: Request) -> LiveFeed:
 @router.get("/dashboard/export")
 async def dashboard_export(request: Request, s: session.Session = Depends(as_desk)):
     """One ranking of the period as a table for Excel (排名表), through the session as the ticket
-    export is; a refusal (a bad period) shows the dashboard with the reason."""
+    export is; a refusal (a bad period) is said on a page of its own."""
     start, end = period(request)
     dim = request.query_params.get("group_by", "department")
     fmt = "csv" if request.query_params.get("format") == "csv" else "xlsx"

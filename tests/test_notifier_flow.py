@@ -799,6 +799,9 @@ async def test_an_erased_tickets_messages_and_surveys_are_forgotten(make_kit, re
     jobs = [m.decode() for m in await redis.zrange(kit.notifier.jobs.key, 0, -1)]
     assert [j for j in jobs if third.event_id in j] == []  # no reminder, no timeout
     assert [j for j in jobs if second.event_id in j] != []
+    # No operator is asked to phone them about it either (电话回访); the other ticket still waits.
+    assert await redis.zscore("survey:callback", third.event_id) is None
+    assert await redis.zscore("survey:callback", second.event_id) is not None
     assert [a.outcome for a in kit.answers(still_open.ticket_no)] == ["opted_out"]
     assert await redis.exists(*(ticket_records_key(t.ticket_no) for t in (answered, still_open))) == 0
     # The other ticket of the same resident keeps its survey and its message.

@@ -443,3 +443,44 @@ def test_an_answer_taken_on_the_phone_names_the_operator(city):
     by_sms = {"topic": "survey.answered", "rating": 1, "outcome": "answered"}
     assert present.describe(by_sms, city) == "市民回复回访：满意"
     assert present.describe({**by_sms, "rating": 3, "by": "op09"}, city) == "电话回访（话务员op09）：不满意"
+
+
+def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_handled():
+    """并案 from the desk's queue: the tickets it may repeat, before it is dispatched again."""
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None, grid=None),
+        csrf="x",
+    )
+    card = {
+        "ticket_no": "20261201-000009",
+        "text": "8号楼西侧路灯坏了",
+        "flags": [],
+        "suggestions": [],
+        "handled_nearby": [
+            {
+                "ticket_no": "20261201-000003",
+                "status_name": "办理中",
+                "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+                "text": "和平里小区8号楼西侧的路灯坏了三天了",
+            }
+        ],
+    }
+    plain = {**card, "ticket_no": "20261201-000010", "handled_nearby": []}
+    section = {"items": [card, plain], "total": 2, "page_no": 1, "pages": 1}
+    html = templates.get_template("desk.html").render(
+        request=None,
+        s=desk,
+        sections={"low": section, "unrouted": {"items": [], "total": 0, "page_no": 1, "pages": 1}},
+        extensions=[],
+        returned=[],
+        categories=[],
+        departments=[],
+        grid_names={},
+    )
+    hint = re.search(r'<p class="warning" id="nearby-20261201-000009">(.*?)</p>', html, re.S)
+    assert hint is not None
+    assert "同网格、同分类正在办理1件" in hint.group(1)
+    assert 'href="/console/tickets/20261201-000003"' in hint.group(1)
+    assert "（办理中，区城市管理委员会）" in hint.group(1)
+    assert 'href="/console/tickets/20261201-000009#merge-title"' in hint.group(1)
+    assert 'id="nearby-20261201-000010"' not in html  # nothing being handled nearby: no hint

@@ -32,6 +32,18 @@ async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, re
     url = f"/api/v1/tickets/{dup_no}/merge"
     body = {"into": main_no, "reason": "同一盏路灯，邻居重复反映"}
 
+    # The desk is offered the main ticket (the same grid and category, being handled), once the
+    # intake worker has indexed it in its grid.
+    async def offered() -> dict | None:
+        r = await api.get(f"/api/v1/tickets/{dup_no}/merge/candidates")
+        assert r.status_code == 200, r.text
+        found = {c["ticket_no"]: c for c in r.json()["candidates"]}
+        return found if main_no in found else None
+
+    candidates = await eventually(offered)
+    assert candidates[main_no]["status"] in ("accepted", "review")
+    assert dup_no not in candidates
+
     # Refusals: another role, the ticket itself, no such main ticket, a short reason.
     r = await api.post(url, json=body, headers=await as_department(redis, dup))
     assert r.status_code == 403

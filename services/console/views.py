@@ -994,6 +994,15 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     )
     for t in low + unrouted:
         t["suggestions"] = present.suggestions(city, t)
+    # 并案: the tickets of a card's grid and category already being handled (the most similar text
+    # first), which it may repeat: the desk reads them before dispatching it again, and merges it
+    # on the ticket's page. Residents retell a problem in their own words, so no text score decides.
+    shown = low + unrouted
+    found = await asyncio.gather(
+        *(client.get(f"/api/v1/tickets/{t['ticket_no']}/merge/candidates") for t in shown)
+    )
+    for t, r in zip(shown, found, strict=True):
+        t["handled_nearby"] = r.body["candidates"] if r.ok else []
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")

@@ -23,6 +23,7 @@ from services.notifier.scorecard import MAX_DAYS, Scorecard
 from services.notifier.service import Notifier
 from services.notifier.surveys import CALL_ATTEMPTS, Call
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
+from shared.errors import DomainError
 from shared.http import api_error
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.spreadsheets import Format, download, each
@@ -129,15 +130,19 @@ GroupBy = Literal["department", "category", "grid", "street"]
 GROUP_NAMES = {"department": "承办单位", "category": "诉求分类", "grid": "网格", "street": "街道"}
 
 
-def _period(card: Scorecard, from_: date | None, to: date | None) -> tuple[date, date] | JSONResponse:
-    """The period asked for (default: this month so far), or why it cannot be counted."""
-    today = datetime.now(card.tz).date()
-    end = to or today
+def _period(
+    request: Request,
+    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
+    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
+) -> tuple[date, date]:
+    """The period asked for (default: this month so far); 422 saying why it cannot be counted."""
+    card: Scorecard = request.app.state.scorecard
+    end = to or datetime.now(card.tz).date()
     start = from_ or end.replace(day=1)
     if start > end:
-        return api_error(422, "invalid_period", f"起始日期{start}晚于结束日期{end}", field="from")
+        raise DomainError("invalid_period", f"起始日期{start}晚于结束日期{end}", kind="invalid", field="from")
     if (end - start).days >= MAX_DAYS:
-        return api_error(422, "invalid_period", f"统计区间最长{MAX_DAYS}天", field="from")
+        raise DomainError("invalid_period", f"统计区间最长{MAX_DAYS}天", kind="invalid", field="from")
     return start, end
 
 
@@ -145,14 +150,10 @@ def _period(card: Scorecard, from_: date | None, to: date | None) -> tuple[date,
 async def scorecard(
     request: Request,
     group_by: GroupBy = "department",
-    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
-    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
-    _: Principal = Depends(require_admin),
+    _: Principal = Depends(require_admin),  # first: who asks, then what
+    period: tuple[date, date] = Depends(_period),
 ):
     card: Scorecard = request.app.state.scorecard
-    period = _period(card, from_, to)
-    if isinstance(period, JSONResponse):
-        return period
     start, end = period
     w = card.weights
     return {
@@ -195,17 +196,13 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
 async def scorecard_export(
     request: Request,
     group_by: GroupBy = "department",
-    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
-    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
     format: Format = "xlsx",
-    _: Principal = Depends(require_admin),
+    _: Principal = Depends(require_admin),  # first: who asks, then what
+    period: tuple[date, date] = Depends(_period),
 ):
     """The ranking of /stats as a table to open in Excel (排名表): rank, name, the three rates and
     the score in percent and points, and the figures beside them, best score first."""
     card: Scorecard = request.app.state.scorecard
-    period = _period(card, from_, to)
-    if isinstance(period, JSONResponse):
-        return period
     start, end = period
     groups = await card.query(group_by, start, end)
     header = ["名次", GROUP_NAMES[group_by], *RANKING]

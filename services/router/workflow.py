@@ -44,7 +44,7 @@ from services.router.rules import (
     responsible,
 )
 from services.router.sla import Deadlines, add_working_days, deadlines
-from shared.city import City
+from shared.city import City, Department
 from shared.decisions import Outcome, applied
 from shared.errors import DomainError
 from shared.events import (
@@ -485,6 +485,19 @@ def meeting_decided(
 # --- the dispatch desk (人工派单) -----------------------------------------------------------------
 
 
+def _department(city: City, dept_id: str) -> Department:
+    """The department a person chose to send a ticket to (the desk itself is none)."""
+    dept = city.department_by_id.get(dept_id)
+    if dept is None or dept.kind == "dispatch_desk":
+        raise WorkflowError(
+            "unknown_department",
+            f"承办单位{dept_id!r}不存在（见departments.yaml）",
+            kind="invalid",
+            field="department",
+        )
+    return dept
+
+
 def dispatch(
     ticket: Ticket,
     dept_id: str,
@@ -497,14 +510,7 @@ def dispatch(
 ) -> Outcome:
     """An operator at the dispatch desk picks the department (and may correct the category)."""
     check(ticket, "dispatch")
-    dept = city.department_by_id.get(dept_id)
-    if dept is None or dept.kind == "dispatch_desk":
-        raise WorkflowError(
-            "unknown_department",
-            f"承办单位{dept_id!r}不存在（见departments.yaml）",
-            kind="invalid",
-            field="department",
-        )
+    dept = _department(city, dept_id)
     changes: dict[str, Any] = {}
     if category is not None and category != ticket.category:
         if category not in city.leaf_categories:
@@ -575,14 +581,7 @@ def redispatch(
     reason is the assignment's explanation, which the new department reads in the history."""
     check(ticket, "redispatch")
     _not_settled_by_meeting(ticket, "改派")
-    dept = city.department_by_id.get(dept_id)
-    if dept is None or dept.kind == "dispatch_desk":
-        raise WorkflowError(
-            "unknown_department",
-            f"承办单位{dept_id!r}不存在（见departments.yaml）",
-            kind="invalid",
-            field="department",
-        )
+    dept = _department(city, dept_id)
     old = ticket.department
     if old is not None and old.id == dept_id:
         raise WorkflowError(

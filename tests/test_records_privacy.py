@@ -209,3 +209,52 @@ async def test_an_audit_page_beyond_any_offset_is_refused_not_a_server_error(api
     r = await api.get(AUDIT, params={"page": 930186793021326464})
     assert r.status_code == 422, r.text
     assert "page" in r.text
+
+
+async def test_the_erasure_blanks_a_mediation_agreement_and_keeps_its_outcome(api, redis, pool):
+    """The terms of a mediation agreement name the parties and what each owes: the erasure blanks
+    them in the record's row, its stored events and the Redis ticket; the outcome (a statistic)
+    stays."""
+    phone = fresh_phone()
+    no = await recorded(api, pool, phone, "楼上邻居张大军家每天夜里十一点后还在装修敲打，沟通多次无果")
+    holder = (await api.get(f"/api/v1/tickets/{no}")).json()["department"]["id"]
+    dept = {"Authorization": f"Bearer {await issue_token(redis, 'department', department=holder)}"}
+    r = await api.post(
+        f"/api/v1/tickets/{no}/mediate", headers=dept, json={"reason": "邻里之间的噪音纠纷，双方需要调解"}
+    )
+    assert r.status_code == 200, r.text
+    committee_id = r.json()["department"]["id"]
+    committee = {"Authorization": f"Bearer {await issue_token(redis, 'department', department=committee_id)}"}
+    terms = "张大军家22时后停止施工，赔偿对方隔音窗费用800元"
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        headers=committee,
+        json={"note": "组织双方调解，当场签订协议", "mediation": {"outcome": "agreed", "agreement": terms}},
+    )
+    assert r.status_code == 200, r.text
+
+    async def agreed():
+        r = await row(pool, no)
+        return r if r and r["mediation_agreement"] == terms and r["department"] == committee_id else None
+
+    await eventually(agreed, timeout=60)
+    r = await api.post(ERASE, json={"phone": phone, "reason": "居民申请删除个人信息"})
+    assert r.status_code == 200, r.text
+    assert r.json()["tickets"] == [no]
+
+    after = await row(pool, no)
+    assert after is not None
+    assert (after["mediation_outcome"], after["mediation_agreement"]) == ("agreed", REMOVED)
+    async with pool.connection() as conn:
+        payloads = [
+            r["payload"]
+            for r in await (
+                await conn.execute("SELECT payload FROM ticket_events WHERE ticket_no = %s", (no,))
+            ).fetchall()
+        ]
+    assert payloads
+    assert "张大军" not in str(payloads)
+    assert any((p.get("mediation") or {}).get("outcome") == "agreed" for p in payloads)
+    ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert (ticket["mediation_outcome"], ticket["mediation_agreement"]) == ("agreed", REMOVED)
+    assert "张大军" not in str(ticket)

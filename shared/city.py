@@ -287,9 +287,16 @@ class City(_Model):
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)
 
+    @cached_property
+    def category_names_by_id(self) -> dict[str, tuple[str, ...]]:
+        # Built once: the router and the classifier ask for every appeal.
+        return {
+            cid: tuple(self.category_by_id[c].name for c in path) for cid, path in self.category_path.items()
+        }
+
     def category_names(self, category_id: str) -> tuple[str, ...]:
         """Names from the root down, e.g. ('城市管理', '市政设施', '道路破损')."""
-        return tuple(self.category_by_id[c].name for c in self.category_path[category_id])
+        return self.category_names_by_id[category_id]
 
     @cached_property
     def community_street(self) -> dict[str, str]:

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     # Channels whose tickets the public Open311 GET lists (status, category, street only); a hotline
     # call or a WeChat chat was given in confidence.
     open311_public_channels: str = "open311"
+    # Open311's media_url is fetched when a request comes in (services/intake/media_fetch.py), from
+    # globally reachable addresses only. Hosts named here (comma-separated names or addresses, as
+    # the URL gives them) may also resolve to internal ones: a city's media server on its intranet.
+    open311_media_allowed_hosts: str = ""
+    # Resolving its host, connecting and each read wait at most this long; the whole fetch,
+    # redirects included, three times as long.
+    open311_media_timeout_seconds: float = Field(5, gt=0, le=30)
     rate_limit_per_caller_per_hour: int = Field(30, ge=0)  # 0 turns the limit off
     rate_limit_per_ip_per_minute: int = Field(600, ge=0)
     # Work one request may cause (README, Security): bodies are refused over these sizes before they

@@ -159,6 +159,10 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
         wechat_app_id="wx12345hotline",
         # WeChat's media hosts, and this machine: the tests serve image messages' pictures here.
         wechat_media_hosts="mmbiz.qpic.cn,mmbiz.qlogo.cn,127.0.0.1",
+        # Open311's media_url tests serve photos from this machine under the name `localhost`, the
+        # one internal host allowed; the same server as 127.0.0.1 stays refused (loopback).
+        open311_media_allowed_hosts="localhost",
+        open311_media_timeout_seconds=2,  # the test of a server that never answers waits this long
     )
 
 

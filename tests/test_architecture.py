@@ -24,6 +24,7 @@ PURE_MODULES = [
     "services.router.meetings",
     "services.intake.domain",
     "services.intake.progress",
+    "services.intake.media_rules",
     "services.classifier.text",
     "services.classifier.features",
     "services.classifier.grid",

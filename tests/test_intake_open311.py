@@ -3,28 +3,35 @@
 The sequence is the one in http://wiki.open311.org/GeoReport_v2/ (GET services, POST a request,
 GET it, GET requests), with the spec city's values that cannot exist here substituted: the
 service_code is taken from our services.json (as a client does), the api_key is ours, the phone is
-a Chinese number (the spec's "111111111" is refused with a reason, tested below), and the date
-window is today instead of 2010."""
+a Chinese number (the spec's "111111111" is refused with a reason, tested below), the media_url a
+photo served on this machine (tests/media_server.py), and the date window is today instead of 2010."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from shared.photo_store import PENDING
+from shared.photos import prepare
 from tests.conftest import eventually
+from tests.media_server import MediaServer, media_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 KEY = "test-open311-key"  # the settings fixture's OPEN311_API_KEYS
 FORM = {"content-type": "application/x-www-form-urlencoded"}
+MB = 1024 * 1024
+SECRET = "token=SECRET-0b1c"  # a query string in a media_url, which the log must not show
 # The spec's example body, byte for byte except the substituted values marked {}.
 SPEC_POST = (
     "api_key={key}&jurisdiction_id=city.gov&service_code={code}&lat=37.76524078&long=-122.4212043"
     "&address_string=1234+5th+street&email=smit222%40sfgov.edu&device_id=tt222111&account_id=123456"
     "&first_name=john&last_name=smith&phone={phone}&description=A+large+sinkhole+is+destroying+the+street"
-    "&media_url=http%3A%2F%2Ftinyurl.com%2Fsfgeocode"
+    "&media_url={media}"
 )
 SPEC_FIELDS = {
     "service_request_id",
@@ -47,7 +54,20 @@ SPEC_FIELDS = {
 }
 
 
-async def test_the_spec_example_sequence(api):
+@pytest.fixture(scope="module")
+def media() -> Iterator[MediaServer]:
+    """The residents' photo host: `localhost` is the test settings' OPEN311_MEDIA_ALLOWED_HOSTS."""
+    with media_server() as server:
+        yield server
+
+
+def spec_post(code: str, phone: str, media: MediaServer) -> str:
+    return SPEC_POST.format(
+        key=KEY, code=code, phone=phone, media=quote(media.url("/photo-spec.jpg"), safe="")
+    )
+
+
+async def test_the_spec_example_sequence(api, media):
     r = await api.get("/open311/v2/services.json", params={"jurisdiction_id": "city.gov"})
     assert r.status_code == 200
     services = r.json()
@@ -56,7 +76,7 @@ async def test_the_spec_example_sequence(api):
     )
     code = next(s["service_code"] for s in services if s["service_name"] == "道路破损")
 
-    body = SPEC_POST.format(key=KEY, code=code, phone="13811112222")
+    body = spec_post(code, "13811112222", media)
     r = await api.post("/open311/v2/requests.json", content=body, headers=FORM)
     assert r.status_code == 201, r.text
     [created] = r.json()
@@ -75,6 +95,10 @@ async def test_the_spec_example_sequence(api):
     assert "sinkhole" not in r.text
     assert "5th street" not in r.text
     assert "13811112222" not in r.text
+    # The resident's photo is the ticket's, for staff; the public record does not show it.
+    assert record["media_url"] is None
+    ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert ticket["photos"] == [prepare(media.photo("/photo-spec.jpg"), max_bytes=MB).id]
 
     now = datetime.now(UTC)
     window = {
@@ -174,6 +198,96 @@ async def test_a_retried_post_with_an_idempotency_key_returns_the_same_request(a
     assert first.json()[0]["service_request_id"] == second.json()[0]["service_request_id"]
 
 
+# --- media_url: the resident's photo, fetched when the request comes in ---------------------------------
+
+
+def form_with(media_url: str, text: str = "解放路88号门前的井盖缺失，晚上行人很容易踩空") -> str:
+    return urlencode(
+        {
+            "api_key": KEY,
+            "service_code": "city.facility.road_damage",
+            "address_string": "解放路88号",
+            "description": text,
+            "media_url": media_url,
+        }
+    )
+
+
+async def test_a_media_url_becomes_the_tickets_photo_as_an_upload_would(api, media):
+    url = media.url("/photo-manhole.jpg?width=640&token=abc")
+    r = await api.post("/open311/v2/requests.json", content=form_with(url), headers=FORM)
+    assert r.status_code == 201, r.text
+    no = r.json()[0]["service_request_id"]
+    assert media.hits[-1] == ("/photo-manhole.jpg?width=640&token=abc", f"localhost:{media.port}")
+
+    ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
+    # Kept as any upload is: decoded and encoded again (the id is the hash of what is kept).
+    kept = prepare(media.photo("/photo-manhole.jpg?width=640&token=abc"), max_bytes=MB)
+    assert ticket["photos"] == [kept.id]
+    photo = await api.get(f"/api/v1/photos/{kept.id}")
+    assert photo.headers["content-type"] == "image/jpeg"
+    assert photo.content == kept.data
+
+    # A retry with an idempotency key fetches the photo again and gets the same request.
+    headers = {**FORM, "Idempotency-Key": f"media-{no}"}
+    first = await api.post(
+        "/open311/v2/requests.json", content=form_with(url, "井盖缺失的重试测试，解放路90号"), headers=headers
+    )
+    again = await api.post(
+        "/open311/v2/requests.json", content=form_with(url, "井盖缺失的重试测试，解放路90号"), headers=headers
+    )
+    assert first.status_code == 201, first.text
+    assert first.json()[0]["service_request_id"] == again.json()[0]["service_request_id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "error", "words"),
+    [
+        # The photo host by number: loopback, and only `localhost` is allowed.
+        ("/photo-by-number.jpg", "127.0.0.1", "media_url_forbidden", "内部网络地址"),
+        ("/to-loopback", "localhost", "media_url_forbidden", "内部网络地址"),  # redirected there
+        ("/huge", "localhost", "media_url_too_large", "不能超过 15 MB"),
+        ("/notes.txt", "localhost", "media_url_not_image", "不是图片"),
+        ("/slow", "localhost", "media_url_unreachable", "超时"),
+        ("/missing", "localhost", "media_url_unreachable", "HTTP 404"),
+    ],
+)
+async def test_a_media_url_that_gives_no_photo_is_refused_and_nothing_is_registered(
+    api, redis, settings, system, media, path, host, error, words
+):
+    day = datetime.now(ZoneInfo(settings.timezone)).date()
+    numbered, pending = await redis.get(f"seq:{day:%Y%m%d}"), await redis.zcard(PENDING)
+    url = media.url(f"{path}?{SECRET}", host=host)
+    r = await api.post("/open311/v2/requests.json", content=form_with(url), headers=FORM)
+    assert r.status_code == 400, r.text
+    [err] = r.json()
+    assert (err["code"], err["error"], err["field"]) == (400, error, "media_url")
+    assert words in err["message"]
+    assert err["description"] == f"media_url: {err['message']}"
+    # No number taken, no photo kept.
+    assert await redis.get(f"seq:{day:%Y%m%d}") == numbered
+    assert await redis.zcard(PENDING) == pending
+
+    # The API logs at most 10 refusals a minute: this file's refusals stay under that.
+    def logged() -> str:
+        return (system.log_dir / "api.log").read_text(errors="replace")
+
+    async def line() -> list[str]:
+        return [x for x in logged().splitlines() if "media_url" in x and f":{media.port}{path} refused" in x]
+
+    assert await eventually(line, timeout=5)
+    assert "SECRET-0b1c" not in logged()
+
+
+async def test_a_refused_media_url_in_xml(api, media):
+    url = media.url("/photo-xml.jpg", host="127.0.0.1")
+    r = await api.post("/open311/v2/requests.xml", content=form_with(url), headers=FORM)
+    assert r.status_code == 400
+    [err] = xml_records(r, "errors", "error")
+    assert err["code"] == "400"
+    assert err["description"].startswith("media_url: media_url指向内部网络地址")
+
+
 # --- the XML format ----------------------------------------------------------------------------------
 
 
@@ -184,7 +298,7 @@ def xml_records(r, outer: str, inner: str) -> list[dict[str, str]]:
     return [{child.tag: child.text or "" for child in item} for item in root.findall(inner)]
 
 
-async def test_the_spec_example_sequence_in_xml(api):
+async def test_the_spec_example_sequence_in_xml(api, media):
     r = await api.get("/open311/v2/services.xml", params={"jurisdiction_id": "city.gov"})
     assert r.status_code == 200
     services = xml_records(r, "services", "service")
@@ -192,7 +306,7 @@ async def test_the_spec_example_sequence_in_xml(api):
     assert services[0]["type"] == "realtime"
     code = next(s["service_code"] for s in services if s["service_name"] == "道路破损")
 
-    body = SPEC_POST.format(key=KEY, code=code, phone="13811113333")
+    body = spec_post(code, "13811113333", media)
     r = await api.post("/open311/v2/requests.xml", content=body, headers=FORM)
     assert r.status_code == 201, r.text
     [created] = xml_records(r, "service_requests", "request")

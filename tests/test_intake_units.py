@@ -150,7 +150,17 @@ def test_intakes_decisions_import_no_io_client():
     import subprocess
     import sys
 
-    pure = ["domain", "errors", "duplicates", "open311", "wechat", "wechat_crypto", "batch", "keys"]
+    pure = [
+        "domain",
+        "errors",
+        "duplicates",
+        "open311",
+        "wechat",
+        "wechat_crypto",
+        "batch",
+        "keys",
+        "media_rules",
+    ]
     clients = ["redis", "aiokafka", "faststream", "httpx", "fastapi", "shared.store"]
     code = (
         "import importlib, sys\n"

@@ -69,8 +69,9 @@ class Submission:
     wechat_openid: str | None = None  # personal data too: WeChat users have no phone number
     direct_answer: str = ""  # closed at first contact (直接答复, 现场处置): what was said or done
     patrol_grid: str | None = None  # a grid worker's report: the grid it patrols (its credential's)
-    # Ids of photos already kept (shared.photos), checked by the view that takes them. Only the
-    # hotline API sends any: WeChat, SMS, Open311 and suggestion boxes carry none.
+    # Ids of photos already kept (shared.photos), checked or kept by the view that takes them: the
+    # hotline API's uploads, Open311's media_url. WeChat's go with the event (`appeal(photos=)`);
+    # SMS and suggestion boxes carry none.
     photos: tuple[str, ...] = ()
 
     def digest(self) -> str:

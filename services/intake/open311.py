@@ -122,9 +122,8 @@ def submission(city: City, form: Mapping[str, str]) -> Submission:
         raise InvalidAppeal(
             "lat", "a location is required: lat & long, address_string or address_id / 请提供位置"
         )
-    # The spec's media_url (a link to the resident's photo) is ignored: fetching whatever address a
-    # client names, from inside the city's network, is a server-side request forgery risk. Photos
-    # reach a ticket through staff uploads (POST /api/v1/photos), decoded and cleaned there.
+    # The spec's media_url (a link to the resident's photo) is fetched by the view, which does the
+    # I/O (open311_views, media_fetch: only addresses media_rules allows) and adds the photo.
     last, first = (form.get("last_name") or "").strip(), (form.get("first_name") or "").strip()
     name = f"{last}{first}" if not (last + first).isascii() else " ".join(p for p in (first, last) if p)
     return validate(

@@ -6,6 +6,7 @@ or <errors><error>...</error></errors>."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import time
@@ -16,11 +17,14 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from services.intake import keys, open311
+from services.intake import keys, media_fetch, media_rules, open311
 from services.intake.domain import InvalidAppeal
+from services.intake.media_rules import MediaRefused
+from services.intake.photo_views import decode
 from services.intake.service import IntakeService
 from shared.errors import DomainError
 from shared.metrics import APPEALS_REJECTED
+from shared.photos import PhotoRefused
 from shared.redis_client import text
 from shared.tickets import TICKET_NO_PATTERN
 
@@ -98,11 +102,15 @@ async def create_request(
     try:
         await intake.check_ip(request.client.host if request.client else None)
         sub = open311.submission(request.app.state.city, form)
+        if media_url := (form.get("media_url") or "").strip():
+            # Before a number is taken: a photo that cannot be had refuses the request, and nothing
+            # is registered.
+            sub = dataclasses.replace(sub, photos=(await _media_photo(request, media_url),))
         # Keys are per client (its api_key): two clients' "1" are two submissions.
         client = hashlib.sha256(form["api_key"].encode()).hexdigest()[:16]
         key = f"open311:{client}:{idempotency_key}" if idempotency_key else None
         ticket_no, _ = await intake.submit(sub, key)
-    except InvalidAppeal as e:
+    except (InvalidAppeal, MediaRefused) as e:
         APPEALS_REJECTED.labels(channel="open311", reason=e.field or "").inc()
         return _refused(e, fmt)
     except DomainError as e:
@@ -114,6 +122,24 @@ async def create_request(
         [{"service_request_id": ticket_no, "service_notice": notice, "account_id": None}],
         201,
     )
+
+
+async def _media_photo(request: Request, url: str) -> str:
+    """The request's media_url fetched (`media_fetch`), and kept as an uploaded photo is: decoded
+    and cleaned by the same rules (`photo_views.decode`), in the same store. Returns its id.
+    Raises MediaRefused saying what to fix; the photo store away is Unavailable (503)."""
+    state = request.app.state
+    try:
+        raw = await media_fetch.fetch(url, state.settings)
+        try:
+            photo = await decode(state, raw)
+        except PhotoRefused as e:
+            raise media_rules.not_a_photo(e.code, state.settings.photo_max_bytes) from None
+    except MediaRefused as e:
+        media_fetch.log_refusal(url, e)
+        raise
+    await state.photos.put(photo)
+    return photo.id
 
 
 def _ticket_no(value: str) -> bool:

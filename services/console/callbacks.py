@@ -41,6 +41,7 @@ async def callbacks_page(request: Request, s: session.Session = Depends(as_opera
         calls=[_row(item, request) for item in reply.body["items"]] if reply.ok else None,
         total=reply.body["total"] if reply.ok else 0,
         attempts=reply.body["attempts"] if reply.ok else 0,
+        after=f"{reply.body['due_after_hours']:g}" if reply.ok else "",
         error=q.get("error") or ("" if reply.ok else reply.message),
         done=q.get("done"),
     )

@@ -255,14 +255,15 @@ async def due_callbacks(
     principal: Principal = Depends(require_callers),
 ):
     """The surveys due for a phone call (电话回访), the longest waiting first: unanswered by SMS
-    when their reminder went out, or again a while after a call nobody took. `calling`: the
-    operator holding one now (`mine`: the one asking)."""
+    `due_after_hours` after the survey went out (SURVEY_CALLBACK_HOURS), or again a while after a
+    call nobody took. `calling`: the operator holding one now (`mine`: the one asking)."""
     notifier: Notifier = request.app.state.notifier
     total, calls = await notifier.surveys.due_calls(notifier.clock(), size)
     me = _caller_of(principal)
     return {
         "total": total,
         "attempts": CALL_ATTEMPTS,
+        "due_after_hours": notifier.surveys.callback_after.total_seconds() / 3600,
         "items": [_call_view(c) | {"mine": c.calling == me} for c in calls],
     }
 

@@ -349,15 +349,19 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
 
 async def test_a_callback_falls_due_at_its_own_time_not_the_reminders(make_kit, clock):
     """SURVEY_CALLBACK_HOURS: the call is due that long after the survey (here 6 hours, long before
-    the reminder at 24) and not a second before."""
+    the reminder at 24) and not a second before; the menu's count (`due_count`) counts it then."""
     kit = make_kit(quiet="none", callback_after=timedelta(hours=6))
     phone, _, sid = await surveyed_with_id(kit)
-    at = NOON + timedelta(hours=6)
+    surveys, at = kit.notifier.surveys, NOON + timedelta(hours=6)
     before = at - timedelta(seconds=1)
     assert await due_for_a_call(kit, sid, before) is None
+    counted_before = await surveys.due_count(before)
     due = await due_for_a_call(kit, sid, at)
     assert due is not None
     assert (due.due, due.survey.phone, due.attempts) == (at, phone, 0)
+    # The count is the list's total, without reading a survey (other tests' surveys share the set).
+    total, _ = await surveys.due_calls(at, limit=1)
+    assert await surveys.due_count(at) == total == counted_before + 1
     # The SMS keeps its own times: no reminder at the call's time, the one reminder at 24 hours.
     assert await kit.notifier.scan(at) == 0
     assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1

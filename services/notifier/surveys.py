@@ -300,6 +300,11 @@ class SurveyBook:
         ]
         return int(total), calls
 
+    async def due_count(self, now: datetime) -> int:
+        """How many open surveys are due for a phone call: one ZCOUNT, for a menu to show on every
+        page (the list itself reads each survey)."""
+        return int(await self.redis.zcount(CALLBACKS, "-inf", now.timestamp()))
+
     async def call(self, survey_id: str, operator: str, now: datetime) -> Call:
         """The survey `operator` is about to phone about, held for them for CALL_HOLD so that no
         other operator calls the same resident meanwhile. Raises CallRefused when it is no longer

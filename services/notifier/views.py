@@ -189,6 +189,7 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "人民调解": lambda g: g["mediated"],
     "达成协议": lambda g: g["mediation_agreed"],
     "并案件数": lambda g: g["merged"],
+    "电话回访": lambda g: g["answered_by_phone"],  # of 回访答复: answered on an operator's call
 }
 
 

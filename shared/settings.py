@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     sms_daily_cap: int = Field(5, ge=1)  # messages per phone per local day (urgent ones exempt)
     survey_reminder_hours: float = Field(24, gt=0)  # one reminder if still unanswered by then
     survey_window_hours: float = Field(48, gt=0)  # then the survey closes as "no answer"
+    # Still unanswered by then, an operator phones the resident (电话回访). Unset: when the reminder
+    # goes out, so a resident is called once the SMS had both its chances.
+    survey_callback_hours: float | None = Field(None, gt=0)
     notifications_file: Path | None = None  # message templates; None: services/notifier/notifications.yaml
     sms_gateway: Literal["outbox", "http"] = "outbox"
     sms_gateway_url: str = ""  # the provider's send endpoint (SMS_GATEWAY=http)
@@ -141,6 +144,13 @@ class Settings(BaseSettings):
     @property
     def public_channels(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.open311_public_channels.split(",") if c.strip())
+
+    @property
+    def callback_hours(self) -> float:
+        """When an unanswered survey is due for a phone call (SURVEY_CALLBACK_HOURS, else the reminder's)."""
+        return (
+            self.survey_reminder_hours if self.survey_callback_hours is None else self.survey_callback_hours
+        )
 
     @property
     def model_dir(self) -> Path:

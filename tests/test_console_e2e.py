@@ -1244,12 +1244,18 @@ async def test_docs_load_swagger_from_the_project(page: Page):
 # --- phone callbacks (电话回访) --------------------------------------------------------------------
 
 
+async def menu_count(page: Page) -> int:
+    """How many phone callbacks the menu says are due (电话回访 (N))."""
+    return int(re.sub(r"\D", "", await page.locator("#callbacks-due").text_content() or ""))
+
+
 async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
-    page: Page, redis, system: System
+    page: Page, browser: Browser, redis, system: System
 ):
-    """A resident who answered neither the survey SMS nor its reminder is listed for a call; the
-    operator takes it, sees the number and what to read out, records 不满意/未解决, and the ticket
-    goes back to its department, the history naming the operator."""
+    """A resident who answered neither the survey SMS nor its reminder is listed for a call (the
+    menu counts it on every page); the operator takes it, sees the number and what to read out,
+    records 不满意/未解决, and the ticket goes back to its department, the history naming the
+    operator; the manager's dashboard counts the answer apart from those by SMS."""
     phone = new_phone()
     async with await admin_api(system, redis) as client:
         no = await submit(client, "阳光花园5号楼门口的路灯坏了一个多星期，晚上很黑", phone, "阳光花园5号楼")
@@ -1267,8 +1273,12 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         await redis.zadd("survey:callback", {sid: 0}, xx=True)
 
         await sign_in(page, await issue_token(redis, "operator", operator="op09"))
+        # The menu says how many calls are due on the operator's own page; the list has as many.
+        due = await menu_count(page)
+        assert due >= 1
         await page.get_by_role("link", name="电话回访").click()
         await expect(page.locator("#callbacks")).to_contain_text(no)
+        await expect(page.locator("#callbacks-total")).to_contain_text(f"待回访 {due} 件")
         await accessible(page)
         await shot(page, "callbacks")
         await page.get_by_role("button", name=f"开始回访工单{no}").click()
@@ -1288,10 +1298,31 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         await page.locator("#record-answer").click()
         await expect(page.locator("#callback-done")).to_contain_text(f"工单{no}回访已记录：不满意")
         await expect(page.locator("#callbacks")).not_to_contain_text(no)
+        await expect(page.locator("#callbacks-due")).to_have_text(f"({due - 1}件待回访)")
+        await page.get_by_role("link", name="来电登记").click()
+        assert await menu_count(page) == due - 1
 
         back = await ticket_when(client, no, lambda t: t["status"] == "assigned" and t["reopens"] == 1)
         answer = next(h for h in back["history"] if h["topic"] == "survey.answered")
         assert (answer["by"], answer["rating"], answer["solved"]) == ("op09", 3, False)
+        # The manager sees the answers taken on the phone apart from those by SMS (电话回访).
+        dept_id = ticket["department"]["id"]
+
+        async def counted():
+            r = await client.get("/api/v1/stats", params={"group_by": "department"})
+            return any(g["group"] == dept_id and g["answered_by_phone"] for g in r.json()["groups"])
+
+        await eventually(counted, timeout=30)
+        manager = await (
+            await browser.new_context(base_url=system.base_url, viewport={"width": 1280, "height": 900})
+        ).new_page()
+        await sign_in(manager, await issue_token(redis, "admin"))
+        await manager.goto("/console/dashboard")
+        await expect(manager.locator("#rank-department thead")).to_contain_text("电话回访")
+        await expect(manager.locator(f"#rank-department [data-by-phone='{dept_id}']")).to_have_text(
+            re.compile(r"^[1-9]\d*$")
+        )
+        await manager.context.close()
         # Another operator cannot take a call that is over.
         other = await page.request.post(
             f"/api/v1/callbacks/{sid}/call",

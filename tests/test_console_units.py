@@ -3,6 +3,7 @@ resident's lookup shows, and the templates' escaping."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -484,3 +485,56 @@ def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_ha
     assert "（办理中，区城市管理委员会）" in hint.group(1)
     assert 'href="/console/tickets/20261201-000009#merge-title"' in hint.group(1)
     assert 'id="nearby-20261201-000010"' not in html  # nothing being handled nearby: no hint
+
+
+class _CountApi:
+    """The API as the menu's count sees it: answers `reply`, raises it, or never answers."""
+
+    def __init__(self, reply: Reply | Exception | None) -> None:
+        self.reply, self.asked = reply, []
+
+    async def get(self, path: str, **params):
+        self.asked.append(path)
+        if self.reply is None:
+            await asyncio.sleep(60)
+        if isinstance(self.reply, Exception):
+            raise self.reply
+        return self.reply
+
+
+async def _menu(monkeypatch, role: str, reply: Reply | Exception | None, **context) -> tuple[str, list[str]]:
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _CountApi(reply)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    monkeypatch.setattr(views, "MENU_COUNT_SECONDS", 0.05)
+    request = SimpleNamespace(
+        app=SimpleNamespace(state=SimpleNamespace(console_names={"department_names": {}, "grid_names": {}}))
+    )
+    s = Session(token="t", principal=Principal(role=role, operator="op09"), csrf="c")
+    response = await views.page(request, "message.html", s=s, title="标题", message="内容", **context)
+    assert response.status_code == 200  # whatever the count did, the page is shown
+    return response.body.decode(), fake.asked
+
+
+async def test_the_menu_says_how_many_phone_callbacks_are_due_or_nothing(monkeypatch):
+    """电话回访 (N) in the menu of those who call: the API's count, one small call per page; when
+    that call fails, is refused or is slow, the page is shown without a count."""
+    html, asked = await _menu(monkeypatch, "operator", Reply(200, {"total": 3}))
+    assert asked == ["/api/v1/callbacks/count"]
+    assert re.search(r'电话回访 <span id="callbacks-due">\(3<span class="sr-only">件待回访</span>\)', html)
+    html, _ = await _menu(monkeypatch, "admin", Reply(200, {"total": 0}))
+    assert 'id="callbacks-due">(0<' in html  # none due is an answer too
+    for failure in (Reply(503, {"message": "服务暂不可用"}), ConnectionError("redis"), None):
+        html, asked = await _menu(monkeypatch, "operator", failure)
+        assert asked == ["/api/v1/callbacks/count"]
+        assert ">电话回访</a>" in html
+        assert "callbacks-due" not in html
+    # The callbacks page knows the total already (its list's): no second call.
+    html, asked = await _menu(monkeypatch, "operator", Reply(200, {"total": 9}), callbacks_due=4)
+    assert (asked, 'id="callbacks-due">(4<' in html) == ([], True)
+    # Roles without the link do not ask.
+    html, asked = await _menu(monkeypatch, "department", Reply(200, {"total": 3}))
+    assert (asked, "电话回访" in html) == ([], False)

@@ -51,7 +51,17 @@ class Clock:
 class Kit:
     """One notifier 'process' (several share Redis and the broker as replicas or restarts would)."""
 
-    def __init__(self, redis, broker, jobs: str, clock: Clock, *, quiet: str = "21:00-08:00", cap: int = 5):
+    def __init__(
+        self,
+        redis,
+        broker,
+        jobs: str,
+        clock: Clock,
+        *,
+        quiet: str = "21:00-08:00",
+        cap: int = 5,
+        callback_after: timedelta | None = None,
+    ):
         self.redis = redis
         self.store = TicketStore(redis)
         self.published: list = []
@@ -69,6 +79,7 @@ class Kit:
             policy=Policy(QuietHours.parse(quiet), cap, SH),
             clock=clock,
             jobs_key=jobs,
+            callback_after=callback_after,
         )
 
     async def sent(self, phone: str, kind: str | None = None) -> list[dict]:
@@ -334,6 +345,27 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
     # The resident's SMS after the call: a comment on the closed survey, not a second answer.
     clock.now = later + timedelta(minutes=20)
     assert isinstance(await surveys.reply(phone, "1"), SurveyComment)
+
+
+async def test_a_callback_falls_due_at_its_own_time_not_the_reminders(make_kit, clock):
+    """SURVEY_CALLBACK_HOURS: the call is due that long after the survey (here 6 hours, long before
+    the reminder at 24) and not a second before; the menu's count (`due_count`) counts it then."""
+    kit = make_kit(quiet="none", callback_after=timedelta(hours=6))
+    phone, _, sid = await surveyed_with_id(kit)
+    surveys, at = kit.notifier.surveys, NOON + timedelta(hours=6)
+    before = at - timedelta(seconds=1)
+    assert await due_for_a_call(kit, sid, before) is None
+    counted_before = await surveys.due_count(before)
+    due = await due_for_a_call(kit, sid, at)
+    assert due is not None
+    assert (due.due, due.survey.phone, due.attempts) == (at, phone, 0)
+    # The count is the list's total, without reading a survey (other tests' surveys share the set).
+    total, _ = await surveys.due_calls(at, limit=1)
+    assert await surveys.due_count(at) == total == counted_before + 1
+    # The SMS keeps its own times: no reminder at the call's time, the one reminder at 24 hours.
+    assert await kit.notifier.scan(at) == 0
+    assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1
+    assert len(await kit.sent(phone, "reminder")) == 1
 
 
 async def test_a_call_nobody_answers_is_tried_again_and_an_sms_answer_ends_the_calls(make_kit, clock):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -88,6 +88,26 @@ def test_settings_are_checked_when_the_notifier_is_built():
         Notifier.from_settings(Settings(quiet_hours="evenings"), store, publish)
     with pytest.raises(ValueError, match="SURVEY_REMINDER_HOURS"):
         Notifier.from_settings(Settings(survey_reminder_hours=48, survey_window_hours=24), store, publish)
+    # The phone callback (电话回访) is due when the reminder goes out, unless it has its own time,
+    # which must come while the survey is still open.
+    assert built.surveys.callback_after == built.surveys.reminder_after == timedelta(hours=24)
+    own = Notifier.from_settings(Settings(survey_callback_hours=6), store, publish)
+    assert (own.surveys.callback_after, own.surveys.reminder_after) == (
+        timedelta(hours=6),
+        timedelta(hours=24),
+    )
+    later = Notifier.from_settings(Settings(survey_callback_hours=36), store, publish)
+    assert later.surveys.callback_after == timedelta(hours=36)
+    with pytest.raises(
+        ValueError, match=r"SURVEY_CALLBACK_HOURS \(48\) must be below SURVEY_WINDOW_HOURS \(48\)"
+    ):
+        Notifier.from_settings(Settings(survey_callback_hours=48), store, publish)
+    with pytest.raises(ValueError, match="SURVEY_CALLBACK_HOURS"):
+        Notifier.from_settings(
+            Settings(survey_reminder_hours=2, survey_callback_hours=30, survey_window_hours=24),
+            store,
+            publish,
+        )
     with pytest.raises(ValueError, match="SMS_GATEWAY_URL"):
         Notifier.from_settings(Settings(sms_gateway="http"), store, publish)
 

@@ -140,7 +140,7 @@ DAY = datetime(2020, 2, 3, 10, 0, tzinfo=SH)  # a day nothing else in the tests 
 
 def _sequence(a: str, b: str, day: datetime = DAY) -> list[TicketAssigned | TicketUpdated | SurveyAnswered]:
     """Department a: 5 assigned, 3 accepted in time (1 late, 1 never), 3 answers (1 satisfied solved,
-    1 basically satisfied solved, 1 unsatisfied unsolved), 1 no answer.
+    1 basically satisfied solved, 1 unsatisfied unsolved, that one on an operator's call), 1 no answer.
     Department b: 2 assigned, 1 in time; 2 answers (basically satisfied solved, satisfied unsolved).
     Plus events that must not count: a dispatch-desk wait, a comment. No ticket is stored: each
     event carries its ticket's department, category and grid, as the router and notifier write them."""
@@ -151,7 +151,7 @@ def _sequence(a: str, b: str, day: datetime = DAY) -> list[TicketAssigned | Tick
     plan = [
         (a, True, (1, True)),
         (a, True, (2, True)),
-        (a, False, (3, False)),
+        (a, False, (3, False, "op09")),  # 电话回访: the operator took the answer on the phone
         (a, True, "no_answer"),
         (a, None, None),
         (b, True, (2, True)),
@@ -208,6 +208,7 @@ def _sequence(a: str, b: str, day: datetime = DAY) -> list[TicketAssigned | Tick
                     solved=answer[1],
                     text=str(answer[0]),
                     occurred_at=day + timedelta(days=1),
+                    by=answer[2] if len(answer) > 2 else None,
                     **facts,
                 )
             )
@@ -249,6 +250,7 @@ EXPECTED_A = {
     "unsatisfied": 1,
     "no_answer": 1,
     "skipped": 0,
+    "answered_by_phone": 1,  # of the 3 answered
     "response_rate": 0.6,  # 3 / 5
     "resolution_rate": 0.6667,  # 2 / 3
     "satisfaction_rate": 0.6333,  # (1 + 0.9 × 1) / 3
@@ -265,6 +267,7 @@ EXPECTED_B = {
     "unsatisfied": 0,
     "no_answer": 0,
     "skipped": 0,
+    "answered_by_phone": 0,
     "response_rate": 0.5,
     "resolution_rate": 0.5,
     "satisfaction_rate": 0.95,  # (1 + 0.9) / 2
@@ -326,6 +329,9 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
     ours = {row[1]: row for row in table[1:] if row[1] in (a, b)}
     assert int(ours[b][0]) < int(ours[a][0])  # b ranks higher, as in /stats
     assert ours[a][2:7] == ["5", "3", "60.0%", "66.7%", f"{EXPECTED_A['satisfaction_rate']:.1%}"]
+    # Beside them, the answers an operator took on the phone (电话回访), apart from those by SMS.
+    by_phone = table[0].index("电话回访")
+    assert (ours[a][by_phone], ours[b][by_phone]) == ("1", "0")
     r = await api.get("/api/v1/stats/export", params=period, headers=admin)
     assert r.headers["content-type"].startswith("application/vnd.openxmlformats")
     sheet = openpyxl.load_workbook(io.BytesIO(r.content)).active

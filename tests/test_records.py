@@ -535,6 +535,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                 category="city.facility.streetlight",
                 grid=f"g-{i % 3}",
                 occurred_at=day,
+                by="op09" if i in (1, 6) else None,  # 电话回访: answered on an operator's call
             )
         )
     publisher = EventPublisher(settings, client_id="test-rates")
@@ -560,6 +561,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["mediated"] for r in sql) == 2
             and sum(r["mediation_agreed"] for r in sql) == 1
             and sum(r["merged"] for r in sql) == 3
+            and sum(r["answered_by_phone"] for r in sql) == 2  # i = 1, 6, among the answered
             # accepted: i % 4 != 0 (9 of 12); merged while a department held it: i = 0, 4 (one late)
             and sum(r["responded"] for r in sql) == 11
             and sum(r["responded_on_time"] for r in sql)

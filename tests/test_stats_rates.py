@@ -145,6 +145,20 @@ def test_which_counters_an_event_adds_to():
     assert fields_for(answer(outcome="comment")) == ()
     assert fields_for(answer(outcome="no_answer")) == ("no_answer",)
     assert fields_for(answer(outcome="opted_out")) == ("skipped",)
+    # 电话回访: an answer taken on an operator's call counts as any answer, and apart as by phone.
+    assert fields_for(answer(rating=3, solved=False, by="op09")) == (
+        "answered",
+        "unsatisfied",
+        "answered_by_phone",
+    )
+    assert fields_for(answer(rating=1, solved=True, by="op09")) == (
+        "answered",
+        "satisfied",
+        "solved",
+        "answered_by_phone",
+    )
+    assert fields_for(answer(outcome="no_answer", by="op09")) == ("no_answer",)  # only answers
+    assert rates(counts | {"answered_by_phone": 1}, W) == rates(counts, W) | {"answered_by_phone": 1}
     assert set(scoring.FIELDS) >= {"assigned", "no_answer", "skipped"}
 
 

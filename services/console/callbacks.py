@@ -34,13 +34,15 @@ def _row(item: dict[str, Any], request: Request) -> dict[str, Any]:
 async def callbacks_page(request: Request, s: session.Session = Depends(as_operator)) -> HTMLResponse:
     reply = await api(request, s).get("/api/v1/callbacks", size=PAGE_SIZE)
     q = request.query_params
-    return page(
+    return await page(
         request,
         "callbacks.html",
         s=s,
         calls=[_row(item, request) for item in reply.body["items"]] if reply.ok else None,
         total=reply.body["total"] if reply.ok else 0,
+        callbacks_due=reply.body["total"] if reply.ok else None,  # the menu's count: the list's own
         attempts=reply.body["attempts"] if reply.ok else 0,
+        after=f"{reply.body['due_after_hours']:g}" if reply.ok else "",
         error=q.get("error") or ("" if reply.ok else reply.message),
         done=q.get("done"),
     )
@@ -57,13 +59,13 @@ async def take_call(request: Request, survey_id: str, s: session.Session = Depen
     reply = await api(request, s).post(f"/api/v1/callbacks/{survey_id}/call")
     if not reply.ok:
         return _back(error=reply.message)
-    return _call_page(request, s, reply.body)
+    return await _call_page(request, s, reply.body)
 
 
-def _call_page(
+async def _call_page(
     request: Request, s: session.Session, call: dict[str, Any], status: int = 200, **context: Any
 ) -> HTMLResponse:
-    return page(
+    return await page(
         request,
         "callback.html",
         status,
@@ -103,4 +105,4 @@ async def record_call(
     held = await client.post(f"/api/v1/callbacks/{survey_id}/call")
     if not held.ok:
         return _back(error=held.message)
-    return _call_page(request, s, held.body, 422, values=dict(form), error=reply.message)
+    return await _call_page(request, s, held.body, 422, values=dict(form), error=reply.message)

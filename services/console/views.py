@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ from shared.settings import Settings
 from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status
 
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -74,9 +76,35 @@ class WrongRole(Exception):
         self.session = session
 
 
-def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+# The roles whose menu links 电话回访 (base.html), with how many calls are due beside it.
+CALLBACK_ROLES = ("operator", "admin")
+MENU_COUNT_SECONDS = 3.0  # the longest the menu's count may hold up a page; then it goes without
+
+
+async def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """A console page. For a role that phones residents (电话回访) the menu says how many calls are
+    due (`callbacks_due`), unless the handler knows it already."""
+    s = context.get("s")
+    if (
+        isinstance(s, session.Session)
+        and s.principal.role in CALLBACK_ROLES
+        and "callbacks_due" not in context
+    ):
+        context["callbacks_due"] = await callbacks_due(request, s)
     html = templates.get_template(name).render(request=request, **names_of(request), **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+async def callbacks_due(request: Request, s: session.Session) -> int | None:
+    """How many phone callbacks are due now, for the menu: the API's count (one Redis ZCOUNT). None
+    when it cannot be had in time: the page is shown without the count rather than not at all."""
+    try:
+        reply = await asyncio.wait_for(api(request, s).get("/api/v1/callbacks/count"), MENU_COUNT_SECONDS)
+    except Exception as e:  # a figure in the menu: whatever went wrong, the page itself goes on
+        log.warning("the menu's callback count: %r", e)
+        return None
+    total = reply.body.get("total") if reply.ok and isinstance(reply.body, dict) else None
+    return total if isinstance(total, int) else None
 
 
 def city_of(request: Request) -> City:
@@ -164,11 +192,11 @@ async def home(request: Request) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
-def anonymous_form(request: Request, template: str, status: int, **context: Any) -> Response:
+async def anonymous_form(request: Request, template: str, status: int, **context: Any) -> Response:
     """A page whose form is posted without a session (sign-in, the resident's lookup): its CSRF
     token is double-submitted, in the form and in a cookie of its own."""
     csrf = session.new_csrf()
-    response = page(request, template, status, csrf=csrf, **context)
+    response = await page(request, template, status, csrf=csrf, **context)
     response.set_cookie(
         session.LOGIN_CSRF_COOKIE,
         csrf,
@@ -180,26 +208,26 @@ def anonymous_form(request: Request, template: str, status: int, **context: Any)
     return response
 
 
-def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
-    return anonymous_form(request, "signin.html", status, error=error)
+async def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
+    return await anonymous_form(request, "signin.html", status, error=error)
 
 
 @router.get("/signin")
 async def signin_form(request: Request) -> Response:
-    return signin_page(request)
+    return await signin_page(request)
 
 
 @router.post("/signin")
 async def signin(request: Request) -> Response:
     form = await request.form()
     if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
-        return signin_page(request, "页面已过期，请重新输入登录凭证", 403)
+        return await signin_page(request, "页面已过期，请重新输入登录凭证", 403)
     token = text(form, "token").strip()
     if not token:
-        return signin_page(request, "请粘贴登录凭证（由 appeals token 命令生成）", 422)
+        return await signin_page(request, "请粘贴登录凭证（由 appeals token 命令生成）", 422)
     signed = await session.sign_in(request.app.state.redis, token)
     if signed is None:
-        return signin_page(request, "登录凭证无效或已吊销，请向管理员重新申领", 401)
+        return await signin_page(request, "登录凭证无效或已吊销，请向管理员重新申领", 401)
     session_id, principal = signed
     response = RedirectResponse(HOME[principal.role], status_code=303)
     response.set_cookie(
@@ -268,7 +296,7 @@ async def submit_appeal(
 
 @router.get("/operator")
 async def operator_page(request: Request, s: session.Session = Depends(as_operator)):
-    return page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
+    return await page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
 
 
 @router.post("/operator/preview")
@@ -280,10 +308,10 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
     reply = await api(request, s).post("/api/v1/appeals/preview", appeal_of(form))
     preview = reply.body if reply.ok else None
     if request.headers.get("X-Requested-With") == "fetch":
-        return page(request, "_preview.html", preview=preview, reply=reply)
+        return await page(request, "_preview.html", preview=preview, reply=reply)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     idem = text(form, "idem") or uuid.uuid4().hex
-    return page(
+    return await page(
         request, "operator.html", s=s, values=values, errors={}, idem=idem, preview=preview, reply=reply
     )
 
@@ -293,7 +321,7 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     form = await checked_form(request, s)
     reply, photos, idem = await submit_appeal(request, s, form, appeal_of(form))
     if reply.ok:
-        return page(
+        return await page(
             request,
             "operator.html",
             s=s,
@@ -305,7 +333,9 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
         )
     errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
-    return page(request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos)
+    return await page(
+        request, "operator.html", 422, s=s, values=values, errors=errors, idem=idem, kept=photos
+    )
 
 
 @router.post("/operator/urge")
@@ -322,7 +352,7 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
         headers={"Idempotency-Key": f"console:{idem}"},
     )
     if reply.ok:
-        return page(
+        return await page(
             request,
             "operator.html",
             s=s,
@@ -335,7 +365,7 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
     kept = [v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.fullmatch(v)]
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     status = reply.status if 400 <= reply.status < 500 else 422
-    return page(
+    return await page(
         request,
         "operator.html",
         status,
@@ -395,7 +425,7 @@ async def patrol_page(
     )
     tz, city = tz_of(request), city_of(request)
     grid = city.grids.get(s.principal.grid or "")
-    return page(
+    return await page(
         request,
         "patrol.html",
         status,
@@ -421,7 +451,9 @@ async def patrol_form(request: Request, s: session.Session = Depends(as_grid_wor
 async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", report_of(form))
-    return page(request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True)
+    return await page(
+        request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True
+    )
 
 
 @router.post("/patrol/reports")
@@ -480,7 +512,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
     filters = {k: v for k, v in q.items() if k not in ("page", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
-    return page(
+    return await page(
         request,
         "department.html",
         s=s,
@@ -675,10 +707,10 @@ def list_choices(city: City) -> dict[str, Any]:
     }
 
 
-def list_page(request: Request, s: session.Session, status: int = 200, **context: Any) -> HTMLResponse:
+async def list_page(request: Request, s: session.Session, status: int = 200, **context: Any) -> HTMLResponse:
     filters = context.pop("filters")
     query = {k: v for k, v in filters.items() if v}
-    return page(
+    return await page(
         request,
         "tickets.html",
         status,
@@ -697,14 +729,14 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_reader)
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
         errors, notice = list_errors(reply)
-        return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
+        return await list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
     tz = tz_of(request)
     total = reply.body["total"]
     pages = max(1, -(-total // LIST_PAGE_SIZE))
     if page_no > pages:  # past the end (the list got shorter since the link was made): its last page
         query = urlencode([*((k, v) for k, v in filters.items() if v), ("page", pages)])
         return RedirectResponse(f"/console/tickets?{query}", status_code=303)
-    return list_page(
+    return await list_page(
         request,
         s,
         filters=filters,
@@ -737,7 +769,7 @@ async def tickets_export(request: Request, s: session.Session = Depends(as_reade
     reply = await api(request, s).download("/api/v1/tickets/export", format=fmt, **filters)
     if isinstance(reply, Reply):
         errors, notice = list_errors(reply)
-        return list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
+        return await list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
     return attachment(reply)
 
 
@@ -800,8 +832,8 @@ async def action_refused(
     gone meanwhile)."""
     context = await ticket_context(request, s, no)
     if context is None:
-        return page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
-    return page(
+        return await page(request, "message.html", 404, s=s, title="工单不存在", message=reply.message)
+    return await page(
         request,
         "ticket.html",
         status,
@@ -818,12 +850,12 @@ async def action_refused(
 async def ticket_page(request: Request, no: str, s: session.Session = Depends(as_reader)):
     context = await ticket_context(request, s, no)
     if context is None:
-        return page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
+        return await page(request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在")
     done = present.DONE.get(request.query_params.get("done") or "", "")
     department = (context["t"].get("department") or {}).get("name", "")
     into = context["t"].get("merged_into") or ""
     done = done.format(no=no, department=department, verification=context["verified"], into=into)
-    return page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
+    return await page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
 # The desk's 改派 form: its fields and their labels; an error that names no field (the ticket moved
@@ -911,7 +943,9 @@ async def ticket_verify(request: Request, no: str, s: session.Session = Depends(
 async def ticket_action(request: Request, no: str, action: str, s: session.Session = Depends(as_department)):
     form = await checked_form(request, s)
     if action not in TICKET_ACTIONS:
-        return page(request, "message.html", 404, s=s, title="操作不存在", message=f"没有“{action}”这项操作")
+        return await page(
+            request, "message.html", 404, s=s, title="操作不存在", message=f"没有“{action}”这项操作"
+        )
     suffix, body, fields = TICKET_ACTIONS[action]
     client, payload = api(request, s), body(form)
     photos: list[str] = []
@@ -1010,7 +1044,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     reasons = await asyncio.gather(*(client.return_reasons(t["ticket_no"]) for t in returned))
     for t, why in zip(returned, reasons, strict=True):
         t["return_reasons"] = why
-    return page(
+    return await page(
         request,
         "desk.html",
         s=s,
@@ -1088,7 +1122,7 @@ async def privacy_page(
         "preview": None,
         "erased": None,
     }
-    return page(
+    return await page(
         request,
         "privacy.html",
         status,
@@ -1173,7 +1207,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
     # Those still to decide first, the nearest deadline first; decided ones after them.
     found.sort(key=lambda m: (m["status"] == "decided", m.get("deadline") or ""))
     shown, page_no, pages = present.page_of(found, page_number(request), MEETINGS_PAGE_SIZE)
-    return page(
+    return await page(
         request,
         "meetings.html",
         s=s,
@@ -1241,7 +1275,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     overdue = sorted(
         (row(t, tz, now) for t in everything if t.get("overdue")), key=lambda t: t.get("resolve_by") or ""
     )
-    return page(
+    return await page(
         request,
         "dashboard.html",
         s=s,
@@ -1279,7 +1313,9 @@ async def dashboard_export(request: Request, s: session.Session = Depends(as_des
         "/api/v1/stats/export", group_by=dim, format=fmt, **{"from": start, "to": end}
     )
     if isinstance(reply, Reply):
-        return page(request, "message.html", reply.status, s=s, title="不能导出排名", message=reply.message)
+        return await page(
+            request, "message.html", reply.status, s=s, title="不能导出排名", message=reply.message
+        )
     return attachment(reply)
 
 
@@ -1326,12 +1362,12 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
 
 @router.get("/lookup")
 async def lookup_form(request: Request) -> Response:
-    return lookup_page(request)
+    return await lookup_page(request)
 
 
-def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
+async def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
     defaults: dict[str, Any] = {"values": {}, "errors": {}, "found": None}
-    return anonymous_form(request, "lookup.html", status, **{**defaults, **context})
+    return await anonymous_form(request, "lookup.html", status, **{**defaults, **context})
 
 
 @router.post("/lookup")
@@ -1342,17 +1378,17 @@ async def lookup(request: Request) -> Response:
         "last4": resident_lookup.clean_last4(text(form, "last4")),
     }
     if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
-        return lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
+        return await lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
     state = request.app.state
     client_ip = request.client.host if request.client else "unknown"
     result = await resident_lookup.find(
         state.redis, state.store, values["ticket_no"], values["last4"], client_ip
     )
     if isinstance(result, resident_lookup.Refused):
-        return lookup_page(request, result.status, values=values, errors={result.field: result.message})
+        return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
     tz = tz_of(request)
     found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz)
-    return lookup_page(request, values=values, found=found)
+    return await lookup_page(request, values=values, found=found)
 
 
 # --- wiring ----------------------------------------------------------------------------------------
@@ -1399,7 +1435,7 @@ def mount(app: FastAPI) -> None:
 
 async def _no_such_page(request: Request, rest: str) -> Response:
     s = await session.load(request.app.state.redis, request.cookies.get(session.COOKIE))
-    return page(
+    return await page(
         request,
         "message.html",
         404,
@@ -1420,7 +1456,7 @@ async def _to_signin(request: Request, exc: Exception) -> Response:
 
 async def _forbidden(request: Request, exc: Exception) -> Response:
     s = exc.session if isinstance(exc, WrongRole) else None
-    return page(
+    return await page(
         request,
         "message.html",
         403,

@@ -21,7 +21,9 @@ and the duplicates merged (并案: merged), on the day of the merge, for the dep
 that held the duplicate; a merge of a duplicate a department held and had not accepted yet also
 counts as that department's response (see `fields_for`). A merged duplicate gets no survey, so it
 is in no resolution or satisfaction rate. The resident's survey stays the measure of resolution and
-satisfaction.
+satisfaction. Of the answered surveys, those a hotline operator took on the phone (电话回访: the
+answer names the operator) are also counted apart (answered_by_phone): they are in the rates as
+any answer is, and the counter says how many answers the SMS alone would not have had.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ FIELDS = (
     "mediated",  # 调解件数: resolutions by a mediation committee (人民调解), not in a rate
     "mediation_agreed",  # of the mediated: the parties reached an agreement (达成协议), not in a rate
     "merged",  # 并案件数: duplicates merged into a ticket already being handled, not in a rate
+    "answered_by_phone",  # of the answered: on an operator's call (电话回访), not by SMS; no rate of its own
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -112,7 +115,8 @@ def fields_for(event: Event) -> tuple[str, ...]:
     if isinstance(event, SurveyAnswered):
         if event.outcome == "answered" and event.rating is not None:
             solved = ("solved",) if event.solved else ()
-            return ("answered", _RATING_FIELD[event.rating], *solved)
+            by_phone = ("answered_by_phone",) if event.by else ()  # the operator who asked (电话回访)
+            return ("answered", _RATING_FIELD[event.rating], *solved, *by_phone)
         if event.outcome == "no_answer":
             return ("no_answer",)
         if event.outcome in ("opted_out", "skipped_anonymous"):

@@ -57,6 +57,7 @@ class Notifier:
         policy: Policy,
         reminder_after: timedelta = timedelta(hours=24),
         window: timedelta = timedelta(hours=48),
+        callback_after: timedelta | None = None,
         clock: Callable[[], datetime] = now_utc,
         jobs_key: str = DUE,
     ) -> None:
@@ -75,6 +76,7 @@ class Notifier:
             texts,
             reminder_after=reminder_after,
             window=window,
+            callback_after=reminder_after if callback_after is None else callback_after,
             erased=self.forget_if_erased,
         )
         self._hget_each = self.redis.register_script(_HGET_EACH)
@@ -84,6 +86,12 @@ class Notifier:
         """Raises ValueError naming the setting or template at fault."""
         if settings.survey_reminder_hours >= settings.survey_window_hours:
             raise ValueError("SURVEY_REMINDER_HOURS must be below SURVEY_WINDOW_HOURS")
+        if settings.callback_hours >= settings.survey_window_hours:
+            # The survey has closed by then: nobody would ever be listed for a call.
+            raise ValueError(
+                f"SURVEY_CALLBACK_HOURS ({settings.callback_hours:g}) must be below "
+                f"SURVEY_WINDOW_HOURS ({settings.survey_window_hours:g})"
+            )
         return cls(
             store,
             make_gateway(settings, store.redis),
@@ -94,6 +102,7 @@ class Notifier:
             ),
             reminder_after=timedelta(hours=settings.survey_reminder_hours),
             window=timedelta(hours=settings.survey_window_hours),
+            callback_after=timedelta(hours=settings.callback_hours),
             **kw,
         )
 

@@ -10,16 +10,18 @@ timeouts, and opt-outs.
                          removes them by ticket (`forget`)
   sms:optout             phones that sent TD / 退订: no more surveys
   survey:callback        the open surveys to ask by phone (电话回访), scored by when they are due:
-                         when the reminder goes out unanswered, later after a call nobody took
+                         `callback_after` the survey (by default when the reminder goes out),
+                         later after a call nobody took
   survey:call:{id}       a phone callback's state (hash): `attempts` (calls not answered), and
                          `by`/`until` while an operator is calling (so no two call one resident)
 
 Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
 skipped_anonymous); comments add more. Residents who do not answer the SMS are asked by phone: an
-open survey still unanswered when its reminder goes out is due for a call from a hotline operator
-(电话回访), who records the answer (`answer_by_phone`, the event naming the operator in `by`) or a
-call nobody took (`unreachable`: tried again later, at most CALL_ATTEMPTS times; the SMS window still
-ends the survey). Closing is a ZREM on the open set, so of a reply and the
+open survey still unanswered `callback_after` it went out (SURVEY_CALLBACK_HOURS; by default when
+its reminder goes out) is due for a call from a hotline operator (电话回访), who records the
+answer (`answer_by_phone`, the event naming the operator in `by`) or a call nobody took
+(`unreachable`: tried again later, at most CALL_ATTEMPTS times; the SMS window still ends the
+survey). Closing is a ZREM on the open set, so of a reply and the
 timeout arriving together only one closes the survey. The messages go out through the dispatcher,
 once per survey and kind; the reminder and the timeout are jobs in the job queue.
 """
@@ -87,6 +89,7 @@ class SurveyBook:
         *,
         reminder_after: timedelta,
         window: timedelta,
+        callback_after: timedelta,
         erased: Erased,
     ) -> None:
         # The dispatcher's Redis, job queue and clock: a survey's reminder and timeout wait in the
@@ -97,6 +100,7 @@ class SurveyBook:
         self.texts = texts
         self.reminder_after = reminder_after
         self.window = window
+        self.callback_after = callback_after
         self.erased = erased
 
     # --- asking -------------------------------------------------------------------------------
@@ -137,8 +141,8 @@ class SurveyBook:
                 # Found by its ticket when the resident's personal data is erased (`forget`).
                 p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
                 p.expire(ticket_records_key(no), SURVEY_TTL)
-                # Unanswered when the reminder goes out: an operator calls (电话回访).
-                p.zadd(CALLBACKS, {survey.survey_id: (now + self.reminder_after).timestamp()})
+                # Still unanswered by then, an operator calls (电话回访).
+                p.zadd(CALLBACKS, {survey.survey_id: (now + self.callback_after).timestamp()})
                 self.jobs.add_into(
                     p,
                     {
@@ -295,6 +299,11 @@ class SurveyBook:
             if raw is not None  # forgotten meanwhile
         ]
         return int(total), calls
+
+    async def due_count(self, now: datetime) -> int:
+        """How many open surveys are due for a phone call: one ZCOUNT, for a menu to show on every
+        page (the list itself reads each survey)."""
+        return int(await self.redis.zcount(CALLBACKS, "-inf", now.timestamp()))
 
     async def call(self, survey_id: str, operator: str, now: datetime) -> Call:
         """The survey `operator` is about to phone about, held for them for CALL_HOLD so that no

@@ -189,6 +189,7 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "人民调解": lambda g: g["mediated"],
     "达成协议": lambda g: g["mediation_agreed"],
     "并案件数": lambda g: g["merged"],
+    "电话回访": lambda g: g["answered_by_phone"],  # of 回访答复: answered on an operator's call
 }
 
 
@@ -255,16 +256,25 @@ async def due_callbacks(
     principal: Principal = Depends(require_callers),
 ):
     """The surveys due for a phone call (电话回访), the longest waiting first: unanswered by SMS
-    when their reminder went out, or again a while after a call nobody took. `calling`: the
-    operator holding one now (`mine`: the one asking)."""
+    `due_after_hours` after the survey went out (SURVEY_CALLBACK_HOURS), or again a while after a
+    call nobody took. `calling`: the operator holding one now (`mine`: the one asking)."""
     notifier: Notifier = request.app.state.notifier
     total, calls = await notifier.surveys.due_calls(notifier.clock(), size)
     me = _caller_of(principal)
     return {
         "total": total,
         "attempts": CALL_ATTEMPTS,
+        "due_after_hours": notifier.surveys.callback_after.total_seconds() / 3600,
         "items": [_call_view(c) | {"mine": c.calling == me} for c in calls],
     }
+
+
+@router.get("/callbacks/count")
+async def due_callbacks_count(request: Request, _: Principal = Depends(require_callers)):
+    """How many surveys are due for a phone call now (the list's `total`), and nothing else: one
+    Redis command, cheap enough for the console's menu to show on every page."""
+    notifier: Notifier = request.app.state.notifier
+    return {"total": await notifier.surveys.due_count(notifier.clock())}
 
 
 @router.post("/callbacks/{survey_id}/call")

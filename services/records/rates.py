@@ -57,6 +57,8 @@ COUNTERS = {
     "mediation_agreed": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'resolved' "
     "AND e.payload->'mediation'->>'outcome' = 'agreed'",
     "merged": _MERGED,
+    # 电话回访: an answer an operator took on the phone names them (`by`); by SMS it names nobody.
+    "answered_by_phone": f"{_ANSWERED} AND e.payload->>'by' IS NOT NULL",
 }
 
 

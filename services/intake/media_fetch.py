@@ -118,26 +118,48 @@ def parse(url: str) -> httpx.URL:
 
 
 async def fetch(url: str, settings: Settings, resolve: Resolve = system_resolve) -> bytes:
-    """The bytes the URL gives (at most PHOTO_MAX_BYTES), following up to MAX_REDIRECTS redirects.
-    Raises MediaRefused saying why not: an invalid URL, an address not allowed, unreachable (no
-    such host, no answer in time, an HTTP error), too large."""
+    """An Open311 media_url's bytes (at most PHOTO_MAX_BYTES), following up to MAX_REDIRECTS
+    redirects. Raises MediaRefused saying why not: an invalid URL, an address not allowed,
+    unreachable (no such host, no answer in time, an HTTP error), too large."""
     step = settings.open311_media_timeout_seconds
-    backend = GuardedBackend(media_rules.allowed_hosts(settings.open311_media_allowed_hosts), resolve)
+    return await fetch_guarded(
+        url,
+        allowed_hosts=media_rules.allowed_hosts(settings.open311_media_allowed_hosts),
+        max_bytes=settings.photo_max_bytes,
+        step=step,
+        total=3 * step,
+        resolve=resolve,
+    )
+
+
+async def fetch_guarded(
+    url: str,
+    *,
+    allowed_hosts: frozenset[str],
+    max_bytes: int,
+    step: float,
+    total: float,
+    max_redirects: int = media_rules.MAX_REDIRECTS,
+    resolve: Resolve = system_resolve,
+) -> bytes:
+    """The bytes `url` gives, fetched by the rules above: each step (resolving, connecting, each
+    read) within `step` seconds, the whole within `total`. Raises MediaRefused."""
+    backend = GuardedBackend(allowed_hosts, resolve)
     target = parse(url)
     hops = 0
     try:
         async with (
-            asyncio.timeout(3 * step),
+            asyncio.timeout(total),
             httpcore.AsyncConnectionPool(
                 ssl_context=httpcore.default_ssl_context(), network_backend=backend, retries=0
             ) as pool,
         ):
             while True:
-                got = await _get(pool, target, settings.photo_max_bytes, step)
+                got = await _get(pool, target, max_bytes, step)
                 if isinstance(got, bytes):
                     return got
-                if hops == media_rules.MAX_REDIRECTS:
-                    raise media_rules.too_many_redirects()
+                if hops == max_redirects:
+                    raise media_rules.too_many_redirects(max_redirects)
                 hops += 1
                 try:
                     target = parse(str(target.join(got)))

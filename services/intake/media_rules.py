@@ -145,11 +145,11 @@ def unreachable(what: str, detail: str) -> MediaRefused:
     )
 
 
-def too_many_redirects() -> MediaRefused:
+def too_many_redirects(limit: int = MAX_REDIRECTS) -> MediaRefused:
     return MediaRefused(
         "media_url_unreachable",
-        f"media_url跳转超过{MAX_REDIRECTS}次，请提供照片本身的直接链接",
-        f"more than {MAX_REDIRECTS} redirects",
+        f"media_url跳转超过{limit}次，请提供照片本身的直接链接",
+        f"more than {limit} redirect(s)",
     )
 
 

@@ -36,6 +36,14 @@ FIELD_NAMES = {
 }
 
 
+# Control and invisible characters (a NUL cannot even be stored in PostgreSQL's text): dropped.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean(text: str) -> str:
+    return _CONTROL.sub("", text)
+
+
 def _invalid(code: str, message: str, field: str) -> DomainError:
     return DomainError(code, message, kind="invalid", field=field)
 
@@ -46,6 +54,7 @@ def _text(raw: Mapping[str, Any], name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise _invalid("invalid_field", f"{FIELD_NAMES[name]}应为文字", name)
+    value = clean(value)
     return " ".join(value.split()) if name != "answer" else value.strip()
 
 
@@ -102,11 +111,12 @@ def checked_keywords(value: object) -> tuple[str, ...]:
     if value is None or value == "":
         return ()
     if isinstance(value, str):
+        value = clean(value)
         for sep in "，,、;；\n\t":
             value = value.replace(sep, " ")
         words = value.split()
     elif isinstance(value, list | tuple) and all(isinstance(w, str) for w in value):
-        words = [w.strip() for w in value if w.strip()]
+        words = [clean(w).strip() for w in value if clean(w).strip()]
     else:
         raise _invalid("invalid_field", "关键词应为词语列表", "keywords")
     words = list(dict.fromkeys(words))
@@ -141,7 +151,7 @@ def checked_id(value: object) -> str | None:
 
 def checked_reason(reason: object) -> str:
     """Why an entry is retired: required, one sentence (it goes into the entry's history)."""
-    text = " ".join(reason.split()) if isinstance(reason, str) else ""
+    text = " ".join(clean(reason).split()) if isinstance(reason, str) else ""
     if not text:
         raise _invalid("reason_required", "请填写停用原因（如：政策已调整，答复不再适用）", "reason")
     if len(text) > REASON_MAX:

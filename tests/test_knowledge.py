@@ -255,3 +255,11 @@ def test_an_edit_not_allowed_is_refused(
     with pytest.raises(DomainError) as e:
         rules.edited(demo_city(), ENTRY, changes, role=role, department=department, today=TODAY)
     assert (e.value.kind, e.value.field) == ("forbidden", field)
+
+
+def test_control_characters_are_dropped_before_they_reach_the_database() -> None:
+    entry = rules.checked_entry(
+        demo_city(), "kb-x", raw(question="社保卡\x00怎么补办？", keywords=["补\x00卡"]), reviewed=TODAY
+    )
+    assert (entry.question, entry.keywords) == ("社保卡怎么补办？", ("补卡",))
+    assert rules.checked_reason("政策\x00调整") == "政策调整"

@@ -112,7 +112,7 @@ class KnowledgeService:
         today = self.today()
         where = ["retired_at IS NOT NULL" if retired else "retired_at IS NULL"]
         params: list[Any] = []
-        q = " ".join(q.split())
+        q = " ".join(rules.clean(q).split())
         if q:
             like = f"%{_escape_like(q)}%"
             where.append(

@@ -5,8 +5,10 @@ it runs no consumers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 
 from aiokafka.errors import KafkaError
@@ -24,6 +26,7 @@ from services.console import callbacks as console_callbacks
 from services.console import views as console_views
 from services.intake import open311_views, photo_views, wechat_views
 from services.intake import views as intake_views
+from services.intake.knowledge import KnowledgeBase
 from services.intake.limits import RateLimiter
 from services.intake.preview import Previewer
 from services.intake.queries import ProgressQueries
@@ -32,13 +35,16 @@ from services.intake.sms import SmsIntake
 from services.notifier import views as notifier_views
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
+from services.records import knowledge_views as records_knowledge_views
 from services.records import privacy_views as records_privacy_views
 from services.records import views as records_views
+from services.records.knowledge import Follower, KnowledgeService
+from services.records.views import open_pool
 from services.router import views as router_views
 from services.router.service import FollowUps
 from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
-from shared.city import load_city
+from shared.city import KnowledgeEntry, load_city
 from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception, valid_path_params
 from shared.photo_store import PhotoStore
@@ -49,6 +55,33 @@ from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
 log = logging.getLogger(__name__)
+
+
+def follow_knowledge(app: FastAPI) -> asyncio.Task[None]:
+    """The knowledge base operators are suggested: the city's file at once, then the record's entries
+    (seeded from the file), reloaded whenever any replica changes them (services/records/knowledge.py)."""
+    state = app.state
+    city, previewer = state.city, state.intake_preview
+
+    def install(entries: Sequence[KnowledgeEntry]) -> None:
+        previewer.knowledge = KnowledgeBase(entries, city)  # swapped whole: a search in flight keeps its own
+
+    async def service() -> KnowledgeService:
+        await open_pool(state)
+        if getattr(state, "knowledge_service", None) is None:
+            state.knowledge_service = KnowledgeService(
+                state.records_pool,
+                state.redis,
+                city,
+                timezone=state.settings.timezone,
+                on_change=follower.wake,
+            )
+        return state.knowledge_service
+
+    follower = Follower(service, state.redis, city.knowledge, install)
+    state.knowledge_follower = follower
+    state.knowledge_service_of = service  # the views' way to it
+    return asyncio.create_task(follower.run(), name="knowledge-follower")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -88,13 +121,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.progress = ProgressQueries(store, limiter, timezone=settings.timezone)
         app.state.sms_intake = SmsIntake(app.state.intake, app.state.progress)
         app.state.intake_preview = Previewer(
-            app.state.city, store, ServedClassifier.from_settings(app.state.city, settings)
+            app.state.city,
+            store,
+            ServedClassifier.from_settings(app.state.city, settings),
+            timezone=settings.timezone,
         )
+        following = follow_knowledge(app)
         app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
         app.state.scorecard = Scorecard.from_settings(redis, app.state.city, settings)
         try:
             yield
         finally:
+            following.cancel()
+            with suppress(asyncio.CancelledError):
+                await following
+            pool = getattr(app.state, "records_pool", None)
+            if pool is not None:
+                await pool.close()
             await publisher.stop()
             await redis.aclose()
 
@@ -114,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         classifier_views,
         records_views,
         records_privacy_views,
+        records_knowledge_views,
         router_views,
         notifier_views,
     ):

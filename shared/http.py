@@ -88,6 +88,7 @@ PATH_PATTERNS: dict[str, re.Pattern[str]] = {
     "ticket_no": re.compile(TICKET_NO_PATTERN),
     "dept_id": _ID,
     "meeting_id": _ID,
+    "entry_id": _ID,
 }
 
 
@@ -100,7 +101,12 @@ class NoSuchPath(DomainError):
         )
 
 
-_NAMES = {"ticket_no": "工单号（如20261130-000001）", "dept_id": "单位编号", "meeting_id": "会议编号"}
+_NAMES = {
+    "ticket_no": "工单号（如20261130-000001）",
+    "dept_id": "单位编号",
+    "meeting_id": "会议编号",
+    "entry_id": "知识库条目编号",
+}
 
 
 async def valid_path_params(request: Request) -> None:

@@ -15,15 +15,19 @@ import random
 import re
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from services.records.knowledge import KnowledgeService
 from shared.auth import issue_token, revoke_token
+from shared.city import City, KnowledgeEntry
 from shared.privacy import REMOVED
 from shared.settings import Settings
 from tests.conftest import System, eventually
@@ -1329,3 +1333,71 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
             headers={"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='op10')}"},
         )
         assert other.status == 409
+
+
+async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
+    page: Page, redis, pool, system: System, settings: Settings, system_city: City
+):
+    tz_today = datetime.now(ZoneInfo(settings.timezone)).date()
+    t = str(random.randint(10**7, 10**8))
+    stale = KnowledgeEntry(
+        id=f"kb-e2e-{t}",
+        question=f"居住证{t}到期了怎么续签？",
+        answer="携带身份证到居住地派出所续签。",
+        department="hrss",
+        reviewed=tz_today - timedelta(days=system_city.sla.supervision.knowledge_review_days + 30),
+    )
+    await KnowledgeService(pool, redis, system_city, timezone=settings.timezone).seed([stale])
+
+    # The desk finds it among those due for a review and edits its answer.
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.get_by_role("link", name="知识库").click()
+    await page.locator("#q").fill(t)
+    await page.locator("#due").check()
+    await page.locator("#search").click()
+    row = page.locator(f"#entry-{stale.id}")
+    await expect(row).to_contain_text("待复核")
+    await expect(row).to_contain_text("区人力资源和社会保障局")
+    await accessible(page)
+    await shot(page, "knowledge")
+    await row.get_by_role("link").click()
+    await expect(page.locator("#review-due")).to_contain_text("答复前请核实")
+    await page.locator("#answer").fill("")
+    await page.locator("#save-entry").click()  # an empty answer: refused beside the field
+    await expect(page.locator("#answer-error")).to_contain_text("请填写答复内容")
+    await accessible(page)
+    await page.locator("#answer").fill(f"居住证{t}可在“示范区政务”小程序在线续签，也可到派出所办理。")
+    await page.locator("#save-entry").click()
+    await expect(page.locator("#done")).to_contain_text("已保存修改")
+    await expect(page.locator("#entry-answer")).to_contain_text("在线续签")
+    await expect(page.locator("#review-due")).to_be_visible()  # the desk is not the owner: still to confirm
+    await expect(page.locator("#revisions")).to_contain_text("编辑")
+
+    # The owning department confirms the answer is still valid.
+    await page.context.clear_cookies()
+    await sign_in(page, await issue_token(redis, "department", "hrss"))
+    await page.goto(f"/console/knowledge?mine=1&due=1&q={t}")
+    await page.locator(f"#entry-{stale.id}").get_by_role("link").click()
+    await page.locator("#confirm-entry").click()
+    await expect(page.locator("#done")).to_contain_text("已确认此答复有效")
+    await expect(page.locator("#review-due")).to_have_count(0)
+    await expect(page.locator("#entry-reviewed")).to_have_text(tz_today.isoformat())
+    await expect(page.locator("#revisions tbody tr").first).to_contain_text("确认有效")
+    await expect(page.locator("#revisions tbody tr").first).to_contain_text("区人力资源和社会保障局")
+    await expect(page.locator("#retire-form")).to_have_count(0)  # retiring is the desk's
+    await accessible(page)
+    await shot(page, "knowledge-entry")
+
+    # The operators' search gives the edited answer, no longer marked.
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='op09')}"}
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30, headers=operator) as client:
+
+        async def fresh() -> dict | None:
+            r = await client.get("/api/v1/knowledge", params={"q": stale.question})
+            found = next((a for a in r.json()["answers"] if a["id"] == stale.id), None)
+            return found if found and not found["review_due"] and "在线续签" in found["answer"] else None
+
+        await eventually(fresh, timeout=15)
+    async with await admin_api(system, redis) as client:
+        r = await client.post(f"/api/v1/knowledge/entries/{stale.id}/retire", json={"reason": "测试结束"})
+        assert r.status_code == 200, r.text

@@ -4,20 +4,24 @@ and both through the API (the search, and the operator's preview)."""
 from __future__ import annotations
 
 import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 
 from services.intake.knowledge import KnowledgeBase
+from shared import knowledge as rules
 from shared.auth import issue_token
-from shared.city import DEMO_CITY_DIR, CityConfigError, load_city
+from shared.city import DEMO_CITY_DIR, CityConfigError, KnowledgeEntry, load_city
+from shared.errors import DomainError
 from tests.cities import demo_city
 
 
 @pytest.fixture(scope="module")
 def kb() -> KnowledgeBase:
-    return KnowledgeBase(demo_city())
+    city = demo_city()
+    return KnowledgeBase(city.knowledge, city)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +55,7 @@ def test_a_city_without_a_knowledge_base_loads_and_suggests_nothing(tmp_path: Pa
     (folder / "knowledge.yaml").unlink()
     city = load_city(folder)
     assert city.knowledge == ()
-    assert KnowledgeBase(city).search("社保卡丢了怎么补办") == []
+    assert KnowledgeBase(city.knowledge, city).search("社保卡丢了怎么补办") == []
 
 
 def test_a_broken_entry_is_named_with_its_file(tmp_path: Path) -> None:
@@ -83,3 +87,179 @@ async def test_the_operator_gets_answers_from_the_search_and_the_preview(api, re
     assert r.status_code == 200, r.text
     assert [a["id"] for a in r.json()["answers"]][:1] == ["kb-gas-emergency"]
     assert (await api.get("/api/v1/knowledge", params={"q": "社保"})).status_code == 401
+
+
+# --- the rules of the base kept in the system (shared/knowledge.py) --------------------------------
+
+TODAY = date(2026, 12, 1)
+ENTRY = KnowledgeEntry(
+    id="kb-x",
+    question="社保卡怎么补办？",
+    answer="带身份证到社保网点补办。",
+    department="hrss",
+    reviewed=TODAY,
+)
+
+
+def raw(**changes: object) -> dict[str, object]:
+    return {
+        "question": "社保卡怎么补办？",
+        "answer": "带身份证到社保网点补办。",
+        "department": "hrss",
+        **changes,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "code"),
+    [
+        ({"question": " "}, "question", "question_required"),
+        ({"question": "问" * (rules.QUESTION_MAX + 1)}, "question", "question_too_long"),
+        ({"answer": "好的"}, "answer", "answer_required"),
+        ({"answer": "答" * (rules.ANSWER_MAX + 1)}, "answer", "answer_too_long"),
+        ({"category": "no.such"}, "category", "unknown_category"),
+        ({"department": ""}, "department", "department_required"),
+        ({"department": "nobody"}, "department", "unknown_department"),
+        ({"keywords": [f"词{i}" for i in range(rules.KEYWORDS_MAX + 1)]}, "keywords", "too_many_keywords"),
+        ({"keywords": ["长" * (rules.KEYWORD_MAX + 1)]}, "keywords", "keyword_too_long"),
+        ({"keywords": [1, 2]}, "keywords", "invalid_field"),
+        ({"question": 12}, "question", "invalid_field"),
+    ],
+)
+def test_an_entry_is_refused_with_the_field_at_fault(changes: dict, field: str, code: str) -> None:
+    with pytest.raises(DomainError) as e:
+        rules.checked_entry(demo_city(), "kb-x", raw(**changes), reviewed=TODAY)
+    assert (e.value.kind, e.value.field, e.value.code) == ("invalid", field, code)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in e.value.message)
+
+
+def test_an_entry_is_tidied_as_it_is_checked() -> None:
+    entry = rules.checked_entry(
+        demo_city(),
+        "kb-x",
+        raw(
+            question="  社保卡\n怎么补办？ ",
+            category="labor.social_insurance",
+            keywords="社保卡，补卡、挂失 补卡",
+        ),
+        reviewed=TODAY,
+    )
+    assert entry.question == "社保卡 怎么补办？"
+    assert entry.keywords == ("社保卡", "补卡", "挂失")
+    assert entry.category == "labor.social_insurance"
+    assert entry.reviewed == TODAY
+
+
+@pytest.mark.parametrize(
+    ("given", "ok"), [(None, True), ("", True), ("kb-heating-2027", True), ("KB X", False), ("a", False)]
+)
+def test_a_new_entrys_id_is_checked(given: str | None, ok: bool) -> None:
+    if ok:
+        assert rules.checked_id(given) == (given or None)
+    else:
+        with pytest.raises(DomainError) as e:
+            rules.checked_id(given)
+        assert e.value.field == "id"
+
+
+def test_a_retirement_needs_a_reason() -> None:
+    assert rules.checked_reason("  政策已调整 ") == "政策已调整"
+    for bad in ("", "   ", None, "因" * (rules.REASON_MAX + 1)):
+        with pytest.raises(DomainError) as e:
+            rules.checked_reason(bad)
+        assert e.value.field == "reason"
+
+
+@pytest.mark.parametrize(
+    ("reviewed", "due"),
+    [
+        (None, True),  # never confirmed
+        (TODAY, False),
+        (TODAY - timedelta(days=180), False),  # on the last day of its period
+        (TODAY - timedelta(days=181), True),
+    ],
+)
+def test_an_answer_not_confirmed_within_the_review_period_is_due(reviewed: date | None, due: bool) -> None:
+    assert rules.review_due(reviewed, TODAY, 180) is due
+    # The list's filter (reviewed before the cutoff) and the mark agree.
+    cutoff = rules.review_cutoff(TODAY, 180)
+    assert (reviewed is None or reviewed < cutoff) is due
+
+
+def test_the_review_period_is_a_validated_city_setting(tmp_path: Path) -> None:
+    assert demo_city().sla.supervision.knowledge_review_days == 180
+    folder = tmp_path / "city"
+    shutil.copytree(DEMO_CITY_DIR, folder)
+    sla = yaml.safe_load((folder / "sla.yaml").read_text(encoding="utf-8"))
+    sla["supervision"]["knowledge_review_days"] = 0
+    (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(CityConfigError, match="knowledge_review_days"):
+        load_city(folder)
+
+
+def test_the_search_marks_an_answer_due_for_a_review() -> None:
+    city = demo_city()
+    old = ENTRY.model_copy(update={"id": "kb-old", "reviewed": TODAY - timedelta(days=400)})
+    base = KnowledgeBase([ENTRY, old], city)
+    views = {v["id"]: v for v in (base.view(s, TODAY) for s in base.search("社保卡怎么补办", k=5))}
+    assert views["kb-x"]["review_due"] is False
+    assert views["kb-old"]["review_due"] is True
+
+
+def test_who_may_do_what() -> None:
+    mine, other = ("department", "hrss"), ("department", "education")
+    assert rules.may_read("operator")
+    assert rules.may_read("department")
+    assert rules.may_read("admin")
+    assert not rules.may_read("grid_worker")
+    assert not rules.may_read("sms_gateway")
+    assert rules.may_add("admin")
+    assert not rules.may_add("department")
+    assert not rules.may_add("operator")
+    assert rules.may_retire("admin")
+    assert not rules.may_retire("department")
+    for may in (rules.may_edit, rules.may_confirm):
+        assert may("admin", None, ENTRY)
+        assert may(*mine, ENTRY)
+        assert not may(*other, ENTRY)
+        assert not may("operator", None, ENTRY)
+
+
+def test_an_edit_by_the_owning_department_is_its_review() -> None:
+    old = ENTRY.model_copy(update={"reviewed": date(2025, 1, 1)})
+    by_owner = rules.edited(
+        demo_city(), old, {"answer": "新的答复内容。"}, role="department", department="hrss", today=TODAY
+    )
+    assert (by_owner.answer, by_owner.reviewed, by_owner.question) == ("新的答复内容。", TODAY, old.question)
+    by_desk = rules.edited(
+        demo_city(), old, {"answer": "新的答复内容。"}, role="admin", department=None, today=TODAY
+    )
+    assert by_desk.reviewed == date(2025, 1, 1)  # the desk is not the owner: still to be confirmed
+    moved = rules.edited(
+        demo_city(), old, {"department": "education"}, role="admin", department=None, today=TODAY
+    )
+    assert moved.department == "education"
+
+
+@pytest.mark.parametrize(
+    ("role", "department", "changes", "field"),
+    [
+        ("department", "education", {"answer": "别人的答复。"}, None),  # not its own entry
+        ("department", "hrss", {"department": "education"}, "department"),  # gives it away: the desk's call
+        ("operator", None, {"answer": "话务员改答复。"}, None),
+    ],
+)
+def test_an_edit_not_allowed_is_refused(
+    role: str, department: str | None, changes: dict, field: str | None
+) -> None:
+    with pytest.raises(DomainError) as e:
+        rules.edited(demo_city(), ENTRY, changes, role=role, department=department, today=TODAY)
+    assert (e.value.kind, e.value.field) == ("forbidden", field)
+
+
+def test_control_characters_are_dropped_before_they_reach_the_database() -> None:
+    entry = rules.checked_entry(
+        demo_city(), "kb-x", raw(question="社保卡\x00怎么补办？", keywords=["补\x00卡"]), reviewed=TODAY
+    )
+    assert (entry.question, entry.keywords) == ("社保卡怎么补办？", ("补卡",))
+    assert rules.checked_reason("政策\x00调整") == "政策调整"

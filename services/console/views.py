@@ -8,6 +8,8 @@
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
   /console/tickets     search the record, export it (desk: every ticket; a department: its own)
   /console/privacy     the desk: a resident's erasure request (preview, confirm) and the audit trail
+  /console/knowledge   the knowledge base: operators read it, departments keep their answers current
+                       (edit, 确认有效), the desk adds, edits and retires (停用) entries
   /console/photos/ID   a photo of an appeal or a resolution, for the pages' thumbnails
 """
 
@@ -1184,6 +1186,197 @@ async def privacy_erase(request: Request, s: session.Session = Depends(as_desk))
     if refused is not None:
         return refused
     return RedirectResponse(f"/console/privacy?erased={reply.body['count']}", status_code=303)
+
+
+# --- the knowledge base (operators read it, departments keep their answers, the desk manages it) ----
+
+as_knowledge = staff("operator", "department", "admin")
+KNOWLEDGE_PAGE_SIZE = 20
+KNOWLEDGE_FIELDS = {
+    "question": "问题",
+    "answer": "答复内容",
+    "category": "分类",
+    "keywords": "关键词",
+    "department": "负责单位",
+    "id": "编号",
+}
+KNOWLEDGE_DONE = {
+    "added": "已新增条目，话务员几秒内即可检索到。",
+    "edited": "已保存修改，话务员几秒内即可看到新的答复。",
+    "confirmed": "已确认此答复有效，复核日期已更新为今天。",
+    "retired": "已停用此条目，话务员将不再看到它。",
+}
+
+
+def knowledge_choices(city: City) -> dict[str, Any]:
+    """The categories and departments an entry may name, for the form's lists."""
+    return {
+        "category_choices": [(cid, "/".join(city.category_names(cid))) for cid in city.category_path],
+        "department_choices": [(d.id, d.name) for d in city.departments],
+    }
+
+
+def knowledge_of_form(form: FormData, *, with_department: bool) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "question": text(form, "question"),
+        "answer": text(form, "answer"),
+        "category": text(form, "category") or None,
+        "keywords": text(form, "keywords"),
+    }
+    if with_department:
+        values["department"] = text(form, "department")
+    return values
+
+
+def actor_name(actor: str, city: City) -> str:
+    """Who made a change, in words: the seed, a department by name, the desk or an operator."""
+    if actor == "city":
+        return "城市配置文件（knowledge.yaml）"
+    role, _, who = actor.partition(":")
+    if role == "department":
+        dept = city.department_by_id.get(who)
+        return dept.name if dept else who
+    if role == "admin":
+        return f"派单中心（凭证 {who}）"
+    return session.ROLE_NAMES.get(role, role) + (f" {who}" if who else "")
+
+
+@router.get("/knowledge")
+async def knowledge_page(request: Request, s: session.Session = Depends(as_knowledge)):
+    """The entries: search, only mine (a department), only 待复核; those longest unreviewed first."""
+    q = (request.query_params.get("q") or "").strip()
+    mine = request.query_params.get("mine") == "1" and s.principal.role == "department"
+    due = request.query_params.get("due") == "1"
+    page_no = page_number(request)
+    reply = await api(request, s).get(
+        "/api/v1/knowledge/entries",
+        q=q,
+        department=s.principal.department if mine else None,
+        due="true" if due else None,
+        page=page_no,
+        size=KNOWLEDGE_PAGE_SIZE,
+    )
+    errors: dict[str, str] = {}
+    notice = ""
+    if not reply.ok:
+        if reply.status == 503:
+            notice = reply.message
+        else:
+            errors = field_errors(reply, {"q": "关键字"}, "form")
+    total = reply.body["total"] if reply.ok else 0
+    return page(
+        request,
+        "knowledge.html",
+        reply.status if reply.status in (422, 503) else 200,
+        s=s,
+        entries=reply.body["entries"] if reply.ok else [],
+        total=total,
+        review_days=reply.body.get("review_days") if reply.ok else None,
+        values={"q": q, "mine": mine, "due": due},
+        errors=errors,
+        notice=notice,
+        page_no=page_no,
+        pages=max(1, -(-total // KNOWLEDGE_PAGE_SIZE)),
+        query=urlencode(
+            {k: v for k, v in (("q", q), ("mine", "1" if mine else ""), ("due", "1" if due else "")) if v}
+        ),
+        done=KNOWLEDGE_DONE.get(request.query_params.get("done") or "", ""),
+    )
+
+
+@router.get("/knowledge/new")
+async def knowledge_new_form(request: Request, s: session.Session = Depends(as_desk)):
+    return page(
+        request, "knowledge_new.html", s=s, values={}, errors={}, **knowledge_choices(city_of(request))
+    )
+
+
+@router.post("/knowledge/new")
+async def knowledge_add(request: Request, s: session.Session = Depends(as_desk)):
+    form = await checked_form(request, s)
+    values = {**knowledge_of_form(form, with_department=True), "id": text(form, "id").strip() or None}
+    reply = await api(request, s).post("/api/v1/knowledge/entries", values)
+    if reply.ok:
+        return RedirectResponse(f"/console/knowledge/{reply.body['id']}?done=added", status_code=303)
+    errors = field_errors(reply, KNOWLEDGE_FIELDS, "form", form)
+    return page(
+        request,
+        "knowledge_new.html",
+        reply.status,
+        s=s,
+        values=values,
+        errors=errors,
+        **knowledge_choices(city_of(request)),
+    )
+
+
+async def knowledge_entry_page(
+    request: Request, s: session.Session, entry_id: str, status: int = 200, **context: Any
+) -> HTMLResponse:
+    """An entry, the forms its reader may use, and its history (newest first)."""
+    reply = await api(request, s).get(f"/api/v1/knowledge/entries/{entry_id}")
+    if not reply.ok:
+        return page(request, "message.html", reply.status, s=s, title="知识库条目", message=reply.message)
+    city, tz = city_of(request), tz_of(request)
+    entry = reply.body
+    revisions = [
+        {**r, "at_local": present.local(r["at"], tz), "who": actor_name(r["actor"], city)}
+        for r in entry["revisions"]
+    ]
+    defaults: dict[str, Any] = {
+        "values": {**entry, "keywords": "、".join(entry["keywords"])},
+        "errors": {},
+        "done": KNOWLEDGE_DONE.get(request.query_params.get("done") or "", ""),
+    }
+    return page(
+        request,
+        "knowledge_entry.html",
+        status,
+        s=s,
+        entry=entry,
+        revisions=revisions,
+        updated_local=present.local(entry["updated_at"], tz),
+        retired_local=present.local(entry["retired_at"], tz) if entry["retired_at"] else "",
+        review_days=city.sla.supervision.knowledge_review_days,
+        **knowledge_choices(city),
+        **{**defaults, **context},
+    )
+
+
+@router.get("/knowledge/{entry_id}")
+async def knowledge_entry(entry_id: str, request: Request, s: session.Session = Depends(as_knowledge)):
+    return await knowledge_entry_page(request, s, entry_id)
+
+
+@router.post("/knowledge/{entry_id}/edit")
+async def knowledge_edit(entry_id: str, request: Request, s: session.Session = Depends(as_knowledge)):
+    form = await checked_form(request, s)
+    values = knowledge_of_form(form, with_department=s.principal.is_admin)
+    reply = await api(request, s).call("PUT", f"/api/v1/knowledge/entries/{entry_id}", json=values)
+    if reply.ok:
+        return RedirectResponse(f"/console/knowledge/{entry_id}?done=edited", status_code=303)
+    errors = field_errors(reply, KNOWLEDGE_FIELDS, "form", form)
+    return await knowledge_entry_page(request, s, entry_id, reply.status, values=values, errors=errors)
+
+
+@router.post("/knowledge/{entry_id}/confirm")
+async def knowledge_confirm(entry_id: str, request: Request, s: session.Session = Depends(as_knowledge)):
+    await checked_form(request, s)
+    reply = await api(request, s).post(f"/api/v1/knowledge/entries/{entry_id}/confirm")
+    if reply.ok:
+        return RedirectResponse(f"/console/knowledge/{entry_id}?done=confirmed", status_code=303)
+    return await knowledge_entry_page(request, s, entry_id, reply.status, errors={"form": reply.message})
+
+
+@router.post("/knowledge/{entry_id}/retire")
+async def knowledge_retire(entry_id: str, request: Request, s: session.Session = Depends(as_desk)):
+    form = await checked_form(request, s)
+    reason = text(form, "reason")
+    reply = await api(request, s).post(f"/api/v1/knowledge/entries/{entry_id}/retire", {"reason": reason})
+    if reply.ok:
+        return RedirectResponse(f"/console/knowledge/{entry_id}?done=retired", status_code=303)
+    errors = field_errors(reply, {"reason": "停用原因"}, "form", form)
+    return await knowledge_entry_page(request, s, entry_id, reply.status, errors=errors, reason=reason)
 
 
 # --- joint meetings ------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""The hotline's knowledge base (知识库, the city's `knowledge.yaml`): which answers fit what a caller
-says. Pure: built once from the city, then asked per call.
+"""The hotline's knowledge base (知识库): which answers fit what a caller says. Pure: built from a
+sequence of entries (those kept in the record, services/records/knowledge.py; the city's
+`knowledge.yaml` until the record answers), then asked per call. The API process holds one and
+swaps it for a new one when the base changes.
 
 Matched on character n-grams (TF-IDF, cosine), not on jieba's words: a caller says 社保卡丢了 where
 the entry says 社保卡补办, and the shared 社保/保卡 carry the match without a dictionary that knows
@@ -9,11 +11,14 @@ little higher: the same words mean other things in other fields.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from shared.city import City, KnowledgeEntry
+from shared.knowledge import review_due
 
 MIN_SCORE = 0.12  # below it an entry shares too little with the call to be worth a look
 CATEGORY_BONUS = 0.08
@@ -26,9 +31,10 @@ class Suggestion:
 
 
 class KnowledgeBase:
-    def __init__(self, city: City) -> None:
+    def __init__(self, entries: Sequence[KnowledgeEntry], city: City) -> None:
         self.city = city
-        self.entries = city.knowledge
+        self.entries = tuple(entries)
+        self.review_days = city.sla.supervision.knowledge_review_days
         self._vectorizer: TfidfVectorizer | None = None
         if self.entries:
             self._vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 3), sublinear_tf=True)
@@ -52,8 +58,9 @@ class KnowledgeBase:
         )
         return [s for s in ranked if s.score >= MIN_SCORE][:k]
 
-    def view(self, s: Suggestion) -> dict[str, object]:
-        """A suggestion as the API gives it."""
+    def view(self, s: Suggestion, today: date) -> dict[str, object]:
+        """A suggestion as the API gives it; `review_due`: its department has not confirmed it within
+        the city's review period (the operator checks it before giving it)."""
         e = s.entry
         dept = self.city.department_by_id.get(e.department) if e.department else None
         return {
@@ -63,5 +70,6 @@ class KnowledgeBase:
             "category": e.category,
             "department": dept.name if dept else None,
             "reviewed": e.reviewed.isoformat() if e.reviewed else None,
+            "review_due": review_due(e.reviewed, today, self.review_days),
             "score": round(s.score, 2),
         }

@@ -9,7 +9,9 @@ import asyncio
 import time
 from collections.abc import Container
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 from services.classifier.service import ServedClassifier
 from services.intake import keys
@@ -32,13 +34,27 @@ class Duplicate:
 
 
 class Previewer:
-    def __init__(self, city: City, store: TicketStore, classifiers: ServedClassifier) -> None:
+    def __init__(
+        self,
+        city: City,
+        store: TicketStore,
+        classifiers: ServedClassifier,
+        *,
+        timezone: str = "Asia/Shanghai",
+    ) -> None:
         self.city = city
         self.store = store
         # The classifier the workers serve (approved model, the city's cue lists), built on the
         # first preview and following approvals, so the suggestion is the one the pipeline makes.
         self.classifiers = classifiers
-        self.knowledge = KnowledgeBase(city)
+        # The city's file until the record's entries are loaded; then swapped on every change of
+        # the base (the API's lifespan follows it, services/records/knowledge.py).
+        self.knowledge = KnowledgeBase(city.knowledge, city)
+        self.tz = ZoneInfo(timezone)
+
+    def today(self) -> date:
+        """The local day: an answer's review age counts in the city's days."""
+        return datetime.now(self.tz).date()
 
     async def preview(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import route
@@ -50,6 +66,7 @@ class Previewer:
         routing = route(self.city, c.category, c.grid, c.confidence, threshold)
         lead = self.city.department_by_id[routing.lead]
         duplicates = await self.duplicates(sub, c.grid.grid)
+        knowledge, today = self.knowledge, self.today()
         return {
             "category": {
                 "id": c.category,
@@ -67,8 +84,8 @@ class Previewer:
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,
             "answers": [
-                self.knowledge.view(s)
-                for s in self.knowledge.search(f"{sub.title} {sub.text}", category=c.category)
+                knowledge.view(s, today)
+                for s in knowledge.search(f"{sub.title} {sub.text}", category=c.category)
             ],
             "duplicates": [
                 {

@@ -184,9 +184,11 @@ async def search_knowledge(
     size: int = Query(5, ge=1, le=20),
     staff: Principal = Depends(require_intake_staff),
 ) -> dict[str, Any]:
-    """The knowledge base's answers that fit `q` (an operator answering a question on the call)."""
-    kb = request.app.state.intake_preview.knowledge
-    return {"answers": [kb.view(s) for s in kb.search(q, category=category, k=size)]}
+    """The knowledge base's answers that fit `q` (an operator answering a question on the call), the
+    retired ones left out; `review_due`: not confirmed within the city's review period (待复核)."""
+    previewer = request.app.state.intake_preview
+    kb, today = previewer.knowledge, previewer.today()
+    return {"answers": [kb.view(s, today) for s in kb.search(q, category=category, k=size)]}
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))

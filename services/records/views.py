@@ -79,13 +79,20 @@ EXPORT = {
 }
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 RETRY_AFTER = "5"
-_pool_lock = asyncio.Lock()
 
 
 async def records_pool(request: Request) -> Pool:
     """The API's connections to the record, opened on first use (the API starts without them)."""
-    state = request.app.state
-    async with _pool_lock:
+    return await open_pool(request.app.state)
+
+
+async def open_pool(state: Any) -> Pool:
+    """The API process's pool (`app.state.records_pool`), made and the schema migrated the first time
+    the record answers."""
+    # One lock per app (not per module): each app runs on its own event loop.
+    if getattr(state, "records_pool_lock", None) is None:
+        state.records_pool_lock = asyncio.Lock()
+    async with state.records_pool_lock:
         if getattr(state, "records_pool", None) is None:
             pool = db.pool(state.settings.database_url, max_size=8)
             await db.migrate(state.settings.database_url)

@@ -1264,7 +1264,7 @@ async def knowledge_page(request: Request, s: session.Session = Depends(as_knowl
         else:
             errors = field_errors(reply, {"q": "关键字"}, "form")
     total = reply.body["total"] if reply.ok else 0
-    return page(
+    return await page(
         request,
         "knowledge.html",
         reply.status if reply.status in (422, 503) else 200,
@@ -1286,7 +1286,7 @@ async def knowledge_page(request: Request, s: session.Session = Depends(as_knowl
 
 @router.get("/knowledge/new")
 async def knowledge_new_form(request: Request, s: session.Session = Depends(as_desk)):
-    return page(
+    return await page(
         request, "knowledge_new.html", s=s, values={}, errors={}, **knowledge_choices(city_of(request))
     )
 
@@ -1299,7 +1299,7 @@ async def knowledge_add(request: Request, s: session.Session = Depends(as_desk))
     if reply.ok:
         return RedirectResponse(f"/console/knowledge/{reply.body['id']}?done=added", status_code=303)
     errors = field_errors(reply, KNOWLEDGE_FIELDS, "form", form)
-    return page(
+    return await page(
         request,
         "knowledge_new.html",
         reply.status,
@@ -1316,7 +1316,9 @@ async def knowledge_entry_page(
     """An entry, the forms its reader may use, and its history (newest first)."""
     reply = await api(request, s).get(f"/api/v1/knowledge/entries/{entry_id}")
     if not reply.ok:
-        return page(request, "message.html", reply.status, s=s, title="知识库条目", message=reply.message)
+        return await page(
+            request, "message.html", reply.status, s=s, title="知识库条目", message=reply.message
+        )
     city, tz = city_of(request), tz_of(request)
     entry = reply.body
     revisions = [
@@ -1328,7 +1330,7 @@ async def knowledge_entry_page(
         "errors": {},
         "done": KNOWLEDGE_DONE.get(request.query_params.get("done") or "", ""),
     }
-    return page(
+    return await page(
         request,
         "knowledge_entry.html",
         status,

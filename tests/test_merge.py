@@ -157,3 +157,50 @@ async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, re
     assert result["text"] == f"【12345】您反映的问题（工单号{dup_no}）已办理：已更换路灯灯泡，恢复照明。"
     await eventually(lambda: outbox_for(redis, first, "survey"))
     assert await outbox_for(redis, second, "survey") == []
+
+
+async def test_the_desk_asks_for_the_candidates_of_a_page_of_tickets_at_once(api, redis):
+    """The desk's queue asks once per page: each ticket's candidates as the single form gives
+    them, a number that does not exist refused beside it, and the request refused in words when
+    it cannot be answered."""
+    main_no = await submit(api, new_phone(), address="阳光花园7号楼")
+    dup_no = await submit(api, new_phone(), text="阳光花园7号楼前面的路灯坏了好几天，晚上看不见路")
+    await ticket_when(api, main_no, lambda t: t["status"] in ("assigned", "review"))
+    dup = await ticket_when(api, dup_no, lambda t: t["status"] in ("assigned", "review"))
+    missing = "20991231-000001"
+    url = "/api/v1/tickets/merge/candidates"
+
+    async def offered() -> list[dict] | None:
+        r = await api.post(url, json={"ticket_nos": [dup_no, missing, f" {dup_no} ", main_no]})
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        return results if main_no in [c["ticket_no"] for c in results[0]["candidates"]] else None
+
+    results = await eventually(offered)
+    # In the order asked, a number asked twice answered once.
+    assert [r["ticket_no"] for r in results] == [dup_no, missing, main_no]
+    single = await api.get(f"/api/v1/tickets/{dup_no}/merge/candidates")
+    assert single.status_code == 200, single.text
+    assert [c["ticket_no"] for c in results[0]["candidates"]] == [
+        c["ticket_no"] for c in single.json()["candidates"]
+    ]
+    assert set(results[0]["candidates"][0]) == set(single.json()["candidates"][0])  # the same fields
+    assert dup_no not in [c["ticket_no"] for c in results[0]["candidates"]]
+    # The number that does not exist: no candidates, and the refusal the single form gives it.
+    assert results[1] == {
+        "ticket_no": missing,
+        "candidates": [],
+        "error": {"code": "not_found", "message": f"工单{missing}不存在", "status": 404},
+    }
+    r = await api.get(f"/api/v1/tickets/{missing}/merge/candidates")
+    assert (r.status_code, r.json()["message"]) == (404, f"工单{missing}不存在")
+
+    # Refusals, in words: nothing asked, too many at once, another role.
+    r = await api.post(url, json={"ticket_nos": []})
+    assert (r.status_code, r.json()["field"]) == (422, "ticket_nos")
+    assert "至少" in r.json()["message"]
+    r = await api.post(url, json={"ticket_nos": [f"20991231-{i:06d}" for i in range(101)]})
+    assert (r.status_code, r.json()["field"]) == (422, "ticket_nos")
+    assert "一次最多查询100张工单" in r.json()["message"]
+    r = await api.post(url, json={"ticket_nos": [dup_no]}, headers=await as_department(redis, dup))
+    assert r.status_code == 403

@@ -997,12 +997,16 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     # 并案: the tickets of a card's grid and category already being handled (the most similar text
     # first), which it may repeat: the desk reads them before dispatching it again, and merges it
     # on the ticket's page. Residents retell a problem in their own words, so no text score decides.
+    # One request for the page's cards (intake reads their grids together), not one per card.
     shown = low + unrouted
-    found = await asyncio.gather(
-        *(client.get(f"/api/v1/tickets/{t['ticket_no']}/merge/candidates") for t in shown)
+    found = (
+        await client.post("/api/v1/tickets/merge/candidates", {"ticket_nos": [t["ticket_no"] for t in shown]})
+        if shown
+        else None
     )
-    for t, r in zip(shown, found, strict=True):
-        t["handled_nearby"] = r.body["candidates"] if r.ok else []
+    nearby = {r["ticket_no"]: r["candidates"] for r in found.body["results"]} if found and found.ok else {}
+    for t in shown:
+        t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")

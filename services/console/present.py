@@ -31,6 +31,7 @@ ACTION_NAMES = {
     "verified": "现场核查",
     "merged": "并案",
     "duplicate_merged": "并案",
+    "remerged": "并案",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -165,8 +166,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
     if topic == "ticket.updated" and record.get("action") == "verified":
         return verification_words(record)
-    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged"):
-        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…）.
+    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged", "remerged"):
+        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…） / 随工单Y并入工单X….
         return record.get("note") or ACTION_NAMES[record["action"]]
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))

@@ -192,6 +192,33 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     return TOPIC_NAMES.get(topic, topic)
 
 
+TITLE_CHARS = 30  # a ticket named in a sentence: its title, or the start of its text
+
+
+def merge_confirmation(no: str, preview: Mapping[str, Any], city: City) -> dict[str, Any]:
+    """并案, a typed main ticket's number confirmed before the merge: what the merge will do, the
+    main ticket named by its title, grid, department and status (`preview`: the API's
+    `merge/preview` answer), so that a mistyped number is caught; and who moves along."""
+    main = preview["into"]
+    title = main.get("title") or " ".join(str(main.get("text") or "").split())
+    if len(title) > TITLE_CHARS:
+        title = title[: TITLE_CHARS - 1] + "…"
+    grid = (main.get("grid") or {}).get("grid")
+    facts = [
+        title,
+        city.grids[grid].grid.name if grid in city.grids else "未定位网格",
+        (main.get("department") or {}).get("name") or "未派单",
+        main.get("status_name") or "",
+    ]
+    into = main["ticket_no"]
+    moved = list(preview.get("moved") or ())
+    return {
+        "into": into,
+        "moved": moved,
+        "sentence": f"将工单{no}并入工单{into}（{'，'.join(f for f in facts if f)}）",
+    }
+
+
 def mediation_words(mediation: Mapping[str, Any]) -> str:
     """调解成功，达成协议（协议：…） / 调解不成."""
     outcome = MEDIATION_OUTCOME_NAMES.get(mediation.get("outcome") or "", "")

@@ -234,6 +234,9 @@ TicketAction = Literal[
     "verified",
     "merged",  # 并案: this ticket (a duplicate, 从件) was merged into another one and is closed
     "duplicate_merged",  # 并案: a duplicate was merged into this ticket (主件); its status stays
+    # 并案: the main ticket this closed duplicate was merged into was merged into another ticket,
+    # which this one follows now (its status stays closed)
+    "remerged",
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -335,15 +338,25 @@ class Mediation(_Frozen):
 class Merge(_Frozen):
     """`merged` / `duplicate_merged` (并案): the dispatch desk merged the duplicate (从件) into the
     ticket already being handled (主件), with its reason as the event's `note`. Both sides' events
-    carry the two numbers, so a consumer of either knows which side it reads (`ticket_no`)."""
+    carry the two numbers, so a consumer of either knows which side it reads (`ticket_no`).
+
+    A duplicate that was a main ticket itself brings its own duplicates along (`moved`, on both
+    sides' events), and each of those gets `remerged`: `duplicate` is that ticket, already closed,
+    `into` the ticket it follows now and `via` the one it had been merged into. `moved` and `via`
+    were added later; optional, so events written before them parse unchanged."""
 
     into: str  # the main ticket (主件)
     duplicate: str  # the duplicate (从件), closed by the merge
     # The duplicate's side, when a department held it and had not accepted it yet (已派单): whether
     # the merge came within its response deadline. The merge answers for that department's
     # response in the three rates (see services.notifier.scoring); None when the duplicate waited at
-    # the dispatch desk (待人工派单), which no rate counts, and on the main ticket's side.
+    # the dispatch desk (待人工派单), which no rate counts, on the main ticket's side, and on
+    # `remerged` (that duplicate's merge answered for its department once already).
     response_on_time: bool | None = None
+    # merged, duplicate_merged: the duplicates merged into `duplicate` before, which move with it.
+    moved: tuple[str, ...] = ()
+    # remerged: the ticket `duplicate` had been merged into, itself merged into `into` now.
+    via: str | None = None
 
 
 # The payload field each action must carry (escalated: one of the two).
@@ -364,6 +377,7 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "verified": ("verification",),
     "merged": ("merge",),
     "duplicate_merged": ("merge",),
+    "remerged": ("merge",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 

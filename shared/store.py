@@ -73,19 +73,32 @@ Result = tuple[Ticket | None, list[Event]]
 Then = Callable[[Sequence[Result], Read], Awaitable[Sequence[Change]]]
 
 
-def together(nos: Sequence[str], decide: JointDecision) -> Then:
+def together(
+    nos: Sequence[str],
+    decide: JointDecision,
+    *,
+    also: Callable[[Mapping[str, Ticket | None]], Sequence[str]] | None = None,
+) -> Then:
     """One decision about several tickets (`nos`), as the `then` of a write with no changes of its
     own: `apply_and_publish(store, [], publish, then=together(nos, decide))`. The tickets are read
     under the transaction's WATCH, the decision sees them all, and what it decides for each is
     written in the same MULTI, or nothing is (a ticket that changed meanwhile: read and decided
     again). Never split: `apply_many` halves a busy batch by its own changes, and this one has none,
-    so it is retried whole and then refused (`ConcurrentUpdate`)."""
+    so it is retried whole and then refused (`ConcurrentUpdate`).
+
+    `also`: the tickets the decision needs besides, named by those read (并案: the duplicates of the
+    ticket merged, which move with it). Read in the same transaction, one more round trip, after
+    the tickets that name them are watched: a change to those meanwhile fails the write, and the
+    next attempt reads both again."""
 
     def decided(outcome: Outcome) -> Decision:
         return lambda _ticket: outcome  # decided on the ticket just read, in this transaction
 
     async def then(_: Sequence[Result], read: Read) -> list[Change]:
-        outcomes = decide(await read(nos)) or {}
+        tickets = await read(nos)
+        if also is not None and (more := [n for n in also(tickets) if n not in tickets]):
+            tickets = {**tickets, **await read(more)}
+        outcomes = decide(tickets) or {}
         return [Change(no, decided(outcome)) for no, outcome in outcomes.items()]
 
     return then

@@ -793,9 +793,13 @@ async def test_desk_redispatches_a_departments_ticket_and_its_queue_lets_it_go(
 async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pages_link(
     page: Page, redis, system: System
 ):
-    """并案: on a duplicate's page the desk picks the main ticket among its grid's and category's open
-    tickets, gives the reason, confirms a question naming both; the duplicate closes and the two
-    pages link to each other."""
+    """并案: a duplicate its department returned as such waits on the desk, whose card says what is
+    being handled nearby and links to the duplicate's page. There the desk picks the main ticket
+    among its grid's and category's open tickets, gives the reason, confirms a question naming both;
+    the duplicate closes and the two pages link to each other. Then the main ticket, with its
+    duplicate, is merged into a third by a typed number: the page names the ticket that number is
+    before anything is done (and refuses a number that cannot take it, in words), and the
+    duplicate follows to the third."""
     async with await admin_api(system, redis) as client:
         text = "和平里小区8号楼西侧的路灯坏了三天了，晚上很黑，老人出门不方便"
         main = await submit(client, text, new_phone(), "和平里小区")
@@ -803,7 +807,20 @@ async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pa
         dup = await submit(
             client, "和平里小区8号楼西侧路灯坏了三天，晚上漆黑一片，请尽快修", new_phone(), "和平里小区"
         )
-        await ticket_when(client, dup, lambda t: t["status"] in ("assigned", "review"))
+        held = await ticket_when(client, dup, lambda t: t["status"] in ("assigned", "review"))
+        if held["status"] == "assigned":  # its department returns it as a duplicate: to the desk
+            token = await issue_token(redis, "department", held["department"]["id"])
+            r = await client.post(
+                f"/api/v1/tickets/{dup}/return",
+                json={"reason": "duplicate", "note": f"与工单{main}重复"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status_code == 200, r.text
+        await ticket_when(client, dup, lambda t: t["status"] == "review")
+        third = await submit(
+            client, "和平里小区8号楼西边路灯不亮了，请派人来修一下", new_phone(), "和平里小区"
+        )
+        third_ticket = await ticket_when(client, third, lambda t: t["status"] in ("assigned", "review"))
 
     asked: list[str] = []
 
@@ -813,7 +830,17 @@ async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pa
 
     page.on("dialog", confirm)
     await sign_in(page, await issue_token(redis, "admin"))
-    await page.goto(f"/console/tickets/{dup}")
+    # Its card on the desk says the tickets of its grid and category are being handled (the page's
+    # cards asked about at once; the most similar named first, which other tests' tickets of the
+    # grid may be), and links to its page's 并案.
+    await page.goto(f"/console/desk?ticket={dup}")
+    nearby = page.locator(f"#nearby-{dup}")
+    await expect(nearby).to_contain_text("同网格、同分类正在办理")
+    await expect(nearby.locator("a[href^='/console/tickets/']").first).to_have_text(
+        re.compile(r"工单\d{8}-\d{6}")
+    )
+    await nearby.get_by_role("link", name=f"将工单{dup}并案").click()
+    await expect(page).to_have_url(re.compile(rf"/console/tickets/{dup}#merge-title$"))
     offered = page.locator(f"input[name='into'][value='{main}']")
     await expect(offered).to_have_count(1)  # the same grid and category, being handled
     await expect(page.locator(f"input[name='into'][value='{dup}']")).to_have_count(0)  # not itself
@@ -846,6 +873,44 @@ async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pa
     await expect(page.locator("#merged")).to_contain_text("共2位市民反映")
     await expect(page.locator("ol.history")).to_contain_text(f"并案：工单{dup}并入本工单")
     await accessible(page)
+
+    # The main ticket, with its duplicate, merged into a third by a typed number. A number that
+    # cannot take it is refused in words at once (no question asked, nothing confirmed).
+    before = len(asked)
+    typed = page.locator("#merge-into-typed")
+    await page.locator("#merge-reason").fill("同一盏路灯，邻居重复反映")
+    for wrong, words in (
+        ("20991231-000001", "工单20991231-000001不存在，请核对主件的工单号"),
+        (dup, "两张工单不能互相并入"),  # its own duplicate
+    ):
+        await typed.fill(wrong)
+        await page.locator("#merge").click()
+        await expect(page.locator("#merge-into-error")).to_contain_text(words)
+        await expect(page.locator("#merge-confirm")).to_have_count(0)
+        await expect(typed).to_have_value(wrong)  # kept, to correct
+    await typed.fill(third)
+    await page.locator("#merge").click()
+    # The confirmation names both tickets, the main one by what it is; nothing is done yet.
+    confirm = page.locator("#merge-confirm")
+    await expect(confirm).to_contain_text(f"将工单{main}并入工单{third}（")
+    for fact in (third_ticket["department"]["name"], third_ticket["status_name"], "和平里小区8号楼西边路灯"):
+        await expect(confirm).to_contain_text(fact)
+    await expect(page.locator("#merge-confirm-moved")).to_contain_text(f"工单{dup}随同并入工单{third}")
+    await expect(page.locator("#status")).not_to_have_text("已关闭")
+    assert len(asked) == before  # the page asked, not the browser
+    await accessible(page)
+    await shot(page, "ticket-merge-confirm")
+    await page.locator("#merge-confirmed").click()
+    await expect(page.locator("#done")).to_contain_text(f"工单{main}已并入工单{third}合并办理")
+    await expect(page.locator(f"#merged-into a[href='/console/tickets/{third}']")).to_have_text(third)
+    await expect(page.locator("#merged")).to_have_count(0)  # its duplicate moved on with it
+    await page.locator(f"#merged-into a[href='/console/tickets/{third}']").click()
+    await expect(page.locator("#merged")).to_contain_text("共3位市民反映")
+    for no in (main, dup):
+        await expect(page.locator(f"#merged a[href='/console/tickets/{no}']")).to_have_text(f"工单{no}")
+    await page.goto(f"/console/tickets/{dup}")
+    await expect(page.locator(f"#merged-into a[href='/console/tickets/{third}']")).to_have_text(third)
+    await expect(page.locator("ol.history")).to_contain_text(f"随工单{main}并入工单{third}合并办理")
 
 
 async def test_a_department_refers_a_dispute_to_mediation_and_the_mediator_records_the_agreement(

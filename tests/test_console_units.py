@@ -538,3 +538,33 @@ async def test_the_menu_says_how_many_phone_callbacks_are_due_or_nothing(monkeyp
     # Roles without the link do not ask.
     html, asked = await _menu(monkeypatch, "department", Reply(200, {"total": 3}))
     assert (asked, "电话回访" in html) == ([], False)
+
+
+def test_a_typed_main_ticket_is_confirmed_by_what_it_is(city):
+    """并案 with a typed number: the confirmation names both tickets, the main one by its title (or
+    the start of its text), grid, department and status, so a mistyped number is caught."""
+    grid, info = next(iter(city.grids.items()))
+    main = {
+        "ticket_no": "20261201-000003",
+        "title": "",
+        "text": "和平里小区8号楼西侧的路灯\n坏了三天了",
+        "grid": {"grid": grid},
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "status_name": "办理中",
+    }
+    c = present.merge_confirmation("20261201-000009", {"into": main, "moved": []}, city)
+    assert c == {
+        "into": "20261201-000003",
+        "moved": [],
+        "sentence": "将工单20261201-000009并入工单20261201-000003"
+        f"（和平里小区8号楼西侧的路灯 坏了三天了，{info.grid.name}，区城市管理委员会，办理中）",
+    }
+    long = {**main, "text": "路" * 40, "grid": None, "department": None, "status_name": "待人工派单"}
+    c = present.merge_confirmation("20261201-000009", {"into": long, "moved": ["20261201-000001"]}, city)
+    assert (
+        c["sentence"]
+        == f"将工单20261201-000009并入工单20261201-000003（{'路' * 29}…，未定位网格，未派单，待人工派单）"
+    )
+    assert c["moved"] == ["20261201-000001"]
+    titled = {**main, "title": "路灯报修"}
+    assert "（路灯报修，" in present.merge_confirmation("20261201-000009", {"into": titled}, city)["sentence"]

@@ -178,6 +178,12 @@ def test_a_merged_ticket_is_told_by_the_ticket_it_follows_and_nothing_else_of_th
     merged = {"topic": "ticket.updated", "action": "merged", "merge": {"into": "20261123-000001"}}
     assert step_words(merged) == "与工单20261123-000001为同一问题，已合并办理"
     assert step_words({"topic": "ticket.updated", "action": "duplicate_merged"}) is None  # another's
+    carried = {
+        "topic": "ticket.updated",
+        "action": "remerged",
+        "merge": {"into": "20261123-000009", "duplicate": "20261123-000005", "via": "20261123-000001"},
+    }
+    assert step_words(carried) == "所并入的工单20261123-000001已与工单20261123-000009合并办理"
 
 
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():

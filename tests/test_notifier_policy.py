@@ -139,11 +139,25 @@ def test_the_merge_notice_names_the_ticket_to_follow_and_a_city_may_leave_it_out
         "【12345】您反映的问题（工单号20261123-000005）与工单20261123-000001为同一问题，已合并办理，"
         "可回复“查询20261123-000001”了解进度。"
     )
+    # Carried along, a chained merge: the ticket theirs followed, and the one to follow now.
+    carried = load_texts().render(
+        "remerged_notice", ticket_no="20261123-000005", via="20261123-000001", into="20261123-000009"
+    )
+    assert carried == (
+        "【12345】您反映的问题（工单号20261123-000005）此前并入的工单20261123-000001已与工单20261123-000009"
+        "合并办理，请改为回复“查询20261123-000009”了解进度。"
+    )
     raw = yaml.safe_load(DEFAULT_FILE.read_text(encoding="utf-8"))
     del raw["templates"]["merged_notice"]  # a city's file from before 并案: the shipped text is used
+    del raw["templates"]["remerged_notice"]
     own = tmp_path / "notifications.yaml"
     own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     assert load_texts(own).render("merged_notice", ticket_no="1", into="2").startswith("【12345】")
+    assert (
+        load_texts(own)
+        .render("remerged_notice", ticket_no="1", via="2", into="3")
+        .endswith("查询3”了解进度。")
+    )
     # Without the number to follow, the resident would be told nothing they can act on.
     raw["templates"]["merged_notice"] = "{signature}工单{ticket_no}已合并办理。"
     own.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")

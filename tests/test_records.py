@@ -522,6 +522,21 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     occurred_at=day,
                 )
             )
+        if i in (0, 4):  # ... then carried along, its main ticket merged into another: counted nowhere
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="remerged",
+                    status="closed",
+                    actor="dispatch_desk",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    note="随工单20310305-900001并入工单20310305-900002合并办理：同一问题",
+                    merge=Merge(into="20310305-900002", duplicate=no, via="20310305-900001"),
+                    occurred_at=day,
+                )
+            )
         rating = (1, 2, 3, None)[i % 4]
         events.append(
             SurveyAnswered(
@@ -560,7 +575,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["verification_failed"] for r in sql) == 2  # the even ones: 4, 10
             and sum(r["mediated"] for r in sql) == 2
             and sum(r["mediation_agreed"] for r in sql) == 1
-            and sum(r["merged"] for r in sql) == 3
+            and sum(r["merged"] for r in sql) == 3  # the two carried along not again
             and sum(r["answered_by_phone"] for r in sql) == 2  # i = 1, 6, among the answered
             # accepted: i % 4 != 0 (9 of 12); merged while a department held it: i = 0, 4 (one late)
             and sum(r["responded"] for r in sql) == 11

@@ -202,6 +202,64 @@ def test_a_merge_closes_the_duplicate_s_row_into_its_main_ticket_and_lists_it_th
     assert (plain["merged_into"], plain["merged"]) == (None, [])  # type: ignore[index]
 
 
+def test_a_chained_merge_moves_the_duplicates_rows_to_the_new_main_ticket():
+    """并案, chained: a ticket (A) others (D) were merged into is merged into M. D's row follows A to
+    M (and stays closed as it was), A's lists nobody any more, M's lists A and D."""
+    m_no, a_no, d_no = "20261102-000001", "20261102-000002", "20261102-000003"
+
+    def opened(no: str, steps: int) -> list[dict]:
+        return [{**e, "ticket_no": no} for e in life()[:steps]]
+
+    def update(no: str, action: str, status: str, merge: Merge, minutes: int) -> dict:
+        return dump(
+            TicketUpdated(
+                ticket_no=no,
+                action=action,
+                status=status,
+                actor="dispatch_desk",
+                department=DEPT,
+                note="同一路灯",
+                merge=merge,
+                occurred_at=T0 + timedelta(minutes=minutes),
+            )
+        )
+
+    first = Merge(into=a_no, duplicate=d_no)
+    chained = Merge(into=m_no, duplicate=a_no, moved=(d_no,))
+    d_events = [
+        *opened(d_no, 3),
+        update(d_no, "merged", "closed", first, 10),
+        update(d_no, "remerged", "closed", Merge(into=m_no, duplicate=d_no, via=a_no), 20),
+    ]
+    a_events = [
+        *opened(a_no, 3),
+        update(a_no, "duplicate_merged", "assigned", first, 10),
+        update(a_no, "merged", "closed", chained, 20),
+    ]
+    m_events = [*opened(m_no, 4), update(m_no, "duplicate_merged", "accepted", chained, 20)]
+
+    d = fold_ticket(d_events, STREETS)
+    assert d is not None
+    assert (d["status"], d["merged_into"], d["merged"]) == ("closed", m_no, [])
+    assert d["closed_at"] == T0 + timedelta(minutes=10)  # closed when it was merged, not again
+    before = fold_ticket(d_events[:-1], STREETS)
+    assert before is not None
+    assert before["merged_into"] == a_no  # until A was merged
+    assert {k: v for k, v in d.items() if k not in ("merged_into", "events", "updated_at")} == {
+        k: v for k, v in before.items() if k not in ("merged_into", "events", "updated_at")
+    }
+    a = fold_ticket(a_events, STREETS)
+    assert a is not None
+    assert (a["status"], a["merged_into"], a["merged"]) == ("closed", m_no, [])
+    assert fold_ticket(a_events[:-1], STREETS)["merged"] == [d_no]  # type: ignore[index]
+    main = fold_ticket(m_events, STREETS)
+    assert main is not None
+    assert (main["status"], main["merged_into"], main["merged"]) == ("accepted", None, [a_no, d_no])
+    # Folded on from the rows as they were (the record's left fold), the same rows.
+    assert fold_ticket(d_events[-1:], STREETS, start=before) == d
+    assert fold_ticket(a_events[-1:], STREETS, start=fold_ticket(a_events[:-1], STREETS)) == a
+
+
 def test_a_reopened_ticket_has_the_deadlines_the_router_gave_it_again():
     """重办: the department gets the category's time again; the record follows the event's answer."""
     events = [e for e in life() if e["topic"] != "survey.answered" and e.get("action") != "closed"]

@@ -18,7 +18,15 @@ from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
-from shared.events import AppealReceived, Caller, Mediation, SurveyAnswered, SurveySent, TicketUpdated
+from shared.events import (
+    AppealReceived,
+    Caller,
+    Mediation,
+    Merge,
+    SurveyAnswered,
+    SurveySent,
+    TicketUpdated,
+)
 from shared.tickets import STATUS_NAMES, Status, Ticket
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
@@ -66,7 +74,11 @@ def test_the_table_names_every_status_and_every_one_is_reachable():
 
 
 def test_closed_is_final():
-    assert [step for step, m in ALLOWED_STATUS_CHANGES.items() if Status.CLOSED in m.sources] == []
+    # But for a merged duplicate's pointer, which follows its main ticket into another (并案): its
+    # status stays closed.
+    assert [step for step, m in ALLOWED_STATUS_CHANGES.items() if Status.CLOSED in m.sources] == ["remerge"]
+    assert ALLOWED_STATUS_CHANGES["remerge"].sources == {Status.CLOSED}
+    assert ALLOWED_STATUS_CHANGES["remerge"].targets is None
 
 
 def _in(status: Status, **changes) -> Ticket:
@@ -101,6 +113,7 @@ def test_a_step_cannot_end_in_a_status_the_table_does_not_name(step: Step):
 
 
 MAIN = "20261123-000099"  # the main ticket (主件) of the merges below
+CARRIER = "20261123-000098"  # a main ticket merged into MAIN, with its duplicates
 SAME = "  同一盏路灯， 邻居重复反映 "
 
 
@@ -125,6 +138,16 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "receive_duplicate": lambda t: workflow.merge(
         _in(st.REVIEW, ticket_no=MAIN), t, t.ticket_no, SAME, "dispatch_desk", T0
     )[1],
+    # And as a duplicate merged before into a ticket that is merged now, which it follows.
+    "remerge": lambda t: workflow.merge(
+        _in(st.REVIEW, ticket_no=CARRIER, merged=(t.ticket_no,)),
+        _in(st.ACCEPTED, ticket_no=MAIN),
+        MAIN,
+        SAME,
+        "dispatch_desk",
+        T0,
+        carried={t.ticket_no: t.model_copy(update={"merged_into": CARRIER})},
+    )[2],
 }
 
 
@@ -835,13 +858,107 @@ def test_a_merge_is_refused_in_words_where_it_cannot_be_made():
     e = refused(duplicate=dup.model_copy(update={"reopens": 1}))
     assert (e.code, e.kind) == ("reopened", "conflict")
     assert "已重办1次" in e.message
-    e = refused(duplicate=dup.model_copy(update={"merged": ("20261123-000004",)}))
-    assert (e.code, e.kind) == ("has_duplicates", "conflict")
-    assert f"请把工单{MAIN}并入工单20261123-000005" in e.message
+    # A cycle: the main ticket chosen was merged into this one (or is listed by it).
+    e = refused(main=_in(st.CLOSED, ticket_no=MAIN, merged_into="20261123-000005"))
+    assert (e.code, e.kind, e.field) == ("merge_cycle", "conflict", "into")
+    assert f"工单{MAIN}已并入本工单（工单20261123-000005）合并办理，两张工单不能互相并入" in e.message
+    e = refused(duplicate=dup.model_copy(update={"merged": (MAIN,)}))
+    assert (e.code, e.field) == ("merge_cycle", "into")
+    # Its own duplicates are decided with it, so they must have been read with it; one that is not
+    # merged into it (read apart from the merge) is refused rather than moved.
+    carrier = dup.model_copy(update={"merged": ("20261123-000004",)})
+    with pytest.raises(ValueError, match="were not read"):
+        workflow.merge(carrier, being_handled, MAIN, SAME, "dispatch_desk", T0)
+    stray = _in(st.CLOSED, ticket_no="20261123-000004", merged_into="20261123-000001")
+    with pytest.raises(WorkflowError) as e_stray:
+        workflow.merge(
+            carrier, being_handled, MAIN, SAME, "dispatch_desk", T0, carried={stray.ticket_no: stray}
+        )
+    assert (e_stray.value.code, e_stray.value.kind) == ("not_merged", "conflict")
+    assert "没有并入工单20261123-000005" in e_stray.value.message
     for reason in ("", "  ", "重复"):
         e = refused(reason=reason)
         assert (e.kind, e.field) == ("invalid", "reason")
         assert "并案原因" in e.message
+
+
+def test_a_main_ticket_merged_into_another_brings_its_duplicates_along():
+    """并案, chained: a ticket others were merged into is merged itself; they follow it to the new
+    main ticket, which lists them all, and only its own merge counts (for its department)."""
+    from services.notifier.scoring import fields_for
+
+    d1 = _in(st.CLOSED, ticket_no="20261123-000001", merged_into=CARRIER, closed_at=T0, urges=1)
+    d2 = _in(st.CLOSED, ticket_no="20261123-000002", merged_into=CARRIER, closed_at=T0)
+    gone = "20261123-000003"  # closed long ago, it has left Redis: listed, nothing to rewrite
+    carrier = _in(st.ASSIGNED, ticket_no=CARRIER, merged=(d1.ticket_no, d2.ticket_no, gone))
+    main = _in(st.ACCEPTED, ticket_no=MAIN, merged=("20261123-000007",))
+    later = T0 + timedelta(hours=1)
+    carried = {d1.ticket_no: d1, d2.ticket_no: d2, gone: None}
+    merged, listed, *followed = workflow.merge(
+        carrier, main, MAIN, SAME, "dispatch_desk", later, carried=carried
+    )
+
+    moved = (d1.ticket_no, d2.ticket_no, gone)
+    c, m = merged.ticket, listed.ticket
+    assert (c.status, c.merged_into, c.merged, c.closed_at) == (st.CLOSED, MAIN, (), later)
+    assert m.merged == ("20261123-000007", CARRIER, *moved)  # every resident waiting on it
+    assert m.model_dump(exclude={"merged", "applied", "updated_at"}) == main.model_dump(
+        exclude={"merged", "applied", "updated_at"}
+    )
+    [closed], [took] = merged.publish, listed.publish
+    assert closed.merge == Merge(into=MAIN, duplicate=CARRIER, moved=moved, response_on_time=True)
+    assert took.merge == Merge(into=MAIN, duplicate=CARRIER, moved=moved)
+    assert closed.note == (
+        f"并入工单{MAIN}合并办理：同一盏路灯， 邻居重复反映"
+        f"（原并入本工单的工单{d1.ticket_no}、{d2.ticket_no}、{gone}随同并入）"
+    )
+    assert took.note == (
+        f"并案：工单{CARRIER}并入本工单（同一盏路灯， 邻居重复反映），"
+        f"原并入该工单的工单{d1.ticket_no}、{d2.ticket_no}、{gone}随同并入"
+    )
+    # Each duplicate there is follows, closed as it was: only where it points changes.
+    assert [f.ticket.ticket_no for f in followed] == [d1.ticket_no, d2.ticket_no]
+    for f, before in zip(followed, (d1, d2), strict=True):
+        t = f.ticket
+        assert (t.status, t.merged_into) == (st.CLOSED, MAIN)
+        assert t.model_dump(exclude={"merged_into", "applied", "updated_at"}) == before.model_dump(
+            exclude={"merged_into", "applied", "updated_at"}
+        )
+        [e] = f.publish
+        assert (e.ticket_no, e.action, e.status, e.caller_id) == (
+            before.ticket_no,
+            "remerged",
+            "closed",
+            "c1",
+        )
+        assert e.merge == Merge(into=MAIN, duplicate=before.ticket_no, via=CARRIER)
+        assert e.note == f"随工单{CARRIER}并入工单{MAIN}合并办理：同一盏路灯， 邻居重复反映"
+        assert t.has_applied(e.event_id)
+        assert TicketUpdated.model_validate_json(e.json_text) == e
+        # Its own merge answered for whoever held it; moving it along counts for nobody again.
+        assert fields_for(e) == ()
+    # The carrier's department had not accepted it: its merge is that department's response, once.
+    assert fields_for(closed) == ("merged", "responded", "responded_on_time")
+    assert fields_for(took) == ()
+    # Chained again: the new main ticket with all of them goes on the same way.
+    again = workflow.merge(
+        m.model_copy(update={"status": st.REVIEW}),
+        _in(st.MEETING, ticket_no="20261123-000050", meeting_id="m1"),
+        "20261123-000050",
+        SAME,
+        "dispatch_desk",
+        later,
+        carried={
+            **{f.ticket.ticket_no: f.ticket for f in followed},
+            c.ticket_no: c,
+            gone: None,
+            "20261123-000007": None,
+        },
+    )
+    assert again[1].ticket.merged == (MAIN, "20261123-000007", CARRIER, *moved)
+    assert [(o.ticket.ticket_no, o.ticket.merged_into) for o in again[2:]] == [
+        (no, "20261123-000050") for no in (CARRIER, d1.ticket_no, d2.ticket_no)
+    ]
 
 
 # --- people's mediation (转人民调解, 调解结果) ----------------------------------------------------------
@@ -1056,7 +1173,10 @@ ACTIONS = hs.one_of(
     # 并案: the ticket merged into another (in any status), or another merged into it.
     hs.tuples(hs.just("merge"), hs.sampled_from(list(Status)), hs.sampled_from(["", "重复反映同一问题"])),
     hs.tuples(hs.just("take_duplicate")),
+    # ... or, merged, the ticket it was merged into is merged into another, which it follows.
+    hs.tuples(hs.just("carried")),
 )
+NEXT = "20261123-000097"  # the main ticket a merged ticket's main ticket is merged into
 
 
 def step(t, action, now, n):
@@ -1094,10 +1214,22 @@ def step(t, action, now, n):
             return workflow.verify(t, "W017", args[1], args[0], "现场查看", CITY, TZ, now)
         case "merge":
             main = _in(args[0], ticket_no=MAIN)
-            return workflow.merge(t, main, MAIN, args[1], "dispatch_desk", now)[0]
+            # Its own duplicates, as the API reads them with it: closed, pointing at it.
+            carried = {m: _in(st.CLOSED, ticket_no=m, merged_into=t.ticket_no) for m in t.merged}
+            return workflow.merge(t, main, MAIN, args[1], "dispatch_desk", now, carried=carried)[0]
         case "take_duplicate":
             dup = _in(st.REVIEW, ticket_no=f"20261123-{n + 100:06d}")
             return workflow.merge(dup, t, t.ticket_no, "重复反映同一问题", "dispatch_desk", now)[1]
+        case "carried":
+            # The ticket it says it was merged into (any other claims it falsely: refused).
+            via = t.merged_into or CARRIER
+            carrier = _in(st.REVIEW, ticket_no=via, merged=(t.ticket_no,))
+            into = NEXT if via != NEXT else MAIN
+            main = _in(st.ACCEPTED, ticket_no=into)
+            outcomes = workflow.merge(
+                carrier, main, into, "重复反映同一问题", "dispatch_desk", now, carried={t.ticket_no: t}
+            )
+            return outcomes[2]
 
 
 def check(t, before):
@@ -1119,9 +1251,10 @@ def check(t, before):
         assert t.department.id == "mediation_s03"  # the committee of the ticket's street
         assert before.assigned_via != "meeting"
     if t.merged_into is not None:  # 并案: closed, from where no department had taken it up
-        assert (t.status, t.merged_into) == (st.CLOSED, MAIN)
-        assert before.merged_into == MAIN or before.status in (st.REVIEW, st.ASSIGNED)
-        assert not t.merged  # a main ticket is not merged into another
+        assert t.status == st.CLOSED
+        assert t.merged_into in (MAIN, NEXT)  # merged, then maybe carried along, never elsewhere
+        assert before.merged_into is not None or before.status in (st.REVIEW, st.ASSIGNED)
+        assert not t.merged  # a main ticket merged into another takes its duplicates along
     elif t.status == st.CLOSED:
         assert t.rating in (1, 2)
     if t.status == st.CLOSED:
@@ -1147,12 +1280,16 @@ def check(t, before):
             # next resolution (see test_a_grid_worker_confirms_a_resolution_once).
             assert t.reopens >= 1
             assert t.rating == 3 or t.solved is False
-    assert t.merged[: len(before.merged)] == before.merged  # duplicates are only ever added
+    if t.merged_into is None:
+        assert t.merged[: len(before.merged)] == before.merged  # duplicates are only ever added
     if len(t.merged) > len(before.merged):  # one more resident waits on it; nothing else moves
         assert (len(t.merged), t.status) == (len(before.merged) + 1, before.status)
         assert before.status in (st.REVIEW, st.ASSIGNED, st.ACCEPTED, st.MEETING)
     if before.status == st.CLOSED:
-        assert t == before  # nothing moves a closed ticket
+        # Nothing moves a closed ticket, but a merged one follows its main ticket into another.
+        moving = {"merged_into", "applied", "updated_at"}
+        assert t.model_dump(exclude=moving) == before.model_dump(exclude=moving)
+        assert t == before or before.merged_into not in (None, t.merged_into)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

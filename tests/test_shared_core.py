@@ -860,7 +860,7 @@ KEPT = {
     "survey_id", "tickets", "top.category", "top_categories.category",
     "resolution_id", "verified_by", "void_surveys",  # event ids, a grid worker's id (工号)
     "by",  # the operator who took a survey's answer on the phone (工号)
-    "merge.into", "merge.duplicate", "merged_into", "merged",  # 并案: ticket numbers
+    "merge.into", "merge.duplicate", "merge.moved", "merge.via", "merged_into", "merged",  # 并案: numbers
 }  # fmt: skip
 
 

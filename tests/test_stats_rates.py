@@ -131,6 +131,12 @@ def test_which_counters_an_event_adds_to():
         update={"ticket_no": "M", "action": "duplicate_merged", "status": "accepted"}
     )
     assert fields_for(main_side) == ()
+    # Carried along when its main ticket is merged into another (a chained merge): its own merge
+    # counted, for whoever held it; following the main ticket counts for nobody again.
+    carried = merged.model_copy(
+        update={"action": "remerged", "merge": Merge(into="N", duplicate="T", via="M")}
+    )
+    assert fields_for(carried) == ()
     for r, a in ((0, 1), (3, 4), (2, 5)):
         before = rates({"assigned": a, "responded_on_time": r}, W)["response_rate"]
         after = rates({"assigned": a, "responded_on_time": r + 1, "merged": 1}, W)["response_rate"]

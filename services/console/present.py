@@ -31,6 +31,7 @@ ACTION_NAMES = {
     "verified": "现场核查",
     "merged": "并案",
     "duplicate_merged": "并案",
+    "remerged": "并案",
 }
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
@@ -165,8 +166,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
     if topic == "ticket.updated" and record.get("action") == "verified":
         return verification_words(record)
-    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged"):
-        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…）.
+    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged", "remerged"):
+        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…） / 随工单Y并入工单X….
         return record.get("note") or ACTION_NAMES[record["action"]]
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
@@ -189,6 +190,33 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+TITLE_CHARS = 30  # a ticket named in a sentence: its title, or the start of its text
+
+
+def merge_confirmation(no: str, preview: Mapping[str, Any], city: City) -> dict[str, Any]:
+    """并案, a typed main ticket's number confirmed before the merge: what the merge will do, the
+    main ticket named by its title, grid, department and status (`preview`: the API's
+    `merge/preview` answer), so that a mistyped number is caught; and who moves along."""
+    main = preview["into"]
+    title = main.get("title") or " ".join(str(main.get("text") or "").split())
+    if len(title) > TITLE_CHARS:
+        title = title[: TITLE_CHARS - 1] + "…"
+    grid = (main.get("grid") or {}).get("grid")
+    facts = [
+        title,
+        city.grids[grid].grid.name if grid in city.grids else "未定位网格",
+        (main.get("department") or {}).get("name") or "未派单",
+        main.get("status_name") or "",
+    ]
+    into = main["ticket_no"]
+    moved = list(preview.get("moved") or ())
+    return {
+        "into": into,
+        "moved": moved,
+        "sentence": f"将工单{no}并入工单{into}（{'，'.join(f for f in facts if f)}）",
+    }
 
 
 def mediation_words(mediation: Mapping[str, Any]) -> str:

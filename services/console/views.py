@@ -887,10 +887,16 @@ MERGE_FIELDS = {"form": "", "into": "主件工单号", "reason": "并案原因"}
 
 @router.post("/tickets/{no}/merge")  # before the departments' actions below: a path of its own
 async def ticket_merge(request: Request, no: str, s: session.Session = Depends(as_desk)):
-    """并案: the desk merges this ticket (a duplicate) into the ticket already being handled."""
+    """并案: the desk merges this ticket (a duplicate) into the ticket already being handled. One
+    offered is named in the question the browser asks first; a typed number is confirmed here,
+    on the page: the sentence names the ticket that number is (the API's `merge/preview`, which
+    refuses a number that cannot take the merge in the merge's own words), and only its
+    confirmation (`confirmed`) merges."""
     form = await checked_form(request, s)
     chosen, typed = text(form, "into").strip(), text(form, "into_typed").strip()
     values = {"into": chosen, "into_typed": typed, "reason": text(form, "reason")}
+    client = api(request, s)
+    body = {"into": chosen or typed, "reason": values["reason"]}
     if chosen and typed and chosen != typed:
         reply = Reply(
             422, {"message": f"请只选择一张主件：已选工单{chosen}，又填写了工单{typed}", "field": "into"}
@@ -899,10 +905,27 @@ async def ticket_merge(request: Request, no: str, s: session.Session = Depends(a
         reply = Reply(
             422, {"message": "请选择或填写主件的工单号（本工单将并入该工单合并办理）", "field": "into"}
         )
+    elif not chosen and text(form, "confirmed") != "yes":
+        reply = await client.post(f"/api/v1/tickets/{no}/merge/preview", body)
+        if reply.ok:
+            context = await ticket_context(request, s, no)
+            if context is None:
+                return await page(
+                    request, "message.html", 404, s=s, title="工单不存在", message=f"工单{no}不存在"
+                )
+            return await page(
+                request,
+                "ticket.html",
+                s=s,
+                errors={},
+                values={"merge": values},
+                kept={},
+                done=None,
+                merge_confirm=present.merge_confirmation(no, reply.body, city_of(request)),
+                **context,
+            )
     else:
-        reply = await api(request, s).post(
-            f"/api/v1/tickets/{no}/merge", {"into": chosen or typed, "reason": values["reason"]}
-        )
+        reply = await client.post(f"/api/v1/tickets/{no}/merge", body)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done=merge", status_code=303)
     errors = field_errors(reply, MERGE_FIELDS, "form", form)
@@ -1033,12 +1056,16 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     # 并案: the tickets of a card's grid and category already being handled (the most similar text
     # first), which it may repeat: the desk reads them before dispatching it again, and merges it
     # on the ticket's page. Residents retell a problem in their own words, so no text score decides.
+    # One request for the page's cards (intake reads their grids together), not one per card.
     shown = low + unrouted
-    found = await asyncio.gather(
-        *(client.get(f"/api/v1/tickets/{t['ticket_no']}/merge/candidates") for t in shown)
+    found = (
+        await client.post("/api/v1/tickets/merge/candidates", {"ticket_nos": [t["ticket_no"] for t in shown]})
+        if shown
+        else None
     )
-    for t, r in zip(shown, found, strict=True):
-        t["handled_nearby"] = r.body["candidates"] if r.ok else []
+    nearby = {r["ticket_no"]: r["candidates"] for r in found.body["results"]} if found and found.ok else {}
+    for t in shown:
+        t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
@@ -130,16 +130,30 @@ class Previewer:
 async def open_in_grid(store: TicketStore, grid: str, skip: Container[str] = ()) -> list[Ticket]:
     """The open tickets of the grid's last 7 days (its duplicate index), most recent first, but
     those in `skip`: what a new text is compared with, and where the dispatch desk looks for the
-    ticket a duplicate is to be merged into (并案). The grid's index keeps erased tickets (a number
-    there says nothing of who called); their text is a placeholder, which no text may be matched
-    against, so they are left out."""
+    ticket a duplicate is to be merged into (并案). See `open_in_grids`."""
+    return [t for t in (await open_in_grids(store, [grid]))[grid] if t.ticket_no not in skip]
+
+
+async def open_in_grids(store: TicketStore, grids: Sequence[str]) -> dict[str, list[Ticket]]:
+    """`open_in_grid` for several grids at once, in two round trips whatever their number (the
+    indexes in one pipeline, then the tickets they name in one MGET, each ticket read once): the
+    dispatch desk's queue asks for a page of cards at a time. The grid's index keeps erased
+    tickets (a number there says nothing of who called); their text is a placeholder, which no
+    text may be matched against, so they are left out."""
+    wanted = list(dict.fromkeys(grids))
+    if not wanted:
+        return {}
     since = time.time() - DUPLICATE_WINDOW_SECONDS
-    recent = await store.redis.zrevrangebyscore(
-        keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES
-    )
-    nos = [no for no in map(text, cast(list[bytes], recent)) if no not in skip]
-    return [
-        t
+    async with store.redis.pipeline(transaction=False) as p:
+        for grid in wanted:
+            p.zrevrangebyscore(keys.grid_index(grid), "+inf", since, start=0, num=GRID_CANDIDATES)
+        indexes = [[text(no) for no in cast(list[bytes], found)] for found in await p.execute()]
+    nos = list(dict.fromkeys(no for found in indexes for no in found))
+    by_no = {
+        t.ticket_no: t
         for t in await store.get_many(nos)
         if t is not None and t.is_open and t.personal_data_removed_at is None
-    ]
+    }
+    return {
+        grid: [by_no[no] for no in found if no in by_no] for grid, found in zip(wanted, indexes, strict=True)
+    }

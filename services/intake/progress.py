@@ -151,6 +151,9 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
         return "网格员现场核查发现问题未解决，已退回承办单位重新办理"
     if key == "merged":  # 并案: which ticket to follow (the main ticket's side is not this resident's)
         return f"与工单{(record.get('merge') or {}).get('into', '')}为同一问题，已合并办理"
+    if key == "remerged":  # 并案: the ticket followed was merged into another, followed from now on
+        merge = record.get("merge") or {}
+        return f"所并入的工单{merge.get('via', '')}已与工单{merge.get('into', '')}合并办理"
     words = _SHOWN.get(key)
     if words is None:
         return None

@@ -12,7 +12,8 @@ read others' tickets. A ticket whose resident's personal data was erased is nobo
 A ticket merged into another (并案) is answered with the ticket it was merged into: its number, its
 status and its department, asked by either number (the merge's SMS tells the resident to ask for the
 main ticket's, which is another resident's: only its number, status and department are told, and
-only to a resident whose ticket was merged into it).
+only to a resident whose ticket was merged into it). A main ticket merged into another since is
+answered the same way, by the ticket its duplicates follow now.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class ProgressQueries:
         if query.ticket_no is not None:
             ticket = await self.store.get(query.ticket_no)
             mine = [ticket] if ticket is not None and _belongs(ticket, caller_id) else []
+            if not mine and ticket is not None and ticket.merged_into is not None:
+                # 并案: a main ticket of theirs that was merged into another since: the one their
+                # ticket follows now (and lists it), as their latest SMS told them.
+                ticket = await self.store.get(ticket.merged_into)
             if not mine and ticket is not None and ticket.merged:
                 # 并案: the main ticket of one of theirs, the number their SMS told them to follow.
                 merged = await self.store.get_many(list(ticket.merged))

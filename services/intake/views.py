@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -24,16 +24,17 @@ from services.intake.duplicates import similarity
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
-from services.intake.preview import open_in_grid
+from services.intake.preview import open_in_grid, open_in_grids
 from services.intake.service import Accepted, IntakeService
 from services.router import workflow
 from shared.auth import Principal, require_admin, require_intake_staff
 from shared.bodies import Limit
+from shared.errors import DomainError
 from shared.events import Channel, GeoPoint
 from shared.http import api_error, multipart_schema
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
-from shared.tickets import STATUS_NAMES, Status
+from shared.tickets import STATUS_NAMES, Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["intake"])
 CHUNK = 500  # batch rows submitted together: one numbering call, one concurrent publish
@@ -290,6 +291,41 @@ async def _submit_chunk(intake: IntakeService, chunk: list[tuple[int, Any]]) -> 
 # --- the dispatch desk's duplicates (并案) -------------------------------------------------------
 
 MERGE_CANDIDATES = 10
+MERGE_CANDIDATES_BATCH = 100  # tickets asked about at once: the desk's page holds 40 cards
+
+
+def _merge_candidates(ticket: Ticket, in_grid: Sequence[Ticket]) -> list[dict[str, Any]]:
+    """The tickets of its grid (`in_grid`, open) `ticket` may be merged into: the same category,
+    still being handled and not merged themselves, the most similar text first."""
+    found = [
+        (similarity(ticket.text, t.text), t)
+        for t in in_grid
+        if t.ticket_no != ticket.ticket_no
+        and t.category == ticket.category
+        and t.merged_into is None
+        and workflow.allowed(t.status, "receive_duplicate")
+    ]
+    found.sort(key=lambda pair: -pair[0])
+    return [
+        {
+            "ticket_no": t.ticket_no,
+            "status": t.status,
+            "status_name": STATUS_NAMES[t.status],
+            "department": t.department.model_dump() if t.department else None,
+            "text": t.text[:200],
+            "similarity": round(score, 2),
+            "merged": len(t.merged),
+            "received_at": t.received_at.isoformat(),
+        }
+        for score, t in found[:MERGE_CANDIDATES]
+    ]
+
+
+def _mergeable_grid(ticket: Ticket) -> str | None:
+    """The grid whose tickets `ticket` may be merged into; None when it is no duplicate to merge
+    (its status) or has no grid."""
+    grid = ticket.grid.grid if ticket.grid else None
+    return grid if grid is not None and workflow.allowed(ticket.status, "merge") else None
 
 
 @router.get("/tickets/{ticket_no}/merge/candidates")
@@ -298,35 +334,48 @@ async def merge_candidates(ticket_no: str, request: Request, _: Principal = Depe
     finder sees the grid (its open tickets of the last 7 days): those of the same category still
     being handled and not merged themselves, the most similar text first. Only numbers, statuses,
     departments and texts: the desk reads every ticket anyway. Empty when the ticket is no
-    duplicate to merge (its status) or has no grid."""
+    duplicate to merge (its status) or has no grid. Several tickets at once:
+    `POST /tickets/merge/candidates`."""
     store = request.app.state.store
     ticket = await store.get(ticket_no)
     if ticket is None:
         return api_error(404, "not_found", f"工单{ticket_no}不存在")
-    grid = ticket.grid.grid if ticket.grid else None
-    if grid is None or not workflow.allowed(ticket.status, "merge"):
-        return {"ticket_no": ticket_no, "candidates": []}
-    found = [
-        (similarity(ticket.text, t.text), t)
-        for t in await open_in_grid(store, grid, skip={ticket_no})
-        if t.category == ticket.category
-        and t.merged_into is None
-        and workflow.allowed(t.status, "receive_duplicate")
-    ]
-    found.sort(key=lambda pair: -pair[0])
-    return {
-        "ticket_no": ticket_no,
-        "candidates": [
-            {
-                "ticket_no": t.ticket_no,
-                "status": t.status,
-                "status_name": STATUS_NAMES[t.status],
-                "department": t.department.model_dump() if t.department else None,
-                "text": t.text[:200],
-                "similarity": round(score, 2),
-                "merged": len(t.merged),
-                "received_at": t.received_at.isoformat(),
-            }
-            for score, t in found[:MERGE_CANDIDATES]
-        ],
-    }
+    grid = _mergeable_grid(ticket)
+    in_grid = await open_in_grid(store, grid) if grid is not None else []
+    return {"ticket_no": ticket_no, "candidates": _merge_candidates(ticket, in_grid)}
+
+
+class CandidatesIn(BaseModel):
+    ticket_nos: list[str] = Field(description="the tickets to find the main tickets of (at most 100)")
+
+
+@router.post("/tickets/merge/candidates")
+async def merge_candidates_many(
+    body: CandidatesIn, request: Request, _: Principal = Depends(require_admin)
+) -> dict[str, Any]:
+    """并案, for a page of the desk's queue: `GET /tickets/{no}/merge/candidates` for each of
+    `ticket_nos`, in one request answered with three rounds of Redis reads whatever their number
+    (the tickets; their grids' indexes, pipelined; the open tickets those name, each read once).
+    `results` in the order asked (a number asked twice, once), each `{"ticket_no", "candidates"}`
+    as the single form has it; a ticket that does not exist has no candidates and `error`, the
+    refusal the single form gives it (404)."""
+    nos = list(dict.fromkeys(no.strip() for no in body.ticket_nos))
+    if not nos:
+        raise DomainError("invalid_request", "请至少填写一个工单号", kind="invalid", field="ticket_nos")
+    if len(nos) > MERGE_CANDIDATES_BATCH:
+        message = f"一次最多查询{MERGE_CANDIDATES_BATCH}张工单（收到{len(nos)}张），请分批查询"
+        raise DomainError("too_many_tickets", message, kind="invalid", field="ticket_nos")
+    store = request.app.state.store
+    tickets = dict(zip(nos, await store.get_many(nos), strict=True))
+    grids = {no: _mergeable_grid(t) for no, t in tickets.items() if t is not None}
+    in_grids = await open_in_grids(store, [g for g in grids.values() if g is not None])
+    results: list[dict[str, Any]] = []
+    for no, ticket in tickets.items():
+        if ticket is None:
+            error = {"code": "not_found", "message": f"工单{no}不存在", "status": 404}
+            results.append({"ticket_no": no, "candidates": [], "error": error})
+            continue
+        grid = grids[no]
+        found = _merge_candidates(ticket, in_grids[grid]) if grid is not None else []
+        results.append({"ticket_no": no, "candidates": found})
+    return {"results": results}

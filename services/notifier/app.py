@@ -119,6 +119,13 @@ class Handlers:
                 for u in updates
                 if u.action == "merged" and u.merge
             ]
+            # A duplicate carried along when the ticket it followed was merged into another: its
+            # resident is told the ticket to follow now (they were told the other one before).
+            + [
+                (u, "remerged_notice", {"via": u.merge.via or "", "into": u.merge.into})
+                for u in updates
+                if u.action == "remerged" and u.merge
+            ]
         )
         resolved = [u for u in updates if u.action == "resolved"]
         await self.notifier.results_to_duplicates(resolved)

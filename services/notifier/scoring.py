@@ -19,7 +19,8 @@ resolution was checked, and the resolutions of the streets' mediation committees
 and those where the parties reached an agreement), on the day of the resolution, for the committee,
 and the duplicates merged (并案: merged), on the day of the merge, for the department (or the desk)
 that held the duplicate; a merge of a duplicate a department held and had not accepted yet also
-counts as that department's response (see `fields_for`). A merged duplicate gets no survey, so it
+counts as that department's response (see `fields_for`), once: carried along when its main ticket is
+merged into another (`remerged`), it counts nowhere again. A merged duplicate gets no survey, so it
 is in no resolution or satisfaction rate. The resident's survey stays the measure of resolution and
 satisfaction. Of the answered surveys, those a hotline operator took on the phone (电话回访: the
 answer names the operator) are also counted apart (answered_by_phone): they are in the rates as

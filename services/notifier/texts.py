@@ -34,12 +34,17 @@ FIELDS: dict[str, frozenset[str]] = {
     # 并案: the resident's ticket was merged into the ticket already being handled (`into`), whose
     # number they are to follow.
     "merged_notice": frozenset({"ticket_no", "into"}),
+    # 并案, carried along: the ticket theirs had been merged into (`via`) was merged into another
+    # (`into`), the one to follow now.
+    "remerged_notice": frozenset({"ticket_no", "via", "into"}),
     # To a department's supervisor (not a resident): a deadline passed, or the ticket was escalated.
     "overdue_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
     "escalated_notice": frozenset({"ticket_no", "stage", "deadline", "department"}),
 }
 # Added after cities had their own files: when a file lacks them, the shipped texts are used.
-OPTIONAL = frozenset({"overdue_notice", "escalated_notice", "progress_reply", "merged_notice"})
+OPTIONAL = frozenset(
+    {"overdue_notice", "escalated_notice", "progress_reply", "merged_notice", "remerged_notice"}
+)
 
 
 class NotificationsError(ValueError):

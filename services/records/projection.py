@@ -271,9 +271,19 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
     elif action == "urged":
         row["urges"] += 1  # counted, like returns: the fold of the events gives the number
     elif action == "merged":  # 并案: this duplicate was closed into the main ticket
-        row.update(merged_into=(e.get("merge") or {}).get("into"), closed_at=when)
+        merge = e.get("merge") or {}
+        # Its own duplicates (if it was a main ticket) moved with it: the main ticket lists them.
+        gone = set(merge.get("moved") or ())
+        row.update(
+            merged_into=merge.get("into"),
+            merged=[n for n in row["merged"] if n not in gone],
+            closed_at=when,
+        )
     elif action == "duplicate_merged" and (duplicate := (e.get("merge") or {}).get("duplicate")):
-        row["merged"] = list(dict.fromkeys([*row["merged"], duplicate]))
+        along = (e.get("merge") or {}).get("moved") or ()
+        row["merged"] = list(dict.fromkeys([*row["merged"], duplicate, *along]))
+    elif action == "remerged":  # 并案: the ticket it had been merged into was merged into another
+        row["merged_into"] = (e.get("merge") or {}).get("into", row["merged_into"])
     elif action == "overdue":
         row["overdue"] = True
     elif action == "escalated":

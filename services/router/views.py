@@ -529,6 +529,33 @@ class MergeIn(BaseModel):
     reason: str = Field("", max_length=2000, description="并案原因: why it is the same problem")
 
 
+def _merge_nos(ticket_no: str, into: str) -> list[str]:
+    """The duplicate and the main ticket to read (a main ticket's number that is none: not read,
+    so the workflow says it does not exist)."""
+    return [ticket_no, into] if re.fullmatch(TICKET_NO_PATTERN, into) else [ticket_no]
+
+
+def _merged(
+    tickets: Mapping[str, Ticket | None], ticket_no: str, into: str, reason: str, desk: str
+) -> dict[str, Outcome]:
+    """The merge's outcome per ticket it changes, decided on `tickets` (the duplicate, the main
+    ticket and the duplicate's own duplicates, as read), or the refusal raised."""
+    duplicate = tickets[ticket_no]
+    if duplicate is None:
+        raise ticket_not_found(ticket_no)
+    carried = {no: tickets.get(no) for no in duplicate.merged}
+    outcomes = workflow.merge(
+        duplicate, tickets.get(into), into, reason, desk, datetime.now(UTC), carried=carried
+    )
+    return {o.ticket.ticket_no: o for o in outcomes}
+
+
+def _carried(tickets: Mapping[str, Ticket | None], ticket_no: str) -> list[str]:
+    """The duplicates merged into `ticket_no` before, which move with it (see `workflow.merge`)."""
+    duplicate = tickets.get(ticket_no)
+    return list(duplicate.merged) if duplicate is not None else []
+
+
 @router.post("/tickets/{ticket_no}/merge")
 async def merge_ticket(
     ticket_no: str, body: MergeIn, request: Request, principal: Principal = Depends(require_admin)
@@ -536,30 +563,49 @@ async def merge_ticket(
     """并案: the dispatch desk merges a duplicate (从件: 待人工派单, or 已派单 and not yet accepted)
     into the ticket already being handled (主件, `into`). The duplicate is closed, pointing at it
     (`merged_into`), and leaves its department's queue; its resident is texted which ticket to
-    follow; the main ticket lists it (`merged`). Both tickets change in one write. Refused: another
-    role 403; a main ticket that does not exist 404 (`into`); one that is finished or merged itself
-    409 (`into`); a duplicate in another status 409; the ticket itself, or a short reason, 422. The
-    answer is the duplicate with its history."""
+    follow; the main ticket lists it (`merged`). A duplicate others were merged into brings them
+    along: each points at the new main ticket (`remerged`), which lists them too, and their
+    residents are texted the ticket to follow now. All tickets change in one write. Refused:
+    another role 403; a main ticket that does not exist 404 (`into`); one that is finished, merged
+    itself or merged into this ticket 409 (`into`); a duplicate in another status 409; the ticket
+    itself, or a short reason, 422. The answer is the duplicate with its history."""
     _, _, desk = desk_context(request)
     into = body.into.strip()
-    nos = [ticket_no, into] if re.fullmatch(TICKET_NO_PATTERN, into) else [ticket_no]
     errors: list[DomainError] = []
 
     def decide(tickets: Mapping[str, Ticket | None]) -> dict[str, Outcome] | None:
-        duplicate = tickets[ticket_no]
-        if duplicate is None:
-            errors.append(ticket_not_found(ticket_no))
-            return None
         try:
-            merged, listed = workflow.merge(
-                duplicate, tickets.get(into), into, body.reason, desk, datetime.now(UTC)
-            )
+            return _merged(tickets, ticket_no, into, body.reason, desk)
         except DomainError as e:
             errors.append(e)
             return None
-        return {ticket_no: merged, into: listed}
 
-    return await written(request, ticket_no, errors, [], together(nos, decide))
+    then = together(_merge_nos(ticket_no, into), decide, also=lambda t: _carried(t, ticket_no))
+    return await written(request, ticket_no, errors, [], then)
+
+
+@router.post("/tickets/{ticket_no}/merge/preview")
+async def preview_merge(
+    ticket_no: str, body: MergeIn, request: Request, principal: Principal = Depends(require_admin)
+):
+    """并案, asked before it is made (the console's confirmation of a typed number): what
+    `POST .../merge` with the same body would do, without doing it. 200 with the main ticket
+    (`into`, as `GET /tickets/{no}` has it, without its history) and the duplicates that would
+    move along (`moved`); otherwise the very refusal the merge would give, with its status."""
+    _, _, desk = desk_context(request)
+    store = request.app.state.store
+    into = body.into.strip()
+    nos = _merge_nos(ticket_no, into)
+    tickets: dict[str, Ticket | None] = dict(zip(nos, await store.get_many(nos), strict=True))
+    if carried := _carried(tickets, ticket_no):
+        tickets |= dict(zip(carried, await store.get_many(carried), strict=True))
+    try:
+        _merged(tickets, ticket_no, into, body.reason, desk)
+    except DomainError as e:
+        return domain_error(e)
+    main = tickets[into]
+    assert main is not None  # the merge would have been refused
+    return {"ticket_no": ticket_no, "into": ticket_view(main), "moved": carried}
 
 
 # --- joint meetings (联席会议) -------------------------------------------------------------------

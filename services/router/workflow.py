@@ -11,7 +11,9 @@
     meeting (联席会议) -> assigned to the lead the meeting decided
     urged (催办, the resident called again): any open status, which it keeps
     review / assigned -> closed, merged into another open ticket (并案: the desk found it a duplicate
-                         of a ticket already being handled, which keeps its status and lists it)
+                         of a ticket already being handled, which keeps its status and lists it);
+                         the duplicates merged into it before move along: closed, they stay closed
+                         and follow the new main ticket (the one step that starts from closed)
     resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
                            not solved, back to the department that resolved it (重办), as 不满意 does
 
@@ -28,7 +30,7 @@ the handlers load, call these, and store.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -99,6 +101,7 @@ Step = Literal[
     "verify",  # 现场核查: the grid worker checked on the spot what the department resolved
     "merge",  # 并案: the desk merges a duplicate (从件) into the ticket already being handled (主件)
     "receive_duplicate",  # 并案, the main ticket's side: it lists the duplicate, its status stays
+    "remerge",  # 并案, a duplicate of the one merged: closed, it follows it into the new main ticket
 ]
 
 
@@ -177,6 +180,9 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
         None,
         "（只能并入尚未办结的工单；请选择正在办理的工单作为主件）",
     ),
+    # A closed duplicate whose main ticket is merged into another: its resident's problem is now
+    # handled there, so it points there; nothing else of it changes. Closed is otherwise final.
+    "remerge": _move("随原主件并入新主件", {S.CLOSED}, None),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
 INITIAL = Status.RECEIVED
@@ -614,7 +620,8 @@ def merge(
     reason: str,
     by: str,
     now: datetime,
-) -> tuple[Outcome, Outcome]:
+    carried: Mapping[str, Ticket | None] | None = None,
+) -> tuple[Outcome, ...]:
     """并案: the dispatch desk (`by`) merges a duplicate (从件: the same problem reported again, by
     another resident or on another channel) that no department has taken up yet into the ticket
     already being handled (主件: `main`, numbered `into`; None when there is no such ticket), so one
@@ -622,8 +629,16 @@ def merge(
     stop and it leaves its queue (a closed ticket has no timers and goes to its department's closed
     list), and its resident is told which ticket to follow. The main ticket keeps its status and
     deadlines and lists the duplicate, so its department sees how many residents wait on it.
-    Returns both outcomes (the duplicate's, the main ticket's), to be written in one transaction
-    (`shared.store.together`): neither side may exist without the other."""
+
+    A duplicate that is a main ticket itself (others were merged into it) brings them along: they
+    are the same problem too, and their residents wait on whichever ticket is being handled.
+    `carried` are those tickets (`duplicate.merged`, each by its number) as read with the other two;
+    each is `remerge`d to point at `into`, the main ticket lists them all, and the duplicate lists
+    none any more. One no longer in the store (None: it left Redis long after it was closed) is
+    listed all the same: its number is what its resident follows.
+
+    Returns the duplicate's outcome, the main ticket's, then one per carried ticket, to be written
+    in one transaction (`shared.store.together`): no side may exist without the others."""
     no = duplicate.ticket_no
     if into == no:
         raise WorkflowError(
@@ -640,15 +655,17 @@ def merge(
             "reopened",
             f"工单{no}已重办{duplicate.reopens}次，由承办单位继续办理，不能并入其他工单",
         )
-    if duplicate.merged:
-        raise WorkflowError(
-            "has_duplicates",
-            f"工单{no}已是主件（{'、'.join(duplicate.merged)}已并入），不能再并入其他工单；"
-            f"如为同一问题，请把工单{into}并入工单{no}",
-        )
     if main is None:
         raise WorkflowError(
             "not_found", f"工单{into}不存在，请核对主件的工单号", kind="not_found", field="into"
+        )
+    if main.merged_into == no or into in duplicate.merged:
+        # Each would wait on the other, and nobody would handle either.
+        raise WorkflowError(
+            "merge_cycle",
+            f"工单{into}已并入本工单（工单{no}）合并办理，两张工单不能互相并入；"
+            "请选择正在办理的其他工单作为主件",
+            field="into",
         )
     if main.merged_into is not None:
         raise WorkflowError(
@@ -661,14 +678,16 @@ def merge(
     except WorkflowError as e:  # the main ticket's status: said beside the number that named it
         raise WorkflowError(e.code, e.message, kind=e.kind, field="into") from None
     reason = _stated(reason, "并案原因（为何与主件是同一问题）", "主件的承办单位")
-    payload = Merge(into=into, duplicate=no)
+    moved = duplicate.merged
+    along = f"工单{'、'.join(moved)}"  # said only when some move along
+    payload = Merge(into=into, duplicate=no, moved=moved)
     held = duplicate.status == Status.ASSIGNED  # by a department that had not accepted it yet
     closed = ticket_updated(
         duplicate,
         "merged",
         Status.CLOSED,
         actor=by,
-        note=f"并入工单{into}合并办理：{reason}",
+        note=f"并入工单{into}合并办理：{reason}" + (f"（原并入本工单的{along}随同并入）" if moved else ""),
         occurred_at=now,
         merge=payload.model_copy(
             update={"response_on_time": _in_time(duplicate.respond_by, now) if held else None}
@@ -679,14 +698,46 @@ def merge(
         "duplicate_merged",
         main.status,
         actor=by,
-        note=f"并案：工单{no}并入本工单（{reason}）",
+        note=f"并案：工单{no}并入本工单（{reason}）" + (f"，原并入该工单的{along}随同并入" if moved else ""),
         occurred_at=now,
         merge=payload,
     )
+    found = carried or {}
+    if missing := [m for m in moved if m not in found]:  # the caller's to read, with the other two
+        raise ValueError(f"merge of {no}: its duplicates {missing} were not read")
+    followers = [remerge(t, no, into, reason, by, now) for m in moved if (t := found[m]) is not None]
     return (
-        _updated(duplicate, "merge", closed, closed_at=now, merged_into=into),
-        _updated(main, "receive_duplicate", listed, merged=(*main.merged, no)),
+        _updated(duplicate, "merge", closed, closed_at=now, merged_into=into, merged=()),
+        _updated(
+            main,
+            "receive_duplicate",
+            listed,
+            merged=tuple(dict.fromkeys((*main.merged, no, *moved))),
+        ),
+        *followers,
     )
+
+
+def remerge(ticket: Ticket, via: str, into: str, reason: str, by: str, now: datetime) -> Outcome:
+    """并案, carried along: `ticket`, a closed duplicate merged into `via`, follows `via` into `into`
+    (see `merge`). Only its pointer moves; it stays closed, and as its own merge answered for the
+    department that held it, this one counts in no rate (`remerged`, not `merged`)."""
+    check(ticket, "remerge")
+    if ticket.merged_into != via:
+        raise WorkflowError(
+            "not_merged",
+            f"工单{ticket.ticket_no}没有并入工单{via}，不能随其并入工单{into}；请刷新后重试",
+        )
+    event = ticket_updated(
+        ticket,
+        "remerged",
+        ticket.status,
+        actor=by,
+        note=f"随工单{via}并入工单{into}合并办理：{reason}",
+        occurred_at=now,
+        merge=Merge(into=into, duplicate=ticket.ticket_no, via=via),
+    )
+    return _updated(ticket, "remerge", event, merged_into=into)
 
 
 # --- people's mediation (人民调解) -----------------------------------------------------------------

@@ -165,6 +165,9 @@ async def test_the_trend_endpoint_its_export_and_its_refusals(api, redis, system
     r = await api.get("/api/v1/stats/trend", params={"from": "2031-01-01", "to": "2033-07-04"}, headers=desk)
     assert r.status_code == 422
     assert "最长366天" in r.json()["message"]
+    for edge in ({"from": "0001-01-01", "to": "0001-01-31"}, {"from": "9999-12-01", "to": "9999-12-31"}):
+        r = await api.get("/api/v1/stats/trend", params=edge, headers=desk)  # nothing to compare with
+        assert (r.status_code, r.json()["error"]) == (422, "invalid_period"), r.text
     r = await api.get("/api/v1/stats/trend", params=week | {"group_by": "grid"}, headers=desk)
     assert (r.status_code, r.json()["field"]) == (422, "group_by")
     # The desk's, as the rankings are: a department's token is refused, and no token at all.

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from services.records.db import Pool
 from shared import trend
 from shared.city import City
+from shared.errors import DomainError
 
 TrendGroup = Literal["category", "street", "department"]
 Level = Literal["top", "leaf"]
@@ -57,11 +58,22 @@ TOP_JOIN = (
 
 
 def periods_of(start: date, end: date) -> dict[str, trend.Period]:
-    return {
-        "current": (start, end),
-        "previous": trend.previous_period(start, end),
-        "last_year": trend.year_before(start, end),
-    }
+    """The period and those it is compared with; 422 for dates whose comparisons (or whose next
+    day, where the period ends) fall outside the calendar Python can count in (years 1 to 9999)."""
+    try:
+        end + timedelta(days=1)
+        return {
+            "current": (start, end),
+            "previous": trend.previous_period(start, end),
+            "last_year": trend.year_before(start, end),
+        }
+    except (OverflowError, ValueError):
+        raise DomainError(
+            "invalid_period",
+            f"{start}至{end}超出可统计的日期范围，请选择公元2年至9999年间的日期",
+            kind="invalid",
+            field="from",
+        ) from None
 
 
 def _bounds(periods: dict[str, trend.Period], tz: ZoneInfo) -> dict[str, Any]:

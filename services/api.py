@@ -37,6 +37,7 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.records import knowledge_views as records_knowledge_views
 from services.records import privacy_views as records_privacy_views
+from services.records import stats_views as records_stats_views
 from services.records import views as records_views
 from services.records.knowledge import Follower, KnowledgeService
 from services.records.views import open_pool
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         classifier_views,
         records_views,
         records_privacy_views,
+        records_stats_views,
         records_knowledge_views,
         router_views,
         notifier_views,

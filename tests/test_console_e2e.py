@@ -26,11 +26,13 @@ from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from services.records.knowledge import KnowledgeService
+from services.records.service import Records
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
 from shared.privacy import REMOVED
 from shared.settings import Settings
 from tests.conftest import System, eventually
+from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
 
@@ -1078,6 +1080,13 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(manager.locator("#figures")).to_have_attribute(
             "data-live-state", "ready", timeout=30_000
         )
+        # The trend of the period: the report's sentence and the daily chart (axe checks it below).
+        await expect(manager.locator("#trend-summary")).to_have_text(
+            re.compile(
+                r"^本期受理[\d,]+件，环比(上升|下降)?[\d.%新增持平]+，同比(上升|下降)?[\d.%新增持平]+$"
+            )
+        )
+        await expect(manager.locator("#trend-chart")).to_be_visible()
         before = await manager.locator("#satisfaction").text_content()
         answered = await manager.locator("[data-figure=answered]").text_content()
         dept_answered = manager.locator(f"#rank-department [data-answered='{dept}']")
@@ -1114,6 +1123,40 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
         assert await page.locator("#bold").count() == 0
         assert await page.evaluate("window.__pwned === undefined")
+
+
+async def test_the_dashboards_trend_says_what_rose_and_links_to_its_tickets(
+    page: Page, redis, pool, system_city
+):
+    """A known week in the record (tests/test_records_trend.py's): the sentence for the report,
+    the rising and falling categories linking to their tickets, the days as a table, the export."""
+    await Records(pool, system_city).project_many(appeal_events(system_city))
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto("/console/dashboard?from=2033-07-04&to=2033-07-10")
+    await expect(page.locator("#trend-summary")).to_have_text("本期受理6件，环比上升50.0%，同比上升200.0%")
+    await expect(page.locator("#trend-rising li")).to_have_text(
+        [
+            "公共事业/供暖：本期3件，上期1件，+2（+200.0%）",
+            "城市管理/市政设施/排水堵塞：本期2件，上期0件，+2（新增）",
+        ]
+    )
+    await expect(page.locator("#trend-falling li")).to_have_text(
+        ["环境保护/噪音扰民：本期1件，上期3件，−2（−66.7%）"]
+    )
+    # The chart's figures as text, the days without appeals included.
+    await page.locator("#trend details summary").click()
+    days = page.locator("#trend-days tbody tr")
+    await expect(days).to_have_count(7)
+    await expect(days.nth(2)).to_have_text("2033-07-060")
+    await accessible(page)
+    await shot(page, "dashboard-trend")
+    async with page.expect_download() as got:
+        await page.locator("#export-trend").click()
+    assert (await got.value).suggested_filename == "trend-category-20330704-20330710.xlsx"
+    # A rising category opens its tickets of the period.
+    await page.locator("#trend-rising a").first.click()
+    await expect(page).to_have_url(re.compile(r"category=utility\.heating&from=2033-07-04&to=2033-07-10"))
+    await expect(page.locator("#list-total")).to_contain_text("共 3 件")
 
 
 # --- the ticket list with search and export -------------------------------------------------------

@@ -19,6 +19,7 @@ from services.console.views import LIST_FILTERS, list_choices, list_errors, list
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
 from shared.tickets import Status, Ticket
+from shared.trend import ranked
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
@@ -568,3 +569,43 @@ def test_a_typed_main_ticket_is_confirmed_by_what_it_is(city):
     assert c["moved"] == ["20261201-000001"]
     titled = {**main, "title": "路灯报修"}
     assert "（路灯报修，" in present.merge_confirmation("20261201-000009", {"into": titled}, city)["sentence"]
+
+
+def test_the_dashboards_trend_lists_and_links():
+    def group(gid: str, name: str, count: int, previous: int) -> dict:
+        return {"group": gid, "name": name, "count": count, "previous": previous, "last_year": 0}
+
+    groups = ranked(
+        [
+            group("utility.heating", "公共事业/供暖", 40, 4),
+            group("unknown", "未分类", 3, 0),
+            group("env.noise", "环境保护/噪音扰民", 10, 25),
+            group("transport.bus", "交通运输/公交", 5, 5),
+        ]
+    )
+    day = {"from": "2026-11-01", "to": "2026-11-02", "total": 0, "days": []}
+    body = {
+        "from": "2026-11-01",
+        "to": "2026-11-02",
+        "summary": "本期受理53件，环比上升55.9%，同比新增",
+        "periods": {
+            "current": {
+                **day,
+                "days": [{"day": "2026-11-01", "count": 0}, {"day": "2026-11-02", "count": 53}],
+            },
+            "previous": day,
+            "last_year": day,
+        },
+        "groups": groups,
+    }
+    view = present.trend_view(body)
+    assert [(g["name"], g["change"]) for g in view["rising"]] == [
+        ("公共事业/供暖", "+36（+900.0%）"),
+        ("未分类", "+3（新增）"),
+    ]
+    assert (
+        view["rising"][0]["link"] == "/console/tickets?category=utility.heating&from=2026-11-01&to=2026-11-02"
+    )
+    assert view["rising"][1]["link"] is None  # no category to filter by
+    assert [(g["name"], g["change"]) for g in view["falling"]] == [("环境保护/噪音扰民", "−15（−60.0%）")]
+    assert [b["h"] for b in view["chart"]["bars"]] == [0, 120]  # the empty day drawn, at zero height

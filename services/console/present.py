@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.router.rules import matching_rules, route
+from shared import trend
 from shared.city import City
 from shared.events import GridMatch
 from shared.tickets import MEDIATION_OUTCOME_NAMES, RATING_NAMES
@@ -404,6 +406,44 @@ def daily_bars(days: list[tuple[str, int]], width: int = MAP_WIDTH) -> dict[str,
             }
         )
     return {"width": width, "height": CHART_HEIGHT, "bars": bars, "top": top}
+
+
+def signed_change(g: Mapping[str, Any]) -> str:
+    """A group's change from the period before as a report writes it: +36（+900.0%）, −15（−60.0%）,
+    +12（新增）."""
+    n, pct = g["change"], g["change_percent"]
+    words = "新增" if pct is None else f"{pct:+.1f}%"
+    return f"{n:+d}（{words}）".replace("-", "−")
+
+
+def trend_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's trend as the dashboard shows it: the report's sentence, the daily counts as bars
+    and as a table (the chart's text alternative), and the categories that rose and fell most,
+    each linking to its tickets of the period."""
+    start, end = body["from"], body["to"]
+    periods = body["periods"]
+
+    def item(g: Mapping[str, Any]) -> dict[str, Any]:
+        query = urlencode({"category": g["group"], "from": start, "to": end})
+        link = None if g["group"] == "unknown" else f"/console/tickets?{query}"
+        return {
+            "name": g["name"],
+            "count": g["count"],
+            "previous": g["previous"],
+            "change": signed_change(g),
+            "link": link,
+        }
+
+    days = periods["current"]["days"]
+    return {
+        "summary": body["summary"],
+        "chart": daily_bars([(d["day"], d["count"]) for d in days]),
+        "days": days,
+        "previous": periods["previous"],
+        "last_year": periods["last_year"],
+        "rising": [item(g) for g in trend.rising(body["groups"])],
+        "falling": [item(g) for g in trend.falling(body["groups"])],
+    }
 
 
 def count_by(items: Iterable[Mapping[str, Any]], key) -> dict[str, int]:

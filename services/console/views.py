@@ -1490,6 +1490,11 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}
     chart = present.daily_bars(await client.daily_volume(start, end) if not error else [])
+    trend, trend_error = None, ""
+    if not error:
+        reply = await client.get("/api/v1/stats/trend", group_by="category", **{"from": start, "to": end})
+        # The record (PostgreSQL) away takes the trend, not the rates, off the page.
+        trend, trend_error = (present.trend_view(reply.body), "") if reply.ok else (None, reply.message)
     volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
     top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
     tz, now = tz_of(request), datetime.now(UTC)
@@ -1509,6 +1514,8 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         overall=overall,
         map=present.grid_map(city, volume),
         chart=chart,
+        trend=trend,
+        trend_error=trend_error,
         top_categories=top_categories,
         top_max=max((g["assigned"] for g in top_categories), default=0),
         overdue=overdue,
@@ -1537,6 +1544,27 @@ async def dashboard_export(request: Request, s: session.Session = Depends(as_des
     if isinstance(reply, Reply):
         return await page(
             request, "message.html", reply.status, s=s, title="不能导出排名", message=reply.message
+        )
+    return attachment(reply)
+
+
+@router.get("/dashboard/trend/export")
+async def dashboard_trend_export(request: Request, s: session.Session = Depends(as_desk)):
+    """The period's trend by category (趋势表) as a table for Excel, through the session as the
+    rankings are; a refusal is said on a page of its own."""
+    start, end = period(request)
+    fmt = "csv" if request.query_params.get("format") == "csv" else "xlsx"
+    level = "top" if request.query_params.get("level") == "top" else "leaf"
+    reply = await api(request, s).download(
+        "/api/v1/stats/trend/export",
+        group_by="category",
+        level=level,
+        format=fmt,
+        **{"from": start, "to": end},
+    )
+    if isinstance(reply, Reply):
+        return await page(
+            request, "message.html", reply.status, s=s, title="不能导出趋势表", message=reply.message
         )
     return attachment(reply)
 

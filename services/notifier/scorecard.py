@@ -24,7 +24,6 @@ from shared.events import SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.settings import Settings
 
 SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
-MAX_DAYS = 366
 
 # The metric names predate the scorecard's name; dashboards read them, so they stay.
 SCORECARD_EVENTS = Counter(

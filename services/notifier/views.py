@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date
 from functools import partial
 from typing import Any, Literal
 
@@ -19,12 +19,12 @@ from services.intake.sms import SmsIntake
 from services.intake.views import counting_rejections
 from services.notifier.gateway import OutboxGateway
 from services.notifier.inbound import Answer, InboundMessages
-from services.notifier.scorecard import MAX_DAYS, Scorecard
+from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.notifier.surveys import CALL_ATTEMPTS, Call
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
-from shared.errors import DomainError
 from shared.http import api_error
+from shared.periods import stats_period
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.spreadsheets import Format, download, each
 
@@ -130,28 +130,12 @@ GroupBy = Literal["department", "category", "grid", "street"]
 GROUP_NAMES = {"department": "承办单位", "category": "诉求分类", "grid": "网格", "street": "街道"}
 
 
-def _period(
-    request: Request,
-    from_: date | None = Query(None, alias="from", description="YYYY-MM-DD, default: first of this month"),
-    to: date | None = Query(None, description="YYYY-MM-DD, default: today"),
-) -> tuple[date, date]:
-    """The period asked for (default: this month so far); 422 saying why it cannot be counted."""
-    card: Scorecard = request.app.state.scorecard
-    end = to or datetime.now(card.tz).date()
-    start = from_ or end.replace(day=1)
-    if start > end:
-        raise DomainError("invalid_period", f"起始日期{start}晚于结束日期{end}", kind="invalid", field="from")
-    if (end - start).days >= MAX_DAYS:
-        raise DomainError("invalid_period", f"统计区间最长{MAX_DAYS}天", kind="invalid", field="from")
-    return start, end
-
-
 @router.get("/stats")
 async def scorecard(
     request: Request,
     group_by: GroupBy = "department",
     _: Principal = Depends(require_admin),  # first: who asks, then what
-    period: tuple[date, date] = Depends(_period),
+    period: tuple[date, date] = Depends(stats_period),
 ):
     card: Scorecard = request.app.state.scorecard
     start, end = period
@@ -199,7 +183,7 @@ async def scorecard_export(
     group_by: GroupBy = "department",
     format: Format = "xlsx",
     _: Principal = Depends(require_admin),  # first: who asks, then what
-    period: tuple[date, date] = Depends(_period),
+    period: tuple[date, date] = Depends(stats_period),
 ):
     """The ranking of /stats as a table to open in Excel (排名表): rank, name, the three rates and
     the score in percent and points, and the figures beside them, best score first."""

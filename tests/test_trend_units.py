@@ -1,0 +1,101 @@
+"""The trend report's arithmetic (shared.trend): the periods a period is compared with, the change
+with a zero base, the order of the groups and the report's sentence. Pure."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from shared.trend import (
+    change,
+    described,
+    falling,
+    previous_period,
+    ranked,
+    rising,
+    summary,
+    whole_months,
+    year_before,
+)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "previous"),
+    [
+        # A week: the seven days before.
+        (date(2026, 11, 23), date(2026, 11, 29), (date(2026, 11, 16), date(2026, 11, 22))),
+        # A month: the month before, whatever its length (March against February, not 29 January on).
+        (date(2026, 3, 1), date(2026, 3, 31), (date(2026, 2, 1), date(2026, 2, 28))),
+        (date(2026, 1, 1), date(2026, 1, 31), (date(2025, 12, 1), date(2025, 12, 31))),
+        # A quarter: the quarter before.
+        (date(2026, 4, 1), date(2026, 6, 30), (date(2026, 1, 1), date(2026, 3, 31))),
+        # Month to date is no whole month: as many days just before.
+        (date(2026, 12, 1), date(2026, 12, 10), (date(2026, 11, 21), date(2026, 11, 30))),
+        (date(2026, 12, 1), date(2026, 12, 1), (date(2026, 11, 30), date(2026, 11, 30))),
+    ],
+)
+def test_the_previous_period(start, end, previous):
+    assert previous_period(start, end) == previous
+
+
+def test_whole_months():
+    assert whole_months(date(2026, 11, 1), date(2026, 12, 31)) == 2
+    assert whole_months(date(2028, 2, 1), date(2028, 2, 29)) == 1
+    assert whole_months(date(2028, 2, 1), date(2028, 2, 28)) is None  # a leap year's February is 29 days
+    assert whole_months(date(2026, 11, 2), date(2026, 11, 30)) is None
+
+
+def test_the_same_dates_a_year_before():
+    assert year_before(date(2026, 11, 23), date(2026, 11, 29)) == (date(2025, 11, 23), date(2025, 11, 29))
+    # A leap day has no twin: the day before it stands in.
+    assert year_before(date(2028, 2, 29), date(2028, 3, 6)) == (date(2027, 2, 28), date(2027, 3, 6))
+    # A whole February stays a whole February.
+    assert year_before(date(2028, 2, 1), date(2028, 2, 29)) == (date(2027, 2, 1), date(2027, 2, 28))
+    assert year_before(date(2029, 2, 1), date(2029, 2, 28)) == (date(2028, 2, 1), date(2028, 2, 29))
+
+
+def test_change_in_numbers_and_percent():
+    assert change(1234, 1097) == {"change": 137, "change_percent": 12.5}
+    assert change(31, 32) == {"change": -1, "change_percent": -3.1}
+    assert change(5, 5) == {"change": 0, "change_percent": 0.0}
+
+
+def test_a_zero_base_has_no_percent_and_is_said_new():
+    assert change(3, 0) == {"change": 3, "change_percent": None}
+    assert change(0, 0) == {"change": 0, "change_percent": None}
+    assert described(3, 0) == "新增"
+    assert described(0, 0) == "持平"
+    assert described(0, 4) == "下降100.0%"
+
+
+def test_the_reports_sentence():
+    assert summary(1234, 1097, 1273) == "本期受理1,234件，环比上升12.5%，同比下降3.1%"
+    assert summary(7, 0, 7) == "本期受理7件，环比新增，同比持平"
+
+
+def test_groups_ranked_by_the_largest_rise_and_the_lists_either_way():
+    groups = ranked(
+        [
+            {"group": "utility.heating", "count": 40, "previous": 4, "last_year": 30},
+            {"group": "env.noise", "count": 10, "previous": 25, "last_year": 0},
+            {"group": "city.facility.drainage", "count": 12, "previous": 0, "last_year": 2},
+            {"group": "transport.bus", "count": 3, "previous": 3, "last_year": 3},
+            {"group": "housing.elevator", "count": 0, "previous": 2, "last_year": 1},
+        ]
+    )
+    assert [g["group"] for g in groups] == [
+        "utility.heating",
+        "city.facility.drainage",
+        "transport.bus",
+        "housing.elevator",
+        "env.noise",
+    ]
+    heating = groups[0]
+    assert (heating["change"], heating["change_percent"]) == (36, 900.0)
+    assert (heating["year_change"], heating["year_change_percent"]) == (10, 33.3)
+    assert groups[1]["change_percent"] is None  # new this period: no percent of nothing
+    assert groups[4]["year_change_percent"] is None
+    assert [g["group"] for g in rising(groups)] == ["utility.heating", "city.facility.drainage"]
+    assert [g["group"] for g in falling(groups)] == ["env.noise", "housing.elevator"]
+    assert len(rising([{**groups[0], "group": str(i)} for i in range(9)])) == 5

@@ -340,3 +340,48 @@ def assert_masked(log_text: str, openid: str) -> bool:
     assert mask_openid(openid) in log_text
     assert openid not in log_text
     return True
+
+
+@pytest.mark.integration
+async def test_erasing_a_wechat_resident_forgets_their_openid_as_a_phone_is_forgotten(redis):
+    """The erasure's notice (`Notifier.forget`) finds a WeChat survey and its messages by the
+    ticket, as an SMS one's: the survey (which holds the openid), its place in the openid's open
+    surveys, its reminder and timeout, and the messages' states all go; the open survey ends as
+    opted out, so the ticket still closes."""
+    sh = ZoneInfo("Asia/Shanghai")
+    published: list = []
+
+    async def publish(events) -> None:
+        published.extend(events)
+
+    notifier = Notifier(
+        TicketStore(redis),
+        OutboxGateway(redis, key=f"test:outbox:{uuid.uuid4().hex}"),
+        publish,
+        texts=load_texts(),
+        policy=Policy(QuietHours.parse("none"), 5, sh),
+        jobs_key=f"test:due:{uuid.uuid4().hex}",
+    )
+    openid, caller, no = f"o{uuid.uuid4().hex[:27]}", uuid.uuid4().hex[:20], "20261123-000601"
+    await redis.hset(f"contact:{caller}", mapping={"wechat_openid": openid})
+    resolved = TicketUpdated(
+        ticket_no=no,
+        action="resolved",
+        status="resolved",
+        actor="d1",
+        caller_id=caller,
+        note="已修复",
+        on_time=True,
+    )
+    await notifier.start_surveys([resolved])
+    [sent] = await notifier.wechat.sent(openid)  # type: ignore[attr-defined]
+    assert sent["kind"] == "survey"
+    assert sent["text"].startswith(f"您反映的问题（工单号{no}）")
+    kept = await redis.smembers(f"sms:ticket:{no}")
+    assert {k.split(b":")[0] for k in kept} == {b"sms", b"survey"}
+
+    assert await notifier.forget([no]) == 2
+    assert await redis.exists(*kept, f"sms:ticket:{no}", f"survey:open:{openid}") == 0
+    assert [e.outcome for e in published] == ["opted_out"]
+    assert openid not in json.dumps([e.model_dump(mode="json") for e in published])
+    assert await redis.zcard(notifier.jobs.key) == 0  # no reminder, no timeout

@@ -55,6 +55,13 @@ def mask_phone(phone: str) -> str:
     return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "****"
 
 
+def mask_openid(openid: str) -> str:
+    """A WeChat openid (personal data: it reaches the user, and links their messages) as logs and
+    records show it: oUse****r123, enough to tell two users apart in a log, not to write to one.
+    Short values (never a real openid, 28 characters) show nothing."""
+    return f"{openid[:4]}****{openid[-4:]}" if len(openid) >= 12 else "****"
+
+
 def mask_name(name: str) -> str:
     """张三 -> 张*, 欧阳娜娜 -> 欧***."""
     name = name.strip()

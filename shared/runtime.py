@@ -92,6 +92,9 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # aiokafka narrates every group join and partition assignment at INFO.
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request's URL at INFO, and WeChat's API takes its access token and the
+    # AppSecret as URL parameters: those must not reach a log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     # aiokafka's records reach the root handlers; FastStream's loggers have their own handlers and do
     # not propagate, so the limiter sits on those loggers too (a logger's filter sees its own records).
     for handler in logging.getLogger().handlers:

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     # Safe / compatible mode (encrypted pushes): the console's EncodingAESKey and the account's AppID.
     wechat_encoding_aes_key: str = ""
     wechat_app_id: str = ""
+    # Messages to WeChat users who left no phone (the result, the survey): `outbox` (a Redis list,
+    # the embedded mode) or `api` (WeChat's customer-service messages, with WECHAT_APP_ID and the
+    # account's AppSecret, which fetch the access token).
+    wechat_gateway: Literal["outbox", "api"] = "outbox"
+    wechat_app_secret: str = ""
+    wechat_api_base: str = "https://api.weixin.qq.com"
     # Where a WeChat image message's picture may be fetched from (its PicUrl): WeChat's own media
     # hosts only, so a push cannot make the server fetch any address it names.
     wechat_media_hosts: str = "mmbiz.qpic.cn,mmbiz.qlogo.cn"

@@ -33,6 +33,7 @@ PURE_MODULES = [
     "services.classifier.classification",
     "services.classifier.review",
     "services.notifier.policy",
+    "services.notifier.routing",
     "services.notifier.survey",
     "services.notifier.texts",
     "services.notifier.scoring",

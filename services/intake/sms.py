@@ -12,7 +12,7 @@ apart from appeals); the provider's repeat of one message (the same `message_id`
 from __future__ import annotations
 
 from services.intake.domain import validate
-from services.intake.progress import parse_query
+from services.intake.progress import Query
 from services.intake.queries import Answer, ProgressQueries
 from services.intake.service import IntakeService
 from shared.privacy import caller_id
@@ -23,12 +23,10 @@ class SmsIntake:
         self.intake = intake
         self.progress = progress
 
-    async def query(self, phone: str, text: str) -> Answer | None:
-        """The answer to `text` from `phone` (normalised) when it is a progress query, else None.
-        Raises RateLimited (the phone asked too often)."""
-        query = parse_query(text)
-        if query is None:
-            return None
+    async def query(self, phone: str, query: Query) -> Answer:
+        """The answer to a progress query from `phone` (normalised): what the message was is read
+        first, for SMS and WeChat alike (`services.notifier.survey.read_inbound`). Raises
+        RateLimited (the phone asked too often)."""
         return await self.progress.answer(caller_id(phone), query)
 
     async def submit(self, phone: str, text: str, message_id: str | None = None) -> str:

@@ -162,3 +162,6 @@ PHOTO_LAST = "已将照片补充到工单{ticket_no}。"
 PHOTO_NEXT = "已收到照片。请在30分钟内发送文字描述问题，我们会把照片附在诉求上。"
 PHOTO_FAILED = "抱歉，照片未能接收，请稍后重新发送。"
 NO_SPEECH = "抱歉，未能识别您的语音内容，请改用文字描述您的诉求。"
+# The passive reply to a survey's answer (1/2/3, 满意…) sent in the chat.
+SURVEY_THANKS = "感谢您的评价！工单{ticket_no}已办结。如有新的问题，欢迎随时在这里反映。"
+SURVEY_REOPENED = "感谢您的评价。工单{ticket_no}将退回承办单位重新办理，办理结果会再通过本公众号告知您。"

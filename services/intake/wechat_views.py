@@ -25,9 +25,10 @@ from services.intake import keys, wechat, wechat_crypto, wechat_media
 from services.intake.domain import InvalidAppeal, validate, wechat_caller_id
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.photo_views import decode
-from services.intake.progress import parse_query
 from services.intake.queries import ProgressQueries
 from services.intake.service import IntakeService
+from services.notifier.inbound import InboundMessages
+from services.notifier.survey import Inbound, read_inbound
 from shared.errors import Unavailable
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
@@ -154,13 +155,19 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
         return wechat.UNSUPPORTED
     if msg.msg_type == "voice" and not msg.content:
         return wechat.NO_SPEECH
-    query = parse_query(msg.content)
-    if query is not None:  # "查询", a ticket number: answered here, not registered as an appeal
+    # What the message is, read as an SMS is (`read_inbound`): a query, a survey's rating, or else
+    # an appeal, as before surveys reached WeChat (TD and words without a rating included).
+    inbound = read_inbound(msg.content)
+    if inbound.query is not None:  # "查询", a ticket number: answered here, not registered as an appeal
         progress: ProgressQueries = state.progress
         try:
-            return (await progress.answer(wechat_caller_id(msg.from_user), query)).text
+            return (await progress.answer(wechat_caller_id(msg.from_user), inbound.query)).text
         except RateLimited as e:
             return e.message
+    if inbound.kind == "rating":
+        thanks = await _survey_answer(msg, inbound, state)
+        if thanks is not None:
+            return thanks
     try:
         sub = validate(channel="wechat", text=msg.content, wechat_openid=msg.from_user)
         ticket_no, created = await intake.submit(sub, f"wechat:{msg.to_user}:{msg.msg_id}")
@@ -170,6 +177,35 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
     except (RateLimited, KeyReused) as e:
         return e.message
     return (wechat.ACCEPTED if created else wechat.ALREADY).format(ticket_no=ticket_no)
+
+
+async def _survey_answer(msg: wechat.Message, inbound: Inbound, state: Any) -> str | None:
+    """The passive reply when the message answers the user's open survey (the notifier's
+    `SurveyBook.answer_in_wechat`), else None. WeChat's retry of the same message (our reply did
+    not reach it in 5 s) gets the same reply, as the survey is closed by then; a retry while the
+    first is being handled gets none (WeChat shows the first reply). Raises BrokerUnavailable
+    when the answer could not be published (the survey stays open for WeChat's retry)."""
+
+    async def handle() -> tuple[int, dict[str, Any]]:
+        try:
+            answered = await state.notifier.surveys.answer_in_wechat(msg.from_user, inbound)
+        except Exception:
+            log.exception("WeChat survey answer not recorded")
+            raise BrokerUnavailable() from None
+        return 200, answered.model_dump(mode="json") if answered else {}
+
+    first = await InboundMessages(state.redis).once(
+        wechat_caller_id(msg.from_user), f"wechat:{msg.to_user}:{msg.msg_id}", handle
+    )
+    if first is None:
+        return ""
+    answer = first[1]
+    if not answer:
+        return None
+    reopened = answer["rating"] == 3 or answer["solved"] is False
+    return (wechat.SURVEY_REOPENED if reopened else wechat.SURVEY_THANKS).format(
+        ticket_no=answer["ticket_no"]
+    )
 
 
 async def _photo(intake: IntakeService, msg: wechat.Message, state: Any) -> str:

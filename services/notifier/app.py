@@ -26,7 +26,8 @@ from shared.settings import Settings
 
 NAME = "notifier"
 # WeChat answers in its own passive reply; the others hear from us by SMS (a grid worker's report
-# only when a resident who told the worker left a phone).
+# only when a resident who told the worker left a phone). Later messages (progress, the result, the
+# survey) reach every resident on their channel, WeChat included (services.notifier.routing).
 ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web", "patrol"}
 GAUGE_SECONDS = 60
 

@@ -33,10 +33,11 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from services.notifier.gateway import PermanentSmsError, SmsError, SmsGateway, SmsMessage
+from services.notifier.gateway import PermanentSmsError, SmsError, SmsGateway, SmsMessage, Undeliverable
 from services.notifier.jobs import RETRY_LATER, JobQueue, SendJob
 from services.notifier.policy import Policy
 from services.notifier.states import STATE_TTL, about_resident, state_record, ticket_records_key
+from services.notifier.wechat_gateway import WeChatGateway, WeChatOutbox
 from shared.events import now_utc
 from shared.metrics import SMS_SENT
 
@@ -49,8 +50,9 @@ COUNT_TTL = 2 * 86400
 SEND_LEASE = timedelta(seconds=60)
 # How long a batch that met a message in flight waits (at most) before failing to be read again.
 IN_FLIGHT_WAIT = 5.0
-# What became of a message handed to `send`: duplicate when its (event, kind) was already done.
-SendResult = Literal["sent", "held", "retrying", "failed", "duplicate"]
+# What became of a message handed to `send`: duplicate when its (event, kind) was already done;
+# undelivered when the channel cannot reach the recipient now (WeChat past its 48 hours).
+SendResult = Literal["sent", "held", "retrying", "failed", "undelivered", "duplicate"]
 
 # The claim of a batch. KEYS: per message its done key, then its lease key. ARGV: the done ttl (s),
 # the lease ttl (ms), then per message its JSON. Returns per message: 0 when it is done; the JSON
@@ -128,12 +130,15 @@ class Dispatcher:
         policy: Policy,
         jobs: JobQueue,
         *,
+        wechat: WeChatGateway | None = None,
         clock: Callable[[], datetime] = now_utc,
         lease: timedelta = SEND_LEASE,
         in_flight_wait: float = IN_FLIGHT_WAIT,
     ) -> None:
         self.redis = redis
         self.gateway = gateway
+        # WeChat messages (`SmsMessage.channel`): the embedded outbox unless another is given.
+        self.wechat: WeChatGateway = wechat if wechat is not None else WeChatOutbox(redis)
         self.policy = policy
         self.jobs = jobs
         self.clock = clock
@@ -234,8 +239,17 @@ class Dispatcher:
                     self.jobs.add_into(p, {SendJob(m): held[i]})
                     written.append((*state_record(m, "held", until=held[i].isoformat()), ""))
                     results.append("held")
+                elif isinstance(outcome, Undeliverable):
+                    log.warning(
+                        "%s %s for %s to %s not delivered: %s",
+                        m.channel, m.kind, m.ticket_no, m.masked_to, outcome,
+                    )  # fmt: skip
+                    written.append((*state_record(m, "undelivered", error=str(outcome)), ""))
+                    results.append("undelivered")
                 elif isinstance(outcome, PermanentSmsError):
-                    log.warning("SMS %s for %s refused by the provider: %s", m.kind, m.ticket_no, outcome)
+                    log.warning(
+                        "%s %s for %s to %s refused: %s", m.channel, m.kind, m.ticket_no, m.masked_to, outcome
+                    )
                     written.append((*state_record(m, "failed", error=str(outcome)), ""))
                     results.append("failed")
                 elif isinstance(outcome, SmsError):
@@ -281,14 +295,28 @@ class Dispatcher:
         return results
 
     async def _send_all(self, messages: list[SmsMessage]) -> list[str | SmsError]:
-        """Provider ids, or the SmsError for each message the gateway did not take. Anything else
-        (Redis down under the outbox gateway) raises."""
+        """Provider ids, or the SmsError for each message its channel's gateway did not take, in
+        the order of `messages`. Anything else (Redis down under an outbox gateway) raises."""
+        by_channel: dict[str, list[int]] = {}
+        for i, m in enumerate(messages):
+            by_channel.setdefault(m.channel, []).append(i)
+        out: list[str | SmsError] = [""] * len(messages)
+        for channel, at in by_channel.items():
+            gateway = self.wechat if channel == "wechat" else self.gateway
+            results = await self._send_through(gateway, [messages[i] for i in at])
+            for i, result in zip(at, results, strict=True):
+                out[i] = result
+        return out
+
+    async def _send_through(
+        self, gateway: SmsGateway | WeChatGateway, messages: list[SmsMessage]
+    ) -> list[str | SmsError]:
         if not messages:
             return []
-        send_many = getattr(self.gateway, "send_many", None)  # a gateway that takes a batch at once
+        send_many = getattr(gateway, "send_many", None)  # a gateway that takes a batch at once
         if send_many is not None:
             return list(await send_many(messages))
-        results = await asyncio.gather(*(self.gateway.send(m) for m in messages), return_exceptions=True)
+        results = await asyncio.gather(*(gateway.send(m) for m in messages), return_exceptions=True)
         out: list[str | SmsError] = []
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, SmsError):

@@ -1,4 +1,5 @@
-"""Where SMS go. `SmsGateway` is the interface:
+"""Where SMS go (and, through the same shapes, WeChat messages: `services.notifier.wechat_gateway`).
+`SmsGateway` is the interface:
 
 - `OutboxGateway` (embedded mode) keeps every message in a Redis list (newest first) and logs it with
   the phone masked; like a provider given a client reference, it takes each message id once;
@@ -20,8 +21,8 @@ from typing import Any, Protocol
 import httpx
 from redis.asyncio import Redis
 
+from services.notifier.routing import Channel, masked
 from shared.events import new_id, now_utc
-from shared.privacy import mask_phone
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SmsMessage:
+    """A message to one resident (or a supervisor). `phone` is its address on `channel`: the phone
+    for SMS, the openid for WeChat (`services.notifier.routing`); the daily cap, the once-only claim
+    and the survey's keys are by it alike."""
+
     phone: str
     text: str
     kind: str  # ack, progress, survey, result, reminder, clarification, opt_out, query, supervision
@@ -36,9 +41,14 @@ class SmsMessage:
     message_id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=now_utc)
     urgent: bool = False
+    channel: Channel = "sms"
+
+    @property
+    def masked_to(self) -> str:
+        return masked(self.channel, self.phone)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "phone": self.phone,
             "text": self.text,
             "kind": self.kind,
@@ -47,6 +57,8 @@ class SmsMessage:
             "created_at": self.created_at.isoformat(),
             "urgent": self.urgent,
         }
+        # Only when not SMS: the records of SMS stay what they were.
+        return out if self.channel == "sms" else out | {"channel": self.channel}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SmsMessage:
@@ -63,6 +75,18 @@ class PermanentSmsError(SmsError):
 
 class TransientSmsError(SmsError):
     """The provider was down or slow; the message may be tried again later."""
+
+
+class Undeliverable(PermanentSmsError):
+    """The channel will not deliver this message to this recipient now, and trying again will not
+    change that: WeChat's customer-service messages reach only a user who wrote to the account in
+    the last 48 hours (errcode 45015). Recorded as `undelivered`, not retried."""
+
+
+def backoff(attempt: int, base_delay: float, max_delay: float) -> float:
+    """Delay before retry number `attempt` (1, 2, ...): exponential, capped, with a little jitter."""
+    delay = min(max_delay, base_delay * 2 ** (attempt - 1))
+    return delay * random.uniform(0.8, 1.0)
 
 
 class SmsGateway(Protocol):
@@ -94,11 +118,13 @@ class OutboxGateway:
     a message sent again after a crash is not listed twice."""
 
     KEY = "sms:outbox"
+    TO = "phone"  # the field of a listed message that names its recipient
+    WHAT = "SMS"
 
-    def __init__(self, redis: Redis, *, keep: int = 100_000, key: str = KEY) -> None:
+    def __init__(self, redis: Redis, *, keep: int = 100_000, key: str | None = None) -> None:
         self.redis = redis
         self.keep = keep
-        self.KEY = key
+        self.KEY = key or type(self).KEY
         self._push = redis.register_script(_OUTBOX_PUSH)
 
     def id_key(self, message_id: str) -> str:
@@ -110,18 +136,26 @@ class OutboxGateway:
     async def send_many(self, messages: list[SmsMessage]) -> list[str]:
         await self._push(
             keys=[self.KEY, *(self.id_key(m.message_id) for m in messages)],
-            args=[self.keep, OUTBOX_ID_TTL, *(json.dumps(m.to_json(), ensure_ascii=False) for m in messages)],
+            args=[
+                self.keep,
+                OUTBOX_ID_TTL,
+                *(json.dumps(self.record(m), ensure_ascii=False) for m in messages),
+            ],
         )
         for m in messages:
-            log.debug("SMS %s to %s (%s): %s", m.kind, mask_phone(m.phone), m.ticket_no, m.text[:40])
+            log.debug("%s %s to %s (%s): %s", self.WHAT, m.kind, m.masked_to, m.ticket_no, m.text[:40])
         return [m.message_id for m in messages]
 
+    def record(self, message: SmsMessage) -> dict[str, Any]:
+        """The message as the outbox lists it."""
+        return message.to_json()
+
     async def sent(self, phone: str | None = None, limit: int = 100) -> list[dict]:
-        """What was sent, newest first, optionally to one phone."""
+        """What was sent, newest first, optionally to one recipient (a phone; an openid for WeChat)."""
         out = []
         for raw in await self.redis.lrange(self.KEY, 0, -1 if phone else limit - 1):
             record = json.loads(raw)
-            if phone is None or record["phone"] == phone:
+            if phone is None or record[self.TO] == phone:
                 out.append(record)
                 if len(out) >= limit:
                     break
@@ -155,9 +189,7 @@ class HttpSmsGateway:
         self.client = httpx.AsyncClient(timeout=timeout, headers=headers)
 
     def backoff(self, attempt: int) -> float:
-        """Delay before retry number `attempt` (1, 2, ...): exponential, capped, with a little jitter."""
-        delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return delay * random.uniform(0.8, 1.0)
+        return backoff(attempt, self.base_delay, self.max_delay)
 
     async def send(self, message: SmsMessage) -> str:
         body = {"phone": message.phone, "text": message.text, "client_ref": message.message_id}

@@ -10,8 +10,9 @@ It wires four parts, each with its own Redis keys (listed at the top of each mod
     when the resident's personal data is erased;
   - `surveys.SurveyBook`: the callback survey, replies, reminders, timeouts, opt-outs (survey:*,
     sms:optout).
-What is left here reads the callers' contacts and composes the acknowledgement, progress and
-supervision messages. Every function that depends on time takes `now` or the injected clock.
+What is left here reads the callers' contacts (where each is reached, by SMS or WeChat:
+`routing.route`) and composes the acknowledgement, progress and supervision
+messages. Every function that depends on time takes `now` or the injected clock.
 """
 
 from __future__ import annotations
@@ -27,19 +28,26 @@ from services.notifier.dispatch import Dispatcher, SendResult
 from services.notifier.gateway import SmsGateway, SmsMessage, make_gateway
 from services.notifier.jobs import DUE, Job, JobQueue, SendJob
 from services.notifier.policy import Policy, QuietHours
+from services.notifier.routing import CONTACT_FIELDS, Recipient, route
 from services.notifier.states import MessageStates, about_resident, state_key, ticket_records_key
 from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook
 from services.notifier.texts import Texts, load_texts, month_day_time
+from services.notifier.wechat_gateway import WeChatGateway, make_wechat_gateway
 from shared.city import City
 from shared.events import Event, TicketAssigned, TicketUpdated, now_utc
+from shared.redis_client import text
 from shared.settings import Settings
 from shared.store import TicketStore
 
-# KEYS: hashes; ARGV[1]: the field. Returns the field of each ('' where there is none): the phones of
-# a batch's callers in one command (redis-py packs and parses every command in Python).
-_HGET_EACH = """
+# KEYS: hashes; ARGV: the fields. Returns the fields of each, one after the other ('' where there is
+# none): the contacts of a batch's callers in one command (redis-py packs and parses every command
+# in Python).
+_HMGET_EACH = """
 local out = {}
-for i = 1, #KEYS do out[i] = redis.call('HGET', KEYS[i], ARGV[1]) or '' end
+for i = 1, #KEYS do
+  local values = redis.call('HMGET', KEYS[i], unpack(ARGV))
+  for j = 1, #ARGV do out[#out + 1] = values[j] or '' end
+end
 return out
 """
 # A progress message: the event it is about (the ticket and its caller), the template, its fields.
@@ -60,6 +68,7 @@ class Notifier:
         callback_after: timedelta | None = None,
         clock: Callable[[], datetime] = now_utc,
         jobs_key: str = DUE,
+        wechat: WeChatGateway | None = None,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
@@ -69,7 +78,7 @@ class Notifier:
         self.clock = clock
         self.jobs = JobQueue(self.redis, jobs_key)
         self.states = MessageStates(self.redis)
-        self.sms = Dispatcher(self.redis, gateway, policy, self.jobs, clock=clock)
+        self.sms = Dispatcher(self.redis, gateway, policy, self.jobs, wechat=wechat, clock=clock)
         self.surveys = SurveyBook(
             self.sms,
             publish,
@@ -79,7 +88,7 @@ class Notifier:
             callback_after=reminder_after if callback_after is None else callback_after,
             erased=self.forget_if_erased,
         )
-        self._hget_each = self.redis.register_script(_HGET_EACH)
+        self._hmget_each = self.redis.register_script(_HMGET_EACH)
 
     @classmethod
     def from_settings(cls, settings: Settings, store: TicketStore, publish: Publish, **kw: Any) -> Notifier:
@@ -103,12 +112,17 @@ class Notifier:
             reminder_after=timedelta(hours=settings.survey_reminder_hours),
             window=timedelta(hours=settings.survey_window_hours),
             callback_after=timedelta(hours=settings.callback_hours),
+            wechat=make_wechat_gateway(settings, store.redis),
             **kw,
         )
 
     @property
     def gateway(self) -> SmsGateway:
         return self.sms.gateway
+
+    @property
+    def wechat(self) -> WeChatGateway:
+        return self.sms.wechat
 
     # --- the scheduled jobs -------------------------------------------------------------------
 
@@ -182,13 +196,33 @@ class Notifier:
 
     # --- messages about tickets ---------------------------------------------------------------
 
-    async def phones(self, caller_ids: Sequence[str | None]) -> list[str | None]:
-        """The phones of many callers in one round trip (None where there is no caller or contact)."""
+    async def recipients(self, caller_ids: Sequence[str | None]) -> list[Recipient | None]:
+        """Where many callers are reached (`routing.route`: a phone by SMS, else a WeChat openid
+        by WeChat), in one round trip; None where there is no caller or contact."""
         known = [cid for cid in caller_ids if cid is not None]
         if not known:
             return [None] * len(caller_ids)
-        found = iter(await self._hget_each(keys=[f"contact:{cid}" for cid in known], args=["phone"]))
-        return [None if cid is None else (v.decode() if (v := next(found)) else None) for cid in caller_ids]
+        values = await self._hmget_each(keys=[f"contact:{cid}" for cid in known], args=list(CONTACT_FIELDS))
+        found = iter(values)
+        out: list[Recipient | None] = []
+        for cid in caller_ids:
+            if cid is None:
+                out.append(None)
+                continue
+            # The fields come one after the other for each caller: each `next` reads this one's.
+            contact = {f: text(v) for f in CONTACT_FIELDS if (v := next(found))}
+            out.append(route(contact))
+        return out
+
+    async def phones(self, caller_ids: Sequence[str | None]) -> list[str | None]:
+        """The phones of many callers (None where there is none: no caller, or WeChat only)."""
+        recipients = await self.recipients(caller_ids)
+        return [to.address if to and to.channel == "sms" else None for to in recipients]
+
+    def _to(self, to: Recipient, template: str, kind: str, ticket_no: str, **fields: str) -> SmsMessage:
+        """A message about a ticket to its resident, on their channel (WeChat drops the signature)."""
+        text = self.texts.render(template, channel=to.channel, ticket_no=ticket_no, **fields)
+        return SmsMessage(to.address, text, kind, ticket_no, channel=to.channel)
 
     async def results_to_duplicates(self, resolved: Sequence[TicketUpdated]) -> list[SendResult]:
         """并案: the residents of the duplicates merged into a resolved ticket hear its result,
@@ -202,12 +236,12 @@ class Notifier:
         if not pairs:
             return []
         duplicates = await self.store.get_many([no for _, no in pairs])
-        phones = await self.phones([d.caller.caller_id if d else None for d in duplicates])
-        messages = []
-        for (u, no), phone in zip(pairs, phones, strict=True):
-            if phone:
-                text = self.texts.render("result", ticket_no=no, note=self.texts.short_note(u.note))
-                messages.append((f"{u.event_id}:{no}", SmsMessage(phone, text, "result", no)))
+        recipients = await self.recipients([d.caller.caller_id if d else None for d in duplicates])
+        messages = [
+            (f"{u.event_id}:{no}", self._to(to, "result", "result", no, note=self.texts.short_note(u.note)))
+            for (u, no), to in zip(pairs, recipients, strict=True)
+            if to
+        ]
         return await self.sms.send_many(messages)
 
     def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
@@ -232,31 +266,24 @@ class Notifier:
         return await self.sms.send(message.message_id, message)
 
     async def progress(self, items: Sequence[Progress]) -> list[SendResult]:
-        """Progress SMS to the callers of the tickets the events are about: one phone lookup and one
-        send for the batch. Anonymous callers, and callers without a contact, get none."""
-        phones = await self.phones([cause.caller_id for cause, _, _ in items])
+        """Progress messages to the callers of the tickets the events are about, by SMS or WeChat:
+        one contact lookup and one send for the batch. Anonymous callers, and callers without a
+        contact, get none."""
+        recipients = await self.recipients([cause.caller_id for cause, _, _ in items])
         return await self.sms.send_many(
             [
-                (
-                    cause.event_id,
-                    SmsMessage(
-                        phone,
-                        self.texts.render(template, ticket_no=cause.ticket_no, **fields),
-                        "progress",
-                        cause.ticket_no,
-                    ),
-                )
-                for (cause, template, fields), phone in zip(items, phones, strict=True)
-                if phone is not None
+                (cause.event_id, self._to(to, template, "progress", cause.ticket_no, **fields))
+                for (cause, template, fields), to in zip(items, recipients, strict=True)
+                if to is not None
             ]
         )
 
     async def start_surveys(self, resolved: Sequence[TicketUpdated]) -> list[Event]:
-        """The surveys for resolved tickets, to their callers' phones (one lookup for the batch; see
-        `SurveyBook.start`). Returns the events that record them."""
+        """The surveys for resolved tickets, to their callers by SMS or WeChat (one lookup for the
+        batch; see `SurveyBook.start`). Returns the events that record them."""
         out: list[Event] = []
-        for update, phone in zip(resolved, await self.phones([u.caller_id for u in resolved]), strict=True):
-            out.extend(await self.surveys.start(update, phone))
+        for update, to in zip(resolved, await self.recipients([u.caller_id for u in resolved]), strict=True):
+            out.extend(await self.surveys.start(update, to))
         return out
 
     async def supervise(self, updates: Sequence[TicketUpdated], city: City) -> list[SendResult]:

@@ -1,6 +1,7 @@
 """What became of every message: its state, and the provider's delivery receipts that complete it.
 
-  sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone, and what the state adds
+  sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone (a WeChat message: the
+                         masked openid and `channel`), and what the state adds
                          (until, error, provider_id, sent_at, receipt_error, reason); 30 days
   sms:ticket:{no}        the keys of a ticket's records that reach its resident: its messages'
                          states (not the supervisors') and its surveys (`survey:{id}`), added where
@@ -8,7 +9,8 @@
 
 States: held (quiet hours or the daily cap), sent, retrying (the provider was down), failed (the
 provider refused it), cancelled (a held survey message after an opt-out), then delivered or
-undelivered when the provider's receipt comes.
+undelivered when the provider's receipt comes; undelivered too when the channel says at once that it
+cannot reach the recipient (WeChat past its 48 hours, `gateway.Undeliverable`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from services.notifier.gateway import SmsMessage
-from shared.privacy import mask_phone
 
 STATE_TTL = 30 * 86400
 MessageState = Literal["held", "sent", "retrying", "failed", "cancelled", "delivered", "undelivered"]
@@ -41,13 +42,15 @@ def about_resident(message: SmsMessage) -> bool:
 
 def state_record(message: SmsMessage, state: MessageState, **extra: str) -> tuple[str, str]:
     """The message's state record: its key and JSON (for writers that batch it with other writes)."""
-    record = {
-        "state": state,
-        "kind": message.kind,
-        "ticket_no": message.ticket_no or "",
-        "phone": mask_phone(message.phone),
-        **extra,
-    }
+    to = (
+        {"phone": message.masked_to}
+        if message.channel == "sms"
+        else {
+            "channel": message.channel,
+            "openid": message.masked_to,
+        }
+    )
+    record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "", **to, **extra}
     return state_key(message.message_id), json.dumps(record, ensure_ascii=False)
 
 

@@ -10,6 +10,10 @@ The survey asks one combined question (the texts are in notifications.yaml):
 
 `Survey` is one survey as the survey book stores it; `SurveyAnswer`, `SurveyComment` and `OptedOut`
 are what an inbound SMS turned out to be (the SMS endpoint answers with them as JSON).
+
+`read_inbound` is what a resident's message is, on SMS and WeChat alike: a progress query, an
+opt-out, a rating, or other words. Each channel then acts on it (services.notifier.views for SMS,
+services.intake.wechat_views for WeChat), with the survey state it keeps.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.intake.progress import Query, parse_query
+from services.notifier.routing import Channel
 from shared.events import DepartmentRef, Rating
 
 # Checked before the "solved" words: "没解决" contains "解决".
@@ -70,14 +76,17 @@ _OPT_OUT = {"TD", "退订", "取消订阅", "退订短信"}
 
 
 class Survey(BaseModel):
-    """One survey: asked for `ticket_no` of `phone` at `started_at`. `phone` is personal data: it
-    stays in the survey book's Redis record and is never put in an event or a log line."""
+    """One survey: asked for `ticket_no` of `phone` at `started_at`. `phone` is where it was asked
+    on `channel`: the phone, or the WeChat user's openid (a WeChat resident with no phone). It is
+    personal data: it stays in the survey book's Redis record and is never put in an event or a
+    log line."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     survey_id: str  # the id of the `ticket.updated` (resolved) event that started it
     ticket_no: str
     phone: str
+    channel: Channel = "sms"  # records written before WeChat was surveyed are SMS
     started_at: datetime  # records written as a Unix timestamp are read as well
     # The ticket's groups at resolution, from that event: the answer's event carries them to the
     # scorecard. None in records written before they were kept.
@@ -150,3 +159,37 @@ def parse_reply(raw: str) -> Reply:
         return Reply(rating=None, solved=None, text=raw)
     solved = True if any(w in text for w in _SOLVED) else rating != 3
     return Reply(rating=rating, solved=solved, text=raw)
+
+
+InboundKind = Literal["query", "opt_out", "rating", "words"]
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a resident's message is (`read_inbound`), with what was read from it."""
+
+    kind: InboundKind
+    text: str  # as sent
+    query: Query | None = None  # kind "query"
+    reply: Reply | None = None  # kind "rating" or "words": the message read as a survey reply
+
+
+def read_inbound(raw: str) -> Inbound:
+    """What a resident's message is, on any channel, before any state is looked at:
+
+    - "query": a progress query (查询, a ticket number; `services.intake.progress.parse_query`),
+      first: a query is never a rating or TD, and a resident with a survey open may still ask;
+    - "opt_out": TD / 退订;
+    - "rating": it rates a survey (1/2/3, 满意…, 没解决; `parse_reply`);
+    - "words": anything else.
+
+    What follows is the channel's: by SMS a rating or words answer or comment on the phone's open
+    survey, else they are a new appeal; on WeChat a rating answers the user's open survey, and
+    everything else is what it was before surveys reached WeChat (a new appeal)."""
+    query = parse_query(raw)
+    if query is not None:
+        return Inbound("query", raw, query=query)
+    if is_opt_out(raw):
+        return Inbound("opt_out", raw)
+    reply = parse_reply(raw)
+    return Inbound("rating" if reply.has_rating else "words", raw, reply=reply)

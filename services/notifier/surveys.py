@@ -2,14 +2,15 @@
 timeouts, and opt-outs.
 
   survey:{id}            one survey (JSON, `services.notifier.survey.Survey`); 30 days
-  survey:open:{phone}    the phone's surveys still waiting for an answer, scored by start time
+  survey:open:{phone}    the phone's surveys still waiting for an answer, scored by start time (a
+                         WeChat user's by their openid: `survey:open:{openid}`)
   survey:last:{phone}    the phone's last closed survey, for 72 hours: later replies are comments on it
   survey:answer:{id}     the event that closed the survey (JSON), 30 days: given again when the
                          resolution is read again (after the broker lost it before the router did)
   sms:ticket:{no}        also lists the ticket's surveys (`services.notifier.states`): an erasure
                          removes them by ticket (`forget`)
   sms:optout             phones that sent TD / 退订: no more surveys
-  survey:callback        the open surveys to ask by phone (电话回访), scored by when they are due:
+  survey:callback        the open SMS surveys to ask by phone (电话回访), scored by when they are due:
                          `callback_after` the survey (by default when the reminder goes out),
                          later after a call nobody took
   survey:call:{id}       a phone callback's state (hash): `attempts` (calls not answered), and
@@ -37,15 +38,17 @@ from typing import Any, cast
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import SmsMessage
 from services.notifier.jobs import SurveyJob, encode
+from services.notifier.routing import Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
+    Inbound,
     OptedOut,
     SmsReply,
     Survey,
     SurveyAnswer,
     SurveyComment,
-    is_opt_out,
     parse_reply,
+    read_inbound,
 )
 from services.notifier.texts import Texts
 from shared.errors import DomainError
@@ -58,7 +61,7 @@ from shared.events import (
     TicketUpdated,
 )
 from shared.metrics import SURVEYS_ANSWERED
-from shared.privacy import caller_id, mask_phone
+from shared.privacy import caller_id
 
 SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
@@ -105,17 +108,19 @@ class SurveyBook:
 
     # --- asking -------------------------------------------------------------------------------
 
-    async def start(self, resolved: TicketUpdated, phone: str | None) -> list[Event]:
-        """The callback with the survey for a resolved ticket (sent to `phone`, the caller's). Returns
-        the events that record it: the survey sent, or why it was not (anonymous appeal, opted-out
-        phone), never nothing. Idempotent: the same resolution gives the same survey and events.
-        The event is all it reads: its note is the resolution note, and its department, category
-        and grid are kept with the survey for the answer's event."""
+    async def start(self, resolved: TicketUpdated, to: Recipient | None) -> list[Event]:
+        """The callback with the survey for a resolved ticket (sent to `to`, the caller's phone, or
+        the WeChat user's openid: `services.notifier.routing`). Returns the events that record it:
+        the survey sent, or why it was not (anonymous appeal, opted-out phone), never nothing.
+        Idempotent: the same resolution gives the same survey and events. The event is all it
+        reads: its note is the resolution note, and its department, category and grid are kept
+        with the survey for the answer's event."""
         no = resolved.ticket_no
         note = self.texts.short_note(resolved.note)
-        if phone is None:
+        if to is None:
             return [self._not_asked(resolved, "skipped_anonymous")]
-        if await self.opted_out(phone):
+        phone, channel = to.address, to.channel
+        if channel == "sms" and await self.opted_out(phone):
             text = self.texts.render("result", ticket_no=no, note=note)
             await self.sms.send(resolved.event_id, SmsMessage(phone, text, "result", no))
             return [self._not_asked(resolved, "opted_out")]
@@ -124,13 +129,18 @@ class SurveyBook:
             survey_id=resolved.event_id,
             ticket_no=no,
             phone=phone,
+            channel=channel,
             started_at=now,
             department=resolved.department,
             category=resolved.category,
             grid=resolved.grid,
         )
-        text = self.texts.render("survey", ticket_no=no, note=note, question=self.texts.question)
-        message = SmsMessage(phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"))
+        text = self.texts.render(
+            "survey", channel=channel, ticket_no=no, note=note, question=self.texts.question
+        )
+        message = SmsMessage(
+            phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"), channel=channel
+        )
         created = await self.redis.set(
             _survey_key(survey.survey_id), survey.model_dump_json(), nx=True, ex=SURVEY_TTL
         )
@@ -141,8 +151,9 @@ class SurveyBook:
                 # Found by its ticket when the resident's personal data is erased (`forget`).
                 p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
                 p.expire(ticket_records_key(no), SURVEY_TTL)
-                # Still unanswered by then, an operator calls (电话回访).
-                p.zadd(CALLBACKS, {survey.survey_id: (now + self.callback_after).timestamp()})
+                # Still unanswered by then, an operator calls (电话回访); a WeChat user left no number.
+                if channel == "sms":
+                    p.zadd(CALLBACKS, {survey.survey_id: (now + self.callback_after).timestamp()})
                 self.jobs.add_into(
                     p,
                     {
@@ -159,7 +170,7 @@ class SurveyBook:
             SurveySent.caused(
                 resolved,
                 survey_id=survey.survey_id,
-                masked_phone=mask_phone(phone),
+                masked_phone=to.masked,
                 message_id=message.message_id,
                 text=text,
             ),
@@ -191,8 +202,11 @@ class SurveyBook:
             return
         if await self._forgotten(survey, now):
             return
-        text = self.texts.render("reminder", ticket_no=survey.ticket_no, question=self.texts.question)
-        await self.sms.send(survey_id, SmsMessage(survey.phone, text, "reminder", survey.ticket_no), now)
+        text = self.texts.render(
+            "reminder", channel=survey.channel, ticket_no=survey.ticket_no, question=self.texts.question
+        )
+        message = SmsMessage(survey.phone, text, "reminder", survey.ticket_no, channel=survey.channel)
+        await self.sms.send(survey_id, message, now)
 
     async def expire(self, survey_id: str, now: datetime) -> None:
         """The window ended: the survey closes without an answer (if nothing closed it before)."""
@@ -202,15 +216,17 @@ class SurveyBook:
 
     # --- replies ------------------------------------------------------------------------------
 
-    async def reply(self, phone: str, text: str) -> SmsReply | None:
-        """An SMS from a resident: an opt-out, an answer to the newest open survey, or a comment on a
-        survey closed lately. None when it is none of these (then it is a new appeal, for intake)."""
+    async def reply(self, phone: str, message: str | Inbound) -> SmsReply | None:
+        """An SMS from a resident (its text, or as `read_inbound` read it): an opt-out, an answer to
+        the newest open survey, or a comment on a survey closed lately. None when it is none of
+        these (then it is a new appeal, for intake). A progress query is the caller's to answer
+        first; one given here is read as words."""
+        inbound = read_inbound(message) if isinstance(message, str) else message
+        text = inbound.text
         now = self.clock()
-        if is_opt_out(text):
+        if inbound.kind == "opt_out":
             return await self.opt_out(phone, text, now)
-        survey = await self._newest_open(phone)
-        while survey is not None and await self._forgotten(survey, now):
-            survey = await self._newest_open(phone)  # that one is gone: the reply is about the rest
+        survey = await self._open_survey(phone, now)
         if survey is not None:
             return await self._on_open(survey, text, now)
         last = await self.redis.get(f"survey:last:{phone}")
@@ -218,6 +234,34 @@ class SurveyBook:
             await self._comment(survey, text, now)
             return SurveyComment(ticket_no=survey.ticket_no, clarification=False)
         return None
+
+    async def answer_in_wechat(self, openid: str, inbound: Inbound) -> SurveyAnswer | None:
+        """A WeChat user's message that rates a survey (`inbound.kind == "rating"`) answers their
+        newest open survey, with the rules of an SMS answer (the same `survey.answered`; an
+        unsatisfied or not-solved answer reopens the ticket). None when it is no rating, or they
+        have no survey open (or another answer closed it first): the message is then what it was
+        before (a new appeal). Words without a rating are never comments here, as they are by SMS:
+        WeChat users write new appeals in the same conversation."""
+        if inbound.kind != "rating" or inbound.reply is None or inbound.reply.rating is None:
+            return None
+        now = self.clock()
+        survey = await self._open_survey(openid, now)
+        if survey is None or survey.channel != "wechat":
+            return None
+        rating, solved = inbound.reply.rating, inbound.reply.solved
+        answered = await self._close(
+            survey, "answered", inbound.text, now, event_id=uuid.uuid4().hex, rating=rating, solved=solved
+        )
+        if answered is None:
+            return None
+        return SurveyAnswer(ticket_no=survey.ticket_no, rating=rating, solved=solved)
+
+    async def _open_survey(self, to: str, now: datetime) -> Survey | None:
+        """The newest open survey of a phone (or openid) whose ticket was not erased."""
+        survey = await self._newest_open(to)
+        while survey is not None and await self._forgotten(survey, now):
+            survey = await self._newest_open(to)  # that one is gone: the reply is about the rest
+        return survey
 
     async def _newest_open(self, phone: str) -> Survey | None:
         # Without scores, redis-py returns the members (its types cover every form of the command).
@@ -365,6 +409,8 @@ class SurveyBook:
         survey = await self.get(survey_id)
         if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
             raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
+        if survey.channel != "sms":
+            raise CallRefused("该市民经微信反映、未留电话，无法电话回访；回访评价已通过微信发送")
         if await self._forgotten(survey, now):
             raise CallRefused("该市民的个人信息已删除，不能再回访")
         return survey

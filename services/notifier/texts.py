@@ -90,9 +90,11 @@ class Texts(BaseModel):
             raise ValueError("; ".join(problems))
         return self
 
-    def render(self, name: str, **fields: str) -> str:
+    def render(self, name: str, *, channel: str = "sms", **fields: str) -> str:
+        """The message `name` with its fields. On WeChat without the signature: the SMS convention
+        (【12345】, which carriers require) names a sender the chat already shows."""
         template = self.templates.get(name) or _shipped().templates[name]
-        return template.format(signature=self.signature, **fields)
+        return template.format(signature=self.signature if channel == "sms" else "", **fields)
 
     def short_note(self, note: str) -> str:
         note = " ".join(note.split()).rstrip("。.")

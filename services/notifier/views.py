@@ -21,7 +21,9 @@ from services.notifier.gateway import OutboxGateway
 from services.notifier.inbound import Answer, InboundMessages
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
+from services.notifier.survey import read_inbound
 from services.notifier.surveys import CALL_ATTEMPTS, Call
+from services.notifier.wechat_gateway import WeChatOutbox
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
 from shared.http import api_error
 from shared.periods import stats_period
@@ -76,14 +78,16 @@ async def _handle_sms(request: Request, phone: str, text: str, message_id: str |
     """The status and body of the answer to one inbound SMS."""
     notifier: Notifier = request.app.state.notifier
     sms_intake: SmsIntake = request.app.state.sms_intake
-    # A progress query first: it is never a survey's answer (a "1", "满意" or "TD" is no query, see
-    # services.intake.progress), and a resident with a survey open may still ask how things stand.
-    answer = await sms_intake.query(phone, text)
-    if answer is not None:
+    # What the message is, read as WeChat reads it (`read_inbound`). A progress query first: it is
+    # never a survey's answer (a "1", "满意" or "TD" is no query, see services.intake.progress), and
+    # a resident with a survey open may still ask how things stand.
+    inbound = read_inbound(text)
+    if inbound.query is not None:
+        answer = await sms_intake.query(phone, inbound.query)
         sent = await notifier.answer_query(phone, answer.text, answer.ticket_nos)
         return 200, {"kind": "query", "tickets": list(answer.ticket_nos), "sms": sent}
     try:
-        answered = await notifier.surveys.reply(phone, text)
+        answered = await notifier.surveys.reply(phone, inbound)
     except Exception:  # the broker did not take the answer: the provider retries the SMS
         log.exception("survey reply not recorded")
         raise BrokerUnavailable() from None
@@ -124,6 +128,23 @@ async def outbox(
     except InvalidPhone as e:
         return _bad_phone(e)
     return {"messages": await gateway.sent(wanted, limit)}
+
+
+@router.get("/wechat/outbox")
+async def wechat_outbox(
+    request: Request,
+    openid: str | None = Query(None, max_length=64),
+    limit: int = Query(100, ge=1, le=1000),
+    _: Principal = Depends(require_admin),
+):
+    """The WeChat messages sent to residents who left no phone (embedded mode), newest first."""
+    notifier: Notifier = request.app.state.notifier
+    gateway = notifier.wechat
+    if not isinstance(gateway, WeChatOutbox):
+        return api_error(
+            404, "no_outbox", "微信消息经微信客服消息接口发送（WECHAT_GATEWAY=api），发件箱仅在内嵌模式下可用"
+        )
+    return {"messages": await gateway.sent(openid, limit)}
 
 
 GroupBy = Literal["department", "category", "grid", "street"]

@@ -28,7 +28,7 @@ from services.notifier.gateway import (
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.routing import Recipient, masked, route
 from services.notifier.service import Notifier
-from services.notifier.survey import read_inbound
+from services.notifier.survey import answers_survey_in_chat, read_inbound
 from services.notifier.texts import load_texts
 from services.notifier.wechat_gateway import WeChatApiGateway
 from shared.events import DepartmentRef, TicketUpdated
@@ -101,6 +101,25 @@ def test_a_reading_keeps_what_it_read():
     reply = read_inbound("1 但是没解决").reply
     assert reply is not None
     assert (reply.rating, reply.solved) == (1, False)
+
+
+@pytest.mark.parametrize(
+    ("text", "answers"),
+    [
+        ("1", True),
+        ("3 还是不亮", True),
+        ("不满意，灯晚上还是不亮，出门很不方便，希望再来看看", True),  # begins with its rating
+        ("没解决，路灯还是坏的，晚上黑漆漆的老人容易摔倒", True),
+        ("基本满意", True),
+        ("对维修结果不满意", True),  # short: nothing but a reply
+        # A new complaint that says 不满意 in passing is an appeal, not an answer to the open survey.
+        ("楼下烧烤店每天夜里油烟很大，邻居们都很不满意，希望管一管", False),
+        ("幸福里小区5号楼电梯坏了三天了", False),  # no rating at all
+        ("查询", False),
+    ],
+)
+def test_in_the_chat_only_a_message_that_reads_as_a_reply_answers_the_survey(text, answers):
+    assert answers_survey_in_chat(read_inbound(text)) is answers
 
 
 # --- WeChat's API on loopback ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from services.intake.photo_views import decode
 from services.intake.queries import ProgressQueries
 from services.intake.service import IntakeService
 from services.notifier.inbound import InboundMessages
-from services.notifier.survey import Inbound, read_inbound
+from services.notifier.survey import Inbound, answers_survey_in_chat, read_inbound
 from shared.errors import Unavailable
 from shared.events import GeoPoint
 from shared.metrics import APPEALS_REJECTED
@@ -155,8 +155,9 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
         return wechat.UNSUPPORTED
     if msg.msg_type == "voice" and not msg.content:
         return wechat.NO_SPEECH
-    # What the message is, read as an SMS is (`read_inbound`): a query, a survey's rating, or else
-    # an appeal, as before surveys reached WeChat (TD and words without a rating included).
+    # What the message is, read as an SMS is (`read_inbound`): a query, a survey's rating (one that
+    # reads as a reply, `answers_survey_in_chat`), or else an appeal, as before surveys reached
+    # WeChat (TD, words without a rating and a complaint that says 不满意 in passing included).
     inbound = read_inbound(msg.content)
     if inbound.query is not None:  # "查询", a ticket number: answered here, not registered as an appeal
         progress: ProgressQueries = state.progress
@@ -164,7 +165,7 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
             return (await progress.answer(wechat_caller_id(msg.from_user), inbound.query)).text
         except RateLimited as e:
             return e.message
-    if inbound.kind == "rating":
+    if answers_survey_in_chat(inbound):
         thanks = await _survey_answer(msg, inbound, state)
         if thanks is not None:
             return thanks

@@ -193,3 +193,22 @@ def read_inbound(raw: str) -> Inbound:
         return Inbound("opt_out", raw)
     reply = parse_reply(raw)
     return Inbound("rating" if reply.has_rating else "words", raw, reply=reply)
+
+
+# In a chat that also takes appeals (WeChat), how long a message may be and still be read as a bare
+# survey reply ("满意", "3 还是不亮") when it does not begin with its rating.
+CHAT_REPLY_MAX_CHARS = 15
+
+
+def answers_survey_in_chat(inbound: Inbound) -> bool:
+    """Whether a rating read in a chat message answers the user's open survey. The chat is also where
+    residents appeal, so a new complaint that says 不满意 or 没解决 in passing must stay an appeal:
+    a message answers only when it begins with its rating (1/2/3, 满意, 不满意, 没解决…) or is short
+    enough to be nothing but a reply. By SMS every message to the survey's number is a reply."""
+    if inbound.kind != "rating":
+        return False
+    text = normalize(inbound.text).strip()
+    if _LEADING_DIGIT.match(text) or len(text) <= CHAT_REPLY_MAX_CHARS:
+        return True
+    words = [w for w, _ in _WORDS] + list(_UNSOLVED)
+    return text.startswith(tuple(words))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from typing import Any
 
 import httpx
@@ -21,8 +20,6 @@ from services.notifier import scoring
 from shared.photos import ID as PHOTO_ID
 from shared.photos import MAX_PER_ITEM
 from shared.tickets import Status
-
-CHART_DAYS = 31  # the daily chart shows the period's last month at most
 
 
 @dataclass
@@ -207,14 +204,3 @@ class Api:
         w = reply.body["weights"]
         weights = scoring.Weights(w["basically_satisfied"], w["response"], w["resolution"], w["satisfaction"])
         return scoring.rates(total, weights)
-
-    async def daily_volume(self, start: str, end: str) -> list[tuple[str, int]]:
-        """Tickets assigned per day (the stats endpoint, one day at a time)."""
-        first, last = date.fromisoformat(start), date.fromisoformat(end)
-        first = max(first, last - timedelta(days=CHART_DAYS - 1))
-        out = []
-        for i in range((last - first).days + 1):
-            day = (first + timedelta(days=i)).isoformat()
-            reply = await self.get("/api/v1/stats", group_by="department", **{"from": day, "to": day})
-            out.append((day, sum(g["assigned"] for g in reply.body["groups"]) if reply.ok else 0))
-        return out

@@ -1489,7 +1489,6 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
             break
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}
-    chart = present.daily_bars(await client.daily_volume(start, end) if not error else [])
     trend, trend_error = None, ""
     if not error:
         reply = await client.get("/api/v1/stats/trend", group_by="category", **{"from": start, "to": end})
@@ -1513,7 +1512,6 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         dimension_names=DIMENSION_NAMES,
         overall=overall,
         map=present.grid_map(city, volume),
-        chart=chart,
         trend=trend,
         trend_error=trend_error,
         top_categories=top_categories,

@@ -1314,7 +1314,8 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     # By ticket number: the choice shows the number's field, the refusal stands beside it, and the
     # preview names the ticket's channel and its resident, masked, before the same confirmation.
     await page.goto("/console/privacy")
-    await page.get_by_label("工单号", exact=True).check()
+    await page.get_by_role("radio", name="工单号").check()
+    await expect(page.get_by_label("居民的工单号")).to_be_visible()
     await expect(page.locator("#phone")).to_be_hidden()
     await page.locator("#ticket_no").fill("19990101-000001")
     await page.get_by_role("button", name="查看将受影响的工单").click()

@@ -29,7 +29,6 @@ REASON_MAX = 200  # characters: a sentence for the audit, not a case file
 PREVIEW_MAX = 500  # tickets listed in a preview (the count is always the whole)
 SUBJECT_SHOWN = 8  # characters of the caller id an audit listing shows
 ACTION_NAMES = {"erase": "依申请删除", "retention": "到期自动清理"}
-FOUND_BY_NAMES = {"phone": "来电号码", "ticket_no": "工单号"}
 FoundBy = Literal["phone", "ticket_no"]
 _TICKET_NO = re.compile(TICKET_NO_PATTERN)
 # As a resident reads a number out or copies it from a message: full-width digits and dashes.

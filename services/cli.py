@@ -669,21 +669,34 @@ def records_retention() -> None:
 
 @privacy_cli.command("erase")
 def privacy_erase(
-    phone: str = typer.Option(..., help="The resident's phone number, as they give it."),
     by: str = typer.Option(..., help="Who erases (staff id): goes into the audit entry."),
+    phone: str = typer.Option("", help="The resident's phone number, as they give it."),
+    ticket: str = typer.Option(
+        "", help="Or the number of one of the resident's tickets (a WeChat resident has no phone)."
+    ),
     reason: str = typer.Option("居民申请删除个人信息", help="Why: goes into the audit entry."),
 ) -> None:
-    """Remove one resident's personal data from every ticket (record and Redis), with an audit entry."""
-    from shared.privacy import InvalidPhone, caller_id, normalize_phone
+    """Remove one resident's personal data from every ticket (record and Redis), with an audit
+    entry. The resident is found by their phone or by a ticket number (exactly one)."""
+    from services.records.erasure import Erasures, checked_lookup, checked_reason
+    from shared.errors import DomainError
+
+    async def erase(retention):
+        erasures = Erasures(retention.pool, retention)
+        subject = await erasures.subject(lookup)
+        return subject, await erasures.erase(subject, by, reason)
 
     try:
-        subject = caller_id(normalize_phone(phone))
-    except InvalidPhone as e:
-        raise typer.BadParameter(str(e)) from None
-    nos = asyncio.run(
-        _with_records(get_settings(), lambda _rec, _s, retention: retention.erase_caller(subject, by, reason))
+        lookup = checked_lookup(phone, ticket)
+        reason = checked_reason(reason)
+        work = _with_records(get_settings(), lambda _rec, _s, retention: erase(retention))
+        subject, done = asyncio.run(work)
+    except DomainError as e:
+        raise typer.BadParameter(e.message) from None
+    typer.echo(
+        f"personal data removed from {done['count']} tickets; audit entry written "
+        f"(caller {subject.caller_id}, found by {subject.by})"
     )
-    typer.echo(f"personal data removed from {len(nos)} tickets; audit entry written (caller {subject})")
 
 
 def main() -> None:

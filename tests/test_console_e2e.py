@@ -1244,14 +1244,19 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
 
 
 async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, redis, system: System):
-    phone = new_phone()
+    phone, other = new_phone(), new_phone()
     async with await admin_api(system, redis) as client:
         no = await submit(client, "小区门口的路灯一直不亮，晚上出门看不清路，我叫李四", phone, "和平里小区")
+        # A resident the desk finds by the number on their SMS.
+        by_no = await submit(client, "锦绣家园门口垃圾堆了好几天没人清运，我叫周九", other, "锦绣家园")
         await ticket_when(client, no, lambda t: t["status"] == "assigned")
 
         async def in_record():  # the record's own consumer writes the row the erasure reads
-            r = await client.post("/api/v1/records/privacy/erasures/preview", json={"phone": phone})
-            return r.status_code == 200 and r.json()["count"] == 1
+            for body in ({"phone": phone}, {"ticket_no": by_no}):
+                r = await client.post("/api/v1/records/privacy/erasures/preview", json=body)
+                if r.status_code != 200 or r.json()["count"] != 1:
+                    return False
+            return True
 
         await eventually(in_record, timeout=60)
 
@@ -1305,6 +1310,30 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await expect(page.locator("#resident-text")).to_have_text(REMOVED)
     await expect(page.locator("#address")).to_have_text(REMOVED)
     assert "李四" not in await page.content()
+
+    # By ticket number: the choice shows the number's field, the refusal stands beside it, and the
+    # preview names the ticket's channel and its resident, masked, before the same confirmation.
+    await page.goto("/console/privacy")
+    await page.get_by_role("radio", name="工单号").check()
+    await expect(page.get_by_label("居民的工单号")).to_be_visible()
+    await expect(page.locator("#phone")).to_be_hidden()
+    await page.locator("#ticket_no").fill("19990101-000001")
+    await page.get_by_role("button", name="查看将受影响的工单").click()
+    await expect(page.locator("#ticket_no-error")).to_contain_text("没有工单号为19990101-000001的工单")
+    await expect(page.locator("#ticket_no")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#by-ticket")).to_be_checked()
+    await accessible(page)
+    await page.locator("#ticket_no").fill(f" {by_no} ")
+    await page.get_by_role("button", name="查看将受影响的工单").click()
+    await expect(page.locator("#preview-subject")).to_contain_text(f"工单 {by_no}（12345热线）")
+    await expect(page.locator("#preview-subject")).to_contain_text(f"{other[:3]}****{other[-4:]}")
+    await expect(page.locator("#preview-tickets tbody tr")).to_have_count(1)
+    await accessible(page)
+    await page.get_by_role("button", name="确认删除（不可恢复）").click()
+    await expect(page.locator("#erased")).to_contain_text("已删除1件工单中的个人信息")
+    await expect(page.locator("#audit-list tbody tr").first).to_contain_text(f"工单号 {by_no}")
+    assert other not in await page.content()
+    await accessible(page)
 
 
 # --- residents ---------------------------------------------------------------------------------

@@ -15,7 +15,16 @@ import pytest
 from services.console import present
 from services.console.backend import Reply
 from services.console.lookup import clean_last4, clean_ticket_no, public_view
-from services.console.views import LIST_FILTERS, list_choices, list_errors, list_row, place_of, templates
+from services.console.views import (
+    LIST_FILTERS,
+    erasure_body,
+    erasure_of,
+    list_choices,
+    list_errors,
+    list_row,
+    place_of,
+    templates,
+)
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
 from shared.tickets import Status, Ticket
@@ -609,3 +618,45 @@ def test_the_dashboards_trend_lists_and_links():
     assert view["rising"][1]["link"] is None  # no category to filter by
     assert [(g["name"], g["change"]) for g in view["falling"]] == [("环境保护/噪音扰民", "−15（−60.0%）")]
     assert [b["h"] for b in view["chart"]["bars"]] == [0, 120]  # the empty day drawn, at zero height
+
+
+def privacy_html(**context) -> str:
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None), csrf="x"
+    )
+    defaults = {"errors": {}, "preview": None, "erased": None, "audit": [], "audit_notice": ""}
+    return templates.get_template("privacy.html").render(
+        request=None, s=desk, page_no=1, pages=1, role_names={}, **{**defaults, **context}
+    )
+
+
+def test_the_erasure_form_sends_only_the_chosen_way_to_find_the_resident():
+    form = {"by": "ticket_no", "phone": " 13912345678 ", "ticket_no": " 20260302-000001 ", "reason": "申请"}
+    values = erasure_of(form)
+    assert erasure_body(values) == {"ticket_no": "20260302-000001", "reason": "申请"}
+    assert erasure_body(erasure_of({**form, "by": "phone"})) == {"phone": "13912345678", "reason": "申请"}
+    assert erasure_of({**form, "by": "email"})["by"] == "phone"
+
+    html = privacy_html(values=values, errors={"ticket_no": "工单档案库中没有工单号为20260302-000001的工单"})
+    assert re.search(r'id="by-ticket"[^>]*checked', html)
+    assert re.search(r'id="ticket_no"[^>]*aria-invalid="true"', html)
+    assert 'id="ticket_no-error"' in html
+
+
+def test_the_preview_by_ticket_shows_the_channel_and_the_masked_openid_and_confirms_by_number():
+    preview = {
+        "by": "ticket_no",
+        "ticket_no": "20260302-000001",
+        "channel": "wechat",
+        "channel_name": "微信公众号",
+        "contact": {"kind": "wechat", "masked": "oWx1****0123"},
+        "masked_phone": None,
+        "count": 1,
+        "tickets": [{"ticket_no": "20260302-000001", "channel_name": "微信公众号", "status_name": "已派单"}],
+    }
+    values = {"by": "ticket_no", "phone": "", "ticket_no": "20260302-000001", "reason": "申请"}
+    html = privacy_html(values=values, preview=preview)
+    assert "工单 20260302-000001（微信公众号）的居民：微信用户 oWx1****0123" in html
+    assert '<input type="hidden" name="by" value="ticket_no">' in html
+    assert '<input type="hidden" name="ticket_no" value="20260302-000001">' in html
+    assert 'name="phone"' not in html

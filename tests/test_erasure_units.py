@@ -1,10 +1,18 @@
-"""An erasure request's checks, without servers: the phone as residents say it, and the reason."""
+"""An erasure request's checks, without servers: the phone as residents say it, or a ticket number
+(exactly one), and the reason."""
 
 from __future__ import annotations
 
 import pytest
 
-from services.records.erasure import REASON_MAX, Subject, checked_reason
+from services.records.erasure import (
+    REASON_MAX,
+    Lookup,
+    Subject,
+    checked_lookup,
+    checked_reason,
+    masked_contact,
+)
 from shared.errors import DomainError
 from shared.privacy import caller_id
 
@@ -13,10 +21,13 @@ from shared.privacy import caller_id
     "spoken", ["13912345678", "+86 139 1234 5678", "0086-139-1234-5678", "１３９１２３４５６７８"]
 )
 def test_the_phone_as_said_is_the_same_resident(spoken):
-    subject = Subject(spoken)
+    lookup = checked_lookup(spoken, "")
+    assert lookup == Lookup("phone", "13912345678")
+    subject = Subject.of_phone(lookup.value)
     assert subject.caller_id == caller_id("13912345678")
-    assert subject.masked_phone == "139****5678"
+    assert (subject.contact_kind, subject.masked_contact) == ("phone", "139****5678")
     assert "13912345678" not in vars(subject).values()  # the phone itself is not kept
+    assert subject.found_by == {"by": "phone"}
 
 
 @pytest.mark.parametrize(
@@ -24,10 +35,50 @@ def test_the_phone_as_said_is_the_same_resident(spoken):
 )
 def test_a_missing_or_invalid_phone_is_refused_beside_its_field(phone, code):
     with pytest.raises(DomainError) as refused:
-        Subject(phone)
+        checked_lookup(phone, "  ")
     assert refused.value.code == code
     assert refused.value.field == "phone"
     assert refused.value.kind == "invalid"
+    if code == "phone_required":  # the desk is told it may give the ticket number instead
+        assert "工单号" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "said", ["20260501-000123", " 20260501-000123 ", "２０２６０５０１－０００１２３", "20260501 - 000123"]
+)
+def test_a_ticket_number_as_read_out_or_copied(said):
+    assert checked_lookup("", said) == Lookup("ticket_no", "20260501-000123")
+
+
+@pytest.mark.parametrize("bad", ["20260501", "2026-05-01-000123", "20260501-12", "工单20260501-000123x"])
+def test_a_malformed_ticket_number_is_refused_beside_its_field(bad):
+    with pytest.raises(DomainError) as refused:
+        checked_lookup("", bad)
+    assert refused.value.code == "invalid_ticket_no"
+    assert refused.value.field == "ticket_no"
+    assert refused.value.kind == "invalid"
+    assert "20240501-000123" in refused.value.message  # what one looks like
+
+
+def test_a_phone_and_a_ticket_number_together_are_refused():
+    """Two ways to name a resident may name two residents: the desk says which it means."""
+    with pytest.raises(DomainError) as refused:
+        checked_lookup("13912345678", "20260501-000123")
+    assert refused.value.code == "phone_or_ticket_no"
+    assert refused.value.field == "ticket_no"
+    assert refused.value.kind == "invalid"
+    assert "只填一项" in refused.value.message
+
+
+def test_by_ticket_the_audit_keeps_the_number():
+    subject = Subject("c" * 20, "ticket_no", "wechat", "oWx1****7890", ticket_no="20260501-000123")
+    assert subject.found_by == {"by": "ticket_no", "ticket_no": "20260501-000123"}
+
+
+def test_the_contact_as_the_desk_sees_it_is_masked():
+    assert masked_contact({"phone": "13912345678", "name": "王小明"}) == ("phone", "139****5678")
+    assert masked_contact({"wechat_openid": "oWx1234567890123"}) == ("wechat", "oWx1****0123")
+    assert masked_contact({}) == (None, None)
 
 
 def test_the_reason_is_required_and_one_line():

@@ -22,7 +22,7 @@ def appeal(no: str, cid: str) -> AppealReceived:
     return AppealReceived(ticket_no=no, channel="wechat", text="路灯坏了", caller=Caller(caller_id=cid))
 
 
-async def test_an_erased_ticket_leaves_its_callers_index_and_last_wechat_ticket(redis):
+async def test_an_erased_ticket_leaves_its_callers_index_last_wechat_ticket_and_waiting_location(redis):
     index = DuplicateIndex(redis, TicketStore(redis))
     erased, kept, other = (uuid.uuid4().hex[:20] for _ in range(3))  # callers of this test only
     await index.received(
@@ -35,6 +35,10 @@ async def test_an_erased_ticket_leaves_its_callers_index_and_last_wechat_ticket(
     await redis.set(keys.wechat_last(erased), "20261123-888001")
     await redis.set(keys.wechat_last(kept), "20261123-888009")  # a caller with another last ticket
     await redis.set(keys.wechat_last(other), "20261123-888003")
+    # A location and a photo sent for the next appeal: where the resident was, what they showed.
+    for cid in (erased, other):
+        await redis.set(keys.wechat_location(cid), '{"lng": 116.4, "lat": 39.9, "label": "和平里"}')
+        await redis.rpush(keys.wechat_photos(cid), "p" + cid)
 
     notice = PersonalDataRemoved(ticket_no="20261123-888001", caller_id=erased)
     await index.erased([notice, PersonalDataRemoved(ticket_no="20261123-888008", caller_id=kept)])
@@ -45,7 +49,10 @@ async def test_an_erased_ticket_leaves_its_callers_index_and_last_wechat_ticket(
     assert await redis.get(keys.wechat_last(kept)) == b"20261123-888009"  # not the erased ticket
     assert await redis.smembers(keys.caller_index(other)) == {b"20261123-888003"}
     assert await redis.get(keys.wechat_last(other)) == b"20261123-888003"
-    await redis.delete(*(k(c) for k in (keys.caller_index, keys.wechat_last) for c in (erased, kept, other)))
+    assert await redis.exists(keys.wechat_location(erased), keys.wechat_photos(erased)) == 0
+    assert await redis.exists(keys.wechat_location(other), keys.wechat_photos(other)) == 2
+    every = (keys.caller_index, keys.wechat_last, keys.wechat_location, keys.wechat_photos)
+    await redis.delete(*(k(c) for k in every for c in (erased, kept, other)))
 
 
 async def test_the_duplicate_preview_never_shows_an_erased_ticket(redis):

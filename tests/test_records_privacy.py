@@ -1,6 +1,7 @@
 """The dispatch desk's erasure endpoints against the started system and a real PostgreSQL: who may
 use them, the Chinese refusals beside their field, a preview that changes nothing, the erasure in
-the record and in Redis with its audit entry, and the phone in no answer, audit entry or log."""
+the record and in Redis with its audit entry, and the phone in no answer, audit entry or log; the
+resident found by a ticket number instead (a WeChat resident has no phone), and its refusals."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import uuid
 
 import pytest
 
+from services.intake import keys
+from services.intake.domain import wechat_caller_id
 from services.records import db
 from services.records.service import Records
 from shared.auth import issue_token
-from shared.privacy import REMOVED, caller_id
+from shared.privacy import REMOVED, caller_id, mask_openid
 from tests.conftest import System, eventually
+from tests.test_intake_batch import csv_file
+from tests.test_intake_wechat import URL as WECHAT
+from tests.test_intake_wechat import openid, push, signed
 from tests.test_pipeline_e2e import LIGHT, submit, ticket_when
+from tests.test_wechat_survey import survey_id, surveyed_in_wechat
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
@@ -113,6 +120,8 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
     assert preview["tickets"][0]["status"] == "assigned"
     assert preview["tickets"][0]["received_at"]
     assert preview["masked_phone"] == f"{phone[:3]}****{phone[-4:]}"
+    assert preview["contact"] == {"kind": "phone", "masked": preview["masked_phone"]}
+    assert (preview["by"], preview["ticket_no"]) == ("phone", None)
     assert phone not in r.text
     # Nothing changed: the row, the Redis ticket, the contact, the audit.
     unchanged = await row(pool, no)
@@ -145,7 +154,7 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
 
     entries = await audit_rows(pool, subject)
     assert [(a["action"], a["tickets"], a["detail"]) for a in entries] == [
-        ("erase", 1, {"reason": "居民来电申请删除个人信息"})
+        ("erase", 1, {"reason": "居民来电申请删除个人信息", "by": "phone"})
     ]
     assert entries[0]["actor"].startswith("admin:")  # the desk's token, as `appeals token --list` names it
     assert phone not in str(entries)
@@ -153,8 +162,8 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
     r = await api.get(AUDIT, params={"size": 200})
     assert r.status_code == 200, r.text
     listed = [e for e in r.json()["items"] if e["subject_prefix"] == subject[:8]]
-    assert [(e["action"], e["action_name"], e["tickets"], e["reason"]) for e in listed] == [
-        ("erase", "依申请删除", 1, "居民来电申请删除个人信息")
+    assert [(e["action"], e["action_name"], e["tickets"], e["reason"], e["found_by"]) for e in listed] == [
+        ("erase", "依申请删除", 1, "居民来电申请删除个人信息", "phone")
     ]
     assert subject not in r.text  # shortened
     assert phone not in r.text
@@ -258,3 +267,158 @@ async def test_the_erasure_blanks_a_mediation_agreement_and_keeps_its_outcome(ap
     ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
     assert (ticket["mediation_outcome"], ticket["mediation_agreement"]) == ("agreed", REMOVED)
     assert "张大军" not in str(ticket)
+
+
+# --- found by a ticket number -------------------------------------------------------------------
+
+
+async def test_a_wechat_resident_is_erased_by_their_ticket_number_everywhere(
+    api, redis, pool, system: System
+):
+    """A WeChat resident has no phone: the desk finds them by the number on the chat's reply. The
+    ticket's record row, its Redis ticket, the contact (the openid), the notifier's survey and
+    message states and intake's WeChat keys all go; the audit entry keeps the number."""
+    user = openid()
+    subject = wechat_caller_id(user)
+    no = await surveyed_in_wechat(api, redis, user)  # the survey open in WeChat, by the openid
+    sid = await survey_id(api, no)
+    assert await redis.zscore(f"survey:open:{user}", sid) is not None
+    notifier_records = await redis.smembers(f"sms:ticket:{no}")
+    assert notifier_records  # the survey and its message's state
+    # A location sent for a next appeal: where the resident was, kept for 30 minutes.
+    place = "<Location_X>39.915</Location_X><Location_Y>116.404</Location_Y><Scale>15</Scale>"
+    place += "<Label><![CDATA[阳光花园3号楼]]></Label>"
+    r = await api.post(WECHAT, params=signed(), content=push(user, "location", place))
+    assert r.status_code == 200, r.text
+    assert await redis.exists(keys.wechat_location(subject), f"contact:{subject}") == 2
+
+    async def in_record():
+        found = await row(pool, no)
+        return found if found and found["caller_id"] == subject else None
+
+    before = await eventually(in_record, timeout=60)
+    assert before["channel"] == "wechat"
+
+    r = await api.post(PREVIEW, json={"ticket_no": f" {no} "})
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert (preview["by"], preview["ticket_no"], preview["count"]) == ("ticket_no", no, 1)
+    assert [t["ticket_no"] for t in preview["tickets"]] == [no]
+    assert (preview["channel"], preview["channel_name"]) == ("wechat", "微信公众号")
+    assert preview["contact"] == {"kind": "wechat", "masked": mask_openid(user)}
+    assert preview["masked_phone"] is None
+    assert user not in r.text
+    assert (await row(pool, no))["personal_data_removed_at"] is None  # the preview changed nothing
+
+    r = await api.post(ERASE, json={"ticket_no": no, "reason": "居民在微信中申请删除个人信息"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"tickets": [no], "count": 1}
+
+    after = await row(pool, no)
+    assert after is not None
+    assert after["text"] == REMOVED
+    assert after["caller_id"] is None
+    assert after["personal_data_removed_at"] is not None
+    assert after["category"] == before["category"]  # the statistics stay
+    ticket = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert ticket["text"] == REMOVED
+    assert ticket["caller"]["caller_id"] is None
+    assert ticket["location"] is None
+    assert not await redis.exists(f"contact:{subject}")
+    entries = await audit_rows(pool, subject)
+    assert [(a["action"], a["tickets"], a["detail"]) for a in entries] == [
+        ("erase", 1, {"reason": "居民在微信中申请删除个人信息", "by": "ticket_no", "ticket_no": no})
+    ]
+    listed = [e for e in (await api.get(AUDIT, params={"size": 200})).json()["items"] if e["ticket_no"] == no]
+    assert [(e["found_by"], e["subject_prefix"]) for e in listed] == [("ticket_no", subject[:8])]
+
+    # The notice reaches the notifier and intake (the router's relay sends it): the survey, its
+    # message's state and the index go, and so do the chat's last ticket and the waiting location.
+    async def forgotten():
+        left = await redis.exists(
+            *notifier_records, f"sms:ticket:{no}", keys.wechat_location(subject), keys.wechat_last(subject)
+        )
+        return left == 0 and await redis.zscore(f"survey:open:{user}", sid) is None
+
+    await eventually(forgotten, timeout=60)
+
+    # Erased: the number finds no one any more, and says why.
+    for path in (PREVIEW, ERASE):
+        r = await api.post(path, json={"ticket_no": no, "reason": "居民再次申请"})
+        assert r.status_code == 409, r.text
+        assert (r.json()["error"], r.json()["field"]) == ("already_erased", "ticket_no")
+        assert "已经删除" in r.json()["message"]
+    assert len(await audit_rows(pool, subject)) == 1
+    assert all(user not in p.read_text(errors="replace") for p in system.log_dir.glob("*.log"))
+
+
+async def test_a_ticket_number_reaches_every_ticket_of_its_caller(api, redis, pool):
+    """By number the subject is the ticket's caller: their other tickets go too, as by phone."""
+    phone = fresh_phone()
+    first = await recorded(api, pool, phone, LIGHT + "，我叫钱七")
+    second = await recorded(api, pool, phone, "锦绣家园门口垃圾堆了好几天没人清运，气味很大，我叫钱七")
+    bystander = await recorded(api, pool, fresh_phone(), "和平路十字路口的红绿灯不亮了，车辆很乱，我叫孙八")
+
+    r = await api.post(PREVIEW, json={"ticket_no": second})
+    assert r.status_code == 200, r.text
+    preview = r.json()
+    assert sorted(t["ticket_no"] for t in preview["tickets"]) == sorted([first, second])
+    assert (preview["channel"], preview["channel_name"]) == ("hotline", "12345热线")
+    assert preview["contact"] == {"kind": "phone", "masked": f"{phone[:3]}****{phone[-4:]}"}
+    assert phone not in r.text
+
+    r = await api.post(ERASE, json={"ticket_no": second, "reason": "居民来电申请删除个人信息"})
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["tickets"]) == sorted([first, second])
+    for no in (first, second):
+        erased = await row(pool, no)
+        assert erased is not None
+        assert (erased["text"], erased["caller_id"]) == (REMOVED, None)
+        assert (await api.get(f"/api/v1/tickets/{no}")).json()["text"] == REMOVED
+    kept = await row(pool, bystander)
+    assert kept is not None
+    assert "孙八" in kept["text"]
+    assert not await redis.exists(f"contact:{caller_id(phone)}")
+    [entry] = await audit_rows(pool, caller_id(phone))
+    assert (entry["tickets"], entry["detail"]["by"], entry["detail"]["ticket_no"]) == (2, "ticket_no", second)
+    r = await api.post(PREVIEW, json={"phone": phone})  # by phone, the same resident: nothing left
+    assert r.json()["count"] == 0
+
+
+async def test_a_ticket_number_is_refused_in_words_when_it_names_no_one(api, pool):
+    # Both ways at once, a malformed number: 422 beside the field.
+    r = await api.post(ERASE, json={"phone": fresh_phone(), "ticket_no": "20260501-000123", "reason": "申请"})
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"], r.json()["field"]) == ("phone_or_ticket_no", "ticket_no")
+    r = await api.post(PREVIEW, json={"ticket_no": "2026-0501"})
+    assert r.status_code == 422, r.text
+    assert (r.json()["error"], r.json()["field"]) == ("invalid_ticket_no", "ticket_no")
+    r = await api.post(PREVIEW, json={})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "phone"
+    assert "工单号" in r.json()["message"]
+
+    # A number the record does not know: 404, in words.
+    for path in (PREVIEW, ERASE):
+        r = await api.post(path, json={"ticket_no": "19990101-000001", "reason": "居民申请删除个人信息"})
+        assert r.status_code == 404, r.text
+        assert (r.json()["error"], r.json()["field"]) == ("ticket_not_found", "ticket_no")
+        assert "19990101-000001" in r.json()["message"]
+
+    # An anonymous suggestion-box slip has no resident to erase.
+    words = f"公园东门的长椅坏了好几张，没法坐{uuid.uuid4().hex[:6]}"
+    slips = csv_file([["B-07", "2026-11-20", words, "", ""]])
+    r = await api.post("/api/v1/appeals/batch", files={"file": ("box.csv", slips, "text/csv")})
+    assert r.status_code == 200, r.text
+    [slip] = [row["ticket_no"] for row in r.json()["rows"]]
+    await eventually(lambda: row(pool, slip), timeout=60)
+    async with pool.connection() as conn:
+        before = (await (await conn.execute("SELECT count(*) AS n FROM privacy_audit")).fetchone())["n"]
+    for path in (PREVIEW, ERASE):
+        r = await api.post(path, json={"ticket_no": slip, "reason": "居民申请删除个人信息"})
+        assert r.status_code == 409, r.text
+        assert (r.json()["error"], r.json()["field"]) == ("no_caller", "ticket_no")
+        assert "匿名" in r.json()["message"]
+    async with pool.connection() as conn:
+        after = (await (await conn.execute("SELECT count(*) AS n FROM privacy_audit")).fetchone())["n"]
+    assert after == before  # nothing refused was erased or audited

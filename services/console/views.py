@@ -1126,13 +1126,25 @@ def desk_redirect(reply: Reply, done: str) -> Response:
 
 # --- residents' erasure requests (the desk) -----------------------------------------------------
 
-ERASURE_FIELDS = {"phone": "居民来电号码", "reason": "删除原因"}
+ERASURE_FIELDS = {"phone": "居民来电号码", "ticket_no": "工单号", "reason": "删除原因"}
+ERASURE_BY = ("phone", "ticket_no")  # the resident found by their phone, or by a ticket's number
 ERASURE_REASON = "居民申请删除个人信息"
 AUDIT_PAGE_SIZE = 20
 
 
 def erasure_of(form: FormData) -> dict[str, str]:
-    return {"phone": text(form, "phone").strip(), "reason": text(form, "reason").strip()}
+    """The form's values; `by` says which of the two the desk chose (the other may hold what was
+    typed before the choice changed, and is not sent)."""
+    by = text(form, "by")
+    return {
+        "by": by if by in ERASURE_BY else "phone",
+        **{name: text(form, name).strip() for name in ERASURE_FIELDS},
+    }
+
+
+def erasure_body(values: dict[str, str]) -> dict[str, str]:
+    """What the API is asked: the chosen way to find the resident, and the reason."""
+    return {values["by"]: values[values["by"]], "reason": values["reason"]}
 
 
 async def privacy_page(
@@ -1146,7 +1158,7 @@ async def privacy_page(
     tz = tz_of(request)
     entries = [{**e, "at_local": present.local(e["at"], tz)} for e in items]
     defaults: dict[str, Any] = {
-        "values": {"reason": ERASURE_REASON},
+        "values": {"by": "phone", "reason": ERASURE_REASON},
         "errors": {},
         "preview": None,
         "erased": None,
@@ -1171,7 +1183,7 @@ async def erasure_request(
     the refusal beside its field (None: accepted)."""
     form = await checked_form(request, s)
     values = erasure_of(form)
-    reply = await api(request, s).post(path, values)
+    reply = await api(request, s).post(path, erasure_body(values))
     if reply.ok:
         return values, reply, None
     errors = field_errors(reply, ERASURE_FIELDS, "form", form)
@@ -1199,6 +1211,7 @@ async def privacy_preview(request: Request, s: session.Session = Depends(as_desk
                 "received": present.local(t.get("received_at"), tz),
                 "status_name": STATUS_LABELS.get(t.get("status") or "", t.get("status") or ""),
                 "category_label": "/".join(t.get("category_names") or ()) or "未分类",
+                "channel_name": CHANNEL_NAMES.get(t.get("channel") or "", t.get("channel") or ""),
             }
             for t in reply.body["tickets"]
         ],

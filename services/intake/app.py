@@ -108,9 +108,13 @@ class DuplicateIndex:
             ],
             args=[r.ticket_no for r in removed],
         )
-        # Photos sent for an appeal that has not come yet: no ticket took them, and the sweep of
-        # unattached uploads deletes their files.
-        await self.redis.delete(*{keys.wechat_photos(r.caller_id) for r in removed})
+        # What a WeChat user sent for an appeal that has not come yet goes with the rest: the
+        # photos (no ticket took them, and the sweep of unattached uploads deletes their files) and
+        # the location, where they were.
+        callers = {r.caller_id for r in removed}
+        await self.redis.delete(
+            *(k for cid in callers for k in (keys.wechat_photos(cid), keys.wechat_location(cid)))
+        )
 
 
 def build_app(settings: Settings | None = None) -> FastStream:

@@ -8,6 +8,7 @@ tests import these instead of spelling the keys themselves.
   rl:{scope}:{who}:{slot}   a rate-limit window's counter (scopes: ip, caller, query)
   intake:public             the public tickets' numbers, scored by receipt time (the Open311 listing)
   wx:loc:{caller_id}        a WeChat user's last location message, for their next appeal
+                            (removed when the personal data of one of their tickets is erased)
   wx:last:{caller_id}       a WeChat user's last ticket, which a location message may complete
                             (removed when that ticket's personal data is erased)
   wx:nonce:{ts}:{nonce}     the hash of the plaintext push that came with this signed nonce

@@ -1,11 +1,15 @@
 """Residents' erasure requests, handled by the dispatch desk (admin token only):
 
-    POST /api/v1/records/privacy/erasures/preview   {"phone", "reason"?}: the tickets it would reach
-    POST /api/v1/records/privacy/erasures           {"phone", "reason"}: erase, with an audit entry
+    POST /api/v1/records/privacy/erasures/preview   {"phone" | "ticket_no", "reason"?}: the tickets
+                                                    it would reach, and the resident (masked)
+    POST /api/v1/records/privacy/erasures           {"phone" | "ticket_no", "reason"}: erase, with
+                                                    an audit entry
     GET  /api/v1/records/privacy/audit?page=&size=  the audit entries, newest first
 
-The phone is never sent back (a preview shows it masked, as staff see it everywhere else). With
-PostgreSQL down these answer 503 with Retry-After, as the search does.
+The resident is found by the phone they give or by the number of one of their tickets (exactly
+one: `erasure.checked_lookup`); by number, the ticket's caller is the resident, whatever channel
+it came by. The phone or openid is never sent back (a preview shows it masked, as staff see it
+everywhere else). With PostgreSQL down these answer 503 with Retry-After, as the search does.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from services.records.erasure import Erasures, Subject, checked_reason
+from services.records.erasure import Erasures, checked_lookup, checked_reason
 from services.records.retention import Retention
 from services.records.views import UNAVAILABLE, records_pool, unavailable
 from shared.auth import Principal, require_admin
@@ -25,11 +29,15 @@ class ErasureRequest(BaseModel):
     phone: str = Field(
         "", description="the resident's phone, as they give it (+86, spaces and dashes allowed)"
     )
+    ticket_no: str = Field(
+        "", description="or the number of one of the resident's tickets: its caller is the resident"
+    )
     reason: str = Field("", description="why: goes into the audit entry")
 
 
 class PreviewRequest(BaseModel):
     phone: str = Field("", description="the resident's phone, as they give it")
+    ticket_no: str = Field("", description="or the number of one of the resident's tickets")
     reason: str | None = Field(None, description="checked as the erasure would check it, when given")
 
 
@@ -45,11 +53,12 @@ async def erasures_of(request: Request) -> Erasures:
 @router.post("/erasures/preview")
 async def preview_erasure(body: PreviewRequest, request: Request, _: Principal = Depends(require_admin)):
     """What erasing this resident's personal data would reach; changes nothing."""
-    subject = Subject(body.phone)
+    lookup = checked_lookup(body.phone, body.ticket_no)
     if body.reason is not None:
         checked_reason(body.reason)
     try:
-        return await (await erasures_of(request)).preview(subject)
+        erasures = await erasures_of(request)
+        return await erasures.preview(await erasures.subject(lookup))
     except UNAVAILABLE:
         return unavailable()
 
@@ -57,11 +66,13 @@ async def preview_erasure(body: PreviewRequest, request: Request, _: Principal =
 @router.post("/erasures")
 async def erase(body: ErasureRequest, request: Request, principal: Principal = Depends(require_admin)):
     """Every ticket of the resident, in the record and in Redis, loses its personal data; the
-    contact record goes; the audit entry names the token that did it (`appeals token --list`)."""
-    subject = Subject(body.phone)
+    contact record goes; the audit entry names the token that did it (`appeals token --list`) and
+    how the resident was found."""
+    lookup = checked_lookup(body.phone, body.ticket_no)
     reason = checked_reason(body.reason)
     try:
-        return await (await erasures_of(request)).erase(subject, principal.scope, reason)
+        erasures = await erasures_of(request)
+        return await erasures.erase(await erasures.subject(lookup), principal.scope, reason)
     except UNAVAILABLE:
         return unavailable()
 

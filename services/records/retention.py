@@ -132,9 +132,12 @@ class Retention:
             )
         return len(nos)
 
-    async def erase_caller(self, caller_id: str, actor: str, reason: str) -> list[str]:
+    async def erase_caller(
+        self, caller_id: str, actor: str, reason: str, found_by: dict[str, str] | None = None
+    ) -> list[str]:
         """A resident's right to erasure: every ticket of `caller_id`, in the record and in Redis,
-        loses its personal data; the contact goes; an audit entry says who did it and why.
+        loses its personal data; the contact goes; an audit entry says who did it, why, and how the
+        resident was found (`found_by`: by phone, or by which ticket number).
 
         The tickets are looked up, and the audit entry written, under the caller's lock in one
         transaction. An appeal the record had not stored yet is then erased by the projection when
@@ -143,7 +146,8 @@ class Retention:
             await Records.caller_lock(cur, [caller_id])
             await cur.execute("SELECT ticket_no FROM tickets WHERE caller_id = %s", (caller_id,))
             nos = [r["ticket_no"] for r in await cur.fetchall()]
-            await self._audit(cur, "erase", caller_id, actor, len(nos), {"reason": reason})
+            detail = {"reason": reason, **(found_by or {})}
+            await self._audit(cur, "erase", caller_id, actor, len(nos), detail)
         await self.scrub(nos)
         # The same removal in Redis, where the ticket still is (the working set). The ticket keeps
         # the mark, so a write that was on its way (the router's assignment) stays scrubbed too.

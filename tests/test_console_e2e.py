@@ -1125,6 +1125,91 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         assert await page.evaluate("window.__pwned === undefined")
 
 
+async def test_a_department_accepts_its_new_tickets_together_with_and_without_the_script(
+    page: Page, browser: Browser, redis, system: System, system_city, settings
+):
+    """批量签收: the tickets ticked in the queue (counted on the button, confirmed first) are signed
+    for in one go; without the script 全选 sends the page's new tickets, and one a colleague
+    accepted meanwhile is listed with the workflow's reason."""
+    from aiokafka import AIOKafkaProducer
+
+    from shared import topics
+    from tests.router_factory import classified
+
+    grid = "s03c02g01"  # a grid of its own: the filtered queue lists only this test's tickets
+    stamp = datetime.now(ZoneInfo(settings.timezone))
+    nos = [f"{stamp:%Y%m%d}-{n}" for n in random.sample(range(900000, 1000000), 4)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for no in nos:
+            event = classified(system_city, "city.appearance.garbage", grid, no=no, at=stamp)
+            await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
+    finally:
+        await producer.stop()
+    async with await admin_api(system, redis) as client:
+        held = [await ticket_when(client, no, lambda t: t["status"] == "assigned") for no in nos]
+        dept = held[0]["department"]["id"]
+        assert {t["department"]["id"] for t in held} == {dept}
+        token = await issue_token(redis, "department", dept)
+        queue = f"/console/department?status=assigned&grid={grid}"
+
+        await sign_in(page, token)
+        await page.goto(queue)
+        asked: list[str] = []
+
+        async def confirm(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.accept()
+
+        page.on("dialog", confirm)
+        first, second, third, fourth = nos
+        for no in nos:
+            await expect(page.locator(f"#pick-{no}")).to_be_visible()
+        await expect(page.locator("#batch-accept")).to_be_disabled()  # nothing ticked yet
+        await page.get_by_label(f"选择工单{first}批量签收").check()
+        await page.get_by_label(f"选择工单{second}批量签收").check()
+        await expect(page.locator("#batch-accept")).to_have_text("批量签收（2件）")
+        await accessible(page)
+        await shot(page, "department-batch")
+        # 全选 ticks the page, and unticking one leaves it half ticked.
+        await page.locator("#pick-all").check()
+        await expect(page.locator("#batch-accept")).to_have_text("批量签收（4件）")
+        await page.get_by_label(f"选择工单{third}批量签收").uncheck()
+        await page.get_by_label(f"选择工单{fourth}批量签收").uncheck()
+        assert await page.locator("#pick-all").evaluate("el => el.indeterminate")
+        await page.locator("#batch-accept").click()
+        await expect(page.locator("#batch-accepted")).to_have_text("已签收2件，请在办结时限内办理。")
+        assert any("确定批量签收所选的2件工单吗" in q for q in asked)
+        await expect(page.locator("#batch-refused")).to_have_count(0)
+        for no in (first, second):
+            assert (await ticket_when(client, no, lambda t: True))["status"] == "accepted"
+            await expect(page.locator(f"#pick-{no}")).to_have_count(0)  # signed for: out of the filter
+        await accessible(page)
+        await page.reload()  # the outcome is shown again, nothing is accepted again
+        await expect(page.locator("#batch-accepted")).to_have_text("已签收2件，请在办结时限内办理。")
+        await fits_a_phone(page)  # the cards, with their boxes, on a phone
+
+        # Without the script: 全选 sends the page's new tickets; a colleague took one meanwhile.
+        plain = await browser.new_context(base_url=system.base_url, locale="zh-CN", java_script_enabled=False)
+        try:
+            bare = await plain.new_page()
+            await sign_in(bare, token)
+            await bare.goto(queue)
+            await bare.locator("#pick-all").check()
+            headers = {"Authorization": f"Bearer {token}"}
+            assert (await client.post(f"/api/v1/tickets/{third}/accept", headers=headers)).status_code == 200
+            await bare.locator("#batch-accept").click()
+            await expect(bare.locator("#batch-accepted")).to_have_text("已签收1件，请在办结时限内办理。")
+            await expect(bare.locator("#batch-refused li")).to_have_text(
+                [f"工单{third}：工单{third}当前状态为“办理中”，不能签收"]
+            )
+            await expect(bare).to_have_url(re.compile(rf"/console/department\?.*grid={grid}.*&batch="))
+        finally:
+            await plain.close()
+        assert (await ticket_when(client, fourth, lambda t: True))["status"] == "accepted"
+
+
 async def test_the_dashboards_trend_says_what_rose_and_links_to_its_tickets(
     page: Page, redis, pool, system_city
 ):

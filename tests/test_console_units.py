@@ -660,3 +660,90 @@ def test_the_preview_by_ticket_shows_the_channel_and_the_masked_openid_and_confi
     assert '<input type="hidden" name="by" value="ticket_no">' in html
     assert '<input type="hidden" name="ticket_no" value="20260302-000001">' in html
     assert 'name="phone"' not in html
+
+
+def test_a_batch_form_names_the_ticked_tickets_or_with_select_all_the_pages_new_ones_once():
+    page = ["20261123-000001", "20261123-000002", "20261123-000003"]
+    assert present.batch_picked(["20261123-000002"], page, False) == ["20261123-000002"]
+    # 全选 without the script sends the page's list; with it, the ticked boxes too: each once.
+    assert present.batch_picked([], page, True) == page
+    assert present.batch_picked(["20261123-000003", "20261123-000001"], page, True) == page
+    assert present.batch_picked([], page, False) == []  # nothing ticked: the API says so in words
+
+
+def test_a_batch_outcome_counts_the_accepted_and_lists_the_refused_with_their_reasons():
+    body = {
+        "accepted": 2,
+        "refused": 1,
+        "tickets": [
+            {"ticket_no": "1", "outcome": "accepted", "on_time": True},
+            {
+                "ticket_no": "2",
+                "outcome": "refused",
+                "code": "illegal_transition",
+                "message": "工单2当前状态为“办理中”，不能签收",
+            },
+            {"ticket_no": "3", "outcome": "accepted", "on_time": False},
+        ],
+    }
+    assert present.batch_outcome(body) == {
+        "accepted": 2,
+        "late": 1,
+        "refused": [{"ticket_no": "2", "reason": "工单2当前状态为“办理中”，不能签收"}],
+        "error": "",
+    }
+
+
+def test_the_department_queue_offers_its_new_tickets_for_a_batch_with_labelled_boxes():
+    rows = [
+        {
+            "ticket_no": "20261123-000001",
+            "status": "assigned",
+            "status_name": "已派单",
+            "flags": [],
+            "text": "路灯",
+        },
+        {
+            "ticket_no": "20261123-000002",
+            "status": "accepted",
+            "status_name": "办理中",
+            "flags": [],
+            "text": "路灯",
+        },
+    ]
+    context = {
+        "s": SimpleNamespace(csrf="c", principal=SimpleNamespace(role="department")),
+        "rows": rows,
+        "total": 2,
+        "page_no": 1,
+        "pages": 1,
+        "page_query": lambda n: f"page={n}",
+        "filters": {},
+        "department": "区城市管理委员会",
+        "done": "",
+        "statuses": [],
+        "grids": [],
+        "status_names": {},
+        "idem": "k",
+    }
+    render = templates.get_template("department.html").render
+    html = render(**context, to_accept=["20261123-000001"], batch=None)
+    assert html.count('name="ticket_nos"') == 1  # only the new ticket can be signed for
+    assert 'aria-label="选择工单20261123-000001批量签收"' in html
+    assert '<input type="hidden" name="page_nos" value="20261123-000001">' in html
+    assert "全选本页已派单工单（1件）" in html
+    none = render(**context, to_accept=[], batch=None)
+    assert 'action="/console/department/accept"' not in none  # nothing to sign for: no form
+    told = render(
+        **context,
+        to_accept=[],
+        batch={
+            "accepted": 2,
+            "late": 0,
+            "refused": [{"ticket_no": "9", "reason": "工单9不存在"}],
+            "error": "",
+        },
+    )
+    assert "已签收2件" in told
+    assert "以下1件未签收" in told
+    assert "工单9</a>：工单9不存在" in told

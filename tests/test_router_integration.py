@@ -500,6 +500,99 @@ async def test_an_operator_urges_an_open_ticket_once_per_key_and_not_a_finished_
     assert missing.status_code == 404
 
 
+async def test_a_department_accepts_a_batch_and_each_ticket_is_answered_for_once(
+    api, producer, city, tokens, redis, settings, pool
+):
+    """批量签收: two of the department's new tickets accepted in one request beside one it accepted
+    already and another department's, each answered for in words; the acceptances published once
+    and counted once by the record's response counters; the same key sent again accepts nothing;
+    the limits and other callers refused."""
+    from services.records.rates import COUNTERS
+
+    first, second, already = [
+        await inject(producer, city, "city.appearance.garbage", "s03c02g03") for _ in "abc"
+    ]
+    others = await inject(producer, city, "city.facility.road_damage", "s01c01g01")
+    for no in (first, second, already, others):
+        await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    street = await tokens("street_s03")
+    assert (await api.post(f"/api/v1/tickets/{already}/accept", headers=street)).status_code == 200
+
+    batch = {"ticket_nos": [first, already, others, second]}
+    key = {"Idempotency-Key": f"batch-{first}"}
+    path = "/api/v1/departments/street_s03/tickets/accept"
+    r = await api.post(path, headers={**street, **key}, json=batch)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["department"], body["accepted"], body["refused"]) == ("street_s03", 2, 2)
+    assert [t["ticket_no"] for t in body["tickets"]] == batch["ticket_nos"]  # in the order given
+    lines = {t["ticket_no"]: t for t in body["tickets"]}
+    assert lines[first] == {"ticket_no": first, "outcome": "accepted", "on_time": True}
+    assert lines[second] == {"ticket_no": second, "outcome": "accepted", "on_time": True}
+    assert (lines[already]["outcome"], lines[already]["code"]) == ("refused", "illegal_transition")
+    assert lines[already]["message"] == f"工单{already}当前状态为“办理中”，不能签收"
+    # Another department's ticket reads as no ticket, as it does everywhere else.
+    assert (lines[others]["outcome"], lines[others]["message"]) == ("refused", f"工单{others}不存在")
+
+    # A retry (a double click, a lost answer) with the same key: the same answer, nothing twice.
+    again = await api.post(path, headers={**street, **key}, json=batch)
+    assert (again.status_code, again.json()) == (200, body)
+    for no in (first, second):
+        t = await ticket_when(api, tokens, no, lambda t: True)
+        assert [h["action"] for h in t["history"] if h.get("action") == "accepted"] == ["accepted"]
+        assert (t["status"], t["department"]["id"]) == ("accepted", "street_s03")
+    assert (await ticket_when(api, tokens, others, lambda t: True))["status"] == "assigned"
+    # Another key is another request: what is accepted now is refused in words.
+    r = await api.post(path, headers={**street, "Idempotency-Key": "other"}, json={"ticket_nos": [first]})
+    assert r.json()["tickets"][0]["message"] == f"工单{first}当前状态为“办理中”，不能签收"
+
+    async def published():
+        records = (await bus.read_topics(settings.kafka_bootstrap_servers, [topics.TICKET_UPDATED]))[
+            topics.TICKET_UPDATED
+        ]
+        mine = [
+            TicketUpdated.from_json(r.value) for r in records if r.key in {first.encode(), second.encode()}
+        ]
+        accepted = Counter(u.ticket_no for u in mine if u.action == "accepted")
+        return accepted if set(accepted) == {first, second} else None
+
+    assert await eventually(published) == {first: 1, second: 1}
+
+    # The record counts each response once, by the counters the rates are computed with.
+    responded = f"count(*) FILTER (WHERE {COUNTERS['responded']})"
+    on_time = f"count(*) FILTER (WHERE {COUNTERS['responded_on_time']})"
+
+    async def count() -> dict:
+        async with pool.connection() as conn:
+            sql = f"SELECT {responded} AS responded, {on_time} AS on_time FROM ticket_events e "
+            row = await (
+                await conn.execute(sql + "WHERE e.ticket_no = ANY(%s)", ([first, second],))
+            ).fetchone()
+        return dict(row or {})
+
+    await eventually(lambda: _at_least(count, 2))
+    await asyncio.sleep(1)  # a second copy, had there been one, would have landed by now
+    assert await count() == {"responded": 2, "on_time": 2}
+
+    # The limits, refused in words; another department's path and the desk, as the single accept.
+    for nos, words in (
+        ([], "请至少选择一件要签收的工单"),
+        ([f"20261124-{n:06d}" for n in range(51)], "一次最多批量签收50件工单（本次51件）"),
+        ([first, second, first], f"工单{first}在签收清单中重复出现"),
+    ):
+        r = await api.post(path, headers=street, json={"ticket_nos": nos})
+        assert (r.status_code, r.json()["field"]) == (422, "ticket_nos")
+        assert words in r.json()["message"]
+    r = await api.post("/api/v1/departments/urban_mgmt/tickets/accept", headers=street, json=batch)
+    assert (r.status_code, r.json()["message"]) == (403, "只能签收本单位的工单")
+    assert (await api.post(path, headers=await tokens(), json=batch)).status_code == 403
+
+
+async def _at_least(count, n: int) -> dict | None:
+    got = await count()
+    return got if got.get("responded", 0) >= n else None
+
+
 async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, producer, city, tokens):
     no = await inject(producer, city, "city.facility.road_damage", "s01c01g01")
     await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")

@@ -561,6 +561,68 @@ def test_illegal_transitions_are_refused_clearly():
         assert "已关闭" in e.value.message
 
 
+# --- 批量签收: a department signs for many new tickets at once ---------------------------------------
+
+
+def test_a_batch_to_accept_is_refused_in_words_when_empty_too_long_or_naming_a_ticket_twice():
+    assert workflow.batch_to_accept([" 20241105-000001", "20241105-000002 "]) == [
+        "20241105-000001",
+        "20241105-000002",
+    ]
+    most = [f"20241105-{n:06d}" for n in range(workflow.BATCH_ACCEPT_MAX)]
+    assert workflow.batch_to_accept(most) == most
+    refusals = {
+        "nothing_to_accept": ([], "请至少选择一件要签收的工单"),
+        "too_many_to_accept": (
+            [*most, "20241105-999999"],
+            "一次最多批量签收50件工单（本次51件），请分批签收",
+        ),
+        "duplicate_ticket_nos": (
+            ["20241105-000001", "20241105-000002", "20241105-000001 "],
+            "工单20241105-000001在签收清单中重复出现",
+        ),
+    }
+    for code, (nos, words) in refusals.items():
+        with pytest.raises(WorkflowError) as e:
+            workflow.batch_to_accept(nos)
+        assert (e.value.code, e.value.kind, e.value.field) == (code, "invalid", "ticket_nos")  # 422
+        assert words in e.value.message
+    with pytest.raises(WorkflowError) as e:
+        workflow.batch_to_accept(["  "])  # a blank number is none
+    assert e.value.code == "nothing_to_accept"
+
+
+def test_an_acceptance_of_a_batch_is_the_single_accept_and_made_once_per_key():
+    t = assigned_ticket(CITY)
+    key = workflow.accept_id(t.ticket_no, "department:urban_mgmt", "batch-1")
+    assert key == workflow.accept_id(t.ticket_no, "department:urban_mgmt", "batch-1")
+    assert key != workflow.accept_id(t.ticket_no, "department:water", "batch-1")  # keys are the caller's
+    assert key != workflow.accept_id("20241105-000002", "department:urban_mgmt", "batch-1")
+    once = workflow.accept_once(t, "urban_mgmt", CITY, T0, key)
+    single = workflow.accept(t, "urban_mgmt", CITY, T0)
+    assert once is not None
+    (event,) = once.publish
+    assert event.event_id == key
+    assert (event.action, event.status, event.on_time, event.actor) == (
+        "accepted",
+        "accepted",
+        True,
+        "urban_mgmt",
+    )
+    assert once.ticket.model_dump(exclude={"applied"}) == single.ticket.model_dump(exclude={"applied"})
+    assert workflow.accept_once(once.ticket, "urban_mgmt", CITY, T0, key) is None  # the retry
+    # Another key on the ticket accepted: refused by the table, as the single accept is.
+    with pytest.raises(WorkflowError) as e:
+        workflow.accept_once(once.ticket, "urban_mgmt", CITY, T0, workflow.accept_id(t.ticket_no, "x", "y"))
+    assert f"工单{t.ticket_no}当前状态为“办理中”，不能签收" in e.value.message
+    with pytest.raises(WorkflowError) as e:
+        workflow.accept_once(t, "water", CITY, T0, key)  # another department's: as if none
+    assert e.value.kind == "not_found"
+    late = workflow.accept_once(t, "urban_mgmt", CITY, t.respond_by + timedelta(seconds=1), key)
+    assert late is not None
+    assert late.publish[0].on_time is False  # type: ignore[union-attr]
+
+
 def test_return_needs_a_listed_reason_and_a_disputed_rule_when_the_list_names_us():
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
     assert t.department.id == "street_s03"

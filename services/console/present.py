@@ -3,7 +3,7 @@ as SVG. Pure functions over the API's JSON; no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -101,6 +101,24 @@ DONE = {
     # The desk's 并案 (on the duplicate's page, which then links to the ticket it follows).
     "merge": "工单{no}已并入工单{into}合并办理并关闭，原承办单位不再承办；已短信告知市民跟进工单{into}。",
 }
+
+
+def batch_picked(picked: Sequence[str], on_page: Sequence[str], whole_page: bool) -> list[str]:
+    """The tickets a 批量签收 form names: those ticked, or with 全选 every new ticket the page
+    listed (`on_page`: without the script 全选 ticks nothing else), each once, in the page's order."""
+    return list(dict.fromkeys([*(on_page if whole_page else ()), *picked]))
+
+
+def batch_outcome(body: dict[str, Any]) -> dict[str, Any]:
+    """A 批量签收's answer (the API's) as the queue says it: how many were accepted, and the refused
+    with the workflow's reasons."""
+    refused = [
+        {"ticket_no": t["ticket_no"], "reason": t.get("message", "")}
+        for t in body.get("tickets", [])
+        if t.get("outcome") != "accepted"
+    ]
+    late = sum(t.get("outcome") == "accepted" and t.get("on_time") is False for t in body.get("tickets", []))
+    return {"accepted": int(body.get("accepted", 0)), "late": late, "refused": refused, "error": ""}
 
 
 def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -512,7 +512,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         rows = [r for r in rows if r["received"].startswith(q["date"])]
     city = city_of(request)
     shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
-    filters = {k: v for k, v in q.items() if k not in ("page", *LEAVING.values()) and v}
+    filters = {k: v for k, v in q.items() if k not in ("page", "batch", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     return await page(
         request,
@@ -528,7 +528,57 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         done=present.DONE[left[0]].format(no=left[1]) if left else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
         grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
+        # 批量签收: the new tickets of this page, which the form's 全选 stands for; the last batch's
+        # outcome, after its redirect; the key of the next one (a second click accepts nothing twice).
+        to_accept=[r["ticket_no"] for r in shown if r.get("status") == Status.ASSIGNED],
+        batch=await batch_result(request, dept, q.get("batch") or ""),
+        idem=uuid.uuid4().hex,
     )
+
+
+def batch_key(idem: str) -> str:
+    return f"console:batch:{idem}"
+
+
+BATCH_KEPT_SECONDS = 600  # the outcome of a 批量签收 waits this long for its page
+
+
+async def batch_result(request: Request, dept: str, idem: str) -> dict[str, Any] | None:
+    """The outcome of the 批量签收 `idem` that this department made (another's reads as none)."""
+    if not idem or len(idem) > 64:
+        return None
+    raw = await request.app.state.redis.get(batch_key(idem))
+    kept = json.loads(raw) if raw else None
+    return kept["outcome"] if kept and kept.get("department") == dept else None
+
+
+@router.post("/department/accept")
+async def department_accept(request: Request, s: session.Session = Depends(as_department)):
+    """批量签收: the ticked tickets (or, with 全选, the page's new ones) accepted in one call; then
+    back to the queue (the filters kept), which says how many were accepted and why any were not.
+    The outcome waits in Redis under the form's key for the page after the redirect, so a reload
+    shows it again and accepts nothing."""
+    form = await checked_form(request, s)
+    dept = s.principal.department or ""
+    idem = text(form, "idem")[:64] or uuid.uuid4().hex
+    nos = present.batch_picked(
+        [v for v in form.getlist("ticket_nos") if isinstance(v, str)],
+        [v for v in form.getlist("page_nos") if isinstance(v, str)],
+        text(form, "all_on_page") == "1",
+    )
+    reply = await api(request, s).post(
+        f"/api/v1/departments/{dept}/tickets/accept",
+        {"ticket_nos": nos},
+        headers={"Idempotency-Key": f"console:{idem}"},
+    )
+    outcome = present.batch_outcome(reply.body) if reply.ok else {"error": reply.message}
+    kept = json.dumps({"department": dept, "outcome": outcome}, ensure_ascii=False)
+    await request.app.state.redis.set(batch_key(idem), kept, ex=BATCH_KEPT_SECONDS)
+    query = [(k, v) for k, v in parse_qsl(text(form, "query")) if k in DEPARTMENT_FILTERS]
+    return RedirectResponse(f"/console/department?{urlencode([*query, ('batch', idem)])}", status_code=303)
+
+
+DEPARTMENT_FILTERS = ("status", "overdue", "category", "grid", "date", "page")
 
 
 @router.get("/department/live")

@@ -9,6 +9,7 @@ then works it as any department does and resolves it with the mediation's outcom
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -27,11 +28,11 @@ from shared.bus import publish
 from shared.city import City
 from shared.decisions import Change, Outcome
 from shared.errors import DomainError
-from shared.events import Event, Mediation, MeetingUpdated
+from shared.events import Event, Mediation, MeetingUpdated, TicketUpdated
 from shared.feedback import record_example
 from shared.http import domain_error
 from shared.photo_store import PhotoStore
-from shared.store import ConcurrentUpdate, Then, apply_and_publish, together
+from shared.store import ConcurrentUpdate, Result, Then, TicketStore, apply_and_publish, together
 from shared.tickets import STATUS_NAMES, TICKET_NO_PATTERN, Status, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
@@ -192,6 +193,104 @@ async def act_as(request: Request, ticket_no: str, principal: Principal, transit
 async def accept_ticket(ticket_no: str, request: Request, principal: Principal = Depends(acting_department)):
     return await act_as(
         request, ticket_no, principal, lambda t, d, city, tz, now: workflow.accept(t, d, city, now)
+    )
+
+
+class BatchAcceptIn(BaseModel):
+    # The limits (at least one, at most 50, each once) are the workflow's, refused in words.
+    ticket_nos: list[str] = Field(
+        max_length=1000,
+        description=f"the tickets to sign for (已派单), at most {workflow.BATCH_ACCEPT_MAX}, each once",
+    )
+
+
+def _batch_answer(no: str, result: Result | None, error: DomainError | None) -> dict:
+    """One ticket's line of a 批量签收's answer (see `accept_many`); `repeat`: accepted before."""
+    if error is not None or result is None:
+        error = error or ticket_not_found(no)
+        return {"ticket_no": no, "outcome": "refused", "code": error.code, "message": error.message}
+    _, events = result
+    on_time = next((e.on_time for e in events if isinstance(e, TicketUpdated)), None)
+    return {"ticket_no": no, "outcome": "accepted", "on_time": on_time, "repeat": not events}
+
+
+@router.post("/departments/{dept_id}/tickets/accept")
+async def accept_many(
+    dept_id: str,
+    body: BatchAcceptIn,
+    request: Request,
+    idempotency_key: str | None = Header(None, max_length=200),
+    principal: Principal = Depends(acting_department),
+):
+    """批量签收: the department signs for several of its new tickets (已派单) at once, each decided
+    by the very step of `POST /tickets/{no}/accept` and all written in one batch, their events
+    published as the single accept publishes them. The answer lists every number in the order
+    given: `accepted` (with `on_time`, the response rate's measure) or `refused`, with the
+    workflow's reason (another department's ticket reads as no ticket; one accepted, returned or
+    re-dispatched meanwhile says its status). One refused ticket does not stop the others. 422 for
+    none, more than 50 or a number twice; 403 for another department's path or the desk (as the
+    single accept). The same `Idempotency-Key` (per token) accepts nothing twice: each acceptance's
+    id derives from it (`workflow.accept_id`), the ticket remembers the ids it applied, and a
+    ticket the key accepted already answers `accepted` again (`repeat`: true) with its `on_time`."""
+    if principal.department != dept_id:
+        return domain_error(DomainError("forbidden", "只能签收本单位的工单", kind="forbidden"))
+    try:
+        nos = workflow.batch_to_accept(body.ticket_nos)
+    except DomainError as e:
+        return domain_error(e)
+    city, store = request.app.state.city, request.app.state.store
+    # Without a key each request is its own: a fresh key still lets a busy batch be written again
+    # ticket by ticket below without accepting twice what its first attempt did write.
+    key = idempotency_key or uuid.uuid4().hex
+    ids = {no: workflow.accept_id(no, principal.scope, key) for no in nos}
+    errors: dict[str, DomainError] = {}
+
+    def decide(no: str, ticket: Ticket | None) -> Outcome | None:
+        errors.pop(no, None)  # decided again when the write is retried
+        if ticket is None:
+            errors[no] = ticket_not_found(no)
+            return None
+        try:
+            return workflow.accept_once(ticket, dept_id, city, datetime.now(UTC), ids[no])
+        except DomainError as e:
+            errors[no] = e
+            return None
+
+    state = request.app.state
+    changes = [Change(no, partial(decide, no)) for no in nos]
+    send = partial(publish, state.publisher)
+    results: dict[str, Result] = {}
+    try:
+        results = dict(zip(nos, await apply_and_publish(store, changes, send), strict=True))
+    except ConcurrentUpdate:
+        # Some tickets kept changing under the batch: each on its own, so only those stay unsigned.
+        for change in changes:
+            try:
+                (results[change.ticket_no],) = await apply_and_publish(store, [change], send)
+            except ConcurrentUpdate:
+                errors[change.ticket_no] = DomainError(
+                    "busy", f"工单{change.ticket_no}正在被其他操作修改，请稍后重试", kind="conflict"
+                )
+    except Exception:
+        # Written to the store; the router's outbox relay will publish it. Read back what was.
+        results = {}
+        for no, ticket in zip(nos, await store.get_many(nos), strict=True):
+            if ticket is not None and ticket.has_applied(ids[no]):
+                errors.pop(no, None)
+                results[no] = (ticket, [])
+    answers = [_batch_answer(no, results.get(no), errors.get(no)) for no in nos]
+    for a in answers:
+        if a["outcome"] == "accepted" and a.pop("repeat"):
+            a["on_time"] = await _accepted_on_time(store, a["ticket_no"], ids[a["ticket_no"]])
+    accepted = sum(a["outcome"] == "accepted" for a in answers)
+    refused = len(answers) - accepted
+    return {"department": dept_id, "accepted": accepted, "refused": refused, "tickets": answers}
+
+
+async def _accepted_on_time(store: TicketStore, ticket_no: str, event_id: str) -> bool | None:
+    """Whether the acceptance `event_id`, made before (a retry's), was on time: its history says."""
+    return next(
+        (h.get("on_time") for h in await store.history(ticket_no) if h.get("event_id") == event_id), None
     )
 
 

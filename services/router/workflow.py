@@ -30,6 +30,7 @@ the handlers load, call these, and store.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -870,20 +871,69 @@ def _in_time(deadline: datetime | None, now: datetime) -> bool:
     return deadline is None or now <= deadline
 
 
-def accept(ticket: Ticket, dept_id: str, city: City, now: datetime, cause: Event | None = None) -> Outcome:
+def accept(
+    ticket: Ticket,
+    dept_id: str,
+    city: City,
+    now: datetime,
+    cause: Event | None = None,
+    *,
+    event_id: str | None = None,
+) -> Outcome:
+    """签收. `event_id` (`accept_id`): the acceptance's id, when a retry must recognise it."""
     _require_owner(ticket, dept_id)
     check(ticket, "accept")
-    event = _by_department(
-        ticket,
-        "accepted",
-        Status.ACCEPTED,
-        dept_id,
-        city,
-        now,
-        cause=cause,
-        on_time=_in_time(ticket.respond_by, now),
-    )
+    fields: dict[str, Any] = {"on_time": _in_time(ticket.respond_by, now)}
+    if event_id is not None:
+        fields["event_id"] = event_id
+    event = _by_department(ticket, "accepted", Status.ACCEPTED, dept_id, city, now, cause=cause, **fields)
     return _updated(ticket, "accept", event, accepted_at=now)
+
+
+# 批量签收: a department signs for many new tickets at once, at most this many in one request.
+BATCH_ACCEPT_MAX = 50
+
+
+def batch_to_accept(ticket_nos: Sequence[str]) -> list[str]:
+    """The numbers of a 批量签收 (trimmed), or the refusal of the whole request when it cannot be
+    taken as it stands: none, more than `BATCH_ACCEPT_MAX`, or one number twice (a list built
+    wrong; accepting it once would hide that)."""
+    nos = [no.strip() for no in ticket_nos]
+    if not nos or not all(nos):
+        raise WorkflowError(
+            "nothing_to_accept", "请至少选择一件要签收的工单", kind="invalid", field="ticket_nos"
+        )
+    if len(nos) > BATCH_ACCEPT_MAX:
+        raise WorkflowError(
+            "too_many_to_accept",
+            f"一次最多批量签收{BATCH_ACCEPT_MAX}件工单（本次{len(nos)}件），请分批签收",
+            kind="invalid",
+            field="ticket_nos",
+        )
+    twice = [no for no, n in Counter(nos).items() if n > 1]
+    if twice:
+        raise WorkflowError(
+            "duplicate_ticket_nos",
+            f"工单{'、'.join(twice)}在签收清单中重复出现，请每件工单只选一次",
+            kind="invalid",
+            field="ticket_nos",
+        )
+    return nos
+
+
+def accept_id(ticket_no: str, by: str, key: str) -> str:
+    """The id of the acceptance `by` makes of the ticket under the key `key` (a 批量签收's
+    idempotency key): the same batch sent again is the same event, which the ticket has applied."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"accept/{ticket_no}/{by}/{key}").hex
+
+
+def accept_once(ticket: Ticket, dept_id: str, city: City, now: datetime, event_id: str) -> Outcome | None:
+    """签收 as one ticket of a batch: None when this very acceptance (`event_id`, see `accept_id`)
+    was made already, whatever happened to the ticket since; otherwise `accept`, refusals and all
+    (another department's ticket, one accepted or returned meanwhile)."""
+    if ticket.has_applied(event_id):
+        return None
+    return accept(ticket, dept_id, city, now, event_id=event_id)
 
 
 def resolve(

@@ -159,8 +159,30 @@
     }
   });
 
-  // --- a department's queue: redrawn when one of its tickets arrives or changes ------------------
+  // --- a department's queue: 批量签收 counts what is ticked; 全选 ticks the page's new tickets ----
   const queue = document.getElementById("queue");
+  const picks = () => (queue ? [...queue.querySelectorAll("input.pick")] : []);
+  const countPicked = () => {
+    const all = document.getElementById("pick-all");
+    const form = document.getElementById("batch");
+    if (!all || !form) return;
+    const boxes = picks();
+    const n = boxes.filter((b) => b.checked).length;
+    all.checked = boxes.length > 0 && n === boxes.length;
+    all.indeterminate = n > 0 && n < boxes.length;
+    document.getElementById("batch-count").textContent = `（${n}件）`;
+    document.getElementById("batch-accept").disabled = n === 0;
+    form.dataset.confirm = `确定批量签收所选的${n}件工单吗？签收后开始计算办结时限，不能撤回。`;
+  };
+  if (queue) {
+    queue.addEventListener("change", (e) => {
+      if (!(e.target instanceof HTMLInputElement)) return;
+      if (e.target.id === "pick-all") for (const b of picks()) b.checked = e.target.checked;
+      if (e.target.id === "pick-all" || e.target.classList.contains("pick")) countPicked();
+    });
+    countPicked();
+  }
+  // ... and the queue is redrawn when one of its tickets arrives or changes (what was ticked stays).
   if (queue && window.EventSource) {
     const news = document.getElementById("live-news");
     const source = watch(queue.dataset.live);
@@ -170,7 +192,12 @@
       const response = await fetch(window.location.href, { credentials: "same-origin" });
       if (!response.ok) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
-      if (fresh) queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
+      if (fresh) {
+        const ticked = new Set(picks().filter((b) => b.checked).map((b) => b.value));
+        queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
+        for (const b of picks()) b.checked = ticked.has(b.value);
+        countPicked();
+      }
       // A ticket that left (the desk re-dispatched it) is gone from the redrawn queue; say so.
       const what = data.left ? "工单已转出本单位：" : data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：";
       news.textContent = what + data.ticket_no;

@@ -483,6 +483,10 @@ def test_the_account_names_its_template_fields():
     long = template_body(replace(SURVEY, ticket_no="T" * 30), TEMPLATE)
     assert long is not None
     assert long["data"]["keyword1"]["value"] == "T" * 19 + "…"
+    # So is the text, mapped onto a middle field (WeChat shows no `remark` on newer templates).
+    shown = template_body(SURVEY, replace(TEMPLATE, fields=template_fields({"remark": "thing5"})))
+    assert shown is not None
+    assert shown["data"]["thing5"]["value"] == SURVEY.text[:19] + "…"
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ phone hear back there (`services.notifier.routing`). The same shape as the SMS g
   WeChat says it expired or is invalid (errcode 40001, 40014, 42001). What is transient (HTTP 5xx,
   408, 429, timeouts, refused connections, WeChat's errcode -1 "system busy") is retried with the
   SMS gateway's backoff; what is not is permanent. WeChat lets an account write to a user only
-  within 48 hours of the user's last message: past that, errcode 45015, the message is
-  `Undeliverable` (recorded `undelivered`, never retried).
+  within 48 hours of the user's last message: past that, errcode 45015, the notice goes as the
+  account's template message (`services.notifier.wechat_template`, `WECHAT_TEMPLATE_ID`), with the
+  same token and retries; without a template, or when WeChat refuses that too (43004: no longer a
+  follower), the message is `Undeliverable` (recorded `undelivered`, never retried).
 
   wx:outbox               the embedded outbox (newest 100,000), `wx:outbox:id:{message_id}` 30 days
   wx:token:{app_id}       the access token, until WECHAT_TOKEN_MARGIN before WeChat expires it

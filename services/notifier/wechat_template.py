@@ -131,8 +131,9 @@ def template_body(message: Notice, template: WeChatTemplate) -> dict[str, Any] |
         "time": message.created_at.astimezone(template.tz).strftime("%Y-%m-%d %H:%M"),
         "remark": message.text,
     }
+    # By the field's name, not its role: a role mapped onto a middle field is cut as one.
     data = {
-        name: {"value": values[role] if role in ("first", "remark") else _cut(values[role])}
+        name: {"value": values[role] if name in ("first", "remark") else _cut(values[role])}
         for role, name in template.fields.items()
     }
     body: dict[str, Any] = {"touser": message.phone, "template_id": template.template_id, "data": data}

@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     wechat_gateway: Literal["outbox", "api"] = "outbox"
     wechat_app_secret: str = ""
     wechat_api_base: str = "https://api.weixin.qq.com"
+    # Past WeChat's 48 hours (errcode 45015) a notice goes as this template message (模板消息, a
+    # service account's template chosen in WeChat's console); empty: it is recorded undelivered.
+    wechat_template_id: str = ""
+    # The template's field for each role (services.notifier.wechat_template): `role=field` pairs,
+    # comma-separated; roles left out keep these, a role given no field is not sent. Checked when
+    # the notifier starts.
+    wechat_template_fields: str = "first=first,ticket_no=keyword1,kind=keyword2,time=keyword3,remark=remark"
+    wechat_template_url: str = ""  # the page the template message opens; empty: none
     # Where a WeChat image message's picture may be fetched from (its PicUrl): WeChat's own media
     # hosts only, so a push cannot make the server fetch any address it names.
     wechat_media_hosts: str = "mmbiz.qpic.cn,mmbiz.qlogo.cn"

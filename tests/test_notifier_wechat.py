@@ -10,7 +10,8 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -30,9 +31,17 @@ from services.notifier.routing import Recipient, masked, route
 from services.notifier.service import Notifier
 from services.notifier.survey import answers_survey_in_chat, read_inbound
 from services.notifier.texts import load_texts
-from services.notifier.wechat_gateway import WeChatApiGateway
+from services.notifier.wechat_gateway import WeChatApiGateway, make_wechat_gateway
+from services.notifier.wechat_template import (
+    DEFAULT_FIELDS,
+    WeChatTemplate,
+    parse_fields,
+    template_body,
+    template_fields,
+)
 from shared.events import DepartmentRef, TicketUpdated
 from shared.privacy import mask_openid
+from shared.settings import Settings
 from shared.store import TicketStore
 
 OPENID = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"  # the shape of a real openid (28 characters)
@@ -404,3 +413,176 @@ async def test_erasing_a_wechat_resident_forgets_their_openid_as_a_phone_is_forg
     assert [e.outcome for e in published] == ["opted_out"]
     assert openid not in json.dumps([e.model_dump(mode="json") for e in published])
     assert await redis.zcard(notifier.jobs.key) == 0  # no reminder, no timeout
+
+
+# --- past the 48 hours: a template message ------------------------------------------------------
+
+SH = ZoneInfo("Asia/Shanghai")
+TEMPLATE = WeChatTemplate("tmpl-progress", template_fields(), SH, "https://12345.example.cn/console/lookup")
+SURVEY = SmsMessage(
+    OPENID,
+    "您反映的问题（工单号20261123-000001）已办理：已更换路灯灯泡。请评价：回复1满意，2基本满意，3不满意。",
+    "survey",
+    "20261123-000001",
+    created_at=datetime(2026, 11, 27, 1, 30, tzinfo=UTC),
+    channel="wechat",
+)
+
+
+def test_a_survey_as_the_template_message_of_a_ticket_s_progress():
+    assert template_body(SURVEY, TEMPLATE) == {
+        "touser": OPENID,
+        "template_id": "tmpl-progress",
+        "url": "https://12345.example.cn/console/lookup",
+        "data": {
+            "first": {"value": "您反映的问题已办结，请评价"},
+            "keyword1": {"value": "20261123-000001"},
+            "keyword2": {"value": "满意度回访"},
+            "keyword3": {"value": "2026-11-27 09:30"},  # local time
+            "remark": {"value": SURVEY.text},  # says how to answer in the chat
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "first", "words"),
+    [
+        ("progress", "您反映的问题有新进展", "进度"),
+        ("result", "您反映的问题已办结", "办结"),
+        ("reminder", "您反映的问题办理结果还在等待您的评价", "满意度回访"),
+        ("ack", "您的诉求已受理", "受理"),
+    ],
+)
+def test_each_notice_kind_has_its_headline_and_words(kind, first, words):
+    body = template_body(replace(SURVEY, kind=kind), TEMPLATE)
+    assert body is not None
+    assert (body["data"]["first"]["value"], body["data"]["keyword2"]["value"]) == (first, words)
+
+
+def test_a_message_with_no_template_kind_stays_as_it_is():
+    assert template_body(replace(SURVEY, kind="query"), TEMPLATE) is None
+    assert template_body(replace(SURVEY, kind="clarification"), TEMPLATE) is None
+
+
+def test_the_account_names_its_template_fields():
+    fields = template_fields(
+        {"ticket_no": "character_string2", "kind": "thing3", "time": "time4", "first": ""}
+    )
+    assert fields == {"ticket_no": "character_string2", "kind": "thing3", "time": "time4", "remark": "remark"}
+    body = template_body(SURVEY, replace(TEMPLATE, fields=fields, url=""))
+    assert body is not None
+    assert "url" not in body
+    assert list(body["data"]) == ["character_string2", "thing3", "time4", "remark"]
+    # The setting says the same as `role=field` pairs.
+    assert parse_fields(" ticket_no=character_string2, kind=thing3,time=time4,first= ") == fields
+    assert parse_fields(Settings().wechat_template_fields) == template_fields() == DEFAULT_FIELDS
+    for raw, error in (("ticket_no", "not role=field"), ("kind=a,kind=b", "given twice")):
+        with pytest.raises(ValueError, match=error):
+            parse_fields(raw)
+    # A middle field shows 20 characters at most: a longer value is cut where it can be seen.
+    long = template_body(replace(SURVEY, ticket_no="T" * 30), TEMPLATE)
+    assert long is not None
+    assert long["data"]["keyword1"]["value"] == "T" * 19 + "…"
+    # So is the text, mapped onto a middle field (WeChat shows no `remark` on newer templates).
+    shown = template_body(SURVEY, replace(TEMPLATE, fields=template_fields({"remark": "thing5"})))
+    assert shown is not None
+    assert shown["data"]["thing5"]["value"] == SURVEY.text[:19] + "…"
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ({"title": "first"}, "unknown role 'title'"),
+        ({"ticket_no": "keyword 1"}, "not a template field name"),
+        ({"ticket_no": "keyword2"}, "field keyword2 given to two roles"),
+        (dict.fromkeys(("first", "ticket_no", "kind", "time", "remark"), ""), "no field"),
+    ],
+)
+def test_template_fields_that_cannot_be_right_are_refused_on_start(given, error):
+    raw = ",".join(f"{role}={name}" for role, name in given.items())
+    with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS") as e:
+        parse_fields(raw)
+    assert error in str(e.value)
+    with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS") as e:
+        template_fields(given)
+    assert error in str(e.value)
+
+
+def test_the_gateway_is_built_with_its_template_only_when_one_is_set():
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url("redis://127.0.0.1:1/0")  # never connected
+    api = {"wechat_gateway": "api", "wechat_app_id": "wx1", "wechat_app_secret": "s"}
+    plain = make_wechat_gateway(Settings(**api), redis)
+    assert isinstance(plain, WeChatApiGateway)
+    assert plain.template is None
+    gw = make_wechat_gateway(
+        Settings(**api, wechat_template_id="t1", wechat_template_fields="ticket_no=character_string1"),
+        redis,
+    )
+    assert isinstance(gw, WeChatApiGateway)
+    assert gw.template == WeChatTemplate(
+        "t1", {**template_fields(), "ticket_no": "character_string1"}, SH, ""
+    )
+    with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS"):
+        make_wechat_gateway(Settings(**api, wechat_template_id="t1", wechat_template_fields="x=y"), redis)
+    with pytest.raises(ValueError, match="WECHAT_TEMPLATE_URL"):
+        make_wechat_gateway(Settings(**api, wechat_template_id="t1", wechat_template_url="example.cn"), redis)
+
+
+@pytest.mark.integration
+async def test_past_the_48_hours_the_notice_goes_as_a_template_message(redis, wechat, caplog):
+    gw = api_gateway(redis, wechat, template=TEMPLATE)
+    wechat.script = [45015, "ok"]
+    caplog.set_level(logging.INFO, logger="services.notifier.wechat_gateway")
+    assert await gw.send(SURVEY) == SURVEY.message_id
+    assert [(s["path"], s["token"]) for s in wechat.sends] == [
+        ("/cgi-bin/message/custom/send", "tok-1"),
+        ("/cgi-bin/message/template/send", "tok-1"),  # the same token
+    ]
+    assert wechat.sends[1]["body"] == template_body(SURVEY, TEMPLATE)
+    assert assert_masked(caplog.text, OPENID)
+    await gw.aclose()
+    # The template call has the customer message's token renewal and retries.
+    delays: list[float] = []
+    gw = api_gateway(redis, wechat, delays, template=TEMPLATE)
+    wechat.sends.clear()
+    wechat.script = [45015, 42001, "http502", "ok"]
+    assert await gw.send(SURVEY) == SURVEY.message_id
+    assert [s["path"].rsplit("/", 2)[1] for s in wechat.sends] == [
+        "custom",
+        "template",
+        "template",
+        "template",
+    ]
+    assert len(delays) == 1
+    await gw.aclose()
+
+
+@pytest.mark.integration
+async def test_a_refused_template_message_is_undelivered_with_its_reason_and_not_retried(redis, wechat):
+    gw = api_gateway(redis, wechat, template=TEMPLATE)
+    wechat.script = [45015, 43004]  # the user no longer follows the account
+    with pytest.raises(Undeliverable, match="43004"):
+        await gw.send(SURVEY)
+    wechat.script = [45015, 40037]  # a template id WeChat does not know
+    with pytest.raises(Undeliverable, match="40037"):
+        await gw.send(SURVEY)
+    assert len(wechat.sends) == 4  # none retried
+    # Only 45015 falls back: another refusal of the customer message is what it was.
+    wechat.script = [40003]
+    with pytest.raises(PermanentSmsError, match="errcode 40003") as e:
+        await gw.send(SURVEY)
+    assert not isinstance(e.value, Undeliverable)
+    assert len(wechat.sends) == 5
+    await gw.aclose()
+
+
+@pytest.mark.integration
+async def test_without_a_template_the_48_hours_stay_undelivered(redis, wechat):
+    gw = api_gateway(redis, wechat)
+    wechat.script = [45015]
+    with pytest.raises(Undeliverable, match="48 hours"):
+        await gw.send(SURVEY)
+    assert [s["path"] for s in wechat.sends] == ["/cgi-bin/message/custom/send"]
+    await gw.aclose()

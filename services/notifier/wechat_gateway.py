@@ -9,8 +9,10 @@ phone hear back there (`services.notifier.routing`). The same shape as the SMS g
   WeChat says it expired or is invalid (errcode 40001, 40014, 42001). What is transient (HTTP 5xx,
   408, 429, timeouts, refused connections, WeChat's errcode -1 "system busy") is retried with the
   SMS gateway's backoff; what is not is permanent. WeChat lets an account write to a user only
-  within 48 hours of the user's last message: past that, errcode 45015, the message is
-  `Undeliverable` (recorded `undelivered`, never retried).
+  within 48 hours of the user's last message: past that, errcode 45015, the notice goes as the
+  account's template message (`services.notifier.wechat_template`, `WECHAT_TEMPLATE_ID`), with the
+  same token and retries; without a template, or when WeChat refuses that too (43004: no longer a
+  follower), the message is `Undeliverable` (recorded `undelivered`, never retried).
 
   wx:outbox               the embedded outbox (newest 100,000), `wx:outbox:id:{message_id}` 30 days
   wx:token:{app_id}       the access token, until WECHAT_TOKEN_MARGIN before WeChat expires it
@@ -29,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 from redis.asyncio import Redis
@@ -41,6 +44,7 @@ from services.notifier.gateway import (
     Undeliverable,
     backoff,
 )
+from services.notifier.wechat_template import WeChatTemplate, parse_fields, template_body
 from shared.redis_client import text
 from shared.settings import Settings
 
@@ -55,6 +59,14 @@ TOKEN_MARGIN = 300
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 BUSY = -1  # "系统繁忙，此时请开发者稍候再试"
 OUTSIDE_WINDOW = 45015  # "response out of time limit": the user's last message is over 48 hours old
+
+
+class _Refused(PermanentSmsError):
+    """WeChat's errcode for a message it will not take as it is (the caller words it)."""
+
+    def __init__(self, code: int, errmsg: str) -> None:
+        super().__init__(f"errcode {code} {errmsg}")
+        self.code = code
 
 
 class WeChatGateway(Protocol):
@@ -97,6 +109,7 @@ class WeChatApiGateway:
         max_delay: float = 30.0,
         timeout: float = 5.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        template: WeChatTemplate | None = None,
     ) -> None:
         if not app_id or not secret:
             raise ValueError(
@@ -112,23 +125,54 @@ class WeChatApiGateway:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.sleep = sleep
+        # Past the 48 hours, the notice as this template message (None: undelivered).
+        self.template = template
         self.client = httpx.AsyncClient(timeout=timeout)
         self.token_key = f"wx:token:{app_id}"
         self._refreshing = asyncio.Lock()  # one fetch at a time in this process
 
     async def send(self, message: SmsMessage) -> str:
-        body = {"touser": message.phone, "msgtype": "text", "text": {"content": message.text}}
+        custom = {"touser": message.phone, "msgtype": "text", "text": {"content": message.text}}
+        try:
+            await self._call("/cgi-bin/message/custom/send", custom)
+        except _Refused as e:
+            if e.code != OUTSIDE_WINDOW:
+                raise PermanentSmsError(f"WeChat refused the message: {e}") from None
+            body = template_body(message, self.template) if self.template else None
+            if body is None:
+                raise Undeliverable(
+                    f"WeChat errcode {e.code}: the user has not written to the account in the last "
+                    "48 hours, so no customer-service message reaches them"
+                ) from None
+            try:
+                await self._call("/cgi-bin/message/template/send", body)
+            except _Refused as t:
+                # 43004 (no longer a follower), 40037 (a template id WeChat does not know), …: no
+                # retry changes that; the state keeps the reason.
+                raise Undeliverable(
+                    f"WeChat errcode 45015 (past the 48 hours), and the template message was refused too: {t}"
+                ) from None
+            log.info(
+                "WeChat %s for %s to %s sent as a template message (past the 48 hours)",
+                message.kind, message.ticket_no, message.masked_to,
+            )  # fmt: skip
+        return message.message_id  # WeChat names no message: ours stands for it
+
+    async def _call(self, path: str, body: dict[str, Any]) -> None:
+        """One POST of WeChat's message API, with the token and its renewal, and the retries of
+        what may pass. Raises `_Refused` for an errcode that will not change, TransientSmsError
+        when WeChat stayed unavailable, PermanentSmsError for the token or an HTTP 4xx."""
         token = await self._with_retries(self.token)
         failures, renewed, last = 0, False, ""
         while True:
             try:
-                answer = await self._post(f"{self.base}/cgi-bin/message/custom/send", token, body)
+                answer = await self._post(f"{self.base}{path}", token, body)
             except TransientSmsError as e:
                 last = str(e)
             else:
                 code = _errcode(answer)
                 if code == 0:
-                    return message.message_id  # WeChat names no message: ours stands for it
+                    return
                 if code in TOKEN_ERRORS:
                     # Expired early, or replaced (a fetch elsewhere): a new one, and again at once.
                     # The first renewal is free; a token refused again counts as a failure.
@@ -137,13 +181,8 @@ class WeChatApiGateway:
                     if not renewed:
                         renewed = True
                         continue
-                elif code == OUTSIDE_WINDOW:
-                    raise Undeliverable(
-                        f"WeChat errcode {code}: the user has not written to the account in the last "
-                        "48 hours, so no customer-service message reaches them"
-                    )
                 elif code != BUSY:
-                    raise PermanentSmsError(f"WeChat refused the message: errcode {code} {_errmsg(answer)}")
+                    raise _Refused(code, _errmsg(answer))
                 else:
                     last = f"errcode {code} {_errmsg(answer)}"
             failures += 1
@@ -240,11 +279,23 @@ def _http_error(what: str, r: httpx.Response) -> PermanentSmsError | TransientSm
 def make_wechat_gateway(settings: Settings, redis: Redis) -> WeChatGateway:
     """Raises ValueError naming the setting that is missing or wrong."""
     if settings.wechat_gateway == "api":
+        template = None
+        if settings.wechat_template_id:
+            url = settings.wechat_template_url
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"WECHAT_TEMPLATE_URL {url!r}: expected an http(s) URL, or empty")
+            template = WeChatTemplate(
+                settings.wechat_template_id,
+                parse_fields(settings.wechat_template_fields),
+                ZoneInfo(settings.timezone),
+                url,
+            )
         return WeChatApiGateway(
             redis,
             settings.wechat_app_id,
             settings.wechat_app_secret,
             base=settings.wechat_api_base,
             attempts=settings.sms_gateway_attempts,
+            template=template,
         )
     return WeChatOutbox(redis)

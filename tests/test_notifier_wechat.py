@@ -437,7 +437,7 @@ def test_a_survey_as_the_template_message_of_a_ticket_s_progress():
         "data": {
             "first": {"value": "您反映的问题已办结，请评价"},
             "keyword1": {"value": "20261123-000001"},
-            "keyword2": {"value": "满意度回访"},
+            "keyword2": {"value": "满意度回访：回复1/2/3"},
             "keyword3": {"value": "2026-11-27 09:30"},  # local time
             "remark": {"value": SURVEY.text},  # says how to answer in the chat
         },
@@ -449,7 +449,7 @@ def test_a_survey_as_the_template_message_of_a_ticket_s_progress():
     [
         ("progress", "您反映的问题有新进展", "进度"),
         ("result", "您反映的问题已办结", "办结"),
-        ("reminder", "您反映的问题办理结果还在等待您的评价", "满意度回访"),
+        ("reminder", "您反映的问题办理结果还在等待您的评价", "满意度回访：回复1/2/3"),
         ("ack", "您的诉求已受理", "受理"),
     ],
 )

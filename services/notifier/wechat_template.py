@@ -45,8 +45,10 @@ HEADLINES: dict[str, tuple[str, str]] = {
     "ack": ("您的诉求已受理", "受理"),
     "progress": ("您反映的问题有新进展", "进度"),
     "result": ("您反映的问题已办结", "办结"),
-    "survey": ("您反映的问题已办结，请评价", "满意度回访"),
-    "reminder": ("您反映的问题办理结果还在等待您的评价", "满意度回访"),
+    # WeChat no longer shows `first` and `remark` (May 2023), so how to answer goes in the kind, the
+    # one place a resident still reads it: their reply in the chat answers the survey.
+    "survey": ("您反映的问题已办结，请评价", "满意度回访：回复1/2/3"),
+    "reminder": ("您反映的问题办理结果还在等待您的评价", "满意度回访：回复1/2/3"),
 }
 
 

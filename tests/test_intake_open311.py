@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -256,7 +256,7 @@ async def test_a_media_url_that_gives_no_photo_is_refused_and_nothing_is_registe
     api, redis, settings, system, media, path, host, error, words
 ):
     day = datetime.now(ZoneInfo(settings.timezone)).date()
-    numbered, pending = await redis.get(f"seq:{day:%Y%m%d}"), await redis.zcard(PENDING)
+    numbered = await redis.get(f"seq:{day:%Y%m%d}")
     url = media.url(f"{path}?{SECRET}", host=host)
     r = await api.post("/open311/v2/requests.json", content=form_with(url), headers=FORM)
     assert r.status_code == 400, r.text
@@ -266,7 +266,13 @@ async def test_a_media_url_that_gives_no_photo_is_refused_and_nothing_is_registe
     assert err["description"] == f"media_url: {err['message']}"
     # No number taken, no photo kept.
     assert await redis.get(f"seq:{day:%Y%m%d}") == numbered
-    assert await redis.zcard(PENDING) == pending
+    # The photo an address the rules refuse would have given was never asked for, nor kept (the
+    # size of the set of photos waiting to be attached proves nothing: the suite's earlier tests'
+    # photos leave it meanwhile, as the worker attaches them).
+    refused = {"/photo-by-number.jpg": "/photo-by-number.jpg", "/to-loopback": "/photo-redirected.jpg"}
+    if target := refused.get(path):
+        assert target not in [urlsplit(p).path for p in media.paths()]
+        assert await redis.zscore(PENDING, prepare(media.photo(target), max_bytes=MB).id) is None
 
     # The API logs at most 10 refusals a minute: this file's refusals stay under that.
     def logged() -> str:

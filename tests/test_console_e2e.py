@@ -1214,7 +1214,8 @@ async def test_the_dashboards_trend_says_what_rose_and_links_to_its_tickets(
     page: Page, redis, pool, system_city
 ):
     """A known week in the record (tests/test_records_trend.py's): the sentence for the report,
-    the rising and falling categories linking to their tickets, the days as a table, the export."""
+    the rising and falling categories linking to their tickets, the days as a table, the export;
+    then the same by street."""
     await Records(pool, system_city).project_many(appeal_events(system_city))
     await sign_in(page, await issue_token(redis, "admin"))
     await page.goto("/console/dashboard?from=2033-07-04&to=2033-07-10")
@@ -1241,6 +1242,23 @@ async def test_the_dashboards_trend_says_what_rose_and_links_to_its_tickets(
     # A rising category opens its tickets of the period.
     await page.locator("#trend-rising a").first.click()
     await expect(page).to_have_url(re.compile(r"category=utility\.heating&from=2033-07-04&to=2033-07-10"))
+    await expect(page.locator("#list-total")).to_contain_text("共 3 件")
+    # Where it rose: 按街道 (a plain link keeping the period), its streets, its export, its tickets.
+    await page.go_back()
+    await expect(page.locator("#trend-by [aria-current]")).to_have_text("按分类")
+    await page.locator("#trend-by").get_by_role("link", name="按街道").click()
+    await expect(page).to_have_url(re.compile(r"from=2033-07-04&to=2033-07-10&trend_by=street#trend$"))
+    await expect(page.locator("#trend-by [aria-current]")).to_have_text("按街道")
+    await expect(page.locator("#trend-rising li")).to_have_text(
+        ["建设街道：本期3件，上期0件，+3（新增）", "和平街道：本期2件，上期1件，+1（+100.0%）"]
+    )
+    await expect(page.locator("#trend-falling li")).to_have_text(["光明街道：本期1件，上期3件，−2（−66.7%）"])
+    await accessible(page)
+    async with page.expect_download() as got:
+        await page.locator("#export-trend").click()
+    assert (await got.value).suggested_filename == "trend-street-20330704-20330710.xlsx"
+    await page.locator("#trend-rising a").first.click()
+    await expect(page).to_have_url(re.compile(r"street=s02&from=2033-07-04&to=2033-07-10"))
     await expect(page.locator("#list-total")).to_contain_text("共 3 件")
 
 

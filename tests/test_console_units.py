@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from types import SimpleNamespace
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -618,6 +619,123 @@ def test_the_dashboards_trend_lists_and_links():
     assert view["rising"][1]["link"] is None  # no category to filter by
     assert [(g["name"], g["change"]) for g in view["falling"]] == [("环境保护/噪音扰民", "−15（−60.0%）")]
     assert [b["h"] for b in view["chart"]["bars"]] == [0, 120]  # the empty day drawn, at zero height
+
+
+def trend_body(group_by: str, groups: list[dict]) -> dict:
+    day = {"from": "2033-07-04", "to": "2033-07-10", "total": 0, "days": []}
+    return {
+        "group_by": group_by,
+        "from": "2033-07-04",
+        "to": "2033-07-10",
+        "summary": "本期受理6件，环比上升50.0%，同比上升200.0%",
+        "periods": {"current": day, "previous": day, "last_year": day},
+        "groups": ranked(
+            {"group": gid, "name": name, "count": count, "previous": previous, "last_year": 0}
+            for gid, name, count, previous in groups
+        ),
+    }
+
+
+def dashboard_html(city, trend: dict, trend_by: str) -> str:
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None), csrf="x"
+    )
+    return templates.get_template("dashboard.html").render(
+        request=None,
+        s=desk,
+        start="2033-07-04",
+        end="2033-07-10",
+        error="",
+        tables={},
+        dimension_names={},
+        overall=dict.fromkeys(
+            ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
+        ),
+        map=present.grid_map(city, {}),
+        trend=trend,
+        trend_by=trend_by,
+        trend_error="",
+        top_categories=[],
+        top_max=0,
+        overdue=[],
+        urlencode=urlencode,
+    )
+
+
+@pytest.mark.parametrize(
+    ("group_by", "groups", "rising", "falling", "heading", "note"),
+    [
+        (
+            "category",
+            [("utility.heating", "公共事业/供暖", 3, 1), ("env.noise", "环境保护/噪音扰民", 1, 3)],
+            [("公共事业/供暖", "/console/tickets?category=utility.heating&from=2033-07-04&to=2033-07-10")],
+            [("环境保护/噪音扰民", "/console/tickets?category=env.noise&from=2033-07-04&to=2033-07-10")],
+            "上升最快的诉求分类",
+            False,
+        ),
+        (
+            "street",
+            [("s02", "建设街道", 3, 0), ("unknown", "未定位街道", 1, 0), ("s03", "光明街道", 1, 3)],
+            [
+                ("建设街道", "/console/tickets?street=s02&from=2033-07-04&to=2033-07-10"),
+                ("未定位街道", None),  # the list has no filter for tickets without a street
+            ],
+            [("光明街道", "/console/tickets?street=s03&from=2033-07-04&to=2033-07-10")],
+            "上升最快的街道",
+            False,
+        ),
+        (
+            "department",
+            [("d_water", "区水务局", 2, 0), ("unknown", "未派单", 4, 6)],
+            [("区水务局", "/console/tickets?department=d_water&from=2033-07-04&to=2033-07-10")],
+            [("未派单", None)],
+            "上升最快的承办单位",
+            True,  # the list also has the tickets the department co-handles: said beside the lists
+        ),
+    ],
+)
+def test_the_dashboards_trend_by_each_grouping(city, group_by, groups, rising, falling, heading, note):
+    view = present.trend_view(trend_body(group_by, groups))
+    assert [(g["name"], g["link"]) for g in view["rising"]] == rising
+    assert [(g["name"], g["link"]) for g in view["falling"]] == falling
+    # The choice keeps the period; the categories are the default, so their link has no trend_by.
+    assert [(c["name"], c["link"], c["current"]) for c in view["choices"]] == [
+        ("按分类", "/console/dashboard?from=2033-07-04&to=2033-07-10#trend", group_by == "category"),
+        (
+            "按街道",
+            "/console/dashboard?from=2033-07-04&to=2033-07-10&trend_by=street#trend",
+            group_by == "street",
+        ),
+        (
+            "按承办单位",
+            "/console/dashboard?from=2033-07-04&to=2033-07-10&trend_by=department#trend",
+            group_by == "department",
+        ),
+    ]
+    assert view["export"]["csv"] == (
+        f"/console/dashboard/trend/export?group_by={group_by}&from=2033-07-04&to=2033-07-10&format=csv"
+    )
+
+    html = dashboard_html(city, view, group_by)
+    current = re.findall(r'<a href="([^"]*)" aria-current="page">([^<]*)</a>', html)
+    assert current == [(html_escape(c["link"]), c["name"]) for c in view["choices"] if c["current"]]
+    assert f"<h3>{heading}</h3>" in html
+    assert f'id="export-trend">导出Excel（按{present.TREND_GROUPS[group_by]}趋势）' in html
+    assert f"group_by={group_by}&amp;from=2033-07-04" in html
+    assert ('id="trend-note"' in html) is note
+    # The period form keeps the grouping when the dates change.
+    hidden = f'<input type="hidden" name="trend_by" value="{group_by}">'
+    assert (hidden in html) is (group_by != "category")
+
+
+def test_the_dashboards_trend_grouping_is_one_of_the_three():
+    assert [present.trend_group(raw) for raw in ("street", "department", "category")] == [
+        "street",
+        "department",
+        "category",
+    ]
+    # Anything else (an old link, a typo, none): by category, not a refusal.
+    assert [present.trend_group(raw) for raw in (None, "", "grid", "STREET")] == ["category"] * 4
 
 
 def privacy_html(**context) -> str:

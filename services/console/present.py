@@ -434,15 +434,32 @@ def signed_change(g: Mapping[str, Any]) -> str:
     return f"{n:+d}（{words}）".replace("-", "−")
 
 
+# How the dashboard's trend can be grouped (the API's group_by), in the order the choice is offered.
+# Each is also a filter of the ticket list (/console/tickets), so each group links to its tickets.
+TREND_GROUPS = {"category": "诉求分类", "street": "街道", "department": "承办单位"}
+TREND_CHOICES = {"category": "按分类", "street": "按街道", "department": "按承办单位"}
+# The trend counts a ticket under its lead department only; the list filtered by a department also
+# has the tickets it co-handles (协办), so the two counts can differ: said beside the lists.
+TREND_NOTES = {"department": "按主办单位统计；点开的工单列表还包括该单位协办的工单。"}
+
+
+def trend_group(raw: str | None) -> str:
+    """The grouping asked for (?trend_by=), the categories for anything else: a link kept from
+    before, or typed, still shows a trend."""
+    return raw if raw in TREND_GROUPS else "category"
+
+
 def trend_view(body: Mapping[str, Any]) -> dict[str, Any]:
     """The API's trend as the dashboard shows it: the report's sentence, the daily counts as bars
-    and as a table (the chart's text alternative), and the categories that rose and fell most,
-    each linking to its tickets of the period."""
+    and as a table (the chart's text alternative), the choice of grouping (each a plain link that
+    keeps the period), and the groups that rose and fell most, each linking to its tickets of the
+    period; the groups with no id (未分类, 未定位街道, 未派单) have no filter to link with."""
     start, end = body["from"], body["to"]
     periods = body["periods"]
+    group_by = trend_group(body.get("group_by"))
 
     def item(g: Mapping[str, Any]) -> dict[str, Any]:
-        query = urlencode({"category": g["group"], "from": start, "to": end})
+        query = urlencode({group_by: g["group"], "from": start, "to": end})
         link = None if g["group"] == "unknown" else f"/console/tickets?{query}"
         return {
             "name": g["name"],
@@ -452,13 +469,27 @@ def trend_view(body: Mapping[str, Any]) -> dict[str, Any]:
             "link": link,
         }
 
+    def choice(key: str, name: str) -> dict[str, Any]:
+        query = {"from": start, "to": end} | ({} if key == "category" else {"trend_by": key})
+        return {
+            "name": name,
+            "link": f"/console/dashboard?{urlencode(query)}#trend",
+            "current": key == group_by,
+        }
+
     days = periods["current"]["days"]
+    export = "/console/dashboard/trend/export?" + urlencode({"group_by": group_by, "from": start, "to": end})
     return {
         "summary": body["summary"],
         "chart": daily_bars([(d["day"], d["count"]) for d in days]),
         "days": days,
         "previous": periods["previous"],
         "last_year": periods["last_year"],
+        "group_by": group_by,
+        "group_name": TREND_GROUPS[group_by],
+        "choices": [choice(k, n) for k, n in TREND_CHOICES.items()],
+        "note": TREND_NOTES.get(group_by, ""),
+        "export": {"xlsx": export, "csv": f"{export}&format=csv"},
         "rising": [item(g) for g in trend.rising(body["groups"])],
         "falling": [item(g) for g in trend.falling(body["groups"])],
     }

@@ -1553,8 +1553,9 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}
     trend, trend_error = None, ""
+    trend_by = present.trend_group(request.query_params.get("trend_by"))
     if not error:
-        reply = await client.get("/api/v1/stats/trend", group_by="category", **{"from": start, "to": end})
+        reply = await client.get("/api/v1/stats/trend", group_by=trend_by, **{"from": start, "to": end})
         # The record (PostgreSQL) away takes the trend, not the rates, off the page.
         trend, trend_error = (present.trend_view(reply.body), "") if reply.ok else (None, reply.message)
     volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
@@ -1576,6 +1577,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         overall=overall,
         map=present.grid_map(city, volume),
         trend=trend,
+        trend_by=trend_by,
         trend_error=trend_error,
         top_categories=top_categories,
         top_max=max((g["assigned"] for g in top_categories), default=0),
@@ -1611,14 +1613,14 @@ async def dashboard_export(request: Request, s: session.Session = Depends(as_des
 
 @router.get("/dashboard/trend/export")
 async def dashboard_trend_export(request: Request, s: session.Session = Depends(as_desk)):
-    """The period's trend by category (趋势表) as a table for Excel, through the session as the
-    rankings are; a refusal is said on a page of its own."""
+    """The period's trend by category, street or department (趋势表) as a table for Excel, through
+    the session as the rankings are; a refusal is said on a page of its own."""
     start, end = period(request)
     fmt = "csv" if request.query_params.get("format") == "csv" else "xlsx"
     level = "top" if request.query_params.get("level") == "top" else "leaf"
     reply = await api(request, s).download(
         "/api/v1/stats/trend/export",
-        group_by="category",
+        group_by=present.trend_group(request.query_params.get("group_by")),
         level=level,
         format=fmt,
         **{"from": start, "to": end},

@@ -37,11 +37,13 @@ PURE_MODULES = [
     "services.notifier.survey",
     "services.notifier.texts",
     "services.notifier.scoring",
+    "services.notifier.wechat_template",
     "shared.events",
     "shared.tickets",
     "shared.city",
     "shared.errors",
     "shared.privacy",
+    "shared.lookup_link",
     "shared.knowledge",
     "shared.trend",
 ]

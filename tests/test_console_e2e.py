@@ -29,6 +29,7 @@ from services.records.knowledge import KnowledgeService
 from services.records.service import Records
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
+from shared.lookup_link import link_key, sign
 from shared.privacy import REMOVED
 from shared.settings import Settings
 from tests.conftest import System, eventually
@@ -1470,6 +1471,32 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     assert width <= 360  # no sideways scrolling on a phone
     await accessible(page)
     await shot(page, "lookup-mobile")
+    await context.close()
+
+
+async def test_a_wechat_notices_signed_link_opens_its_ticket(
+    browser: Browser, redis, system: System, settings: Settings
+):
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "幸福里小区门口的路灯一直不亮", new_phone())
+        await ticket_when(client, no, lambda t: t["status"] in ("assigned", "review"))
+    key = link_key(settings.caller_id_salt)  # the running console's salt
+    context = await browser.new_context(
+        base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+    )
+    page = await context.new_page()
+    await page.goto(f"/console/lookup?t={no}&s={sign(no, key)}")
+    await expect(page.locator("#lookup-status")).to_be_visible()
+    await expect(page.locator("#found h2")).to_have_text(f"工单 {no}")
+    assert "幸福里" not in (await page.locator("main").text_content() or "")
+    await accessible(page)
+    # The same signature on another number: the form, saying why, with the number kept.
+    other = f"{no[:-1]}{(int(no[-1]) + 1) % 10}"
+    await page.goto(f"/console/lookup?t={other}&s={sign(no, key)}")
+    await expect(page.locator("p.error")).to_have_text("链接无效或已过期，请输入工单号和手机号后四位查询")
+    await expect(page.locator("#found")).to_have_count(0)
+    await expect(page.get_by_label("工单号")).to_have_value(other)
+    await accessible(page)
     await context.close()
 
 

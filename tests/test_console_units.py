@@ -887,3 +887,177 @@ def test_every_console_page_is_awaited():
             ):
                 unawaited.append(f"{path.name}:{n.lineno}")
     assert unawaited == []
+
+
+# --- the signed link of a WeChat notice ---------------------------------------------------------
+
+
+class CountingRedis:
+    """What of Redis the lookup uses: the hour's counters (set nx, incr, get)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int] = {}
+
+    def pipeline(self, transaction: bool = True) -> CountingRedis.Pipeline:
+        return CountingRedis.Pipeline(self)
+
+    async def get(self, key: str) -> int | None:
+        return self.values.get(key)
+
+    class Pipeline:
+        def __init__(self, redis: CountingRedis) -> None:
+            self.redis, self.ops = redis, []
+
+        async def __aenter__(self) -> CountingRedis.Pipeline:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def set(self, key: str, value: int, ex: int, nx: bool) -> None:
+            self.ops.append(("set", key, value))
+
+        def incr(self, key: str) -> None:
+            self.ops.append(("incr", key, 1))
+
+        async def execute(self) -> list[object]:
+            out: list[object] = []
+            for op, key, value in self.ops:
+                if op == "set":
+                    out.append(self.redis.values.setdefault(key, value) == value)
+                else:
+                    self.redis.values[key] = self.redis.values.get(key, 0) + value
+                    out.append(self.redis.values[key])
+            return out
+
+
+class OneTicketStore:
+    def __init__(self, ticket: Ticket, history: list[dict]) -> None:
+        self.ticket, self.steps = ticket, history
+
+    async def get(self, no: str) -> Ticket | None:
+        return self.ticket if no == self.ticket.ticket_no else None
+
+    async def history(self, no: str) -> list[dict]:
+        return self.steps if no == self.ticket.ticket_no else []
+
+
+LINK_SALT = "a-long-random-secret-for-these-tests-0123456789"
+WECHAT_TICKET = Ticket(
+    ticket_no="20260302-000007",
+    status=Status.ACCEPTED,
+    channel="wechat",
+    text="我叫李四，住幸福里5号，楼道灯不亮",
+    address="幸福里5号",
+    caller=Caller(caller_id="wx-abc"),  # WeChat: no phone, no last four digits
+    received_at=NOW,
+    category_names=("城市管理", "市政设施", "路灯故障"),
+    department=DepartmentRef(id="urban_mgmt", name="区城市管理委员会"),
+)
+
+
+@pytest.fixture
+def lookup_app(city):
+    from fastapi import FastAPI
+
+    from services.console import views
+    from shared.settings import Settings
+
+    app = FastAPI()
+    views.mount(app)
+    app.state.settings = Settings(caller_id_salt=LINK_SALT)
+    app.state.city = city
+    app.state.redis = CountingRedis()
+    history = [
+        {"topic": "appeal.received", "occurred_at": NOW.isoformat()},
+        {"topic": "ticket.updated", "action": "accepted", "occurred_at": NOW.isoformat()},
+    ]
+    app.state.store = OneTicketStore(WECHAT_TICKET, history)
+    return app
+
+
+async def get_lookup(app, **params: str):
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+        return await client.get("/console/lookup", params=params)
+
+
+def found_section(html: str) -> str:
+    return html[html.index('id="found"') :] if 'id="found"' in html else ""
+
+
+async def test_a_signed_link_shows_its_ticket_without_the_digits(lookup_app):
+    from shared.lookup_link import link_key, sign
+
+    no = WECHAT_TICKET.ticket_no
+    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT)))
+    assert r.status_code == 200, r.text
+    found = found_section(r.text)
+    assert f"工单 {no}" in found
+    assert "办理中" in found
+    assert "承办单位已签收，正在办理" in found
+    assert "李四" not in r.text  # the same view as the form's: nothing personal
+    assert "幸福里" not in r.text
+    assert "链接无效" not in r.text
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Cache-Control"] == "no-store"
+    # Typed as a resident might copy it: the same number.
+    again = await get_lookup(lookup_app, t=no.replace("-", ""), s=sign(no, link_key(LINK_SALT)))
+    assert f"工单 {no}" in found_section(again.text)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"t": "20260302-000008", "s": "__sig__"},  # the number changed, the signature kept
+        {"t": "20260302-000007", "s": "0123456789abcdef"},  # a signature made up
+        {"t": "20260302-000007", "s": "__cut__"},  # cut short by one
+        {"t": "20260302-000007", "s": ""},  # no signature
+        {"t": "20260302-000007"},
+        {"s": "__sig__"},  # no number
+        {"t": "<script>alert(1)</script>", "s": "__sig__"},
+    ],
+)
+async def test_a_bad_link_shows_the_form_saying_so(lookup_app, params):
+    from shared.lookup_link import link_key, sign
+
+    sig = sign(WECHAT_TICKET.ticket_no, link_key(LINK_SALT))
+    shown = {"__sig__": sig, "__cut__": sig[:-1]}
+    params = {k: shown.get(v, v) for k, v in params.items()}
+    r = await get_lookup(lookup_app, **params)
+    assert r.status_code in (403, 404), r.text
+    assert "链接无效或已过期，请输入工单号和手机号后四位查询" in r.text
+    assert 'name="last4"' in r.text  # the normal form, to look it up the usual way
+    assert found_section(r.text) == ""
+    assert "<script>alert(1)</script>" not in r.text
+    if re.fullmatch(r"[0-9-]+", params.get("t", "")):
+        # The number stays in the form: only the digits are left to type.
+        assert f'value="{params["t"]}"' in r.text
+
+
+async def test_a_signed_link_signed_with_another_salt_is_refused(lookup_app):
+    from shared.lookup_link import link_key, sign
+
+    no = WECHAT_TICKET.ticket_no
+    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT + "-old")))
+    assert r.status_code == 403
+    assert "链接无效或已过期" in r.text
+
+
+async def test_link_visits_count_against_the_address_like_the_forms_tries(lookup_app):
+    from services.console.lookup import TRIES_PER_IP_PER_HOUR
+    from shared.lookup_link import link_key, sign
+
+    no = WECHAT_TICKET.ticket_no
+    for _ in range(TRIES_PER_IP_PER_HOUR):
+        r = await get_lookup(lookup_app, t=no, s="0" * 16)
+        assert r.status_code == 403
+    # The address's hour is spent: even the right link waits, as the form would.
+    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT)))
+    assert r.status_code == 429
+    assert "查询过于频繁，请一小时后再试" in r.text
+    assert found_section(r.text) == ""
+    # A bad signature is not a wrong last four: the ticket's own tries are untouched.
+    assert not any(k.startswith("console:lookup:wrong:") for k in lookup_app.state.redis.values)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
@@ -40,6 +41,7 @@ from services.notifier.wechat_template import (
     template_fields,
 )
 from shared.events import DepartmentRef, TicketUpdated
+from shared.lookup_link import link_key, sign, verified
 from shared.privacy import mask_openid
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -418,7 +420,8 @@ async def test_erasing_a_wechat_resident_forgets_their_openid_as_a_phone_is_forg
 # --- past the 48 hours: a template message ------------------------------------------------------
 
 SH = ZoneInfo("Asia/Shanghai")
-TEMPLATE = WeChatTemplate("tmpl-progress", template_fields(), SH, "https://12345.example.cn/console/lookup")
+LOOKUP = "https://12345.example.cn/console/lookup"
+TEMPLATE = WeChatTemplate("tmpl-progress", template_fields(), SH, LOOKUP)
 SURVEY = SmsMessage(
     OPENID,
     "您反映的问题（工单号20261123-000001）已办理：已更换路灯灯泡。请评价：回复1满意，2基本满意，3不满意。",
@@ -457,6 +460,53 @@ def test_each_notice_kind_has_its_headline_and_words(kind, first, words):
     body = template_body(replace(SURVEY, kind=kind), TEMPLATE)
     assert body is not None
     assert (body["data"]["first"]["value"], body["data"]["keyword2"]["value"]) == (first, words)
+
+
+KEY = link_key("a-long-random-secret-for-these-tests-0123456789")
+SIGNED = replace(TEMPLATE, sign=partial(sign, key=KEY))
+
+
+def test_the_template_opens_its_own_ticket_by_a_signed_link():
+    body = template_body(SURVEY, SIGNED)
+    assert body is not None
+    sig = sign("20261123-000001", KEY)
+    assert body["url"] == f"{LOOKUP}?t=20261123-000001&s={sig}"
+    assert verified("20261123-000001", sig, KEY)
+    other = template_body(replace(SURVEY, ticket_no="20261123-000002"), SIGNED)
+    assert other is not None
+    assert other["url"] != body["url"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "opened"),
+    [
+        # A query of its own (a campaign tag) stays, the link's follows it; a fragment stays last.
+        (
+            "https://12345.example.cn/console/lookup?from=wx",
+            "https://12345.example.cn/console/lookup?from=wx&t={no}&s={sig}",
+        ),
+        (
+            "https://12345.example.cn/console/lookup?",
+            "https://12345.example.cn/console/lookup?t={no}&s={sig}",
+        ),
+        (
+            "https://12345.example.cn/console/lookup#found",
+            "https://12345.example.cn/console/lookup?t={no}&s={sig}#found",
+        ),
+        ("https://12345.example.cn/m/?a=1&b=2#x", "https://12345.example.cn/m/?a=1&b=2&t={no}&s={sig}#x"),
+    ],
+)
+def test_the_signed_link_keeps_the_configured_query(configured, opened):
+    body = template_body(SURVEY, replace(SIGNED, url=configured))
+    assert body is not None
+    assert body["url"] == opened.format(no="20261123-000001", sig=sign("20261123-000001", KEY))
+
+
+def test_no_url_set_no_link_and_no_ticket_no_link_unsigned():
+    assert "url" not in (template_body(SURVEY, replace(SIGNED, url="")) or {})
+    body = template_body(replace(SURVEY, ticket_no=None), SIGNED)
+    assert body is not None
+    assert body["url"] == LOOKUP  # nothing to sign: the page's form
 
 
 def test_a_message_with_no_template_kind_stays_as_it_is():
@@ -521,9 +571,21 @@ def test_the_gateway_is_built_with_its_template_only_when_one_is_set():
         redis,
     )
     assert isinstance(gw, WeChatApiGateway)
-    assert gw.template == WeChatTemplate(
+    assert gw.template is not None
+    assert replace(gw.template, sign=None) == WeChatTemplate(
         "t1", {**template_fields(), "ticket_no": "character_string1"}, SH, ""
     )
+    # The link is signed with the key the console checks: the one derived from this salt.
+    salted = Settings(**api, wechat_template_id="t1", wechat_template_url=LOOKUP, caller_id_salt="x" * 40)
+    linked = make_wechat_gateway(salted, redis)
+    assert isinstance(linked, WeChatApiGateway)
+    assert linked.template is not None
+    body = template_body(SURVEY, linked.template)
+    assert body is not None
+    query = parse_qs(urlsplit(body["url"]).query)
+    assert query["t"] == ["20261123-000001"]
+    assert verified("20261123-000001", query["s"][0], link_key("x" * 40))
+    assert not verified("20261123-000001", query["s"][0], link_key(Settings().caller_id_salt))
     with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS"):
         make_wechat_gateway(Settings(**api, wechat_template_id="t1", wechat_template_fields="x=y"), redis)
     with pytest.raises(ValueError, match="WECHAT_TEMPLATE_URL"):

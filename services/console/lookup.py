@@ -1,6 +1,10 @@
 """Residents look their appeal up by its ticket number and the last four digits of the phone they
 called from. They see where it is, and nothing personal: not the text, not the address, not the
-number. Guessing is bounded: a few wrong tries per ticket and per address each hour."""
+number. Guessing is bounded: a few wrong tries per ticket and per address each hour.
+
+A resident who appealed by WeChat has no phone to give: their notices link here signed
+(`?t=<ticket_no>&s=<sig>`, `shared.lookup_link`), and the signed link shows the same, without the
+digits. Its visits count against the address's tries like the form's."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from services.console import present
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
 from services.intake.progress import clean_ticket_no as clean_ticket_no
 from services.intake.progress import step_words
+from shared import lookup_link
 from shared.city import City
 from shared.store import TicketStore
 from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Ticket
@@ -24,6 +29,8 @@ from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Ticket
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60
 _TICKET_NO = re.compile(r"^[0-9A-Za-z-]{4,40}$")
+TOO_OFTEN = "查询过于频繁，请一小时后再试"
+BAD_LINK = "链接无效或已过期，请输入工单号和手机号后四位查询"
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ async def find(redis: Redis, store: TicketStore, ticket_no: str, last4: str, ip:
     if not re.fullmatch(r"\d{4}", last4):
         return Refused(422, "last4", "请填写来电手机号的后四位数字")
     if await _count(redis, f"console:lookup:ip:{ip}") > TRIES_PER_IP_PER_HOUR:
-        return Refused(429, "form", "查询过于频繁，请一小时后再试")
+        return Refused(429, "form", TOO_OFTEN)
     wrong_key = f"console:lookup:wrong:{ticket_no}"
     if int(await redis.get(wrong_key) or 0) >= WRONG_TRIES_PER_HOUR:
         return Refused(429, "form", "该工单号的查询错误次数过多，请一小时后再试或拨打12345")
@@ -69,6 +76,24 @@ async def find(redis: Redis, store: TicketStore, ticket_no: str, last4: str, ip:
         await _count(redis, wrong_key)
         # The same answer whether the ticket exists or not: the form reveals nothing.
         return Refused(404, "form", "没有找到与工单号和手机号后四位相符的诉求，请核对后再试")
+    return Found(ticket, await store.history(ticket_no))
+
+
+async def follow(
+    redis: Redis, store: TicketStore, ticket_no: str, sig: str, ip: str, key: bytes | None = None
+) -> Found | Refused:
+    """The ticket a signed link opens (`key`: the links' key, `lookup_link.link_key`). A link that
+    does not verify, or whose ticket is gone, is refused with the same words: the form then asks
+    for the number and digits. A bad signature does not count against the ticket, as a wrong last
+    four does: 64 bits are not guessed at 60 tries an hour, and counting them would let anyone lock
+    a resident out of their own link."""
+    if await _count(redis, f"console:lookup:ip:{ip}") > TRIES_PER_IP_PER_HOUR:
+        return Refused(429, "form", TOO_OFTEN)
+    if not _TICKET_NO.match(ticket_no) or not lookup_link.verified(ticket_no, sig, key):
+        return Refused(403, "form", BAD_LINK)
+    ticket = await store.get(ticket_no)
+    if ticket is None:
+        return Refused(404, "form", BAD_LINK)
     return Found(ticket, await store.history(ticket_no))
 
 

@@ -42,6 +42,7 @@ from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.router import workflow
 from services.router.rules import FIRST_CONTACT, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
+from shared import lookup_link
 from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
@@ -1675,7 +1676,26 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
 
 @router.get("/lookup")
 async def lookup_form(request: Request) -> Response:
-    return await lookup_page(request)
+    """The form; with `t` or `s` (the signed link of a WeChat notice), the ticket it opens, or the
+    form saying the link is no good."""
+    t, sig = request.query_params.get("t", ""), request.query_params.get("s", "")
+    if not t and not sig:
+        return await lookup_page(request)
+    ticket_no = resident_lookup.clean_ticket_no(t)
+    values = {"ticket_no": ticket_no, "last4": ""}
+    state = request.app.state
+    client_ip = request.client.host if request.client else "unknown"
+    key = lookup_link.link_key(state.settings.caller_id_salt)
+    result = await resident_lookup.follow(state.redis, state.store, ticket_no, sig.strip(), client_ip, key)
+    if isinstance(result, resident_lookup.Refused):
+        errors = {result.field: result.message}
+        response = await lookup_page(request, result.status, values=values, errors=errors)
+    else:
+        found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
+        response = await lookup_page(request, values=values, found=found)
+    # The address is the ticket's key: no page it links to is told it.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 async def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:

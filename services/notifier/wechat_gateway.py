@@ -45,6 +45,7 @@ from services.notifier.gateway import (
     backoff,
 )
 from services.notifier.wechat_template import WeChatTemplate, parse_fields, template_body
+from shared import lookup_link
 from shared.redis_client import text
 from shared.settings import Settings
 
@@ -289,6 +290,9 @@ def make_wechat_gateway(settings: Settings, redis: Redis) -> WeChatGateway:
                 parse_fields(settings.wechat_template_fields),
                 ZoneInfo(settings.timezone),
                 url,
+                # The link opens the message's own ticket: a WeChat appeal has no phone digits to
+                # look it up by.
+                sign=partial(lookup_link.sign, key=lookup_link.link_key(settings.caller_id_salt)),
             )
         return WeChatApiGateway(
             redis,

@@ -12,12 +12,12 @@ the Host header) in `hits`."""
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
+from tests.loopback import QuietHandler, serving
 from tests.test_photos import jpeg, unique_color
 
 SLOW_SECONDS = 8  # longer than any media timeout a test sets
@@ -27,8 +27,7 @@ class MediaServer:
     def __init__(self) -> None:
         self.hits: list[tuple[str, str]] = []
         self.photos: dict[str, bytes] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.port = self.server.server_port
+        self.port = 0  # set when served
 
     def url(self, path: str, host: str = "localhost") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -43,16 +42,13 @@ class MediaServer:
 @contextlib.contextmanager
 def media_server() -> Iterator[MediaServer]:
     media = MediaServer()
-    threading.Thread(target=media.server.serve_forever, daemon=True).start()
-    try:
+    with serving(_handler(media)) as server:
+        media.port = server.server_port
         yield media
-    finally:
-        media.server.shutdown()
-        media.server.server_close()
 
 
 def _handler(media: MediaServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # the standard library names it
             media.hits.append((self.path, self.headers.get("Host", "")))
             path = urlsplit(self.path).path  # what is served; the query string is the client's
@@ -109,8 +105,5 @@ def _handler(media: MediaServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(b"\xff\xd8\xff")
                 for _ in range(16 * 1024):
                     self.wfile.write(chunk)
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     return Handler

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from services.intake.wechat_media import allowed
-from shared.embedded import free_port
 from shared.settings import Settings
 from tests.conftest import eventually
+from tests.loopback import QuietHandler, serving
 from tests.test_photos import jpeg, unique_color
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -267,7 +265,7 @@ def media_host() -> Iterator[str]:
     WECHAT_MEDIA_HOSTS. Serves /photo-N.jpg (a JPEG) and /notes.txt (not a picture)."""
     pictures: dict[str, tuple[bytes, str]] = {"/notes.txt": (b"not a picture", "text/plain")}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:  # the standard library names it
             body, kind = pictures.get(self.path) or (jpeg(color=unique_color()), "image/jpeg")
             pictures.setdefault(self.path, (body, kind))
@@ -277,15 +275,8 @@ def media_host() -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(Handler) as server:
         yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
 
 
 def image(user: str, url: str) -> bytes:

@@ -5,12 +5,10 @@ outage longer than the gateway's retries holds the message for a later scan, it 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -21,6 +19,7 @@ from services.notifier.service import Notifier
 from services.notifier.texts import load_texts
 from shared.events import AppealReceived
 from shared.store import TicketStore
+from tests.loopback import QuietHandler, serving
 
 
 class Provider:
@@ -31,7 +30,7 @@ class Provider:
         self.requests: list[dict] = []
         provider = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 provider.requests.append({"body": body, "auth": self.headers.get("Authorization")})
@@ -52,24 +51,14 @@ class Provider:
                 self.end_headers()
                 self.wfile.write(payload.encode())
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/sms/send"
-
-    def __enter__(self) -> Provider:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.handler = Handler
 
 
 @pytest.fixture
 def provider() -> Iterator[Provider]:
-    with Provider() as p:
+    p = Provider()
+    with serving(p.handler) as server:
+        p.url = f"http://127.0.0.1:{server.server_port}/sms/send"
         yield p
 
 

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -45,6 +43,7 @@ from shared.lookup_link import link_key, sign, verified
 from shared.privacy import mask_openid
 from shared.settings import Settings
 from shared.store import TicketStore
+from tests.loopback import QuietHandler, serving
 
 OPENID = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"  # the shape of a real openid (28 characters)
 
@@ -148,7 +147,7 @@ class FakeWeChat:
         self.sends: list[dict] = []
         wechat = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
@@ -181,24 +180,14 @@ class FakeWeChat:
                 else:
                     self._answer(200, {"errcode": step, "errmsg": f"error {step}"})
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakeWeChat:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.handler = Handler
 
 
 @pytest.fixture
 def wechat() -> Iterator[FakeWeChat]:
-    with FakeWeChat() as w:
+    w = FakeWeChat()
+    with serving(w.handler) as server:
+        w.base = f"http://127.0.0.1:{server.server_port}"
         yield w
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from shared.city import City, KnowledgeEntry
 from shared.errors import DomainError
+from shared.text import without_controls
 
 QUESTION_MIN, QUESTION_MAX = 2, 200  # a question as residents ask it, in one sentence or two
 ANSWER_MIN, ANSWER_MAX = 5, 2000  # what an operator reads out: a paragraph, not a policy document
@@ -37,11 +38,7 @@ FIELD_NAMES = {
 
 
 # Control and invisible characters (a NUL cannot even be stored in PostgreSQL's text): dropped.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-
-
-def clean(text: str) -> str:
-    return _CONTROL.sub("", text)
+clean = without_controls
 
 
 def _invalid(code: str, message: str, field: str) -> DomainError:

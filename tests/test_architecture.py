@@ -39,6 +39,7 @@ PURE_MODULES = [
     "services.notifier.scoring",
     "services.notifier.wechat_template",
     "shared.events",
+    "shared.text",
     "shared.tickets",
     "shared.city",
     "shared.errors",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -16,12 +15,11 @@ from services.intake.errors import InvalidAppeal
 from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, Caller, Channel, GeoPoint, new_id
 from shared.photos import MAX_PER_ITEM
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.text import without_controls
 from shared.tickets import Ticket
 
 TEXT_MIN, TEXT_MAX = 5, 5000
 ADDRESS_MAX = 200
-# Control characters except tab/newline, plus zero-width and bidi controls that break display.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 # What a reader cannot see, by Unicode's own properties rather than a list: white space and
 # separators, controls, format characters (Cf: zero-width, bidi, tags), surrogates, private use and
 # unassigned code points, marks that only modify a neighbour, and the default-ignorable code points,
@@ -46,7 +44,7 @@ FORMULA_START = ("=", "+", "-", "@")
 
 def clean_text(raw: str) -> str:
     text = unicodedata.normalize("NFC", raw)
-    text = _CONTROL.sub("", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = without_controls(text).replace("\r\n", "\n").replace("\r", "\n")
     stripped = text.strip()
     if stripped.startswith(FORMULA_START) and "\t" in text[: len(text) - len(text.lstrip())]:
         return "\t" + stripped

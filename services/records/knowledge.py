@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from services.records.db import Pool
+from services.records.query import containing
 from shared import knowledge as rules
 from shared.auth import Principal
 from shared.city import City, KnowledgeEntry
@@ -59,10 +60,6 @@ def entry_of(row: Mapping[str, Any]) -> KnowledgeEntry:
         department=row["department"],
         reviewed=row["reviewed"],
     )
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class KnowledgeService:
@@ -114,7 +111,7 @@ class KnowledgeService:
         params: list[Any] = []
         q = " ".join(rules.clean(q).split())
         if q:
-            like = f"%{_escape_like(q)}%"
+            like = containing(q)
             where.append(
                 "(question ILIKE %s OR answer ILIKE %s OR array_to_string(keywords, ' ') ILIKE %s OR id = %s)"
             )

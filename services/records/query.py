@@ -151,7 +151,7 @@ def build(
         # The text lives apart (migrations/0002): its trigram index is not rewritten with the row.
         add(
             "ticket_no IN (SELECT ticket_no FROM ticket_search WHERE search ILIKE %s)",
-            "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
+            containing(q),
         )
     sort = raw.get("sort") or "-received_at"
     if sort not in SORTS:
@@ -163,3 +163,8 @@ def build(
         page=page,
         size=size,
     )
+
+
+def containing(text: str) -> str:
+    """An ILIKE pattern matching `text` anywhere, its own % _ and \\ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

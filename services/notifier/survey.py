@@ -198,6 +198,7 @@ def read_inbound(raw: str) -> Inbound:
 # In a chat that also takes appeals (WeChat), how long a message may be and still be read as a bare
 # survey reply ("满意", "3 还是不亮") when it does not begin with its rating.
 CHAT_REPLY_MAX_CHARS = 15
+_REPLY_OPENINGS = tuple(w for w, _ in _WORDS) + _UNSOLVED  # what a reply may begin with
 
 
 def answers_survey_in_chat(inbound: Inbound) -> bool:
@@ -210,5 +211,4 @@ def answers_survey_in_chat(inbound: Inbound) -> bool:
     text = normalize(inbound.text).strip()
     if _LEADING_DIGIT.match(text) or len(text) <= CHAT_REPLY_MAX_CHARS:
         return True
-    words = [w for w, _ in _WORDS] + list(_UNSOLVED)
-    return text.startswith(tuple(words))
+    return text.startswith(_REPLY_OPENINGS)

@@ -492,10 +492,12 @@ def test_visible_characters_are_what_counts():
 
 @pytest.mark.integration
 async def test_tokens_expire_and_can_be_listed_and_revoked(api, redis, settings):
-    short = await issue_token(redis, "operator", operator="0305", ttl_seconds=1)
+    # Long enough for the first preview on a loaded machine (one second was not, once), then past it.
+    issued = time.monotonic()
+    short = await issue_token(redis, "operator", operator="0305", ttl_seconds=5)
     body = {"caller_phone": phone(), "text": "建设路菜市场门口占道经营严重，车辆过不去"}
     assert (await api.post("/api/v1/appeals/preview", json=body, headers=bearer(short))).status_code == 200
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(max(0.0, issued + 5.5 - time.monotonic()))
     assert_error_shape(await api.post("/api/v1/appeals/preview", json=body, headers=bearer(short)), 401)
 
     kept = await issue_token(redis, "department", department="housing")

@@ -213,7 +213,7 @@ def unique_color() -> tuple[int, int, int]:
 
 
 def ticket_no() -> str:
-    return f"20261201-{random.randrange(100_000, 999_999)}"
+    return f"20001201-{random.randrange(100_000, 999_999)}"  # a day intake never numbers
 
 
 def appeal_with(no: str, photos: tuple[str, ...]) -> AppealReceived:

@@ -48,6 +48,7 @@ from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import KnowledgeEntry, load_city
 from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception, valid_path_params
+from shared.lookup_link import lookup_links
 from shared.photo_store import PhotoStore
 from shared.privacy import check_salt
 from shared.redis_client import connect
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     wechat_crypto = wechat_views.safe_mode(settings)  # a bad EncodingAESKey stops the start, with the reason
     check_salt(settings)  # so does a public caller-id salt in production
+    links = lookup_links(settings)  # and a WECHAT_TEMPLATE_URL that is no URL
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -120,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             public_channels=settings.public_channels,
         )
         app.state.progress = ProgressQueries(store, limiter, timezone=settings.timezone)
+        app.state.lookup_links = links  # the answer to 查询 in WeChat links each ticket it names
         app.state.sms_intake = SmsIntake(app.state.intake, app.state.progress)
         app.state.intake_preview = Previewer(
             app.state.city,

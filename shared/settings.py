@@ -114,7 +114,12 @@ class Settings(BaseSettings):
     # comma-separated; roles left out keep these, a role given no field is not sent. Checked when
     # the notifier starts.
     wechat_template_fields: str = "first=first,ticket_no=keyword1,kind=keyword2,time=keyword3,remark=remark"
-    wechat_template_url: str = ""  # the page the template message opens; empty: none
+    # The console's public /console/lookup: the page the template message opens, and the link the
+    # answer to 查询 in the chat carries; empty: none.
+    wechat_template_url: str = ""
+    # How many days a signed link to a ticket opens (shared.lookup_link): a link forwarded or left
+    # in a chat stops showing the ticket then; the resident sends 查询 for a fresh one.
+    lookup_link_days: int = Field(30, gt=0)
     # Where a WeChat image message's picture may be fetched from (its PicUrl): WeChat's own media
     # hosts only, so a push cannot make the server fetch any address it names.
     wechat_media_hosts: str = "mmbiz.qpic.cn,mmbiz.qlogo.cn"

@@ -157,6 +157,9 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
         open311_api_keys="test-open311-key",
         wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
         wechat_app_id="wx12345hotline",
+        # The console's public page, as a city names it: the answer to 查询 in WeChat links each
+        # ticket there (the tests open the link's path and query on the test system).
+        wechat_template_url="https://12345.example.cn/console/lookup",
         # WeChat's media hosts, and this machine: the tests serve image messages' pictures here.
         wechat_media_hosts="mmbiz.qpic.cn,mmbiz.qlogo.cn,127.0.0.1",
         # Open311's media_url tests serve photos from this machine under the name `localhost`, the

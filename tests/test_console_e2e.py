@@ -14,6 +14,7 @@ import os
 import random
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -25,11 +26,12 @@ import pytest
 from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, async_playwright, expect
 
+from services.console.lookup import BAD_LINK, EXPIRED_LINK
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
-from shared.lookup_link import link_key, sign
+from shared.lookup_link import day_number, link_key, params, ticket_url
 from shared.privacy import REMOVED
 from shared.settings import Settings
 from tests.conftest import System, eventually
@@ -1476,7 +1478,7 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await context.close()
 
 
-async def test_a_wechat_notices_signed_link_opens_its_ticket(
+async def test_a_wechat_notices_signed_link_opens_its_ticket_until_it_expires(
     browser: Browser, redis, system: System, settings: Settings
 ):
     async with await admin_api(system, redis) as client:
@@ -1487,18 +1489,24 @@ async def test_a_wechat_notices_signed_link_opens_its_ticket(
         base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
     )
     page = await context.new_page()
-    await page.goto(f"/console/lookup?t={no}&s={sign(no, key)}")
+    today = day_number(time.time())
+    await page.goto(ticket_url("/console/lookup", params(no, today, 30, key)))
     await expect(page.locator("#lookup-status")).to_be_visible()
     await expect(page.locator("#found h2")).to_have_text(f"工单 {no}")
     assert "幸福里" not in (await page.locator("main").text_content() or "")
     await accessible(page)
     # The same signature on another number: the form, saying why, with the number kept.
     other = f"{no[:-1]}{(int(no[-1]) + 1) % 10}"
-    await page.goto(f"/console/lookup?t={other}&s={sign(no, key)}")
-    await expect(page.locator("p.error")).to_have_text("链接无效或已过期，请输入工单号和手机号后四位查询")
+    await page.goto(ticket_url("/console/lookup", {**params(no, today, 30, key), "t": other}))
+    await expect(page.locator("p.error")).to_have_text(BAD_LINK)
     await expect(page.locator("#found")).to_have_count(0)
     await expect(page.get_by_label("工单号")).to_have_value(other)
     await accessible(page)
+    # Past its last day: the form, saying how to get a new link.
+    await page.goto(ticket_url("/console/lookup", params(no, today - 30, 30, key)))
+    await expect(page.locator("p.error")).to_have_text(EXPIRED_LINK)
+    await expect(page.locator("#found")).to_have_count(0)
+    await expect(page.get_by_label("工单号")).to_have_value(no)
     await context.close()
 
 

@@ -988,11 +988,17 @@ def found_section(html: str) -> str:
     return html[html.index('id="found"') :] if 'id="found"' in html else ""
 
 
-async def test_a_signed_link_shows_its_ticket_without_the_digits(lookup_app):
-    from shared.lookup_link import link_key, sign
+def signed(no: str, *, days_ago: int = 0, days: int = 30, salt: str = LINK_SALT) -> dict[str, str]:
+    """The query of a link to `no` made `days_ago` days ago (today's, by the clock the view reads)."""
+    from shared.lookup_link import day_number, link_key, params
 
+    today = day_number(datetime.now(UTC).timestamp())
+    return params(no, today - days_ago, days, link_key(salt))
+
+
+async def test_a_signed_link_shows_its_ticket_without_the_digits(lookup_app):
     no = WECHAT_TICKET.ticket_no
-    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT)))
+    r = await get_lookup(lookup_app, **signed(no))
     assert r.status_code == 200, r.text
     found = found_section(r.text)
     assert f"工单 {no}" in found
@@ -1001,34 +1007,42 @@ async def test_a_signed_link_shows_its_ticket_without_the_digits(lookup_app):
     assert "李四" not in r.text  # the same view as the form's: nothing personal
     assert "幸福里" not in r.text
     assert "链接无效" not in r.text
+    assert "链接已过期" not in r.text
     assert r.headers["Referrer-Policy"] == "no-referrer"
     assert r.headers["Cache-Control"] == "no-store"
     # Typed as a resident might copy it: the same number.
-    again = await get_lookup(lookup_app, t=no.replace("-", ""), s=sign(no, link_key(LINK_SALT)))
+    again = await get_lookup(lookup_app, **{**signed(no), "t": no.replace("-", "")})
     assert f"工单 {no}" in found_section(again.text)
+    # On its last day it still opens.
+    last = await get_lookup(lookup_app, **signed(no, days_ago=29))
+    assert f"工单 {no}" in found_section(last.text)
 
 
 @pytest.mark.parametrize(
     "params",
     [
-        {"t": "20260302-000008", "s": "__sig__"},  # the number changed, the signature kept
-        {"t": "20260302-000007", "s": "0123456789abcdef"},  # a signature made up
-        {"t": "20260302-000007", "s": "__cut__"},  # cut short by one
-        {"t": "20260302-000007", "s": ""},  # no signature
-        {"t": "20260302-000007"},
-        {"s": "__sig__"},  # no number
-        {"t": "<script>alert(1)</script>", "s": "__sig__"},
+        {"t": "20260302-000008", "e": "__e__", "s": "__sig__"},  # the number changed, the signature kept
+        {"t": "20260302-000007", "e": "__later__", "s": "__sig__"},  # the day moved on
+        {"t": "20260302-000007", "e": "0__e__", "s": "__sig__"},  # the day spelt another way
+        {"t": "20260302-000007", "e": "__e__", "s": "0123456789abcdef"},  # a signature made up
+        {"t": "20260302-000007", "e": "__e__", "s": "__cut__"},  # cut short by one
+        {"t": "20260302-000007", "e": "__e__", "s": ""},  # no signature
+        {"t": "20260302-000007", "e": "__e__"},
+        {"e": "__e__", "s": "__sig__"},  # no number
+        {"t": "<script>alert(1)</script>", "e": "__e__", "s": "__sig__"},
     ],
 )
 async def test_a_bad_link_shows_the_form_saying_so(lookup_app, params):
-    from shared.lookup_link import link_key, sign
+    from services.console.lookup import BAD_LINK
 
-    sig = sign(WECHAT_TICKET.ticket_no, link_key(LINK_SALT))
-    shown = {"__sig__": sig, "__cut__": sig[:-1]}
-    params = {k: shown.get(v, v) for k, v in params.items()}
+    link = signed(WECHAT_TICKET.ticket_no)
+    later = str(int(link["e"]) + 365)
+    shown = {"__sig__": link["s"], "__cut__": link["s"][:-1], "__e__": link["e"], "__later__": later}
+    params = {k: re.sub("__[a-z]+__", lambda m: shown[m.group()], v) for k, v in params.items()}
     r = await get_lookup(lookup_app, **params)
-    assert r.status_code in (403, 404), r.text
-    assert "链接无效或已过期，请输入工单号和手机号后四位查询" in r.text
+    assert r.status_code == 403, r.text
+    assert BAD_LINK in r.text
+    assert "链接无效，可能不完整或被改动。请回到公众号对话中发送“查询”获取新链接" in BAD_LINK
     assert 'name="last4"' in r.text  # the normal form, to look it up the usual way
     assert found_section(r.text) == ""
     assert "<script>alert(1)</script>" not in r.text
@@ -1037,25 +1051,62 @@ async def test_a_bad_link_shows_the_form_saying_so(lookup_app, params):
         assert f'value="{params["t"]}"' in r.text
 
 
-async def test_a_signed_link_signed_with_another_salt_is_refused(lookup_app):
-    from shared.lookup_link import link_key, sign
+@pytest.mark.parametrize(
+    "params",
+    [
+        "expired",  # signed by us, its last day was yesterday
+        "long_expired",
+        {"t": "20260302-000007", "s": "__old__"},  # made before links had a day: `e` absent
+        {"t": "20260302-000007", "e": "", "s": "__old__"},
+    ],
+)
+async def test_an_expired_link_shows_the_form_saying_how_to_get_a_new_one(lookup_app, params):
+    import hashlib
+    import hmac
+
+    from services.console.lookup import EXPIRED_LINK
+    from shared.lookup_link import link_key
 
     no = WECHAT_TICKET.ticket_no
-    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT + "-old")))
+    if params == "expired":
+        params = signed(no, days_ago=30)
+    elif params == "long_expired":
+        params = signed(no, days_ago=400, days=7)
+    else:  # the signature such a link carried: the number alone
+        old = hmac.new(link_key(LINK_SALT), no.encode(), hashlib.sha256).hexdigest()[:16]
+        params = {k: old if v == "__old__" else v for k, v in params.items()}
+    r = await get_lookup(lookup_app, **params)
+    assert r.status_code == 410, r.text
+    assert EXPIRED_LINK in r.text
+    # What a resident can do about it, in their words: ask in the chat for a new link.
+    assert "链接已过期。请回到公众号对话中发送“查询”获取新链接" in EXPIRED_LINK
+    assert "链接无效" not in r.text
+    assert 'name="last4"' in r.text  # the normal form
+    assert f'value="{no}"' in r.text
+    assert found_section(r.text) == ""
+    assert "幸福里" not in r.text
+
+
+async def test_a_signed_link_signed_with_another_salt_is_refused(lookup_app):
+    no = WECHAT_TICKET.ticket_no
+    r = await get_lookup(lookup_app, **signed(no, salt=LINK_SALT + "-old"))
     assert r.status_code == 403
-    assert "链接无效或已过期" in r.text
+    assert "链接无效" in r.text
+    # An expired one of another salt is not ours to call expired.
+    r = await get_lookup(lookup_app, **signed(no, days_ago=60, salt=LINK_SALT + "-old"))
+    assert r.status_code == 403
+    assert "链接无效" in r.text
 
 
 async def test_link_visits_count_against_the_address_like_the_forms_tries(lookup_app):
     from services.console.lookup import TRIES_PER_IP_PER_HOUR
-    from shared.lookup_link import link_key, sign
 
     no = WECHAT_TICKET.ticket_no
     for _ in range(TRIES_PER_IP_PER_HOUR):
-        r = await get_lookup(lookup_app, t=no, s="0" * 16)
+        r = await get_lookup(lookup_app, **{**signed(no), "s": "0" * 16})
         assert r.status_code == 403
     # The address's hour is spent: even the right link waits, as the form would.
-    r = await get_lookup(lookup_app, t=no, s=sign(no, link_key(LINK_SALT)))
+    r = await get_lookup(lookup_app, **signed(no))
     assert r.status_code == 429
     assert "查询过于频繁，请一小时后再试" in r.text
     assert found_section(r.text) == ""

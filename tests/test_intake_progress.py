@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from services.intake.progress import (
     LISTED,
     QUERY_WORDS,
+    WECHAT_TEXT_BYTES,
     Query,
     TicketProgress,
     parse_query,
@@ -154,6 +155,52 @@ def test_the_answer_lists_the_tickets_without_personal_data():
         assert private not in text
     more = reply_text(Query(), mine[:1] * LISTED, more=2)
     assert more.endswith("另有2件工单未列出，可发送工单号逐件查询。")
+
+
+def test_on_wechat_each_ticket_carries_a_link_to_its_page_and_sms_none():
+    mine = [
+        progress_of(_ticket(Status.ACCEPTED, department=DEPT), HISTORY, TZ),
+        TicketProgress("20261122-000007", "已派单", "区市政市容委", ""),
+    ]
+
+    def link(no: str) -> str:
+        return f"https://12345.example.cn/console/lookup?t={no}&e=20600&s=0123456789abcdef"
+
+    listed = reply_text(Query(), mine, link=link).splitlines()
+    plain = reply_text(Query(), mine).splitlines()
+    assert len(listed) == len(plain) == 4
+    for with_link, without, p in zip(listed[1:3], plain[1:3], mine, strict=True):
+        # The line as before, then the ticket's own page: WeChat shows 查看详情 and opens the address.
+        assert with_link == f'{without}<a href="{link(p.ticket_no)}">查看详情</a>'
+    assert (listed[0], listed[3]) == (plain[0], plain[3])
+    one = reply_text(Query("20261122-000007"), mine[1:], link=link)
+    assert one == (
+        "您的工单：工单号20261122-000007，已派单，承办单位：区市政市容委。"
+        f'<a href="{link("20261122-000007")}">查看详情</a>'
+    )
+    # Nothing found, nothing linked.
+    assert reply_text(Query("20261122-000009"), [], link=link) == reply_text(Query("20261122-000009"), [])
+    assert reply_text(Query(), [], link=link) == reply_text(Query(), [])
+
+
+def test_links_too_long_for_a_wechat_text_leave_the_most_recent_linked_then_none():
+    three = [TicketProgress(f"20261122-00000{i}", "已派单", "区市政市容委", "") for i in range(3)]
+
+    def page(chars: int):
+        return lambda no: f"https://12345.example.cn/{'p' * chars}?t={no}"
+
+    fits = reply_text(Query(), three, link=page(500))
+    assert fits.count("查看详情") == 3
+    assert len(fits.encode()) <= WECHAT_TEXT_BYTES
+    # Three such links would not fit: the most recent ticket, listed first, keeps its link.
+    one = reply_text(Query(), three, link=page(700))
+    assert len(one.encode()) <= WECHAT_TEXT_BYTES
+    assert one.count("查看详情") == 1
+    assert "查看详情" in one.splitlines()[1]
+    assert reply_text(Query(), three, link=page(2100)) == reply_text(Query(), three)
+    assert reply_text(Query(three[0].ticket_no), three[:1], link=page(2100)) == reply_text(
+        Query(three[0].ticket_no), three[:1]
+    )
 
 
 def test_a_merged_ticket_is_told_by_the_ticket_it_follows_and_nothing_else_of_that_one():

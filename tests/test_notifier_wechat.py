@@ -39,7 +39,7 @@ from services.notifier.wechat_template import (
     template_fields,
 )
 from shared.events import DepartmentRef, TicketUpdated
-from shared.lookup_link import link_key, sign, verified
+from shared.lookup_link import LinkState, check, day_number, link_key, params, sign
 from shared.privacy import mask_openid
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -452,15 +452,18 @@ def test_each_notice_kind_has_its_headline_and_words(kind, first, words):
 
 
 KEY = link_key("a-long-random-secret-for-these-tests-0123456789")
-SIGNED = replace(TEMPLATE, sign=partial(sign, key=KEY))
+SIGNED = replace(TEMPLATE, link_query=partial(params, days=30, key=KEY))
+WRITTEN = day_number(SURVEY.created_at.timestamp())  # the unix day the survey was written
+LAST = WRITTEN + 29  # the last day its link opens
 
 
-def test_the_template_opens_its_own_ticket_by_a_signed_link():
+def test_the_template_opens_its_own_ticket_by_a_signed_link_for_its_days():
     body = template_body(SURVEY, SIGNED)
     assert body is not None
-    sig = sign("20261123-000001", KEY)
-    assert body["url"] == f"{LOOKUP}?t=20261123-000001&s={sig}"
-    assert verified("20261123-000001", sig, KEY)
+    sig = sign("20261123-000001", LAST, KEY)
+    assert body["url"] == f"{LOOKUP}?t=20261123-000001&e={LAST}&s={sig}"
+    assert check("20261123-000001", str(LAST), sig, LAST, KEY) is LinkState.VALID
+    assert check("20261123-000001", str(LAST), sig, LAST + 1, KEY) is LinkState.EXPIRED
     other = template_body(replace(SURVEY, ticket_no="20261123-000002"), SIGNED)
     assert other is not None
     assert other["url"] != body["url"]
@@ -472,23 +475,26 @@ def test_the_template_opens_its_own_ticket_by_a_signed_link():
         # A query of its own (a campaign tag) stays, the link's follows it; a fragment stays last.
         (
             "https://12345.example.cn/console/lookup?from=wx",
-            "https://12345.example.cn/console/lookup?from=wx&t={no}&s={sig}",
+            "https://12345.example.cn/console/lookup?from=wx&t={no}&e={e}&s={sig}",
         ),
         (
             "https://12345.example.cn/console/lookup?",
-            "https://12345.example.cn/console/lookup?t={no}&s={sig}",
+            "https://12345.example.cn/console/lookup?t={no}&e={e}&s={sig}",
         ),
         (
             "https://12345.example.cn/console/lookup#found",
-            "https://12345.example.cn/console/lookup?t={no}&s={sig}#found",
+            "https://12345.example.cn/console/lookup?t={no}&e={e}&s={sig}#found",
         ),
-        ("https://12345.example.cn/m/?a=1&b=2#x", "https://12345.example.cn/m/?a=1&b=2&t={no}&s={sig}#x"),
+        (
+            "https://12345.example.cn/m/?a=1&b=2#x",
+            "https://12345.example.cn/m/?a=1&b=2&t={no}&e={e}&s={sig}#x",
+        ),
     ],
 )
 def test_the_signed_link_keeps_the_configured_query(configured, opened):
     body = template_body(SURVEY, replace(SIGNED, url=configured))
     assert body is not None
-    assert body["url"] == opened.format(no="20261123-000001", sig=sign("20261123-000001", KEY))
+    assert body["url"] == opened.format(no="20261123-000001", e=LAST, sig=sign("20261123-000001", LAST, KEY))
 
 
 def test_no_url_set_no_link_and_no_ticket_no_link_unsigned():
@@ -561,11 +567,17 @@ def test_the_gateway_is_built_with_its_template_only_when_one_is_set():
     )
     assert isinstance(gw, WeChatApiGateway)
     assert gw.template is not None
-    assert replace(gw.template, sign=None) == WeChatTemplate(
+    assert replace(gw.template, link_query=None) == WeChatTemplate(
         "t1", {**template_fields(), "ticket_no": "character_string1"}, SH, ""
     )
     # The link is signed with the key the console checks: the one derived from this salt.
-    salted = Settings(**api, wechat_template_id="t1", wechat_template_url=LOOKUP, caller_id_salt="x" * 40)
+    salted = Settings(
+        **api,
+        wechat_template_id="t1",
+        wechat_template_url=LOOKUP,
+        caller_id_salt="x" * 40,
+        lookup_link_days=7,
+    )
     linked = make_wechat_gateway(salted, redis)
     assert isinstance(linked, WeChatApiGateway)
     assert linked.template is not None
@@ -573,8 +585,12 @@ def test_the_gateway_is_built_with_its_template_only_when_one_is_set():
     assert body is not None
     query = parse_qs(urlsplit(body["url"]).query)
     assert query["t"] == ["20261123-000001"]
-    assert verified("20261123-000001", query["s"][0], link_key("x" * 40))
-    assert not verified("20261123-000001", query["s"][0], link_key(Settings().caller_id_salt))
+    # It opens for the settings' days from the day the message was written, and not one more.
+    assert query["e"] == [str(WRITTEN + 6)]
+    e, sig = query["e"][0], query["s"][0]
+    assert check("20261123-000001", e, sig, WRITTEN + 6, link_key("x" * 40)) is LinkState.VALID
+    assert check("20261123-000001", e, sig, WRITTEN + 7, link_key("x" * 40)) is LinkState.EXPIRED
+    assert check("20261123-000001", e, sig, WRITTEN, link_key(Settings().caller_id_salt)) is LinkState.INVALID
     with pytest.raises(ValueError, match="WECHAT_TEMPLATE_FIELDS"):
         make_wechat_gateway(Settings(**api, wechat_template_id="t1", wechat_template_fields="x=y"), redis)
     with pytest.raises(ValueError, match="WECHAT_TEMPLATE_URL"):

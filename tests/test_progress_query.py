@@ -5,7 +5,10 @@ answered as a missing one, no ticket registered for a query, and a survey's "1" 
 from __future__ import annotations
 
 import random
+import re
+import time
 from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -17,6 +20,7 @@ from services.intake.limits import RateLimiter
 from services.intake.progress import Query
 from services.intake.queries import ProgressQueries
 from shared.events import Caller
+from shared.lookup_link import day_number
 from shared.privacy import caller_id
 from shared.store import TicketStore, ticket_key
 from shared.tickets import STATUS_NAMES, Status, Ticket
@@ -88,6 +92,50 @@ async def test_wechat_user_asks_and_gets_their_two_tickets_and_nobody_elses(api,
     assert sorted(m.decode() for m in await redis.smembers(keys.caller_index(cid))) == sorted(mine)
 
 
+async def test_a_wechat_answer_links_each_ticket_to_its_page_signed_afresh(api, settings):
+    me = openid()
+    mine = []
+    for content in (
+        "长青路28号门口的下水道堵了，污水漫到人行道上",
+        "长青路菜市场旁边的路灯晚上不亮，行人看不清路",
+    ):
+        mine.append((await wechat(api, me, content)).split("工单号：")[1][:15])
+    tickets = [await routed(api, no) for no in mine]
+    page = urlsplit(settings.wechat_template_url)
+    opened: dict[str, str] = {}
+    for asked, expected in (("查询", mine[::-1]), (f"工单号{mine[0]}", mine[:1])):
+        asked_on = day_number(time.time())
+        answer = await wechat(api, me, asked)
+        links = re.findall(r'<a href="([^"]+)">查看详情</a>', answer)
+        # One link for each ticket the answer names, after its line, in the same order.
+        assert len(links) == len(expected)
+        for url, no in zip(links, expected, strict=True):
+            parts = urlsplit(url)
+            assert (parts.scheme, parts.netloc, parts.path) == (page.scheme, page.netloc, page.path)
+            query = parse_qs(parts.query)
+            assert query["t"] == [no]
+            # It opens for LOOKUP_LINK_DAYS from today, today included (today: the day it was
+            # asked, which a run across midnight UTC may have left).
+            made = int(query["e"][0]) - settings.lookup_link_days + 1
+            assert made in (asked_on, day_number(time.time()))
+            assert line_of(tickets[mine.index(no)]) in answer.split(url)[0].splitlines()[-1]
+            opened[no] = parts.path + "?" + parts.query
+    # Opened on the console, each link shows its ticket, without the phone digits a WeChat
+    # resident does not have.
+    for no, path in opened.items():
+        r = await api.get(path)
+        assert r.status_code == 200, r.text
+        assert f"工单 {no}" in r.text
+        assert "链接无效" not in r.text
+        assert "链接已过期" not in r.text
+        assert "长青路" not in r.text
+    # A link once opened cannot be made to open another ticket: the number is signed with its day.
+    tampered = opened[mine[0]].replace(f"t={mine[0]}", f"t={mine[1]}")
+    r = await api.get(tampered)
+    assert r.status_code == 403
+    assert f"工单 {mine[1]}" not in r.text
+
+
 async def test_wechat_user_without_tickets_is_told_so_and_how_to_raise_one(api, redis):
     before = await seq(redis)
     answer = await wechat(api, openid(), "办理进度？")
@@ -113,6 +161,7 @@ async def test_sms_query_is_answered_by_sms_and_registers_nothing(api, redis):
     (sms,) = await outbox_for(redis, phone, "query")
     assert sms["text"].startswith("【12345】您近期的工单：")
     assert line_of(ticket) in sms["text"]
+    assert "href" not in sms["text"]  # the link is WeChat's: an SMS resident has the digits and the form
     assert phone not in sms["text"]
     assert await seq(redis) == before
     # Another phone's ticket by its number: not found, by SMS too.

@@ -2,9 +2,10 @@
 called from. They see where it is, and nothing personal: not the text, not the address, not the
 number. Guessing is bounded: a few wrong tries per ticket and per address each hour.
 
-A resident who appealed by WeChat has no phone to give: their notices link here signed
-(`?t=<ticket_no>&s=<sig>`, `shared.lookup_link`), and the signed link shows the same, without the
-digits. Its visits count against the address's tries like the form's."""
+A resident who appealed by WeChat has no phone to give: their notices and the answer to 查询 in the
+chat link here signed (`?t=<ticket_no>&e=<day>&s=<sig>`, `shared.lookup_link`), and the signed link
+shows the same, without the digits, until its day has passed. Its visits count against the
+address's tries like the form's."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60
 _TICKET_NO = re.compile(r"^[0-9A-Za-z-]{4,40}$")
 TOO_OFTEN = "查询过于频繁，请一小时后再试"
-BAD_LINK = "链接无效或已过期，请输入工单号和手机号后四位查询"
+# What a refused link says: a WeChat resident has no digits for the form, so both say how to get a
+# fresh link in the chat; a resident who called or texted can still use the form.
+NEW_LINK = "请回到公众号对话中发送“查询”获取新链接；也可输入工单号和来电手机号后四位查询"
+BAD_LINK = "链接无效，可能不完整或被改动。" + NEW_LINK
+EXPIRED_LINK = "链接已过期。" + NEW_LINK
 
 
 @dataclass(frozen=True)
@@ -80,16 +85,29 @@ async def find(redis: Redis, store: TicketStore, ticket_no: str, last4: str, ip:
 
 
 async def follow(
-    redis: Redis, store: TicketStore, ticket_no: str, sig: str, ip: str, key: bytes | None = None
+    redis: Redis,
+    store: TicketStore,
+    ticket_no: str,
+    expires: str,
+    sig: str,
+    ip: str,
+    today: int,
+    key: bytes | None = None,
 ) -> Found | Refused:
-    """The ticket a signed link opens (`key`: the links' key, `lookup_link.link_key`). A link that
-    does not verify, or whose ticket is gone, is refused with the same words: the form then asks
-    for the number and digits. A bad signature does not count against the ticket, as a wrong last
-    four does: 64 bits are not guessed at 60 tries an hour, and counting them would let anyone lock
-    a resident out of their own link."""
+    """The ticket a signed link opens on unix day `today` (`expires`: its `e` as given; `key`: the
+    links' key, `lookup_link.link_key`). A link that does not verify, or whose ticket is gone, is
+    refused with the same words, and one past its day (or from before links had one) with words
+    of its own: the form then asks for the number and digits. A bad signature does not count
+    against the ticket, as a wrong last four does: 64 bits are not guessed at 60 tries an hour, and
+    counting them would let anyone lock a resident out of their own link."""
     if await _count(redis, f"console:lookup:ip:{ip}") > TRIES_PER_IP_PER_HOUR:
         return Refused(429, "form", TOO_OFTEN)
-    if not _TICKET_NO.match(ticket_no) or not lookup_link.verified(ticket_no, sig, key):
+    if not _TICKET_NO.match(ticket_no):
+        return Refused(403, "form", BAD_LINK)
+    state = lookup_link.check(ticket_no, expires, sig, today, key)
+    if state is lookup_link.LinkState.EXPIRED:
+        return Refused(410, "form", EXPIRED_LINK)
+    if state is not lookup_link.LinkState.VALID:
         return Refused(403, "form", BAD_LINK)
     ticket = await store.get(ticket_no)
     if ticket is None:

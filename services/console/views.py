@@ -1676,17 +1676,21 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
 
 @router.get("/lookup")
 async def lookup_form(request: Request) -> Response:
-    """The form; with `t` or `s` (the signed link of a WeChat notice), the ticket it opens, or the
-    form saying the link is no good."""
-    t, sig = request.query_params.get("t", ""), request.query_params.get("s", "")
-    if not t and not sig:
+    """The form; with `t`, `e` or `s` (the signed link of a WeChat notice or answer), the ticket it
+    opens, or the form saying the link is no good or has expired."""
+    query = request.query_params
+    t, expires, sig = query.get("t", ""), query.get("e", ""), query.get("s", "")
+    if not t and not sig and not expires:
         return await lookup_page(request)
     ticket_no = resident_lookup.clean_ticket_no(t)
     values = {"ticket_no": ticket_no, "last4": ""}
     state = request.app.state
     client_ip = request.client.host if request.client else "unknown"
     key = lookup_link.link_key(state.settings.caller_id_salt)
-    result = await resident_lookup.follow(state.redis, state.store, ticket_no, sig.strip(), client_ip, key)
+    today = lookup_link.day_number(datetime.now(UTC).timestamp())
+    result = await resident_lookup.follow(
+        state.redis, state.store, ticket_no, expires.strip(), sig.strip(), client_ip, today, key
+    )
     if isinstance(result, resident_lookup.Refused):
         errors = {result.field: result.message}
         response = await lookup_page(request, result.status, values=values, errors=errors)

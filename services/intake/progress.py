@@ -9,13 +9,15 @@ survey's "1" or "满意" is never a query.
 
 The answer names the tickets, their status and department and the last step in words, never what
 the resident wrote, where, or who: the same words the console's lookup page shows (`step_words`).
+On WeChat each ticket it names also carries a freshly signed link to that page (`shared.lookup_link`),
+the way a WeChat resident, who has no phone digits to type, gets a new link once an old one expired.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -76,6 +78,10 @@ LIST_HEAD = "您近期的工单："
 ONE_HEAD = "您的工单："
 MORE = "另有{n}件工单未列出，可发送工单号逐件查询。"
 LIST_TAIL = "发送工单号可查询某一件工单。"
+# A WeChat text message's link: WeChat shows the words and opens the address. The address is
+# `shared.lookup_link`'s, whose page refuses quotes and angle brackets, so it cannot end the tag early.
+LINK = '<a href="{url}">查看详情</a>'
+WECHAT_TEXT_BYTES = 2048  # the most a WeChat text message carries
 
 
 @dataclass(frozen=True)
@@ -211,16 +217,38 @@ def _line(p: TicketProgress) -> str:
     return f"工单号{p.ticket_no}，{p.status}，承办单位：{p.department}{step}。"
 
 
-def reply_text(query: Query, found: Sequence[TicketProgress], more: int = 0) -> str:
+def reply_text(
+    query: Query, found: Sequence[TicketProgress], more: int = 0, link: Callable[[str], str] | None = None
+) -> str:
     """The answer to `query`: `found` are the sender's tickets it is about (the asked number's, when
     it is the sender's; else the most recent), `more` how many of theirs were left out. A number
-    that is not the sender's gets the answer a number that does not exist gets."""
+    that is not the sender's gets the answer a number that does not exist gets. `link`: the address
+    of a ticket's lookup page (WeChat, when the page is known), added after each ticket's line; None
+    (SMS) adds nothing, so an SMS stays as short as it was. Three links fit a WeChat text message
+    many times over with any sensible page; should a long page make them not fit, the most recent
+    ticket alone is linked, and failing that none, rather than have WeChat cut the answer."""
+    if link is not None:
+        for linked in (len(found), 1):
+            text = _reply(query, found, more, link, linked)
+            if len(text.encode()) <= WECHAT_TEXT_BYTES:
+                return text
+    return _reply(query, found, more, None, 0)
+
+
+def _reply(
+    query: Query, found: Sequence[TicketProgress], more: int, link: Callable[[str], str] | None, linked: int
+) -> str:
+    """`reply_text` with the first `linked` tickets (the most recent) linked."""
+
+    def line(i: int, p: TicketProgress) -> str:
+        return _line(p) + (LINK.format(url=link(p.ticket_no)) if link and i < linked else "")
+
     if query.ticket_no is not None:
         if not found:
             return NOT_FOUND.format(ticket_no=query.ticket_no)
-        return ONE_HEAD + _line(found[0])
+        return ONE_HEAD + line(0, found[0])
     if not found:
         return NONE_OPEN
-    lines = [f"{i}. {_line(p)}" for i, p in enumerate(found, 1)]
+    lines = [f"{i + 1}. {line(i, p)}" for i, p in enumerate(found)]
     tail = MORE.format(n=more) if more else LIST_TAIL
     return "\n".join([LIST_HEAD, *lines, tail])

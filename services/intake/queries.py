@@ -18,6 +18,7 @@ answered the same way, by the ticket its duplicates follow now.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -41,8 +42,9 @@ class ProgressQueries:
         self.limiter = limiter
         self.tz = ZoneInfo(timezone)
 
-    async def answer(self, caller_id: str, query: Query) -> Answer:
-        """The answer to `caller_id`'s query. Raises RateLimited when they asked too often."""
+    async def answer(self, caller_id: str, query: Query, link: Callable[[str], str] | None = None) -> Answer:
+        """The answer to `caller_id`'s query, with `link` (a ticket's lookup address) after each
+        ticket it names when given. Raises RateLimited when they asked too often."""
         if self.limiter is not None:
             await self.limiter.check_queries(caller_id)
         if query.ticket_no is not None:
@@ -60,7 +62,7 @@ class ProgressQueries:
         else:
             mine, more = await self._recent(caller_id)
         found = [await self._progress(t) for t in mine]
-        return Answer(reply_text(query, found, more), tuple(t.ticket_no for t in mine))
+        return Answer(reply_text(query, found, more, link), tuple(t.ticket_no for t in mine))
 
     async def _progress(self, ticket: Ticket) -> TicketProgress:
         """One of the caller's tickets as they are told it; a merged one by the ticket it follows

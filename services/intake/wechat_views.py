@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -31,6 +32,7 @@ from services.notifier.inbound import InboundMessages
 from services.notifier.survey import Inbound, answers_survey_in_chat, read_inbound
 from shared.errors import Unavailable
 from shared.events import GeoPoint
+from shared.lookup_link import LookupLinks, day_number
 from shared.metrics import APPEALS_REJECTED
 from shared.photos import PhotoRefused
 from shared.redis_client import text
@@ -161,8 +163,12 @@ async def _handle(intake: IntakeService, msg: wechat.Message, state: Any) -> str
     inbound = read_inbound(msg.content)
     if inbound.query is not None:  # "查询", a ticket number: answered here, not registered as an appeal
         progress: ProgressQueries = state.progress
+        # A WeChat resident has no phone digits for the lookup form: each ticket in the answer links
+        # to its page, signed today, which is how they get a new link once the last one expired.
+        links: LookupLinks | None = state.lookup_links
+        link = partial(links.url, today=day_number(time.time())) if links else None
         try:
-            return (await progress.answer(wechat_caller_id(msg.from_user), inbound.query)).text
+            return (await progress.answer(wechat_caller_id(msg.from_user), inbound.query, link)).text
         except RateLimited as e:
             return e.message
     if answers_survey_in_chat(inbound):

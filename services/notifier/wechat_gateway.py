@@ -282,17 +282,18 @@ def make_wechat_gateway(settings: Settings, redis: Redis) -> WeChatGateway:
     if settings.wechat_gateway == "api":
         template = None
         if settings.wechat_template_id:
-            url = settings.wechat_template_url
-            if url and not url.startswith(("http://", "https://")):
-                raise ValueError(f"WECHAT_TEMPLATE_URL {url!r}: expected an http(s) URL, or empty")
             template = WeChatTemplate(
                 settings.wechat_template_id,
                 parse_fields(settings.wechat_template_fields),
                 ZoneInfo(settings.timezone),
-                url,
+                lookup_link.check_page(settings.wechat_template_url),
                 # The link opens the message's own ticket: a WeChat appeal has no phone digits to
                 # look it up by.
-                sign=partial(lookup_link.sign, key=lookup_link.link_key(settings.caller_id_salt)),
+                link_query=partial(
+                    lookup_link.params,
+                    days=settings.lookup_link_days,
+                    key=lookup_link.link_key(settings.caller_id_salt),
+                ),
             )
         return WeChatApiGateway(
             redis,

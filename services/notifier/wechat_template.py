@@ -15,9 +15,10 @@ Each account's template names its fields its own way, so the names are a setting
 (`WECHAT_TEMPLATE_FIELDS`): a role maps to the template's field, or to "" when the template has
 no place for it.
 
-The template opens `WECHAT_TEMPLATE_URL`; the gateway passes the signing of `shared.lookup_link`,
-and the link then carries the message's ticket (`?t=…&s=…`), so the resident sees that ticket's
-progress without the phone digits a WeChat appeal never gave.
+The template opens `WECHAT_TEMPLATE_URL`; the gateway passes the links of `shared.lookup_link`,
+and the link then carries the message's ticket (`?t=…&e=…&s=…`), so the resident sees that ticket's
+progress without the phone digits a WeChat appeal never gave. It opens for `LOOKUP_LINK_DAYS` from
+the day the message was written.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
-from urllib.parse import urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
+
+from shared.lookup_link import day_number, ticket_url
 
 ROLES = ("first", "ticket_no", "kind", "time", "remark")
 DEFAULT_FIELDS: dict[str, str] = {
@@ -117,13 +119,14 @@ class Notice(Protocol):
 @dataclass(frozen=True)
 class WeChatTemplate:
     """The account's template for notices: its id, the field of each role, the link it opens, and
-    how a ticket's number is signed for that link (None: the link opens as it is)."""
+    the query that makes the link open a ticket on a unix day (`shared.lookup_link.params` with
+    its lifetime and key; None: the link opens as it is)."""
 
     template_id: str
     fields: Mapping[str, str]
     tz: ZoneInfo
     url: str = ""
-    sign: Callable[[str], str] | None = None
+    link_query: Callable[[str, int], dict[str, str]] | None = None
 
 
 def template_body(message: Notice, template: WeChatTemplate) -> dict[str, Any] | None:
@@ -147,17 +150,13 @@ def template_body(message: Notice, template: WeChatTemplate) -> dict[str, Any] |
     }
     body: dict[str, Any] = {"touser": message.phone, "template_id": template.template_id, "data": data}
     if template.url:
-        no, sign = message.ticket_no, template.sign
-        body["url"] = ticket_url(template.url, no, sign(no)) if sign and no else template.url
+        no, link_query = message.ticket_no, template.link_query
+        body["url"] = template.url
+        if link_query and no:
+            # Its days count from when the message was written, not when it was sent: the body is
+            # the same on every retry.
+            body["url"] = ticket_url(template.url, link_query(no, day_number(message.created_at.timestamp())))
     return body
-
-
-def ticket_url(url: str, ticket_no: str, sig: str) -> str:
-    """`url` opening one ticket: `t` and `s` added to its query (after what it has), before any
-    fragment."""
-    parts = urlsplit(url)
-    added = urlencode({"t": ticket_no, "s": sig})
-    return urlunsplit(parts._replace(query=f"{parts.query}&{added}" if parts.query else added))
 
 
 def _cut(value: str) -> str:

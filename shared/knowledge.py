@@ -158,6 +158,37 @@ def checked_reason(reason: object) -> str:
     return text
 
 
+# --- browsing by category ------------------------------------------------------------------------
+
+
+def category_filter(city: City, value: str | None) -> frozenset[str] | None:
+    """The categories a list narrowed to `value` (a category id) shows: the category and, for a
+    branch, every category under it (城市管理 shows 路灯故障's entries). None: not narrowed.
+
+    Taken from the city's tree, not from the ids' dotted form, so a city's ids need not be paths.
+    An id the city does not have is refused rather than answered with an empty list: an operator
+    on a call would take "nothing found" for "the hotline has no answer"."""
+    wanted = " ".join(clean(value).split()) if value else ""
+    if not wanted:
+        return None
+    if wanted not in city.category_by_id:
+        raise _invalid("unknown_category", _unknown_category(city, wanted), "category")
+    return frozenset(cid for cid, path in city.category_path.items() if wanted in path)
+
+
+def _unknown_category(city: City, wanted: str) -> str:
+    # Someone who typed the category's name (路灯故障, or 城市管理/市政设施/路灯故障) is told its id.
+    named = [
+        cid for cid, names in city.category_names_by_id.items() if wanted in (names[-1], "/".join(names))
+    ]
+    if len(named) == 1:
+        return f"分类请填写编号：“{wanted[:40]}”的编号是 {named[0]}"
+    return (
+        f"分类“{wanted[:40]}”不存在，请填写分类目录中的编号（如 city.facility.streetlight），"
+        "上级分类包含其下各类"
+    )
+
+
 # --- review age ----------------------------------------------------------------------------------
 
 

@@ -1678,3 +1678,79 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     async with await admin_api(system, redis) as client:
         r = await client.post(f"/api/v1/knowledge/entries/{stale.id}/retire", json={"reason": "测试结束"})
         assert r.status_code == 200, r.text
+
+
+async def test_knowledge_lists_one_category_and_the_department_files_its_entry(
+    page: Page, redis, pool, system: System, settings: Settings, system_city: City
+):
+    tz_today = datetime.now(ZoneInfo(settings.timezone)).date()
+    t = str(random.randint(10**7, 10**8))
+
+    def entry(name: str, question: str, category: str | None, department: str) -> KnowledgeEntry:
+        return KnowledgeEntry(
+            id=f"kb-e2e-{name}-{t}",
+            question=question,
+            answer="请拨打热线登记，工作人员会联系您。",
+            category=category,
+            department=department,
+            reviewed=tz_today,
+        )
+
+    light = entry("light", f"小区路灯{t}不亮归谁管？", "city.facility.streetlight", "urban_mgmt")
+    trash = entry("trash", f"大件垃圾{t}放在哪里？", "city.appearance.garbage", "urban_mgmt")
+    power = entry("power", f"小区停电{t}找谁报修？", "utility.power", "power")
+    loose = entry("loose", f"路灯杆上的广告{t}谁来清理？", None, "urban_mgmt")
+    everything = (light, trash, power, loose)
+    await KnowledgeService(pool, redis, system_city, timezone=settings.timezone).seed(everything)
+
+    # An operator narrows the list to 路灯故障: only its entry, named by its category; in the URL.
+    await sign_in(page, await issue_token(redis, "operator", operator="op11"))
+    await page.goto("/console/knowledge")
+    await page.locator("#q").fill(t)
+    await page.locator("#search").click()
+    await expect(page.locator("#total")).to_have_text("共 4 条")
+    await page.locator("#category").select_option(label="城市管理/市政设施/路灯故障")
+    await page.locator("#search").click()
+    await expect(page).to_have_url(re.compile(r"[?&]category=city\.facility\.streetlight(&|$)"))
+    await expect(page.locator("#total")).to_have_text("共 1 条")
+    await expect(page.locator(f"#entry-{light.id}")).to_contain_text("城市管理/市政设施/路灯故障")
+    for other in (trash, power, loose):
+        await expect(page.locator(f"#entry-{other.id}")).to_have_count(0)
+    await expect(page.locator("#category")).to_have_value("city.facility.streetlight")
+    await expect(page.locator("#q")).to_have_value(t)
+
+    # A branch lists the entries of every category under it.
+    await page.locator("#category").select_option("city")
+    await page.locator("#search").click()
+    await expect(page.locator("#total")).to_have_text("共 2 条")
+    await expect(page.locator(f"#entry-{light.id}")).to_be_visible()
+    await expect(page.locator(f"#entry-{trash.id}")).to_contain_text("城市管理/市容环境/垃圾清运")
+    await expect(page.locator(f"#entry-{power.id}")).to_have_count(0)
+    await accessible(page)
+    await shot(page, "knowledge-category")
+
+    # The owning department files its entry under 路灯故障 on the edit form; the list then has it.
+    await page.context.clear_cookies()
+    await sign_in(page, await issue_token(redis, "department", "urban_mgmt"))
+    await page.goto(f"/console/knowledge?q={t}")
+    await expect(page.locator(f"#entry-{loose.id}")).to_contain_text("未分类")
+    await page.locator(f"#entry-{loose.id}").get_by_role("link").click()
+    await page.locator("#category").select_option("city.facility.streetlight")
+    await page.locator("#save-entry").click()
+    await expect(page.locator("#done")).to_contain_text("已保存修改")
+    await expect(page.locator("#entry-category")).to_have_text("城市管理/市政设施/路灯故障")
+    await page.goto(f"/console/knowledge?q={t}&category=city.facility.streetlight")
+    await expect(page.locator("#total")).to_have_text("共 2 条")
+    await expect(page.locator(f"#entry-{loose.id}")).to_be_visible()
+
+    # And takes it out again: （未分类） on the form leaves the entry under no category.
+    await page.locator(f"#entry-{loose.id}").get_by_role("link").click()
+    await page.locator("#category").select_option("")
+    await page.locator("#save-entry").click()
+    await expect(page.locator("#done")).to_contain_text("已保存修改")
+    await expect(page.locator("#entry-category")).to_have_text("未分类")
+
+    async with await admin_api(system, redis) as client:
+        for e in everything:
+            r = await client.post(f"/api/v1/knowledge/entries/{e.id}/retire", json={"reason": "测试结束"})
+            assert r.status_code == 200, r.text

@@ -889,6 +889,82 @@ def test_every_console_page_is_awaited():
     assert unawaited == []
 
 
+# --- the knowledge base's list ---------------------------------------------------------------------
+
+
+class _KnowledgeApi:
+    """The API as the knowledge page sees it: answers `reply`, keeps what it was asked."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply, self.asked = reply, []
+
+    async def get(self, path: str, **params):
+        self.asked.append((path, params))
+        return self.reply
+
+
+async def _knowledge_page(monkeypatch, city, reply: Reply, **query: str) -> tuple[int, str, list]:
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _KnowledgeApi(reply)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=SimpleNamespace(city=city)))
+    s = Session(token="t", principal=Principal(role="department", department="urban_mgmt"), csrf="c")
+    response = await views.knowledge_page(request, s)
+    return response.status_code, response.body.decode(), fake.asked
+
+
+async def test_the_knowledge_list_narrows_to_a_category_and_keeps_it_in_its_links(monkeypatch, city):
+    light = {
+        "id": "kb-light",
+        "question": "路灯坏了找谁修？",
+        "category": "city.facility.streetlight",
+        "category_names": ["城市管理", "市政设施", "路灯故障"],
+        "department_name": "区城市管理委员会",
+        "reviewed": "2026-10-01",
+        "review_due": False,
+    }
+    gone = {**light, "id": "kb-gone", "category": "city.lamps", "category_names": []}  # since removed
+    loose = {**light, "id": "kb-loose", "category": None, "category_names": []}
+    reply = Reply(200, {"total": 45, "review_days": 180, "entries": [light, gone, loose]})
+    status, html, asked = await _knowledge_page(
+        monkeypatch, city, reply, q="路灯", category="city.facility", page="2"
+    )
+    assert status == 200
+    assert asked[0][1]["category"] == "city.facility"
+    assert '<option value="city.facility" selected>城市管理/市政设施</option>' in html
+    assert html.count(" selected>") == 1
+    row = html[html.index('id="entry-kb-light"') :]
+    assert row[: row.index("</tr>")].count("城市管理/市政设施/路灯故障") == 1
+    row = html[html.index('id="entry-kb-gone"') :]
+    assert ">city.lamps</td>" in row[: row.index("</tr>")]
+    row = html[html.index('id="entry-kb-loose"') :]
+    assert ">未分类</td>" in row[: row.index("</tr>")]
+    # The pages keep the category (and the words) in their links.
+    query = urlencode({"q": "路灯", "category": "city.facility"}).replace("&", "&amp;")
+    assert f'href="/console/knowledge?{query}&amp;page=1" rel="prev"' in html
+    assert f'href="/console/knowledge?{query}&amp;page=3" rel="next"' in html
+
+    # No category: the API is not asked to narrow, and the list offers 全部分类.
+    _, html, asked = await _knowledge_page(monkeypatch, city, reply)
+    assert asked[0][1]["category"] is None
+    assert '<option value="">全部分类</option>' in html
+    assert " selected>" not in html
+
+
+async def test_a_category_the_api_refuses_is_said_beside_the_select(monkeypatch, city):
+    refused = Reply(
+        422,
+        {"error": "unknown_category", "field": "category", "message": "分类“no.such”不存在，请填写编号"},
+    )
+    status, html, _ = await _knowledge_page(monkeypatch, city, refused, category="no.such")
+    assert status == 422
+    assert '<p class="error" id="category-error" role="alert">分类“no.such”不存在' in html
+    assert 'aria-describedby="category-error"' in html
+
+
 # --- the signed link of a WeChat notice ---------------------------------------------------------
 
 

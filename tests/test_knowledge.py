@@ -263,3 +263,58 @@ def test_control_characters_are_dropped_before_they_reach_the_database() -> None
     )
     assert (entry.question, entry.keywords) == ("社保卡怎么补办？", ("补卡",))
     assert rules.checked_reason("政策\x00调整") == "政策调整"
+
+
+# --- browsing by category ---------------------------------------------------------------------------
+
+
+def test_a_category_filter_takes_a_branch_with_everything_under_it() -> None:
+    city = demo_city()
+    for blank in (None, "", "  "):
+        assert rules.category_filter(city, blank) is None
+    assert rules.category_filter(city, "city.facility.streetlight") == {"city.facility.streetlight"}
+    assert rules.category_filter(city, " city.greening ") == {"city.greening"}
+    assert rules.category_filter(city, "city.facility") == {
+        "city.facility",
+        "city.facility.road_damage",
+        "city.facility.streetlight",
+        "city.facility.manhole",
+        "city.facility.drainage",
+    }
+    city_branch = rules.category_filter(city, "city")
+    assert city_branch is not None
+    assert {"city", "city.facility.streetlight", "city.appearance.garbage", "city.greening"} <= city_branch
+    assert {c for c in city_branch if not c.startswith("city")} == set()
+    assert len(city_branch) == 11
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("no.such", "city.facility.streetlight"),  # what an id looks like
+        ("cit", "city.facility.streetlight"),  # a prefix of an id is not a category
+        ("路灯故障", "编号是 city.facility.streetlight"),  # its name: told its id
+        ("城市管理/市政设施/路灯故障", "编号是 city.facility.streetlight"),
+    ],
+)
+def test_a_category_the_city_does_not_have_is_refused_saying_what_to_give(given: str, hint: str) -> None:
+    with pytest.raises(DomainError) as e:
+        rules.category_filter(demo_city(), given)
+    assert (e.value.kind, e.value.field, e.value.code) == ("invalid", "category", "unknown_category")
+    assert hint in e.value.message
+    assert "分类" in e.value.message
+
+
+def test_a_search_narrowed_to_a_category_answers_from_it_alone() -> None:
+    city = demo_city()
+    loose = ENTRY.model_copy(update={"id": "kb-loose", "question": "停水停电了找谁？", "category": None})
+    base = KnowledgeBase([*city.knowledge, loose], city)
+    call = "停水停电了什么时候恢复"
+
+    def found(category: str | None) -> set[str]:
+        return {s.entry.id for s in base.search(call, within=rules.category_filter(city, category), k=10)}
+
+    assert {"kb-water-outage", "kb-power-outage", "kb-loose"} <= found(None)
+    assert found("utility.water") == {"kb-water-outage"}
+    assert found("utility") == {"kb-water-outage", "kb-power-outage"}  # a branch: its leaves' entries
+    assert found("labor") == set()  # nothing of it fits: no answer from another category

@@ -202,6 +202,83 @@ async def test_each_role_may_do_its_part_and_no_more(api, redis, settings: Setti
     assert "kb-no-such-entry" in r.json()["message"]
 
 
+# --- by category ---------------------------------------------------------------------------------
+
+
+async def test_the_list_and_the_operators_search_narrow_to_a_category(api, redis) -> None:
+    desk = await headers(redis, "admin")
+    operator = await headers(redis, "operator", operator="0231")
+    t = tag()
+    filed = {
+        "light": ("city.facility.streetlight", "urban_mgmt", f"小区路灯{t}不亮归谁管？"),
+        "trash": ("city.appearance.garbage", "urban_mgmt", f"大件垃圾{t}放在哪里？"),
+        "power": ("utility.power", "power", f"小区停电{t}找谁报修？"),
+        "loose": (None, "urban_mgmt", f"门牌号码{t}怎么申请？"),
+    }
+    ids: dict[str, str] = {}
+    for name, (category, department, question) in filed.items():
+        r = await api.post(
+            "/api/v1/knowledge/entries",
+            json={
+                "question": question,
+                "answer": f"请拨打热线登记，工作人员{t}会联系您。",
+                "category": category,
+                "department": department,
+            },
+            headers=desk,
+        )
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+
+    async def listed(who: dict, **params: str) -> set[str]:
+        r = await api.get("/api/v1/knowledge/entries", params={"q": t, **params}, headers=who)
+        assert r.status_code == 200, r.text
+        return {e["id"] for e in r.json()["entries"]}
+
+    # A leaf: its own entries; a branch: those of every category under it; none: all of them.
+    assert await listed(operator, category="city.facility.streetlight") == {ids["light"]}
+    assert await listed(operator, category="city.facility") == {ids["light"]}
+    assert await listed(desk, category="city") == {ids["light"], ids["trash"]}
+    assert await listed(desk, category="utility") == {ids["power"]}
+    assert await listed(desk, category="civil") == set()
+    assert await listed(desk) == set(ids.values())
+    r = await api.get(
+        "/api/v1/knowledge/entries", params={"q": t, "category": "city.facility.streetlight"}, headers=desk
+    )
+    assert r.json()["total"] == 1
+    assert r.json()["entries"][0]["category_names"] == ["城市管理", "市政设施", "路灯故障"]
+
+    # A category the city does not have: refused in words, beside the field, never an empty list.
+    for wrong, told in (("no.such", "不存在"), ("路灯故障", "city.facility.streetlight")):
+        r = await api.get("/api/v1/knowledge/entries", params={"category": wrong}, headers=operator)
+        assert (r.status_code, r.json()["field"], r.json()["error"]) == (422, "category", "unknown_category")
+        assert told in r.json()["message"]
+        r = await api.get("/api/v1/knowledge", params={"q": "路灯", "category": wrong}, headers=operator)
+        assert (r.status_code, r.json()["field"], r.json()["error"]) == (422, "category", "unknown_category")
+
+    # The operators' search answers from the chosen category alone, once it has the new entries.
+    async def answered(category: str | None = None) -> set[str]:
+        params = {"q": f"小区路灯{t}不亮 停电{t}", "size": "20", "category": category or ""}
+        r = await api.get("/api/v1/knowledge", params=params, headers=operator)
+        assert r.status_code == 200, r.text
+        return {a["id"] for a in r.json()["answers"]} & set(ids.values())
+
+    async def both() -> bool:
+        return {ids["light"], ids["power"]} <= await answered()
+
+    await eventually(both, timeout=15)
+    in_city = await answered("city")  # a branch: its leaves' entries (the tag may bring 垃圾清运's)
+    assert ids["light"] in in_city
+    assert in_city <= {ids["light"], ids["trash"]}
+    assert await answered("utility.power") == {ids["power"]}
+
+    for entry_id in ids.values():
+        r = await api.post(
+            f"/api/v1/knowledge/entries/{entry_id}/retire", json={"reason": "测试结束"}, headers=desk
+        )
+        assert r.status_code == 200, r.text
+
+
 # --- the operators' search follows the base --------------------------------------------------------
 
 

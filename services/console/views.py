@@ -1311,7 +1311,8 @@ def knowledge_of_form(form: FormData, *, with_department: bool) -> dict[str, Any
     values: dict[str, Any] = {
         "question": text(form, "question"),
         "answer": text(form, "answer"),
-        "category": text(form, "category") or None,
+        # Sent even when empty: an edit leaves out what is None, so （未分类） would keep the old one.
+        "category": text(form, "category"),
         "keywords": text(form, "keywords"),
     }
     if with_department:
@@ -1334,14 +1335,17 @@ def actor_name(actor: str, city: City) -> str:
 
 @router.get("/knowledge")
 async def knowledge_page(request: Request, s: session.Session = Depends(as_knowledge)):
-    """The entries: search, only mine (a department), only 待复核; those longest unreviewed first."""
+    """The entries: search, one category (a branch with those under it), only mine (a department),
+    only 待复核; those longest unreviewed first. The filters stay in the URL, pages included."""
     q = (request.query_params.get("q") or "").strip()
+    category = (request.query_params.get("category") or "").strip()
     mine = request.query_params.get("mine") == "1" and s.principal.role == "department"
     due = request.query_params.get("due") == "1"
     page_no = page_number(request)
     reply = await api(request, s).get(
         "/api/v1/knowledge/entries",
         q=q,
+        category=category or None,
         department=s.principal.department if mine else None,
         due="true" if due else None,
         page=page_no,
@@ -1353,8 +1357,9 @@ async def knowledge_page(request: Request, s: session.Session = Depends(as_knowl
         if reply.status == 503:
             notice = reply.message
         else:
-            errors = field_errors(reply, {"q": "关键字"}, "form")
+            errors = field_errors(reply, {"q": "关键字", "category": "分类"}, "form")
     total = reply.body["total"] if reply.ok else 0
+    filters = (("q", q), ("category", category), ("mine", "1" if mine else ""), ("due", "1" if due else ""))
     return await page(
         request,
         "knowledge.html",
@@ -1363,15 +1368,14 @@ async def knowledge_page(request: Request, s: session.Session = Depends(as_knowl
         entries=reply.body["entries"] if reply.ok else [],
         total=total,
         review_days=reply.body.get("review_days") if reply.ok else None,
-        values={"q": q, "mine": mine, "due": due},
+        values={"q": q, "category": category, "mine": mine, "due": due},
         errors=errors,
         notice=notice,
         page_no=page_no,
         pages=max(1, -(-total // KNOWLEDGE_PAGE_SIZE)),
-        query=urlencode(
-            {k: v for k, v in (("q", q), ("mine", "1" if mine else ""), ("due", "1" if due else "")) if v}
-        ),
+        query=urlencode({k: v for k, v in filters if v}),
         done=KNOWLEDGE_DONE.get(request.query_params.get("done") or "", ""),
+        **knowledge_choices(city_of(request)),
     )
 
 

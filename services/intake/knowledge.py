@@ -11,7 +11,7 @@ little higher: the same words mean other things in other fields.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -43,8 +43,18 @@ class KnowledgeBase:
                 [f"{e.question} {e.question} {' '.join(e.keywords) * 2} {e.answer}" for e in self.entries]
             )
 
-    def search(self, text: str, *, category: str | None = None, k: int = 3) -> list[Suggestion]:
-        """The entries that fit `text` best (at most `k`, each scoring at least MIN_SCORE)."""
+    def search(
+        self,
+        text: str,
+        *,
+        category: str | None = None,
+        within: Collection[str] | None = None,
+        k: int = 3,
+    ) -> list[Suggestion]:
+        """The entries that fit `text` best (at most `k`, each scoring at least MIN_SCORE).
+        `category`: the appeal's suggested category, a hint that ranks its entries higher; `within`:
+        the only categories to answer from (the operator narrowed the search, shared/knowledge.py:
+        category_filter), which leaves out the entries filed under none."""
         if self._vectorizer is None or not text.strip():
             return []
         scores = (self._matrix @ self._vectorizer.transform([text]).T).toarray().ravel()
@@ -53,6 +63,7 @@ class KnowledgeBase:
             (
                 Suggestion(e, float(s) + (CATEGORY_BONUS if e.category in path else 0.0))
                 for e, s in zip(self.entries, scores, strict=True)
+                if within is None or e.category in within
             ),
             key=lambda s: -s.score,
         )

@@ -32,6 +32,7 @@ from shared.bodies import Limit
 from shared.errors import DomainError
 from shared.events import Channel, GeoPoint
 from shared.http import api_error, multipart_schema
+from shared.knowledge import category_filter
 from shared.metrics import APPEALS_REJECTED
 from shared.settings import Settings
 from shared.tickets import STATUS_NAMES, Status, Ticket
@@ -181,15 +182,19 @@ async def submit_appeal(
 async def search_knowledge(
     request: Request,
     q: str = Query("", max_length=500, description="what the caller asks, in their words"),
-    category: str | None = Query(None, max_length=100),
+    category: str | None = Query(
+        None, max_length=100, description="only this category's answers; a branch includes those under it"
+    ),
     size: int = Query(5, ge=1, le=20),
     staff: Principal = Depends(require_intake_staff),
 ) -> dict[str, Any]:
     """The knowledge base's answers that fit `q` (an operator answering a question on the call), the
-    retired ones left out; `review_due`: not confirmed within the city's review period (待复核)."""
+    retired ones left out; `review_due`: not confirmed within the city's review period (待复核). An
+    unknown `category` is refused (422), not answered with nothing."""
     previewer = request.app.state.intake_preview
     kb, today = previewer.knowledge, previewer.today()
-    return {"answers": [kb.view(s, today) for s in kb.search(q, category=category, k=size)]}
+    within = category_filter(kb.city, category)
+    return {"answers": [kb.view(s, today) for s in kb.search(q, within=within, k=size)]}
 
 
 @router.post("/appeals/preview", openapi_extra=_body_schema(AppealIn))

@@ -96,12 +96,15 @@ class KnowledgeService:
         *,
         q: str = "",
         department: str | None = None,
+        category: str | None = None,
         due: bool = False,
         retired: bool = False,
         page: int = 1,
         size: int = 20,
     ) -> dict[str, Any]:
-        """Entries matching the filters, those longest without a review first, a page at a time."""
+        """Entries matching the filters, those longest without a review first, a page at a time;
+        `category` takes a branch's categories with it (shared/knowledge.py: category_filter)."""
+        within = rules.category_filter(self.city, category)
         if department and department not in self.city.department_by_id:
             raise DomainError(
                 "unknown_department", f"单位“{department[:40]}”不存在", kind="invalid", field="department"
@@ -119,6 +122,9 @@ class KnowledgeService:
         if department:
             where.append("department = %s")
             params.append(department)
+        if within is not None:
+            where.append("category = ANY(%s)")
+            params.append(sorted(within))
         if due:
             where.append("(reviewed IS NULL OR reviewed < %s)")
             params.append(rules.review_cutoff(today, self.review_days))

@@ -1,6 +1,7 @@
 """The knowledge base's entries, kept in the record (知识库管理):
 
-    GET  /api/v1/knowledge/entries?q=&department=&due=&retired=&page=&size=   operators, departments, desk
+    GET  /api/v1/knowledge/entries?q=&department=&category=&due=&retired=&page=&size=
+                                                      operators, departments, desk
     POST /api/v1/knowledge/entries                    add (the desk)
     GET  /api/v1/knowledge/entries/{id}               one entry with its revisions (who, when, what)
     PUT  /api/v1/knowledge/entries/{id}               edit (the desk: any; a department: its own,
@@ -8,7 +9,7 @@
     POST /api/v1/knowledge/entries/{id}/confirm       确认有效 (the owning department, or the desk)
     POST /api/v1/knowledge/entries/{id}/retire        停用, with a reason (the desk)
 
-The operators' search (`GET /api/v1/knowledge?q=`, intake's) suggests the entries not retired. With
+The operators' search (`GET /api/v1/knowledge?q=&category=`, intake's) suggests the entries not retired. With
 PostgreSQL down these answer 503 with Retry-After, as the ticket search does; operators are still
 suggested the entries loaded last.
 """
@@ -69,6 +70,9 @@ async def list_entries(
     request: Request,
     q: str = Query("", max_length=100, description="words in the question, the answer or the keywords"),
     department: str | None = Query(None, max_length=64, description="the owning department"),
+    category: str | None = Query(
+        None, max_length=100, description="a category id; a branch includes the categories under it"
+    ),
     due: bool = Query(False, description="only those due for a review (待复核)"),
     retired: bool = Query(False, description="the retired ones instead (停用)"),
     page: int = Query(1, ge=1, le=10_000),
@@ -79,7 +83,14 @@ async def list_entries(
     try:
         service = await knowledge_of(request)
         return await service.search(
-            principal, q=q, department=department, due=due, retired=retired, page=page, size=size
+            principal,
+            q=q,
+            department=department,
+            category=category,
+            due=due,
+            retired=retired,
+            page=page,
+            size=size,
         )
     except UNAVAILABLE:
         return unavailable()

@@ -126,13 +126,22 @@ async def test_the_worker_projects_a_ticket_through_its_life(api, redis, pool):
 async def test_replays_change_nothing_and_a_rebuild_equals_the_live_projection(api, redis, pool, records):
     phone = fresh_phone()
     no = await submit(api, phone, address="阳光花园3号楼")
-    await close_by_resident(api, redis, no, phone)
+    closed = await close_by_resident(api, redis, no, phone)
 
     async def closed_in_record():
         r = await row(pool, no)
         return r if r and r["status"] == "closed" else None
 
+    async def all_recorded() -> bool:
+        # Each topic has its own consumer: the row may show the closing while the survey's events
+        # are still on their way, and the comparison below needs every one of them recorded.
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT event_id FROM ticket_events WHERE ticket_no = %s", (no,))
+            ids = {e["event_id"] for e in await cur.fetchall()}
+        return {h["event_id"] for h in closed["history"]} <= ids
+
     await eventually(closed_in_record)
+    await eventually(all_recorded)
     await asyncio.sleep(6)  # its last events older than the margin below
     # Events other tests wrote to Redis without publishing them: the record takes them too.
     await records.backfill_from_store(TicketStore(redis))

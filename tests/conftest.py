@@ -13,8 +13,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -261,3 +263,15 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+def local_today(timezone: str = "Asia/Shanghai") -> date:
+    """The city's date now. Its day starts at local midnight (16:00 UTC in Asia/Shanghai), which a
+    test may cross: one that counts "today" takes the day before it acts, and reads `days_since` it."""
+    return datetime.now(ZoneInfo(timezone)).date()
+
+
+def days_since(first: date, timezone: str = "Asia/Shanghai") -> dict[str, str]:
+    """A /stats period from `first` (the city's date when the test began, before it acted) to the
+    city's date now: what the test did is counted on one of these days, midnight crossed or not."""
+    return {"from": first.isoformat(), "to": local_today(timezone).isoformat()}

@@ -34,6 +34,9 @@ EXPECT = re.compile(r"^\s*# -> (.*)$")
 PHONE = re.compile(r"(?<!\d)(1[3-9]\d)(\d{4})(\d{4})(?!\d)")
 TICKET = r"\d{8}-\d{6}"
 MARK = "@@step-done@@"
+# The fresh phones of the session's documents: four middle digits are few to draw from at random,
+# and two documents given the same phone would answer each other's surveys.
+DRAWN: set[tuple[str, str, str]] = set()
 SCRIPT_TIMEOUT = 240  # the whole document
 COMMAND_TIMEOUT = 60  # each `appeals` command and each curl call
 WALKTHROUGH_TOOLS = ("bash", "curl", "python3", "sha1sum", "timeout")  # what a reader's shell has
@@ -68,7 +71,13 @@ def prepare(script: str, port: int, wechat_token: str, open311_key: str) -> tupl
     fresh: dict[str, str] = {}
 
     def phone(m: re.Match[str]) -> str:
-        return fresh.setdefault(m[0], f"{m[1]}{random.randint(0, 9999):04d}{m[3]}")
+        if m[0] not in fresh:
+            middle = m[2]  # never the document's own: other tests type those numbers as they are
+            while middle == m[2] or (m[1], middle, m[3]) in DRAWN:
+                middle = f"{random.randint(0, 9999):04d}"
+            DRAWN.add((m[1], middle, m[3]))
+            fresh[m[0]] = f"{m[1]}{middle}{m[3]}"
+        return fresh[m[0]]
 
     script = PHONE.sub(phone, script)
     lines, expected = [], []

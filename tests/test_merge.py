@@ -5,12 +5,10 @@ and may ask about it by SMS, the record folds both sides, and the counters count
 from __future__ import annotations
 
 import random
-from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.conftest import as_department, as_sms_gateway, eventually
+from tests.conftest import as_department, as_sms_gateway, days_since, eventually, local_today
 from tests.test_pipeline_e2e import outbox_for, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -21,6 +19,7 @@ def new_phone() -> str:
 
 
 async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, redis, pool, settings):
+    first_day = local_today(settings.timezone)  # the counters' local day may turn meanwhile
     first, second = new_phone(), new_phone()
     main_no = await submit(api, first, address="阳光花园3号楼")
     dup_no = await submit(api, second, text="阳光花园3号楼门口那盏路灯不亮了，晚上很黑，麻烦派人修一下")
@@ -131,10 +130,10 @@ async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, re
     assert "并入" in text.splitlines()[0]
     assert "并案" in text.splitlines()[0]
     assert any(line.startswith(dup_no) and main_no in line for line in text.splitlines())
-    today = datetime.now(ZoneInfo(settings.timezone)).date().isoformat()
 
     async def counted():
-        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        period = days_since(first_day, settings.timezone)
+        r = await api.get("/api/v1/stats", params={"group_by": "department", **period})
         group = next((g for g in r.json()["groups"] if g["group"] == dept), None)
         return group if group and group["merged"] >= 1 else None
 

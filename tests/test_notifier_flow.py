@@ -6,6 +6,7 @@ sent twice), a redelivery while the send is in flight, opt-out, anonymous appeal
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -93,6 +94,15 @@ def new_phone() -> str:
     return "139" + "".join(random.choices("0123456789", k=8))
 
 
+# This file's made-up tickets, numbered one after the other on a day of their own: random numbers of
+# a shared day could meet another test's ticket (erased ones among them, whose surveys are forgotten).
+_numbers = itertools.count(random.randrange(100_000, 900_000))
+
+
+def made_up_no() -> str:
+    return f"20001123-{next(_numbers)}"
+
+
 @pytest.fixture
 async def broker(settings):
     await ensure_topics(settings)
@@ -116,7 +126,7 @@ def make_kit(redis, broker, clock):
 async def resolved_ticket(
     kit: Kit, phone: str | None, note: str = "已更换路灯灯泡，恢复照明"
 ) -> tuple[Ticket, TicketUpdated]:
-    no = f"20261123-{random.randint(100000, 999999)}"
+    no = made_up_no()
     caller = Caller()
     if phone:
         cid = caller_id(phone)
@@ -713,7 +723,7 @@ async def test_overdue_and_escalation_notices_reach_the_supervisors_once(make_ki
     city = demo_city()
     kit = make_kit(quiet="none", cap=1000)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
-    no = f"20261123-{random.randint(100000, 999999)}"
+    no = made_up_no()
     deadline = datetime(2026, 11, 23, 18, 0, tzinfo=SH)
     overdue = TicketUpdated(
         ticket_no=no,
@@ -850,12 +860,8 @@ async def test_a_message_held_for_an_erased_ticket_is_not_sent(make_kit, clock):
     clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
     kit = make_kit()
     phone = new_phone()
-    held = AppealReceived(
-        ticket_no=f"20261123-{random.randint(100000, 999999)}", channel="hotline", text="路灯坏了"
-    )
-    kept = AppealReceived(
-        ticket_no=f"20261123-{random.randint(100000, 999999)}", channel="hotline", text="井盖丢了"
-    )
+    held = AppealReceived(ticket_no=made_up_no(), channel="hotline", text="路灯坏了")
+    kept = AppealReceived(ticket_no=made_up_no(), channel="hotline", text="井盖丢了")
     assert await kit.notifier.acknowledge(held, held.ticket_no, phone) == "held"
     assert await kit.notifier.acknowledge(kept, kept.ticket_no, phone) == "held"
     await kit.notifier.forget([held.ticket_no])
@@ -888,7 +894,7 @@ async def test_jobs_about_a_ticket_erased_without_its_notice_send_nothing_and_fo
     surveyed_ticket, resolved = await resolved_ticket(kit, phone)
     await kit.notifier.start_surveys([resolved])  # at noon: sent, with its reminder and timeout
     clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)  # quiet hours: acknowledgements are held
-    erased_no, kept_no = (f"20261123-{n}" for n in random.sample(range(100000, 999999), 2))
+    erased_no, kept_no = made_up_no(), made_up_no()
     for no in (erased_no, kept_no):
         appeal = AppealReceived(ticket_no=no, channel="hotline", text="路灯坏了")
         assert await kit.notifier.acknowledge(appeal, no, phone) == "held"

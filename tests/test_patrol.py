@@ -4,13 +4,10 @@ when the worker dealt with it on the spot; the worker reads its own grid's ticke
 
 from __future__ import annotations
 
-from datetime import datetime
-from zoneinfo import ZoneInfo
-
 import pytest
 
 from shared.auth import issue_token
-from tests.conftest import eventually
+from tests.conftest import days_since, eventually, local_today
 from tests.test_pipeline_e2e import ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -73,6 +70,7 @@ async def test_the_phones_position_decides_the_grid_over_the_workers_own(api, re
 
 
 async def test_what_the_worker_dealt_with_on_the_spot_is_resolved_by_its_street_office(api, redis):
+    first_day = local_today()  # before the report: the figures' local day may turn meanwhile
     worker = await grid_worker(redis, worker="W019")
     done = "已现场联系物业清理楼道堆放的纸箱杂物，通道已畅通"
     r = await api.post(
@@ -94,11 +92,10 @@ async def test_what_the_worker_dealt_with_on_the_spot_is_resolved_by_its_street_
     assigned = next(h for h in ticket["history"] if h["topic"] == "ticket.assigned")
     assert "网格员W019巡查发现并现场处置" in assigned["explanation"]
     assert ticket["meeting_id"] is None  # done: it joins no hotspot meeting
-    # Counted apart from the hotline's direct answers (the record's count: tests/test_records.py).
-    today = datetime.now(ZoneInfo("Asia/Shanghai")).date().isoformat()  # the figures' local day
 
+    # Counted apart from the hotline's direct answers (the record's count: tests/test_records.py).
     async def counted():
-        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        r = await api.get("/api/v1/stats", params={"group_by": "department", **days_since(first_day)})
         assert r.status_code == 200, r.text
         street = next((g for g in r.json()["groups"] if g["group"] == "street_s01"), None)
         return street if street and street["handled_on_spot"] >= 1 else None

@@ -10,13 +10,12 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 from PIL import Image
 
 from shared.auth import issue_token
-from tests.conftest import as_sms_gateway, eventually
+from tests.conftest import as_sms_gateway, days_since, eventually, local_today
 from tests.test_pipeline_e2e import ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -77,6 +76,7 @@ async def _meeting(api, mid: str) -> dict | None:
 
 
 async def test_the_grid_worker_confirms_one_resolution_and_sends_another_back(api, redis, pool, settings):
+    first_day = local_today(settings.timezone)  # the counters' local day may turn meanwhile
     worker = bearer(await issue_token(redis, "grid_worker", operator="W017", grid=GRID))
     elsewhere = bearer(await issue_token(redis, "grid_worker", operator="W018", grid=NEIGHBOUR))
     light = "巡查发现路边一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，居民反映多日"
@@ -184,10 +184,9 @@ async def test_the_grid_worker_confirms_one_resolution_and_sends_another_back(ap
     )
     assert photo in [p["photo_id"] for p in taken]  # kept: the sweep of unattached uploads spares it
 
-    today = datetime.now(ZoneInfo(settings.timezone)).date().isoformat()
-
     async def counted():
-        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        period = days_since(first_day, settings.timezone)
+        r = await api.get("/api/v1/stats", params={"group_by": "department", **period})
         group = next((g for g in r.json()["groups"] if g["group"] == dept), None)
         return group if group and group["verified"] >= 1 else None
 
@@ -195,7 +194,8 @@ async def test_the_grid_worker_confirms_one_resolution_and_sends_another_back(ap
     failed_dept = second["department"]["id"]
 
     async def failed():
-        r = await api.get("/api/v1/stats", params={"group_by": "department", "from": today, "to": today})
+        period = days_since(first_day, settings.timezone)
+        r = await api.get("/api/v1/stats", params={"group_by": "department", **period})
         group = next((g for g in r.json()["groups"] if g["group"] == failed_dept), None)
         return group if group and group["verification_failed"] >= 1 else None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -94,17 +94,17 @@ async def test_1_in_wechat_closes_the_ticket_and_counts_in_both_rates(
     no = await surveyed_in_wechat(api, redis, user)
     department = (await api.get(f"/api/v1/tickets/{no}")).json()["department"]["id"]
     tz = ZoneInfo(settings.timezone)
+    # Today and tomorrow: the answer counts on the local day it is given, the next one if local
+    # midnight passes meanwhile.
     today = datetime.now(tz).date()
+    days = (today, today + timedelta(days=1))
     book = Scorecard.from_settings(redis, system_city, settings)
 
     async def answered() -> tuple[int, int]:
-        """The department's answered surveys today, by the notifier's counters and by the record."""
-        live = [r for r in await book.query("department", today, today) if r["group"] == department]
-        sql = [
-            r
-            for r in await rates(pool, "department", today, today, tz, book.weights)
-            if r["group"] == department
-        ]
+        """The department's answered surveys these days, by the notifier's counters and by the record."""
+        live = [r for r in await book.query("department", *days) if r["group"] == department]
+        by_record = await rates(pool, "department", *days, tz, book.weights)
+        sql = [r for r in by_record if r["group"] == department]
         return (live[0]["answered"] if live else 0), (sql[0]["answered"] if sql else 0)
 
     # The suite's other tests answer surveys of the same department meanwhile, so both counts are

@@ -571,6 +571,8 @@ def upload_slips(
 ) -> None:
     """Upload suggestion-box slips; prints accepted/rejected rows and the rows per second."""
     import tempfile
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
 
     from services.intake.upload import upload, write_demo_csv
 
@@ -579,7 +581,8 @@ def upload_slips(
     if (file is None) == (demo == 0):
         raise typer.BadParameter("give a FILE or --demo N")
     with tempfile.TemporaryDirectory() as tmp:
-        path = file or write_demo_csv(Path(tmp) / "demo-slips.csv", demo)
+        today = datetime.now(ZoneInfo(settings.timezone)).date()
+        path = file or write_demo_csv(Path(tmp) / "demo-slips.csv", demo, today=today)
         try:
             result, seconds = upload(base, path, token)
         except RuntimeError as e:

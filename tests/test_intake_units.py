@@ -229,3 +229,18 @@ def test_an_idempotency_key_binds_to_the_photos_and_appeals_without_keep_their_d
     assert with_photo.digest() != plain.digest()
     assert with_photo.digest() != dataclasses.replace(plain, photos=(other,)).digest()
     assert with_photo.appeal("20261130-000001").photos == (one,)
+
+
+def test_demo_slips_are_dated_by_the_city_s_day_not_the_machine_s(tmp_path):
+    """The API refuses a slip dated after the city's today; a machine east of the city is a day
+    ahead of it for some hours, so the demo file takes the city's day."""
+    import csv
+
+    from services.intake.upload import write_demo_csv
+
+    city_today = date(2026, 3, 1)
+    path = write_demo_csv(tmp_path / "slips.csv", 10, seed=1, today=city_today)
+    with path.open(encoding="utf-8") as f:
+        days = {date.fromisoformat(r["date"]) for r in csv.DictReader(f)}
+    assert max(days) == city_today
+    assert min(days) == date(2026, 2, 23)  # a week of slips, the oldest six days before

@@ -6,7 +6,7 @@ import csv
 import mimetypes
 import random
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,14 @@ _DEMO = [
 ]
 
 
-def write_demo_csv(path: Path, rows: int, seed: int | None = None) -> Path:
+def write_demo_csv(path: Path, rows: int, seed: int | None = None, today: date | None = None) -> Path:
     """Synthetic slips (anonymous, so no SMS goes out), for trying the upload and measuring it.
     Each call makes new slips (the box ids carry a run tag) unless `seed` is given: the same file
-    uploaded again is all duplicates, which measures the retry path instead."""
+    uploaded again is all duplicates, which measures the retry path instead. `today`: the city's
+    date (the API refuses a slip dated after it); the machine's own may be a day ahead of it."""
     rnd = random.Random(seed)
     run = rnd.randint(1000, 9999)
-    today = date.today()
+    today = today or datetime.now().date()
     with path.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["box_id", "date", "text", "phone", "address"])

@@ -21,8 +21,11 @@ def new_phone() -> str:
 async def test_the_desk_merges_a_duplicate_into_the_ticket_being_handled(api, redis, pool, settings):
     first_day = local_today(settings.timezone)  # the counters' local day may turn meanwhile
     first, second = new_phone(), new_phone()
-    main_no = await submit(api, first, address="阳光花园3号楼")
-    dup_no = await submit(api, second, text="阳光花园3号楼门口那盏路灯不亮了，晚上很黑，麻烦派人修一下")
+    # A building of this test's own: many tests report the same street light, and the candidates
+    # are the ten most alike, so the main ticket must be more like the duplicate than theirs are.
+    building = f"阳光花园{random.randint(100, 999)}号楼"
+    main_no = await submit(api, first, text=f"{building}门口的路灯坏了，晚上很黑", address=building)
+    dup_no = await submit(api, second, text=f"{building}门口那盏路灯不亮了，晚上很黑，麻烦派人修一下")
     main = await ticket_when(api, main_no, lambda t: t["status"] in ("assigned", "review"))
     dup = await ticket_when(api, dup_no, lambda t: t["status"] in ("assigned", "review"))
     if main["status"] == "assigned":  # the department took it up: still a main ticket, of course
@@ -162,8 +165,9 @@ async def test_the_desk_asks_for_the_candidates_of_a_page_of_tickets_at_once(api
     """The desk's queue asks once per page: each ticket's candidates as the single form gives
     them, a number that does not exist refused beside it, and the request refused in words when
     it cannot be answered."""
-    main_no = await submit(api, new_phone(), address="阳光花园7号楼")
-    dup_no = await submit(api, new_phone(), text="阳光花园7号楼前面的路灯坏了好几天，晚上看不见路")
+    building = f"阳光花园{random.randint(100, 999)}号楼"  # of its own, as in the test above
+    main_no = await submit(api, new_phone(), text=f"{building}前面的路灯坏了", address=building)
+    dup_no = await submit(api, new_phone(), text=f"{building}前面的路灯坏了好几天，晚上看不见路")
     await ticket_when(api, main_no, lambda t: t["status"] in ("assigned", "review"))
     dup = await ticket_when(api, dup_no, lambda t: t["status"] in ("assigned", "review"))
     missing = "20991231-000001"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -263,6 +263,36 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+async def groups_past(bootstrap: str, groups: Sequence[str], ends: Mapping[Any, int]) -> None:
+    """Wait until every consumer group in `groups` has committed `ends` (TopicPartition -> one past
+    the last record it must have handled) on each partition: the records were handled, not only
+    read, since the consumers commit after their handler."""
+    from aiokafka import AIOKafkaConsumer
+
+    # A consumer that names the group but subscribes to nothing reads its commits without joining it.
+    readers = [
+        AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=g, enable_auto_commit=False) for g in groups
+    ]
+    for reader in readers:
+        await reader.start()
+    try:
+
+        async def past() -> bool:
+            for reader in readers:
+                for tp, end in ends.items():
+                    if end == 0:  # nothing there to handle: no group commits on an empty partition
+                        continue
+                    committed = await reader.committed(tp)
+                    if committed is None or committed < end:
+                        return False
+            return True
+
+        await eventually(past, timeout=60, interval=0.5)
+    finally:
+        for reader in readers:
+            await reader.stop()
 
 
 def local_today(timezone: str = "Asia/Shanghai") -> date:

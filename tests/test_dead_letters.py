@@ -10,12 +10,12 @@ import sys
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from services.dlq import read_dead_letters
 from shared import topics
 from shared.bus import dead_letter, ends_of, group_id
-from tests.conftest import ROOT, eventually, settings_env
+from tests.conftest import ROOT, eventually, groups_past, settings_env
 
 pytestmark = pytest.mark.integration
 
@@ -26,31 +26,9 @@ READERS = tuple(group_id(s) for s in ("intake", "router", "notifier", "records")
 
 async def all_groups_past(settings, partition: int, offset: int) -> None:
     """Wait until every group that reads TOPIC has committed past `offset` on `partition`."""
-    tp = TopicPartition(TOPIC, partition)
-    # A consumer that names the group but subscribes to nothing reads its commits without joining it.
-    readers = [
-        AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=group,
-            enable_auto_commit=False,
-        )
-        for group in READERS
-    ]
-    for reader in readers:
-        await reader.start()
-    try:
-
-        async def past() -> bool:
-            for reader in readers:
-                committed = await reader.committed(tp)
-                if committed is None or committed <= offset:
-                    return False
-            return True
-
-        await eventually(past, timeout=60, interval=0.5)
-    finally:
-        for reader in readers:
-            await reader.stop()
+    await groups_past(
+        settings.kafka_bootstrap_servers, READERS, {TopicPartition(TOPIC, partition): offset + 1}
+    )
 
 
 async def letters_with(settings, marker: str):

@@ -125,6 +125,27 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(by_desk, city) == "来电催办：（未记录来电内容）（第2次，派单中心）"
 
 
+def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_words(city):
+    answered = {"topic": "survey.answered", "rating": 1, "outcome": "answered"}
+    assert present.describe(answered, city) == "市民回复回访：满意"
+    # No answer to give: the reason in words, never the outcome's code.
+    for outcome, words in present.OUTCOME_NAMES.items():
+        ended = {"topic": "survey.answered", "rating": None, "outcome": outcome, "text": ""}
+        assert present.describe(ended, city) == f"回访结束：{words}"
+        assert outcome not in present.describe(ended, city)
+    comment = {"topic": "survey.answered", "rating": None, "outcome": "comment", "text": "灯又坏了"}
+    assert present.describe(comment, city) == "市民补充意见：灯又坏了"
+
+    street = {"id": "street_s01", "name": "和平街道办事处"}
+    base = {"topic": "meeting.updated", "meeting_id": "M1", "tickets": [], "note": ""}
+    checked_in = {**base, "action": "checked_in", "actor": "street_s01", "department": street}
+    assert present.describe(checked_in, city) == "联席会议报到：和平街道办事处"
+    decided = {**base, "action": "decided", "department": street, "note": "属地牵头"}
+    assert present.describe(decided, city) == "联席会议决定：由和平街道办事处主办（属地牵头）"
+    attached = {**base, "action": "attached", "tickets": ["20260302-000002", "20260302-000003"]}
+    assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
+
+
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     drawn = present.grid_map(city, {"s01c01g01": 10, "s02c01g01": 1})
     shapes = {s["grid"]: s for s in drawn["shapes"]}

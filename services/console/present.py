@@ -204,12 +204,36 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         rating = RATING_NAMES.get(record.get("rating") or 0, "")
         if record.get("by"):  # asked on the phone (电话回访)
             return f"电话回访（话务员{record['by']}）：{rating}"
-        return f"市民回复回访：{rating or record.get('outcome', '')}"
-    if topic in ("meeting.convened", "meeting.updated"):
+        outcome = record.get("outcome") or "answered"
+        if rating or outcome == "answered":
+            return f"市民回复回访：{rating}"
+        if outcome == "comment":  # a reply after the survey had closed
+            return "市民补充意见" + (f"：{record['text']}" if record.get("text") else "")
+        # The survey ended without an answer: why, in words (not the outcome's code).
+        return f"回访结束：{OUTCOME_NAMES.get(outcome, '未答复')}"
+    if topic == "meeting.updated":
+        return meeting_words(record)
+    if topic == "meeting.convened":
         return f"{TOPIC_NAMES[topic]}：{record.get('explanation') or record.get('note') or ''}"
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def meeting_words(record: Mapping[str, Any]) -> str:
+    """A joint meeting's step (`meeting.updated`): who checked in, whom the desk named the lead and
+    why, or which tickets were attached. The event's note is the decision's only; a check-in
+    carries none, so the sentence names the department."""
+    dept = (record.get("department") or {}).get("name", "")
+    note = record.get("note") or ""
+    action = record.get("action")
+    if action == "checked_in":
+        return f"联席会议报到：{dept}"
+    if action == "decided":
+        return f"联席会议决定：由{dept}主办" + (f"（{note}）" if note else "")
+    if action == "attached":
+        return "联席会议关联工单：" + "、".join(record.get("tickets") or ())
+    return f"{TOPIC_NAMES['meeting.updated']}：{note}" if note else TOPIC_NAMES["meeting.updated"]
 
 
 TITLE_CHARS = 30  # a ticket named in a sentence: its title, or the start of its text

@@ -337,9 +337,9 @@ def meeting(city, **changes):
     }
 
 
-def render_meetings(city, meetings, role="admin"):
+def render_meetings(city, meetings, role="admin", department=None):
     desk = SimpleNamespace(
-        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
         csrf="x",
     )
     return templates.get_template("meetings.html").render(
@@ -369,6 +369,22 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_department_that_checked_in_is_told_so_and_offered_no_second_check_in(city):
+    open_meeting = meeting(city)
+    first, second = open_meeting["summoned"]
+    waiting = render_meetings(city, [open_meeting], role="department", department=first["id"])
+    assert 'action="/console/meetings/M1/checkin"' in waiting
+    assert "本单位已报到" not in waiting
+
+    checked = meeting(city, summoned=[{**first, "checked_in": True}, second])
+    done = render_meetings(city, [checked], role="department", department=first["id"])
+    assert 'action="/console/meetings/M1/checkin"' not in done
+    assert "本单位已报到" in done
+    # Another department's check-in is not this one's.
+    other = render_meetings(city, [checked], role="department", department=second["id"])
+    assert 'action="/console/meetings/M1/checkin"' in other
 
 
 def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():

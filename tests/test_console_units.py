@@ -306,6 +306,30 @@ def test_the_ticket_list_renders_residents_text_as_text_and_offers_no_department
     assert "/console/tickets/export?q=%3Cscript%3E" in html  # the export keeps the filters, encoded
 
 
+@pytest.mark.parametrize(("role", "heading"), [("grid_worker", "本网格工单"), ("admin", "工单查询")])
+def test_the_ticket_lists_tab_and_heading_say_what_its_menu_entry_says(city, role, heading):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    html = templates.get_template("tickets.html").render(
+        request=None,
+        s=who,
+        filters=dict.fromkeys(LIST_FILTERS, ""),
+        query={},
+        urlencode=urlencode,
+        rows=[],
+        total=0,
+        page_no=1,
+        pages=1,
+        errors={},
+        notice="",
+        **list_choices(city),
+    )
+    assert re.search(r"<title>([^<]*)</title>", html).group(1).startswith(f"{heading} · ")
+    assert f"<h1>{heading}</h1>" in html
+
+
 def test_a_long_list_is_shown_a_page_at_a_time():
     items = list(range(45))
     assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)

@@ -24,6 +24,7 @@ from services.console.views import (
     list_errors,
     list_row,
     place_of,
+    row,
     templates,
 )
 from shared.city import load_city
@@ -144,6 +145,42 @@ def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_word
     assert present.describe(decided, city) == "联席会议决定：由和平街道办事处主办（属地牵头）"
     attached = {**base, "action": "attached", "tickets": ["20260302-000002", "20260302-000003"]}
     assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
+
+
+def render_ticket(city, ticket, role="admin"):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    return templates.get_template("ticket.html").render(
+        request=None,
+        s=who,
+        t=row(ticket, TZ, NOW),
+        history=[],
+        map=present.grid_map(city, {}),
+        grid_name="未定位",
+        departments=present.departments_of(city),
+        errors={},
+        values={},
+        kept={},
+    )
+
+
+def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):
+    ticket = {
+        "ticket_no": "20260302-000001",
+        "status": "closed",
+        "text": "[已删除]",
+        "caller": {"caller_id": "c1", "masked_phone": None},
+        "confidence": None,
+        "received_at": "2026-03-02T08:00:00+00:00",
+    }
+    erased = render_ticket(city, {**ticket, "personal_data_removed_at": "2026-03-03T08:00:00+00:00"})
+    assert re.search(r'<dd id="caller">\s*\[已删除\]\s*</dd>', erased)
+    anonymous = render_ticket(city, ticket)  # no phone was given: anonymous it is
+    assert re.search(r'<dd id="caller">\s*匿名\s*</dd>', anonymous)
+    with_phone = render_ticket(city, {**ticket, "caller": {"caller_id": "c1", "masked_phone": "138****5678"}})
+    assert "138****5678" in with_phone
 
 
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):

@@ -195,6 +195,20 @@ def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     assert min(float(p.split(",")[1]) for p in shapes["s01c01g01"]["points"].split()) == 0
 
 
+def test_the_grid_map_names_each_grid_in_its_cell_not_its_code(city):
+    gid, info = next(iter(city.grids.items()))
+    rest = info.grid.name.removeprefix(info.community_name)
+    assert present.map_label(city, gid) == [info.community_name, rest]
+    assert "".join(present.map_label(city, gid)) == info.grid.name
+    svg = templates.get_template("_map.html").render(
+        map=present.grid_map(city, {gid: 3}), map_id="m", map_title="各网格派单量"
+    )
+    written = re.findall(r"<tspan[^>]*>([^<]*)</tspan>", svg)
+    assert info.community_name in written
+    for code in city.grids:  # the codes are for programs; staff know the grids by name
+        assert f">{code}<" not in svg
+
+
 def test_a_residents_lookup_shows_no_personal_data(city):
     ticket = Ticket(
         ticket_no="20260302-000001",

@@ -396,6 +396,17 @@ MAP_WIDTH = 600
 SHADES = ("#eef4fb", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
 
 
+def map_label(city: City, gid: str) -> list[str]:
+    """A grid's name as the map writes it in its cell, a line or two: staff know grids by name, not
+    by their codes. A name that starts with its community's (和平里社区第一网格) is split after it,
+    so each line fits the cell."""
+    info = city.grids[gid]
+    name, community = info.grid.name, info.community_name
+    if name.startswith(community) and len(name) > len(community):
+        return [community, name[len(community) :]]
+    return [name]
+
+
 def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
     """The configured grid polygons as SVG shapes, shaded by ticket volume."""
     polys = {gid: info.grid.polygon for gid, info in city.grids.items() if info.grid.polygon}
@@ -416,6 +427,7 @@ def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
             {
                 "grid": gid,
                 "name": city.grids[gid].grid.name,
+                "label": map_label(city, gid),
                 "count": n,
                 "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
                 "fill": SHADES[shade],

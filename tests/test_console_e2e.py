@@ -149,6 +149,27 @@ async def submit(client: httpx.AsyncClient, text: str, phone: str, address: str 
 # --- signing in ---------------------------------------------------------------------------------
 
 
+async def test_a_link_styled_as_a_secondary_button_looks_like_one(browser: Browser):
+    """取消 beside the red 确认删除 (an erasure's preview) and 清空条件 beside 查询 are links: they must
+    look secondary, as the secondary buttons do, not like the filled main action. The stylesheet
+    alone, in a blank page: no system needed."""
+    css = (Path(__file__).parent.parent / "services/console/static/console.css").read_text(encoding="utf-8")
+    p = await browser.new_page()
+    try:
+        await p.set_content(
+            '<button class="secondary" id="b">取消</button>'
+            '<a class="button secondary" href="#" id="a">取消</a>'
+            '<a class="button" href="#" id="main">查询</a>'
+        )
+        await p.add_style_tag(content=css)
+        look = "e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).color]"
+        button, link, main = [await p.eval_on_selector(f"#{i}", look) for i in ("b", "a", "main")]
+        assert link == button == ["rgb(255, 255, 255)", "rgb(11, 79, 138)"]
+        assert main != link
+    finally:
+        await p.close()
+
+
 async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     await page.goto("/")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))

@@ -24,6 +24,7 @@ from services.console.views import (
     list_errors,
     list_row,
     place_of,
+    row,
     templates,
 )
 from shared.city import load_city
@@ -125,6 +126,63 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(by_desk, city) == "来电催办：（未记录来电内容）（第2次，派单中心）"
 
 
+def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_words(city):
+    answered = {"topic": "survey.answered", "rating": 1, "outcome": "answered"}
+    assert present.describe(answered, city) == "市民回复回访：满意"
+    # No answer to give: the reason in words, never the outcome's code.
+    for outcome, words in present.OUTCOME_NAMES.items():
+        ended = {"topic": "survey.answered", "rating": None, "outcome": outcome, "text": ""}
+        assert present.describe(ended, city) == f"回访结束：{words}"
+        assert outcome not in present.describe(ended, city)
+    comment = {"topic": "survey.answered", "rating": None, "outcome": "comment", "text": "灯又坏了"}
+    assert present.describe(comment, city) == "市民补充意见：灯又坏了"
+
+    street = {"id": "street_s01", "name": "和平街道办事处"}
+    base = {"topic": "meeting.updated", "meeting_id": "M1", "tickets": [], "note": ""}
+    checked_in = {**base, "action": "checked_in", "actor": "street_s01", "department": street}
+    assert present.describe(checked_in, city) == "联席会议报到：和平街道办事处"
+    decided = {**base, "action": "decided", "department": street, "note": "属地牵头"}
+    assert present.describe(decided, city) == "联席会议决定：由和平街道办事处主办（属地牵头）"
+    attached = {**base, "action": "attached", "tickets": ["20260302-000002", "20260302-000003"]}
+    assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
+
+
+def render_ticket(city, ticket, role="admin"):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    return templates.get_template("ticket.html").render(
+        request=None,
+        s=who,
+        t=row(ticket, TZ, NOW),
+        history=[],
+        map=present.grid_map(city, {}),
+        grid_name="未定位",
+        departments=present.departments_of(city),
+        errors={},
+        values={},
+        kept={},
+    )
+
+
+def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):
+    ticket = {
+        "ticket_no": "20260302-000001",
+        "status": "closed",
+        "text": "[已删除]",
+        "caller": {"caller_id": "c1", "masked_phone": None},
+        "confidence": None,
+        "received_at": "2026-03-02T08:00:00+00:00",
+    }
+    erased = render_ticket(city, {**ticket, "personal_data_removed_at": "2026-03-03T08:00:00+00:00"})
+    assert re.search(r'<dd id="caller">\s*\[已删除\]\s*</dd>', erased)
+    anonymous = render_ticket(city, ticket)  # no phone was given: anonymous it is
+    assert re.search(r'<dd id="caller">\s*匿名\s*</dd>', anonymous)
+    with_phone = render_ticket(city, {**ticket, "caller": {"caller_id": "c1", "masked_phone": "138****5678"}})
+    assert "138****5678" in with_phone
+
+
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     drawn = present.grid_map(city, {"s01c01g01": 10, "s02c01g01": 1})
     shapes = {s["grid"]: s for s in drawn["shapes"]}
@@ -135,6 +193,20 @@ def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     assert shapes["s01c01g02"]["fill"] == present.SHADES[0]
     # North up: the demo city's top row (lat 39.96-39.98) is drawn at the top.
     assert min(float(p.split(",")[1]) for p in shapes["s01c01g01"]["points"].split()) == 0
+
+
+def test_the_grid_map_names_each_grid_in_its_cell_not_its_code(city):
+    gid, info = next(iter(city.grids.items()))
+    rest = info.grid.name.removeprefix(info.community_name)
+    assert present.map_label(city, gid) == [info.community_name, rest]
+    assert "".join(present.map_label(city, gid)) == info.grid.name
+    svg = templates.get_template("_map.html").render(
+        map=present.grid_map(city, {gid: 3}), map_id="m", map_title="各网格派单量"
+    )
+    written = re.findall(r"<tspan[^>]*>([^<]*)</tspan>", svg)
+    assert info.community_name in written
+    for code in city.grids:  # the codes are for programs; staff know the grids by name
+        assert f">{code}<" not in svg
 
 
 def test_a_residents_lookup_shows_no_personal_data(city):
@@ -285,6 +357,30 @@ def test_the_ticket_list_renders_residents_text_as_text_and_offers_no_department
     assert "/console/tickets/export?q=%3Cscript%3E" in html  # the export keeps the filters, encoded
 
 
+@pytest.mark.parametrize(("role", "heading"), [("grid_worker", "本网格工单"), ("admin", "工单查询")])
+def test_the_ticket_lists_tab_and_heading_say_what_its_menu_entry_says(city, role, heading):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    html = templates.get_template("tickets.html").render(
+        request=None,
+        s=who,
+        filters=dict.fromkeys(LIST_FILTERS, ""),
+        query={},
+        urlencode=urlencode,
+        rows=[],
+        total=0,
+        page_no=1,
+        pages=1,
+        errors={},
+        notice="",
+        **list_choices(city),
+    )
+    assert re.search(r"<title>([^<]*)</title>", html).group(1).startswith(f"{heading} · ")
+    assert f"<h1>{heading}</h1>" in html
+
+
 def test_a_long_list_is_shown_a_page_at_a_time():
     items = list(range(45))
     assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
@@ -316,9 +412,9 @@ def meeting(city, **changes):
     }
 
 
-def render_meetings(city, meetings, role="admin"):
+def render_meetings(city, meetings, role="admin", department=None):
     desk = SimpleNamespace(
-        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
         csrf="x",
     )
     return templates.get_template("meetings.html").render(
@@ -348,6 +444,22 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_department_that_checked_in_is_told_so_and_offered_no_second_check_in(city):
+    open_meeting = meeting(city)
+    first, second = open_meeting["summoned"]
+    waiting = render_meetings(city, [open_meeting], role="department", department=first["id"])
+    assert 'action="/console/meetings/M1/checkin"' in waiting
+    assert "本单位已报到" not in waiting
+
+    checked = meeting(city, summoned=[{**first, "checked_in": True}, second])
+    done = render_meetings(city, [checked], role="department", department=first["id"])
+    assert 'action="/console/meetings/M1/checkin"' not in done
+    assert "本单位已报到" in done
+    # Another department's check-in is not this one's.
+    other = render_meetings(city, [checked], role="department", department=second["id"])
+    assert 'action="/console/meetings/M1/checkin"' in other
 
 
 def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, date, datetime, timedelta
 
@@ -50,7 +51,8 @@ def test_the_most_specific_rule_wins(city, category, grid_id, lead, co, via):
     assert r.rule
     assert r.rule in r.explanation
     assert "0.90" in r.explanation
-    assert grid_id in r.explanation
+    assert city.grids[grid_id].grid.name in r.explanation  # by name: staff read it
+    assert re.search(r"s\d\d(c\d\d)?(g\d\d)?", r.explanation) is None  # nor a street's or community's code
 
 
 def test_low_confidence_goes_to_the_dispatch_desk_and_says_why(city):

@@ -633,8 +633,10 @@ def test_return_needs_a_listed_reason_and_a_disputed_rule_when_the_list_names_us
     with pytest.raises(WorkflowError) as e:
         workflow.return_ticket(t, "street_s03", "not_ours", "不归我们", "", CITY, TZ, T0)
     assert e.value.code == "rule_not_disputed"
-    assert "南苑" not in e.value.message
     assert "垃圾清运" in e.value.message
+    # The rule to dispute is limited to one grid: named as the department knows it, not by its code.
+    assert "（限南苑社区第三网格）" in e.value.message
+    assert "s03c02g03" not in e.value.message
     out = workflow.return_ticket(
         t,
         "street_s03",

@@ -204,12 +204,36 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         rating = RATING_NAMES.get(record.get("rating") or 0, "")
         if record.get("by"):  # asked on the phone (电话回访)
             return f"电话回访（话务员{record['by']}）：{rating}"
-        return f"市民回复回访：{rating or record.get('outcome', '')}"
-    if topic in ("meeting.convened", "meeting.updated"):
+        outcome = record.get("outcome") or "answered"
+        if rating or outcome == "answered":
+            return f"市民回复回访：{rating}"
+        if outcome == "comment":  # a reply after the survey had closed
+            return "市民补充意见" + (f"：{record['text']}" if record.get("text") else "")
+        # The survey ended without an answer: why, in words (not the outcome's code).
+        return f"回访结束：{OUTCOME_NAMES.get(outcome, '未答复')}"
+    if topic == "meeting.updated":
+        return meeting_words(record)
+    if topic == "meeting.convened":
         return f"{TOPIC_NAMES[topic]}：{record.get('explanation') or record.get('note') or ''}"
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def meeting_words(record: Mapping[str, Any]) -> str:
+    """A joint meeting's step (`meeting.updated`): who checked in, whom the desk named the lead and
+    why, or which tickets were attached. The event's note is the decision's only; a check-in
+    carries none, so the sentence names the department."""
+    dept = (record.get("department") or {}).get("name", "")
+    note = record.get("note") or ""
+    action = record.get("action")
+    if action == "checked_in":
+        return f"联席会议报到：{dept}"
+    if action == "decided":
+        return f"联席会议决定：由{dept}主办" + (f"（{note}）" if note else "")
+    if action == "attached":
+        return "联席会议关联工单：" + "、".join(record.get("tickets") or ())
+    return f"{TOPIC_NAMES['meeting.updated']}：{note}" if note else TOPIC_NAMES["meeting.updated"]
 
 
 TITLE_CHARS = 30  # a ticket named in a sentence: its title, or the start of its text
@@ -372,6 +396,17 @@ MAP_WIDTH = 600
 SHADES = ("#eef4fb", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
 
 
+def map_label(city: City, gid: str) -> list[str]:
+    """A grid's name as the map writes it in its cell, a line or two: staff know grids by name, not
+    by their codes. A name that starts with its community's (和平里社区第一网格) is split after it,
+    so each line fits the cell."""
+    info = city.grids[gid]
+    name, community = info.grid.name, info.community_name
+    if name.startswith(community) and len(name) > len(community):
+        return [community, name[len(community) :]]
+    return [name]
+
+
 def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
     """The configured grid polygons as SVG shapes, shaded by ticket volume."""
     polys = {gid: info.grid.polygon for gid, info in city.grids.items() if info.grid.polygon}
@@ -392,6 +427,7 @@ def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
             {
                 "grid": gid,
                 "name": city.grids[gid].grid.name,
+                "label": map_label(city, gid),
                 "count": n,
                 "points": " ".join(f"{x:.1f},{y:.1f}" for x, y in points),
                 "fill": SHADES[shade],

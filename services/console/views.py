@@ -46,6 +46,7 @@ from shared import lookup_link
 from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
+from shared.privacy import REMOVED
 from shared.settings import Settings
 from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status
 
@@ -61,6 +62,7 @@ templates.globals.update(
     role_names=session.ROLE_NAMES,
     percent=present.percent,
     return_reasons=RETURN_REASONS,
+    removed=REMOVED,  # what an erasure left in place of personal data
 )
 HOME = {
     "operator": "/console/operator",

@@ -49,9 +49,30 @@ GRID_METHODS = {
 
 
 def describe_rule(city: City, rule: ResponsibilityRule) -> str:
-    area = rule.grid or rule.community or rule.street
+    area = area_name(city, rule)
     where = f"（限{area}）" if area else ""
     return f"{'/'.join(city.category_names(rule.category))}{where} → {city.department_by_id[rule.lead].name}"
+
+
+def area_name(city: City, rule: ResponsibilityRule) -> str:
+    """The area a rule is limited to, by name (a grid, a community or a street): staff read it in
+    the explanation and dispute it on a return, and know the areas by name, not by their codes."""
+    if rule.grid:
+        return grid_name(city, rule.grid)
+    for street in city.district.streets:
+        if rule.community:
+            community = next((c for c in street.communities if c.id == rule.community), None)
+            if community is not None:
+                return f"{street.name}{community.name}"
+        elif street.id == rule.street:
+            return street.name
+    return rule.community or rule.street or ""
+
+
+def grid_name(city: City, grid_id: str | None) -> str:
+    """The grid as the staff who read an explanation know it: by name, not by its code."""
+    info = city.grids.get(grid_id or "")
+    return info.grid.name if info else grid_id or "未定位"
 
 
 def matching_rules(
@@ -158,7 +179,7 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
         rule=rule_text,
         explanation=(
             f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，"
-            f"网格{grid.grid}（{GRID_METHODS.get(grid.method, grid.method)}）"
+            f"网格{grid_name(city, grid.grid)}（{GRID_METHODS.get(grid.method, grid.method)}）"
         ),
         ambiguous=ties,
     )

@@ -1300,3 +1300,12 @@ async def test_link_visits_count_against_the_address_like_the_forms_tries(lookup
     assert found_section(r.text) == ""
     # A bad signature is not a wrong last four: the ticket's own tries are untouched.
     assert not any(k.startswith("console:lookup:wrong:") for k in lookup_app.state.redis.values)
+
+
+@pytest.mark.parametrize("field", ["ticket_no", "last4"])
+def test_a_residents_lookup_announces_what_is_wrong_with_a_field(field):
+    """A resident on a phone's screen reader hears the refusal, not only sees it in red."""
+    html = templates.get_template("lookup.html").render(
+        request=None, s=None, csrf="x", values={}, errors={field: "手机号后四位不对"}, found=None
+    )
+    assert re.search(rf'<p class="error" id="{field}-error" role="alert">手机号后四位不对</p>', html)

@@ -25,6 +25,17 @@ TICKETS_ASSIGNED = Counter(
 )
 TICKET_TRANSITIONS = Counter("ticket_transitions_total", "Department workflow transitions", ["action"])
 SMS_SENT = Counter("sms_sent_total", "SMS handed to the gateway, by kind", ["kind"])
+# WeChat notices past WeChat's 48 hours, kept until the resident writes again
+# (services.notifier.window), and what became of them when they did: sent, held (quiet hours, the
+# daily cap), retrying, failed, undelivered (refused again), or dropped (moot by then).
+WECHAT_KEPT = Counter(
+    "wechat_kept_total", "WeChat notices kept for their resident past the 48 hours, by kind", ["kind"]
+)
+WECHAT_ON_RETURN = Counter(
+    "wechat_on_return_total",
+    "Kept WeChat notices handled when their resident wrote again, by kind and outcome",
+    ["kind", "outcome"],
+)
 SURVEYS_ANSWERED = Counter(
     "surveys_answered_total", "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out)", ["rating"]
 )

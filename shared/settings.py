@@ -108,7 +108,8 @@ class Settings(BaseSettings):
     wechat_app_secret: str = ""
     wechat_api_base: str = "https://api.weixin.qq.com"
     # Past WeChat's 48 hours (errcode 45015) a notice goes as this template message (模板消息, a
-    # service account's template chosen in WeChat's console); empty: it is recorded undelivered.
+    # service account's template chosen in WeChat's console); empty: it is recorded undelivered and
+    # kept until the resident writes to the account again (services.notifier.window).
     wechat_template_id: str = ""
     # The template's field for each role (services.notifier.wechat_template): `role=field` pairs,
     # comma-separated; roles left out keep these, a role given no field is not sent. Checked when

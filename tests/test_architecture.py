@@ -38,6 +38,7 @@ PURE_MODULES = [
     "services.notifier.texts",
     "services.notifier.scoring",
     "services.notifier.wechat_template",
+    "services.notifier.window",
     "shared.events",
     "shared.text",
     "shared.tickets",

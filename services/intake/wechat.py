@@ -61,6 +61,19 @@ class Message:
     pic_url: str = ""  # an image message's picture, on WeChat's media host
 
 
+# The events by which a user acts towards the account and so, as a message does, opens WeChat's 48
+# hours of customer-service messages: following it, scanning its QR code, the menu's click and scan
+# buttons. Not the others: unfollowing, a menu link (VIEW), the location the client reports by
+# itself (LOCATION), WeChat's own reports (TEMPLATESENDJOBFINISH) are nothing the user sent.
+WINDOW_EVENTS = frozenset({"subscribe", "scan", "click", "scancode_push", "scancode_waitmsg"})
+
+
+def opens_window(message: Message) -> bool:
+    """Whether WeChat lets the account write to the user for 48 hours from this push: any message
+    they sent (text, voice, image, location, video…), and the events above."""
+    return message.msg_type != "event" or message.event in WINDOW_EVENTS
+
+
 def read_xml(body: bytes) -> ET.Element:
     """The push's XML root, refusing DTDs and entities (XML from the internet must not expand or fetch)."""
     if len(body) > MAX_BODY:

@@ -117,13 +117,28 @@ async def receive(
     try:
         reply = await _handle(intake, msg, request.app.state)
     except BrokerUnavailable:
+        await _wrote(request.app.state, msg)  # they wrote, whether or not we could take it
         return _xml(wechat.error_reply("系统繁忙，请稍后重试"), 503, **{"Retry-After": "5"})
+    await _wrote(request.app.state, msg)
     if not reply:
         return PlainTextResponse("success")  # WeChat's "received, nothing to say", in every mode
     answer = wechat.text_reply(msg, reply, now)
     if encrypted is not None and crypto is not None:
         answer = crypto.reply(answer, now, nonce)  # an encrypted push gets an encrypted reply
     return _xml(answer)
+
+
+async def _wrote(state: Any, msg: wechat.Message) -> None:
+    """The user's push opened WeChat's 48 hours again: what the notifier kept for them while they
+    could not be reached goes out at its next scan (`Notifier.wrote`, one Redis command: nothing is
+    sent while WeChat waits for this reply). Never in the way of the reply: a failure here leaves
+    the notices kept for the user's next message."""
+    if not wechat.opens_window(msg):
+        return
+    try:
+        await state.notifier.wrote(msg.from_user)
+    except Exception as e:
+        log.warning("notices kept for a WeChat user not scheduled: %s", type(e).__name__)
 
 
 async def _fresh_nonce(request: Request, timestamp: str, nonce: str, body: bytes) -> bool:

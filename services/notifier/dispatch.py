@@ -14,10 +14,12 @@ committed) sends the recorded message again, with the SAME message id, which the
 the lease (its send in flight) is not sent: the batch fails with `SendInFlight`, is read again, and
 by then the message is done, or its lease has expired.
 
-It also writes each message's state (`services.notifier.states`) and schedules what it holds in the
-job queue (`services.notifier.jobs`). A batch costs three Redis round trips whatever its size (claim,
-the day's counts, then states + counts + held jobs + done), each a single command or one pipeline:
-the per-item commands run as Lua scripts, because redis-py packs and parses every command in Python.
+It also writes each message's state (`services.notifier.states`), schedules what it holds in the
+job queue (`services.notifier.jobs`), and keeps a WeChat notice that WeChat would not take past its
+48 hours until the resident writes again (`services.notifier.pending`), in the same transaction.
+A batch costs three Redis round trips whatever its size (claim, the day's counts, then states +
+counts + held jobs + kept notices + done), each a single command or one pipeline: the per-item
+commands run as Lua scripts, because redis-py packs and parses every command in Python.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from redis.asyncio import Redis
 
 from services.notifier.gateway import PermanentSmsError, SmsError, SmsGateway, SmsMessage, Undeliverable
 from services.notifier.jobs import RETRY_LATER, JobQueue, SendJob
+from services.notifier.pending import PendingNotices
 from services.notifier.policy import Policy
 from services.notifier.states import STATE_TTL, about_resident, state_record, ticket_records_key
 from services.notifier.wechat_gateway import WeChatGateway, WeChatOutbox
+from services.notifier.window import worth_keeping
 from shared.events import now_utc
-from shared.metrics import SMS_SENT
+from shared.metrics import SMS_SENT, WECHAT_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,7 @@ class Dispatcher:
         self.wechat: WeChatGateway = wechat if wechat is not None else WeChatOutbox(redis)
         self.policy = policy
         self.jobs = jobs
+        self.pending = PendingNotices(redis)
         self.clock = clock
         self.lease = lease
         self.in_flight_wait = in_flight_wait
@@ -231,6 +236,7 @@ class Dispatcher:
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=True))
         results: list[SendResult] = []
         written: list[tuple[str, str, str]] = []  # state key, state, phone to count ('' : not sent)
+        kept: list[SmsMessage] = []  # past WeChat's 48 hours: they wait for the resident to write
         # One transaction: a message is done exactly when its state (and held job) is written.
         async with self.redis.pipeline(transaction=True) as p:
             for i, m in enumerate(messages):
@@ -240,12 +246,19 @@ class Dispatcher:
                     written.append((*state_record(m, "held", until=held[i].isoformat()), ""))
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):
+                    # Undeliverable only until the resident writes to the account again: a notice
+                    # they wait for is kept for then (`services.notifier.window`).
+                    keep = worth_keeping(m)
                     log.warning(
-                        "%s %s for %s to %s not delivered: %s",
-                        m.channel, m.kind, m.ticket_no, m.masked_to, outcome,
+                        "%s %s for %s to %s not delivered%s: %s",
+                        m.channel, m.kind, m.ticket_no, m.masked_to,
+                        ", kept until they write to the account again" if keep else "", outcome,
                     )  # fmt: skip
-                    written.append((*state_record(m, "undelivered", error=str(outcome)), ""))
+                    extra = {"kept": "until the resident writes to the account again"} if keep else {}
+                    written.append((*state_record(m, "undelivered", error=str(outcome), **extra), ""))
                     results.append("undelivered")
+                    if keep:
+                        kept.append(m)
                 elif isinstance(outcome, PermanentSmsError):
                     log.warning(
                         "%s %s for %s to %s refused: %s", m.channel, m.kind, m.ticket_no, m.masked_to, outcome
@@ -283,6 +296,7 @@ class Dispatcher:
                     for v in (record, phone, slot)
                 ),
             )
+            self.pending.keep_into(p, kept)
             if claims:
                 p.eval(
                     _DONE,
@@ -292,6 +306,8 @@ class Dispatcher:
                     *(m.message_id for m in messages),
                 )
             await p.execute()
+        for m in kept:
+            WECHAT_KEPT.labels(kind=m.kind).inc()
         return results
 
     async def _send_all(self, messages: list[SmsMessage]) -> list[str | SmsError]:

@@ -79,8 +79,10 @@ class TransientSmsError(SmsError):
 
 class Undeliverable(PermanentSmsError):
     """The channel will not deliver this message to this recipient now, and trying again will not
-    change that: WeChat's customer-service messages reach only a user who wrote to the account in
-    the last 48 hours (errcode 45015). Recorded as `undelivered`, not retried."""
+    change that until the recipient acts: WeChat's customer-service messages reach only a user who
+    wrote to the account in the last 48 hours (errcode 45015). Recorded as `undelivered`, not
+    retried; a notice the resident waits for is kept until they write again
+    (`services.notifier.window`)."""
 
 
 def backoff(attempt: int, base_delay: float, max_delay: float) -> float:

@@ -1,4 +1,5 @@
-"""The notifier's scheduled jobs: a held message to send, a survey to remind of or to close.
+"""The notifier's scheduled jobs: a held message to send, a survey to remind of or to close, the
+WeChat notices kept for a resident who wrote to the account again (`services.notifier.pending`).
 
   sms:due   sorted set: one job (JSON) per member, scored by the Unix time it is due
 
@@ -42,12 +43,22 @@ class SurveyJob:
     survey_id: str
 
 
-Job = SendJob | SurveyJob
+@dataclass(frozen=True)
+class ReturnJob:
+    """A WeChat resident wrote to the account again: what was kept for them past WeChat's 48
+    hours goes out now (`Notifier` reads the openid's `wx:pending:*`)."""
+
+    openid: str
+
+
+Job = SendJob | SurveyJob | ReturnJob
 
 
 def encode(job: Job) -> str:
     if isinstance(job, SendJob):
         body: dict[str, Any] = {"job": "send", "message": job.message.to_json()}
+    elif isinstance(job, ReturnJob):
+        body = {"job": "return", "openid": job.openid}
     else:
         body = {"job": job.action, "survey_id": job.survey_id}
     return json.dumps(body, ensure_ascii=False, sort_keys=True)
@@ -57,6 +68,8 @@ def decode(raw: str | bytes) -> Job:
     body = json.loads(raw)
     if body["job"] == "send":
         return SendJob(SmsMessage.from_json(body["message"]))
+    if body["job"] == "return":
+        return ReturnJob(body["openid"])
     if body["job"] in ("remind", "close"):
         return SurveyJob(body["job"], body["survey_id"])
     raise ValueError(f"unknown notifier job {body['job']!r}")

@@ -9,7 +9,9 @@ It wires four parts, each with its own Redis keys (listed at the top of each mod
     and the index of a ticket's records that reach its resident (sms:ticket), which `forget` uses
     when the resident's personal data is erased;
   - `surveys.SurveyBook`: the callback survey, replies, reminders, timeouts, opt-outs (survey:*,
-    sms:optout).
+    sms:optout);
+  - `pending.PendingNotices`: the WeChat notices kept past WeChat's 48 hours until the resident
+    writes again (wx:pending), which `returned` hands back to the send path then.
 What is left here reads the callers' contacts (where each is reached, by SMS or WeChat:
 `routing.route`) and composes the acknowledgement, progress and supervision
 messages. Every function that depends on time takes `now` or the injected clock.
@@ -17,7 +19,9 @@ messages. Every function that depends on time takes `now` or the injected clock.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,18 +30,24 @@ from redis.asyncio import Redis
 
 from services.notifier.dispatch import Dispatcher, SendResult
 from services.notifier.gateway import SmsGateway, SmsMessage, make_gateway
-from services.notifier.jobs import DUE, Job, JobQueue, SendJob
+from services.notifier.jobs import DUE, Job, JobQueue, ReturnJob, SendJob
+from services.notifier.pending import PREFIX as PENDING_PREFIX
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.routing import CONTACT_FIELDS, Recipient, route
 from services.notifier.states import MessageStates, about_resident, state_key, ticket_records_key
-from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook
+from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook, derived_id, message_ids
 from services.notifier.texts import Texts, load_texts, month_day_time
 from services.notifier.wechat_gateway import WeChatGateway, make_wechat_gateway
+from services.notifier.window import Return, SurveyFacts, on_return
 from shared.city import City
 from shared.events import Event, TicketAssigned, TicketUpdated, now_utc
+from shared.metrics import WECHAT_ON_RETURN
 from shared.redis_client import text
 from shared.settings import Settings
 from shared.store import TicketStore
+from shared.tickets import Ticket
+
+log = logging.getLogger(__name__)
 
 # KEYS: hashes; ARGV: the fields. Returns the fields of each, one after the other ('' where there is
 # none): the contacts of a batch's callers in one command (redis-py packs and parses every command
@@ -79,6 +89,7 @@ class Notifier:
         self.jobs = JobQueue(self.redis, jobs_key)
         self.states = MessageStates(self.redis)
         self.sms = Dispatcher(self.redis, gateway, policy, self.jobs, wechat=wechat, clock=clock)
+        self.pending = self.sms.pending
         self.surveys = SurveyBook(
             self.sms,
             publish,
@@ -127,7 +138,8 @@ class Notifier:
     # --- the scheduled jobs -------------------------------------------------------------------
 
     async def scan(self, now: datetime | None = None, limit: int = 200) -> int:
-        """Run the jobs due at `now`: held messages, survey reminders and timeouts. Returns how many."""
+        """Run the jobs due at `now`: held messages, survey reminders and timeouts, the notices kept
+        for WeChat residents who wrote again. Returns how many."""
         return await self.jobs.scan(now or self.clock(), self._run, limit)
 
     async def _run(self, job: Job, now: datetime) -> None:
@@ -145,10 +157,105 @@ class Notifier:
                 await self.states.set(message, "cancelled", reason="opted out while it was held")
                 return
             await self.sms.dispatch([message], now)
+        elif isinstance(job, ReturnJob):
+            await self.returned(job.openid, now)
         elif job.action == "remind":
             await self.surveys.remind(job.survey_id, now)
         else:
             await self.surveys.expire(job.survey_id, now)
+
+    # --- WeChat residents who write again -----------------------------------------------------
+
+    async def wrote(self, openid: str, now: datetime | None = None) -> bool:
+        """A WeChat resident wrote to the account (any message that opens WeChat's 48 hours): what
+        was kept for them goes out at the next scan (`returned`), not here, since this is asked
+        while WeChat waits for the passive reply. One Redis command; whether anything waits."""
+        return await self.pending.wake(openid, self.jobs, now or self.clock())
+
+    async def returned(self, openid: str, now: datetime) -> int:
+        """The notices kept for `openid` past WeChat's 48 hours, now that they wrote again: each
+        that still makes sense (`window.on_return`) goes through the send path a held message
+        takes (quiet hours and the daily cap hold it, its state moves from `undelivered` to what
+        this yields), oldest first, one at a time so that WeChat shows them in that order.
+        Returns how many were handed over. Should a send fail, those not handed over yet are kept
+        again, and the job (retried by the queue) goes on with them."""
+        kept = await self.pending.take(openid)
+        if not kept:
+            return 0
+        try:
+            decided, tickets = await self._decide_return(openid, kept, now)
+        except Exception:
+            await self.pending.keep(kept)  # Redis failed: all of it waits for the job's retry
+            raise
+        handed = 0
+        for i, r in enumerate(decided):
+            m = r.message
+            try:
+                if r.action == "drop":
+                    log.info(
+                        "WeChat %s for %s to %s kept past the 48 hours, not sent: %s",
+                        m.kind, m.ticket_no, m.masked_to, r.reason,
+                    )  # fmt: skip
+                    await self.states.dropped(m.message_id, r.reason)
+                    WECHAT_ON_RETURN.labels(kind=m.kind, outcome="dropped").inc()
+                    continue
+                # Its state went with an erasure since it was kept: it must not reach them.
+                if not await self.redis.exists(state_key(m.message_id)):
+                    continue
+                message = m if r.action == "send" else self._result_of(m, tickets[m.ticket_no or ""])
+                [outcome] = await self.sms.dispatch([message], now)
+            except Exception:
+                await self.pending.keep([d.message for d in decided[i:] if d.action != "drop"])
+                raise
+            handed += 1
+            WECHAT_ON_RETURN.labels(kind=message.kind, outcome=outcome).inc()
+            log.info(
+                "WeChat %s for %s to %s, kept past the 48 hours: %s on the resident's return",
+                message.kind, message.ticket_no, message.masked_to, outcome,
+            )  # fmt: skip
+        return handed
+
+    async def _decide_return(
+        self, openid: str, kept: list[SmsMessage], now: datetime
+    ) -> tuple[list[Return[SmsMessage]], dict[str, Ticket | None]]:
+        """What becomes of each notice kept for `openid` (`window.on_return`), from their tickets
+        and the state of those tickets' latest surveys (two round trips); and those tickets."""
+        nos = sorted({m.ticket_no for m in kept if m.ticket_no})
+        tickets = dict(zip(nos, await self.store.get_many(nos), strict=True))
+        # Erased since (the erasure's notice may not have come): what the notice removes goes now,
+        # and nothing about those tickets reaches the resident.
+        erased = {no for no, t in tickets.items() if t is not None and t.personal_data_removed_at is not None}
+        if erased:
+            await self.forget(sorted(erased), now)
+        # A kept survey or reminder is weighed against the survey of its ticket's latest resolution
+        # (the ticket names it: `Ticket.resolution_id`), as that survey stands now.
+        surveyed = {m.ticket_no for m in kept if m.kind in ("survey", "reminder")}
+        current = {
+            no: t
+            for no, t in tickets.items()
+            if no in surveyed and no not in erased and t is not None and t.resolution_id
+        }
+        standing = await self.surveys.standing(openid, [t.resolution_id or "" for t in current.values()])
+        facts = {
+            no: SurveyFacts(
+                message_ids=message_ids(sid),
+                open=standing[sid][0],
+                void=sid in t.void_surveys,
+                outcome=standing[sid][1],
+            )
+            for no, t in current.items()
+            if (sid := t.resolution_id or "")
+        }
+        return on_return([m for m in kept if m.ticket_no not in erased], facts, now), tickets
+
+    def _result_of(self, survey: SmsMessage, ticket: Ticket | None) -> SmsMessage:
+        """The result notice of a kept survey whose question is moot (it closed unanswered): the
+        resolution it asked about, without the question. Named after that survey's message, so a
+        retry of the job writes the same message."""
+        note = self.texts.short_note(ticket.resolution_note if ticket else "")
+        to = Recipient(survey.channel, survey.phone)
+        message = self._to(to, "result", "result", survey.ticket_no or "", note=note)
+        return replace(message, message_id=derived_id(survey.message_id, "result"))
 
     # --- erasure ------------------------------------------------------------------------------
 
@@ -171,10 +278,13 @@ class Notifier:
         A held message is then not sent (`_run` finds no state). Returns how many records went."""
         if not ticket_nos:
             return 0
-        indexes, states, survey_keys = await self._records_of(ticket_nos)
+        indexes, states, survey_keys, pending = await self._records_of(ticket_nos)
         surveys = await self.surveys.forget(survey_keys, now or self.clock())
+        # The notices kept for the resident past WeChat's 48 hours (their openid and the texts):
+        # those about these tickets go before the index that finds them.
+        kept = await self.pending.forget(pending, ticket_nos)
         await self.redis.delete(*states, *indexes)
-        return len(states) + len(surveys)
+        return len(states) + len(surveys) + kept
 
     async def sent_back(self, ticket_nos: Sequence[str]) -> None:
         """These tickets went back to their departments after a grid worker's check: their open
@@ -182,9 +292,12 @@ class Notifier:
         if ticket_nos:
             await self.surveys.withdraw_reminders((await self._records_of(ticket_nos))[2])
 
-    async def _records_of(self, ticket_nos: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    async def _records_of(
+        self, ticket_nos: Sequence[str]
+    ) -> tuple[list[str], list[str], list[str], list[str]]:
         """What the notifier keeps about these tickets, found by `ticket_records_key` in one round
-        trip: (the index keys, the messages' state keys, the surveys' keys)."""
+        trip: (the index keys, the messages' state keys, the surveys' keys, the keys of the WeChat
+        notices kept for their residents)."""
         indexes = [ticket_records_key(no) for no in dict.fromkeys(ticket_nos)]
         async with self.redis.pipeline(transaction=False) as p:
             for key in indexes:
@@ -192,7 +305,9 @@ class Notifier:
             members = await p.execute()
         records = sorted({m.decode() if isinstance(m, bytes) else m for found in members for m in found})
         states = [r for r in records if r.startswith("sms:")]
-        return indexes, states, [r for r in records if not r.startswith("sms:")]
+        pending = [r for r in records if r.startswith(PENDING_PREFIX)]
+        surveys = [r for r in records if r.startswith("survey:")]
+        return indexes, states, surveys, pending
 
     # --- messages about tickets ---------------------------------------------------------------
 

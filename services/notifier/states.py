@@ -2,15 +2,20 @@
 
   sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone (a WeChat message: the
                          masked openid and `channel`), and what the state adds
-                         (until, error, provider_id, sent_at, receipt_error, reason); 30 days
+                         (until, error, provider_id, sent_at, receipt_error, reason; a WeChat
+                         notice kept for its resident's return: kept, then dropped if it is
+                         not sent after all); 30 days
   sms:ticket:{no}        the keys of a ticket's records that reach its resident: its messages'
-                         states (not the supervisors') and its surveys (`survey:{id}`), added where
-                         they are written; 30 days from the last. What an erasure removes.
+                         states (not the supervisors'), its surveys (`survey:{id}`) and the WeChat
+                         notices kept for its resident (`wx:pending:{openid}`), added where they
+                         are written; 30 days from the last. What an erasure removes.
 
 States: held (quiet hours or the daily cap), sent, retrying (the provider was down), failed (the
 provider refused it), cancelled (a held survey message after an opt-out), then delivered or
 undelivered when the provider's receipt comes; undelivered too when the channel says at once that it
-cannot reach the recipient (WeChat past its 48 hours, `gateway.Undeliverable`).
+cannot reach the recipient (WeChat past its 48 hours, `gateway.Undeliverable`), until a notice kept
+for the resident (`services.notifier.pending`) is sent again when they write, and takes the state
+that send yields.
 """
 
 from __future__ import annotations
@@ -66,6 +71,15 @@ class MessageStates:
         """The message's state record; {} when the message is unknown (or older than 30 days)."""
         raw = await self.redis.get(state_key(message_id))
         return json.loads(raw) if raw else {}
+
+    async def dropped(self, message_id: str, reason: str) -> None:
+        """A message kept for its resident's return (`services.notifier.pending`) that will not be
+        sent after all: it stays `undelivered`, no longer kept, and says why."""
+        record = await self.get(message_id)
+        if record:
+            record.pop("kept", None)
+            record["dropped"] = reason
+            await self.redis.set(state_key(message_id), json.dumps(record, ensure_ascii=False), keepttl=True)
 
     async def receipt(self, message_id: str, delivered: bool, error: str = "") -> bool:
         """A provider's delivery receipt. False when the message is unknown."""

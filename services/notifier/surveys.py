@@ -29,6 +29,7 @@ once per survey and kind; the reminder and the timeout are jobs in the job queue
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ Erased = Callable[[str], Awaitable[bool]]
 def derived_id(*parts: str) -> str:
     """A deterministic id: the same survey and step give the same event or message id."""
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
+
+
+def message_ids(survey_id: str) -> frozenset[str]:
+    """The ids of a survey's message and of its reminder: what a message kept for its resident
+    (`services.notifier.window`) is matched to its survey by."""
+    return frozenset({derived_id(survey_id, "sms"), derived_id(survey_id, "reminder")})
 
 
 class SurveyBook:
@@ -205,7 +212,16 @@ class SurveyBook:
         text = self.texts.render(
             "reminder", channel=survey.channel, ticket_no=survey.ticket_no, question=self.texts.question
         )
-        message = SmsMessage(survey.phone, text, "reminder", survey.ticket_no, channel=survey.channel)
+        # Named after its survey, as the survey's own message is: kept past WeChat's 48 hours,
+        # it is matched to the survey when the resident writes again (`message_ids`).
+        message = SmsMessage(
+            survey.phone,
+            text,
+            "reminder",
+            survey.ticket_no,
+            message_id=derived_id(survey_id, "reminder"),
+            channel=survey.channel,
+        )
         await self.sms.send(survey_id, message, now)
 
     async def expire(self, survey_id: str, now: datetime) -> None:
@@ -255,6 +271,23 @@ class SurveyBook:
         if answered is None:
             return None
         return SurveyAnswer(ticket_no=survey.ticket_no, rating=rating, solved=solved)
+
+    async def standing(self, to: str, survey_ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
+        """Per survey of `to` (a phone or an openid): whether it is open, and how it closed (the
+        outcome of its `survey.answered`; None while open, or when that is no longer known). One
+        round trip."""
+        if not survey_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as p:
+            for sid in survey_ids:
+                p.zscore(f"survey:open:{to}", sid)
+                p.get(_answer_key(sid))
+            found = await p.execute()
+        out: dict[str, tuple[bool, str | None]] = {}
+        for i, sid in enumerate(survey_ids):
+            score, answer = found[2 * i], found[2 * i + 1]
+            out[sid] = (score is not None, json.loads(answer)["outcome"] if answer else None)
+        return out
 
     async def _open_survey(self, to: str, now: datetime) -> Survey | None:
         """The newest open survey of a phone (or openid) whose ticket was not erased."""

@@ -12,7 +12,8 @@ phone hear back there (`services.notifier.routing`). The same shape as the SMS g
   within 48 hours of the user's last message: past that, errcode 45015, the notice goes as the
   account's template message (`services.notifier.wechat_template`, `WECHAT_TEMPLATE_ID`), with the
   same token and retries; without a template, or when WeChat refuses that too (43004: no longer a
-  follower), the message is `Undeliverable` (recorded `undelivered`, never retried).
+  follower), the message is `Undeliverable` (recorded `undelivered`, not retried: kept until the
+  user writes to the account again, `services.notifier.pending`).
 
   wx:outbox               the embedded outbox (newest 100,000), `wx:outbox:id:{message_id}` 30 days
   wx:token:{app_id}       the access token, until WECHAT_TOKEN_MARGIN before WeChat expires it

@@ -47,7 +47,8 @@ _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 KEYWORD_MAX_CHARS = 20
 
 # Per kind of message a resident receives in WeChat: the headline and the kind in words. A kind not
-# here (an answer to 查询, a clarification) has no template: it stays undelivered past 48 hours.
+# here (an answer to 查询, a clarification) has no template: it stays undelivered past 48 hours (and
+# is not kept for the resident's return: it would answer nothing by then).
 HEADLINES: dict[str, tuple[str, str]] = {
     "ack": ("您的诉求已受理", "受理"),
     "progress": ("您反映的问题有新进展", "进度"),

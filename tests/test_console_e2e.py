@@ -170,6 +170,42 @@ async def test_a_link_styled_as_a_secondary_button_looks_like_one(browser: Brows
         await p.close()
 
 
+async def test_the_knowledge_list_fits_a_phone_screen(browser: Browser):
+    """A department out in the street checks an answer on its phone: at 360 px the list's rows
+    become small cards instead of a table wider than the screen. The page's list as the console
+    renders it, with the stylesheet, in a blank page: no system needed."""
+    from types import SimpleNamespace
+
+    from services.console.views import templates
+
+    entry = {
+        "id": "kb-1",
+        "question": "社保卡丢了怎么补办？需要带什么材料，去哪里办理，多长时间能拿到新卡",
+        "category_names": ["社会保障", "社保卡", "补办挂失"],
+        "department_name": "区人力资源和社会保障局",
+        "reviewed": "2026-11-30",
+        "review_due": True,
+    }
+    principal = SimpleNamespace(role="department", is_admin=False, department="hr", operator=None, grid=None)
+    html = templates.get_template("knowledge.html").render(
+        request=None, s=SimpleNamespace(principal=principal, csrf="x"), entries=[entry] * 3, total=3,
+        review_days=180, values={}, errors={}, notice=None, page_no=1, pages=1, query="", done="",
+        category_choices=[], department_choices=[],
+    )  # fmt: skip
+    table = re.search(r'<table class="[^"]*" id="knowledge-list">.*?</table>', html, re.S)
+    assert table is not None
+    css = (Path(__file__).parent.parent / "services/console/static/console.css").read_text(encoding="utf-8")
+    p = await browser.new_page(viewport={"width": 360, "height": 740})
+    try:
+        await p.set_content(f"<main>{table[0]}</main>")
+        await p.add_style_tag(content=css)
+        assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+        label = "e => getComputedStyle(e, '::before').content"
+        assert await p.eval_on_selector("#entry-kb-1 td:nth-child(2)", label) == '"分类："'
+    finally:
+        await p.close()
+
+
 async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     await page.goto("/")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))

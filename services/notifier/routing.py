@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from datetime import datetime
+from typing import Literal, Protocol
 
 from shared.privacy import mask_openid, mask_phone
 
@@ -20,6 +21,27 @@ Channel = Literal["sms", "wechat"]
 CHANNELS: tuple[Channel, ...] = ("sms", "wechat")
 # The fields of the contact record `route` reads, in this order.
 CONTACT_FIELDS = ("phone", "wechat_openid")
+
+
+class Notice(Protocol):
+    """What of a message to a resident (`gateway.SmsMessage`) the pure decisions about it read: the
+    template it goes as, whether it waits for the resident's return. `phone` is its address on
+    `channel` (the openid on WeChat)."""
+
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def phone(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def ticket_no(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def channel(self) -> str: ...
 
 
 @dataclass(frozen=True)

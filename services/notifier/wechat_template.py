@@ -26,10 +26,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from services.notifier.routing import Notice
 from shared.lookup_link import day_number, ticket_url
 
 ROLES = ("first", "ticket_no", "kind", "time", "remark")
@@ -100,21 +100,6 @@ def template_fields(given: Mapping[str, str] | None = None) -> dict[str, str]:
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"WECHAT_TEMPLATE_FIELDS: field {', '.join(twice)} given to two roles")
     return fields
-
-
-class Notice(Protocol):
-    """What of a message (`gateway.SmsMessage`) a template shows; `phone` is the openid."""
-
-    @property
-    def phone(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def ticket_no(self) -> str | None: ...
-    @property
-    def created_at(self) -> datetime: ...
 
 
 @dataclass(frozen=True)

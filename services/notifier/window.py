@@ -31,7 +31,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Literal, TypeVar
+
+from services.notifier.routing import Notice
 
 # How long a notice waits for its resident to write again. Long enough for the residents who come
 # back within a week or two (a new appeal, 查询 about this one); not so long that a notice arrives
@@ -46,21 +48,6 @@ KEPT_KINDS = frozenset({"progress", "result", "survey", "reminder"})
 # The notices that tell a resident where a ticket stands: a later one makes an earlier progress
 # notice about the same ticket stale.
 _STANDING = frozenset({"progress", "result", "survey"})
-
-
-class Notice(Protocol):
-    """What of a message (`gateway.SmsMessage`) these decisions read."""
-
-    @property
-    def message_id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def ticket_no(self) -> str | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def channel(self) -> str: ...
 
 
 N = TypeVar("N", bound=Notice)

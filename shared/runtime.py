@@ -282,6 +282,32 @@ async def cancel_all(tasks: Sequence[asyncio.Task]) -> None:
             await task
 
 
+def run_at_start(
+    app: FastStream, step: Callable[[], Awaitable[object]], what: str, retry_seconds: float = 5.0
+) -> None:
+    """Run `step` once in the background when `app` has started (its consumers do not wait for
+    it); an error is logged and it is tried again after `retry_seconds`, until it succeeds."""
+    log = logging.getLogger(what)
+    tasks: list[asyncio.Task] = []
+
+    async def until_done() -> None:
+        while True:
+            try:
+                await step()
+                return
+            except Exception:
+                log.exception("%s failed; trying again in %.0f s", what, retry_seconds)
+            await asyncio.sleep(retry_seconds)
+
+    @app.after_startup
+    async def _start() -> None:
+        tasks.append(asyncio.create_task(until_done()))
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await cancel_all(tasks)
+
+
 def run_periodically(
     app: FastStream, seconds: float, step: Callable[[], Awaitable[object]], what: str
 ) -> None:

@@ -16,25 +16,28 @@ import re
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
+from shared import topics
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
 from shared.lookup_link import day_number, link_key, params, ticket_url
 from shared.privacy import REMOVED
 from shared.settings import Settings
 from tests.conftest import System, days_since, eventually, local_today
+from tests.router_factory import classified
 from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
@@ -794,6 +797,59 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
     await expect(page.locator("h1")).to_have_text("联席会议")
     await accessible(page)
     await shot(page, "meetings")
+
+
+async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_checks_in(
+    page: Page, redis, system: System, settings: Settings, system_city: City
+):
+    """吹哨报到: a joint meeting about a ticket another department holds (whose street light it is
+    is contested); the street office that leads it holds none of its tickets, yet its menu counts
+    the meeting, /console/meetings shows it, and it checks in there."""
+    no = f"20261125-{random.randint(900000, 999999)}"
+    contested = classified(
+        system_city,
+        "city.facility.streetlight",
+        "s02c02g03",
+        no=no,
+        at=datetime.now(UTC),
+        confidence=0.55,
+        second=("utility.power", 0.5),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:  # classified already: the router takes it from here
+        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, contested.to_bytes(), key=no.encode())
+    finally:
+        await producer.stop()
+    async with await admin_api(system, redis) as client:
+        held = await ticket_when(client, no, lambda t: t["status"] == "meeting")
+        mid = held["meeting_id"]
+        meeting = await eventually(lambda: meeting_of(client, mid), timeout=60)
+    street = system_city.department_by_id["street_s02"].name
+    assert meeting["lead_street"] == "street_s02"
+    assert held["department"]["id"] != "street_s02"  # it holds none of the meeting's tickets
+
+    await sign_in(page, await issue_token(redis, "department", "street_s02"))
+    await page.locator("nav a[href='/console/meetings']").click()
+    card = page.locator(f"#meeting-{mid}")
+    await expect(card).to_contain_text(f"{street}：未报到")
+    await expect(card.locator("a", has_text=no)).to_be_visible()
+    waiting = await meetings_to_check_in(page)
+    assert waiting >= 1  # the menu counts it, on every page
+    await accessible(page)
+    await shot(page, "meetings-department")
+    await card.get_by_role("button", name="报到").click()
+    await expect(page.get_by_role("status")).to_contain_text(f"已在联席会议{mid}报到")
+    await expect(page.locator(f"#checked-in-{mid}")).to_have_text("本单位已报到")
+    await expect(card).to_contain_text(f"{street}：已报到")
+    await expect(card.get_by_role("button", name="报到")).to_have_count(0)
+    assert await meetings_to_check_in(page) == waiting - 1
+
+
+async def meetings_to_check_in(page: Page) -> int:
+    """How many meetings the menu says wait for the department to check in (联席会议 (N); none: 0)."""
+    count = page.locator("#meetings-to-check-in")
+    return int(re.sub(r"\D", "", await count.text_content() or "")) if await count.count() else 0
 
 
 async def test_desk_redispatches_a_departments_ticket_and_its_queue_lets_it_go(

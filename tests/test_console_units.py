@@ -460,6 +460,8 @@ def test_a_department_that_checked_in_is_told_so_and_offered_no_second_check_in(
     # Another department's check-in is not this one's.
     other = render_meetings(city, [checked], role="department", department=second["id"])
     assert 'action="/console/meetings/M1/checkin"' in other
+    # The check-in comes back to the page it was made on.
+    assert '<input type="hidden" name="page" value="1">' in other
 
 
 def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
@@ -625,7 +627,9 @@ class _CountApi:
         return self.reply
 
 
-async def _menu(monkeypatch, role: str, reply: Reply | Exception | None, **context) -> tuple[str, list[str]]:
+async def _menu(
+    monkeypatch, role: str, reply: Reply | Exception | None, department: str | None = None, **context
+) -> tuple[str, list[str]]:
     from services.console import views
     from services.console.session import Session
     from shared.auth import Principal
@@ -636,7 +640,7 @@ async def _menu(monkeypatch, role: str, reply: Reply | Exception | None, **conte
     request = SimpleNamespace(
         app=SimpleNamespace(state=SimpleNamespace(console_names={"department_names": {}, "grid_names": {}}))
     )
-    s = Session(token="t", principal=Principal(role=role, operator="op09"), csrf="c")
+    s = Session(token="t", principal=Principal(role=role, operator="op09", department=department), csrf="c")
     response = await views.page(request, "message.html", s=s, title="标题", message="内容", **context)
     assert response.status_code == 200  # whatever the count did, the page is shown
     return response.body.decode(), fake.asked
@@ -661,6 +665,25 @@ async def test_the_menu_says_how_many_phone_callbacks_are_due_or_nothing(monkeyp
     # Roles without the link do not ask.
     html, asked = await _menu(monkeypatch, "department", Reply(200, {"total": 3}))
     assert (asked, "电话回访" in html) == ([], False)
+
+
+async def test_a_departments_menu_says_how_many_joint_meetings_wait_for_it_to_check_in(monkeypatch):
+    """联席会议 (N) in a department's menu: the open meetings it is summoned to and has not checked
+    in to (吹哨报到: it may hold none of their tickets, so nothing else on its pages tells it); none
+    waiting, or no answer in time, shows no number."""
+    html, asked = await _menu(monkeypatch, "department", Reply(200, {"to_check_in": 2}), department="water")
+    assert asked == ["/api/v1/meetings/count"]
+    assert re.search(
+        r'联席会议 <span id="meetings-to-check-in">\(2<span class="sr-only">个会议待本单位报到</span>\)', html
+    )
+    for quiet in (Reply(200, {"to_check_in": 0}), Reply(503, {"message": "服务暂不可用"}), None):
+        html, asked = await _menu(monkeypatch, "department", quiet, department="water")
+        assert asked == ["/api/v1/meetings/count"]
+        assert ">联席会议</a>" in html
+        assert "meetings-to-check-in" not in html
+    # The desk checks in to nothing: it does not ask (its own count is of callbacks).
+    html, asked = await _menu(monkeypatch, "admin", Reply(200, {"total": 1}))
+    assert (asked, "meetings-to-check-in" in html) == (["/api/v1/callbacks/count"], False)
 
 
 def test_a_typed_main_ticket_is_confirmed_by_what_it_is(city):

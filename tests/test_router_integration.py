@@ -15,15 +15,19 @@ import json
 import random
 import subprocess
 import sys
+import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.router import meetings
+from services.router.service import MeetingStore
 from shared import bus, topics
 from shared.auth import issue_token
 from shared.events import TicketUpdated
+from shared.store import TicketStore
 from tests.cities import HOTSPOT_COUNT, TINY_CATEGORY
 from tests.conftest import ROOT, days_since, eventually, local_today, settings_env
 from tests.router_factory import classified
@@ -250,6 +254,165 @@ async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, produce
     r = await api.post(f"/api/v1/tickets/{no}/return", headers=street, json={"reason": "duplicate"})
     assert r.status_code == 409
     assert "联席会议" in r.json()["message"]
+
+
+async def contested_meetings(api, producer, city, tokens, grid: str, n: int) -> list[dict]:
+    """`n` tickets whose ownership is contested (路灯 or 供电) in `grid`, each held for a joint
+    meeting of its own; returns the tickets once each meeting is open."""
+    nos = [
+        await inject(
+            producer, city, "city.facility.streetlight", grid, confidence=0.55, second=("utility.power", 0.5)
+        )
+        for _ in range(n)
+    ]
+    held = [await ticket_when(api, tokens, no, lambda t: t["status"] == "meeting") for no in nos]
+    admin = await tokens()
+    for t in held:  # the router opens each from the escalation, a moment after the ticket's write
+        mid = t["meeting_id"]
+        await eventually(lambda mid=mid: _status_of(api, admin, f"/api/v1/meetings/{mid}", 200))
+    return held
+
+
+async def _status_of(api, headers: dict, path: str, status: int) -> bool:
+    return (await api.get(path, headers=headers)).status_code == status
+
+
+async def meetings_listed(api, headers: dict, **params) -> dict:
+    r = await api.get("/api/v1/meetings", headers=headers, params={"size": 200, **params})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ids_of(listed: dict) -> list[str]:
+    return [m["meeting_id"] for m in listed["meetings"]]
+
+
+async def test_a_summoned_department_that_holds_none_of_the_tickets_lists_the_meeting_and_checks_in(
+    api, producer, city, tokens, redis
+):
+    """吹哨报到: the street office leads a meeting about tickets another department holds; it lists
+    the meeting (a department not summoned does not), checks in, and a decided one stays listed,
+    as decided, after the open ones."""
+    grid = "s02c02g02"  # a grid of its own: street_s02 leads, urban_mgmt holds the tickets
+    held = await contested_meetings(api, producer, city, tokens, grid, 2)
+    to_decide, to_attend = (t["meeting_id"] for t in held)
+    assert all(t["department"]["id"] == "urban_mgmt" for t in held)  # the street office holds none
+    street, water, admin = await tokens("street_s02"), await tokens("water"), await tokens()
+    mine = await meetings_listed(api, street)
+    assert {to_decide, to_attend} <= set(ids_of(mine))
+    listed = {m["meeting_id"]: m for m in mine["meetings"]}
+    assert listed[to_attend] == (await api.get(f"/api/v1/meetings/{to_attend}", headers=street)).json()
+    assert listed[to_attend]["lead_street"] == "street_s02"
+    count = (await api.get("/api/v1/meetings/count", headers=street)).json()
+    assert min(count["to_check_in"], count["open"]) >= 2
+
+    r = await api.post(f"/api/v1/meetings/{to_attend}/checkin", headers=street)
+    assert r.status_code == 200, r.text
+    assert {d["id"]: d["checked_in"] for d in r.json()["summoned"]}["street_s02"]
+    after = (await api.get("/api/v1/meetings/count", headers=street)).json()
+    assert (after["open"], after["to_check_in"]) == (count["open"], count["to_check_in"] - 1)
+    r = await api.post(
+        f"/api/v1/meetings/{to_decide}/decide", headers=admin, json={"lead": "street_s02", "note": "街道牵头"}
+    )
+    assert r.status_code == 200, r.text
+
+    mine = await meetings_listed(api, street)
+    listed = {m["meeting_id"]: m for m in mine["meetings"]}
+    assert (listed[to_decide]["status"], listed[to_decide]["lead"]) == ("decided", "street_s02")
+    assert listed[to_attend]["status"] == "open"
+    assert {d["id"]: d["checked_in"] for d in listed[to_attend]["summoned"]}["street_s02"]
+    # The open ones first, the nearest deadline first; then the decided ones, the latest first.
+    statuses = [m["status"] for m in mine["meetings"]]
+    assert statuses == sorted(statuses, key=lambda s: s == "decided")
+    opened = [m for m in mine["meetings"] if m["status"] == "open"]
+    assert [m["deadline"] for m in opened] == sorted(m["deadline"] for m in opened)
+    decided = [m["decided_at"] for m in mine["meetings"] if m["status"] == "decided"]
+    assert decided == sorted(decided, reverse=True)
+    assert (mine["total"], mine["open"]) == (len(mine["meetings"]), len(opened))
+    assert to_decide in ids_of(await meetings_listed(api, street, status="decided"))
+    assert to_decide not in ids_of(await meetings_listed(api, street, status="open"))
+    assert to_attend in ids_of(await meetings_listed(api, street, status="open"))
+    # Paged: one at a time, the same list.
+    pages = [await meetings_listed(api, street, page=i, size=1) for i in range(1, mine["total"] + 1)]
+    assert [m for p in pages for m in ids_of(p)] == ids_of(mine)
+
+    # A department not summoned does not see it, nor may it ask for another department's list.
+    assert not {to_decide, to_attend} & set(ids_of(await meetings_listed(api, water)))
+    r = await api.get("/api/v1/meetings", headers=water, params={"department": "street_s02"})
+    assert (r.status_code, r.json()["field"]) == (403, "department")
+    assert "本单位" in r.json()["message"]
+    # The desk: every meeting, or one department's.
+    assert {to_decide, to_attend} <= set(ids_of(await meetings_listed(api, admin)))
+    assert {to_decide, to_attend} <= set(ids_of(await meetings_listed(api, admin, department="power")))
+    assert not {to_decide, to_attend} & set(ids_of(await meetings_listed(api, admin, department="water")))
+    r = await api.get("/api/v1/meetings", headers=admin, params={"department": "nowhere"})
+    assert (r.status_code, r.json()["error"]) == (404, "unknown_department")
+    r = await api.get("/api/v1/meetings", headers=admin, params={"status": "closed"})
+    assert r.status_code == 422
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
+    assert (await api.get("/api/v1/meetings", headers=operator)).status_code == 403
+
+
+async def test_meetings_written_before_the_lists_existed_are_listed_when_a_router_starts(
+    api, tokens, settings, tmp_path, redis
+):
+    """An upgrade: meetings stored before the departments' lists existed (the meeting's key alone,
+    as the code before wrote them) are put on the lists when a router starts: the open one and the
+    one decided lately, not one decided long ago; the cluster key sharing their prefix is left as
+    it is. A second run lists nothing again."""
+    now = datetime.now(UTC)
+
+    def stored_before(**changes) -> meetings.Meeting:
+        base = meetings.Meeting(
+            meeting_id=meetings.meeting_id("before-the-lists", uuid.uuid4().hex),
+            reason="returned_twice",
+            lead_street="street_s01",
+            summoned=["street_s01", "water"],
+            tickets=[new_no()],
+            category="city.appearance.garbage",
+            grid="s01c03g01",
+            deadline=now + timedelta(days=3),
+            convened_at=now,
+        )
+        return base.model_copy(update=changes)
+
+    def decided(days_ago: float) -> meetings.Meeting:
+        at = now - timedelta(days=days_ago)
+        return stored_before(
+            status="decided", lead="water", decided_by="dispatch_desk", decided_at=at, convened_at=at
+        )
+
+    opened, lately, long_ago = stored_before(), decided(2), decided(45)
+    for m in (opened, lately, long_ago):
+        await redis.set(f"meeting:{m.meeting_id}", m.model_dump_json())
+    cluster = f"meeting:open:test.before-the-lists:{uuid.uuid4().hex[:8]}"
+    await redis.set(cluster, opened.meeting_id)
+    ours = {opened.meeting_id, lately.meeting_id, long_ago.meeting_id}
+    water, admin = await tokens("water"), await tokens()
+    assert not ours & set(ids_of(await meetings_listed(api, water)))  # the system's router started before
+
+    # Two routers start (they only scan timers beside the system's own): both list, neither twice.
+    env = settings_env(settings, router_consume=False, metrics_port_router=0)
+    logs, replicas = _start_replicas(env, tmp_path)
+    try:
+
+        async def listed() -> dict | None:
+            mine = await meetings_listed(api, water)
+            return mine if {opened.meeting_id, lately.meeting_id} <= set(ids_of(mine)) else None
+
+        mine = await eventually(listed, timeout=60)
+    finally:
+        _stop_replicas(logs, replicas)
+    statuses = {m["meeting_id"]: m["status"] for m in mine["meetings"]}
+    assert (statuses[opened.meeting_id], statuses[lately.meeting_id]) == ("open", "decided")
+    assert long_ago.meeting_id not in statuses  # decided too long ago to be listed
+    assert len(ids_of(mine)) == len(statuses)  # each once, though two routers listed them
+    street = await tokens("street_s01")
+    for listing in (await meetings_listed(api, street), await meetings_listed(api, admin)):
+        assert {opened.meeting_id, lately.meeting_id} <= set(ids_of(listing))
+    assert (await api.get("/api/v1/meetings/count", headers=water)).json()["to_check_in"] >= 1
+    assert await redis.get(cluster) == opened.meeting_id.encode()
+    assert await MeetingStore(redis, TicketStore(redis)).list_existing() == 0  # a second run
 
 
 async def test_the_desk_redispatches_a_department_s_ticket_and_the_new_one_takes_it_over(
@@ -720,6 +883,18 @@ async def test_overdue_escalation_fires_once_across_router_replicas(
                 p.kill()
         for log in logs:
             log.close()
+
+
+def _stop_replicas(logs: list, replicas: list[subprocess.Popen]) -> None:
+    for p in replicas:
+        p.send_signal(2)
+    for p in replicas:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    for log in logs:
+        log.close()
 
 
 async def _count(read, n: int) -> bool:

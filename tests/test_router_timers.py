@@ -248,6 +248,48 @@ def test_check_in_and_decide():
         meetings.check_in(d, "street_s03", T0)
 
 
+def test_an_open_meeting_is_listed_by_its_deadline_and_a_decided_one_by_its_decision():
+    m, _ = meetings.merge(None, spec(), ["a"], T0)
+    assert meetings.listed_as(m) == ("open", m.deadline.timestamp())
+    later = T0 + timedelta(days=40)  # decided long after its deadline: listed from its decision
+    d = meetings.decide(m, "urban_mgmt", "dispatch_desk", "", CITY, later)
+    assert meetings.listed_as(d) == ("decided", later.timestamp())
+    # Listed for DECIDED_LISTED_DAYS after the decision, however old the meeting.
+    assert meetings.listed_since(later.timestamp() + 29 * 86400) < later.timestamp()
+    assert meetings.listed_since(later.timestamp() + 31 * 86400) > later.timestamp()
+
+
+@pytest.mark.parametrize(
+    ("open_count", "decided_count", "page", "size", "spans"),
+    [
+        (3, 4, 1, 20, ((0, 3), (0, 4))),  # all on one page: the open ones, then the decided ones
+        (25, 4, 1, 20, ((0, 20), (0, 0))),
+        (25, 4, 2, 20, ((20, 25), (0, 4))),  # the page where the open ones end
+        (20, 30, 2, 20, ((20, 20), (0, 20))),  # the open ones filled page 1 exactly
+        (20, 30, 3, 20, ((20, 20), (20, 30))),
+        (5, 5, 4, 20, ((5, 5), (5, 5))),  # past the end: nothing
+        (0, 0, 1, 20, ((0, 0), (0, 0))),
+    ],
+)
+def test_a_page_of_meetings_takes_the_open_ones_then_the_decided_ones(
+    open_count, decided_count, page, size, spans
+):
+    opened, decided = meetings.page_spans(open_count, decided_count, page, size)
+    assert ((opened.start, opened.stop), (decided.start, decided.stop)) == spans
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.integers(0, 60), hs.integers(0, 60), hs.integers(1, 5))
+def test_the_pages_of_meetings_show_each_meeting_once_in_order(open_count, decided_count, size):
+    listed = [("open", i) for i in range(open_count)] + [("decided", i) for i in range(decided_count)]
+    shown = []
+    for page in range(1, (open_count + decided_count) // size + 3):
+        opened, decided = meetings.page_spans(open_count, decided_count, page, size)
+        assert len(opened) + len(decided) <= size
+        shown += [("open", i) for i in opened] + [("decided", i) for i in decided]
+    assert shown == listed
+
+
 @pytest.mark.parametrize(
     ("ages_days", "count", "window", "hot"),
     [

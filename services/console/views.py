@@ -88,28 +88,40 @@ MENU_COUNT_SECONDS = 3.0  # the longest the menu's count may hold up a page; the
 
 async def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A console page. For a role that phones residents (电话回访) the menu says how many calls are
-    due (`callbacks_due`), unless the handler knows it already."""
+    due (`callbacks_due`); for a department, how many joint meetings wait for it to check in
+    (`meetings_to_check_in`: a department summoned learns of it on whatever page it is on);
+    each unless the handler knows it already."""
     s = context.get("s")
-    if (
-        isinstance(s, session.Session)
-        and s.principal.role in CALLBACK_ROLES
-        and "callbacks_due" not in context
-    ):
-        context["callbacks_due"] = await callbacks_due(request, s)
+    if isinstance(s, session.Session):
+        if s.principal.role in CALLBACK_ROLES and "callbacks_due" not in context:
+            context["callbacks_due"] = await callbacks_due(request, s)
+        if (
+            s.principal.role == "department"
+            and s.principal.department
+            and "meetings_to_check_in" not in context
+        ):
+            context["meetings_to_check_in"] = await menu_count(
+                request, s, "/api/v1/meetings/count", "to_check_in"
+            )
     html = templates.get_template(name).render(request=request, **names_of(request), **context)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-async def callbacks_due(request: Request, s: session.Session) -> int | None:
-    """How many phone callbacks are due now, for the menu: the API's count (one Redis ZCOUNT). None
-    when it cannot be had in time: the page is shown without the count rather than not at all."""
+async def menu_count(request: Request, s: session.Session, path: str, field: str) -> int | None:
+    """A count for the menu: the API's `field` at `path` (a Redis count or two). None when it cannot
+    be had in time: the page is shown without the count rather than not at all."""
     try:
-        reply = await asyncio.wait_for(api(request, s).get("/api/v1/callbacks/count"), MENU_COUNT_SECONDS)
+        reply = await asyncio.wait_for(api(request, s).get(path), MENU_COUNT_SECONDS)
     except Exception as e:  # a figure in the menu: whatever went wrong, the page itself goes on
-        log.warning("the menu's callback count: %r", e)
+        log.warning("the menu's count from %s: %r", path, e)
         return None
-    total = reply.body.get("total") if reply.ok and isinstance(reply.body, dict) else None
-    return total if isinstance(total, int) else None
+    count = reply.body.get(field) if reply.ok and isinstance(reply.body, dict) else None
+    return count if isinstance(count, int) else None
+
+
+async def callbacks_due(request: Request, s: session.Session) -> int | None:
+    """How many phone callbacks are due now, for the menu: the API's count (one Redis ZCOUNT)."""
+    return await menu_count(request, s, "/api/v1/callbacks/count", "total")
 
 
 def city_of(request: Request) -> City:
@@ -1486,29 +1498,28 @@ MEETINGS_PAGE_SIZE = 20
 
 @router.get("/meetings")
 async def meetings_page(request: Request, s: session.Session = Depends(as_staff)):
+    """The meetings a department is summoned to (whether or not it holds any of their tickets: the
+    lead street office holds none), or every meeting for the desk, as the API lists them: those to
+    decide first, the nearest deadline first, then the last 30 days' decisions, the latest first."""
     client, city, tz = api(request, s), city_of(request), tz_of(request)
-    if s.principal.is_admin:
-        held = await client.open_tickets(
-            [d["id"] for d in present.departments_of(city)] + [city.responsibilities.dispatch_desk]
-        )
-    else:
-        held = await client.department_tickets(s.principal.department or "")
-    ids = sorted({t["meeting_id"] for t in held if t.get("meeting_id")})
-    replies = await asyncio.gather(*(client.get(f"/api/v1/meetings/{mid}") for mid in ids))
-    found = [present.meeting_row(r.body, city, tz) for r in replies if r.ok]
-    # Those still to decide first, the nearest deadline first; decided ones after them.
-    found.sort(key=lambda m: (m["status"] == "decided", m.get("deadline") or ""))
-    shown, page_no, pages = present.page_of(found, page_number(request), MEETINGS_PAGE_SIZE)
+    page_no = page_number(request)
+    reply = await client.get("/api/v1/meetings", page=page_no, size=MEETINGS_PAGE_SIZE)
+    total = reply.body["total"] if reply.ok else 0
+    pages = max(1, -(-total // MEETINGS_PAGE_SIZE))
+    if reply.ok and page_no > pages:  # past the last page (meetings left the list): the last one
+        page_no = pages
+        reply = await client.get("/api/v1/meetings", page=page_no, size=MEETINGS_PAGE_SIZE)
+    listed = reply.body["meetings"] if reply.ok else []
     return await page(
         request,
         "meetings.html",
         s=s,
-        meetings=shown,
-        total=len(found),
-        open_count=sum(m["status"] != "decided" for m in found),
+        meetings=[present.meeting_row(m, city, tz) for m in listed],
+        total=total,
+        open_count=reply.body["open"] if reply.ok else 0,
         page_no=page_no,
         pages=pages,
-        error=request.query_params.get("error"),
+        error=request.query_params.get("error") or (None if reply.ok else reply.message),
         done=request.query_params.get("done"),
     )
 
@@ -1516,9 +1527,11 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
 @router.post("/meetings/{mid}/{step}")
 async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
     form = await checked_form(request, s)
+    # Back to the page the form was on: a check-in changes no meeting's place on the list.
+    on_page = {"page": text(form, "page")} if text(form, "page").isdigit() else {}
     if step == "decide":
         if not text(form, "lead"):
-            query = urlencode({"error": f"联席会议{mid}未记录：请先选择主办单位"})
+            query = urlencode({**on_page, "error": f"联席会议{mid}未记录：请先选择主办单位"})
             return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
         reply = await api(request, s).post(
             f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
@@ -1527,7 +1540,7 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
     else:
         reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
         done = f"已在联席会议{mid}报到"
-    query = urlencode({"done": done} if reply.ok else {"error": reply.message})
+    query = urlencode({**on_page, **({"done": done} if reply.ok else {"error": reply.message})})
     return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
 
 

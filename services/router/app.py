@@ -26,7 +26,7 @@ from shared.city import City
 from shared.decisions import Change, Decision
 from shared.events import AppealClassified, Event, SurveyAnswered, SurveySent, TicketAssigned, TicketUpdated
 from shared.metrics import TICKET_TRANSITIONS, TICKETS_ASSIGNED
-from shared.runtime import Runtime, run_periodically
+from shared.runtime import Runtime, run_at_start, run_periodically
 from shared.settings import Settings
 from shared.store import Read, Result, Then, TicketStore, apply_and_publish
 
@@ -218,6 +218,14 @@ class RouterHandlers:
         await self.timers.done(due)
         return len(due)
 
+    async def list_existing_meetings(self) -> int:
+        """Put the meetings written before the departments' lists of meetings existed on those
+        lists (`MeetingStore.list_existing`; a meeting listed already costs a later start one
+        lookup, not a write). Returns how many it listed."""
+        if n := await self.meetings.list_existing():
+            log.info("listed %d joint meeting(s) written before the departments' lists existed", n)
+        return n
+
     async def relay(self) -> int:
         """Publish again the events whose writer died between Redis and Kafka (consumers dedupe),
         and publish the erasures' notices, which only the outbox carries. Returns how many of the
@@ -248,6 +256,10 @@ def build_app(settings: Settings | None = None) -> FastStream:
                 SurveyAnswered: handlers.surveys_answered,
             }
         )
+    # Every replica, consuming or not: an upgrade must not leave a meeting off the lists of the
+    # departments it summons (a department finds its meetings on its list alone), and the run is
+    # idempotent.
+    run_at_start(app, handlers.list_existing_meetings, "listing the existing meetings")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.relay, "outbox relay")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.fire_due_timers, "timer scan")
     return app

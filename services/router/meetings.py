@@ -149,6 +149,42 @@ def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: dat
     )
 
 
+# --- the departments' lists of meetings -----------------------------------------------------------
+
+# A decided meeting stays on the lists of the departments it summoned this long after its decision,
+# so that they see how it ended; then it leaves the lists (still readable by its id), which keeps
+# them bounded. An open meeting never leaves them, however old: it is the one that needs attention.
+DECIDED_LISTED_DAYS = 30
+
+Listed = Literal["open", "decided"]
+
+
+def listed_as(meeting: Meeting) -> tuple[Listed, float]:
+    """Which list holds the meeting, and its score there. Open meetings are scored by their deadline,
+    the order they are listed in (the nearest first: what a department must attend to). Decided ones
+    are scored by when they were decided: that is the clock their time on the list runs by, and the
+    latest decision is listed first."""
+    if meeting.status == "open":
+        return "open", meeting.deadline.timestamp()
+    return "decided", (meeting.decided_at or meeting.convened_at).timestamp()
+
+
+def listed_since(now: float) -> float:
+    """The oldest decision still listed at `now` (unix time)."""
+    return now - DECIDED_LISTED_DAYS * 86400
+
+
+def page_spans(open_count: int, decided_count: int, page: int, size: int) -> tuple[range, range]:
+    """Where page `page` (of `size`, from 1) of a list that shows the open meetings first, then the
+    decided ones, falls in each of the two: a range of positions in the open list, and one in the
+    decided list (either may be empty)."""
+    start, stop = (page - 1) * size, page * size
+    opened = range(min(start, open_count), min(stop, open_count))
+    past = max(start - open_count, 0), max(stop - open_count, 0)  # the page's ends past the open ones
+    decided = range(min(past[0], decided_count), min(past[1], decided_count))
+    return opened, decided
+
+
 # --- hotspots ------------------------------------------------------------------------------------
 
 

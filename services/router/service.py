@@ -8,13 +8,18 @@ Keys:
   queue:owner            hash: ticket -> the department whose queue holds it
   meeting:{id}           a joint meeting, as JSON (meetings.Meeting)
   meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any
+  meetings:of:{dept}     sorted set: the open meetings the department is summoned to -> deadline
+  meetings:of:{dept}:decided  sorted set: its decided ones -> when decided (listed for 30 days)
+  meetings:of:{dept}:check_in  sorted set: the open ones it has not checked in to yet -> deadline
+  meetings:all, meetings:all:decided  the same lists of every meeting (the dispatch desk's)
   hot:{cat}:{grid}       sorted set: recent tickets of that category in that grid -> received time
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -183,6 +188,39 @@ def open_key(category: str, grid: str) -> str:
     return f"meeting:open:{category}:{grid}"
 
 
+def list_key(dept: str | None, listed: meetings.Listed) -> str:
+    """The list of the open or decided meetings that summon the department (None: every meeting)."""
+    base = "meetings:all" if dept is None else f"meetings:of:{dept}"
+    return base if listed == "open" else f"{base}:decided"
+
+
+def check_in_key(dept: str) -> str:
+    """The open meetings that summon the department and that it has not checked in to yet."""
+    return f"meetings:of:{dept}:check_in"
+
+
+def _list_into(pipe: Any, meeting: meetings.Meeting, since: float) -> None:
+    """Put the meeting on the lists of every department it summons and on the desk's, as a command
+    of the caller's transaction (the meeting's own write). Moved from the open list to the decided
+    one once decided; the decided lists written lose the decisions older than `since`, so they stay
+    bounded without a sweep of their own (readers skip those a list not written lately still has)."""
+    listed, score = meetings.listed_as(meeting)
+    mid = meeting.meeting_id
+    other: meetings.Listed = "decided" if listed == "open" else "open"
+    for dept in (None, *meeting.summoned):
+        pipe.zadd(list_key(dept, listed), {mid: score})
+        pipe.zrem(list_key(dept, other), mid)
+        pipe.zremrangebyscore(list_key(dept, "decided"), "-inf", f"({since}")
+    for dept in meeting.summoned:
+        if listed == "open" and dept not in meeting.checkins:
+            pipe.zadd(check_in_key(dept), {mid: score})
+        else:
+            pipe.zrem(check_in_key(dept), mid)
+
+
+ListedStatus = Literal["open", "decided", "all"]
+
+
 class MeetingStore:
     def __init__(self, redis: Redis, store: TicketStore) -> None:
         self.redis, self.store = redis, store
@@ -195,6 +233,88 @@ class MeetingStore:
         raw = await self.redis.get(self.key(mid))
         return meetings.Meeting.model_validate_json(raw) if raw else None
 
+    async def listing(
+        self, dept: str | None, status: ListedStatus, page: int, size: int, now: float
+    ) -> tuple[int, int, list[meetings.Meeting]]:
+        """A page of the meetings that summon the department (None: every meeting): the open ones
+        first, the nearest deadline first, then those decided in the last
+        `meetings.DECIDED_LISTED_DAYS`, the latest decision first. Returns how many the list holds
+        (of `status`), how many of them are open, and the page's meetings."""
+        since = meetings.listed_since(now)
+        open_key, decided_key = list_key(dept, "open"), list_key(dept, "decided")
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zcard(open_key)
+            p.zcount(decided_key, since, "+inf")
+            open_count, decided_count = await p.execute()
+        open_count = 0 if status == "decided" else int(open_count)
+        decided_count = 0 if status == "open" else int(decided_count)
+        opened, decided = meetings.page_spans(open_count, decided_count, page, size)
+        async with self.redis.pipeline(transaction=False) as p:
+            if opened:
+                p.zrange(open_key, opened.start, opened.stop - 1)
+            if decided:
+                p.zrevrangebyscore(decided_key, "+inf", since, start=decided.start, num=len(decided))
+            mids = [_text(m) for ids in await p.execute() for m in ids]
+        found: list[meetings.Meeting] = []
+        for raw in await self.redis.mget([self.key(m) for m in mids]) if mids else []:
+            m = meetings.Meeting.model_validate_json(raw) if raw else None
+            # Decided between the reads above: listed again where it now belongs on the next read.
+            if m is not None and status in ("all", m.status):
+                found.append(m)
+        return open_count + decided_count, open_count, found
+
+    async def counts(self, dept: str | None) -> tuple[int, int | None]:
+        """How many open meetings summon the department (None: how many are open), and how many of
+        those still wait for it to check in (None for every meeting's). One round trip, two counts."""
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zcard(list_key(dept, "open"))
+            if dept is not None:
+                p.zcard(check_in_key(dept))
+            counts = await p.execute()
+        return int(counts[0]), int(counts[1]) if dept is not None else None
+
+    async def list_existing(self, batch: int = 200) -> int:
+        """Put on the lists the meetings written before the lists existed (an upgrade), so none is
+        lost to the departments it summons: each `meeting:{id}` on no list is written again as it
+        is by `change_many`, the lists' one writer, under its WATCH (a check-in or a decision at the
+        same moment is not undone). Those decided too long ago to be listed are left alone. Run at
+        the router's start; a second run, or another replica's at the same time, lists nothing
+        twice. Returns how many it listed."""
+        listed: set[str] = set()  # a set: a write retried under WATCH decides again
+
+        def as_it_is(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
+            if m is None:
+                return None
+            kind, score = meetings.listed_as(m)
+            if kind == "decided" and score < meetings.listed_since(time.time()):
+                return None
+            listed.add(m.meeting_id)
+            return m, []
+
+        async def list_missing(mids: list[str]) -> None:
+            async with self.redis.pipeline(transaction=False) as p:
+                for mid in mids:
+                    p.zscore(list_key(None, "open"), mid)
+                    p.zscore(list_key(None, "decided"), mid)
+                scores = await p.execute()
+            pairs = zip(mids, zip(scores[::2], scores[1::2], strict=True), strict=True)
+            missing = [mid for mid, (opened, decided) in pairs if opened is None and decided is None]
+            if missing:
+                await self.change_many(dict.fromkeys(missing, as_it_is))
+
+        mids: list[str] = []
+        # `meeting:open:{cat}:{grid}` shares the prefix; a meeting's id has no colon.
+        async for key in self.redis.scan_iter(match="meeting:*", count=1000):
+            mid = _text(key).removeprefix("meeting:")
+            if ":" not in mid:
+                mids.append(mid)
+            if len(mids) >= batch:
+                await list_missing(mids)
+                mids = []
+        if mids:
+            await list_missing(mids)
+        return len(listed)
+
     async def change(self, mid: str, decide: Decide) -> meetings.Meeting | None:
         """Change one meeting (see `change_many`)."""
         return (await self.change_many({mid: decide}))[mid]
@@ -204,17 +324,22 @@ class MeetingStore:
         checked in, decided) go into the history of the ticket each names, in the same transaction
         (`TicketStore.record_into`): the ticket view shows its meeting's course. A fact comes only
         with a change of its meeting, so it is written once; it is not published (nothing consumes
-        it). Returns each meeting as it now is."""
+        it). Every meeting written is put on the lists of the departments it summons in the same
+        transaction too (`_list_into`), so a department's list is never behind its meetings.
+        Returns each meeting as it now is."""
         keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
                 try:
                     await p.watch(*keys)
                     out: dict[str, meetings.Meeting | None] = {}
+                    before: dict[str, meetings.Meeting | None] = {}
                     changed: dict[str, meetings.Meeting] = {}
                     events: list[Event] = []
                     for (mid, decide), raw in zip(decisions.items(), await p.mget(keys), strict=False):
-                        out[mid] = current = meetings.Meeting.model_validate_json(raw) if raw else None
+                        out[mid] = before[mid] = current = (
+                            meetings.Meeting.model_validate_json(raw) if raw else None
+                        )
                         if (decided := decide(current)) is not None:
                             out[mid] = changed[mid] = decided[0]
                             events += decided[1]
@@ -223,13 +348,18 @@ class MeetingStore:
                         return out
                     p.multi()
                     self.store.record_into(p, events)
+                    since = meetings.listed_since(time.time())
                     for mid, meeting in changed.items():
                         p.set(self.key(mid), meeting.model_dump_json())
+                        _list_into(p, meeting, since)
                         if meeting.reason == "hotspot" and meeting.category and meeting.grid:
                             key = open_key(meeting.category, meeting.grid)
                             if meeting.status == "open":
                                 p.set(key, mid)
-                            else:
+                            elif (old := before[mid]) is None or old.status == "open":
+                                # Only as it is decided: a decided meeting written again as it is
+                                # (`list_existing`) must not end the open meeting its cluster may
+                                # have convened since.
                                 p.delete(key)
                                 p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
                     await p.execute()

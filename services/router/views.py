@@ -9,6 +9,7 @@ then works it as any department does and resolves it with the mediation's outcom
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from services.intake.photo_views import checked_photos, photo_store
 from services.router import meetings, workflow
-from services.router.service import MeetingStore, Queues
+from services.router.service import ListedStatus, MeetingStore, Queues
 from shared.auth import Principal, current_principal, require_admin, require_role
 from shared.bus import publish
 from shared.city import City
@@ -717,6 +718,73 @@ def meeting_view(m: meetings.Meeting, city: City) -> dict:
         {"id": d, "name": city.department_by_id[d].name, "checked_in": d in m.checkins} for d in m.summoned
     ]
     return body
+
+
+# Who lists meetings: a department (those it is summoned to) and the dispatch desk (every one).
+meeting_lister = require_role("department", "admin", refusal="只有承办单位和派单中心可以查看联席会议列表")
+
+
+def meeting_store(request: Request) -> MeetingStore:
+    return MeetingStore(request.app.state.redis, request.app.state.store)
+
+
+def listed_department(
+    request: Request,
+    principal: Principal = Depends(meeting_lister),
+    department: str | None = Query(
+        None, max_length=64, description="the desk only: one department's meetings (else every meeting)"
+    ),
+) -> str | None:
+    """Whose meetings a list is of: a department's own (it may name no other), or, for the desk,
+    the department it names or None (every meeting)."""
+    if not principal.is_admin:
+        if not principal.department or department not in (None, principal.department):
+            raise DomainError(
+                "forbidden", "只能查看本单位参加的联席会议", kind="forbidden", field="department"
+            )
+        return principal.department
+    if department is not None and department not in request.app.state.city.department_by_id:
+        raise DomainError(
+            "unknown_department", f"承办单位{department}不存在", kind="not_found", field="department"
+        )
+    return department
+
+
+@router.get("/meetings")
+async def list_meetings(
+    request: Request,
+    dept: str | None = Depends(listed_department),
+    store: MeetingStore = Depends(meeting_store),
+    status: ListedStatus = Query("all", description="open (待决定), decided (已决定) or all"),
+    page: int = Query(1, ge=1),
+    size: int = Query(20, ge=1, le=200),
+):
+    """The joint meetings a department is summoned to, whether or not it holds any of their
+    tickets (the lead street office, each department called: 吹哨报到), or, for the desk, every
+    meeting (`department`: one department's). The open ones first, the nearest deadline first;
+    then those decided in the last 30 days, the latest decision first. Each as
+    `GET /meetings/{id}` has it. `total` counts the list (of `status`), `open` its open meetings."""
+    total, open_count, found = await store.listing(dept, status, page, size, time.time())
+    city = request.app.state.city
+    return {
+        "department": dept,
+        "status": status,
+        "total": total,
+        "open": open_count,
+        "page": page,
+        "size": size,
+        "meetings": [meeting_view(m, city) for m in found],
+    }
+
+
+@router.get("/meetings/count")
+async def count_meetings(
+    dept: str | None = Depends(listed_department), store: MeetingStore = Depends(meeting_store)
+):
+    """For a menu: how many open meetings the list has (`open`, one count) and, of a department's,
+    how many still wait for it to check in (`to_check_in`; null for every meeting's)."""
+    open_count, to_check_in = await store.counts(dept)
+    return {"department": dept, "open": open_count, "to_check_in": to_check_in}
 
 
 @router.get("/meetings/{meeting_id}")

@@ -844,6 +844,11 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await expect(card).to_contain_text(f"{street}：已报到")
     await expect(card.get_by_role("button", name="报到")).to_have_count(0)
     assert await meetings_to_check_in(page) == waiting - 1
+    # It reads the case it is summoned about, and is told who handles it.
+    await card.locator("a", has_text=no).click()
+    await expect(page.locator("#ticket-no")).to_have_text(no)
+    await expect(page.locator("#summoned-only")).to_contain_text("由承办单位办理")
+    await expect(page.locator("#accept")).to_have_count(0)
 
 
 async def meetings_to_check_in(page: Page) -> int:

@@ -20,6 +20,7 @@ from services.console.views import (
     LIST_FILTERS,
     erasure_body,
     erasure_of,
+    handlers_of,
     list_choices,
     list_errors,
     list_row,
@@ -147,9 +148,9 @@ def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_word
     assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
 
 
-def render_ticket(city, ticket, role="admin"):
+def render_ticket(city, ticket, role="admin", department=None, handles=False):
     who = SimpleNamespace(
-        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
         csrf="x",
     )
     return templates.get_template("ticket.html").render(
@@ -163,7 +164,32 @@ def render_ticket(city, ticket, role="admin"):
         errors={},
         values={},
         kept={},
+        handles=handles,
     )
+
+
+def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handling_forms(city):
+    """吹哨报到: the street office reads the case it is summoned about; only the department that
+    handles the ticket gets 签收 and 办结 (the API would refuse the others)."""
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "assigned",
+        "text": "光明路的路灯不亮",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+        "confidence": None,
+        "received_at": "2026-03-02T08:00:00+00:00",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "meeting_id": "M0123456789abcde",
+    }
+    summoned = render_ticket(city, ticket, role="department", department="street_s02")
+    assert 'id="summoned-only"' in summoned
+    assert 'href="/console/meetings#meeting-M0123456789abcde"' in summoned
+    assert 'id="accept"' not in summoned
+    holder = render_ticket(city, ticket, role="department", department="urban_mgmt", handles=True)
+    assert 'id="accept"' in holder
+    assert 'id="summoned-only"' not in holder
+    co_handled = {**ticket, "co_departments": [{"id": "water", "name": "区水务局"}]}
+    assert handlers_of(co_handled) == {"urban_mgmt", "water"}
 
 
 def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):

@@ -336,6 +336,12 @@ async def test_a_summoned_department_that_holds_none_of_the_tickets_lists_the_me
     pages = [await meetings_listed(api, street, page=i, size=1) for i in range(1, mine["total"] + 1)]
     assert [m for p in pages for m in ids_of(p)] == ids_of(mine)
 
+    # It reads the meeting's tickets, to come knowing the case, and acts on none it does not lead;
+    # a department not summoned reads none of them.
+    no = next(t["ticket_no"] for t in held if t["meeting_id"] == to_attend)
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=street)).json()["meeting_id"] == to_attend
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=water)).status_code == 404
+    assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=street)).status_code == 404
     # A department not summoned does not see it, nor may it ask for another department's list.
     assert not {to_decide, to_attend} & set(ids_of(await meetings_listed(api, water)))
     r = await api.get("/api/v1/meetings", headers=water, params={"department": "street_s02"})

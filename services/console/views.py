@@ -879,7 +879,14 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
         "can_merge": can_merge,
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
+        # A department summoned to the ticket's joint meeting reads it without handling it.
+        "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
     }
+
+
+def handlers_of(ticket: dict[str, Any]) -> set[str]:
+    """The departments that act on a ticket: the one that leads it and those that co-handle it."""
+    return {d["id"] for d in (ticket.get("department"), *(ticket.get("co_departments") or ())) if d}
 
 
 async def action_refused(

@@ -381,6 +381,23 @@ def test_the_ticket_lists_tab_and_heading_say_what_its_menu_entry_says(city, rol
     assert f"<h1>{heading}</h1>" in html
 
 
+@pytest.mark.parametrize("role", ["admin", "department", "grid_worker"])
+def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    html = templates.get_template("tickets.html").render(
+        request=None, s=who, filters=dict.fromkeys(LIST_FILTERS, ""), query={}, urlencode=urlencode,
+        rows=[], total=0, page_no=1, pages=1, errors={}, notice="", **list_choices(city),
+    )  # fmt: skip
+    table = re.search(r'<table class="[^"]*" id="ticket-list">(.*?)</table>', html, re.S)
+    assert table is not None
+    columns = re.search(r"<thead>(.*?)</thead>", table[1], re.S)[1].count("<th ")
+    assert columns == (9 if role == "admin" else 8)  # 承办单位 for the desk only
+    assert f'<td colspan="{columns}">没有符合条件的工单</td>' in table[1]
+
+
 def test_a_long_list_is_shown_a_page_at_a_time():
     items = list(range(45))
     assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)

@@ -1019,6 +1019,64 @@ def test_the_department_queue_offers_its_new_tickets_for_a_batch_with_labelled_b
     assert "工单9</a>：工单9不存在" in told
 
 
+class _QueueApi:
+    """The API as a department's queue sees it: its tickets, whatever the status asked."""
+
+    def __init__(self, tickets: list[dict]) -> None:
+        self.tickets = tickets
+
+    async def department_tickets(self, dept: str, status: str | None = None) -> list[dict]:
+        return self.tickets
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"to_check_in": 0})  # the menu's count of meetings to check in to
+
+
+async def _department_page(monkeypatch, city, tickets: list[dict], **query: str) -> str:
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _QueueApi(tickets))
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="department", department="urban_mgmt"), csrf="c")
+    response = await views.department_page(request, s)
+    assert response.status_code == 200
+    return response.body.decode()
+
+
+async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ticket_list(monkeypatch, city):
+    """分类 is the ticket list's dropdown of categories (ids), not a text box: a branch takes the
+    tickets of the categories under it; a value that is not a category narrows nothing."""
+
+    def ticket(no: str, category: str) -> dict:
+        names = list(city.category_names(category))
+        return {"ticket_no": no, "status": "accepted", "category": category, "category_names": names}
+
+    tickets = [
+        ticket("20261201-000001", "city.facility.streetlight"),
+        ticket("20261201-000002", "city.facility.road_damage"),
+        ticket("20261201-000003", "env.noise"),
+    ]
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r'<a href="/console/tickets/(\d{8}-\d{6})">', html)
+
+    html = await _department_page(monkeypatch, city, tickets, category="city.facility")
+    assert listed(html) == ["20261201-000001", "20261201-000002"]
+    select = re.search(r'<select id="f-category" name="category">(.*?)</select>', html, re.S)
+    assert select is not None  # the same choices as the ticket list's, the chosen one selected
+    options = re.findall(r'<option value="([^"]*)"', select[1])
+    assert options == ["", *(cid for cid, _ in list_choices(city)["categories"])]
+    assert '<option value="city.facility" selected>城市管理/市政设施</option>' in select[1]
+    html = await _department_page(monkeypatch, city, tickets, category="city.facility.streetlight")
+    assert listed(html) == ["20261201-000001"]
+    html = await _department_page(monkeypatch, city, tickets, category="路灯")  # an old text link
+    assert listed(html) == ["20261201-000001", "20261201-000002", "20261201-000003"]
+    assert " selected>" not in re.search(r'<select id="f-category".*?</select>', html, re.S)[0]
+
+
 def test_every_console_page_is_awaited():
     """`page()` is a coroutine (the menu asks how many callbacks are due): a handler returning it
     unawaited answers with an error, and mypy cannot see it (the handlers declare no return type)."""

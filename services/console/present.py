@@ -347,6 +347,12 @@ def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, 
     }
 
 
+def in_category(city: City, category: str | None, wanted: str) -> bool:
+    """Whether a ticket's category is `wanted` or under it (城市管理 takes 路灯故障), by the city's
+    tree, as the ticket list's filter takes a branch with its leaves."""
+    return wanted in city.category_path.get(category or "", ())
+
+
 # --- the dispatch desk's choices -------------------------------------------------------------------
 
 

@@ -515,17 +515,19 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     q = request.query_params
     dept = s.principal.department or ""
     tickets = await api(request, s).department_tickets(dept, status=q.get("status") or None)
-    tz, now = tz_of(request), datetime.now(UTC)
+    tz, now, city = tz_of(request), datetime.now(UTC), city_of(request)
+    choices = list_choices(city)
     rows = [row(t, tz, now) for t in tickets]
     if q.get("overdue") == "1":
         rows = [r for r in rows if r["late"]]
-    if q.get("category"):
-        rows = [r for r in rows if q["category"] in r["category_label"]]
+    if (category := q.get("category") or "") in city.category_by_id:
+        # A category chosen from the list (the ticket list's), its branch with it. Another value
+        # (a link kept from when this was a text box) narrows nothing rather than empty the queue.
+        rows = [r for r in rows if present.in_category(city, r.get("category"), category)]
     if q.get("grid"):
         rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
     if q.get("date"):
         rows = [r for r in rows if r["received"].startswith(q["date"])]
-    city = city_of(request)
     shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
     filters = {k: v for k, v in q.items() if k not in ("page", "batch", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
@@ -542,7 +544,8 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
         done=present.DONE[left[0]].format(no=left[1]) if left else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
-        grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
+        categories=choices["categories"],
+        grids=choices["grids"],  # by name: staff do not know the grid codes
         # 批量签收: the new tickets of this page, which the form's 全选 stands for; the last batch's
         # outcome, after its redirect; the key of the next one (a second click accepts nothing twice).
         to_accept=[r["ticket_no"] for r in shown if r.get("status") == Status.ASSIGNED],

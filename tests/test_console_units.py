@@ -398,6 +398,45 @@ def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
     assert f'<td colspan="{columns}">没有符合条件的工单</td>' in table[1]
 
 
+def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city):
+    """和平里社区/和平里社区第一网格 said the community twice: the grids are grouped by community
+    (<optgroup>), each by its own name, which already names it; a grid whose name does not (第一网格)
+    keeps its community's before it, as the closed list shows the option alone."""
+    groups = present.grid_choices(city)
+    assert [gid for _, grids in groups for gid, _ in grids] == list(city.grids)  # each grid, once
+    gid, info = next(iter(city.grids.items()))
+    assert groups[0][0] == f"{info.street_name}/{info.community_name}"
+    assert groups[0][1][0] == (gid, info.grid.name)
+    for _, grids in groups:
+        for g, name in grids:
+            assert name.count(city.grids[g].community_name) == 1
+    bare = SimpleNamespace(
+        grid=SimpleNamespace(name="第一网格"), community_id="c9", community_name="幸福社区"
+    )
+    plain_city = SimpleNamespace(grids={"g9": SimpleNamespace(**vars(bare), street_name="和平街道")})
+    assert present.grid_choices(plain_city) == [("和平街道/幸福社区", [("g9", "幸福社区/第一网格")])]
+
+    department = SimpleNamespace(
+        principal=SimpleNamespace(role="department", is_admin=False, department="d1", operator=None),
+        csrf="x",
+    )
+    listed = templates.get_template("tickets.html").render(
+        request=None, s=department, filters={**dict.fromkeys(LIST_FILTERS, ""), "grid": gid}, query={},
+        urlencode=urlencode, rows=[], total=0, page_no=1, pages=1, errors={}, notice="", **list_choices(city),
+    )  # fmt: skip
+    queue = templates.get_template("department.html").render(
+        request=None, s=department, rows=[], total=0, page_no=1, pages=1, page_query=lambda n: "",
+        filters={"grid": gid}, department="区水务局", done="", statuses=[], grids=list_choices(city)["grids"],
+    )  # fmt: skip
+    for html in (listed, queue):
+        select = re.search(r'<select id="f-grid" name="grid"[^>]*>(.*?)</select>', html, re.S)
+        assert select is not None
+        assert f'<optgroup label="{info.street_name}/{info.community_name}">' in select[1]
+        assert select[1].count("<optgroup") == len(groups)
+        assert f'<option value="{gid}" selected>{info.grid.name}</option>' in select[1]
+        assert f"{info.community_name}/{info.community_name}" not in select[1]
+
+
 def test_a_long_list_is_shown_a_page_at_a_time():
     items = list(range(45))
     assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)

@@ -353,6 +353,19 @@ def in_category(city: City, category: str | None, wanted: str) -> bool:
     return wanted in city.category_path.get(category or "", ())
 
 
+def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The grids for a dropdown, grouped by community (<optgroup label="和平街道/和平里社区">), each
+    named once: by its own name when that already says its community (和平里社区第一网格, not
+    和平里社区/和平里社区第一网格), else after its community's, so that the closed list, which shows
+    the option alone, still says which grid it is."""
+    groups: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for gid, info in city.grids.items():
+        name, community = info.grid.name, info.community_name
+        label = name if community in name else f"{community}/{name}"
+        groups.setdefault(info.community_id, (f"{info.street_name}/{community}", []))[1].append((gid, label))
+    return list(groups.values())
+
+
 # --- the dispatch desk's choices -------------------------------------------------------------------
 
 

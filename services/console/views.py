@@ -771,7 +771,7 @@ def list_choices(city: City) -> dict[str, Any]:
         "categories": sorted((c, "/".join(city.category_names(c))) for c in city.category_path),
         "streets": [(st.id, st.name) for st in streets],
         "communities": [(c.id, f"{st.name}/{c.name}") for st in streets for c in st.communities],
-        "grids": [(g, f"{info.community_name}/{info.grid.name}") for g, info in city.grids.items()],
+        "grids": present.grid_choices(city),  # by community, in <optgroup>s (_grid_options.html)
         "channels": CHANNEL_NAMES,
         "sorts": SORT_NAMES,
     }

@@ -1116,6 +1116,51 @@ async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ti
     assert " selected>" not in re.search(r'<select id="f-category".*?</select>', html, re.S)[0]
 
 
+def described_by(html: str, field_id: str) -> list[str]:
+    """The ids a field's aria-describedby names, each checked to be on the page."""
+    tag = re.search(rf'<(?:input|textarea|select) id="{field_id}"[^>]*>', html)
+    assert tag is not None, field_id
+    found = re.search(r'aria-describedby="([^"]*)"', tag[0])
+    ids = found[1].split() if found else []
+    for i in ids:
+        assert f'id="{i}"' in html, f"{field_id} names {i}, which is not on the page"
+    return ids
+
+
+def form_page(name: str, role: str, errors: dict[str, str]) -> str:
+    who = SimpleNamespace(
+        principal=SimpleNamespace(
+            role=role, is_admin=role == "admin", department=None, operator=None, grid=None
+        ),
+        csrf="x",
+    )
+    lists = {"recent": [], "recent_total": 0, "to_verify": [], "to_verify_total": 0, "check_hours": "24"}
+    return templates.get_template(name).render(
+        request=None, s=who, values={"by": "phone"}, errors=errors, idem="k", kept=[], **lists,
+        category_choices=[], department_choices=[], audit=[], page_no=1, pages=1, preview=None, erased=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "fields"),
+    [
+        ("operator.html", "operator", ("text", "direct_answer", "caller_phone", "address")),
+        ("patrol.html", "grid_worker", ("text", "address", "caller_phone", "direct_answer")),
+        ("privacy.html", "admin", ("phone", "ticket_no", "reason")),
+        ("knowledge_new.html", "admin", ("question", "answer", "category", "keywords", "department", "id")),
+    ],
+)
+def test_a_refused_field_is_described_by_its_hint_and_its_error(name, role, fields):
+    """Beside an error a field's hint still says how to fill it in (诉求内容: 回车提交，Shift+回车换行):
+    a screen reader is told both, not the error alone."""
+    for field in fields:
+        calm = described_by(form_page(name, role, {}), field)
+        html = form_page(name, role, {field: "请填写"})
+        assert described_by(html, field) == [*calm, f"{field}-error"], (name, field)
+        assert 'aria-invalid="true"' in re.search(rf'<(?:input|textarea|select) id="{field}"[^>]*>', html)[0]
+    assert described_by(form_page(name, role, {}), fields[0]) == [f"{fields[0]}-hint"]
+
+
 def test_every_console_page_is_awaited():
     """`page()` is a coroutine (the menu asks how many callbacks are due): a handler returning it
     unawaited answers with an error, and mypy cannot see it (the handlers declare no return type)."""

@@ -1161,6 +1161,69 @@ def test_a_refused_field_is_described_by_its_hint_and_its_error(name, role, fiel
     assert described_by(form_page(name, role, {}), fields[0]) == [f"{fields[0]}-hint"]
 
 
+class _IntakeApi:
+    """The API as the patrol page sees it: `refused` for the report (or its preview), its lists empty."""
+
+    def __init__(self, refused: Reply) -> None:
+        self.refused = refused
+
+    async def attach_photos(self, form):
+        return [], None
+
+    async def post(self, path: str, body=None, headers=None):
+        return self.refused
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"items": [], "total": 0})
+
+
+@pytest.mark.parametrize("typed", ["", "灯坏"])
+async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeypatch, city, typed):
+    """The patrol form asks for 问题描述; intake's refusal (the same for every channel) says 诉求内容:
+    beside the field and in the preview panel, the page's own word."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from services.intake.domain import InvalidAppeal, validate
+    from shared.auth import Principal
+
+    with pytest.raises(InvalidAppeal) as refused:
+        validate(channel="patrol", text=typed)
+    assert refused.value.message.startswith("诉求内容")  # intake's words, which the page replaces
+    body = {"error": refused.value.code, "field": refused.value.field, "message": refused.value.message}
+    monkeypatch.setattr(views, "api", lambda request, s: _IntakeApi(Reply(422, body)))
+
+    async def posted(request, s):
+        return FormData([("text", typed), ("address", "阳光花园")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params={}, headers={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="grid_worker", grid=next(iter(city.grids))), csrf="c")
+    html = (await views.patrol_submit(request, s)).body.decode()
+    error = re.search(r'<p class="error" id="text-error" role="alert">([^<]*)</p>', html)
+    assert error is not None
+    assert error[1] == "问题描述" + refused.value.message.removeprefix("诉求内容")
+    panel = (await views.patrol_preview(request, s)).body.decode()
+    assert "诉求内容" not in panel
+    assert error[1] in panel
+
+
+def test_a_refusal_is_said_with_the_pages_label_only_where_the_api_names_the_field_otherwise():
+    fields = {"text": "问题描述", "address": "位置说明"}
+    said_as = {"text": "诉求内容"}
+    short = "诉求内容太短（2字），请至少写5个字说明问题"
+    assert present.refusal("text", "invalid_appeal", short, fields, {}, "form", said_as) == {
+        "text": "问题描述太短（2字），请至少写5个字说明问题"
+    }
+    assert present.refusal("text", "invalid_appeal", short, fields, {}, "form") == {"text": short}
+    long = "地址太长，请控制在200字以内"
+    assert present.refusal("address", "invalid_appeal", long, fields, {}, "form", said_as) == {
+        "address": long
+    }
+
+
 def test_every_console_page_is_awaited():
     """`page()` is a coroutine (the menu asks how many callbacks are due): a handler returning it
     unawaited answers with an error, and mypy cannot see it (the handlers declare no return type)."""

@@ -315,17 +315,27 @@ def refusal(
     fields: Mapping[str, str],
     values: Mapping[str, str],
     default: str,
+    said_as: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The API's refusal as {form field: message}, beside the field it names (else at `default`).
     When the API's schema refused the request (code invalid_request), its message is for developers
     (the parameter's English name, the validator's English words): staff are told instead, by the
-    field's label, what to fill in."""
+    field's label, what to fill in. `said_as`: how the API's messages name a field that this page
+    labels otherwise (intake says 诉求内容 for every channel; the patrol form asks for 问题描述)."""
     at = field if field is not None and field in fields else default
     label = fields.get(at, "")
     if code == "invalid_request" and label:
         blank = not (values.get(at) or "").strip()
         return {at: f"请填写{label}" if blank else f"{label}不符合要求，请检查后重新填写"}
-    return {at: message}
+    return {at: relabelled(message, (said_as or {}).get(at), label)}
+
+
+def relabelled(message: str, said: str | None, label: str | None) -> str:
+    """The API's message in the page's words: its name for the field (`said`, 诉求内容) at its start
+    replaced by the field's label on the page (问题描述), so it names what the person sees."""
+    if said and label and message.startswith(said):
+        return label + message[len(said) :]
+    return message
 
 
 def percent(rate: float | None) -> str:

@@ -187,11 +187,16 @@ def api(request: Request, s: session.Session) -> Api:
 
 
 def field_errors(
-    reply: Reply, fields: dict[str, str], default: str, form: FormData | None = None
+    reply: Reply,
+    fields: dict[str, str],
+    default: str,
+    form: FormData | None = None,
+    said_as: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The API's refusal, beside the field it names (or above the form), in words for staff."""
+    """The API's refusal, beside the field it names (or above the form), in words for staff, with
+    the page's labels for the fields the API names otherwise (`said_as`, see present.refusal)."""
     values = {name: text(form, name) for name in fields} if form is not None else {}
-    return present.refusal(reply.field, reply.code, reply.message, fields, values, default)
+    return present.refusal(reply.field, reply.code, reply.message, fields, values, default, said_as)
 
 
 def text(form: FormData, name: str) -> str:
@@ -404,6 +409,9 @@ PATROL_FIELDS = {
     "urgent": "紧急",
     "direct_answer": "现场处置情况",
 }
+# How intake's refusals name the report's fields (services/intake/domain.py: the same words for
+# every channel), where the patrol form labels them otherwise.
+INTAKE_WORDS = {"text": "诉求内容"}
 PATROL_RECENT = 10  # the grid's latest tickets under the form
 PATROL_TO_VERIFY = 20  # resolutions to check on the spot (待核查), the longest waiting first
 
@@ -468,6 +476,10 @@ async def patrol_form(request: Request, s: session.Session = Depends(as_grid_wor
 async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", report_of(form))
+    if not reply.ok and isinstance(reply.body, dict):  # the panel names the field as the form does
+        field = reply.field or ""
+        said = present.relabelled(reply.message, INTAKE_WORDS.get(field), PATROL_FIELDS.get(field))
+        reply = Reply(reply.status, {**reply.body, "message": said})
     return await page(
         request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True
     )
@@ -485,7 +497,7 @@ async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_w
             accepted_photos=len(photos),
             handled=bool(text(form, "direct_answer").strip()),
         )
-    errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form)
+    errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form, INTAKE_WORDS)
     values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}
     return await patrol_page(request, s, 422, values=values, errors=errors, idem=idem, kept=photos)
 

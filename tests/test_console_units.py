@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
 from types import SimpleNamespace
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -666,6 +666,99 @@ def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_ha
     assert "（办理中，区城市管理委员会）" in hint.group(1)
     assert 'href="/console/tickets/20261201-000009#merge-title"' in hint.group(1)
     assert 'id="nearby-20261201-000010"' not in html  # nothing being handled nearby: no hint
+
+
+class _DeskApi:
+    """The API as the dispatch desk sees it: one card waiting, nothing else; what was posted kept."""
+
+    def __init__(self, card: dict, assign: Reply) -> None:
+        self.card, self.assign, self.posted = card, assign, []
+
+    async def dispatch_queue(self) -> list[dict]:
+        return [self.card]
+
+    async def open_tickets(self, departments: list[str]) -> list[dict]:
+        return []
+
+    async def post(self, path: str, body=None, headers=None):
+        self.posted.append(path)
+        if path.endswith("/assign"):
+            return self.assign
+        return Reply(200, {"results": []})  # the cards' merge candidates
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"total": 0})  # the menu's count of callbacks due
+
+
+@pytest.mark.parametrize(
+    ("form", "assign", "said"),
+    [  # a suggestion picked, no department chosen: refused by the console, the API not asked
+        ({"category": "city.facility.road_damage"}, None, "请先在“其他单位”中选择承办单位"),
+        # one from 其他分类 and a department the API refuses (the ticket moved on meanwhile)
+        (
+            {
+                "category": "city.facility.streetlight",
+                "category_other": "env.noise",
+                "department_other": "water",
+            },
+            Reply(409, {"error": "conflict", "message": "工单20261201-000009当前状态为“已派单”，不能派单"}),
+            "不能派单",
+        ),
+    ],
+)
+async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picked(
+    monkeypatch, city, form, assign, said
+):
+    """派单 is two steps, a category then a department: a refusal (the department forgotten, or the
+    API's) comes back to the card with the refusal there and the category still picked."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000009"
+    card = {
+        "ticket_no": no,
+        "status": "review",
+        "text": "8号楼西侧路灯坏了",
+        "confidence": 0.3,
+        "top_categories": [
+            {"category": "city.facility.streetlight", "probability": 0.4},
+            {"category": "city.facility.road_damage", "probability": 0.3},
+        ],
+    }
+    fake = _DeskApi(card, assign)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData(list(form.items()))
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    assert back.status_code == 303
+    assert (f"/api/v1/dispatch/{no}/assign" in fake.posted) is (assign is not None)
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", f"desk-{no}")
+
+    query = dict(parse_qsl(where.query))
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    card_html = html[html.index(f'id="desk-{no}"') :]
+    refusal = re.search(rf'<p class="error" role="alert" id="assign-error-{no}">([^<]*)</p>', card_html)
+    assert refusal is not None
+    assert said in refusal[1]
+    assert html.count('role="alert"') == 1  # said on the card, not again above the page
+    radios = re.findall(r'<input type="radio"[^>]*value="([^"]*)" ?(checked)?>', card_html)
+    assert [v for v, checked in radios if checked] == [form["category"]]
+    other = re.search(rf'<select id="cat-{no}-other".*?</select>', card_html, re.S)[0]
+    assert re.findall(r'<option value="([^"]*)" selected>', other) == (
+        [form["category_other"]] if "category_other" in form else []
+    )
+    assert f'aria-describedby="assign-error-{no}" autofocus' in card_html  # the department next
 
 
 class _CountApi:

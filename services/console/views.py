@@ -1106,6 +1106,8 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
+# What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类).
+DESK_KEPT = ("category", "category_other")
 
 
 @router.get("/desk")
@@ -1146,6 +1148,10 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     nearby = {r["ticket_no"]: r["candidates"] for r in found.body["results"]} if found and found.ok else {}
     for t in shown:
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
+    # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
+    error = request.query_params.get("error") or ""
+    on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
+    kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
@@ -1170,7 +1176,8 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         returned=returned,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
-        error=request.query_params.get("error"),
+        error=error,
+        kept=kept,
         done=request.query_params.get("done"),
     )
 
@@ -1185,9 +1192,16 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
         "note": text(form, "note"),
     }
     if not body["department"]:
-        return desk_redirect(Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"}), "")
-    reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
-    return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+        reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
+    else:
+        reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
+    if reply.ok:
+        return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+    # Refused: back to the card (desk_page finds its page), the refusal said there and the category
+    # the desk picked still picked, so that the second try is the department alone, not both steps.
+    picked = {name: text(form, name) for name in DESK_KEPT}
+    query = urlencode({"error": reply.message, "ticket": no, **{k: v for k, v in picked.items() if v}})
+    return RedirectResponse(f"/console/desk?{query}#desk-{no}", status_code=303)
 
 
 @router.post("/desk/{no}/extension/{verdict}")

@@ -209,6 +209,99 @@ async def test_the_knowledge_list_fits_a_phone_screen(browser: Browser):
         await p.close()
 
 
+async def on_a_phone(browser: Browser, html: str) -> Page:
+    """A console page as rendered, with the stylesheet, 360 px wide in a blank page: no system."""
+    css = (Path(__file__).parent.parent / "services/console/static/console.css").read_text(encoding="utf-8")
+    p = await browser.new_page(viewport={"width": 360, "height": 740})
+    await p.set_content(html)
+    await p.add_style_tag(content=css)
+    return p
+
+
+def desk_session() -> Any:
+    from types import SimpleNamespace
+
+    principal = SimpleNamespace(role="admin", is_admin=True, department=None, operator=None, grid=None)
+    return SimpleNamespace(principal=principal, csrf="x")
+
+
+async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their_own_box(browser: Browser):
+    """The manager opens the dashboard on a phone: the rankings (twelve figures a row, compared down
+    the columns) scroll sideways in their own box, which the keyboard can reach, and the page does
+    not; the overdue tickets stack into cards as the ticket lists do."""
+    from urllib.parse import urlencode
+
+    from services.console import present
+    from services.console.views import DIMENSION_NAMES, templates
+    from shared.city import load_city
+
+    group = {
+        "group": "urban_mgmt", "name": "区城市管理委员会", "assigned": 1234, "answered": 321,
+        "response_rate": 0.987, "resolution_rate": 0.912, "satisfaction_rate": 0.876, "score": 93.2,
+        "urged": 12, "verified": 3, "verification_failed": 1, "mediated": 2, "mediation_agreed": 1,
+        "answered_by_phone": 4,
+    }  # fmt: skip
+    late = {
+        "ticket_no": "20261201-000001", "urges": 2, "department": {"name": "区城市管理委员会"},
+        "left": "已超期1天2小时", "category_label": "城市管理/市政设施/路灯故障",
+    }  # fmt: skip
+    html = templates.get_template("dashboard.html").render(
+        request=None, s=desk_session(), start="2033-07-04", end="2033-07-10", error="",
+        tables={d: [group, group] for d in DIMENSION_NAMES}, dimension_names=DIMENSION_NAMES,
+        overall={**group, "direct_answer_rate": 0.1, "handled_on_spot": 1},
+        map=present.grid_map(load_city(), {}),
+        trend=None, trend_by="category", trend_error="趋势暂不可用", top_categories=[], top_max=0,
+        overdue=[late], urlencode=urlencode,
+    )  # fmt: skip
+    p = await on_a_phone(browser, html)
+    try:
+        assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+        box = p.locator("#rank-department").locator("xpath=..")
+        assert await box.get_attribute("tabindex") == "0"
+        assert await box.get_attribute("aria-labelledby") == "rank-department-title"
+        assert await box.evaluate("e => e.scrollWidth > e.clientWidth")  # it scrolls, not the page
+        label = "e => getComputedStyle(e, '::before').content"
+        assert await p.eval_on_selector("#overdue td:nth-child(2)", label) == '"承办单位："'
+    finally:
+        await p.close()
+
+
+async def test_the_privacy_page_fits_a_phone_screen(browser: Browser):
+    """The erasure's preview and the audit trail, on a phone: each row a small card (table.stack)."""
+    from services.console.views import templates
+
+    entry = {
+        "at_local": "2026-12-01 10:00", "action_name": "删除个人信息", "actor": "admin:3f9a6c2e1b7d",
+        "subject_prefix": "a1b2c3d4", "found_by": "ticket_no", "ticket_no": "20261201-000001", "tickets": 3,
+        "reason": "居民申请删除个人信息",
+    }  # fmt: skip
+    ticket = {
+        "ticket_no": "20261201-000001", "received": "2026-12-01 10:00", "channel_name": "12345热线",
+        "status_name": "已办结", "category_label": "城市管理/市政设施/路灯故障",
+    }  # fmt: skip
+    preview = {
+        "by": "phone",
+        "count": 1,
+        "contact": {"kind": "phone", "masked": "139****5678"},
+        "tickets": [ticket],
+    }
+    for shown in (None, preview):
+        html = templates.get_template("privacy.html").render(
+            request=None, s=desk_session(), page_no=1, pages=1, role_names={"admin": "派单中心"},
+            values={"by": "phone", "phone": "13912345678", "reason": "居民申请删除个人信息"}, errors={},
+            preview=shown, erased=None, audit=[entry] * 3, audit_notice="",
+        )  # fmt: skip
+        p = await on_a_phone(browser, html)
+        try:
+            assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+            label = "e => getComputedStyle(e, '::before').content"
+            assert await p.eval_on_selector("#audit-list td:nth-child(3)", label) == '"操作人："'
+            if shown:
+                assert await p.eval_on_selector("#preview-tickets td:nth-child(5)", label) == '"分类："'
+        finally:
+            await p.close()
+
+
 async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     await page.goto("/")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))

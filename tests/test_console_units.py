@@ -8,7 +8,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
 from types import SimpleNamespace
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -407,6 +407,62 @@ def test_the_ticket_lists_tab_and_heading_say_what_its_menu_entry_says(city, rol
     assert f"<h1>{heading}</h1>" in html
 
 
+@pytest.mark.parametrize("role", ["admin", "department", "grid_worker"])
+def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role=role, is_admin=role == "admin", department=None, operator=None),
+        csrf="x",
+    )
+    html = templates.get_template("tickets.html").render(
+        request=None, s=who, filters=dict.fromkeys(LIST_FILTERS, ""), query={}, urlencode=urlencode,
+        rows=[], total=0, page_no=1, pages=1, errors={}, notice="", **list_choices(city),
+    )  # fmt: skip
+    table = re.search(r'<table class="[^"]*" id="ticket-list">(.*?)</table>', html, re.S)
+    assert table is not None
+    columns = re.search(r"<thead>(.*?)</thead>", table[1], re.S)[1].count("<th ")
+    assert columns == (9 if role == "admin" else 8)  # 承办单位 for the desk only
+    assert f'<td colspan="{columns}">没有符合条件的工单</td>' in table[1]
+
+
+def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city):
+    """和平里社区/和平里社区第一网格 said the community twice: the grids are grouped by community
+    (<optgroup>), each by its own name, which already names it; a grid whose name does not (第一网格)
+    keeps its community's before it, as the closed list shows the option alone."""
+    groups = present.grid_choices(city)
+    assert [gid for _, grids in groups for gid, _ in grids] == list(city.grids)  # each grid, once
+    gid, info = next(iter(city.grids.items()))
+    assert groups[0][0] == f"{info.street_name}/{info.community_name}"
+    assert groups[0][1][0] == (gid, info.grid.name)
+    for _, grids in groups:
+        for g, name in grids:
+            assert name.count(city.grids[g].community_name) == 1
+    bare = SimpleNamespace(
+        grid=SimpleNamespace(name="第一网格"), community_id="c9", community_name="幸福社区"
+    )
+    plain_city = SimpleNamespace(grids={"g9": SimpleNamespace(**vars(bare), street_name="和平街道")})
+    assert present.grid_choices(plain_city) == [("和平街道/幸福社区", [("g9", "幸福社区/第一网格")])]
+
+    department = SimpleNamespace(
+        principal=SimpleNamespace(role="department", is_admin=False, department="d1", operator=None),
+        csrf="x",
+    )
+    listed = templates.get_template("tickets.html").render(
+        request=None, s=department, filters={**dict.fromkeys(LIST_FILTERS, ""), "grid": gid}, query={},
+        urlencode=urlencode, rows=[], total=0, page_no=1, pages=1, errors={}, notice="", **list_choices(city),
+    )  # fmt: skip
+    queue = templates.get_template("department.html").render(
+        request=None, s=department, rows=[], total=0, page_no=1, pages=1, page_query=lambda n: "",
+        filters={"grid": gid}, department="区水务局", done="", statuses=[], grids=list_choices(city)["grids"],
+    )  # fmt: skip
+    for html in (listed, queue):
+        select = re.search(r'<select id="f-grid" name="grid"[^>]*>(.*?)</select>', html, re.S)
+        assert select is not None
+        assert f'<optgroup label="{info.street_name}/{info.community_name}">' in select[1]
+        assert select[1].count("<optgroup") == len(groups)
+        assert f'<option value="{gid}" selected>{info.grid.name}</option>' in select[1]
+        assert f"{info.community_name}/{info.community_name}" not in select[1]
+
+
 def test_a_long_list_is_shown_a_page_at_a_time():
     items = list(range(45))
     assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
@@ -636,6 +692,99 @@ def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_ha
     assert "（办理中，区城市管理委员会）" in hint.group(1)
     assert 'href="/console/tickets/20261201-000009#merge-title"' in hint.group(1)
     assert 'id="nearby-20261201-000010"' not in html  # nothing being handled nearby: no hint
+
+
+class _DeskApi:
+    """The API as the dispatch desk sees it: one card waiting, nothing else; what was posted kept."""
+
+    def __init__(self, card: dict, assign: Reply) -> None:
+        self.card, self.assign, self.posted = card, assign, []
+
+    async def dispatch_queue(self) -> list[dict]:
+        return [self.card]
+
+    async def open_tickets(self, departments: list[str]) -> list[dict]:
+        return []
+
+    async def post(self, path: str, body=None, headers=None):
+        self.posted.append(path)
+        if path.endswith("/assign"):
+            return self.assign
+        return Reply(200, {"results": []})  # the cards' merge candidates
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"total": 0})  # the menu's count of callbacks due
+
+
+@pytest.mark.parametrize(
+    ("form", "assign", "said"),
+    [  # a suggestion picked, no department chosen: refused by the console, the API not asked
+        ({"category": "city.facility.road_damage"}, None, "请先在“其他单位”中选择承办单位"),
+        # one from 其他分类 and a department the API refuses (the ticket moved on meanwhile)
+        (
+            {
+                "category": "city.facility.streetlight",
+                "category_other": "env.noise",
+                "department_other": "water",
+            },
+            Reply(409, {"error": "conflict", "message": "工单20261201-000009当前状态为“已派单”，不能派单"}),
+            "不能派单",
+        ),
+    ],
+)
+async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picked(
+    monkeypatch, city, form, assign, said
+):
+    """派单 is two steps, a category then a department: a refusal (the department forgotten, or the
+    API's) comes back to the card with the refusal there and the category still picked."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000009"
+    card = {
+        "ticket_no": no,
+        "status": "review",
+        "text": "8号楼西侧路灯坏了",
+        "confidence": 0.3,
+        "top_categories": [
+            {"category": "city.facility.streetlight", "probability": 0.4},
+            {"category": "city.facility.road_damage", "probability": 0.3},
+        ],
+    }
+    fake = _DeskApi(card, assign)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData(list(form.items()))
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    assert back.status_code == 303
+    assert (f"/api/v1/dispatch/{no}/assign" in fake.posted) is (assign is not None)
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", f"desk-{no}")
+
+    query = dict(parse_qsl(where.query))
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    card_html = html[html.index(f'id="desk-{no}"') :]
+    refusal = re.search(rf'<p class="error" role="alert" id="assign-error-{no}">([^<]*)</p>', card_html)
+    assert refusal is not None
+    assert said in refusal[1]
+    assert html.count('role="alert"') == 1  # said on the card, not again above the page
+    radios = re.findall(r'<input type="radio"[^>]*value="([^"]*)" ?(checked)?>', card_html)
+    assert [v for v, checked in radios if checked] == [form["category"]]
+    other = re.search(rf'<select id="cat-{no}-other".*?</select>', card_html, re.S)[0]
+    assert re.findall(r'<option value="([^"]*)" selected>', other) == (
+        [form["category_other"]] if "category_other" in form else []
+    )
+    assert f'aria-describedby="assign-error-{no}" autofocus' in card_html  # the department next
 
 
 class _CountApi:
@@ -1026,6 +1175,172 @@ def test_the_department_queue_offers_its_new_tickets_for_a_batch_with_labelled_b
     assert "已签收2件" in told
     assert "以下1件未签收" in told
     assert "工单9</a>：工单9不存在" in told
+
+
+class _QueueApi:
+    """The API as a department's queue sees it: its tickets, whatever the status asked."""
+
+    def __init__(self, tickets: list[dict]) -> None:
+        self.tickets = tickets
+
+    async def department_tickets(self, dept: str, status: str | None = None) -> list[dict]:
+        return self.tickets
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"to_check_in": 0})  # the menu's count of meetings to check in to
+
+
+async def _department_page(monkeypatch, city, tickets: list[dict], **query: str) -> str:
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _QueueApi(tickets))
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="department", department="urban_mgmt"), csrf="c")
+    response = await views.department_page(request, s)
+    assert response.status_code == 200
+    return response.body.decode()
+
+
+async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ticket_list(monkeypatch, city):
+    """分类 is the ticket list's dropdown of categories (ids), not a text box: a branch takes the
+    tickets of the categories under it; a value that is not a category narrows nothing."""
+
+    def ticket(no: str, category: str) -> dict:
+        names = list(city.category_names(category))
+        return {"ticket_no": no, "status": "accepted", "category": category, "category_names": names}
+
+    tickets = [
+        ticket("20261201-000001", "city.facility.streetlight"),
+        ticket("20261201-000002", "city.facility.road_damage"),
+        ticket("20261201-000003", "env.noise"),
+    ]
+
+    def listed(html: str) -> list[str]:
+        return re.findall(r'<a href="/console/tickets/(\d{8}-\d{6})">', html)
+
+    html = await _department_page(monkeypatch, city, tickets, category="city.facility")
+    assert listed(html) == ["20261201-000001", "20261201-000002"]
+    select = re.search(r'<select id="f-category" name="category">(.*?)</select>', html, re.S)
+    assert select is not None  # the same choices as the ticket list's, the chosen one selected
+    options = re.findall(r'<option value="([^"]*)"', select[1])
+    assert options == ["", *(cid for cid, _ in list_choices(city)["categories"])]
+    assert '<option value="city.facility" selected>城市管理/市政设施</option>' in select[1]
+    html = await _department_page(monkeypatch, city, tickets, category="city.facility.streetlight")
+    assert listed(html) == ["20261201-000001"]
+    html = await _department_page(monkeypatch, city, tickets, category="路灯")  # an old text link
+    assert listed(html) == ["20261201-000001", "20261201-000002", "20261201-000003"]
+    assert " selected>" not in re.search(r'<select id="f-category".*?</select>', html, re.S)[0]
+
+
+def described_by(html: str, field_id: str) -> list[str]:
+    """The ids a field's aria-describedby names, each checked to be on the page."""
+    tag = re.search(rf'<(?:input|textarea|select) id="{field_id}"[^>]*>', html)
+    assert tag is not None, field_id
+    found = re.search(r'aria-describedby="([^"]*)"', tag[0])
+    ids = found[1].split() if found else []
+    for i in ids:
+        assert f'id="{i}"' in html, f"{field_id} names {i}, which is not on the page"
+    return ids
+
+
+def form_page(name: str, role: str, errors: dict[str, str]) -> str:
+    who = SimpleNamespace(
+        principal=SimpleNamespace(
+            role=role, is_admin=role == "admin", department=None, operator=None, grid=None
+        ),
+        csrf="x",
+    )
+    lists = {"recent": [], "recent_total": 0, "to_verify": [], "to_verify_total": 0, "check_hours": "24"}
+    return templates.get_template(name).render(
+        request=None, s=who, values={"by": "phone"}, errors=errors, idem="k", kept=[], **lists,
+        category_choices=[], department_choices=[], audit=[], page_no=1, pages=1, preview=None, erased=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "fields"),
+    [
+        ("operator.html", "operator", ("text", "direct_answer", "caller_phone", "address")),
+        ("patrol.html", "grid_worker", ("text", "address", "caller_phone", "direct_answer")),
+        ("privacy.html", "admin", ("phone", "ticket_no", "reason")),
+        ("knowledge_new.html", "admin", ("question", "answer", "category", "keywords", "department", "id")),
+    ],
+)
+def test_a_refused_field_is_described_by_its_hint_and_its_error(name, role, fields):
+    """Beside an error a field's hint still says how to fill it in (诉求内容: 回车提交，Shift+回车换行):
+    a screen reader is told both, not the error alone."""
+    for field in fields:
+        calm = described_by(form_page(name, role, {}), field)
+        html = form_page(name, role, {field: "请填写"})
+        assert described_by(html, field) == [*calm, f"{field}-error"], (name, field)
+        assert 'aria-invalid="true"' in re.search(rf'<(?:input|textarea|select) id="{field}"[^>]*>', html)[0]
+    assert described_by(form_page(name, role, {}), fields[0]) == [f"{fields[0]}-hint"]
+
+
+class _IntakeApi:
+    """The API as the patrol page sees it: `refused` for the report (or its preview), its lists empty."""
+
+    def __init__(self, refused: Reply) -> None:
+        self.refused = refused
+
+    async def attach_photos(self, form):
+        return [], None
+
+    async def post(self, path: str, body=None, headers=None):
+        return self.refused
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"items": [], "total": 0})
+
+
+@pytest.mark.parametrize("typed", ["", "灯坏"])
+async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeypatch, city, typed):
+    """The patrol form asks for 问题描述; intake's refusal (the same for every channel) says 诉求内容:
+    beside the field and in the preview panel, the page's own word."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from services.intake.domain import InvalidAppeal, validate
+    from shared.auth import Principal
+
+    with pytest.raises(InvalidAppeal) as refused:
+        validate(channel="patrol", text=typed)
+    assert refused.value.message.startswith("诉求内容")  # intake's words, which the page replaces
+    body = {"error": refused.value.code, "field": refused.value.field, "message": refused.value.message}
+    monkeypatch.setattr(views, "api", lambda request, s: _IntakeApi(Reply(422, body)))
+
+    async def posted(request, s):
+        return FormData([("text", typed), ("address", "阳光花园")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params={}, headers={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="grid_worker", grid=next(iter(city.grids))), csrf="c")
+    html = (await views.patrol_submit(request, s)).body.decode()
+    error = re.search(r'<p class="error" id="text-error" role="alert">([^<]*)</p>', html)
+    assert error is not None
+    assert error[1] == "问题描述" + refused.value.message.removeprefix("诉求内容")
+    panel = (await views.patrol_preview(request, s)).body.decode()
+    assert "诉求内容" not in panel
+    assert error[1] in panel
+
+
+def test_a_refusal_is_said_with_the_pages_label_only_where_the_api_names_the_field_otherwise():
+    fields = {"text": "问题描述", "address": "位置说明"}
+    said_as = {"text": "诉求内容"}
+    short = "诉求内容太短（2字），请至少写5个字说明问题"
+    assert present.refusal("text", "invalid_appeal", short, fields, {}, "form", said_as) == {
+        "text": "问题描述太短（2字），请至少写5个字说明问题"
+    }
+    assert present.refusal("text", "invalid_appeal", short, fields, {}, "form") == {"text": short}
+    long = "地址太长，请控制在200字以内"
+    assert present.refusal("address", "invalid_appeal", long, fields, {}, "form", said_as) == {
+        "address": long
+    }
 
 
 def test_every_console_page_is_awaited():

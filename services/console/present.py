@@ -315,17 +315,27 @@ def refusal(
     fields: Mapping[str, str],
     values: Mapping[str, str],
     default: str,
+    said_as: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The API's refusal as {form field: message}, beside the field it names (else at `default`).
     When the API's schema refused the request (code invalid_request), its message is for developers
     (the parameter's English name, the validator's English words): staff are told instead, by the
-    field's label, what to fill in."""
+    field's label, what to fill in. `said_as`: how the API's messages name a field that this page
+    labels otherwise (intake says 诉求内容 for every channel; the patrol form asks for 问题描述)."""
     at = field if field is not None and field in fields else default
     label = fields.get(at, "")
     if code == "invalid_request" and label:
         blank = not (values.get(at) or "").strip()
         return {at: f"请填写{label}" if blank else f"{label}不符合要求，请检查后重新填写"}
-    return {at: message}
+    return {at: relabelled(message, (said_as or {}).get(at), label)}
+
+
+def relabelled(message: str, said: str | None, label: str | None) -> str:
+    """The API's message in the page's words: its name for the field (`said`, 诉求内容) at its start
+    replaced by the field's label on the page (问题描述), so it names what the person sees."""
+    if said and label and message.startswith(said):
+        return label + message[len(said) :]
+    return message
 
 
 def percent(rate: float | None) -> str:
@@ -345,6 +355,25 @@ def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, 
         "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",
         "grid_name": grid.grid.name if grid else "",
     }
+
+
+def in_category(city: City, category: str | None, wanted: str) -> bool:
+    """Whether a ticket's category is `wanted` or under it (城市管理 takes 路灯故障), by the city's
+    tree, as the ticket list's filter takes a branch with its leaves."""
+    return wanted in city.category_path.get(category or "", ())
+
+
+def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The grids for a dropdown, grouped by community (<optgroup label="和平街道/和平里社区">), each
+    named once: by its own name when that already says its community (和平里社区第一网格, not
+    和平里社区/和平里社区第一网格), else after its community's, so that the closed list, which shows
+    the option alone, still says which grid it is."""
+    groups: dict[str, tuple[str, list[tuple[str, str]]]] = {}
+    for gid, info in city.grids.items():
+        name, community = info.grid.name, info.community_name
+        label = name if community in name else f"{community}/{name}"
+        groups.setdefault(info.community_id, (f"{info.street_name}/{community}", []))[1].append((gid, label))
+    return list(groups.values())
 
 
 # --- the dispatch desk's choices -------------------------------------------------------------------

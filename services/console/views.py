@@ -187,11 +187,16 @@ def api(request: Request, s: session.Session) -> Api:
 
 
 def field_errors(
-    reply: Reply, fields: dict[str, str], default: str, form: FormData | None = None
+    reply: Reply,
+    fields: dict[str, str],
+    default: str,
+    form: FormData | None = None,
+    said_as: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The API's refusal, beside the field it names (or above the form), in words for staff."""
+    """The API's refusal, beside the field it names (or above the form), in words for staff, with
+    the page's labels for the fields the API names otherwise (`said_as`, see present.refusal)."""
     values = {name: text(form, name) for name in fields} if form is not None else {}
-    return present.refusal(reply.field, reply.code, reply.message, fields, values, default)
+    return present.refusal(reply.field, reply.code, reply.message, fields, values, default, said_as)
 
 
 def text(form: FormData, name: str) -> str:
@@ -404,6 +409,9 @@ PATROL_FIELDS = {
     "urgent": "紧急",
     "direct_answer": "现场处置情况",
 }
+# How intake's refusals name the report's fields (services/intake/domain.py: the same words for
+# every channel), where the patrol form labels them otherwise.
+INTAKE_WORDS = {"text": "诉求内容"}
 PATROL_RECENT = 10  # the grid's latest tickets under the form
 PATROL_TO_VERIFY = 20  # resolutions to check on the spot (待核查), the longest waiting first
 
@@ -468,6 +476,10 @@ async def patrol_form(request: Request, s: session.Session = Depends(as_grid_wor
 async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", report_of(form))
+    if not reply.ok and isinstance(reply.body, dict):  # the panel names the field as the form does
+        field = reply.field or ""
+        said = present.relabelled(reply.message, INTAKE_WORDS.get(field), PATROL_FIELDS.get(field))
+        reply = Reply(reply.status, {**reply.body, "message": said})
     return await page(
         request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True
     )
@@ -485,7 +497,7 @@ async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_w
             accepted_photos=len(photos),
             handled=bool(text(form, "direct_answer").strip()),
         )
-    errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form)
+    errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form, INTAKE_WORDS)
     values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}
     return await patrol_page(request, s, 422, values=values, errors=errors, idem=idem, kept=photos)
 
@@ -515,17 +527,19 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     q = request.query_params
     dept = s.principal.department or ""
     tickets = await api(request, s).department_tickets(dept, status=q.get("status") or None)
-    tz, now = tz_of(request), datetime.now(UTC)
+    tz, now, city = tz_of(request), datetime.now(UTC), city_of(request)
+    choices = list_choices(city)
     rows = [row(t, tz, now) for t in tickets]
     if q.get("overdue") == "1":
         rows = [r for r in rows if r["late"]]
-    if q.get("category"):
-        rows = [r for r in rows if q["category"] in r["category_label"]]
+    if (category := q.get("category") or "") in city.category_by_id:
+        # A category chosen from the list (the ticket list's), its branch with it. Another value
+        # (a link kept from when this was a text box) narrows nothing rather than empty the queue.
+        rows = [r for r in rows if present.in_category(city, r.get("category"), category)]
     if q.get("grid"):
         rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
     if q.get("date"):
         rows = [r for r in rows if r["received"].startswith(q["date"])]
-    city = city_of(request)
     shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
     filters = {k: v for k, v in q.items() if k not in ("page", "batch", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
@@ -542,7 +556,8 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
         done=present.DONE[left[0]].format(no=left[1]) if left else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
-        grids=list_choices(city)["grids"],  # by name: staff do not know the grid codes
+        categories=choices["categories"],
+        grids=choices["grids"],  # by name: staff do not know the grid codes
         # 批量签收: the new tickets of this page, which the form's 全选 stands for; the last batch's
         # outcome, after its redirect; the key of the next one (a second click accepts nothing twice).
         to_accept=[r["ticket_no"] for r in shown if r.get("status") == Status.ASSIGNED],
@@ -768,7 +783,7 @@ def list_choices(city: City) -> dict[str, Any]:
         "categories": sorted((c, "/".join(city.category_names(c))) for c in city.category_path),
         "streets": [(st.id, st.name) for st in streets],
         "communities": [(c.id, f"{st.name}/{c.name}") for st in streets for c in st.communities],
-        "grids": [(g, f"{info.community_name}/{info.grid.name}") for g, info in city.grids.items()],
+        "grids": present.grid_choices(city),  # by community, in <optgroup>s (_grid_options.html)
         "channels": CHANNEL_NAMES,
         "sorts": SORT_NAMES,
     }
@@ -1098,6 +1113,8 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
+# What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类).
+DESK_KEPT = ("category", "category_other")
 
 
 @router.get("/desk")
@@ -1138,6 +1155,10 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     nearby = {r["ticket_no"]: r["candidates"] for r in found.body["results"]} if found and found.ok else {}
     for t in shown:
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
+    # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
+    error = request.query_params.get("error") or ""
+    on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
+    kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
@@ -1162,7 +1183,8 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         returned=returned,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
-        error=request.query_params.get("error"),
+        error=error,
+        kept=kept,
         done=request.query_params.get("done"),
     )
 
@@ -1177,9 +1199,16 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
         "note": text(form, "note"),
     }
     if not body["department"]:
-        return desk_redirect(Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"}), "")
-    reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
-    return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+        reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
+    else:
+        reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
+    if reply.ok:
+        return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+    # Refused: back to the card (desk_page finds its page), the refusal said there and the category
+    # the desk picked still picked, so that the second try is the department alone, not both steps.
+    picked = {name: text(form, name) for name in DESK_KEPT}
+    query = urlencode({"error": reply.message, "ticket": no, **{k: v for k, v in picked.items() if v}})
+    return RedirectResponse(f"/console/desk?{query}#desk-{no}", status_code=303)
 
 
 @router.post("/desk/{no}/extension/{verdict}")

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
+from zoneinfo import ZoneInfo
 
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Request
@@ -39,6 +40,7 @@ from services.records import knowledge_views as records_knowledge_views
 from services.records import privacy_views as records_privacy_views
 from services.records import stats_views as records_stats_views
 from services.records import views as records_views
+from services.records.callers import CallerHistories
 from services.records.knowledge import Follower, KnowledgeService
 from services.records.views import open_pool
 from services.router import views as router_views
@@ -124,11 +126,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.progress = ProgressQueries(store, limiter, timezone=settings.timezone)
         app.state.lookup_links = links  # the answer to 查询 in WeChat links each ticket it names
         app.state.sms_intake = SmsIntake(app.state.intake, app.state.progress)
+        # The operator's preview asks the record for the caller's history through the API's own
+        # pool, opened on first use; the record being away only leaves the history out.
+        histories = CallerHistories(partial(open_pool, app.state), ZoneInfo(settings.timezone))
         app.state.intake_preview = Previewer(
             app.state.city,
             store,
             ServedClassifier.from_settings(app.state.city, settings),
             timezone=settings.timezone,
+            history=histories.view,
         )
         following = follow_knowledge(app)
         app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))

@@ -8,13 +8,13 @@ SMS provider's gateway. Stored hashed in Redis, with an expiry.
 `appeals token --operator ID` / `--grid-worker ID --grid GRID_ID` / `--department DEPT_ID` /
 `--admin` / `--sms-gateway` mint one and
 print it once (it expires after TOKEN_TTL_DAYS, or `--days`); `appeals token --list` shows every
-live token by its id (a prefix of the hash), `appeals token --revoke ID` ends one. An operator token
-registers appeals (hotline, preview, suggestion-box uploads) and reads nothing else: the preview
-shows a caller's open appeals, which is no one else's business. A grid worker's token reports what
-its worker finds on patrol in its one grid, and reads that grid's tickets. The gateway token can
-only push incoming SMS and delivery receipts: a forged "1" from a resident's number would close a ticket as
-satisfied, so those callbacks are not open, yet the provider needs no more; and a resident's SMS
-comes only through it, never through a staff token.
+live token by its id (a prefix of the hash), `appeals token --revoke ID` ends one. An operator
+token registers appeals (hotline, preview, suggestion-box uploads) and reads nothing else: the
+preview shows a caller's open appeals and history, which are no one else's business. A grid
+worker's token reports what its worker finds on patrol in its one grid, and reads that grid's
+tickets. The gateway token can only push incoming SMS and delivery receipts: a forged "1" from a
+resident's number would close a ticket as satisfied, so those callbacks are not open, yet the
+provider needs no more; and a resident's SMS comes only through it, never through a staff token.
 """
 
 from __future__ import annotations

@@ -523,6 +523,51 @@ async def test_operator_urges_the_callers_open_ticket_and_the_department_sees_it
     await expect(history).to_contain_text("来电催办：又打来了，路灯还是不亮（第2次，话务员op06）")
 
 
+async def test_operator_sees_the_callers_history_and_the_desk_opens_the_earlier_ticket(
+    page: Page, browser: Browser, redis, system: System
+):
+    """来电历史: the caller's earlier ticket in the preview while the operator types, with the counts;
+    the desk, which may open tickets, follows its link, here without the script (the form's own
+    preview button)."""
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        earlier = await submit(
+            client, "和平里小区门口的路灯坏了好几天了，晚上走路很危险", phone, "和平里小区"
+        )
+
+        async def in_record():  # the caller's history is the record's: the records worker writes it
+            r = await client.post(
+                "/api/v1/appeals/preview", json={"caller_phone": phone, "text": "路灯还是不亮"}
+            )
+            return [t["ticket_no"] for t in (r.json().get("history") or {}).get("tickets", [])] == [earlier]
+
+        await eventually(in_record, timeout=60)
+
+    await sign_in(page, await issue_token(redis, "operator", operator="op12"))
+    await page.locator("#caller_phone").fill(phone)
+    await page.locator("#text").fill("上周反映的路灯还是不亮，想问问进展")
+    history = page.locator("#pv-history")
+    await expect(page.locator("#pv-history-counts")).to_have_text("近30天来电1次，近一年1次", timeout=60_000)
+    await expect(history.locator("li")).to_have_count(1)
+    await expect(history).to_contain_text(earlier)
+    await expect(history).not_to_contain_text("和平里")  # no word of the old ticket: it is a click away
+    await expect(history.locator("a")).to_have_count(0)  # an operator's token opens no ticket page
+    await accessible(page)
+    await shot(page, "operator-history")
+
+    context = await browser.new_context(base_url=system.base_url, java_script_enabled=False)
+    plain = await context.new_page()
+    await sign_in(plain, await issue_token(redis, "admin"))
+    await plain.goto("/console/operator")
+    await plain.locator("#caller_phone").fill(phone)
+    await plain.locator("#text").fill("又打来问路灯的事")
+    await plain.get_by_role("button", name="查看智能提示（不提交）").click()
+    await expect(plain.locator("#pv-history-counts")).to_have_text("近30天来电1次，近一年1次")
+    await plain.locator(f"#pv-history a[href='/console/tickets/{earlier}']").click()
+    await expect(plain.locator("#ticket-no")).to_have_text(earlier)
+    await context.close()
+
+
 async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page, redis):
     await sign_in(page, await issue_token(redis, "operator", operator="op02"))
     await expect(page.locator("#caller_phone")).to_be_focused()

@@ -1673,3 +1673,59 @@ def test_a_residents_lookup_announces_what_is_wrong_with_a_field(field):
         request=None, s=None, csrf="x", values={}, errors={field: "手机号后四位不对"}, found=None
     )
     assert re.search(rf'<p class="error" id="{field}-error" role="alert">手机号后四位不对</p>', html)
+
+
+def history_preview(history: dict | None) -> dict:
+    return {
+        "category": {"names": ["城市管理"], "confidence": 0.9},
+        "grid": {"grid": None, "evidence": ""},
+        "department": {"name": "区城市管理委员会", "explanation": ""},
+        "duplicates": [],
+        **({"history": history} if history is not None else {}),
+    }
+
+
+PAST = {
+    "last_30_days": 2,
+    "last_365_days": 5,
+    "tickets": [
+        {
+            "ticket_no": "20261102-000007",
+            "received_on": "2026-11-02",
+            "category_names": ["城市管理", "市政设施", "路灯故障"],
+            "status": "closed",
+            "status_name": "已关闭",
+            "department": "阳光街道办事处",
+            "survey": "满意",
+        },
+        {
+            "ticket_no": "20261030-000002",
+            "received_on": "2026-10-30",
+            "category_names": [],
+            "status": "review",
+            "status_name": "待人工派单",
+            "department": None,
+            "survey": None,
+        },
+    ],
+}
+
+
+def test_the_preview_shows_the_callers_history_compactly_and_links_only_for_readers():
+    render = templates.get_template("_preview.html").render
+    html = render(preview=history_preview(PAST), reply=None, ticket_links=True)
+    assert "<h3>来电历史</h3>" in html
+    assert "近30天来电2次，近一年5次" in html
+    assert '<a href="/console/tickets/20261102-000007">20261102-000007</a>' in html
+    assert "2026-11-02，路灯故障，已关闭（阳光街道办事处），回访：满意" in html
+    assert "2026-10-30，未分类，待人工派单</li>" in html  # no department, no survey yet: not named
+    # An operator's token opens no ticket page: the numbers, to read out, without a link.
+    html = render(preview=history_preview(PAST), reply=None, ticket_links=False)
+    assert "/console/tickets/" not in html
+    assert "<strong>20261102-000007</strong>" in html
+    # Nothing when the caller has no history, none was asked for, or the record was away (null).
+    for history in ({"last_30_days": 0, "last_365_days": 0, "tickets": []}, None):
+        assert "来电历史" not in render(preview=history_preview(history), reply=None, ticket_links=True)
+    away = {**history_preview(None), "history": None}
+    html = render(preview=away, reply=None, ticket_links=True)
+    assert "来电历史" not in html

@@ -1,7 +1,9 @@
-"""Pure intake logic: WeChat signing and parsing, near-duplicate texts, slip rows, Open311 forms."""
+"""Pure intake logic: WeChat signing and parsing, near-duplicate texts, slip rows, Open311 forms, and
+when the preview asks for a caller's history."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -13,8 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.intake import batch, open311, wechat
-from services.intake.domain import InvalidAppeal
+from services.intake.domain import InvalidAppeal, Submission
 from services.intake.duplicates import NEAR_IDENTICAL, near_identical, similarity
+from services.intake.preview import Previewer
+from shared.privacy import caller_id
 from tests.cities import demo_city
 
 CITY = demo_city()
@@ -244,3 +248,31 @@ def test_demo_slips_are_dated_by_the_city_s_day_not_the_machine_s(tmp_path):
         days = {date.fromisoformat(r["date"]) for r in csv.DictReader(f)}
     assert max(days) == city_today
     assert min(days) == date(2026, 2, 23)  # a week of slips, the oldest six days before
+
+
+async def test_the_preview_asks_for_the_callers_history_only_with_a_phone_and_when_told(monkeypatch):
+    """来电历史 comes with the preview for a phone the view says may have it (operators, the desk),
+    asked by the caller id, never the phone; it is looked up while the text is classified."""
+    asked: list[str] = []
+    classifying = asyncio.Event()
+
+    async def history(caller: str) -> dict:
+        asked.append(caller)
+        await classifying.wait()  # answers only once the suggestion is under way: the two overlap
+        return {"last_30_days": 1, "last_365_days": 1, "tickets": []}
+
+    async def suggest(sub: Submission) -> dict:
+        classifying.set()
+        return {"duplicates": []}
+
+    previewer = Previewer(CITY, store=None, classifiers=None, history=history)  # type: ignore[arg-type]
+    monkeypatch.setattr(previewer, "_suggest", suggest)
+    phone = "13812345678"
+    call = Submission(channel="hotline", text="阳光花园3号楼门口的路灯坏了", phone=phone)
+    got = await asyncio.wait_for(previewer.preview(call, history=True), 5)
+    assert got["history"] == {"last_30_days": 1, "last_365_days": 1, "tickets": []}
+    assert asked == [caller_id(phone)]
+    assert "history" not in await previewer.preview(call, history=False)  # a grid worker
+    anonymous = Submission(channel="hotline", text="阳光花园3号楼门口的路灯坏了")
+    assert "history" not in await previewer.preview(anonymous, history=True)
+    assert asked == [caller_id(phone)]

@@ -1,13 +1,19 @@
-"""The record's pure parts: the fold of a ticket's events, scrubbing, and the search filters."""
+"""The record's pure parts: the fold of a ticket's events, scrubbing, the search filters, and a
+caller's history as the operator's preview shows it (and goes without it while the record is away)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
+from services.records.callers import CallerHistories, history_of, survey_words
 from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket
 from services.records.query import build
 from shared.errors import DomainError
@@ -631,3 +637,91 @@ def test_photos_sent_after_the_appeal_join_its_own_once_each():
     assert row is not None
     assert row["photos"] == ["a" * 32, "b" * 32]
     assert fold_ticket([*events, dump(added)], STREETS) == fold_ticket([dump(added), *events], STREETS)
+
+
+# --- a caller's history (来电历史) ------------------------------------------------------------------
+
+
+def test_a_callers_history_says_how_the_survey_went_in_words():
+    assert [survey_words("closed", r) for r in (1, 2, 3)] == ["满意", "基本满意", "不满意"]
+    assert survey_words("closed", None) == "未回访"  # no answer, opted out, anonymous, merged
+    assert survey_words("assigned", 3) == "不满意"  # reopened: being worked on again after 不满意
+    assert survey_words("surveyed", None) is None  # the survey is still out
+    assert survey_words("accepted", None) is None
+
+
+def test_a_callers_history_counts_and_lists_in_the_citys_days_and_words():
+    rows = [
+        {
+            "ticket_no": "20261102-000007",
+            "received_at": datetime(2026, 11, 1, 16, 30, tzinfo=UTC),  # 00:30 on 2 November in Beijing
+            "category_names": ["城市管理", "市政设施", "路灯故障"],
+            "status": "closed",
+            "department_name": "阳光街道办事处",
+            "rating": 2,
+            "short_count": 2,
+            "long_count": 5,
+        },
+        {
+            "ticket_no": "20260101-000003",
+            "received_at": datetime(2026, 1, 1, 2, 0, tzinfo=UTC),
+            "category_names": [],
+            "status": "review",
+            "department_name": None,
+            "rating": None,
+            "short_count": 2,
+            "long_count": 5,
+        },
+    ]
+    view = history_of(rows).view(ZoneInfo("Asia/Shanghai"))
+    assert (view["last_30_days"], view["last_365_days"]) == (2, 5)
+    first, second = view["tickets"]
+    assert first == {
+        "ticket_no": "20261102-000007",
+        "received_on": "2026-11-02",
+        "category_names": ["城市管理", "市政设施", "路灯故障"],
+        "status": "closed",
+        "status_name": "已关闭",
+        "department": "阳光街道办事处",
+        "survey": "基本满意",
+    }
+    assert (second["status_name"], second["department"], second["survey"]) == ("待人工派单", None, None)
+    # Nothing of the person or the matter: the fields above are all there is.
+    assert history_of([]).view(ZoneInfo("Asia/Shanghai")) == {
+        "last_30_days": 0,
+        "last_365_days": 0,
+        "tickets": [],
+    }
+
+
+async def test_the_preview_goes_without_the_history_while_the_record_is_away(caplog):
+    """A refused connection, or a server that hangs: None within the time allowed, one warning, and
+    the record left alone for a while (no preview waits on it again meanwhile)."""
+    tz = ZoneInfo("Asia/Shanghai")
+    asked: list[str] = []
+
+    async def refused():
+        asked.append("refused")
+        raise psycopg.OperationalError("connection refused")
+
+    histories = CallerHistories(refused, tz, seconds=0.2, away_seconds=60)
+    with caplog.at_level(logging.WARNING, logger="records.callers"):
+        assert await histories.view("c1") is None
+        assert await histories.view("c1") is None
+    assert asked == ["refused"]  # the second preview did not try
+    assert len([r for r in caplog.records if "did not answer" in r.getMessage()]) == 1
+
+    async def hangs():
+        await asyncio.sleep(3600)
+
+    histories = CallerHistories(hangs, tz, seconds=0.2, away_seconds=60)
+    started = time.monotonic()
+    assert await histories.view("c1") is None
+    assert await histories.view("c1") is None
+    assert time.monotonic() - started < 1.0
+
+    async def broken():
+        raise KeyError("a bug, not the record away")
+
+    with pytest.raises(KeyError):  # a fault of ours is not hidden as "no history"
+        await CallerHistories(broken, tz).view("c1")

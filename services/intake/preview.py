@@ -1,13 +1,15 @@
 """What the operator sees before submitting: the suggested category, grid and department, the
 open tickets this call is probably about (same caller, or a near-identical text in the same grid in
-the last 7 days), and the knowledge base's answers that fit it (an operator may answer on the call).
-Reads the duplicate index the intake worker keeps (see app.py, keys.py)."""
+the last 7 days), the knowledge base's answers that fit it (an operator may answer on the call),
+and, when asked, the caller's history in the record (来电历史: how often they appealed, their last
+tickets, closed ones too). Reads the duplicate index the intake worker keeps (see app.py, keys.py);
+the history comes from a lookup the API gives it (services/records/callers.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
@@ -24,6 +26,8 @@ from shared.store import TicketStore
 from shared.tickets import Ticket
 
 GRID_CANDIDATES = 500  # the most recent tickets of a grid compared with the text (bounds the work)
+# A caller id -> the caller's history as the preview shows it, or None when it cannot be had now.
+HistoryLookup = Callable[[str], Coroutine[Any, Any, dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Previewer:
         classifiers: ServedClassifier,
         *,
         timezone: str = "Asia/Shanghai",
+        history: HistoryLookup | None = None,
     ) -> None:
         self.city = city
         self.store = store
@@ -51,12 +56,32 @@ class Previewer:
         # the base (the API's lifespan follows it, services/records/knowledge.py).
         self.knowledge = KnowledgeBase(city.knowledge, city)
         self.tz = ZoneInfo(timezone)
+        self.history = history  # None: no record to ask (the preview has no history then)
 
     def today(self) -> date:
         """The local day: an answer's review age counts in the city's days."""
         return datetime.now(self.tz).date()
 
-    async def preview(self, sub: Submission) -> dict[str, Any]:
+    async def preview(self, sub: Submission, *, history: bool = False) -> dict[str, Any]:
+        """`history`: the caller's history too (`history` in the answer: absent when not asked for
+        or no phone was given, null when the record could not say in time)."""
+        caller = sub.caller.caller_id if sub.phone else None  # a phone's caller: the operator's case
+        # Asked of the record while the text is classified, so it adds no wait of its own.
+        past = (
+            asyncio.create_task(self.history(caller))
+            if history and caller and self.history is not None
+            else None
+        )
+        try:
+            result = await self._suggest(sub)
+            if past is not None:
+                result["history"] = await past
+        finally:
+            if past is not None and not past.done():
+                past.cancel()  # the suggestion failed: nobody waits for the history
+        return result
+
+    async def _suggest(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import route
 
         classifier = await self.classifiers.current(self.store.redis)

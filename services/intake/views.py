@@ -75,6 +75,10 @@ class AppealAccepted(BaseModel):
     message: str
 
 
+# Who sees a caller's history (来电历史) in the preview: those who take the calls, the operators and
+# the desk. A grid worker's report has no caller on the line, and its token reads its grid only.
+HISTORY_ROLES = frozenset({"operator", "admin"})
+
 # The channel follows from the credential, not the client's word: an operator registers calls to
 # the hotline; the dispatch desk may also enter what reached the city's website; a grid worker
 # reports what it finds on patrol. None can pass an appeal off as a resident's WeChat message, SMS,
@@ -201,10 +205,12 @@ async def search_knowledge(
 async def preview_appeal(
     request: Request, staff: Principal = Depends(require_intake_staff)
 ) -> dict[str, Any]:
-    """Suggested category, grid and department, and possible duplicates, before submitting."""
+    """Suggested category, grid and department, and possible duplicates, before submitting; for
+    the hotline (operators, the desk) with a phone, the caller's history in the record as well."""
     body = await read_json(request, AppealIn)
     sub = submission_of(body, staff, preview=True)
-    result: dict[str, Any] = await request.app.state.intake_preview.preview(sub)
+    history = staff.role in HISTORY_ROLES
+    result: dict[str, Any] = await request.app.state.intake_preview.preview(sub, history=history)
     if result["duplicates"]:
         d = result["duplicates"][0]
         status = STATUS_NAMES.get(Status(d["status"]), d["status"])

@@ -259,6 +259,22 @@ def test_an_open_meeting_is_listed_by_its_deadline_and_a_decided_one_by_its_deci
     assert meetings.listed_since(later.timestamp() + 31 * 86400) > later.timestamp()
 
 
+def test_a_meeting_taking_more_tickets_keeps_its_place_on_the_lists():
+    """Most writes of a hotspot's meeting only attach tickets: the lists are left alone then, and
+    rewritten when the meeting is convened, summons another department, is attended or decided."""
+    m, _ = meetings.merge(None, spec(), ["a"], T0)
+    assert meetings.listing(None) != meetings.listing(m)  # convened
+    more, added = meetings.merge(m, spec(), ["b", "c"], T0)
+    assert added == ["b", "c"]
+    assert meetings.listing(more) == meetings.listing(m)
+    wider, _ = meetings.merge(m, spec(summoned=("water",)), ["d"], T0)
+    assert meetings.listing(wider) != meetings.listing(m)
+    attended = meetings.check_in(m, "street_s03", T0)
+    assert meetings.listing(attended) != meetings.listing(m)
+    decided = meetings.decide(m, "urban_mgmt", "dispatch_desk", "", CITY, T0)
+    assert meetings.listing(decided) != meetings.listing(m)
+
+
 @pytest.mark.parametrize(
     ("open_count", "decided_count", "page", "size", "spans"),
     [

@@ -169,6 +169,15 @@ def listed_as(meeting: Meeting) -> tuple[Listed, float]:
     return "decided", (meeting.decided_at or meeting.convened_at).timestamp()
 
 
+def listing(meeting: Meeting | None) -> tuple[object, ...] | None:
+    """What of a meeting its places on the lists follow (`listed_as`, who is summoned, who checked
+    in): a write that changes none of it (a hotspot's meeting taking more tickets, most of its
+    writes) leaves the lists as they are."""
+    if meeting is None:
+        return None
+    return (listed_as(meeting), tuple(meeting.summoned), frozenset(meeting.checkins))
+
+
 def listed_since(now: float) -> float:
     """The oldest decision still listed at `now` (unix time)."""
     return now - DECIDED_LISTED_DAYS * 86400

@@ -300,7 +300,7 @@ class MeetingStore:
             pairs = zip(mids, zip(scores[::2], scores[1::2], strict=True), strict=True)
             missing = [mid for mid, (opened, decided) in pairs if opened is None and decided is None]
             if missing:
-                await self.change_many(dict.fromkeys(missing, as_it_is))
+                await self.change_many(dict.fromkeys(missing, as_it_is), relist=True)
 
         mids: list[str] = []
         # `meeting:open:{cat}:{grid}` shares the prefix; a meeting's id has no colon.
@@ -319,14 +319,17 @@ class MeetingStore:
         """Change one meeting (see `change_many`)."""
         return (await self.change_many({mid: decide}))[mid]
 
-    async def change_many(self, decisions: dict[str, Decide]) -> dict[str, meetings.Meeting | None]:
+    async def change_many(
+        self, decisions: dict[str, Decide], *, relist: bool = False
+    ) -> dict[str, meetings.Meeting | None]:
         """Change meetings under WATCH, all in one transaction. Their facts (convened, attached,
         checked in, decided) go into the history of the ticket each names, in the same transaction
         (`TicketStore.record_into`): the ticket view shows its meeting's course. A fact comes only
         with a change of its meeting, so it is written once; it is not published (nothing consumes
         it). Every meeting written is put on the lists of the departments it summons in the same
-        transaction too (`_list_into`), so a department's list is never behind its meetings.
-        Returns each meeting as it now is."""
+        transaction too (`_list_into`), so a department's list is never behind its meetings: when
+        its place there changes (`meetings.listing`), or always with `relist` (meetings written
+        before the lists existed). Returns each meeting as it now is."""
         keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
@@ -351,7 +354,8 @@ class MeetingStore:
                     since = meetings.listed_since(time.time())
                     for mid, meeting in changed.items():
                         p.set(self.key(mid), meeting.model_dump_json())
-                        _list_into(p, meeting, since)
+                        if relist or meetings.listing(before[mid]) != meetings.listing(meeting):
+                            _list_into(p, meeting, since)
                         if meeting.reason == "hotspot" and meeting.category and meeting.grid:
                             key = open_key(meeting.category, meeting.grid)
                             if meeting.status == "open":

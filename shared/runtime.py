@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -282,13 +282,26 @@ async def cancel_all(tasks: Sequence[asyncio.Task]) -> None:
             await task
 
 
+def in_background(app: FastStream, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `run` as a task of its own once `app` has started (its consumers do not wait for it);
+    cancelled, and waited for, when `app` shuts down."""
+    tasks: list[asyncio.Task] = []
+
+    @app.after_startup
+    async def _start() -> None:
+        tasks.append(asyncio.create_task(run()))
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await cancel_all(tasks)
+
+
 def run_at_start(
     app: FastStream, step: Callable[[], Awaitable[object]], what: str, retry_seconds: float = 5.0
 ) -> None:
-    """Run `step` once in the background when `app` has started (its consumers do not wait for
-    it); an error is logged and it is tried again after `retry_seconds`, until it succeeds."""
+    """Run `step` once in the background when `app` has started; an error is logged and it is tried
+    again after `retry_seconds`, until it succeeds."""
     log = logging.getLogger(what)
-    tasks: list[asyncio.Task] = []
 
     async def until_done() -> None:
         while True:
@@ -299,13 +312,7 @@ def run_at_start(
                 log.exception("%s failed; trying again in %.0f s", what, retry_seconds)
             await asyncio.sleep(retry_seconds)
 
-    @app.after_startup
-    async def _start() -> None:
-        tasks.append(asyncio.create_task(until_done()))
-
-    @app.on_shutdown
-    async def _stop() -> None:
-        await cancel_all(tasks)
+    in_background(app, until_done)
 
 
 def run_periodically(
@@ -313,7 +320,6 @@ def run_periodically(
 ) -> None:
     """Run `step` every `seconds` while `app` runs; an error is logged and the next round retries."""
     log = logging.getLogger(what)
-    tasks: list[asyncio.Task] = []
 
     async def loop() -> None:
         while True:
@@ -323,10 +329,4 @@ def run_periodically(
             except Exception:
                 log.exception("%s failed; retrying on the next round", what)
 
-    @app.after_startup
-    async def _start() -> None:
-        tasks.append(asyncio.create_task(loop()))
-
-    @app.on_shutdown
-    async def _stop() -> None:
-        await cancel_all(tasks)
+    in_background(app, loop)

@@ -880,15 +880,7 @@ async def test_overdue_escalation_fires_once_across_router_replicas(
             assert len(await texted()) == expected
         assert all(p.poll() is None for p in replicas)
     finally:
-        for p in replicas:
-            p.send_signal(2)
-        for p in replicas:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for log in logs:
-            log.close()
+        _stop_replicas(logs, replicas)
 
 
 def _stop_replicas(logs: list, replicas: list[subprocess.Popen]) -> None:

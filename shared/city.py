@@ -286,6 +286,11 @@ class City(_Model):
         walk(self.categories, ())
         return out
 
+    def branch(self, category_id: str) -> frozenset[str]:
+        """The category and every category under it (城市管理 takes 路灯故障): what a list narrowed
+        to it shows. Taken from the tree, not from the ids' dotted form."""
+        return frozenset(cid for cid, path in self.category_path.items() if category_id in path)
+
     @cached_property
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)

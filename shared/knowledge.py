@@ -173,7 +173,7 @@ def category_filter(city: City, value: str | None) -> frozenset[str] | None:
         return None
     if wanted not in city.category_by_id:
         raise _invalid("unknown_category", _unknown_category(city, wanted), "category")
-    return frozenset(cid for cid, path in city.category_path.items() if wanted in path)
+    return city.branch(wanted)
 
 
 def _unknown_category(city: City, wanted: str) -> str:

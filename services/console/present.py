@@ -295,9 +295,14 @@ def photo_count(record: Mapping[str, Any]) -> str:
     return f"附照片{len(record['photos'])}张" if record.get("photos") else ""
 
 
+def page_count(total: int, size: int) -> int:
+    """How many pages `total` items take, `size` a page (one, empty, when there are none)."""
+    return max(1, -(-total // size))
+
+
 def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:
     """One page of a list: (its items, the page number, kept within the pages there are, the pages)."""
-    pages = max(1, -(-len(items) // size))
+    pages = page_count(len(items), size)
     page_no = min(max(page_no, 1), pages)
     return items[(page_no - 1) * size : page_no * size], page_no, pages
 
@@ -355,12 +360,6 @@ def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, 
         "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",
         "grid_name": grid.grid.name if grid else "",
     }
-
-
-def in_category(city: City, category: str | None, wanted: str) -> bool:
-    """Whether a ticket's category is `wanted` or under it (城市管理 takes 路灯故障), by the city's
-    tree, as the ticket list's filter takes a branch with its leaves."""
-    return wanted in city.category_path.get(category or "", ())
 
 
 def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:

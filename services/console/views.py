@@ -547,7 +547,8 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     if (category := q.get("category") or "") in city.category_by_id:
         # A category chosen from the list (the ticket list's), its branch with it. Another value
         # (a link kept from when this was a text box) narrows nothing rather than empty the queue.
-        rows = [r for r in rows if present.in_category(city, r.get("category"), category)]
+        branch = city.branch(category)
+        rows = [r for r in rows if r.get("category") in branch]
     if q.get("grid"):
         rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
     if q.get("date"):
@@ -826,7 +827,7 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_reader)
         return await list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
     tz = tz_of(request)
     total = reply.body["total"]
-    pages = max(1, -(-total // LIST_PAGE_SIZE))
+    pages = present.page_count(total, LIST_PAGE_SIZE)
     if page_no > pages:  # past the end (the list got shorter since the link was made): its last page
         query = urlencode([*((k, v) for k, v in filters.items() if v), ("page", pages)])
         return RedirectResponse(f"/console/tickets?{query}", status_code=303)
@@ -1284,7 +1285,7 @@ async def privacy_page(
         audit=entries,
         audit_notice="" if reply.ok else reply.message,
         page_no=page_no,
-        pages=max(1, -(-total // AUDIT_PAGE_SIZE)),
+        pages=present.page_count(total, AUDIT_PAGE_SIZE),
         **{**defaults, **context},
     )
 
@@ -1434,7 +1435,7 @@ async def knowledge_page(request: Request, s: session.Session = Depends(as_knowl
         errors=errors,
         notice=notice,
         page_no=page_no,
-        pages=max(1, -(-total // KNOWLEDGE_PAGE_SIZE)),
+        pages=present.page_count(total, KNOWLEDGE_PAGE_SIZE),
         query=urlencode({k: v for k, v in filters if v}),
         done=KNOWLEDGE_DONE.get(request.query_params.get("done") or "", ""),
         **knowledge_choices(city_of(request)),
@@ -1553,7 +1554,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
     page_no = page_number(request)
     reply = await client.get("/api/v1/meetings", page=page_no, size=MEETINGS_PAGE_SIZE)
     total = reply.body["total"] if reply.ok else 0
-    pages = max(1, -(-total // MEETINGS_PAGE_SIZE))
+    pages = present.page_count(total, MEETINGS_PAGE_SIZE)
     if reply.ok and page_no > pages:  # past the last page (meetings left the list): the last one
         page_no = pages
         reply = await client.get("/api/v1/meetings", page=page_no, size=MEETINGS_PAGE_SIZE)

@@ -2,7 +2,7 @@
 is `services.notifier.window`, pure).
 
   wx:pending:{openid}     sorted set: message id -> when the message was written (Unix time)
-  wx:pending:{openid}:m   hash: message id -> the message (JSON: id, kind, ticket, text, written)
+  wx:pending:{openid}:m   hash: message id -> the message (`SmsMessage.to_json` without the address)
 
 Both expire `window.KEEP_DAYS` after the last notice kept; at most `window.KEEP_AT_MOST` per openid
 (the newest). The sorted set is listed under each kept notice's ticket (`sms:ticket:{no}`, see
@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -72,27 +71,12 @@ def _bodies_key(key: str) -> str:
 
 
 def _record(message: SmsMessage) -> str:
-    body = {
-        "message_id": message.message_id,
-        "kind": message.kind,
-        "ticket_no": message.ticket_no,
-        "text": message.text,
-        "created_at": message.created_at.isoformat(),
-    }
-    return json.dumps(body, ensure_ascii=False)
+    """The message as kept: its own JSON without the address, which is the key it is kept under."""
+    return json.dumps({k: v for k, v in message.to_json().items() if k != "phone"}, ensure_ascii=False)
 
 
 def _message(openid: str, raw: str | bytes) -> SmsMessage:
-    body: dict[str, Any] = json.loads(raw)
-    return SmsMessage(
-        openid,
-        body["text"],
-        body["kind"],
-        body["ticket_no"],
-        message_id=body["message_id"],
-        created_at=datetime.fromisoformat(body["created_at"]),
-        channel="wechat",
-    )
+    return SmsMessage.from_json(json.loads(raw) | {"phone": openid})
 
 
 class PendingNotices:

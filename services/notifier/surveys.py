@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import SmsMessage
@@ -84,10 +84,21 @@ def derived_id(*parts: str) -> str:
     return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
 
 
+def message_id_of(survey_id: str, kind: Literal["survey", "reminder"]) -> str:
+    """The id of a survey's message or of its reminder, derived from the survey's: sent again after
+    a crash under the same id, and matched to its survey when kept for its resident (`message_ids`)."""
+    return derived_id(survey_id, "sms" if kind == "survey" else "reminder")
+
+
 def message_ids(survey_id: str) -> frozenset[str]:
     """The ids of a survey's message and of its reminder: what a message kept for its resident
     (`services.notifier.window`) is matched to its survey by."""
-    return frozenset({derived_id(survey_id, "sms"), derived_id(survey_id, "reminder")})
+    return frozenset({message_id_of(survey_id, "survey"), message_id_of(survey_id, "reminder")})
+
+
+def _open_key(to: str) -> str:
+    """The surveys of a phone (or an openid) still waiting for an answer."""
+    return f"survey:open:{to}"
 
 
 class SurveyBook:
@@ -146,15 +157,15 @@ class SurveyBook:
             "survey", channel=channel, ticket_no=no, note=note, question=self.texts.question
         )
         message = SmsMessage(
-            phone, text, "survey", no, message_id=derived_id(survey.survey_id, "sms"), channel=channel
+            phone, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
         )
         created = await self.redis.set(
             _survey_key(survey.survey_id), survey.model_dump_json(), nx=True, ex=SURVEY_TTL
         )
         if created:
             async with self.redis.pipeline(transaction=True) as p:
-                p.zadd(f"survey:open:{phone}", {survey.survey_id: now.timestamp()})
-                p.expire(f"survey:open:{phone}", SURVEY_TTL)
+                p.zadd(_open_key(phone), {survey.survey_id: now.timestamp()})
+                p.expire(_open_key(phone), SURVEY_TTL)
                 # Found by its ticket when the resident's personal data is erased (`forget`).
                 p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
                 p.expire(ticket_records_key(no), SURVEY_TTL)
@@ -205,7 +216,7 @@ class SurveyBook:
     async def remind(self, survey_id: str, now: datetime) -> None:
         """The one reminder, if the survey is still open (and its ticket not erased)."""
         survey = await self.get(survey_id)
-        if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
+        if survey is None or await self.redis.zscore(_open_key(survey.phone), survey_id) is None:
             return
         if await self._forgotten(survey, now):
             return
@@ -219,7 +230,7 @@ class SurveyBook:
             text,
             "reminder",
             survey.ticket_no,
-            message_id=derived_id(survey_id, "reminder"),
+            message_id=message_id_of(survey_id, "reminder"),
             channel=survey.channel,
         )
         await self.sms.send(survey_id, message, now)
@@ -280,7 +291,7 @@ class SurveyBook:
             return {}
         async with self.redis.pipeline(transaction=False) as p:
             for sid in survey_ids:
-                p.zscore(f"survey:open:{to}", sid)
+                p.zscore(_open_key(to), sid)
                 p.get(_answer_key(sid))
             found = await p.execute()
         out: dict[str, tuple[bool, str | None]] = {}
@@ -298,7 +309,7 @@ class SurveyBook:
 
     async def _newest_open(self, phone: str) -> Survey | None:
         # Without scores, redis-py returns the members (its types cover every form of the command).
-        newest = cast("list[bytes]", await self.redis.zrevrange(f"survey:open:{phone}", 0, 0))
+        newest = cast("list[bytes]", await self.redis.zrevrange(_open_key(phone), 0, 0))
         return await self.get(newest[0]) if newest else None
 
     async def _forgotten(self, survey: Survey, now: datetime) -> bool:
@@ -344,7 +355,7 @@ class SurveyBook:
         """TD / 退订: no more surveys for this phone; its open surveys close as opted out."""
         await self.redis.sadd(OPTOUT, phone)
         closed = []
-        for sid in cast("list[bytes]", await self.redis.zrange(f"survey:open:{phone}", 0, -1)):
+        for sid in cast("list[bytes]", await self.redis.zrange(_open_key(phone), 0, -1)):
             survey = await self.get(sid)
             if survey and await self._close(
                 survey, "opted_out", text, now, event_id=derived_id(survey.survey_id, "opted_out")
@@ -440,7 +451,7 @@ class SurveyBook:
 
     async def _open(self, survey_id: str, now: datetime) -> Survey:
         survey = await self.get(survey_id)
-        if survey is None or await self.redis.zscore(f"survey:open:{survey.phone}", survey_id) is None:
+        if survey is None or await self.redis.zscore(_open_key(survey.phone), survey_id) is None:
             raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
         if survey.channel != "sms":
             raise CallRefused("该市民经微信反映、未留电话，无法电话回访；回访评价已通过微信发送")
@@ -483,7 +494,7 @@ class SurveyBook:
             return []
         async with self.redis.pipeline(transaction=False) as p:
             for survey in stored:
-                p.zscore(f"survey:open:{survey.phone}", survey.survey_id)
+                p.zscore(_open_key(survey.phone), survey.survey_id)
             still_open = [s for s, score in zip(stored, await p.execute(), strict=True) if score is not None]
         for survey in still_open:  # rare: erased between the resolution and the answer
             await self._close(
@@ -493,7 +504,7 @@ class SurveyBook:
             for survey in stored:
                 sid = survey.survey_id
                 p.delete(_survey_key(sid), _answer_key(sid), _call_key(sid))
-                p.zrem(f"survey:open:{survey.phone}", sid)
+                p.zrem(_open_key(survey.phone), sid)
                 p.zrem(CALLBACKS, sid)
                 p.zrem(self.jobs.key, *(encode(SurveyJob(a, sid)) for a in ("remind", "close")))
             p.eval(
@@ -519,7 +530,7 @@ class SurveyBook:
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
         reply or the timeout closed it first). If the publish fails the survey is open again."""
-        open_key = f"survey:open:{survey.phone}"
+        open_key = _open_key(survey.phone)
         if not await self.redis.zrem(open_key, survey.survey_id):
             return None
         answered = SurveyAnswered(

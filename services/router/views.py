@@ -101,10 +101,15 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
 async def summoned_to_its_meeting(request: Request, principal: Principal, ticket: Ticket) -> bool:
     """Whether a department is summoned to the joint meeting of this ticket: it reads the ticket,
     to come to the meeting knowing the case (吹哨报到), though it acts on it only if it leads it."""
-    if principal.role != "department" or not principal.department or ticket.meeting_id is None:
+    if principal.role != "department" or ticket.meeting_id is None:
         return False
     meeting = await meeting_store(request).get(ticket.meeting_id)
-    return meeting is not None and principal.department in meeting.summoned
+    return meeting is not None and summoned(principal, meeting)
+
+
+def summoned(principal: Principal, meeting: meetings.Meeting) -> bool:
+    """Whether the principal's department is summoned to the meeting (it reads and attends it)."""
+    return principal.department is not None and principal.department in meeting.summoned
 
 
 async def act(
@@ -799,8 +804,8 @@ async def count_meetings(
 @router.get("/meetings/{meeting_id}")
 async def get_meeting(meeting_id: str, request: Request, principal: Principal = Depends(current_principal)):
     state = request.app.state
-    m = await MeetingStore(state.redis, state.store).get(meeting_id)
-    if m is None or not (principal.is_admin or principal.department in m.summoned):
+    m = await meeting_store(request).get(meeting_id)
+    if m is None or not (principal.is_admin or summoned(principal, m)):
         return domain_error(meeting_not_found(meeting_id))
     return meeting_view(m, state.city)
 
@@ -815,11 +820,10 @@ MeetingStep = Callable[[meetings.Meeting], tuple[meetings.Meeting, list[Event]] 
 async def change_meeting(
     request: Request, meeting_id: str, principal: Principal, step: MeetingStep
 ) -> meetings.Meeting | JSONResponse:
-    state = request.app.state
     errors: list[DomainError] = []
 
     def decide(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
-        if m is None or not (principal.is_admin or principal.department in m.summoned):
+        if m is None or not (principal.is_admin or summoned(principal, m)):
             errors.append(meeting_not_found(meeting_id))
             return None
         try:
@@ -829,7 +833,7 @@ async def change_meeting(
             return None
 
     try:
-        m = await MeetingStore(state.redis, state.store).change(meeting_id, decide)
+        m = await meeting_store(request).change(meeting_id, decide)
     except ConcurrentUpdate:
         return busy()
     if errors:

@@ -296,20 +296,69 @@ def in_background(app: FastStream, run: Callable[[], Coroutine[Any, Any, None]])
         await cancel_all(tasks)
 
 
+class FailureLog:
+    """How a background job that keeps failing is logged: its first failure with the traceback,
+    then, while it goes on failing with the same kind of error, one line per `interval` saying how
+    many times, and one line when it works again. A job runs every few seconds; with Redis or
+    PostgreSQL away for ten minutes a traceback every round would be hundreds of them, burying what
+    came before."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        interval: float = LOG_REPEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log, self.what, self.interval, self.clock = log, what, interval, clock
+        self._kind: type[Exception] | None = None  # the kind of failure going on
+        self._since = self._last = 0.0
+        self._count = 0
+
+    def failed(self, error: Exception) -> None:
+        now = self.clock()
+        if type(error) is not self._kind:
+            self.log.error("%s failed; trying again", self.what, exc_info=error)
+            self._kind, self._since, self._last, self._count = type(error), now, now, 1
+            return
+        self._count += 1
+        if now - self._last >= self.interval:
+            self.log.error(
+                "%s still failing (%d times in %.0f s): %s: %s",
+                self.what,
+                self._count,
+                now - self._since,
+                type(error).__name__,
+                str(error)[:200],
+            )
+            self._last = now
+
+    def succeeded(self) -> None:
+        if self._kind is not None:
+            self.log.warning(
+                "%s works again after %d failure(s) in %.0f s",
+                self.what,
+                self._count,
+                self.clock() - self._since,
+            )
+            self._kind = None
+
+
 def run_at_start(
     app: FastStream, step: Callable[[], Awaitable[object]], what: str, retry_seconds: float = 5.0
 ) -> None:
     """Run `step` once in the background when `app` has started; an error is logged and it is tried
     again after `retry_seconds`, until it succeeds."""
-    log = logging.getLogger(what)
+    failures = FailureLog(logging.getLogger(what), what)
 
     async def until_done() -> None:
         while True:
             try:
                 await step()
+                failures.succeeded()
                 return
-            except Exception:
-                log.exception("%s failed; trying again in %.0f s", what, retry_seconds)
+            except Exception as e:
+                failures.failed(e)
             await asyncio.sleep(retry_seconds)
 
     in_background(app, until_done)
@@ -319,14 +368,15 @@ def run_periodically(
     app: FastStream, seconds: float, step: Callable[[], Awaitable[object]], what: str
 ) -> None:
     """Run `step` every `seconds` while `app` runs; an error is logged and the next round retries."""
-    log = logging.getLogger(what)
+    failures = FailureLog(logging.getLogger(what), what)
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
                 await step()
-            except Exception:
-                log.exception("%s failed; retrying on the next round", what)
+                failures.succeeded()
+            except Exception as e:
+                failures.failed(e)
 
     in_background(app, loop)

@@ -10,7 +10,7 @@ import pytest
 
 from shared.metrics import KAFKA_CLIENT_ERRORS, LOG_LINES_HELD_BACK, Health
 from shared.privacy import UnsafeSettings, check_salt
-from shared.runtime import RepeatLimiter
+from shared.runtime import FailureLog, RepeatLimiter
 from shared.settings import Settings
 from tests.conftest import eventually
 
@@ -40,6 +40,40 @@ def test_repeated_kafka_client_errors_pass_once_per_interval_and_are_all_counted
     assert (
         line.getMessage() == "Unable connect to node with id 1: refused [999 more like this in the last 31s]"
     )
+
+
+def test_a_background_job_failing_on_and_on_logs_a_traceback_once_then_a_line_per_interval(caplog):
+    now = [0.0]
+    failures = FailureLog(logging.getLogger("timer scan"), "timer scan", interval=30, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="timer scan")
+    for _ in range(12):  # a round every 5 s for a minute, Redis away
+        failures.failed(ConnectionError("Error 111 connecting to 127.0.0.1:6379"))
+        now[0] += 5
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "timer scan failed; trying again", True),
+        (
+            "ERROR",
+            "timer scan still failing (7 times in 30 s): "
+            "ConnectionError: Error 111 connecting to 127.0.0.1:6379",
+            False,
+        ),
+    ]
+
+    # Another kind of failure has its traceback at once; working again is said once.
+    caplog.clear()
+    failures.failed(TimeoutError("Timeout reading from socket"))
+    failures.succeeded()
+    failures.succeeded()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines == [
+        ("ERROR", "timer scan failed; trying again", True),
+        ("WARNING", "timer scan works again after 1 failure(s) in 0 s", False),
+    ]
+    # And the next failure after that is new again: its traceback is logged.
+    caplog.clear()
+    failures.failed(ConnectionError("refused"))
+    assert [r.exc_info is not None for r in caplog.records] == [True]
 
 
 def test_health_is_ready_only_when_every_check_passed():

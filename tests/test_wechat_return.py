@@ -247,6 +247,26 @@ async def test_a_result_refused_past_the_48_hours_is_delivered_when_the_resident
     assert await kit.scan(kit.test_clock.now + timedelta(minutes=1)) == 0
 
 
+async def test_a_notice_refused_just_before_the_resident_wrote_goes_on_that_message(kit, redis, wechat):
+    # WeChat refused the send (the 48 hours were over), the resident wrote, and only then was the
+    # refusal kept: their message found nothing waiting, yet it is what opened the window.
+    openid, no = new_openid(), new_ticket_no()
+    assert not await kit.wrote(openid)
+    result = SmsMessage(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
+    wechat.script = [45015, 45015, 45015]
+    assert await kit.sms.send(uuid.uuid4().hex, result) == "undelivered"
+    assert await kit.scan(T0 + timedelta(seconds=1)) == 1  # the return job its message could not ask for
+    assert len(wechat.sends) == 2
+    # Refused again (WeChat knows best): kept, and it waits for their next message, not round and
+    # round on the one they wrote.
+    assert await redis.zcard(pending_key(openid)) == 1
+    assert await kit.scan(T0 + timedelta(minutes=1)) == 0
+    assert len(wechat.sends) == 2
+    assert await kit.wrote(openid)
+    assert await kit.scan(T0 + timedelta(minutes=2)) == 1
+    assert len(wechat.sends) == 3
+
+
 async def test_what_is_kept_per_resident_is_capped_and_each_message_kept_once(kit, redis, wechat):
     openid, no = new_openid(), new_ticket_no()
     messages = [

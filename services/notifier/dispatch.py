@@ -145,7 +145,7 @@ class Dispatcher:
         self.wechat: WeChatGateway = wechat if wechat is not None else WeChatOutbox(redis)
         self.policy = policy
         self.jobs = jobs
-        self.pending = PendingNotices(redis)
+        self.pending = PendingNotices(redis, jobs)
         self.clock = clock
         self.lease = lease
         self.in_flight_wait = in_flight_wait

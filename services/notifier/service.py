@@ -170,7 +170,7 @@ class Notifier:
         """A WeChat resident wrote to the account (any message that opens WeChat's 48 hours): what
         was kept for them goes out at the next scan (`returned`), not here, since this is asked
         while WeChat waits for the passive reply. One Redis command; whether anything waits."""
-        return await self.pending.wake(openid, self.jobs, now or self.clock())
+        return await self.pending.wake(openid, now or self.clock())
 
     async def returned(self, openid: str, now: datetime) -> int:
         """The notices kept for `openid` past WeChat's 48 hours, now that they wrote again: each

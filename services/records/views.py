@@ -127,6 +127,7 @@ def search_of(request: Request, principal: Principal, page: int, size: int, max_
     return build(
         raw,
         tz=ZoneInfo(request.app.state.settings.timezone),
+        city=request.app.state.city,
         department_scope=department,
         grid_scope=grid,
         page=page,

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from services.records.callers import CallerHistories, history_of, survey_words
-from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket, ticket_of
 from services.records.query import build
 from shared.city import City
 from shared.errors import DomainError
@@ -28,6 +28,7 @@ from shared.events import (
     DeadlineNotice,
     DepartmentRef,
     Extension,
+    GeoPoint,
     GridMatch,
     Mediation,
     MeetingConvened,
@@ -42,6 +43,7 @@ from shared.events import (
     Verification,
 )
 from shared.privacy import REMOVED, scrub_event
+from shared.tickets import Status
 from tests.cities import demo_city
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -594,6 +596,33 @@ def test_bad_filters_are_refused_with_the_field_named():
     assert invalid_field({"q": "灯"}) == "q"
 
 
+def test_a_row_reads_back_as_the_ticket_the_working_set_held():
+    """A ticket that has left Redis is answered in the live ticket's shape (the console's page reads
+    `department.name`, `grid.grid`, `caller.masked_phone`): references rebuilt from the row's ids."""
+    row = fold_ticket(life(), STREETS)
+    assert row is not None
+    row.update(co_departments=["water", "gone_since"], lng=116.4, lat=39.9, meeting_id="m-1")
+    ticket = ticket_of(row, CITY)
+    assert (ticket.ticket_no, ticket.status, ticket.rating, ticket.meeting_id) == (
+        "20261102-000001",
+        Status.CLOSED,
+        1,
+        "m-1",
+    )
+    assert ticket.department == DEPT  # the name recorded with the assignment
+    assert ticket.co_departments == (
+        DepartmentRef(id="water", name=CITY.department_by_id["water"].name),
+        DepartmentRef(id="gone_since", name="gone_since"),  # no longer in the city: its id
+    )
+    assert ticket.grid is not None
+    assert (ticket.grid.grid, ticket.grid.community, ticket.grid.street) == ("g-001", "c-01", "s-01")
+    assert ticket.caller == Caller(caller_id="abc", masked_phone="138****5678")
+    assert ticket.location == GeoPoint(lng=116.4, lat=39.9)
+    assert ticket.resolution_note == "已更换灯泡"
+    unplaced = ticket_of({**row, "grid": None, "community": None, "street": None, "lng": None}, CITY)
+    assert (unplaced.grid, unplaced.location) == (None, None)
+
+
 def test_a_category_takes_its_branch_from_the_citys_tree_not_from_the_ids_spelling():
     search = build({"category": "city.facility"}, tz=TZ, city=CITY, department_scope=None)
     assert search.where == "category = ANY(%s)"
@@ -648,6 +677,11 @@ def test_a_grid_worker_sees_only_its_grid_and_who_reads_what():
     assert not dept.may_read(["water"], "s01c01g02")
     assert Principal("admin").may_read([], None)
     assert not Principal("operator", operator="0231").may_read([None], None)
+    # Summoned to a joint meeting: only a department, and only one of those called.
+    assert dept.summoned(["street_s01", "urban_mgmt"])
+    assert not dept.summoned(["street_s01"])
+    assert not Principal("admin").summoned(["street_s01"])  # the desk reads all anyway, not as summoned
+    assert not worker.summoned(["street_s01", "urban_mgmt"])
 
 
 def test_dates_are_local_days_and_to_includes_its_day():

@@ -91,7 +91,9 @@ def build(
 ) -> Search:
     """`raw`: the query parameters as given. `city`: whose category tree a category filter takes
     its branch from. `department_scope`: None for the dispatch desk (sees everything), else the
-    department whose tickets (lead or co-handler) are the only ones visible. `grid_scope`: a grid
+    department whose tickets (lead or co-handler) are the only ones visible. A department summoned
+    to a joint meeting reads its tickets by number but does not list them: like its queue in Redis,
+    its list holds what it handles; the meeting's page links the others. `grid_scope`: a grid
     worker's grid, the only one whose tickets it sees."""
     clauses: list[str] = []
     params: list[Any] = []

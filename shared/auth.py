@@ -57,6 +57,12 @@ class Principal:
             return self.grid is not None and grid == self.grid
         return self.role == "department" and self.department is not None and self.department in departments
 
+    def summoned(self, departments: Iterable[str]) -> bool:
+        """Whether this credential's department is among those summoned to a joint meeting (吹哨报到):
+        it reads the meeting and the meeting's tickets, to come knowing the case, and acts on a
+        ticket only if it handles it (`may_read`)."""
+        return self.role == "department" and self.department is not None and self.department in departments
+
     @property
     def scope(self) -> str:
         """Whose request this is, for what must not be shared between callers (idempotency keys):

@@ -648,7 +648,9 @@ async def test_a_counter_lost_with_redis_starts_above_the_records_highest_number
     assert await store.next_ticket_no(day) > no
 
 
-async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrade(settings, monkeypatch):
+async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrade(
+    settings, monkeypatch, system_city
+):
     """A database that holds tickets under the first schema gets its search table filled by the
     migration that moved it, and search and the trigger work on it from then on."""
     name = f"upgrade_{uuid.uuid4().hex[:8]}"
@@ -668,7 +670,7 @@ async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrad
         )
     monkeypatch.setattr(db, "migration_files", lambda: everything)
     assert await db.migrate(url) == [v for v, _ in everything[1:]]
-    search = build({"q": "升级前"}, tz=ZoneInfo(settings.timezone), department_scope=None)
+    search = build({"q": "升级前"}, tz=ZoneInfo(settings.timezone), city=system_city, department_scope=None)
     query = f"SELECT ticket_no FROM tickets WHERE {search.where}"
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         assert await (await conn.execute(query, search.params)).fetchall() == [("20261130-000001",)]

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from services.records.callers import CallerHistories, history_of, survey_words
-from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket
+from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket, ticket_of
 from services.records.query import build
+from shared.city import City
 from shared.errors import DomainError
 from shared.events import (
     Answer,
@@ -27,6 +28,7 @@ from shared.events import (
     DeadlineNotice,
     DepartmentRef,
     Extension,
+    GeoPoint,
     GridMatch,
     Mediation,
     MeetingConvened,
@@ -41,11 +43,14 @@ from shared.events import (
     Verification,
 )
 from shared.privacy import REMOVED, scrub_event
+from shared.tickets import Status
+from tests.cities import demo_city
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 DEPT = DepartmentRef(id="street_office_a", name="阳光街道办事处")
 STREETS = {"g-001": ("c-01", "s-01")}
 TZ = ZoneInfo("Asia/Shanghai")
+CITY = demo_city()
 OVERDUE = DeadlineNotice(stage="resolve", stage_name="办结", deadline=T0 + timedelta(minutes=15))
 
 
@@ -420,15 +425,22 @@ def test_a_committee_s_mediation_outcome_is_on_the_row_until_the_next_resolution
 
 def test_the_list_of_resolutions_to_check_leaves_out_those_closed_at_first_contact():
     search = build(
-        {"status": "resolved,surveyed", "verified": "false"}, tz=TZ, department_scope=None, grid_scope="g"
+        {"status": "resolved,surveyed", "verified": "false"},
+        tz=TZ,
+        city=CITY,
+        department_scope=None,
+        grid_scope="g",
     )
     assert search.where == (
         "grid = %s AND status = ANY(%s) AND verified_at IS NULL "
         "AND NOT (coalesce(assigned_via, '') = ANY(%s) AND reopens = 0)"
     )
     assert search.params == ["g", ["resolved", "surveyed"], ["answered", "on_spot"]]
-    assert build({"verified": "true"}, tz=TZ, department_scope=None).where == "verified_at IS NOT NULL"
-    assert build({"verified": ""}, tz=TZ, department_scope=None).where == "TRUE"
+    assert (
+        build({"verified": "true"}, tz=TZ, city=CITY, department_scope=None).where
+        == "verified_at IS NOT NULL"
+    )
+    assert build({"verified": ""}, tz=TZ, city=CITY, department_scope=None).where == "TRUE"
     assert invalid_field({"verified": "maybe"}) == "verified"
 
 
@@ -567,7 +579,7 @@ def test_a_meeting_folds_from_convening_to_decision():
 
 def invalid_field(raw: dict, **kw) -> str | None:
     with pytest.raises(DomainError) as e:
-        build(raw, tz=TZ, department_scope=None, **kw)
+        build(raw, tz=TZ, city=CITY, department_scope=None, **kw)
     assert e.value.kind == "invalid"
     return e.value.field
 
@@ -584,16 +596,75 @@ def test_bad_filters_are_refused_with_the_field_named():
     assert invalid_field({"q": "灯"}) == "q"
 
 
+def test_a_row_reads_back_as_the_ticket_the_working_set_held():
+    """A ticket that has left Redis is answered in the live ticket's shape (the console's page reads
+    `department.name`, `grid.grid`, `caller.masked_phone`): references rebuilt from the row's ids."""
+    row = fold_ticket(life(), STREETS)
+    assert row is not None
+    row.update(co_departments=["water", "gone_since"], lng=116.4, lat=39.9, meeting_id="m-1")
+    ticket = ticket_of(row, CITY)
+    assert (ticket.ticket_no, ticket.status, ticket.rating, ticket.meeting_id) == (
+        "20261102-000001",
+        Status.CLOSED,
+        1,
+        "m-1",
+    )
+    assert ticket.department == DEPT  # the name recorded with the assignment
+    assert ticket.co_departments == (
+        DepartmentRef(id="water", name=CITY.department_by_id["water"].name),
+        DepartmentRef(id="gone_since", name="gone_since"),  # no longer in the city: its id
+    )
+    assert ticket.grid is not None
+    assert (ticket.grid.grid, ticket.grid.community, ticket.grid.street) == ("g-001", "c-01", "s-01")
+    assert ticket.caller == Caller(caller_id="abc", masked_phone="138****5678")
+    assert ticket.location == GeoPoint(lng=116.4, lat=39.9)
+    assert ticket.resolution_note == "已更换灯泡"
+    unplaced = ticket_of({**row, "grid": None, "community": None, "street": None, "lng": None}, CITY)
+    assert (unplaced.grid, unplaced.location) == (None, None)
+
+
+def test_a_category_takes_its_branch_from_the_citys_tree_not_from_the_ids_spelling():
+    search = build({"category": "city.facility"}, tz=TZ, city=CITY, department_scope=None)
+    assert search.where == "category = ANY(%s)"
+    assert search.params == [sorted(CITY.branch("city.facility"))]
+    assert "city.facility.streetlight" in search.params[0]
+    # A city whose ids are not dotted paths: the branch is still the category and those under it.
+    tree = CITY.model_dump()
+    tree["categories"] = [
+        *tree["categories"],
+        {"id": "lighting", "name": "照明", "children": [{"id": "lamp_out", "name": "路灯不亮"}]},
+    ]
+    undotted = City.model_validate(tree)
+    search = build({"category": "lighting"}, tz=TZ, city=undotted, department_scope="water")
+    assert search.where == "(department = %s OR co_departments @> ARRAY[%s]) AND category = ANY(%s)"
+    assert search.params == ["water", "water", ["lamp_out", "lighting"]]
+    assert build({"category": " "}, tz=TZ, city=CITY, department_scope=None).where == "TRUE"
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("city.facilit", "分类“city.facilit”不存在"),  # a prefix of an id is no category
+        ("路灯故障", "编号是 city.facility.streetlight"),  # its name: told its id
+    ],
+)
+def test_a_category_the_city_does_not_have_is_refused_saying_what_to_give(given: str, said: str):
+    with pytest.raises(DomainError) as e:
+        build({"category": given}, tz=TZ, city=CITY, department_scope=None)
+    assert (e.value.kind, e.value.field) == ("invalid", "category")
+    assert said in e.value.message
+
+
 def test_a_department_sees_only_what_it_leads_or_co_handles():
-    search = build({"status": "assigned,accepted"}, tz=TZ, department_scope="water")
+    search = build({"status": "assigned,accepted"}, tz=TZ, city=CITY, department_scope="water")
     assert search.where.startswith("(department = %s OR co_departments @> ARRAY[%s])")
     assert search.params[:2] == ["water", "water"]
     assert search.params[2] == ["assigned", "accepted"]
-    assert build({}, tz=TZ, department_scope=None).where == "TRUE"
+    assert build({}, tz=TZ, city=CITY, department_scope=None).where == "TRUE"
 
 
 def test_a_grid_worker_sees_only_its_grid_and_who_reads_what():
-    search = build({"grid": "s02c01g01"}, tz=TZ, department_scope=None, grid_scope="s01c01g02")
+    search = build({"grid": "s02c01g01"}, tz=TZ, city=CITY, department_scope=None, grid_scope="s01c01g02")
     assert search.where.startswith("grid = %s")
     assert search.params[0] == "s01c01g02"  # its own grid, whatever grid it asks for (then: none)
     from shared.auth import Principal
@@ -606,17 +677,22 @@ def test_a_grid_worker_sees_only_its_grid_and_who_reads_what():
     assert not dept.may_read(["water"], "s01c01g02")
     assert Principal("admin").may_read([], None)
     assert not Principal("operator", operator="0231").may_read([None], None)
+    # Summoned to a joint meeting: only a department, and only one of those called.
+    assert dept.summoned(["street_s01", "urban_mgmt"])
+    assert not dept.summoned(["street_s01"])
+    assert not Principal("admin").summoned(["street_s01"])  # the desk reads all anyway, not as summoned
+    assert not worker.summoned(["street_s01", "urban_mgmt"])
 
 
 def test_dates_are_local_days_and_to_includes_its_day():
-    search = build({"from": "2026-11-01", "to": "2026-11-01"}, tz=TZ, department_scope=None)
+    search = build({"from": "2026-11-01", "to": "2026-11-01"}, tz=TZ, city=CITY, department_scope=None)
     start, end = search.params
     assert start == datetime(2026, 11, 1, tzinfo=TZ)
     assert end == datetime(2026, 11, 2, tzinfo=TZ)
 
 
 def test_q_is_a_literal_substring():
-    search = build({"q": "100%_完成"}, tz=TZ, department_scope=None)
+    search = build({"q": "100%_完成"}, tz=TZ, city=CITY, department_scope=None)
     assert search.params == ["%100\\%\\_完成%"]
 
 

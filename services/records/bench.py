@@ -199,7 +199,7 @@ async def run(n: int, redis_closed: int) -> dict[str, Any]:
             dept = city.departments[0].id
 
             async def page(raw: dict[str, str | None], scope: str | None = None, count: bool = False) -> None:
-                s = build(raw, tz=zone, department_scope=scope, size=50)
+                s = build(raw, tz=zone, city=city, department_scope=scope, size=50)
                 async with pool.connection() as conn:
                     if count:
                         await conn.execute(f"SELECT count(*) FROM tickets WHERE {s.where}", s.params)

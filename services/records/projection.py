@@ -16,7 +16,10 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from shared.city import City
+from shared.events import Caller, DepartmentRef, GeoPoint, GridMatch
 from shared.photos import MAX_PER_ITEM
+from shared.tickets import Ticket
 
 # When two events of a ticket carry the same time (the router stamps an assignment with the time of
 # the classification it answers), the order of the pipeline decides.
@@ -330,3 +333,30 @@ def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
             row.update(decided_at=when, decision=e.get("note", ""))
         row["updated_at"] = max(row["updated_at"], when)
     return row
+
+
+def ticket_of(row: Mapping[str, Any], city: City) -> Ticket:
+    """A ticket's row read back as the ticket the working set held, for a ticket that has left
+    Redis: GET /api/v1/tickets/{no} answers in one shape wherever the ticket is, so a reader (the
+    console's ticket page) needs no second one. The row keeps ids where the ticket kept references:
+    a co-handler's name comes from the city (the lead's was recorded with its assignment), and the
+    grid keeps its place, not how it was matched."""
+
+    def ref(dept: str, name: str | None = None) -> DepartmentRef:
+        known = city.department_by_id.get(dept)
+        return DepartmentRef(id=dept, name=name or (known.name if known else dept))
+
+    located = row["lng"] is not None and row["lat"] is not None
+    placed = row["grid"] or row["community"] or row["street"]
+    return Ticket.model_validate(
+        {
+            **row,
+            "location": GeoPoint(lng=row["lng"], lat=row["lat"]) if located else None,
+            "caller": Caller(caller_id=row["caller_id"], masked_phone=row["masked_phone"]),
+            "grid": GridMatch(grid=row["grid"], community=row["community"], street=row["street"])
+            if placed
+            else None,
+            "department": ref(row["department"], row["department_name"]) if row["department"] else None,
+            "co_departments": tuple(ref(d) for d in row["co_departments"] or ()),
+        }
+    )

@@ -15,7 +15,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from services.router.rules import FIRST_CONTACT
+from shared.city import City
 from shared.errors import DomainError
+from shared.knowledge import category_filter
 from shared.tickets import Status
 
 MAX_PAGE_SIZE = 500
@@ -80,15 +82,19 @@ def build(
     raw: dict[str, str | None],
     *,
     tz: ZoneInfo,
+    city: City,
     department_scope: str | None,
     grid_scope: str | None = None,
     page: int = 1,
     size: int = 50,
     max_size: int = MAX_PAGE_SIZE,
 ) -> Search:
-    """`raw`: the query parameters as given. `department_scope`: None for the dispatch desk (sees
-    everything), else the department whose tickets (lead or co-handler) are the only ones visible.
-    `grid_scope`: a grid worker's grid, the only one whose tickets it sees."""
+    """`raw`: the query parameters as given. `city`: whose category tree a category filter takes
+    its branch from. `department_scope`: None for the dispatch desk (sees everything), else the
+    department whose tickets (lead or co-handler) are the only ones visible. A department summoned
+    to a joint meeting reads its tickets by number but does not list them: like its queue in Redis,
+    its list holds what it handles; the meeting's page links the others. `grid_scope`: a grid
+    worker's grid, the only one whose tickets it sees."""
     clauses: list[str] = []
     params: list[Any] = []
 
@@ -114,12 +120,15 @@ def build(
         if channel not in CHANNELS:
             raise invalid("channel", f"未知渠道“{channel}”，可选：{'、'.join(sorted(CHANNELS))}")
         add("channel = %s", channel)
-    for name in ("department", "category", "street", "community", "grid"):
+    # A category takes those under it, from the city's tree (`City.branch`), as the department's
+    # queue and the knowledge base narrow theirs: the ids need not be dotted paths, and a row whose
+    # category the tree no longer has is not taken for one under a branch by its spelling. An id
+    # the city does not have is refused, saying what to give, rather than answered with nothing.
+    if (branch := category_filter(city, raw.get("category"))) is not None:
+        add("category = ANY(%s)", sorted(branch))
+    for name in ("department", "street", "community", "grid"):
         if value := raw.get(name):
-            if name == "category":
-                # A branch takes its leaves: ids are dotted paths (city.facility -> city.facility.*).
-                add("(category = %s OR category LIKE %s)", value, f"{value}.%")
-            elif name == "department":
+            if name == "department":
                 add("(department = %s OR co_departments @> ARRAY[%s])", value, value)
             else:
                 add(f"{name} = %s", value)

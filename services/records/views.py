@@ -4,15 +4,17 @@
                        &overdue=&verified=&from=&to=&q=&sort=&page=&size=
     GET /api/v1/tickets/export?format=csv|xlsx&<the same filters>
 
-The same access rule as reading one ticket: the dispatch desk (admin) sees every ticket, a
-department the tickets it leads or co-handles. With PostgreSQL down these answer 503 with
-Retry-After; taking appeals does not need the database and goes on.
+The dispatch desk (admin) sees every ticket, a department the tickets it leads or co-handles, a
+grid worker its grid's. A department summoned to a joint meeting reads the meeting's tickets by
+number (the meeting's page links them) but does not list them: its list, like its queue, is what it
+handles. With PostgreSQL down these answer 503 with Retry-After; taking appeals does not need the
+database and goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,14 +26,14 @@ from psycopg_pool import PoolTimeout
 
 from services.records import db
 from services.records.db import Pool
-from services.records.projection import in_order
+from services.records.projection import in_order, ticket_of
 from services.records.query import Search, build
 from shared.auth import Principal, current_principal
 from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
 from shared.spreadsheets import download
-from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, RATING_NAMES, STATUS_NAMES
+from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, RATING_NAMES, STATUS_NAMES, Ticket
 
 router = APIRouter(prefix="/api/v1", tags=["records"])
 
@@ -127,6 +129,7 @@ def search_of(request: Request, principal: Principal, page: int, size: int, max_
     return build(
         raw,
         tz=ZoneInfo(request.app.state.settings.timezone),
+        city=request.app.state.city,
         department_scope=department,
         grid_scope=grid,
         page=page,
@@ -240,19 +243,30 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIt
                 yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
 
 
-async def archived_ticket(request: Request, principal: Principal, ticket_no: str) -> JSONResponse | dict:
-    """A ticket that has left Redis, from the record: its row and its history. 404 as for any
-    ticket the caller may not read."""
+async def archived_ticket(
+    request: Request,
+    ticket_no: str,
+    may_read: Callable[[Ticket, Sequence[str]], Awaitable[bool]],
+) -> tuple[Ticket, list[dict[str, Any]]] | JSONResponse:
+    """A ticket that has left Redis, from the record: the ticket as the working set held it
+    (`projection.ticket_of`) and its history. `may_read` is the router's rule for every ticket,
+    given those the record has summoned to the ticket's joint meeting, for a meeting Redis no
+    longer holds. 404 as for any ticket the caller may not read."""
     not_found = api_error(404, "not_found", f"工单{ticket_no}不存在")
     try:
         pool = await records_pool(request)
         async with pool.connection() as conn:
             row = await (
-                await conn.execute("SELECT * FROM tickets WHERE ticket_no = %s", (ticket_no,))
+                await conn.execute(
+                    "SELECT t.*, m.summoned AS meeting_summoned FROM tickets t "
+                    "LEFT JOIN meetings m ON m.meeting_id = t.meeting_id WHERE t.ticket_no = %s",
+                    (ticket_no,),
+                )
             ).fetchone()
             if row is None:
                 return not_found
-            if not principal.may_read([row["department"], *row["co_departments"]], row["grid"]):
+            ticket = ticket_of(row, request.app.state.city)
+            if not await may_read(ticket, row["meeting_summoned"] or ()):
                 return not_found
             cur = await conn.execute(
                 "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic NOT LIKE 'meeting.%%' "
@@ -264,17 +278,4 @@ async def archived_ticket(request: Request, principal: Principal, ticket_no: str
             history = [dict(e) for e in in_order(r["payload"] for r in await cur.fetchall())]
     except UNAVAILABLE:
         return unavailable()
-    body = dict(row)
-    body["history"] = history
-    body["archived"] = True  # read from the record: the ticket has left the working set
-    return JSONResponse(content=_jsonable(body))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
+    return ticket, history

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Literal
@@ -91,25 +91,42 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
     if ticket is None:  # closed long ago, it has left Redis: the record (PostgreSQL) has it
         from services.records.views import archived_ticket
 
-        return await archived_ticket(request, principal, ticket_no)
-    if not can_read(principal, ticket) and not await summoned_to_its_meeting(request, principal, ticket):
+        found = await archived_ticket(request, ticket_no, partial(may_read_ticket, request, principal))
+        if isinstance(found, JSONResponse):
+            return found
+        # The same view wherever the ticket is; `archived`: read from the record.
+        return {**ticket_view(*found), "archived": True}
+    if not await may_read_ticket(request, principal, ticket):
         # Another department's ticket looks like no ticket at all.
         return domain_error(ticket_not_found(ticket_no))
     return ticket_view(ticket, await store.history(ticket_no))
 
 
-async def summoned_to_its_meeting(request: Request, principal: Principal, ticket: Ticket) -> bool:
+async def may_read_ticket(
+    request: Request, principal: Principal, ticket: Ticket, recorded_summons: Sequence[str] = ()
+) -> bool:
+    """Who reads a ticket, in Redis or in the record: those who handle it (`can_read`), and a
+    department summoned to its joint meeting. `recorded_summons`: those the record has summoned to
+    it, for a meeting Redis no longer holds."""
+    return can_read(principal, ticket) or await summoned_to_its_meeting(
+        request, principal, ticket, recorded_summons
+    )
+
+
+async def summoned_to_its_meeting(
+    request: Request, principal: Principal, ticket: Ticket, recorded_summons: Sequence[str] = ()
+) -> bool:
     """Whether a department is summoned to the joint meeting of this ticket: it reads the ticket,
     to come to the meeting knowing the case (吹哨报到), though it acts on it only if it leads it."""
     if principal.role != "department" or ticket.meeting_id is None:
         return False
     meeting = await meeting_store(request).get(ticket.meeting_id)
-    return meeting is not None and summoned(principal, meeting)
+    return principal.summoned(meeting.summoned if meeting is not None else recorded_summons)
 
 
 def summoned(principal: Principal, meeting: meetings.Meeting) -> bool:
     """Whether the principal's department is summoned to the meeting (it reads and attends it)."""
-    return principal.department is not None and principal.department in meeting.summoned
+    return principal.summoned(meeting.summoned)
 
 
 async def act(

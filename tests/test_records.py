@@ -288,6 +288,53 @@ async def test_a_closed_ticket_leaves_redis_and_is_read_from_the_record(api, red
     ]
 
 
+async def test_a_closed_ticket_with_a_meetings_facts_leaves_redis_and_the_record_keeps_them(
+    api, redis, pool, settings
+):
+    # A joint meeting's facts are written into the history of the ticket each names, and travel on
+    # no topic: the record has them only from the history, which must not keep the ticket in Redis.
+    phone = fresh_phone()
+    no = await submit(api, phone, address="锦绣家园7号楼")
+    await close_by_resident(api, redis, no, phone)
+    store = TicketStore(redis)
+    mid = f"m-{uuid.uuid4().hex[:12]}"
+    street = DepartmentRef(id="street_s01", name="阳光街道办事处")
+    convened = MeetingConvened(
+        ticket_no=no,
+        meeting_id=mid,
+        reason="hotspot",
+        lead_street=street,
+        summoned=(street,),
+        tickets=(no,),
+        deadline=datetime.now(UTC) + timedelta(days=3),
+        explanation="热点诉求：同一网格同类诉求集中",
+    )
+    async with redis.pipeline(transaction=True) as p:
+        store.record_into(p, [convened])
+        await p.execute()
+    history_length = await redis.llen(f"t:{no}:h")
+
+    async def recorded_closed():
+        r = await row(pool, no)
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM ticket_events WHERE ticket_no = %s", (no,))
+            n = (await cur.fetchone())["n"]
+        # All but the meeting's fact, which only the history holds.
+        return r is not None and r["status"] == "closed" and n == history_length - 1
+
+    await eventually(recorded_closed)
+    retention = Retention(pool, store, settings)
+    assert await retention.evict_closed(datetime.now(UTC) + timedelta(minutes=1)) >= 1
+    assert not await redis.exists(f"t:{no}", f"t:{no}:h")
+    async with pool.connection() as conn:
+        cur = await conn.execute("SELECT tickets FROM meetings WHERE meeting_id = %s", (mid,))
+        assert (await cur.fetchone())["tickets"] == [no]
+    body = (await api.get(f"/api/v1/tickets/{no}")).json()
+    assert body["archived"] is True
+    assert "meeting.convened" in [h["topic"] for h in body["history"]]
+    assert len(body["history"]) == history_length
+
+
 async def searched_text(pool, no: str) -> str:
     """What full-text search matches the ticket by (kept apart from its row, by trigger)."""
     async with pool.connection() as conn:

@@ -2,8 +2,9 @@
 after its period, and one resident's personal data is erased on request, with an audit entry.
 
 Redis keeps the working set: a ticket closed more than REDIS_KEEP_CLOSED_DAYS ago is removed from
-it, but only when the record holds every event of its history (same count) and Redis still has it
-closed (a reopening inside the window keeps it). Reading it by number then answers from PostgreSQL.
+it, once the record holds every event of its history (what it lacks is copied in first) and Redis
+still has it closed (a reopening inside the window keeps it). Reading it by number then answers
+from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from psycopg import AsyncCursor
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
@@ -25,8 +27,8 @@ from shared.store import TicketStore, history_key, ticket_key
 
 log = logging.getLogger("records.retention")
 
-# Delete a ticket and its history only if it is still closed and its history has the length the
-# record has seen (1); 2: already gone. KEYS: ticket, history; ARGV: expected history length.
+# Delete a ticket and its history only if it is still closed and its history has the length whose
+# events the record was seen to hold (1); 2: already gone. KEYS: ticket, history; ARGV: that length.
 _EVICT = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return redis.call('EXISTS', KEYS[2]) == 0 and 2 or 0 end
@@ -92,27 +94,39 @@ class Retention:
         return len(ids)
 
     async def evict_closed(self, closed_before: datetime, limit: int = 5000) -> int:
-        """One round: up to `limit` tickets closed before `closed_before` leave Redis. Returns how
-        many left (or were already gone)."""
+        """One round: up to `limit` tickets closed before `closed_before` leave Redis, each once the
+        record holds every event of its history. What it lacks is copied in first: a joint
+        meeting's facts, which only the histories carry, and events a lost broker took with it.
+        Returns how many left (or were already gone)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT t.ticket_no, (SELECT count(*) FROM ticket_events e WHERE e.ticket_no = t.ticket_no "
-                "AND e.topic NOT LIKE 'meeting.%%') AS n FROM tickets t "
-                "WHERE t.status = 'closed' AND t.closed_at < %s AND t.left_redis_at IS NULL "
-                "ORDER BY t.closed_at LIMIT %s",
+                "SELECT ticket_no FROM tickets WHERE status = 'closed' AND closed_at < %s "
+                "AND left_redis_at IS NULL ORDER BY closed_at LIMIT %s",
                 (closed_before, limit),
             )
-            candidates = await cur.fetchall()
-        if not candidates:
+            nos = [r["ticket_no"] for r in await cur.fetchall()]
+        if not nos:
             return 0
+        async with self.store.redis.pipeline(transaction=False) as pipe:
+            for no in nos:
+                pipe.lrange(history_key(no), 0, -1)
+            histories = await pipe.execute()
+        ids = {no: [orjson.loads(r)["event_id"] for r in h] for no, h in zip(nos, histories, strict=True)}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT event_id FROM ticket_events WHERE event_id = ANY(%s)",
+                ([i for each in ids.values() for i in each],),
+            )
+            recorded = {r["event_id"] for r in await cur.fetchall()}
+        if behind := [no for no, each in ids.items() if not recorded.issuperset(each)]:
+            await self.records.copy_histories(self.store, behind)
         evict = self.store.redis.register_script(_EVICT)
         async with self.store.redis.pipeline(transaction=False) as pipe:
-            for r in candidates:
-                await evict(
-                    keys=[ticket_key(r["ticket_no"]), history_key(r["ticket_no"])], args=[r["n"]], client=pipe
-                )
+            # With the length read: an event added to a history since then keeps its ticket here.
+            for no, each in ids.items():
+                await evict(keys=[ticket_key(no), history_key(no)], args=[len(each)], client=pipe)
             results = await pipe.execute()
-        gone = [r["ticket_no"] for r, done in zip(candidates, results, strict=True) if done]
+        gone = [no for no, done in zip(ids, results, strict=True) if done]
         async with self.pool.connection() as conn:
             await conn.execute("UPDATE tickets SET left_redis_at = now() WHERE ticket_no = ANY(%s)", (gone,))
         return len(gone)

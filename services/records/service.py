@@ -511,7 +511,7 @@ class Records:
     async def backfill_from_store(self, store: TicketStore, batch: int = 500) -> int:
         """Copy the events kept in Redis's ticket histories into the record (a system that ran
         before the record existed, or events the record missed). Returns events read."""
-        return await _each_history(store, batch, self._backfill)
+        return await _each_history(store, batch, self.copy_histories)
 
     async def catch_up_with_store(self, store: TicketStore, batch: int = 1000) -> int:
         """Copy in the events of every ticket whose Redis history holds more than the record: the
@@ -538,10 +538,12 @@ class Records:
             )
             recorded = {r["ticket_no"]: r["n"] for r in await cur.fetchall()}
         behind = [no for no, n in zip(nos, lengths, strict=True) if n > recorded.get(no, 0)]
-        await self._backfill(store, behind)
+        await self.copy_histories(store, behind)
         return len(behind)
 
-    async def _backfill(self, store: TicketStore, nos: list[str]) -> int:
+    async def copy_histories(self, store: TicketStore, nos: Sequence[str]) -> int:
+        """Copy into the record what these tickets' Redis histories hold (what it has already is
+        left as it is) and fold their rows and meetings again. Returns how many events were read."""
         events = [record for no in nos for record in await store.history(no)]
         if not events:
             return 0

@@ -269,8 +269,7 @@ async def archived_ticket(
             if not await may_read(ticket, row["meeting_summoned"] or ()):
                 return not_found
             cur = await conn.execute(
-                "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic NOT LIKE 'meeting.%%' "
-                "ORDER BY occurred_at, recorded_at",
+                "SELECT payload FROM ticket_events WHERE ticket_no = %s ORDER BY occurred_at, recorded_at",
                 (ticket_no,),
             )
             # The fold's order: a time shared by two events (an assignment carries the time of

@@ -317,6 +317,14 @@ async def submit_appeal(
     return reply, photos, idem
 
 
+async def next_call(request: Request, s: session.Session, **accepted: Any) -> Response:
+    """The number to read out, above an empty form for the next call (under a key of its own), so
+    the operator types on without a click. Nothing of the call is kept for the next one: it is
+    another resident, and a phone, name or address carried over would put one caller's details
+    (and the survey SMS) on another's ticket; urgency and an answer are judged call by call."""
+    return await page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex, **accepted)
+
+
 @router.get("/operator")
 async def operator_page(request: Request, s: session.Session = Depends(as_operator)):
     return await page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
@@ -355,15 +363,12 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     form = await checked_form(request, s)
     reply, photos, idem = await submit_appeal(request, s, form, appeal_of(form))
     if reply.ok:
-        return await page(
+        return await next_call(
             request,
-            "operator.html",
-            s=s,
+            s,
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
             answered=bool(text(form, "direct_answer").strip()),
-            values={},
-            errors={},
         )
     errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
@@ -386,15 +391,7 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
         headers={"Idempotency-Key": f"console:{idem}"},
     )
     if reply.ok:
-        return await page(
-            request,
-            "operator.html",
-            s=s,
-            accepted=reply.body["ticket_no"],
-            urged=reply.body["message"],
-            values={},
-            errors={},
-        )
+        return await next_call(request, s, accepted=reply.body["ticket_no"], urged=reply.body["message"])
     # Refused (the ticket was finished meanwhile, or is unknown): the call as typed, with the reason.
     kept = [v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.fullmatch(v)]
     values = {k: text(form, k) for k in INTAKE_FIELDS}

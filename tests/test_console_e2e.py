@@ -976,6 +976,55 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
     await shot(page, "meetings")
 
 
+async def tab_to(page: Page, target, limit: int = 300) -> None:
+    """Tab until the focus is on `target` (a locator), as a person without a mouse does."""
+    for _ in range(limit):
+        if await target.evaluate("el => el === document.activeElement"):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {target}")
+
+
+async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
+    page: Page, redis, system: System
+):
+    async with await admin_api(system, redis) as client:
+        vague = "有个事情想反映一下，麻烦你们看看怎么处理"  # low confidence: the desk's to check
+        nos = [await submit(client, f"{vague}{i}", new_phone()) for i in range(2)]
+        for no in nos:
+            await ticket_when(client, no, lambda t: t["status"] == "review")
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/desk?ticket={nos[0]}")
+        await expect(page.locator("#desk-keys")).to_contain_text("Tab")
+        card = page.locator(f"#desk-{nos[0]}")
+        # The card the desk goes on to: the next one on the page (or, for the last, the one before).
+        following = await card.evaluate(
+            "el => { const n = el.nextElementSibling;"
+            " return (n && n.matches('article') ? n : el.previousElementSibling).id; }"
+        )
+        # To the card by Tab, a category by the arrow keys, a department's button by Tab, Enter.
+        await tab_to(page, card.locator("h3 a"))
+        await tab_to(page, card.locator("input[type=radio]:checked"))
+        await page.keyboard.press("ArrowDown")
+        chosen = await card.locator("input[type=radio]:checked").get_attribute("value")
+        department = card.locator("button.dept").first
+        await tab_to(page, department)
+        chosen_department = await department.get_attribute("value")
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#done")).to_contain_text(f"工单{nos[0]}已派至")
+        await expect(page.locator("#announcer")).to_contain_text(f"工单{nos[0]}已派至")
+        # The focus is on the next card, outlined, so the desk goes on from there.
+        next_card = page.locator(f"#{following}")
+        await expect(next_card).to_be_focused()
+        outline = "el => el.matches(':focus-visible') && getComputedStyle(el).outlineStyle"
+        assert await next_card.evaluate(outline) == "solid"
+        await expect(page.locator(f"#desk-{nos[0]}")).to_have_count(0)
+        await accessible(page)
+        routed = await ticket_when(client, nos[0], lambda t: t["status"] == "assigned")
+    assert (routed["category"], routed["department"]["id"]) == (chosen, chosen_department)
+
+
 async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_checks_in(
     page: Page, redis, system: System, settings: Settings, system_city: City
 ):

@@ -361,20 +361,31 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
 
 
 async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, system: System, system_city):
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     await sign_in(page, await issue_token(redis, "operator", operator="op01"))
-    await expect(page.locator("#caller_phone")).to_be_focused()
+    phone_field = page.locator("#caller_phone")
+    await expect(phone_field).to_be_focused()
+    await expect(page.locator("#intake-keys")).to_contain_text("Ctrl+回车 提交")
     await accessible(page)
     keyboard = page.keyboard
+    # Enter in a one-line field goes on to the next field: no half-typed call is sent.
     await keyboard.type(new_phone())
-    await keyboard.press("Tab")
+    await keyboard.press("Enter")
+    await expect(page.locator("#caller_name")).to_be_focused()
     await keyboard.type("王先生")
     await keyboard.press("Tab")
+    await expect(page.locator("#address")).to_be_focused()
     await keyboard.type("阳光花园3号楼")
-    await keyboard.press("Tab")
-    await keyboard.type("阳光花园3号楼门口的路灯坏了一个星期，晚上很黑，老人出门不方便")
-    # The preview appears while typing: category, grid, department.
+    await keyboard.press("Enter")
+    await expect(page.locator("#text")).to_be_focused()
+    assert page.url.endswith("/console/operator")  # nothing was submitted
+    await keyboard.type("阳光花园3号楼门口的路灯坏了一个星期，晚上很黑")
+    # The preview appears while typing: category, grid, department; the typing goes on where it was.
     await expect(page.locator("#pv-department")).not_to_be_empty(timeout=60_000)
     await expect(page.locator("#pv-grid")).to_contain_text(system_city.grids["s01c01g01"].grid.name)
+    await expect(page.locator("#text")).to_be_focused()
+    await keyboard.type("，老人出门不方便")
+    await expect(page.locator("#text")).to_have_value(re.compile("晚上很黑，老人出门不方便$"))
     await shot(page, "operator-preview")
     await keyboard.press("Enter")
     number = page.locator("#ticket-no")
@@ -382,18 +393,45 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     ticket_no = (await number.text_content() or "").strip()
     font_size = await number.evaluate("el => parseFloat(getComputedStyle(el).fontSize)")
     assert font_size >= 32  # read out over the phone: large
+    # The number is said to a screen reader, while the focus waits in the emptied form, ready for
+    # the next call: nothing of this call is kept for the next caller.
+    await expect(page.locator("#announcer")).to_have_text(f"诉求已受理，工单号{ticket_no}")
+    await expect(phone_field).to_be_focused()
+    for field in ("caller_phone", "caller_name", "address", "text", "direct_answer"):
+        await expect(page.locator(f"#{field}")).to_have_value("")
+    await expect(page.locator("#urgent")).not_to_be_checked()
     await accessible(page)
     await shot(page, "operator-accepted")
+    # The number copied, from the button just before the form.
+    await keyboard.press("Shift+Tab")
+    await expect(page.locator("#copy-ticket-no")).to_be_focused()
+    await keyboard.press("Enter")
+    await expect(page.locator("#copy-state")).to_have_text(f"已复制工单号{ticket_no}")
+    assert await page.evaluate("navigator.clipboard.readText()") == ticket_no
 
     async with await admin_api(system, redis) as client:
         ticket = await ticket_when(client, ticket_no, lambda t: t["status"] != "received")
     assert ticket["channel"] == "hotline"
     assert ticket["operator_id"] == "op01"
 
-    # Alt+N: the next call, on an empty form with the phone field focused.
-    await keyboard.press("Alt+n")
-    await expect(page.locator("#caller_phone")).to_be_focused()
-    await expect(page.locator("#caller_phone")).to_have_value("")
+    # The next call, answered on the phone: Enter is a new line in the answer; Ctrl+Enter submits.
+    await keyboard.press("Tab")
+    await expect(phone_field).to_be_focused()
+    await keyboard.type(new_phone())
+    for _ in range(3):  # past the name and the address, left empty
+        await keyboard.press("Enter")
+    await keyboard.type("来电人咨询社保卡丢了怎么补办")
+    for _ in range(3):  # past the photos and 紧急
+        await keyboard.press("Tab")
+    await expect(page.locator("#direct_answer")).to_be_focused()
+    await keyboard.type("先挂失")
+    await keyboard.press("Enter")
+    await keyboard.type("再到社保窗口补办")
+    await expect(page.locator("#direct_answer")).to_have_value("先挂失\n再到社保窗口补办")
+    await keyboard.press("Control+Enter")
+    await expect(page.locator(".accepted")).to_contain_text("已登记当场答复")
+    await expect(number).not_to_have_text(ticket_no)
+    await expect(phone_field).to_be_focused()
 
 
 async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
@@ -639,6 +677,7 @@ async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
     await expect(page.locator("#photos-error")).to_contain_text("“说明.jpg”无法识别为图片")
     await expect(page.locator("#photos-error")).to_contain_text("“大.jpg”太大")
     await expect(page.locator("#photos")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#photos")).to_be_focused()  # the field at fault, as any other
     await loaded(page, "#photos-kept", 1)
     await expect(page.locator("#text")).to_have_value("阳光花园3号楼门口的路灯杆被车撞歪了，随时可能倒下")
     await accessible(page)
@@ -935,6 +974,55 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
     await expect(page.locator("h1")).to_have_text("联席会议")
     await accessible(page)
     await shot(page, "meetings")
+
+
+async def tab_to(page: Page, target, limit: int = 300) -> None:
+    """Tab until the focus is on `target` (a locator), as a person without a mouse does."""
+    for _ in range(limit):
+        if await target.evaluate("el => el === document.activeElement"):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {target}")
+
+
+async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
+    page: Page, redis, system: System
+):
+    async with await admin_api(system, redis) as client:
+        vague = "有个事情想反映一下，麻烦你们看看怎么处理"  # low confidence: the desk's to check
+        nos = [await submit(client, f"{vague}{i}", new_phone()) for i in range(2)]
+        for no in nos:
+            await ticket_when(client, no, lambda t: t["status"] == "review")
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/desk?ticket={nos[0]}")
+        await expect(page.locator("#desk-keys")).to_contain_text("Tab")
+        card = page.locator(f"#desk-{nos[0]}")
+        # The card the desk goes on to: the next one on the page (or, for the last, the one before).
+        following = await card.evaluate(
+            "el => { const n = el.nextElementSibling;"
+            " return (n && n.matches('article') ? n : el.previousElementSibling).id; }"
+        )
+        # To the card by Tab, a category by the arrow keys, a department's button by Tab, Enter.
+        await tab_to(page, card.locator("h3 a"))
+        await tab_to(page, card.locator("input[type=radio]:checked"))
+        await page.keyboard.press("ArrowDown")
+        chosen = await card.locator("input[type=radio]:checked").get_attribute("value")
+        department = card.locator("button.dept").first
+        await tab_to(page, department)
+        chosen_department = await department.get_attribute("value")
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#done")).to_contain_text(f"工单{nos[0]}已派至")
+        await expect(page.locator("#announcer")).to_contain_text(f"工单{nos[0]}已派至")
+        # The focus is on the next card, outlined, so the desk goes on from there.
+        next_card = page.locator(f"#{following}")
+        await expect(next_card).to_be_focused()
+        outline = "el => el.matches(':focus-visible') && getComputedStyle(el).outlineStyle"
+        assert await next_card.evaluate(outline) == "solid"
+        await expect(page.locator(f"#desk-{nos[0]}")).to_have_count(0)
+        await accessible(page)
+        routed = await ticket_when(client, nos[0], lambda t: t["status"] == "assigned")
+    assert (routed["category"], routed["department"]["id"]) == (chosen, chosen_department)
 
 
 async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_checks_in(

@@ -89,7 +89,7 @@ def test_history_sentences(city):
 
 
 def test_history_sentences_name_what_each_step_carried(city):
-    water = {"id": "water", "name": "区水务局"}
+    water, extension = {"id": "water", "name": "区水务局"}, {"days": 5, "reason": "等材料"}
     returned = {
         "topic": "ticket.updated",
         "action": "returned",
@@ -785,6 +785,95 @@ async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picke
         [form["category_other"]] if "category_other" in form else []
     )
     assert f'aria-describedby="assign-error-{no}" autofocus' in card_html  # the department next
+
+
+async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_done(monkeypatch, city):
+    """派单 and an extension's verdict from the keyboard: each card names the card after it (the one
+    before, for the last), the action goes back to the page holding that card, and that card takes
+    the focus; with no card left, the message saying what was done takes it."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    streetlight = "city.facility.streetlight"
+
+    def card(no: str) -> dict:
+        top = [{"category": streetlight, "probability": 0.4}]
+        waiting = {"ticket_no": no, "status": "review", "text": "路灯坏了", "confidence": 0.3}
+        return {**waiting, "top_categories": top}
+
+    first, middle, last = "20261201-000011", "20261201-000012", "20261201-000013"
+    queue = [card(first), card(middle), card(last)]
+
+    water, extension = {"id": "water", "name": "区水务局"}, {"days": 5, "reason": "等材料"}
+    asking = [
+        {"ticket_no": no, "status": "in_progress", "department": water, "extension_request": extension}
+        for no in ("20261201-000021", "20261201-000022")
+    ]
+
+    class Queue(_DeskApi):  # the cards still waiting: a dispatched one leaves the queue
+        async def dispatch_queue(self) -> list[dict]:
+            return queue
+
+        async def open_tickets(self, departments: list[str]) -> list[dict]:
+            return asking
+
+    fake = Queue(card(first), Reply(200, {"department": water}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+
+    async def desk(query: dict[str, str]) -> str:
+        request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+        return (await views.desk_page(request, s)).body.decode()
+
+    html = await desk({})
+    nexts = re.findall(r'action="/console/desk/([^/]+)/assign".*?name="next" value="([^"]*)"', html, re.S)
+    assert nexts == [(first, middle), (middle, last), (last, middle)]
+    verdicts = re.findall(
+        r'action="/console/desk/([^/]+)/extension/\w+".*?name="next" value="([^"]*)"', html, re.S
+    )
+    ext_first, ext_last = (t["ticket_no"] for t in asking)
+    assert verdicts == [(ext_first, ext_last)] * 2 + [(ext_last, ext_first)] * 2  # 批准, 驳回
+    assert "autofocus" not in html  # a page opened, not come back to: the focus is the desk's
+
+    async def dispatched(no: str, after: str) -> str:
+        async def posted(request, s):
+            return FormData([("category", streetlight), ("department", "water"), ("next", after)])
+
+        monkeypatch.setattr(views, "checked_form", posted)
+        queue[:] = [t for t in queue if t["ticket_no"] != no]
+        back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+        assert back.status_code == 303
+        where = urlsplit(back.headers["location"])
+        assert where.path == "/console/desk"
+        assert where.fragment == (f"desk-{after}" if after else "")
+        return await desk(dict(parse_qsl(where.query)))
+
+    html = await dispatched(first, middle)
+    assert re.search(rf'<article [^>]*id="desk-{middle}"[^>]*autofocus>', html)
+    assert html.count("autofocus") == 1
+    assert 'data-announce="工单20261201-000011已派至区水务局"' in html  # said, the focus on the card
+    queue[:] = [card(last)]
+    html = await dispatched(last, "")
+    assert re.search(r'<p class="ok" [^>]*id="done" tabindex="-1" autofocus>', html)
+    assert html.count("autofocus") == 1
+
+    async def verdict(request, s):
+        return FormData([("note", "材料已齐"), ("next", ext_last)])
+
+    monkeypatch.setattr(views, "checked_form", verdict)
+    back = await views.desk_extension(
+        SimpleNamespace(app=SimpleNamespace(state=state)), ext_first, "refuse", s
+    )
+    where = urlsplit(back.headers["location"])
+    assert where.fragment == f"ext-{ext_last}"
+    html = await desk(dict(parse_qsl(where.query)))
+    assert re.search(rf'<article [^>]*id="ext-{ext_last}"[^>]*autofocus>', html)
+    assert html.count("autofocus") == 1
 
 
 class _CountApi:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -317,6 +317,14 @@ async def submit_appeal(
     return reply, photos, idem
 
 
+async def next_call(request: Request, s: session.Session, **accepted: Any) -> Response:
+    """The number to read out, above an empty form for the next call (under a key of its own), so
+    the operator types on without a click. Nothing of the call is kept for the next one: it is
+    another resident, and a phone, name or address carried over would put one caller's details
+    (and the survey SMS) on another's ticket; urgency and an answer are judged call by call."""
+    return await page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex, **accepted)
+
+
 @router.get("/operator")
 async def operator_page(request: Request, s: session.Session = Depends(as_operator)):
     return await page(request, "operator.html", s=s, values={}, errors={}, idem=uuid.uuid4().hex)
@@ -355,15 +363,12 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
     form = await checked_form(request, s)
     reply, photos, idem = await submit_appeal(request, s, form, appeal_of(form))
     if reply.ok:
-        return await page(
+        return await next_call(
             request,
-            "operator.html",
-            s=s,
+            s,
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
             answered=bool(text(form, "direct_answer").strip()),
-            values={},
-            errors={},
         )
     errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
@@ -386,15 +391,7 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
         headers={"Idempotency-Key": f"console:{idem}"},
     )
     if reply.ok:
-        return await page(
-            request,
-            "operator.html",
-            s=s,
-            accepted=reply.body["ticket_no"],
-            urged=reply.body["message"],
-            values={},
-            errors={},
-        )
+        return await next_call(request, s, accepted=reply.body["ticket_no"], urged=reply.body["message"])
     # Refused (the ticket was finished meanwhile, or is unknown): the call as typed, with the reason.
     kept = [v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.fullmatch(v)]
     values = {k: text(form, k) for k in INTAKE_FIELDS}
@@ -1171,6 +1168,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
     error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
+    done = request.query_params.get("done") or ""
     kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
@@ -1198,7 +1196,9 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
         error=error,
         kept=kept,
-        done=request.query_params.get("done"),
+        done=done,
+        # After a dispatch or a verdict, the card the desk goes on to (desk_redirect), if still shown.
+        focus=wanted if done and any(t["ticket_no"] == wanted for t in shown + extensions) else "",
     )
 
 
@@ -1216,7 +1216,8 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
-        return desk_redirect(reply, f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}")
+        done = f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}"
+        return desk_redirect(reply, done, text(form, "next"), "desk")
     # Refused: back to the card (desk_page finds its page), the refusal said there and the category
     # the desk picked still picked, so that the second try is the department alone, not both steps.
     picked = {name: text(form, name) for name in DESK_KEPT}
@@ -1230,12 +1231,19 @@ async def desk_extension(request: Request, no: str, verdict: str, s: session.Ses
     reply = await api(request, s).post(
         f"/api/v1/tickets/{no}/extension/{verdict}", {"note": text(form, "note")}
     )
-    return desk_redirect(reply, f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}")
+    done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
+    return desk_redirect(reply, done, text(form, "next"), "ext")
 
 
-def desk_redirect(reply: Reply, done: str) -> Response:
-    query = urlencode({"done": done} if reply.ok else {"error": reply.message})
-    return RedirectResponse(f"/console/desk?{query}", status_code=303)
+def desk_redirect(reply: Reply, done: str, after: str, card: str) -> Response:
+    """Back to the desk: done, on the page that holds the card the form named next (`after`), which
+    takes the focus (desk_page), so the desk goes on from the keyboard; refused, the reason."""
+    if not reply.ok:
+        return RedirectResponse(f"/console/desk?{urlencode({'error': reply.message})}", status_code=303)
+    if not after:
+        return RedirectResponse(f"/console/desk?{urlencode({'done': done})}", status_code=303)
+    query = urlencode({"done": done, "ticket": after})
+    return RedirectResponse(f"/console/desk?{query}#{card}-{quote(after, safe='')}", status_code=303)
 
 
 # --- residents' erasure requests (the desk) -----------------------------------------------------

@@ -41,6 +41,13 @@
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
+  // A page that comes back saying what was done (a call accepted, a ticket dispatched) while the
+  // focus goes on to the next thing to do: a live region reads out what changes in it, not what the
+  // page was loaded with, so the message is put into the page's empty one once the page has loaded.
+  const announcer = document.getElementById("announcer");
+  const said = document.querySelector("[data-announce]");
+  if (announcer && said) setTimeout(() => { announcer.textContent = said.dataset.announce; }, 500);
+
   // --- the hotline operator, and a grid worker's report ----------------------------------------
   // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
   // is accepted, so a session that expired mid-call, which sends the person to sign in again,
@@ -111,13 +118,24 @@
       answer.value = use.dataset.answer;
       answer.focus();
     });
-    // The operator's Enter submits from the text box too; Shift+Enter is a new line. Not while an
-    // input method is composing Chinese characters: that Enter picks the characters. Not on the
+    // The operator's keys (the hint above the form): Ctrl+Enter submits from any field, and so does
+    // Enter in the text box (Shift+Enter is a new line there). Enter in a one-line field goes on to
+    // the next field, as Tab does, instead of the browser's submitting a call half typed. Not while
+    // an input method is composing Chinese characters: that Enter picks the characters. Not on the
     // grid worker's phone form, where Enter is a new line.
-    text.addEventListener("keydown", (e) => {
-      if (intake.id === "intake" && e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    intake.addEventListener("keydown", (e) => {
+      if (intake.id !== "intake" || e.key !== "Enter" || e.isComposing || e.keyCode === 229) return;
+      const field = e.target;
+      if (e.ctrlKey || e.metaKey || (field === text && !e.shiftKey && !e.altKey)) {
         e.preventDefault();
         intake.requestSubmit();
+      } else if (field instanceof HTMLInputElement && !["submit", "button", "file"].includes(field.type)) {
+        e.preventDefault();
+        const fields = [...intake.elements].filter(
+          (el) => intake.contains(el) && !el.disabled && !el.hidden && el.type !== "hidden" && el.tabIndex >= 0,
+        );
+        const next = fields[fields.indexOf(field) + 1];
+        if (next instanceof HTMLElement) next.focus();
       }
     });
     intake.addEventListener("submit", (e) => {
@@ -152,12 +170,28 @@
       );
     });
   }
-  document.addEventListener("keydown", (e) => {
-    if (e.altKey && (e.key === "n" || e.key === "N") && document.querySelector("[data-operator]") !== null) {
-      e.preventDefault();
-      window.location.assign("/console/operator");
-    }
-  });
+  // The accepted call's number, copied for another system or a chat; said in the status beside it.
+  const copy = document.getElementById("copy-ticket-no");
+  if (copy) {
+    const state = document.getElementById("copy-state");
+    copy.hidden = false;
+    copy.addEventListener("click", async () => {
+      const number = copy.dataset.copy || "";
+      let copied = false;
+      try {
+        await navigator.clipboard.writeText(number); // only on a secure page (https, or this machine)
+        copied = true;
+      } catch {
+        // Elsewhere the number is selected and copied the old way, or left selected for Ctrl+C.
+        const range = document.createRange();
+        range.selectNodeContents(document.getElementById("ticket-no"));
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+        copied = document.execCommand("copy");
+      }
+      state.textContent = copied ? `已复制工单号${number}` : "未能自动复制：工单号已选中，请按 Ctrl+C 复制";
+    });
+  }
 
   // --- a department's queue: 批量签收 counts what is ticked; 全选 ticks the page's new tickets ----
   const queue = document.getElementById("queue");

@@ -664,7 +664,7 @@ def records_retention() -> None:
     """Run the retention jobs now (the records worker runs them every RETENTION_SCAN_SECONDS)."""
     done = asyncio.run(_with_records(get_settings(), lambda _rec, _s, retention: retention.run()))
     typer.echo(
-        f"{done['left_redis']} closed tickets left Redis; "
+        f"{done['left_redis']} closed tickets and {done['meetings_left_redis']} decided meetings left Redis; "
         f"personal data removed from {done['personal_data_removed']} tickets; "
         f"{done['unattached_photos_deleted']} photos no ticket took deleted"
     )

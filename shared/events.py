@@ -507,3 +507,7 @@ class MeetingUpdated(Event):
     department: DepartmentRef | None = None  # who checked in, or the lead decided on
     tickets: tuple[str, ...] = ()
     note: str = ""
+    # attached: the departments the joining tickets summon besides those summoned before (a
+    # hotspot's tickets bring theirs), so that the record knows whom the meeting summons. Added
+    # later: optional, so facts written before it parse unchanged.
+    summoned: tuple[DepartmentRef, ...] = ()

@@ -183,7 +183,7 @@ def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handlin
     }
     summoned = render_ticket(city, ticket, role="department", department="street_s02")
     assert 'id="summoned-only"' in summoned
-    assert 'href="/console/meetings#meeting-M0123456789abcde"' in summoned
+    assert 'href="/console/meetings/M0123456789abcde"' in summoned  # its own page, listed or not
     assert 'id="accept"' not in summoned
     holder = render_ticket(city, ticket, role="department", department="urban_mgmt", handles=True)
     assert 'id="accept"' in holder
@@ -526,6 +526,27 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_meeting_read_from_the_record_says_so_on_its_own_page(city):
+    """A meeting that has left Redis with its tickets is read from the record (`archived`): its page
+    shows it as the list did, and says where it comes from."""
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None), csrf="x"
+    )
+    lead = meeting(city)["summoned"][0]
+
+    def render(**changes) -> str:
+        m = present.meeting_row(meeting(city, status="decided", lead=lead["id"], **changes), city, TZ)
+        return templates.get_template("meeting.html").render(request=None, s=desk, m=m, page_no=1)
+
+    archived = render(archived=True)
+    assert 'id="meeting-archived"' in archived
+    assert 'id="meeting-M1"' in archived
+    assert f"主办单位：{lead['name']}" in archived
+    assert 'href="/console/tickets/20260302-000001"' in archived
+    assert "记录决定" not in archived
+    assert 'id="meeting-archived"' not in render()
 
 
 def test_a_department_that_checked_in_is_told_so_and_offered_no_second_check_in(city):

@@ -10,16 +10,23 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import random
 import re
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import httpx
 import pytest
 
 from services.classifier.grid import grid_match
+from services.records.retention import Retention
 from services.records.service import Records
 from services.router.meetings import Meeting
+from services.router.service import MeetingStore
+from services.router.workflow import dept_ref
 from shared.auth import issue_token
 from shared.city import City
 from shared.events import (
@@ -36,6 +43,8 @@ from shared.events import (
     TicketAssigned,
     TicketUpdated,
 )
+from shared.store import Change, Outcome, TicketStore
+from shared.tickets import Status, Ticket
 from tests.conftest import System
 from tests.test_records import made_up_no
 
@@ -226,7 +235,7 @@ async def test_a_department_summoned_to_a_decided_meeting_reads_its_ticket_from_
     assert f'id="ticket-no">{no}<' in page.text
     assert "暖气不热" in page.text
     assert 'id="summoned-only"' in page.text
-    assert f'href="/console/meetings#meeting-{mid}"' in page.text
+    assert f'href="/console/meetings/{mid}"' in page.text
     assert [a for a in ACTIONS if f'id="{a}"' in page.text] == []
     assert f'action="/console/tickets/{no}/' not in page.text
     # The lead reads it as its own, closed; the desk reads it too.
@@ -322,3 +331,218 @@ async def test_the_lists_category_filter_takes_a_branch_from_the_citys_tree(api,
         assert r.status_code == 422, r.text
         assert r.json()["field"] == "category"
         assert said in r.json()["message"]
+
+
+# --- joint meetings that leave Redis ---------------------------------------------------------------
+
+# These tickets go through Redis: numbered on another day long past than `made_up_no`'s.
+_long_past = itertools.count(random.randrange(900_000, 990_000))
+
+
+def long_past_no() -> str:
+    return f"20001203-{next(_long_past)}"
+
+
+async def a_ticket_in_redis(redis, pool, city: City, text: str, *, closed: bool, held: TicketUpdated) -> None:
+    """A ticket in Redis (ticket and history, as the router leaves it) and in the record: `held` for
+    a joint meeting, then LEAD's, closed long ago (`closed`) or still being handled."""
+    no, mid = held.ticket_no, held.meeting.meeting_id if held.meeting else ""
+    events = [*appeal_events(city, no, text, "utility.heating"), held]
+    appeal = events[0]
+    assert isinstance(appeal, AppealReceived)
+    assigned = TicketAssigned(
+        ticket_no=no,
+        department=ref(city, LEAD),
+        via="meeting",
+        explanation=f"联席会议{mid}决定由{city.department_by_id[LEAD].name}主办",
+        category="utility.heating",
+        grid=GRID,
+        respond_by=DAY + timedelta(hours=4),
+        resolve_by=DAY + timedelta(days=3),
+        occurred_at=DAY + timedelta(hours=2),
+    )
+    events.append(assigned)
+    update: dict = {"status": Status.ASSIGNED, "department": assigned.department, "meeting_id": mid}
+    if closed:
+        closed_at = DAY + timedelta(hours=30)
+        events.append(
+            TicketUpdated(
+                ticket_no=no,
+                action="closed",
+                status="closed",
+                actor=LEAD,
+                department=assigned.department,
+                answer=Answer(outcome="skipped_anonymous"),
+                occurred_at=closed_at,
+            )
+        )
+        update.update(status=Status.CLOSED, closed_at=closed_at)
+    store = TicketStore(redis)
+    assert await store.create_many([appeal]) == 1
+    ticket = Ticket.from_appeal(appeal).model_copy(update=update)
+    await store.apply_many([Change(no, lambda _t: Outcome(ticket, record=events[1:]))])
+    await record(pool, city, events)
+
+
+def escalated(no: str, mid: str, summoned: Sequence[str]) -> TicketUpdated:
+    """The ticket held for a meeting (contested responsibility): the router's handler opens the
+    meeting from it."""
+    spec = MeetingSpec(
+        meeting_id=mid,
+        reason="ambiguous",
+        lead_street=STREET,
+        summoned=tuple(summoned),
+        category="utility.heating",
+        grid=GRID,
+        deadline=datetime.now(UTC) + timedelta(days=3),
+    )
+    return TicketUpdated(
+        ticket_no=no,
+        action="escalated",
+        status="meeting",
+        actor="system",
+        meeting=spec,
+        occurred_at=DAY + timedelta(hours=1),
+    )
+
+
+async def a_meeting_in_redis(
+    api, redis, pool, city: City, *, decided: bool, open_ticket: bool = False
+) -> tuple[str, list[str]]:
+    """A joint meeting as the router keeps it, of two tickets (the second still being handled if
+    `open_ticket`, else both closed long ago): convened for the first, joined by the second, which
+    summons CALLED too; CALLED checks in, and if `decided` the desk names LEAD, through the API.
+    Its facts are in the tickets' histories, where the router writes them."""
+    mid = f"M-leaves-{uuid.uuid4().hex[:12]}"
+    nos = [long_past_no(), long_past_no()]
+    holds = [escalated(nos[0], mid, (STREET, LEAD)), escalated(nos[1], mid, (STREET, LEAD, CALLED))]
+    for held in holds:
+        closed = not (open_ticket and held is holds[1])
+        text = f"离开Redis的联席{held.ticket_no}：暖气不热"
+        await a_ticket_in_redis(redis, pool, city, text, closed=closed, held=held)
+    store = MeetingStore(redis, TicketStore(redis))
+    for held in holds:
+        await store.open_from([held], partial(dept_ref, city))
+    r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await bearer(redis, CALLED))
+    assert r.status_code == 200, r.text
+    if decided:
+        r = await api.post(
+            f"/api/v1/meetings/{mid}/decide",
+            json={"lead": LEAD, "note": "由热力公司主办"},
+            headers=await bearer(redis),
+        )
+        assert r.status_code == 200, r.text
+    return mid, nos
+
+
+async def forget(redis, mid: str, nos: Sequence[str]) -> None:
+    """Take what a test left in the shared Redis out of it: the meeting, off every list, and its
+    tickets (the departments' lists and counts are other tests' too)."""
+    await redis.delete(f"meeting:{mid}", *[k for no in nos for k in (f"t:{no}", f"t:{no}:h")])
+    for key in [k.decode() async for k in redis.scan_iter(match="meetings:*", count=1000)]:
+        await redis.zrem(key, mid)
+
+
+def instants(meeting: dict) -> dict:
+    """A meeting's view with its times as instants: the record gives them in UTC, Redis in the
+    time zone they were made in (the deadline: local)."""
+
+    def when(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return {
+        **meeting,
+        **{k: when(meeting[k]) for k in ("deadline", "convened_at", "decided_at")},
+        "checkins": {d: when(t) for d, t in meeting["checkins"].items()},
+    }
+
+
+async def evict_closed_tickets(redis, pool, settings, nos: Sequence[str]) -> Retention:
+    """Every closed ticket of the shared Redis goes (its history copied into the record first): these
+    tickets among them."""
+    retention = Retention(pool, TicketStore(redis), settings)
+    await retention.evict_closed(datetime.now(UTC) + timedelta(minutes=1))
+    assert not await redis.exists(*[f"t:{no}" for no in nos])
+    return retention
+
+
+async def test_a_decided_meeting_whose_tickets_left_redis_leaves_it_and_is_read_from_the_record(
+    api, redis, pool, settings, system_city, console
+):
+    mid, nos = await a_meeting_in_redis(api, redis, pool, system_city, decided=True)
+    try:
+        desk = await bearer(redis)
+        r = await api.get(f"/api/v1/meetings/{mid}", headers=desk)
+        assert r.status_code == 200, r.text
+        live = r.json()
+        assert (live["status"], live["lead"], live["tickets"]) == ("decided", LEAD, nos)
+        assert [d["id"] for d in live["summoned"]] == [STREET, LEAD, CALLED]
+        assert "archived" not in live
+
+        retention = await evict_closed_tickets(redis, pool, settings, nos)
+        assert await retention.evict_decided_meetings(datetime.now(UTC) + timedelta(minutes=1)) >= 1
+        assert not await redis.exists(f"meeting:{mid}")
+        for dept in (None, STREET, LEAD, CALLED):  # off every list it was on
+            base = "meetings:all" if dept is None else f"meetings:of:{dept}"
+            for key in (base, f"{base}:decided", f"{base}:check_in"):
+                assert await redis.zscore(key, mid) is None, key
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT left_redis_at FROM meetings WHERE meeting_id = %s", (mid,))
+            assert (await cur.fetchone())["left_redis_at"] is not None
+
+        # From the record, in the shape Redis gave, under the same rule.
+        r = await api.get(f"/api/v1/meetings/{mid}", headers=desk)
+        assert r.status_code == 200, r.text
+        archived = r.json()
+        assert archived["archived"] is True
+        assert instants(archived) == {**instants(live), "archived": True}
+        for dept, status in ((CALLED, 200), (STREET, 200), (LEAD, 200), (NOT_CALLED, 404)):
+            r = await api.get(f"/api/v1/meetings/{mid}", headers=await bearer(redis, dept))
+            assert r.status_code == status, (dept, r.text)
+        r = await api.get(f"/api/v1/meetings/M-never-{uuid.uuid4().hex[:8]}", headers=desk)
+        assert r.status_code == 404, r.text  # neither in Redis nor in the record
+
+        # The console's page of the meeting, which its tickets' pages link.
+        await sign_in(console, redis, CALLED)
+        page = await console.get(f"/console/meetings/{mid}")
+        assert page.status_code == 200, page.text
+        assert 'id="meeting-archived"' in page.text
+        assert f'id="meeting-{mid}"' in page.text
+        assert f"主办单位：{system_city.department_by_id[LEAD].name}（由热力公司主办）" in page.text
+        assert all(f'href="/console/tickets/{no}"' in page.text for no in nos)
+        assert f'action="/console/meetings/{mid}/' not in page.text
+        ticket = await console.get(f"/console/tickets/{nos[0]}")
+        assert ticket.status_code == 200, ticket.text
+        assert f'href="/console/meetings/{mid}"' in ticket.text
+        await sign_in(console, redis, NOT_CALLED)
+        assert (await console.get(f"/console/meetings/{mid}")).status_code == 404
+    finally:
+        await forget(redis, mid, nos)
+
+
+async def test_an_open_meeting_or_one_with_a_ticket_in_redis_stays_there(
+    api, redis, pool, settings, system_city
+):
+    opened, opened_nos = await a_meeting_in_redis(api, redis, pool, system_city, decided=False)
+    held, held_nos = await a_meeting_in_redis(api, redis, pool, system_city, decided=True, open_ticket=True)
+    # Back in Redis after it left, as far as the record knows: its meeting waits for it too.
+    back, back_nos = await a_meeting_in_redis(api, redis, pool, system_city, decided=True)
+    try:
+        retention = await evict_closed_tickets(redis, pool, settings, [*opened_nos, *back_nos, held_nos[0]])
+        assert await redis.exists(f"t:{held_nos[1]}")  # still being handled
+        await redis.set(f"t:{back_nos[1]}", "{}")
+        await retention.evict_decided_meetings(datetime.now(UTC) + timedelta(minutes=1))
+        desk = await bearer(redis)
+        for mid in (opened, held, back):
+            assert await redis.exists(f"meeting:{mid}"), mid
+            r = await api.get(f"/api/v1/meetings/{mid}", headers=desk)
+            assert r.status_code == 200, r.text
+            assert "archived" not in r.json()
+        assert await redis.zscore(f"meetings:of:{CALLED}:decided", back) is not None  # still listed
+        # Gone from Redis, the ticket no longer keeps it.
+        await redis.delete(f"t:{back_nos[1]}")
+        await retention.evict_decided_meetings(datetime.now(UTC) + timedelta(minutes=1))
+        assert not await redis.exists(f"meeting:{back}")
+    finally:
+        for mid, nos in ((opened, opened_nos), (held, held_nos), (back, back_nos)):
+            await forget(redis, mid, nos)

@@ -14,8 +14,9 @@ import psycopg
 import pytest
 
 from services.records.callers import CallerHistories, history_of, survey_words
-from services.records.projection import TICKET_TOPICS, fold_meeting, fold_ticket, ticket_of
+from services.records.projection import TICKET_TOPICS, at, fold_meeting, fold_ticket, meeting_of, ticket_of
 from services.records.query import build
+from services.router import meetings
 from shared.city import City
 from shared.errors import DomainError
 from shared.events import (
@@ -32,6 +33,7 @@ from shared.events import (
     GridMatch,
     Mediation,
     MeetingConvened,
+    MeetingSpec,
     MeetingUpdated,
     Merge,
     PersonalDataRemoved,
@@ -575,6 +577,122 @@ def test_a_meeting_folds_from_convening_to_decision():
     # Without the words said at it (they may name a resident), the meeting's course stays.
     scrubbed = fold_meeting([scrub_event(dump(e)) for e in (decided, attached, convened)])
     assert scrubbed == {**row, "explanation": REMOVED, "decision": REMOVED}
+
+
+def a_meeting_and_its_facts() -> tuple[meetings.Meeting, list[dict]]:
+    """A hotspot's meeting as the router makes it (the pure steps), and the facts it writes with
+    each step: convened, a ticket joining with a department more, a check-in, the decision."""
+    street, heating, gas = (CITY.department_by_id[d] for d in ("street_s03", "heating", "gas"))
+    ref = {d.id: DepartmentRef(id=d.id, name=d.name) for d in (street, heating, gas)}
+    spec = MeetingSpec(
+        meeting_id="M-hot",
+        reason="hotspot",
+        lead_street=street.id,
+        summoned=(street.id, heating.id),
+        category="utility.heating",
+        grid="s03c01g02",
+        deadline=(T0 + timedelta(days=3)).astimezone(TZ),  # the router's deadline is local
+    )
+    first, joining = "20001203-900001", "20001203-900002"
+    m, _ = meetings.merge(None, spec, [first], T0)
+    convened = MeetingConvened(
+        ticket_no=first,
+        meeting_id=m.meeting_id,
+        reason=m.reason,
+        lead_street=ref[street.id],
+        summoned=tuple(ref[d] for d in m.summoned),
+        tickets=tuple(m.tickets),
+        category=m.category,
+        grid=m.grid,
+        deadline=m.deadline,
+        explanation="同一网格同类诉求集中（热点）：5件",
+        occurred_at=m.convened_at,
+    )
+    before = m.summoned
+    m, added = meetings.merge(m, spec.model_copy(update={"summoned": (gas.id,)}), [joining], T0)
+    attached = MeetingUpdated(
+        ticket_no=joining,
+        meeting_id=m.meeting_id,
+        action="attached",
+        actor="system",
+        tickets=tuple(added),
+        summoned=tuple(ref[d] for d in m.summoned if d not in before),
+        occurred_at=T0 + timedelta(minutes=5),
+    )
+    checked_at = T0 + timedelta(hours=1, microseconds=123)
+    m = meetings.check_in(m, gas.id, checked_at)
+    checked_in = MeetingUpdated(
+        ticket_no=first,
+        meeting_id=m.meeting_id,
+        action="checked_in",
+        actor=gas.id,
+        department=ref[gas.id],
+        occurred_at=checked_at,
+    )
+    decided_at = T0 + timedelta(hours=2)
+    m = meetings.decide(m, heating.id, "dispatch_desk", "由热力公司主办", CITY, decided_at)
+    decided = MeetingUpdated(
+        ticket_no=first,
+        meeting_id=m.meeting_id,
+        action="decided",
+        actor="dispatch_desk",
+        department=ref[heating.id],
+        tickets=tuple(m.tickets),
+        note=m.note,
+        occurred_at=decided_at,
+    )
+    return m, [dump(e) for e in (convened, attached, checked_in, decided)]
+
+
+def recorded_from(facts: list[dict]) -> meetings.Meeting:
+    """The meeting as the record holds it, folded from these facts."""
+    row = fold_meeting(facts)
+    assert row is not None
+    return meeting_of(row)
+
+
+def test_a_meetings_row_reads_back_as_the_meeting_redis_held():
+    """A meeting that has left Redis is answered from its row, folded from its facts: the meeting
+    as the working set held it, whom it summoned, who checked in and when, whom it named and who
+    decided."""
+    meeting, facts = a_meeting_and_its_facts()
+    row = fold_meeting(facts)
+    assert row is not None
+    recorded = meeting_of(row)
+    assert recorded == meeting
+    assert recorded.summoned == ["street_s03", "heating", "gas"]  # the joining ticket's department too
+    assert meetings.unrecorded(meeting, recorded) == []
+    # As PostgreSQL gives the row back: who checked in when, from JSON.
+    stored = {**row, "checkins": {d: t.isoformat() for d, t in row["checkins"].items()}}
+    assert meeting_of(stored) == meeting
+
+
+def test_a_decided_meeting_leaves_redis_only_once_the_record_holds_it():
+    meeting, facts = a_meeting_and_its_facts()
+    assert meeting.decided_at is not None
+    later = meeting.decided_at + timedelta(seconds=1)
+    recorded = recorded_from(facts)
+    assert meetings.may_leave_redis(meeting, recorded, later)
+    assert not meetings.may_leave_redis(meeting, recorded, meeting.decided_at)  # not decided before
+    assert not meetings.may_leave_redis(meeting, None, later)  # the record has none of it
+    opened = meeting.model_copy(update={"status": "open", "lead": None, "decided_at": None})
+    assert not meetings.may_leave_redis(opened, recorded_from(facts[:3]), later)
+
+    def without(action: str) -> meetings.Meeting:
+        return recorded_from([f for f in facts if f.get("action") != action])
+
+    assert meetings.unrecorded(meeting, without("checked_in")) == ["checked_in"]
+    assert set(meetings.unrecorded(meeting, without("decided"))) == {"status", "lead", "decided_by", "note"}
+    # An attached fact of an older version names no department it brings.
+    older = [{k: v for k, v in f.items() if k != "summoned"} if f.get("action") else f for f in facts]
+    assert meetings.unrecorded(meeting, recorded_from(older)) == ["summoned"]
+    # The clocks are the facts': off by the router's moments, still held.
+    late = [{**f, "occurred_at": (at(f["occurred_at"]) + timedelta(seconds=2)).isoformat()} for f in facts]
+    assert meetings.may_leave_redis(meeting, recorded_from(late), later)
+    # The record scrubbed the decision's words (an erasure of a ticket of the meeting): held.
+    scrubbed = recorded_from([scrub_event(f) for f in facts])
+    assert scrubbed.note == REMOVED
+    assert meetings.may_leave_redis(meeting, scrubbed, later)
 
 
 def invalid_field(raw: dict, **kw) -> str | None:

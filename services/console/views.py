@@ -5,6 +5,7 @@
   /console/patrol      a grid worker's report from the spot, and its grid's latest tickets
   /console/department  a department's queue                 /console/tickets/N  a ticket, its actions
   /console/desk        the dispatch desk                     /console/meetings   joint meetings
+  /console/meetings/ID one meeting (a ticket's page links it), also once it has left Redis
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
   /console/tickets     search the record, export it (desk: every ticket; a department: its own)
   /console/privacy     the desk: a resident's erasure request (preview, confirm) and the audit trail
@@ -1579,6 +1580,18 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         error=request.query_params.get("error") or (None if reply.ok else reply.message),
         done=request.query_params.get("done"),
     )
+
+
+@router.get("/meetings/{mid}")
+async def meeting_page(request: Request, mid: str, s: session.Session = Depends(as_staff)):
+    """One meeting, as `GET /api/v1/meetings/{id}` has it, for those who read it there: a ticket's
+    page links its meeting here, which the list no longer shows once decided 30 days ago. One that
+    has left Redis with its tickets is read from the record and says so (`archived`)."""
+    reply = await api(request, s).get(f"/api/v1/meetings/{mid}")
+    if not reply.ok:
+        return await page(request, "message.html", reply.status, s=s, title="联席会议", message=reply.message)
+    m = present.meeting_row(reply.body, city_of(request), tz_of(request))
+    return await page(request, "meeting.html", s=s, m=m, page_no=1)
 
 
 @router.post("/meetings/{mid}/{step}")

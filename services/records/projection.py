@@ -13,9 +13,10 @@ answer carried the new deadlines leaves the old ones).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from services.router.meetings import Meeting
 from shared.city import City
 from shared.events import Caller, DepartmentRef, GeoPoint, GridMatch
 from shared.photos import MAX_PER_ITEM
@@ -317,7 +318,10 @@ def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
                 "explanation": e.get("explanation", ""),
                 "convened_at": when,
                 "checked_in": [],
+                "checkins": {},
                 "decided_at": None,
+                "lead": None,
+                "decided_by": None,
                 "decision": "",
                 "updated_at": when,
             }
@@ -327,12 +331,44 @@ def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
         action = e.get("action")
         if action == "attached":
             row["tickets"] = list(dict.fromkeys([*row["tickets"], *e.get("tickets", ())]))
+            # Those the joining tickets' departments add (a hotspot's); facts of older versions
+            # did not say, and their meetings' rows lack them.
+            added = [d["id"] for d in e.get("summoned") or ()]
+            row["summoned"] = list(dict.fromkeys([*row["summoned"], *added]))
         elif action == "checked_in" and e.get("department"):
-            row["checked_in"] = list(dict.fromkeys([*row["checked_in"], e["department"]["id"]]))
+            dept = e["department"]["id"]
+            row["checked_in"] = list(dict.fromkeys([*row["checked_in"], dept]))
+            if dept not in row["checkins"]:  # the first check-in counts, as in Redis
+                row["checkins"] = {**row["checkins"], dept: when}
         elif action == "decided":
-            row.update(decided_at=when, decision=e.get("note", ""))
+            lead = (e.get("department") or {}).get("id")
+            row.update(decided_at=when, decision=e.get("note", ""), lead=lead, decided_by=e.get("actor"))
         row["updated_at"] = max(row["updated_at"], when)
     return row
+
+
+def meeting_of(row: Mapping[str, Any]) -> Meeting:
+    """A meeting's row read back as the meeting the working set held, for a meeting that has left
+    Redis: GET /api/v1/meetings/{id} answers in one shape wherever it is. Its clocks are those of
+    its facts (see `meetings.unrecorded`), in UTC as the router keeps them."""
+    decided_at = row["decided_at"]
+    return Meeting(
+        meeting_id=row["meeting_id"],
+        reason=row["reason"],
+        status="open" if decided_at is None else "decided",
+        lead_street=row["lead_street"],
+        summoned=list(row["summoned"]),
+        tickets=list(row["tickets"]),
+        category=row["category"],
+        grid=row["grid"],
+        deadline=row["deadline"].astimezone(UTC),
+        convened_at=row["convened_at"].astimezone(UTC),
+        checkins={d: at(t).astimezone(UTC) for d, t in (row["checkins"] or {}).items()},
+        lead=row["lead"],
+        decided_by=row["decided_by"],
+        decided_at=decided_at.astimezone(UTC) if decided_at is not None else None,
+        note=row["decision"],
+    )
 
 
 def ticket_of(row: Mapping[str, Any], city: City) -> Ticket:

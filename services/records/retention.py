@@ -4,13 +4,14 @@ after its period, and one resident's personal data is erased on request, with an
 Redis keeps the working set: a ticket closed more than REDIS_KEEP_CLOSED_DAYS ago is removed from
 it, once the record holds every event of its history (what it lacks is copied in first) and Redis
 still has it closed (a reopening inside the window keeps it). Reading it by number then answers
-from PostgreSQL.
+from PostgreSQL. So is a joint meeting decided as long ago, once all its tickets have left and the
+record's row holds what Redis holds of it (folded again from the facts the record has, if not).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -19,13 +20,29 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from services.records.db import Pool
+from services.records.projection import meeting_of
 from services.records.service import Records
+from services.router import meetings
+from services.router.service import MeetingStore
 from shared.city import load_city
 from shared.photo_store import PhotoStore
 from shared.settings import Settings
 from shared.store import TicketStore, history_key, ticket_key
 
 log = logging.getLogger("records.retention")
+
+# A page of the record's meetings decided before a time, after (decided_at, meeting_id), all of
+# whose tickets the record has seen leave Redis (one it does not know counts as still there). Pages
+# by key, not by LIMIT alone: a meeting that stays (the record lacks some of it) holds up no other.
+_DECIDED_MEETINGS = """
+SELECT m.* FROM meetings m
+WHERE m.decided_at < %s AND m.left_redis_at IS NULL AND (m.decided_at, m.meeting_id) > (%s, %s)
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest(m.tickets) AS n (no) LEFT JOIN tickets t ON t.ticket_no = n.no
+    WHERE t.left_redis_at IS NULL)
+ORDER BY m.decided_at, m.meeting_id LIMIT %s
+"""
+_BEFORE_ALL = (datetime(1970, 1, 1, tzinfo=UTC), "")
 
 # Delete a ticket and its history only if it is still closed and its history has the length whose
 # events the record was seen to hold (1); 2: already gone. KEYS: ticket, history; ARGV: that length.
@@ -51,10 +68,13 @@ class Retention:
         """Both jobs, each in rounds of `limit` tickets until nothing is left to do."""
         now = now or datetime.now(UTC)
         left = removed = 0
-        while n := await self.evict_closed(now - timedelta(days=self.settings.redis_keep_closed_days), limit):
+        keep = timedelta(days=self.settings.redis_keep_closed_days)
+        while n := await self.evict_closed(now - keep, limit):
             left += n
             if n < limit:
                 break
+        # After the tickets: a meeting leaves once all its tickets have.
+        meetings_left = await self.evict_decided_meetings(now - keep)
         cutoff = now - timedelta(days=self.settings.personal_data_keep_days)
         while n := await self.remove_personal_data(cutoff, limit):
             removed += n
@@ -66,15 +86,21 @@ class Retention:
             swept += n
             if n < limit:
                 break
-        if left or removed or swept:
+        if left or meetings_left or removed or swept:
             log.info(
-                "retention: %d closed tickets left Redis, personal data removed from %d, "
-                "%d photo(s) no ticket took deleted",
+                "retention: %d closed tickets and %d decided meetings left Redis, personal data "
+                "removed from %d, %d photo(s) no ticket took deleted",
                 left,
+                meetings_left,
                 removed,
                 swept,
             )
-        return {"left_redis": left, "personal_data_removed": removed, "unattached_photos_deleted": swept}
+        return {
+            "left_redis": left,
+            "meetings_left_redis": meetings_left,
+            "personal_data_removed": removed,
+            "unattached_photos_deleted": swept,
+        }
 
     async def sweep_unattached_photos(self, uploaded_before: datetime, limit: int = 5000) -> int:
         """One round: photos uploaded before `uploaded_before` that no ticket took (a form left
@@ -130,6 +156,63 @@ class Retention:
         async with self.pool.connection() as conn:
             await conn.execute("UPDATE tickets SET left_redis_at = now() WHERE ticket_no = ANY(%s)", (gone,))
         return len(gone)
+
+    async def evict_decided_meetings(self, decided_before: datetime, batch: int = 500) -> int:
+        """One round: the joint meetings decided before `decided_before` whose tickets have all left
+        Redis leave it too (`MeetingStore.leave`: only as read, and with no ticket of theirs back),
+        each once the record's row holds what Redis holds of it (`meetings.may_leave_redis`). A row
+        that does not is folded again from the meeting's facts in the record (copied there from
+        the tickets' histories as the tickets left) and compared again; a meeting the record still
+        lacks something of stays, and is logged. Returns how many left (or were gone already)."""
+        store = MeetingStore(self.store.redis, self.store)
+        left, after = 0, _BEFORE_ALL
+        lacking: dict[str, list[str]] = {}
+        while True:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(_DECIDED_MEETINGS, (decided_before, *after, batch))
+                rows = await cur.fetchall()
+            if not rows:
+                break
+            after = (rows[-1]["decided_at"], rows[-1]["meeting_id"])
+            read = await store.read_many([r["meeting_id"] for r in rows])
+            held = {mid: meetings.Meeting.model_validate_json(raw) for mid, raw in read.items() if raw}
+            recorded = {r["meeting_id"]: meeting_of(r) for r in rows}
+            if behind := [mid for mid, m in held.items() if meetings.unrecorded(m, recorded[mid])]:
+                recorded.update(await self._refolded_meetings(behind))
+            leaving: Mapping[str, bytes] = {
+                mid: raw
+                for mid, raw in read.items()
+                if raw and meetings.may_leave_redis(held[mid], recorded[mid], decided_before)
+            }
+            lacking |= {
+                mid: gaps
+                for mid in behind
+                if held[mid].status == "decided" and (gaps := meetings.unrecorded(held[mid], recorded[mid]))
+            }
+            gone = [mid for mid, raw in read.items() if raw is None] + await store.leave(leaving)
+            if gone:
+                async with self.pool.connection() as conn:
+                    await conn.execute(
+                        "UPDATE meetings SET left_redis_at = now() WHERE meeting_id = ANY(%s)", (gone,)
+                    )
+            left += len(gone)
+            if len(rows) < batch:
+                break
+        if lacking:
+            log.info(
+                "retention: %d decided meeting(s) stay in Redis, the record lacking some of what Redis "
+                "holds (e.g. %s)",
+                len(lacking),
+                "; ".join(f"{mid}: {', '.join(gaps)}" for mid, gaps in list(lacking.items())[:5]),
+            )
+        return left
+
+    async def _refolded_meetings(self, mids: Sequence[str]) -> dict[str, meetings.Meeting]:
+        """These meetings as the record holds them once folded again from their facts."""
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await self.records.refold_meetings(cur, mids)
+            await cur.execute("SELECT * FROM meetings WHERE meeting_id = ANY(%s)", (list(mids),))
+            return {r["meeting_id"]: meeting_of(r) for r in await cur.fetchall()}
 
     async def remove_personal_data(self, closed_before: datetime, limit: int = 5000) -> int:
         async with self.pool.connection() as conn:

@@ -110,7 +110,10 @@ MEETING_COLUMNS = [
     "explanation",
     "convened_at",
     "checked_in",
+    "checkins",
     "decided_at",
+    "lead",
+    "decided_by",
     "decision",
     "updated_at",
 ]
@@ -464,7 +467,7 @@ class Records:
             by_meeting.setdefault(event["meeting_id"], []).append(event)
         rows: list[Row] = [row for evs in by_meeting.values() if (row := fold_meeting(evs))]
         if rows:
-            await cur.executemany(UPSERT_MEETING, rows)
+            await cur.executemany(UPSERT_MEETING, [{**r, "checkins": as_jsonb(r["checkins"])} for r in rows])
         return len(rows)
 
     async def rebuild(self, since: datetime | None = None, chunk: int = 2000) -> int:
@@ -472,11 +475,13 @@ class Records:
         them, from scratch). Returns how many tickets were written."""
         written = 0
         marks: dict[str, tuple[datetime | None, datetime | None]] = {}
+        gone: list[tuple[datetime, str]] = []  # the meetings that left Redis
         async with self.pool.connection() as conn:
             if since is None:
                 async with conn.transaction():
                     # What no event says, kept across the emptying: which tickets had their personal
-                    # data removed (the worker scrubs their late events by it) and which left Redis.
+                    # data removed (the worker scrubs their late events by it), and which tickets and
+                    # meetings left Redis.
                     cur = await conn.execute(
                         "SELECT ticket_no, personal_data_removed_at, left_redis_at FROM tickets "
                         "WHERE personal_data_removed_at IS NOT NULL OR left_redis_at IS NOT NULL"
@@ -485,6 +490,10 @@ class Records:
                         r["ticket_no"]: (r["personal_data_removed_at"], r["left_redis_at"])
                         for r in await cur.fetchall()
                     }
+                    cur = await conn.execute(
+                        "SELECT meeting_id, left_redis_at FROM meetings WHERE left_redis_at IS NOT NULL"
+                    )
+                    gone = [(r["left_redis_at"], r["meeting_id"]) for r in await cur.fetchall()]
                     await conn.execute("TRUNCATE tickets, meetings")
             where, args = ("WHERE occurred_at >= %s", [since]) if since else ("", [])
             cur = await conn.execute(f"SELECT DISTINCT ticket_no FROM ticket_events {where}", args)
@@ -506,6 +515,8 @@ class Records:
             ids = [r["id"] for r in await cur.fetchall()]
             async with conn.transaction(), conn.cursor() as c:
                 await self.refold_meetings(c, ids)
+                if gone:
+                    await c.executemany("UPDATE meetings SET left_redis_at = %s WHERE meeting_id = %s", gone)
         return written
 
     async def backfill_from_store(self, store: TicketStore, batch: int = 500) -> int:

@@ -1,4 +1,4 @@
-"""Search and export over the record (PostgreSQL), and tickets that have left Redis.
+"""Search and export over the record (PostgreSQL), and tickets and joint meetings that have left Redis.
 
     GET /api/v1/tickets?status=&department=&category=&street=&community=&grid=&channel=&urgent=
                        &overdue=&verified=&from=&to=&q=&sort=&page=&size=
@@ -26,8 +26,9 @@ from psycopg_pool import PoolTimeout
 
 from services.records import db
 from services.records.db import Pool
-from services.records.projection import in_order, ticket_of
+from services.records.projection import in_order, meeting_of, ticket_of
 from services.records.query import Search, build
+from services.router.meetings import Meeting
 from shared.auth import Principal, current_principal
 from shared.city import City
 from shared.errors import DomainError
@@ -278,3 +279,23 @@ async def archived_ticket(
     except UNAVAILABLE:
         return unavailable()
     return ticket, history
+
+
+async def archived_meeting(
+    request: Request, meeting_id: str, may_read: Callable[[Meeting], bool]
+) -> Meeting | JSONResponse:
+    """A joint meeting that has left Redis, from the record: the meeting as the working set held it
+    (`projection.meeting_of`). `may_read` is the router's rule for every meeting. 404 as for any
+    meeting the caller may not read."""
+    not_found = api_error(404, "not_found", f"联席会议{meeting_id}不存在")
+    try:
+        pool = await records_pool(request)
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM meetings WHERE meeting_id = %s", (meeting_id,))
+            row = await cur.fetchone()
+    except UNAVAILABLE:
+        return unavailable()
+    if row is None:
+        return not_found
+    meeting = meeting_of(row)
+    return meeting if may_read(meeting) else not_found

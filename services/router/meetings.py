@@ -21,6 +21,7 @@ from services.router.sla import add_working_days
 from shared.city import City
 from shared.errors import DomainError
 from shared.events import MeetingReason, MeetingSpec
+from shared.privacy import REMOVED
 
 REASON_NAMES: dict[str, str] = {
     "ambiguous": "权责不清，需明确主办单位",
@@ -192,6 +193,50 @@ def page_spans(open_count: int, decided_count: int, page: int, size: int) -> tup
     past = max(start - open_count, 0), max(stop - open_count, 0)  # the page's ends past the open ones
     decided = range(min(past[0], decided_count), min(past[1], decided_count))
     return opened, decided
+
+
+# --- leaving Redis -------------------------------------------------------------------------------
+
+# What the record's copy of a meeting need not match: the clocks of its steps. The record has each
+# from the fact of the step, stamped with it; facts written before they were stamped with the
+# meeting's own clock miss it by the moments the router took to write them.
+_CLOCKS = {"convened_at", "decided_at", "checkins"}
+
+
+def _content(m: Meeting) -> dict[str, object]:
+    """The meeting without its clocks, its lists as sets (the record keeps them in the order of
+    its facts), and who checked in without when."""
+    body = m.model_dump(exclude=_CLOCKS)
+    body.update(
+        summoned=frozenset(m.summoned), tickets=frozenset(m.tickets), checked_in=frozenset(m.checkins)
+    )
+    return body
+
+
+def unrecorded(meeting: Meeting, recorded: Meeting | None) -> list[str]:
+    """What of the meeting, as Redis holds it, the record's copy (folded from the meeting's facts)
+    does not hold: the names of the fields that differ, none when it holds it all. A note the record
+    holds scrubbed is held: an erasure of one of its tickets removed it there on purpose."""
+    if recorded is None:
+        return ["meeting_id"]
+    ours, theirs = _content(meeting), _content(recorded)
+    differ = [name for name, value in ours.items() if theirs.get(name) != value]
+    if "note" in differ and recorded.note == REMOVED:
+        differ.remove("note")
+    return differ
+
+
+def may_leave_redis(meeting: Meeting, recorded: Meeting | None, decided_before: datetime) -> bool:
+    """Whether a meeting leaves Redis, the working set, for the record, which then answers for it:
+    decided before `decided_before` (a decided meeting changes no more) and held by the record
+    (`unrecorded`). Its tickets must have left Redis before it, which the store asks as it removes
+    it: a ticket in Redis looks its meeting up there (who is summoned to it reads the ticket)."""
+    return (
+        meeting.status == "decided"
+        and meeting.decided_at is not None
+        and meeting.decided_at < decided_before
+        and not unrecorded(meeting, recorded)
+    )
 
 
 # --- hotspots ------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Keys:
   queue:{dept}           sorted set: the department's open tickets -> their nearest deadline
   queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
-  meeting:{id}           a joint meeting, as JSON (meetings.Meeting)
+  meeting:{id}           a joint meeting, as JSON (meetings.Meeting); a decided one leaves Redis
+                         after its tickets (`leave`, the records worker's retention)
   meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any
   meetings:of:{dept}     sorted set: the open meetings the department is summoned to -> deadline
   meetings:of:{dept}:decided  sorted set: its decided ones -> when decided (listed for 30 days)
@@ -18,8 +19,8 @@ Keys:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -28,7 +29,7 @@ from services.router import meetings
 from services.router.timers import Timer, timers_for
 from shared.city import Supervision
 from shared.events import DepartmentRef, Event, MeetingConvened, MeetingSpec, MeetingUpdated, TicketUpdated
-from shared.store import ConcurrentUpdate, TicketStore
+from shared.store import ConcurrentUpdate, TicketStore, ticket_key
 from shared.tickets import Status, Ticket
 
 TIMERS = "timers"
@@ -220,6 +221,29 @@ def _list_into(pipe: Any, meeting: meetings.Meeting, since: float) -> None:
 
 ListedStatus = Literal["open", "decided", "all"]
 
+# A decided meeting leaves Redis (the records worker's retention, once the record holds it) only as
+# it was read, so still decided and unchanged, and only if none of its tickets is in Redis (a
+# ticket there looks its meeting up there); off every list with it. The cluster's key goes only if
+# it still names this meeting: a hotspot's was removed with its decision, and the cluster may have
+# opened another meeting since. KEYS: the meeting, ARGV[3] list keys, the cluster's key if ARGV[4]
+# is 1, then its tickets. ARGV: the meeting as read, its id, those two counts. Returns 1: removed;
+# 0: changed since, or a ticket is in Redis; 2: already gone.
+_LEAVE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 2 end
+if raw ~= ARGV[1] then return 0 end
+local lists, cluster = tonumber(ARGV[3]), tonumber(ARGV[4])
+for i = 2 + lists + cluster, #KEYS, 500 do
+  if redis.call('EXISTS', unpack(KEYS, i, math.min(i + 499, #KEYS))) > 0 then return 0 end
+end
+redis.call('DEL', KEYS[1])
+for i = 2, 1 + lists do redis.call('ZREM', KEYS[i], ARGV[2]) end
+if cluster == 1 and redis.call('GET', KEYS[2 + lists]) == ARGV[2] then
+  redis.call('DEL', KEYS[2 + lists])
+end
+return 1
+"""
+
 
 class MeetingStore:
     def __init__(self, redis: Redis, store: TicketStore) -> None:
@@ -232,6 +256,33 @@ class MeetingStore:
     async def get(self, mid: str) -> meetings.Meeting | None:
         raw = await self.redis.get(self.key(mid))
         return meetings.Meeting.model_validate_json(raw) if raw else None
+
+    async def read_many(self, mids: Sequence[str]) -> dict[str, bytes | None]:
+        """These meetings as stored (their JSON), None for those Redis does not hold."""
+        raws = cast("list[bytes | None]", await self.redis.mget([self.key(m) for m in mids]) if mids else [])
+        return dict(zip(mids, raws, strict=True))
+
+    async def leave(self, read: Mapping[str, bytes]) -> list[str]:
+        """Remove these decided meetings from Redis, and from every list they are on, each only if
+        it is still as it was read (`read`: id -> its JSON) and none of its tickets is in Redis. For
+        the records worker's retention, once the record holds them (`meetings.may_leave_redis`).
+        Returns those no longer in Redis: removed, or gone already."""
+        if not read:
+            return []
+        leave = self.redis.register_script(_LEAVE)
+        async with self.redis.pipeline(transaction=False) as p:
+            for mid, raw in read.items():
+                m = meetings.Meeting.model_validate_json(raw)
+                lists = [list_key(None, "open"), list_key(None, "decided")]
+                for dept in m.summoned:
+                    lists += [list_key(dept, "open"), list_key(dept, "decided"), check_in_key(dept)]
+                cluster = (
+                    [open_key(m.category, m.grid)] if m.reason == "hotspot" and m.category and m.grid else []
+                )
+                keys = [self.key(mid), *lists, *cluster, *map(ticket_key, m.tickets)]
+                await leave(keys=keys, args=[raw, mid, len(lists), len(cluster)], client=p)
+            results = await p.execute()
+        return [mid for mid, done in zip(read, results, strict=True) if done]
 
     async def listing(
         self, dept: str | None, status: ListedStatus, page: int, size: int, now: float
@@ -400,10 +451,13 @@ class MeetingStore:
                 if not added:
                     return None
                 first = next(e for e in events if e.ticket_no == added[0])
+                # Each fact with the meeting's own clock where it has one: the record's copy, folded
+                # from them, reads as the meeting did (`meetings.unrecorded`).
                 out: Event
                 if current is None:
                     out = MeetingConvened.caused(
                         first,
+                        occurred_at=meeting.convened_at,
                         meeting_id=mid,
                         reason=meeting.reason,
                         lead_street=ref(meeting.lead_street),
@@ -416,7 +470,12 @@ class MeetingStore:
                     )
                 else:
                     out = MeetingUpdated.caused(
-                        first, meeting_id=mid, action="attached", actor="system", tickets=tuple(added)
+                        first,
+                        meeting_id=mid,
+                        action="attached",
+                        actor="system",
+                        tickets=tuple(added),
+                        summoned=tuple(ref(d) for d in meeting.summoned if d not in current.summoned),
                     )
                 return meeting, [out]
 

@@ -820,11 +820,24 @@ async def count_meetings(
 
 @router.get("/meetings/{meeting_id}")
 async def get_meeting(meeting_id: str, request: Request, principal: Principal = Depends(current_principal)):
-    state = request.app.state
+    city = request.app.state.city
     m = await meeting_store(request).get(meeting_id)
-    if m is None or not (principal.is_admin or summoned(principal, m)):
+    if m is None:  # decided long ago, it has left Redis with its tickets: the record has it
+        from services.records.views import archived_meeting
+
+        found = await archived_meeting(request, meeting_id, partial(may_read_meeting, principal))
+        if isinstance(found, JSONResponse):
+            return found
+        # The same view wherever the meeting is; `archived`: read from the record.
+        return {**meeting_view(found, city), "archived": True}
+    if not may_read_meeting(principal, m):
         return domain_error(meeting_not_found(meeting_id))
-    return meeting_view(m, state.city)
+    return meeting_view(m, city)
+
+
+def may_read_meeting(principal: Principal, meeting: meetings.Meeting) -> bool:
+    """Who reads a meeting, in Redis or in the record: the departments it summons, and the desk."""
+    return principal.is_admin or summoned(principal, meeting)
 
 
 def meeting_not_found(meeting_id: str) -> DomainError:
@@ -840,7 +853,7 @@ async def change_meeting(
     errors: list[DomainError] = []
 
     def decide(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
-        if m is None or not (principal.is_admin or summoned(principal, m)):
+        if m is None or not may_read_meeting(principal, m):
             errors.append(meeting_not_found(meeting_id))
             return None
         try:
@@ -867,11 +880,13 @@ async def meeting_checkin(
     dept, city = principal.department or "", request.app.state.city  # never empty: see acting_department
 
     def step(m: meetings.Meeting) -> tuple[meetings.Meeting, list[Event]] | None:
-        new = meetings.check_in(m, dept, datetime.now(UTC))
+        now = datetime.now(UTC)
+        new = meetings.check_in(m, dept, now)
         if new is m:
             return None  # already checked in
         return new, [
             MeetingUpdated(
+                occurred_at=now,  # the meeting's clock: the record reads the check-in's time from it
                 ticket_no=m.tickets[0],
                 meeting_id=m.meeting_id,
                 action="checked_in",
@@ -902,6 +917,7 @@ async def meeting_decide(
         new = meetings.decide(m, body.lead, desk, body.note, city, now)
         return new, [
             MeetingUpdated(
+                occurred_at=now,  # as `decided_at`, which the record reads from it
                 ticket_no=m.tickets[0],
                 meeting_id=m.meeting_id,
                 action="decided",

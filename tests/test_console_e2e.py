@@ -1065,7 +1065,7 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await accessible(page)
     await shot(page, "meetings-department")
     await card.get_by_role("button", name="报到").click()
-    await expect(page.get_by_role("status")).to_contain_text(f"已在联席会议{mid}报到")
+    await expect(page.locator("p.ok[role=status]")).to_contain_text(f"已在联席会议{mid}报到")
     await expect(page.locator(f"#checked-in-{mid}")).to_have_text("本单位已报到")
     await expect(card).to_contain_text(f"{street}：已报到")
     await expect(card.get_by_role("button", name="报到")).to_have_count(0)

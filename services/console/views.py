@@ -639,8 +639,10 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
                 try:
-                    item = await asyncio.wait_for(news.get(), timeout=15)
+                    item = await asyncio.wait_for(news.get(), timeout=LIVE_CHECK_SECONDS)
                 except TimeoutError:
+                    if not await signed_in(request, s):
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 no = item["ticket_no"]
@@ -656,9 +658,21 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
                     data = json.dumps({"ticket_no": no, "topic": item["topic"], "left": True})
                 else:
                     continue
+                if not await signed_in(request, s):
+                    return
                 yield f"event: ticket\ndata: {data}\n\n"
 
     return event_stream(stream())
+
+
+# A live page's stream checks this often that its session still stands (signed out elsewhere,
+# expired, or its token revoked) and ends when it does not: the page's script then finds the
+# reconnection refused and goes to the sign-in page, as a page load would.
+LIVE_CHECK_SECONDS = 5.0
+
+
+async def signed_in(request: Request, s: session.Session) -> bool:
+    return await session.alive(request.app.state.redis, request.cookies.get(session.COOKIE), s)
 
 
 def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
@@ -1716,7 +1730,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
             pending: list[float] = []
             loop = asyncio.get_running_loop()
             while not await request.is_disconnected():
-                wait = max(0.0, min(pending) - loop.time()) if pending else 15.0
+                wait = max(0.0, min(pending) - loop.time()) if pending else LIVE_CHECK_SECONDS
                 try:
                     await asyncio.wait_for(news.get(), timeout=wait)
                     # The notifier counts the event beside us: look again shortly after, and once more.
@@ -1725,11 +1739,15 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                 except TimeoutError:
                     pass
                 if not pending:
+                    if not await signed_in(request, s):
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 pending = [p for p in pending if p > loop.time()]
                 now_figures = await client.figures(start, end)
                 if now_figures != last:
+                    if not await signed_in(request, s):
+                        return
                     last = now_figures
                     shown = {
                         k: present.percent(v) if k.endswith("_rate") else v for k, v in now_figures.items()

@@ -30,6 +30,7 @@ ROLE_NAMES: dict[str, str] = {
 STAFF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 NOTE_MAX = 50  # visible characters: a name and a post (张三 夜班组长), not a file
 MAX_DAYS = 3650
+SURROGATE = re.compile("[\ud800-\udfff]")
 # Which of the optional fields each role takes: the others must be left out, so that a token is
 # never stored with a subject it does not act for.
 FIELDS_OF: dict[str, tuple[str, ...]] = {
@@ -90,6 +91,11 @@ def checked_grant(
     (TOKEN_TTL_DAYS); 0: never expires."""
     checked = checked_role(role)
     given = {"operator": operator, "department": department, "grid": grid}
+    for field, value in {**given, "note": note}.items():
+        # A lone surrogate (JSON's "\ud800") is no character: it could be neither stored as UTF-8
+        # nor said back in a refusal.
+        if value and SURROGATE.search(value):
+            raise InvalidGrant(field, f"{FIELD_NAMES[field]}含有无法识别的字符，请重新输入")
     name = ROLE_NAMES[checked]
     for field, value in given.items():
         if value not in (None, "") and field not in FIELDS_OF[checked]:

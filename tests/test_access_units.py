@@ -71,6 +71,11 @@ def test_a_refusal_names_the_field_and_says_what_to_do_in_chinese(city):
     assert refused(city, role="grid_worker", operator="W017", grid="nowhere")[0] == "grid"
     assert refused(city, role="operator", operator="0231", days=-1)[0] == "days"
     assert refused(city, role="operator", operator="0231", days=3651)[0] == "days"
+    for field in ("operator", "department", "grid", "note"):  # "\ud800" in JSON: nothing UTF-8 can hold
+        assert (
+            refused(city, role="grid_worker", **{"operator": "W1", "grid": a_grid(city), field: "a\ud800"})[0]
+            == field
+        )
     field, message = refused(city, role="operator", operator="0231", note="张" * (NOTE_MAX + 1))
     assert (field, str(NOTE_MAX) in message) == ("note", True)
 

@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.access import views as access_views
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
 from services.console import callbacks as console_callbacks
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         records_knowledge_views,
         router_views,
         notifier_views,
+        access_views,
     ):
         app.include_router(views.router)
     app.mount("/metrics", make_asgi_app())

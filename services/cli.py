@@ -470,25 +470,41 @@ def token(
     days: int = typer.Option(
         None, min=0, help="Days until the new token expires (default TOKEN_TTL_DAYS; 0: never)."
     ),
-    list_: bool = typer.Option(False, "--list", help="List the live tokens (id, role, who, expiry)."),
+    note: str = typer.Option(
+        "", help="Whom the new token is for (a name), shown in the lists and the audit."
+    ),
+    list_: bool = typer.Option(
+        False, "--list", help="List the live tokens (id, role, who, expiry, last use, note)."
+    ),
     revoke: str = typer.Option(None, help="Revoke a token, given its id from --list (or the token)."),
 ) -> None:
-    """Mint an API bearer token (printed once; only its hash is stored), list or revoke tokens."""
+    """Mint an API bearer token (printed once; only its hash is stored), list or revoke tokens.
+    Minting and revoking are audited as done from the shell by this user (cli:USER), as the desk's
+    access page (/console/access) audits its own."""
+    import getpass
+
+    from shared.access import NOTE_MAX
     from shared.auth import Role, issue_token, list_tokens, revoke_token
     from shared.city import load_city
 
     settings = get_settings()
+    try:
+        actor = f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container's user without a name
+        actor = "cli:?"
     if list_:
         for t in asyncio.run(_with_redis(settings, list_tokens)):
             expires = _when(t.expires_at) if t.expires_at else "never"
+            used = _when(t.last_used_at) if t.last_used_at else "-"
             typer.echo(
                 f"{t.token_id}  {t.role:11s} {t.operator or t.department or '-':16s} "
                 f"{t.grid + '  ' if t.grid else ''}"
-                f"created {_when(t.created_at)}  expires {expires}"
+                f"created {_when(t.created_at)}  expires {expires}  used {used}"
+                f"{'  ' + t.note if t.note else ''}"
             )
         return
     if revoke is not None:
-        if not asyncio.run(_with_redis(settings, lambda r: revoke_token(r, revoke))):
+        if not asyncio.run(_with_redis(settings, lambda r: revoke_token(r, revoke, actor=actor))):
             raise typer.BadParameter(f"no live token with id {revoke!r} (see appeals token --list)")
         typer.echo(f"revoked {revoke}")
         return
@@ -520,12 +536,18 @@ def token(
         if grid_worker is not None
         else "department"
     )
+    note = " ".join(note.split())
+    if len(note) > NOTE_MAX:
+        raise typer.BadParameter(f"--note takes at most {NOTE_MAX} characters (a name and a post)")
     person = operator if operator is not None else grid_worker
     ttl = None if days is None else days * 86400
     typer.echo(
         asyncio.run(
             _with_redis(
-                settings, lambda r: issue_token(r, role, department, person, grid=grid, ttl_seconds=ttl)
+                settings,
+                lambda r: issue_token(
+                    r, role, department, person, grid=grid, ttl_seconds=ttl, note=note, actor=actor
+                ),
             )
         )
     )

@@ -3,12 +3,18 @@ SMS provider's gateway. Stored hashed in Redis, with an expiry.
 
   auth:token:{sha256(token)} -> JSON {"role": "operator"|"grid_worker"|"department"|"admin"|"sms_gateway",
                                       "department": id|null, "operator": id|null, "grid": id|null,
-                                      "created_at": unix s, "expires_at": unix s|null}
+                                      "note": who it is for (a name), "created_at": unix s,
+                                      "expires_at": unix s|null}
+  auth:used                  -> hash {token id: unix s of its last use, to the minute}
+  auth:audit                 -> list of JSON entries, newest first (the last AUDIT_KEEP): who issued
+                                or revoked which token, for whom; never the token
 
-`appeals token --operator ID` / `--grid-worker ID --grid GRID_ID` / `--department DEPT_ID` /
-`--admin` / `--sms-gateway` mint one and
-print it once (it expires after TOKEN_TTL_DAYS, or `--days`); `appeals token --list` shows every
-live token by its id (a prefix of the hash), `appeals token --revoke ID` ends one. An operator
+The dispatch desk issues, lists and revokes them on the console's access page (/console/access,
+through /api/v1/tokens); `appeals token --operator ID` / `--grid-worker ID --grid GRID_ID` /
+`--department DEPT_ID` / `--admin` / `--sms-gateway` does the same from a shell and prints it once
+(it expires after TOKEN_TTL_DAYS, or `--days`); `appeals token --list` shows every live token by its
+id (a prefix of the hash), `appeals token --revoke ID` ends one. Both are audited with the token's
+own write. An operator
 token registers appeals (hotline, preview, suggestion-box uploads) and reads nothing else: the
 preview shows a caller's open appeals and history, which are no one else's business. A grid
 worker's token reports what its worker finds on patrol in its one grid, and reads that grid's
@@ -21,19 +27,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
+from shared.access import Role
 from shared.settings import get_settings
 
-Role = Literal["operator", "grid_worker", "department", "admin", "sms_gateway"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,7 @@ class Principal:
     operator: str | None = None  # the person an operator's or a grid worker's token belongs to (工号)
     grid: str | None = None  # the grid a grid worker patrols
     token_id: str = ""  # names the token (a prefix of its hash) in listings, logs and key scopes
+    note: str = ""  # whom the desk issued it to, in its words (an admin token's holder in the audit)
 
     @property
     def is_admin(self) -> bool:
@@ -80,11 +89,23 @@ def _digest(token: str) -> str:
 
 KEY_PREFIX = "auth:token:"
 TOKEN_ID_LENGTH = 16  # the digest's prefix that names a token in listings and `--revoke`
+USED_KEY = "auth:used"
+# A token's last use is written at most this often by each process: a request reads its token
+# anyway, and one write a minute per token and process adds nothing a request waits for.
+USE_RESOLUTION_SECONDS = 60
+AUDIT_KEY = "auth:audit"
+# About 2.5 MB at most: years of a centre's staff changes. The entries are also logged, for a
+# deployment that keeps its logs longer.
+AUDIT_KEEP = 10_000
+
+
+def token_id_of(token: str) -> str:
+    return _digest(token)[:TOKEN_ID_LENGTH]
 
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """A token as `appeals token --list` shows it: never the token itself, which is not stored."""
+    """A token as the lists show it: never the token itself, which is not stored."""
 
     token_id: str
     role: Role
@@ -93,6 +114,102 @@ class TokenInfo:
     grid: str | None
     created_at: int | None  # unix seconds; None for tokens minted before these were recorded
     expires_at: int | None  # None: never
+    note: str = ""
+    last_used_at: int | None = None  # unix seconds, to the minute; None: not used since recorded
+
+
+def _info(token_id: str, data: dict) -> TokenInfo:
+    return TokenInfo(
+        token_id=token_id,
+        role=data["role"],
+        department=data.get("department"),
+        operator=data.get("operator"),
+        grid=data.get("grid"),
+        created_at=data.get("created_at"),
+        expires_at=data.get("expires_at"),
+        note=data.get("note") or "",
+    )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One issue or revocation: when, by whom, which token for whom. Never the token."""
+
+    at: int  # unix seconds
+    action: str  # "issue" | "revoke"
+    actor: str  # "admin:<token id>" (the desk's token that did it) or "cli:<user>" (appeals token)
+    actor_note: str  # the acting token's note (the desk's person), when it has one
+    token_id: str
+    role: str
+    operator: str | None
+    department: str | None
+    grid: str | None
+    note: str
+    expires_at: int | None
+
+
+def _audit_entry(action: str, actor: str, actor_note: str, info: TokenInfo) -> str:
+    entry = AuditEntry(
+        at=int(time.time()),
+        action=action,
+        actor=actor,
+        actor_note=actor_note,
+        token_id=info.token_id,
+        role=info.role,
+        operator=info.operator,
+        department=info.department,
+        grid=info.grid,
+        note=info.note,
+        expires_at=info.expires_at,
+    )
+    log.info(
+        "token %s %s: %s %s by %s",
+        info.token_id,
+        "issued" if action == "issue" else "revoked",
+        info.role,
+        info.operator or info.department or "",
+        actor,
+    )
+    return json.dumps(asdict(entry), ensure_ascii=False)
+
+
+async def issue(
+    redis: Redis,
+    role: Role,
+    *,
+    department: str | None = None,
+    operator: str | None = None,
+    grid: str | None = None,
+    ttl_seconds: int | None = None,
+    note: str = "",
+    actor: str | None = None,
+    actor_note: str = "",
+) -> tuple[str, TokenInfo]:
+    """A new token (to be shown once) and how it is listed; stored hashed. It expires after
+    `ttl_seconds` (by default TOKEN_TTL_DAYS; 0: never), so a token that leaked or was forgotten
+    stops working by itself. `actor`: who asked (see AuditEntry), audited in the same transaction as
+    the token's write; None only where code mints a token for itself (the tests' fixtures)."""
+    if ttl_seconds is None:
+        ttl_seconds = get_settings().token_ttl_days * 86400
+    token = secrets.token_urlsafe(32)
+    now = int(time.time())
+    record = {
+        "role": role,
+        "department": department,
+        "operator": operator,
+        "grid": grid,
+        "note": note,
+        "created_at": now,
+        "expires_at": now + ttl_seconds if ttl_seconds else None,
+    }
+    info = _info(token_id_of(token), record)
+    async with redis.pipeline(transaction=True) as tx:
+        tx.set(_key(token), json.dumps(record, ensure_ascii=False), ex=ttl_seconds or None)
+        if actor is not None:
+            tx.lpush(AUDIT_KEY, _audit_entry("issue", actor, actor_note, info))
+            tx.ltrim(AUDIT_KEY, 0, AUDIT_KEEP - 1)
+        await tx.execute()
+    return token, info
 
 
 async def issue_token(
@@ -103,57 +220,101 @@ async def issue_token(
     *,
     grid: str | None = None,
     ttl_seconds: int | None = None,
+    note: str = "",
+    actor: str | None = None,
 ) -> str:
-    """A new token, printed once and stored hashed. It expires after `ttl_seconds` (by default
-    TOKEN_TTL_DAYS; 0: never), so a token that leaked or was forgotten stops working by itself."""
-    if ttl_seconds is None:
-        ttl_seconds = get_settings().token_ttl_days * 86400
-    token = secrets.token_urlsafe(32)
-    now = int(time.time())
-    record = {
-        "role": role,
-        "department": department,
-        "operator": operator,
-        "grid": grid,
-        "created_at": now,
-        "expires_at": now + ttl_seconds if ttl_seconds else None,
-    }
-    await redis.set(_key(token), json.dumps(record), ex=ttl_seconds or None)
+    """A new token, printed once and stored hashed (see `issue`)."""
+    token, _ = await issue(
+        redis,
+        role,
+        department=department,
+        operator=operator,
+        grid=grid,
+        ttl_seconds=ttl_seconds,
+        note=note,
+        actor=actor,
+    )
     return token
 
 
+async def _token_keys(redis: Redis, match: str) -> list[str]:
+    return [_text(k) async for k in redis.scan_iter(match=match, count=1000)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 async def list_tokens(redis: Redis) -> list[TokenInfo]:
-    """Every token that still works, oldest first."""
-    keys = [k async for k in redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
+    """Every token that still works, oldest first, with its last use."""
+    keys = await _token_keys(redis, KEY_PREFIX + "*")
     raws = await redis.mget(keys) if keys else []
+    used = {_text(k): int(v) for k, v in (await redis.hgetall(USED_KEY)).items()}
     out = []
     for key, raw in zip(keys, raws, strict=True):
         if raw is None:
             continue  # expired between the scan and the read
-        data = json.loads(raw)
-        digest = (key.decode() if isinstance(key, bytes) else key).removeprefix(KEY_PREFIX)
-        out.append(
-            TokenInfo(
-                token_id=digest[:TOKEN_ID_LENGTH],
-                role=data["role"],
-                department=data.get("department"),
-                operator=data.get("operator"),
-                grid=data.get("grid"),
-                created_at=data.get("created_at"),
-                expires_at=data.get("expires_at"),
-            )
-        )
+        token_id = key.removeprefix(KEY_PREFIX)[:TOKEN_ID_LENGTH]
+        info = _info(token_id, json.loads(raw))
+        out.append(TokenInfo(**{**asdict(info), "last_used_at": used.pop(token_id, None)}))
+    if used:  # the last uses of tokens that expired: nothing will read them again
+        await redis.hdel(USED_KEY, *used)
     return sorted(out, key=lambda t: (t.created_at or 0, t.token_id))
 
 
-async def revoke_token(redis: Redis, token_or_id: str) -> bool:
-    """Revoke a token, given itself or its id from `list_tokens`. False: no such token."""
-    if await redis.delete(_key(token_or_id)):
-        return True
-    if len(token_or_id) < TOKEN_ID_LENGTH or not all(c in "0123456789abcdef" for c in token_or_id):
-        return False
-    matches = [k async for k in redis.scan_iter(match=f"{KEY_PREFIX}{token_or_id}*", count=1000)]
-    return len(matches) == 1 and bool(await redis.delete(matches[0]))
+async def revoke_token(
+    redis: Redis, token_or_id: str, *, actor: str | None = None, actor_note: str = ""
+) -> TokenInfo | None:
+    """Revoke a token, given itself or its id from `list_tokens`: what it was, or None when there
+    is no such token. With `actor`, audited in the same transaction as the deletion."""
+    key = _key(token_or_id)
+    if not await redis.exists(key):
+        if len(token_or_id) < TOKEN_ID_LENGTH or not all(c in "0123456789abcdef" for c in token_or_id):
+            return None
+        matches = await _token_keys(redis, f"{KEY_PREFIX}{token_or_id}*")
+        if len(matches) != 1:
+            return None
+        key = matches[0]
+    token_id = key.removeprefix(KEY_PREFIX)[:TOKEN_ID_LENGTH]
+    async with redis.pipeline(transaction=True) as tx:
+        while True:
+            try:
+                await tx.watch(key)  # what is audited is what was deleted, not what was read before
+                raw = await tx.get(key)
+                if raw is None:
+                    return None  # expired, or revoked by someone else just now
+                info = _info(token_id, json.loads(raw))
+                tx.multi()
+                tx.delete(key)
+                tx.hdel(USED_KEY, token_id)
+                if actor is not None:
+                    tx.lpush(AUDIT_KEY, _audit_entry("revoke", actor, actor_note, info))
+                    tx.ltrim(AUDIT_KEY, 0, AUDIT_KEEP - 1)
+                await tx.execute()
+                return info
+            except WatchError:
+                continue
+
+
+async def audit_entries(redis: Redis, limit: int) -> list[AuditEntry]:
+    """The latest issues and revocations, newest first."""
+    raws = await redis.lrange(AUDIT_KEY, 0, max(0, limit - 1))
+    return [AuditEntry(**json.loads(raw)) for raw in raws]
+
+
+# Per process: when each token's last use was last written (token id -> unix seconds).
+_use_written: dict[str, float] = {}
+_USE_MEMORY = 100_000  # tokens remembered before the memory starts over (a few MB at most)
+
+
+async def _note_use(redis: Redis, token_id: str) -> None:
+    now = time.time()
+    if now - _use_written.get(token_id, 0.0) < USE_RESOLUTION_SECONDS:
+        return
+    if len(_use_written) >= _USE_MEMORY:
+        _use_written.clear()
+    _use_written[token_id] = now
+    await redis.hset(USED_KEY, token_id, int(now))
 
 
 async def lookup(redis: Redis, token: str) -> Principal | None:
@@ -164,12 +325,15 @@ async def lookup(redis: Redis, token: str) -> Principal | None:
     expires_at = data.get("expires_at")
     if expires_at is not None and expires_at <= time.time():
         return None  # Redis drops it at the same moment; this covers a copy restored without its TTL
+    token_id = token_id_of(token)
+    await _note_use(redis, token_id)
     return Principal(
         role=data["role"],
         department=data.get("department"),
         operator=data.get("operator"),
         grid=data.get("grid"),
-        token_id=_digest(token)[:TOKEN_ID_LENGTH],
+        token_id=token_id,
+        note=data.get("note") or "",
     )
 
 

@@ -89,6 +89,7 @@ PATH_PATTERNS: dict[str, re.Pattern[str]] = {
     "dept_id": _ID,
     "meeting_id": _ID,
     "entry_id": _ID,
+    "token_id": re.compile(r"[0-9a-f]{16}"),  # a token's id (a prefix of its hash), never a token
 }
 
 
@@ -106,6 +107,7 @@ _NAMES = {
     "dept_id": "单位编号",
     "meeting_id": "会议编号",
     "entry_id": "知识库条目编号",
+    "token_id": "凭证编号（16位）",
 }
 
 

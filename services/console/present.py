@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from services.router.rules import matching_rules, route
 from shared import trend
+from shared.access import ROLE_NAMES, subject_words
 from shared.city import City
 from shared.events import GridMatch
 from shared.tickets import MEDIATION_OUTCOME_NAMES, RATING_NAMES
@@ -566,3 +567,72 @@ def count_by(items: Iterable[Mapping[str, Any]], key) -> dict[str, int]:
         if k:
             out[k] = out.get(k, 0) + 1
     return out
+
+
+# --- staff access (the desk's 凭证管理) ---------------------------------------------------------
+
+
+def token_subject(token: Mapping[str, Any], city: City) -> str:
+    """Whom a credential acts for, in the list's 对象 column: a staff id, a department's name, a
+    grid worker's id and grid; nothing for the desk and the gateway."""
+    role = token.get("role")
+    if role == "department":
+        dept = city.department_by_id.get(token.get("department") or "")
+        return dept.name if dept else str(token.get("department") or "")
+    if role == "grid_worker":
+        info = city.grids.get(token.get("grid") or "")
+        grid = info.grid.name if info else str(token.get("grid") or "")
+        if info is not None and info.community_name not in grid:
+            grid = f"{info.community_name}{grid}"
+        return f"工号 {token.get('operator')} · {grid}"
+    if role == "operator":
+        return f"工号 {token.get('operator')}"
+    return "—"
+
+
+def whom(token: Mapping[str, Any], city: City) -> str:
+    """A credential's holder in a sentence: 话务员 0231（张三）."""
+    words = subject_words(
+        str(token.get("role")), token.get("operator"), token.get("department"), token.get("grid"), city
+    )
+    return f"{words}（{token['note']}）" if token.get("note") else words
+
+
+def access_row(token: Mapping[str, Any], city: City, tz: ZoneInfo, own_token_id: str) -> dict[str, Any]:
+    """A live credential as the list shows it, with the question its 吊销 button asks first."""
+    held_by = whom(token, city)
+    return {
+        **token,
+        "role_name": ROLE_NAMES.get(str(token.get("role")), str(token.get("role"))),
+        "subject": token_subject(token, city),
+        "created": local(token.get("created_at"), tz) or "—",
+        "expires": local(token.get("expires_at"), tz) or "长期有效",
+        "last_used": local(token.get("last_used_at"), tz) or "暂无记录",
+        "own": token.get("token_id") == own_token_id,
+        "held_by": held_by,
+        "confirm": f"确定吊销{held_by}的凭证 {token.get('token_id')} 吗？吊销后立即失效，"
+        "用它登录的控制台随即退出登录，不能恢复；如仍需访问，须重新签发。",
+    }
+
+
+def actor_words(actor: str, actor_note: str = "") -> str:
+    """Who issued or revoked a credential: the desk's token (and its holder), or the shell."""
+    kind, _, who = actor.partition(":")
+    if kind == "cli":
+        return f"命令行 appeals token（系统用户 {who}）"
+    name = ROLE_NAMES.get(kind, kind)
+    return f"{name}{' ' + actor_note if actor_note else ''}（凭证 {who}）"
+
+
+AUDIT_ACTIONS = {"issue": "签发", "revoke": "吊销"}
+
+
+def access_audit_row(entry: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict[str, Any]:
+    return {
+        **entry,
+        "at_local": local(entry.get("at"), tz),
+        "action_name": AUDIT_ACTIONS.get(str(entry.get("action")), str(entry.get("action"))),
+        "actor_name": actor_words(str(entry.get("actor") or ""), str(entry.get("actor_note") or "")),
+        "held_by": whom(entry, city),
+        "expires": local(entry.get("expires_at"), tz) or "长期有效",
+    }

@@ -3,8 +3,9 @@ for, the role and a CSRF token stay server-side in Redis.
 
   console:session:{sha256(id)} -> JSON {"token", "role", "department", "operator", "csrf"}
 
-Signing in checks the pasted token against `shared.auth` (the same tokens `appeals token` mints),
-so a revoked token ends its sessions at the next request. Forms carry the session's CSRF token;
+Signing in checks the pasted token against `shared.auth` (the same tokens the desk's access page
+and `appeals token` mint), and so does every request after it: a revoked token ends its sessions at
+the next request, and an open live stream within seconds (`alive`). Forms carry the session's CSRF token;
 the sign-in form, which has no session yet, uses a double-submit cookie."""
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from shared.access import ROLE_NAMES as ALL_ROLE_NAMES
 from shared.auth import Principal, lookup
 
 COOKIE = "appeals_console"
 LOGIN_CSRF_COOKIE = "appeals_console_csrf"
 TTL_SECONDS = 12 * 3600  # one working shift; each request extends it
-ROLE_NAMES = {"operator": "话务员", "grid_worker": "网格员", "department": "承办单位", "admin": "派单中心"}
+# The roles that sign in here: people (the SMS gateway's token is a machine's).
+ROLE_NAMES = {role: name for role, name in ALL_ROLE_NAMES.items() if role != "sms_gateway"}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,17 @@ async def load(redis: Redis, session_id: str | None) -> Session | None:
         return None
     await redis.expire(_key(session_id), TTL_SECONDS)
     return Session(token=data["token"], principal=principal, csrf=data["csrf"])
+
+
+async def alive(redis: Redis, session_id: str | None, s: Session) -> bool:
+    """Whether a session still stands (not signed out, expired, or its token revoked), for what
+    outlives a request: a live stream asks this now and then and ends when it no longer does.
+    Unlike `load`, it does not extend the session: a page left open is not a person at work."""
+    return (
+        bool(session_id)
+        and bool(await redis.exists(_key(session_id or "")))
+        and (await lookup(redis, s.token) is not None)
+    )
 
 
 async def sign_out(redis: Redis, session_id: str | None) -> None:

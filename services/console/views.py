@@ -9,6 +9,8 @@
   /console/dashboard   the manager's rates, live             /console/lookup     residents, no sign-in
   /console/tickets     search the record, export it (desk: every ticket; a department: its own)
   /console/privacy     the desk: a resident's erasure request (preview, confirm) and the audit trail
+  /console/access      the desk: staff credentials (issue one, shown once; list, filter, revoke) and
+                       their audit
   /console/knowledge   the knowledge base: operators read it, departments keep their answers current
                        (edit, 确认有效), the desk adds, edits and retires (停用) entries
   /console/photos/ID   a photo of an appeal or a resolution, for the pages' thumbnails
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -43,7 +46,7 @@ from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.router import workflow
 from services.router.rules import FIRST_CONTACT, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
-from shared import lookup_link
+from shared import access, lookup_link
 from shared.bodies import Limit
 from shared.city import City
 from shared.photos import ID as PHOTO_ID
@@ -637,8 +640,10 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
                 try:
-                    item = await asyncio.wait_for(news.get(), timeout=15)
+                    item = await asyncio.wait_for(news.get(), timeout=LIVE_CHECK_SECONDS)
                 except TimeoutError:
+                    if not await signed_in(request, s):
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 no = item["ticket_no"]
@@ -654,9 +659,21 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
                     data = json.dumps({"ticket_no": no, "topic": item["topic"], "left": True})
                 else:
                     continue
+                if not await signed_in(request, s):
+                    return
                 yield f"event: ticket\ndata: {data}\n\n"
 
     return event_stream(stream())
+
+
+# A live page's stream checks this often that its session still stands (signed out elsewhere,
+# expired, or its token revoked) and ends when it does not: the page's script then finds the
+# reconnection refused and goes to the sign-in page, as a page load would.
+LIVE_CHECK_SECONDS = 5.0
+
+
+async def signed_in(request: Request, s: session.Session) -> bool:
+    return await session.alive(request.app.state.redis, request.cookies.get(session.COOKIE), s)
 
 
 def event_stream(body: AsyncIterator[str]) -> StreamingResponse:
@@ -1351,6 +1368,142 @@ async def privacy_erase(request: Request, s: session.Session = Depends(as_desk))
     return RedirectResponse(f"/console/privacy?erased={reply.body['count']}", status_code=303)
 
 
+# --- staff access (the desk issues, lists and revokes the staff's credentials) --------------------
+
+ACCESS_FIELDS = {
+    "role": "角色",
+    "operator": "工号",
+    "department": "承办单位",
+    "grid": "网格",
+    "days": "有效天数",
+    "note": "备注",
+}
+ACCESS_PAGE_SIZE = 50
+ACCESS_AUDIT_SIZE = 20
+ACCESS_FILTERS = ("role", "q", "page")
+TOKEN_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def grant_of(form: FormData) -> tuple[dict[str, str], dict[str, Any]]:
+    """The issue form's values as typed, and the API's request: the fields the chosen role takes
+    (the others may hold what was typed before the role changed, and are not sent)."""
+    values = {name: text(form, name).strip() for name in ACCESS_FIELDS}
+    body: dict[str, Any] = {"role": values["role"], "note": values["note"] or None}
+    if values["days"]:
+        body["days"] = values["days"]  # the API reads "30" as 30, and refuses what is no number
+    for name in access.FIELDS_OF.get(values["role"], ()):
+        body[name] = values[name]
+    return values, body
+
+
+def access_query(source: Any) -> dict[str, str]:
+    """The list's filters (the page's query, or the form's copy of it), as the page's links keep them."""
+    return {k: v for k in ACCESS_FILTERS if isinstance(v := source.get(k), str) and v.strip()}
+
+
+async def access_page(
+    request: Request, s: session.Session, status: int = 200, **context: Any
+) -> HTMLResponse:
+    """The issue form (or the token just issued), the live credentials a page at a time with their
+    filters, and the latest issues and revocations."""
+    filters = access_query(request.query_params)
+    page_no = page_number(request)
+    client = api(request, s)
+    listed, audit = await asyncio.gather(
+        client.get(
+            "/api/v1/tokens",
+            role=filters.get("role"),
+            q=filters.get("q"),
+            page=page_no,
+            size=ACCESS_PAGE_SIZE,
+        ),
+        client.get("/api/v1/tokens/audit", limit=ACCESS_AUDIT_SIZE),
+    )
+    city, tz = city_of(request), tz_of(request)
+    entries = [present.access_audit_row(e, city, tz) for e in audit.body["entries"]] if audit.ok else []
+    revoked_id = request.query_params.get("revoked") or ""
+    revoked = next(
+        (e["held_by"] for e in entries if e["action"] == "revoke" and e["token_id"] == revoked_id), ""
+    )
+    defaults: dict[str, Any] = {
+        "values": {"role": "", "days": str(request.app.state.settings.token_ttl_days)},
+        "errors": {},
+        "issued": None,
+        "idem": uuid.uuid4().hex,
+        "revoked_id": revoked_id if TOKEN_ID.fullmatch(revoked_id) else "",
+        "revoked": revoked,
+        "notice": "",
+    }
+    words = {"q": filters["q"]} if filters.get("q") else {}
+    role_links = [("", "全部", urlencode(words))] + [
+        (role, name, urlencode({"role": role, **words})) for role, name in access.ROLE_NAMES.items()
+    ]
+    return await page(
+        request,
+        "access.html",
+        status,
+        s=s,
+        filters=filters,
+        query=urlencode(filters),
+        list_query=urlencode({k: v for k, v in filters.items() if k != "page"}),
+        role_links=role_links,
+        tokens=[present.access_row(t, city, tz, s.principal.token_id) for t in listed.body["tokens"]]
+        if listed.ok
+        else [],
+        total=listed.body["total"] if listed.ok else 0,
+        list_notice="" if listed.ok else listed.message,
+        page_no=page_no,
+        pages=present.page_count(listed.body["total"] if listed.ok else 0, ACCESS_PAGE_SIZE),
+        audit=entries,
+        audit_notice="" if audit.ok else audit.message,
+        role_choices=list(access.ROLE_NAMES.items()),
+        department_choices=[(d["id"], d["name"]) for d in present.departments_of(city)],
+        grid_groups=present.grid_choices(city),
+        default_days=request.app.state.settings.token_ttl_days,
+        **{**defaults, **context},
+    )
+
+
+@router.get("/access")
+async def access_list(request: Request, s: session.Session = Depends(as_desk)):
+    return await access_page(request, s)
+
+
+@router.post("/access/issue")
+async def access_issue(request: Request, s: session.Session = Depends(as_desk)):
+    """A new credential: shown on the page this once (the API keeps only its hash). The form's key
+    makes a second click, or a reload that posts again, issue nothing more."""
+    form = await checked_form(request, s)
+    values, body = grant_of(form)
+    idem = text(form, "idem") or uuid.uuid4().hex
+    reply = await api(request, s).post("/api/v1/tokens", body, headers={"Idempotency-Key": f"console:{idem}"})
+    if reply.ok:
+        issued = {
+            **reply.body,
+            "held_by": present.whom(reply.body, city_of(request)),
+            "expires": present.local(reply.body.get("expires_at"), tz_of(request)) or "长期有效",
+            "signin_url": f"{str(request.base_url).rstrip('/')}/console/signin",
+        }
+        return await access_page(request, s, issued=issued)
+    errors = field_errors(reply, ACCESS_FIELDS, "form", form)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await access_page(request, s, status, values=values, errors=errors, idem=idem)
+
+
+@router.post("/access/{tid}/revoke")
+async def access_revoke(request: Request, tid: str, s: session.Session = Depends(as_desk)):
+    """Revoke one credential (the page asked first, naming who loses access); then the list again,
+    its filters kept, saying whose it was (a reload revokes nothing more)."""
+    form = await checked_form(request, s)
+    reply = await api(request, s).call("DELETE", f"/api/v1/tokens/{tid}")
+    query = access_query(dict(parse_qsl(text(form, "query"))))
+    if reply.ok:
+        after = urlencode({**query, "revoked": reply.body["revoked"]["token_id"]})
+        return RedirectResponse(f"/console/access?{after}", status_code=303)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await access_page(request, s, status, notice=reply.message)
+
+
 # --- the knowledge base (operators read it, departments keep their answers, the desk manages it) ----
 
 as_knowledge = staff("operator", "department", "admin")
@@ -1737,7 +1890,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
             pending: list[float] = []
             loop = asyncio.get_running_loop()
             while not await request.is_disconnected():
-                wait = max(0.0, min(pending) - loop.time()) if pending else 15.0
+                wait = max(0.0, min(pending) - loop.time()) if pending else LIVE_CHECK_SECONDS
                 try:
                     await asyncio.wait_for(news.get(), timeout=wait)
                     # The notifier counts the event beside us: look again shortly after, and once more.
@@ -1746,11 +1899,15 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                 except TimeoutError:
                     pass
                 if not pending:
+                    if not await signed_in(request, s):
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 pending = [p for p in pending if p > loop.time()]
                 now_figures = await client.figures(start, end)
                 if now_figures != last:
+                    if not await signed_in(request, s):
+                        return
                     last = now_figures
                     shown = {
                         k: present.percent(v) if k.endswith("_rate") else v for k, v in now_figures.items()

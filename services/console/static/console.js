@@ -238,6 +238,33 @@
     });
   }
 
+  // --- the desk's access page: the token just issued, copied with one click ---------------------
+  // The clipboard API needs a secure context (https, or this machine); elsewhere the box's text is
+  // selected and copied the old way, and when even that fails, left selected for Ctrl+C.
+  const copy = document.getElementById("copy-token");
+  if (copy) {
+    const box = document.getElementById(copy.dataset.copy);
+    const state = document.getElementById("copy-state");
+    copy.hidden = false;
+    copy.addEventListener("click", async () => {
+      box.focus();
+      box.select();
+      let done = false;
+      try {
+        if (navigator.clipboard && window.isSecureContext) {
+          await navigator.clipboard.writeText(box.value);
+          done = true;
+        } else {
+          done = document.execCommand("copy");
+        }
+      } catch (err) {
+        done = false;
+      }
+      state.className = done ? "ok" : "error";
+      state.textContent = done ? "已复制到剪贴板" : "未能自动复制：凭证已选中，请按 Ctrl+C 复制";
+    });
+  }
+
   // --- the dashboard ---------------------------------------------------------------------------
   const figures = document.getElementById("figures");
   if (figures && window.EventSource) {

@@ -14,7 +14,15 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from shared.auth import issue_token
 from tests.conftest import System
-from tests.test_console_e2e import CHROMIUM_ARGS, accessible, chromium, fits_a_phone, shot, sign_in
+from tests.test_console_e2e import (
+    CHROMIUM_ARGS,
+    accessible,
+    chromium,
+    fits_a_phone,
+    script_errors,
+    shot,
+    sign_in,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +41,10 @@ async def desk_page(chromium_browser: Browser, system: System) -> AsyncIterator[
     context = await chromium_browser.new_context(
         base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
     )
+    errors = script_errors(context)
     yield await context.new_page()
     await context.close()
+    assert not errors, f"the console's script failed: {errors}"
 
 
 async def test_the_desk_issues_an_operators_credential_and_revokes_it(

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from PIL import Image, ImageDraw
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
 from services.records.knowledge import KnowledgeService
@@ -76,9 +76,19 @@ async def page(browser: Browser, system: System) -> AsyncIterator[Page]:
     context = await browser.new_context(
         base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
     )
+    errors = script_errors(context)
     p = await context.new_page()
     yield p
     await context.close()
+    # The pages work without their script, so a script that fails to load fails no other check.
+    assert not errors, f"the console's script failed: {errors}"
+
+
+def script_errors(context: BrowserContext) -> list[str]:
+    """The uncaught errors of the scripts of every page `context` opens, as they come."""
+    errors: list[str] = []
+    context.on("weberror", lambda e: errors.append(str(e.error)))
+    return errors
 
 
 def new_phone() -> str:

@@ -170,29 +170,6 @@
       );
     });
   }
-  // The accepted call's number, copied for another system or a chat; said in the status beside it.
-  const copy = document.getElementById("copy-ticket-no");
-  if (copy) {
-    const state = document.getElementById("copy-state");
-    copy.hidden = false;
-    copy.addEventListener("click", async () => {
-      const number = copy.dataset.copy || "";
-      let copied = false;
-      try {
-        await navigator.clipboard.writeText(number); // only on a secure page (https, or this machine)
-        copied = true;
-      } catch {
-        // Elsewhere the number is selected and copied the old way, or left selected for Ctrl+C.
-        const range = document.createRange();
-        range.selectNodeContents(document.getElementById("ticket-no"));
-        window.getSelection().removeAllRanges();
-        window.getSelection().addRange(range);
-        copied = document.execCommand("copy");
-      }
-      state.textContent = copied ? `已复制工单号${number}` : "未能自动复制：工单号已选中，请按 Ctrl+C 复制";
-    });
-  }
-
   // --- a department's queue: 批量签收 counts what is ticked; 全选 ticks the page's new tickets ----
   const queue = document.getElementById("queue");
   const picks = () => (queue ? [...queue.querySelectorAll("input.pick")] : []);
@@ -238,30 +215,35 @@
     });
   }
 
-  // --- the desk's access page: the token just issued, copied with one click ---------------------
-  // The clipboard API needs a secure context (https, or this machine); elsewhere the box's text is
-  // selected and copied the old way, and when even that fails, left selected for Ctrl+C.
-  const copy = document.getElementById("copy-token");
-  if (copy) {
-    const box = document.getElementById(copy.dataset.copy);
-    const state = document.getElementById("copy-state");
-    copy.hidden = false;
-    copy.addEventListener("click", async () => {
-      box.focus();
-      box.select();
-      let done = false;
+  // --- copy buttons: the accepted call's number, the credential just issued ---------------------
+  // Shown by this script, which copies the text of the element named by data-copy-from and says
+  // how it went in the status named by data-copy-state. The clipboard API needs a secure context
+  // (https, or this machine); elsewhere the text is selected and copied the old way, and when even
+  // that fails, left selected for Ctrl+C.
+  for (const button of document.querySelectorAll("button[data-copy-from]")) {
+    const source = document.getElementById(button.dataset.copyFrom);
+    const state = document.getElementById(button.dataset.copyState);
+    button.hidden = false;
+    button.addEventListener("click", async () => {
+      const text = source instanceof HTMLInputElement ? source.value : source.textContent.trim();
+      let copied = false;
       try {
-        if (navigator.clipboard && window.isSecureContext) {
-          await navigator.clipboard.writeText(box.value);
-          done = true;
+        await navigator.clipboard.writeText(text);
+        copied = true;
+      } catch {
+        if (source instanceof HTMLInputElement) {
+          source.focus();
+          source.select();
         } else {
-          done = document.execCommand("copy");
+          const range = document.createRange();
+          range.selectNodeContents(source);
+          window.getSelection().removeAllRanges();
+          window.getSelection().addRange(range);
         }
-      } catch (err) {
-        done = false;
+        copied = document.execCommand("copy");
       }
-      state.className = done ? "ok" : "error";
-      state.textContent = done ? "已复制到剪贴板" : "未能自动复制：凭证已选中，请按 Ctrl+C 复制";
+      state.className = copied ? "ok" : "error";
+      state.textContent = copied ? button.dataset.copied : button.dataset.failed;
     });
   }
 

@@ -1890,10 +1890,27 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     )
     page = await context.new_page()
     await page.goto("/console/lookup")
-    await page.get_by_label("工单号").fill(no)
+    # A number pad for both (the number's dash may be left out, the hint says), touch-sized; Enter
+    # in the number goes on to the digits instead of sending the form without them.
+    for field in ("ticket_no", "last4"):
+        await expect(page.locator(f"#{field}")).to_have_attribute("inputmode", "numeric")
+    await expect(page.locator("#ticket_no-hint")).to_contain_text("“-”可不输入")
+    await touch_sized(page, "#ticket_no", "#last4", "#lookup-submit")
+    await page.get_by_label("工单号").focus()
+    await page.keyboard.type(no)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_label("来电手机号后四位")).to_be_focused()
+    assert page.url.endswith("/console/lookup")
+    # Refused, the field at fault or the reason takes the focus (read out), the rest kept.
+    await page.keyboard.type("12")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#last4-error")).to_contain_text("后四位")
+    await expect(page.get_by_label("来电手机号后四位")).to_be_focused()
     await page.get_by_label("来电手机号后四位").fill("0000" if phone[-4:] != "0000" else "1111")
-    await page.get_by_role("button", name="查询").click()
+    await page.keyboard.press("Enter")
     await expect(page.locator("p.error")).to_contain_text("没有找到")
+    await expect(page.locator("#form-error")).to_be_focused()
+    await expect(page.get_by_label("工单号")).to_have_value(no)
     # Typed on a phone without the dash, the digits full-width: the same number.
     await page.get_by_label("工单号").fill(f" {no.replace('-', '')} ")
     full_width = "".join(chr(ord(d) + 0xFEE0) for d in phone[-4:])
@@ -1901,6 +1918,11 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#lookup-status")).to_be_visible()
     await expect(page.get_by_label("工单号")).to_have_value(no)
+    # The answer, below the form (off the first screen of a phone), has the focus, and a screen
+    # reader is told where the appeal is.
+    await expect(page.locator("#found")).to_be_focused()
+    status = (await page.locator("#lookup-status").text_content() or "").strip()
+    await expect(page.locator("#announcer")).to_have_text(f"工单{no}，办理状态：{status}")
     body = await page.locator("main").text_content() or ""
     assert phone not in body
     assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number

@@ -1792,9 +1792,9 @@ def focused(html: str) -> str:
 
 
 def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
-    """A form refused as a whole (a ticket checked meanwhile, a report sent too often) has no field
-    to put the focus on: the reason takes it, so that a screen reader reads it (an alert already
-    there when the page loads is not read out) and a phone scrolls to it."""
+    """A form refused as a whole (a ticket checked meanwhile, a report sent too often, a lookup's
+    wrong digits) has no field to put the focus on: the reason takes it, so that a screen reader
+    reads it (an alert already there when the page loads is not read out) and a phone scrolls to it."""
     said = "请稍后再试"
     ticket = {
         "ticket_no": "20260302-000002",
@@ -1814,6 +1814,9 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
             can_verify=False,
         ),
         "patrol.html": form_page("patrol.html", "grid_worker", {"form": said}),
+        "lookup.html": templates.get_template("lookup.html").render(
+            request=None, s=None, csrf="x", values={}, errors={"form": said}, found=None
+        ),
     }  # fmt: skip
     for name, html in pages.items():
         element = focused(html)
@@ -1822,6 +1825,20 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
         assert html.split(element)[1].startswith(said), name
     # The patrol form's position refused: its message is the field.
     assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
+
+
+@pytest.mark.parametrize("field", ["ticket_no", "last4"])
+def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field):
+    """On a phone, the page comes back scrolled to what needs the resident: the field at fault, or
+    the answer below the form (told to a screen reader: data-announce, read once the page loaded)."""
+    render = templates.get_template("lookup.html").render
+    refused = render(request=None, s=None, csrf="x", values={}, errors={field: "请填写"}, found=None)
+    assert f'id="{field}"' in focused(refused)
+    assert 'aria-invalid="true"' in focused(refused)
+    found = {"ticket_no": "20260302-000001", "status": "办理中", "received": "", "category": "", "steps": []}
+    answered = render(request=None, s=None, csrf="x", values={}, errors={}, found=found)
+    assert 'id="found"' in focused(answered)
+    assert 'data-announce="工单20260302-000001，办理状态：办理中"' in focused(answered)
 
 
 def history_preview(history: dict | None) -> dict:

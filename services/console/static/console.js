@@ -307,12 +307,12 @@
   // --- the desk's access page: the token just issued, copied with one click ---------------------
   // The clipboard API needs a secure context (https, or this machine); elsewhere the box's text is
   // selected and copied the old way, and when even that fails, left selected for Ctrl+C.
-  const copy = document.getElementById("copy-token");
-  if (copy) {
-    const box = document.getElementById(copy.dataset.copy);
+  const copyToken = document.getElementById("copy-token");
+  if (copyToken) {
+    const box = document.getElementById(copyToken.dataset.copy);
     const state = document.getElementById("copy-state");
-    copy.hidden = false;
-    copy.addEventListener("click", async () => {
+    copyToken.hidden = false;
+    copyToken.addEventListener("click", async () => {
       box.focus();
       box.select();
       let done = false;

@@ -740,50 +740,124 @@ async def test_photos_go_from_the_operator_and_the_department_onto_the_ticket(
 # --- a grid worker on patrol ---------------------------------------------------------------------
 
 
+async def touch_sized(page: Page, *selectors: str) -> None:
+    """Each control is a thumb's target on a phone: 44 px high at least (WCAG 2.5.5)."""
+    for selector in selectors:
+        box = await page.locator(selector).bounding_box()
+        assert box is not None, selector
+        assert box["height"] >= 44, f"{selector} is {box['height']} px high"
+
+
 async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
     browser: Browser, redis, system: System, system_city
 ):
+    """On a 360 px phone: touch-sized controls, the keyboard's Enter going on instead of sending the
+    report, photos from the camera (several, one tap each) and the gallery; once accepted, the
+    number on one line, told to a screen reader and copied, above the emptied form, focused."""
     grid = system_city.grids["s01c01g02"]  # lng 116.32-116.34, lat 39.96-39.98
     context = await browser.new_context(
         base_url=system.base_url,
         locale="zh-CN",
-        viewport={"width": 390, "height": 844},
+        viewport={"width": 360, "height": 740},
         is_mobile=True,
         has_touch=True,
         geolocation={"longitude": 116.33, "latitude": 39.97, "accuracy": 12},
-        permissions=["geolocation"],
+        permissions=["geolocation", "clipboard-read", "clipboard-write"],
     )
     page = await context.new_page()
     try:
         await sign_in(page, await issue_token(redis, "grid_worker", operator="W031", grid="s01c01g02"))
         await expect(page).to_have_url(re.compile(r"/console/patrol$"))
         await expect(page.locator("#patrol-grid")).to_contain_text(grid.grid.name)
+        await touch_sized(page, "#submit", "#locate", "#photos-camera", "#photos", "#address")
+        await touch_sized(page, "#caller_phone")
+        await touch_sized(page, ".check:has(#urgent)", "label[for=urgent]")
+        # The phone's keyboard: digits for the resident's phone, 下一项 on the one-line fields.
+        await expect(page.locator("#caller_phone")).to_have_attribute("inputmode", "tel")
+        for field in ("address", "caller_phone"):
+            await expect(page.locator(f"#{field}")).to_have_attribute("enterkeyhint", "next")
         await page.locator("#text").fill("巡查发现翠竹苑东门外人行道井盖破损下陷，行人容易绊倒")
+        # Enter after the place goes on to the position: the report is not sent without its photos.
+        await page.locator("#address").focus()
+        await page.keyboard.type("翠竹苑东门")
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#locate")).to_be_focused()
+        assert page.url.endswith("/console/patrol")
         await page.locator("#locate").click()
         await expect(page.locator("#location-state")).to_contain_text("已定位：116.330000, 39.970000")
         await expect(page.locator("#pv-grid")).to_contain_text(grid.grid.name, timeout=60_000)
+        # The field itself offers the camera and the gallery (no `capture`, which would allow the
+        # camera alone, one photo); 拍照 opens the camera, each photo taken added to those sent.
+        await expect(page.locator("#photos")).to_have_attribute("accept", "image/*")
+        assert await page.locator("#photos").get_attribute("capture") is None
         await page.locator("#photos").set_input_files([photo((90, 90, 90))])
+        for color in ((200, 60, 60), (60, 200, 60)):
+            async with page.expect_file_chooser() as chosen:
+                await page.locator("#photos-camera").click()
+            camera = await chosen.value
+            assert not camera.is_multiple()
+            assert await camera.element.get_attribute("capture") == "environment"
+            assert await camera.element.get_attribute("accept") == "image/*"
+            await camera.set_files([photo(color)])
+        await expect(page.locator("#photos-taken-state")).to_have_text("已拍2张，将随表单上传")
+        await expect(page.locator("#photos-taken img")).to_have_count(2)
+        await touch_sized(page, "#photos-taken li:last-child button")
+        await page.get_by_role("button", name="删除第1张").click()  # a blurred one
+        await expect(page.locator("#photos-camera")).to_be_focused()
+        await expect(page.locator("#photos-taken-state")).to_have_text("已拍1张，将随表单上传")
+        await expect(page.locator("#photos-taken button")).to_have_text("删除第1张")
         await accessible(page)
-        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
         await shot(page, "patrol-report")
         await page.locator("#submit").click()
         await expect(page.locator(".accepted")).to_contain_text("问题已上报")
-        reported = (await page.locator("#ticket-no").text_content() or "").strip()
-        await expect(page.locator("#accepted-photos")).to_contain_text("已附照片1张")
+        number = page.locator("#ticket-no")
+        reported = (await number.text_content() or "").strip()
+        await expect(page.locator("#accepted-photos")).to_contain_text("已附照片2张")
+        # Told to a screen reader (a live region present at load is not read out); the number on one
+        # line of the phone, large; the emptied form below it has the focus, the position forgotten.
+        said = f"问题已上报，将派给责任单位办理，工单号{reported}"
+        await expect(page.locator("#announcer")).to_have_text(said)
+        await expect(page.locator("#text")).to_be_focused()
+        for field in ("text", "address", "caller_phone", "direct_answer", "lng", "lat"):
+            await expect(page.locator(f"#{field}")).to_have_value("")
+        await expect(page.locator("#location-state")).to_contain_text("未定位")
+        lines = await number.evaluate(
+            "el => Math.round(el.getBoundingClientRect().height"
+            " / parseFloat(getComputedStyle(el).lineHeight))"
+        )
+        assert lines == 1, f"the number takes {lines} lines"
+        assert await number.evaluate("el => parseFloat(getComputedStyle(el).fontSize)") >= 24
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+        await touch_sized(page, "#copy-ticket-no")
+        await page.locator("#copy-ticket-no").click()
+        await expect(page.locator("#copy-state")).to_have_text(f"已复制工单号{reported}")
+        assert await page.evaluate("navigator.clipboard.readText()") == reported
+        await accessible(page)
+        await shot(page, "patrol-accepted")
 
-        # The next one the worker dealt with there: resolved at once by the street office.
-        await page.locator("#next-report").click()
+        # The next one the worker dealt with there, resolved at once by the street office; a mistyped
+        # phone comes back refused with the field focused, what was typed kept.
         await page.locator("#text").fill("巡查发现翠竹苑2号楼楼道堆放纸箱杂物，堵塞消防通道")
         await page.locator("#direct_answer").fill("已现场联系物业清理杂物，消防通道恢复畅通")
+        await page.locator("#caller_phone").fill("1390")
+        await page.locator("#submit").click()
+        await expect(page.locator("#caller_phone-error")).to_be_visible()
+        await expect(page.locator("#caller_phone")).to_be_focused()
+        await expect(page.locator("#direct_answer")).to_have_value("已现场联系物业清理杂物，消防通道恢复畅通")
+        await page.locator("#caller_phone").fill("")
         await page.locator("#submit").click()
         await expect(page.locator(".accepted")).to_contain_text("已登记现场处置")
-        handled = (await page.locator("#ticket-no").text_content() or "").strip()
+        handled = (await number.text_content() or "").strip()
+        said = f"已登记现场处置，工单直接办结，工单号{handled}"
+        await expect(page.locator("#announcer")).to_have_text(said)
 
         async with await admin_api(system, redis) as client:
             ticket = await ticket_when(client, reported, lambda t: t["status"] != "received")
             # No resident to survey, nothing to check: it ends closed (resolved may pass unseen).
             done = await ticket_when(client, handled, lambda t: t["status"] == "closed")
-        assert (ticket["channel"], ticket["operator_id"], len(ticket["photos"])) == ("patrol", "W031", 1)
+        assert (ticket["channel"], ticket["operator_id"], len(ticket["photos"])) == ("patrol", "W031", 2)
+        assert ticket["address"] == "翠竹苑东门"
         assert (ticket["grid"]["grid"], ticket["grid"]["method"]) == ("s01c01g02", "coordinates")
         assert (done["assigned_via"], done["department"]["id"]) == ("on_spot", "street_s01")
 
@@ -846,13 +920,14 @@ async def meeting_of(client: httpx.AsyncClient, mid: str) -> dict | None:
 async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
     browser: Browser, redis, system: System
 ):
-    """现场核查: the patrol page lists the grid's resolutions to check; on a phone the worker sends one
-    back as not solved (asked to confirm; a missing note refused beside the field), and confirms
-    another with a photo without the script."""
+    """现场核查: the patrol page lists the grid's resolutions to check; on a 360 px phone the worker
+    sends one back as not solved (asked to confirm; a missing note refused beside the field, which
+    takes the focus; a photo from the camera), what was done then focused and told to a screen
+    reader; and confirms another with a photo without the script."""
     token = await issue_token(redis, "grid_worker", operator="W032", grid="s01c01g02")
     fixed = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑北门路灯不亮，夜间行人看不清台阶")
     broken = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑3号楼前人行道地砖大面积松动翘起")
-    phone = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
+    phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
     context = await browser.new_context(base_url=system.base_url, locale="zh-CN", **phone)
     page = await context.new_page()
     asked: list[str] = []
@@ -874,25 +949,37 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
         await eventually(listed, timeout=60)
         await expect(page.locator("#to-verify-title")).to_contain_text("待核查")
         await accessible(page)
-        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
         await shot(page, "patrol-to-verify")
 
         # Not solved: a note is required; the choice asks first; the ticket goes back to the department.
         await to_verify.locator(f"a:text-is('{broken['ticket_no']}')").click()
         await expect(page.locator("#verify-title")).to_have_text("现场核查")
+        await touch_sized(page, "#verify", "#verify-photos-camera")
+        await touch_sized(page, "label[for=verify-solved]", "label[for=verify-unsolved]")
         await page.get_by_label("未解决（退回").check()
         await page.locator("#verify").click()
         await expect(page.locator("#verify-note-error")).to_contain_text("现场看到的情况")
+        await expect(page.locator("#verify-note")).to_be_focused()
         await expect(page.get_by_label("未解决（退回")).to_be_checked()  # the choice kept
         seen = "地砖仍然松动，3号楼前有两处翘起，雨后积水"
-        await page.locator("#verify-note").fill(seen)
-        await page.locator("#verify-photos").set_input_files([photo((120, 100, 60))])
+        await page.keyboard.type(seen)
+        async with page.expect_file_chooser() as chosen:
+            await page.locator("#verify-photos-camera").click()
+        camera = await chosen.value
+        assert await camera.element.get_attribute("capture") == "environment"
+        await camera.set_files([photo((120, 100, 60))])
+        await expect(page.locator("#verify-photos-taken-state")).to_have_text("已拍1张，将随表单上传")
         await accessible(page)
-        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
         await shot(page, "ticket-verify")
         await page.locator("#verify").click()
         dept = broken["department"]["name"]
         await expect(page.locator("#done")).to_contain_text(f"已退回{dept}重新办理")
+        # The form is gone: what was done has the focus and is told to a screen reader.
+        await expect(page.locator("#done")).to_be_focused()
+        said = (await page.locator("#done").text_content() or "").strip()
+        await expect(page.locator("#announcer")).to_have_text(said)
         await expect(page.locator("#status")).to_have_text("已派单")
         await expect(page.locator("#verification")).to_contain_text("未解决，已退回重办（网格员W032，")
         await expect(page.locator("#verification")).to_contain_text(seen)
@@ -918,7 +1005,9 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
     plain = await context.new_page()
     try:
         await sign_in(plain, token)
+        await expect(plain.locator("#locate")).to_be_hidden()  # it needs the script; the grid stands
         await plain.locator(f"#to-verify a:text-is('{fixed['ticket_no']}')").click()
+        await expect(plain.locator("#verify-photos-camera")).to_be_hidden()  # the field offers the camera
         await plain.get_by_label("已解决（核查属实）").check()
         await plain.locator("#verify-note").fill("路灯已亮，台阶照得清楚")
         await plain.locator("#verify-photos").set_input_files([photo((200, 200, 90))])
@@ -930,7 +1019,7 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
             "网格员W032现场核查：已解决（路灯已亮，台阶照得清楚，附照片1张）"
         )
         await expect(plain.locator("#verify")).to_have_count(0)
-        assert await plain.evaluate("document.documentElement.scrollWidth") <= 390
+        assert await plain.evaluate("document.documentElement.scrollWidth") <= 360
         await shot(plain, "ticket-verified")
 
         async def gone() -> bool:  # both checked: neither waits on the patrol page any more
@@ -1811,10 +1900,27 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     )
     page = await context.new_page()
     await page.goto("/console/lookup")
-    await page.get_by_label("工单号").fill(no)
+    # A number pad for both (the number's dash may be left out, the hint says), touch-sized; Enter
+    # in the number goes on to the digits instead of sending the form without them.
+    for field in ("ticket_no", "last4"):
+        await expect(page.locator(f"#{field}")).to_have_attribute("inputmode", "numeric")
+    await expect(page.locator("#ticket_no-hint")).to_contain_text("“-”可不输入")
+    await touch_sized(page, "#ticket_no", "#last4", "#lookup-submit")
+    await page.get_by_label("工单号").focus()
+    await page.keyboard.type(no)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_label("来电手机号后四位")).to_be_focused()
+    assert page.url.endswith("/console/lookup")
+    # Refused, the field at fault or the reason takes the focus (read out), the rest kept.
+    await page.keyboard.type("12")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#last4-error")).to_contain_text("后四位")
+    await expect(page.get_by_label("来电手机号后四位")).to_be_focused()
     await page.get_by_label("来电手机号后四位").fill("0000" if phone[-4:] != "0000" else "1111")
-    await page.get_by_role("button", name="查询").click()
+    await page.keyboard.press("Enter")
     await expect(page.locator("p.error")).to_contain_text("没有找到")
+    await expect(page.locator("#form-error")).to_be_focused()
+    await expect(page.get_by_label("工单号")).to_have_value(no)
     # Typed on a phone without the dash, the digits full-width: the same number.
     await page.get_by_label("工单号").fill(f" {no.replace('-', '')} ")
     full_width = "".join(chr(ord(d) + 0xFEE0) for d in phone[-4:])
@@ -1822,6 +1928,11 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#lookup-status")).to_be_visible()
     await expect(page.get_by_label("工单号")).to_have_value(no)
+    # The answer, below the form (off the first screen of a phone), has the focus, and a screen
+    # reader is told where the appeal is.
+    await expect(page.locator("#found")).to_be_focused()
+    status = (await page.locator("#lookup-status").text_content() or "").strip()
+    await expect(page.locator("#announcer")).to_have_text(f"工单{no}，办理状态：{status}")
     body = await page.locator("main").text_content() or ""
     assert phone not in body
     assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number

@@ -1785,6 +1785,62 @@ def test_a_residents_lookup_announces_what_is_wrong_with_a_field(field):
     assert re.search(rf'<p class="error" id="{field}-error" role="alert">手机号后四位不对</p>', html)
 
 
+def focused(html: str) -> str:
+    """The one element of a page that takes the focus when it loads (autofocus)."""
+    assert html.count("autofocus") == 1, html.count("autofocus")
+    return re.search(r"<[^<>]*\bautofocus\b[^<>]*>", html)[0]
+
+
+def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
+    """A form refused as a whole (a ticket checked meanwhile, a report sent too often, a lookup's
+    wrong digits) has no field to put the focus on: the reason takes it, so that a screen reader
+    reads it (an alert already there when the page loads is not read out) and a phone scrolls to it."""
+    said = "请稍后再试"
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "resolved",
+        "text": "光明路的路灯不亮",
+        "caller": {"caller_id": None, "masked_phone": None},
+        "confidence": None,
+        "received_at": "2026-03-02T08:00:00+00:00",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+    }
+    principal = SimpleNamespace(role="grid_worker", is_admin=False, department=None)
+    worker = SimpleNamespace(principal=principal, csrf="x")
+    pages = {
+        "ticket.html": templates.get_template("ticket.html").render(
+            request=None, s=worker, t=row(ticket, TZ, NOW), history=[], map=present.grid_map(city, {}),
+            grid_name="未定位", departments=[], errors={"verify": {"form": said}}, values={}, kept={},
+            can_verify=False,
+        ),
+        "patrol.html": form_page("patrol.html", "grid_worker", {"form": said}),
+        "lookup.html": templates.get_template("lookup.html").render(
+            request=None, s=None, csrf="x", values={}, errors={"form": said}, found=None
+        ),
+    }  # fmt: skip
+    for name, html in pages.items():
+        element = focused(html)
+        assert 'role="alert"' in element, name
+        assert 'tabindex="-1"' in element, name
+        assert html.split(element)[1].startswith(said), name
+    # The patrol form's position refused: its message is the field.
+    assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
+
+
+@pytest.mark.parametrize("field", ["ticket_no", "last4"])
+def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field):
+    """On a phone, the page comes back scrolled to what needs the resident: the field at fault, or
+    the answer below the form (told to a screen reader: data-announce, read once the page loaded)."""
+    render = templates.get_template("lookup.html").render
+    refused = render(request=None, s=None, csrf="x", values={}, errors={field: "请填写"}, found=None)
+    assert f'id="{field}"' in focused(refused)
+    assert 'aria-invalid="true"' in focused(refused)
+    found = {"ticket_no": "20260302-000001", "status": "办理中", "received": "", "category": "", "steps": []}
+    answered = render(request=None, s=None, csrf="x", values={}, errors={}, found=found)
+    assert 'id="found"' in focused(answered)
+    assert 'data-announce="工单20260302-000001，办理状态：办理中"' in focused(answered)
+
+
 def history_preview(history: dict | None) -> dict:
     return {
         "category": {"names": ["城市管理"], "confidence": 0.9},

@@ -48,6 +48,28 @@
   const said = document.querySelector("[data-announce]");
   if (announcer && said) setTimeout(() => { announcer.textContent = said.dataset.announce; }, 500);
 
+  // Enter in a one-line field of a form that asks for it (data-enter-next) goes on to the next
+  // field, as Tab does, instead of the browser's sending the form half filled in: the operator's
+  // call, a grid worker's report (whose phone keyboard, told by enterkeyhint, now says 下一项 where
+  // its 前往 sent the report without its photos), a resident's number before its four digits.
+  // In the last one-line field before the button, Enter sends the form as it always did. Not while
+  // an input method is composing Chinese characters: that Enter picks the characters.
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.defaultPrevented || e.isComposing || e.keyCode === 229) return;
+    if (e.ctrlKey || e.metaKey || e.altKey || e.shiftKey) return;
+    const field = e.target;
+    if (!(field instanceof HTMLInputElement) || ["submit", "button", "file"].includes(field.type)) return;
+    const form = field.form;
+    if (!form || !form.hasAttribute("data-enter-next")) return;
+    const fields = [...form.elements].filter(
+      (el) => form.contains(el) && !el.disabled && !el.hidden && el.type !== "hidden" && el.tabIndex >= 0,
+    );
+    const next = fields[fields.indexOf(field) + 1];
+    if (!(next instanceof HTMLElement) || next.type === "submit") return;
+    e.preventDefault();
+    next.focus();
+  });
+
   // --- the hotline operator, and a grid worker's report ----------------------------------------
   // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
   // is accepted, so a session that expired mid-call, which sends the person to sign in again,
@@ -119,23 +141,14 @@
       answer.focus();
     });
     // The operator's keys (the hint above the form): Ctrl+Enter submits from any field, and so does
-    // Enter in the text box (Shift+Enter is a new line there). Enter in a one-line field goes on to
-    // the next field, as Tab does, instead of the browser's submitting a call half typed. Not while
-    // an input method is composing Chinese characters: that Enter picks the characters. Not on the
-    // grid worker's phone form, where Enter is a new line.
+    // Enter in the text box (Shift+Enter is a new line there); Enter in a one-line field goes on
+    // (below). Not while an input method is composing Chinese characters: that Enter picks the
+    // characters. Neither on the grid worker's phone form, where Enter in the text box is a new line.
     intake.addEventListener("keydown", (e) => {
       if (intake.id !== "intake" || e.key !== "Enter" || e.isComposing || e.keyCode === 229) return;
-      const field = e.target;
-      if (e.ctrlKey || e.metaKey || (field === text && !e.shiftKey && !e.altKey)) {
+      if (e.ctrlKey || e.metaKey || (e.target === text && !e.shiftKey && !e.altKey)) {
         e.preventDefault();
         intake.requestSubmit();
-      } else if (field instanceof HTMLInputElement && !["submit", "button", "file"].includes(field.type)) {
-        e.preventDefault();
-        const fields = [...intake.elements].filter(
-          (el) => intake.contains(el) && !el.disabled && !el.hidden && el.type !== "hidden" && el.tabIndex >= 0,
-        );
-        const next = fields[fields.indexOf(field) + 1];
-        if (next instanceof HTMLElement) next.focus();
       }
     });
     intake.addEventListener("submit", (e) => {
@@ -170,6 +183,59 @@
       );
     });
   }
+  // 拍照 (a grid worker's photos on the spot): each tap opens the phone's camera itself (`capture`)
+  // and adds the photo taken to those the form sends. A file input holds only what it last chose,
+  // so each photo gets a hidden input of its own, dropped again with 删除; the field's own input
+  // still picks several from the gallery. A shot called off sends nothing.
+  for (const take of document.querySelectorAll("button[data-taken]")) {
+    const field = take.closest(".field");
+    const taken = document.getElementById(take.dataset.taken);
+    const state = document.getElementById(`${take.dataset.taken}-state`);
+    const count = () => {
+      const items = [...taken.children];
+      items.forEach((item, i) => {
+        item.querySelector("img").alt = `拍摄的第${i + 1}张照片`;
+        item.querySelector("button").textContent = `删除第${i + 1}张`;
+      });
+      state.textContent = items.length ? `已拍${items.length}张，将随表单上传` : "";
+    };
+    take.hidden = false;
+    take.addEventListener("click", () => {
+      for (const unused of field.querySelectorAll("input.shot:not([data-shot])")) unused.remove();
+      const input = document.createElement("input");
+      input.type = "file";
+      input.name = "photos";
+      input.accept = "image/*";
+      input.className = "shot";
+      input.hidden = true;
+      input.setAttribute("capture", "environment");
+      input.addEventListener("change", () => {
+        const file = input.files && input.files[0];
+        if (!file) return;
+        input.dataset.shot = "";
+        const item = document.createElement("li");
+        const thumb = document.createElement("img");
+        thumb.src = URL.createObjectURL(file);
+        thumb.width = thumb.height = 72;
+        const drop = document.createElement("button");
+        drop.type = "button";
+        drop.className = "secondary";
+        drop.addEventListener("click", () => {
+          URL.revokeObjectURL(thumb.src);
+          input.remove();
+          item.remove();
+          count();
+          take.focus();
+        });
+        item.append(thumb, drop);
+        taken.append(item);
+        count();
+      });
+      field.append(input);
+      input.click();
+    });
+  }
+
   // --- a department's queue: 批量签收 counts what is ticked; 全选 ticks the page's new tickets ----
   const queue = document.getElementById("queue");
   const picks = () => (queue ? [...queue.querySelectorAll("input.pick")] : []);

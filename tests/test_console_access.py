@@ -76,9 +76,14 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await page.get_by_label("备注").fill("张三 测试")
     await page.get_by_role("button", name="签发凭证").click()
 
-    # Shown once, with a copy button and how the person signs in.
+    # Shown once, with a copy button and how the person signs in; the credential has the focus, to
+    # be copied, and a screen reader is told whose it is.
     issued = page.locator("#issued")
     await expect(issued.locator("h2")).to_have_text(f"已为话务员 {op}（张三 测试）签发凭证")
+    await expect(page.locator("#new-token")).to_be_focused()
+    await expect(page.locator("#announcer")).to_have_text(
+        f"已为话务员 {op}（张三 测试）签发凭证。凭证只显示这一次，请现在复制。"
+    )
     token = await page.locator("#new-token").input_value()
     assert len(token) >= 40
     await expect(page.locator("#shown-once")).to_contain_text("凭证只显示这一次")
@@ -137,6 +142,9 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await revoke.click()
     await expect(page).to_have_url(re.compile(rf"/console/access\?role=operator&q={op}&revoked={token_id}$"))
     await expect(page.locator("#revoked")).to_contain_text(f"已吊销话务员 {op}（张三 测试）的凭证 {token_id}")
+    await expect(page.locator("#revoked")).to_be_focused()
+    said = (await page.locator("#revoked").text_content() or "").strip()
+    await expect(page.locator("#announcer")).to_have_text(said)
     await expect(page.locator("#tokens tbody tr")).to_have_text(["没有符合条件的凭证"])
     first = page.locator("#access-audit tbody tr").first
     await expect(first).to_contain_text("吊销")

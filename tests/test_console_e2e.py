@@ -27,7 +27,9 @@ from aiokafka import AIOKafkaProducer
 from PIL import Image, ImageDraw
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
+from services.console import present
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
+from services.console.views import KNOWLEDGE_DONE
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
 from shared import topics
@@ -320,6 +322,8 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
 
     await sign_in(page, "not-a-token")
     await expect(page.locator("#token-error")).to_contain_text("登录凭证无效")
+    await expect(page.locator("#announcer")).to_have_text("登录凭证无效或已吊销，请向管理员重新申领")
+    await expect(page.locator("#token")).to_be_focused()
 
     await sign_in(page, await issue_token(redis, "operator", operator="op07"))
     await expect(page).to_have_url(re.compile(r"/console/operator$"))
@@ -485,6 +489,7 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
     await sign_in(page, token)
     await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    await expect(page.locator("#announcer")).to_have_text("已恢复上次未提交的内容，请核对后提交。")
     await expect(page.locator("#caller_phone")).to_have_value(phone)
     await expect(page.locator("#text")).to_have_value("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
     await expect(page.locator("#urgent")).to_be_checked()
@@ -1164,7 +1169,10 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await accessible(page)
     await shot(page, "meetings-department")
     await card.get_by_role("button", name="报到").click()
-    await expect(page.locator("p.ok[role=status]")).to_contain_text(f"已在联席会议{mid}报到")
+    # What came of it, in the meeting's card, focused and read out.
+    await expect(card.locator("#meeting-done")).to_have_text(f"已在联席会议{mid}报到")
+    await expect(card.locator("#meeting-done")).to_be_focused()
+    await expect(page.locator("#announcer")).to_have_text(f"已在联席会议{mid}报到")
     await expect(page.locator(f"#checked-in-{mid}")).to_have_text("本单位已报到")
     await expect(card).to_contain_text(f"{street}：已报到")
     await expect(card.get_by_role("button", name="报到")).to_have_count(0)
@@ -1511,6 +1519,9 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await page.locator("#return-rule").fill("路灯维护属于街道职责")
         await page.locator("#return").click()
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
+        # Back in the queue (the ticket's page is gone): what was done is focused and read out.
+        await expect(page.locator("#done")).to_be_focused()
+        await expect(page.locator("#announcer")).to_have_text(present.DONE["return"].format(no=second))
         assert any("确定退单吗" in q for q in asked)
         await fits_a_phone(page)  # the queue, on a grid worker's phone
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")
@@ -1628,6 +1639,8 @@ async def test_a_department_accepts_its_new_tickets_together_with_and_without_th
         assert await page.locator("#pick-all").evaluate("el => el.indeterminate")
         await page.locator("#batch-accept").click()
         await expect(page.locator("#batch-accepted")).to_have_text("已签收2件，请在办结时限内办理。")
+        await expect(page.locator("#batch-result")).to_be_focused()
+        await expect(page.locator("#announcer")).to_have_text("已签收2件，请在办结时限内办理。")
         assert any("确定批量签收所选的2件工单吗" in q for q in asked)
         await expect(page.locator("#batch-refused")).to_have_count(0)
         for no in (first, second):
@@ -1848,6 +1861,8 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await page.get_by_role("button", name="确认删除（不可恢复）").click()
     await expect(page).to_have_url(re.compile(r"/console/privacy\?erased=1$"))
     await expect(page.locator("#erased")).to_contain_text("已删除1件工单中的个人信息")
+    await expect(page.locator("#erased")).to_be_focused()  # not the emptied form's first field
+    await expect(page.locator("#announcer")).to_have_text("已删除1件工单中的个人信息，审计记录已写入。")
     first = page.locator("#audit-list tbody tr").first
     await expect(first).to_contain_text("依申请删除")
     await expect(first).to_contain_text("居民来电申请删除个人信息")
@@ -2038,12 +2053,16 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await page.locator("#record-answer").click()
         await expect(page.locator("#callback-error")).to_contain_text("请记录市民的评价")
+        await expect(page.locator("#callback-error")).to_be_focused()
+        await expect(page.locator("#announcer")).to_contain_text("请记录市民的评价")
         await page.get_by_label("不满意").check()
         await page.get_by_label("未解决").check()
         await page.locator("#note").fill("灯亮了两天又坏了")
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await page.locator("#record-answer").click()
         await expect(page.locator("#callback-done")).to_contain_text(f"工单{no}回访已记录：不满意")
+        await expect(page.locator("#callback-done")).to_be_focused()
+        await expect(page.locator("#announcer")).to_have_text(f"工单{no}回访已记录：不满意")
         await expect(page.locator("#callbacks")).not_to_contain_text(no)
         await expect(page.locator("#callbacks-due")).to_have_text(f"({due - 1}件待回访)")
         await page.get_by_role("link", name="来电登记").click()
@@ -2113,6 +2132,8 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     await page.locator("#answer").fill(f"居住证{t}可在“示范区政务”小程序在线续签，也可到派出所办理。")
     await page.locator("#save-entry").click()
     await expect(page.locator("#done")).to_contain_text("已保存修改")
+    await expect(page.locator("#done")).to_be_focused()
+    await expect(page.locator("#announcer")).to_have_text(KNOWLEDGE_DONE["edited"])
     await expect(page.locator("#entry-answer")).to_contain_text("在线续签")
     await expect(page.locator("#review-due")).to_be_visible()  # the desk is not the owner: still to confirm
     await expect(page.locator("#revisions")).to_contain_text("编辑")
@@ -2124,6 +2145,8 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     await page.locator(f"#entry-{stale.id}").get_by_role("link").click()
     await page.locator("#confirm-entry").click()
     await expect(page.locator("#done")).to_contain_text("已确认此答复有效")
+    await expect(page.locator("#done")).to_be_focused()
+    await expect(page.locator("#announcer")).to_have_text(KNOWLEDGE_DONE["confirmed"])
     await expect(page.locator("#review-due")).to_have_count(0)
     # Confirmed today: the day the test began, or the next if local midnight passed meanwhile.
     confirmed_on = {tz_today.isoformat(), local_today(settings.timezone).isoformat()}

@@ -17,6 +17,7 @@ from services.console import present
 from services.console.backend import Reply
 from services.console.lookup import clean_last4, clean_ticket_no, public_view
 from services.console.views import (
+    KNOWLEDGE_DONE,
     LIST_FILTERS,
     erasure_body,
     erasure_of,
@@ -880,7 +881,7 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
     assert 'data-announce="工单20261201-000011已派至区水务局"' in html  # said, the focus on the card
     queue[:] = [card(last)]
     html = await dispatched(last, "")
-    assert re.search(r'<p class="ok" [^>]*id="done" tabindex="-1" autofocus>', html)
+    assert re.search(r'<p class="ok" id="done" [^>]*tabindex="-1" autofocus>', html)
     assert html.count("autofocus") == 1
 
     async def verdict(request, s):
@@ -1814,6 +1815,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
             can_verify=False,
         ),
         "patrol.html": form_page("patrol.html", "grid_worker", {"form": said}),
+        "operator.html": form_page("operator.html", "operator", {"form": said}),
         "lookup.html": templates.get_template("lookup.html").render(
             request=None, s=None, csrf="x", values={}, errors={"form": said}, found=None
         ),
@@ -1823,6 +1825,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
         assert 'role="alert"' in element, name
         assert 'tabindex="-1"' in element, name
         assert html.split(element)[1].startswith(said), name
+        assert element == told(html, said), name  # and read out once the page has loaded
     # The patrol form's position refused: its message is the field.
     assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
 
@@ -1839,6 +1842,210 @@ def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field
     answered = render(request=None, s=None, csrf="x", values={}, errors={}, found=found)
     assert 'id="found"' in focused(answered)
     assert 'data-announce="工单20260302-000001，办理状态：办理中"' in focused(answered)
+
+
+def told(html: str, message: str) -> str:
+    """The one element of a page that says `message` once the page has loaded (data-announce: the
+    script writes it into the page's empty #announcer), which is no live region already holding
+    it (one present at load is not read out): a done message has none, a refusal stays an alert."""
+    said = re.escape(html_escape(message, quote=False))
+    found = re.findall(rf'<[^<>]*\bdata-announce="{said}"[^<>]*>', html)
+    assert len(found) == 1, (message, found)
+    assert '<div id="announcer" class="sr-only" role="status"></div>' in html  # empty on load
+    assert not re.search(rf'role="status"[^<>]*>(\s*<[^<>]*>)*\s*{said}', html), message
+    return found[0]
+
+
+def staff(role: str, department: str | None = None) -> SimpleNamespace:
+    principal = SimpleNamespace(
+        role=role, is_admin=role == "admin", department=department, operator=None, grid=None
+    )
+    return SimpleNamespace(principal=principal, csrf="x")
+
+
+def department_html(**context) -> str:
+    defaults = {
+        "s": staff("department", "urban_mgmt"), "rows": [], "total": 0, "page_no": 1, "pages": 1,
+        "page_query": lambda n: f"page={n}", "filters": {}, "department": "区城市管理委员会",
+        "done": "", "statuses": [], "grids": [], "status_names": {}, "idem": "k", "to_accept": [],
+        "batch": None,
+    }  # fmt: skip
+    return templates.get_template("department.html").render(request=None, **{**defaults, **context})
+
+
+def test_a_departments_queue_tells_what_left_it_and_what_a_batch_came_to():
+    """Back in the queue after a return or 转人民调解 (the ticket's page is no longer the
+    department's) or a 批量签收: what came of it takes the focus and is read out."""
+    returned = present.DONE["return"].format(no="20261201-000001")
+    html = department_html(done=returned)
+    assert told(html, returned) == focused(html)
+    assert 'id="done"' in focused(html)
+
+    refused = [{"ticket_no": "20261201-000002", "reason": "工单20261201-000002当前状态为“办理中”，不能签收"}]
+    html = department_html(batch={"accepted": 2, "late": 1, "refused": refused, "error": ""})
+    said = "已签收2件（其中1件超过签收时限），请在办结时限内办理。1件未签收，原因见列表。"
+    assert told(html, said) == focused(html)
+    assert 'id="batch-result"' in focused(html)
+    assert 'id="batch-accepted">已签收2件（其中1件超过签收时限），请在办结时限内办理。</p>' in html
+    assert "工单20261201-000002</a>：工单20261201-000002当前状态" in html  # the reasons, to read
+    html = department_html(batch={"accepted": 0, "late": 0, "refused": [], "error": "请勾选要签收的工单"})
+    assert told(html, "批量签收未完成：请勾选要签收的工单") == focused(html)
+    assert "autofocus" not in department_html()  # the queue opened, not come back to
+
+
+def test_callbacks_tell_what_was_recorded_or_why_not():
+    lists = {"s": staff("operator"), "calls": [], "total": 0, "attempts": 3, "after": "24"}
+    render = templates.get_template("callbacks.html").render
+    done = "工单20261201-000001回访已记录：不满意"
+    html = render(request=None, done=done, error="", **lists)
+    assert told(html, done) == focused(html)
+    assert 'id="callback-done"' in focused(html)
+    taken = "该市民正由话务员0231回访"
+    html = render(request=None, done="", error=taken, **lists)
+    assert told(html, taken) == focused(html)
+    assert 'role="alert"' in focused(html)
+    call = {"survey_id": "s1", "ticket_no": "20261201-000001", "phone": "13900000000", "attempts": 0,
+            "category_names": [], "text": "路灯", "resolution_note": "已修"}  # fmt: skip
+    left_out = "请记录市民的评价"
+    html = templates.get_template("callback.html").render(
+        request=None, s=staff("operator"), call=call, ratings={1: "满意"}, values={}, error=left_out
+    )
+    assert told(html, left_out) == focused(html)
+
+
+def test_knowledge_pages_tell_what_was_done_or_refused():
+    entry = {
+        "id": "kb-1", "question": "社保卡丢了怎么补办？", "answer": "先挂失", "keywords": [],
+        "category": None, "category_names": [], "department_name": "区人力资源和社会保障局",
+        "reviewed": "2026-03-01", "review_due": False, "retired_at": None,
+        "allowed": {"confirm": True, "edit": True, "retire": True},
+    }  # fmt: skip
+    context = {
+        "s": staff("admin"), "entry": entry, "revisions": [], "values": {}, "updated_local": "",
+        "retired_local": "", "review_days": 180, "category_choices": [], "department_choices": [],
+    }  # fmt: skip
+    render = templates.get_template("knowledge_entry.html").render
+    for done in KNOWLEDGE_DONE.values():
+        html = render(request=None, done=done, errors={}, **context)
+        assert told(html, done) == focused(html)
+    html = render(request=None, done="", errors={"form": "条目已停用，不能确认"}, **context)
+    assert told(html, "条目已停用，不能确认") == focused(html)
+    html = form_page("knowledge_new.html", "admin", {"form": "编号已被占用"})
+    assert told(html, "编号已被占用") == focused(html)
+
+
+def test_a_meetings_check_in_or_decision_is_told_in_its_card_or_at_the_top(city):
+    """The message is in the meeting's card when the card is on the page (its form below it, to
+    correct a refusal), else at the top; either way the redirect's fragment and the focus are on it."""
+    from services.console.views import meeting_back
+
+    back = urlsplit(meeting_back("M1", {"page": "2"}, done="已在联席会议M1报到").headers["location"])
+    assert dict(parse_qsl(back.query)) == {"page": "2", "done": "已在联席会议M1报到", "meeting": "M1"}
+    assert back.fragment == "meeting-done"
+    back = urlsplit(meeting_back("M1", {}, error="联席会议M1未记录：请先选择主办单位").headers["location"])
+    assert back.fragment == "meeting-error"
+
+    listed = render_meetings(city, [meeting(city)], role="department", department="street_s02")
+    assert "autofocus" not in listed
+    done = "已在联席会议M1报到"
+    render = templates.get_template("meetings.html").render
+    context = {
+        "request": None, "s": staff("department", "street_s02"), "total": 1, "open_count": 1, "page_no": 1,
+        "pages": 1, "meetings": [present.meeting_row(meeting(city), city, TZ)],
+    }  # fmt: skip
+    html = render(**context, done=done, error="", said_in="M1")
+    card = html[html.index('id="meeting-M1"') :]
+    assert told(html, done) == focused(html)
+    assert 'id="meeting-done"' in focused(card)
+    refusal = "联席会议M1未记录：请先选择主办单位"
+    html = render(**context, done="", error=refusal, said_in="M1")
+    assert 'id="meeting-error"' in focused(html[html.index('id="meeting-M1"') :])
+    assert told(html, refusal) == focused(html)
+    html = render(**context, done=done, error="", said_in="")  # its card has left the page
+    assert 'id="meeting-done"' in focused(html[: html.index('id="meeting-M1"')])
+
+
+def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():
+    """An extension's verdict refused (the request was withdrawn meanwhile): no card to go back to."""
+    empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
+    html = templates.get_template("desk.html").render(
+        request=None, s=staff("admin"), sections={"low": empty, "unrouted": empty}, extensions=[],
+        returned=[], categories=[], departments=[], grid_names={}, kept={}, focus="", done="",
+        error="工单20261201-000001没有待审核的延期申请",
+    )  # fmt: skip
+    assert told(html, "工单20261201-000001没有待审核的延期申请") == focused(html)
+    assert 'role="alert"' in focused(html)
+
+
+def access_html(**context) -> str:
+    defaults = {
+        "s": staff("admin"), "values": {"role": "", "days": "90"}, "errors": {}, "issued": None, "idem": "k",
+        "revoked_id": "", "revoked": "", "notice": "", "filters": {}, "query": "", "list_query": "",
+        "role_links": [], "tokens": [], "total": 0, "list_notice": "", "page_no": 1, "pages": 1,
+        "audit": [], "audit_notice": "", "role_choices": [], "department_choices": [], "grid_groups": [],
+        "default_days": 90,
+    }  # fmt: skip
+    return templates.get_template("access.html").render(request=None, **{**defaults, **context})
+
+
+def test_the_desks_erasure_and_credentials_tell_what_was_done():
+    erased = privacy_html(values={"by": "phone"}, erased=2)
+    said = "已删除2件工单中的个人信息，审计记录已写入。"
+    assert told(erased, said) == focused(erased)  # not the emptied form's phone field
+    assert 'id="erased"' in focused(erased)
+    assert 'id="phone"' in focused(privacy_html(values={"by": "phone"}))  # the form opened: typed into
+    refused = privacy_html(values={"by": "phone"}, errors={"form": "工单档案库暂时不可用，请稍后再试"})
+    assert told(refused, "工单档案库暂时不可用，请稍后再试") == focused(refused)
+
+    html = access_html(revoked_id="0123456789abcdef", revoked="话务员 0231")
+    said = "已吊销话务员 0231的凭证 0123456789abcdef：此凭证即刻失效，用它登录的控制台随即退出登录。"
+    assert told(html, said) == focused(html)
+    html = access_html(notice="凭证不存在或已吊销")
+    assert told(html, "凭证不存在或已吊销") == focused(html)
+    issued = {"held_by": "话务员 0231", "token_id": "0123456789abcdef", "expires": "2027-03-01 08:00",
+              "token": "t" * 43, "role": "operator", "signin_url": "http://x/console/signin"}  # fmt: skip
+    html = access_html(issued=issued)
+    told(html, "已为话务员 0231签发凭证。凭证只显示这一次，请现在复制。")
+    assert 'id="new-token"' in focused(html)  # the credential, to copy
+    html = access_html(errors={"form": "签发过于频繁"})
+    assert told(html, "签发过于频繁") == focused(html)
+
+
+def test_a_refused_sign_in_is_told_while_the_field_keeps_the_focus():
+    render = templates.get_template("signin.html").render
+    html = render(request=None, s=None, csrf="x", error="登录凭证无效或已吊销，请向管理员重新申领")
+    assert 'role="alert"' in told(html, "登录凭证无效或已吊销，请向管理员重新申领")
+    assert 'id="token"' in focused(html)
+    assert 'aria-describedby="token-error"' in focused(html)
+    assert "data-announce" not in render(request=None, s=None, csrf="x", error="")
+
+
+def test_a_tickets_page_tells_what_was_done_with_the_link_back_after_it(city):
+    ticket = {
+        "ticket_no": "20260302-000002", "status": "accepted", "text": "光明路的路灯不亮",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"}, "confidence": None,
+        "received_at": "2026-03-02T08:00:00+00:00",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+    }  # fmt: skip
+    who = staff("department", "urban_mgmt")
+    html = templates.get_template("ticket.html").render(
+        request=None, s=who, t=row(ticket, TZ, NOW), history=[], map=present.grid_map(city, {}),
+        grid_name="未定位", departments=[], errors={}, values={}, kept={}, handles=True,
+        done=present.DONE["accept"],
+    )  # fmt: skip
+    assert told(html, present.DONE["accept"]) == focused(html)
+    assert html.split(focused(html))[1].startswith(
+        present.DONE["accept"] + ' <a href="/console/department">返回本单位工单</a></p>'
+    )
+    # 并案 to a typed number: the button takes the focus, the sentence it confirms is read out.
+    sentence = "将工单20260302-000002并入工单20260302-000001（光明路路灯，未定位网格，办理中）"
+    html = templates.get_template("ticket.html").render(
+        request=None, s=staff("admin"), t=row(ticket, TZ, NOW), history=[], map=present.grid_map(city, {}),
+        grid_name="未定位", departments=[], errors={}, values={}, kept={}, can_merge=True,
+        merge_confirm={"into": "20260302-000001", "moved": [], "sentence": sentence},
+    )  # fmt: skip
+    assert 'id="merge-confirm"' in told(html, sentence)
+    assert 'id="merge-confirmed"' in focused(html)
 
 
 def history_preview(history: dict | None) -> dict:

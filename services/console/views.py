@@ -1721,6 +1721,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         page_no = pages
         reply = await client.get("/api/v1/meetings", page=page_no, size=MEETINGS_PAGE_SIZE)
     listed = reply.body["meetings"] if reply.ok else []
+    q = request.query_params
     return await page(
         request,
         "meetings.html",
@@ -1730,8 +1731,11 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         open_count=reply.body["open"] if reply.ok else 0,
         page_no=page_no,
         pages=pages,
-        error=request.query_params.get("error") or (None if reply.ok else reply.message),
-        done=request.query_params.get("done"),
+        error=q.get("error") or (None if reply.ok else reply.message),
+        done=q.get("done"),
+        # The meeting a check-in or a decision was about: what came of it is said in its card,
+        # when the card is on this page (a decided meeting moves down the list), else at the top.
+        said_in=q.get("meeting") if any(m["meeting_id"] == q.get("meeting") for m in listed) else "",
     )
 
 
@@ -1754,8 +1758,7 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
     on_page = {"page": text(form, "page")} if text(form, "page").isdigit() else {}
     if step == "decide":
         if not text(form, "lead"):
-            query = urlencode({**on_page, "error": f"联席会议{mid}未记录：请先选择主办单位"})
-            return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
+            return meeting_back(mid, on_page, error=f"联席会议{mid}未记录：请先选择主办单位")
         reply = await api(request, s).post(
             f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
         )
@@ -1763,8 +1766,19 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
     else:
         reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
         done = f"已在联席会议{mid}报到"
-    query = urlencode({**on_page, **({"done": done} if reply.ok else {"error": reply.message})})
-    return RedirectResponse(f"/console/meetings?{query}#meeting-{mid}", status_code=303)
+    if not reply.ok:
+        return meeting_back(mid, on_page, error=reply.message)
+    return meeting_back(mid, on_page, done=done)
+
+
+def meeting_back(mid: str, on_page: dict[str, str], *, done: str = "", error: str = "") -> Response:
+    """Back to the meetings' page the form was on, saying what came of it (`done`, or the `error`)
+    in the meeting's card, or at the top when the card has left the page. The fragment names the
+    message, wherever it is: the page opens on it, with the focus there (the form that was used
+    may be gone), the card's form below it to correct a refusal."""
+    said, at = ({"done": done}, "meeting-done") if done else ({"error": error}, "meeting-error")
+    query = urlencode({**on_page, **said, "meeting": mid})
+    return RedirectResponse(f"/console/meetings?{query}#{at}", status_code=303)
 
 
 # --- the manager's dashboard ---------------------------------------------------------------------

@@ -41,12 +41,19 @@
     if (question && !window.confirm(question)) e.preventDefault();
   });
 
-  // A page that comes back saying what was done (a call accepted, a ticket dispatched) while the
-  // focus goes on to the next thing to do: a live region reads out what changes in it, not what the
-  // page was loaded with, so the message is put into the page's empty one once the page has loaded.
+  // What the page came back to say: a call accepted, a ticket dispatched, a form refused as a whole
+  // (their data-announce, templates/_said.html), a draft restored (tell, below). A live region reads
+  // out what changes in it, not what the page was loaded with, so once the page has loaded the
+  // words, in the page's order, are put into its empty one (base.html), whether the focus went to
+  // the message or on to the next thing to do. Set going first, so that a failure further down
+  // does not silence it.
   const announcer = document.getElementById("announcer");
-  const said = document.querySelector("[data-announce]");
-  if (announcer && said) setTimeout(() => { announcer.textContent = said.dataset.announce; }, 500);
+  const told = [...document.querySelectorAll("[data-announce]")].map((el) => el.dataset.announce.trim());
+  const tell = (words) => told.push(words);
+  setTimeout(() => {
+    const words = told.filter(Boolean).join(" ");
+    if (announcer && words) announcer.textContent = words;
+  }, 500);
 
   // Enter in a one-line field of a form that asks for it (data-enter-next) goes on to the next
   // field, as Tab does, instead of the browser's sending the form half filled in: the operator's
@@ -100,9 +107,9 @@
       const note = document.createElement("p");
       note.className = "ok";
       note.id = "draft-restored";
-      note.setAttribute("role", "status");
       note.textContent = "已恢复上次未提交的内容，请核对后提交。";
       intake.prepend(note);
+      tell(note.textContent);
     }
     const save = () => {
       if (!typed()) return sessionStorage.removeItem(key);

@@ -380,6 +380,7 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     phone_field = page.locator("#caller_phone")
     await expect(phone_field).to_be_focused()
     await expect(page.locator("#intake-keys")).to_contain_text("Ctrl+回车 提交")
+    await expect(page.locator("#text-hint")).to_have_text("回车换行，Ctrl+回车提交")
     await accessible(page)
     keyboard = page.keyboard
     # Enter in a one-line field goes on to the next field: no half-typed call is sent.
@@ -400,8 +401,22 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     await expect(page.locator("#text")).to_be_focused()
     await keyboard.type("，老人出门不方便")
     await expect(page.locator("#text")).to_have_value(re.compile("晚上很黑，老人出门不方便$"))
-    await shot(page, "operator-preview")
+    # Enter in 诉求内容 is a new line, as in any text box: a stray one sends no half-typed appeal.
     await keyboard.press("Enter")
+    await keyboard.type("希望尽快修好")
+    await expect(page.locator("#text")).to_have_value(re.compile("老人出门不方便\n希望尽快修好$"))
+    await expect(page.locator("#text")).to_be_focused()
+    assert page.url.endswith("/console/operator")  # nothing was submitted
+    # Nor by Ctrl+Enter while an input method is composing characters (its Enter picks them):
+    # a submission would have disabled the button at once, before the page could go.
+    sent = await page.locator("#text").evaluate(
+        "el => { el.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', ctrlKey: true,"
+        " isComposing: true, bubbles: true, cancelable: true}));"
+        " return document.getElementById('submit').disabled; }"
+    )
+    assert sent is False
+    await shot(page, "operator-preview")
+    await keyboard.press("Control+Enter")  # from the text box too
     number = page.locator("#ticket-no")
     await expect(number).to_have_text(re.compile(r"^\S{6,}$"))
     ticket_no = (await number.text_content() or "").strip()
@@ -629,7 +644,7 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await page.keyboard.press("Tab")
     await page.keyboard.press("Tab")
     await page.keyboard.type("小区门口垃圾堆了三天没人清理")
-    await page.keyboard.press("Enter")
+    await page.keyboard.press("Control+Enter")
     error = page.locator("#caller_phone-error")
     await expect(error).to_contain_text("不是有效的手机号或固话号码")
     await expect(page.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")

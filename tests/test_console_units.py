@@ -1381,7 +1381,7 @@ def form_page(name: str, role: str, errors: dict[str, str]) -> str:
     ],
 )
 def test_a_refused_field_is_described_by_its_hint_and_its_error(name, role, fields):
-    """Beside an error a field's hint still says how to fill it in (诉求内容: 回车提交，Shift+回车换行):
+    """Beside an error a field's hint still says how to fill it in (诉求内容: 回车换行，Ctrl+回车提交):
     a screen reader is told both, not the error alone."""
     for field in fields:
         calm = described_by(form_page(name, role, {}), field)

@@ -147,13 +147,14 @@
       answer.value = use.dataset.answer;
       answer.focus();
     });
-    // The operator's keys (the hint above the form): Ctrl+Enter submits from any field, and so does
-    // Enter in the text box (Shift+Enter is a new line there); Enter in a one-line field goes on
-    // (below). Not while an input method is composing Chinese characters: that Enter picks the
-    // characters. Neither on the grid worker's phone form, where Enter in the text box is a new line.
+    // The operator's keys (the hint above the form): Ctrl+Enter submits from any field; Enter in a
+    // one-line field goes on (above), and in 诉求内容, as in any text box, is a new line: a stray
+    // Enter no longer sends half an appeal to become a ticket. Not while an input method is
+    // composing Chinese characters: that Enter picks the characters. Not on the grid worker's
+    // phone form, which a button sends.
     intake.addEventListener("keydown", (e) => {
       if (intake.id !== "intake" || e.key !== "Enter" || e.isComposing || e.keyCode === 229) return;
-      if (e.ctrlKey || e.metaKey || (e.target === text && !e.shiftKey && !e.altKey)) {
+      if (e.ctrlKey || e.metaKey) {
         e.preventDefault();
         intake.requestSubmit();
       }

@@ -21,7 +21,7 @@ from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, port_open
 from shared.settings import Settings
 from shared.store import history_key
-from tests.conftest import System, eventually
+from tests.conftest import SESSION_TIMEOUT_MS, System, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 
@@ -97,6 +97,7 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
             data_dir=data_dir,
             quiet_hours="none",
             sms_daily_cap=1000,
+            kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
         )
         system = System(settings, tmp_path / "logs")
         system.start_all()

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     # How often a classifier worker checks the model registry (Redis) for a newly approved model.
     model_check_seconds: float = Field(5.0, gt=0)
     timer_scan_seconds: float = Field(5.0, gt=0)
+    # How often a worker checks the broker (its topics there, its consumer groups joined) and Redis:
+    # how soon /readyz follows them, and how soon a broker that came back empty has its topics again
+    # and what the lost topics held is driven on from the store. Each round connects to the broker.
+    health_check_seconds: float = Field(5.0, gt=0)
     # false: a router replica that only runs the deadline timers and the outbox relay (no consumers).
     router_consume: bool = True
     log_level: str = "INFO"

@@ -98,6 +98,8 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
             quiet_hours="none",
             sms_daily_cap=1000,
             kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+            # The loss and the empty broker are noticed at a worker's next check: within a second.
+            health_check_seconds=1,
         )
         system = System(settings, tmp_path / "logs")
         system.start_all()

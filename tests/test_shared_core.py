@@ -26,6 +26,7 @@ from shared.bus import (
     by_event_class,
     ensure_topics,
     group_id,
+    group_session,
     next_batch,
     relay_outbox,
 )
@@ -248,6 +249,7 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id="test-outbox",
         auto_offset_reset="earliest",
+        **group_session(settings),  # joins as soon as the workers do
     )
     await consumer.start()
     publisher = EventPublisher(settings, client_id="test")

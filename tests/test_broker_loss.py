@@ -23,7 +23,7 @@ from shared.settings import Settings
 from shared.store import history_key
 from tests.conftest import SESSION_TIMEOUT_MS, System, eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
 
 LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，希望尽快修好"
 OUTAGE_SECONDS = 20

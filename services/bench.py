@@ -52,7 +52,7 @@ from redis.asyncio import Redis
 from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
-from shared.bus import ensure_topics
+from shared.bus import ensure_topics, group_session
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
@@ -243,6 +243,7 @@ async def _bench(
         auto_offset_reset="latest",
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.kafka_callers_path_fetch_wait_ms,  # as the workers read
+        **group_session(settings),  # and join
     )
     await consumer.start()
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
@@ -444,6 +445,7 @@ def _broker_limit(settings: Settings, *, count: int, sizes: dict[str, int], repl
                 dst,
                 out_sizes[i],
                 settings.kafka_callers_path_fetch_wait_ms,
+                group_session(settings),
             ),
             daemon=True,
         )
@@ -470,6 +472,7 @@ async def _push_and_count(settings: Settings, first: str, last: str, count: int,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.kafka_callers_path_fetch_wait_ms,
+        **group_session(settings),
     )
     await consumer.start()
     producer = AIOKafkaProducer(
@@ -519,11 +522,13 @@ async def _wait_for_relays(producer: AIOKafkaProducer, consumer: AIOKafkaConsume
     raise RuntimeError("the no-op relays did not start within 120 s")
 
 
-def _relay_main(bootstrap: str, src: str, dst: str, size: int, wait_ms: int) -> None:
-    asyncio.run(_relay(bootstrap, src, dst, size, wait_ms))
+def _relay_main(bootstrap: str, src: str, dst: str, size: int, wait_ms: int, session: dict[str, Any]) -> None:
+    asyncio.run(_relay(bootstrap, src, dst, size, wait_ms, session))
 
 
-async def _relay(bootstrap: str, src: str, dst: str, size: int, wait_ms: int) -> None:
+async def _relay(
+    bootstrap: str, src: str, dst: str, size: int, wait_ms: int, session: dict[str, Any]
+) -> None:
     """Read batches from `src` and forward each message as `size` bytes to `dst`, committing after
     the sends are acknowledged: the workers' consume-publish-commit cycle without their work."""
     consumer = AIOKafkaConsumer(
@@ -533,6 +538,7 @@ async def _relay(bootstrap: str, src: str, dst: str, size: int, wait_ms: int) ->
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         fetch_max_wait_ms=wait_ms,
+        **session,  # as the workers join
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_batch_size=256 * 1024

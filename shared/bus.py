@@ -67,6 +67,13 @@ def callers_path(settings: Settings) -> dict[str, Any]:
     return {"fetch_max_wait_ms": settings.kafka_callers_path_fetch_wait_ms, "fetch_min_bytes": 1}
 
 
+def group_session(settings: Settings) -> dict[str, Any]:
+    """What every consumer in a group joins with: the session of KAFKA_SESSION_TIMEOUT_MS, and a
+    heartbeat every third of it (so that one late heartbeat does not end the session)."""
+    timeout = settings.kafka_session_timeout_ms
+    return {"session_timeout_ms": timeout, "heartbeat_interval_ms": timeout // 3}
+
+
 # How long a consumer waits in the client for the next batch before it asks again (it returns as
 # soon as records are there).
 BATCH_WAIT_MS = 500
@@ -156,7 +163,7 @@ def _subscribe(
     handle: Callable[[list[tuple[str, Event]]], Awaitable[None]],
     **overrides: Any,
 ) -> None:
-    @batch_subscriber(broker, list(models), group, **overrides)
+    @batch_subscriber(broker, list(models), group, **{**group_session(publisher.settings), **overrides})
     async def consume(records: Any) -> None:  # Any: FastStream passes the records on unvalidated
         started = time.perf_counter()
         by_topic: dict[str, list[ConsumerRecord]] = {}
@@ -220,9 +227,10 @@ class ServiceBroker(KafkaBroker):
 
     FastStream starts them one after the other, and aiokafka's `start` of a group member returns
     only once the group has given it partitions: a join takes a few seconds (the broker's initial
-    rebalance delay: about 5 s on the embedded broker, 3 s by default on Apache Kafka), so a worker
-    with five topics took 25 s to start, and again after each restart. Each subscriber has a consumer
-    and a group of its own, so their joins do not depend on each other."""
+    rebalance delay: on the embedded broker about half of KAFKA_SESSION_TIMEOUT_MS, 5 s by default;
+    3 s by default on Apache Kafka), so a worker with five topics took 25 s to start, and again after
+    each restart. Each subscriber has a consumer and a group of its own, so their joins do not
+    depend on each other."""
 
     async def start(self) -> None:
         await self.connect()

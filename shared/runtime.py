@@ -42,8 +42,6 @@ from shared.store import TicketStore
 E = TypeVar("E", bound=Event)
 log = logging.getLogger(__name__)
 
-# How often a worker checks the broker (topics there, consumer groups joined) and Redis.
-HEALTH_CHECK_SECONDS = 5.0
 CHECK_TIMEOUT_SECONDS = 3.0  # within the probes' own timeout
 BROKER_CHECK_TIMEOUT_SECONDS = 10.0  # a worker's round in the background: connect, list, create topics
 # One line per kind of Kafka client failure per this many seconds (the rest are counted).
@@ -247,7 +245,7 @@ class Runtime:
         async def watch() -> None:
             while True:
                 await self._check_health()
-                await asyncio.sleep(HEALTH_CHECK_SECONDS)
+                await asyncio.sleep(self.settings.health_check_seconds)
 
         @app.on_startup
         async def _start() -> None:

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     # wait even when a message arrives, so there it is a hop's latency. Apache Kafka answers as soon
     # as a record is there: set it to 500 there, and those consumers stop asking 50 times a second.
     kafka_callers_path_fetch_wait_ms: int = Field(20, ge=1, le=5000)
+    # How long the broker waits for a consumer's heartbeat (sent every third of it) before it counts
+    # the consumer gone and gives its partitions to the rest of its group. A worker killed outright
+    # holds its partitions that long, and on the embedded Tansu a worker started again waits about as
+    # long to join: Tansu keeps the dead member as its group's leader until its session has run out
+    # (and any join there takes about half of it). Apache Kafka accepts 6000 to 1800000 by default
+    # (its group.min/max.session.timeout.ms).
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000, le=1_800_000)
 
     # PostgreSQL, the lasting record of every ticket (services/records). Empty: `appeals up` starts
     # an embedded server and sets it.
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
     # How often a classifier worker checks the model registry (Redis) for a newly approved model.
     model_check_seconds: float = Field(5.0, gt=0)
     timer_scan_seconds: float = Field(5.0, gt=0)
+    # How often a worker checks the broker (its topics there, its consumer groups joined) and Redis:
+    # how soon /readyz follows them, and how soon a broker that came back empty has its topics again
+    # and what the lost topics held is driven on from the store. Each round connects to the broker.
+    health_check_seconds: float = Field(5.0, gt=0)
     # false: a router replica that only runs the deadline timers and the outbox relay (no consumers).
     router_consume: bool = True
     log_level: str = "INFO"

@@ -138,6 +138,13 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
+# The consumers' session on the tests' brokers (KAFKA_SESSION_TIMEOUT_MS). On Tansu a join takes
+# about half of it and a worker started after a kill -9 waits about all of it for the dead member to
+# leave its groups: at the default 10 s, 5 s each start and 18 s each restart; at 3 s, 2 s and 2-7 s.
+# Heartbeats go every second, so a worker's loop held up for three seconds still keeps its session.
+SESSION_TIMEOUT_MS = 3000
+
+
 @pytest.fixture(scope="session")
 def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settings:
     return Settings(
@@ -155,6 +162,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
         quiet_hours="none",  # SMS flow at any hour; quiet hours and the cap are tested apart
         sms_daily_cap=1000,
         model_check_seconds=0.5,  # classifier workers pick up a newly approved model fast
+        kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
         wechat_token="test-wechat-token",
         open311_api_keys="test-open311-key",
         wechat_encoding_aes_key="abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",

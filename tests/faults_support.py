@@ -25,6 +25,7 @@ from shared import bus, topics
 from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
+from shared.store import TicketStore
 from tests.conftest import System, eventually
 
 CONSUMERS = ("classifier", "router", "notifier")
@@ -336,6 +337,27 @@ async def wait_until_routed(redis: Redis, nos: Sequence[str], timeout: float) ->
         raise AssertionError(f"{len(left)} of {len(nos)} tickets never routed, e.g. {left[:5]}") from None
 
 
+async def wait_until_published(redis: Redis, nos: Sequence[str], timeout: float) -> None:
+    """The outbox owes no event of these tickets. A router killed between writing a decision to
+    Redis and publishing its event leaves the event there, for a router's relay to publish once it
+    is ten seconds old: until then the topic lacks it, and a check of the topic must wait (the
+    survivor of the scale-out test takes the dead router's work over within seconds)."""
+    wanted = set(nos)
+
+    async def owed() -> list[str]:
+        entries = [m.decode() for m in await redis.zrange(TicketStore.OUTBOX, 0, -1)]
+        return [m.replace("\t", " ") for m in entries if m.split("\t")[1] in wanted]
+
+    async def none_owed() -> bool:
+        return not await owed()
+
+    try:
+        await eventually(none_owed, timeout=timeout, interval=0.5)
+    except AssertionError:
+        left = await owed()
+        raise AssertionError(f"{len(left)} events never relayed from the outbox, e.g. {left[:5]}") from None
+
+
 async def caught_up(bootstrap: str, groups: dict[str, Sequence[str]]) -> bool:
     """Each consumer group (group -> the topics it reads) has committed to the end of every
     partition: all that was published so far has been handled by a process that lived to say so."""
@@ -393,12 +415,13 @@ class Report:
 
 
 async def settle_and_check(settings: Settings, submissions: Submissions) -> Report:
-    """Once the flow is over: every appeal was acknowledged, the router has decided every ticket and
-    the notifier has caught up, then `check_exactly_once`."""
+    """Once the flow is over: every appeal was acknowledged, the router has decided every ticket
+    and published what it decided, the notifier has caught up, then `check_exactly_once`."""
     assert not submissions.failed, f"appeals never acknowledged: {submissions.failed}"
     redis = Redis.from_url(settings.redis_url)
     try:
         await wait_until_routed(redis, sorted(submissions.acked), timeout=600)
+        await wait_until_published(redis, sorted(submissions.acked), timeout=120)
         await wait_for_notifier(settings.kafka_bootstrap_servers, timeout=300)
         return await check_exactly_once(redis, settings.kafka_bootstrap_servers, submissions)
     finally:

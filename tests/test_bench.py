@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
     env["DATA_DIR"] = str(data_dir)
+    env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)  # its consumers' and workers' joins
     args = ["--rate", "50", "--duration", "3", "--broker-limit-messages", "500", "--json", str(out)]
     run = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "pipeline", *args],

@@ -21,9 +21,9 @@ from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, port_open
 from shared.settings import Settings
 from shared.store import history_key
-from tests.conftest import System, eventually
+from tests.conftest import SESSION_TIMEOUT_MS, System, eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
 
 LIGHT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，希望尽快修好"
 OUTAGE_SECONDS = 20
@@ -97,6 +97,9 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
             data_dir=data_dir,
             quiet_hours="none",
             sms_daily_cap=1000,
+            kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+            # The loss and the empty broker are noticed at a worker's next check: within a second.
+            health_check_seconds=1,
         )
         system = System(settings, tmp_path / "logs")
         system.start_all()

@@ -17,6 +17,7 @@ from services.classifier import corpus, service
 from services.classifier.model import CategoryModel, latest_model_path, model_path
 from shared import topics
 from shared.auth import issue_token
+from shared.bus import group_session
 from tests.cities import demo_city
 from tests.conftest import ROOT, eventually, settings_env
 
@@ -62,6 +63,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=f"test-review-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
+        **group_session(settings),  # joins as soon as the workers do
     )
     await consumer.start()
     try:

@@ -26,10 +26,11 @@ from tests.faults_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1), pytest.mark.timeout(900)]
 
-# Here the three restarts bound the flow. Measured on the shared 2-core machine (load average 8):
-# the intake answered ~17 appeals/s, a restarted worker was up again after ~40 s: ~2,100 appeals,
-# flow ~2 min, start and checks ~50 s. Unloaded the restarts are much faster and the count stays
-# well below LIMIT.
+# Here the three restarts bound the flow. Measured on the shared 2-core machine (load average 9):
+# the intake answered ~33 appeals/s, a restarted worker was up again ~15 s after its kill (its
+# start; joining its groups took 2 s of that, with the tests' short session): ~1,600 appeals, flow
+# ~50 s, start and checks ~20 s. Unloaded the restarts are faster and the count stays well below
+# LIMIT.
 
 
 async def test_kill9_of_each_consumer_in_turn_loses_and_repeats_nothing(settings, tmp_path):

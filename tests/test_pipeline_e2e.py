@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared import topics
-from shared.bus import ends_of, group_id
+from shared.bus import ends_of, group_id, group_session
 from shared.events import AppealReceived, Caller
 from tests.conftest import as_department, as_sms_gateway, days_since, eventually, groups_past, local_today
 
@@ -211,6 +211,7 @@ async def test_poison_message_goes_to_the_dead_letter_topic_and_the_pipeline_kee
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id="test-dlq-reader",
         auto_offset_reset="earliest",
+        **group_session(settings),  # joins as soon as the workers do
     )
     await producer.start()
     await consumer.start()

@@ -26,6 +26,7 @@ from shared.bus import (
     by_event_class,
     ensure_topics,
     group_id,
+    group_session,
     next_batch,
     relay_outbox,
 )
@@ -208,6 +209,18 @@ def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():
     assert set(rest.topic_names) == {topics.TICKET_UPDATED, topics.SURVEY_SENT, topics.SURVEY_ANSWERED}
 
 
+def test_every_consumer_joins_its_group_with_the_session_the_setting_gives():
+    """KAFKA_SESSION_TIMEOUT_MS reaches each of a worker's consumers, with a heartbeat every third."""
+    from services.router.app import build_app
+
+    settings = get_settings().model_copy(update={"kafka_session_timeout_ms": 6000})
+    subscribers = build_app(settings).broker.subscribers
+    assert len(subscribers) == 2  # the caller's path's and the rest's
+    for sub in subscribers:
+        args = sub._connection_args
+        assert (args["session_timeout_ms"], args["heartbeat_interval_ms"]) == (6000, 2000), sub.group_id
+
+
 async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis):
     """Write a change (ticket + history + outbox) but 'crash' before publishing: the relay
     publishes the event, once, and clears the outbox."""
@@ -236,6 +249,7 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id="test-outbox",
         auto_offset_reset="earliest",
+        **group_session(settings),  # joins as soon as the workers do
     )
     await consumer.start()
     publisher = EventPublisher(settings, client_id="test")

@@ -10,7 +10,8 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -88,8 +89,14 @@ def restart_broker_empty(servers: EmbeddedServers) -> None:
     servers.processes.remove(kafka)
 
 
-async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_dir):
-    with EmbeddedServers(log_dir=tmp_path / "servers", postgres=True) as servers:
+@asynccontextmanager
+async def running_on_servers_of_its_own(
+    tmp_path: Path, data_dir: Path, servers_data: Path | None = None
+) -> AsyncIterator[tuple[EmbeddedServers, System, Redis, httpx.AsyncClient]]:
+    """The whole system, ready, on a broker, Redis and PostgreSQL of its own (so that a test may take
+    them away; with `servers_data`, Redis and PostgreSQL keep their data there across a restart),
+    with a Redis client and an admin's API client; its logs in `tmp_path / "logs"`."""
+    with EmbeddedServers(log_dir=tmp_path / "servers", postgres=True, data_dir=servers_data) as servers:
         settings = Settings(
             kafka_bootstrap_servers=servers.kafka_bootstrap,
             redis_url=servers.redis_url,
@@ -98,7 +105,7 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
             quiet_hours="none",
             sms_daily_cap=1000,
             kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
-            # The loss and the empty broker are noticed at a worker's next check: within a second.
+            # A server lost, or back, is noticed at a worker's next check: within a second.
             health_check_seconds=1,
         )
         system = System(settings, tmp_path / "logs")
@@ -110,46 +117,51 @@ async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_d
             async with httpx.AsyncClient(
                 base_url=system.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
             ) as api:
-                before = [await submit(api, f"1380000{i:04d}") for i in range(5)]
-                await all_assigned(api, before)
-                for port in system.metrics_ports.values():
-                    assert await readiness(api, port) == 200
-
-                # Acknowledged just before the loss and not yet classified: with the classifier
-                # stopped, these wait on `appeal.received`, which the broker takes with it.
-                system.stop("classifier")
-                stalled = [await submit(api, f"1370000{i:04d}") for i in range(5)]
-                for no in stalled:
-                    assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == "received"
-                running = [p for w, p in system.metrics_ports.items() if w != "classifier"]
-
-                restart_broker_empty(servers)
-                lost_at = time.monotonic()
-                # While the broker is away every worker says it is not ready, and none exits.
-                await until_readiness(api, running, 503, timeout=30)
-                await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - lost_at)))
-                assert system.first_exited() is None
-
-                servers._start_kafka()  # a new, empty broker on the same port
-                assert port_open(servers.kafka_port)
-                # A worker re-creates the topics and re-drives the stalled appeals from the store
-                # before the classifier comes back (its own start finds the topics there).
-                await until_readiness(api, running, 200, timeout=90)
-                system.start("classifier")
-                await until_readiness(api, system.metrics_ports.values(), 200, timeout=90)
-                await all_assigned(api, stalled)
-
-                after = [await submit(api, f"1390000{i:04d}") for i in range(5)]
-                await all_assigned(api, after)
-                assert system.first_exited() is None
-                # Driven on exactly once: one assignment each, however many workers saw the loss.
-                for no in stalled:
-                    history = [json.loads(h) for h in await redis.lrange(history_key(no), 0, -1)]
-                    assigned = [e for e in history if e["topic"] == "ticket.assigned"]
-                    assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times"
+                yield servers, system, redis, api
         finally:
             await redis.aclose()
             system.stop_all()
+
+
+async def test_workers_recover_when_the_broker_comes_back_empty(tmp_path, data_dir):
+    async with running_on_servers_of_its_own(tmp_path, data_dir) as (servers, system, redis, api):
+        before = [await submit(api, f"1380000{i:04d}") for i in range(5)]
+        await all_assigned(api, before)
+        for port in system.metrics_ports.values():
+            assert await readiness(api, port) == 200
+
+        # Acknowledged just before the loss and not yet classified: with the classifier
+        # stopped, these wait on `appeal.received`, which the broker takes with it.
+        system.stop("classifier")
+        stalled = [await submit(api, f"1370000{i:04d}") for i in range(5)]
+        for no in stalled:
+            assert (await api.get(f"/api/v1/tickets/{no}")).json()["status"] == "received"
+        running = [p for w, p in system.metrics_ports.items() if w != "classifier"]
+
+        restart_broker_empty(servers)
+        lost_at = time.monotonic()
+        # While the broker is away every worker says it is not ready, and none exits.
+        await until_readiness(api, running, 503, timeout=30)
+        await asyncio.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - lost_at)))
+        assert system.first_exited() is None
+
+        servers._start_kafka()  # a new, empty broker on the same port
+        assert port_open(servers.kafka_port)
+        # A worker re-creates the topics and re-drives the stalled appeals from the store
+        # before the classifier comes back (its own start finds the topics there).
+        await until_readiness(api, running, 200, timeout=90)
+        system.start("classifier")
+        await until_readiness(api, system.metrics_ports.values(), 200, timeout=90)
+        await all_assigned(api, stalled)
+
+        after = [await submit(api, f"1390000{i:04d}") for i in range(5)]
+        await all_assigned(api, after)
+        assert system.first_exited() is None
+        # Driven on exactly once: one assignment each, however many workers saw the loss.
+        for no in stalled:
+            history = [json.loads(h) for h in await redis.lrange(history_key(no), 0, -1)]
+            assigned = [e for e in history if e["topic"] == "ticket.assigned"]
+            assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times"
 
     for worker in ("intake", "classifier", "router", "notifier"):
         lines = error_lines(tmp_path / "logs" / f"{worker}.log")

@@ -15,25 +15,22 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, port_open
-from shared.settings import Settings
 from shared.store import history_key
-from tests.conftest import System, eventually
 from tests.test_broker_loss import (
     MAX_ERROR_LINES_PER_WORKER,
     all_assigned,
     error_lines,
     readiness,
+    running_on_servers_of_its_own,
     submit,
     until_readiness,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
+pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 
 OUTAGE_SECONDS = 10
 # CPU a waiting worker may use while Redis is away, in seconds of CPU per second: its health checks
@@ -54,80 +51,58 @@ def stop_redis(servers: EmbeddedServers) -> None:
 
 
 async def test_workers_wait_for_redis_and_route_what_was_acknowledged_before_it_went(tmp_path, data_dir):
-    with EmbeddedServers(log_dir=tmp_path / "servers", data_dir=tmp_path / "data", postgres=True) as servers:
-        settings = Settings(
-            kafka_bootstrap_servers=servers.kafka_bootstrap,
-            redis_url=servers.redis_url,
-            database_url=servers.database_url,
-            data_dir=data_dir,
-            quiet_hours="none",
-            sms_daily_cap=1000,
+    async with running_on_servers_of_its_own(tmp_path, data_dir, servers_data=tmp_path / "data") as (
+        servers,
+        system,
+        _,
+        api,
+    ):
+        before = [await submit(api, f"1360000{i:04d}") for i in range(3)]
+        await all_assigned(api, before)
+
+        # Acknowledged and classified, waiting on `appeal.classified` for the router, which comes
+        # back while Redis is away: it reads them and cannot write them.
+        system.stop("router")
+        waiting = [await submit(api, f"1350000{i:04d}") for i in range(5)]
+        stop_redis(servers)
+        system.start("router")
+        workers = list(system.metrics_ports.values())
+        await until_readiness(api, workers, 503, timeout=60)
+
+        # The intake refuses new appeals with a reason and a time to come back, not a 500.
+        r = await api.post(
+            "/api/v1/appeals",
+            json={"channel": "hotline", "caller_phone": "13400000001", "text": "建设路5号井盖丢了，很危险"},
         )
-        system = System(settings, tmp_path / "logs")
-        system.start_all()
-        redis = Redis.from_url(settings.redis_url)
+        assert r.status_code == 503, r.text
+        assert r.headers.get("Retry-After")
+
+        router_pid = system.procs["router"].pid
+        cpu_before, since = cpu_seconds(router_pid), time.monotonic()
+        await asyncio.sleep(OUTAGE_SECONDS)
+        used = (cpu_seconds(router_pid) - cpu_before) / (time.monotonic() - since)
+        assert used < MAX_CPU_WHILE_WAITING, f"the router used {used:.2f} CPU s/s while Redis was away"
+        assert system.first_exited() is None
+        for port in workers:
+            assert await readiness(api, port) == 503
+
+        servers._start_redis()  # the same port and data folder: its data comes back
+        assert port_open(servers.redis_port)
+        await until_readiness(api, workers, 200, timeout=90)
+        await all_assigned(api, waiting)
+        after = [await submit(api, f"1330000{i:04d}") for i in range(3)]
+        await all_assigned(api, after)
+        assert system.first_exited() is None
+
+        # Once each: the batches retried while Redis was away wrote nothing twice.
+        redis = Redis.from_url(servers.redis_url)  # a client of the Redis started again
         try:
-            system.wait_ready()
-            token = await issue_token(redis, "admin")
-            async with httpx.AsyncClient(
-                base_url=system.base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}
-            ) as api:
-                before = [await submit(api, f"1360000{i:04d}") for i in range(3)]
-                await all_assigned(api, before)
-
-                # Acknowledged and classified, waiting on `appeal.classified` for the router, which
-                # comes back while Redis is away: it reads them and cannot write them.
-                system.stop("router")
-                waiting = [await submit(api, f"1350000{i:04d}") for i in range(5)]
-                stop_redis(servers)
-                system.start("router")
-                workers = {w: p for w, p in system.metrics_ports.items()}
-                await until_readiness(api, workers.values(), 503, timeout=60)
-
-                # The intake refuses new appeals with a reason and a time to come back, not a 500.
-                r = await api.post(
-                    "/api/v1/appeals",
-                    json={
-                        "channel": "hotline",
-                        "caller_phone": "13400000001",
-                        "text": "建设路5号井盖丢了，很危险",
-                    },
-                )
-                assert r.status_code == 503, r.text
-                assert r.headers.get("Retry-After")
-
-                router_pid = system.procs["router"].pid
-                cpu_before, since = cpu_seconds(router_pid), time.monotonic()
-                await asyncio.sleep(OUTAGE_SECONDS)
-                used = (cpu_seconds(router_pid) - cpu_before) / (time.monotonic() - since)
-                assert used < MAX_CPU_WHILE_WAITING, (
-                    f"the router used {used:.2f} CPU s/s while Redis was away"
-                )
-                assert system.first_exited() is None
-                for port in workers.values():
-                    assert await readiness(api, port) == 503
-
-                servers._start_redis()  # the same port and data folder: its data comes back
-                assert port_open(servers.redis_port)
-                await until_readiness(api, workers.values(), 200, timeout=90)
-                await all_assigned(api, waiting)
-                after = [await submit(api, f"1330000{i:04d}") for i in range(3)]
-                await all_assigned(api, after)
-                assert system.first_exited() is None
-
-                # Once each: the batches retried while Redis was away wrote nothing twice.
-                await redis.aclose()
-                redis = Redis.from_url(settings.redis_url)
-                for no in waiting:
-
-                    async def history(no: str = no) -> list[dict]:
-                        return [json.loads(h) for h in await redis.lrange(history_key(no), 0, -1)]
-
-                    assigned = [e for e in await eventually(history) if e["topic"] == "ticket.assigned"]
-                    assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times"
+            for no in waiting:
+                history = [json.loads(h) for h in await redis.lrange(history_key(no), 0, -1)]
+                assigned = [e for e in history if e["topic"] == "ticket.assigned"]
+                assert len(assigned) == 1, f"{no}: ticket.assigned {len(assigned)} times"
         finally:
             await redis.aclose()
-            system.stop_all()
 
     for worker in ("intake", "classifier", "router", "notifier", "records", "api"):
         lines = error_lines(tmp_path / "logs" / f"{worker}.log")

@@ -501,6 +501,14 @@ async def test_a_decided_meeting_whose_tickets_left_redis_leaves_it_and_is_read_
             assert r.status_code == status, (dept, r.text)
         r = await api.get(f"/api/v1/meetings/M-never-{uuid.uuid4().hex[:8]}", headers=desk)
         assert r.status_code == 404, r.text  # neither in Redis nor in the record
+        # Checking in to it now is told it was decided, not that it does not exist; to one the
+        # department may not read, or that never was, it is still a 404.
+        r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await bearer(redis, CALLED))
+        assert r.status_code == 409, r.text
+        assert r.json()["error"] == "meeting_decided"
+        assert "已于" in r.json()["message"] and "作出决定并归档" in r.json()["message"]
+        r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await bearer(redis, NOT_CALLED))
+        assert r.status_code == 404, r.text
 
         # The console's page of the meeting, which its tickets' pages link.
         await sign_in(console, redis, CALLED)

@@ -866,10 +866,24 @@ async def change_meeting(
         m = await meeting_store(request).change(meeting_id, decide)
     except ConcurrentUpdate:
         return busy()
+    if m is None:
+        # Not in Redis: decided long ago, it has left with its tickets (or it never was). A meeting
+        # the caller may read is told as decided, not as missing.
+        from services.records.views import archived_meeting
+
+        found = await archived_meeting(request, meeting_id, partial(may_read_meeting, principal))
+        if isinstance(found, JSONResponse):
+            return found
+        decided = (found.decided_at or found.convened_at).astimezone(_tz(request))
+        return domain_error(
+            DomainError(
+                "meeting_decided",
+                f"联席会议{meeting_id}已于{decided:%Y-%m-%d}作出决定并归档，不能再报到或更改",
+                kind="conflict",
+            )
+        )
     if errors:
         return domain_error(errors[-1])
-    if m is None:
-        return domain_error(meeting_not_found(meeting_id))
     return m
 
 

@@ -506,7 +506,8 @@ async def test_a_decided_meeting_whose_tickets_left_redis_leaves_it_and_is_read_
         r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await bearer(redis, CALLED))
         assert r.status_code == 409, r.text
         assert r.json()["error"] == "meeting_decided"
-        assert "已于" in r.json()["message"] and "作出决定并归档" in r.json()["message"]
+        assert "已于" in r.json()["message"]
+        assert "作出决定并归档" in r.json()["message"]
         r = await api.post(f"/api/v1/meetings/{mid}/checkin", headers=await bearer(redis, NOT_CALLED))
         assert r.status_code == 404, r.text
 

@@ -29,6 +29,7 @@ from shared.auth import issue_token
 from shared.city import City, load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.settings import Settings
+from tests.browser_support import browser, page  # noqa: F401 - fixtures of every test module
 from tests.cities import demo_city, system_city_dir
 
 ROOT = Path(__file__).resolve().parents[1]  # the project root (tests run commands from here)

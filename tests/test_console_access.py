@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from shared.auth import issue_token
 from tests.conftest import System
 from tests.test_console_e2e import (
-    CHROMIUM_ARGS,
     accessible,
-    chromium,
     fits_a_phone,
-    script_errors,
     shot,
     sign_in,
 )
@@ -27,30 +23,10 @@ from tests.test_console_e2e import (
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-async def chromium_browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        await b.close()
-
-
-@pytest.fixture
-async def desk_page(chromium_browser: Browser, system: System) -> AsyncIterator[Page]:
-    """A page as test_console_e2e's are: the system's address, Chinese, a desktop's screen."""
-    context = await chromium_browser.new_context(
-        base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
-    )
-    errors = script_errors(context)
-    yield await context.new_page()
-    await context.close()
-    assert not errors, f"the console's script failed: {errors}"
-
-
 async def test_the_desk_issues_an_operators_credential_and_revokes_it(
-    desk_page: Page, chromium_browser: Browser, redis, system: System
+    page: Page, browser: Browser, redis, system: System
 ):
-    page, op = desk_page, f"t{uuid.uuid4().hex[:7]}"
+    op = f"t{uuid.uuid4().hex[:7]}"
     await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     await sign_in(page, await issue_token(redis, "admin", note="测试派单员"))
     await page.get_by_role("navigation", name="主导航").get_by_role("link", name="凭证管理").click()
@@ -105,7 +81,7 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await expect(first).to_contain_text(f"话务员 {op}（张三 测试）")
 
     # The new operator signs in with it, in a browser of their own.
-    context = await chromium_browser.new_context(base_url=system.base_url, locale="zh-CN")
+    context = await browser.new_context(base_url=system.base_url, locale="zh-CN")
     operator = await context.new_page()
     await sign_in(operator, token)
     await expect(operator).to_have_url(re.compile(r"/console/operator$"))
@@ -160,8 +136,8 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await context.close()
 
 
-async def test_the_access_page_is_the_desks_alone(desk_page: Page, redis):
-    page = desk_page  # signed in as others here
+async def test_the_access_page_is_the_desks_alone(page: Page, redis):
+    # signed in as others here
     for token in (
         await issue_token(redis, "operator", operator=f"t{uuid.uuid4().hex[:7]}"),
         await issue_token(redis, "department", "water"),

@@ -15,7 +15,6 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from PIL import Image, ImageDraw
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from services.console import present
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
@@ -44,53 +43,8 @@ from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "appeals-screenshots")
 HOSTILE = '<script>window.__pwned = 1</script><b id="bold">粗体</b><img src=x onerror="window.__pwned=2">'
-
-
-def chromium() -> str:
-    if not CHROMIUM.exists():
-        # Never skip: the console's tests are how we know it works. `make test` installs it.
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
-    return str(CHROMIUM)
-
-
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        await b.close()
-
-
-@pytest.fixture
-async def page(browser: Browser, system: System) -> AsyncIterator[Page]:
-    context = await browser.new_context(
-        base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
-    )
-    errors = script_errors(context)
-    p = await context.new_page()
-    yield p
-    await context.close()
-    # The pages work without their script, so a script that fails to load fails no other check.
-    assert not errors, f"the console's script failed: {errors}"
-
-
-def script_errors(context: BrowserContext) -> list[str]:
-    """The uncaught errors of the scripts of every page `context` opens, as they come."""
-    errors: list[str] = []
-    context.on("weberror", lambda e: errors.append(str(e.error)))
-    return errors
 
 
 def new_phone() -> str:

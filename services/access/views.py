@@ -10,8 +10,8 @@
 
 Every issue and revocation is audited with the token's own write (shared.auth): who did it (the
 desk's token id and its note), when, the role and subject, never the token. `appeals token` is the
-same from a shell. Only Redis is needed: access can be managed, and a leaked token revoked, while
-PostgreSQL is away.
+same from a shell, its grants checked by the same rules (shared.access). Only Redis is needed:
+access can be managed, and a leaked token revoked, while PostgreSQL is away.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ SMS provider's gateway. Stored hashed in Redis, with an expiry.
   auth:tokens                -> sorted set {sha256(token): expires_at (inf: never)}: the tokens
                                 to list, written and deleted in the token's own transaction
   auth:tokens:indexed        -> present once the tokens stored before that index are in it
+  auth:sessions:{sha256(token)} -> set of the console session keys the token opened (12 h, renewed
+                                with them), deleted with them when the token is revoked
   auth:used                  -> hash {token id: unix s of its last use, to the minute}
   auth:audit                 -> list of JSON entries, newest first (the last AUDIT_KEEP): who issued
                                 or revoked which token, for whom; never the token
@@ -87,6 +89,18 @@ def _key(token: str) -> str:
     return KEY_PREFIX + _digest(token)
 
 
+def token_key(token: str) -> str:
+    """The Redis key of a token's record: what a session's sign-in watches, so that a revocation
+    between its check and its write is not missed."""
+    return _key(token)
+
+
+def sessions_key(token: str) -> str:
+    """The Redis set of the console sessions a token opened (their keys), which its revocation
+    deletes: services.console.session adds each sign-in to it."""
+    return SESSIONS_PREFIX + _digest(token)
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -96,6 +110,7 @@ KEY_PREFIX = "auth:token:"
 # keys a SCAN for a few hundred tokens walks all of them.
 INDEX_KEY = "auth:tokens"
 INDEXED_KEY = "auth:tokens:indexed"
+SESSIONS_PREFIX = "auth:sessions:"
 TOKEN_ID_LENGTH = 16  # the digest's prefix that names a token in listings and `--revoke`
 USED_KEY = "auth:used"
 # A token's last use is written at most this often by each process: a request reads its token
@@ -316,8 +331,9 @@ async def revoke_token(
     redis: Redis, token_or_id: str, *, actor: str | None = None, actor_note: str = ""
 ) -> TokenInfo | None:
     """Revoke a token, given itself or its id from `list_tokens`: what it was, or None when there
-    is no such token. In one transaction: the token, its index entry and last use and, with
-    `actor`, the audit entry."""
+    is no such token. In one transaction: the token, its index entry and last use, the console
+    sessions it opened (they could do nothing more, yet would linger for hours) and, with `actor`,
+    the audit entry."""
     digest = _digest(token_or_id)
     if not await redis.exists(KEY_PREFIX + digest):
         if len(token_or_id) < TOKEN_ID_LENGTH or not all(c in "0123456789abcdef" for c in token_or_id):
@@ -329,17 +345,21 @@ async def revoke_token(
             return None
         digest = matches[0]
     key = KEY_PREFIX + digest
+    sessions = SESSIONS_PREFIX + digest
     token_id = digest[:TOKEN_ID_LENGTH]
     async with redis.pipeline(transaction=True) as tx:
         while True:
             try:
-                await tx.watch(key)  # what is audited is what was deleted, not what was read before
+                # What is audited is what was deleted, not what was read before; and a session
+                # opened meanwhile is deleted with the others.
+                await tx.watch(key, sessions)
                 raw = await tx.get(key)
                 if raw is None:
                     return None  # expired, or revoked by someone else just now
                 info = _info(token_id, json.loads(raw))
+                opened = [_text(k) for k in await tx.smembers(sessions)]
                 tx.multi()
-                tx.delete(key)
+                tx.delete(key, sessions, *opened)
                 tx.zrem(INDEX_KEY, digest)
                 tx.hdel(USED_KEY, token_id)
                 if actor is not None:

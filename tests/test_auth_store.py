@@ -1,5 +1,6 @@
-"""How staff tokens are kept in Redis (shared.auth), against a real Redis: listing reads an index of the
-tokens, not a SCAN of the keyspace, and the tokens stored before the index are found once.
+"""How staff tokens and their console sessions are kept in Redis (shared.auth, services.console.session),
+against a real Redis: listing reads an index of the tokens, not a SCAN of the keyspace, and the tokens
+stored before the index are found once; a revocation takes the token's console sessions with it.
 
 Only Redis is needed (the `servers` fixture, not `settings`, which trains a model too). The Redis is the
 session's: each test issues its own tokens and looks only at them."""
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from services.console import session
 from shared import auth
 
 pytestmark = pytest.mark.integration
@@ -101,3 +103,46 @@ async def test_tokens_stored_before_the_index_are_listed_and_revoked(redis, monk
     for token_id in older:
         assert (await auth.revoke_token(redis, token_id)) is not None
     assert not set(older) & {t.token_id for t in await auth.list_tokens(redis)}
+
+
+async def test_a_revocation_ends_the_console_sessions_its_token_opened(redis):
+    token = await auth.issue_token(redis, "department", "water", ttl_seconds=3600)
+    other = await auth.issue_token(redis, "department", "water", ttl_seconds=3600)
+    opened = []
+    for _ in range(2):
+        signed = await session.sign_in(redis, token)
+        assert signed is not None
+        opened.append(session._key(signed[0]))
+    kept = await session.sign_in(redis, other)
+    assert kept is not None
+    assert {k.decode() for k in await redis.smembers(auth.sessions_key(token))} == set(opened)
+    assert 0 < await redis.ttl(auth.sessions_key(token)) <= session.TTL_SECONDS
+    assert await redis.exists(*opened) == 2
+
+    assert await auth.revoke_token(redis, auth.token_id_of(token), actor="cli:test") is not None
+    assert await redis.exists(*opened, auth.sessions_key(token)) == 0
+    # Another token's sessions stay.
+    assert await session.load(redis, kept[0]) is not None
+    assert await session.sign_in(redis, token) is None  # and the revoked one opens no new one
+    assert await redis.exists(auth.sessions_key(token)) == 0
+    await auth.revoke_token(redis, other)
+
+
+async def test_a_tokens_set_of_sessions_keeps_only_the_live_ones(redis):
+    token = await auth.issue_token(redis, "operator", operator=staff_id(), ttl_seconds=3600)
+    first = await session.sign_in(redis, token)
+    second = await session.sign_in(redis, token)
+    assert first is not None
+    assert second is not None
+    await session.sign_out(redis, first[0])  # signed out: out of the set at once
+    assert {k.decode() for k in await redis.smembers(auth.sessions_key(token))} == {session._key(second[0])}
+    await redis.delete(session._key(second[0]))  # as if its shift's 12 hours had passed
+    third = await session.sign_in(redis, token)  # a sign-in forgets the sessions that ended
+    assert third is not None
+    assert {k.decode() for k in await redis.smembers(auth.sessions_key(token))} == {session._key(third[0])}
+    # A request extends the session and its token's set together.
+    await redis.expire(auth.sessions_key(token), 60)
+    assert await session.load(redis, third[0]) is not None
+    assert await redis.ttl(auth.sessions_key(token)) > 60
+    await auth.revoke_token(redis, token)
+    assert await redis.exists(session._key(third[0])) == 0

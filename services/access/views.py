@@ -5,7 +5,7 @@
     POST   /api/v1/tokens                        {"role", "operator"?, "department"?, "grid"?, "days"?,
                                                  "note"?}: a new token, in the answer once (201)
     DELETE /api/v1/tokens/{token_id}             revoke it: the API refuses it at once, and the console
-                                                 sessions signed in with it end at their next request
+                                                 sessions signed in with it are deleted with it
     GET    /api/v1/tokens/audit?limit=           the latest issues and revocations, newest first
 
 Every issue and revocation is audited with the token's own write (shared.auth): who did it (the

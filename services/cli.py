@@ -462,13 +462,13 @@ def token(
         None, "--grid-worker", help="Mint a grid worker's token (reports, its grid's tickets), with --grid."
     ),
     grid: str = typer.Option(None, help="The grid id a grid worker patrols (see areas.yaml)."),
-    department: str = typer.Option(None, help="Mint a token for this department id."),
+    department: str = typer.Option(None, help="Mint a token for this department id (see departments.yaml)."),
     admin: bool = typer.Option(False, "--admin", help="Mint a dispatch-desk (admin) token."),
     sms_gateway: bool = typer.Option(
         False, "--sms-gateway", help="Mint the SMS provider's token (incoming SMS and receipts only)."
     ),
     days: int = typer.Option(
-        None, min=0, help="Days until the new token expires (default TOKEN_TTL_DAYS; 0: never)."
+        None, help="Days until the new token expires (default TOKEN_TTL_DAYS; 0: never)."
     ),
     note: str = typer.Option(
         "", help="Whom the new token is for (a name), shown in the lists and the audit."
@@ -479,13 +479,15 @@ def token(
     revoke: str = typer.Option(None, help="Revoke a token, given its id from --list (or the token)."),
 ) -> None:
     """Mint an API bearer token (printed once; only its hash is stored), list or revoke tokens.
-    Minting and revoking are audited as done from the shell by this user (cli:USER), as the desk's
-    access page (/console/access) audits its own."""
+    A grant is checked by the same rules as the desk's access page and /api/v1/tokens
+    (shared.access), and refused with the same reason. Minting and revoking are audited as done
+    from the shell by this user (cli:USER), as the desk's access page (/console/access) audits its
+    own."""
     import getpass
 
-    from shared.access import NOTE_MAX
-    from shared.auth import Role, issue_token, list_tokens, revoke_token
-    from shared.city import load_city
+    from shared.access import InvalidGrant, checked_grant
+    from shared.auth import issue, list_tokens, revoke_token
+    from shared.city import CityConfigError, load_city
 
     settings = get_settings()
     try:
@@ -514,18 +516,7 @@ def token(
             "give exactly one of --operator ID, --grid-worker ID --grid GRID_ID, --department DEPT_ID,"
             " --admin or --sms-gateway (or --list, --revoke ID)"
         )
-    if department is not None and department not in load_city(settings.city_config_dir).department_by_id:
-        raise typer.BadParameter(f"unknown department {department!r} (see departments.yaml)")
-    if operator is not None and not operator.strip():
-        raise typer.BadParameter("--operator needs the operator's id (工号), e.g. --operator 0231")
-    if (grid is not None) != (grid_worker is not None):
-        raise typer.BadParameter("--grid goes with --grid-worker: the grid that worker patrols")
-    if grid_worker is not None:
-        if not grid_worker.strip():
-            raise typer.BadParameter("--grid-worker needs the worker's id (工号), e.g. --grid-worker W017")
-        if grid not in load_city(settings.city_config_dir).grids:
-            raise typer.BadParameter(f"unknown grid {grid!r} (see areas.yaml)")
-    role: Role = (
+    role = (
         "admin"
         if admin
         else "sms_gateway"
@@ -536,21 +527,47 @@ def token(
         if grid_worker is not None
         else "department"
     )
-    note = " ".join(note.split())
-    if len(note) > NOTE_MAX:
-        raise typer.BadParameter(f"--note takes at most {NOTE_MAX} characters (a name and a post)")
-    person = operator if operator is not None else grid_worker
-    ttl = None if days is None else days * 86400
-    typer.echo(
-        asyncio.run(
-            _with_redis(
-                settings,
-                lambda r: issue_token(
-                    r, role, department, person, grid=grid, ttl_seconds=ttl, note=note, actor=actor
-                ),
-            )
+    try:
+        city = load_city(settings.city_config_dir)
+    except CityConfigError as e:
+        _fail(str(e))
+    try:
+        grant = checked_grant(
+            city,
+            role=role,
+            operator=operator if operator is not None else grid_worker,
+            department=department,
+            grid=grid,
+            days=days,
+            note=note,
+            default_days=settings.token_ttl_days,
+        )
+    except InvalidGrant as e:
+        # The API's reason, said beside the option that carries the field at fault.
+        _fail(f"{_token_option(role, e.field)}: {e.message}")
+    token, _ = asyncio.run(
+        _with_redis(
+            settings,
+            lambda r: issue(
+                r,
+                grant.role,
+                department=grant.department,
+                operator=grant.operator,
+                grid=grant.grid,
+                ttl_seconds=grant.ttl_seconds,
+                note=grant.note,
+                actor=actor,
+            ),
         )
     )
+    typer.echo(token)
+
+
+def _token_option(role: str, field: str | None) -> str:
+    """The option of `appeals token` that carries a grant's field (shared.access), for `role`."""
+    if field == "operator":
+        return "--grid-worker" if role == "grid_worker" else "--operator"
+    return f"--{field}" if field in ("department", "grid", "days", "note") else "--" + role.replace("_", "-")
 
 
 def _when(ts: int | None) -> str:

@@ -5,6 +5,11 @@ SMS provider's gateway. Stored hashed in Redis, with an expiry.
                                       "department": id|null, "operator": id|null, "grid": id|null,
                                       "note": who it is for (a name), "created_at": unix s,
                                       "expires_at": unix s|null}
+  auth:tokens                -> sorted set {sha256(token): expires_at (inf: never)}: the tokens
+                                to list, written and deleted in the token's own transaction
+  auth:tokens:indexed        -> present once the tokens stored before that index are in it
+  auth:sessions:{sha256(token)} -> set of the console session keys the token opened (12 h, renewed
+                                with them), deleted with them when the token is revoked
   auth:used                  -> hash {token id: unix s of its last use, to the minute}
   auth:audit                 -> list of JSON entries, newest first (the last AUDIT_KEEP): who issued
                                 or revoked which token, for whom; never the token
@@ -32,6 +37,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -83,11 +89,28 @@ def _key(token: str) -> str:
     return KEY_PREFIX + _digest(token)
 
 
+def token_key(token: str) -> str:
+    """The Redis key of a token's record: what a session's sign-in watches, so that a revocation
+    between its check and its write is not missed."""
+    return _key(token)
+
+
+def sessions_key(token: str) -> str:
+    """The Redis set of the console sessions a token opened (their keys), which its revocation
+    deletes: services.console.session adds each sign-in to it."""
+    return SESSIONS_PREFIX + _digest(token)
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 KEY_PREFIX = "auth:token:"
+# Listing reads this index, not a SCAN of the whole keyspace: on a Redis holding millions of ticket
+# keys a SCAN for a few hundred tokens walks all of them.
+INDEX_KEY = "auth:tokens"
+INDEXED_KEY = "auth:tokens:indexed"
+SESSIONS_PREFIX = "auth:sessions:"
 TOKEN_ID_LENGTH = 16  # the digest's prefix that names a token in listings and `--revoke`
 USED_KEY = "auth:used"
 # A token's last use is written at most this often by each process: a request reads its token
@@ -193,6 +216,7 @@ async def issue(
         ttl_seconds = get_settings().token_ttl_days * 86400
     token = secrets.token_urlsafe(32)
     now = int(time.time())
+    expires_at = now + ttl_seconds if ttl_seconds else None
     record = {
         "role": role,
         "department": department,
@@ -200,11 +224,14 @@ async def issue(
         "grid": grid,
         "note": note,
         "created_at": now,
-        "expires_at": now + ttl_seconds if ttl_seconds else None,
+        "expires_at": expires_at,
     }
     info = _info(token_id_of(token), record)
     async with redis.pipeline(transaction=True) as tx:
         tx.set(_key(token), json.dumps(record, ensure_ascii=False), ex=ttl_seconds or None)
+        tx.zadd(INDEX_KEY, {_digest(token): _expiry_score(expires_at)})
+        # The index stays as small as the live tokens even where no one lists them.
+        tx.zremrangebyscore(INDEX_KEY, "-inf", now)
         if actor is not None:
             tx.lpush(AUDIT_KEY, _audit_entry("issue", actor, actor_note, info))
             tx.ltrim(AUDIT_KEY, 0, AUDIT_KEEP - 1)
@@ -237,26 +264,64 @@ async def issue_token(
     return token
 
 
-async def _token_keys(redis: Redis, match: str) -> list[str]:
-    return [_text(k) async for k in redis.scan_iter(match=match, count=1000)]
+def _expiry_score(expires_at: int | None) -> float:
+    return float(expires_at) if expires_at is not None else float("inf")
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+async def _index_older_tokens(redis: Redis) -> None:
+    """Put the tokens stored before the index existed into it, once.
+
+    A fallback run by whatever lists or revokes first, rather than a migration at start-up: the
+    command line and every API replica reach the tokens without one start-up they share, and a
+    Redis restored from a backup taken before the index has neither the index nor the marker, so it
+    is filled again the same way. The one SCAN of the keyspace happens once per Redis; afterwards
+    this is one EXISTS. Two callers racing here both scan, harmlessly (ZADD of the same members).
+    A token written by a process of an older release still running after this (a rolling upgrade)
+    is not indexed: restart every API process with the new release, or DEL auth:tokens:indexed to
+    scan once more."""
+    if await redis.exists(INDEXED_KEY):
+        return
+    keys = [_text(k) async for k in redis.scan_iter(match=KEY_PREFIX + "*", count=1000)]
+    if keys:
+        raws = await redis.mget(keys)
+        found = {
+            key.removeprefix(KEY_PREFIX): _expiry_score(json.loads(raw).get("expires_at"))
+            for key, raw in zip(keys, raws, strict=True)
+            if raw is not None
+        }
+        if found:
+            # A token revoked between the MGET and this write comes back as an index entry whose
+            # record is gone: the next listing drops it, and a revocation finds nothing to end.
+            await redis.zadd(INDEX_KEY, found)
+    await redis.set(INDEXED_KEY, int(time.time()))
+    log.info("token index filled with the %d tokens stored before it", len(keys))
+
+
 async def list_tokens(redis: Redis) -> list[TokenInfo]:
-    """Every token that still works, oldest first, with its last use."""
-    keys = await _token_keys(redis, KEY_PREFIX + "*")
-    raws = await redis.mget(keys) if keys else []
+    """Every token that still works, oldest first, with its last use. Reads the index, pruning it
+    of the tokens that expired (or were otherwise dropped) since it was last read."""
+    await _index_older_tokens(redis)
+    await redis.zremrangebyscore(INDEX_KEY, "-inf", int(time.time()))
+    digests = [_text(m) for m in cast("list[bytes]", await redis.zrange(INDEX_KEY, 0, -1))]
+    raws = await redis.mget([KEY_PREFIX + d for d in digests]) if digests else []
     used = {_text(k): int(v) for k, v in (await redis.hgetall(USED_KEY)).items()}
     out = []
-    for key, raw in zip(keys, raws, strict=True):
+    gone = []
+    for digest, raw in zip(digests, raws, strict=True):
         if raw is None:
-            continue  # expired between the scan and the read
-        token_id = key.removeprefix(KEY_PREFIX)[:TOKEN_ID_LENGTH]
+            # Its record left before its listed expiry (the key's TTL runs a moment ahead of the
+            # score, or Redis evicted it); issue and revoke write a record and its entry together.
+            gone.append(digest)
+            continue
+        token_id = digest[:TOKEN_ID_LENGTH]
         info = _info(token_id, json.loads(raw))
         out.append(TokenInfo(**{**asdict(info), "last_used_at": used.pop(token_id, None)}))
+    if gone:
+        await redis.zrem(INDEX_KEY, *gone)
     if used:  # the last uses of tokens that expired: nothing will read them again
         await redis.hdel(USED_KEY, *used)
     return sorted(out, key=lambda t: (t.created_at or 0, t.token_id))
@@ -266,26 +331,36 @@ async def revoke_token(
     redis: Redis, token_or_id: str, *, actor: str | None = None, actor_note: str = ""
 ) -> TokenInfo | None:
     """Revoke a token, given itself or its id from `list_tokens`: what it was, or None when there
-    is no such token. With `actor`, audited in the same transaction as the deletion."""
-    key = _key(token_or_id)
-    if not await redis.exists(key):
+    is no such token. In one transaction: the token, its index entry and last use, the console
+    sessions it opened (they could do nothing more, yet would linger for hours) and, with `actor`,
+    the audit entry."""
+    digest = _digest(token_or_id)
+    if not await redis.exists(KEY_PREFIX + digest):
         if len(token_or_id) < TOKEN_ID_LENGTH or not all(c in "0123456789abcdef" for c in token_or_id):
             return None
-        matches = await _token_keys(redis, f"{KEY_PREFIX}{token_or_id}*")
+        await _index_older_tokens(redis)
+        # The id is hex (checked above), so no glob character: the match is a plain prefix.
+        matches = [_text(m) async for m, _ in redis.zscan_iter(INDEX_KEY, match=f"{token_or_id}*")]
         if len(matches) != 1:
             return None
-        key = matches[0]
-    token_id = key.removeprefix(KEY_PREFIX)[:TOKEN_ID_LENGTH]
+        digest = matches[0]
+    key = KEY_PREFIX + digest
+    sessions = SESSIONS_PREFIX + digest
+    token_id = digest[:TOKEN_ID_LENGTH]
     async with redis.pipeline(transaction=True) as tx:
         while True:
             try:
-                await tx.watch(key)  # what is audited is what was deleted, not what was read before
+                # What is audited is what was deleted, not what was read before; and a session
+                # opened meanwhile is deleted with the others.
+                await tx.watch(key, sessions)
                 raw = await tx.get(key)
                 if raw is None:
                     return None  # expired, or revoked by someone else just now
                 info = _info(token_id, json.loads(raw))
+                opened = [_text(k) for k in await tx.smembers(sessions)]
                 tx.multi()
-                tx.delete(key)
+                tx.delete(key, sessions, *opened)
+                tx.zrem(INDEX_KEY, digest)
                 tx.hdel(USED_KEY, token_id)
                 if actor is not None:
                     tx.lpush(AUDIT_KEY, _audit_entry("revoke", actor, actor_note, info))

@@ -6,6 +6,7 @@ only its own tokens (staff ids drawn for it), so tests beside it keep theirs."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import time
 import uuid
@@ -188,6 +189,10 @@ async def test_appeals_token_is_audited_as_the_shell_user_and_lists_the_note(api
     assert (await audited(api, admin, token_id, "revoke"))["actor"] == entry["actor"]
 
 
+def session_key(cookie: str) -> str:
+    return "console:session:" + hashlib.sha256(cookie.encode()).hexdigest()
+
+
 async def console_session(system: System, token: str) -> httpx.AsyncClient:
     """A browser's cookies, signed in to the console with `token` (the sign-in form, CSRF and all)."""
     client = httpx.AsyncClient(base_url=system.base_url, timeout=30)
@@ -224,6 +229,8 @@ async def test_a_live_page_ends_when_its_token_is_revoked(api, redis, system: Sy
             await asyncio.wait_for(until_ready(), timeout=60)
             assert (await api.delete(f"/api/v1/tokens/{token_id}", headers=admin)).status_code == 200
             revoked = time.monotonic()
+            # Its session's record went with it, not at the end of its 12 hours.
+            assert not await redis.exists(session_key(browser.cookies["appeals_console"]))
 
             async def rest() -> list[str]:
                 return [line async for line in lines]

@@ -247,3 +247,40 @@ async def test_a_tokens_last_use_is_written_at_most_once_a_minute(monkeypatch):
     assert redis.writes[-1] == (auth.USED_KEY, auth.token_id_of("the-token"), 1_000_000 + 60)
     await auth.lookup(redis, "another-token")  # each token its own
     assert len(redis.writes) == 3
+
+
+LONG_NOTE = "很长的备注" * 11
+
+
+@pytest.mark.parametrize(
+    ("args", "body", "option"),
+    [
+        (["--department", "dispatch_desk"], {"department": "dispatch_desk"}, "--department"),
+        (["--department", "nowhere"], {"department": "nowhere"}, "--department"),
+        (["--operator", "张 三"], {"operator": "张 三"}, "--operator"),
+        (["--operator", " "], {"operator": " "}, "--operator"),
+        (["--operator", "op:1"], {"operator": "op:1"}, "--operator"),
+        (["--operator", "0231", "--grid", "g"], {"operator": "0231", "grid": "g"}, "--grid"),
+        (["--admin", "--grid", "g"], {"grid": "g"}, "--grid"),
+        (["--grid-worker", "W 1", "--grid", "g"], {"operator": "W 1", "grid": "g"}, "--grid-worker"),
+        (["--grid-worker", "W1"], {"operator": "W1"}, "--grid"),
+        (["--grid-worker", "W1", "--grid", "nowhere"], {"operator": "W1", "grid": "nowhere"}, "--grid"),
+        (["--admin", "--days", "5000"], {"days": 5000}, "--days"),
+        (["--admin", "--days", "-1"], {"days": -1}, "--days"),
+        (["--sms-gateway", "--note", LONG_NOTE], {"note": LONG_NOTE}, "--note"),
+        (["--admin", "--note", "a\udcff"], {"note": "a\udcff"}, "--note"),  # a byte that is not UTF-8
+    ],
+)
+def test_appeals_token_refuses_what_the_api_refuses_with_its_reason(city, args, body, option):
+    """Checked before Redis is reached (this test has none): nothing is minted, the shell gets the
+    API's Chinese reason beside the option at fault, and a non-zero exit."""
+    from typer.testing import CliRunner
+
+    from services.cli import cli
+
+    role = args[0].removeprefix("--").replace("-", "_")
+    _, reason = refused(city, role=role, **body)
+    r = CliRunner().invoke(cli, ["token", *args])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip() == f"{option}: {reason}"
+    assert r.stdout == ""

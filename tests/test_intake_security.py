@@ -518,9 +518,10 @@ async def test_tokens_expire_and_can_be_listed_and_revoked(api, redis, settings)
     [row] = [line for line in (await cli(env, "token", "--list")).splitlines() if "W088" in line]
     assert "grid_worker" in row
     assert "s01c01g02" in row
-    with pytest.raises(AssertionError, match="unknown grid"):
+    # Refused as the API refuses it, in its words (tests/test_access_units.py has every refusal).
+    with pytest.raises(AssertionError, match="--grid: 没有编号为“nowhere”的网格"):
         await cli(env, "token", "--grid-worker", "W089", "--grid", "nowhere")
-    with pytest.raises(AssertionError, match="--grid goes with --grid-worker"):
+    with pytest.raises(AssertionError, match="--grid: 请选择网格员负责的网格"):
         await cli(env, "token", "--grid-worker", "W089")
 
 

@@ -5,13 +5,13 @@
     POST   /api/v1/tokens                        {"role", "operator"?, "department"?, "grid"?, "days"?,
                                                  "note"?}: a new token, in the answer once (201)
     DELETE /api/v1/tokens/{token_id}             revoke it: the API refuses it at once, and the console
-                                                 sessions signed in with it end at their next request
+                                                 sessions signed in with it are deleted with it
     GET    /api/v1/tokens/audit?limit=           the latest issues and revocations, newest first
 
 Every issue and revocation is audited with the token's own write (shared.auth): who did it (the
 desk's token id and its note), when, the role and subject, never the token. `appeals token` is the
-same from a shell. Only Redis is needed: access can be managed, and a leaked token revoked, while
-PostgreSQL is away.
+same from a shell, its grants checked by the same rules (shared.access). Only Redis is needed:
+access can be managed, and a leaked token revoked, while PostgreSQL is away.
 """
 
 from __future__ import annotations

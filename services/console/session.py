@@ -3,9 +3,13 @@ for, the role and a CSRF token stay server-side in Redis.
 
   console:session:{sha256(id)} -> JSON {"token", "role", "department", "operator", "csrf"}
 
+and each session's key in its token's set (`shared.auth.sessions_key`), which the token's revocation
+deletes with the sessions: they could do nothing more, yet would stay in Redis for up to a shift.
+
 Signing in checks the pasted token against `shared.auth` (the same tokens the desk's access page
-and `appeals token` mint), and so does every request after it: a revoked token ends its sessions at
-the next request, and an open live stream within seconds (`alive`). Forms carry the session's CSRF token;
+and `appeals token` mint), and so does every request after it: a revoked token's sessions are gone
+(deleted with it, or refused here for one opened before the sets existed), so a page goes to sign in
+at its next request, and an open live stream within seconds (`alive`). Forms carry the session's CSRF token;
 the sign-in form, which has no session yet, uses a double-submit cookie."""
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from shared.access import ROLE_NAMES as ALL_ROLE_NAMES
-from shared.auth import Principal, lookup
+from shared.auth import Principal, lookup, sessions_key, token_key
 
 COOKIE = "appeals_console"
 LOGIN_CSRF_COOKIE = "appeals_console_csrf"
-TTL_SECONDS = 12 * 3600  # one working shift; each request extends it
+# One working shift; each request extends it. A token's set of sessions gets the same TTL whenever
+# one of its sessions does, so it outlives each of them: every expiry is set TTL_SECONDS from now.
+TTL_SECONDS = 12 * 3600
 # The roles that sign in here: people (the SMS gateway's token is a machine's).
 ROLE_NAMES = {role: name for role, name in ALL_ROLE_NAMES.items() if role != "sms_gateway"}
 
@@ -40,20 +47,52 @@ def _key(session_id: str) -> str:
 
 
 async def sign_in(redis: Redis, token: str) -> tuple[str, Principal] | None:
-    """A new session for a valid staff token; None when the token is unknown or cannot sign in."""
-    principal = await lookup(redis, token)
-    if principal is None or principal.role not in ROLE_NAMES:
-        return None
+    """A new session for a valid staff token; None when the token is unknown or cannot sign in.
+    The session is written, and added to its token's set, only while the token still stands: a
+    revocation between the check and the write would otherwise miss it."""
     session_id = secrets.token_urlsafe(32)
-    data = {
-        "token": token,
-        "role": principal.role,
-        "department": principal.department,
-        "operator": principal.operator,
-        "csrf": secrets.token_urlsafe(24),
-    }
-    await redis.set(_key(session_id), json.dumps(data), ex=TTL_SECONDS)
+    key = _key(session_id)
+    opened = sessions_key(token)
+    async with redis.pipeline(transaction=True) as tx:
+        while True:
+            try:
+                await tx.watch(token_key(token))
+                principal = await lookup(redis, token)
+                if principal is None or principal.role not in ROLE_NAMES:
+                    return None
+                data = {
+                    "token": token,
+                    "role": principal.role,
+                    "department": principal.department,
+                    "operator": principal.operator,
+                    "csrf": secrets.token_urlsafe(24),
+                }
+                tx.multi()
+                tx.set(key, json.dumps(data), ex=TTL_SECONDS)
+                tx.sadd(opened, key)
+                tx.expire(opened, TTL_SECONDS)
+                await tx.execute()
+                break
+            except WatchError:
+                continue
+    await _forget_ended(redis, opened)
     return session_id, principal
+
+
+async def _forget_ended(redis: Redis, opened: str) -> None:
+    """Drop the sessions that expired or signed out from a token's set: one in daily use keeps its
+    set alive, which would otherwise gain a key each sign-in. An ended session never comes back (its
+    id is random), so this races with nothing."""
+    keys = list(await redis.smembers(opened))
+    if len(keys) < 2:
+        return
+    async with redis.pipeline(transaction=False) as p:
+        for k in keys:
+            p.exists(k)
+        live = await p.execute()
+    ended = [k for k, n in zip(keys, live, strict=True) if not n]
+    if ended:
+        await redis.srem(opened, *ended)
 
 
 async def load(redis: Redis, session_id: str | None) -> Session | None:
@@ -68,7 +107,10 @@ async def load(redis: Redis, session_id: str | None) -> Session | None:
     if principal is None:
         await redis.delete(_key(session_id))
         return None
-    await redis.expire(_key(session_id), TTL_SECONDS)
+    async with redis.pipeline(transaction=False) as p:
+        p.expire(_key(session_id), TTL_SECONDS)
+        p.expire(sessions_key(data["token"]), TTL_SECONDS)
+        await p.execute()
     return Session(token=data["token"], principal=principal, csrf=data["csrf"])
 
 
@@ -84,8 +126,15 @@ async def alive(redis: Redis, session_id: str | None, s: Session) -> bool:
 
 
 async def sign_out(redis: Redis, session_id: str | None) -> None:
-    if session_id:
-        await redis.delete(_key(session_id))
+    if not session_id:
+        return
+    key = _key(session_id)
+    raw = await redis.get(key)
+    async with redis.pipeline(transaction=True) as tx:
+        tx.delete(key)
+        if raw is not None:
+            tx.srem(sessions_key(json.loads(raw)["token"]), key)
+        await tx.execute()
 
 
 def same(a: str | None, b: str | None) -> bool:

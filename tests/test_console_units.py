@@ -1825,7 +1825,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
         assert 'role="alert"' in element, name
         assert 'tabindex="-1"' in element, name
         assert html.split(element)[1].startswith(said), name
-        assert element == told(html, said), name  # and read out once the page has loaded
+        assert element == told(html, said), name  # marked, for the script to leave to the focus
     # The patrol form's position refused: its message is the field.
     assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
 
@@ -1833,7 +1833,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])
 def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field):
     """On a phone, the page comes back scrolled to what needs the resident: the field at fault, or
-    the answer below the form (told to a screen reader: data-announce, read once the page loaded)."""
+    the answer below the form, which the focus reads: its number, and where the appeal is."""
     render = templates.get_template("lookup.html").render
     refused = render(request=None, s=None, csrf="x", values={}, errors={field: "请填写"}, found=None)
     assert f'id="{field}"' in focused(refused)
@@ -1842,12 +1842,15 @@ def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field
     answered = render(request=None, s=None, csrf="x", values={}, errors={}, found=found)
     assert 'id="found"' in focused(answered)
     assert 'data-announce="工单20260302-000001，办理状态：办理中"' in focused(answered)
+    assert 'aria-describedby="lookup-status-label lookup-status"' in focused(answered)
+    assert '<dt id="lookup-status-label">办理状态</dt><dd id="lookup-status">办理中</dd>' in answered
 
 
 def told(html: str, message: str) -> str:
-    """The one element of a page that says `message` once the page has loaded (data-announce: the
-    script writes it into the page's empty #announcer), which is no live region already holding
-    it (one present at load is not read out): a done message has none, a refusal stays an alert."""
+    """The one element of a page that marks `message` as what the page came back to say
+    (data-announce: once the page has loaded, the script writes it into the page's empty #announcer
+    unless the focus reads it), which is no live region already holding it (one present at load is
+    not read out): a done message has none, a refusal stays an alert."""
     said = re.escape(html_escape(message, quote=False))
     found = re.findall(rf'<[^<>]*\bdata-announce="{said}"[^<>]*>', html)
     assert len(found) == 1, (message, found)
@@ -2005,8 +2008,9 @@ def test_the_desks_erasure_and_credentials_tell_what_was_done():
     issued = {"held_by": "话务员 0231", "token_id": "0123456789abcdef", "expires": "2027-03-01 08:00",
               "token": "t" * 43, "role": "operator", "signin_url": "http://x/console/signin"}  # fmt: skip
     html = access_html(issued=issued)
-    told(html, "已为话务员 0231签发凭证。凭证只显示这一次，请现在复制。")
+    told(html, "已为话务员 0231签发凭证。")  # whose: that it is shown once, the focus reads (below)
     assert 'id="new-token"' in focused(html)  # the credential, to copy
+    assert 'aria-describedby="shown-once"' in focused(html)
     html = access_html(errors={"form": "签发过于频繁"})
     assert told(html, "签发过于频繁") == focused(html)
 

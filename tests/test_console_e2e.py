@@ -15,6 +15,7 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,58 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     await expect(phone_field).to_be_focused()
 
 
+# Every change inside a live region of the page (aria-live, or a role that is one), from now on:
+# what a screen reader would be made to read again.
+WATCH_LIVE = """() => {
+  window.__live = [];
+  const live = '[aria-live]:not([aria-live="off"]), [role="status"], [role="alert"], [role="log"]';
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const node = change.target.nodeType === Node.ELEMENT_NODE ? change.target : change.target.parentElement;
+      const region = node ? node.closest(live) : null;
+      if (region) window.__live.push(region.id || region.outerHTML.slice(0, 80));
+    }
+  }).observe(document.body, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def test_operator_hears_the_suggestions_only_when_they_change(page: Page, redis):
+    await sign_in(page, await issue_token(redis, "operator", operator="op06"))
+    announcer, preview, text = page.locator("#announcer"), page.locator("#preview"), page.locator("#text")
+    await expect(announcer).to_have_attribute("data-state", "said")  # the page has said its own
+    await page.evaluate(WATCH_LIVE)
+
+    async def asked(typing: Awaitable[None]) -> str:
+        """What the panel suggests once the typing's pause has been answered (its data-suggests)."""
+        async with page.expect_response(lambda r: r.url.endswith("/console/operator/preview")):
+            await typing
+        await expect(preview).to_have_attribute("data-state", "ready", timeout=60_000)
+        return await preview.locator("[data-suggests]").get_attribute("data-suggests") or ""
+
+    # What the panel suggests is told, politely, in one sentence: category, grid, department.
+    first = await asked(text.fill("幸福路12号楼下的路灯坏了一个星期，晚上很黑"))
+    department = (await page.locator("#pv-department").text_content() or "").strip()
+    category = (await page.locator("#pv-category").text_content() or "").split("（")[0]
+    assert first.startswith(f"智能提示：建议分类{category}；所属网格")
+    assert f"；承办单位{department}" in first
+    assert "置信度" not in first  # a confidence that moves is no new suggestion
+    await expect(announcer).to_have_text(first)
+    assert await page.evaluate("window.__live") == ["announcer"]  # the panel is no live region
+    # Typed on, the same suggestions: nothing is read out again, neither the panel nor the announcer.
+    await page.evaluate("window.__live = []")
+    await text.press("End")
+    for more in ("，", "。"):
+        assert await asked(page.keyboard.type(more)) == first
+    await expect(text).to_have_value("幸福路12号楼下的路灯坏了一个星期，晚上很黑，。")
+    await expect(announcer).to_have_text(first)
+    assert await page.evaluate("window.__live") == []
+    # Another appeal, other suggestions: told, once.
+    other = await asked(text.fill("社保卡丢了，想问一下怎么补办，需要带什么材料"))
+    assert other != first
+    await expect(announcer).to_have_text(other)
+    assert await page.evaluate("window.__live") == ["announcer"]
+
+
 async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
     page: Page, redis, system: System
 ):
@@ -461,6 +514,7 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
     await sign_in(page, token)
     await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    # Said (智能提示, for the restored words, may follow it in the announcer).
     await read_once(page, "已恢复上次未提交的内容，请核对后提交。", by="announcer")
     await expect(page.locator("#caller_phone")).to_have_value(phone)
     await expect(page.locator("#text")).to_have_value("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")

@@ -7,6 +7,7 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
+from html import unescape as html_unescape
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
@@ -281,6 +282,44 @@ def test_templates_render_residents_text_as_text():
     assert "<script>" not in html
     assert "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def suggests(html: str) -> str:
+    """What the preview panel suggests, in the one sentence the script tells when it changes."""
+    found = re.findall(r'data-suggests="([^"]*)"', html)
+    assert len(found) == 1, found
+    return html_unescape(found[0])
+
+
+def test_the_preview_says_what_it_suggests_in_a_sentence_that_a_confidence_does_not_change():
+    preview = {
+        "category": {"names": ["城市管理", "路灯"], "confidence": 0.81},
+        "grid": {"grid": "g1", "evidence": "阳光花园"},
+        "department": {"name": "区城市管理委员会", "explanation": "路灯归城管"},
+        "hint": "该问题可能已在办理中，工单号1（已派单）",
+        "duplicates": [{"ticket_no": "1", "status": "assigned", "reason": "similar_text", "text": "路灯"}],
+        "history": {"last_30_days": 2, "last_365_days": 3, "tickets": [PAST["tickets"][0]]},
+        "answers": [{"question": "路灯坏了找谁", "answer": "城管"}],
+    }
+    render = templates.get_template("_preview.html").render
+    names = {"g1": "阳光花园网格"}
+    said = suggests(render(preview=preview, reply=None, status_names={}, grid_names=names))
+    assert said == (
+        "智能提示：建议分类城市管理/路灯；所属网格阳光花园网格；承办单位区城市管理委员会；"
+        "请告知来电人：该问题可能已在办理中，工单号1（已派单）；可能重复的工单1件；"
+        "来电历史：近30天来电2次；知识库参考答复1条"
+    )
+    surer = {**preview, "category": {"names": ["城市管理", "路灯"], "confidence": 0.93}}
+    assert suggests(render(preview=surer, reply=None, status_names={}, grid_names=names)) == said
+    other = {**preview, "department": {"name": "阳光街道办事处", "explanation": ""}}
+    assert suggests(render(preview=other, reply=None, status_names={}, grid_names={})) != said
+    patrol = render(preview=preview, reply=None, status_names={}, grid_names={}, patrol=True)
+    assert "请先核实：" in suggests(patrol)
+    assert "知识库" not in suggests(patrol)  # not shown to a grid worker, so not said
+    hostile = {**preview, "hint": '"><script>alert(1)</script>'}
+    assert '"><script>' not in render(preview=hostile, reply=None, status_names={}, grid_names={})
+    away = render(preview=None, reply=SimpleNamespace(message="智能提示暂不可用，可直接提交"))
+    assert suggests(away) == "智能提示：智能提示暂不可用，可直接提交"
 
 
 def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker_not():

@@ -141,8 +141,19 @@
     intake.addEventListener("input", save);
     intake.addEventListener("change", save);
 
+    // 智能提示 is asked for after each pause in the typing. The panel is no live region: it would be
+    // read out whole after every pause, the same suggestions again and again. What it suggests, in
+    // a sentence (its data-suggests, _preview.html), is told through the announcer, politely, when
+    // it differs from the last one told; the panel is redrawn only when the server's answer
+    // differs, so a focus in it (采用此答复) is not lost to an identical redraw.
     const preview = document.getElementById("preview");
     const text = document.getElementById("text");
+    const suggests = () => {
+      const said = preview.querySelector("[data-suggests]");
+      return said ? said.dataset.suggests : "";
+    };
+    let shown = null;
+    let suggested = suggests(); // a page that came with its preview (no script then) has said it
     let timer = null;
     let asked = 0;
     const refresh = () => {
@@ -152,11 +163,21 @@
         const mine = ++asked;
         const form = new FormData(intake);
         form.delete("photos"); // the preview reads the words: photos go up once, with the appeal
+        preview.dataset.state = "asking";
         const response = await post(intake.dataset.preview, form);
-        if (response && mine === asked) {
-          preview.innerHTML = await response.text(); // rendered and escaped by the server
-          preview.dataset.state = "ready";
+        if (!response) return;
+        const html = await response.text(); // rendered and escaped by the server
+        if (mine !== asked) return;
+        if (html !== shown) {
+          preview.innerHTML = html;
+          shown = html;
         }
+        const now = suggests();
+        if (now && now !== suggested) {
+          suggested = now;
+          say(now);
+        }
+        preview.dataset.state = "ready";
       }, 350);
     };
     intake.addEventListener("input", refresh);

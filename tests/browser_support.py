@@ -1,15 +1,17 @@
 """The browser the console's tests drive: Debian's Chromium through Playwright, one per test
 session, and a page per test on the started system that fails its test on any uncaught script
-error. `tests/conftest.py` makes `browser` and `page` every test module's fixtures."""
+error. `tests/conftest.py` makes `browser` and `page` every test module's fixtures. And what a
+screen reader would be told by a page (`read_once`): each message once, by the focus or by the
+page's live region, #announcer, never both."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 if TYPE_CHECKING:  # the conftest imports this module's fixtures
     from tests.conftest import System
@@ -47,6 +49,7 @@ async def page(browser: Browser, system: System) -> AsyncIterator[Page]:
         base_url=system.base_url, locale="zh-CN", viewport={"width": 1280, "height": 900}
     )
     errors = script_errors(context)
+    await listen(context)
     p = await context.new_page()
     yield p
     await context.close()
@@ -59,3 +62,57 @@ def script_errors(context: BrowserContext) -> list[str]:
     errors: list[str] = []
     context.on("weberror", lambda e: errors.append(str(e.error)))
     return errors
+
+
+# Every page of the context keeps what its #announcer said since it loaded (window.__said), each
+# text as it was set: one said and then replaced by the next (智能提示 after a restored draft) was
+# said all the same.
+LISTEN = """document.addEventListener("DOMContentLoaded", () => {
+  window.__said = [];
+  const announcer = document.getElementById("announcer");
+  if (!announcer) return;
+  new MutationObserver(() => {
+    const words = announcer.textContent.trim();
+    if (words) window.__said.push(words);
+  }).observe(announcer, { childList: true, characterData: true, subtree: true });
+});"""
+
+# What a screen reader says of the page: what the focus is on (its name: the elements naming it,
+# its label or, for one without, its text; a field's value; its description), and what #announcer
+# said since the page loaded.
+SPOKEN = """() => {
+  const text = (el) => (el ? el.textContent : "");
+  const ids = (el, name) =>
+    (el.getAttribute(name) || "").split(/\\s+/).filter(Boolean).map((id) => document.getElementById(id));
+  const focused = document.activeElement;
+  const parts = [];
+  if (focused && focused !== document.body) {
+    const field = ["INPUT", "TEXTAREA", "SELECT"].includes(focused.tagName);
+    let name = ids(focused, "aria-labelledby").map(text);
+    if (!name.length && focused.getAttribute("aria-label")) name = [focused.getAttribute("aria-label")];
+    if (!name.length) name = field ? [...focused.labels].map(text) : [text(focused)];
+    parts.push(...name);
+    if (field && focused.type !== "password" && focused.tagName !== "SELECT") parts.push(focused.value);
+    parts.push(...ids(focused, "aria-describedby").map(text));
+  }
+  const clean = (words) => words.replace(/\\s+/g, " ").trim();
+  return { focus: clean(parts.join(" ")), announced: window.__said ? clean(window.__said.join(" ")) : null };
+}"""
+
+
+async def listen(context: BrowserContext) -> None:
+    """Keep what each page of `context` announces (LISTEN), for `read_once`."""
+    await context.add_init_script(LISTEN)
+
+
+async def read_once(page: Page, words: str, by: Literal["focus", "announcer"]) -> dict[str, Any]:
+    """`words` reach a screen reader once, `by` the focus or the announcer, not both (a message
+    that took the focus and was announced as well was read twice). Asked once the page has said
+    what it came back to say (the announcer's data-state); what was spoken is returned."""
+    await expect(page.locator("#announcer")).to_have_attribute("data-state", "said")
+    spoken = await page.evaluate(SPOKEN)
+    assert spoken["announced"] is not None, "the page's context does not listen: call listen(context)"
+    times = {way: spoken[way].count(words) for way in ("focus", "announced")}
+    wanted = {"focus": 1, "announced": 0} if by == "focus" else {"focus": 0, "announced": 1}
+    assert times == wanted, (words, spoken)
+    return spoken

@@ -12,6 +12,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from shared.auth import issue_token
+from tests.browser_support import read_once
 from tests.conftest import System
 from tests.test_console_e2e import (
     accessible,
@@ -53,13 +54,13 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await page.get_by_role("button", name="签发凭证").click()
 
     # Shown once, with a copy button and how the person signs in; the credential has the focus, to
-    # be copied, and a screen reader is told whose it is.
+    # be copied, read with that it is shown this once, and a screen reader is told whose it is.
     issued = page.locator("#issued")
     await expect(issued.locator("h2")).to_have_text(f"已为话务员 {op}（张三 测试）签发凭证")
     await expect(page.locator("#new-token")).to_be_focused()
-    await expect(page.locator("#announcer")).to_have_text(
-        f"已为话务员 {op}（张三 测试）签发凭证。凭证只显示这一次，请现在复制。"
-    )
+    await expect(page.locator("#announcer")).to_have_text(f"已为话务员 {op}（张三 测试）签发凭证。")
+    await read_once(page, "凭证只显示这一次", by="focus")
+    await read_once(page, f"已为话务员 {op}（张三 测试）签发凭证", by="announcer")
     token = await page.locator("#new-token").input_value()
     assert len(token) >= 40
     await expect(page.locator("#shown-once")).to_contain_text("凭证只显示这一次")
@@ -120,7 +121,7 @@ async def test_the_desk_issues_an_operators_credential_and_revokes_it(
     await expect(page.locator("#revoked")).to_contain_text(f"已吊销话务员 {op}（张三 测试）的凭证 {token_id}")
     await expect(page.locator("#revoked")).to_be_focused()
     said = (await page.locator("#revoked").text_content() or "").strip()
-    await expect(page.locator("#announcer")).to_have_text(said)
+    await read_once(page, said, by="focus")
     await expect(page.locator("#tokens tbody tr")).to_have_text(["没有符合条件的凭证"])
     first = page.locator("#access-audit tbody tr").first
     await expect(first).to_contain_text("吊销")

@@ -15,6 +15,7 @@ import random
 import re
 import tempfile
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from shared.city import City, KnowledgeEntry
 from shared.lookup_link import day_number, link_key, params, ticket_url
 from shared.privacy import REMOVED
 from shared.settings import Settings
+from tests.browser_support import listen, read_once
 from tests.conftest import System, days_since, eventually, local_today
 from tests.router_factory import classified
 from tests.test_records_trend import appeal_events
@@ -276,8 +278,9 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
 
     await sign_in(page, "not-a-token")
     await expect(page.locator("#token-error")).to_contain_text("登录凭证无效")
-    await expect(page.locator("#announcer")).to_have_text("登录凭证无效或已吊销，请向管理员重新申领")
     await expect(page.locator("#token")).to_be_focused()
+    # Read with the field it describes, which keeps the focus: not announced again.
+    await read_once(page, "登录凭证无效或已吊销，请向管理员重新申领", by="focus")
 
     await sign_in(page, await issue_token(redis, "operator", operator="op07"))
     await expect(page).to_have_url(re.compile(r"/console/operator$"))
@@ -380,6 +383,7 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     # the next call: nothing of this call is kept for the next caller.
     await expect(page.locator("#announcer")).to_have_text(f"诉求已受理，工单号{ticket_no}")
     await expect(phone_field).to_be_focused()
+    await read_once(page, ticket_no, by="announcer")  # the focus, in 来电号码, does not say it
     for field in ("caller_phone", "caller_name", "address", "text", "direct_answer"):
         await expect(page.locator(f"#{field}")).to_have_value("")
     await expect(page.locator("#urgent")).not_to_be_checked()
@@ -415,6 +419,58 @@ async def test_operator_takes_a_call_with_the_keyboard_only(page: Page, redis, s
     await expect(page.locator(".accepted")).to_contain_text("已登记当场答复")
     await expect(number).not_to_have_text(ticket_no)
     await expect(phone_field).to_be_focused()
+
+
+# Every change inside a live region of the page (aria-live, or a role that is one), from now on:
+# what a screen reader would be made to read again.
+WATCH_LIVE = """() => {
+  window.__live = [];
+  const live = '[aria-live]:not([aria-live="off"]), [role="status"], [role="alert"], [role="log"]';
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const node = change.target.nodeType === Node.ELEMENT_NODE ? change.target : change.target.parentElement;
+      const region = node ? node.closest(live) : null;
+      if (region) window.__live.push(region.id || region.outerHTML.slice(0, 80));
+    }
+  }).observe(document.body, { childList: true, characterData: true, subtree: true });
+}"""
+
+
+async def test_operator_hears_the_suggestions_only_when_they_change(page: Page, redis):
+    await sign_in(page, await issue_token(redis, "operator", operator="op06"))
+    announcer, preview, text = page.locator("#announcer"), page.locator("#preview"), page.locator("#text")
+    await expect(announcer).to_have_attribute("data-state", "said")  # the page has said its own
+    await page.evaluate(WATCH_LIVE)
+
+    async def asked(typing: Awaitable[None]) -> str:
+        """What the panel suggests once the typing's pause has been answered (its data-suggests)."""
+        async with page.expect_response(lambda r: r.url.endswith("/console/operator/preview")):
+            await typing
+        await expect(preview).to_have_attribute("data-state", "ready", timeout=60_000)
+        return await preview.locator("[data-suggests]").get_attribute("data-suggests") or ""
+
+    # What the panel suggests is told, politely, in one sentence: category, grid, department.
+    first = await asked(text.fill("幸福路12号楼下的路灯坏了一个星期，晚上很黑"))
+    department = (await page.locator("#pv-department").text_content() or "").strip()
+    category = (await page.locator("#pv-category").text_content() or "").split("（")[0]
+    assert first.startswith(f"智能提示：建议分类{category}；所属网格")
+    assert f"；承办单位{department}" in first
+    assert "置信度" not in first  # a confidence that moves is no new suggestion
+    await expect(announcer).to_have_text(first)
+    assert await page.evaluate("window.__live") == ["announcer"]  # the panel is no live region
+    # Typed on, the same suggestions: nothing is read out again, neither the panel nor the announcer.
+    await page.evaluate("window.__live = []")
+    await text.press("End")
+    for more in ("，", "。"):
+        assert await asked(page.keyboard.type(more)) == first
+    await expect(text).to_have_value("幸福路12号楼下的路灯坏了一个星期，晚上很黑，。")
+    await expect(announcer).to_have_text(first)
+    assert await page.evaluate("window.__live") == []
+    # Another appeal, other suggestions: told, once.
+    other = await asked(text.fill("社保卡丢了，想问一下怎么补办，需要带什么材料"))
+    assert other != first
+    await expect(announcer).to_have_text(other)
+    assert await page.evaluate("window.__live") == ["announcer"]
 
 
 async def test_operator_answers_a_question_on_the_call_from_the_knowledge_base(
@@ -458,7 +514,8 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
     await sign_in(page, token)
     await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
-    await expect(page.locator("#announcer")).to_have_text("已恢复上次未提交的内容，请核对后提交。")
+    # Said (智能提示, for the restored words, may follow it in the announcer).
+    await read_once(page, "已恢复上次未提交的内容，请核对后提交。", by="announcer")
     await expect(page.locator("#caller_phone")).to_have_value(phone)
     await expect(page.locator("#text")).to_have_value("建设路菜市场门口早上占道经营，车辆过不去，希望管一管")
     await expect(page.locator("#urgent")).to_be_checked()
@@ -738,6 +795,7 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         geolocation={"longitude": 116.33, "latitude": 39.97, "accuracy": 12},
         permissions=["geolocation", "clipboard-read", "clipboard-write"],
     )
+    await listen(context)
     page = await context.new_page()
     try:
         await sign_in(page, await issue_token(redis, "grid_worker", operator="W031", grid="s01c01g02"))
@@ -793,6 +851,7 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         said = f"问题已上报，将派给责任单位办理，工单号{reported}"
         await expect(page.locator("#announcer")).to_have_text(said)
         await expect(page.locator("#text")).to_be_focused()
+        await read_once(page, reported, by="announcer")
         for field in ("text", "address", "caller_phone", "direct_answer", "lng", "lat"):
             await expect(page.locator(f"#{field}")).to_have_value("")
         await expect(page.locator("#location-state")).to_contain_text("未定位")
@@ -903,6 +962,7 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
     broken = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑3号楼前人行道地砖大面积松动翘起")
     phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
     context = await browser.new_context(base_url=system.base_url, locale="zh-CN", **phone)
+    await listen(context)
     page = await context.new_page()
     asked: list[str] = []
 
@@ -950,10 +1010,10 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
         await page.locator("#verify").click()
         dept = broken["department"]["name"]
         await expect(page.locator("#done")).to_contain_text(f"已退回{dept}重新办理")
-        # The form is gone: what was done has the focus and is told to a screen reader.
+        # The form is gone: what was done has the focus, which reads it (not announced again).
         await expect(page.locator("#done")).to_be_focused()
         said = (await page.locator("#done").text_content() or "").strip()
-        await expect(page.locator("#announcer")).to_have_text(said)
+        await read_once(page, said, by="focus")
         await expect(page.locator("#status")).to_have_text("已派单")
         await expect(page.locator("#verification")).to_contain_text("未解决，已退回重办（网格员W032，")
         await expect(page.locator("#verification")).to_contain_text(seen)
@@ -1087,6 +1147,7 @@ async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
             await page.keyboard.press("Enter")
         await expect(page.locator("#done")).to_contain_text(f"工单{nos[0]}已派至")
         await expect(page.locator("#announcer")).to_contain_text(f"工单{nos[0]}已派至")
+        await read_once(page, f"工单{nos[0]}已派至", by="announcer")  # the focus is not on it
         # The focus is on the next card, outlined, so the desk goes on from there.
         next_card = page.locator(f"#{following}")
         await expect(next_card).to_be_focused()
@@ -1138,10 +1199,10 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await accessible(page)
     await shot(page, "meetings-department")
     await card.get_by_role("button", name="报到").click()
-    # What came of it, in the meeting's card, focused and read out.
+    # What came of it, in the meeting's card, focused and so read out (once).
     await expect(card.locator("#meeting-done")).to_have_text(f"已在联席会议{mid}报到")
     await expect(card.locator("#meeting-done")).to_be_focused()
-    await expect(page.locator("#announcer")).to_have_text(f"已在联席会议{mid}报到")
+    await read_once(page, f"已在联席会议{mid}报到", by="focus")
     await expect(page.locator(f"#checked-in-{mid}")).to_have_text("本单位已报到")
     await expect(card).to_contain_text(f"{street}：已报到")
     await expect(card.get_by_role("button", name="报到")).to_have_count(0)
@@ -1490,7 +1551,7 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
         # Back in the queue (the ticket's page is gone): what was done is focused and read out.
         await expect(page.locator("#done")).to_be_focused()
-        await expect(page.locator("#announcer")).to_have_text(present.DONE["return"].format(no=second))
+        await read_once(page, present.DONE["return"].format(no=second), by="focus")
         assert any("确定退单吗" in q for q in asked)
         await fits_a_phone(page)  # the queue, on a grid worker's phone
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")
@@ -1609,7 +1670,7 @@ async def test_a_department_accepts_its_new_tickets_together_with_and_without_th
         await page.locator("#batch-accept").click()
         await expect(page.locator("#batch-accepted")).to_have_text("已签收2件，请在办结时限内办理。")
         await expect(page.locator("#batch-result")).to_be_focused()
-        await expect(page.locator("#announcer")).to_have_text("已签收2件，请在办结时限内办理。")
+        await read_once(page, "已签收2件，请在办结时限内办理。", by="focus")
         assert any("确定批量签收所选的2件工单吗" in q for q in asked)
         await expect(page.locator("#batch-refused")).to_have_count(0)
         for no in (first, second):
@@ -1831,7 +1892,7 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await expect(page).to_have_url(re.compile(r"/console/privacy\?erased=1$"))
     await expect(page.locator("#erased")).to_contain_text("已删除1件工单中的个人信息")
     await expect(page.locator("#erased")).to_be_focused()  # not the emptied form's first field
-    await expect(page.locator("#announcer")).to_have_text("已删除1件工单中的个人信息，审计记录已写入。")
+    await read_once(page, "已删除1件工单中的个人信息，审计记录已写入。", by="focus")
     first = page.locator("#audit-list tbody tr").first
     await expect(first).to_contain_text("依申请删除")
     await expect(first).to_contain_text("居民来电申请删除个人信息")
@@ -1882,6 +1943,7 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     context = await browser.new_context(
         base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
     )
+    await listen(context)
     page = await context.new_page()
     await page.goto("/console/lookup")
     # A number pad for both (the number's dash may be left out, the hint says), touch-sized; Enter
@@ -1904,6 +1966,7 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.keyboard.press("Enter")
     await expect(page.locator("p.error")).to_contain_text("没有找到")
     await expect(page.locator("#form-error")).to_be_focused()
+    await read_once(page, (await page.locator("#form-error").text_content() or "").strip(), by="focus")
     await expect(page.get_by_label("工单号")).to_have_value(no)
     # Typed on a phone without the dash, the digits full-width: the same number.
     await page.get_by_label("工单号").fill(f" {no.replace('-', '')} ")
@@ -1912,11 +1975,13 @@ async def test_resident_looks_up_on_a_narrow_screen(browser: Browser, redis, sys
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#lookup-status")).to_be_visible()
     await expect(page.get_by_label("工单号")).to_have_value(no)
-    # The answer, below the form (off the first screen of a phone), has the focus, and a screen
-    # reader is told where the appeal is.
+    # The answer, below the form (off the first screen of a phone), has the focus, which reads its
+    # number and where the appeal is: once, not announced as well.
     await expect(page.locator("#found")).to_be_focused()
     status = (await page.locator("#lookup-status").text_content() or "").strip()
-    await expect(page.locator("#announcer")).to_have_text(f"工单{no}，办理状态：{status}")
+    await read_once(page, f"办理状态 {status}", by="focus")
+    spoken = await read_once(page, no, by="focus")
+    assert spoken["announced"] == ""
     body = await page.locator("main").text_content() or ""
     assert phone not in body
     assert "哐哐响" not in body  # the appeal's words are not shown to whoever has the number
@@ -2023,7 +2088,7 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         await page.locator("#record-answer").click()
         await expect(page.locator("#callback-error")).to_contain_text("请记录市民的评价")
         await expect(page.locator("#callback-error")).to_be_focused()
-        await expect(page.locator("#announcer")).to_contain_text("请记录市民的评价")
+        await read_once(page, "请记录市民的评价", by="focus")
         await page.get_by_label("不满意").check()
         await page.get_by_label("未解决").check()
         await page.locator("#note").fill("灯亮了两天又坏了")
@@ -2031,7 +2096,7 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         await page.locator("#record-answer").click()
         await expect(page.locator("#callback-done")).to_contain_text(f"工单{no}回访已记录：不满意")
         await expect(page.locator("#callback-done")).to_be_focused()
-        await expect(page.locator("#announcer")).to_have_text(f"工单{no}回访已记录：不满意")
+        await read_once(page, f"工单{no}回访已记录：不满意", by="focus")
         await expect(page.locator("#callbacks")).not_to_contain_text(no)
         await expect(page.locator("#callbacks-due")).to_have_text(f"({due - 1}件待回访)")
         await page.get_by_role("link", name="来电登记").click()
@@ -2102,7 +2167,7 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     await page.locator("#save-entry").click()
     await expect(page.locator("#done")).to_contain_text("已保存修改")
     await expect(page.locator("#done")).to_be_focused()
-    await expect(page.locator("#announcer")).to_have_text(KNOWLEDGE_DONE["edited"])
+    await read_once(page, KNOWLEDGE_DONE["edited"], by="focus")
     await expect(page.locator("#entry-answer")).to_contain_text("在线续签")
     await expect(page.locator("#review-due")).to_be_visible()  # the desk is not the owner: still to confirm
     await expect(page.locator("#revisions")).to_contain_text("编辑")
@@ -2115,7 +2180,7 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     await page.locator("#confirm-entry").click()
     await expect(page.locator("#done")).to_contain_text("已确认此答复有效")
     await expect(page.locator("#done")).to_be_focused()
-    await expect(page.locator("#announcer")).to_have_text(KNOWLEDGE_DONE["confirmed"])
+    await read_once(page, KNOWLEDGE_DONE["confirmed"], by="focus")
     await expect(page.locator("#review-due")).to_have_count(0)
     # Confirmed today: the day the test began, or the next if local midnight passed meanwhile.
     confirmed_on = {tz_today.isoformat(), local_today(settings.timezone).isoformat()}

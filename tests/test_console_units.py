@@ -7,6 +7,7 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from html import escape as html_escape
+from html import unescape as html_unescape
 from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from zoneinfo import ZoneInfo
@@ -281,6 +282,44 @@ def test_templates_render_residents_text_as_text():
     assert "<script>" not in html
     assert "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def suggests(html: str) -> str:
+    """What the preview panel suggests, in the one sentence the script tells when it changes."""
+    found = re.findall(r'data-suggests="([^"]*)"', html)
+    assert len(found) == 1, found
+    return html_unescape(found[0])
+
+
+def test_the_preview_says_what_it_suggests_in_a_sentence_that_a_confidence_does_not_change():
+    preview = {
+        "category": {"names": ["城市管理", "路灯"], "confidence": 0.81},
+        "grid": {"grid": "g1", "evidence": "阳光花园"},
+        "department": {"name": "区城市管理委员会", "explanation": "路灯归城管"},
+        "hint": "该问题可能已在办理中，工单号1（已派单）",
+        "duplicates": [{"ticket_no": "1", "status": "assigned", "reason": "similar_text", "text": "路灯"}],
+        "history": {"last_30_days": 2, "last_365_days": 3, "tickets": [PAST["tickets"][0]]},
+        "answers": [{"question": "路灯坏了找谁", "answer": "城管"}],
+    }
+    render = templates.get_template("_preview.html").render
+    names = {"g1": "阳光花园网格"}
+    said = suggests(render(preview=preview, reply=None, status_names={}, grid_names=names))
+    assert said == (
+        "智能提示：建议分类城市管理/路灯；所属网格阳光花园网格；承办单位区城市管理委员会；"
+        "请告知来电人：该问题可能已在办理中，工单号1（已派单）；可能重复的工单1件；"
+        "来电历史：近30天来电2次；知识库参考答复1条"
+    )
+    surer = {**preview, "category": {"names": ["城市管理", "路灯"], "confidence": 0.93}}
+    assert suggests(render(preview=surer, reply=None, status_names={}, grid_names=names)) == said
+    other = {**preview, "department": {"name": "阳光街道办事处", "explanation": ""}}
+    assert suggests(render(preview=other, reply=None, status_names={}, grid_names={})) != said
+    patrol = render(preview=preview, reply=None, status_names={}, grid_names={}, patrol=True)
+    assert "请先核实：" in suggests(patrol)
+    assert "知识库" not in suggests(patrol)  # not shown to a grid worker, so not said
+    hostile = {**preview, "hint": '"><script>alert(1)</script>'}
+    assert '"><script>' not in render(preview=hostile, reply=None, status_names={}, grid_names={})
+    away = render(preview=None, reply=SimpleNamespace(message="智能提示暂不可用，可直接提交"))
+    assert suggests(away) == "智能提示：智能提示暂不可用，可直接提交"
 
 
 def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker_not():
@@ -1825,7 +1864,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
         assert 'role="alert"' in element, name
         assert 'tabindex="-1"' in element, name
         assert html.split(element)[1].startswith(said), name
-        assert element == told(html, said), name  # and read out once the page has loaded
+        assert element == told(html, said), name  # marked, for the script to leave to the focus
     # The patrol form's position refused: its message is the field.
     assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
 
@@ -1833,7 +1872,7 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])
 def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field):
     """On a phone, the page comes back scrolled to what needs the resident: the field at fault, or
-    the answer below the form (told to a screen reader: data-announce, read once the page loaded)."""
+    the answer below the form, which the focus reads: its number, and where the appeal is."""
     render = templates.get_template("lookup.html").render
     refused = render(request=None, s=None, csrf="x", values={}, errors={field: "请填写"}, found=None)
     assert f'id="{field}"' in focused(refused)
@@ -1842,12 +1881,15 @@ def test_a_residents_refused_field_takes_the_focus_and_the_answer_found_it(field
     answered = render(request=None, s=None, csrf="x", values={}, errors={}, found=found)
     assert 'id="found"' in focused(answered)
     assert 'data-announce="工单20260302-000001，办理状态：办理中"' in focused(answered)
+    assert 'aria-describedby="lookup-status-label lookup-status"' in focused(answered)
+    assert '<dt id="lookup-status-label">办理状态</dt><dd id="lookup-status">办理中</dd>' in answered
 
 
 def told(html: str, message: str) -> str:
-    """The one element of a page that says `message` once the page has loaded (data-announce: the
-    script writes it into the page's empty #announcer), which is no live region already holding
-    it (one present at load is not read out): a done message has none, a refusal stays an alert."""
+    """The one element of a page that marks `message` as what the page came back to say
+    (data-announce: once the page has loaded, the script writes it into the page's empty #announcer
+    unless the focus reads it), which is no live region already holding it (one present at load is
+    not read out): a done message has none, a refusal stays an alert."""
     said = re.escape(html_escape(message, quote=False))
     found = re.findall(rf'<[^<>]*\bdata-announce="{said}"[^<>]*>', html)
     assert len(found) == 1, (message, found)
@@ -2005,8 +2047,9 @@ def test_the_desks_erasure_and_credentials_tell_what_was_done():
     issued = {"held_by": "话务员 0231", "token_id": "0123456789abcdef", "expires": "2027-03-01 08:00",
               "token": "t" * 43, "role": "operator", "signin_url": "http://x/console/signin"}  # fmt: skip
     html = access_html(issued=issued)
-    told(html, "已为话务员 0231签发凭证。凭证只显示这一次，请现在复制。")
+    told(html, "已为话务员 0231签发凭证。")  # whose: that it is shown once, the focus reads (below)
     assert 'id="new-token"' in focused(html)  # the credential, to copy
+    assert 'aria-describedby="shown-once"' in focused(html)
     html = access_html(errors={"form": "签发过于频繁"})
     assert told(html, "签发过于频繁") == focused(html)
 

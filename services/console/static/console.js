@@ -44,15 +44,36 @@
   // What the page came back to say: a call accepted, a ticket dispatched, a form refused as a whole
   // (their data-announce, templates/_said.html), a draft restored (tell, below). A live region reads
   // out what changes in it, not what the page was loaded with, so once the page has loaded the
-  // words, in the page's order, are put into its empty one (base.html), whether the focus went to
-  // the message or on to the next thing to do. Set going first, so that a failure further down
-  // does not silence it.
+  // words, in the page's order, are put into its empty one (base.html). Each is read once: words
+  // the focus reads are not put there too. The focus reads the element it lands on (and what is
+  // in it) and the elements naming or describing it (aria-labelledby, aria-describedby): the
+  // message itself when it took the focus, a refused sign-in's reason through the field it
+  // describes. So the message that took the focus is read by the focus alone; the one whose page
+  // sent the focus on to the next thing to do (the operator's 来电号码, the desk's next card) is
+  // announced, and not focused. Decided where the focus is when the words are due, not from the
+  // markup: a message whose autofocus lost to an earlier one is announced after all. Set going
+  // first, so that a failure further down does not silence it.
   const announcer = document.getElementById("announcer");
-  const told = [...document.querySelectorAll("[data-announce]")].map((el) => el.dataset.announce.trim());
-  const tell = (words) => told.push(words);
+  const ids = (el, attribute) =>
+    (el.getAttribute(attribute) || "").split(/\s+/).map((id) => (id ? document.getElementById(id) : null));
+  const readByFocus = (el) => {
+    const focused = document.activeElement;
+    if (!(focused instanceof HTMLElement) || focused === document.body) return false;
+    if (focused.contains(el)) return true;
+    return [...ids(focused, "aria-labelledby"), ...ids(focused, "aria-describedby")].includes(el);
+  };
+  let due = [...document.querySelectorAll("[data-announce]")].map((el) => ({ el, words: el.dataset.announce }));
+  // Words said while the page's own are still due wait for them, in turn (one region, one text).
+  const say = (words, el = null) => {
+    if (due) due.push({ el, words });
+    else if (announcer && words.trim()) announcer.textContent = words.trim();
+  };
+  const tell = (el) => say(el.textContent, el);
   setTimeout(() => {
-    const words = told.filter(Boolean).join(" ");
-    if (announcer && words) announcer.textContent = words;
+    const words = due.filter(({ el }) => !(el && readByFocus(el))).map(({ words }) => words.trim());
+    due = null;
+    say(words.filter(Boolean).join(" "));
+    if (announcer) announcer.dataset.state = "said"; // the page's own words are told (or none were)
   }, 500);
 
   // Enter in a one-line field of a form that asks for it (data-enter-next) goes on to the next
@@ -109,7 +130,7 @@
       note.id = "draft-restored";
       note.textContent = "已恢复上次未提交的内容，请核对后提交。";
       intake.prepend(note);
-      tell(note.textContent);
+      tell(note);
     }
     const save = () => {
       if (!typed()) return sessionStorage.removeItem(key);
@@ -120,8 +141,19 @@
     intake.addEventListener("input", save);
     intake.addEventListener("change", save);
 
+    // 智能提示 is asked for after each pause in the typing. The panel is no live region: it would be
+    // read out whole after every pause, the same suggestions again and again. What it suggests, in
+    // a sentence (its data-suggests, _preview.html), is told through the announcer, politely, when
+    // it differs from the last one told; the panel is redrawn only when the server's answer
+    // differs, so a focus in it (采用此答复) is not lost to an identical redraw.
     const preview = document.getElementById("preview");
     const text = document.getElementById("text");
+    const suggests = () => {
+      const said = preview.querySelector("[data-suggests]");
+      return said ? said.dataset.suggests : "";
+    };
+    let shown = null;
+    let suggested = suggests(); // a page that came with its preview (no script then) has said it
     let timer = null;
     let asked = 0;
     const refresh = () => {
@@ -131,11 +163,21 @@
         const mine = ++asked;
         const form = new FormData(intake);
         form.delete("photos"); // the preview reads the words: photos go up once, with the appeal
+        preview.dataset.state = "asking";
         const response = await post(intake.dataset.preview, form);
-        if (response && mine === asked) {
-          preview.innerHTML = await response.text(); // rendered and escaped by the server
-          preview.dataset.state = "ready";
+        if (!response) return;
+        const html = await response.text(); // rendered and escaped by the server
+        if (mine !== asked) return;
+        if (html !== shown) {
+          preview.innerHTML = html;
+          shown = html;
         }
+        const now = suggests();
+        if (now && now !== suggested) {
+          suggested = now;
+          say(now);
+        }
+        preview.dataset.state = "ready";
       }, 350);
     };
     intake.addEventListener("input", refresh);

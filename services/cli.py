@@ -56,9 +56,16 @@ def run(service: Service) -> None:
 
         from services.api import create_app
 
-        uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning")
+        # loop="uvloop", as for the workers below (uvicorn's "auto" would also take it, silently
+        # falling back to asyncio were it missing).
+        uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning", loop="uvloop")
         return
-    asyncio.run(_worker_app(service.value).run())
+    import uvloop
+
+    # uvloop: libuv's event loop, in C. Every worker spends much of its time in the loop's socket
+    # reads and writes (Kafka, Redis, PostgreSQL); with it each takes about 5% less CPU per appeal
+    # (README, Performance).
+    uvloop.run(_worker_app(service.value).run())
 
 
 def _ensure_model(settings: Settings) -> str:

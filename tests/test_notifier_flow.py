@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import uuid
 from datetime import datetime, timedelta
@@ -15,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.notifier.dispatch import SendInFlight
-from services.notifier.gateway import OutboxGateway, SmsMessage
+from services.notifier.gateway import Message, OutboxGateway
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
 from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
@@ -335,7 +336,7 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
     later = NOON + timedelta(hours=25)
     due = await due_for_a_call(kit, sid, later)
     assert due is not None
-    assert (due.survey.phone, due.attempts, due.calling) == (phone, 0, None)
+    assert (due.survey.to, due.attempts, due.calling) == (phone, 0, None)
     held = await surveys.call(sid, "op7", later)
     assert held.calling == "op7"
     with pytest.raises(CallRefused, match="话务员op7正在回访"):
@@ -368,7 +369,7 @@ async def test_a_callback_falls_due_at_its_own_time_not_the_reminders(make_kit, 
     counted_before = await surveys.due_count(before)
     due = await due_for_a_call(kit, sid, at)
     assert due is not None
-    assert (due.due, due.survey.phone, due.attempts) == (at, phone, 0)
+    assert (due.due, due.survey.to, due.attempts) == (at, phone, 0)
     # The count is the list's total, without reading a survey (other tests' surveys share the set).
     total, _ = await surveys.due_calls(at, limit=1)
     assert await surveys.due_count(at) == total == counted_before + 1
@@ -463,10 +464,10 @@ class DyingGateway:
         self.after = after
         self.seen: list[str] = []
 
-    async def send(self, message: SmsMessage) -> str:
+    async def send(self, message: Message) -> str:
         return (await self.send_many([message]))[0]
 
-    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
+    async def send_many(self, messages: list[Message]) -> list[str]:
         self.seen.extend(m.message_id for m in messages)
         if self.after:
             await self.outbox.send_many(messages)
@@ -481,10 +482,10 @@ class SlowGateway:
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def send(self, message: SmsMessage) -> str:
+    async def send(self, message: Message) -> str:
         return (await self.send_many([message]))[0]
 
-    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
+    async def send_many(self, messages: list[Message]) -> list[str]:
         self.entered.set()
         await self.release.wait()
         return await self.outbox.send_many(messages)
@@ -529,6 +530,30 @@ async def test_a_kill_between_claim_and_done_loses_nothing_and_sends_once(make_k
     assert await redis.hget(f"sms:count:{NOON:%Y%m%d}", phone) == b"1"  # counted once for the cap
 
 
+async def test_a_claim_recorded_before_the_address_was_named_to_is_sent_as_recorded(make_kit, redis):
+    """A notifier of the previous version died between its claim and the gateway: its record names
+    the address `phone`. The upgraded notifier reading the event again sends that very message."""
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000405", channel="hotline", text="路灯坏了")
+    recorded = {
+        "phone": phone,
+        "text": "【12345】您的诉求已受理（记录于升级前）",
+        "kind": "ack",
+        "ticket_no": appeal.ticket_no,
+        "message_id": uuid.uuid4().hex,
+        "created_at": NOON.isoformat(),
+        "urgent": False,
+    }
+    claim = "sending:" + json.dumps(recorded, ensure_ascii=False, sort_keys=True)
+    await redis.set(f"sms:done:{appeal.event_id}:ack", claim, ex=3600)
+    kit = make_kit(quiet="none")
+    assert await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "sent"
+    [sent] = await kit.sent(phone)
+    assert (sent["message_id"], sent["text"]) == (recorded["message_id"], recorded["text"])
+    assert (await kit.notifier.states.get(recorded["message_id"]))["state"] == "sent"
+    assert await redis.hget(f"sms:count:{NOON:%Y%m%d}", phone) == b"1"
+
+
 async def test_a_redelivery_while_the_send_is_in_flight_sends_nothing_twice(make_kit):
     phone, other = new_phone(), new_phone()
     appeal = AppealReceived(ticket_no="20261123-000402", channel="hotline", text="路灯坏了")
@@ -565,7 +590,7 @@ async def test_a_redis_failure_after_the_claim_lets_the_redelivery_send_at_once(
     kit = make_kit(quiet="none")
     gateway = DyingGateway(kit.outbox, after=False)
 
-    async def broken(messages: list[SmsMessage]) -> list[str]:
+    async def broken(messages: list[Message]) -> list[str]:
         gateway.seen.extend(m.message_id for m in messages)
         raise ConnectionError("Redis went away under the outbox")
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from services.notifier.gateway import HttpSmsGateway, PermanentSmsError, SmsMessage, TransientSmsError
+from services.notifier.gateway import HttpSmsGateway, Message, PermanentSmsError, TransientSmsError
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
 from services.notifier.texts import load_texts
@@ -69,9 +69,7 @@ def gateway(provider: Provider, delays: list[float], attempts: int = 4) -> HttpS
     return HttpSmsGateway(provider.url, "secret", attempts=attempts, base_delay=0.2, timeout=0.3, sleep=sleep)
 
 
-MESSAGE = SmsMessage(
-    "13812345678", "【12345】您的诉求已受理，工单号20261123-000001", "ack", "20261123-000001"
-)
+MESSAGE = Message("13812345678", "【12345】您的诉求已受理，工单号20261123-000001", "ack", "20261123-000001")
 
 
 async def test_server_errors_are_retried_with_exponential_backoff(provider):
@@ -82,7 +80,7 @@ async def test_server_errors_are_retried_with_exponential_backoff(provider):
     assert len(provider.requests) == 3
     assert provider.requests[0]["auth"] == "Bearer secret"
     assert provider.requests[0]["body"] == {
-        "phone": MESSAGE.phone,
+        "phone": MESSAGE.to,
         "text": MESSAGE.text,
         "client_ref": MESSAGE.message_id,
     }

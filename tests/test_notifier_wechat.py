@@ -19,9 +19,9 @@ import pytest
 
 from services.intake.progress import Query
 from services.notifier.gateway import (
+    Message,
     OutboxGateway,
     PermanentSmsError,
-    SmsMessage,
     TransientSmsError,
     Undeliverable,
 )
@@ -67,13 +67,13 @@ def test_addresses_are_masked_for_logs_and_records():
     assert masked("wechat", OPENID) == "o6_b****fL2M"
     assert masked("sms", "13812345678") == "138****5678"
     assert Recipient("wechat", OPENID).masked == "o6_b****fL2M"
-    message = SmsMessage(OPENID, "x", "survey", "20261123-000001", channel="wechat")
+    message = Message(OPENID, "x", "survey", "20261123-000001", channel="wechat")
     assert message.masked_to == "o6_b****fL2M"
-    assert SmsMessage.from_json(message.to_json()) == message
+    assert Message.from_json(message.to_json()) == message
     # An SMS's record is what it was before WeChat (no channel field): stored claims still read.
-    sms = SmsMessage("13812345678", "x", "ack")
+    sms = Message("13812345678", "x", "ack")
     assert "channel" not in sms.to_json()
-    assert SmsMessage.from_json(sms.to_json()).channel == "sms"
+    assert Message.from_json(sms.to_json()).channel == "sms"
 
 
 # --- what a message is -------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def api_gateway(redis, wechat: FakeWeChat, delays: list[float] | None = None, **
     )
 
 
-MESSAGE = SmsMessage(
+MESSAGE = Message(
     OPENID, "您反映的问题（工单号20261123-000001）已办理", "result", "20261123-000001", channel="wechat"
 )
 
@@ -411,7 +411,7 @@ async def test_erasing_a_wechat_resident_forgets_their_openid_as_a_phone_is_forg
 SH = ZoneInfo("Asia/Shanghai")
 LOOKUP = "https://12345.example.cn/console/lookup"
 TEMPLATE = WeChatTemplate("tmpl-progress", template_fields(), SH, LOOKUP)
-SURVEY = SmsMessage(
+SURVEY = Message(
     OPENID,
     "您反映的问题（工单号20261123-000001）已办理：已更换路灯灯泡。请评价：回复1满意，2基本满意，3不满意。",
     "survey",

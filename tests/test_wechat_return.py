@@ -16,8 +16,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import REGISTRY
 
-from services.intake.wechat import Message, opens_window
-from services.notifier.gateway import OutboxGateway, SmsMessage
+from services.intake.wechat import Message as WeChatInbound
+from services.intake.wechat import opens_window
+from services.notifier.gateway import Message, OutboxGateway
 from services.notifier.jobs import ReturnJob, decode, encode
 from services.notifier.pending import pending_key
 from services.notifier.policy import Policy, QuietHours
@@ -40,10 +41,10 @@ T0 = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)  # noon in Shanghai
 OPENID = "o6_bmjrPTlm6_2sgVt7hMZOPfL2M"
 
 
-def notice(kind: str, no: str = "20261123-000001", at: int = 0, **kw) -> SmsMessage:
+def notice(kind: str, no: str = "20261123-000001", at: int = 0, **kw) -> Message:
     """A WeChat notice written `at` hours after T0."""
     kw.setdefault("channel", "wechat")
-    return SmsMessage(OPENID, f"{kind} {no}", kind, no, created_at=T0 + timedelta(hours=at), **kw)
+    return Message(OPENID, f"{kind} {no}", kind, no, created_at=T0 + timedelta(hours=at), **kw)
 
 
 # --- what is kept --------------------------------------------------------------------------------
@@ -56,12 +57,12 @@ def test_a_wechat_notice_about_a_ticket_is_kept_and_an_answer_or_an_sms_is_not()
     for kind in ("query", "clarification", "opt_out", "ack", "supervision"):
         assert not worth_keeping(notice(kind))
     assert not worth_keeping(notice("result", channel="sms"))
-    assert not worth_keeping(SmsMessage(OPENID, "x", "result", None, channel="wechat"))
+    assert not worth_keeping(Message(OPENID, "x", "result", None, channel="wechat"))
 
 
 def test_messages_and_the_events_a_user_acts_by_open_the_window_and_wechats_reports_do_not():
-    def push(msg_type: str, event: str = "") -> Message:
-        return Message("gh_1", OPENID, 0, msg_type, "" if msg_type == "event" else "1", event=event)
+    def push(msg_type: str, event: str = "") -> WeChatInbound:
+        return WeChatInbound("gh_1", OPENID, 0, msg_type, "" if msg_type == "event" else "1", event=event)
 
     for msg_type in ("text", "voice", "image", "location", "video", "shortvideo", "link"):
         assert opens_window(push(msg_type))
@@ -107,7 +108,7 @@ def test_a_progress_notice_gives_way_to_a_later_one_about_its_ticket():
     assert actions([first, reminder], facts)[0] == ("progress", "send")
 
 
-def survey_pair(survey_id: str) -> tuple[SmsMessage, SmsMessage]:
+def survey_pair(survey_id: str) -> tuple[Message, Message]:
     return (
         notice("survey", at=1, message_id=derived_id(survey_id, "sms")),
         notice("reminder", at=25, message_id=derived_id(survey_id, "reminder")),
@@ -219,7 +220,7 @@ def on_return_count(kind: str, outcome: str) -> float:
 
 async def test_a_result_refused_past_the_48_hours_is_delivered_when_the_resident_writes(kit, redis, wechat):
     openid, no = new_openid(), new_ticket_no()
-    result = SmsMessage(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
+    result = Message(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
     wechat.script = [45015]
     assert await kit.sms.send(uuid.uuid4().hex, result) == "undelivered"
     state = await state_of(redis, result.message_id)
@@ -252,7 +253,7 @@ async def test_a_notice_refused_just_before_the_resident_wrote_goes_on_that_mess
     # refusal kept: their message found nothing waiting, yet it is what opened the window.
     openid, no = new_openid(), new_ticket_no()
     assert not await kit.wrote(openid)
-    result = SmsMessage(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
+    result = Message(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
     wechat.script = [45015, 45015, 45015]
     assert await kit.sms.send(uuid.uuid4().hex, result) == "undelivered"
     assert await kit.scan(T0 + timedelta(seconds=1)) == 1  # the return job its message could not ask for
@@ -270,7 +271,7 @@ async def test_a_notice_refused_just_before_the_resident_wrote_goes_on_that_mess
 async def test_what_is_kept_per_resident_is_capped_and_each_message_kept_once(kit, redis, wechat):
     openid, no = new_openid(), new_ticket_no()
     messages = [
-        SmsMessage(openid, f"进度{i}", "result", no, created_at=T0 + timedelta(minutes=i), channel="wechat")
+        Message(openid, f"进度{i}", "result", no, created_at=T0 + timedelta(minutes=i), channel="wechat")
         for i in range(KEEP_AT_MOST + 2)
     ]
     wechat.script = [45015] * len(messages)
@@ -286,7 +287,7 @@ async def test_what_is_kept_per_resident_is_capped_and_each_message_kept_once(ki
 async def test_a_return_cut_short_keeps_what_was_not_sent_for_the_jobs_retry(kit, redis, wechat, monkeypatch):
     openid, no = new_openid(), new_ticket_no()
     first, second = (
-        SmsMessage(openid, f"结果{i}", "result", no, created_at=T0 + timedelta(minutes=i), channel="wechat")
+        Message(openid, f"结果{i}", "result", no, created_at=T0 + timedelta(minutes=i), channel="wechat")
         for i in range(2)
     )
     wechat.script = [45015, 45015]
@@ -405,7 +406,7 @@ async def test_an_erased_residents_kept_notices_are_gone(kit, redis, wechat):
     erased_no, other_no = new_ticket_no(), new_ticket_no()
     wechat.script = [45015, 45015, 45015]
     for no, kind in ((erased_no, "result"), (erased_no, "progress"), (other_no, "result")):
-        m = SmsMessage(openid, f"{kind} {no}", kind, no, channel="wechat")
+        m = Message(openid, f"{kind} {no}", kind, no, channel="wechat")
         assert await kit.sms.send(uuid.uuid4().hex, m) == "undelivered"
     assert await redis.zcard(pending_key(openid)) == 3
 
@@ -425,7 +426,7 @@ async def test_a_ticket_erased_without_its_notice_sends_nothing_on_return(kit, r
     openid, no = new_openid(), new_ticket_no()
     store = TicketStore(redis)
     await store.create_many([AppealReceived(ticket_no=no, channel="wechat", text="小区路灯不亮了很久")])
-    m = SmsMessage(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
+    m = Message(openid, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
     wechat.script = [45015]
     assert await kit.sms.send(uuid.uuid4().hex, m) == "undelivered"
     assert await store.remove_personal_data(no)
@@ -459,7 +460,7 @@ async def test_a_kept_result_reaches_the_outbox_once_the_resident_writes_in_the_
         jobs_key=f"test:due:{uuid.uuid4().hex}",
         wechat=gw,
     )
-    result = SmsMessage(user, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
+    result = Message(user, f"您反映的问题（工单号{no}）已办理：已修复。", "result", no, channel="wechat")
     wechat.script = [45015]
     assert await notifier.sms.send(uuid.uuid4().hex, result) == "undelivered"
     await gw.aclose()

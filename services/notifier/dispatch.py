@@ -3,7 +3,8 @@
   sms:done:{event}:{kind}     "sending:" + the message's JSON while it is being sent, then the message
                               id once the gateway took it (or it was held, or failed); 30 days
   sms:sending:{event}:{kind}  the lease of the notifier sending it now; a minute
-  sms:count:{yyyymmdd}        hash phone -> messages sent to it that local day (the daily cap); 2 days
+  sms:count:{yyyymmdd}        hash address (a phone, an openid) -> messages sent to it that local day
+                              (the daily cap); 2 days
 
 A message is claimed in two phases so that a crash loses nothing and sends nothing twice. The claim
 records the message (with its id) and takes a short lease; the gateway's answer turns the record
@@ -35,7 +36,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from services.notifier.gateway import PermanentSmsError, SmsError, SmsGateway, SmsMessage, Undeliverable
+from services.notifier.gateway import Message, PermanentSmsError, SmsError, SmsGateway, Undeliverable
 from services.notifier.jobs import RETRY_LATER, JobQueue, SendJob
 from services.notifier.pending import PendingNotices
 from services.notifier.policy import Policy
@@ -104,10 +105,10 @@ def lease_key(event_id: str, kind: str) -> str:
     return f"sms:sending:{event_id}:{kind}"
 
 
-# The states of a dispatched batch, the day's count of each phone sent to, and each resident's
+# The states of a dispatched batch, the day's count of each address sent to, and each resident's
 # message under its ticket (`states.ticket_records_key`, what an erasure finds), in one command.
 # KEYS: the day's count hash, then per message its state key, then the tickets' indexes. ARGV: state
-# ttl, count ttl, the number of messages, then per message: its state record, the phone to count
+# ttl, count ttl, the number of messages, then per message: its state record, the address to count
 # ('' when it was not sent), and the position of its ticket's index among those keys (0: none).
 _RECORD_STATES = """
 local n = tonumber(ARGV[3])
@@ -141,7 +142,7 @@ class Dispatcher:
     ) -> None:
         self.redis = redis
         self.gateway = gateway
-        # WeChat messages (`SmsMessage.channel`): the embedded outbox unless another is given.
+        # WeChat messages (`Message.channel`): the embedded outbox unless another is given.
         self.wechat: WeChatGateway = wechat if wechat is not None else WeChatOutbox(redis)
         self.policy = policy
         self.jobs = jobs
@@ -151,13 +152,13 @@ class Dispatcher:
         self.in_flight_wait = in_flight_wait
         self._claim = redis.register_script(_CLAIM)
 
-    async def send(self, event_id: str, message: SmsMessage, now: datetime | None = None) -> SendResult:
+    async def send(self, event_id: str, message: Message, now: datetime | None = None) -> SendResult:
         """Send `message` for `event_id` unless one of its kind already was (restarts included).
         Raises `SendInFlight` when another notifier is sending it now."""
         return (await self.send_many([(event_id, message)], now))[0]
 
     async def send_many(
-        self, items: Sequence[tuple[str, SmsMessage]], now: datetime | None = None
+        self, items: Sequence[tuple[str, Message]], now: datetime | None = None
     ) -> list[SendResult]:
         """`send` for a batch (event id, message), in three Redis round trips whatever its size.
         The messages no other notifier is sending are sent first; then, should another be sending
@@ -177,7 +178,7 @@ class Dispatcher:
             args=[DONE_TTL, int(self.lease.total_seconds() * 1000), *texts.values()],
         )
         mine: list[int] = []  # the items whose lease was taken now
-        messages: list[SmsMessage] = []
+        messages: list[Message] = []
         leases: list[tuple[str, str]] = []
         busy_ms = 0
         for (pair, i), answer in zip(claims.items(), answers, strict=True):
@@ -187,7 +188,7 @@ class Dispatcher:
             recorded = answer.decode() if isinstance(answer, bytes) else answer
             own = items[i][1]
             # Not ours: a sender that died recorded it. Send that very message (same id) again.
-            messages.append(own if recorded == texts[i] else SmsMessage.from_json(json.loads(recorded)))
+            messages.append(own if recorded == texts[i] else Message.from_json(json.loads(recorded)))
             mine.append(i)
             leases.append(pair)
         try:
@@ -207,12 +208,12 @@ class Dispatcher:
         return results
 
     @staticmethod
-    def _json(message: SmsMessage) -> str:
+    def _json(message: Message) -> str:
         return json.dumps(message.to_json(), ensure_ascii=False, sort_keys=True)
 
     async def dispatch(
         self,
-        messages: list[SmsMessage],
+        messages: list[Message],
         now: datetime,
         *,
         claims: Sequence[tuple[str, str]] = (),
@@ -223,20 +224,20 @@ class Dispatcher:
         if not messages:
             return []
         count_key = f"sms:count:{self.policy.local_day(now):%Y%m%d}"
-        counts = await self.redis.hmget(count_key, [m.phone for m in messages])
-        in_batch: Counter[str] = Counter()  # several messages to one phone in the same batch
+        counts = await self.redis.hmget(count_key, [m.to for m in messages])
+        in_batch: Counter[str] = Counter()  # several messages to one address in the same batch
         held: dict[int, datetime] = {}
         for i, (m, count) in enumerate(zip(messages, counts, strict=True)):
-            at = self.policy.send_at(now, urgent=m.urgent, sent_today=int(count or 0) + in_batch[m.phone])
+            at = self.policy.send_at(now, urgent=m.urgent, sent_today=int(count or 0) + in_batch[m.to])
             if at > now:
                 held[i] = at
             else:
-                in_batch[m.phone] += 1
+                in_batch[m.to] += 1
         to_send = [i for i in range(len(messages)) if i not in held]
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=True))
         results: list[SendResult] = []
-        written: list[tuple[str, str, str]] = []  # state key, state, phone to count ('' : not sent)
-        kept: list[SmsMessage] = []  # past WeChat's 48 hours: they wait for the resident to write
+        written: list[tuple[str, str, str]] = []  # state key, state, address to count ('' : not sent)
+        kept: list[Message] = []  # past WeChat's 48 hours: they wait for the resident to write
         # One transaction: a message is done exactly when its state (and held job) is written.
         async with self.redis.pipeline(transaction=True) as p:
             for i, m in enumerate(messages):
@@ -271,7 +272,7 @@ class Dispatcher:
                     results.append("retrying")
                 else:
                     key, record = state_record(m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
-                    written.append((key, record, m.phone))
+                    written.append((key, record, m.to))
                     SMS_SENT.labels(kind=m.kind).inc()
                     results.append("sent")
             indexes: dict[str, int] = {}  # a ticket's index key -> its position (from 1)
@@ -292,8 +293,8 @@ class Dispatcher:
                 len(written),
                 *(
                     v
-                    for (_, record, phone), slot in zip(written, slots, strict=True)
-                    for v in (record, phone, slot)
+                    for (_, record, to), slot in zip(written, slots, strict=True)
+                    for v in (record, to, slot)
                 ),
             )
             self.pending.keep_into(p, kept)
@@ -310,7 +311,7 @@ class Dispatcher:
             WECHAT_KEPT.labels(kind=m.kind).inc()
         return results
 
-    async def _send_all(self, messages: list[SmsMessage]) -> list[str | SmsError]:
+    async def _send_all(self, messages: list[Message]) -> list[str | SmsError]:
         """Provider ids, or the SmsError for each message its channel's gateway did not take, in
         the order of `messages`. Anything else (Redis down under an outbox gateway) raises."""
         by_channel: dict[str, list[int]] = {}
@@ -325,7 +326,7 @@ class Dispatcher:
         return out
 
     async def _send_through(
-        self, gateway: SmsGateway | WeChatGateway, messages: list[SmsMessage]
+        self, gateway: SmsGateway | WeChatGateway, messages: list[Message]
     ) -> list[str | SmsError]:
         if not messages:
             return []

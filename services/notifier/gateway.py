@@ -29,12 +29,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SmsMessage:
-    """A message to one resident (or a supervisor). `phone` is its address on `channel`: the phone
-    for SMS, the openid for WeChat (`services.notifier.routing`); the daily cap, the once-only claim
-    and the survey's keys are by it alike."""
+class Message:
+    """A message to one resident (or a supervisor), by SMS or by WeChat. `to` is its address on
+    `channel`: the phone for SMS, the openid for WeChat (`services.notifier.routing`); the daily cap,
+    the once-only claim and the survey's keys are by it alike."""
 
-    phone: str
+    to: str
     text: str
     kind: str  # ack, progress, survey, result, reminder, clarification, opt_out, query, supervision
     ticket_no: str | None = None
@@ -45,11 +45,11 @@ class SmsMessage:
 
     @property
     def masked_to(self) -> str:
-        return masked(self.channel, self.phone)
+        return masked(self.channel, self.to)
 
     def to_json(self) -> dict[str, Any]:
         out = {
-            "phone": self.phone,
+            "to": self.to,
             "text": self.text,
             "kind": self.kind,
             "ticket_no": self.ticket_no,
@@ -57,12 +57,16 @@ class SmsMessage:
             "created_at": self.created_at.isoformat(),
             "urgent": self.urgent,
         }
-        # Only when not SMS: the records of SMS stay what they were.
+        # Only when not SMS: a record without a channel is an SMS.
         return out if self.channel == "sms" else out | {"channel": self.channel}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SmsMessage:
-        return cls(**(data | {"created_at": datetime.fromisoformat(data["created_at"])}))
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        """Reads what `to_json` wrote, and what it wrote before the address was named `to`: messages
+        kept in Redis (held and retried jobs, claims in flight) outlive an upgrade."""
+        fields = {k: v for k, v in data.items() if k not in ("to", "phone")}
+        to = data["to"] if "to" in data else data["phone"]
+        return cls(**(fields | {"to": to, "created_at": datetime.fromisoformat(data["created_at"])}))
 
 
 class SmsError(Exception):
@@ -92,7 +96,7 @@ def backoff(attempt: int, base_delay: float, max_delay: float) -> float:
 
 
 class SmsGateway(Protocol):
-    async def send(self, message: SmsMessage) -> str:
+    async def send(self, message: Message) -> str:
         """Hand the message over; returns the provider's message id. Raises `SmsError` if not taken."""
         ...
 
@@ -132,10 +136,10 @@ class OutboxGateway:
     def id_key(self, message_id: str) -> str:
         return f"{self.KEY}:id:{message_id}"
 
-    async def send(self, message: SmsMessage) -> str:
+    async def send(self, message: Message) -> str:
         return (await self.send_many([message]))[0]
 
-    async def send_many(self, messages: list[SmsMessage]) -> list[str]:
+    async def send_many(self, messages: list[Message]) -> list[str]:
         await self._push(
             keys=[self.KEY, *(self.id_key(m.message_id) for m in messages)],
             args=[
@@ -148,16 +152,17 @@ class OutboxGateway:
             log.debug("%s %s to %s (%s): %s", self.WHAT, m.kind, m.masked_to, m.ticket_no, m.text[:40])
         return [m.message_id for m in messages]
 
-    def record(self, message: SmsMessage) -> dict[str, Any]:
-        """The message as the outbox lists it."""
-        return message.to_json()
+    def record(self, message: Message) -> dict[str, Any]:
+        """The message as the outbox lists it (`GET /api/v1/sms/outbox`): the SMS outbox holds
+        phones only, and names the recipient `phone` as it always has."""
+        return {"phone": message.to} | {k: v for k, v in message.to_json().items() if k != "to"}
 
-    async def sent(self, phone: str | None = None, limit: int = 100) -> list[dict]:
+    async def sent(self, to: str | None = None, limit: int = 100) -> list[dict]:
         """What was sent, newest first, optionally to one recipient (a phone; an openid for WeChat)."""
         out = []
-        for raw in await self.redis.lrange(self.KEY, 0, -1 if phone else limit - 1):
+        for raw in await self.redis.lrange(self.KEY, 0, -1 if to else limit - 1):
             record = json.loads(raw)
-            if phone is None or record[self.TO] == phone:
+            if to is None or record[self.TO] == to:
                 out.append(record)
                 if len(out) >= limit:
                     break
@@ -193,8 +198,8 @@ class HttpSmsGateway:
     def backoff(self, attempt: int) -> float:
         return backoff(attempt, self.base_delay, self.max_delay)
 
-    async def send(self, message: SmsMessage) -> str:
-        body = {"phone": message.phone, "text": message.text, "client_ref": message.message_id}
+    async def send(self, message: Message) -> str:
+        body = {"phone": message.to, "text": message.text, "client_ref": message.message_id}
         last = ""
         for attempt in range(1, self.attempts + 1):
             try:

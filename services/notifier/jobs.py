@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from services.notifier.gateway import SmsMessage
+from services.notifier.gateway import Message
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RETRY_LATER = timedelta(minutes=5)  # a failed job, or a provider outage longer 
 class SendJob:
     """A message held by quiet hours or the daily cap, or one the provider did not take yet."""
 
-    message: SmsMessage
+    message: Message
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def encode(job: Job) -> str:
 def decode(raw: str | bytes) -> Job:
     body = json.loads(raw)
     if body["job"] == "send":
-        return SendJob(SmsMessage.from_json(body["message"]))
+        return SendJob(Message.from_json(body["message"]))
     if body["job"] == "return":
         return ReturnJob(body["openid"])
     if body["job"] in ("remind", "close"):

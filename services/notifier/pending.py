@@ -2,7 +2,7 @@
 is `services.notifier.window`, pure).
 
   wx:pending:{openid}     sorted set: message id -> when the message was written (Unix time)
-  wx:pending:{openid}:m   hash: message id -> the message (`SmsMessage.to_json` without the address)
+  wx:pending:{openid}:m   hash: message id -> the message (`Message.to_json` without the address)
 
 Both expire `window.KEEP_DAYS` after the last notice kept; at most `window.KEEP_AT_MOST` per openid
 (the newest). The sorted set is listed under each kept notice's ticket (`sms:ticket:{no}`, see
@@ -34,7 +34,7 @@ from datetime import datetime
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from services.notifier.gateway import SmsMessage
+from services.notifier.gateway import Message
 from services.notifier.jobs import JobQueue, ReturnJob, encode
 from services.notifier.states import STATE_TTL, ticket_records_key
 from services.notifier.window import KEEP_AT_MOST, KEEP_DAYS
@@ -95,13 +95,13 @@ def _bodies_key(key: str) -> str:
     return f"{key}:m"
 
 
-def _record(message: SmsMessage) -> str:
+def _record(message: Message) -> str:
     """The message as kept: its own JSON without the address, which is the key it is kept under."""
-    return json.dumps({k: v for k, v in message.to_json().items() if k != "phone"}, ensure_ascii=False)
+    return json.dumps({k: v for k, v in message.to_json().items() if k != "to"}, ensure_ascii=False)
 
 
-def _message(openid: str, raw: str | bytes) -> SmsMessage:
-    return SmsMessage.from_json(json.loads(raw) | {"phone": openid})
+def _message(openid: str, raw: str | bytes) -> Message:
+    return Message.from_json(json.loads(raw) | {"to": openid})
 
 
 class PendingNotices:
@@ -109,18 +109,18 @@ class PendingNotices:
         self.redis = redis
         self.jobs = jobs
 
-    def keep_into(self, p: Pipeline, messages: Sequence[SmsMessage]) -> None:
+    def keep_into(self, p: Pipeline, messages: Sequence[Message]) -> None:
         """Keep WeChat `messages` for their openids, as part of the pipeline `p` (the transaction
         that records their state)."""
         for m in messages:
-            key = pending_key(m.phone)
+            key = pending_key(m.to)
             p.eval(
                 _KEEP,
                 5,
                 key,
                 _bodies_key(key),
                 ticket_records_key(m.ticket_no or ""),
-                wrote_key(m.phone),
+                wrote_key(m.to),
                 self.jobs.key,
                 KEEP_TTL,
                 KEEP_AT_MOST,
@@ -128,10 +128,10 @@ class PendingNotices:
                 m.message_id,
                 m.created_at.timestamp(),
                 _record(m),
-                encode(ReturnJob(m.phone)),
+                encode(ReturnJob(m.to)),
             )
 
-    async def keep(self, messages: Sequence[SmsMessage]) -> None:
+    async def keep(self, messages: Sequence[Message]) -> None:
         if messages:
             async with self.redis.pipeline(transaction=True) as p:
                 self.keep_into(p, messages)
@@ -153,7 +153,7 @@ class PendingNotices:
             )
         )
 
-    async def take(self, openid: str) -> list[SmsMessage]:
+    async def take(self, openid: str) -> list[Message]:
         """Everything kept for `openid`, oldest first, removed in the same transaction."""
         key = pending_key(openid)
         async with self.redis.pipeline(transaction=True) as p:

@@ -24,14 +24,14 @@ CONTACT_FIELDS = ("phone", "wechat_openid")
 
 
 class Notice(Protocol):
-    """What of a message to a resident (`gateway.SmsMessage`) the pure decisions about it read: the
-    template it goes as, whether it waits for the resident's return. `phone` is its address on
-    `channel` (the openid on WeChat)."""
+    """What of a message to a resident (`gateway.Message`) the pure decisions about it read: the
+    template it goes as, whether it waits for the resident's return. `to` is its address on
+    `channel` (the phone for SMS, the openid on WeChat)."""
 
     @property
     def message_id(self) -> str: ...
     @property
-    def phone(self) -> str: ...
+    def to(self) -> str: ...
     @property
     def text(self) -> str: ...
     @property

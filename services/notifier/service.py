@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.notifier.dispatch import Dispatcher, SendResult
-from services.notifier.gateway import SmsGateway, SmsMessage, make_gateway
+from services.notifier.gateway import Message, SmsGateway, make_gateway
 from services.notifier.jobs import DUE, Job, JobQueue, ReturnJob, SendJob
 from services.notifier.pending import PREFIX as PENDING_PREFIX
 from services.notifier.policy import Policy, QuietHours
@@ -153,7 +153,7 @@ class Notifier:
                     return
                 if not await self.redis.exists(state_key(message.message_id)):
                     return
-            if message.kind in SURVEY_KINDS and await self.surveys.opted_out(message.phone):
+            if message.kind in SURVEY_KINDS and await self.surveys.opted_out(message.to):
                 await self.states.set(message, "cancelled", reason="opted out while it was held")
                 return
             await self.sms.dispatch([message], now)
@@ -216,8 +216,8 @@ class Notifier:
         return handed
 
     async def _decide_return(
-        self, openid: str, kept: list[SmsMessage], now: datetime
-    ) -> tuple[list[Return[SmsMessage]], dict[str, Ticket | None]]:
+        self, openid: str, kept: list[Message], now: datetime
+    ) -> tuple[list[Return[Message]], dict[str, Ticket | None]]:
         """What becomes of each notice kept for `openid` (`window.on_return`), from their tickets
         and the state of those tickets' latest surveys (two round trips); and those tickets."""
         nos = sorted({m.ticket_no for m in kept if m.ticket_no})
@@ -248,12 +248,12 @@ class Notifier:
         }
         return on_return([m for m in kept if m.ticket_no not in erased], facts, now), tickets
 
-    def _result_of(self, survey: SmsMessage, ticket: Ticket | None) -> SmsMessage:
+    def _result_of(self, survey: Message, ticket: Ticket | None) -> Message:
         """The result notice of a kept survey whose question is moot (it closed unanswered): the
         resolution it asked about, without the question. Named after that survey's message, so a
         retry of the job writes the same message."""
         note = self.texts.short_note(ticket.resolution_note if ticket else "")
-        to = Recipient(survey.channel, survey.phone)
+        to = Recipient(survey.channel, survey.to)
         message = self._to(to, "result", "result", survey.ticket_no or "", note=note)
         return replace(message, message_id=derived_id(survey.message_id, "result"))
 
@@ -334,10 +334,10 @@ class Notifier:
         recipients = await self.recipients(caller_ids)
         return [to.address if to and to.channel == "sms" else None for to in recipients]
 
-    def _to(self, to: Recipient, template: str, kind: str, ticket_no: str, **fields: str) -> SmsMessage:
+    def _to(self, to: Recipient, template: str, kind: str, ticket_no: str, **fields: str) -> Message:
         """A message about a ticket to its resident, on their channel (WeChat drops the signature)."""
         text = self.texts.render(template, channel=to.channel, ticket_no=ticket_no, **fields)
-        return SmsMessage(to.address, text, kind, ticket_no, channel=to.channel)
+        return Message(to.address, text, kind, ticket_no, channel=to.channel)
 
     async def results_to_duplicates(self, resolved: Sequence[TicketUpdated]) -> list[SendResult]:
         """并案: the residents of the duplicates merged into a resolved ticket hear its result,
@@ -359,10 +359,8 @@ class Notifier:
         ]
         return await self.sms.send_many(messages)
 
-    def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> SmsMessage:
-        return SmsMessage(
-            phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent
-        )
+    def ack_message(self, ticket_no: str, phone: str, *, urgent: bool = False) -> Message:
+        return Message(phone, self.texts.render("ack", ticket_no=ticket_no), "ack", ticket_no, urgent=urgent)
 
     async def acknowledge(
         self, cause: Event, ticket_no: str, phone: str, *, urgent: bool = False
@@ -377,7 +375,7 @@ class Notifier:
         first ticket it names, so that erasing the resident's personal data (which reaches all of
         their tickets) removes its record, and a retry still pending is not sent."""
         text = self.texts.render("progress_reply", progress=progress)
-        message = SmsMessage(phone, text, "query", ticket_nos[0] if ticket_nos else None, urgent=True)
+        message = Message(phone, text, "query", ticket_nos[0] if ticket_nos else None, urgent=True)
         return await self.sms.send(message.message_id, message)
 
     async def progress(self, items: Sequence[Progress]) -> list[SendResult]:
@@ -424,7 +422,7 @@ class Notifier:
                 items.append(
                     (
                         f"{u.event_id}:{dept.id}",
-                        SmsMessage(dept.supervisor_mobile, text, "supervision", u.ticket_no),
+                        Message(dept.supervisor_mobile, text, "supervision", u.ticket_no),
                     )
                 )
         return await self.sms.send_many(items)

@@ -25,7 +25,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from services.notifier.gateway import SmsMessage
+from services.notifier.gateway import Message
 
 STATE_TTL = 30 * 86400
 MessageState = Literal["held", "sent", "retrying", "failed", "cancelled", "delivered", "undelivered"]
@@ -39,13 +39,13 @@ def ticket_records_key(ticket_no: str) -> str:
     return f"sms:ticket:{ticket_no}"
 
 
-def about_resident(message: SmsMessage) -> bool:
+def about_resident(message: Message) -> bool:
     """A message to the resident about their ticket (indexed under it, see `ticket_records_key`);
     a supervisor's notice names the ticket but reaches staff."""
     return bool(message.ticket_no) and message.kind != "supervision"
 
 
-def state_record(message: SmsMessage, state: MessageState, **extra: str) -> tuple[str, str]:
+def state_record(message: Message, state: MessageState, **extra: str) -> tuple[str, str]:
     """The message's state record: its key and JSON (for writers that batch it with other writes)."""
     to = (
         {"phone": message.masked_to}
@@ -63,7 +63,7 @@ class MessageStates:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def set(self, message: SmsMessage, state: MessageState, **extra: str) -> None:
+    async def set(self, message: Message, state: MessageState, **extra: str) -> None:
         key, record = state_record(message, state, **extra)
         await self.redis.set(key, record, ex=STATE_TTL)
 

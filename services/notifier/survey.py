@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from services.intake.progress import Query, parse_query
 from services.notifier.routing import Channel
@@ -76,8 +76,8 @@ _OPT_OUT = {"TD", "退订", "取消订阅", "退订短信"}
 
 
 class Survey(BaseModel):
-    """One survey: asked for `ticket_no` of `phone` at `started_at`. `phone` is where it was asked
-    on `channel`: the phone, or the WeChat user's openid (a WeChat resident with no phone). It is
+    """One survey: asked for `ticket_no` of `to` at `started_at`. `to` is where it was asked on
+    `channel`: the phone, or the WeChat user's openid (a WeChat resident with no phone). It is
     personal data: it stays in the survey book's Redis record and is never put in an event or a
     log line."""
 
@@ -85,7 +85,8 @@ class Survey(BaseModel):
 
     survey_id: str  # the id of the `ticket.updated` (resolved) event that started it
     ticket_no: str
-    phone: str
+    # Records written before the address was named `to` have it as `phone`.
+    to: str = Field(validation_alias=AliasChoices("to", "phone"))
     channel: Channel = "sms"  # records written before WeChat was surveyed are SMS
     started_at: datetime  # records written as a Unix timestamp are read as well
     # The ticket's groups at resolution, from that event: the answer's event carries them to the

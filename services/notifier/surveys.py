@@ -37,7 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
 from services.notifier.dispatch import Dispatcher
-from services.notifier.gateway import SmsMessage
+from services.notifier.gateway import Message
 from services.notifier.jobs import SurveyJob, encode
 from services.notifier.routing import Recipient
 from services.notifier.states import ticket_records_key
@@ -137,16 +137,16 @@ class SurveyBook:
         note = self.texts.short_note(resolved.note)
         if to is None:
             return [self._not_asked(resolved, "skipped_anonymous")]
-        phone, channel = to.address, to.channel
-        if channel == "sms" and await self.opted_out(phone):
+        address, channel = to.address, to.channel
+        if channel == "sms" and await self.opted_out(address):
             text = self.texts.render("result", ticket_no=no, note=note)
-            await self.sms.send(resolved.event_id, SmsMessage(phone, text, "result", no))
+            await self.sms.send(resolved.event_id, Message(address, text, "result", no))
             return [self._not_asked(resolved, "opted_out")]
         now = self.clock()
         survey = Survey(
             survey_id=resolved.event_id,
             ticket_no=no,
-            phone=phone,
+            to=address,
             channel=channel,
             started_at=now,
             department=resolved.department,
@@ -156,16 +156,16 @@ class SurveyBook:
         text = self.texts.render(
             "survey", channel=channel, ticket_no=no, note=note, question=self.texts.question
         )
-        message = SmsMessage(
-            phone, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
+        message = Message(
+            address, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
         )
         created = await self.redis.set(
             _survey_key(survey.survey_id), survey.model_dump_json(), nx=True, ex=SURVEY_TTL
         )
         if created:
             async with self.redis.pipeline(transaction=True) as p:
-                p.zadd(_open_key(phone), {survey.survey_id: now.timestamp()})
-                p.expire(_open_key(phone), SURVEY_TTL)
+                p.zadd(_open_key(address), {survey.survey_id: now.timestamp()})
+                p.expire(_open_key(address), SURVEY_TTL)
                 # Found by its ticket when the resident's personal data is erased (`forget`).
                 p.sadd(ticket_records_key(no), _survey_key(survey.survey_id))
                 p.expire(ticket_records_key(no), SURVEY_TTL)
@@ -216,7 +216,7 @@ class SurveyBook:
     async def remind(self, survey_id: str, now: datetime) -> None:
         """The one reminder, if the survey is still open (and its ticket not erased)."""
         survey = await self.get(survey_id)
-        if survey is None or await self.redis.zscore(_open_key(survey.phone), survey_id) is None:
+        if survey is None or await self.redis.zscore(_open_key(survey.to), survey_id) is None:
             return
         if await self._forgotten(survey, now):
             return
@@ -225,8 +225,8 @@ class SurveyBook:
         )
         # Named after its survey, as the survey's own message is: kept past WeChat's 48 hours,
         # it is matched to the survey when the resident writes again (`message_ids`).
-        message = SmsMessage(
-            survey.phone,
+        message = Message(
+            survey.to,
             text,
             "reminder",
             survey.ticket_no,
@@ -307,9 +307,9 @@ class SurveyBook:
             survey = await self._newest_open(to)  # that one is gone: the reply is about the rest
         return survey
 
-    async def _newest_open(self, phone: str) -> Survey | None:
+    async def _newest_open(self, to: str) -> Survey | None:
         # Without scores, redis-py returns the members (its types cover every form of the command).
-        newest = cast("list[bytes]", await self.redis.zrevrange(_open_key(phone), 0, 0))
+        newest = cast("list[bytes]", await self.redis.zrevrange(_open_key(to), 0, 0))
         return await self.get(newest[0]) if newest else None
 
     async def _forgotten(self, survey: Survey, now: datetime) -> bool:
@@ -341,8 +341,8 @@ class SurveyBook:
         await self._comment(survey, text, now)
         clarified = None
         if not parsed.has_rating:  # at most once per survey: sending is once per (survey, kind)
-            message = SmsMessage(
-                survey.phone,
+            message = Message(
+                survey.to,
                 self.texts.render("clarification", ticket_no=survey.ticket_no, question=self.texts.question),
                 "clarification",
                 survey.ticket_no,
@@ -361,7 +361,7 @@ class SurveyBook:
                 survey, "opted_out", text, now, event_id=derived_id(survey.survey_id, "opted_out")
             ):
                 closed.append(survey.ticket_no)
-        confirmation = SmsMessage(phone, self.texts.render("opt_out"), "opt_out", urgent=True)
+        confirmation = Message(phone, self.texts.render("opt_out"), "opt_out", urgent=True)
         await self.sms.send(f"optout:{caller_id(phone)}:{self.sms.policy.local_day(now)}", confirmation, now)
         return OptedOut(closed_surveys=closed)
 
@@ -451,7 +451,7 @@ class SurveyBook:
 
     async def _open(self, survey_id: str, now: datetime) -> Survey:
         survey = await self.get(survey_id)
-        if survey is None or await self.redis.zscore(_open_key(survey.phone), survey_id) is None:
+        if survey is None or await self.redis.zscore(_open_key(survey.to), survey_id) is None:
             raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
         if survey.channel != "sms":
             raise CallRefused("该市民经微信反映、未留电话，无法电话回访；回访评价已通过微信发送")
@@ -494,7 +494,7 @@ class SurveyBook:
             return []
         async with self.redis.pipeline(transaction=False) as p:
             for survey in stored:
-                p.zscore(_open_key(survey.phone), survey.survey_id)
+                p.zscore(_open_key(survey.to), survey.survey_id)
             still_open = [s for s, score in zip(stored, await p.execute(), strict=True) if score is not None]
         for survey in still_open:  # rare: erased between the resolution and the answer
             await self._close(
@@ -504,13 +504,13 @@ class SurveyBook:
             for survey in stored:
                 sid = survey.survey_id
                 p.delete(_survey_key(sid), _answer_key(sid), _call_key(sid))
-                p.zrem(_open_key(survey.phone), sid)
+                p.zrem(_open_key(survey.to), sid)
                 p.zrem(CALLBACKS, sid)
                 p.zrem(self.jobs.key, *(encode(SurveyJob(a, sid)) for a in ("remind", "close")))
             p.eval(
                 _FORGET_LAST,
                 len(stored),
-                *(f"survey:last:{s.phone}" for s in stored),
+                *(f"survey:last:{s.to}" for s in stored),
                 *(s.survey_id for s in stored),
             )
             await p.execute()
@@ -530,7 +530,7 @@ class SurveyBook:
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
         reply or the timeout closed it first). If the publish fails the survey is open again."""
-        open_key = _open_key(survey.phone)
+        open_key = _open_key(survey.to)
         if not await self.redis.zrem(open_key, survey.survey_id):
             return None
         answered = SurveyAnswered(
@@ -553,7 +553,7 @@ class SurveyBook:
             await self.redis.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
             raise
         async with self.redis.pipeline(transaction=True) as p:
-            p.set(f"survey:last:{survey.phone}", survey.survey_id, ex=LATE_REPLY_SECONDS)
+            p.set(f"survey:last:{survey.to}", survey.survey_id, ex=LATE_REPLY_SECONDS)
             p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
             p.delete(_call_key(survey.survey_id))
             await p.execute()
@@ -593,7 +593,7 @@ def _call_key(survey_id: str) -> str:
 
 @dataclass(frozen=True)
 class Call:
-    """An open survey due for a phone call: whom to call (`survey.phone`, for the operator only),
+    """An open survey due for a phone call: whom to call (`survey.to`, for the operator only),
     since when it is due, how many calls nobody answered, and who is calling now (None: nobody)."""
 
     survey: Survey

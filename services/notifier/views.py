@@ -237,8 +237,9 @@ def _call_view(call: Call) -> dict[str, Any]:
         "survey_id": survey.survey_id,
         "ticket_no": survey.ticket_no,
         # The number to dial: the operator's to see, as the caller's number is when they register.
-        "phone": survey.phone,
-        "masked_phone": mask_phone(survey.phone),
+        # Only SMS surveys are called back (`SurveyBook._open`): their address is a phone.
+        "phone": survey.to,
+        "masked_phone": mask_phone(survey.to),
         "department": survey.department.model_dump() if survey.department else None,
         "surveyed_at": survey.started_at.isoformat(),
         "due_at": call.due.isoformat(),

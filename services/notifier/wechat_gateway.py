@@ -38,9 +38,9 @@ import httpx
 from redis.asyncio import Redis
 
 from services.notifier.gateway import (
+    Message,
     OutboxGateway,
     PermanentSmsError,
-    SmsMessage,
     TransientSmsError,
     Undeliverable,
     backoff,
@@ -72,7 +72,7 @@ class _Refused(PermanentSmsError):
 
 
 class WeChatGateway(Protocol):
-    async def send(self, message: SmsMessage) -> str:
+    async def send(self, message: Message) -> str:
         """Hand the message over; returns an id for it. Raises `SmsError` if not taken."""
         ...
 
@@ -85,9 +85,9 @@ class WeChatOutbox(OutboxGateway):
     TO = "openid"
     WHAT = "WeChat"
 
-    def record(self, message: SmsMessage) -> dict[str, Any]:
+    def record(self, message: Message) -> dict[str, Any]:
         return {
-            "openid": message.phone,
+            "openid": message.to,
             "text": message.text,
             "kind": message.kind,
             "ticket_no": message.ticket_no,
@@ -133,8 +133,8 @@ class WeChatApiGateway:
         self.token_key = f"wx:token:{app_id}"
         self._refreshing = asyncio.Lock()  # one fetch at a time in this process
 
-    async def send(self, message: SmsMessage) -> str:
-        custom = {"touser": message.phone, "msgtype": "text", "text": {"content": message.text}}
+    async def send(self, message: Message) -> str:
+        custom = {"touser": message.to, "msgtype": "text", "text": {"content": message.text}}
         try:
             await self._call("/cgi-bin/message/custom/send", custom)
         except _Refused as e:

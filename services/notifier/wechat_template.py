@@ -134,7 +134,7 @@ def template_body(message: Notice, template: WeChatTemplate) -> dict[str, Any] |
         name: {"value": values[role] if name in ("first", "remark") else _cut(values[role])}
         for role, name in template.fields.items()
     }
-    body: dict[str, Any] = {"touser": message.phone, "template_id": template.template_id, "data": data}
+    body: dict[str, Any] = {"touser": message.to, "template_id": template.template_id, "data": data}
     if template.url:
         no, link_query = message.ticket_no, template.link_query
         body["url"] = template.url

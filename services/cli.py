@@ -56,9 +56,17 @@ def run(service: Service) -> None:
 
         from services.api import create_app
 
-        # loop="uvloop", as for the workers below (uvicorn's "auto" would also take it, silently
-        # falling back to asyncio were it missing).
-        uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning", loop="uvloop")
+        # uvloop, as for the workers below, and httptools (llhttp, in C) to parse HTTP: the
+        # request path took about 9% less CPU than on h11 (README, Performance). Named, not left
+        # to uvicorn's "auto", which would silently fall back to the slower ones were they missing.
+        uvicorn.run(
+            create_app(s),
+            host=s.api_host,
+            port=s.api_port,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
         return
     import uvloop
 

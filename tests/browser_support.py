@@ -1,17 +1,19 @@
 """The browser the console's tests drive: Debian's Chromium through Playwright, one per test
 session, and a page per test on the started system that fails its test on any uncaught script
-error. `tests/conftest.py` makes `browser` and `page` every test module's fixtures. And what a
-screen reader would be told by a page (`read_once`): each message once, by the focus or by the
-page's live region, #announcer, never both."""
+error. `tests/conftest.py` makes `browser` and `page` every test module's fixtures. A page as
+rendered, with the console's script and no system behind it (`served`). And what a screen reader
+would be told by a page (`read_once`): each message once, by the focus or by the page's live region,
+#announcer, never both."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, async_playwright, expect
 
 if TYPE_CHECKING:  # the conftest imports this module's fixtures
     from tests.conftest import System
@@ -54,6 +56,36 @@ async def page(browser: Browser, system: System) -> AsyncIterator[Page]:
     yield p
     await context.close()
     # The pages work without their script, so a script that fails to load fails no other check.
+    assert not errors, f"the console's script failed: {errors}"
+
+
+STATIC = Path(__file__).resolve().parents[1] / "services/console/static"
+
+
+@asynccontextmanager
+async def served(browser: Browser, html: str) -> AsyncIterator[Page]:
+    """A page showing `html` (a console page as its template rendered it) with the console's own
+    script and stylesheet, and no system behind it: what the browser and the script make of the
+    markup, for states the started system cannot easily be put in (its record away). Every other
+    address answers the same page. Fails on an uncaught script error, as `page` does."""
+    context = await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    errors = script_errors(context)
+    await listen(context)
+
+    async def answer(route: Route) -> None:
+        static = STATIC / route.request.url.rsplit("/", 1)[-1]
+        if "/console/static/" in route.request.url and static.is_file():
+            await route.fulfill(path=static)
+        else:
+            await route.fulfill(body=html, content_type="text/html; charset=utf-8")
+
+    await context.route("**/*", answer)
+    p = await context.new_page()
+    await p.goto("http://console.test/console/")
+    try:
+        yield p
+    finally:
+        await context.close()
     assert not errors, f"the console's script failed: {errors}"
 
 

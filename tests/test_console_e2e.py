@@ -38,9 +38,10 @@ from shared.city import City, KnowledgeEntry
 from shared.lookup_link import day_number, link_key, params, ticket_url
 from shared.privacy import REMOVED
 from shared.settings import Settings
-from tests.browser_support import listen, read_once
+from tests.browser_support import listen, read_once, served
 from tests.conftest import System, days_since, eventually, local_today
 from tests.router_factory import classified
+from tests.test_console_units import access_html, patrol_html, privacy_html, tickets_html
 from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
@@ -270,6 +271,42 @@ async def test_the_privacy_page_fits_a_phone_screen(browser: Browser):
             await p.close()
 
 
+# What a page could not read (its record or Redis away), as its template renders it: no system to
+# put in that state, so the page is shown as rendered, with the console's script.
+AWAY = "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响"
+BUSY = "系统繁忙，请稍后重试"
+
+
+@pytest.mark.parametrize(
+    ("shown", "said", "focused"),
+    [
+        # Part of the page away, the rest there to use: told by the announcer, the focus left alone.
+        ("access", {"announcer": [BUSY, AWAY]}, None),
+        ("privacy", {"announcer": [AWAY]}, "#phone"),
+        ("patrol", {"announcer": [AWAY]}, None),
+        # The list the page is for away: the reason takes the focus.
+        ("tickets", {"focus": [AWAY]}, "#list-notice"),
+    ],
+)
+async def test_a_list_that_could_not_be_read_is_said_once(browser: Browser, city, shown, said, focused):
+    """Such a notice was an alert already on the page when it loaded, which a screen reader does not
+    read out (a live region reads what changes in it), and nothing took the focus to it."""
+    html = {
+        "access": lambda: access_html(list_notice=BUSY, audit_notice=AWAY),
+        "privacy": lambda: privacy_html(values={"by": "phone"}, audit_notice=AWAY),
+        "patrol": lambda: patrol_html(to_verify=None, to_verify_error=AWAY),
+        "tickets": lambda: tickets_html(city, notice=AWAY),
+    }[shown]()
+    async with served(browser, html) as p:
+        for by, words in said.items():
+            for w in words:
+                await read_once(p, w, by=by)
+        if focused:
+            await expect(p.locator(focused)).to_be_focused()
+        else:
+            assert await p.evaluate("document.activeElement === document.body")
+
+
 async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     await page.goto("/")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
@@ -299,6 +336,7 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     assert response.status == 404
     await expect(page.locator("h1")).to_have_text("页面不存在")
     await expect(page.get_by_role("navigation", name="主导航")).to_be_visible()
+    await read_once(page, "没有这个页面", by="focus")  # all the page says: the focus is on it
 
     # A form without the session's CSRF token is refused.
     r = await page.request.post(
@@ -1832,6 +1870,45 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     await page.goto(f"/console/tickets?q={place}&department={dept}")
     await expect(page.locator("#list-total")).to_contain_text("共 0 件")
     await expect(page.locator(f"a[href='/console/tickets/{no}']")).to_have_count(0)
+
+
+async def test_a_refused_ticket_filter_comes_back_focused_and_is_read_once(page: Page, redis):
+    """The reason beside a refused filter was an alert already on the page, which a screen reader
+    did not read, and the focus was nowhere: the filter at fault now has it, read with its reason."""
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto("/console/tickets")
+    await page.locator("#f-q").fill("幸")
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("#f-q")).to_be_focused()
+    await read_once(page, "搜索词至少两个字", by="focus")
+    await page.locator("#f-q").fill("")
+    await page.locator("#f-from").fill("2033-07-10")
+    await page.locator("#f-to").fill("2033-07-04")
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("#f-to")).to_be_focused()
+    await expect(page.locator("#f-to")).to_have_attribute("aria-invalid", "true")
+    await read_once(page, "结束日期不能早于开始日期", by="focus")
+    await accessible(page)
+
+
+async def test_a_refused_period_or_category_comes_back_focused_and_is_read_once(page: Page, redis):
+    """The dashboard's refused period and the knowledge list's refused category were alerts already
+    on the page, which nothing read: the date or the category at fault has the focus, read with why."""
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto("/console/dashboard")
+    await page.locator("#from").fill("2033-07-10")
+    await page.locator("#to").fill("2033-07-04")
+    await page.get_by_role("button", name="统计").click()
+    await expect(page.locator("#from")).to_be_focused()
+    await expect(page.locator("#from")).to_have_attribute("aria-invalid", "true")
+    await read_once(page, "起始日期2033-07-10晚于结束日期2033-07-04", by="focus")
+    await accessible(page)
+
+    await page.goto("/console/knowledge?category=no.such")
+    await expect(page.locator("#category")).to_be_focused()
+    reason = (await page.locator("#category-error").inner_text()).strip()
+    assert "no.such" in reason
+    await read_once(page, reason, by="focus")
 
 
 # --- a resident's erasure request ----------------------------------------------------------------

@@ -1587,8 +1587,12 @@ async def test_a_category_the_api_refuses_is_said_beside_the_select(monkeypatch,
     )
     status, html, _ = await _knowledge_page(monkeypatch, city, refused, category="no.such")
     assert status == 422
-    assert '<p class="error" id="category-error" role="alert">分类“no.such”不存在' in html
-    assert 'aria-describedby="category-error"' in html
+    error = told(html, "分类“no.such”不存在，请填写编号")
+    assert 'id="category-error"' in error
+    assert 'role="alert"' in error
+    # The select comes back focused, read with the reason (its description): not announced too.
+    assert 'id="category"' in focused(html)
+    assert 'aria-describedby="category-error"' in focused(html)
 
 
 # --- the signed link of a WeChat notice ---------------------------------------------------------
@@ -2061,6 +2065,222 @@ def test_a_refused_sign_in_is_told_while_the_field_keeps_the_focus():
     assert 'id="token"' in focused(html)
     assert 'aria-describedby="token-error"' in focused(html)
     assert "data-announce" not in render(request=None, s=None, csrf="x", error="")
+
+
+def unread(html: str) -> list[str]:
+    """The live regions (role alert or status) a page loads with words in that nothing will read: a
+    live region reads what changes in it, not what it was loaded with; these carry no data-announce
+    for the script to say, and are not what the focus reads (the element focused, or one it is
+    described by, as a refused field by its reason)."""
+    first = re.search(r"<[^<>]*\bautofocus\b[^<>]*>", html)
+    read: set[str] = set()
+    if first:
+        read |= ids_of(first[0]) if "tabindex" in first[0] else set()
+        described = re.search(r'aria-describedby="([^"]*)"', first[0])
+        read |= set(described[1].split()) if described else set()
+    return [
+        tag
+        for tag, words in re.findall(r'(<[^<>]*\brole="(?:alert|status)"[^<>]*>)([^<]*)', html)
+        if words.strip() and "data-announce" not in tag and not read & ids_of(tag)
+    ]
+
+
+def ids_of(tag: str) -> set[str]:
+    return set(re.findall(r'\bid="([^"]*)"', tag))
+
+
+def tickets_html(city, **context) -> str:
+    defaults = {
+        "s": staff("admin"), "filters": dict.fromkeys(LIST_FILTERS, ""), "query": {}, "urlencode": urlencode,
+        "rows": [], "total": 0, "page_no": 1, "pages": 1, "errors": {}, "notice": "",
+    }  # fmt: skip
+    return templates.get_template("tickets.html").render(
+        request=None, **list_choices(city), **{**defaults, **context}
+    )
+
+
+@pytest.mark.parametrize("field", ["q", "status", "from"])
+def test_a_refused_filter_of_the_ticket_list_comes_back_focused_read_with_its_reason(city, field):
+    """The reason beside a refused filter was an alert on the page at load, which nothing read: the
+    filter now takes the focus, read with the reason that describes it, which is not announced too."""
+    html = tickets_html(city, errors={field: "搜索词至少两个字"})
+    assert f'id="f-{field}"' in focused(html)
+    assert f'aria-describedby="f-{field}-error"' in focused(html)
+    assert 'aria-invalid="true"' in focused(html)
+    error = told(html, "搜索词至少两个字")  # marked, for the script to leave to the focus
+    assert f'id="f-{field}-error"' in error
+    assert "autofocus" not in error
+    assert unread(html) == []
+    assert "autofocus" not in tickets_html(city)  # a list opened, not come back to
+
+
+@pytest.mark.parametrize(("context", "at"), [
+    ({"notice": "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响"}, "list-notice"),
+    ({"errors": {"form": "每页最多200件"}}, "f-form-error"),
+])  # fmt: skip
+def test_a_ticket_list_refused_as_a_whole_says_why_where_the_focus_is(city, context, at):
+    """The list the page is for could not be had (the record away) or the search was refused with no
+    filter of its own at fault: the reason takes the focus, and is read by it alone."""
+    message = context.get("notice") or context["errors"]["form"]
+    html = tickets_html(city, **context)
+    assert told(html, message) == focused(html)
+    assert f'id="{at}"' in focused(html)
+    assert 'role="alert"' in focused(html)
+    assert unread(html) == []
+
+
+async def test_a_knowledge_search_refused_is_read_once_by_the_focus(monkeypatch, city):
+    """Its search term refused: the field, focused, is read with the reason; refused as a whole, or
+    the entries away (503): the reason takes the focus. Each was an alert nothing read."""
+    refused = Reply(422, {"error": "invalid_query", "field": "q", "message": "关键字至少两个字"})
+    status, html, _ = await _knowledge_page(monkeypatch, city, refused, q="灯")
+    assert status == 422
+    assert 'id="q"' in focused(html)
+    assert 'aria-describedby="q-error"' in focused(html)
+    assert 'id="q-error"' in told(html, "关键字至少两个字")
+    assert unread(html) == []
+    refused = Reply(422, {"error": "invalid_request", "field": "size", "message": "size: too large"})
+    _, html, _ = await _knowledge_page(monkeypatch, city, refused)
+    assert told(html, "size: too large") == focused(html)
+    assert 'id="form-error"' in focused(html)
+    away = Reply(
+        503,
+        {
+            "error": "unavailable",
+            "message": "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响",
+        },
+    )
+    status, html, _ = await _knowledge_page(monkeypatch, city, away)
+    assert status == 503
+    assert told(html, "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响") == focused(html)
+    assert 'id="notice"' in focused(html)
+    assert unread(html) == []
+
+
+def test_a_list_or_record_that_could_not_be_read_is_told_once_the_page_has_loaded(city):
+    """Part of a page that could not be read (the record or Redis away) while the rest is there to
+    use: an alert there at load, which nothing read, is now told by the announcer once the page has
+    loaded, and does not take the focus (which would take the page past the form above it)."""
+    away = "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响"
+    pages = {
+        "access list": (access_html(list_notice=away), "list-notice"),
+        "access record": (access_html(audit_notice=away), "audit-notice"),
+        "privacy record": (privacy_html(values={"by": "phone"}, audit_notice=away), "audit-notice"),
+        "patrol to verify": (patrol_html(to_verify=None, to_verify_error=away), "to-verify-error"),
+        "patrol recent": (patrol_html(recent=None, recent_error=away), "recent-error"),
+        "dashboard trend": (period_html(city, trend_error=away), "trend-error"),
+    }
+    for name, (html, at) in pages.items():
+        element = told(html, away)
+        assert f'id="{at}"' in element, name
+        assert 'role="alert"' in element, name
+        assert "autofocus" not in element, name
+        assert "tabindex" not in element, name
+        assert unread(html) == [], name
+    assert 'id="phone"' in focused(pages["privacy record"][0])  # the form, typed into, as before
+    # Both of the access page's, in the page's order, in the one announcement the script makes.
+    html = access_html(list_notice="系统繁忙，请稍后重试", audit_notice=away)
+    assert html.index('data-announce="系统繁忙') < html.index(f'data-announce="{away}"')
+
+
+def patrol_html(**context) -> str:
+    defaults = {
+        "s": staff("grid_worker"), "values": {}, "errors": {}, "idem": "k", "kept": [],
+        "grid_name": "第一网格", "recent": [], "recent_total": 0, "to_verify": [], "to_verify_total": 0,
+        "check_hours": "24",
+    }  # fmt: skip
+    return templates.get_template("patrol.html").render(request=None, **{**defaults, **context})
+
+
+def period_html(city, **context) -> str:
+    """The dashboard as rendered for a period (its figures, or the period's refusal)."""
+    defaults = {
+        "s": staff("admin"), "start": "2033-07-04", "end": "2033-07-10", "error": "", "error_at": "",
+        "tables": {}, "dimension_names": {}, "map": present.grid_map(city, {}), "trend": None,
+        "trend_by": "category", "trend_error": "", "top_categories": [], "top_max": 0, "overdue": [],
+        "urlencode": urlencode,
+        "overall": dict.fromkeys(
+            ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
+        ),
+    }  # fmt: skip
+    return templates.get_template("dashboard.html").render(request=None, **{**defaults, **context})
+
+
+LATER = "起始日期2033-07-10晚于结束日期2033-07-04"
+
+
+@pytest.mark.parametrize("at", ["from", "to"])
+def test_a_refused_period_comes_back_with_the_date_at_fault_focused(city, at):
+    said = LATER
+    html = period_html(city, error=said, error_at=at)
+    assert f'id="{at}"' in focused(html)
+    assert 'aria-describedby="period-error"' in focused(html)
+    assert 'aria-invalid="true"' in focused(html)
+    assert 'id="period-error"' in told(html, said)
+    assert "autofocus" not in told(html, said)
+    assert unread(html) == []
+    # Naming neither date (the statistics away): the reason takes the focus itself.
+    html = period_html(city, error="系统繁忙，请稍后重试", error_at="")
+    assert told(html, "系统繁忙，请稍后重试") == focused(html)
+    assert "aria-invalid" not in html
+    assert "autofocus" not in period_html(city, trend_error="趋势暂不可用")  # a period counted
+
+
+class _PeriodApi:
+    """The API as the dashboard sees it: the rankings refused as `refused`, nothing open."""
+
+    def __init__(self, refused: Reply) -> None:
+        self.refused = refused
+
+    async def get(self, path: str, **params):
+        return self.refused if path == "/api/v1/stats" else Reply(200, {"total": 0})
+
+    async def open_tickets(self, departments):
+        return []
+
+
+@pytest.mark.parametrize(
+    ("body", "at", "said"),
+    [
+        ({"error": "invalid_period", "field": "from", "message": LATER}, "from", LATER),
+        ({"error": "invalid_request", "field": "to", "message": "to: Input should be a valid date"}, "to",
+         "结束日期不符合要求，请检查后重新填写"),
+        ({"error": "unavailable", "message": "系统繁忙，请稍后重试"}, "", "系统繁忙，请稍后重试"),
+    ],
+)  # fmt: skip
+async def test_the_dashboard_puts_a_period_refused_beside_the_date_the_api_names(
+    monkeypatch, city, body, at, said
+):
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _PeriodApi(Reply(422, body)))
+    state = SimpleNamespace(
+        city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"),
+        console_names={"department_names": {}, "grid_names": {}},
+    )  # fmt: skip
+    request = SimpleNamespace(
+        query_params={"from": "2033-07-10", "to": "2033-07-04"}, app=SimpleNamespace(state=state)
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.dashboard_page(request, s)).body.decode()
+    element = told(html, said)
+    if at:
+        assert f'id="{at}"' in focused(html)
+        assert 'aria-describedby="period-error"' in focused(html)
+    else:
+        assert element == focused(html)
+    assert unread(html) == []
+
+
+def test_a_message_page_says_what_could_not_be_shown_where_the_focus_is():
+    html = templates.get_template("message.html").render(
+        request=None, s=staff("admin"), title="工单不存在", message="工单20260302-000009不存在"
+    )
+    assert told(html, "工单20260302-000009不存在") == focused(html)
+    assert 'role="alert"' in focused(html)
+    assert unread(html) == []
 
 
 def test_a_tickets_page_tells_what_was_done_with_the_link_back_after_it(city):

@@ -1798,14 +1798,14 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     client, city = api(request, s), city_of(request)
     start, end = period(request)
     tables: dict[str, Any] = {}
-    error = ""
+    error, error_at = "", ""  # a refusal, and the date it is beside ("" for none: dashboard.html)
     for dim in DIMENSION_NAMES:
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
             shown = present.refusal(
                 reply.field, reply.code, reply.message, PERIOD_FIELDS, {"from": start, "to": end}, ""
             )
-            error = next(iter(shown.values()))
+            error_at, error = next(iter(shown.items()))
             break
         tables[dim] = reply.body["groups"]
     overall = await client.figures(start, end) if not error else {}
@@ -1829,6 +1829,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         start=start,
         end=end,
         error=error,
+        error_at=error_at,
         tables=tables,
         dimension_names=DIMENSION_NAMES,
         overall=overall,

@@ -498,7 +498,7 @@ def token(
     import getpass
 
     from shared.access import InvalidGrant, checked_grant
-    from shared.auth import issue, list_tokens, revoke_token
+    from shared.auth import issue_grant, list_tokens, revoke_token
     from shared.city import CityConfigError, load_city
 
     settings = get_settings()
@@ -560,16 +560,7 @@ def token(
     token, _ = asyncio.run(
         _with_redis(
             settings,
-            lambda r: issue(
-                r,
-                grant.role,
-                department=grant.department,
-                operator=grant.operator,
-                grid=grant.grid,
-                ttl_seconds=grant.ttl_seconds,
-                note=grant.note,
-                actor=actor,
-            ),
+            lambda r: issue_grant(r, grant, actor=actor),
         )
     )
     typer.echo(token)

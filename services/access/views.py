@@ -30,7 +30,7 @@ from shared.auth import (
     Principal,
     TokenInfo,
     audit_entries,
-    issue,
+    issue_grant,
     list_tokens,
     require_admin,
     revoke_token,
@@ -166,17 +166,7 @@ async def issue_access(
                 "如果没有记下，请在列表中吊销它，再重新签发。",
             )
     try:
-        token, info = await issue(
-            redis,
-            grant.role,
-            department=grant.department,
-            operator=grant.operator,
-            grid=grant.grid,
-            ttl_seconds=grant.ttl_seconds,
-            note=grant.note,
-            actor=principal.scope,
-            actor_note=principal.note,
-        )
+        token, info = await issue_grant(redis, grant, actor=principal.scope, actor_note=principal.note)
     except Exception:
         if marker is not None:  # nothing was issued: the same request may be sent again
             with suppress(Exception):

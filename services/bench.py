@@ -23,7 +23,13 @@ this benchmark) or days after their assignment, and is no part of their latency.
 Then the same number of hops and message sizes go through the same broker with relays that do
 nothing but read and forward (separate processes, like the workers): the broker and client limit, of
 which the pipeline's throughput is printed as a fraction. Latency at a rate the system sustains
-measures the system; at a rate above it, a queue."""
+measures the system; at a rate above it, a queue.
+
+With `--via-api` the appeals go in as a hotline operator's would: `POST /api/v1/appeals` to the API
+(started here with its rate limits off, or the one at API_HOST:API_PORT with external servers), a
+given number at a time. "ack" is then the API's answer (it answers once the broker has the appeal),
+a stage `api` is added (request sent -> answer), and the API's CPU is counted with the others. The
+HTTP client is this process: on one machine it takes CPU the system would otherwise have."""
 
 from __future__ import annotations
 
@@ -40,18 +46,21 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
+from shared.auth import issue
 from shared.bus import ensure_topics, group_session
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
@@ -61,14 +70,16 @@ from shared.settings import Settings, get_settings
 
 WARMUP_APPEALS = 300  # model loaded, groups joined, caches warm before anything is measured
 HOLD_DRAIN_SECONDS = 3  # after the last assignment, how long the holds that follow it are read
-STAGES = ("classifier", "router", "delivery")
 RELAY_HOPS = (topics.APPEAL_RECEIVED, topics.APPEAL_CLASSIFIED, topics.TICKET_ASSIGNED)
+PIPELINE_ORDER = {t: i for i, t in enumerate((*RELAY_HOPS, topics.TICKET_UPDATED))}
 
 
 @dataclass
 class Trace:
     """One appeal's way through the pipeline, in wall-clock seconds (record timestamps are wall-clock)."""
 
+    sent: float | None = None  # --via-api: the request went out
+    received: float | None = None  # --via-api: the API's `appeal.received` record
     acked: float | None = None
     classified: float | None = None
     assigned: float | None = None
@@ -84,6 +95,9 @@ class Run:
     sizes: dict[str, list[int]] = field(default_factory=lambda: {t: [] for t in RELAY_HOPS})
     first_ack: float = float("inf")
     last_read: float = 0.0
+    # --via-api: the API numbers the appeals, so a trace starts at whichever comes first, its answer
+    # or its first event (read before the answer was handled).
+    open: bool = False
 
 
 def run_pipeline_bench(
@@ -96,6 +110,8 @@ def run_pipeline_bench(
     json_path: Path | None = None,
     broker_limit: bool = True,
     broker_limit_messages: int = 0,
+    via_api: bool = False,
+    concurrency: int = 32,
 ) -> dict[str, Any]:
     launcher = None
     if external_servers_configured():
@@ -121,10 +137,31 @@ def run_pipeline_bench(
                 launcher.start(worker, **{f"METRICS_PORT_{worker.upper()}": str(port)})
                 launcher.procs[f"{worker}#{i}"] = launcher.procs.pop(worker)
                 ports.append(port)
+        if via_api:
+            settings = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": free_port()})
+            # A benchmark's callers and its one address would be over the limits at once.
+            launcher.start(
+                "api",
+                API_HOST=settings.api_host,
+                API_PORT=str(settings.api_port),
+                RATE_LIMIT_PER_IP_PER_MINUTE="0",
+                RATE_LIMIT_PER_CALLER_PER_HOUR="0",
+            )
+            ports.append(settings.api_port)
         launcher.wait_for_ports(ports)
     try:
         figures = asyncio.run(
-            _bench(settings, launcher, n=n, callers=callers, rate=rate, duration=duration, replicas=replicas)
+            _bench(
+                settings,
+                launcher,
+                n=n,
+                callers=callers,
+                rate=rate,
+                duration=duration,
+                replicas=replicas,
+                via_api=via_api,
+                concurrency=concurrency,
+            )
         )
         if broker_limit:
             count = figures["completed"] or n
@@ -223,18 +260,25 @@ async def _bench(
     rate: float,
     duration: float,
     replicas: int,
+    via_api: bool = False,
+    concurrency: int = 32,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6].upper()
     phones = [f"139{i:08d}" for i in range(callers)]
     await ensure_topics(settings)
     redis = Redis.from_url(settings.redis_url)
-    async with redis.pipeline(transaction=False) as p:
-        for phone in phones:
-            p.hset(f"contact:{caller_id(phone)}", mapping={"phone": phone})
-        await p.execute()
+    token = ""
+    if via_api:  # the API stores each caller's contact itself
+        token, _ = await issue(redis, "operator", operator="bench", ttl_seconds=3600, actor="cli:bench")
+    else:
+        async with redis.pipeline(transaction=False) as p:
+            for phone in phones:
+                p.hset(f"contact:{caller_id(phone)}", mapping={"phone": phone})
+            await p.execute()
     await redis.aclose()
 
     consumer = AIOKafkaConsumer(
+        *([topics.APPEAL_RECEIVED] if via_api else []),
         topics.APPEAL_CLASSIFIED,
         topics.TICKET_ASSIGNED,
         topics.TICKET_UPDATED,
@@ -253,30 +297,52 @@ async def _bench(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2, max_batch_size=256 * 1024
     )
     await producer.start()
+    # One client per request out at once, each with one connection: httpx's pool looks through all
+    # its connections for every request, which with dozens of them took most of this process's CPU.
+    clients: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    for _ in range(concurrency if via_api else 0):
+        clients.put_nowait(
+            httpx.AsyncClient(
+                base_url=f"http://{settings.api_host}:{settings.api_port}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=60,
+                limits=httpx.Limits(max_connections=1),
+            )
+        )
+    send: Sender = partial(_post, clients, phones) if via_api else partial(_publish, producer)
     try:
         warmup = min(WARMUP_APPEALS, max(50, round(rate * 3))) if rate else WARMUP_APPEALS
         print(f"warming up with {warmup} appeals ...")
         warm = _appeals(settings, warmup, f"W{run_id}", phones)
-        await _drive(producer, consumer, warm, rate=min(rate or 200, 200), run=Run(), wait_seconds=120)
+        await _drive(
+            send, consumer, warm, rate=min(rate or 200, 200), run=Run(open=via_api), wait_seconds=120
+        )
 
         count = round(rate * duration) if rate else n
         appeals = _appeals(settings, count, run_id, phones)
         offered = f"{rate:,.0f}/s for {duration:g}s" if rate else "as fast as the broker takes them"
         print(f"publishing {count} appeals ({offered}) ...")
         cpu_before = _cpu_seconds(launcher)
-        run = Run()
+        run = Run(open=via_api)
         published_in = await _drive(
-            producer, consumer, appeals, rate=rate, run=run, wait_seconds=max(120, duration * 4)
+            send, consumer, appeals, rate=rate, run=run, wait_seconds=max(120, duration * 4)
         )
         cpu_after = _cpu_seconds(launcher)
     finally:
+        while not clients.empty():
+            await clients.get_nowait().aclose()
         await producer.stop()
         await consumer.stop()
     return _figures(run, count, rate, published_in, replicas, cpu_before, cpu_after)
 
 
+# Sends one appeal (with its index in the run) and gives what completes when it is acknowledged,
+# having recorded that in its trace.
+Sender = Callable[[AppealReceived, int, Run], Awaitable["asyncio.Future[Any]"]]
+
+
 async def _drive(
-    producer: AIOKafkaProducer,
+    send: Sender,
     consumer: AIOKafkaConsumer,
     appeals: list[AppealReceived],
     *,
@@ -284,13 +350,14 @@ async def _drive(
     run: Run,
     wait_seconds: float,
 ) -> float:
-    """Publish `appeals` (at `rate` a second, or flat out when 0) while reading what comes back;
-    returns the seconds publishing took. Waits for every assignment or `timeout`."""
-    for a in appeals:
-        run.traces[a.ticket_no] = Trace()
+    """Send `appeals` (at `rate` a second, or flat out when 0) while reading what comes back;
+    returns the seconds sending took. Waits for every assignment or `timeout`."""
+    if not run.open:
+        for a in appeals:
+            run.traces[a.ticket_no] = Trace()
     reader = asyncio.create_task(_read(consumer, run, len(appeals)))
     started = time.perf_counter()
-    pending: list[asyncio.Future] = []
+    pending: list[asyncio.Future[Any]] = []
     tick = 0.005
     for i, appeal in enumerate(appeals):
         if rate:
@@ -298,11 +365,7 @@ async def _drive(
             ahead = due - time.perf_counter()
             if ahead > tick:
                 await asyncio.sleep(ahead)
-        body = appeal.to_bytes()
-        run.sizes[topics.APPEAL_RECEIVED].append(len(body))
-        fut = await producer.send(topics.APPEAL_RECEIVED, body, key=appeal.ticket_no.encode())
-        fut.add_done_callback(lambda f, no=appeal.ticket_no: _acked(run, no, f))
-        pending.append(fut)
+        pending.append(await send(appeal, i, run))
         if len(pending) >= 2000:
             await asyncio.gather(*pending)
             pending.clear()
@@ -311,6 +374,53 @@ async def _drive(
     with contextlib.suppress(TimeoutError):  # what is missing then is reported as missing
         await asyncio.wait_for(reader, wait_seconds)
     return published
+
+
+async def _publish(
+    producer: AIOKafkaProducer, appeal: AppealReceived, _: int, run: Run
+) -> asyncio.Future[Any]:
+    """As intake does: `appeal.received` to the broker, acknowledged when the broker has it."""
+    body = appeal.to_bytes()
+    run.sizes[topics.APPEAL_RECEIVED].append(len(body))
+    fut = await producer.send(topics.APPEAL_RECEIVED, body, key=appeal.ticket_no.encode())
+    fut.add_done_callback(lambda f, no=appeal.ticket_no: _acked(run, no, f))
+    return fut
+
+
+async def _post(
+    clients: asyncio.Queue[httpx.AsyncClient],
+    phones: Sequence[str],
+    appeal: AppealReceived,
+    i: int,
+    run: Run,
+) -> asyncio.Future[Any]:
+    return asyncio.ensure_future(_post_one(clients, phones[i % len(phones)], appeal, run))
+
+
+async def _post_one(
+    clients: asyncio.Queue[httpx.AsyncClient], phone: str, appeal: AppealReceived, run: Run
+) -> None:
+    """As a hotline operator does: `POST /api/v1/appeals`, acknowledged by the API's answer (the
+    ticket number). As many requests are out at once as there are clients."""
+    body = {
+        "channel": "hotline",
+        "caller_phone": phone,
+        "title": appeal.title,
+        "text": appeal.text,
+        "address": appeal.address,
+    }
+    client = await clients.get()
+    try:
+        sent = time.time()
+        response = await client.post("/api/v1/appeals", json=body)
+    finally:
+        clients.put_nowait(client)
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"the API refused an appeal: {response.status_code} {response.text[:200]}")
+    now = time.time()
+    trace = run.traces.setdefault(response.json()["ticket_no"], Trace())
+    trace.sent, trace.acked = sent, now
+    run.first_ack = min(run.first_ack, now)
 
 
 def _acked(run: Run, ticket_no: str, fut: asyncio.Future) -> None:
@@ -327,13 +437,22 @@ async def _read(consumer: AIOKafkaConsumer, run: Run, expected: int) -> None:
     while done < expected or time.time() < drain_until:
         batches = await consumer.getmany(timeout_ms=200, max_records=5000)
         now = time.time()
-        for tp, records in batches.items():
+        # In the pipeline's order: one batch may hold an appeal's classification and assignment.
+        for tp, records in sorted(batches.items(), key=lambda b: PIPELINE_ORDER[b[0].topic]):
             for rec in records:
                 value = json.loads(rec.value)
-                trace = run.traces.get(value.get("ticket_no", ""))
+                no = value.get("ticket_no", "")
+                trace = run.traces.get(no)
                 if trace is None:
-                    continue
-                if tp.topic == topics.APPEAL_CLASSIFIED:
+                    if not run.open or tp.topic == topics.TICKET_UPDATED:
+                        continue
+                    # --via-api: an appeal of this run whose answer is not handled yet. (Updates may
+                    # be of tickets from before: the holds of a hotspot's older tickets.)
+                    trace = run.traces[no] = Trace()
+                if tp.topic == topics.APPEAL_RECEIVED:
+                    trace.received = rec.timestamp / 1000
+                    run.sizes[topics.APPEAL_RECEIVED].append(len(rec.value))
+                elif tp.topic == topics.APPEAL_CLASSIFIED:
                     if trace.classified is None:
                         trace.classified = rec.timestamp / 1000
                         run.sizes[topics.APPEAL_CLASSIFIED].append(len(rec.value))
@@ -373,10 +492,13 @@ def _figures(
     done = [t for t in run.traces.values() if t.read is not None and t.acked is not None]
     e2e = [t.read - t.acked for t in done]  # type: ignore[operator]
     stages = {
-        "classifier": [t.classified - t.acked for t in done if t.classified],  # type: ignore[operator]
+        # From the broker's record: through the API its answer may reach us after the classification.
+        "classifier": [t.classified - (t.received or t.acked) for t in done if t.classified],  # type: ignore[operator]
         "router": [t.assigned - t.classified for t in done if t.classified],  # type: ignore[operator]
         "delivery": [t.read - t.assigned for t in done],  # type: ignore[operator]
     }
+    if sent := [t for t in done if t.sent is not None]:  # --via-api: request -> the API's answer
+        stages = {"api": [t.acked - t.sent for t in sent], **stages}  # type: ignore[operator]
     held = [t for t in done if t.held is not None]
     # Read on another topic: a hold written with the assignment may be read just before it.
     holds = [max(0.0, t.held - t.read) for t in held]  # type: ignore[operator]
@@ -579,16 +701,19 @@ def _print(f: dict[str, Any]) -> None:
     lines = [
         "",
         f"pipeline benchmark ({m['cpus']} CPUs, {m['cpu_model'] or 'unknown CPU'}; broker, Redis, "
-        f"PostgreSQL, {f['replicas']}x{len(WORKERS)} workers and this process on one machine)",
+        f"PostgreSQL, {f['replicas']}x{len(WORKERS)} workers"
+        + (", the API" if "api" in f["stages"] else "")
+        + " and this process on one machine)",
         f"  offered            {f['offered_per_s']:,.0f} appeals/s{'' if f['fixed_rate'] else ' (flat out)'}",
         f"  appeals            {f['appeals']}   assigned {f['completed']}"
         + (f"  (MISSING {f['missing']})" if f["missing"] else ""),
         f"  throughput         {f['e2e_appeals_per_s']:,.0f} appeals/s end to end",
         f"  latency ms         p50 {ms(f['e2e_p50_ms'])}   p95 {ms(f['e2e_p95_ms'])}   "
-        f"p99 {ms(f['e2e_p99_ms'])}   max {ms(f['e2e_max_ms'])}   (ack -> ticket.assigned read)",
+        f"p99 {ms(f['e2e_p99_ms'])}   max {ms(f['e2e_max_ms'])}   "
+        + ("(the API's answer" if "api" in f["stages"] else "(ack")
+        + " -> ticket.assigned read)",
     ]
-    for stage in STAGES:
-        s = f["stages"][stage]
+    for stage, s in f["stages"].items():
         lines.append(f"    {stage:16s} p50 {ms(s['p50_ms'])}   p95 {ms(s['p95_ms'])}   p99 {ms(s['p99_ms'])}")
     lines.append("  assigned via       " + ", ".join(f"{v} {n}" for v, n in f["assigned_via"].items()))
     if f["held_for_meeting"]:

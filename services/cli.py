@@ -208,6 +208,10 @@ def bench_pipeline(
     json_path: Path = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
     broker_limit: bool = typer.Option(True, help="Also measure the broker's limit with no-op handlers."),
     broker_limit_messages: int = typer.Option(0, min=0, help="Messages for the broker limit (0: auto)."),
+    via_api: bool = typer.Option(
+        False, "--via-api", help="Submit by POST /api/v1/appeals, as operators do, not to the broker."
+    ),
+    concurrency: int = typer.Option(32, min=1, help="With --via-api: requests out at once."),
 ) -> None:
     """Latency (ack -> ticket.assigned, per stage) at a fixed rate, throughput, and the broker's limit.
 
@@ -224,6 +228,8 @@ def bench_pipeline(
         json_path=json_path,
         broker_limit=broker_limit,
         broker_limit_messages=broker_limit_messages,
+        via_api=via_api,
+        concurrency=concurrency,
     )
 
 

@@ -25,14 +25,14 @@ KEYS = {
 }
 
 
-def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(tmp_path, data_dir):
-    out = tmp_path / "bench.json"
+def bench(data_dir, *args: str) -> tuple[dict, str]:
+    """`appeals bench pipeline ARGS` on servers of its own: its figures (JSON) and what it printed."""
+    out = data_dir / "bench.json"
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
     env["DATA_DIR"] = str(data_dir)
     env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)  # its consumers' and workers' joins
-    args = ["--rate", "50", "--duration", "3", "--broker-limit-messages", "500", "--json", str(out)]
     run = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "pipeline", *args],
+        [sys.executable, "-m", "services.cli", "bench", "pipeline", *args, "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -40,11 +40,28 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(tmp_path, data_dir):
         timeout=280,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    return json.loads(out.read_text()), run.stdout
+
+
+def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
+    figures, printed = bench(data_dir, "--rate", "50", "--duration", "3", "--broker-limit-messages", "500")
     assert set(figures) >= KEYS, KEYS - set(figures)
     assert figures["offered_per_s"] == 50
     assert figures["appeals"] == 150
     assert set(figures["stages"]) == {"classifier", "router", "delivery"}
     assert sum(figures["assigned_via"].values()) == figures["completed"]
     assert sum(figures["held_for_meeting"].values()) <= figures["completed"]
-    assert "latency ms" in run.stdout
+    assert "latency ms" in printed
+
+
+def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):
+    """Through `POST /api/v1/appeals`: every appeal numbered by the API is followed to its
+    assignment, the API's answer is a stage of its own, and the API's CPU is counted."""
+    figures, printed = bench(data_dir, "--via-api", "--rate", "30", "--duration", "3", "--no-broker-limit")
+    assert figures["appeals"] == 90
+    assert figures["completed"] == 90, figures
+    assert list(figures["stages"]) == ["api", "classifier", "router", "delivery"]
+    assert figures["stages"]["api"]["p50_ms"] > 0
+    assert "api" in figures["cpu_us_per_appeal"]
+    assert "broker_limit_per_s" not in figures
+    assert "the API's answer -> ticket.assigned read" in printed

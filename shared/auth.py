@@ -37,7 +37,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import Any, cast
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -257,27 +257,10 @@ async def issue_grant(
 
 
 async def issue_token(
-    redis: Redis,
-    role: Role,
-    department: str | None = None,
-    operator: str | None = None,
-    *,
-    grid: str | None = None,
-    ttl_seconds: int | None = None,
-    note: str = "",
-    actor: str | None = None,
+    redis: Redis, role: Role, department: str | None = None, operator: str | None = None, **options: Any
 ) -> str:
-    """A new token, printed once and stored hashed (see `issue`)."""
-    token, _ = await issue(
-        redis,
-        role,
-        department=department,
-        operator=operator,
-        grid=grid,
-        ttl_seconds=ttl_seconds,
-        note=note,
-        actor=actor,
-    )
+    """A new token, printed once and stored hashed: `issue`'s, with its other keywords."""
+    token, _ = await issue(redis, role, department=department, operator=operator, **options)
     return token
 
 

@@ -16,6 +16,7 @@ from services.console.views import ACCESS_FIELDS, grant_of, templates
 from shared import auth
 from shared.access import NOTE_MAX, ROLE_NAMES, InvalidGrant, checked_grant
 from shared.city import load_city
+from tests.markup import described_by
 
 TZ = ZoneInfo("Asia/Shanghai")
 
@@ -171,16 +172,6 @@ def access_page(city, **context) -> str:
         "grid_groups": present.grid_choices(city), "default_days": 90,
     }  # fmt: skip
     return templates.get_template("access.html").render(**{**base, **context})
-
-
-def described_by(html: str, field_id: str) -> list[str]:
-    tag = re.search(rf'<(?:input|textarea|select) id="{field_id}"[^>]*>', html)
-    assert tag is not None, field_id
-    found = re.search(r'aria-describedby="([^"]*)"', tag[0])
-    ids = found[1].split() if found else []
-    for i in ids:
-        assert f'id="{i}"' in html, f"{field_id} names {i}, which is not on the page"
-    return ids
 
 
 @pytest.mark.parametrize("field", [f for f in ACCESS_FIELDS])

@@ -34,6 +34,7 @@ from shared.city import load_city
 from shared.events import Caller, DepartmentRef
 from shared.tickets import Status, Ticket
 from shared.trend import ranked
+from tests.markup import described_by
 
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 TZ = ZoneInfo("Asia/Shanghai")
@@ -1383,17 +1384,6 @@ async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ti
     html = await _department_page(monkeypatch, city, tickets, category="路灯")  # an old text link
     assert listed(html) == ["20261201-000001", "20261201-000002", "20261201-000003"]
     assert " selected>" not in re.search(r'<select id="f-category".*?</select>', html, re.S)[0]
-
-
-def described_by(html: str, field_id: str) -> list[str]:
-    """The ids a field's aria-describedby names, each checked to be on the page."""
-    tag = re.search(rf'<(?:input|textarea|select) id="{field_id}"[^>]*>', html)
-    assert tag is not None, field_id
-    found = re.search(r'aria-describedby="([^"]*)"', tag[0])
-    ids = found[1].split() if found else []
-    for i in ids:
-        assert f'id="{i}"' in html, f"{field_id} names {i}, which is not on the page"
-    return ids
 
 
 def form_page(name: str, role: str, errors: dict[str, str]) -> str:

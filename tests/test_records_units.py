@@ -648,7 +648,7 @@ def recorded_from(facts: list[dict]) -> meetings.Meeting:
     """The meeting as the record holds it, folded from these facts."""
     row = fold_meeting(facts)
     assert row is not None
-    return meeting_of(row)
+    return meeting_of(row, TZ)
 
 
 def test_a_meetings_row_reads_back_as_the_meeting_redis_held():
@@ -658,13 +658,34 @@ def test_a_meetings_row_reads_back_as_the_meeting_redis_held():
     meeting, facts = a_meeting_and_its_facts()
     row = fold_meeting(facts)
     assert row is not None
-    recorded = meeting_of(row)
+    recorded = meeting_of(row, TZ)
     assert recorded == meeting
     assert recorded.summoned == ["street_s03", "heating", "gas"]  # the joining ticket's department too
     assert meetings.unrecorded(meeting, recorded) == []
     # As PostgreSQL gives the row back: who checked in when, from JSON.
     stored = {**row, "checkins": {d: t.isoformat() for d, t in row["checkins"].items()}}
-    assert meeting_of(stored) == meeting
+    assert meeting_of(stored, TZ) == meeting
+
+
+def test_a_meeting_read_from_its_row_gives_its_times_as_redis_gave_them():
+    """PostgreSQL gives a row's times back in the session's time zone, not the offsets they were
+    written with; the meeting read from it gives each time as the router wrote it, the same
+    string, so that a reader sees one clock before and after the meeting left Redis: the deadline
+    in the city's time (+08:00), the steps' clocks in UTC."""
+    meeting, facts = a_meeting_and_its_facts()
+    live = meetings.Meeting.model_validate_json(meeting.model_dump_json()).model_dump(mode="json")
+    row = fold_meeting(facts)
+    assert row is not None
+    as_stored = {
+        **{k: v.astimezone(UTC) if isinstance(v, datetime) else v for k, v in row.items()},
+        "checkins": {d: t.astimezone(UTC).isoformat() for d, t in row["checkins"].items()},
+    }
+    archived = meeting_of(as_stored, TZ).model_dump(mode="json")
+    assert archived == live
+    assert archived["deadline"].endswith("+08:00")
+    assert archived["convened_at"] == "2026-11-02T09:00:00Z"
+    assert archived["decided_at"] == "2026-11-02T11:00:00Z"
+    assert archived["checkins"] == {"gas": "2026-11-02T10:00:00.000123Z"}
 
 
 def test_a_decided_meeting_leaves_redis_only_once_the_record_holds_it():

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from services.router.meetings import Meeting
 from shared.city import City
@@ -347,10 +348,12 @@ def fold_meeting(events: Iterable[Mapping[str, Any]]) -> Row | None:
     return row
 
 
-def meeting_of(row: Mapping[str, Any]) -> Meeting:
+def meeting_of(row: Mapping[str, Any], tz: ZoneInfo) -> Meeting:
     """A meeting's row read back as the meeting the working set held, for a meeting that has left
-    Redis: GET /api/v1/meetings/{id} answers in one shape wherever it is. Its clocks are those of
-    its facts (see `meetings.unrecorded`), in UTC as the router keeps them."""
+    Redis: GET /api/v1/meetings/{id} answers in one shape wherever it is, down to the offsets of its
+    times, which PostgreSQL does not keep. So they are put back as the router writes them: the
+    deadline in the city's time zone `tz` (a number of working days there, `meetings.spec`), the
+    clocks of its steps in UTC. Those clocks are its facts' (see `meetings.unrecorded`)."""
     decided_at = row["decided_at"]
     return Meeting(
         meeting_id=row["meeting_id"],
@@ -361,7 +364,7 @@ def meeting_of(row: Mapping[str, Any]) -> Meeting:
         tickets=list(row["tickets"]),
         category=row["category"],
         grid=row["grid"],
-        deadline=row["deadline"].astimezone(UTC),
+        deadline=row["deadline"].astimezone(tz),
         convened_at=row["convened_at"].astimezone(UTC),
         checkins={d: at(t).astimezone(UTC) for d, t in (row["checkins"] or {}).items()},
         lead=row["lead"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 from psycopg import AsyncCursor
@@ -61,6 +62,7 @@ class Retention:
         self.pool = pool
         self.store = store
         self.settings = settings
+        self.tz = ZoneInfo(settings.timezone)
         self.photos = PhotoStore.from_settings(settings, store.redis)
         self.records = Records(pool, load_city(settings.city_config_dir), photos=self.photos)
 
@@ -176,7 +178,7 @@ class Retention:
             after = (rows[-1]["decided_at"], rows[-1]["meeting_id"])
             read = await store.read_many([r["meeting_id"] for r in rows])
             held = {mid: meetings.Meeting.model_validate_json(raw) for mid, raw in read.items() if raw}
-            recorded = {r["meeting_id"]: meeting_of(r) for r in rows}
+            recorded = {r["meeting_id"]: meeting_of(r, self.tz) for r in rows}
             if behind := [mid for mid, m in held.items() if meetings.unrecorded(m, recorded[mid])]:
                 recorded.update(await self._refolded_meetings(behind))
             leaving: Mapping[str, bytes] = {
@@ -212,7 +214,7 @@ class Retention:
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             await self.records.refold_meetings(cur, mids)
             await cur.execute("SELECT * FROM meetings WHERE meeting_id = ANY(%s)", (list(mids),))
-            return {r["meeting_id"]: meeting_of(r) for r in await cur.fetchall()}
+            return {r["meeting_id"]: meeting_of(r, self.tz) for r in await cur.fetchall()}
 
     async def remove_personal_data(self, closed_before: datetime, limit: int = 5000) -> int:
         async with self.pool.connection() as conn:

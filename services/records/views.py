@@ -297,5 +297,5 @@ async def archived_meeting(
         return unavailable()
     if row is None:
         return not_found
-    meeting = meeting_of(row)
+    meeting = meeting_of(row, ZoneInfo(request.app.state.settings.timezone))
     return meeting if may_read(meeting) else not_found

@@ -6,8 +6,9 @@ import re
 
 
 def described_by(html: str, field_id: str) -> list[str]:
-    """The ids a field's aria-describedby names, each checked to be on the page."""
-    tag = re.search(rf'<(?:input|textarea|select) id="{field_id}"[^>]*>', html)
+    """The ids a field's aria-describedby names, each checked to be on the page. The field is found
+    by its id wherever it stands among the tag's attributes (a radio's type comes first)."""
+    tag = re.search(rf'<(?:input|textarea|select)\s(?:[^<>]*\s)?id="{re.escape(field_id)}"[^<>]*>', html)
     assert tag is not None, field_id
     found = re.search(r'aria-describedby="([^"]*)"', tag[0])
     ids = found[1].split() if found else []

@@ -41,7 +41,7 @@ from shared.settings import Settings
 from tests.browser_support import listen, read_once, served
 from tests.conftest import System, days_since, eventually, local_today
 from tests.router_factory import classified
-from tests.test_console_units import access_html, patrol_html, privacy_html, tickets_html
+from tests.test_console_units import access_html, form_page, patrol_html, privacy_html, tickets_html
 from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
@@ -305,6 +305,54 @@ async def test_a_list_that_could_not_be_read_is_said_once(browser: Browser, city
             await expect(p.locator(focused)).to_be_focused()
         else:
             assert await p.evaluate("document.activeElement === document.body")
+
+
+@pytest.mark.parametrize(
+    ("shown", "refused"),
+    [
+        ("operator", {"caller_phone": "请填写来电号码"}),
+        ("operator", {"caller_phone": "来电号码不符合要求，请检查后重新填写", "text": "请填写诉求内容"}),
+        ("patrol", {"text": "问题描述太短（2字），请至少写5个字说明问题"}),
+        ("patrol", {"text": "请填写问题描述", "caller_phone": "反映群众电话不符合要求，请检查后重新填写"}),
+        ("privacy", {"phone": "请填写居民来电号码"}),
+        ("privacy", {"phone": "居民来电号码不符合要求，请检查后重新填写", "reason": "请填写删除原因"}),
+        ("access", {"days": "有效天数不符合要求，请检查后重新填写"}),
+        ("access", {"role": "请填写角色", "days": "有效天数不符合要求，请检查后重新填写"}),
+    ],
+)
+async def test_a_refused_fields_reason_is_read_once_with_the_field(browser: Browser, shown, refused):
+    """The form comes back with the first field at fault focused, read with the reason that describes
+    it, which the announcer does not say again; a second field's reason, which the focus does not
+    read, is said by the announcer, once. As rendered, with the console's script."""
+    html = {
+        "operator": lambda: form_page("operator.html", "operator", refused),
+        "patrol": lambda: patrol_html(errors=refused),
+        "privacy": lambda: privacy_html(values={"by": "phone"}, errors=refused),
+        "access": lambda: access_html(errors=refused),
+    }[shown]()
+    (first, reason), *others = refused.items()
+    async with served(browser, html) as p:
+        await expect(p.locator(f"#{first}")).to_be_focused()
+        described = await p.locator(f"#{first}").get_attribute("aria-describedby") or ""
+        assert f"{first}-error" in described.split()
+        await read_once(p, reason, by="focus")
+        for _, words in others:
+            await read_once(p, words, by="announcer")
+
+
+async def test_a_patrol_reports_refused_position_is_read_once_where_the_focus_is(browser: Browser):
+    """The position, in hidden fields, has no field to go back to: its reason takes the focus, read
+    there alone. Locating again drops it, the status saying how that went (here, a page of no
+    secure origin, that the position may not be read)."""
+    refused = "当前位置不在本市范围内，请重新定位或按所属网格上报"
+    html = patrol_html(values={"lng": "120.000000", "lat": "30.000000"}, errors={"location": refused})
+    async with served(browser, html) as p:
+        await expect(p.locator("#location-error")).to_be_focused()
+        await read_once(p, refused, by="focus")
+        await expect(p.locator("#location-state")).to_contain_text("已定位：120.000000, 30.000000")
+        await p.locator("#locate").click()
+        await expect(p.locator("#location-state")).to_contain_text("未获准读取位置")
+        await expect(p.locator("#location-error")).to_have_count(0)
 
 
 async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
@@ -704,6 +752,7 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await page.locator("#submit").click()
     await expect(page.locator("#text-error")).to_contain_text("诉求内容是空的")
     await expect(page.locator("#text")).to_be_focused()
+    await read_once(page, "诉求内容是空的", by="focus")  # with the field it describes, not again
 
 
 # --- photos ----------------------------------------------------------------------------------------
@@ -1947,6 +1996,8 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await page.get_by_role("button", name="查看将受影响的工单").click()
     await expect(page.locator("#phone-error")).to_contain_text("不是有效的手机号或固话号码")
     await expect(page.locator("#phone")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#phone")).to_be_focused()
+    await read_once(page, "不是有效的手机号或固话号码", by="focus")  # with the field it describes
     await page.locator("#phone").fill(f"+86 {phone[:3]}-{phone[3:7]}-{phone[7:]}")
     await page.locator("#reason").fill(" ")
     await page.get_by_role("button", name="查看将受影响的工单").click()

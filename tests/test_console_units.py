@@ -836,10 +836,14 @@ async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picke
     request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
     html = (await views.desk_page(request, s)).body.decode()
     card_html = html[html.index(f'id="desk-{no}"') :]
-    refusal = re.search(rf'<p class="error" role="alert" id="assign-error-{no}">([^<]*)</p>', card_html)
+    refusal = re.search(rf'(<p class="error" role="alert" id="assign-error-{no}"[^>]*>)([^<]*)<', card_html)
     assert refusal is not None
-    assert said in refusal[1]
+    assert said in refusal[2]
+    # Read with the department list it describes (below), which takes the focus: said only if not.
+    assert refusal[1] == told(html, html_unescape(refusal[2]))
+    assert "autofocus" not in refusal[1]
     assert html.count('role="alert"') == 1  # said on the card, not again above the page
+    assert unread(html) == []
     radios = re.findall(r'<input type="radio"[^>]*value="([^"]*)" ?(checked)?>', card_html)
     assert [v for v, checked in radios if checked] == [form["category"]]
     other = re.search(rf'<select id="cat-{no}-other".*?</select>', card_html, re.S)[0]
@@ -1461,7 +1465,7 @@ async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeyp
     request = SimpleNamespace(query_params={}, headers={}, app=SimpleNamespace(state=state))
     s = Session(token="t", principal=Principal(role="grid_worker", grid=next(iter(city.grids))), csrf="c")
     html = (await views.patrol_submit(request, s)).body.decode()
-    error = re.search(r'<p class="error" id="text-error" role="alert">([^<]*)</p>', html)
+    error = re.search(r'<p class="error" role="alert" id="text-error"[^>]*>([^<]*)</p>', html)
     assert error is not None
     assert error[1] == "问题描述" + refused.value.message.removeprefix("诉求内容")
     panel = (await views.patrol_preview(request, s)).body.decode()
@@ -1812,11 +1816,16 @@ async def test_link_visits_count_against_the_address_like_the_forms_tries(lookup
 
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])
 def test_a_residents_lookup_announces_what_is_wrong_with_a_field(field):
-    """A resident on a phone's screen reader hears the refusal, not only sees it in red."""
+    """A resident on a phone's screen reader hears the refusal, not only sees it in red: with the
+    field it describes, which takes the focus, or announced if the focus is elsewhere."""
     html = templates.get_template("lookup.html").render(
         request=None, s=None, csrf="x", values={}, errors={field: "手机号后四位不对"}, found=None
     )
-    assert re.search(rf'<p class="error" id="{field}-error" role="alert">手机号后四位不对</p>', html)
+    error = told(html, "手机号后四位不对")
+    assert re.search(rf'<p class="error" role="alert" id="{field}-error"[^>]*>手机号后四位不对</p>', html)
+    assert "autofocus" not in error
+    assert f"{field}-error" in described_by(html, field)
+    assert unread(html) == []
 
 
 def focused(html: str) -> str:
@@ -1859,8 +1868,12 @@ def test_a_refusal_with_no_field_of_its_own_takes_the_focus_to_be_read(city):
         assert 'tabindex="-1"' in element, name
         assert html.split(element)[1].startswith(said), name
         assert element == told(html, said), name  # marked, for the script to leave to the focus
-    # The patrol form's position refused: its message is the field.
-    assert 'id="location-state"' in focused(form_page("patrol.html", "grid_worker", {"location": "位置有误"}))
+    # The patrol form's position refused (in hidden fields, nothing to focus): its reason takes the
+    # focus, and the status the script rewrites as the phone locates stays a polite one.
+    html = form_page("patrol.html", "grid_worker", {"location": "位置有误"})
+    assert told(html, "位置有误") == focused(html)
+    assert 'id="location-error"' in focused(html)
+    assert re.search(r'<p id="location-state" aria-live="polite">\s*未定位', html)
 
 
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])
@@ -1888,7 +1901,9 @@ def told(html: str, message: str) -> str:
     found = re.findall(rf'<[^<>]*\bdata-announce="{said}"[^<>]*>', html)
     assert len(found) == 1, (message, found)
     assert '<div id="announcer" class="sr-only" role="status"></div>' in html  # empty on load
-    assert not re.search(rf'role="status"[^<>]*>(\s*<[^<>]*>)*\s*{said}', html), message
+    # In a status region: its words, or the words of an element it opens, not those after it closes
+    # (a photo field's empty 已拍 status before the field's refusal).
+    assert not re.search(rf'role="status"[^<>]*>(\s*<[^/<>][^<>]*>)*\s*{said}', html), message
     return found[0]
 
 
@@ -2270,6 +2285,116 @@ def test_a_message_page_says_what_could_not_be_shown_where_the_focus_is():
     )
     assert told(html, "工单20260302-000009不存在") == focused(html)
     assert 'role="alert"' in focused(html)
+    assert unread(html) == []
+
+
+REFUSED = "请填写"  # a field's refusal, as the pages say it
+
+
+def refused_page(city, page: str, errors: dict) -> str:
+    """A form's page come back with `errors` (field: reason), as its template renders it; a ticket's
+    page is `ticket:<action>`, its errors those of that action's form."""
+    if page in ("operator", "patrol", "privacy", "knowledge_new"):
+        role = {"operator": "operator", "patrol": "grid_worker"}.get(page, "admin")
+        return form_page(f"{page}.html", role, errors)
+    if page == "access":
+        return access_html(errors=errors)
+    if page == "lookup":
+        return templates.get_template("lookup.html").render(
+            request=None, s=None, csrf="x", values={}, errors=errors, found=None
+        )
+    if page == "knowledge_entry":
+        entry = {
+            "id": "kb-1", "question": "社保卡丢了怎么补办？", "answer": "先挂失", "keywords": [],
+            "category": None, "category_names": [], "department_name": "区人力资源和社会保障局",
+            "reviewed": "2026-03-01", "review_due": False, "retired_at": None,
+            "allowed": {"confirm": True, "edit": False, "retire": True},
+        }  # fmt: skip
+        return templates.get_template("knowledge_entry.html").render(
+            request=None, s=staff("admin"), entry=entry, revisions=[], values={}, errors=errors,
+            updated_local="", retired_local="", review_days=180, done="",
+        )  # fmt: skip
+    action = page.removeprefix("ticket:")
+    role, department, status = {
+        "verify": ("grid_worker", None, "resolved"),
+        "resolve": ("department", "street_s01_mediation", "accepted"),
+        "redispatch": ("admin", None, "assigned"),
+        "merge": ("admin", None, "review"),
+    }[action]
+    ticket = {
+        "ticket_no": "20260302-000002", "status": status, "text": "楼上漏水", "confidence": None,
+        "caller": {"caller_id": None, "masked_phone": None}, "received_at": "2026-03-02T08:00:00+00:00",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+    }  # fmt: skip
+    return templates.get_template("ticket.html").render(
+        request=None, s=staff(role, department), t=row(ticket, TZ, NOW), history=[],
+        map=present.grid_map(city, {}), grid_name="未定位", departments=present.departments_of(city),
+        errors={action: errors}, values={}, kept={}, handles=True, can_verify=True, is_committee=True,
+        can_merge=True, merge_candidates=[], return_reasons={},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("page", "name", "field", "error"),
+    [
+        ("operator", "caller_phone", "caller_phone", "caller_phone-error"),
+        ("operator", "text", "text", "text-error"),
+        ("operator", "photos", "photos", "photos-error"),
+        ("patrol", "text", "text", "text-error"),
+        ("patrol", "caller_phone", "caller_phone", "caller_phone-error"),
+        ("patrol", "photos", "photos", "photos-error"),
+        ("privacy", "phone", "phone", "phone-error"),
+        ("privacy", "reason", "reason", "reason-error"),
+        ("access", "role", "role", "role-error"),
+        ("access", "days", "days", "days-error"),
+        ("knowledge_new", "question", "question", "question-error"),
+        ("knowledge_new", "department", "department", "department-error"),
+        ("knowledge_entry", "reason", "reason", "reason-error"),
+        ("lookup", "ticket_no", "ticket_no", "ticket_no-error"),
+        ("lookup", "last4", "last4", "last4-error"),
+        ("ticket:verify", "note", "verify-note", "verify-note-error"),
+        ("ticket:verify", "photos", "verify-photos", "verify-photos-error"),
+        ("ticket:redispatch", "reason", "redispatch-reason", "redispatch-reason-error"),
+        ("ticket:merge", "into", "merge-into-typed", "merge-into-error"),
+        ("ticket:resolve", "mediation.agreement", "resolve-agreement", "resolve-mediation.agreement-error"),
+        # The API's schema names the radio's own field: the radio is still the one at fault.
+        ("ticket:resolve", "mediation.outcome", "resolve-agreed", "resolve-mediation.outcome-error"),
+    ],
+)
+def test_a_refused_fields_reason_is_read_with_the_field_which_keeps_the_focus(city, page, name, field, error):
+    """The field at fault comes back focused and described by its reason, which the focus therefore
+    reads: the reason, an alert still, carries its words for the script (data-announce) only to be
+    said should the focus be elsewhere, and takes no focus of its own (_said.html: focus=false)."""
+    html = refused_page(city, page, {name: REFUSED})
+    assert f'id="{field}"' in focused(html)
+    assert 'aria-invalid="true"' in focused(html)
+    assert error in described_by(html, field)
+    reason = told(html, REFUSED)
+    assert f'id="{error}"' in reason
+    assert 'role="alert"' in reason
+    assert "autofocus" not in reason
+    assert "tabindex" not in reason
+    assert unread(html) == []
+
+
+@pytest.mark.parametrize(
+    ("page", "first", "second"),
+    [
+        ("operator", "caller_phone", "text"),
+        ("patrol", "text", "caller_phone"),
+        ("privacy", "phone", "reason"),
+        ("access", "role", "days"),
+    ],
+)
+def test_the_reason_of_a_second_refused_field_is_announced(city, page, first, second):
+    """Two fields refused: the first takes the focus, read with its reason; the second's autofocus
+    loses, and its reason, which the focus does not read, is one the script says (data-announce)."""
+    html = refused_page(city, page, {first: "第一项有误", second: "第二项有误"})
+    autofocus = re.findall(r"<[^<>]*\bautofocus\b[^<>]*>", html)
+    assert [ids_of(tag) for tag in autofocus] == [{first}, {second}]  # the first one wins
+    assert f"{first}-error" in described_by(html, first)
+    assert f'id="{second}-error"' in told(html, "第二项有误")
+    assert f"{second}-error" not in described_by(html, first)
     assert unread(html) == []
 
 

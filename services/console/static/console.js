@@ -215,7 +215,9 @@
     const state = document.getElementById("location-state");
     locate.hidden = false;
     locate.addEventListener("click", () => {
-      state.className = "";
+      // A position refused before (templates/patrol.html) is being replaced: its reason goes.
+      const refusal = document.getElementById("location-error");
+      if (refusal) refusal.remove();
       state.textContent = "正在获取位置…";
       navigator.geolocation.getCurrentPosition(
         (pos) => {

@@ -4,8 +4,9 @@ resident's lookup shows, and the templates' escaping."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from html import escape as html_escape
 from html import unescape as html_unescape
 from types import SimpleNamespace
@@ -30,6 +31,7 @@ from services.console.views import (
     row,
     templates,
 )
+from services.router.service import QueueFilter
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
 from shared.tickets import Status, Ticket
@@ -569,6 +571,26 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert "记录决定" not in decided  # decided once: no second decision offered
 
 
+def test_a_meeting_of_many_tickets_lists_its_first_few_and_its_own_page_all(city):
+    """A hotspot's meeting may gather hundreds of appeals: the list shows the first 12 and the way
+    to all of them, on the meeting's own page."""
+    many = [f"20260302-{i:06d}" for i in range(1, 301)]
+    listed = render_meetings(city, [meeting(city, tickets=many)])
+    assert re.findall(r'href="/console/tickets/(\d{8}-\d{6})"', listed) == many[:12]
+    assert "关联工单（300件）" in listed
+    assert '<a href="/console/meetings/M1" id="all-tickets-M1">查看全部300件关联工单</a>' in listed
+    desk = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None), csrf="x"
+    )
+    m = present.meeting_row(meeting(city, tickets=many), city, TZ)
+    own = templates.get_template("meeting.html").render(request=None, s=desk, m=m, page_no=1)
+    assert re.findall(r'href="/console/tickets/(\d{8}-\d{6})"', own) == many
+    assert "查看全部" not in own
+    few = render_meetings(city, [meeting(city)])
+    assert "关联工单（1件）" in few
+    assert "查看全部" not in few
+
+
 def test_a_meeting_read_from_the_record_says_so_on_its_own_page(city):
     """A meeting that has left Redis with its tickets is read from the record (`archived`): its page
     shows it as the list did, and says where it comes from."""
@@ -765,7 +787,7 @@ class _DeskApi:
     async def dispatch_queue(self) -> list[dict]:
         return [self.card]
 
-    async def open_tickets(self, departments: list[str]) -> list[dict]:
+    async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
         return []
 
     async def post(self, path: str, body=None, headers=None):
@@ -883,7 +905,8 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
         async def dispatch_queue(self) -> list[dict]:
             return queue
 
-        async def open_tickets(self, departments: list[str]) -> list[dict]:
+        async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
+            assert filters == {"desk": True}  # only what the desk follows, picked out by the API
             return asking
 
     fake = Queue(card(first), Reply(200, {"department": water}))
@@ -1333,35 +1356,46 @@ def test_the_department_queue_offers_its_new_tickets_for_a_batch_with_labelled_b
 
 
 class _QueueApi:
-    """The API as a department's queue sees it: its tickets, whatever the status asked."""
+    """The API as a department's queue sees it: a page of its tickets, narrowed by the filters the
+    page asked for (kept in `asked`) as `QueueFilter` narrows them."""
 
-    def __init__(self, tickets: list[dict]) -> None:
-        self.tickets = tickets
+    def __init__(self, tickets: list[dict], city) -> None:
+        self.tickets, self.city, self.asked = tickets, city, []
 
-    async def department_tickets(self, dept: str, status: str | None = None) -> list[dict]:
-        return self.tickets
+    async def department_page(self, dept: str, page: int, size: int, **filters) -> Reply:
+        self.asked.append(filters)
+        city = self.city
+        where = QueueFilter(
+            status=filters["status"],
+            categories=city.branch(filters["category"]) if filters["category"] else None,
+            grid=filters["grid"],
+        )
+        found = [t for t in self.tickets if where.admits(t)]
+        return Reply(200, {"total": len(found), "tickets": found[(page - 1) * size : page * size]})
 
     async def get(self, path: str, **params):
         return Reply(200, {"to_check_in": 0})  # the menu's count of meetings to check in to
 
 
-async def _department_page(monkeypatch, city, tickets: list[dict], **query: str) -> str:
+async def _department_page(monkeypatch, city, tickets: list[dict], **query: str) -> tuple[str, list[dict]]:
     from services.console import views
     from services.console.session import Session
     from shared.auth import Principal
 
-    monkeypatch.setattr(views, "api", lambda request, s: _QueueApi(tickets))
+    fake = _QueueApi(tickets, city)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
     state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
     request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
     s = Session(token="t", principal=Principal(role="department", department="urban_mgmt"), csrf="c")
     response = await views.department_page(request, s)
     assert response.status_code == 200
-    return response.body.decode()
+    return response.body.decode(), fake.asked
 
 
 async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ticket_list(monkeypatch, city):
     """分类 is the ticket list's dropdown of categories (ids), not a text box: a branch takes the
-    tickets of the categories under it; a value that is not a category narrows nothing."""
+    tickets of the categories under it; a value that is not a category narrows nothing. The API
+    narrows the queue (only the page shown comes to the console)."""
 
     def ticket(no: str, category: str) -> dict:
         names = list(city.category_names(category))
@@ -1376,18 +1410,71 @@ async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ti
     def listed(html: str) -> list[str]:
         return re.findall(r'<a href="/console/tickets/(\d{8}-\d{6})">', html)
 
-    html = await _department_page(monkeypatch, city, tickets, category="city.facility")
+    html, asked = await _department_page(monkeypatch, city, tickets, category="city.facility")
     assert listed(html) == ["20261201-000001", "20261201-000002"]
+    assert asked[0]["category"] == "city.facility"
     select = re.search(r'<select id="f-category" name="category">(.*?)</select>', html, re.S)
     assert select is not None  # the same choices as the ticket list's, the chosen one selected
     options = re.findall(r'<option value="([^"]*)"', select[1])
     assert options == ["", *(cid for cid, _ in list_choices(city)["categories"])]
     assert '<option value="city.facility" selected>城市管理/市政设施</option>' in select[1]
-    html = await _department_page(monkeypatch, city, tickets, category="city.facility.streetlight")
+    html, _ = await _department_page(monkeypatch, city, tickets, category="city.facility.streetlight")
     assert listed(html) == ["20261201-000001"]
-    html = await _department_page(monkeypatch, city, tickets, category="路灯")  # an old text link
+    html, asked = await _department_page(monkeypatch, city, tickets, category="路灯")  # an old text link
     assert listed(html) == ["20261201-000001", "20261201-000002", "20261201-000003"]
+    assert asked[0]["category"] is None
     assert " selected>" not in re.search(r'<select id="f-category".*?</select>', html, re.S)[0]
+
+
+async def test_a_departments_queue_asks_for_the_page_shown_and_its_last_past_the_end(monkeypatch, city):
+    """The console asks the API for one page of 50 with the page's filters (a malformed day narrows
+    nothing); a page past the end (the queue shrank since the link was made) shows the last."""
+    tickets = [{"ticket_no": f"20261201-{i:06d}", "status": "accepted"} for i in range(1, 121)]
+    html, asked = await _department_page(
+        monkeypatch, city, tickets, page="9", overdue="1", grid="s01c01g02", date="2026-12"
+    )
+    assert [a["overdue"] for a in asked] == [True, True]  # page 9, then the last, page 3
+    assert asked[0] == {"status": None, "overdue": True, "category": None, "grid": "s01c01g02", "date": None}
+    html, asked = await _department_page(monkeypatch, city, tickets, page="9", date="2026-12-01")
+    assert asked[0]["date"] == "2026-12-01"
+    assert "共 120 件，按办理时限排序，第 3/3 页" in html
+    assert re.findall(r'<a href="/console/tickets/(\d{8}-\d{6})">', html)[:1] == ["20261201-000101"]
+
+
+def test_a_queue_filter_reads_the_tickets_as_the_store_keeps_them(city):
+    """`QueueFilter.admits` looks at a ticket's JSON (only a page's tickets are made models)."""
+    from tests.router_factory import assigned_ticket
+
+    t = assigned_ticket(city, no="20261201-000001")
+    kept = json.loads(t.model_dump_json())
+    assert t.category
+    assert t.grid
+    assert t.grid.grid
+    day = t.received_at.astimezone(ZoneInfo("Asia/Shanghai")).date()
+    for where, admitted in [
+        (QueueFilter(), True),
+        (QueueFilter(status=t.status), True),
+        (QueueFilter(status="closed"), False),
+        (QueueFilter(overdue=False), True),
+        (QueueFilter(overdue=True), False),
+        (QueueFilter(categories=city.branch(t.category.rsplit(".", 1)[0])), True),
+        (QueueFilter(categories=frozenset({"env.noise"})), t.category == "env.noise"),
+        (QueueFilter(grid=t.grid.grid), True),
+        (QueueFilter(grid="elsewhere"), False),
+        (QueueFilter(received_on=day, tz=ZoneInfo("Asia/Shanghai")), True),
+        (QueueFilter(received_on=date(2000, 1, 1), tz=ZoneInfo("Asia/Shanghai")), False),
+        (QueueFilter(desk=True), False),
+        (QueueFilter(desk=False), True),
+    ]:
+        assert where.admits(kept) is admitted, where
+    asking = json.loads(t.model_copy(update={"extension_request": {"days": 3}}).model_dump_json())
+    returned = json.loads(t.model_copy(update={"returns": 1}).model_dump_json())
+    assert QueueFilter(desk=True).admits(asking)
+    assert QueueFilter(desk=True).admits(returned)
+    assert not QueueFilter().narrows()
+    assert not QueueFilter(status="closed").narrows()
+    assert QueueFilter(status="accepted").narrows()
+    assert QueueFilter(desk=True).narrows()
 
 
 def form_page(name: str, role: str, errors: dict[str, str]) -> str:
@@ -2240,7 +2327,7 @@ class _PeriodApi:
     async def get(self, path: str, **params):
         return self.refused if path == "/api/v1/stats" else Reply(200, {"total": 0})
 
-    async def open_tickets(self, departments):
+    async def open_tickets(self, departments, **filters):
         return []
 
 

@@ -151,8 +151,13 @@ class Api:
     # events by its consumer's lag, and is down when PostgreSQL is, while taking and working appeals must
     # go on without it. The ticket list page (/console/tickets) is the one that searches.
 
-    async def department_tickets(self, dept_id: str, status: str | None = None) -> list[dict]:
-        return await self._every_page(f"/api/v1/departments/{dept_id}/tickets", status=status)
+    async def department_page(self, dept_id: str, page: int, size: int, **filters: Any) -> Reply:
+        """One page of a department's queue, narrowed by the API's filters (status, overdue,
+        category, grid, date, desk)."""
+        return await self.get(f"/api/v1/departments/{dept_id}/tickets", **filters, page=page, size=size)
+
+    async def department_tickets(self, dept_id: str, **filters: Any) -> list[dict]:
+        return await self._every_page(f"/api/v1/departments/{dept_id}/tickets", **filters)
 
     async def _every_page(self, path: str, **params: Any) -> list[dict]:
         """Every ticket of a paged list, however many pages the API takes (what it gave, if a page
@@ -168,10 +173,11 @@ class Api:
                 return tickets
             page += 1
 
-    async def open_tickets(self, departments: list[str]) -> list[dict]:
-        """Every open ticket of the given departments (the desk's view of the whole city), the
-        departments read side by side."""
-        queues = await asyncio.gather(*(self.department_tickets(dept) for dept in departments))
+    async def open_tickets(self, departments: list[str], **filters: Any) -> list[dict]:
+        """The open tickets of the given departments that the filters admit (the desk's view of the
+        whole city), the departments read side by side. The filters narrow them where the tickets
+        are, so a city of thousands of open tickets is read once, not sent here."""
+        queues = await asyncio.gather(*(self.department_tickets(dept, **filters) for dept in departments))
         return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
 
     async def dispatch_queue(self) -> list[dict]:

@@ -4,7 +4,7 @@ as SVG. Pure functions over the API's JSON; no I/O."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -299,6 +299,15 @@ def photo_count(record: Mapping[str, Any]) -> str:
 def page_count(total: int, size: int) -> int:
     """How many pages `total` items take, `size` a page (one, empty, when there are none)."""
     return max(1, -(-total // size))
+
+
+def is_day(value: str) -> bool:
+    """Whether `value` is a day as a date field sends it (2026-12-02)."""
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return len(value) == 10
 
 
 def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:

@@ -539,22 +539,26 @@ DEPARTMENT_PAGE_SIZE = 50
 async def department_page(request: Request, s: session.Session = Depends(as_department)):
     q = request.query_params
     dept = s.principal.department or ""
-    tickets = await api(request, s).department_tickets(dept, status=q.get("status") or None)
     tz, now, city = tz_of(request), datetime.now(UTC), city_of(request)
     choices = list_choices(city)
-    rows = [row(t, tz, now) for t in tickets]
-    if q.get("overdue") == "1":
-        rows = [r for r in rows if r["late"]]
-    if (category := q.get("category") or "") in city.category_by_id:
-        # A category chosen from the list (the ticket list's), its branch with it. Another value
-        # (a link kept from when this was a text box) narrows nothing rather than empty the queue.
-        branch = city.branch(category)
-        rows = [r for r in rows if r.get("category") in branch]
-    if q.get("grid"):
-        rows = [r for r in rows if (r.get("grid") or {}).get("grid") == q["grid"]]
-    if q.get("date"):
-        rows = [r for r in rows if r["received"].startswith(q["date"])]
-    shown, page_no, pages = present.page_of(rows, page_number(request), DEPARTMENT_PAGE_SIZE)
+    # The queue is narrowed and paged where it is kept (a department may hold thousands of open
+    # tickets): only the page shown comes here. A category that is not the city's (a link kept from
+    # when this was a text box) or a malformed day narrows nothing rather than empty the queue.
+    category = q.get("category") or ""
+    narrowed = {
+        "status": q.get("status") or None,
+        "overdue": True if q.get("overdue") == "1" else None,
+        "category": category if category in city.category_by_id else None,
+        "grid": q.get("grid") or None,
+        "date": q.get("date") if present.is_day(q.get("date") or "") else None,
+    }
+    client, wanted = api(request, s), page_number(request)
+    reply = await client.department_page(dept, wanted, DEPARTMENT_PAGE_SIZE, **narrowed)
+    pages = present.page_count(reply.body["total"], DEPARTMENT_PAGE_SIZE) if reply.ok else 1
+    if reply.ok and wanted > pages:  # a page past the end (the queue shrank): its last
+        reply = await client.department_page(dept, pages, DEPARTMENT_PAGE_SIZE, **narrowed)
+    shown = [row(t, tz, now) for t in reply.body["tickets"]] if reply.ok else []
+    total, page_no = (reply.body["total"], min(wanted, pages)) if reply.ok else (0, 1)
     filters = {k: v for k, v in q.items() if k not in ("page", "batch", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     return await page(
@@ -562,7 +566,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         "department.html",
         s=s,
         rows=shown,
-        total=len(rows),
+        total=total,
         page_no=page_no,
         pages=pages,
         page_query=lambda n: urlencode([*sorted(filters.items()), ("page", n)]),
@@ -1150,8 +1154,11 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
     threshold = request.app.state.settings.review_confidence_threshold
     tz, now = tz_of(request), datetime.now(UTC)
+    # Of the city's open tickets only those the desk follows (an extension request to decide, or
+    # returned) come here, picked out where they are kept.
+    departments = [d["id"] for d in present.departments_of(city)]
     queue, everything = await asyncio.gather(
-        client.dispatch_queue(), client.open_tickets([d["id"] for d in present.departments_of(city)])
+        client.dispatch_queue(), client.open_tickets(departments, desk=True)
     )
     waiting = [row(t, tz, now) for t in queue]
     low_all = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
@@ -1818,10 +1825,8 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     volume = {g["group"]: g["assigned"] for g in tables.get("grid", [])}
     top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
     tz, now = tz_of(request), datetime.now(UTC)
-    everything = await client.open_tickets([d["id"] for d in present.departments_of(city)])
-    overdue = sorted(
-        (row(t, tz, now) for t in everything if t.get("overdue")), key=lambda t: t.get("resolve_by") or ""
-    )
+    late = await client.open_tickets([d["id"] for d in present.departments_of(city)], overdue=True)
+    overdue = sorted((row(t, tz, now) for t in late), key=lambda t: t.get("resolve_by") or "")
     return await page(
         request,
         "dashboard.html",

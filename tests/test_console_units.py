@@ -764,7 +764,7 @@ def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_ha
         s=desk,
         sections={"low": section, "unrouted": {"items": [], "total": 0, "page_no": 1, "pages": 1}},
         extensions=[],
-        returned=[],
+        returned={"items": [], "total": 0, "page_no": 1, "pages": 1},
         categories=[],
         departments=[],
         grid_names={},
@@ -2103,12 +2103,33 @@ def test_a_meetings_check_in_or_decision_is_told_in_its_card_or_at_the_top(city)
     assert 'id="meeting-done"' in focused(html[: html.index('id="meeting-M1"')])
 
 
+def test_the_desks_returned_tickets_are_paged_like_its_cards():
+    """退单工单 grows with every return still open: a page of them (each one's reasons are read from
+    its history), the count of all, and the pages, back at the section."""
+    empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
+    rows = [
+        {"ticket_no": f"20261201-{i:06d}", "returns": 1, "return_reasons": [f"区水务局（非本单位职责）{i}"]}
+        for i in range(1, 21)
+    ]
+    html = templates.get_template("desk.html").render(
+        request=None, s=staff("admin"), sections={"low": empty, "unrouted": empty}, extensions=[],
+        returned={"items": rows, "total": 45, "page_no": 2, "pages": 3}, categories=[], departments=[],
+        grid_names={}, kept={}, focus="", done="", error="",
+    )  # fmt: skip
+    assert "退单工单（45）" in html
+    assert html.count("区水务局（非本单位职责）") == 20
+    assert '<nav aria-label="退单工单翻页" class="pager">' in html
+    assert 'href="/console/desk?returned=1#returned" rel="prev"' in html
+    assert 'href="/console/desk?returned=3#returned" rel="next"' in html
+    assert "第 2/3 页" in html
+
+
 def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():
     """An extension's verdict refused (the request was withdrawn meanwhile): no card to go back to."""
     empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
     html = templates.get_template("desk.html").render(
         request=None, s=staff("admin"), sections={"low": empty, "unrouted": empty}, extensions=[],
-        returned=[], categories=[], departments=[], grid_names={}, kept={}, focus="", done="",
+        returned=empty, categories=[], departments=[], grid_names={}, kept={}, focus="", done="",
         error="工单20261201-000001没有待审核的延期申请",
     )  # fmt: skip
     assert told(html, "工单20261201-000001没有待审核的延期申请") == focused(html)

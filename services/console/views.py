@@ -1196,9 +1196,13 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     done = request.query_params.get("done") or ""
     kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
-    returned = [row(t, tz, now) for t in everything if t.get("returns")] + [
+    returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
         t for t in waiting if t.get("returns")
     ]
+    # A page of them, like the cards: each one's reasons are read from its history.
+    returned, returned_page, returned_pages = present.page_of(
+        returned_all, page_number(request, "returned"), DESK_PAGE_SIZE
+    )
     reasons = await asyncio.gather(*(client.return_reasons(t["ticket_no"]) for t in returned))
     for t, why in zip(returned, reasons, strict=True):
         t["return_reasons"] = why
@@ -1216,7 +1220,12 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
             },
         },
         extensions=extensions,
-        returned=returned,
+        returned={
+            "items": returned,
+            "total": len(returned_all),
+            "page_no": returned_page,
+            "pages": returned_pages,
+        },
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
         error=error,

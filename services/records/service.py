@@ -244,7 +244,12 @@ class Records:
             return
         payloads = [payload(topic, e) for topic, e in events]
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            inserted = await insert_events(cur, payloads)
+            # The tickets' locks before their events: a catch-up from Redis (`copy_histories`) locks
+            # its tickets and then inserts their events, so taking them the other way round here
+            # let the two wait on each other (PostgreSQL reported the deadlock). The events go in
+            # in one order, their ids', for the meetings' events, which no ticket's lock covers.
+            await self._lock(cur, {p["ticket_no"] for p in payloads if not p["topic"].startswith("meeting.")})
+            inserted = await insert_events(cur, sorted(payloads, key=lambda p: p["event_id"]))
             # A replay inserts nothing; an event twice in the batch is inserted, and folded, once.
             fresh = list({p["event_id"]: p for p in payloads if p["event_id"] in inserted}.values())
             if taken := [(p["ticket_no"], i, p["event_id"]) for p in fresh for i in photos_of(p)]:
@@ -278,11 +283,11 @@ class Records:
     async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
         """Fold new events onto the stored rows where they all come after what a row holds (the
         usual case: one read of the rows, not of every event); the others, events that arrived
-        out of order, and new tickets, are folded again from all their events."""
+        out of order, and new tickets, are folded again from all their events. The caller holds
+        the tickets' locks."""
         by_ticket: dict[str, list[dict[str, Any]]] = {}
         for p in fresh:
             by_ticket.setdefault(p["ticket_no"], []).append(p)
-        await self._lock(cur, by_ticket)
         await cur.execute(SELECT_TICKETS, (list(by_ticket),))
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
         # A ticket whose personal data was removed while some of its events were still on their

@@ -88,6 +88,9 @@ class LiveFeed:
                             "topic": record.topic,
                             "ticket_no": body.get("ticket_no"),
                             "action": body.get("action"),
+                            # Who holds the ticket after the event (`ticket.*` carry it): a
+                            # department's page hears of its own tickets without asking the API.
+                            "department": (body.get("department") or {}).get("id"),
                         }
                     )
             except asyncio.CancelledError:

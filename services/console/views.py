@@ -653,9 +653,10 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
                 no = item["ticket_no"]
                 if item["topic"] not in ("ticket.assigned", "ticket.updated") or not no:
                     continue
-                # The API answers 404 for another department's ticket: only ours get through.
-                reply = await client.get(f"/api/v1/tickets/{no}")
-                if reply.ok and (reply.body.get("department") or {}).get("id") == dept:
+                # The event names the department holding the ticket after it (a ticket's events
+                # are read in order): only ours get through, and each page does not ask the API
+                # about every ticket of the city that changes.
+                if item.get("department") == dept:
                     ours.add(no)
                     data = json.dumps({"ticket_no": no, "topic": item["topic"]})
                 elif no in ours:

@@ -175,6 +175,12 @@ class Queues:
                     found.append(raw)
         return len(found), [Ticket.model_validate_json(raw) for raw in found[start : start + size]]
 
+    async def numbers(self, dept: str) -> list[str]:
+        """The numbers of the department's open tickets, as its queue holds them, none of them read:
+        what a live page needs to know which tickets are the department's (thousands, in one
+        command)."""
+        return [_text(n) for n in await self.redis.zrange(f"queue:{dept}", 0, -1)]
+
     async def _slice(self, key: str, start: int, size: int) -> tuple[int, list[str]]:
         async with self.redis.pipeline(transaction=False) as p:
             p.zcard(key)

@@ -45,6 +45,9 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
 
     [item] = await eventually(listed)
     assert item["grid"]["grid"] is None
+    paged = (await api.get("/api/v1/review", headers=admin, params={"page": 1, "size": 1})).json()
+    assert (paged["page"], paged["size"], len(paged["items"])) == (1, 1, 1)
+    assert paged["count"] >= 1
     assert item["model_version"]
     assert len(item["top"]) == 2
     assert (await api.get("/api/v1/review", headers={"Authorization": ""})).status_code == 401

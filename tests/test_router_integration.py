@@ -109,6 +109,12 @@ async def test_routing_by_rule_and_the_department_queue(api, producer, city, tok
     ]
     assert deadlines == sorted(deadlines)  # most urgent first
     assert all(x["department"]["id"] == "street_s03" for x in queue["tickets"])
+    # Its numbers only (what a live page needs: no ticket is read for them).
+    r = await api.get("/api/v1/departments/street_s03/tickets/numbers", headers=mine)
+    numbers = r.json()
+    assert numbers["department"] == "street_s03"
+    assert numbers["total"] == len(numbers["ticket_nos"])
+    assert no in numbers["ticket_nos"]
 
 
 async def test_department_isolation(api, producer, city, tokens):
@@ -130,10 +136,11 @@ async def test_department_isolation(api, producer, city, tokens):
         r = await api.post(f"/api/v1/tickets/{no}/{action}", headers=other, json=body)
         assert r.status_code == 404, action
         assert "street_s03" not in r.text, action
-    queue = await api.get("/api/v1/departments/street_s03/tickets", headers=other)
-    assert queue.status_code == 403
-    assert "total" not in queue.json()
-    assert no not in queue.text
+    for path in ("/api/v1/departments/street_s03/tickets", "/api/v1/departments/street_s03/tickets/numbers"):
+        queue = await api.get(path, headers=other)
+        assert queue.status_code == 403
+        assert "total" not in queue.json()
+        assert no not in queue.text
     assert (await api.get(f"/api/v1/tickets/{no}")).status_code == 401
     assert (
         await api.get(f"/api/v1/tickets/{no}", headers={"Authorization": "Bearer nope"})

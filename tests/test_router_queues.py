@@ -98,3 +98,53 @@ async def test_a_departments_queue_is_paged_and_narrowed_where_it_is_kept(redis)
     finally:
         await redis.delete(f"queue:{dept}", f"queue:{dept}:closed", *(f"t:{n}" for n in nos))
         await redis.hdel("queue:owner", *nos)
+
+
+async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_call(redis):
+    """The desk's queue holds its waiting tickets (待人工派单) and, until their surveys close them,
+    those answered on the call: `status=review` reads only the first, whose score is theirs alone,
+    yet still checks each ticket it reads (one indexed before, with the score of the waiting, is
+    left out)."""
+    city = demo_city()
+    store = TicketStore(redis)
+    queues = Queues(redis, store)
+    dept = f"test-desk-{uuid.uuid4().hex[:8]}"
+    own = DepartmentRef(id=dept, name="测试派单中心")
+    waiting = [
+        assigned_ticket(city, confidence=0.3, no=f"20261123-7730{i}").model_copy(update={"department": own})
+        for i in range(2)
+    ]
+    assert {t.status for t in waiting} == {st.REVIEW}
+    answered = [
+        t.model_copy(update={"ticket_no": f"20261123-7731{i}", "status": st.RESOLVED})
+        for i, t in enumerate(waiting)
+    ]
+    tickets = waiting + answered
+    for t in tickets:
+        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
+    await queues.index(tickets)
+    nos = [t.ticket_no for t in tickets]
+    read: list[str] = []
+    mget = redis.mget
+
+    async def counted_mget(keys, *args):
+        read.extend(keys)
+        return await mget(keys, *args)
+
+    try:
+        redis.mget = counted_mget
+        total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
+        assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
+        assert sorted(read) == [f"t:{n}" for n in nos[:2]]
+        # Answered on the call before the waiting had a score of their own: read, and left out.
+        await redis.zadd(f"queue:{dept}", {nos[2]: float(await redis.zscore(f"queue:{dept}", nos[0]))})
+        total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
+        assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
+        # Unfiltered, the desk's queue lists them all, the waiting first.
+        _total, everything = await queues.page(dept, QueueFilter(), page=1, size=50)
+        assert [t.ticket_no for t in everything][:2] == nos[:2]
+        assert sorted(t.ticket_no for t in everything) == sorted(nos)
+    finally:
+        del redis.mget
+        await redis.delete(f"queue:{dept}", *(f"t:{n}" for n in nos))
+        await redis.hdel("queue:owner", *nos)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from redis.asyncio import Redis
 
 from services.classifier.classification import Classifier
@@ -25,6 +26,8 @@ from shared.city import City
 from shared.errors import DomainError
 from shared.events import AppealClassified
 from shared.settings import Settings
+from shared.store import ticket_key
+from shared.tickets import Status
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +155,31 @@ async def queue_for_review(redis: Redis, results: Sequence[AppealClassified]) ->
         await redis.hset(REVIEW_KEY, mapping={r.ticket_no: r.json_text for r in results})
 
 
-async def waiting_for_review(redis: Redis) -> list[AppealClassified]:
+async def review_page(redis: Redis, page: int | None, size: int) -> tuple[int, list[AppealClassified]]:
+    """How many appeals wait for a person, and those of `page` (`size` a page; None: every one),
+    oldest first. Those whose tickets were settled another way (an operator dispatched them at the
+    desk) leave the queue as they are found. Each appeal and its ticket is looked at as the JSON
+    kept (its time, its ticket's status), and only the page's are made models: a queue of
+    thousands is read once, not parsed whole for the twenty shown."""
     raw = await redis.hgetall(REVIEW_KEY)
-    items = [AppealClassified.model_validate_json(v) for v in raw.values()]
-    return sorted(items, key=lambda r: r.appeal.received_at)
+    nos = [no.decode() if isinstance(no, bytes) else str(no) for no in raw]
+    statuses: list[str | None] = []
+    for i in range(0, len(nos), 500):
+        for t in await redis.mget([ticket_key(no) for no in nos[i : i + 500]]):
+            statuses.append(orjson.loads(t)["status"] if t else None)
+    open_ = (None, Status.RECEIVED, Status.REVIEW)
+    settled = [no for no, status in zip(nos, statuses, strict=True) if status not in open_]
+    await done_reviewing(redis, settled)
+    waiting = sorted(
+        (
+            (datetime.fromisoformat(orjson.loads(v)["appeal"]["received_at"]), no, v)
+            for no, v, status in zip(nos, raw.values(), statuses, strict=True)
+            if status in open_
+        ),
+        key=lambda w: w[:2],
+    )
+    shown = waiting if page is None else waiting[(page - 1) * size : page * size]
+    return len(waiting), [AppealClassified.model_validate_json(v) for _, _, v in shown]
 
 
 async def in_review(redis: Redis, ticket_no: str) -> AppealClassified | None:

@@ -4,7 +4,7 @@ published as a classification."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from services.classifier import review, service
@@ -14,7 +14,6 @@ from shared.errors import DomainError
 from shared.events import AppealClassified, now_utc
 from shared.feedback import record_example
 from shared.http import domain_error
-from shared.tickets import Status
 
 router = APIRouter(prefix="/api/v1/review", tags=["review"])
 
@@ -43,20 +42,18 @@ def _item(r: AppealClassified) -> dict:
 
 
 @router.get("")
-async def list_review(request: Request, _: Principal = Depends(require_admin)) -> dict:
-    """Appeals waiting for a person, oldest first. Tickets settled another way (an operator assigned
-    them at the dispatch desk) leave the queue."""
-    state = request.app.state
-    waiting = await service.waiting_for_review(state.redis)
-    tickets = await state.store.get_many([r.ticket_no for r in waiting])
-    settled = [
-        r.ticket_no
-        for r, t in zip(waiting, tickets, strict=False)
-        if t is not None and t.status not in (Status.RECEIVED, Status.REVIEW)
-    ]
-    await service.done_reviewing(state.redis, settled)
-    items = [_item(r) for r in waiting if r.ticket_no not in settled]
-    return {"count": len(items), "items": items}
+async def list_review(
+    request: Request,
+    _: Principal = Depends(require_admin),
+    page: int | None = Query(None, ge=1, description="a page of the queue (else every appeal in it)"),
+    size: int = Query(50, ge=1, le=200, description="appeals a page, with `page`"),
+) -> dict:
+    """Appeals waiting for a person, oldest first: every one, or with `page` a page of `size`.
+    `count`: how many wait. Tickets settled another way (an operator assigned them at the dispatch
+    desk) leave the queue."""
+    count, waiting = await service.review_page(request.app.state.redis, page, size)
+    paged = {"page": page, "size": size} if page is not None else {}
+    return {"count": count, **paged, "items": [_item(r) for r in waiting]}
 
 
 @router.post("/{ticket_no}")

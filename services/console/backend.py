@@ -159,6 +159,11 @@ class Api:
     async def department_tickets(self, dept_id: str, **filters: Any) -> list[dict]:
         return await self._every_page(f"/api/v1/departments/{dept_id}/tickets", **filters)
 
+    async def department_ticket_nos(self, dept_id: str) -> set[str]:
+        """The numbers of the department's open tickets (none of the tickets read); empty if refused."""
+        reply = await self.get(f"/api/v1/departments/{dept_id}/tickets/numbers")
+        return set(reply.body["ticket_nos"]) if reply.ok else set()
+
     async def _every_page(self, path: str, **params: Any) -> list[dict]:
         """Every ticket of a paged list, however many pages the API takes (what it gave, if a page
         is refused)."""

@@ -640,7 +640,8 @@ async def department_live(request: Request, s: session.Session = Depends(as_depa
             await asyncio.wait_for(feed.ready.wait(), timeout=30)
             # The tickets the page may show. One that leaves (改派 by the desk, 转人民调解) is news
             # too, though the department can no longer read it; others' tickets never get through.
-            ours = {t["ticket_no"] for t in await client.department_tickets(dept or "")}
+            # Their numbers only: a queue of thousands is not read ticket by ticket for them.
+            ours = await client.department_ticket_nos(dept or "")
             yield "retry: 3000\nevent: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
                 try:

@@ -3,7 +3,9 @@ meetings and hotspot counters. I/O only; the decisions are in workflow / timers 
 
 Keys:
   timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
-  queue:{dept}           sorted set: the department's open tickets -> their nearest deadline
+  queue:{dept}           sorted set: the department's open tickets -> their nearest deadline (those
+                         with none: one score for those waiting to be acted on, a higher one for
+                         those resolved or in a meeting)
   queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
   meeting:{id}           a joint meeting, as JSON (meetings.Meeting); a decided one leaves Redis
@@ -40,6 +42,11 @@ from shared.tickets import Status, Ticket
 TIMERS = "timers"
 OWNER = "queue:owner"
 _FAR = 4102444800.0  # 2100-01-01: tickets with no running deadline sort last
+# Of those, the tickets no one is to act on now (resolved and waiting for their survey, in a
+# meeting) sort after the ones waiting for the desk (待人工派单), which then share one score of their
+# own: the desk's queue also holds every ticket answered on the call until its survey closes it,
+# thousands a day in a big city, and its waiting tickets are read without reading those.
+_DONE = _FAR + 1
 
 # Claim due timers atomically: each due member is pushed `lease` seconds into the future, so no
 # other replica sees it; the claimer removes it once fired. A claimer that dies leaves it to come
@@ -84,7 +91,9 @@ def _text(value: object) -> str:
 
 def _queue_score(t: Ticket) -> float:
     due = t.respond_by if t.status == Status.ASSIGNED else t.resolve_by
-    return due.timestamp() if due and t.status in (Status.ASSIGNED, Status.ACCEPTED) else _FAR
+    if due and t.status in (Status.ASSIGNED, Status.ACCEPTED):
+        return due.timestamp()
+    return _DONE if t.status in (Status.RESOLVED, Status.SURVEYED, Status.MEETING) else _FAR
 
 
 # Index a batch in one command. A ticket leaves the queue of the department that held it before
@@ -149,16 +158,28 @@ class Queues:
         if not where.narrows():
             total, nos = await self._slice(key, start, size)
             return total, [t for t in await self.store.get_many(nos) if t is not None and _held_by(t, dept)]
-        # The whole queue is read, but only the page's tickets are made models: the others are
-        # looked at as the JSON the store keeps (a fifth of the time a model takes, and the page of
-        # a queue of ten thousand narrowed to a few is then a quarter of a second, not a second).
-        nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
+        # The whole queue is read (for `status=review`, only its tickets with the score of those
+        # waiting for the desk: see `_DONE`), but only the page's tickets are made models: the
+        # others are looked at as the JSON the store keeps (a fifth of the time a model takes, and
+        # the page of a queue of ten thousand narrowed to a few is then a quarter of a second, not
+        # a second). Each ticket read is still checked: one indexed before `_DONE` existed sorts
+        # with the waiting ones until it next changes, and the filter leaves it out.
+        if where.status == Status.REVIEW:
+            nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, _FAR)]
+        else:
+            nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
         found: list[bytes | str] = []
         for i in range(0, len(nos), 500):
             for raw in await self.redis.mget([ticket_key(n) for n in nos[i : i + 500]]):
                 if raw and _held_by(kept := orjson.loads(raw), dept) and where.admits(kept):
                     found.append(raw)
         return len(found), [Ticket.model_validate_json(raw) for raw in found[start : start + size]]
+
+    async def numbers(self, dept: str) -> list[str]:
+        """The numbers of the department's open tickets, as its queue holds them, none of them read:
+        what a live page needs to know which tickets are the department's (thousands, in one
+        command)."""
+        return [_text(n) for n in await self.redis.zrange(f"queue:{dept}", 0, -1)]
 
     async def _slice(self, key: str, start: int, size: int) -> tuple[int, list[str]]:
         async with self.redis.pipeline(transaction=False) as p:

@@ -292,6 +292,14 @@ class City(_Model):
         return frozenset(cid for cid, path in self.category_path.items() if category_id in path)
 
     @cached_property
+    def placed_categories(self) -> frozenset[str]:
+        """The categories whose lead the place can change: a rule for them (or a category above
+        them) narrowed to a street, community or grid. Without a grid such an appeal needs a person
+        (the dispatch desk); any other is routed by its rule wherever it happened."""
+        narrowed = {r.category for r in self.responsibilities.rules if r.street or r.community or r.grid}
+        return frozenset(cid for cid, path in self.category_path.items() if narrowed.intersection(path))
+
+    @cached_property
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)
 

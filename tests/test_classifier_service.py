@@ -23,7 +23,9 @@ from tests.conftest import ROOT, eventually, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 
-PLACELESS = "路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒"
+# No place at all, and garbage is one street's in one grid (the responsibility list): no grid, so it
+# waits for a person. (A streetlight with no place is the district's wherever it is: routed.)
+PLACELESS = "楼下的垃圾好几天没人清运了，臭气熏天，苍蝇到处飞"
 
 
 async def submit(api: httpx.AsyncClient, text: str, **extra) -> str:
@@ -36,7 +38,7 @@ async def submit(api: httpx.AsyncClient, text: str, **extra) -> str:
 
 async def test_a_reviewers_correction_is_stored_and_published(api, redis, settings, tmp_path):
     admin = {"Authorization": f"Bearer {await issue_token(redis, 'admin')}"}
-    no = await submit(api, PLACELESS)  # no place at all: no grid, so it must wait for a person
+    no = await submit(api, PLACELESS)
 
     async def listed():
         r = await api.get("/api/v1/review", headers=admin)
@@ -56,7 +58,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
     assert bad.status_code == 422
     assert "末级分类" in bad.json()["message"]
     no_grid = await api.post(
-        f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin
+        f"/api/v1/review/{no}", json={"category": "city.appearance.garbage"}, headers=admin
     )
     assert no_grid.status_code == 422
     assert no_grid.json()["error"] == "grid_required"
@@ -72,15 +74,15 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
     try:
         r = await api.post(
             f"/api/v1/review/{no}",
-            json={"category": "city.facility.streetlight", "grid": "s01c01g01"},
+            json={"category": "city.appearance.garbage", "grid": "s01c01g01"},
             headers=admin,
         )
         assert r.status_code == 200, r.text
-        assert r.json()["category_names"] == ["城市管理", "市政设施", "路灯故障"]
+        assert r.json()["category_names"] == ["城市管理", "市容环境", "垃圾清运"]
 
         stored = json.loads(await redis.get(f"feedback:ticket:{no}"))
         assert (stored["label"], stored["grid"], stored["source"], stored["text"]) == (
-            "city.facility.streetlight",
+            "city.appearance.garbage",
             "s01c01g01",
             "review",
             PLACELESS,
@@ -96,7 +98,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
 
         event = await eventually(corrected)
         assert event["event_id"] == r.json()["event_id"]
-        assert event["category"] == "city.facility.streetlight"
+        assert event["category"] == "city.appearance.garbage"
         assert event["confidence"] == 1.0
         assert event["grid"]["grid"] == "s01c01g01"
         assert event["grid"]["method"] == "reviewer"
@@ -107,7 +109,7 @@ async def test_a_reviewers_correction_is_stored_and_published(api, redis, settin
 
     assert not await listed()  # reviewed appeals leave the queue
     again = await api.post(
-        f"/api/v1/review/{no}", json={"category": "city.facility.streetlight"}, headers=admin
+        f"/api/v1/review/{no}", json={"category": "city.appearance.garbage"}, headers=admin
     )
     assert again.status_code == 404
 

@@ -296,12 +296,30 @@ def test_urgent_and_placeless_appeals(classifier):
     gas = AppealReceived(
         ticket_no="T2", channel="hotline", text="求助！楼道里燃气泄漏，味道很大", address="翠竹苑3号楼"
     )
-    vague = AppealReceived(ticket_no="T3", channel="web", text="路灯坏了一个星期了，晚上很黑")
+    vague = AppealReceived(ticket_no="T3", channel="web", text="垃圾好几天没人收了，很臭")
     r_gas, r_vague = classifier.classify([gas, vague])
     assert r_gas.urgent
     assert r_gas.appeal_type == "求助"
     assert r_vague.grid.grid is None
     assert r_vague.needs_review
+
+
+def test_a_placeless_appeal_waits_for_a_person_only_where_the_place_decides_its_department(classifier):
+    """Garbage is one street's in one grid (the responsibility list), so without a grid a person
+    places it; a streetlight is the district's wherever it is, so a confident one is not held."""
+    garbage = AppealReceived(
+        ticket_no="T4", channel="web", text="楼下的垃圾好几天没人清运了，臭气熏天，苍蝇到处飞"
+    )
+    light = AppealReceived(
+        ticket_no="T5", channel="web", text="小区门口的路灯坏了一个多星期，晚上黑漆漆的，请尽快修好"
+    )
+    r_garbage, r_light = classifier.classify([garbage, light])
+    assert (r_garbage.grid.grid, r_light.grid.grid) == (None, None)
+    assert r_garbage.category in classifier.city.placed_categories
+    assert r_garbage.needs_review
+    assert r_light.category == "city.facility.streetlight"
+    assert r_light.confidence >= classifier.threshold
+    assert not r_light.needs_review
 
 
 def test_the_models_own_threshold_is_used(classifier):

@@ -62,10 +62,25 @@ def test_low_confidence_goes_to_the_dispatch_desk_and_says_why(city):
     assert "0.50" in r.explanation
 
 
-def test_unknown_grid_goes_to_the_dispatch_desk(city):
+def test_unknown_grid_goes_to_the_dispatch_desk_where_the_place_decides_the_department(city):
+    """Garbage is the street's in one grid (南苑批发市场), street vending the street's in 建设街道:
+    without a grid no rule can be chosen, so a person places it."""
+    for category in ("city.appearance.garbage", "city.appearance.street_vending"):
+        assert category in city.placed_categories
+        r = route(city, category, grid(city, None), 0.9, 0.5)
+        assert (r.lead, r.via) == ("dispatch_desk", "dispatch_desk")
+        assert "未能确定所属网格，而本类诉求按地点由不同单位承办" in r.explanation
+
+
+def test_unknown_grid_is_routed_by_the_rule_where_the_place_decides_nothing(city):
+    """A streetlight is the district's urban management's wherever it is: an address on a road
+    through several grids does not send it to the desk."""
+    assert "city.facility.streetlight" not in city.placed_categories
     r = route(city, "city.facility.streetlight", grid(city, None), 0.9, 0.5)
-    assert r.via == "dispatch_desk"
-    assert "网格" in r.explanation
+    assert (r.lead, r.via) == ("urban_mgmt", "rule")
+    assert "未能确定所属网格（本类诉求不分地点，由同一单位承办）" in r.explanation
+    # Low confidence still goes to the desk, placed or not.
+    assert route(city, "city.facility.streetlight", grid(city, None), 0.3, 0.5).via == "dispatch_desk"
 
 
 def test_no_rule_falls_back_to_the_district_office(city, tmp_path):

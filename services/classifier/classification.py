@@ -77,7 +77,10 @@ class Classifier:
                         appeal.urgent_flag,
                         float(pred.urgent[i]) if pred.urgent is not None else None,
                     ),
-                    needs_review=confidence < threshold or grid.grid is None,
+                    # Without a grid a person places it only where the place decides who leads
+                    # it (the router routes the others by their rule).
+                    needs_review=confidence < threshold
+                    or (grid.grid is None and category in self.city.placed_categories),
                     review_threshold=round(threshold, 4),
                     model_version=model.version,
                 )

@@ -146,11 +146,15 @@ def handled_on_spot(city: City, grid: GridMatch, worker: str | None) -> Routing:
 
 def route(city: City, category: str, grid: GridMatch, confidence: float, threshold: float) -> Routing:
     names = "/".join(city.category_names(category))
-    if confidence < threshold or grid.grid is None:
+    # A place the classifier could not pin to one grid (a road through several, no address) needs a
+    # person only where the place decides the department: a manhole is the district's urban
+    # management's wherever on 建设路 it is, and waiting at the desk would only delay it.
+    unplaced = grid.grid is None and category in city.placed_categories
+    if confidence < threshold or unplaced:
         why = (
             f"分类置信度{confidence:.2f}低于阈值{threshold:.2f}"
             if confidence < threshold
-            else "未能确定所属网格"
+            else "未能确定所属网格，而本类诉求按地点由不同单位承办"
         )
         return Routing(
             lead=city.responsibilities.dispatch_desk,
@@ -172,15 +176,17 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
     best_score, best = rules[0]
     ties = tuple(r.lead for score, r in rules[1:] if score == best_score and r.lead != best.lead)
     rule_text = describe_rule(city, best)
+    where = (
+        f"网格{grid_name(city, grid.grid)}（{GRID_METHODS.get(grid.method, grid.method)}）"
+        if grid.grid is not None
+        else "未能确定所属网格（本类诉求不分地点，由同一单位承办）"
+    )
     return Routing(
         lead=best.lead,
         co=best.co,
         via="rule",
         rule=rule_text,
-        explanation=(
-            f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，"
-            f"网格{grid_name(city, grid.grid)}（{GRID_METHODS.get(grid.method, grid.method)}）"
-        ),
+        explanation=f"按权责清单“{rule_text}”派单，分类置信度{confidence:.2f}，{where}",
         ambiguous=ties,
     )
 

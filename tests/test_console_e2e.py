@@ -220,7 +220,7 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         overall={**group, "direct_answer_rate": 0.1, "handled_on_spot": 1},
         map=present.grid_map(load_city(), {}),
         trend=None, trend_by="category", trend_error="趋势暂不可用", top_categories=[], top_max=0,
-        overdue=[late], urlencode=urlencode,
+        overdue=[late], overdue_total=1, urlencode=urlencode,
     )  # fmt: skip
     p = await on_a_phone(browser, html)
     try:

@@ -1146,6 +1146,7 @@ def dashboard_html(city, trend: dict, trend_by: str) -> str:
         top_categories=[],
         top_max=0,
         overdue=[],
+        overdue_total=0,
         urlencode=urlencode,
     )
 
@@ -2305,13 +2306,29 @@ def patrol_html(**context) -> str:
     return templates.get_template("patrol.html").render(request=None, **{**defaults, **context})
 
 
+def test_the_dashboard_lists_the_longest_overdue_and_says_how_many_there_are(city):
+    """A city behind on hundreds of tickets: the dashboard counts them all and lists the worst."""
+    late = [
+        {"ticket_no": f"20261201-{i:06d}", "department": {"name": "区城市管理委员会"}, "left": "已超期1天",
+         "category_label": "城市管理"}
+        for i in range(1, 51)
+    ]  # fmt: skip
+    html = period_html(city, overdue=late, overdue_total=321, trend_error="趋势暂不可用")
+    assert "超期工单（321）" in html
+    assert '<p class="muted" id="overdue-shown">列出超期最久的50件。</p>' in html
+    assert len(re.findall(r'<tr class="late">', html)) == 50
+    few = period_html(city, overdue=late[:3], overdue_total=3, trend_error="趋势暂不可用")
+    assert "超期工单（3）" in few
+    assert 'id="overdue-shown"' not in few
+
+
 def period_html(city, **context) -> str:
     """The dashboard as rendered for a period (its figures, or the period's refusal)."""
     defaults = {
         "s": staff("admin"), "start": "2033-07-04", "end": "2033-07-10", "error": "", "error_at": "",
         "tables": {}, "dimension_names": {}, "map": present.grid_map(city, {}), "trend": None,
         "trend_by": "category", "trend_error": "", "top_categories": [], "top_max": 0, "overdue": [],
-        "urlencode": urlencode,
+        "overdue_total": 0, "urlencode": urlencode,
         "overall": dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),

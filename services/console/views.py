@@ -1837,7 +1837,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     top_categories = sorted(tables.get("category", []), key=lambda g: -g["assigned"])[:10]
     tz, now = tz_of(request), datetime.now(UTC)
     late = await client.open_tickets([d["id"] for d in present.departments_of(city)], overdue=True)
-    overdue = sorted((row(t, tz, now) for t in late), key=lambda t: t.get("resolve_by") or "")
+    overdue = sorted((row(t, tz, now) for t in late), key=lambda t: present.due_of(t) or now)
     return await page(
         request,
         "dashboard.html",
@@ -1855,9 +1855,13 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         trend_error=trend_error,
         top_categories=top_categories,
         top_max=max((g["assigned"] for g in top_categories), default=0),
-        overdue=overdue,
+        overdue=overdue[:DASHBOARD_OVERDUE_SHOWN],
+        overdue_total=len(overdue),
         urlencode=urlencode,
     )
+
+
+DASHBOARD_OVERDUE_SHOWN = 50  # the longest overdue of the city's overdue tickets
 
 
 def live_feed(request: Request) -> LiveFeed:

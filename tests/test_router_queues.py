@@ -13,15 +13,18 @@ from tests.cities import demo_city
 from tests.router_factory import T0, assigned_ticket
 
 
+def own_department(kind: str = "queue", name: str = "测试单位") -> tuple[str, DepartmentRef]:
+    """A department of its own: the city's departments hold the session's other tickets (closed ones
+    newer than these, a page of which might not reach these), and their queues are not a test's to
+    delete."""
+    dept = f"test-{kind}-{uuid.uuid4().hex[:8]}"
+    return dept, DepartmentRef(id=dept, name=name)
+
+
 async def test_closed_tickets_move_to_the_departments_closed_list(redis):
     city = demo_city()
-    store = TicketStore(redis)
-    queues = Queues(redis, store)
-    # A department of its own: the city's departments hold the session's other tickets (closed ones
-    # newer than these, a page of which might not reach these), and their queues are not this
-    # test's to delete.
-    dept = f"test-queue-{uuid.uuid4().hex[:8]}"
-    own = DepartmentRef(id=dept, name="测试单位")
+    queues = Queues(redis, TicketStore(redis))
+    dept, own = own_department()
     a, b = (
         assigned_ticket(city, no=f"20261123-7710{i}").model_copy(update={"department": own}) for i in range(2)
     )
@@ -44,10 +47,8 @@ async def test_a_departments_queue_is_paged_and_narrowed_where_it_is_kept(redis)
     queue's; each filter narrows the queue before it is paged; a ticket that moved to another
     department since it was indexed is not listed."""
     city = demo_city()
-    store = TicketStore(redis)
-    queues = Queues(redis, store)
-    dept = f"test-queue-{uuid.uuid4().hex[:8]}"
-    own = DepartmentRef(id=dept, name="测试单位")
+    queues = Queues(redis, TicketStore(redis))
+    dept, own = own_department()
     base = [
         assigned_ticket(city, category=cat, grid_id=grid, no=f"20261123-7720{i}")
         for i, (cat, grid) in enumerate(
@@ -106,10 +107,8 @@ async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_
     yet still checks each ticket it reads (one indexed before, with the score of the waiting, is
     left out)."""
     city = demo_city()
-    store = TicketStore(redis)
-    queues = Queues(redis, store)
-    dept = f"test-desk-{uuid.uuid4().hex[:8]}"
-    own = DepartmentRef(id=dept, name="测试派单中心")
+    queues = Queues(redis, TicketStore(redis))
+    dept, own = own_department("desk", "测试派单中心")
     waiting = [
         assigned_ticket(city, confidence=0.3, no=f"20261123-7730{i}").model_copy(update={"department": own})
         for i in range(2)
@@ -155,8 +154,7 @@ async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
     page: every page must read only its own tickets. When each page read the whole queue again, a
     department of 11,600 open tickets took the console 70 s to list."""
     city = demo_city()
-    dept = f"test-queue-{uuid.uuid4().hex[:8]}"
-    own = DepartmentRef(id=dept, name="测试单位")
+    dept, own = own_department()
     template = assigned_ticket(city, no="20261123-780000").model_copy(update={"department": own})
     tickets = [
         template.model_copy(

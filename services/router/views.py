@@ -609,7 +609,7 @@ async def department_tickets(
         categories=categories,
         grid=grid,
         received_on=date,
-        tz=ZoneInfo(request.app.state.settings.timezone),
+        tz=_tz(request),
         desk=desk,
     )
     total, items = await queues(request).page(dept_id, where, page=page, size=size)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SESSION_TIMEOUT_MS
+from tests.conftest import CALLERS_PATH_FETCH_WAIT_MS, ROOT, SESSION_TIMEOUT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,7 @@ def bench(data_dir, *args: str) -> tuple[dict, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
     env["DATA_DIR"] = str(data_dir)
     env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)  # its consumers' and workers' joins
+    env["KAFKA_CALLERS_PATH_FETCH_WAIT_MS"] = str(CALLERS_PATH_FETCH_WAIT_MS)  # as the other systems
     run = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "pipeline", *args, "--json", str(out)],
         cwd=ROOT,

@@ -22,7 +22,7 @@ from shared.auth import issue_token
 from shared.embedded import EmbeddedServers, port_open
 from shared.settings import Settings
 from shared.store import history_key
-from tests.conftest import SESSION_TIMEOUT_MS, System, eventually
+from tests.conftest import CALLERS_PATH_FETCH_WAIT_MS, SESSION_TIMEOUT_MS, System, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=1)]
 
@@ -105,6 +105,7 @@ async def running_on_servers_of_its_own(
             quiet_hours="none",
             sms_daily_cap=1000,
             kafka_session_timeout_ms=SESSION_TIMEOUT_MS,
+            kafka_callers_path_fetch_wait_ms=CALLERS_PATH_FETCH_WAIT_MS,
             # A server lost, or back, is noticed at a worker's next check: within a second.
             health_check_seconds=1,
         )

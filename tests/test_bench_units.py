@@ -1,0 +1,23 @@
+"""The benchmark's arithmetic, apart from any broker (its runs are in tests/test_bench.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.bench import out_rate
+
+
+def test_the_broker_limit_counts_what_came_after_the_first_batch_over_the_time_since_it():
+    # Published at 0.0; 100 out at 1.0, then 900 more until 2.0: 900 over the second between.
+    assert out_rate(1000, 100, 1.0, 2.0, started=0.0) == pytest.approx(900)
+
+
+def test_two_batches_microseconds_apart_are_not_millions_a_second():
+    # 500 messages, the first one alone and the rest 43 µs later, all after 0.3 s of filling the
+    # hops: over the time since publishing began, not 499 over 43 µs.
+    assert out_rate(500, 1, 1.0, 1.000043, started=0.7) == pytest.approx(500 / 0.300043)
+
+
+def test_everything_in_one_batch_is_counted_from_the_start_of_publishing():
+    assert out_rate(500, 500, 1.0, 1.0, started=0.5) == pytest.approx(1000)
+    assert out_rate(0, 0, 0.0, 0.0, started=0.5) == 0.0

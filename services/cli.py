@@ -372,9 +372,6 @@ def evaluate(
     """Accuracy, macro-F1, per-class figures, confusion matrix, calibration error, and review: with
     --model, precision and auto-routed share at the model's own threshold (the fitted one only as
     the best possible on DATA); with --cv, the threshold fitted on out-of-fold predictions."""
-    from services.classifier import analyst, evaluation
-    from shared.city import load_city
-
     settings = get_settings()
     if (model is None) == (cv == 0):
         _fail("give exactly one of --model MODEL_PATH or --cv K (K >= 2)")
@@ -383,6 +380,10 @@ def evaluate(
     if curve and not cv:
         _fail("--learning-curve needs --cv K: the curve is cross-validated")
     records = _read_data(data)
+    # After the checks: scikit-learn and jieba take seconds to load, a mistyped option should not.
+    from services.classifier import analyst, evaluation
+    from shared.city import load_city
+
     try:
         if cv:
             city = load_city(settings.city_config_dir)

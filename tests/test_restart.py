@@ -219,9 +219,9 @@ async def test_numbers_are_never_handed_out_twice_when_the_counter_is_lost(redis
 # not yet so in the record), classified and waiting for the router, not yet classified, and requests
 # in flight, however fast or slow the machine is.
 LIMIT = 3000
-RECORD_HELD_AT = 200
-ROUTER_HELD_AT = 500
-HELD_EACH = 700
+RECORD_HELD_AT = 100
+ROUTER_HELD_AT = 250
+HELD_EACH = 350
 
 
 def whole_system(settings, data: Path, postgres_dir: Path | None, log_dir: Path):

@@ -512,10 +512,6 @@ def test_a_long_list_is_shown_a_page_at_a_time():
     assert present.page_of(items, 3, 20) == (list(range(40, 45)), 3, 3)
     assert present.page_of(items, 99, 20) == (list(range(40, 45)), 3, 3)  # past the end: the last page
     assert present.page_of([], 1, 20) == ([], 1, 1)
-    tickets = [{"ticket_no": f"N{i}"} for i in range(45)]
-    assert present.page_holding(tickets, "N20", 20) == 2
-    assert present.page_holding(tickets, "N19", 20) == 1
-    assert present.page_holding(tickets, "elsewhere", 20) is None
 
 
 def meeting(city, **changes):
@@ -784,8 +780,23 @@ class _DeskApi:
     def __init__(self, card: dict, assign: Reply) -> None:
         self.card, self.assign, self.posted = card, assign, []
 
-    async def dispatch_queue(self) -> list[dict]:
+    def waiting(self) -> list[dict]:
         return [self.card]
+
+    async def dispatch_queue(self, **filters) -> list[dict]:
+        assert filters == {"desk": True}  # the returned ones, picked out by the API
+        return [t for t in self.waiting() if t.get("returns")]
+
+    async def dispatch_section(self, *, low: bool, page: int, size: int, ticket: str = "") -> Reply:
+        """As the API splits and pages them (the settings' threshold below is 0.6)."""
+        items = [
+            t for t in self.waiting() if (t.get("confidence") is not None and t["confidence"] < 0.6) == low
+        ]
+        at = next((i for i, t in enumerate(items) if t["ticket_no"] == ticket), None)
+        page = at // size + 1 if at is not None else min(page, max(1, -(-len(items) // size)))
+        return Reply(
+            200, {"tickets": items[(page - 1) * size : page * size], "total": len(items), "page": page}
+        )
 
     async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
         return []
@@ -902,7 +913,7 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
     ]
 
     class Queue(_DeskApi):  # the cards still waiting: a dispatched one leaves the queue
-        async def dispatch_queue(self) -> list[dict]:
+        def waiting(self) -> list[dict]:
             return queue
 
         async def open_tickets(self, departments: list[str], **filters) -> list[dict]:

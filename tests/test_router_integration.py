@@ -165,6 +165,13 @@ async def test_dispatch_desk_fallback_and_feedback(api, producer, city, tokens, 
         return no in [x["ticket_no"] for x in r.json()["tickets"]]
 
     await eventually(queued)
+    # Below the review threshold: on the desk's 低置信度待复核 list, on the page that holds it.
+    low = (
+        await api.get("/api/v1/dispatch/queue", headers=admin, params={"low": "true", "ticket": no})
+    ).json()
+    assert no in [x["ticket_no"] for x in low["tickets"]]
+    others = await api.get("/api/v1/dispatch/queue", headers=admin, params={"low": "false", "size": 200})
+    assert no not in [x["ticket_no"] for x in others.json()["tickets"]]
     assert (await api.get("/api/v1/dispatch/queue", headers=await tokens("urban_mgmt"))).status_code == 403
     r = await api.post(
         f"/api/v1/dispatch/{no}/assign", headers=admin, json={"department": "nobody", "note": "x"}

@@ -149,6 +149,52 @@ async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_
         await redis.hdel("queue:owner", *nos)
 
 
+async def test_the_desks_waiting_tickets_are_split_by_confidence_and_a_ticket_finds_its_page(redis):
+    """The desk's two lists (低置信度待复核 below the threshold, 未能自动派单 the others, no
+    confidence among them) are split where they are kept, each paged; a ticket asks for the page of
+    its list that holds it, and one not in the list leaves the page asked for."""
+    city = demo_city()
+    queues = Queues(redis, TicketStore(redis))
+    dept, own = own_department("desk", "测试派单中心")
+    template = assigned_ticket(city, confidence=0.3, no="20261123-774000")
+    confidences = [0.3, None, 0.9, 0.2, 0.6, None, 0.59]
+    waiting = [
+        template.model_copy(
+            update={
+                "ticket_no": f"20261123-7740{i:02d}",
+                "confidence": c,
+                "department": own,
+                "status": st.REVIEW,
+            }
+        )
+        for i, c in enumerate(confidences)
+    ]
+    for t in waiting:
+        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
+    await queues.index(waiting)
+    nos = [t.ticket_no for t in waiting]
+    low, others = [nos[0], nos[3], nos[6]], [nos[1], nos[2], nos[4], nos[5]]
+
+    def desk(low: bool) -> QueueFilter:
+        return QueueFilter(status=st.REVIEW, low_confidence=low, threshold=0.6)
+
+    async def listed(where: QueueFilter, page: int = 1, size: int = 50) -> tuple[int, list[str]]:
+        total, found = await queues.page(dept, where, page=page, size=size)
+        return total, [t.ticket_no for t in found]
+
+    try:
+        assert await listed(desk(True)) == (3, low)  # 0.6 is not below the threshold; 0.59 is
+        assert await listed(desk(False)) == (4, others)
+        assert await listed(desk(False), 2, 3) == (4, others[3:])
+        # The page holding a ticket, whatever page was asked for; elsewhere, the page asked for.
+        assert await queues.page_holding(dept, desk(False), nos[5], page=1, size=3) == (4, 2, [waiting[5]])
+        total, page, found = await queues.page_holding(dept, desk(False), nos[0], page=1, size=3)
+        assert (total, page, [t.ticket_no for t in found]) == (4, 1, others[:3])
+    finally:
+        await redis.delete(f"queue:{dept}", *(f"t:{n}" for n in nos))
+        await redis.hdel("queue:owner", *nos)
+
+
 async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
     """The console reads a department's queue (its live page, the desk's view of the city) page by
     page: every page must read only its own tickets. When each page read the whole queue again, a

@@ -185,9 +185,19 @@ class Api:
         queues = await asyncio.gather(*(self.department_tickets(dept, **filters) for dept in departments))
         return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
 
-    async def dispatch_queue(self) -> list[dict]:
-        """Every ticket waiting for the desk to dispatch it."""
-        return await self._every_page("/api/v1/dispatch/queue")
+    async def dispatch_queue(self, **filters: Any) -> list[dict]:
+        """Every ticket waiting for the desk to dispatch it that the filters (low, desk) admit."""
+        return await self._every_page("/api/v1/dispatch/queue", **filters)
+
+    async def dispatch_section(self, *, low: bool, page: int, size: int, ticket: str = "") -> Reply:
+        """A page of the desk's waiting tickets classified below the review threshold (`low`) or
+        not: the page holding `ticket` where it is there, else `page`, else (the list shrank) the
+        last."""
+        params = {"low": low, "size": size, **({"ticket": ticket} if ticket else {})}
+        reply = await self.get("/api/v1/dispatch/queue", **params, page=page)
+        if reply.ok and reply.body["page"] > (last := present.page_count(reply.body["total"], size)):
+            reply = await self.get("/api/v1/dispatch/queue", **params, page=last)
+        return reply
 
     # --- figures --------------------------------------------------------------------------------
 

@@ -317,12 +317,6 @@ def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, 
     return items[(page_no - 1) * size : page_no * size], page_no, pages
 
 
-def page_holding(tickets: list[dict[str, Any]], ticket_no: str, size: int) -> int | None:
-    """The page (of `size`) on which the ticket appears, or None if it is not in the list."""
-    index = next((i for i, t in enumerate(tickets) if t.get("ticket_no") == ticket_no), None)
-    return None if index is None else index // size + 1
-
-
 def refusal(
     field: str | None,
     code: str,

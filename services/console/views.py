@@ -1154,29 +1154,36 @@ DESK_KEPT = ("category", "category_other")
 @router.get("/desk")
 async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     client, city = api(request, s), city_of(request)
-    threshold = request.app.state.settings.review_confidence_threshold
     tz, now = tz_of(request), datetime.now(UTC)
-    # Of the city's open tickets only those the desk follows (an extension request to decide, or
-    # returned) come here, picked out where they are kept.
-    departments = [d["id"] for d in present.departments_of(city)]
-    queue, everything = await asyncio.gather(
-        client.dispatch_queue(), client.open_tickets(departments, desk=True)
-    )
-    waiting = [row(t, tz, now) for t in queue]
-    low_all = [t for t in waiting if t.get("confidence") is not None and t["confidence"] < threshold]
-    unrouted_all = [t for t in waiting if t not in low_all]
-    # ?ticket=N (the ticket page's link): the page of its section that holds it.
+    # The waiting tickets come a page of each list at a time, split and paged where they are kept
+    # (a storm may leave thousands waiting); ?ticket=N (the ticket page's link, a refused dispatch)
+    # asks for the page of its list that holds it. Of the city's open tickets only those the desk
+    # follows (an extension request to decide, or returned) come here, picked out where they are.
     wanted = request.query_params.get("ticket") or ""
-    low, low_page, low_pages = present.page_of(
-        low_all,
-        present.page_holding(low_all, wanted, DESK_PAGE_SIZE) or page_number(request, "low"),
-        DESK_PAGE_SIZE,
+    departments = [d["id"] for d in present.departments_of(city)]
+
+    def waiting(low: bool, name: str) -> Awaitable[Reply]:
+        page_no = page_number(request, name)
+        return client.dispatch_section(low=low, page=page_no, size=DESK_PAGE_SIZE, ticket=wanted)
+
+    low_reply, unrouted_reply, waiting_returned, everything = await asyncio.gather(
+        waiting(True, "low"),
+        waiting(False, "unrouted"),
+        client.dispatch_queue(desk=True),
+        client.open_tickets(departments, desk=True),
     )
-    unrouted, unrouted_page, unrouted_pages = present.page_of(
-        unrouted_all,
-        present.page_holding(unrouted_all, wanted, DESK_PAGE_SIZE) or page_number(request, "unrouted"),
-        DESK_PAGE_SIZE,
-    )
+
+    def section(reply: Reply) -> dict[str, Any]:
+        body: dict[str, Any] = reply.body if reply.ok else {"tickets": [], "total": 0, "page": 1}
+        return {
+            "items": [row(t, tz, now) for t in body["tickets"]],
+            "total": body["total"],
+            "page_no": body["page"],
+            "pages": present.page_count(body["total"], DESK_PAGE_SIZE),
+        }
+
+    sections = {"low": section(low_reply), "unrouted": section(unrouted_reply)}
+    low, unrouted = sections["low"]["items"], sections["unrouted"]["items"]
     for t in low + unrouted:
         t["suggestions"] = present.suggestions(city, t)
     # 并案: the tickets of a card's grid and category already being handled (the most similar text
@@ -1199,7 +1206,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
     extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
     returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
-        t for t in waiting if t.get("returns")
+        row(t, tz, now) for t in waiting_returned
     ]
     # A page of them, like the cards: each one's reasons are read from its history.
     returned, returned_page, returned_pages = present.page_of(
@@ -1212,15 +1219,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         request,
         "desk.html",
         s=s,
-        sections={
-            "low": {"items": low, "total": len(low_all), "page_no": low_page, "pages": low_pages},
-            "unrouted": {
-                "items": unrouted,
-                "total": len(unrouted_all),
-                "page_no": unrouted_page,
-                "pages": unrouted_pages,
-            },
-        },
+        sections=sections,
         extensions=extensions,
         returned={
             "items": returned,

@@ -158,22 +158,40 @@ class Queues:
         if not where.narrows():
             total, nos = await self._slice(key, start, size)
             return total, [t for t in await self.store.get_many(nos) if t is not None and _held_by(t, dept)]
-        # The whole queue is read (for `status=review`, only its tickets with the score of those
-        # waiting for the desk: see `_DONE`), but only the page's tickets are made models: the
-        # others are looked at as the JSON the store keeps (a fifth of the time a model takes, and
-        # the page of a queue of ten thousand narrowed to a few is then a quarter of a second, not
-        # a second). Each ticket read is still checked: one indexed before `_DONE` existed sorts
-        # with the waiting ones until it next changes, and the filter leaves it out.
+        found = await self._admitted(key, dept, where)
+        return len(found), [Ticket.model_validate_json(raw) for _, raw in found[start : start + size]]
+
+    async def page_holding(
+        self, dept: str, where: QueueFilter, ticket_no: str, *, page: int, size: int
+    ) -> tuple[int, int, list[Ticket]]:
+        """As `page`, narrowed, but the page that holds `ticket_no` where the filter admits it (the
+        desk comes back to the card it dispatched from): how many are admitted, the page's number
+        and its tickets."""
+        found = await self._admitted(f"queue:{dept}", dept, where)
+        at = next((i for i, (no, _) in enumerate(found) if no == ticket_no), None)
+        page = at // size + 1 if at is not None else page
+        start = (page - 1) * size
+        return len(found), page, [Ticket.model_validate_json(raw) for _, raw in found[start : start + size]]
+
+    async def _admitted(self, key: str, dept: str, where: QueueFilter) -> list[tuple[str, bytes | str]]:
+        """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps).
+        The whole queue is read (for `status=review`, only its tickets with the score of those
+        waiting for the desk: see `_DONE`), but no ticket is made a model: each is looked at as the
+        JSON the store keeps (a fifth of the time a model takes, and the page of a queue of ten
+        thousand narrowed to a few is then a quarter of a second, not a second). Each ticket read
+        is still checked: one indexed before `_DONE` existed sorts with the waiting ones until it
+        next changes, and the filter leaves it out."""
         if where.status == Status.REVIEW:
             nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, _FAR)]
         else:
             nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
-        found: list[bytes | str] = []
+        found: list[tuple[str, bytes | str]] = []
         for i in range(0, len(nos), 500):
-            for raw in await self.redis.mget([ticket_key(n) for n in nos[i : i + 500]]):
+            chunk = nos[i : i + 500]
+            for no, raw in zip(chunk, await self.redis.mget([ticket_key(n) for n in chunk]), strict=True):
                 if raw and _held_by(kept := orjson.loads(raw), dept) and where.admits(kept):
-                    found.append(raw)
-        return len(found), [Ticket.model_validate_json(raw) for raw in found[start : start + size]]
+                    found.append((no, raw))
+        return found
 
     async def numbers(self, dept: str) -> list[str]:
         """The numbers of the department's open tickets, as its queue holds them, none of them read:
@@ -210,10 +228,14 @@ class QueueFilter:
     received_on: date | None = None
     tz: ZoneInfo | None = None
     desk: bool | None = None
+    # The dispatch desk's two lists of waiting tickets: True, those classified with a confidence
+    # below `threshold` (低置信度待复核); False, the others (未能自动派单: no confidence, or enough).
+    low_confidence: bool | None = None
+    threshold: float = 0.0
 
     def narrows(self) -> bool:
         """Whether any ticket of the list read (open or closed) may be left out."""
-        rest = dataclasses.replace(self, status=None, tz=None)
+        rest = dataclasses.replace(self, status=None, tz=None, threshold=0.0)
         return rest != QueueFilter() or self.status not in (None, Status.CLOSED)
 
     def admits(self, t: Mapping[str, Any]) -> bool:
@@ -225,7 +247,11 @@ class QueueFilter:
             and (self.grid is None or (t.get("grid") or {}).get("grid") == self.grid)
             and (self.received_on is None or self._day(t["received_at"]) == self.received_on)
             and (self.desk is None or self._followed_by_desk(t) == self.desk)
+            and (self.low_confidence is None or self._low(t) == self.low_confidence)
         )
+
+    def _low(self, t: Mapping[str, Any]) -> bool:
+        return (confidence := t.get("confidence")) is not None and confidence < self.threshold
 
     @staticmethod
     def _followed_by_desk(t: Mapping[str, Any]) -> bool:

@@ -635,9 +635,26 @@ async def dispatch_queue(
     principal: Principal = Depends(require_admin),
     page: int = Query(1, ge=1),
     size: int = Query(20, ge=1, le=200),
+    low: bool | None = Query(
+        None,
+        description="true: only those classified below the review threshold (低置信度待复核); "
+        "false: only the others (未能自动派单)",
+    ),
+    desk: bool | None = Query(None, description="true: only those returned at least once"),
+    ticket: str = Query("", max_length=40, description="the page holding this ticket, where it is listed"),
 ):
-    desk = request.app.state.city.responsibilities.dispatch_desk
-    total, items = await queues(request).page(desk, QueueFilter(status=Status.REVIEW), page=page, size=size)
+    """The tickets waiting for the desk to dispatch them, oldest first, a page at a time."""
+    desk_id = request.app.state.city.responsibilities.dispatch_desk
+    where = QueueFilter(
+        status=Status.REVIEW,
+        desk=desk,
+        low_confidence=low,
+        threshold=request.app.state.settings.review_confidence_threshold,
+    )
+    if ticket:
+        total, page, items = await queues(request).page_holding(desk_id, where, ticket, page=page, size=size)
+    else:
+        total, items = await queues(request).page(desk_id, where, page=page, size=size)
     return JSONResponse(  # already JSON, as a department's queue above
         {"total": total, "page": page, "size": size, "tickets": [ticket_view(t) for t in items]}
     )

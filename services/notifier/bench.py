@@ -114,6 +114,7 @@ async def _clean(
     keys += [f"sms:done:{a.event_id}:ack" for a in appeals]
     keys += [f"stats:seen:{a.event_id}" for a in assigned]
     keys += [key async for key in redis.scan_iter(match=f"stats:*:{BENCH_DAY:%Y%m%d}")]
+    keys += [key async for key in redis.scan_iter(match=f"stats:*:{BENCH_DAY:%Y%m}")]  # its month's
     await redis.hdel(f"sms:count:{today}", *phones)
     for dim in ("department", "category"):
         await redis.srem(f"stats:groups:{dim}", f"bench-{run_id}")

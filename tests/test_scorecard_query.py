@@ -38,49 +38,53 @@ async def test_each_groups_counters_are_summed_over_the_days_in_redis(redis, mon
         await redis.delete(*keys)
 
 
-async def test_a_whole_month_is_read_from_its_months_hash_counted_beside_the_days(redis, monkeypatch):
-    """Each count goes into its day's hash and its month's; a period reads a whole month, from the
-    first month counted whole that way, from the month's hash alone, and the rest day by day."""
+async def test_a_whole_month_gone_by_is_summed_once_and_kept_until_a_late_count_comes_into_it(redis):
+    """A period reads a whole past month from its month's sums, made from its days by the first
+    period that reads it; a count that comes late into that month drops them, and the next read
+    sums the days again."""
     from shared.events import DepartmentRef, TicketAssigned
     from tests.router_factory import assign, classified
 
     city = demo_city()
     card = Scorecard(redis, city, ZoneInfo("Asia/Shanghai"), Weights())
     run = uuid.uuid4().hex[:6]
-    since = f"stats:test-months-since-{run}"  # the scorecard's own, not the session's
-    monkeypatch.setattr(scorecard, "MONTHS_SINCE", since)
-    await redis.set(since, "203103")
     dept = DepartmentRef(id=f"test-month-{run}", name="测试单位")
-    events = []
-    for i, when in enumerate(
-        datetime(2031, m, d, 4, tzinfo=UTC) for m, d in ((3, 1), (3, 15), (3, 31), (4, 1))
-    ):
+
+    def assigned_on(month: int, day: int, i: int) -> TicketAssigned:
+        at = datetime(2025, month, day, 4, tzinfo=UTC)
         outcome = assign(
-            city, classified(city, "city.facility.streetlight", no=f"20310301-9{run[:3]}{i:02d}", at=when)
+            city, classified(city, "city.facility.streetlight", no=f"20250301-9{run[:3]}{i:02d}", at=at)
         )
         assert outcome is not None
-        (assigned,) = [e for e in outcome.publish if isinstance(e, TicketAssigned)]
-        events.append(assigned.model_copy(update={"department": dept}))
+        (event,) = [e for e in outcome.publish if isinstance(e, TicketAssigned)]
+        return event.model_copy(update={"department": dept})
+
+    events = [assigned_on(m, d, i) for i, (m, d) in enumerate(((3, 1), (3, 15), (3, 31), (4, 1)))]
+    late = assigned_on(3, 20, 9)
     groups = card.groups_of(events[0])
-    keys = [since, *(f"stats:seen:{e.event_id}" for e in events)]
-    keys += [f"stats:{d}:{g}:{s}" for d, g in groups.items() for s in ("203103", "203104", "20310401")]
-    keys += [f"stats:{d}:{g}:203103{day:02d}" for d, g in groups.items() for day in (1, 15, 31)]
+    month = f"stats:department:{dept.id}:202503"
+    keys = [f"stats:seen:{e.event_id}" for e in (*events, late)]
+    keys += [f"stats:{d}:{g}:{s}" for d, g in groups.items() for s in ("202503", "20250401")]
+    keys += [f"stats:{d}:{g}:202503{day:02d}" for d, g in groups.items() for day in (1, 15, 20, 31)]
+
+    async def assigned(start: date, end: date) -> int:
+        rows = [r for r in await card.query("department", start, end) if r["group"] == dept.id]
+        return rows[0]["assigned"] if rows else 0
+
     try:
         assert await card.record(events) == 4
         assert await card.record(events) == 0  # read twice, counted once
-        assert await redis.hget(f"stats:department:{dept.id}:203103", "assigned") == b"3"
-
-        async def assigned(start: date, end: date) -> int:
-            rows = [r for r in await card.query("department", start, end) if r["group"] == dept.id]
-            return rows[0]["assigned"] if rows else 0
-
-        assert await assigned(date(2031, 3, 1), date(2031, 4, 1)) == 4
-        assert await assigned(date(2031, 3, 2), date(2031, 4, 1)) == 3  # March in part: by day
-        # The month's hash is what a whole March reads: a day's hash gone changes nothing.
-        await redis.delete(f"stats:department:{dept.id}:20310315")
-        assert await assigned(date(2031, 3, 1), date(2031, 3, 31)) == 3
-        await redis.set(since, "203104")  # March not yet counted whole by month: read by day
-        assert await assigned(date(2031, 3, 1), date(2031, 3, 31)) == 2
+        assert not await redis.exists(month)  # counting sums no month
+        assert await assigned(date(2025, 3, 2), date(2025, 4, 1)) == 3  # March in part: by day
+        assert not await redis.exists(month)
+        assert await assigned(date(2025, 3, 1), date(2025, 4, 1)) == 4
+        assert await redis.hget(month, "assigned") == b"3"  # March summed, and kept
+        await redis.delete(f"stats:department:{dept.id}:20250315")
+        assert await assigned(date(2025, 3, 1), date(2025, 3, 31)) == 3  # from the month's sums
+        assert await card.record([late]) == 1  # late into March: its sums are stale
+        assert not await redis.exists(month)
+        assert await assigned(date(2025, 3, 1), date(2025, 3, 31)) == 3  # 1, 20 and 31 March, by day
+        assert await redis.hget(month, "assigned") == b"3"
     finally:
         await redis.delete(*keys)
         await redis.srem("stats:groups:department", dept.id)

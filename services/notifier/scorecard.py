@@ -2,16 +2,16 @@
 on them (the formulas are in `scoring.py`).
 
   stats:{dimension}:{group}:{yyyymmdd}   hash: counter -> count (see services.notifier.scoring.FIELDS)
-  stats:{dimension}:{group}:{yyyymm}     the same counters, for the whole month
-  stats:months:since                     yyyymm: the first month every count of which is in its
-                                         month's hash (counters of earlier months were kept by day only)
+  stats:{dimension}:{group}:{yyyymm}     the sums of a past month's days, made by the first period
+                                         that reads the whole month, dropped by a late count into it
   stats:groups:{dimension}               the groups seen, per dimension
   stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
 
 One Lua script checks `seen` and increments every counter atomically, so an event read twice
-(a consumer restarted before its commit) is counted once. A batch is one command. A period sums a
-month's hash for each whole month in it from `since` on, and the days' hashes for the rest: a year's
-ranking of a thousand grids reads about 12,000 hashes, not 366,000.
+(a consumer restarted before its commit) is counted once. A batch is one command. A period reads
+each whole past month from its month's sums and the rest day by day: a year's ranking of a thousand
+grids reads about 12,000 hashes, not 365,000. Counting stays one increment per counter: the months
+are summed when first read, not as each count comes in.
 """
 
 from __future__ import annotations
@@ -43,49 +43,59 @@ SCORECARD_RATES = Gauge(
 )
 
 # A batch in one command. Per event: check `seen`, then increment every counter (the checks and the
-# counting atomic together). KEYS, per event: seen, its n counter hashes, their n group sets.
-# ARGV: ttl, then per event: n, number of fields f, the n group names, the f fields. Returns per
-# event 1 if it was counted now, 0 if it had been already.
-# KEYS[1] is `stats:months:since`, set to ARGV[2] unless it is set: the month after the first count
-# of this version, the first one counted whole into month hashes.
+# counting atomic together). KEYS, per event: seen, its n counter hashes, their n group sets, and the
+# m month sums its count makes stale (a count into a past month: m = n, else 0). ARGV: ttl, then per
+# event: n, number of fields f, m, the n group names, the f fields. Returns per event 1 if it was
+# counted now, 0 if it had been already.
 _COUNT_ONCE_SCRIPT = """
 local ttl = ARGV[1]
-redis.call('SET', KEYS[1], ARGV[2], 'NX')
-local k, a = 2, 3
+local k, a = 1, 2
 local out = {}
 while a <= #ARGV do
-  local n, f = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local n, f, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
     for i = 1, n do
-      for j = a + 2 + n, a + 1 + n + f do
-        redis.call('HINCRBY', KEYS[k + i], ARGV[j], 1)
-        redis.call('HINCRBY', KEYS[k + n + i], ARGV[j], 1)
-      end
-      redis.call('SADD', KEYS[k + 2 * n + i], ARGV[a + 1 + i])
+      for j = a + 3 + n, a + 2 + n + f do redis.call('HINCRBY', KEYS[k + i], ARGV[j], 1) end
+      redis.call('SADD', KEYS[k + n + i], ARGV[a + 2 + i])
     end
+    for i = 1, m do redis.call('DEL', KEYS[k + 2 * n + i]) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
   end
-  k = k + 1 + 3 * n
-  a = a + 2 + n + f
+  k = k + 1 + 2 * n + m
+  a = a + 3 + n + f
 end
 return out
 """
-MONTHS_SINCE = "stats:months:since"
 
 
 # The counters of each group summed over the period, in Redis: a ranking of a thousand grids over a
 # month of days is 31,000 hashes, which read one by one cost this process seconds. KEYS: each group's
-# hashes of the period (days and months), group after group, ARGV[1] of each. Returns per group its
-# sums, field, count, ...
+# hashes of the period, group after group, ARGV[1] of each: days, and past months. ARGV[2..]: for each
+# of those, 0 for a day, the month's number of days for a month. A month not summed yet is summed
+# from its days (named from the month's key: only one Redis holds the scorecard) and kept, so the
+# next period that reads it reads one hash. Returns per group its sums, field, count, ...
 _SUM_SCRIPT = """
 local per_group = tonumber(ARGV[1])
 local out = {}
 for g = 0, #KEYS / per_group - 1 do
   local sum, flat = {}, {}
-  for d = 1, per_group do
-    local h = redis.call('HGETALL', KEYS[g * per_group + d])
+  for s = 1, per_group do
+    local key, days = KEYS[g * per_group + s], tonumber(ARGV[s + 1])
+    local h = redis.call('HGETALL', key)
+    if days > 0 and #h == 0 then
+      local month = {}
+      for d = 1, days do
+        local dh = redis.call('HGETALL', key .. string.format('%02d', d))
+        for i = 1, #dh, 2 do month[dh[i]] = (month[dh[i]] or 0) + tonumber(dh[i + 1]) end
+      end
+      for field, n in pairs(month) do
+        h[#h + 1] = field
+        h[#h + 1] = n
+      end
+      if #h > 0 then redis.call('HSET', key, unpack(h)) end
+    end
     for i = 1, #h, 2 do sum[h[i]] = (sum[h[i]] or 0) + tonumber(h[i + 1]) end
   end
   for field, n in pairs(sum) do
@@ -112,23 +122,19 @@ def _first_of_next_month(day: date) -> date:
     return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
 
 
-def next_month(day: date) -> str:
-    return _month(_first_of_next_month(day))
-
-
-def period_keys(start: date, end: date, since: str | None) -> list[str]:
-    """The suffixes of a group's hashes that hold [start, end]: a month (yyyymm) for each whole month
-    in it from `since` on (None: none yet), a day (yyyymmdd) for each other day."""
-    keys: list[str] = []
+def period_keys(start: date, end: date, current: str) -> list[tuple[str, int]]:
+    """The suffixes of a group's hashes that hold [start, end], each with its number of days: a
+    month (yyyymm) for each whole month in it before the `current` one (yyyymm: its days still
+    change), 0 for each other day (yyyymmdd)."""
+    keys: list[tuple[str, int]] = []
     day = start
     while day <= end:
         following = _first_of_next_month(day)
-        whole = day.day == 1 and following - timedelta(days=1) <= end
-        if whole and since is not None and _month(day) >= since:
-            keys.append(_month(day))
+        if day.day == 1 and following - timedelta(days=1) <= end and _month(day) < current:
+            keys.append((_month(day), (following - day).days))
             day = following
         else:
-            keys.append(day.strftime("%Y%m%d"))
+            keys.append((day.strftime("%Y%m%d"), 0))
             day += timedelta(days=1)
     return keys
 
@@ -157,21 +163,24 @@ class Scorecard:
     async def record(self, events: Sequence[TicketAssigned | TicketUpdated | SurveyAnswered]) -> int:
         """Count the events, in one Redis command for the batch. Returns how many were new."""
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
-        keys: list[str] = [MONTHS_SINCE]
-        args: list[str | int] = [SEEN_TTL, next_month(datetime.now(self.tz).date())]
+        keys: list[str] = []
+        args: list[str | int] = [SEEN_TTL]
+        current = _month(datetime.now(self.tz).date())
         for event in events:
             fields = scoring.fields_for(event)
             if not fields:
                 continue
             groups = self.groups_of(event)
             day = event.occurred_at.astimezone(self.tz).date()
+            # Late, into a month gone by (a backlog read after an outage): its sums are stale.
+            stale = [f"stats:{d}:{g}:{day:%Y%m}" for d, g in groups.items()] if _month(day) < current else []
             keys += [
                 f"stats:seen:{event.event_id}",
                 *(f"stats:{d}:{g}:{day:%Y%m%d}" for d, g in groups.items()),
-                *(f"stats:{d}:{g}:{day:%Y%m}" for d, g in groups.items()),
                 *(f"stats:groups:{d}" for d in groups),
+                *stale,
             ]
-            args += [len(groups), len(fields), *groups.values(), *fields]
+            args += [len(groups), len(fields), len(stale), *groups.values(), *fields]
             counted.append((groups, fields))
         results = await self._count_once(keys=keys, args=args) if counted else []
         new = 0
@@ -184,17 +193,15 @@ class Scorecard:
 
     async def query(self, group_by: str, start: date, end: date) -> list[dict]:
         """Per group: the counters summed over [start, end] and the rates; best score first."""
-        async with self.redis.pipeline(transaction=False) as p:
-            p.get(MONTHS_SINCE)
-            p.smembers(f"stats:groups:{group_by}")
-            since, members = await p.execute()
-        spans = period_keys(start, end, _text(since) if since else None)
+        spans = period_keys(start, end, _month(datetime.now(self.tz).date()))
+        members = await self.redis.smembers(f"stats:groups:{group_by}")
         groups = sorted(g.decode() if isinstance(g, bytes) else g for g in members)
-        per_call = max(1, SUM_KEYS_PER_CALL // len(spans))
+        per_call = max(1, SUM_KEYS_PER_CALL // max(1, sum(n or 1 for _, n in spans)))
+        lengths = [len(spans), *(n for _, n in spans)]
         async with self.redis.pipeline(transaction=False) as p:
             for i in range(0, len(groups), per_call):
-                keys = [f"stats:{group_by}:{g}:{d}" for g in groups[i : i + per_call] for d in spans]
-                await self._sum(keys=keys, args=[len(spans)], client=p)
+                keys = [f"stats:{group_by}:{g}:{d}" for g in groups[i : i + per_call] for d, _ in spans]
+                await self._sum(keys=keys, args=lengths, client=p)
             sums = [flat for chunk in await p.execute() for flat in chunk] if groups else []
         out = []
         for g, flat in zip(groups, sums, strict=True):

@@ -77,32 +77,33 @@ return out
 # from its days (named from the month's key: only one Redis holds the scorecard) and kept, so the
 # next period that reads it reads one hash. Returns per group its sums, field, count, ...
 _SUM_SCRIPT = """
+local function add(into, h)
+  for i = 1, #h, 2 do into[h[i]] = (into[h[i]] or 0) + tonumber(h[i + 1]) end
+end
+local function flat(sums)
+  local out = {}
+  for field, n in pairs(sums) do
+    out[#out + 1] = field
+    out[#out + 1] = n
+  end
+  return out
+end
 local per_group = tonumber(ARGV[1])
 local out = {}
 for g = 0, #KEYS / per_group - 1 do
-  local sum, flat = {}, {}
+  local sum = {}
   for s = 1, per_group do
     local key, days = KEYS[g * per_group + s], tonumber(ARGV[s + 1])
     local h = redis.call('HGETALL', key)
     if days > 0 and #h == 0 then
       local month = {}
-      for d = 1, days do
-        local dh = redis.call('HGETALL', key .. string.format('%02d', d))
-        for i = 1, #dh, 2 do month[dh[i]] = (month[dh[i]] or 0) + tonumber(dh[i + 1]) end
-      end
-      for field, n in pairs(month) do
-        h[#h + 1] = field
-        h[#h + 1] = n
-      end
+      for d = 1, days do add(month, redis.call('HGETALL', key .. string.format('%02d', d))) end
+      h = flat(month)
       if #h > 0 then redis.call('HSET', key, unpack(h)) end
     end
-    for i = 1, #h, 2 do sum[h[i]] = (sum[h[i]] or 0) + tonumber(h[i + 1]) end
+    add(sum, h)
   end
-  for field, n in pairs(sum) do
-    flat[#flat + 1] = field
-    flat[#flat + 1] = n
-  end
-  out[#out + 1] = flat
+  out[#out + 1] = flat(sum)
 end
 return out
 """

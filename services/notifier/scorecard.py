@@ -194,7 +194,10 @@ class Scorecard:
 
     async def query(self, group_by: str, start: date, end: date) -> list[dict]:
         """Per group: the counters summed over [start, end] and the rates; best score first."""
-        spans = period_keys(start, end, _month(datetime.now(self.tz).date()))
+        # A month is summed and kept once it ended a day ago: the notifier drops the sums of a month
+        # gone by when a count comes late into it, by its own clock, which may be a little behind.
+        settled = _month((datetime.now(self.tz) - timedelta(days=1)).date())
+        spans = period_keys(start, end, settled)
         members = await self.redis.smembers(f"stats:groups:{group_by}")
         groups = sorted(g.decode() if isinstance(g, bytes) else g for g in members)
         per_call = max(1, SUM_KEYS_PER_CALL // max(1, sum(n or 1 for _, n in spans)))

@@ -354,7 +354,13 @@ def test_daily_bars_scale_to_the_busiest_day():
     chart = present.daily_bars([("2026-03-01", 0), ("2026-03-02", 4), ("2026-03-03", 2)], width=300)
     heights = [b["h"] for b in chart["bars"]]
     assert heights == [0, present.CHART_HEIGHT, present.CHART_HEIGHT / 2]
-    assert [b["x"] for b in chart["bars"]] == [1, 101, 201]
+    # Three days: each bar in the middle of its third, no wider than a fortnight's bar.
+    w = 300 / present.CHART_WIDEST_DAYS - 2
+    assert [b["w"] for b in chart["bars"]] == [round(w, 1)] * 3
+    assert [b["x"] for b in chart["bars"]] == [round(i * 100 + (100 - w) / 2, 1) for i in range(3)]
+    # A month: the bars fill their days, a point apart.
+    month = present.daily_bars([(f"2026-03-{d:02d}", d) for d in range(1, 31)], width=300)
+    assert [(b["x"], b["w"]) for b in month["bars"][:2]] == [(1.0, 8.0), (11.0, 8.0)]
 
 
 def test_desk_suggestions_name_a_department_even_without_a_grid(city):

@@ -472,12 +472,17 @@ def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
 
 
 CHART_HEIGHT = 120
+# A bar is at most as wide as in a fortnight's chart: on the 2nd of the month the month to date was
+# two blocks of half the chart each, which read as a broken picture rather than two days.
+CHART_WIDEST_DAYS = 14
 
 
 def daily_bars(days: list[tuple[str, int]], width: int = MAP_WIDTH) -> dict[str, Any]:
-    """Volume per day as SVG bars (one per day, oldest left), for the dashboard."""
+    """Volume per day as SVG bars (one per day, oldest left, each in the middle of its day's
+    share of the width), for the dashboard."""
     top = max((n for _, n in days), default=0)
     step = width / max(len(days), 1)
+    w = max(min(step, width / CHART_WIDEST_DAYS) - 2, 1)
     bars = []
     for i, (day, n) in enumerate(days):
         h = round(CHART_HEIGHT * n / top, 1) if top else 0
@@ -485,8 +490,8 @@ def daily_bars(days: list[tuple[str, int]], width: int = MAP_WIDTH) -> dict[str,
             {
                 "day": day,
                 "count": n,
-                "x": round(i * step + 1, 1),
-                "w": round(max(step - 2, 1), 1),
+                "x": round(i * step + (step - w) / 2, 1),
+                "w": round(w, 1),
                 "h": h,
                 "y": round(CHART_HEIGHT - h, 1),
             }

@@ -299,6 +299,12 @@ class City(_Model):
         narrowed = {r.category for r in self.responsibilities.rules if r.street or r.community or r.grid}
         return frozenset(cid for cid, path in self.category_path.items() if narrowed.intersection(path))
 
+    def needs_placing(self, category: str, grid: str | None) -> bool:
+        """Whether an appeal of `category` at `grid` waits for a person to place it: no grid, and a
+        category whose lead the place decides. The classifier's review and the router's desk agree
+        on it."""
+        return grid is None and category in self.placed_categories
+
     @cached_property
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 
 from services.router.service import QueueFilter, Queues
 from shared import tickets as st
 from shared.events import DepartmentRef
 from shared.store import TicketStore
+from shared.tickets import Ticket
 from tests.cities import demo_city
 from tests.router_factory import T0, assigned_ticket
 
@@ -19,6 +23,30 @@ def own_department(kind: str = "queue", name: str = "测试单位") -> tuple[str
     delete."""
     dept = f"test-{kind}-{uuid.uuid4().hex[:8]}"
     return dept, DepartmentRef(id=dept, name=name)
+
+
+@asynccontextmanager
+async def queued(redis, queues: Queues, dept: str, tickets: Sequence[Ticket]) -> AsyncIterator[list[str]]:
+    """The tickets stored and indexed in `dept`'s queue, their numbers given; gone again after."""
+    nos = [t.ticket_no for t in tickets]
+    async with redis.pipeline(transaction=False) as p:
+        for t in tickets:
+            p.set(f"t:{t.ticket_no}", t.model_dump_json())
+        await p.execute()
+    await queues.index(tickets)
+    try:
+        yield nos
+    finally:
+        await redis.delete(f"queue:{dept}", f"queue:{dept}:closed", *(f"t:{n}" for n in nos))
+        await redis.hdel("queue:owner", *nos)
+
+
+async def listed(
+    queues: Queues, dept: str, where: QueueFilter, page: int = 1, size: int = 50
+) -> tuple[int, list[str]]:
+    """A page of the queue: how many the filter admits, and the page's numbers."""
+    total, found = await queues.page(dept, where, page=page, size=size)
+    return total, [t.ticket_no for t in found]
 
 
 async def test_closed_tickets_move_to_the_departments_closed_list(redis):
@@ -67,38 +95,27 @@ async def test_a_departments_queue_is_paged_and_narrowed_where_it_is_kept(redis)
     tickets[1] = tickets[1].model_copy(update={"status": st.ACCEPTED, "overdue": True})
     tickets[2] = tickets[2].model_copy(update={"returns": 1})
     tickets[3] = tickets[3].model_copy(update={"extension_request": {"days": 3, "reason": "等材料"}})
-    for t in tickets:
-        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
-    await queues.index(tickets)
-    nos = [t.ticket_no for t in tickets]
-    try:
-
-        async def listed(where: QueueFilter, page: int = 1, size: int = 50) -> tuple[int, list[str]]:
-            total, found = await queues.page(dept, where, page=page, size=size)
-            return total, [t.ticket_no for t in found]
-
-        everything = await listed(QueueFilter())
+    shown = partial(listed, queues, dept)
+    async with queued(redis, queues, dept, tickets) as nos:
+        everything = await shown(QueueFilter())
         assert everything[0] == 4
         assert sorted(everything[1]) == sorted(nos)
-        first, second = await listed(QueueFilter(), 1, 2), await listed(QueueFilter(), 2, 2)
+        first, second = await shown(QueueFilter(), 1, 2), await shown(QueueFilter(), 2, 2)
         assert first[0] == second[0] == 4
         assert first[1] + second[1] == everything[1]
-        assert await listed(QueueFilter(status=st.ACCEPTED)) == (1, [nos[1]])
-        assert await listed(QueueFilter(overdue=True)) == (1, [nos[1]])
-        assert await listed(QueueFilter(categories=city.branch("env"))) == (2, [nos[2], nos[3]])
-        total, found = await listed(QueueFilter(grid="s01c01g02"))
+        assert await shown(QueueFilter(status=st.ACCEPTED)) == (1, [nos[1]])
+        assert await shown(QueueFilter(overdue=True)) == (1, [nos[1]])
+        assert await shown(QueueFilter(categories=city.branch("env"))) == (2, [nos[2], nos[3]])
+        total, found = await shown(QueueFilter(grid="s01c01g02"))
         assert (total, sorted(found)) == (2, [nos[1], nos[3]])
-        desk = await listed(QueueFilter(desk=True))
+        desk = await shown(QueueFilter(desk=True))
         assert desk == (2, [nos[2], nos[3]])
-        assert [(await listed(QueueFilter(desk=True), p, 1))[1][0] for p in (1, 2)] == desk[1]
+        assert [(await shown(QueueFilter(desk=True), p, 1))[1][0] for p in (1, 2)] == desk[1]
         # Moved on (a write the index has not followed yet): left out, filtered or not.
         moved = tickets[0].model_copy(update={"department": DepartmentRef(id="elsewhere", name="别处")})
         await redis.set(f"t:{moved.ticket_no}", moved.model_dump_json())
-        assert nos[0] not in (await listed(QueueFilter()))[1]
-        assert nos[0] not in (await listed(QueueFilter(grid="s01c01g01")))[1]
-    finally:
-        await redis.delete(f"queue:{dept}", f"queue:{dept}:closed", *(f"t:{n}" for n in nos))
-        await redis.hdel("queue:owner", *nos)
+        assert nos[0] not in (await shown(QueueFilter()))[1]
+        assert nos[0] not in (await shown(QueueFilter(grid="s01c01g01")))[1]
 
 
 async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_call(redis):
@@ -118,11 +135,6 @@ async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_
         t.model_copy(update={"ticket_no": f"20261123-7731{i}", "status": st.RESOLVED})
         for i, t in enumerate(waiting)
     ]
-    tickets = waiting + answered
-    for t in tickets:
-        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
-    await queues.index(tickets)
-    nos = [t.ticket_no for t in tickets]
     read: list[str] = []
     mget = redis.mget
 
@@ -130,23 +142,22 @@ async def test_the_desks_waiting_tickets_are_read_without_those_answered_on_the_
         read.extend(keys)
         return await mget(keys, *args)
 
-    try:
+    async with queued(redis, queues, dept, waiting + answered) as nos:
         redis.mget = counted_mget
-        total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
-        assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
-        assert sorted(read) == [f"t:{n}" for n in nos[:2]]
-        # Answered on the call before the waiting had a score of their own: read, and left out.
-        await redis.zadd(f"queue:{dept}", {nos[2]: float(await redis.zscore(f"queue:{dept}", nos[0]))})
-        total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
-        assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
-        # Unfiltered, the desk's queue lists them all, the waiting first.
-        _total, everything = await queues.page(dept, QueueFilter(), page=1, size=50)
-        assert [t.ticket_no for t in everything][:2] == nos[:2]
-        assert sorted(t.ticket_no for t in everything) == sorted(nos)
-    finally:
-        del redis.mget
-        await redis.delete(f"queue:{dept}", *(f"t:{n}" for n in nos))
-        await redis.hdel("queue:owner", *nos)
+        try:
+            total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
+            assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
+            assert sorted(read) == [f"t:{n}" for n in nos[:2]]
+            # Answered on the call before the waiting had a score of their own: read, and left out.
+            await redis.zadd(f"queue:{dept}", {nos[2]: float(await redis.zscore(f"queue:{dept}", nos[0]))})
+            total, found = await queues.page(dept, QueueFilter(status=st.REVIEW), page=1, size=50)
+            assert (total, [t.ticket_no for t in found]) == (2, nos[:2])
+            # Unfiltered, the desk's queue lists them all, the waiting first.
+            _total, everything = await queues.page(dept, QueueFilter(), page=1, size=50)
+            assert [t.ticket_no for t in everything][:2] == nos[:2]
+            assert sorted(t.ticket_no for t in everything) == sorted(nos)
+        finally:
+            del redis.mget
 
 
 async def test_the_desks_waiting_tickets_are_split_by_confidence_and_a_ticket_finds_its_page(redis):
@@ -169,30 +180,20 @@ async def test_the_desks_waiting_tickets_are_split_by_confidence_and_a_ticket_fi
         )
         for i, c in enumerate(confidences)
     ]
-    for t in waiting:
-        await redis.set(f"t:{t.ticket_no}", t.model_dump_json())
-    await queues.index(waiting)
-    nos = [t.ticket_no for t in waiting]
-    low, others = [nos[0], nos[3], nos[6]], [nos[1], nos[2], nos[4], nos[5]]
 
     def desk(low: bool) -> QueueFilter:
         return QueueFilter(status=st.REVIEW, low_confidence=low, threshold=0.6)
 
-    async def listed(where: QueueFilter, page: int = 1, size: int = 50) -> tuple[int, list[str]]:
-        total, found = await queues.page(dept, where, page=page, size=size)
-        return total, [t.ticket_no for t in found]
-
-    try:
-        assert await listed(desk(True)) == (3, low)  # 0.6 is not below the threshold; 0.59 is
-        assert await listed(desk(False)) == (4, others)
-        assert await listed(desk(False), 2, 3) == (4, others[3:])
+    shown = partial(listed, queues, dept)
+    async with queued(redis, queues, dept, waiting) as nos:
+        low, others = [nos[0], nos[3], nos[6]], [nos[1], nos[2], nos[4], nos[5]]
+        assert await shown(desk(True)) == (3, low)  # 0.6 is not below the threshold; 0.59 is
+        assert await shown(desk(False)) == (4, others)
+        assert await shown(desk(False), 2, 3) == (4, others[3:])
         # The page holding a ticket, whatever page was asked for; elsewhere, the page asked for.
         assert await queues.page_holding(dept, desk(False), nos[5], page=1, size=3) == (4, 2, [waiting[5]])
         total, page, found = await queues.page_holding(dept, desk(False), nos[0], page=1, size=3)
         assert (total, page, [t.ticket_no for t in found]) == (4, 1, others[:3])
-    finally:
-        await redis.delete(f"queue:{dept}", *(f"t:{n}" for n in nos))
-        await redis.hdel("queue:owner", *nos)
 
 
 async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
@@ -208,10 +209,6 @@ async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
         )
         for i in range(1, 451)
     ]
-    async with redis.pipeline(transaction=False) as p:
-        for t in tickets:
-            p.set(f"t:{t.ticket_no}", t.model_dump_json())
-        await p.execute()
 
     class Counting(TicketStore):
         read = 0
@@ -221,18 +218,14 @@ async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
             return await super().get_many(nos)
 
     queues = Queues(redis, Counting(redis))
-    await queues.index(tickets)
-    try:
-        listed: list[str] = []
+    async with queued(redis, queues, dept, tickets):
+        seen: list[str] = []
         page = 1
         while True:
             total, found = await queues.page(dept, QueueFilter(), page=page, size=200)
-            listed += [t.ticket_no for t in found]
+            seen += [t.ticket_no for t in found]
             if page * 200 >= total:
                 break
             page += 1
-        assert listed == [t.ticket_no for t in tickets]  # in deadline order, each once
+        assert seen == [t.ticket_no for t in tickets]  # in deadline order, each once
         assert Counting.read == len(tickets)
-    finally:
-        await redis.delete(f"queue:{dept}", *(f"t:{t.ticket_no}" for t in tickets))
-        await redis.hdel("queue:owner", *(t.ticket_no for t in tickets))

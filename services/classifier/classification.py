@@ -79,8 +79,7 @@ class Classifier:
                     ),
                     # Without a grid a person places it only where the place decides who leads
                     # it (the router routes the others by their rule).
-                    needs_review=confidence < threshold
-                    or (grid.grid is None and category in self.city.placed_categories),
+                    needs_review=confidence < threshold or self.city.needs_placing(category, grid.grid),
                     review_threshold=round(threshold, 4),
                     model_version=model.version,
                 )

@@ -199,7 +199,7 @@ class Scorecard:
         settled = _month((datetime.now(self.tz) - timedelta(days=1)).date())
         spans = period_keys(start, end, settled)
         members = await self.redis.smembers(f"stats:groups:{group_by}")
-        groups = sorted(g.decode() if isinstance(g, bytes) else g for g in members)
+        groups = sorted(_text(g) for g in members)
         per_call = max(1, SUM_KEYS_PER_CALL // max(1, sum(n or 1 for _, n in spans)))
         lengths = [len(spans), *(n for _, n in spans)]
         async with self.redis.pipeline(transaction=False) as p:

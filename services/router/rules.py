@@ -149,7 +149,7 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
     # A place the classifier could not pin to one grid (a road through several, no address) needs a
     # person only where the place decides the department: a manhole is the district's urban
     # management's wherever on 建设路 it is, and waiting at the desk would only delay it.
-    unplaced = grid.grid is None and category in city.placed_categories
+    unplaced = city.needs_placing(category, grid.grid)
     if confidence < threshold or unplaced:
         why = (
             f"分类置信度{confidence:.2f}低于阈值{threshold:.2f}"

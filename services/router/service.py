@@ -154,12 +154,11 @@ class Queues:
         page by page costs one read of each ticket, not one of the whole queue per page; a filter
         reads the whole queue once."""
         key = f"queue:{dept}:closed" if where.status == Status.CLOSED else f"queue:{dept}"
-        start = (page - 1) * size
         if not where.narrows():
-            total, nos = await self._slice(key, start, size)
+            total, nos = await self._slice(key, (page - 1) * size, size)
             return total, [t for t in await self.store.get_many(nos) if t is not None and _held_by(t, dept)]
         found = await self._admitted(key, dept, where)
-        return len(found), [Ticket.model_validate_json(raw) for _, raw in found[start : start + size]]
+        return len(found), _models(found, page, size)
 
     async def page_holding(
         self, dept: str, where: QueueFilter, ticket_no: str, *, page: int, size: int
@@ -170,8 +169,7 @@ class Queues:
         found = await self._admitted(f"queue:{dept}", dept, where)
         at = next((i for i, (no, _) in enumerate(found) if no == ticket_no), None)
         page = at // size + 1 if at is not None else page
-        start = (page - 1) * size
-        return len(found), page, [Ticket.model_validate_json(raw) for _, raw in found[start : start + size]]
+        return len(found), page, _models(found, page, size)
 
     async def _admitted(self, key: str, dept: str, where: QueueFilter) -> list[tuple[str, bytes | str]]:
         """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps).
@@ -205,6 +203,11 @@ class Queues:
             p.zrange(key, start, start + size - 1)
             total, nos = await p.execute()
         return int(total), [_text(n) for n in nos]
+
+
+def _models(found: list[tuple[str, bytes | str]], page: int, size: int) -> list[Ticket]:
+    """Page `page` (of `size`) of the admitted tickets, made models: only the page's are."""
+    return [Ticket.model_validate_json(raw) for _, raw in found[(page - 1) * size : page * size]]
 
 
 def _held_by(t: Ticket | Mapping[str, Any], dept: str) -> bool:

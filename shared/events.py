@@ -243,7 +243,7 @@ Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
 SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
 MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
-ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other"]
+ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other", "wrong_category"]
 Stage = Literal["dispatch", "respond", "resolve", "meeting", "check"]  # the clock a deadline timer watches
 
 

@@ -1635,6 +1635,11 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         # The second ticket returned: asked first, then back in the queue with what happens next.
         await page.locator("#done").get_by_role("link", name="返回本单位工单").click()
         await page.locator(f"a[href='/console/tickets/{second}']").click()
+        # 诉求分类有误 says what the problem really is, for the desk to classify it again.
+        await page.locator("#return-reason").select_option("wrong_category")
+        await page.locator("#return").click()
+        await expect(page.locator("#return-note-error")).to_contain_text("实际反映的是什么问题")
+        await expect(page.locator("#return-note")).to_be_focused()
         await page.locator("#return-reason").select_option("not_ours")
         await page.locator("#return-rule").fill("路灯维护属于街道职责")
         await page.locator("#return").click()

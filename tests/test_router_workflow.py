@@ -672,6 +672,25 @@ def test_duplicate_goes_to_the_desk_and_a_second_return_to_a_meeting():
     assert {"street_s03", "urban_mgmt"} <= set(spec.summoned)
 
 
+def test_a_misclassified_ticket_goes_back_to_the_desk_with_what_it_really_is():
+    # The list names the street office for garbage here: a wrong category is no dispute of its rule.
+    t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
+    assert t.department.id == "street_s03"
+    with pytest.raises(WorkflowError) as e:
+        workflow.return_ticket(t, "street_s03", "wrong_category", " ", "", CITY, TZ, T0)
+    assert (e.value.kind, e.value.field) == ("invalid", "note")
+    assert "实际反映" in e.value.message
+    out = workflow.return_ticket(t, "street_s03", "wrong_category", "实为自来水管漏水", "", CITY, TZ, T0)
+    returned, assigned = out.publish
+    assert (returned.returned.reason, returned.returned.reason_name) == ("wrong_category", "诉求分类有误")
+    assert (out.ticket.status, out.ticket.department.id, out.ticket.returns) == (st.REVIEW, "dispatch_desk", 1)
+    assert "实为自来水管漏水" in assigned.explanation
+    assert assigned.explanation.endswith("请派单中心重新分类后派单")
+    # Other reasons that leave the list aside say only where the ticket went.
+    dup = workflow.return_ticket(t, "street_s03", "duplicate", "", "", CITY, TZ, T0).publish[1]
+    assert dup.explanation.endswith("转派单中心处理")
+
+
 def test_return_only_within_the_acceptance_window_and_before_accepting():
     t = assigned_ticket(CITY)
     with pytest.raises(WorkflowError, match="签收时限"):

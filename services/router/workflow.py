@@ -995,9 +995,20 @@ RETURN_REASONS: dict[ReturnReason, str] = {
     "wrong_grid": "属地（网格）有误",
     "duplicate": "重复工单",
     "needs_other": "需其他部门办理",
+    "wrong_category": "诉求分类有误",
 }
 # Reasons that dispute the responsibility list: a department the list names must say which rule.
 _DISPUTES = {"not_ours", "needs_other"}
+# The list was read for the wrong problem (the appeal is not what its category says): its rule binds
+# no one and its next candidate is as wrong, so the desk classifies it again, from the department's
+# account of what the problem really is.
+_MISCLASSIFIED = "wrong_category"
+# What the desk is asked to do with a returned ticket no candidate of the list takes next.
+_TO_THE_DESK: dict[ReturnReason, str] = {
+    "not_ours": "权责清单没有其他候选单位，转人工派单",
+    "needs_other": "权责清单没有其他候选单位，转人工派单",
+    "wrong_category": "请派单中心重新分类后派单",
+}
 
 
 def return_ticket(
@@ -1023,6 +1034,13 @@ def return_ticket(
     _not_settled_by_meeting(ticket, "退单")
     if not _in_time(ticket.respond_by, now):
         raise WorkflowError("window_closed", "已超过签收时限，不能退单；请签收办理或申请延期")
+    if reason == _MISCLASSIFIED and not note.strip():
+        raise WorkflowError(
+            "note_required",
+            "请在说明中写明诉求实际反映的是什么问题，以便派单中心重新分类派单",
+            kind="invalid",
+            field="note",
+        )
     grid = ticket.grid or GridMatch(grid=None)
     rule = responsible(city, ticket.category, grid, dept_id) if ticket.category else None
     if reason in _DISPUTES and rule is not None and not disputed_rule.strip():
@@ -1069,7 +1087,7 @@ def return_ticket(
             city=city,
             tz=tz,
             now=now,
-            explanation=f"{why}；权责清单没有其他候选单位，转人工派单",
+            explanation=f"{why}；{_TO_THE_DESK.get(why_code, '转派单中心处理')}",
         )
     else:
         new, assigned = _assigned(

@@ -31,6 +31,7 @@ from services.console.views import (
     row,
     templates,
 )
+from services.notifier import scoring
 from services.router.service import QueueFilter
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef
@@ -2419,6 +2420,73 @@ async def test_the_dashboard_puts_a_period_refused_beside_the_date_the_api_names
     else:
         assert element == focused(html)
     assert unread(html) == []
+
+
+class _CountsApi:
+    """The API as the dashboard sees it for a period: the rankings count dispatches (派单), the record
+    counts appeals (受理); the trend by street is away."""
+
+    def __init__(self, city) -> None:
+        lamp, grid = "city.facilities.streetlight", next(iter(city.grids))
+        self.grid = grid
+        dispatched = scoring.rates({"assigned": 14, "responded_on_time": 1}, scoring.Weights())
+        self.stats = {
+            "category": [{"group": lamp, "name": "路灯故障", **dispatched}],
+            "grid": [{"group": grid, "name": "网格", **dispatched}],
+        }
+        self.trend = {
+            "category": [
+                {"group": lamp, "name": "城市管理/市政设施/路灯故障", "count": 8},
+                {"group": "unknown", "name": "未分类", "count": 3},
+                {"group": "city.appearance.garbage", "name": "城市管理/市容环境/垃圾清运", "count": 0},
+            ],
+            "grid": [{"group": grid, "name": "网格", "count": 11}],
+        }
+
+    async def get(self, path: str, **params):
+        if path == "/api/v1/stats":
+            weights = {"basically_satisfied": 0.9, "response": 0.1, "resolution": 0.5, "satisfaction": 0.4}
+            return Reply(200, {"groups": self.stats.get(params["group_by"], []), "weights": weights})
+        if path != "/api/v1/stats/trend":
+            return Reply(200, {"count": 0})  # the menu's counts
+        if params["group_by"] == "street":
+            return Reply(503, {"error": "unavailable", "message": "统计库暂不可用"})
+        return Reply(200, {"groups": self.trend[params["group_by"]]})
+
+    async def figures(self, start, end):
+        return scoring.rates({}, scoring.Weights())
+
+    async def open_tickets(self, departments, **filters):
+        return []
+
+
+async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatches(monkeypatch, city):
+    """A meeting's decision dispatches its tickets again: the category's 派单 (14) is not its appeals
+    (8). The map and the top ten say how many appeals came in, as the trend beside them does."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _CountsApi(city)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    state = SimpleNamespace(
+        city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"),
+        console_names={"department_names": {}, "grid_names": {}},
+    )  # fmt: skip
+    request = SimpleNamespace(
+        query_params={"from": "2033-07-04", "to": "2033-07-10", "trend_by": "street"},
+        app=SimpleNamespace(state=state),
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.dashboard_page(request, s)).body.decode()
+    bars = re.findall(r'<span class="bar-label">([^<]*)</span>.*?<span class="bar-value">(\d+)</span>', html)
+    assert bars == [("城市管理/市政设施/路灯故障", "8"), ("未分类", "3")]  # none received: not listed
+    assert present.most_received(fake.trend["category"], 1) == [fake.trend["category"][0]]
+    counts = re.findall(r'font-weight="bold">(\d+)</text>', html)
+    assert counts == ["11"]  # the one grid that received appeals, by what it received
+    assert "各网格受理诉求量" in html
+    # The trend by street away: said where the trend goes; the appeals' counts still shown.
+    assert "统计库暂不可用" in html
 
 
 def test_a_message_page_says_what_could_not_be_shown_where_the_focus_is():

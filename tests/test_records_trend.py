@@ -134,6 +134,14 @@ async def test_appeals_per_local_day_against_the_week_before_and_a_year_before(p
     # Not routed yet (no department in the record): counted, and named as such.
     departments = await appeals_trend(pool, system_city, start, end, SH, "department")
     assert [(g["name"], g["count"]) for g in departments["groups"]] == [("未派单", 6)]
+    # Per grid (the dashboard's map), each named as the city names it.
+    grids = await appeals_trend(pool, system_city, start, end, SH, "grid")
+    assert [(g["group"], g["count"], g["previous"]) for g in grids["groups"]] == [
+        ("s02c01g01", 3, 0),
+        ("s01c01g01", 2, 1),
+        ("s03c01g01", 1, 3),
+    ]
+    assert grids["groups"][0]["name"] == system_city.grids["s02c01g01"].grid.name
 
 
 @pytest.mark.usefixtures("recorded")
@@ -168,7 +176,7 @@ async def test_the_trend_endpoint_its_export_and_its_refusals(api, redis, system
     for edge in ({"from": "0001-01-01", "to": "0001-01-31"}, {"from": "9999-12-01", "to": "9999-12-31"}):
         r = await api.get("/api/v1/stats/trend", params=edge, headers=desk)  # nothing to compare with
         assert (r.status_code, r.json()["error"]) == (422, "invalid_period"), r.text
-    r = await api.get("/api/v1/stats/trend", params=week | {"group_by": "grid"}, headers=desk)
+    r = await api.get("/api/v1/stats/trend", params=week | {"group_by": "caller"}, headers=desk)
     assert (r.status_code, r.json()["field"]) == (422, "group_by")
     # The desk's, as the rankings are: a department's token is refused, and no token at all.
     department = system_city.departments[0].id

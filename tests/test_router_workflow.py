@@ -683,7 +683,8 @@ def test_a_misclassified_ticket_goes_back_to_the_desk_with_what_it_really_is():
     out = workflow.return_ticket(t, "street_s03", "wrong_category", "实为自来水管漏水", "", CITY, TZ, T0)
     returned, assigned = out.publish
     assert (returned.returned.reason, returned.returned.reason_name) == ("wrong_category", "诉求分类有误")
-    assert (out.ticket.status, out.ticket.department.id, out.ticket.returns) == (st.REVIEW, "dispatch_desk", 1)
+    desk = (st.REVIEW, "dispatch_desk", 1)
+    assert (out.ticket.status, out.ticket.department.id, out.ticket.returns) == desk
     assert "实为自来水管漏水" in assigned.explanation
     assert assigned.explanation.endswith("请派单中心重新分类后派单")
     # Other reasons that leave the list aside say only where the ticket went.

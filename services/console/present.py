@@ -439,8 +439,15 @@ def map_label(city: City, gid: str) -> list[str]:
     return [name]
 
 
+def most_received(groups: Sequence[Mapping[str, Any]], n: int) -> list[Mapping[str, Any]]:
+    """The `n` groups of the trend (`/api/v1/stats/trend`) that received the most appeals in the
+    period, most first (by name among equals); those with none in it (counted only in the periods
+    it is compared with) are left out."""
+    return sorted((g for g in groups if g["count"]), key=lambda g: (-g["count"], g["name"]))[:n]
+
+
 def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:
-    """The configured grid polygons as SVG shapes, shaded by ticket volume."""
+    """The configured grid polygons as SVG shapes, shaded by the appeals each received."""
     polys = {gid: info.grid.polygon for gid, info in city.grids.items() if info.grid.polygon}
     if not polys:
         return {"width": MAP_WIDTH, "height": 0, "shapes": []}

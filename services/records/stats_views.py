@@ -24,7 +24,7 @@ from shared.spreadsheets import Format, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["stats"])
 
-GROUP_NAMES = {"category": "诉求分类", "street": "街道", "department": "承办单位"}
+GROUP_NAMES = {"category": "诉求分类", "street": "街道", "department": "承办单位", "grid": "网格"}
 
 
 async def _trend(request: Request, group_by: TrendGroup, level: Level, period: tuple[date, date]) -> Any:

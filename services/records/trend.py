@@ -1,7 +1,7 @@
 """Appeals over time from the record (周报/月报): how many came in per day of a period, of the period
-before it (环比) and of the same dates a year before (同比), and per category, street or department
-in each. Every ticket counts on the local day it was received (merged duplicates too: each was a
-call). Two queries, both aggregated by PostgreSQL over the received_at index; the arithmetic of the
+before it (环比) and of the same dates a year before (同比), and per category, street, department or
+grid in each. Every ticket counts on the local day it was received (merged duplicates too: each was
+a call). Two queries, both aggregated by PostgreSQL over the received_at index; the arithmetic of the
 comparison is `shared.trend`'s."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from shared import trend
 from shared.city import City
 from shared.errors import DomainError
 
-TrendGroup = Literal["category", "street", "department"]
+TrendGroup = Literal["category", "street", "department", "grid"]
 Level = Literal["top", "leaf"]
 PERIODS = ("current", "previous", "last_year")
-UNKNOWN_NAMES = {"category": "未分类", "street": "未定位街道", "department": "未派单"}
+UNKNOWN_NAMES = {"category": "未分类", "street": "未定位街道", "department": "未派单", "grid": "未定位网格"}
 
 # One row per day of each period, the days without a ticket as 0: the series is PostgreSQL's
 # (generate_series), the counts are grouped by the local day (date_trunc in the city's timezone).
@@ -51,7 +51,12 @@ SELECT coalesce({group}, 'unknown') AS grp,
     OR (t.received_at >= %(lo2)s AND t.received_at < %(hi2)s)
  GROUP BY grp
 """
-GROUP_COLUMNS = {"category": "t.category", "street": "t.street", "department": "t.department"}
+GROUP_COLUMNS = {
+    "category": "t.category",
+    "street": "t.street",
+    "department": "t.department",
+    "grid": "t.grid",
+}
 TOP_JOIN = (
     "LEFT JOIN unnest(%(leaves)s::text[], %(roots)s::text[]) AS top(leaf, root) ON top.leaf = t.category"
 )
@@ -99,6 +104,8 @@ def name_of(city: City, group_by: str, group: str) -> str:
         return next((s.name for s in city.district.streets if s.id == group), group)
     if group_by == "department" and group in city.department_by_id:
         return city.department_by_id[group].name
+    if group_by == "grid" and group in city.grids:
+        return city.grids[group].grid.name
     return group
 
 

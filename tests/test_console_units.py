@@ -252,6 +252,7 @@ def test_a_residents_lookup_shows_no_personal_data(city):
         received_at=NOW,
         category_names=("城市管理", "市政设施", "路灯故障"),
         department=DepartmentRef(id="urban_mgmt", name="区城市管理委员会"),
+        resolve_by=datetime(2026, 3, 9, 10, 0, tzinfo=UTC),
     )
     history = [
         {"topic": "appeal.received", "occurred_at": NOW.isoformat()},
@@ -266,6 +267,10 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     assert "办理中" in shown
     assert "承办单位已签收，正在办理" in shown
     assert "正在人工分派承办单位" in shown
+    # When it is due, in the city's time, while the department has it; not once it is resolved.
+    assert public_view(ticket, history, city, TZ)["due"] == "2026-03-09 18:00"
+    resolved = ticket.model_copy(update={"status": Status.RESOLVED})
+    assert public_view(resolved, history, city, TZ)["due"] == ""
 
 
 def test_templates_render_residents_text_as_text():

@@ -233,6 +233,23 @@ def test_a_merged_ticket_is_told_by_the_ticket_it_follows_and_nothing_else_of_th
     assert step_words(carried) == "所并入的工单20261123-000001已与工单20261123-000009合并办理"
 
 
+def test_a_ticket_held_for_a_joint_meeting_and_reassigned_says_why_each_step():
+    dept = {"id": "urban_mgmt", "name": "区城市管理委员会"}
+    first = {"topic": "ticket.assigned", "via": "rule", "department": dept}
+    held = {"topic": "ticket.updated", "action": "escalated", "meeting": {"meeting_id": "M1"}}
+    decided = {"topic": "ticket.assigned", "via": "meeting", "department": dept}
+    assert [step_words(r) for r in (first, held, decided)] == [
+        "已转交承办单位：区城市管理委员会",
+        "问题涉及多个部门，已提请联席会议协调确定承办单位",
+        "经联席会议协调，已确定承办单位：区城市管理委员会",
+    ]
+    assert step_words({**first, "via": "reroute"}) == "原承办单位退回，已改派承办单位：区城市管理委员会"
+    assert step_words({**first, "via": "redispatch"}, department=False) == "已改派承办单位"
+    # A deadline's escalation (督办) is the staff's business, not the resident's.
+    supervised = {"topic": "ticket.updated", "action": "escalated", "supervision": {"stage": "resolve"}}
+    assert step_words(supervised) is None
+
+
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():
     one = progress_of(_ticket(Status.CLOSED, department=DEPT), HISTORY, TZ)
     assert reply_text(Query("20261123-000001"), [one]).startswith("您的工单：工单号20261123-000001，已关闭")

@@ -25,8 +25,9 @@ from services.intake.progress import step_words
 from shared import lookup_link
 from shared.city import City
 from shared.store import TicketStore
-from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Ticket
+from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status, Ticket
 
+HANDLED = (Status.ASSIGNED, Status.ACCEPTED)  # a department has it (its resolution deadline runs)
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
 TRIES_PER_IP_PER_HOUR = 60
 _TICKET_NO = re.compile(r"^[0-9A-Za-z-]{4,40}$")
@@ -127,6 +128,8 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         "received": present.local(ticket.received_at, tz),
         "category": "/".join(ticket.category_names) or "分类中",
         "department": ticket.department.name if ticket.department and ticket.status != "review" else "",
+        # While a department has it, when it is due: what a resident asks first when they call.
+        "due": present.local(ticket.resolve_by, tz) if ticket.status in HANDLED and ticket.resolve_by else "",
         "resolution": ticket.resolution_note,
         # A mediation's outcome, not its agreement: the terms name the parties (personal data).
         "mediation": MEDIATION_OUTCOME_NAMES.get(ticket.mediation_outcome or "", ""),

@@ -67,6 +67,14 @@ _SHOWN = {
     "survey.answered": "已收到您的评价",
 }
 
+# An assignment after the first says how it came about: the resident sees the department change, or
+# the same one named twice (a joint meeting gives the ticket back to it), and should know why.
+_ASSIGNED_AGAIN = {
+    "meeting": "经联席会议协调，已确定承办单位",
+    "reroute": "原承办单位退回，已改派承办单位",
+    "redispatch": "已改派承办单位",
+}
+
 NOT_FOUND = (
     "未找到该用户的工单{ticket_no}。请核对工单号（受理时告知的编号，如20261201-000123）；"
     "发送“查询”可查看您近期的工单，也可拨打12345。"
@@ -160,7 +168,11 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
     if key == "remerged":  # 并案: the ticket followed was merged into another, followed from now on
         merge = record.get("merge") or {}
         return f"所并入的工单{merge.get('via', '')}已与工单{merge.get('into', '')}合并办理"
+    if key == "escalated" and record.get("meeting"):  # 吹哨报到: held for the departments to settle
+        return "问题涉及多个部门，已提请联席会议协调确定承办单位"
     words = _SHOWN.get(key)
+    if key == "ticket.assigned":  # why a second department (or the same one again) has it now
+        words = _ASSIGNED_AGAIN.get(record.get("via") or "", words)
     if words is None:
         return None
     name = (record.get("department") or {}).get("name", "") if key == "ticket.assigned" else ""

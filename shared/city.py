@@ -189,6 +189,10 @@ class Supervision(_Model):
     hotspot_count: int = Field(5, ge=2)  # this many appeals of one category in one grid ...
     hotspot_window_days: float = Field(7, gt=0)  # ... within this many days is a hotspot
     ambiguity_margin: float = Field(0.1, ge=0, le=1)  # top-two scores this close: a joint meeting
+    # ... when the two together are at least this likely; below, the model cannot tell what the
+    # appeal is about (a vague call), and a person at the desk reads it rather than a meeting of
+    # the departments of two guesses
+    ambiguity_floor: float = Field(0.5, ge=0, le=1)
     # A knowledge-base answer its department has not confirmed for this many days is 待复核: the
     # operator is told to check it before giving it (policies change every few weeks).
     knowledge_review_days: int = Field(180, gt=0, le=3650)

@@ -69,6 +69,30 @@ async def test_an_assignment_writes_its_timers_and_queue_entry_with_the_ticket(r
     assert await redis.hget("queue:owner", no) == ticket.department.id.encode()
 
 
+async def test_a_vague_appeal_between_two_departments_waits_at_the_desk_not_for_a_meeting(redis):
+    sent = Sent()
+    h = handlers(redis, sent)
+    no = number()
+    vague = classified(
+        CITY,
+        "city.facility.streetlight",
+        GRID,
+        no=no,
+        confidence=0.14,
+        second=("utility.power", 0.12),
+        at=datetime.now(UTC),
+    )
+    # The model's own review threshold is lower still: by confidence alone it would be routed.
+    await h.classified([vague.model_copy(update={"review_threshold": 0.08})])
+    [assigned] = sent.events
+    assert isinstance(assigned, TicketAssigned)
+    assert (assigned.via, assigned.department.id) == ("dispatch_desk", CITY.responsibilities.dispatch_desk)
+    assert assigned.explanation.startswith("分类难以确定")
+    ticket = await h.store.get(no)
+    assert ticket is not None
+    assert ticket.meeting_id is None
+
+
 async def test_an_escalation_opens_its_meeting_and_records_it_without_publishing(redis):
     sent = Sent()
     h = handlers(redis, sent)

@@ -16,6 +16,7 @@ from services.router.rules import (
     responsible,
     route,
     street_office,
+    undecided,
 )
 from services.router.sla import add_working_days, deadlines, is_workday, sla_class_for
 from shared.city import DEMO_CITY_DIR, CityConfigError, ResponsibilityRule, load_city
@@ -119,6 +120,22 @@ def test_close_runner_up_with_another_department_is_contested(city):
     assert contested(city, r, close, g, 0.1) == ("power",)
     assert contested(city, r, far, g, 0.1) == ()
     assert contested(city, r, same_dept, g, 0.1) == ()
+
+
+def test_a_near_tie_of_two_unlikely_readings_goes_to_the_desk_not_to_a_meeting(city):
+    weak = (
+        CategoryScore(category="city.facility.streetlight", probability=0.14),
+        CategoryScore(category="utility.power", probability=0.12),
+    )
+    desk = undecided(city, weak, 0.1, 0.5)
+    assert desk is not None
+    assert (desk.lead, desk.via) == (city.responsibilities.dispatch_desk, "dispatch_desk")
+    assert desk.explanation == "分类难以确定（城市管理/市政设施/路灯故障14%、公共事业/供电12%），转人工派单"
+    # Together likely enough (a real contest between two readings), far apart, or one reading: None.
+    assert undecided(city, (weak[0], weak[1].model_copy(update={"probability": 0.36})), 0.1, 0.5) is None
+    assert undecided(city, (weak[0].model_copy(update={"probability": 0.3}), weak[1]), 0.1, 0.5) is None
+    assert undecided(city, weak[:1], 0.1, 0.5) is None
+    assert undecided(city, weak, 0.1, 0.26) is None  # the floor is the city's: 0.26 is not below it
 
 
 def test_candidates_and_responsibility(city):

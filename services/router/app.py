@@ -18,7 +18,14 @@ from zoneinfo import ZoneInfo
 from faststream import FastStream
 
 from services.router import meetings, timers, workflow
-from services.router.rules import FIRST_CONTACT, answered_on_call, contested, handled_on_spot, route
+from services.router.rules import (
+    FIRST_CONTACT,
+    answered_on_call,
+    contested,
+    handled_on_spot,
+    route,
+    undecided,
+)
 from services.router.service import FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
@@ -95,8 +102,12 @@ class RouterHandlers:
             routing = answered_on_call(city, appeal.operator_id)
         else:
             routing = route(city, classified.category, classified.grid, classified.confidence, threshold)
-            margin = city.sla.supervision.ambiguity_margin
-            others = contested(city, routing, classified.top, classified.grid, margin)
+            sup = city.sla.supervision
+            others = contested(city, routing, classified.top, classified.grid, sup.ambiguity_margin)
+            # A person's correction is what it is about, however the model read it.
+            if others and not classified.reviewed_by:
+                desk = undecided(city, classified.top, sup.ambiguity_margin, sup.ambiguity_floor)
+                routing, others = (desk, ()) if desk else (routing, others)
         urgent = classified.urgent or classified.appeal.urgent_flag
         due = deadlines(city, classified.category, urgent, classified.occurred_at, self.tz)
         return partial(

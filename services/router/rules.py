@@ -221,3 +221,26 @@ def contested(
         if second and second[0][1].lead != routing.lead:
             others.append(second[0][1].lead)
     return tuple(dict.fromkeys(d for d in others if d != routing.lead))
+
+
+def undecided(city: City, top: Sequence[CategoryScore], margin: float, floor: float) -> Routing | None:
+    """The dispatch desk, when the model's two best readings are nearly tied (within `margin`) and
+    together less likely than `floor`: it cannot tell what the appeal is about (a vague call), so a
+    person reads it, rather than a joint meeting of the departments of two guesses. None otherwise."""
+    if len(top) < 2:
+        return None
+    first, second = top[0], top[1]
+    if first.probability - second.probability > margin or first.probability + second.probability >= floor:
+        return None
+    readings = "、".join(
+        f"{'/'.join(city.category_names(c.category))}{c.probability:.0%}"
+        for c in (first, second)
+        if c.category in city.category_path
+    )
+    return Routing(
+        lead=city.responsibilities.dispatch_desk,
+        co=(),
+        via="dispatch_desk",
+        rule="",
+        explanation=f"分类难以确定（{readings}），转人工派单",
+    )

@@ -62,6 +62,14 @@ def test_the_deadline_that_matters_follows_the_status():
     assert present.due_of(ticket) == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert present.due_of({**ticket, "status": "accepted"}) == datetime(2026, 3, 9, 10, tzinfo=UTC)
     assert present.due_of({**ticket, "status": "closed"}) is None
+    # Held by a joint meeting: the meeting's deadline, said as such.
+    held = {**ticket, "status": "meeting", "meeting_by": "2026-03-05T10:00:00+00:00"}
+    assert present.due_of(held) == datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert [present.due_label(t["status"]) for t in (ticket, {"status": "accepted"}, held)] == [
+        "签收时限",
+        "办结时限",
+        "会议时限",
+    ]
 
 
 def test_history_sentences(city):
@@ -195,6 +203,44 @@ def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handlin
     assert 'id="summoned-only"' not in holder
     co_handled = {**ticket, "co_departments": [{"id": "water", "name": "区水务局"}]}
     assert handlers_of(co_handled) == {"urban_mgmt", "water"}
+
+
+def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadline(city):
+    """联席会议: the ticket's page links the meeting that holds it (for those who read meetings) and
+    its 时限 is the meeting's (会议时限), not a dash; an overdue mark left from the department's
+    deadline before the hold does not say the meeting is late."""
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "meeting",
+        "text": "小区门口垃圾堆积",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+        "confidence": None,
+        "received_at": "2026-03-01T08:00:00+00:00",
+        "department": {"id": "street_s03", "name": "光明街道办事处"},
+        "meeting_id": "M0123456789abcde",
+        "meeting_by": (NOW + timedelta(days=2, hours=3)).isoformat(),
+        "overdue": True,  # its department's acceptance ran late before the meeting took it
+    }
+    html = render_ticket(city, ticket)
+    meeting = re.search(r'<dd id="meeting">(.*?)</dd>', html, re.S)
+    assert meeting is not None
+    assert '<a href="/console/meetings/M0123456789abcde">M0123456789abcde</a>' in meeting[1]
+    assert "待会议确定主办单位" in meeting[1]
+    due = re.search(r"<dt>会议时限</dt><dd>(.*?)</dd>", html, re.S)
+    assert due is not None
+    assert due[1].strip() == "剩余2天3小时"
+    late = render_ticket(city, {**ticket, "meeting_by": (NOW - timedelta(hours=5)).isoformat()})
+    assert re.search(r'<dt>会议时限</dt><dd><strong class="overdue">超期</strong> 已超期5小时0分</dd>', late)
+    # A grid worker reads the ticket but not meetings: the meeting named, not linked.
+    worker = render_ticket(city, ticket, role="grid_worker")
+    assert re.search(r'<dd id="meeting">M0123456789abcde（待会议确定主办单位）</dd>', worker)
+    # Decided: the ticket went to the lead; the meeting that decided it is still linked.
+    decided = {**ticket, "status": "assigned", "meeting_by": None, "overdue": False}
+    html = render_ticket(city, {**decided, "respond_by": (NOW + timedelta(hours=4)).isoformat()})
+    assert 'href="/console/meetings/M0123456789abcde"' in html
+    assert "待会议确定主办单位" not in html
+    assert "<dt>签收时限</dt>" in html
+    assert 'id="meeting"' not in render_ticket(city, {**decided, "meeting_id": None})
 
 
 def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):

@@ -73,17 +73,20 @@ def local(value: str | datetime | None, tz: ZoneInfo) -> str:
 
 
 def due_of(ticket: Mapping[str, Any]) -> datetime | None:
-    """The deadline that matters now: to accept while assigned, to resolve once accepted."""
+    """The deadline that matters now: to accept while assigned, to resolve once accepted, and for
+    the joint meeting to decide while one holds the ticket (the clock its supervision runs by)."""
     if ticket.get("status") == "assigned":
         return parse_time(ticket.get("respond_by"))
     if ticket.get("status") == "accepted":
         return parse_time(ticket.get("resolve_by"))
+    if ticket.get("status") == "meeting":
+        return parse_time(ticket.get("meeting_by"))
     return None
 
 
 def due_label(status: str | None) -> str:
     """What the time left counts down to (see due_of)."""
-    return {"assigned": "签收时限", "accepted": "办结时限"}.get(status or "", "时限")
+    return {"assigned": "签收时限", "accepted": "办结时限", "meeting": "会议时限"}.get(status or "", "时限")
 
 
 # What a department is told after each action on a ticket, with what happens next.

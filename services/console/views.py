@@ -520,11 +520,15 @@ async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_w
 
 def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     left, late = present.time_left(present.due_of(ticket), now)
+    # Held by a joint meeting, only the meeting's clock runs (timers.RUNNING), and its time left says
+    # whether it is late: an overdue mark left from the department's deadline before the hold is not
+    # the meeting's, and beside the meeting's time left it would read as the meeting late.
+    marked = ticket.get("overdue", False) and ticket.get("status") != "meeting"
     return {
         **ticket,
         "left": left,
         "due_label": present.due_label(ticket.get("status")),
-        "late": late or ticket.get("overdue", False),
+        "late": late or marked,
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
     }

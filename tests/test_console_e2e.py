@@ -1384,8 +1384,9 @@ async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pa
             client, "和平里小区8号楼西侧路灯坏了三天，晚上漆黑一片，请尽快修", new_phone(), "和平里小区"
         )
         held = await ticket_when(client, dup, lambda t: t["status"] in ("assigned", "review"))
-        if held["status"] == "assigned":  # its department returns it as a duplicate: to the desk
-            token = await issue_token(redis, "department", held["department"]["id"])
+        returner = held["department"] if held["status"] == "assigned" else None
+        if returner:  # its department returns it as a duplicate: to the desk
+            token = await issue_token(redis, "department", returner["id"])
             r = await client.post(
                 f"/api/v1/tickets/{dup}/return",
                 json={"reason": "duplicate", "note": f"与工单{main}重复"},
@@ -1410,6 +1411,16 @@ async def test_desk_merges_a_duplicate_into_the_ticket_being_handled_and_both_pa
     # cards asked about at once; the most similar named first, which other tests' tickets of the
     # grid may be), and links to its page's 并案.
     await page.goto(f"/console/desk?ticket={dup}")
+    if returner:  # the card says who returned it and why, and offers that department only in 其他单位
+        card = page.locator(f"#desk-{dup}")
+        await expect(card.locator(f"#returns-{dup}")).to_contain_text(
+            f"{returner['name']}退单：重复工单；说明：与工单{main}重复"
+        )
+        await expect(card.locator(f"#returned-hint-{dup}")).to_contain_text(f"{returner['name']}已退回此工单")
+        await expect(card.locator(f"button.dept[value='{returner['id']}']")).to_have_count(0)
+        await expect(card.locator(f"#dept-{dup} option[value='{returner['id']}']")).to_have_text(
+            f"{returner['name']}（已退回）"
+        )
     nearby = page.locator(f"#nearby-{dup}")
     await expect(nearby).to_contain_text("同网格、同分类正在办理")
     await expect(nearby.locator("a[href^='/console/tickets/']").first).to_have_text(

@@ -63,6 +63,14 @@ def test_the_deadline_that_matters_follows_the_status():
     assert present.due_of(ticket) == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert present.due_of({**ticket, "status": "accepted"}) == datetime(2026, 3, 9, 10, tzinfo=UTC)
     assert present.due_of({**ticket, "status": "closed"}) is None
+    # Held by a joint meeting: the meeting's deadline, said as such.
+    held = {**ticket, "status": "meeting", "meeting_by": "2026-03-05T10:00:00+00:00"}
+    assert present.due_of(held) == datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert [present.due_label(t["status"]) for t in (ticket, {"status": "accepted"}, held)] == [
+        "签收时限",
+        "办结时限",
+        "会议时限",
+    ]
 
 
 def test_history_sentences(city):
@@ -196,6 +204,44 @@ def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handlin
     assert 'id="summoned-only"' not in holder
     co_handled = {**ticket, "co_departments": [{"id": "water", "name": "区水务局"}]}
     assert handlers_of(co_handled) == {"urban_mgmt", "water"}
+
+
+def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadline(city):
+    """联席会议: the ticket's page links the meeting that holds it (for those who read meetings) and
+    its 时限 is the meeting's (会议时限), not a dash; an overdue mark left from the department's
+    deadline before the hold does not say the meeting is late."""
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "meeting",
+        "text": "小区门口垃圾堆积",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+        "confidence": None,
+        "received_at": "2026-03-01T08:00:00+00:00",
+        "department": {"id": "street_s03", "name": "光明街道办事处"},
+        "meeting_id": "M0123456789abcde",
+        "meeting_by": (NOW + timedelta(days=2, hours=3)).isoformat(),
+        "overdue": True,  # its department's acceptance ran late before the meeting took it
+    }
+    html = render_ticket(city, ticket)
+    meeting = re.search(r'<dd id="meeting">(.*?)</dd>', html, re.S)
+    assert meeting is not None
+    assert '<a href="/console/meetings/M0123456789abcde">M0123456789abcde</a>' in meeting[1]
+    assert "待会议确定主办单位" in meeting[1]
+    due = re.search(r"<dt>会议时限</dt><dd>(.*?)</dd>", html, re.S)
+    assert due is not None
+    assert due[1].strip() == "剩余2天3小时"
+    late = render_ticket(city, {**ticket, "meeting_by": (NOW - timedelta(hours=5)).isoformat()})
+    assert re.search(r'<dt>会议时限</dt><dd><strong class="overdue">超期</strong> 已超期5小时0分</dd>', late)
+    # A grid worker reads the ticket but not meetings: the meeting named, not linked.
+    worker = render_ticket(city, ticket, role="grid_worker")
+    assert re.search(r'<dd id="meeting">M0123456789abcde（待会议确定主办单位）</dd>', worker)
+    # Decided: the ticket went to the lead; the meeting that decided it is still linked.
+    decided = {**ticket, "status": "assigned", "meeting_by": None, "overdue": False}
+    html = render_ticket(city, {**decided, "respond_by": (NOW + timedelta(hours=4)).isoformat()})
+    assert 'href="/console/meetings/M0123456789abcde"' in html
+    assert "待会议确定主办单位" not in html
+    assert "<dt>签收时限</dt>" in html
+    assert 'id="meeting"' not in render_ticket(city, {**decided, "meeting_id": None})
 
 
 def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):
@@ -383,6 +429,72 @@ def test_desk_suggestions_name_a_department_even_without_a_grid(city):
     for s in suggested:
         assert s["department"] in city.department_by_id
         assert city.department_by_id[s["department"]].kind != "dispatch_desk"
+
+
+def test_desk_suggestions_mark_a_department_that_returned_the_ticket(city):
+    """A returned ticket back at the desk: the department that returned it is marked (the card then
+    offers it only in 其他单位); the categories keep the classifier's order."""
+    ticket = {
+        "grid": {"grid": None},
+        "top_categories": [
+            {"category": "city.facility.streetlight", "probability": 0.4},
+            {"category": "utility.water", "probability": 0.3},
+        ],
+    }
+    fresh = present.suggestions(city, ticket)
+    first, second = (s["department"] for s in fresh)
+    assert first != second
+    assert [s["returned"] for s in fresh] == [False, False]
+    returned = present.suggestions(city, {**ticket, "returned_by": [first]})
+    assert [s["category"] for s in returned] == [s["category"] for s in fresh]
+    assert [(s["department"], s["returned"]) for s in returned] == [(first, True), (second, False)]
+
+
+def test_a_tickets_returns_are_read_from_its_history_whatever_the_reason():
+    """Each 退单 with its department, the reason's name as the event carries it (a reason the console
+    has never heard of reads as well), the rule disputed and the note; a record from before events
+    carried `returned` kept it all in `data`."""
+    water = {"id": "water", "name": "区水务局"}
+    history = [
+        {"topic": "appeal.received"},
+        {
+            "topic": "ticket.updated",
+            "action": "returned",
+            "department": water,
+            "note": "井盖属燃气公司",
+            "returned": {
+                "reason": "not_ours",
+                "reason_name": "不属于本单位职责",
+                "disputed_rule": "窨井规则",
+            },
+        },
+        {"topic": "ticket.updated", "action": "accepted", "department": water},
+        {
+            "topic": "ticket.updated",
+            "action": "returned",
+            "actor": "urban_mgmt",
+            "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+            "returned": {"reason": "brand_new", "reason_name": "一个新的退单理由"},
+        },
+        {
+            "topic": "ticket.updated",
+            "action": "returned",
+            "department": water,
+            "data": {"reason": "needs_other", "reason_name": "需其他部门办理", "disputed_rule": "旧规则"},
+        },
+    ]
+    got = present.returns_of(history)
+    assert [(r["department"], r["reason_name"], r["disputed_rule"], r["note"]) for r in got] == [
+        ("water", "不属于本单位职责", "窨井规则", "井盖属燃气公司"),
+        ("urban_mgmt", "一个新的退单理由", "", ""),
+        ("water", "需其他部门办理", "旧规则", ""),
+    ]
+    assert [r["words"] for r in got] == [
+        "区水务局退单：不属于本单位职责（争议规则：窨井规则）；说明：井盖属燃气公司",
+        "区城市管理委员会退单：一个新的退单理由",
+        "区水务局退单：需其他部门办理（争议规则：旧规则）",
+    ]
+    assert present.returns_of([]) == []
 
 
 def test_the_lists_refusals_go_beside_their_field_or_above_the_list():
@@ -789,8 +901,9 @@ def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_ha
 class _DeskApi:
     """The API as the dispatch desk sees it: one card waiting, nothing else; what was posted kept."""
 
-    def __init__(self, card: dict, assign: Reply) -> None:
+    def __init__(self, card: dict, assign: Reply, reasons: dict[str, list[dict]] | None = None) -> None:
         self.card, self.assign, self.posted = card, assign, []
+        self.reasons, self.asked_why = reasons or {}, []
 
     def waiting(self) -> list[dict]:
         return [self.card]
@@ -821,6 +934,75 @@ class _DeskApi:
 
     async def get(self, path: str, **params):
         return Reply(200, {"total": 0})  # the menu's count of callbacks due
+
+    async def return_reasons(self, no: str) -> list[dict]:
+        self.asked_why.append(no)
+        return self.reasons.get(no, [])
+
+
+async def test_a_returned_tickets_card_says_why_and_offers_its_department_only_in_the_full_list(
+    monkeypatch, city
+):
+    """退单 back at the desk: its card says who returned it, why, the rule disputed and the note
+    (read from its history once, for the card and the 退单工单 table alike), and the department
+    that returned it is no one-click button, only a choice in 其他单位 marked 已退回; a card no
+    department returned asks nothing and offers its departments as ever."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    tops = [
+        {"category": "city.facility.streetlight", "probability": 0.4},
+        {"category": "utility.water", "probability": 0.3},
+    ]
+    waiting = {"status": "review", "text": "路灯坏了，井盖也松了", "confidence": 0.3, "top_categories": tops}
+    first, second = (sg["department"] for sg in present.suggestions(city, waiting))
+    no, plain = "20261201-000031", "20261201-000032"
+    returned = {**waiting, "ticket_no": no, "returns": 1, "returned_by": [first]}
+    why = {
+        "department": first,
+        "department_name": city.department_by_id[first].name,
+        "reason_name": "一个新的退单理由",
+        "disputed_rule": "路灯归属规则",
+        "note": "灯杆属供电公司",
+    }
+    words = present.return_words(why)
+
+    class TwoCards(_DeskApi):
+        def waiting(self) -> list[dict]:
+            return [returned, {**waiting, "ticket_no": plain}]
+
+    fake = TwoCards(returned, Reply(200, {}), reasons={no: [{**why, "words": words}]})
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert fake.asked_why == [no]  # once, for its card and its row; the other card asks nothing
+    card = html[html.index(f'id="desk-{no}"') : html.index(f'id="desk-{plain}"')]
+    told = re.search(rf'<div class="warning" id="returns-{no}">(.*?)</div>', card, re.S)
+    assert told is not None
+    assert html_escape(words, quote=False) in told[1]
+    for said in ("一个新的退单理由", "路灯归属规则", "灯杆属供电公司"):  # the reason, the rule, the note
+        assert said in words
+    name = city.department_by_id[first].name
+    hint = re.search(rf'<p class="muted" id="returned-hint-{no}">([^<]*)</p>', card)
+    assert hint is not None
+    assert hint[1].startswith(f"{name}已退回此工单")
+    buttons = re.findall(r'<button type="submit" name="department" value="([^"]+)" class="dept">', card)
+    assert buttons == [second]
+    assert f'<option value="{first}">{name}（已退回）</option>' in card
+    # The other card: nothing returned, every suggested department a button, none marked.
+    other = html[html.index(f'id="desk-{plain}"') : html.index('id="extensions"')]
+    assert f'id="returns-{plain}"' not in other
+    assert "returned-hint" not in other
+    assert re.findall(r'name="department" value="([^"]+)" class="dept">', other) == [first, second]
+    assert "（已退回）" not in other
+    # The 退单工单 table says it too.
+    table = html[html.index('id="returned"') :]
+    assert html_escape(words, quote=False) in table
 
 
 @pytest.mark.parametrize(
@@ -2132,7 +2314,11 @@ def test_the_desks_returned_tickets_are_paged_like_its_cards():
     its history), the count of all, and the pages, back at the section."""
     empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
     rows = [
-        {"ticket_no": f"20261201-{i:06d}", "returns": 1, "return_reasons": [f"区水务局（非本单位职责）{i}"]}
+        {
+            "ticket_no": f"20261201-{i:06d}",
+            "returns": 1,
+            "return_reasons": [{"words": f"区水务局退单：非本单位职责（{i}）"}],
+        }
         for i in range(1, 21)
     ]
     html = templates.get_template("desk.html").render(
@@ -2141,7 +2327,7 @@ def test_the_desks_returned_tickets_are_paged_like_its_cards():
         grid_names={}, kept={}, focus="", done="", error="",
     )  # fmt: skip
     assert "退单工单（45）" in html
-    assert html.count("区水务局（非本单位职责）") == 20
+    assert html.count("区水务局退单：非本单位职责") == 20
     assert '<nav aria-label="退单工单翻页" class="pager">' in html
     assert 'href="/console/desk?returned=1#returned" rel="prev"' in html
     assert 'href="/console/desk?returned=3#returned" rel="next"' in html

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from services.console import present
-from services.router import timers, workflow
+from services.router import meetings, timers, workflow
 from services.router.rules import answered_on_call, handled_on_spot
 from services.router.sla import deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, Step, WorkflowError
@@ -737,6 +737,55 @@ def test_unsatisfied_reopens_then_escalates():
     assert second.ticket.status == st.MEETING
     assert second.ticket.reopens == 2
     assert second.publish[-1].meeting.reason == "reopened_twice"
+
+
+def test_a_convened_meeting_says_its_reason_once_whatever_convened_it():
+    """召开联席会议：<why>. The convening's explanation is the reason's name and what the hold that
+    asked for it said: the name once, whichever path held the ticket (a hotspot's hold opens with
+    the name itself, the others say what happened), with what the hold said kept."""
+    contested = classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
+    garbage = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
+    once = workflow.return_ticket(garbage, "street_s03", "duplicate", "与上一单重复", "", CITY, TZ, T0).ticket
+    again = workflow.dispatch(once, "urban_mgmt", None, "请城管委处理", "dispatch_desk", CITY, TZ, T0).ticket
+    reopened = survey(resolved(assigned_ticket(CITY)), 3, 0, "灯还是不亮").ticket
+    later = T0 + timedelta(days=2)
+    checked = workflow.verify(resolved(assigned_ticket(CITY)), "W017", GRID, False, "不亮", CITY, TZ, later)
+    hot = meetings.spec(
+        CITY,
+        mid="M1",
+        reason="hotspot",
+        grid="s03c02g03",
+        category="city.appearance.garbage",
+        summoned=["street_s03"],
+        now=T0,
+        tz=TZ,
+    )
+    holds = {
+        "ambiguous": assign(CITY, contested).publish[-1],
+        "returned_twice": workflow.return_ticket(
+            again, "urban_mgmt", "not_ours", "", "不同意", CITY, TZ, T0
+        ).publish[-1],
+        "reopened_twice": survey(resolved(reopened), 3, 1, "第二次了还没修").publish[-1],
+        "reopened_twice_checked": workflow.verify(
+            resolved(checked.ticket, at=later), "W017", GRID, False, "仍然不亮", CITY, TZ, later
+        ).publish[-1],
+        "hotspot": workflow.hold_for_meeting(garbage, hot, T0).publish[-1],
+    }
+    assert {e.meeting.reason for e in holds.values()} == set(meetings.REASON_NAMES)
+    for e in holds.values():
+        assert e.action == "escalated"
+        name = meetings.REASON_NAMES[e.meeting.reason]
+        why = meetings.explanation(e.meeting.reason, e.note)
+        assert why.count(name) == 1, why
+        assert why.startswith(name)
+        # The hold's own words are all there (the hotspot's note is the whole explanation).
+        assert why.endswith(e.note)
+        said = present.describe({"topic": "meeting.convened", "explanation": why}, CITY)
+        assert said == f"召开联席会议：{why}"
+    assert meetings.explanation("hotspot", holds["hotspot"].note) == (
+        "同一网格同类诉求集中（热点），提请联席会议（M1）统筹解决"
+    )
+    assert meetings.explanation("returned_twice", "") == "工单两次被退回"
 
 
 def test_resolution_photos_go_on_the_event_and_the_ticket_and_stay_until_the_next_resolution():

@@ -201,18 +201,11 @@ class Api:
 
     # --- figures --------------------------------------------------------------------------------
 
-    async def return_reasons(self, no: str) -> list[str]:
-        """Each return of the ticket: who, why, and their note (from its history)."""
+    async def return_reasons(self, no: str) -> list[dict[str, str]]:
+        """Each return of the ticket: who, why, the rule disputed, their note (`present.returns_of`,
+        from its history); none when the ticket cannot be read."""
         reply = await self.get(f"/api/v1/tickets/{no}")
-        history = reply.body.get("history", []) if reply.ok else []
-        out = []
-        for h in history:
-            if h.get("action") == "returned":
-                who = (h.get("department") or {}).get("name", h.get("actor", ""))
-                reason = present.payload_words(h)
-                note = f"：{h['note']}" if h.get("note") else ""
-                out.append(f"{who}{f'（{reason}）' if reason else ''}{note}")
-        return out
+        return present.returns_of(reply.body.get("history", []) if reply.ok else [])
 
     async def figures(self, start: str, end: str) -> dict[str, Any]:
         """The whole city's three rates and score for the period (summed over departments)."""

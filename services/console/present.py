@@ -73,17 +73,20 @@ def local(value: str | datetime | None, tz: ZoneInfo) -> str:
 
 
 def due_of(ticket: Mapping[str, Any]) -> datetime | None:
-    """The deadline that matters now: to accept while assigned, to resolve once accepted."""
+    """The deadline that matters now: to accept while assigned, to resolve once accepted, and for
+    the joint meeting to decide while one holds the ticket (the clock its supervision runs by)."""
     if ticket.get("status") == "assigned":
         return parse_time(ticket.get("respond_by"))
     if ticket.get("status") == "accepted":
         return parse_time(ticket.get("resolve_by"))
+    if ticket.get("status") == "meeting":
+        return parse_time(ticket.get("meeting_by"))
     return None
 
 
 def due_label(status: str | None) -> str:
     """What the time left counts down to (see due_of)."""
-    return {"assigned": "签收时限", "accepted": "办结时限"}.get(status or "", "时限")
+    return {"assigned": "签收时限", "accepted": "办结时限", "meeting": "会议时限"}.get(status or "", "时限")
 
 
 # What a department is told after each action on a ticket, with what happens next.
@@ -396,9 +399,12 @@ def likely_department(city: City, category: str, grid: GridMatch) -> str:
 
 
 def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
-    """The classifier's top categories, each with the department the rules would send it to."""
+    """The classifier's top categories, each with the department the rules would send it to, and
+    whether that department already returned the ticket (`returned`: not offered as a one-click
+    dispatch, see desk.html)."""
     grid = ticket.get("grid") or {}
     match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
+    returned_by = set(ticket.get("returned_by") or ())
     out = []
     tops = ticket.get("top_categories") or [
         {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
@@ -415,9 +421,41 @@ def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
                 "probability": top.get("probability") or 0,
                 "department": dept.id if dept and dept.kind != "dispatch_desk" else None,
                 "department_name": dept.name if dept and dept.kind != "dispatch_desk" else None,
+                "returned": dept is not None and dept.id in returned_by,
             }
         )
     return out
+
+
+def returns_of(history: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Each return (退单) in a ticket's history, oldest first: the department (id and name), the
+    reason's name as the event carries it (whatever reasons the workflow lists, no code looked up
+    here), the responsibility rule it disputed, if any, its note, and all of it as one sentence
+    (`words`). Events carry the return in `returned`; records written before that kept it in
+    `data`."""
+    out = []
+    for h in history:
+        if h.get("action") != "returned":
+            continue
+        dept = h.get("department") or {}
+        detail = h.get("returned") or h.get("data") or {}
+        entry = {
+            "department": str(dept.get("id") or h.get("actor") or ""),
+            "department_name": str(dept.get("name") or h.get("actor") or ""),
+            "reason_name": payload_words(h),
+            "disputed_rule": str(detail.get("disputed_rule") or ""),
+            "note": str(h.get("note") or ""),
+        }
+        out.append({**entry, "words": return_words(entry)})
+    return out
+
+
+def return_words(entry: Mapping[str, str]) -> str:
+    """区水务局退单：不属于本单位职责（争议规则：…）；说明：…"""
+    rule = f"（争议规则：{entry['disputed_rule']}）" if entry.get("disputed_rule") else ""
+    note = f"；说明：{entry['note']}" if entry.get("note") else ""
+    reason = entry.get("reason_name") or "未说明理由"
+    return f"{entry['department_name']}退单：{reason}{rule}{note}"
 
 
 # --- the grid map --------------------------------------------------------------------------------

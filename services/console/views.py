@@ -520,11 +520,15 @@ async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_w
 
 def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     left, late = present.time_left(present.due_of(ticket), now)
+    # Held by a joint meeting, only the meeting's clock runs (timers.RUNNING), and its time left says
+    # whether it is late: an overdue mark left from the department's deadline before the hold is not
+    # the meeting's, and beside the meeting's time left it would read as the meeting late.
+    marked = ticket.get("overdue", False) and ticket.get("status") != "meeting"
     return {
         **ticket,
         "left": left,
         "due_label": present.due_label(ticket.get("status")),
-        "late": late or ticket.get("overdue", False),
+        "late": late or marked,
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
     }
@@ -1184,37 +1188,50 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
 
     sections = {"low": section(low_reply), "unrouted": section(unrouted_reply)}
     low, unrouted = sections["low"]["items"], sections["unrouted"]["items"]
-    for t in low + unrouted:
+    shown = low + unrouted
+    for t in shown:
         t["suggestions"] = present.suggestions(city, t)
+    extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
+    returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
+        row(t, tz, now) for t in waiting_returned
+    ]
+    # A page of them, like the cards.
+    returned, returned_page, returned_pages = present.page_of(
+        returned_all, page_number(request, "returned"), DESK_PAGE_SIZE
+    )
+    # Why each ticket was returned, read from its history: the table's page, and the cards of a
+    # ticket a department sent back, so that the desk reads the reason where it dispatches it again
+    # (not only in the table at the bottom). Each ticket once (a returned card is in the table too),
+    # side by side with the merge candidates below.
+    asked = list(
+        dict.fromkeys(
+            [t["ticket_no"] for t in shown if t.get("returns") or t.get("returned_by")]
+            + [t["ticket_no"] for t in returned]
+        )
+    )
+
     # 并案: the tickets of a card's grid and category already being handled (the most similar text
     # first), which it may repeat: the desk reads them before dispatching it again, and merges it
     # on the ticket's page. Residents retell a problem in their own words, so no text score decides.
     # One request for the page's cards (intake reads their grids together), not one per card.
-    shown = low + unrouted
-    found = (
-        await client.post("/api/v1/tickets/merge/candidates", {"ticket_nos": [t["ticket_no"] for t in shown]})
-        if shown
-        else None
+    async def candidates() -> Reply | None:
+        nos = [t["ticket_no"] for t in shown]
+        return await client.post("/api/v1/tickets/merge/candidates", {"ticket_nos": nos}) if nos else None
+
+    found, reasons = await asyncio.gather(
+        candidates(), asyncio.gather(*(client.return_reasons(no) for no in asked))
     )
     nearby = {r["ticket_no"]: r["candidates"] for r in found.body["results"]} if found and found.ok else {}
+    why = dict(zip(asked, reasons, strict=True))
     for t in shown:
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
+    for t in shown + returned:
+        t["return_reasons"] = why.get(t["ticket_no"], [])
     # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
     error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
     done = request.query_params.get("done") or ""
     kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
-    extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
-    returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
-        row(t, tz, now) for t in waiting_returned
-    ]
-    # A page of them, like the cards: each one's reasons are read from its history.
-    returned, returned_page, returned_pages = present.page_of(
-        returned_all, page_number(request, "returned"), DESK_PAGE_SIZE
-    )
-    reasons = await asyncio.gather(*(client.return_reasons(t["ticket_no"]) for t in returned))
-    for t, why in zip(returned, reasons, strict=True):
-        t["return_reasons"] = why
     return await page(
         request,
         "desk.html",

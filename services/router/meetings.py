@@ -31,6 +31,18 @@ REASON_NAMES: dict[str, str] = {
 }
 
 
+def explanation(reason: str, note: str) -> str:
+    """Why a meeting was convened, as its `meeting.convened` says it: the reason's name once, then
+    what the hold that asked for it said. A hotspot's hold opens with the reason itself (each of its
+    tickets has its own hold in its history, and only the first has the convening), so its note is
+    not prefixed with the name again; the other holds say what happened (who returned it, what the
+    resident said) and the name comes first."""
+    name = REASON_NAMES[reason]
+    if not note:
+        return name
+    return note if note.startswith(name) else f"{name}：{note}"
+
+
 class MeetingError(DomainError):
     """A meeting step that is not allowed; the message (Chinese) says why and what to do."""
 

@@ -581,7 +581,7 @@ class MeetingStore:
                         category=meeting.category,
                         grid=meeting.grid,
                         deadline=meeting.deadline,
-                        explanation=f"{meetings.REASON_NAMES[meeting.reason]}：{first.note}",
+                        explanation=meetings.explanation(meeting.reason, first.note),
                     )
                 else:
                     out = MeetingUpdated.caused(

@@ -2680,6 +2680,20 @@ async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatc
     assert "统计库暂不可用" in html
 
 
+def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time_given(city):
+    # Thursday 2026-12-03 18:00 in Beijing, 3 working days more: Tuesday 2026-12-08 18:00.
+    asked = {
+        "ticket_no": "20261201-000001", "category": "city.facility.streetlight", "urgent": False,
+        "resolve_by": "2026-12-03T10:00:00+00:00", "extension_request": {"days": 3, "reason": "需采购灯杆"},
+    }  # fmt: skip
+    dates = present.extension_dates(asked, city, TZ)
+    assert (dates["resolve_by"], dates["extended_to"]) == ("2026-12-03 18:00", "2026-12-08 18:00")
+    assert dates["given"] == "一般，7个工作日"  # the demo city's default class
+    utility = {**asked, "category": "utility.power"}
+    assert present.extension_dates(utility, city, TZ)["given"] == "水电气热，24小时"
+    assert present.extension_dates({**asked, "extension_request": None}, city, TZ) == {}
+
+
 def test_a_message_page_says_what_could_not_be_shown_where_the_focus_is():
     html = templates.get_template("message.html").render(
         request=None, s=staff("admin"), title="工单不存在", message="工单20260302-000009不存在"

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.router.rules import matching_rules, route
+from services.router.sla import add_working_days, sla_class_for
 from shared import trend
 from shared.access import ROLE_NAMES, subject_words
 from shared.city import City
@@ -482,6 +483,19 @@ def most_received(groups: Sequence[Mapping[str, Any]], n: int) -> list[Mapping[s
     period, most first (by name among equals); those with none in it (counted only in the periods
     it is compared with) are left out."""
     return sorted((g for g in groups if g["count"]), key=lambda g: (-g["count"], g["name"]))[:n]
+
+
+def extension_dates(ticket: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict[str, str]:
+    """What the desk weighs an extension request (延期申请) against: the resolution deadline now, the
+    one approval would set (the days asked for, in working days from it, as the router counts
+    them), and the time the ticket's kind of appeal is given to be resolved."""
+    request, due = ticket.get("extension_request") or {}, parse_time(ticket.get("resolve_by"))
+    if not request or due is None:
+        return {}
+    cls = city.sla.classes[sla_class_for(city, ticket.get("category") or "", bool(ticket.get("urgent")))]
+    given = f"{cls.resolve_days}个工作日" if cls.resolve_days else f"{cls.resolve_hours:g}小时"
+    later = add_working_days(due, int(request.get("days") or 0), city.sla, tz)
+    return {"resolve_by": local(due, tz), "extended_to": local(later, tz), "given": f"{cls.name}，{given}"}
 
 
 def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:

@@ -1191,7 +1191,11 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     shown = low + unrouted
     for t in shown:
         t["suggestions"] = present.suggestions(city, t)
-    extensions = [row(t, tz, now) for t in everything if t.get("extension_request")]
+    extensions = [
+        {**row(t, tz, now), "dates": present.extension_dates(t, city, tz)}
+        for t in everything
+        if t.get("extension_request")
+    ]
     returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
         row(t, tz, now) for t in waiting_returned
     ]

@@ -756,6 +756,73 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await expect(page.locator("#text-error")).to_contain_text("诉求内容是空的")
     await expect(page.locator("#text")).to_be_focused()
     await read_once(page, "诉求内容是空的", by="focus")  # with the field it describes, not again
+    # Put right, the reason and the mark go with the next preview, which finds the text fine.
+    await page.keyboard.type("小区门口垃圾堆了三天没人清理")
+    await expect(page.locator("#pv-department")).not_to_be_empty(timeout=60_000)
+    await expect(page.locator("#text-error")).to_have_count(0)
+    await expect(page.locator("#text")).not_to_have_attribute("aria-invalid", "true")
+    assert "text-error" not in (await page.locator("#text").get_attribute("aria-describedby") or "")
+
+
+async def test_a_mistyped_phone_is_marked_at_the_phone_and_the_suggestions_stay(
+    page: Page, browser: Browser, redis, system: System
+):
+    """A phone the preview cannot read costs only what it would look up by the caller: category,
+    department and knowledge-base answers stay in view; the phone is marked beside it (aria-invalid,
+    the reason describing it), told once, and unmarked when put right. A number half typed is not
+    marked until the operator leaves it. The same on a grid worker's report."""
+    await sign_in(page, await issue_token(redis, "operator", operator="op08"))
+    phone, error = page.locator("#caller_phone"), page.locator("#caller_phone-error")
+    await phone.fill("12345")
+    await page.locator("#text").fill("来电人咨询社保卡丢了怎么补办，要带什么材料")
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡", timeout=60_000)
+    await expect(page.locator("#pv-department")).not_to_be_empty()
+    await expect(page.locator("#pv-category")).not_to_be_empty()
+    await expect(error).to_contain_text("不是有效的手机号或固话号码")
+    await expect(phone).to_have_attribute("aria-invalid", "true")
+    await expect(phone).to_have_attribute("aria-describedby", "caller_phone-error")
+    await expect(page.locator("#pv-without-phone")).to_contain_text("来电号码有误")
+    await expect(page.locator("#text")).to_be_focused()  # the typing goes on where it was
+    said = "来电号码：" + (await error.text_content() or "")
+    await read_once(page, said, by="announcer")
+    await accessible(page)
+    await shot(page, "operator-phone-mistyped")
+
+    async def previewed(typing: Awaitable[None]) -> None:
+        async with page.expect_response(lambda r: r.url.endswith("/console/operator/preview")):
+            await typing
+        await expect(page.locator("#preview")).to_have_attribute("data-state", "ready")
+
+    # Put right: the mark goes, the suggestions stay, now with the caller's number.
+    await previewed(phone.fill(new_phone()))
+    await expect(error).to_have_count(0)
+    await expect(phone).not_to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#pv-without-phone")).to_have_count(0)
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡")
+    # Half a number while it is typed is no mistake yet; left that way, it is one.
+    await previewed(phone.fill("1391234"))
+    await expect(phone).not_to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡")
+    await page.keyboard.press("Tab")
+    await expect(phone).to_have_attribute("aria-invalid", "true")
+    await expect(error).to_contain_text("不是有效的手机号或固话号码")
+
+    # A grid worker's report with a resident's phone mistyped: the suggestions stay there too.
+    context = await browser.new_context(base_url=system.base_url, locale="zh-CN")
+    worker = await context.new_page()
+    try:
+        await sign_in(worker, await issue_token(redis, "grid_worker", operator="W032", grid="s01c01g02"))
+        await worker.locator("#caller_phone").fill("12345")
+        await worker.locator("#text").fill("巡查发现翠竹苑东门外人行道井盖破损下陷，行人容易绊倒")
+        await expect(worker.locator("#pv-department")).not_to_be_empty(timeout=60_000)
+        await expect(worker.locator("#caller_phone-error")).to_contain_text("不是有效的手机号或固话号码")
+        await expect(worker.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
+        await expect(worker.locator("#caller_phone")).to_have_attribute(
+            "aria-describedby", "caller_phone-hint caller_phone-error"
+        )
+        await expect(worker.locator("#pv-without-phone")).to_contain_text("反映群众电话有误")
+    finally:
+        await context.close()
 
 
 # --- photos ----------------------------------------------------------------------------------------

@@ -156,6 +156,66 @@
     let suggested = suggests(); // a page that came with its preview (no script then) has said it
     let timer = null;
     let asked = 0;
+
+    // What the preview found of each field it judged (its #pv-fields, _preview.html): a field at
+    // fault is marked beside it, as a refused submission marks it (aria-invalid, the reason
+    // describing it), while the suggestions stay in the panel; a field found fine loses its mark,
+    // whoever set it, so a submission's reason the operator has since put right does not stay.
+    // The field being typed in is not newly marked until it is left (half a number is no mistake
+    // yet); a mark already there follows the typing. A new mark is told, politely, once: the
+    // reason is no alert, which would interrupt the typing at every pause.
+    let verdict = {};
+    let judged = {}; // the values the verdict is about: a field changed since waits for the next
+    const labelOf = (field) => {
+      const label = intake.querySelector(`label[for="${field.id}"]`);
+      return label ? label.textContent.trim() : "";
+    };
+    const describe = (field, id, on) => {
+      const ids = (field.getAttribute("aria-describedby") || "").split(/\s+/).filter((x) => x && x !== id);
+      if (on) ids.push(id);
+      if (ids.length) field.setAttribute("aria-describedby", ids.join(" "));
+      else field.removeAttribute("aria-describedby");
+    };
+    // Returns what is to be told: the reason of a field newly marked, else nothing.
+    const mark = (field, words, typing) => {
+      const id = `${field.id}-error`;
+      const reason = document.getElementById(id);
+      if (!words) {
+        if (reason) reason.remove();
+        field.removeAttribute("aria-invalid");
+        describe(field, id, false);
+        return "";
+      }
+      if ((!reason && typing) || (reason && reason.textContent === words)) return "";
+      const written = document.createElement("p");
+      written.className = "error";
+      written.id = id;
+      written.textContent = words;
+      if (reason) reason.replaceWith(written);
+      else field.closest(".field").append(written);
+      field.setAttribute("aria-invalid", "true");
+      describe(field, id, true);
+      return reason ? "" : `${labelOf(field)}：${words}`;
+    };
+    const judge = () => {
+      const found = preview.querySelector("#pv-fields");
+      verdict = found ? JSON.parse(found.dataset.fields || "{}") : {};
+      const told = [];
+      for (const [name, words] of Object.entries(verdict)) {
+        const field = document.getElementById(name);
+        if (!field || !intake.contains(field) || field.value !== judged[field.id]) continue;
+        const said = mark(field, words, field === document.activeElement);
+        if (said) told.push(said);
+      }
+      return told;
+    };
+    intake.addEventListener("focusout", (e) => {
+      const field = e.target;
+      if (!(field instanceof HTMLElement) || !verdict[field.id] || field.value !== judged[field.id]) return;
+      const said = mark(field, verdict[field.id], false);
+      if (said) say(said);
+    });
+
     const refresh = () => {
       clearTimeout(timer);
       timer = setTimeout(async () => {
@@ -163,6 +223,7 @@
         const mine = ++asked;
         const form = new FormData(intake);
         form.delete("photos"); // the preview reads the words: photos go up once, with the appeal
+        const values = Object.fromEntries(kept.map((el) => [el.id, el.value]));
         preview.dataset.state = "asking";
         const response = await post(intake.dataset.preview, form);
         if (!response) return;
@@ -172,11 +233,14 @@
           preview.innerHTML = html;
           shown = html;
         }
+        judged = values;
+        const told = judge();
         const now = suggests();
         if (now && now !== suggested) {
           suggested = now;
-          say(now);
+          told.unshift(now);
         }
+        if (told.length) say(told.join(" ")); // one region, one text: together
         preview.dataset.state = "ready";
       }, 350);
     };

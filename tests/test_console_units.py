@@ -1685,6 +1685,28 @@ async def test_without_the_script_the_previewed_call_comes_back_with_the_phone_m
     assert 'aria-invalid="true"' not in re.search(r'<textarea id="text"[^>]*>', html)[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "role", "action", "label"),
+    [
+        ("operator.html", "operator", "/console/operator", "清空（新来电）"),
+        ("patrol.html", "grid_worker", "/console/patrol", "清空（新上报）"),
+    ],
+)
+def test_an_intake_form_has_a_button_for_a_new_empty_one(name, role, action, label):
+    """清空 is a button of a form of its own, which asks for the page afresh (a GET: nothing typed
+    goes into an address): it works without the script, whose draft it drops first (console.js)."""
+    html = form_page(name, role, {"text": "请填写诉求内容"})
+    button = re.search(
+        rf'<button type="submit" form="([^"]+)" class="secondary" id="clear-form">{label}</button>', html
+    )
+    assert button is not None
+    fresh = re.search(rf'<form method="get" action="{action}" id="{button[1]}"></form>', html)
+    assert fresh is not None
+    intake = re.search(r'<form method="post"[^>]*data-fresh="([^"]+)"', html)
+    assert intake is not None
+    assert intake[1] == button[1]
+
+
 def test_a_refusal_is_said_with_the_pages_label_only_where_the_api_names_the_field_otherwise():
     fields = {"text": "问题描述", "address": "位置说明"}
     said_as = {"text": "诉求内容"}

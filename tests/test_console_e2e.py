@@ -602,6 +602,10 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await page.locator("#submit").click()
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
     await sign_in(page, token)
+    # Signed in again, the page is a new one: the call is offered back, not filled in unasked.
+    await expect(page.locator("#draft-offer")).to_contain_text(f"{phone[:3]}****{phone[-4:]}")
+    await expect(page.locator("#text")).to_have_value("")
+    await page.get_by_role("button", name="恢复").click()
     await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
     # Said (智能提示, for the restored words, may follow it in the announcer).
     await read_once(page, "已恢复上次未提交的内容，请核对后提交。", by="announcer")
@@ -614,6 +618,98 @@ async def test_an_expired_session_does_not_cost_the_operator_the_call(page: Page
     await page.goto("/console/operator")
     await expect(page.locator("#text")).to_have_value("")
     await expect(page.locator("#draft-restored")).to_have_count(0)
+
+
+async def test_a_new_call_starts_empty_and_the_unsent_one_is_offered_back(page: Page, redis):
+    """A call typed and left unsent comes back filled only where the operator is still on it (the
+    page reloaded, or back with the browser's back button); the next call, from the menu, starts
+    on an empty form, the unsent one offered by its masked phone and first words (恢复 / 丢弃), so no
+    caller's details reach another's ticket. 清空（新来电） empties the form and drops the draft."""
+    await sign_in(page, await issue_token(redis, "operator", operator="op07"))
+    phone, text = new_phone(), "建设路菜市场门口早上占道经营，车辆过不去，希望管一管"
+    typed = {"caller_phone": phone, "caller_name": "李女士", "address": "建设路菜市场", "text": text}
+    fields = [page.locator(f"#{name}") for name in (*typed, "direct_answer")]
+
+    async def type_the_call() -> None:
+        for name, value in typed.items():
+            await page.locator(f"#{name}").fill(value)
+        await page.locator("#urgent").check()
+
+    async def filled() -> None:
+        for name, value in typed.items():
+            await expect(page.locator(f"#{name}")).to_have_value(value)
+        await expect(page.locator("#urgent")).to_be_checked()
+
+    async def empty() -> None:
+        for field in fields:
+            await expect(field).to_have_value("")
+        await expect(page.locator("#urgent")).not_to_be_checked()
+
+    async def new_call() -> None:  # the menu's 来电登记, as for the next caller
+        async with page.expect_navigation():
+            await page.get_by_role("navigation").get_by_role("link", name="来电登记").click()
+
+    await type_the_call()
+    # Reloaded mid-call: all of it back, with the note to check it; nothing offered.
+    await page.reload()
+    await filled()
+    await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    await expect(page.locator("#draft-offer")).to_have_count(0)
+    # Away to the knowledge base and back with the browser's back button: the call still there.
+    await page.goto("/console/knowledge")
+    await page.go_back()
+    await filled()
+
+    # The next call: an empty form, the phone focused; the unsent call offered, not filled in.
+    await new_call()
+    await empty()
+    await expect(page.locator("#draft-restored")).to_have_count(0)
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    offer = page.locator("#draft-offer")
+    said = f"有一份上次未提交的来电：{phone[:3]}****{phone[-4:]}，“建设路菜市场门口早上占道经营…”。"
+    await expect(offer).to_contain_text(said)
+    await expect(offer).not_to_contain_text(phone)
+    await expect(offer).to_have_attribute("role", "group")
+    restore = page.get_by_role("button", name="恢复")
+    await expect(restore).to_have_attribute("aria-describedby", "draft-offer-text")
+    await read_once(page, (await page.locator("#draft-offer-text").text_content() or ""), by="announcer")
+    await accessible(page)
+    await shot(page, "operator-draft-offered")
+    # 恢复: the call filled in, to check from the top.
+    await restore.click()
+    await filled()
+    await expect(offer).to_have_count(0)
+    await expect(page.locator("#draft-restored")).to_contain_text("已恢复上次未提交的内容")
+    await expect(page.locator("#caller_phone")).to_be_focused()
+
+    # 清空（新来电）: an empty form, and the draft gone, so a reload brings nothing back.
+    async with page.expect_navigation():
+        await page.get_by_role("button", name="清空（新来电）").click()
+    await empty()
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    assert await page.evaluate("sessionStorage.getItem('appeals-draft:intake')") is None
+    await page.reload()
+    await empty()
+    await expect(page.locator("#draft-offer")).to_have_count(0)
+
+    # 丢弃: the offer and the draft go, the form stays empty, the focus back in the phone.
+    await type_the_call()
+    await new_call()
+    await page.get_by_role("button", name="丢弃").click()
+    await expect(offer).to_have_count(0)
+    await empty()
+    await expect(page.locator("#caller_phone")).to_be_focused()
+    assert await page.evaluate("sessionStorage.getItem('appeals-draft:intake')") is None
+    # And an offer left unanswered goes once the next call is typed, which is now the draft.
+    await type_the_call()
+    await new_call()
+    await expect(offer).to_be_visible()
+    other = new_phone()
+    await page.locator("#caller_phone").fill(other)
+    await expect(offer).to_have_count(0)
+    draft = json.loads(await page.evaluate("sessionStorage.getItem('appeals-draft:intake')"))
+    assert draft["caller_phone"] == other
+    assert draft["text"] == ""
 
 
 async def test_operator_urges_the_callers_open_ticket_and_the_department_sees_it(
@@ -756,6 +852,73 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     await expect(page.locator("#text-error")).to_contain_text("诉求内容是空的")
     await expect(page.locator("#text")).to_be_focused()
     await read_once(page, "诉求内容是空的", by="focus")  # with the field it describes, not again
+    # Put right, the reason and the mark go with the next preview, which finds the text fine.
+    await page.keyboard.type("小区门口垃圾堆了三天没人清理")
+    await expect(page.locator("#pv-department")).not_to_be_empty(timeout=60_000)
+    await expect(page.locator("#text-error")).to_have_count(0)
+    await expect(page.locator("#text")).not_to_have_attribute("aria-invalid", "true")
+    assert "text-error" not in (await page.locator("#text").get_attribute("aria-describedby") or "")
+
+
+async def test_a_mistyped_phone_is_marked_at_the_phone_and_the_suggestions_stay(
+    page: Page, browser: Browser, redis, system: System
+):
+    """A phone the preview cannot read costs only what it would look up by the caller: category,
+    department and knowledge-base answers stay in view; the phone is marked beside it (aria-invalid,
+    the reason describing it), told once, and unmarked when put right. A number half typed is not
+    marked until the operator leaves it. The same on a grid worker's report."""
+    await sign_in(page, await issue_token(redis, "operator", operator="op08"))
+    phone, error = page.locator("#caller_phone"), page.locator("#caller_phone-error")
+    await phone.fill("12345")
+    await page.locator("#text").fill("来电人咨询社保卡丢了怎么补办，要带什么材料")
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡", timeout=60_000)
+    await expect(page.locator("#pv-department")).not_to_be_empty()
+    await expect(page.locator("#pv-category")).not_to_be_empty()
+    await expect(error).to_contain_text("不是有效的手机号或固话号码")
+    await expect(phone).to_have_attribute("aria-invalid", "true")
+    await expect(phone).to_have_attribute("aria-describedby", "caller_phone-error")
+    await expect(page.locator("#pv-without-phone")).to_contain_text("来电号码有误")
+    await expect(page.locator("#text")).to_be_focused()  # the typing goes on where it was
+    said = "来电号码：" + (await error.text_content() or "")
+    await read_once(page, said, by="announcer")
+    await accessible(page)
+    await shot(page, "operator-phone-mistyped")
+
+    async def previewed(typing: Awaitable[None]) -> None:
+        async with page.expect_response(lambda r: r.url.endswith("/console/operator/preview")):
+            await typing
+        await expect(page.locator("#preview")).to_have_attribute("data-state", "ready")
+
+    # Put right: the mark goes, the suggestions stay, now with the caller's number.
+    await previewed(phone.fill(new_phone()))
+    await expect(error).to_have_count(0)
+    await expect(phone).not_to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#pv-without-phone")).to_have_count(0)
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡")
+    # Half a number while it is typed is no mistake yet; left that way, it is one.
+    await previewed(phone.fill("1391234"))
+    await expect(phone).not_to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#pv-answers li").first).to_contain_text("社保卡")
+    await page.keyboard.press("Tab")
+    await expect(phone).to_have_attribute("aria-invalid", "true")
+    await expect(error).to_contain_text("不是有效的手机号或固话号码")
+
+    # A grid worker's report with a resident's phone mistyped: the suggestions stay there too.
+    context = await browser.new_context(base_url=system.base_url, locale="zh-CN")
+    worker = await context.new_page()
+    try:
+        await sign_in(worker, await issue_token(redis, "grid_worker", operator="W032", grid="s01c01g02"))
+        await worker.locator("#caller_phone").fill("12345")
+        await worker.locator("#text").fill("巡查发现翠竹苑东门外人行道井盖破损下陷，行人容易绊倒")
+        await expect(worker.locator("#pv-department")).not_to_be_empty(timeout=60_000)
+        await expect(worker.locator("#caller_phone-error")).to_contain_text("不是有效的手机号或固话号码")
+        await expect(worker.locator("#caller_phone")).to_have_attribute("aria-invalid", "true")
+        await expect(worker.locator("#caller_phone")).to_have_attribute(
+            "aria-describedby", "caller_phone-hint caller_phone-error"
+        )
+        await expect(worker.locator("#pv-without-phone")).to_contain_text("反映群众电话有误")
+    finally:
+        await context.close()
 
 
 # --- photos ----------------------------------------------------------------------------------------

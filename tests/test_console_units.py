@@ -1718,7 +1718,8 @@ def test_a_refused_field_is_described_by_its_hint_and_its_error(name, role, fiel
 
 
 class _IntakeApi:
-    """The API as the patrol page sees it: `refused` for the report (or its preview), its lists empty."""
+    """The API as the intake pages see it: `refused` for every post (the report, the preview: a
+    refusal, or the preview itself), its lists empty."""
 
     def __init__(self, refused: Reply) -> None:
         self.refused = refused
@@ -1764,6 +1765,134 @@ async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeyp
     panel = (await views.patrol_preview(request, s)).body.decode()
     assert "诉求内容" not in panel
     assert error[1] in panel
+
+
+BAD_PHONE = "不是有效的手机号或固话号码，请填写11位手机号或带区号的固话"
+SUGGESTED = {
+    "category": {"names": ["城市管理", "路灯"], "confidence": 0.81},
+    "grid": {"grid": None, "evidence": ""},
+    "department": {"name": "区城市管理委员会", "explanation": "路灯归城管"},
+    "duplicates": [
+        {"ticket_no": "20260301-000001", "status": "assigned", "reason": "similar_text", "text": "路灯"}
+    ],
+    "answers": [{"question": "路灯坏了找谁", "answer": "城管"}],
+    "problems": [{"error": "invalid_appeal", "field": "caller_phone", "message": BAD_PHONE}],
+}  # fmt: skip
+
+
+def test_a_preview_judges_the_fields_it_validates_and_leaves_the_others_as_they_are():
+    """What the preview says of each field the script marks or clears: a problem it went on without
+    (the phone), "" for each other field it validates, so a submission's mark on one put right since
+    goes; a refused preview, only the field it names (intake stops at the first problem); the
+    name, the answer and the photos, which a preview does not judge, never."""
+    from starlette.datastructures import FormData
+
+    from services.console.views import INTAKE_FIELDS, INTAKE_WORDS, PATROL_FIELDS, preview_fields
+
+    form = FormData([("caller_phone", "12345"), ("text", "路灯坏了一个星期")])
+    assert preview_fields(Reply(200, SUGGESTED), INTAKE_FIELDS, form) == {
+        "text": "",
+        "address": "",
+        "caller_phone": BAD_PHONE,
+    }
+    fine = {**SUGGESTED, "problems": []}
+    assert preview_fields(Reply(200, fine), INTAKE_FIELDS, form) == dict.fromkeys(
+        ("text", "address", "caller_phone"), ""
+    )
+    short = {
+        "error": "invalid_appeal",
+        "field": "text",
+        "message": "诉求内容太短（2字），请至少写5个字说明问题",
+    }
+    assert preview_fields(Reply(422, short), INTAKE_FIELDS, form) == {"text": short["message"]}
+    assert preview_fields(Reply(422, short), PATROL_FIELDS, form, INTAKE_WORDS) == {
+        "text": "问题描述太短（2字），请至少写5个字说明问题"
+    }
+    busy = {"error": "unavailable", "field": None, "message": "系统繁忙，请稍后重试"}
+    assert preview_fields(Reply(503, busy), INTAKE_FIELDS, form) == {}
+    channel = {"error": "invalid_appeal", "field": "channel", "message": "渠道由登录凭证决定"}
+    assert preview_fields(Reply(422, channel), INTAKE_FIELDS, form) == {}
+
+
+async def _previewed(monkeypatch, city, handler: str, role: str, reply: Reply, fetch: bool) -> str:
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _IntakeApi(reply))  # the preview, to every post
+
+    async def posted(request, s):
+        return FormData(
+            [("caller_phone", "12345"), ("text", "阳光花园3号楼的路灯坏了"), ("address", "阳光花园")]
+        )
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    headers = {"X-Requested-With": "fetch"} if fetch else {}
+    request = SimpleNamespace(query_params={}, headers=headers, app=SimpleNamespace(state=state))
+    grid = next(iter(city.grids)) if role == "grid_worker" else None
+    s = Session(token="t", principal=Principal(role=role, operator="op01", grid=grid), csrf="c")
+    return (await getattr(views, handler)(request, s)).body.decode()
+
+
+@pytest.mark.parametrize(
+    ("handler", "role"), [("operator_preview", "operator"), ("patrol_preview", "grid_worker")]
+)
+async def test_a_mistyped_phone_leaves_the_suggestions_in_view_and_is_named_for_its_field(
+    monkeypatch, city, handler, role
+):
+    """The panel keeps the category, department, duplicates (and, for an operator, the knowledge
+    base's answers), says they came without the number, and tells the script the phone's problem,
+    for the field, and that the text and the address are fine."""
+    html = await _previewed(monkeypatch, city, handler, role, Reply(200, SUGGESTED), fetch=True)
+    assert 'id="pv-category"' in html
+    assert "区城市管理委员会" in html
+    assert "20260301-000001" in html
+    assert ('id="pv-answers"' in html) is (role == "operator")
+    fields = re.search(r"data-fields='([^']*)'", html)
+    assert fields is not None
+    assert json.loads(html_unescape(fields[1])) == {"text": "", "address": "", "caller_phone": BAD_PHONE}
+    assert "有误，以下提示未含按该号码查找的" in html
+    assert BAD_PHONE not in re.sub(r"data-fields='[^']*'", "", html)  # beside the field, not in the panel
+
+
+async def test_without_the_script_the_previewed_call_comes_back_with_the_phone_marked(monkeypatch, city):
+    """The form's own preview button (no script): the page shows the suggestions beside the call as
+    typed, and the phone's problem at the phone, as a refused submission shows it."""
+    html = await _previewed(
+        monkeypatch, city, "operator_preview", "operator", Reply(200, SUGGESTED), fetch=False
+    )
+    assert 'id="pv-category"' in html
+    assert re.search(
+        r'<p class="error" role="alert" id="caller_phone-error"[^>]*>' + BAD_PHONE + "</p>", html
+    )
+    assert 'aria-invalid="true"' in re.search(r'<input id="caller_phone"[^>]*>', html)[0]
+    assert described_by(html, "caller_phone") == ["caller_phone-error"]
+    assert 'aria-invalid="true"' not in re.search(r'<textarea id="text"[^>]*>', html)[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "action", "label"),
+    [
+        ("operator.html", "operator", "/console/operator", "清空（新来电）"),
+        ("patrol.html", "grid_worker", "/console/patrol", "清空（新上报）"),
+    ],
+)
+def test_an_intake_form_has_a_button_for_a_new_empty_one(name, role, action, label):
+    """清空 is a button of a form of its own, which asks for the page afresh (a GET: nothing typed
+    goes into an address): it works without the script, whose draft it drops first (console.js)."""
+    html = form_page(name, role, {"text": "请填写诉求内容"})
+    button = re.search(
+        rf'<button type="submit" form="([^"]+)" class="secondary" id="clear-form">{label}</button>', html
+    )
+    assert button is not None
+    fresh = re.search(rf'<form method="get" action="{action}" id="{button[1]}"></form>', html)
+    assert fresh is not None
+    intake = re.search(r'<form method="post"[^>]*data-fresh="([^"]+)"', html)
+    assert intake is not None
+    assert intake[1] == button[1]
 
 
 def test_a_refusal_is_said_with_the_pages_label_only_where_the_api_names_the_field_otherwise():

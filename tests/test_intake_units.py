@@ -276,3 +276,34 @@ async def test_the_preview_asks_for_the_callers_history_only_with_a_phone_and_wh
     anonymous = Submission(channel="hotline", text="阳光花园3号楼门口的路灯坏了")
     assert "history" not in await previewer.preview(anonymous, history=True)
     assert asked == [caller_id(phone)]
+
+
+def test_a_preview_goes_on_without_a_phone_it_cannot_read_and_says_so():
+    """A mistyped digit in the phone does not cost the operator the suggestions: the preview is made
+    without the phone (no caller to look up) and the phone's problem comes with it, in the error
+    shape, at the field a submission would be refused at. What the preview cannot do without, the
+    text, is still refused; a good phone is the caller's as ever."""
+    from services.intake.domain import validate
+    from services.intake.views import AppealIn, preview_of
+    from shared.auth import Principal
+
+    operator = Principal(role="operator", operator="op01")
+    text = "阳光花园3号楼门口的路灯坏了一个星期"
+    sub, problems = preview_of(AppealIn(caller_phone="12345", text=text), operator)
+    assert (sub.channel, sub.text, sub.phone) == ("hotline", text, None)
+    with pytest.raises(InvalidAppeal) as refused:
+        validate(channel="hotline", text=text, phone="12345")
+    assert problems == [
+        {"error": "invalid_appeal", "field": "caller_phone", "message": refused.value.message}
+    ]
+    sub, problems = preview_of(AppealIn(caller_phone="138 1234 5678", text=text), operator)
+    assert (sub.phone, problems) == ("13812345678", [])
+    sub, problems = preview_of(AppealIn(caller_phone=" ", text=text), operator)  # none given: fine
+    assert (sub.phone, problems) == (None, [])
+    with pytest.raises(InvalidAppeal) as short:
+        preview_of(AppealIn(caller_phone="12345", text="灯坏"), operator)
+    assert short.value.field == "text"
+    # A grid worker's report with a resident's phone mistyped: the same.
+    worker = Principal(role="grid_worker", operator="w01", grid=next(iter(CITY.grids)))
+    sub, problems = preview_of(AppealIn(caller_phone="0000", text=text), worker)
+    assert (sub.channel, sub.phone, [p["field"] for p in problems]) == ("patrol", None, ["caller_phone"])

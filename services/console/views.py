@@ -204,6 +204,38 @@ def field_errors(
     return present.refusal(reply.field, reply.code, reply.message, fields, values, default, said_as)
 
 
+# What intake's preview judges of an appeal (services/intake/views.py, preview_of): the name and
+# the answer it leaves out, so a refusal of those (a submission's) stays until the form is sent again.
+PREVIEW_JUDGES = ("text", "address", "caller_phone")
+
+
+def preview_fields(
+    reply: Reply,
+    fields: dict[str, str],
+    form: FormData,
+    said_as: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """What a preview says of each field of the form it judged: its problem in the page's words,
+    or "" for one it found fine, whose mark (left by a submission or an earlier preview) goes. A
+    preview that went on without a field (a phone it cannot read) names it among its `problems`;
+    one refused judged only the field it names (intake stops at the first problem), so the others
+    are left out, and keep what they show; one refused for no field of the form judged none."""
+    judged = [name for name in PREVIEW_JUDGES if name in fields]
+    if reply.ok and isinstance(reply.body, dict):
+        verdict = dict.fromkeys(judged, "")
+        for problem in reply.body.get("problems") or []:
+            if isinstance(problem, dict) and problem.get("field") in verdict:
+                name = problem["field"]
+                words = present.relabelled(
+                    str(problem.get("message") or ""), (said_as or {}).get(name), fields[name]
+                )
+                verdict[name] = words or f"{fields[name]}不符合要求，请检查后重新填写"
+        return verdict
+    if reply.field in judged:
+        return field_errors(reply, {name: fields[name] for name in judged}, "form", form, said_as)
+    return {}
+
+
 def text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
@@ -342,11 +374,16 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", appeal_of(form))
     preview = reply.body if reply.ok else None
+    # Each field's problem goes beside the field (the script marks it, or clears the mark of one
+    # now fine), not in place of the suggestions: a mistyped phone leaves them in view.
+    fields = preview_fields(reply, INTAKE_FIELDS, form)
     # The caller's earlier tickets (来电历史) link to their pages for whoever may open them (the
     # desk); an operator's token reads no ticket, so it is shown the numbers to read out instead.
     links = s.principal.role in READER_ROLES
     if request.headers.get("X-Requested-With") == "fetch":
-        return await page(request, "_preview.html", preview=preview, reply=reply, ticket_links=links)
+        return await page(
+            request, "_preview.html", preview=preview, reply=reply, fields=fields, ticket_links=links
+        )
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     idem = text(form, "idem") or uuid.uuid4().hex
     return await page(
@@ -354,10 +391,11 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
         "operator.html",
         s=s,
         values=values,
-        errors={},
+        errors={name: said for name, said in fields.items() if said},
         idem=idem,
         preview=preview,
         reply=reply,
+        fields=fields,
         ticket_links=links,
     )
 
@@ -489,13 +527,13 @@ async def patrol_form(request: Request, s: session.Session = Depends(as_grid_wor
 async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
     reply = await api(request, s).post("/api/v1/appeals/preview", report_of(form))
+    fields = preview_fields(reply, PATROL_FIELDS, form, INTAKE_WORDS)
     if not reply.ok and isinstance(reply.body, dict):  # the panel names the field as the form does
         field = reply.field or ""
         said = present.relabelled(reply.message, INTAKE_WORDS.get(field), PATROL_FIELDS.get(field))
         reply = Reply(reply.status, {**reply.body, "message": said})
-    return await page(
-        request, "_preview.html", preview=reply.body if reply.ok else None, reply=reply, patrol=True
-    )
+    preview = reply.body if reply.ok else None
+    return await page(request, "_preview.html", preview=preview, reply=reply, fields=fields, patrol=True)
 
 
 @router.post("/patrol/reports")

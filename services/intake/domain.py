@@ -29,7 +29,15 @@ _INVISIBLE = regex.compile(
 )
 
 
-__all__ = ["InvalidAppeal", "Submission", "clean_text", "located", "validate", "wechat_caller_id"]
+__all__ = [
+    "InvalidAppeal",
+    "Submission",
+    "checked_phone",
+    "clean_text",
+    "located",
+    "validate",
+    "wechat_caller_id",
+]
 
 
 def visible_length(text: str) -> int:
@@ -130,6 +138,19 @@ def wechat_caller_id(openid: str) -> str:
     return caller_id(f"wechat:{openid}")
 
 
+def checked_phone(phone: str | None, *, required: bool = False) -> str | None:
+    """The caller's phone normalised, None when none was given; refused (InvalidAppeal) when it
+    cannot be read, or is missing and `required`."""
+    if phone and phone.strip():
+        try:
+            return normalize_phone(phone)
+        except InvalidPhone as e:
+            raise InvalidAppeal("caller_phone", f"{e}，请填写11位手机号或带区号的固话") from None
+    if required:
+        raise InvalidAppeal("caller_phone", "请填写来电号码")
+    return None
+
+
 def validate(
     *,
     channel: Channel,
@@ -157,14 +178,7 @@ def validate(
     address = clean_text(address or "")
     if len(address) > ADDRESS_MAX:
         raise InvalidAppeal("address", f"地址太长，请控制在{ADDRESS_MAX}字以内")
-    normalized_phone = None
-    if phone and phone.strip():
-        try:
-            normalized_phone = normalize_phone(phone)
-        except InvalidPhone as e:
-            raise InvalidAppeal("caller_phone", f"{e}，请填写11位手机号或带区号的固话") from None
-    elif phone_required:
-        raise InvalidAppeal("caller_phone", "请填写来电号码")
+    normalized_phone = checked_phone(phone, required=phone_required)
     name = clean_text(name or "") or None
     if name and len(name) > 50:
         raise InvalidAppeal("caller_name", "姓名太长，请控制在50字以内")

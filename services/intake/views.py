@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile as StarletteUpload
 
 from services.intake import batch, wechat
-from services.intake.domain import InvalidAppeal, Submission, validate
+from services.intake.domain import InvalidAppeal, Submission, checked_phone, validate
 from services.intake.duplicates import similarity
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
@@ -133,6 +133,21 @@ def submission_of(body: AppealIn, staff: Principal, *, preview: bool = False) ->
         )
 
 
+def preview_of(body: AppealIn, staff: Principal) -> tuple[Submission, list[dict[str, Any]]]:
+    """The body as a preview's submission, and the problems the preview went on without, in the
+    API's error shape. A phone that cannot be read costs a preview only what it looks up by the
+    caller (their open tickets, their history): an operator who mistyped a digit still sees the
+    category, grid, duplicates and answers, with the phone's problem beside them. Submitting it
+    is refused as ever. What the preview cannot do without (the text) is refused here too."""
+    problems: list[dict[str, Any]] = []
+    try:
+        checked_phone(body.caller_phone)
+    except InvalidAppeal as e:
+        problems.append({"error": e.code, "field": e.field, "message": e.message})
+        body = body.model_copy(update={"caller_phone": None})
+    return submission_of(body, staff, preview=True), problems
+
+
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -206,11 +221,14 @@ async def preview_appeal(
     request: Request, staff: Principal = Depends(require_intake_staff)
 ) -> dict[str, Any]:
     """Suggested category, grid and department, and possible duplicates, before submitting; for
-    the hotline (operators, the desk) with a phone, the caller's history in the record as well."""
+    the hotline (operators, the desk) with a phone, the caller's history in the record as well.
+    `problems`: what the preview went on without (a phone it cannot read), each in the error
+    shape ({"error", "field", "message"}); empty when there is nothing to correct."""
     body = await read_json(request, AppealIn)
-    sub = submission_of(body, staff, preview=True)
+    sub, problems = preview_of(body, staff)
     history = staff.role in HISTORY_ROLES
     result: dict[str, Any] = await request.app.state.intake_preview.preview(sub, history=history)
+    result["problems"] = problems
     if result["duplicates"]:
         d = result["duplicates"][0]
         status = STATUS_NAMES.get(Status(d["status"]), d["status"])

@@ -100,9 +100,14 @@
 
   // --- the hotline operator, and a grid worker's report ----------------------------------------
   // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
-  // is accepted, so a session that expired mid-call, which sends the person to sign in again,
-  // does not cost the words: the form comes back filled. Signing out, or a number given, clears
-  // it; photos are not kept (a browser cannot refill a file input).
+  // is accepted, so that the page reloaded, or left and come back to with the browser's back
+  // button, mid-call does not cost the words: it comes back filled, with a note to check it.
+  // Reached any other way (the menu's 来电登记, signing in again after the session expired), the
+  // page is taken for the next call and starts empty: filled in unasked, an abandoned call's
+  // phone, address and 紧急 went onto the next caller's ticket. The draft is offered instead,
+  // named by its masked phone and its first words, to restore (恢复) or drop (丢弃); typing the new
+  // call drops it too. 清空 drops it and starts afresh. Signing out, or a number given, clears it;
+  // photos are not kept (a browser cannot refill a file input).
   const DRAFT = "appeals-draft:";
   const clearDrafts = () => {
     for (const key of Object.keys(sessionStorage)) if (key.startsWith(DRAFT)) sessionStorage.removeItem(key);
@@ -118,28 +123,109 @@
       (el) => el.name && (el.tagName === "TEXTAREA" || ["text", "tel", "checkbox"].includes(el.type)),
     );
     const typed = () => kept.some((el) => (el.type === "checkbox" ? el.checked : el.value.trim()));
-    const draft = JSON.parse(sessionStorage.getItem(key) || "null");
-    if (draft && !typed()) {
+    const fill = (values) => {
       for (const el of kept) {
-        if (!(el.name in draft)) continue;
-        if (el.type === "checkbox") el.checked = draft[el.name];
-        else el.value = draft[el.name];
+        if (!(el.name in values)) continue;
+        if (el.type === "checkbox") el.checked = values[el.name];
+        else el.value = values[el.name];
       }
+    };
+    const restored = () => {
       const note = document.createElement("p");
       note.className = "ok";
       note.id = "draft-restored";
       note.textContent = "已恢复上次未提交的内容，请核对后提交。";
       intake.prepend(note);
-      tell(note);
-    }
+      return note;
+    };
+    let offered = null;
     const save = () => {
+      if (offered) offered.remove(); // the new call replaces the draft offered
+      offered = null;
       if (!typed()) return sessionStorage.removeItem(key);
       const values = {};
       for (const el of kept) values[el.name] = el.type === "checkbox" ? el.checked : el.value;
       sessionStorage.setItem(key, JSON.stringify(values));
     };
+    // A number as the record shows it (shared/privacy.py mask_phone): enough to recognise the call,
+    // not to be read off the screen; and the first words of what was said.
+    const masked = (phone) => {
+      const p = phone.replace(/\s+/g, "");
+      if (p.includes("-")) return `${p.slice(0, p.indexOf("-"))}-****${p.slice(p.indexOf("-") + 1).slice(-4)}`;
+      return p.length >= 8 ? `${p.slice(0, 3)}****${p.slice(-4)}` : "****";
+    };
+    const opening = (words) => {
+      const chars = [...words.trim().replace(/\s+/g, " ")];
+      if (chars.length <= 15) return chars.join("");
+      return chars.slice(0, 15).join("").replace(/[\s，。、；：！？,.;:!?]+$/u, "") + "…";
+    };
+    const named = (draft) => {
+      const parts = [];
+      if ((draft.caller_phone || "").trim()) parts.push(masked(draft.caller_phone));
+      const words = (draft.text || "").trim() || (draft.address || "").trim();
+      if (words) parts.push(`“${opening(words)}”`);
+      return parts.join("，");
+    };
+    const offer = (draft) => {
+      const box = document.createElement("div");
+      box.className = "hint draft-offer";
+      box.id = "draft-offer";
+      box.setAttribute("role", "group");
+      const what = intake.dataset.draft || "内容";
+      const said = document.createElement("p");
+      said.id = "draft-offer-text";
+      const name = named(draft);
+      said.textContent = `有一份上次未提交的${what}${name ? "：" + name : ""}。未自动填入；要继续填写请点“恢复”，不要了请点“丢弃”。`;
+      box.setAttribute("aria-labelledby", said.id);
+      const choice = (label, id, classes) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.id = id;
+        button.className = classes;
+        button.textContent = label;
+        button.setAttribute("aria-describedby", said.id);
+        return button;
+      };
+      const restore = choice("恢复", "draft-restore", "");
+      const drop = choice("丢弃", "draft-discard", "secondary");
+      // Either way the buttons go, and the focus with them: to the form's first field, where the
+      // call is checked or typed from the start.
+      restore.addEventListener("click", () => {
+        box.remove();
+        offered = null;
+        fill(draft);
+        const note = restored();
+        kept[0].focus();
+        say(note.textContent);
+        refresh();
+      });
+      drop.addEventListener("click", () => {
+        box.remove();
+        offered = null;
+        sessionStorage.removeItem(key);
+        kept[0].focus();
+        say(`已丢弃上次未提交的${what}`);
+      });
+      box.append(said, restore, " ", drop);
+      intake.prepend(box);
+      offered = box;
+      tell(said);
+    };
+    const draft = JSON.parse(sessionStorage.getItem(key) || "null");
+    if (draft && !typed()) {
+      const [arrival] = performance.getEntriesByType ? performance.getEntriesByType("navigation") : [];
+      if (arrival && ["reload", "back_forward"].includes(arrival.type)) {
+        fill(draft);
+        tell(restored());
+      } else {
+        offer(draft);
+      }
+    }
     intake.addEventListener("input", save);
     intake.addEventListener("change", save);
+    // 清空: the next call's empty page (the form it names), without this tab's draft.
+    const fresh = document.getElementById(intake.dataset.fresh || "");
+    if (fresh) fresh.addEventListener("submit", () => sessionStorage.removeItem(key));
 
     // 智能提示 is asked for after each pause in the typing. The panel is no live region: it would be
     // read out whole after every pause, the same suggestions again and again. What it suggests, in
@@ -156,6 +242,66 @@
     let suggested = suggests(); // a page that came with its preview (no script then) has said it
     let timer = null;
     let asked = 0;
+
+    // What the preview found of each field it judged (its #pv-fields, _preview.html): a field at
+    // fault is marked beside it, as a refused submission marks it (aria-invalid, the reason
+    // describing it), while the suggestions stay in the panel; a field found fine loses its mark,
+    // whoever set it, so a submission's reason the operator has since put right does not stay.
+    // The field being typed in is not newly marked until it is left (half a number is no mistake
+    // yet); a mark already there follows the typing. A new mark is told, politely, once: the
+    // reason is no alert, which would interrupt the typing at every pause.
+    let verdict = {};
+    let judged = {}; // the values the verdict is about: a field changed since waits for the next
+    const labelOf = (field) => {
+      const label = intake.querySelector(`label[for="${field.id}"]`);
+      return label ? label.textContent.trim() : "";
+    };
+    const describe = (field, id, on) => {
+      const ids = (field.getAttribute("aria-describedby") || "").split(/\s+/).filter((x) => x && x !== id);
+      if (on) ids.push(id);
+      if (ids.length) field.setAttribute("aria-describedby", ids.join(" "));
+      else field.removeAttribute("aria-describedby");
+    };
+    // Returns what is to be told: the reason of a field newly marked, else nothing.
+    const mark = (field, words, typing) => {
+      const id = `${field.id}-error`;
+      const reason = document.getElementById(id);
+      if (!words) {
+        if (reason) reason.remove();
+        field.removeAttribute("aria-invalid");
+        describe(field, id, false);
+        return "";
+      }
+      if ((!reason && typing) || (reason && reason.textContent === words)) return "";
+      const written = document.createElement("p");
+      written.className = "error";
+      written.id = id;
+      written.textContent = words;
+      if (reason) reason.replaceWith(written);
+      else field.closest(".field").append(written);
+      field.setAttribute("aria-invalid", "true");
+      describe(field, id, true);
+      return reason ? "" : `${labelOf(field)}：${words}`;
+    };
+    const judge = () => {
+      const found = preview.querySelector("#pv-fields");
+      verdict = found ? JSON.parse(found.dataset.fields || "{}") : {};
+      const told = [];
+      for (const [name, words] of Object.entries(verdict)) {
+        const field = document.getElementById(name);
+        if (!field || !intake.contains(field) || field.value !== judged[field.id]) continue;
+        const said = mark(field, words, field === document.activeElement);
+        if (said) told.push(said);
+      }
+      return told;
+    };
+    intake.addEventListener("focusout", (e) => {
+      const field = e.target;
+      if (!(field instanceof HTMLElement) || !verdict[field.id] || field.value !== judged[field.id]) return;
+      const said = mark(field, verdict[field.id], false);
+      if (said) say(said);
+    });
+
     const refresh = () => {
       clearTimeout(timer);
       timer = setTimeout(async () => {
@@ -163,6 +309,7 @@
         const mine = ++asked;
         const form = new FormData(intake);
         form.delete("photos"); // the preview reads the words: photos go up once, with the appeal
+        const values = Object.fromEntries(kept.map((el) => [el.id, el.value]));
         preview.dataset.state = "asking";
         const response = await post(intake.dataset.preview, form);
         if (!response) return;
@@ -172,11 +319,14 @@
           preview.innerHTML = html;
           shown = html;
         }
+        judged = values;
+        const told = judge();
         const now = suggests();
         if (now && now !== suggested) {
           suggested = now;
-          say(now);
+          told.unshift(now);
         }
+        if (told.length) say(told.join(" ")); // one region, one text: together
         preview.dataset.state = "ready";
       }, 350);
     };

@@ -352,7 +352,7 @@ async def test_a_patrol_reports_refused_position_is_read_once_where_the_focus_is
     async with served(browser, html) as p:
         await expect(p.locator("#location-error")).to_be_focused()
         await read_once(p, refused, by="focus")
-        await expect(p.locator("#location-state")).to_contain_text("已定位：120.000000, 30.000000")
+        await expect(p.locator("#location-state")).to_contain_text("已定位：东经120.0000，北纬30.0000")
         await p.locator("#locate").click()
         await expect(p.locator("#location-state")).to_contain_text("未获准读取位置")
         await expect(p.locator("#location-error")).to_have_count(0)
@@ -1069,7 +1069,8 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         await expect(page.locator("#locate")).to_be_focused()
         assert page.url.endswith("/console/patrol")
         await page.locator("#locate").click()
-        await expect(page.locator("#location-state")).to_contain_text("已定位：116.330000, 39.970000")
+        position = "已定位：东经116.3300，北纬39.9700（误差约12米）"
+        await expect(page.locator("#location-state")).to_contain_text(position)
         await expect(page.locator("#pv-grid")).to_contain_text(grid.grid.name, timeout=60_000)
         # The field itself offers the camera and the gallery (no `capture`, which would allow the
         # camera alone, one photo); 拍照 opens the camera, each photo taken added to those sent.
@@ -1874,7 +1875,8 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await sign_in(page, await issue_token(redis, "admin"))
         # The desk sees who returned the second ticket and why.
         returned = page.locator("#returned tr", has=page.locator(f"a[href='/console/tickets/{second}']"))
-        await expect(returned.first).to_contain_text("（不属于本单位职责）")
+        why = "退单：不属于本单位职责（争议规则：路灯维护属于街道职责）"
+        await expect(returned.first).to_contain_text(why)
         await page.goto(f"/console/tickets/{no}")
         await expect(page.locator("#resident-text")).to_contain_text('<b id="bold">粗体</b>')
         assert await page.locator("#bold").count() == 0

@@ -375,7 +375,10 @@
           const lat = pos.coords.latitude.toFixed(6);
           document.getElementById("lng").value = lng;
           document.getElementById("lat").value = lat;
-          state.textContent = `已定位：${lng}, ${lat}（精度约${Math.round(pos.coords.accuracy)}米）`;
+          // Read to the worker as a place is named, to about ten metres; the form sends all six places.
+          const shown = `已定位：东经${Number(lng).toFixed(4)}，北纬${Number(lat).toFixed(4)}`;
+          const within = Math.round(pos.coords.accuracy);
+          state.textContent = within > 0 ? `${shown}（误差约${within}米）` : shown;
           intake.dispatchEvent(new Event("input")); // the preview's grid follows the position
         },
         (err) => {

@@ -421,6 +421,11 @@ class TicketUpdated(Event):
     # Beside `on_time`, on a resolution by a mediation committee only (None on every other event,
     # and on events written before committees took tickets: the version stays 2, old events parse).
     mediation: Mediation | None = None
+    # accepted, merged: whether the ticket had been marked overdue (the router's timer told the
+    # department its response deadline had passed) before this late step. The scorecard counts a
+    # response that came due unmet once: from the timer, or from the late step that beat it. None
+    # on other actions, and on events written before it existed.
+    marked_overdue: bool | None = None
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:

@@ -21,7 +21,7 @@ from services.notifier.scorecard import Scorecard
 from services.notifier.scoring import Weights
 from shared.auth import issue_token
 from shared.bus import EventPublisher, publish
-from shared.events import DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.events import DeadlineNotice, DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
@@ -139,8 +139,9 @@ DAY = datetime(2020, 2, 3, 10, 0, tzinfo=SH)  # a day nothing else in the tests 
 
 
 def _sequence(a: str, b: str, day: datetime = DAY) -> list[TicketAssigned | TicketUpdated | SurveyAnswered]:
-    """Department a: 5 assigned, 3 accepted in time (1 late, 1 never), 3 answers (1 satisfied solved,
-    1 basically satisfied solved, 1 unsatisfied unsolved, that one on an operator's call), 1 no answer.
+    """Department a: 5 assigned, 3 accepted in time (1 late, 1 never: its deadline's notice), 3
+    answers (1 satisfied solved, 1 basically satisfied solved, 1 unsatisfied unsolved, that one on an
+    operator's call), 1 no answer.
     Department b: 2 assigned, 1 in time; 2 answers (basically satisfied solved, satisfied unsolved).
     Plus events that must not count: a dispatch-desk wait, a comment. No ticket is stored: each
     event carries its ticket's department, category and grid, as the router and notifier write them."""
@@ -183,6 +184,18 @@ def _sequence(a: str, b: str, day: datetime = DAY) -> list[TicketAssigned | Tick
                     status="accepted",
                     actor=dept,
                     on_time=on_time,
+                    occurred_at=day,
+                    **facts,
+                )
+            )
+        else:  # its response deadline passed, and the router's timer said so: due, and missed
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="overdue",
+                    status="assigned",
+                    actor="system",
+                    supervision=DeadlineNotice(stage="respond", stage_name="签收", deadline=day),
                     occurred_at=day,
                     **facts,
                 )
@@ -251,7 +264,7 @@ EXPECTED_A = {
     "no_answer": 1,
     "skipped": 0,
     "answered_by_phone": 1,  # of the 3 answered
-    "response_rate": 0.6,  # 3 / 5
+    "response_rate": 0.6,  # 3 / 5 due
     "resolution_rate": 0.6667,  # 2 / 3
     "satisfaction_rate": 0.6333,  # (1 + 0.9 × 1) / 3
     "score": 64.67,

@@ -465,6 +465,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     from services.records.rates import rates
     from shared.bus import EventPublisher, publish
     from shared.events import (
+        DeadlineNotice,
         DepartmentRef,
         Mediation,
         Merge,
@@ -521,6 +522,22 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     category="city.facility.streetlight",
                     grid=f"g-{i % 3}",
                     on_time=i % 3 != 0,
+                    # Late after its deadline's notice (i = 9): due once, by the notice.
+                    marked_overdue=True if i == 9 else None,
+                    occurred_at=day,
+                )
+            )
+        if i in (8, 9):  # the response deadline's notice (应响应): i = 8 never accepted, 9 late after it
+            events.append(
+                TicketUpdated(
+                    ticket_no=no,
+                    action="overdue",
+                    status="assigned",
+                    actor="system",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    supervision=DeadlineNotice(stage="respond", stage_name="签收", deadline=day),
                     occurred_at=day,
                 )
             )
@@ -648,6 +665,10 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["responded"] for r in sql) == 11
             and sum(r["responded_on_time"] for r in sql)
             == sum(i % 4 != 0 and i % 3 != 0 for i in range(12)) + 1
+            # 应响应: those 7 on time; late, i = 3, 6 and the merge of 4; the notices of 8 and 9 (9's
+            # late acceptance after its notice counts no second time)
+            and sum(r["due_on_time"] for r in sql) == 7
+            and sum(r["due"] for r in sql) == 12
         )
         return sql if counted and live == sql else None
 

@@ -1071,7 +1071,7 @@ def test_a_main_ticket_merged_into_another_brings_its_duplicates_along():
         # Its own merge answered for whoever held it; moving it along counts for nobody again.
         assert fields_for(e) == ()
     # The carrier's department had not accepted it: its merge is that department's response, once.
-    assert fields_for(closed) == ("merged", "responded", "responded_on_time")
+    assert fields_for(closed) == ("merged", "responded", "responded_on_time", "due", "due_on_time")
     assert fields_for(took) == ()
     # Chained again: the new main ticket with all of them goes on the same way.
     again = workflow.merge(

@@ -9,6 +9,7 @@ import pytest
 from services.notifier import scoring
 from services.notifier.scoring import Weights, fields_for, groups_for, rates
 from shared.events import (
+    DeadlineNotice,
     DepartmentRef,
     Mediation,
     Merge,
@@ -79,15 +80,55 @@ def _assigned(via="rule") -> TicketAssigned:
     )
 
 
+def test_the_response_rate_counts_the_responses_that_came_due():
+    """A ticket still inside its response deadline is not held against its department: the rate is
+    of the responses that came due, each counted once, by the deadline's notice or the late step
+    that beat it."""
+    notice = TicketUpdated(
+        ticket_no="T",
+        action="overdue",
+        status="assigned",
+        actor="system",
+        supervision=DeadlineNotice(
+            stage="respond", stage_name="签收", deadline=datetime(2031, 3, 5, tzinfo=UTC)
+        ),
+    )
+    assert fields_for(notice) == ("due",)
+    resolve = notice.model_copy(
+        update={"supervision": notice.supervision.model_copy(update={"stage": "resolve"})}
+    )
+    assert fields_for(resolve) == ()  # a late resolution is not a late response
+    warning = notice.model_copy(update={"action": "warning"})
+    assert fields_for(warning) == ()
+    # 10 assigned this morning: 3 accepted in time, 1 late, 1 not accepted by its deadline, 5 that
+    # still have time. 3 of the 5 that came due.
+    counts = {
+        "assigned": 10,
+        "due_counted": 10,
+        "responded": 4,
+        "responded_on_time": 3,
+        "due": 5,
+        "due_on_time": 3,
+    }
+    assert rates(counts, W)["response_rate"] == 0.6
+    fresh = {"assigned": 10, "due_counted": 10}
+    assert rates(fresh, W)["response_rate"] is None  # nothing due yet: no rate, not 0%
+    # Days counted before `due` existed: the measure they were counted for.
+    assert rates({"assigned": 10, "responded_on_time": 8}, W)["response_rate"] == 0.8
+
+
 def test_which_counters_an_event_adds_to():
-    assert fields_for(_assigned()) == ("assigned",)
+    assert fields_for(_assigned()) == ("assigned", "due_counted")
     assert fields_for(_assigned("dispatch_desk")) == ()
     # A ticket moved to another department counts again, for it: a return's reroute, the desk's 改派.
-    assert fields_for(_assigned("reroute")) == fields_for(_assigned("redispatch")) == ("assigned",)
+    assert (
+        fields_for(_assigned("reroute")) == fields_for(_assigned("redispatch")) == ("assigned", "due_counted")
+    )
     accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=True)
     late = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=False)
-    assert fields_for(accepted) == ("responded", "responded_on_time")
-    assert fields_for(late) == ("responded",)
+    assert fields_for(accepted) == ("responded", "responded_on_time", "due", "due_on_time")
+    assert fields_for(late) == ("responded", "due")  # late, before the overdue notice went out
+    assert fields_for(late.model_copy(update={"marked_overdue": True})) == ("responded",)  # it counted
     urged = TicketUpdated(ticket_no="T", action="urged", status="accepted", actor="0231", urge=Urge(urges=1))
     assert fields_for(urged) == ("urged",)  # 催办件数, in no rate
     # 现场核查: every check counts, one found not solved counts apart too; neither in a rate.
@@ -125,8 +166,9 @@ def test_which_counters_an_event_adds_to():
     on_time = merged.model_copy(update={"merge": merge.model_copy(update={"response_on_time": True})})
     late = merged.model_copy(update={"merge": merge.model_copy(update={"response_on_time": False})})
     assert fields_for(merged) == ("merged",)
-    assert fields_for(on_time) == ("merged", "responded", "responded_on_time")
-    assert fields_for(late) == ("merged", "responded")
+    assert fields_for(on_time) == ("merged", "responded", "responded_on_time", "due", "due_on_time")
+    assert fields_for(late) == ("merged", "responded", "due")
+    assert fields_for(late.model_copy(update={"marked_overdue": True})) == ("merged", "responded")
     main_side = merged.model_copy(
         update={"ticket_no": "M", "action": "duplicate_merged", "status": "accepted"}
     )

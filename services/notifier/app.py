@@ -98,9 +98,7 @@ class Handlers:
         await self.notifier.supervise(
             [u for u in updates if u.action in ("overdue", "escalated")], self.scorecard.city
         )
-        await self.scorecard.record(
-            [u for u in updates if u.action in ("accepted", "urged", "verified", "resolved", "merged")]
-        )
+        await self.scorecard.record(updates)  # what counts where: scoring.fields_for
         back = [u for u in updates if u.action == "verified" and u.verification and not u.verification.solved]
         await self.notifier.sent_back([u.ticket_no for u in back])
         await self.notifier.progress(

@@ -1,7 +1,11 @@
 """Scoring for the scorecard: the three rates (三率) and the combined score, which counters an event
 adds to, and the rates from the counters. Pure functions (the counting in Redis: `scorecard.py`).
 
-    response rate     = tickets accepted within the response deadline / tickets assigned
+    response rate     = responses on time / responses due
+                        (due: accepted, or merged, within the deadline, or the deadline passed
+                        without it; a ticket still inside its deadline is not due yet, and
+                        with none due the rate is None, not 0. A period counted before `due`
+                        existed keeps responses on time / tickets assigned)
     resolution rate   = answered surveys saying "solved" / answered surveys
     satisfaction rate = (satisfied + w × basically satisfied) / answered surveys   (w: 0.9 by default)
     score             = 100 × (a·response + b·resolution + c·satisfaction) / (a + b + c)
@@ -56,6 +60,16 @@ FIELDS = (
     "mediation_agreed",  # of the mediated: the parties reached an agreement (达成协议), not in a rate
     "merged",  # 并案件数: duplicates merged into a ticket already being handled, not in a rate
     "answered_by_phone",  # of the answered: on an operator's call (电话回访), not by SMS; no rate of its own
+    # 应响应: a department's response came due, counted once on the day it did: an acceptance (or a
+    # merge answering for it) within the deadline, else the deadline passing unmet (the router's
+    # overdue notice, or the late acceptance that came before the notice). A ticket still inside
+    # its deadline is in neither: a department is not marked down for a ticket it still has time
+    # for. due_on_time: of those, answered within the deadline.
+    "due",
+    "due_on_time",
+    # Beside each assignment, from the version that counts `due` on: a period with none of these
+    # was counted before it, and keeps the measure it was counted for (on time / assigned).
+    "due_counted",
 )
 _RATING_FIELD = {1: "satisfied", 2: "basically_satisfied", 3: "unsatisfied"}
 _FIRST_CONTACT_FIELD = {"answered": ("answered_directly",), "on_spot": ("handled_on_spot",)}
@@ -90,10 +104,18 @@ def fields_for(event: Event) -> tuple[str, ...]:
     if isinstance(event, TicketAssigned):
         if event.via == "dispatch_desk":
             return ()
-        return ("assigned", *_FIRST_CONTACT_FIELD.get(event.via, ()))
+        return ("assigned", "due_counted", *_FIRST_CONTACT_FIELD.get(event.via, ()))
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
-            return ("responded", "responded_on_time") if event.on_time else ("responded",)
+            if event.on_time:
+                return ("responded", "responded_on_time", "due", "due_on_time")
+            return ("responded",) if event.marked_overdue else ("responded", "due")
+        if (
+            event.action == "overdue"
+            and event.supervision is not None
+            and event.supervision.stage == "respond"
+        ):
+            return ("due",)  # the response deadline passed with the ticket still not accepted
         if event.action == "urged":
             return ("urged",)
         if event.action == "verified" and event.verification is not None:
@@ -109,7 +131,9 @@ def fields_for(event: Event) -> tuple[str, ...]:
             on_time = event.merge.response_on_time
             if on_time is None:
                 return ("merged",)
-            return ("merged", "responded", "responded_on_time") if on_time else ("merged", "responded")
+            if on_time:
+                return ("merged", "responded", "responded_on_time", "due", "due_on_time")
+            return ("merged", "responded") if event.marked_overdue else ("merged", "responded", "due")
         if event.action == "resolved" and event.mediation is not None:  # only a committee's carries one
             return ("mediated", "mediation_agreed") if event.mediation.outcome == "agreed" else ("mediated",)
         return ()
@@ -147,7 +171,11 @@ def _round(x: float | None, digits: int) -> float | None:
 def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None]:
     """The counters, the three rates and the score for one group."""
     c = {f: int(counts.get(f, 0)) for f in FIELDS}
-    response = _ratio(c["responded_on_time"], c["assigned"])
+    # Days counted before `due` existed have none: a period of only those keeps the old measure.
+    if c["due_counted"]:
+        response = _ratio(c["due_on_time"], c["due"])
+    else:
+        response = _ratio(c["responded_on_time"], c["assigned"])
     resolution = _ratio(c["solved"], c["answered"])
     satisfaction = _ratio(c["satisfied"] + w.basic * c["basically_satisfied"], c["answered"])
     parts = [(w.response, response), (w.resolution, resolution), (w.satisfaction, satisfaction)]

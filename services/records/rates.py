@@ -31,13 +31,29 @@ _ANSWERED = (
 # department's response (scoring.fields_for says why): its `merge` says whether it was on time.
 _MERGED = "e.topic = 'ticket.updated' AND e.payload->>'action' = 'merged'"
 _MERGE_ON_TIME = "(e.payload->'merge'->>'response_on_time')::boolean"
+_ASSIGNED = "e.topic = 'ticket.assigned' AND e.payload->>'via' <> 'dispatch_desk'"
+# An acceptance's `on_time` (in `data` in events of version 1).
+_ACCEPTED_ON_TIME = "coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean)"
+_ON_TIME = (
+    "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
+    f"AND coalesce({_ACCEPTED_ON_TIME}, false)) "
+    f"OR ({_MERGED} AND coalesce({_MERGE_ON_TIME}, false)))"
+)
+_LATE = (
+    "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
+    f"AND NOT coalesce({_ACCEPTED_ON_TIME}, true)) "
+    f"OR ({_MERGED} AND NOT coalesce({_MERGE_ON_TIME}, true)))"
+)
+_NOT_NOTICED = "NOT coalesce((e.payload->>'marked_overdue')::boolean, false)"
+_RESPOND_OVERDUE = (
+    "e.topic = 'ticket.updated' AND e.payload->>'action' = 'overdue' "
+    "AND e.payload->'supervision'->>'stage' = 'respond'"
+)
 COUNTERS = {
-    "assigned": "e.topic = 'ticket.assigned' AND e.payload->>'via' <> 'dispatch_desk'",
+    "assigned": _ASSIGNED,
     "responded": "e.topic = 'ticket.updated' AND (e.payload->>'action' = 'accepted' "
     f"OR ({_MERGED} AND {_MERGE_ON_TIME} IS NOT NULL))",
-    "responded_on_time": "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
-    "AND coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean, false)) "
-    f"OR ({_MERGED} AND coalesce({_MERGE_ON_TIME}, false)))",
+    "responded_on_time": _ON_TIME,
     "answered": _ANSWERED,
     "solved": f"{_ANSWERED} AND coalesce((e.payload->>'solved')::boolean, false)",
     "satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '1'",
@@ -59,6 +75,10 @@ COUNTERS = {
     "merged": _MERGED,
     # 电话回访: an answer an operator took on the phone names them (`by`); by SMS it names nobody.
     "answered_by_phone": f"{_ANSWERED} AND e.payload->>'by' IS NOT NULL",
+    # 应响应 (scoring.FIELDS says what counts): on time, or the deadline passed unmet, once.
+    "due": f"({_ON_TIME}) OR ({_RESPOND_OVERDUE}) OR (({_LATE}) AND {_NOT_NOTICED})",
+    "due_on_time": _ON_TIME,
+    "due_counted": _ASSIGNED,  # the record counts `due` for every period
 }
 
 

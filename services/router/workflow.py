@@ -693,6 +693,7 @@ def merge(
         merge=payload.model_copy(
             update={"response_on_time": _in_time(duplicate.respond_by, now) if held else None}
         ),
+        marked_overdue=duplicate.overdue if held else None,
     )
     listed = ticket_updated(
         main,
@@ -883,7 +884,7 @@ def accept(
     """签收. `event_id` (`accept_id`): the acceptance's id, when a retry must recognise it."""
     _require_owner(ticket, dept_id)
     check(ticket, "accept")
-    fields: dict[str, Any] = {"on_time": _in_time(ticket.respond_by, now)}
+    fields: dict[str, Any] = {"on_time": _in_time(ticket.respond_by, now), "marked_overdue": ticket.overdue}
     if event_id is not None:
         fields["event_id"] = event_id
     event = _by_department(ticket, "accepted", Status.ACCEPTED, dept_id, city, now, cause=cause, **fields)

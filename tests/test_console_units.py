@@ -589,6 +589,8 @@ def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
     columns = re.search(r"<thead>(.*?)</thead>", table[1], re.S)[1].count("<th ")
     assert columns == (9 if role == "admin" else 8)  # 承办单位 for the desk only
     assert f'<td colspan="{columns}">没有符合条件的工单</td>' in table[1]
+    # A caller's tickets by their number: the desk's search (others see numbers masked).
+    assert ('id="f-phone"' in html) == (role == "admin")
 
 
 def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city):

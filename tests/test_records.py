@@ -212,9 +212,20 @@ async def test_search_filters_pages_and_access_rules(api, redis, pool):
     assert len(r.json()["items"]) <= 2
     assert r.json()["total"] >= 1
 
+    # The desk finds a caller's tickets by the number they called from, however it is typed.
+    spaced = f"{phone[:3]} {phone[3:7]}-{phone[7:]}"
+    r = await api.get("/api/v1/tickets", params={"phone": spaced})
+    assert r.status_code == 200, r.text
+    assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
+    r = await api.get("/api/v1/tickets", params={"phone": "1381234"})
+    assert (r.status_code, r.json()["field"]) == (422, "phone")
+
     own = await as_department(redis, ticket)
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=own)
     assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
+    # A department sees masked numbers: a lookup by number would unmask them.
+    r = await api.get("/api/v1/tickets", params={"phone": phone}, headers=own)
+    assert (r.status_code, r.json()["field"]) == (403, "phone")
     other_dept = next(d.id for d in demo_city().departments if d.id != dept)
     other = {"Authorization": f"Bearer {await issue_token(redis, 'department', other_dept)}"}
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=other)

@@ -723,6 +723,19 @@ def invalid_field(raw: dict, **kw) -> str | None:
     return e.value.field
 
 
+def test_the_desk_finds_a_callers_tickets_by_the_number_kept_as_its_hash():
+    from shared.privacy import caller_id
+
+    search = build({"phone": "＋86 138-1234-5678"}, tz=TZ, city=CITY, department_scope=None)
+    assert search.where == "caller_id = %s"
+    assert search.params == [caller_id("13812345678")]  # the number itself is in no query
+    assert invalid_field({"phone": "12345"}) == "phone"
+    for scope in ({"department_scope": "water"}, {"department_scope": None, "grid_scope": "s01c01g01"}):
+        with pytest.raises(DomainError) as e:
+            build({"phone": "13812345678"}, tz=TZ, city=CITY, **scope)
+        assert (e.value.kind, e.value.field) == ("forbidden", "phone")
+
+
 def test_bad_filters_are_refused_with_the_field_named():
     assert invalid_field({"status": "open"}) == "status"
     assert invalid_field({"from": "2026-13-01"}) == "from"

@@ -18,6 +18,7 @@ from services.router.rules import FIRST_CONTACT
 from shared.city import City
 from shared.errors import DomainError
 from shared.knowledge import category_filter
+from shared.privacy import InvalidPhone, caller_id, normalize_phone
 from shared.tickets import Status
 
 MAX_PAGE_SIZE = 500
@@ -132,6 +133,18 @@ def build(
                 add("(department = %s OR co_departments @> ARRAY[%s])", value, value)
             else:
                 add(f"{name} = %s", value)
+    if phone := (raw.get("phone") or "").strip():
+        # A caller's tickets by the number they called from (the record keeps its salted hash, not
+        # the number): the desk's, which reads everything; a department or a grid worker sees masked
+        # numbers, and a lookup by number would unmask them.
+        if department_scope is not None or grid_scope is not None:
+            raise DomainError(
+                "phone_not_allowed", "只有派单中心可以按来电号码查询", kind="forbidden", field="phone"
+            )
+        try:
+            add("caller_id = %s", caller_id(normalize_phone(phone)))
+        except InvalidPhone as e:
+            raise invalid("phone", f"{e}，请填写11位手机号或带区号的固话") from None
     for name in ("urgent", "overdue"):
         if (flag := _flag(name, raw.get(name))) is not None:
             add(f"{name} = %s", flag)

@@ -40,7 +40,7 @@ router = APIRouter(prefix="/api/v1", tags=["records"])
 
 FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue",
-    "verified",
+    "verified", "phone",
 )  # fmt: skip
 LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "

@@ -1467,6 +1467,28 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await expect(page.locator("#summoned-only")).to_contain_text("由承办单位办理")
     await expect(page.locator("#accept")).to_have_count(0)
 
+    # The desk reads the meeting by what it is about (its id is a hash), and its decision asks
+    # first, naming the department chosen; called off here, the meeting stays open.
+    await sign_in(page, await issue_token(redis, "admin"))
+    await page.goto(f"/console/meetings/{mid}")
+    card = page.locator(f"#meeting-{mid}")
+    await expect(card.locator("h2")).to_contain_text(f"工单{no} · ")
+    await card.locator(f"#lead-{mid}").select_option("street_s02")
+    asked: list[str] = []
+
+    async def call_off(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    page.once("dialog", call_off)
+    await card.get_by_role("button", name="记录决定").click()
+
+    async def said() -> list[str]:
+        return asked
+
+    assert (await eventually(said, timeout=10))[0].startswith(f"确定由{street}主办吗？")
+    await expect(card.get_by_role("button", name="记录决定")).to_be_visible()
+
 
 async def meetings_to_check_in(page: Page) -> int:
     """How many meetings the menu says wait for the department to check in (联席会议 (N); none: 0)."""

@@ -693,6 +693,22 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert "记录决定" not in decided  # decided once: no second decision offered
 
 
+def test_a_meeting_is_named_by_what_it_is_about(city):
+    hot = meeting(city, reason="hotspot")
+    grid = city.grids[hot["grid"]].grid.name
+    leaf = city.category_names(hot["category"])[-1]
+    assert present.meeting_title(hot, city) == f"{grid}{leaf}热点"
+    contested = meeting(city, reason="ambiguous", tickets=["20260302-000001", "20260302-000002"])
+    assert present.meeting_title(contested, city) == "工单20260302-000001等2件"
+    assert (
+        present.meeting_title({**contested, "tickets": contested["tickets"][:1]}, city)
+        == "工单20260302-000001"
+    )
+    html = render_meetings(city, [hot])
+    assert f"<h2>{grid}{leaf}热点 · 同一网格同类诉求集中（热点） · 召集中" in html
+    assert "编号M1" in html  # said on the phone as a last resort, and searched for
+
+
 def test_a_meeting_of_many_tickets_lists_its_first_few_and_its_own_page_all(city):
     """A hotspot's meeting may gather hundreds of appeals: the list shows the first 12 and the way
     to all of them, on the meeting's own page."""

@@ -355,6 +355,19 @@ def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
 
 
+def meeting_title(meeting: Mapping[str, Any], city: City) -> str:
+    """What a meeting is about, as staff say it on the phone (its id is a hash): a hotspot by its
+    grid and category (和平里社区第一网格路灯故障热点), another by the ticket that called it."""
+    grid = city.grids.get(meeting.get("grid") or "")
+    category = meeting.get("category") or ""
+    if meeting.get("reason") == "hotspot" and grid and category in city.category_path:
+        return f"{grid.grid.name}{city.category_names(category)[-1]}热点"
+    tickets = meeting.get("tickets") or []
+    if not tickets:
+        return str(meeting.get("meeting_id", ""))
+    return f"工单{tickets[0]}" + (f"等{len(tickets)}件" if len(tickets) > 1 else "")
+
+
 def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, Any]:
     """A joint meeting as the page shows it: its deadline in local time, its category, grid and
     lead by name (the API gives their ids)."""
@@ -363,6 +376,7 @@ def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, 
     category = meeting.get("category")
     return {
         **meeting,
+        "title": meeting_title(meeting, city),
         "deadline_local": local(meeting.get("deadline"), tz),
         "lead_name": lead.name if lead else meeting.get("lead") or "",
         "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",

@@ -37,7 +37,12 @@
     const form = e.target instanceof HTMLFormElement ? e.target : null;
     // A choice that needs asking first (a grid worker's "not solved"): the chosen radio says so.
     const choice = form ? form.querySelector("input[type=radio][data-confirm]:checked") : null;
-    const question = button || (choice ? choice.dataset.confirm : "") || (form ? form.dataset.confirm : "");
+    let question = button || (choice ? choice.dataset.confirm : "") || (form ? form.dataset.confirm : "");
+    // The question names what was chosen (a meeting's lead): {name} is the choice's text.
+    for (const pick of form ? form.querySelectorAll("select[data-confirm-fills]") : []) {
+      const chosen = pick.selectedOptions[0];
+      question = question.replace(`{${pick.dataset.confirmFills}}`, chosen && chosen.value ? chosen.text : "所选单位");
+    }
     if (question && !window.confirm(question)) e.preventDefault();
   });
 

@@ -474,8 +474,12 @@
     const news = document.getElementById("live-news");
     const source = watch(queue.dataset.live);
     source.addEventListener("ready", () => { queue.dataset.liveState = "ready"; });
-    source.addEventListener("ticket", async (e) => {
-      const data = JSON.parse(e.data);
+    // Tickets often come together (a meeting's decision, a batch at the desk): those of a moment
+    // redraw the queue once, and the news names them all, not the last one alone.
+    let arrived = [];
+    const redraw = async () => {
+      const batch = arrived;
+      arrived = [];
       const response = await fetch(window.location.href, { credentials: "same-origin" });
       if (!response.ok) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
@@ -486,8 +490,17 @@
         countPicked();
       }
       // A ticket that left (the desk re-dispatched it) is gone from the redrawn queue; say so.
-      const what = data.left ? "工单已转出本单位：" : data.topic === "ticket.assigned" ? "新工单已派到本单位：" : "工单有更新：";
-      news.textContent = what + data.ticket_no;
+      const kinds = [["工单已转出本单位：", (d) => d.left], ["新工单已派到本单位：", (d) => !d.left && d.topic === "ticket.assigned"], ["工单有更新：", (d) => !d.left && d.topic !== "ticket.assigned"]];
+      const said = [];
+      for (const [what, of] of kinds) {
+        const nos = [...new Set(batch.filter(of).map((d) => d.ticket_no))];
+        if (nos.length) said.push(what + nos.slice(0, 3).join("、") + (nos.length > 3 ? `等${nos.length}件` : ""));
+      }
+      news.textContent = said.join("；");
+    };
+    source.addEventListener("ticket", (e) => {
+      if (!arrived.length) setTimeout(redraw, 300);
+      arrived.push(JSON.parse(e.data));
     });
   }
 

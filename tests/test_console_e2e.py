@@ -2065,7 +2065,8 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     place = f"{random.randint(100000, 999999)}号楼"  # the keyword: this ticket's alone
     async with await admin_api(system, redis) as client:
         text = "小区门口的路灯一直不亮，晚上出门看不清路" + HOSTILE
-        no = await submit(client, text, new_phone(), "和平里小区" + place)
+        phone = new_phone()
+        no = await submit(client, text, phone, "和平里小区" + place)
         ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
         await in_record(client, no, place)
     dept, category = ticket["department"]["id"], ticket["category"]
@@ -2078,6 +2079,14 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#f-q-error")).to_contain_text("搜索词至少两个字")
     await expect(page.locator("#f-q")).to_have_attribute("aria-invalid", "true")
+
+    # A caller's tickets by the number they called from, typed as a person reads it out.
+    await page.locator("#f-q").fill("")
+    await page.locator("#f-phone").fill(f"{phone[:3]} {phone[3:7]} {phone[7:]}")
+    await page.get_by_role("button", name="查询").click()
+    await expect(page.locator("#ticket-list tbody tr")).to_have_count(1)
+    await expect(page.locator(f"#ticket-list a[href='/console/tickets/{no}']")).to_be_visible()
+    await page.locator("#f-phone").fill("")
 
     await page.locator("#f-q").fill(place)
     await page.locator("#f-category").select_option(category)

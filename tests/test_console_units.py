@@ -1640,7 +1640,16 @@ async def test_a_departments_queue_is_narrowed_by_a_category_chosen_as_on_the_ti
     select = re.search(r'<select id="f-category" name="category">(.*?)</select>', html, re.S)
     assert select is not None  # the same choices as the ticket list's, the chosen one selected
     options = re.findall(r'<option value="([^"]*)"', select[1])
-    assert options == ["", *(cid for cid, _ in list_choices(city)["categories"])]
+    everything = [cid for cid, _ in list_choices(city)["categories"]]
+    assert sorted(options) == sorted(["", *everything])  # every category still offered, once
+    # Those the responsibility list gives the department first, the others after them.
+    own, others = re.findall(r'<optgroup label="([^"]+)">(.*?)</optgroup>', select[1], re.S)
+    assert (own[0], others[0]) == ("本单位权责清单内的分类", "其他分类")
+    given = {
+        r.category for r in city.responsibilities.rules if r.lead == "urban_mgmt" or "urban_mgmt" in r.co
+    }
+    assert given <= set(re.findall(r'value="([^"]*)"', own[1]))
+    assert "labor.wage_arrears" in re.findall(r'value="([^"]*)"', others[1])  # not its to lead
     assert '<option value="city.facility" selected>城市管理/市政设施</option>' in select[1]
     html, _ = await _department_page(monkeypatch, city, tickets, category="city.facility.streetlight")
     assert listed(html) == ["20261201-000001"]

@@ -355,6 +355,22 @@ def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
 
 
+def category_groups(
+    city: City, dept: str, categories: Sequence[tuple[str, str]]
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """A department's category filter: the categories the responsibility list gives it (to lead or
+    to co-handle, with those under them, and the branches above them) first, then the others (a
+    joint meeting or the desk may send it any); forty categories in one list hid its own few."""
+    listed = {r.category for r in city.responsibilities.rules if r.lead == dept or dept in r.co}
+    own = {c for category in listed for c in city.branch(category)}
+    own |= {above for c in own for above in city.category_path.get(c, ())}
+    groups = [
+        ("本单位权责清单内的分类", [c for c in categories if c[0] in own]),
+        ("其他分类", [c for c in categories if c[0] not in own]),
+    ]
+    return [(label, items) for label, items in groups if items]
+
+
 def meeting_title(meeting: Mapping[str, Any], city: City) -> str:
     """What a meeting is about, as staff say it on the phone (its id is a hash): a hotspot by its
     grid and category (和平里社区第一网格路灯故障热点), another by the ticket that called it."""

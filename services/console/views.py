@@ -617,6 +617,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         done=present.DONE[left[0]].format(no=left[1]) if left else "",
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
         categories=choices["categories"],
+        category_groups=present.category_groups(city, dept, choices["categories"]),
         grids=choices["grids"],  # by name: staff do not know the grid codes
         # 批量签收: the new tickets of this page, which the form's 全选 stands for; the last batch's
         # outcome, after its redirect; the key of the next one (a second click accepts nothing twice).

@@ -87,7 +87,8 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
         t = (await api.get(f"/api/v1/tickets/{no}")).json()
         return t if t.get("grid") and t["grid"]["grid"] else None
 
-    grid = (await eventually(classified))["grid"]["grid"]
+    first = await eventually(classified)
+    grid = first["grid"]["grid"]
     await eventually(lambda: redis.zscore(keys.grid_index(grid), no))
 
     # The same caller calls again about something else: their open ticket is shown.
@@ -126,6 +127,23 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
         },
     )
     assert no not in [d["ticket_no"] for d in r.json()["duplicates"]]
+
+    # The same light in other words: not near-identical, but an open ticket of its kind in the grid
+    # (the latest few), for the operator to check; the caller is not told it is being handled.
+    r = await api.post(
+        "/api/v1/appeals/preview",
+        json={
+            "caller_phone": phone(),
+            "address": "阳光花园3号楼",
+            "text": "阳光花园这边路灯不亮，天黑走路看不见",
+        },
+    )
+    p = r.json()
+    assert (p["category"]["id"], p["grid"]["grid"]) == (first["category"], grid)
+    kin = [d for d in p["duplicates"] if d["reason"] == "same_category"]
+    assert 1 <= len(kin) <= 3
+    if p["duplicates"][0]["reason"] == "same_category":
+        assert "hint" not in p
 
 
 async def test_sms_without_a_pending_survey_becomes_an_appeal(api, redis):

@@ -33,8 +33,15 @@ HistoryLookup = Callable[[str], Coroutine[Any, Any, dict[str, Any] | None]]
 @dataclass(frozen=True)
 class Duplicate:
     ticket: Ticket
-    reason: str  # "same_caller" or "similar_text"
+    # "same_caller", "similar_text", or "same_category" (the grid's open tickets of the category the
+    # appeal is classified in, told in other words: residents retell a problem their own way)
+    reason: str
     similarity: float
+
+
+SAME_CATEGORY_SHOWN = 3  # the most recent of them: a lead to check, not a verdict
+# The reasons that say the appeal may be one already being handled (the operator tells the caller).
+LIKELY = ("same_caller", "similar_text")
 
 
 class Previewer:
@@ -90,7 +97,7 @@ class Previewer:
         threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
         routing = route(self.city, c.category, c.grid, c.confidence, threshold)
         lead = self.city.department_by_id[routing.lead]
-        duplicates = await self.duplicates(sub, c.grid.grid)
+        duplicates = await self.duplicates(sub, c.grid.grid, c.category)
         knowledge, today = self.knowledge, self.today()
         return {
             "category": {
@@ -127,8 +134,12 @@ class Previewer:
             ],
         }
 
-    async def duplicates(self, sub: Submission, grid: str | None) -> list[Duplicate]:
-        """Open tickets of the same caller, and open tickets of the grid with a near-identical text.
+    async def duplicates(
+        self, sub: Submission, grid: str | None, category: str | None = None
+    ) -> list[Duplicate]:
+        """Open tickets of the same caller, open tickets of the grid with a near-identical text, and
+        after them the grid's latest open tickets of `category` (the same broken light in other
+        words), those in `LIKELY` first.
         A ticket whose resident's personal data was erased is never one: the tickets are read
         anyway, so their mark costs nothing to check, and it holds even when the erasure's notice
         never reached the intake worker (a broker lost after the relay sent it), which would leave
@@ -146,10 +157,14 @@ class Previewer:
         if erased and caller:
             await self.store.redis.srem(keys.caller_index(caller), *erased)
         if grid:
+            kin: list[Duplicate] = []
             for t in await open_in_grid(self.store, grid, skip=found):
                 if near_identical(sub.text, t.text):
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))
-        return sorted(found.values(), key=lambda d: -d.similarity)
+                elif category and t.category == category and len(kin) < SAME_CATEGORY_SHOWN:
+                    kin.append(Duplicate(t, "same_category", similarity(sub.text, t.text)))
+            found |= {d.ticket.ticket_no: d for d in kin if d.ticket.ticket_no not in found}
+        return sorted(found.values(), key=lambda d: (d.reason not in LIKELY, -d.similarity))
 
 
 async def open_in_grid(store: TicketStore, grid: str, skip: Container[str] = ()) -> list[Ticket]:

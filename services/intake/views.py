@@ -24,7 +24,7 @@ from services.intake.duplicates import similarity
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
-from services.intake.preview import open_in_grid, open_in_grids
+from services.intake.preview import LIKELY, open_in_grid, open_in_grids
 from services.intake.service import Accepted, IntakeService
 from services.router import workflow
 from shared.auth import Principal, require_admin, require_intake_staff
@@ -229,7 +229,9 @@ async def preview_appeal(
     history = staff.role in HISTORY_ROLES
     result: dict[str, Any] = await request.app.state.intake_preview.preview(sub, history=history)
     result["problems"] = problems
-    if result["duplicates"]:
+    # Only a likely one is told to the caller: a neighbour's ticket of the same kind is the operator's
+    # lead to check, not the caller's answer.
+    if result["duplicates"] and result["duplicates"][0]["reason"] in LIKELY:
         d = result["duplicates"][0]
         status = STATUS_NAMES.get(Status(d["status"]), d["status"])
         result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{status}）"

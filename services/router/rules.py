@@ -144,6 +144,13 @@ def handled_on_spot(city: City, grid: GridMatch, worker: str | None) -> Routing:
     )
 
 
+def to_the_desk(city: City, explanation: str) -> Routing:
+    """The dispatch desk (待人工派单), saying why a person has to place the appeal."""
+    return Routing(
+        lead=city.responsibilities.dispatch_desk, co=(), via="dispatch_desk", rule="", explanation=explanation
+    )
+
+
 def route(city: City, category: str, grid: GridMatch, confidence: float, threshold: float) -> Routing:
     names = "/".join(city.category_names(category))
     # A place the classifier could not pin to one grid (a road through several, no address) needs a
@@ -156,13 +163,7 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
             if confidence < threshold
             else "未能确定所属网格，而本类诉求按地点由不同单位承办"
         )
-        return Routing(
-            lead=city.responsibilities.dispatch_desk,
-            co=(),
-            via="dispatch_desk",
-            rule="",
-            explanation=f"{why}，转人工派单（{names}）",
-        )
+        return to_the_desk(city, f"{why}，转人工派单（{names}）")
     rules = matching_rules(city, category, grid)
     if not rules:
         owner = city.responsibilities.fallback_owner
@@ -237,10 +238,4 @@ def undecided(city: City, top: Sequence[CategoryScore], margin: float, floor: fl
         for c in (first, second)
         if c.category in city.category_path
     )
-    return Routing(
-        lead=city.responsibilities.dispatch_desk,
-        co=(),
-        via="dispatch_desk",
-        rule="",
-        explanation=f"分类难以确定（{readings}），转人工派单",
-    )
+    return to_the_desk(city, f"分类难以确定（{readings}），转人工派单")

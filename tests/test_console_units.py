@@ -317,6 +317,9 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     assert public_view(ticket, history, city, TZ)["due"] == "2026-03-09 18:00"
     resolved = ticket.model_copy(update={"status": Status.RESOLVED})
     assert public_view(resolved, history, city, TZ)["due"] == ""
+    # At the desk, its category is a guess still to be confirmed: not told as the category.
+    waiting = ticket.model_copy(update={"status": Status.REVIEW})
+    assert public_view(waiting, history, city, TZ)["category"] == "分类中"
 
 
 def test_templates_render_residents_text_as_text():
@@ -448,6 +451,24 @@ def test_desk_suggestions_mark_a_department_that_returned_the_ticket(city):
     returned = present.suggestions(city, {**ticket, "returned_by": [first]})
     assert [s["category"] for s in returned] == [s["category"] for s in fresh]
     assert [(s["department"], s["returned"]) for s in returned] == [(first, True), (second, False)]
+
+
+def test_desk_suggestions_leave_out_a_category_returned_as_wrong_and_a_reading_near_zero(city):
+    """A department said the ticket is not what its category says (诉求分类有误): that category is no
+    suggestion, nor a reading too unlikely to be one (one Enter would send it)."""
+    ticket = {
+        "grid": {"grid": None},
+        "category": "city.facility.manhole",
+        "top_categories": [
+            {"category": "city.facility.manhole", "probability": 0.98},
+            {"category": "utility.water", "probability": 0.015},
+        ],
+    }
+    assert [s["category"] for s in present.suggestions(city, ticket)] == ["city.facility.manhole"]
+    wrong = {**ticket, "return_reasons": [{"reason": "wrong_category", "reason_name": "诉求分类有误"}]}
+    assert present.suggestions(city, wrong) == []  # the desk picks one from 其他分类
+    other = {**ticket, "return_reasons": [{"reason": "not_ours", "reason_name": "不属于本单位职责"}]}
+    assert [s["category"] for s in present.suggestions(city, other)] == ["city.facility.manhole"]
 
 
 def test_a_tickets_returns_are_read_from_its_history_whatever_the_reason():

@@ -240,7 +240,7 @@ def test_a_ticket_held_for_a_joint_meeting_and_reassigned_says_why_each_step():
     decided = {"topic": "ticket.assigned", "via": "meeting", "department": dept}
     assert [step_words(r) for r in (first, held, decided)] == [
         "已转交承办单位：区城市管理委员会",
-        "问题涉及多个部门，已提请联席会议协调确定承办单位",
+        "已提请相关部门召开联席会议，协调确定承办单位",
         "经联席会议协调，已确定承办单位：区城市管理委员会",
     ]
     assert step_words({**first, "via": "reroute"}) == "原承办单位退回，已改派承办单位：区城市管理委员会"

@@ -79,7 +79,7 @@ def test_unknown_grid_is_routed_by_the_rule_where_the_place_decides_nothing(city
     assert "city.facility.streetlight" not in city.placed_categories
     r = route(city, "city.facility.streetlight", grid(city, None), 0.9, 0.5)
     assert (r.lead, r.via) == ("urban_mgmt", "rule")
-    assert "未能确定所属网格（本类诉求不分地点，由同一单位承办）" in r.explanation
+    assert "未能确定所属网格（按权责清单，本类诉求各处均由同一单位承办）" in r.explanation
     # Low confidence still goes to the desk, placed or not.
     assert route(city, "city.facility.streetlight", grid(city, None), 0.3, 0.5).via == "dispatch_desk"
 

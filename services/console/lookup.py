@@ -126,7 +126,8 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         "ticket_no": ticket.ticket_no,
         "status": STATUS_NAMES.get(ticket.status, ticket.status),
         "received": present.local(ticket.received_at, tz),
-        "category": "/".join(ticket.category_names) or "分类中",
+        # Waiting at the desk, its category is a guess the desk has still to confirm.
+        "category": "/".join(ticket.category_names) if ticket.status != Status.REVIEW else "分类中",
         "department": ticket.department.name if ticket.department and ticket.status != "review" else "",
         # While a department has it, when it is due: what a resident asks first when they call.
         "due": present.local(ticket.resolve_by, tz) if ticket.status in HANDLED and ticket.resolve_by else "",

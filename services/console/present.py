@@ -429,20 +429,28 @@ def likely_department(city: City, category: str, grid: GridMatch) -> str:
     return rules[0][1].lead if rules else city.responsibilities.fallback_owner
 
 
+SUGGESTED_AT_LEAST = 0.05  # a reading less likely than this is no suggestion: one Enter would send it
+
+
 def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
     """The classifier's top categories, each with the department the rules would send it to, and
     whether that department already returned the ticket (`returned`: not offered as a one-click
-    dispatch, see desk.html)."""
+    dispatch, see desk.html). Left out: a reading below `SUGGESTED_AT_LEAST`, and the category a
+    department returned the ticket as wrong (诉求分类有误, in `return_reasons` when read)."""
     grid = ticket.get("grid") or {}
     match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
     returned_by = set(ticket.get("returned_by") or ())
+    returns = ticket.get("return_reasons") or []
+    disputed = ticket.get("category") if returns and returns[-1].get("reason") == "wrong_category" else None
     out = []
     tops = ticket.get("top_categories") or [
         {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
     ]
     for top in tops[:3]:
         cat = top.get("category")
-        if not cat or cat not in city.category_by_id:
+        if not cat or cat not in city.category_by_id or cat == disputed:
+            continue
+        if (top.get("probability") or 0) < SUGGESTED_AT_LEAST:
             continue
         dept = city.department_by_id.get(likely_department(city, cat, match))
         out.append(
@@ -471,6 +479,7 @@ def returns_of(history: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
         dept = h.get("department") or {}
         detail = h.get("returned") or h.get("data") or {}
         entry = {
+            "reason": str(detail.get("reason") or ""),
             "department": str(dept.get("id") or h.get("actor") or ""),
             "department_name": str(dept.get("name") or h.get("actor") or ""),
             "reason_name": payload_words(h),

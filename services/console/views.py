@@ -1228,8 +1228,6 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     sections = {"low": section(low_reply), "unrouted": section(unrouted_reply)}
     low, unrouted = sections["low"]["items"], sections["unrouted"]["items"]
     shown = low + unrouted
-    for t in shown:
-        t["suggestions"] = present.suggestions(city, t)
     extensions = [
         {**row(t, tz, now), "dates": present.extension_dates(t, city, tz)}
         for t in everything
@@ -1270,6 +1268,8 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     for t in shown + returned:
         t["return_reasons"] = why.get(t["ticket_no"], [])
+    for t in shown:  # after the reasons: a category returned as wrong is not suggested again
+        t["suggestions"] = present.suggestions(city, t)
     # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
     error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""

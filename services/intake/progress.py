@@ -169,7 +169,7 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
         merge = record.get("merge") or {}
         return f"所并入的工单{merge.get('via', '')}已与工单{merge.get('into', '')}合并办理"
     if key == "escalated" and record.get("meeting"):  # 吹哨报到: held for the departments to settle
-        return "问题涉及多个部门，已提请联席会议协调确定承办单位"
+        return "已提请相关部门召开联席会议，协调确定承办单位"
     words = _SHOWN.get(key)
     if key == "ticket.assigned":  # why a second department (or the same one again) has it now
         words = _ASSIGNED_AGAIN.get(record.get("via") or "", words)

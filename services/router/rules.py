@@ -180,7 +180,7 @@ def route(city: City, category: str, grid: GridMatch, confidence: float, thresho
     where = (
         f"网格{grid_name(city, grid.grid)}（{GRID_METHODS.get(grid.method, grid.method)}）"
         if grid.grid is not None
-        else "未能确定所属网格（本类诉求不分地点，由同一单位承办）"
+        else "未能确定所属网格（按权责清单，本类诉求各处均由同一单位承办）"
     )
     return Routing(
         lead=best.lead,

@@ -536,10 +536,16 @@ def dispatch(
         city=city,
         tz=tz,
         now=now,
-        explanation=f"派单员{operator}人工派单至{dept.name}" + (f"：{note}" if note else ""),
+        explanation=f"{dispatcher(city, operator)}人工派单至{dept.name}" + (f"：{note}" if note else ""),
         **changes,
     )
     return Outcome(new, publish=[event])
+
+
+def dispatcher(city: City, operator: str) -> str:
+    """Who dispatched by hand, as the history says it: the desk's own token names the desk."""
+    desk = city.department_by_id.get(city.responsibilities.dispatch_desk)
+    return desk.name if desk and operator == desk.id else f"派单员{operator}"
 
 
 REASON_MIN = 4  # characters: enough to say why a ticket moves (e.g. 属地有误), for whoever gets it

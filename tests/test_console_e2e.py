@@ -2226,6 +2226,8 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await expect(page.locator("#preview-tickets")).to_contain_text("已派单")
     await expect(page.locator("#preview-count")).to_contain_text(f"{phone[:3]}****{phone[-4:]}")
     await expect(page.locator("#irreversible")).to_contain_text("删除后无法恢复")
+    # Still being handled (已派单): the department will no longer see what the resident said.
+    await expect(page.locator("#unfinished")).to_contain_text("其中1件尚未办结")
     await accessible(page)
     await shot(page, "privacy-preview")
     async with await admin_api(system, redis) as client:  # nothing changed yet

@@ -1433,6 +1433,9 @@ async def privacy_preview(request: Request, s: session.Session = Depends(as_desk
             for t in reply.body["tickets"]
         ],
     }
+    # Tickets still being handled or surveyed lose what the department works from, and the survey
+    # its number: the desk says so to the resident before confirming (the list shows the latest).
+    preview["unfinished"] = [t["ticket_no"] for t in preview["tickets"] if t.get("status") != Status.CLOSED]
     return await privacy_page(request, s, values=values, preview=preview)
 
 

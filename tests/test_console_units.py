@@ -100,6 +100,15 @@ def test_history_sentences(city):
     received = {"topic": "appeal.received", "photos": ["a" * 32]}
     assert present.describe(received, city) == "受理登记（附照片1张）"
     assert present.describe({"topic": "appeal.received", "photos": []}, city) == "受理登记"
+    # An extension request's reason is its note too: said once.
+    asked = {
+        "topic": "ticket.updated",
+        "action": "extension_requested",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "note": "需要更换灯杆",
+        "extension": {"days": 3, "reason": "需要更换灯杆"},
+    }
+    assert present.describe(asked, city).endswith("：区城市管理委员会，3个工作日（需要更换灯杆）")
 
 
 def test_history_sentences_name_what_each_step_carried(city):

@@ -197,8 +197,10 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
-        note = record.get("note") or ""
-        words = [w for w in (dept, payload_words(record), note, photo_count(record)) if w]
+        note, carried = record.get("note") or "", payload_words(record)
+        # An extension request's reason is both its note and its payload's: said once.
+        said = note if note not in carried else ""
+        words = [w for w in (dept, carried, said, photo_count(record)) if w]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")

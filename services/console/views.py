@@ -1842,7 +1842,8 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
         reply = await api(request, s).post(
             f"/api/v1/meetings/{mid}/decide", {"lead": text(form, "lead"), "note": text(form, "note")}
         )
-        done = f"联席会议{mid}已记录决定，相关工单将派往主办单位"
+        lead = city_of(request).department_by_id.get(text(form, "lead"))
+        done = f"联席会议{mid}已记录决定：由{lead.name if lead else '所选单位'}主办，相关工单将派往该单位"
     else:
         reply = await api(request, s).post(f"/api/v1/meetings/{mid}/checkin")
         done = f"已在联席会议{mid}报到"

@@ -394,7 +394,8 @@ async def test_counting_is_idempotent_in_process(redis):
     events = _sequence(a, f"test-d-{uuid.uuid4().hex[:6]}", day)
     card = Scorecard(redis, demo_city(), SH, Weights())
     first = await card.record(events)
-    assert first == 7 + 6 + 6  # assignments (not the desk's), acceptances, answers (not comments)
+    # assignments (not the desk's), acceptances, a response deadline's notice, answers (not comments)
+    assert first == 7 + 6 + 1 + 6
     assert await card.record(events) == 0
     rows = {r["group"]: r for r in await card.query("department", day.date(), day.date() + timedelta(days=3))}
     assert {k: rows[a][k] for k in EXPECTED_A} == EXPECTED_A

@@ -1986,7 +1986,7 @@ async def test_a_department_accepts_its_new_tickets_together_with_and_without_th
             await bare.locator("#batch-accept").click()
             await expect(bare.locator("#batch-accepted")).to_have_text("已签收1件，请在办结时限内办理。")
             await expect(bare.locator("#batch-refused li")).to_have_text(
-                [f"工单{third}：工单{third}当前状态为“办理中”，不能签收"]
+                [f"工单{third}：工单{third}已签收（本单位已有人先签收），无需再签收"]
             )
             await expect(bare).to_have_url(re.compile(rf"/console/department\?.*grid={grid}.*&batch="))
         finally:

@@ -1541,7 +1541,7 @@ def test_a_batch_outcome_counts_the_accepted_and_lists_the_refused_with_their_re
                 "ticket_no": "2",
                 "outcome": "refused",
                 "code": "illegal_transition",
-                "message": "工单2当前状态为“办理中”，不能签收",
+                "message": "工单2已签收（本单位已有人先签收），无需再签收",
             },
             {"ticket_no": "3", "outcome": "accepted", "on_time": False},
         ],
@@ -1549,7 +1549,7 @@ def test_a_batch_outcome_counts_the_accepted_and_lists_the_refused_with_their_re
     assert present.batch_outcome(body) == {
         "accepted": 2,
         "late": 1,
-        "refused": [{"ticket_no": "2", "reason": "工单2当前状态为“办理中”，不能签收"}],
+        "refused": [{"ticket_no": "2", "reason": "工单2已签收（本单位已有人先签收），无需再签收"}],
         "error": "",
     }
 
@@ -2411,13 +2411,18 @@ def test_a_departments_queue_tells_what_left_it_and_what_a_batch_came_to():
     assert told(html, returned) == focused(html)
     assert 'id="done"' in focused(html)
 
-    refused = [{"ticket_no": "20261201-000002", "reason": "工单20261201-000002当前状态为“办理中”，不能签收"}]
+    refused = [
+        {
+            "ticket_no": "20261201-000002",
+            "reason": "工单20261201-000002已签收（本单位已有人先签收），无需再签收",
+        }
+    ]
     html = department_html(batch={"accepted": 2, "late": 1, "refused": refused, "error": ""})
     said = "已签收2件（其中1件超过签收时限），请在办结时限内办理。1件未签收，原因见列表。"
     assert told(html, said) == focused(html)
     assert 'id="batch-result"' in focused(html)
     assert 'id="batch-accepted">已签收2件（其中1件超过签收时限），请在办结时限内办理。</p>' in html
-    assert "工单20261201-000002</a>：工单20261201-000002当前状态" in html  # the reasons, to read
+    assert "工单20261201-000002</a>：工单20261201-000002已签收" in html  # the reasons, to read
     html = department_html(batch={"accepted": 0, "late": 0, "refused": [], "error": "请勾选要签收的工单"})
     assert told(html, "批量签收未完成：请勾选要签收的工单") == focused(html)
     assert "autofocus" not in department_html()  # the queue opened, not come back to

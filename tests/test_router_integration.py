@@ -711,7 +711,7 @@ async def test_a_department_accepts_a_batch_and_each_ticket_is_answered_for_once
     assert lines[first] == {"ticket_no": first, "outcome": "accepted", "on_time": True}
     assert lines[second] == {"ticket_no": second, "outcome": "accepted", "on_time": True}
     assert (lines[already]["outcome"], lines[already]["code"]) == ("refused", "illegal_transition")
-    assert lines[already]["message"] == f"工单{already}当前状态为“办理中”，不能签收"
+    assert lines[already]["message"] == f"工单{already}已签收（本单位已有人先签收），无需再签收"
     # Another department's ticket reads as no ticket, as it does everywhere else.
     assert (lines[others]["outcome"], lines[others]["message"]) == ("refused", f"工单{others}不存在")
 
@@ -725,7 +725,7 @@ async def test_a_department_accepts_a_batch_and_each_ticket_is_answered_for_once
     assert (await ticket_when(api, tokens, others, lambda t: True))["status"] == "assigned"
     # Another key is another request: what is accepted now is refused in words.
     r = await api.post(path, headers={**street, "Idempotency-Key": "other"}, json={"ticket_nos": [first]})
-    assert r.json()["tickets"][0]["message"] == f"工单{first}当前状态为“办理中”，不能签收"
+    assert r.json()["tickets"][0]["message"] == f"工单{first}已签收（本单位已有人先签收），无需再签收"
 
     async def published():
         records = (await bus.read_topics(settings.kafka_bootstrap_servers, [topics.TICKET_UPDATED]))[

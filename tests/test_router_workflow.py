@@ -614,7 +614,7 @@ def test_an_acceptance_of_a_batch_is_the_single_accept_and_made_once_per_key():
     # Another key on the ticket accepted: refused by the table, as the single accept is.
     with pytest.raises(WorkflowError) as e:
         workflow.accept_once(once.ticket, "urban_mgmt", CITY, T0, workflow.accept_id(t.ticket_no, "x", "y"))
-    assert f"工单{t.ticket_no}当前状态为“办理中”，不能签收" in e.value.message
+    assert f"工单{t.ticket_no}已签收（本单位已有人先签收），无需再签收" in e.value.message
     with pytest.raises(WorkflowError) as e:
         workflow.accept_once(t, "water", CITY, T0, key)  # another department's: as if none
     assert e.value.kind == "not_found"

@@ -889,6 +889,10 @@ def accept(
 ) -> Outcome:
     """签收. `event_id` (`accept_id`): the acceptance's id, when a retry must recognise it."""
     _require_owner(ticket, dept_id)
+    if ticket.status == Status.ACCEPTED:  # a colleague was quicker (批量签收 meets it most)
+        raise WorkflowError(
+            "illegal_transition", f"工单{ticket.ticket_no}已签收（本单位已有人先签收），无需再签收"
+        )
     check(ticket, "accept")
     fields: dict[str, Any] = {"on_time": _in_time(ticket.respond_by, now), "marked_overdue": ticket.overdue}
     if event_id is not None:

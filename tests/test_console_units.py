@@ -171,7 +171,7 @@ def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_word
     assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
 
 
-def render_ticket(city, ticket, role="admin", department=None, handles=False):
+def render_ticket(city, ticket, role="admin", department=None, handles=False, meeting_title=""):
     who = SimpleNamespace(
         principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
         csrf="x",
@@ -188,6 +188,7 @@ def render_ticket(city, ticket, role="admin", department=None, handles=False):
         values={},
         kept={},
         handles=handles,
+        meeting_title=meeting_title,
     )
 
 
@@ -236,6 +237,10 @@ def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadli
     assert meeting is not None
     assert '<a href="/console/meetings/M0123456789abcde">M0123456789abcde</a>' in meeting[1]
     assert "待会议确定主办单位" in meeting[1]
+    # Named by what it is about when the meeting could be read, its number beside the name.
+    named = render_ticket(city, ticket, meeting_title="光明街道南苑社区第三网格垃圾清运热点")
+    link = '<a href="/console/meetings/M0123456789abcde">光明街道南苑社区第三网格垃圾清运热点</a>'
+    assert f"{link}（编号M0123456789abcde）" in named
     due = re.search(r"<dt>会议时限</dt><dd>(.*?)</dd>", html, re.S)
     assert due is not None
     assert due[1].strip() == "剩余2天3小时"

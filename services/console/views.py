@@ -953,7 +953,13 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         and not ticket.get("merged_into")
     )
     candidates = await api(request, s).get(f"/api/v1/tickets/{no}/merge/candidates") if can_merge else None
+    # Its joint meeting named by what it is about, for those who may open it (the desk, a summoned
+    # department); the others, and a meeting that cannot be read, by its number.
+    mid = ticket.get("meeting_id")
+    readable = mid and s.principal.role in ("admin", "department")
+    meeting = await api(request, s).get(f"/api/v1/meetings/{mid}") if readable else None
     return {
+        "meeting_title": present.meeting_title(meeting.body, city) if meeting and meeting.ok else "",
         "t": row(ticket, tz, datetime.now(UTC)),
         "history": history,
         "map": present.grid_map(city, volume),

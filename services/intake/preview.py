@@ -163,7 +163,7 @@ class Previewer:
                     found[t.ticket_no] = Duplicate(t, "similar_text", similarity(sub.text, t.text))
                 elif category and t.category == category and len(kin) < SAME_CATEGORY_SHOWN:
                     kin.append(Duplicate(t, "same_category", similarity(sub.text, t.text)))
-            found |= {d.ticket.ticket_no: d for d in kin if d.ticket.ticket_no not in found}
+            found |= {d.ticket.ticket_no: d for d in kin}  # each of the grid's tickets is seen once
         return sorted(found.values(), key=lambda d: (d.reason not in LIKELY, -d.similarity))
 
 

@@ -105,9 +105,13 @@ class RouterHandlers:
             sup = city.sla.supervision
             others = contested(city, routing, classified.top, classified.grid, sup.ambiguity_margin)
             # A person's correction is what it is about, however the model read it.
-            if others and not classified.reviewed_by:
-                desk = undecided(city, classified.top, sup.ambiguity_margin, sup.ambiguity_floor)
-                routing, others = (desk, ()) if desk else (routing, others)
+            # (Asked only of a contest: most appeals have none, and this is the router's hot path.)
+            if (
+                others
+                and not classified.reviewed_by
+                and (desk := undecided(city, classified.top, sup.ambiguity_margin, sup.ambiguity_floor))
+            ):
+                routing, others = desk, ()
         urgent = classified.urgent or classified.appeal.urgent_flag
         due = deadlines(city, classified.category, urgent, classified.occurred_at, self.tz)
         return partial(

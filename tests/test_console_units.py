@@ -334,6 +334,40 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     # At the desk, its category is a guess still to be confirmed: not told as the category.
     waiting = ticket.model_copy(update={"status": Status.REVIEW})
     assert public_view(waiting, history, city, TZ)["category"] == "分类中"
+    # The status in the resident's words, not the centre's (待人工派单, 联席会议, 回访中).
+    assert public_view(waiting, history, city, TZ)["status"] == "已受理"
+    held = ticket.model_copy(update={"status": Status.MEETING})
+    assert public_view(held, history, city, TZ)["status"] == "多部门协调办理中"
+    surveyed = ticket.model_copy(update={"status": Status.SURVEYED, "resolution_note": "已更换灯泡"})
+    assert public_view(surveyed, history, city, TZ)["status"] == "已办结，待您评价"
+
+
+def test_a_resolution_found_not_to_solve_it_is_not_shown_as_the_result(city):
+    """Reopened (the resident said it was not solved) or sent back by a grid worker's check, the
+    ticket keeps the department's last note; the lookup tells it as the answer before, and that the
+    problem is being handled again, not as the result."""
+    ticket = Ticket(
+        ticket_no="20260302-000002",
+        status=Status.RESOLVED,
+        channel="hotline",
+        text="路灯坏了",
+        caller=Caller(caller_id="abc", masked_phone="138****5678"),
+        received_at=NOW,
+        category_names=("城市管理", "市政设施", "路灯故障"),
+        department=DepartmentRef(id="urban_mgmt", name="区城市管理委员会"),
+        resolution_note="已恢复正常照明",
+    )
+    answered = public_view(ticket, [], city, TZ)
+    assert (answered["resolution"], answered["previous_resolution"]) == ("已恢复正常照明", "")
+    for again in (Status.ASSIGNED, Status.ACCEPTED, Status.MEETING):
+        redone = public_view(ticket.model_copy(update={"status": again}), [], city, TZ)
+        assert (redone["resolution"], redone["previous_resolution"]) == ("", "已恢复正常照明")
+    html = templates.get_template("lookup.html").render(
+        request=None, s=None, csrf="x", values={}, errors={}, found={**redone, "steps": []}
+    )
+    assert "<dt>办理结果</dt>" not in html
+    assert "上次答复" in html
+    assert "问题未解决，正在重新办理" in html
 
 
 def test_templates_render_residents_text_as_text():

@@ -136,7 +136,7 @@ def test_a_tickets_progress_is_its_status_department_and_last_step_in_words():
     )
     # At the dispatch desk the department a classifier guessed is not yet the one handling it.
     review = progress_of(_ticket(Status.REVIEW, department=DEPT), HISTORY[:2], TZ)
-    assert (review.status, review.department) == ("待人工派单", "正在分派")
+    assert (review.status, review.department) == ("已受理", "正在分派")
     assigned = progress_of(_ticket(Status.ASSIGNED, department=DEPT), HISTORY[:3], TZ)
     assert assigned.last_step == "11月23日10:00 已转交承办单位"  # the department is on the line already
 
@@ -252,7 +252,8 @@ def test_a_ticket_held_for_a_joint_meeting_and_reassigned_says_why_each_step():
 
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():
     one = progress_of(_ticket(Status.CLOSED, department=DEPT), HISTORY, TZ)
-    assert reply_text(Query("20261123-000001"), [one]).startswith("您的工单：工单号20261123-000001，已关闭")
+    answer = reply_text(Query("20261123-000001"), [one])
+    assert answer.startswith("您的工单：工单号20261123-000001，已办结，工单已关闭")
     # The caller of the answer passes no ticket for another's number and for a missing one alike.
     missing = reply_text(Query("20261123-000009"), [])
     assert missing.startswith("未找到该用户的工单20261123-000009。")

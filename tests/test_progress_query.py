@@ -193,7 +193,7 @@ async def test_a_pending_survey_still_takes_its_1_and_a_query_beside_it(api, red
     # Closed, it left the caller's index; its number still finds it while Redis keeps it.
     await api.post(INBOUND, json={"phone": phone, "text": f"查询{no}"}, headers=gateway)
     latest = (await outbox_for(redis, phone, "query"))[0]["text"]
-    assert latest.startswith(f"【12345】您的工单：工单号{no}，已关闭")
+    assert latest.startswith(f"【12345】您的工单：工单号{no}，已办结，工单已关闭")
 
 
 async def test_queries_have_the_callers_hourly_limit_apart_from_appeals(redis):

@@ -18,14 +18,14 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.console import present
+from services.intake.progress import ANSWERED, status_words, step_words
 
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
 from services.intake.progress import clean_ticket_no as clean_ticket_no
-from services.intake.progress import step_words
 from shared import lookup_link
 from shared.city import City
 from shared.store import TicketStore
-from shared.tickets import MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status, Ticket
+from shared.tickets import MEDIATION_OUTCOME_NAMES, Status, Ticket
 
 HANDLED = (Status.ASSIGNED, Status.ACCEPTED)  # a department has it (its resolution deadline runs)
 WRONG_TRIES_PER_HOUR = 5  # per ticket: 5 of 10,000 last-four combinations
@@ -124,14 +124,17 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
     ]
     return {
         "ticket_no": ticket.ticket_no,
-        "status": STATUS_NAMES.get(ticket.status, ticket.status),
+        "status": status_words(ticket),
         "received": present.local(ticket.received_at, tz),
         # Waiting at the desk, its category is a guess the desk has still to confirm.
         "category": "/".join(ticket.category_names) if ticket.status != Status.REVIEW else "分类中",
         "department": ticket.department.name if ticket.department and ticket.status != "review" else "",
         # While a department has it, when it is due: what a resident asks first when they call.
         "due": present.local(ticket.resolve_by, tz) if ticket.status in HANDLED and ticket.resolve_by else "",
-        "resolution": ticket.resolution_note,
+        "resolution": ticket.resolution_note if ticket.status in ANSWERED else "",
+        # Handled again (not solved, said the resident or a grid worker's check): the answer before
+        # is told as what it was, not as the result.
+        "previous_resolution": ticket.resolution_note if ticket.status not in ANSWERED else "",
         # A mediation's outcome, not its agreement: the terms name the parties (personal data).
         "mediation": MEDIATION_OUTCOME_NAMES.get(ticket.mediation_outcome or "", ""),
         "steps": steps,

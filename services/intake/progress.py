@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from shared.tickets import STATUS_NAMES, Status, Ticket
+from shared.tickets import Status, Ticket
 
 LISTED = 3  # tickets a keyword query lists, the most recent first (an SMS stays short)
 
@@ -74,6 +74,27 @@ _ASSIGNED_AGAIN = {
     "reroute": "原承办单位退回，已改派承办单位",
     "redispatch": "已改派承办单位",
 }
+
+# A ticket's status as a resident is told it (the lookup page, the answer to 查询): the staff's words
+# (`shared.tickets.STATUS_NAMES`: 待人工派单, 联席会议, 回访中) name the centre's own steps.
+RESIDENT_STATUS_NAMES: dict[Status, str] = {
+    Status.RECEIVED: "已受理",
+    Status.REVIEW: "已受理",  # the department is told as being chosen (正在分派)
+    Status.ASSIGNED: "已转交承办单位",
+    Status.ACCEPTED: "办理中",
+    Status.RESOLVED: "已办结",
+    Status.SURVEYED: "已办结，待您评价",
+    Status.CLOSED: "已办结，工单已关闭",
+    Status.MEETING: "多部门协调办理中",
+}
+# The statuses whose resolution note is the answer the resident has: in any other, a note left from
+# before is one the resident or a grid worker's check found did not solve it.
+ANSWERED = (Status.RESOLVED, Status.SURVEYED, Status.CLOSED)
+
+
+def status_words(ticket: Ticket) -> str:
+    return RESIDENT_STATUS_NAMES.get(ticket.status, str(ticket.status))
+
 
 NOT_FOUND = (
     "未找到该用户的工单{ticket_no}。请核对工单号（受理时告知的编号，如20261201-000123）；"
@@ -213,7 +234,7 @@ def progress_of(
     held = ticket.department is not None and ticket.status not in (Status.RECEIVED, Status.REVIEW)
     return TicketProgress(
         ticket_no=ticket.ticket_no,
-        status=STATUS_NAMES.get(ticket.status, str(ticket.status)),
+        status=status_words(ticket),
         department=ticket.department.name if held and ticket.department else "正在分派",
         last_step=last,
     )

@@ -1072,6 +1072,13 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         position = "已定位：东经116.3300，北纬39.9700（误差约12米）"
         await expect(page.locator("#location-state")).to_contain_text(position)
         await expect(page.locator("#pv-grid")).to_contain_text(grid.grid.name, timeout=60_000)
+        # On the phone's one column the suggestions come before 上报: the worker passes the
+        # suggested department and any duplicates on the way to sending.
+        suggested = await page.locator("#preview").bounding_box()
+        send = await page.locator("#submit").bounding_box()
+        assert suggested
+        assert send
+        assert suggested["y"] + suggested["height"] <= send["y"]
         # The field itself offers the camera and the gallery (no `capture`, which would allow the
         # camera alone, one photo); 拍照 opens the camera, each photo taken added to those sent.
         await expect(page.locator("#photos")).to_have_attribute("accept", "image/*")

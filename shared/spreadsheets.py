@@ -1,6 +1,12 @@
 """Tables people open in Excel, streamed: CSV (UTF-8 with a BOM, which Excel needs to read Chinese)
 or XLSX (openpyxl's write-only mode: no rows held in memory; the file is built on disk, then sent).
-The ticket export and the rankings' export share them."""
+The ticket export, the rankings' export and the trend's export share them.
+
+Rows hold values, not their text, so that a manager can sum, sort and chart them in Excel or WPS:
+numbers as numbers, a rate as a `Percent`, a time as a naive local `datetime` (Excel has no time
+zones: the caller converts to the city's), no value as None (an empty cell, not 0). XLSX writes
+them as numeric and date cells with a number format; CSV as the text the console shows.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,37 @@ import csv
 import io
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi.responses import StreamingResponse
 
 Format = Literal["csv", "xlsx"]
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+PERCENT = "0.0%"
+CHANGE = "+0.0%;-0.0%;0.0%"  # a rise or a fall, signed as the console says it
+DATETIME = "yyyy-mm-dd hh:mm"
+
+
+@dataclass(frozen=True, slots=True)
+class Percent:
+    """A rate or a change as a fraction (0.873 for 87.3%): a number in XLSX, shown in percent."""
+
+    fraction: float
+    signed: bool = False  # a change: +12.5%, -3.1%
+
+    def __str__(self) -> str:
+        return f"{self.fraction:+.1%}" if self.signed else f"{self.fraction:.1%}"
+
+
+def text(value: Any) -> Any:
+    """A value as the CSV writes it: the text the console shows."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, Percent):
+        return str(value)
+    return value
 
 
 async def csv_chunks(header: Sequence[str], rows: AsyncIterator[Sequence[Any]]) -> AsyncIterator[bytes]:
@@ -25,7 +56,7 @@ async def csv_chunks(header: Sequence[str], rows: AsyncIterator[Sequence[Any]]) 
     async for row in rows:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow(row)
+        writer.writerow([text(v) for v in row])
         yield buffer.getvalue().encode()
 
 
@@ -33,12 +64,25 @@ async def xlsx_chunks(
     header: Sequence[str], rows: AsyncIterator[Sequence[Any]], sheet: str
 ) -> AsyncIterator[bytes]:
     from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
 
     wb = Workbook(write_only=True)
     ws = wb.create_sheet(sheet)
+
+    def cell(value: Any) -> Any:
+        if isinstance(value, Percent):
+            c = WriteOnlyCell(ws, value.fraction)
+            c.number_format = CHANGE if value.signed else PERCENT
+            return c
+        if isinstance(value, datetime):
+            c = WriteOnlyCell(ws, value)
+            c.number_format = DATETIME
+            return c
+        return value
+
     ws.append(list(header))
     async for row in rows:
-        ws.append(list(row))
+        ws.append([cell(v) for v in row])
     with tempfile.TemporaryFile() as f:
         await asyncio.to_thread(wb.save, f)
         f.seek(0)

@@ -49,11 +49,13 @@ async def csv_table(header: list[str], rows: list[list[Any]]) -> list[list[str]]
 
 async def test_the_ranking_writes_rates_as_percent_numbers_and_counts_as_integers():
     header = list(RANKING)
-    sheet = await workbook(header, [[cell(GROUP) for cell in RANKING.values()]])
+    other = GROUP | {"response_rate": None, "resolution_rate": 0.5}
+    sheet = await workbook(header, [[cell(g) for cell in RANKING.values()] for g in (GROUP, other)])
     row = {name: sheet.cell(2, i) for i, name in enumerate(header, 1)}
     for name, value in (("响应率", 0.6), ("解决率", 0.8733), ("直接答复率", 0.0)):
         assert (row[name].data_type, row[name].value, row[name].number_format) == ("n", value, "0.0%")
     assert row["满意率"].value is None  # empty, as — in the console: an average leaves it out
+    assert [sheet.cell(3, header.index(n) + 1).value for n in ("响应率", "解决率")] == [None, 0.5]
     assert (row["派单"].value, row["综合得分"].value) == (5, 71.5)
     assert isinstance(row["派单"].value, int)
     assert row["派单"].data_type == "n"
@@ -93,11 +95,13 @@ async def test_the_trend_writes_its_changes_as_signed_percent_numbers():
 async def test_the_ticket_export_writes_times_as_local_date_cells():
     received = datetime(2033, 7, 4, 16, 5, 42, 123456, tzinfo=UTC)  # 00:05 the next day in Shanghai
     row = [_cell(v, SHANGHAI) for v in ("12345-20330705-0001", received, None, 3, True, "=SUM(A1)")]
-    sheet = await workbook(["工单号", "受理时间", "办结时间", "催办次数", "紧急", "地址"], [row])
+    later = [_cell(v, SHANGHAI) for v in ("12345-20330705-0002", received, received, 0, False, "")]
+    sheet = await workbook(["工单号", "受理时间", "办结时间", "催办次数", "紧急", "地址"], [row, later])
     when = sheet.cell(2, 2)
     assert when.is_date
     assert (when.value, when.number_format) == (datetime(2033, 7, 5, 0, 5, 42), "yyyy-mm-dd hh:mm")
     assert sheet.cell(2, 3).value is None  # not resolved yet
+    assert [sheet.cell(3, i).value for i in (1, 3)] == ["12345-20330705-0002", datetime(2033, 7, 5, 0, 5, 42)]
     assert (sheet.cell(2, 4).data_type, sheet.cell(2, 4).value) == ("n", 3)
     assert [sheet.cell(2, i).value for i in (5, 6)] == ["是", "'=SUM(A1)"]  # no formula to run
 

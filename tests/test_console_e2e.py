@@ -29,7 +29,7 @@ from playwright.async_api import Browser, Page, expect
 
 from services.console import present
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
-from services.console.views import KNOWLEDGE_DONE
+from services.console.views import KNOWLEDGE_DONE, LIST_FILTERS
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
 from shared import topics
@@ -41,7 +41,14 @@ from shared.settings import Settings
 from tests.browser_support import listen, read_once, served
 from tests.conftest import System, days_since, eventually, local_today
 from tests.router_factory import classified
-from tests.test_console_units import access_html, form_page, patrol_html, privacy_html, tickets_html
+from tests.test_console_units import (
+    access_html,
+    department_html,
+    form_page,
+    patrol_html,
+    privacy_html,
+    tickets_html,
+)
 from tests.test_records_trend import appeal_events
 
 pytestmark = pytest.mark.integration
@@ -272,6 +279,78 @@ async def test_the_privacy_page_fits_a_phone_screen(browser: Browser):
                 assert await p.eval_on_selector("#preview-tickets td:nth-child(5)", label) == '"分类："'
         finally:
             await p.close()
+
+
+ROW = {
+    "status": "assigned", "status_name": "已派单", "urgent": False, "urges": 0, "overdue": False,
+    "late": False, "flags": [], "category_label": "城市管理/市政设施/路灯故障",
+    "title": "幸福里小区门口的路灯一直不亮", "text": "幸福里小区门口的路灯一直不亮", "address": "",
+    "place": "和平街道/幸福里社区/第一网格", "department_name": "区城市管理委员会",
+    "channel_name": "12345热线", "due_label": "签收时限", "left": "剩1天",
+    "received": "2026-12-01 10:00", "resolve_due": "2026-12-05 10:00",
+}  # fmt: skip
+
+
+def listed(n: int) -> list[dict[str, Any]]:
+    """Rows of a ticket list (and of a department's queue) as the console shows them."""
+    return [ROW | {"ticket_no": f"20261201-00000{i}"} for i in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("shown", ["tickets", "grid", "department"])
+async def test_a_lists_filters_fold_on_a_phone_so_its_first_screen_shows_tickets(
+    browser: Browser, city, shown
+):
+    """On a phone (390×844) the filters (a dozen fields for the desk) filled the first screen: they
+    fold under 筛选（已选N项）, which says how many are set and opens them from the keyboard, and
+    the first ticket is on the first screen. Open on a desktop; open on a phone too when a filter
+    came back refused, its field focused. As rendered, with the console's script and stylesheet."""
+    from tests.test_console_units import staff
+
+    box, field = ("#queue-filter-box", "分类") if shown == "department" else ("#ticket-filter-box", "关键词")
+    if shown == "tickets":  # the sort narrows nothing: not counted
+        chosen = dict.fromkeys(LIST_FILTERS, "") | {"status": "assigned", "q": "路灯", "sort": "ticket_no"}
+        query = {k: v for k, v in chosen.items() if v}
+        html = tickets_html(city, rows=listed(5), total=5, filters=chosen, query=query)
+    elif shown == "grid":
+        html = tickets_html(city, s=staff("grid_worker"), rows=listed(5), total=5)
+    else:
+        queue = {"rows": listed(5), "total": 5, "to_accept": ["20261201-000001"]}
+        html = department_html(filters={"overdue": "1"}, **queue)
+    said = {"tickets": "筛选（已选2项）", "grid": "筛选（未选条件）", "department": "筛选（已选1项）"}[shown]
+    async with served(browser, html) as p:
+        # The queue's live stream, which has nothing to say here (and retries in a minute).
+        stream = {"content_type": "text/event-stream", "body": "retry: 60000\n\n"}
+        await p.route("**/console/department/live", lambda route: route.fulfill(**stream))
+        await p.set_viewport_size({"width": 390, "height": 844})
+        await p.goto("http://console.test/console/")  # folded as the page loads, as on a phone
+        summary = p.locator(f"{box} > summary")
+        await expect(summary).to_have_text(said)
+        await expect(p.get_by_label(field, exact=True)).to_be_hidden()
+        first = await p.locator("a[href='/console/tickets/20261201-000001']").bounding_box()
+        assert first is not None
+        assert first["y"] + first["height"] <= 844, "the first ticket is below the first screen"
+        assert await p.evaluate("document.documentElement.scrollWidth") <= 390
+        await touch_sized(p, f"{box} > summary")
+        await accessible(p)
+        await p.screenshot(path=str(SHOTS / f"filters-folded-{shown}-mobile.png"))
+        # The keyboard opens them (a disclosure: its state is read out), each field by its label.
+        await summary.focus()
+        await p.keyboard.press("Enter")
+        await expect(p.locator(box)).to_have_attribute("open", "")
+        await expect(p.get_by_label(field, exact=True)).to_be_visible()
+        await p.get_by_label(field, exact=True).focus()
+        await accessible(p)
+        # On a desktop they are open as they always were.
+        await p.set_viewport_size({"width": 1280, "height": 900})
+        await p.goto("http://console.test/console/")
+        await expect(p.get_by_label(field, exact=True)).to_be_visible()
+    if shown == "tickets":  # a refused filter comes back open on a phone, its field focused
+        refused = tickets_html(city, errors={"q": "搜索词至少两个字"}, rows=listed(2), total=2)
+        async with served(browser, refused) as p:
+            await p.set_viewport_size({"width": 390, "height": 844})
+            await p.goto("http://console.test/console/")
+            await expect(p.get_by_label("关键词", exact=True)).to_be_focused()
+            await expect(p.locator("#f-q-error")).to_be_visible()
 
 
 # What a page could not read (its record or Redis away), as its template renders it: no system to

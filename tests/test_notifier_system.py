@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import openpyxl
 import pytest
+from openpyxl.cell import Cell
 
 from services.notifier.scorecard import Scorecard
 from services.notifier.scoring import Weights
@@ -356,9 +357,15 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
         except ValueError:
             return "" if cell is None else str(cell)
 
-    assert [[same(v) for v in row] for row in sheet.iter_rows(values_only=True)] == [
-        [same(v) for v in row] for row in table
-    ]
+    def shown(cell: Cell) -> object:  # a rate as Excel shows it: the number in its percent format
+        return f"{cell.value:.1%}" if cell.number_format == "0.0%" else same(cell.value)
+
+    assert [[shown(c) for c in row] for row in sheet.iter_rows()] == [[same(v) for v in row] for row in table]
+    # The rates are numbers a manager can sum and sort, shown in percent; the counts integers.
+    [mine] = [row for row in sheet.iter_rows(min_row=2) if row[1].value == a]
+    rate = mine[table[0].index("响应率")]
+    assert (rate.data_type, rate.value, rate.number_format) == ("n", 0.6, "0.0%")
+    assert isinstance(mine[table[0].index("派单")].value, int)
     r = await api.get("/api/v1/stats/export", params={**period, "from": "2020-03-01"}, headers=admin)
     assert r.status_code == 422
     assert "晚于" in r.json()["message"]

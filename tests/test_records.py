@@ -266,6 +266,11 @@ async def test_export_streams_csv_with_a_bom_and_xlsx(api, pool):
     sheet = load_workbook(io.BytesIO(r.content), read_only=True)["工单"]
     values = [list(v) for v in sheet.iter_rows(values_only=True)]
     assert values[1][0] == no
+    # Times are date cells in the city's time, as the CSV writes them; counts are numbers.
+    received, urges = values[0].index("受理时间"), values[0].index("催办次数")
+    assert isinstance(values[1][received], datetime)
+    assert values[1][received].strftime("%Y-%m-%d %H:%M") == rows[1][received]
+    assert values[1][urges] == 0
 
 
 async def test_a_closed_ticket_leaves_redis_and_is_read_from_the_record(api, redis, pool, settings):

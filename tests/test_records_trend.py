@@ -10,6 +10,7 @@ import io
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import openpyxl
 import pytest
 
 from services.classifier.grid import grid_match
@@ -165,6 +166,10 @@ async def test_the_trend_endpoint_its_export_and_its_refusals(api, redis, system
     assert table[4][0] == "环境保护/噪音扰民"
     r = await api.get("/api/v1/stats/trend/export", params=week, headers=desk)
     assert r.headers["content-type"].startswith("application/vnd.openxmlformats")
+    sheet = openpyxl.load_workbook(io.BytesIO(r.content)).active
+    total = list(next(sheet.iter_rows(min_row=2, max_row=2)))
+    assert [c.value for c in total] == ["合计", 6, 4, 2, 0.5, 2, 4, 2.0]  # numbers to sum and chart
+    assert (total[4].data_type, total[4].number_format) == ("n", "+0.0%;-0.0%;0.0%")
 
     # The period is checked as for the rankings, in Chinese, naming the field.
     r = await api.get("/api/v1/stats/trend", params={"from": "2033-07-10", "to": "2033-07-04"}, headers=desk)

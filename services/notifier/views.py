@@ -28,7 +28,7 @@ from shared.auth import Principal, require_admin, require_resident_sms, require_
 from shared.http import api_error
 from shared.periods import stats_period
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
-from shared.spreadsheets import Format, download, each
+from shared.spreadsheets import Format, Percent, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
 log = logging.getLogger(__name__)
@@ -175,8 +175,8 @@ async def scorecard(
     }
 
 
-def _percent(rate: float | None) -> str:
-    return "" if rate is None else f"{rate:.1%}"
+def _percent(rate: float | None) -> Percent | None:
+    return None if rate is None else Percent(rate)  # no rate (nothing to count): an empty cell, not 0
 
 
 # The ranking as managers publish it: the three rates and the score, then the figures beside them.
@@ -186,7 +186,7 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "响应率": lambda g: _percent(g["response_rate"]),
     "解决率": lambda g: _percent(g["resolution_rate"]),
     "满意率": lambda g: _percent(g["satisfaction_rate"]),
-    "综合得分": lambda g: "" if g["score"] is None else g["score"],
+    "综合得分": lambda g: g["score"],
     "直接答复率": lambda g: _percent(g["direct_answer_rate"]),
     "催办件数": lambda g: g["urged"],
     "现场核查": lambda g: g["verified"],

@@ -20,7 +20,7 @@ from services.records.trend import Level, TrendGroup, appeals_trend
 from services.records.views import UNAVAILABLE, records_pool, unavailable
 from shared.auth import Principal, require_admin
 from shared.periods import stats_period
-from shared.spreadsheets import Format, download, each
+from shared.spreadsheets import Format, Percent, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["stats"])
 
@@ -54,10 +54,12 @@ async def trend(
     return unavailable() if body is None else body
 
 
-def _percent(value: float | None, count: int) -> str:
+def _percent(value: float | None, count: int) -> Percent | str | None:
+    """The change in percent (12.5 for +12.5%) as a number; from nothing, 新增 if there are some
+    now, else no value (an empty cell: Excel counts it as nothing, not as 0)."""
     if value is None:
-        return "新增" if count else "—"
-    return f"{value:+.1f}%"
+        return "新增" if count else None
+    return Percent(value / 100, signed=True)
 
 
 # The trend table as managers put it in a report: this period, the one before, the change, a year before.

@@ -169,7 +169,8 @@ async def search_tickets(
 
 def _cell(value: Any, tz: ZoneInfo) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+        # The city's local time, as the console shows it: Excel's dates have no time zone.
+        return value.astimezone(tz).replace(tzinfo=None, microsecond=0)
     if isinstance(value, list):
         return "/".join(map(str, value))
     if isinstance(value, bool):

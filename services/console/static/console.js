@@ -29,6 +29,15 @@
     return response;
   }
 
+  // A list's filters fold away on a phone (the stylesheet's 700 px), so that its first screen shows
+  // tickets; the summary says how many are set and opens them. Not one that came back refused: its
+  // field has the focus and its reason is to be read. Open on a desktop, and without the script.
+  if (window.matchMedia("(max-width: 700px)").matches) {
+    for (const box of document.querySelectorAll("details[data-fold-narrow]")) {
+      if (!box.querySelector("[aria-invalid=true]")) box.open = false;
+    }
+  }
+
   // A form that cannot be undone (a return, a resolution, a meeting's decision) asks first, and so
   // does a button that sends its form elsewhere (the operator's urge). Without the script it posts
   // at once, as every form did before.

@@ -43,6 +43,7 @@ from tests.router_factory import TZ, grid
         ("housing.property.service", "s03c01g01", "housing", (), "rule"),
         ("safety.fire", "s03c01g02", "street_s03", ("fire",), "rule"),
         ("safety.fire", "s01c01g01", "fire", (), "rule"),
+        ("safety.dogs", "s03c01g02", "police", ("urban_enforcement",), "rule"),  # not fire's street rule
         ("env.noise", "s02c02g01", "environment", ("police", "urban_enforcement"), "rule"),
     ],
 )

@@ -20,6 +20,8 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from shared.city import City
+
 cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
 
@@ -85,7 +87,25 @@ def _ensure_model(settings: Settings) -> str:
 
         typer.echo("no model yet: training one on the demo corpus ...", err=True)
         path = analyst.ensure_model(load_city(settings.city_config_dir), settings.model_dir)
-    return json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["version"]
+    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    return str(meta["version"])
+
+
+def _warn_unlearned(settings: Settings, city: City) -> None:
+    """Say, where the person starting the system reads it, which of the city's categories the newest
+    model lacks (a category added to the city's data since it was trained)."""
+    from services.classifier.model import latest_model_path, unlearned
+
+    path = latest_model_path(settings.model_dir)
+    if path is None:
+        return
+    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    if missing := unlearned(meta.get("categories") or (), city):
+        typer.echo(
+            f"warning: model {meta['version']} was not trained on {'、'.join(missing)}: their appeals "
+            "go to other categories; train and approve a model: .venv/bin/appeals train --approve",
+            err=True,
+        )
 
 
 @cli.command()
@@ -144,6 +164,7 @@ def up(
         )
         typer.echo("checking the category model (the first start trains one on the demo corpus) ...")
         typer.echo(f"model {_ensure_model(settings)}")
+        _warn_unlearned(settings, city)
         if with_services:
             launcher.start_all()
             launcher.wait_for_ports(

@@ -66,6 +66,7 @@ def _templates(settings: Settings) -> str:
 def _classify(settings: Settings) -> str:
     from services.classifier.analyst import ensure_model
     from services.classifier.classification import Classifier
+    from services.classifier.model import unlearned
     from services.classifier.rules import load_cues
     from services.classifier.service import load_model
     from services.classifier.text import DICTIONARY_DIR
@@ -90,9 +91,11 @@ def _classify(settings: Settings) -> str:
         received_at=datetime.now(UTC),
     )
     (result,) = classifier.classify([appeal])
+    missing = unlearned(model.categories, city)
     return (
         f"classifier: model {model.version} put the sample appeal in {result.category} "
         f"({result.confidence:.2f}), grid {result.grid.grid}, type {result.appeal_type}"
+        + (f"; not trained on {'、'.join(missing)} (appeals train --approve)" if missing else "")
     )
 
 

@@ -21,7 +21,7 @@ from services.classifier import evaluation, service
 from services.classifier.analyst import DataError, read_records
 from services.classifier.classification import Classifier
 from services.classifier.grid import GridLocator, point_in_polygon
-from services.classifier.model import CategoryModel, latest_model_path
+from services.classifier.model import CategoryModel, latest_model_path, unlearned
 from services.classifier.rules import DEFAULT_CUES, load_cues
 from services.classifier.text import Segmenter, city_vocabulary
 from shared.city import DEMO_CITY_DIR
@@ -558,3 +558,27 @@ def test_a_grid_workers_report_takes_its_grid_unless_the_position_says_otherwise
     assert (m.grid, m.method) == ("s01c01g01", "coordinates")
     # A grid the city does not have is no answer.
     assert locator.locate("和平路88号门口有个大坑", patrol_grid="nowhere").grid == "s01c01g01"
+
+
+def test_a_category_the_model_was_not_trained_on_is_named_where_the_system_starts(tmp_path: Path, capsys):
+    """A category added to the city's data after the model was trained is never predicted: its
+    appeals go to others. `appeals up` says so, naming it and how to train and approve a model."""
+    from services import cli
+
+    learned = [c for c in CITY.leaf_categories if c != "safety.dogs"]
+    assert unlearned(learned, CITY) == ["养犬管理（safety.dogs）"]
+    assert unlearned(CITY.leaf_categories, CITY) == []
+
+    settings = Settings(data_dir=tmp_path)
+    settings.model_dir.mkdir(parents=True)
+    (settings.model_dir / "category-v1.joblib").write_bytes(b"")
+    (settings.model_dir / "category-v1.json").write_text(json.dumps({"version": "v1", "categories": learned}))
+    cli._warn_unlearned(settings, CITY)
+    said = capsys.readouterr().err
+    assert "model v1 was not trained on 养犬管理（safety.dogs）" in said
+    assert "appeals train --approve" in said
+    (settings.model_dir / "category-v1.json").write_text(
+        json.dumps({"version": "v1", "categories": list(CITY.leaf_categories)})
+    )
+    cli._warn_unlearned(settings, CITY)
+    assert capsys.readouterr().err == ""

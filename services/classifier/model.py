@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from sklearn.utils.extmath import safe_sparse_dot
 from services.classifier import evaluation
 from services.classifier.features import CharNgramTfidf, WordTfidf
 from services.classifier.text import Segmenter, normalize
+from shared.city import City
 
 MODEL_PREFIX = "category-"
 HOLDOUT_FOLDS = 3  # out-of-fold predictions for calibration, the metrics and the review threshold
@@ -364,6 +365,14 @@ def learning_curve(
             }
         )
     return points
+
+
+def unlearned(learned: Iterable[str], city: City) -> list[str]:
+    """The city's categories a model was not trained on, by name (名称（id）): it never puts an appeal
+    in them, so theirs go to others. A category added to the city's data after the model was
+    trained is one, until a model trained since is approved."""
+    known = set(learned)
+    return [f"{city.category_names(c)[-1]}（{c}）" for c in city.leaf_categories if c not in known]
 
 
 def list_models(model_dir: Path) -> list[Path]:

@@ -20,7 +20,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.classifier.classification import Classifier
-from services.classifier.model import CategoryModel, latest_model_path, model_path
+from services.classifier.model import CategoryModel, latest_model_path, model_path, unlearned
 from services.classifier.rules import Cues, load_cues
 from shared.city import City
 from shared.errors import DomainError
@@ -78,6 +78,18 @@ async def approve(redis: Redis, model_dir: Path, version: str) -> Path:
     return path
 
 
+def warn_unlearned(model: CategoryModel, city: City) -> None:
+    """Say so when the model served lacks some of the city's categories: nothing else would."""
+    if missing := unlearned(model.categories, city):
+        log.warning(
+            "model %s was not trained on %d of the city's categories (%s): their appeals are put in "
+            "others; train and approve a model (appeals train --approve)",
+            model.version,
+            len(missing),
+            "、".join(missing),
+        )
+
+
 class ServedClassifier:
     """The classifier the pipeline serves, built in one place: the approved model (else the newest
     file), the city's cue lists (`cues.yaml` in CITY_CONFIG_DIR, else the defaults) and the
@@ -117,6 +129,7 @@ class ServedClassifier:
         model = await asyncio.to_thread(load_model, self.model_dir, version)
         self._classifier = Classifier(self.city, model, threshold=self.threshold, cues=self.cues)
         log.info("serving model %s", model.version)
+        warn_unlearned(model, self.city)
         return self._classifier
 
     async def refresh(self, redis: Redis) -> bool:
@@ -133,8 +146,10 @@ class ServedClassifier:
                 )
                 self._missing = version
             return False
-        classifier.swap(await asyncio.to_thread(CategoryModel.load, path))
+        model = await asyncio.to_thread(CategoryModel.load, path)
+        classifier.swap(model)
         log.info("switched to model %s", version)
+        warn_unlearned(model, self.city)
         return True
 
     async def current(self, redis: Redis) -> Classifier:

@@ -807,6 +807,35 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert "记录决定" not in decided  # decided once: no second decision offered
 
 
+def test_a_meetings_forms_return_to_the_page_they_were_used_on(city):
+    """On its own page a meeting's forms say so (`back`), and what came of them is said there, in
+    its card; on the list they keep the list's page."""
+    from services.console.views import meeting_back
+
+    m = present.meeting_row(meeting(city), city, TZ)
+    own = templates.get_template("meeting.html").render(
+        request=None, s=staff("admin"), m=m, page_no=1, own_page=True, said_in="M1", done="已记录"
+    )
+    assert '<input type="hidden" name="back" value="meeting">' in own
+    assert 'name="page"' not in own
+    assert re.search(r'<p class="ok" id="meeting-done"[^>]*>已记录', own)
+    listed = render_meetings(city, [meeting(city)])
+    assert '<input type="hidden" name="page" value="1">' in listed
+    assert 'name="back"' not in listed
+    back = meeting_back("M1", {"back": "meeting"}, done="联席会议M1已记录决定")
+    assert (
+        back.headers["location"]
+        == f"/console/meetings/M1?{urlencode({'done': '联席会议M1已记录决定'})}#meeting-done"
+    )
+    refused = meeting_back("M1", {"back": "meeting"}, error="请先选择主办单位")
+    assert refused.headers["location"].startswith("/console/meetings/M1?error=")
+    assert (
+        meeting_back("M1", {"page": "2"}, done="x")
+        .headers["location"]
+        .startswith("/console/meetings?page=2&")
+    )
+
+
 def test_a_meeting_is_named_by_what_it_is_about(city):
     hot = meeting(city, reason="hotspot")
     grid = city.grids[hot["grid"]].grid.name

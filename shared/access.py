@@ -29,7 +29,9 @@ ROLE_NAMES: dict[str, str] = {
 # "role:id", so no ':' or spaces; short enough to read out.
 STAFF_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 NOTE_MAX = 50  # visible characters: a name and a post (张三 夜班组长), not a file
-MAX_DAYS = 3650
+# How long a credential may be issued for, in days (0: never expires): the access page's field
+# offers this range, and a grant outside it is refused.
+MIN_DAYS, MAX_DAYS = 0, 3650
 SURROGATE = re.compile("[\ud800-\udfff]")
 # Which of the optional fields each role takes: the others must be left out, so that a token is
 # never stored with a subject it does not act for.
@@ -126,8 +128,8 @@ def checked_grant(
             raise InvalidGrant("grid", f"没有编号为“{grid_id[:40]}”的网格，请从列表中选择")
     if days is None:
         days = default_days
-    if not 0 <= days <= MAX_DAYS:
-        raise InvalidGrant("days", f"有效天数须在0到{MAX_DAYS}之间（0为长期有效）")
+    if not MIN_DAYS <= days <= MAX_DAYS:
+        raise InvalidGrant("days", f"有效天数须在{MIN_DAYS}到{MAX_DAYS}之间（0为长期有效）")
     # One line without invisible controls: it is shown in a table cell, a confirmation and the audit.
     text = " ".join(without_controls(note or "").split())
     if len(text) > NOTE_MAX:

@@ -32,6 +32,7 @@ from services.console.lookup import BAD_LINK, EXPIRED_LINK
 from services.console.views import KNOWLEDGE_DONE, LIST_FILTERS
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
+from services.router.workflow import REQUIRED
 from shared import topics
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
@@ -42,11 +43,13 @@ from tests.browser_support import listen, read_once, served
 from tests.conftest import System, days_since, eventually, local_today
 from tests.router_factory import classified
 from tests.test_console_units import (
+    DEPARTMENTS_TICKET,
     access_html,
     department_html,
     form_page,
     patrol_html,
     privacy_html,
+    render_ticket,
     tickets_html,
 )
 from tests.test_records_trend import appeal_events
@@ -389,6 +392,56 @@ async def test_a_list_that_could_not_be_read_is_said_once(browser: Browser, city
             assert await p.evaluate("document.activeElement === document.body")
 
 
+async def test_a_step_that_cannot_be_undone_asks_for_what_it_needs_before_it_asks_to_confirm(
+    browser: Browser, city
+):
+    """退单 for 诉求分类有误 without its 说明, 办结 without its note: refused beside the field in the
+    server's words before the question "不能撤回" is asked, so no one confirms a step that the server
+    would then refuse. Once filled in, the question is asked (called off here) and the mark goes."""
+    html = render_ticket(city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True)
+    async with served(browser, html) as p:
+        asked: list[str] = []
+
+        async def call_off(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.dismiss()
+
+        p.on("dialog", call_off)
+
+        async def questions(n: int) -> None:
+            async def reached() -> bool:
+                return len(asked) >= n
+
+            await eventually(reached, timeout=10)
+
+        # Another reason needs no 说明: the question is asked at once.
+        await p.locator("#return-reason").select_option("duplicate")
+        await p.locator("#return").click()
+        await questions(1)
+        await expect(p.locator("#return-note-error")).to_have_count(0)
+        await p.locator("#return-reason").select_option("wrong_category")
+        await p.locator("#return-note").fill("  ")
+        await p.locator("#return").click()
+        note = p.locator("#return-note")
+        await expect(p.locator("#return-note-error")).to_have_text(REQUIRED["return.note"])
+        await expect(note).to_be_focused()
+        await expect(note).to_have_attribute("aria-invalid", "true")
+        await expect(note).to_have_attribute("aria-describedby", "return-note-error")
+        await read_once(p, REQUIRED["return.note"], by="focus")
+        assert len(asked) == 1  # not asked again
+        await note.fill("实际是井盖缺失，不是路灯")
+        await p.locator("#return").click()
+        await questions(2)
+        assert "确定退单吗" in asked[-1]
+        await expect(p.locator("#return-note-error")).to_have_count(0)
+        assert await note.get_attribute("aria-invalid") is None
+        # 办结 without a note: the same, in its own words.
+        await p.locator("#resolve").click()
+        await expect(p.locator("#resolve-note-error")).to_have_text(REQUIRED["resolve.note"])
+        await expect(p.locator("#resolve-note")).to_be_focused()
+        assert len(asked) == 2
+
+
 @pytest.mark.parametrize(
     ("shown", "refused"),
     [
@@ -481,12 +534,21 @@ async def test_sign_in_roles_sign_out_and_bad_sessions(page: Page, redis):
     await revoke_token(redis, token)
     await page.goto("/console/department")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    # ... and the sign-in page says why, read with the field the focus is on; once: not again.
+    ended = "您的登录凭证已被吊销或已过期，请联系派单中心重新签发"
+    await expect(page.locator("#session-ended")).to_have_text(ended)
+    await expect(page.locator("#token")).to_be_focused()
+    await expect(page.locator("#token")).to_have_attribute("aria-describedby", "session-ended")
+    await read_once(page, ended, by="focus")
+    await page.reload()
+    await expect(page.locator("#session-ended")).to_have_count(0)
 
     # Sign out: the session is gone, pages go to sign-in.
     await sign_in(page, await issue_token(redis, "operator", operator="op07"))
     await page.goto("/console/operator")
     await page.get_by_role("button", name="退出登录").click()
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
+    await expect(page.locator("#session-ended")).to_have_count(0)  # signed out: nothing ended it
     await page.goto("/console/operator")
     await expect(page).to_have_url(re.compile(r"/console/signin$"))
 
@@ -1294,8 +1356,8 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
     browser: Browser, redis, system: System
 ):
     """现场核查: the patrol page lists the grid's resolutions to check; on a 360 px phone the worker
-    sends one back as not solved (asked to confirm; a missing note refused beside the field, which
-    takes the focus; a photo from the camera), what was done then focused and told to a screen
+    sends one back as not solved (a missing note refused beside the field, which takes the focus,
+    before it is asked to confirm; a photo from the camera), what was done then focused and told to a screen
     reader; and confirms another with a photo without the script."""
     token = await issue_token(redis, "grid_worker", operator="W032", grid="s01c01g02")
     fixed = await resolved_in_grid(system, redis, token, "巡查发现翠竹苑北门路灯不亮，夜间行人看不清台阶")
@@ -1335,6 +1397,7 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
         await page.locator("#verify").click()
         await expect(page.locator("#verify-note-error")).to_contain_text("现场看到的情况")
         await expect(page.locator("#verify-note")).to_be_focused()
+        assert asked == []
         await expect(page.get_by_label("未解决（退回")).to_be_checked()  # the choice kept
         seen = "地砖仍然松动，3号楼前有两处翘起，雨后积水"
         await page.keyboard.type(seen)
@@ -1360,7 +1423,8 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
         await expect(page.locator("ol.history")).to_contain_text(f"网格员W032现场核查未解决：{seen}")
         await loaded(page, "#verification-photos", 1)
         await expect(page.locator("#verify")).to_have_count(0)  # nothing more to check here
-        assert len(asked) == 2, asked  # asked both times "not solved" was sent
+        # Asked once: the note missing was refused before the question, not after it was confirmed.
+        assert len(asked) == 1, asked
         assert all(f"退回{dept}重新办理" in q for q in asked), asked
         async with await admin_api(system, redis) as client:
             back = await ticket_when(client, broken["ticket_no"], lambda t: t["status"] == "assigned")
@@ -1574,6 +1638,15 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
 
     assert (await eventually(said, timeout=10))[0].startswith(f"确定由{street}主办吗？")
     await expect(card.get_by_role("button", name="记录决定")).to_be_visible()
+    # Confirmed, the decision is recorded and the desk is back on the meeting's own page (not the
+    # list), which shows the decision, what came of it focused in the card.
+    page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await card.get_by_role("button", name="记录决定").click()
+    await expect(card.locator("#meeting-done")).to_contain_text(f"联席会议{mid}已记录决定：由{street}主办")
+    await expect(page).to_have_url(re.compile(rf"/console/meetings/{mid}\?"))
+    await expect(card.locator("#meeting-done")).to_be_focused()
+    await expect(card.locator(".lead-decided")).to_contain_text(f"主办单位：{street}")
+    await expect(card.get_by_role("button", name="记录决定")).to_have_count(0)
 
 
 async def meetings_to_check_in(page: Page) -> int:
@@ -1901,12 +1974,13 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         # An extension without a reason: what to fill in, in Chinese, beside the field, focused.
         await page.locator("#extend-days").fill("2")
         await page.locator("#extend").click()
-        await expect(page.locator("#extend-reason-error")).to_have_text("请填写延期理由")
+        await expect(page.locator("#extend-reason-error")).to_have_text(REQUIRED["extend.reason"])
         await expect(page.locator("#extend-reason")).to_be_focused()
         # A resolution without a note: the API's message, beside the note.
         await page.locator("#resolve-note").fill("   ")
         await page.locator("#resolve").click()
         await expect(page.locator("#resolve-note-error")).to_contain_text("办结时必须填写办理结果说明")
+        assert asked == []  # not asked to confirm what would be refused
         await page.locator("#resolve-note").fill("已更换灯泡，恢复照明")
         await page.locator("#resolve").click()
         await expect(page.locator("#status")).to_have_text(RESOLVED)
@@ -1920,9 +1994,11 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await page.locator(f"a[href='/console/tickets/{second}']").click()
         # 诉求分类有误 says what the problem really is, for the desk to classify it again.
         await page.locator("#return-reason").select_option("wrong_category")
+        before = len(asked)
         await page.locator("#return").click()
         await expect(page.locator("#return-note-error")).to_contain_text("实际反映的是什么问题")
         await expect(page.locator("#return-note")).to_be_focused()
+        assert len(asked) == before  # refused before 退单's question, not after it was confirmed
         await page.locator("#return-reason").select_option("not_ours")
         await page.locator("#return-rule").fill("路灯维护属于街道职责")
         await page.locator("#return").click()

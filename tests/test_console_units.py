@@ -73,6 +73,26 @@ def test_the_deadline_that_matters_follows_the_status():
     ]
 
 
+def test_the_ticket_list_shows_the_deadline_that_applies_not_a_resolve_deadline_that_does_not(city):
+    """工单列表's 办结时限: a ticket at the dispatch desk awaits dispatch, and one a joint meeting holds
+    runs by the meeting's deadline (会议时限, as its page says); the others keep their resolve deadline."""
+    item = {
+        "ticket_no": "20260302-000001",
+        "status": "accepted",
+        "resolve_by": "2026-03-09T10:00:00+00:00",
+        "meeting_by": None,
+    }
+    assert list_row(item, TZ, city)["resolve_due"] == "2026-03-09 18:00"
+    assert list_row({**item, "status": "review"}, TZ, city)["resolve_due"] == "待派单"
+    held = {**item, "status": "meeting", "meeting_by": "2026-03-05T10:00:00+00:00"}
+    assert list_row(held, TZ, city)["resolve_due"] == "会议时限 2026-03-05 18:00"
+    # The meeting not yet in the record (its events a moment behind): no date, and no resolve deadline.
+    assert list_row({**held, "meeting_by": None}, TZ, city)["resolve_due"] == "待联席会议决定"
+    html = tickets_html(city, rows=[list_row(held, TZ, city)], total=1)
+    assert re.search(r'<td data-label="办结时限">会议时限 2026-03-05 18:00</td>', html)
+    assert "2026-03-09" not in html
+
+
 def test_history_sentences(city):
     assigned = {
         "topic": "ticket.assigned",
@@ -171,7 +191,7 @@ def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_word
     assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
 
 
-def render_ticket(city, ticket, role="admin", department=None, handles=False, meeting_title=""):
+def render_ticket(city, ticket, role="admin", department=None, handles=False, meeting_title="", **context):
     who = SimpleNamespace(
         principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
         csrf="x",
@@ -189,7 +209,66 @@ def render_ticket(city, ticket, role="admin", department=None, handles=False, me
         kept={},
         handles=handles,
         meeting_title=meeting_title,
+        **context,
     )
+
+
+DEPARTMENTS_TICKET = {
+    "ticket_no": "20260302-000003",
+    "status": "assigned",
+    "text": "光明路的路灯不亮",
+    "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+    "confidence": None,
+    "received_at": "2026-03-02T08:00:00+00:00",
+    "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+}
+
+
+def test_a_tickets_forms_say_in_the_servers_words_what_a_step_cannot_go_without(city):
+    """What the workflow refuses a step without (REQUIRED) is on the field, for the script to ask
+    before the step's confirmation: 退单's 说明 only for 诉求分类有误, the disputed rule only for the
+    reasons that dispute a list naming the department; 办结's note always."""
+    from services.router.workflow import DISPUTES, REQUIRED
+
+    wanted = "权责清单规定由本单位主办（路灯）；如有异议，请写明所争议的规则及理由"
+    html = render_ticket(
+        city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True,
+        dispute_wanted=wanted, disputes="|".join(DISPUTES),
+    )  # fmt: skip
+
+    def field(fid: str) -> str:
+        found = re.search(rf'<(?:textarea|input) id="{fid}"[^>]*>', html)
+        assert found is not None, fid
+        return html_unescape(found[0])
+
+    note = field("return-note")
+    assert f'data-required="{REQUIRED["return.note"]}"' in note
+    assert 'data-required-if="reason=wrong_category"' in note
+    assert 'data-refused-as="return-note-error"' in note
+    rule = field("return-rule")
+    assert f'data-required="{wanted}"' in rule
+    assert 'data-required-if="reason=not_ours|needs_other"' in rule
+    assert 'data-refused-as="return-disputed_rule-error"' in rule
+    resolve = field("resolve-note")
+    assert f'data-required="{REQUIRED["resolve.note"]}"' in resolve
+    assert "data-required-if" not in resolve
+    # The list names another department: nothing to dispute, nothing asked.
+    plain = render_ticket(city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True)
+    found = re.search(r'<input id="return-rule"[^>]*>', plain)
+    assert found is not None
+    assert "data-required" not in found[0]
+
+
+def test_a_return_is_asked_for_the_rule_only_where_the_list_names_the_department(city):
+    from services.router.workflow import dispute_wanted
+    from shared.events import GridMatch
+
+    rule = next(r for r in city.responsibilities.rules if not (r.grid or r.community or r.street))
+    anywhere = GridMatch(grid=None)
+    assert dispute_wanted(city, rule.category, anywhere, rule.lead).startswith("权责清单规定由本单位主办（")
+    other = next(d.id for d in city.departments if d.id != rule.lead and d.kind != "dispatch_desk")
+    assert dispute_wanted(city, rule.category, anywhere, other) == ""
+    assert dispute_wanted(city, None, anywhere, rule.lead) == ""
 
 
 def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handling_forms(city):
@@ -760,6 +839,35 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_meetings_forms_return_to_the_page_they_were_used_on(city):
+    """On its own page a meeting's forms say so (`back`), and what came of them is said there, in
+    its card; on the list they keep the list's page."""
+    from services.console.views import meeting_back
+
+    m = present.meeting_row(meeting(city), city, TZ)
+    own = templates.get_template("meeting.html").render(
+        request=None, s=staff("admin"), m=m, page_no=1, own_page=True, said_in="M1", done="已记录"
+    )
+    assert '<input type="hidden" name="back" value="meeting">' in own
+    assert 'name="page"' not in own
+    assert re.search(r'<p class="ok" id="meeting-done"[^>]*>已记录', own)
+    listed = render_meetings(city, [meeting(city)])
+    assert '<input type="hidden" name="page" value="1">' in listed
+    assert 'name="back"' not in listed
+    back = meeting_back("M1", {"back": "meeting"}, done="联席会议M1已记录决定")
+    assert (
+        back.headers["location"]
+        == f"/console/meetings/M1?{urlencode({'done': '联席会议M1已记录决定'})}#meeting-done"
+    )
+    refused = meeting_back("M1", {"back": "meeting"}, error="请先选择主办单位")
+    assert refused.headers["location"].startswith("/console/meetings/M1?error=")
+    assert (
+        meeting_back("M1", {"page": "2"}, done="x")
+        .headers["location"]
+        .startswith("/console/meetings?page=2&")
+    )
 
 
 def test_a_meeting_is_named_by_what_it_is_about(city):
@@ -2618,6 +2726,36 @@ def test_a_refused_sign_in_is_told_while_the_field_keeps_the_focus():
     assert 'id="token"' in focused(html)
     assert 'aria-describedby="token-error"' in focused(html)
     assert "data-announce" not in render(request=None, s=None, csrf="x", error="")
+
+
+def test_the_credentials_days_offer_the_range_a_grant_is_checked_against():
+    """有效天数: its bounds are the grant's (shared.access), on the field and in its hint."""
+    from shared import access
+
+    html = access_html()
+    field = re.search(r'<input id="days"[^>]*>', html)
+    assert field is not None
+    assert f'min="{access.MIN_DAYS}"' in field[0]
+    assert f'max="{access.MAX_DAYS}"' in field[0]
+    assert f"可填{access.MIN_DAYS}到{access.MAX_DAYS}天" in html
+    city = load_city()
+    for days in (access.MIN_DAYS, access.MAX_DAYS):  # the bounds the page shows are those applied
+        access.checked_grant(city, role="admin", days=days, default_days=90)
+    for days in (access.MIN_DAYS - 1, access.MAX_DAYS + 1):
+        with pytest.raises(access.InvalidGrant):
+            access.checked_grant(city, role="admin", days=days, default_days=90)
+
+
+def test_a_browser_whose_credential_ended_is_told_why_at_sign_in():
+    render = templates.get_template("signin.html").render
+    ended = "您的登录凭证已被吊销或已过期，请联系派单中心重新签发"
+    html = render(request=None, s=None, csrf="x", error="", ended=ended)
+    assert told(html, ended)
+    assert 'id="token"' in focused(html)
+    assert 'aria-describedby="session-ended"' in focused(html)
+    assert "aria-invalid" not in html  # nothing typed is at fault
+    assert unread(html) == []
+    assert "session-ended" not in render(request=None, s=None, csrf="x", error="", ended="")
 
 
 def unread(html: str) -> list[str]:

@@ -90,6 +90,19 @@ def due_label(status: str | None) -> str:
     return {"assigned": "签收时限", "accepted": "办结时限", "meeting": "会议时限"}.get(status or "", "时限")
 
 
+def deadline_shown(ticket: Mapping[str, Any], tz: ZoneInfo) -> str:
+    """A list's 办结时限 cell. Where no department's resolve deadline runs it says what does: at the
+    dispatch desk the ticket awaits dispatch (its deadlines are set when it is dispatched), and held
+    by a joint meeting only the meeting's clock runs (its 会议时限, as the ticket's page says, due_of)."""
+    status = ticket.get("status")
+    if status == "review":
+        return "待派单"
+    if status == "meeting":
+        due = due_of(ticket)
+        return f"{due_label(status)} {local(due, tz)}" if due else "待联席会议决定"
+    return local(ticket.get("resolve_by"), tz)
+
+
 # What a department is told after each action on a ticket, with what happens next.
 DONE = {
     "accept": "已签收，请在办结时限内办理。",

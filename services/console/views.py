@@ -49,6 +49,7 @@ from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared import access, lookup_link
 from shared.bodies import Limit
 from shared.city import City
+from shared.events import GridMatch
 from shared.photos import ID as PHOTO_ID
 from shared.privacy import REMOVED
 from shared.settings import Settings
@@ -67,6 +68,9 @@ templates.globals.update(
     percent=present.percent,
     return_reasons=RETURN_REASONS,
     removed=REMOVED,  # what an erasure left in place of personal data
+    days_range=(access.MIN_DAYS, access.MAX_DAYS),  # a credential's 有效天数, as a grant is checked
+    required=workflow.REQUIRED,  # a ticket's forms ask for what a step refuses without (data-required)
+    reason_min=workflow.REASON_MIN,
 )
 HOME = {
     "operator": "/console/operator",
@@ -267,13 +271,25 @@ async def anonymous_form(request: Request, template: str, status: int, **context
     return response
 
 
-async def signin_page(request: Request, error: str = "", status: int = 200) -> Response:
-    return await anonymous_form(request, "signin.html", status, error=error)
+async def signin_page(request: Request, error: str = "", status: int = 200, ended: str = "") -> Response:
+    return await anonymous_form(request, "signin.html", status, error=error, ended=ended)
+
+
+# Why a browser that was signed in is at the sign-in page again. Its cookie lives no longer than its
+# session (a shift from sign-in; each request extends the session), and signing out deletes it:
+# a cookie whose session is gone lost it to its token's revocation, which deletes the token's
+# sessions, or to the token's expiry. Said to that browser alone, in words that name no one.
+SESSION_ENDED = "您的登录凭证已被吊销或已过期，请联系派单中心重新签发"
 
 
 @router.get("/signin")
 async def signin_form(request: Request) -> Response:
-    return await signin_page(request)
+    cookie = request.cookies.get(session.COOKIE)
+    ended = bool(cookie) and await session.load(request.app.state.redis, cookie) is None
+    response = await signin_page(request, ended=SESSION_ENDED if ended else "")
+    if ended:  # said once: the page again, or the next person at this browser, is not told it
+        response.delete_cookie(session.COOKIE, path="/")
+    return response
 
 
 @router.post("/signin")
@@ -846,7 +862,7 @@ def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
         "received": present.local(item.get("received_at"), tz),
-        "resolve_due": present.local(item.get("resolve_by"), tz),
+        "resolve_due": present.deadline_shown(item, tz),
         "resolved": present.local(item.get("resolved_at"), tz),
         "category_label": "/".join(item.get("category_names") or ()) or "未分类",
     }
@@ -979,6 +995,16 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
         # A department summoned to the ticket's joint meeting reads it without handling it.
         "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
+        # 退单 disputing the responsibility list that names this department: the rule, asked for.
+        "dispute_wanted": workflow.dispute_wanted(
+            city,
+            ticket.get("category"),
+            GridMatch.model_validate(ticket["grid"]) if ticket.get("grid") else None,
+            s.principal.department,
+        )
+        if s.principal.role == "department" and s.principal.department
+        else "",
+        "disputes": "|".join(workflow.DISPUTES),
     }
 
 
@@ -1834,14 +1860,29 @@ async def meeting_page(request: Request, mid: str, s: session.Session = Depends(
     if not reply.ok:
         return await page(request, "message.html", reply.status, s=s, title="联席会议", message=reply.message)
     m = present.meeting_row(reply.body, city_of(request), tz_of(request))
-    return await page(request, "meeting.html", s=s, m=m, page_no=1)
+    q = request.query_params
+    # What came of a check-in or a decision made here (meeting_back): said in the card, as on the list.
+    return await page(
+        request,
+        "meeting.html",
+        s=s,
+        m=m,
+        page_no=1,
+        own_page=True,
+        done=q.get("done"),
+        error=q.get("error"),
+        said_in=mid,
+    )
 
 
 @router.post("/meetings/{mid}/{step}")
 async def meeting_step(request: Request, mid: str, step: str, s: session.Session = Depends(as_staff)):
     form = await checked_form(request, s)
-    # Back to the page the form was on: a check-in changes no meeting's place on the list.
+    # Back to the page the form was on: the meeting's own, or the list's page (a check-in changes
+    # no meeting's place on the list).
     on_page = {"page": text(form, "page")} if text(form, "page").isdigit() else {}
+    if text(form, "back") == "meeting":
+        on_page = {"back": "meeting"}
     if step == "decide":
         if not text(form, "lead"):
             return meeting_back(mid, on_page, error=f"联席会议{mid}未记录：请先选择主办单位")
@@ -1860,10 +1901,14 @@ async def meeting_step(request: Request, mid: str, step: str, s: session.Session
 
 def meeting_back(mid: str, on_page: dict[str, str], *, done: str = "", error: str = "") -> Response:
     """Back to the meetings' page the form was on, saying what came of it (`done`, or the `error`)
-    in the meeting's card, or at the top when the card has left the page. The fragment names the
-    message, wherever it is: the page opens on it, with the focus there (the form that was used
-    may be gone), the card's form below it to correct a refusal."""
+    in the meeting's card, or at the top when the card has left the page; or back to the meeting's
+    own page (`back`), where it is said in its card. The fragment names the message, wherever it
+    is: the page opens on it, with the focus there (the form that was used may be gone), the card's
+    form below it to correct a refusal."""
     said, at = ({"done": done}, "meeting-done") if done else ({"error": error}, "meeting-error")
+    if on_page.get("back") == "meeting":
+        own = f"/console/meetings/{quote(mid, safe='')}?{urlencode(said)}#{at}"
+        return RedirectResponse(own, status_code=303)
     query = urlencode({**on_page, **said, "meeting": mid})
     return RedirectResponse(f"/console/meetings?{query}#{at}", status_code=303)
 

@@ -47,7 +47,11 @@ LIST_COLUMNS = (
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
-    "merged_into, merged, updated_at"
+    "merged_into, merged, updated_at, "
+    # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's
+    # row does not keep: read from its meeting, for the page's rows only.
+    "(SELECT m.deadline FROM meetings m "
+    "WHERE m.meeting_id = tickets.meeting_id AND tickets.status = 'meeting') AS meeting_by"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {

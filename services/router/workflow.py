@@ -551,17 +551,31 @@ def dispatcher(city: City, operator: str) -> str:
 REASON_MIN = 4  # characters: enough to say why a ticket moves (e.g. 属地有误), for whoever gets it
 
 
-def _stated(reason: str, asked: str, reader: str) -> str:
-    """The reason a person gives for moving a ticket (改派, 转人民调解), on one line; refused when
-    too short to say why (`asked`: what to fill in; `reader`: who will read it)."""
+def _reason_wanted(asked: str, reader: str) -> str:
+    return f"请填写{asked}（至少{REASON_MIN}个字），{reader}将看到原因"
+
+
+# What is refused when a field a step needs is left empty ("step.field"), some only with another
+# field's value (see each step). The console asks for them in these words before a form is sent,
+# and before it asks to confirm a step that cannot be undone; the refusal here stays the rule.
+REQUIRED: dict[str, str] = {
+    "resolve.note": "办结时必须填写办理结果说明",
+    "resolve.mediation.agreement": "调解达成协议的，请填写协议内容（双方约定的事项、履行方式和期限）",
+    "return.note": "请在说明中写明诉求实际反映的是什么问题，以便派单中心重新分类派单",
+    "extend.reason": "申请延期必须说明理由",
+    "verify.note": "核查未解决时必须写明现场看到的情况，承办单位将据此重新办理",
+    "redispatch.reason": _reason_wanted("改派原因", "承办单位"),
+    "merge.reason": _reason_wanted("并案原因（为何与主件是同一问题）", "主件的承办单位"),
+    "mediate.reason": _reason_wanted("转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会"),
+}
+
+
+def _stated(reason: str, step: str) -> str:
+    """The reason a person gives for moving a ticket (改派, 并案, 转人民调解: `step`), on one line;
+    refused when too short to say why (REQUIRED says what to fill in, and who will read it)."""
     reason = " ".join(reason.split())
     if len(reason) < REASON_MIN:
-        raise WorkflowError(
-            "reason_required",
-            f"请填写{asked}（至少{REASON_MIN}个字），{reader}将看到原因",
-            kind="invalid",
-            field="reason",
-        )
+        raise WorkflowError("reason_required", REQUIRED[f"{step}.reason"], kind="invalid", field="reason")
     return reason
 
 
@@ -602,7 +616,7 @@ def redispatch(
             f"工单{ticket.ticket_no}已由{dept.name}承办，无需改派；请选择其他单位",
             field="department",
         )
-    reason = _stated(reason, "改派原因", "承办单位")
+    reason = _stated(reason, "redispatch")
     was = "，".join(w for w in (f"原承办单位：{old.name}" if old else "", _dropped_extension(ticket)) if w)
     new, event = _assigned(
         ticket,
@@ -684,7 +698,7 @@ def merge(
         check(main, "receive_duplicate")
     except WorkflowError as e:  # the main ticket's status: said beside the number that named it
         raise WorkflowError(e.code, e.message, kind=e.kind, field="into") from None
-    reason = _stated(reason, "并案原因（为何与主件是同一问题）", "主件的承办单位")
+    reason = _stated(reason, "merge")
     moved = duplicate.merged
     along = f"工单{'、'.join(moved)}"  # said only when some move along
     payload = Merge(into=into, duplicate=no, moved=moved)
@@ -787,7 +801,7 @@ def refer_to_mediation(
             "no_mediation_committee",
             f"{where}，不能转人民调解；请本单位办理，或请派单中心改派",
         )
-    reason = _stated(reason, "转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会")
+    reason = _stated(reason, "mediate")
     dropped = _dropped_extension(ticket)
     new, event = _assigned(
         ticket,
@@ -826,7 +840,7 @@ def _mediation_recorded(city: City, dept_id: str, mediation: Mediation | None) -
     if mediation.outcome == "agreed" and not agreement:
         raise WorkflowError(
             "agreement_required",
-            "调解达成协议的，请填写协议内容（双方约定的事项、履行方式和期限）",
+            REQUIRED["resolve.mediation.agreement"],
             kind="invalid",
             field="mediation.agreement",
         )
@@ -969,7 +983,7 @@ def resolve(
     check(ticket, "resolve")
     note = note.strip()
     if not note:
-        raise WorkflowError("note_required", "办结时必须填写办理结果说明", kind="invalid", field="note")
+        raise WorkflowError("note_required", REQUIRED["resolve.note"], kind="invalid", field="note")
     mediated = _mediation_recorded(city, dept_id, mediation)
     event = _by_department(
         ticket,
@@ -1009,7 +1023,7 @@ RETURN_REASONS: dict[ReturnReason, str] = {
     "wrong_category": "诉求分类有误",
 }
 # Reasons that dispute the responsibility list: a department the list names must say which rule.
-_DISPUTES = {"not_ours", "needs_other"}
+DISPUTES = ("not_ours", "needs_other")
 # The list was read for the wrong problem (the appeal is not what its category says): its rule binds
 # no one and its next candidate is as wrong, so the desk classifies it again, from the department's
 # account of what the problem really is.
@@ -1020,6 +1034,15 @@ _TO_THE_DESK: dict[ReturnReason, str] = {
     "needs_other": "权责清单没有其他候选单位，转人工派单",
     "wrong_category": "请派单中心重新分类后派单",
 }
+
+
+def dispute_wanted(city: City, category: str | None, grid: GridMatch | None, dept_id: str) -> str:
+    """What a return disputing the responsibility list (DISPUTES) must say when the list names the
+    department for this appeal: the rule it disputes (the refusal's words); "" when none names it."""
+    rule = responsible(city, category, grid or GridMatch(grid=None), dept_id) if category else None
+    if rule is None:
+        return ""
+    return f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请写明所争议的规则及理由"
 
 
 def return_ticket(
@@ -1048,19 +1071,14 @@ def return_ticket(
     if reason == _MISCLASSIFIED and not note.strip():
         raise WorkflowError(
             "note_required",
-            "请在说明中写明诉求实际反映的是什么问题，以便派单中心重新分类派单",
+            REQUIRED["return.note"],
             kind="invalid",
             field="note",
         )
     grid = ticket.grid or GridMatch(grid=None)
-    rule = responsible(city, ticket.category, grid, dept_id) if ticket.category else None
-    if reason in _DISPUTES and rule is not None and not disputed_rule.strip():
-        raise WorkflowError(
-            "rule_not_disputed",
-            f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请写明所争议的规则及理由",
-            kind="invalid",
-            field="disputed_rule",
-        )
+    wanted = dispute_wanted(city, ticket.category, grid, dept_id)
+    if reason in DISPUTES and wanted and not disputed_rule.strip():
+        raise WorkflowError("rule_not_disputed", wanted, kind="invalid", field="disputed_rule")
     returns, returned_by = ticket.returns + 1, tuple(dict.fromkeys((*ticket.returned_by, dept_id)))
     detail = Returned(
         reason=why_code, reason_name=RETURN_REASONS[why_code], disputed_rule=disputed_rule, returns=returns
@@ -1084,7 +1102,7 @@ def return_ticket(
         )
         return Outcome(held.ticket, publish=[returned(Status.MEETING), *held.publish])
     nxt = None
-    if reason in _DISPUTES and ticket.category:
+    if reason in DISPUTES and ticket.category:
         nxt = next((d for d in candidates(city, ticket.category, grid) if d not in returned_by), None)
     why = f"{dept_ref(city, dept_id).name}退单（{RETURN_REASONS[why_code]}）" + (f"：{note}" if note else "")
     if nxt is None:
@@ -1124,7 +1142,7 @@ def request_extension(
     if ticket.extension_request is not None:
         raise WorkflowError("extension_pending", "已有一项延期申请待派单中心审核，请等待审核结果")
     if not reason.strip():
-        raise WorkflowError("reason_required", "申请延期必须说明理由", kind="invalid", field="reason")
+        raise WorkflowError("reason_required", REQUIRED["extend.reason"], kind="invalid", field="reason")
     request = {"days": days, "reason": reason.strip(), "by": dept_id, "at": now.isoformat()}
     event = _by_department(
         ticket,
@@ -1392,7 +1410,7 @@ def verify(
     if not solved and not note:
         raise WorkflowError(
             "note_required",
-            "核查未解决时必须写明现场看到的情况，承办单位将据此重新办理",
+            REQUIRED["verify.note"],
             kind="invalid",
             field="note",
         )

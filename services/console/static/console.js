@@ -38,12 +38,66 @@
     }
   }
 
+  // A field a step cannot go without says so in the server's own words (data-required), maybe only
+  // with another field's value (data-required-if="name=value|value": 退单's 说明 when the reason is
+  // 诉求分类有误) and maybe of a least length (data-min-chars, counted as the server counts, spaces
+  // run together). Checked as the form is sent, before any question is asked: a step confirmed as
+  // irreversible is not refused afterwards for a field left empty. The first field at fault takes
+  // the focus, described by the reason, as a refusal from the server comes back (the same place,
+  // the same id: data-refused-as); the server checks again, and without the script it alone does.
+  const valueOf = (form, name) => {
+    const fields = [...form.elements].filter((el) => el.name === name);
+    const on = fields.find((el) => !["radio", "checkbox"].includes(el.type) || el.checked);
+    return on ? on.value : "";
+  };
+  const wanted = (form, field) => {
+    const [name, values] = (field.dataset.requiredIf || "").split("=");
+    if (name && !(values || "").split("|").includes(valueOf(form, name))) return "";
+    const typed = [...field.value.trim().replace(/\s+/g, " ")];
+    return typed.length < Math.max(1, Number(field.dataset.minChars) || 0) ? field.dataset.required : "";
+  };
+  const flag = (field, words) => {
+    const described = (field.getAttribute("aria-describedby") || "").split(/\s+/).filter(Boolean);
+    const id = field.dataset.refusedAs || `${field.id}-error`;
+    const shown = document.getElementById(id);
+    if (!words) {
+      if (shown) shown.remove();
+      field.removeAttribute("aria-invalid");
+      const left = described.filter((x) => x !== id);
+      if (left.length) field.setAttribute("aria-describedby", left.join(" "));
+      else field.removeAttribute("aria-describedby");
+      return;
+    }
+    const reason = shown || document.createElement("p");
+    reason.className = "error";
+    reason.id = id;
+    reason.textContent = words; // read with the field the focus goes to: no live region of its own
+    if (!shown) field.insertAdjacentElement("afterend", reason);
+    field.setAttribute("aria-invalid", "true");
+    if (!described.includes(id)) field.setAttribute("aria-describedby", [...described, id].join(" "));
+  };
+  const wanting = (form) => {
+    let first = null;
+    for (const field of form.querySelectorAll("[data-required]")) {
+      if (field.disabled) continue;
+      const words = wanted(form, field);
+      flag(field, words);
+      if (words && !first) first = field;
+    }
+    if (first) first.focus();
+    return first !== null;
+  };
+
   // A form that cannot be undone (a return, a resolution, a meeting's decision) asks first, and so
   // does a button that sends its form elsewhere (the operator's urge). Without the script it posts
   // at once, as every form did before.
   document.addEventListener("submit", (e) => {
     const button = e.submitter instanceof HTMLElement ? e.submitter.dataset.confirm : "";
     const form = e.target instanceof HTMLFormElement ? e.target : null;
+    if (form && wanting(form)) {
+      e.preventDefault();
+      return;
+    }
     // A choice that needs asking first (a grid worker's "not solved"): the chosen radio says so.
     const choice = form ? form.querySelector("input[type=radio][data-confirm]:checked") : null;
     let question = button || (choice ? choice.dataset.confirm : "") || (form ? form.dataset.confirm : "");

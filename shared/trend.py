@@ -33,10 +33,15 @@ def _months_before(first: date, months: int) -> date:
 def previous_period(start: date, end: date) -> Period:
     """The period of the same length just before (环比). A month's report compares with the month
     before, whatever its number of days (March with February, not with 29 January to 28 February);
-    any other period with as many days just before it."""
+    a month so far (the dashboard's default, 1 to 10 December) with the same days of the month
+    before (上月同期: 1 to 10 November, not 21 to 30 November, whose month-end is another matter),
+    as far as that month goes; any other period with as many days just before it."""
     months = whole_months(start, end)
     if months is not None:
         return _months_before(start, months), start - timedelta(days=1)
+    if start.day == 1 and (start.year, start.month) == (end.year, end.month):
+        first = _months_before(start, 1)
+        return first, min(first + timedelta(days=end.day - 1), _month_end(first.year, first.month))
     days = (end - start).days + 1
     return start - timedelta(days=days), start - timedelta(days=1)
 

@@ -30,9 +30,13 @@ from shared.trend import (
         (date(2026, 1, 1), date(2026, 1, 31), (date(2025, 12, 1), date(2025, 12, 31))),
         # A quarter: the quarter before.
         (date(2026, 4, 1), date(2026, 6, 30), (date(2026, 1, 1), date(2026, 3, 31))),
-        # Month to date is no whole month: as many days just before.
-        (date(2026, 12, 1), date(2026, 12, 10), (date(2026, 11, 21), date(2026, 11, 30))),
-        (date(2026, 12, 1), date(2026, 12, 1), (date(2026, 11, 30), date(2026, 11, 30))),
+        # Month to date: the same days of the month before (上月同期), as far as that month goes.
+        (date(2026, 12, 1), date(2026, 12, 10), (date(2026, 11, 1), date(2026, 11, 10))),
+        (date(2026, 12, 1), date(2026, 12, 1), (date(2026, 11, 1), date(2026, 11, 1))),
+        (date(2026, 1, 1), date(2026, 1, 15), (date(2025, 12, 1), date(2025, 12, 15))),
+        (date(2026, 3, 1), date(2026, 3, 30), (date(2026, 2, 1), date(2026, 2, 28))),
+        # Any other period: as many days just before.
+        (date(2026, 12, 2), date(2026, 12, 10), (date(2026, 11, 23), date(2026, 12, 1))),
     ],
 )
 def test_the_previous_period(start, end, previous):

@@ -735,7 +735,10 @@ def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
     table = re.search(r'<table class="[^"]*" id="ticket-list">(.*?)</table>', html, re.S)
     assert table is not None
     columns = re.search(r"<thead>(.*?)</thead>", table[1], re.S)[1].count("<th ")
-    assert columns == (9 if role == "admin" else 8)  # 承办单位 for the desk only
+    # 承办单位 for all but a department (its own); the place for all but a grid worker (its grid).
+    assert columns == (9 if role == "admin" else 8)
+    assert ('<th scope="col">承办单位</th>' in html) == (role != "department")
+    assert ('<th scope="col">街道/社区/网格</th>' in html) == (role != "grid_worker")
     assert f'<td colspan="{columns}">没有符合条件的工单</td>' in table[1]
     # A caller's tickets by their number: the desk's search (others see numbers masked).
     assert ('id="f-phone"' in html) == (role == "admin")

@@ -138,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             history=histories.view,
         )
         following = follow_knowledge(app)
-        app.state.notifier = Notifier.from_settings(settings, store, partial(publish, publisher))
+        app.state.notifier = Notifier.from_settings(
+            settings, store, partial(publish, publisher), city=app.state.city
+        )
         app.state.scorecard = Scorecard.from_settings(redis, app.state.city, settings)
         try:
             yield

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from services.intake.progress import (
     LISTED,
     QUERY_WORDS,
+    RESULT_MAX_CHARS,
     WECHAT_TEXT_BYTES,
     Query,
     TicketProgress,
+    _line,
     parse_query,
     progress_of,
     reply_text,
@@ -277,3 +279,19 @@ def test_the_sms_answer_is_a_template_a_city_may_edit(tmp_path: Path):
         NotificationsError, match=r"template 'progress_reply' must show the answer \{progress\}"
     ):
         load_texts(own)
+
+
+def test_a_closed_ticket_is_told_with_its_result_instead_of_its_last_step():
+    closed = _ticket(Status.CLOSED, department=DEPT, resolution_note="已更换路灯灯泡，恢复照明。")
+    p = progress_of(closed, [*HISTORY, {"topic": "ticket.updated", "action": "closed"}], TZ)
+    assert p.result == "已更换路灯灯泡，恢复照明"
+    assert _line(p) == (
+        "工单号20261123-000001，已办结，工单已关闭，承办单位：区城市管理委员会，"
+        "办理结果：已更换路灯灯泡，恢复照明。"
+    )
+    long = progress_of(_ticket(Status.CLOSED, department=DEPT, resolution_note="修" * 60), HISTORY, TZ)
+    assert len(long.result) == RESULT_MAX_CHARS
+    assert long.result.endswith("…")
+    # Still being handled: no result yet (a note left from before is not the answer).
+    again = progress_of(_ticket(Status.ASSIGNED, department=DEPT, resolution_note="已修好"), HISTORY, TZ)
+    assert again.result == ""

@@ -19,7 +19,7 @@ from services.notifier.dispatch import SendInFlight
 from services.notifier.gateway import Message, OutboxGateway
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
-from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment
+from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment, WhichTicket
 from services.notifier.surveys import CALL_ATTEMPTS, CallRefused
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
@@ -253,7 +253,62 @@ async def test_free_text_is_kept_and_one_clarification_is_sent(make_kit):
     ]
 
 
-async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
+async def test_a_reply_rates_the_ticket_it_names_and_one_naming_none_is_asked_about(make_kit, clock):
+    """One phone, two tickets resolved (a streetlight, then rubbish): the second survey says how to
+    name its ticket; "3 路灯还是不亮" names none, so it is kept and the resident asked which; the
+    streetlight's reference alone then rates the streetlight, and the rubbish is untouched."""
+    kit = make_kit()
+    phone = new_phone()
+    light, resolved_light = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved_light])
+    (first,) = await kit.sent(phone, "survey")
+    assert "尾号" not in first["text"]  # one survey open: as it always was
+    clock.now = NOON + timedelta(hours=1)
+    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
+    await kit.notifier.start_surveys([resolved_rubbish])
+    second = (await kit.sent(phone, "survey"))[0]
+    light_ref, rubbish_ref = light.ticket_no[-4:], rubbish.ticket_no[-4:]
+    assert f"尾号{rubbish_ref}" in second["text"]
+    assert f"“{rubbish_ref} 1”" in second["text"]
+
+    asked = await kit.notifier.surveys.reply(phone, "3 路灯还是不亮")
+    assert isinstance(asked, WhichTicket)
+    assert asked.ticket_nos == [rubbish.ticket_no, light.ticket_no]
+    assert asked.asked
+    assert kit.answers(light.ticket_no) == []
+    assert kit.answers(rubbish.ticket_no) == []  # not guessed
+    (which,) = await kit.sent(phone, "which_ticket")
+    assert f"尾号{light_ref}" in which["text"]
+    assert f"尾号{rubbish_ref}" in which["text"]
+    assert "路灯还是不亮" not in which["text"]
+    assert phone not in which["text"]
+    # Another unnamed reply is kept in its place; the question is not sent twice.
+    again = await kit.notifier.surveys.reply(phone, "3 路灯还是不亮，晚上很黑")
+    assert isinstance(again, WhichTicket)
+    assert not again.asked
+    assert len(await kit.sent(phone, "which_ticket")) == 1
+
+    named = await kit.notifier.surveys.reply(phone, light_ref)
+    assert named == SurveyAnswer(ticket_no=light.ticket_no, rating=3, solved=False)
+    (answer,) = kit.answers(light.ticket_no)
+    assert (answer.rating, answer.text) == (3, "3 路灯还是不亮，晚上很黑")
+    assert kit.answers(rubbish.ticket_no) == []
+    (confirmation,) = await kit.sent(phone, "confirmation")
+    assert light.ticket_no in confirmation["text"]
+    assert "不满意" in confirmation["text"]
+    assert "重新办理" in confirmation["text"]
+    # One survey left: a bare rating goes to it, as it always did, and is confirmed.
+    assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
+        ticket_no=rubbish.ticket_no, rating=1, solved=True
+    )
+    thanks = (await kit.sent(phone, "confirmation"))[0]
+    assert rubbish.ticket_no in thanks["text"]
+    assert "（满意）" in thanks["text"]
+    assert "重新办理" not in thanks["text"]
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1"), SurveyComment)
+
+
+async def test_a_reply_that_names_its_ticket_rates_it_at_once(make_kit, clock):
     kit = make_kit()
     phone = new_phone()
     older, resolved_older = await resolved_ticket(kit, phone)
@@ -261,14 +316,14 @@ async def test_a_reply_goes_to_the_newest_pending_survey(make_kit, clock):
     clock.now = NOON + timedelta(hours=1)
     newer, resolved_newer = await resolved_ticket(kit, phone)
     await kit.notifier.start_surveys([resolved_newer])
-    assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
-        ticket_no=newer.ticket_no, rating=1, solved=True
-    )
-    assert await kit.notifier.surveys.reply(phone, "3") == SurveyAnswer(
+    assert await kit.notifier.surveys.reply(phone, f"{older.ticket_no[-4:]} 3 还是不亮") == SurveyAnswer(
         ticket_no=older.ticket_no, rating=3, solved=False
     )
-    assert isinstance(await kit.notifier.surveys.reply(phone, "1"), SurveyComment)
-    assert [a.rating for a in kit.answers(newer.ticket_no)] == [1]
+    assert [a.text for a in kit.answers(older.ticket_no)] == ["3 还是不亮"]
+    assert kit.answers(newer.ticket_no) == []
+    assert await kit.sent(phone, "which_ticket") == []
+    for m in await kit.sent(phone):  # the phone is in no state record
+        assert phone not in json.dumps(await kit.notifier.states.get(m["message_id"]), ensure_ascii=False)
 
 
 async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock):
@@ -699,7 +754,7 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     await handlers.updates([extension, resolved])  # redelivered batch: nothing twice
     texts = [m["text"] for m in reversed(await kit.sent(phone))]
     assert len(texts) == 3
-    assert "联席会议" in texts[0]
+    assert "已确定由区城市管理委员会负责办理" in texts[0]  # the meeting's decision
     assert ticket.ticket_no in texts[0]
     assert "延期办理至11月30日" in texts[1]
     assert "回复1满意" in texts[2]
@@ -727,6 +782,80 @@ async def test_the_worker_handlers_send_progress_and_start_surveys(make_kit, red
     await handlers.appeals([*appeals, wechat])
     for p in phones:
         assert len(await kit.sent(p, "ack")) == 1  # WeChat answered itself: no second ack
+
+
+async def test_the_resident_hears_of_the_meeting_mediation_and_a_check_that_sent_it_back(
+    make_kit, redis, clock
+):
+    """Progress a resident waits for, once per change, by the rules of other progress messages: the
+    joint meeting's hold, a referral to mediation, a grid worker's check that found it not solved.
+    An escalation by a deadline (督办) is the supervisors' and tells the resident nothing."""
+    from services.notifier.app import Handlers
+    from services.notifier.scorecard import Scorecard
+    from services.notifier.scoring import Weights
+    from shared.events import MeetingSpec, TicketAssigned, Verification
+    from tests.cities import demo_city
+
+    kit = make_kit()
+    handlers = Handlers(kit.notifier, Scorecard(redis, demo_city(), SH, Weights()))
+    phone = new_phone()
+    ticket, _ = await resolved_ticket(kit, phone)
+    cid = ticket.caller.caller_id
+
+    def updated(action: str, status: str, **payload) -> TicketUpdated:
+        return TicketUpdated(
+            ticket_no=ticket.ticket_no, action=action, status=status, actor="system", caller_id=cid, **payload
+        )
+
+    held = updated(
+        "escalated",
+        "meeting",
+        meeting=MeetingSpec(
+            meeting_id="m1", reason="returned_twice", lead_street="s01", summoned=("a", "b"), deadline=NOON
+        ),
+    )
+    by_deadline = updated(
+        "escalated",
+        "accepted",
+        supervision=DeadlineNotice(
+            stage="resolve", stage_name="办结", deadline=NOON, supervisor="urban_mgmt"
+        ),
+    )
+    mediation = TicketAssigned(
+        ticket_no=ticket.ticket_no,
+        caller_id=cid,
+        department=DepartmentRef(id="mediation_s01", name="和平街道人民调解委员会"),
+        via="mediation",
+        explanation="邻里纠纷",
+        category="c",
+        grid=None,
+        respond_by=NOON,
+        resolve_by=NOON,
+    )
+    back = updated(
+        "verified", "assigned", verification=Verification(solved=False, reopens=1), note="灯还是不亮"
+    )
+    confirmed = updated("verified", "resolved", verification=Verification(solved=True))
+    await handlers.updates([held, by_deadline])
+    await handlers.assignments([mediation])
+    await handlers.updates([back, confirmed])
+    await handlers.updates([held, by_deadline, back, confirmed])  # redelivered: nothing twice
+    texts = [m["text"] for m in reversed(await kit.sent(phone, "progress"))]
+    assert len(texts) == 3
+    assert "已提交联席会议协调办理" in texts[0]
+    assert "已转由和平街道人民调解委员会组织调解" in texts[1]
+    assert "尚未解决，已退回承办单位重新办理" in texts[2]
+    assert all(ticket.ticket_no in t for t in texts)
+    for t in texts:  # plain words, no staff jargon
+        assert not any(w in t for w in ("督办", "现场核查未解决", "退单", "主办"))
+
+    # Quiet hours hold them as they hold other progress messages.
+    clock.now = datetime(2026, 11, 23, 22, 0, tzinfo=SH)
+    late = updated("verified", "assigned", verification=Verification(solved=False, reopens=2))
+    await handlers.updates([late])
+    assert len(await kit.sent(phone, "progress")) == 3  # held until 08:00, not sent
+    await kit.notifier.scan(datetime(2026, 11, 24, 8, 1, tzinfo=SH))
+    assert len(await kit.sent(phone, "progress")) == 4
 
 
 async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, clock):

@@ -17,13 +17,13 @@ from services.intake import keys
 from services.intake.domain import wechat_caller_id
 from services.intake.errors import RateLimited
 from services.intake.limits import RateLimiter
-from services.intake.progress import Query
+from services.intake.progress import RESIDENT_STATUS_NAMES, Query
 from services.intake.queries import ProgressQueries
 from shared.events import Caller
 from shared.lookup_link import day_number
 from shared.privacy import caller_id
 from shared.store import TicketStore, ticket_key
-from shared.tickets import STATUS_NAMES, Status, Ticket
+from shared.tickets import Status, Ticket
 from tests.conftest import as_sms_gateway
 from tests.test_intake_wechat import URL, openid, reply_of, seq, signed, text
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
@@ -53,7 +53,8 @@ def line_of(ticket: dict) -> str:
     """How the answer names a ticket: number, status and department in words."""
     held = ticket["department"] and ticket["status"] != "review"
     department = ticket["department"]["name"] if held else "正在分派"
-    return f"工单号{ticket['ticket_no']}，{STATUS_NAMES[ticket['status']]}，承办单位：{department}"
+    status = RESIDENT_STATUS_NAMES[Status(ticket["status"])]
+    return f"工单号{ticket['ticket_no']}，{status}，承办单位：{department}"
 
 
 async def test_wechat_user_asks_and_gets_their_two_tickets_and_nobody_elses(api, redis):
@@ -246,3 +247,51 @@ async def test_an_erased_ticket_is_nobodys_and_leaves_the_index(redis):
     by_number = await queries.answer(cid, Query(erased))
     assert by_number.ticket_nos == ()
     assert by_number.text.startswith(f"未找到该用户的工单{erased}。")
+
+
+async def test_a_ticket_closed_minutes_ago_is_still_found_and_its_result_told(redis):
+    """查询 right after the survey closed the ticket: the intake worker moved it from the caller's
+    open tickets to their recently closed ones, and the answer tells its result."""
+    from services.intake.app import DuplicateIndex
+    from shared.events import Answer, DepartmentRef, TicketUpdated
+
+    store = TicketStore(redis)
+    index = DuplicateIndex(redis, store)
+    cid = caller_id(new_phone())
+    no = f"2000011{random.randint(1, 9)}-{random.randint(100000, 999999)}"
+    dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
+    ticket = Ticket(
+        ticket_no=no,
+        status=Status.CLOSED,
+        channel="sms",
+        text="阳光花园3号楼门口的路灯坏了",
+        caller=Caller(caller_id=cid),
+        received_at=datetime.now(UTC),
+        department=dept,
+        resolution_note="已更换路灯灯泡，恢复照明",
+    )
+    await redis.set(ticket_key(no), ticket.model_dump_json())
+    await redis.sadd(keys.caller_index(cid), no)
+    closed = TicketUpdated(
+        ticket_no=no,
+        action="closed",
+        status="closed",
+        actor="resident",
+        caller_id=cid,
+        answer=Answer(rating=1, solved=True),
+    )
+    await index.updated([closed])
+    assert not await redis.sismember(keys.caller_index(cid), no)  # no longer open
+    queries = ProgressQueries(store, None, timezone="Asia/Shanghai")
+    answer = await queries.answer(cid, Query())
+    assert answer.ticket_nos == (no,)
+    assert (
+        f"工单号{no}，已办结，工单已关闭，承办单位：区城市管理委员会，办理结果：已更换路灯灯泡，恢复照明"
+        in answer.text
+    )
+    assert "阳光花园" not in answer.text
+    # Erased since: nobody's, and out of the recently closed too.
+    from shared.events import PersonalDataRemoved
+
+    await index.erased([PersonalDataRemoved(ticket_no=no, caller_id=cid)])
+    assert await redis.zscore(keys.caller_closed(cid), no) is None

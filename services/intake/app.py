@@ -42,11 +42,13 @@ return #KEYS
 
 # A ticket whose resident had their personal data erased: its caller no longer leads to it (the
 # operator's duplicate preview would show an erased resident their erased tickets). KEYS: per ticket
-# its caller's index, then the caller's last WeChat ticket; ARGV: per ticket its number.
+# its caller's index, the caller's last WeChat ticket, then their recently closed tickets; ARGV: per
+# ticket its number.
 _FORGET = """
 for i = 1, #ARGV do
-  redis.call('SREM', KEYS[2 * i - 1], ARGV[i])
-  if redis.call('GET', KEYS[2 * i]) == ARGV[i] then redis.call('DEL', KEYS[2 * i]) end
+  redis.call('SREM', KEYS[3 * i - 2], ARGV[i])
+  if redis.call('GET', KEYS[3 * i - 1]) == ARGV[i] then redis.call('DEL', KEYS[3 * i - 1]) end
+  redis.call('ZREM', KEYS[3 * i], ARGV[i])
 end
 return #ARGV
 """
@@ -85,15 +87,20 @@ class DuplicateIndex:
     async def updated(self, updates: list[TicketUpdated]) -> None:
         """A closed ticket leaves its caller's open-ticket index (the event names the caller: no
         ticket to read), a duplicate merged into another (并案) too: its resident follows the main
-        ticket from then on, and asks about it by number (see queries.py)."""
-        closed = [
-            (u.ticket_no, cid) for u in updates if u.action in ("closed", "merged") and (cid := u.caller_id)
-        ]
+        ticket from then on, and asks about it by number (see queries.py). A closed one stays among
+        the caller's recent tickets for `keys.RECENTLY_CLOSED_DAYS` (`keys.caller_closed`)."""
+        closed = [(u, cid) for u in updates if u.action in ("closed", "merged") and (cid := u.caller_id)]
         if not closed:
             return
+        keep = keys.RECENTLY_CLOSED_DAYS * 86400
         async with self.redis.pipeline(transaction=False) as p:
-            for ticket_no, cid in closed:
-                p.srem(keys.caller_index(cid), ticket_no)
+            for u, cid in closed:
+                p.srem(keys.caller_index(cid), u.ticket_no)
+                if u.action == "closed":
+                    at = u.occurred_at.timestamp()
+                    p.zadd(keys.caller_closed(cid), {u.ticket_no: at})
+                    p.zremrangebyscore(keys.caller_closed(cid), "-inf", at - keep)
+                    p.expire(keys.caller_closed(cid), keep)
             await p.execute()
 
     async def erased(self, removed: list[PersonalDataRemoved]) -> None:
@@ -104,7 +111,13 @@ class DuplicateIndex:
             return
         await self._forget(
             keys=[
-                k for r in removed for k in (keys.caller_index(r.caller_id), keys.wechat_last(r.caller_id))
+                k
+                for r in removed
+                for k in (
+                    keys.caller_index(r.caller_id),
+                    keys.wechat_last(r.caller_id),
+                    keys.caller_closed(r.caller_id),
+                )
             ],
             args=[r.ticket_no for r in removed],
         )

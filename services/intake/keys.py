@@ -3,6 +3,9 @@ tests import these instead of spelling the keys themselves.
 
   dup:caller:{caller_id}    open ticket numbers of a caller (added on receipt, removed on close, or
                             when the resident's personal data is erased from the ticket)
+  closed:caller:{caller_id} a caller's tickets closed in the last RECENTLY_CLOSED_DAYS, scored by
+                            when they closed: 查询 still finds a ticket closed minutes ago
+                            (removed when the resident's personal data is erased from the ticket)
   dup:grid:{grid}           ticket numbers per grid, scored by time (last 7 days kept)
   idem:{key}                an idempotency key's claim, then its ticket number
   rl:{scope}:{who}:{slot}   a rate-limit window's counter (scopes: ip, caller, query)
@@ -19,10 +22,17 @@ The contact record (`contact:{caller_id}`) belongs to the ticket store: `shared.
 from __future__ import annotations
 
 PUBLIC_BY_TIME = "intake:public"
+# How long a closed ticket is still among the caller's recent ones (查询 without a number): the
+# resident who asks minutes or days after it closed wants its result, not "nothing found".
+RECENTLY_CLOSED_DAYS = 7
 
 
 def caller_index(caller_id: str) -> str:
     return f"dup:caller:{caller_id}"
+
+
+def caller_closed(caller_id: str) -> str:
+    return f"closed:caller:{caller_id}"
 
 
 def grid_index(grid: str) -> str:

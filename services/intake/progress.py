@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from shared.tickets import Status, Ticket
 
 LISTED = 3  # tickets a keyword query lists, the most recent first (an SMS stays short)
+RESULT_MAX_CHARS = 40  # a closed ticket's result, as the survey SMS cut it
 
 # Longest first inside the pattern, so that 查询进度 is not read as 查询 followed by junk.
 QUERY_WORDS = (
@@ -131,6 +132,9 @@ class TicketProgress:
     # 并案: the ticket was merged into this one, being handled for it: `status` and `department`
     # are then that ticket's (None: Redis no longer has it), and nothing else of it is told.
     merged_into: str | None = None
+    # A closed ticket: what the department did (its resolution note, cut short), told instead of
+    # its last step (工单已关闭, which the status says). "" otherwise.
+    result: str = ""
 
 
 def clean_ticket_no(raw: str) -> str:
@@ -232,11 +236,13 @@ def progress_of(
             last = f"{at} {words}" if at else words
             break
     held = ticket.department is not None and ticket.status not in (Status.RECEIVED, Status.REVIEW)
+    note = " ".join(ticket.resolution_note.split()).rstrip("。.") if ticket.status == Status.CLOSED else ""
     return TicketProgress(
         ticket_no=ticket.ticket_no,
         status=status_words(ticket),
         department=ticket.department.name if held and ticket.department else "正在分派",
         last_step=last,
+        result=note if len(note) <= RESULT_MAX_CHARS else note[: RESULT_MAX_CHARS - 1] + "…",
     )
 
 
@@ -246,6 +252,8 @@ def _line(p: TicketProgress) -> str:
         if not p.status:
             return merged + "。"
         return f"{merged}；工单{p.merged_into}{p.status}，承办单位：{p.department}。"
+    if p.result:
+        return f"工单号{p.ticket_no}，{p.status}，承办单位：{p.department}，办理结果：{p.result}。"
     step = f"，最新进展：{p.last_step}" if p.last_step else ""
     return f"工单号{p.ticket_no}，{p.status}，承办单位：{p.department}{step}。"
 

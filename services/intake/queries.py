@@ -3,7 +3,9 @@
 
 A caller's recent tickets are the ones in their open-ticket index (`keys.caller_index`, which the
 operator's duplicate preview reads too): open, resolved and in their survey; a ticket leaves it
-when it closes. A closed ticket is still answered by its number while Redis keeps it
+when it closes, and is then among their recently closed ones (`keys.caller_closed`) for
+`keys.RECENTLY_CLOSED_DAYS`, so that 查询 sent minutes after the survey closed it tells its result rather
+than "nothing found". A closed ticket is still answered by its number while Redis keeps it
 (`REDIS_KEEP_CLOSED_DAYS`). A ticket is the caller's when its `caller_id` is theirs: a number
 that is someone else's is answered as one that does not exist, so numbers cannot be guessed to
 read others' tickets. A ticket whose resident's personal data was erased is nobody's any more
@@ -18,6 +20,7 @@ answered the same way, by the ticket its duplicates follow now.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -73,12 +76,20 @@ class ProgressQueries:
 
     async def _recent(self, caller_id: str) -> tuple[list[Ticket], int]:
         """The caller's LISTED most recent tickets in their index, and how many more there are."""
-        index = keys.caller_index(caller_id)
-        nos = sorted(text(m) for m in await self.store.redis.smembers(index))
+        index, closed = keys.caller_index(caller_id), keys.caller_closed(caller_id)
+        since = time.time() - keys.RECENTLY_CLOSED_DAYS * 86400
+        async with self.store.redis.pipeline(transaction=False) as p:
+            p.smembers(index)
+            p.zrangebyscore(closed, since, "+inf")
+            open_nos, closed_nos = await p.execute()
+        nos = sorted({text(m) for m in (*open_nos, *closed_nos)})
         tickets = [t for t in await self.store.get_many(nos) if t is not None]
         erased = [t.ticket_no for t in tickets if t.personal_data_removed_at is not None]
         if erased:
-            await self.store.redis.srem(index, *erased)
+            async with self.store.redis.pipeline(transaction=False) as p:
+                p.srem(index, *erased)
+                p.zrem(closed, *erased)
+                await p.execute()
         mine = sorted(
             (t for t in tickets if _belongs(t, caller_id)), key=lambda t: t.received_at, reverse=True
         )

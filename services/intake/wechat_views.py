@@ -224,6 +224,8 @@ async def _survey_answer(msg: wechat.Message, inbound: Inbound, state: Any) -> s
     answer = first[1]
     if not answer:
         return None
+    if answer.get("kind") == "which_ticket":  # several surveys open: which ticket it rates (kept pending)
+        return str(answer["question"])
     reopened = answer["rating"] == 3 or answer["solved"] is False
     return (wechat.SURVEY_REOPENED if reopened else wechat.SURVEY_THANKS).format(
         ticket_no=answer["ticket_no"]

@@ -30,12 +30,15 @@ NAME = "notifier"
 # survey) reach every resident on their channel, WeChat included (services.notifier.routing).
 ACKNOWLEDGED_BY_SMS = {"hotline", "sms", "box", "open311", "web", "patrol"}
 GAUGE_SECONDS = 60
+# The assignments a resident is told of, by how the ticket came to its department (`via`), and the
+# template. The first assignment is not: the acknowledgement said it is being handled.
+PROGRESS_OF_ASSIGNMENT = {"meeting": "progress_meeting_decided", "mediation": "progress_mediation"}
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_notifier)
-    notifier = Notifier.from_settings(rt.settings, rt.store, partial(publish, rt.publisher))
+    notifier = Notifier.from_settings(rt.settings, rt.store, partial(publish, rt.publisher), city=rt.city)
     scorecard = Scorecard.from_settings(rt.redis, rt.city, rt.settings)
     handlers = Handlers(notifier, scorecard)
 
@@ -92,7 +95,15 @@ class Handlers:
 
     async def assignments(self, assigned: list[TicketAssigned]) -> None:
         await self.scorecard.record(assigned)
-        await self.notifier.progress([(a, "progress_meeting", {}) for a in assigned if a.via == "meeting"])
+        # What changed for the resident: the joint meeting named who handles it (they were told it
+        # went to the meeting when it was held: `updates`), or a mediation committee took it.
+        await self.notifier.progress(
+            [
+                (a, PROGRESS_OF_ASSIGNMENT[a.via], {"department": a.department.name})
+                for a in assigned
+                if a.via in PROGRESS_OF_ASSIGNMENT
+            ]
+        )
 
     async def updates(self, updates: list[TicketUpdated]) -> None:
         await self.notifier.supervise(
@@ -102,7 +113,13 @@ class Handlers:
         back = [u for u in updates if u.action == "verified" and u.verification and not u.verification.solved]
         await self.notifier.sent_back([u.ticket_no for u in back])
         await self.notifier.progress(
-            [
+            # Held for a joint meeting (联席会议): several departments are to settle who handles it.
+            # Not an escalation by a deadline (督办), which is the supervisors' and changes nothing
+            # the resident waits for.
+            [(u, "progress_meeting", {}) for u in updates if u.action == "escalated" and u.meeting]
+            # 现场核查未解决: the grid worker found the problem still there; back to the department.
+            + [(u, "progress_sent_back", {}) for u in back]
+            + [
                 (
                     u,
                     "progress_extension",

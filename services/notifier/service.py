@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -64,6 +65,12 @@ return out
 Progress = tuple[TicketAssigned | TicketUpdated, str, dict[str, str]]
 
 
+def category_name(city: City | None, category: str | None) -> str:
+    """What a ticket of `category` was about, as a resident names it (路灯故障); "" when unknown."""
+    found = city.category_by_id.get(category or "") if city is not None else None
+    return found.name if found else ""
+
+
 class Notifier:
     def __init__(
         self,
@@ -79,6 +86,7 @@ class Notifier:
         clock: Callable[[], datetime] = now_utc,
         jobs_key: str = DUE,
         wechat: WeChatGateway | None = None,
+        city: City | None = None,
     ) -> None:
         self.store = store
         self.redis: Redis = store.redis
@@ -98,6 +106,7 @@ class Notifier:
             window=window,
             callback_after=reminder_after if callback_after is None else callback_after,
             erased=self.forget_if_erased,
+            about=partial(category_name, city),
         )
         self._hmget_each = self.redis.register_script(_HMGET_EACH)
 

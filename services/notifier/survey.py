@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -94,6 +96,10 @@ class Survey(BaseModel):
     department: DepartmentRef | None = None
     category: str | None = None
     grid: str | None = None
+    # What the appeal was about, in a few words a resident recognises (the category's name): how
+    # the question "which one?" lists it when one phone has several surveys open. Never the
+    # appeal's own words, which may name people and places. "" in records written before.
+    about: str = ""
 
 
 class SurveyAnswer(BaseModel):
@@ -113,6 +119,16 @@ class SurveyComment(BaseModel):
     clarification: bool  # whether this reply made us ask the question again (once per survey)
 
 
+class WhichTicket(BaseModel):
+    """The phone has several surveys open and the reply named none of them: it is kept pending and
+    the resident was asked which ticket it is about (`asked`: the SMS went out now)."""
+
+    kind: Literal["which_ticket"] = "which_ticket"
+    ticket_nos: list[str]  # the tickets they may choose from, newest first
+    asked: bool
+    question: str  # what they were asked (the tickets by reference and category: no personal data)
+
+
 class OptedOut(BaseModel):
     """TD / 退订: no more surveys for the phone; its open surveys were closed."""
 
@@ -121,7 +137,7 @@ class OptedOut(BaseModel):
 
 
 # What an inbound SMS was, when it was about surveys (else it is a new appeal, for intake).
-SmsReply = Annotated[SurveyAnswer | SurveyComment | OptedOut, Field(discriminator="kind")]
+SmsReply = Annotated[SurveyAnswer | SurveyComment | WhichTicket | OptedOut, Field(discriminator="kind")]
 
 
 @dataclass(frozen=True)
@@ -192,7 +208,9 @@ def read_inbound(raw: str) -> Inbound:
         return Inbound("query", raw, query=query)
     if is_opt_out(raw):
         return Inbound("opt_out", raw)
-    reply = parse_reply(raw)
+    # A reply may begin with the reference of the ticket it rates ("0001 3"): the rating follows it.
+    ref, rest = split_reference(raw)
+    reply = parse_reply(rest if ref is not None and rest else raw)
     return Inbound("rating" if reply.has_rating else "words", raw, reply=reply)
 
 
@@ -209,7 +227,147 @@ def answers_survey_in_chat(inbound: Inbound) -> bool:
     enough to be nothing but a reply. By SMS every message to the survey's number is a reply."""
     if inbound.kind != "rating":
         return False
-    text = normalize(inbound.text).strip()
+    ref, rest = split_reference(inbound.text)
+    text = normalize(rest if ref is not None else inbound.text).strip()
     if _LEADING_DIGIT.match(text) or len(text) <= CHAT_REPLY_MAX_CHARS:
         return True
     return text.startswith(_REPLY_OPENINGS)
+
+
+# --- several surveys open on one phone: which ticket a reply is about ---------------------------------
+#
+# One phone may have several tickets resolved within days of each other (a streetlight, then
+# rubbish), each with its survey open. A reply must rate the ticket the resident means, never the one
+# we guess: the survey SMS sent while another is open gives the ticket's short reference (the last
+# digits of its number, `short_ref`), a reply may begin with it ("0001 3 路灯还是不亮"), and a reply
+# that names none while several are open is kept pending and the resident is asked which ticket
+# (`choose_survey`). With one survey open nothing changes.
+
+REF_DIGITS = 4  # a ticket's reference is at least its last four digits: easy to type on a phone
+# A reference at the start of a reply: the digits, then a separator or the rating's words. 尾号 /
+# 工单 may come first, 号 after ("尾号0001：3", "0001号 满意", "0001+3", "0001-3").
+_REFERENCE = re.compile(
+    rf"^\s*(?:尾号|工单尾号|工单号?|单号)?\s*(?P<ref>\d{{{REF_DIGITS},}})(?!\d)\s*号?\s*[-+—–:：,，.。、/\s]*"
+)
+
+
+def _digits(ticket_no: str) -> str:
+    return re.sub(r"\D", "", ticket_no)
+
+
+def short_ref(ticket_no: str, others: Iterable[str]) -> str:
+    """The last digits of `ticket_no` that no other ticket in `others` ends with, at least
+    REF_DIGITS: 20261123-000001 among 20261124-000002 is "0001"."""
+    digits = _digits(ticket_no)
+    rest = [_digits(o) for o in others if o != ticket_no]
+    for n in range(REF_DIGITS, len(digits)):
+        if not any(o.endswith(digits[-n:]) for o in rest):
+            return digits[-n:]
+    return digits
+
+
+def split_reference(raw: str) -> tuple[str | None, str]:
+    """The ticket reference a reply begins with, if any, and the reply without it:
+    "0001 3 还是不亮" -> ("0001", "3 还是不亮"); "3 还是不亮" -> (None, "3 还是不亮")."""
+    text = normalize(raw)
+    m = _REFERENCE.match(text)
+    if m is None:
+        return None, raw
+    return m.group("ref"), text[m.end() :].strip()
+
+
+def refers_to(ref: str, ticket_no: str) -> bool:
+    return _digits(ticket_no).endswith(ref)
+
+
+def open_per_ticket(open_surveys: Sequence[Survey]) -> list[Survey]:
+    """The newest open survey of each ticket, newest first (`open_surveys` newest first). A ticket
+    sent back by a grid worker's check and resolved again has two open: the newer is the one asked."""
+    seen: dict[str, Survey] = {}
+    for s in open_surveys:
+        seen.setdefault(s.ticket_no, s)
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class Rate:
+    """The reply (or the reply kept pending, `from_pending`) is about `survey`; `reply` is it read
+    without its reference (it may carry no rating: then it is a comment on that survey)."""
+
+    survey: Survey
+    reply: Reply
+    from_pending: bool = False
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Several surveys are open and the reply named none of them (or a reference that fits none or
+    several): ask the resident which ticket, listing `choices` with their references `refs`, and keep
+    `keep` pending (None: what is pending already stays, the reply added nothing to it)."""
+
+    choices: tuple[Survey, ...]
+    refs: tuple[str, ...]
+    keep: str | None
+
+
+def choose_survey(open_surveys: Sequence[Survey], text: str, pending: str | None) -> Rate | Ask | None:
+    """Which of a phone's open surveys (newest first) the reply `text` is about: the one place
+    that decides it, for SMS and WeChat alike. `pending`: an earlier reply kept while the resident
+    was asked which ticket. None when no survey is open (the reply is then what it was before: a
+    late comment, or a new appeal).
+
+    - one ticket open: the reply is about it, as it always was; a reference to it is read off
+      ("0001 3" rates 3), and a bare reference applies the pending reply;
+    - several: a reply beginning with the reference of exactly one of them is about that one (a
+      bare reference applies the pending reply); any other is kept pending and the resident asked."""
+    choices = open_per_ticket(open_surveys)
+    if not choices:
+        return None
+    ref, rest = split_reference(text)
+    named = [s for s in choices if ref is not None and refers_to(ref, s.ticket_no)]
+    if len(choices) == 1:
+        survey = choices[0]
+        if not named:
+            return Rate(survey, parse_reply(text))
+        if not rest and pending is not None:
+            return Rate(survey, parse_reply(pending), from_pending=True)
+        return Rate(survey, parse_reply(rest or text))
+    if len(named) == 1:
+        if not rest and pending is not None:
+            return Rate(named[0], parse_reply(pending), from_pending=True)
+        if rest:
+            return Rate(named[0], parse_reply(rest))
+    nos = [s.ticket_no for s in choices]
+    refs = tuple(short_ref(no, nos) for no in nos)
+    # A bare reference that fits none (or several) adds nothing to keep: the earlier reply stays.
+    keep = None if ref is not None and not rest else text
+    return Ask(tuple(choices), refs, keep)
+
+
+def which_choices(ask: Ask, tz: ZoneInfo) -> str:
+    """The tickets to choose from, as the question lists them: by reference, what they were about
+    and the day the result came, nothing of the resident's own words:
+    尾号0001（路灯故障，11月23日办结）；尾号0002（垃圾清运，11月24日办结）"""
+    parts = []
+    for survey, ref in zip(ask.choices, ask.refs, strict=True):
+        day = survey.started_at.astimezone(tz)
+        words = "，".join(w for w in (survey.about, f"{day.month}月{day.day}日办结") if w)
+        parts.append(f"尾号{ref}（{words}）")
+    return "；".join(parts)
+
+
+def rating_words(rating: Rating, solved: bool | None) -> str:
+    """An answer as its confirmation repeats it: 满意 / 基本满意 / 不满意, and 问题未解决 when a
+    satisfied answer says it is not solved (or 问题已解决 when an unsatisfied one says it is)."""
+    words = {1: "满意", 2: "基本满意", 3: "不满意"}[rating]
+    if solved is False and rating != 3:
+        return f"{words}，问题未解决"
+    if solved is True and rating == 3:
+        return f"{words}，问题已解决"
+    return words
+
+
+def reopens(rating: Rating | None, solved: bool | None) -> bool:
+    """Whether an answer sends the ticket back to be handled again (the router's reopen): 不满意,
+    or not solved."""
+    return rating == 3 or solved is False

@@ -5,6 +5,9 @@ timeouts, and opt-outs.
   survey:open:{phone}    the phone's surveys still waiting for an answer, scored by start time (a
                          WeChat user's by their openid: `survey:open:{openid}`)
   survey:last:{phone}    the phone's last closed survey, for 72 hours: later replies are comments on it
+  survey:pending:{phone} a reply that named no ticket while several surveys were open (JSON: its
+                         text), kept while the resident is asked which ticket it rates; as long as
+                         a survey is open (the window). Removed with the phone's surveys on erasure
   survey:answer:{id}     the event that closed the survey (JSON), 30 days: given again when the
                          resolution is read again (after the broker lost it before the router did)
   sms:ticket:{no}        also lists the ticket's surveys (`services.notifier.states`): an erasure
@@ -42,14 +45,21 @@ from services.notifier.jobs import SurveyJob, encode
 from services.notifier.routing import Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
+    Ask,
     Inbound,
     OptedOut,
+    Reply,
     SmsReply,
     Survey,
     SurveyAnswer,
     SurveyComment,
-    parse_reply,
+    WhichTicket,
+    choose_survey,
+    rating_words,
     read_inbound,
+    reopens,
+    short_ref,
+    which_choices,
 )
 from services.notifier.texts import Texts
 from shared.errors import DomainError
@@ -101,6 +111,11 @@ def _open_key(to: str) -> str:
     return f"survey:open:{to}"
 
 
+def _pending_key(to: str) -> str:
+    """A reply kept while its resident is asked which ticket it rates."""
+    return f"survey:pending:{to}"
+
+
 class SurveyBook:
     def __init__(
         self,
@@ -112,6 +127,7 @@ class SurveyBook:
         window: timedelta,
         callback_after: timedelta,
         erased: Erased,
+        about: Callable[[str | None], str] = lambda _: "",
     ) -> None:
         # The dispatcher's Redis, job queue and clock: a survey's reminder and timeout wait in the
         # queue that holds its messages, and are due by the same clock.
@@ -123,6 +139,9 @@ class SurveyBook:
         self.window = window
         self.callback_after = callback_after
         self.erased = erased
+        # What a ticket of a category was about, in a resident's words (its name): kept with the
+        # survey for the question "which ticket?", which must not quote the appeal.
+        self.about = about
 
     # --- asking -------------------------------------------------------------------------------
 
@@ -152,10 +171,17 @@ class SurveyBook:
             department=resolved.department,
             category=resolved.category,
             grid=resolved.grid,
+            about=self.about(resolved.category),
         )
-        text = self.texts.render(
-            "survey", channel=channel, ticket_no=no, note=note, question=self.texts.question
-        )
+        # Another ticket of theirs waits for its rating: this one's SMS says how a reply names it.
+        others = [s.ticket_no for s in await self._open_surveys(address, now) if s.ticket_no != no]
+        fields = {"ticket_no": no, "note": note, "question": self.texts.question}
+        if others:
+            text = self.texts.render(
+                "survey_several", channel=channel, ref=short_ref(no, [no, *others]), **fields
+            )
+        else:
+            text = self.texts.render("survey", channel=channel, **fields)
         message = Message(
             address, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
         )
@@ -253,16 +279,58 @@ class SurveyBook:
         now = self.clock()
         if inbound.kind == "opt_out":
             return await self.opt_out(phone, text, now)
-        survey = await self._open_survey(phone, now)
-        if survey is not None:
-            return await self._on_open(survey, text, now)
+        decided = await self._choose(phone, text, now)
+        if isinstance(decided, Ask):
+            return await self._ask(phone, decided, now)
+        if decided is not None:
+            return await self._on_open(*decided, now)
         last = await self.redis.get(f"survey:last:{phone}")
-        if last and (survey := await self.get(last)) is not None and not await self._forgotten(survey, now):
-            await self._comment(survey, text, now)
-            return SurveyComment(ticket_no=survey.ticket_no, clarification=False)
+        if last and (closed := await self.get(last)) is not None and not await self._forgotten(closed, now):
+            await self._comment(closed, text, now)
+            return SurveyComment(ticket_no=closed.ticket_no, clarification=False)
         return None
 
-    async def answer_in_wechat(self, openid: str, inbound: Inbound) -> SurveyAnswer | None:
+    async def _choose(self, to: str, text: str, now: datetime) -> tuple[Survey, Reply] | Ask | None:
+        """Which open survey of `to` a reply is about (`survey.choose_survey` decides), with the
+        reply to record; an `Ask` when it must be asked; None when no survey is open. A reply
+        kept pending is taken when used."""
+        surveys = await self._open_surveys(to, now)
+        if not surveys:
+            return None
+        raw = await self.redis.get(_pending_key(to))
+        pending = json.loads(raw)["text"] if raw else None
+        decided = choose_survey(surveys, text, pending)
+        if decided is None or isinstance(decided, Ask):
+            return decided
+        if pending is not None and (decided.from_pending or decided.reply.has_rating):
+            # Applied, or said again with its ticket named: nothing is left to ask about.
+            await self.redis.delete(_pending_key(to))
+        return decided.survey, decided.reply
+
+    async def _ask(self, to: str, ask: Ask, now: datetime) -> WhichTicket:
+        """Keep the reply pending and ask the resident which ticket it rates: once a day per set of
+        open tickets (more unnamed replies replace what is kept, and are not asked again)."""
+        if ask.keep is not None:
+            kept = json.dumps({"text": ask.keep}, ensure_ascii=False)
+            await self.redis.set(_pending_key(to), kept, ex=int(self.window.total_seconds()))
+        first = ask.choices[0]
+        text = self.texts.render(
+            "which_ticket",
+            channel=first.channel,
+            choices=which_choices(ask, self.sms.policy.tz),
+            example=ask.refs[0],
+        )
+        nos = [s.ticket_no for s in ask.choices]
+        if first.channel != "sms":  # the chat's passive reply asks (`answer_in_wechat`)
+            return WhichTicket(ticket_nos=nos, asked=True, question=text)
+        message = Message(to, text, "which_ticket", first.ticket_no, urgent=True)  # an answer to their SMS
+        day = f"{self.sms.policy.local_day(now)}"
+        sent = await self.sms.send(
+            derived_id("which", day, *sorted(s.survey_id for s in ask.choices)), message, now
+        )
+        return WhichTicket(ticket_nos=nos, asked=sent in ("sent", "held"), question=text)
+
+    async def answer_in_wechat(self, openid: str, inbound: Inbound) -> SurveyAnswer | WhichTicket | None:
         """A WeChat user's message that rates a survey (`inbound.kind == "rating"`) answers their
         newest open survey, with the rules of an SMS answer (the same `survey.answered`; an
         unsatisfied or not-solved answer reopens the ticket). None when it is no rating, or they
@@ -272,12 +340,17 @@ class SurveyBook:
         if inbound.kind != "rating" or inbound.reply is None or inbound.reply.rating is None:
             return None
         now = self.clock()
-        survey = await self._open_survey(openid, now)
-        if survey is None or survey.channel != "wechat":
+        decided = await self._choose(openid, inbound.text, now)
+        if isinstance(decided, Ask):
+            return await self._ask(openid, decided, now) if decided.choices[0].channel == "wechat" else None
+        if decided is None:
             return None
-        rating, solved = inbound.reply.rating, inbound.reply.solved
+        survey, reply = decided
+        if survey.channel != "wechat" or reply.rating is None:
+            return None
+        rating, solved = reply.rating, reply.solved
         answered = await self._close(
-            survey, "answered", inbound.text, now, event_id=uuid.uuid4().hex, rating=rating, solved=solved
+            survey, "answered", reply.text, now, event_id=uuid.uuid4().hex, rating=rating, solved=solved
         )
         if answered is None:
             return None
@@ -300,17 +373,21 @@ class SurveyBook:
             out[sid] = (score is not None, json.loads(answer)["outcome"] if answer else None)
         return out
 
-    async def _open_survey(self, to: str, now: datetime) -> Survey | None:
-        """The newest open survey of a phone (or openid) whose ticket was not erased."""
-        survey = await self._newest_open(to)
-        while survey is not None and await self._forgotten(survey, now):
-            survey = await self._newest_open(to)  # that one is gone: the reply is about the rest
-        return survey
-
-    async def _newest_open(self, to: str) -> Survey | None:
+    async def _open_surveys(self, to: str, now: datetime) -> list[Survey]:
+        """The open surveys of a phone (or openid) whose tickets were not erased, newest first."""
         # Without scores, redis-py returns the members (its types cover every form of the command).
-        newest = cast("list[bytes]", await self.redis.zrevrange(_open_key(to), 0, 0))
-        return await self.get(newest[0]) if newest else None
+        ids = cast("list[bytes]", await self.redis.zrevrange(_open_key(to), 0, -1))
+        if not ids:
+            return []
+        stored = await self.redis.mget([_survey_key(i.decode()) for i in ids])
+        out = []
+        for raw in stored:
+            if raw is None:
+                continue
+            survey = Survey.model_validate_json(raw)
+            if not await self._forgotten(survey, now):  # that one is gone: the reply is about the rest
+                out.append(survey)
+        return out
 
     async def _forgotten(self, survey: Survey, now: datetime) -> bool:
         """Whether the survey's ticket was erased: then the survey is forgotten now, as the
@@ -323,8 +400,8 @@ class SurveyBook:
         await self.forget([_survey_key(survey.survey_id)], now)
         return True
 
-    async def _on_open(self, survey: Survey, text: str, now: datetime) -> SurveyAnswer | SurveyComment:
-        parsed = parse_reply(text)
+    async def _on_open(self, survey: Survey, parsed: Reply, now: datetime) -> SurveyAnswer | SurveyComment:
+        text = parsed.text
         if parsed.rating is not None:
             answered = await self._close(
                 survey,
@@ -336,6 +413,7 @@ class SurveyBook:
                 solved=parsed.solved,
             )
             if answered is not None:
+                await self._confirm(survey, parsed.rating, parsed.solved, now, urgent=True)
                 return SurveyAnswer(ticket_no=survey.ticket_no, rating=parsed.rating, solved=parsed.solved)
         # Unread words, or a rating that lost the race with another close: the resident's comment.
         await self._comment(survey, text, now)
@@ -351,9 +429,23 @@ class SurveyBook:
             clarified = await self.sms.send(survey.survey_id, message, now)
         return SurveyComment(ticket_no=survey.ticket_no, clarification=clarified in ("sent", "held"))
 
+    async def _confirm(
+        self, survey: Survey, rating: Rating, solved: bool | None, now: datetime, *, urgent: bool
+    ) -> None:
+        """The SMS that tells the resident their answer was recorded, and, when it reopens the
+        ticket, that it will be handled again. Once per survey. A WeChat resident is told in the
+        chat's passive reply instead."""
+        if survey.channel != "sms":
+            return
+        template = "answer_reopened" if reopens(rating, solved) else "answer_thanks"
+        text = self.texts.render(template, ticket_no=survey.ticket_no, rating=rating_words(rating, solved))
+        message = Message(survey.to, text, "confirmation", survey.ticket_no, urgent=urgent)
+        await self.sms.send(survey.survey_id, message, now)
+
     async def opt_out(self, phone: str, text: str, now: datetime) -> OptedOut:
         """TD / 退订: no more surveys for this phone; its open surveys close as opted out."""
         await self.redis.sadd(OPTOUT, phone)
+        await self.redis.delete(_pending_key(phone))
         closed = []
         for sid in cast("list[bytes]", await self.redis.zrange(_open_key(phone), 0, -1)):
             survey = await self.get(sid)
@@ -432,6 +524,8 @@ class SurveyBook:
         )
         if answered is None:  # the resident's SMS came first
             raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
+        # Told by SMS too, as a written record of what they said (the day's rules apply: not urgent).
+        await self._confirm(survey, rating, solved, now, urgent=False)
         return answered
 
     async def unreachable(self, survey_id: str, operator: str, now: datetime) -> int:
@@ -505,6 +599,7 @@ class SurveyBook:
                 sid = survey.survey_id
                 p.delete(_survey_key(sid), _answer_key(sid), _call_key(sid))
                 p.zrem(_open_key(survey.to), sid)
+                p.delete(_pending_key(survey.to))  # the resident's words, kept by their phone
                 p.zrem(CALLBACKS, sid)
                 p.zrem(self.jobs.key, *(encode(SurveyJob(a, sid)) for a in ("remind", "close")))
             p.eval(

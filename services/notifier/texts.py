@@ -22,8 +22,24 @@ DEFAULT_FILE = Path(__file__).with_name("notifications.yaml")
 FIELDS: dict[str, frozenset[str]] = {
     "ack": frozenset({"ticket_no"}),
     "progress_meeting": frozenset({"ticket_no"}),
+    # The joint meeting decided which department handles it (`department`).
+    "progress_meeting_decided": frozenset({"ticket_no", "department"}),
+    # 转人民调解: the street's mediation committee (`department`) takes it.
+    "progress_mediation": frozenset({"ticket_no", "department"}),
+    # 现场核查未解决: the grid worker found it not solved; back to the department.
+    "progress_sent_back": frozenset({"ticket_no"}),
     "progress_extension": frozenset({"ticket_no", "resolve_by"}),
     "survey": frozenset({"ticket_no", "note", "question"}),
+    # The survey to a phone with another survey open: `ref`, the ticket's short reference (its last
+    # digits), is what a reply begins with to say which ticket it rates.
+    "survey_several": frozenset({"ticket_no", "note", "question", "ref"}),
+    # A reply that named no ticket while several surveys are open: which one? `choices` lists them
+    # (尾号0001（路灯故障，11月23日办结）；…), `example` is the first one's reference.
+    "which_ticket": frozenset({"choices", "example"}),
+    # The confirmation of a recorded answer (`rating`: 满意 / 基本满意 / 不满意…); reopened: the
+    # answer sends the ticket back to be handled again.
+    "answer_thanks": frozenset({"ticket_no", "rating"}),
+    "answer_reopened": frozenset({"ticket_no", "rating"}),
     "result": frozenset({"ticket_no", "note"}),
     "reminder": frozenset({"ticket_no", "question"}),
     "clarification": frozenset({"ticket_no", "question"}),
@@ -43,7 +59,20 @@ FIELDS: dict[str, frozenset[str]] = {
 }
 # Added after cities had their own files: when a file lacks them, the shipped texts are used.
 OPTIONAL = frozenset(
-    {"overdue_notice", "escalated_notice", "progress_reply", "merged_notice", "remerged_notice"}
+    {
+        "overdue_notice",
+        "escalated_notice",
+        "progress_reply",
+        "merged_notice",
+        "remerged_notice",
+        "survey_several",
+        "which_ticket",
+        "answer_thanks",
+        "answer_reopened",
+        "progress_meeting_decided",
+        "progress_mediation",
+        "progress_sent_back",
+    }
 )
 
 
@@ -83,6 +112,10 @@ class Texts(BaseModel):
                 problems.append(f"template {name!r} must show the answer {{progress}}")
             if "into" in FIELDS.get(name, ()) and "into" not in used:
                 problems.append(f"template {name!r} must show the ticket to follow {{into}}")
+            if "ref" in FIELDS.get(name, ()) and "ref" not in used:
+                problems.append(f"template {name!r} must show the ticket's reference {{ref}}")
+            if "choices" in FIELDS.get(name, ()) and "choices" not in used:
+                problems.append(f"template {name!r} must list the tickets {{choices}}")
         for digit, word in (("1", "满意"), ("2", "基本满意"), ("3", "不满意")):
             if f"{digit}{word}" not in self.question:
                 problems.append(f"question must offer “{digit}{word}” (replies are read with that meaning)")

@@ -94,6 +94,9 @@ class Survey(BaseModel):
     department: DepartmentRef | None = None
     category: str | None = None
     grid: str | None = None
+    # Its resolution was sent back by a grid worker's check (现场核查未解决): an answer still closes
+    # it, and says so (`SurveyAnswered.void`).
+    void: bool = False
 
 
 class SurveyAnswer(BaseModel):

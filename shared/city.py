@@ -198,6 +198,15 @@ class Supervision(_Model):
     knowledge_review_days: int = Field(180, gt=0, le=3650)
 
 
+class Ranking(_Model):
+    """Who is ranked by the score (综合得分): optional section `ranking` of sla.yaml."""
+
+    # A group (a department, a category, a street, a grid) with fewer answered surveys in the
+    # period is not ranked (样本不足): its resolution and satisfaction rates, most of the score, rest
+    # on one or two residents (one 满意 is 100). It is listed after the ranked ones.
+    min_answers: int = Field(3, ge=1, le=1000)
+
+
 class SlaConfig(_Model):
     classes: dict[str, SlaClass]
     default_class: str
@@ -207,6 +216,7 @@ class SlaConfig(_Model):
     workdays: tuple[date, ...] = ()  # make-up working days on weekends (调休)
     urgent_categories: tuple[str, ...] = ()  # always urgent (the urgent class), whatever the text
     supervision: Supervision = Supervision()
+    ranking: Ranking = Ranking()
 
 
 # --- the whole city -----------------------------------------------------------------------------

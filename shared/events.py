@@ -320,6 +320,9 @@ class Verification(_Frozen):
     reopens: int = 0  # not solved: how often the ticket has been reopened, this time included
     respond_by: datetime | None = None  # not solved: the deadlines the department has again
     resolve_by: datetime | None = None
+    # Not solved: the survey of the resolution sent back (its id, the resolution's event id), void
+    # from then on; None when there was none, and in events written before it was said.
+    survey_id: str | None = None
 
 
 MediationOutcome = Literal["agreed", "not_agreed"]  # 调解成功，达成协议 / 调解不成
@@ -467,6 +470,10 @@ class SurveyAnswered(Event):
     category: str | None = None
     grid: str | None = None
     by: str | None = None  # the operator who asked on the phone (电话回访); None: by SMS
+    # The survey's resolution had been sent back before this answer came (a grid worker's check found
+    # it not solved, 现场核查未解决): the answer rates work that no longer stands, and counts in no
+    # rate (`scoring.fields_for`). False in events written before it was said.
+    void: bool = False
 
 
 class PersonalDataRemoved(Event):

@@ -157,6 +157,7 @@ def test_demo_sla(city: City) -> None:
     assert date(2026, 10, 1) in s.holidays
     assert all(d.weekday() >= 5 for d in s.workdays), "make-up working days fall on weekends"
     assert not set(s.holidays) & set(s.workdays)
+    assert s.ranking.min_answers == 3  # fewer answered surveys: 样本不足, not ranked
 
 
 # --- broken configurations -----------------------------------------------------------------------
@@ -238,6 +239,16 @@ def test_sla_unknown_class_and_category(folder: Path) -> None:
     assert "sla.yaml urgent_class" in msg
     assert "'panic'" in msg
     assert "no.such.category" in msg
+
+
+@pytest.mark.parametrize("value", [0, "few"])
+def test_the_ranking_needs_at_least_one_answer(folder: Path, value: object) -> None:
+    data = _read(folder, "sla.yaml")
+    data["ranking"]["min_answers"] = value
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "sla.yaml" in msg
+    assert "ranking.min_answers" in msg
 
 
 def test_department_with_unknown_street(folder: Path) -> None:

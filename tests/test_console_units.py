@@ -1551,6 +1551,9 @@ def dashboard_html(city, trend: dict, trend_by: str) -> str:
         overdue=[],
         overdue_total=0,
         urlencode=urlencode,
+        bases=present.rate_bases({}),
+        min_answers=3,
+        tickets_link=present.tickets_link,
     )
 
 
@@ -2908,7 +2911,8 @@ def period_html(city, **context) -> str:
         "s": staff("admin"), "start": "2033-07-04", "end": "2033-07-10", "error": "", "error_at": "",
         "tables": {}, "dimension_names": {}, "map": present.grid_map(city, {}), "trend": None,
         "trend_by": "category", "trend_error": "", "top_categories": [], "top_max": 0, "overdue": [],
-        "overdue_total": 0, "urlencode": urlencode,
+        "overdue_total": 0, "urlencode": urlencode, "bases": present.rate_bases({}), "min_answers": 3,
+        "tickets_link": present.tickets_link,
         "overall": dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),
@@ -2992,9 +2996,23 @@ class _CountsApi:
         lamp, grid = "city.facilities.streetlight", next(iter(city.grids))
         self.grid = grid
         dispatched = scoring.rates({"assigned": 14, "responded_on_time": 1}, scoring.Weights())
+        answered = scoring.rates(
+            {"assigned": 8, "due_counted": 8, "due": 8, "due_on_time": 7, "answered": 8, "solved": 4,
+             "satisfied": 6, "basically_satisfied": 1, "unsatisfied": 1},
+            scoring.Weights(),
+        )  # fmt: skip
+        water = scoring.rates({"assigned": 2, "responded_on_time": 2}, scoring.Weights())
         self.stats = {
             "category": [{"group": lamp, "name": "路灯故障", **dispatched}],
             "grid": [{"group": grid, "name": "网格", **dispatched}],
+            # One with answers enough, one with none (its score, the response rate alone, is 100).
+            "department": scoring.rank(
+                [
+                    {"group": "urban_mgmt", "name": "区城市管理委员会", **answered},
+                    {"group": "water", "name": "区水务局", **water},
+                ],
+                3,
+            ),
         }
         self.trend = {
             "category": [
@@ -3016,7 +3034,10 @@ class _CountsApi:
         return Reply(200, {"groups": self.trend[params["group_by"]]})
 
     async def figures(self, start, end):
-        return scoring.rates({}, scoring.Weights())
+        total: dict[str, int] = {}
+        for g in self.stats["department"]:
+            scoring.add(total, g)
+        return scoring.rates(total, scoring.Weights())
 
     async def open_tickets(self, departments, **filters):
         return []
@@ -3041,14 +3062,62 @@ async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatc
     )
     s = Session(token="t", principal=Principal(role="admin"), csrf="c")
     html = (await views.dashboard_page(request, s)).body.decode()
-    bars = re.findall(r'<span class="bar-label">([^<]*)</span>.*?<span class="bar-value">(\d+)</span>', html)
-    assert bars == [("城市管理/市政设施/路灯故障", "8"), ("未分类", "3")]  # none received: not listed
+    bars = re.findall(
+        r'<span class="bar-label">(?:<a href="([^"]*)">)?([^<]*)(?:</a>)?</span>'
+        r'.*?<span class="bar-value">(\d+)</span>',
+        html,
+    )
+    # none received: not listed; each links to its tickets of the period (未分类 has no filter)
+    period = "from=2033-07-04&amp;to=2033-07-10"
+    lamp = f"/console/tickets?category=city.facilities.streetlight&amp;{period}"
+    assert bars == [(lamp, "城市管理/市政设施/路灯故障", "8"), ("", "未分类", "3")]
     assert present.most_received(fake.trend["category"], 1) == [fake.trend["category"][0]]
     counts = re.findall(r'font-weight="bold">(\d+)</text>', html)
     assert counts == ["11"]  # the one grid that received appeals, by what it received
     assert "各网格受理诉求量" in html
     # The trend by street away: said where the trend goes; the appeals' counts still shown.
     assert "统计库暂不可用" in html
+
+
+async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and_gives_each_rate_its_base(
+    monkeypatch, city
+):
+    """样本不足: a department with no answers (score 100 from its response rate alone) comes after
+    the one with answers and is not numbered; each name links to its tickets of the period; the
+    top cards say what each rate is counted over; the period rule is said."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _CountsApi(city))
+    state = SimpleNamespace(
+        city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"),
+        console_names={"department_names": {}, "grid_names": {}},
+    )  # fmt: skip
+    request = SimpleNamespace(
+        query_params={"from": "2033-07-04", "to": "2033-07-10", "trend_by": "street"},
+        app=SimpleNamespace(state=state),
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.dashboard_page(request, s)).body.decode()
+    start = html.index('id="rank-department"')
+    table = html[start : html.index("</table>", start)]
+    rows = re.findall(r'<tr[^>]*><td>([^<]*)</td><td><a href="([^"]*)">([^<]*)</a>', table)
+    period = "from=2033-07-04&amp;to=2033-07-10"
+    assert rows == [
+        ("1", f"/console/tickets?department=urban_mgmt&amp;{period}", "区城市管理委员会"),
+        ("样本不足", f"/console/tickets?department=water&amp;{period}", "区水务局"),
+    ]
+    assert '<span class="muted">（100.0）</span>' in table  # its score, not ranked by it
+    assert "回访答复少于3件的为“样本不足”" in html
+    # 解决率 50.0%（4/8）: the city's figures with what they are counted over.
+    assert (
+        'data-figure="resolution_rate">50.0%</span><span class="base" data-figure="resolution_base">（4/8）'
+        in html
+    )
+    assert 'data-figure="response_base">（7/8）' in html  # on time of the responses due
+    assert "（满意6、基本满意1／8）" in html
+    assert "点开的工单列表按受理日期筛选" in html
 
 
 def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time_given(city):
@@ -3266,3 +3335,21 @@ def test_the_preview_shows_the_callers_history_compactly_and_links_only_for_read
     away = {**history_preview(None), "history": None}
     html = render(preview=away, reply=None, ticket_links=True)
     assert "来电历史" not in html
+
+
+def test_the_department_filter_offers_the_dispatch_desk_once(city):
+    """The trend links to 12345派单中心 (department=dispatch_desk): the list's 承办单位 offers it, so the
+    page shows what it filters by and a new search keeps it; each department once."""
+    choices = views_module().list_choices(city)["departments"]
+    ids = [d for d, _ in choices]
+    assert ("dispatch_desk", "12345派单中心") in choices
+    assert len(ids) == len(set(ids)) == len(city.departments)
+    link = present.tickets_link("department", "dispatch_desk", "2033-07-04", "2033-07-10")
+    assert link == "/console/tickets?department=dispatch_desk&from=2033-07-04&to=2033-07-10"
+    assert present.tickets_link("category", "unknown", "2033-07-04", "2033-07-10") is None
+
+
+def views_module():
+    from services.console import views
+
+    return views

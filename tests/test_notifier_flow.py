@@ -32,6 +32,7 @@ from shared.events import (
     SurveyAnswered,
     SurveySent,
     TicketUpdated,
+    Verification,
 )
 from shared.privacy import caller_id, mask_phone
 from shared.store import TicketStore
@@ -348,14 +349,48 @@ async def test_a_resolution_the_grid_worker_found_not_solved_gets_no_reminder(ma
     """现场核查未解决: the ticket is being redone, so nobody asks the resident to rate the work again;
     the survey stays open to its end, and a reply is still its answer (not a new appeal)."""
     kit = make_kit(quiet="none")
-    phone, ticket = await surveyed(kit)
-    await kit.notifier.sent_back([ticket.ticket_no])
+    phone, ticket, survey_id = await surveyed_with_id(kit)
+    await kit.notifier.sent_back([checked_not_solved(ticket, survey_id)])
     assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 0
     assert await kit.sent(phone, "reminder") == []
     clock.now = NOON + timedelta(hours=30)
     answer = await kit.notifier.surveys.reply(phone, "3 还是没修好")
     assert isinstance(answer, SurveyAnswer)
     assert answer.ticket_no == ticket.ticket_no
+    # Its answer says the resolution it rates no longer stood: the rates leave it out.
+    [answered] = [a for a in kit.answers(ticket.ticket_no) if a.outcome == "answered"]
+    assert answered.void
+
+
+def checked_not_solved(ticket: Ticket, survey_id: str | None) -> TicketUpdated:
+    return TicketUpdated(
+        ticket_no=ticket.ticket_no,
+        action="verified",
+        status="assigned",
+        actor="W017",
+        note="路灯还是不亮",
+        verification=Verification(solved=False, reopens=1, survey_id=survey_id),
+    )
+
+
+async def test_the_answer_to_a_survey_sent_back_says_so_and_other_surveys_do_not(make_kit, clock):
+    """现场核查未解决, then the resident answers the old survey 满意: the answer is void (in no rate);
+    the same resident's survey of another ticket is not; a check written before it named its
+    survey voids the ticket's."""
+    kit = make_kit(quiet="none")
+    phone, ticket, survey_id = await surveyed_with_id(kit)
+    other_phone, other, other_id = await surveyed_with_id(kit)
+    older_phone, older, _ = await surveyed_with_id(kit)
+    await kit.notifier.sent_back([checked_not_solved(ticket, survey_id), checked_not_solved(older, None)])
+    clock.now = NOON + timedelta(hours=2)
+    for p in (phone, other_phone, older_phone):
+        assert isinstance(await kit.notifier.surveys.reply(p, "1 满意"), SurveyAnswer)
+    voids = {
+        t.ticket_no: [a.void for a in kit.answers(t.ticket_no) if a.outcome == "answered"]
+        for t in (ticket, other, older)
+    }
+    assert voids == {ticket.ticket_no: [True], other.ticket_no: [False], older.ticket_no: [True]}
+    assert (await kit.notifier.surveys.get(other_id)).void is False
 
 
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):

@@ -653,6 +653,21 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                 by="op09" if i in (1, 6) else None,  # 电话回访: answered on an operator's call
             )
         )
+        if i == 4:  # sent back by its check (现场核查未解决), then its old survey answered 满意: in no rate
+            events.append(
+                SurveyAnswered(
+                    ticket_no=no,
+                    survey_id=f"s{i}-sent-back",
+                    rating=1,
+                    solved=True,
+                    text="1",
+                    department=dept,
+                    category="city.facility.streetlight",
+                    grid=f"g-{i % 3}",
+                    occurred_at=day,
+                    void=True,
+                )
+            )
     publisher = EventPublisher(settings, client_id="test-rates")
     await publisher.start()
     await publish(publisher, events)
@@ -666,7 +681,9 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             {k: v for k, v in r.items() if k != "name"}
             for r in await book.query(group_by, day.date(), day.date())
         ]
-        sql = await rates(pool, group_by, day.date(), day.date(), tz, book.weights)
+        sql = await rates(
+            pool, group_by, day.date(), day.date(), tz, book.weights, system_city.sla.ranking.min_answers
+        )
         counted = (
             sum(r["assigned"] for r in sql) == 12  # 11 departments' first assignments, 1 re-dispatch
             and sum(r["answered"] + r["no_answer"] for r in sql) == 12
@@ -677,6 +694,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
             and sum(r["mediation_agreed"] for r in sql) == 1
             and sum(r["merged"] for r in sql) == 3  # the two carried along not again
             and sum(r["answered_by_phone"] for r in sql) == 2  # i = 1, 6, among the answered
+            and sum(r["answered_void"] for r in sql) == 1  # i = 4's sent-back survey, apart
             # accepted: i % 4 != 0 (9 of 12); merged while a department held it: i = 0, 4 (one late)
             and sum(r["responded"] for r in sql) == 11
             and sum(r["responded_on_time"] for r in sql)
@@ -692,6 +710,8 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
     assert {r["group"] for r in by_department} >= {d.id for d in depts}
     assert sum(r["handled_on_spot"] for r in by_department) == 1
     assert sum(r["answered_directly"] for r in by_department) == 1
+    # Each department answered fewer surveys than a ranking needs (样本不足) or enough: said alike.
+    assert all(r["ranked"] == (r["answered"] >= system_city.sla.ranking.min_answers) for r in by_department)
     assert await eventually(lambda: agree("grid"), timeout=30)
 
 

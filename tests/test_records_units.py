@@ -953,3 +953,27 @@ async def test_the_preview_goes_without_the_history_while_the_record_is_away(cap
 
     with pytest.raises(KeyError):  # a fault of ours is not hidden as "no history"
         await CallerHistories(broken, tz).view("c1")
+
+
+def test_the_list_filters_by_any_answer_and_by_reopened_and_says_every_answer():
+    """To reconcile with the rates, which count each answer on its day: the list filters by any
+    counted answer of a rating (回访评价), by 重办, and says every answer (the ticket's `rating` is
+    only the last), the void ones apart."""
+    from services.records.query import answers_words
+    from tests.cities import demo_city
+
+    tz = ZoneInfo("Asia/Shanghai")
+    search = build({"answer": "3", "reopened": "true"}, tz=tz, city=demo_city(), department_scope=None)
+    assert "e.payload->>'rating' = %s" in search.where
+    assert "'void'" in search.where
+    assert "reopens > 0" in search.where
+    assert search.params == ["3"]
+    assert "reopens = 0" in build({"reopened": "false"}, tz=tz, city=demo_city(), department_scope=None).where
+    with pytest.raises(DomainError) as refused:
+        build({"answer": "4"}, tz=tz, city=demo_city(), department_scope=None)
+    assert refused.value.field == "answer"
+    assert "3（不满意）" in refused.value.message
+    assert answers_words(["3", "3", "1"]) == "满意×1、不满意×2"
+    assert answers_words(["3", "1v"]) == "不满意×1；作废1次（核查退回后答复，不计入三率）"
+    assert answers_words(["1v"]) == "作废1次（核查退回后答复，不计入三率）"
+    assert answers_words([]) == answers_words(None) == ""

@@ -876,7 +876,7 @@ KEPT = {
     "rule", "status",
     "summoned.id", "summoned.name", "supervision.stage_name", "supervision.supervisor", "supervision.to",
     "survey_id", "tickets", "top.category", "top_categories.category",
-    "resolution_id", "verified_by", "void_surveys",  # event ids, a grid worker's id (工号)
+    "resolution_id", "verified_by", "void_surveys", "verification.survey_id",  # event ids, 工号
     "by",  # the operator who took a survey's answer on the phone (工号)
     "merge.into", "merge.duplicate", "merge.moved", "merge.via", "merged_into", "merged",  # 并案: numbers
 }  # fmt: skip

@@ -210,6 +210,46 @@ def test_which_counters_an_event_adds_to():
     assert set(scoring.FIELDS) >= {"assigned", "no_answer", "skipped"}
 
 
+def test_an_answer_to_a_survey_whose_resolution_was_sent_back_counts_in_no_rate():
+    """现场核查未解决 sent the ticket back, then the resident answered the old survey 满意: the answer
+    rates work found not done, so it is neither satisfied nor solved, nor in the denominator; it is
+    counted apart (作废回访), and the rates are those without it."""
+    voided = SurveyAnswered(ticket_no="T", survey_id="s", text="1", rating=1, solved=True, void=True)
+    assert fields_for(voided) == ("answered_void",)
+    assert fields_for(voided.model_copy(update={"by": "op09"})) == ("answered_void",)
+    assert fields_for(voided.model_copy(update={"void": False})) == ("answered", "satisfied", "solved")
+    # Only answers: a void survey's end without one is what it was.
+    assert fields_for(voided.model_copy(update={"rating": None, "outcome": "no_answer"})) == ("no_answer",)
+    counts = {"assigned": 2, "responded_on_time": 2, "answered": 1, "unsatisfied": 1}
+    assert rates(counts | {"answered_void": 1}, W) == rates(counts, W) | {"answered_void": 1}
+    assert rates(counts | {"answered_void": 1}, W)["resolution_rate"] == 0.0
+
+
+def test_a_group_with_too_few_answers_is_listed_after_the_ranked_ones():
+    """样本不足: no answers (the score is the response rate alone, 100) or one 满意 (100) is not
+    ranked above a department with answers (96); moving its only survey off its books keeps it
+    unranked; among the unranked, by score."""
+    few = {"assigned": 3, "responded_on_time": 3, "due_counted": 3, "due": 3, "due_on_time": 3}
+    one = few | {"answered": 1, "solved": 1, "satisfied": 1}
+    many = few | {"answered": 5, "solved": 5, "satisfied": 4, "basically_satisfied": 1}
+    rows = [
+        {"group": "a"} | rates(few, W),
+        {"group": "b"} | rates(one, W),
+        {"group": "c"} | rates(many, W),
+        {"group": "d"} | rates({}, W),
+    ]
+    assert [r["score"] for r in rows[:3]] == [100.0, 100.0, 99.2]
+    ranked = scoring.rank(rows, 3)
+    assert [(r["group"], r["ranked"]) for r in ranked] == [
+        ("c", True),
+        ("a", False),
+        ("b", False),
+        ("d", False),
+    ]
+    assert [r["group"] for r in scoring.rank(rows, 1)] == ["b", "c", "a", "d"]
+    assert [r["ranked"] for r in scoring.rank(rows, 1)] == [True, True, False, False]
+
+
 def test_groups_map_the_grid_to_its_street():
     city = demo_city()
     g = groups_for(city, "urban_mgmt", "city.facility.streetlight", "s01c01g01")

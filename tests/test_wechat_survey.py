@@ -103,7 +103,9 @@ async def test_1_in_wechat_closes_the_ticket_and_counts_in_both_rates(
     async def answered() -> tuple[int, int]:
         """The department's answered surveys these days, by the notifier's counters and by the record."""
         live = [r for r in await book.query("department", *days) if r["group"] == department]
-        by_record = await rates(pool, "department", *days, tz, book.weights)
+        by_record = await rates(
+            pool, "department", *days, tz, book.weights, system_city.sla.ranking.min_answers
+        )
         sql = [r for r in by_record if r["group"] == department]
         return (live[0]["answered"] if live else 0), (sql[0]["answered"] if sql else 0)
 

@@ -370,6 +370,27 @@ def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
 
 
+def rate_bases(figures: Mapping[str, Any]) -> dict[str, str]:
+    """What each of the three rates is counted over, beside it on the dashboard (解决率 50.0%（4/8）),
+    from the counters `scoring.rates` returns with them: the response rate over the responses due
+    (or, for a period counted before those were, over the tickets assigned), the resolution and
+    satisfaction rates over the answered surveys, satisfaction with its 满意 and 基本满意 (the latter
+    weighted). "" where a rate has nothing to count yet (it shows —)."""
+
+    def n(key: str) -> int:
+        return int(figures.get(key) or 0)
+
+    due, on_time = ("due", "due_on_time") if n("due_counted") else ("assigned", "responded_on_time")
+    answered = n("answered")
+    return {
+        "response_base": f"（{n(on_time)}/{n(due)}）" if n(due) else "",
+        "resolution_base": f"（{n('solved')}/{answered}）" if answered else "",
+        "satisfaction_base": (
+            f"（满意{n('satisfied')}、基本满意{n('basically_satisfied')}／{answered}）" if answered else ""
+        ),
+    }
+
+
 def category_groups(
     city: City, dept: str, categories: Sequence[tuple[str, str]]
 ) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -433,6 +454,13 @@ def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
 
 def departments_of(city: City) -> list[dict[str, str]]:
     return [{"id": d.id, "name": d.name} for d in city.departments if d.kind != "dispatch_desk"]
+
+
+def department_filter(city: City) -> list[tuple[str, str]]:
+    """The 承办单位 choices of a filter: every department, the dispatch desk (12345派单中心) too, so
+    that its waiting room (待人工派单) can be listed and a link to it (the trend's) shows what it
+    filters by. One list for every filter of departments."""
+    return [(d.id, d.name) for d in city.departments]
 
 
 def likely_department(city: City, category: str, grid: GridMatch) -> str:
@@ -629,6 +657,16 @@ TREND_CHOICES = {"category": "按分类", "street": "按街道", "department": "
 TREND_NOTES = {"department": "按主办单位统计；点开的工单列表还包括该单位协办的工单。"}
 
 
+def tickets_link(group_by: str, group: str, start: str, end: str, **more: str) -> str | None:
+    """The ticket list (/console/tickets) filtered by one group of the dashboard (a department, a
+    category, a street or a grid: each is a filter of the list) and the period, as 受理日期; None for
+    the group with no id (未知, 未分类, 未派单), which no filter selects. `more`: further filters
+    (e.g. answer=3 for the tickets answered 不满意)."""
+    if group == "unknown":
+        return None
+    return "/console/tickets?" + urlencode({group_by: group, "from": start, "to": end, **more})
+
+
 def trend_group(raw: str | None) -> str:
     """The grouping asked for (?trend_by=), the categories for anything else: a link kept from
     before, or typed, still shows a trend."""
@@ -645,8 +683,7 @@ def trend_view(body: Mapping[str, Any]) -> dict[str, Any]:
     group_by = trend_group(body.get("group_by"))
 
     def item(g: Mapping[str, Any]) -> dict[str, Any]:
-        query = urlencode({group_by: g["group"], "from": start, "to": end})
-        link = None if g["group"] == "unknown" else f"/console/tickets?{query}"
+        link = tickets_link(group_by, g["group"], start, end)
         return {
             "name": g["name"],
             "count": g["count"],

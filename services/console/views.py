@@ -802,7 +802,7 @@ LEAVING = {"return": "returned", "mediate": "mediated"}
 
 LIST_FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel",
-    "urgent", "overdue", "from", "to", "q", "phone", "sort",
+    "urgent", "overdue", "from", "to", "q", "phone", "sort", "answer", "reopened",
 )  # fmt: skip
 LIST_PAGE_SIZE = 50
 STATUS_LABELS = {str(st): name for st, name in STATUS_NAMES.items()}  # the record's statuses are text
@@ -872,7 +872,7 @@ def list_choices(city: City) -> dict[str, Any]:
     streets = city.district.streets
     return {
         "statuses": [(st.value, STATUS_LABELS.get(st.value, st.value)) for st in Status],
-        "departments": [(d["id"], d["name"]) for d in present.departments_of(city)],
+        "departments": present.department_filter(city),
         "categories": sorted((c, "/".join(city.category_names(c))) for c in city.category_path),
         "streets": [(st.id, st.name) for st in streets],
         "communities": [(c.id, f"{st.name}/{c.name}") for st in streets for c in st.communities],
@@ -1976,6 +1976,9 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         tables=tables,
         dimension_names=DIMENSION_NAMES,
         overall=overall,
+        bases=present.rate_bases(overall),
+        min_answers=city.sla.ranking.min_answers,
+        tickets_link=present.tickets_link,
         map=present.grid_map(city, volume),
         trend=trend,
         trend_by=trend_by,
@@ -2074,7 +2077,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                     last = now_figures
                     shown = {
                         k: present.percent(v) if k.endswith("_rate") else v for k, v in now_figures.items()
-                    }
+                    } | present.rate_bases(now_figures)
                     yield f"event: figures\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n"
 
     return event_stream(stream())

@@ -111,7 +111,7 @@ class Handlers:
         )
         await self.scorecard.record(updates)  # what counts where: scoring.fields_for
         back = [u for u in updates if u.action == "verified" and u.verification and not u.verification.solved]
-        await self.notifier.sent_back([u.ticket_no for u in back])
+        await self.notifier.sent_back(back)
         await self.notifier.progress(
             # Held for a joint meeting (联席会议): several departments are to settle who handles it.
             # Not an escalation by a deadline (督办), which is the supervisors' and changes nothing

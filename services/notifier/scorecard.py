@@ -193,7 +193,8 @@ class Scorecard:
         return new
 
     async def query(self, group_by: str, start: date, end: date) -> list[dict]:
-        """Per group: the counters summed over [start, end] and the rates; best score first."""
+        """Per group: the counters summed over [start, end] and the rates, in ranking order
+        (`scoring.rank`: best score first, those with too few answers, 样本不足, after them)."""
         # A month is summed and kept once it ended a day ago: the notifier drops the sums of a month
         # gone by when a count comes late into it, by its own clock, which may be a little behind.
         settled = _month((datetime.now(self.tz) - timedelta(days=1)).date())
@@ -215,7 +216,7 @@ class Scorecard:
                 out.append(
                     {"group": g, "name": self.name_of(group_by, g)} | scoring.rates(total, self.weights)
                 )
-        return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["group"]))
+        return scoring.rank(out, self.city.sla.ranking.min_answers)
 
     def name_of(self, group_by: str, group: str) -> str:
         city = self.city

@@ -28,12 +28,20 @@ merged into another (`remerged`), it counts nowhere again. A merged duplicate ge
 is in no resolution or satisfaction rate. The resident's survey stays the measure of resolution and
 satisfaction. Of the answered surveys, those a hotline operator took on the phone (电话回访: the
 answer names the operator) are also counted apart (answered_by_phone): they are in the rates as
-any answer is, and the counter says how many answers the SMS alone would not have had.
+any answer is, and the counter says how many answers the SMS alone would not have had. An answer
+to a survey whose resolution had been sent back by then (a grid worker's check found it not solved,
+现场核查未解决: the survey was void before the resident answered) rates work that no longer stands:
+it is in no rate, counted apart (answered_void), and says nothing of the resolution that follows.
+
+Ranking: a group with fewer answered surveys in the period than the city's `min_answers`
+(sla.yaml `ranking`) has too few answers for its score to mean much (样本不足): one survey
+answered 满意 would give 100. `ranked` says it is not, and `rank` puts such groups after the
+ranked ones, whatever their score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.city import City
@@ -60,6 +68,9 @@ FIELDS = (
     "mediation_agreed",  # of the mediated: the parties reached an agreement (达成协议), not in a rate
     "merged",  # 并案件数: duplicates merged into a ticket already being handled, not in a rate
     "answered_by_phone",  # of the answered: on an operator's call (电话回访), not by SMS; no rate of its own
+    # 作废回访: answers to a survey whose resolution a grid worker's check had already sent back
+    # (现场核查未解决); not in `answered`, nor in any rate.
+    "answered_void",
     # 应响应: a department's response came due, counted once on the day it did: an acceptance (or a
     # merge answering for it) within the deadline, else the deadline passing unmet (the router's
     # overdue notice, or the late acceptance that came before the notice). A ticket still inside
@@ -138,6 +149,10 @@ def fields_for(event: Event) -> tuple[str, ...]:
             return ("mediated", "mediation_agreed") if event.mediation.outcome == "agreed" else ("mediated",)
         return ()
     if isinstance(event, SurveyAnswered):
+        if event.outcome == "answered" and event.rating is not None and event.void:
+            # Its resolution was sent back before the answer came: the 满意 is about work found not
+            # done, and the department is redoing it; the redo's own survey will rate it.
+            return ("answered_void",)
         if event.outcome == "answered" and event.rating is not None:
             solved = ("solved",) if event.solved else ()
             by_phone = ("answered_by_phone",) if event.by else ()  # the operator who asked (电话回访)
@@ -189,6 +204,14 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
         # Not in the score: how much of the hotline's work ends on the call (直接答复率).
         "direct_answer_rate": _round(_ratio(c["answered_directly"], c["assigned"]), 4),
     }
+
+
+def rank(rows: Iterable[dict], min_answers: int) -> list[dict]:
+    """The groups' rates (`rates`, each with its `group`) in ranking order: those with at least
+    `min_answers` answered surveys (`ranked`) by score, best first, then those with too few
+    (样本不足), by score too; a group with no score last in each, then by group id."""
+    out = [r | {"ranked": r["answered"] >= min_answers and r["score"] is not None} for r in rows]
+    return sorted(out, key=lambda r: (not r["ranked"], r["score"] is None, -(r["score"] or 0), r["group"]))
 
 
 def add(total: dict[str, int], counts: Mapping[str, int]) -> None:

@@ -295,11 +295,20 @@ class Notifier:
         await self.redis.delete(*states, *indexes)
         return len(states) + len(surveys) + kept
 
-    async def sent_back(self, ticket_nos: Sequence[str]) -> None:
-        """These tickets went back to their departments after a grid worker's check: their open
-        surveys send no reminder (`SurveyBook.withdraw_reminders`)."""
-        if ticket_nos:
-            await self.surveys.withdraw_reminders((await self._records_of(ticket_nos))[2])
+    async def sent_back(self, checks: Sequence[TicketUpdated]) -> None:
+        """These tickets went back to their departments after a grid worker's check (`verified`, not
+        solved): their open surveys send no reminder (`SurveyBook.withdraw_reminders`), and the
+        survey of the resolution sent back is void (`SurveyBook.void`): an answer still to come
+        says so, and counts in no rate. A check written before it named its survey voids the
+        ticket's surveys (the open one is that resolution's: an earlier one closed before it)."""
+        if not checks:
+            return
+        keys = (await self._records_of([c.ticket_no for c in checks]))[2]
+        await self.surveys.withdraw_reminders(keys)
+        named = [c.verification.survey_id for c in checks if c.verification and c.verification.survey_id]
+        unnamed = [c.ticket_no for c in checks if not (c.verification and c.verification.survey_id)]
+        old = (await self._records_of(unnamed))[2] if unnamed else []
+        await self.surveys.void([*named, *(k.removeprefix("survey:") for k in old)])
 
     async def _records_of(
         self, ticket_nos: Sequence[str]

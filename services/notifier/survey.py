@@ -100,6 +100,9 @@ class Survey(BaseModel):
     # the question "which one?" lists it when one phone has several surveys open. Never the
     # appeal's own words, which may name people and places. "" in records written before.
     about: str = ""
+    # Its resolution was sent back by a grid worker's check (现场核查未解决): an answer still closes
+    # it, and says so (`SurveyAnswered.void`).
+    void: bool = False
 
 
 class SurveyAnswer(BaseModel):

@@ -574,6 +574,21 @@ class SurveyBook:
                 p.zrem(CALLBACKS, *ids)  # nor does an operator phone them about it
                 await p.execute()
 
+    async def void(self, survey_ids: Sequence[str]) -> None:
+        """These surveys' resolutions were sent back (现场核查未解决): each stays as it is (open to its
+        end, or closed), marked void, so that an answer still to come says its resolution no longer
+        stands (`SurveyAnswered.void`). A survey no longer kept is left alone."""
+        ids = list(dict.fromkeys(survey_ids))
+        if not ids:
+            return
+        stored = await self.redis.mget([_survey_key(sid) for sid in ids])
+        async with self.redis.pipeline(transaction=False) as p:
+            for raw in stored:
+                if raw is not None:
+                    survey = Survey.model_validate_json(raw).model_copy(update={"void": True})
+                    p.set(_survey_key(survey.survey_id), survey.model_dump_json(), xx=True, keepttl=True)
+            await p.execute()
+
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
         """The resident's personal data was erased from these surveys' tickets: a survey still open
         ends as opted out (no one may ask them any more, and the ticket must still close), then
@@ -638,6 +653,8 @@ class SurveyBook:
             outcome=outcome,
             occurred_at=now,
             by=by,
+            # Read again: the check that voided it may have come since the survey was read.
+            void=outcome == "answered" and await self._is_void(survey.survey_id),
             **_groups(survey),
         )
         await self.redis.set(_answer_key(survey.survey_id), answered.json_text, ex=SURVEY_TTL)
@@ -654,6 +671,10 @@ class SurveyBook:
             await p.execute()
         SURVEYS_ANSWERED.labels(rating=str(rating) if rating else outcome).inc()
         return answered
+
+    async def _is_void(self, survey_id: str) -> bool:
+        kept = await self.get(survey_id)
+        return kept is not None and kept.void
 
     async def _comment(self, survey: Survey, text: str, now: datetime) -> None:
         comment = SurveyAnswered(

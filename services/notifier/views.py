@@ -171,6 +171,8 @@ async def scorecard(
             "resolution": w.resolution,
             "satisfaction": w.satisfaction,
         },
+        # Fewer answered surveys than this in the period: not ranked (样本不足, `ranked` false).
+        "min_answers": card.city.sla.ranking.min_answers,
         "groups": await card.query(group_by, start, end),
     }
 
@@ -195,6 +197,8 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "达成协议": lambda g: g["mediation_agreed"],
     "并案件数": lambda g: g["merged"],
     "电话回访": lambda g: g["answered_by_phone"],  # of 回访答复: answered on an operator's call
+    # Not in 回访答复 nor in any rate: answers to a survey whose resolution a check had sent back.
+    "作废回访": lambda g: g.get("answered_void", 0),
 }
 
 
@@ -207,13 +211,21 @@ async def scorecard_export(
     period: tuple[date, date] = Depends(stats_period),
 ):
     """The ranking of /stats as a table to open in Excel (排名表): rank, name, the three rates and
-    the score in percent and points, and the figures beside them, best score first."""
+    the score in percent and points, and the figures beside them, best score first; those with too
+    few answers (样本不足) after them, said in the rank's column."""
     card: Scorecard = request.app.state.scorecard
     start, end = period
     groups = await card.query(group_by, start, end)
     header = ["名次", GROUP_NAMES[group_by], *RANKING]
+    # Those with too few answers come last, named so in the rank's column rather than numbered
+    # (their score is there to read, not to be compared).
+    few = f"样本不足（回访答复少于{card.city.sla.ranking.min_answers}件）"
     rows = [
-        [rank, "未知" if g["group"] == "unknown" else g["name"], *(cell(g) for cell in RANKING.values())]
+        [
+            rank if g["ranked"] else few,
+            "未知" if g["group"] == "unknown" else g["name"],
+            *(cell(g) for cell in RANKING.values()),
+        ]
         for rank, g in enumerate(groups, 1)
     ]
     name = f"ranking-{group_by}-{start:%Y%m%d}-{end:%Y%m%d}"

@@ -19,7 +19,7 @@ from shared.city import City
 from shared.errors import DomainError
 from shared.knowledge import category_filter
 from shared.privacy import InvalidPhone, caller_id, normalize_phone
-from shared.tickets import Status
+from shared.tickets import RATING_NAMES, Status
 
 MAX_PAGE_SIZE = 500
 # Sort keys the API accepts -> SQL; ticket_no breaks ties so that pages never overlap.
@@ -62,6 +62,36 @@ def _flag(name: str, value: str | None) -> bool | None:
     if value.lower() in ("false", "0", "no"):
         return False
     raise invalid(name, f"“{value}”应为 true 或 false")
+
+
+# The rated answers to a ticket's surveys, oldest first, each its rating ("1" 满意 .. "3" 不满意) and
+# "v" when its survey's resolution had been sent back before it came (void: in no rate): each answer
+# is what the rates count, on the day it came; the ticket's `rating` keeps only the last one.
+ANSWERS_SQL = (
+    "ARRAY(SELECT (e.payload->>'rating') || CASE WHEN coalesce((e.payload->>'void')::boolean, false) "
+    "THEN 'v' ELSE '' END FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
+    "AND e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' "
+    "AND e.payload->>'rating' IS NOT NULL ORDER BY e.occurred_at)"
+)
+# 回访评价 filter: tickets with at least one counted answer of this rating (any of its surveys), as
+# the satisfaction rate counts each answer; its own `rating` is only the last.
+_ANSWERED_WITH = (
+    "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
+    "AND e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' = %s "
+    "AND NOT coalesce((e.payload->>'void')::boolean, false))"
+)
+
+
+def answers_words(answers: list[str] | None) -> str:
+    """The answers of `ANSWERS_SQL` as a manager reconciles them with the rates: each rating with how
+    often it was given, in the survey's order (不满意×2、满意×1), and the void ones apart (another
+    answer came after the check had sent its resolution back: in no rate). "" for none."""
+    counted = [a for a in answers or () if not a.endswith("v")]
+    void = len(answers or ()) - len(counted)
+    words = "、".join(f"{RATING_NAMES[r]}×{counted.count(str(r))}" for r in RATING_NAMES if str(r) in counted)
+    if void:
+        words += f"{'；' if words else ''}作废{void}次（核查退回后答复，不计入三率）"
+    return words
 
 
 @dataclass(frozen=True)
@@ -148,6 +178,14 @@ def build(
     for name in ("urgent", "overdue"):
         if (flag := _flag(name, raw.get(name))) is not None:
             add(f"{name} = %s", flag)
+    if answer := raw.get("answer"):
+        if answer not in {str(r) for r in RATING_NAMES}:
+            names = "、".join(f"{r}（{n}）" for r, n in RATING_NAMES.items())
+            raise invalid("answer", f"未知的回访评价“{answer}”，可选：{names}")
+        add(_ANSWERED_WITH, answer)
+    if (flag := _flag("reopened", raw.get("reopened"))) is not None:
+        # 重办: reopened at least once (a resident's 不满意 or 未解决, or a check found it not solved).
+        add("reopens > 0" if flag else "reopens = 0")
     if (flag := _flag("verified", raw.get("verified"))) is True:
         add("verified_at IS NOT NULL")
     elif flag is False:

@@ -2,8 +2,9 @@
 (`services.notifier.scoring`): an assignment on the day it happens (not the dispatch desk's waiting
 room; a reroute after a return and a re-dispatch by the desk, 改派, count again, for the new
 department), an acceptance on its day (and a merge, 并案, of a duplicate the department held and had
-not accepted yet, as its response), a survey answer on the day it arrives. Each event is grouped
-by the department, category and grid it names, as the notifier does.
+not accepted yet, as its response), a survey answer on the day it arrives (one to a survey whose
+resolution was sent back before it came, `void`, in no rate: counted apart as answered_void).
+Each event is grouped by the department, category and grid it names, as the notifier does.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ GROUP_SQL = {
     "grid": "CASE WHEN e.payload ? 'grid' THEN e.payload->>'grid' ELSE t.grid END",
     "street": "t.street",
 }
-_ANSWERED = (
+_RATED = (
     "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' IS NOT NULL"
 )
+# An answer to a survey whose resolution had been sent back by then says so (`void`): in no rate.
+_VOID = "coalesce((e.payload->>'void')::boolean, false)"
+_ANSWERED = f"{_RATED} AND NOT {_VOID}"
 # 并案: a duplicate merged while a department held it and had not accepted it yet answers for that
 # department's response (scoring.fields_for says why): its `merge` says whether it was on time.
 _MERGED = "e.topic = 'ticket.updated' AND e.payload->>'action' = 'merged'"
@@ -75,6 +79,7 @@ COUNTERS = {
     "merged": _MERGED,
     # 电话回访: an answer an operator took on the phone names them (`by`); by SMS it names nobody.
     "answered_by_phone": f"{_ANSWERED} AND e.payload->>'by' IS NOT NULL",
+    "answered_void": f"{_RATED} AND {_VOID}",
     # 应响应 (scoring.FIELDS says what counts): on time, or the deadline passed unmet, once.
     "due": f"({_ON_TIME}) OR ({_RESPOND_OVERDUE}) OR (({_LATE}) AND {_NOT_NOTICED})",
     "due_on_time": _ON_TIME,
@@ -83,10 +88,17 @@ COUNTERS = {
 
 
 async def rates(
-    pool: Pool, group_by: str, start: date, end: date, tz: ZoneInfo, weights: scoring.Weights
+    pool: Pool,
+    group_by: str,
+    start: date,
+    end: date,
+    tz: ZoneInfo,
+    weights: scoring.Weights,
+    min_answers: int,
 ) -> list[dict]:
-    """Per group: the counters over the local days [start, end] and the rates; best score first
-    (the shape of the notifier's `Scorecard.query`, names left to the caller)."""
+    """Per group: the counters over the local days [start, end] and the rates, in ranking order
+    (`scoring.rank`: fewer than `min_answers` answered surveys is 样本不足, after the others; the
+    shape of the notifier's `Scorecard.query`, names left to the caller)."""
     if group_by not in GROUP_SQL:
         raise ValueError(f"group_by must be one of {', '.join(GROUP_SQL)}")
     counters = ", ".join(f"count(*) FILTER (WHERE {sql}) AS {name}" for name, sql in COUNTERS.items())
@@ -105,4 +117,4 @@ async def rates(
         for r in rows
         if any(r[f] for f in scoring.FIELDS)
     ]
-    return sorted(out, key=lambda r: (r["score"] is None, -(r["score"] or 0), r["group"]))
+    return scoring.rank(out, min_answers)

@@ -27,7 +27,7 @@ from psycopg_pool import PoolTimeout
 from services.records import db
 from services.records.db import Pool
 from services.records.projection import in_order, meeting_of, ticket_of
-from services.records.query import Search, build
+from services.records.query import ANSWERS_SQL, Search, answers_words, build
 from services.router.meetings import Meeting
 from shared.auth import Principal, current_principal
 from shared.city import City
@@ -40,14 +40,14 @@ router = APIRouter(prefix="/api/v1", tags=["records"])
 
 FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue",
-    "verified", "phone",
+    "verified", "phone", "answer", "reopened",
 )  # fmt: skip
 LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
     "category_names, grid, community, street, department, department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
-    "merged_into, merged, updated_at, "
+    f"merged_into, merged, updated_at, {ANSWERS_SQL} AS answers, "
     # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's
     # row does not keep: read from its meeting, for the page's rows only.
     "(SELECT m.deadline FROM meetings m "
@@ -78,7 +78,8 @@ EXPORT = {
     "调解协议": "mediation_agreement",
     "并入": "merged_into",  # 并案: the main ticket a duplicate was merged into
     "并案": "merged",  # the duplicates merged into this one (the cell joins them with /)
-    "满意度": "rating",
+    "满意度": "rating",  # the last answer (the ticket's rating)
+    "历次回访": "answers",  # every answer, as the rates count them (`answers_words`)
     "来电号码": "masked_phone",
     "标题": "title",
     "诉求内容": "text",
@@ -168,6 +169,8 @@ async def search_tickets(
         return domain_error(e)
     except UNAVAILABLE:
         return unavailable()
+    for item in items:
+        item["answers"] = answers_words(item["answers"])
     return {"total": total["n"] if total else 0, "page": search.page, "size": search.size, "items": items}
 
 
@@ -237,7 +240,7 @@ def export_names(city: City) -> dict[str, dict[Any, str]]:
 async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIterator[list[Any]]:
     """The rows through a server-side cursor: a thousand at a time in memory, whatever the total."""
     names = export_names(city)
-    columns = ", ".join(EXPORT.values())
+    columns = ", ".join(f"{ANSWERS_SQL} AS answers" if c == "answers" else c for c in EXPORT.values())
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="export")
         await cur.execute(
@@ -246,6 +249,7 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIt
         )
         while batch := await cur.fetchmany(1000):
             for r in batch:
+                r["answers"] = answers_words(r["answers"])
                 yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
 
 

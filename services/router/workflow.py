@@ -1453,6 +1453,7 @@ def verify(
             reopens=reopens,
             respond_by=fresh.get("respond_by"),
             resolve_by=fresh.get("resolve_by"),
+            survey_id=ticket.resolution_id,
         ),
         **fields,
     )

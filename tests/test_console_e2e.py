@@ -221,7 +221,7 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         "group": "urban_mgmt", "name": "区城市管理委员会", "assigned": 1234, "answered": 321,
         "response_rate": 0.987, "resolution_rate": 0.912, "satisfaction_rate": 0.876, "score": 93.2,
         "urged": 12, "verified": 3, "verification_failed": 1, "mediated": 2, "mediation_agreed": 1,
-        "answered_by_phone": 4,
+        "answered_by_phone": 4, "ranked": True,
     }  # fmt: skip
     late = {
         "ticket_no": "20261201-000001", "urges": 2, "department": {"name": "区城市管理委员会"},
@@ -234,6 +234,7 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         map=present.grid_map(load_city(), {}),
         trend=None, trend_by="category", trend_error="趋势暂不可用", top_categories=[], top_max=0,
         overdue=[late], overdue_total=1, urlencode=urlencode,
+        bases=present.rate_bases(group), min_answers=3, tickets_link=present.tickets_link,
     )  # fmt: skip
     p = await on_a_phone(browser, html)
     try:

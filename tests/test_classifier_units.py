@@ -341,6 +341,41 @@ def test_dog_problems_have_a_category_of_their_own(classifier, text):
     assert not r.needs_review
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "楼上漏水把我家天花板泡坏了，楼上不配合维修，两家吵起来了，需要调解",
+        "两户邻居因为楼道堆物发生纠纷，天天吵架",
+        "我家和隔壁因为院墙的位置闹矛盾，希望街道帮忙调解",
+    ],
+)
+def test_disputes_between_neighbours_have_a_category_of_their_own(classifier, text):
+    """Without 邻里纠纷 these went to water supply, fire safety or housing safety, whose departments
+    could only refer them to mediation; the category is data like 养犬管理."""
+    appeal = AppealReceived(ticket_no="T9", channel="web", address="翠竹苑5号楼", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.category == "safety.disputes"
+    assert r.category_names == ("公共安全", "邻里纠纷")
+    assert r.confidence >= classifier.threshold
+    assert not r.needs_review
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("工地每天晚上施工到凌晨，噪音特别大", "env.noise"),
+        ("楼上邻居张大军家每天夜里十一点后还在装修敲打，吵得没法睡", "env.noise"),
+        ("路边的水管爆了，水哗哗往外冒", "utility.water"),
+        ("楼道里堆满了纸箱和旧家具，堵住了消防通道", "safety.fire"),
+    ],
+)
+def test_nuisances_a_bureau_acts_on_are_not_taken_for_disputes(classifier, text, category):
+    """A neighbour's noise or a blocked stairwell is still the bureau's when no one quarrels."""
+    appeal = AppealReceived(ticket_no="T9", channel="web", address="翠竹苑5号楼", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.category == category
+
+
 def test_the_models_own_threshold_is_used(classifier):
     assert classifier.model.threshold is not None
     assert classifier.threshold == classifier.model.threshold

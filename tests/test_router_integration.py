@@ -610,6 +610,41 @@ async def test_a_dispute_referred_to_the_street_s_mediation_committee_is_resolve
     assert group["mediated"] >= group["mediation_agreed"] >= 1
 
 
+async def test_a_dispute_goes_by_the_list_to_its_street_s_committee_which_mediates_it(
+    api, producer, city, tokens
+):
+    """邻里纠纷: the responsibility list assigns it straight to the mediation committee of the grid's
+    street (no bureau in between to refer it); the committee finds it in its queue, accepts it and
+    resolves it with the mediation's outcome, which no one may refer again."""
+    no = await inject(producer, city, "safety.disputes", "s02c02g01")  # 建设街道
+    t = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    assert (t["department"]["id"], t["assigned_via"], t["co_departments"]) == ("mediation_s02", "rule", [])
+    assert "建设街道人民调解委员会" in t["history"][-1]["explanation"]
+    committee = await tokens("mediation_s02")
+    queue = await api.get(
+        "/api/v1/departments/mediation_s02/tickets", headers=committee, params={"size": 200}
+    )
+    assert no in [x["ticket_no"] for x in queue.json()["tickets"]]
+    assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=committee)).status_code == 200
+    r = await api.post(
+        f"/api/v1/tickets/{no}/mediate", headers=committee, json={"reason": "楼上漏水赔偿协商不成"}
+    )
+    assert r.status_code == 409
+    assert "已由建设街道人民调解委员会调解" in r.json()["message"]
+    r = await api.post(
+        f"/api/v1/tickets/{no}/resolve",
+        headers=committee,
+        json={"note": "调解员组织双方调解", "mediation": {"outcome": "not_agreed"}},
+    )
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert (t["status"], t["mediation_outcome"], t["history"][-1]["mediation"]) == (
+        "resolved",
+        "not_agreed",
+        {"outcome": "not_agreed", "agreement": ""},
+    )
+
+
 async def test_an_operator_urges_an_open_ticket_once_per_key_and_not_a_finished_one(
     api, producer, city, tokens, redis, settings, pool
 ):

@@ -44,6 +44,8 @@ from tests.router_factory import TZ, grid
         ("safety.fire", "s03c01g02", "street_s03", ("fire",), "rule"),
         ("safety.fire", "s01c01g01", "fire", (), "rule"),
         ("safety.dogs", "s03c01g02", "police", ("urban_enforcement",), "rule"),  # not fire's street rule
+        ("safety.disputes", "s02c02g01", "mediation_s02", (), "rule"),  # the grid's street's committee
+        ("safety.disputes", "s03c01g02", "mediation_s03", (), "rule"),
         ("env.noise", "s02c02g01", "environment", ("police", "urban_enforcement"), "rule"),
     ],
 )
@@ -66,8 +68,9 @@ def test_low_confidence_goes_to_the_dispatch_desk_and_says_why(city):
 
 def test_unknown_grid_goes_to_the_dispatch_desk_where_the_place_decides_the_department(city):
     """Garbage is the street's in one grid (南苑批发市场), street vending the street's in 建设街道:
-    without a grid no rule can be chosen, so a person places it."""
-    for category in ("city.appearance.garbage", "city.appearance.street_vending"):
+    without a grid no rule can be chosen, so a person places it. So is a dispute: its street's
+    mediation committee takes it."""
+    for category in ("city.appearance.garbage", "city.appearance.street_vending", "safety.disputes"):
         assert category in city.placed_categories
         r = route(city, category, grid(city, None), 0.9, 0.5)
         assert (r.lead, r.via) == ("dispatch_desk", "dispatch_desk")
@@ -143,6 +146,8 @@ def test_candidates_and_responsibility(city):
     g = grid(city, "s03c02g03")
     assert candidates(city, "city.appearance.garbage", g) == ["street_s03", "urban_mgmt", "urban_enforcement"]
     assert candidates(city, "city.facility.road_damage", grid(city, "s01c01g01")) == ["urban_mgmt"]
+    # A committee's return (not a dispute for it) reaches the bureau that guides people's mediation.
+    assert candidates(city, "safety.disputes", grid(city, "s02c02g01")) == ["mediation_s02", "justice"]
     assert responsible(city, "city.appearance.garbage", g, "urban_mgmt").lead == "urban_mgmt"
     assert responsible(city, "city.appearance.garbage", g, "water") is None
 

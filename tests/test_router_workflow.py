@@ -1226,6 +1226,41 @@ def test_the_mediator_resolves_with_the_outcome_and_the_agreement():
     )
 
 
+def test_a_dispute_the_list_assigns_to_the_committee_is_mediated_by_it_without_a_referral():
+    """邻里纠纷 goes by the responsibility list straight to the committee of the grid's street (a
+    grid worker's report too): no bureau holds it first to refer it with a new deadline. The
+    committee accepts it, cannot refer it again, and resolves it with the mediation's outcome."""
+    t = assigned_ticket(CITY, "safety.disputes", "s03c01g02")
+    assert (t.status, t.department.id, t.assigned_via, t.co_departments) == (
+        st.ASSIGNED,
+        "mediation_s03",
+        "rule",
+        (),
+    )
+    accepted = workflow.accept(t, "mediation_s03", CITY, T0 + timedelta(hours=1)).ticket
+    with pytest.raises(WorkflowError) as e:
+        workflow.refer_to_mediation(accepted, "mediation_s03", DISPUTE, CITY, TZ, T0)
+    assert e.value.code == "already_with_committee"
+    with pytest.raises(WorkflowError) as e:
+        workflow.resolve(accepted, "mediation_s03", "已调解", CITY, T0 + timedelta(hours=2))
+    assert e.value.code == "mediation_required"
+    out = workflow.resolve(
+        accepted, "mediation_s03", "组织双方面对面调解", CITY, T0 + timedelta(hours=2), mediation=AGREED
+    )
+    terms = "楼上住户承担维修费800元，7日内修复防水层"
+    assert (out.ticket.status, out.ticket.mediation_outcome, out.ticket.mediation_agreement) == (
+        st.RESOLVED,
+        "agreed",
+        terms,
+    )
+    [event] = out.publish
+    assert (event.department.id, event.mediation, event.on_time) == (
+        "mediation_s03",
+        Mediation(outcome="agreed", agreement=terms),
+        True,
+    )
+
+
 def test_a_committee_must_say_how_the_mediation_ended_and_no_one_else_may():
     t = committee_ticket()
     cases = [

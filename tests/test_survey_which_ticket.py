@@ -13,6 +13,7 @@ from services.notifier.survey import (
     Ask,
     Rate,
     Survey,
+    answers_survey_in_chat,
     choose_survey,
     rating_words,
     read_inbound,
@@ -143,6 +144,11 @@ def test_a_reference_does_not_stop_a_rating_being_read_as_one():
     assert inbound.reply is not None
     assert inbound.reply.rating == 3
     assert read_inbound("0101").kind == "words"
+    # In the chat, where words are appeals, a bare reference may still answer "which ticket?" (the
+    # survey book takes it only when it kept a reply); a reference with words is no reply.
+    assert answers_survey_in_chat(read_inbound("0101"))
+    assert answers_survey_in_chat(read_inbound("尾号0101"))
+    assert not answers_survey_in_chat(read_inbound("0101号楼下的路灯坏了"))
 
 
 @pytest.mark.parametrize(

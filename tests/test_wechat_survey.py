@@ -14,6 +14,7 @@ import pytest
 
 from services.intake.wechat import SURVEY_REOPENED, SURVEY_THANKS
 from services.notifier.scorecard import Scorecard
+from services.notifier.survey import short_ref
 from services.records.rates import rates
 from shared.auth import issue_token
 from shared.privacy import mask_openid
@@ -85,6 +86,35 @@ async def test_the_result_and_the_survey_reach_a_wechat_resident_and_3_reopens(a
     assert "还是不亮" in reopened["history"][-1]["note"]
     # Nothing open any more: the next words are an appeal, as before.
     assert "工单号" in await say(api, user, "小区东门的垃圾桶满了好几天没人清运，味道很大")
+
+
+async def test_with_two_surveys_open_the_chat_asks_which_and_the_reference_alone_answers(api, redis):
+    """Two of a WeChat resident's tickets wait for their rating: a rating that names neither is not
+    guessed but asked about, and the answer to the question, the ticket's reference alone, rates
+    that ticket with what was said (and is not taken for a new appeal)."""
+    user = openid()
+    first = await surveyed_in_wechat(api, redis, user)
+    said = await say(api, user, "幸福里小区5号楼下的垃圾桶满了三天没人清运，臭味很大，希望尽快清理")
+    found = re.search(r"工单号：(\d{8}-\d{6})", said)
+    assert found, said
+    second = found.group(1)
+    await resolve_when_assigned(api, redis, second)
+    await ticket_when(api, second, lambda t: t["status"] == "surveyed")
+    await eventually(lambda: _two(wechat_outbox(api, redis, user, "survey")))
+    ref = short_ref(first, [first, second])
+
+    question = await say(api, user, "3 还是不亮")
+    assert f"尾号{ref}" in question
+    assert (await api.get(f"/api/v1/tickets/{first}")).json()["status"] == "surveyed"  # not guessed
+    assert await say(api, user, ref) == SURVEY_REOPENED.format(ticket_no=first)
+    await ticket_when(api, first, lambda t: t["reopens"] == 1)
+    assert (await api.get(f"/api/v1/tickets/{second}")).json()["status"] == "surveyed"
+    # Nothing kept any more: a bare number again is no answer, and no appeal either (too short).
+    assert "工单号" not in await say(api, user, ref)
+
+
+async def _two(listed) -> bool:
+    return len(await listed) == 2
 
 
 async def test_1_in_wechat_closes_the_ticket_and_counts_in_both_rates(

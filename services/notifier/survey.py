@@ -223,13 +223,22 @@ CHAT_REPLY_MAX_CHARS = 15
 _REPLY_OPENINGS = tuple(w for w, _ in _WORDS) + _UNSOLVED  # what a reply may begin with
 
 
+def bare_reference(text: str) -> bool:
+    """Whether the message is a ticket's reference and nothing else ("0101", "尾号0101"): the answer
+    to "which ticket?", which applies the reply kept while the resident was asked."""
+    ref, rest = split_reference(text)
+    return ref is not None and not rest
+
+
 def answers_survey_in_chat(inbound: Inbound) -> bool:
-    """Whether a rating read in a chat message answers the user's open survey. The chat is also where
-    residents appeal, so a new complaint that says 不满意 or 没解决 in passing must stay an appeal:
-    a message answers only when it begins with its rating (1/2/3, 满意, 不满意, 没解决…) or is short
-    enough to be nothing but a reply. By SMS every message to the survey's number is a reply."""
+    """Whether a chat message may answer the user's open survey: a rating, or a bare reference (the
+    answer to "which ticket?"; `SurveyBook.answer_in_wechat` takes it only when a reply was kept).
+    The chat is also where residents appeal, so a new complaint that says 不满意 or 没解决 in passing
+    must stay an appeal: a message answers only when it begins with its rating (1/2/3, 满意, 不满意,
+    没解决…) or is short enough to be nothing but a reply. By SMS every message to the survey's
+    number is a reply."""
     if inbound.kind != "rating":
-        return False
+        return bare_reference(inbound.text)
     ref, rest = split_reference(inbound.text)
     text = normalize(rest if ref is not None else inbound.text).strip()
     if _LEADING_DIGIT.match(text) or len(text) <= CHAT_REPLY_MAX_CHARS:

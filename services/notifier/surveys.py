@@ -54,6 +54,7 @@ from services.notifier.survey import (
     SurveyAnswer,
     SurveyComment,
     WhichTicket,
+    bare_reference,
     choose_survey,
     rating_words,
     read_inbound,
@@ -336,8 +337,11 @@ class SurveyBook:
         unsatisfied or not-solved answer reopens the ticket). None when it is no rating, or they
         have no survey open (or another answer closed it first): the message is then what it was
         before (a new appeal). Words without a rating are never comments here, as they are by SMS:
-        WeChat users write new appeals in the same conversation."""
-        if inbound.kind != "rating" or inbound.reply is None or inbound.reply.rating is None:
+        WeChat users write new appeals in the same conversation. A bare reference ("0101") answers
+        "which ticket?" when a reply was kept while the resident was asked, and is otherwise none
+        of these either."""
+        rated = inbound.kind == "rating" and inbound.reply is not None and inbound.reply.rating is not None
+        if not rated and not (bare_reference(inbound.text) and await self.redis.exists(_pending_key(openid))):
             return None
         now = self.clock()
         decided = await self._choose(openid, inbound.text, now)

@@ -76,6 +76,10 @@ def test_default_templates_render_with_the_ticket_number():
     assert "已更换路灯灯泡" in survey
     assert t.short_note("很" * 100).endswith("…")
     assert len(t.short_note("很" * 100)) == t.note_max_chars
+    # Cut where a clause ends, when one does in the second half, not inside a word.
+    note = "经现场勘查，系线路老化导致路灯断电，维修人员已于当日更换电缆并更新配电箱，现已恢复正常照明"
+    assert t.short_note(note) == "经现场勘查，系线路老化导致路灯断电，维修人员已于当日更换电缆并更新配电箱…"
+    assert t.short_note("经现场勘查，" + "很" * 50) == "经现场勘查，" + "很" * 33 + "…"  # none late enough
 
 
 def _write(tmp_path: Path, body: str) -> Path:

@@ -130,9 +130,19 @@ class Texts(BaseModel):
         return template.format(signature=self.signature if channel == "sms" else "", **fields)
 
     def short_note(self, note: str) -> str:
+        """The department's note as a message quotes it: at most `note_max_chars`, cut where a
+        clause ends when one does in its second half (经现场勘查，线路老化导致断电，… rather than
+        …已更换电缆并更…), else where the limit falls."""
         note = " ".join(note.split()).rstrip("。.")
         n = self.note_max_chars
-        return note if len(note) <= n else note[: n - 1] + "…"
+        if len(note) <= n:
+            return note
+        head = note[: n - 1]
+        end = max(head.rfind(mark) for mark in CLAUSE_ENDS)
+        return (head[:end] if end >= n // 2 else head) + "…"
+
+
+CLAUSE_ENDS = ("。", "；", "！", "？", "，", "、", ";", ",", " ")
 
 
 def load_texts(path: str | Path | None = None) -> Texts:

@@ -3075,6 +3075,11 @@ async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatc
     counts = re.findall(r'font-weight="bold">(\d+)</text>', html)
     assert counts == ["11"]  # the one grid that received appeals, by what it received
     assert "各网格受理诉求量" in html
+    # Each grid opens its tickets of the period, named for whoever cannot see the shading.
+    links = re.findall(r'<a href="(/console/tickets\?grid=[^"]*)" aria-label="([^"]*)">', html)
+    assert len(links) == len([g for g in city.grids.values() if g.grid.polygon])
+    assert all(href.endswith(f"&amp;{period}") for href, _ in links)
+    assert any(label.endswith("：11件，查看工单") for _, label in links)
     # The trend by street away: said where the trend goes; the appeals' counts still shown.
     assert "统计库暂不可用" in html
 

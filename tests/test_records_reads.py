@@ -290,6 +290,20 @@ async def test_a_meeting_the_record_has_no_facts_of_is_read_from_redis(api, redi
         await redis.delete(f"meeting:{mid}")
 
 
+async def test_a_ticket_held_by_a_meeting_is_listed_with_the_meetings_deadline(api, redis, pool, system_city):
+    """Its clock is the meeting's (会议时限): from the hold while the record has no facts of the
+    meeting (they come when its tickets leave Redis), as the ticket's own page has it."""
+    no = made_up_no()
+    marker = f"会议时限列表{no}"
+    held = meeting_ticket(system_city, no, f"M-list-{no}", marker, facts=False)[:3]  # appeal, hold
+    await record(pool, system_city, held)
+    r = await api.get("/api/v1/tickets", params={"q": marker}, headers=await bearer(redis))
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["items"]
+    assert item["status"] == "meeting"
+    assert datetime.fromisoformat(item["meeting_by"]) == DAY + timedelta(days=3)
+
+
 async def test_the_lists_category_filter_takes_a_branch_from_the_citys_tree(api, redis, pool, system_city):
     marker = f"档案分类筛选{made_up_no()}"
     kinds = {

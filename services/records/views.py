@@ -49,9 +49,14 @@ LIST_COLUMNS = (
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
     f"merged_into, merged, updated_at, {ANSWERS_SQL} AS answers, "
     # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's
-    # row does not keep: read from its meeting, for the page's rows only.
-    "(SELECT m.deadline FROM meetings m "
-    "WHERE m.meeting_id = tickets.meeting_id AND tickets.status = 'meeting') AS meeting_by"
+    # row does not keep: read for the page's rows only, from the meeting's row once the record has
+    # its facts (when its tickets leave Redis), until then from the hold (`escalated`), which
+    # carries the deadline as the ticket in Redis has it.
+    "CASE WHEN tickets.status = 'meeting' THEN COALESCE("
+    "(SELECT m.deadline FROM meetings m WHERE m.meeting_id = tickets.meeting_id), "
+    "(SELECT (e.payload->'meeting'->>'deadline')::timestamptz FROM ticket_events e "
+    "WHERE e.ticket_no = tickets.ticket_no AND e.payload->'meeting'->>'meeting_id' = tickets.meeting_id "
+    "ORDER BY e.occurred_at DESC LIMIT 1)) END AS meeting_by"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {

@@ -309,6 +309,25 @@ async def test_a_reply_rates_the_ticket_it_names_and_one_naming_none_is_asked_ab
     assert isinstance(await kit.notifier.surveys.reply(phone, "1"), SurveyComment)
 
 
+async def test_a_kept_reply_waits_while_the_resident_rates_the_other_ticket_first(make_kit, clock):
+    """Asked which ticket "1" rates, the resident first rates the other one with its reference and
+    words of its own; the first ticket's reference alone then applies the kept "1", as the question
+    promised."""
+    kit = make_kit()
+    phone = new_phone()
+    light, resolved_light = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved_light])
+    clock.now = NOON + timedelta(hours=1)
+    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
+    await kit.notifier.start_surveys([resolved_rubbish])
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1"), WhichTicket)
+    rated = await kit.notifier.surveys.reply(phone, f"{rubbish.ticket_no[-4:]} 3 垃圾还是没人收")
+    assert rated == SurveyAnswer(ticket_no=rubbish.ticket_no, rating=3, solved=False)
+    kept = await kit.notifier.surveys.reply(phone, light.ticket_no[-4:])
+    assert kept == SurveyAnswer(ticket_no=light.ticket_no, rating=1, solved=True)
+    assert [a.text for a in kit.answers(light.ticket_no)] == ["1"]
+
+
 async def test_a_reply_that_names_its_ticket_rates_it_at_once(make_kit, clock):
     kit = make_kit()
     phone = new_phone()
@@ -527,6 +546,20 @@ async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
     assert await kit.notifier.scan(datetime(2026, 11, 23, 23, 59, tzinfo=SH)) == 0
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
     assert next(m["ticket_no"] for m in await kit.sent(phone)) == "20261123-000202"
+
+
+async def test_what_the_cap_exempts_it_does_not_count(make_kit):
+    """An urgent appeal's acknowledgement (as an answer to the resident's own message: a rating's
+    confirmation, a query's answer) goes past the cap, and does not use up the day's notices."""
+    kit = make_kit(cap=2)
+    phone = new_phone()
+    urgent = AppealReceived(ticket_no="20261123-000210", channel="sms", text="燃气泄漏", urgent_flag=True)
+    assert await kit.notifier.acknowledge(urgent, urgent.ticket_no, phone, urgent=True) == "sent"
+    results = []
+    for n in range(3):
+        appeal = AppealReceived(ticket_no=f"20261123-0002{n + 11:02d}", channel="sms", text="路灯坏了")
+        results.append(await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone))
+    assert results == ["sent", "sent", "held"]
 
 
 async def test_held_message_survives_a_restart_and_is_sent_once(make_kit, clock):

@@ -272,7 +272,10 @@ class Dispatcher:
                     results.append("retrying")
                 else:
                     key, record = state_record(m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
-                    written.append((key, record, m.to))
+                    # Counted against the cap unless exempt from it: an urgent notice, or an answer
+                    # to the resident's own message (a query's, a rating's confirmation), which would
+                    # otherwise use up the day's notices and hold the next one until morning.
+                    written.append((key, record, "" if m.urgent else m.to))
                     SMS_SENT.labels(kind=m.kind).inc()
                     results.append("sent")
             indexes: dict[str, int] = {}  # a ticket's index key -> its position (from 1)

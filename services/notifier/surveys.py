@@ -303,8 +303,9 @@ class SurveyBook:
         decided = choose_survey(surveys, text, pending)
         if decided is None or isinstance(decided, Ask):
             return decided
-        if pending is not None and (decided.from_pending or decided.reply.has_rating):
-            # Applied, or said again with its ticket named: nothing is left to ask about.
+        if decided.from_pending:
+            # Applied. A rating of another ticket leaves it kept: the question promised that the
+            # reference alone applies it, and the resident may rate the other ticket first.
             await self.redis.delete(_pending_key(to))
         return decided.survey, decided.reply
 

@@ -250,6 +250,11 @@ def test_a_ticket_held_for_a_joint_meeting_and_reassigned_says_why_each_step():
     # A deadline's escalation (督办) is the staff's business, not the resident's.
     supervised = {"topic": "ticket.updated", "action": "escalated", "supervision": {"stage": "resolve"}}
     assert step_words(supervised) is None
+    # The survey: a rating is an evaluation, unread words a message kept; none is no step of theirs.
+    answered = {"topic": "survey.answered"}
+    assert step_words({**answered, "outcome": "answered", "rating": 1}) == "已收到您的评价"
+    assert step_words({**answered, "outcome": "comment"}) == "已收到您的留言"
+    assert step_words({**answered, "outcome": "no_answer"}) is None
 
 
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():

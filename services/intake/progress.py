@@ -65,8 +65,8 @@ _SHOWN = {
     "closed": "工单已关闭",
     "reopened": "工单重新办理",
     "urged": "已收到您的催办，已转告承办单位",
-    "survey.answered": "已收到您的评价",
 }
+_ANSWERED = {"answered": "已收到您的评价", "comment": "已收到您的留言"}
 
 # An assignment after the first says how it came about: the resident sees the department change, or
 # the same one named twice (a joint meeting gives the ticket back to it), and should know why.
@@ -195,6 +195,8 @@ def step_words(record: dict[str, Any], *, department: bool = True) -> str | None
         return f"所并入的工单{merge.get('via', '')}已与工单{merge.get('into', '')}合并办理"
     if key == "escalated" and record.get("meeting"):  # 吹哨报到: held for the departments to settle
         return "已提请相关部门召开联席会议，协调确定承办单位"
+    if key == "survey.answered":  # a rating, or words kept as a comment; no answer is no step of theirs
+        return _ANSWERED.get(record.get("outcome") or "answered")
     words = _SHOWN.get(key)
     if key == "ticket.assigned":  # why a second department (or the same one again) has it now
         words = _ASSIGNED_AGAIN.get(record.get("via") or "", words)

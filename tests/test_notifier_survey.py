@@ -80,6 +80,10 @@ def test_default_templates_render_with_the_ticket_number():
     note = "经现场勘查，系线路老化导致路灯断电，维修人员已于当日更换电缆并更新配电箱，现已恢复正常照明"
     assert t.short_note(note) == "经现场勘查，系线路老化导致路灯断电，维修人员已于当日更换电缆并更新配电箱…"
     assert t.short_note("经现场勘查，" + "很" * 50) == "经现场勘查，" + "很" * 33 + "…"  # none late enough
+    # A mediation's resolution says first how it ended: the resident was a party to it.
+    assert t.resolution("双方当面协商。", "agreed") == "调解成功，达成协议：双方当面协商"
+    assert t.resolution("建议通过诉讼解决", "not_agreed") == "调解不成：建议通过诉讼解决"
+    assert t.resolution("已更换路灯灯泡。") == "已更换路灯灯泡"
 
 
 def _write(tmp_path: Path, body: str) -> Path:

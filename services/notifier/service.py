@@ -261,7 +261,7 @@ class Notifier:
         """The result notice of a kept survey whose question is moot (it closed unanswered): the
         resolution it asked about, without the question. Named after that survey's message, so a
         retry of the job writes the same message."""
-        note = self.texts.short_note(ticket.resolution_note if ticket else "")
+        note = self.texts.resolution(ticket.resolution_note, ticket.mediation_outcome) if ticket else ""
         to = Recipient(survey.channel, survey.to)
         message = self._to(to, "result", "result", survey.ticket_no or "", note=note)
         return replace(message, message_id=derived_id(survey.message_id, "result"))
@@ -371,7 +371,10 @@ class Notifier:
         duplicates = await self.store.get_many([no for _, no in pairs])
         recipients = await self.recipients([d.caller.caller_id if d else None for d in duplicates])
         messages = [
-            (f"{u.event_id}:{no}", self._to(to, "result", "result", no, note=self.texts.short_note(u.note)))
+            (
+                f"{u.event_id}:{no}",
+                self._to(to, "result", "result", no, note=self.texts.resolution(u.note, _outcome(u))),
+            )
             for (u, no), to in zip(pairs, recipients, strict=True)
             if to
         ]
@@ -447,3 +450,8 @@ class Notifier:
 
     def _local_time(self, value: object) -> str:
         return month_day_time(value, self.policy.tz)
+
+
+def _outcome(resolved: TicketUpdated) -> str | None:
+    """A mediation committee's resolution: how the mediation ended (None for any other)."""
+    return resolved.mediation.outcome if resolved.mediation else None

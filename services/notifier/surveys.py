@@ -154,7 +154,9 @@ class SurveyBook:
         reads: its note is the resolution note, and its department, category and grid are kept
         with the survey for the answer's event."""
         no = resolved.ticket_no
-        note = self.texts.short_note(resolved.note)
+        note = self.texts.resolution(
+            resolved.note, resolved.mediation.outcome if resolved.mediation else None
+        )
         if to is None:
             return [self._not_asked(resolved, "skipped_anonymous")]
         address, channel = to.address, to.channel

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.tickets import MEDIATION_OUTCOME_NAMES
+
 DEFAULT_FILE = Path(__file__).with_name("notifications.yaml")
 
 # Template -> the fields it may use (signature is always allowed).
@@ -128,6 +130,14 @@ class Texts(BaseModel):
         (【12345】, which carriers require) names a sender the chat already shows."""
         template = self.templates.get(name) or _shipped().templates[name]
         return template.format(signature=self.signature if channel == "sms" else "", **fields)
+
+    def resolution(self, note: str, mediation: str | None = None) -> str:
+        """What a message tells of a resolution: the note, shortened (`short_note`), after the
+        mediation's outcome when a mediation committee resolved it (调解成功，达成协议：…): the
+        resident, a party to it, is asked to rate it knowing how it ended."""
+        short = self.short_note(note)
+        outcome = MEDIATION_OUTCOME_NAMES.get(mediation or "")
+        return f"{outcome}：{short}" if outcome and short else outcome or short
 
     def short_note(self, note: str) -> str:
         """The department's note as a message quotes it: at most `note_max_chars`, cut where a

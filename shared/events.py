@@ -242,6 +242,7 @@ Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
 # closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
 SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
+AnswerVia = Literal["lookup"]  # where a resident answered other than by replying (`SurveyAnswered.via`)
 MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
 ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other", "wrong_category"]
 Stage = Literal["dispatch", "respond", "resolve", "meeting", "check"]  # the clock a deadline timer watches
@@ -470,6 +471,10 @@ class SurveyAnswered(Event):
     category: str | None = None
     grid: str | None = None
     by: str | None = None  # the operator who asked on the phone (电话回访); None: by SMS
+    # Answered on the resident's lookup page (查询页: by ticket number and the phone's last four
+    # digits) instead of by a reply: counted as any answer, and not as 电话回访 (`by` stays None).
+    # None: by their reply (SMS, WeChat) or on the phone.
+    via: AnswerVia | None = None
     # The survey's resolution had been sent back before this answer came (a grid worker's check found
     # it not solved, 现场核查未解决): the answer rates work that no longer stands, and counts in no
     # rate (`scoring.fields_for`). False in events written before it was said.

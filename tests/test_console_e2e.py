@@ -2532,6 +2532,87 @@ async def test_a_wechat_notices_signed_link_opens_its_ticket_until_it_expires(
     await context.close()
 
 
+async def test_a_resident_without_the_survey_sms_rates_the_ticket_on_the_lookup_page(
+    browser: Browser, redis, system: System
+):
+    """回访中, the lookup offers the survey's answers; 不满意/未解决 closes the survey as an SMS answer
+    would (the ticket goes back to its department), given on the page and not by phone; the page says
+    what happens next, a second post gives the same answer, and the survey is offered no more."""
+    phone = new_phone()
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "和平街12号楼下的路灯坏了，晚上很黑", phone, "和平街12号")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        dept = {
+            "Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"
+        }
+        r = await client.post(
+            f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=dept
+        )
+        assert r.status_code == 200, r.text
+        await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+        context = await browser.new_context(
+            base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+        )
+        await listen(context)
+        page = await context.new_page()
+        await page.goto("/console/lookup")
+        await page.get_by_label("工单号").fill(no)
+        await page.get_by_label("来电手机号后四位").fill(phone[-4:])
+        await page.get_by_role("button", name="查询").click()
+        await expect(page.locator("#survey-form")).to_be_visible()
+        await touch_sized(page, "#survey-submit")
+        await accessible(page)
+        await shot(page, "lookup-survey")
+        form = page.locator("#survey-form")
+        await form.get_by_label("不满意").check()
+        await form.get_by_label("未解决").check()
+        await form.get_by_label("意见或建议").fill("灯亮了两天又坏了")
+        await page.locator("#survey-submit").click()
+        await expect(page.locator("#survey-done")).to_have_text("您的评价已记录：不满意")
+        await expect(page.locator("#survey-done")).to_be_focused()
+        await expect(page.locator("#survey-next")).to_contain_text("已退回承办单位重新办理")
+        await expect(page.locator("#lookup-status")).to_have_text("已评价，退回重新办理")
+        await expect(page.locator("#survey-form")).to_have_count(0)
+        assert phone not in (await page.locator("main").text_content() or "")
+        await accessible(page)
+        await shot(page, "lookup-survey-done")
+
+        back = await ticket_when(client, no, lambda t: t["status"] == "assigned" and t["reopens"] == 1)
+        answers = [h for h in back["history"] if h["topic"] == "survey.answered"]
+        assert len(answers) == 1
+        assert (answers[0]["rating"], answers[0]["solved"], answers[0]["text"]) == (
+            3,
+            False,
+            "灯亮了两天又坏了",
+        )
+        assert (answers[0]["by"], answers[0]["via"]) == (None, "lookup")  # not 电话回访
+
+        # Sent again (a double click, the browser's resend): the answer recorded the first time.
+        csrf = await page.locator("form[action='/console/lookup'] input[name=csrf]").input_value()
+        fields = {"csrf": csrf, "ticket_no": no, "last4": phone[-4:], "rating": "1", "solved": "yes"}
+        again = await page.request.post("/console/lookup/survey", form=fields)
+        assert again.status == 200
+        said = await again.text()
+        assert "您的评价已记录：不满意" in said
+        # Wrong digits: refused like a lookup, and nothing recorded (the token: the last page's).
+        csrf = re.findall(r'name="csrf" value="([^"]+)"', said)[0]
+        wrong = "0000" if phone[-4:] != "0000" else "1111"
+        refused = await page.request.post(
+            "/console/lookup/survey", form={**fields, "csrf": csrf, "last4": wrong}
+        )
+        assert refused.status == 404
+        # Looked up again: being handled again, no survey to answer.
+        await page.goto("/console/lookup")
+        await page.get_by_label("工单号").fill(no)
+        await page.get_by_label("来电手机号后四位").fill(phone[-4:])
+        await page.get_by_role("button", name="查询").click()
+        await expect(page.locator("#lookup-status")).to_be_visible()
+        await expect(page.locator("#survey-form")).to_have_count(0)
+        final = await client.get(f"/api/v1/tickets/{no}")
+        assert len([h for h in final.json()["history"] if h["topic"] == "survey.answered"]) == 1
+        await context.close()
+
+
 async def test_docs_load_swagger_from_the_project(page: Page):
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))

@@ -17,7 +17,17 @@ import pytest
 
 from services.console import present
 from services.console.backend import Reply
-from services.console.lookup import clean_last4, clean_ticket_no, public_view
+from services.console.lookup import (
+    COMMENT_MAX,
+    RATINGS,
+    Answer,
+    Refused,
+    answer_view,
+    clean_last4,
+    clean_ticket_no,
+    public_view,
+    read_answer,
+)
 from services.console.views import (
     KNOWLEDGE_DONE,
     LIST_FILTERS,
@@ -34,7 +44,7 @@ from services.console.views import (
 from services.notifier import scoring
 from services.router.service import QueueFilter
 from shared.city import load_city
-from shared.events import Caller, DepartmentRef
+from shared.events import Caller, DepartmentRef, SurveyAnswered
 from shared.tickets import Status, Ticket
 from shared.trend import ranked
 from tests.markup import described_by
@@ -447,6 +457,72 @@ def test_a_resolution_found_not_to_solve_it_is_not_shown_as_the_result(city):
     assert "<dt>办理结果</dt>" not in html
     assert "上次答复" in html
     assert "问题未解决，正在重新办理" in html
+
+
+def test_a_residents_survey_answer_on_the_lookup_page_is_read_and_told_back():
+    """The survey's form on the lookup page: the three answers and 问题是否已解决, a comment within
+    its length; and the answer recorded, told back with what happens next."""
+    assert read_answer("3", "no", " 路灯还是不亮 ") == Answer(3, False, "路灯还是不亮")
+    assert read_answer("1", "yes", "") == Answer(1, True, "")
+    for rating in ("", "0", "4", "满意", "12"):
+        refused = read_answer(rating, "yes", "")
+        assert isinstance(refused, Refused)
+        assert (refused.status, refused.field) == (422, "rating")
+    assert read_answer("2", "", "") == Refused(422, "solved", "请选择问题是否已解决")
+    long = read_answer("2", "yes", "很" * (COMMENT_MAX + 1))
+    assert isinstance(long, Refused)
+    assert long.field == "comment"
+    assert str(COMMENT_MAX) in long.message
+    assert read_answer("2", "yes", "很" * COMMENT_MAX) == Answer(2, True, "很" * COMMENT_MAX)
+
+    def told(rating, solved, void=False):
+        event = SurveyAnswered(
+            ticket_no="20260302-000002", survey_id="s", rating=rating, solved=solved, text="", void=void
+        )
+        return answer_view(event)
+
+    # Counted as any answer: not as 电话回访, which names an operator.
+    on_the_page = SurveyAnswered(
+        ticket_no="20260302-000002", survey_id="s", rating=3, solved=False, text="", via="lookup"
+    )
+    assert scoring.fields_for(on_the_page) == ("answered", "unsatisfied")
+    assert told(3, False) == {
+        "words": "不满意",
+        "after": "已退回承办单位重新办理，办理结果将再次通知您",
+        "status": "已评价，退回重新办理",
+    }
+    assert told(1, False)["words"] == "满意，问题未解决"
+    assert "重新办理" in told(1, False)["after"]  # not solved reopens, satisfied or not
+    assert told(2, True) == {
+        "words": "基本满意",
+        "after": "感谢您的评价，本工单办理完毕",
+        "status": "已评价，办理完毕",
+    }
+    assert "现场核查" in told(1, True, void=True)["after"]
+
+
+def test_the_lookup_page_offers_the_survey_only_while_it_is_open(city):
+    found = {"ticket_no": "20260302-000002", "status": "已办结，待您评价", "steps": []}
+    base = {"request": None, "s": None, "csrf": "x", "errors": {}, "found": found, "ratings": RATINGS}
+    render = templates.get_template("lookup.html").render
+    values = {"ticket_no": "20260302-000002", "last4": "5678"}
+    offered = render(**base, values=values, rate=True, answer_values={}, answer_errors={}, comment_max=300)
+    assert 'action="/console/lookup/survey"' in offered
+    for words in ("满意", "基本满意", "不满意", "问题是否已解决", 'name="last4" value="5678"'):
+        assert words in offered
+    assert "survey-form" not in render(**base, values=values, rate=False, answer_values={}, answer_errors={})
+    done = render(
+        **base,
+        values=values,
+        answered={"words": "不满意", "after": "已退回承办单位重新办理"},
+        answer_errors={},
+    )
+    assert "您的评价已记录：不满意" in done
+    assert "已退回承办单位重新办理" in done
+    assert "survey-form" not in done
+    closed = render(**base, values=values, rate=False, answer_values={}, answer_errors={"form": "回访已结束"})
+    assert "回访已结束" in closed
+    assert "survey-form" not in closed
 
 
 def test_templates_render_residents_text_as_text():

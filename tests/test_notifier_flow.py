@@ -20,7 +20,7 @@ from services.notifier.gateway import Message, OutboxGateway
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.service import Notifier
 from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment, WhichTicket
-from services.notifier.surveys import CALL_ATTEMPTS, CallRefused
+from services.notifier.surveys import CALL_ATTEMPTS, AnswerRefused, CallRefused
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.events import (
@@ -465,6 +465,44 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
     # The resident's SMS after the call: a comment on the closed survey, not a second answer.
     clock.now = later + timedelta(minutes=20)
     assert isinstance(await surveys.reply(phone, "1"), SurveyComment)
+
+
+async def test_a_resident_without_the_sms_answers_on_the_lookup_page(make_kit, clock):
+    """The lookup page's answer closes the open survey as an SMS answer would (one `survey.answered`,
+    confirmed by SMS, no call due any more), marked as given there and not as 电话回访; sent twice it
+    gives the same answer; a ticket with no survey, or one already answered, is refused."""
+    kit = make_kit(quiet="none")
+    phone, ticket, sid = await surveyed_with_id(kit)
+    surveys = kit.notifier.surveys
+    assert await surveys.ticket_survey(ticket.ticket_no, NOON) is not None
+    later = NOON + timedelta(hours=25)
+    assert await due_for_a_call(kit, sid, later) is not None
+    answered = await surveys.answer_on_lookup(ticket.ticket_no, 3, False, " 路灯还是不亮 ", later)
+    assert (answered.outcome, answered.rating, answered.solved) == ("answered", 3, False)
+    assert (answered.by, answered.via, answered.text, answered.survey_id) == (
+        None,
+        "lookup",
+        "路灯还是不亮",
+        sid,
+    )
+    assert await due_for_a_call(kit, sid, later) is None
+    (confirmation,) = await kit.sent(phone, "confirmation")
+    assert "重新办理" in confirmation["text"]
+    # The page sent again (a double click, a reload): the first answer, nothing new published.
+    again = await surveys.answer_on_lookup(ticket.ticket_no, 1, True, "", later + timedelta(seconds=2))
+    assert again == answered
+    assert [a.event_id for a in kit.answers(ticket.ticket_no)] == [answered.event_id]
+    assert len(await kit.sent(phone, "confirmation")) == 1
+    # An SMS reply after it is a comment on the closed survey, not a second answer.
+    clock.now = later + timedelta(minutes=5)
+    assert isinstance(await surveys.reply(phone, "1"), SurveyComment)
+    # Answered by SMS first: the page may not answer it again.
+    phone2, other = await surveyed(kit)
+    assert isinstance(await surveys.reply(phone2, "1"), SurveyAnswer)
+    with pytest.raises(AnswerRefused, match="回访已结束"):
+        await surveys.answer_on_lookup(other.ticket_no, 3, False, "", later)
+    with pytest.raises(AnswerRefused, match="没有待评价的回访"):
+        await surveys.answer_on_lookup(made_up_no(), 1, True, "", later)
 
 
 async def test_a_callback_falls_due_at_its_own_time_not_the_reminders(make_kit, clock):

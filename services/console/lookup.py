@@ -2,6 +2,10 @@
 called from. They see where it is, and nothing personal: not the text, not the address, not the
 number. Guessing is bounded: a few wrong tries per ticket and per address each hour.
 
+A resident whose ticket waits for its satisfaction survey (回访中) and who lost or never got the SMS
+rates it here: the same three answers and 问题是否已解决, posted with the number and the digits again
+(checked and counted as a lookup), recorded as an SMS answer would be (`SurveyBook.answer_on_lookup`).
+
 A resident who appealed by WeChat has no phone to give: their notices and the answer to 查询 in the
 chat link here signed (`?t=<ticket_no>&e=<day>&s=<sig>`, `shared.lookup_link`), and the signed link
 shows the same, without the digits, until its day has passed. Its visits count against the
@@ -22,8 +26,10 @@ from services.intake.progress import ANSWERED, status_words, step_words
 
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
 from services.intake.progress import clean_ticket_no as clean_ticket_no
+from services.notifier.survey import rating_words, reopens
 from shared import lookup_link
 from shared.city import City
+from shared.events import Rating, SurveyAnswered
 from shared.store import TicketStore
 from shared.tickets import MEDIATION_OUTCOME_NAMES, Status, Ticket
 
@@ -37,6 +43,8 @@ TOO_OFTEN = "查询过于频繁，请一小时后再试"
 NEW_LINK = "请回到公众号对话中发送“查询”获取新链接；也可输入工单号和来电手机号后四位查询"
 BAD_LINK = "链接无效，可能不完整或被改动。" + NEW_LINK
 EXPIRED_LINK = "链接已过期。" + NEW_LINK
+COMMENT_MAX = 300  # characters: a few sentences, like an SMS reply
+RATINGS: tuple[tuple[Rating, str], ...] = ((1, "满意"), (2, "基本满意"), (3, "不满意"))
 
 
 @dataclass(frozen=True)
@@ -139,3 +147,42 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         "mediation": MEDIATION_OUTCOME_NAMES.get(ticket.mediation_outcome or "", ""),
         "steps": steps,
     }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A resident's answer to the survey as the lookup page's form gives it."""
+
+    rating: Rating
+    solved: bool
+    comment: str
+
+
+def read_answer(rating: str, solved: str, comment: str) -> Answer | Refused:
+    """The survey form's fields, or which one is wrong and why. Pure."""
+    chosen = next((r for r, _ in RATINGS if str(r) == rating.strip()), None)
+    if chosen is None:
+        return Refused(422, "rating", "请选择满意、基本满意或不满意")
+    if solved not in ("yes", "no"):
+        return Refused(422, "solved", "请选择问题是否已解决")
+    words = unicodedata.normalize("NFKC", comment).strip()
+    if len(words) > COMMENT_MAX:
+        return Refused(422, "comment", f"意见请不超过{COMMENT_MAX}字（现为{len(words)}字）")
+    return Answer(chosen, solved == "yes", words)
+
+
+def answer_view(answered: SurveyAnswered) -> dict[str, str]:
+    """What the page says of a recorded answer: the answer in words, what happens next, and the
+    ticket's status as the answer leaves it (the ticket read before it still says it waits for
+    the rating; the router applies the answer a moment later). Pure."""
+    rating = answered.rating or 3
+    if answered.void:  # a grid worker's check had sent the resolution back before the answer
+        after = "该办理结果经现场核查未解决，已由承办单位重新办理，办结后将再次请您评价"
+        status = "已评价，承办单位重新办理中"
+    elif reopens(rating, answered.solved):
+        after = "已退回承办单位重新办理，办理结果将再次通知您"
+        status = "已评价，退回重新办理"
+    else:
+        after = "感谢您的评价，本工单办理完毕"
+        status = "已评价，办理完毕"
+    return {"words": rating_words(rating, answered.solved), "after": after, "status": status}

@@ -224,6 +224,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         rating = RATING_NAMES.get(record.get("rating") or 0, "")
         if record.get("by"):  # asked on the phone (电话回访)
             return f"电话回访（话务员{record['by']}）：{rating}"
+        if record.get("via") == "lookup":  # on the resident's lookup page, not by a reply
+            return f"市民在查询页评价：{rating}"
         outcome = record.get("outcome") or "answered"
         if rating or outcome == "answered":
             return f"市民回复回访：{rating}"

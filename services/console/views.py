@@ -43,6 +43,7 @@ from services.console import present, session
 from services.console.backend import Api, Reply
 from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
+from services.notifier.surveys import AnswerRefused
 from services.router import workflow
 from services.router.rules import FIRST_CONTACT, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
@@ -2115,7 +2116,17 @@ async def lookup_form(request: Request) -> Response:
 
 
 async def lookup_page(request: Request, status: int = 200, **context: Any) -> Response:
-    defaults: dict[str, Any] = {"values": {}, "errors": {}, "found": None}
+    defaults: dict[str, Any] = {
+        "values": {},
+        "errors": {},
+        "found": None,
+        "rate": False,
+        "answered": None,
+        "answer_values": {},
+        "answer_errors": {},
+        "ratings": resident_lookup.RATINGS,
+        "comment_max": resident_lookup.COMMENT_MAX,
+    }
     return await anonymous_form(request, "lookup.html", status, **{**defaults, **context})
 
 
@@ -2137,7 +2148,56 @@ async def lookup(request: Request) -> Response:
         return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
     tz = tz_of(request)
     found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz)
-    return await lookup_page(request, values=values, found=found)
+    survey = await state.notifier.surveys.ticket_survey(result.ticket.ticket_no, state.notifier.clock())
+    # Waiting for the resident's rating: they may give it here (the SMS may never have reached them).
+    rate = result.ticket.status == Status.SURVEYED and survey is not None and survey[1]
+    return await lookup_page(request, values=values, found=found, rate=rate)
+
+
+@router.post("/lookup/survey")
+async def lookup_survey(request: Request) -> Response:
+    """The resident's answer to the ticket's open survey, from the lookup page: the number and the
+    digits are checked again (and counted, as a lookup is), then it closes the survey as an SMS
+    answer would. Sent twice, the page shows the answer recorded the first time."""
+    form = await request.form()
+    values = {
+        "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
+        "last4": resident_lookup.clean_last4(text(form, "last4")),
+    }
+    answer_values = {name: text(form, name) for name in ("rating", "solved", "comment")}
+    if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
+        return await lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
+    state = request.app.state
+    client_ip = request.client.host if request.client else "unknown"
+    result = await resident_lookup.find(
+        state.redis, state.store, values["ticket_no"], values["last4"], client_ip
+    )
+    if isinstance(result, resident_lookup.Refused):
+        return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
+    found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
+    answer = resident_lookup.read_answer(**answer_values)
+    if isinstance(answer, resident_lookup.Refused):
+        return await lookup_page(
+            request,
+            answer.status,
+            values=values,
+            found=found,
+            rate=True,
+            answer_values=answer_values,
+            answer_errors={answer.field: answer.message},
+        )
+    notifier = state.notifier
+    try:
+        answered = await notifier.surveys.answer_on_lookup(
+            result.ticket.ticket_no, answer.rating, answer.solved, answer.comment, notifier.clock()
+        )
+    except AnswerRefused as refused:
+        return await lookup_page(
+            request, 409, values=values, found=found, answer_errors={"form": refused.message}
+        )
+    shown = resident_lookup.answer_view(answered)
+    found = {**found, "status": shown["status"]}
+    return await lookup_page(request, values=values, found=found, answered=shown)
 
 
 # --- wiring ----------------------------------------------------------------------------------------

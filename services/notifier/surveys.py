@@ -25,9 +25,11 @@ open survey still unanswered `callback_after` it went out (SURVEY_CALLBACK_HOURS
 its reminder goes out) is due for a call from a hotline operator (电话回访), who records the
 answer (`answer_by_phone`, the event naming the operator in `by`) or a call nobody took
 (`unreachable`: tried again later, at most CALL_ATTEMPTS times; the SMS window still ends the
-survey). Closing is a ZREM on the open set, so of a reply and the
-timeout arriving together only one closes the survey. The messages go out through the dispatcher,
-once per survey and kind; the reminder and the timeout are jobs in the job queue.
+survey). A resident without the SMS may answer on the lookup page (`answer_on_lookup`, the event
+marked `via` "lookup"), by the same path as the operator's record. Closing is a ZREM on the open
+set, so of a reply and the timeout arriving together only one closes the survey. The messages go
+out through the dispatcher, once per survey and kind; the reminder and the timeout are jobs in the
+job queue.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from services.notifier.survey import (
 from services.notifier.texts import Texts
 from shared.errors import DomainError
 from shared.events import (
+    AnswerVia,
     Event,
     Rating,
     SurveyAnswered,
@@ -519,21 +522,81 @@ class SurveyBook:
         answer would close it, and the event names the operator (`by`). `note`: what they said,
         in the operator's words (kept as the answer's text)."""
         survey = await self._open(survey_id, now)
-        answered = await self._close(
+        answered = await self._answer(
             survey,
-            "answered",
+            rating,
+            solved,
             note.strip() or "电话回访",
             now,
             event_id=derived_id(survey_id, "phone"),
-            rating=rating,
-            solved=solved,
             by=operator,
         )
         if answered is None:  # the resident's SMS came first
             raise CallRefused("该回访已结束（市民已短信答复或回访期已过），无需再记录")
-        # Told by SMS too, as a written record of what they said (the day's rules apply: not urgent).
-        await self._confirm(survey, rating, solved, now, urgent=False)
         return answered
+
+    async def _answer(
+        self,
+        survey: Survey,
+        rating: Rating,
+        solved: bool,
+        text: str,
+        now: datetime,
+        *,
+        event_id: str,
+        by: str | None = None,
+        via: AnswerVia | None = None,
+    ) -> SurveyAnswered | None:
+        """An answer given other than by the resident's reply (an operator's call, the lookup
+        page): the survey closes as an SMS answer closes it. None when something closed it first."""
+        answered = await self._close(
+            survey, "answered", text, now, event_id=event_id, rating=rating, solved=solved, by=by, via=via
+        )
+        if answered is not None:
+            # Told by SMS too, as a written record of the answer (the day's rules apply: not urgent).
+            await self._confirm(survey, rating, solved, now, urgent=False)
+        return answered
+
+    # --- on the lookup page (查询页) ----------------------------------------------------------------
+
+    async def ticket_survey(self, ticket_no: str, now: datetime) -> tuple[Survey, bool] | None:
+        """The ticket's newest survey still kept, and whether it is open; None when it has none (an
+        anonymous appeal, an opted-out phone, a survey past its 30 days, or an erased resident)."""
+        members = cast("set[bytes]", await self.redis.smembers(ticket_records_key(ticket_no)))
+        keys = [m.decode() for m in members if m.startswith(b"survey:")]
+        if not keys:
+            return None
+        stored = [Survey.model_validate_json(raw) for raw in await self.redis.mget(keys) if raw is not None]
+        if not stored:
+            return None
+        newest = max(stored, key=lambda s: s.started_at)
+        if await self._forgotten(newest, now):
+            return None
+        return newest, await self.redis.zscore(_open_key(newest.to), newest.survey_id) is not None
+
+    async def answer_on_lookup(
+        self, ticket_no: str, rating: Rating, solved: bool, comment: str, now: datetime
+    ) -> SurveyAnswered:
+        """The resident rated the ticket's open survey on the lookup page (having given its number
+        and their phone's last four digits): it closes as an SMS answer would, marked `via`
+        "lookup". The same page sent twice gives the answer it recorded the first time. Raises
+        AnswerRefused when the ticket has no survey, or one that another answer or its timeout
+        closed."""
+        found = await self.ticket_survey(ticket_no, now)
+        if found is None:
+            raise AnswerRefused("该工单没有待评价的回访，无需评价")
+        survey, is_open = found
+        event_id = derived_id(survey.survey_id, "lookup")
+        if is_open:
+            answered = await self._answer(
+                survey, rating, solved, comment.strip() or "查询页评价", now, event_id=event_id, via="lookup"
+            )
+            if answered is not None:
+                return answered
+        kept = await self.redis.get(_answer_key(survey.survey_id))
+        if kept is not None and (earlier := SurveyAnswered.model_validate_json(kept)).event_id == event_id:
+            return earlier  # sent twice: the page's first answer stands
+        raise AnswerRefused("该工单的回访已结束（已答复或回访期已过），不能再评价；如仍有问题请拨打12345")
 
     async def unreachable(self, survey_id: str, operator: str, now: datetime) -> int:
         """A call nobody answered: tried again after CALL_AGAIN, at most CALL_ATTEMPTS calls (the
@@ -644,6 +707,7 @@ class SurveyBook:
         rating: Rating | None = None,
         solved: bool | None = None,
         by: str | None = None,
+        via: AnswerVia | None = None,
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
         reply or the timeout closed it first). If the publish fails the survey is open again."""
@@ -660,6 +724,7 @@ class SurveyBook:
             outcome=outcome,
             occurred_at=now,
             by=by,
+            via=via,
             # Read again: the check that voided it may have come since the survey was read.
             void=outcome == "answered" and await self._is_void(survey.survey_id),
             **_groups(survey),
@@ -723,6 +788,13 @@ class Call:
     due: datetime
     attempts: int
     calling: str | None
+
+
+class AnswerRefused(DomainError):
+    """The lookup page cannot record an answer: the ticket has no survey open (409)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("answer_refused", message)
 
 
 class CallRefused(DomainError):

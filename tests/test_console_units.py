@@ -488,8 +488,8 @@ def test_a_residents_survey_answer_on_the_lookup_page_is_read_and_told_back():
     assert scoring.fields_for(on_the_page) == ("answered", "unsatisfied")
     assert told(3, False) == {
         "words": "不满意",
-        "after": "已退回承办单位重新办理，办理结果将再次通知您",
-        "status": "已评价，退回重新办理",
+        "after": "我们将督促重新办理，办理进展将再次通知您",
+        "status": "已评价，将重新办理",
     }
     assert told(1, False)["words"] == "满意，问题未解决"
     assert "重新办理" in told(1, False)["after"]  # not solved reopens, satisfied or not

@@ -180,8 +180,8 @@ def answer_view(answered: SurveyAnswered) -> dict[str, str]:
         after = "该办理结果经现场核查未解决，已由承办单位重新办理，办结后将再次请您评价"
         status = "已评价，承办单位重新办理中"
     elif reopens(rating, answered.solved):
-        after = "已退回承办单位重新办理，办理结果将再次通知您"
-        status = "已评价，退回重新办理"
+        after = "我们将督促重新办理，办理进展将再次通知您"
+        status = "已评价，将重新办理"
     else:
         after = "感谢您的评价，本工单办理完毕"
         status = "已评价，办理完毕"

@@ -2130,9 +2130,9 @@ async def lookup_page(request: Request, status: int = 200, **context: Any) -> Re
     return await anonymous_form(request, "lookup.html", status, **{**defaults, **context})
 
 
-@router.post("/lookup")
-async def lookup(request: Request) -> Response:
-    form = await request.form()
+async def looked_up(request: Request, form: Any) -> tuple[dict[str, str], resident_lookup.Found] | Response:
+    """The ticket the form's number and last four digits find (checked, and counted against the
+    tries, each time the page posts them), with the values as cleaned; else the page refusing."""
     values = {
         "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
         "last4": resident_lookup.clean_last4(text(form, "last4")),
@@ -2146,6 +2146,16 @@ async def lookup(request: Request) -> Response:
     )
     if isinstance(result, resident_lookup.Refused):
         return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
+    return values, result
+
+
+@router.post("/lookup")
+async def lookup(request: Request) -> Response:
+    looked = await looked_up(request, await request.form())
+    if isinstance(looked, Response):
+        return looked
+    values, result = looked
+    state = request.app.state
     tz = tz_of(request)
     found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz)
     survey = await state.notifier.surveys.ticket_survey(result.ticket.ticket_no, state.notifier.clock())
@@ -2160,20 +2170,12 @@ async def lookup_survey(request: Request) -> Response:
     digits are checked again (and counted, as a lookup is), then it closes the survey as an SMS
     answer would. Sent twice, the page shows the answer recorded the first time."""
     form = await request.form()
-    values = {
-        "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
-        "last4": resident_lookup.clean_last4(text(form, "last4")),
-    }
     answer_values = {name: text(form, name) for name in ("rating", "solved", "comment")}
-    if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
-        return await lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
+    looked = await looked_up(request, form)
+    if isinstance(looked, Response):
+        return looked
+    values, result = looked
     state = request.app.state
-    client_ip = request.client.host if request.client else "unknown"
-    result = await resident_lookup.find(
-        state.redis, state.store, values["ticket_no"], values["last4"], client_ip
-    )
-    if isinstance(result, resident_lookup.Refused):
-        return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
     found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
     answer = resident_lookup.read_answer(**answer_values)
     if isinstance(answer, resident_lookup.Refused):

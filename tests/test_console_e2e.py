@@ -122,6 +122,18 @@ async def ticket_when(client: httpx.AsyncClient, no: str, ok) -> dict:
     return await eventually(probe, timeout=60)
 
 
+async def surveyed(client: httpx.AsyncClient, redis, text: str, phone: str, address: str) -> tuple[str, dict]:
+    """An appeal its department resolved, whose survey is out (回访中): its number and the ticket."""
+    no = await submit(client, text, phone, address)
+    ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    dept = {"Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"}
+    r = await client.post(
+        f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=dept
+    )
+    assert r.status_code == 200, r.text
+    return no, await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+
+
 async def submit(client: httpx.AsyncClient, text: str, phone: str, address: str = "") -> str:
     r = await client.post(
         "/api/v1/appeals",
@@ -2540,16 +2552,7 @@ async def test_a_resident_without_the_survey_sms_rates_the_ticket_on_the_lookup_
     what happens next, a second post gives the same answer, and the survey is offered no more."""
     phone = new_phone()
     async with await admin_api(system, redis) as client:
-        no = await submit(client, "和平街12号楼下的路灯坏了，晚上很黑", phone, "和平街12号")
-        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
-        dept = {
-            "Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"
-        }
-        r = await client.post(
-            f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=dept
-        )
-        assert r.status_code == 200, r.text
-        await ticket_when(client, no, lambda t: t["status"] == "surveyed")
+        no, _ = await surveyed(client, redis, "和平街12号楼下的路灯坏了，晚上很黑", phone, "和平街12号")
         context = await browser.new_context(
             base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
         )
@@ -2643,17 +2646,10 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
     first_day = local_today(settings.timezone)  # the counters' local day may turn meanwhile
     phone = new_phone()
     async with await admin_api(system, redis) as client:
-        no = await submit(client, "阳光花园5号楼门口的路灯坏了一个多星期，晚上很黑", phone, "阳光花园5号楼")
-        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
-        dept = {
-            "Authorization": f"Bearer {await issue_token(redis, 'department', ticket['department']['id'])}"
-        }
-        r = await client.post(
-            f"/api/v1/tickets/{no}/resolve", json={"note": "已更换灯泡，恢复照明"}, headers=dept
+        no, asked = await surveyed(
+            client, redis, "阳光花园5号楼门口的路灯坏了一个多星期，晚上很黑", phone, "阳光花园5号楼"
         )
-        assert r.status_code == 200, r.text
-        surveyed = await ticket_when(client, no, lambda t: t["status"] == "surveyed")
-        sid = next(h["survey_id"] for h in surveyed["history"] if h["topic"] == "survey.sent")
+        sid = next(h["survey_id"] for h in asked["history"] if h["topic"] == "survey.sent")
         # The reminder's hour has come with no answer (a day in the demo city): due for a call.
         await redis.zadd("survey:callback", {sid: 0}, xx=True)
 
@@ -2695,7 +2691,7 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         answer = next(h for h in back["history"] if h["topic"] == "survey.answered")
         assert (answer["by"], answer["rating"], answer["solved"]) == ("op09", 3, False)
         # The manager sees the answers taken on the phone apart from those by SMS (电话回访).
-        dept_id = ticket["department"]["id"]
+        dept_id = asked["department"]["id"]
 
         async def counted():
             period = days_since(first_day, settings.timezone)

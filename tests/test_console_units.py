@@ -3119,14 +3119,12 @@ class _CountsApi:
         return []
 
 
-async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatches(monkeypatch, city):
-    """A meeting's decision dispatches its tickets again: the category's 派单 (14) is not its appeals
-    (8). The map and the top ten say how many appeals came in, as the trend beside them does."""
+async def counted_dashboard(monkeypatch, city, fake: _CountsApi) -> str:
+    """The dashboard of 4-10 July 2033 by street, as the desk sees it, on `fake`'s counts."""
     from services.console import views
     from services.console.session import Session
     from shared.auth import Principal
 
-    fake = _CountsApi(city)
     monkeypatch.setattr(views, "api", lambda request, s: fake)
     state = SimpleNamespace(
         city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"),
@@ -3137,7 +3135,14 @@ async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatc
         app=SimpleNamespace(state=state),
     )
     s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    html = (await views.dashboard_page(request, s)).body.decode()
+    return (await views.dashboard_page(request, s)).body.decode()
+
+
+async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatches(monkeypatch, city):
+    """A meeting's decision dispatches its tickets again: the category's 派单 (14) is not its appeals
+    (8). The map and the top ten say how many appeals came in, as the trend beside them does."""
+    fake = _CountsApi(city)
+    html = await counted_dashboard(monkeypatch, city, fake)
     bars = re.findall(
         r'<span class="bar-label">(?:<a href="([^"]*)">)?([^<]*)(?:</a>)?</span>'
         r'.*?<span class="bar-value">(\d+)</span>',
@@ -3166,21 +3171,7 @@ async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and
     """样本不足: a department with no answers (score 100 from its response rate alone) comes after
     the one with answers and is not numbered; each name links to its tickets of the period; the
     top cards say what each rate is counted over; the period rule is said."""
-    from services.console import views
-    from services.console.session import Session
-    from shared.auth import Principal
-
-    monkeypatch.setattr(views, "api", lambda request, s: _CountsApi(city))
-    state = SimpleNamespace(
-        city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"),
-        console_names={"department_names": {}, "grid_names": {}},
-    )  # fmt: skip
-    request = SimpleNamespace(
-        query_params={"from": "2033-07-04", "to": "2033-07-10", "trend_by": "street"},
-        app=SimpleNamespace(state=state),
-    )
-    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    html = (await views.dashboard_page(request, s)).body.decode()
+    html = await counted_dashboard(monkeypatch, city, _CountsApi(city))
     start = html.index('id="rank-department"')
     table = html[start : html.index("</table>", start)]
     rows = re.findall(r'<tr[^>]*><td>([^<]*)</td><td><a href="([^"]*)">([^<]*)</a>', table)

@@ -347,6 +347,9 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
     ours = {row[1]: row for row in table[1:] if row[1] in (a, b)}
     # a ranks; b's better score rests on too few answers, and says so, as in /stats.
     assert (ours[a][0].isdigit(), ours[b][0]) == (True, "样本不足（回访答复少于3件）")
+    # Its score is there to read, in brackets as on the page, not a number to sort among the ranked.
+    score = table[0].index("综合得分")
+    assert (ours[a][score], ours[b][score]) == (f"{EXPECTED_A['score']}", f"（{EXPECTED_B['score']:.1f}）")
     assert ours[a][2:7] == ["5", "3", "60.0%", "66.7%", f"{EXPECTED_A['satisfaction_rate']:.1%}"]
     # Beside them, the answers an operator took on the phone (电话回访), apart from those by SMS.
     by_phone = table[0].index("电话回访")

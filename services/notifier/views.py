@@ -181,6 +181,14 @@ def _percent(rate: float | None) -> Percent | None:
     return None if rate is None else Percent(rate)  # no rate (nothing to count): an empty cell, not 0
 
 
+def _score(g: dict[str, Any]) -> float | str | None:
+    """The score as a number to sort and compare; a group with too few answers (样本不足) has its
+    score in brackets, as text, as the page shows it: to read, not to be sorted among the ranked."""
+    if g["score"] is None or g["ranked"]:
+        return g["score"]
+    return f"（{g['score']:.1f}）"
+
+
 # The ranking as managers publish it: the three rates and the score, then the figures beside them.
 RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "派单": lambda g: g["assigned"],
@@ -188,7 +196,7 @@ RANKING: dict[str, Callable[[dict[str, Any]], Any]] = {
     "响应率": lambda g: _percent(g["response_rate"]),
     "解决率": lambda g: _percent(g["resolution_rate"]),
     "满意率": lambda g: _percent(g["satisfaction_rate"]),
-    "综合得分": lambda g: g["score"],
+    "综合得分": lambda g: _score(g),
     "直接答复率": lambda g: _percent(g["direct_answer_rate"]),
     "催办件数": lambda g: g["urged"],
     "现场核查": lambda g: g["verified"],

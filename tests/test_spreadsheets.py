@@ -26,6 +26,7 @@ GROUP = {
     "resolution_rate": 0.8733,
     "satisfaction_rate": None,  # nobody answered the survey: no rate, not 0
     "score": 71.5,
+    "ranked": True,
     "direct_answer_rate": 0.0,
     "urged": 2,
     "verified": 1,
@@ -59,6 +60,10 @@ async def test_the_ranking_writes_rates_as_percent_numbers_and_counts_as_integer
     assert (row["派单"].value, row["综合得分"].value) == (5, 71.5)
     assert isinstance(row["派单"].value, int)
     assert row["派单"].data_type == "n"
+    # Too few answers (样本不足): the score in brackets, text to read, not a number to sort.
+    few = await workbook(header, [[cell(GROUP | {"ranked": False}) for cell in RANKING.values()]])
+    score = few.cell(2, header.index("综合得分") + 1)
+    assert (score.data_type, score.value) == ("s", "（71.5）")
 
     table = await csv_table(header, [[cell(GROUP) for cell in RANKING.values()]])
     by_name = dict(zip(table[0], table[1], strict=True))

@@ -255,6 +255,13 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         assert await box.get_attribute("tabindex") == "0"
         assert await box.get_attribute("aria-labelledby") == "rank-department-title"
         assert await box.evaluate("e => e.scrollWidth > e.clientWidth")  # it scrolls, not the page
+        # Its headings on one line each: a long one wrapped into a tall band above every row.
+        lines = await p.eval_on_selector(
+            "#rank-department th",
+            "th => th.getBoundingClientRect().height / parseFloat(getComputedStyle(th).lineHeight)",
+        )
+        assert lines < 2, f"the ranking's headings take {lines:.1f} lines"
+        await shot(p, "dashboard-phone-ranking")
         label = "e => getComputedStyle(e, '::before').content"
         assert await p.eval_on_selector("#overdue td:nth-child(2)", label) == '"承办单位："'
     finally:

@@ -1643,8 +1643,19 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await page.goto(f"/console/meetings/{mid}")
     card = page.locator(f"#meeting-{mid}")
     await expect(card.locator("h2")).to_contain_text(f"工单{no} · ")
-    await card.locator(f"#lead-{mid}").select_option("street_s02")
     asked: list[str] = []
+
+    def noted(dialog) -> None:
+        asked.append(dialog.message)
+
+    page.on("dialog", noted)
+    # No lead chosen: refused beside the field in the console's words, before any question.
+    await card.get_by_role("button", name="记录决定").click()
+    await expect(card.locator(f"#lead-{mid}-error")).to_have_text("请选择主办单位（参会单位之一）")
+    await expect(card.locator(f"#lead-{mid}")).to_be_focused()
+    assert asked == []
+    page.remove_listener("dialog", noted)
+    await card.locator(f"#lead-{mid}").select_option("street_s02")
 
     async def call_off(dialog) -> None:
         asked.append(dialog.message)

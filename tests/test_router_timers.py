@@ -240,6 +240,9 @@ def test_check_in_and_decide():
         meetings.decide(m, "water", "dispatch_desk", "", CITY, T0)  # not summoned
     with pytest.raises(MeetingError):
         meetings.decide(m, "dispatch_desk", "dispatch_desk", "", CITY, T0)
+    with pytest.raises(MeetingError, match="请选择主办单位") as none:
+        meetings.decide(m, " ", "dispatch_desk", "", CITY, T0)  # none chosen: said so, not as an id
+    assert (none.value.code, none.value.field) == ("lead_required", "lead")
     d = meetings.decide(m, "urban_mgmt", "dispatch_desk", "城管委牵头清运", CITY, T0)
     assert (d.status, d.lead) == ("decided", "urban_mgmt")
     with pytest.raises(MeetingError, match="已作出决定"):

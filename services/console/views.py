@@ -45,6 +45,7 @@ from services.console.live import LiveFeed
 from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.notifier.surveys import AnswerRefused
 from services.router import workflow
+from services.router.meetings import LEAD_REQUIRED
 from services.router.rules import FIRST_CONTACT, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared import access, lookup_link
@@ -72,6 +73,7 @@ templates.globals.update(
     days_range=(access.MIN_DAYS, access.MAX_DAYS),  # a credential's 有效天数, as a grant is checked
     required=workflow.REQUIRED,  # a ticket's forms ask for what a step refuses without (data-required)
     reason_min=workflow.REASON_MIN,
+    lead_required=LEAD_REQUIRED,  # a meeting's decision, without its lead
 )
 HOME = {
     "operator": "/console/operator",

@@ -137,11 +137,17 @@ def check_in(meeting: Meeting, dept_id: str, now: datetime) -> Meeting:
     return meeting.model_copy(update={"checkins": {**meeting.checkins, dept_id: now}})
 
 
+# What a decision without its lead is refused with (the console asks for it in these words first).
+LEAD_REQUIRED = "请选择主办单位（参会单位之一）"
+
+
 def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: datetime) -> Meeting:
     if meeting.status != "open":
         raise MeetingError(
             "meeting_closed", f"联席会议{meeting.meeting_id}已作出决定（主办单位：{meeting.lead}）"
         )
+    if not lead.strip():
+        raise MeetingError("lead_required", LEAD_REQUIRED, kind="invalid", field="lead")
     dept = city.department_by_id.get(lead)
     if dept is None or dept.kind == "dispatch_desk":
         raise MeetingError(

@@ -364,6 +364,23 @@ async def test_reminder_then_the_survey_closes_without_an_answer(make_kit, clock
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["no_answer", "comment"]
 
 
+async def test_a_reminder_while_another_survey_is_open_names_its_ticket(make_kit, clock):
+    """Two of a phone's tickets wait for their rating: the first's reminder gives its reference, as
+    the second's survey did, so the reply it asks for can say which ticket it rates."""
+    kit = make_kit(quiet="none")
+    phone = new_phone()
+    light, resolved_light = await resolved_ticket(kit, phone)
+    await kit.notifier.start_surveys([resolved_light])
+    clock.now = NOON + timedelta(hours=1)
+    _, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
+    await kit.notifier.start_surveys([resolved_rubbish])
+    assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1  # the light's, a day on
+    (reminder,) = await kit.sent(phone, "reminder")
+    ref = light.ticket_no[-4:]
+    assert f"工单{light.ticket_no}（尾号{ref}）" in reminder["text"]
+    assert f"“{ref} 1”" in reminder["text"]
+
+
 async def test_a_resolution_the_grid_worker_found_not_solved_gets_no_reminder(make_kit, clock):
     """现场核查未解决: the ticket is being redone, so nobody asks the resident to rate the work again;
     the survey stays open to its end, and a reply is still its answer (not a new appeal)."""

@@ -252,9 +252,17 @@ class SurveyBook:
             return
         if await self._forgotten(survey, now):
             return
-        text = self.texts.render(
-            "reminder", channel=survey.channel, ticket_no=survey.ticket_no, question=self.texts.question
-        )
+        # Another ticket of theirs waits for its rating too: the reminder says how a reply names
+        # this one, as its survey did.
+        others = [
+            s.ticket_no for s in await self._open_surveys(survey.to, now) if s.ticket_no != survey.ticket_no
+        ]
+        fields = {"ticket_no": survey.ticket_no, "question": self.texts.question}
+        if others:
+            ref = short_ref(survey.ticket_no, [survey.ticket_no, *others])
+            text = self.texts.render("reminder_several", channel=survey.channel, ref=ref, **fields)
+        else:
+            text = self.texts.render("reminder", channel=survey.channel, **fields)
         # Named after its survey, as the survey's own message is: kept past WeChat's 48 hours,
         # it is matched to the survey when the resident writes again (`message_ids`).
         message = Message(

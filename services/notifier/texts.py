@@ -44,6 +44,8 @@ FIELDS: dict[str, frozenset[str]] = {
     "answer_reopened": frozenset({"ticket_no", "rating"}),
     "result": frozenset({"ticket_no", "note"}),
     "reminder": frozenset({"ticket_no", "question"}),
+    # The reminder while the phone has another survey open: with the reference, as survey_several.
+    "reminder_several": frozenset({"ticket_no", "question", "ref"}),
     "clarification": frozenset({"ticket_no", "question"}),
     "opt_out": frozenset(),
     # The answer to a resident's progress query (查询): `progress` is intake's answer, in the words
@@ -68,6 +70,7 @@ OPTIONAL = frozenset(
         "merged_notice",
         "remerged_notice",
         "survey_several",
+        "reminder_several",
         "which_ticket",
         "answer_thanks",
         "answer_reopened",

@@ -284,16 +284,7 @@ def test_a_return_is_asked_for_the_rule_only_where_the_list_names_the_department
 def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handling_forms(city):
     """吹哨报到: the street office reads the case it is summoned about; only the department that
     handles the ticket gets 签收 and 办结 (the API would refuse the others)."""
-    ticket = {
-        "ticket_no": "20260302-000002",
-        "status": "assigned",
-        "text": "光明路的路灯不亮",
-        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
-        "confidence": None,
-        "received_at": "2026-03-02T08:00:00+00:00",
-        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
-        "meeting_id": "M0123456789abcde",
-    }
+    ticket = {**DEPARTMENTS_TICKET, "ticket_no": "20260302-000002", "meeting_id": "M0123456789abcde"}
     summoned = render_ticket(city, ticket, role="department", department="street_s02")
     assert 'id="summoned-only"' in summoned
     assert 'href="/console/meetings/M0123456789abcde"' in summoned  # its own page, listed or not

@@ -179,15 +179,7 @@ class SurveyBook:
             grid=resolved.grid,
             about=self.about(resolved.category),
         )
-        # Another ticket of theirs waits for its rating: this one's SMS says how a reply names it.
-        others = [s.ticket_no for s in await self._open_surveys(address, now) if s.ticket_no != no]
-        fields = {"ticket_no": no, "note": note, "question": self.texts.question}
-        if others:
-            text = self.texts.render(
-                "survey_several", channel=channel, ref=short_ref(no, [no, *others]), **fields
-            )
-        else:
-            text = self.texts.render("survey", channel=channel, **fields)
+        text = await self._naming("survey", address, no, channel, now, note=note)
         message = Message(
             address, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
         )
@@ -252,17 +244,7 @@ class SurveyBook:
             return
         if await self._forgotten(survey, now):
             return
-        # Another ticket of theirs waits for its rating too: the reminder says how a reply names
-        # this one, as its survey did.
-        others = [
-            s.ticket_no for s in await self._open_surveys(survey.to, now) if s.ticket_no != survey.ticket_no
-        ]
-        fields = {"ticket_no": survey.ticket_no, "question": self.texts.question}
-        if others:
-            ref = short_ref(survey.ticket_no, [survey.ticket_no, *others])
-            text = self.texts.render("reminder_several", channel=survey.channel, ref=ref, **fields)
-        else:
-            text = self.texts.render("reminder", channel=survey.channel, **fields)
+        text = await self._naming("reminder", survey.to, survey.ticket_no, survey.channel, now)
         # Named after its survey, as the survey's own message is: kept past WeChat's 48 hours,
         # it is matched to the survey when the resident writes again (`message_ids`).
         message = Message(
@@ -303,6 +285,19 @@ class SurveyBook:
             await self._comment(closed, text, now)
             return SurveyComment(ticket_no=closed.ticket_no, clarification=False)
         return None
+
+    async def _naming(
+        self, template: str, to: str, no: str, channel: str, now: datetime, **fields: str
+    ) -> str:
+        """The survey's message `template` (the survey, its reminder) for ticket `no`; its
+        `_several` form, with the ticket's reference, when another ticket of `to` waits for its
+        rating: the message says how a reply names this one."""
+        fields = {"ticket_no": no, "question": self.texts.question, **fields}
+        others = [s.ticket_no for s in await self._open_surveys(to, now) if s.ticket_no != no]
+        if not others:
+            return self.texts.render(template, channel=channel, **fields)
+        ref = short_ref(no, [no, *others])
+        return self.texts.render(f"{template}_several", channel=channel, ref=ref, **fields)
 
     async def _choose(self, to: str, text: str, now: datetime) -> tuple[Survey, Reply] | Ask | None:
         """Which open survey of `to` a reply is about (`survey.choose_survey` decides), with the

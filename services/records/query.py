@@ -64,21 +64,25 @@ def _flag(name: str, value: str | None) -> bool | None:
     raise invalid(name, f"“{value}”应为 true 或 false")
 
 
+# A survey's rated answer, as an event `e` of `ticket_events` (the three rates' SQL counts these
+# too, services/records/rates.py), and whether its survey's resolution had been sent back before it
+# came (void: in no rate).
+RATED_ANSWER = (
+    "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' IS NOT NULL"
+)
+VOID_ANSWER = "coalesce((e.payload->>'void')::boolean, false)"
 # The rated answers to a ticket's surveys, oldest first, each its rating ("1" 满意 .. "3" 不满意) and
-# "v" when its survey's resolution had been sent back before it came (void: in no rate): each answer
-# is what the rates count, on the day it came; the ticket's `rating` keeps only the last one.
+# "v" when void: each answer is what the rates count, on the day it came; the ticket's `rating`
+# keeps only the last one.
 ANSWERS_SQL = (
-    "ARRAY(SELECT (e.payload->>'rating') || CASE WHEN coalesce((e.payload->>'void')::boolean, false) "
-    "THEN 'v' ELSE '' END FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
-    "AND e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' "
-    "AND e.payload->>'rating' IS NOT NULL ORDER BY e.occurred_at)"
+    f"ARRAY(SELECT (e.payload->>'rating') || CASE WHEN {VOID_ANSWER} THEN 'v' ELSE '' END "
+    f"FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no AND {RATED_ANSWER} ORDER BY e.occurred_at)"
 )
 # 回访评价 filter: tickets with at least one counted answer of this rating (any of its surveys), as
 # the satisfaction rate counts each answer; its own `rating` is only the last.
 _ANSWERED_WITH = (
     "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
-    "AND e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' = %s "
-    "AND NOT coalesce((e.payload->>'void')::boolean, false))"
+    f"AND {RATED_ANSWER} AND NOT {VOID_ANSWER} AND e.payload->>'rating' = %s)"
 )
 
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 from services.notifier import scoring
 from services.records.db import Pool
+from services.records.query import RATED_ANSWER, VOID_ANSWER
 
 # Each event is counted in the groups it names itself (the assignment, the update and the answer
 # all carry their ticket's department, category and grid); events written before they carried them
@@ -25,12 +26,8 @@ GROUP_SQL = {
     "grid": "CASE WHEN e.payload ? 'grid' THEN e.payload->>'grid' ELSE t.grid END",
     "street": "t.street",
 }
-_RATED = (
-    "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'answered' AND e.payload->>'rating' IS NOT NULL"
-)
 # An answer to a survey whose resolution had been sent back by then says so (`void`): in no rate.
-_VOID = "coalesce((e.payload->>'void')::boolean, false)"
-_ANSWERED = f"{_RATED} AND NOT {_VOID}"
+_ANSWERED = f"{RATED_ANSWER} AND NOT {VOID_ANSWER}"
 # 并案: a duplicate merged while a department held it and had not accepted it yet answers for that
 # department's response (scoring.fields_for says why): its `merge` says whether it was on time.
 _MERGED = "e.topic = 'ticket.updated' AND e.payload->>'action' = 'merged'"
@@ -79,7 +76,7 @@ COUNTERS = {
     "merged": _MERGED,
     # 电话回访: an answer an operator took on the phone names them (`by`); by SMS it names nobody.
     "answered_by_phone": f"{_ANSWERED} AND e.payload->>'by' IS NOT NULL",
-    "answered_void": f"{_RATED} AND {_VOID}",
+    "answered_void": f"{RATED_ANSWER} AND {VOID_ANSWER}",
     # 应响应 (scoring.FIELDS says what counts): on time, or the deadline passed unmet, once.
     "due": f"({_ON_TIME}) OR ({_RESPOND_OVERDUE}) OR (({_LATE}) AND {_NOT_NOTICED})",
     "due_on_time": _ON_TIME,

@@ -7,7 +7,7 @@ would be told by a page (`read_once`): each message once, by the focus or by the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,18 +63,26 @@ STATIC = Path(__file__).resolve().parents[1] / "services/console/static"
 
 
 @asynccontextmanager
-async def served(browser: Browser, html: str) -> AsyncIterator[Page]:
+async def served(
+    browser: Browser, html: str, answers: Mapping[str, Mapping[str, Any]] | None = None
+) -> AsyncIterator[Page]:
     """A page showing `html` (a console page as its template rendered it) with the console's own
     script and stylesheet, and no system behind it: what the browser and the script make of the
-    markup, for states the started system cannot easily be put in (its record away). Every other
-    address answers the same page. Fails on an uncaught script error, as `page` does."""
+    markup, for states the started system cannot easily be put in (its record away). `answers`:
+    what some addresses answer instead (by the end of their path, e.g. a live stream's), from the
+    first load on; every other address answers the same page. Fails on an uncaught script error,
+    as `page` does."""
     context = await browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
     errors = script_errors(context)
     await listen(context)
 
     async def answer(route: Route) -> None:
-        static = STATIC / route.request.url.rsplit("/", 1)[-1]
-        if "/console/static/" in route.request.url and static.is_file():
+        url = route.request.url
+        static = STATIC / url.rsplit("/", 1)[-1]
+        given = next((a for path, a in (answers or {}).items() if url.split("?")[0].endswith(path)), None)
+        if given is not None:
+            await route.fulfill(**given)
+        elif "/console/static/" in url and static.is_file():
             await route.fulfill(path=static)
         else:
             await route.fulfill(body=html, content_type="text/html; charset=utf-8")

@@ -340,10 +340,10 @@ async def test_a_lists_filters_fold_on_a_phone_so_its_first_screen_shows_tickets
         queue = {"rows": listed(5), "total": 5, "to_accept": ["20261201-000001"]}
         html = department_html(filters={"overdue": "1"}, **queue)
     said = {"tickets": "筛选（已选2项）", "grid": "筛选（未选条件）", "department": "筛选（已选1项）"}[shown]
-    async with served(browser, html) as p:
-        # The queue's live stream, which has nothing to say here (and retries in a minute).
-        stream = {"content_type": "text/event-stream", "body": "retry: 60000\n\n"}
-        await p.route("**/console/department/live", lambda route: route.fulfill(**stream))
+    # The queue's live stream, which has nothing to say here (and retries in a minute): answered so
+    # from the first load, or the script, finding no stream, may take the browser to sign in.
+    stream = {"content_type": "text/event-stream", "body": "retry: 60000\n\n"}
+    async with served(browser, html, {"/console/department/live": stream}) as p:
         await p.set_viewport_size({"width": 390, "height": 844})
         await p.goto("http://console.test/console/")  # folded as the page loads, as on a phone
         summary = p.locator(f"{box} > summary")

@@ -429,6 +429,35 @@ async def test_the_answer_to_a_survey_sent_back_says_so_and_other_surveys_do_not
     assert (await kit.notifier.surveys.get(other_id)).void is False
 
 
+async def test_a_survey_sent_back_by_a_check_is_no_choice_and_makes_no_other_several(make_kit, clock):
+    """Two of a phone's tickets wait for their rating; a grid worker's check sends the streetlight
+    back (现场核查未解决). The rubbish is then the one ticket to rate: its reminder names no
+    reference, a bare rating rates it and nobody is asked "which ticket?"; a reply naming the
+    streetlight is still recorded, as that survey's void answer."""
+    kit = make_kit(quiet="none")
+    phone = new_phone()
+    light, resolved_light = await resolved_ticket(kit, phone)
+    [sent] = await kit.notifier.start_surveys([resolved_light])
+    clock.now = NOON + timedelta(hours=1)
+    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
+    await kit.notifier.start_surveys([resolved_rubbish])
+    assert "尾号" in (await kit.sent(phone, "survey"))[0]["text"]  # both open then
+    await kit.notifier.sent_back([checked_not_solved(light, sent.survey_id)])
+    assert await kit.notifier.scan(NOON + timedelta(hours=25)) == 1  # the rubbish's; the light's withdrawn
+    (reminder,) = await kit.sent(phone, "reminder")
+    assert rubbish.ticket_no in reminder["text"]
+    assert "尾号" not in reminder["text"]
+    clock.now = NOON + timedelta(hours=26)
+    rated = await kit.notifier.surveys.reply(phone, "1")
+    assert rated == SurveyAnswer(ticket_no=rubbish.ticket_no, rating=1, solved=True)
+    assert await kit.sent(phone, "which_ticket") == []
+    assert await kit.redis.get(f"survey:pending:{phone}") is None
+    late = await kit.notifier.surveys.reply(phone, f"{light.ticket_no[-4:]} 3 还是不亮")
+    assert late == SurveyAnswer(ticket_no=light.ticket_no, rating=3, solved=False)
+    assert [(a.rating, a.void) for a in kit.answers(light.ticket_no)] == [(3, True)]
+    assert [(a.rating, a.void) for a in kit.answers(rubbish.ticket_no)] == [(1, False)]
+
+
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     kit = make_kit(quiet="none")
     phone, ticket = await surveyed(kit)

@@ -56,6 +56,7 @@ from services.notifier.survey import (
     SurveyAnswer,
     SurveyComment,
     WhichTicket,
+    askable,
     bare_reference,
     choose_survey,
     rating_words,
@@ -291,9 +292,10 @@ class SurveyBook:
     ) -> str:
         """The survey's message `template` (the survey, its reminder) for ticket `no`; its
         `_several` form, with the ticket's reference, when another ticket of `to` waits for its
-        rating: the message says how a reply names this one."""
+        rating: the message says how a reply names this one. A survey a grid worker's check voided
+        waits for nothing the resident is asked (`survey.askable`): it makes no other "several"."""
         fields = {"ticket_no": no, "question": self.texts.question, **fields}
-        others = [s.ticket_no for s in await self._open_surveys(to, now) if s.ticket_no != no]
+        others = [s.ticket_no for s in askable(await self._open_surveys(to, now)) if s.ticket_no != no]
         if not others:
             return self.texts.render(template, channel=channel, **fields)
         ref = short_ref(no, [no, *others])
@@ -650,7 +652,10 @@ class SurveyBook:
     async def void(self, survey_ids: Sequence[str]) -> None:
         """These surveys' resolutions were sent back (现场核查未解决): each stays as it is (open to its
         end, or closed), marked void, so that an answer still to come says its resolution no longer
-        stands (`SurveyAnswered.void`). A survey no longer kept is left alone."""
+        stands (`SurveyAnswered.void`). Open, it is no longer a choice of "which ticket?" nor makes
+        the phone's other surveys name their ticket (`survey.askable`, read from this mark): it
+        stays in the phone's open set only so that its end is still one `survey.answered` and a
+        reply about it is not taken for a new appeal. A survey no longer kept is left alone."""
         ids = list(dict.fromkeys(survey_ids))
         if not ids:
             return

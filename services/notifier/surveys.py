@@ -583,10 +583,10 @@ class SurveyBook:
         self, ticket_no: str, rating: Rating, solved: bool, comment: str, now: datetime
     ) -> SurveyAnswered:
         """The resident rated the ticket's open survey on the lookup page (having given its number
-        and their phone's last four digits): it closes as an SMS answer would, marked `via`
-        "lookup". The same page sent twice gives the answer it recorded the first time. Raises
-        AnswerRefused when the ticket has no survey, or one that another answer or its timeout
-        closed."""
+        and their phone's last four digits, or opened it by its signed link): it closes as an SMS
+        answer would, marked `via` "lookup". The same page sent twice gives the answer it recorded
+        the first time. Raises AnswerRefused when the ticket has no survey, or one that another
+        answer or its timeout closed."""
         found = await self.ticket_survey(ticket_no, now)
         if found is None:
             raise AnswerRefused("该工单没有待评价的回访，无需评价")

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.notifier.dispatch import SendInFlight
 from services.notifier.gateway import Message, OutboxGateway
@@ -476,6 +477,11 @@ async def surveyed_with_id(kit: Kit) -> tuple[str, Ticket, str]:
     return phone, ticket, sent.survey_id
 
 
+def answers_counted(**labels: str) -> float:
+    """The notifier's `surveys_answered_total` series of these labels, in this process."""
+    return REGISTRY.get_sample_value("surveys_answered_total", labels) or 0.0
+
+
 async def due_for_a_call(kit: Kit, survey_id: str, now: datetime):
     _, calls = await kit.notifier.surveys.due_calls(now, limit=10_000)
     return next((c for c in calls if c.survey.survey_id == survey_id), None)
@@ -499,9 +505,11 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
     assert (await due_for_a_call(kit, sid, later)).calling == "op7"
     # The hold lapses: another operator may take it.
     assert (await surveys.call(sid, "op8", later + timedelta(minutes=11))).calling == "op8"
+    counted = answers_counted(rating="3", via="phone")
     answered = await surveys.answer_by_phone(
         sid, "op8", 3, False, "路灯还是不亮", later + timedelta(minutes=12)
     )
+    assert answers_counted(rating="3", via="phone") == counted + 1
     assert (answered.outcome, answered.rating, answered.solved, answered.by) == ("answered", 3, False, "op8")
     assert answered.text == "路灯还是不亮"
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
@@ -523,7 +531,9 @@ async def test_a_resident_without_the_sms_answers_on_the_lookup_page(make_kit, c
     assert await surveys.ticket_survey(ticket.ticket_no, NOON) is not None
     later = NOON + timedelta(hours=25)
     assert await due_for_a_call(kit, sid, later) is not None
+    counted = answers_counted(rating="3", via="lookup")
     answered = await surveys.answer_on_lookup(ticket.ticket_no, 3, False, " 路灯还是不亮 ", later)
+    assert answers_counted(rating="3", via="lookup") == counted + 1  # its own series, not the SMS's
     assert (answered.outcome, answered.rating, answered.solved) == ("answered", 3, False)
     assert (answered.by, answered.via, answered.text, answered.survey_id) == (
         None,
@@ -537,6 +547,7 @@ async def test_a_resident_without_the_sms_answers_on_the_lookup_page(make_kit, c
     # The page sent again (a double click, a reload): the first answer, nothing new published.
     again = await surveys.answer_on_lookup(ticket.ticket_no, 1, True, "", later + timedelta(seconds=2))
     assert again == answered
+    assert answers_counted(rating="3", via="lookup") == counted + 1
     assert [a.event_id for a in kit.answers(ticket.ticket_no)] == [answered.event_id]
     assert len(await kit.sent(phone, "confirmation")) == 1
     # An SMS reply after it is a comment on the closed survey, not a second answer.

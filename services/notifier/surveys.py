@@ -44,7 +44,7 @@ from typing import Any, Literal, cast
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import Message
 from services.notifier.jobs import SurveyJob, encode
-from services.notifier.routing import Recipient
+from services.notifier.routing import Channel, Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
     Ask,
@@ -749,7 +749,9 @@ class SurveyBook:
             p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
             p.delete(_call_key(survey.survey_id))
             await p.execute()
-        SURVEYS_ANSWERED.labels(rating=str(rating) if rating else outcome).inc()
+        SURVEYS_ANSWERED.labels(
+            rating=str(rating) if rating else outcome, via=answered_via(answered, survey.channel)
+        ).inc()
         return answered
 
     async def _is_void(self, survey_id: str) -> bool:
@@ -821,6 +823,22 @@ def _call(survey: Survey, due: float, state: Mapping[Any, Any], now: datetime) -
         attempts=int(state.get(b"attempts", 0)),
         calling=by.decode() if by and until > now.timestamp() else None,
     )
+
+
+AnsweredVia = Literal["sms", "wechat", "phone", "lookup", "none"]
+
+
+def answered_via(answered: SurveyAnswered, channel: Channel) -> AnsweredVia:
+    """The channel a survey's answer came by, as the counter says it (`surveys_answered_total`'s
+    `via`): the operator's phone callback (the event names them in `by`), the lookup page (`via`),
+    else the resident's reply on the survey's own channel (SMS, WeChat); "none" for a survey that
+    closed without an answer (its window ended, TD, an erasure). Pure: one of five values, never
+    anything of the resident's, so the label cannot grow the counter's series."""
+    if answered.outcome != "answered":
+        return "none"
+    if answered.by is not None:
+        return "phone"
+    return answered.via or channel
 
 
 def _answer_key(survey_id: str) -> str:

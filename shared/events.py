@@ -472,7 +472,8 @@ class SurveyAnswered(Event):
     grid: str | None = None
     by: str | None = None  # the operator who asked on the phone (电话回访); None: by SMS
     # Answered on the resident's lookup page (查询页: by ticket number and the phone's last four
-    # digits) instead of by a reply: counted as any answer, and not as 电话回访 (`by` stays None).
+    # digits, or by a signed link) instead of by a reply: counted as any answer, and not as 电话回访
+    # (`by` stays None).
     # None: by their reply (SMS, WeChat) or on the phone.
     via: AnswerVia | None = None
     # The survey's resolution had been sent back before this answer came (a grid worker's check found

@@ -36,8 +36,13 @@ WECHAT_ON_RETURN = Counter(
     "Kept WeChat notices handled when their resident wrote again, by kind and outcome",
     ["kind", "outcome"],
 )
+# `via`: the channel an answer came by (sms, wechat, phone for the operator's callback, lookup for the
+# resident's lookup page; none for a survey closed without one): a handful of values, so the series
+# stay a few dozen at most (`services.notifier.surveys.answered_via`).
 SURVEYS_ANSWERED = Counter(
-    "surveys_answered_total", "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out)", ["rating"]
+    "surveys_answered_total",
+    "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out), and the channel the answer came by",
+    ["rating", "via"],
 )
 DEAD_LETTERS = Counter("dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"])
 BATCH_SECONDS = Histogram(

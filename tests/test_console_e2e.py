@@ -52,7 +52,9 @@ from tests.test_console_units import (
     render_ticket,
     tickets_html,
 )
+from tests.test_intake_wechat import openid as wechat_user
 from tests.test_records_trend import appeal_events
+from tests.test_wechat_survey import surveyed_in_wechat
 
 pytestmark = pytest.mark.integration
 
@@ -2631,6 +2633,47 @@ async def test_a_resident_without_the_survey_sms_rates_the_ticket_on_the_lookup_
         await expect(page.locator("#survey-form")).to_have_count(0)
         final = await client.get(f"/api/v1/tickets/{no}")
         assert len([h for h in final.json()["history"] if h["topic"] == "survey.answered"]) == 1
+        await context.close()
+
+
+async def test_a_wechat_resident_rates_the_ticket_on_the_page_its_signed_link_opens(
+    browser: Browser, redis, system: System, settings: Settings
+):
+    """A WeChat resident (no phone, so no digits) opens their ticket by the signed link while its
+    survey waits: the page offers the survey as the digits' page does, the answer is recorded the
+    same way (`via: lookup`, not 电话回访) and closes the ticket, and the link then offers it no more."""
+    async with await admin_api(system, redis) as client:
+        no = await surveyed_in_wechat(client, redis, wechat_user())
+        key = link_key(settings.caller_id_salt)  # the running console's salt
+        link = ticket_url("/console/lookup", params(no, day_number(time.time()), 30, key))
+        context = await browser.new_context(
+            base_url=system.base_url, viewport={"width": 360, "height": 740}, is_mobile=True, has_touch=True
+        )
+        await listen(context)
+        page = await context.new_page()
+        await page.goto(link)
+        await expect(page.locator("#found h2")).to_have_text(f"工单 {no}")
+        form = page.locator("#survey-form")
+        await expect(form).to_be_visible()
+        await expect(form.locator("input[name=last4]")).to_have_count(0)  # the link stands for the digits
+        await expect(page.locator("#survey-hint")).to_contain_text("公众号")
+        await touch_sized(page, "#survey-submit")
+        await accessible(page)
+        await form.get_by_label("满意", exact=True).check()
+        await form.get_by_label("已解决").check()
+        await page.locator("#survey-submit").click()
+        await expect(page.locator("#survey-done")).to_have_text("您的评价已记录：满意")
+        await expect(page.locator("#lookup-status")).to_have_text("已评价，办理完毕")
+        await expect(page.locator("#survey-form")).to_have_count(0)
+        await accessible(page)
+
+        closed = await ticket_when(client, no, lambda t: t["status"] == "closed")
+        answers = [h for h in closed["history"] if h["topic"] == "survey.answered"]
+        assert [(a["rating"], a["solved"], a["by"], a["via"]) for a in answers] == [(1, True, None, "lookup")]
+        # The same link again: the survey has its answer, nothing to rate.
+        await page.goto(link)
+        await expect(page.locator("#lookup-status")).to_be_visible()
+        await expect(page.locator("#survey-form")).to_have_count(0)
         await context.close()
 
 

@@ -516,6 +516,23 @@ def test_the_lookup_page_offers_the_survey_only_while_it_is_open(city):
     assert "survey-form" not in closed
 
 
+def test_the_survey_on_a_signed_links_page_carries_the_link_not_the_digits():
+    """A WeChat resident opened the page by the signed link, with no digits: the survey's form posts
+    the link's day and signature (checked again with the answer) and asks for no digits."""
+    found = {"ticket_no": "20260302-000002", "status": "已办结，待您评价", "steps": []}
+    html = templates.get_template("lookup.html").render(
+        request=None, s=None, csrf="x", errors={}, found=found, ratings=RATINGS, comment_max=300,
+        values={"ticket_no": "20260302-000002", "last4": ""}, rate=True, answer_values={}, answer_errors={},
+        link={"e": "20514", "s": "0123456789abcdef"},
+    )  # fmt: skip
+    form = re.search(r'<form method="post" action="/console/lookup/survey".*?</form>', html, re.S)
+    assert form is not None
+    assert '<input type="hidden" name="e" value="20514">' in form[0]
+    assert '<input type="hidden" name="s" value="0123456789abcdef">' in form[0]
+    assert 'name="last4"' not in form[0]
+    assert "公众号" in html  # it says where else they may answer: not the SMS they never had
+
+
 def test_templates_render_residents_text_as_text():
     hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
     html = templates.get_template("_preview.html").render(
@@ -2511,6 +2528,85 @@ async def test_link_visits_count_against_the_address_like_the_forms_tries(lookup
     assert found_section(r.text) == ""
     # A bad signature is not a wrong last four: the ticket's own tries are untouched.
     assert not any(k.startswith("console:lookup:wrong:") for k in lookup_app.state.redis.values)
+
+
+class LookupSurveys:
+    """What of the survey book the lookup page uses: whether the ticket's survey is open, and the
+    answer given there (kept, to see what was recorded)."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[str, int, bool, str]] = []
+
+    async def ticket_survey(self, no: str, now: datetime) -> tuple[object, bool] | None:
+        return (object(), not self.answers) if no == WECHAT_TICKET.ticket_no else None
+
+    async def answer_on_lookup(self, no: str, rating, solved: bool, comment: str, now: datetime):
+        self.answers.append((no, rating, solved, comment))
+        return SurveyAnswered(
+            ticket_no=no, survey_id="s", rating=rating, solved=solved, text=comment, via="lookup"
+        )
+
+
+async def test_a_wechat_resident_rates_the_ticket_on_the_page_its_signed_link_opened(lookup_app):
+    """回访中, the page a signed link opened offers the survey without asking for digits; the answer
+    is checked against the link again (still valid, for that ticket), with the page's token, counted
+    against the address's tries as the link's visit is, and recorded as the digits' answer is."""
+    from services.console.lookup import BAD_LINK, EXPIRED_LINK
+
+    no = WECHAT_TICKET.ticket_no
+    lookup_app.state.store.ticket = WECHAT_TICKET.model_copy(update={"status": Status.SURVEYED})
+    surveys = LookupSurveys()
+    lookup_app.state.notifier = SimpleNamespace(surveys=surveys, clock=lambda: NOW)
+    redis = lookup_app.state.redis
+    link = signed(no)
+    import httpx
+
+    transport = httpx.ASGITransport(app=lookup_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+        page = await client.get("/console/lookup", params=link)
+        assert page.status_code == 200, page.text
+        form = re.search(r'<form method="post" action="/console/lookup/survey".*?</form>', page.text, re.S)
+        assert form is not None, "the survey is offered on the link's page"
+        assert f'name="s" value="{link["s"]}"' in form[0]
+        assert 'name="last4"' not in form[0]
+        assert page.headers["Referrer-Policy"] == "no-referrer"
+        answer = {"ticket_no": no, "rating": "3", "solved": "no", "comment": "楼道灯还是不亮"}
+        last = page
+
+        async def post(**fields: str) -> httpx.Response:
+            """The form posted with the token of the last page shown (each page sets its own)."""
+            nonlocal last
+            csrf = re.findall(r'name="csrf" value="([^"]+)"', last.text)[0]
+            last = await client.post("/console/lookup/survey", data={**answer, "csrf": csrf, **fields})
+            return last
+
+        # The link no good, expired, or for another ticket: refused as the page would be, nothing
+        # recorded, and digits posted beside a link are not read in its place.
+        assert (await post(e=link["e"], s="0" * 16, last4="0000")).status_code == 403
+        assert (await post(**signed(no, days_ago=30))).status_code == 410
+        other = signed("20260302-000008")
+        refused = await post(e=other["e"], s=other["s"])
+        assert refused.status_code == 403
+        assert BAD_LINK in refused.text
+        assert EXPIRED_LINK not in refused.text
+        # Without the page's token: refused, as the digits' post is.
+        assert (await post(e=link["e"], s=link["s"], csrf="forged")).status_code == 403
+        assert surveys.answers == []
+        tries = redis.values[next(k for k in redis.values if k.startswith("console:lookup:ip:"))]
+
+        done = await post(e=link["e"], s=link["s"])
+        assert done.status_code == 200, done.text
+        assert "您的评价已记录：不满意" in done.text
+        assert "已评价，将重新办理" in done.text
+        assert surveys.answers == [(no, 3, False, "楼道灯还是不亮")]
+        # Counted against the address's hour like a visit of the link, or a post of the digits.
+        assert redis.values[next(k for k in redis.values if k.startswith("console:lookup:ip:"))] == tries + 1
+        assert not any(k.startswith("console:lookup:wrong:") for k in redis.values)
+        assert "李四" not in done.text
+        assert "幸福里" not in done.text
+        # Opened again once answered: nothing to rate.
+        again = await client.get("/console/lookup", params=link)
+        assert "survey-form" not in again.text
 
 
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])

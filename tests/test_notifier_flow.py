@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.notifier.dispatch import SendInFlight
 from services.notifier.gateway import Message, OutboxGateway
@@ -429,6 +430,35 @@ async def test_the_answer_to_a_survey_sent_back_says_so_and_other_surveys_do_not
     assert (await kit.notifier.surveys.get(other_id)).void is False
 
 
+async def test_a_survey_sent_back_by_a_check_is_no_choice_and_makes_no_other_several(make_kit, clock):
+    """Two of a phone's tickets wait for their rating; a grid worker's check sends the streetlight
+    back (现场核查未解决). The rubbish is then the one ticket to rate: its reminder names no
+    reference, a bare rating rates it and nobody is asked "which ticket?"; a reply naming the
+    streetlight is still recorded, as that survey's void answer."""
+    kit = make_kit(quiet="none")
+    phone = new_phone()
+    light, resolved_light = await resolved_ticket(kit, phone)
+    [sent] = await kit.notifier.start_surveys([resolved_light])
+    clock.now = NOON + timedelta(hours=1)
+    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
+    await kit.notifier.start_surveys([resolved_rubbish])
+    assert "尾号" in (await kit.sent(phone, "survey"))[0]["text"]  # both open then
+    await kit.notifier.sent_back([checked_not_solved(light, sent.survey_id)])
+    assert await kit.notifier.scan(NOON + timedelta(hours=25)) == 1  # the rubbish's; the light's withdrawn
+    (reminder,) = await kit.sent(phone, "reminder")
+    assert rubbish.ticket_no in reminder["text"]
+    assert "尾号" not in reminder["text"]
+    clock.now = NOON + timedelta(hours=26)
+    rated = await kit.notifier.surveys.reply(phone, "1")
+    assert rated == SurveyAnswer(ticket_no=rubbish.ticket_no, rating=1, solved=True)
+    assert await kit.sent(phone, "which_ticket") == []
+    assert await kit.redis.get(f"survey:pending:{phone}") is None
+    late = await kit.notifier.surveys.reply(phone, f"{light.ticket_no[-4:]} 3 还是不亮")
+    assert late == SurveyAnswer(ticket_no=light.ticket_no, rating=3, solved=False)
+    assert [(a.rating, a.void) for a in kit.answers(light.ticket_no)] == [(3, True)]
+    assert [(a.rating, a.void) for a in kit.answers(rubbish.ticket_no)] == [(1, False)]
+
+
 async def test_an_answer_cancels_the_reminder_and_the_timeout(make_kit):
     kit = make_kit(quiet="none")
     phone, ticket = await surveyed(kit)
@@ -445,6 +475,11 @@ async def surveyed_with_id(kit: Kit) -> tuple[str, Ticket, str]:
     [sent] = await kit.notifier.start_surveys([resolved])
     assert isinstance(sent, SurveySent)
     return phone, ticket, sent.survey_id
+
+
+def answers_counted(**labels: str) -> float:
+    """The notifier's `surveys_answered_total` series of these labels, in this process."""
+    return REGISTRY.get_sample_value("surveys_answered_total", labels) or 0.0
 
 
 async def due_for_a_call(kit: Kit, survey_id: str, now: datetime):
@@ -470,9 +505,11 @@ async def test_a_resident_who_does_not_answer_the_sms_is_called_by_an_operator(m
     assert (await due_for_a_call(kit, sid, later)).calling == "op7"
     # The hold lapses: another operator may take it.
     assert (await surveys.call(sid, "op8", later + timedelta(minutes=11))).calling == "op8"
+    counted = answers_counted(rating="3", via="phone")
     answered = await surveys.answer_by_phone(
         sid, "op8", 3, False, "路灯还是不亮", later + timedelta(minutes=12)
     )
+    assert answers_counted(rating="3", via="phone") == counted + 1
     assert (answered.outcome, answered.rating, answered.solved, answered.by) == ("answered", 3, False, "op8")
     assert answered.text == "路灯还是不亮"
     assert [a.outcome for a in kit.answers(ticket.ticket_no)] == ["answered"]
@@ -494,7 +531,9 @@ async def test_a_resident_without_the_sms_answers_on_the_lookup_page(make_kit, c
     assert await surveys.ticket_survey(ticket.ticket_no, NOON) is not None
     later = NOON + timedelta(hours=25)
     assert await due_for_a_call(kit, sid, later) is not None
+    counted = answers_counted(rating="3", via="lookup")
     answered = await surveys.answer_on_lookup(ticket.ticket_no, 3, False, " 路灯还是不亮 ", later)
+    assert answers_counted(rating="3", via="lookup") == counted + 1  # its own series, not the SMS's
     assert (answered.outcome, answered.rating, answered.solved) == ("answered", 3, False)
     assert (answered.by, answered.via, answered.text, answered.survey_id) == (
         None,
@@ -508,6 +547,7 @@ async def test_a_resident_without_the_sms_answers_on_the_lookup_page(make_kit, c
     # The page sent again (a double click, a reload): the first answer, nothing new published.
     again = await surveys.answer_on_lookup(ticket.ticket_no, 1, True, "", later + timedelta(seconds=2))
     assert again == answered
+    assert answers_counted(rating="3", via="lookup") == counted + 1
     assert [a.event_id for a in kit.answers(ticket.ticket_no)] == [answered.event_id]
     assert len(await kit.sent(phone, "confirmation")) == 1
     # An SMS reply after it is a comment on the closed survey, not a second answer.

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.notifier.survey import is_opt_out, parse_reply
+from services.notifier.surveys import answered_via
 from services.notifier.texts import NotificationsError, load_texts
+from shared.events import SurveyAnswered
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,20 @@ def test_any_text_parses_to_a_consistent_reply(text):
     r = parse_reply(text)
     assert r.rating in (None, 1, 2, 3)
     assert (r.rating is None) == (r.solved is None)
+
+
+def test_the_answers_counter_says_the_channel_each_answer_came_by():
+    """`surveys_answered_total{via}`: the resident's reply on the survey's channel, the operator's
+    phone callback, the lookup page; a survey closed without an answer came by none."""
+    answer = SurveyAnswered(ticket_no="T", survey_id="s", rating=1, solved=True, text="1")
+    assert answered_via(answer, "sms") == "sms"
+    assert answered_via(answer, "wechat") == "wechat"
+    assert answered_via(answer.model_copy(update={"by": "op09"}), "sms") == "phone"
+    assert answered_via(answer.model_copy(update={"via": "lookup"}), "sms") == "lookup"
+    assert answered_via(answer.model_copy(update={"via": "lookup"}), "wechat") == "lookup"
+    for outcome in ("no_answer", "opted_out"):
+        closed = answer.model_copy(update={"outcome": outcome, "rating": None, "solved": None})
+        assert answered_via(closed, "sms") == "none"
 
 
 def test_default_templates_render_with_the_ticket_number():

@@ -14,6 +14,7 @@ from services.notifier.survey import (
     Rate,
     Survey,
     answers_survey_in_chat,
+    askable,
     choose_survey,
     rating_words,
     read_inbound,
@@ -123,6 +124,37 @@ def test_a_ticket_resolved_again_is_one_choice_its_newest_survey():
     decided = choose_survey([redone, LIGHT], "1", None)
     assert isinstance(decided, Rate)
     assert decided.survey is redone
+
+
+def test_a_survey_a_grid_workers_check_voided_is_never_asked_about():
+    """现场核查未解决 voided the streetlight's survey: the rubbish is the one ticket left to rate, so
+    an unnamed reply rates it and nothing is asked; a reply naming the streetlight is still that
+    survey's (void) answer; with only void surveys open the newest takes a reply, never a question."""
+    voided = LIGHT.model_copy(update={"void": True})
+    assert askable([RUBBISH, voided]) == [RUBBISH]
+    decided = choose_survey([RUBBISH, voided], "3 还是没人收", None)
+    assert decided == Rate(RUBBISH, read_inbound("3 还是没人收").reply)  # type: ignore[arg-type]
+    named = choose_survey([RUBBISH, voided], "0101 1", None)
+    assert isinstance(named, Rate)
+    assert (named.survey, named.reply.rating) == (voided, 1)
+    # Kept while both were open, then the streetlight's check came: its reference still applies it.
+    kept = choose_survey([RUBBISH, voided], "0101", "3 路灯还是不亮")
+    assert isinstance(kept, Rate)
+    assert (kept.survey, kept.from_pending, kept.reply.rating) == (voided, True, 3)
+    alone = choose_survey([voided], "1", None)
+    assert isinstance(alone, Rate)
+    assert alone.survey is voided
+    older_void = RUBBISH.model_copy(update={"void": True})
+    assert choose_survey([older_void, voided], "1", None) == Rate(older_void, read_inbound("1").reply)  # type: ignore[arg-type]
+    # With two tickets still to rate, the question lists those two only, by their own references.
+    water = survey("20261125-000309", 25, "供水故障")
+    ask = choose_survey([water, RUBBISH, voided], "1", None)
+    assert ask == Ask((water, RUBBISH), ("0309", "0205"), keep="1")
+    # A ticket sent back and resolved again: its new survey is the one asked, the void one is not.
+    redone = survey("20261123-000101", 25, "路灯故障", sid="newer")
+    again = choose_survey([redone, RUBBISH, voided], "0101 1", None)
+    assert isinstance(again, Rate)
+    assert again.survey is redone
 
 
 def test_the_question_lists_references_and_categories_never_the_appeal():

@@ -3,8 +3,9 @@ called from. They see where it is, and nothing personal: not the text, not the a
 number. Guessing is bounded: a few wrong tries per ticket and per address each hour.
 
 A resident whose ticket waits for its satisfaction survey (回访中) and who lost or never got the SMS
-rates it here: the same three answers and 问题是否已解决, posted with the number and the digits again
-(checked and counted as a lookup), recorded as an SMS answer would be (`SurveyBook.answer_on_lookup`).
+rates it here: the same three answers and 问题是否已解决, posted with the number and the digits again,
+or with the signed link that opened the page (below; checked and counted as a lookup either way),
+recorded as an SMS answer would be (`SurveyBook.answer_on_lookup`).
 
 A resident who appealed by WeChat has no phone to give: their notices and the answer to 查询 in the
 chat link here signed (`?t=<ticket_no>&e=<day>&s=<sig>`, `shared.lookup_link`), and the signed link

@@ -55,7 +55,7 @@ from shared.events import GridMatch
 from shared.photos import ID as PHOTO_ID
 from shared.privacy import REMOVED
 from shared.settings import Settings
-from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status
+from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status, Ticket
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -2092,26 +2092,22 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
 @router.get("/lookup")
 async def lookup_form(request: Request) -> Response:
     """The form; with `t`, `e` or `s` (the signed link of a WeChat notice or answer), the ticket it
-    opens, or the form saying the link is no good or has expired."""
+    opens, or the form saying the link is no good or has expired. A ticket waiting for its rating
+    offers the survey's form there too: a WeChat resident has no digits to open the page otherwise."""
     query = request.query_params
     t, expires, sig = query.get("t", ""), query.get("e", ""), query.get("s", "")
     if not t and not sig and not expires:
         return await lookup_page(request)
-    ticket_no = resident_lookup.clean_ticket_no(t)
-    values = {"ticket_no": ticket_no, "last4": ""}
-    state = request.app.state
-    client_ip = request.client.host if request.client else "unknown"
-    key = lookup_link.link_key(state.settings.caller_id_salt)
-    today = lookup_link.day_number(datetime.now(UTC).timestamp())
-    result = await resident_lookup.follow(
-        state.redis, state.store, ticket_no, expires.strip(), sig.strip(), client_ip, today, key
-    )
+    values = {"ticket_no": resident_lookup.clean_ticket_no(t), "last4": ""}
+    link = {"e": expires.strip(), "s": sig.strip()}
+    result = await followed(request, values["ticket_no"], link)
     if isinstance(result, resident_lookup.Refused):
         errors = {result.field: result.message}
         response = await lookup_page(request, result.status, values=values, errors=errors)
     else:
         found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
-        response = await lookup_page(request, values=values, found=found)
+        rate = await waits_for_rating(request, result.ticket)
+        response = await lookup_page(request, values=values, found=found, rate=rate, link=link)
     # The address is the ticket's key: no page it links to is told it.
     response.headers["Referrer-Policy"] = "no-referrer"
     return response
@@ -2128,27 +2124,69 @@ async def lookup_page(request: Request, status: int = 200, **context: Any) -> Re
         "answer_errors": {},
         "ratings": resident_lookup.RATINGS,
         "comment_max": resident_lookup.COMMENT_MAX,
+        # The signed link that opened the page (its `e` and `s`): the survey's form carries it in
+        # place of the digits, and it is checked again when the answer is posted.
+        "link": None,
     }
-    return await anonymous_form(request, "lookup.html", status, **{**defaults, **context})
+    response = await anonymous_form(request, "lookup.html", status, **{**defaults, **context})
+    if context.get("link"):
+        response.headers["Referrer-Policy"] = "no-referrer"  # the page holds the link's signature
+    return response
 
 
-async def looked_up(request: Request, form: Any) -> tuple[dict[str, str], resident_lookup.Found] | Response:
-    """The ticket the form's number and last four digits find (checked, and counted against the
-    tries, each time the page posts them), with the values as cleaned; else the page refusing."""
+async def followed(
+    request: Request, ticket_no: str, link: dict[str, str]
+) -> resident_lookup.Found | resident_lookup.Refused:
+    """The ticket a signed link (`e`, `s`) opens today, counted against the address's tries."""
+    state = request.app.state
+    client_ip = request.client.host if request.client else "unknown"
+    key = lookup_link.link_key(state.settings.caller_id_salt)
+    today = lookup_link.day_number(datetime.now(UTC).timestamp())
+    return await resident_lookup.follow(
+        state.redis, state.store, ticket_no, link["e"], link["s"], client_ip, today, key
+    )
+
+
+async def waits_for_rating(request: Request, ticket: Ticket) -> bool:
+    """Whether the ticket's survey is open (回访中): its resident may rate it on the page (the
+    survey's message may never have reached them). Only a ticket that says so is asked about:
+    most lookups are of tickets still being handled, and need no read of the survey book."""
+    if ticket.status != Status.SURVEYED:
+        return False
+    notifier = request.app.state.notifier
+    survey = await notifier.surveys.ticket_survey(ticket.ticket_no, notifier.clock())
+    return survey is not None and survey[1]
+
+
+Looked = tuple[dict[str, str], resident_lookup.Found, dict[str, str] | None]
+
+
+async def looked_up(request: Request, form: Any) -> Looked | Response:
+    """The ticket the form finds, checked and counted against the tries each time the page posts:
+    by the signed link it carries (`e`, `s`: the page a link opened, which asked for no digits),
+    else by its number and last four digits; with the values as cleaned and the link (None: by
+    the digits). Else the page refusing. The same page token (CSRF) either way."""
     values = {
         "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
         "last4": resident_lookup.clean_last4(text(form, "last4")),
     }
+    link = None
+    if text(form, "e") or text(form, "s"):
+        link = {"e": text(form, "e").strip(), "s": text(form, "s").strip()}
+        values["last4"] = ""  # the link stands for them: digits posted beside it are not read
     if not session.same(text(form, "csrf"), request.cookies.get(session.LOGIN_CSRF_COOKIE)):
         return await lookup_page(request, 403, values=values, errors={"form": "页面已过期，请重新查询"})
     state = request.app.state
     client_ip = request.client.host if request.client else "unknown"
-    result = await resident_lookup.find(
-        state.redis, state.store, values["ticket_no"], values["last4"], client_ip
-    )
+    if link is not None:
+        result = await followed(request, values["ticket_no"], link)
+    else:
+        result = await resident_lookup.find(
+            state.redis, state.store, values["ticket_no"], values["last4"], client_ip
+        )
     if isinstance(result, resident_lookup.Refused):
         return await lookup_page(request, result.status, values=values, errors={result.field: result.message})
-    return values, result
+    return values, result, link
 
 
 @router.post("/lookup")
@@ -2156,27 +2194,24 @@ async def lookup(request: Request) -> Response:
     looked = await looked_up(request, await request.form())
     if isinstance(looked, Response):
         return looked
-    values, result = looked
-    state = request.app.state
-    tz = tz_of(request)
-    found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz)
-    survey = await state.notifier.surveys.ticket_survey(result.ticket.ticket_no, state.notifier.clock())
-    # Waiting for the resident's rating: they may give it here (the SMS may never have reached them).
-    rate = result.ticket.status == Status.SURVEYED and survey is not None and survey[1]
-    return await lookup_page(request, values=values, found=found, rate=rate)
+    values, result, link = looked
+    found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
+    rate = await waits_for_rating(request, result.ticket)
+    return await lookup_page(request, values=values, found=found, rate=rate, link=link)
 
 
 @router.post("/lookup/survey")
 async def lookup_survey(request: Request) -> Response:
     """The resident's answer to the ticket's open survey, from the lookup page: the number and the
-    digits are checked again (and counted, as a lookup is), then it closes the survey as an SMS
-    answer would. Sent twice, the page shows the answer recorded the first time."""
+    digits, or the signed link that opened the page, are checked again (and counted, as a lookup
+    is), then it closes the survey as an SMS answer would. Sent twice, the page shows the answer
+    recorded the first time."""
     form = await request.form()
     answer_values = {name: text(form, name) for name in ("rating", "solved", "comment")}
     looked = await looked_up(request, form)
     if isinstance(looked, Response):
         return looked
-    values, result = looked
+    values, result, link = looked
     state = request.app.state
     found = resident_lookup.public_view(result.ticket, result.history, city_of(request), tz_of(request))
     answer = resident_lookup.read_answer(**answer_values)
@@ -2187,6 +2222,7 @@ async def lookup_survey(request: Request) -> Response:
             values=values,
             found=found,
             rate=True,
+            link=link,
             answer_values=answer_values,
             answer_errors={answer.field: answer.message},
         )
@@ -2197,11 +2233,11 @@ async def lookup_survey(request: Request) -> Response:
         )
     except AnswerRefused as refused:
         return await lookup_page(
-            request, 409, values=values, found=found, answer_errors={"form": refused.message}
+            request, 409, values=values, found=found, link=link, answer_errors={"form": refused.message}
         )
     shown = resident_lookup.answer_view(answered)
     found = {**found, "status": shown["status"]}
-    return await lookup_page(request, values=values, found=found, answered=shown)
+    return await lookup_page(request, values=values, found=found, answered=shown, link=link)
 
 
 # --- wiring ----------------------------------------------------------------------------------------

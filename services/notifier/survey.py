@@ -101,7 +101,7 @@ class Survey(BaseModel):
     # appeal's own words, which may name people and places. "" in records written before.
     about: str = ""
     # Its resolution was sent back by a grid worker's check (现场核查未解决): an answer still closes
-    # it, and says so (`SurveyAnswered.void`).
+    # it, and says so (`SurveyAnswered.void`), but it is no longer asked about (`askable`).
     void: bool = False
 
 
@@ -301,6 +301,15 @@ def open_per_ticket(open_surveys: Sequence[Survey]) -> list[Survey]:
     return list(seen.values())
 
 
+def askable(open_surveys: Sequence[Survey]) -> list[Survey]:
+    """The open surveys a resident may be asked to rate, one per ticket, newest first: not those a
+    grid worker's check voided (现场核查未解决). A void survey stays open to its end, so that a reply
+    about it is still its answer rather than a new appeal, but its answer counts in no rate and
+    reopens nothing: asking "which ticket?" about it, or giving another survey a reference because
+    of it, would make the resident choose between a ticket that is being redone and one that waits."""
+    return open_per_ticket([s for s in open_surveys if not s.void])
+
+
 @dataclass(frozen=True)
 class Rate:
     """The reply (or the reply kept pending, `from_pending`) is about `survey`; `reply` is it read
@@ -328,32 +337,36 @@ def choose_survey(open_surveys: Sequence[Survey], text: str, pending: str | None
     was asked which ticket. None when no survey is open (the reply is then what it was before: a
     late comment, or a new appeal).
 
-    - one ticket open: the reply is about it, as it always was; a reference to it is read off
-      ("0001 3" rates 3), and a bare reference applies the pending reply;
+    The choices are the `askable` surveys; those a grid worker's check voided are never asked about
+    nor make the others "several", yet a reply still reaches one (its answer is void: in no rate):
+    - one ticket to choose (or none, only void surveys open: the newest of those): the reply is
+      about it, as it always was; a reference to it is read off ("0001 3" rates 3), and a bare
+      reference applies the pending reply;
     - several: a reply beginning with the reference of exactly one of them is about that one (a
-      bare reference applies the pending reply); any other is kept pending and the resident asked."""
-    choices = open_per_ticket(open_surveys)
-    if not choices:
+      bare reference applies the pending reply); any other is kept pending and the resident asked;
+    - a reply beginning with the reference of a void survey, and of no choice, is about that one."""
+    choices = askable(open_surveys)
+    voided = open_per_ticket([s for s in open_surveys if s.void])
+    if not choices and not voided:
         return None
     ref, rest = split_reference(text)
-    named = [s for s in choices if ref is not None and refers_to(ref, s.ticket_no)]
-    if len(choices) == 1:
-        survey = choices[0]
-        if not named:
-            return Rate(survey, parse_reply(text))
-        if not rest and pending is not None:
-            return Rate(survey, parse_reply(pending), from_pending=True)
-        return Rate(survey, parse_reply(rest or text))
+    named = _named(choices, ref) or _named(voided, ref)
     if len(named) == 1:
         if not rest and pending is not None:
             return Rate(named[0], parse_reply(pending), from_pending=True)
-        if rest:
-            return Rate(named[0], parse_reply(rest))
+        if rest or len(choices) <= 1:
+            return Rate(named[0], parse_reply(rest or text))
+    elif len(choices) <= 1:
+        return Rate(choices[0] if choices else voided[0], parse_reply(text))
     nos = [s.ticket_no for s in choices]
     refs = tuple(short_ref(no, nos) for no in nos)
     # A bare reference that fits none (or several) adds nothing to keep: the earlier reply stays.
     keep = None if ref is not None and not rest else text
     return Ask(tuple(choices), refs, keep)
+
+
+def _named(surveys: Sequence[Survey], ref: str | None) -> list[Survey]:
+    return [s for s in surveys if ref is not None and refers_to(ref, s.ticket_no)]
 
 
 def which_choices(ask: Ask, tz: ZoneInfo) -> str:

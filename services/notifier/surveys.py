@@ -44,7 +44,7 @@ from typing import Any, Literal, cast
 from services.notifier.dispatch import Dispatcher
 from services.notifier.gateway import Message
 from services.notifier.jobs import SurveyJob, encode
-from services.notifier.routing import Recipient
+from services.notifier.routing import Channel, Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
     Ask,
@@ -56,6 +56,7 @@ from services.notifier.survey import (
     SurveyAnswer,
     SurveyComment,
     WhichTicket,
+    askable,
     bare_reference,
     choose_survey,
     rating_words,
@@ -291,9 +292,10 @@ class SurveyBook:
     ) -> str:
         """The survey's message `template` (the survey, its reminder) for ticket `no`; its
         `_several` form, with the ticket's reference, when another ticket of `to` waits for its
-        rating: the message says how a reply names this one."""
+        rating: the message says how a reply names this one. A survey a grid worker's check voided
+        waits for nothing the resident is asked (`survey.askable`): it makes no other "several"."""
         fields = {"ticket_no": no, "question": self.texts.question, **fields}
-        others = [s.ticket_no for s in await self._open_surveys(to, now) if s.ticket_no != no]
+        others = [s.ticket_no for s in askable(await self._open_surveys(to, now)) if s.ticket_no != no]
         if not others:
             return self.texts.render(template, channel=channel, **fields)
         ref = short_ref(no, [no, *others])
@@ -581,10 +583,10 @@ class SurveyBook:
         self, ticket_no: str, rating: Rating, solved: bool, comment: str, now: datetime
     ) -> SurveyAnswered:
         """The resident rated the ticket's open survey on the lookup page (having given its number
-        and their phone's last four digits): it closes as an SMS answer would, marked `via`
-        "lookup". The same page sent twice gives the answer it recorded the first time. Raises
-        AnswerRefused when the ticket has no survey, or one that another answer or its timeout
-        closed."""
+        and their phone's last four digits, or opened it by its signed link): it closes as an SMS
+        answer would, marked `via` "lookup". The same page sent twice gives the answer it recorded
+        the first time. Raises AnswerRefused when the ticket has no survey, or one that another
+        answer or its timeout closed."""
         found = await self.ticket_survey(ticket_no, now)
         if found is None:
             raise AnswerRefused("该工单没有待评价的回访，无需评价")
@@ -650,7 +652,10 @@ class SurveyBook:
     async def void(self, survey_ids: Sequence[str]) -> None:
         """These surveys' resolutions were sent back (现场核查未解决): each stays as it is (open to its
         end, or closed), marked void, so that an answer still to come says its resolution no longer
-        stands (`SurveyAnswered.void`). A survey no longer kept is left alone."""
+        stands (`SurveyAnswered.void`). Open, it is no longer a choice of "which ticket?" nor makes
+        the phone's other surveys name their ticket (`survey.askable`, read from this mark): it
+        stays in the phone's open set only so that its end is still one `survey.answered` and a
+        reply about it is not taken for a new appeal. A survey no longer kept is left alone."""
         ids = list(dict.fromkeys(survey_ids))
         if not ids:
             return
@@ -744,7 +749,9 @@ class SurveyBook:
             p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
             p.delete(_call_key(survey.survey_id))
             await p.execute()
-        SURVEYS_ANSWERED.labels(rating=str(rating) if rating else outcome).inc()
+        SURVEYS_ANSWERED.labels(
+            rating=str(rating) if rating else outcome, via=answered_via(answered, survey.channel)
+        ).inc()
         return answered
 
     async def _is_void(self, survey_id: str) -> bool:
@@ -816,6 +823,22 @@ def _call(survey: Survey, due: float, state: Mapping[Any, Any], now: datetime) -
         attempts=int(state.get(b"attempts", 0)),
         calling=by.decode() if by and until > now.timestamp() else None,
     )
+
+
+AnsweredVia = Literal["sms", "wechat", "phone", "lookup", "none"]
+
+
+def answered_via(answered: SurveyAnswered, channel: Channel) -> AnsweredVia:
+    """The channel a survey's answer came by, as the counter says it (`surveys_answered_total`'s
+    `via`): the operator's phone callback (the event names them in `by`), the lookup page (`via`),
+    else the resident's reply on the survey's own channel (SMS, WeChat); "none" for a survey that
+    closed without an answer (its window ended, TD, an erasure). Pure: one of five values, never
+    anything of the resident's, so the label cannot grow the counter's series."""
+    if answered.outcome != "answered":
+        return "none"
+    if answered.by is not None:
+        return "phone"
+    return answered.via or channel
 
 
 def _answer_key(survey_id: str) -> str:

@@ -53,33 +53,40 @@ class Event(_Frozen):
 
     @classmethod
     def from_json(cls, body: bytes) -> Self:
-        """The event a message carries, with the message's text kept as its JSON: a consumer that
-        writes it to a history, records it or sends it on does not serialise it again. (The text
-        is the event's: every field is checked, and no field the model lacks is allowed.)"""
+        """The event a message carries, with the message's bytes kept as its JSON: a consumer that
+        writes it to a history, records it or sends it on does not serialise it again. (The bytes
+        are the event's: every field is checked, and no field the model lacks is allowed.)"""
         event = cls.model_validate_json(body)
         if body[:1] == b"{":
-            event.__dict__["json_text"] = body.decode()
+            event.__dict__["json_bytes"] = bytes(body)
         return event
 
     @property
-    def json_text(self) -> str:
-        """The event's JSON (`model_dump_json`), made once: a router event is written to its
+    def json_bytes(self) -> bytes:
+        """The event's JSON as UTF-8 (`json_of`), made once: a router event is written to its
         ticket's history and then published, and serialising it is most of the cost of either. An
-        event is frozen, so the text cannot go stale; `model_copy` drops it (see below). Kept in
+        event is frozen, so the bytes cannot go stale; `model_copy` drops them (see below). Kept in
         `__dict__` by hand: functools.cached_property takes a lock on every first read (3.11)."""
         cache = self.__dict__
-        text = cache.get("json_text")
-        if text is None:
-            text = cache["json_text"] = self.model_dump_json()
-        return text
+        data = cache.get("json_bytes")
+        if data is None:
+            data = cache["json_bytes"] = json_of(self)
+        return data
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
-        copy.__dict__.pop("json_text", None)  # pydantic copies cached properties with the fields
+        copy.__dict__.pop("json_bytes", None)  # pydantic copies cached properties with the fields
         return copy
 
     def to_bytes(self) -> bytes:
-        return self.json_text.encode()
+        return self.json_bytes
+
+
+def json_of(model: BaseModel) -> bytes:
+    """`model_dump_json()` as the UTF-8 bytes pydantic makes, not decoded into a str. What goes to
+    Redis, Kafka or PostgreSQL is sent as bytes: a str with Chinese in it is held as UCS-2 and
+    encoded back to UTF-8 at every send, which in a batch of tickets cost more than building it."""
+    return model.__pydantic_serializer__.to_json(model)
 
 
 # --- value objects -----------------------------------------------------------------------------

@@ -972,11 +972,15 @@ async def test_a_ticket_redis_lost_and_an_appeal_on_its_way_rebuilt_is_erased_ag
     history = await store.history(no)
     assert [p for p in personal if p in json.dumps(history, ensure_ascii=False)] == []
     # Announced again, with the caller id the rebuilt ticket carried: the first notice was lost.
-    notice = history[-1]
-    assert (notice["topic"], notice["caller_id"]) == (topics.PERSONAL_DATA_REMOVED, caller_id(phone))
-    assert await redis.zrange(store.OUTBOX, 0, -1) == [
-        f"{topics.PERSONAL_DATA_REMOVED}\t{no}\t{notice['event_id']}".encode()
-    ]
+    # (The running system's records worker, which shares this Redis, may announce it too, into its
+    # own outbox: this store's outbox holds the notice of the path under test.)
+    assert history[-1]["topic"] == topics.PERSONAL_DATA_REMOVED
+    notices = {r["event_id"]: r for r in history if r["topic"] == topics.PERSONAL_DATA_REMOVED}
+    assert {r["caller_id"] for r in notices.values()} == {caller_id(phone)}
+    entries = [e.decode().split("\t") for e in await redis.zrange(store.OUTBOX, 0, -1)]
+    assert len(entries) == 1
+    assert entries[0][:2] == [topics.PERSONAL_DATA_REMOVED, no]
+    assert entries[0][2] in notices
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT payload::text AS p FROM ticket_events WHERE ticket_no = %s", (no,))
         stored = [e["p"] for e in await cur.fetchall()]

@@ -940,7 +940,7 @@ def test_the_duplicate_closes_pointing_at_the_main_ticket_which_lists_it(dup_sta
     assert closed.merge.response_on_time is (True if dup_status == st.ASSIGNED else None)
     assert took.merge.response_on_time is None
     assert (d.has_applied(closed.event_id), m.has_applied(took.event_id)) == (True, True)
-    assert TicketUpdated.model_validate_json(closed.json_text) == closed  # it parses back
+    assert TicketUpdated.model_validate_json(closed.json_bytes) == closed  # it parses back
 
 
 def test_a_merged_duplicate_s_clocks_stop_and_a_late_merge_is_no_response_on_time():
@@ -1067,7 +1067,7 @@ def test_a_main_ticket_merged_into_another_brings_its_duplicates_along():
         assert e.merge == Merge(into=MAIN, duplicate=before.ticket_no, via=CARRIER)
         assert e.note == f"随工单{CARRIER}并入工单{MAIN}合并办理：同一盏路灯， 邻居重复反映"
         assert t.has_applied(e.event_id)
-        assert TicketUpdated.model_validate_json(e.json_text) == e
+        assert TicketUpdated.model_validate_json(e.json_bytes) == e
         # Its own merge answered for whoever held it; moving it along counts for nobody again.
         assert fields_for(e) == ()
     # The carrier's department had not accepted it: its merge is that department's response, once.

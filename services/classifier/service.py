@@ -167,7 +167,7 @@ class ServedClassifier:
 
 async def queue_for_review(redis: Redis, results: Sequence[AppealClassified]) -> None:
     if results:
-        await redis.hset(REVIEW_KEY, mapping={r.ticket_no: r.json_text for r in results})
+        await redis.hset(REVIEW_KEY, mapping={r.ticket_no: r.json_bytes for r in results})
 
 
 async def review_page(redis: Redis, page: int | None, size: int) -> tuple[int, list[AppealClassified]]:

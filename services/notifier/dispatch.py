@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from services.notifier.gateway import Message, PermanentSmsError, SmsError, SmsGateway, Undeliverable
@@ -185,7 +186,7 @@ class Dispatcher:
             if isinstance(answer, int):  # 0: done already; else another sender's lease + 1 ms
                 busy_ms = max(busy_ms, answer)
                 continue
-            recorded = answer.decode() if isinstance(answer, bytes) else answer
+            recorded = answer if isinstance(answer, bytes) else str(answer).encode()
             own = items[i][1]
             # Not ours: a sender that died recorded it. Send that very message (same id) again.
             messages.append(own if recorded == texts[i] else Message.from_json(json.loads(recorded)))
@@ -208,8 +209,11 @@ class Dispatcher:
         return results
 
     @staticmethod
-    def _json(message: Message) -> str:
-        return json.dumps(message.to_json(), ensure_ascii=False, sort_keys=True)
+    def _json(message: Message) -> bytes:
+        # Bytes, as Redis takes them (a str of Chinese text is encoded again at every send). The
+        # text is only compared with what this same code recorded: a message recorded in another
+        # form (an older version's) is read back and sent as it was, which is what a mismatch does.
+        return orjson.dumps(message.to_json(), option=orjson.OPT_SORT_KEYS)
 
     async def dispatch(
         self,

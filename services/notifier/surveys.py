@@ -75,6 +75,7 @@ from shared.events import (
     SurveyOutcome,
     SurveySent,
     TicketUpdated,
+    json_of,
 )
 from shared.metrics import SURVEYS_ANSWERED
 from shared.privacy import caller_id
@@ -184,9 +185,7 @@ class SurveyBook:
         message = Message(
             address, text, "survey", no, message_id=message_id_of(survey.survey_id, "survey"), channel=channel
         )
-        created = await self.redis.set(
-            _survey_key(survey.survey_id), survey.model_dump_json(), nx=True, ex=SURVEY_TTL
-        )
+        created = await self.redis.set(_survey_key(survey.survey_id), json_of(survey), nx=True, ex=SURVEY_TTL)
         if created:
             async with self.redis.pipeline(transaction=True) as p:
                 p.zadd(_open_key(address), {survey.survey_id: now.timestamp()})
@@ -664,7 +663,7 @@ class SurveyBook:
             for raw in stored:
                 if raw is not None:
                     survey = Survey.model_validate_json(raw).model_copy(update={"void": True})
-                    p.set(_survey_key(survey.survey_id), survey.model_dump_json(), xx=True, keepttl=True)
+                    p.set(_survey_key(survey.survey_id), json_of(survey), xx=True, keepttl=True)
             await p.execute()
 
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
@@ -737,7 +736,7 @@ class SurveyBook:
             void=outcome == "answered" and await self._is_void(survey.survey_id),
             **_groups(survey),
         )
-        await self.redis.set(_answer_key(survey.survey_id), answered.json_text, ex=SURVEY_TTL)
+        await self.redis.set(_answer_key(survey.survey_id), answered.json_bytes, ex=SURVEY_TTL)
         try:
             await self.publish([answered])
         except Exception:

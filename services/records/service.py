@@ -157,7 +157,7 @@ SELECT_TICKETS = (
 def payload(topic: str, event: Event) -> dict[str, Any]:
     # From the event's JSON: the text it came in (see `Event.from_json`), read by orjson, costs a
     # fifth of dumping the model again.
-    dumped: dict[str, Any] = orjson.loads(event.json_text)
+    dumped: dict[str, Any] = orjson.loads(event.json_bytes)
     dumped["topic"] = topic  # set, not merged into a new dict: one dict per event, not two
     return dumped
 

@@ -35,7 +35,15 @@ from redis.exceptions import WatchError
 from services.router import meetings
 from services.router.timers import Timer, timers_for
 from shared.city import Supervision
-from shared.events import DepartmentRef, Event, MeetingConvened, MeetingSpec, MeetingUpdated, TicketUpdated
+from shared.events import (
+    DepartmentRef,
+    Event,
+    MeetingConvened,
+    MeetingSpec,
+    MeetingUpdated,
+    TicketUpdated,
+    json_of,
+)
 from shared.store import ConcurrentUpdate, TicketStore, ticket_key
 from shared.tickets import Status, Ticket
 
@@ -519,7 +527,7 @@ class MeetingStore:
                     self.store.record_into(p, events)
                     since = meetings.listed_since(time.time())
                     for mid, meeting in changed.items():
-                        p.set(self.key(mid), meeting.model_dump_json())
+                        p.set(self.key(mid), json_of(meeting))
                         if relist or meetings.listing(before[mid]) != meetings.listing(meeting):
                             _list_into(p, meeting, since)
                         if meeting.reason == "hotspot" and meeting.category and meeting.grid:

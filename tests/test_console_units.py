@@ -1609,6 +1609,7 @@ def dashboard_html(city, trend: dict, trend_by: str) -> str:
         overall=dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),
+        figure_lists=present.figure_lists(city, "2033-07-04", "2033-07-10"),
         map=present.grid_map(city, {}),
         trend=trend,
         trend_by=trend_by,
@@ -2980,6 +2981,7 @@ def period_html(city, **context) -> str:
         "trend_by": "category", "trend_error": "", "top_categories": [], "top_max": 0, "overdue": [],
         "overdue_total": 0, "urlencode": urlencode, "bases": present.rate_bases({}), "min_answers": 3,
         "tickets_link": present.tickets_link,
+        "figure_lists": present.figure_lists(city, "2033-07-04", "2033-07-10"),
         "overall": dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),
@@ -3181,6 +3183,43 @@ async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and
     assert 'data-figure="response_base">（7/8）' in html  # on time of the responses due
     assert "（满意6、基本满意1／8）" in html
     assert "点开的工单列表按受理日期筛选" in html
+
+
+async def test_each_top_card_of_the_dashboard_opens_the_tickets_it_counts(monkeypatch, city):
+    """响应率, 解决率, 满意率 ... each open the ticket list of the period and the city's scope, filtered
+    as close to what the figure counts as the list's filters go: the link reads as the figure and
+    the list it opens, and the page says where the list and the figure differ."""
+    html = await counted_dashboard(monkeypatch, city, _CountsApi(city))
+    period = "from=2033-07-04&amp;to=2033-07-10"
+    cards = re.findall(
+        r'<a class="figure" href="([^"]*)" id="opens-(\w+)"><span class="label">([^<]*)</span>(.*?)</a>', html
+    )
+    assert [(key, href) for href, key, _, _ in cards] == [
+        ("response_rate", f"/console/tickets?{period}"),
+        ("resolution_rate", f"/console/tickets?reopened=true&amp;{period}"),  # 未解决 reopens: 重办
+        ("satisfaction_rate", f"/console/tickets?answer=3&amp;{period}"),  # 回访评价: 不满意
+        ("score", f"/console/tickets?{period}"),
+        ("answered", f"/console/tickets?{period}"),
+        ("direct_answer_rate", f"/console/tickets?department=dispatch_desk&amp;{period}"),
+        ("handled_on_spot", f"/console/tickets?channel=patrol&amp;{period}"),
+    ]
+    # The link's text, as a screen reader reads it: the figure, its base, and the list it opens.
+    named = {key: re.sub(r"<[^>]+>", " ", f"{label}{inside}").split() for _, key, label, inside in cards}
+    assert named["resolution_rate"] == ["解决率", "50.0%", "（4/8）", "查看本期重办过的工单"]
+    assert named["satisfaction_rate"][-1] == "查看本期评价过不满意的工单"
+    assert named["direct_answer_rate"][-1] == "查看本期12345派单中心承办的工单"
+    # Each filter is one the list offers, so the list shows what it was opened with.
+    for href, _, _, _ in cards:
+        asked = dict(parse_qsl(urlsplit(href.replace("&amp;", "&")).query))
+        assert set(asked) <= set(LIST_FILTERS)
+    # Where the list is not exactly what the figure counts, the page says so, card by card.
+    said = re.search(r'<div class="muted" id="figure-lists">(.*?)</div>', html, re.S)
+    assert said is not None
+    items = re.findall(r"<li>([^<]*)</li>", said[1])
+    assert len(items) == len(cards)
+    assert "解决率：列出重办过的工单，答复未解决或不满意的工单会重办" in items[1]
+    assert "满意、基本满意的可在列表的“回访评价”中改选" in items[2]
+    assert "也有待人工派单的" in items[5]
 
 
 def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time_given(city):

@@ -1980,6 +1980,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         dimension_names=DIMENSION_NAMES,
         overall=overall,
         bases=present.rate_bases(overall),
+        figure_lists=present.figure_lists(city, start, end),
         min_answers=city.sla.ranking.min_answers,
         tickets_link=present.tickets_link,
         map=present.grid_map(city, volume),

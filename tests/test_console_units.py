@@ -850,14 +850,6 @@ def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city
         assert f"{info.community_name}/{info.community_name}" not in select[1]
 
 
-def test_a_long_list_is_shown_a_page_at_a_time():
-    items = list(range(45))
-    assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
-    assert present.page_of(items, 3, 20) == (list(range(40, 45)), 3, 3)
-    assert present.page_of(items, 99, 20) == (list(range(40, 45)), 3, 3)  # past the end: the last page
-    assert present.page_of([], 1, 20) == ([], 1, 1)
-
-
 def meeting(city, **changes):
     summoned = [d for d in city.departments if d.kind != "dispatch_desk"][:2]
     leaf = city.leaf_categories[0]
@@ -1173,9 +1165,17 @@ class _DeskApi:
     def waiting(self) -> list[dict]:
         return [self.card]
 
-    async def dispatch_queue(self, **filters) -> list[dict]:
-        assert filters == {"desk": True}  # the returned ones, picked out by the API
-        return [t for t in self.waiting() if t.get("returns")]
+    def asking(self) -> list[dict]:
+        """The departments' tickets with an extension request waiting for the desk."""
+        return []
+
+    async def followed(self, *, page: int, size: int) -> Reply:
+        """As the API picks them out: every extension request, and a page of the returned tickets
+        (those waiting at the desk, here)."""
+        returned = [t for t in self.waiting() if t.get("returns")]
+        shown = returned[(page - 1) * size : page * size]
+        body = {"tickets": shown, "total": len(returned), "page": page, "size": size}
+        return Reply(200, {"extensions": self.asking(), "returned": body})
 
     async def dispatch_section(self, *, low: bool, page: int, size: int, ticket: str = "") -> Reply:
         """As the API splits and pages them (the settings' threshold below is 0.6)."""
@@ -1187,9 +1187,6 @@ class _DeskApi:
         return Reply(
             200, {"tickets": items[(page - 1) * size : page * size], "total": len(items), "page": page}
         )
-
-    async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
-        return []
 
     async def post(self, path: str, body=None, headers=None):
         self.posted.append(path)
@@ -1375,8 +1372,7 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
         def waiting(self) -> list[dict]:
             return queue
 
-        async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
-            assert filters == {"desk": True}  # only what the desk follows, picked out by the API
+        def asking(self) -> list[dict]:
             return asking
 
     fake = Queue(card(first), Reply(200, {"department": water}))
@@ -2744,6 +2740,64 @@ def test_the_desks_returned_tickets_are_paged_like_its_cards():
     assert 'href="/console/desk?returned=1#returned" rel="prev"' in html
     assert 'href="/console/desk?returned=3#returned" rel="next"' in html
     assert "第 2/3 页" in html
+
+
+async def test_the_desk_reads_only_the_page_of_returned_tickets_it_shows(monkeypatch, city):
+    """退单工单 grows with every return still open (thousands in a big city): the desk's page asks the
+    API for the page it shows, with how many there are, and reads the reasons of that page's tickets
+    alone, rather than every returned ticket of every department's queue to page them itself."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    water = {"id": "water", "name": "区水务局"}
+    held = [
+        {"ticket_no": f"20261201-{i:06d}", "status": "accepted", "department": water, "returns": 1}
+        for i in range(1, 46)
+    ]
+
+    class Returned(_DeskApi):
+        """Every way the page may read tickets hands them out here, counted."""
+
+        def __init__(self) -> None:
+            super().__init__({}, Reply(200, {}))
+            self.handed, self.pages = 0, []
+
+        def waiting(self) -> list[dict]:
+            return []
+
+        async def followed(self, *, page: int, size: int) -> Reply:
+            self.pages.append((page, size))
+            shown = held[(page - 1) * size : page * size]
+            self.handed += len(shown)
+            body = {"tickets": shown, "total": len(held), "page": page, "size": size}
+            return Reply(200, {"extensions": [], "returned": body})
+
+        async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
+            self.handed += len(held)  # every department's returned ones, as its queue gives them
+            return held
+
+        async def dispatch_queue(self, **filters) -> list[dict]:
+            return []
+
+    fake = Returned()
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={"returned": "2"},
+        app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings)),
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert fake.handed == views.DESK_PAGE_SIZE  # the page shown, not the 45
+    assert fake.pages == [(2, views.DESK_PAGE_SIZE)]
+    page_two = [t["ticket_no"] for t in held[20:40]]
+    assert fake.asked_why == page_two  # each shown ticket's reasons, from its history
+    table = html[html.index('id="returned"') :]
+    assert re.findall(r'<tr><td><a href="/console/tickets/([^"]+)">', table) == page_two
+    assert "退单工单（45）" in table
+    assert "第 2/3 页" in table
 
 
 def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():

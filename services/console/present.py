@@ -331,13 +331,6 @@ def is_day(value: str) -> bool:
     return len(value) == 10
 
 
-def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:
-    """One page of a list: (its items, the page number, kept within the pages there are, the pages)."""
-    pages = page_count(len(items), size)
-    page_no = min(max(page_no, 1), pages)
-    return items[(page_no - 1) * size : page_no * size], page_no, pages
-
-
 def refusal(
     field: str | None,
     code: str,

@@ -153,6 +153,8 @@ def test_demo_sla(city: City) -> None:
     assert s.urgent_class == "emergency"
     assert s.classes["emergency"].resolve_hours == 2
     assert s.classes["complex"].resolve_days == 15
+    assert s.categories["safety.disputes"] == "mediation"  # 人民调解: about a month
+    assert s.classes["mediation"].resolve_days == 20
     assert date(2026, 2, 17) in s.holidays  # 春节
     assert date(2026, 10, 1) in s.holidays
     assert all(d.weekday() >= 5 for d in s.workdays), "make-up working days fall on weekends"

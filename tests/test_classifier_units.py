@@ -376,6 +376,38 @@ def test_nuisances_a_bureau_acts_on_are_not_taken_for_disputes(classifier, text,
     assert r.category == category
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "602天花板滴水，找703好几次",
+        "卫生间天花板一直往下滴水，找楼上好几次了都不管",
+    ],
+)
+def test_water_through_the_ceiling_from_the_flat_above_is_a_dispute(classifier, text):
+    """Residents tell it by flat numbers and how often they asked: the supply company has nothing to
+    mend inside the neighbour's flat; the street's mediation committee gets the two to agree."""
+    appeal = AppealReceived(ticket_no="T9", channel="hotline", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.category == "safety.disputes"
+    assert r.confidence >= classifier.threshold
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "家里停水了，一直没来水，也没有通知",
+        "水管爆裂，水漫到路上了",
+        "我们楼水压低，六楼根本上不去水",
+        "小区里的自来水管接头一直滴水，地上积了一滩水",
+    ],
+)
+def test_water_supply_stays_water_supply(classifier, text):
+    """停水, a burst main, low pressure, a dripping main: the supply company's, whatever drips."""
+    appeal = AppealReceived(ticket_no="T9", channel="hotline", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.category == "utility.water"
+
+
 def test_the_models_own_threshold_is_used(classifier):
     assert classifier.model.threshold is not None
     assert classifier.threshold == classifier.model.threshold

@@ -224,7 +224,8 @@ def desk_session() -> Any:
 async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their_own_box(browser: Browser):
     """The manager opens the dashboard on a phone: the rankings (twelve figures a row, compared down
     the columns) scroll sideways in their own box, which the keyboard can reach, and the page does
-    not; the overdue tickets stack into cards as the ticket lists do."""
+    not; the overdue tickets stack into cards as the ticket lists do; each top card is a link to its
+    tickets, named by its figure and the list it opens, reached by the keyboard."""
     from urllib.parse import urlencode
 
     from services.console import present
@@ -249,10 +250,26 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         trend=None, trend_by="category", trend_error="趋势暂不可用", top_categories=[], top_max=0,
         overdue=[late], overdue_total=1, urlencode=urlencode,
         bases=present.rate_bases(group), min_answers=3, tickets_link=present.tickets_link,
+        figure_lists=present.figure_lists(load_city(), "2033-07-04", "2033-07-10"),
     )  # fmt: skip
     p = await on_a_phone(browser, html)
     try:
         assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+        # 解决率 opens the period's tickets sent back by an answer (重办): a link a screen reader
+        # names by the figure and the list, which the keyboard reaches from the card before it ("/"
+        # escaped: Playwright passes the pattern on between slashes).
+        named = r"^解决率\s*91\.2%\s*（0\/321）\s*查看本期重办过的工单$"  # its base too
+        solved = p.get_by_role("link", name=re.compile(named))
+        period = "from=2033-07-04&to=2033-07-10"
+        await expect(solved).to_have_attribute("href", f"/console/tickets?reopened=true&{period}")
+        await p.locator("#opens-response_rate").focus()
+        await p.keyboard.press("Tab")
+        await expect(solved).to_be_focused()
+        cards = p.locator("#figures > a.figure")
+        await expect(cards).to_have_count(7)
+        for i in range(7):  # each card a link of its own that opens the ticket list of the period
+            assert (await cards.nth(i).get_attribute("href") or "").endswith(period)
+        await accessible(p)
         box = p.locator("#rank-department").locator("xpath=..")
         assert await box.get_attribute("tabindex") == "0"
         assert await box.get_attribute("aria-labelledby") == "rank-department-title"

@@ -867,14 +867,6 @@ def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city
         assert f"{info.community_name}/{info.community_name}" not in select[1]
 
 
-def test_a_long_list_is_shown_a_page_at_a_time():
-    items = list(range(45))
-    assert present.page_of(items, 1, 20) == (list(range(20)), 1, 3)
-    assert present.page_of(items, 3, 20) == (list(range(40, 45)), 3, 3)
-    assert present.page_of(items, 99, 20) == (list(range(40, 45)), 3, 3)  # past the end: the last page
-    assert present.page_of([], 1, 20) == ([], 1, 1)
-
-
 def meeting(city, **changes):
     summoned = [d for d in city.departments if d.kind != "dispatch_desk"][:2]
     leaf = city.leaf_categories[0]
@@ -1190,9 +1182,17 @@ class _DeskApi:
     def waiting(self) -> list[dict]:
         return [self.card]
 
-    async def dispatch_queue(self, **filters) -> list[dict]:
-        assert filters == {"desk": True}  # the returned ones, picked out by the API
-        return [t for t in self.waiting() if t.get("returns")]
+    def asking(self) -> list[dict]:
+        """The departments' tickets with an extension request waiting for the desk."""
+        return []
+
+    async def followed(self, *, page: int, size: int) -> Reply:
+        """As the API picks them out: every extension request, and a page of the returned tickets
+        (those waiting at the desk, here)."""
+        returned = [t for t in self.waiting() if t.get("returns")]
+        shown = returned[(page - 1) * size : page * size]
+        body = {"tickets": shown, "total": len(returned), "page": page, "size": size}
+        return Reply(200, {"extensions": self.asking(), "returned": body})
 
     async def dispatch_section(self, *, low: bool, page: int, size: int, ticket: str = "") -> Reply:
         """As the API splits and pages them (the settings' threshold below is 0.6)."""
@@ -1204,9 +1204,6 @@ class _DeskApi:
         return Reply(
             200, {"tickets": items[(page - 1) * size : page * size], "total": len(items), "page": page}
         )
-
-    async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
-        return []
 
     async def post(self, path: str, body=None, headers=None):
         self.posted.append(path)
@@ -1392,8 +1389,7 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
         def waiting(self) -> list[dict]:
             return queue
 
-        async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
-            assert filters == {"desk": True}  # only what the desk follows, picked out by the API
+        def asking(self) -> list[dict]:
             return asking
 
     fake = Queue(card(first), Reply(200, {"department": water}))
@@ -1626,6 +1622,7 @@ def dashboard_html(city, trend: dict, trend_by: str) -> str:
         overall=dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),
+        figure_lists=present.figure_lists(city, "2033-07-04", "2033-07-10"),
         map=present.grid_map(city, {}),
         trend=trend,
         trend_by=trend_by,
@@ -2841,6 +2838,64 @@ def test_the_desks_returned_tickets_are_paged_like_its_cards():
     assert "第 2/3 页" in html
 
 
+async def test_the_desk_reads_only_the_page_of_returned_tickets_it_shows(monkeypatch, city):
+    """退单工单 grows with every return still open (thousands in a big city): the desk's page asks the
+    API for the page it shows, with how many there are, and reads the reasons of that page's tickets
+    alone, rather than every returned ticket of every department's queue to page them itself."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    water = {"id": "water", "name": "区水务局"}
+    held = [
+        {"ticket_no": f"20261201-{i:06d}", "status": "accepted", "department": water, "returns": 1}
+        for i in range(1, 46)
+    ]
+
+    class Returned(_DeskApi):
+        """Every way the page may read tickets hands them out here, counted."""
+
+        def __init__(self) -> None:
+            super().__init__({}, Reply(200, {}))
+            self.handed, self.pages = 0, []
+
+        def waiting(self) -> list[dict]:
+            return []
+
+        async def followed(self, *, page: int, size: int) -> Reply:
+            self.pages.append((page, size))
+            shown = held[(page - 1) * size : page * size]
+            self.handed += len(shown)
+            body = {"tickets": shown, "total": len(held), "page": page, "size": size}
+            return Reply(200, {"extensions": [], "returned": body})
+
+        async def open_tickets(self, departments: list[str], **filters) -> list[dict]:
+            self.handed += len(held)  # every department's returned ones, as its queue gives them
+            return held
+
+        async def dispatch_queue(self, **filters) -> list[dict]:
+            return []
+
+    fake = Returned()
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={"returned": "2"},
+        app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings)),
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert fake.handed == views.DESK_PAGE_SIZE  # the page shown, not the 45
+    assert fake.pages == [(2, views.DESK_PAGE_SIZE)]
+    page_two = [t["ticket_no"] for t in held[20:40]]
+    assert fake.asked_why == page_two  # each shown ticket's reasons, from its history
+    table = html[html.index('id="returned"') :]
+    assert re.findall(r'<tr><td><a href="/console/tickets/([^"]+)">', table) == page_two
+    assert "退单工单（45）" in table
+    assert "第 2/3 页" in table
+
+
 def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():
     """An extension's verdict refused (the request was withdrawn meanwhile): no card to go back to."""
     empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
@@ -3076,6 +3131,7 @@ def period_html(city, **context) -> str:
         "trend_by": "category", "trend_error": "", "top_categories": [], "top_max": 0, "overdue": [],
         "overdue_total": 0, "urlencode": urlencode, "bases": present.rate_bases({}), "min_answers": 3,
         "tickets_link": present.tickets_link,
+        "figure_lists": present.figure_lists(city, "2033-07-04", "2033-07-10"),
         "overall": dict.fromkeys(
             ("response_rate", "resolution_rate", "satisfaction_rate", "direct_answer_rate", "score")
         ),
@@ -3277,6 +3333,43 @@ async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and
     assert 'data-figure="response_base">（7/8）' in html  # on time of the responses due
     assert "（满意6、基本满意1／8）" in html
     assert "点开的工单列表按受理日期筛选" in html
+
+
+async def test_each_top_card_of_the_dashboard_opens_the_tickets_it_counts(monkeypatch, city):
+    """响应率, 解决率, 满意率 ... each open the ticket list of the period and the city's scope, filtered
+    as close to what the figure counts as the list's filters go: the link reads as the figure and
+    the list it opens, and the page says where the list and the figure differ."""
+    html = await counted_dashboard(monkeypatch, city, _CountsApi(city))
+    period = "from=2033-07-04&amp;to=2033-07-10"
+    cards = re.findall(
+        r'<a class="figure" href="([^"]*)" id="opens-(\w+)"><span class="label">([^<]*)</span>(.*?)</a>', html
+    )
+    assert [(key, href) for href, key, _, _ in cards] == [
+        ("response_rate", f"/console/tickets?{period}"),
+        ("resolution_rate", f"/console/tickets?reopened=true&amp;{period}"),  # 未解决 reopens: 重办
+        ("satisfaction_rate", f"/console/tickets?answer=3&amp;{period}"),  # 回访评价: 不满意
+        ("score", f"/console/tickets?{period}"),
+        ("answered", f"/console/tickets?{period}"),
+        ("direct_answer_rate", f"/console/tickets?department=dispatch_desk&amp;{period}"),
+        ("handled_on_spot", f"/console/tickets?channel=patrol&amp;{period}"),
+    ]
+    # The link's text, as a screen reader reads it: the figure, its base, and the list it opens.
+    named = {key: re.sub(r"<[^>]+>", " ", f"{label}{inside}").split() for _, key, label, inside in cards}
+    assert named["resolution_rate"] == ["解决率", "50.0%", "（4/8）", "查看本期重办过的工单"]
+    assert named["satisfaction_rate"][-1] == "查看本期评价过不满意的工单"
+    assert named["direct_answer_rate"][-1] == "查看本期12345派单中心承办的工单"
+    # Each filter is one the list offers, so the list shows what it was opened with.
+    for href, _, _, _ in cards:
+        asked = dict(parse_qsl(urlsplit(href.replace("&amp;", "&")).query))
+        assert set(asked) <= set(LIST_FILTERS)
+    # Where the list is not exactly what the figure counts, the page says so, card by card.
+    said = re.search(r'<div class="muted" id="figure-lists">(.*?)</div>', html, re.S)
+    assert said is not None
+    items = re.findall(r"<li>([^<]*)</li>", said[1])
+    assert len(items) == len(cards)
+    assert "解决率：列出重办过的工单，答复未解决或不满意的工单会重办" in items[1]
+    assert "满意、基本满意的可在列表的“回访评价”中改选" in items[2]
+    assert "也有待人工派单的" in items[5]
 
 
 def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time_given(city):

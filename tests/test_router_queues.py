@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from functools import partial
+from types import SimpleNamespace
 
-from services.router.service import QueueFilter, Queues
+import orjson
+
+from services.router.service import FollowedByDesk, QueueFilter, Queues
 from shared import tickets as st
 from shared.events import DepartmentRef
 from shared.store import TicketStore
@@ -229,3 +233,78 @@ async def test_reading_a_whole_queue_page_by_page_reads_each_ticket_once(redis):
             page += 1
         assert seen == [t.ticket_no for t in tickets]  # in deadline order, each once
         assert Counting.read == len(tickets)
+
+
+async def test_what_the_desk_follows_is_read_in_one_pass_over_the_queues(redis):
+    """The extension requests waiting for the desk, every one; the tickets returned at least once,
+    those the departments hold (department by department, each queue in its order) before those
+    waiting at the desk to be dispatched again; a ticket in both lists is in both. Nothing else:
+    not a department's other tickets, not the desk's fresh ones."""
+    city = demo_city()
+    queues = Queues(redis, TicketStore(redis))
+    (first, one), (second, two) = own_department("followed"), own_department("followed", "测试单位二")
+    desk, own_desk = own_department("desk", "测试派单中心")
+    asking = {"days": 3, "reason": "等材料"}
+
+    def ticket(i: int, dept: DepartmentRef, **changes) -> Ticket:
+        t = assigned_ticket(city, no=f"20261123-7740{i}")
+        return t.model_copy(
+            update={"department": dept, "resolve_by": t.resolve_by + timedelta(hours=i), **changes}
+        )
+
+    held_one = [ticket(0, one, returns=1), ticket(1, one, extension_request=asking), ticket(2, one)]
+    held_two = [ticket(3, two, returns=2, extension_request=asking)]
+    waiting = [ticket(4, own_desk, status=st.REVIEW, returns=1), ticket(5, own_desk, status=st.REVIEW)]
+    async with AsyncExitStack() as stack:
+        for dept, tickets in ((first, held_one), (second, held_two), (desk, waiting)):
+            await stack.enter_async_context(queued(redis, queues, dept, tickets))
+        followed = await queues.followed(desk, [first, second])
+
+    def numbers(kept: list[bytes | str]) -> list[str]:
+        return [orjson.loads(raw)["ticket_no"] for raw in kept]
+
+    assert numbers(followed.extensions) == ["20261123-77401", "20261123-77403"]
+    assert numbers(followed.returned) == ["20261123-77400", "20261123-77403", "20261123-77404"]
+
+
+async def test_the_desks_returned_tickets_come_a_page_at_a_time_with_how_many(monkeypatch):
+    """GET /api/v1/dispatch/followed: every extension request, and of the returned tickets the page
+    asked for (the last, when the list shrank below it) with how many there are; only the tickets
+    sent are made models. The city's departments are asked, the desk's waiting room after them."""
+    from services.router import views
+
+    city = demo_city()
+    returned = [
+        assigned_ticket(city, no=f"20261123-775{i:02d}").model_copy(update={"returns": 1}).model_dump_json()
+        for i in range(45)
+    ]
+    asked = []
+
+    class Followed:
+        def __init__(self, returned: list[str]) -> None:
+            self.returned = returned
+
+        async def followed(self, desk: str, departments: list[str]) -> FollowedByDesk:
+            asked.append((desk, departments))
+            return FollowedByDesk(extensions=self.returned[:1], returned=self.returned)
+
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(city=city)))
+
+    async def page(n: int, of: list[str] = returned) -> dict:
+        monkeypatch.setattr(views, "queues", lambda request: Followed(of))
+        reply = await views.dispatch_followed(request, principal=None, page=n, size=20)
+        return json.loads(reply.body)
+
+    body = await page(2)
+    assert (body["returned"]["total"], body["returned"]["page"], body["returned"]["size"]) == (45, 2, 20)
+    assert [t["ticket_no"] for t in body["returned"]["tickets"]] == [
+        f"20261123-775{i:02d}" for i in range(20, 40)
+    ]
+    assert [t["ticket_no"] for t in body["extensions"]] == ["20261123-77500"]
+    assert body["returned"]["tickets"][0]["status_name"] == "已派单"  # as the queues' other lists send them
+    past = await page(9)  # the list shrank since the link was made: its last page
+    assert (past["returned"]["page"], len(past["returned"]["tickets"])) == (3, 5)
+    none = await page(4, [])
+    assert (none["returned"]["total"], none["returned"]["page"], none["returned"]["tickets"]) == (0, 1, [])
+    desk = city.responsibilities.dispatch_desk
+    assert asked[0] == (desk, [d.id for d in city.departments if d.kind != "dispatch_desk"])

@@ -21,7 +21,7 @@ from services.router.rules import (
 from services.router.sla import add_working_days, deadlines, is_workday, sla_class_for
 from shared.city import DEMO_CITY_DIR, CityConfigError, ResponsibilityRule, load_city
 from shared.events import CategoryScore
-from tests.router_factory import TZ, grid
+from tests.router_factory import T0, TZ, assigned_ticket, grid
 
 
 @pytest.mark.parametrize(
@@ -175,6 +175,21 @@ def test_sla_classes(city):
     assert sla_class_for(city, "housing.safety", False) == "complex"
     assert sla_class_for(city, "city.facility.streetlight", False) == "general"
     assert sla_class_for(city, "city.facility.streetlight", True) == "emergency"
+    assert sla_class_for(city, "safety.disputes", False) == "mediation"
+
+
+def test_a_dispute_gets_the_time_a_mediation_takes(city):
+    """邻里纠纷 goes to the street's mediation committee with people's mediation's own deadline (about
+    a month: 20 working days), not the general 7 working days, which would mark it late while the
+    committee is still arranging the session; urgent (a fight about to start) is urgent still."""
+    t = assigned_ticket(city, "safety.disputes", "s01c01g01")
+    assert t.department is not None
+    assert t.department.id == "mediation_s01"
+    # Monday 2026-11-23 10:00 + 20 working days (no holiday between): Monday 2026-12-21 10:00.
+    assert t.resolve_by == datetime(2026, 12, 21, 10, tzinfo=TZ)
+    assert t.respond_by == T0 + timedelta(hours=24)
+    assert city.sla.classes["mediation"].name == "人民调解"
+    assert deadlines(city, "safety.disputes", True, T0, TZ).sla_class == "emergency"
 
 
 def test_urgent_categories_from_the_config(tmp_path):

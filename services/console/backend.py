@@ -185,9 +185,11 @@ class Api:
         queues = await asyncio.gather(*(self.department_tickets(dept, **filters) for dept in departments))
         return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
 
-    async def dispatch_queue(self, **filters: Any) -> list[dict]:
-        """Every ticket waiting for the desk to dispatch it that the filters (low, desk) admit."""
-        return await self._every_page("/api/v1/dispatch/queue", **filters)
+    async def followed(self, *, page: int, size: int) -> Reply:
+        """What the desk follows: every extension request waiting for its decision, and a page of
+        the tickets returned at least once (the last, when the list shrank below `page`), picked out
+        and paged where they are kept: a city with thousands returned sends a page of them here."""
+        return await self.get("/api/v1/dispatch/followed", page=page, size=size)
 
     async def dispatch_section(self, *, low: bool, page: int, size: int, ticket: str = "") -> Reply:
         """A page of the desk's waiting tickets classified below the review threshold (`low`) or

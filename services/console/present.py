@@ -331,13 +331,6 @@ def is_day(value: str) -> bool:
     return len(value) == 10
 
 
-def page_of(items: list[Any], page_no: int, size: int) -> tuple[list[Any], int, int]:
-    """One page of a list: (its items, the page number, kept within the pages there are, the pages)."""
-    pages = page_count(len(items), size)
-    page_no = min(max(page_no, 1), pages)
-    return items[(page_no - 1) * size : page_no * size], page_no, pages
-
-
 def refusal(
     field: str | None,
     code: str,
@@ -667,6 +660,66 @@ def tickets_link(group_by: str, group: str, start: str, end: str, **more: str) -
     if group == "unknown":
         return None
     return "/console/tickets?" + urlencode({group_by: group, "from": start, "to": end, **more})
+
+
+def figure_lists(city: City, start: str, end: str) -> dict[str, dict[str, str]]:
+    """Where each of the dashboard's top cards leads, by the figure's key: the ticket list of the
+    period (受理日期, as every link of the dashboard) filtered to what the figure counts (`href`), the
+    words that say which list it is (`words`, read as part of the link) and what the list shows
+    that the figure does not count, or the other way round (`differs`, said beside the cards). The
+    figures count events (a response coming due, a survey answer, a dispatch) and the list filters
+    tickets, and some figures have no filter of their own: those open the closest list the filters
+    give, never a narrower one that would hide what they count."""
+    desk = city.department_by_id[city.responsibilities.dispatch_desk]
+    cards: dict[str, tuple[str, dict[str, str], str, str]] = {
+        # On time or not is no filter: every ticket of the period, whose responses are among them.
+        "response_rate": ("响应率", {}, "全部工单", "列表不能按是否按时签收筛选"),
+        # An answer saying 未解决 (or 不满意) sends the ticket back (重办): those kept the rate down.
+        "resolution_rate": (
+            "解决率",
+            {"reopened": "true"},
+            "重办过的工单",
+            "答复未解决或不满意的工单会重办，现场核查未解决的也在其中",
+        ),
+        # 回访评价 takes any answer of the ticket's surveys, as the rate counts each answer.
+        "satisfaction_rate": (
+            "满意率",
+            {"answer": "3"},
+            "评价过不满意的工单",
+            "满意、基本满意的可在列表的“回访评价”中改选",
+        ),
+        "score": ("综合得分", {}, "全部工单", "得分由三率加权算出，没有对应的筛选条件"),
+        # "Answered" is no filter either; the list shows each ticket's answers under its status.
+        "answered": (
+            "回访答复",
+            {},
+            "全部工单",
+            "列表不能只筛出已答复的，各工单的回访评价注明在“状态”栏下",
+        ),
+        # A call answered on the spot is the desk's, its department (rules.answered_on_call).
+        "direct_answer_rate": (
+            "直接答复率",
+            {"department": desk.id},
+            f"{desk.name}承办的工单",
+            "当场答复办结的都在其中，也有待人工派单的",
+        ),
+        # What grid workers dealt with on the spot came in as their reports (巡查上报).
+        "handled_on_spot": (
+            "网格员现场处置",
+            {"channel": "patrol"},
+            "网格员巡查上报的工单",
+            "上报后派单办理的也在其中",
+        ),
+    }
+    return {
+        key: {
+            "label": label,
+            "href": "/console/tickets?" + urlencode({**filters, "from": start, "to": end}),
+            "words": words,
+            "differs": differs,
+        }
+        for key, (label, filters, words, differs) in cards.items()
+    }
 
 
 def trend_group(raw: str | None) -> str:

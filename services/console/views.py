@@ -1236,19 +1236,18 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     # The waiting tickets come a page of each list at a time, split and paged where they are kept
     # (a storm may leave thousands waiting); ?ticket=N (the ticket page's link, a refused dispatch)
     # asks for the page of its list that holds it. Of the city's open tickets only those the desk
-    # follows (an extension request to decide, or returned) come here, picked out where they are.
+    # follows come here, picked out where they are: every extension request to decide, and a page of
+    # those returned (退单 grows with every return still open).
     wanted = request.query_params.get("ticket") or ""
-    departments = [d["id"] for d in present.departments_of(city)]
 
     def waiting(low: bool, name: str) -> Awaitable[Reply]:
         page_no = page_number(request, name)
         return client.dispatch_section(low=low, page=page_no, size=DESK_PAGE_SIZE, ticket=wanted)
 
-    low_reply, unrouted_reply, waiting_returned, everything = await asyncio.gather(
+    low_reply, unrouted_reply, followed = await asyncio.gather(
         waiting(True, "low"),
         waiting(False, "unrouted"),
-        client.dispatch_queue(desk=True),
-        client.open_tickets(departments, desk=True),
+        client.followed(page=page_number(request, "returned"), size=DESK_PAGE_SIZE),
     )
 
     def section(reply: Reply) -> dict[str, Any]:
@@ -1263,18 +1262,13 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     sections = {"low": section(low_reply), "unrouted": section(unrouted_reply)}
     low, unrouted = sections["low"]["items"], sections["unrouted"]["items"]
     shown = low + unrouted
+    # What the desk follows not read (refused): nothing listed, as for the waiting lists above.
     extensions = [
         {**row(t, tz, now), "dates": present.extension_dates(t, city, tz)}
-        for t in everything
-        if t.get("extension_request")
+        for t in (followed.body["extensions"] if followed.ok else [])
     ]
-    returned_all = [row(t, tz, now) for t in everything if t.get("returns")] + [
-        row(t, tz, now) for t in waiting_returned
-    ]
-    # A page of them, like the cards.
-    returned, returned_page, returned_pages = present.page_of(
-        returned_all, page_number(request, "returned"), DESK_PAGE_SIZE
-    )
+    returned_section = section(Reply(followed.status, followed.body["returned"]) if followed.ok else followed)
+    returned = returned_section["items"]
     # Why each ticket was returned, read from its history: the table's page, and the cards of a
     # ticket a department sent back, so that the desk reads the reason where it dispatches it again
     # (not only in the table at the bottom). Each ticket once (a returned card is in the table too),
@@ -1316,12 +1310,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         s=s,
         sections=sections,
         extensions=extensions,
-        returned={
-            "items": returned,
-            "total": len(returned_all),
-            "page_no": returned_page,
-            "pages": returned_pages,
-        },
+        returned=returned_section,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
         error=error,
@@ -1980,6 +1969,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         dimension_names=DIMENSION_NAMES,
         overall=overall,
         bases=present.rate_bases(overall),
+        figure_lists=present.figure_lists(city, start, end),
         min_answers=city.sla.ranking.min_answers,
         tickets_link=present.tickets_link,
         map=present.grid_map(city, volume),

@@ -20,6 +20,7 @@ Keys:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -180,24 +181,52 @@ class Queues:
         return len(found), page, _models(found, page, size)
 
     async def _admitted(self, key: str, dept: str, where: QueueFilter) -> list[tuple[str, bytes | str]]:
-        """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps).
-        The whole queue is read (for `status=review`, only its tickets with the score of those
-        waiting for the desk: see `_DONE`), but no ticket is made a model: each is looked at as the
-        JSON the store keeps (a fifth of the time a model takes, and the page of a queue of ten
-        thousand narrowed to a few is then a quarter of a second, not a second). Each ticket read
-        is still checked: one indexed before `_DONE` existed sorts with the waiting ones until it
-        next changes, and the filter leaves it out."""
+        """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps)."""
+        return [(no, raw) for no, raw, _ in await self._read(key, dept, where)]
+
+    async def _read(
+        self, key: str, dept: str, where: QueueFilter
+    ) -> list[tuple[str, bytes | str, dict[str, Any]]]:
+        """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps,
+        that JSON parsed). The whole queue is read (for `status=review`, only its tickets with the
+        score of those waiting for the desk: see `_DONE`), but no ticket is made a model: each is
+        looked at as the JSON the store keeps (a fifth of the time a model takes, and the page of a
+        queue of ten thousand narrowed to a few is then a quarter of a second, not a second). Each
+        ticket read is still checked: one indexed before `_DONE` existed sorts with the waiting ones
+        until it next changes, and the filter leaves it out."""
         if where.status == Status.REVIEW:
             nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, _FAR)]
         else:
             nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
-        found: list[tuple[str, bytes | str]] = []
+        found: list[tuple[str, bytes | str, dict[str, Any]]] = []
         for i in range(0, len(nos), 500):
             chunk = nos[i : i + 500]
             for no, raw in zip(chunk, await self.redis.mget([ticket_key(n) for n in chunk]), strict=True):
                 if raw and _held_by(kept := orjson.loads(raw), dept) and where.admits(kept):
-                    found.append((no, raw))
+                    found.append((no, raw, kept))
         return found
+
+    async def followed(self, desk: str, departments: Sequence[str]) -> FollowedByDesk:
+        """What the dispatch desk follows, in one pass over the queues (`QueueFilter.desk`): every
+        extension request waiting for its decision, and the tickets returned at least once (退单)
+        still open, those the departments hold (queue by queue, in the order given) before those
+        waiting at the desk to be dispatched again. Kept as the store keeps them: the caller makes
+        models of what it shows, a page of the returned ones, not of all of them."""
+        # The queues side by side, as the console read them before: their round trips overlap.
+        *held, waiting = await asyncio.gather(
+            *(self._read(f"queue:{dept}", dept, QueueFilter(desk=True)) for dept in departments),
+            self._read(f"queue:{desk}", desk, QueueFilter(status=Status.REVIEW, desk=True)),
+        )
+        followed = FollowedByDesk([], [])
+        for _, raw, kept in (ticket for queue in held for ticket in queue):
+            if kept["status"] == Status.CLOSED:
+                continue
+            if kept.get("extension_request") is not None:
+                followed.extensions.append(raw)
+            if kept.get("returns", 0) > 0:
+                followed.returned.append(raw)
+        followed.returned.extend(raw for _, raw, kept in waiting if kept.get("returns", 0) > 0)
+        return followed
 
     async def numbers(self, dept: str) -> list[str]:
         """The numbers of the department's open tickets, as its queue holds them, none of them read:
@@ -211,6 +240,15 @@ class Queues:
             p.zrange(key, start, start + size - 1)
             total, nos = await p.execute()
         return int(total), [_text(n) for n in nos]
+
+
+@dataclass(frozen=True)
+class FollowedByDesk:
+    """`Queues.followed`: the JSON the store keeps of the tickets with an extension request waiting
+    for the desk, and of those returned at least once, in the order the desk lists them."""
+
+    extensions: list[bytes | str]
+    returned: list[bytes | str]
 
 
 def _models(found: list[tuple[str, bytes | str]], page: int, size: int) -> list[Ticket]:

@@ -660,6 +660,37 @@ async def dispatch_queue(
     )
 
 
+@router.get("/dispatch/followed")
+async def dispatch_followed(
+    request: Request,
+    principal: Principal = Depends(require_admin),
+    page: int = Query(1, ge=1, description="the page of the returned tickets; past the last: the last"),
+    size: int = Query(20, ge=1, le=200),
+):
+    """What the dispatch desk follows of the open tickets: every extension request waiting for its
+    decision (`extensions`: each a decision to take, all of them), and a page of the tickets returned
+    at least once (`returned`: those the departments hold, department by department, then those
+    waiting at the desk to be dispatched again), with how many there are. One pass over the queues
+    reads both; only the tickets sent are made models."""
+    city: City = request.app.state.city
+    departments = [d.id for d in city.departments if d.kind != "dispatch_desk"]
+    followed = await queues(request).followed(city.responsibilities.dispatch_desk, departments)
+    total = len(followed.returned)
+    page = min(page, max(1, -(-total // size)))  # the list shrank since the link was made: its last page
+    shown = followed.returned[(page - 1) * size : page * size]
+    return JSONResponse(  # already JSON, as a department's queue above
+        {
+            "extensions": [ticket_view(Ticket.model_validate_json(raw)) for raw in followed.extensions],
+            "returned": {
+                "total": total,
+                "page": page,
+                "size": size,
+                "tickets": [ticket_view(Ticket.model_validate_json(raw)) for raw in shown],
+            },
+        }
+    )
+
+
 class DispatchIn(BaseModel):
     department: str
     category: str | None = None  # a corrected leaf category, if the classifier got it wrong

@@ -47,6 +47,7 @@ def run(service: Service) -> None:
     from shared.privacy import UnsafeSettings, check_salt
 
     s = get_settings()
+    _keep_freed_memory()
     try:
         check_salt(s)
     except UnsafeSettings as e:
@@ -73,6 +74,29 @@ def run(service: Service) -> None:
     # The workers stay on asyncio's own loop: on uvloop they took no less CPU per appeal in five
     # alternating pipeline benchmarks on a quiet machine.
     asyncio.run(_worker_app(service.value).run())
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc's allocator keep freed memory for the next request instead of returning it to the
+    kernel. A worker's buffers of a few hundred kilobytes (a fetch of records, a batch's script
+    call, a query's rows) are made and freed many times a second; by default each one is mapped
+    from the kernel afresh and its pages faulted in, which made packing a 230 KB Redis command six
+    times slower than packing the same bytes into memory already held. Costs at most the
+    thresholds below in resident memory. Elsewhere than glibc, nothing is changed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    mallopt(m_mmap_threshold, 16 << 20)
+    mallopt(m_trim_threshold, 64 << 20)
+    mallopt(m_top_pad, 16 << 20)
 
 
 def _ensure_model(settings: Settings) -> str:

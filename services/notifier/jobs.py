@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
@@ -54,14 +55,20 @@ class ReturnJob:
 Job = SendJob | SurveyJob | ReturnJob
 
 
-def encode(job: Job) -> str:
+def encode(job: Job) -> bytes:
     if isinstance(job, SendJob):
-        body: dict[str, Any] = {"job": "send", "message": job.message.to_json()}
-    elif isinstance(job, ReturnJob):
-        body = {"job": "return", "openid": job.openid}
+        # A held message: the notifier's most frequent job, and orjson writes it several times
+        # faster than the json module (a flood's held acknowledgements spent a twentieth of the
+        # notifier's time here). It is never looked up by its JSON, only claimed as read.
+        return orjson.dumps({"job": "send", "message": job.message.to_json()}, option=orjson.OPT_SORT_KEYS)
+    # These two are also found again by their JSON (a survey's reminder is removed when it is
+    # answered, a resident's return job is rescheduled), so they keep the form they always had:
+    # jobs written by an earlier version must still be found.
+    if isinstance(job, ReturnJob):
+        body: dict[str, Any] = {"job": "return", "openid": job.openid}
     else:
         body = {"job": job.action, "survey_id": job.survey_id}
-    return json.dumps(body, ensure_ascii=False, sort_keys=True)
+    return json.dumps(body, ensure_ascii=False, sort_keys=True).encode()
 
 
 def decode(raw: str | bytes) -> Job:

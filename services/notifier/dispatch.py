@@ -240,7 +240,7 @@ class Dispatcher:
         to_send = [i for i in range(len(messages)) if i not in held]
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=True))
         results: list[SendResult] = []
-        written: list[tuple[str, str, str]] = []  # state key, state, address to count ('' : not sent)
+        written: list[tuple[str, bytes, str]] = []  # state key, state, address to count ('' : not sent)
         kept: list[Message] = []  # past WeChat's 48 hours: they wait for the resident to write
         # One transaction: a message is done exactly when its state (and held job) is written.
         async with self.redis.pipeline(transaction=True) as p:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
+import orjson
 from redis.asyncio import Redis
 
 from services.notifier.routing import Channel, masked
@@ -145,7 +146,7 @@ class OutboxGateway:
             args=[
                 self.keep,
                 OUTBOX_ID_TTL,
-                *(json.dumps(self.record(m), ensure_ascii=False) for m in messages),
+                *(orjson.dumps(self.record(m)) for m in messages),
             ],
         )
         for m in messages:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import orjson
 from redis.asyncio import Redis
 
 from services.notifier.gateway import Message
@@ -45,8 +46,9 @@ def about_resident(message: Message) -> bool:
     return bool(message.ticket_no) and message.kind != "supervision"
 
 
-def state_record(message: Message, state: MessageState, **extra: str) -> tuple[str, str]:
-    """The message's state record: its key and JSON (for writers that batch it with other writes)."""
+def state_record(message: Message, state: MessageState, **extra: str) -> tuple[str, bytes]:
+    """The message's state record: its key and JSON (for writers that batch it with other writes).
+    Written by orjson, several times faster than the json module at a record per message."""
     to = (
         {"phone": message.masked_to}
         if message.channel == "sms"
@@ -56,7 +58,7 @@ def state_record(message: Message, state: MessageState, **extra: str) -> tuple[s
         }
     )
     record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "", **to, **extra}
-    return state_key(message.message_id), json.dumps(record, ensure_ascii=False)
+    return state_key(message.message_id), orjson.dumps(record)
 
 
 class MessageStates:

@@ -749,7 +749,7 @@ async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis
         type(convened if h["topic"] == convened.topic else decided).model_validate(
             {k: v for k, v in h.items() if k != "topic"}
         )
-    assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [_event_record(facts[2]).encode()]
+    assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [_event_record(facts[2])]
 
 
 async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its_mark(redis):

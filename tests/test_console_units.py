@@ -2606,6 +2606,35 @@ async def test_a_wechat_resident_rates_the_ticket_on_the_page_its_signed_link_op
         assert "survey-form" not in again.text
 
 
+async def test_the_lookup_page_open_in_two_tabs_takes_the_answer_from_either(lookup_app):
+    """A resident who opened the link twice (two tabs, or 查看详情 tapped twice) answers from the
+    first: every view keeps the browser's token instead of making a new one, so the older tab's
+    form is not refused as expired. A token not of ours in form is replaced."""
+    import httpx
+
+    from services.console import session
+
+    no = WECHAT_TICKET.ticket_no
+    lookup_app.state.store.ticket = WECHAT_TICKET.model_copy(update={"status": Status.SURVEYED})
+    surveys = LookupSurveys()
+    lookup_app.state.notifier = SimpleNamespace(surveys=surveys, clock=lambda: NOW)
+    link = signed(no)
+    transport = httpx.ASGITransport(app=lookup_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://console") as client:
+        first = await client.get("/console/lookup", params=link)
+        second = await client.get("/console/lookup", params=link)
+        tokens = [re.findall(r'name="csrf" value="([^"]+)"', p.text)[0] for p in (first, second)]
+        assert tokens[0] == tokens[1] == client.cookies[session.LOGIN_CSRF_COOKIE]
+        answer = {"ticket_no": no, "rating": "1", "solved": "yes", "comment": "", **link}
+        done = await client.post("/console/lookup/survey", data={**answer, "csrf": tokens[0]})
+        assert done.status_code == 200, done.text
+        assert surveys.answers == [(no, 1, True, "")]
+        client.cookies.set(session.LOGIN_CSRF_COOKIE, "<script>", path="/console")
+        fresh = await client.get("/console/lookup", params=link)
+        assert "&lt;script&gt;" not in fresh.text
+        assert re.findall(r'name="csrf" value="([^"]+)"', fresh.text)[0] != "<script>"
+
+
 @pytest.mark.parametrize("field", ["ticket_no", "last4"])
 def test_a_residents_lookup_announces_what_is_wrong_with_a_field(field):
     """A resident on a phone's screen reader hears the refusal, not only sees it in red: with the

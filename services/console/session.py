@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -143,3 +144,13 @@ def same(a: str | None, b: str | None) -> bool:
 
 def new_csrf() -> str:
     return secrets.token_urlsafe(24)
+
+
+_CSRF_FORM = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+def kept_csrf(cookie: str | None) -> str:
+    """The anonymous forms' token: the one the browser holds already, if it is one of ours in form,
+    else a new one. Every page view making a new one broke the page open in another tab (a WeChat
+    resident who tapped 查看详情 twice): its form then carried a token the cookie no longer had."""
+    return cookie if cookie is not None and _CSRF_FORM.fullmatch(cookie) else new_csrf()

@@ -260,8 +260,8 @@ async def home(request: Request) -> Response:
 
 async def anonymous_form(request: Request, template: str, status: int, **context: Any) -> Response:
     """A page whose form is posted without a session (sign-in, the resident's lookup): its CSRF
-    token is double-submitted, in the form and in a cookie of its own."""
-    csrf = session.new_csrf()
+    token is double-submitted, in the form and in a cookie of its own (kept across page views)."""
+    csrf = session.kept_csrf(request.cookies.get(session.LOGIN_CSRF_COOKIE))
     response = await page(request, template, status, csrf=csrf, **context)
     response.set_cookie(
         session.LOGIN_CSRF_COOKIE,

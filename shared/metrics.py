@@ -41,7 +41,8 @@ WECHAT_ON_RETURN = Counter(
 # stay a few dozen at most (`services.notifier.surveys.answered_via`).
 SURVEYS_ANSWERED = Counter(
     "surveys_answered_total",
-    "Surveys closed, by rating (1,2,3) or how (no_answer, opted_out), and the channel the answer came by",
+    "Surveys closed, by rating (1,2,3; void: answered after a check voided it) or how (no_answer,"
+    " opted_out), and the channel the answer came by",
     ["rating", "via"],
 )
 DEAD_LETTERS = Counter("dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"])

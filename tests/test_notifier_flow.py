@@ -1021,6 +1021,38 @@ async def test_the_resident_hears_of_the_meeting_mediation_and_a_check_that_sent
     assert len(await kit.sent(phone, "progress")) == 4
 
 
+async def test_a_hotspots_resident_hears_that_many_residents_raised_the_same_problem(make_kit, redis):
+    """Held with the other appeals of one problem in one grid, the resident is not told that their
+    appeal "involves several departments" (a hotspot's may involve one): they are told why."""
+    from services.notifier.app import Handlers
+    from services.notifier.scorecard import Scorecard
+    from services.notifier.scoring import Weights
+    from shared.events import MeetingSpec
+    from tests.cities import demo_city
+
+    kit = make_kit()
+    handlers = Handlers(kit.notifier, Scorecard(redis, demo_city(), SH, Weights()))
+    phone = new_phone()
+    ticket, _ = await resolved_ticket(kit, phone)
+    spec = MeetingSpec(meeting_id="h1", reason="hotspot", lead_street="s01", summoned=("a",), deadline=NOON)
+    await handlers.updates(
+        [
+            TicketUpdated(
+                ticket_no=ticket.ticket_no,
+                action="escalated",
+                status="meeting",
+                actor="system",
+                caller_id=ticket.caller.caller_id,
+                meeting=spec,
+            )
+        ]
+    )
+    [text] = [m["text"] for m in await kit.sent(phone, "progress")]
+    assert "多位居民反映了同类问题" in text
+    assert ticket.ticket_no in text
+    assert "涉及多个部门" not in text
+
+
 async def test_a_survey_held_overnight_is_not_sent_after_an_opt_out(make_kit, clock):
     clock.now = datetime(2026, 11, 23, 22, 0, tzinfo=SH)
     kit = make_kit()

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.notifier.survey import is_opt_out, parse_reply
-from services.notifier.surveys import answered_via
+from services.notifier.surveys import answered_rating, answered_via
 from services.notifier.texts import NotificationsError, load_texts
 from shared.events import SurveyAnswered
 
@@ -81,6 +81,10 @@ def test_the_answers_counter_says_the_channel_each_answer_came_by():
     for outcome in ("no_answer", "opted_out"):
         closed = answer.model_copy(update={"outcome": outcome, "rating": None, "solved": None})
         assert answered_via(closed, "sms") == "none"
+        assert answered_rating(closed) == outcome
+    # `rating`: an answer to a survey a check voided is in no rate, so it is not counted as a 1.
+    assert answered_rating(answer) == "1"
+    assert answered_rating(answer.model_copy(update={"void": True})) == "void"
 
 
 def test_default_templates_render_with_the_ticket_number():

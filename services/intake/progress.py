@@ -61,7 +61,7 @@ _SHOWN = {
     "accepted": "承办单位已签收，正在办理",
     "extension_approved": "办理期限已延长",
     "resolved": "承办单位已办结",
-    "surveyed": "已发送回访短信",
+    "surveyed": "已请您评价办理结果",  # by SMS or, for a WeChat resident, in WeChat: no channel named
     "closed": "工单已关闭",
     "reopened": "工单重新办理",
     "urged": "已收到您的催办，已转告承办单位",

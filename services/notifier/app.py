@@ -116,7 +116,11 @@ class Handlers:
             # Held for a joint meeting (联席会议): several departments are to settle who handles it.
             # Not an escalation by a deadline (督办), which is the supervisors' and changes nothing
             # the resident waits for.
-            [(u, "progress_meeting", {}) for u in updates if u.action == "escalated" and u.meeting]
+            [
+                (u, "progress_meeting_hotspot" if u.meeting.reason == "hotspot" else "progress_meeting", {})
+                for u in updates
+                if u.action == "escalated" and u.meeting
+            ]
             # 现场核查未解决: the grid worker found the problem still there; back to the department.
             + [(u, "progress_sent_back", {}) for u in back]
             + [

@@ -748,9 +748,8 @@ class SurveyBook:
             p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
             p.delete(_call_key(survey.survey_id))
             await p.execute()
-        SURVEYS_ANSWERED.labels(
-            rating=str(rating) if rating else outcome, via=answered_via(answered, survey.channel)
-        ).inc()
+        came_by = answered_via(answered, survey.channel)
+        SURVEYS_ANSWERED.labels(rating=answered_rating(answered), via=came_by).inc()
         return answered
 
     async def _is_void(self, survey_id: str) -> bool:
@@ -838,6 +837,15 @@ def answered_via(answered: SurveyAnswered, channel: Channel) -> AnsweredVia:
     if answered.by is not None:
         return "phone"
     return answered.via or channel
+
+
+def answered_rating(answered: SurveyAnswered) -> str:
+    """How a survey closed, as the counter says it (`surveys_answered_total`'s `rating`): 1, 2 or 3;
+    "void" for an answer to a survey a grid worker's check had voided (作废回访: in no rate, so a
+    panel by rating must not show it as satisfied or not); else how it closed without one."""
+    if answered.void:
+        return "void"
+    return str(answered.rating) if answered.rating else answered.outcome
 
 
 def _answer_key(survey_id: str) -> str:

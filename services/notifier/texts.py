@@ -24,6 +24,8 @@ DEFAULT_FILE = Path(__file__).with_name("notifications.yaml")
 FIELDS: dict[str, frozenset[str]] = {
     "ack": frozenset({"ticket_no"}),
     "progress_meeting": frozenset({"ticket_no"}),
+    # Held as one of a hotspot's appeals (the same problem, many residents, one grid): one meeting.
+    "progress_meeting_hotspot": frozenset({"ticket_no"}),
     # The joint meeting decided which department handles it (`department`).
     "progress_meeting_decided": frozenset({"ticket_no", "department"}),
     # 转人民调解: the street's mediation committee (`department`) takes it.
@@ -75,6 +77,7 @@ OPTIONAL = frozenset(
         "answer_thanks",
         "answer_reopened",
         "progress_meeting_decided",
+        "progress_meeting_hotspot",
         "progress_mediation",
         "progress_sent_back",
     }

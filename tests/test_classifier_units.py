@@ -381,6 +381,8 @@ def test_nuisances_a_bureau_acts_on_are_not_taken_for_disputes(classifier, text,
     [
         "602天花板滴水，找703好几次",
         "卫生间天花板一直往下滴水，找楼上好几次了都不管",
+        "楼上卫生间漏水到我家，协商不成",
+        "邻居家漏水到我家天花板，他们不管",
     ],
 )
 def test_water_through_the_ceiling_from_the_flat_above_is_a_dispute(classifier, text):
@@ -399,6 +401,7 @@ def test_water_through_the_ceiling_from_the_flat_above_is_a_dispute(classifier, 
         "水管爆裂，水漫到路上了",
         "我们楼水压低，六楼根本上不去水",
         "小区里的自来水管接头一直滴水，地上积了一滩水",
+        "小区门口马路边的自来水管漏水好几天了，水一直往外流",
     ],
 )
 def test_water_supply_stays_water_supply(classifier, text):
@@ -406,6 +409,26 @@ def test_water_supply_stays_water_supply(classifier, text):
     appeal = AppealReceived(ticket_no="T9", channel="hotline", text=text)
     [r] = classifier.classify([appeal])
     assert r.category == "utility.water"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "锦绣家园2号楼地下室漏水好几天了，没人管",
+        "我家屋顶漏水，下雨天滴水",
+        "我们楼的外墙一下雨就往屋里渗水，墙皮都泡掉了",
+        "楼道顶上漏水，下雨天楼道里到处是水",
+        "我家卧室墙面渗水发霉",
+    ],
+)
+def test_a_leak_with_no_neighbour_in_it_is_the_buildings_not_a_dispute(classifier, text):
+    """A leak is a dispute only when another household is named as its source and was asked; a
+    roof, an outer wall, a basement or a stairwell is the building's to mend (房屋安全), and the
+    street's mediation committee, which would get it as 邻里纠纷, cannot mend a roof."""
+    appeal = AppealReceived(ticket_no="T9", channel="hotline", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.category != "safety.disputes"
+    assert r.category == "housing.safety"
 
 
 def test_the_models_own_threshold_is_used(classifier):

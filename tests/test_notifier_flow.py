@@ -161,6 +161,19 @@ async def resolved_ticket(
     )
 
 
+async def two_surveys(
+    kit: Kit, clock, phone: str, note: str | None = None
+) -> tuple[Ticket, Ticket, SurveySent]:
+    """Two of `phone`'s tickets resolved an hour apart (the second with `note`), each surveyed when
+    resolved: the first ticket, the second, and the first's `survey.sent`."""
+    first, resolved_first = await resolved_ticket(kit, phone)
+    [sent] = await kit.notifier.start_surveys([resolved_first])
+    clock.now = NOON + timedelta(hours=1)
+    second, resolved_second = await resolved_ticket(kit, phone, *([note] if note else []))
+    await kit.notifier.start_surveys([resolved_second])
+    return first, second, sent
+
+
 async def surveyed(kit: Kit) -> tuple[str, Ticket]:
     """A resident whose resolved ticket's survey went out."""
     phone = new_phone()
@@ -316,11 +329,7 @@ async def test_a_kept_reply_waits_while_the_resident_rates_the_other_ticket_firs
     promised."""
     kit = make_kit()
     phone = new_phone()
-    light, resolved_light = await resolved_ticket(kit, phone)
-    await kit.notifier.start_surveys([resolved_light])
-    clock.now = NOON + timedelta(hours=1)
-    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
-    await kit.notifier.start_surveys([resolved_rubbish])
+    light, rubbish, _ = await two_surveys(kit, clock, phone, note="已清运垃圾")
     assert isinstance(await kit.notifier.surveys.reply(phone, "1"), WhichTicket)
     rated = await kit.notifier.surveys.reply(phone, f"{rubbish.ticket_no[-4:]} 3 垃圾还是没人收")
     assert rated == SurveyAnswer(ticket_no=rubbish.ticket_no, rating=3, solved=False)
@@ -332,11 +341,7 @@ async def test_a_kept_reply_waits_while_the_resident_rates_the_other_ticket_firs
 async def test_a_reply_that_names_its_ticket_rates_it_at_once(make_kit, clock):
     kit = make_kit()
     phone = new_phone()
-    older, resolved_older = await resolved_ticket(kit, phone)
-    await kit.notifier.start_surveys([resolved_older])
-    clock.now = NOON + timedelta(hours=1)
-    newer, resolved_newer = await resolved_ticket(kit, phone)
-    await kit.notifier.start_surveys([resolved_newer])
+    older, newer, _ = await two_surveys(kit, clock, phone)
     assert await kit.notifier.surveys.reply(phone, f"{older.ticket_no[-4:]} 3 还是不亮") == SurveyAnswer(
         ticket_no=older.ticket_no, rating=3, solved=False
     )
@@ -370,11 +375,7 @@ async def test_a_reminder_while_another_survey_is_open_names_its_ticket(make_kit
     the second's survey did, so the reply it asks for can say which ticket it rates."""
     kit = make_kit(quiet="none")
     phone = new_phone()
-    light, resolved_light = await resolved_ticket(kit, phone)
-    await kit.notifier.start_surveys([resolved_light])
-    clock.now = NOON + timedelta(hours=1)
-    _, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
-    await kit.notifier.start_surveys([resolved_rubbish])
+    light, _, _ = await two_surveys(kit, clock, phone, note="已清运垃圾")
     assert await kit.notifier.scan(NOON + timedelta(hours=24)) == 1  # the light's, a day on
     (reminder,) = await kit.sent(phone, "reminder")
     ref = light.ticket_no[-4:]
@@ -437,11 +438,7 @@ async def test_a_survey_sent_back_by_a_check_is_no_choice_and_makes_no_other_sev
     streetlight is still recorded, as that survey's void answer."""
     kit = make_kit(quiet="none")
     phone = new_phone()
-    light, resolved_light = await resolved_ticket(kit, phone)
-    [sent] = await kit.notifier.start_surveys([resolved_light])
-    clock.now = NOON + timedelta(hours=1)
-    rubbish, resolved_rubbish = await resolved_ticket(kit, phone, note="已清运垃圾")
-    await kit.notifier.start_surveys([resolved_rubbish])
+    light, rubbish, sent = await two_surveys(kit, clock, phone, note="已清运垃圾")
     assert "尾号" in (await kit.sent(phone, "survey"))[0]["text"]  # both open then
     await kit.notifier.sent_back([checked_not_solved(light, sent.survey_id)])
     assert await kit.notifier.scan(NOON + timedelta(hours=25)) == 1  # the rubbish's; the light's withdrawn

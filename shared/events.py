@@ -82,6 +82,34 @@ class Event(_Frozen):
         return self.json_bytes
 
 
+class View(Event):
+    """The part of an event that one consumer reads: a few of the event's fields (same names, same
+    types and defaults: `tests/test_shared_core.py` holds every view to its event), the rest of the
+    message skipped. Intake's indexes read three fields of an appeal whose text and classification
+    are most of its bytes; validating the whole of it was two thirds of that worker's time. A
+    message whose other fields are broken is left to the consumers that read them, which
+    dead-letter it. A view is read, never published.
+
+    A subclass names its event in `of`; its topic is the event's."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    of: ClassVar[type[Event]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.topic = cls.of.topic
+
+    def to_bytes(self) -> bytes:
+        raise TypeError(f"{type(self).__name__} is a view of {self.of.__name__}: read, never published")
+
+
+class Part(BaseModel):
+    """A view of a model inside an event (`View`): the fields read, the rest skipped."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
 def json_of(model: BaseModel) -> bytes:
     """`model_dump_json()` as the UTF-8 bytes pydantic makes, not decoded into a str. What goes to
     Redis, Kafka or PostgreSQL is sent as bytes: a str with Chinese in it is held as UCS-2 and

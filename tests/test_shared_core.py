@@ -31,6 +31,7 @@ from shared.bus import (
     relay_outbox,
 )
 from shared.events import (
+    Answer,
     AppealClassified,
     AppealLocated,
     AppealPhotosAdded,
@@ -43,12 +44,14 @@ from shared.events import (
     GridMatch,
     MeetingConvened,
     MeetingUpdated,
+    Part,
     PersonalDataRemoved,
     Returned,
     SurveyAnswered,
     SurveySent,
     TicketAssigned,
     TicketUpdated,
+    View,
 )
 from shared.privacy import (
     REMOVED,
@@ -897,3 +900,67 @@ def test_every_text_field_of_the_events_and_the_ticket_is_either_removed_or_kept
         for key in path.split("."):
             scrubbed = scrubbed.get(key) if isinstance(scrubbed, dict) else None
         assert scrubbed != "赵小红", path
+
+
+# --- views: what a consumer reads of an event --------------------------------------------------
+
+
+def _views(base: type) -> list[type]:
+    return [v for s in base.__subclasses__() for v in (s, *_views(s))]
+
+
+def _same_field(view: type[BaseModel], model: type[BaseModel], where: str) -> None:
+    """Each of the view's fields is the model's, of the same type and default; a field that is a
+    `Part` is a view of the model's field, checked the same way."""
+    for name, field in view.model_fields.items():
+        here = f"{where}.{name}"
+        assert name in model.model_fields, f"{here}: {model.__name__} has no such field"
+        theirs = model.model_fields[name]
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Part):
+            assert isinstance(theirs.annotation, type), f"{here}: {theirs.annotation} is no model"
+            assert issubclass(theirs.annotation, BaseModel), f"{here}: {theirs.annotation} is no model"
+            _same_field(field.annotation, theirs.annotation, here)
+        else:
+            assert field.annotation == theirs.annotation, f"{here}: {field.annotation}"
+        assert field.is_required() == theirs.is_required(), f"{here}: required differs"
+        assert field.default_factory == theirs.default_factory, f"{here}: default differs"
+        if not field.is_required():
+            assert field.get_default(call_default_factory=False) == theirs.get_default(
+                call_default_factory=False
+            ), f"{here}: default differs"
+
+
+def test_every_view_reads_its_events_fields_as_the_event_declares_them() -> None:
+    # The views are declared by their consumers: every one that is imported is checked.
+    from services.intake.app import CallerOf, ClosingOf, PlaceOf
+    from services.notifier.app import Acknowledged
+
+    views = _views(View)
+    assert {CallerOf, ClosingOf, PlaceOf, Acknowledged} <= set(views)
+    for view in views:
+        assert view.topic == view.of.topic
+        _same_field(view, view.of, view.__name__)
+
+
+def test_a_view_reads_its_fields_from_the_whole_event_and_cannot_be_published() -> None:
+    from services.intake.app import ClosingOf
+
+    update = TicketUpdated(
+        ticket_no="20261202-000001",
+        action="closed",
+        status="closed",
+        actor="system",
+        caller_id="c1",
+        answer=Answer(rating=3, solved=True),
+    )
+    view = ClosingOf.from_json(update.json_bytes)
+    assert (view.ticket_no, view.action, view.caller_id, view.event_id) == (
+        update.ticket_no,
+        "closed",
+        "c1",
+        update.event_id,
+    )
+    with pytest.raises(ValidationError):  # what it reads is checked as the event checks it
+        ClosingOf.from_json(update.json_bytes.replace(b'"closed"', b'"shut"', 1))
+    with pytest.raises(TypeError):
+        view.to_bytes()

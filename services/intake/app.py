@@ -8,14 +8,27 @@ The HTTP side of intake (views.py) numbers and publishes; this worker follows th
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from faststream import FastStream
+from pydantic import Field
 from redis.asyncio import Redis
 
 from services.intake import keys
 from services.intake.duplicates import DUPLICATE_WINDOW_SECONDS
 from services.intake.service import CALLER_INDEX_TTL
-from shared.events import AppealClassified, AppealReceived, PersonalDataRemoved, TicketUpdated
+from shared.events import (
+    AppealClassified,
+    AppealReceived,
+    Caller,
+    GridMatch,
+    Part,
+    PersonalDataRemoved,
+    TicketAction,
+    TicketUpdated,
+    View,
+    now_utc,
+)
 from shared.runtime import Runtime
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -54,6 +67,32 @@ return #ARGV
 """
 
 
+# What the indexes read of each event (`View`): the caller of an appeal, where a classified one
+# is, and whether an update closed a caller's ticket.
+
+
+class CallerOf(View):
+    of = AppealReceived
+    caller: Caller = Caller()
+
+
+class _ReceivedAt(Part):
+    received_at: datetime = Field(default_factory=now_utc)
+
+
+class PlaceOf(View):
+    of = AppealClassified
+    appeal: _ReceivedAt
+    grid: GridMatch
+
+
+class ClosingOf(View):
+    of = TicketUpdated
+    version: int = 2
+    action: TicketAction
+    caller_id: str | None = None
+
+
 class DuplicateIndex:
     """The worker's handlers, one per event it follows. Every one is idempotent (set and sorted-set
     writes), so a redelivered batch changes nothing."""
@@ -65,7 +104,7 @@ class DuplicateIndex:
         self._index_grids = redis.register_script(_INDEX_GRIDS)
         self._forget = redis.register_script(_FORGET)
 
-    async def received(self, appeals: list[AppealReceived]) -> None:
+    async def received(self, appeals: list[CallerOf]) -> None:
         """A caller's new tickets join their open-ticket index."""
         callers = [(a.caller.caller_id, a.ticket_no) for a in appeals if a.caller.caller_id]
         if callers:
@@ -74,7 +113,7 @@ class DuplicateIndex:
                 args=[CALLER_INDEX_TTL, *(no for _, no in callers)],
             )
 
-    async def classified(self, classified: list[AppealClassified]) -> None:
+    async def classified(self, classified: list[PlaceOf]) -> None:
         """A placed ticket joins its grid's index (the older than 7 days leave it)."""
         placed = [c for c in classified if c.grid.grid]
         if not placed:
@@ -84,7 +123,7 @@ class DuplicateIndex:
             args += [c.ticket_no, c.appeal.received_at.timestamp()]
         await self._index_grids(keys=[keys.grid_index(c.grid.grid or "") for c in placed], args=args)
 
-    async def updated(self, updates: list[TicketUpdated]) -> None:
+    async def updated(self, updates: list[ClosingOf]) -> None:
         """A closed ticket leaves its caller's open-ticket index (the event names the caller: no
         ticket to read), a duplicate merged into another (并案) too: its resident follows the main
         ticket from then on, and asks about it by number (see queries.py). A closed one stays among
@@ -136,9 +175,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
     index = DuplicateIndex(rt.redis, rt.store)
     rt.subscribe_each(
         {
-            AppealReceived: index.received,
-            AppealClassified: index.classified,
-            TicketUpdated: index.updated,
+            CallerOf: index.received,
+            PlaceOf: index.classified,
+            ClosingOf: index.updated,
             PersonalDataRemoved: index.erased,
         }
     )

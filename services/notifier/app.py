@@ -16,10 +16,13 @@ from services.notifier.texts import until_date
 from shared.bus import publish
 from shared.events import (
     AppealReceived,
+    Caller,
+    Channel,
     PersonalDataRemoved,
     SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
+    View,
 )
 from shared.runtime import Runtime, run_periodically
 from shared.settings import Settings
@@ -35,6 +38,16 @@ GAUGE_SECONDS = 60
 PROGRESS_OF_ASSIGNMENT = {"meeting": "progress_meeting_decided", "mediation": "progress_mediation"}
 
 
+class Acknowledged(View):
+    """What the acknowledgement reads of an appeal (`View`): not its words."""
+
+    of = AppealReceived
+    channel: Channel
+    caller: Caller = Caller()
+    urgent_flag: bool = False
+    direct_answer: str = ""
+
+
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_notifier)
@@ -44,7 +57,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     rt.subscribe_each(
         {
-            AppealReceived: handlers.appeals,
+            Acknowledged: handlers.appeals,
             TicketAssigned: handlers.assignments,
             TicketUpdated: handlers.updates,
             SurveyAnswered: handlers.answers,
@@ -76,7 +89,7 @@ class Handlers:
         self.notifier = notifier
         self.scorecard = scorecard
 
-    async def appeals(self, appeals: list[AppealReceived]) -> None:
+    async def appeals(self, appeals: list[Acknowledged]) -> None:
         # A call the operator answered on the spot gets no "已受理" text: the resident has the answer,
         # and the survey about it follows at once.
         wanted = [

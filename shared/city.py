@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -211,6 +211,9 @@ class SlaConfig(_Model):
     classes: dict[str, SlaClass]
     default_class: str
     categories: dict[str, str] = {}  # category id (leaf or branch) -> class id
+    # department kind -> class id: a ticket held by a department of that kind gets the class whatever
+    # its category (a mediation committee's time is set by how mediation works); urgent still wins
+    department_kinds: dict[str, str] = {}
     urgent_class: str  # what urgent appeals get, whatever their category
     holidays: tuple[date, ...] = ()  # statutory holidays (no work)
     workdays: tuple[date, ...] = ()  # make-up working days on weekends (调休)
@@ -439,6 +442,21 @@ class City(_Model):
                 problems.append(f"sla.yaml categories: unknown category {cat!r}")
             if cls not in s.classes:
                 problems.append(f"sla.yaml categories {cat}: unknown class {cls!r}")
+        kinds = get_args(DepartmentKind)
+        for kind, cls in s.department_kinds.items():
+            if kind not in kinds:
+                problems.append(
+                    f"sla.yaml department_kinds: unknown department kind {kind!r} (one of {', '.join(kinds)})"
+                )
+            if cls not in s.classes:
+                problems.append(f"sla.yaml department_kinds {kind}: unknown class {cls!r}")
+            elif cls == s.urgent_class:
+                # The router marks a ticket with the urgent class urgent (紧急): every ticket such a
+                # department held would be flagged so. Urgency is the appeal's, not its holder's.
+                problems.append(
+                    f"sla.yaml department_kinds {kind}: {cls!r} is the urgent class, which is for "
+                    "urgent appeals (urgent_categories), not for a kind of department"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return self

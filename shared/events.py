@@ -332,8 +332,9 @@ class Answer(_Frozen):
     rating: Rating | None = None
     solved: bool | None = None
     reopens: int = 0  # how often the ticket has been reopened, this time included
-    # reopened: the deadlines the department has again (重办 gets the category's time anew, from the
-    # answer); None when the ticket had no category to time it by, and in events of older versions.
+    # reopened: the deadlines the department has again (重办 gets its full time anew, from the
+    # answer: the category's, or a committee's mediation time); None when the ticket had no category
+    # to time it by, and in events of older versions.
     respond_by: datetime | None = None
     resolve_by: datetime | None = None
 
@@ -349,8 +350,8 @@ class Verification(_Frozen):
     """`verified` (现场核查): the grid worker of the ticket's grid went to look at what the
     department reported resolved. What the worker saw is the event's `note`, the photos taken there
     its `photos`, the worker (工号) its `actor`. Confirmed: the status stays. Not solved: the ticket
-    goes back to the department that resolved it (重办, the event's status `assigned`), with the
-    category's time again from the check."""
+    goes back to the department that resolved it (重办, the event's status `assigned`), with its
+    full time again from the check (the category's, or a committee's mediation time)."""
 
     solved: bool
     reopens: int = 0  # not solved: how often the ticket has been reopened, this time included

@@ -64,7 +64,9 @@ def classified(
 def assign(city: City, c: AppealClassified, ticket: Ticket | None = None, threshold: float = 0.5):
     routing = route(city, c.category, c.grid, c.confidence, 0.0 if c.reviewed_by else threshold)
     others = contested(city, routing, c.top, c.grid, city.sla.supervision.ambiguity_margin)
-    due = deadlines(city, c.category, c.urgent or c.appeal.urgent_flag, c.occurred_at, TZ)
+    due = deadlines(
+        city, c.category, c.urgent or c.appeal.urgent_flag, c.occurred_at, TZ, department=routing.lead
+    )
     return workflow.assign(ticket, c, routing, due, city, contested=others, tz=TZ)
 
 

@@ -155,6 +155,7 @@ def test_demo_sla(city: City) -> None:
     assert s.classes["complex"].resolve_days == 15
     assert s.categories["safety.disputes"] == "mediation"  # 人民调解: about a month
     assert s.classes["mediation"].resolve_days == 20
+    assert s.department_kinds == {"mediation": "mediation"}  # a committee's every ticket, too
     assert date(2026, 2, 17) in s.holidays  # 春节
     assert date(2026, 10, 1) in s.holidays
     assert all(d.weekday() >= 5 for d in s.workdays), "make-up working days fall on weekends"
@@ -241,6 +242,16 @@ def test_sla_unknown_class_and_category(folder: Path) -> None:
     assert "sla.yaml urgent_class" in msg
     assert "'panic'" in msg
     assert "no.such.category" in msg
+
+
+def test_sla_department_kinds_name_a_known_kind_and_a_class_not_the_urgent_one(folder: Path) -> None:
+    data = _read(folder, "sla.yaml")
+    data["department_kinds"] = {"mediation": "arbitration", "court": "general", "utility": "emergency"}
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "sla.yaml department_kinds mediation: unknown class 'arbitration'" in msg
+    assert "sla.yaml department_kinds: unknown department kind 'court' (one of district_office," in msg
+    assert "sla.yaml department_kinds utility: 'emergency' is the urgent class" in msg
 
 
 @pytest.mark.parametrize("value", [0, "few"])

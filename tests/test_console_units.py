@@ -3412,6 +3412,9 @@ def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time
     assert dates["given"] == "一般，7个工作日"  # the demo city's default class
     utility = {**asked, "category": "utility.power"}
     assert present.extension_dates(utility, city, TZ)["given"] == "水电气热，24小时"
+    # A committee's ticket is given mediation's time, whatever its category (sla.yaml department_kinds).
+    mediated = {**asked, "department": {"id": "mediation_s01", "name": "和平街道人民调解委员会"}}
+    assert present.extension_dates(mediated, city, TZ)["given"] == "人民调解，20个工作日"
     assert present.extension_dates({**asked, "extension_request": None}, city, TZ) == {}
 
 

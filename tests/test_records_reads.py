@@ -17,14 +17,18 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from services.classifier.grid import grid_match
+from services.records import db
 from services.records.retention import Retention
 from services.records.service import Records
+from services.records.views import archived_ticket
 from services.router.meetings import Meeting
 from services.router.service import MeetingStore
 from services.router.workflow import dept_ref
@@ -302,6 +306,49 @@ async def test_a_ticket_held_by_a_meeting_is_listed_with_the_meetings_deadline(a
     (item,) = r.json()["items"]
     assert item["status"] == "meeting"
     assert datetime.fromisoformat(item["meeting_by"]) == DAY + timedelta(days=3)
+
+
+async def test_an_archived_ticket_s_deadlines_come_back_as_written_whatever_the_server_s_time_zone(
+    settings, system_city
+):
+    """PostgreSQL keeps no offset: a timestamptz comes back in the session's time zone, which is the
+    server's `timezone` unless the session sets one. Against a server set to another zone (New York
+    here, given as the connection's startup option, as the server's own setting would give it), a
+    ticket read from the record had its deadlines on New York's clock (-05:00): the same instants,
+    but another clock for whoever reads the values, and one that changed with the server. The
+    records' pool sets UTC on each of its connections: the deadlines come back as they were written."""
+    await db.migrate(settings.database_url)
+    elsewhere = make_conninfo(settings.database_url, options="-c TimeZone=America/New_York")
+    pool = db.pool(elsewhere)
+    await pool.open(wait=True)
+    try:
+        no = made_up_no()
+        events = meeting_ticket(system_city, no, f"M-tz-{no}", f"时区读取{no}：暖气不热", facts=True)
+        await record(pool, system_city, events)
+        written = next(e for e in events if isinstance(e, TicketAssigned))
+        # As GET /api/v1/tickets/{no} reads a ticket that has left Redis (the API's state: its pool
+        # and its city).
+        state = SimpleNamespace(records_pool=pool, city=system_city)
+
+        async def anyone(ticket: Ticket, summoned: Sequence[str]) -> bool:
+            return True
+
+        read = await archived_ticket(SimpleNamespace(app=SimpleNamespace(state=state)), no, anyone)
+        assert isinstance(read, tuple), read
+        ticket, _ = read
+        as_json = ticket.model_dump(mode="json")
+        for field in ("respond_by", "resolve_by"):
+            assert as_json[field] == written.model_dump(mode="json")[field], field
+            assert as_json[field].endswith("Z"), as_json[field]  # not -05:00
+        # The list and the export read the same rows through the same pool.
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT respond_by, resolve_by FROM tickets WHERE ticket_no = %s", (no,))
+            row = await cur.fetchone()
+        assert row is not None
+        assert (row["respond_by"], row["resolve_by"]) == (written.respond_by, written.resolve_by)
+        assert {row["respond_by"].utcoffset(), row["resolve_by"].utcoffset()} == {timedelta(0)}
+    finally:
+        await pool.close()
 
 
 async def test_the_lists_category_filter_takes_a_branch_from_the_citys_tree(api, redis, pool, system_city):

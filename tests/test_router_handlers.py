@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.router.app import RouterHandlers
+from services.router.sla import add_working_days
+from shared.city import City
 from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
 from shared.store import TicketStore
 from tests.cities import demo_city
@@ -37,9 +39,9 @@ async def nothing_to_relay() -> int:
     return 0
 
 
-def handlers(redis, sent: Sent) -> RouterHandlers:
+def handlers(redis, sent: Sent, city: City = CITY) -> RouterHandlers:
     return RouterHandlers(
-        CITY,
+        city,
         TicketStore(redis),
         sent,
         nothing_to_relay,
@@ -117,3 +119,22 @@ async def test_an_escalation_opens_its_meeting_and_records_it_without_publishing
     assert raw is not None
     history = await h.store.history(no)
     assert [r["topic"] for r in history].count(MeetingConvened.topic) == 1
+
+
+async def test_a_first_assignment_to_a_committee_gets_the_time_its_kind_is_given(redis):
+    """The router's own path (not only the workflow's steps) passes the lead to the deadlines: in a
+    city whose category table does not name 邻里纠纷, a dispute assigned to the street's committee
+    still gets people's mediation's 20 working days, by the committee's kind."""
+    sla = CITY.sla.model_copy(
+        update={"categories": {k: v for k, v in CITY.sla.categories.items() if k != "safety.disputes"}}
+    )
+    city = CITY.model_copy(update={"sla": sla})
+    sent = Sent()
+    h = handlers(redis, sent, city)
+    no, at = number(), datetime.now(UTC).replace(microsecond=0)
+    await h.classified([classified(city, "safety.disputes", GRID, no=no, at=at)])
+    ticket = await h.store.get(no)
+    assert ticket is not None
+    assert ticket.department is not None
+    assert ticket.department.id == "mediation_s03"
+    assert ticket.resolve_by == add_working_days(at, 20, city.sla, ZoneInfo("Asia/Shanghai"))

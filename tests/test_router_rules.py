@@ -171,11 +171,17 @@ def test_a_grid_s_street_office_and_mediation_committee(city):
 
 
 def test_sla_classes(city):
-    assert sla_class_for(city, "utility.gas", False) == "utility"
-    assert sla_class_for(city, "housing.safety", False) == "complex"
-    assert sla_class_for(city, "city.facility.streetlight", False) == "general"
-    assert sla_class_for(city, "city.facility.streetlight", True) == "emergency"
-    assert sla_class_for(city, "safety.disputes", False) == "mediation"
+    assert sla_class_for(city, "utility.gas", False, department=None) == "utility"
+    assert sla_class_for(city, "housing.safety", False, department=None) == "complex"
+    assert sla_class_for(city, "city.facility.streetlight", False, department=None) == "general"
+    assert sla_class_for(city, "city.facility.streetlight", True, department=None) == "emergency"
+    assert sla_class_for(city, "safety.disputes", False, department=None) == "mediation"
+    # The holder's kind, where the city gives it a class: a committee's ticket of any category.
+    assert sla_class_for(city, "env.noise", False, department=None) == "general"
+    assert sla_class_for(city, "env.noise", False, department="mediation_s02") == "mediation"
+    assert sla_class_for(city, "env.noise", True, department="mediation_s02") == "emergency"
+    assert sla_class_for(city, "utility.gas", False, department="power") == "utility"  # no kind's class
+    assert sla_class_for(city, "env.noise", False, department="gone") == "general"  # not configured now
 
 
 def test_a_dispute_gets_the_time_a_mediation_takes(city):
@@ -189,7 +195,8 @@ def test_a_dispute_gets_the_time_a_mediation_takes(city):
     assert t.resolve_by == datetime(2026, 12, 21, 10, tzinfo=TZ)
     assert t.respond_by == T0 + timedelta(hours=24)
     assert city.sla.classes["mediation"].name == "人民调解"
-    assert deadlines(city, "safety.disputes", True, T0, TZ).sla_class == "emergency"
+    urgent = deadlines(city, "safety.disputes", True, T0, TZ, department="mediation_s01")
+    assert urgent.sla_class == "emergency"
 
 
 def test_urgent_categories_from_the_config(tmp_path):
@@ -199,7 +206,7 @@ def test_urgent_categories_from_the_config(tmp_path):
     sla["urgent_categories"] = ["housing.elevator"]
     (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
     c = load_city(folder)
-    assert sla_class_for(c, "housing.elevator", False) == "emergency"
+    assert sla_class_for(c, "housing.elevator", False, department=None) == "emergency"
     sla["urgent_categories"] = ["no.such"]
     (folder / "sla.yaml").write_text(yaml.safe_dump(sla, allow_unicode=True), encoding="utf-8")
     with pytest.raises(CityConfigError, match=r"urgent_categories: unknown category 'no\.such'"):
@@ -208,10 +215,10 @@ def test_urgent_categories_from_the_config(tmp_path):
 
 def test_hour_deadlines_count_clock_time(city):
     start = datetime(2026, 10, 1, 8, tzinfo=UTC)  # a holiday: hours still count
-    d = deadlines(city, "utility.water", False, start, TZ)
+    d = deadlines(city, "utility.water", False, start, TZ, department="water")
     assert d.respond_by == start + timedelta(hours=2)
     assert d.resolve_by == start + timedelta(hours=24)
-    e = deadlines(city, "city.facility.streetlight", True, start, TZ)
+    e = deadlines(city, "city.facility.streetlight", True, start, TZ, department="urban_mgmt")
     assert e.resolve_by == start + timedelta(hours=2)
 
 

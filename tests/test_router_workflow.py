@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +14,7 @@ from hypothesis import strategies as hs
 from services.console import present
 from services.router import meetings, timers, workflow
 from services.router.rules import answered_on_call, handled_on_spot
-from services.router.sla import deadlines
+from services.router.sla import add_working_days, deadlines
 from services.router.workflow import ALLOWED_STATUS_CHANGES, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
@@ -286,7 +286,7 @@ def test_a_grid_worker_confirms_a_resolution_once(surveyed: bool):
 def test_not_solved_goes_back_to_the_department_that_resolved_it_with_the_worker_s_note():
     t = resolved(assigned_ticket(CITY))
     later = T0 + timedelta(days=2)
-    fresh = deadlines(CITY, t.category, t.urgent, later, TZ)
+    fresh = deadlines(CITY, t.category, t.urgent, later, TZ, department="urban_mgmt")
     out = workflow.verify(t, "W017", GRID, False, "灯还是不亮，灯杆有漏电", CITY, TZ, later)
     n, [event] = out.ticket, out.publish
     assert (n.status, n.department.id, n.reopens) == (st.ASSIGNED, "urban_mgmt", 1)
@@ -461,8 +461,8 @@ def test_a_call_answered_on_the_spot_is_resolved_by_the_desk_at_once():
     c = c.model_copy(
         update={"appeal": c.appeal.model_copy(update={"direct_answer": answer, "operator_id": "op7"})}
     )
-    due = deadlines(CITY, c.category, False, c.occurred_at, TZ)
     routing = answered_on_call(CITY, "op7")
+    due = deadlines(CITY, c.category, False, c.occurred_at, TZ, department=routing.lead)
     out = workflow.assign(None, c, routing, due, CITY, tz=TZ)
     assert out is not None
     t = out.ticket
@@ -489,7 +489,7 @@ def test_what_a_grid_worker_dealt_with_on_the_spot_is_resolved_by_its_street_off
     c = c.model_copy(update={"appeal": appeal})
     routing = handled_on_spot(CITY, c.grid, "W017")
     assert (routing.lead, routing.via) == (f"street_{c.grid.street}", "on_spot")
-    due = deadlines(CITY, c.category, False, c.occurred_at, TZ)
+    due = deadlines(CITY, c.category, False, c.occurred_at, TZ, department=routing.lead)
     out = workflow.assign(None, c, routing, due, CITY, tz=TZ)
     assert out is not None
     t = out.ticket
@@ -840,7 +840,7 @@ def test_the_desk_redispatches_a_department_s_ticket_with_fresh_deadlines_and_it
     accepted = workflow.accept(t, "urban_mgmt", CITY, T0 + timedelta(hours=1)).ticket
     asked = workflow.request_extension(accepted, "urban_mgmt", 3, "等材料", CITY, T0).ticket
     held = asked.model_copy(update={"overdue": True, "urges": 1, "returns": 1})
-    fresh = deadlines(CITY, t.category, t.urgent, later, TZ)
+    fresh = deadlines(CITY, t.category, t.urgent, later, TZ, department="power")
     for before in (t, held):
         out = workflow.redispatch(before, "power", "  居民来电反映  实为供电线路故障 ", CITY, TZ, later)
         n = out.ticket
@@ -1112,7 +1112,8 @@ def test_the_department_refers_a_dispute_to_its_street_s_committee_with_fresh_de
     later = T0 + timedelta(hours=5)
     accepted = workflow.accept(t, "urban_mgmt", CITY, T0 + timedelta(hours=1)).ticket
     asked = workflow.request_extension(accepted, "urban_mgmt", 3, "等材料", CITY, T0).ticket
-    fresh = deadlines(CITY, t.category, t.urgent, later, TZ)
+    fresh = deadlines(CITY, t.category, t.urgent, later, TZ, department="mediation_s01")
+    assert fresh.sla_class == "mediation"  # the committee's time, not the street light's
     for before in (t, asked.model_copy(update={"overdue": True, "returns": 1})):
         out = workflow.refer_to_mediation(before, "urban_mgmt", DISPUTE, CITY, TZ, later)
         n, [event] = out.ticket, out.publish
@@ -1140,6 +1141,50 @@ def test_the_department_refers_a_dispute_to_its_street_s_committee_with_fresh_de
     with pytest.raises(WorkflowError) as e:
         workflow.accept(out.ticket, "urban_mgmt", CITY, later)
     assert e.value.kind == "not_found"
+
+
+def test_a_noise_complaint_referred_to_a_committee_gets_mediation_s_time_and_keeps_it_on_reopening():
+    """A committee's time is set by how mediation works (both parties heard, a session they can both
+    attend), not by what the dispute is about: a 噪音扰民 ticket (7 working days) referred to it gets
+    mediation's 20 working days from the referral, and again when the resident's 不满意 or the grid
+    worker's 未解决 sends it back to the committee (重办). Urgent is urgent still."""
+    t = assigned_ticket(CITY, "env.noise")
+    assert t.department is not None
+    holder = t.department.id
+    assert t.resolve_by == add_working_days(T0, 7, CITY.sla, TZ)  # the category's time, with a bureau
+    later = T0 + timedelta(hours=5)  # Monday 15:00 in Shanghai
+    out = workflow.refer_to_mediation(t, holder, DISPUTE, CITY, TZ, later)
+    n, [event] = out.ticket, out.publish
+    assert n.department is not None
+    assert n.department.id == "mediation_s01"
+    # 20 working days, no holiday between: Monday 2026-12-21 15:00 (7 would end on 12-02).
+    assert n.resolve_by == event.resolve_by == datetime(2026, 12, 21, 15, tzinfo=TZ)
+    assert n.respond_by == later + timedelta(hours=24)
+    # The resident is not satisfied with the mediation: back to the committee, with its time again.
+    done = workflow.accept(n, "mediation_s01", CITY, later).ticket
+    failed = Mediation(outcome="not_agreed")
+    done = workflow.resolve(done, "mediation_s01", "双方未达成一致", CITY, later, mediation=failed).ticket
+    out = survey(done, 3)
+    reopened = out.ticket
+    assert reopened.department is not None
+    assert (reopened.status, reopened.department.id) == (st.ASSIGNED, "mediation_s01")
+    at = T0 + timedelta(days=3)
+    assert reopened.resolve_by == add_working_days(at, 20, CITY.sla, TZ)
+    assert out.publish[0].answer.resolve_by == reopened.resolve_by
+    # The grid worker finds it not solved: the same.
+    checked = T0 + timedelta(days=4)
+    sent_back = workflow.verify(done, "W017", GRID, False, "双方仍在争吵", CITY, TZ, checked).ticket
+    assert sent_back.resolve_by == add_working_days(checked, 20, CITY.sla, TZ)
+    # Urgent wins over the holder's kind.
+    flagged = t.model_copy(update={"urgent": True})
+    urgent = workflow.refer_to_mediation(flagged, holder, DISPUTE, CITY, TZ, later).ticket
+    assert urgent.resolve_by == later + timedelta(hours=2)  # the emergency class's 2 hours
+
+
+def test_the_desk_s_redispatch_to_a_committee_gives_it_mediation_s_time_too():
+    t = assigned_ticket(CITY, "env.noise")
+    out = workflow.redispatch(t, "mediation_s01", "属于邻里纠纷，转调解", CITY, TZ, T0)
+    assert out.ticket.resolve_by == add_working_days(T0, 20, CITY.sla, TZ)
 
 
 def test_a_referral_is_refused_in_words_where_it_cannot_be_made():

@@ -569,7 +569,9 @@ def extension_dates(ticket: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict
     request, due = ticket.get("extension_request") or {}, parse_time(ticket.get("resolve_by"))
     if not request or due is None:
         return {}
-    cls = city.sla.classes[sla_class_for(city, ticket.get("category") or "", bool(ticket.get("urgent")))]
+    holder = (ticket.get("department") or {}).get("id")
+    name = sla_class_for(city, ticket.get("category") or "", bool(ticket.get("urgent")), department=holder)
+    cls = city.sla.classes[name]
     given = f"{cls.resolve_days}个工作日" if cls.resolve_days else f"{cls.resolve_hours:g}小时"
     later = add_working_days(due, int(request.get("days") or 0), city.sla, tz)
     return {"resolve_by": local(due, tz), "extended_to": local(later, tz), "given": f"{cls.name}，{given}"}

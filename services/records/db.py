@@ -84,3 +84,13 @@ async def _configure(conn: psycopg.AsyncConnection[DictRow]) -> None:
     # Stored events come back as JSON: orjson reads them several times faster than the standard
     # library (a rebuild reads every event; the worker, those of tickets folded again).
     set_json_loads(orjson.loads, conn)
+    # PostgreSQL keeps no offset: a timestamptz comes back in the session's time zone, which is the
+    # server's `timezone` setting unless the session sets one (a server set up in Beijing has
+    # Asia/Shanghai; a managed one, whatever its region). An archived ticket's deadlines and the
+    # list's times would then change clock with the server they were read from. UTC on
+    # every connection of every pool (the records' reads all go through `pool`) reads them one way
+    # wherever; what needs the city's clock converts to it (`meeting_of`, the export's cells).
+    # A statement here rather than `options=-c TimeZone=UTC` in the connection: that would replace
+    # any `options` the DATABASE_URL carries. Once per connection, not per checkout.
+    await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.commit()  # the pool takes back only an idle connection

@@ -6,7 +6,7 @@ Events come as the dicts they were published as (`Event.model_dump(mode="json")`
 classes: the record must still read events written by older versions of the services.
 
 The deadlines are those of the last event that set them: an assignment, an approved extension, or a
-reopening (重办 gives the department the category's time again; a `reopened` written before its
+reopening (重办 gives the department its full time again; a `reopened` written before its
 answer carried the new deadlines leaves the old ones).
 """
 

@@ -113,7 +113,10 @@ class RouterHandlers:
             ):
                 routing, others = desk, ()
         urgent = classified.urgent or classified.appeal.urgent_flag
-        due = deadlines(city, classified.category, urgent, classified.occurred_at, self.tz)
+        # The lead's kind may set the class (a dispute assigned to a committee: mediation's time).
+        due = deadlines(
+            city, classified.category, urgent, classified.occurred_at, self.tz, department=routing.lead
+        )
         return partial(
             workflow.assign,
             classified=classified,

@@ -59,10 +59,19 @@ def is_urgent(city: City, category: str, flagged: bool) -> bool:
     return flagged or any(c in city.sla.urgent_categories for c in city.category_path.get(category, ()))
 
 
-def sla_class_for(city: City, category: str, urgent: bool) -> str:
+def sla_class_for(city: City, category: str, urgent: bool, *, department: str | None) -> str:
+    """The deadline class of a ticket of `category` held by `department` (its id; None before it has
+    one). Urgent first; then the holder's kind where the city gives that kind a class of its own
+    (`department_kinds`): how a mediation committee works (both parties heard, a session they can
+    both attend) sets its time, not what the dispute is about, so a noise complaint referred to
+    one gets mediation's time; then the category."""
     sla = city.sla
     if is_urgent(city, category, urgent):
         return sla.urgent_class
+    # A department no longer in the configuration (an old ticket read back) has no kind to go by.
+    holder = city.department_by_id.get(department) if department else None
+    if holder is not None and holder.kind in sla.department_kinds:
+        return sla.department_kinds[holder.kind]
     # The deepest category (leaf first) that the SLA table names.
     for cat in reversed(city.category_path.get(category, ())):
         if cat in sla.categories:
@@ -76,8 +85,13 @@ def resolve_deadline(cls: SlaClass, start: datetime, sla: SlaConfig, tz: ZoneInf
     return add_working_days(start, cls.resolve_days or 0, sla, tz)
 
 
-def deadlines(city: City, category: str, urgent: bool, start: datetime, tz: ZoneInfo) -> Deadlines:
-    name = sla_class_for(city, category, urgent)
+def deadlines(
+    city: City, category: str, urgent: bool, start: datetime, tz: ZoneInfo, *, department: str | None
+) -> Deadlines:
+    """The deadlines from `start` of a ticket `department` is to hold (see `sla_class_for`). The
+    holder is required, not defaulted: a caller that forgot it would give a committee's ticket its
+    category's time."""
+    name = sla_class_for(city, category, urgent, department=department)
     cls = city.sla.classes[name]
     return Deadlines(
         sla_class=name,

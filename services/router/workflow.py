@@ -372,11 +372,12 @@ def _assigned(
     status: Status = Status.ASSIGNED,
     **changes: Any,
 ) -> tuple[Ticket, TicketAssigned]:
-    """Give the ticket to `dept_id` with fresh deadlines from `now` (a new owner gets its full time)."""
+    """Give the ticket to `dept_id` with fresh deadlines from `now` (a new owner gets its full time,
+    of its kind's class where the city gives its kind one: a committee's is mediation's)."""
     check(ticket, step, status)
     # Every ticket past `received` has a category (the classifier's, or the operator's correction).
     category: str = changes.get("category") or ticket.category or ""
-    due = deadlines(city, category, ticket.urgent, now, tz)
+    due = deadlines(city, category, ticket.urgent, now, tz, department=dept_id)
     event = TicketAssigned(
         ticket_no=ticket.ticket_no,
         caller_id=ticket.caller.caller_id,
@@ -1333,10 +1334,12 @@ def record_rating(
 
 
 def _fresh_deadlines(ticket: Ticket, city: City, tz: ZoneInfo, now: datetime) -> dict[str, Any]:
-    """重办 gets the category's time again, from the resident's answer."""
+    """重办 gets the full time again, from the resident's answer (or the worker's check), of the
+    department it goes back to: a committee's ticket mediation's, not its category's."""
     if ticket.category is None:
         return {}
-    due = deadlines(city, ticket.category, ticket.urgent, now, tz)
+    holder = ticket.department.id if ticket.department else None
+    due = deadlines(city, ticket.category, ticket.urgent, now, tz, department=holder)
     return {
         "assigned_at": now,
         "respond_by": due.respond_by,
@@ -1387,7 +1390,7 @@ def verify(
     resolved. Solved: the ticket records it, once per resolution (a second check of the same
     resolution is refused: the first one stands, and the resident's survey has the last word).
     Not solved: the ticket goes back to the department that resolved it, like a resident's
-    不满意 (重办: the category's time again, a second reopen to a joint meeting), with what the
+    不满意 (重办: its full time again, a second reopen to a joint meeting), with what the
     worker saw (`note`, required) as the reason; the survey already sent about that resolution is
     void from then on (see `record_rating`)."""
     if ticket.grid is None or grid is None or ticket.grid.grid != grid:

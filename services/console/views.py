@@ -2195,7 +2195,8 @@ async def lookup_survey(request: Request) -> Response:
     """The resident's answer to the ticket's open survey, from the lookup page: the number and the
     digits, or the signed link that opened the page, are checked again (and counted, as a lookup
     is), then it closes the survey as an SMS answer would. Sent twice, the page shows the answer
-    recorded the first time."""
+    recorded the first time, also when the second comes while the first is being recorded (a double
+    tap, two tabs: `SurveyBook.answer_on_lookup` waits a moment for it)."""
     form = await request.form()
     answer_values = {name: text(form, name) for name in ("rating", "solved", "comment")}
     looked = await looked_up(request, form)

@@ -10,6 +10,8 @@ timeouts, and opt-outs.
                          a survey is open (the window). Removed with the phone's surveys on erasure
   survey:answer:{id}     the event that closed the survey (JSON), 30 days: given again when the
                          resolution is read again (after the broker lost it before the router did)
+  survey:closing:{id}    a close in flight: set with the ZREM that claims it, deleted once its event
+                         is published or the survey reopened (CLOSING_SECONDS at most, past a crash)
   sms:ticket:{no}        also lists the ticket's surveys (`services.notifier.states`): an erasure
                          removes them by ticket (`forget`)
   sms:optout             phones that sent TD / 退订: no more surveys
@@ -27,13 +29,15 @@ answer (`answer_by_phone`, the event naming the operator in `by`) or a call nobo
 (`unreachable`: tried again later, at most CALL_ATTEMPTS times; the SMS window still ends the
 survey). A resident without the SMS may answer on the lookup page (`answer_on_lookup`, the event
 marked `via` "lookup"), by the same path as the operator's record. Closing is a ZREM on the open
-set, so of a reply and the timeout arriving together only one closes the survey. The messages go
-out through the dispatcher, once per survey and kind; the reminder and the timeout are jobs in the
-job queue.
+set, so of a reply and the timeout arriving together only one closes the survey; the page's second
+post (a double tap, two tabs) waits a moment for the first's close to end and answers as it did.
+The messages go out through the dispatcher, once per survey and kind; the reminder and the timeout
+are jobs in the job queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -88,6 +92,14 @@ CALLBACKS = "survey:callback"
 CALL_ATTEMPTS = 3  # calls nobody answered before the phone callback gives up (the SMS may still come)
 CALL_AGAIN = timedelta(hours=2)  # after a call nobody answered
 CALL_HOLD = timedelta(minutes=10)  # an operator's hold on a resident being called
+# A close in flight (claimed, its event not yet published) is marked this long at most: long past
+# any publish that succeeds, so the mark only outlives its close when the process died meanwhile.
+CLOSING_SECONDS = 60
+# The lookup page's post that finds another close of its survey in flight (the same page posted
+# twice at once) waits for its outcome this long at most, reading it every LOOKUP_POLL, then says
+# the answer is still being recorded: a resident's page is never held for a slow broker.
+LOOKUP_WAIT = 3.0
+LOOKUP_POLL = 0.05
 
 Publish = Callable[[Sequence[Event]], Awaitable[None]]
 # Whether a ticket's resident had their personal data erased, in which case what the notifier kept
@@ -148,6 +160,7 @@ class SurveyBook:
         # What a ticket of a category was about, in a resident's words (its name): kept with the
         # survey for the question "which ticket?", which must not quote the appeal.
         self.about = about
+        self._claim = self.redis.register_script(_CLAIM)
 
     # --- asking -------------------------------------------------------------------------------
 
@@ -584,23 +597,50 @@ class SurveyBook:
         """The resident rated the ticket's open survey on the lookup page (having given its number
         and their phone's last four digits, or opened it by its signed link): it closes as an SMS
         answer would, marked `via` "lookup". The same page sent twice gives the answer it recorded
-        the first time. Raises AnswerRefused when the ticket has no survey, or one that another
-        answer or its timeout closed."""
+        the first time, also when the second comes while the first is being recorded (a double
+        tap, two tabs): it waits for that close to end, LOOKUP_WAIT at most. Raises AnswerRefused
+        when the ticket has no survey, or one that another answer or its timeout closed, or when
+        the first is still being recorded after the wait."""
         found = await self.ticket_survey(ticket_no, now)
         if found is None:
             raise AnswerRefused("该工单没有待评价的回访，无需评价")
         survey, is_open = found
         event_id = derived_id(survey.survey_id, "lookup")
-        if is_open:
-            answered = await self._answer(
-                survey, rating, solved, comment.strip() or "查询页评价", now, event_id=event_id, via="lookup"
-            )
-            if answered is not None:
-                return answered
-        kept = await self.redis.get(_answer_key(survey.survey_id))
-        if kept is not None and (earlier := SurveyAnswered.model_validate_json(kept)).event_id == event_id:
-            return earlier  # sent twice: the page's first answer stands
-        raise AnswerRefused("该工单的回访已结束（已答复或回访期已过），不能再评价；如仍有问题请拨打12345")
+        text = comment.strip() or "查询页评价"
+        until = asyncio.get_running_loop().time() + LOOKUP_WAIT
+        while True:
+            if is_open:
+                answered = await self._answer(
+                    survey, rating, solved, text, now, event_id=event_id, via="lookup"
+                )
+                if answered is not None:
+                    return answered
+            is_open, earlier = await self._settled(survey, until)
+            if is_open:  # the close in flight could not publish and reopened it: this post answers
+                continue
+            if earlier is not None and earlier.event_id == event_id:
+                return earlier  # sent twice: the page's first answer stands
+            raise AnswerRefused("该工单的回访已结束（已答复或回访期已过），不能再评价；如仍有问题请拨打12345")
+
+    async def _settled(self, survey: Survey, until: float) -> tuple[bool, SurveyAnswered | None]:
+        """Whether the survey is open, and the event that closed it (None: open, or not known),
+        once no close of it is in flight: one that is (`survey:closing:{id}`) is waited for until
+        `until` (the event loop's clock); past it, AnswerRefused says the answer is still being
+        recorded. A close that could not publish reopens the survey before its mark goes: a post
+        waiting on it finds it open again, never closed with no answer."""
+        sid = survey.survey_id
+        loop = asyncio.get_running_loop()
+        while True:
+            async with self.redis.pipeline(transaction=True) as p:
+                p.exists(_closing_key(sid))
+                p.zscore(_open_key(survey.to), sid)
+                p.get(_answer_key(sid))
+                closing, score, kept = await p.execute()
+            if not closing:
+                return score is not None, SurveyAnswered.model_validate_json(kept) if kept else None
+            if loop.time() >= until:
+                raise AnswerRefused("您的评价正在记录中，请稍后重新查询查看结果")
+            await asyncio.sleep(LOOKUP_POLL)
 
     async def unreachable(self, survey_id: str, operator: str, now: datetime) -> int:
         """A call nobody answered: tried again after CALL_AGAIN, at most CALL_ATTEMPTS calls (the
@@ -717,9 +757,12 @@ class SurveyBook:
         via: AnswerVia | None = None,
     ) -> SurveyAnswered | None:
         """Close an open survey with `outcome` and publish it. None when it was no longer open (another
-        reply or the timeout closed it first). If the publish fails the survey is open again."""
-        open_key = _open_key(survey.to)
-        if not await self.redis.zrem(open_key, survey.survey_id):
+        reply or the timeout closed it first). If the publish fails the survey is open again. Until
+        its event is published (or the survey reopened), the close is marked in flight
+        (`survey:closing:{id}`, set with the claim): a second post of the lookup page then waits
+        for its outcome rather than reading the survey as closed with no answer yet."""
+        open_key, closing_key = _open_key(survey.to), _closing_key(survey.survey_id)
+        if not await self._claim(keys=[open_key, closing_key], args=[survey.survey_id, CLOSING_SECONDS]):
             return None
         answered = SurveyAnswered(
             event_id=event_id,
@@ -740,13 +783,18 @@ class SurveyBook:
         try:
             await self.publish([answered])
         except Exception:
-            await self.redis.delete(_answer_key(survey.survey_id))
-            await self.redis.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
+            # Open again before the mark goes, in one step: a post waiting on it sees it open.
+            async with self.redis.pipeline(transaction=True) as p:
+                p.delete(_answer_key(survey.survey_id))
+                p.zadd(open_key, {survey.survey_id: survey.started_at.timestamp()})
+                p.delete(closing_key)
+                await p.execute()
             raise
         async with self.redis.pipeline(transaction=True) as p:
             p.set(f"survey:last:{survey.to}", survey.survey_id, ex=LATE_REPLY_SECONDS)
             p.zrem(CALLBACKS, survey.survey_id)  # nobody need call any more
             p.delete(_call_key(survey.survey_id))
+            p.delete(closing_key)  # published: the answer kept is the outcome
             await p.execute()
         came_by = answered_via(answered, survey.channel)
         SURVEYS_ANSWERED.labels(rating=answered_rating(answered), via=came_by).inc()
@@ -779,8 +827,22 @@ return #KEYS
 """
 
 
+# The claim on an open survey by the close that ends it: out of the open set, and marked in flight,
+# in one step (a post reading between the two would find it neither open nor closing). KEYS: the
+# open set, the mark; ARGV: the survey's id, the mark's seconds. 1 when this close has it.
+_CLAIM = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+return 1
+"""
+
+
 def _survey_key(survey_id: str) -> str:
     return f"survey:{survey_id}"
+
+
+def _closing_key(survey_id: str) -> str:
+    return f"survey:closing:{survey_id}"
 
 
 def _call_key(survey_id: str) -> str:

@@ -26,7 +26,7 @@ from services.router.rules import (
     route,
     undecided,
 )
-from services.router.service import FollowUps, Hotspots, MeetingStore
+from services.router.service import Escalation, FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
 from shared.city import City
@@ -194,7 +194,7 @@ class RouterHandlers:
 
     # --- ticket.updated: escalations open meetings --------------------------------------------------
 
-    async def updates(self, batch: list[TicketUpdated]) -> None:
+    async def updates(self, batch: Sequence[Escalation]) -> None:
         """Open (or join) the joint meeting each escalation asks for. Escalations come from this
         worker and from the API (a second return), so the meeting is opened here, from the event,
         whoever wrote it. A ticket that reached a meeting just after its decision follows it."""
@@ -269,7 +269,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
         rt.subscribe(AppealClassified, handlers.classified, **callers_path(rt.settings))
         rt.subscribe_each(
             {
-                TicketUpdated: handlers.updates,
+                Escalation: handlers.updates,
                 SurveySent: handlers.surveys_sent,
                 SurveyAnswered: handlers.surveys_answered,
             }

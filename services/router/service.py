@@ -43,10 +43,22 @@ from shared.events import (
     MeetingSpec,
     MeetingUpdated,
     TicketUpdated,
+    View,
     json_of,
 )
 from shared.store import ConcurrentUpdate, TicketStore, ticket_key
 from shared.tickets import Status, Ticket
+
+
+class Escalation(View):
+    """What the router reads of every ticket update (`View`): the joint meeting an escalation asks
+    for, and the words that say why. The other actions, most of what it reads, need no more."""
+
+    of = TicketUpdated
+    version: int = 2
+    note: str = ""
+    meeting: MeetingSpec | None = None
+
 
 TIMERS = "timers"
 OWNER = "queue:owner"
@@ -586,12 +598,12 @@ class MeetingStore:
 
     async def open_from(
         self,
-        escalations: Sequence[TicketUpdated],
+        escalations: Sequence[Escalation],
         ref: Callable[[str], DepartmentRef],
     ) -> list[tuple[meetings.Meeting, list[str]]]:
         """Open (or attach tickets to) the meetings that `escalated` events ask for. Returns each
         meeting with the tickets that asked for it (a meeting may have been decided meanwhile)."""
-        by_meeting: dict[str, list[TicketUpdated]] = {}
+        by_meeting: dict[str, list[Escalation]] = {}
         specs: dict[str, MeetingSpec] = {}
         for e in escalations:
             if e.meeting is not None:
@@ -602,7 +614,7 @@ class MeetingStore:
 
             def decide(
                 current: meetings.Meeting | None,
-                events: list[TicketUpdated] = events,
+                events: list[Escalation] = events,
                 spec: MeetingSpec = specs[mid],
                 mid: str = mid,
             ) -> tuple[meetings.Meeting, list[Event]] | None:

@@ -2925,6 +2925,28 @@ async def test_the_desk_reads_only_the_page_of_returned_tickets_it_shows(monkeyp
     assert "第 2/3 页" in table
 
 
+def test_a_returned_ticket_a_joint_meeting_holds_is_listed_with_its_meeting():
+    """退单工单 counts and lists every open returned ticket (Queues.followed): one a meeting took says
+    so, linking the meeting that is to send it out again."""
+    empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
+    held = {
+        "ticket_no": "20261201-000009", "department": {"id": "dispatch_desk", "name": "12345派单中心"},
+        "returns": 1, "returned_by": ["water"], "return_reasons": [], "status": "meeting",
+        "status_name": "联席会议", "meeting_id": "M-hot-1",
+    }  # fmt: skip
+    returned = {"items": [held], "total": 1, "pages": 1, "page_no": 1}
+    html = templates.get_template("desk.html").render(
+        request=None, s=staff("admin"), sections={"low": empty, "unrouted": empty}, extensions=[],
+        returned=returned, categories=[], departments=[], grid_names={}, kept={}, focus="", done="",
+        error="", department_names={"water": "区水务局"},
+    )  # fmt: skip
+    table = html[html.index('<section id="returned">') :]
+    assert "<h2>退单工单（1）</h2>" in table
+    rows = re.findall(r'<tr><td><a href="/console/tickets/([^"]+)">', table)
+    assert rows == ["20261201-000009"]  # counted and listed
+    assert '联席会议（<a href="/console/meetings/M-hot-1">会议M-hot-1</a>，待确定主办单位）' in table
+
+
 def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():
     """An extension's verdict refused (the request was withdrawn meanwhile): no card to go back to."""
     empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}

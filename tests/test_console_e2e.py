@@ -205,10 +205,10 @@ async def test_the_knowledge_list_fits_a_phone_screen(browser: Browser):
         await p.close()
 
 
-async def on_a_phone(browser: Browser, html: str) -> Page:
+async def on_a_phone(browser: Browser, html: str, width: int = 360, height: int = 740) -> Page:
     """A console page as rendered, with the stylesheet, 360 px wide in a blank page: no system."""
     css = (Path(__file__).parent.parent / "services/console/static/console.css").read_text(encoding="utf-8")
-    p = await browser.new_page(viewport={"width": 360, "height": 740})
+    p = await browser.new_page(viewport={"width": width, "height": height})
     await p.set_content(html)
     await p.add_style_tag(content=css)
     return p
@@ -221,14 +221,10 @@ def desk_session() -> Any:
     return SimpleNamespace(principal=principal, csrf="x")
 
 
-async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their_own_box(browser: Browser):
-    """The manager opens the dashboard on a phone: the rankings (twelve figures a row, compared down
-    the columns) scroll sideways in their own box, which the keyboard can reach, and the page does
-    not; the overdue tickets stack into cards as the ticket lists do; each top card is a link to its
-    tickets, named by its figure and the list it opens, reached by the keyboard."""
+def dashboard_html() -> str:
+    """The dashboard as rendered for a week: the figures, the rankings, an overdue ticket."""
     from urllib.parse import urlencode
 
-    from services.console import present
     from services.console.views import DIMENSION_NAMES, templates
     from shared.city import load_city
 
@@ -239,19 +235,27 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         "answered_by_phone": 4, "ranked": True,
     }  # fmt: skip
     late = {
-        "ticket_no": "20261201-000001", "urges": 2, "department": {"name": "区城市管理委员会"},
+        "ticket_no": "20261201-000001", "urges": 2, "department_name": "区城市管理委员会",
         "left": "已超期1天2小时", "category_label": "城市管理/市政设施/路灯故障",
     }  # fmt: skip
-    html = templates.get_template("dashboard.html").render(
+    return templates.get_template("dashboard.html").render(
         request=None, s=desk_session(), start="2033-07-04", end="2033-07-10", error="",
         tables={d: [group, group] for d in DIMENSION_NAMES}, dimension_names=DIMENSION_NAMES,
         overall={**group, "direct_answer_rate": 0.1, "handled_on_spot": 1},
         map=present.grid_map(load_city(), {}),
         trend=None, trend_by="category", trend_error="趋势暂不可用", top_categories=[], top_max=0,
-        overdue=[late], overdue_total=1, urlencode=urlencode,
+        overdue=[late], overdue_total=1, overdue_link="/console/tickets?overdue=true", urlencode=urlencode,
         bases=present.rate_bases(group), min_answers=3, tickets_link=present.tickets_link,
         figure_lists=present.figure_lists(load_city(), "2033-07-04", "2033-07-10"),
     )  # fmt: skip
+
+
+async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their_own_box(browser: Browser):
+    """The manager opens the dashboard on a phone: the rankings (twelve figures a row, compared down
+    the columns) scroll sideways in their own box, which the keyboard can reach, and the page does
+    not; the overdue tickets stack into cards as the ticket lists do; each top card is a link to its
+    tickets, named by its figure and the list it opens, reached by the keyboard."""
+    html = dashboard_html()
     p = await on_a_phone(browser, html)
     try:
         assert await p.evaluate("document.documentElement.scrollWidth") <= 360
@@ -285,6 +289,48 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         assert await p.eval_on_selector("#overdue td:nth-child(2)", label) == '"承办单位："'
     finally:
         await p.close()
+
+
+async def test_the_dashboards_figures_are_its_first_screen_on_a_phone(browser: Browser):
+    """On a phone (390 x 844) the figures come right after the heading and the period: the first
+    card starts on the first screen, and the three rates and the score, what managers are judged
+    on, are whole on it (a date a line and a card or two a row put the score a screen down). On a
+    desktop the cards keep their row."""
+    html = dashboard_html()
+    card = "e => { const r = e.getBoundingClientRect(); return [r.top, r.bottom, r.left]; }"
+    p = await on_a_phone(browser, html, 390, 844)
+    try:
+        assert await p.evaluate("document.documentElement.scrollWidth") <= 390
+        # Nothing between the period and the figures, in the page's order as on the screen.
+        assert await p.eval_on_selector("form.period", "f => f.nextElementSibling.id") == "figures"
+        form_bottom = await p.eval_on_selector("form.period", "f => f.getBoundingClientRect().bottom")
+        first_top, _, _ = await p.eval_on_selector("#figures > a.figure", card)
+        assert form_bottom <= first_top < form_bottom + 40
+        assert first_top < 844, f"the first card starts {first_top:.0f} px down, below the first screen"
+        for key in ("response_rate", "resolution_rate", "satisfaction_rate", "score"):
+            _, bottom, _ = await p.eval_on_selector(f"#opens-{key}", card)
+            assert bottom <= 844, f"{key} ends {bottom:.0f} px down, past the first screen (844)"
+        # The two dates on one line: the period takes a line or two, not a screen.
+        dates = [
+            await p.eval_on_selector(f"#{d}", "e => e.getBoundingClientRect().top") for d in ("from", "to")
+        ]
+        assert dates[0] == dates[1]
+        await shot(p, "dashboard-phone")
+    finally:
+        await p.close()
+    desktop = await browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        await desktop.set_content(html)
+        css = Path(__file__).parent.parent / "services/console/static/console.css"
+        await desktop.add_style_tag(content=css.read_text(encoding="utf-8"))
+        tops = [
+            (await desktop.eval_on_selector(f"#opens-{key}", card))[0]
+            for key in ("response_rate", "resolution_rate", "satisfaction_rate", "score")
+        ]
+        assert len(set(tops)) == 1, f"the cards left their row on a desktop: {tops}"
+        assert await desktop.eval_on_selector("#figures", "e => getComputedStyle(e).display") == "flex"
+    finally:
+        await desktop.close()
 
 
 async def test_the_privacy_page_fits_a_phone_screen(browser: Browser):

@@ -31,6 +31,7 @@ from services.console.lookup import (
 from services.console.views import (
     KNOWLEDGE_DONE,
     LIST_FILTERS,
+    NOT_CLOSED,
     erasure_body,
     erasure_of,
     handlers_of,
@@ -2925,6 +2926,28 @@ async def test_the_desk_reads_only_the_page_of_returned_tickets_it_shows(monkeyp
     assert "第 2/3 页" in table
 
 
+def test_a_returned_ticket_a_joint_meeting_holds_is_listed_with_its_meeting():
+    """退单工单 counts and lists every open returned ticket (Queues.followed): one a meeting took says
+    so, linking the meeting that is to send it out again."""
+    empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
+    held = {
+        "ticket_no": "20261201-000009", "department": {"id": "dispatch_desk", "name": "12345派单中心"},
+        "returns": 1, "returned_by": ["water"], "return_reasons": [], "status": "meeting",
+        "status_name": "联席会议", "meeting_id": "M-hot-1",
+    }  # fmt: skip
+    returned = {"items": [held], "total": 1, "pages": 1, "page_no": 1}
+    html = templates.get_template("desk.html").render(
+        request=None, s=staff("admin"), sections={"low": empty, "unrouted": empty}, extensions=[],
+        returned=returned, categories=[], departments=[], grid_names={}, kept={}, focus="", done="",
+        error="", department_names={"water": "区水务局"},
+    )  # fmt: skip
+    table = html[html.index('<section id="returned">') :]
+    assert "<h2>退单工单（1）</h2>" in table
+    rows = re.findall(r'<tr><td><a href="/console/tickets/([^"]+)">', table)
+    assert rows == ["20261201-000009"]  # counted and listed
+    assert '联席会议（<a href="/console/meetings/M-hot-1">会议M-hot-1</a>，待确定主办单位）' in table
+
+
 def test_a_desks_refusal_with_no_card_to_go_back_to_is_told_and_focused():
     """An extension's verdict refused (the request was withdrawn meanwhile): no card to go back to."""
     empty = {"items": [], "total": 0, "pages": 1, "page_no": 1}
@@ -3137,19 +3160,26 @@ def patrol_html(**context) -> str:
 
 
 def test_the_dashboard_lists_the_longest_overdue_and_says_how_many_there_are(city):
-    """A city behind on hundreds of tickets: the dashboard counts them all and lists the worst."""
+    """A city behind on hundreds of tickets: the dashboard counts them all, lists the worst and
+    links to the whole list."""
     late = [
-        {"ticket_no": f"20261201-{i:06d}", "department": {"name": "区城市管理委员会"}, "left": "已超期1天",
+        {"ticket_no": f"20261201-{i:06d}", "department_name": "区城市管理委员会", "left": "已超期1天",
          "category_label": "城市管理"}
         for i in range(1, 51)
     ]  # fmt: skip
-    html = period_html(city, overdue=late, overdue_total=321, trend_error="趋势暂不可用")
+    link = "/console/tickets?overdue=true"
+    html = period_html(city, overdue=late, overdue_total=321, overdue_link=link, trend_error="趋势暂不可用")
     assert "超期工单（321）" in html
     assert '<p class="muted" id="overdue-shown">列出超期最久的50件。</p>' in html
     assert len(re.findall(r'<tr class="late">', html)) == 50
+    assert '<td data-label="承办单位">区城市管理委员会</td>' in html
+    assert f'<a href="{link}" id="overdue-all">在工单查询中查看全部321件超期工单</a>' in html
     few = period_html(city, overdue=late[:3], overdue_total=3, trend_error="趋势暂不可用")
     assert "超期工单（3）" in few
     assert 'id="overdue-shown"' not in few
+    none = period_html(city, overdue=[], overdue_total=0, trend_error="趋势暂不可用")
+    assert "没有超期工单" in none
+    assert 'id="overdue-all"' not in none
 
 
 def period_html(city, **context) -> str:
@@ -3195,10 +3225,7 @@ class _PeriodApi:
         self.refused = refused
 
     async def get(self, path: str, **params):
-        return self.refused if path == "/api/v1/stats" else Reply(200, {"total": 0})
-
-    async def open_tickets(self, departments, **filters):
-        return []
+        return self.refused if path == "/api/v1/stats" else Reply(200, {"total": 0, "items": []})
 
 
 @pytest.mark.parametrize(
@@ -3270,11 +3297,16 @@ class _CountsApi:
             ],
             "grid": [{"group": grid, "name": "网格", "count": 11}],
         }
+        self.overdue = Reply(200, {"total": 0, "page": 1, "size": 50, "items": []})
+        self.asked: list[dict] = []
 
     async def get(self, path: str, **params):
         if path == "/api/v1/stats":
             weights = {"basically_satisfied": 0.9, "response": 0.1, "resolution": 0.5, "satisfaction": 0.4}
             return Reply(200, {"groups": self.stats.get(params["group_by"], []), "weights": weights})
+        if path == "/api/v1/tickets":  # the overdue ones, from the record
+            self.asked.append(params)
+            return self.overdue
         if path != "/api/v1/stats/trend":
             return Reply(200, {"count": 0})  # the menu's counts
         if params["group_by"] == "street":
@@ -3286,9 +3318,6 @@ class _CountsApi:
         for g in self.stats["department"]:
             scoring.add(total, g)
         return scoring.rates(total, scoring.Weights())
-
-    async def open_tickets(self, departments, **filters):
-        return []
 
 
 async def counted_dashboard(monkeypatch, city, fake: _CountsApi) -> str:
@@ -3374,17 +3403,19 @@ async def test_each_top_card_of_the_dashboard_opens_the_tickets_it_counts(monkey
         r'<a class="figure" href="([^"]*)" id="opens-(\w+)"><span class="label">([^<]*)</span>(.*?)</a>', html
     )
     assert [(key, href) for href, key, _, _ in cards] == [
-        ("response_rate", f"/console/tickets?{period}"),
+        ("response_rate", f"/console/tickets?response=late&amp;{period}"),  # 签收: 超时 (or never)
         ("resolution_rate", f"/console/tickets?reopened=true&amp;{period}"),  # 未解决 reopens: 重办
         ("satisfaction_rate", f"/console/tickets?answer=3&amp;{period}"),  # 回访评价: 不满意
-        ("score", f"/console/tickets?{period}"),
-        ("answered", f"/console/tickets?{period}"),
+        ("score", f"/console/tickets?{period}"),  # made of the three rates: no filter of its own
+        ("answered", f"/console/tickets?answered=true&amp;{period}"),  # 回访答复: 已答复
         ("direct_answer_rate", f"/console/tickets?department=dispatch_desk&amp;{period}"),
         ("handled_on_spot", f"/console/tickets?channel=patrol&amp;{period}"),
     ]
     # The link's text, as a screen reader reads it: the figure, its base, and the list it opens.
     named = {key: re.sub(r"<[^>]+>", " ", f"{label}{inside}").split() for _, key, label, inside in cards}
     assert named["resolution_rate"] == ["解决率", "50.0%", "（4/8）", "查看本期重办过的工单"]
+    assert named["response_rate"][-1] == "查看本期签收超时的工单"
+    assert named["answered"][-1] == "查看本期已答复回访的工单"
     assert named["satisfaction_rate"][-1] == "查看本期评价过不满意的工单"
     assert named["direct_answer_rate"][-1] == "查看本期12345派单中心承办的工单"
     # Each filter is one the list offers, so the list shows what it was opened with.
@@ -3398,7 +3429,80 @@ async def test_each_top_card_of_the_dashboard_opens_the_tickets_it_counts(monkey
     assert len(items) == len(cards)
     assert "解决率：列出重办过的工单，答复未解决或不满意的工单会重办" in items[1]
     assert "满意、基本满意的可在列表的“回访评价”中改选" in items[2]
+    # A response and an answer are counted each time, the list names a ticket once: said.
+    assert items[0].startswith(
+        "响应率：列出签收超时的工单，含逾期仍未签收的，按时签收的可在列表的“签收”中改选"
+    )
+    assert "列表每件工单只列一次" in items[0]
+    assert "重办后再次答复的计两次，列表每件工单只列一次" in items[4]
+    assert "没有对应的筛选条件" in items[3]  # the score alone opens the whole period
     assert "也有待人工派单的" in items[5]
+
+
+async def test_the_dashboard_reads_a_page_of_the_longest_overdue_and_their_count_from_the_record(
+    monkeypatch, city
+):
+    """超期工单: a city behind on thousands no longer has every overdue ticket read to show fifty.
+    The record counts them (SQL) and sends the fifty longest overdue, ordered by the deadline that
+    runs now; the section links to the whole list, filtered and sorted as the page asked."""
+    fake = _CountsApi(city)
+    past = datetime.now(UTC) - timedelta(days=1, hours=2)
+    worst = {
+        "ticket_no": "20330701-000007", "status": "assigned", "overdue": True, "urges": 2,
+        "respond_by": (past - timedelta(days=1)).isoformat(), "resolve_by": None, "meeting_by": None,
+        "department": "urban_mgmt", "department_name": "区城市管理委员会",
+        "category_names": ["城市管理", "市政设施", "路灯故障"],
+    }  # fmt: skip
+    next_ = {**worst, "ticket_no": "20330702-000001", "status": "accepted", "urges": 0,
+             "respond_by": None, "resolve_by": past.isoformat(), "department_name": "区水务局",
+             "category_names": []}  # fmt: skip
+    fake.overdue = Reply(200, {"total": 321, "page": 1, "size": 50, "items": [worst, next_]})
+    html = await counted_dashboard(monkeypatch, city, fake)
+    assert fake.asked == [{"overdue": "true", "status": NOT_CLOSED, "sort": "due", "size": 50}]
+    assert NOT_CLOSED.split(",") == [s.value for s in Status if s != Status.CLOSED]
+    assert "超期工单（321）" in html  # the record's count, not the rows sent
+    section = html[html.index('id="overdue-tickets"') :]
+    rows = re.findall(
+        r'<tr class="late"><td data-label="工单号"><a href="/console/tickets/([^"]+)">', section
+    )
+    assert rows == ["20330701-000007", "20330702-000001"]  # in the record's order
+    assert '<td data-label="承办单位">区城市管理委员会</td>' in section
+    assert '<strong class="overdue">超期</strong> 已超期2天2小时' in section
+    assert '<td data-label="分类">城市管理/市政设施/路灯故障</td>' in section
+    assert '<td data-label="分类">未分类</td>' in section
+    link = "/console/tickets?" + urlencode({"overdue": "true", "status": NOT_CLOSED, "sort": "due"})
+    assert f'<a href="{html_escape(link)}" id="overdue-all">在工单查询中查看全部321件超期工单</a>' in section
+    # The record away: said where the list goes, not "none overdue".
+    fake.overdue = Reply(
+        503, {"error": "records_unavailable", "message": "工单档案库（PostgreSQL）暂时无法访问"}
+    )
+    away = await counted_dashboard(monkeypatch, city, fake)
+    section = away[away.index('id="overdue-tickets"') :]
+    assert '<h2 id="overdue-title">超期工单</h2>' in section
+    assert '<p class="muted" id="overdue-error">工单档案库（PostgreSQL）暂时无法访问</p>' in section
+    assert "没有超期工单" not in section
+
+
+def test_the_ticket_list_offers_what_the_dashboards_cards_and_overdue_tickets_open(city):
+    """签收 and 回访答复 as the rates count them, 未关闭 among the statuses and the deadline that
+    runs now among the sorts: the list opened from the dashboard shows what it was opened with, and
+    sending the form again keeps it."""
+    chosen = {"response": "late", "answered": "true", "status": NOT_CLOSED, "sort": "due"}
+    html = tickets_html(city, filters={**dict.fromkeys(LIST_FILTERS, ""), **chosen})
+
+    def picked(name: str) -> list[tuple[str, str]]:
+        select = re.search(rf'<select id="f-{name}" name="{name}"[^>]*>(.*?)</select>', html, re.S)
+        assert select is not None, name
+        return re.findall(r'<option value="([^"]*)" selected>([^<]*)</option>', select[1])
+
+    assert picked("response") == [("late", "超时签收或逾期未签收")]
+    assert picked("answered") == [("true", "已答复")]
+    assert picked("status") == [(NOT_CLOSED, "未关闭（含已办结、回访中）")]
+    assert picked("sort") == [("due", "当前时限（近→远）")]
+    assert '<label for="f-response">签收</label>' in html
+    assert '<label for="f-answered">回访答复</label>' in html
+    assert '<option value="on_time" >按时签收</option>' in html
+    assert '<option value="false" >未答复</option>' in html
 
 
 def test_an_extension_request_shows_the_deadline_now_after_approval_and_the_time_given(city):

@@ -40,11 +40,14 @@ from shared.events import (
     AppealReceived,
     Caller,
     CategoryScore,
+    DeadlineNotice,
     DepartmentRef,
     Event,
     MeetingConvened,
     MeetingSpec,
     MeetingUpdated,
+    Merge,
+    SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
 )
@@ -394,6 +397,203 @@ async def test_the_lists_category_filter_takes_a_branch_from_the_citys_tree(api,
         assert r.status_code == 422, r.text
         assert r.json()["field"] == "category"
         assert said in r.json()["message"]
+
+
+# --- the list the dashboard's figures open -------------------------------------------------------
+
+
+def handled(city: City, no: str, text: str, *steps: tuple[str, dict]) -> list[Event]:
+    """An appeal LEAD was assigned (respond within the hour, resolve within three), then each step:
+    ("accepted", {...}) and the like as LEAD's updates (the status each leaves it in given), or
+    ("answer", {...}) a survey's end, or ("assigned", {...}) a second assignment (改派)."""
+    events: list[Event] = [*appeal_events(city, no, text, "utility.heating")]
+    lead = ref(city, LEAD)
+
+    def assigned(minutes: int, **kw) -> TicketAssigned:
+        return TicketAssigned(
+            ticket_no=no,
+            department=lead,
+            via="rule",
+            explanation="测试",
+            category="utility.heating",
+            grid=GRID,
+            respond_by=DAY + timedelta(hours=1),
+            resolve_by=DAY + timedelta(hours=3),
+            occurred_at=DAY + timedelta(minutes=minutes),
+            **kw,
+        )
+
+    events.append(assigned(2))
+    for i, (step, kw) in enumerate(steps, start=3):
+        at = DAY + timedelta(minutes=10 * i)
+        if step == "assigned":
+            events.append(assigned(10 * i, **kw))
+        elif step == "answer":
+            events.append(
+                SurveyAnswered(ticket_no=no, survey_id=f"s-{no}-{i}", text="", occurred_at=at, **kw)
+            )
+        else:
+            kw = {"status": "accepted", "actor": LEAD, "department": lead, **kw}
+            events.append(TicketUpdated(ticket_no=no, action=step, occurred_at=at, **kw))
+    return events
+
+
+def notice(stage: str, minutes: int = 60) -> dict:
+    """A deadline's overdue notice (督办) as a step's payload."""
+    names = {"respond": "签收", "resolve": "办结", "meeting": "会议"}
+    return {
+        "supervision": DeadlineNotice(
+            stage=stage, stage_name=names[stage], deadline=DAY + timedelta(minutes=minutes)
+        )
+    }
+
+
+async def test_the_list_selects_the_responses_and_answers_the_rates_count(api, redis, pool, system_city):
+    """The dashboard's 响应率 opens the tickets whose response came due late (签收超时, or the
+    deadline passed unaccepted), 回访答复 those with an answer counted: on the record, each ticket
+    with any such response (a re-dispatched ticket responds again) or answer, once; one still
+    within its deadline in neither, an answer voided by the check not counted."""
+    marker = f"签收回访筛选{made_up_no()}"
+    kinds: dict[str, tuple] = {
+        "on_time": (("accepted", {"on_time": True}), ("answer", {"rating": 1, "solved": True})),
+        "late": (("accepted", {"on_time": False}), ("answer", {"rating": None, "outcome": "no_answer"})),
+        # Late after the notice: due once, by the notice; its only answer voided by the check.
+        "noticed": (
+            ("overdue", {"status": "assigned", **notice("respond")}),
+            ("accepted", {"on_time": False, "marked_overdue": True}),
+            ("answer", {"rating": 1, "solved": True, "void": True}),
+        ),
+        "never": (("overdue", {"status": "assigned", **notice("respond")}),),
+        "pending": (),  # within its response deadline: not due yet
+        # 并案 within the deadline answers for the response.
+        "merged": (
+            (
+                "merged",
+                {"status": "closed", "merge": Merge(into="20001201-1", duplicate="x", response_on_time=True)},
+            ),
+        ),
+        # Late, re-dispatched (改派), then on time: both; answered twice (a reopen between).
+        "both": (
+            ("accepted", {"on_time": False}),
+            ("assigned", {}),
+            ("accepted", {"on_time": True}),
+            ("answer", {"rating": 3, "solved": False}),
+            ("answer", {"rating": 1, "solved": True}),
+        ),
+        # On time; the resolution's deadline passing is no response.
+        "slow": (("accepted", {"on_time": True}), ("overdue", notice("resolve", 180))),
+    }
+    nos = {kind: made_up_no() for kind in kinds}
+    await record(
+        pool,
+        system_city,
+        [
+            e
+            for kind, steps in kinds.items()
+            for e in handled(system_city, nos[kind], f"{marker}：{kind}", *steps)
+        ],
+    )
+    desk = await bearer(redis)
+
+    def of(*which: str) -> list[str]:
+        return sorted(nos[k] for k in which)
+
+    assert await listed(api, desk, q=marker, response="on_time") == of("on_time", "merged", "both", "slow")
+    assert await listed(api, desk, q=marker, response="late") == of("late", "noticed", "never", "both")
+    assert await listed(api, desk, q=marker, answered="true") == of("on_time", "both")
+    assert await listed(api, desk, q=marker, answered="false") == of(
+        "late", "noticed", "never", "pending", "merged", "slow"
+    )
+    # The export takes them as the list does.
+    r = await api.get("/api/v1/tickets/export", params={"q": marker, "response": "late"}, headers=desk)
+    assert r.status_code == 200, r.text
+    rows = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert sorted(row[0] for row in rows[1:]) == of("late", "noticed", "never", "both")
+    r = await api.get("/api/v1/tickets", params={"q": marker, "response": "yes"}, headers=desk)
+    assert (r.status_code, r.json()["field"]) == (422, "response")
+
+    # The rates count the same responses, event by event: 应响应 is one more than the tickets listed
+    # (both responded twice), and the list's on-time and late tickets are those they were counted for.
+    from services.records.rates import COUNTERS
+
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            f"SELECT e.ticket_no, count(*) FILTER (WHERE {COUNTERS['due']}) AS due, "
+            f"count(*) FILTER (WHERE {COUNTERS['due_on_time']}) AS on_time, "
+            f"count(*) FILTER (WHERE {COUNTERS['answered']}) AS answered "
+            "FROM ticket_events e WHERE e.ticket_no = ANY(%s) GROUP BY e.ticket_no",
+            (list(nos.values()),),
+        )
+        counted = {r["ticket_no"]: r for r in await cur.fetchall()}
+    kind_of = {no: kind for kind, no in nos.items()}
+    assert sum(r["due"] for r in counted.values()) == 8
+    assert sorted(kind_of[n] for n, r in counted.items() if r["on_time"]) == sorted(
+        ["on_time", "merged", "both", "slow"]
+    )
+    assert sorted(kind_of[n] for n, r in counted.items() if r["due"] > r["on_time"]) == sorted(
+        ["late", "noticed", "never", "both"]
+    )
+    assert sorted(kind_of[n] for n, r in counted.items() if r["answered"]) == ["both", "on_time"]
+
+
+async def test_the_overdue_tickets_are_counted_and_listed_longest_overdue_first(
+    api, redis, pool, system_city
+):
+    """The dashboard's 超期工单 from the record: the open tickets marked overdue, by the deadline that
+    runs now (to accept, to resolve, the meeting's), those with none running last; a page of them
+    with the count of all."""
+    marker = f"超期排序{made_up_no()}"
+    spec = MeetingSpec(
+        meeting_id=f"M-due-{made_up_no()}",
+        reason="hotspot",
+        lead_street=STREET,
+        summoned=(STREET, LEAD),
+        category="utility.heating",
+        grid=GRID,
+        deadline=DAY + timedelta(minutes=100),
+    )
+    kinds: dict[str, tuple] = {
+        # Assigned, the response an hour after assignment passed: due DAY + 1 h.
+        "unaccepted": (("overdue", {"status": "assigned", **notice("respond")}),),
+        # Accepted, the resolution three hours after passed: due DAY + 3 h.
+        "unresolved": (("accepted", {"on_time": True}), ("overdue", notice("resolve", 180))),
+        # Late to accept, then held by a meeting whose own deadline passed: due DAY + 100 min.
+        "held": (
+            ("overdue", {"status": "assigned", **notice("respond")}),
+            ("escalated", {"status": "meeting", "actor": "system", "meeting": spec}),
+            ("overdue", {"status": "meeting", "actor": "system", **notice("meeting", 100)}),
+        ),
+        # Resolved late: no deadline runs now, listed last.
+        "resolved": (
+            ("accepted", {"on_time": True}),
+            ("overdue", notice("resolve", 180)),
+            ("resolved", {"status": "resolved", "on_time": False}),
+        ),
+        "closed": (  # closed: not among them
+            ("accepted", {"on_time": True}),
+            ("overdue", notice("resolve", 180)),
+            ("closed", {"status": "closed", "answer": Answer(outcome="skipped_anonymous")}),
+        ),
+        "in_time": (("accepted", {"on_time": True}),),  # not overdue
+    }
+    nos = {kind: made_up_no() for kind in kinds}
+    await record(
+        pool,
+        system_city,
+        [
+            e
+            for kind, steps in kinds.items()
+            for e in handled(system_city, nos[kind], f"{marker}：{kind}", *steps)
+        ],
+    )
+    open_ = ",".join(s.value for s in Status if s != Status.CLOSED)
+    params = {"q": marker, "overdue": "true", "status": open_, "sort": "due", "size": "2"}
+    r = await api.get("/api/v1/tickets", params=params, headers=await bearer(redis))
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 4
+    assert [t["ticket_no"] for t in r.json()["items"]] == [nos["unaccepted"], nos["held"]]
+    r = await api.get("/api/v1/tickets", params={**params, "page": "2"}, headers=await bearer(redis))
+    assert [t["ticket_no"] for t in r.json()["items"]] == [nos["unresolved"], nos["resolved"]]
 
 
 # --- joint meetings that leave Redis ---------------------------------------------------------------

@@ -955,6 +955,50 @@ async def test_the_preview_goes_without_the_history_while_the_record_is_away(cap
         await CallerHistories(broken, tz).view("c1")
 
 
+def test_the_list_filters_by_response_and_answer_as_the_rates_count_them():
+    """签收 and 回访答复, for the dashboard's 响应率 and 回访答复 to open the tickets they count: the
+    list takes the very SQL the rates count by (one definition), a ticket with any response of the
+    kind, any answer counted (void ones not)."""
+    from services.records import query
+    from services.records.rates import COUNTERS
+    from tests.cities import demo_city
+
+    tz, city = ZoneInfo("Asia/Shanghai"), demo_city()
+    on_time = build({"response": "on_time"}, tz=tz, city=city, department_scope=None).where
+    late = build({"response": "late"}, tz=tz, city=city, department_scope=None).where
+    assert on_time.startswith("EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no")
+    assert f"({query.RESPONSE_ON_TIME})" in on_time
+    assert f"({query.RESPONSE_LATE})" in late
+    # The rate's 应响应 is exactly the two, and its numerator the first.
+    assert COUNTERS["due"] == f"({query.RESPONSE_ON_TIME}) OR ({query.RESPONSE_LATE})"
+    assert COUNTERS["due_on_time"] == COUNTERS["responded_on_time"] == query.RESPONSE_ON_TIME
+    answered = build({"answered": "true"}, tz=tz, city=city, department_scope=None)
+    assert query.RATED_ANSWER in answered.where
+    assert f"NOT {query.VOID_ANSWER}" in answered.where
+    assert answered.params == []
+    unanswered = build({"answered": "false"}, tz=tz, city=city, department_scope=None).where
+    assert unanswered == f"NOT {answered.where}"
+    for name, value in (("response", "yes"), ("answered", "maybe")):
+        with pytest.raises(DomainError) as refused:
+            build({name: value}, tz=tz, city=city, department_scope=None)
+        assert refused.value.field == name
+    with pytest.raises(DomainError) as refused:
+        build({"response": "soon"}, tz=tz, city=city, department_scope=None)
+    assert "on_time（按时签收）、late（超时签收或逾期未签收）" in refused.value.message
+
+
+def test_the_list_sorts_by_the_deadline_that_runs_now():
+    """`due`: the dashboard's longest overdue first, by the deadline the console counts down to
+    (present.due_of): to accept, to resolve, the meeting's; none (at the desk, resolved) last."""
+    from services.records import query
+    from tests.cities import demo_city
+
+    search = build({"sort": "due"}, tz=ZoneInfo("Asia/Shanghai"), city=demo_city(), department_scope=None)
+    assert search.order_by == f"{query.DUE} ASC NULLS LAST, ticket_no ASC"
+    assert "WHEN 'assigned' THEN respond_by WHEN 'accepted' THEN resolve_by" in query.DUE
+    assert f"WHEN 'meeting' THEN {query.MEETING_BY}" in query.DUE
+
+
 def test_the_list_filters_by_any_answer_and_by_reopened_and_says_every_answer():
     """To reconcile with the rates, which count each answer on its day: the list filters by any
     counted answer of a rating (回访评价), by 重办, and says every answer (the ticket's `rating` is

@@ -267,6 +267,71 @@ async def test_what_the_desk_follows_is_read_in_one_pass_over_the_queues(redis):
     assert numbers(followed.returned) == ["20261123-77400", "20261123-77403", "20261123-77404"]
 
 
+async def test_a_returned_ticket_a_joint_meeting_took_is_still_counted_and_listed_by_the_desk(redis):
+    """退单工单 lists every open returned ticket, wherever it went, and counts what it lists: one a
+    hotspot's meeting took from the desk's waiting room (it held the cluster's every ticket) is
+    listed as one it took from a department's queue is, after the desk's waiting ones; the desk's
+    answered calls waiting for their survey are not read for it."""
+    from services.router import meetings, workflow
+    from tests.router_factory import TZ
+
+    city = demo_city()
+    queues = Queues(redis, TicketStore(redis))
+    (first, one), (desk, own_desk) = own_department("followed"), own_department("desk", "测试派单中心")
+
+    def returned_to_desk(no: str) -> Ticket:
+        """Returned by its department (no other candidate): waiting at the desk (待人工派单)."""
+        t = assigned_ticket(city, no=no)
+        out = workflow.return_ticket(
+            t, t.department.id, "not_ours", "", "规则X", city, TZ, T0 + timedelta(minutes=5)
+        )
+        assert (out.ticket.status, out.ticket.returns) == (st.REVIEW, 1)
+        return out.ticket
+
+    hot = meetings.spec(
+        city, mid="M-hot-test", reason="hotspot", grid="s01c01g01", category="city.facility.streetlight",
+        summoned=(), now=T0, tz=TZ,
+    )  # fmt: skip
+    pulled = workflow.hold_for_meeting(returned_to_desk("20261123-77500"), hot, T0 + timedelta(minutes=10))
+    assert pulled is not None
+    at_desk_held = pulled.ticket.model_copy(update={"department": own_desk})
+    assert at_desk_held.status == st.MEETING
+    waiting = returned_to_desk("20261123-77501").model_copy(update={"department": own_desk})
+    fresh = returned_to_desk("20261123-77502").model_copy(update={"department": own_desk, "returns": 0})
+    # An answered call waiting for its survey (the desk's, thousands a day): never read here.
+    answered = assigned_ticket(city, no="20261123-77503").model_copy(
+        update={"department": own_desk, "status": st.RESOLVED, "returns": 1}
+    )
+    held = assigned_ticket(city, no="20261123-77504").model_copy(
+        update={"department": one, "status": st.MEETING, "returns": 2, "meeting_id": "M-twice"}
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(queued(redis, queues, first, [held]))
+        await stack.enter_async_context(queued(redis, queues, desk, [at_desk_held, waiting, fresh, answered]))
+        reads: list[tuple[str, float, float]] = []
+        plain = redis.zrangebyscore
+
+        async def counted(key, low, high, *args, **kw):
+            reads.append((key, float(low), float(high)))
+            return await plain(key, low, high, *args, **kw)
+
+        redis.zrangebyscore = counted
+        try:
+            followed = await queues.followed(desk, [first])
+        finally:
+            redis.zrangebyscore = plain
+        held_score = await redis.zscore(f"queue:{desk}", "20261123-77500")
+        answered_score = await redis.zscore(f"queue:{desk}", "20261123-77503")
+
+    numbers = [orjson.loads(raw)["ticket_no"] for raw in followed.returned]
+    # The department's, then the desk's waiting one, then the one the meeting took from the desk.
+    assert numbers == ["20261123-77504", "20261123-77501", "20261123-77500"]
+    # The desk's queue read from the waiting ones' score to the held ones', not the answered calls'.
+    ((key, low, high),) = reads
+    assert key == f"queue:{desk}"
+    assert low <= held_score <= high < answered_score
+
+
 async def test_the_desks_returned_tickets_come_a_page_at_a_time_with_how_many(monkeypatch):
     """GET /api/v1/dispatch/followed: every extension request, and of the returned tickets the page
     asked for (the last, when the list shrank below it) with how many there are; only the tickets

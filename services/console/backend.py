@@ -6,7 +6,6 @@ error messages. The request never leaves the process (httpx's ASGI transport).""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +18,6 @@ from services.intake.photo_views import too_large
 from services.notifier import scoring
 from shared.photos import ID as PHOTO_ID
 from shared.photos import MAX_PER_ITEM
-from shared.tickets import Status
 
 
 @dataclass
@@ -149,41 +147,19 @@ class Api:
     # queues in Redis (the desk's token may read every queue), not from the search endpoint: its rows lack
     # fields these pages use (the appeal's text, extension requests, meeting ids), the record trails the
     # events by its consumer's lag, and is down when PostgreSQL is, while taking and working appeals must
-    # go on without it. The ticket list page (/console/tickets) is the one that searches.
+    # go on without it. The ticket list page (/console/tickets) is the one that searches, and the
+    # dashboard's overdue tickets, a report rather than a list to work from, are counted and ordered
+    # there too: the queues would have to be read whole to count them.
 
     async def department_page(self, dept_id: str, page: int, size: int, **filters: Any) -> Reply:
         """One page of a department's queue, narrowed by the API's filters (status, overdue,
         category, grid, date, desk)."""
         return await self.get(f"/api/v1/departments/{dept_id}/tickets", **filters, page=page, size=size)
 
-    async def department_tickets(self, dept_id: str, **filters: Any) -> list[dict]:
-        return await self._every_page(f"/api/v1/departments/{dept_id}/tickets", **filters)
-
     async def department_ticket_nos(self, dept_id: str) -> set[str]:
         """The numbers of the department's open tickets (none of the tickets read); empty if refused."""
         reply = await self.get(f"/api/v1/departments/{dept_id}/tickets/numbers")
         return set(reply.body["ticket_nos"]) if reply.ok else set()
-
-    async def _every_page(self, path: str, **params: Any) -> list[dict]:
-        """Every ticket of a paged list, however many pages the API takes (what it gave, if a page
-        is refused)."""
-        tickets: list[dict] = []
-        page = 1
-        while True:
-            r = await self.get(path, **params, page=page, size=200)
-            if not r.ok:
-                return tickets
-            tickets += r.body["tickets"]
-            if page * 200 >= r.body["total"]:
-                return tickets
-            page += 1
-
-    async def open_tickets(self, departments: list[str], **filters: Any) -> list[dict]:
-        """The open tickets of the given departments that the filters admit (the desk's view of the
-        whole city), the departments read side by side. The filters narrow them where the tickets
-        are, so a city of thousands of open tickets is read once, not sent here."""
-        queues = await asyncio.gather(*(self.department_tickets(dept, **filters) for dept in departments))
-        return [t for tickets in queues for t in tickets if t["status"] != Status.CLOSED]
 
     async def followed(self, *, page: int, size: int) -> Reply:
         """What the desk follows: every extension request waiting for its decision, and a page of

@@ -670,12 +670,21 @@ def figure_lists(city: City, start: str, end: str) -> dict[str, dict[str, str]]:
     words that say which list it is (`words`, read as part of the link) and what the list shows
     that the figure does not count, or the other way round (`differs`, said beside the cards). The
     figures count events (a response coming due, a survey answer, a dispatch) and the list filters
-    tickets, and some figures have no filter of their own: those open the closest list the filters
-    give, never a narrower one that would hide what they count."""
+    tickets, each once: a rate opens the tickets that kept it down (签收超时, 重办, 不满意), the
+    other figures the tickets they count; the score, made of the three rates, has no filter of its
+    own and opens every ticket of the period."""
     desk = city.department_by_id[city.responsibilities.dispatch_desk]
     cards: dict[str, tuple[str, dict[str, str], str, str]] = {
-        # On time or not is no filter: every ticket of the period, whose responses are among them.
-        "response_rate": ("响应率", {}, "全部工单", "列表不能按是否按时签收筛选"),
+        # The responses that kept the rate down (签收: late, or the deadline passed unaccepted), as
+        # 满意率 opens the 不满意: the list's 签收 selects what the rate counts, one ticket for
+        # however many of its responses came due.
+        "response_rate": (
+            "响应率",
+            {"response": "late"},
+            "签收超时的工单",
+            "含逾期仍未签收的，按时签收的可在列表的“签收”中改选；响应率按每次应签收计数"
+            "（改派后重新计时的再计一次），列表每件工单只列一次",
+        ),
         # An answer saying 未解决 (or 不满意) sends the ticket back (重办): those kept the rate down.
         "resolution_rate": (
             "解决率",
@@ -691,12 +700,12 @@ def figure_lists(city: City, start: str, end: str) -> dict[str, dict[str, str]]:
             "满意、基本满意的可在列表的“回访评价”中改选",
         ),
         "score": ("综合得分", {}, "全部工单", "得分由三率加权算出，没有对应的筛选条件"),
-        # "Answered" is no filter either; the list shows each ticket's answers under its status.
+        # The answers the rates count (核查退回后作废的 not), one ticket for however many it had.
         "answered": (
             "回访答复",
-            {},
-            "全部工单",
-            "列表不能只筛出已答复的，各工单的回访评价注明在“状态”栏下",
+            {"answered": "true"},
+            "已答复回访的工单",
+            "回访答复按次计数，重办后再次答复的计两次，列表每件工单只列一次；核查退回后作废的答复不算已答复",
         ),
         # A call answered on the spot is the desk's, its department (rules.answered_on_call).
         "direct_answer_rate": (

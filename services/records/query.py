@@ -22,8 +22,28 @@ from shared.privacy import InvalidPhone, caller_id, normalize_phone
 from shared.tickets import RATING_NAMES, Status
 
 MAX_PAGE_SIZE = 500
+# Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's row
+# does not keep: from the meeting's row once the record has its facts (when its tickets leave
+# Redis), until then from the hold (`escalated`), which carries the deadline as the ticket in Redis
+# has it. A row of `tickets` (unaliased), for the list's rows and its `due` order alike.
+MEETING_BY = (
+    "(CASE WHEN tickets.status = 'meeting' THEN COALESCE("
+    "(SELECT m.deadline FROM meetings m WHERE m.meeting_id = tickets.meeting_id), "
+    "(SELECT (e.payload->'meeting'->>'deadline')::timestamptz FROM ticket_events e "
+    "WHERE e.ticket_no = tickets.ticket_no AND e.payload->'meeting'->>'meeting_id' = tickets.meeting_id "
+    "ORDER BY e.occurred_at DESC LIMIT 1)) END)"
+)
+# The deadline that runs now, as the console's time left counts down to it (present.due_of): to
+# accept while assigned, to resolve once accepted, the meeting's while one holds the ticket; none
+# otherwise (waiting at the desk, resolved, closed), which sorts last.
+DUE = (
+    "CASE tickets.status WHEN 'assigned' THEN respond_by WHEN 'accepted' THEN resolve_by "
+    f"WHEN 'meeting' THEN {MEETING_BY} END"
+)
 # Sort keys the API accepts -> SQL; ticket_no breaks ties so that pages never overlap.
 SORTS = {
+    # The most pressing first: among the overdue, the longest overdue (the dashboard's 超期工单).
+    "due": f"{DUE} ASC NULLS LAST, ticket_no ASC",
     "received_at": "received_at ASC, ticket_no ASC",
     "-received_at": "received_at DESC, ticket_no DESC",
     "resolve_by": "resolve_by ASC NULLS LAST, ticket_no ASC",
@@ -84,6 +104,47 @@ _ANSWERED_WITH = (
     "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
     f"AND {RATED_ANSWER} AND NOT {VOID_ANSWER} AND e.payload->>'rating' = %s)"
 )
+# 回访答复 filter: tickets with at least one answer the rates count (`answered`: rated, not void), or
+# none (not surveyed yet, no reply, skipped, or only an answer voided by the check).
+_ANSWERED = (
+    "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
+    f"AND {RATED_ANSWER} AND NOT {VOID_ANSWER})"
+)
+
+# A department's response (签收) as an event `e` of `ticket_events`, as the response rate counts it
+# (services/records/rates.py takes these; `scoring.fields_for` is the rule): one for each assignment
+# whose response came due, on time or not; a ticket re-dispatched or rerouted responds again.
+# 并案: a duplicate merged while a department held it and had not accepted it yet answers for that
+# department's response; its `merge` says whether it was on time.
+MERGED = "e.topic = 'ticket.updated' AND e.payload->>'action' = 'merged'"
+MERGE_ON_TIME = "(e.payload->'merge'->>'response_on_time')::boolean"
+# An acceptance's `on_time` (in `data` in events of version 1).
+_ACCEPTED_ON_TIME = "coalesce((e.payload->>'on_time')::boolean, (e.payload->'data'->>'on_time')::boolean)"
+RESPONSE_ON_TIME = (
+    "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
+    f"AND coalesce({_ACCEPTED_ON_TIME}, false)) "
+    f"OR ({MERGED} AND coalesce({MERGE_ON_TIME}, false)))"
+)
+_LATE = (
+    "e.topic = 'ticket.updated' AND ((e.payload->>'action' = 'accepted' "
+    f"AND NOT coalesce({_ACCEPTED_ON_TIME}, true)) "
+    f"OR ({MERGED} AND NOT coalesce({MERGE_ON_TIME}, true)))"
+)
+_NOT_NOTICED = "NOT coalesce((e.payload->>'marked_overdue')::boolean, false)"
+_RESPOND_OVERDUE = (
+    "e.topic = 'ticket.updated' AND e.payload->>'action' = 'overdue' "
+    "AND e.payload->'supervision'->>'stage' = 'respond'"
+)
+# Due and not on time: the response deadline's notice (the ticket still not accepted then), or a
+# late acceptance that came before the notice (one after it was counted by the notice, once).
+RESPONSE_LATE = f"({_RESPOND_OVERDUE}) OR (({_LATE}) AND {_NOT_NOTICED})"
+# 签收 filter: the tickets with at least one response of the kind (any of its assignments), as the
+# response rate counts each response due: on time (按时签收) or not (超时签收, or the deadline passed
+# with the ticket not accepted, 逾期未签收). A ticket still inside its deadline is in neither, as it
+# is in no rate yet.
+RESPONSES = {"on_time": RESPONSE_ON_TIME, "late": RESPONSE_LATE}
+RESPONSE_NAMES = {"on_time": "按时签收", "late": "超时签收或逾期未签收"}
+_RESPONDED = "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no AND ({}))"
 
 
 def answers_words(answers: list[str] | None) -> str:
@@ -187,6 +248,13 @@ def build(
             names = "、".join(f"{r}（{n}）" for r, n in RATING_NAMES.items())
             raise invalid("answer", f"未知的回访评价“{answer}”，可选：{names}")
         add(_ANSWERED_WITH, answer)
+    if response := raw.get("response"):
+        if response not in RESPONSES:
+            names = "、".join(f"{k}（{n}）" for k, n in RESPONSE_NAMES.items())
+            raise invalid("response", f"未知的签收情况“{response}”，可选：{names}")
+        clauses.append(_RESPONDED.format(RESPONSES[response]))
+    if (flag := _flag("answered", raw.get("answered"))) is not None:
+        clauses.append(_ANSWERED if flag else f"NOT {_ANSWERED}")
     if (flag := _flag("reopened", raw.get("reopened"))) is not None:
         # 重办: reopened at least once (a resident's 不满意 or 未解决, or a check found it not solved).
         add("reopens > 0" if flag else "reopens = 0")

@@ -1,7 +1,8 @@
 """Search and export over the record (PostgreSQL), and tickets and joint meetings that have left Redis.
 
     GET /api/v1/tickets?status=&department=&category=&street=&community=&grid=&channel=&urgent=
-                       &overdue=&verified=&from=&to=&q=&sort=&page=&size=
+                       &overdue=&verified=&answer=&reopened=&response=&answered=&from=&to=&q=
+                       &sort=&page=&size=
     GET /api/v1/tickets/export?format=csv|xlsx&<the same filters>
 
 The dispatch desk (admin) sees every ticket, a department the tickets it leads or co-handles, a
@@ -27,7 +28,7 @@ from psycopg_pool import PoolTimeout
 from services.records import db
 from services.records.db import Pool
 from services.records.projection import in_order, meeting_of, ticket_of
-from services.records.query import ANSWERS_SQL, Search, answers_words, build
+from services.records.query import ANSWERS_SQL, MEETING_BY, Search, answers_words, build
 from services.router.meetings import Meeting
 from shared.auth import Principal, current_principal
 from shared.city import City
@@ -40,7 +41,7 @@ router = APIRouter(prefix="/api/v1", tags=["records"])
 
 FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue",
-    "verified", "phone", "answer", "reopened",
+    "verified", "phone", "answer", "reopened", "response", "answered",
 )  # fmt: skip
 LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
@@ -48,15 +49,8 @@ LIST_COLUMNS = (
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
     f"merged_into, merged, updated_at, {ANSWERS_SQL} AS answers, "
-    # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's
-    # row does not keep: read for the page's rows only, from the meeting's row once the record has
-    # its facts (when its tickets leave Redis), until then from the hold (`escalated`), which
-    # carries the deadline as the ticket in Redis has it.
-    "CASE WHEN tickets.status = 'meeting' THEN COALESCE("
-    "(SELECT m.deadline FROM meetings m WHERE m.meeting_id = tickets.meeting_id), "
-    "(SELECT (e.payload->'meeting'->>'deadline')::timestamptz FROM ticket_events e "
-    "WHERE e.ticket_no = tickets.ticket_no AND e.payload->'meeting'->>'meeting_id' = tickets.meeting_id "
-    "ORDER BY e.occurred_at DESC LIMIT 1)) END AS meeting_by"
+    # A meeting's deadline (query.MEETING_BY): read for the page's rows only.
+    f"{MEETING_BY} AS meeting_by"
 )
 # The export's columns: header (Chinese, for the people who open it in Excel) -> column.
 EXPORT = {

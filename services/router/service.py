@@ -5,7 +5,7 @@ Keys:
   timers                 sorted set: timer member (timers.Timer.member) -> when it fires (unix time)
   queue:{dept}           sorted set: the department's open tickets -> their nearest deadline (those
                          with none: one score for those waiting to be acted on, a higher one for
-                         those resolved or in a meeting)
+                         those in a meeting, a higher one still for those resolved)
   queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
   meeting:{id}           a joint meeting, as JSON (meetings.Meeting); a decided one leaves Redis
@@ -68,6 +68,11 @@ _FAR = 4102444800.0  # 2100-01-01: tickets with no running deadline sort last
 # own: the desk's queue also holds every ticket answered on the call until its survey closes it,
 # thousands a day in a big city, and its waiting tickets are read without reading those.
 _DONE = _FAR + 1
+# Held by a joint meeting, between the two: the meeting is to decide, no department to act. A band of
+# its own so that the desk finds its returned tickets a meeting took from its waiting room (a
+# hotspot's meeting takes every ticket of its cluster) without reading the answered calls (`followed`).
+# One held before this band existed keeps _DONE until it next changes (the meeting's decision).
+_HELD = _FAR + 0.5
 
 # Claim due timers atomically: each due member is pushed `lease` seconds into the future, so no
 # other replica sees it; the claimer removes it once fired. A claimer that dies leaves it to come
@@ -114,7 +119,9 @@ def _queue_score(t: Ticket) -> float:
     due = t.respond_by if t.status == Status.ASSIGNED else t.resolve_by
     if due and t.status in (Status.ASSIGNED, Status.ACCEPTED):
         return due.timestamp()
-    return _DONE if t.status in (Status.RESOLVED, Status.SURVEYED, Status.MEETING) else _FAR
+    if t.status == Status.MEETING:
+        return _HELD
+    return _DONE if t.status in (Status.RESOLVED, Status.SURVEYED) else _FAR
 
 
 # Index a batch in one command. A ticket leaves the queue of the department that held it before
@@ -197,16 +204,19 @@ class Queues:
         return [(no, raw) for no, raw, _ in await self._read(key, dept, where)]
 
     async def _read(
-        self, key: str, dept: str, where: QueueFilter
+        self, key: str, dept: str, where: QueueFilter, upto: float | None = None
     ) -> list[tuple[str, bytes | str, dict[str, Any]]]:
         """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps,
         that JSON parsed). The whole queue is read (for `status=review`, only its tickets with the
-        score of those waiting for the desk: see `_DONE`), but no ticket is made a model: each is
-        looked at as the JSON the store keeps (a fifth of the time a model takes, and the page of a
-        queue of ten thousand narrowed to a few is then a quarter of a second, not a second). Each
-        ticket read is still checked: one indexed before `_DONE` existed sorts with the waiting ones
-        until it next changes, and the filter leaves it out."""
-        if where.status == Status.REVIEW:
+        score of those waiting for the desk: see `_DONE`; with `upto`, those from that score to
+        `upto`), but no ticket is made a model: each is looked at as the JSON the store keeps (a
+        fifth of the time a model takes, and the page of a queue of ten thousand narrowed to a few
+        is then a quarter of a second, not a second). Each ticket read is still checked: one indexed
+        before `_DONE` existed sorts with the waiting ones until it next changes, and the filter
+        leaves it out."""
+        if upto is not None:
+            nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, upto)]
+        elif where.status == Status.REVIEW:
             nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, _FAR)]
         else:
             nos = [_text(n) for n in await self.redis.zrange(key, 0, -1)]
@@ -222,12 +232,22 @@ class Queues:
         """What the dispatch desk follows, in one pass over the queues (`QueueFilter.desk`): every
         extension request waiting for its decision, and the tickets returned at least once (退单)
         still open, those the departments hold (queue by queue, in the order given) before those
-        waiting at the desk to be dispatched again. Kept as the store keeps them: the caller makes
-        models of what it shows, a page of the returned ones, not of all of them."""
+        at the desk: waiting to be dispatched again, then held by a joint meeting. Kept as the store
+        keeps them: the caller makes models of what it shows, a page of the returned ones, not of
+        all of them.
+
+        Every open returned ticket is counted and listed, wherever it went: the desk reads the
+        heading's count as the returned tickets it follows, and one a joint meeting took (a
+        hotspot's takes every ticket of its cluster, the desk's waiting room included; a second
+        return sends one to a meeting) is still one it follows, with the meeting's status, until
+        the meeting sends it out again. Had it left the table on being held, the count would drop
+        with nothing saying where the ticket went."""
         # The queues side by side, as the console read them before: their round trips overlap.
-        *held, waiting = await asyncio.gather(
+        *held, at_desk = await asyncio.gather(
             *(self._read(f"queue:{dept}", dept, QueueFilter(desk=True)) for dept in departments),
-            self._read(f"queue:{desk}", desk, QueueFilter(status=Status.REVIEW, desk=True)),
+            # The desk's waiting room and its tickets held by a meeting (their score bands, not the
+            # thousands of answered calls waiting for their survey after them).
+            self._read(f"queue:{desk}", desk, QueueFilter(desk=True), upto=_HELD),
         )
         followed = FollowedByDesk([], [])
         for _, raw, kept in (ticket for queue in held for ticket in queue):
@@ -237,7 +257,11 @@ class Queues:
                 followed.extensions.append(raw)
             if kept.get("returns", 0) > 0:
                 followed.returned.append(raw)
-        followed.returned.extend(raw for _, raw, kept in waiting if kept.get("returns", 0) > 0)
+        followed.returned.extend(
+            raw
+            for _, raw, kept in at_desk
+            if kept["status"] in (Status.REVIEW, Status.MEETING) and kept.get("returns", 0) > 0
+        )
         return followed
 
     async def numbers(self, dept: str) -> list[str]:

@@ -438,6 +438,16 @@ def handled(city: City, no: str, text: str, *steps: tuple[str, dict]) -> list[Ev
     return events
 
 
+async def record_handled(pool, city: City, marker: str, kinds: dict[str, tuple]) -> dict[str, str]:
+    """A ticket `handled` by each kind's steps, recorded; their numbers by kind."""
+    nos = {kind: made_up_no() for kind in kinds}
+    events: list[Event] = []
+    for kind, steps in kinds.items():
+        events += handled(city, nos[kind], f"{marker}：{kind}", *steps)
+    await record(pool, city, events)
+    return nos
+
+
 def notice(stage: str, minutes: int = 60) -> dict:
     """A deadline's overdue notice (督办) as a step's payload."""
     names = {"respond": "签收", "resolve": "办结", "meeting": "会议"}
@@ -483,16 +493,7 @@ async def test_the_list_selects_the_responses_and_answers_the_rates_count(api, r
         # On time; the resolution's deadline passing is no response.
         "slow": (("accepted", {"on_time": True}), ("overdue", notice("resolve", 180))),
     }
-    nos = {kind: made_up_no() for kind in kinds}
-    await record(
-        pool,
-        system_city,
-        [
-            e
-            for kind, steps in kinds.items()
-            for e in handled(system_city, nos[kind], f"{marker}：{kind}", *steps)
-        ],
-    )
+    nos = await record_handled(pool, system_city, marker, kinds)
     desk = await bearer(redis)
 
     def of(*which: str) -> list[str]:
@@ -576,16 +577,7 @@ async def test_the_overdue_tickets_are_counted_and_listed_longest_overdue_first(
         ),
         "in_time": (("accepted", {"on_time": True}),),  # not overdue
     }
-    nos = {kind: made_up_no() for kind in kinds}
-    await record(
-        pool,
-        system_city,
-        [
-            e
-            for kind, steps in kinds.items()
-            for e in handled(system_city, nos[kind], f"{marker}：{kind}", *steps)
-        ],
-    )
+    nos = await record_handled(pool, system_city, marker, kinds)
     open_ = ",".join(s.value for s in Status if s != Status.CLOSED)
     params = {"q": marker, "overdue": "true", "status": open_, "sort": "due", "size": "2"}
     r = await api.get("/api/v1/tickets", params=params, headers=await bearer(redis))

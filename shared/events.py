@@ -485,6 +485,9 @@ class SurveySent(Event):
     topic: ClassVar[str] = "survey.sent"
 
     survey_id: str
+    # Whom it went to, masked: a phone (138****5678) for SMS, or a WeChat openid (`mask_openid`) for
+    # a resident who wrote in by WeChat. The name is the first version's, when surveys went by SMS
+    # alone; kept, since renaming it would break every event recorded before.
     masked_phone: str
     message_id: str
     text: str

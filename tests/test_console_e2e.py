@@ -1978,7 +1978,7 @@ async def test_a_department_refers_a_dispute_to_mediation_and_the_mediator_recor
     await expect(page.locator("#mediate-reason")).to_be_focused()
     await page.locator("#mediate-reason").fill("楼上楼下因深夜噪音多次争吵，属邻里纠纷")
     await page.locator("#mediate").click()
-    await expect(page.locator("#done")).to_contain_text(f"工单{no}已转街道人民调解委员会调解")
+    await expect(page.locator("#done")).to_contain_text(f"工单{no}已转{committee.name}调解")
     assert asked
     assert all(f"确定转{committee.name}调解吗" in q for q in asked)
     await accessible(page)

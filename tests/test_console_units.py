@@ -63,6 +63,9 @@ def test_time_left_and_overdue():
     assert present.time_left(NOW + timedelta(hours=3, minutes=20), NOW) == ("剩余3小时20分", False)
     assert present.time_left(NOW - timedelta(days=1, hours=2), NOW) == ("已超期1天2小时", True)
     assert present.time_left(None, NOW) == ("", False)
+    assert present.time_left(NOW - timedelta(seconds=20), NOW) == ("已超期不足1分钟", True)
+    assert present.time_left(NOW + timedelta(seconds=20), NOW) == ("剩余不足1分钟", False)
+    assert present.time_left(NOW + timedelta(hours=2, seconds=20), NOW) == ("剩余2小时0分", False)
 
 
 def test_the_deadline_that_matters_follows_the_status():
@@ -482,6 +485,7 @@ def test_a_residents_survey_answer_on_the_lookup_page_is_read_and_told_back():
         "words": "不满意",
         "after": "我们将督促重新办理，办理进展将再次通知您",
         "status": "已评价，将重新办理",
+        "other": "",
     }
     assert told(1, False)["words"] == "满意，问题未解决"
     assert "重新办理" in told(1, False)["after"]  # not solved reopens, satisfied or not
@@ -489,8 +493,15 @@ def test_a_residents_survey_answer_on_the_lookup_page_is_read_and_told_back():
         "words": "基本满意",
         "after": "感谢您的评价，本工单办理完毕",
         "status": "已评价，办理完毕",
+        "other": "",
     }
     assert "现场核查" in told(1, True, void=True)["after"]
+    # Two tabs, each its own choice: the second is shown the first as recorded, and told it is not
+    # its own; the same answer sent twice is simply recorded.
+    first = SurveyAnswered(ticket_no="20260302-000002", survey_id="s", rating=1, solved=True, text="")
+    assert answer_view(first, posted=(1, True))["other"] == ""
+    assert "未另行记录" in answer_view(first, posted=(3, False))["other"]
+    assert answer_view(first, posted=(3, False))["words"] == "满意"
 
 
 def test_the_lookup_page_offers_the_survey_only_while_it_is_open(city):
@@ -3741,3 +3752,23 @@ def views_module():
     from services.console import views
 
     return views
+
+
+def test_no_choice_of_the_ticket_lists_filters_is_offered_twice(city):
+    """The empty choice of a filter is a choice too (受理时间（新→旧） is the order when none is
+    given): listed again as an option, it read as two orders."""
+    html = tickets_html(city)
+    for select in re.finditer(r'<select id="(f-[a-z_]+)".*?</select>', html, flags=re.S):
+        texts = re.findall(r"<option[^>]*>([^<]*)</option>", select.group(0))
+        assert len(texts) == len(set(texts)), f"{select[1]}: {sorted(t for t in texts if texts.count(t) > 1)}"
+
+
+def test_the_live_dashboard_shows_the_score_as_the_page_does():
+    """The page wrote 100.0 and its live update 100 (a number through the page's script): both now
+    take the score's text from the server."""
+    figures = {"score": 100.0, "response_rate": 0.5, "assigned": 3}
+    shown = present.shown_figures(figures)
+    assert shown["score"] == present.score_text(100.0) == "100.0"
+    assert shown["response_rate"] == present.percent(0.5) == "50.0%"
+    assert shown["assigned"] == 3
+    assert present.shown_figures({"score": None})["score"] == "—"

@@ -172,10 +172,12 @@ def read_answer(rating: str, solved: str, comment: str) -> Answer | Refused:
     return Answer(chosen, solved == "yes", words)
 
 
-def answer_view(answered: SurveyAnswered) -> dict[str, str]:
+def answer_view(answered: SurveyAnswered, posted: tuple[int, bool | None] | None = None) -> dict[str, str]:
     """What the page says of a recorded answer: the answer in words, what happens next, and the
     ticket's status as the answer leaves it (the ticket read before it still says it waits for
-    the rating; the router applies the answer a moment later). Pure."""
+    the rating; the router applies the answer a moment later). With `posted`, the rating and
+    solved the page sent: when another answer was recorded first (two tabs, each its own choice),
+    `other` says this one was not, so the resident does not read the first as theirs. Pure."""
     rating = answered.rating or 3
     if answered.void:  # a grid worker's check had sent the resolution back before the answer
         after = "该办理结果经现场核查未解决，已由承办单位重新办理，办结后将再次请您评价"
@@ -186,4 +188,10 @@ def answer_view(answered: SurveyAnswered) -> dict[str, str]:
     else:
         after = "感谢您的评价，本工单办理完毕"
         status = "已评价，办理完毕"
-    return {"words": rating_words(rating, answered.solved), "after": after, "status": status}
+    other = posted is not None and posted != (answered.rating, answered.solved)
+    return {
+        "words": rating_words(rating, answered.solved),
+        "after": after,
+        "status": status,
+        "other": "本工单的评价已先行提交并记录，以上为已记录的评价；您这次的选择未另行记录" if other else "",
+    }

@@ -111,8 +111,8 @@ DONE = {
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
-    # 转人民调解: the ticket has gone to the committee (the department's queue, where it is told).
-    "mediate": "工单{no}已转街道人民调解委员会调解，本单位不再承办此工单。",
+    # 转人民调解: the ticket has gone to the committee, `to` (the department's queue, where it is told).
+    "mediate": "工单{no}已转{to}调解，本单位不再承办此工单。",
     # The grid worker's 现场核查 (the page then shows the ticket with the check's outcome).
     "verified": "核查结果已记录：{verification}。",
     "verified_back": "已退回{department}重新办理，承办单位将看到您写的现场情况和照片。",
@@ -151,7 +151,8 @@ def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     minutes = rest // 60
     parts = (f"{days}天" if days else "") + (f"{hours}小时" if hours else "")
     if not days:
-        parts += f"{minutes}分"
+        # Within its first minute either way a deadline is 不足1分钟 off, not "已超期0分".
+        parts += f"{minutes}分" if minutes or hours else "不足1分钟"
     return ("已超期" if late else "剩余") + parts, late
 
 
@@ -363,6 +364,21 @@ def relabelled(message: str, said: str | None, label: str | None) -> str:
 
 def percent(rate: float | None) -> str:
     return "—" if rate is None else f"{rate * 100:.1f}%"
+
+
+def score_text(score: float | None) -> str:
+    """综合得分 as the dashboard shows it, on the page and in its live updates alike (a number sent
+    to the page's script lost its ".0": 100.0 came back as 100)."""
+    return "—" if score is None else f"{score:.1f}"
+
+
+def shown_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
+    """The dashboard's figures as its cards show them, for the live updates: the rates in percent,
+    the score as text, each rate's base beside it; the counts as they are."""
+    shown = {k: percent(v) if k.endswith("_rate") else v for k, v in figures.items()}
+    if "score" in figures:
+        shown["score"] = score_text(figures["score"])
+    return shown | rate_bases(figures)
 
 
 def rate_bases(figures: Mapping[str, Any]) -> dict[str, str]:

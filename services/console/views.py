@@ -68,6 +68,7 @@ templates.globals.update(
     status_names=STATUS_NAMES,
     role_names=session.ROLE_NAMES,
     percent=present.percent,
+    score_text=present.score_text,
     return_reasons=RETURN_REASONS,
     removed=REMOVED,  # what an erasure left in place of personal data
     days_range=(access.MIN_DAYS, access.MAX_DAYS),  # a credential's 有效天数, as a grant is checked
@@ -620,8 +621,11 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         reply = await client.department_page(dept, pages, DEPARTMENT_PAGE_SIZE, **narrowed)
     shown = [row(t, tz, now) for t in reply.body["tickets"]] if reply.ok else []
     total, page_no = (reply.body["total"], min(wanted, pages)) if reply.ok else (0, 1)
-    filters = {k: v for k, v in q.items() if k not in ("page", "batch", *LEAVING.values()) and v}
+    filters = {k: v for k, v in q.items() if k not in ("page", "batch", "to", *LEAVING.values()) and v}
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
+    to = city.department_by_id.get(q.get("to") or "")  # who has it now (转人民调解: the committee)
+    told = to.name if to else "街道人民调解委员会"
+    done = present.DONE[left[0]].format(no=left[1], to=told) if left else ""
     return await page(
         request,
         "department.html",
@@ -633,7 +637,7 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         page_query=lambda n: urlencode([*sorted(filters.items()), ("page", n)]),
         filters=dict(q),
         department=city.department_by_id[dept].name if dept in city.department_by_id else dept,
-        done=present.DONE[left[0]].format(no=left[1]) if left else "",
+        done=done,
         statuses=[st for st in Status if st not in (Status.RECEIVED, Status.REVIEW)],
         categories=choices["categories"],
         category_groups=present.category_groups(city, dept, choices["categories"]),
@@ -817,7 +821,7 @@ NOT_CLOSED = ",".join(st.value for st in Status if st != Status.CLOSED)
 SORT_NAMES = {
     # The deadline that runs now (签收, 办结 or 会议时限): among the overdue, the longest overdue first.
     "due": "当前时限（近→远）",
-    "-received_at": "受理时间（新→旧）",
+    # 受理时间（新→旧）, the record's order when none is given, is the list's empty choice.
     "received_at": "受理时间（旧→新）",
     "resolve_by": "办结时限（近→远）",
     "-resolve_by": "办结时限（远→近）",
@@ -1190,7 +1194,10 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
     if reply is None:
         reply = await client.post(f"/api/v1/tickets/{no}/{suffix}", payload)
     if reply.ok and action in LEAVING:  # the ticket is no longer ours to open: back to the queue
-        return RedirectResponse(f"/console/department?{urlencode({LEAVING[action]: no})}", status_code=303)
+        query = {LEAVING[action]: no}
+        if isinstance(reply.body, dict) and (to := (reply.body.get("department") or {}).get("id")):
+            query["to"] = to  # who has it now (an id: the queue names it from the city's list)
+        return RedirectResponse(f"/console/department?{urlencode(query)}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)
     errors = field_errors(reply, fields, next(iter(fields)), form)
@@ -2085,9 +2092,7 @@ async def dashboard_live(request: Request, s: session.Session = Depends(as_desk)
                     if not await signed_in(request, s):
                         return
                     last = now_figures
-                    shown = {
-                        k: present.percent(v) if k.endswith("_rate") else v for k, v in now_figures.items()
-                    } | present.rate_bases(now_figures)
+                    shown = present.shown_figures(now_figures)
                     yield f"event: figures\ndata: {json.dumps(shown, ensure_ascii=False)}\n\n"
 
     return event_stream(stream())
@@ -2243,7 +2248,7 @@ async def lookup_survey(request: Request) -> Response:
         return await lookup_page(
             request, 409, values=values, found=found, link=link, answer_errors={"form": refused.message}
         )
-    shown = resident_lookup.answer_view(answered)
+    shown = resident_lookup.answer_view(answered, posted=(answer.rating, answer.solved))
     found = {**found, "status": shown["status"]}
     return await lookup_page(request, values=values, found=found, answered=shown, link=link)
 

@@ -128,6 +128,34 @@ def life() -> list[dict]:
     ]
 
 
+def test_a_ticket_accepted_late_is_overdue_only_while_its_resolution_is_late_too():
+    """The response's lateness is counted (`accepted_on_time`); from the acceptance the deadline that
+    runs is the resolution's, as the router's ticket has it."""
+    appeal, classified, assigned = life()[:3]
+    respond_late = DeadlineNotice(stage="respond", stage_name="签收", deadline=T0 + timedelta(hours=2))
+
+    def update(action: str, status: str, hours: float, **kw) -> dict:
+        return dump(
+            TicketUpdated(
+                ticket_no=appeal["ticket_no"],
+                action=action,
+                status=status,
+                actor=DEPT.id,
+                department=DEPT,
+                occurred_at=T0 + timedelta(hours=hours),
+                **kw,
+            )
+        )
+
+    late = [appeal, classified, assigned, update("overdue", "assigned", 2, supervision=respond_late)]
+    assert fold_ticket(late, STREETS)["overdue"] is True
+    accepted = fold_ticket([*late, update("accepted", "accepted", 3, on_time=False)], STREETS)
+    assert (accepted["overdue"], accepted["accepted_on_time"]) == (False, False)
+    # Accepted after its resolution was due too (three days): overdue still.
+    very_late = fold_ticket([*late, update("accepted", "accepted", 80, on_time=False)], STREETS)
+    assert very_late["overdue"] is True
+
+
 def test_the_fold_follows_a_ticket_through_its_life():
     row = fold_ticket(life(), STREETS)
     assert row is not None

@@ -49,6 +49,21 @@ def test_an_assigned_ticket_gets_warning_overdue_and_escalation_timers():
     assert timers.timers_for(done, SUP) == []
 
 
+def test_a_ticket_accepted_late_is_overdue_again_only_when_its_resolution_is():
+    t = assigned_ticket(CITY)
+    ts = by_kind(timers.timers_for(t, SUP))
+    late = timers.fire(t, ts["respond", "overdue"], CITY, TZ).ticket
+    assert late.overdue
+    out = workflow.accept(late, "urban_mgmt", CITY, t.respond_by + timedelta(hours=1))
+    [event] = out.publish
+    assert (event.on_time, event.marked_overdue) == (False, True)  # the late response is counted
+    assert not out.ticket.overdue  # the deadline that runs now, the resolution's, has not passed
+    again = timers.fire(out.ticket, ts["resolve", "overdue"], CITY, TZ).ticket
+    assert again.overdue
+    # Accepted only once the resolution was due too: overdue still.
+    assert workflow.accept(late, "urban_mgmt", CITY, t.resolve_by + timedelta(hours=1)).ticket.overdue
+
+
 def test_a_ticket_waiting_for_manual_dispatch_has_the_desks_clock():
     c = classified(CITY, "city.facility.streetlight", confidence=0.3)  # too unsure: the dispatch desk
     t = assign(CITY, c).ticket
@@ -362,21 +377,26 @@ def test_hold_for_meeting_only_moves_open_tickets():
 @given(order=hs.permutations(range(10)), accept_at=hs.none() | hs.integers(0, 9))
 def test_every_timer_fires_at_most_once_whatever_the_order(order, accept_at):
     """Replicas may see the timers in any order, twice over; the ticket records each at most once,
-    and a ticket accepted meanwhile records no respond-stage timer after its acceptance."""
+    and a ticket accepted meanwhile records no respond-stage timer after its acceptance. Overdue is
+    what a timer fired since the acceptance says: accepted (at T0, before its resolution is due),
+    a ticket is no longer overdue for its response."""
     t = assigned_ticket(CITY)
     all_timers = timers.timers_for(t, SUP) * 2
     fired: list[tuple[str, str]] = []
+    since_accepted: list[str] = []
     accepted_step = None
     for step, i in enumerate(order):
         if step == accept_at and t.status == st.ASSIGNED:
             t, accepted_step = workflow.accept(t, "urban_mgmt", CITY, T0).ticket, step
+            since_accepted = []
         out = timers.fire(t, all_timers[i], CITY, TZ)
         if out is not None:
             t = out.ticket
             fired.append((all_timers[i].stage, all_timers[i].kind))
+            since_accepted.append(all_timers[i].kind)
             assert accepted_step is None or all_timers[i].stage == "resolve"
     assert len(fired) == len(set(fired))
-    assert t.overdue == any(kind == "overdue" for _, kind in fired)
+    assert t.overdue == ("overdue" in since_accepted)
     assert t.escalated == (("resolve", "escalated") in fired)
 
 

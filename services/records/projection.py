@@ -233,6 +233,8 @@ def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
     if action == "accepted":
         on_time = e["on_time"] if e.get("on_time") is not None else _payload(e, "on_time").get("on_time")
         row.update(accepted_at=when, accepted_on_time=on_time)
+        # As the router's ticket: overdue on only while the resolution's deadline has passed too.
+        row["overdue"] = row["overdue"] and row["resolve_by"] is not None and row["resolve_by"] <= when
     elif action == "returned":
         row["returns"] += 1
     elif action == "extension_approved" and (resolve_by := _payload(e, "extension").get("resolve_by")):

@@ -913,7 +913,11 @@ def accept(
     if event_id is not None:
         fields["event_id"] = event_id
     event = _by_department(ticket, "accepted", Status.ACCEPTED, dept_id, city, now, cause=cause, **fields)
-    return _updated(ticket, "accept", event, accepted_at=now)
+    # Accepted late: the response's lateness is counted (`on_time`, `marked_overdue`), and the
+    # deadline that runs from now on is the resolution's. The ticket is overdue only while that
+    # one has passed too (its timer marks it again when it does), as after an extension.
+    overdue = ticket.overdue and ticket.resolve_by is not None and ticket.resolve_by <= now
+    return _updated(ticket, "accept", event, accepted_at=now, overdue=overdue)
 
 
 # 批量签收: a department signs for many new tickets at once, at most this many in one request.

@@ -3772,3 +3772,19 @@ def test_the_live_dashboard_shows_the_score_as_the_page_does():
     assert shown["response_rate"] == present.percent(0.5) == "50.0%"
     assert shown["assigned"] == 3
     assert present.shown_figures({"score": None})["score"] == "—"
+
+
+def test_a_ticket_not_yet_accepted_shows_its_resolution_deadline_beside_the_one_to_accept(city):
+    """A department (a mediation committee, whose time is 20 working days) reads how long it will
+    have before it signs for the ticket, not only once it has."""
+    ticket = {
+        "ticket_no": "20260302-000002", "status": "assigned", "text": "楼上噪音", "confidence": None,
+        "caller": {"caller_id": None, "masked_phone": None}, "received_at": "2026-03-02T08:00:00+00:00",
+        "department": {"id": "urban_mgmt", "name": "区城市管理委员会"},
+        "respond_by": (NOW + timedelta(hours=20)).isoformat(), "resolve_by": "2026-03-30T08:00:00+00:00",
+    }  # fmt: skip
+    html = render_ticket(city, ticket)
+    assert "<dt>签收时限</dt>" in html
+    assert '<dd id="resolve-ahead">2026-03-30 16:00前办结</dd>' in html
+    accepted = render_ticket(city, {**ticket, "status": "accepted"})
+    assert 'id="resolve-ahead"' not in accepted  # the countdown says it: 办结时限 剩余…

@@ -581,11 +581,15 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     # Held by a joint meeting, only the meeting's clock runs (timers.RUNNING), and its time left says
     # whether it is late: an overdue mark left from the department's deadline before the hold is not
     # the meeting's, and beside the meeting's time left it would read as the meeting late.
-    marked = ticket.get("overdue", False) and ticket.get("status") != "meeting"
+    status = ticket.get("status")
+    marked = ticket.get("overdue", False) and status != "meeting"
     return {
         **ticket,
         "left": left,
-        "due_label": present.due_label(ticket.get("status")),
+        "due_label": present.due_label(status),
+        # Not yet accepted: the resolution's deadline is set already (a committee's 20 working days,
+        # a category's 7) and whoever takes the ticket wants to know it before signing for it.
+        "resolve_ahead": present.local(ticket.get("resolve_by"), tz) if status == "assigned" else "",
         "late": late or marked,
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",

@@ -227,19 +227,24 @@ def _back_to_department(row: Row, payload: Mapping[str, Any]) -> None:
             row[deadline] = at(payload[deadline])
 
 
+def _still_overdue(row: Row, when: datetime) -> bool:
+    """As the router's ticket (`workflow._still_overdue`): accepted late or extended, a ticket stays
+    overdue only while its resolution's deadline has passed too."""
+    return bool(row["overdue"]) and row["resolve_by"] is not None and row["resolve_by"] <= when
+
+
 def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
     action = e["action"]
     row["status"] = e["status"]
     if action == "accepted":
         on_time = e["on_time"] if e.get("on_time") is not None else _payload(e, "on_time").get("on_time")
         row.update(accepted_at=when, accepted_on_time=on_time)
-        # As the router's ticket: overdue on only while the resolution's deadline has passed too.
-        row["overdue"] = row["overdue"] and row["resolve_by"] is not None and row["resolve_by"] <= when
+        row["overdue"] = _still_overdue(row, when)
     elif action == "returned":
         row["returns"] += 1
     elif action == "extension_approved" and (resolve_by := _payload(e, "extension").get("resolve_by")):
         row["resolve_by"] = at(resolve_by)
-        row["overdue"] = row["overdue"] and row["resolve_by"] <= when
+        row["overdue"] = _still_overdue(row, when)
     elif action == "resolved":
         # The photos of the last resolution: a reopened ticket shows what was done before until
         # it is resolved again. So does a mediation committee's outcome (none from anyone else).

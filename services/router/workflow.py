@@ -914,10 +914,15 @@ def accept(
         fields["event_id"] = event_id
     event = _by_department(ticket, "accepted", Status.ACCEPTED, dept_id, city, now, cause=cause, **fields)
     # Accepted late: the response's lateness is counted (`on_time`, `marked_overdue`), and the
-    # deadline that runs from now on is the resolution's. The ticket is overdue only while that
-    # one has passed too (its timer marks it again when it does), as after an extension.
-    overdue = ticket.overdue and ticket.resolve_by is not None and ticket.resolve_by <= now
+    # deadline that runs from now on is the resolution's.
+    overdue = _still_overdue(ticket, ticket.resolve_by, now)
     return _updated(ticket, "accept", event, accepted_at=now, overdue=overdue)
+
+
+def _still_overdue(ticket: Ticket, due: datetime | None, now: datetime) -> bool:
+    """Whether a ticket marked overdue stays so once `due` is the deadline that runs (accepted late,
+    a resolution extended): only if that one has passed too; its timer marks it again when it does."""
+    return ticket.overdue and due is not None and due <= now
 
 
 # 批量签收: a department signs for many new tickets at once, at most this many in one request.
@@ -1179,7 +1184,7 @@ def decide_extension(
     new_due = None
     if approve and ticket.resolve_by is not None:
         new_due = add_working_days(ticket.resolve_by, days, city.sla, tz)
-        changes.update(resolve_by=new_due, overdue=ticket.overdue and new_due <= now)
+        changes.update(resolve_by=new_due, overdue=_still_overdue(ticket, new_due, now))
     event = ticket_updated(
         ticket,
         "extension_approved" if approve else "extension_refused",

@@ -69,6 +69,10 @@ def run(service: Service) -> None:
             log_level="warning",
             loop="uvloop",
             http="httptools",
+            # Longer than any client's idle keep-alive (browsers, httpx's 5 s, a proxy's 60 s): a
+            # server that closes an idle connection first races the client's next request on it,
+            # which the client sees as a dropped connection. uvicorn's default is 5 s.
+            timeout_keep_alive=75,
         )
         return
     # The workers stay on asyncio's own loop: on uvloop they took no less CPU per appeal in five

@@ -3,6 +3,7 @@ demo secrets in production."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import httpx
@@ -124,3 +125,24 @@ async def test_every_process_answers_liveness_and_readiness(system):
         r = await client.get(f"{system.base_url}/readyz")
         assert r.status_code == 200, r.text
         assert r.json() == {"status": "ok", "redis": "ok", "broker": "ok"}
+
+
+@pytest.mark.integration
+async def test_the_api_keeps_an_idle_connection_longer_than_a_client_does(system):
+    """A client (httpx: 5 s idle) must be the one to drop an idle connection: a server dropping it
+    at the same moment races the client's next request on it, which then fails as disconnected."""
+    host, port = system.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    request = f"GET /livez HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = int(
+                next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(b":")[1]
+            )
+            await reader.readexactly(length)
+            await asyncio.sleep(6)  # beyond httpx's keep-alive expiry of 5 s
+    finally:
+        writer.close()

@@ -373,3 +373,53 @@ async def test_the_desks_returned_tickets_come_a_page_at_a_time_with_how_many(mo
     assert (none["returned"]["total"], none["returned"]["page"], none["returned"]["tickets"]) == (0, 1, [])
     desk = city.responsibilities.dispatch_desk
     assert asked[0] == (desk, [d.id for d in city.departments if d.kind != "dispatch_desk"])
+
+
+async def test_tickets_held_before_their_band_existed_move_to_it_when_a_router_starts(redis):
+    """An upgrade: a ticket a joint meeting holds, indexed when held tickets shared the answered
+    calls' score, is moved to the held band (the desk lists it among its returned tickets before the
+    meeting decides); an answered call at that score, and a ticket no longer held, stay. A second
+    run moves nothing."""
+    from datetime import UTC, datetime
+
+    from services.router import meetings
+    from services.router.app import RouterHandlers
+    from services.router.service import _DONE, _HELD
+    from tests.router_factory import TZ
+
+    city = demo_city()
+    queues = Queues(redis, TicketStore(redis))
+    desk, own_desk = own_department("band", "测试派单中心")
+    at_desk = {"department": own_desk, "returns": 1}
+    held = assigned_ticket(city, no="20261123-77600").model_copy(
+        update={**at_desk, "status": st.MEETING, "meeting_id": "M-band"}
+    )
+    answered = assigned_ticket(city, no="20261123-77601").model_copy(
+        update={**at_desk, "status": st.RESOLVED}
+    )
+    decided = assigned_ticket(city, no="20261123-77602").model_copy(update={**at_desk, "status": st.ASSIGNED})
+    now = datetime.now(UTC)
+    meeting = meetings.Meeting(
+        meeting_id=meetings.meeting_id("band", uuid.uuid4().hex),
+        reason="hotspot",
+        lead_street="street_s01",
+        summoned=[],
+        tickets=[held.ticket_no, answered.ticket_no, decided.ticket_no],
+        deadline=now + timedelta(days=3),
+        convened_at=now,
+    )
+    # Sends nothing: moving tickets between score bands publishes no event.
+    handlers = RouterHandlers(city, TicketStore(redis), send=None, relay=None, tz=TZ, review_threshold=0.5)
+    async with queued(redis, queues, desk, [held, answered, decided]) as nos:
+        # As the code before the band indexed them.
+        await redis.zadd(f"queue:{desk}", dict.fromkeys(nos, _DONE))
+        await redis.set(f"meeting:{meeting.meeting_id}", meeting.model_dump_json())
+        await redis.zadd("meetings:all", {meeting.meeting_id: now.timestamp()})
+        try:
+            assert await handlers.band_held_tickets() >= 1  # the session's other meetings may add
+            scores = {no: await redis.zscore(f"queue:{desk}", no) for no in nos}
+            assert await queues.band_held(nos) == 0  # a second run
+        finally:
+            await redis.delete(f"meeting:{meeting.meeting_id}")
+            await redis.zrem("meetings:all", meeting.meeting_id)
+    assert scores == {held.ticket_no: _HELD, answered.ticket_no: _DONE, decided.ticket_no: _DONE}

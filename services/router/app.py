@@ -68,7 +68,8 @@ class RouterHandlers:
         self.city, self.store, self.send, self._relay = city, store, send, relay
         self.tz, self.review_threshold, self.clock = tz, review_threshold, clock
         sup = city.sla.supervision
-        self.timers = FollowUps.attach(store, sup).timers
+        follow = FollowUps.attach(store, sup)
+        self.timers, self.queues = follow.timers, follow.queues
         self.meetings = MeetingStore(store.redis, store)
         self.hotspots = Hotspots(store.redis, sup)
 
@@ -244,6 +245,18 @@ class RouterHandlers:
             log.info("listed %d joint meeting(s) written before the departments' lists existed", n)
         return n
 
+    async def band_held_tickets(self) -> int:
+        """Move the tickets open meetings hold to the queues' band of held tickets where they were
+        indexed before it existed (`Queues.band_held`), so the desk's returned tickets a meeting
+        took are listed before the meeting decides. Returns how many moved."""
+        moved = 0
+        async for nos in self.meetings.open_tickets():
+            for i in range(0, len(nos), 500):
+                moved += await self.queues.band_held(nos[i : i + 500])
+        if moved:
+            log.info("moved %d ticket(s) held by joint meetings to the queues' band of held tickets", moved)
+        return moved
+
     async def relay(self) -> int:
         """Publish again the events whose writer died between Redis and Kafka (consumers dedupe),
         and publish the erasures' notices, which only the outbox carries. Returns how many of the
@@ -278,6 +291,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
     # departments it summons (a department finds its meetings on its list alone), and the run is
     # idempotent.
     run_at_start(app, handlers.list_existing_meetings, "listing the existing meetings")
+    run_at_start(app, handlers.band_held_tickets, "moving held tickets to their band")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.relay, "outbox relay")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.fire_due_timers, "timer scan")
     return app

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, cast
@@ -71,8 +71,29 @@ _DONE = _FAR + 1
 # Held by a joint meeting, between the two: the meeting is to decide, no department to act. A band of
 # its own so that the desk finds its returned tickets a meeting took from its waiting room (a
 # hotspot's meeting takes every ticket of its cluster) without reading the answered calls (`followed`).
-# One held before this band existed keeps _DONE until it next changes (the meeting's decision).
+# One held before this band existed is moved to it at the router's start (`Queues.band_held`).
 _HELD = _FAR + 0.5
+
+# Move tickets a joint meeting holds from the _DONE band of their queue to _HELD, each only if Redis
+# still has it held and at _DONE, in one step: a decision or any other write at the same moment is
+# not undone. Queue keys derived from the owner hash, as `_INDEX` does.
+# KEYS[1]: queue:owner, then the tickets' keys. ARGV[1], ARGV[2]: the two scores, then their numbers.
+_BAND_HELD = """
+local moved = 0
+for i = 3, #ARGV do
+  local no = ARGV[i]
+  local dept = redis.call('HGET', KEYS[1], no)
+  local score = dept and redis.call('ZSCORE', 'queue:' .. dept, no)
+  if score and tonumber(score) == tonumber(ARGV[1]) then
+    local raw = redis.call('GET', KEYS[i - 1])
+    if raw and cjson.decode(raw).status == 'meeting' then
+      redis.call('ZADD', 'queue:' .. dept, ARGV[2], no)
+      moved = moved + 1
+    end
+  end
+end
+return moved
+"""
 
 # Claim due timers atomically: each due member is pushed `lease` seconds into the future, so no
 # other replica sees it; the claimer removes it once fired. A claimer that dies leaves it to come
@@ -175,6 +196,15 @@ class Queues:
         """`index`, as a command of the caller's pipeline (a ticket write's MULTI)."""
         if args := _index_args(tickets):
             pipe.eval(_INDEX, 1, OWNER, *args)
+
+    async def band_held(self, nos: Sequence[str]) -> int:
+        """Give those of these tickets that a joint meeting holds the score of held ones where they
+        still have the one they had before that band existed (an upgrade: see `_HELD`). Returns how
+        many moved; a second run moves none."""
+        if not nos:
+            return 0
+        keys = [ticket_key(no) for no in nos]
+        return int(await self.redis.eval(_BAND_HELD, 1 + len(keys), OWNER, *keys, _DONE, _HELD, *nos))
 
     async def page(self, dept: str, where: QueueFilter, *, page: int, size: int) -> tuple[int, list[Ticket]]:
         """A page of the department's queue (its closed list for `status=closed`) and how many the
@@ -562,6 +592,13 @@ class MeetingStore:
         if mids:
             await list_missing(mids)
         return len(listed)
+
+    async def open_tickets(self, batch: int = 200) -> AsyncIterator[list[str]]:
+        """The tickets of every open meeting, a batch of meetings at a time."""
+        mids = [_text(m) for m in await self.redis.zrange(list_key(None, "open"), 0, -1)]
+        for i in range(0, len(mids), batch):
+            raws = await self.redis.mget([self.key(m) for m in mids[i : i + batch]])
+            yield [no for raw in raws if raw for no in meetings.Meeting.model_validate_json(raw).tickets]
 
     async def change(self, mid: str, decide: Decide) -> meetings.Meeting | None:
         """Change one meeting (see `change_many`)."""

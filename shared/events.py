@@ -227,7 +227,9 @@ class TicketAssigned(Event):
 
     topic: ClassVar[str] = "ticket.assigned"
 
-    version: int = 2  # 2: the caller's hashed id, so the notifier reads no ticket to find the phone
+    # 2: the caller's hashed id, so the notifier reads no ticket to find the phone; 3: the category's
+    # names, so the record names a category the dispatch desk changed as it names the classifier's
+    version: int = 3
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
@@ -246,6 +248,7 @@ class TicketAssigned(Event):
     rule: str = ""  # which responsibility rule matched, in words
     explanation: str  # why, for a department that disputes it
     category: str
+    category_names: tuple[str, ...] = ()  # root to leaf (absent before version 3)
     grid: str | None
     urgent: bool = False
     respond_by: datetime

@@ -173,6 +173,28 @@ def test_the_fold_follows_a_ticket_through_its_life():
     assert row["events"] == 9
 
 
+def test_the_category_the_desk_gives_is_named_on_the_row_as_the_classifiers_was():
+    """The dispatch desk's category comes with the assignment, names and all: the list, the export
+    and the caller's history read the names. An assignment from before it named them (version 2)
+    keeps the names the row has."""
+    received, classified, assigned = life()[:3]
+    by_desk = {
+        **assigned,
+        "event_id": "by-desk",
+        "via": "operator",
+        "category": "public.security.dogs",
+        "category_names": ["公共安全", "养犬管理"],
+        "occurred_at": (T0 + timedelta(minutes=5)).isoformat(),
+    }
+    row = fold_ticket([received, classified, assigned, by_desk], STREETS)
+    assert row is not None
+    assert (row["category"], row["category_names"]) == ("public.security.dogs", ["公共安全", "养犬管理"])
+    earlier = {k: v for k, v in by_desk.items() if k != "category_names"} | {"version": 2}
+    row = fold_ticket([received, classified, assigned, earlier], STREETS)
+    assert row is not None
+    assert row["category_names"] == ["城市管理", "市政设施", "路灯故障"]
+
+
 def test_urges_are_counted_and_change_nothing_else():
     """催办: a repeat call about the open ticket, counted on the row; its words stay in the event."""
     events = life()

@@ -820,6 +820,9 @@ def test_dispatch_desk_assigns_and_may_correct_the_category():
         "operator",
     )
     assert out.ticket.resolve_by == T0 + timedelta(hours=24)
+    # The assignment names the category it gives: the record's lists read the names from it.
+    (assigned,) = out.publish
+    assert assigned.category_names == out.ticket.category_names == CITY.category_names("utility.power")
     with pytest.raises(WorkflowError) as e:
         workflow.dispatch(t, "nobody", None, "", "dispatch_desk", CITY, TZ, T0)
     assert e.value.kind == "invalid"

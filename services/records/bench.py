@@ -93,6 +93,7 @@ def lifecycle(i: int, day: datetime, city: Any, rng: random.Random) -> list[Even
         via="rule",
         explanation="责任清单",
         category=leaf,
+        category_names=city.category_names(leaf),
         grid=grid,
         respond_by=t0 + timedelta(hours=2),
         resolve_by=t0 + timedelta(days=3),

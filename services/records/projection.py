@@ -189,6 +189,8 @@ def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]
             respond_by=at(e["respond_by"]),
             resolve_by=at(e["resolve_by"]),
             category=e.get("category") or row["category"],
+            # The desk may have changed the category; an assignment before version 3 did not name it.
+            category_names=list(e.get("category_names") or row["category_names"]),
             urgent=bool(e.get("urgent")) or row["urgent"],
             accepted_at=None,
             accepted_on_time=None,

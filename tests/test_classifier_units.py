@@ -54,6 +54,8 @@ def test_cues_decide_type_and_urgency_and_the_model_only_fills_in_when_confident
     assert cues.is_urgent("路灯坏了", operator_flag=True)
     assert cues.is_urgent("路灯坏了", model_p=0.95)
     assert not cues.is_urgent("路灯坏了", model_p=0.3)
+    assert cues.follows_up("我前几天反映的路灯怎么样了")  # asks after an earlier appeal
+    assert not cues.follows_up("小区路灯坏了好几盏")
 
 
 def test_a_city_overrides_the_cue_lists_and_bad_lists_are_reported(tmp_path: Path):
@@ -62,6 +64,7 @@ def test_a_city_overrides_the_cue_lists_and_bad_lists_are_reported(tmp_path: Pat
     assert cues.appeal_type("快来人啊") == "求助"
     assert cues.is_urgent("楼下水漫金山")
     assert not cues.is_urgent("闻到燃气味")  # the city's list replaces the defaults
+    assert not cues.follows_up("我之前反映的事怎么样了")  # a list the city's file does not have is empty
     (tmp_path / "cues.yaml").write_text("types:\n  抱怨: [烦]\nurgent: []\n", encoding="utf-8")
     with pytest.raises(ValueError, match="unknown appeal type"):
         load_cues(tmp_path)

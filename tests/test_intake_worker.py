@@ -78,7 +78,7 @@ async def test_the_duplicate_preview_never_shows_an_erased_ticket(redis):
     previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
 
     again = Submission(channel="hotline", text="我之前反映的事情怎么样了，还没人来处理", phone=phone)
-    found = await previewer.duplicates(again, None)
+    found = await previewer.duplicates(again, None, follow_up=True)
     assert [(d.ticket.ticket_no, d.reason) for d in found] == [(kept, "same_caller")]
     assert await redis.smembers(keys.caller_index(cid)) == {kept.encode()}
 
@@ -86,3 +86,34 @@ async def test_the_duplicate_preview_never_shows_an_erased_ticket(redis):
     placeholder = Submission(channel="hotline", text=f"【{REMOVED}】", phone=neighbour)
     assert await previewer.duplicates(placeholder, grid) == []
     await redis.delete(keys.caller_index(cid), keys.grid_index(grid))
+
+
+async def test_a_callers_other_open_ticket_is_the_one_they_call_about_only_if_it_is_the_same_problem(redis):
+    """The operator tells the caller their open ticket is being handled only when the call is about
+    it: the same category, words alike, or the caller asking after an earlier appeal. A caller with
+    a noise complaint open who now reports a broken light gets a new ticket; the noise one is shown
+    as the caller's other problem."""
+    store = TicketStore(redis)
+    phone = f"138{random.randint(10**7, 10**8 - 1)}"
+    cid = caller_id(phone)
+    no = f"20261123-{random.randint(890000, 899999)}"
+    noise = AppealReceived(
+        ticket_no=no, channel="hotline", text="楼上邻居天天装修，电钻声音太吵了", caller=Caller(caller_id=cid)
+    )
+    await store.create_many([noise])
+    await DuplicateIndex(redis, store).received([noise])
+    (ticket,) = await store.get_many([no])
+    assert ticket is not None
+    await redis.set(f"t:{no}", ticket.model_copy(update={"category": "env.noise"}).model_dump_json())
+    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
+
+    async def reason(text: str, category: str, follow_up: bool = False) -> str:
+        call = Submission(channel="hotline", text=text, phone=phone)
+        (found,) = await previewer.duplicates(call, None, category, follow_up=follow_up)
+        return found.reason
+
+    assert await reason("小区路灯坏了好几盏，晚上很黑", "city.facility.streetlight") == "caller_other"
+    assert await reason("楼上又在装修了，吵得睡不着", "env.noise") == "same_caller"  # its category
+    assert await reason("楼上邻居天天装修，电钻声音太吵", "env.neighbour") == "same_caller"  # its words
+    assert await reason("我之前反映的事情怎么样了", "misc.other", follow_up=True) == "same_caller"
+    await redis.delete(keys.caller_index(cid), f"t:{no}")

@@ -28,8 +28,10 @@ class Cues(BaseModel):
 
     types: dict[str, tuple[str, ...]]  # in checking order
     urgent: tuple[str, ...]
+    follow_up: tuple[str, ...] = ()  # a caller asking after an earlier appeal (the hotline's preview)
     _type_res: list[tuple[AppealType, re.Pattern[str] | None]] = PrivateAttr(default_factory=list)
     _urgent_re: re.Pattern[str] | None = PrivateAttr(default=None)
+    _follow_up_re: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
@@ -47,6 +49,7 @@ class Cues(BaseModel):
         # The keys are checked against AppealType above.
         self._type_res = [(cast(AppealType, k), pattern(c)) for k, c in self.types.items()]
         self._urgent_re = pattern(self.urgent)
+        self._follow_up_re = pattern(self.follow_up)
 
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
         for kind, cue_re in self._type_res:
@@ -60,6 +63,10 @@ class Cues(BaseModel):
         if operator_flag or (self._urgent_re is not None and self._urgent_re.search(text)):
             return True
         return model_p is not None and model_p >= MODEL_URGENT_MIN
+
+    def follows_up(self, text: str) -> bool:
+        """Whether the caller asks after an appeal they made before."""
+        return self._follow_up_re is not None and self._follow_up_re.search(text) is not None
 
 
 def load_cues(city_config_dir: str | Path | None = None) -> Cues:

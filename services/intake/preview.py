@@ -33,13 +33,19 @@ HistoryLookup = Callable[[str], Coroutine[Any, Any, dict[str, Any] | None]]
 @dataclass(frozen=True)
 class Duplicate:
     ticket: Ticket
-    # "same_caller", "similar_text", or "same_category" (the grid's open tickets of the category the
-    # appeal is classified in, told in other words: residents retell a problem their own way)
+    # "same_caller" (the caller's open ticket of the same problem: its category or words, or the
+    # caller asks after an earlier appeal), "caller_other" (the caller's open ticket of another
+    # problem: a lead, never told as the one being handled), "similar_text", or "same_category" (the
+    # grid's open tickets of the category the appeal is classified in, told in other words: residents
+    # retell a problem their own way)
     reason: str
     similarity: float
 
 
 SAME_CATEGORY_SHOWN = 3  # the most recent of them: a lead to check, not a verdict
+# How alike a caller's own two texts must be to be one problem retold (a neighbour's must be near
+# identical, `near_identical`: a caller retells their own problem more loosely, and is one person).
+SAME_CALLER_SIMILAR = 0.3
 # The reasons that say the appeal may be one already being handled (the operator tells the caller).
 LIKELY = ("same_caller", "similar_text")
 
@@ -97,7 +103,9 @@ class Previewer:
         threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
         routing = route(self.city, c.category, c.grid, c.confidence, threshold)
         lead = self.city.department_by_id[routing.lead]
-        duplicates = await self.duplicates(sub, c.grid.grid, c.category)
+        duplicates = await self.duplicates(
+            sub, c.grid.grid, c.category, follow_up=classifier.cues.follows_up(f"{sub.title} {sub.text}")
+        )
         knowledge, today = self.knowledge, self.today()
         return {
             "category": {
@@ -135,11 +143,14 @@ class Previewer:
         }
 
     async def duplicates(
-        self, sub: Submission, grid: str | None, category: str | None = None
+        self, sub: Submission, grid: str | None, category: str | None = None, *, follow_up: bool = False
     ) -> list[Duplicate]:
         """Open tickets of the same caller, open tickets of the grid with a near-identical text, and
         after them the grid's latest open tickets of `category` (the same broken light in other
-        words), those in `LIKELY` first.
+        words), those in `LIKELY` first. A caller's open ticket is likely the one they call about
+        when it has the appeal's category or words like it, or when they ask after an earlier appeal
+        (`follow_up`); else it is a lead (a caller with a noise complaint open who now reports a
+        broken light is not told the noise ticket is being handled).
         A ticket whose resident's personal data was erased is never one: the tickets are read
         anyway, so their mark costs nothing to check, and it holds even when the erasure's notice
         never reached the intake worker (a broker lost after the relay sent it), which would leave
@@ -153,7 +164,13 @@ class Previewer:
             if t is not None and t.personal_data_removed_at is not None:
                 erased.append(t.ticket_no)
             elif t is not None and t.is_open:
-                found[t.ticket_no] = Duplicate(t, "same_caller", similarity(sub.text, t.text))
+                alike = similarity(sub.text, t.text)
+                same = (
+                    follow_up
+                    or alike >= SAME_CALLER_SIMILAR
+                    or (category is not None and t.category == category)
+                )
+                found[t.ticket_no] = Duplicate(t, "same_caller" if same else "caller_other", alike)
         if erased and caller:
             await self.store.redis.srem(keys.caller_index(caller), *erased)
         if grid:

@@ -626,6 +626,14 @@ def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker
     assert "已催办2次" in html
     assert "不会新建工单" in html  # the confirmation says so before anything happens
     assert "/console/operator/urge" not in render(preview=preview, reply=None, status_names={}, patrol=True)
+    # The caller's open ticket of another problem: shown as such, not told to the caller.
+    other = {**preview, "duplicates": [{**preview["duplicates"][0], "reason": "caller_other"}]}
+    assert "同一来电人反映的其他问题" in render(preview=other, reply=None, status_names={})
+    # Departments contesting the lead: the operator hears a joint meeting will settle it.
+    contested = {**preview, "department": {**preview["department"], "contested_by": ["区供电公司"]}}
+    html = render(preview=contested, reply=None, status_names={})
+    assert "区供电公司同样可能承办，受理后将召集联席会议确定承办单位" in html
+    assert "区供电公司同样可能承办，将召集联席会议" in html  # in the sentence a screen reader is told
 
 
 def test_daily_bars_scale_to_the_busiest_day():

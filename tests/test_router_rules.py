@@ -15,6 +15,7 @@ from services.router.rules import (
     mediation_committee,
     responsible,
     route,
+    routing_for,
     street_office,
     undecided,
 )
@@ -140,6 +141,23 @@ def test_a_near_tie_of_two_unlikely_readings_goes_to_the_desk_not_to_a_meeting(c
     assert undecided(city, (weak[0].model_copy(update={"probability": 0.3}), weak[1]), 0.1, 0.5) is None
     assert undecided(city, weak[:1], 0.1, 0.5) is None
     assert undecided(city, weak, 0.1, 0.26) is None  # the floor is the city's: 0.26 is not below it
+
+
+def test_the_routing_of_a_classification_is_the_rules_then_a_contest_or_the_desk(city):
+    """`routing_for`, which the router and the hotline preview share: a near tie of two unlikely
+    readings is the desk's, one of two likely readings a contest, a person's correction neither."""
+    g = grid(city, "s01c01g01")
+    weak = (
+        CategoryScore(category="city.facility.streetlight", probability=0.14),
+        CategoryScore(category="utility.power", probability=0.12),
+    )
+    routing, others = routing_for(city, "city.facility.streetlight", g, 0.14, 0.05, weak)
+    assert (routing.via, others) == ("dispatch_desk", ())
+    routing, others = routing_for(city, "city.facility.streetlight", g, 0.14, 0.05, weak, reviewed=True)
+    assert (routing.via, others) == ("rule", ("power",))
+    likely = tuple(s.model_copy(update={"probability": s.probability * 4}) for s in weak)
+    routing, others = routing_for(city, "city.facility.streetlight", g, 0.56, 0.05, likely)
+    assert (routing.via, others) == ("rule", ("power",))
 
 
 def test_candidates_and_responsibility(city):

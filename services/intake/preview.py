@@ -95,13 +95,13 @@ class Previewer:
         return result
 
     async def _suggest(self, sub: Submission) -> dict[str, Any]:
-        from services.router.rules import route
+        from services.router.rules import routing_for
 
         classifier = await self.classifiers.current(self.store.redis)
         (c,) = await asyncio.to_thread(classifier.classify, [sub.appeal("preview")])
         # The threshold the classifier applied, as the router uses it.
         threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
-        routing = route(self.city, c.category, c.grid, c.confidence, threshold)
+        routing, others = routing_for(self.city, c.category, c.grid, c.confidence, threshold, c.top)
         lead = self.city.department_by_id[routing.lead]
         duplicates = await self.duplicates(
             sub, c.grid.grid, c.category, follow_up=classifier.cues.follows_up(f"{sub.title} {sub.text}")
@@ -120,6 +120,8 @@ class Previewer:
                 "name": lead.name,
                 "via": routing.via,
                 "explanation": routing.explanation,
+                # Departments with as strong a claim: the router convenes a joint meeting to settle it.
+                "contested_by": [self.city.department_by_id[d].name for d in others],
             },
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,

@@ -18,14 +18,7 @@ from zoneinfo import ZoneInfo
 from faststream import FastStream
 
 from services.router import meetings, timers, workflow
-from services.router.rules import (
-    FIRST_CONTACT,
-    answered_on_call,
-    contested,
-    handled_on_spot,
-    route,
-    undecided,
-)
+from services.router.rules import FIRST_CONTACT, answered_on_call, handled_on_spot, routing_for
 from services.router.service import Escalation, FollowUps, Hotspots, MeetingStore
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
@@ -102,17 +95,15 @@ class RouterHandlers:
         elif appeal.direct_answer:
             routing = answered_on_call(city, appeal.operator_id)
         else:
-            routing = route(city, classified.category, classified.grid, classified.confidence, threshold)
-            sup = city.sla.supervision
-            others = contested(city, routing, classified.top, classified.grid, sup.ambiguity_margin)
-            # A person's correction is what it is about, however the model read it.
-            # (Asked only of a contest: most appeals have none, and this is the router's hot path.)
-            if (
-                others
-                and not classified.reviewed_by
-                and (desk := undecided(city, classified.top, sup.ambiguity_margin, sup.ambiguity_floor))
-            ):
-                routing, others = desk, ()
+            routing, others = routing_for(
+                city,
+                classified.category,
+                classified.grid,
+                classified.confidence,
+                threshold,
+                classified.top,
+                reviewed=bool(classified.reviewed_by),
+            )
         urgent = classified.urgent or classified.appeal.urgent_flag
         # The lead's kind may set the class (a dispute assigned to a committee: mediation's time).
         due = deadlines(

@@ -224,6 +224,30 @@ def contested(
     return tuple(dict.fromkeys(d for d in others if d != routing.lead))
 
 
+def routing_for(
+    city: City,
+    category: str,
+    grid: GridMatch,
+    confidence: float,
+    threshold: float,
+    top: Sequence[CategoryScore],
+    *,
+    reviewed: bool = False,
+) -> tuple[Routing, tuple[str, ...]]:
+    """Who a classified appeal goes to, and the other departments contesting the lead (a joint
+    meeting settles those): the rules (`route`), then a near tie of two readings (`contested`),
+    which the dispatch desk reads instead when the two are both unlikely (`undecided`). A person's
+    correction (`reviewed`) is what the appeal is about, however the model read it. The router's
+    decision, and the hotline preview's, which must name the department the router will."""
+    routing = route(city, category, grid, confidence, threshold)
+    sup = city.sla.supervision
+    others = contested(city, routing, top, grid, sup.ambiguity_margin)
+    # Asked only of a contest: most appeals have none, and this is the router's hot path.
+    if others and not reviewed and (desk := undecided(city, top, sup.ambiguity_margin, sup.ambiguity_floor)):
+        return desk, ()
+    return routing, others
+
+
 def undecided(city: City, top: Sequence[CategoryScore], margin: float, floor: float) -> Routing | None:
     """The dispatch desk, when the model's two best readings are nearly tied (within `margin`) and
     together less likely than `floor`: it cannot tell what the appeal is about (a vague call), so a

@@ -3796,3 +3796,14 @@ def test_a_ticket_not_yet_accepted_shows_its_resolution_deadline_beside_the_one_
     assert '<dd id="resolve-ahead">2026-03-30 16:00前办结</dd>' in html
     accepted = render_ticket(city, {**ticket, "status": "accepted"})
     assert 'id="resolve-ahead"' not in accepted  # the countdown says it: 办结时限 剩余…
+
+
+def test_a_department_is_told_where_the_ticket_it_returned_went():
+    """A first return goes back to routing; a second one to a joint meeting, which is said."""
+    first = present.left_queue("return", "20261123-000001", to="", to_meeting=False)
+    assert first == "工单20261123-000001已退单，将改派其他单位或由派单中心人工派单。"
+    second = present.left_queue("return", "20261123-000001", to="", to_meeting=True)
+    assert "将召集联席会议确定承办单位" in second
+    assert "改派其他单位" not in second
+    referred = present.left_queue("mediate", "20261123-000002", to="阳光街道人民调解委员会", to_meeting=False)
+    assert referred == "工单20261123-000002已转阳光街道人民调解委员会调解，本单位不再承办此工单。"

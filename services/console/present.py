@@ -109,6 +109,8 @@ DONE = {
     "resolve": "已办结，系统将向市民发送回访短信。",
     "extend": "延期申请已提交，等待派单中心审核。",
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
+    # A second return: the workflow convenes a joint meeting (吹哨报到) instead of routing it again.
+    "return_meeting": "工单{no}已退单。此工单已两次被退回，将召集联席会议确定承办单位。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
     # 转人民调解: the ticket has gone to the committee, `to` (the department's queue, where it is told).
@@ -119,6 +121,13 @@ DONE = {
     # The desk's 并案 (on the duplicate's page, which then links to the ticket it follows).
     "merge": "工单{no}已并入工单{into}合并办理并关闭，原承办单位不再承办；已短信告知市民跟进工单{into}。",
 }
+
+
+def left_queue(action: str, no: str, *, to: str, to_meeting: bool) -> str:
+    """What a department is told in its queue after a ticket left it (退单, 转人民调解): who has it
+    now (`to`), or that a joint meeting is to settle it (`to_meeting`: a ticket's second return)."""
+    said = "return_meeting" if action == "return" and to_meeting else action
+    return DONE[said].format(no=no, to=to)
 
 
 def batch_picked(picked: Sequence[str], on_page: Sequence[str], whole_page: bool) -> list[str]:

@@ -625,11 +625,13 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
         reply = await client.department_page(dept, pages, DEPARTMENT_PAGE_SIZE, **narrowed)
     shown = [row(t, tz, now) for t in reply.body["tickets"]] if reply.ok else []
     total, page_no = (reply.body["total"], min(wanted, pages)) if reply.ok else (0, 1)
-    filters = {k: v for k, v in q.items() if k not in ("page", "batch", "to", *LEAVING.values()) and v}
+    filters = {
+        k: v for k, v in q.items() if k not in ("page", "batch", "to", "meeting", *LEAVING.values()) and v
+    }
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     to = city.department_by_id.get(q.get("to") or "")  # who has it now (转人民调解: the committee)
     told = to.name if to else "街道人民调解委员会"
-    done = present.DONE[left[0]].format(no=left[1], to=told) if left else ""
+    done = present.left_queue(*left, to=told, to_meeting=bool(q.get("meeting"))) if left else ""
     return await page(
         request,
         "department.html",
@@ -1201,6 +1203,8 @@ async def ticket_action(request: Request, no: str, action: str, s: session.Sessi
         query = {LEAVING[action]: no}
         if isinstance(reply.body, dict) and (to := (reply.body.get("department") or {}).get("id")):
             query["to"] = to  # who has it now (an id: the queue names it from the city's list)
+        if isinstance(reply.body, dict) and reply.body.get("status") == Status.MEETING:
+            query["meeting"] = "1"  # a second return: a joint meeting, not another department, is next
         return RedirectResponse(f"/console/department?{urlencode(query)}", status_code=303)
     if reply.ok:
         return RedirectResponse(f"/console/tickets/{no}?done={action}", status_code=303)

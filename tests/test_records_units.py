@@ -964,6 +964,14 @@ def test_a_callers_history_counts_and_lists_in_the_citys_days_and_words():
         "survey": "基本满意",
     }
     assert (second["status_name"], second["department"], second["survey"]) == ("待人工派单", None, None)
+    # 并案: closed into another ticket, which is where the matter is handled and surveyed.
+    merged = history_of([{**rows[0], "rating": None, "merged_into": "20261102-000001"}]).view(ZoneInfo("UTC"))
+    (told,) = merged["tickets"]
+    assert (told["status_name"], told["department"], told["survey"]) == (
+        "已并入工单20261102-000001",
+        None,
+        None,
+    )
     # Nothing of the person or the matter: the fields above are all there is.
     assert history_of([]).view(ZoneInfo("Asia/Shanghai")) == {
         "last_30_days": 0,

@@ -43,7 +43,7 @@ NOT_SURVEYED = "未回访"  # closed without a rating: the resident did not answ
 # rows, computed before LIMIT cuts the list.
 HISTORY_SQL = """
 WITH mine AS MATERIALIZED (
-    SELECT ticket_no, received_at, category_names, status, department_name, rating
+    SELECT ticket_no, received_at, category_names, status, department_name, rating, merged_into
     FROM tickets
     WHERE caller_id = %(caller)s AND personal_data_removed_at IS NULL
 )
@@ -80,16 +80,20 @@ class PastTicket:
     status: str
     department: str | None
     rating: int | None
+    merged_into: str | None = None  # 并案: closed into this ticket, which the caller follows now
 
     def view(self, tz: ZoneInfo) -> dict[str, Any]:
+        merged = self.merged_into is not None
         return {
             "ticket_no": self.ticket_no,
             "received_on": self.received_at.astimezone(tz).date().isoformat(),  # the city's day
             "category_names": list(self.category_names),
             "status": self.status,
-            "status_name": status_name(self.status),
-            "department": self.department,
-            "survey": survey_words(self.status, self.rating),
+            # A merged ticket's survey is its main ticket's: "closed, not surveyed" would tell the
+            # operator the matter is over when it is being handled under the other number.
+            "status_name": f"已并入工单{self.merged_into}" if merged else status_name(self.status),
+            "department": None if merged else self.department,
+            "survey": None if merged else survey_words(self.status, self.rating),
         }
 
 
@@ -121,6 +125,7 @@ def history_of(rows: Sequence[Mapping[str, Any]]) -> CallerHistory:
                 status=r["status"],
                 department=r["department_name"],
                 rating=r["rating"],
+                merged_into=r.get("merged_into"),
             )
             for r in rows
         ),

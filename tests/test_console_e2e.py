@@ -447,6 +447,140 @@ AWAY = "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；�
 BUSY = "系统繁忙，请稍后重试"
 
 
+# What a page sends, by the browser's own validation or not: a form refused beside its field sends
+# nothing; a form the browser's bubble stopped would not reach the script's reason either.
+async def posts_of(p: Page) -> list[str]:
+    sent: list[str] = []
+    p.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
+    return sent
+
+
+async def asked_beside(p: Page, field: str, words: str, error: str) -> None:
+    """`words` shown beside `field` (as `error`, where the server shows it), the field focused,
+    marked invalid and described by them, read once, by the focus; and no `required` left for the
+    browser's bubble (in the browser's language) to refuse the form with before the script."""
+    await expect(p.locator(f"#{error}")).to_have_text(words)
+    await expect(p.locator(field)).to_be_focused()
+    await expect(p.locator(field)).to_have_attribute("aria-invalid", "true")
+    await expect(p.locator(field)).to_have_attribute("aria-describedby", re.compile(rf"\b{error}\b"))
+    await read_once(p, words, by="focus")
+    assert await p.locator(field).evaluate("f => !f.required && f.form.checkValidity()")
+
+
+@pytest.mark.parametrize("form", ["return", "redispatch"])
+async def test_a_tickets_choice_left_unchosen_is_asked_for_beside_it_not_by_the_browsers_bubble(
+    browser: Browser, city, form
+):
+    """退单 without its 退单理由, 改派 without the department: the select was `required`, so Chromium
+    refused the form with its own bubble ("Please select an item in the list.", in the browser's
+    language) before the script could ask. Now asked for beside the field in the API's own words
+    (REQUIRED), the field focused, before the question "不能撤回" and with nothing sent; chosen,
+    the mark goes and the question is asked."""
+    if form == "return":
+        html = render_ticket(
+            city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True
+        )
+        field, choice, question = "#return-reason", "duplicate", "确定退单吗"
+    else:
+        html = render_ticket(city, DEPARTMENTS_TICKET, role="admin")
+        field, choice, question = "#redispatch-department", "power", "确定改派吗"
+    words = REQUIRED[f"{form}.{field.split('-')[1]}"]
+    async with served(browser, html) as p:
+        asked: list[str] = []
+
+        async def call_off(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.dismiss()
+
+        p.on("dialog", call_off)
+        sent = await posts_of(p)
+        await expect(p.locator(field)).to_have_attribute("aria-required", "true")
+        await p.locator(f"#{form}").click()
+        await asked_beside(p, field, words, f"{field[1:]}-error")
+        assert (asked, sent) == ([], [])
+        # From the keyboard as well: Enter on the button is the same submit.
+        await p.locator(f"#{form}").focus()
+        await p.keyboard.press("Enter")
+        await expect(p.locator(field)).to_be_focused()
+        await expect(p.locator(f"{field}-error")).to_have_count(1)
+        assert (asked, sent) == ([], [])
+        await p.locator(field).select_option(choice)
+        if form == "redispatch":
+            await p.locator("#redispatch-reason").fill("属地有误，应由供电公司处理")
+        await p.locator(f"#{form}").click()
+
+        async def questioned() -> bool:
+            return len(asked) == 1
+
+        await eventually(questioned, timeout=10)
+        assert question in asked[0]
+        await expect(p.locator(f"{field}-error")).to_have_count(0)
+        assert await p.locator(field).get_attribute("aria-invalid") is None
+        assert sent == []  # called off
+
+
+def survey_html(**context: Any) -> str:
+    """The lookup page of a ticket waiting for its rating, its survey's form offered."""
+    from services.console.lookup import COMMENT_MAX, RATINGS
+    from services.console.views import templates
+
+    found = {"ticket_no": "20260302-000002", "status": "已办结，待您评价", "steps": []}
+    return templates.get_template("lookup.html").render(
+        request=None, s=None, csrf="x", errors={}, found=found, ratings=RATINGS, comment_max=COMMENT_MAX,
+        values={"ticket_no": "20260302-000002", "last4": "5678"}, rate=True,
+        **({"answer_values": {}, "answer_errors": {}} | context),
+    )  # fmt: skip
+
+
+async def test_a_residents_survey_left_unanswered_is_asked_for_beside_each_question(browser: Browser):
+    """The survey's radios were `required`: Chromium refused the form with its own bubble ("Please
+    select one of these options.", in the browser's language). Now each question is asked for in
+    the console's words (those the server refuses with) under it, the first one's first answer
+    focused, nothing sent; answered, the form goes. Refused by the server (without the script):
+    the same place."""
+    from services.console.lookup import ANSWER_REQUIRED
+
+    async with served(browser, survey_html()) as p:
+        sent = await posts_of(p)
+        form = p.locator("#survey-form")
+        for group in ("您对办理结果是否满意", "问题是否已解决"):
+            await expect(form.get_by_role("radiogroup", name=group)).to_have_attribute(
+                "aria-required", "true"
+            )
+        await p.locator("#survey-submit").click()
+        rating = form.get_by_label("满意", exact=True)
+        await asked_beside(p, "input[name=rating][value='1']", ANSWER_REQUIRED["rating"], "rating-error")
+        # Each question left unanswered is marked, as the ticket's forms mark each field; the first
+        # takes the focus.
+        await expect(p.locator("#solved-error")).to_have_text(ANSWER_REQUIRED["solved"])
+        assert sent == []
+        await accessible(p)
+        # The reason is under the question, not inside an answer's label (it would name the answer).
+        assert await p.locator("#rating-error").evaluate("e => e.previousElementSibling.tagName") == "LEGEND"
+        await form.get_by_label("不满意").check()
+        await p.locator("#survey-submit").click()
+        await asked_beside(p, "input[name=solved][value='yes']", ANSWER_REQUIRED["solved"], "solved-error")
+        await expect(p.locator("#rating-error")).to_have_count(0)
+        assert await rating.get_attribute("aria-invalid") is None
+        assert sent == []
+        await form.get_by_label("未解决").check()
+        await p.locator("#survey-submit").click()
+
+        async def posted() -> bool:
+            return len(sent) == 1
+
+        await eventually(posted, timeout=10)
+        assert sent[0].endswith("/console/lookup/survey")
+    # The server's refusal (the script off, or the page posted otherwise): the same words, beside
+    # the question, its first answer focused and described by them.
+    refused = survey_html(
+        answer_values={"solved": "yes"}, answer_errors={"rating": ANSWER_REQUIRED["rating"]}
+    )
+    async with served(browser, refused) as p:
+        await asked_beside(p, "input[name=rating][value='1']", ANSWER_REQUIRED["rating"], "rating-error")
+        await accessible(p)
+
+
 @pytest.mark.parametrize(
     ("shown", "said", "focused"),
     [

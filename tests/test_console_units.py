@@ -265,6 +265,11 @@ def test_a_tickets_forms_say_in_the_servers_words_what_a_step_cannot_go_without(
     assert 'data-refused-as="return-disputed_rule-error"' in rule
     resolve = field("resolve-note")
     assert f'data-required="{REQUIRED["resolve.note"]}"' in resolve
+    # A choice too, asked for in words, not by `required` (the browser's bubble, in its language).
+    reason = html_unescape(re.search(r'<select id="return-reason"[^>]*>', html)[0])
+    assert f'data-required="{REQUIRED["return.reason"]}"' in reason
+    assert 'aria-required="true"' in reason
+    assert not re.search(r"\srequired\b", reason)
     assert "data-required-if" not in resolve
     # The list names another department: nothing to dispute, nothing asked.
     plain = render_ticket(city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True)

@@ -15,7 +15,7 @@ from services.console import present
 from services.router import meetings, timers, workflow
 from services.router.rules import answered_on_call, handled_on_spot
 from services.router.sla import add_working_days, deadlines
-from services.router.workflow import ALLOWED_STATUS_CHANGES, Step, WorkflowError
+from services.router.workflow import ALLOWED_STATUS_CHANGES, REQUIRED, Step, WorkflowError
 from shared import tickets as st
 from shared.decisions import Outcome
 from shared.events import (
@@ -630,6 +630,12 @@ def test_return_needs_a_listed_reason_and_a_disputed_rule_when_the_list_names_us
         workflow.return_ticket(t, "street_s03", "too_busy", "", "", CITY, TZ, T0)
     assert e.value.kind == "invalid"
     assert "not_ours" in e.value.message
+    # None chosen: asked for in words, as the form asks for it (REQUIRED), not with the codes.
+    for none in ("", "  "):
+        with pytest.raises(WorkflowError) as e:
+            workflow.return_ticket(t, "street_s03", none, "", "", CITY, TZ, T0)
+        assert (e.value.code, e.value.kind, e.value.field) == ("reason_required", "invalid", "reason")
+        assert e.value.message == REQUIRED["return.reason"] == "请选择退单理由"
     with pytest.raises(WorkflowError) as e:
         workflow.return_ticket(t, "street_s03", "not_ours", "不归我们", "", CITY, TZ, T0)
     assert e.value.code == "rule_not_disputed"
@@ -881,6 +887,11 @@ def test_a_redispatch_is_refused_in_words_where_it_cannot_be_made():
         with pytest.raises(WorkflowError) as e:
             workflow.redispatch(t, dept, "属地有误", CITY, TZ, T0)
         assert (e.value.kind, e.value.field) == ("invalid", "department")
+    # None chosen: asked for in words, as the form asks for it (REQUIRED), not as an unknown id ''.
+    with pytest.raises(WorkflowError) as e:
+        workflow.redispatch(t, "", "属地有误", CITY, TZ, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("department_required", "invalid", "department")
+    assert e.value.message == REQUIRED["redispatch.department"] == "请选择改派的承办单位"
     for reason in ("", "   ", "错了"):
         with pytest.raises(WorkflowError) as e:
             workflow.redispatch(t, "power", reason, CITY, TZ, T0)

@@ -46,6 +46,9 @@ BAD_LINK = "链接无效，可能不完整或被改动。" + NEW_LINK
 EXPIRED_LINK = "链接已过期。" + NEW_LINK
 COMMENT_MAX = 300  # characters: a few sentences, like an SMS reply
 RATINGS: tuple[tuple[Rating, str], ...] = ((1, "满意"), (2, "基本满意"), (3, "不满意"))
+# What the survey's form is refused without (its field: the words); the page asks for them in these
+# words beside the question before the form is sent (console.js, data-required), and this refuses.
+ANSWER_REQUIRED = {"rating": "请选择满意、基本满意或不满意", "solved": "请选择问题是否已解决"}
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,9 @@ def read_answer(rating: str, solved: str, comment: str) -> Answer | Refused:
     """The survey form's fields, or which one is wrong and why. Pure."""
     chosen = next((r for r, _ in RATINGS if str(r) == rating.strip()), None)
     if chosen is None:
-        return Refused(422, "rating", "请选择满意、基本满意或不满意")
+        return Refused(422, "rating", ANSWER_REQUIRED["rating"])
     if solved not in ("yes", "no"):
-        return Refused(422, "solved", "请选择问题是否已解决")
+        return Refused(422, "solved", ANSWER_REQUIRED["solved"])
     words = unicodedata.normalize("NFKC", comment).strip()
     if len(words) > COMMENT_MAX:
         return Refused(422, "comment", f"意见请不超过{COMMENT_MAX}字（现为{len(words)}字）")

@@ -75,6 +75,7 @@ templates.globals.update(
     required=workflow.REQUIRED,  # a ticket's forms ask for what a step refuses without (data-required)
     reason_min=workflow.REASON_MIN,
     lead_required=LEAD_REQUIRED,  # a meeting's decision, without its lead
+    answer_required=resident_lookup.ANSWER_REQUIRED,  # a resident's survey answer, without a choice
 )
 HOME = {
     "operator": "/console/operator",

@@ -564,9 +564,11 @@ def _reason_wanted(asked: str, reader: str) -> str:
 REQUIRED: dict[str, str] = {
     "resolve.note": "办结时必须填写办理结果说明",
     "resolve.mediation.agreement": "调解达成协议的，请填写协议内容（双方约定的事项、履行方式和期限）",
+    "return.reason": "请选择退单理由",
     "return.note": "请在说明中写明诉求实际反映的是什么问题，以便派单中心重新分类派单",
     "extend.reason": "申请延期必须说明理由",
     "verify.note": "核查未解决时必须写明现场看到的情况，承办单位将据此重新办理",
+    "redispatch.department": "请选择改派的承办单位",
     "redispatch.reason": _reason_wanted("改派原因", "承办单位"),
     "merge.reason": _reason_wanted("并案原因（为何与主件是同一问题）", "主件的承办单位"),
     "mediate.reason": _reason_wanted("转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会"),
@@ -611,6 +613,10 @@ def redispatch(
     reason is the assignment's explanation, which the new department reads in the history."""
     check(ticket, "redispatch")
     _not_settled_by_meeting(ticket, "改派")
+    if not dept_id.strip():  # none chosen: said so, not as an unknown department ''
+        raise WorkflowError(
+            "department_required", REQUIRED["redispatch.department"], kind="invalid", field="department"
+        )
     dept = _department(city, dept_id)
     old = ticket.department
     if old is not None and old.id == dept_id:
@@ -1071,6 +1077,8 @@ def return_ticket(
     candidate the responsibility list names (or the dispatch desk); a second return goes to a meeting."""
     _require_owner(ticket, dept_id)
     check(ticket, "return")
+    if not reason.strip():  # none chosen: said so, not as the list of the reasons' codes
+        raise WorkflowError("reason_required", REQUIRED["return.reason"], kind="invalid", field="reason")
     if reason not in RETURN_REASONS:
         choices = "、".join(f"{k}（{v}）" for k, v in RETURN_REASONS.items())
         raise WorkflowError(

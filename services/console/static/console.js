@@ -45,6 +45,8 @@
   // irreversible is not refused afterwards for a field left empty. The first field at fault takes
   // the focus, described by the reason, as a refusal from the server comes back (the same place,
   // the same id: data-refused-as); the server checks again, and without the script it alone does.
+  // A choice of radios (a resident's 满意/不满意) is asked for on its first radio, for the group: its
+  // value is the checked one's, and its reason goes under the group's question (its legend).
   const valueOf = (form, name) => {
     const fields = [...form.elements].filter((el) => el.name === name);
     const on = fields.find((el) => !["radio", "checkbox"].includes(el.type) || el.checked);
@@ -53,7 +55,8 @@
   const wanted = (form, field) => {
     const [name, values] = (field.dataset.requiredIf || "").split("=");
     if (name && !(values || "").split("|").includes(valueOf(form, name))) return "";
-    const typed = [...field.value.trim().replace(/\s+/g, " ")];
+    const value = field.type === "radio" ? valueOf(form, field.name) : field.value;
+    const typed = [...value.trim().replace(/\s+/g, " ")];
     return typed.length < Math.max(1, Number(field.dataset.minChars) || 0) ? field.dataset.required : "";
   };
   const flag = (field, words) => {
@@ -72,7 +75,9 @@
     reason.className = "error";
     reason.id = id;
     reason.textContent = words; // read with the field the focus goes to: no live region of its own
-    if (!shown) field.insertAdjacentElement("afterend", reason);
+    const group = field.type === "radio" ? field.closest("fieldset") : null;
+    const legend = group ? group.querySelector("legend") : null;
+    if (!shown) (legend || field).insertAdjacentElement("afterend", reason);
     field.setAttribute("aria-invalid", "true");
     if (!described.includes(id)) field.setAttribute("aria-describedby", [...described, id].join(" "));
   };

@@ -1717,7 +1717,8 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         assert await choices.count() >= 2
         await choices.nth(1).click()
         chosen = await choices.nth(1).get_attribute("value")
-        department = card.locator("button.dept").first
+        department = card.locator("button.dept").first  # the chosen category's, put first
+        await expect(department).to_have_attribute("data-category", chosen)
         chosen_department = await department.get_attribute("value")
         await department.click()
         await expect(page.locator("p.ok")).to_contain_text(f"工单{no}已派至")
@@ -1742,7 +1743,7 @@ async def tab_to(page: Page, target, limit: int = 300) -> None:
 
 
 async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
-    page: Page, redis, system: System
+    page: Page, redis, system: System, system_city: City
 ):
     async with await admin_api(system, redis) as client:
         vague = "有个事情想反映一下，麻烦你们看看怎么处理"  # low confidence: the desk's to check
@@ -1759,18 +1760,37 @@ async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
             " return (n && n.matches('article') ? n : el.previousElementSibling).id; }"
         )
         # To the card by Tab, a category by the arrow keys, a department's button by Tab, Enter.
+        # The department Tab reaches first is the one suggested for the category just picked (the
+        # second, whose button came second): the ticket does not go where the first category would.
+        buttons = card.locator("button.dept")
+        suggested = {
+            await b.get_attribute("data-category"): (await b.get_attribute("value"), await b.inner_text())
+            for b in await buttons.all()
+        }
         await tab_to(page, card.locator("h3 a"))
         await tab_to(page, card.locator("input[type=radio]:checked"))
+        first = await card.locator("input[type=radio]:checked").get_attribute("value")
+        await expect(buttons.first).to_have_attribute("data-category", first)
         await page.keyboard.press("ArrowDown")
-        chosen = await card.locator("input[type=radio]:checked").get_attribute("value")
-        department = card.locator("button.dept").first
-        await tab_to(page, department)
-        chosen_department = await department.get_attribute("value")
+        radio = card.locator("input[type=radio]:checked")
+        chosen = await radio.get_attribute("value")
+        assert chosen != first
+        assert chosen in suggested, (chosen, suggested)  # a suggestion with a department of its own
+        await expect(radio).to_be_focused()  # the buttons moved, the focus did not
+        await expect(buttons.first).to_have_attribute("data-category", chosen)
+        chosen_department, label = suggested[chosen]
+        await tab_to(page, buttons.first)  # past 其他分类: the first department button Tab reaches
+        await expect(buttons.first).to_have_accessible_name(label)
         async with page.expect_navigation():
             await page.keyboard.press("Enter")
-        await expect(page.locator("#done")).to_contain_text(f"工单{nos[0]}已派至")
-        await expect(page.locator("#announcer")).to_contain_text(f"工单{nos[0]}已派至")
-        await read_once(page, f"工单{nos[0]}已派至", by="announcer")  # the focus is not on it
+        # What was done names both, the department and the category (which need not be its own).
+        department_name = system_city.department_by_id[chosen_department].name
+        category = system_city.category_names(chosen)[-1]
+        assert label == f"{department_name}（{category}）"
+        said = f"工单{nos[0]}已派至{department_name}（分类：{category}）"
+        await expect(page.locator("#done")).to_have_text(said)
+        await expect(page.locator("#announcer")).to_contain_text(said)
+        await read_once(page, said, by="announcer")  # the focus is not on it
         # The focus is on the next card, outlined, so the desk goes on from there.
         next_card = page.locator(f"#{following}")
         await expect(next_card).to_be_focused()

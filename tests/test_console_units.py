@@ -1295,18 +1295,69 @@ async def test_a_returned_tickets_card_says_why_and_offers_its_department_only_i
     hint = re.search(rf'<p class="muted" id="returned-hint-{no}">([^<]*)</p>', card)
     assert hint is not None
     assert hint[1].startswith(f"{name}已退回此工单")
-    buttons = re.findall(r'<button type="submit" name="department" value="([^"]+)" class="dept">', card)
+    buttons = re.findall(r'<button type="submit" name="department" value="([^"]+)" class="dept"[^>]*>', card)
     assert buttons == [second]
     assert f'<option value="{first}">{name}（已退回）</option>' in card
     # The other card: nothing returned, every suggested department a button, none marked.
     other = html[html.index(f'id="desk-{plain}"') : html.index('id="extensions"')]
     assert f'id="returns-{plain}"' not in other
     assert "returned-hint" not in other
-    assert re.findall(r'name="department" value="([^"]+)" class="dept">', other) == [first, second]
+    assert re.findall(r'name="department" value="([^"]+)" class="dept"[^>]*>', other) == [first, second]
     assert "（已退回）" not in other
     # The 退单工单 table says it too.
     table = html[html.index('id="returned"') :]
     assert html_escape(words, quote=False) in table
+
+
+@pytest.mark.parametrize(
+    ("kept", "first"),
+    [
+        ({}, 0),  # the page as it opens: the first category checked, its department first
+        ({"category": "utility.water"}, 1),  # a refused dispatch back with the second one picked
+        ({"category": "city.facility.streetlight", "category_other": "utility.water"}, 1),  # 其他分类
+        ({"category": "utility.water", "category_other": "env.noise"}, None),  # no button: as it was
+    ],
+)
+async def test_the_desks_first_department_button_is_the_chosen_categorys(monkeypatch, city, kept, first):
+    """Tab then Enter sends a ticket to the first department button (the desk's keyboard path): the
+    server puts first the department suggested for the category the form would send (其他分类's
+    over the radio's), the rest in the classifier's order; a category with no button leaves that
+    order. Each button names its category (console.js reorders by it as the choice changes)."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000041"
+    tops = [
+        {"category": "city.facility.streetlight", "probability": 0.4},
+        {"category": "utility.water", "probability": 0.3},
+    ]
+    card = {"ticket_no": no, "status": "review", "text": "路灯不亮，水也停了", "confidence": 0.3}
+    card["top_categories"] = tops
+    suggested = present.suggestions(city, card)
+    departments = [sg["department"] for sg in suggested]
+    assert len(set(departments)) == 2
+    fake = _DeskApi(card, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    query = {"error": "未派出", "ticket": no, **kept} if kept else {}
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    card_html = html[html.index(f'id="desk-{no}"') :]
+    buttons = re.findall(
+        r'<button type="submit" name="department" value="([^"]+)" class="dept" data-category="([^"]+)">'
+        r"([^<]*)</button>",
+        card_html,
+    )
+    order = [0, 1] if first in (0, None) else [1, 0]
+    assert [(d, c) for d, c, _ in buttons] == [(departments[i], suggested[i]["category"]) for i in order]
+    for dept, category, label in buttons:  # each names the category it is for, wherever it stands
+        assert label == f"{city.department_by_id[dept].name}（{city.category_names(category)[-1]}）"
+    checked = re.findall(r'<input type="radio"[^>]*value="([^"]*)" checked>', card_html)
+    assert checked == [kept.get("category", tops[0]["category"])]
 
 
 @pytest.mark.parametrize(
@@ -1417,7 +1468,8 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
         def asking(self) -> list[dict]:
             return asking
 
-    fake = Queue(card(first), Reply(200, {"department": water}))
+    lit = {"category": streetlight, "category_names": list(city.category_names(streetlight))}
+    fake = Queue(card(first), Reply(200, {"department": water, **lit}))
     monkeypatch.setattr(views, "api", lambda request, s: fake)
     settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
     state = SimpleNamespace(city=city, settings=settings)
@@ -1453,7 +1505,8 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
     html = await dispatched(first, middle)
     assert re.search(rf'<article [^>]*id="desk-{middle}"[^>]*autofocus>', html)
     assert html.count("autofocus") == 1
-    assert 'data-announce="工单20261201-000011已派至区水务局"' in html  # said, the focus on the card
+    # Said, the focus on the card: the department and the category, which need not be its own.
+    assert 'data-announce="工单20261201-000011已派至区水务局（分类：路灯故障）"' in html
     queue[:] = [card(last)]
     html = await dispatched(last, "")
     assert re.search(r'<p class="ok" id="done" [^>]*tabindex="-1" autofocus>', html)

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -1361,8 +1361,7 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
-        done = f"工单{no}已派至{(reply.body.get('department') or {}).get('name', '')}"
-        return desk_redirect(reply, done, text(form, "next"), "desk")
+        return desk_redirect(reply, dispatched(no, reply.body), text(form, "next"), "desk")
     # Refused: back to the card (desk_page finds its page), the refusal said there and the category
     # the desk picked still picked, so that the second try is the department alone, not both steps.
     picked = {name: text(form, name) for name in DESK_KEPT}
@@ -1378,6 +1377,15 @@ async def desk_extension(request: Request, no: str, verdict: str, s: session.Ses
     )
     done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
     return desk_redirect(reply, done, text(form, "next"), "ext")
+
+
+def dispatched(no: str, ticket: Mapping[str, Any]) -> str:
+    """What a dispatch says it did: the department and the category the ticket now has, both, since
+    the desk may send a category to a department other than the one suggested for it (a button,
+    or 其他单位) and the pair is then read, not guessed from the last click."""
+    done = f"工单{no}已派至{(ticket.get('department') or {}).get('name', '')}"
+    names = ticket.get("category_names") or ()
+    return f"{done}（分类：{names[-1]}）" if names else done
 
 
 def desk_redirect(reply: Reply, done: str, after: str, card: str) -> Response:

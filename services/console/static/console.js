@@ -572,6 +572,33 @@
     });
   }
 
+  // --- the dispatch desk: the chosen category's department is the first button ------------------
+  // Step 2's one-click buttons each name the category they are for (data-category); Tab then Enter
+  // sends the ticket to the first, so the server puts the chosen category's first (desk.html). As
+  // the choice changes (a radio, or 其他分类, which overrides it) that category's button is put
+  // first again, the rest in the classifier's order; a category with no button of its own leaves
+  // the order as it is. Only the order changes: the focus stays on the choice, each button keeps
+  // its name, and the desk may still press another on purpose.
+  for (const box of document.querySelectorAll("form.assign .depts")) {
+    const form = box.closest("form");
+    const offered = [...box.querySelectorAll("button.dept[data-category]")];
+    const suggested = [...form.elements].filter((el) => el.name === "category").map((el) => el.value);
+    const rank = (button) => suggested.indexOf(button.dataset.category);
+    const follow = () => {
+      const chosen = valueOf(form, "category_other") || valueOf(form, "category");
+      const first = offered.find((button) => button.dataset.category === chosen);
+      if (!first) return;
+      const order = [first, ...offered.filter((b) => b !== first).sort((a, b) => rank(a) - rank(b))];
+      const now = [...box.querySelectorAll("button.dept")];
+      if (order.every((button, i) => now[i] === button) || order.includes(document.activeElement)) return;
+      box.replaceChildren(...order.flatMap((button) => [" ", button]), " ");
+    };
+    form.addEventListener("change", (e) => {
+      if (["category", "category_other"].includes(e.target.name)) follow();
+    });
+    follow(); // a form the browser filled in again as it was left (back, reload)
+  }
+
   // --- copy buttons: the accepted call's number, the credential just issued ---------------------
   // Shown by this script, which copies the text of the element named by data-copy-from and says
   // how it went in the status named by data-copy-state. The clipboard API needs a secure context

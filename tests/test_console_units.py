@@ -639,6 +639,11 @@ def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker
     html = render(preview=contested, reply=None, status_names={})
     assert "区供电公司同样可能承办，受理后将召集联席会议确定承办单位" in html
     assert "区供电公司同样可能承办，将召集联席会议" in html  # in the sentence a screen reader is told
+    # Urgent by the classifier (a gas leak): said, in the panel and in the sentence.
+    urgent = render(preview={**preview, "urgent": True}, reply=None, status_names={})
+    assert 'id="pv-urgent"' in urgent
+    assert "城市管理，紧急；" in urgent
+    assert 'id="pv-urgent"' not in render(preview=preview, reply=None, status_names={})
 
 
 def test_daily_bars_scale_to_the_busiest_day():

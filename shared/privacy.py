@@ -113,6 +113,11 @@ def caller_id(phone: str) -> str:
     return hmac.new(_salt(), phone.encode(), hashlib.sha256).hexdigest()[:20]
 
 
+def is_caller_id(value: str) -> bool:
+    """Whether `value` has the shape of a `caller_id` (a hash in a link, not a phone number)."""
+    return len(value) == 20 and all(c in "0123456789abcdef" for c in value)
+
+
 def is_mobile(phone: str) -> bool:
     return bool(_MOBILE.match(phone))
 

@@ -858,6 +858,34 @@ def test_the_ticket_lists_empty_row_spans_the_columns_shown(city, role):
     assert ('id="f-phone"' in html) == (role == "admin")
 
 
+def test_the_desks_search_by_number_posts_the_number_and_its_links_carry_only_the_hash(city):
+    """The filters are posted (the number typed in no URL: the browser's history, a proxy's log);
+    the list of a caller's tickets keeps the caller's hash and the masked number in its links and
+    in the form, with a way back to every caller's."""
+    from services.console.views import by_caller
+
+    wanted = by_caller("138 1234 5678")
+    assert wanted["caller_shown"] == "138****5678"
+    assert "13812345678" not in wanted["caller"]
+    who = SimpleNamespace(
+        principal=SimpleNamespace(role="admin", is_admin=True, department=None, operator=None), csrf="x"
+    )
+    filters = {**dict.fromkeys(LIST_FILTERS, ""), "caller": wanted["caller"], "status": "closed"}
+    query = {"caller": wanted["caller"], "status": "closed", "caller_shown": "138****5678"}
+    html = templates.get_template("tickets.html").render(
+        request=None, s=who, filters=filters, query=query, caller_shown="138****5678", urlencode=urlencode,
+        rows=[], total=0, page_no=1, pages=1, errors={}, notice="", **list_choices(city),
+    )  # fmt: skip
+    form = re.search(r'<form method="post" action="/console/tickets/search"[^>]*>(.*?)</form>', html, re.S)
+    assert form is not None
+    assert '<input type="hidden" name="csrf" value="x">' in form[1]
+    assert f'<input type="hidden" name="caller" value="{wanted["caller"]}">' in form[1]
+    assert 'name="phone"' in form[1]
+    assert "当前只查来电号码138****5678的工单" in html
+    assert 'href="/console/tickets?status=closed">不限来电号码</a>' in html
+    assert "筛选（已选2项）" in html  # the caller and the status, not the masked number beside it
+
+
 def test_the_grid_dropdowns_group_the_grids_by_community_and_name_each_once(city):
     """和平里社区/和平里社区第一网格 said the community twice: the grids are grouped by community
     (<optgroup>), each by its own name, which already names it; a grid whose name does not (第一网格)

@@ -53,7 +53,7 @@ from shared.bodies import Limit
 from shared.city import City
 from shared.events import GridMatch
 from shared.photos import ID as PHOTO_ID
-from shared.privacy import REMOVED
+from shared.privacy import REMOVED, InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.settings import Settings
 from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status, Ticket
 
@@ -816,7 +816,7 @@ LEAVING = {"return": "returned", "mediate": "mediated"}
 
 LIST_FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel",
-    "urgent", "overdue", "from", "to", "q", "phone", "sort", "answer", "reopened",
+    "urgent", "overdue", "from", "to", "q", "caller", "sort", "answer", "reopened",
     "response", "answered",
 )  # fmt: skip
 LIST_PAGE_SIZE = 50
@@ -844,8 +844,26 @@ def list_filters(request: Request, s: session.Session) -> dict[str, str]:
     q = request.query_params
     filters = {name: (q.get(name) or "").strip() for name in LIST_FILTERS}
     if not s.principal.is_admin:
-        filters["department"] = filters["phone"] = ""  # the desk's alone (the API refuses others)
+        filters["department"] = filters["caller"] = ""  # the desk's alone (the API refuses others)
     return filters
+
+
+# The desk looks a caller's tickets up by the number they called from. The number is posted, never
+# put in a URL (the browser's history, a proxy's log): the list's links carry the caller's salted
+# hash (`caller`, a filter the API takes) and the number masked, to show what the list is of.
+_MASKED = re.compile(r"[0-9]{3,4}\*{4}[0-9]{4}|[0-9-]{3,5}\*{3,4}[0-9]{2,4}")
+
+
+def caller_shown(request: Request) -> str:
+    """The masked number the list is of, as its links carry it; nothing that is not a mask."""
+    shown = request.query_params.get("caller_shown") or ""
+    return shown if _MASKED.fullmatch(shown) else ""
+
+
+def by_caller(phone: str) -> dict[str, str]:
+    """The list's filters for a caller's tickets by their number (raises InvalidPhone)."""
+    number = normalize_phone(phone)
+    return {"caller": caller_id(number), "caller_shown": mask_phone(number)}
 
 
 def page_number(request: Request, name: str = "page") -> int:
@@ -908,7 +926,9 @@ def list_choices(city: City) -> dict[str, Any]:
 
 async def list_page(request: Request, s: session.Session, status: int = 200, **context: Any) -> HTMLResponse:
     filters = context.pop("filters")
-    query = {k: v for k, v in filters.items() if v}
+    shown = caller_shown(request) if filters.get("caller") else ""
+    # The page's links (pages, exports) keep the filters, and the masked number beside the hash.
+    query = {k: v for k, v in filters.items() if v} | ({"caller_shown": shown} if shown else {})
     return await page(
         request,
         "tickets.html",
@@ -916,6 +936,7 @@ async def list_page(request: Request, s: session.Session, status: int = 200, **c
         s=s,
         filters=filters,
         query=query,
+        caller_shown=shown,
         urlencode=urlencode,
         **list_choices(city_of(request)),
         **{"rows": [], "total": 0, "page_no": 1, "pages": 1, "errors": {}, "notice": "", **context},
@@ -925,6 +946,10 @@ async def list_page(request: Request, s: session.Session, status: int = 200, **c
 @router.get("/tickets")
 async def tickets_page(request: Request, s: session.Session = Depends(as_reader)):
     filters, page_no = list_filters(request, s), page_number(request)
+    if (phone := (request.query_params.get("phone") or "").strip()) and s.principal.is_admin:
+        # A number in a link made before it was posted (or typed into the address bar): the same
+        # list, by the hash, so that the number leaves the address bar at once.
+        return await list_by_caller(request, s, phone, filters)
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
         errors, notice = list_errors(reply)
@@ -944,6 +969,37 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_reader)
         page_no=page_no,
         pages=pages,
     )
+
+
+@router.post("/tickets/search")
+async def tickets_search(request: Request, s: session.Session = Depends(as_reader)):
+    """The list's filters as posted, shown at the list's own address (which pages and exports keep).
+    Posted for the desk's caller number, which no address may hold (`by_caller`)."""
+    form = await checked_form(request, s)
+    filters = {name: text(form, name) for name in LIST_FILTERS}
+    if not s.principal.is_admin:
+        filters["department"] = filters["caller"] = ""
+    shown = {"caller_shown": text(form, "caller_shown")} if filters["caller"] else {}
+    if (phone := text(form, "phone")) and s.principal.is_admin:
+        return await list_by_caller(request, s, phone, filters)
+    query = urlencode([*((k, v) for k, v in filters.items() if v), *shown.items()])
+    return RedirectResponse(f"/console/tickets?{query}", status_code=303)
+
+
+async def list_by_caller(
+    request: Request, s: session.Session, phone: str, filters: dict[str, str]
+) -> Response:
+    """To the list of the caller's tickets (with the other filters), or the list with the reason
+    beside the number when it is not one."""
+    try:
+        wanted = by_caller(phone)
+    except InvalidPhone as e:
+        kept = {**filters, "caller": ""}
+        return await list_page(
+            request, s, 422, filters=kept, errors={"phone": f"{e}，请填写11位手机号或带区号的固话"}
+        )
+    query = urlencode([*((k, v) for k, v in filters.items() if v and k != "caller"), *wanted.items()])
+    return RedirectResponse(f"/console/tickets?{query}", status_code=303)
 
 
 def attachment(reply: httpx.Response) -> Response:

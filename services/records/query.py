@@ -18,7 +18,7 @@ from services.router.rules import FIRST_CONTACT
 from shared.city import City
 from shared.errors import DomainError
 from shared.knowledge import category_filter
-from shared.privacy import InvalidPhone, caller_id, normalize_phone
+from shared.privacy import InvalidPhone, caller_id, is_caller_id, normalize_phone
 from shared.tickets import RATING_NAMES, Status
 
 MAX_PAGE_SIZE = 500
@@ -228,16 +228,21 @@ def build(
                 add("(department = %s OR co_departments @> ARRAY[%s])", value, value)
             else:
                 add(f"{name} = %s", value)
-    if phone := (raw.get("phone") or "").strip():
+    phone, caller = (raw.get("phone") or "").strip(), (raw.get("caller") or "").strip()
+    if phone or caller:
         # A caller's tickets by the number they called from (the record keeps its salted hash, not
-        # the number): the desk's, which reads everything; a department or a grid worker sees masked
-        # numbers, and a lookup by number would unmask them.
+        # the number), or by that hash (`caller`, which the console's list carries in its links so
+        # that the number is in no URL): the desk's, which reads everything; a department or a grid
+        # worker sees masked numbers, and a lookup by number would unmask them.
+        name = "phone" if phone else "caller"
         if department_scope is not None or grid_scope is not None:
             raise DomainError(
-                "phone_not_allowed", "只有派单中心可以按来电号码查询", kind="forbidden", field="phone"
+                "phone_not_allowed", "只有派单中心可以按来电号码查询", kind="forbidden", field=name
             )
+        if caller and not is_caller_id(caller):
+            raise invalid("caller", "来电人标识无效，请重新输入来电号码查询")
         try:
-            add("caller_id = %s", caller_id(normalize_phone(phone)))
+            add("caller_id = %s", caller or caller_id(normalize_phone(phone)))
         except InvalidPhone as e:
             raise invalid("phone", f"{e}，请填写11位手机号或带区号的固话") from None
     for name in ("urgent", "overdue"):

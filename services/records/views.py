@@ -41,7 +41,7 @@ router = APIRouter(prefix="/api/v1", tags=["records"])
 
 FILTERS = (
     "status", "department", "category", "street", "community", "grid", "channel", "urgent", "overdue",
-    "verified", "phone", "answer", "reopened", "response", "answered",
+    "verified", "phone", "caller", "answer", "reopened", "response", "answered",
 )  # fmt: skip
 LIST_COLUMNS = (
     "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "

@@ -30,6 +30,7 @@ from playwright.async_api import Browser, Page, expect
 from services.console import present
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
 from services.console.views import KNOWLEDGE_DONE, LIST_FILTERS
+from services.notifier.surveys import CALL_ANSWER_REQUIRED
 from services.records.knowledge import KnowledgeService
 from services.records.service import Records
 from services.router.workflow import REQUIRED
@@ -50,6 +51,7 @@ from tests.test_console_units import (
     patrol_html,
     privacy_html,
     render_ticket,
+    staff,
     tickets_html,
 )
 from tests.test_intake_wechat import openid as wechat_user
@@ -578,6 +580,142 @@ async def test_a_residents_survey_left_unanswered_is_asked_for_beside_each_quest
     )
     async with served(browser, refused) as p:
         await asked_beside(p, "input[name=rating][value='1']", ANSWER_REQUIRED["rating"], "rating-error")
+        await accessible(p)
+
+
+def callback_html(**context: Any) -> str:
+    """An operator's call-back page (电话回访), the answer's form offered."""
+    from services.console.views import templates
+    from shared.tickets import RATING_NAMES
+
+    call = {"survey_id": "s1", "ticket_no": "20261201-000001", "phone": "13900000000", "attempts": 0,
+            "category_names": [], "text": "路灯不亮", "resolution_note": "已更换灯泡"}  # fmt: skip
+    return templates.get_template("callback.html").render(
+        request=None, s=staff("operator"), call=call, ratings=RATING_NAMES,
+        answer_wanted=CALL_ANSWER_REQUIRED, **({"values": {}, "error": "", "error_field": None} | context),
+    )  # fmt: skip
+
+
+def radios_form(city, form: str, refused: str = "") -> dict[str, Any]:
+    """The page of a form whose choice is a group of radios, where it is, what it is asked for with,
+    how it is answered and the question then asked; `refused`: as the server refused it."""
+    if form == "verify":  # 现场核查: the grid's worker says whether the resolution holds
+        errors = {"verify": {"solved": refused}} if refused else {}
+        resolved = {**DEPARTMENTS_TICKET, "status": "resolved"}
+        html = render_ticket(city, resolved, role="grid_worker", can_verify=True, errors=errors)
+        return {
+            "html": html,
+            "group": "核查结果",
+            "field": "#verify-solved",
+            "error": "verify-solved-error",
+            "words": REQUIRED["verify.solved"],
+            "others": {},
+            "submit": "#verify",
+            "choose": {"#verify-unsolved": True, "#verify-note": "地砖仍然松动"},
+            "question": "确定核查未解决吗",
+        }
+    if form == "mediation":  # 人民调解: the committee records how the mediation ended
+        errors = {"resolve": {"mediation": refused}} if refused else {}
+        held = {
+            **DEPARTMENTS_TICKET,
+            "status": "accepted",
+            "department": {"id": "mediation_s01", "name": "和平街道人民调解委员会"},
+        }
+        html = render_ticket(
+            city,
+            held,
+            role="department",
+            department="mediation_s01",
+            handles=True,
+            is_committee=True,
+            errors=errors,
+        )
+        return {
+            "html": html,
+            "group": "调解结果",
+            "field": "#resolve-agreed",
+            "error": "resolve-mediation-error",
+            "words": REQUIRED["resolve.mediation"],
+            "others": {"#resolve-note-error": REQUIRED["resolve.note"]},
+            "submit": "#resolve",
+            "question": "确定办结吗",
+            "choose": {"#resolve-not-agreed": True, "#resolve-note": "双方未能达成一致，已告知可向法院起诉"},
+        }
+    # 电话回访: the operator records the resident's answer, both questions (one sentence for either)
+    html = callback_html(error=refused, error_field="rating") if refused else callback_html()
+    return {
+        "html": html,
+        "group": "市民评价",
+        "field": "input[name=rating][value='1']",
+        "error": "rating-error",
+        "words": CALL_ANSWER_REQUIRED,
+        "others": {"#solved-error": CALL_ANSWER_REQUIRED},
+        "submit": "#record-answer",
+        "question": "确定记录吗",
+        "choose": {"input[name=rating][value='3']": True, "input[name=solved][value='no']": True},
+    }
+
+
+@pytest.mark.parametrize("form", ["verify", "mediation", "callback"])
+async def test_a_choice_of_radios_left_unchosen_is_asked_for_beside_it_not_by_the_browsers_bubble(
+    browser: Browser, city, form
+):
+    """A grid worker's 核查结果, a mediator's 调解结果 and an operator's record of a call-back (市民
+    评价, 问题是否解决) were radios marked `required`: Chromium refused the form with its own bubble
+    ("Please select one of these options.", in the browser's language) before the script could
+    ask. Now asked for under the question in the words the server refuses with, its first radio
+    focused, before any question "确定…吗" and with nothing sent; chosen, the mark goes and the
+    question is asked. Refused by the server (without the script): the same words, the same place."""
+    shown = radios_form(city, form)
+    field, error, words = shown["field"], shown["error"], shown["words"]
+    async with served(browser, shown["html"]) as p:
+        asked: list[str] = []
+
+        async def call_off(dialog) -> None:
+            asked.append(dialog.message)
+            await dialog.dismiss()
+
+        p.on("dialog", call_off)
+        sent = await posts_of(p)
+        group = p.get_by_role("radiogroup", name=shown["group"])
+        await expect(group).to_have_attribute("aria-required", "true")
+        assert await group.locator("input[type=radio]").evaluate_all("rs => rs.every(r => !r.required)")
+        await p.locator(shown["submit"]).click()
+        await asked_beside(p, field, words, error)
+        for other, said in shown["others"].items():  # every field at fault marked; the first focused
+            await expect(p.locator(other)).to_have_text(said)
+        # The reason is under the question, not inside an answer's label (it would name the answer).
+        assert await p.locator(f"#{error}").evaluate("e => e.previousElementSibling.tagName") == "LEGEND"
+        assert (asked, sent) == ([], [])
+        await accessible(p)
+        # From the keyboard as well: Enter on the button is the same submit.
+        await p.locator(shown["submit"]).focus()
+        await p.keyboard.press("Enter")
+        await expect(p.locator(field)).to_be_focused()
+        await expect(p.locator(f"#{error}")).to_have_count(1)
+        assert (asked, sent) == ([], [])
+        for where, what in shown["choose"].items():
+            if what is True:
+                await p.locator(where).check()
+            else:
+                await p.locator(where).fill(what)
+        await p.locator(shown["submit"]).click()
+
+        async def questioned() -> bool:
+            return len(asked) == 1
+
+        await eventually(questioned, timeout=10)
+        assert shown["question"] in asked[0]
+        await expect(p.locator(f"#{error}")).to_have_count(0)
+        for other in shown["others"]:
+            await expect(p.locator(other)).to_have_count(0)
+        assert await p.locator(field).get_attribute("aria-invalid") is None
+        assert sent == []  # called off
+    # The server's refusal (the script off, or the page posted otherwise): the same words under
+    # the question, its first answer focused and described by them.
+    async with served(browser, radios_form(city, form, refused=words)["html"]) as p:
+        await asked_beside(p, field, words, error)
+        assert await p.locator(f"#{error}").evaluate("e => e.previousElementSibling.tagName") == "LEGEND"
         await accessible(p)
 
 
@@ -2955,13 +3093,19 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         await expect(page.locator("#script")).to_contain_text("已更换灯泡，恢复照明")
         await accessible(page)
         await shot(page, "callback")
-        # Recorded without a rating: refused in words, the call kept.
-        await page.locator("#record-answer").evaluate("b => b.form.noValidate = true")
+        # Recorded without a rating: refused in words, the call kept. The script asks first (see
+        # test_a_choice_of_radios_left_unchosen_is_asked_for_beside_it_not_by_the_browsers_bubble);
+        # without its asking, the API refuses in the same words, under the question, whose first
+        # answer takes the focus.
+        await page.locator("#callback-form").evaluate(
+            "f => f.querySelectorAll('[data-required]').forEach(e => e.removeAttribute('data-required'))"
+        )
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await page.locator("#record-answer").click()
-        await expect(page.locator("#callback-error")).to_contain_text("请记录市民的评价")
-        await expect(page.locator("#callback-error")).to_be_focused()
-        await read_once(page, "请记录市民的评价", by="focus")
+        await expect(page.locator("#rating-error")).to_have_text(CALL_ANSWER_REQUIRED)
+        await expect(page.locator("input[name=rating][value='1']")).to_be_focused()
+        await expect(page.locator("#callback-error")).to_have_count(0)
+        await read_once(page, CALL_ANSWER_REQUIRED, by="focus")
         await page.get_by_label("不满意").check()
         await page.get_by_label("未解决").check()
         await page.locator("#note").fill("灯亮了两天又坏了")

@@ -218,12 +218,9 @@ def render_ticket(city, ticket, role="admin", department=None, handles=False, me
         map=present.grid_map(city, {}),
         grid_name="未定位",
         departments=present.departments_of(city),
-        errors={},
-        values={},
-        kept={},
         handles=handles,
         meeting_title=meeting_title,
-        **context,
+        **({"errors": {}, "values": {}, "kept": {}} | context),  # a refused form's, where given
     )
 
 

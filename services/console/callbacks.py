@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from services.console import present, session
 from services.console.views import api, as_operator, checked_form, page, text, tz_of
+from services.notifier.surveys import CALL_ANSWER_REQUIRED
 from shared.tickets import RATING_NAMES
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -72,7 +73,8 @@ async def _call_page(
         s=s,
         call=_row(call, request),
         ratings=RATING_NAMES,
-        **{"values": {}, "error": "", **context},
+        answer_wanted=CALL_ANSWER_REQUIRED,  # what the API refuses an answer without, asked first
+        **{"values": {}, "error": "", "error_field": None, **context},
     )
 
 
@@ -105,4 +107,7 @@ async def record_call(
     held = await client.post(f"/api/v1/callbacks/{survey_id}/call")
     if not held.ok:
         return _back(error=held.message)
-    return await _call_page(request, s, held.body, 422, values=dict(form), error=reply.message)
+    # Its reason goes under the question left unanswered (`field`), as the form's script puts it.
+    return await _call_page(
+        request, s, held.body, 422, values=dict(form), error=reply.message, error_field=reply.field
+    )

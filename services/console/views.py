@@ -1224,7 +1224,7 @@ async def ticket_verify(request: Request, no: str, s: session.Session = Depends(
     photos: list[str] = []
     reply: Reply | None = None
     if values["solved"] not in ("true", "false"):
-        reply = Reply(422, {"message": "请选择核查结果：已解决或未解决", "field": "solved"})
+        reply = Reply(422, {"message": workflow.REQUIRED["verify.solved"], "field": "solved"})
     else:  # the photos go up first; a refused one stops the check
         photos, reply = await client.attach_photos(form)
     if reply is None:

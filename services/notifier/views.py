@@ -22,7 +22,7 @@ from services.notifier.inbound import Answer, InboundMessages
 from services.notifier.scorecard import Scorecard
 from services.notifier.service import Notifier
 from services.notifier.survey import read_inbound
-from services.notifier.surveys import CALL_ATTEMPTS, Call
+from services.notifier.surveys import CALL_ANSWER_REQUIRED, CALL_ATTEMPTS, Call
 from services.notifier.wechat_gateway import WeChatOutbox
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
 from shared.http import api_error
@@ -332,8 +332,7 @@ async def record_callback(
         return {"outcome": "unreachable", "attempts": attempts, "again": attempts < CALL_ATTEMPTS}
     if body.rating is None or body.solved is None:
         missing = "rating" if body.rating is None else "solved"
-        why = "接通后请记录市民的评价（满意、基本满意或不满意）和问题是否解决"
-        return api_error(422, "answer_required", why, field=missing)
+        return api_error(422, "answer_required", CALL_ANSWER_REQUIRED, field=missing)
     answered = await notifier.surveys.answer_by_phone(
         survey_id, operator, body.rating, body.solved, body.note, now
     )

@@ -563,10 +563,12 @@ def _reason_wanted(asked: str, reader: str) -> str:
 # and before it asks to confirm a step that cannot be undone; the refusal here stays the rule.
 REQUIRED: dict[str, str] = {
     "resolve.note": "办结时必须填写办理结果说明",
+    "resolve.mediation": "人民调解委员会办结时须填写调解结果：达成协议（并写明协议内容）或调解不成",
     "resolve.mediation.agreement": "调解达成协议的，请填写协议内容（双方约定的事项、履行方式和期限）",
     "return.reason": "请选择退单理由",
     "return.note": "请在说明中写明诉求实际反映的是什么问题，以便派单中心重新分类派单",
     "extend.reason": "申请延期必须说明理由",
+    "verify.solved": "请选择核查结果：已解决或未解决",  # the console's refusal (to the API, a bool)
     "verify.note": "核查未解决时必须写明现场看到的情况，承办单位将据此重新办理",
     "redispatch.department": "请选择改派的承办单位",
     "redispatch.reason": _reason_wanted("改派原因", "承办单位"),
@@ -841,7 +843,7 @@ def _mediation_recorded(city: City, dept_id: str, mediation: Mediation | None) -
     if mediation is None:
         raise WorkflowError(
             "mediation_required",
-            "人民调解委员会办结时须填写调解结果：达成协议（并写明协议内容）或调解不成",
+            REQUIRED["resolve.mediation"],
             kind="invalid",
             field="mediation",
         )

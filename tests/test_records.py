@@ -219,6 +219,11 @@ async def test_search_filters_pages_and_access_rules(api, redis, pool):
     assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
     r = await api.get("/api/v1/tickets", params={"phone": "1381234"})
     assert (r.status_code, r.json()["field"]) == (422, "phone")
+    # Or by the caller's hash, which the console's links carry instead of the number.
+    r = await api.get("/api/v1/tickets", params={"caller": caller_id(phone)})
+    assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
+    r = await api.get("/api/v1/tickets", params={"caller": phone})
+    assert (r.status_code, r.json()["field"]) == (422, "caller")
 
     own = await as_department(redis, ticket)
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=own)
@@ -226,6 +231,8 @@ async def test_search_filters_pages_and_access_rules(api, redis, pool):
     # A department sees masked numbers: a lookup by number would unmask them.
     r = await api.get("/api/v1/tickets", params={"phone": phone}, headers=own)
     assert (r.status_code, r.json()["field"]) == (403, "phone")
+    r = await api.get("/api/v1/tickets", params={"caller": caller_id(phone)}, headers=own)
+    assert (r.status_code, r.json()["field"]) == (403, "caller")
     other_dept = next(d.id for d in demo_city().departments if d.id != dept)
     other = {"Authorization": f"Bearer {await issue_token(redis, 'department', other_dept)}"}
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"}, headers=other)

@@ -451,6 +451,18 @@ BUSY = "系统繁忙，请稍后重试"
 
 # What a page sends, by the browser's own validation or not: a form refused beside its field sends
 # nothing; a form the browser's bubble stopped would not reach the script's reason either.
+def questions_called_off(p: Page) -> list[str]:
+    """The confirm questions the page asks from now on, each called off (dismissed)."""
+    asked: list[str] = []
+
+    async def call_off(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.dismiss()
+
+    p.on("dialog", call_off)
+    return asked
+
+
 async def posts_of(p: Page) -> list[str]:
     sent: list[str] = []
     p.on("request", lambda r: sent.append(r.url) if r.method == "POST" else None)
@@ -488,13 +500,7 @@ async def test_a_tickets_choice_left_unchosen_is_asked_for_beside_it_not_by_the_
         field, choice, question = "#redispatch-department", "power", "确定改派吗"
     words = REQUIRED[f"{form}.{field.split('-')[1]}"]
     async with served(browser, html) as p:
-        asked: list[str] = []
-
-        async def call_off(dialog) -> None:
-            asked.append(dialog.message)
-            await dialog.dismiss()
-
-        p.on("dialog", call_off)
+        asked = questions_called_off(p)
         sent = await posts_of(p)
         await expect(p.locator(field)).to_have_attribute("aria-required", "true")
         await p.locator(f"#{form}").click()
@@ -669,13 +675,7 @@ async def test_a_choice_of_radios_left_unchosen_is_asked_for_beside_it_not_by_th
     shown = radios_form(city, form)
     field, error, words = shown["field"], shown["error"], shown["words"]
     async with served(browser, shown["html"]) as p:
-        asked: list[str] = []
-
-        async def call_off(dialog) -> None:
-            asked.append(dialog.message)
-            await dialog.dismiss()
-
-        p.on("dialog", call_off)
+        asked = questions_called_off(p)
         sent = await posts_of(p)
         group = p.get_by_role("radiogroup", name=shown["group"])
         await expect(group).to_have_attribute("aria-required", "true")
@@ -757,13 +757,7 @@ async def test_a_step_that_cannot_be_undone_asks_for_what_it_needs_before_it_ask
     would then refuse. Once filled in, the question is asked (called off here) and the mark goes."""
     html = render_ticket(city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True)
     async with served(browser, html) as p:
-        asked: list[str] = []
-
-        async def call_off(dialog) -> None:
-            asked.append(dialog.message)
-            await dialog.dismiss()
-
-        p.on("dialog", call_off)
+        asked = questions_called_off(p)
 
         async def questions(n: int) -> None:
             async def reached() -> bool:

@@ -641,6 +641,15 @@ def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker
     assert 'id="pv-urgent"' in urgent
     assert "城市管理，紧急；" in urgent
     assert 'id="pv-urgent"' not in render(preview=preview, reply=None, status_names={})
+    # No grid for a place several grids have: which they are, to ask the caller.
+    tied = {
+        **preview,
+        "grid": {"grid": None, "evidence": "多个网格都有：幸福里（和平里社区第一网格、建设社区第一网格）"},
+    }
+    assert (
+        "未识别（多个网格都有：幸福里（和平里社区第一网格、建设社区第一网格），请向来电人确认具体位置）"
+        in render(preview=tied, reply=None, status_names={})
+    )
 
 
 def test_daily_bars_scale_to_the_busiest_day():

@@ -19,6 +19,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from shared.city import City, Place, Road
 from shared.events import GeoPoint, GridMatch
 
+TIED_NAMED = 4  # the grids a tie names, at most: enough to ask the caller which, short enough to read
+
 _HOUSE_NUMBER = re.compile(r"\s*(\d{1,5})\s*号")  # matched at the end of a road name
 # Address-like tokens: a few Han characters ending the way Chinese place names end.
 _PLACE_SUFFIXES = (
@@ -173,6 +175,13 @@ class GridLocator:
                     return found
         return None
 
+    def _grid_name(self, gid: str) -> str:
+        """The grid's name with its community's where the grid's does not say it (第一网格)."""
+        info = self.city.grids[gid]
+        return (
+            info.grid.name if info.community_name in info.grid.name else info.community_name + info.grid.name
+        )
+
     def _from_names(self, source: str, source_weight: float) -> GridMatch | None:
         if self._names is None:
             return None
@@ -211,7 +220,13 @@ class GridLocator:
         runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
         if best_score - runner_up < 0.05:
             # A tie between grids: not a fact, and no model should pick for a person.
-            tied = "、".join(sorted({evidence[g] for g, sc in ranked if best_score - sc < 0.05}))
-            return GridMatch(grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}")
+            grids = [g for g, sc in ranked if best_score - sc < 0.05]
+            tied = "、".join(sorted({evidence[g] for g in grids}))
+            # Which grids, by name: the operator asks the caller which one (和平里的幸福里, or 建设路的?).
+            named = "、".join(self._grid_name(g) for g in sorted(grids)[:TIED_NAMED])
+            more = f"等{len(grids)}个网格" if len(grids) > TIED_NAMED else ""
+            return GridMatch(
+                grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}（{named}{more}）"
+            )
         confidence = min(0.98, source_weight * best_score * (1 - runner_up / (best_score + runner_up)))
         return grid_match(self.city, best, "gazetteer", round(confidence, 3), evidence.get(best, ""))

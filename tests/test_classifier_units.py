@@ -56,6 +56,8 @@ def test_cues_decide_type_and_urgency_and_the_model_only_fills_in_when_confident
     assert not cues.is_urgent("路灯坏了", model_p=0.3)
     assert cues.follows_up("我前几天反映的路灯怎么样了")  # asks after an earlier appeal
     assert not cues.follows_up("小区路灯坏了好几盏")
+    assert not cues.follows_up("小区路灯坏了好几盏，一直没人处理")  # a new problem, long unsolved
+    assert not cues.follows_up("路灯坏了，跟物业反映过，没用")  # told to the property manager
 
 
 def test_a_city_overrides_the_cue_lists_and_bad_lists_are_reported(tmp_path: Path):

@@ -97,6 +97,17 @@ async def test_preview_suggests_and_finds_duplicates(api, redis):
     )
     assert r.status_code == 200, r.text
     assert {"ticket_no": no, "reason": "same_caller"}.items() <= r.json()["duplicates"][0].items()
+    assert no in r.json()["hint"]
+    # With two open, which one they ask after is for the operator to ask, not to guess.
+    r = await api.post(
+        "/api/v1/appeals", json={"caller_phone": me, "text": "小区门口的垃圾桶满了好几天没人清运"}
+    )
+    other = r.json()["ticket_no"]
+    r = await api.post(
+        "/api/v1/appeals/preview", json={"caller_phone": me, "text": "我之前反映的事情怎么样了"}
+    )
+    assert "来电人有2件工单正在办理（" in r.json()["hint"]
+    assert {no, other} <= {d["ticket_no"] for d in r.json()["duplicates"] if d["reason"] == "same_caller"}
 
     # A neighbour reports the same light: near-identical text in the same grid.
     r = await api.post(

@@ -235,6 +235,9 @@ async def preview_appeal(
         d = result["duplicates"][0]
         status = STATUS_NAMES.get(Status(d["status"]), d["status"])
         result["hint"] = f"该问题可能已在办理中，工单号{d['ticket_no']}（{status}）"
+        # A caller asking after "the matter I raised" with several open: which one is theirs to say.
+        if len(mine := [x["ticket_no"] for x in result["duplicates"] if x["reason"] == "same_caller"]) > 1:
+            result["hint"] = f"来电人有{len(mine)}件工单正在办理（{'、'.join(mine)}），请先确认所问的是哪一件"
     return result
 
 

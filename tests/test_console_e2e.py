@@ -2631,6 +2631,7 @@ async def test_desk_searches_opens_and_exports_and_a_department_sees_its_own(
     await page.locator("#f-phone").fill("1381234")
     await page.locator("#f-phone").press("Enter")
     await expect(page.locator("#f-phone-error")).to_contain_text("不是有效的手机号或固话号码")
+    await expect(page.locator("#list-total")).not_to_have_text("共 0 件。")  # the list as it stood
     await page.locator("#f-phone").fill(f"{phone[:3]} {phone[3:7]} {phone[7:]}")
     await page.get_by_role("button", name="查询").click()
     await expect(page.locator("#ticket-list tbody tr")).to_have_count(1)

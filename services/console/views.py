@@ -854,9 +854,10 @@ def list_filters(request: Request, s: session.Session) -> dict[str, str]:
 _MASKED = re.compile(r"[0-9]{3,4}\*{4}[0-9]{4}|[0-9-]{3,5}\*{3,4}[0-9]{2,4}")
 
 
-def caller_shown(request: Request) -> str:
-    """The masked number the list is of, as its links carry it; nothing that is not a mask."""
-    shown = request.query_params.get("caller_shown") or ""
+def caller_shown(fields: Mapping[str, Any]) -> str:
+    """The masked number the list is of, as its links (or its form) carry it; nothing that is not a
+    mask."""
+    shown = str(fields.get("caller_shown") or "")
     return shown if _MASKED.fullmatch(shown) else ""
 
 
@@ -926,7 +927,10 @@ def list_choices(city: City) -> dict[str, Any]:
 
 async def list_page(request: Request, s: session.Session, status: int = 200, **context: Any) -> HTMLResponse:
     filters = context.pop("filters")
-    shown = caller_shown(request) if filters.get("caller") else ""
+    # The masked number beside the hash: from the list's address, or from the form posted.
+    shown = (
+        (context.pop("shown", None) or caller_shown(request.query_params)) if filters.get("caller") else ""
+    )
     # The page's links (pages, exports) keep the filters, and the masked number beside the hash.
     query = {k: v for k, v in filters.items() if v} | ({"caller_shown": shown} if shown else {})
     return await page(
@@ -949,11 +953,32 @@ async def tickets_page(request: Request, s: session.Session = Depends(as_reader)
     if (phone := (request.query_params.get("phone") or "").strip()) and s.principal.is_admin:
         # A number in a link made before it was posted (or typed into the address bar): the same
         # list, by the hash, so that the number leaves the address bar at once.
-        return await list_by_caller(request, s, phone, filters)
+        return await list_by_caller(request, s, phone, filters, caller_shown(request.query_params))
+    return await show_list(request, s, filters, page_no)
+
+
+async def show_list(
+    request: Request,
+    s: session.Session,
+    filters: dict[str, str],
+    page_no: int,
+    *,
+    refused: dict[str, str] | None = None,
+    shown: str = "",
+) -> Response:
+    """A page of the list the filters give; with `refused`, a field the person is to put right (the
+    list shown is the one before it, as it still stands)."""
     reply = await api(request, s).get("/api/v1/tickets", **filters, page=page_no, size=LIST_PAGE_SIZE)
     if not reply.ok:
         errors, notice = list_errors(reply)
         return await list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
+    if refused:
+        rows = [list_row(item, tz_of(request), city_of(request)) for item in reply.body["items"]]
+        pages = present.page_count(reply.body["total"], LIST_PAGE_SIZE)
+        return await list_page(
+            request, s, 422, filters=filters, errors=refused, shown=shown, rows=rows,
+            total=reply.body["total"], page_no=min(page_no, pages), pages=pages,
+        )  # fmt: skip
     tz = tz_of(request)
     total = reply.body["total"]
     pages = present.page_count(total, LIST_PAGE_SIZE)
@@ -979,25 +1004,25 @@ async def tickets_search(request: Request, s: session.Session = Depends(as_reade
     filters = {name: text(form, name) for name in LIST_FILTERS}
     if not s.principal.is_admin:
         filters["department"] = filters["caller"] = ""
-    shown = {"caller_shown": text(form, "caller_shown")} if filters["caller"] else {}
+    shown = caller_shown(form) if filters["caller"] else ""
     if (phone := text(form, "phone")) and s.principal.is_admin:
-        return await list_by_caller(request, s, phone, filters)
-    query = urlencode([*((k, v) for k, v in filters.items() if v), *shown.items()])
+        return await list_by_caller(request, s, phone, filters, shown)
+    query = urlencode(
+        [*((k, v) for k, v in filters.items() if v), *({"caller_shown": shown} if shown else {}).items()]
+    )
     return RedirectResponse(f"/console/tickets?{query}", status_code=303)
 
 
 async def list_by_caller(
-    request: Request, s: session.Session, phone: str, filters: dict[str, str]
+    request: Request, s: session.Session, phone: str, filters: dict[str, str], shown: str = ""
 ) -> Response:
-    """To the list of the caller's tickets (with the other filters), or the list with the reason
-    beside the number when it is not one."""
+    """To the list of the caller's tickets (with the other filters), or, when it is not a number,
+    the list as it stood (the filters posted, a caller's among them) with the reason beside it."""
     try:
         wanted = by_caller(phone)
     except InvalidPhone as e:
-        kept = {**filters, "caller": ""}
-        return await list_page(
-            request, s, 422, filters=kept, errors={"phone": f"{e}，请填写11位手机号或带区号的固话"}
-        )
+        refused = {"phone": f"{e}，请填写11位手机号或带区号的固话"}
+        return await show_list(request, s, filters, 1, refused=refused, shown=shown)
     query = urlencode([*((k, v) for k, v in filters.items() if v and k != "caller"), *wanted.items()])
     return RedirectResponse(f"/console/tickets?{query}", status_code=303)
 

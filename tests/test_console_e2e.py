@@ -654,8 +654,8 @@ def radios_form(city, form: str, refused: str = "") -> dict[str, Any]:
         "group": "市民评价",
         "field": "input[name=rating][value='1']",
         "error": "rating-error",
-        "words": CALL_ANSWER_REQUIRED,
-        "others": {"#solved-error": CALL_ANSWER_REQUIRED},
+        "words": CALL_ANSWER_REQUIRED["rating"],
+        "others": {"#solved-error": CALL_ANSWER_REQUIRED["solved"]},
         "submit": "#record-answer",
         "question": "确定记录吗",
         "choose": {"input[name=rating][value='3']": True, "input[name=solved][value='no']": True},
@@ -3097,10 +3097,10 @@ async def test_operator_calls_back_a_resident_who_did_not_answer_the_survey_sms(
         )
         page.once("dialog", lambda d: asyncio.ensure_future(d.accept()))
         await page.locator("#record-answer").click()
-        await expect(page.locator("#rating-error")).to_have_text(CALL_ANSWER_REQUIRED)
+        await expect(page.locator("#rating-error")).to_have_text(CALL_ANSWER_REQUIRED["rating"])
         await expect(page.locator("input[name=rating][value='1']")).to_be_focused()
         await expect(page.locator("#callback-error")).to_have_count(0)
-        await read_once(page, CALL_ANSWER_REQUIRED, by="focus")
+        await read_once(page, CALL_ANSWER_REQUIRED["rating"], by="focus")
         await page.get_by_label("不满意").check()
         await page.get_by_label("未解决").check()
         await page.locator("#note").fill("灯亮了两天又坏了")

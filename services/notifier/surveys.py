@@ -92,9 +92,12 @@ CALLBACKS = "survey:callback"
 CALL_ATTEMPTS = 3  # calls nobody answered before the phone callback gives up (the SMS may still come)
 CALL_AGAIN = timedelta(hours=2)  # after a call nobody answered
 CALL_HOLD = timedelta(minutes=10)  # an operator's hold on a resident being called
-# What a call's answer is refused without (a rating, whether it is solved: either left out); the
-# console's form asks for it in these words beside each question before it is sent (data-required).
-CALL_ANSWER_REQUIRED = "接通后请记录市民的评价（满意、基本满意或不满意）和问题是否解决"
+# What a call's answer is refused without (a rating, whether it is solved), each question in its own
+# words; the console's form asks for them beside each question before it is sent (data-required).
+CALL_ANSWER_REQUIRED = {
+    "rating": "接通后请记录市民的评价：满意、基本满意或不满意",
+    "solved": "接通后请记录问题是否解决",
+}
 # A close in flight (claimed, its event not yet published) is marked this long at most: long past
 # any publish that succeeds, so the mark only outlives its close when the process died meanwhile.
 CLOSING_SECONDS = 60

@@ -332,7 +332,7 @@ async def record_callback(
         return {"outcome": "unreachable", "attempts": attempts, "again": attempts < CALL_ATTEMPTS}
     if body.rating is None or body.solved is None:
         missing = "rating" if body.rating is None else "solved"
-        return api_error(422, "answer_required", CALL_ANSWER_REQUIRED, field=missing)
+        return api_error(422, "answer_required", CALL_ANSWER_REQUIRED[missing], field=missing)
     answered = await notifier.surveys.answer_by_phone(
         survey_id, operator, body.rating, body.solved, body.note, now
     )

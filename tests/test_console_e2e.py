@@ -2387,7 +2387,11 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")
         # Back in the queue (the ticket's page is gone): what was done is focused and read out.
         await expect(page.locator("#done")).to_be_focused()
-        await read_once(page, present.DONE["return"].format(no=second), by="focus")
+        # Where it went, as the record of the return has it: the list's next candidate or the desk.
+        went = (await client.get(f"/api/v1/tickets/{second}")).json()["department"]
+        desk = went["id"] == system_city.responsibilities.dispatch_desk
+        said = present.left_queue("return", second, to=went["name"], to_meeting=False, to_desk=desk)
+        await read_once(page, said, by="focus")
         assert any("确定退单吗" in q for q in asked)
         await fits_a_phone(page)  # the queue, on a grid worker's phone
         await ticket_when(client, no, lambda t: t["status"] == "surveyed")

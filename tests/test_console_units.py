@@ -3898,7 +3898,11 @@ def test_a_ticket_not_yet_accepted_shows_its_resolution_deadline_beside_the_one_
 def test_a_department_is_told_where_the_ticket_it_returned_went():
     """A first return goes back to routing; a second one to a joint meeting, which is said."""
     first = present.left_queue("return", "20261123-000001", to="", to_meeting=False)
-    assert first == "工单20261123-000001已退单，将改派其他单位或由派单中心人工派单。"
+    assert first == "工单20261123-000001已退单，将改派其他单位或由派单中心人工派单。"  # where: not known
+    rerouted = present.left_queue("return", "20261123-000001", to="区水务局", to_meeting=False)
+    assert rerouted == "工单20261123-000001已退单，已按权责清单改派至区水务局。"
+    desk = present.left_queue("return", "20261123-000001", to="12345派单中心", to_meeting=False, to_desk=True)
+    assert desk == "工单20261123-000001已退单，已转派单中心重新派单。"
     second = present.left_queue("return", "20261123-000001", to="", to_meeting=True)
     assert "将召集联席会议确定承办单位" in second
     assert "改派其他单位" not in second

@@ -109,6 +109,9 @@ DONE = {
     "resolve": "已办结，系统将向市民发送回访短信。",
     "extend": "延期申请已提交，等待派单中心审核。",
     "return": "工单{no}已退单，将改派其他单位或由派单中心人工派单。",
+    # A first return, where the ticket went is known: the list's next candidate, or the desk.
+    "return_rerouted": "工单{no}已退单，已按权责清单改派至{to}。",
+    "return_desk": "工单{no}已退单，已转派单中心重新派单。",
     # A second return: the workflow convenes a joint meeting (吹哨报到) instead of routing it again.
     "return_meeting": "工单{no}已退单。此工单已两次被退回，将召集联席会议确定承办单位。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
@@ -123,10 +126,21 @@ DONE = {
 }
 
 
-def left_queue(action: str, no: str, *, to: str, to_meeting: bool) -> str:
+def left_queue(action: str, no: str, *, to: str, to_meeting: bool, to_desk: bool = False) -> str:
     """What a department is told in its queue after a ticket left it (退单, 转人民调解): who has it
-    now (`to`), or that a joint meeting is to settle it (`to_meeting`: a ticket's second return)."""
-    said = "return_meeting" if action == "return" and to_meeting else action
+    now (`to`, a name; "" when not known), the dispatch desk (`to_desk`), or that a joint meeting
+    is to settle it (`to_meeting`: a ticket's second return)."""
+    said = action
+    if action == "return":
+        said = (
+            "return_meeting"
+            if to_meeting
+            else "return_desk"
+            if to_desk
+            else "return_rerouted"
+            if to
+            else action
+        )
     return DONE[said].format(no=no, to=to)
 
 

@@ -631,8 +631,16 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     }
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     to = city.department_by_id.get(q.get("to") or "")  # who has it now (转人民调解: the committee)
-    told = to.name if to else "街道人民调解委员会"
-    done = present.left_queue(*left, to=told, to_meeting=bool(q.get("meeting"))) if left else ""
+    desk = city.responsibilities.dispatch_desk
+    if left and left[0] == "return":
+        told = to.name if to else ""
+        done = present.left_queue(
+            *left, to=told, to_meeting=bool(q.get("meeting")), to_desk=to is not None and to.id == desk
+        )
+    elif left:
+        done = present.left_queue(*left, to=to.name if to else "街道人民调解委员会", to_meeting=False)
+    else:
+        done = ""
     return await page(
         request,
         "department.html",

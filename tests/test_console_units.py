@@ -3908,3 +3908,21 @@ def test_a_department_is_told_where_the_ticket_it_returned_went():
     assert "改派其他单位" not in second
     referred = present.left_queue("mediate", "20261123-000002", to="阳光街道人民调解委员会", to_meeting=False)
     assert referred == "工单20261123-000002已转阳光街道人民调解委员会调解，本单位不再承办此工单。"
+
+
+def test_a_category_the_desk_chose_is_not_shown_with_the_classifiers_confidence(city):
+    """The confidence is the classifier's in its own reading; a category a person chose instead
+    (the desk's dispatch) is said to be so."""
+    classified = {
+        **DEPARTMENTS_TICKET,
+        "category": "city.facility.streetlight",
+        "category_names": ["城市管理", "市政设施", "路灯故障"],
+        "confidence": 0.17,
+        "top_categories": [{"category": "city.facility.streetlight", "probability": 0.17}],
+    }
+    html = render_ticket(city, classified)
+    assert "路灯故障（置信度 17%）" in html
+    chosen = {**classified, "category": "utility.power", "category_names": ["公共事业", "供电"]}
+    html = render_ticket(city, chosen)
+    assert "供电（人工选定）" in html
+    assert "置信度" not in re.search(r'<dd id="ticket-category">(.*?)</dd>', html)[1]

@@ -594,6 +594,9 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
         "late": late or marked,
         "received": present.local(ticket.get("received_at"), tz),
         "category_label": "/".join(ticket.get("category_names") or ()) or "未分类",
+        # The classifier's confidence is in its own reading: a category a person chose has none.
+        "chosen_by_person": bool(ticket.get("top_categories"))
+        and ticket["top_categories"][0].get("category") != ticket.get("category"),
     }
 
 

@@ -43,6 +43,7 @@ from services.console.views import (
     templates,
 )
 from services.notifier import scoring
+from services.notifier.surveys import CALL_ANSWER_REQUIRED
 from services.router.service import QueueFilter
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef, SurveyAnswered
@@ -2902,8 +2903,9 @@ def test_callbacks_tell_what_was_recorded_or_why_not():
             "category_names": [], "text": "路灯", "resolution_note": "已修"}  # fmt: skip
     left_out = "请记录市民的评价"
     html = templates.get_template("callback.html").render(
-        request=None, s=staff("operator"), call=call, ratings={1: "满意"}, values={}, error=left_out
-    )
+        request=None, s=staff("operator"), call=call, ratings={1: "满意"}, values={}, error=left_out,
+        answer_wanted=CALL_ANSWER_REQUIRED,
+    )  # fmt: skip
     assert told(html, left_out) == focused(html)
 
 

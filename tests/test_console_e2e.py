@@ -1842,6 +1842,9 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         await expect(card.locator(f"#dept-{no}")).to_have_value("")
         await card.get_by_role("button", name="派往所选单位").click()
         await expect(page.locator("p.error")).to_contain_text("请先在“其他单位”中选择承办单位")
+        # Back on the card, the select to choose from has the focus, marked and described by why.
+        await expect(card.locator(f"#dept-{no}")).to_be_focused()
+        await expect(card.locator(f"#dept-{no}")).to_have_attribute("aria-invalid", "true")
         await page.goto(f"/console/desk?ticket={no}")
         await expect(card).to_be_visible()
         # Click 1: the second suggested category; click 2: its department.

@@ -1458,7 +1458,8 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     # the desk picked still picked, so that the second try is the department alone, not both steps.
     picked = {name: text(form, name) for name in DESK_KEPT}
     query = urlencode({"error": reply.message, "ticket": no, **{k: v for k, v in picked.items() if v}})
-    return RedirectResponse(f"/console/desk?{query}#desk-{no}", status_code=303)
+    # To the department's select (a fragment focuses it, where the card's would take the focus first).
+    return RedirectResponse(f"/console/desk?{query}#dept-{no}", status_code=303)
 
 
 @router.post("/desk/{no}/extension/{verdict}")

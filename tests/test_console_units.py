@@ -1452,7 +1452,8 @@ async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picke
     assert back.status_code == 303
     assert (f"/api/v1/dispatch/{no}/assign" in fake.posted) is (assign is not None)
     where = urlsplit(back.headers["location"])
-    assert (where.path, where.fragment) == ("/console/desk", f"desk-{no}")
+    # To the card's department select, which the fragment focuses (the card's would take the focus).
+    assert (where.path, where.fragment) == ("/console/desk", f"dept-{no}")
 
     query = dict(parse_qsl(where.query))
     request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))

@@ -155,10 +155,7 @@ def subject_words(
         return f"{name} {dept.name if dept else department}"
     if role == "grid_worker":
         info = city.grids.get(grid or "")
-        where = grid
-        if info is not None:
-            own = info.grid.name  # 和平里社区第一网格 names its community already
-            where = own if info.community_name in own else f"{info.community_name}{own}"
+        where = info.full_name if info is not None else grid
         return f"{where}的{name} {operator}"
     if role == "operator":
         return f"{name} {operator}"

@@ -234,6 +234,13 @@ class GridInfo(_Model):
     street_id: str
     street_name: str
 
+    @property
+    def full_name(self) -> str:
+        """The grid's name, after its community's where it does not say it: 和平里社区第一网格 as it
+        is, 第一网格 as 东湖社区第一网格."""
+        own = self.grid.name
+        return own if self.community_name in own else f"{self.community_name}{own}"
+
 
 # --- the hotline's knowledge base ----------------------------------------------------------------
 

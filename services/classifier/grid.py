@@ -175,13 +175,6 @@ class GridLocator:
                     return found
         return None
 
-    def _grid_name(self, gid: str) -> str:
-        """The grid's name with its community's where the grid's does not say it (第一网格)."""
-        info = self.city.grids[gid]
-        return (
-            info.grid.name if info.community_name in info.grid.name else info.community_name + info.grid.name
-        )
-
     def _from_names(self, source: str, source_weight: float) -> GridMatch | None:
         if self._names is None:
             return None
@@ -223,7 +216,7 @@ class GridLocator:
             grids = [g for g, sc in ranked if best_score - sc < 0.05]
             tied = "、".join(sorted({evidence[g] for g in grids}))
             # Which grids, by name: the operator asks the caller which one (和平里的幸福里, or 建设路的?).
-            named = "、".join(self._grid_name(g) for g in sorted(grids)[:TIED_NAMED])
+            named = "、".join(self.city.grids[g].full_name for g in sorted(grids)[:TIED_NAMED])
             more = f"等{len(grids)}个网格" if len(grids) > TIED_NAMED else ""
             return GridMatch(
                 grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}（{named}{more}）"

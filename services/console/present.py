@@ -130,17 +130,11 @@ def left_queue(action: str, no: str, *, to: str, to_meeting: bool, to_desk: bool
     """What a department is told in its queue after a ticket left it (退单, 转人民调解): who has it
     now (`to`, a name; "" when not known), the dispatch desk (`to_desk`), or that a joint meeting
     is to settle it (`to_meeting`: a ticket's second return)."""
-    said = action
-    if action == "return":
-        said = (
-            "return_meeting"
-            if to_meeting
-            else "return_desk"
-            if to_desk
-            else "return_rerouted"
-            if to
-            else action
-        )
+    if action != "return":  # 转人民调解: the street's committee, named where the ticket says which
+        return DONE[action].format(no=no, to=to or "街道人民调解委员会")
+    said = (
+        "return_meeting" if to_meeting else "return_desk" if to_desk else "return_rerouted" if to else action
+    )
     return DONE[said].format(no=no, to=to)
 
 

@@ -634,16 +634,11 @@ async def department_page(request: Request, s: session.Session = Depends(as_depa
     }
     left = next(((action, q[name]) for action, name in LEAVING.items() if q.get(name)), None)
     to = city.department_by_id.get(q.get("to") or "")  # who has it now (转人民调解: the committee)
-    desk = city.responsibilities.dispatch_desk
-    if left and left[0] == "return":
-        told = to.name if to else ""
-        done = present.left_queue(
-            *left, to=told, to_meeting=bool(q.get("meeting")), to_desk=to is not None and to.id == desk
-        )
-    elif left:
-        done = present.left_queue(*left, to=to.name if to else "街道人民调解委员会", to_meeting=False)
-    else:
-        done = ""
+    to_desk = to is not None and to.id == city.responsibilities.dispatch_desk
+    told = to.name if to else ""
+    done = (
+        present.left_queue(*left, to=told, to_meeting=bool(q.get("meeting")), to_desk=to_desk) if left else ""
+    )
     return await page(
         request,
         "department.html",
@@ -849,11 +844,10 @@ SORT_NAMES = {
 }
 
 
-def list_filters(request: Request, s: session.Session) -> dict[str, str]:
-    """The filters as the person chose them; a department's list is always its own (the API scopes
-    it anyway, so the field is not offered)."""
-    q = request.query_params
-    filters = {name: (q.get(name) or "").strip() for name in LIST_FILTERS}
+def list_filters(fields: Mapping[str, Any], s: session.Session) -> dict[str, str]:
+    """The filters as the person chose them (the list's address, or its form posted); a
+    department's list is always its own (the API scopes it anyway, so the field is not offered)."""
+    filters = {name: str(fields.get(name) or "").strip() for name in LIST_FILTERS}
     if not s.principal.is_admin:
         filters["department"] = filters["caller"] = ""  # the desk's alone (the API refuses others)
     return filters
@@ -960,7 +954,7 @@ async def list_page(request: Request, s: session.Session, status: int = 200, **c
 
 @router.get("/tickets")
 async def tickets_page(request: Request, s: session.Session = Depends(as_reader)):
-    filters, page_no = list_filters(request, s), page_number(request)
+    filters, page_no = list_filters(request.query_params, s), page_number(request)
     if (phone := (request.query_params.get("phone") or "").strip()) and s.principal.is_admin:
         # A number in a link made before it was posted (or typed into the address bar): the same
         # list, by the hash, so that the number leaves the address bar at once.
@@ -983,26 +977,22 @@ async def show_list(
     if not reply.ok:
         errors, notice = list_errors(reply)
         return await list_page(request, s, reply.status, filters=filters, errors=errors, notice=notice)
-    if refused:
-        rows = [list_row(item, tz_of(request), city_of(request)) for item in reply.body["items"]]
-        pages = present.page_count(reply.body["total"], LIST_PAGE_SIZE)
-        return await list_page(
-            request, s, 422, filters=filters, errors=refused, shown=shown, rows=rows,
-            total=reply.body["total"], page_no=min(page_no, pages), pages=pages,
-        )  # fmt: skip
     tz = tz_of(request)
     total = reply.body["total"]
     pages = present.page_count(total, LIST_PAGE_SIZE)
-    if page_no > pages:  # past the end (the list got shorter since the link was made): its last page
+    if page_no > pages and not refused:  # past the end (the list got shorter since the link): its last
         query = urlencode([*((k, v) for k, v in filters.items() if v), ("page", pages)])
         return RedirectResponse(f"/console/tickets?{query}", status_code=303)
     return await list_page(
         request,
         s,
+        422 if refused else 200,
         filters=filters,
+        errors=refused or {},
+        shown=shown,
         rows=[list_row(item, tz, city_of(request)) for item in reply.body["items"]],
         total=total,
-        page_no=page_no,
+        page_no=min(page_no, pages),
         pages=pages,
     )
 
@@ -1012,9 +1002,7 @@ async def tickets_search(request: Request, s: session.Session = Depends(as_reade
     """The list's filters as posted, shown at the list's own address (which pages and exports keep).
     Posted for the desk's caller number, which no address may hold (`by_caller`)."""
     form = await checked_form(request, s)
-    filters = {name: text(form, name) for name in LIST_FILTERS}
-    if not s.principal.is_admin:
-        filters["department"] = filters["caller"] = ""
+    filters = list_filters(form, s)
     shown = caller_shown(form) if filters["caller"] else ""
     if (phone := text(form, "phone")) and s.principal.is_admin:
         return await list_by_caller(request, s, phone, filters, shown)
@@ -1055,7 +1043,7 @@ async def tickets_export(request: Request, s: session.Session = Depends(as_reade
     """The same filters as the list, downloaded as CSV or XLSX through the session: the token never
     appears in a URL. A refusal (a bad filter, too many rows, the record down) shows the list with
     the reason."""
-    filters = list_filters(request, s)
+    filters = list_filters(request.query_params, s)
     fmt = "xlsx" if request.query_params.get("format") == "xlsx" else "csv"
     reply = await api(request, s).download("/api/v1/tickets/export", format=fmt, **filters)
     if isinstance(reply, Reply):

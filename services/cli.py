@@ -648,10 +648,11 @@ def bench_records(
 
 @bench.command("notifier")
 def bench_notifier(n: int = typer.Option(5000, help="How many appeals to acknowledge.")) -> None:
-    """Measure acknowledgements/s and scorecard events/s of the notifier against REDIS_URL (cleans up)."""
+    """Measure acknowledgements/s and scorecard events/s of the notifier against REDIS_URL (cleans up),
+    or, without REDIS_URL, against a Redis of its own."""
     from services.notifier import bench
 
-    typer.echo(json.dumps(asyncio.run(bench.run(get_settings(), n))))
+    typer.echo(json.dumps(bench.main(get_settings(), n)))
 
 
 @cli.command("upload-slips")

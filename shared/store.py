@@ -150,13 +150,13 @@ return n
 WRITE_CHUNK = 16
 
 
-def _event_record(event: Event) -> bytes:
+def event_record(event: Event) -> bytes:
     """The event as stored in a history: its JSON with the topic first (pydantic's serializer)."""
     return b'{"topic":"' + event.topic.encode() + b'",' + event.json_bytes[1:]
 
 
 def _scrubbed_record(event: Event) -> bytes:
-    """`_event_record` of the event without personal data (an erased ticket's history)."""
+    """`event_record` of the event without personal data (an erased ticket's history)."""
     return orjson.dumps({"topic": event.topic, **scrub_event(event.model_dump(mode="json"))})
 
 
@@ -203,7 +203,7 @@ class _Batch:
                 continue
             ticket, facts = outcome.ticket, (*outcome.record, *outcome.publish)
             if prior is None or prior.personal_data_removed_at is None:
-                records = [_event_record(e) for e in facts]
+                records = [event_record(e) for e in facts]
             else:
                 # Erased while this decision's input was on its way (e.g. a classification, which
                 # carries the whole appeal). The events it publishes have left already; the copies
@@ -412,7 +412,7 @@ class TicketStore:
         args: list[bytes | int] = []
         for no, events in by_ticket.items():
             keys += [ticket_key(no), history_key(no)]
-            args += [len(events), *map(_event_record, events), *map(_scrubbed_record, events)]
+            args += [len(events), *map(event_record, events), *map(_scrubbed_record, events)]
         pipe.eval(self._RECORD_FACTS, len(keys), *keys, *args)
 
     # SET NX and the history entry together, per ticket, atomically: no WATCH to collide with the
@@ -437,7 +437,7 @@ class TicketStore:
         args: list[bytes] = []
         for a in appeals:
             keys += [ticket_key(a.ticket_no), history_key(a.ticket_no)]
-            args += [json_of(Ticket.from_appeal(a)), _event_record(a)]
+            args += [json_of(Ticket.from_appeal(a)), event_record(a)]
         return await self.redis.eval(self._CREATE, len(keys), *keys, *args)
 
     async def remove_personal_data(
@@ -491,7 +491,7 @@ class TicketStore:
                     if raw and announced is not None:
                         # After the scrubbed history: this copy keeps the hash until the relay has
                         # sent it, and then scrubs the history again (`shared.bus.relay_outbox`).
-                        pipe.rpush(history_key(no), _event_record(announced))
+                        pipe.rpush(history_key(no), event_record(announced))
                         pipe.zadd(self.OUTBOX, {_outbox_member(announced): time.time()})
                     await pipe.execute()
                     return bool(raw)

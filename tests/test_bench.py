@@ -66,3 +66,35 @@ def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):
     assert "api" in figures["cpu_us_per_appeal"]
     assert "broker_limit_per_s" not in figures
     assert "the API's answer -> ticket.assigned read" in printed
+
+
+def appeals_cli(data_dir, *args: str) -> str:
+    """`appeals ARGS` with the servers of its own (no external ones): what it printed."""
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    env["DATA_DIR"] = str(data_dir)
+    run = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run.stdout
+
+
+def test_bench_records_projects_searches_and_moves_closed_tickets_out_of_redis(data_dir):
+    """The closed tickets it piles into Redis are histories as the router writes them, which the
+    retention job copies into the record before it removes them."""
+    printed = appeals_cli(data_dir, "bench", "records", "--n", "600", "--redis-closed", "600")
+    assert "3600 events of 600 tickets" in printed
+    assert "(600 left)" in printed, printed
+    for line in ("queue page", "full text", "database size", "restart"):
+        assert line in printed
+
+
+def test_bench_notifier_without_redis_url_starts_a_redis_of_its_own(data_dir):
+    figures = json.loads(appeals_cli(data_dir, "bench", "notifier", "--n", "300").splitlines()[-1])
+    assert figures["messages"] == 300
+    assert figures["acks_sent"] == 300

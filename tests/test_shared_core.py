@@ -70,7 +70,7 @@ from shared.store import (
     Outcome,
     TicketStore,
     _Batch,
-    _event_record,
+    event_record,
     record_appeal,
     ticket_key,
 )
@@ -628,7 +628,7 @@ def test_a_ticket_not_erased_is_written_as_decided():
         [Change(no, lambda t: Outcome(Ticket.from_appeal(appeal), record=[classified]))]
     )
     assert ticket == Ticket.from_appeal(appeal)
-    assert batch.history[ticket_key(no)] == [_event_record(classified)]
+    assert batch.history[ticket_key(no)] == [event_record(classified)]
 
 
 class Broker:
@@ -752,7 +752,7 @@ async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis
         type(convened if h["topic"] == convened.topic else decided).model_validate(
             {k: v for k, v in h.items() if k != "topic"}
         )
-    assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [_event_record(facts[2])]
+    assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [event_record(facts[2])]
 
 
 async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its_mark(redis):
@@ -769,7 +769,7 @@ async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its
     note = TicketUpdated(
         ticket_no=marked, action="accepted", status="accepted", actor="d1", note="原样", on_time=True
     )
-    await redis.rpush(f"t:{marked}:h", _event_record(note))
+    await redis.rpush(f"t:{marked}:h", event_record(note))
     erased_at = datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
     marks = dict.fromkeys((back, marked, gone), erased_at)
     assert await store.keep_erased(marks) == [back]

@@ -1,10 +1,12 @@
 """`appeals bench notifier`: how many acknowledgements and scorecard events the notifier handles per second
-on this machine, against the configured Redis (the outbox gateway; no broker needed). It works in its
-own keys and removes them afterwards."""
+on this machine, against the configured Redis (the outbox gateway; no broker needed), or a Redis of
+its own when REDIS_URL is not set. It works in its own keys and removes them afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import time
 import uuid
 from datetime import datetime
@@ -20,12 +22,23 @@ from services.notifier.scoring import Weights
 from services.notifier.service import Notifier
 from services.notifier.texts import load_texts
 from shared.city import load_city
+from shared.embedded import EmbeddedServers
 from shared.events import AppealReceived, Caller, DepartmentRef, TicketAssigned
 from shared.settings import Settings
 from shared.store import TicketStore
 
 BATCH = 500  # what one consumer batch holds (shared.bus.BATCH_SUBSCRIBER)
 BENCH_DAY = datetime(2000, 1, 3, 10)  # the scorecard events are counted on a day nobody else uses
+
+
+def main(settings: Settings, n: int) -> dict[str, float]:
+    if os.environ.get("REDIS_URL"):
+        return asyncio.run(run(settings, n))
+    servers = EmbeddedServers().start()  # Redis (and a broker, unused) on free ports, kept nowhere
+    try:
+        return asyncio.run(run(settings.model_copy(update={"redis_url": servers.redis_url}), n))
+    finally:
+        servers.stop()
 
 
 async def run(settings: Settings, n: int) -> dict[str, float]:

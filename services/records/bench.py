@@ -41,8 +41,8 @@ from shared.events import (
     TicketUpdated,
 )
 from shared.settings import get_settings
-from shared.store import TicketStore
-from shared.tickets import Ticket
+from shared.store import TicketStore, event_record, history_key
+from shared.tickets import Status, Ticket
 
 PLACES = ["阳光花园", "幸福里小区", "建设路", "人民公园", "和平街", "锦绣家园", "新华书店", "滨河路"]
 PROBLEMS = [
@@ -172,10 +172,11 @@ async def run(n: int, redis_closed: int) -> dict[str, Any]:
                         appeal = life[0]
                         assert isinstance(appeal, AppealReceived)
                         ticket = Ticket.from_appeal(appeal).model_copy(
-                            update={"status": "closed", "closed_at": life[-1].occurred_at}
+                            update={"status": Status.CLOSED, "closed_at": life[-1].occurred_at}
                         )
                         p.set(f"t:{ticket.ticket_no}", ticket.model_dump_json())
-                        p.rpush(f"t:{ticket.ticket_no}:h", *[e.model_dump_json() for e in life])
+                        # As the router keeps a history: each event with its topic.
+                        p.rpush(history_key(ticket.ticket_no), *map(event_record, life))
                     await p.execute()
                 if first % 10_000 == 1:
                     kept = int((await redis.info("memory"))["used_memory"]) - base

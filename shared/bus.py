@@ -94,20 +94,40 @@ def batch_subscriber(broker: KafkaBroker, names: Sequence[str], group: str, **ov
     group `group` (see `group_id`). Replicas of the service join the same groups and share the
     partitions. The handler gets aiokafka's records as they came."""
     options = {"decoder": raw_records, **BATCH_SUBSCRIBER, **overrides}
+    linger = options.pop("linger_ms", 0)
     subscriber = broker.subscriber(*names, group_id=group, **options)
     if options["batch"]:
         wait, most = options["batch_timeout_ms"], options["max_records"]
-        subscriber.get_msg = partial(next_batch, wait_ms=wait, max_records=most)
+        subscriber.get_msg = partial(next_batch, wait_ms=wait, max_records=most, linger_ms=linger, last=[0.0])
     return subscriber
 
 
-async def next_batch(consumer: AIOKafkaConsumer, *, wait_ms: int, max_records: int) -> tuple[Any, ...]:
+async def next_batch(
+    consumer: AIOKafkaConsumer,
+    *,
+    wait_ms: int,
+    max_records: int,
+    linger_ms: int = 0,
+    last: list[float] | None = None,
+) -> tuple[Any, ...]:
     """The records the consumer has, waiting up to `wait_ms` for the first (the subscriber's loop
     asks again when there were none). FastStream's own loop sleeps `batch_timeout_ms` after every
     empty wait: a record that came in meanwhile waited for the sleep to end, up to 20 ms a hop at the
-    default, and an idle consumer woke 25 times a second. Replaces the subscriber's `get_msg`."""
+    default, and an idle consumer woke 25 times a second. Replaces the subscriber's `get_msg`.
+
+    With `linger_ms`, a batch spans at least that long from the start of the one before (`last`
+    holds when that was): under load the consumer waits for more rather than take what a fetch of
+    a few kilobytes brought; when the records came slowly, the wait for the first was the span."""
+    started = time.monotonic()
     batches = await consumer.getmany(timeout_ms=wait_ms, max_records=max_records)
-    return tuple(chain.from_iterable(batches.values()))
+    got = [r for part in batches.values() for r in part]
+    if linger_ms and last is not None:
+        if got and len(got) < max_records and (rest := last[0] + linger_ms / 1000 - time.monotonic()) > 0:
+            await asyncio.sleep(rest)
+            more = await consumer.getmany(timeout_ms=0, max_records=max_records - len(got))
+            got += chain.from_iterable(more.values())
+        last[0] = started
+    return tuple(got)
 
 
 def group_id(service: str, topic: str | None = None) -> str:

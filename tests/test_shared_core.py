@@ -171,6 +171,23 @@ async def test_a_batch_consumer_waits_in_the_client_for_records_of_every_partiti
     assert consumer.asked == [(BATCH_WAIT_MS, 500), (BATCH_WAIT_MS, 500)]
 
 
+async def test_a_lingering_consumer_takes_what_came_until_its_batch_spans_the_linger():
+    """Under load a batch spans the linger from the start of the one before, so a ticket's events
+    of several stages come together; a first wait that took the linger already adds nothing."""
+    subscriber = batch_subscriber(
+        KafkaBroker("localhost:9"), ["some.topic"], "records", linger_ms=200, max_records=10
+    )
+    consumer = RecordsByPartition({"p0": [1]}, {"p0": [2], "p1": [3]}, {"p0": [4]}, {"p1": [5]})
+    started = time.monotonic()
+    assert await subscriber.get_msg(consumer) == (1,)  # the first batch: nothing to span yet
+    assert await subscriber.get_msg(consumer) == (2, 3, 4)  # lingered, then took what was there
+    assert time.monotonic() - started >= 0.2
+    assert consumer.asked[1:] == [(BATCH_WAIT_MS, 10), (0, 8)]
+    await asyncio.sleep(0.25)  # as a fetch held by the broker for lack of records
+    assert await subscriber.get_msg(consumer) == (5,)
+    assert len(consumer.asked) == 4
+
+
 async def test_a_mixed_batch_reaches_each_event_classs_handler_in_pipeline_order():
     calls: list[tuple[str, list[str]]] = []
 

@@ -44,6 +44,7 @@ log = logging.getLogger(NAME)
 RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 COUNTER_CHECK_SECONDS = 5
+RECORDS_BATCH = 2000
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
@@ -60,7 +61,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def project(batch: list[tuple[str, ev.Event]]) -> None:
         await until_available(lambda: records.project_many(batch), what=f"{len(batch)} events")
 
-    rt.subscribe_topics(topics.EVENT_TYPES, project)
+    rt.subscribe_topics(
+        topics.EVENT_TYPES, project, linger_ms=rt.settings.records_linger_ms, max_records=RECORDS_BATCH
+    )
 
     @app.on_startup
     async def _open() -> None:

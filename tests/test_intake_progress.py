@@ -300,3 +300,12 @@ def test_a_closed_ticket_is_told_with_its_result_instead_of_its_last_step():
     # Still being handled: no result yet (a note left from before is not the answer).
     again = progress_of(_ticket(Status.ASSIGNED, department=DEPT, resolution_note="已修好"), HISTORY, TZ)
     assert again.result == ""
+
+
+def test_a_survey_sent_at_night_is_not_told_as_asked_already():
+    """The survey's SMS of a ticket resolved at night waits for the morning (quiet hours): the step
+    says the rating is the resident's to give, not that they were asked."""
+    surveyed = {"topic": "ticket.updated", "action": "surveyed", "occurred_at": "2026-11-23T15:00:00+00:00"}
+    p = progress_of(_ticket(Status.SURVEYED, department=DEPT), [*HISTORY[:4], surveyed], TZ)
+    assert p.last_step == "11月23日23:00 办理结果待您评价"
+    assert "已请您" not in p.last_step

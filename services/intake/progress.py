@@ -61,7 +61,9 @@ _SHOWN = {
     "accepted": "承办单位已签收，正在办理",
     "extension_approved": "办理期限已延长",
     "resolved": "承办单位已办结",
-    "surveyed": "已请您评价办理结果",  # by SMS or, for a WeChat resident, in WeChat: no channel named
+    # Not 已请您评价: at night the survey's SMS waits for the morning (quiet hours), and the resident
+    # reading this has not been asked yet. No channel named either: by SMS, or in WeChat.
+    "surveyed": "办理结果待您评价",
     "closed": "工单已关闭",
     "reopened": "工单重新办理",
     "urged": "已收到您的催办，已转告承办单位",

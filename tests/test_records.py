@@ -384,8 +384,11 @@ async def test_erasing_a_resident_removes_their_personal_data_with_an_audit_entr
     assert await retention.erase_caller(subject, actor="0231", reason="居民申请") == [no]
     # Announced: written into the ticket's history (and the outbox) for the router's relay to send.
     history = await TicketStore(redis).history(no)
-    [notice] = [h for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED]
-    assert notice["caller_id"] in (subject, None)  # None: relayed, then scrubbed, already
+    # One notice, or two: an event of the ticket that reached the record between the record's
+    # erasure and Redis's has the projection erase and announce it in Redis first (`keep_erased`).
+    notices = [h for h in history if h["topic"] == topics.PERSONAL_DATA_REMOVED]
+    assert 1 <= len(notices) <= 2, notices
+    assert all(n["caller_id"] in (subject, None) for n in notices)  # None: relayed, then scrubbed
     assert "王小明" not in await searched_text(pool, no)  # search finds the name no more
     r = await row(pool, no)
     assert r is not None

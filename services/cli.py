@@ -26,6 +26,12 @@ cli = typer.Typer(help="12345 appeal intake and routing (接诉即办).", no_arg
 cli.add_typer(dlq_cli, name="dlq")
 
 
+# The embedded PostgreSQL of `appeals up`: beside a system PostgreSQL on 5432. The record's commands
+# (`appeals records ...`, `appeals privacy erase`) reach it there without DATABASE_URL, as the other
+# commands reach `appeals up`'s Redis by REDIS_URL's default.
+UP_POSTGRES_PORT = 5433
+
+
 class Service(StrEnum):
     api = "api"
     intake = "intake"
@@ -171,7 +177,7 @@ def up(
             redis_port=6379,
             data_dir=settings.data_dir,  # Redis and PostgreSQL keep their data here across restarts
             postgres=not settings.database_url,
-            postgres_port=5433,  # beside a system PostgreSQL on 5432
+            postgres_port=UP_POSTGRES_PORT,
             log_dir=settings.data_dir / "logs",
         )
     )
@@ -181,6 +187,9 @@ def up(
         raise KeyboardInterrupt  # a service manager's SIGTERM stops everything in order, as Ctrl-C
 
     signal.signal(signal.SIGTERM, stop_requested)
+    # Started in the background by a script (`appeals up &`), a process inherits SIGINT ignored and
+    # Python then leaves it so: `kill -INT` did nothing. Ctrl-C's signal stops it however started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if embedded:
             typer.echo("starting the embedded Kafka broker (Tansu), Redis and PostgreSQL ...")
@@ -211,26 +220,7 @@ def up(
                 again = asyncio.run(_with_redis(settings, lambda r: redrive(settings, r)))
                 if again:
                     typer.echo(f"{again} event(s) the lost topics may have owed: published again")
-        env = launcher.env
-        base = f"http://{settings.api_host}:{settings.api_port}"
-        typer.echo(f"""
-The system is up.
-  console      {base}/console/  (sign in with a token: appeals token --operator 0231, or
-               --grid-worker W017 --grid s01c01g02, --department urban_mgmt, --admin)
-  API docs     {base}/docs
-  submit       curl -s -X POST {base}/api/v1/appeals \\
-                 -H "Authorization: Bearer $(appeals token --operator 0231)" \\
-                 -H 'Content-Type: application/json' \\
-                 -d '{{"caller_phone":"13812345678","text":"阳光花园3号楼门口的路灯坏了一个星期", \\
-                      "address":"阳光花园3号楼"}}'
-  a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $(appeals token --admin)"
-  metrics      {base}/metrics/ and
-               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_records}/metrics
-               (intake, classifier, router, notifier, records)
-  Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
-  PostgreSQL   {env.get("DATABASE_URL")}  (psql "$DATABASE_URL": see README, Records)
-  logs         {launcher.log_dir}
-Press Ctrl-C to stop everything.""")
+        typer.echo(_up_banner(settings, launcher.env, launcher.log_dir, _invoked_as()))
         while True:  # a service that exits is started again (with backoff); the rest keep running
             launcher.supervise(report=lambda line: typer.echo(line, err=True))
             time.sleep(0.5)
@@ -239,6 +229,45 @@ Press Ctrl-C to stop everything.""")
     finally:
         launcher.stop_all()
         typer.echo("stopped.")
+
+
+def _invoked_as() -> str:
+    """The command as the person typed it (`.venv/bin/appeals` after `make up`, where `appeals` is
+    on no PATH), so that the commands `appeals up` prints run when pasted; else `appeals`."""
+    import shlex
+    import sys
+
+    return shlex.quote(sys.argv[0]) if Path(sys.argv[0]).name == "appeals" else "appeals"
+
+
+def _up_banner(settings: Settings, env: dict[str, str], log_dir: Path | None, appeals: str) -> str:
+    """What `appeals up` prints once the system is up. Its commands are meant to be pasted into
+    another terminal: each on one logical line, the JSON body whole (a backslash-newline inside
+    single quotes is kept as it is, and broke the JSON)."""
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    appeal = {
+        "caller_phone": "13812345678",
+        "text": "阳光花园3号楼门口的路灯坏了一个星期",
+        "address": "阳光花园3号楼",
+    }
+    body = json.dumps(appeal, ensure_ascii=False, separators=(",", ":"))
+    return f"""
+The system is up.
+  console      {base}/console/  (sign in with a token: {appeals} token --operator 0231, or
+               --grid-worker W017 --grid s01c01g02, --department urban_mgmt, --admin)
+  API docs     {base}/docs
+  submit       curl -s -X POST {base}/api/v1/appeals \\
+                 -H "Authorization: Bearer $({appeals} token --operator 0231)" \\
+                 -H 'Content-Type: application/json' \\
+                 -d '{body}'
+  a ticket     curl -s {base}/api/v1/tickets/<ticket_no> -H "Authorization: Bearer $({appeals} token --admin)"
+  metrics      {base}/metrics/ and
+               127.0.0.1:{settings.metrics_port_intake}-{settings.metrics_port_records}/metrics
+               (intake, classifier, router, notifier, records)
+  Kafka        {env.get("KAFKA_BOOTSTRAP_SERVERS")}    Redis {env.get("REDIS_URL")}
+  PostgreSQL   {env.get("DATABASE_URL")}  (psql and this URL: see README, Records)
+  logs         {log_dir}
+Press Ctrl-C to stop everything."""
 
 
 bench = typer.Typer(help="Benchmarks that print figures (speed is measured here, never in tests).")
@@ -701,8 +730,18 @@ privacy_cli = typer.Typer(help="Residents' personal data.")
 cli.add_typer(privacy_cli, name="privacy")
 
 
+def _database_url(settings: Settings) -> str:
+    """DATABASE_URL, else the PostgreSQL `appeals up` starts: the record's commands are run in
+    another terminal beside it, where DATABASE_URL is not set (`appeals up` sets it for its own
+    processes only)."""
+    from shared.embedded import EmbeddedServers
+
+    return settings.database_url or EmbeddedServers(postgres_port=UP_POSTGRES_PORT).database_url
+
+
 async def _with_records(settings, work):
-    """Run `work(records, store, retention)` against DATABASE_URL and REDIS_URL."""
+    """Run `work(records, store, retention)` against DATABASE_URL (else `appeals up`'s PostgreSQL)
+    and REDIS_URL."""
     import psycopg
 
     from services.records import db
@@ -712,12 +751,18 @@ async def _with_records(settings, work):
     from shared.redis_client import connect
     from shared.store import TicketStore
 
+    url = _database_url(settings)
     try:
-        await db.migrate(settings.database_url)
-        pool = db.pool(settings.database_url)
+        await db.migrate(url)
+        pool = db.pool(url)
         await pool.open(wait=True, timeout=10)
-    except (psycopg.OperationalError, db.DatabaseNotConfigured) as e:
-        _fail(f"cannot reach PostgreSQL (DATABASE_URL): {e}")
+    except psycopg.OperationalError as e:
+        if settings.database_url:
+            _fail(f"cannot reach PostgreSQL (DATABASE_URL): {e}")
+        _fail(
+            f"cannot reach PostgreSQL at {url}, the one `appeals up` starts "
+            f"(set DATABASE_URL for another): {e}"
+        )
     redis = connect(settings.redis_url)
     try:
         store = TicketStore(redis)

@@ -258,3 +258,24 @@ def test_ratio_panels_divide_series_with_the_same_labels(title, expr):
 @pytest.mark.parametrize("line", ['ENTRYPOINT ["appeals"]', "appeals train"])
 def test_dockerfile_builds_the_cli_with_a_model(line):
     assert line in (DEPLOY / "Dockerfile").read_text()
+
+
+def test_the_env_file_and_the_readme_name_every_variable_compose_requires():
+    # `${NAME:?...}` stops compose when NAME is unset: the example env file must have each, and the
+    # README's steps must say to set each (it once left MINIO_PASSWORD out).
+    required = set(re.findall(r"\$\{(\w+):\?", (DEPLOY / "docker-compose.yml").read_text(encoding="utf-8")))
+    assert {"CALLER_ID_SALT", "POSTGRES_PASSWORD", "MINIO_PASSWORD"} <= required
+    lines = (DEPLOY / ".env.example").read_text().splitlines()
+    example = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("#")}
+    assert required <= example, required - example
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    steps = readme[readme.index("Copy `deploy/.env.example`") :].split("docker compose -f", 1)[0]
+    # "the registry, the version" in words, the rest by name
+    named = set(re.findall(r"`(\w+)`", steps)) | {"REGISTRY", "APPEALS_VERSION"}
+    assert required <= named, f"the README's compose steps do not say to set {required - named}"
+
+
+def test_the_image_exposes_every_port_a_service_serves():
+    exposed = re.search(r"^EXPOSE (.+)$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert exposed
+    assert {int(p) for p in exposed[1].split()} == set(PORTS.values())

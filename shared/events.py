@@ -20,7 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Channel = Literal["hotline", "wechat", "box", "sms", "open311", "web", "patrol"]
 AppealType = Literal["诉求", "投诉", "咨询", "求助", "建议"]
-GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "patrol", "none"]
+# How a ticket's grid was found: by the classifier (coordinates, gazetteer, model), a reviewer's
+# correction, the patrolling grid worker's own grid, or the dispatch desk's choice as it dispatched
+# the ticket (desk: the place the classifier could not find, or got wrong, 人工选定).
+GridMethod = Literal["coordinates", "gazetteer", "model", "reviewer", "patrol", "desk", "none"]
 
 
 def now_utc() -> datetime:
@@ -228,8 +231,11 @@ class TicketAssigned(Event):
     topic: ClassVar[str] = "ticket.assigned"
 
     # 2: the caller's hashed id, so the notifier reads no ticket to find the phone; 3: the category's
-    # names, so the record names a category the dispatch desk changed as it names the classifier's
-    version: int = 3
+    # names, so the record names a category the dispatch desk changed as it names the classifier's;
+    # 4: `grid_chosen`, the grid the dispatch desk chose as it dispatched (人工选定), which the record
+    # takes as the ticket's grid. Older versions parse unchanged (grid_chosen False: their `grid` is
+    # the classifier's, the ticket's at the time, which the record had from the classification).
+    version: int = 4
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
@@ -249,7 +255,10 @@ class TicketAssigned(Event):
     explanation: str  # why, for a department that disputes it
     category: str
     category_names: tuple[str, ...] = ()  # root to leaf (absent before version 3)
-    grid: str | None
+    grid: str | None  # the ticket's grid from this assignment on
+    # The dispatch desk placed the ticket in `grid` as it dispatched it (人工选定: the classifier
+    # found no grid, or the desk corrected it); its community and street are the grid's (areas.yaml).
+    grid_chosen: bool = False
     urgent: bool = False
     respond_by: datetime
     resolve_by: datetime

@@ -1937,6 +1937,80 @@ async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
     assert (routed["category"], routed["department"]["id"]) == (chosen, chosen_department)
 
 
+async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
+    page: Page, browser: Browser, redis, system: System, system_city: City
+):
+    """A vague address leaves the classifier without a grid: the desk's card says 网格未识别 and
+    offers the city's grids by street and community (事发网格). A grid the API refuses comes back
+    beside that select, which takes the focus; chosen by keyboard, the grid goes with the dispatch:
+    the ticket's page names it as the desk's choice (人工选定), and the grid's worker finds the ticket
+    in the grid's latest tickets."""
+    grid_id = "s01c01g02"  # the second grid of the list: two ArrowDowns past 暂不选择
+    place = f"{system_city.grids[grid_id].street_name}/{system_city.grids[grid_id].full_name}"
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "有个事情想反映一下，就在那边，麻烦你们看看怎么处理", new_phone())
+        waiting = await ticket_when(client, no, lambda t: t["status"] == "review")
+        assert (waiting["grid"] or {}).get("grid") is None
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/desk?ticket={no}")
+        card = page.locator(f"#desk-{no}")
+        await expect(card).to_contain_text("网格：未识别")
+        choice = card.get_by_label("网格未识别，请按地址选择")
+        await expect(choice).to_have_value("")  # none chosen until the desk chooses one
+        groups = choice.locator("optgroup")
+        await expect(groups.first).to_have_attribute("label", "和平街道/和平里社区")
+        await expect(groups).to_have_count(sum(len(s.communities) for s in system_city.district.streets))
+        await accessible(page)
+        # A grid the city no longer has (a page older than its areas): refused beside the select.
+        await choice.evaluate("el => { el.options[1].value = 's09c09g09'; el.selectedIndex = 1; }")
+        await card.locator("button.dept").first.click()
+        said = "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+        await expect(card.locator(f"#assign-error-{no}")).to_have_text(said)
+        choice = card.locator(f"#grid-{no}")
+        await expect(choice).to_be_focused()
+        await expect(choice).to_have_attribute("aria-invalid", "true")
+        await expect(choice).to_have_attribute("aria-describedby", f"assign-error-{no}")
+        await expect(card.locator(f"#dept-{no}")).not_to_have_attribute("aria-invalid", "true")
+        # By keyboard: the grid by the arrow keys, then Tab to the first department, Enter.
+        await page.keyboard.press("ArrowDown")
+        await page.keyboard.press("ArrowDown")
+        await expect(choice).to_have_value(grid_id)
+        department = card.locator("button.dept").first
+        chosen_department = await department.get_attribute("value")
+        await tab_to(page, department)
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#done")).to_contain_text(f"工单{no}已派至")
+        placed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    assert (placed["department"]["id"], placed["grid"]["grid"], placed["grid"]["method"]) == (
+        chosen_department,
+        grid_id,
+        "desk",
+    )
+    assert (placed["grid"]["community"], placed["grid"]["street"]) == ("s01c01", "s01")
+    await page.goto(f"/console/tickets/{no}")
+    await expect(page.locator("#ticket-grid")).to_have_text(f"{place}（人工选定）")
+    await expect(page.locator("ol.history")).to_contain_text(f"事发网格人工选定为{place.replace('/', '')}")
+    await accessible(page)
+
+    # The grid's worker finds it among the grid's latest tickets (the record's), and opens it.
+    worker = await (await browser.new_context(base_url=system.base_url, locale="zh-CN")).new_page()
+    try:
+        await sign_in(worker, await issue_token(redis, "grid_worker", operator="W041", grid=grid_id))
+        await expect(worker).to_have_url(re.compile(r"/console/patrol$"))
+
+        async def listed() -> bool:
+            await worker.goto("/console/patrol")
+            return await worker.locator(f"#recent a:text-is('{no}')").count() == 1
+
+        await eventually(listed, timeout=60)
+        await worker.locator(f"#recent a:text-is('{no}')").click()
+        await expect(worker.locator("#ticket-no")).to_have_text(no)
+        await expect(worker.locator("#ticket-grid")).to_have_text(f"{place}（人工选定）")
+    finally:
+        await worker.context.close()
+
+
 async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_checks_in(
     page: Page, redis, system: System, settings: Settings, system_city: City
 ):

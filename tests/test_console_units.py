@@ -206,6 +206,26 @@ def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_word
     assert present.describe(attached, city) == "联席会议关联工单：20260302-000002、20260302-000003"
 
 
+def test_a_grid_the_desk_chose_is_shown_as_chosen_by_a_person(city):
+    """The grid the dispatch desk chose as it dispatched (the classifier found none) is the ticket's
+    place, said to be the desk's choice (人工选定) as a chosen category is: read from the history, which
+    the ticket has wherever it is read from."""
+    placed = {**DEPARTMENTS_TICKET, "grid": {"grid": "s02c01g02", "method": "desk"}}
+    by_desk = {"topic": "ticket.assigned", "via": "operator", "grid": "s02c01g02", "grid_chosen": True}
+    by_rule = {"topic": "ticket.assigned", "via": "rule", "grid": "s02c01g02"}
+    assert present.grid_chosen_by_desk(placed, [by_rule, by_desk])
+    assert not present.grid_chosen_by_desk(placed, [by_rule])
+    # A grid chosen, then another one: the ticket's is no longer the desk's choice.
+    assert not present.grid_chosen_by_desk({**placed, "grid": {"grid": "s01c01g01"}}, [by_desk])
+    assert not present.grid_chosen_by_desk({**placed, "grid": None}, [by_desk])
+    assert present.place_name(city, "s02c01g02") == "建设街道/建设社区第二网格"
+    assert present.place_name(city, None) == "未定位"
+    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=True)
+    assert '<dd id="ticket-grid">建设街道/建设社区第二网格（人工选定）</dd>' in html
+    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=False)
+    assert '<dd id="ticket-grid">建设街道/建设社区第二网格</dd>' in html
+
+
 def render_ticket(city, ticket, role="admin", department=None, handles=False, meeting_title="", **context):
     who = SimpleNamespace(
         principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
@@ -1474,6 +1494,112 @@ async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picke
         [form["category_other"]] if "category_other" in form else []
     )
     assert f'aria-describedby="assign-error-{no}" autofocus' in card_html  # the department next
+
+
+class _PlacingDeskApi(_DeskApi):
+    """The desk's API, keeping what each dispatch posted."""
+
+    def __init__(self, card: dict, assign: Reply) -> None:
+        super().__init__(card, assign)
+        self.bodies: list[dict] = []
+
+    async def post(self, path: str, body=None, headers=None):
+        if path.endswith("/assign"):
+            self.bodies.append(body)
+        return await super().post(path, body, headers)
+
+
+@pytest.mark.parametrize("grid", [None, "s02c01g02"])
+async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatch, city, grid):
+    """事发网格 on each card: a ticket the classifier could not place says so and offers the city's
+    grids, grouped by street and community (none chosen until the desk chooses one); a placed one
+    names its grid as the choice that changes nothing. What the desk chooses goes to the API."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000051"
+    card = {"ticket_no": no, "status": "review", "text": "那边路灯不亮", "confidence": 0.3}
+    card |= {"top_categories": [{"category": "city.facility.streetlight", "probability": 0.4}]}
+    card["grid"] = {"grid": grid, "method": "gazetteer" if grid else "none"}
+    fake = _PlacingDeskApi(card, Reply(200, {"department": {"name": "区城市管理委员会"}}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    select = re.search(rf'<select id="grid-{no}" name="grid"[^>]*>(.*?)</select>', card_html, re.S)
+    assert select is not None
+    label = re.search(rf'<label for="grid-{no}">([^<]*)</label>', card_html)
+    assert label is not None
+    first = re.search(r'<option value="">([^<]*)</option>', select[1])
+    assert first is not None
+    if grid is None:
+        assert (label[1], first[1]) == ("网格未识别，请按地址选择", "暂不选择（仍为未识别）")
+    else:
+        assert (label[1], first[1]) == ("网格（如有误，请按地址改选）", "（不改：建设社区第二网格）")
+    groups = re.findall(r'<optgroup label="([^"]*)">', select[1])
+    assert groups[:2] == ["和平街道/和平里社区", "和平街道/东湖社区"]
+    assert len(groups) == sum(len(c.communities) for c in city.district.streets)
+    assert len(re.findall(r'<option value="s\d\dc\d\dg\d\d"', select[1])) == len(city.grids)
+    assert "selected" not in select[1]  # nothing chosen for the desk
+    assert "aria-invalid" not in select[0]
+
+    async def posted(request, s):
+        return FormData(
+            [("category", "city.facility.streetlight"), ("department", "urban_mgmt"), ("grid", "s03c02g01")]
+        )
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    done = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    assert done.status_code == 303
+    assert fake.bodies[-1]["grid"] == "s03c02g01"
+
+
+async def test_a_grid_the_api_refuses_comes_back_to_the_cards_grid_select(monkeypatch, city):
+    """A grid the API does not know (the page was older than the city's areas) is refused in words
+    beside 事发网格, which takes the focus, marked and described by why; the category picked stays."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000052"
+    card = {"ticket_no": no, "status": "review", "text": "那边路灯不亮", "confidence": 0.3}
+    card |= {"top_categories": [{"category": "city.facility.streetlight", "probability": 0.4}]}
+    said = "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+    refusal = Reply(422, {"error": "unknown_grid", "field": "grid", "message": said})
+    fake = _PlacingDeskApi(card, refusal)
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    form = [("category", "city.facility.streetlight"), ("department", "urban_mgmt"), ("grid", "s09c09g09")]
+
+    async def posted(request, s):
+        return FormData(form)
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", f"grid-{no}")
+    request = SimpleNamespace(query_params=dict(parse_qsl(where.query)), app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    assert html_escape(said, quote=False) in card_html
+    grid = re.search(rf'<select id="grid-{no}" name="grid"([^>]*)>', card_html)
+    assert grid is not None
+    assert grid[1].strip() == f'aria-invalid="true" aria-describedby="assign-error-{no}" autofocus'
+    dept = re.search(rf'<select id="dept-{no}" name="department_other"([^>]*)>', card_html)
+    assert dept is not None
+    assert dept[1].strip() == ""
+    assert html.count("autofocus") == 1
+    assert unread(html) == []
 
 
 async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_done(monkeypatch, city):

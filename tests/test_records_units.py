@@ -195,6 +195,63 @@ def test_the_category_the_desk_gives_is_named_on_the_row_as_the_classifiers_was(
     assert row["category_names"] == ["城市管理", "市政设施", "路灯故障"]
 
 
+def test_the_grid_the_desk_chooses_places_the_row_with_its_community_and_street():
+    """A ticket the classifier could not place (no grid: a vague address) is placed by the dispatch
+    desk as it dispatches it (`grid_chosen`, version 4): the row takes the grid, and the community
+    and street the city puts it in, so the grid worker's list and the rankings find it there. An
+    assignment that names the grid the ticket had (any other, and every one before version 4)
+    changes no place; nor does one after the desk's, which carries the desk's grid on."""
+    received, classified, assigned = life()[:3]
+    unplaced = {**classified, "grid": {"grid": None, "method": "none", "confidence": 0.0}}
+    to_desk = {**assigned, "event_id": "to-desk", "via": "dispatch_desk", "grid": None}
+    streets = {**STREETS, "g-002": ("c-02", "s-02")}
+    waiting = fold_ticket([received, unplaced, to_desk], streets)
+    assert waiting is not None
+    assert (waiting["status"], waiting["grid"], waiting["community"], waiting["street"]) == (
+        "review",
+        None,
+        None,
+        None,
+    )
+    by_desk = {
+        **assigned,
+        "event_id": "by-desk",
+        "via": "operator",
+        "grid": "g-002",
+        "grid_chosen": True,
+        "version": 4,
+        "occurred_at": (T0 + timedelta(minutes=5)).isoformat(),
+    }
+    row = fold_ticket([received, unplaced, to_desk, by_desk], streets)
+    assert row is not None
+    assert (row["status"], row["grid"], row["community"], row["street"]) == (
+        "assigned",
+        "g-002",
+        "c-02",
+        "s-02",
+    )
+    # A correction of the classifier's grid is the desk's too.
+    corrected = fold_ticket([received, classified, to_desk, by_desk], streets)
+    assert corrected is not None
+    assert (corrected["grid"], corrected["community"], corrected["street"]) == ("g-002", "c-02", "s-02")
+    # An assignment that does not say the desk chose it keeps the place the row has.
+    unsaid = fold_ticket([received, classified, {**by_desk, "grid_chosen": False}], streets)
+    older = {k: v for k, v in by_desk.items() if k != "grid_chosen"} | {"version": 3}
+    for kept in (unsaid, fold_ticket([received, classified, older], streets)):
+        assert kept is not None
+        assert (kept["grid"], kept["community"], kept["street"]) == ("g-001", "c-01", "s-01")
+    # A later assignment (a return's reroute) carries the desk's grid on, not chosen again.
+    rerouted = {**by_desk, "event_id": "reroute", "via": "reroute", "grid_chosen": False}
+    rerouted["occurred_at"] = (T0 + timedelta(minutes=9)).isoformat()
+    again = fold_ticket([received, unplaced, to_desk, by_desk, rerouted], streets)
+    assert again is not None
+    assert (again["grid"], again["street"]) == ("g-002", "s-02")
+    # Read back, the ticket is in the desk's grid.
+    ticket = ticket_of(again, CITY)
+    assert ticket.grid is not None
+    assert (ticket.grid.grid, ticket.grid.street) == ("g-002", "s-02")
+
+
 def test_urges_are_counted_and_change_nothing_else():
     """催办: a repeat call about the open ticket, counted on the row; its words stay in the event."""
     events = life()

@@ -202,6 +202,77 @@ async def test_dispatch_desk_fallback_and_feedback(api, producer, city, tokens, 
     assert again.status_code == 409
 
 
+async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
+    api, producer, city, tokens, redis, pool
+):
+    """人工派单 with the grid: a ticket the classifier could not place (a vague address) is placed by
+    the desk as it dispatches it. The ticket (Redis), its assignment, the record's row (grid,
+    community, street) and the grid worker's list all have that grid; the worker reads the ticket,
+    another grid's worker does not. A grid the city does not have is refused, saying what to do."""
+    no = await inject(producer, city, "city.appearance.garbage", None, confidence=0.2)
+    waiting = await ticket_when(api, tokens, no, lambda t: t["status"] == "review")
+    assert (waiting["grid"] or {}).get("grid") is None
+    admin = await tokens()
+    url = f"/api/v1/dispatch/{no}/assign"
+    r = await api.post(url, headers=admin, json={"department": "urban_mgmt", "grid": "s09c09g09"})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "unknown_grid", "grid")
+    assert r.json()["message"] == "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+    r = await api.post(url, headers=admin, json={"department": "urban_mgmt", "grid": "s02c01g02"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "assigned"
+    grid = body["grid"]
+    assert (grid["grid"], grid["community"], grid["street"], grid["method"]) == (
+        "s02c01g02",
+        "s02c01",
+        "s02",
+        "desk",
+    )
+    assigned = body["history"][-1]
+    assert (assigned["topic"], assigned["grid"], assigned["grid_chosen"], assigned["version"]) == (
+        "ticket.assigned",
+        "s02c01g02",
+        True,
+        4,
+    )
+    assert "事发网格人工选定为建设街道建设社区第二网格" in assigned["explanation"]
+
+    # The record places it: the row's grid, community and street.
+    async def placed():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT grid, community, street FROM tickets WHERE ticket_no = %s AND status = 'assigned'",
+                (no,),
+            )
+            return await cur.fetchone()
+
+    row = await eventually(placed, timeout=30)
+    assert (row["grid"], row["community"], row["street"]) == ("s02c01g02", "s02c01", "s02")
+
+    # The grid's worker lists it (the record's list of the grid) and reads it; another grid's, not.
+    async def grid_worker(operator: str, grid: str) -> dict:
+        token = await issue_token(redis, "grid_worker", operator=operator, grid=grid)
+        return {"Authorization": f"Bearer {token}"}
+
+    worker, other = await grid_worker("W031", "s02c01g02"), await grid_worker("W032", "s01c01g01")
+
+    async def listed(headers: dict) -> list[str]:
+        r = await api.get("/api/v1/tickets", headers=headers, params={"size": 200})
+        assert r.status_code == 200, r.text
+        return [t["ticket_no"] for t in r.json()["items"]]
+
+    assert no in await listed(worker)
+    assert no not in await listed(other)
+    r = await api.get(f"/api/v1/tickets/{no}", headers=worker)
+    assert (r.status_code, r.json()["grid"]["grid"]) == (200, "s02c01g02")
+    assert (await api.get(f"/api/v1/tickets/{no}", headers=other)).status_code == 404
+    # The desk's list by street finds it there too (the rankings' and the dashboard's grouping).
+    r = await api.get(
+        "/api/v1/tickets", headers=admin, params={"street": "s02", "grid": "s02c01g02", "size": 200}
+    )
+    assert no in [t["ticket_no"] for t in r.json()["items"]]
+
+
 async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, producer, city, tokens):
     no = await inject(producer, city, "city.appearance.garbage", "s03c02g03")
     await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")

@@ -25,6 +25,7 @@ from shared.events import (
     Merge,
     SurveyAnswered,
     SurveySent,
+    TicketAssigned,
     TicketUpdated,
 )
 from shared.tickets import STATUS_NAMES, Status, Ticket
@@ -837,6 +838,61 @@ def test_dispatch_desk_assigns_and_may_correct_the_category():
     assert e.value.code == "unknown_category"
     with pytest.raises(WorkflowError):
         workflow.dispatch(out.ticket, "water", None, "", "dispatch_desk", CITY, TZ, T0)
+
+
+def test_the_desk_places_a_ticket_the_classifier_could_not_in_the_grid_it_chooses():
+    """No grid (a vague address): the desk chooses one as it dispatches. The ticket is in that grid,
+    its community and street from then on (its grid worker reads it, the rankings count it there),
+    marked as the desk's choice (人工选定), and the assignment says so, for the record to place it."""
+    t = assign(CITY, classified(CITY, "city.facility.streetlight", None, confidence=0.2)).ticket
+    assert t.status == Status.REVIEW
+    assert t.grid is not None
+    assert t.grid.grid is None
+    out = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid="s02c01g02")
+    grid = out.ticket.grid
+    assert grid is not None
+    assert (grid.grid, grid.community, grid.street, grid.method) == ("s02c01g02", "s02c01", "s02", "desk")
+    assert (out.ticket.status, out.ticket.department.id) == (Status.ASSIGNED, "urban_mgmt")
+    (assigned,) = out.publish
+    assert (assigned.grid, assigned.grid_chosen, assigned.version) == ("s02c01g02", True, 4)
+    assert "事发网格人工选定为建设街道建设社区第二网格，原为未定位" in assigned.explanation
+    # Its grid worker (of that grid) may check its resolution on the spot; another grid's may not.
+    done = workflow.resolve(
+        workflow.accept(out.ticket, "urban_mgmt", CITY, T0).ticket, "urban_mgmt", "已修好", CITY, T0
+    ).ticket
+    checked = workflow.verify(done, "W01", "s02c01g02", True, "", CITY, TZ, T0 + timedelta(hours=1))
+    assert checked.ticket.verification == "solved"
+    with pytest.raises(WorkflowError) as e:
+        workflow.verify(done, "W02", "s01c01g01", True, "", CITY, TZ, T0 + timedelta(hours=1))
+    assert e.value.kind == "not_found"
+    # The ticket's later assignments (改派 here) carry its grid on, not as a choice made again.
+    moved = workflow.redispatch(
+        out.ticket, "water", "属地有误，应由水务处理", CITY, TZ, T0 + timedelta(minutes=5)
+    )
+    again = next(e for e in moved.publish if isinstance(e, TicketAssigned))
+    assert (again.grid, again.grid_chosen) == ("s02c01g02", False)
+
+
+def test_the_desk_corrects_the_classifiers_grid_and_keeps_it_when_it_chooses_none():
+    t = assign(CITY, classified(CITY, "city.facility.streetlight", "s01c01g01", confidence=0.2)).ticket
+    moved = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid="s03c02g01")
+    assert moved.ticket.grid is not None
+    assert moved.ticket.grid.street == "s03"
+    assert "原为和平街道和平里社区第一网格" in moved.publish[0].explanation
+    for same in (None, "", "s01c01g01"):  # none chosen, or the grid it has: nothing to place
+        kept = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid=same)
+        assert kept.ticket.grid == t.grid
+        assert (kept.publish[0].grid, kept.publish[0].grid_chosen) == ("s01c01g01", False)
+        assert "人工选定" not in kept.publish[0].explanation
+
+
+@pytest.mark.parametrize("grid", ["s09c09g09", "和平里社区第一网格", " s01c01g01"])
+def test_a_grid_the_city_does_not_have_is_refused_saying_what_to_do(grid: str):
+    t = assign(CITY, classified(CITY, "city.facility.streetlight", None, confidence=0.2)).ticket
+    with pytest.raises(WorkflowError) as e:
+        workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid=grid)
+    assert (e.value.code, e.value.kind, e.value.field) == ("unknown_grid", "invalid", "grid")
+    assert e.value.message == f"没有编号为“{grid}”的网格，请在“事发网格”中按街道、社区选择一个网格"
 
 
 def test_the_desk_redispatches_a_department_s_ticket_with_fresh_deadlines_and_its_reason():

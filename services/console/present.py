@@ -477,6 +477,22 @@ def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
     return list(groups.values())
 
 
+def place_name(city: City, grid: str | None) -> str:
+    """A ticket's place as its page says it: the street, then the grid (named after its community
+    where its own name does not say it), 和平街道/和平里社区第一网格; 未定位 without a grid."""
+    info = city.grids.get(grid or "")
+    return f"{info.street_name}/{info.full_name}" if info else "未定位"
+
+
+def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether the ticket's grid is the one the dispatch desk chose as it dispatched it (人工选定,
+    `ticket.assigned`'s `grid_chosen`). Read from the history, which the ticket comes with wherever
+    it is read from (Redis, or the record once it has left), as the category's 人工选定 is read."""
+    grid = (ticket.get("grid") or {}).get("grid")
+    placed = (h for h in history if h.get("topic") == "ticket.assigned" and h.get("grid_chosen"))
+    return bool(grid) and any(h.get("grid") == grid for h in placed)
+
+
 # --- the dispatch desk's choices -------------------------------------------------------------------
 
 

@@ -1084,6 +1084,8 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "history": history,
         "map": present.grid_map(city, volume),
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
+        "place": present.place_name(city, grid),
+        "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),
         "departments": present.departments_of(city),  # the desk's 改派 form
         # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
         "can_verify": ticket.get("status") in ("resolved", "surveyed")
@@ -1331,8 +1333,9 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
-# What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类).
-DESK_KEPT = ("category", "category_other")
+# What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类),
+# and the grid chosen (事发网格).
+DESK_KEPT = ("category", "category_other", "grid")
 
 
 @router.get("/desk")
@@ -1409,7 +1412,11 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
     done = request.query_params.get("done") or ""
-    kept = {"ticket": on_card, **{k: request.query_params.get(k) or "" for k in DESK_KEPT}}
+    kept = {
+        "ticket": on_card,
+        "field": request.query_params.get("field") or "",  # the field the refusal named
+        **{k: request.query_params.get(k) or "" for k in DESK_KEPT},
+    }
     return await page(
         request,
         "desk.html",
@@ -1419,6 +1426,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         returned=returned_section,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
+        grid_groups=present.grid_choices(city),  # 事发网格, by street and community (_grid_options.html)
         error=error,
         kept=kept,
         done=done,
@@ -1430,11 +1438,13 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
 @router.post("/desk/{no}/assign")
 async def desk_assign(request: Request, no: str, s: session.Session = Depends(as_desk)):
     form = await checked_form(request, s)
-    # Two clicks: a category (a suggestion, or any leaf from the list), then a department button.
+    # Two clicks: a category (a suggestion, or any leaf from the list), then a department button;
+    # the grid (事发网格) when the desk places the ticket (none chosen: the ticket's stays).
     body = {
         "department": text(form, "department") or text(form, "department_other"),
         "category": text(form, "category_other") or text(form, "category") or None,
         "note": text(form, "note"),
+        "grid": text(form, "grid") or None,
     }
     if not body["department"]:
         reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
@@ -1445,9 +1455,12 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     # Refused: back to the card (desk_page finds its page), the refusal said there and the category
     # the desk picked still picked, so that the second try is the department alone, not both steps.
     picked = {name: text(form, name) for name in DESK_KEPT}
-    query = urlencode({"error": reply.message, "ticket": no, **{k: v for k, v in picked.items() if v}})
-    # To the department's select (a fragment focuses it, where the card's would take the focus first).
-    return RedirectResponse(f"/console/desk?{query}#dept-{no}", status_code=303)
+    field = "grid" if reply.field == "grid" else ""
+    said = {"error": reply.message, "ticket": no, "field": field, **picked}
+    query = urlencode({k: v for k, v in said.items() if v})
+    # To the select at fault, the grid's or the department's (a fragment focuses it, where the
+    # card's would take the focus first).
+    return RedirectResponse(f"/console/desk?{query}#{'grid' if field else 'dept'}-{no}", status_code=303)
 
 
 @router.post("/desk/{no}/extension/{verdict}")

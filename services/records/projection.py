@@ -197,6 +197,12 @@ def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]
             overdue=False,
             escalated=False,
         )
+        # The dispatch desk placed the ticket (version 4, `grid_chosen`: the classifier found no grid
+        # or the wrong one): its grid, and the community and street that grid is in. Any other
+        # assignment names the grid the ticket had, which the classification already folded.
+        if e.get("grid_chosen") and (grid := e.get("grid")):
+            community, street = streets.get(grid, (None, None))
+            row.update(grid=grid, community=community, street=street)
     elif topic == "ticket.updated":
         _apply_update(row, e, when)
     elif topic == "survey.answered":

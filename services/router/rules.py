@@ -44,6 +44,7 @@ GRID_METHODS = {
     "model": "按文本推断",
     "reviewer": "人工指定",
     "patrol": "网格员所属网格",
+    "desk": "派单中心人工选定",
     "none": "未定位",
 }
 

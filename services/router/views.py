@@ -695,17 +695,25 @@ class DispatchIn(BaseModel):
     department: str
     category: str | None = None  # a corrected leaf category, if the classifier got it wrong
     note: str = Field("", max_length=2000)
+    # The grid the ticket is in (areas.yaml's id), when the classifier found none or the wrong one:
+    # the ticket's grid, community and street from then on. An unknown id is refused (422, field grid).
+    grid: str | None = Field(None, max_length=100)
 
 
 @router.post("/dispatch/{ticket_no}/assign")
 async def dispatch_assign(
     ticket_no: str, body: DispatchIn, request: Request, principal: Principal = Depends(require_admin)
 ):
+    """人工派单: the desk sends a ticket waiting for it (待人工派单) to a department, maybe with a
+    corrected category and the grid the ticket is in (人工选定: `ticket.assigned` carries it with
+    `grid_chosen`, and the record, the grid worker and the rankings place the ticket there)."""
     city, tz, desk = desk_context(request)
     response = await act(
         request,
         ticket_no,
-        lambda t, now: workflow.dispatch(t, body.department, body.category, body.note, desk, city, tz, now),
+        lambda t, now: workflow.dispatch(
+            t, body.department, body.category, body.note, desk, city, tz, now, grid=body.grid
+        ),
         principal=principal,
     )
     if isinstance(response, dict):

@@ -378,6 +378,8 @@ def _assigned(
     check(ticket, step, status)
     # Every ticket past `received` has a category (the classifier's, or the operator's correction).
     category: str = changes.get("category") or ticket.category or ""
+    # The grid the desk chose as it dispatched (`dispatch`), else the ticket's own.
+    grid: GridMatch | None = changes.get("grid") or ticket.grid
     due = deadlines(city, category, ticket.urgent, now, tz, department=dept_id)
     event = TicketAssigned(
         ticket_no=ticket.ticket_no,
@@ -388,7 +390,8 @@ def _assigned(
         explanation=explanation,
         category=category,
         category_names=city.category_names_by_id.get(category, ticket.category_names),
-        grid=ticket.grid.grid if ticket.grid else None,
+        grid=grid.grid if grid else None,
+        grid_chosen="grid" in changes,
         urgent=ticket.urgent,
         respond_by=due.respond_by,
         resolve_by=due.resolve_by,
@@ -508,6 +511,33 @@ def _department(city: City, dept_id: str) -> Department:
     return dept
 
 
+def chosen_grid(city: City, grid_id: str) -> GridMatch:
+    """The grid the dispatch desk chose for a ticket (人工选定), placed in its community and street
+    as areas.yaml has them; refused, in words the desk can act on, when the city has no such grid."""
+    info = city.grids.get(grid_id)
+    if info is None:
+        raise WorkflowError(
+            "unknown_grid",
+            f"没有编号为“{grid_id}”的网格，请在“事发网格”中按街道、社区选择一个网格",
+            kind="invalid",
+            field="grid",
+        )
+    return GridMatch(
+        grid=grid_id,
+        community=info.community_id,
+        street=info.street_id,
+        method="desk",
+        confidence=1.0,
+        evidence="派单中心人工选定",
+    )
+
+
+def place_words(city: City, grid: GridMatch | None) -> str:
+    """Where a ticket is, as the history says it: street, community and grid by name."""
+    info = city.grids.get(grid.grid or "") if grid else None
+    return f"{info.street_name}{info.full_name}" if info else "未定位"
+
+
 def dispatch(
     ticket: Ticket,
     dept_id: str,
@@ -517,8 +547,12 @@ def dispatch(
     city: City,
     tz: ZoneInfo,
     now: datetime,
+    grid: str | None = None,
 ) -> Outcome:
-    """An operator at the dispatch desk picks the department (and may correct the category)."""
+    """An operator at the dispatch desk picks the department (and may correct the category, and
+    place the ticket in a grid: one the classifier could not find from a vague address, or got
+    wrong). The grid chosen is the ticket's from then on, with its community and street: its grid
+    worker reads it and checks its resolution on the spot, and the rankings count it there."""
     check(ticket, "dispatch")
     dept = _department(city, dept_id)
     changes: dict[str, Any] = {}
@@ -531,6 +565,13 @@ def dispatch(
                 field="category",
             )
         changes = {"category": category, "category_names": city.category_names(category)}
+    placed = ""
+    if grid:
+        place = chosen_grid(city, grid)
+        if ticket.grid is None or ticket.grid.grid != place.grid:
+            was = place_words(city, ticket.grid)
+            placed = f"（事发网格人工选定为{place_words(city, place)}，原为{was}）"
+            changes["grid"] = place
     new, event = _assigned(
         ticket,
         "dispatch",
@@ -539,7 +580,8 @@ def dispatch(
         city=city,
         tz=tz,
         now=now,
-        explanation=f"{dispatcher(city, operator)}人工派单至{dept.name}" + (f"：{note}" if note else ""),
+        explanation=f"{dispatcher(city, operator)}人工派单至{dept.name}{placed}"
+        + (f"：{note}" if note else ""),
         **changes,
     )
     return Outcome(new, publish=[event])

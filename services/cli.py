@@ -109,30 +109,42 @@ def _keep_freed_memory() -> None:
     mallopt(m_top_pad, 16 << 20)
 
 
-def _ensure_model(settings: Settings) -> str:
-    """The newest model's version; on a first start, a model trained on the demo corpus now (here,
-    not in the services: they only serve models)."""
+def _ensure_model(settings: Settings) -> None:
+    """On a first start, a model trained on the demo corpus now (here, not in the services: they
+    only serve models)."""
     from services.classifier.model import latest_model_path
 
-    path = latest_model_path(settings.model_dir)
-    if path is None:
+    if latest_model_path(settings.model_dir) is None:
         from services.classifier import analyst
         from shared.city import load_city
 
         typer.echo("no model yet: training one on the demo corpus ...", err=True)
-        path = analyst.ensure_model(load_city(settings.city_config_dir), settings.model_dir)
-    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    return str(meta["version"])
+        analyst.ensure_model(load_city(settings.city_config_dir), settings.model_dir)
 
 
-def _warn_unlearned(settings: Settings, city: City) -> None:
-    """Say, where the person starting the system reads it, which of the city's categories the newest
-    model lacks (a category added to the city's data since it was trained)."""
-    from services.classifier.model import latest_model_path, unlearned
+def _served_model(settings: Settings) -> tuple[Path, str]:
+    """The model the classifier workers will serve, as `services.classifier.service.load_model`
+    picks it: the approved one (in Redis) when its file is there, else the newest; with the words
+    saying which."""
+    from services.classifier.model import latest_model_path, model_path
+    from services.classifier.service import approved_version
 
-    path = latest_model_path(settings.model_dir)
-    if path is None:
-        return
+    approved = asyncio.run(_with_redis(settings, approved_version))
+    if approved and (path := model_path(settings.model_dir, approved)).is_file():
+        return path, f"model {approved} (approved)"
+    newest = latest_model_path(settings.model_dir)
+    assert newest is not None, "_ensure_model trained one"
+    version = json.loads(newest.with_suffix(".json").read_text(encoding="utf-8"))["version"]
+    if approved:
+        return newest, f"model {version} (the newest: the approved {approved} is not in {settings.model_dir})"
+    return newest, f"model {version} (the newest; none approved)"
+
+
+def _warn_unlearned(settings: Settings, city: City, path: Path) -> None:
+    """Say, where the person starting the system reads it, which of the city's categories the
+    served model lacks (a category added to the city's data since it was trained)."""
+    from services.classifier.model import unlearned
+
     meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     if missing := unlearned(meta.get("categories") or (), city):
         typer.echo(
@@ -200,8 +212,10 @@ def up(
             f"{len(city.departments)} departments, {len(city.leaf_categories)} categories"
         )
         typer.echo("checking the category model (the first start trains one on the demo corpus) ...")
-        typer.echo(f"model {_ensure_model(settings)}")
-        _warn_unlearned(settings, city)
+        _ensure_model(settings)
+        served, said = _served_model(settings)
+        typer.echo(said)
+        _warn_unlearned(settings, city, served)
         if with_services:
             launcher.start_all()
             launcher.wait_for_ports(

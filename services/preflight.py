@@ -93,7 +93,8 @@ def _classify(settings: Settings) -> str:
     (result,) = classifier.classify([appeal])
     missing = unlearned(model.categories, city)
     return (
-        f"classifier: model {model.version} put the sample appeal in {result.category} "
+        # Without Redis the approval is not known: the newest model is the one checked.
+        f"classifier: model {model.version} (the newest) put the sample appeal in {result.category} "
         f"({result.confidence:.2f}), grid {result.grid.grid}, type {result.appeal_type}"
         + (f"; not trained on {'、'.join(missing)} (appeals train --approve)" if missing else "")
     )

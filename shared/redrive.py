@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared.bus import EventPublisher, publish
-from shared.events import AppealReceived, Event
+from shared.events import AppealReceived, Event, PersonalDataRemoved
 from shared.settings import Settings
 from shared.store import history_key
 from shared.tickets import TICKET_NO_PATTERN, Status
@@ -96,6 +96,11 @@ def owed(status: str, history: Sequence[dict[str, Any]], since: datetime | None)
 def as_event(record: dict[str, Any]) -> Event | None:
     fields = dict(record)
     model = EVENT_TYPES[fields.pop("topic")]
+    if model is PersonalDataRemoved and not fields.get("caller_id"):
+        # An erasure's notice the relay sent and then scrubbed (`PersonalDataRemoved`): no event
+        # any more, by design. Said once per erased ticket at every start, a warning read like a
+        # broken history.
+        return None
     try:
         return model.model_validate(fields)
     except ValidationError:

@@ -169,3 +169,39 @@ def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
     assert text.returncode == 0
     assert "learning curve" in text.stdout
     assert "per doubling" in text.stdout
+
+
+def test_appeals_up_names_the_model_the_workers_serve_the_approved_one(settings, tmp_path: Path):
+    """Not the newest file when another is approved: `up` said "model <newest>" while the workers
+    served the approved one."""
+    import redis as sync_redis
+
+    from services import cli
+    from services.classifier.service import APPROVED_KEY
+
+    # A database of Redis no other test uses: the approval there reaches no running classifier.
+    url = settings.redis_url.rsplit("/", 1)[0] + "/9"
+    mine = settings.model_copy(update={"redis_url": url, "data_dir": tmp_path})
+    mine.model_dir.mkdir(parents=True)
+    for version in ("20261101-000000", "20261201-000000"):
+        (mine.model_dir / f"category-{version}.joblib").write_bytes(b"")
+        (mine.model_dir / f"category-{version}.json").write_text(json.dumps({"version": version}))
+    r = sync_redis.Redis.from_url(url)
+    try:
+        r.delete(APPROVED_KEY)
+        assert cli._served_model(mine) == (
+            mine.model_dir / "category-20261201-000000.joblib",
+            "model 20261201-000000 (the newest; none approved)",
+        )
+        r.set(APPROVED_KEY, json.dumps({"version": "20261101-000000"}))
+        assert cli._served_model(mine) == (
+            mine.model_dir / "category-20261101-000000.joblib",
+            "model 20261101-000000 (approved)",
+        )
+        r.set(APPROVED_KEY, json.dumps({"version": "20251231-000000"}))  # its file is gone
+        path, said = cli._served_model(mine)
+        assert path.name == "category-20261201-000000.joblib"
+        assert "the approved 20251231-000000 is not in" in said
+    finally:
+        r.delete(APPROVED_KEY)
+        r.close()

@@ -670,12 +670,12 @@ def test_a_category_the_model_was_not_trained_on_is_named_where_the_system_start
     settings.model_dir.mkdir(parents=True)
     (settings.model_dir / "category-v1.joblib").write_bytes(b"")
     (settings.model_dir / "category-v1.json").write_text(json.dumps({"version": "v1", "categories": learned}))
-    cli._warn_unlearned(settings, CITY)
+    cli._warn_unlearned(settings, CITY, settings.model_dir / "category-v1.joblib")
     said = capsys.readouterr().err
     assert "model v1 was not trained on 养犬管理（safety.dogs）" in said
     assert "appeals train --approve" in said
     (settings.model_dir / "category-v1.json").write_text(
         json.dumps({"version": "v1", "categories": list(CITY.leaf_categories)})
     )
-    cli._warn_unlearned(settings, CITY)
+    cli._warn_unlearned(settings, CITY, settings.model_dir / "category-v1.joblib")
     assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from shared.events import PersonalDataRemoved
 from shared.redrive import as_event, changed_at, owed
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
@@ -72,3 +73,19 @@ def test_the_last_change_is_the_update_or_else_the_reception():
 
 def test_a_history_record_that_does_not_parse_is_left_out():
     assert as_event({"topic": "ticket.updated", "event_id": "x"}) is None
+
+
+def test_a_sent_erasure_notice_scrubbed_since_is_left_out_without_a_warning(caplog):
+    """The relay scrubs an erasure's notice once sent: it is no event any more, and that is no
+    fault of the history to warn about at every start."""
+    notice = {"topic": "ticket.personal_data_removed", "event_id": "n", "ticket_no": "20261201-000001"}
+    with caplog.at_level("WARNING", logger="shared.redrive"):
+        assert as_event({**notice, "caller_id": None}) is None
+        assert as_event(notice) is None
+    assert caplog.records == []
+    unsent = as_event({**notice, "caller_id": "abc", "occurred_at": "2026-12-01T08:00:00+00:00"})
+    assert isinstance(unsent, PersonalDataRemoved)
+    assert unsent.caller_id == "abc"
+    with caplog.at_level("WARNING", logger="shared.redrive"):
+        assert as_event({"topic": "ticket.updated", "event_id": "x"}) is None
+    assert len(caplog.records) == 1  # a broken record of any other kind is still said

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from datetime import datetime
@@ -32,7 +31,7 @@ BENCH_DAY = datetime(2000, 1, 3, 10)  # the scorecard events are counted on a da
 
 
 def main(settings: Settings, n: int) -> dict[str, float]:
-    if os.environ.get("REDIS_URL"):
+    if "redis_url" in settings.model_fields_set:  # REDIS_URL set, in the environment or .env
         return asyncio.run(run(settings, n))
     servers = EmbeddedServers().start()  # Redis (and a broker, unused) on free ports, kept nowhere
     try:

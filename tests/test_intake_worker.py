@@ -7,14 +7,23 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from services.intake import keys
-from services.intake.app import DuplicateIndex
+from services.intake.app import DuplicateIndex, PlacedBy
 from services.intake.domain import Submission
 from services.intake.preview import Previewer
-from shared.events import AppealReceived, Caller, PersonalDataRemoved
+from shared.events import (
+    AppealReceived,
+    Caller,
+    DepartmentRef,
+    GridMatch,
+    PersonalDataRemoved,
+    TicketAssigned,
+)
 from shared.privacy import REMOVED, caller_id
-from shared.store import TicketStore
+from shared.store import TicketStore, ticket_key
+from shared.tickets import Status, Ticket
 from tests.cities import demo_city
 
 
@@ -117,3 +126,46 @@ async def test_a_callers_other_open_ticket_is_the_one_they_call_about_only_if_it
     assert await reason("楼上邻居天天装修，电钻声音太吵", "env.neighbour") == "same_caller"  # its words
     assert await reason("我之前反映的事情怎么样了", "misc.other", follow_up=True) == "same_caller"
     await redis.delete(keys.caller_index(cid), f"t:{no}")
+
+
+async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
+    """The dispatch desk chose the grid (the classifier found none, or another): the assignment
+    puts the ticket in that grid's index, and the grid it left passes it over."""
+    store = TicketStore(redis)
+    index = DuplicateIndex(redis, store)
+    old, new = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    no = f"20261123-{random.randint(870000, 879999)}"
+    text = "建设路12号门口的井盖丢了，晚上很危险，已经有人差点掉下去"
+    a = AppealReceived(ticket_no=no, channel="hotline", text=text)
+    placed = Ticket.from_appeal(a).model_copy(
+        update={"status": Status.ASSIGNED, "grid": GridMatch(grid=new, method="desk", confidence=1.0)}
+    )
+    await redis.set(ticket_key(no), placed.model_dump_json())
+    await redis.zadd(keys.grid_index(old), {no: time.time()})  # where the classifier had put it
+    dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
+    due = datetime.now(UTC) + timedelta(days=1)
+
+    def assigned(grid: str, chosen: bool) -> PlacedBy:
+        event = TicketAssigned(
+            ticket_no=no,
+            department=dept,
+            via="operator",
+            explanation="人工派单",
+            category="urban.manhole",
+            grid=grid,
+            grid_chosen=chosen,
+            respond_by=due,
+            resolve_by=due,
+        )
+        return PlacedBy.from_json(event.json_bytes)
+
+    await index.placed([assigned(f"test-{uuid.uuid4().hex[:8]}", False)])  # the grid it had: no change
+    await index.placed([assigned(new, True)])
+    assert await redis.zscore(keys.grid_index(new), no) is not None
+    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
+    again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
+    assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [
+        (no, "similar_text")
+    ]
+    assert await previewer.duplicates(again, old) == []
+    await redis.delete(ticket_key(no), keys.grid_index(old), keys.grid_index(new))

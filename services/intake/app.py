@@ -25,6 +25,7 @@ from shared.events import (
     Part,
     PersonalDataRemoved,
     TicketAction,
+    TicketAssigned,
     TicketUpdated,
     View,
     now_utc,
@@ -86,6 +87,15 @@ class PlaceOf(View):
     grid: GridMatch
 
 
+class PlacedBy(View):
+    """An assignment, for the grid the dispatch desk placed the ticket in (`grid_chosen`)."""
+
+    of = TicketAssigned
+    version: int = 4
+    grid: str | None
+    grid_chosen: bool = False
+
+
 class ClosingOf(View):
     of = TicketUpdated
     version: int = 2
@@ -122,6 +132,18 @@ class DuplicateIndex:
         for c in placed:
             args += [c.ticket_no, c.appeal.received_at.timestamp()]
         await self._index_grids(keys=[keys.grid_index(c.grid.grid or "") for c in placed], args=args)
+
+    async def placed(self, assigned: list[PlacedBy]) -> None:
+        """A ticket the dispatch desk placed in a grid (the classifier found none, or another)
+        joins that grid's index, from the time it was placed; the index of a grid it left keeps it
+        until it ages out, and the duplicate preview passes it over there (`open_in_grids`)."""
+        placed = [a for a in assigned if a.grid_chosen and a.grid]
+        if not placed:
+            return
+        args: list[str | float] = [time.time() - DUPLICATE_WINDOW_SECONDS]
+        for a in placed:
+            args += [a.ticket_no, a.occurred_at.timestamp()]
+        await self._index_grids(keys=[keys.grid_index(a.grid or "") for a in placed], args=args)
 
     async def updated(self, updates: list[ClosingOf]) -> None:
         """A closed ticket leaves its caller's open-ticket index (the event names the caller: no
@@ -177,6 +199,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
         {
             CallerOf: index.received,
             PlaceOf: index.classified,
+            PlacedBy: index.placed,
             ClosingOf: index.updated,
             PersonalDataRemoved: index.erased,
         }

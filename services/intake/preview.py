@@ -213,6 +213,10 @@ async def open_in_grids(store: TicketStore, grids: Sequence[str]) -> dict[str, l
         for t in await store.get_many(nos)
         if t is not None and t.is_open and t.personal_data_removed_at is None
     }
+
+    # A ticket the dispatch desk moved to another grid stays in the index of the grid it left until
+    # it ages out: it is that grid's no more.
     return {
-        grid: [by_no[no] for no in found if no in by_no] for grid, found in zip(wanted, indexes, strict=True)
+        grid: [t for no in found if no in by_no and (t := by_no[no]).grid is not None and t.grid.grid == grid]
+        for grid, found in zip(wanted, indexes, strict=True)
     }

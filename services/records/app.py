@@ -44,6 +44,8 @@ log = logging.getLogger(NAME)
 RETRY_FOR_SECONDS = 30  # then the batch goes back to Kafka unacknowledged and is read again
 UNAVAILABLE = (psycopg.OperationalError, PoolTimeout)
 COUNTER_CHECK_SECONDS = 5
+# The most events a batch (one transaction) holds: what a lingering batch (RECORDS_LINGER_MS) of
+# half a second or more brings at several hundred appeals a second, against the 500 of other consumers.
 RECORDS_BATCH = 2000
 
 

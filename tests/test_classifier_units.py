@@ -133,6 +133,10 @@ def test_learning_curve_projection_when_flat_or_already_there():
     assert flat["per_doubling"] < 0
     there = evaluation.projection(_curve([(500, 0.88), (1000, 0.91)]), 0.90, 1250)
     assert there["n_for_target"] == 1000
+    assert there["reached"]
+    said = evaluation.format_learning_curve(_curve([(500, 0.88), (1000, 0.91)]), there)
+    assert "0.90 reached already, trained on 1,000 labelled appeals" in said
+    assert "if the trend held" not in said
     with pytest.raises(ValueError, match="two training sizes"):
         evaluation.projection(_curve([(100, 0.5), (1000, 0.9)]), 0.9, 1000)  # one point in the upper half
 

@@ -135,7 +135,8 @@ def projection(points: Sequence[dict[str, Any]], target: float, n_all: int) -> d
     largest; curves flatten, so the steep start would promise too much): a least-squares line of
     macro-F1 over log2(training size). `at_all_data` is its value for a model trained on all `n_all`
     examples (what `appeals train` ships, a little more than each fold saw); `n_for_target` how many
-    labelled examples would reach `target` if the trend held (None when the curve does not rise).
+    labelled examples would reach `target` if the trend held (None when the curve does not rise; the
+    largest training size when it reached `target` already, `reached`).
     A rough guide, not a promise."""
     top = max(p["n_train"] for p in points)
     upper = [p for p in points if p["n_train"] >= top / 2]
@@ -144,7 +145,8 @@ def projection(points: Sequence[dict[str, Any]], target: float, n_all: int) -> d
     if len(n) < 2 or np.ptp(n) == 0:
         raise ValueError("a projection needs two training sizes at least in the curve's upper half")
     slope, intercept = np.polyfit(np.log2(n), f1, 1)
-    if f1[n.argmax()] >= target:
+    reached = bool(f1[n.argmax()] >= target)
+    if reached:
         needed: int | None = int(n.max())
     elif slope <= 0:
         needed = None
@@ -156,6 +158,7 @@ def projection(points: Sequence[dict[str, Any]], target: float, n_all: int) -> d
         "n_all": n_all,
         "at_all_data": round(float(intercept + slope * np.log2(n_all)), 4),
         "n_for_target": needed,
+        "reached": reached,  # the curve's largest training size has the target already
     }
 
 
@@ -175,6 +178,8 @@ def format_learning_curve(points: Sequence[dict[str, Any]], proj: dict[str, Any]
     )
     if proj["n_for_target"] is None:
         lines.append(f"macro-F1 does not rise with more data here; no projection to {target:.2f}")
+    elif proj["reached"]:
+        lines.append(f"{target:.2f} reached already, trained on {proj['n_for_target']:,} labelled appeals")
     else:
         lines.append(
             f"+{proj['per_doubling']:.4f} macro-F1 per doubling of the training data: "

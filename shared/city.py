@@ -329,6 +329,43 @@ class City(_Model):
         on it."""
         return grid is None and category in self.placed_categories
 
+    def place_disputed(self, category: str, grid: str | None, address_grid: str | None, method: str) -> bool:
+        """Whether an appeal placed in `grid` by `method` whose address names another grid
+        (`address_grid`, 定位与地址不一致) waits for a person (the dispatch desk) to confirm the place
+        before it goes out. The classifier's review and the router's desk agree on it.
+
+        A patrol report (`method` "patrol"): always. Its grid is the credential's, where the worker
+        patrols, not an observation of the place, while the address is what the worker typed as the
+        place: which grid's worker follows it up (and checks its resolution on the spot) and where it
+        counts is a person's call. Coordinates: only where the place can change the department, a
+        rule for the category narrowed to an area holding one grid and not the other. A phone's fix
+        is an observation; most disagreements are neighbouring grids served by the same department,
+        and holding them at the desk would only delay them: they go out by their rule, the
+        disagreement shown on the ticket for the department and the grid's worker."""
+        if grid is None or address_grid is None or address_grid == grid:
+            return False
+        if method == "patrol":
+            return True
+        path = self.category_path.get(category, ())
+        a, b = self.grids.get(grid), self.grids.get(address_grid)
+        if a is None or b is None:
+            return False
+
+        def holds(rule: ResponsibilityRule, info: GridInfo, gid: str) -> bool:
+            # The rule's area as the router reads it (`rules._area_specificity`): its grid, else
+            # its community, else its street.
+            if rule.grid is not None:
+                return rule.grid == gid
+            if rule.community is not None:
+                return rule.community == info.community_id
+            return rule.street == info.street_id
+
+        return any(
+            holds(r, a, grid) != holds(r, b, address_grid)
+            for r in self.responsibilities.rules
+            if r.category in path and (r.street or r.community or r.grid)
+        )
+
     @cached_property
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)

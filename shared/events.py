@@ -151,6 +151,10 @@ class GridMatch(_Frozen):
     method: GridMethod = "none"
     confidence: float = 0.0
     evidence: str = ""  # what matched: the compound, road or landmark name, or the coordinates
+    # 定位与地址不一致: the grid came from the coordinates or the patrolling worker's grid, and the
+    # address alone clearly names a place in this other grid (the classifier's gazetteer: not a tie,
+    # not the model's guess). The grid stays `grid`; a person confirms or corrects it at the desk.
+    address_grid: str | None = None
 
 
 class DepartmentRef(_Frozen):
@@ -211,6 +215,10 @@ class AppealClassified(Event):
 
     topic: ClassVar[str] = "appeal.classified"
 
+    # 2: `grid.address_grid`, the grid the address names when the coordinates (or the patrolling
+    # worker's grid) placed the appeal in another. Version 1 parses unchanged (no such field: no
+    # disagreement was looked for).
+    version: int = 2
     appeal: AppealReceived
     category: str  # leaf category id
     category_names: tuple[str, ...]  # root to leaf, e.g. ('城市管理', '市政设施', '道路破损')

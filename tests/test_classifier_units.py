@@ -25,7 +25,7 @@ from services.classifier.model import CategoryModel, latest_model_path, unlearne
 from services.classifier.rules import DEFAULT_CUES, load_cues
 from services.classifier.text import Segmenter, city_vocabulary
 from shared.city import DEMO_CITY_DIR
-from shared.events import AppealReceived, GeoPoint
+from shared.events import AppealClassified, AppealReceived, GeoPoint
 from shared.settings import Settings
 from tests.cities import demo_city
 from tests.conftest import ROOT
@@ -312,6 +312,45 @@ def test_urgent_and_placeless_appeals(classifier):
     assert r_gas.appeal_type == "求助"
     assert r_vague.grid.grid is None
     assert r_vague.needs_review
+
+
+def test_a_disagreement_of_place_waits_for_a_person_where_it_matters(classifier):
+    """定位与地址不一致: a resident's WeChat location in 和平街道 and an address in 建设街道. A streetlight
+    is routed by its rule, the disagreement carried; a dispute (its street's mediation committee)
+    and a grid worker's report wait for a person."""
+    light = AppealReceived(
+        ticket_no="T6",
+        channel="wechat",
+        address="建设街道建设里小区",
+        location=IN_G01,
+        text="小区门口的路灯坏了一个多星期，晚上黑漆漆的，请尽快修好",
+    )
+    patrol = light.model_copy(
+        update={"ticket_no": "T7", "channel": "patrol", "location": None, "patrol_grid": "s01c01g01"}
+    )
+    r_light, r_patrol = classifier.classify([light, patrol])
+    assert r_light.version == 2
+    assert (r_light.grid.grid, r_light.grid.address_grid) == ("s01c01g01", "s02c01g01")
+    assert r_light.category == "city.facility.streetlight"
+    assert r_light.confidence >= classifier.threshold
+    assert not r_light.needs_review
+    assert (r_patrol.grid.grid, r_patrol.grid.method, r_patrol.grid.address_grid) == (
+        "s01c01g01",
+        "patrol",
+        "s02c01g01",
+    )
+    assert r_patrol.needs_review
+    dispute = light.model_copy(
+        update={"ticket_no": "T8", "text": "楼上邻居天天半夜吵闹，沟通多次无果，要求调解"}
+    )
+    [r_dispute] = classifier.classify([dispute])
+    assert (r_dispute.category, r_dispute.grid.address_grid) == ("safety.disputes", "s02c01g01")
+    assert r_dispute.confidence >= classifier.threshold  # held for the place, not the category
+    assert r_dispute.needs_review
+    # As a version 1 event still reads: no disagreement looked for.
+    old = {**r_light.model_dump(mode="json"), "version": 1}
+    del old["grid"]["address_grid"]
+    assert AppealClassified.model_validate(old).grid.address_grid is None
 
 
 def test_a_placeless_appeal_waits_for_a_person_only_where_the_place_decides_its_department(classifier):
@@ -659,6 +698,85 @@ def test_a_grid_workers_report_takes_its_grid_unless_the_position_says_otherwise
     assert (m.grid, m.method) == ("s01c01g01", "coordinates")
     # A grid the city does not have is no answer.
     assert locator.locate("和平路88号门口有个大坑", patrol_grid="nowhere").grid == "s01c01g01"
+
+
+# --- 定位与地址不一致: coordinates (or the patrol's grid) against the address ------------------------
+
+IN_G01 = GeoPoint(lng=116.31, lat=39.97)  # s01c01g01, 和平里社区第一网格
+
+
+@pytest.mark.parametrize(
+    ("address", "elsewhere"),
+    [
+        ("翠竹苑5号楼", "s01c01g02"),  # a compound of the next grid
+        ("和平路188号", "s01c01g02"),  # a road whose house number is in the next grid's stretch
+        ("和平公园东门", "s01c01g03"),  # a landmark
+        ("建设街道幸福里3号楼", "s02c01g01"),  # a shared name the street settles (another 幸福里 is g01's)
+    ],
+)
+def test_coordinates_in_one_grid_and_an_address_clearly_in_another_say_so(locator, address, elsewhere):
+    """The coordinates still decide the grid; the match names the grid the address alone puts it
+    in, for a person to confirm (定位与地址不一致)."""
+    m = locator.locate("门口路灯坏了", address=address, location=IN_G01)
+    assert (m.grid, m.method, m.address_grid) == ("s01c01g01", "coordinates", elsewhere)
+    assert m.evidence == "116.31,39.97"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "和平里小区3号楼",  # the same grid
+        "和平路88号",  # the same grid, by its stretch of the road
+        "幸福里",  # a tie: 和平里's and 建设街道's
+        "和平路",  # a road through several grids, no number: a tie
+        "安平街",  # one grid's road, no number: grids meet along roads, a fix across it is no news
+        "翠竹苑，和平里菜市场对面",  # names the located grid too
+        "翠竹花苑",  # not a gazetteer name: the model's guess contradicts nothing
+        "",  # no address
+    ],
+)
+def test_no_disagreement_without_a_clear_address_elsewhere(locator, address):
+    m = locator.locate("门口路灯坏了", address=address, location=IN_G01)
+    assert (m.grid, m.method, m.address_grid) == ("s01c01g01", "coordinates", None)
+
+
+def test_only_the_address_is_read_against_the_coordinates_and_only_when_they_decide(locator):
+    # A place named in the narrative may be a landmark nearby: not a disagreement.
+    assert locator.locate("翠竹苑门口路灯坏了", location=IN_G01).address_grid is None
+    # Coordinates outside the city: the address decides, nothing to disagree with.
+    m = locator.locate("门口路灯坏了", address="翠竹苑5号楼", location=GeoPoint(lng=100.0, lat=20.0))
+    assert (m.grid, m.method, m.address_grid) == ("s01c01g02", "gazetteer", None)
+    assert locator.locate("门口路灯坏了", address="翠竹苑5号楼").address_grid is None
+
+
+def test_a_patrol_report_whose_address_is_in_another_grid_says_so(locator):
+    m = locator.locate("井盖破损", address="翠竹苑东门", patrol_grid="s01c01g01")
+    assert (m.grid, m.method, m.address_grid) == ("s01c01g01", "patrol", "s01c01g02")
+    assert locator.locate("井盖破损", address="阳光花园东门", patrol_grid="s01c01g01").address_grid is None
+    # With the phone's position, the position is what the address is read against.
+    m = locator.locate("井盖破损", address="翠竹苑东门", location=IN_G01, patrol_grid="s01c01g02")
+    assert (m.grid, m.method, m.address_grid) == ("s01c01g01", "coordinates", "s01c01g02")
+
+
+def test_a_person_confirms_the_place_of_a_patrol_report_or_where_the_place_changes_the_lead():
+    """`City.place_disputed`, which the classifier's review and the router's desk share."""
+    same_street, other_street = ("s01c01g01", "s01c01g02"), ("s01c01g01", "s02c01g01")
+    # A streetlight is the district's anywhere: a disagreement is shown, not held.
+    assert not CITY.place_disputed("city.facility.streetlight", *other_street, "coordinates")
+    # A dispute goes to its street's mediation committee: another street may change it.
+    assert CITY.place_disputed("safety.disputes", *other_street, "coordinates")
+    assert not CITY.place_disputed("safety.disputes", *same_street, "coordinates")
+    # Street vending is 建设街道's own in s02, the enforcement bureau's elsewhere.
+    assert CITY.place_disputed("city.appearance.street_vending", "s02c01g01", "s01c01g01", "coordinates")
+    # Garbage is 光明街道's in one grid only.
+    assert CITY.place_disputed("city.appearance.garbage", "s03c02g02", "s03c02g03", "coordinates")
+    assert not CITY.place_disputed("city.appearance.garbage", "s03c02g01", "s03c02g02", "coordinates")
+    # A patrol report: always (its grid is the worker's, not an observation of the place).
+    assert CITY.place_disputed("city.facility.streetlight", *same_street, "patrol")
+    # No disagreement, nothing to confirm.
+    assert not CITY.place_disputed("safety.disputes", "s01c01g01", None, "patrol")
+    assert not CITY.place_disputed("safety.disputes", "s01c01g01", "s01c01g01", "patrol")
+    assert not CITY.place_disputed("safety.disputes", None, "s01c01g01", "none")
 
 
 def test_a_category_the_model_was_not_trained_on_is_named_where_the_system_starts(tmp_path: Path, capsys):

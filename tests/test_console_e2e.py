@@ -2011,6 +2011,53 @@ async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
         await worker.context.close()
 
 
+async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_picks_the_grid(
+    page: Page, redis, system: System, system_city: City
+):
+    """定位与地址不一致: a grid worker's report whose address is a compound of the next grid waits at
+    the desk. Its card and its page say both grids by name, the card's 事发网格 described by it; the
+    desk picks the address's grid by keyboard and dispatches it, and the page then names the place
+    the desk chose (人工选定), the disagreement settled."""
+    own, named = system_city.grids["s01c01g02"], system_city.grids["s01c01g01"]
+    said = f"上报网格与地址不一致：网格员所属{own.full_name}，地址在{named.full_name}"
+    token = await issue_token(redis, "grid_worker", operator="W052", grid="s01c01g02")
+    worker = {"Authorization": f"Bearer {token}"}
+    async with await admin_api(system, redis) as client:
+        text = "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患"
+        r = await client.post(
+            "/api/v1/appeals", json={"text": text, "address": "和平里小区3号楼"}, headers=worker
+        )
+        assert r.status_code == 201, r.text
+        no = r.json()["ticket_no"]
+        await ticket_when(client, no, lambda t: t["status"] == "review")
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/tickets/{no}")
+        await expect(page.locator("#grid-apart")).to_have_text(f"{said}，派单时请在“事发网格”中确认")
+        await page.goto(f"/console/desk?ticket={no}")
+        card = page.locator(f"#desk-{no}")
+        await expect(card.locator(f"#apart-{no}")).to_have_text(f"{said}，请核实后在“事发网格”中选定")
+        choice = card.locator(f"#grid-{no}")
+        await expect(choice).to_have_attribute("aria-describedby", f"apart-{no}")
+        await expect(choice).to_have_accessible_description(f"{said}，请核实后在“事发网格”中选定")
+        await accessible(page)
+        # By keyboard: the select focused, the first grid (和平里社区第一网格: the address's), Tab, Enter.
+        await choice.focus()
+        await page.keyboard.press("ArrowDown")
+        await expect(choice).to_have_value("s01c01g01")
+        department = card.locator("button.dept").first
+        await tab_to(page, department)
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#done")).to_contain_text(f"工单{no}已派至")
+        placed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    assert (placed["grid"]["grid"], placed["grid"]["method"]) == ("s01c01g01", "desk")
+    await page.goto(f"/console/tickets/{no}")
+    await expect(page.locator("#ticket-grid")).to_have_text(
+        f"{named.street_name}/{named.full_name}（人工选定）"
+    )
+    await expect(page.locator("#grid-apart")).to_have_count(0)
+
+
 async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_checks_in(
     page: Page, redis, system: System, settings: Settings, system_city: City
 ):

@@ -226,6 +226,51 @@ def test_a_grid_the_desk_chose_is_shown_as_chosen_by_a_person(city):
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格</dd>' in html
 
 
+def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names(city):
+    """定位与地址不一致 on the ticket's page: where the coordinates (or the reporting worker's grid) put
+    it and where its address does, by the grids' full names, read from the ticket's grid (the working
+    set) or its last classification (a ticket read back from the record keeps only the place); not
+    said when they agree, nor once the desk chose the grid."""
+    located = {"grid": "s01c01g01", "method": "coordinates", "address_grid": "s02c01g01"}
+    live = {**DEPARTMENTS_TICKET, "grid": located}
+    said = "定位与地址不一致：定位在和平里社区第一网格，地址在建设社区第一网格"
+    assert present.grid_disputed(city, live) == said
+    patrol = {**live, "grid": {**located, "method": "patrol"}}
+    assert present.grid_disputed(city, patrol) == (
+        "上报网格与地址不一致：网格员所属和平里社区第一网格，地址在建设社区第一网格"
+    )
+    # From the record: the grid's place only, the classification in the history.
+    recorded = {**DEPARTMENTS_TICKET, "grid": {"grid": "s01c01g01", "community": "s01c01", "street": "s01"}}
+    classified = {"topic": "appeal.classified", "grid": located}
+    assert present.grid_disputed(city, recorded, [classified]) == said
+    assert present.grid_disputed(city, recorded, []) == ""
+    # They agree, or the classification was of version 1 (nothing looked for): nothing said.
+    assert present.grid_disputed(city, {**live, "grid": {**located, "address_grid": None}}) == ""
+    assert (
+        present.grid_disputed(city, recorded, [{"topic": "appeal.classified", "grid": {"grid": "s01c01g01"}}])
+        == ""
+    )
+    assert present.grid_disputed(city, {**live, "grid": None}) == ""
+    # The desk placed it (in the address's grid, or any): the page says 人工选定 instead.
+    chosen = {**DEPARTMENTS_TICKET, "grid": {"grid": "s02c01g01", "method": "desk"}}
+    by_desk = {"topic": "ticket.assigned", "via": "operator", "grid": "s02c01g01", "grid_chosen": True}
+    assert present.grid_disputed(city, chosen, [classified, by_desk]) == ""
+    # The desk kept the coordinates' grid as it dispatched (none chosen): still said, for the
+    # department and the grid's worker to look at both places.
+    kept = {"topic": "ticket.assigned", "via": "operator", "grid": "s01c01g01"}
+    assert present.grid_disputed(city, recorded, [classified, kept]) == said
+
+    html = render_ticket(city, live, place=present.place_name(city, "s01c01g01"), grid_apart=said)
+    apart = re.search(r'<dd id="grid-apart" class="warning">([^<]*)</dd>', html)
+    assert apart is not None
+    assert apart[1] == f"{said}，请核实事发位置"
+    waiting = {**live, "status": "review"}
+    html = render_ticket(city, waiting, place=present.place_name(city, "s01c01g01"), grid_apart=said)
+    assert f"{said}，派单时请在“事发网格”中确认" in html
+    html = render_ticket(city, live, place=present.place_name(city, "s01c01g01"), grid_apart="")
+    assert 'id="grid-apart"' not in html
+
+
 def render_ticket(city, ticket, role="admin", department=None, handles=False, meeting_title="", **context):
     who = SimpleNamespace(
         principal=SimpleNamespace(role=role, is_admin=role == "admin", department=department, operator=None),
@@ -1558,6 +1603,43 @@ async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatc
     done = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
     assert done.status_code == 303
     assert fake.bodies[-1]["grid"] == "s03c02g01"
+
+
+async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree(monkeypatch, city):
+    """A ticket held at the desk because its address names another grid than its coordinates says
+    so on its card, by the grids' names, and 事发网格 is described by it: the desk picks the grid
+    there. A card without a disagreement says nothing of the kind."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261201-000053"
+    card = {"ticket_no": no, "status": "review", "text": "楼上邻居半夜吵闹", "confidence": 0.95}
+    card |= {"top_categories": [{"category": "safety.disputes", "probability": 0.95}]}
+    card["address"] = "建设街道建设里小区"
+    card["grid"] = {"grid": "s01c01g01", "method": "coordinates", "address_grid": "s02c01g01"}
+    fake = _PlacingDeskApi(card, Reply(200, {"department": {"name": "和平街道人民调解委员会"}}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    apart = re.search(rf'<p class="warning" id="apart-{no}">([^<]*)</p>', card_html)
+    assert apart is not None
+    assert html_unescape(apart[1]) == (
+        "定位与地址不一致：定位在和平里社区第一网格，地址在建设社区第一网格，请核实后在“事发网格”中选定"
+    )
+    select = re.search(rf'<select id="grid-{no}" name="grid"([^>]*)>', card_html)
+    assert select is not None
+    assert select[1].strip() == f'aria-describedby="apart-{no}"'
+    assert unread(html) == []
+
+    card["grid"] = {"grid": "s01c01g01", "method": "coordinates"}
+    html = (await views.desk_page(request, s)).body.decode()
+    assert f'id="apart-{no}"' not in html
+    assert re.search(rf'<select id="grid-{no}" name="grid">', html)
 
 
 async def test_a_grid_the_api_refuses_comes_back_to_the_cards_grid_select(monkeypatch, city):

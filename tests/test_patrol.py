@@ -69,6 +69,49 @@ async def test_the_phones_position_decides_the_grid_over_the_workers_own(api, re
     assert ticket["location"] == {"lng": 116.31, "lat": 39.97}
 
 
+async def test_an_address_in_another_grid_is_said_and_a_patrol_report_waits_for_the_desk(api, redis):
+    """定位与地址不一致: a report placed by the worker's grid whose address is a compound of the next
+    grid waits at the dispatch desk, saying both grids, and the desk places it as it dispatches it;
+    one placed by the phone's position is routed by its rule (a streetlight is the district's
+    anywhere), the disagreement carried for the department to read."""
+    worker = await grid_worker(redis)
+    admin = {"Authorization": f"Bearer {await issue_token(redis, 'admin')}"}
+    said = "上报网格与地址不一致：网格员所属和平里社区第二网格，地址在和平里社区第一网格"
+    text = "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患"
+    r = await api.post("/api/v1/appeals", json={"text": text, "address": "和平里小区3号楼"}, headers=worker)
+    assert r.status_code == 201, r.text
+    no = r.json()["ticket_no"]
+    waiting = await ticket_when(api, no, lambda t: t["status"] == "review")
+    grid = waiting["grid"]
+    assert (grid["grid"], grid["method"], grid["address_grid"]) == (GRID, "patrol", NEIGHBOUR)
+    classified = next(h for h in waiting["history"] if h["topic"] == "appeal.classified")
+    assert (classified["version"], classified["needs_review"]) == (2, True)
+    at_desk = waiting["history"][-1]
+    assert (at_desk["topic"], at_desk["via"]) == ("ticket.assigned", "dispatch_desk")
+    assert at_desk["explanation"].startswith(f"{said}，请核实事发网格后人工派单")
+    r = await api.post(
+        f"/api/v1/dispatch/{no}/assign", headers=admin, json={"department": "urban_mgmt", "grid": NEIGHBOUR}
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["grid"]["grid"], r.json()["grid"]["method"]) == (NEIGHBOUR, "desk")
+    assert r.json()["grid"].get("address_grid") is None  # settled by a person
+
+    r = await api.post(
+        "/api/v1/appeals",
+        json={"text": text, "address": "翠竹苑3号楼", "location": {"lng": 116.31, "lat": 39.97}},
+        headers=worker,
+    )
+    assert r.status_code == 201, r.text
+    routed = await ticket_when(api, r.json()["ticket_no"], lambda t: t["status"] in ("assigned", "review"))
+    grid = routed["grid"]
+    assert (grid["grid"], grid["method"], grid["address_grid"]) == (NEIGHBOUR, "coordinates", GRID)
+    assert (routed["status"], routed["department"]["id"]) == ("assigned", "urban_mgmt")
+    assigned = routed["history"][-1]
+    assert assigned["explanation"].endswith(
+        "；定位与地址不一致：定位在和平里社区第一网格，地址在和平里社区第二网格，请核实事发位置"
+    )
+
+
 async def test_what_the_worker_dealt_with_on_the_spot_is_resolved_by_its_street_office(api, redis):
     first_day = local_today()  # before the report: the figures' local day may turn meanwhile
     worker = await grid_worker(redis, worker="W019")

@@ -12,6 +12,7 @@ import yaml
 from services.router.rules import (
     candidates,
     contested,
+    located_apart,
     mediation_committee,
     responsible,
     route,
@@ -158,6 +159,45 @@ def test_the_routing_of_a_classification_is_the_rules_then_a_contest_or_the_desk
     likely = tuple(s.model_copy(update={"probability": s.probability * 4}) for s in weak)
     routing, others = routing_for(city, "city.facility.streetlight", g, 0.56, 0.05, likely)
     assert (routing.via, others) == ("rule", ("power",))
+
+
+def test_an_address_in_another_grid_than_the_coordinates_is_confirmed_by_a_person_where_it_matters(city):
+    """定位与地址不一致 (`GridMatch.address_grid`): the desk confirms the place of a dispute (its
+    street's committee takes it, and the address is in another street) and of any patrol report; a
+    streetlight, the district's anywhere, goes out by its rule, the explanation saying it for the
+    department to look at both places. A reviewer's correction is the person's confirmation."""
+    apart = grid(city, "s01c01g01").model_copy(update={"method": "coordinates", "address_grid": "s02c01g01"})
+    said = "定位与地址不一致：定位在和平里社区第一网格，地址在建设社区第一网格"
+    assert located_apart(city, apart) == said
+    dispute = (CategoryScore(category="safety.disputes", probability=0.95),)
+    routing, others = routing_for(city, "safety.disputes", apart, 0.95, 0.5, dispute)
+    assert (routing.lead, routing.via, others) == ("dispatch_desk", "dispatch_desk", ())
+    assert routing.explanation == f"{said}，请核实事发网格后人工派单（公共安全/邻里纠纷）"
+    routing, _ = routing_for(city, "safety.disputes", apart, 0.95, 0.5, dispute, reviewed=True)
+    assert (routing.lead, routing.via) == ("mediation_s01", "rule")
+
+    light = (CategoryScore(category="city.facility.streetlight", probability=0.95),)
+    routing, _ = routing_for(city, "city.facility.streetlight", apart, 0.95, 0.5, light)
+    assert (routing.lead, routing.via) == ("urban_mgmt", "rule")
+    assert routing.explanation.endswith(f"；{said}，请核实事发位置")
+    # At the desk for its low confidence: the desk reads the disagreement too.
+    routing, _ = routing_for(city, "city.facility.streetlight", apart, 0.2, 0.5, light)
+    assert routing.via == "dispatch_desk"
+    assert routing.explanation.startswith("分类置信度0.20低于阈值0.50")
+    assert routing.explanation.endswith(f"；{said}")
+
+    patrol = apart.model_copy(update={"method": "patrol", "address_grid": "s01c01g02"})
+    routing, _ = routing_for(city, "city.facility.streetlight", patrol, 0.95, 0.5, light)
+    assert routing.via == "dispatch_desk"
+    assert routing.explanation.startswith(
+        "上报网格与地址不一致：网格员所属和平里社区第一网格，地址在和平里社区第二网格"
+    )
+    # No disagreement: as before.
+    agreed = apart.model_copy(update={"address_grid": None})
+    assert located_apart(city, agreed) == ""
+    routing, _ = routing_for(city, "safety.disputes", agreed, 0.95, 0.5, dispute)
+    assert (routing.lead, routing.via) == ("mediation_s01", "rule")
+    assert "不一致" not in routing.explanation
 
 
 def test_candidates_and_responsibility(city):

@@ -891,6 +891,7 @@ KEPT = {
     "actor", "applied", "assigned_via", "category", "category_names", "co_departments.id",
     "co_departments.name", "department.id", "department.name", "grid", "grid.community", "grid.grid",
     "grid.street", "lead_street.id", "lead_street.name", "meeting.category", "meeting.grid",
+    "grid.address_grid",  # a grid's id, as grid.grid is (定位与地址不一致)
     "meeting.lead_street", "meeting.meeting_id", "meeting.summoned", "meeting_id", "message_id",
     "model_version", "operator_id", "patrol_grid", "returned.reason_name", "returned_by", "reviewed_by",
     "rule", "status",

@@ -78,8 +78,11 @@ class Classifier:
                         float(pred.urgent[i]) if pred.urgent is not None else None,
                     ),
                     # Without a grid a person places it only where the place decides who leads
-                    # it (the router routes the others by their rule).
-                    needs_review=confidence < threshold or self.city.needs_placing(category, grid.grid),
+                    # it (the router routes the others by their rule); so too a grid the address
+                    # contradicts (定位与地址不一致: a patrol report's, or where the lead may differ).
+                    needs_review=confidence < threshold
+                    or self.city.needs_placing(category, grid.grid)
+                    or self.city.place_disputed(category, grid.grid, grid.address_grid, grid.method),
                     review_threshold=round(threshold, 4),
                     model_version=model.version,
                 )

@@ -2,6 +2,8 @@
 text (the gazetteer built from the city configuration), else from a small model over address-like
 tokens (for names the gazetteer does not know verbatim: 阳光花苑 for 阳光花园, 东湖新村 ...). No grid
 found is an answer too ("none"), which sends the appeal to review: never a guess presented as fact.
+When the coordinates (or the patrolling worker's grid) decide and the address alone clearly names
+another grid, the match says which (`GridMatch.address_grid`, 定位与地址不一致).
 
 Pure functions over the city configuration, no I/O (the fallback model is fitted from it on load).
 """
@@ -19,6 +21,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from shared.city import City, Place, Road
 from shared.events import GeoPoint, GridMatch
 
+# An address names a grid clearly enough to contradict the coordinates with a name of this weight at
+# least: a compound or a road with its house number (1.0), a landmark (0.8); not a road alone (0.6).
+CLEAR_MENTION = 0.8
 TIED_NAMED = 4  # the grids a tie names, at most: enough to ask the caller which, short enough to read
 
 _HOUSE_NUMBER = re.compile(r"\s*(\d{1,5})\s*号")  # matched at the end of a road name
@@ -104,6 +109,14 @@ def point_in_polygon(lng: float, lat: float, polygon: tuple[tuple[float, float],
 
 
 @dataclass(frozen=True)
+class _Named:
+    scores: dict[str, float]  # grid -> how strongly the names point to it
+    evidence: dict[str, str]  # grid -> the name (and house number) that matched it
+    kinds: dict[str, float]  # grid -> its best name's own weight, before sharing: 1.0 a compound
+    own: frozenset[str]  # the grids named by a name no other grid has (幸福里 is two grids')
+
+
+@dataclass(frozen=True)
 class _Entry:
     grid: str
     kind: str  # compound, landmark, road
@@ -159,14 +172,23 @@ class GridLocator:
     ) -> GridMatch | None:
         """Coordinates, else the grid of the grid worker who reported it, else the gazetteer; a tie
         is a final answer (none); None: ask the model."""
+        # The coordinates, else the worker's grid, stay the appeal's grid even when the address alone
+        # names another one (定位与地址不一致): the match then says which (`address_grid`), and a
+        # person settles it where it matters (`City.place_disputed`). Neither source is right every
+        # time: a WeChat location is where the phone was, maybe the resident's home, and an address
+        # may be a landmark the problem is near; a stale fix or a mistyped address either way. And a
+        # patrol report placed by its address would leave the grid of the worker who reported it, who
+        # could no longer read or follow it (a grid worker reads its grid's tickets only).
         if location is not None:
             for gid, info in self.city.grids.items():
                 if info.grid.polygon and point_in_polygon(location.lng, location.lat, info.grid.polygon):
-                    return grid_match(self.city, gid, "coordinates", 0.99, f"{location.lng},{location.lat}")
+                    at = f"{location.lng},{location.lat}"
+                    return self._checked_against(grid_match(self.city, gid, "coordinates", 0.99, at), address)
         # A grid worker reports what it finds in its own grid; a place named in the text may be a
         # landmark across the street, so the worker's grid is the better answer.
         if patrol_grid in self.city.grids:
-            return grid_match(self.city, patrol_grid, "patrol", 0.95, "网格员巡查上报")
+            patrol = grid_match(self.city, patrol_grid, "patrol", 0.95, "网格员巡查上报")
+            return self._checked_against(patrol, address)
         # The address is what the operator typed as the place: trust it over the narrative.
         for source, weight in ((address, 1.0), (text, 0.8)):
             if source:
@@ -175,11 +197,42 @@ class GridLocator:
                     return found
         return None
 
+    def _checked_against(self, found: GridMatch, address: str) -> GridMatch:
+        """`found` (by coordinates or the patrol), with the grid the address names if another."""
+        elsewhere = self._address_elsewhere(address, found.grid or "")
+        return found if elsewhere is None else found.model_copy(update={"address_grid": elsewhere})
+
+    def _address_elsewhere(self, address: str, located: str) -> str | None:
+        """The grid the address alone names when it is clearly another than `located` (the grid of
+        the coordinates, or of the patrolling worker): the gazetteer's answer on the address is one
+        grid (not a tie; the model's guesses are not asked), named by a compound, a landmark or a
+        road with a house number in its stretch, and the address names nothing of `located`'s own
+        (翠竹苑 by 和平里菜市场 names both; 建设街道幸福里 only the 幸福里 of 建设街道, though another
+        grid has a 幸福里 too). A road named without a number is left out: grids meet along roads,
+        and a fix across the road is no disagreement. None otherwise (no address, the same grid, a
+        tie, only a road)."""
+        if not address:
+            return None
+        named = self._named(address)
+        if named is None or located in named.own:
+            return None
+        found = self._decided(named, 1.0)
+        if found.grid is None or named.kinds[found.grid] < CLEAR_MENTION:
+            return None
+        return found.grid
+
     def _from_names(self, source: str, source_weight: float) -> GridMatch | None:
+        named = self._named(source)
+        return None if named is None else self._decided(named, source_weight)
+
+    def _named(self, source: str) -> _Named | None:
+        """The grids the place names in `source` point to, scored; None when it names none."""
         if self._names is None:
             return None
         scores: dict[str, float] = defaultdict(float)
         evidence: dict[str, str] = {}
+        kinds: dict[str, float] = defaultdict(float)
+        own: set[str] = set()
         for m in self._names.finditer(source):
             entries = self.by_name[m.group()]
             number = _HOUSE_NUMBER.match(source, m.end())
@@ -189,11 +242,14 @@ class GridLocator:
                 in_range = [e for e in entries if e.kind != "road" or e.from_no <= n <= e.to_no]
                 entries = in_range or entries
             sharing = len({x.grid for x in entries})
+            if sharing == 1:
+                own.add(entries[0].grid)
             for e in entries:
                 if e.kind == "road" and number and e.from_no <= int(number.group(1)) <= e.to_no:
                     weight = 1.0  # a road with a house number in range is as good as a compound
                 else:
                     weight = self.WEIGHTS[e.kind]
+                kinds[e.grid] = max(kinds[e.grid], weight)
                 # A name shared by several grids says less about each of them.
                 weight /= sharing
                 if weight > scores[e.grid]:
@@ -208,6 +264,11 @@ class GridLocator:
                 info = self.city.grids[gid]
                 if (info.street_id if kind == "street" else info.community_id) == area_id:
                     scores[gid] += 0.3
+        return _Named(dict(scores), evidence, dict(kinds), frozenset(own))
+
+    def _decided(self, named: _Named, source_weight: float) -> GridMatch:
+        """The grid the names point to, or none when two or more are as likely (a tie)."""
+        scores, evidence = named.scores, named.evidence
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         best, best_score = ranked[0]
         runner_up = ranked[1][1] if len(ranked) > 1 else 0.0
@@ -216,10 +277,10 @@ class GridLocator:
             grids = [g for g, sc in ranked if best_score - sc < 0.05]
             tied = "、".join(sorted({evidence[g] for g in grids}))
             # Which grids, by name: the operator asks the caller which one (和平里的幸福里, or 建设路的?).
-            named = "、".join(self.city.grids[g].full_name for g in sorted(grids)[:TIED_NAMED])
+            which = "、".join(self.city.grids[g].full_name for g in sorted(grids)[:TIED_NAMED])
             more = f"等{len(grids)}个网格" if len(grids) > TIED_NAMED else ""
             return GridMatch(
-                grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}（{named}{more}）"
+                grid=None, method="none", confidence=0.0, evidence=f"多个网格都有：{tied}（{which}{more}）"
             )
         confidence = min(0.98, source_weight * best_score * (1 - runner_up / (best_score + runner_up)))
         return grid_match(self.city, best, "gazetteer", round(confidence, 3), evidence.get(best, ""))

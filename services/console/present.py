@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from services.router.rules import matching_rules, route
+from services.router.rules import located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
 from shared.access import ROLE_NAMES, subject_words
@@ -491,6 +491,31 @@ def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str
     grid = (ticket.get("grid") or {}).get("grid")
     placed = (h for h in history if h.get("topic") == "ticket.assigned" and h.get("grid_chosen"))
     return bool(grid) and any(h.get("grid") == grid for h in placed)
+
+
+def grid_disputed(city: City, ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()) -> str:
+    """定位与地址不一致：定位在X，地址在Y (`rules.located_apart`), for the ticket's page and its desk
+    card, so that the desk picks the right grid in 事发网格 and the department and the grid's worker
+    know to look at both places; "" when the two agree. Read from the ticket's grid where it has
+    how it was matched (the working set: the desk's cards), else from its last classification in the
+    history (a ticket read back from the record keeps the grid's place only). Not said once a person
+    placed it elsewhere: the desk's 人工选定 (the page says so), a reviewer's grid."""
+    grid = ticket.get("grid") or {}
+    if not grid.get("grid"):
+        return ""
+    source = grid
+    if not grid.get("address_grid"):
+        classified = [h for h in history if h.get("topic") in ("appeal.classified", "appeal.review")]
+        source = (classified[-1].get("grid") if classified else None) or {}
+    if not source.get("address_grid") or source.get("grid") != grid.get("grid"):
+        return ""
+    if grid_chosen_by_desk(ticket, history):
+        return ""
+    try:
+        match = GridMatch.model_validate(source)
+    except ValueError:  # a grid of a shape this console does not know: nothing to say about it
+        return ""
+    return located_apart(city, match)
 
 
 # --- the dispatch desk's choices -------------------------------------------------------------------

@@ -1086,6 +1086,8 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
         "place": present.place_name(city, grid),
         "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),
+        # 定位与地址不一致: where the coordinates (or the worker's grid) and the address put it.
+        "grid_apart": present.grid_disputed(city, ticket, ticket.get("history", [])),
         "departments": present.departments_of(city),  # the desk's 改派 form
         # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
         "can_verify": ticket.get("status") in ("resolved", "surveyed")
@@ -1408,6 +1410,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         t["return_reasons"] = why.get(t["ticket_no"], [])
     for t in shown:  # after the reasons: a category returned as wrong is not suggested again
         t["suggestions"] = present.suggestions(city, t)
+        t["grid_apart"] = present.grid_disputed(city, t)  # 定位与地址不一致: for 事发网格
     # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
     error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""

@@ -83,6 +83,7 @@ class _ReceivedAt(Part):
 
 class PlaceOf(View):
     of = AppealClassified
+    version: int = 2
     appeal: _ReceivedAt
     grid: GridMatch
 

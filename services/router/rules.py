@@ -9,7 +9,7 @@ unclear jurisdiction must never leave a ticket unowned. Low confidence: the disp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from shared.city import City, DepartmentKind, ResponsibilityRule
@@ -47,6 +47,18 @@ GRID_METHODS = {
     "desk": "派单中心人工选定",
     "none": "未定位",
 }
+
+
+def located_apart(city: City, grid: GridMatch) -> str:
+    """定位与地址不一致, in words with the grids' full names, for the history and the console: where the
+    coordinates (or the patrolling worker's grid) put the appeal and where its address does; "" when
+    they agree (`GridMatch.address_grid`)."""
+    here, there = city.grids.get(grid.grid or ""), city.grids.get(grid.address_grid or "")
+    if here is None or there is None or grid.grid == grid.address_grid:
+        return ""
+    if grid.method == "patrol":
+        return f"上报网格与地址不一致：网格员所属{here.full_name}，地址在{there.full_name}"
+    return f"定位与地址不一致：定位在{here.full_name}，地址在{there.full_name}"
 
 
 def describe_rule(city: City, rule: ResponsibilityRule) -> str:
@@ -241,6 +253,17 @@ def routing_for(
     correction (`reviewed`) is what the appeal is about, however the model read it. The router's
     decision, and the hotline preview's, which must name the department the router will."""
     routing = route(city, category, grid, confidence, threshold)
+    # The address names another grid than the coordinates (or the patrol): a person confirms the
+    # place where it may change who leads it, and for every patrol report (`City.place_disputed`);
+    # a reviewer's correction is that person. The rest go by their rule, the history saying it.
+    apart = located_apart(city, grid)
+    if apart and routing.via in ("rule", "fallback") and not reviewed:
+        if city.place_disputed(category, grid.grid, grid.address_grid, grid.method):
+            names = "/".join(city.category_names(category))
+            return to_the_desk(city, f"{apart}，请核实事发网格后人工派单（{names}）"), ()
+        routing = replace(routing, explanation=f"{routing.explanation}；{apart}，请核实事发位置")
+    elif apart:  # at the desk for another reason (low confidence): the desk reads this too
+        routing = replace(routing, explanation=f"{routing.explanation}；{apart}")
     sup = city.sla.supervision
     others = contested(city, routing, top, grid, sup.ambiguity_margin)
     # Asked only of a contest: most appeals have none, and this is the router's hot path.

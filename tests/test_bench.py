@@ -25,23 +25,32 @@ KEYS = {
 }
 
 
-def bench(data_dir, *args: str) -> tuple[dict, str]:
-    """`appeals bench pipeline ARGS` on servers of its own: its figures (JSON) and what it printed."""
-    out = data_dir / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
-    env["DATA_DIR"] = str(data_dir)
-    env["KAFKA_SESSION_TIMEOUT_MS"] = str(SESSION_TIMEOUT_MS)  # its consumers' and workers' joins
-    env["KAFKA_CALLERS_PATH_FETCH_WAIT_MS"] = str(CALLERS_PATH_FETCH_WAIT_MS)  # as the other systems
+def appeals_cli(data_dir, *args: str, **env: str) -> str:
+    """`appeals ARGS` with servers of its own (no external ones) and `env`: what it printed."""
+    whole = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    whole |= {"DATA_DIR": str(data_dir), **env}
     run = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "pipeline", *args, "--json", str(out)],
+        [sys.executable, "-m", "services.cli", *args],
         cwd=ROOT,
-        env=env,
+        env=whole,
         capture_output=True,
         text=True,
         timeout=280,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return json.loads(out.read_text()), run.stdout
+    return run.stdout
+
+
+def bench(data_dir, *args: str) -> tuple[dict, str]:
+    """`appeals bench pipeline ARGS` on servers of its own: its figures (JSON) and what it printed."""
+    out = data_dir / "bench.json"
+    printed = appeals_cli(
+        data_dir,
+        *("bench", "pipeline", *args, "--json", str(out)),
+        KAFKA_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),  # its consumers' and workers' joins
+        KAFKA_CALLERS_PATH_FETCH_WAIT_MS=str(CALLERS_PATH_FETCH_WAIT_MS),  # as the other systems
+    )
+    return json.loads(out.read_text()), printed
 
 
 def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
@@ -66,22 +75,6 @@ def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):
     assert "api" in figures["cpu_us_per_appeal"]
     assert "broker_limit_per_s" not in figures
     assert "the API's answer -> ticket.assigned read" in printed
-
-
-def appeals_cli(data_dir, *args: str) -> str:
-    """`appeals ARGS` with the servers of its own (no external ones): what it printed."""
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
-    env["DATA_DIR"] = str(data_dir)
-    run = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout
 
 
 def test_bench_records_projects_searches_and_moves_closed_tickets_out_of_redis(data_dir):

@@ -1554,28 +1554,49 @@ class _PlacingDeskApi(_DeskApi):
         return await super().post(path, body, headers)
 
 
+class _DeskPages:
+    """The desk as an admin sees it, over `_PlacingDeskApi` holding one card: its page (with the
+    address's query) and a dispatch (with the posted form)."""
+
+    def __init__(self, monkeypatch, city, card: dict, reply: Reply) -> None:
+        from services.console import views
+        from services.console.session import Session
+        from shared.auth import Principal
+
+        self.views, self.monkeypatch = views, monkeypatch
+        self.api = _PlacingDeskApi(card, reply)
+        monkeypatch.setattr(views, "api", lambda request, s: self.api)
+        settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+        self.state = SimpleNamespace(city=city, settings=settings)
+        self.session = Session(token="t", principal=Principal(role="admin"), csrf="c")
+
+    async def page(self, query: dict | None = None) -> str:
+        request = SimpleNamespace(query_params=query or {}, app=SimpleNamespace(state=self.state))
+        return (await self.views.desk_page(request, self.session)).body.decode()
+
+    async def assign(self, no: str, form: list[tuple[str, str]]):
+        from starlette.datastructures import FormData
+
+        async def posted(request, s):
+            return FormData(form)
+
+        self.monkeypatch.setattr(self.views, "checked_form", posted)
+        return await self.views.desk_assign(
+            SimpleNamespace(app=SimpleNamespace(state=self.state)), no, self.session
+        )
+
+
 @pytest.mark.parametrize("grid", [None, "s02c01g02"])
 async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatch, city, grid):
     """事发网格 on each card: a ticket the classifier could not place says so and offers the city's
     grids, grouped by street and community (none chosen until the desk chooses one); a placed one
     names its grid as the choice that changes nothing. What the desk chooses goes to the API."""
-    from starlette.datastructures import FormData
-
-    from services.console import views
-    from services.console.session import Session
-    from shared.auth import Principal
-
     no = "20261201-000051"
     card = {"ticket_no": no, "status": "review", "text": "那边路灯不亮", "confidence": 0.3}
     card |= {"top_categories": [{"category": "city.facility.streetlight", "probability": 0.4}]}
     card["grid"] = {"grid": grid, "method": "gazetteer" if grid else "none"}
-    fake = _PlacingDeskApi(card, Reply(200, {"department": {"name": "区城市管理委员会"}}))
-    monkeypatch.setattr(views, "api", lambda request, s: fake)
-    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
-    state = SimpleNamespace(city=city, settings=settings)
-    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
-    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    html = (await views.desk_page(request, s)).body.decode()
+    desk = _DeskPages(monkeypatch, city, card, Reply(200, {"department": {"name": "区城市管理委员会"}}))
+    html = await desk.page()
     card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
     select = re.search(rf'<select id="grid-{no}" name="grid"[^>]*>(.*?)</select>', card_html, re.S)
     assert select is not None
@@ -1594,37 +1615,23 @@ async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatc
     assert "selected" not in select[1]  # nothing chosen for the desk
     assert "aria-invalid" not in select[0]
 
-    async def posted(request, s):
-        return FormData(
-            [("category", "city.facility.streetlight"), ("department", "urban_mgmt"), ("grid", "s03c02g01")]
-        )
-
-    monkeypatch.setattr(views, "checked_form", posted)
-    done = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    form = [("category", "city.facility.streetlight"), ("department", "urban_mgmt"), ("grid", "s03c02g01")]
+    done = await desk.assign(no, form)
     assert done.status_code == 303
-    assert fake.bodies[-1]["grid"] == "s03c02g01"
+    assert desk.api.bodies[-1]["grid"] == "s03c02g01"
 
 
 async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree(monkeypatch, city):
     """A ticket held at the desk because its address names another grid than its coordinates says
     so on its card, by the grids' names, and 事发网格 is described by it: the desk picks the grid
     there. A card without a disagreement says nothing of the kind."""
-    from services.console import views
-    from services.console.session import Session
-    from shared.auth import Principal
-
     no = "20261201-000053"
     card = {"ticket_no": no, "status": "review", "text": "楼上邻居半夜吵闹", "confidence": 0.95}
     card |= {"top_categories": [{"category": "safety.disputes", "probability": 0.95}]}
     card["address"] = "建设街道建设里小区"
     card["grid"] = {"grid": "s01c01g01", "method": "coordinates", "address_grid": "s02c01g01"}
-    fake = _PlacingDeskApi(card, Reply(200, {"department": {"name": "和平街道人民调解委员会"}}))
-    monkeypatch.setattr(views, "api", lambda request, s: fake)
-    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
-    state = SimpleNamespace(city=city, settings=settings)
-    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
-    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    html = (await views.desk_page(request, s)).body.decode()
+    desk = _DeskPages(monkeypatch, city, card, Reply(200, {"department": {"name": "和平街道人民调解委员会"}}))
+    html = await desk.page()
     card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
     apart = re.search(rf'<p class="warning" id="apart-{no}">([^<]*)</p>', card_html)
     assert apart is not None
@@ -1637,7 +1644,7 @@ async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree
     assert unread(html) == []
 
     card["grid"] = {"grid": "s01c01g01", "method": "coordinates"}
-    html = (await views.desk_page(request, s)).body.decode()
+    html = await desk.page()
     assert f'id="apart-{no}"' not in html
     assert re.search(rf'<select id="grid-{no}" name="grid">', html)
 
@@ -1645,33 +1652,17 @@ async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree
 async def test_a_grid_the_api_refuses_comes_back_to_the_cards_grid_select(monkeypatch, city):
     """A grid the API does not know (the page was older than the city's areas) is refused in words
     beside 事发网格, which takes the focus, marked and described by why; the category picked stays."""
-    from starlette.datastructures import FormData
-
-    from services.console import views
-    from services.console.session import Session
-    from shared.auth import Principal
-
     no = "20261201-000052"
     card = {"ticket_no": no, "status": "review", "text": "那边路灯不亮", "confidence": 0.3}
     card |= {"top_categories": [{"category": "city.facility.streetlight", "probability": 0.4}]}
     said = "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
     refusal = Reply(422, {"error": "unknown_grid", "field": "grid", "message": said})
-    fake = _PlacingDeskApi(card, refusal)
-    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    desk = _DeskPages(monkeypatch, city, card, refusal)
     form = [("category", "city.facility.streetlight"), ("department", "urban_mgmt"), ("grid", "s09c09g09")]
-
-    async def posted(request, s):
-        return FormData(form)
-
-    monkeypatch.setattr(views, "checked_form", posted)
-    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
-    state = SimpleNamespace(city=city, settings=settings)
-    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    back = await desk.assign(no, form)
     where = urlsplit(back.headers["location"])
     assert (where.path, where.fragment) == ("/console/desk", f"grid-{no}")
-    request = SimpleNamespace(query_params=dict(parse_qsl(where.query)), app=SimpleNamespace(state=state))
-    html = (await views.desk_page(request, s)).body.decode()
+    html = await desk.page(dict(parse_qsl(where.query)))
     card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
     assert html_escape(said, quote=False) in card_html
     grid = re.search(rf'<select id="grid-{no}" name="grid"([^>]*)>', card_html)

@@ -1981,6 +1981,15 @@ async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
         async with page.expect_navigation():
             await page.keyboard.press("Enter")
         await expect(page.locator("#done")).to_contain_text(f"工单{no}已派至")
+        # A section scrolled to (the desk's link to 退单工单) clears the line saying what was done,
+        # which stays at the top (room added below, as a desk with many cards has).
+        await page.evaluate("document.body.style.paddingBottom = '3000px'")
+        await page.locator("#returned").evaluate("el => el.scrollIntoView()")
+        heading = await page.locator("#returned h2").bounding_box()
+        line = await page.locator("#done").bounding_box()
+        assert heading is not None
+        assert line is not None
+        assert heading["y"] >= line["y"] + line["height"], (heading, line)
         placed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
     assert (placed["department"]["id"], placed["grid"]["grid"], placed["grid"]["method"]) == (
         chosen_department,

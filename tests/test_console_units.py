@@ -1453,7 +1453,7 @@ async def test_the_desks_first_department_button_is_the_chosen_categorys(monkeyp
 
     card_html = html[html.index(f'id="desk-{no}"') :]
     buttons = re.findall(
-        r'<button type="submit" name="department" value="([^"]+)" class="dept" data-category="([^"]+)">'
+        r'<button type="submit" name="department" value="([^"]+)" class="dept" data-category="([^"]+)"[^>]*>'
         r"([^<]*)</button>",
         card_html,
     )
@@ -1621,6 +1621,41 @@ async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatc
     assert desk.api.bodies[-1]["grid"] == "s03c02g01"
 
 
+async def test_a_one_click_department_of_another_place_than_the_grid_chosen_comes_back(monkeypatch, city):
+    """The buttons name the departments of the place the card was drawn for. Choosing 事发网格 where
+    the responsibility list names another department (南苑's market: 光明街道's cleaners, not the
+    city's) and pressing the button sends nothing: the card comes back with that grid's department
+    first, focused, saying why. 其他单位 stays the desk's own choice, sent as chosen."""
+    no = "20261201-000054"
+    card = {"ticket_no": no, "status": "review", "text": "市场旁边垃圾没人收", "confidence": 0.3}
+    card |= {"top_categories": [{"category": "city.appearance.garbage", "probability": 0.4}]}
+    card["grid"] = {"grid": None, "method": "none"}
+    desk = _DeskPages(monkeypatch, city, card, Reply(200, {"department": {"name": "光明街道办事处"}}))
+    html = await desk.page()
+    first = re.search(rf'<button [^>]*value="([^"]+)"[^>]*id="dept-first-{no}"', html)
+    assert first is not None
+    assert first[1] == "urban_mgmt"  # garbage, anywhere but 南苑's market
+    form = [("category", "city.appearance.garbage"), ("grid", "s03c02g03")]
+    back = await desk.assign(no, [*form, ("department", "urban_mgmt")])
+    assert desk.api.bodies == []  # nothing sent
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", f"dept-first-{no}")
+    html = await desk.page(dict(parse_qsl(where.query)))
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    assert "“垃圾清运”由光明街道办事处承办，一键派单按钮已按该网格更新" in html_unescape(card_html)
+    button = re.search(rf'<button [^>]*value="([^"]+)"[^>]*id="dept-first-{no}"([^>]*)>', card_html)
+    assert button is not None
+    assert button[1] == "street_s03"
+    assert button[2].strip() == f'aria-describedby="assign-error-{no}" autofocus'
+    assert html.count("autofocus") == 1
+    await desk.assign(no, [*form, ("department", "street_s03")])  # the grid's own: sent
+    await desk.assign(no, [*form, ("department", ""), ("department_other", "urban_mgmt")])  # 其他单位
+    assert [(b["department"], b["grid"]) for b in desk.api.bodies] == [
+        ("street_s03", "s03c02g03"),
+        ("urban_mgmt", "s03c02g03"),
+    ]
+
+
 async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree(monkeypatch, city):
     """A ticket held at the desk because its address names another grid than its coordinates says
     so on its card, by the grids' names, and 事发网格 is described by it: the desk picks the grid
@@ -1665,6 +1700,9 @@ async def test_a_grid_the_api_refuses_comes_back_to_the_cards_grid_select(monkey
     html = await desk.page(dict(parse_qsl(where.query)))
     card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
     assert html_escape(said, quote=False) in card_html
+    # Beside the select it is about, not at the top of the form two fieldsets away.
+    between = card_html[card_html.index(f'id="grid-{no}"') : card_html.index("第二步")]
+    assert html_escape(said, quote=False) in between
     grid = re.search(rf'<select id="grid-{no}" name="grid"([^>]*)>', card_html)
     assert grid is not None
     assert grid[1].strip() == f'aria-invalid="true" aria-describedby="assign-error-{no}" autofocus'

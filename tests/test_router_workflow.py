@@ -886,6 +886,25 @@ def test_the_desk_corrects_the_classifiers_grid_and_keeps_it_when_it_chooses_non
         assert "人工选定" not in kept.publish[0].explanation
 
 
+def test_the_desk_confirms_a_located_grid_the_address_disputed_by_choosing_it():
+    """定位与地址不一致: the desk chooses the grid the coordinates gave. Confirmed: the ticket's grid
+    is the desk's choice, naming no other grid, so the department is not asked to check it again."""
+    c = classified(CITY, "city.facility.streetlight", "s01c01g01", confidence=0.2)
+    apart = c.grid.model_copy(update={"method": "coordinates", "address_grid": "s02c01g01"})
+    t = assign(CITY, c.model_copy(update={"grid": apart})).ticket
+    assert t.grid is not None
+    assert t.grid.address_grid == "s02c01g01"
+    out = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid="s01c01g01")
+    grid = out.ticket.grid
+    assert grid is not None
+    assert (grid.grid, grid.method, grid.address_grid) == ("s01c01g01", "desk", None)
+    (assigned,) = out.publish
+    assert assigned.grid_chosen
+    assert "事发网格经人工核实为和平街道和平里社区第一网格" in assigned.explanation
+    kept = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid=None)
+    assert kept.ticket.grid == apart  # none chosen: still the question it was
+
+
 @pytest.mark.parametrize("grid", ["s09c09g09", "和平里社区第一网格", " s01c01g01"])
 def test_a_grid_the_city_does_not_have_is_refused_saying_what_to_do(grid: str):
     t = assign(CITY, classified(CITY, "city.facility.streetlight", None, confidence=0.2)).ticket

@@ -544,13 +544,22 @@ def likely_department(city: City, category: str, grid: GridMatch) -> str:
 SUGGESTED_AT_LEAST = 0.05  # a reading less likely than this is no suggestion: one Enter would send it
 
 
-def suggestions(city: City, ticket: dict) -> list[dict[str, Any]]:
+def grid_match(city: City, grid: str) -> GridMatch:
+    """A grid of the city with its community and street, as the rules match places."""
+    info = city.grids[grid]
+    return GridMatch(grid=grid, community=info.community_id, street=info.street_id)
+
+
+def suggestions(city: City, ticket: dict, grid: str | None = None) -> list[dict[str, Any]]:
     """The classifier's top categories, each with the department the rules would send it to, and
     whether that department already returned the ticket (`returned`: not offered as a one-click
     dispatch, see desk.html). Left out: a reading below `SUGGESTED_AT_LEAST`, and the category a
-    department returned the ticket as wrong (诉求分类有误, in `return_reasons` when read)."""
-    grid = ticket.get("grid") or {}
-    match = GridMatch.model_validate(grid) if grid else GridMatch(grid=None)
+    department returned the ticket as wrong (诉求分类有误, in `return_reasons` when read). `grid`:
+    the grid the desk chose in 事发网格, where the departments are those of that place."""
+    if grid in city.grids:
+        match = grid_match(city, grid)
+    else:
+        match = GridMatch.model_validate(ticket["grid"]) if ticket.get("grid") else GridMatch(grid=None)
     returned_by = set(ticket.get("returned_by") or ())
     returns = ticket.get("return_reasons") or []
     disputed = ticket.get("category") if returns and returns[-1].get("reason") == "wrong_category" else None

@@ -1408,11 +1408,13 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     for t in shown + returned:
         t["return_reasons"] = why.get(t["ticket_no"], [])
+    # A dispatch refused for its grid's department comes back with that grid's departments offered.
+    error = request.query_params.get("error") or ""
+    refused_grid = request.query_params.get("grid") if error else None
     for t in shown:  # after the reasons: a category returned as wrong is not suggested again
-        t["suggestions"] = present.suggestions(city, t)
+        t["suggestions"] = present.suggestions(city, t, refused_grid if t["ticket_no"] == wanted else None)
         t["grid_apart"] = present.grid_disputed(city, t)  # 定位与地址不一致: for 事发网格
     # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
-    error = request.query_params.get("error") or ""
     on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
     done = request.query_params.get("done") or ""
     kept = {
@@ -1451,6 +1453,8 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     }
     if not body["department"]:
         reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
+    elif stale := stale_suggestion(city_of(request), no, form):
+        reply = Reply(422, {"message": stale, "field": "suggested"})
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
@@ -1458,12 +1462,35 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     # Refused: back to the card (desk_page finds its page), the refusal said there and the category
     # the desk picked still picked, so that the second try is the department alone, not both steps.
     picked = {name: text(form, name) for name in DESK_KEPT}
-    field = "grid" if reply.field == "grid" else ""
+    field = reply.field if reply.field in ("grid", "suggested") else ""
     said = {"error": reply.message, "ticket": no, "field": field, **picked}
     query = urlencode({k: v for k, v in said.items() if v})
     # To the select at fault, the grid's or the department's (a fragment focuses it, where the
     # card's would take the focus first).
-    return RedirectResponse(f"/console/desk?{query}#{'grid' if field else 'dept'}-{no}", status_code=303)
+    target = {"grid": "grid", "suggested": "dept-first"}.get(field, "dept")
+    return RedirectResponse(f"/console/desk?{query}#{target}-{no}", status_code=303)
+
+
+def stale_suggestion(city: City, no: str, form: FormData) -> str:
+    """Why a one-click department does not fit the grid the desk chose in 事发网格, or "". The
+    buttons name the departments of the ticket's place as the card was drawn; the grid chosen may
+    be another street's (a disputed place, a ticket the classifier could not place), whose
+    responsibility list names another department. The card comes back with that grid's buttons.
+    其他单位 is the desk's deliberate choice and is not second-guessed."""
+    grid, button = text(form, "grid"), text(form, "department")
+    category = text(form, "category_other") or text(form, "category")
+    if not (grid in city.grids and button and category in city.category_by_id):
+        return ""
+    lead = present.likely_department(city, category, present.grid_match(city, grid))
+    expected = city.department_by_id.get(lead)
+    if expected is None or expected.id == button or expected.kind == "dispatch_desk":
+        return ""
+    place = city.grids[grid]
+    return (
+        f"工单{no}未派出：事发网格为{place.street_name}{place.full_name}时，"
+        f"“{city.category_names(category)[-1]}”由{expected.name}承办，一键派单按钮已按该网格更新，请确认后再派出；"
+        "确需派往其他单位的，请在“其他单位”中选择"
+    )
 
 
 @router.post("/desk/{no}/extension/{verdict}")

@@ -572,6 +572,11 @@ def dispatch(
             was = place_words(city, ticket.grid)
             placed = f"（事发网格人工选定为{place_words(city, place)}，原为{was}）"
             changes["grid"] = place
+        elif ticket.grid.address_grid:
+            # 定位与地址不一致, and the desk chose the located grid itself: confirmed, and no longer
+            # a question for the department (the match the desk chose names no other grid).
+            placed = f"（事发网格经人工核实为{place_words(city, place)}）"
+            changes["grid"] = place
     new, event = _assigned(
         ticket,
         "dispatch",

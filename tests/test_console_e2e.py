@@ -1937,6 +1937,37 @@ async def test_desk_dispatches_from_the_keyboard_and_goes_on_to_the_next_card(
     assert (routed["category"], routed["department"]["id"]) == (chosen, chosen_department)
 
 
+async def test_desk_buttons_follow_the_grid_chosen_where_the_place_decides_the_department(
+    page: Page, redis, system: System
+):
+    """Garbage is the city's to clear but at 南苑's market, where 光明街道's cleaners do it: choosing
+    that grid in 事发网格 turns the garbage button into 光明街道's, 不改 turns it back, and the
+    dispatch goes where the button now says."""
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "这边垃圾堆了好几天了没人清理，臭得很", new_phone())
+        await ticket_when(client, no, lambda t: t["status"] == "review")
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/desk?ticket={no}")
+        card = page.locator(f"#desk-{no}")
+        button = card.locator('button.dept[data-category="city.appearance.garbage"]')
+        await expect(button).to_have_attribute("value", "urban_mgmt")
+        choice = card.locator(f"#grid-{no}")
+        await choice.select_option("s03c02g03")
+        await expect(button).to_have_attribute("value", "street_s03")
+        await expect(button).to_have_text("光明街道办事处（垃圾清运）")
+        await choice.select_option("")
+        await expect(button).to_have_attribute("value", "urban_mgmt")
+        await expect(button).to_have_text("区城市管理委员会（垃圾清运）")
+        await choice.select_option("s03c02g03")
+        await expect(button).to_have_attribute("value", "street_s03")
+        await card.get_by_label("垃圾清运", exact=False).first.check()
+        async with page.expect_navigation():
+            await button.click()
+        await expect(page.locator("#done")).to_contain_text(f"工单{no}已派至光明街道办事处")
+        sent = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+    assert (sent["department"]["id"], sent["grid"]["grid"]) == ("street_s03", "s03c02g03")
+
+
 async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
     page: Page, browser: Browser, redis, system: System, system_city: City
 ):

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData
@@ -1338,6 +1338,26 @@ DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every categor
 # What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类),
 # and the grid chosen (事发网格).
 DESK_KEPT = ("category", "category_other", "grid")
+
+
+@router.get("/desk/departments")
+async def desk_departments(request: Request, s: session.Session = Depends(as_desk)) -> JSONResponse:
+    """The department the responsibility list names for each `category` at `grid`: the desk card's
+    one-click buttons follow the grid chosen in 事发网格 (console.js) without a round trip through a
+    refusal (`stale_suggestion` still refuses a button pressed before they did)."""
+    city = city_of(request)
+    grid = request.query_params.get("grid") or ""
+    if grid not in city.grids:
+        return JSONResponse({"error": "unknown_grid"}, status_code=404)
+    out: dict[str, dict[str, str] | None] = {}
+    for category in request.query_params.getlist("category")[:10]:
+        if category not in city.category_by_id:
+            continue
+        lead = present.likely_department(city, category, present.grid_match(city, grid))
+        dept = city.department_by_id.get(lead)
+        named = dept is not None and dept.kind != "dispatch_desk"
+        out[category] = {"id": dept.id, "name": dept.name} if dept is not None and named else None
+    return JSONResponse(out)
 
 
 @router.get("/desk")

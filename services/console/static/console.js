@@ -593,8 +593,31 @@
       if (order.every((button, i) => now[i] === button) || order.includes(document.activeElement)) return;
       box.replaceChildren(...order.flatMap((button) => [" ", button]), " ");
     };
+    // 事发网格: the place decides the department for some categories (a street's office, a market's
+    // cleaners), so the buttons are asked for again for the grid chosen: each keeps its category,
+    // takes that grid's department, and is hidden where that department returned the ticket or
+    // none is named. "不改" puts them back as drawn. (Pressed before the answer came, the server
+    // refuses the stale one and draws the card for the grid: `stale_suggestion`.)
+    const drawn = offered.map((b) => [b.value, b.textContent, b.hidden]);
+    const returned = (form.dataset.returned || "").split(" ").filter(Boolean);
+    const place = async (grid) => {
+      if (!grid) {
+        offered.forEach((b, i) => ([b.value, b.textContent, b.hidden] = drawn[i]));
+        return;
+      }
+      const query = new URLSearchParams([["grid", grid], ...offered.map((b) => ["category", b.dataset.category])]);
+      const reply = await fetch(`/console/desk/departments?${query}`, { credentials: "same-origin" });
+      if (!reply.ok || valueOf(form, "grid") !== grid) return;
+      const departments = await reply.json();
+      offered.forEach((b, i) => {
+        const dept = departments[b.dataset.category];
+        b.hidden = !dept || returned.includes(dept.id);
+        if (dept) [b.value, b.textContent] = [dept.id, drawn[i][1].replace(/^[^（]*/, dept.name)];
+      });
+    };
     form.addEventListener("change", (e) => {
       if (["category", "category_other"].includes(e.target.name)) follow();
+      if (e.target.name === "grid") place(e.target.value);
     });
     follow(); // a form the browser filled in again as it was left (back, reload)
   }

@@ -333,3 +333,28 @@ async def test_a_ticket_with_duplicates_is_merged_into_another_and_takes_them_al
         return n if n.get("merged") == 2 and n.get("remerged") == 1 else None
 
     await eventually(counted)
+
+
+async def test_a_ticket_whose_address_names_another_grid_is_offered_that_grids_tickets_too(api):
+    """定位与地址不一致: the resident's phone was in the next grid, the address names the building
+    another ticket is about. The problem may be at either place, so the desk is offered the open
+    tickets of both grids to merge into."""
+    building = f"阳光花园{random.randint(100, 999)}号楼"  # in s01c01g01, of this test's own
+    main_no = await submit(api, new_phone(), text=f"{building}门口的路灯坏了，晚上很黑", address=building)
+    main = await ticket_when(api, main_no, lambda t: t["status"] in ("assigned", "review"))
+    assert main["grid"]["grid"] == "s01c01g01"
+    located = {"lng": 116.33, "lat": 39.97}  # s01c01g02
+    text = f"{building}门口那盏路灯不亮了，晚上很黑"
+    dup_no = await submit(api, new_phone(), text=text, address=building, location=located)
+    dup = await ticket_when(api, dup_no, lambda t: t["status"] in ("assigned", "review"))
+    assert (dup["grid"]["grid"], dup["grid"]["address_grid"]) == ("s01c01g02", "s01c01g01")
+
+    async def offered() -> list[str] | None:
+        r = await api.get(f"/api/v1/tickets/{dup_no}/merge/candidates")
+        assert r.status_code == 200, r.text
+        found = [c["ticket_no"] for c in r.json()["candidates"]]
+        return found if main_no in found else None
+
+    assert dup_no not in await eventually(offered)
+    r = await api.post("/api/v1/tickets/merge/candidates", json={"ticket_nos": [dup_no]})
+    assert main_no in [c["ticket_no"] for c in r.json()["results"][0]["candidates"]]

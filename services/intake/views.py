@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ from services.intake.duplicates import similarity
 from services.intake.errors import BadRequest, KeyReused
 from services.intake.jsonbody import parse_json
 from services.intake.photo_views import checked_photos
-from services.intake.preview import LIKELY, open_in_grid, open_in_grids
+from services.intake.preview import LIKELY, open_in_grids
 from services.intake.service import Accepted, IntakeService
 from services.router import workflow
 from shared.auth import Principal, require_admin, require_intake_staff
@@ -355,11 +355,18 @@ def _merge_candidates(ticket: Ticket, in_grid: Sequence[Ticket]) -> list[dict[st
     ]
 
 
-def _mergeable_grid(ticket: Ticket) -> str | None:
-    """The grid whose tickets `ticket` may be merged into; None when it is no duplicate to merge
-    (its status) or has no grid."""
-    grid = ticket.grid.grid if ticket.grid else None
-    return grid if grid is not None and workflow.allowed(ticket.status, "merge") else None
+def _mergeable_grids(ticket: Ticket) -> list[str]:
+    """The grids whose tickets `ticket` may be merged into: its own, and the one its address names
+    where that is another (定位与地址不一致: the problem may be there); none when it is no duplicate
+    to merge (its status) or has no grid."""
+    if ticket.grid is None or ticket.grid.grid is None or not workflow.allowed(ticket.status, "merge"):
+        return []
+    return list(dict.fromkeys(g for g in (ticket.grid.grid, ticket.grid.address_grid) if g))
+
+
+def _in_grids(grids: Sequence[str], open_in: Mapping[str, Sequence[Ticket]]) -> list[Ticket]:
+    """The open tickets of these grids, each once."""
+    return list({t.ticket_no: t for g in grids for t in open_in.get(g, ())}.values())
 
 
 @router.get("/tickets/{ticket_no}/merge/candidates")
@@ -374,9 +381,9 @@ async def merge_candidates(ticket_no: str, request: Request, _: Principal = Depe
     ticket = await store.get(ticket_no)
     if ticket is None:
         return api_error(404, "not_found", f"工单{ticket_no}不存在")
-    grid = _mergeable_grid(ticket)
-    in_grid = await open_in_grid(store, grid) if grid is not None else []
-    return {"ticket_no": ticket_no, "candidates": _merge_candidates(ticket, in_grid)}
+    grids = _mergeable_grids(ticket)
+    in_grids = _in_grids(grids, await open_in_grids(store, grids))
+    return {"ticket_no": ticket_no, "candidates": _merge_candidates(ticket, in_grids)}
 
 
 class CandidatesIn(BaseModel):
@@ -401,15 +408,14 @@ async def merge_candidates_many(
         raise DomainError("too_many_tickets", message, kind="invalid", field="ticket_nos")
     store = request.app.state.store
     tickets = dict(zip(nos, await store.get_many(nos), strict=True))
-    grids = {no: _mergeable_grid(t) for no, t in tickets.items() if t is not None}
-    in_grids = await open_in_grids(store, [g for g in grids.values() if g is not None])
+    grids = {no: _mergeable_grids(t) for no, t in tickets.items() if t is not None}
+    in_grids = await open_in_grids(store, [g for each in grids.values() for g in each])
     results: list[dict[str, Any]] = []
     for no, ticket in tickets.items():
         if ticket is None:
             error = {"code": "not_found", "message": f"工单{no}不存在", "status": 404}
             results.append({"ticket_no": no, "candidates": [], "error": error})
             continue
-        grid = grids[no]
-        found = _merge_candidates(ticket, in_grids[grid]) if grid is not None else []
+        found = _merge_candidates(ticket, _in_grids(grids[no], in_grids))
         results.append({"ticket_no": no, "candidates": found})
     return {"results": results}

@@ -1971,7 +1971,7 @@ async def test_desk_buttons_follow_the_grid_chosen_where_the_place_decides_the_d
 async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
     page: Page, browser: Browser, redis, system: System, system_city: City
 ):
-    """A vague address leaves the classifier without a grid: the desk's card says 网格未识别 and
+    """A vague address leaves the classifier without a grid: the desk's card says 网格未定位 and
     offers the city's grids by street and community (事发网格). A grid the API refuses comes back
     beside that select, which takes the focus; chosen by keyboard, the grid goes with the dispatch:
     the ticket's page names it as the desk's choice (人工选定), and the grid's worker finds the ticket
@@ -1985,8 +1985,8 @@ async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
         await sign_in(page, await issue_token(redis, "admin"))
         await page.goto(f"/console/desk?ticket={no}")
         card = page.locator(f"#desk-{no}")
-        await expect(card).to_contain_text("网格：未识别")
-        choice = card.get_by_label("网格未识别，请按地址选择")
+        await expect(card).to_contain_text("网格：未定位")
+        choice = card.get_by_label("网格未定位，请按地址选择")
         await expect(choice).to_have_value("")  # none chosen until the desk chooses one
         groups = choice.locator("optgroup")
         await expect(groups.first).to_have_attribute("label", "和平街道/和平里社区")

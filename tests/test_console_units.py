@@ -1605,7 +1605,7 @@ async def test_the_desk_card_offers_the_grids_by_street_and_community(monkeypatc
     first = re.search(r'<option value="">([^<]*)</option>', select[1])
     assert first is not None
     if grid is None:
-        assert (label[1], first[1]) == ("网格未识别，请按地址选择", "暂不选择（仍为未识别）")
+        assert (label[1], first[1]) == ("网格未定位，请按地址选择", "暂不选择（仍为未定位）")
     else:
         assert (label[1], first[1]) == ("网格（如有误，请按地址改选）", "（不改：建设社区第二网格）")
     groups = re.findall(r'<optgroup label="([^"]*)">', select[1])

@@ -2052,18 +2052,30 @@ async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
 
 
 async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_picks_the_grid(
-    page: Page, redis, system: System, system_city: City
+    page: Page, browser: Browser, redis, system: System, system_city: City
 ):
-    """定位与地址不一致: a grid worker's report whose address is a compound of the next grid waits at
-    the desk. Its card and its page say both grids by name, the card's 事发网格 described by it; the
-    desk picks the address's grid by keyboard and dispatches it, and the page then names the place
-    the desk chose (人工选定), the disagreement settled."""
+    """定位与地址不一致: the grid worker's preview says so as the address is typed, and a report sent
+    as it is (the address a compound of the next grid) waits at the desk. Its card and its page say
+    both grids by name, the card's 事发网格 described by it; the desk picks the address's grid by
+    keyboard and dispatches it, and the page then names the place the desk chose (人工选定), the
+    disagreement settled."""
     own, named = system_city.grids["s01c01g02"], system_city.grids["s01c01g01"]
     said = f"上报网格与地址不一致：网格员所属{own.full_name}，地址在{named.full_name}"
     token = await issue_token(redis, "grid_worker", operator="W052", grid="s01c01g02")
     worker = {"Authorization": f"Bearer {token}"}
+    text = "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患"
+    patrol = await (await browser.new_context(base_url=system.base_url, locale="zh-CN")).new_page()
+    try:
+        await sign_in(patrol, token)
+        await expect(patrol).to_have_url(re.compile(r"/console/patrol$"))
+        await patrol.locator("#text").fill(text)
+        await patrol.locator("#address").fill("和平里小区3号楼")
+        await expect(patrol.locator("#pv-grid-apart")).to_have_text(
+            f"{said}，请核实地址，按原样上报的由派单台确定事发网格", timeout=15_000
+        )
+    finally:
+        await patrol.context.close()
     async with await admin_api(system, redis) as client:
-        text = "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患"
         r = await client.post(
             "/api/v1/appeals", json={"text": text, "address": "和平里小区3号楼"}, headers=worker
         )

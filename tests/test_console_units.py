@@ -671,6 +671,32 @@ def test_the_preview_says_what_it_suggests_in_a_sentence_that_a_confidence_does_
     assert suggests(away) == "智能提示：智能提示暂不可用，可直接提交"
 
 
+def test_the_preview_says_where_the_grid_and_the_address_disagree_before_the_appeal_is_sent(city):
+    """定位与地址不一致 in the preview: the grid worker may correct the address before reporting (sent
+    as it is, the desk places it); the operator asks the caller. Said in the sentence too."""
+    located = {"grid": "s01c01g02", "method": "patrol", "address_grid": "s01c01g01", "evidence": ""}
+    preview = {
+        "category": {"names": ["城市管理", "路灯"], "confidence": 0.9},
+        "grid": located,
+        "department": {"name": "区城市管理委员会", "explanation": ""},
+    }
+    apart = present.grid_disputed(city, preview)
+    assert apart == "上报网格与地址不一致：网格员所属和平里社区第二网格，地址在和平里社区第一网格"
+    render = templates.get_template("_preview.html").render
+    html = render(preview=preview, reply=None, status_names={}, patrol=True, grid_apart=apart)
+    said = re.search(r'<dd id="pv-grid-apart" class="warning">([^<]*)</dd>', html)
+    assert said is not None
+    assert said[1] == f"{apart}，请核实地址，按原样上报的由派单台确定事发网格"
+    assert f"；{apart}" in suggests(html)
+    coordinates = {**preview, "grid": {**located, "method": "coordinates"}}
+    apart = present.grid_disputed(city, coordinates)
+    html = render(preview=coordinates, reply=None, status_names={}, grid_apart=apart)
+    assert f"{apart}，请向来电人核实事发位置" in html
+    agree = {**preview, "grid": {**located, "address_grid": None}}
+    assert present.grid_disputed(city, agree) == ""
+    assert 'id="pv-grid-apart"' not in render(preview=agree, reply=None, status_names={}, grid_apart="")
+
+
 def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker_not():
     preview = {
         "category": {"names": ["城市管理"], "confidence": 0.9},

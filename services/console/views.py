@@ -401,9 +401,17 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
     # The caller's earlier tickets (来电历史) link to their pages for whoever may open them (the
     # desk); an operator's token reads no ticket, so it is shown the numbers to read out instead.
     links = s.principal.role in READER_ROLES
+    # 定位与地址不一致 (the coordinates and the address name different grids): asked of the caller now.
+    apart = present.grid_disputed(city_of(request), preview) if preview else ""
     if request.headers.get("X-Requested-With") == "fetch":
         return await page(
-            request, "_preview.html", preview=preview, reply=reply, fields=fields, ticket_links=links
+            request,
+            "_preview.html",
+            preview=preview,
+            reply=reply,
+            fields=fields,
+            ticket_links=links,
+            grid_apart=apart,
         )
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     idem = text(form, "idem") or uuid.uuid4().hex
@@ -418,6 +426,7 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
         reply=reply,
         fields=fields,
         ticket_links=links,
+        grid_apart=apart,
     )
 
 
@@ -554,7 +563,12 @@ async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_
         said = present.relabelled(reply.message, INTAKE_WORDS.get(field), PATROL_FIELDS.get(field))
         reply = Reply(reply.status, {**reply.body, "message": said})
     preview = reply.body if reply.ok else None
-    return await page(request, "_preview.html", preview=preview, reply=reply, fields=fields, patrol=True)
+    # 上报网格与地址不一致: the worker may correct the address before sending; sent as it is, the
+    # report waits for the desk to place it.
+    apart = present.grid_disputed(city_of(request), preview) if preview else ""
+    return await page(
+        request, "_preview.html", preview=preview, reply=reply, fields=fields, patrol=True, grid_apart=apart
+    )
 
 
 @router.post("/patrol/reports")

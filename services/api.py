@@ -25,6 +25,7 @@ from services.access import views as access_views
 from services.classifier import views as classifier_views
 from services.classifier.service import ServedClassifier
 from services.console import callbacks as console_callbacks
+from services.console import reported as console_reported
 from services.console import views as console_views
 from services.intake import open311_views, photo_views, wechat_views
 from services.intake import views as intake_views
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         },
     )
     app.include_router(console_callbacks.router)  # before the console's catch-all for unknown pages
+    app.include_router(console_reported.router)
     console_views.mount(app)  # the web console at /, and /docs served without a CDN
 
     @app.exception_handler(RequestValidationError)

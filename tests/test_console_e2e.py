@@ -1667,6 +1667,94 @@ async def test_grid_worker_reports_from_a_phone_with_its_position_and_a_photo(
         await context.close()
 
 
+async def test_grid_worker_finds_its_report_under_what_it_reported_wherever_the_desk_placed_it(
+    browser: Browser, redis, system: System, system_city: City
+):
+    """我上报的: on a 360 px phone a worker reports from /console/patrol, then, by keyboard from the
+    menu, finds the report in its own list with its status and place; once the desk has placed it
+    in the next grid (人工选定), it is still there, with its department and deadline, and opens;
+    under 已办结 it is not; another worker of the same grid has no such report."""
+    own, named = system_city.grids["s01c01g02"], system_city.grids["s01c01g01"]
+    phone = {"viewport": {"width": 360, "height": 740}, "is_mobile": True, "has_touch": True}
+    context = await browser.new_context(base_url=system.base_url, locale="zh-CN", **phone)
+    await listen(context)
+    page = await context.new_page()
+    try:
+        await sign_in(page, await issue_token(redis, "grid_worker", operator="W081", grid="s01c01g02"))
+        await expect(page).to_have_url(re.compile(r"/console/patrol$"))
+        text = "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮，存在安全隐患，晚上行人经过时容易被绊倒"
+        await page.locator("#text").fill(text)
+        await page.locator("#address").fill("和平里小区3号楼")  # the next grid's compound: to the desk
+        await page.locator("#submit").click()
+        await expect(page.locator(".accepted")).to_contain_text("问题已上报")
+        no = (await page.locator("#ticket-no").text_content() or "").strip()
+        await expect(page.locator(".accepted a[href='/console/reported']")).to_have_text("我上报的")
+
+        # From the menu, by keyboard; the record has it within seconds.
+        menu = page.get_by_role("navigation", name="主导航").get_by_role("link", name="我上报的")
+        await menu.focus()
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("h1")).to_have_text("我上报的")
+        row = page.locator(f"#reported-{no}")
+
+        async def listed(expected: str) -> bool:
+            await page.goto("/console/reported")
+            return await row.count() == 1 and expected in (await row.text_content() or "")
+
+        await eventually(lambda: listed("待人工派单"), timeout=60)
+        await expect(row.locator("td.place")).to_have_text(f"{own.street_name}/{own.full_name}")
+        await expect(row.locator("td.text")).to_have_text(text[:40] + "…")  # its opening words
+        await expect(page.locator("#reported-state a[aria-current=page]")).to_have_text("全部")
+
+        async with await admin_api(system, redis) as client:
+            await ticket_when(client, no, lambda t: t["status"] == "review")
+            placing = {"department": "urban_mgmt", "grid": "s01c01g01"}
+            r = await client.post(f"/api/v1/dispatch/{no}/assign", json=placing)
+            assert r.status_code == 200, r.text
+        await eventually(lambda: listed("人工选定"), timeout=60)
+        await expect(row.locator("td.place")).to_have_text(
+            f"{named.street_name}/{named.full_name}（人工选定）"
+        )
+        await expect(row.locator("td.status")).to_have_text("已派单")
+        await expect(row).to_contain_text("区城市管理委员会")
+        await expect(row.locator("td.deadline")).to_contain_text("签收时限")
+        await touch_sized(page, "#reported-state a[aria-current]")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+        await accessible(page)
+        await shot(page, "patrol-reported")
+
+        # 已办结 by keyboard: the report, still being handled, is not there; 未办结 has it.
+        await tab_to(page, page.locator("#reported-state a", has_text="已办结"))
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#reported-state a[aria-current=page]")).to_have_text("已办结")
+        await expect(row).to_have_count(0)
+        await page.goto("/console/reported?state=open")
+        await expect(row).to_have_count(1)
+        # Its page opens for the worker who reported it, in the grid the desk chose.
+        await tab_to(page, row.get_by_role("link", name=no))
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await expect(page.locator("#ticket-no")).to_have_text(no)
+        await expect(page.locator("#ticket-grid")).to_have_text(
+            f"{named.street_name}/{named.full_name}（人工选定）"
+        )
+    finally:
+        await context.close()
+
+    other = await (await browser.new_context(base_url=system.base_url, locale="zh-CN", **phone)).new_page()
+    try:
+        await sign_in(other, await issue_token(redis, "grid_worker", operator="W082", grid="s01c01g02"))
+        await other.goto("/console/reported")
+        await expect(other.locator("#reported")).to_contain_text("还没有上报记录")
+        response = await other.goto(f"/console/tickets/{no}")  # the next grid's now, and not its own
+        assert response is not None
+        assert response.status == 404
+    finally:
+        await other.context.close()
+
+
 async def resolved_in_grid(system: System, redis, worker: str, text: str) -> dict:
     """A grid worker's report that a resident left a phone for, held by a department (the desk
     dispatches it, or a meeting names the lead, where routing did not) and resolved by it; the

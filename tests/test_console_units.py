@@ -4192,3 +4192,79 @@ def test_a_category_the_desk_chose_is_not_shown_with_the_classifiers_confidence(
     html = render_ticket(city, chosen)
     assert "供电（人工选定）" in html
     assert "置信度" not in re.search(r'<dd id="ticket-category">(.*?)</dd>', html)[1]
+
+
+# --- 我上报的 ---------------------------------------------------------------------------------------
+
+
+def reported_html(city, **context) -> str:
+    from services.console.reported import report_row
+    from services.records.query import REPORTED_STATE_NAMES
+
+    rows = context.pop("items", [])
+    now = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    state = context.get("state", "all")
+    defaults = {
+        "s": staff("grid_worker"), "state": state, "state_name": REPORTED_STATE_NAMES[state],
+        "states": [(k, n, f"/console/reported?state={k}") for k, n in REPORTED_STATE_NAMES.items()],
+        "rows": [report_row(i, TZ, city, now) for i in rows], "total": len(rows), "page_no": 1, "pages": 1,
+        "error": "", "urlencode": urlencode,
+    }  # fmt: skip
+    return templates.get_template("reported.html").render(request=None, **{**defaults, **context})
+
+
+REPORT = {
+    "ticket_no": "20261202-000007", "status": "accepted", "channel": "patrol", "urgent": False,
+    "text": "巡查发现翠竹苑东门外人行道井盖破损下陷，行人容易绊倒，夜间尤其危险，请尽快派人维修更换井盖",
+    "received_at": "2026-12-02T00:30:00+00:00", "grid": "s01c01g01", "overdue": False,
+    "department_name": "区城市管理委员会", "respond_by": "2026-12-02T02:00:00+00:00",
+    "resolve_by": "2026-12-02T12:00:00+00:00", "grid_chosen": True, "category_names": [],
+}  # fmt: skip
+
+
+def test_a_workers_report_says_where_it_stands_where_it_is_and_its_deadline(city):
+    """Each report: its number linked to its page, the opening words, the status, the department, the
+    grid it is in now with 人工选定 when the desk placed it there, and the deadline that runs now."""
+    html = reported_html(city, items=[REPORT])
+    row = re.search(r'<tr class="" id="reported-20261202-000007">.*?</tr>', html, re.S)
+    assert row, html
+    cells = row[0]
+    assert '<a href="/console/tickets/20261202-000007">20261202-000007</a>' in cells
+    assert f">{REPORT['text'][:40]}…</td>" in cells  # its opening words
+    assert '<td data-label="状态" class="status">办理中</td>' in cells
+    assert "区城市管理委员会" in cells
+    assert f"{present.place_name(city, 's01c01g01')}（人工选定）" in cells
+    assert '<td data-label="时限" class="deadline">办结时限 2026-12-02 20:00（剩余2小时0分）</td>' in cells
+    assert 'aria-current="page">全部</a>' in html
+    assert "autofocus" not in html  # a list opened, nothing come back to say
+
+
+def test_a_late_report_says_so_in_words_and_a_finished_one_how_it_ended(city):
+    from services.console.reported import deadline_state
+
+    now = datetime(2026, 12, 2, 13, 0, tzinfo=UTC)
+    said, late = deadline_state(REPORT, TZ, now)
+    assert (said, late) == ("办结时限 2026-12-02 20:00（已超期1小时0分）", True)
+    # Marked overdue by the router while its current deadline has not passed (accepted late).
+    said, late = deadline_state({**REPORT, "overdue": True}, TZ, now - timedelta(hours=5))
+    assert (said.startswith("超期：办结时限"), late) == (True, True)
+    done = {**REPORT, "status": "closed", "resolved_at": "2026-12-02T08:00:00+00:00"}
+    assert deadline_state(done, TZ, now) == ("办结于2026-12-02 16:00", False)
+    assert deadline_state({**done, "overdue": True}, TZ, now) == ("超期办结于2026-12-02 16:00", True)
+    merged = {**done, "merged_into": "20261201-000001"}
+    assert deadline_state(merged, TZ, now) == ("已并入工单20261201-000001", False)
+    waiting = {**REPORT, "status": "review", "respond_by": None, "resolve_by": None}
+    assert deadline_state(waiting, TZ, now) == ("待人工派单，时限自派单起算", False)
+    overdue = reported_html(city, items=[{**REPORT, "resolve_by": "2026-12-02T09:00:00+00:00"}])
+    assert '<tr class="late" id="reported-20261202-000007">' in overdue
+    cell = '<td data-label="时限" class="deadline overdue">办结时限 2026-12-02 17:00（已超期1小时0分）'
+    assert cell in overdue
+
+
+def test_an_empty_or_unreadable_list_of_reports_says_why(city):
+    assert "还没有上报记录" in reported_html(city)
+    assert "没有已办结的上报" in reported_html(city, state="done")
+    away = "工单档案库（PostgreSQL）暂时无法访问，请稍后重试；受理诉求不受影响"
+    html = reported_html(city, rows=None, error=away)
+    assert told(html, away) == focused(html)  # what the page is for is the reason now
+    assert 'id="reported"' not in html

@@ -168,3 +168,79 @@ async def test_a_grid_worker_can_only_report_on_patrol(api, redis):
     )
     assert r.status_code == 422
     assert "appeals token --grid-worker" in r.json()["message"]
+
+
+async def test_a_workers_own_reports_follow_it_to_another_grid_and_to_their_end(api, redis):
+    """我上报的: a worker's reports, from the record, newest first, with where each stands; one the
+    desk placed in another grid stays in the list (人工选定) and the worker still reads its page;
+    another worker of the same grid, and a hotline operator with the same 工号, have none of them."""
+    worker = await grid_worker(redis, worker="W061")
+    colleague = await grid_worker(redis, worker="W062")  # the same grid: the list is by reporter
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='W061')}"}
+    admin = {"Authorization": f"Bearer {await issue_token(redis, 'admin')}"}
+
+    async def report(body: dict, headers: dict = worker) -> str:
+        r = await api.post("/api/v1/appeals", json=body, headers=headers)
+        assert r.status_code == 201, r.text
+        return r.json()["ticket_no"]
+
+    moved = await report(
+        {"text": "巡查发现小区门口一盏路灯灯杆倾斜，灯罩脱落，夜间不亮", "address": "和平里小区3号楼",
+         "caller_phone": "13912345678"}
+    )  # fmt: skip
+    await ticket_when(api, moved, lambda t: t["status"] == "review")  # 定位与地址不一致: at the desk
+    placing = {"department": "urban_mgmt", "grid": NEIGHBOUR}
+    r = await api.post(f"/api/v1/dispatch/{moved}/assign", headers=admin, json=placing)
+    assert r.status_code == 200, r.text
+    handled = await report({"text": "巡查发现翠竹苑2号楼楼道堆放纸箱杂物", "direct_answer": "已联系物业清理"})
+    await ticket_when(api, handled, lambda t: t["status"] == "closed")
+    words = "来电反映小区门口路灯不亮好几天了，晚上出行不便"
+    by_phone = await report({"channel": "hotline", "text": words}, operator)
+
+    async def in_the_record() -> bool:  # the operator's ticket, recorded with its 工号 W061
+        r = await api.get("/api/v1/tickets", params={"q": words}, headers=admin)
+        return any(i["ticket_no"] == by_phone for i in r.json()["items"])
+
+    await eventually(in_the_record, timeout=60)
+
+    async def reports(headers: dict = worker, **params) -> dict:
+        r = await api.get("/api/v1/tickets/reported", params=params, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    async def both_recorded() -> dict | None:
+        body = await reports()
+        items = {i["ticket_no"]: i for i in body["items"]}
+        placed = items.get(moved, {}).get("grid") == NEIGHBOUR
+        return body if placed and items.get(handled, {}).get("status") == "closed" else None
+
+    mine = await eventually(both_recorded, timeout=60)
+    assert [i["ticket_no"] for i in mine["items"]] == [handled, moved]  # newest first
+    assert (mine["total"], mine["state"]) == (2, "all")
+    placed = mine["items"][1]
+    assert (placed["status"], placed["department_name"], placed["grid_chosen"]) == (
+        "assigned",
+        "区城市管理委员会",
+        True,
+    )
+    assert placed["resolve_by"] is not None
+    assert mine["items"][0]["grid_chosen"] is False
+    assert not {"masked_phone", "caller_id", "caller"} & set(placed)  # no resident's contact in a list
+    # By where they stand; another worker's 工号 in the address changes nothing.
+    assert [i["ticket_no"] for i in (await reports(state="open"))["items"]] == [moved]
+    assert [i["ticket_no"] for i in (await reports(state="done"))["items"]] == [handled]
+    assert (await reports(operator_id="W062", operator="W062"))["total"] == 2
+    assert (await reports(colleague))["total"] == 0
+    assert by_phone not in {i["ticket_no"] for i in mine["items"]}
+    r = await api.get("/api/v1/tickets/reported", params={"state": "closed"}, headers=worker)
+    assert (r.status_code, r.json()["field"]) == (422, "state")
+    for other in (operator, admin):  # the list is a grid worker's own: no one else has one
+        assert (await api.get("/api/v1/tickets/reported", headers=other)).status_code == 403
+
+    # Its page, in the other grid now, for the worker who reported it; not for its colleague, whose
+    # grid it left; and reading is all: checking it on the spot is the other grid's worker's.
+    r = await api.get(f"/api/v1/tickets/{moved}", headers=worker)
+    assert (r.status_code, r.json()["grid"]["grid"]) == (200, NEIGHBOUR)
+    assert (await api.get(f"/api/v1/tickets/{moved}", headers=colleague)).status_code == 404
+    r = await api.post(f"/api/v1/tickets/{moved}/verify", json={"solved": True}, headers=worker)
+    assert r.status_code == 404

@@ -1109,3 +1109,77 @@ async def test_an_appeal_not_yet_recorded_when_its_caller_is_erased_is_erased_wh
     assert kept is not None
     assert kept["personal_data_removed_at"] is None
     assert name in kept["text"]
+
+
+async def test_an_existing_record_learns_who_filed_its_patrol_reports_on_upgrade(
+    settings, monkeypatch, system_city
+):
+    """我上报的 on a database kept before tickets had `operator_id`: the migration fills it for the
+    patrol reports (from the stored appeal, or the classification carrying it), so a worker's list
+    is whole at once; the other tickets get it when `appeals records rebuild` folds them again."""
+    from psycopg.types.json import Jsonb
+
+    from services.records.query import reported
+
+    name = f"upgrade_{uuid.uuid4().hex[:8]}"
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        try:
+            await conn.execute(f"CREATE DATABASE {name}")
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the DATABASE_URL given may not create a database (the embedded one may)")
+    url = settings.database_url.rsplit("/", 1)[0] + "/" + name
+    everything = db.migration_files()
+    monkeypatch.setattr(db, "migration_files", lambda: [m for m in everything if m[0] < "0011"])
+    await db.migrate(url)
+    received = {
+        "20261130-000001": ("patrol", "W071", True),
+        "20261130-000002": ("patrol", "W071", False),  # only its classification was recorded
+        "20261130-000003": ("hotline", "0231", True),
+    }
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for no, (channel, operator, stored) in received.items():
+            appeal, classified = personal_appeal(no, "张三", "13912345678", system_city)
+            appeal = appeal.model_copy(update={"channel": channel, "operator_id": operator})
+            classified = classified.model_copy(update={"appeal": appeal})
+            for e in (appeal, classified) if stored else (classified,):
+                await conn.execute(
+                    "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (
+                        e.event_id,
+                        no,
+                        e.topic,
+                        e.occurred_at,
+                        Jsonb({"topic": e.topic, **e.model_dump(mode="json")}),
+                    ),
+                )
+            await conn.execute(
+                "INSERT INTO tickets (ticket_no, status, channel, text, received_at, updated_at) "
+                "VALUES (%s, 'received', %s, %s, now(), now())",
+                (no, channel, appeal.text),
+            )
+    monkeypatch.setattr(db, "migration_files", lambda: everything)
+    assert "0011_reporter" in await db.migrate(url)  # on start, by whoever connects first
+
+    async def operators() -> dict[str, str | None]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            cur = await conn.execute("SELECT ticket_no, operator_id FROM tickets ORDER BY ticket_no")
+            return dict(await cur.fetchall())
+
+    numbers = list(received)
+    assert await operators() == {numbers[0]: "W071", numbers[1]: "W071", numbers[2]: None}
+    mine = reported("W071", "all")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(f"SELECT ticket_no FROM tickets WHERE {mine.where} ORDER BY 1", mine.params)
+        assert [r[0] for r in await cur.fetchall()] == numbers[:2]
+        cur = await conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'tickets_by_operator'")
+        assert "(operator_id, received_at DESC, ticket_no DESC)" in (await cur.fetchone())[0]
+    pool = db.pool(url)
+    await pool.open(wait=True)
+    try:
+        await Records(pool, system_city).rebuild()
+    finally:
+        await pool.close()
+    assert await operators() == {numbers[0]: "W071", numbers[1]: "W071", numbers[2]: "0231"}
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -15,7 +15,7 @@ import pytest
 
 from services.records.callers import CallerHistories, history_of, survey_words
 from services.records.projection import TICKET_TOPICS, at, fold_meeting, fold_ticket, meeting_of, ticket_of
-from services.records.query import build
+from services.records.query import REPORTED_STATES, build, reported
 from services.router import meetings
 from shared.city import City
 from shared.errors import DomainError
@@ -1136,3 +1136,96 @@ def test_the_list_filters_by_any_answer_and_by_reopened_and_says_every_answer():
     assert answers_words(["3", "1v"]) == "不满意×1；作废1次（核查退回后答复，不计入三率）"
     assert answers_words(["1v"]) == "作废1次（核查退回后答复，不计入三率）"
     assert answers_words([]) == answers_words(None) == ""
+
+
+# --- 我上报的: who reported a ticket, and a grid worker's list of its own reports ------------------
+
+
+def patrol_life(operator: str | None = "W017") -> list[dict]:
+    """A grid worker's report: its appeal (by `operator`) and the classification carrying it."""
+    appeal = AppealReceived(
+        ticket_no="20261102-000009",
+        channel="patrol",
+        text="巡查发现人行道井盖破损下陷",
+        operator_id=operator,
+        patrol_grid="g-001",
+        received_at=T0,
+        occurred_at=T0,
+    )
+    classified = AppealClassified(
+        ticket_no=appeal.ticket_no,
+        appeal=appeal,
+        category="city.facility.manhole",
+        category_names=("城市管理", "市政设施", "井盖"),
+        confidence=0.9,
+        top=(),
+        grid=GridMatch(grid="g-001", method="patrol"),
+        model_version="m1",
+        occurred_at=T0 + timedelta(seconds=1),
+    )
+    return [dump(appeal), dump(classified)]
+
+
+def test_the_row_knows_who_registered_the_ticket_from_its_appeal_or_the_classification_carrying_it():
+    received, classified = patrol_life()
+    assert (fold_ticket([received, classified], STREETS) or {})["operator_id"] == "W017"
+    # The record reads each topic on its own: the classification may come first, and alone.
+    assert (fold_ticket([classified], STREETS) or {})["operator_id"] == "W017"
+    assert (fold_ticket(patrol_life(None), STREETS) or {})["operator_id"] is None
+    # A resident's appeal names no staff: a WeChat one, say, or the hotline's without an operator.
+    assert (fold_ticket(life(), STREETS) or {})["operator_id"] is None
+
+
+def test_an_erasure_keeps_who_reported_the_ticket():
+    """A staff id is no resident's data: the worker's list keeps the report, its words removed."""
+    scrubbed = fold_ticket([scrub_event(e) for e in patrol_life()], STREETS)
+    assert scrubbed is not None
+    assert (scrubbed["operator_id"], scrubbed["text"]) == ("W017", REMOVED)
+
+
+def test_a_workers_reports_are_its_own_patrol_reports_by_state_newest_first():
+    search = reported("W017", None)
+    assert search.where == "operator_id = %s AND channel = %s"  # no grid: wherever the desk put them
+    assert search.params == ["W017", "patrol"]  # an operator with the same 工号 is someone else
+    assert search.order_by.startswith("received_at DESC")
+    assert (search.page, search.size) == (1, 20)
+    open_ = reported("W017", "open", page=2, size=10)
+    assert open_.where.endswith("AND status = ANY(%s)")
+    assert set(open_.params[-1]) == {"received", "review", "assigned", "accepted", "meeting"}
+    assert open_.offset == 10
+    done = reported("W017", "done")
+    assert done.params[-1] == ["resolved", "surveyed", "closed"]
+    # Every status is in exactly one of open and done.
+    assert sorted([*REPORTED_STATES["open"], *REPORTED_STATES["done"]]) == sorted(s.value for s in Status)
+
+
+@pytest.mark.parametrize(
+    ("state", "page", "size", "field"),
+    [("closed", 1, 20, "state"), ("all", 0, 20, "page"), ("all", 1, 0, "size"), ("all", 1, 101, "size")],
+)
+def test_a_bad_reported_list_request_is_refused_naming_the_field(state, page, size, field):
+    with pytest.raises(DomainError) as refused:
+        reported("W017", state, page=page, size=size)
+    assert refused.value.field == field
+
+
+def test_a_grid_worker_reads_its_own_report_wherever_the_desk_placed_it_and_only_its_own():
+    """The row read back (a ticket that has left Redis) carries who reported it, and the router's
+    rule lets that worker read it in another grid; not another worker, nor a hotline operator's
+    ticket under the same 工号."""
+    from services.router.views import can_read, reported_it
+    from shared.auth import Principal
+    from shared.tickets import Ticket
+
+    row = fold_ticket(patrol_life(), STREETS)
+    assert row is not None
+    placed = ticket_of({**row, "grid": "s02c01g01"}, CITY)  # the desk placed it in another grid
+    assert placed.operator_id == "W017"
+    worker = Principal("grid_worker", operator="W017", grid="g-001")
+    assert not can_read(worker, placed)  # not its grid's any more
+    assert reported_it(worker, placed)
+    assert not reported_it(Principal("grid_worker", operator="W018", grid="s02c01g01"), placed)
+    assert not reported_it(Principal("operator", operator="W017"), placed)
+    by_phone = Ticket.from_appeal(AppealReceived(ticket_no="20261102-000010", channel="hotline",
+                                                 text="路灯不亮了好几天", operator_id="W017"))  # fmt: skip
+    assert not reported_it(worker, by_phone)

@@ -1104,7 +1104,9 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "grid_apart": present.grid_disputed(city, ticket, ticket.get("history", [])),
         "departments": present.departments_of(city),  # the desk's 改派 form
         # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
-        "can_verify": ticket.get("status") in ("resolved", "surveyed")
+        # A worker's own report in another grid (我上报的) it reads, but checks no more than any other.
+        "can_verify": grid == s.principal.grid
+        and ticket.get("status") in ("resolved", "surveyed")
         and not ticket.get("verified_at")
         and not (ticket.get("assigned_via") in FIRST_CONTACT and not ticket.get("reopens")),
         "verified": present.verified_line(ticket, tz),

@@ -92,6 +92,9 @@ def _base(appeal: Mapping[str, Any]) -> Row:
         "lat": location.get("lat"),
         "caller_id": caller.get("caller_id"),
         "masked_phone": caller.get("masked_phone"),
+        # Who registered it (staff, not the resident: no erasure removes it): a grid worker's list of
+        # its own reports (我上报的) reads it.
+        "operator_id": appeal.get("operator_id"),
         "urgent": bool(appeal.get("urgent_flag")),
         "received_at": at(appeal["received_at"]),
         "photos": list(appeal.get("photos") or ()),

@@ -19,7 +19,7 @@ from shared.city import City
 from shared.errors import DomainError
 from shared.knowledge import category_filter
 from shared.privacy import InvalidPhone, caller_id, is_caller_id, normalize_phone
-from shared.tickets import RATING_NAMES, Status
+from shared.tickets import CLOSED, OPEN_STATUSES, RATING_NAMES, RESOLVED, SURVEYED, Status
 
 MAX_PAGE_SIZE = 500
 # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's row
@@ -305,3 +305,42 @@ def build(
 def containing(text: str) -> str:
     """An ILIKE pattern matching `text` anywhere, its own % _ and \\ taken literally."""
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+# 我上报的: a grid worker's own reports, by where they stand: still with someone (已受理, 待人工派单,
+# 已派单, 办理中, 联席会议), or finished by their department (已办结, 回访中, 已关闭), or all of them.
+REPORTED_STATES: dict[str, tuple[str, ...]] = {
+    "open": tuple(sorted(OPEN_STATUSES)),
+    "done": (RESOLVED, SURVEYED, CLOSED),
+    "all": (),
+}
+REPORTED_STATE_NAMES = {"all": "全部", "open": "未办结", "done": "已办结"}
+REPORTED_MAX_SIZE = 100
+# 人工选定, as the ticket's page says it (`present.grid_chosen_by_desk`): the grid the ticket is in now
+# is one the dispatch desk chose as it dispatched it. Read from the events for a page's rows only.
+GRID_CHOSEN_SQL = (
+    "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
+    "AND e.topic = 'ticket.assigned' AND coalesce((e.payload->>'grid_chosen')::boolean, false) "
+    "AND e.payload->>'grid' = tickets.grid)"
+)
+
+
+def reported(reporter: str, state: str | None, *, page: int = 1, size: int = 20) -> Search:
+    """The reports `reporter` (a grid worker's 工号, from its credential) filed on patrol, newest
+    first, in `state` (REPORTED_STATES; none: all), wherever the desk placed them: the worker's list
+    is scoped by who reported, not by grid. Only the patrol channel, the one a grid worker's token
+    registers: a hotline operator with the same 工号 is someone else. Reads `tickets_by_operator`."""
+    if page < 1:
+        raise invalid("page", "页码从1开始")
+    if not 1 <= size <= REPORTED_MAX_SIZE:
+        raise invalid("size", f"每页条数应在1到{REPORTED_MAX_SIZE}之间")
+    state = state or "all"
+    if state not in REPORTED_STATES:
+        names = "、".join(f"{k}（{n}）" for k, n in REPORTED_STATE_NAMES.items())
+        raise invalid("state", f"未知的办理状态“{state}”，可选：{names}")
+    clauses: list[str] = ["operator_id = %s", "channel = %s"]
+    params: list[Any] = [reporter, "patrol"]
+    if statuses := REPORTED_STATES[state]:
+        clauses.append("status = ANY(%s)")
+        params.append([str(s) for s in statuses])
+    return Search(" AND ".join(clauses), params, SORTS["-received_at"], page, size)

@@ -52,6 +52,7 @@ TICKET_TYPES = {
     "lat": "double precision",
     "caller_id": "text",
     "masked_phone": "text",
+    "operator_id": "text",
     "urgent": "boolean",
     "received_at": "timestamptz",
     "photos": "text[]",

@@ -4,6 +4,7 @@
                        &overdue=&verified=&answer=&reopened=&response=&answered=&from=&to=&q=
                        &sort=&page=&size=
     GET /api/v1/tickets/export?format=csv|xlsx&<the same filters>
+    GET /api/v1/tickets/reported?state=all|open|done&page=&size=   a grid worker's own reports
 
 The dispatch desk (admin) sees every ticket, a department the tickets it leads or co-handles, a
 grid worker its grid's. A department summoned to a joint meeting reads the meeting's tickets by
@@ -28,9 +29,17 @@ from psycopg_pool import PoolTimeout
 from services.records import db
 from services.records.db import Pool
 from services.records.projection import in_order, meeting_of, ticket_of
-from services.records.query import ANSWERS_SQL, MEETING_BY, Search, answers_words, build
+from services.records.query import (
+    ANSWERS_SQL,
+    GRID_CHOSEN_SQL,
+    MEETING_BY,
+    Search,
+    answers_words,
+    build,
+    reported,
+)
 from services.router.meetings import Meeting
-from shared.auth import Principal, current_principal
+from shared.auth import Principal, current_principal, require_role
 from shared.city import City
 from shared.errors import DomainError
 from shared.http import api_error, domain_error
@@ -171,6 +180,57 @@ async def search_tickets(
     for item in items:
         item["answers"] = answers_words(item["answers"])
     return {"total": total["n"] if total else 0, "page": search.page, "size": search.size, "items": items}
+
+
+# 我上报的: what the worker's list shows of each report. The report's opening words (its own, which it
+# reads on the ticket's page too), never the resident's phone or caller id: the list needs neither.
+REPORTED_COLUMNS = (
+    "ticket_no, status, channel, left(text, 41) AS text, address, urgent, overdue, escalated, "
+    "received_at, category_names, grid, community, street, department, department_name, respond_by, "
+    "resolve_by, resolved_at, closed_at, verification, merged_into, "
+    f"{MEETING_BY} AS meeting_by, {GRID_CHOSEN_SQL} AS grid_chosen"
+)
+reporting_worker = require_role("grid_worker", refusal="只有网格员可以查看自己上报的工单")
+
+
+@router.get("/tickets/reported")
+async def reported_tickets(
+    request: Request,
+    state: str = Query("all", description="all, open (未办结) or done (已办结, 回访中, 已关闭)"),
+    page: int = Query(1),
+    size: int = Query(20),
+    principal: Principal = Depends(reporting_worker),
+):
+    """我上报的: the reports the signed-in grid worker filed on patrol, newest first, wherever the
+    desk placed them and once closed, a page at a time, with the total. Whose they are comes from
+    the token (its 工号) alone: no parameter names another worker."""
+    if not principal.operator:
+        refusal = "此凭证未记录工号，无法查看上报记录；请派单中心重新签发"
+        return domain_error(DomainError("no_staff_id", refusal, kind="forbidden"))
+    try:
+        search = reported(principal.operator, state, page=page, size=size)
+        pool = await records_pool(request)
+        async with pool.connection() as conn:
+            total = await (
+                await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
+            ).fetchone()
+            cur = await conn.execute(
+                f"SELECT {REPORTED_COLUMNS} FROM tickets WHERE {search.where} "
+                f"ORDER BY {search.order_by} LIMIT %s OFFSET %s",
+                [*search.params, search.size, search.offset],
+            )
+            items = await cur.fetchall()
+    except DomainError as e:
+        return domain_error(e)
+    except UNAVAILABLE:
+        return unavailable()
+    return {
+        "total": total["n"] if total else 0,
+        "state": state,
+        "page": search.page,
+        "size": search.size,
+        "items": items,
+    }
 
 
 def _cell(value: Any, tz: ZoneInfo) -> Any:

@@ -107,11 +107,25 @@ async def get_ticket(ticket_no: str, request: Request, principal: Principal = De
 async def may_read_ticket(
     request: Request, principal: Principal, ticket: Ticket, recorded_summons: Sequence[str] = ()
 ) -> bool:
-    """Who reads a ticket, in Redis or in the record: those who handle it (`can_read`), and a
-    department summoned to its joint meeting. `recorded_summons`: those the record has summoned to
-    it, for a meeting Redis no longer holds."""
-    return can_read(principal, ticket) or await summoned_to_its_meeting(
-        request, principal, ticket, recorded_summons
+    """Who reads a ticket, in Redis or in the record: those who handle it (`can_read`), the grid
+    worker who reported it (`reported_it`), and a department summoned to its joint meeting.
+    `recorded_summons`: those the record has summoned to it, for a meeting Redis no longer holds."""
+    return (
+        can_read(principal, ticket)
+        or reported_it(principal, ticket)
+        or await summoned_to_its_meeting(request, principal, ticket, recorded_summons)
+    )
+
+
+def reported_it(principal: Principal, ticket: Ticket) -> bool:
+    """A grid worker reads what it reported on patrol (我上报的) wherever the desk placed it: it found
+    the problem and follows it. Reading only: `act` asks `can_read`, and a check on the spot
+    (现场核查) stays with the worker of the ticket's grid."""
+    return (
+        principal.role == "grid_worker"
+        and principal.operator is not None
+        and ticket.channel == "patrol"
+        and ticket.operator_id == principal.operator
     )
 
 

@@ -292,6 +292,9 @@ TicketAction = Literal[
     # 并案: the main ticket this closed duplicate was merged into was merged into another ticket,
     # which this one follows now (its status stays closed)
     "remerged",
+    # 事发网格: the dispatch desk placed the ticket in a grid after it was assigned (or confirmed
+    # the located grid of a disputed place); its department and status stay
+    "placed",
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -419,6 +422,21 @@ class Merge(_Frozen):
     via: str | None = None
 
 
+class Place(_Frozen):
+    """`placed` (事发网格): where the dispatch desk placed a ticket already assigned (a ticket that
+    never waited at the desk, routed without a grid: 未定位; or one placed wrongly). The grid is the
+    ticket's from then on, with the community and street areas.yaml puts it in; the event's `grid`
+    is this one. `was`: the grid it had (None: 未定位). `confirmed`: the desk chose the grid the
+    ticket was already located in while its address named another (定位与地址不一致), which settles
+    that question."""
+
+    grid: str
+    community: str | None = None
+    street: str | None = None
+    was: str | None = None
+    confirmed: bool = False
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -438,6 +456,7 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "merged": ("merge",),
     "duplicate_merged": ("merge",),
     "remerged": ("merge",),
+    "placed": ("place",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
@@ -451,21 +470,24 @@ class TicketUpdated(Event):
 
     topic: ClassVar[str] = "ticket.updated"
 
-    version: int = 2  # 2: typed payloads and the ticket's facts instead of a free `data` dict
+    # 2: typed payloads and the ticket's facts instead of a free `data` dict; 3: `placed` with its
+    # `place` (the grid the desk set after the assignment). Older versions parse unchanged (no
+    # `place`, and no action that needs one).
+    version: int = 3
     action: TicketAction
     status: str  # the status after the transition (a shared.tickets.Status value)
     # department id, "resident", "system", an operator id (urged: who took the call) or a grid
-    # worker's id (verified: who checked on the spot)
+    # worker's id (verified: who checked on the spot); placed: the dispatch desk
     actor: str
     department: DepartmentRef | None = None
     # resolved: the resolution note; returned, reopened: the words given; urged: the call; verified:
-    # what the grid worker saw
+    # what the grid worker saw; placed: the history's line (事发网格人工选定为…，原为…)
     note: str = ""
     # resolved: the department's photos of the result (处置照片); verified: the grid worker's
     photos: tuple[str, ...] = ()
     caller_id: str | None = None  # the caller's salted hash (None: anonymous)
     category: str | None = None
-    grid: str | None = None
+    grid: str | None = None  # placed: the grid it is placed in now
 
     on_time: bool | None = None  # accepted, resolved: within the deadline
     returned: Returned | None = None
@@ -486,6 +508,7 @@ class TicketUpdated(Event):
     # response that came due unmet once: from the timer, or from the late step that beat it. None
     # on other actions, and on events written before it existed.
     marked_overdue: bool | None = None
+    place: Place | None = None  # placed (version 3)
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:
@@ -498,6 +521,10 @@ class TicketUpdated(Event):
             raise ValueError(f"{self.action} carries exactly one of {wanted}, not {present or 'none'}")
         if fields["mediation"] is not None and self.action != "resolved":
             raise ValueError(f"{self.action} carries no mediation (only a resolution does)")
+        place = fields["place"]
+        if place is not None and fields["grid"] != place.grid:
+            # Intake's index reads `grid` alone (a view): the two must say the same place.
+            raise ValueError(f"placed in {place.grid} carries grid {fields['grid']}")
         return self
 
 

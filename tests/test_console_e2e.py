@@ -2139,6 +2139,73 @@ async def test_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
         await worker.context.close()
 
 
+async def test_desk_places_a_routed_ticket_without_a_grid_from_its_page(
+    page: Page, redis, system: System, settings: Settings, system_city: City
+):
+    """A street light with no place found (未定位) is routed by its rule and never waits at the desk.
+    Its page offers the desk 事发网格, the city's grids by street and community: none chosen is asked
+    for beside the select before anything is sent; a grid the API refuses comes back beside the
+    select, which takes the focus; a grid chosen places the ticket, the page then naming the place
+    as the desk's choice (人工选定) with the history's line, its department and status as they were."""
+    no = f"20001203-{random.randint(900000, 999999)}"  # a day long past: today's counter stays
+    event = classified(
+        system_city, "city.facility.streetlight", None, no=no, at=datetime.now(UTC), confidence=0.95
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:  # classified already, without a grid: the router routes it by its rule
+        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
+    finally:
+        await producer.stop()
+    grid_id = "s02c01g02"
+    place = f"{system_city.grids[grid_id].street_name}/{system_city.grids[grid_id].full_name}"
+    async with await admin_api(system, redis) as client:
+        routed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        assert (routed["grid"] or {}).get("grid") is None
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto(f"/console/tickets/{no}")
+        await expect(page.locator("#ticket-grid")).to_have_text("未定位")
+        choice = page.get_by_role("combobox", name="事发网格", exact=True)
+        await expect(choice).to_have_value("")
+        groups = choice.locator("optgroup")
+        await expect(groups.first).to_have_attribute("label", "和平街道/和平里社区")
+        await expect(groups).to_have_count(sum(len(s.communities) for s in system_city.district.streets))
+        await accessible(page)
+        # None chosen: asked for beside the select, in the server's words, nothing sent.
+        await page.locator("#place").click()
+        await expect(page.locator("#place-grid-error")).to_have_text(REQUIRED["place.grid"])
+        await expect(choice).to_be_focused()
+        assert page.url.endswith(f"/console/tickets/{no}")
+        # A grid the city no longer has (a page older than its areas): refused beside the select.
+        await choice.evaluate("el => { el.options[1].value = 's09c09g09'; el.selectedIndex = 1; }")
+        async with page.expect_navigation():
+            await page.locator("#place").click()
+        said = "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+        await expect(page.locator("#place-grid-error")).to_have_text(said)
+        choice = page.locator("#place-grid")
+        await expect(choice).to_be_focused()
+        await expect(choice).to_have_attribute("aria-invalid", "true")
+        await expect(choice).to_have_attribute("aria-describedby", "place-grid-error")
+        await accessible(page)
+        await shot(page, "ticket-place-refused")
+        await choice.select_option(grid_id)
+        async with page.expect_navigation():
+            await page.locator("#place").click()
+        await expect(page.locator("#done")).to_contain_text(f"事发网格已更新为{place}")
+        await expect(page.locator("#ticket-grid")).to_have_text(f"{place}（人工选定）")
+        line = f"事发网格人工选定为{place.replace('/', '')}，原为未定位（12345派单中心）"
+        await expect(page.locator("ol.history")).to_contain_text(line)
+        await accessible(page)
+        await shot(page, "ticket-placed")
+        placed = await ticket_when(client, no, lambda t: (t["grid"] or {}).get("grid") == grid_id)
+    assert (placed["status"], placed["department"]) == (routed["status"], routed["department"])
+    assert (placed["grid"]["community"], placed["grid"]["street"], placed["grid"]["method"]) == (
+        "s02c01",
+        "s02",
+        "desk",
+    )
+
+
 async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_picks_the_grid(
     page: Page, browser: Browser, redis, system: System, system_city: City
 ):

@@ -226,6 +226,58 @@ def test_a_grid_the_desk_chose_is_shown_as_chosen_by_a_person(city):
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格</dd>' in html
 
 
+def test_a_grid_the_desk_placed_after_the_assignment_is_chosen_by_a_person_and_settles_a_dispute(city):
+    """事发网格 after the assignment (`ticket.updated` `placed`): the ticket's grid is the desk's
+    choice (人工选定), and the located grid of a disputed place, confirmed so, is no longer said to
+    disagree with its address. The history's line is the event's note."""
+    located = {"grid": "s01c01g01", "method": "coordinates", "address_grid": "s02c01g01"}
+    classified = {"topic": "appeal.classified", "grid": located}
+    confirmed = {
+        "topic": "ticket.updated",
+        "action": "placed",
+        "grid": "s01c01g01",
+        "note": "事发网格经人工核实为和平街道和平里社区第一网格（12345派单中心）",
+        "place": {"grid": "s01c01g01", "was": "s01c01g01", "confirmed": True},
+    }
+    desk = {**DEPARTMENTS_TICKET, "grid": {"grid": "s01c01g01", "method": "desk"}}
+    assert present.grid_chosen_by_desk(desk, [classified, confirmed])
+    assert present.grid_disputed(city, desk, [classified, confirmed]) == ""
+    assert present.grid_disputed(city, desk, [classified]) != ""  # not yet confirmed: still said
+    assert present.describe(confirmed, city) == confirmed["note"]
+    # Placed elsewhere since: that grid is not the one placed.
+    assert not present.grid_chosen_by_desk({**desk, "grid": {"grid": "s02c01g02"}}, [confirmed])
+    other = {**confirmed, "action": "accepted", "on_time": True}  # another update names the grid too
+    assert not present.grid_chosen_by_desk(desk, [other])
+
+
+def test_the_desk_is_offered_the_citys_grids_to_place_an_assigned_ticket_and_no_one_else_is(city):
+    """事发网格 on the ticket's page: the desk's form (a select of every grid, by street and community,
+    none chosen) posting to the console; a department reads the place and gets no form."""
+    ticket = {**DEPARTMENTS_TICKET, "grid": None}
+    form = {"can_place": True, "grid_groups": present.grid_choices(city), "place": "未定位"}
+    html = render_ticket(city, ticket, **form)
+    found = re.search(
+        r'<form method="post" action="/console/tickets/20260302-000003/place".*?</form>', html, re.S
+    )
+    assert found is not None
+    assert "事发位置未定位" in found[0]
+    select = re.search(r'<select id="place-grid" name="grid"([^>]*)>(.*?)</select>', found[0], re.S)
+    assert select is not None
+    assert 'data-required="请在“事发网格”中按街道、社区选择问题所在的网格"' in select[1]
+    groups = re.findall(r'<optgroup label="([^"]*)">', select[2])
+    assert groups[:2] == ["和平街道/和平里社区", "和平街道/东湖社区"]
+    assert len(re.findall(r'<option value="s\d\dc\d\dg\d\d"', select[2])) == len(city.grids)
+    assert "selected" not in select[2]
+    assert unread(html) == []
+    as_department = render_ticket(
+        city, ticket, role="department", department="urban_mgmt", handles=True, **form
+    )
+    assert 'id="place-grid"' not in as_department
+    apart = "定位与地址不一致：定位在和平里社区第一网格，地址在建设社区第一网格"
+    html = render_ticket(city, ticket, grid_apart=apart, **form)
+    assert f"{apart}，请核实后在下方“事发网格”中确认或更正" in html
+
+
 def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names(city):
     """定位与地址不一致 on the ticket's page: where the coordinates (or the reporting worker's grid) put
     it and where its address does, by the grids' full names, read from the ticket's grid (the working
@@ -3945,6 +3997,7 @@ def refused_page(city, page: str, errors: dict) -> str:
         "resolve": ("department", "street_s01_mediation", "accepted"),
         "redispatch": ("admin", None, "assigned"),
         "merge": ("admin", None, "review"),
+        "place": ("admin", None, "assigned"),
     }[action]
     ticket = {
         "ticket_no": "20260302-000002", "status": status, "text": "楼上漏水", "confidence": None,
@@ -3956,6 +4009,7 @@ def refused_page(city, page: str, errors: dict) -> str:
         map=present.grid_map(city, {}), grid_name="未定位", departments=present.departments_of(city),
         errors={action: errors}, values={}, kept={}, handles=True, can_verify=True, is_committee=True,
         can_merge=True, merge_candidates=[], return_reasons={},
+        can_place=action == "place", grid_groups=present.grid_choices(city),
     )  # fmt: skip
 
 
@@ -3981,6 +4035,7 @@ def refused_page(city, page: str, errors: dict) -> str:
         ("ticket:verify", "photos", "verify-photos", "verify-photos-error"),
         ("ticket:redispatch", "reason", "redispatch-reason", "redispatch-reason-error"),
         ("ticket:merge", "into", "merge-into-typed", "merge-into-error"),
+        ("ticket:place", "grid", "place-grid", "place-grid-error"),
         ("ticket:resolve", "mediation.agreement", "resolve-agreement", "resolve-mediation.agreement-error"),
         # The API's schema names the radio's own field: the radio is still the one at fault.
         ("ticket:resolve", "mediation.outcome", "resolve-agreed", "resolve-mediation.outcome-error"),

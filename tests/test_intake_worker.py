@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from services.intake import keys
-from services.intake.app import DuplicateIndex, PlacedBy
+from services.intake.app import DuplicateIndex, PlacedBy, UpdateOf
 from services.intake.domain import Submission
 from services.intake.preview import Previewer
 from shared.events import (
@@ -19,7 +19,9 @@ from shared.events import (
     DepartmentRef,
     GridMatch,
     PersonalDataRemoved,
+    Place,
     TicketAssigned,
+    TicketUpdated,
 )
 from shared.privacy import REMOVED, caller_id
 from shared.store import TicketStore, ticket_key
@@ -162,6 +164,52 @@ async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_
     await index.placed([assigned(f"test-{uuid.uuid4().hex[:8]}", False)])  # the grid it had: no change
     await index.placed([assigned(new, True)])
     assert await redis.zscore(keys.grid_index(new), no) is not None
+    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
+    again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
+    assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [
+        (no, "similar_text")
+    ]
+    assert await previewer.duplicates(again, old) == []
+    await redis.delete(ticket_key(no), keys.grid_index(old), keys.grid_index(new))
+
+
+async def test_a_ticket_placed_after_its_assignment_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
+    """事发网格 after the assignment (`ticket.updated` `placed`): the update puts the ticket in its new
+    grid's index, from the time it was placed; the grid it left passes it over. Other updates (of
+    the version before too) place nothing."""
+    store = TicketStore(redis)
+    index = DuplicateIndex(redis, store)
+    old, new = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    no = f"20261123-{random.randint(860000, 869999)}"
+    text = "和平路口的路灯坏了一个星期了，晚上特别黑，过马路很危险"
+    a = AppealReceived(ticket_no=no, channel="hotline", text=text)
+    placed = Ticket.from_appeal(a).model_copy(
+        update={"status": Status.ACCEPTED, "grid": GridMatch(grid=new, method="desk", confidence=1.0)}
+    )
+    await redis.set(ticket_key(no), placed.model_dump_json())
+    await redis.zadd(keys.grid_index(old), {no: time.time()})  # where the classifier had put it
+    at = datetime.now(UTC)
+
+    def update(action: str, grid: str, **payload) -> UpdateOf:
+        event = TicketUpdated(
+            ticket_no=no,
+            action=action,
+            status="accepted",
+            actor="dispatch_desk",
+            grid=grid,
+            occurred_at=at,
+            **payload,
+        )
+        return UpdateOf.from_json(event.json_bytes)
+
+    elsewhere = f"test-{uuid.uuid4().hex[:8]}"
+    older = TicketUpdated(
+        ticket_no=no, action="accepted", status="accepted", actor="d", grid=elsewhere, on_time=True
+    )
+    await index.updated([UpdateOf.from_json(older.model_copy(update={"version": 2}).json_bytes)])
+    assert await redis.zscore(keys.grid_index(elsewhere), no) is None  # an acceptance places nothing
+    await index.updated([update("placed", new, place=Place(grid=new, was=old))])
+    assert await redis.zscore(keys.grid_index(new), no) == at.timestamp()
     previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
     again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
     assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [

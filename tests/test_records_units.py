@@ -37,6 +37,7 @@ from shared.events import (
     MeetingUpdated,
     Merge,
     PersonalDataRemoved,
+    Place,
     Returned,
     SurveyAnswered,
     TicketAssigned,
@@ -248,6 +249,64 @@ def test_the_grid_the_desk_chooses_places_the_row_with_its_community_and_street(
     assert (again["grid"], again["street"]) == ("g-002", "s-02")
     # Read back, the ticket is in the desk's grid.
     ticket = ticket_of(again, CITY)
+    assert ticket.grid is not None
+    assert (ticket.grid.grid, ticket.grid.street) == ("g-002", "s-02")
+
+
+def test_a_ticket_the_desk_places_after_its_assignment_moves_the_row_to_that_grid():
+    """事发网格 (`ticket.updated` `placed`, version 3): the row takes the grid and the community and
+    street the city puts it in, as for a grid chosen at dispatch, so that lists, search and reports
+    follow; its status, department and deadlines stay. Updates of version 2 place nothing; a
+    rebuild (the same events in another order of arrival) folds the same row."""
+    received, classified, assigned = life()[:3]
+    unplaced = {**classified, "grid": {"grid": None, "method": "none", "confidence": 0.0}}
+    routed = {**assigned, "grid": None}
+    streets = {**STREETS, "g-002": ("c-02", "s-02")}
+    before = fold_ticket([received, unplaced, routed], streets)
+    assert before is not None
+    assert (before["grid"], before["community"], before["street"]) == (None, None, None)
+    placed = dump(
+        TicketUpdated(
+            ticket_no=received["ticket_no"],
+            action="placed",
+            status="assigned",
+            actor="dispatch_desk",
+            department=DEPT,
+            grid="g-002",
+            note="事发网格人工选定为…，原为未定位（12345派单中心）",
+            place=Place(grid="g-002", community="c-x", street="s-x"),
+            occurred_at=T0 + timedelta(hours=1),
+        )
+    )
+    events = [received, unplaced, routed, placed]
+    row = fold_ticket(events, streets)
+    assert row is not None
+    assert (row["grid"], row["community"], row["street"]) == ("g-002", "c-02", "s-02")  # the city's
+    kept = ("status", "department", "respond_by", "resolve_by", "assigned_at", "assigned_via")
+    assert {k: row[k] for k in kept} == {k: before[k] for k in kept}
+    assert fold_ticket(list(reversed(events)), streets) == row
+    # A grid the city no longer has: the event's community and street.
+    elsewhere = fold_ticket(events, STREETS)
+    assert elsewhere is not None
+    assert (elsewhere["grid"], elsewhere["community"], elsewhere["street"]) == ("g-002", "c-x", "s-x")
+    # A later assignment (改派) carries the placed grid on, not chosen again: the row keeps it.
+    moved = {**routed, "event_id": "redispatch", "via": "redispatch", "grid": "g-002"}
+    moved["occurred_at"] = (T0 + timedelta(hours=2)).isoformat()
+    again = fold_ticket([*events, moved], streets)
+    assert again is not None
+    assert (again["grid"], again["street"]) == ("g-002", "s-02")
+    # An update of version 2 (an acceptance) names the ticket's grid and places nothing.
+    accepted = {**placed, "event_id": "acc", "action": "accepted", "status": "accepted", "on_time": True}
+    accepted |= {
+        "place": None,
+        "version": 2,
+        "grid": "g-001",
+        "occurred_at": (T0 + timedelta(hours=3)).isoformat(),
+    }
+    still = fold_ticket([*events, accepted], streets)
+    assert still is not None
+    assert (still["status"], still["grid"], still["street"]) == ("accepted", "g-002", "s-02")
+    ticket = ticket_of(still, CITY)
     assert ticket.grid is not None
     assert (ticket.grid.grid, ticket.grid.street) == ("g-002", "s-02")
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.records.retention import Retention
 from services.router import meetings
 from services.router.service import MeetingStore
 from shared import bus, topics
@@ -271,6 +272,125 @@ async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds
         "/api/v1/tickets", headers=admin, params={"street": "s02", "grid": "s02c01g02", "size": 200}
     )
     assert no in [t["ticket_no"] for t in r.json()["items"]]
+
+
+async def test_the_desk_places_an_assigned_ticket_and_the_record_and_the_duplicate_index_follow(
+    api, producer, city, tokens, redis, pool, settings
+):
+    """事发网格 after the assignment: a street-light appeal routed by its rule in the grid its address
+    was matched to is found to be in another. The desk places it there (the department may not):
+    its department and status stay, its history says where it was; the record's row moves to that
+    grid, community and street (lists, search, the grid worker's list); intake's duplicate index
+    offers it to a ticket of the new grid waiting at the desk (并案's candidates) and no longer to
+    one of the old. An unknown grid, the grid it has and a closed ticket are refused, in words."""
+    cat = "city.facility.streetlight"
+    no = await inject(producer, city, cat, "s01c01g01")
+    old_kin = await inject(producer, city, cat, "s01c01g01", confidence=0.2)  # at the desk, old grid
+    new_kin = await inject(producer, city, cat, "s02c01g02", confidence=0.2)  # at the desk, new grid
+    routed = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    for kin in (old_kin, new_kin):
+        await ticket_when(api, tokens, kin, lambda t: t["status"] == "review")
+    admin = await tokens()
+
+    async def candidates(of: str) -> list[str]:
+        r = await api.get(f"/api/v1/tickets/{of}/merge/candidates", headers=admin)
+        assert r.status_code == 200, r.text
+        return [c["ticket_no"] for c in r.json()["candidates"]]
+
+    assert no in await eventually(lambda: _listing(candidates(old_kin), no), timeout=30)
+    assert no not in await candidates(new_kin)
+
+    url = f"/api/v1/tickets/{no}/place"
+    r = await api.post(url, headers=await tokens(routed["department"]["id"]), json={"grid": "s02c01g02"})
+    assert r.status_code == 403
+    assert "只有派单中心可以更改事发网格" in r.json()["message"]
+    r = await api.post(url, headers=admin, json={"grid": "s09c09g09"})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "unknown_grid", "grid")
+    assert r.json()["message"] == "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+    r = await api.post(url, headers=admin, json={"grid": "s01c01g01"})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (409, "same_grid", "grid")
+    r = await api.post(url, headers=admin, json={"grid": "s02c01g02"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["status"], body["department"]["id"]) == ("assigned", routed["department"]["id"])
+    grid = body["grid"]
+    assert (grid["grid"], grid["community"], grid["street"], grid["method"]) == (
+        "s02c01g02",
+        "s02c01",
+        "s02",
+        "desk",
+    )
+    placed = body["history"][-1]
+    assert (placed["topic"], placed["action"], placed["version"], placed["grid"]) == (
+        "ticket.updated",
+        "placed",
+        3,
+        "s02c01g02",
+    )
+    assert (
+        placed["note"]
+        == "事发网格人工选定为建设街道建设社区第二网格，原为和平街道和平里社区第一网格（12345派单中心）"
+    )
+
+    # The record: the row's grid, community and street, with its status and department as they were.
+    async def row():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT status, department, grid, community, street FROM tickets "
+                "WHERE ticket_no = %s AND grid = 's02c01g02'",
+                (no,),
+            )
+            return await cur.fetchone()
+
+    recorded = await eventually(row, timeout=30)
+    assert (recorded["status"], recorded["department"]) == ("assigned", routed["department"]["id"])
+    assert (recorded["community"], recorded["street"]) == ("s02c01", "s02")
+
+    # The grid's worker lists it (the record's list of the grid); the old grid's worker no longer.
+    async def worker(operator: str, grid: str) -> dict:
+        token = await issue_token(redis, "grid_worker", operator=operator, grid=grid)
+        return {"Authorization": f"Bearer {token}"}
+
+    for headers, expected in (
+        (await worker("W051", "s02c01g02"), True),
+        (await worker("W052", "s01c01g01"), False),
+    ):
+        r = await api.get("/api/v1/tickets", headers=headers, params={"size": 200})
+        assert (no in [t["ticket_no"] for t in r.json()["items"]]) is expected
+
+    # Intake's duplicate index: offered in its new grid, no more in the old.
+    assert no in await eventually(lambda: _listing(candidates(new_kin), no), timeout=30)
+    assert no not in await candidates(old_kin)
+
+    # A closed ticket (a duplicate merged into it, 并案) is refused, saying why.
+    r = await api.post(
+        f"/api/v1/tickets/{old_kin}/merge", headers=admin, json={"into": no, "reason": "同一盏路灯重复反映"}
+    )
+    assert r.status_code == 200, r.text
+    refusal = "当前状态为“已关闭”，不能更改事发网格"
+    r = await api.post(f"/api/v1/tickets/{old_kin}/place", headers=admin, json={"grid": "s02c01g02"})
+    assert (r.status_code, r.json()["error"]) == (409, "illegal_transition")
+    assert refusal in r.json()["message"]
+
+    # Left Redis for the record (retention): the same refusal, not "no such ticket".
+    async def closed_in_the_record():  # what the record lacks of its history, retention copies in
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT status FROM tickets WHERE ticket_no = %s", (old_kin,))
+            return ((await cur.fetchone()) or {}).get("status") == "closed"
+
+    await eventually(closed_in_the_record, timeout=30)
+    retention = Retention(pool, TicketStore(redis), settings)
+    assert await retention.evict_closed(datetime.now(UTC) + timedelta(minutes=1)) >= 1
+    assert not await redis.exists(f"t:{old_kin}")
+    r = await api.post(f"/api/v1/tickets/{old_kin}/place", headers=admin, json={"grid": "s02c01g02"})
+    assert (r.status_code, r.json()["error"]) == (409, "illegal_transition")
+    assert refusal in r.json()["message"]
+
+
+async def _listing(found, no: str) -> list[str] | None:
+    """The numbers found, once they hold `no` (for `eventually`)."""
+    nos = await found
+    return nos if no in nos else None
 
 
 async def test_return_reroute_and_a_joint_meeting_after_two_returns(api, producer, city, tokens):

@@ -131,6 +131,7 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
         t, "urban_mgmt", "邻里之间因漏水赔偿产生纠纷", CITY, TZ, T0
     ),
     "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
+    "place": lambda t: workflow.place(t, "s02c01g02", "dispatch_desk", CITY, T0),
     "verify": lambda t: workflow.verify(t, "W017", "s01c01g01", False, "路灯仍不亮", CITY, TZ, T0),
     # 并案: the ticket as the duplicate, then as the main ticket (each side refused by its own row).
     "merge": lambda t: workflow.merge(t, _in(st.ACCEPTED, ticket_no=MAIN), MAIN, SAME, "dispatch_desk", T0)[
@@ -914,6 +915,107 @@ def test_a_grid_the_city_does_not_have_is_refused_saying_what_to_do(grid: str):
     assert e.value.message == f"没有编号为“{grid}”的网格，请在“事发网格”中按街道、社区选择一个网格"
 
 
+# --- 事发网格 after the assignment (place) ---------------------------------------------------------
+
+
+def test_a_ticket_is_placed_from_its_assignment_until_its_survey_and_its_status_stays():
+    move = ALLOWED_STATUS_CHANGES["place"]
+    assert move.sources == {st.ASSIGNED, st.ACCEPTED, st.MEETING, st.RESOLVED, st.SURVEYED}
+    assert move.targets is None  # the status stays
+
+
+def test_the_desk_places_a_ticket_routed_without_a_grid_and_nothing_else_moves():
+    """A district-wide category with a vague address (a street light): routed by the rules with no
+    grid (未定位), it never waited at the desk. Placed, it is in that grid, community and street;
+    the department, status and deadlines stay; the history says where it was and who placed it; the
+    grid's worker checks its resolution (another grid's does not)."""
+    t = assign(CITY, classified(CITY, "city.facility.streetlight", None, confidence=0.95)).ticket
+    assert (t.status, t.department.id, t.grid.grid if t.grid else None) == (st.ASSIGNED, "urban_mgmt", None)
+    later = T0 + timedelta(hours=2)
+    out = workflow.place(t, "s02c01g02", "dispatch_desk", CITY, later)
+    grid = out.ticket.grid
+    assert grid is not None
+    assert (grid.grid, grid.community, grid.street, grid.method) == ("s02c01g02", "s02c01", "s02", "desk")
+    same = {"grid", "applied", "updated_at"}
+    assert out.ticket.model_dump(exclude=same) == t.model_dump(exclude=same)
+    (event,) = out.publish
+    assert (event.action, event.status, event.actor, event.grid, event.version) == (
+        "placed",
+        st.ASSIGNED,
+        "dispatch_desk",
+        "s02c01g02",
+        3,
+    )
+    assert event.place is not None
+    assert (event.place.grid, event.place.community, event.place.street) == ("s02c01g02", "s02c01", "s02")
+    assert (event.place.was, event.place.confirmed) == (None, False)
+    assert event.department == t.department  # the department reads it among its own events
+    assert event.note == "事发网格人工选定为建设街道建设社区第二网格，原为未定位（12345派单中心）"
+    assert present.describe(event.model_dump(mode="json") | {"topic": event.topic}, CITY) == event.note
+    # Placed again elsewhere: from where it was.
+    moved = workflow.place(out.ticket, "s01c01g01", "dispatch_desk", CITY, later)
+    assert "原为建设街道建设社区第二网格" in moved.publish[0].note
+    assert moved.publish[0].place.was == "s02c01g02"  # type: ignore[union-attr]
+    # Its grid's worker checks it on the spot; another grid's worker reads no such ticket.
+    done = resolved(out.ticket)
+    assert (
+        workflow.verify(done, "W01", "s02c01g02", True, "", CITY, TZ, later).ticket.verification == "solved"
+    )
+    with pytest.raises(WorkflowError) as e:
+        workflow.verify(done, "W02", "s01c01g01", True, "", CITY, TZ, later)
+    assert e.value.kind == "not_found"
+
+
+@pytest.mark.parametrize("status", [st.ACCEPTED, st.RESOLVED, st.SURVEYED, st.MEETING])
+def test_a_ticket_being_handled_or_checked_is_placed_in_its_status(status: Status):
+    t = _in(status, meeting_id="m1" if status == st.MEETING else None, resolution_note="已修复")
+    out = workflow.place(t, "s03c02g03", "dispatch_desk", CITY, T0)
+    assert (out.ticket.status, out.ticket.department, out.publish[0].status) == (status, t.department, status)
+    assert out.ticket.grid is not None
+    assert out.ticket.grid.street == "s03"
+
+
+def test_the_desk_confirms_the_located_grid_of_a_disputed_place_after_the_assignment():
+    """定位与地址不一致, routed by its rule: the desk chooses the grid it was located in. Confirmed,
+    the ticket names no other grid (the page's 位置核实 goes), and the history says 经人工核实."""
+    c = classified(CITY, "city.facility.streetlight", "s01c01g01")
+    apart = c.grid.model_copy(update={"method": "coordinates", "address_grid": "s01c01g02"})
+    t = assign(CITY, c.model_copy(update={"grid": apart})).ticket
+    assert (t.status, t.grid) == (st.ASSIGNED, apart)
+    out = workflow.place(t, "s01c01g01", "dispatch_desk", CITY, T0)
+    assert out.ticket.grid is not None
+    assert (out.ticket.grid.grid, out.ticket.grid.address_grid) == ("s01c01g01", None)
+    (event,) = out.publish
+    assert event.note == "事发网格经人工核实为和平街道和平里社区第一网格（12345派单中心）"
+    assert event.place is not None
+    assert (event.place.was, event.place.confirmed) == ("s01c01g01", True)
+    # Confirmed once, it is no question any more: the same grid again is refused.
+    with pytest.raises(WorkflowError) as e:
+        workflow.place(out.ticket, "s01c01g01", "dispatch_desk", CITY, T0)
+    assert (e.value.code, e.value.field) == ("same_grid", "grid")
+
+
+def test_placing_is_refused_saying_what_to_do_for_a_grid_it_has_no_grid_and_a_finished_ticket():
+    t = assigned_ticket(CITY)  # in s01c01g01, not disputed
+    with pytest.raises(WorkflowError) as e:
+        workflow.place(t, "s01c01g01", "dispatch_desk", CITY, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("same_grid", "conflict", "grid")
+    assert "事发网格已是和平街道和平里社区第一网格，无需更改" in e.value.message
+    with pytest.raises(WorkflowError) as e:
+        workflow.place(t, "s09c09g09", "dispatch_desk", CITY, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("unknown_grid", "invalid", "grid")
+    assert e.value.message == "没有编号为“s09c09g09”的网格，请在“事发网格”中按街道、社区选择一个网格"
+    with pytest.raises(WorkflowError) as e:
+        workflow.place(_in(st.CLOSED), "s02c01g02", "dispatch_desk", CITY, T0)
+    assert (e.value.code, e.value.kind) == ("illegal_transition", "conflict")
+    assert (
+        "当前状态为“已关闭”，不能更改事发网格（只有已派单、尚未结案的工单可以更改事发网格" in e.value.message
+    )
+    with pytest.raises(WorkflowError) as e:  # at the desk its dispatch places it
+        workflow.place(_in(st.REVIEW), "s02c01g02", "dispatch_desk", CITY, T0)
+    assert "待人工派单的工单请在派单时于“事发网格”中选择" in e.value.message
+
+
 def test_the_desk_redispatches_a_department_s_ticket_with_fresh_deadlines_and_its_reason():
     """改派: from assigned or accepted only, to another department, which starts with its full time;
     the old department's acceptance, pending extension and overdue marks go with the move."""
@@ -1472,6 +1574,7 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("wait"), hs.integers(1, 48)),
     hs.tuples(hs.just("urge"), hs.sampled_from(["0231", "0232"])),
     hs.tuples(hs.just("verify"), hs.booleans(), hs.sampled_from(["s03c02g03", "s01c01g01"])),
+    hs.tuples(hs.just("place"), hs.sampled_from(["s03c02g03", "s01c01g01", "s09c09g09"])),
     # 并案: the ticket merged into another (in any status), or another merged into it.
     hs.tuples(hs.just("merge"), hs.sampled_from(list(Status)), hs.sampled_from(["", "重复反映同一问题"])),
     hs.tuples(hs.just("take_duplicate")),
@@ -1514,6 +1617,8 @@ def step(t, action, now, n):
             return workflow.urge(t, args[0], "还是没人来", now)
         case "verify":
             return workflow.verify(t, "W017", args[1], args[0], "现场查看", CITY, TZ, now)
+        case "place":
+            return workflow.place(t, args[0], "dispatch_desk", CITY, now)
         case "merge":
             main = _in(args[0], ticket_no=MAIN)
             # Its own duplicates, as the API reads them with it: closed, pointing at it.
@@ -1572,6 +1677,11 @@ def check(t, before):
     assert t.urges >= before.urges
     if t.urges > before.urges:  # an urge moves nothing but its count
         assert (t.urges, t.status) == (before.urges + 1, before.status)
+    if t.grid != before.grid and t.assigned_at == before.assigned_at:  # placed: nothing else moves
+        assert (t.status, t.department, t.resolve_by) == (before.status, before.department, before.resolve_by)
+        assert t.grid is not None
+        assert t.grid.grid in CITY.grids
+        assert before.status in ALLOWED_STATUS_CHANGES["place"].sources
     if t.verified_at is not None:  # a check is of the last resolution, by the grid's worker
         assert t.verified_by == "W017"
         done = t.status in (st.RESOLVED, st.SURVEYED, st.CLOSED)

@@ -46,6 +46,7 @@ from shared.events import (
     MeetingUpdated,
     Part,
     PersonalDataRemoved,
+    Place,
     Returned,
     SurveyAnswered,
     SurveySent,
@@ -138,6 +139,31 @@ def test_a_ticket_update_carries_exactly_the_payload_its_action_names():
         TicketUpdated(action="accepted", on_time=True, survey_id="s1", **base)  # one too many
     with pytest.raises(ValidationError, match="surveyed carries exactly one of"):
         TicketUpdated(action="surveyed", on_time=True, **base)  # another action's
+
+
+def test_a_placement_carries_its_place_and_an_update_of_the_version_before_still_parses():
+    """事发网格 (version 3): `placed` carries the place, and the event's grid is that place (intake's
+    index reads `grid` alone). An update written by version 2 parses as it did, and the views read
+    it (a consumer of the older version keeps working)."""
+    from services.intake.app import UpdateOf
+
+    base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "dispatch_desk"}
+    place = Place(grid="s02c01g02", community="s02c01", street="s02", was=None)
+    placed = TicketUpdated(action="placed", grid="s02c01g02", place=place, **base)
+    assert (placed.version, placed.place) == (3, place)
+    assert TicketUpdated.from_json(placed.to_bytes()) == placed
+    with pytest.raises(ValidationError, match="placed carries exactly one of"):
+        TicketUpdated(action="placed", grid="s02c01g02", **base)  # no place
+    with pytest.raises(ValidationError, match="accepted carries exactly one of"):
+        TicketUpdated(action="accepted", on_time=True, grid="s02c01g02", place=place, **base)
+    with pytest.raises(ValidationError, match="carries grid s01c01g01"):
+        TicketUpdated(action="placed", grid="s01c01g01", place=place, **base)  # two places
+    older = {**base, "action": "accepted", "on_time": True, "version": 2, "event_id": "e2"}
+    older |= {"occurred_at": "2026-11-23T02:00:00Z", "grid": "s01c01g01"}
+    parsed = TicketUpdated.model_validate_json(json.dumps(older))
+    assert (parsed.version, parsed.place, parsed.grid) == (2, None, "s01c01g01")
+    view = UpdateOf.from_json(json.dumps(older).encode())
+    assert (view.version, view.action, view.grid) == (2, "accepted", "s01c01g01")
 
 
 def foreign_or_id(raw: bytes | None) -> str | None:
@@ -900,6 +926,7 @@ KEPT = {
     "resolution_id", "verified_by", "void_surveys", "verification.survey_id",  # event ids, 工号
     "by",  # the operator who took a survey's answer on the phone (工号)
     "merge.into", "merge.duplicate", "merge.moved", "merge.via", "merged_into", "merged",  # 并案: numbers
+    "place.grid", "place.community", "place.street", "place.was",  # 事发网格: areas' ids
 }  # fmt: skip
 
 
@@ -950,19 +977,19 @@ def _same_field(view: type[BaseModel], model: type[BaseModel], where: str) -> No
 
 def test_every_view_reads_its_events_fields_as_the_event_declares_them() -> None:
     # The views are declared by their consumers: every one that is imported is checked.
-    from services.intake.app import CallerOf, ClosingOf, PlacedBy, PlaceOf
+    from services.intake.app import CallerOf, PlacedBy, PlaceOf, UpdateOf
     from services.notifier.app import Acknowledged
     from services.router.service import Escalation
 
     views = _views(View)
-    assert {CallerOf, ClosingOf, PlaceOf, PlacedBy, Acknowledged, Escalation} <= set(views)
+    assert {CallerOf, UpdateOf, PlaceOf, PlacedBy, Acknowledged, Escalation} <= set(views)
     for view in views:
         assert view.topic == view.of.topic
         _same_field(view, view.of, view.__name__)
 
 
 def test_a_view_reads_its_fields_from_the_whole_event_and_cannot_be_published() -> None:
-    from services.intake.app import ClosingOf
+    from services.intake.app import UpdateOf
 
     update = TicketUpdated(
         ticket_no="20261202-000001",
@@ -972,7 +999,7 @@ def test_a_view_reads_its_fields_from_the_whole_event_and_cannot_be_published() 
         caller_id="c1",
         answer=Answer(rating=3, solved=True),
     )
-    view = ClosingOf.from_json(update.json_bytes)
+    view = UpdateOf.from_json(update.json_bytes)
     assert (view.ticket_no, view.action, view.caller_id, view.event_id) == (
         update.ticket_no,
         "closed",
@@ -980,6 +1007,6 @@ def test_a_view_reads_its_fields_from_the_whole_event_and_cannot_be_published() 
         update.event_id,
     )
     with pytest.raises(ValidationError):  # what it reads is checked as the event checks it
-        ClosingOf.from_json(update.json_bytes.replace(b'"closed"', b'"shut"', 1))
+        UpdateOf.from_json(update.json_bytes.replace(b'"closed"', b'"shut"', 1))
     with pytest.raises(TypeError):
         view.to_bytes()

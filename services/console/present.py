@@ -36,7 +36,11 @@ ACTION_NAMES = {
     "merged": "并案",
     "duplicate_merged": "并案",
     "remerged": "并案",
+    "placed": "事发网格",
 }
+# Steps whose note says them whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…） /
+# 随工单Y并入工单X… / 事发网格人工选定为X，原为Y（12345派单中心）.
+SAID_BY_NOTE = ("merged", "duplicate_merged", "remerged", "placed")
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
     "appeal.classified": "智能分类",
@@ -114,6 +118,8 @@ DONE = {
     "return_desk": "工单{no}已退单，已转派单中心重新派单。",
     # A second return: the workflow convenes a joint meeting (吹哨报到) instead of routing it again.
     "return_meeting": "工单{no}已退单。此工单已两次被退回，将召集联席会议确定承办单位。",
+    # The desk's 事发网格 (on the ticket's page, which then names the place and has the history's line).
+    "place": "事发网格已更新为{place}，已记入办理记录；该网格的网格员将看到此工单。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
     # 转人民调解: the ticket has gone to the committee, `to` (the department's queue, where it is told).
@@ -222,8 +228,7 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return f"{ACTION_NAMES['urged']}：{record.get('note') or '（未记录来电内容）'}（{count}{by}）"
     if topic == "ticket.updated" and record.get("action") == "verified":
         return verification_words(record)
-    if topic == "ticket.updated" and record.get("action") in ("merged", "duplicate_merged", "remerged"):
-        # The note says it whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…） / 随工单Y并入工单X….
+    if topic == "ticket.updated" and record.get("action") in SAID_BY_NOTE:
         return record.get("note") or ACTION_NAMES[record["action"]]
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
@@ -485,11 +490,17 @@ def place_name(city: City, grid: str | None) -> str:
 
 
 def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]]) -> bool:
-    """Whether the ticket's grid is the one the dispatch desk chose as it dispatched it (人工选定,
-    `ticket.assigned`'s `grid_chosen`). Read from the history, which the ticket comes with wherever
-    it is read from (Redis, or the record once it has left), as the category's 人工选定 is read."""
+    """Whether the ticket's grid is the one the dispatch desk chose (人工选定): as it dispatched it
+    (`ticket.assigned`'s `grid_chosen`), or later (事发网格, `ticket.updated` `placed`). Read from
+    the history, which the ticket comes with wherever it is read from (Redis, or the record once it
+    has left), as the category's 人工选定 is read."""
     grid = (ticket.get("grid") or {}).get("grid")
-    placed = (h for h in history if h.get("topic") == "ticket.assigned" and h.get("grid_chosen"))
+    placed = (
+        h
+        for h in history
+        if (h.get("topic") == "ticket.assigned" and h.get("grid_chosen"))
+        or (h.get("topic") == "ticket.updated" and h.get("action") == "placed")
+    )
     return bool(grid) and any(h.get("grid") == grid for h in placed)
 
 

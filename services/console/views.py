@@ -1116,6 +1116,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "committee": city.department_by_id[committee].name if committee else "",
         "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
         "can_merge": can_merge,
+        # 事发网格: the desk sets or corrects the grid of an assigned ticket (the API refuses the
+        # other statuses, with the reason); the city's grids by street and community.
+        "can_place": s.principal.role == "admin" and workflow.allowed(Status(ticket["status"]), "place"),
+        "grid_groups": present.grid_choices(city),
+        "grid_id": grid,
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
         # A department summoned to the ticket's joint meeting reads it without handling it.
         "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
@@ -1176,7 +1181,9 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     done = present.DONE.get(request.query_params.get("done") or "", "")
     department = (context["t"].get("department") or {}).get("name", "")
     into = context["t"].get("merged_into") or ""
-    done = done.format(no=no, department=department, verification=context["verified"], into=into)
+    done = done.format(
+        no=no, department=department, verification=context["verified"], into=into, place=context["place"]
+    )
     return await page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
@@ -1197,6 +1204,28 @@ async def ticket_redispatch(request: Request, no: str, s: session.Session = Depe
     return await action_refused(
         request, s, no, reply, reply.status, action="redispatch", errors=errors, values=values
     )
+
+
+# The desk's 事发网格 form: its field and label; an error naming no field (the ticket moved on
+# meanwhile, e.g. it was closed) is shown above the form.
+PLACE_FIELDS = {"form": "", "grid": "事发网格"}
+
+
+@router.post("/tickets/{no}/place")  # before the departments' actions below: a path of its own
+async def ticket_place(request: Request, no: str, s: session.Session = Depends(as_desk)):
+    """事发网格: the desk places an assigned ticket in the grid where the problem is (or confirms the
+    located grid of a disputed place). A refusal is said beside the select, which takes the focus."""
+    form = await checked_form(request, s)
+    values = {"grid": text(form, "grid")}
+    if not values["grid"]:  # none chosen: said so beside the select, not as an unknown grid ''
+        reply = Reply(422, {"message": workflow.REQUIRED["place.grid"], "field": "grid"})
+    else:
+        reply = await api(request, s).post(f"/api/v1/tickets/{no}/place", values)
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done=place", status_code=303)
+    errors = field_errors(reply, PLACE_FIELDS, "form", form)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await action_refused(request, s, no, reply, status, action="place", errors=errors, values=values)
 
 
 # The desk's 并案 form: a duplicate no department has taken up (the API refuses the others, saying

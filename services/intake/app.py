@@ -8,6 +8,7 @@ The HTTP side of intake (views.py) numbers and publishes; this worker follows th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from faststream import FastStream
@@ -97,11 +98,15 @@ class PlacedBy(View):
     grid_chosen: bool = False
 
 
-class ClosingOf(View):
+class UpdateOf(View):
+    """A ticket update, for whether it closed a caller's ticket, or placed the ticket in a grid
+    (`placed`: `grid` is where the desk placed it)."""
+
     of = TicketUpdated
-    version: int = 2
+    version: int = 3
     action: TicketAction
     caller_id: str | None = None
+    grid: str | None = None
 
 
 class DuplicateIndex:
@@ -135,10 +140,14 @@ class DuplicateIndex:
         await self._index_grids(keys=[keys.grid_index(c.grid.grid or "") for c in placed], args=args)
 
     async def placed(self, assigned: list[PlacedBy]) -> None:
-        """A ticket the dispatch desk placed in a grid (the classifier found none, or another)
-        joins that grid's index, from the time it was placed; the index of a grid it left keeps it
-        until it ages out, and the duplicate preview passes it over there (`open_in_grids`)."""
-        placed = [a for a in assigned if a.grid_chosen and a.grid]
+        """A ticket the dispatch desk placed in a grid as it dispatched it (the classifier found
+        none, or another) joins that grid's index (`_join_grids`)."""
+        await self._join_grids([a for a in assigned if a.grid_chosen and a.grid])
+
+    async def _join_grids(self, placed: Sequence[PlacedBy | UpdateOf]) -> None:
+        """Tickets a person placed in a grid join its index, from the time they were placed; the
+        index of a grid one left keeps it until it ages out, and the duplicate preview passes it
+        over there (`open_in_grids` reads the ticket's grid)."""
         if not placed:
             return
         args: list[str | float] = [time.time() - DUPLICATE_WINDOW_SECONDS]
@@ -146,11 +155,15 @@ class DuplicateIndex:
             args += [a.ticket_no, a.occurred_at.timestamp()]
         await self._index_grids(keys=[keys.grid_index(a.grid or "") for a in placed], args=args)
 
-    async def updated(self, updates: list[ClosingOf]) -> None:
-        """A closed ticket leaves its caller's open-ticket index (the event names the caller: no
+    async def updated(self, updates: list[UpdateOf]) -> None:
+        """A ticket the desk placed in a grid after its assignment (事发网格, `placed`) joins that
+        grid's index, as one placed as it was dispatched does (`placed`).
+
+        A closed ticket leaves its caller's open-ticket index (the event names the caller: no
         ticket to read), a duplicate merged into another (并案) too: its resident follows the main
         ticket from then on, and asks about it by number (see queries.py). A closed one stays among
         the caller's recent tickets for `keys.RECENTLY_CLOSED_DAYS` (`keys.caller_closed`)."""
+        await self._join_grids([u for u in updates if u.action == "placed" and u.grid])
         closed = [(u, cid) for u in updates if u.action in ("closed", "merged") and (cid := u.caller_id)]
         if not closed:
             return
@@ -201,7 +214,7 @@ def build_app(settings: Settings | None = None) -> FastStream:
             CallerOf: index.received,
             PlaceOf: index.classified,
             PlacedBy: index.placed,
-            ClosingOf: index.updated,
+            UpdateOf: index.updated,
             PersonalDataRemoved: index.erased,
         }
     )

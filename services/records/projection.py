@@ -207,7 +207,7 @@ def _apply(row: Row, e: Mapping[str, Any], streets: Mapping[str, tuple[str, str]
             community, street = streets.get(grid, (None, None))
             row.update(grid=grid, community=community, street=street)
     elif topic == "ticket.updated":
-        _apply_update(row, e, when)
+        _apply_update(row, e, when, streets)
     elif topic == "survey.answered":
         row["survey_outcome"] = e.get("outcome", "answered")
 
@@ -244,9 +244,17 @@ def _still_overdue(row: Row, when: datetime) -> bool:
     return bool(row["overdue"]) and row["resolve_by"] is not None and row["resolve_by"] <= when
 
 
-def _apply_update(row: Row, e: Mapping[str, Any], when: datetime) -> None:
+def _apply_update(
+    row: Row, e: Mapping[str, Any], when: datetime, streets: Mapping[str, tuple[str, str]]
+) -> None:
     action = e["action"]
     row["status"] = e["status"]
+    if action == "placed" and (place := e.get("place") or {}).get("grid"):
+        # 事发网格 (version 3): the desk placed the assigned ticket; its community and street are
+        # the city's for that grid, as for a grid chosen at dispatch (else the event's).
+        grid = place["grid"]
+        community, street = streets.get(grid, (place.get("community"), place.get("street")))
+        row.update(grid=grid, community=community, street=street)
     if action == "accepted":
         on_time = e["on_time"] if e.get("on_time") is not None else _payload(e, "on_time").get("on_time")
         row.update(accepted_at=when, accepted_on_time=on_time)

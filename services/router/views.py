@@ -768,6 +768,51 @@ async def redispatch_ticket(
     )
 
 
+class PlaceIn(BaseModel):
+    grid: str = Field(max_length=100, description="the grid the problem is in (areas.yaml's id)")
+
+
+# Who sets a ticket's grid once it is assigned: the dispatch desk, which decides where tickets go.
+# Not the department holding it: the place decides whose street a ticket counts against and often
+# who is responsible for it, so the department says so to the desk instead (see `workflow.place`).
+placing_staff = require_role(
+    "admin",
+    refusal="只有派单中心可以更改事发网格；承办单位发现事发位置有误的，请在签收前以“属地（网格）有误”退单，"
+    "或联系派单中心更正",
+)
+
+
+@router.post("/tickets/{ticket_no}/place")
+async def place_ticket(
+    ticket_no: str, body: PlaceIn, request: Request, principal: Principal = Depends(placing_staff)
+):
+    """事发网格: the dispatch desk places a ticket already assigned (已派单 to 回访中, or held by a
+    joint meeting) in the grid where the problem is: one routed without a grid (未定位), or placed
+    wrongly, or the located grid of a disputed place confirmed (定位与地址不一致). The department and
+    the status stay; the grid, community and street are the ticket's from then on (`ticket.updated`
+    `placed`, which the record, intake's duplicate index and the grid worker's list follow). 422 for
+    a grid the city does not have (`unknown_grid`, field grid); 409 for the grid it has already, for
+    a ticket waiting at the desk (its dispatch places it) and for a closed one, also one that has
+    left the working set for the record."""
+    city, _, desk = desk_context(request)
+    if await request.app.state.store.get(ticket_no) is None:
+        from services.records.views import archived_ticket
+
+        found = await archived_ticket(request, ticket_no, partial(may_read_ticket, request, principal))
+        if isinstance(found, JSONResponse):
+            return found
+        try:  # only a finished ticket leaves Redis: refused as the table refuses it
+            workflow.check(found[0], "place")
+        except DomainError as e:
+            return domain_error(e)
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.place(t, body.grid.strip(), desk, city, now),
+        principal=principal,
+    )
+
+
 class MergeIn(BaseModel):
     into: str = Field(max_length=40, description="the main ticket (主件) the duplicate is merged into")
     # Checked by the workflow (at least a few characters), so a blank one is refused in words.

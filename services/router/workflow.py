@@ -16,6 +16,7 @@
                          and follow the new main ticket (the one step that starts from closed)
     resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
                            not solved, back to the department that resolved it (重办), as 不满意 does
+    assigned .. surveyed -> placed (事发网格: the desk sets or corrects the grid): the status stays
 
 `ALLOWED_STATUS_CHANGES` names every step, the statuses it may start from and the statuses it may
 lead to; `check` is the one place that enforces it, and every step function below goes through it
@@ -61,6 +62,7 @@ from shared.events import (
     MeetingReason,
     MeetingSpec,
     Merge,
+    Place,
     Returned,
     ReturnReason,
     SurveyAnswered,
@@ -103,6 +105,7 @@ Step = Literal[
     "merge",  # 并案: the desk merges a duplicate (从件) into the ticket already being handled (主件)
     "receive_duplicate",  # 并案, the main ticket's side: it lists the duplicate, its status stays
     "remerge",  # 并案, a duplicate of the one merged: closed, it follows it into the new main ticket
+    "place",  # 事发网格: the desk sets or corrects the grid of a ticket already assigned
 ]
 
 
@@ -184,6 +187,19 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     # A closed duplicate whose main ticket is merged into another: its resident's problem is now
     # handled there, so it points there; nothing else of it changes. Closed is otherwise final.
     "remerge": _move("随原主件并入新主件", {S.CLOSED}, None),
+    # 事发网格 after the assignment: a ticket routed without a grid (a district-wide category, a place
+    # not found: 未定位) never waits at the desk, and a place found wrong (定位与地址不一致) may be
+    # noticed only once a department is on it. Where the problem is decides whose grid worker checks
+    # it and where it counts, until the ticket is finished: so any status from the assignment to the
+    # survey, the department and the status staying. Not at the desk (待人工派单): its dispatch
+    # places it (`dispatch`). Not before classification, which would overwrite it; not once closed:
+    # the record of a finished ticket stays as it was closed.
+    "place": _move(
+        "更改事发网格",
+        {S.ASSIGNED, S.ACCEPTED, S.MEETING, S.RESOLVED, S.SURVEYED},
+        None,
+        "（只有已派单、尚未结案的工单可以更改事发网格；待人工派单的工单请在派单时于“事发网格”中选择）",
+    ),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
 INITIAL = Status.RECEIVED
@@ -592,6 +608,50 @@ def dispatch(
     return Outcome(new, publish=[event])
 
 
+def place(ticket: Ticket, grid_id: str, operator: str, city: City, now: datetime) -> Outcome:
+    """事发网格: the dispatch desk (`operator`) places a ticket already assigned in the grid where the
+    problem is (one routed without a grid, 未定位, or placed wrongly), or confirms the grid it was
+    located in when its address named another (定位与地址不一致), as the desk's dispatch does. The
+    grid, its community and street (areas.yaml) are the ticket's from then on: its grid worker's
+    list and check, the duplicate index, the record and its figures. The department and the status
+    stay: whether another department should hold it is 改派's question, asked with a reason.
+
+    The desk only (the view's rule): a department whose place is wrong returns the ticket (退单,
+    属地有误) before it accepts it, or asks the desk. A department may not move its own ticket: the
+    place decides whose street it counts against, and often who is responsible for it."""
+    check(ticket, "place")
+    chosen = chosen_grid(city, grid_id)
+    words = place_words(city, chosen)
+    was = ticket.grid.grid if ticket.grid else None
+    if was != chosen.grid:
+        note = f"事发网格人工选定为{words}，原为{place_words(city, ticket.grid)}"
+    elif ticket.grid is not None and ticket.grid.address_grid:
+        note = f"事发网格经人工核实为{words}"  # the located grid, confirmed: no longer a question
+    else:
+        raise WorkflowError(
+            "same_grid",
+            f"工单{ticket.ticket_no}的事发网格已是{words}，无需更改；如位置有误，请选择问题实际所在的网格",
+            field="grid",
+        )
+    event = ticket_updated(
+        ticket,
+        "placed",
+        ticket.status,
+        actor=operator,
+        grid=chosen.grid,
+        note=f"{note}（{dispatcher(city, operator)}）",
+        place=Place(
+            grid=grid_id,
+            community=chosen.community,
+            street=chosen.street,
+            was=was,
+            confirmed=was == chosen.grid,
+        ),
+        occurred_at=now,
+    )
+    return _updated(ticket, "place", event, grid=chosen)
+
+
 def dispatcher(city: City, operator: str) -> str:
     """Who dispatched by hand, as the history says it: the desk's own token names the desk."""
     desk = city.department_by_id.get(city.responsibilities.dispatch_desk)
@@ -621,6 +681,7 @@ REQUIRED: dict[str, str] = {
     "redispatch.reason": _reason_wanted("改派原因", "承办单位"),
     "merge.reason": _reason_wanted("并案原因（为何与主件是同一问题）", "主件的承办单位"),
     "mediate.reason": _reason_wanted("转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会"),
+    "place.grid": "请在“事发网格”中按街道、社区选择问题所在的网格",  # the console's (the API's: required)
 }
 
 

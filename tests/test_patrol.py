@@ -244,3 +244,13 @@ async def test_a_workers_own_reports_follow_it_to_another_grid_and_to_their_end(
     assert (await api.get(f"/api/v1/tickets/{moved}", headers=colleague)).status_code == 404
     r = await api.post(f"/api/v1/tickets/{moved}/verify", json={"solved": True}, headers=worker)
     assert r.status_code == 404
+
+    # Placed again later, from its page (事发网格): the list follows it there, 人工选定 still.
+    r = await api.post(f"/api/v1/tickets/{moved}/place", json={"grid": "s02c01g01"}, headers=admin)
+    assert r.status_code == 200, r.text
+
+    async def placed_again() -> dict | None:
+        item = next(i for i in (await reports())["items"] if i["ticket_no"] == moved)
+        return item if item["grid"] == "s02c01g01" else None
+
+    assert (await eventually(placed_again, timeout=60))["grid_chosen"] is True

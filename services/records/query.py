@@ -317,10 +317,12 @@ REPORTED_STATES: dict[str, tuple[str, ...]] = {
 REPORTED_STATE_NAMES = {"all": "全部", "open": "未办结", "done": "已办结"}
 REPORTED_MAX_SIZE = 100
 # 人工选定, as the ticket's page says it (`present.grid_chosen_by_desk`): the grid the ticket is in now
-# is one the dispatch desk chose as it dispatched it. Read from the events for a page's rows only.
+# is one the dispatch desk chose, as it dispatched it or later (事发网格: `placed`). Read from the
+# events for a page's rows only.
 GRID_CHOSEN_SQL = (
     "EXISTS (SELECT 1 FROM ticket_events e WHERE e.ticket_no = tickets.ticket_no "
-    "AND e.topic = 'ticket.assigned' AND coalesce((e.payload->>'grid_chosen')::boolean, false) "
+    "AND ((e.topic = 'ticket.assigned' AND coalesce((e.payload->>'grid_chosen')::boolean, false)) "
+    "OR (e.topic = 'ticket.updated' AND e.payload->>'action' = 'placed')) "
     "AND e.payload->>'grid' = tickets.grid)"
 )
 

@@ -312,10 +312,28 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     kept = {"topic": "ticket.assigned", "via": "operator", "grid": "s01c01g01"}
     assert present.grid_disputed(city, recorded, [classified, kept]) == said
 
-    html = render_ticket(city, live, place=present.place_name(city, "s01c01g01"), grid_apart=said)
-    apart = re.search(r'<dd id="grid-apart" class="warning">([^<]*)</dd>', html)
-    assert apart is not None
-    assert apart[1] == f"{said}，请核实事发位置"
+    def told(role: str, status: str = "assigned", **context) -> str:
+        """What the page tells this reader to do about the disagreement."""
+        t = {**live, "status": status}
+        html = render_ticket(
+            city, t, role, place=present.place_name(city, "s01c01g01"), grid_apart=said, **context
+        )
+        apart = re.search(r'<dd id="grid-apart" class="warning">([^<]*)</dd>', html)
+        assert apart is not None
+        return apart[1].removeprefix(said)
+
+    # The desk corrects it below; a department may still return it, until it took it up; the grid's
+    # worker looks on the spot; whoever finds it wrong and cannot correct it tells the desk.
+    assert told("admin", can_place=True) == "，请核实后在下方“事发网格”中确认或更正"
+    assert (
+        told("department", department="urban_mgmt")
+        == "，请核实事发位置，不在本单位辖区的可按“属地（网格）有误”退单"
+    )
+    assert (
+        told("department", "accepted", department="urban_mgmt")
+        == "，请核实事发位置，有误的请告知派单中心更正"
+    )
+    assert told("grid_worker") == "，请到现场核实事发位置，有误的请告知派单中心更正"
     waiting = {**live, "status": "review"}
     html = render_ticket(city, waiting, place=present.place_name(city, "s01c01g01"), grid_apart=said)
     assert f"{said}，派单时请在“事发网格”中确认" in html

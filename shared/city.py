@@ -346,8 +346,15 @@ class City(_Model):
             return False
         if method == "patrol":
             return True
-        path = self.category_path.get(category, ())
-        a, b = self.grids.get(grid), self.grids.get(address_grid)
+        return self.place_decides_department(category, grid, address_grid)
+
+    def place_decides_department(self, category: str | None, grid: str, other: str) -> bool:
+        """Whether the responsibility list may name another department for `category` in `grid`
+        than in `other`: a rule for the category narrowed to an area holding one and not the other.
+        Where it does not (a district-wide department), which of the two is the place is no reason
+        for the department to send the ticket back."""
+        path = self.category_path.get(category or "", ())
+        a, b = self.grids.get(grid), self.grids.get(other)
         if a is None or b is None:
             return False
 
@@ -361,7 +368,7 @@ class City(_Model):
             return rule.street == info.street_id
 
         return any(
-            holds(r, a, grid) != holds(r, b, address_grid)
+            holds(r, a, grid) != holds(r, b, other)
             for r in self.responsibilities.rules
             if r.category in path and (r.street or r.community or r.grid)
         )

@@ -773,6 +773,9 @@ def test_a_person_confirms_the_place_of_a_patrol_report_or_where_the_place_chang
     assert not CITY.place_disputed("city.appearance.garbage", "s03c02g01", "s03c02g02", "coordinates")
     # A patrol report: always (its grid is the worker's, not an observation of the place).
     assert CITY.place_disputed("city.facility.streetlight", *same_street, "patrol")
+    # Whatever the method, the department question alone (the ticket page's 属地有误 hint asks it).
+    assert not CITY.place_decides_department("city.facility.streetlight", *same_street)
+    assert CITY.place_decides_department("safety.disputes", *other_street)
     # No disagreement, nothing to confirm.
     assert not CITY.place_disputed("safety.disputes", "s01c01g01", None, "patrol")
     assert not CITY.place_disputed("safety.disputes", "s01c01g01", "s01c01g01", "patrol")

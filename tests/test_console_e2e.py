@@ -2172,6 +2172,7 @@ async def test_desk_places_a_routed_ticket_without_a_grid_from_its_page(
         await expect(groups).to_have_count(sum(len(s.communities) for s in system_city.district.streets))
         await accessible(page)
         # None chosen: asked for beside the select, in the server's words, nothing sent.
+        await expect(page.locator("#place")).to_have_text("设定事发网格")  # none yet: nothing to change
         await page.locator("#place").click()
         await expect(page.locator("#place-grid-error")).to_have_text(REQUIRED["place.grid"])
         await expect(choice).to_be_focused()
@@ -2226,7 +2227,7 @@ async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_pic
         await patrol.locator("#text").fill(text)
         await patrol.locator("#address").fill("和平里小区3号楼")
         await expect(patrol.locator("#pv-grid-apart")).to_have_text(
-            f"{said}，请核实地址，按原样上报的由派单台确定事发网格", timeout=15_000
+            f"{said}，请核实地址；按原样上报的，由派单中心确定事发网格", timeout=15_000
         )
     finally:
         await patrol.context.close()

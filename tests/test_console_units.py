@@ -278,6 +278,18 @@ def test_the_desk_is_offered_the_citys_grids_to_place_an_assigned_ticket_and_no_
     assert f"{apart}，请核实后在下方“事发网格”中确认或更正" in html
 
 
+def test_the_located_grid_chosen_is_said_confirmed_not_changed():
+    """After 事发网格: the page says the place was confirmed when the desk chose the grid it was
+    located in (经人工核实), else that it changed; by the ticket's last placing."""
+    moved = {"action": "placed", "place": {"grid": "s01c01g01", "was": None, "confirmed": False}}
+    confirmed = {"action": "placed", "place": {"grid": "s01c01g02", "was": "s01c01g02", "confirmed": True}}
+    assert present.placed_done({"history": [{"action": "accepted"}, moved]}) == "place"
+    assert present.placed_done({"history": [moved, confirmed]}) == "place_confirmed"
+    assert present.placed_done({"history": [confirmed, moved]}) == "place"
+    assert present.placed_done({}) == "place"
+    assert "已确认事发网格为{place}" in present.DONE["place_confirmed"]
+
+
 def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names(city):
     """定位与地址不一致 on the ticket's page: where the coordinates (or the reporting worker's grid) put
     it and where its address does, by the grids' full names, read from the ticket's grid (the working
@@ -326,9 +338,11 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     # worker looks on the spot; whoever finds it wrong and cannot correct it tells the desk.
     assert told("admin", can_place=True) == "，请核实后在下方“事发网格”中确认或更正"
     assert (
-        told("department", department="urban_mgmt")
+        told("department", department="urban_mgmt", apart_elsewhere=True)
         == "，请核实事发位置，不在本单位辖区的可按“属地（网格）有误”退单"
     )
+    # The other place has the same department (a district-wide one): no reason to send it back.
+    assert told("department", department="urban_mgmt") == "，请核实事发位置，有误的请告知派单中心更正"
     assert (
         told("department", "accepted", department="urban_mgmt")
         == "，请核实事发位置，有误的请告知派单中心更正"
@@ -741,27 +755,33 @@ def test_the_preview_says_what_it_suggests_in_a_sentence_that_a_confidence_does_
     assert suggests(away) == "智能提示：智能提示暂不可用，可直接提交"
 
 
-def test_the_preview_says_where_the_grid_and_the_address_disagree_before_the_appeal_is_sent(city):
-    """定位与地址不一致 in the preview: the grid worker may correct the address before reporting (sent
-    as it is, the desk places it); the operator asks the caller. Said in the sentence too."""
+def test_the_preview_says_where_the_grid_and_the_address_disagree_before_the_report_is_sent(city):
+    """定位与地址不一致 in a grid worker's preview: the worker may correct the address before reporting,
+    and is told what happens to the report sent as it is: the desk places it when it will wait
+    there (`review`), else it goes out by the position. Said in the sentence too."""
     located = {"grid": "s01c01g02", "method": "patrol", "address_grid": "s01c01g01", "evidence": ""}
     preview = {
         "category": {"names": ["城市管理", "路灯"], "confidence": 0.9},
         "grid": located,
         "department": {"name": "区城市管理委员会", "explanation": ""},
+        "review": True,
     }
     apart = present.grid_disputed(city, preview)
     assert apart == "上报网格与地址不一致：网格员所属和平里社区第二网格，地址在和平里社区第一网格"
     render = templates.get_template("_preview.html").render
-    html = render(preview=preview, reply=None, status_names={}, patrol=True, grid_apart=apart)
-    said = re.search(r'<dd id="pv-grid-apart" class="warning">([^<]*)</dd>', html)
-    assert said is not None
-    assert said[1] == f"{apart}，请核实地址，按原样上报的由派单台确定事发网格"
-    assert f"；{apart}" in suggests(html)
-    coordinates = {**preview, "grid": {**located, "method": "coordinates"}}
-    apart = present.grid_disputed(city, coordinates)
-    html = render(preview=coordinates, reply=None, status_names={}, grid_apart=apart)
-    assert f"{apart}，请向来电人核实事发位置" in html
+
+    def told(p: dict, apart: str) -> str:
+        html = render(preview=p, reply=None, status_names={}, patrol=True, grid_apart=apart)
+        said = re.search(r'<dd id="pv-grid-apart" class="warning">([^<]*)</dd>', html)
+        assert said is not None
+        assert f"；{apart}" in suggests(html)
+        return said[1].removeprefix(apart)
+
+    assert told(preview, apart) == "，请核实地址；按原样上报的，由派单中心确定事发网格"
+    by_position = {**preview, "grid": {**located, "method": "coordinates"}, "review": False}
+    apart = present.grid_disputed(city, by_position)
+    assert apart == "定位与地址不一致：定位在和平里社区第二网格，地址在和平里社区第一网格"
+    assert told(by_position, apart) == "，请核实地址；按原样上报的，按定位所在网格派单"
     agree = {**preview, "grid": {**located, "address_grid": None}}
     assert present.grid_disputed(city, agree) == ""
     assert 'id="pv-grid-apart"' not in render(preview=agree, reply=None, status_names={}, grid_apart="")

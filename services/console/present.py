@@ -120,6 +120,7 @@ DONE = {
     "return_meeting": "工单{no}已退单。此工单已两次被退回，将召集联席会议确定承办单位。",
     # The desk's 事发网格 (on the ticket's page, which then names the place and has the history's line).
     "place": "事发网格已更新为{place}，已记入办理记录；该网格的网格员将看到此工单。",
+    "place_confirmed": "已确认事发网格为{place}，已记入办理记录，位置核实的提示不再显示。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
     # 转人民调解: the ticket has gone to the committee, `to` (the department's queue, where it is told).
@@ -504,29 +505,42 @@ def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str
     return bool(grid) and any(h.get("grid") == grid for h in placed)
 
 
+def placed_done(ticket: Mapping[str, Any]) -> str:
+    """The ticket page's line after 事发网格 (`DONE`): the located grid of a disputed place chosen is
+    confirmed (经人工核实), not changed; read from the ticket's last placing, as the API answers."""
+    placed = [h for h in ticket.get("history", ()) if h.get("action") == "placed"]
+    return "place_confirmed" if placed and (placed[-1].get("place") or {}).get("confirmed") else "place"
+
+
 def grid_disputed(city: City, ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()) -> str:
     """定位与地址不一致：定位在X，地址在Y (`rules.located_apart`), for the ticket's page and its desk
     card, so that the desk picks the right grid in 事发网格 and the department and the grid's worker
-    know to look at both places; "" when the two agree. Read from the ticket's grid where it has
-    how it was matched (the working set: the desk's cards), else from its last classification in the
-    history (a ticket read back from the record keeps the grid's place only). Not said once a person
-    placed it elsewhere: the desk's 人工选定 (the page says so), a reviewer's grid."""
+    know to look at both places; "" when the two agree (`disputed_match`)."""
+    match = disputed_match(ticket, history)
+    return located_apart(city, match) if match is not None else ""
+
+
+def disputed_match(ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()) -> GridMatch | None:
+    """How the ticket's grid was found when its address names another grid, else None. Read from the
+    ticket's grid where it has how it was matched (the working set: the desk's cards), else from its
+    last classification in the history (a ticket read back from the record keeps the grid's place
+    only). None once a person placed it: the desk's 人工选定 (the page says so), a reviewer's grid."""
     grid = ticket.get("grid") or {}
     if not grid.get("grid"):
-        return ""
+        return None
     source = grid
+    history = list(history)
     if not grid.get("address_grid"):
         classified = [h for h in history if h.get("topic") in ("appeal.classified", "appeal.review")]
         source = (classified[-1].get("grid") if classified else None) or {}
     if not source.get("address_grid") or source.get("grid") != grid.get("grid"):
-        return ""
+        return None
     if grid_chosen_by_desk(ticket, history):
-        return ""
+        return None
     try:
-        match = GridMatch.model_validate(source)
+        return GridMatch.model_validate(source)
     except ValueError:  # a grid of a shape this console does not know: nothing to say about it
-        return ""
-    return located_apart(city, match)
+        return None
 
 
 # --- the dispatch desk's choices -------------------------------------------------------------------

@@ -46,7 +46,7 @@ from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.notifier.surveys import AnswerRefused
 from services.router import workflow
 from services.router.meetings import LEAD_REQUIRED
-from services.router.rules import FIRST_CONTACT, mediation_committee
+from services.router.rules import FIRST_CONTACT, located_apart, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared import access, lookup_link
 from shared.bodies import Limit
@@ -401,17 +401,9 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
     # The caller's earlier tickets (来电历史) link to their pages for whoever may open them (the
     # desk); an operator's token reads no ticket, so it is shown the numbers to read out instead.
     links = s.principal.role in READER_ROLES
-    # 定位与地址不一致 (the coordinates and the address name different grids): asked of the caller now.
-    apart = present.grid_disputed(city_of(request), preview) if preview else ""
     if request.headers.get("X-Requested-With") == "fetch":
         return await page(
-            request,
-            "_preview.html",
-            preview=preview,
-            reply=reply,
-            fields=fields,
-            ticket_links=links,
-            grid_apart=apart,
+            request, "_preview.html", preview=preview, reply=reply, fields=fields, ticket_links=links
         )
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     idem = text(form, "idem") or uuid.uuid4().hex
@@ -426,7 +418,6 @@ async def operator_preview(request: Request, s: session.Session = Depends(as_ope
         reply=reply,
         fields=fields,
         ticket_links=links,
-        grid_apart=apart,
     )
 
 
@@ -563,8 +554,9 @@ async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_
         said = present.relabelled(reply.message, INTAKE_WORDS.get(field), PATROL_FIELDS.get(field))
         reply = Reply(reply.status, {**reply.body, "message": said})
     preview = reply.body if reply.ok else None
-    # 上报网格与地址不一致: the worker may correct the address before sending; sent as it is, the
-    # report waits for the desk to place it.
+    # 定位与地址不一致 (the phone's position, or the worker's own grid, against the typed address):
+    # the worker may correct the address before sending. Not on the operator's form, which sends no
+    # position: its grid comes from the address alone.
     apart = present.grid_disputed(city_of(request), preview) if preview else ""
     return await page(
         request, "_preview.html", preview=preview, reply=reply, fields=fields, patrol=True, grid_apart=apart
@@ -1077,6 +1069,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         for h in ticket.get("history", [])
     ]
     grid = (ticket.get("grid") or {}).get("grid")
+    apart = present.disputed_match(ticket, ticket.get("history", []))
     volume = {grid: 1} if grid else {}
     committee = mediation_committee(city, grid)
     # 并案: the desk may merge a duplicate no department has taken up; the tickets of its grid and
@@ -1100,8 +1093,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
         "place": present.place_name(city, grid),
         "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),
-        # 定位与地址不一致: where the coordinates (or the worker's grid) and the address put it.
-        "grid_apart": present.grid_disputed(city, ticket, ticket.get("history", [])),
+        # 定位与地址不一致: where the coordinates (or the worker's grid) and the address put it, and
+        # whether the other place may have another department (only then is 属地有误 its reason).
+        "grid_apart": located_apart(city, apart) if apart else "",
+        "apart_elsewhere": apart is not None
+        and city.place_decides_department(ticket.get("category"), apart.grid or "", apart.address_grid or ""),
         "departments": present.departments_of(city),  # the desk's 改派 form
         # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
         # A worker's own report in another grid (我上报的) it reads, but checks no more than any other.
@@ -1222,7 +1218,9 @@ async def ticket_place(request: Request, no: str, s: session.Session = Depends(a
     else:
         reply = await api(request, s).post(f"/api/v1/tickets/{no}/place", values)
     if reply.ok:
-        return RedirectResponse(f"/console/tickets/{no}?done=place", status_code=303)
+        return RedirectResponse(
+            f"/console/tickets/{no}?done={present.placed_done(reply.body)}", status_code=303
+        )
     errors = field_errors(reply, PLACE_FIELDS, "form", form)
     status = reply.status if 400 <= reply.status < 500 else 422
     return await action_refused(request, s, no, reply, status, action="place", errors=errors, values=values)

@@ -125,6 +125,9 @@ class Previewer:
             },
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,
+            # Sent as it is, it waits for a person (the desk) before any department has it: a low
+            # confidence, no grid where the place decides the lead, or a place in question.
+            "review": c.needs_review,
             "answers": [
                 knowledge.view(s, today)
                 for s in knowledge.search(f"{sub.title} {sub.text}", category=c.category)

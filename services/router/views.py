@@ -777,8 +777,8 @@ class PlaceIn(BaseModel):
 # who is responsible for it, so the department says so to the desk instead (see `workflow.place`).
 placing_staff = require_role(
     "admin",
-    refusal="只有派单中心可以更改事发网格；承办单位发现事发位置有误的，请在签收前以“属地（网格）有误”退单，"
-    "或联系派单中心更正",
+    refusal="只有派单中心可以更改事发网格；发现事发位置有误的，请联系派单中心更正"
+    "（承办单位也可在签收前以“属地（网格）有误”退单）",
 )
 
 

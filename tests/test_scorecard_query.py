@@ -88,3 +88,111 @@ async def test_a_whole_month_gone_by_is_summed_once_and_kept_until_a_late_count_
     finally:
         await redis.delete(*keys)
         await redis.srem("stats:groups:department", dept.id)
+
+
+async def test_a_placement_moves_the_tickets_counts_to_its_new_grid_and_street_once(redis):
+    """The desk places an assigned and accepted ticket of grid A (street s01) in grid B (street
+    s02): its counts so far leave A and s01 and are in B and s02, on their days, its department's
+    stay; the placement read again moves nothing more; one of a ticket with no history moves
+    nothing. A past month's sums the move changes are dropped."""
+    from shared.events import DepartmentRef, Place, TicketAssigned, TicketUpdated
+    from shared.store import event_record, history_key
+
+    city = demo_city()
+    card = Scorecard(redis, city, ZoneInfo("Asia/Shanghai"), Weights())
+    run = uuid.uuid4().hex[:6]
+    no = f"20130101-9{run}"
+    old, new = "s01c01g01", "s02c01g01"
+    day = date(2013, 1, 1) + timedelta(days=int(run, 16) % 300)  # a day of its own, in a past month
+    at = datetime(day.year, day.month, day.day, 2, tzinfo=UTC)
+    dept = DepartmentRef(id=f"test-place-{run}", name="测试单位")
+    assigned = TicketAssigned(
+        ticket_no=no,
+        department=dept,
+        via="rule",
+        explanation="x",
+        category=f"test-{run}",
+        grid=old,
+        respond_by=at + timedelta(days=1),
+        resolve_by=at + timedelta(days=5),
+        occurred_at=at,
+    )
+    common = {"ticket_no": no, "status": "accepted", "department": dept, "category": assigned.category}
+    accepted = TicketUpdated(
+        **common,
+        action="accepted",
+        actor=dept.id,
+        on_time=True,
+        grid=old,
+        occurred_at=at + timedelta(hours=1),
+    )
+    placed = TicketUpdated(
+        **common,
+        action="placed",
+        actor="desk",
+        grid=new,
+        place=Place(grid=new, street="s02", was=old),
+        occurred_at=at + timedelta(hours=2),
+    )
+    elsewhere = placed.model_copy(update={"ticket_no": f"{no}x", "event_id": uuid.uuid4().hex})
+    hashes = {
+        (d, g): f"stats:{d}:{g}:{day:%Y%m%d}"
+        for d, g in (
+            ("grid", old),
+            ("grid", new),
+            ("street", "s01"),
+            ("street", "s02"),
+            ("department", dept.id),
+        )
+    }
+    month = f"stats:grid:{old}:{day:%Y%m}"
+    keys = [history_key(no), month, *hashes.values()]
+    keys += [
+        f"stats:{k}:{e.event_id}" for k in ("seen", "moved") for e in (assigned, accepted, placed, elsewhere)
+    ]
+    keys += [f"stats:{d}:{g}:{day:%Y%m%d}" for d, g in card.groups_of(assigned).items() if d == "category"]
+    moved = ("assigned", "due_counted", "responded", "responded_on_time", "due", "due_on_time")
+
+    async def counts() -> dict[tuple[str, str], tuple[int, ...]]:
+        out = {}
+        for group, key in hashes.items():
+            h = {k.decode(): int(v) for k, v in (await redis.hgetall(key)).items()}
+            out[group] = tuple(h.get(f, 0) for f in moved)
+        return out
+
+    try:
+        await redis.rpush(history_key(no), *map(event_record, (assigned, accepted, placed)))
+        assert await card.record([assigned, accepted]) == 2
+        await redis.hset(month, mapping={"assigned": 1})  # the month's sums, made by a query
+        before = await counts()
+        assert before[("grid", old)] == before[("street", "s01")] == (1, 1, 1, 1, 1, 1)
+        assert before[("grid", new)] == before[("street", "s02")] == (0,) * 6
+
+        await card.record([placed])
+        after = await counts()
+        assert after[("grid", old)] == after[("street", "s01")] == (0,) * 6
+        assert after[("grid", new)] == after[("street", "s02")] == (1, 1, 1, 1, 1, 1)
+        assert after[("department", dept.id)] == (1, 1, 1, 1, 1, 1)  # the department stays
+        assert not await redis.exists(month)  # stale: summed again when next read
+        rows = {r["group"]: r for r in await card.query("grid", day, day)}
+        assert old not in rows
+        assert (rows[new]["assigned"], rows[new]["responded"], rows[new]["response_rate"]) == (1, 1, 1.0)
+
+        # Read again (a consumer restarted before its commit): counted once, moved once.
+        assert await card.record([placed]) == 0
+        assert await card.move_placed([placed]) == 0
+        assert await counts() == after
+
+        # A ticket whose history is gone (it left Redis): nothing to move.
+        assert await card.move_placed([elsewhere]) == 0
+        assert await counts() == after
+        assert not await redis.exists(f"stats:moved:{elsewhere.event_id}")
+    finally:
+        await redis.delete(*keys)
+
+
+async def test_the_group_with_no_grid_or_street_is_named_as_the_console_names_it(redis):
+    card = Scorecard(redis, demo_city(), ZoneInfo("Asia/Shanghai"), Weights())
+    assert card.name_of("grid", "unknown") == card.name_of("street", "unknown") == "未定位"
+    assert card.name_of("department", "unknown") == card.name_of("category", "unknown") == "未知"
+    assert card.name_of("street", "s01") != "未定位"

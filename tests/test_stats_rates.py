@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -13,6 +14,7 @@ from shared.events import (
     DepartmentRef,
     Mediation,
     Merge,
+    Place,
     SurveyAnswered,
     TicketAssigned,
     TicketUpdated,
@@ -260,3 +262,103 @@ def test_groups_map_the_grid_to_its_street():
         "street": "s01",
     }
     assert groups_for(city, None, None, None)["street"] == "unknown"
+
+
+def _placed(grid: str, was: str | None, at: datetime) -> TicketUpdated:
+    return TicketUpdated(
+        ticket_no="T",
+        action="placed",
+        status="accepted",
+        actor="desk",
+        grid=grid,
+        place=Place(grid=grid, was=was),
+        occurred_at=at,
+    )
+
+
+def test_a_placement_moves_the_tickets_earlier_counts_to_its_grid_and_street():
+    """Each event before the placement that counts, on its own day (Shanghai), out of the grid and
+    street it counts in and into the new ones; nothing after the placement, nothing uncounted, no
+    department or category."""
+    city = demo_city()
+    sh = ZoneInfo("Asia/Shanghai")
+    monday = datetime(2026, 11, 22, 20, tzinfo=UTC)  # the 23rd in Shanghai
+    assigned = _assigned().model_copy(update={"grid": "s01c01g01", "occurred_at": monday})
+    accepted = TicketUpdated(
+        ticket_no="T",
+        action="accepted",
+        status="accepted",
+        actor="d",
+        on_time=True,
+        grid="s01c01g01",
+        occurred_at=datetime(2026, 11, 24, 3, tzinfo=UTC),
+    )
+    warning = TicketUpdated(  # counted nowhere
+        ticket_no="T",
+        action="warning",
+        status="assigned",
+        actor="system",
+        grid="s01c01g01",
+        supervision=DeadlineNotice(stage="respond", stage_name="签收", deadline=monday),
+    )
+    placed = _placed("s02c01g01", "s01c01g01", datetime(2026, 11, 25, 3, tzinfo=UTC))
+    later = accepted.model_copy(update={"event_id": "later", "grid": "s02c01g01"})
+    history = [assigned, warning, accepted, placed, later]
+    moves = scoring.placement_moves(city, placed, history, sh)
+    took = {"responded": 1, "responded_on_time": 1, "due": 1, "due_on_time": 1}
+    assert moves == {
+        ("grid", "s01c01g01", date(2026, 11, 23)): {"assigned": -1, "due_counted": -1},
+        ("grid", "s02c01g01", date(2026, 11, 23)): {"assigned": 1, "due_counted": 1},
+        ("street", "s01", date(2026, 11, 23)): {"assigned": -1, "due_counted": -1},
+        ("street", "s02", date(2026, 11, 23)): {"assigned": 1, "due_counted": 1},
+        ("grid", "s01c01g01", date(2026, 11, 24)): {f: -n for f, n in took.items()},
+        ("grid", "s02c01g01", date(2026, 11, 24)): took,
+        ("street", "s01", date(2026, 11, 24)): {f: -n for f, n in took.items()},
+        ("street", "s02", date(2026, 11, 24)): took,
+    }
+    # In the same street: the street's counts stay where they are.
+    nearby = _placed("s01c02g01", "s01c01g01", placed.occurred_at)
+    assert {(d, g) for d, g, _ in scoring.placement_moves(city, nearby, [assigned, nearby], sh)} == {
+        ("grid", "s01c01g01"),
+        ("grid", "s01c02g01"),
+    }
+    # Routed without a grid (未定位): out of "unknown", the street too.
+    lost = assigned.model_copy(update={"grid": None})
+    assert scoring.placement_moves(city, placed, [lost, placed], sh) == {
+        ("grid", "unknown", date(2026, 11, 23)): {"assigned": -1, "due_counted": -1},
+        ("grid", "s02c01g01", date(2026, 11, 23)): {"assigned": 1, "due_counted": 1},
+        ("street", "unknown", date(2026, 11, 23)): {"assigned": -1, "due_counted": -1},
+        ("street", "s02", date(2026, 11, 23)): {"assigned": 1, "due_counted": 1},
+    }
+
+
+def test_a_second_placement_moves_the_counts_from_where_the_first_one_put_them():
+    city = demo_city()
+    sh = ZoneInfo("Asia/Shanghai")
+    day = datetime(2026, 11, 23, 3, tzinfo=UTC)
+    assigned = _assigned().model_copy(update={"grid": "s01c01g01", "occurred_at": day})
+    first = _placed("s02c01g01", "s01c01g01", day)
+    urged = TicketUpdated(
+        ticket_no="T", action="urged", status="assigned", actor="0231", urge=Urge(urges=1), grid="s02c01g01"
+    ).model_copy(update={"occurred_at": day})
+    second = _placed("s02c01g02", "s02c01g01", day)
+    moves = scoring.placement_moves(city, second, [assigned, first, urged, second], sh)
+    assert moves == {
+        ("grid", "s02c01g01", date(2026, 11, 23)): {"assigned": -1, "due_counted": -1, "urged": -1},
+        ("grid", "s02c01g02", date(2026, 11, 23)): {"assigned": 1, "due_counted": 1, "urged": 1},
+    }
+
+
+def test_a_placement_not_in_the_history_or_with_nothing_before_it_moves_nothing():
+    city = demo_city()
+    sh = ZoneInfo("Asia/Shanghai")
+    day = datetime(2026, 11, 23, 3, tzinfo=UTC)
+    assigned = _assigned().model_copy(update={"grid": "s01c01g01", "occurred_at": day})
+    placed = _placed("s02c01g01", "s01c01g01", day)
+    assert scoring.placement_moves(city, placed, [], sh) == {}  # the history is gone
+    assert scoring.placement_moves(city, placed, [assigned], sh) == {}  # not in it: nothing known
+    assert scoring.placement_moves(city, placed, [placed, assigned], sh) == {}  # after it: counted there
+    desk = _assigned("dispatch_desk").model_copy(update={"grid": "s01c01g01"})
+    assert scoring.placement_moves(city, placed, [desk, placed], sh) == {}  # counted nowhere
+    accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=True)
+    assert scoring.placement_moves(city, accepted, [assigned, accepted], sh) == {}  # no placement

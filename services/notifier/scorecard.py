@@ -6,27 +6,38 @@ on them (the formulas are in `scoring.py`).
                                          that reads the whole month, dropped by a late count into it
   stats:groups:{dimension}               the groups seen, per dimension
   stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
+  stats:moved:{event_id}                 the placement (事发网格) moved its ticket's counts (the same)
 
 One Lua script checks `seen` and increments every counter atomically, so an event read twice
 (a consumer restarted before its commit) is counted once. A batch is one command. A period reads
 each whole past month from its month's sums and the rest day by day: a year's ranking of a thousand
 grids reads about 12,000 hashes, not 365,000. Counting stays one increment per counter: the months
 are summed when first read, not as each count comes in.
+
+A placement (`placed`: the desk set the grid of a ticket already assigned) moves the ticket's counts
+made so far into the new grid and street (`scoring.placement_moves`), read from the ticket's history
+in the ticket store: one more script, with signed increments, once per placement.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from services.notifier import scoring
 from shared.city import City
-from shared.events import SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.settings import Settings
+from shared.store import TicketStore
+from shared.topics import EVENT_TYPES
+
+log = logging.getLogger(__name__)
 
 SEEN_TTL = 30 * 86400  # longer than the topics' retention: a re-read never counts twice
 
@@ -68,6 +79,37 @@ while a <= #ARGV do
 end
 return out
 """
+
+# A batch of placements in one command. Per placement: check `moved`, then add each signed count
+# (the checks and the moves atomic together). KEYS, per placement: moved, then per hash: the hash,
+# its group set, and its month's sums when the move makes them stale (a day of a past month). ARGV:
+# ttl, then per placement: the number of hashes h, then per hash: its group, 1 if its month's sums
+# are stale else 0, the number of fields f, then f pairs of field and signed count. Returns per
+# placement 1 if it moved now, 0 if it had already.
+_MOVE_ONCE_SCRIPT = """
+local ttl = ARGV[1]
+local k, a = 1, 2
+local out = {}
+while a <= #ARGV do
+  local h = tonumber(ARGV[a])
+  local fresh = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl)
+  k, a = k + 1, a + 1
+  for i = 1, h do
+    local m, f = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    if fresh then
+      for j = a + 3, a + 1 + 2 * f, 2 do redis.call('HINCRBY', KEYS[k], ARGV[j], ARGV[j + 1]) end
+      redis.call('SADD', KEYS[k + 1], ARGV[a])
+      if m == 1 then redis.call('DEL', KEYS[k + 2]) end
+    end
+    k = k + 2 + m
+    a = a + 3 + 2 * f
+  end
+  out[#out + 1] = fresh and 1 or 0
+end
+return out
+"""
+# The events a placement may move (those `scoring.fields_for` counts), and the placements before it.
+_MOVABLE = (TicketAssigned, TicketUpdated, SurveyAnswered)
 
 
 # The counters of each group summed over the period, in Redis: a ranking of a thousand grids over a
@@ -147,6 +189,9 @@ class Scorecard:
         self.tz = tz
         self.weights = weights
         self._count_once = redis.register_script(_COUNT_ONCE_SCRIPT)
+        self._move_once = redis.register_script(_MOVE_ONCE_SCRIPT)
+        # The tickets' histories, for what a placement moves (shared code on the same Redis).
+        self.store = TicketStore(redis)
         self._sum = redis.register_script(_SUM_SCRIPT)
 
     @classmethod
@@ -162,7 +207,8 @@ class Scorecard:
         )
 
     async def record(self, events: Sequence[TicketAssigned | TicketUpdated | SurveyAnswered]) -> int:
-        """Count the events, in one Redis command for the batch. Returns how many were new."""
+        """Count the events, in one Redis command for the batch, and move the counts of the tickets
+        placed in another grid (`move_placed`). Returns how many were new."""
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
@@ -190,7 +236,51 @@ class Scorecard:
                 new += 1
                 for f in fields:
                     SCORECARD_EVENTS.labels(department=groups["department"], field=f).inc()
+        await self.move_placed([e for e in events if isinstance(e, TicketUpdated) and e.action == "placed"])
         return new
+
+    async def move_placed(self, placements: Sequence[TicketUpdated]) -> int:
+        """Move each placed ticket's counts made before its placement out of its old grid and street
+        into the new ones (`scoring.placement_moves`), once per placement however often it is read
+        (`stats:moved`), in one Redis command for the batch. Returns how many moved now.
+
+        A count the notifier has not made yet (an earlier event on another topic, still to be read)
+        is moved all the same: the old grid shows it below zero until it comes, then nothing, as
+        signed increments add up in any order."""
+        current = _month(datetime.now(self.tz).date())
+        keys: list[str] = []
+        args: list[str | int] = [SEEN_TTL]
+        moving = 0
+        for placed in placements:
+            # A ticket whose history is gone (finished and left Redis for the record) has nothing
+            # to move: an empty history, no placement in it, no moves.
+            moves = scoring.placement_moves(self.city, placed, await self._history(placed.ticket_no), self.tz)
+            if not moves:
+                continue
+            keys.append(f"stats:moved:{placed.event_id}")
+            args.append(len(moves))
+            for (dim, group, day), counts in moves.items():
+                stale = _month(day) < current  # its month's sums, if made, no longer add up
+                keys += [f"stats:{dim}:{group}:{day:%Y%m%d}", f"stats:groups:{dim}"]
+                keys += [f"stats:{dim}:{group}:{day:%Y%m}"] if stale else []
+                args += [group, int(stale), len(counts)]
+                args += [x for field, n in counts.items() for x in (field, n)]
+            moving += 1
+        return sum(await self._move_once(keys=keys, args=args)) if moving else 0
+
+    async def _history(self, ticket_no: str) -> list[Event]:
+        """The ticket's events a placement reads (`_MOVABLE`), in order, from its history."""
+        events: list[Event] = []
+        for record in await self.store.history(ticket_no):
+            kind = EVENT_TYPES.get(record.pop("topic", ""))
+            if kind is None or not issubclass(kind, _MOVABLE):
+                continue
+            try:
+                events.append(kind.model_validate(record))
+            except ValidationError:
+                # Written by this system, so it parses; if one did not, the rest still move.
+                log.warning("ticket %s: a %s record of its history does not parse", ticket_no, kind.topic)
+        return events
 
     async def query(self, group_by: str, start: date, end: date) -> list[dict]:
         """Per group: the counters summed over [start, end] and the rates, in ranking order
@@ -220,6 +310,9 @@ class Scorecard:
 
     def name_of(self, group_by: str, group: str) -> str:
         city = self.city
+        if group == "unknown":
+            # A ticket with no grid is 未定位 (in no street either), as the console says it elsewhere.
+            return "未定位" if group_by in scoring.PLACE_DIMENSIONS else "未知"
         if group_by == "department" and group in city.department_by_id:
             return city.department_by_id[group].name
         if group_by == "category" and group in city.category_by_id:
@@ -229,7 +322,7 @@ class Scorecard:
         if group_by == "street":
             names = {s.id: s.name for s in city.district.streets}
             return names.get(group, group)
-        return "未知" if group == "unknown" else group
+        return group
 
     async def refresh_gauges(self, now: datetime) -> None:
         """The rates month to date, for Prometheus."""

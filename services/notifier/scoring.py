@@ -33,6 +33,13 @@ to a survey whose resolution had been sent back by then (a grid worker's check f
 现场核查未解决: the survey was void before the resident answered) rates work that no longer stands:
 it is in no rate, counted apart (answered_void), and says nothing of the resolution that follows.
 
+Placement (事发网格): the dispatch desk may place a ticket already assigned in another grid
+(`placed`). Each event counts in the grid it carries, so the ticket's counts before the placement
+would stay in its old grid (or 未定位) and the later ones go to the new grid: a grid could show a
+response over no assignment, and the old one be charged for a ticket it no longer has. The
+placement moves them (`placement_moves`): each earlier event's counters, on that event's day, out
+of its grid and street and into the new ones; its department and category stay.
+
 Ranking: a group with fewer answered surveys in the period than the city's `min_answers`
 (sla.yaml `ranking`) has too few answers for its score to mean much (样本不足): one survey
 answered 满意 would give 100. `ranked` says it is not, and `rank` puts such groups after the
@@ -41,8 +48,10 @@ ranked ones, whatever their score.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
+from zoneinfo import ZoneInfo
 
 from shared.city import City
 from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
@@ -173,6 +182,48 @@ def groups_for(city: City, department: str | None, category: str | None, grid: s
         "grid": grid or "unknown",
         "street": info.street_id if info else "unknown",
     }
+
+
+# The dimensions a placement moves counts in: where the ticket is. Its department and category stay.
+PLACE_DIMENSIONS = ("grid", "street")
+# What a placement moves: (dimension, group, day) -> counter -> signed count.
+Moves = dict[tuple[str, str, date], dict[str, int]]
+
+
+def placement_moves(city: City, placed: TicketUpdated, history: Sequence[Event], tz: ZoneInfo) -> Moves:
+    """What the placement `placed` moves: for each event of the ticket's `history` (its events in
+    the order they happened) before it that `fields_for` counts, on that event's day, its counters
+    out of the grid and street it counts in now and into the placement's (the street only when it
+    differs). An event counts in the grid it carries, or in the grid an earlier placement moved it
+    to (moved as this function says). Nothing when `placed` is not a placement, or is not in the
+    history (then what came before it is not known)."""
+    if placed.action != "placed" or placed.place is None:
+        return {}
+    counted: list[tuple[Event, tuple[str, ...], str | None]] = []
+    for event in history:
+        if event.event_id == placed.event_id:
+            break
+        if isinstance(event, TicketUpdated) and event.action == "placed" and event.place is not None:
+            counted = [(e, fields, event.place.grid) for e, fields, _ in counted]
+        elif isinstance(event, TicketAssigned | TicketUpdated | SurveyAnswered) and (
+            fields := fields_for(event)
+        ):
+            counted.append((event, fields, event.grid))
+    else:
+        return {}
+    new = groups_for(city, None, None, placed.place.grid)
+    moves: Moves = {}
+    for event, fields, grid in counted:
+        old = groups_for(city, None, None, grid)
+        day = event.occurred_at.astimezone(tz).date()
+        for dim in PLACE_DIMENSIONS:
+            if old[dim] == new[dim]:
+                continue
+            for sign, group in ((-1, old[dim]), (1, new[dim])):
+                counts = moves.setdefault((dim, group, day), {})
+                for f in fields:
+                    counts[f] = counts.get(f, 0) + sign
+    return moves
 
 
 def _ratio(num: float, den: int) -> float | None:

@@ -231,7 +231,7 @@ async def scorecard_export(
     rows = [
         [
             rank if g["ranked"] else few,
-            "未知" if g["group"] == "unknown" else g["name"],
+            g["name"],  # the group with none: 未知, or 未定位 for a grid or street (`name_of`)
             *(cell(g) for cell in RANKING.values()),
         ]
         for rank, g in enumerate(groups, 1)

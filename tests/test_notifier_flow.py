@@ -30,6 +30,7 @@ from shared.events import (
     DeadlineNotice,
     DepartmentRef,
     Extension,
+    Place,
     SurveyAnswered,
     SurveySent,
     TicketUpdated,
@@ -409,6 +410,28 @@ def checked_not_solved(ticket: Ticket, survey_id: str | None) -> TicketUpdated:
         note="路灯还是不亮",
         verification=Verification(solved=False, reopens=1, survey_id=survey_id),
     )
+
+
+async def test_an_answer_after_the_desk_placed_the_ticket_elsewhere_counts_in_its_new_grid(make_kit, clock):
+    """事发网格 while the survey is open: the answer still to come carries the new grid, where the
+    ticket's earlier counts moved (`scoring.placement_moves`); another ticket's survey keeps its own."""
+    kit = make_kit(quiet="none")
+    phone, ticket, survey_id = await surveyed_with_id(kit)
+    _, _, other_id = await surveyed_with_id(kit)
+    kept = (await kit.notifier.surveys.get(other_id)).grid
+    assert (await kit.notifier.surveys.get(survey_id)).grid == kept != "s02c01g01"
+    place = Place(grid="s02c01g01", community="s02c01", street="s02", was=kept, confirmed=False)
+    placed = TicketUpdated(
+        ticket_no=ticket.ticket_no, action="placed", status="surveyed", actor="dispatch_desk",
+        grid="s02c01g01", place=place,
+    )  # fmt: skip
+    await kit.notifier.placed([placed])
+    assert (await kit.notifier.surveys.get(survey_id)).grid == "s02c01g01"
+    assert (await kit.notifier.surveys.get(other_id)).grid == kept
+    clock.now = NOON + timedelta(hours=2)
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1 满意"), SurveyAnswer)
+    [answered] = [a for a in kit.answers(ticket.ticket_no) if a.outcome == "answered"]
+    assert answered.grid == "s02c01g01"
 
 
 async def test_the_answer_to_a_survey_sent_back_says_so_and_other_surveys_do_not(make_kit, clock):

@@ -123,6 +123,7 @@ class Handlers:
             [u for u in updates if u.action in ("overdue", "escalated")], self.scorecard.city
         )
         await self.scorecard.record(updates)  # what counts where: scoring.fields_for
+        await self.notifier.placed(updates)  # an answer still to come counts where the ticket now is
         back = [u for u in updates if u.action == "verified" and u.verification and not u.verification.solved]
         await self.notifier.sent_back(back)
         await self.notifier.progress(

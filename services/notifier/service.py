@@ -310,6 +310,13 @@ class Notifier:
         old = (await self._records_of(unnamed))[2] if unnamed else []
         await self.surveys.void([*named, *(k.removeprefix("survey:") for k in old)])
 
+    async def placed(self, updates: Sequence[TicketUpdated]) -> None:
+        """The desk placed these tickets in another grid (事发网格): their surveys follow
+        (`SurveyBook.place`)."""
+        grids = {u.ticket_no: u.place.grid for u in updates if u.action == "placed" and u.place is not None}
+        if grids:
+            await self.surveys.place((await self._records_of(list(grids)))[2], grids)
+
     async def _records_of(
         self, ticket_nos: Sequence[str]
     ) -> tuple[list[str], list[str], list[str], list[str]]:

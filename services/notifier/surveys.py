@@ -712,6 +712,22 @@ class SurveyBook:
                     p.set(_survey_key(survey.survey_id), json_of(survey), xx=True, keepttl=True)
             await p.execute()
 
+    async def place(self, survey_keys: Sequence[str], grids: Mapping[str, str]) -> None:
+        """The dispatch desk placed these tickets (ticket number -> grid) in another grid (事发网格):
+        their surveys keep the new grid, so that an answer still to come counts where the ticket now
+        is, as its earlier counts do (`scoring.placement_moves`). A survey no longer kept is left
+        alone."""
+        stored = await self.redis.mget(survey_keys) if survey_keys else []
+        async with self.redis.pipeline(transaction=False) as p:
+            for raw in stored:
+                if raw is None:
+                    continue
+                survey = Survey.model_validate_json(raw)
+                if (grid := grids.get(survey.ticket_no)) is not None and survey.grid != grid:
+                    moved = survey.model_copy(update={"grid": grid})
+                    p.set(_survey_key(survey.survey_id), json_of(moved), xx=True, keepttl=True)
+            await p.execute()
+
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
         """The resident's personal data was erased from these surveys' tickets: a survey still open
         ends as opted out (no one may ask them any more, and the ticket must still close), then

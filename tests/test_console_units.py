@@ -4300,7 +4300,8 @@ def reported_html(city, **context) -> str:
     defaults = {
         "s": staff("grid_worker"), "state": state, "state_name": REPORTED_STATE_NAMES[state],
         "states": [(k, n, f"/console/reported?state={k}") for k, n in REPORTED_STATE_NAMES.items()],
-        "rows": [report_row(i, TZ, city, now) for i in rows], "total": len(rows), "page_no": 1, "pages": 1,
+        "rows": [report_row(i, TZ, city, now, context.pop("worker_grid", None)) for i in rows],
+        "total": len(rows), "page_no": 1, "pages": 1,
         "error": "", "urlencode": urlencode,
     }  # fmt: skip
     return templates.get_template("reported.html").render(request=None, **{**defaults, **context})
@@ -4330,6 +4331,25 @@ def test_a_workers_report_says_where_it_stands_where_it_is_and_its_deadline(city
     assert '<td data-label="时限" class="deadline">办结时限 2026-12-02 20:00（剩余2小时0分）</td>' in cells
     assert 'aria-current="page">全部</a>' in html
     assert "autofocus" not in html  # a list opened, nothing come back to say
+
+
+def test_a_report_resolved_in_the_workers_own_grid_links_to_its_check(city):
+    """待核查 in 我上报的: resolved in the worker's grid and not checked yet, a link to the check on
+    its page; not once checked, not in another grid, not for the worker's own 现场处置."""
+    resolved = {**REPORT, "status": "resolved", "resolved_at": "2026-12-02T08:00:00+00:00"}
+
+    def check_link(item: dict, worker_grid: str | None = "s01c01g01") -> bool:
+        html = reported_html(city, items=[item], worker_grid=worker_grid)
+        return 'id="check-20261202-000007"' in html
+
+    assert check_link(resolved)
+    html = reported_html(city, items=[resolved], worker_grid="s01c01g01")
+    assert 'href="/console/tickets/20261202-000007#verify-title"' in html
+    assert not check_link({**resolved, "verified_at": "2026-12-02T09:00:00+00:00", "verification": "solved"})
+    assert not check_link(resolved, worker_grid="s01c01g02")
+    assert not check_link({**resolved, "assigned_via": "on_spot"})
+    assert check_link({**resolved, "assigned_via": "on_spot", "reopens": 1})
+    assert not check_link(REPORT)  # not resolved yet
 
 
 def test_a_late_report_says_so_in_words_and_a_finished_one_how_it_ended(city):

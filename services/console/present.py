@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from services.router.rules import located_apart, matching_rules, route
+from services.router.rules import FIRST_CONTACT, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
 from shared.access import ROLE_NAMES, subject_words
@@ -503,6 +503,22 @@ def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str
         or (h.get("topic") == "ticket.updated" and h.get("action") == "placed")
     )
     return bool(grid) and any(h.get("grid") == grid for h in placed)
+
+
+def awaits_check(ticket: Mapping[str, Any], worker_grid: str | None) -> bool:
+    """现场核查: whether the grid worker of `worker_grid` is to check this ticket's resolution on the
+    spot (待核查): a resolution in its grid not checked yet, other than one closed at first contact
+    (the worker's own 现场处置, a call answered) that was never reopened."""
+    # The ticket's grid: a match (the API's ticket) or its id (a row of the record).
+    place = ticket.get("grid")
+    grid = place.get("grid") if isinstance(place, Mapping) else place
+    return (
+        worker_grid is not None
+        and grid == worker_grid
+        and ticket.get("status") in ("resolved", "surveyed")
+        and not ticket.get("verified_at")
+        and not (ticket.get("assigned_via") in FIRST_CONTACT and not ticket.get("reopens"))
+    )
 
 
 def placed_done(ticket: Mapping[str, Any]) -> str:

@@ -50,7 +50,9 @@ def deadline_state(item: dict[str, Any], tz: ZoneInfo, now: datetime) -> tuple[s
     return "待分类派单", False
 
 
-def report_row(item: dict[str, Any], tz: ZoneInfo, city: City, now: datetime) -> dict[str, Any]:
+def report_row(
+    item: dict[str, Any], tz: ZoneInfo, city: City, now: datetime, worker_grid: str | None = None
+) -> dict[str, Any]:
     text = item.get("text") or ""
     deadline, late = deadline_state(item, tz, now)
     return {
@@ -64,6 +66,8 @@ def report_row(item: dict[str, Any], tz: ZoneInfo, city: City, now: datetime) ->
         "verification_name": {"solved": "核查已解决", "not_solved": "核查未解决"}.get(
             item.get("verification") or "", ""
         ),
+        # Resolved in the worker's own grid and not checked yet: its page has the check (现场核查).
+        "awaits_check": present.awaits_check(item, worker_grid),
     }
 
 
@@ -91,7 +95,7 @@ async def reported_page(request: Request, s: session.Session = Depends(as_grid_w
         "reported.html",
         **context
         | {
-            "rows": [report_row(item, tz, city, now) for item in reply.body["items"]],
+            "rows": [report_row(item, tz, city, now, s.principal.grid) for item in reply.body["items"]],
             "total": total,
             "page_no": page_no,
             "pages": pages,

@@ -46,7 +46,7 @@ from services.intake.photo_views import CACHE, upload_advice, upload_limit
 from services.notifier.surveys import AnswerRefused
 from services.router import workflow
 from services.router.meetings import LEAD_REQUIRED
-from services.router.rules import FIRST_CONTACT, located_apart, mediation_committee
+from services.router.rules import located_apart, mediation_committee
 from services.router.workflow import RETURN_REASONS, is_mediation_committee
 from shared import access, lookup_link
 from shared.bodies import Limit
@@ -1101,10 +1101,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "departments": present.departments_of(city),  # the desk's 改派 form
         # 现场核查: a grid worker reads only its grid's tickets; the API refuses what is not for it.
         # A worker's own report in another grid (我上报的) it reads, but checks no more than any other.
-        "can_verify": grid == s.principal.grid
-        and ticket.get("status") in ("resolved", "surveyed")
-        and not ticket.get("verified_at")
-        and not (ticket.get("assigned_via") in FIRST_CONTACT and not ticket.get("reopens")),
+        "can_verify": present.awaits_check(ticket, s.principal.grid),
         "verified": present.verified_line(ticket, tz),
         # 人民调解: the signed-in department is a committee (its resolve form asks how it ended), and
         # the committee the ticket's street refers disputes to (转人民调解), if there is one.

@@ -187,7 +187,7 @@ async def search_tickets(
 REPORTED_COLUMNS = (
     "ticket_no, status, channel, left(text, 41) AS text, address, urgent, overdue, escalated, "
     "received_at, category_names, grid, community, street, department, department_name, respond_by, "
-    "resolve_by, resolved_at, closed_at, verification, merged_into, "
+    "resolve_by, resolved_at, closed_at, verification, verified_at, assigned_via, reopens, merged_into, "
     f"{MEETING_BY} AS meeting_by, {GRID_CHOSEN_SQL} AS grid_chosen"
 )
 reporting_worker = require_role("grid_worker", refusal="只有网格员可以查看自己上报的工单")

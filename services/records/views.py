@@ -162,24 +162,29 @@ async def search_tickets(
     """Tickets matching the filters, newest first (or `sort`), a page at a time, with the total."""
     try:
         search = search_of(request, principal, page, size)
-        pool = await records_pool(request)
-        async with pool.connection() as conn:
-            total = await (
-                await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
-            ).fetchone()
-            cur = await conn.execute(
-                f"SELECT {LIST_COLUMNS} FROM tickets WHERE {search.where} "
-                f"ORDER BY {search.order_by} LIMIT %s OFFSET %s",
-                [*search.params, search.size, search.offset],
-            )
-            items = await cur.fetchall()
+        total, items = await page_of(request, LIST_COLUMNS, search)
     except DomainError as e:
         return domain_error(e)
     except UNAVAILABLE:
         return unavailable()
     for item in items:
         item["answers"] = answers_words(item["answers"])
-    return {"total": total["n"] if total else 0, "page": search.page, "size": search.size, "items": items}
+    return {"total": total, "page": search.page, "size": search.size, "items": items}
+
+
+async def page_of(request: Request, columns: str, search: Search) -> tuple[int, list[dict[str, Any]]]:
+    """How many tickets match `search`, and the `columns` of its page of them."""
+    pool = await records_pool(request)
+    async with pool.connection() as conn:
+        total = await (
+            await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
+        ).fetchone()
+        cur = await conn.execute(
+            f"SELECT {columns} FROM tickets WHERE {search.where} "
+            f"ORDER BY {search.order_by} LIMIT %s OFFSET %s",
+            [*search.params, search.size, search.offset],
+        )
+        return (total["n"] if total else 0), await cur.fetchall()
 
 
 # 我上报的: what the worker's list shows of each report. The report's opening words (its own, which it
@@ -209,23 +214,13 @@ async def reported_tickets(
         return domain_error(DomainError("no_staff_id", refusal, kind="forbidden"))
     try:
         search = reported(principal.operator, state, page=page, size=size)
-        pool = await records_pool(request)
-        async with pool.connection() as conn:
-            total = await (
-                await conn.execute(f"SELECT count(*) AS n FROM tickets WHERE {search.where}", search.params)
-            ).fetchone()
-            cur = await conn.execute(
-                f"SELECT {REPORTED_COLUMNS} FROM tickets WHERE {search.where} "
-                f"ORDER BY {search.order_by} LIMIT %s OFFSET %s",
-                [*search.params, search.size, search.offset],
-            )
-            items = await cur.fetchall()
+        total, items = await page_of(request, REPORTED_COLUMNS, search)
     except DomainError as e:
         return domain_error(e)
     except UNAVAILABLE:
         return unavailable()
     return {
-        "total": total["n"] if total else 0,
+        "total": total,
         "state": state,
         "page": search.page,
         "size": search.size,

@@ -130,20 +130,28 @@ async def test_a_callers_other_open_ticket_is_the_one_they_call_about_only_if_it
     await redis.delete(keys.caller_index(cid), f"t:{no}")
 
 
+async def placed_by_desk(
+    redis, text: str, status: Status
+) -> tuple[TicketStore, DuplicateIndex, str, str, str]:
+    """A ticket of `text` in the store, in `status`, which the desk placed in a new grid, still in
+    the index of the old grid where the classifier had put it: (store, index, its number, old, new)."""
+    store = TicketStore(redis)
+    old, new = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    no = f"20261123-{random.randint(860000, 879999)}"
+    a = AppealReceived(ticket_no=no, channel="hotline", text=text)
+    placed = Ticket.from_appeal(a).model_copy(
+        update={"status": status, "grid": GridMatch(grid=new, method="desk", confidence=1.0)}
+    )
+    await redis.set(ticket_key(no), placed.model_dump_json())
+    await redis.zadd(keys.grid_index(old), {no: time.time()})
+    return store, DuplicateIndex(redis, store), no, old, new
+
+
 async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
     """The dispatch desk chose the grid (the classifier found none, or another): the assignment
     puts the ticket in that grid's index, and the grid it left passes it over."""
-    store = TicketStore(redis)
-    index = DuplicateIndex(redis, store)
-    old, new = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    no = f"20261123-{random.randint(870000, 879999)}"
     text = "建设路12号门口的井盖丢了，晚上很危险，已经有人差点掉下去"
-    a = AppealReceived(ticket_no=no, channel="hotline", text=text)
-    placed = Ticket.from_appeal(a).model_copy(
-        update={"status": Status.ASSIGNED, "grid": GridMatch(grid=new, method="desk", confidence=1.0)}
-    )
-    await redis.set(ticket_key(no), placed.model_dump_json())
-    await redis.zadd(keys.grid_index(old), {no: time.time()})  # where the classifier had put it
+    store, index, no, old, new = await placed_by_desk(redis, text, Status.ASSIGNED)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
     due = datetime.now(UTC) + timedelta(days=1)
 
@@ -177,17 +185,8 @@ async def test_a_ticket_placed_after_its_assignment_is_compared_in_its_new_grid_
     """事发网格 after the assignment (`ticket.updated` `placed`): the update puts the ticket in its new
     grid's index, from the time it was placed; the grid it left passes it over. Other updates (of
     the version before too) place nothing."""
-    store = TicketStore(redis)
-    index = DuplicateIndex(redis, store)
-    old, new = (f"test-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    no = f"20261123-{random.randint(860000, 869999)}"
     text = "和平路口的路灯坏了一个星期了，晚上特别黑，过马路很危险"
-    a = AppealReceived(ticket_no=no, channel="hotline", text=text)
-    placed = Ticket.from_appeal(a).model_copy(
-        update={"status": Status.ACCEPTED, "grid": GridMatch(grid=new, method="desk", confidence=1.0)}
-    )
-    await redis.set(ticket_key(no), placed.model_dump_json())
-    await redis.zadd(keys.grid_index(old), {no: time.time()})  # where the classifier had put it
+    store, index, no, old, new = await placed_by_desk(redis, text, Status.ACCEPTED)
     at = datetime.now(UTC)
 
     def update(action: str, grid: str, **payload) -> UpdateOf:

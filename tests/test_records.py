@@ -762,18 +762,24 @@ async def test_a_counter_lost_with_redis_starts_above_the_records_highest_number
     assert await store.next_ticket_no(day) > no
 
 
-async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrade(
-    settings, monkeypatch, system_city
-):
-    """A database that holds tickets under the first schema gets its search table filled by the
-    migration that moved it, and search and the trigger work on it from then on."""
+async def scratch_database(settings) -> tuple[str, str]:
+    """A new, empty database on the test server (its name, its URL), for an upgrade to start from;
+    skips where the DATABASE_URL given may not create one."""
     name = f"upgrade_{uuid.uuid4().hex[:8]}"
     async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
         try:
             await conn.execute(f"CREATE DATABASE {name}")
         except psycopg.errors.InsufficientPrivilege:
             pytest.skip("the DATABASE_URL given may not create a database (the embedded one may)")
-    url = settings.database_url.rsplit("/", 1)[0] + "/" + name
+    return name, settings.database_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def test_a_record_kept_before_search_moved_apart_is_found_after_the_upgrade(
+    settings, monkeypatch, system_city
+):
+    """A database that holds tickets under the first schema gets its search table filled by the
+    migration that moved it, and search and the trigger work on it from then on."""
+    name, url = await scratch_database(settings)
     everything = db.migration_files()
     monkeypatch.setattr(db, "migration_files", lambda: everything[:1])
     assert await db.migrate(url) == ["0001_records"]
@@ -1121,13 +1127,7 @@ async def test_an_existing_record_learns_who_filed_its_patrol_reports_on_upgrade
 
     from services.records.query import reported
 
-    name = f"upgrade_{uuid.uuid4().hex[:8]}"
-    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("the DATABASE_URL given may not create a database (the embedded one may)")
-    url = settings.database_url.rsplit("/", 1)[0] + "/" + name
+    name, url = await scratch_database(settings)
     everything = db.migration_files()
     monkeypatch.setattr(db, "migration_files", lambda: [m for m in everything if m[0] < "0011"])
     await db.migrate(url)

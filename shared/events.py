@@ -295,6 +295,10 @@ TicketAction = Literal[
     # 事发网格: the dispatch desk placed the ticket in a grid after it was assigned (or confirmed
     # the located grid of a disputed place); its department and status stay
     "placed",
+    # 申请更正事发网格: the grid worker of the ticket's grid asks the desk to place it in another grid
+    # (what was seen on the spot); the desk's refusal, with its reason. Its approval is `placed`.
+    "place_requested",
+    "place_refused",
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
@@ -437,6 +441,18 @@ class Place(_Frozen):
     confirmed: bool = False
 
 
+class PlaceRequest(_Frozen):
+    """`place_requested` / `place_refused`: the grid a grid worker (`by`, the event's actor on a
+    request) asks the desk to place the ticket in, and what was seen on the spot (`reason`); `was`:
+    the grid it had when asked. The event's `grid` stays the ticket's: nothing moves until the desk
+    agrees, which is a `placed`. Refused: the desk's reason is the event's `note`."""
+
+    grid: str
+    was: str | None = None
+    reason: str = ""
+    by: str = ""
+
+
 # The payload field each action must carry (escalated: one of the two).
 PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "accepted": ("on_time",),
@@ -457,6 +473,8 @@ PAYLOAD_OF_ACTION: dict[str, tuple[str, ...]] = {
     "duplicate_merged": ("merge",),
     "remerged": ("merge",),
     "placed": ("place",),
+    "place_requested": ("place_request",),
+    "place_refused": ("place_request",),
 }
 _PAYLOADS = tuple(dict.fromkeys(f for fields in PAYLOAD_OF_ACTION.values() for f in fields))
 
@@ -472,8 +490,9 @@ class TicketUpdated(Event):
 
     # 2: typed payloads and the ticket's facts instead of a free `data` dict; 3: `placed` with its
     # `place` (the grid the desk set after the assignment). Older versions parse unchanged (no
-    # `place`, and no action that needs one).
-    version: int = 3
+    # `place`, and no action that needs one); 4: `place_requested` / `place_refused` with their
+    # `place_request` (a grid worker's request to correct the grid). Older versions parse unchanged.
+    version: int = 4
     action: TicketAction
     status: str  # the status after the transition (a shared.tickets.Status value)
     # department id, "resident", "system", an operator id (urged: who took the call) or a grid
@@ -509,6 +528,7 @@ class TicketUpdated(Event):
     # on other actions, and on events written before it existed.
     marked_overdue: bool | None = None
     place: Place | None = None  # placed (version 3)
+    place_request: PlaceRequest | None = None  # place_requested, place_refused (version 4)
 
     @model_validator(mode="after")
     def _payload_fits_action(self) -> Self:

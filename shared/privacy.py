@@ -147,6 +147,7 @@ _NESTED_TEXT = {
     "returned": ("disputed_rule",),
     "extension": ("reason",),
     "extension_request": ("reason",),  # a ticket's pending request, until the desk decides
+    "place_request": ("reason",),  # a grid worker's request to correct the grid: what was seen there
     "grid": ("evidence",),
     "mediation": ("agreement",),  # a committee's resolution: the agreement's terms
     "data": ("disputed_rule",),

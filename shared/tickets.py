@@ -136,6 +136,9 @@ class Ticket(BaseModel):
     # The router's bookkeeping: who returned it, a pending extension request, supervision.
     returned_by: tuple[str, ...] = ()
     extension_request: dict | None = None  # {"days", "reason", "by", "at"} until the desk decides
+    # A grid worker's request to correct the grid (申请更正事发网格): {"grid", "reason", "by", "at"}
+    # until the desk decides, or places the ticket anyway.
+    place_request: dict | None = None
     overdue: bool = False  # 督办: a deadline passed
     escalated: bool = False  # long overdue, or sent to a joint meeting
     meeting_id: str | None = None

@@ -2207,6 +2207,70 @@ async def test_desk_places_a_routed_ticket_without_a_grid_from_its_page(
     )
 
 
+async def test_grid_worker_asks_to_correct_the_grid_and_the_desk_approves_it_from_the_desk(
+    page: Page, browser: Browser, redis, system: System, settings: Settings, system_city: City
+):
+    """申请更正事发网格: the worker of a ticket's grid finds on the spot that the street light is in the
+    next community's grid. On the ticket's page it chooses that grid and says what it saw: with none
+    chosen it is asked for beside the select, which takes the focus; sent, the page says the request
+    waits. The desk finds it on /console/desk under 事发网格更正申请 (the current grid, the grid asked
+    for, the worker, the reason) and approves it (同意): the ticket is placed in that grid."""
+    no = f"20001203-{random.randint(900000, 999999)}"  # a day long past: today's counter stays
+    event = classified(
+        system_city, "city.facility.streetlight", "s01c01g01", no=no, at=datetime.now(UTC), confidence=0.95
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:  # classified already, in s01c01g01: the router routes it by its rule
+        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
+    finally:
+        await producer.stop()
+    asked = system_city.grids["s02c01g02"]
+    place = f"{asked.street_name}/{asked.full_name}"
+    seen = "现场核实路灯在建设社区小区门口，不在和平里"
+    async with await admin_api(system, redis) as client:
+        await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        await sign_in(page, await issue_token(redis, "grid_worker", operator="W091", grid="s01c01g01"))
+        await page.goto(f"/console/tickets/{no}")
+        choice = page.get_by_role("combobox", name="问题实际所在网格")
+        await expect(choice).to_have_value("")
+        # None chosen: asked for beside the select, in the console's words, nothing sent.
+        await page.locator("#request-place-reason").fill(seen)
+        await page.locator("#request-place").click()
+        await expect(page.locator("#request_place-grid-error")).to_have_text(REQUIRED["request_place.grid"])
+        await expect(choice).to_be_focused()
+        await choice.select_option("s02c01g02")
+        async with page.expect_navigation():
+            await page.locator("#request-place").click()
+        await expect(page.locator("#done")).to_contain_text("更正申请已提交，等待派单中心审核")
+        await expect(page.locator("#place-request")).to_contain_text(
+            f"网格员W091申请将事发网格更正为{place}：{seen}"
+        )
+        await expect(page.locator("#request-place")).to_have_count(0)  # one request at a time
+        await accessible(page)
+        await shot(page, "ticket-place-requested")
+
+        desk = await (await browser.new_context(base_url=system.base_url, locale="zh-CN")).new_page()
+        try:
+            await sign_in(desk, await issue_token(redis, "admin"))
+            await desk.goto("/console/desk")
+            card = desk.locator(f"#placereq-{no}")
+            await expect(card).to_contain_text("现事发网格：和平街道/和平里社区第一网格")
+            await expect(card).to_contain_text(f"申请更正为：{place}")
+            await expect(card).to_contain_text(f"网格员W091现场核实：{seen}")
+            await accessible(desk)
+            await shot(desk, "desk-place-requests")
+            async with desk.expect_navigation():
+                await desk.locator(f"#placereq-approve-{no}").click()
+            await expect(desk.locator("#done")).to_contain_text(f"工单{no}的事发网格更正申请已同意")
+            await expect(desk.locator(f"#placereq-{no}")).to_have_count(0)
+        finally:
+            await desk.context.close()
+        placed = await ticket_when(client, no, lambda t: (t["grid"] or {}).get("grid") == "s02c01g02")
+    assert (placed["status"], placed["place_request"]) == ("assigned", None)
+    assert "同意网格员W091的更正申请" in placed["history"][-1]["note"]
+
+
 async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_picks_the_grid(
     page: Page, browser: Browser, redis, system: System, system_city: City
 ):

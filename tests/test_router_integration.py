@@ -324,7 +324,7 @@ async def test_the_desk_places_an_assigned_ticket_and_the_record_and_the_duplica
     assert (placed["topic"], placed["action"], placed["version"], placed["grid"]) == (
         "ticket.updated",
         "placed",
-        3,
+        4,
         "s02c01g02",
     )
     assert (
@@ -998,6 +998,110 @@ async def test_a_department_accepts_a_batch_and_each_ticket_is_answered_for_once
 async def _at_least(count, n: int) -> dict | None:
     got = await count()
     return got if got.get("responded", 0) >= n else None
+
+
+async def test_a_grid_worker_asks_the_desk_to_correct_the_grid_and_the_desk_approves_or_refuses(
+    api, producer, city, tokens, redis, pool
+):
+    """申请更正事发网格: the worker of a ticket's grid found the problem in another grid on the spot and
+    asks the desk. Nothing moves until the desk decides; the request waits on the ticket and in what
+    the desk follows. Approved, the ticket is placed in the grid asked for (the record's row follows);
+    refused, the grid stays and the desk's reason is in the history (the record's too). Others are
+    refused as for a check on the spot, in words a person can act on."""
+    cat = "city.facility.streetlight"
+    no, kept = await inject(producer, city, cat, "s01c01g01"), await inject(producer, city, cat, "s01c01g01")
+    routed = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    await ticket_when(api, tokens, kept, lambda t: t["status"] == "assigned")
+    admin, dept = await tokens(), await tokens(routed["department"]["id"])
+
+    async def worker(operator: str, grid: str) -> dict:
+        token = await issue_token(redis, "grid_worker", operator=operator, grid=grid)
+        return {"Authorization": f"Bearer {token}"}
+
+    mine, other = await worker("W061", "s01c01g01"), await worker("W062", "s02c01g02")
+    url = f"/api/v1/tickets/{no}/place-request"
+    seen = "路灯在建设社区小区门口，不在和平里"
+    r = await api.post(url, headers=dept, json={"grid": "s02c01g02", "reason": seen})
+    assert r.status_code == 403
+    assert "只有本网格的网格员可以申请更正事发网格" in r.json()["message"]
+    r = await api.post(url, headers=other, json={"grid": "s01c01g02", "reason": seen})
+    assert r.status_code == 404  # another grid's ticket: as no ticket
+    r = await api.post(url, headers=mine, json={"grid": "s09c09g09", "reason": seen})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "unknown_grid", "grid")
+    r = await api.post(url, headers=mine, json={"grid": "s01c01g01", "reason": seen})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (409, "same_grid", "grid")
+    assert "无需申请更正" in r.json()["message"]
+    r = await api.post(url, headers=mine, json={"grid": "s02c01g02", "reason": "有误"})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "reason_required", "reason")
+    r = await api.post(url, headers=mine, json={"grid": "s02c01g02", "reason": seen})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["status"], body["grid"]["grid"]) == ("assigned", "s01c01g01")  # nothing moved yet
+    assert (body["place_request"]["grid"], body["place_request"]["by"]) == ("s02c01g02", "W061")
+    assert "网格更正待审" in body["flags"]
+    asked = body["history"][-1]
+    assert (asked["action"], asked["actor"], asked["version"]) == ("place_requested", "W061", 4)
+    r = await api.post(url, headers=mine, json={"grid": "s02c01g03", "reason": seen})
+    assert (r.status_code, r.json()["error"]) == (409, "place_request_pending")
+
+    async def followed() -> list[str]:
+        r = await api.get("/api/v1/dispatch/followed", headers=admin)
+        assert r.status_code == 200, r.text
+        return [t["ticket_no"] for t in r.json()["place_requests"]]
+
+    assert no in await followed()
+    r = await api.post(f"/api/v1/tickets/{no}/place-request/approve", headers=dept)
+    assert r.status_code == 403  # the desk decides
+    r = await api.post(f"/api/v1/tickets/{no}/place-request/approve", headers=admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["status"], body["grid"]["grid"], body["place_request"]) == ("assigned", "s02c01g02", None)
+    placed = body["history"][-1]
+    assert (placed["action"], placed["grid"]) == ("placed", "s02c01g02")
+    assert "同意网格员W061的更正申请" in placed["note"]
+    assert no not in await followed()
+    r = await api.post(f"/api/v1/tickets/{no}/place-request/approve", headers=admin)
+    assert (r.status_code, r.json()["error"]) == (409, "no_place_request")
+
+    async def row(ticket_no: str, grid: str):
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT grid, street FROM tickets WHERE ticket_no = %s AND grid = %s", (ticket_no, grid)
+            )
+            return await cur.fetchone()
+
+    assert (await eventually(lambda: row(no, "s02c01g02"), timeout=30))["street"] == "s02"
+
+    # Refused: the desk's reason, required, said in the history; the grid stays.
+    r = await api.post(
+        f"/api/v1/tickets/{kept}/place-request", headers=mine, json={"grid": "s02c01g02", "reason": seen}
+    )
+    assert r.status_code == 200, r.text
+    refuse = f"/api/v1/tickets/{kept}/place-request/refuse"
+    r = await api.post(refuse, headers=admin, json={"note": ""})
+    assert (r.status_code, r.json()["error"], r.json()["field"]) == (422, "reason_required", "reason")
+    r = await api.post(refuse, headers=admin, json={"note": "门牌号属和平里社区，定位无误"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["grid"]["grid"], body["place_request"]) == ("s01c01g01", None)
+    refused = body["history"][-1]
+    assert refused["action"] == "place_refused"
+    assert refused["note"].endswith(
+        "不同意将事发网格更正为建设街道建设社区第二网格（网格员W061申请）：门牌号属和平里社区，定位无误"
+    )
+    assert kept not in await followed()
+
+    async def recorded():
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT payload->>'note' AS note FROM ticket_events WHERE ticket_no = %s "
+                "AND topic = 'ticket.updated' AND payload->>'action' = 'place_refused'",
+                (kept,),
+            )
+            return await cur.fetchone()
+
+    assert "门牌号属和平里社区" in (await eventually(recorded, timeout=30))["note"]
+    assert await row(kept, "s01c01g01") is not None
 
 
 async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, producer, city, tokens):

@@ -351,7 +351,7 @@ async def test_the_desks_returned_tickets_come_a_page_at_a_time_with_how_many(mo
 
         async def followed(self, desk: str, departments: list[str]) -> FollowedByDesk:
             asked.append((desk, departments))
-            return FollowedByDesk(extensions=self.returned[:1], returned=self.returned)
+            return FollowedByDesk(extensions=self.returned[:1], returned=self.returned, place_requests=[])
 
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(city=city)))
 

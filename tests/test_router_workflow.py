@@ -133,6 +133,10 @@ ACTS: dict[Step, Callable[[Ticket], Outcome]] = {
     "urge": lambda t: workflow.urge(t, "0231", "还是没人来修", T0),
     "place": lambda t: workflow.place(t, "s02c01g02", "dispatch_desk", CITY, T0),
     "verify": lambda t: workflow.verify(t, "W017", "s01c01g01", False, "路灯仍不亮", CITY, TZ, T0),
+    "request_place": lambda t: workflow.request_place(
+        t, "W017", "s01c01g01", "s02c01g02", "路灯实际在对面小区门口", CITY, T0
+    ),
+    "decide_place": lambda t: workflow.decide_place(t, True, "dispatch_desk", "", CITY, T0),
     # 并案: the ticket as the duplicate, then as the main ticket (each side refused by its own row).
     "merge": lambda t: workflow.merge(t, _in(st.ACCEPTED, ticket_no=MAIN), MAIN, SAME, "dispatch_desk", T0)[
         0
@@ -944,7 +948,7 @@ def test_the_desk_places_a_ticket_routed_without_a_grid_and_nothing_else_moves()
         st.ASSIGNED,
         "dispatch_desk",
         "s02c01g02",
-        3,
+        4,
     )
     assert event.place is not None
     assert (event.place.grid, event.place.community, event.place.street) == ("s02c01g02", "s02c01", "s02")
@@ -993,6 +997,138 @@ def test_the_desk_confirms_the_located_grid_of_a_disputed_place_after_the_assign
     with pytest.raises(WorkflowError) as e:
         workflow.place(out.ticket, "s01c01g01", "dispatch_desk", CITY, T0)
     assert (e.value.code, e.value.field) == ("same_grid", "grid")
+
+
+# --- 申请更正事发网格: the grid worker asks, the desk decides ---------------------------------------------
+
+SEEN = "  路灯实际在对面 建设社区小区门口 "
+
+
+def test_a_place_request_is_asked_and_decided_where_the_desk_could_place_and_the_status_stays():
+    for step in ("request_place", "decide_place"):
+        move = ALLOWED_STATUS_CHANGES[step]
+        assert move.sources == ALLOWED_STATUS_CHANGES["place"].sources
+        assert move.targets is None
+
+
+@pytest.mark.parametrize("status", sorted(workflow.PLACEABLE))
+def test_the_grid_worker_asks_the_desk_to_correct_the_grid_and_nothing_moves_until_it_decides(status):
+    t = _in(status, meeting_id="m1" if status == st.MEETING else None, resolution_note="已修复")
+    out = workflow.request_place(t, "W017", "s01c01g01", " s02c01g02 ".strip(), SEEN, CITY, T0)
+    assert out.ticket.place_request == {
+        "grid": "s02c01g02",
+        "reason": "路灯实际在对面 建设社区小区门口",
+        "by": "W017",
+        "at": T0.isoformat(),
+    }
+    same = {"place_request", "applied", "updated_at"}
+    assert out.ticket.model_dump(exclude=same) == t.model_dump(exclude=same)  # grid, status stay
+    (event,) = out.publish
+    assert (event.action, event.status, event.actor, event.grid, event.version) == (
+        "place_requested",
+        status,
+        "W017",
+        "s01c01g01",  # the ticket's grid, still: intake's index and the record move nothing
+        4,
+    )
+    assert event.place_request is not None
+    assert (event.place_request.grid, event.place_request.was, event.place_request.by) == (
+        "s02c01g02",
+        "s01c01g01",
+        "W017",
+    )
+    assert event.note == (
+        "网格员W017申请将事发网格更正为建设街道建设社区第二网格（现为和平街道和平里社区第一网格）："
+        "路灯实际在对面 建设社区小区门口"
+    )
+    assert present.describe(event.model_dump(mode="json") | {"topic": event.topic}, CITY) == event.note
+    # The notifier and the scorecard count nothing for it.
+    from services.notifier.scoring import fields_for
+
+    assert fields_for(event) == ()
+
+
+def test_a_place_request_is_refused_in_words_the_worker_can_act_on():
+    t = assigned_ticket(CITY)  # in s01c01g01
+    cases = [
+        (("W09", "s02c01g02", "s01c01g02", SEEN), "not_found", "not_found", None),  # another grid's
+        (("W017", None, "s01c01g02", SEEN), "not_found", "not_found", None),
+        (("W017", "s01c01g01", "s09c09g09", SEEN), "unknown_grid", "invalid", "grid"),
+        (("W017", "s01c01g01", "s01c01g01", SEEN), "same_grid", "conflict", "grid"),
+        (("W017", "s01c01g01", "s01c01g02", " 有误 "), "reason_required", "invalid", "reason"),
+    ]
+    for args, code, kind, field in cases:
+        with pytest.raises(WorkflowError) as e:
+            workflow.request_place(t, *args, CITY, T0)
+        assert (e.value.code, e.value.kind, e.value.field) == (code, kind, field)
+        assert re.search("[\u4e00-\u9fff]", e.value.message)
+    asked = workflow.request_place(t, "W017", "s01c01g01", "s01c01g02", SEEN, CITY, T0).ticket
+    with pytest.raises(WorkflowError) as e:  # one at a time: the desk decides what it was shown
+        workflow.request_place(asked, "W018", "s01c01g01", "s02c01g02", SEEN, CITY, T0)
+    assert (e.value.code, e.value.kind) == ("place_request_pending", "conflict")
+    assert "网格员W017" in e.value.message
+    assert "等待审核结果" in e.value.message
+    with pytest.raises(WorkflowError) as e:  # at the desk: its dispatch places it
+        workflow.request_place(_in(st.REVIEW), "W017", "s01c01g01", "s01c01g02", SEEN, CITY, T0)
+    assert e.value.code == "illegal_transition"
+
+
+def test_the_desk_approves_a_place_request_by_placing_the_ticket_in_the_grid_asked_for():
+    t = resolved(assigned_ticket(CITY))
+    asked = workflow.request_place(t, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0).ticket
+    out = workflow.decide_place(asked, True, "dispatch_desk", "", CITY, T0 + timedelta(hours=1))
+    assert out.ticket.place_request is None
+    assert out.ticket.grid is not None
+    assert (out.ticket.grid.grid, out.ticket.grid.street, out.ticket.status) == (
+        "s02c01g02",
+        "s02",
+        st.RESOLVED,
+    )
+    (event,) = out.publish
+    assert (event.action, event.grid, event.place.grid) == ("placed", "s02c01g02", "s02c01g02")  # type: ignore[union-attr]
+    assert event.note == (
+        "事发网格人工选定为建设街道建设社区第二网格，原为和平街道和平里社区第一网格，同意网格员W017的更正申请"
+        "（12345派单中心）"
+    )
+    # Decided once: nothing waits any more.
+    with pytest.raises(WorkflowError) as e:
+        workflow.decide_place(out.ticket, True, "dispatch_desk", "", CITY, T0)
+    assert (e.value.code, e.value.kind) == ("no_place_request", "conflict")
+
+
+def test_the_desk_refuses_a_place_request_with_its_reason_and_the_grid_stays():
+    t = assigned_ticket(CITY)
+    asked = workflow.request_place(t, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0).ticket
+    with pytest.raises(WorkflowError) as e:  # the worker who went to look reads why
+        workflow.decide_place(asked, False, "dispatch_desk", "  ", CITY, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("reason_required", "invalid", "reason")
+    assert e.value.message == REQUIRED["decide_place.reason"]
+    out = workflow.decide_place(asked, False, "dispatch_desk", "门牌号属和平里社区", CITY, T0)
+    assert (out.ticket.place_request, out.ticket.grid) == (None, t.grid)
+    (event,) = out.publish
+    assert (event.action, event.grid, event.status) == ("place_refused", "s01c01g01", st.ASSIGNED)
+    assert event.place_request is not None
+    assert (event.place_request.grid, event.place_request.by) == ("s02c01g02", "W017")
+    assert event.note == (
+        "12345派单中心不同意将事发网格更正为建设街道建设社区第二网格（网格员W017申请）：门牌号属和平里社区"
+    )
+    # Refused, the worker may ask again (something new seen on the spot).
+    again = workflow.request_place(out.ticket, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0)
+    assert again.ticket.place_request is not None
+
+
+def test_any_placement_by_the_desk_settles_a_pending_request_and_a_return_to_the_desk_drops_it():
+    t = assigned_ticket(CITY)
+    asked = workflow.request_place(t, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0).ticket
+    elsewhere = workflow.place(asked, "s03c02g03", "dispatch_desk", CITY, T0)
+    assert elsewhere.ticket.place_request is None
+    assert "网格员W017申请更正为建设街道建设社区第二网格的申请随之撤销" in elsewhere.publish[0].note
+    granted = workflow.place(asked, "s02c01g02", "dispatch_desk", CITY, T0)
+    assert granted.ticket.place_request is None
+    assert "同意网格员W017的更正申请" in granted.publish[0].note
+    returned = workflow.return_ticket(asked, "urban_mgmt", "duplicate", "", "", CITY, TZ, T0).ticket
+    # Back at the desk (重复工单): its dispatch places it, so no request waits that it could not decide.
+    assert (returned.status, returned.place_request) == (st.REVIEW, None)
 
 
 def test_placing_is_refused_saying_what_to_do_for_a_grid_it_has_no_grid_and_a_finished_ticket():
@@ -1575,6 +1711,14 @@ ACTIONS = hs.one_of(
     hs.tuples(hs.just("urge"), hs.sampled_from(["0231", "0232"])),
     hs.tuples(hs.just("verify"), hs.booleans(), hs.sampled_from(["s03c02g03", "s01c01g01"])),
     hs.tuples(hs.just("place"), hs.sampled_from(["s03c02g03", "s01c01g01", "s09c09g09"])),
+    # 申请更正事发网格: the worker of a grid (the ticket's, or another) asks; the desk decides.
+    hs.tuples(
+        hs.just("ask_place"),
+        hs.sampled_from(["s03c02g03", "s01c01g01", "s09c09g09"]),
+        hs.sampled_from(["s03c02g03", "s01c01g01"]),
+        hs.sampled_from(["", "路灯实际在对面小区门口"]),
+    ),
+    hs.tuples(hs.just("decide_place"), hs.booleans(), hs.sampled_from(["", "现场照片显示位置无误"])),
     # 并案: the ticket merged into another (in any status), or another merged into it.
     hs.tuples(hs.just("merge"), hs.sampled_from(list(Status)), hs.sampled_from(["", "重复反映同一问题"])),
     hs.tuples(hs.just("take_duplicate")),
@@ -1619,6 +1763,10 @@ def step(t, action, now, n):
             return workflow.verify(t, "W017", args[1], args[0], "现场查看", CITY, TZ, now)
         case "place":
             return workflow.place(t, args[0], "dispatch_desk", CITY, now)
+        case "ask_place":
+            return workflow.request_place(t, "W017", args[1], args[0], args[2], CITY, now)
+        case "decide_place":
+            return workflow.decide_place(t, args[0], "dispatch_desk", args[1], CITY, now)
         case "merge":
             main = _in(args[0], ticket_no=MAIN)
             # Its own duplicates, as the API reads them with it: closed, pointing at it.
@@ -1672,6 +1820,16 @@ def check(t, before):
         assert t.meeting_id
     if t.extension_request is not None:
         assert t.status == st.ACCEPTED
+    if t.place_request is not None:  # waits only where the desk can decide it, for another grid
+        assert t.status in ALLOWED_STATUS_CHANGES["decide_place"].sources
+        assert t.grid is not None
+        assert t.place_request["grid"] in CITY.grids
+        assert t.place_request["grid"] != t.grid.grid
+        assert len(t.place_request["reason"]) >= workflow.REASON_MIN
+    if before.place_request is not None and t.place_request is not None:
+        assert t.place_request == before.place_request  # never replaced: decided first
+    if t.grid != before.grid:
+        assert t.place_request is None  # any placement settles the request
     assert t.returns <= 2
     assert t.reopens <= 2
     assert t.returns >= before.returns

@@ -47,6 +47,7 @@ from shared.events import (
     Part,
     PersonalDataRemoved,
     Place,
+    PlaceRequest,
     Returned,
     SurveyAnswered,
     SurveySent,
@@ -150,7 +151,7 @@ def test_a_placement_carries_its_place_and_an_update_of_the_version_before_still
     base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "dispatch_desk"}
     place = Place(grid="s02c01g02", community="s02c01", street="s02", was=None)
     placed = TicketUpdated(action="placed", grid="s02c01g02", place=place, **base)
-    assert (placed.version, placed.place) == (3, place)
+    assert (placed.version, placed.place) == (4, place)
     assert TicketUpdated.from_json(placed.to_bytes()) == placed
     with pytest.raises(ValidationError, match="placed carries exactly one of"):
         TicketUpdated(action="placed", grid="s02c01g02", **base)  # no place
@@ -164,6 +165,24 @@ def test_a_placement_carries_its_place_and_an_update_of_the_version_before_still
     assert (parsed.version, parsed.place, parsed.grid) == (2, None, "s01c01g01")
     view = UpdateOf.from_json(json.dumps(older).encode())
     assert (view.version, view.action, view.grid) == (2, "accepted", "s01c01g01")
+
+
+def test_a_place_request_carries_its_grid_and_keeps_the_tickets_grid_and_older_views_read_it():
+    """申请更正事发网格 (version 4): `place_requested` / `place_refused` carry the grid asked for; the
+    event's own grid stays the ticket's (nothing moved). The views of the version before read it."""
+    from services.intake.app import UpdateOf
+    from services.router.service import Escalation
+
+    base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "W017", "grid": "s01c01g01"}
+    asked = PlaceRequest(grid="s02c01g02", was="s01c01g01", reason="路灯实际在对面小区门口", by="W017")
+    for action in ("place_requested", "place_refused"):
+        event = TicketUpdated(action=action, place_request=asked, **base)
+        assert (event.version, event.grid, event.place_request) == (4, "s01c01g01", asked)
+        assert TicketUpdated.from_json(event.to_bytes()) == event
+        assert UpdateOf.from_json(event.to_bytes()).grid == "s01c01g01"  # intake's index: no move
+        assert Escalation.from_json(event.to_bytes()).meeting is None
+        with pytest.raises(ValidationError, match=f"{action} carries exactly one of"):
+            TicketUpdated(action=action, **base)
 
 
 def foreign_or_id(raw: bytes | None) -> str | None:
@@ -909,8 +928,8 @@ def _text_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
 BLANKED = {
     "text", "title", "address", "note", "resolution_note", "explanation", "caller_id", "masked_phone",
     "caller.caller_id", "caller.masked_phone", "grid.evidence", "returned.disputed_rule",
-    "extension.reason", "photos", "resolution_photos", "direct_answer", "verification_note",
-    "verification_photos", "mediation_agreement", "mediation.agreement",
+    "extension.reason", "place_request.reason", "photos", "resolution_photos", "direct_answer",
+    "verification_note", "verification_photos", "mediation_agreement", "mediation.agreement",
 }  # fmt: skip
 # Text that is no one's words: ids, the city's names from its configuration, codes, versions.
 KEPT = {
@@ -927,6 +946,7 @@ KEPT = {
     "by",  # the operator who took a survey's answer on the phone (工号)
     "merge.into", "merge.duplicate", "merge.moved", "merge.via", "merged_into", "merged",  # 并案: numbers
     "place.grid", "place.community", "place.street", "place.was",  # 事发网格: areas' ids
+    "place_request.grid", "place_request.was", "place_request.by",  # areas' ids, the worker's 工号
 }  # fmt: skip
 
 

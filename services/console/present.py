@@ -37,10 +37,13 @@ ACTION_NAMES = {
     "duplicate_merged": "并案",
     "remerged": "并案",
     "placed": "事发网格",
+    "place_requested": "申请更正事发网格",
+    "place_refused": "事发网格更正申请未同意",
 }
 # Steps whose note says them whole: 并入工单X合并办理：… / 并案：工单Y并入本工单（…） /
 # 随工单Y并入工单X… / 事发网格人工选定为X，原为Y（12345派单中心）.
-SAID_BY_NOTE = ("merged", "duplicate_merged", "remerged", "placed")
+# 网格员W017申请将事发网格更正为X（现为Y）：… / 12345派单中心不同意将事发网格更正为X（网格员W017申请）：…
+SAID_BY_NOTE = ("merged", "duplicate_merged", "remerged", "placed", "place_requested", "place_refused")
 TOPIC_NAMES = {
     "appeal.received": "受理登记",
     "appeal.classified": "智能分类",
@@ -120,6 +123,8 @@ DONE = {
     "return_meeting": "工单{no}已退单。此工单已两次被退回，将召集联席会议确定承办单位。",
     # The desk's 事发网格 (on the ticket's page, which then names the place and has the history's line).
     "place": "事发网格已更新为{place}，已记入办理记录；该网格的网格员将看到此工单。",
+    # The grid worker's 申请更正事发网格 (the page then shows the request waiting).
+    "place_requested": "更正申请已提交，等待派单中心审核；同意后工单将移至您选择的网格。",
     "place_confirmed": "已确认事发网格为{place}，已记入办理记录，位置核实的提示不再显示。",
     # The desk's 改派 (on the ticket's page, which then shows the ticket with its new department).
     "redispatch": "已改派至{department}，其签收和办结时限重新计算；原承办单位不再看到此工单。",
@@ -983,4 +988,20 @@ def access_audit_row(entry: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict
         "actor_name": actor_words(str(entry.get("actor") or ""), str(entry.get("actor_note") or "")),
         "held_by": whom(entry, city),
         "expires": local(entry.get("expires_at"), tz) or "长期有效",
+    }
+
+
+def place_request(ticket: Mapping[str, Any], city: City) -> dict[str, str]:
+    """A grid worker's pending request to correct the grid (申请更正事发网格), as the ticket's page and
+    the desk read it: the place asked for by name, the reason, the worker; {} when none waits."""
+    asked = ticket.get("place_request") or {}
+    if not asked:
+        return {}
+    grid = str(asked.get("grid") or "")
+    return {
+        "grid": grid,
+        "place": place_name(city, grid) if grid in city.grids else grid,
+        "now": place_name(city, (ticket.get("grid") or {}).get("grid")),
+        "reason": str(asked.get("reason") or ""),
+        "by": str(asked.get("by") or ""),
     }

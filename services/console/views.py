@@ -1112,6 +1112,14 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         # 事发网格: the desk sets or corrects the grid of an assigned ticket (the API refuses the
         # other statuses, with the reason); the city's grids by street and community.
         "can_place": s.principal.role == "admin" and workflow.allowed(Status(ticket["status"]), "place"),
+        # 申请更正事发网格: the worker of the ticket's grid asks the desk (the API refuses the rest);
+        # one request at a time, so not while one waits.
+        "can_request_place": s.principal.role == "grid_worker"
+        and grid is not None
+        and grid == s.principal.grid
+        and workflow.allowed(Status(ticket["status"]), "request_place")
+        and not ticket.get("place_request"),
+        "place_request": present.place_request(ticket, city),
         "grid_groups": present.grid_choices(city),
         "grid_id": grid,
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
@@ -1221,6 +1229,31 @@ async def ticket_place(request: Request, no: str, s: session.Session = Depends(a
     errors = field_errors(reply, PLACE_FIELDS, "form", form)
     status = reply.status if 400 <= reply.status < 500 else 422
     return await action_refused(request, s, no, reply, status, action="place", errors=errors, values=values)
+
+
+# The grid worker's 申请更正事发网格 form: its fields and labels; an error naming no field (the ticket
+# moved on meanwhile, or a request already waits) is shown above the form.
+PLACE_REQUEST_FIELDS = {"form": "", "grid": "问题实际所在网格", "reason": "现场核实情况"}
+
+
+@router.post("/tickets/{no}/place-request")  # before the departments' actions below: a path of its own
+async def ticket_place_request(request: Request, no: str, s: session.Session = Depends(as_grid_worker)):
+    """申请更正事发网格: the grid worker asks the desk to place the ticket in the grid where the
+    problem is, with what was seen on the spot. A refusal is said beside its field, which takes the
+    focus."""
+    form = await checked_form(request, s)
+    values = {"grid": text(form, "grid"), "reason": text(form, "reason")}
+    if not values["grid"]:  # none chosen: said so beside the select, not as an unknown grid ''
+        reply = Reply(422, {"message": workflow.REQUIRED["request_place.grid"], "field": "grid"})
+    else:
+        reply = await api(request, s).post(f"/api/v1/tickets/{no}/place-request", values)
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done=place_requested", status_code=303)
+    errors = field_errors(reply, PLACE_REQUEST_FIELDS, "form", form)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await action_refused(
+        request, s, no, reply, status, action="request_place", errors=errors, values=values
+    )
 
 
 # The desk's 并案 form: a duplicate no department has taken up (the API refuses the others, saying
@@ -1438,6 +1471,11 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         {**row(t, tz, now), "dates": present.extension_dates(t, city, tz)}
         for t in (followed.body["extensions"] if followed.ok else [])
     ]
+    # 事发网格更正申请: each grid worker's request, with the grid it is in now and the one asked for.
+    place_requests = [
+        {**row(t, tz, now), "asked": present.place_request(t, city)}
+        for t in (followed.body.get("place_requests", []) if followed.ok else [])
+    ]
     returned_section = section(Reply(followed.status, followed.body["returned"]) if followed.ok else followed)
     returned = returned_section["items"]
     # Why each ticket was returned, read from its history: the table's page, and the cards of a
@@ -1488,6 +1526,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         s=s,
         sections=sections,
         extensions=extensions,
+        place_requests=place_requests,
         returned=returned_section,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],
@@ -1496,7 +1535,9 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         kept=kept,
         done=done,
         # After a dispatch or a verdict, the card the desk goes on to (desk_redirect), if still shown.
-        focus=wanted if done and any(t["ticket_no"] == wanted for t in shown + extensions) else "",
+        focus=wanted
+        if done and any(t["ticket_no"] == wanted for t in shown + extensions + place_requests)
+        else "",
     )
 
 
@@ -1561,6 +1602,19 @@ async def desk_extension(request: Request, no: str, verdict: str, s: session.Ses
     )
     done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
     return desk_redirect(reply, done, text(form, "next"), "ext")
+
+
+@router.post("/desk/{no}/place-request/{verdict}")
+async def desk_place_request(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
+    """The desk decides a grid worker's request to correct the grid (事发网格更正申请): 同意 places the
+    ticket in the grid asked for, 不同意 drops the request with the desk's reason (required)."""
+    form = await checked_form(request, s)
+    reply = await api(request, s).post(
+        f"/api/v1/tickets/{no}/place-request/{verdict}", {"note": text(form, "note")}
+    )
+    decided = "已同意，事发网格已更正" if verdict == "approve" else "未同意，已告知网格员"
+    done = f"工单{no}的事发网格更正申请{decided}"
+    return desk_redirect(reply, done, text(form, "next"), "placereq")
 
 
 def dispatched(no: str, ticket: Mapping[str, Any]) -> str:

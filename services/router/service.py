@@ -55,7 +55,7 @@ class Escalation(View):
     for, and the words that say why. The other actions, most of what it reads, need no more."""
 
     of = TicketUpdated
-    version: int = 3
+    version: int = 4
     note: str = ""
     meeting: MeetingSpec | None = None
 
@@ -260,7 +260,8 @@ class Queues:
 
     async def followed(self, desk: str, departments: Sequence[str]) -> FollowedByDesk:
         """What the dispatch desk follows, in one pass over the queues (`QueueFilter.desk`): every
-        extension request waiting for its decision, and the tickets returned at least once (退单)
+        extension request waiting for its decision, every grid worker's request to correct a
+        ticket's grid (申请更正事发网格) waiting for it, and the tickets returned at least once (退单)
         still open, those the departments hold (queue by queue, in the order given) before those
         at the desk: waiting to be dispatched again, then held by a joint meeting. Kept as the store
         keeps them: the caller makes models of what it shows, a page of the returned ones, not of
@@ -279,14 +280,20 @@ class Queues:
             # thousands of answered calls waiting for their survey after them).
             self._read(f"queue:{desk}", desk, QueueFilter(desk=True), upto=_HELD),
         )
-        followed = FollowedByDesk([], [])
+        followed = FollowedByDesk([], [], [])
         for _, raw, kept in (ticket for queue in held for ticket in queue):
             if kept["status"] == Status.CLOSED:
                 continue
             if kept.get("extension_request") is not None:
                 followed.extensions.append(raw)
+            if kept.get("place_request") is not None:
+                followed.place_requests.append(raw)
             if kept.get("returns", 0) > 0:
                 followed.returned.append(raw)
+        # The desk's own tickets held by a joint meeting may be placed, and so asked about too.
+        followed.place_requests.extend(
+            raw for _, raw, kept in at_desk if kept["status"] == Status.MEETING and kept.get("place_request")
+        )
         followed.returned.extend(
             raw
             for _, raw, kept in at_desk
@@ -315,6 +322,7 @@ class FollowedByDesk:
 
     extensions: list[bytes | str]
     returned: list[bytes | str]
+    place_requests: list[bytes | str]  # a grid worker's request to correct the grid, waiting
 
 
 def _models(found: list[tuple[str, bytes | str]], page: int, size: int) -> list[Ticket]:
@@ -334,7 +342,8 @@ def _held_by(t: Ticket | Mapping[str, Any], dept: str) -> bool:
 class QueueFilter:
     """What a page of a department's queue is narrowed to; None narrows nothing. `categories`: a
     category with those under it; `received_on`: the day, in `tz`; `desk`: the tickets the dispatch
-    desk follows, an extension request waiting for its decision or returned at least once."""
+    desk follows, an extension request or a request to correct the grid waiting for its decision, or
+    returned at least once."""
 
     status: str | None = None
     overdue: bool | None = None
@@ -370,7 +379,11 @@ class QueueFilter:
 
     @staticmethod
     def _followed_by_desk(t: Mapping[str, Any]) -> bool:
-        return t.get("extension_request") is not None or t.get("returns", 0) > 0
+        return (
+            t.get("extension_request") is not None
+            or t.get("place_request") is not None
+            or t.get("returns", 0) > 0
+        )
 
     def _day(self, received_at: str) -> date:
         return datetime.fromisoformat(received_at).astimezone(self.tz).date()

@@ -2,7 +2,8 @@
 and joint meetings. Every call carries a bearer token (`appeals token --department ID|--admin`):
 a department sees and acts on its own tickets only; the dispatch desk (admin) reads everything,
 assigns from its queue, re-dispatches a department's ticket, decides extensions and meeting outcomes;
-a grid worker reads its grid's tickets and checks their resolutions on the spot (现场核查). A
+a grid worker reads its grid's tickets, checks their resolutions on the spot (现场核查) and asks the
+desk to correct a ticket's grid (申请更正事发网格), which the desk approves or refuses. A
 department refers a dispute between parties to its street's mediation committee (转人民调解), which
 then works it as any department does and resolves it with the mediation's outcome."""
 
@@ -63,6 +64,7 @@ def flags(ticket: Ticket) -> list[str]:
             (ticket.escalated, "升级督办"),
             (ticket.status == Status.MEETING, "联席会议"),
             (ticket.extension_request is not None, "延期待审"),
+            (ticket.place_request is not None, "网格更正待审"),  # a grid worker asked the desk
             (ticket.urges > 0, f"催办{ticket.urges}次"),
             (ticket.verification == "not_solved", "核查未解决"),  # the grid worker sent it back
             (bool(ticket.merged), f"并案{len(ticket.merged)}件"),  # more residents wait on its result
@@ -603,7 +605,8 @@ async def department_tickets(
     grid: str | None = None,
     date: dt.date | None = Query(None, description="received that day (the city's date)"),
     desk: bool | None = Query(
-        None, description="an extension request waiting for the desk, or returned at least once"
+        None,
+        description="an extension or grid-correction request waiting for the desk, or returned at least once",
     ),
     page: int = Query(1, ge=1),
     size: int = Query(20, ge=1, le=200),
@@ -682,7 +685,8 @@ async def dispatch_followed(
     size: int = Query(20, ge=1, le=200),
 ):
     """What the dispatch desk follows of the open tickets: every extension request waiting for its
-    decision (`extensions`: each a decision to take, all of them), and a page of the tickets returned
+    decision (`extensions`: each a decision to take, all of them), every grid worker's request to
+    correct a ticket's grid (`place_requests`, all of them), and a page of the tickets returned
     at least once (`returned`: those the departments hold, department by department, then those
     waiting at the desk to be dispatched again), with how many there are. One pass over the queues
     reads both; only the tickets sent are made models."""
@@ -695,6 +699,9 @@ async def dispatch_followed(
     return JSONResponse(  # already JSON, as a department's queue above
         {
             "extensions": [ticket_view(Ticket.model_validate_json(raw)) for raw in followed.extensions],
+            "place_requests": [
+                ticket_view(Ticket.model_validate_json(raw)) for raw in followed.place_requests
+            ],
             "returned": {
                 "total": total,
                 "page": page,
@@ -809,6 +816,61 @@ async def place_ticket(
         request,
         ticket_no,
         lambda t, now: workflow.place(t, body.grid.strip(), desk, city, now),
+        principal=principal,
+    )
+
+
+# Who asks the desk to correct a ticket's grid: the grid worker of that grid, who went to look (位置核实);
+# the desk places tickets itself, a department says so to the desk or returns it (属地有误).
+requesting_worker = require_role("grid_worker", refusal="只有本网格的网格员可以申请更正事发网格")
+
+
+class PlaceRequestIn(BaseModel):
+    grid: str = Field(
+        max_length=100, description="the grid the problem is in, as seen on the spot (areas.yaml's id)"
+    )
+    # Checked by the workflow (at least a few characters), so a blank one is refused in words.
+    reason: str = Field("", max_length=2000, description="what the worker saw on the spot")
+
+
+@router.post("/tickets/{ticket_no}/place-request")
+async def request_place(
+    ticket_no: str, body: PlaceRequestIn, request: Request, principal: Principal = Depends(requesting_worker)
+):
+    """申请更正事发网格: the grid worker of the ticket's grid found on the spot that the problem is in
+    another grid, and asks the dispatch desk to place it there, saying what was seen. Nothing moves
+    until the desk decides (`/place-request/approve` or `/refuse`); the request waits on the ticket
+    (`place_request`) and in what the desk follows (`/dispatch/followed`). Another grid's ticket is
+    404 (as for verify), another role 403; an unknown grid or a reason too short 422 (field grid or
+    reason); the grid it has already, a request already waiting, or a status the desk could not
+    place it in 409."""
+    city = request.app.state.city
+    worker, grid = principal.operator or principal.token_id, principal.grid
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.request_place(t, worker, grid, body.grid.strip(), body.reason, city, now),
+        principal=principal,
+    )
+
+
+@router.post("/tickets/{ticket_no}/place-request/{verdict}")
+async def decide_place_request(
+    ticket_no: str,
+    verdict: Literal["approve", "refuse"],
+    request: Request,
+    body: DecisionIn | None = None,
+    principal: Principal = Depends(require_admin),
+):
+    """The desk decides a grid worker's request to correct the grid: approve places the ticket in the
+    grid asked for (`placed`, as `/place` does); refuse drops the request with the desk's reason
+    (`note`, required: 422 field reason). No request waiting: 409."""
+    city, _, desk = desk_context(request)
+    note = body.note if body else ""
+    return await act(
+        request,
+        ticket_no,
+        lambda t, now: workflow.decide_place(t, verdict == "approve", desk, note, city, now),
         principal=principal,
     )
 

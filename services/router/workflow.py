@@ -17,6 +17,8 @@
     resolved / surveyed -> verified (现场核查, the grid's worker looked): solved, the status stays;
                            not solved, back to the department that resolved it (重办), as 不满意 does
     assigned .. surveyed -> placed (事发网格: the desk sets or corrects the grid): the status stays
+    assigned .. surveyed -> place requested (the grid's worker asks the desk to correct the grid,
+                            申请更正事发网格) -> placed (the desk agrees) or refused: the status stays
 
 `ALLOWED_STATUS_CHANGES` names every step, the statuses it may start from and the statuses it may
 lead to; `check` is the one place that enforces it, and every step function below goes through it
@@ -63,6 +65,7 @@ from shared.events import (
     MeetingSpec,
     Merge,
     Place,
+    PlaceRequest,
     Returned,
     ReturnReason,
     SurveyAnswered,
@@ -106,6 +109,8 @@ Step = Literal[
     "receive_duplicate",  # 并案, the main ticket's side: it lists the duplicate, its status stays
     "remerge",  # 并案, a duplicate of the one merged: closed, it follows it into the new main ticket
     "place",  # 事发网格: the desk sets or corrects the grid of a ticket already assigned
+    "request_place",  # the grid worker of the ticket's grid asks the desk to correct its grid
+    "decide_place",  # the desk agrees (a `place` to the grid asked for) or refuses, with its reason
 ]
 
 
@@ -122,6 +127,8 @@ def _move(name: str, sources: Iterable[Status], targets: Iterable[Status] | None
 
 
 S = Status
+# Where a ticket's grid may be corrected (`place`), and so asked to be corrected and decided on.
+PLACEABLE = frozenset({S.ASSIGNED, S.ACCEPTED, S.MEETING, S.RESOLVED, S.SURVEYED})
 ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     "assign": _move("派单", {S.RECEIVED}, {S.ASSIGNED, S.REVIEW}),
     "reclassify": _move("按更正的分类派单", {S.REVIEW}, {S.ASSIGNED, S.REVIEW}),
@@ -196,10 +203,20 @@ ALLOWED_STATUS_CHANGES: dict[Step, Move] = {
     # the record of a finished ticket stays as it was closed.
     "place": _move(
         "更改事发网格",
-        {S.ASSIGNED, S.ACCEPTED, S.MEETING, S.RESOLVED, S.SURVEYED},
+        PLACEABLE,
         None,
         "（只有已派单、尚未结案的工单可以更改事发网格；待人工派单的工单请在派单时于“事发网格”中选择）",
     ),
+    # 申请更正事发网格: the grid worker found on the spot that the problem is elsewhere (位置核实), and
+    # asks the desk, which alone places tickets; where the desk could place it, and only there. The
+    # request waits on the ticket (`place_request`) as a department's extension request does.
+    "request_place": _move(
+        "申请更正事发网格",
+        PLACEABLE,
+        None,
+        "（只有已派单、尚未结案的工单可以申请更正事发网格）",
+    ),
+    "decide_place": _move("审核事发网格更正申请", PLACEABLE, None),
 }
 # Where every ticket starts (the appeal is numbered and recorded before anything else happens).
 INITIAL = Status.RECEIVED
@@ -270,10 +287,18 @@ def _updated(
             "status": status,
             "applied": applied(ticket, *(e for e in (cause, event) if e is not None)),
             "updated_at": event.occurred_at,
+            "place_request": _place_request_kept(ticket, status),
             **changes,
         }
     )
     return Outcome(new, publish=[event], record=[cause] if cause is not None else [])
+
+
+def _place_request_kept(ticket: Ticket, status: Status) -> dict | None:
+    """A grid worker's pending request to correct the grid (申请更正事发网格) waits while the desk may
+    still place the ticket; a ticket that leaves those statuses (returned to the desk, whose dispatch
+    places it; finished) drops it, so no request waits that the desk could not decide."""
+    return ticket.place_request if status in PLACEABLE else None
 
 
 # --- intake and assignment ---------------------------------------------------------------------
@@ -426,6 +451,7 @@ def _assigned(
             "overdue": False,
             "escalated": False,
             "extension_request": None,
+            "place_request": _place_request_kept(ticket, status),
             "meeting_by": None,
             "applied": applied(ticket, event),
             "updated_at": now,
@@ -618,7 +644,9 @@ def place(ticket: Ticket, grid_id: str, operator: str, city: City, now: datetime
 
     The desk only (the view's rule): a department whose place is wrong returns the ticket (退单,
     属地有误) before it accepts it, or asks the desk. A department may not move its own ticket: the
-    place decides whose street it counts against, and often who is responsible for it."""
+    place decides whose street it counts against, and often who is responsible for it. A grid
+    worker asks the desk (`request_place`); any placement settles a pending request, said in the
+    history: granted when it is the grid asked for, dropped otherwise."""
     check(ticket, "place")
     chosen = chosen_grid(city, grid_id)
     words = place_words(city, chosen)
@@ -633,6 +661,17 @@ def place(ticket: Ticket, grid_id: str, operator: str, city: City, now: datetime
             f"工单{ticket.ticket_no}的事发网格已是{words}，无需更改；如位置有误，请选择问题实际所在的网格",
             field="grid",
         )
+    if (pending := ticket.place_request) is not None:
+        by = pending.get("by", "")
+        if pending.get("grid") == chosen.grid:
+            note += f"，同意网格员{by}的更正申请"
+        else:
+            asked = (
+                place_words(city, chosen_grid(city, pending["grid"]))
+                if pending.get("grid") in city.grids
+                else ""
+            )
+            note += f"，网格员{by}申请更正为{asked or pending.get('grid')}的申请随之撤销"
     event = ticket_updated(
         ticket,
         "placed",
@@ -649,7 +688,84 @@ def place(ticket: Ticket, grid_id: str, operator: str, city: City, now: datetime
         ),
         occurred_at=now,
     )
-    return _updated(ticket, "place", event, grid=chosen)
+    return _updated(ticket, "place", event, grid=chosen, place_request=None)
+
+
+def request_place(
+    ticket: Ticket, worker: str, grid: str | None, grid_id: str, reason: str, city: City, now: datetime
+) -> Outcome:
+    """申请更正事发网格: the grid worker (`worker`, of `grid`) found on the spot that the problem is in
+    another grid (`grid_id`), and asks the desk to place it there, saying what was seen (`reason`).
+    The status and the grid stay until the desk decides (`decide_place`); the request waits on the
+    ticket (`place_request`), as a department's extension request does (`request_extension`).
+
+    One at a time: a second request is refused while the first waits, as a second extension request
+    is. The desk decides on the request it was shown; one replaced meanwhile would have it approve a
+    grid it never read. The worker who finds more says so once the first is decided."""
+    if ticket.grid is None or grid is None or ticket.grid.grid != grid:
+        # Another grid's ticket: the same answer as no ticket, as reading it gives (see `verify`).
+        raise WorkflowError("not_found", f"工单{ticket.ticket_no}不存在", kind="not_found")
+    check(ticket, "request_place")
+    if ticket.place_request is not None:
+        by = ticket.place_request.get("by", "")
+        raise WorkflowError(
+            "place_request_pending",
+            f"工单{ticket.ticket_no}已有一项事发网格更正申请（网格员{by}提出）待派单中心审核，请等待审核结果",
+        )
+    chosen = chosen_grid(city, grid_id)
+    words = place_words(city, chosen)
+    if chosen.grid == grid:
+        raise WorkflowError(
+            "same_grid",
+            f"工单{ticket.ticket_no}的事发网格已是{words}，无需申请更正；现场核实问题在其他网格的，请选择该网格",
+            field="grid",
+        )
+    reason = _stated(reason, "request_place")
+    request = {"grid": chosen.grid, "reason": reason, "by": worker, "at": now.isoformat()}
+    event = ticket_updated(
+        ticket,
+        "place_requested",
+        ticket.status,
+        actor=worker,
+        note=f"网格员{worker}申请将事发网格更正为{words}（现为{place_words(city, ticket.grid)}）：{reason}",
+        place_request=PlaceRequest(grid=chosen.grid, was=grid, reason=reason, by=worker),
+        occurred_at=now,
+    )
+    return _updated(ticket, "request_place", event, place_request=request)
+
+
+def decide_place(
+    ticket: Ticket, approve: bool, operator: str, note: str, city: City, now: datetime
+) -> Outcome:
+    """The desk decides a grid worker's request to correct the grid (`request_place`). Approved: the
+    desk's own placement in the grid asked for (`place`: `placed`, which the record, the duplicate
+    index and the figures follow), which settles the request. Refused: the request is dropped, the
+    desk's reason (`note`, required: the worker who went to look reads why) in the history."""
+    check(ticket, "decide_place")
+    pending = ticket.place_request
+    if pending is None:
+        raise WorkflowError("no_place_request", f"工单{ticket.ticket_no}没有待审核的事发网格更正申请")
+    if approve:
+        return place(ticket, str(pending["grid"]), operator, city, now)
+    reason = _stated(note, "decide_place")
+    asked = str(pending.get("grid", ""))
+    words = place_words(city, chosen_grid(city, asked)) if asked in city.grids else asked
+    by = str(pending.get("by", ""))
+    event = ticket_updated(
+        ticket,
+        "place_refused",
+        ticket.status,
+        actor=operator,
+        note=f"{dispatcher(city, operator)}不同意将事发网格更正为{words}（网格员{by}申请）：{reason}",
+        place_request=PlaceRequest(
+            grid=asked,
+            was=ticket.grid.grid if ticket.grid else None,
+            reason=str(pending.get("reason", "")),
+            by=by,
+        ),
+        occurred_at=now,
+    )
+    return _updated(ticket, "decide_place", event, place_request=None)
 
 
 def dispatcher(city: City, operator: str) -> str:
@@ -682,6 +798,9 @@ REQUIRED: dict[str, str] = {
     "merge.reason": _reason_wanted("并案原因（为何与主件是同一问题）", "主件的承办单位"),
     "mediate.reason": _reason_wanted("转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会"),
     "place.grid": "请在“事发网格”中按街道、社区选择问题所在的网格",  # the console's (the API's: required)
+    "request_place.grid": "请选择现场核实的问题实际所在的网格",  # the console's (the API's: required)
+    "request_place.reason": _reason_wanted("现场核实的情况（问题实际在哪里）", "派单中心"),
+    "decide_place.reason": _reason_wanted("不同意的理由", "申请的网格员"),
 }
 
 

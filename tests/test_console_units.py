@@ -348,6 +348,21 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
         == "，请核实事发位置，有误的请告知派单中心更正"
     )
     assert told("grid_worker") == "，请到现场核实事发位置，有误的请告知派单中心更正"
+    # A grid worker's request to correct it waits: every reader is told so, the desk where to decide,
+    # and the desk's form has the grid asked for chosen already.
+    asked = present.place_request(
+        {**live, "place_request": {"grid": "s02c01g01", "by": "W011", "reason": "在建设社区"}}, city
+    )
+    waiting = f"，网格员W011已申请更正为{asked['place']}，等待派单中心审核"
+    assert told("department", department="urban_mgmt", apart_elsewhere=True, place_request=asked) == waiting
+    assert told("grid_worker", place_request=asked) == waiting
+    assert told("admin", can_place=True, place_request=asked).startswith("，网格员W011已申请更正为")
+    html = render_ticket(
+        city, live, place=present.place_name(city, "s01c01g01"), grid_apart=said, can_place=True,
+        place_request=asked, grid_groups=present.grid_choices(city), grid_id="s01c01g01",
+    )  # fmt: skip
+    assert 'id="place-asked"' in html
+    assert re.search(r'<option value="s02c01g01"[^>]*selected', html), "the grid asked for is chosen"
     waiting = {**live, "status": "review"}
     html = render_ticket(city, waiting, place=present.place_name(city, "s01c01g01"), grid_apart=said)
     assert f"{said}，派单时请在“事发网格”中确认" in html

@@ -1122,7 +1122,7 @@ def test_any_placement_by_the_desk_settles_a_pending_request_and_a_return_to_the
     asked = workflow.request_place(t, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0).ticket
     elsewhere = workflow.place(asked, "s03c02g03", "dispatch_desk", CITY, T0)
     assert elsewhere.ticket.place_request is None
-    assert "网格员W017申请更正为建设街道建设社区第二网格的申请随之撤销" in elsewhere.publish[0].note
+    assert "网格员W017的更正申请（更正为建设街道建设社区第二网格）随之撤销" in elsewhere.publish[0].note
     granted = workflow.place(asked, "s02c01g02", "dispatch_desk", CITY, T0)
     assert granted.ticket.place_request is None
     assert "同意网格员W017的更正申请" in granted.publish[0].note

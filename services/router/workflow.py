@@ -671,7 +671,7 @@ def place(ticket: Ticket, grid_id: str, operator: str, city: City, now: datetime
                 if pending.get("grid") in city.grids
                 else ""
             )
-            note += f"，网格员{by}申请更正为{asked or pending.get('grid')}的申请随之撤销"
+            note += f"，网格员{by}的更正申请（更正为{asked or pending.get('grid')}）随之撤销"
     event = ticket_updated(
         ticket,
         "placed",
@@ -799,7 +799,7 @@ REQUIRED: dict[str, str] = {
     "mediate.reason": _reason_wanted("转人民调解的原因（为何属于当事人之间的纠纷）", "人民调解委员会"),
     "place.grid": "请在“事发网格”中按街道、社区选择问题所在的网格",  # the console's (the API's: required)
     "request_place.grid": "请选择现场核实的问题实际所在的网格",  # the console's (the API's: required)
-    "request_place.reason": _reason_wanted("现场核实的情况（问题实际在哪里）", "派单中心"),
+    "request_place.reason": _reason_wanted("现场核实的情况，即问题实际在哪里", "派单中心"),
     "decide_place.reason": _reason_wanted("不同意的理由", "申请的网格员"),
 }
 

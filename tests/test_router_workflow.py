@@ -1126,9 +1126,13 @@ def test_any_placement_by_the_desk_settles_a_pending_request_and_a_return_to_the
     granted = workflow.place(asked, "s02c01g02", "dispatch_desk", CITY, T0)
     assert granted.ticket.place_request is None
     assert "同意网格员W017的更正申请" in granted.publish[0].note
-    returned = workflow.return_ticket(asked, "urban_mgmt", "duplicate", "", "", CITY, TZ, T0).ticket
-    # Back at the desk (重复工单): its dispatch places it, so no request waits that it could not decide.
-    assert (returned.status, returned.place_request) == (st.REVIEW, None)
+    back = workflow.return_ticket(asked, "urban_mgmt", "duplicate", "", "", CITY, TZ, T0)
+    # Back at the desk (重复工单): its dispatch places it, so no request waits that it could not decide;
+    # the history says what the worker asked, for the desk to read as it dispatches.
+    assert (back.ticket.status, back.ticket.place_request) == (st.REVIEW, None)
+    assigned = next(e for e in back.publish if e.topic == "ticket.assigned")
+    assert "网格员W017的事发网格更正申请（更正为建设街道建设社区第二网格：" in assigned.explanation
+    assert assigned.explanation.endswith("随之撤销，请派单时在“事发网格”中确定）")
 
 
 def test_placing_is_refused_saying_what_to_do_for_a_grid_it_has_no_grid_and_a_finished_ticket():

@@ -821,6 +821,21 @@ def _not_settled_by_meeting(ticket: Ticket, doing: str) -> None:
         raise WorkflowError("meeting_decided", f"该工单的主办单位由联席会议确定，不能{doing}")
 
 
+def _dropped_place_request(ticket: Ticket, city: City) -> str:
+    """What a return to the desk says about a grid worker's pending request to correct the grid,
+    which goes (`_place_request_kept`): the desk places the ticket as it dispatches it, so what the
+    worker asked for is read here, in the history, as it does."""
+    pending = ticket.place_request
+    if pending is None:
+        return ""
+    asked = str(pending.get("grid") or "")
+    words = place_words(city, chosen_grid(city, asked)) if asked in city.grids else asked
+    return (
+        f"（网格员{pending.get('by', '')}的事发网格更正申请（更正为{words}：{pending.get('reason', '')}）"
+        "随之撤销，请派单时在“事发网格”中确定）"
+    )
+
+
 def _dropped_extension(ticket: Ticket) -> str:
     """What a move says about the old department's pending extension request, which goes with it."""
     return "其延期申请随之撤销" if ticket.extension_request is not None else ""
@@ -1365,7 +1380,8 @@ def return_ticket(
             city=city,
             tz=tz,
             now=now,
-            explanation=f"{why}；{_TO_THE_DESK.get(why_code, '转派单中心处理')}",
+            explanation=f"{why}；{_TO_THE_DESK.get(why_code, '转派单中心处理')}"
+            + _dropped_place_request(ticket, city),
         )
     else:
         new, assigned = _assigned(

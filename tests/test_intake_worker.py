@@ -147,6 +147,20 @@ async def placed_by_desk(
     return store, DuplicateIndex(redis, store), no, old, new
 
 
+async def found_in_the_new_grid_only(
+    redis, store: TicketStore, text: str, no: str, old: str, new: str
+) -> None:
+    """The same words again are found as the placed ticket in its new grid, and not in the old one
+    (then the test's keys go)."""
+    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
+    again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
+    assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [
+        (no, "similar_text")
+    ]
+    assert await previewer.duplicates(again, old) == []
+    await redis.delete(ticket_key(no), keys.grid_index(old), keys.grid_index(new))
+
+
 async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
     """The dispatch desk chose the grid (the classifier found none, or another): the assignment
     puts the ticket in that grid's index, and the grid it left passes it over."""
@@ -172,13 +186,7 @@ async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_
     await index.placed([assigned(f"test-{uuid.uuid4().hex[:8]}", False)])  # the grid it had: no change
     await index.placed([assigned(new, True)])
     assert await redis.zscore(keys.grid_index(new), no) is not None
-    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
-    again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
-    assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [
-        (no, "similar_text")
-    ]
-    assert await previewer.duplicates(again, old) == []
-    await redis.delete(ticket_key(no), keys.grid_index(old), keys.grid_index(new))
+    await found_in_the_new_grid_only(redis, store, text, no, old, new)
 
 
 async def test_a_ticket_placed_after_its_assignment_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
@@ -209,10 +217,4 @@ async def test_a_ticket_placed_after_its_assignment_is_compared_in_its_new_grid_
     assert await redis.zscore(keys.grid_index(elsewhere), no) is None  # an acceptance places nothing
     await index.updated([update("placed", new, place=Place(grid=new, was=old))])
     assert await redis.zscore(keys.grid_index(new), no) == at.timestamp()
-    previewer = Previewer(demo_city(), store, classifiers=None)  # type: ignore[arg-type]
-    again = Submission(channel="hotline", text=text, phone=f"139{random.randint(10**7, 10**8 - 1)}")
-    assert [(d.ticket.ticket_no, d.reason) for d in await previewer.duplicates(again, new)] == [
-        (no, "similar_text")
-    ]
-    assert await previewer.duplicates(again, old) == []
-    await redis.delete(ticket_key(no), keys.grid_index(old), keys.grid_index(new))
+    await found_in_the_new_grid_only(redis, store, text, no, old, new)

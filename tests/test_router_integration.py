@@ -203,6 +203,12 @@ async def test_dispatch_desk_fallback_and_feedback(api, producer, city, tokens, 
     assert again.status_code == 409
 
 
+def placed_by_desk(ticket: dict) -> tuple[str, str, str, str]:
+    """Where a ticket is, as the desk placed it: its grid, community, street and how it was placed."""
+    grid = ticket["grid"]
+    return grid["grid"], grid["community"], grid["street"], grid["method"]
+
+
 async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds_it(
     api, producer, city, tokens, redis, pool
 ):
@@ -222,13 +228,7 @@ async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "assigned"
-    grid = body["grid"]
-    assert (grid["grid"], grid["community"], grid["street"], grid["method"]) == (
-        "s02c01g02",
-        "s02c01",
-        "s02",
-        "desk",
-    )
+    assert placed_by_desk(body) == ("s02c01g02", "s02c01", "s02", "desk")
     assigned = body["history"][-1]
     assert (assigned["topic"], assigned["grid"], assigned["grid_chosen"], assigned["version"]) == (
         "ticket.assigned",
@@ -313,13 +313,7 @@ async def test_the_desk_places_an_assigned_ticket_and_the_record_and_the_duplica
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["status"], body["department"]["id"]) == ("assigned", routed["department"]["id"])
-    grid = body["grid"]
-    assert (grid["grid"], grid["community"], grid["street"], grid["method"]) == (
-        "s02c01g02",
-        "s02c01",
-        "s02",
-        "desk",
-    )
+    assert placed_by_desk(body) == ("s02c01g02", "s02c01", "s02", "desk")
     placed = body["history"][-1]
     assert (placed["topic"], placed["action"], placed["version"], placed["grid"]) == (
         "ticket.updated",

@@ -432,6 +432,12 @@ def train(
             f"held-out macro-F1 {meta['metrics']['macro_f1']:.4f}; review threshold {review['threshold']} "
             f"(precision {review['precision']}, review share {review['review_share']:.2%})"
         )
+        if unclear := review.get("unclear"):
+            typer.echo(
+                f"appeals naming no problem routed automatically: {unclear['routed']:.2%} of {unclear['n']} "
+                f"(at most {unclear['routed_at_most']:.0%}; threshold for precision alone "
+                f"{review['precision_threshold']})"
+            )
     if approve:
         if trained.path.parent.resolve() != settings.model_dir.resolve():
             _fail(f"--approve needs the model in {settings.model_dir} (where the classifier looks)")

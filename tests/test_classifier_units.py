@@ -107,6 +107,29 @@ def test_auto_routed_appeals_meet_the_target_at_the_chosen_threshold(pairs, targ
         assert ((cuts & correct.astype(bool)).sum(axis=1) / cuts.sum(axis=1) < target + 1e-9).all()
 
 
+def test_the_threshold_rises_until_few_appeals_naming_no_problem_reach_it():
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1, 1, 1, 1, 1, 0])
+    review = evaluation.threshold_for_precision(conf, correct, 0.8)
+    assert review["threshold"] == 0.6  # 5 of 6 right: the target is met with everything routed
+    unclear = np.linspace(0.05, 0.75, 20)  # the vague calls' top confidences
+    raised = evaluation.keeping_out(review, conf, correct, unclear, routed_at_most=0.1)
+    assert raised["threshold"] > 0.6
+    assert (unclear >= raised["threshold"]).mean() <= 0.1
+    assert raised["precision_threshold"] == 0.6
+    assert raised["coverage"] == pytest.approx(4 / 6, abs=1e-4)  # the figures at the raised threshold
+    assert raised["precision"] == 1.0
+    assert raised["unclear"] == {"n": 20, "routed_at_most": 0.1, "routed": 0.1}
+    # Already above every vague call: unchanged but for the figures of what it keeps out.
+    low = evaluation.keeping_out(review, conf, correct, np.full(5, 0.1), routed_at_most=0.1)
+    assert low["threshold"] == 0.6
+    assert low["unclear"]["routed"] == 0.0
+    # Nothing routed automatically anyway, or nothing to keep out: nothing changes.
+    unreachable = evaluation.threshold_for_precision(conf, np.zeros(6), 0.95)
+    assert evaluation.keeping_out(unreachable, conf, correct, unclear, routed_at_most=0.1) == unreachable
+    assert evaluation.keeping_out(review, conf, correct, np.array([]), routed_at_most=0.1) == review
+
+
 def _curve(points: list[tuple[int, float]]) -> list[dict]:
     return [
         {"fraction": n / points[-1][0], "n_train": n, "macro_f1_mean": f, "macro_f1_std": 0.0}
@@ -281,6 +304,24 @@ def test_bad_lines_are_reported_by_number(tmp_path: Path):
 def classifier(data_dir: Path) -> Classifier:
     model = CategoryModel.load(latest_model_path(data_dir / "models"))
     return Classifier(CITY, model, threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["我要投诉", "你好，有个问题想反映一下", "这个事情一直没人管", "麻烦尽快处理", "12345", "我想咨询一下"],
+)
+def test_a_call_that_names_no_problem_waits_for_a_person(classifier, text):
+    # None of these is in the corpus of appeals naming no problem that set the threshold.
+    appeal = AppealReceived(ticket_no="T1", channel="hotline", text=text)
+    [r] = classifier.classify([appeal])
+    assert r.confidence < classifier.threshold
+    assert r.needs_review
+
+
+@pytest.mark.parametrize("text", ["小区路灯坏了", "老板拖欠工资三个月", "井盖丢了", "停水了", "路面坑洼"])
+def test_a_short_call_that_names_its_problem_is_still_routed(classifier, text):
+    [r] = classifier.classify([AppealReceived(ticket_no="T1", channel="hotline", text=text)])
+    assert r.confidence >= classifier.threshold
 
 
 def test_classification_carries_every_level_the_top_two_and_the_model_version(classifier):

@@ -269,3 +269,16 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
     (folder / "phrases.yaml").unlink()
     with pytest.raises(ContentError, match=r"phrases\.yaml: file missing"):
         load_content(folder)
+
+
+def test_unclear_appeals_name_no_problem_and_depend_only_on_the_seed() -> None:
+    appeals = corpus.unclear(200, seed=3)
+    assert appeals == corpus.unclear(200, seed=3)
+    assert appeals != corpus.unclear(200, seed=4)
+    assert all(set(a) == {"title", "text"} and a["text"].strip("，。") for a in appeals)
+    assert all("{" not in a["text"] + a["title"] for a in appeals)  # every slot filled
+    content = load_content()
+    # No category's own sentence: nothing in them a department could act on.
+    problems = {p for t in content.topics.values() for p in t.problems}
+    assert not any(p in a["text"] for a in appeals for p in problems if "{" not in p)
+    assert len({a["text"] for a in appeals}) > 150

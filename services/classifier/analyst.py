@@ -90,7 +90,9 @@ def demo_records(city: City, *, per_category: int, seed: int) -> tuple[list[dict
 def train_demo_model(city: City, model_dir: Path, *, per_category: int = 200, seed: int = 7) -> Path:
     """Train on the generated demo corpus (never on real data) and save a versioned model file."""
     records, source = demo_records(city, per_category=per_category, seed=seed)
-    return train(records, segmenter(city), extra_metadata={"source": source}).save(model_dir)
+    return train(
+        records, segmenter(city), unclear=corpus.unclear(seed=seed), extra_metadata={"source": source}
+    ).save(model_dir)
 
 
 def ensure_model(city: City, model_dir: Path) -> Path:
@@ -145,8 +147,13 @@ def train_model(
         raise DataError("training needs at least two different labels")
     if too_rare(records):
         raise DataError(f"labels with a single example: {sorted(too_rare(records))}")
+    # The appeals naming no problem are built from fragments that fit any city's appeals.
     model = train(
-        records, segmenter(city), target_precision=target_precision, extra_metadata={"source": source}
+        records,
+        segmenter(city),
+        target_precision=target_precision,
+        unclear=corpus.unclear(),
+        extra_metadata={"source": source},
     )
     if out.suffix == ".joblib":
         model.save(out.parent)

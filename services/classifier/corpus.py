@@ -49,6 +49,7 @@ URGENT_SHARE = 0.05
 NO_ADDRESS_SHARE = 0.15
 TYPO_SHARE = 0.05
 SECOND_TOPIC_SHARE = 0.10
+UNCLEAR_APPEALS = 400  # appeals naming no problem that training keeps out of automatic routing
 
 _STYLES, _STYLE_WEIGHTS = ("short", "medium", "long", "narrative"), (25, 45, 20, 10)
 
@@ -115,6 +116,8 @@ class PhraseTables(BaseModel):
     typos: Annotated[dict[str, str], Field(min_length=1)]
     third_person: Annotated[tuple[tuple[str, str], ...], Field(min_length=1)]
     locatives: NonEmpty
+    vague_matters: NonEmpty
+    unclear_calls: NonEmpty
 
     @field_validator("type_openings")
     @classmethod
@@ -603,6 +606,40 @@ def generate(
     gen = _Generator(city, seed, content or load_content())
     records = [gen.record(leaf) for leaf in city.leaf_categories for _ in range(per_category)]
     gen.rng.shuffle(records)
+    return records
+
+
+def unclear(n: int = UNCLEAR_APPEALS, seed: int = 0, content: Content | None = None) -> list[dict]:
+    """`n` appeals that name no problem (records with `title` and `text`, no label), composed from the
+    fragments that fit any category: a greeting or an opening, perhaps a vague place and "the matter"
+    there, how long it has lasted, its impact, what was tried before, a request; or one of the calls
+    with nothing to register (`unclear_calls`). Training keeps these out of automatic routing.
+    Deterministic for a seed."""
+    ph = (content or load_content()).phrases
+    rng = random.Random(seed)
+
+    def fill(s: str) -> str:
+        for slot, lo, hi in (("{n}", 2, 9), ("{m}", 1, 12), ("{h}", 5, 9), ("{h2}", 9, 12)):
+            s = s.replace(slot, str(rng.randint(lo, hi)))
+        return s
+
+    records = []
+    for _ in range(n):
+        kind = rng.choices(APPEAL_TYPES, _TYPE_WEIGHTS)[0]
+        if rng.random() < 0.15:
+            parts = [rng.choice(ph.unclear_calls)]
+        else:
+            parts = [rng.choice(ph.greetings + ph.type_openings[kind])] if rng.random() < 0.8 else []
+            if rng.random() < 0.5:
+                parts.append(rng.choice(ph.vague_places) + rng.choice(ph.vague_matters))
+            for table, share in ((ph.durations, 0.5), (ph.impacts, 0.4), (ph.priors, 0.4)):
+                if rng.random() < share:
+                    parts.append(fill(rng.choice(table)))
+            parts.append(rng.choice(ph.requests + ph.complaint_requests))
+            if rng.random() < 0.3:
+                parts.append(rng.choice(ph.closings))
+        title = rng.choice(ph.title_vague_noplace).replace("{type}", kind) if rng.random() < 0.5 else ""
+        records.append({"title": title, "text": "，".join(parts) + "。"})
     return records
 
 

@@ -84,6 +84,42 @@ def at_threshold(confidence: np.ndarray, correct: np.ndarray, threshold: float) 
     }
 
 
+def keeping_out(
+    review: dict[str, Any],
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    unclear: np.ndarray,
+    *,
+    routed_at_most: float,
+) -> dict[str, Any]:
+    """`review` (a threshold fitted for precision on held-out `confidence` / `correct`) raised where
+    needed so that at most `routed_at_most` of the appeals naming no problem (`unclear`: the model's
+    confidence in their top category) reach it, with the held-out figures at the raised threshold.
+    A clean corpus's appeals are right even at a low confidence, so the precision target alone sets a
+    threshold that a call saying only "我要投诉" passes. `unclear` says what the raise cost and kept
+    out; nothing changes when there are no such appeals or nothing is routed automatically anyway."""
+    own = review.get("threshold")
+    if len(unclear) == 0 or own is None:
+        return review
+    floor = float(np.quantile(unclear, 1 - routed_at_most, method="higher"))
+    threshold = max(float(own), floor)
+    raised = {**review, "precision_threshold": own}
+    if threshold > own:
+        at = at_threshold(confidence, correct, threshold)
+        raised.update(
+            threshold=threshold,
+            precision=at["precision"],
+            coverage=at["auto_routed_share"],
+            review_share=at["review_share"],
+        )
+    raised["unclear"] = {
+        "n": len(unclear),
+        "routed_at_most": routed_at_most,
+        "routed": round(float((unclear >= threshold).mean()), 4),
+    }
+    return raised
+
+
 def confidence_and_correct(
     labels: Sequence[str] | np.ndarray, proba: np.ndarray, classes: Sequence[str] | np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:

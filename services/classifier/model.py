@@ -39,6 +39,8 @@ from services.classifier.text import Segmenter, normalize
 from shared.city import City
 
 MODEL_PREFIX = "category-"
+# At most this share of the appeals naming no problem reaches the review threshold (`train`).
+UNCLEAR_ROUTED = 0.05
 HOLDOUT_FOLDS = 3  # out-of-fold predictions for calibration, the metrics and the review threshold
 C = 1.0  # the SVM's regularisation, chosen by cross-validation (docs/classifier.md)
 
@@ -243,12 +245,16 @@ def train(
     segmenter: Segmenter,
     *,
     target_precision: float = 0.95,
+    unclear: Sequence[dict[str, Any]] = (),
+    unclear_routed: float = UNCLEAR_ROUTED,
     extra_metadata: dict | None = None,
 ) -> CategoryModel:
     """Fit the model on records with `text`, `label` and optional `title` (`type`, `urgent` too).
 
     The metrics and the review threshold stored with the model come from out-of-fold predictions
     (each appeal predicted by an SVM that did not see it); the vocabulary is fitted once on all data.
+    `unclear`: appeals that name no problem (`title`, `text`; never trained on), of which at most
+    `unclear_routed` may reach the review threshold (`evaluation.keeping_out`).
     """
     docs = [document(r.get("title", ""), r["text"]) for r in records]
     labels = np.asarray([str(r["label"]) for r in records])
@@ -263,6 +269,14 @@ def train(
     classifier = CalibratedLinear(C)
     oof = classifier.fit(x, labels, folds)
     metrics = evaluation.report(labels, oof, classifier.classes_, target_precision=target_precision)
+    if unclear:
+        confidence, correct = evaluation.confidence_and_correct(labels, oof, classifier.classes_)
+        vague = classifier.predict_proba(
+            features.transform([document(r.get("title", ""), r["text"]) for r in unclear])
+        )
+        metrics["review"] = evaluation.keeping_out(
+            metrics["review"], confidence, correct, vague.max(axis=1), routed_at_most=unclear_routed
+        )
     metrics["measured_on"] = f"{folds}-fold out-of-fold predictions on the training data"
     created = datetime.now(UTC)
     digest = data_hash(records)

@@ -4396,3 +4396,24 @@ def test_an_empty_or_unreadable_list_of_reports_says_why(city):
     html = reported_html(city, rows=None, error=away)
     assert told(html, away) == focused(html)  # what the page is for is the reason now
     assert 'id="reported"' not in html
+
+
+async def test_a_grid_whose_counts_are_moving_to_another_says_so_and_shows_no_rate(monkeypatch, city):
+    """A ticket's counts moved into its new grid before a count they move was read: for a moment
+    the old grid's counters do not add up (a part above its whole). Its row says 统计中 instead of a
+    rank or 样本不足, with no rate nor score (not 150%), and the page says why and what to do."""
+    fake = _CountsApi(city)
+    moving = scoring.rates(
+        {"assigned": 1, "due_counted": 1, "answered": 2, "solved": 3, "satisfied": 3}, scoring.Weights()
+    )
+    fake.stats["grid"] = scoring.rank([{"group": fake.grid, "name": "网格", **moving}], 3)
+    html = await counted_dashboard(monkeypatch, city, fake)
+    start = html.index('id="rank-grid"')
+    table = html[start : html.index("</table>", start)]
+    [row] = re.findall(r"<tr[^>]*><td>([^<]*)</td>.*?</tr>", table)
+    assert row == "统计中"
+    assert "150.0%" not in table
+    assert "%" not in table.split("</thead>")[1]
+    assert 'id="rank-grid-settling"' in html
+    assert "暂不计算比率和得分，请稍后刷新" in html
+    assert 'id="rank-department-settling"' not in html  # only where a group is settling

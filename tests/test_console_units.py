@@ -1935,6 +1935,133 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
     assert html.count("autofocus") == 1
 
 
+class _DecidingDeskApi(_DeskApi):
+    """The desk with an extension request and a grid worker's request to correct the grid waiting
+    (nothing to dispatch), whose verdicts the API answers with `verdict`."""
+
+    def __init__(self, city, verdict: Reply) -> None:
+        super().__init__({}, Reply(200, {}))
+        water = {"id": "water", "name": "区水务局"}
+        self.verdict, self.sent = verdict, []
+        self.extension = {
+            "ticket_no": "20261201-000031",
+            "status": "accepted",
+            "department": water,
+            "extension_request": {"days": 5, "reason": "等材料"},
+        }
+        self.placing = {
+            "ticket_no": "20261201-000032",
+            "status": "assigned",
+            "department": water,
+            "grid": {"grid": "s01c01g01"},
+            "place_request": {"grid": "s02c01g02", "reason": "路灯在建设社区", "by": "W091"},
+        }
+
+    def waiting(self) -> list[dict]:
+        return []
+
+    async def followed(self, *, page: int, size: int) -> Reply:
+        body = {"tickets": [], "total": 0, "page": page, "size": size}
+        return Reply(
+            200, {"extensions": [self.extension], "place_requests": [self.placing], "returned": body}
+        )
+
+    async def post(self, path: str, body=None, headers=None):
+        if "/extension/" in path or "/place-request/" in path:
+            self.sent.append((path, body))
+            return self.verdict
+        return await super().post(path, body, headers)
+
+
+@pytest.mark.parametrize(
+    ("card", "verdict", "field"),
+    [
+        ("placereq", "refuse", "placereq-refuse-20261201-000032"),
+        ("ext", "refuse", "ext-refuse-20261201-000031"),
+        ("ext", "approve", "ext-approve-20261201-000031"),
+    ],
+)
+async def test_a_refused_verdict_comes_back_beside_its_reason_on_its_card(
+    monkeypatch, city, card, verdict, field
+):
+    """An extension's verdict or a place request's refused by the API (不同意 with no reason) comes
+    back as a refused dispatch does: to its card, the refusal beside the reason field of the verdict
+    sent, which takes the focus, marked and described by it, with what was typed; not at the top of
+    the page, and no other card's field marked."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    said = "请填写不同意的理由（至少4个字），申请的网格员将看到原因"
+    fake = _DecidingDeskApi(
+        city, Reply(422, {"error": "reason_required", "field": "reason", "message": said})
+    )
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    no = fake.extension["ticket_no"] if card == "ext" else fake.placing["ticket_no"]
+    typed = "不 <对>"  # too short, and kept as typed (escaped in the markup)
+
+    async def posted(request, s):
+        return FormData([("note", typed), ("next", "")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    decide = views.desk_extension if card == "ext" else views.desk_place_request
+    back = await decide(SimpleNamespace(app=SimpleNamespace(state=state)), no, verdict, s)
+    assert back.status_code == 303
+    assert fake.sent == [
+        (
+            f"/api/v1/tickets/{no}/{'extension' if card == 'ext' else 'place-request'}/{verdict}",
+            {"note": typed},
+        )
+    ]
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", field)
+    request = SimpleNamespace(query_params=dict(parse_qsl(where.query)), app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert 'id="desk-error"' not in html  # not at the top of the page
+    card_html = html[html.index(f'id="{card}-{no}"') :]
+    card_html = card_html[: card_html.index("</article>")]
+    tag = re.search(rf'<input id="{field}" name="note"[^>]*>', card_html)
+    assert tag is not None
+    assert f'value="{html_escape(typed)}"' in tag[0]
+    assert 'aria-invalid="true"' in tag[0]
+    assert "autofocus" in tag[0]
+    assert described_by(html, field) == [f"{field}-error"]
+    # The words right after the field, before the verdict's button.
+    after = card_html[card_html.index(tag[0]) + len(tag[0]) :]
+    assert after.index(html_escape(said, quote=False)) < after.index("<button")
+    assert f'id="{field}-error"' in after
+    assert html.count("autofocus") == 1
+    assert html.count("aria-invalid") == 1
+    assert unread(html) == []
+
+
+async def test_a_refused_verdict_whose_card_is_gone_is_said_at_the_top(monkeypatch, city):
+    """Another desk decided the request first: the card is no longer shown, so the refusal is said
+    at the top of the page, where it takes the focus."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    said = "工单20261201-000039没有待审核的延期申请"
+    fake = _DecidingDeskApi(city, Reply(409, {"message": said}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    query = {"error": said, "ticket": "20261201-000039", "card": "ext", "field": "refuse", "note": "不同意"}
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    assert re.search(r'<p class="error" role="alert" id="desk-error"[^>]*autofocus>', html)
+    assert "aria-invalid" not in html
+    assert html.count("autofocus") == 1
+
+
 class _CountApi:
     """The API as the menu's count sees it: answers `reply`, raises it, or never answers."""
 

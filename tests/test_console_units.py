@@ -218,11 +218,11 @@ def test_a_grid_the_desk_chose_is_shown_as_chosen_by_a_person(city):
     # A grid chosen, then another one: the ticket's is no longer the desk's choice.
     assert not present.grid_chosen_by_desk({**placed, "grid": {"grid": "s01c01g01"}}, [by_desk])
     assert not present.grid_chosen_by_desk({**placed, "grid": None}, [by_desk])
-    assert present.place_name(city, "s02c01g02") == "建设街道/建设社区第二网格"
-    assert present.place_name(city, None) == "未定位"
-    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=True)
+    assert city.place_name("s02c01g02") == "建设街道/建设社区第二网格"
+    assert city.place_name(None) == "未定位"
+    html = render_ticket(city, placed, place=city.place_name("s02c01g02"), grid_chosen=True)
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格（人工选定）</dd>' in html
-    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=False)
+    html = render_ticket(city, placed, place=city.place_name("s02c01g02"), grid_chosen=False)
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格</dd>' in html
 
 
@@ -236,7 +236,7 @@ def test_a_grid_the_desk_placed_after_the_assignment_is_chosen_by_a_person_and_s
         "topic": "ticket.updated",
         "action": "placed",
         "grid": "s01c01g01",
-        "note": "事发网格经人工核实为和平街道和平里社区第一网格（12345派单中心）",
+        "note": "事发网格经人工核实为和平街道/和平里社区第一网格（12345派单中心）",
         "place": {"grid": "s01c01g01", "was": "s01c01g01", "confirmed": True},
     }
     desk = {**DEPARTMENTS_TICKET, "grid": {"grid": "s01c01g01", "method": "desk"}}
@@ -327,9 +327,7 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     def told(role: str, status: str = "assigned", **context) -> str:
         """What the page tells this reader to do about the disagreement."""
         t = {**live, "status": status}
-        html = render_ticket(
-            city, t, role, place=present.place_name(city, "s01c01g01"), grid_apart=said, **context
-        )
+        html = render_ticket(city, t, role, place=city.place_name("s01c01g01"), grid_apart=said, **context)
         apart = re.search(r'<dd id="grid-apart" class="warning">([^<]*)</dd>', html)
         assert apart is not None
         return apart[1].removeprefix(said)
@@ -358,15 +356,15 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     assert told("grid_worker", place_request=asked) == waiting
     assert told("admin", can_place=True, place_request=asked).startswith("，网格员W011已申请更正为")
     html = render_ticket(
-        city, live, place=present.place_name(city, "s01c01g01"), grid_apart=said, can_place=True,
+        city, live, place=city.place_name("s01c01g01"), grid_apart=said, can_place=True,
         place_request=asked, grid_groups=present.grid_choices(city), grid_id="s01c01g01",
     )  # fmt: skip
     assert 'id="place-asked"' in html
     assert re.search(r'<option value="s02c01g01"[^>]*selected', html), "the grid asked for is chosen"
     waiting = {**live, "status": "review"}
-    html = render_ticket(city, waiting, place=present.place_name(city, "s01c01g01"), grid_apart=said)
+    html = render_ticket(city, waiting, place=city.place_name("s01c01g01"), grid_apart=said)
     assert f"{said}，派单时请在“事发网格”中确认" in html
-    html = render_ticket(city, live, place=present.place_name(city, "s01c01g01"), grid_apart="")
+    html = render_ticket(city, live, place=city.place_name("s01c01g01"), grid_apart="")
     assert 'id="grid-apart"' not in html
 
 
@@ -973,7 +971,11 @@ def test_the_lists_refusals_go_beside_their_field_or_above_the_list():
 
 def test_a_listed_tickets_place_is_named(city):
     gid, info = next(iter(city.grids.items()))
-    assert place_of({"grid": gid}, city) == f"{info.street_name}/{info.community_name}/{info.grid.name}"
+    # As every page writes a grid (the grid's own name says its community: not written twice).
+    assert place_of({"grid": gid}, city) == city.place_name(gid) == f"{info.street_name}/{info.full_name}"
+    assert place_of({"street": info.street_id, "community": info.community_id}, city) == (
+        f"{info.street_name}/{info.community_name}"
+    )
     assert place_of({"street": info.street_id}, city) == info.street_name
     assert place_of({}, city) == "未定位"
 
@@ -4469,7 +4471,7 @@ def test_a_workers_report_says_where_it_stands_where_it_is_and_its_deadline(city
     assert f">{REPORT['text'][:40]}…</td>" in cells  # its opening words
     assert '<td data-label="状态" class="status">办理中</td>' in cells
     assert "区城市管理委员会" in cells
-    assert f"{present.place_name(city, 's01c01g01')}（人工选定）" in cells
+    assert f"{city.place_name('s01c01g01')}（人工选定）" in cells
     assert '<td data-label="时限" class="deadline">办结时限 2026-12-02 20:00（剩余2小时0分）</td>' in cells
     assert 'aria-current="page">全部</a>' in html
     assert "autofocus" not in html  # a list opened, nothing come back to say

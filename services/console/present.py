@@ -488,13 +488,6 @@ def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
     return list(groups.values())
 
 
-def place_name(city: City, grid: str | None) -> str:
-    """A ticket's place as its page says it: the street, then the grid (named after its community
-    where its own name does not say it), 和平街道/和平里社区第一网格; 未定位 without a grid."""
-    info = city.grids.get(grid or "")
-    return f"{info.street_name}/{info.full_name}" if info else "未定位"
-
-
 def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]]) -> bool:
     """Whether the ticket's grid is the one the dispatch desk chose (人工选定): as it dispatched it
     (`ticket.assigned`'s `grid_chosen`), or later (事发网格, `ticket.updated` `placed`). Read from
@@ -1000,8 +993,8 @@ def place_request(ticket: Mapping[str, Any], city: City) -> dict[str, str]:
     grid = str(asked.get("grid") or "")
     return {
         "grid": grid,
-        "place": place_name(city, grid) if grid in city.grids else grid,
-        "now": place_name(city, (ticket.get("grid") or {}).get("grid")),
+        "place": city.place_name(grid) if grid in city.grids else grid,
+        "now": city.place_name((ticket.get("grid") or {}).get("grid")),
         "reason": str(asked.get("reason") or ""),
         "by": str(asked.get("by") or ""),
     }

@@ -527,7 +527,7 @@ async def patrol_page(
         "patrol.html",
         status,
         s=s,
-        grid_name=f"{grid.street_name}{grid.grid.name}" if grid else "未知网格",
+        grid_name=grid.place if grid else "未知网格",
         recent=[list_row(item, tz, city) for item in reply.body["items"]] if reply.ok else None,
         recent_total=reply.body["total"] if reply.ok else 0,
         recent_error="" if reply.ok else reply.message,
@@ -894,10 +894,11 @@ def list_errors(reply: Reply) -> tuple[dict[str, str], str]:
 
 
 def place_of(item: dict, city: City) -> str:
-    """Street / community / grid by name (the record keeps their ids)."""
+    """Street / community / grid by name (the record keeps their ids): a grid's place as every page
+    writes it; without one, as far down as it is known."""
     grid = city.grids.get(item.get("grid") or "")
     if grid is not None:
-        return f"{grid.street_name}/{grid.community_name}/{grid.grid.name}"
+        return grid.place
     streets = {st.id: st for st in city.district.streets}
     street = streets.get(item.get("street") or "")
     if street is None:
@@ -1091,7 +1092,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "history": history,
         "map": present.grid_map(city, volume),
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
-        "place": present.place_name(city, grid),
+        "place": city.place_name(grid),
         "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),
         # 定位与地址不一致: where the coordinates (or the worker's grid) and the address put it, and
         # whether the other place may have another department (only then is 属地有误 its reason).
@@ -1589,9 +1590,8 @@ def stale_suggestion(city: City, no: str, form: FormData) -> str:
     expected = city.department_by_id.get(lead)
     if expected is None or expected.id == button or expected.kind == "dispatch_desk":
         return ""
-    place = city.grids[grid]
     return (
-        f"工单{no}未派出：事发网格为{place.street_name}{place.full_name}时，"
+        f"工单{no}未派出：事发网格为{city.place_name(grid)}时，"
         f"“{city.category_names(category)[-1]}”由{expected.name}承办，一键派单按钮已按该网格更新，请确认后再派出；"
         "确需派往其他单位的，请在“其他单位”中选择"
     )

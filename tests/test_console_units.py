@@ -2674,6 +2674,68 @@ async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeyp
     assert error[1] in panel
 
 
+class _PatrolApi(_IntakeApi):
+    """The API as the patrol form sees it: the report accepted, its preview `judged` (or refused)."""
+
+    def __init__(self, judged: Reply) -> None:
+        super().__init__(Reply(200, {}))
+        self.judged, self.asked = judged, []
+
+    async def post(self, path: str, body=None, headers=None):
+        self.asked.append(path)
+        if path == "/api/v1/appeals/preview":
+            return self.judged
+        return Reply(201, {"ticket_no": "20261201-000077", "message": "诉求已受理"})
+
+
+@pytest.mark.parametrize(
+    ("review", "grid", "address_grid", "direct", "said"),
+    [
+        (False, "s01c01g01", None, "", "问题已上报，将派给责任单位办理"),
+        (True, None, None, "", "问题已上报，派单中心确定事发网格后派给责任单位办理"),  # none found
+        (True, "s01c01g02", "s01c01g01", "", "问题已上报，派单中心确定事发网格后派给责任单位办理"),  # 不一致
+        (True, "s01c01g01", None, "", "问题已上报，派单中心确认分类后派给责任单位办理"),  # unsure
+        (None, "s01c01g01", None, "", "问题已上报，将派给责任单位办理"),  # no preview to be had
+        (True, None, None, "已现场处置", "已登记现场处置，工单直接办结"),  # handled: no desk
+    ],
+)
+async def test_a_patrol_reports_accepted_message_says_what_happens_next(
+    monkeypatch, city, review, grid, address_grid, direct, said
+):
+    """The accepted message says what the report waits for, as its preview judged it: the dispatch
+    desk deciding its grid (none found where the place decides the department, or an address in
+    another grid than the worker's), or its category; else the department at once. A report
+    handled on the spot is not previewed: it goes to no one."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    placed = sorted(city.placed_categories)[0]
+    judged = {
+        "review": review,
+        "category": {"id": placed, "names": list(city.category_names(placed)), "confidence": 0.9},
+        "grid": {"grid": grid, "method": "patrol" if grid else "none", "address_grid": address_grid},
+    }
+    fake = _PatrolApi(Reply(200, judged) if review is not None else Reply(503, {"message": "系统繁忙"}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData(
+            [("text", "路灯灯杆倾斜，灯罩脱落"), ("address", "和平里小区"), ("direct_answer", direct)]
+        )
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params={}, headers={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="grid_worker", grid="s01c01g02"), csrf="c")
+    html = (await views.patrol_submit(request, s)).body.decode()
+    assert f'<p id="accepted-next">{said}。工单号：</p>' in html
+    assert f'data-announce="{said}，工单号20261201-000077"' in html
+    assert ("/api/v1/appeals/preview" in fake.asked) == (not direct)
+
+
 BAD_PHONE = "不是有效的手机号或固话号码，请填写11位手机号或带区号的固话"
 SUGGESTED = {
     "category": {"names": ["城市管理", "路灯"], "confidence": 0.81},

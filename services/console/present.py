@@ -526,6 +526,22 @@ def placed_done(ticket: Mapping[str, Any]) -> str:
     return "place_confirmed" if placed and (placed[-1].get("place") or {}).get("confirmed") else "place"
 
 
+def patrol_waits(city: City, preview: Mapping[str, Any] | None) -> str:
+    """What a patrol report waits for before a department has it, as its preview judged it (the
+    classifier the pipeline uses; `review`: the desk holds it): "grid" where the dispatch desk is to
+    decide its grid (none found where the place decides the department, or an address naming
+    another grid than the worker's: 定位与地址不一致), "category" where the classifier was unsure of
+    the category, "" where it goes out by its rule at once, or the preview could not be had."""
+    if not preview or not preview.get("review"):
+        return ""
+    grid = preview.get("grid") or {}
+    category = str((preview.get("category") or {}).get("id") or "")
+    at, named, method = grid.get("grid"), grid.get("address_grid"), str(grid.get("method") or "none")
+    if city.needs_placing(category, at) or city.place_disputed(category, at, named, method):
+        return "grid"
+    return "category"
+
+
 def grid_disputed(city: City, ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()) -> str:
     """定位与地址不一致：定位在X，地址在Y (`rules.located_apart`), for the ticket's page and its desk
     card, so that the desk picks the right grid in 事发网格 and the department and the grid's worker

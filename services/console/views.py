@@ -566,14 +566,26 @@ async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_
 @router.post("/patrol/reports")
 async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
-    reply, photos, idem = await submit_appeal(request, s, form, report_of(form))
+    report, handled = report_of(form), bool(text(form, "direct_answer").strip())
+
+    # Where a report handled on the spot does not go: what it waits for before a department has it
+    # (the desk deciding its grid, or its category), so that the accepted message says what will
+    # happen, as the preview did. Asked with the submission, not after it: no wait added.
+    async def waits() -> str:
+        if handled:
+            return ""
+        judged = await api(request, s).post("/api/v1/appeals/preview", report)
+        return present.patrol_waits(city_of(request), judged.body if judged.ok else None)
+
+    (reply, photos, idem), waiting = await asyncio.gather(submit_appeal(request, s, form, report), waits())
     if reply.ok:
         return await patrol_page(
             request,
             s,
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
-            handled=bool(text(form, "direct_answer").strip()),
+            handled=handled,
+            waits=waiting,
         )
     errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form, INTAKE_WORDS)
     values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}

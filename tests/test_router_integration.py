@@ -239,7 +239,7 @@ async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds
         True,
         4,
     )
-    assert "事发网格人工选定为建设街道建设社区第二网格" in assigned["explanation"]
+    assert "事发网格人工选定为建设街道/建设社区第二网格" in assigned["explanation"]
 
     # The record places it: the row's grid, community and street.
     async def placed():
@@ -326,7 +326,7 @@ async def test_the_desk_places_an_assigned_ticket_and_the_record_and_the_duplica
     )
     assert (
         placed["note"]
-        == "事发网格人工选定为建设街道建设社区第二网格，原为和平街道和平里社区第一网格（12345派单中心）"
+        == "事发网格人工选定为建设街道/建设社区第二网格，原为和平街道/和平里社区第一网格（12345派单中心）"
     )
 
     # The record: the row's grid, community and street, with its status and department as they were.
@@ -1084,7 +1084,7 @@ async def test_a_grid_worker_asks_the_desk_to_correct_the_grid_and_the_desk_appr
     refused = body["history"][-1]
     assert refused["action"] == "place_refused"
     assert refused["note"].endswith(
-        "不同意将事发网格更正为建设街道建设社区第二网格（网格员W061申请）：门牌号属和平里社区，定位无误"
+        "不同意将事发网格更正为建设街道/建设社区第二网格（网格员W061申请）：门牌号属和平里社区，定位无误"
     )
     assert kept not in await followed()
 

@@ -390,16 +390,16 @@ def _returned_and_dispatched(first: str | None, then: str | None) -> list:
 
 
 def test_the_desks_dispatch_in_another_grid_moves_the_tickets_earlier_counts_there():
-    """退单 then 人工派单 in another grid: an assignment sets the grid the ticket counts in
-    (`sets_grid`), so the counts made in the old grid before it move to the new one, on their days,
-    as a placement's do; the new assignment counts there itself and is not moved. An assignment
-    in the grid the counts are in (a reroute, 改派, the desk keeping the grid) moves nothing."""
+    """退单 then 人工派单 in another grid: an assignment in a grid the desk chose sets the grid the
+    ticket counts in (`sets_grid`), so the counts made in the old grid before it move to the new
+    one, on their days, as a placement's do; the new assignment counts there itself and is not
+    moved. The desk keeping the grid moves nothing."""
     city = demo_city()
     sh = ZoneInfo("Asia/Shanghai")
     history = _returned_and_dispatched("s01c01g01", "s02c01g01")
     again = history[-1]
     assert scoring.sets_grid(again)
-    assert scoring.sets_grid(history[0])
+    assert not scoring.sets_grid(history[0])  # the first assignment: nothing before it to move
     assert not scoring.sets_grid(history[1])  # an urge carries the grid, and sets nothing
     moves = scoring.placement_moves(city, again, history, sh)
     assert moves == {

@@ -16,10 +16,11 @@ grids reads about 12,000 hashes, not 365,000. Counting stays one increment per c
 are summed when first read, not as each count comes in.
 
 An event that sets the grid a ticket counts in (`scoring.sets_grid`: the desk's placement, `placed`,
-or an assignment, such as the desk's dispatch of a returned ticket in another grid) moves the
-ticket's counts made so far into the new grid and street (`scoring.placement_moves`), read from the
-ticket's history in the ticket store: one more script, with signed increments, once per such event.
-An assignment in the grid the counts are in already (most of them) moves nothing and writes nothing.
+or an assignment in a grid the desk chose, such as its dispatch of a returned ticket in another
+grid) moves the ticket's counts made so far into the new grid and street
+(`scoring.placement_moves`), read from the ticket's history in the ticket store: one more script,
+with signed increments, once per such event. Other assignments read nothing: one in the grid the
+counts are in already moves nothing.
 """
 
 from __future__ import annotations

@@ -35,13 +35,12 @@ it is in no rate, counted apart (answered_void), and says nothing of the resolut
 
 Placement (事发网格): the grid a ticket counts in may change after counts were made for it: the
 dispatch desk places a ticket already assigned in another grid (`placed`), or dispatches a ticket
-returned to it (退单, e.g. 属地有误) choosing another grid (人工派单, `grid_chosen`), or a reviewer's
-corrected classification of a ticket back at the desk carries another grid. Each event counts in
+returned to it (退单, e.g. 属地有误) choosing another grid (人工派单, `grid_chosen`). Each event counts in
 the grid it carries, so the ticket's counts before the change would stay in its old grid (or 未定位)
 and the later ones go to the new grid: the ticket would be split between two grids in the rankings,
 a grid could show a response over no assignment, and the old one be charged for a ticket it no
-longer has. Every event that sets the ticket's grid (`sets_grid`: a placement, or an assignment,
-which carries the ticket's grid from then on) moves them (`placement_moves`): each earlier event's
+longer has. Every event that sets the ticket's grid (`sets_grid`: a placement, or an assignment in
+a grid the desk chose) moves them (`placement_moves`): each earlier event's
 counters, on that event's day, out of its grid and street and into the new ones; its department and
 category stay. An assignment in the grid the counts are already in moves nothing.
 
@@ -203,13 +202,16 @@ Moves = dict[tuple[str, str, date], dict[str, int]]
 
 def sets_grid(event: Event) -> TypeGuard[TicketAssigned | TicketUpdated]:
     """Whether `event` sets the grid its ticket counts in from then on (its `grid`), whatever grid
-    the ticket's earlier counts are in: the desk's placement (`placed`), or any assignment, which
-    carries the ticket's grid from then on: the desk's dispatch of a returned ticket may choose
-    another (人工派单 with 事发网格), a reviewer's corrected classification may carry another. The
-    other assignments (reroute, 改派, mediation, a meeting's decision) carry the grid the ticket has,
-    where its counts already are: they move nothing (`placement_moves`)."""
+    the ticket's earlier counts are in: the desk's placement (`placed`), or an assignment in a grid
+    the desk chose as it dispatched (`grid_chosen`: 人工派单 with 事发网格, e.g. a ticket returned as
+    属地有误). Every other assignment carries the grid the ticket has, where its counts already are
+    (reroute, 改派, mediation, a meeting's decision), or is its first, with no counts before it:
+    reading their histories to find nothing to move cost every assignment a round trip and a parse
+    on the notifier's busiest path. A reviewer's correction of a ticket back at the desk may carry
+    another grid too, but the desk's assignment counts nothing: what it would move is an urge made
+    while the ticket waited there, which stays where it was made."""
     if isinstance(event, TicketAssigned):
-        return True
+        return event.grid_chosen
     return isinstance(event, TicketUpdated) and event.action == "placed" and event.place is not None
 
 

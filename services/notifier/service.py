@@ -313,7 +313,7 @@ class Notifier:
 
     async def placed(self, events: Sequence[TicketAssigned | TicketUpdated]) -> None:
         """These events set their tickets' grid (`scoring.sets_grid`: the desk placed them, 事发网格,
-        or assigned them, perhaps in another grid as it dispatched them again): their open surveys
+        or dispatched them in a grid it chose, perhaps another, after a return): their open surveys
         follow (`SurveyBook.place`: a survey already in that grid is left as it is)."""
         grids = {e.ticket_no: e.grid for e in events if sets_grid(e) and e.grid is not None}
         if grids:

@@ -1352,6 +1352,27 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     assert "text-error" not in (await page.locator("#text").get_attribute("aria-describedby") or "")
 
 
+async def test_a_number_typed_into_the_words_is_masked_and_the_operator_told(
+    page: Page, redis, system: System
+):
+    await sign_in(page, await issue_token(redis, "operator", operator="op03"))
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#address").fill("阳光花园3号楼")
+    await page.locator("#text").fill("阳光花园3号楼门口的路灯坏了，物业电话139 2468 1357一直没人接")
+    await page.locator("#submit").click()
+    number = page.locator("#ticket-no")
+    await expect(number).to_have_text(re.compile(r"^\S{6,}$"))
+    ticket_no = (await number.text_content() or "").strip()
+    # Said on the page and to a screen reader: the words on the ticket are not what was typed.
+    said = "已对诉求内容中的电话号码/身份证号脱敏显示"
+    await expect(page.locator("#accepted-masked")).to_contain_text(said)
+    await expect(page.locator("#announcer")).to_have_text(f"诉求已受理，工单号{ticket_no}；{said}")
+    async with await admin_api(system, redis) as client:
+        ticket = await ticket_when(client, ticket_no, lambda t: t["status"] != "received")
+    assert ticket["text"] == "阳光花园3号楼门口的路灯坏了，物业电话139****1357一直没人接"
+    assert ticket["address"] == "阳光花园3号楼"
+
+
 async def test_a_mistyped_phone_is_marked_at_the_phone_and_the_suggestions_stay(
     page: Page, browser: Browser, redis, system: System
 ):

@@ -1305,3 +1305,5 @@ def test_the_search_box_takes_several_words_and_ticket_numbers_however_typed():
     assert build({"q": "000005"}, tz=TZ, city=CITY, department_scope=None).params == ["%000005"]
     assert invalid_field({"q": "路 灯"}) == "q"
     assert invalid_field({"q": "一二 三四 五六 七八 九十 十一"}) == "q"
+    # A word keeps its full-width punctuation: the text has ， not ,.
+    assert keywords("路灯不亮，晚上出行不便") == ([], ["路灯不亮，晚上出行不便"])

@@ -10,7 +10,6 @@ for at least two.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -311,6 +310,7 @@ def build(
 
 _TICKET_NO = re.compile(r"(\d{8})-?(\d{6,})")
 _SERIAL = re.compile(r"\d{4,7}")
+_NUMBER_WIDTH = str.maketrans("０１２３４５６７８９－—", "0123456789--")
 MAX_KEYWORDS = 5
 
 
@@ -319,15 +319,18 @@ def keywords(q: str) -> tuple[list[str], list[str]]:
     must match: ticket numbers (20261203-000005, typed with or without the dash or in full-width
     digits, or only its serial's last digits, 000005) and words of its title, text or address.
     Raises DomainError (field `q`) for a word too short to search or too many words."""
-    terms = unicodedata.normalize("NFKC", q).split()
+    terms = q.split()  # full-width spaces too
     if len(terms) > MAX_KEYWORDS:
         raise invalid("q", f"搜索词最多{MAX_KEYWORDS}个，请用空格分开")
     numbers, words = [], []
     for term in terms:
-        if m := _TICKET_NO.fullmatch(term):
+        # Digits and the dash read as ASCII for a number; a word keeps its own characters (the
+        # text's punctuation is full-width: ， is no ,).
+        digits = term.translate(_NUMBER_WIDTH)
+        if m := _TICKET_NO.fullmatch(digits):
             numbers.append(f"{m[1]}-{m[2]}")
-        elif _SERIAL.fullmatch(term):
-            numbers.append(term)
+        elif _SERIAL.fullmatch(digits):
+            numbers.append(digits)
         elif len(term) < 2:
             raise invalid("q", f"搜索词至少两个字（“{term}”太短），多个词请用空格分开")
         else:

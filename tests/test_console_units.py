@@ -172,6 +172,9 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
     closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
     assert present.describe(closed, city) == "关闭：基本满意"
+    # Closed by the survey's end after an erasure: not the resident's opt-out, nor anonymous.
+    erased = {"topic": "ticket.updated", "action": "closed", "answer": {"outcome": "erased"}}
+    assert present.describe(erased, city) == "关闭：市民个人信息已删除，不再回访"
     urged = {
         "topic": "ticket.updated",
         "action": "urged",

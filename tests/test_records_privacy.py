@@ -9,11 +9,13 @@ import uuid
 
 import pytest
 
+from services.console import present
 from services.intake import keys
 from services.intake.domain import wechat_caller_id
 from services.records import db
 from services.records.service import Records
 from shared.auth import issue_token
+from shared.city import City
 from shared.privacy import REMOVED, caller_id, mask_openid
 from tests.conftest import System, eventually
 from tests.test_intake_batch import csv_file
@@ -274,7 +276,7 @@ async def test_the_erasure_blanks_a_mediation_agreement_and_keeps_its_outcome(ap
 
 
 async def test_a_wechat_resident_is_erased_by_their_ticket_number_everywhere(
-    api, redis, pool, system: System
+    api, redis, pool, system: System, system_city: City
 ):
     """A WeChat resident has no phone: the desk finds them by the number on the chat's reply. The
     ticket's record row, its Redis ticket, the contact (the openid), the notifier's survey and
@@ -342,6 +344,17 @@ async def test_a_wechat_resident_is_erased_by_their_ticket_number_everywhere(
         return left == 0 and await redis.zscore(f"survey:open:{user}", sid) is None
 
     await eventually(forgotten, timeout=60)
+
+    # The open survey ended with the erasure and the ticket closed: its history says the resident's
+    # data was removed, never that they opted out (they never replied TD) nor that it was anonymous.
+    async def closed():
+        found = (await api.get(f"/api/v1/tickets/{no}")).json()
+        return found if found["status"] == "closed" else None
+
+    words = [present.describe(h, system_city) for h in (await eventually(closed, timeout=60))["history"]]
+    assert "回访结束：市民个人信息已删除，不再回访" in words
+    assert [w for w in words if w.startswith("关闭：")][-1].endswith("，市民个人信息已删除，不再回访")
+    assert not [w for w in words if "退订" in w or "匿名" in w]
 
     # Erased: the number finds no one any more, and says why.
     for path in (PREVIEW, ERASE):

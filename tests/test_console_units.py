@@ -529,6 +529,34 @@ def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was
     assert "138****5678" in with_phone
 
 
+def test_the_forms_of_an_erased_ticket_say_once_that_what_is_typed_there_is_removed_too(city):
+    """Staff wording on an erased ticket is scrubbed as it is saved (it may repeat the resident's
+    name): whoever has a form with words to type on it is told so once, above the forms; a reader
+    with nothing to type, or a ticket not erased, has no such line."""
+    removed = {"personal_data_removed_at": "2026-03-03T08:00:00+00:00", "text": "[已删除]"}
+    erased = {**DEPARTMENTS_TICKET, **removed}
+    line = (
+        "该工单的市民个人信息已按本人申请删除，下方填写的说明、理由提交后也将删除，"
+        "需要留存的办理情况请另行记录。"
+    )
+    handling = render_ticket(city, erased, role="department", department="urban_mgmt", handles=True)
+    assert handling.count('id="erased-notes"') == 1
+    assert line in handling
+    assert handling.index('id="erased-notes"') < handling.index('id="resolve-note"')
+    accepted = render_ticket(
+        city, {**erased, "status": "accepted"}, role="department", department="urban_mgmt", handles=True
+    )
+    assert accepted.index('id="erased-notes"') < accepted.index('id="extend-reason"')
+    desk = render_ticket(city, erased)  # the desk's 改派 and its reason
+    assert 'id="erased-notes"' in desk
+    assert 'id="erased-notes"' not in render_ticket(
+        city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True
+    )
+    assert 'id="erased-notes"' not in render_ticket(city, {**erased, "status": "closed"})
+    summoned = render_ticket(city, erased, role="department", department="water", handles=False)
+    assert 'id="erased-notes"' not in summoned
+
+
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
     drawn = present.grid_map(city, {"s01c01g01": 10, "s02c01g01": 1})
     shapes = {s["grid"]: s for s in drawn["shapes"]}
@@ -2244,6 +2272,23 @@ def test_the_preview_by_ticket_shows_the_channel_and_the_masked_openid_and_confi
     assert '<input type="hidden" name="by" value="ticket_no">' in html
     assert '<input type="hidden" name="ticket_no" value="20260302-000001">' in html
     assert 'name="phone"' not in html
+
+
+def test_the_preview_of_unfinished_tickets_says_that_notes_written_later_go_too():
+    """By design the notes typed on an erased ticket are scrubbed as they are saved: the desk is told
+    before it confirms, beside what departments lose, so that it can tell the resident."""
+    preview = {
+        "by": "phone", "ticket_no": None, "contact": {"kind": "phone", "masked": "139****5678"},
+        "count": 1, "tickets": [{"ticket_no": "20260302-000001", "status_name": "已签收"}],
+        "unfinished": ["20260302-000001"],
+    }  # fmt: skip
+    values = {"by": "phone", "phone": "13912345678", "ticket_no": "", "reason": "申请"}
+    warning = re.search(
+        r'<p class="warning" id="unfinished">(.*?)</p>', privacy_html(values=values, preview=preview)
+    )
+    assert warning is not None
+    assert "承办单位将看不到诉求内容" in warning[1]
+    assert "此后在这些工单上填写的办理说明、理由等也将随即删除" in warning[1]
 
 
 def test_a_batch_form_names_the_ticked_tickets_or_with_select_all_the_pages_new_ones_once():

@@ -82,7 +82,7 @@ from shared.events import (
     json_of,
 )
 from shared.metrics import SURVEYS_ANSWERED
-from shared.privacy import caller_id
+from shared.privacy import caller_id, mask_typed_numbers
 
 SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
@@ -346,7 +346,9 @@ class SurveyBook:
         """Keep the reply pending and ask the resident which ticket it rates: once a day per set of
         open tickets (more unnamed replies replace what is kept, and are not asked again)."""
         if ask.keep is not None:
-            kept = json.dumps({"text": ask.keep}, ensure_ascii=False)
+            # Masked as the answer's event will be (Redis holds no typed number either): the kept
+            # words are read again for their rating, a lone digit or words a mask leaves as they are.
+            kept = json.dumps({"text": mask_typed_numbers(ask.keep)}, ensure_ascii=False)
             await self.redis.set(_pending_key(to), kept, ex=int(self.window.total_seconds()))
         first = ask.choices[0]
         text = self.texts.render(
@@ -718,10 +720,11 @@ class SurveyBook:
             await p.execute()
 
     async def place(self, survey_keys: Sequence[str], grids: Mapping[str, str]) -> None:
-        """The dispatch desk placed these tickets (ticket number -> grid) in another grid (事发网格):
-        their surveys keep the new grid, so that an answer still to come counts where the ticket now
-        is, as its earlier counts do (`scoring.placement_moves`). A survey no longer kept is left
-        alone."""
+        """These tickets (ticket number -> grid) are in another grid now (事发网格: the desk placed
+        them, or dispatched them again in another grid): their surveys keep the new grid, so that
+        an answer still to come counts where the ticket now is, as its earlier counts do
+        (`scoring.placement_moves`). A survey no longer kept, or already in that grid, is left as
+        it is."""
         stored = await self.redis.mget(survey_keys) if survey_keys else []
         async with self.redis.pipeline(transaction=False) as p:
             for raw in stored:
@@ -796,7 +799,7 @@ class SurveyBook:
             survey_id=survey.survey_id,
             rating=rating,
             solved=solved,
-            text=text,
+            text=mask_typed_numbers(text),  # as `_comment`'s
             outcome=outcome,
             occurred_at=now,
             by=by,
@@ -835,7 +838,10 @@ class SurveyBook:
             ticket_no=survey.ticket_no,
             survey_id=survey.survey_id,
             rating=None,
-            text=text,
+            # A phone or ID number in the resident's words is masked here, where every answer and
+            # comment becomes its event (SMS, WeChat, the lookup page, an operator's phone call),
+            # as an appeal's words are in intake: the event goes to the record and the department.
+            text=mask_typed_numbers(text),
             outcome="comment",
             occurred_at=now,
             **_groups(survey),

@@ -76,6 +76,7 @@ from shared.events import (
     Urge,
     Verification,
 )
+from shared.privacy import mask_typed_numbers
 from shared.tickets import STATUS_NAMES, Status, Ticket
 
 
@@ -575,9 +576,8 @@ def chosen_grid(city: City, grid_id: str) -> GridMatch:
 
 
 def place_words(city: City, grid: GridMatch | None) -> str:
-    """Where a ticket is, as the history says it: street, community and grid by name."""
-    info = city.grids.get(grid.grid or "") if grid else None
-    return f"{info.street_name}{info.full_name}" if info else "未定位"
+    """Where a ticket is, as the history says it: the place as its page writes it (City.place_name)."""
+    return city.place_name(grid.grid if grid else None)
 
 
 def dispatch(
@@ -1475,7 +1475,10 @@ def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | N
         return None
     check(ticket, "urge")
     urges = ticket.urges + 1
-    fields: dict[str, Any] = {"note": note.strip(), "urge": Urge(urges=urges), "occurred_at": now}
+    # The caller's words, as an appeal's: a phone or ID number typed into them is masked (the
+    # history goes to the department and the record).
+    note = mask_typed_numbers(note.strip())
+    fields: dict[str, Any] = {"note": note, "urge": Urge(urges=urges), "occurred_at": now}
     if event_id is not None:
         fields["event_id"] = event_id
     event = ticket_updated(ticket, "urged", ticket.status, actor=by, **fields)

@@ -2379,6 +2379,9 @@ def test_the_erasure_form_sends_only_the_chosen_way_to_find_the_resident():
     assert erasure_of({**form, "by": "email"})["by"] == "phone"
 
     html = privacy_html(values=values, errors={"ticket_no": "工单档案库中没有工单号为20260302-000001的工单"})
+    # The audit entry is kept for good: the reason's hint asks for no name or number (the API masks
+    # the numbers anyway; a name it cannot tell from the other words).
+    assert '<small id="reason-hint">写入审计记录，请勿填写市民姓名、电话</small>' in html
     assert re.search(r'id="by-ticket"[^>]*checked', html)
     assert re.search(r'id="ticket_no"[^>]*aria-invalid="true"', html)
     assert 'id="ticket_no-error"' in html

@@ -137,7 +137,10 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
 
     # The phone as the resident says it: the same resident.
     spoken = f"+86 {phone[:3]} {phone[3:7]}-{phone[7:]}"
-    r = await api.post(ERASE, json={"phone": spoken, "reason": "居民来电申请删除个人信息"})
+    # The clerk wrote the number into the reason too: the audit, kept for good, has it masked.
+    reason = f"居民{phone}来电申请删除个人信息"
+    masked_reason = f"居民{phone[:3]}****{phone[-4:]}来电申请删除个人信息"
+    r = await api.post(ERASE, json={"phone": spoken, "reason": reason})
     assert r.status_code == 200, r.text
     assert r.json() == {"tickets": [no], "count": 1}
     assert phone not in r.text
@@ -156,7 +159,7 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
 
     entries = await audit_rows(pool, subject)
     assert [(a["action"], a["tickets"], a["detail"]) for a in entries] == [
-        ("erase", 1, {"reason": "居民来电申请删除个人信息", "by": "phone"})
+        ("erase", 1, {"reason": masked_reason, "by": "phone"})
     ]
     assert entries[0]["actor"].startswith("admin:")  # the desk's token, as `appeals token --list` names it
     assert phone not in str(entries)
@@ -165,7 +168,7 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
     assert r.status_code == 200, r.text
     listed = [e for e in r.json()["items"] if e["subject_prefix"] == subject[:8]]
     assert [(e["action"], e["action_name"], e["tickets"], e["reason"], e["found_by"]) for e in listed] == [
-        ("erase", "依申请删除", 1, "居民来电申请删除个人信息", "phone")
+        ("erase", "依申请删除", 1, masked_reason, "phone")
     ]
     assert subject not in r.text  # shortened
     assert phone not in r.text

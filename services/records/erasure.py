@@ -20,7 +20,14 @@ from typing import Any, Literal
 from services.records.db import Pool
 from services.records.retention import Retention
 from shared.errors import DomainError
-from shared.privacy import InvalidPhone, caller_id, mask_openid, mask_phone, normalize_phone
+from shared.privacy import (
+    InvalidPhone,
+    caller_id,
+    mask_openid,
+    mask_phone,
+    mask_typed_numbers,
+    normalize_phone,
+)
 from shared.tickets import CHANNEL_NAMES, TICKET_NO_PATTERN
 
 log = logging.getLogger("records.erasure")
@@ -117,8 +124,11 @@ def masked_contact(contact: dict[str, str]) -> tuple[Literal["phone", "wechat"] 
 
 
 def checked_reason(reason: str) -> str:
-    """The reason goes into the audit entry: required, one sentence."""
-    reason = " ".join(reason.split())
+    """The reason goes into the audit entry: required, one sentence. The audit is kept for good, and
+    a clerk naturally writes who called ("居民张伟13812345678来电要求删除"): the phone and ID numbers
+    typed into it are masked before it is stored (`mask_typed_numbers`); a name cannot be told from
+    the other words, so the form asks for none."""
+    reason = mask_typed_numbers(" ".join(reason.split()))
     if not reason:
         raise DomainError(
             "reason_required",

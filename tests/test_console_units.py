@@ -24,7 +24,6 @@ from services.console.lookup import (
     Refused,
     answer_view,
     clean_last4,
-    clean_ticket_no,
     public_view,
     read_answer,
 )
@@ -47,7 +46,7 @@ from services.notifier.surveys import CALL_ANSWER_REQUIRED
 from services.router.service import QueueFilter
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef, SurveyAnswered
-from shared.tickets import Status, Ticket
+from shared.tickets import Status, Ticket, clean_ticket_no
 from shared.trend import ranked
 from tests.markup import described_by
 
@@ -2377,6 +2376,10 @@ def test_the_erasure_form_sends_only_the_chosen_way_to_find_the_resident():
     assert erasure_body(values) == {"ticket_no": "20260302-000001", "reason": "申请"}
     assert erasure_body(erasure_of({**form, "by": "phone"})) == {"phone": "13912345678", "reason": "申请"}
     assert erasure_of({**form, "by": "email"})["by"] == "phone"
+    # A number without its dash, as /console/lookup takes it: read by the same function, and shown
+    # and sent as the ticket has it.
+    bare = erasure_of({**form, "ticket_no": "20261203000012"})
+    assert erasure_body(bare) == {"ticket_no": "20261203-000012", "reason": "申请"}
 
     html = privacy_html(values=values, errors={"ticket_no": "工单档案库中没有工单号为20260302-000001的工单"})
     # The audit entry is kept for good: the reason's hint asks for no name or number (the API masks

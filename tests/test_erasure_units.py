@@ -15,6 +15,7 @@ from services.records.erasure import (
 )
 from shared.errors import DomainError
 from shared.privacy import caller_id
+from shared.tickets import clean_ticket_no
 
 
 @pytest.mark.parametrize(
@@ -44,10 +45,20 @@ def test_a_missing_or_invalid_phone_is_refused_beside_its_field(phone, code):
 
 
 @pytest.mark.parametrize(
-    "said", ["20260501-000123", " 20260501-000123 ", "２０２６０５０１－０００１２３", "20260501 - 000123"]
+    "said",
+    [
+        "20260501-000123",
+        " 20260501-000123 ",
+        "２０２６０５０１－０００１２３",
+        "20260501 - 000123",
+        "20260501000123",  # without the dash, as the lookup page takes it
+        "20260501—000123",
+    ],
 )
 def test_a_ticket_number_as_read_out_or_copied(said):
     assert checked_lookup("", said) == Lookup("ticket_no", "20260501-000123")
+    # The one reading of a typed number: whatever the resident's lookup accepts, the erasure does.
+    assert checked_lookup("", said).value == clean_ticket_no(said)
 
 
 @pytest.mark.parametrize("bad", ["20260501", "2026-05-01-000123", "20260501-12", "工单20260501-000123x"])

@@ -302,8 +302,10 @@ TicketAction = Literal[
 ]
 Rating = Literal[1, 2, 3]  # 1 满意, 2 基本满意, 3 不满意
 # How a survey ended: answered (a rating), a comment (words without a rating, or after the survey
-# closed), no answer within the window, or not asked (the phone opted out; anonymous appeal).
-SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous"]
+# closed), no answer within the window, or not asked (the phone opted out; anonymous appeal; the
+# resident's personal data was erased on their request, `erased`: the survey still open then ends,
+# and a ticket erased before its resolution is surveyed no more, though it was never anonymous).
+SurveyOutcome = Literal["answered", "comment", "no_answer", "opted_out", "skipped_anonymous", "erased"]
 AnswerVia = Literal["lookup"]  # where a resident answered other than by replying (`SurveyAnswered.via`)
 MeetingReason = Literal["ambiguous", "returned_twice", "reopened_twice", "hotspot"]
 ReturnReason = Literal["not_ours", "wrong_grid", "duplicate", "needs_other", "wrong_category"]
@@ -491,8 +493,10 @@ class TicketUpdated(Event):
     # 2: typed payloads and the ticket's facts instead of a free `data` dict; 3: `placed` with its
     # `place` (the grid the desk set after the assignment). Older versions parse unchanged (no
     # `place`, and no action that needs one); 4: `place_requested` / `place_refused` with their
-    # `place_request` (a grid worker's request to correct the grid). Older versions parse unchanged.
-    version: int = 4
+    # `place_request` (a grid worker's request to correct the grid). Older versions parse unchanged;
+    # 5: `closed` by a survey's end may carry the answer's outcome "erased" (`SurveyOutcome`: the
+    # resident's personal data was erased). Older versions parse unchanged.
+    version: int = 5
     action: TicketAction
     status: str  # the status after the transition (a shared.tickets.Status value)
     # department id, "resident", "system", an operator id (urged: who took the call) or a grid
@@ -568,6 +572,10 @@ class SurveyAnswered(Event):
 
     topic: ClassVar[str] = "survey.answered"
 
+    # 2: `outcome` may be "erased" (the resident's personal data was erased on their request; before,
+    # such a survey ended as opted_out, or as skipped_anonymous when erased before the resolution).
+    # Older versions parse unchanged.
+    version: int = 2
     survey_id: str
     rating: Rating | None
     solved: bool | None = None

@@ -42,7 +42,7 @@ WECHAT_ON_RETURN = Counter(
 SURVEYS_ANSWERED = Counter(
     "surveys_answered_total",
     "Surveys closed, by rating (1,2,3; void: answered after a check voided it) or how (no_answer,"
-    " opted_out), and the channel the answer came by",
+    " opted_out, erased), and the channel the answer came by",
     ["rating", "via"],
 )
 DEAD_LETTERS = Counter("dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "consumer"])

@@ -6,6 +6,8 @@ personal data: the caller is a masked phone and a hashed id.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal
@@ -72,6 +74,20 @@ OPEN_STATUSES = frozenset({RECEIVED, REVIEW, ASSIGNED, ACCEPTED, MEETING})
 # A ticket number: the day, then its number of the day (six digits, more on a day past a million).
 # Path parameters are checked against it before they reach a store key.
 TICKET_NO_PATTERN = r"^\d{8}-\d{6,9}$"
+# Every dash-like character a resident may type or copy (a long dash from a message, an IME's
+# minus, an underscore), read as "-".
+DASHES = re.compile(r"[—–‐‑−_]")
+
+
+def clean_ticket_no(raw: str) -> str:
+    """The number as a resident may type it on a phone or read it out: full-width digits, spaces, a
+    long dash, or no dash at all (20261201000123) are the same number as 20261201-000123. The one
+    reading of a typed number, for every form that takes one (the resident's lookup, the desk's
+    erasure): a number one accepts another must not refuse. Anything
+    else comes back as typed (without spaces), for the caller to refuse against TICKET_NO_PATTERN."""
+    text = re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
+    text = DASHES.sub("-", text)
+    return f"{text[:8]}-{text[8:]}" if re.fullmatch(r"\d{14,17}", text) else text
 
 
 class Ticket(BaseModel):

@@ -24,7 +24,6 @@ from services.console.lookup import (
     Refused,
     answer_view,
     clean_last4,
-    clean_ticket_no,
     public_view,
     read_answer,
 )
@@ -47,7 +46,7 @@ from services.notifier.surveys import CALL_ANSWER_REQUIRED
 from services.router.service import QueueFilter
 from shared.city import load_city
 from shared.events import Caller, DepartmentRef, SurveyAnswered
-from shared.tickets import Status, Ticket
+from shared.tickets import Status, Ticket, clean_ticket_no
 from shared.trend import ranked
 from tests.markup import described_by
 
@@ -172,6 +171,9 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
     closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
     assert present.describe(closed, city) == "关闭：基本满意"
+    # Closed by the survey's end after an erasure: not the resident's opt-out, nor anonymous.
+    erased = {"topic": "ticket.updated", "action": "closed", "answer": {"outcome": "erased"}}
+    assert present.describe(erased, city) == "关闭：市民个人信息已删除，不再回访"
     urged = {
         "topic": "ticket.updated",
         "action": "urged",
@@ -522,6 +524,34 @@ def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was
     assert re.search(r'<dd id="caller">\s*匿名\s*</dd>', anonymous)
     with_phone = render_ticket(city, {**ticket, "caller": {"caller_id": "c1", "masked_phone": "138****5678"}})
     assert "138****5678" in with_phone
+
+
+def test_the_forms_of_an_erased_ticket_say_once_that_what_is_typed_there_is_removed_too(city):
+    """Staff wording on an erased ticket is scrubbed as it is saved (it may repeat the resident's
+    name): whoever has a form with words to type on it is told so once, above the forms; a reader
+    with nothing to type, or a ticket not erased, has no such line."""
+    removed = {"personal_data_removed_at": "2026-03-03T08:00:00+00:00", "text": "[已删除]"}
+    erased = {**DEPARTMENTS_TICKET, **removed}
+    line = (
+        "该工单的市民个人信息已按本人申请删除，下方填写的说明、理由提交后也将删除，"
+        "需要留存的办理情况请另行记录。"
+    )
+    handling = render_ticket(city, erased, role="department", department="urban_mgmt", handles=True)
+    assert handling.count('id="erased-notes"') == 1
+    assert line in handling
+    assert handling.index('id="erased-notes"') < handling.index('id="resolve-note"')
+    accepted = render_ticket(
+        city, {**erased, "status": "accepted"}, role="department", department="urban_mgmt", handles=True
+    )
+    assert accepted.index('id="erased-notes"') < accepted.index('id="extend-reason"')
+    desk = render_ticket(city, erased)  # the desk's 改派 and its reason
+    assert 'id="erased-notes"' in desk
+    assert 'id="erased-notes"' not in render_ticket(
+        city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True
+    )
+    assert 'id="erased-notes"' not in render_ticket(city, {**erased, "status": "closed"})
+    summoned = render_ticket(city, erased, role="department", department="water", handles=False)
+    assert 'id="erased-notes"' not in summoned
 
 
 def test_grid_map_draws_every_configured_grid_darkest_where_most(city):
@@ -2346,8 +2376,15 @@ def test_the_erasure_form_sends_only_the_chosen_way_to_find_the_resident():
     assert erasure_body(values) == {"ticket_no": "20260302-000001", "reason": "申请"}
     assert erasure_body(erasure_of({**form, "by": "phone"})) == {"phone": "13912345678", "reason": "申请"}
     assert erasure_of({**form, "by": "email"})["by"] == "phone"
+    # A number without its dash, as /console/lookup takes it: read by the same function, and shown
+    # and sent as the ticket has it.
+    bare = erasure_of({**form, "ticket_no": "20261203000012"})
+    assert erasure_body(bare) == {"ticket_no": "20261203-000012", "reason": "申请"}
 
     html = privacy_html(values=values, errors={"ticket_no": "工单档案库中没有工单号为20260302-000001的工单"})
+    # The audit entry is kept for good: the reason's hint asks for no name or number (the API masks
+    # the numbers anyway; a name it cannot tell from the other words).
+    assert '<small id="reason-hint">写入审计记录，请勿填写市民姓名、电话</small>' in html
     assert re.search(r'id="by-ticket"[^>]*checked', html)
     assert re.search(r'id="ticket_no"[^>]*aria-invalid="true"', html)
     assert 'id="ticket_no-error"' in html
@@ -2370,6 +2407,23 @@ def test_the_preview_by_ticket_shows_the_channel_and_the_masked_openid_and_confi
     assert '<input type="hidden" name="by" value="ticket_no">' in html
     assert '<input type="hidden" name="ticket_no" value="20260302-000001">' in html
     assert 'name="phone"' not in html
+
+
+def test_the_preview_of_unfinished_tickets_says_that_notes_written_later_go_too():
+    """By design the notes typed on an erased ticket are scrubbed as they are saved: the desk is told
+    before it confirms, beside what departments lose, so that it can tell the resident."""
+    preview = {
+        "by": "phone", "ticket_no": None, "contact": {"kind": "phone", "masked": "139****5678"},
+        "count": 1, "tickets": [{"ticket_no": "20260302-000001", "status_name": "已签收"}],
+        "unfinished": ["20260302-000001"],
+    }  # fmt: skip
+    values = {"by": "phone", "phone": "13912345678", "ticket_no": "", "reason": "申请"}
+    warning = re.search(
+        r'<p class="warning" id="unfinished">(.*?)</p>', privacy_html(values=values, preview=preview)
+    )
+    assert warning is not None
+    assert "承办单位将看不到诉求内容" in warning[1]
+    assert "此后在这些工单上填写的办理说明、理由等也将随即删除" in warning[1]
 
 
 def test_a_batch_form_names_the_ticked_tickets_or_with_select_all_the_pages_new_ones_once():

@@ -15,6 +15,7 @@ from services.records.erasure import (
 )
 from shared.errors import DomainError
 from shared.privacy import caller_id
+from shared.tickets import clean_ticket_no
 
 
 @pytest.mark.parametrize(
@@ -44,10 +45,20 @@ def test_a_missing_or_invalid_phone_is_refused_beside_its_field(phone, code):
 
 
 @pytest.mark.parametrize(
-    "said", ["20260501-000123", " 20260501-000123 ", "２０２６０５０１－０００１２３", "20260501 - 000123"]
+    "said",
+    [
+        "20260501-000123",
+        " 20260501-000123 ",
+        "２０２６０５０１－０００１２３",
+        "20260501 - 000123",
+        "20260501000123",  # without the dash, as the lookup page takes it
+        "20260501—000123",
+    ],
 )
 def test_a_ticket_number_as_read_out_or_copied(said):
     assert checked_lookup("", said) == Lookup("ticket_no", "20260501-000123")
+    # The one reading of a typed number: whatever the resident's lookup accepts, the erasure does.
+    assert checked_lookup("", said).value == clean_ticket_no(said)
 
 
 @pytest.mark.parametrize("bad", ["20260501", "2026-05-01-000123", "20260501-12", "工单20260501-000123x"])
@@ -92,3 +103,15 @@ def test_the_reason_is_required_and_one_line():
     with pytest.raises(DomainError) as refused:
         checked_reason("原" * (REASON_MAX + 1))
     assert refused.value.code == "reason_too_long"
+
+
+def test_the_reason_keeps_no_phone_or_id_number_for_the_audit():
+    """The audit entry is kept for good: a number typed into the reason is masked before it is
+    stored (the name cannot be found among the words: the form asks for none)."""
+    assert checked_reason("居民来电13812345678要求删除") == "居民来电138****5678要求删除"
+    assert checked_reason("按 139 1234 5678 来电删除") == "按 139****5678 来电删除"
+    assert checked_reason("固话0571-88886666来电") == "固话0571-****6666来电"
+    assert checked_reason("身份证110105199001011234") == "身份证110105********1234"
+    # Ticket numbers and dates stay: they are no one's personal data and say which request it was.
+    kept = "按工单20261203-000012于2026年12月3日申请删除"
+    assert checked_reason(kept) == kept

@@ -906,6 +906,18 @@ async def test_anonymous_appeals_skip_the_survey_and_say_so(make_kit):
     assert events[0].ticket_no == ticket.ticket_no
 
 
+async def test_a_ticket_erased_before_its_resolution_is_not_surveyed_and_not_called_anonymous(make_kit):
+    """Erased before it was resolved, the ticket's events carry no caller, as an anonymous appeal's
+    do: its survey's end says the resident's personal data was erased, not that it was anonymous."""
+    kit = make_kit()
+    phone = new_phone()
+    ticket, resolved = await resolved_ticket(kit, phone)
+    await erased_without_notice(kit, ticket.ticket_no, phone)
+    events = await kit.notifier.start_surveys([resolved.model_copy(update={"caller_id": None})])
+    assert [(type(e), e.outcome) for e in events] == [(SurveyAnswered, "erased")]
+    assert await kit.sent(phone) == []
+
+
 async def test_answers_are_counted_in_the_groups_their_survey_kept(make_kit, redis):
     """No ticket is stored: the survey keeps the resolved event's department, category and grid,
     the answer's event carries them, and the scorecard counts it there (street from the grid)."""
@@ -1251,7 +1263,8 @@ async def test_an_erased_tickets_messages_and_surveys_are_forgotten(make_kit, re
     # No operator is asked to phone them about it either (电话回访); the other ticket still waits.
     assert await redis.zscore("survey:callback", third.event_id) is None
     assert await redis.zscore("survey:callback", second.event_id) is not None
-    assert [a.outcome for a in kit.answers(still_open.ticket_no)] == ["opted_out"]
+    # Ended by the erasure, not by the resident: the history must not say they opted out.
+    assert [a.outcome for a in kit.answers(still_open.ticket_no)] == ["erased"]
     assert await redis.exists(*(ticket_records_key(t.ticket_no) for t in (answered, still_open))) == 0
     # The other ticket of the same resident keeps its survey and its message.
     assert await redis.zscore(f"survey:open:{phone}", second.event_id) is not None
@@ -1293,7 +1306,7 @@ async def erased_without_notice(kit: Kit, ticket_no: str, phone: str) -> None:
 async def test_jobs_about_a_ticket_erased_without_its_notice_send_nothing_and_forget_it(make_kit, clock):
     """A held message, a survey's reminder and its timeout read the ticket's mark before they run:
     for an erased ticket nothing is sent, and what the notice would have removed goes then (the open
-    survey ends as opted out, so the ticket still closes). Another ticket's held message is sent."""
+    survey ends as erased, so the ticket still closes). Another ticket's held message is sent."""
     from services.notifier.states import ticket_records_key
 
     kit = make_kit()
@@ -1318,7 +1331,7 @@ async def test_jobs_about_a_ticket_erased_without_its_notice_send_nothing_and_fo
     sid = resolved.event_id
     assert await kit.notifier.surveys.get(sid) is None
     assert await kit.redis.zscore(f"survey:open:{phone}", sid) is None
-    assert [a.outcome for a in kit.answers(surveyed_ticket.ticket_no)] == ["opted_out"]
+    assert [a.outcome for a in kit.answers(surveyed_ticket.ticket_no)] == ["erased"]
     jobs = [m.decode() for m in await kit.redis.zrange(kit.notifier.jobs.key, 0, -1)]
     assert [j for j in jobs if sid in j] == []  # the timeout went with it
     assert (
@@ -1333,7 +1346,7 @@ async def test_jobs_about_a_ticket_erased_without_its_notice_send_nothing_and_fo
 async def test_a_reply_skips_the_survey_of_a_ticket_erased_without_its_notice(make_kit, clock):
     """The resident's newest open survey is about a ticket erased since; its notice never came.
     The reply goes to the survey that is left, and the erased ticket's survey is forgotten (closed
-    as opted out) rather than answered or sent a clarification."""
+    as erased) rather than answered or sent a clarification."""
     kit = make_kit(quiet="none")
     phone = new_phone()
     older, resolved_older = await resolved_ticket(kit, phone)
@@ -1346,7 +1359,7 @@ async def test_a_reply_skips_the_survey_of_a_ticket_erased_without_its_notice(ma
     assert await kit.notifier.surveys.reply(phone, "1") == SurveyAnswer(
         ticket_no=older.ticket_no, rating=1, solved=True
     )
-    assert [a.outcome for a in kit.answers(newer.ticket_no)] == ["opted_out"]
+    assert [a.outcome for a in kit.answers(newer.ticket_no)] == ["erased"]
     assert await kit.notifier.surveys.get(resolved_newer.event_id) is None
     # The last closed survey is the older one's: a later word is a comment on it, and nothing
     # more reaches the resident about the erased ticket.

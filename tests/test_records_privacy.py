@@ -9,11 +9,13 @@ import uuid
 
 import pytest
 
+from services.console import present
 from services.intake import keys
 from services.intake.domain import wechat_caller_id
 from services.records import db
 from services.records.service import Records
 from shared.auth import issue_token
+from shared.city import City
 from shared.privacy import REMOVED, caller_id, mask_openid
 from tests.conftest import System, eventually
 from tests.test_intake_batch import csv_file
@@ -135,7 +137,10 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
 
     # The phone as the resident says it: the same resident.
     spoken = f"+86 {phone[:3]} {phone[3:7]}-{phone[7:]}"
-    r = await api.post(ERASE, json={"phone": spoken, "reason": "居民来电申请删除个人信息"})
+    # The clerk wrote the number into the reason too: the audit, kept for good, has it masked.
+    reason = f"居民{phone}来电申请删除个人信息"
+    masked_reason = f"居民{phone[:3]}****{phone[-4:]}来电申请删除个人信息"
+    r = await api.post(ERASE, json={"phone": spoken, "reason": reason})
     assert r.status_code == 200, r.text
     assert r.json() == {"tickets": [no], "count": 1}
     assert phone not in r.text
@@ -154,7 +159,7 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
 
     entries = await audit_rows(pool, subject)
     assert [(a["action"], a["tickets"], a["detail"]) for a in entries] == [
-        ("erase", 1, {"reason": "居民来电申请删除个人信息", "by": "phone"})
+        ("erase", 1, {"reason": masked_reason, "by": "phone"})
     ]
     assert entries[0]["actor"].startswith("admin:")  # the desk's token, as `appeals token --list` names it
     assert phone not in str(entries)
@@ -163,7 +168,7 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
     assert r.status_code == 200, r.text
     listed = [e for e in r.json()["items"] if e["subject_prefix"] == subject[:8]]
     assert [(e["action"], e["action_name"], e["tickets"], e["reason"], e["found_by"]) for e in listed] == [
-        ("erase", "依申请删除", 1, "居民来电申请删除个人信息", "phone")
+        ("erase", "依申请删除", 1, masked_reason, "phone")
     ]
     assert subject not in r.text  # shortened
     assert phone not in r.text
@@ -274,7 +279,7 @@ async def test_the_erasure_blanks_a_mediation_agreement_and_keeps_its_outcome(ap
 
 
 async def test_a_wechat_resident_is_erased_by_their_ticket_number_everywhere(
-    api, redis, pool, system: System
+    api, redis, pool, system: System, system_city: City
 ):
     """A WeChat resident has no phone: the desk finds them by the number on the chat's reply. The
     ticket's record row, its Redis ticket, the contact (the openid), the notifier's survey and
@@ -343,6 +348,17 @@ async def test_a_wechat_resident_is_erased_by_their_ticket_number_everywhere(
 
     await eventually(forgotten, timeout=60)
 
+    # The open survey ended with the erasure and the ticket closed: its history says the resident's
+    # data was removed, never that they opted out (they never replied TD) nor that it was anonymous.
+    async def closed():
+        found = (await api.get(f"/api/v1/tickets/{no}")).json()
+        return found if found["status"] == "closed" else None
+
+    words = [present.describe(h, system_city) for h in (await eventually(closed, timeout=60))["history"]]
+    assert "回访结束：市民个人信息已删除，不再回访" in words
+    assert [w for w in words if w.startswith("关闭：")][-1].endswith("，市民个人信息已删除，不再回访")
+    assert not [w for w in words if "退订" in w or "匿名" in w]
+
     # Erased: the number finds no one any more, and says why.
     for path in (PREVIEW, ERASE):
         r = await api.post(path, json={"ticket_no": no, "reason": "居民再次申请"})
@@ -360,8 +376,10 @@ async def test_a_ticket_number_reaches_every_ticket_of_its_caller(api, redis, po
     second = await recorded(api, pool, phone, "锦绣家园门口垃圾堆了好几天没人清运，气味很大，我叫钱七")
     bystander = await recorded(api, pool, fresh_phone(), "和平路十字路口的红绿灯不亮了，车辆很乱，我叫孙八")
 
-    r = await api.post(PREVIEW, json={"ticket_no": second})
+    # Without the dash, as the resident's lookup page takes it.
+    r = await api.post(PREVIEW, json={"ticket_no": second.replace("-", "")})
     assert r.status_code == 200, r.text
+    assert r.json()["ticket_no"] == second
     preview = r.json()
     assert sorted(t["ticket_no"] for t in preview["tickets"]) == sorted([first, second])
     assert (preview["channel"], preview["channel_name"]) == ("hotline", "12345热线")

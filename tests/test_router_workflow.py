@@ -359,6 +359,46 @@ def test_a_patrol_report_no_resident_can_rate_waits_for_the_check_and_the_check_
     assert ended.ticket.status == st.CLOSED
 
 
+def test_a_survey_ended_by_an_erasure_closes_the_ticket_saying_so():
+    t = resolved(assigned_ticket(CITY))
+    ended = workflow.record_rating(t, answer(t, t.resolution_id, None, "erased", text=""), city=CITY, tz=TZ)
+    assert ended is not None
+    assert ended.ticket.status == st.CLOSED
+    (closed,) = ended.publish
+    assert (closed.action, closed.actor, closed.answer.outcome) == ("closed", "system", "erased")
+    assert closed.version == 5
+
+
+def test_a_patrol_report_erased_waits_for_the_check_which_says_it_was_erased_not_anonymous():
+    patrol = assigned_ticket(CITY).model_copy(
+        update={"channel": "patrol", "caller": Caller(), "operator_id": "W017"}
+        | {"personal_data_removed_at": T0}
+    )
+    t = resolved(patrol)
+    kept = workflow.record_rating(t, answer(t, t.resolution_id, None, "erased", text=""), city=CITY, tz=TZ)
+    assert kept is not None
+    assert (kept.ticket.status, list(kept.publish)) == (st.RESOLVED, [])
+    out = workflow.verify(kept.ticket, "W018", GRID, True, "井盖已更换", CITY, TZ, T0 + timedelta(days=1))
+    closed = out.publish[-1]
+    assert (closed.action, closed.answer.outcome) == ("closed", "erased")
+
+
+def test_survey_events_written_before_the_erased_outcome_still_parse():
+    """`survey.answered` version 1 and `ticket.updated` version 4 knew no "erased": they parse as
+    they were written, and the new ones say their version."""
+    old = {"event_id": "e1", "version": 1, "ticket_no": "20260301-000001", "survey_id": "s",
+           "rating": None, "text": "", "outcome": "opted_out"}  # fmt: skip
+    parsed = SurveyAnswered.model_validate(old)
+    assert (parsed.version, parsed.outcome) == (1, "opted_out")
+    assert SurveyAnswered(ticket_no="T", survey_id="s", rating=None, text="", outcome="erased").version == 2
+    t = resolved(assigned_ticket(CITY))
+    no_answer = answer(t, t.resolution_id, None, "no_answer", text="")
+    ended = workflow.record_rating(t, no_answer, city=CITY, tz=TZ)
+    assert ended is not None
+    written = {**ended.publish[0].model_dump(mode="json"), "version": 4}
+    assert TicketUpdated.model_validate(written).answer.outcome == "no_answer"
+
+
 def test_a_check_is_refused_in_words_where_it_cannot_be_made():
     t = resolved(assigned_ticket(CITY))
     # Another grid's ticket: as if there were none (the API answers 404, as reading it does).
@@ -948,7 +988,7 @@ def test_the_desk_places_a_ticket_routed_without_a_grid_and_nothing_else_moves()
         st.ASSIGNED,
         "dispatch_desk",
         "s02c01g02",
-        4,
+        5,
     )
     assert event.place is not None
     assert (event.place.grid, event.place.community, event.place.street) == ("s02c01g02", "s02c01", "s02")
@@ -1029,7 +1069,7 @@ def test_the_grid_worker_asks_the_desk_to_correct_the_grid_and_nothing_moves_unt
         status,
         "W017",
         "s01c01g01",  # the ticket's grid, still: intake's index and the record move nothing
-        4,
+        5,
     )
     assert event.place_request is not None
     assert (event.place_request.grid, event.place_request.was, event.place_request.by) == (

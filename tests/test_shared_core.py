@@ -151,7 +151,7 @@ def test_a_placement_carries_its_place_and_an_update_of_the_version_before_still
     base = {"ticket_no": "20261123-000001", "status": "accepted", "actor": "dispatch_desk"}
     place = Place(grid="s02c01g02", community="s02c01", street="s02", was=None)
     placed = TicketUpdated(action="placed", grid="s02c01g02", place=place, **base)
-    assert (placed.version, placed.place) == (4, place)
+    assert (placed.version, placed.place) == (5, place)
     assert TicketUpdated.from_json(placed.to_bytes()) == placed
     with pytest.raises(ValidationError, match="placed carries exactly one of"):
         TicketUpdated(action="placed", grid="s02c01g02", **base)  # no place
@@ -177,7 +177,7 @@ def test_a_place_request_carries_its_grid_and_keeps_the_tickets_grid_and_older_v
     asked = PlaceRequest(grid="s02c01g02", was="s01c01g01", reason="路灯实际在对面小区门口", by="W017")
     for action in ("place_requested", "place_refused"):
         event = TicketUpdated(action=action, place_request=asked, **base)
-        assert (event.version, event.grid, event.place_request) == (4, "s01c01g01", asked)
+        assert (event.version, event.grid, event.place_request) == (5, "s01c01g01", asked)
         assert TicketUpdated.from_json(event.to_bytes()) == event
         assert UpdateOf.from_json(event.to_bytes()).grid == "s01c01g01"  # intake's index: no move
         assert Escalation.from_json(event.to_bytes()).meeting is None

@@ -195,6 +195,9 @@ def test_which_counters_an_event_adds_to():
     assert fields_for(answer(outcome="comment")) == ()
     assert fields_for(answer(outcome="no_answer")) == ("no_answer",)
     assert fields_for(answer(outcome="opted_out")) == ("skipped",)
+    # Ended by the resident's erasure of their personal data: no opt-out, no anonymous appeal, and
+    # nothing about the department's work: counted nowhere (nor by the record's `skipped`).
+    assert fields_for(answer(outcome="erased")) == ()
     # 电话回访: an answer taken on an operator's call counts as any answer, and apart as by phone.
     assert fields_for(answer(rating=3, solved=False, by="op09")) == (
         "answered",

@@ -26,7 +26,6 @@ from services.console import present
 from services.intake.progress import ANSWERED, status_words, step_words
 
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
-from services.intake.progress import clean_ticket_no as clean_ticket_no
 from services.notifier.survey import rating_words, reopens
 from shared import lookup_link
 from shared.city import City

@@ -189,6 +189,8 @@ OUTCOME_NAMES = {
     "no_answer": "市民未答复",
     "opted_out": "市民已退订回访",
     "skipped_anonymous": "匿名诉求不回访",
+    # The resident's personal data was removed on their request: not their opt-out, nor anonymous.
+    "erased": "市民个人信息已删除，不再回访",
 }
 
 

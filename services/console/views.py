@@ -55,7 +55,14 @@ from shared.events import GridMatch
 from shared.photos import ID as PHOTO_ID
 from shared.privacy import REMOVED, InvalidPhone, caller_id, mask_phone, normalize_phone
 from shared.settings import Settings
-from shared.tickets import CHANNEL_NAMES, MEDIATION_OUTCOME_NAMES, STATUS_NAMES, Status, Ticket
+from shared.tickets import (
+    CHANNEL_NAMES,
+    MEDIATION_OUTCOME_NAMES,
+    STATUS_NAMES,
+    Status,
+    Ticket,
+    clean_ticket_no,
+)
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -1692,10 +1699,14 @@ def erasure_of(form: FormData) -> dict[str, str]:
     """The form's values; `by` says which of the two the desk chose (the other may hold what was
     typed before the choice changed, and is not sent)."""
     by = text(form, "by")
-    return {
+    values = {
         "by": by if by in ERASURE_BY else "phone",
         **{name: text(form, name).strip() for name in ERASURE_FIELDS},
     }
+    # Read as the resident's lookup reads it (20261203000012 is 20261203-000012): the preview shows,
+    # and the confirmation sends, the number as the ticket has it. The API reads it the same way.
+    values["ticket_no"] = clean_ticket_no(values["ticket_no"])
+    return values
 
 
 def erasure_body(values: dict[str, str]) -> dict[str, str]:
@@ -2408,7 +2419,7 @@ async def lookup_form(request: Request) -> Response:
     t, expires, sig = query.get("t", ""), query.get("e", ""), query.get("s", "")
     if not t and not sig and not expires:
         return await lookup_page(request)
-    values = {"ticket_no": resident_lookup.clean_ticket_no(t), "last4": ""}
+    values = {"ticket_no": clean_ticket_no(t), "last4": ""}
     link = {"e": expires.strip(), "s": sig.strip()}
     result = await followed(request, values["ticket_no"], link)
     if isinstance(result, resident_lookup.Refused):
@@ -2477,7 +2488,7 @@ async def looked_up(request: Request, form: Any) -> Looked | Response:
     else by its number and last four digits; with the values as cleaned and the link (None: by
     the digits). Else the page refusing. The same page token (CSRF) either way."""
     values = {
-        "ticket_no": resident_lookup.clean_ticket_no(text(form, "ticket_no")),
+        "ticket_no": clean_ticket_no(text(form, "ticket_no")),
         "last4": resident_lookup.clean_last4(text(form, "last4")),
     }
     link = None

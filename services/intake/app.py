@@ -103,7 +103,7 @@ class UpdateOf(View):
     (`placed`: `grid` is where the desk placed it)."""
 
     of = TicketUpdated
-    version: int = 4
+    version: int = 5
     action: TicketAction
     caller_id: str | None = None
     grid: str | None = None

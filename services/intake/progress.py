@@ -23,7 +23,7 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from shared.tickets import Status, Ticket
+from shared.tickets import DASHES, Status, Ticket
 
 LISTED = 3  # tickets a keyword query lists, the most recent first (an SMS stays short)
 RESULT_MAX_CHARS = 40  # a closed ticket's result, as the survey SMS cut it
@@ -50,8 +50,7 @@ _NUMBER = r"(?P<no>\d{8}-?\d{6,9})"
 _KEYWORD_ONLY = re.compile(rf"{_POLITE}(?:{_WORD})(?:一下)?")
 _WITH_NUMBER = re.compile(rf"{_POLITE}(?:(?:{_WORD})(?:一下)?)?(?:工单号?|单号)?{_NUMBER}(?:{_WORD})?")
 # Everything a resident may put around the words: spaces, punctuation, emoji. Dashes are kept (they
-# may sit inside a ticket number) after every dash-like character becomes "-".
-_DASHES = re.compile(r"[—–‐‑−_]")
+# may sit inside a ticket number) after every dash-like character becomes "-" (`DASHES`).
 _IGNORED_CATEGORIES = ("Z", "P", "S", "C")
 
 # What a resident is told happened, in their words; the rest of the history is internal.
@@ -139,18 +138,10 @@ class TicketProgress:
     result: str = ""
 
 
-def clean_ticket_no(raw: str) -> str:
-    """The number as a resident may type it on a phone: full-width digits, spaces, a long dash, or
-    no dash at all (20261201000123) are the same number as 20261201-000123."""
-    text = re.sub(r"\s", "", unicodedata.normalize("NFKC", raw))
-    text = _DASHES.sub("-", text)
-    return f"{text[:8]}-{text[8:]}" if re.fullmatch(r"\d{14,17}", text) else text
-
-
 def _compact(raw: str) -> str:
     """The message with what carries no meaning for the rule taken out (white space, punctuation,
     symbols, controls), full-width folded, dash-likes as "-"."""
-    text = _DASHES.sub("-", unicodedata.normalize("NFKC", raw))
+    text = DASHES.sub("-", unicodedata.normalize("NFKC", raw))
     return "".join(c for c in text if c == "-" or not unicodedata.category(c).startswith(_IGNORED_CATEGORIES))
 
 

@@ -16,7 +16,8 @@ Counting: an assignment counts on the day it happens (reroutes after a return an
 re-dispatches, 改派, count again, for the new department; the dispatch desk's waiting room does not
 count); an acceptance on the day it happens; a survey answer on the day it arrives. Surveys closed
 with no answer, and skipped ones (anonymous, opted out), are counted apart and are in no
-denominator; so are urges (催办: a resident calling again about an open ticket), on the day of the
+denominator (a survey ended by the resident's erasure of their personal data counts nowhere); so
+are urges (催办: a resident calling again about an open ticket), on the day of the
 call, for the department that has the ticket then, and the grid workers' checks of resolutions on
 the spot (现场核查: checked, and found not solved), on the day of the check, for the department whose
 resolution was checked, and the resolutions of the streets' mediation committees (人民调解: mediated,
@@ -180,6 +181,9 @@ def fields_for(event: Event) -> tuple[str, ...]:
             return ("no_answer",)
         if event.outcome in ("opted_out", "skipped_anonymous"):
             return ("skipped",)
+        # "erased" (the resident's personal data was removed on their request) counts nowhere: it
+        # is no opt-out nor an anonymous appeal, and says nothing of the department's work. The
+        # record's rates (`services.records.rates`) leave it out of `skipped` alike.
     return ()
 
 

@@ -21,8 +21,8 @@ timeouts, and opt-outs.
   survey:call:{id}       a phone callback's state (hash): `attempts` (calls not answered), and
                          `by`/`until` while an operator is calling (so no two call one resident)
 
-Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out or
-skipped_anonymous); comments add more. Residents who do not answer the SMS are asked by phone: an
+Every survey ends in exactly one `survey.answered` event (answered, no_answer, opted_out,
+skipped_anonymous or erased); comments add more. Residents who do not answer the SMS are asked by phone: an
 open survey still unanswered `callback_after` it went out (SURVEY_CALLBACK_HOURS; by default when
 its reminder goes out) is due for a call from a hotline operator (电话回访), who records the
 answer (`answer_by_phone`, the event naming the operator in `by`) or a call nobody took
@@ -173,7 +173,8 @@ class SurveyBook:
     async def start(self, resolved: TicketUpdated, to: Recipient | None) -> list[Event]:
         """The callback with the survey for a resolved ticket (sent to `to`, the caller's phone, or
         the WeChat user's openid: `services.notifier.routing`). Returns the events that record it:
-        the survey sent, or why it was not (anonymous appeal, opted-out phone), never nothing.
+        the survey sent, or why it was not (anonymous appeal, opted-out phone, the resident's
+        personal data erased), never nothing.
         Idempotent: the same resolution gives the same survey and events. The event is all it
         reads: its note is the resolution note, and its department, category and grid are kept
         with the survey for the answer's event."""
@@ -182,7 +183,11 @@ class SurveyBook:
             resolved.note, resolved.mediation.outcome if resolved.mediation else None
         )
         if to is None:
-            return [self._not_asked(resolved, "skipped_anonymous")]
+            # No one to reach: an anonymous appeal, or a resident whose personal data was erased
+            # before the resolution (the router's events then carry no caller). The history must
+            # not call the latter anonymous: the ticket's mark says which (one read, only here).
+            erased = await self.erased(no)
+            return [self._not_asked(resolved, "erased" if erased else "skipped_anonymous")]
         address, channel = to.address, to.channel
         if channel == "sms" and await self.opted_out(address):
             text = self.texts.render("result", ticket_no=no, note=note)
@@ -733,7 +738,8 @@ class SurveyBook:
 
     async def forget(self, survey_keys: Sequence[str], now: datetime) -> list[str]:
         """The resident's personal data was erased from these surveys' tickets: a survey still open
-        ends as opted out (no one may ask them any more, and the ticket must still close), then
+        ends as erased (no one may ask them any more, and the ticket must still close; the
+        resident did not opt out, and the history must not say they did), then
         the surveys, their answers and their places in the phone's keys go, with their reminder
         and timeout. Returns the keys of those that were still stored."""
         if not survey_keys:
@@ -748,9 +754,7 @@ class SurveyBook:
                 p.zscore(_open_key(survey.to), survey.survey_id)
             still_open = [s for s, score in zip(stored, await p.execute(), strict=True) if score is not None]
         for survey in still_open:  # rare: erased between the resolution and the answer
-            await self._close(
-                survey, "opted_out", "", now, event_id=derived_id(survey.survey_id, "opted_out")
-            )
+            await self._close(survey, "erased", "", now, event_id=derived_id(survey.survey_id, "erased"))
         async with self.redis.pipeline(transaction=True) as p:
             for survey in stored:
                 sid = survey.survey_id

@@ -20,8 +20,15 @@ from typing import Any, Literal
 from services.records.db import Pool
 from services.records.retention import Retention
 from shared.errors import DomainError
-from shared.privacy import InvalidPhone, caller_id, mask_openid, mask_phone, normalize_phone
-from shared.tickets import CHANNEL_NAMES, TICKET_NO_PATTERN
+from shared.privacy import (
+    InvalidPhone,
+    caller_id,
+    mask_openid,
+    mask_phone,
+    mask_typed_numbers,
+    normalize_phone,
+)
+from shared.tickets import CHANNEL_NAMES, TICKET_NO_PATTERN, clean_ticket_no
 
 log = logging.getLogger("records.erasure")
 
@@ -31,8 +38,6 @@ SUBJECT_SHOWN = 8  # characters of the caller id an audit listing shows
 ACTION_NAMES = {"erase": "依申请删除", "retention": "到期自动清理"}
 FoundBy = Literal["phone", "ticket_no"]
 _TICKET_NO = re.compile(TICKET_NO_PATTERN)
-# As a resident reads a number out or copies it from a message: full-width digits and dashes.
-_FULLWIDTH = str.maketrans("０１２３４５６７８９－—", "0123456789--")
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,13 @@ def checked_lookup(phone: str, ticket_no: str) -> Lookup:
 
 
 def checked_ticket_no(raw: str) -> str:
-    no = re.sub(r"\s", "", raw.translate(_FULLWIDTH))
+    """The number as the resident reads it out or copies it, read as the lookup page reads it
+    (`clean_ticket_no`: full-width digits, spaces, any dash, or none), or refused beside its field."""
+    no = clean_ticket_no(raw)
     if not _TICKET_NO.fullmatch(no):
         raise DomainError(
             "invalid_ticket_no",
-            f"“{raw.strip()}”不是有效的工单号：工单号是8位日期、短横线和6位以上序号，"
+            f"“{raw.strip()}”不是有效的工单号：工单号是8位日期和6位以上序号（中间的短横线可省略），"
             "如 20240501-000123，见居民收到的受理短信或微信回复",
             kind="invalid",
             field="ticket_no",
@@ -117,8 +124,11 @@ def masked_contact(contact: dict[str, str]) -> tuple[Literal["phone", "wechat"] 
 
 
 def checked_reason(reason: str) -> str:
-    """The reason goes into the audit entry: required, one sentence."""
-    reason = " ".join(reason.split())
+    """The reason goes into the audit entry: required, one sentence. The audit is kept for good, and
+    a clerk naturally writes who called ("居民张伟13812345678来电要求删除"): the phone and ID numbers
+    typed into it are masked before it is stored (`mask_typed_numbers`); a name cannot be told from
+    the other words, so the form asks for none."""
+    reason = mask_typed_numbers(" ".join(reason.split()))
     if not reason:
         raise DomainError(
             "reason_required",

@@ -50,6 +50,7 @@ COUNTERS = {
     "basically_satisfied": f"{_ANSWERED} AND e.payload->>'rating' = '2'",
     "unsatisfied": f"{_ANSWERED} AND e.payload->>'rating' = '3'",
     "no_answer": "e.topic = 'survey.answered' AND e.payload->>'outcome' = 'no_answer'",
+    # Not "erased" (the survey ended by the resident's erasure): it counts nowhere, as in scoring.
     "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
     "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
     "handled_on_spot": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'on_spot'",

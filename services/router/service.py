@@ -55,7 +55,7 @@ class Escalation(View):
     for, and the words that say why. The other actions, most of what it reads, need no more."""
 
     of = TicketUpdated
-    version: int = 4
+    version: int = 5
     note: str = ""
     meeting: MeetingSpec | None = None
 

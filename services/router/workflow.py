@@ -1516,14 +1516,15 @@ def record_rating(
         return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     closable = allowed(ticket.status, "close")
     if (
-        answer.outcome == "skipped_anonymous"
+        answer.outcome in ("skipped_anonymous", "erased")
         and closable
         and awaits_check(ticket)
         and ticket.verified_at is None
     ):
-        # No resident to ask: the grid worker's check will close it (see `verify`).
+        # No resident to ask (none ever, or none since the erasure): the grid worker's check will
+        # close it (see `verify`).
         return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
-    if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous") and closable:
+    if answer.outcome in ("no_answer", "opted_out", "skipped_anonymous", "erased") and closable:
         # No rating will come: the survey's end closes the ticket without one.
         event = ticket_updated(
             ticket,
@@ -1706,7 +1707,11 @@ def verify(
             Status.CLOSED,
             actor=worker,
             cause=event,
-            answer=Answer(outcome="skipped_anonymous", reopens=ticket.reopens),
+            # Erased, the resident is not anonymous: the history says why nobody was asked.
+            answer=Answer(
+                outcome="erased" if ticket.personal_data_removed_at else "skipped_anonymous",
+                reopens=ticket.reopens,
+            ),
             occurred_at=now,
         )
         done = _updated(verified.ticket, "close", closed, closed_at=now)

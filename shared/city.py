@@ -241,6 +241,13 @@ class GridInfo(_Model):
         own = self.grid.name
         return own if self.community_name in own else f"{self.community_name}{own}"
 
+    @property
+    def place(self) -> str:
+        """Where the grid is, as every page, card, history line and refusal writes it: its street,
+        a slash, then its full name (和平街道/东湖社区第一网格). One spelling, so the place the desk
+        reads on a card is the place the history says, word for word."""
+        return f"{self.street_name}/{self.full_name}"
+
 
 # --- the hotline's knowledge base ----------------------------------------------------------------
 
@@ -309,6 +316,11 @@ class City(_Model):
 
         walk(self.categories, ())
         return out
+
+    def place_name(self, grid_id: str | None) -> str:
+        """A grid's place by name (GridInfo.place), or 未定位 for none, or one the city does not have."""
+        info = self.grids.get(grid_id or "")
+        return info.place if info is not None else "未定位"
 
     def branch(self, category_id: str) -> frozenset[str]:
         """The category and every category under it (城市管理 takes 路灯故障): what a list narrowed

@@ -218,11 +218,11 @@ def test_a_grid_the_desk_chose_is_shown_as_chosen_by_a_person(city):
     # A grid chosen, then another one: the ticket's is no longer the desk's choice.
     assert not present.grid_chosen_by_desk({**placed, "grid": {"grid": "s01c01g01"}}, [by_desk])
     assert not present.grid_chosen_by_desk({**placed, "grid": None}, [by_desk])
-    assert present.place_name(city, "s02c01g02") == "建设街道/建设社区第二网格"
-    assert present.place_name(city, None) == "未定位"
-    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=True)
+    assert city.place_name("s02c01g02") == "建设街道/建设社区第二网格"
+    assert city.place_name(None) == "未定位"
+    html = render_ticket(city, placed, place=city.place_name("s02c01g02"), grid_chosen=True)
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格（人工选定）</dd>' in html
-    html = render_ticket(city, placed, place=present.place_name(city, "s02c01g02"), grid_chosen=False)
+    html = render_ticket(city, placed, place=city.place_name("s02c01g02"), grid_chosen=False)
     assert '<dd id="ticket-grid">建设街道/建设社区第二网格</dd>' in html
 
 
@@ -236,7 +236,7 @@ def test_a_grid_the_desk_placed_after_the_assignment_is_chosen_by_a_person_and_s
         "topic": "ticket.updated",
         "action": "placed",
         "grid": "s01c01g01",
-        "note": "事发网格经人工核实为和平街道和平里社区第一网格（12345派单中心）",
+        "note": "事发网格经人工核实为和平街道/和平里社区第一网格（12345派单中心）",
         "place": {"grid": "s01c01g01", "was": "s01c01g01", "confirmed": True},
     }
     desk = {**DEPARTMENTS_TICKET, "grid": {"grid": "s01c01g01", "method": "desk"}}
@@ -327,9 +327,7 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     def told(role: str, status: str = "assigned", **context) -> str:
         """What the page tells this reader to do about the disagreement."""
         t = {**live, "status": status}
-        html = render_ticket(
-            city, t, role, place=present.place_name(city, "s01c01g01"), grid_apart=said, **context
-        )
+        html = render_ticket(city, t, role, place=city.place_name("s01c01g01"), grid_apart=said, **context)
         apart = re.search(r'<dd id="grid-apart" class="warning">([^<]*)</dd>', html)
         assert apart is not None
         return apart[1].removeprefix(said)
@@ -358,15 +356,15 @@ def test_coordinates_and_an_address_in_other_grids_are_said_with_the_grids_names
     assert told("grid_worker", place_request=asked) == waiting
     assert told("admin", can_place=True, place_request=asked).startswith("，网格员W011已申请更正为")
     html = render_ticket(
-        city, live, place=present.place_name(city, "s01c01g01"), grid_apart=said, can_place=True,
+        city, live, place=city.place_name("s01c01g01"), grid_apart=said, can_place=True,
         place_request=asked, grid_groups=present.grid_choices(city), grid_id="s01c01g01",
     )  # fmt: skip
     assert 'id="place-asked"' in html
     assert re.search(r'<option value="s02c01g01"[^>]*selected', html), "the grid asked for is chosen"
     waiting = {**live, "status": "review"}
-    html = render_ticket(city, waiting, place=present.place_name(city, "s01c01g01"), grid_apart=said)
+    html = render_ticket(city, waiting, place=city.place_name("s01c01g01"), grid_apart=said)
     assert f"{said}，派单时请在“事发网格”中确认" in html
-    html = render_ticket(city, live, place=present.place_name(city, "s01c01g01"), grid_apart="")
+    html = render_ticket(city, live, place=city.place_name("s01c01g01"), grid_apart="")
     assert 'id="grid-apart"' not in html
 
 
@@ -973,7 +971,11 @@ def test_the_lists_refusals_go_beside_their_field_or_above_the_list():
 
 def test_a_listed_tickets_place_is_named(city):
     gid, info = next(iter(city.grids.items()))
-    assert place_of({"grid": gid}, city) == f"{info.street_name}/{info.community_name}/{info.grid.name}"
+    # As every page writes a grid (the grid's own name says its community: not written twice).
+    assert place_of({"grid": gid}, city) == city.place_name(gid) == f"{info.street_name}/{info.full_name}"
+    assert place_of({"street": info.street_id, "community": info.community_id}, city) == (
+        f"{info.street_name}/{info.community_name}"
+    )
     assert place_of({"street": info.street_id}, city) == info.street_name
     assert place_of({}, city) == "未定位"
 
@@ -1935,6 +1937,133 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
     assert html.count("autofocus") == 1
 
 
+class _DecidingDeskApi(_DeskApi):
+    """The desk with an extension request and a grid worker's request to correct the grid waiting
+    (nothing to dispatch), whose verdicts the API answers with `verdict`."""
+
+    def __init__(self, city, verdict: Reply) -> None:
+        super().__init__({}, Reply(200, {}))
+        water = {"id": "water", "name": "区水务局"}
+        self.verdict, self.sent = verdict, []
+        self.extension = {
+            "ticket_no": "20261201-000031",
+            "status": "accepted",
+            "department": water,
+            "extension_request": {"days": 5, "reason": "等材料"},
+        }
+        self.placing = {
+            "ticket_no": "20261201-000032",
+            "status": "assigned",
+            "department": water,
+            "grid": {"grid": "s01c01g01"},
+            "place_request": {"grid": "s02c01g02", "reason": "路灯在建设社区", "by": "W091"},
+        }
+
+    def waiting(self) -> list[dict]:
+        return []
+
+    async def followed(self, *, page: int, size: int) -> Reply:
+        body = {"tickets": [], "total": 0, "page": page, "size": size}
+        return Reply(
+            200, {"extensions": [self.extension], "place_requests": [self.placing], "returned": body}
+        )
+
+    async def post(self, path: str, body=None, headers=None):
+        if "/extension/" in path or "/place-request/" in path:
+            self.sent.append((path, body))
+            return self.verdict
+        return await super().post(path, body, headers)
+
+
+@pytest.mark.parametrize(
+    ("card", "verdict", "field"),
+    [
+        ("placereq", "refuse", "placereq-refuse-20261201-000032"),
+        ("ext", "refuse", "ext-refuse-20261201-000031"),
+        ("ext", "approve", "ext-approve-20261201-000031"),
+    ],
+)
+async def test_a_refused_verdict_comes_back_beside_its_reason_on_its_card(
+    monkeypatch, city, card, verdict, field
+):
+    """An extension's verdict or a place request's refused by the API (不同意 with no reason) comes
+    back as a refused dispatch does: to its card, the refusal beside the reason field of the verdict
+    sent, which takes the focus, marked and described by it, with what was typed; not at the top of
+    the page, and no other card's field marked."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    said = "请填写不同意的理由（至少4个字），申请的网格员将看到原因"
+    fake = _DecidingDeskApi(
+        city, Reply(422, {"error": "reason_required", "field": "reason", "message": said})
+    )
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    no = fake.extension["ticket_no"] if card == "ext" else fake.placing["ticket_no"]
+    typed = "不 <对>"  # too short, and kept as typed (escaped in the markup)
+
+    async def posted(request, s):
+        return FormData([("note", typed), ("next", "")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    decide = views.desk_extension if card == "ext" else views.desk_place_request
+    back = await decide(SimpleNamespace(app=SimpleNamespace(state=state)), no, verdict, s)
+    assert back.status_code == 303
+    assert fake.sent == [
+        (
+            f"/api/v1/tickets/{no}/{'extension' if card == 'ext' else 'place-request'}/{verdict}",
+            {"note": typed},
+        )
+    ]
+    where = urlsplit(back.headers["location"])
+    assert (where.path, where.fragment) == ("/console/desk", field)
+    request = SimpleNamespace(query_params=dict(parse_qsl(where.query)), app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert 'id="desk-error"' not in html  # not at the top of the page
+    card_html = html[html.index(f'id="{card}-{no}"') :]
+    card_html = card_html[: card_html.index("</article>")]
+    tag = re.search(rf'<input id="{field}" name="note"[^>]*>', card_html)
+    assert tag is not None
+    assert f'value="{html_escape(typed)}"' in tag[0]
+    assert 'aria-invalid="true"' in tag[0]
+    assert "autofocus" in tag[0]
+    assert described_by(html, field) == [f"{field}-error"]
+    # The words right after the field, before the verdict's button.
+    after = card_html[card_html.index(tag[0]) + len(tag[0]) :]
+    assert after.index(html_escape(said, quote=False)) < after.index("<button")
+    assert f'id="{field}-error"' in after
+    assert html.count("autofocus") == 1
+    assert html.count("aria-invalid") == 1
+    assert unread(html) == []
+
+
+async def test_a_refused_verdict_whose_card_is_gone_is_said_at_the_top(monkeypatch, city):
+    """Another desk decided the request first: the card is no longer shown, so the refusal is said
+    at the top of the page, where it takes the focus."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    said = "工单20261201-000039没有待审核的延期申请"
+    fake = _DecidingDeskApi(city, Reply(409, {"message": said}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    query = {"error": said, "ticket": "20261201-000039", "card": "ext", "field": "refuse", "note": "不同意"}
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    assert re.search(r'<p class="error" role="alert" id="desk-error"[^>]*autofocus>', html)
+    assert "aria-invalid" not in html
+    assert html.count("autofocus") == 1
+
+
 class _CountApi:
     """The API as the menu's count sees it: answers `reply`, raises it, or never answers."""
 
@@ -2543,6 +2672,68 @@ async def test_a_patrol_reports_refused_text_is_named_by_the_forms_label(monkeyp
     panel = (await views.patrol_preview(request, s)).body.decode()
     assert "诉求内容" not in panel
     assert error[1] in panel
+
+
+class _PatrolApi(_IntakeApi):
+    """The API as the patrol form sees it: the report accepted, its preview `judged` (or refused)."""
+
+    def __init__(self, judged: Reply) -> None:
+        super().__init__(Reply(200, {}))
+        self.judged, self.asked = judged, []
+
+    async def post(self, path: str, body=None, headers=None):
+        self.asked.append(path)
+        if path == "/api/v1/appeals/preview":
+            return self.judged
+        return Reply(201, {"ticket_no": "20261201-000077", "message": "诉求已受理"})
+
+
+@pytest.mark.parametrize(
+    ("review", "grid", "address_grid", "direct", "said"),
+    [
+        (False, "s01c01g01", None, "", "问题已上报，将派给责任单位办理"),
+        (True, None, None, "", "问题已上报，派单中心确定事发网格后派给责任单位办理"),  # none found
+        (True, "s01c01g02", "s01c01g01", "", "问题已上报，派单中心确定事发网格后派给责任单位办理"),  # 不一致
+        (True, "s01c01g01", None, "", "问题已上报，派单中心确认分类后派给责任单位办理"),  # unsure
+        (None, "s01c01g01", None, "", "问题已上报，将派给责任单位办理"),  # no preview to be had
+        (True, None, None, "已现场处置", "已登记现场处置，工单直接办结"),  # handled: no desk
+    ],
+)
+async def test_a_patrol_reports_accepted_message_says_what_happens_next(
+    monkeypatch, city, review, grid, address_grid, direct, said
+):
+    """The accepted message says what the report waits for, as its preview judged it: the dispatch
+    desk deciding its grid (none found where the place decides the department, or an address in
+    another grid than the worker's), or its category; else the department at once. A report
+    handled on the spot is not previewed: it goes to no one."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    placed = sorted(city.placed_categories)[0]
+    judged = {
+        "review": review,
+        "category": {"id": placed, "names": list(city.category_names(placed)), "confidence": 0.9},
+        "grid": {"grid": grid, "method": "patrol" if grid else "none", "address_grid": address_grid},
+    }
+    fake = _PatrolApi(Reply(200, judged) if review is not None else Reply(503, {"message": "系统繁忙"}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData(
+            [("text", "路灯灯杆倾斜，灯罩脱落"), ("address", "和平里小区"), ("direct_answer", direct)]
+        )
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    state = SimpleNamespace(city=city, settings=SimpleNamespace(timezone="Asia/Shanghai"))
+    request = SimpleNamespace(query_params={}, headers={}, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="grid_worker", grid="s01c01g02"), csrf="c")
+    html = (await views.patrol_submit(request, s)).body.decode()
+    assert f'<p id="accepted-next">{said}。工单号：</p>' in html
+    assert f'data-announce="{said}，工单号20261201-000077"' in html
+    assert ("/api/v1/appeals/preview" in fake.asked) == (not direct)
 
 
 BAD_PHONE = "不是有效的手机号或固话号码，请填写11位手机号或带区号的固话"
@@ -4302,6 +4493,10 @@ def test_the_response_rates_base_is_counted_as_the_rate_is():
     assert present.percent(old["response_rate"]) == "80.0%"
     assert present.rate_bases(old)["response_base"] == "（8/10）"
     assert present.rate_bases({"responded": 1})["response_base"] == ""  # nothing came due: —
+    # In the middle of a move (统计中) the rate is —, and so is its base.
+    settling = scoring.rates(counts | {"due_on_time": 3}, scoring.Weights())
+    assert settling["response_rate"] is None
+    assert set(present.rate_bases(settling).values()) == {""}
 
 
 def test_the_live_dashboard_shows_the_score_as_the_page_does():
@@ -4404,7 +4599,7 @@ def test_a_workers_report_says_where_it_stands_where_it_is_and_its_deadline(city
     assert f">{REPORT['text'][:40]}…</td>" in cells  # its opening words
     assert '<td data-label="状态" class="status">办理中</td>' in cells
     assert "区城市管理委员会" in cells
-    assert f"{present.place_name(city, 's01c01g01')}（人工选定）" in cells
+    assert f"{city.place_name('s01c01g01')}（人工选定）" in cells
     assert '<td data-label="时限" class="deadline">办结时限 2026-12-02 20:00（剩余2小时0分）</td>' in cells
     assert 'aria-current="page">全部</a>' in html
     assert "autofocus" not in html  # a list opened, nothing come back to say
@@ -4458,3 +4653,24 @@ def test_an_empty_or_unreadable_list_of_reports_says_why(city):
     html = reported_html(city, rows=None, error=away)
     assert told(html, away) == focused(html)  # what the page is for is the reason now
     assert 'id="reported"' not in html
+
+
+async def test_a_grid_whose_counts_are_moving_to_another_says_so_and_shows_no_rate(monkeypatch, city):
+    """A ticket's counts moved into its new grid before a count they move was read: for a moment
+    the old grid's counters do not add up (a part above its whole). Its row says 统计中 instead of a
+    rank or 样本不足, with no rate nor score (not 150%), and the page says why and what to do."""
+    fake = _CountsApi(city)
+    moving = scoring.rates(
+        {"assigned": 1, "due_counted": 1, "answered": 2, "solved": 3, "satisfied": 3}, scoring.Weights()
+    )
+    fake.stats["grid"] = scoring.rank([{"group": fake.grid, "name": "网格", **moving}], 3)
+    html = await counted_dashboard(monkeypatch, city, fake)
+    start = html.index('id="rank-grid"')
+    table = html[start : html.index("</table>", start)]
+    [row] = re.findall(r"<tr[^>]*><td>([^<]*)</td>.*?</tr>", table)
+    assert row == "统计中"
+    assert "150.0%" not in table
+    assert "%" not in table.split("</thead>")[1]
+    assert 'id="rank-grid-settling"' in html
+    assert "暂不计算比率和得分，请稍后刷新" in html
+    assert 'id="rank-department-settling"' not in html  # only where a group is settling

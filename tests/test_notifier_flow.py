@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client import REGISTRY
 
+from services.notifier.app import Handlers
 from services.notifier.dispatch import SendInFlight
 from services.notifier.gateway import Message, OutboxGateway
 from services.notifier.policy import Policy, QuietHours
@@ -33,6 +34,7 @@ from shared.events import (
     Place,
     SurveyAnswered,
     SurveySent,
+    TicketAssigned,
     TicketUpdated,
     Verification,
 )
@@ -432,6 +434,42 @@ async def test_an_answer_after_the_desk_placed_the_ticket_elsewhere_counts_in_it
     assert isinstance(await kit.notifier.surveys.reply(phone, "1 满意"), SurveyAnswer)
     [answered] = [a for a in kit.answers(ticket.ticket_no) if a.outcome == "answered"]
     assert answered.grid == "s02c01g01"
+
+
+async def test_an_answer_after_the_desk_dispatched_the_ticket_again_elsewhere_counts_in_its_new_grid(
+    make_kit, clock
+):
+    """A check sent the resolution back (its survey still open, void), the department returned the
+    ticket (属地有误) and the desk dispatched it again in another grid: the assignment sets the
+    grid (`scoring.sets_grid`), and the open survey follows it as it follows a placement, through
+    the notifier's handler of assignments; another survey stays where it is. Dispatched back into
+    the first grid, the survey follows back, and the answer (void, in no rate) counts there."""
+    kit = make_kit(quiet="none")
+    phone, ticket, survey_id = await surveyed_with_id(kit)
+    _, _, other_id = await surveyed_with_id(kit)
+    kept = (await kit.notifier.surveys.get(other_id)).grid
+    assert kept != "s02c01g01"
+    await kit.notifier.sent_back([checked_not_solved(ticket, survey_id)])
+    assigned = TicketAssigned(
+        ticket_no=ticket.ticket_no, department=DepartmentRef(id="urban_mgmt", name="区城市管理委员会"),
+        via="operator", explanation="派单员人工派单", category="city.facility.streetlight",
+        grid="s02c01g01", grid_chosen=True, respond_by=NOON, resolve_by=NOON,
+    )  # fmt: skip
+
+    class Uncounted:  # the scorecard's part has tests of its own (test_scorecard_query)
+        async def record(self, events) -> int:
+            return 0
+
+    handlers = Handlers(kit.notifier, Uncounted())  # type: ignore[arg-type]
+    await handlers.assignments([assigned])
+    assert (await kit.notifier.surveys.get(survey_id)).grid == "s02c01g01"
+    assert (await kit.notifier.surveys.get(other_id)).grid == kept
+    await handlers.assignments([assigned.model_copy(update={"event_id": uuid.uuid4().hex, "grid": kept})])
+    assert (await kit.notifier.surveys.get(survey_id)).grid == kept  # where the ticket is, as said
+    clock.now = NOON + timedelta(hours=2)
+    assert isinstance(await kit.notifier.surveys.reply(phone, "1 满意"), SurveyAnswer)
+    [answered] = [a for a in kit.answers(ticket.ticket_no) if a.outcome == "answered"]
+    assert (answered.grid, answered.void) == (kept, True)
 
 
 async def test_the_answer_to_a_survey_sent_back_says_so_and_other_surveys_do_not(make_kit, clock):

@@ -201,6 +201,13 @@ async def test_search_filters_pages_and_access_rules(api, redis, pool):
     r = await api.get("/api/v1/tickets", params={"q": "测试检索甲"})
     assert r.status_code == 200, r.text
     assert [t["ticket_no"] for t in r.json()["items"]] == [mine]
+    # Several words, each found wherever it is; the number a resident reads out, however typed.
+    serial = mine.split("-")[1]
+    for q in ("检索甲 阳光花园", "测试检索甲\u3000" + mine, mine.replace("-", ""), f"测试检索甲 {serial}"):
+        r = await api.get("/api/v1/tickets", params={"q": q})
+        assert [t["ticket_no"] for t in r.json()["items"]] == [mine], q
+    r = await api.get("/api/v1/tickets", params={"q": "检索甲 检索乙"})
+    assert r.json()["items"] == []
     r = await api.get(
         "/api/v1/tickets",
         params={"department": dept, "status": "assigned,accepted", "street": ticket["grid"]["street"] or ""},

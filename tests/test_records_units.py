@@ -1288,3 +1288,20 @@ def test_a_grid_worker_reads_its_own_report_wherever_the_desk_placed_it_and_only
     by_phone = Ticket.from_appeal(AppealReceived(ticket_no="20261102-000010", channel="hotline",
                                                  text="路灯不亮了好几天", operator_id="W017"))  # fmt: skip
     assert not reported_it(worker, by_phone)
+
+
+def test_the_search_box_takes_several_words_and_ticket_numbers_however_typed():
+    from services.records.query import keywords
+
+    assert keywords("拖欠 工资") == ([], ["拖欠", "工资"])
+    assert keywords("路灯\u3000阳光花园") == ([], ["路灯", "阳光花园"])  # a full-width space
+    for typed in ("20261203-000005", "20261203000005", "２０２６１２０３－０００００５"):
+        assert keywords(typed) == (["20261203-000005"], [])
+    assert keywords("000005 路灯") == (["000005"], ["路灯"])  # a serial's last digits
+    assert keywords("12 路灯") == ([], ["12", "路灯"])  # too short for a number: a word
+    search = build({"q": "拖欠 工资 20261203000005"}, tz=TZ, city=CITY, department_scope=None)
+    assert search.params == ["20261203-000005", "%拖欠%", "%工资%"]
+    assert search.where.count("search ILIKE %s") == 2
+    assert build({"q": "000005"}, tz=TZ, city=CITY, department_scope=None).params == ["%000005"]
+    assert invalid_field({"q": "路 灯"}) == "q"
+    assert invalid_field({"q": "一二 三四 五六 七八 九十 十一"}) == "q"

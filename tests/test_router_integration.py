@@ -18,16 +18,19 @@ import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from services.notifier.scorecard import Scorecard
+from services.notifier.scoring import Weights
 from services.records.retention import Retention
 from services.router import meetings
 from services.router.service import MeetingStore
 from shared import bus, topics
 from shared.auth import issue_token
-from shared.events import TicketUpdated
+from shared.events import TicketAssigned, TicketUpdated
 from shared.store import TicketStore
 from tests.cities import HOTSPOT_COUNT, TINY_CATEGORY
 from tests.conftest import ROOT, days_since, eventually, local_today, settings_env
@@ -236,7 +239,7 @@ async def test_the_desk_places_a_ticket_without_a_grid_and_its_grid_worker_finds
         True,
         4,
     )
-    assert "事发网格人工选定为建设街道建设社区第二网格" in assigned["explanation"]
+    assert "事发网格人工选定为建设街道/建设社区第二网格" in assigned["explanation"]
 
     # The record places it: the row's grid, community and street.
     async def placed():
@@ -323,7 +326,7 @@ async def test_the_desk_places_an_assigned_ticket_and_the_record_and_the_duplica
     )
     assert (
         placed["note"]
-        == "事发网格人工选定为建设街道建设社区第二网格，原为和平街道和平里社区第一网格（12345派单中心）"
+        == "事发网格人工选定为建设街道/建设社区第二网格，原为和平街道/和平里社区第一网格（12345派单中心）"
     )
 
     # The record: the row's grid, community and street, with its status and department as they were.
@@ -1081,7 +1084,7 @@ async def test_a_grid_worker_asks_the_desk_to_correct_the_grid_and_the_desk_appr
     refused = body["history"][-1]
     assert refused["action"] == "place_refused"
     assert refused["note"].endswith(
-        "不同意将事发网格更正为建设街道建设社区第二网格（网格员W061申请）：门牌号属和平里社区，定位无误"
+        "不同意将事发网格更正为建设街道/建设社区第二网格（网格员W061申请）：门牌号属和平里社区，定位无误"
     )
     assert kept not in await followed()
 
@@ -1277,3 +1280,66 @@ async def test_concurrent_claims_on_real_redis_never_overlap_and_a_lease_brings_
     assert await stores[0].claim_due(far) == []  # all claimed, none due again within the lease
     assert len(await stores[0].claim_due(far + 31, limit=500)) == 300  # claimers died: back after the lease
     await redis.delete(key)
+
+
+async def test_a_ticket_the_desk_dispatches_again_in_another_grid_counts_there_only(
+    api, producer, city, tokens, redis, settings
+):
+    """退单 (属地有误) then 人工派单 in another grid: the ticket's assignment and urge, counted in
+    its first grid A, move with it to the grid B the desk chose, so the rankings (/stats by grid, as
+    the console reads them) count it in B only: A is as before it, B has its two assignments and
+    the urge. Grids no other test uses, so what changed is this ticket's."""
+    old, new = "s01c03g03", "s02c03g02"
+    first_day = local_today(settings.timezone)
+    admin = await tokens()
+
+    async def by_grid() -> dict[str, dict]:
+        r = await api.get(
+            "/api/v1/stats", headers=admin, params={"group_by": "grid", **days_since(first_day)}
+        )
+        assert r.status_code == 200, r.text
+        return {g["group"]: g for g in r.json()["groups"] if g["group"] in (old, new)}
+
+    counted = ("assigned", "urged")
+
+    def figures(groups: dict[str, dict]) -> dict[str, tuple[int, ...]]:
+        return {g: tuple(groups.get(g, {}).get(f, 0) for f in counted) for g in (old, new)}
+
+    before = figures(await by_grid())
+    no = await inject(producer, city, "city.appearance.garbage", old)
+    held = await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
+    r = await api.post(f"/api/v1/tickets/{no}/urge", headers=operator, json={"note": "垃圾还没清走"})
+    assert r.status_code == 200, r.text
+
+    async def counted_in_old():  # both counted in A before the ticket moves
+        now = figures(await by_grid())
+        return now if now[old] == (before[old][0] + 1, before[old][1] + 1) else None
+
+    await eventually(counted_in_old, timeout=30)
+    dept = await tokens(held["department"]["id"])
+    r = await api.post(
+        f"/api/v1/tickets/{no}/return", headers=dept, json={"reason": "wrong_grid", "note": "不在本街道"}
+    )
+    assert r.status_code == 200, r.text
+    await ticket_when(api, tokens, no, lambda t: t["status"] == "review")
+    r = await api.post(
+        f"/api/v1/dispatch/{no}/assign", headers=admin, json={"department": "urban_mgmt", "grid": new}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["grid"]["grid"] == new
+
+    expected = {old: before[old], new: (before[new][0] + 2, before[new][1] + 1)}
+
+    async def moved():
+        now = figures(await by_grid())
+        return now if now == expected else None
+
+    assert await eventually(moved, timeout=30) == expected
+    # Once: the desk's assignment read again (a redelivery) moves nothing more.
+    record = {k: v for k, v in r.json()["history"][-1].items() if k != "topic"}
+    again = TicketAssigned.model_validate(record)
+    assert (again.via, again.grid, again.grid_chosen) == ("operator", new, True)
+    card = Scorecard(redis, city, ZoneInfo(settings.timezone), Weights())
+    assert await card.record([again]) == 0
+    assert figures(await by_grid()) == expected

@@ -860,7 +860,7 @@ def test_the_desk_places_a_ticket_the_classifier_could_not_in_the_grid_it_choose
     assert (out.ticket.status, out.ticket.department.id) == (Status.ASSIGNED, "urban_mgmt")
     (assigned,) = out.publish
     assert (assigned.grid, assigned.grid_chosen, assigned.version) == ("s02c01g02", True, 4)
-    assert "事发网格人工选定为建设街道建设社区第二网格，原为未定位" in assigned.explanation
+    assert "事发网格人工选定为建设街道/建设社区第二网格，原为未定位" in assigned.explanation
     # Its grid worker (of that grid) may check its resolution on the spot; another grid's may not.
     done = workflow.resolve(
         workflow.accept(out.ticket, "urban_mgmt", CITY, T0).ticket, "urban_mgmt", "已修好", CITY, T0
@@ -883,7 +883,7 @@ def test_the_desk_corrects_the_classifiers_grid_and_keeps_it_when_it_chooses_non
     moved = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid="s03c02g01")
     assert moved.ticket.grid is not None
     assert moved.ticket.grid.street == "s03"
-    assert "原为和平街道和平里社区第一网格" in moved.publish[0].explanation
+    assert "原为和平街道/和平里社区第一网格" in moved.publish[0].explanation
     for same in (None, "", "s01c01g01"):  # none chosen, or the grid it has: nothing to place
         kept = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid=same)
         assert kept.ticket.grid == t.grid
@@ -905,7 +905,7 @@ def test_the_desk_confirms_a_located_grid_the_address_disputed_by_choosing_it():
     assert (grid.grid, grid.method, grid.address_grid) == ("s01c01g01", "desk", None)
     (assigned,) = out.publish
     assert assigned.grid_chosen
-    assert "事发网格经人工核实为和平街道和平里社区第一网格" in assigned.explanation
+    assert "事发网格经人工核实为和平街道/和平里社区第一网格" in assigned.explanation
     kept = workflow.dispatch(t, "urban_mgmt", None, "", "dispatch_desk", CITY, TZ, T0, grid=None)
     assert kept.ticket.grid == apart  # none chosen: still the question it was
 
@@ -954,11 +954,11 @@ def test_the_desk_places_a_ticket_routed_without_a_grid_and_nothing_else_moves()
     assert (event.place.grid, event.place.community, event.place.street) == ("s02c01g02", "s02c01", "s02")
     assert (event.place.was, event.place.confirmed) == (None, False)
     assert event.department == t.department  # the department reads it among its own events
-    assert event.note == "事发网格人工选定为建设街道建设社区第二网格，原为未定位（12345派单中心）"
+    assert event.note == "事发网格人工选定为建设街道/建设社区第二网格，原为未定位（12345派单中心）"
     assert present.describe(event.model_dump(mode="json") | {"topic": event.topic}, CITY) == event.note
     # Placed again elsewhere: from where it was.
     moved = workflow.place(out.ticket, "s01c01g01", "dispatch_desk", CITY, later)
-    assert "原为建设街道建设社区第二网格" in moved.publish[0].note
+    assert "原为建设街道/建设社区第二网格" in moved.publish[0].note
     assert moved.publish[0].place.was == "s02c01g02"  # type: ignore[union-attr]
     # Its grid's worker checks it on the spot; another grid's worker reads no such ticket.
     done = resolved(out.ticket)
@@ -990,7 +990,7 @@ def test_the_desk_confirms_the_located_grid_of_a_disputed_place_after_the_assign
     assert out.ticket.grid is not None
     assert (out.ticket.grid.grid, out.ticket.grid.address_grid) == ("s01c01g01", None)
     (event,) = out.publish
-    assert event.note == "事发网格经人工核实为和平街道和平里社区第一网格（12345派单中心）"
+    assert event.note == "事发网格经人工核实为和平街道/和平里社区第一网格（12345派单中心）"
     assert event.place is not None
     assert (event.place.was, event.place.confirmed) == ("s01c01g01", True)
     # Confirmed once, it is no question any more: the same grid again is refused.
@@ -1038,7 +1038,7 @@ def test_the_grid_worker_asks_the_desk_to_correct_the_grid_and_nothing_moves_unt
         "W017",
     )
     assert event.note == (
-        "网格员W017申请将事发网格更正为建设街道建设社区第二网格（现为和平街道和平里社区第一网格）："
+        "网格员W017申请将事发网格更正为建设街道/建设社区第二网格（现为和平街道/和平里社区第一网格）："
         "路灯实际在对面 建设社区小区门口"
     )
     assert present.describe(event.model_dump(mode="json") | {"topic": event.topic}, CITY) == event.note
@@ -1087,7 +1087,7 @@ def test_the_desk_approves_a_place_request_by_placing_the_ticket_in_the_grid_ask
     (event,) = out.publish
     assert (event.action, event.grid, event.place.grid) == ("placed", "s02c01g02", "s02c01g02")  # type: ignore[union-attr]
     assert event.note == (
-        "事发网格人工选定为建设街道建设社区第二网格，原为和平街道和平里社区第一网格，同意网格员W017的更正申请"
+        "事发网格人工选定为建设街道/建设社区第二网格，原为和平街道/和平里社区第一网格，同意网格员W017的更正申请"
         "（12345派单中心）"
     )
     # Decided once: nothing waits any more.
@@ -1110,7 +1110,7 @@ def test_the_desk_refuses_a_place_request_with_its_reason_and_the_grid_stays():
     assert event.place_request is not None
     assert (event.place_request.grid, event.place_request.by) == ("s02c01g02", "W017")
     assert event.note == (
-        "12345派单中心不同意将事发网格更正为建设街道建设社区第二网格（网格员W017申请）：门牌号属和平里社区"
+        "12345派单中心不同意将事发网格更正为建设街道/建设社区第二网格（网格员W017申请）：门牌号属和平里社区"
     )
     # Refused, the worker may ask again (something new seen on the spot).
     again = workflow.request_place(out.ticket, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0)
@@ -1122,7 +1122,7 @@ def test_any_placement_by_the_desk_settles_a_pending_request_and_a_return_to_the
     asked = workflow.request_place(t, "W017", "s01c01g01", "s02c01g02", SEEN, CITY, T0).ticket
     elsewhere = workflow.place(asked, "s03c02g03", "dispatch_desk", CITY, T0)
     assert elsewhere.ticket.place_request is None
-    assert "网格员W017的更正申请（更正为建设街道建设社区第二网格）随之撤销" in elsewhere.publish[0].note
+    assert "网格员W017的更正申请（更正为建设街道/建设社区第二网格）随之撤销" in elsewhere.publish[0].note
     granted = workflow.place(asked, "s02c01g02", "dispatch_desk", CITY, T0)
     assert granted.ticket.place_request is None
     assert "同意网格员W017的更正申请" in granted.publish[0].note
@@ -1131,7 +1131,7 @@ def test_any_placement_by_the_desk_settles_a_pending_request_and_a_return_to_the
     # the history says what the worker asked, for the desk to read as it dispatches.
     assert (back.ticket.status, back.ticket.place_request) == (st.REVIEW, None)
     assigned = next(e for e in back.publish if e.topic == "ticket.assigned")
-    assert "网格员W017的事发网格更正申请（更正为建设街道建设社区第二网格：" in assigned.explanation
+    assert "网格员W017的事发网格更正申请（更正为建设街道/建设社区第二网格：" in assigned.explanation
     assert assigned.explanation.endswith("随之撤销，请派单时在“事发网格”中确定）")
 
 
@@ -1140,7 +1140,7 @@ def test_placing_is_refused_saying_what_to_do_for_a_grid_it_has_no_grid_and_a_fi
     with pytest.raises(WorkflowError) as e:
         workflow.place(t, "s01c01g01", "dispatch_desk", CITY, T0)
     assert (e.value.code, e.value.kind, e.value.field) == ("same_grid", "conflict", "grid")
-    assert "事发网格已是和平街道和平里社区第一网格，无需更改" in e.value.message
+    assert "事发网格已是和平街道/和平里社区第一网格，无需更改" in e.value.message
     with pytest.raises(WorkflowError) as e:
         workflow.place(t, "s09c09g09", "dispatch_desk", CITY, T0)
     assert (e.value.code, e.value.kind, e.value.field) == ("unknown_grid", "invalid", "grid")

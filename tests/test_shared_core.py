@@ -1030,3 +1030,21 @@ def test_a_view_reads_its_fields_from_the_whole_event_and_cannot_be_published() 
         UpdateOf.from_json(update.json_bytes.replace(b'"closed"', b'"shut"', 1))
     with pytest.raises(TypeError):
         view.to_bytes()
+
+
+def test_a_grids_place_is_written_one_way(city):
+    """Pages, cards, history lines and refusals write a grid's place alike: the street, a slash, the
+    grid's name after its community's where it does not say it (not twice where it does)."""
+    from shared.city import Grid, GridInfo
+
+    bare = GridInfo(
+        grid=Grid(id="g", name="第一网格"),
+        community_id="c",
+        community_name="东湖社区",
+        street_id="s",
+        street_name="和平街道",
+    )
+    assert bare.place == "和平街道/东湖社区第一网格"
+    assert bare.model_copy(update={"grid": Grid(id="g", name="东湖社区第一网格")}).place == bare.place
+    assert city.place_name("s01c01g01") == "和平街道/和平里社区第一网格"
+    assert city.place_name(None) == city.place_name("s99c99g99") == "未定位"

@@ -155,13 +155,8 @@ def test_the_response_rate_counts_the_responses_that_came_due():
         ({"responded": 1}, None, ("responded_on_time", "assigned")),
         # Only days counted before `due` existed: the old measure, as before.
         ({"assigned": 10, "responded_on_time": 8}, 0.8, ("responded_on_time", "assigned")),
-        # An old day's assignment moved out of its grid by a placement takes a `due_counted` it
-        # never had: below zero, still a period of old days.
-        (
-            {"assigned": 9, "responded_on_time": 8, "due_counted": -1},
-            0.8889,
-            ("responded_on_time", "assigned"),
-        ),
+        # Below zero is a move in progress (统计中), not a count: no rate at all for now.
+        ({"assigned": 9, "responded_on_time": 8, "due_counted": -1}, None, ("responded_on_time", "assigned")),
     ],
 )
 def test_the_response_rate_of_a_group_with_responses_due_but_no_dispatch_in_the_period(counts, rate, measure):
@@ -412,3 +407,108 @@ def test_a_placement_not_in_the_history_or_with_nothing_before_it_moves_nothing(
     assert scoring.placement_moves(city, placed, [desk, placed], sh) == {}  # counted nowhere
     accepted = TicketUpdated(ticket_no="T", action="accepted", status="accepted", actor="d", on_time=True)
     assert scoring.placement_moves(city, accepted, [assigned, accepted], sh) == {}  # no placement
+
+
+def _returned_and_dispatched(first: str | None, then: str | None) -> list:
+    """A ticket assigned by its rule in grid `first`, urged, its response deadline passed (应响应),
+    returned to the desk (属地有误: the desk's waiting room counts nowhere) and dispatched again by
+    the desk in grid `then` (人工派单 with 事发网格), each on its own day in Shanghai."""
+    day = [datetime(2026, 11, d, 3, tzinfo=UTC) for d in (23, 24, 25, 26)]
+    assigned = _assigned().model_copy(update={"grid": first, "occurred_at": day[0]})
+    urged = TicketUpdated(
+        ticket_no="T", action="urged", status="assigned", actor="0231", urge=Urge(urges=1), grid=first
+    ).model_copy(update={"occurred_at": day[1]})
+    overdue = TicketUpdated(
+        ticket_no="T",
+        action="overdue",
+        status="assigned",
+        actor="system",
+        grid=first,
+        supervision=DeadlineNotice(stage="respond", stage_name="签收", deadline=day[1]),
+        occurred_at=day[1],
+    )
+    desk = _assigned("dispatch_desk").model_copy(update={"grid": first, "occurred_at": day[2]})
+    again = _assigned("operator").model_copy(
+        update={"grid": then, "grid_chosen": True, "occurred_at": day[3]}
+    )
+    return [assigned, urged, overdue, desk, again]
+
+
+def test_the_desks_dispatch_in_another_grid_moves_the_tickets_earlier_counts_there():
+    """退单 then 人工派单 in another grid: an assignment in a grid the desk chose sets the grid the
+    ticket counts in (`sets_grid`), so the counts made in the old grid before it move to the new
+    one, on their days, as a placement's do; the new assignment counts there itself and is not
+    moved. The desk keeping the grid moves nothing."""
+    city = demo_city()
+    sh = ZoneInfo("Asia/Shanghai")
+    history = _returned_and_dispatched("s01c01g01", "s02c01g01")
+    again = history[-1]
+    assert scoring.sets_grid(again)
+    assert not scoring.sets_grid(history[0])  # the first assignment: nothing before it to move
+    assert not scoring.sets_grid(history[1])  # an urge carries the grid, and sets nothing
+    moves = scoring.placement_moves(city, again, history, sh)
+    assert moves == {
+        (dim, group, date(2026, 11, day)): {f: sign for f in fields}
+        for dim, old, new in (("grid", "s01c01g01", "s02c01g01"), ("street", "s01", "s02"))
+        for day, fields in ((23, ("assigned", "due_counted")), (24, ("urged", "due")))
+        for group, sign in ((old, -1), (new, 1))
+    }
+    # Kept in its grid (the desk dispatched it where it was): nothing moves.
+    kept = _returned_and_dispatched("s01c01g01", "s01c01g01")
+    assert scoring.placement_moves(city, kept[-1], kept, sh) == {}
+    # Routed without a grid (未定位), then dispatched by the desk in one: out of "unknown".
+    lost = _returned_and_dispatched(None, "s02c01g01")
+    assert {(d, g) for d, g, _ in scoring.placement_moves(city, lost[-1], lost, sh)} == {
+        ("grid", "unknown"),
+        ("grid", "s02c01g01"),
+        ("street", "unknown"),
+        ("street", "s02"),
+    }
+
+
+def test_a_placement_after_the_desks_dispatch_in_another_grid_moves_the_counts_from_where_they_are():
+    """Counts moved by the desk's dispatch into grid B are in B: a later placement in C moves them,
+    and the dispatch's own, from B (not from A, where they were made)."""
+    city = demo_city()
+    sh = ZoneInfo("Asia/Shanghai")
+    history = _returned_and_dispatched("s01c01g01", "s02c01g01")
+    placed = _placed("s02c01g02", "s02c01g01", datetime(2026, 11, 27, 3, tzinfo=UTC))
+    moves = scoring.placement_moves(city, placed, [*history, placed], sh)
+    assert {(d, g) for d, g, _ in moves} == {("grid", "s02c01g01"), ("grid", "s02c01g02")}
+    assert moves[("grid", "s02c01g01", date(2026, 11, 26))] == {"assigned": -1, "due_counted": -1}
+    assert moves[("grid", "s02c01g01", date(2026, 11, 23))] == {"assigned": -1, "due_counted": -1}
+
+
+def test_a_group_whose_counts_are_in_the_middle_of_a_move_shows_no_rate_and_is_not_ranked():
+    """A move made before a count it moves (an earlier event on another topic still to be read)
+    leaves the old grid a counter below zero, or a part above its whole (a 满意 answer taken out of
+    `answered` before its `solved` came in): 统计中, with no rate and no score rather than a figure
+    below 0% or above 100%, and after the ranked groups. Consistent again, it is rated as before."""
+    ok = {"assigned": 4, "due_counted": 4, "due": 2, "due_on_time": 1, "answered": 3, "solved": 3}
+    ok |= {"satisfied": 2, "unsatisfied": 1}
+    assert not scoring.settling({f: ok.get(f, 0) for f in scoring.FIELDS})
+    assert rates(ok, W)["settling"] is False
+    assert rates(ok, W)["resolution_rate"] == 1.0
+    # Moved out before it came: one answer (unsatisfied, not solved) and one due on time.
+    ahead = ok | {"answered": 2, "unsatisfied": 0, "due": 1, "due_on_time": 0}
+    r = rates(ahead | {"solved": 3}, W)  # solved 3 of 2 answered: 150% were it shown
+    assert r["settling"] is True
+    assert [r[k] for k in ("response_rate", "resolution_rate", "satisfaction_rate", "score")] == [None] * 4
+    assert r["answered"] == 2  # the counters as they are
+    below = rates({"assigned": 1, "due_counted": 1, "due": -1, "due_on_time": -1}, W)
+    assert below["settling"] is True
+    assert below["response_rate"] is None
+    assert below["score"] is None
+    ranked = scoring.rank(
+        [
+            {"group": "b", **r},
+            {"group": "a", **rates(ok, W)},
+            {"group": "c", **rates({"assigned": 1, "answered": 1, "unsatisfied": 1}, W)},
+        ],
+        min_answers=3,
+    )
+    # b after the unranked c, whose score (0) rests on too few answers: b has none to show.
+    assert [(g["group"], g["ranked"]) for g in ranked] == [("a", True), ("c", False), ("b", False)]
+    # The measure before `due` (on time / assigned), over a period cut between an assignment and
+    # its acceptance: no rate above 100%.
+    assert rates({"assigned": 1, "responded": 2, "responded_on_time": 2}, W)["response_rate"] is None

@@ -422,13 +422,16 @@ def counted_to(asked: str, counted: str) -> str:
 def rate_bases(figures: Mapping[str, Any]) -> dict[str, str]:
     """What each of the three rates is counted over, beside it on the dashboard (解决率 50.0%（4/8）),
     from the counters `scoring.rates` returns with them: the response rate over the responses due
-    (or, for a period counted before those were, over the tickets assigned: the one choice of
-    `scoring.response_measure`, the rate's own), the resolution and
-    satisfaction rates over the answered surveys, satisfaction with its 满意 and 基本满意 (the latter
-    weighted). "" where a rate has nothing to count yet (it shows —)."""
+    (or, for a period counted before those were, over the tickets assigned: the rate's own choice,
+    `scoring.response_measure`), the resolution and satisfaction rates over the answered surveys,
+    satisfaction with its 满意 and 基本满意 (the latter weighted). "" where a rate has nothing to
+    count yet, or its counters are in the middle of a move (`scoring.settling`): it shows —."""
 
     def n(key: str) -> int:
         return int(figures.get(key) or 0)
+
+    if figures.get("settling"):
+        return dict.fromkeys(("response_base", "resolution_base", "satisfaction_base"), "")
 
     on_time, due = scoring.response_measure(figures)  # as the rate above it is counted
     answered = n("answered")
@@ -499,13 +502,6 @@ def grid_choices(city: City) -> list[tuple[str, list[tuple[str, str]]]]:
     return list(groups.values())
 
 
-def place_name(city: City, grid: str | None) -> str:
-    """A ticket's place as its page says it: the street, then the grid (named after its community
-    where its own name does not say it), 和平街道/和平里社区第一网格; 未定位 without a grid."""
-    info = city.grids.get(grid or "")
-    return f"{info.street_name}/{info.full_name}" if info else "未定位"
-
-
 def grid_chosen_by_desk(ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]]) -> bool:
     """Whether the ticket's grid is the one the dispatch desk chose (人工选定): as it dispatched it
     (`ticket.assigned`'s `grid_chosen`), or later (事发网格, `ticket.updated` `placed`). Read from
@@ -542,6 +538,22 @@ def placed_done(ticket: Mapping[str, Any]) -> str:
     confirmed (经人工核实), not changed; read from the ticket's last placing, as the API answers."""
     placed = [h for h in ticket.get("history", ()) if h.get("action") == "placed"]
     return "place_confirmed" if placed and (placed[-1].get("place") or {}).get("confirmed") else "place"
+
+
+def patrol_waits(city: City, preview: Mapping[str, Any] | None) -> str:
+    """What a patrol report waits for before a department has it, as its preview judged it (the
+    classifier the pipeline uses; `review`: the desk holds it): "grid" where the dispatch desk is to
+    decide its grid (none found where the place decides the department, or an address naming
+    another grid than the worker's: 定位与地址不一致), "category" where the classifier was unsure of
+    the category, "" where it goes out by its rule at once, or the preview could not be had."""
+    if not preview or not preview.get("review"):
+        return ""
+    grid = preview.get("grid") or {}
+    category = str((preview.get("category") or {}).get("id") or "")
+    at, named, method = grid.get("grid"), grid.get("address_grid"), str(grid.get("method") or "none")
+    if city.needs_placing(category, at) or city.place_disputed(category, at, named, method):
+        return "grid"
+    return "category"
 
 
 def grid_disputed(city: City, ticket: Mapping[str, Any], history: Iterable[Mapping[str, Any]] = ()) -> str:
@@ -1011,8 +1023,8 @@ def place_request(ticket: Mapping[str, Any], city: City) -> dict[str, str]:
     grid = str(asked.get("grid") or "")
     return {
         "grid": grid,
-        "place": place_name(city, grid) if grid in city.grids else grid,
-        "now": place_name(city, (ticket.get("grid") or {}).get("grid")),
+        "place": city.place_name(grid) if grid in city.grids else grid,
+        "now": city.place_name((ticket.get("grid") or {}).get("grid")),
         "reason": str(asked.get("reason") or ""),
         "by": str(asked.get("by") or ""),
     }

@@ -60,7 +60,7 @@ def report_row(
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "received": present.local(item.get("received_at"), tz),
         "short_text": text[:SHORT_TEXT] + ("…" if len(text) > SHORT_TEXT else ""),
-        "place": present.place_name(city, item.get("grid")),
+        "place": city.place_name(item.get("grid")),
         "deadline": deadline,
         "late": late,
         "verification_name": {"solved": "核查已解决", "not_solved": "核查未解决"}.get(

@@ -527,7 +527,7 @@ async def patrol_page(
         "patrol.html",
         status,
         s=s,
-        grid_name=f"{grid.street_name}{grid.grid.name}" if grid else "未知网格",
+        grid_name=grid.place if grid else "未知网格",
         recent=[list_row(item, tz, city) for item in reply.body["items"]] if reply.ok else None,
         recent_total=reply.body["total"] if reply.ok else 0,
         recent_error="" if reply.ok else reply.message,
@@ -566,14 +566,26 @@ async def patrol_preview(request: Request, s: session.Session = Depends(as_grid_
 @router.post("/patrol/reports")
 async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_worker)):
     form = await checked_form(request, s)
-    reply, photos, idem = await submit_appeal(request, s, form, report_of(form))
+    report, handled = report_of(form), bool(text(form, "direct_answer").strip())
+
+    # Where a report handled on the spot does not go: what it waits for before a department has it
+    # (the desk deciding its grid, or its category), so that the accepted message says what will
+    # happen, as the preview did. Asked with the submission, not after it: no wait added.
+    async def waits() -> str:
+        if handled:
+            return ""
+        judged = await api(request, s).post("/api/v1/appeals/preview", report)
+        return present.patrol_waits(city_of(request), judged.body if judged.ok else None)
+
+    (reply, photos, idem), waiting = await asyncio.gather(submit_appeal(request, s, form, report), waits())
     if reply.ok:
         return await patrol_page(
             request,
             s,
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
-            handled=bool(text(form, "direct_answer").strip()),
+            handled=handled,
+            waits=waiting,
         )
     errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form, INTAKE_WORDS)
     values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}
@@ -894,10 +906,11 @@ def list_errors(reply: Reply) -> tuple[dict[str, str], str]:
 
 
 def place_of(item: dict, city: City) -> str:
-    """Street / community / grid by name (the record keeps their ids)."""
+    """Street / community / grid by name (the record keeps their ids): a grid's place as every page
+    writes it; without one, as far down as it is known."""
     grid = city.grids.get(item.get("grid") or "")
     if grid is not None:
-        return f"{grid.street_name}/{grid.community_name}/{grid.grid.name}"
+        return grid.place
     streets = {st.id: st for st in city.district.streets}
     street = streets.get(item.get("street") or "")
     if street is None:
@@ -1091,7 +1104,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "history": history,
         "map": present.grid_map(city, volume),
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
-        "place": present.place_name(city, grid),
+        "place": city.place_name(grid),
         "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),
         # 定位与地址不一致: where the coordinates (or the worker's grid) and the address put it, and
         # whether the other place may have another department (only then is 属地有误 its reason).
@@ -1408,9 +1421,12 @@ def body_limits(settings: Settings) -> dict[str, Limit]:
 
 
 DESK_PAGE_SIZE = 20  # cards to dispatch on one page: each carries every category and department
-# What a refused dispatch keeps on its card: the category picked (a suggestion, or one from 其他分类),
-# and the grid chosen (事发网格).
-DESK_KEPT = ("category", "category_other", "grid")
+# What a refused action keeps on its card (desk_refused), as it was picked or typed: a dispatch's
+# category (a suggestion, or one from 其他分类) and grid (事发网格), a verdict's reason (说明, 理由).
+DESK_KEPT = ("category", "category_other", "grid", "note")
+# The desk's cards an action comes back to, by the prefix of their ids: a ticket to dispatch, an
+# extension request, a grid worker's request to correct the grid.
+DESK_CARDS = ("desk", "ext", "placereq")
 
 
 @router.get("/desk/departments")
@@ -1512,11 +1528,16 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
     for t in shown:  # after the reasons: a category returned as wrong is not suggested again
         t["suggestions"] = present.suggestions(city, t, refused_grid if t["ticket_no"] == wanted else None)
         t["grid_apart"] = present.grid_disputed(city, t)  # 定位与地址不一致: for 事发网格
-    # A refused dispatch (desk_assign) names its card: the refusal is said there, with what was picked.
-    on_card = wanted if error and any(t["ticket_no"] == wanted for t in shown) else ""
+    # A refused action names its card (desk_refused): the refusal is said there, beside the field it
+    # is about, with what was picked or typed. A card no longer shown (another desk decided it):
+    # said at the top of the page. No card named: a dispatch's (as a refusal named none before).
+    card = request.query_params.get("card") or "desk"
+    held = dict(zip(DESK_CARDS, (shown, extensions, place_requests), strict=True)).get(card, [])
+    on_card = wanted if error and any(t["ticket_no"] == wanted for t in held) else ""
     done = request.query_params.get("done") or ""
     kept = {
         "ticket": on_card,
+        "card": card if on_card else "",
         "field": request.query_params.get("field") or "",  # the field the refusal named
         **{k: request.query_params.get(k) or "" for k in DESK_KEPT},
     }
@@ -1559,17 +1580,12 @@ async def desk_assign(request: Request, no: str, s: session.Session = Depends(as
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
-        return desk_redirect(reply, dispatched(no, reply.body), text(form, "next"), "desk")
-    # Refused: back to the card (desk_page finds its page), the refusal said there and the category
-    # the desk picked still picked, so that the second try is the department alone, not both steps.
-    picked = {name: text(form, name) for name in DESK_KEPT}
+        return desk_redirect(dispatched(no, reply.body), text(form, "next"), "desk")
+    # Refused: the category the desk picked still picked, so that the second try is the department
+    # alone, not both steps; the refusal beside the select at fault, the grid's or the department's.
     field = reply.field if reply.field in ("grid", "suggested") else ""
-    said = {"error": reply.message, "ticket": no, "field": field, **picked}
-    query = urlencode({k: v for k, v in said.items() if v})
-    # To the select at fault, the grid's or the department's (a fragment focuses it, where the
-    # card's would take the focus first).
     target = {"grid": "grid", "suggested": "dept-first"}.get(field, "dept")
-    return RedirectResponse(f"/console/desk?{query}#{target}-{no}", status_code=303)
+    return desk_refused(reply, no, "desk", field, form, f"{target}-{no}")
 
 
 def stale_suggestion(city: City, no: str, form: FormData) -> str:
@@ -1586,9 +1602,8 @@ def stale_suggestion(city: City, no: str, form: FormData) -> str:
     expected = city.department_by_id.get(lead)
     if expected is None or expected.id == button or expected.kind == "dispatch_desk":
         return ""
-    place = city.grids[grid]
     return (
-        f"工单{no}未派出：事发网格为{place.street_name}{place.full_name}时，"
+        f"工单{no}未派出：事发网格为{city.place_name(grid)}时，"
         f"“{city.category_names(category)[-1]}”由{expected.name}承办，一键派单按钮已按该网格更新，请确认后再派出；"
         "确需派往其他单位的，请在“其他单位”中选择"
     )
@@ -1596,25 +1611,33 @@ def stale_suggestion(city: City, no: str, form: FormData) -> str:
 
 @router.post("/desk/{no}/extension/{verdict}")
 async def desk_extension(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
-    form = await checked_form(request, s)
-    reply = await api(request, s).post(
-        f"/api/v1/tickets/{no}/extension/{verdict}", {"note": text(form, "note")}
-    )
     done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
-    return desk_redirect(reply, done, text(form, "next"), "ext")
+    return await desk_verdict(request, s, no, verdict, "extension", "ext", done)
 
 
 @router.post("/desk/{no}/place-request/{verdict}")
 async def desk_place_request(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
     """The desk decides a grid worker's request to correct the grid (事发网格更正申请): 同意 places the
     ticket in the grid asked for, 不同意 drops the request with the desk's reason (required)."""
-    form = await checked_form(request, s)
-    reply = await api(request, s).post(
-        f"/api/v1/tickets/{no}/place-request/{verdict}", {"note": text(form, "note")}
-    )
     decided = "已同意，事发网格已更正" if verdict == "approve" else "未同意，已告知网格员"
     done = f"工单{no}的事发网格更正申请{decided}"
-    return desk_redirect(reply, done, text(form, "next"), "placereq")
+    return await desk_verdict(request, s, no, verdict, "place-request", "placereq", done)
+
+
+async def desk_verdict(
+    request: Request, s: session.Session, no: str, verdict: str, asked: str, card: str, done: str
+) -> Response:
+    """A verdict on a request the desk decides (`asked`: extension, place-request), with the reason
+    typed in its form (`note`). Refused (a 不同意 with no reason): back to the card, the refusal
+    beside the verdict's reason field, `{card}-{verdict}-{no}` (desk.html), or its button where it
+    has none (a place request's 同意)."""
+    form = await checked_form(request, s)
+    reply = await api(request, s).post(
+        f"/api/v1/tickets/{no}/{asked}/{verdict}", {"note": text(form, "note")}
+    )
+    if reply.ok:
+        return desk_redirect(done, text(form, "next"), card)
+    return desk_refused(reply, no, card, verdict, form, f"{card}-{verdict}-{no}")
 
 
 def dispatched(no: str, ticket: Mapping[str, Any]) -> str:
@@ -1626,15 +1649,26 @@ def dispatched(no: str, ticket: Mapping[str, Any]) -> str:
     return f"{done}（分类：{names[-1]}）" if names else done
 
 
-def desk_redirect(reply: Reply, done: str, after: str, card: str) -> Response:
-    """Back to the desk: done, on the page that holds the card the form named next (`after`), which
-    takes the focus (desk_page), so the desk goes on from the keyboard; refused, the reason."""
-    if not reply.ok:
-        return RedirectResponse(f"/console/desk?{urlencode({'error': reply.message})}", status_code=303)
+def desk_redirect(done: str, after: str, card: str) -> Response:
+    """Back to the desk, done: on the page that holds the card the form named next (`after`), which
+    takes the focus (desk_page), so the desk goes on from the keyboard."""
     if not after:
         return RedirectResponse(f"/console/desk?{urlencode({'done': done})}", status_code=303)
     query = urlencode({"done": done, "ticket": after})
     return RedirectResponse(f"/console/desk?{query}#{card}-{quote(after, safe='')}", status_code=303)
+
+
+def desk_refused(reply: Reply, no: str, card: str, field: str, form: FormData, target: str) -> Response:
+    """Back to the desk, refused, for every card alike (a dispatch, a verdict): to the card of `no`
+    (`card`, one of DESK_CARDS; desk_page finds the page that holds it), where the refusal is said
+    beside the field it is about (`field`, as desk.html names it), which takes the focus, marked and
+    described by why, and what was picked or typed is still there (DESK_KEPT), so the second try is
+    the part refused alone. `target`, the field's id, is the fragment: it focuses the field, where
+    the card's would take the focus first."""
+    kept = {name: text(form, name) for name in DESK_KEPT}
+    said = {"error": reply.message, "ticket": no, "card": card, "field": field, **kept}
+    query = urlencode({k: v for k, v in said.items() if v})
+    return RedirectResponse(f"/console/desk?{query}#{quote(target, safe='')}", status_code=303)
 
 
 # --- residents' erasure requests (the desk) -----------------------------------------------------

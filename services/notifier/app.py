@@ -107,7 +107,8 @@ class Handlers:
         )
 
     async def assignments(self, assigned: list[TicketAssigned]) -> None:
-        await self.scorecard.record(assigned)
+        await self.scorecard.record(assigned)  # and moves earlier counts into a new grid
+        await self.notifier.placed(assigned)  # an answer still to come counts where the ticket now is
         # What changed for the resident: the joint meeting named who handles it (they were told it
         # went to the meeting when it was held: `updates`), or a mediation committee took it.
         await self.notifier.progress(

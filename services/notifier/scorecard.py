@@ -6,7 +6,8 @@ on them (the formulas are in `scoring.py`).
                                          that reads the whole month, dropped by a late count into it
   stats:groups:{dimension}               the groups seen, per dimension
   stats:seen:{event_id}                  the event was counted (idempotency; kept 30 days)
-  stats:moved:{event_id}                 the placement (事发网格) moved its ticket's counts (the same)
+  stats:moved:{event_id}                 the event that set its ticket's grid (a placement, 事发网格,
+                                         or an assignment in another grid) moved its counts (the same)
 
 One Lua script checks `seen` and increments every counter atomically, so an event read twice
 (a consumer restarted before its commit) is counted once. A batch is one command. A period reads
@@ -14,13 +15,17 @@ each whole past month from its month's sums and the rest day by day: a year's ra
 grids reads about 12,000 hashes, not 365,000. Counting stays one increment per counter: the months
 are summed when first read, not as each count comes in.
 
-A placement (`placed`: the desk set the grid of a ticket already assigned) moves the ticket's counts
-made so far into the new grid and street (`scoring.placement_moves`), read from the ticket's history
-in the ticket store: one more script, with signed increments, once per placement.
+An event that sets the grid a ticket counts in (`scoring.sets_grid`: the desk's placement, `placed`,
+or an assignment in a grid the desk chose, such as its dispatch of a returned ticket in another
+grid) moves the ticket's counts made so far into the new grid and street
+(`scoring.placement_moves`), read from the ticket's history in the ticket store: one more script,
+with signed increments, once per such event. Other assignments read nothing: one in the grid the
+counts are in already moves nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -34,7 +39,7 @@ from services.notifier import scoring
 from shared.city import City
 from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.settings import Settings
-from shared.store import TicketStore
+from shared.store import history_key
 from shared.topics import EVENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -108,7 +113,7 @@ while a <= #ARGV do
 end
 return out
 """
-# The events a placement may move (those `scoring.fields_for` counts), and the placements before it.
+# The events a placement may move (those `scoring.fields_for` counts), and those that set the grid.
 _MOVABLE = (TicketAssigned, TicketUpdated, SurveyAnswered)
 
 
@@ -190,8 +195,6 @@ class Scorecard:
         self.weights = weights
         self._count_once = redis.register_script(_COUNT_ONCE_SCRIPT)
         self._move_once = redis.register_script(_MOVE_ONCE_SCRIPT)
-        # The tickets' histories, for what a placement moves (shared code on the same Redis).
-        self.store = TicketStore(redis)
         self._sum = redis.register_script(_SUM_SCRIPT)
 
     @classmethod
@@ -208,7 +211,8 @@ class Scorecard:
 
     async def record(self, events: Sequence[TicketAssigned | TicketUpdated | SurveyAnswered]) -> int:
         """Count the events, in one Redis command for the batch, and move the counts of the tickets
-        placed in another grid (`move_placed`). Returns how many were new."""
+        whose grid they set (`move_placed`: placed, or assigned, in another grid). Returns how many
+        were new."""
         counted: list[tuple[dict[str, str], tuple[str, ...]]] = []
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
@@ -236,13 +240,15 @@ class Scorecard:
                 new += 1
                 for f in fields:
                     SCORECARD_EVENTS.labels(department=groups["department"], field=f).inc()
-        await self.move_placed([e for e in events if isinstance(e, TicketUpdated) and e.action == "placed"])
+        await self.move_placed([e for e in events if scoring.sets_grid(e)])
         return new
 
-    async def move_placed(self, placements: Sequence[TicketUpdated]) -> int:
-        """Move each placed ticket's counts made before its placement out of its old grid and street
-        into the new ones (`scoring.placement_moves`), once per placement however often it is read
-        (`stats:moved`), in one Redis command for the batch. Returns how many moved now.
+    async def move_placed(self, placements: Sequence[TicketAssigned | TicketUpdated]) -> int:
+        """Move the counts each ticket had before an event that set its grid (`scoring.sets_grid`: a
+        placement, or an assignment) out of the grid and street they are in into the event's
+        (`scoring.placement_moves`), once per event however often it is read (`stats:moved`), in
+        one Redis command for the batch; the tickets' histories in one more. Returns how many moved
+        now: an assignment in the grid its ticket's counts are in already (most) moves nothing.
 
         A count the notifier has not made yet (an earlier event on another topic, still to be read)
         is moved all the same: the old grid shows it below zero until it comes, then nothing, as
@@ -251,10 +257,11 @@ class Scorecard:
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
         moving = 0
+        histories = await self._histories([p.ticket_no for p in placements])
         for placed in placements:
             # A ticket whose history is gone (finished and left Redis for the record) has nothing
             # to move: an empty history, no placement in it, no moves.
-            moves = scoring.placement_moves(self.city, placed, await self._history(placed.ticket_no), self.tz)
+            moves = scoring.placement_moves(self.city, placed, histories[placed.ticket_no], self.tz)
             if not moves:
                 continue
             keys.append(f"stats:moved:{placed.event_id}")
@@ -268,10 +275,23 @@ class Scorecard:
             moving += 1
         return sum(await self._move_once(keys=keys, args=args)) if moving else 0
 
-    async def _history(self, ticket_no: str) -> list[Event]:
-        """The ticket's events a placement reads (`_MOVABLE`), in order, from its history."""
+    async def _histories(self, ticket_nos: Sequence[str]) -> dict[str, list[Event]]:
+        """The tickets' events a move reads (`_MOVABLE`), each ticket's in order, from their
+        histories, in one round trip: a batch of assignments reads all of theirs."""
+        nos = list(dict.fromkeys(ticket_nos))
+        if not nos:
+            return {}
+        async with self.redis.pipeline(transaction=False) as p:
+            for no in nos:
+                p.lrange(history_key(no), 0, -1)
+            found = await p.execute()
+        return {no: self._movable(no, records) for no, records in zip(nos, found, strict=True)}
+
+    @staticmethod
+    def _movable(ticket_no: str, records: Sequence[bytes]) -> list[Event]:
         events: list[Event] = []
-        for record in await self.store.history(ticket_no):
+        for raw in records:
+            record = json.loads(raw)
             kind = EVENT_TYPES.get(record.pop("topic", ""))
             if kind is None or not issubclass(kind, _MOVABLE):
                 continue

@@ -35,12 +35,21 @@ to a survey whose resolution had been sent back by then (a grid worker's check f
 现场核查未解决: the survey was void before the resident answered) rates work that no longer stands:
 it is in no rate, counted apart (answered_void), and says nothing of the resolution that follows.
 
-Placement (事发网格): the dispatch desk may place a ticket already assigned in another grid
-(`placed`). Each event counts in the grid it carries, so the ticket's counts before the placement
-would stay in its old grid (or 未定位) and the later ones go to the new grid: a grid could show a
-response over no assignment, and the old one be charged for a ticket it no longer has. The
-placement moves them (`placement_moves`): each earlier event's counters, on that event's day, out
-of its grid and street and into the new ones; its department and category stay.
+Placement (事发网格): the grid a ticket counts in may change after counts were made for it: the
+dispatch desk places a ticket already assigned in another grid (`placed`), or dispatches a ticket
+returned to it (退单, e.g. 属地有误) choosing another grid (人工派单, `grid_chosen`). Each event counts in
+the grid it carries, so the ticket's counts before the change would stay in its old grid (or 未定位)
+and the later ones go to the new grid: the ticket would be split between two grids in the rankings,
+a grid could show a response over no assignment, and the old one be charged for a ticket it no
+longer has. Every event that sets the ticket's grid (`sets_grid`: a placement, or an assignment in
+a grid the desk chose) moves them (`placement_moves`): each earlier event's
+counters, on that event's day, out of its grid and street and into the new ones; its department and
+category stay. An assignment in the grid the counts are already in moves nothing.
+
+A move may be made before an earlier count it moves (on another topic, still to be read): the old
+group then shows that count below zero, or a rate's numerator above its denominator, until it comes.
+`rates` gives no rate and no score for such a group (`settling`: 统计中) rather than a figure below
+0% or above 100%, and `rank` does not rank it.
 
 Ranking: a group with fewer answered surveys in the period than the city's `min_answers`
 (sla.yaml `ranking`) has too few answers for its score to mean much (样本不足): one survey
@@ -54,6 +63,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import TypeGuard
 from zoneinfo import ZoneInfo
 
 from shared.city import City
@@ -193,28 +203,45 @@ PLACE_DIMENSIONS = ("grid", "street")
 Moves = dict[tuple[str, str, date], dict[str, int]]
 
 
-def placement_moves(city: City, placed: TicketUpdated, history: Sequence[Event], tz: ZoneInfo) -> Moves:
-    """What the placement `placed` moves: for each event of the ticket's `history` (its events in
-    the order they happened) before it that `fields_for` counts, on that event's day, its counters
-    out of the grid and street it counts in now and into the placement's (the street only when it
-    differs). An event counts in the grid it carries, or in the grid an earlier placement moved it
-    to (moved as this function says). Nothing when `placed` is not a placement, or is not in the
-    history (then what came before it is not known)."""
-    if placed.action != "placed" or placed.place is None:
+def sets_grid(event: Event) -> TypeGuard[TicketAssigned | TicketUpdated]:
+    """Whether `event` sets the grid its ticket counts in from then on (its `grid`), whatever grid
+    the ticket's earlier counts are in: the desk's placement (`placed`), or an assignment in a grid
+    the desk chose as it dispatched (`grid_chosen`: 人工派单 with 事发网格, e.g. a ticket returned as
+    属地有误). Every other assignment carries the grid the ticket has, where its counts already are
+    (reroute, 改派, mediation, a meeting's decision), or is its first, with no counts before it:
+    reading their histories to find nothing to move cost every assignment a round trip and a parse
+    on the notifier's busiest path. A reviewer's correction of a ticket back at the desk may carry
+    another grid too, but the desk's assignment counts nothing: what it would move is an urge made
+    while the ticket waited there, which stays where it was made."""
+    if isinstance(event, TicketAssigned):
+        return event.grid_chosen
+    return isinstance(event, TicketUpdated) and event.action == "placed" and event.place is not None
+
+
+def placement_moves(city: City, placed: Event, history: Sequence[Event], tz: ZoneInfo) -> Moves:
+    """What the event `placed`, which sets the ticket's grid (`sets_grid`: a placement, or an
+    assignment), moves: for each event of the ticket's `history` (its events in the order they
+    happened) before it that `fields_for` counts, on that event's day, its counters out of the grid
+    and street it counts in now and into `placed`'s grid and street (the street only when it
+    differs). An event counts in the grid it carries, or in the grid a later event that set the grid
+    before `placed` moved it to (moved as this function says). Nothing when `placed` sets no grid,
+    or is not in the history (then what came before it is not known), or when the counts before it
+    are in its grid already (an assignment that keeps the ticket's grid)."""
+    if not sets_grid(placed):
         return {}
     counted: list[tuple[Event, tuple[str, ...], str | None]] = []
     for event in history:
         if event.event_id == placed.event_id:
             break
-        if isinstance(event, TicketUpdated) and event.action == "placed" and event.place is not None:
-            counted = [(e, fields, event.place.grid) for e, fields, _ in counted]
-        elif isinstance(event, TicketAssigned | TicketUpdated | SurveyAnswered) and (
+        if sets_grid(event):
+            counted = [(e, fields, event.grid) for e, fields, _ in counted]
+        if isinstance(event, TicketAssigned | TicketUpdated | SurveyAnswered) and (
             fields := fields_for(event)
         ):
             counted.append((event, fields, event.grid))
     else:
         return {}
-    new = groups_for(city, None, None, placed.place.grid)
+    new = groups_for(city, None, None, placed.grid)
     moves: Moves = {}
     for event, fields, grid in counted:
         old = groups_for(city, None, None, grid)
@@ -230,11 +257,36 @@ def placement_moves(city: City, placed: TicketUpdated, history: Sequence[Event],
 
 
 def _ratio(num: float, den: int) -> float | None:
-    return num / den if den else None
+    # A share outside [0, 1] is no rate: what `settling` says of the counters, or a period cut
+    # between an assignment and its acceptance under the measure before `due` (on time / assigned).
+    return num / den if den > 0 and 0 <= num <= den else None
 
 
 def _round(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
+
+
+# Of each pair, the part is counted by the same events as the whole, so it is never above it. A move
+# ahead of a count takes out the whole and, only if that event had it, the part: a group whose
+# counters say part > whole, or one below zero, is in the middle of a move (`settling`).
+_PARTS = (
+    ("due_on_time", "due"),
+    ("solved", "answered"),
+    ("answered_by_phone", "answered"),
+    ("answered_directly", "assigned"),
+    ("handled_on_spot", "assigned"),
+    ("verification_failed", "verified"),
+    ("mediation_agreed", "mediated"),
+)
+
+
+def settling(c: Mapping[str, int]) -> bool:
+    """Whether a group's counters (all of FIELDS) are not consistent at the moment (统计中): a move
+    of a ticket's counts into another grid (`placement_moves`) was made before a count it moves,
+    still to be read from another topic, so the old group has that count taken out before it is
+    in: a counter below zero, or a part above its whole. It lasts until the count comes (seconds);
+    the counts add up then, whatever the order."""
+    return any(n < 0 for n in c.values()) or any(c[part] > c[whole] for part, whole in _PARTS)
 
 
 def response_measure(counts: Mapping[str, int]) -> tuple[str, str]:
@@ -247,8 +299,8 @@ def response_measure(counts: Mapping[str, int]) -> tuple[str, str]:
     responses come due in it (a ticket dispatched the day before, accepted or overdue today; a
     reopened ticket accepted again), and its rate is those, not on time / no assignment. Days
     counted before `due` existed have neither, so a period made only of them keeps the old
-    measure. Above zero, not just non-zero: a placement (事发网格) moving an old day's assignment
-    out of a grid takes a `due_counted` it never had, and leaves it below zero."""
+    measure. Above zero, not just non-zero: a counter below zero is a move in progress
+    (`settling`), not a count."""
     c = {f: int(counts.get(f, 0) or 0) for f in ("due_counted", "due")}
     if c["due_counted"] > 0 or c["due"] > 0:
         return "due_on_time", "due"
@@ -256,8 +308,12 @@ def response_measure(counts: Mapping[str, int]) -> tuple[str, str]:
 
 
 def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None]:
-    """The counters, the three rates and the score for one group."""
+    """The counters, the three rates and the score for one group. A group whose counters are not
+    consistent at the moment (`settling`, 统计中) has no rate and no score: a figure below 0% or
+    above 100%, or one off by the count on its way, is not shown, nor ranked (`rank`)."""
     c = {f: int(counts.get(f, 0)) for f in FIELDS}
+    if settling(c):
+        return c | dict.fromkeys(_RATES) | {"settling": True}
     on_time, over = response_measure(c)
     response = _ratio(c[on_time], c[over])
     resolution = _ratio(c["solved"], c["answered"])
@@ -276,13 +332,19 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
         "score": _round(score, 2),
         # Not in the score: how much of the hotline's work ends on the call (直接答复率).
         "direct_answer_rate": _round(_ratio(c["answered_directly"], c["assigned"]), 4),
+        "settling": False,
     }
+
+
+# What `rates` computes from the counters (None where there is nothing to count).
+_RATES = ("response_rate", "resolution_rate", "satisfaction_rate", "score", "direct_answer_rate")
 
 
 def rank(rows: Iterable[dict], min_answers: int) -> list[dict]:
     """The groups' rates (`rates`, each with its `group`) in ranking order: those with at least
     `min_answers` answered surveys (`ranked`) by score, best first, then those with too few
-    (样本不足), by score too; a group with no score last in each, then by group id."""
+    (样本不足), by score too; a group with no score last in each (one whose counters are settling,
+    统计中, has none), then by group id."""
     out = [r | {"ranked": r["answered"] >= min_answers and r["score"] is not None} for r in rows]
     return sorted(out, key=lambda r: (not r["ranked"], r["score"] is None, -(r["score"] or 0), r["group"]))
 

@@ -35,6 +35,7 @@ from services.notifier.jobs import DUE, Job, JobQueue, ReturnJob, SendJob
 from services.notifier.pending import PREFIX as PENDING_PREFIX
 from services.notifier.policy import Policy, QuietHours
 from services.notifier.routing import CONTACT_FIELDS, Recipient, route
+from services.notifier.scoring import sets_grid
 from services.notifier.states import MessageStates, about_resident, state_key, ticket_records_key
 from services.notifier.surveys import SURVEY_KINDS, Publish, SurveyBook, derived_id, message_ids
 from services.notifier.texts import Texts, load_texts, month_day_time
@@ -310,10 +311,11 @@ class Notifier:
         old = (await self._records_of(unnamed))[2] if unnamed else []
         await self.surveys.void([*named, *(k.removeprefix("survey:") for k in old)])
 
-    async def placed(self, updates: Sequence[TicketUpdated]) -> None:
-        """The desk placed these tickets in another grid (事发网格): their surveys follow
-        (`SurveyBook.place`)."""
-        grids = {u.ticket_no: u.place.grid for u in updates if u.action == "placed" and u.place is not None}
+    async def placed(self, events: Sequence[TicketAssigned | TicketUpdated]) -> None:
+        """These events set their tickets' grid (`scoring.sets_grid`: the desk placed them, 事发网格,
+        or dispatched them in a grid it chose, perhaps another, after a return): their open surveys
+        follow (`SurveyBook.place`: a survey already in that grid is left as it is)."""
+        grids = {e.ticket_no: e.grid for e in events if sets_grid(e) and e.grid is not None}
         if grids:
             await self.surveys.place((await self._records_of(list(grids)))[2], grids)
 

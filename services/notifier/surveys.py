@@ -713,10 +713,11 @@ class SurveyBook:
             await p.execute()
 
     async def place(self, survey_keys: Sequence[str], grids: Mapping[str, str]) -> None:
-        """The dispatch desk placed these tickets (ticket number -> grid) in another grid (事发网格):
-        their surveys keep the new grid, so that an answer still to come counts where the ticket now
-        is, as its earlier counts do (`scoring.placement_moves`). A survey no longer kept is left
-        alone."""
+        """These tickets (ticket number -> grid) are in another grid now (事发网格: the desk placed
+        them, or dispatched them again in another grid): their surveys keep the new grid, so that
+        an answer still to come counts where the ticket now is, as its earlier counts do
+        (`scoring.placement_moves`). A survey no longer kept, or already in that grid, is left as
+        it is."""
         stored = await self.redis.mget(survey_keys) if survey_keys else []
         async with self.redis.pipeline(transaction=False) as p:
             for raw in stored:

@@ -230,9 +230,11 @@ async def scorecard_export(
     # Those with too few answers come last, named so in the rank's column rather than numbered
     # (their score is there to read, not to be compared).
     few = f"样本不足（回访答复少于{card.city.sla.ranking.min_answers}件）"
+    # Counters in the middle of a move into another grid (`scoring.settling`): no rate for now.
+    settling = "统计中（工单刚更改事发网格，请稍后重新导出）"
     rows = [
         [
-            rank if g["ranked"] else few,
+            rank if g["ranked"] else settling if g.get("settling") else few,
             g["name"],  # the group with none: 未知, or 未定位 for a grid or street (`name_of`)
             *(cell(g) for cell in RANKING.values()),
         ]

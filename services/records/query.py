@@ -9,6 +9,8 @@ for at least two.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -281,15 +283,20 @@ def build(
     if end:
         add("received_at < %s", end)
     if q := (raw.get("q") or "").strip():
-        if len(q) < 2:
-            raise invalid("q", "搜索词至少两个字")
         if len(q) > 100:
             raise invalid("q", "搜索词最多100个字")
-        # The text lives apart (migrations/0002): its trigram index is not rewritten with the row.
-        add(
-            "ticket_no IN (SELECT ticket_no FROM ticket_search WHERE search ILIKE %s)",
-            containing(q),
-        )
+        numbers, words = keywords(q)
+        # A ticket number, as the resident reads it out (工单号), or its serial's last digits.
+        for no in numbers:
+            add("ticket_no LIKE %s", no if _TICKET_NO.fullmatch(no) else "%" + no)
+        if words:
+            # The text lives apart (migrations/0002): its trigram index is not rewritten with the row.
+            add(
+                "ticket_no IN (SELECT ticket_no FROM ticket_search WHERE "
+                + " AND ".join(["search ILIKE %s"] * len(words))
+                + ")",
+                *(containing(w) for w in words),
+            )
     sort = raw.get("sort") or "-received_at"
     if sort not in SORTS:
         raise invalid("sort", f"不支持的排序“{sort}”，可选：{'、'.join(SORTS)}")
@@ -300,6 +307,32 @@ def build(
         page=page,
         size=size,
     )
+
+
+_TICKET_NO = re.compile(r"(\d{8})-?(\d{6,})")
+_SERIAL = re.compile(r"\d{4,7}")
+MAX_KEYWORDS = 5
+
+
+def keywords(q: str) -> tuple[list[str], list[str]]:
+    """The search box's words (separated by spaces, full-width ones too), each of which a ticket
+    must match: ticket numbers (20261203-000005, typed with or without the dash or in full-width
+    digits, or only its serial's last digits, 000005) and words of its title, text or address.
+    Raises DomainError (field `q`) for a word too short to search or too many words."""
+    terms = unicodedata.normalize("NFKC", q).split()
+    if len(terms) > MAX_KEYWORDS:
+        raise invalid("q", f"搜索词最多{MAX_KEYWORDS}个，请用空格分开")
+    numbers, words = [], []
+    for term in terms:
+        if m := _TICKET_NO.fullmatch(term):
+            numbers.append(f"{m[1]}-{m[2]}")
+        elif _SERIAL.fullmatch(term):
+            numbers.append(term)
+        elif len(term) < 2:
+            raise invalid("q", f"搜索词至少两个字（“{term}”太短），多个词请用空格分开")
+        else:
+            words.append(term)
+    return numbers, words
 
 
 def containing(text: str) -> str:

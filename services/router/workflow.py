@@ -575,9 +575,8 @@ def chosen_grid(city: City, grid_id: str) -> GridMatch:
 
 
 def place_words(city: City, grid: GridMatch | None) -> str:
-    """Where a ticket is, as the history says it: street, community and grid by name."""
-    info = city.grids.get(grid.grid or "") if grid else None
-    return f"{info.street_name}{info.full_name}" if info else "未定位"
+    """Where a ticket is, as the history says it: the place as its page writes it (City.place_name)."""
+    return city.place_name(grid.grid if grid else None)
 
 
 def dispatch(

@@ -55,6 +55,80 @@ def mask_phone(phone: str) -> str:
     return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "****"
 
 
+# Numbers a resident or operator types into free text (an appeal's text, title or address, a survey
+# reply): the caller's phone field is masked, but "请回电13812345678" in the text would otherwise go
+# verbatim into events, Redis, the record and every department's screen. Found on a copy with
+# full-width digits, separators and brackets made ASCII (one character for one, so the spans are the
+# original's). Digit boundaries on both sides: a phone-shaped run inside a longer number (an order
+# number, a bank reference) is that number, not a phone; a decimal point counts as a digit's
+# neighbour too, so an amount's digits are never taken for a phone.
+_TYPED_WIDTH = str.maketrans("０１２３４５６７８９＋－（）\u3000Ｘｘ", "0123456789+-() Xx")
+_NOT_AFTER = r"(?<![0-9])(?<![0-9]\.)"
+_NOT_BEFORE = r"(?![0-9])(?!\.[0-9])"
+_SEP = r"[ -]?"
+_PREFIX = r"(?:(?:\+|00)?86[ -]?)?"  # the country code; kept as typed
+_TYPED_NUMBER = re.compile(
+    _NOT_AFTER
+    + "(?:"
+    # Resident ID (居民身份证号): region, birth date, sequence, check digit (X for 10). The check
+    # digit is not verified: a mistyped ID is still someone's. The date's shape is: an 18-digit
+    # order number is not an ID.
+    + r"(?P<id>[1-9][0-9]{5})"
+    + _SEP
+    + r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+    + _SEP
+    + r"(?P<id_end>[0-9]{3}[0-9Xx])"
+    # Mobile: 1[3-9] and nine more, as 138 1234 5678 or 138-1234-5678 too, maybe after +86.
+    + "|"
+    + rf"(?P<to_mobile>{_PREFIX}|0)"  # 0: dialled as a long-distance call from a landline
+    + r"(?P<mobile>1[3-9][0-9]"
+    + _SEP
+    + r"[0-9]{4}"
+    + _SEP
+    + r"[0-9]{4})"
+    # Landline with its area code (010, 02x, then four-digit codes 03xx-09xx); a local number
+    # has 7 or 8 digits, the first not 0: 010-12345678, 0571 8888 6666, (0571)88886666.
+    + "|"
+    + _PREFIX
+    + r"\(?(?P<area>0(?:10|2[0-9]|[3-9][0-9]{2}))\)?"
+    + _SEP
+    + r"(?P<local>[1-9][0-9]{2,3}"
+    + _SEP
+    + r"[0-9]{4})"
+    + ")"
+    + _NOT_BEFORE
+)
+
+
+def _digits(s: str) -> str:
+    return re.sub(r"[^0-9Xx]", "", s)
+
+
+def _masked_number(m: re.Match[str], typed: str) -> str:
+    """The number `m` found (on the ASCII copy of `typed`) as shown: what comes before the part
+    masked stays as `typed` had it ("+86 ", "（0571）")."""
+    if m["id"]:
+        return f"{m['id']}{'*' * 8}{m['id_end']}"
+    if m["mobile"]:
+        return typed[m.start() : m.start("mobile")] + mask_phone(_digits(m["mobile"]))
+    return f"{typed[m.start() : m.start('local')]}****{_digits(m['local'])[-4:]}"
+
+
+def mask_typed_numbers(text: str) -> str:
+    """`text` with the phone and ID numbers typed into it masked, the rest as it was: mobiles as
+    `mask_phone` shows them (电话138 1234 5678 -> 电话138****5678), landlines keeping the area code
+    and the last four digits (0571-8888 6666 -> 0571-****6666), resident IDs keeping the region and
+    the last four (110105********002X). Dates, ticket numbers, house numbers, amounts, 12345 and
+    longer runs of digits stay. Masking twice is masking once."""
+    plain = text.translate(_TYPED_WIDTH)
+    out: list[str] = []
+    end = 0
+    for m in _TYPED_NUMBER.finditer(plain):
+        out += [text[end : m.start()], _masked_number(m, text)]
+        end = m.end()
+    return "".join(out) + text[end:] if out else text
+
+
 def mask_openid(openid: str) -> str:
     """A WeChat openid (personal data: it reaches the user, and links their messages) as logs and
     records show it: oUse****r123, enough to tell two users apart in a log, not to write to one.

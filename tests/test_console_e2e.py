@@ -15,7 +15,7 @@ import random
 import re
 import tempfile
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from services.router.workflow import REQUIRED
 from shared import topics
 from shared.auth import issue_token, revoke_token
 from shared.city import City, KnowledgeEntry
+from shared.events import AppealClassified
 from shared.lookup_link import day_number, link_key, params, ticket_url
 from shared.privacy import REMOVED
 from shared.settings import Settings
@@ -148,6 +149,27 @@ async def submit(client: httpx.AsyncClient, text: str, phone: str, address: str 
 
 
 # --- signing in ---------------------------------------------------------------------------------
+
+
+async def classified_streetlight(settings: Settings, city: City, grid: str | None) -> str:
+    """A street light's appeal, classified already (confident) in `grid`, sent for the router to
+    route by its rule; its number, of a day long past so that today's counter stays."""
+    no = f"20001203-{random.randint(900000, 999999)}"
+    event = classified(city, "city.facility.streetlight", grid, no=no, at=datetime.now(UTC), confidence=0.95)
+    await send_classified(settings, [event])
+    return no
+
+
+async def send_classified(settings: Settings, events: Sequence[AppealClassified]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:  # classified already: the router takes them from here
+        for event in events:
+            await producer.send_and_wait(
+                topics.APPEAL_CLASSIFIED, event.to_bytes(), key=event.ticket_no.encode()
+            )
+    finally:
+        await producer.stop()
 
 
 async def test_a_link_styled_as_a_secondary_button_looks_like_one(browser: Browser):
@@ -1352,6 +1374,27 @@ async def test_operator_form_shows_the_apis_message_beside_the_field(page: Page,
     assert "text-error" not in (await page.locator("#text").get_attribute("aria-describedby") or "")
 
 
+async def test_a_number_typed_into_the_words_is_masked_and_the_operator_told(
+    page: Page, redis, system: System
+):
+    await sign_in(page, await issue_token(redis, "operator", operator="op03"))
+    await page.locator("#caller_phone").fill(new_phone())
+    await page.locator("#address").fill("阳光花园3号楼")
+    await page.locator("#text").fill("阳光花园3号楼门口的路灯坏了，物业电话139 2468 1357一直没人接")
+    await page.locator("#submit").click()
+    number = page.locator("#ticket-no")
+    await expect(number).to_have_text(re.compile(r"^\S{6,}$"))
+    ticket_no = (await number.text_content() or "").strip()
+    # Said on the page and to a screen reader: the words on the ticket are not what was typed.
+    said = "已对诉求内容中的电话号码/身份证号脱敏显示"
+    await expect(page.locator("#accepted-masked")).to_contain_text(said)
+    await expect(page.locator("#announcer")).to_have_text(f"诉求已受理，工单号{ticket_no}；{said}")
+    async with await admin_api(system, redis) as client:
+        ticket = await ticket_when(client, ticket_no, lambda t: t["status"] != "received")
+    assert ticket["text"] == "阳光花园3号楼门口的路灯坏了，物业电话139****1357一直没人接"
+    assert ticket["address"] == "阳光花园3号楼"
+
+
 async def test_a_mistyped_phone_is_marked_at_the_phone_and_the_suggestions_stay(
     page: Page, browser: Browser, redis, system: System
 ):
@@ -2149,16 +2192,7 @@ async def test_desk_places_a_routed_ticket_without_a_grid_from_its_page(
     for beside the select before anything is sent; a grid the API refuses comes back beside the
     select, which takes the focus; a grid chosen places the ticket, the page then naming the place
     as the desk's choice (人工选定) with the history's line, its department and status as they were."""
-    no = f"20001203-{random.randint(900000, 999999)}"  # a day long past: today's counter stays
-    event = classified(
-        system_city, "city.facility.streetlight", None, no=no, at=datetime.now(UTC), confidence=0.95
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:  # classified already, without a grid: the router routes it by its rule
-        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
-    finally:
-        await producer.stop()
+    no = await classified_streetlight(settings, system_city, None)  # routed by its rule, without a grid
     grid_id = "s02c01g02"
     place = f"{system_city.grids[grid_id].street_name}/{system_city.grids[grid_id].full_name}"
     async with await admin_api(system, redis) as client:
@@ -2217,16 +2251,7 @@ async def test_grid_worker_asks_to_correct_the_grid_and_the_desk_approves_it_fro
     chosen it is asked for beside the select, which takes the focus; sent, the page says the request
     waits. The desk finds it on /console/desk under 事发网格更正申请 (the current grid, the grid asked
     for, the worker, the reason) and approves it (同意): the ticket is placed in that grid."""
-    no = f"20001203-{random.randint(900000, 999999)}"  # a day long past: today's counter stays
-    event = classified(
-        system_city, "city.facility.streetlight", "s01c01g01", no=no, at=datetime.now(UTC), confidence=0.95
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:  # classified already, in s01c01g01: the router routes it by its rule
-        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
-    finally:
-        await producer.stop()
+    no = await classified_streetlight(settings, system_city, "s01c01g01")  # routed by its rule
     asked = system_city.grids["s02c01g02"]
     place = f"{asked.street_name}/{asked.full_name}"
     seen = "现场核实路灯在建设社区小区门口，不在和平里"
@@ -2280,16 +2305,7 @@ async def test_the_desk_refuses_a_grid_workers_request_and_a_missing_reason_is_a
     request's card, the reason asked for beside its field (not at the top of the page), which takes
     the focus, marked and described by it; with one, the request is dropped and the ticket's history
     says who refused which grid and why."""
-    no = f"20001203-{random.randint(900000, 999999)}"  # a day long past: today's counter stays
-    event = classified(
-        system_city, "city.facility.streetlight", "s01c01g01", no=no, at=datetime.now(UTC), confidence=0.95
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:  # classified already, in s01c01g01: the router routes it by its rule
-        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
-    finally:
-        await producer.stop()
+    no = await classified_streetlight(settings, system_city, "s01c01g01")  # routed by its rule
     why = "路灯在和平里社区一侧，属本网格"
     token = await issue_token(redis, "grid_worker", operator="W092", grid="s01c01g01")
     async with await admin_api(system, redis) as client:
@@ -2403,12 +2419,7 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
         confidence=0.55,
         second=("utility.power", 0.5),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:  # classified already: the router takes it from here
-        await producer.send_and_wait(topics.APPEAL_CLASSIFIED, contested.to_bytes(), key=no.encode())
-    finally:
-        await producer.stop()
+    await send_classified(settings, [contested])
     async with await admin_api(system, redis) as client:
         held = await ticket_when(client, no, lambda t: t["status"] == "meeting")
         mid = held["meeting_id"]
@@ -2912,24 +2923,14 @@ async def test_a_department_accepts_its_new_tickets_together_with_and_without_th
     """批量签收: the tickets ticked in the queue (counted on the button, confirmed first) are signed
     for in one go; without the script 全选 sends the page's new tickets, and one a colleague
     accepted meanwhile is listed with the workflow's reason."""
-    from aiokafka import AIOKafkaProducer
-
-    from shared import topics
-    from tests.router_factory import classified
-
     grid = "s03c02g01"  # a grid of its own: the filtered queue lists only this test's tickets
     stamp = datetime.now(ZoneInfo(settings.timezone))
     # Numbered on a day long past: a high number of today's would push today's real counter (the
     # record keeps it above the highest number it has seen) towards the end of its six digits.
     nos = [f"20001202-{n}" for n in random.sample(range(900000, 1000000), 4)]
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        for no in nos:
-            event = classified(system_city, "city.appearance.garbage", grid, no=no, at=stamp)
-            await producer.send_and_wait(topics.APPEAL_CLASSIFIED, event.to_bytes(), key=no.encode())
-    finally:
-        await producer.stop()
+    await send_classified(
+        settings, [classified(system_city, "city.appearance.garbage", grid, no=no, at=stamp) for no in nos]
+    )
     async with await admin_api(system, redis) as client:
         held = [await ticket_when(client, no, lambda t: t["status"] == "assigned") for no in nos]
         dept = held[0]["department"]["id"]

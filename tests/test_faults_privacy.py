@@ -3,9 +3,12 @@ resolution, the survey SMS and the resident's reply) on a system of its own, log
 no log line of any process (the services and the broker and Redis) and no event on any topic
 (dead-letter topics included) may hold the raw phone number or the caller's name.
 
-The appeal's text is the resident's own words and may hold whatever they typed; this one holds
-neither the phone nor the name, so that finding either can only mean the system copied it from the
-fields made for them (`caller_phone`, `caller_name`)."""
+The appeal's text holds another phone and an ID number as an operator would type them, and the
+resident's reply a third phone: intake and the notifier mask numbers typed into free text
+(`shared.privacy.mask_typed_numbers`), so none of them may appear either, and the answer to the
+operator says that the text was masked. The text holds neither the caller's phone nor the name, so
+that finding either can only mean the system copied it from the fields made for them
+(`caller_phone`, `caller_name`)."""
 
 from __future__ import annotations
 
@@ -34,10 +37,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 PHONE = "13591827364"
 TYPED_PHONE = "135 9182 7364"  # as the operator typed it; stored as PHONE
 NAME = "司马清源"
-TEXT = "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好"
+# Typed into the words: a neighbour's phone (spaced as spoken) and the caller's ID number.
+IN_TEXT_PHONE, IN_TEXT_ID = "13924681357", "330106198706140036"
+TEXT = (
+    "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好。"
+    f"楼下邻居也反映过，电话139 2468 1357；我的身份证号{IN_TEXT_ID}"
+)
+IN_REPLY_PHONE = "18765432109"
+REPLY = "1 修好了，谢谢，有事打187-6543-2109"
 # What must not appear anywhere: the number (and its last eight digits: the mask shows four), the
-# typed form, and the name as it is and as JSON escapes it.
-SECRETS = (PHONE, PHONE[-8:], TYPED_PHONE, NAME, json.dumps(NAME)[1:-1])
+# typed form, and the name as it is and as JSON escapes it; the numbers in the words, as typed and
+# as digits, and the parts their masks hide (an ID's birth date).
+SECRETS = (
+    *(PHONE, PHONE[-8:], TYPED_PHONE, NAME, json.dumps(NAME)[1:-1]),
+    *(IN_TEXT_PHONE, IN_TEXT_PHONE[-8:], "2468 1357", IN_TEXT_ID, IN_TEXT_ID[6:14]),
+    *(IN_REPLY_PHONE, IN_REPLY_PHONE[-8:], "6543-2109"),
+)
 MASKED = "135****7364"
 SERVICES = ("intake", "classifier", "router", "notifier")
 
@@ -80,6 +95,9 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
                 )
                 assert r.status_code == 201, r.text
                 no = r.json()["ticket_no"]
+                # The operator is told that the words were masked, not left to find them changed.
+                assert r.json()["masked"] == ["text"]
+                assert "已对诉求内容中的电话号码/身份证号脱敏显示" in r.json()["message"]
                 assigned = await eventually(lambda: ticket(no, "assigned"), timeout=120)
                 department = await issue_token(redis, "department", assigned["department"]["id"])
                 r = await api.post(
@@ -93,7 +111,7 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
                 gateway = await issue_token(redis, "sms_gateway")  # a resident's SMS comes only through it
                 r = await api.post(
                     "/api/v1/sms/inbound",
-                    json={"phone": f"+86{PHONE}", "text": "1 修好了，谢谢"},
+                    json={"phone": f"+86{PHONE}", "text": REPLY},
                     headers={"Authorization": f"Bearer {gateway}"},
                 )
                 assert r.status_code == 200, r.text
@@ -117,6 +135,9 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
         ):
             assert flowed[topic], f"nothing on {topic}: the flow did not go through it"
         assert any(MASKED in value for _, _, value in events), "no event carries the caller, even masked"
+        # The typed numbers did flow, masked: in the appeal and in the resident's answer.
+        assert any("139****1357" in v and "330106********0036" in v for _, _, v in events)
+        assert any("187****2109" in value for _, _, value in events), "the reply's words never flowed"
         found = [(t, offset, leaks(value)) for t, offset, value in events if leaks(value)]
         assert not found, f"personal data in events: {found[:5]}"
 

@@ -374,6 +374,13 @@ async def submit_appeal(
     return reply, photos, idem
 
 
+def masked_labels(reply: Reply, labels: dict[str, str]) -> str:
+    """The form's fields in which intake masked a typed phone or ID number ("诉求内容、事发地址"),
+    as the form labels them; "" when none: the accepted page says so, so that what the operator
+    typed is not found changed on the ticket without a trace."""
+    return "、".join(labels.get(f, f) for f in reply.body.get("masked") or ())
+
+
 async def next_call(request: Request, s: session.Session, **accepted: Any) -> Response:
     """The number to read out, above an empty form for the next call (under a key of its own), so
     the operator types on without a click. Nothing of the call is kept for the next one: it is
@@ -432,6 +439,7 @@ async def operator_submit(request: Request, s: session.Session = Depends(as_oper
             accepted=reply.body["ticket_no"],
             accepted_photos=len(photos),
             answered=bool(text(form, "direct_answer").strip()),
+            accepted_masked=masked_labels(reply, INTAKE_FIELDS),
         )
     errors = field_errors(reply, {**INTAKE_FIELDS, "photos": "现场照片"}, "form", form)
     values = {k: text(form, k) for k in INTAKE_FIELDS}
@@ -586,6 +594,7 @@ async def patrol_submit(request: Request, s: session.Session = Depends(as_grid_w
             accepted_photos=len(photos),
             handled=handled,
             waits=waiting,
+            accepted_masked=masked_labels(reply, PATROL_FIELDS),
         )
     errors = field_errors(reply, {**PATROL_FIELDS, "photos": "现场照片"}, "form", form, INTAKE_WORDS)
     values = {k: text(form, k) for k in (*PATROL_FIELDS, "lng", "lat")}

@@ -14,7 +14,7 @@ import regex
 from services.intake.errors import InvalidAppeal
 from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, Caller, Channel, GeoPoint, new_id
 from shared.photos import MAX_PER_ITEM
-from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.privacy import InvalidPhone, caller_id, mask_phone, mask_typed_numbers, normalize_phone
 from shared.text import without_controls
 from shared.tickets import Ticket
 
@@ -35,6 +35,7 @@ __all__ = [
     "checked_phone",
     "clean_text",
     "located",
+    "masked_free_text",
     "validate",
     "wechat_caller_id",
 ]
@@ -79,6 +80,10 @@ class Submission:
     # hotline API's uploads, Open311's media_url. WeChat's go with the event (`appeal(photos=)`);
     # SMS and suggestion boxes carry none.
     photos: tuple[str, ...] = ()
+    # The free-text fields (text, title, address) in which a typed phone or ID number was masked
+    # (`masked_free_text`): the operator's answer says so, so what they typed does not change
+    # without a trace. Not part of the digest: it follows from the fields.
+    masked: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """A hash of everything the appeal says, after normalisation: what an idempotency key is
@@ -151,6 +156,16 @@ def checked_phone(phone: str | None, *, required: bool = False) -> str | None:
     return None
 
 
+def masked_free_text(fields: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The appeal's free-text fields with the phone and ID numbers typed into them masked
+    (`shared.privacy.mask_typed_numbers`), and the names of those that changed. Here, where every
+    channel's appeal is validated (hotline and web, patrol, WeChat, SMS, Open311, suggestion-box
+    slips), so that no typed number reaches an event, Redis, the record or a department's screen:
+    the caller's number has its own field, stored once in the contact record."""
+    masked = {name: mask_typed_numbers(value) for name, value in fields.items()}
+    return masked, tuple(name for name, value in fields.items() if masked[name] != value)
+
+
 def validate(
     *,
     channel: Channel,
@@ -194,11 +209,14 @@ def validate(
         raise InvalidAppeal(
             "channel", "此网格员凭证没有所属网格，请向管理员重新申领（appeals token --grid-worker）"
         )
+    # The title is cut after masking: a number cut in two would no longer read as one.
+    free, masked = masked_free_text({"text": text, "title": clean_text(title or ""), "address": address})
     return Submission(
         channel=channel,
-        text=text,
-        title=clean_text(title or "")[:100],
-        address=address,
+        text=free["text"],
+        title=free["title"][:100],
+        address=free["address"],
+        masked=masked,
         location=location,
         phone=normalized_phone,
         name=name,

@@ -73,6 +73,22 @@ class AppealAccepted(BaseModel):
     ticket_no: str
     status: str = "received"
     message: str
+    masked: list[str] | None = Field(
+        None,
+        description="only when it happened: the fields (text, title, address) in which a phone or ID "
+        "number typed into the words was masked, as every reader of the ticket sees them (138****5678)",
+    )
+
+
+# How the answer names a field in which a typed number was masked.
+MASKED_FIELDS = {"text": "诉求内容", "title": "标题", "address": "地址"}
+
+
+def masked_notice(masked: Sequence[str]) -> str:
+    """The line that tells whoever typed the appeal that its words changed, and how: a typed
+    number is not kept, and the ticket shows it masked."""
+    where = "、".join(MASKED_FIELDS.get(f, f) for f in masked)
+    return f"已对{where}中的电话号码/身份证号脱敏显示" if masked else ""
 
 
 # Who sees a caller's history (来电历史) in the preview: those who take the calls, the operators and
@@ -170,7 +186,13 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-@router.post("/appeals", status_code=201, response_model=AppealAccepted, openapi_extra=_body_schema(AppealIn))
+@router.post(
+    "/appeals",
+    status_code=201,
+    response_model=AppealAccepted,
+    response_model_exclude_none=True,  # `masked` only when something was: the usual answer as it was
+    openapi_extra=_body_schema(AppealIn),
+)
 async def submit_appeal(
     request: Request,
     response: Response,
@@ -194,7 +216,9 @@ async def submit_appeal(
         message = f"已登记当场答复，工单号{ticket_no}，将自动办结并回访"
     else:
         message = f"诉求已受理，工单号{ticket_no}"
-    return AppealAccepted(ticket_no=ticket_no, message=message)
+    if sub.masked:
+        message = f"{message}；{masked_notice(sub.masked)}"
+    return AppealAccepted(ticket_no=ticket_no, message=message, masked=list(sub.masked) or None)
 
 
 @router.get("/knowledge")

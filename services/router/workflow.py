@@ -76,6 +76,7 @@ from shared.events import (
     Urge,
     Verification,
 )
+from shared.privacy import mask_typed_numbers
 from shared.tickets import STATUS_NAMES, Status, Ticket
 
 
@@ -1474,7 +1475,10 @@ def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | N
         return None
     check(ticket, "urge")
     urges = ticket.urges + 1
-    fields: dict[str, Any] = {"note": note.strip(), "urge": Urge(urges=urges), "occurred_at": now}
+    # The caller's words, as an appeal's: a phone or ID number typed into them is masked (the
+    # history goes to the department and the record).
+    note = mask_typed_numbers(note.strip())
+    fields: dict[str, Any] = {"note": note, "urge": Urge(urges=urges), "occurred_at": now}
     if event_id is not None:
         fields["event_id"] = event_id
     event = ticket_updated(ticket, "urged", ticket.status, actor=by, **fields)

@@ -3,9 +3,10 @@ or XLSX (openpyxl's write-only mode: no rows held in memory; the file is built o
 The ticket export, the rankings' export and the trend's export share them.
 
 Rows hold values, not their text, so that a manager can sum, sort and chart them in Excel or WPS:
-numbers as numbers, a rate as a `Percent`, a time as a naive local `datetime` (Excel has no time
-zones: the caller converts to the city's), no value as None (an empty cell, not 0). XLSX writes
-them as numeric and date cells with a number format; CSV as the text the console shows.
+numbers as numbers, a rate as a `Percent`, a figure the console shows in brackets as `Bracketed`,
+a time as a naive local `datetime` (Excel has no time zones: the caller converts to the city's), no
+value as None (an empty cell, not 0). XLSX writes them as numeric and date cells with a number
+format; CSV as the text the console shows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 PERCENT = "0.0%"
 CHANGE = "+0.0%;-0.0%;0.0%"  # a rise or a fall, signed as the console says it
 DATETIME = "yyyy-mm-dd hh:mm"
+BRACKETED = '"（"0.0"）"'  # the number, shown in brackets as the console shows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +41,22 @@ class Percent:
         return f"{self.fraction:+.1%}" if self.signed else f"{self.fraction:.1%}"
 
 
+@dataclass(frozen=True, slots=True)
+class Bracketed:
+    """A figure to read, not to compare with those beside it (a score on too few answers, shown
+    （95.0） on the page): a number in XLSX, in brackets by its format; its text in brackets in CSV."""
+
+    value: float
+
+    def __str__(self) -> str:
+        return f"（{self.value:.1f}）"
+
+
 def text(value: Any) -> Any:
     """A value as the CSV writes it: the text the console shows."""
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M")
-    if isinstance(value, Percent):
+    if isinstance(value, Percent | Bracketed):
         return str(value)
     return value
 
@@ -76,6 +89,8 @@ async def xlsx_chunks(
     def cell(column: int, value: Any) -> Any:
         if isinstance(value, Percent):
             value, fmt = value.fraction, CHANGE if value.signed else PERCENT
+        elif isinstance(value, Bracketed):
+            value, fmt = value.value, BRACKETED
         elif isinstance(value, datetime):
             fmt = DATETIME
         else:

@@ -3933,6 +3933,33 @@ def period_html(city, **context) -> str:
 LATER = "起始日期2033-07-10晚于结束日期2033-07-04"
 
 
+def test_a_period_counted_to_today_says_so_under_the_dates(city):
+    """1 to 10 December asked on the 3rd: the API counts it to today, and the page says so (the
+    trend below compares as many days); a period counted as asked says nothing."""
+    said = present.counted_to("2026-12-10", "2026-12-03")
+    assert said == "结束日期2026-12-10尚未到来，统计至今天（2026-12-03）；环比、同比按同样的天数比较。"
+    assert present.counted_to("2026-12-03", "2026-12-03") == ""
+    html = period_html(city, counted_to=said, trend_error="趋势暂不可用")
+    assert f'<p class="muted" id="period-counted">{said}</p>' in html
+    assert 'id="period-counted"' not in period_html(city, counted_to="", trend_error="趋势暂不可用")
+    assert 'id="period-counted"' not in period_html(city, error=LATER, error_at="from", counted_to=said)
+
+
+def test_a_trend_with_nothing_rising_or_falling_says_so_in_a_sentence_not_a_numbered_list(city):
+    """A period with no category up (or none down) said 1. 本期没有下降的诉求分类: a list of one."""
+    view = present.trend_view(trend_body("category", [("utility.heating", "公共事业/供暖", 3, 1)]))
+    html = dashboard_html(city, view, "category")
+    assert '<ol id="trend-rising">' in html
+    assert '<p id="trend-falling">本期没有下降的诉求分类</p>' in html
+    assert '<ol id="trend-falling">' not in html
+    assert "<li>本期没有" not in html
+    flat = present.trend_view(trend_body("street", [("s01", "和平街道", 2, 2)]))
+    html = dashboard_html(city, flat, "street")
+    assert '<p id="trend-rising">本期没有上升的街道</p>' in html
+    assert '<p id="trend-falling">本期没有下降的街道</p>' in html
+    assert "<ol" not in html[html.index('id="trend"') : html.index("</section>", html.index('id="trend"'))]
+
+
 @pytest.mark.parametrize("at", ["from", "to"])
 def test_a_refused_period_comes_back_with_the_date_at_fault_focused(city, at):
     said = LATER
@@ -4071,6 +4098,24 @@ async def counted_dashboard(monkeypatch, city, fake: _CountsApi) -> str:
     return (await views.dashboard_page(request, s)).body.decode()
 
 
+class _CountedToToday(_CountsApi):
+    """The API of 6 July 2033: asked for 4 to 10 July, it counts 4 to 6 July (`to`)."""
+
+    async def get(self, path: str, **params):
+        reply = await super().get(path, **params)
+        if path == "/api/v1/stats" and reply.ok:
+            return Reply(200, reply.body | {"from": params["from"], "to": "2033-07-06"})
+        return reply
+
+
+async def test_the_dashboard_says_a_period_ending_after_today_is_counted_to_today(monkeypatch, city):
+    html = await counted_dashboard(monkeypatch, city, _CountedToToday(city))
+    said = "结束日期2033-07-10尚未到来，统计至今天（2033-07-06）；环比、同比按同样的天数比较。"
+    assert f'<p class="muted" id="period-counted">{said}</p>' in html
+    assert 'value="2033-07-10"' in html  # the end asked for stays in its field: tomorrow counts one more day
+    assert 'id="period-counted"' not in await counted_dashboard(monkeypatch, city, _CountsApi(city))
+
+
 async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatches(monkeypatch, city):
     """A meeting's decision dispatches its tickets again: the category's 派单 (14) is not its appeals
     (8). The map and the top ten say how many appeals came in, as the trend beside them does."""
@@ -4101,9 +4146,9 @@ async def test_the_dashboards_map_and_top_ten_count_appeals_received_not_dispatc
 async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and_gives_each_rate_its_base(
     monkeypatch, city
 ):
-    """样本不足: a department with no answers (score 100 from its response rate alone) comes after
-    the one with answers and is not numbered; each name links to its tickets of the period; the
-    top cards say what each rate is counted over; the period rule is said."""
+    """样本不足: a department with no answers (no score: its response rate alone would be 100) comes
+    after the one with answers and is not numbered; each name links to its tickets of the period;
+    the top cards say what each rate is counted over; the period rule is said."""
     html = await counted_dashboard(monkeypatch, city, _CountsApi(city))
     start = html.index('id="rank-department"')
     table = html[start : html.index("</table>", start)]
@@ -4113,7 +4158,10 @@ async def test_the_dashboard_ranks_only_those_with_answers_enough_links_each_and
         ("1", f"/console/tickets?department=urban_mgmt&amp;{period}", "区城市管理委员会"),
         ("样本不足", f"/console/tickets?department=water&amp;{period}", "区水务局"),
     ]
-    assert '<span class="muted">（100.0）</span>' in table  # its score, not ranked by it
+    # Its rates, and no score in brackets: one made of the response rate alone reads as 100.
+    water = table[table.index("区水务局") :]
+    assert re.findall(r"<td>([^<]*)</td>", water)[1:5] == ["100.0%", "—", "—", "—"]
+    assert "（100.0）" not in table
     assert "回访答复少于3件的为“样本不足”" in html
     # 解决率 50.0%（4/8）: the city's figures with what they are counted over.
     assert (
@@ -4485,6 +4533,24 @@ def test_no_choice_of_the_ticket_lists_filters_is_offered_twice(city):
     for select in re.finditer(r'<select id="(f-[a-z_]+)".*?</select>', html, flags=re.S):
         texts = re.findall(r"<option[^>]*>([^<]*)</option>", select.group(0))
         assert len(texts) == len(set(texts)), f"{select[1]}: {sorted(t for t in texts if texts.count(t) > 1)}"
+
+
+def test_the_response_rates_base_is_counted_as_the_rate_is():
+    """A department with no dispatch in the period but responses due in it (a ticket dispatched the
+    day before, accepted today; another overdue today): 50.0% of 2, not — over 0 assigned; the base
+    under the card and the rate take their counters from the one `scoring.response_measure`."""
+    counts = {"responded": 1, "responded_on_time": 1, "due": 2, "due_on_time": 1}
+    figures = scoring.rates(counts, scoring.Weights())
+    shown = present.shown_figures(figures)
+    assert (shown["response_rate"], shown["response_base"]) == ("50.0%", "（1/2）")
+    old = scoring.rates({"assigned": 10, "responded_on_time": 8}, scoring.Weights())  # before `due`
+    assert present.percent(old["response_rate"]) == "80.0%"
+    assert present.rate_bases(old)["response_base"] == "（8/10）"
+    assert present.rate_bases({"responded": 1})["response_base"] == ""  # nothing came due: —
+    # In the middle of a move (统计中) the rate is —, and so is its base.
+    settling = scoring.rates(counts | {"due_on_time": 3}, scoring.Weights())
+    assert settling["response_rate"] is None
+    assert set(present.rate_bases(settling).values()) == {""}
 
 
 def test_the_live_dashboard_shows_the_score_as_the_page_does():

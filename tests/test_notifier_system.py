@@ -23,8 +23,9 @@ from services.notifier.scoring import Weights
 from shared.auth import issue_token
 from shared.bus import EventPublisher, publish
 from shared.events import DeadlineNotice, DepartmentRef, SurveyAnswered, TicketAssigned, TicketUpdated
+from shared.spreadsheets import BRACKETED
 from tests.cities import demo_city
-from tests.conftest import as_department, as_sms_gateway, eventually
+from tests.conftest import as_department, as_sms_gateway, eventually, local_today
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -366,6 +367,8 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
             return "" if cell is None else str(cell)
 
     def shown(cell: Cell) -> object:  # a rate as Excel shows it: the number in its percent format
+        if cell.number_format == BRACKETED:  # a score on too few answers: （68.0）
+            return f"（{cell.value:.1f}）"
         return f"{cell.value:.1%}" if cell.number_format == "0.0%" else same(cell.value)
 
     assert [[shown(c) for c in row] for row in sheet.iter_rows()] == [[same(v) for v in row] for row in table]
@@ -374,6 +377,8 @@ async def test_the_three_rates_from_a_known_sequence_of_events(api, redis, setti
     rate = mine[table[0].index("响应率")]
     assert (rate.data_type, rate.value, rate.number_format) == ("n", 0.6, "0.0%")
     assert isinstance(mine[table[0].index("派单")].value, int)
+    [few] = [row for row in sheet.iter_rows(min_row=2) if row[1].value == b]
+    assert (few[score].data_type, few[score].value) == ("n", EXPECTED_B["score"])  # a number, bracketed
     r = await api.get("/api/v1/stats/export", params={**period, "from": "2020-03-01"}, headers=admin)
     assert r.status_code == 422
     assert "晚于" in r.json()["message"]
@@ -397,6 +402,16 @@ async def test_stats_refuses_bad_periods_and_anonymous_callers(api, admin):
     r = await api.get("/api/v1/stats", params={"from": "2024-01-01", "to": "2026-02-01"}, headers=admin)
     assert r.status_code == 422
     assert (await api.get("/api/v1/stats", params={"group_by": "planet"}, headers=admin)).status_code == 422
+    # Days to come have nothing to count: a period not started is refused beside its start, one
+    # that ends after today is counted to today (its `to`), as the trend counts it.
+    today = local_today()
+    later = {"from": str(today + timedelta(days=2)), "to": str(today + timedelta(days=7))}
+    r = await api.get("/api/v1/stats", params=later, headers=admin)
+    assert (r.status_code, r.json()["field"]) == (422, "from")
+    said = f"统计期尚未开始（起始日期{later['from']}在今天之后），请选择今天或以前的日期"
+    assert r.json()["message"] == said
+    r = await api.get("/api/v1/stats", params={**later, "from": str(today)}, headers=admin)
+    assert (r.status_code, r.json()["from"], r.json()["to"]) == (200, str(today), str(today))
     r = await api.get("/api/v1/stats", headers=admin)
     assert r.status_code == 200
     assert r.json()["weights"]["basically_satisfied"] == 0.9

@@ -20,33 +20,35 @@ from shared import topics
 from shared.auth import issue_token
 from shared.city import City
 from shared.events import AppealClassified, AppealReceived, CategoryScore
+from tests.conftest import local_today
 
 pytestmark = pytest.mark.integration
 
 SH = ZoneInfo("Asia/Shanghai")  # the demo city's timezone: UTC+8, so a local day starts at 16:00 UTC
 HEATING, DRAINAGE, NOISE = "utility.heating", "city.facility.drainage", "env.noise"
-# A week of 2033 no other test files appeals in: the counts are over the whole record.
-WEEK = (date(2033, 7, 4), date(2033, 7, 10))
+# A week of 2011 no other test files appeals in: the counts are over the whole record. Long past:
+# a period is counted up to today, so a week to come would be refused.
+WEEK = (date(2011, 7, 4), date(2011, 7, 10))
 # (local time received, category, grid): the grid gives the street (s01 和平, s02 建设, s03 光明).
 SEQUENCE = [
     # This week: 4 July twice (the second a second before local midnight, 15:59:59 UTC), 5 July at
     # local midnight (still 4 July in UTC), 8 July twice, 10 July late; 6, 7 and 9 July none.
-    (datetime(2033, 7, 4, 10, 0), HEATING, "s01c01g01"),
-    (datetime(2033, 7, 4, 23, 59, 59), HEATING, "s01c01g01"),
-    (datetime(2033, 7, 5, 0, 0), HEATING, "s02c01g01"),
-    (datetime(2033, 7, 8, 9, 30), DRAINAGE, "s02c01g01"),
-    (datetime(2033, 7, 8, 16, 0), DRAINAGE, "s02c01g01"),
-    (datetime(2033, 7, 10, 23, 30), NOISE, "s03c01g01"),
+    (datetime(2011, 7, 4, 10, 0), HEATING, "s01c01g01"),
+    (datetime(2011, 7, 4, 23, 59, 59), HEATING, "s01c01g01"),
+    (datetime(2011, 7, 5, 0, 0), HEATING, "s02c01g01"),
+    (datetime(2011, 7, 8, 9, 30), DRAINAGE, "s02c01g01"),
+    (datetime(2011, 7, 8, 16, 0), DRAINAGE, "s02c01g01"),
+    (datetime(2011, 7, 10, 23, 30), NOISE, "s03c01g01"),
     # The week before (27 June to 3 July): noise falling since, heating rising.
-    (datetime(2033, 6, 28, 8, 0), NOISE, "s03c01g01"),
-    (datetime(2033, 6, 30, 12, 0), NOISE, "s03c01g01"),
-    (datetime(2033, 7, 1, 12, 0), HEATING, "s01c01g01"),
-    (datetime(2033, 7, 3, 23, 59, 59), NOISE, "s03c01g01"),
+    (datetime(2011, 6, 28, 8, 0), NOISE, "s03c01g01"),
+    (datetime(2011, 6, 30, 12, 0), NOISE, "s03c01g01"),
+    (datetime(2011, 7, 1, 12, 0), HEATING, "s01c01g01"),
+    (datetime(2011, 7, 3, 23, 59, 59), NOISE, "s03c01g01"),
     # After the week: local midnight ending it counts in no period.
-    (datetime(2033, 7, 11, 0, 0), NOISE, "s03c01g01"),
+    (datetime(2011, 7, 11, 0, 0), NOISE, "s03c01g01"),
     # The same week a year before.
-    (datetime(2032, 7, 5, 9, 0), DRAINAGE, "s02c01g01"),
-    (datetime(2032, 7, 10, 9, 0), NOISE, "s03c01g01"),
+    (datetime(2010, 7, 5, 9, 0), DRAINAGE, "s02c01g01"),
+    (datetime(2010, 7, 10, 9, 0), NOISE, "s03c01g01"),
 ]
 
 
@@ -98,10 +100,10 @@ async def test_appeals_per_local_day_against_the_week_before_and_a_year_before(p
         ("07-10", 1),
     ]
     previous = body["periods"]["previous"]
-    assert (previous["from"], previous["to"]) == ("2033-06-27", "2033-07-03")
+    assert (previous["from"], previous["to"]) == ("2011-06-27", "2011-07-03")
     assert [d["count"] for d in previous["days"]] == [0, 1, 0, 1, 1, 0, 1]
     last_year = body["periods"]["last_year"]
-    assert (last_year["from"], last_year["to"], last_year["total"]) == ("2032-07-04", "2032-07-10", 2)
+    assert (last_year["from"], last_year["to"], last_year["total"]) == ("2010-07-04", "2010-07-10", 2)
     assert (body["total"], body["previous_total"], body["last_year_total"]) == (6, 4, 2)
     assert (body["change"], body["change_percent"]) == (2, 50.0)
     assert (body["year_change"], body["year_change_percent"]) == (4, 200.0)
@@ -158,9 +160,9 @@ async def test_the_trend_endpoint_its_export_and_its_refusals(api, redis, system
 
     r = await api.get("/api/v1/stats/trend/export", params=week | {"format": "csv"}, headers=desk)
     assert r.status_code == 200
-    assert r.headers["content-disposition"] == 'attachment; filename="trend-category-20330704-20330710.csv"'
+    assert r.headers["content-disposition"] == 'attachment; filename="trend-category-20110704-20110710.csv"'
     table = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
-    assert table[0][:3] == ["诉求分类", "本期（2033-07-04至2033-07-10）", "上期（2033-06-27至2033-07-03）"]
+    assert table[0][:3] == ["诉求分类", "本期（2011-07-04至2011-07-10）", "上期（2011-06-27至2011-07-03）"]
     assert table[1] == ["合计", "6", "4", "2", "+50.0%", "2", "4", "+200.0%"]
     assert table[3] == ["城市管理/市政设施/排水堵塞", "2", "0", "2", "新增", "1", "1", "+100.0%"]
     assert table[4][0] == "环境保护/噪音扰民"
@@ -172,12 +174,23 @@ async def test_the_trend_endpoint_its_export_and_its_refusals(api, redis, system
     assert (total[4].data_type, total[4].number_format) == ("n", "+0.0%;-0.0%;0.0%")
 
     # The period is checked as for the rankings, in Chinese, naming the field.
-    r = await api.get("/api/v1/stats/trend", params={"from": "2033-07-10", "to": "2033-07-04"}, headers=desk)
+    r = await api.get("/api/v1/stats/trend", params={"from": "2011-07-10", "to": "2011-07-04"}, headers=desk)
     assert (r.status_code, r.json()["field"]) == (422, "from")
     assert "晚于" in r.json()["message"]
-    r = await api.get("/api/v1/stats/trend", params={"from": "2031-01-01", "to": "2033-07-04"}, headers=desk)
+    r = await api.get("/api/v1/stats/trend", params={"from": "2009-01-01", "to": "2011-07-04"}, headers=desk)
     assert r.status_code == 422
     assert "最长366天" in r.json()["message"]
+    # A period not started is refused beside its start; one ending after today is counted to today,
+    # and compared with as many days before it.
+    today = local_today()
+    later = {"from": str(today + timedelta(days=2)), "to": str(today + timedelta(days=7))}
+    r = await api.get("/api/v1/stats/trend", params=later, headers=desk)
+    assert (r.status_code, r.json()["field"]) == (422, "from")
+    assert r.json()["message"].startswith("统计期尚未开始")
+    ending_later = {"from": str(today - timedelta(days=1)), "to": str(today + timedelta(days=5))}
+    body = (await api.get("/api/v1/stats/trend", params=ending_later, headers=desk)).json()
+    assert (body["from"], body["to"]) == (ending_later["from"], str(today))
+    assert [len(body["periods"][p]["days"]) for p in ("current", "previous")] == [2, 2]
     for edge in ({"from": "0001-01-01", "to": "0001-01-31"}, {"from": "9999-12-01", "to": "9999-12-31"}):
         r = await api.get("/api/v1/stats/trend", params=edge, headers=desk)  # nothing to compare with
         assert (r.status_code, r.json()["error"]) == (422, "invalid_period"), r.text

@@ -16,7 +16,7 @@ import openpyxl
 from services.notifier.views import RANKING
 from services.records.stats_views import COLUMNS
 from services.records.views import _cell
-from shared.spreadsheets import Percent, csv_chunks, each, xlsx_chunks
+from shared.spreadsheets import BRACKETED, Percent, csv_chunks, each, xlsx_chunks
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 GROUP = {
@@ -60,10 +60,15 @@ async def test_the_ranking_writes_rates_as_percent_numbers_and_counts_as_integer
     assert (row["派单"].value, row["综合得分"].value) == (5, 71.5)
     assert isinstance(row["派单"].value, int)
     assert row["派单"].data_type == "n"
-    # Too few answers (样本不足): the score in brackets, text to read, not a number to sort.
-    few = await workbook(header, [[cell(GROUP | {"ranked": False}) for cell in RANKING.values()]])
+    # Too few answers (样本不足): the score in brackets as on the page, by its format: a number
+    # still (the rank's column says it is not ranked). No survey answered: no score, an empty cell.
+    unranked = [GROUP | {"ranked": False}, GROUP | {"ranked": False, "answered": 0, "score": None}]
+    few = await workbook(header, [[cell(g) for cell in RANKING.values()] for g in unranked])
     score = few.cell(2, header.index("综合得分") + 1)
-    assert (score.data_type, score.value) == ("s", "（71.5）")
+    assert (score.data_type, score.value, score.number_format) == ("n", 71.5, BRACKETED)
+    assert few.cell(3, header.index("综合得分") + 1).value is None
+    said = await csv_table(header, [[cell(g) for cell in RANKING.values()] for g in unranked])
+    assert [row[header.index("综合得分")] for row in said[1:]] == ["（71.5）", ""]
 
     table = await csv_table(header, [[cell(GROUP) for cell in RANKING.values()]])
     by_name = dict(zip(table[0], table[1], strict=True))

@@ -47,10 +47,33 @@ def test_rates_by_hand():
 
 def test_no_data_is_none_not_zero_and_the_score_renormalises():
     r = rates({"assigned": 4, "responded_on_time": 3}, W)
+    assert r["response_rate"] == 0.75
     assert r["resolution_rate"] is None
     assert r["satisfaction_rate"] is None
-    assert r["score"] == 75.0  # only the response rate is known
     assert rates({}, W)["score"] is None
+    # Answers but nothing due yet: the score of the two survey rates, their weights renormalised.
+    answered = rates({"due_counted": 4, "answered": 2, "solved": 1, "satisfied": 1, "unsatisfied": 1}, W)
+    assert answered["response_rate"] is None
+    assert answered["score"] == 50.0  # (0.5 × 0.5 + 0.4 × 0.5) / 0.9
+
+
+def test_no_survey_answered_is_no_score():
+    """A score of the response rate alone (100 for a grid that accepted on time) is not comparable
+    with the others', made mostly of what residents said: none, shown —, and not ranked. Counting
+    the response alone is the city's own choice when the survey rates weigh nothing."""
+    only_response = {"assigned": 3, "due_counted": 3, "due": 3, "due_on_time": 3}
+    r = rates(only_response, W)
+    assert (r["response_rate"], r["resolution_rate"], r["score"]) == (1.0, None, None)
+    assert rates(only_response, Weights(response=1, resolution=0, satisfaction=0))["score"] == 100.0
+    # Among the unranked (样本不足): one with a real 90% satisfaction before the one with none.
+    nine = {"answered": 2, "solved": 2, "satisfied": 1, "basically_satisfied": 1}
+    assert rates(nine, W)["satisfaction_rate"] == 0.95
+    rows = [{"group": "a"} | rates(only_response, W), {"group": "b"} | rates(only_response | nine, W)]
+    assert [(r["group"], r["ranked"], r["score"]) for r in scoring.rank(rows, 3)] == [
+        ("b", False, 98.0),  # 100 × (0.1 + 0.5 + 0.4 × 0.95)
+        ("a", False, None),
+    ]
+    assert [r["ranked"] for r in scoring.rank(rows, 0)] == [True, False]  # even with no minimum
 
 
 def test_basic_weight_changes_only_the_satisfaction_rate():
@@ -117,6 +140,28 @@ def test_the_response_rate_counts_the_responses_that_came_due():
     assert rates(fresh, W)["response_rate"] is None  # nothing due yet: no rate, not 0%
     # Days counted before `due` existed: the measure they were counted for.
     assert rates({"assigned": 10, "responded_on_time": 8}, W)["response_rate"] == 0.8
+
+
+@pytest.mark.parametrize(
+    ("counts", "rate", "measure"),
+    [
+        # Dispatched the day before the period, accepted in it on time; another overdue in it: the
+        # group had no new dispatch, and its rate is 1 on time of the 2 that came due, not 1/0.
+        ({"responded": 1, "responded_on_time": 1, "due": 2, "due_on_time": 1}, 0.5, ("due_on_time", "due")),
+        ({"due": 1}, 0.0, ("due_on_time", "due")),  # only a missed deadline: 0%, not —
+        # A reopened ticket accepted again, on time: no new assignment (a reopening assigns none).
+        ({"responded": 1, "responded_on_time": 1, "due": 1, "due_on_time": 1}, 1.0, ("due_on_time", "due")),
+        # Late after the overdue notice, which counted it the day before: nothing came due today.
+        ({"responded": 1}, None, ("responded_on_time", "assigned")),
+        # Only days counted before `due` existed: the old measure, as before.
+        ({"assigned": 10, "responded_on_time": 8}, 0.8, ("responded_on_time", "assigned")),
+        # Below zero is a move in progress (统计中), not a count: no rate at all for now.
+        ({"assigned": 9, "responded_on_time": 8, "due_counted": -1}, None, ("responded_on_time", "assigned")),
+    ],
+)
+def test_the_response_rate_of_a_group_with_responses_due_but_no_dispatch_in_the_period(counts, rate, measure):
+    assert scoring.response_measure(counts) == measure
+    assert rates(counts, W)["response_rate"] == rate
 
 
 def test_which_counters_an_event_adds_to():
@@ -231,9 +276,9 @@ def test_an_answer_to_a_survey_whose_resolution_was_sent_back_counts_in_no_rate(
 
 
 def test_a_group_with_too_few_answers_is_listed_after_the_ranked_ones():
-    """样本不足: no answers (the score is the response rate alone, 100) or one 满意 (100) is not
-    ranked above a department with answers (96); moving its only survey off its books keeps it
-    unranked; among the unranked, by score."""
+    """样本不足: no answers (no score: the response rate alone would be 100) or one 满意 (100) is
+    not ranked above a department with answers (96); moving its only survey off its books keeps it
+    unranked; among the unranked, by score, those with none last."""
     few = {"assigned": 3, "responded_on_time": 3, "due_counted": 3, "due": 3, "due_on_time": 3}
     one = few | {"answered": 1, "solved": 1, "satisfied": 1}
     many = few | {"answered": 5, "solved": 5, "satisfied": 4, "basically_satisfied": 1}
@@ -243,12 +288,12 @@ def test_a_group_with_too_few_answers_is_listed_after_the_ranked_ones():
         {"group": "c"} | rates(many, W),
         {"group": "d"} | rates({}, W),
     ]
-    assert [r["score"] for r in rows[:3]] == [100.0, 100.0, 99.2]
+    assert [r["score"] for r in rows[:3]] == [None, 100.0, 99.2]
     ranked = scoring.rank(rows, 3)
     assert [(r["group"], r["ranked"]) for r in ranked] == [
         ("c", True),
-        ("a", False),
         ("b", False),
+        ("a", False),
         ("d", False),
     ]
     assert [r["group"] for r in scoring.rank(rows, 1)] == ["b", "c", "a", "d"]
@@ -461,7 +506,7 @@ def test_a_group_whose_counts_are_in_the_middle_of_a_move_shows_no_rate_and_is_n
         [
             {"group": "b", **r},
             {"group": "a", **rates(ok, W)},
-            {"group": "c", **rates({"assigned": 1, "answered": 0}, W)},
+            {"group": "c", **rates({"assigned": 1, "answered": 1, "unsatisfied": 1}, W)},
         ],
         min_answers=3,
     )

@@ -7,6 +7,8 @@ from datetime import date
 
 import pytest
 
+from shared.errors import DomainError
+from shared.periods import counted_period
 from shared.trend import (
     change,
     described,
@@ -103,3 +105,48 @@ def test_groups_ranked_by_the_largest_rise_and_the_lists_either_way():
     assert [g["group"] for g in rising(groups)] == ["utility.heating", "city.facility.drainage"]
     assert [g["group"] for g in falling(groups)] == ["env.noise", "housing.elevator"]
     assert len(rising([{**groups[0], "group": str(i)} for i in range(9)])) == 5
+
+
+TODAY = date(2026, 12, 3)
+NOT_STARTED = "统计期尚未开始（起始日期{}在今天之后），请选择今天或以前的日期"
+
+
+def d(month: int, day: int, year: int = 2026) -> date:
+    return date(year, month, day)
+
+
+@pytest.mark.parametrize(
+    ("asked", "counted", "previous"),
+    [
+        # Ends after today: counted to today, and compared with as many days of the month before
+        # (上月同期), not with 1 to 10 November against seven days that have not happened.
+        ((d(12, 1), d(12, 10)), (d(12, 1), TODAY), (d(11, 1), d(11, 3))),
+        # Not from a first of the month: the four days before the four counted.
+        ((d(11, 30), d(12, 31)), (d(11, 30), TODAY), (d(11, 26), d(11, 29))),
+        ((d(12, 3), d(1, 1, 2027)), (TODAY, TODAY), (d(12, 2), d(12, 2))),
+        # Nothing to come: as asked; none asked, this month so far.
+        ((d(11, 1), d(11, 30)), (d(11, 1), d(11, 30)), (d(10, 1), d(10, 31))),
+        ((None, None), (d(12, 1), TODAY), (d(11, 1), d(11, 3))),
+    ],
+)
+def test_a_period_ending_after_today_is_counted_to_today_against_as_many_days(asked, counted, previous):
+    assert counted_period(*asked, TODAY) == counted
+    assert previous_period(*counted) == previous
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "said"),
+    [
+        (d(12, 5), d(12, 10), NOT_STARTED.format("2026-12-05")),
+        (d(12, 4), None, NOT_STARTED.format("2026-12-04")),
+        (d(12, 10), d(12, 5), "起始日期2026-12-10晚于结束日期2026-12-05"),
+        (d(12, 1, 2025), d(1, 1, 2027), "统计区间最长366天"),
+    ],
+)
+def test_a_period_not_started_is_refused_beside_the_start(start, end, said):
+    with pytest.raises(DomainError) as refused:
+        counted_period(start, end, TODAY)
+    assert (refused.value.code, refused.value.field) == ("invalid_period", "from")
+    assert refused.value.message == said
+    # The length is of the days counted: a year to come is no reason to refuse the days that were.
+    assert counted_period(d(12, 4, 2025), d(6, 1, 2027), TODAY) == (d(12, 4, 2025), TODAY)

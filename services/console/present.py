@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from services.notifier import scoring
 from services.router.rules import FIRST_CONTACT, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
@@ -411,17 +412,30 @@ def shown_figures(figures: Mapping[str, Any]) -> dict[str, Any]:
     return shown | rate_bases(figures)
 
 
+def counted_to(asked: str, counted: str) -> str:
+    """What the dashboard says under the period when the API counted it up to today, not to the end
+    asked for (a day still to come: `shared.periods.counted_period`), and that the period before
+    and the year before compare as many days; "" when it counted the period asked for."""
+    if counted == asked or not is_day(counted):
+        return ""
+    return f"结束日期{asked}尚未到来，统计至今天（{counted}）；环比、同比按同样的天数比较。"
+
+
 def rate_bases(figures: Mapping[str, Any]) -> dict[str, str]:
     """What each of the three rates is counted over, beside it on the dashboard (解决率 50.0%（4/8）),
     from the counters `scoring.rates` returns with them: the response rate over the responses due
-    (or, for a period counted before those were, over the tickets assigned), the resolution and
-    satisfaction rates over the answered surveys, satisfaction with its 满意 and 基本满意 (the latter
-    weighted). "" where a rate has nothing to count yet (it shows —)."""
+    (or, for a period counted before those were, over the tickets assigned: the rate's own choice,
+    `scoring.response_measure`), the resolution and satisfaction rates over the answered surveys,
+    satisfaction with its 满意 and 基本满意 (the latter weighted). "" where a rate has nothing to
+    count yet, or its counters are in the middle of a move (`scoring.settling`): it shows —."""
 
     def n(key: str) -> int:
         return int(figures.get(key) or 0)
 
-    due, on_time = ("due", "due_on_time") if n("due_counted") else ("assigned", "responded_on_time")
+    if figures.get("settling"):
+        return dict.fromkeys(("response_base", "resolution_base", "satisfaction_base"), "")
+
+    on_time, due = scoring.response_measure(figures)  # as the rate above it is counted
     answered = n("answered")
     return {
         "response_base": f"（{n(on_time)}/{n(due)}）" if n(due) else "",

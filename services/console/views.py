@@ -2249,6 +2249,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
     start, end = period(request)
     tables: dict[str, Any] = {}
     error, error_at = "", ""  # a refusal, and the date it is beside ("" for none: dashboard.html)
+    counted_to = end  # the API counts a period that ends after today up to today (统计至今天)
     for dim in DIMENSION_NAMES:
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
@@ -2258,6 +2259,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
             error_at, error = next(iter(shown.items()))
             break
         tables[dim] = reply.body["groups"]
+        counted_to = reply.body.get("to", end)
     overall = await client.figures(start, end) if not error else {}
     trend, trend_error = None, ""
     trend_by = present.trend_group(request.query_params.get("trend_by"))
@@ -2291,6 +2293,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         s=s,
         start=start,
         end=end,
+        counted_to=present.counted_to(end, counted_to),
         error=error,
         error_at=error_at,
         tables=tables,

@@ -5,12 +5,14 @@ adds to, and the rates from the counters. Pure functions (the counting in Redis:
                         (due: accepted, or merged, within the deadline, or the deadline passed
                         without it; a ticket still inside its deadline is not due yet, and
                         with none due the rate is None, not 0. A period counted before `due`
-                        existed keeps responses on time / tickets assigned)
+                        existed, with no assignment nor response due counted since, keeps
+                        responses on time / tickets assigned: `response_measure`)
     resolution rate   = answered surveys saying "solved" / answered surveys
     satisfaction rate = (satisfied + w × basically satisfied) / answered surveys   (w: 0.9 by default)
     score             = 100 × (a·response + b·resolution + c·satisfaction) / (a + b + c)
                         (a, b, c: SCORE_WEIGHTS, default 0.1,0.5,0.4; a rate with no data yet is
-                        left out and the remaining weights are renormalised; no data at all: None)
+                        left out and the remaining weights are renormalised; no survey answered:
+                        None, as the response rate alone is no score to compare with the others)
 
 Counting: an assignment counts on the day it happens (reroutes after a return and the desk's
 re-dispatches, 改派, count again, for the new department; the dispatch desk's waiting room does not
@@ -53,7 +55,8 @@ group then shows that count below zero, or a rate's numerator above its denomina
 Ranking: a group with fewer answered surveys in the period than the city's `min_answers`
 (sla.yaml `ranking`) has too few answers for its score to mean much (样本不足): one survey
 answered 满意 would give 100. `ranked` says it is not, and `rank` puts such groups after the
-ranked ones, whatever their score.
+ranked ones, whatever their score. A group with no survey answered has no score at all (`rates`),
+and is not ranked either.
 """
 
 from __future__ import annotations
@@ -290,6 +293,24 @@ def settling(c: Mapping[str, int]) -> bool:
     return any(n < 0 for n in c.values()) or any(c[part] > c[whole] for part, whole in _PARTS)
 
 
+def response_measure(counts: Mapping[str, int]) -> tuple[str, str]:
+    """The counters the response rate is (on time, over): ("due_on_time", "due"), or for a period
+    counted before `due` existed, ("responded_on_time", "assigned"). The rate and the base the
+    dashboard shows under it both read it, so they cannot disagree.
+
+    A period was counted with `due` when it has an assignment counted so (`due_counted`) or any
+    response that came due: a department with no new dispatch in the period may still have had
+    responses come due in it (a ticket dispatched the day before, accepted or overdue today; a
+    reopened ticket accepted again), and its rate is those, not on time / no assignment. Days
+    counted before `due` existed have neither, so a period made only of them keeps the old
+    measure. Above zero, not just non-zero: a counter below zero is a move in progress
+    (`settling`), not a count."""
+    c = {f: int(counts.get(f, 0) or 0) for f in ("due_counted", "due")}
+    if c["due_counted"] > 0 or c["due"] > 0:
+        return "due_on_time", "due"
+    return "responded_on_time", "assigned"
+
+
 def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None]:
     """The counters, the three rates and the score for one group. A group whose counters are not
     consistent at the moment (`settling`, 统计中) has no rate and no score: a figure below 0% or
@@ -297,16 +318,17 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
     c = {f: int(counts.get(f, 0)) for f in FIELDS}
     if settling(c):
         return c | dict.fromkeys(_RATES) | {"settling": True}
-    # Days counted before `due` existed have none: a period of only those keeps the old measure.
-    if c["due_counted"]:
-        response = _ratio(c["due_on_time"], c["due"])
-    else:
-        response = _ratio(c["responded_on_time"], c["assigned"])
+    on_time, over = response_measure(c)
+    response = _ratio(c[on_time], c[over])
     resolution = _ratio(c["solved"], c["answered"])
     satisfaction = _ratio(c["satisfied"] + w.basic * c["basically_satisfied"], c["answered"])
     parts = [(w.response, response), (w.resolution, resolution), (w.satisfaction, satisfaction)]
     weight = sum(wt for wt, r in parts if r is not None)
     score = 100 * sum(wt * r for wt, r in parts if r is not None) / weight if weight else None
+    if resolution is None and (w.resolution or w.satisfaction):
+        # No survey answered: the score would be the response rate alone (100 for a grid that
+        # accepted on time), beside others' made mostly of what residents said. Not comparable: none.
+        score = None
     return c | {
         "response_rate": _round(response, 4),
         "resolution_rate": _round(resolution, 4),

@@ -28,7 +28,7 @@ from shared.auth import Principal, require_admin, require_resident_sms, require_
 from shared.http import api_error
 from shared.periods import stats_period
 from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
-from shared.spreadsheets import Format, Percent, download, each
+from shared.spreadsheets import Bracketed, Format, Percent, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
 log = logging.getLogger(__name__)
@@ -181,12 +181,14 @@ def _percent(rate: float | None) -> Percent | None:
     return None if rate is None else Percent(rate)  # no rate (nothing to count): an empty cell, not 0
 
 
-def _score(g: dict[str, Any]) -> float | str | None:
+def _score(g: dict[str, Any]) -> float | Bracketed | None:
     """The score as a number to sort and compare; a group with too few answers (样本不足) has its
-    score in brackets, as text, as the page shows it: to read, not to be sorted among the ranked."""
+    score in brackets, as the page shows it (a number still in Excel, its format brackets it): to
+    read, not to be compared with the ranked. A group no resident answered has none (`rates`): an
+    empty cell, as the page's —."""
     if g["score"] is None or g["ranked"]:
         return g["score"]
-    return f"（{g['score']:.1f}）"
+    return Bracketed(g["score"])
 
 
 # The ranking as managers publish it: the three rates and the score, then the figures beside them.

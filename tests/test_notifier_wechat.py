@@ -401,7 +401,7 @@ async def test_erasing_a_wechat_resident_forgets_their_openid_as_a_phone_is_forg
 
     assert await notifier.forget([no]) == 2
     assert await redis.exists(*kept, f"sms:ticket:{no}", f"survey:open:{openid}") == 0
-    assert [e.outcome for e in published] == ["opted_out"]
+    assert [e.outcome for e in published] == ["erased"]  # not 退订: the resident asked for no such thing
     assert openid not in json.dumps([e.model_dump(mode="json") for e in published])
     assert await redis.zcard(notifier.jobs.key) == 0  # no reminder, no timeout
 

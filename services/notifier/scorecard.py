@@ -25,7 +25,6 @@ counts are in already moves nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
@@ -39,7 +38,7 @@ from services.notifier import scoring
 from shared.city import City
 from shared.events import Event, SurveyAnswered, TicketAssigned, TicketUpdated
 from shared.settings import Settings
-from shared.store import history_key
+from shared.store import TicketStore
 from shared.topics import EVENT_TYPES
 
 log = logging.getLogger(__name__)
@@ -195,6 +194,8 @@ class Scorecard:
         self.weights = weights
         self._count_once = redis.register_script(_COUNT_ONCE_SCRIPT)
         self._move_once = redis.register_script(_MOVE_ONCE_SCRIPT)
+        # The tickets' histories, for what a move moves (shared code on the same Redis).
+        self.store = TicketStore(redis)
         self._sum = redis.register_script(_SUM_SCRIPT)
 
     @classmethod
@@ -245,10 +246,10 @@ class Scorecard:
 
     async def move_placed(self, placements: Sequence[TicketAssigned | TicketUpdated]) -> int:
         """Move the counts each ticket had before an event that set its grid (`scoring.sets_grid`: a
-        placement, or an assignment) out of the grid and street they are in into the event's
-        (`scoring.placement_moves`), once per event however often it is read (`stats:moved`), in
-        one Redis command for the batch; the tickets' histories in one more. Returns how many moved
-        now: an assignment in the grid its ticket's counts are in already (most) moves nothing.
+        placement, or an assignment in a grid the desk chose) out of the grid and street they are in
+        into the event's (`scoring.placement_moves`), once per event however often it is read
+        (`stats:moved`), in one Redis command for the batch. Returns how many moved now: the desk's
+        dispatch in the grid its ticket's counts are in already moves nothing.
 
         A count the notifier has not made yet (an earlier event on another topic, still to be read)
         is moved all the same: the old grid shows it below zero until it comes, then nothing, as
@@ -257,11 +258,11 @@ class Scorecard:
         keys: list[str] = []
         args: list[str | int] = [SEEN_TTL]
         moving = 0
-        histories = await self._histories([p.ticket_no for p in placements])
         for placed in placements:
             # A ticket whose history is gone (finished and left Redis for the record) has nothing
-            # to move: an empty history, no placement in it, no moves.
-            moves = scoring.placement_moves(self.city, placed, histories[placed.ticket_no], self.tz)
+            # to move: an empty history, no placement in it, no moves. Such events are rare (the
+            # desk's), so each reads its ticket's history on its own.
+            moves = scoring.placement_moves(self.city, placed, await self._history(placed.ticket_no), self.tz)
             if not moves:
                 continue
             keys.append(f"stats:moved:{placed.event_id}")
@@ -275,23 +276,10 @@ class Scorecard:
             moving += 1
         return sum(await self._move_once(keys=keys, args=args)) if moving else 0
 
-    async def _histories(self, ticket_nos: Sequence[str]) -> dict[str, list[Event]]:
-        """The tickets' events a move reads (`_MOVABLE`), each ticket's in order, from their
-        histories, in one round trip: a batch of assignments reads all of theirs."""
-        nos = list(dict.fromkeys(ticket_nos))
-        if not nos:
-            return {}
-        async with self.redis.pipeline(transaction=False) as p:
-            for no in nos:
-                p.lrange(history_key(no), 0, -1)
-            found = await p.execute()
-        return {no: self._movable(no, records) for no, records in zip(nos, found, strict=True)}
-
-    @staticmethod
-    def _movable(ticket_no: str, records: Sequence[bytes]) -> list[Event]:
+    async def _history(self, ticket_no: str) -> list[Event]:
+        """The ticket's events a move reads (`_MOVABLE`), in order, from its history."""
         events: list[Event] = []
-        for raw in records:
-            record = json.loads(raw)
+        for record in await self.store.history(ticket_no):
             kind = EVENT_TYPES.get(record.pop("topic", ""))
             if kind is None or not issubclass(kind, _MOVABLE):
                 continue

@@ -20,7 +20,16 @@ from shared.city import City
 from shared.errors import DomainError
 from shared.knowledge import category_filter
 from shared.privacy import InvalidPhone, caller_id, is_caller_id, normalize_phone
-from shared.tickets import CLOSED, OPEN_STATUSES, RATING_NAMES, RESOLVED, SURVEYED, Status
+from shared.tickets import (
+    CLOSED,
+    OPEN_STATUSES,
+    RATING_NAMES,
+    RESOLVED,
+    SURVEYED,
+    TICKET_NO_PATTERN,
+    Status,
+    clean_ticket_no,
+)
 
 MAX_PAGE_SIZE = 500
 # Held by a joint meeting, the ticket's clock is the meeting's (its 会议时限), which the ticket's row
@@ -287,7 +296,7 @@ def build(
         numbers, words = keywords(q)
         # A ticket number, as the resident reads it out (工单号), or its serial's last digits.
         for no in numbers:
-            add("ticket_no LIKE %s", no if _TICKET_NO.fullmatch(no) else "%" + no)
+            add("ticket_no LIKE %s", no if "-" in no else "%" + no)
         if words:
             # The text lives apart (migrations/0002): its trigram index is not rewritten with the row.
             add(
@@ -308,9 +317,7 @@ def build(
     )
 
 
-_TICKET_NO = re.compile(r"(\d{8})-?(\d{6,})")
 _SERIAL = re.compile(r"\d{4,7}")
-_NUMBER_WIDTH = str.maketrans("０１２３４５６７８９－—", "0123456789--")
 MAX_KEYWORDS = 5
 
 
@@ -324,13 +331,11 @@ def keywords(q: str) -> tuple[list[str], list[str]]:
         raise invalid("q", f"搜索词最多{MAX_KEYWORDS}个，请用空格分开")
     numbers, words = [], []
     for term in terms:
-        # Digits and the dash read as ASCII for a number; a word keeps its own characters (the
-        # text's punctuation is full-width: ， is no ,).
-        digits = term.translate(_NUMBER_WIDTH)
-        if m := _TICKET_NO.fullmatch(digits):
-            numbers.append(f"{m[1]}-{m[2]}")
-        elif _SERIAL.fullmatch(digits):
-            numbers.append(digits)
+        # A number read as the lookup page reads one (`clean_ticket_no`); a word keeps its own
+        # characters (the text's punctuation is full-width: ， is no ,).
+        number = clean_ticket_no(term)
+        if re.fullmatch(TICKET_NO_PATTERN, number) or _SERIAL.fullmatch(number):
+            numbers.append(number)
         elif len(term) < 2:
             raise invalid("q", f"搜索词至少两个字（“{term}”太短），多个词请用空格分开")
         else:

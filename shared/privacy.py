@@ -261,7 +261,7 @@ class _Names:
         self.not_names = words.not_names
         self.titles = (*words.honorifics, *words.titles)
         self.after = words.after_names
-        self.of_a_place = tuple(f"的{role}" for role in words.place_roles)
+        self.place_roles = words.place_roles
         cues = "|".join(map(re.escape, sorted(words.cues, key=len, reverse=True)))
         self.cue = re.compile(rf"(?:{cues})[\s：:]{{0,2}}(?:是|叫|为)?[\s：:]{{0,2}}")
         self.honorific = re.compile("|".join(map(re.escape, words.honorifics)))
@@ -302,11 +302,18 @@ class _Names:
             if (
                 end <= len(text)
                 and self.ends_name(text, end)
-                and not text.startswith(self.of_a_place, end)
+                and not self.of_a_place(text, end)
                 and self.is_name(text[i:start], text[start:end])
             ):
                 return start, end
         return None
+
+    def of_a_place(self, text: str, i: int) -> bool:
+        """Whether `text[i:]` says the words before it are a place or a firm: 的 and a role one has
+        there (我是万科的业主), or 的 closing the clause (我是杨浦的，), said of where one is from."""
+        if not text.startswith("的", i):
+            return False
+        return text.startswith(self.place_roles, i + 1) or not _HAN.match(text[i + 1 : i + 2] or "x")
 
     def before_honorific(self, text: str, p: int) -> tuple[int, int] | None:
         """The span of the given name in a name that ends at `text[p]`, where an honorific begins.

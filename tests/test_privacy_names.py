@@ -72,6 +72,9 @@ def test_a_name_keeps_its_surname(typed: str, shown: str):
         "我是李村的，",
         "我是万科的业主",  # a firm's: 的业主 says so
         "我是龙湖的住户",
+        "我是王府井的老住户",
+        "我是杨浦的，",  # where one is from
+        "我是白云的。",
         "我是周一的时候发现的",
         "我是陈老师的学生",
         "联系人王经理",

@@ -11,10 +11,14 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from shared.settings import DEMO_CALLER_ID_SALT, Settings, get_settings
 from shared.tickets import Ticket
@@ -55,18 +59,25 @@ def mask_phone(phone: str) -> str:
     return f"{phone[:3]}****{phone[-4:]}" if len(phone) >= 8 else "****"
 
 
-# Numbers a resident or operator types into free text (an appeal's text, title or address, a survey
-# reply): the caller's phone field is masked, but "请回电13812345678" in the text would otherwise go
-# verbatim into events, Redis, the record and every department's screen. Found on a copy with
-# full-width digits, separators and brackets made ASCII (one character for one, so the spans are the
-# original's). Digit boundaries on both sides: a phone-shaped run inside a longer number (an order
-# number, a bank reference) is that number, not a phone; a decimal point counts as a digit's
-# neighbour too, so an amount's digits are never taken for a phone.
+# Personal data a resident or operator types into free text (an appeal's text, title or address, a
+# survey reply): the caller's phone and name fields are masked, but "我叫张伟，请回电13812345678" in
+# the text would otherwise go verbatim into events, Redis, the record and every department's screen.
+#
+# Numbers first. Found on a copy with full-width digits, separators and brackets made ASCII (one
+# character for one, so the spans are the original's). Digit boundaries on both sides: a phone-shaped
+# run inside a longer number (an order number, a bank reference) is that number, not a phone; a
+# decimal point counts as a digit's neighbour too, so an amount's digits are never taken for a phone.
 _TYPED_WIDTH = str.maketrans("０１２３４５６７８９＋－（）\u3000Ｘｘ", "0123456789+-() Xx")
 _NOT_AFTER = r"(?<![0-9])(?<![0-9]\.)"
 _NOT_BEFORE = r"(?![0-9])(?!\.[0-9])"
 _SEP = r"[ -]?"
 _PREFIX = r"(?:(?:\+|00)?86[ -]?)?"  # the country code; kept as typed
+# A local number without its area code is anyone's 8 digits (an amount, a house code, a date): it is
+# a phone only right after words that say so (电话 88886666, 联系方式：2345678, 座机号码是…). 号码 alone
+# after 单/牌/间/证/卡 is a ticket's, a car's, a room's, a card's number.
+_PHONE_CUE = (
+    r"(?:联系电话|联系方式|电话|座机|手机|(?<![单牌间证卡])号码)(?:号码|号)?[ ：:]{0,3}(?:是[ ：:]{0,2})?"
+)
 _TYPED_NUMBER = re.compile(
     _NOT_AFTER
     + "(?:"
@@ -78,6 +89,14 @@ _TYPED_NUMBER = re.compile(
     + r"(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
     + _SEP
     + r"(?P<id_end>[0-9]{3}[0-9Xx])"
+    # The old 15-digit ID (until 1999, some still typed from old papers): region, YYMMDD, sequence,
+    # no check digit. The date is checked as a date (`_masked_number`): an order number is not one.
+    + "|"
+    + r"(?P<id15>[1-9][0-9]{5})"
+    + _SEP
+    + r"(?P<id15_date>[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))"
+    + _SEP
+    + r"(?P<id15_end>[0-9]{3})"
     # Mobile: 1[3-9] and nine more, as 138 1234 5678 or 138-1234-5678 too, maybe after +86.
     + "|"
     + rf"(?P<to_mobile>{_PREFIX}|0)"  # 0: dialled as a long-distance call from a landline
@@ -95,8 +114,22 @@ _TYPED_NUMBER = re.compile(
     + r"(?P<local>[1-9][0-9]{2,3}"
     + _SEP
     + r"[0-9]{4})"
+    # Bank card: 16 to 19 digits, run together or in groups of four (the last group shorter), that
+    # pass the Luhn check (`_masked_number`): other runs of that length are order numbers. The first
+    # digit is a card's (2-6: Mastercard, Amex and JCB, Visa, Mastercard, UnionPay's 62; 9: the old
+    # domestic debit cards, 9558…): no bank card begins with 0, 1, 7 or 8, and about one in ten order
+    # numbers or message ids (7001234567890123) that do would pass the Luhn check all the same.
+    + "|"
+    + r"(?P<card>[2-69][0-9]{15,18}"
+    + r"|[2-69][0-9]{3}(?P<card_sep>[ -])[0-9]{4}(?P=card_sep)[0-9]{4}(?P=card_sep)[0-9]{4}"
+    + r"(?:(?P=card_sep)[0-9]{1,3})?)"
     + ")"
     + _NOT_BEFORE
+    # A local number after a phone cue: 7 or 8 digits, the first not 0 or 1; not a ticket number's
+    # date (工单号码20261203-000012 is not a phone, nor is an amount's integer part).
+    + "|"
+    + rf"(?P<cue>{_PHONE_CUE})"
+    + r"(?P<short>[2-9][0-9]{2,3}[ -]?[0-9]{4})(?![0-9])(?![.-][0-9])"
 )
 
 
@@ -104,29 +137,243 @@ def _digits(s: str) -> str:
     return re.sub(r"[^0-9Xx]", "", s)
 
 
-def _masked_number(m: re.Match[str], typed: str) -> str:
+def _luhn(digits: str) -> bool:
+    """The check every bank card number passes (ISO/IEC 7812): about one order number in ten does too."""
+    total = 0
+    for i, c in enumerate(reversed(digits)):
+        n = int(c) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def _is_yymmdd(s: str) -> bool:
+    """Whether `s` is a date of the 1900s or the 2000s (the shape alone takes 0230 too)."""
+    yy, mm, dd = int(s[:2]), int(s[2:4]), int(s[4:])
+    for century in (1900, 2000):
+        try:
+            date(century + yy, mm, dd)
+            return True
+        except ValueError:
+            pass
+    return False
+
+
+def _stars_but(typed: str, keep_first: int, keep_last: int) -> str:
+    """`typed` with its digits turned to stars but the first and last ones kept; separators stay."""
+    n = sum(c.isdigit() for c in typed)
+    out, seen = [], 0
+    for c in typed:
+        if c.isdigit():
+            seen += 1
+            c = c if seen <= keep_first or seen > n - keep_last else "*"
+        out.append(c)
+    return "".join(out)
+
+
+def _masked_number(m: re.Match[str], typed: str) -> str | None:
     """The number `m` found (on the ASCII copy of `typed`) as shown: what comes before the part
-    masked stays as `typed` had it ("+86 ", "（0571）")."""
+    masked stays as `typed` had it ("+86 ", "（0571）", "电话："). None when it is no personal number
+    after all (a card number that fails the Luhn check, an old ID whose date is no date)."""
     if m["id"]:
         return f"{m['id']}{'*' * 8}{m['id_end']}"
+    if m["id15"]:
+        return f"{m['id15']}{'*' * 6}{m['id15_end']}" if _is_yymmdd(m["id15_date"]) else None
     if m["mobile"]:
         return typed[m.start() : m.start("mobile")] + mask_phone(_digits(m["mobile"]))
-    return f"{typed[m.start() : m.start('local')]}****{_digits(m['local'])[-4:]}"
+    if m["local"]:
+        return f"{typed[m.start() : m.start('local')]}****{_digits(m['local'])[-4:]}"
+    if m["card"]:
+        return _stars_but(m["card"], 4, 4) if _luhn(_digits(m["card"])) else None
+    return typed[m.start() : m.start("short")] + _stars_but(m["short"], 0, 4)
 
 
-def mask_typed_numbers(text: str) -> str:
-    """`text` with the phone and ID numbers typed into it masked, the rest as it was: mobiles as
-    `mask_phone` shows them (电话138 1234 5678 -> 电话138****5678), landlines keeping the area code
-    and the last four digits (0571-8888 6666 -> 0571-****6666), resident IDs keeping the region and
-    the last four (110105********002X). Dates, ticket numbers, house numbers, amounts, 12345 and
-    longer runs of digits stay. Masking twice is masking once."""
+def _mask_numbers(text: str) -> str:
     plain = text.translate(_TYPED_WIDTH)
     out: list[str] = []
-    end = 0
-    for m in _TYPED_NUMBER.finditer(plain):
-        out += [text[end : m.start()], _masked_number(m, text)]
-        end = m.end()
+    end = pos = 0
+    while m := _TYPED_NUMBER.search(plain, pos):
+        shown = _masked_number(m, text)
+        if shown is None:  # not one after all: what starts after its first character may be
+            pos = m.start() + 1
+            continue
+        out += [text[end : m.start()], shown]
+        end = pos = m.end()
     return "".join(out) + text[end:] if out else text
+
+
+# Then names. Which characters make a name is data (`shared/dictionaries/names.yaml`): common
+# surnames, the cues after which a name follows, honorifics, and what looks like a name after a cue
+# without being one (我是业主, 我是孙女, 我是宋庄的). The surname alone never makes a name: only a cue
+# (我叫张伟) or an honorific (张伟先生) does, so 张家湾社区 stays as it is.
+NAMES_FILE = Path(__file__).resolve().parent / "dictionaries" / "names.yaml"
+_HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
+Chars = tuple[Annotated[str, StringConstraints(pattern=r"^[\u3400-\u4dbf\u4e00-\u9fff]$")], ...]
+Words = tuple[Annotated[str, StringConstraints(pattern=r"^[\u3400-\u4dbf\u4e00-\u9fff]+$")], ...]
+
+
+class NameWords(BaseModel):
+    """The lists of `names.yaml`: Chinese characters only, none empty, none listed twice."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    surnames: Annotated[Chars, Field(min_length=50)]
+    compound_surnames: Annotated[
+        tuple[Annotated[str, StringConstraints(pattern=r"^[\u3400-\u4dbf\u4e00-\u9fff]{2}$")], ...],
+        Field(min_length=1),
+    ]
+    cues: Annotated[Words, Field(min_length=1)]
+    honorifics: Annotated[Words, Field(min_length=1)]
+    titles: Words
+    not_names: Words
+    place_endings: Chars
+    after_names: Words
+    place_roles: Words
+    not_in_names: Chars
+
+    @field_validator("*")
+    @classmethod
+    def _once(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        twice = sorted({w for w in v if v.count(w) > 1})
+        if twice:
+            raise ValueError(f"listed more than once: {'、'.join(twice)}")
+        return v
+
+
+def load_names(path: Path = NAMES_FILE) -> NameWords:
+    """The name lists, checked; a ValueError that names the file and the entries when they are wrong."""
+    try:
+        return NameWords.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"{path}: invalid name lists:\n  " + "\n  ".join(lines)) from e
+
+
+class _Names:
+    """The lists of `NameWords` as the masker reads them (sets, one regex per list)."""
+
+    def __init__(self, words: NameWords) -> None:
+        self.surnames = frozenset(words.surnames)
+        self.compounds = frozenset(words.compound_surnames)
+        self.not_given = frozenset(words.not_in_names)
+        self.place_endings = frozenset(words.place_endings)
+        self.not_names = words.not_names
+        self.titles = (*words.honorifics, *words.titles)
+        self.after = words.after_names
+        self.place_roles = words.place_roles
+        cues = "|".join(map(re.escape, sorted(words.cues, key=len, reverse=True)))
+        self.cue = re.compile(rf"(?:{cues})[\s：:]{{0,2}}(?:是|叫|为)?[\s：:]{{0,2}}")
+        self.honorific = re.compile("|".join(map(re.escape, words.honorifics)))
+
+    def surname_at(self, text: str, i: int) -> int:
+        """The length of the surname at `text[i]` (a compound one first), 0 when none is there."""
+        if text[i : i + 2] in self.compounds:
+            return 2
+        return 1 if text[i : i + 1] in self.surnames else 0
+
+    def could_be_given(self, given: str) -> bool:
+        return all(_HAN.match(c) and c not in self.not_given for c in given)
+
+    def is_name(self, surname: str, given: str) -> bool:
+        """Whether the surname and what follows it make a name: not a role, place or time that begins
+        with a surname's character (孙女, 江苏, 周末), not a title (陈老师), not a place (宋庄)."""
+        name = surname + given
+        return not (
+            not given
+            or not self.could_be_given(given)
+            or any(name.startswith(w) for w in self.not_names)
+            or any(given.startswith(t) for t in self.titles)
+            or given[-1] in self.place_endings
+        )
+
+    def ends_name(self, text: str, i: int) -> bool:
+        """Whether a name may end before `text[i]`: the end, anything but a Chinese character
+        (punctuation, a digit, a space), or a word that follows names (的, 电话, 住在…)."""
+        return i >= len(text) or not _HAN.match(text[i]) or text.startswith(self.after, i)
+
+    def after_cue(self, text: str, i: int) -> tuple[int, int] | None:
+        """The span of the given name in a name that begins at `text[i]`, just after a cue."""
+        s = self.surname_at(text, i)
+        if not s:
+            return None
+        for g in (2, 1):
+            start, end = i + s, i + s + g
+            if (
+                end <= len(text)
+                and self.ends_name(text, end)
+                and not self.of_a_place(text, end)
+                and self.is_name(text[i:start], text[start:end])
+            ):
+                return start, end
+        return None
+
+    def of_a_place(self, text: str, i: int) -> bool:
+        """Whether `text[i:]` says the words before it are a place or a firm: 的 and a role one has
+        there (我是万科的业主), or 的 closing the clause (我是杨浦的，), said of where one is from."""
+        if not text.startswith("的", i):
+            return False
+        return text.startswith(self.place_roles, i + 1) or not _HAN.match(text[i + 1 : i + 2] or "x")
+
+    def before_honorific(self, text: str, p: int) -> tuple[int, int] | None:
+        """The span of the given name in a name that ends at `text[p]`, where an honorific begins.
+        A surname right before it is the whole name (王先生, 欧阳女士, 向王先生): nothing to mask."""
+        if text[max(p - 2, 0) : p] in self.compounds or text[p - 1 : p] in self.surnames:
+            return None
+        for g in (2, 1):
+            start = p - g
+            if start < 1:
+                continue
+            # 向张明先生 is 张明: a given name does not begin with a surname's character here.
+            if g == 2 and text[start] in self.surnames:
+                continue
+            for s in (2, 1):
+                surname = text[max(start - s, 0) : start]
+                if len(surname) == s and self.surname_at(surname, 0) == s:
+                    return (start, p) if self.is_name(surname, text[start:p]) else None
+        return None
+
+
+_NAMES = _Names(load_names())
+
+
+def _starred(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
+    chars = list(text)
+    for start, end in spans:
+        chars[start:end] = "*" * (end - start)
+    return "".join(chars)
+
+
+def _mask_names(text: str) -> str:
+    """Names after a cue first, then before an honorific (in what the first left: a name masked
+    after its cue is not found again before 先生)."""
+    text = _starred(
+        text, [span for m in _NAMES.cue.finditer(text) if (span := _NAMES.after_cue(text, m.end()))]
+    )
+    return _starred(
+        text,
+        [span for m in _NAMES.honorific.finditer(text) if (span := _NAMES.before_honorific(text, m.start()))],
+    )
+
+
+def mask_personal_data(text: str) -> str:
+    """`text` with the personal data typed into it masked, the rest as it was:
+
+    - mobiles as `mask_phone` shows them (电话138 1234 5678 -> 电话138****5678);
+    - landlines keeping the area code and the last four digits (0571-8888 6666 -> 0571-****6666), and
+      without an area code only after a phone cue, keeping the last four (座机：88886666 -> 座机：****6666);
+    - resident IDs keeping the region and the last four (110105********002X), old 15-digit ones the
+      region and the last three (110105******123);
+    - bank card numbers that pass the Luhn check keeping the first and last four, as grouped
+      (6222 **** **** 1234);
+    - a name after a cue or before an honorific keeping the surname (我叫张*, 欧阳**女士); a surname
+      alone (王先生) stays.
+
+    Dates, ticket numbers, house numbers, amounts, 12345, runs of digits longer than a card's and
+    place names stay. Masking twice is masking once. No I/O: the name lists are read on import."""
+    return _mask_names(_mask_numbers(text))
 
 
 def mask_openid(openid: str) -> str:

@@ -1386,7 +1386,7 @@ async def test_a_number_typed_into_the_words_is_masked_and_the_operator_told(
     await expect(number).to_have_text(re.compile(r"^\S{6,}$"))
     ticket_no = (await number.text_content() or "").strip()
     # Said on the page and to a screen reader: the words on the ticket are not what was typed.
-    said = "已对诉求内容中的电话号码/身份证号脱敏显示"
+    said = "已对诉求内容中的个人信息（电话、证件号、银行卡号、姓名）脱敏显示"
     await expect(page.locator("#accepted-masked")).to_contain_text(said)
     await expect(page.locator("#announcer")).to_have_text(f"诉求已受理，工单号{ticket_no}；{said}")
     async with await admin_api(system, redis) as client:
@@ -3194,9 +3194,9 @@ async def test_a_refused_period_or_category_comes_back_focused_and_is_read_once(
 async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, redis, system: System):
     phone, other = new_phone(), new_phone()
     async with await admin_api(system, redis) as client:
-        no = await submit(client, "小区门口的路灯一直不亮，晚上出门看不清路，我叫李四", phone, "和平里小区")
+        no = await submit(client, "小区门口的路灯一直不亮，晚上出门看不清路，李四", phone, "和平里小区")
         # A resident the desk finds by the number on their SMS.
-        by_no = await submit(client, "锦绣家园门口垃圾堆了好几天没人清运，我叫周九", other, "锦绣家园")
+        by_no = await submit(client, "锦绣家园门口垃圾堆了好几天没人清运，周九", other, "锦绣家园")
         await ticket_when(client, no, lambda t: t["status"] == "assigned")
 
         async def in_record():  # the record's own consumer writes the row the erasure reads

@@ -3,10 +3,10 @@ resolution, the survey SMS and the resident's reply) on a system of its own, log
 no log line of any process (the services and the broker and Redis) and no event on any topic
 (dead-letter topics included) may hold the raw phone number or the caller's name.
 
-The appeal's text holds another phone and an ID number as an operator would type them, and the
-resident's reply a third phone: intake and the notifier mask numbers typed into free text
-(`shared.privacy.mask_typed_numbers`), so none of them may appear either, and the answer to the
-operator says that the text was masked. The text holds neither the caller's phone nor the name, so
+The appeal's text holds a neighbour's name and phone and an ID number as an operator would type
+them, and the resident's reply a third phone: intake and the notifier mask personal data typed into
+free text (`shared.privacy.mask_personal_data`), so none of them may appear either, and the answer
+to the operator says that the text was masked. The text holds neither the caller's phone nor the name, so
 that finding either can only mean the system copied it from the fields made for them
 (`caller_phone`, `caller_name`)."""
 
@@ -37,11 +37,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.own_system(lane=2)]
 PHONE = "13591827364"
 TYPED_PHONE = "135 9182 7364"  # as the operator typed it; stored as PHONE
 NAME = "司马清源"
-# Typed into the words: a neighbour's phone (spaced as spoken) and the caller's ID number.
-IN_TEXT_PHONE, IN_TEXT_ID = "13924681357", "330106198706140036"
+# Typed into the words: a neighbour's name and phone (spaced as spoken) and the caller's ID number.
+IN_TEXT_NAME, IN_TEXT_PHONE, IN_TEXT_ID = "刘建国", "13924681357", "330106198706140036"
 TEXT = (
     "阳光花园3号楼门口的路灯坏了一个多星期了，晚上出门黑漆漆的，老人孩子都容易摔倒，希望尽快修好。"
-    f"楼下邻居也反映过，电话139 2468 1357；我的身份证号{IN_TEXT_ID}"
+    f"楼下邻居{IN_TEXT_NAME}师傅也反映过，电话139 2468 1357；我的身份证号{IN_TEXT_ID}"
 )
 IN_REPLY_PHONE = "18765432109"
 REPLY = "1 修好了，谢谢，有事打187-6543-2109"
@@ -50,6 +50,7 @@ REPLY = "1 修好了，谢谢，有事打187-6543-2109"
 # as digits, and the parts their masks hide (an ID's birth date).
 SECRETS = (
     *(PHONE, PHONE[-8:], TYPED_PHONE, NAME, json.dumps(NAME)[1:-1]),
+    *(IN_TEXT_NAME, json.dumps(IN_TEXT_NAME)[1:-1]),
     *(IN_TEXT_PHONE, IN_TEXT_PHONE[-8:], "2468 1357", IN_TEXT_ID, IN_TEXT_ID[6:14]),
     *(IN_REPLY_PHONE, IN_REPLY_PHONE[-8:], "6543-2109"),
 )
@@ -97,7 +98,9 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
                 no = r.json()["ticket_no"]
                 # The operator is told that the words were masked, not left to find them changed.
                 assert r.json()["masked"] == ["text"]
-                assert "已对诉求内容中的电话号码/身份证号脱敏显示" in r.json()["message"]
+                assert (
+                    "已对诉求内容中的个人信息（电话、证件号、银行卡号、姓名）脱敏显示" in r.json()["message"]
+                )
                 assigned = await eventually(lambda: ticket(no, "assigned"), timeout=120)
                 department = await issue_token(redis, "department", assigned["department"]["id"])
                 r = await api.post(
@@ -136,7 +139,7 @@ async def test_no_phone_or_name_in_any_log_line_or_event(settings, tmp_path):
             assert flowed[topic], f"nothing on {topic}: the flow did not go through it"
         assert any(MASKED in value for _, _, value in events), "no event carries the caller, even masked"
         # The typed numbers did flow, masked: in the appeal and in the resident's answer.
-        assert any("139****1357" in v and "330106********0036" in v for _, _, v in events)
+        assert any("刘**师傅" in v and "139****1357" in v and "330106********0036" in v for _, _, v in events)
         assert any("187****2109" in value for _, _, value in events), "the reply's words never flowed"
         found = [(t, offset, leaks(value)) for t, offset, value in events if leaks(value)]
         assert not found, f"personal data in events: {found[:5]}"

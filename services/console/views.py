@@ -382,7 +382,7 @@ async def submit_appeal(
 
 
 def masked_labels(reply: Reply, labels: dict[str, str]) -> str:
-    """The form's fields in which intake masked a typed phone or ID number ("诉求内容、事发地址"),
+    """The form's fields in which intake masked typed personal data ("诉求内容、事发地址"),
     as the form labels them; "" when none: the accepted page says so, so that what the operator
     typed is not found changed on the ticket without a trace."""
     return "、".join(labels.get(f, f) for f in reply.body.get("masked") or ())

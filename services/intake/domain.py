@@ -14,7 +14,7 @@ import regex
 from services.intake.errors import InvalidAppeal
 from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, Caller, Channel, GeoPoint, new_id
 from shared.photos import MAX_PER_ITEM
-from shared.privacy import InvalidPhone, caller_id, mask_phone, mask_typed_numbers, normalize_phone
+from shared.privacy import InvalidPhone, caller_id, mask_personal_data, mask_phone, normalize_phone
 from shared.text import without_controls
 from shared.tickets import Ticket
 
@@ -157,12 +157,13 @@ def checked_phone(phone: str | None, *, required: bool = False) -> str | None:
 
 
 def masked_free_text(fields: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
-    """The appeal's free-text fields with the phone and ID numbers typed into them masked
-    (`shared.privacy.mask_typed_numbers`), and the names of those that changed. Here, where every
-    channel's appeal is validated (hotline and web, patrol, WeChat, SMS, Open311, suggestion-box
-    slips), so that no typed number reaches an event, Redis, the record or a department's screen:
-    the caller's number has its own field, stored once in the contact record."""
-    masked = {name: mask_typed_numbers(value) for name, value in fields.items()}
+    """The appeal's free-text fields with the personal data typed into them masked (phone, ID and
+    bank card numbers, a name after 我叫 or before 先生: `shared.privacy.mask_personal_data`), and
+    the names of those that changed. Here, where every channel's appeal is validated (hotline and
+    web, patrol, WeChat, SMS, Open311, suggestion-box slips), so that none of it reaches an event,
+    Redis, the record or a department's screen: the caller's number and name have their own
+    fields, stored once in the contact record."""
+    masked = {name: mask_personal_data(value) for name, value in fields.items()}
     return masked, tuple(name for name, value in fields.items() if masked[name] != value)
 
 

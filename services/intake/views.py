@@ -75,20 +75,21 @@ class AppealAccepted(BaseModel):
     message: str
     masked: list[str] | None = Field(
         None,
-        description="only when it happened: the fields (text, title, address) in which a phone or ID "
-        "number typed into the words was masked, as every reader of the ticket sees them (138****5678)",
+        description="only when it happened: the fields (text, title, address) in which personal data "
+        "typed into the words (a phone, ID or bank card number, a name after 我叫 or before 先生) was "
+        "masked, as every reader of the ticket sees them (138****5678, 张*)",
     )
 
 
-# How the answer names a field in which a typed number was masked.
+# How the answer names a field in which typed personal data was masked.
 MASKED_FIELDS = {"text": "诉求内容", "title": "标题", "address": "地址"}
 
 
 def masked_notice(masked: Sequence[str]) -> str:
     """The line that tells whoever typed the appeal that its words changed, and how: a typed
-    number is not kept, and the ticket shows it masked."""
+    number or name is not kept, and the ticket shows it masked."""
     where = "、".join(MASKED_FIELDS.get(f, f) for f in masked)
-    return f"已对{where}中的电话号码/身份证号脱敏显示" if masked else ""
+    return f"已对{where}中的个人信息（电话、证件号、银行卡号、姓名）脱敏显示" if masked else ""
 
 
 # Who sees a caller's history (来电历史) in the preview: those who take the calls, the operators and

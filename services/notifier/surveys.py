@@ -82,7 +82,7 @@ from shared.events import (
     json_of,
 )
 from shared.metrics import SURVEYS_ANSWERED
-from shared.privacy import caller_id, mask_typed_numbers
+from shared.privacy import caller_id, mask_personal_data
 
 SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it
@@ -346,9 +346,9 @@ class SurveyBook:
         """Keep the reply pending and ask the resident which ticket it rates: once a day per set of
         open tickets (more unnamed replies replace what is kept, and are not asked again)."""
         if ask.keep is not None:
-            # Masked as the answer's event will be (Redis holds no typed number either): the kept
+            # Masked as the answer's event will be (Redis holds no typed number or name either): the kept
             # words are read again for their rating, a lone digit or words a mask leaves as they are.
-            kept = json.dumps({"text": mask_typed_numbers(ask.keep)}, ensure_ascii=False)
+            kept = json.dumps({"text": mask_personal_data(ask.keep)}, ensure_ascii=False)
             await self.redis.set(_pending_key(to), kept, ex=int(self.window.total_seconds()))
         first = ask.choices[0]
         text = self.texts.render(
@@ -799,7 +799,7 @@ class SurveyBook:
             survey_id=survey.survey_id,
             rating=rating,
             solved=solved,
-            text=mask_typed_numbers(text),  # as `_comment`'s
+            text=mask_personal_data(text),  # as `_comment`'s
             outcome=outcome,
             occurred_at=now,
             by=by,
@@ -838,10 +838,11 @@ class SurveyBook:
             ticket_no=survey.ticket_no,
             survey_id=survey.survey_id,
             rating=None,
-            # A phone or ID number in the resident's words is masked here, where every answer and
-            # comment becomes its event (SMS, WeChat, the lookup page, an operator's phone call),
-            # as an appeal's words are in intake: the event goes to the record and the department.
-            text=mask_typed_numbers(text),
+            # A phone, ID or card number or a name in the resident's words is masked here, where
+            # every answer and comment becomes its event (SMS, WeChat, the lookup page, an
+            # operator's phone call), as an appeal's words are in intake: the event goes to the
+            # record and the department.
+            text=mask_personal_data(text),
             outcome="comment",
             occurred_at=now,
             **_groups(survey),

@@ -24,8 +24,8 @@ from shared.privacy import (
     InvalidPhone,
     caller_id,
     mask_openid,
+    mask_personal_data,
     mask_phone,
-    mask_typed_numbers,
     normalize_phone,
 )
 from shared.tickets import CHANNEL_NAMES, TICKET_NO_PATTERN, clean_ticket_no
@@ -125,10 +125,11 @@ def masked_contact(contact: dict[str, str]) -> tuple[Literal["phone", "wechat"] 
 
 def checked_reason(reason: str) -> str:
     """The reason goes into the audit entry: required, one sentence. The audit is kept for good, and
-    a clerk naturally writes who called ("居民张伟13812345678来电要求删除"): the phone and ID numbers
-    typed into it are masked before it is stored (`mask_typed_numbers`); a name cannot be told from
-    the other words, so the form asks for none."""
-    reason = mask_typed_numbers(" ".join(reason.split()))
+    a clerk naturally writes who called ("居民张伟13812345678来电要求删除"): the phone, ID and card
+    numbers typed into it are masked before it is stored (`mask_personal_data`), and a name where the
+    words say it is one (联系人：张伟, 张伟先生); a bare name cannot be told from the other words, so
+    the form asks for none."""
+    reason = mask_personal_data(" ".join(reason.split()))
     if not reason:
         raise DomainError(
             "reason_required",

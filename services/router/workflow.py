@@ -76,7 +76,7 @@ from shared.events import (
     Urge,
     Verification,
 )
-from shared.privacy import mask_typed_numbers
+from shared.privacy import mask_personal_data
 from shared.tickets import STATUS_NAMES, Status, Ticket
 
 
@@ -1475,9 +1475,9 @@ def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | N
         return None
     check(ticket, "urge")
     urges = ticket.urges + 1
-    # The caller's words, as an appeal's: a phone or ID number typed into them is masked (the
-    # history goes to the department and the record).
-    note = mask_typed_numbers(note.strip())
+    # The caller's words, as an appeal's: a phone, ID or card number or a name typed into them is
+    # masked (the history goes to the department and the record).
+    note = mask_personal_data(note.strip())
     fields: dict[str, Any] = {"note": note, "urge": Urge(urges=urges), "occurred_at": now}
     if event_id is not None:
         fields["event_id"] = event_id

@@ -1628,6 +1628,61 @@ async def test_the_desks_first_department_button_is_the_chosen_categorys(monkeyp
     assert checked == [kept.get("category", tops[0]["category"])]
 
 
+async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_in_other(monkeypatch, city):
+    """The desk chose a category in 其他分类 that has no button of its own (none of the classifier's
+    readings), a grid, and pressed a button: `stale_suggestion` refuses it, saying the buttons now
+    follow the grid. They must: the card comes back with that category's department at that grid
+    first (focused: Enter sends it), not with the same buttons, whose first is refused again and
+    again. The radios stay the classifier's readings."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no, grid, other = "20261201-000042", "s01c01g01", "city.appearance.street_vending"
+    tops = [
+        {"category": "housing.property.service", "probability": 0.16},
+        {"category": "city.facility.road_damage", "probability": 0.09},
+    ]
+    card = {"ticket_no": no, "status": "review", "text": "小区门口的事一直没人管", "confidence": 0.16}
+    card["top_categories"] = tops
+    first = present.suggestions(city, card)[0]["department"]
+    form = FormData(
+        {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": first}
+    )
+    said = views.stale_suggestion(city, no, form)
+    expected = present.likely_department(city, other, present.grid_match(city, grid))
+    assert city.department_by_id[expected].name in said
+
+    fake = _DeskApi(card, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    query = {"error": said, "ticket": no, "field": "suggested", "category": tops[0]["category"]}
+    query |= {"category_other": other, "grid": grid}
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    card_html = html[html.index(f'id="desk-{no}"') :]
+    buttons = re.findall(
+        r'<button type="submit" name="department" value="([^"]+)" class="dept" '
+        r'data-category="([^"]+)"([^>]*)>',
+        card_html,
+    )
+    assert buttons[0][:2] == (expected, other)
+    assert f'id="dept-first-{no}"' in buttons[0][2]
+    assert "autofocus" in buttons[0][2]
+    radios = re.findall(r'<input type="radio" id="cat-[^"]+" name="category" value="([^"]+)"', card_html)
+    assert radios == [t["category"] for t in tops]
+    # Pressed again, the new first button is what the grid's rules name: nothing stale to refuse.
+    again = FormData(
+        {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": expected}
+    )
+    assert views.stale_suggestion(city, no, again) == ""
+
+
 @pytest.mark.parametrize(
     ("form", "assign", "said"),
     [  # a suggestion picked, no department chosen: refused by the console, the API not asked

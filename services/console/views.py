@@ -1538,11 +1538,18 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     for t in shown + returned:
         t["return_reasons"] = why.get(t["ticket_no"], [])
-    # A dispatch refused for its grid's department comes back with that grid's departments offered.
+    # A dispatch refused for its grid's department comes back with that grid's departments offered:
+    # those of the classifier's categories, and (`stale_suggestion`) the one chosen in 其他分类 with no
+    # button of its own, first, so that the refusal's "按该网格更新" holds and Enter sends it there.
     error = request.query_params.get("error") or ""
     refused_grid = request.query_params.get("grid") if error else None
+    stale = request.query_params.get("field") == "suggested" if error else False
+    other = (request.query_params.get("category_other") or None) if stale else None
     for t in shown:  # after the reasons: a category returned as wrong is not suggested again
-        t["suggestions"] = present.suggestions(city, t, refused_grid if t["ticket_no"] == wanted else None)
+        here = t["ticket_no"] == wanted
+        t["suggestions"] = present.suggestions(
+            city, t, refused_grid if here else None, also=other if here else None
+        )
         t["grid_apart"] = present.grid_disputed(city, t)  # 定位与地址不一致: for 事发网格
     # A refused action names its card (desk_refused): the refusal is said there, beside the field it
     # is about, with what was picked or typed. A card no longer shown (another desk decided it):

@@ -1683,6 +1683,52 @@ async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_i
     assert views.stale_suggestion(city, no, again) == ""
 
 
+async def test_the_desk_lists_calls_answered_on_the_spot_that_were_reopened(monkeypatch, city):
+    """A call answered on the spot (直接答复) whose resident answered 不满意 is reopened at the desk,
+    as 已派单: in neither of its lists of tickets to dispatch, and no department has it. The desk's
+    page lists it under 当场答复重办, linked to the ticket's 改派, and counts it in the page's menu."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261203-000006"
+    card = {"ticket_no": "20261201-000043", "status": "review", "text": "路灯不亮", "confidence": 0.3}
+    reopened = {
+        "ticket_no": no,
+        "status": "assigned",
+        "text": "我的社保卡丢了，想问一下怎么补办",
+        "category_names": ["劳动社保", "社保医保"],
+        "received_at": "2026-12-03T11:28:20Z",
+        "respond_by": "2099-12-03T11:33:12Z",
+        "flags": ["重办"],
+        "reopens": 1,
+    }
+
+    class Reopened(_DeskApi):
+        async def followed(self, *, page: int, size: int) -> Reply:
+            reply = await super().followed(page=page, size=size)
+            return Reply(200, {**reply.body, "reopened": [reopened]})
+
+    monkeypatch.setattr(views, "api", lambda request, s: Reopened(card, Reply(200, {})))
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert '<a href="#reopened">当场答复重办（1）</a>' in html
+    section = html[html.index('<section id="reopened">') : html.index('<section id="extensions">')]
+    assert f'<a href="/console/tickets/{no}#redispatch-department">{no}</a>' in section
+    assert "改派" in section
+    assert "劳动社保/社保医保" in section
+    # Nothing reopened: said so, and the menu counts none.
+    monkeypatch.setattr(views, "api", lambda request, s: _DeskApi(card, Reply(200, {})))
+    html = (await views.desk_page(request, s)).body.decode()
+    assert '<a href="#reopened">当场答复重办（0）</a>' in html
+    assert "没有需要重办的当场答复工单" in html
+
+
 @pytest.mark.parametrize(
     ("form", "assign", "said"),
     [  # a suggestion picked, no department chosen: refused by the console, the API not asked

@@ -1508,6 +1508,9 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         {**row(t, tz, now), "asked": present.place_request(t, city)}
         for t in (followed.body.get("place_requests", []) if followed.ok else [])
     ]
+    # 当场答复重办: calls answered on the spot that their residents found wanting, back at the desk
+    # with no department: sent to one from the ticket's page (改派).
+    reopened = [row(t, tz, now) for t in (followed.body.get("reopened", []) if followed.ok else [])]
     returned_section = section(Reply(followed.status, followed.body["returned"]) if followed.ok else followed)
     returned = returned_section["items"]
     # Why each ticket was returned, read from its history: the table's page, and the cards of a
@@ -1571,6 +1574,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         sections=sections,
         extensions=extensions,
         place_requests=place_requests,
+        reopened=reopened,
         returned=returned_section,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],

@@ -131,6 +131,15 @@ def test_history_sentences(city):
         "photos": ["a" * 32, "b" * 32],
     }
     assert present.describe(resolved, city) == "办结：区城市管理委员会，已更换灯泡，附照片2张"
+    # A note ended with a full stop (as staff write one) is not followed by "，" as well.
+    ended = {**resolved, "note": "已更换灯头及镇流器，现已恢复照明。"}
+    assert (
+        present.describe(ended, city) == "办结：区城市管理委员会，已更换灯头及镇流器，现已恢复照明，附照片2张"
+    )
+    assert (
+        present.describe({**ended, "photos": []}, city)
+        == "办结：区城市管理委员会，已更换灯头及镇流器，现已恢复照明。"
+    )
     received = {"topic": "appeal.received", "photos": ["a" * 32]}
     assert present.describe(received, city) == "受理登记（附照片1张）"
     assert present.describe({"topic": "appeal.received", "photos": []}, city) == "受理登记"

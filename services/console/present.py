@@ -246,6 +246,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         # An extension request's reason is both its note and its payload's: said once.
         said = note if note not in carried else ""
         words = [w for w in (dept, carried, said, photo_count(record)) if w]
+        # Staff end their notes with a full stop: not kept before the "，" that goes on (…照明。，附照片).
+        words = [w.rstrip("。，；.,;") for w in words[:-1]] + words[-1:]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")

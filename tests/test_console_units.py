@@ -131,6 +131,15 @@ def test_history_sentences(city):
         "photos": ["a" * 32, "b" * 32],
     }
     assert present.describe(resolved, city) == "办结：区城市管理委员会，已更换灯泡，附照片2张"
+    # A note ended with a full stop (as staff write one) is not followed by "，" as well.
+    ended = {**resolved, "note": "已更换灯头及镇流器，现已恢复照明。"}
+    assert (
+        present.describe(ended, city) == "办结：区城市管理委员会，已更换灯头及镇流器，现已恢复照明，附照片2张"
+    )
+    assert (
+        present.describe({**ended, "photos": []}, city)
+        == "办结：区城市管理委员会，已更换灯头及镇流器，现已恢复照明。"
+    )
     received = {"topic": "appeal.received", "photos": ["a" * 32]}
     assert present.describe(received, city) == "受理登记（附照片1张）"
     assert present.describe({"topic": "appeal.received", "photos": []}, city) == "受理登记"
@@ -1626,6 +1635,107 @@ async def test_the_desks_first_department_button_is_the_chosen_categorys(monkeyp
         assert label == f"{city.department_by_id[dept].name}（{city.category_names(category)[-1]}）"
     checked = re.findall(r'<input type="radio"[^>]*value="([^"]*)" checked>', card_html)
     assert checked == [kept.get("category", tops[0]["category"])]
+
+
+async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_in_other(monkeypatch, city):
+    """The desk chose a category in 其他分类 that has no button of its own (none of the classifier's
+    readings), a grid, and pressed a button: `stale_suggestion` refuses it, saying the buttons now
+    follow the grid. They must: the card comes back with that category's department at that grid
+    first (focused: Enter sends it), not with the same buttons, whose first is refused again and
+    again. The radios stay the classifier's readings."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no, grid, other = "20261201-000042", "s01c01g01", "city.appearance.street_vending"
+    tops = [
+        {"category": "housing.property.service", "probability": 0.16},
+        {"category": "city.facility.road_damage", "probability": 0.09},
+    ]
+    card = {"ticket_no": no, "status": "review", "text": "小区门口的事一直没人管", "confidence": 0.16}
+    card["top_categories"] = tops
+    first = present.suggestions(city, card)[0]["department"]
+    form = FormData(
+        {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": first}
+    )
+    said = views.stale_suggestion(city, no, form)
+    expected = present.likely_department(city, other, present.grid_match(city, grid))
+    assert city.department_by_id[expected].name in said
+
+    fake = _DeskApi(card, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    query = {"error": said, "ticket": no, "field": "suggested", "category": tops[0]["category"]}
+    query |= {"category_other": other, "grid": grid}
+    request = SimpleNamespace(query_params=query, app=SimpleNamespace(state=state))
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    card_html = html[html.index(f'id="desk-{no}"') :]
+    buttons = re.findall(
+        r'<button type="submit" name="department" value="([^"]+)" class="dept" '
+        r'data-category="([^"]+)"([^>]*)>',
+        card_html,
+    )
+    assert buttons[0][:2] == (expected, other)
+    assert f'id="dept-first-{no}"' in buttons[0][2]
+    assert "autofocus" in buttons[0][2]
+    radios = re.findall(r'<input type="radio" id="cat-[^"]+" name="category" value="([^"]+)"', card_html)
+    assert radios == [t["category"] for t in tops]
+    # Pressed again, the new first button is what the grid's rules name: nothing stale to refuse.
+    again = FormData(
+        {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": expected}
+    )
+    assert views.stale_suggestion(city, no, again) == ""
+
+
+async def test_the_desk_lists_calls_answered_on_the_spot_that_were_reopened(monkeypatch, city):
+    """A call answered on the spot (直接答复) whose resident answered 不满意 is reopened at the desk,
+    as 已派单: in neither of its lists of tickets to dispatch, and no department has it. The desk's
+    page lists it under 当场答复重办, linked to the ticket's 改派, and counts it in the page's menu."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    no = "20261203-000006"
+    card = {"ticket_no": "20261201-000043", "status": "review", "text": "路灯不亮", "confidence": 0.3}
+    reopened = {
+        "ticket_no": no,
+        "status": "assigned",
+        "text": "我的社保卡丢了，想问一下怎么补办",
+        "category_names": ["劳动社保", "社保医保"],
+        "received_at": "2026-12-03T11:28:20Z",
+        "respond_by": "2099-12-03T11:33:12Z",
+        "flags": ["重办"],
+        "reopens": 1,
+    }
+
+    class Reopened(_DeskApi):
+        async def followed(self, *, page: int, size: int) -> Reply:
+            reply = await super().followed(page=page, size=size)
+            return Reply(200, {**reply.body, "reopened": [reopened]})
+
+    monkeypatch.setattr(views, "api", lambda request, s: Reopened(card, Reply(200, {})))
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+
+    assert '<a href="#reopened">当场答复重办（1）</a>' in html
+    section = html[html.index('<section id="reopened">') : html.index('<section id="extensions">')]
+    assert f'<a href="/console/tickets/{no}#redispatch-department">{no}</a>' in section
+    assert "改派" in section
+    assert "劳动社保/社保医保" in section
+    # Nothing reopened: said so, and the menu counts none.
+    monkeypatch.setattr(views, "api", lambda request, s: _DeskApi(card, Reply(200, {})))
+    html = (await views.desk_page(request, s)).body.decode()
+    assert '<a href="#reopened">当场答复重办（0）</a>' in html
+    assert "没有需要重办的当场答复工单" in html
 
 
 @pytest.mark.parametrize(

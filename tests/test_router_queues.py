@@ -267,6 +267,73 @@ async def test_what_the_desk_follows_is_read_in_one_pass_over_the_queues(redis):
     assert numbers(followed.returned) == ["20261123-77400", "20261123-77403", "20261123-77404"]
 
 
+async def test_a_call_answered_on_the_spot_and_reopened_is_followed_by_the_desk(redis):
+    """直接答复: the operator answered the call, the desk accepted and resolved it at once; its
+    resident answered the survey 不满意, and the ticket is reopened where it was, at the desk, as
+    已派单 with fresh deadlines. Not waiting to be dispatched (待人工派单), it is in neither of the
+    desk's lists, and no department has it: the desk follows it (`reopened`), the most urgent first,
+    and nothing else of its queue: not its waiting tickets, not the calls answered on the spot whose
+    surveys are still open."""
+    from services.router import workflow
+    from shared.events import SurveyAnswered, SurveySent
+    from tests.router_factory import TZ
+
+    city = demo_city()
+    queues = Queues(redis, TicketStore(redis))
+    desk, own_desk = own_department("desk", "测试派单中心")
+
+    hotline = city.responsibilities.dispatch_desk  # the workflow's; the queue is the test's own
+
+    def answered(i: int) -> Ticket:
+        t = assigned_ticket(city, no=f"20261123-7750{i}").model_copy(update={"department": dept_ref(hotline)})
+        t = workflow.accept(t, hotline, city, T0).ticket
+        return workflow.resolve(t, hotline, "社保卡挂失电话010-68020901", city, T0).ticket
+
+    def dept_ref(dept: str) -> DepartmentRef:
+        return DepartmentRef(id=dept, name=city.department_by_id[dept].name)
+
+    def reopened(i: int, hours: int) -> Ticket:
+        t = answered(i)
+        sent = SurveySent(
+            ticket_no=t.ticket_no,
+            survey_id=f"s{i}",
+            masked_phone="138****0000",
+            message_id="m",
+            text="请回复",
+        )
+        t = workflow.survey_sent(t, sent).ticket
+        answer = SurveyAnswered(
+            ticket_no=t.ticket_no,
+            survey_id=f"s{i}",
+            rating=3,
+            solved=False,
+            text="电话打不通",
+            occurred_at=T0 + timedelta(hours=hours),
+        )
+        out = workflow.record_rating(t, answer, city, TZ)
+        assert out is not None
+        return out.ticket.model_copy(update={"department": own_desk})
+
+    late, early = reopened(1, 5), reopened(2, 1)
+    assert (late.status, late.reopens) == (st.ASSIGNED, 1)
+    assert early.respond_by is not None
+    assert late.respond_by is not None
+    assert early.respond_by < late.respond_by
+    waiting = assigned_ticket(city, confidence=0.3, no="20261123-77503").model_copy(
+        update={"department": own_desk}
+    )
+    assert waiting.status == st.REVIEW
+    surveying = answered(4).model_copy(update={"department": own_desk})
+    async with queued(redis, queues, desk, [late, early, waiting, surveying]):
+        followed = await queues.followed(desk, [])
+
+    assert [orjson.loads(raw)["ticket_no"] for raw in followed.reopened] == [
+        "20261123-77502",
+        "20261123-77501",
+    ]
+    assert followed.returned == followed.extensions == followed.place_requests == []
+
+
 async def test_a_returned_ticket_a_joint_meeting_took_is_still_counted_and_listed_by_the_desk(redis):
     """退单工单 lists every open returned ticket, wherever it went, and counts what it lists: one a
     hotspot's meeting took from the desk's waiting room (it held the cluster's every ticket) is

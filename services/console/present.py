@@ -246,6 +246,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         # An extension request's reason is both its note and its payload's: said once.
         said = note if note not in carried else ""
         words = [w for w in (dept, carried, said, photo_count(record)) if w]
+        # Staff end their notes with a full stop: not kept before the "，" that goes on (…照明。，附照片).
+        words = [w.rstrip("。，；.,;") for w in words[:-1]] + words[-1:]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):
         names = "/".join(record.get("category_names") or ()) or record.get("category", "")
@@ -621,12 +623,16 @@ def grid_match(city: City, grid: str) -> GridMatch:
     return GridMatch(grid=grid, community=info.community_id, street=info.street_id)
 
 
-def suggestions(city: City, ticket: dict, grid: str | None = None) -> list[dict[str, Any]]:
+def suggestions(
+    city: City, ticket: dict, grid: str | None = None, also: str | None = None
+) -> list[dict[str, Any]]:
     """The classifier's top categories, each with the department the rules would send it to, and
     whether that department already returned the ticket (`returned`: not offered as a one-click
     dispatch, see desk.html). Left out: a reading below `SUGGESTED_AT_LEAST`, and the category a
     department returned the ticket as wrong (诉求分类有误, in `return_reasons` when read). `grid`:
-    the grid the desk chose in 事发网格, where the departments are those of that place."""
+    the grid the desk chose in 事发网格, where the departments are those of that place. `also`: a
+    category the desk chose in 其他分类, offered last with its department when none of the others
+    is it (`other`: a button, not one of the classifier's readings to pick among)."""
     if grid in city.grids:
         match = grid_match(city, grid)
     else:
@@ -634,16 +640,21 @@ def suggestions(city: City, ticket: dict, grid: str | None = None) -> list[dict[
     returned_by = set(ticket.get("returned_by") or ())
     returns = ticket.get("return_reasons") or []
     disputed = ticket.get("category") if returns and returns[-1].get("reason") == "wrong_category" else None
-    out = []
     tops = ticket.get("top_categories") or [
         {"category": ticket.get("category"), "probability": ticket.get("confidence") or 0}
     ]
-    for top in tops[:3]:
-        cat = top.get("category")
-        if not cat or cat not in city.category_by_id or cat == disputed:
-            continue
-        if (top.get("probability") or 0) < SUGGESTED_AT_LEAST:
-            continue
+    readings = [
+        top
+        for top in tops[:3]
+        if top.get("category") in city.category_by_id
+        and top.get("category") != disputed
+        and (top.get("probability") or 0) >= SUGGESTED_AT_LEAST
+    ]
+    if also in city.category_by_id and all(top.get("category") != also for top in readings):
+        readings.append({"category": also, "probability": None, "other": True})
+    out = []
+    for top in readings:
+        cat = top["category"]
         dept = city.department_by_id.get(likely_department(city, cat, match))
         out.append(
             {
@@ -653,6 +664,7 @@ def suggestions(city: City, ticket: dict, grid: str | None = None) -> list[dict[
                 "department": dept.id if dept and dept.kind != "dispatch_desk" else None,
                 "department_name": dept.name if dept and dept.kind != "dispatch_desk" else None,
                 "returned": dept is not None and dept.id in returned_by,
+                **({"other": True} if top.get("other") else {}),
             }
         )
     return out

@@ -1508,6 +1508,9 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         {**row(t, tz, now), "asked": present.place_request(t, city)}
         for t in (followed.body.get("place_requests", []) if followed.ok else [])
     ]
+    # 当场答复重办: calls answered on the spot that their residents found wanting, back at the desk
+    # with no department: sent to one from the ticket's page (改派).
+    reopened = [row(t, tz, now) for t in (followed.body.get("reopened", []) if followed.ok else [])]
     returned_section = section(Reply(followed.status, followed.body["returned"]) if followed.ok else followed)
     returned = returned_section["items"]
     # Why each ticket was returned, read from its history: the table's page, and the cards of a
@@ -1538,11 +1541,18 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         t["handled_nearby"] = nearby.get(t["ticket_no"], [])
     for t in shown + returned:
         t["return_reasons"] = why.get(t["ticket_no"], [])
-    # A dispatch refused for its grid's department comes back with that grid's departments offered.
+    # A dispatch refused for its grid's department comes back with that grid's departments offered:
+    # those of the classifier's categories, and (`stale_suggestion`) the one chosen in 其他分类 with no
+    # button of its own, first, so that the refusal's "按该网格更新" holds and Enter sends it there.
     error = request.query_params.get("error") or ""
     refused_grid = request.query_params.get("grid") if error else None
+    stale = request.query_params.get("field") == "suggested" if error else False
+    other = (request.query_params.get("category_other") or None) if stale else None
     for t in shown:  # after the reasons: a category returned as wrong is not suggested again
-        t["suggestions"] = present.suggestions(city, t, refused_grid if t["ticket_no"] == wanted else None)
+        here = t["ticket_no"] == wanted
+        t["suggestions"] = present.suggestions(
+            city, t, refused_grid if here else None, also=other if here else None
+        )
         t["grid_apart"] = present.grid_disputed(city, t)  # 定位与地址不一致: for 事发网格
     # A refused action names its card (desk_refused): the refusal is said there, beside the field it
     # is about, with what was picked or typed. A card no longer shown (another desk decided it):
@@ -1564,6 +1574,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         sections=sections,
         extensions=extensions,
         place_requests=place_requests,
+        reopened=reopened,
         returned=returned_section,
         departments=present.departments_of(city),
         categories=[(c, "/".join(city.category_names(c))) for c in city.leaf_categories],

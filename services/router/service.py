@@ -234,7 +234,12 @@ class Queues:
         return [(no, raw) for no, raw, _ in await self._read(key, dept, where)]
 
     async def _read(
-        self, key: str, dept: str, where: QueueFilter, upto: float | None = None
+        self,
+        key: str,
+        dept: str,
+        where: QueueFilter,
+        upto: float | str | None = None,
+        lower: float | str = _FAR,
     ) -> list[tuple[str, bytes | str, dict[str, Any]]]:
         """The queue's tickets the filter admits, in its order: (number, the JSON the store keeps,
         that JSON parsed). The whole queue is read (for `status=review`, only its tickets with the
@@ -245,7 +250,7 @@ class Queues:
         before `_DONE` existed sorts with the waiting ones until it next changes, and the filter
         leaves it out."""
         if upto is not None:
-            nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, upto)]
+            nos = [_text(n) for n in await self.redis.zrangebyscore(key, lower, upto)]
         elif where.status == Status.REVIEW:
             nos = [_text(n) for n in await self.redis.zrangebyscore(key, _FAR, _FAR)]
         else:
@@ -274,13 +279,19 @@ class Queues:
         the meeting sends it out again. Had it left the table on being held, the count would drop
         with nothing saying where the ticket went."""
         # The queues side by side, as the console read them before: their round trips overlap.
-        *held, at_desk = await asyncio.gather(
+        *held, desks = await asyncio.gather(
             *(self._read(f"queue:{dept}", dept, QueueFilter(desk=True)) for dept in departments),
             # The desk's waiting room and its tickets held by a meeting (their score bands, not the
-            # thousands of answered calls waiting for their survey after them).
-            self._read(f"queue:{desk}", desk, QueueFilter(desk=True), upto=_HELD),
+            # thousands of answered calls waiting for their survey after them), and before them, by
+            # their deadlines, the calls answered on the spot (直接答复) that their residents found
+            # wanting, reopened at the desk, which holds them with no department (see `reopened`).
+            self._read(f"queue:{desk}", desk, QueueFilter(), upto=_HELD, lower="-inf"),
         )
+        at_desk = [(no, raw, kept) for no, raw, kept in desks if QueueFilter(desk=True).admits(kept)]
         followed = FollowedByDesk([], [], [])
+        followed.reopened.extend(
+            raw for _, raw, kept in desks if kept["status"] in (Status.ASSIGNED, Status.ACCEPTED)
+        )
         for _, raw, kept in (ticket for queue in held for ticket in queue):
             if kept["status"] == Status.CLOSED:
                 continue
@@ -323,6 +334,11 @@ class FollowedByDesk:
     extensions: list[bytes | str]
     returned: list[bytes | str]
     place_requests: list[bytes | str]  # a grid worker's request to correct the grid, waiting
+    # 当场答复重办: a call the operator answered on the spot (the desk's, accepted and resolved at
+    # once) that its resident found wanting is reopened where it was, at the desk, as 已派单: not
+    # waiting to be dispatched (待人工派单), so in neither of the desk's lists, and no department
+    # has it. The desk sends it to one (改派), most urgent first.
+    reopened: list[bytes | str] = dataclasses.field(default_factory=list)
 
 
 def _models(found: list[tuple[str, bytes | str]], page: int, size: int) -> list[Ticket]:

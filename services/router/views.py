@@ -686,7 +686,9 @@ async def dispatch_followed(
 ):
     """What the dispatch desk follows of the open tickets: every extension request waiting for its
     decision (`extensions`: each a decision to take, all of them), every grid worker's request to
-    correct a ticket's grid (`place_requests`, all of them), and a page of the tickets returned
+    correct a ticket's grid (`place_requests`, all of them), every call answered on the spot that
+    its resident found wanting, reopened at the desk to be sent to a department (`reopened`, all of
+    them, the most urgent first), and a page of the tickets returned
     at least once (`returned`: those the departments hold, department by department, then those
     waiting at the desk to be dispatched again), with how many there are. One pass over the queues
     reads both; only the tickets sent are made models."""
@@ -702,6 +704,7 @@ async def dispatch_followed(
             "place_requests": [
                 ticket_view(Ticket.model_validate_json(raw)) for raw in followed.place_requests
             ],
+            "reopened": [ticket_view(Ticket.model_validate_json(raw)) for raw in followed.reopened],
             "returned": {
                 "total": total,
                 "page": page,

@@ -126,10 +126,11 @@ _TYPED_NUMBER = re.compile(
     + ")"
     + _NOT_BEFORE
     # A local number after a phone cue: 7 or 8 digits, the first not 0 or 1; not a ticket number's
-    # date (工单号码20261203-000012 is not a phone, nor is an amount's integer part).
+    # date (工单号码20261203-000012 is not a phone, nor is an amount's integer part), nor the first
+    # groups of a longer number typed in groups (电话2000 0000 0000 0006: a card, masked as one).
     + "|"
     + rf"(?P<cue>{_PHONE_CUE})"
-    + r"(?P<short>[2-9][0-9]{2,3}[ -]?[0-9]{4})(?![0-9])(?![.-][0-9])"
+    + r"(?P<short>[2-9][0-9]{2,3}[ -]?[0-9]{4})(?![0-9])(?![ .-][0-9])"
 )
 
 

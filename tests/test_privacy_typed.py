@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from services.intake.domain import masked_free_text, validate
@@ -168,6 +168,8 @@ def cards(draw: st.DrawFn) -> tuple[str, str]:
 
 
 @given(cards(), WORDS, WORDS)
+@example(("2000000000000006", "2000 0000 0000 0006"), "电话", "")  # a phone cue before the first groups
+@example(("6222000000000009", "6222-0000-0000-0009"), "座机：", "")
 def test_a_card_keeps_its_first_and_last_four_as_grouped(card: tuple[str, str], before: str, after: str):
     digits, typed = card
     shown = mask_personal_data(f"{before}{typed}{after}")

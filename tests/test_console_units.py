@@ -2024,9 +2024,10 @@ async def test_a_refused_verdict_comes_back_beside_its_reason_on_its_card(
 
     from services.console import views
     from services.console.session import Session
+    from services.router.workflow import REQUIRED
     from shared.auth import Principal
 
-    said = "请填写不同意的理由（至少4个字），申请的网格员将看到原因"
+    said = REQUIRED["decide_extension.reason" if card == "ext" else "decide_place.reason"]
     fake = _DecidingDeskApi(
         city, Reply(422, {"error": "reason_required", "field": "reason", "message": said})
     )
@@ -2092,6 +2093,62 @@ async def test_a_refused_verdict_whose_card_is_gone_is_said_at_the_top(monkeypat
     assert re.search(r'<p class="error" role="alert" id="desk-error"[^>]*autofocus>', html)
     assert "aria-invalid" not in html
     assert html.count("autofocus") == 1
+
+
+async def test_the_desk_asks_for_a_reason_to_refuse_an_extension_and_none_to_approve_it(monkeypatch, city):
+    """驳回 an extension request says why to the department (the API refuses it without): its field
+    is named for that and marked required; 批准's note stays optional. A place request's 不同意 alike."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _DecidingDeskApi(city, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    ext, placing = fake.extension["ticket_no"], fake.placing["ticket_no"]
+
+    def field(fid: str) -> tuple[str, str]:
+        tag = re.search(rf'<input id="{fid}" name="note"[^>]*>', html)
+        label = re.search(rf'<label for="{fid}">([^<]*)</label>', html)
+        assert tag is not None, fid
+        assert label is not None, fid
+        return tag[0], label[1]
+
+    refuse, refuse_label = field(f"ext-refuse-{ext}")
+    assert 'aria-required="true"' in refuse
+    assert refuse_label == "驳回的理由（承办单位将看到）"
+    approve, approve_label = field(f"ext-approve-{ext}")
+    assert "aria-required" not in approve
+    assert approve_label == "批准说明"
+    assert 'aria-required="true"' in field(f"placereq-refuse-{placing}")[0]
+
+
+async def test_a_refused_extension_says_why_and_the_done_line_says_the_department_is_told(monkeypatch, city):
+    """驳回 with a reason: back to the desk, saying the department is told (the history has it)."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _DecidingDeskApi(city, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData([("note", "灯杆库存充足，请按期办结"), ("next", "")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    no = fake.extension["ticket_no"]
+    back = await views.desk_extension(SimpleNamespace(), no, "refuse", s)
+    assert fake.sent == [(f"/api/v1/tickets/{no}/extension/refuse", {"note": "灯杆库存充足，请按期办结"})]
+    assert dict(parse_qsl(urlsplit(back.headers["location"]).query))["done"] == (
+        f"工单{no}的延期申请已驳回，已告知承办单位"
+    )
 
 
 class _CountApi:

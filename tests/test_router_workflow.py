@@ -762,7 +762,9 @@ def test_extensions_move_the_deadline_only_when_approved():
     assert asked.extension_request["days"] == 3
     with pytest.raises(WorkflowError, match="待派单中心审核"):
         workflow.request_extension(asked, "urban_mgmt", 2, "再延", CITY, T0)
-    refused = workflow.decide_extension(asked, False, "dispatch_desk", "理由不足", CITY, TZ, T0)
+    refused = workflow.decide_extension(
+        asked, False, "dispatch_desk", "理由不足，请先联系供货商", CITY, TZ, T0
+    )
     assert refused.ticket.resolve_by == t.resolve_by
     assert refused.publish[0].action == "extension_refused"
     approved = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, T0).ticket
@@ -770,6 +772,34 @@ def test_extensions_move_the_deadline_only_when_approved():
     assert approved.resolve_by.astimezone(TZ).date().isoformat() == "2026-12-07"
     with pytest.raises(WorkflowError, match="没有待审核"):
         workflow.decide_extension(approved, True, "dispatch_desk", "", CITY, TZ, T0)
+
+
+@pytest.mark.parametrize("note", ["", "   ", "不行", " 不 行 "])
+def test_the_desk_refuses_an_extension_only_with_a_reason_the_department_can_act_on(note):
+    """驳回 says why (the department reads it, and what to do instead); 批准 needs no note."""
+    t = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
+    asked = workflow.request_extension(t, "urban_mgmt", 3, "需要采购灯杆", CITY, T0).ticket
+    with pytest.raises(WorkflowError) as e:
+        workflow.decide_extension(asked, False, "dispatch_desk", note, CITY, TZ, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("reason_required", "invalid", "reason")
+    assert e.value.message == REQUIRED["decide_extension.reason"]
+    assert e.value.message == "请填写驳回延期申请的理由（至少4个字），申请延期的承办单位将看到原因"
+    assert (
+        workflow.decide_extension(asked, True, "dispatch_desk", note, CITY, TZ, T0).ticket.extension_request
+        is None
+    )
+    out = workflow.decide_extension(
+        asked, False, "dispatch_desk", "  灯杆库存充足，\n请按期办结 ", CITY, TZ, T0
+    )
+    assert (out.ticket.extension_request, out.ticket.resolve_by) == (None, t.resolve_by)
+    (event,) = out.publish
+    assert (event.action, event.note) == ("extension_refused", "灯杆库存充足， 请按期办结")
+    assert event.extension is not None
+    assert (event.extension.days, event.extension.reason) == (3, "需要采购灯杆")
+    # The history says whose reason is whose: the department's request, then the desk's refusal.
+    assert present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY) == (
+        "延期未批准：区城市管理委员会，3个工作日（需要采购灯杆），驳回理由：灯杆库存充足， 请按期办结"
+    )
 
 
 def test_unsatisfied_reopens_then_escalates():
@@ -1746,7 +1776,7 @@ ACTIONS = hs.one_of(
         hs.sampled_from(["", "规则有误"]),
     ),
     hs.tuples(hs.just("extend"), ACTOR, hs.integers(1, 10)),
-    hs.tuples(hs.just("decide_extension"), hs.booleans()),
+    hs.tuples(hs.just("decide_extension"), hs.booleans(), hs.sampled_from(["", "灯杆库存充足，请按期办结"])),
     hs.tuples(hs.just("dispatch"), hs.sampled_from(DEPTS)),
     hs.tuples(hs.just("redispatch"), hs.sampled_from(DEPTS)),
     hs.tuples(hs.just("survey"), hs.sampled_from([1, 2, 3])),
@@ -1790,7 +1820,7 @@ def step(t, action, now, n):
         case "extend":
             return workflow.request_extension(t, args[0], args[1], "需要时间", CITY, now)
         case "decide_extension":
-            return workflow.decide_extension(t, args[0], "dispatch_desk", "", CITY, TZ, now)
+            return workflow.decide_extension(t, args[0], "dispatch_desk", args[1], CITY, TZ, now)
         case "dispatch":
             return workflow.dispatch(t, args[0], None, "", "dispatch_desk", CITY, TZ, now)
         case "redispatch":

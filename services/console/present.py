@@ -243,8 +243,11 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
         note, carried = record.get("note") or "", payload_words(record)
-        # An extension request's reason is both its note and its payload's: said once.
+        # An extension request's reason is both its note and its payload's: said once. A refusal's
+        # note is the desk's own reason, told apart from the department's that it follows.
         said = note if note not in carried else ""
+        if note and record.get("action") == "extension_refused":
+            said = f"驳回理由：{note}"
         words = [w for w in (dept, carried, said, photo_count(record)) if w]
         return action + ("：" + "，".join(words) if words else "")
     if topic in ("appeal.classified", "appeal.review"):

@@ -1627,7 +1627,10 @@ def stale_suggestion(city: City, no: str, form: FormData) -> str:
 
 @router.post("/desk/{no}/extension/{verdict}")
 async def desk_extension(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
-    done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
+    """The desk decides a department's extension request (延期申请): 批准 moves the deadline (a note
+    optional), 驳回 keeps it, with the desk's reason (required), which the department reads."""
+    decided = "批准，办结时限已延长" if verdict == "approve" else "驳回，已告知承办单位"
+    done = f"工单{no}的延期申请已{decided}"
     return await desk_verdict(request, s, no, verdict, "extension", "ext", done)
 
 

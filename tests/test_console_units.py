@@ -170,7 +170,7 @@ def test_history_sentences_name_what_each_step_carried(city):
     }
     assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
     closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
-    assert present.describe(closed, city) == "关闭：基本满意"
+    assert present.describe(closed, city) == "关闭：回访结果：基本满意"
     # Closed by the survey's end after an erasure: not the resident's opt-out, nor anonymous.
     erased = {"topic": "ticket.updated", "action": "closed", "answer": {"outcome": "erased"}}
     assert present.describe(erased, city) == "关闭：市民个人信息已删除，不再回访"
@@ -185,6 +185,31 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(urged, city) == "来电催办：上周打过电话，还是没人来（第2次，话务员0231）"
     by_desk = {**urged, "actor": city.responsibilities.dispatch_desk, "note": ""}
     assert present.describe(by_desk, city) == "来电催办：（未记录来电内容）（第2次，派单中心）"
+
+
+def test_the_step_a_survey_answer_took_says_the_rating_in_words_and_the_resident_s_comment(city):
+    """关闭 / 重新办理 after the resident's answer, as staff write it: 回访结果 in words (with 问题未解决
+    when the answer says so), and 市民意见 only when they said more than their answer. Records
+    written before kept the reply as sent in the note: what only repeats the answer is not said."""
+    water = {"id": "water", "name": "区水务局"}
+    closed = {"topic": "ticket.updated", "action": "closed", "department": water, "answer": {"rating": 1}}
+    for note in ("", "1", "满意", "满意，1", "电话回访", "查询页评价"):
+        assert present.describe({**closed, "note": note}, city) == "关闭：区水务局；回访结果：满意"
+    assert present.describe({**closed, "note": "1 很满意谢谢"}, city) == (
+        "关闭：区水务局；回访结果：满意；市民意见：很满意谢谢"
+    )
+    reopened = {
+        "topic": "ticket.updated",
+        "action": "reopened",
+        "department": water,
+        "answer": {"rating": 3, "solved": False, "reopens": 1},
+        "note": "路灯还是不亮",
+    }
+    assert present.describe(reopened, city) == "重新办理：区水务局；回访结果：不满意；市民意见：路灯还是不亮"
+    old = {**reopened, "note": "不满意，路灯还是不亮"}  # written before: the reply as sent
+    assert present.describe(old, city) == "重新办理：区水务局；回访结果：不满意；市民意见：路灯还是不亮"
+    unsolved = {**reopened, "answer": {"rating": 1, "solved": False}, "note": "1 未解决"}
+    assert present.describe(unsolved, city) == "重新办理：区水务局；回访结果：满意，问题未解决"
 
 
 def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_words(city):

@@ -821,6 +821,61 @@ def test_unsatisfied_reopens_then_escalates():
     assert second.publish[-1].meeting.reason == "reopened_twice"
 
 
+# Replies as residents send them: the history says the rating in words, and their comment only
+# when they said more than the digit or word they answered with; never the reply as sent.
+REPLIES = [
+    ("1", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("满意", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("满意，1", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("1 很满意谢谢", 1, "关闭：区城市管理委员会；回访结果：满意；市民意见：很满意谢谢", "很满意谢谢"),
+    (
+        "不满意，路灯还是不亮",
+        3,
+        "重新办理：区城市管理委员会；回访结果：不满意；市民意见：路灯还是不亮",
+        "路灯还是不亮",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "rating", "line", "comment"), REPLIES)
+def test_the_history_says_a_survey_reply_as_staff_write_it(text, rating, line, comment):
+    r = resolved(assigned_ticket(CITY))
+    t = workflow.survey_sent(r, sent(r)).ticket
+    out = workflow.record_rating(t, answer(t, t.resolution_id, rating, text=text), city=CITY, tz=TZ)
+    assert out is not None
+    (event,) = out.publish
+    assert event.note == comment
+    assert out.record[0].text == text  # the answer's record keeps the reply as sent
+    said = present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY)
+    assert said == line
+
+
+@pytest.mark.parametrize(
+    ("by", "via", "text", "comment"),
+    [
+        ("op09", None, "电话回访", ""),  # the operator wrote nothing down
+        ("op09", None, "市民表示路灯已修好，3天才修好", "市民表示路灯已修好，3天才修好"),
+        (None, "lookup", "查询页评价", ""),  # no comment typed on the lookup page
+        (None, "lookup", "3天才修好，太慢了", "3天才修好，太慢了"),  # typed words, not a reply: kept whole
+    ],
+)
+def test_an_answer_on_the_phone_or_the_lookup_page_keeps_the_words_written_down(by, via, text, comment):
+    r = resolved(assigned_ticket(CITY))
+    t = workflow.survey_sent(r, sent(r)).ticket
+    given = answer(t, t.resolution_id, 2, text=text).model_copy(update={"by": by, "via": via})
+    out = workflow.record_rating(t, given, city=CITY, tz=TZ)
+    assert out is not None
+    assert out.publish[0].note == comment
+
+
+def test_a_second_unsatisfied_reply_convenes_the_meeting_with_the_resident_s_comment_only():
+    first = survey(resolved(assigned_ticket(CITY)), 3, 0, "3 灯还是不亮").ticket
+    second = survey(resolved(first), 3, 1, "不满意，第二次了还没修")
+    assert second.publish[-1].note == "市民第2次不满意：第二次了还没修"
+    third = survey(resolved(assigned_ticket(CITY)), 3, 0, "3").ticket
+    assert survey(resolved(third), 3, 1, "不满意").publish[-1].note == "市民第2次不满意"
+
+
 def test_a_convened_meeting_says_its_reason_once_whatever_convened_it():
     """召开联席会议：<why>. The convening's explanation is the reason's name and what the hold that
     asked for it said: the name once, whichever path held the ticket (a hotspot's hold opens with

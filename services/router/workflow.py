@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from services.notifier.survey import answer_comment
 from services.router import meetings
 from services.router.rules import (
     FIRST_CONTACT,
@@ -1547,6 +1548,9 @@ def record_rating(
         # Late or unratable: keep the words in the history, change nothing else.
         return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     unhappy = answer.rating == 3 or answer.solved is False
+    # The history says the rating in words (the event's `answer`) and, in the note, only what the
+    # resident said beyond it: not their reply as sent ("满意，1"), which the answer's record keeps.
+    said = answer_comment(answer.text, by=answer.by, via=answer.via)
     if not unhappy:
         event = ticket_updated(
             ticket,
@@ -1554,7 +1558,7 @@ def record_rating(
             Status.CLOSED,
             actor="resident",
             cause=answer,
-            note=answer.text,
+            note=said,
             answer=Answer(rating=answer.rating, solved=answer.solved, reopens=ticket.reopens),
         )
         return _updated(
@@ -1573,7 +1577,7 @@ def record_rating(
         Status.ASSIGNED,
         actor="resident",
         cause=answer,
-        note=answer.text,
+        note=said,
         answer=Answer(
             rating=answer.rating,
             solved=answer.solved,
@@ -1604,7 +1608,7 @@ def record_rating(
         tz=tz,
         cause=event,
         summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
-        note=f"市民第{ticket.reopens + 1}次不满意：{answer.text}",
+        note=f"市民第{ticket.reopens + 1}次不满意" + (f"：{said}" if said else ""),
     )
     return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
 

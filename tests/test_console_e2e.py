@@ -3275,8 +3275,13 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await page.locator("#reason").fill(" ")
     await page.get_by_role("button", name="查看将受影响的工单").click()
     await expect(page.locator("#reason-error")).to_contain_text("请填写删除原因")
-    await page.locator("#reason").fill("居民来电申请删除个人信息")
+    # The clerk writes the caller's number into the reason: confirmed as the audit will keep it.
+    await page.locator("#reason").fill(f"居民{phone}来电申请删除个人信息")
     await page.get_by_role("button", name="查看将受影响的工单").click()
+    kept = f"居民{phone[:3]}****{phone[-4:]}来电申请删除个人信息"
+    await expect(page.locator("#preview-reason")).to_have_text(f"删除原因（写入审计记录）：{kept}")
+    await expect(page.locator("#preview-reason-masked")).to_contain_text("电话号码/身份证号已隐藏")
+    assert phone not in await page.content()
 
     # The preview: the resident's ticket, and a plain warning before the one button that erases.
     await expect(page.locator("#preview-tickets tbody tr")).to_have_count(1)
@@ -3298,7 +3303,7 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await read_once(page, "已删除1件工单中的个人信息，审计记录已写入。", by="focus")
     first = page.locator("#audit-list tbody tr").first
     await expect(first).to_contain_text("依申请删除")
-    await expect(first).to_contain_text("居民来电申请删除个人信息")
+    await expect(first).to_contain_text(kept)
     await expect(first).to_contain_text("派单中心")
     assert phone not in await page.content()
     assert phone[3:] not in await page.content()

@@ -2508,6 +2508,74 @@ def test_the_preview_of_unfinished_tickets_says_that_notes_written_later_go_too(
     assert "此后在这些工单上填写的办理说明、理由等也将随即删除" in warning[1]
 
 
+class _ErasureApi:
+    """The API as the erasure's preview sees it: the preview answers `preview`; the audit is empty."""
+
+    def __init__(self, preview: dict) -> None:
+        self.preview, self.sent = preview, []
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"items": [], "total": 0} if path.endswith("/audit") else {"total": 0})
+
+    async def post(self, path: str, body=None, headers=None):
+        self.sent.append((path, body))
+        return Reply(200, self.preview)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+async def test_the_erasure_is_confirmed_with_its_reason_as_the_audit_will_keep_it(monkeypatch, city, masked):
+    """A number typed into the reason is masked before the audit keeps it: the confirmation shows the
+    reason so, says that a number was hidden (only when one was), and confirms it so, so the page
+    holds no number the audit will not."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+    from shared.privacy import mask_typed_numbers
+
+    typed = "居民13912345678来电申请删除" if masked else "居民来电申请删除"
+    kept = mask_typed_numbers(typed)
+    assert (kept != typed) is masked
+    fake = _ErasureApi(
+        {
+            "by": "phone",
+            "ticket_no": None,
+            "contact": {"kind": "phone", "masked": "139****5678"},
+            "count": 0,
+            "tickets": [],
+            "reason": kept,
+            "reason_masked": masked,
+        }
+    )
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData([("by", "phone"), ("phone", "13912345678"), ("reason", typed)])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    settings = SimpleNamespace(timezone="Asia/Shanghai")
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.privacy_preview(request, s)).body.decode()
+    assert fake.sent == [
+        ("/api/v1/records/privacy/erasures/preview", {"phone": "13912345678", "reason": typed})
+    ]
+    shown = re.search(r'<p id="preview-reason">(.*?)</p>', html)
+    assert shown is not None
+    assert shown[1] == f"删除原因（写入审计记录）：{kept}"
+    assert f'<input type="hidden" name="reason" value="{kept}">' in html  # confirmed as it will be kept
+    line = re.search(r'<p class="muted" id="preview-reason-masked">(.*?)</p>', html)
+    if masked:
+        assert line is not None
+        assert line[1].startswith("删除原因中的电话号码/身份证号已隐藏")
+        assert "13912345678" not in html.replace('name="phone" value="13912345678"', "")
+    else:
+        assert line is None
+
+
 def test_a_batch_form_names_the_ticked_tickets_or_with_select_all_the_pages_new_ones_once():
     page = ["20261123-000001", "20261123-000002", "20261123-000003"]
     assert present.batch_picked(["20261123-000002"], page, False) == ["20261123-000002"]

@@ -1789,6 +1789,10 @@ async def privacy_preview(request: Request, s: session.Session = Depends(as_desk
     # Tickets still being handled or surveyed lose what the department works from, and the survey
     # its number: the desk says so to the resident before confirming (the list shows the latest).
     preview["unfinished"] = [t["ticket_no"] for t in preview["tickets"] if t.get("status") != Status.CLOSED]
+    # The reason as the audit will keep it (the API masks the phone and ID numbers typed into it):
+    # confirmed as it will be stored, and sent so on confirming, so the page holds no number the
+    # audit will not (the erasure masks it again, to the same words).
+    values = {**values, "reason": str(reply.body.get("reason") or values["reason"])}
     return await privacy_page(request, s, values=values, preview=preview)
 
 

@@ -2344,6 +2344,51 @@ async def test_the_desk_refuses_a_grid_workers_request_and_a_missing_reason_is_a
     assert (refused["status"], (refused["grid"] or {}).get("grid")) == ("assigned", "s01c01g01")
 
 
+async def test_the_desk_refuses_an_extension_only_with_a_reason_which_the_department_reads(
+    page: Page, redis, system: System, settings: Settings, system_city: City
+):
+    """驳回 a department's extension request: with no reason the desk comes back to the request's
+    card, the reason asked for beside its field, which takes the focus, marked and described by it;
+    with one, the deadline stays and the ticket's history says the department's reason and the
+    desk's apart."""
+    no = await classified_streetlight(settings, system_city, "s01c01g01")  # routed by its rule
+    why = "灯杆库存充足，请按原时限办结"
+    dept = {"Authorization": f"Bearer {await issue_token(redis, 'department', 'urban_mgmt')}"}
+    async with await admin_api(system, redis) as client:
+        await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        assert (await client.post(f"/api/v1/tickets/{no}/accept", headers=dept)).status_code == 200
+        asked = await client.post(
+            f"/api/v1/tickets/{no}/extend", json={"days": 3, "reason": "需要采购灯杆"}, headers=dept
+        )
+        assert asked.status_code == 200, asked.text
+        due = asked.json()["resolve_by"]
+        await sign_in(page, await issue_token(redis, "admin"))
+        await page.goto("/console/desk")
+        card = page.locator(f"#ext-{no}")
+        reason = card.get_by_role("textbox", name="驳回的理由（承办单位将看到）")
+        await expect(reason).to_have_attribute("aria-required", "true")
+        async with page.expect_navigation():
+            await card.get_by_role("button", name="驳回", exact=True).click()
+        said = page.locator(f"#ext-refuse-{no}-error")
+        await expect(said).to_have_text(REQUIRED["decide_extension.reason"])
+        await expect(card.locator(f"#ext-refuse-{no}-error")).to_have_count(1)  # on its card
+        await expect(page.locator("#desk-error")).to_have_count(0)  # not at the top of the page
+        await expect(reason).to_be_focused()
+        await expect(reason).to_have_attribute("aria-invalid", "true")
+        await expect(reason).to_have_attribute("aria-describedby", f"ext-refuse-{no}-error")
+        await accessible(page)
+        await reason.fill(why)
+        async with page.expect_navigation():
+            await card.get_by_role("button", name="驳回", exact=True).click()
+        await expect(page.locator("#done")).to_contain_text(f"工单{no}的延期申请已驳回，已告知承办单位")
+        await expect(page.locator(f"#ext-{no}")).to_have_count(0)
+        await page.goto(f"/console/tickets/{no}")
+        line = f"延期未批准：区城市管理委员会，3个工作日（需要采购灯杆），驳回理由：{why}"
+        await expect(page.locator("ol.history")).to_contain_text(line)
+        refused = await ticket_when(client, no, lambda t: t["extension_request"] is None)
+    assert (refused["status"], refused["resolve_by"]) == ("accepted", due)
+
+
 async def test_desk_reads_where_a_patrol_report_and_its_address_disagree_and_picks_the_grid(
     page: Page, browser: Browser, redis, system: System, system_city: City
 ):
@@ -3230,8 +3275,13 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await page.locator("#reason").fill(" ")
     await page.get_by_role("button", name="查看将受影响的工单").click()
     await expect(page.locator("#reason-error")).to_contain_text("请填写删除原因")
-    await page.locator("#reason").fill("居民来电申请删除个人信息")
+    # The clerk writes the caller's number into the reason: confirmed as the audit will keep it.
+    await page.locator("#reason").fill(f"居民{phone}来电申请删除个人信息")
     await page.get_by_role("button", name="查看将受影响的工单").click()
+    kept = f"居民{phone[:3]}****{phone[-4:]}来电申请删除个人信息"
+    await expect(page.locator("#preview-reason")).to_have_text(f"删除原因（写入审计记录）：{kept}")
+    await expect(page.locator("#preview-reason-masked")).to_contain_text("电话号码/身份证号已隐藏")
+    assert phone not in await page.content()
 
     # The preview: the resident's ticket, and a plain warning before the one button that erases.
     await expect(page.locator("#preview-tickets tbody tr")).to_have_count(1)
@@ -3253,7 +3303,7 @@ async def test_privacy_desk_erases_a_residents_data_after_a_preview(page: Page, 
     await read_once(page, "已删除1件工单中的个人信息，审计记录已写入。", by="focus")
     first = page.locator("#audit-list tbody tr").first
     await expect(first).to_contain_text("依申请删除")
-    await expect(first).to_contain_text("居民来电申请删除个人信息")
+    await expect(first).to_contain_text(kept)
     await expect(first).to_contain_text("派单中心")
     assert phone not in await page.content()
     assert phone[3:] not in await page.content()

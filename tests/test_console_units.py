@@ -179,7 +179,7 @@ def test_history_sentences_name_what_each_step_carried(city):
     }
     assert present.describe(overdue, city) == "超期督办：区水务局，办结时限"
     closed = {"topic": "ticket.updated", "action": "closed", "answer": {"rating": 2}}
-    assert present.describe(closed, city) == "关闭：基本满意"
+    assert present.describe(closed, city) == "关闭：回访结果：基本满意"
     # Closed by the survey's end after an erasure: not the resident's opt-out, nor anonymous.
     erased = {"topic": "ticket.updated", "action": "closed", "answer": {"outcome": "erased"}}
     assert present.describe(erased, city) == "关闭：市民个人信息已删除，不再回访"
@@ -194,6 +194,31 @@ def test_history_sentences_name_what_each_step_carried(city):
     assert present.describe(urged, city) == "来电催办：上周打过电话，还是没人来（第2次，话务员0231）"
     by_desk = {**urged, "actor": city.responsibilities.dispatch_desk, "note": ""}
     assert present.describe(by_desk, city) == "来电催办：（未记录来电内容）（第2次，派单中心）"
+
+
+def test_the_step_a_survey_answer_took_says_the_rating_in_words_and_the_resident_s_comment(city):
+    """关闭 / 重新办理 after the resident's answer, as staff write it: 回访结果 in words (with 问题未解决
+    when the answer says so), and 市民意见 only when they said more than their answer. Records
+    written before kept the reply as sent in the note: what only repeats the answer is not said."""
+    water = {"id": "water", "name": "区水务局"}
+    closed = {"topic": "ticket.updated", "action": "closed", "department": water, "answer": {"rating": 1}}
+    for note in ("", "1", "满意", "满意，1", "电话回访", "查询页评价"):
+        assert present.describe({**closed, "note": note}, city) == "关闭：区水务局；回访结果：满意"
+    assert present.describe({**closed, "note": "1 很满意谢谢"}, city) == (
+        "关闭：区水务局；回访结果：满意；市民意见：很满意谢谢"
+    )
+    reopened = {
+        "topic": "ticket.updated",
+        "action": "reopened",
+        "department": water,
+        "answer": {"rating": 3, "solved": False, "reopens": 1},
+        "note": "路灯还是不亮",
+    }
+    assert present.describe(reopened, city) == "重新办理：区水务局；回访结果：不满意；市民意见：路灯还是不亮"
+    old = {**reopened, "note": "不满意，路灯还是不亮"}  # written before: the reply as sent
+    assert present.describe(old, city) == "重新办理：区水务局；回访结果：不满意；市民意见：路灯还是不亮"
+    unsolved = {**reopened, "answer": {"rating": 1, "solved": False}, "note": "1 未解决"}
+    assert present.describe(unsolved, city) == "重新办理：区水务局；回访结果：满意，问题未解决"
 
 
 def test_history_sentences_say_how_a_survey_ended_and_what_a_meeting_did_in_words(city):
@@ -2134,9 +2159,10 @@ async def test_a_refused_verdict_comes_back_beside_its_reason_on_its_card(
 
     from services.console import views
     from services.console.session import Session
+    from services.router.workflow import REQUIRED
     from shared.auth import Principal
 
-    said = "请填写不同意的理由（至少4个字），申请的网格员将看到原因"
+    said = REQUIRED["decide_extension.reason" if card == "ext" else "decide_place.reason"]
     fake = _DecidingDeskApi(
         city, Reply(422, {"error": "reason_required", "field": "reason", "message": said})
     )
@@ -2202,6 +2228,62 @@ async def test_a_refused_verdict_whose_card_is_gone_is_said_at_the_top(monkeypat
     assert re.search(r'<p class="error" role="alert" id="desk-error"[^>]*autofocus>', html)
     assert "aria-invalid" not in html
     assert html.count("autofocus") == 1
+
+
+async def test_the_desk_asks_for_a_reason_to_refuse_an_extension_and_none_to_approve_it(monkeypatch, city):
+    """驳回 an extension request says why to the department (the API refuses it without): its field
+    is named for that and marked required; 批准's note stays optional. A place request's 不同意 alike."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _DecidingDeskApi(city, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    state = SimpleNamespace(city=city, settings=settings)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    request = SimpleNamespace(query_params={}, app=SimpleNamespace(state=state))
+    html = (await views.desk_page(request, s)).body.decode()
+    ext, placing = fake.extension["ticket_no"], fake.placing["ticket_no"]
+
+    def field(fid: str) -> tuple[str, str]:
+        tag = re.search(rf'<input id="{fid}" name="note"[^>]*>', html)
+        label = re.search(rf'<label for="{fid}">([^<]*)</label>', html)
+        assert tag is not None, fid
+        assert label is not None, fid
+        return tag[0], label[1]
+
+    refuse, refuse_label = field(f"ext-refuse-{ext}")
+    assert 'aria-required="true"' in refuse
+    assert refuse_label == "驳回的理由（承办单位将看到）"
+    approve, approve_label = field(f"ext-approve-{ext}")
+    assert "aria-required" not in approve
+    assert approve_label == "批准说明"
+    assert 'aria-required="true"' in field(f"placereq-refuse-{placing}")[0]
+
+
+async def test_a_refused_extension_says_why_and_the_done_line_says_the_department_is_told(monkeypatch, city):
+    """驳回 with a reason: back to the desk, saying the department is told (the history has it)."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _DecidingDeskApi(city, Reply(200, {}))
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData([("note", "灯杆库存充足，请按期办结"), ("next", "")])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    no = fake.extension["ticket_no"]
+    back = await views.desk_extension(SimpleNamespace(), no, "refuse", s)
+    assert fake.sent == [(f"/api/v1/tickets/{no}/extension/refuse", {"note": "灯杆库存充足，请按期办结"})]
+    assert dict(parse_qsl(urlsplit(back.headers["location"]).query))["done"] == (
+        f"工单{no}的延期申请已驳回，已告知承办单位"
+    )
 
 
 class _CountApi:
@@ -2534,6 +2616,74 @@ def test_the_preview_of_unfinished_tickets_says_that_notes_written_later_go_too(
     assert warning is not None
     assert "承办单位将看不到诉求内容" in warning[1]
     assert "此后在这些工单上填写的办理说明、理由等也将随即删除" in warning[1]
+
+
+class _ErasureApi:
+    """The API as the erasure's preview sees it: the preview answers `preview`; the audit is empty."""
+
+    def __init__(self, preview: dict) -> None:
+        self.preview, self.sent = preview, []
+
+    async def get(self, path: str, **params):
+        return Reply(200, {"items": [], "total": 0} if path.endswith("/audit") else {"total": 0})
+
+    async def post(self, path: str, body=None, headers=None):
+        self.sent.append((path, body))
+        return Reply(200, self.preview)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+async def test_the_erasure_is_confirmed_with_its_reason_as_the_audit_will_keep_it(monkeypatch, city, masked):
+    """A number typed into the reason is masked before the audit keeps it: the confirmation shows the
+    reason so, says that a number was hidden (only when one was), and confirms it so, so the page
+    holds no number the audit will not."""
+    from starlette.datastructures import FormData
+
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+    from shared.privacy import mask_typed_numbers
+
+    typed = "居民13912345678来电申请删除" if masked else "居民来电申请删除"
+    kept = mask_typed_numbers(typed)
+    assert (kept != typed) is masked
+    fake = _ErasureApi(
+        {
+            "by": "phone",
+            "ticket_no": None,
+            "contact": {"kind": "phone", "masked": "139****5678"},
+            "count": 0,
+            "tickets": [],
+            "reason": kept,
+            "reason_masked": masked,
+        }
+    )
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+
+    async def posted(request, s):
+        return FormData([("by", "phone"), ("phone", "13912345678"), ("reason", typed)])
+
+    monkeypatch.setattr(views, "checked_form", posted)
+    settings = SimpleNamespace(timezone="Asia/Shanghai")
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.privacy_preview(request, s)).body.decode()
+    assert fake.sent == [
+        ("/api/v1/records/privacy/erasures/preview", {"phone": "13912345678", "reason": typed})
+    ]
+    shown = re.search(r'<p id="preview-reason">(.*?)</p>', html)
+    assert shown is not None
+    assert shown[1] == f"删除原因（写入审计记录）：{kept}"
+    assert f'<input type="hidden" name="reason" value="{kept}">' in html  # confirmed as it will be kept
+    line = re.search(r'<p class="muted" id="preview-reason-masked">(.*?)</p>', html)
+    if masked:
+        assert line is not None
+        assert line[1].startswith("删除原因中的电话号码/身份证号已隐藏")
+        assert "13912345678" not in html.replace('name="phone" value="13912345678"', "")
+    else:
+        assert line is None
 
 
 def test_a_batch_form_names_the_ticked_tickets_or_with_select_all_the_pages_new_ones_once():

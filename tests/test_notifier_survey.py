@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.survey import is_opt_out, parse_reply
+from services.notifier.survey import answer_comment, comment_in_note, is_opt_out, parse_reply, reply_comment
 from services.notifier.surveys import answered_rating, answered_via
 from services.notifier.texts import NotificationsError, load_texts
 from shared.events import SurveyAnswered
@@ -42,6 +42,59 @@ def test_reply_forms(text, rating, solved):
     r = parse_reply(text)
     assert (r.rating, r.solved) == (rating, solved)
     assert r.text == text
+
+
+@pytest.mark.parametrize(
+    ("text", "comment"),
+    [
+        # What residents really send: the digit, the word, both, and words of their own.
+        ("1", ""),
+        ("满意", ""),
+        ("满意，1", ""),
+        ("1 很满意谢谢", "很满意谢谢"),
+        ("不满意，路灯还是不亮", "路灯还是不亮"),
+        ("１", ""),
+        ("非常满意！", ""),
+        ("1。谢谢", "谢谢"),
+        ("1 未解决", ""),  # the survey asks to add 未解决: the answer, said in words by the rating
+        ("没解决", ""),
+        ("3根本没人来", "根本没人来"),  # the leading digit is the answer, glued or not
+        ("3 根本没解决，今晚还在", "根本没解决，今晚还在"),  # the resident's punctuation as typed
+        ("1 但是问题没解决", "但是问题没解决"),
+        ("路灯修好了，满意", "路灯修好了"),
+        ("0001 3 还是不亮", "还是不亮"),  # the ticket's reference goes too
+        ("尾号0101：3 还是不亮", "还是不亮"),
+        ("不满意，路灯还是不亮（第三次了）", "路灯还是不亮（第三次了）"),
+        # Answer words inside the resident's own sentence stay: it is theirs, whole.
+        ("态度很满意", "态度很满意"),
+        ("一般般吧", "一般般吧"),
+        ("我对结果不满意因为路灯还是不亮", "我对结果不满意因为路灯还是不亮"),
+        ("3个月了还没修", "3个月了还没修"),  # a number that counts, not the rating's digit
+        ("2楼漏水还没修", "2楼漏水还没修"),
+    ],
+)
+def test_a_reply_s_comment_is_what_the_resident_said_beyond_their_answer(text, comment):
+    assert reply_comment(text) == comment
+    assert answer_comment(text) == comment  # an SMS or WeChat reply (no operator, not the lookup page)
+    assert comment_in_note(comment) == comment  # a comment stays as it is
+
+
+def test_an_answer_written_down_keeps_its_words_and_the_text_of_none_is_no_comment():
+    assert answer_comment("电话回访", by="op09") == ""  # the operator wrote nothing down
+    assert answer_comment("市民说3天才修好", by="op09") == "市民说3天才修好"
+    assert answer_comment("查询页评价", via="lookup") == ""  # no comment typed on the lookup page
+    assert answer_comment("3天才修好，太慢了", via="lookup") == "3天才修好，太慢了"  # not a reply's digit
+    assert answer_comment("满意", via="lookup") == ""  # only the rating again
+    # Notes written before kept the reply as sent: the parts that only repeat the answer go.
+    assert comment_in_note("满意，1") == ""
+    assert comment_in_note("不满意，路灯还是不亮") == "路灯还是不亮"
+
+
+@given(st.text(max_size=40))
+def test_a_comment_is_part_of_the_reply_and_read_again_is_the_same(text):
+    comment = reply_comment(text)
+    assert comment in text
+    assert comment_in_note(comment) == comment
 
 
 @pytest.mark.parametrize("text", ["谢谢", "你们辛苦了", "4", "12", "好的收到", "？", "123456"])

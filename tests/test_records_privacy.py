@@ -141,6 +141,16 @@ async def test_the_preview_changes_nothing_and_the_erasure_scrubs_record_and_red
     # The clerk wrote the number into the reason too: the audit, kept for good, has it masked.
     reason = f"居民{phone}来电申请删除个人信息"
     masked_reason = f"居民{phone[:3]}****{phone[-4:]}来电申请删除个人信息"
+    # The preview answers the reason as the audit will keep it, and says a number was hidden; with
+    # none typed (its spaces run together), nothing hidden; without a reason, none answered.
+    r = await api.post(PREVIEW, json={"phone": spoken, "reason": f" {reason} "})
+    assert r.status_code == 200, r.text
+    assert (r.json()["reason"], r.json()["reason_masked"]) == (masked_reason, True)
+    assert phone not in r.text
+    r = await api.post(PREVIEW, json={"phone": spoken, "reason": "居民来电  申请删除"})
+    assert (r.json()["reason"], r.json()["reason_masked"]) == ("居民来电 申请删除", False)
+    assert "reason" not in preview
+    assert await audit_rows(pool, subject) == []  # still nothing changed
     r = await api.post(ERASE, json={"phone": spoken, "reason": reason})
     assert r.status_code == 200, r.text
     assert r.json() == {"tickets": [no], "count": 1}

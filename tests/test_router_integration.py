@@ -28,6 +28,7 @@ from services.notifier.scoring import Weights
 from services.records.retention import Retention
 from services.router import meetings
 from services.router.service import MeetingStore
+from services.router.workflow import REQUIRED
 from shared import bus, topics
 from shared.auth import issue_token
 from shared.events import TicketAssigned, TicketUpdated
@@ -1135,6 +1136,30 @@ async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, pro
     assert t["history"][-1]["extension"]["days"] == 3
     assert t["extension_request"] is None
     assert (await api.post(f"/api/v1/tickets/{no}/extension/refuse", headers=admin)).status_code == 409
+    # Asked again, the desk refuses: only with a reason the department can act on (驳回理由).
+    r = await api.post(
+        f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 5, "reason": "还需等待灯杆到货"}
+    )
+    assert r.status_code == 200, r.text
+    extended = r.json()["resolve_by"]
+    for body in (None, {}, {"note": "  "}, {"note": "不行"}):
+        r = await api.post(f"/api/v1/tickets/{no}/extension/refuse", headers=admin, json=body)
+        assert r.status_code == 422, (body, r.text)
+        said = r.json()
+        assert (said["error"], said["field"]) == ("reason_required", "reason")
+        assert said["message"] == REQUIRED["decide_extension.reason"]
+    r = await api.post(
+        f"/api/v1/tickets/{no}/extension/refuse", headers=admin, json={"note": "灯杆已有库存，请按期办结"}
+    )
+    assert r.status_code == 200, r.text
+    t = r.json()
+    assert (t["resolve_by"], t["extension_request"]) == (extended, None)
+    last = t["history"][-1]
+    assert (last["action"], last["note"], last["extension"]["days"]) == (
+        "extension_refused",
+        "灯杆已有库存，请按期办结",
+        5,
+    )
 
 
 async def test_hotspot_becomes_one_joint_meeting(api, producer, city, tokens):

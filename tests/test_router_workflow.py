@@ -762,7 +762,9 @@ def test_extensions_move_the_deadline_only_when_approved():
     assert asked.extension_request["days"] == 3
     with pytest.raises(WorkflowError, match="待派单中心审核"):
         workflow.request_extension(asked, "urban_mgmt", 2, "再延", CITY, T0)
-    refused = workflow.decide_extension(asked, False, "dispatch_desk", "理由不足", CITY, TZ, T0)
+    refused = workflow.decide_extension(
+        asked, False, "dispatch_desk", "理由不足，请先联系供货商", CITY, TZ, T0
+    )
     assert refused.ticket.resolve_by == t.resolve_by
     assert refused.publish[0].action == "extension_refused"
     approved = workflow.decide_extension(asked, True, "dispatch_desk", "", CITY, TZ, T0).ticket
@@ -770,6 +772,34 @@ def test_extensions_move_the_deadline_only_when_approved():
     assert approved.resolve_by.astimezone(TZ).date().isoformat() == "2026-12-07"
     with pytest.raises(WorkflowError, match="没有待审核"):
         workflow.decide_extension(approved, True, "dispatch_desk", "", CITY, TZ, T0)
+
+
+@pytest.mark.parametrize("note", ["", "   ", "不行", " 不 行 "])
+def test_the_desk_refuses_an_extension_only_with_a_reason_the_department_can_act_on(note):
+    """驳回 says why (the department reads it, and what to do instead); 批准 needs no note."""
+    t = workflow.accept(assigned_ticket(CITY), "urban_mgmt", CITY, T0).ticket
+    asked = workflow.request_extension(t, "urban_mgmt", 3, "需要采购灯杆", CITY, T0).ticket
+    with pytest.raises(WorkflowError) as e:
+        workflow.decide_extension(asked, False, "dispatch_desk", note, CITY, TZ, T0)
+    assert (e.value.code, e.value.kind, e.value.field) == ("reason_required", "invalid", "reason")
+    assert e.value.message == REQUIRED["decide_extension.reason"]
+    assert e.value.message == "请填写驳回延期申请的理由（至少4个字），申请延期的承办单位将看到原因"
+    assert (
+        workflow.decide_extension(asked, True, "dispatch_desk", note, CITY, TZ, T0).ticket.extension_request
+        is None
+    )
+    out = workflow.decide_extension(
+        asked, False, "dispatch_desk", "  灯杆库存充足，\n请按期办结 ", CITY, TZ, T0
+    )
+    assert (out.ticket.extension_request, out.ticket.resolve_by) == (None, t.resolve_by)
+    (event,) = out.publish
+    assert (event.action, event.note) == ("extension_refused", "灯杆库存充足， 请按期办结")
+    assert event.extension is not None
+    assert (event.extension.days, event.extension.reason) == (3, "需要采购灯杆")
+    # The history says whose reason is whose: the department's request, then the desk's refusal.
+    assert present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY) == (
+        "延期未批准：区城市管理委员会，3个工作日（需要采购灯杆），驳回理由：灯杆库存充足， 请按期办结"
+    )
 
 
 def test_unsatisfied_reopens_then_escalates():
@@ -789,6 +819,61 @@ def test_unsatisfied_reopens_then_escalates():
     assert second.ticket.status == st.MEETING
     assert second.ticket.reopens == 2
     assert second.publish[-1].meeting.reason == "reopened_twice"
+
+
+# Replies as residents send them: the history says the rating in words, and their comment only
+# when they said more than the digit or word they answered with; never the reply as sent.
+REPLIES = [
+    ("1", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("满意", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("满意，1", 1, "关闭：区城市管理委员会；回访结果：满意", ""),
+    ("1 很满意谢谢", 1, "关闭：区城市管理委员会；回访结果：满意；市民意见：很满意谢谢", "很满意谢谢"),
+    (
+        "不满意，路灯还是不亮",
+        3,
+        "重新办理：区城市管理委员会；回访结果：不满意；市民意见：路灯还是不亮",
+        "路灯还是不亮",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "rating", "line", "comment"), REPLIES)
+def test_the_history_says_a_survey_reply_as_staff_write_it(text, rating, line, comment):
+    r = resolved(assigned_ticket(CITY))
+    t = workflow.survey_sent(r, sent(r)).ticket
+    out = workflow.record_rating(t, answer(t, t.resolution_id, rating, text=text), city=CITY, tz=TZ)
+    assert out is not None
+    (event,) = out.publish
+    assert event.note == comment
+    assert out.record[0].text == text  # the answer's record keeps the reply as sent
+    said = present.describe({**event.model_dump(mode="json"), "topic": event.topic}, CITY)
+    assert said == line
+
+
+@pytest.mark.parametrize(
+    ("by", "via", "text", "comment"),
+    [
+        ("op09", None, "电话回访", ""),  # the operator wrote nothing down
+        ("op09", None, "市民表示路灯已修好，3天才修好", "市民表示路灯已修好，3天才修好"),
+        (None, "lookup", "查询页评价", ""),  # no comment typed on the lookup page
+        (None, "lookup", "3天才修好，太慢了", "3天才修好，太慢了"),  # typed words, not a reply: kept whole
+    ],
+)
+def test_an_answer_on_the_phone_or_the_lookup_page_keeps_the_words_written_down(by, via, text, comment):
+    r = resolved(assigned_ticket(CITY))
+    t = workflow.survey_sent(r, sent(r)).ticket
+    given = answer(t, t.resolution_id, 2, text=text).model_copy(update={"by": by, "via": via})
+    out = workflow.record_rating(t, given, city=CITY, tz=TZ)
+    assert out is not None
+    assert out.publish[0].note == comment
+
+
+def test_a_second_unsatisfied_reply_convenes_the_meeting_with_the_resident_s_comment_only():
+    first = survey(resolved(assigned_ticket(CITY)), 3, 0, "3 灯还是不亮").ticket
+    second = survey(resolved(first), 3, 1, "不满意，第二次了还没修")
+    assert second.publish[-1].note == "市民第2次不满意：第二次了还没修"
+    third = survey(resolved(assigned_ticket(CITY)), 3, 0, "3").ticket
+    assert survey(resolved(third), 3, 1, "不满意").publish[-1].note == "市民第2次不满意"
 
 
 def test_a_convened_meeting_says_its_reason_once_whatever_convened_it():
@@ -1746,7 +1831,7 @@ ACTIONS = hs.one_of(
         hs.sampled_from(["", "规则有误"]),
     ),
     hs.tuples(hs.just("extend"), ACTOR, hs.integers(1, 10)),
-    hs.tuples(hs.just("decide_extension"), hs.booleans()),
+    hs.tuples(hs.just("decide_extension"), hs.booleans(), hs.sampled_from(["", "灯杆库存充足，请按期办结"])),
     hs.tuples(hs.just("dispatch"), hs.sampled_from(DEPTS)),
     hs.tuples(hs.just("redispatch"), hs.sampled_from(DEPTS)),
     hs.tuples(hs.just("survey"), hs.sampled_from([1, 2, 3])),
@@ -1790,7 +1875,7 @@ def step(t, action, now, n):
         case "extend":
             return workflow.request_extension(t, args[0], args[1], "需要时间", CITY, now)
         case "decide_extension":
-            return workflow.decide_extension(t, args[0], "dispatch_desk", "", CITY, TZ, now)
+            return workflow.decide_extension(t, args[0], "dispatch_desk", args[1], CITY, TZ, now)
         case "dispatch":
             return workflow.dispatch(t, args[0], None, "", "dispatch_desk", CITY, TZ, now)
         case "redispatch":

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.notifier import scoring
+from services.notifier.survey import comment_in_note, rating_words
 from services.router.rules import FIRST_CONTACT, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
@@ -239,12 +240,17 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         return verification_words(record)
     if topic == "ticket.updated" and record.get("action") in SAID_BY_NOTE:
         return record.get("note") or ACTION_NAMES[record["action"]]
+    if topic == "ticket.updated" and (record.get("answer") or {}).get("rating") in RATING_NAMES:
+        return answered_words(record)
     if topic == "ticket.updated":
         action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
         dept = (record.get("department") or {}).get("name")
         note, carried = record.get("note") or "", payload_words(record)
-        # An extension request's reason is both its note and its payload's: said once.
+        # An extension request's reason is both its note and its payload's: said once. A refusal's
+        # note is the desk's own reason, told apart from the department's that it follows.
         said = note if note not in carried else ""
+        if note and record.get("action") == "extension_refused":
+            said = f"驳回理由：{note}"
         words = [w for w in (dept, carried, said, photo_count(record)) if w]
         # Staff end their notes with a full stop: not kept before the "，" that goes on (…照明。，附照片).
         words = [w.rstrip("。，；.,;") for w in words[:-1]] + words[-1:]
@@ -274,6 +280,19 @@ def describe(record: Mapping[str, Any], city: City) -> str:
     if topic == "appeal.received" and record.get("photos"):
         return f"{TOPIC_NAMES[topic]}（{photo_count(record)}）"
     return TOPIC_NAMES.get(topic, topic)
+
+
+def answered_words(record: Mapping[str, Any]) -> str:
+    """A step the resident's survey answer took (closed, reopened), as staff write it: the rating in
+    words (回访结果) and, when the resident said more than their answer, what they said (市民意见),
+    never their reply as sent ("满意，1"; notes written before kept it so)."""
+    answer = record.get("answer") or {}
+    action = ACTION_NAMES.get(record.get("action", ""), record.get("action", ""))
+    dept = (record.get("department") or {}).get("name")
+    result = f"回访结果：{rating_words(answer['rating'], answer.get('solved'))}"
+    comment = comment_in_note(record.get("note") or "")
+    words = [w for w in (dept, result, f"市民意见：{comment}" if comment else "") if w]
+    return f"{action}：" + "；".join(words)
 
 
 def meeting_words(record: Mapping[str, Any]) -> str:

@@ -1638,7 +1638,10 @@ def stale_suggestion(city: City, no: str, form: FormData) -> str:
 
 @router.post("/desk/{no}/extension/{verdict}")
 async def desk_extension(request: Request, no: str, verdict: str, s: session.Session = Depends(as_desk)):
-    done = f"工单{no}的延期申请已{'批准' if verdict == 'approve' else '驳回'}"
+    """The desk decides a department's extension request (延期申请): 批准 moves the deadline (a note
+    optional), 驳回 keeps it, with the desk's reason (required), which the department reads."""
+    decided = "批准，办结时限已延长" if verdict == "approve" else "驳回，已告知承办单位"
+    done = f"工单{no}的延期申请已{decided}"
     return await desk_verdict(request, s, no, verdict, "extension", "ext", done)
 
 
@@ -1797,6 +1800,10 @@ async def privacy_preview(request: Request, s: session.Session = Depends(as_desk
     # Tickets still being handled or surveyed lose what the department works from, and the survey
     # its number: the desk says so to the resident before confirming (the list shows the latest).
     preview["unfinished"] = [t["ticket_no"] for t in preview["tickets"] if t.get("status") != Status.CLOSED]
+    # The reason as the audit will keep it (the API masks the phone and ID numbers typed into it):
+    # confirmed as it will be stored, and sent so on confirming, so the page holds no number the
+    # audit will not (the erasure masks it again, to the same words).
+    values = {**values, "reason": str(reply.body.get("reason") or values["reason"])}
     return await privacy_page(request, s, values=values, preview=preview)
 
 

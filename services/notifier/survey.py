@@ -181,6 +181,85 @@ def parse_reply(raw: str) -> Reply:
     return Reply(rating=rating, solved=solved, text=raw)
 
 
+# --- what a resident said beyond their answer (the ticket's history) ---------------------------------
+
+# The text an answer given without a reply carries when nobody wrote anything down: an operator's
+# call (电话回访) with no note, the lookup page (查询页) with no comment. Not the resident's words.
+PHONE_ANSWER_TEXT = "电话回访"
+LOOKUP_ANSWER_TEXT = "查询页评价"
+# What a reply answers with: a rating's digit or words, and the words the survey asks to add
+# (未解决) or that say the opposite. Longest first, as `_WORDS`: "不满意" is not "满意" with more.
+_ANSWER_WORDS = sorted(
+    {w for w, _ in _WORDS} | {"未解决", "没解决", "没有解决", "已解决", "已经解决", "解决了"},
+    key=len,
+    reverse=True,
+)
+_WORDS_TOKEN = "|".join(map(re.escape, _ANSWER_WORDS))
+_TOKEN = rf"(?:{_WORDS_TOKEN}|(?<!\d)[123１２３](?!\d))"  # the digit as typed: full-width too
+# A digit that begins the resident's sentence counts what follows ("3个月了还没修", "2楼漏水"): the
+# rating it was read as is said in words, the sentence is theirs.
+_COUNTED = "个天月年日周次号楼层栋单元户间块元米点时小分秒位条盏遍趟多几十百千万"
+# What separates the parts of a reply: spaces and punctuation, full-width or not (not brackets or
+# quotes, which come in pairs: "路灯还是不亮（第三次了）" keeps both).
+_SEPARATORS = " \t\r\n\u3000,，.。、;；:：!！?？~～…·-—_+/|"
+_SEP = "[" + "".join(re.escape(c) for c in _SEPARATORS) + "]"
+# The digit a reply begins with is its answer, glued to the words or not ("3根本没修"), as
+# `parse_reply` reads it. Words are the answer only as a part of their own ("不满意，…"): glued to
+# more, they may be the resident's sentence ("一般般吧", "不满意的地方是…"), which stays whole.
+_GLUED_ANSWER = re.compile(rf"^[123１２３](?![\d{_COUNTED}])")
+_LEADING_ANSWER = re.compile(rf"^{_TOKEN}+(?={_SEP}|$)")  # a part that is nothing but answer
+_TRAILING_ANSWER = re.compile(rf"(?:^|(?<={_SEP})){_TOKEN}+$")
+
+
+def _stripped(text: str) -> str:
+    return text.strip(_SEPARATORS)
+
+
+def _answer_parts_dropped(text: str) -> str:
+    """`text` without the parts at its start and end that are nothing but an answer ("满意，1",
+    "路灯修好了，满意"); answer words inside the resident's sentence stay ("我对结果不满意因为…")."""
+    while True:
+        was = text = _stripped(text)
+        text = _LEADING_ANSWER.sub("", text, count=1)
+        text = _TRAILING_ANSWER.sub("", _stripped(text), count=1)
+        if text == was:
+            return _stripped(text)
+
+
+def reply_comment(raw: str) -> str:
+    """What a resident's reply says beyond the answer it gives, "" when nothing: the ticket reference
+    it may begin with, the rating's digit it answers with, and the parts at its start and end that
+    are nothing but the answer (its digit, its words) go; the rest, their comment, is kept as
+    written (as typed: read, not normalized).
+    "1", "满意", "满意，1" -> ""; "1 很满意谢谢" -> "很满意谢谢"; "不满意，路灯还是不亮" -> "路灯还是不亮"."""
+    text = raw.strip()
+    if reference := _REFERENCE.match(text):
+        text = text[reference.end() :]
+    text = _GLUED_ANSWER.sub("", _stripped(text), count=1)
+    return _answer_parts_dropped(text)
+
+
+def answer_comment(text: str, *, by: str | None = None, via: str | None = None) -> str:
+    """The resident's comment in a survey answer's text (`SurveyAnswered.text`), "" when none: a
+    reply's (SMS, WeChat: `reply_comment`), or what the operator wrote down (`by`) or the resident
+    typed on the lookup page (`via` "lookup") as written, but not the text such an answer carries
+    when there was none (PHONE_ANSWER_TEXT, LOOKUP_ANSWER_TEXT), nor one that only says the rating
+    again."""
+    if by is None and via is None:
+        return reply_comment(text)
+    return comment_in_note(text)
+
+
+def comment_in_note(note: str) -> str:
+    """The resident's comment in the note of a ticket's step the survey's answer took (closed,
+    reopened): the comment itself (`answer_comment`), or in notes written before, the answer's
+    text whole, without the parts that only say the rating again ("满意，1") or the text of an
+    answer with no comment. A comment stays as it is: nothing in it is only the answer."""
+    if note.strip() in (PHONE_ANSWER_TEXT, LOOKUP_ANSWER_TEXT):
+        return ""
+    return _answer_parts_dropped(note)
+
+
 InboundKind = Literal["query", "opt_out", "rating", "words"]
 
 

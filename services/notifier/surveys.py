@@ -51,6 +51,8 @@ from services.notifier.jobs import SurveyJob, encode
 from services.notifier.routing import Channel, Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
+    LOOKUP_ANSWER_TEXT,
+    PHONE_ANSWER_TEXT,
     Ask,
     Inbound,
     OptedOut,
@@ -556,7 +558,7 @@ class SurveyBook:
             survey,
             rating,
             solved,
-            note.strip() or "电话回访",
+            note.strip() or PHONE_ANSWER_TEXT,
             now,
             event_id=derived_id(survey_id, "phone"),
             by=operator,
@@ -619,7 +621,7 @@ class SurveyBook:
             raise AnswerRefused("该工单没有待评价的回访，无需评价")
         survey, is_open = found
         event_id = derived_id(survey.survey_id, "lookup")
-        text = comment.strip() or "查询页评价"
+        text = comment.strip() or LOOKUP_ANSWER_TEXT
         until = asyncio.get_running_loop().time() + LOOKUP_WAIT
         while True:
             if is_open:

@@ -1,7 +1,8 @@
 """Residents' erasure requests, handled by the dispatch desk (admin token only):
 
     POST /api/v1/records/privacy/erasures/preview   {"phone" | "ticket_no", "reason"?}: the tickets
-                                                    it would reach, and the resident (masked)
+                                                    it would reach, and the resident (masked); the
+                                                    reason as the audit would keep it (masked)
     POST /api/v1/records/privacy/erasures           {"phone" | "ticket_no", "reason"}: erase, with
                                                     an audit entry
     GET  /api/v1/records/privacy/audit?page=&size=  the audit entries, newest first
@@ -52,15 +53,21 @@ async def erasures_of(request: Request) -> Erasures:
 
 @router.post("/erasures/preview")
 async def preview_erasure(body: PreviewRequest, request: Request, _: Principal = Depends(require_admin)):
-    """What erasing this resident's personal data would reach; changes nothing."""
+    """What erasing this resident's personal data would reach; changes nothing. With a reason, the
+    reason as the erasure would write it into the audit (`reason`: the phone and ID numbers typed
+    into it masked, `checked_reason`), and whether any was (`reason_masked`), so the desk confirms
+    what will be kept, not what it typed."""
     lookup = checked_lookup(body.phone, body.ticket_no)
-    if body.reason is not None:
-        checked_reason(body.reason)
+    kept = checked_reason(body.reason) if body.reason is not None else None
     try:
         erasures = await erasures_of(request)
-        return await erasures.preview(await erasures.subject(lookup))
+        found = await erasures.preview(await erasures.subject(lookup))
     except UNAVAILABLE:
         return unavailable()
+    if body.reason is None or kept is None:
+        return found
+    # Its spaces run together (as checked_reason does) are no masking: only a number hidden is said.
+    return {**found, "reason": kept, "reason_masked": kept != " ".join(body.reason.split())}
 
 
 @router.post("/erasures")

@@ -463,6 +463,10 @@ async def decide_extension(
     body: DecisionIn | None = None,
     principal: Principal = Depends(require_admin),
 ):
+    """The desk decides a department's extension request (延期申请): approve moves the resolution
+    deadline by the days asked for (`note` optional); refuse keeps it, with the desk's reason
+    (`note`, required: 422 field reason), which the department reads in the history. No request
+    waiting: 409."""
     city, tz, desk = desk_context(request)
     note = body.note if body else ""
     return await act(

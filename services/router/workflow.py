@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+from services.notifier.survey import answer_comment
 from services.router import meetings
 from services.router.rules import (
     FIRST_CONTACT,
@@ -801,11 +802,13 @@ REQUIRED: dict[str, str] = {
     "request_place.grid": "请选择现场核实的问题实际所在的网格",  # the console's (the API's: required)
     "request_place.reason": _reason_wanted("现场核实的情况，即问题实际在哪里", "派单中心"),
     "decide_place.reason": _reason_wanted("不同意的理由", "申请的网格员"),
+    "decide_extension.reason": _reason_wanted("驳回延期申请的理由", "申请延期的承办单位"),
 }
 
 
 def _stated(reason: str, step: str) -> str:
-    """The reason a person gives for moving a ticket (改派, 并案, 转人民调解: `step`), on one line;
+    """The reason a person gives for moving a ticket (改派, 并案, 转人民调解) or refusing a request
+    (不同意 a grid correction, 驳回 an extension): `step`, on one line;
     refused when too short to say why (REQUIRED says what to fill in, and who will read it)."""
     reason = " ".join(reason.split())
     if len(reason) < REASON_MIN:
@@ -1431,9 +1434,15 @@ def decide_extension(
     tz: ZoneInfo,
     now: datetime,
 ) -> Outcome:
+    """The desk decides a department's extension request (`request_extension`). Approved: the
+    resolution deadline moves by the days asked for, in working days; the desk's note is optional.
+    Refused: the deadline stays, and the desk's reason (`note`, required: the department reads why,
+    and what to do instead) is in the history."""
     if ticket.extension_request is None:
         raise WorkflowError("no_extension_request", f"工单{ticket.ticket_no}没有待审核的延期申请")
     check(ticket, "decide_extension")
+    if not approve:
+        note = _stated(note, "decide_extension")
     days = int(ticket.extension_request["days"])
     changes: dict[str, Any] = {"extension_request": None}
     new_due = None
@@ -1539,6 +1548,9 @@ def record_rating(
         # Late or unratable: keep the words in the history, change nothing else.
         return Outcome(ticket.model_copy(update={"applied": applied(ticket, answer)}), record=[answer])
     unhappy = answer.rating == 3 or answer.solved is False
+    # The history says the rating in words (the event's `answer`) and, in the note, only what the
+    # resident said beyond it: not their reply as sent ("满意，1"), which the answer's record keeps.
+    said = answer_comment(answer.text, by=answer.by, via=answer.via)
     if not unhappy:
         event = ticket_updated(
             ticket,
@@ -1546,7 +1558,7 @@ def record_rating(
             Status.CLOSED,
             actor="resident",
             cause=answer,
-            note=answer.text,
+            note=said,
             answer=Answer(rating=answer.rating, solved=answer.solved, reopens=ticket.reopens),
         )
         return _updated(
@@ -1565,7 +1577,7 @@ def record_rating(
         Status.ASSIGNED,
         actor="resident",
         cause=answer,
-        note=answer.text,
+        note=said,
         answer=Answer(
             rating=answer.rating,
             solved=answer.solved,
@@ -1596,7 +1608,7 @@ def record_rating(
         tz=tz,
         cause=event,
         summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
-        note=f"市民第{ticket.reopens + 1}次不满意：{answer.text}",
+        note=f"市民第{ticket.reopens + 1}次不满意" + (f"：{said}" if said else ""),
     )
     return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
 

@@ -36,6 +36,10 @@ from shared.events import SurveyAnswered
         ("3 解决了但是拖了太久", 3, True),
         ("态度很满意", 1, True),
         ("一般般吧", 2, True),
+        # A leading number that counts something is no rating: the words say what the reply is.
+        ("3个月了还没修", 3, False),
+        ("2楼漏水还没修好", 3, False),
+        ("1楼路灯修好了，很满意", 1, True),
     ],
 )
 def test_reply_forms(text, rating, solved):
@@ -97,7 +101,9 @@ def test_a_comment_is_part_of_the_reply_and_read_again_is_the_same(text):
     assert comment_in_note(comment) == comment
 
 
-@pytest.mark.parametrize("text", ["谢谢", "你们辛苦了", "4", "12", "好的收到", "？", "123456"])
+@pytest.mark.parametrize(
+    "text", ["谢谢", "你们辛苦了", "4", "12", "好的收到", "？", "123456", "3个月了", "2楼的"]
+)
 def test_free_text_has_no_rating(text):
     r = parse_reply(text)
     assert r.rating is None

@@ -72,8 +72,12 @@ _WORDS: tuple[tuple[str, Rating], ...] = (
     ("满意", 1),
     ("好评", 1),
 )
-# A rating digit at the start, not part of a longer number: "1", "1。", "1 谢谢", "3根本没修".
-_LEADING_DIGIT = re.compile(r"^\s*([123])(?!\d)")
+# A digit that begins the resident's sentence may count what follows ("3个月了还没修", "2楼漏水"):
+# then it is no rating, and the words say what the reply is.
+_COUNTED = "个天月年日周次号楼层栋单元户间块元米点时小分秒位条盏遍趟多几十百千万"
+# A rating digit at the start, not part of a longer number nor counting something: "1", "1。",
+# "1 谢谢", "3根本没修".
+_LEADING_DIGIT = re.compile(rf"^\s*([123])(?![\d{_COUNTED}])")
 _OPT_OUT = {"TD", "退订", "取消订阅", "退订短信"}
 
 
@@ -196,9 +200,6 @@ _ANSWER_WORDS = sorted(
 )
 _WORDS_TOKEN = "|".join(map(re.escape, _ANSWER_WORDS))
 _TOKEN = rf"(?:{_WORDS_TOKEN}|(?<!\d)[123１２３](?!\d))"  # the digit as typed: full-width too
-# A digit that begins the resident's sentence counts what follows ("3个月了还没修", "2楼漏水"): the
-# rating it was read as is said in words, the sentence is theirs.
-_COUNTED = "个天月年日周次号楼层栋单元户间块元米点时小分秒位条盏遍趟多几十百千万"
 # What separates the parts of a reply: spaces and punctuation, full-width or not (not brackets or
 # quotes, which come in pairs: "路灯还是不亮（第三次了）" keeps both).
 _SEPARATORS = " \t\r\n\u3000,，.。、;；:：!！?？~～…·-—_+/|"

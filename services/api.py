@@ -49,7 +49,7 @@ from services.router import views as router_views
 from services.router.service import FollowUps
 from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
-from shared.city import KnowledgeEntry, load_city
+from shared.city import KnowledgeEntry, load_city, warn_if_calendar_runs_out
 from shared.errors import DomainError, Unavailable
 from shared.http import api_error, domain_error, http_exception, valid_path_params
 from shared.lookup_link import lookup_links
@@ -107,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.wechat_crypto = wechat_crypto
         app.state.city = load_city(settings.city_config_dir)
+        warn_if_calendar_runs_out(app.state.city, settings.city_config_dir)  # sla.yaml's next year
         # Ticket changes made here keep their timers and queue entries in the same write.
         FollowUps.attach(store, app.state.city.sla.supervision)
         app.state.redis = redis

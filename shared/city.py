@@ -14,13 +14,21 @@ Files in the folder:
 
 from __future__ import annotations
 
-from datetime import date
+import logging
+from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger(__name__)
+
+# How long before the working-day calendar ends the services log it at start-up and the console's
+# dispatch desk and dashboard say it: the State Council's notice for next year usually comes out in
+# November, so two months leave time to add it before a deadline is counted past the calendar.
+CALENDAR_WARN_DAYS = 60
 
 DEMO_CITY_DIR = Path(__file__).parent / "demo_city"
 
@@ -220,6 +228,23 @@ class SlaConfig(_Model):
     urgent_categories: tuple[str, ...] = ()  # always urgent (the urgent class), whatever the text
     supervision: Supervision = Supervision()
     ranking: Ranking = Ranking()
+
+    @property
+    def calendar_ends(self) -> date | None:
+        """The last day the working-day calendar covers: the end of the last year it lists a holiday
+        or a make-up working day for (the State Council's notice gives a whole year at a time). None
+        for a city that lists none: it counts weekends only, by its choice. Past this day deadlines
+        are still counted, by weekends only, which misses the holidays (元旦, 春节) that no one listed."""
+        days = (*self.holidays, *self.workdays)
+        return date(max(days).year, 12, 31) if days else None
+
+    def calendar_running_out(self, today: date) -> str:
+        """What to tell people while the calendar ends within CALENDAR_WARN_DAYS of `today` (or has
+        ended): `工作日历只到2026-12-31：请在sla.yaml中补充2027年的节假日和调休安排`; else ""."""
+        ends = self.calendar_ends
+        if ends is None or (ends - today).days > CALENDAR_WARN_DAYS:
+            return ""
+        return f"工作日历只到{ends.isoformat()}：请在sla.yaml中补充{ends.year + 1}年的节假日和调休安排"
 
 
 # --- the whole city -----------------------------------------------------------------------------
@@ -533,6 +558,22 @@ _FILES = {
     "sla": "sla.yaml",
 }
 _OPTIONAL_FILES = {"knowledge": "knowledge.yaml"}
+
+
+_calendar_warned: set[tuple[str, date]] = set()  # once per process: (folder, the calendar's end)
+
+
+def warn_if_calendar_runs_out(city: City, folder: str | Path | None, today: date | None = None) -> bool:
+    """At a service's start: log (a warning, once per process for a city folder and calendar) that the
+    working-day calendar ends within CALENDAR_WARN_DAYS; whether this call logged it. Not in
+    `load_city`, which the `appeals` commands call too: their output is read by scripts."""
+    said = city.sla.calendar_running_out(today or datetime.now(UTC).date())
+    ends, where = city.sla.calendar_ends, str(folder or DEMO_CITY_DIR)
+    if not said or ends is None or (where, ends) in _calendar_warned:
+        return False
+    _calendar_warned.add((where, ends))
+    log.warning("%s (%s): deadlines past %s count weekends only", said, where, ends.isoformat())
+    return True
 
 
 def load_city(folder: str | Path | None = None) -> City:

@@ -24,7 +24,7 @@ from shared.bus import (
     subscribe_each,
     subscribe_topics,
 )
-from shared.city import City, load_city
+from shared.city import City, load_city, warn_if_calendar_runs_out
 from shared.events import Event
 from shared.metrics import (
     KAFKA_CLIENT_ERRORS,
@@ -250,6 +250,7 @@ class Runtime:
         @app.on_startup
         async def _start() -> None:
             configure_logging(self.settings.log_level)
+            warn_if_calendar_runs_out(self.city, self.settings.city_config_dir)  # sla.yaml's next year
             await self.check_broker(first=True)
             await self.publisher.start()
 

@@ -344,3 +344,24 @@ def test_a_supervisors_mobile_must_be_a_mobile(folder: Path) -> None:
     assert "departments.yaml" in msg
     assert "supervisor_mobile" in msg
     assert "手机号" in msg
+
+
+def test_a_calendar_that_ends_soon_is_logged_once_per_process(folder: Path, caplog) -> None:
+    """sla.yaml's holidays stop at the end of a year: within 60 days of it the services say so when
+    they start, once per process, and go on counting deadlines by weekends past it."""
+    from shared.city import warn_if_calendar_runs_out
+
+    data = _read(folder, "sla.yaml")
+    data["holidays"] = [d.replace(year=2031) for d in data["holidays"]]  # 2031's, whatever the demo lists
+    data["workdays"] = []  # (make-up days fall on weekends: 2026's would not in 2031)
+    _write(folder, "sla.yaml", data)
+    city = load_city(folder)
+    assert city.sla.calendar_ends == date(2031, 12, 31)
+    where = str(folder)
+    with caplog.at_level("WARNING", logger="shared.city"):
+        assert not warn_if_calendar_runs_out(city, where, today=date(2031, 10, 1))  # 91 days left
+        assert warn_if_calendar_runs_out(city, where, today=date(2031, 11, 15))
+        assert not warn_if_calendar_runs_out(city, where, today=date(2031, 11, 16))  # once
+    [record] = caplog.records
+    assert "工作日历只到2031-12-31：请在sla.yaml中补充2032年的节假日和调休安排" in record.getMessage()
+    assert "deadlines past 2031-12-31 count weekends only" in record.getMessage()

@@ -4988,3 +4988,78 @@ async def test_a_grid_whose_counts_are_moving_to_another_says_so_and_shows_no_ra
     assert 'id="rank-grid-settling"' in html
     assert "暂不计算比率和得分，请稍后刷新" in html
     assert 'id="rank-department-settling"' not in html  # only where a group is settling
+
+
+# --- the working-day calendar running out ----------------------------------------------------------
+
+
+def calendar_to(city, last_year: int | None):
+    """`city` with its working-day calendar moved to end on 31 December of `last_year` (None: none)."""
+    if last_year is None:
+        sla = city.sla.model_copy(update={"holidays": (), "workdays": ()})
+    else:
+        shift = last_year - max(city.sla.holidays).year
+        moved = {
+            k: tuple(d.replace(year=d.year + shift) for d in getattr(city.sla, k))
+            for k in ("holidays", "workdays")
+        }
+        sla = city.sla.model_copy(update=moved)
+    return city.model_copy(update={"sla": sla})
+
+
+def test_the_calendar_notice_shows_while_the_calendar_ends_within_60_days(city):
+    """sla.yaml lists 2026 only: from 2 November the desk and the dashboard say that 2027 is missing,
+    and go on saying it once the calendar has ended; a calendar that covers next year says nothing,
+    nor does a city that lists no holidays at all (weekends only, by its choice)."""
+    soon = calendar_to(city, 2026)
+    said = "工作日历只到2026-12-31：请在sla.yaml中补充2027年的节假日和调休安排"
+    assert present.calendar_notice(soon, date(2026, 10, 31)) == ""  # 61 days before its end
+    assert present.calendar_notice(soon, date(2026, 11, 1)).startswith(said)  # 60 days
+    assert (
+        present.calendar_notice(soon, date(2026, 12, 3))
+        == f"{said}；此后到期的工作日期限暂按周末计算，未计节假日和调休。"
+    )
+    assert present.calendar_notice(soon, date(2027, 1, 20)).startswith(said)  # ended: still said
+    assert present.calendar_notice(calendar_to(city, 2027), date(2026, 12, 3)) == ""
+    assert present.calendar_notice(calendar_to(city, None), date(2026, 12, 3)) == ""
+
+
+def test_a_deadline_past_the_calendar_is_counted_by_weekends_only():
+    """What the banner warns of: ten working days from 24 December 2026 end on 7 January 2027 by
+    weekends alone, on the 8th once 元旦 (1 January 2027) is in the calendar."""
+    from services.router.sla import add_working_days
+
+    sla = load_city().sla
+    start = datetime(2026, 12, 24, 10, 0, tzinfo=TZ)
+    assert sla.calendar_ends == date(2026, 12, 31)
+    assert add_working_days(start, 10, sla, TZ).date() == date(2027, 1, 7)
+    with_new_year = sla.model_copy(update={"holidays": (*sla.holidays, date(2027, 1, 1))})
+    assert with_new_year.calendar_ends == date(2027, 12, 31)
+    assert add_working_days(start, 10, with_new_year, TZ).date() == date(2027, 1, 8)
+
+
+async def test_the_desk_and_the_dashboard_say_the_calendar_runs_out(monkeypatch, city):
+    """The banner, first in the page, on the dispatch desk and the manager's dashboard, on the city's
+    today (`views.today_of`)."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    soon = calendar_to(city, 2026)
+    card = {"ticket_no": "20261201-000043", "status": "review", "text": "路灯不亮", "confidence": 0.3}
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=soon, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    banner = re.compile(r'<main id="main"[^>]*>\s*<p class="warning" id="calendar-notice">(.*?)</p>', re.S)
+    for today, shown in ((date(2026, 12, 3), True), (date(2026, 9, 1), False)):
+        monkeypatch.setattr(views, "today_of", lambda request, today=today: today)
+        monkeypatch.setattr(views, "api", lambda request, s: _DeskApi(card, Reply(200, {})))
+        desk = (await views.desk_page(request, s)).body.decode()
+        dashboard = await counted_dashboard(monkeypatch, soon, _CountsApi(soon))
+        for html in (desk, dashboard):
+            found = banner.search(html)
+            assert (found is not None) is shown
+            if found:
+                assert "工作日历只到2026-12-31：请在sla.yaml中补充2027年的节假日和调休安排" in found.group(1)

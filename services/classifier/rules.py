@@ -3,16 +3,29 @@
 The cue lists live in `shared/dictionaries/cues.yaml`; a city replaces them with a `cues.yaml` in its
 configuration folder. A cue is a fact a person can read ("the text says 燃气泄漏"), so it decides; the
 model only fills in where no cue matched, and only when it is confident.
+
+Some urgency needs two facts at once: 独居老人 alone is no emergency, nor is 联系不上, but an old
+person living alone who cannot be reached is. `urgent_together` holds such cues: lists of words, the
+appeal urgent when one sentence holds a word of every list (one sentence, so that 老人孩子出行不便 in
+one sentence and 有人摔倒了 in the next make no emergency).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import cast, get_args
+from typing import Annotated, cast, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from shared.events import AppealType
 
@@ -21,21 +34,32 @@ TYPES: tuple[str, ...] = get_args(AppealType)
 # The model's type or urgency guess counts only above these probabilities (without a cue).
 MODEL_TYPE_MIN = 0.7
 MODEL_URGENT_MIN = 0.8
+# What `urgent_together` counts as one sentence: up to a full stop, a question or exclamation mark, a
+# semicolon or a line break (commas do not end it: 独居老人敲门没人应，电话也打不通 is one).
+SENTENCE_END = re.compile(r"[。！？!?；;\n]")
+
+# An empty word would match every text: refused on load, as are a combination of fewer than two lists
+# (a single list belongs in `urgent`) and an empty list.
+Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+Words = tuple[Word, ...]
+Together = Annotated[tuple[Annotated[Words, Field(min_length=1)], ...], Field(min_length=2)]
 
 
 class Cues(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    types: dict[str, tuple[str, ...]]  # in checking order
-    urgent: tuple[str, ...]
-    follow_up: tuple[str, ...] = ()  # a caller asking after an earlier appeal (the hotline's preview)
+    types: dict[str, Words]  # in checking order
+    urgent: Words
+    urgent_together: tuple[Together, ...] = ()  # urgent when one sentence has a word of each list
+    follow_up: Words = ()  # a caller asking after an earlier appeal (the hotline's preview)
     _type_res: list[tuple[AppealType, re.Pattern[str] | None]] = PrivateAttr(default_factory=list)
     _urgent_re: re.Pattern[str] | None = PrivateAttr(default=None)
+    _together_res: list[list[re.Pattern[str]]] = PrivateAttr(default_factory=list)
     _follow_up_re: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
-    def _known_types(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    def _known_types(cls, v: dict[str, Words]) -> dict[str, Words]:
         unknown = sorted(set(v) - set(TYPES))
         if unknown:
             raise ValueError(f"unknown appeal type(s) {unknown}; allowed: {list(TYPES)}")
@@ -49,6 +73,9 @@ class Cues(BaseModel):
         # The keys are checked against AppealType above.
         self._type_res = [(cast(AppealType, k), pattern(c)) for k, c in self.types.items()]
         self._urgent_re = pattern(self.urgent)
+        self._together_res = [
+            [re.compile("|".join(map(re.escape, words))) for words in c] for c in self.urgent_together
+        ]
         self._follow_up_re = pattern(self.follow_up)
 
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
@@ -60,9 +87,23 @@ class Cues(BaseModel):
         return "诉求"
 
     def is_urgent(self, text: str, operator_flag: bool = False, model_p: float | None = None) -> bool:
-        if operator_flag or (self._urgent_re is not None and self._urgent_re.search(text)):
+        if operator_flag or self.urgent_cue(text):
             return True
         return model_p is not None and model_p >= MODEL_URGENT_MIN
+
+    def urgent_cue(self, text: str) -> bool:
+        """Whether the text holds an urgent cue: a word of `urgent`, or in one sentence a word of every
+        list of one of `urgent_together`'s combinations."""
+        if self._urgent_re is not None and self._urgent_re.search(text):
+            return True
+        sentences: list[str] | None = None
+        for lists in self._together_res:
+            if not all(words.search(text) for words in lists):
+                continue  # most texts: no sentence can have them all, and no split is needed
+            sentences = sentences if sentences is not None else SENTENCE_END.split(text)
+            if any(all(words.search(s) for words in lists) for s in sentences):
+                return True
+        return False
 
     def follows_up(self, text: str) -> bool:
         """Whether the caller asks after an appeal they made before."""

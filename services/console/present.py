@@ -747,6 +747,14 @@ def most_received(groups: Sequence[Mapping[str, Any]], n: int) -> list[Mapping[s
     return sorted((g for g in groups if g["count"]), key=lambda g: (-g["count"], g["name"]))[:n]
 
 
+def calendar_notice(city: City, today: date) -> str:
+    """The banner of the dispatch desk and the dashboard while the city's working-day calendar (sla.yaml)
+    ends within CALENDAR_WARN_DAYS of `today`, or has ended: deadlines past its end are counted by
+    weekends only. "" otherwise (and for a city that lists no holidays at all)."""
+    said = city.sla.calendar_running_out(today)
+    return f"{said}；此后到期的工作日期限暂按周末计算，未计节假日和调休。" if said else ""
+
+
 def extension_dates(ticket: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict[str, str]:
     """What the desk weighs an extension request (延期申请) against: the resolution deadline now, the
     one approval would set (the days asked for, in working days from it, as the router counts

@@ -24,7 +24,7 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -162,6 +162,12 @@ def names_of(request: Request) -> dict[str, dict[str, str]]:
 
 def tz_of(request: Request) -> ZoneInfo:
     return ZoneInfo(request.app.state.settings.timezone)
+
+
+def today_of(request: Request) -> date:
+    """The city's today: the dashboard's default period, and whether the working-day calendar runs
+    out (the tests set the day here)."""
+    return datetime.now(tz_of(request)).date()
 
 
 async def current(request: Request) -> session.Session:
@@ -1586,6 +1592,7 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
         focus=wanted
         if done and any(t["ticket_no"] == wanted for t in shown + extensions + place_requests)
         else "",
+        calendar_notice=present.calendar_notice(city, today_of(request)),
     )
 
 
@@ -2256,7 +2263,7 @@ DIMENSION_NAMES = {"department": "承办单位", "category": "诉求分类", "st
 
 
 def period(request: Request) -> tuple[str, str]:
-    today = datetime.now(tz_of(request)).date()
+    today = today_of(request)
     q = request.query_params
     return q.get("from") or today.replace(day=1).isoformat(), q.get("to") or today.isoformat()
 
@@ -2333,6 +2340,7 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         overdue_error="" if late.ok else late.message,
         overdue_link="/console/tickets?" + urlencode(OVERDUE_LIST),
         urlencode=urlencode,
+        calendar_notice=present.calendar_notice(city, today_of(request)),
     )
 
 

@@ -2642,10 +2642,10 @@ async def test_the_erasure_is_confirmed_with_its_reason_as_the_audit_will_keep_i
     from services.console import views
     from services.console.session import Session
     from shared.auth import Principal
-    from shared.privacy import mask_typed_numbers
+    from shared.privacy import mask_personal_data
 
     typed = "居民13912345678来电申请删除" if masked else "居民来电申请删除"
-    kept = mask_typed_numbers(typed)
+    kept = mask_personal_data(typed)
     assert (kept != typed) is masked
     fake = _ErasureApi(
         {

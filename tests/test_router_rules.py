@@ -105,6 +105,14 @@ def test_no_rule_falls_back_to_the_district_office(city, tmp_path):
     r = route(c, "education.school", grid(c, "s01c01g01"), 0.9, 0.5)
     assert (r.lead, r.via) == ("district_office", "fallback")
     assert "兜底" in r.explanation
+    # A joint meeting named a lead for the cluster (先例): it takes the fallback's appeals too.
+    p = Precedent(
+        category="education.school", grid="s01c01g01", lead="police", meeting_id="M1", decided_at=T0
+    )
+    settled = following_precedent(c, r, "education.school", grid(c, "s01c01g01"), p, T0)
+    assert settled is not None
+    assert (settled.lead, settled.via) == ("police", "rule")
+    assert "权责清单中没有对应规则，原应由" in settled.explanation
 
 
 def test_equally_specific_rules_are_ambiguous(city):
@@ -277,8 +285,6 @@ def test_a_precedent_does_not_apply_elsewhere_nor_to_appeals_a_person_or_first_c
     # A lead the city no longer has, or the desk: the rules, as before.
     assert routed(precedent=smoke_precedent(lead="gone")).lead == "environment"
     assert routed(precedent=smoke_precedent(lead=city.responsibilities.dispatch_desk)).lead == "environment"
-    # Decided after the appeal's moment (a clock behind): not yet a precedent for it.
-    assert routed(now=T0 - timedelta(days=3)).lead == "environment"
     # A city with no precedents (meeting_precedent_days: 0).
     sup = city.sla.supervision.model_copy(update={"meeting_precedent_days": 0})
     off = city.model_copy(update={"sla": city.sla.model_copy(update={"supervision": sup})})

@@ -271,14 +271,19 @@ def following_precedent(
         or routing.via not in ("rule", "fallback")
         or grid.grid is None
         or (precedent.category, precedent.grid) != (category, grid.grid)
-        or not precedent.decided_at <= now < precedent.until(days)
+        or now >= precedent.until(days)
     ):
         return None
     lead = city.department_by_id.get(precedent.lead)
     if lead is None or lead.kind == "dispatch_desk":
         return None
     listed = city.department_by_id[routing.lead].name
-    was = "权责清单同样指定该单位" if routing.lead == lead.id else f"按权责清单原应派{listed}"
+    if routing.lead == lead.id:
+        was = "权责清单同样指定该单位"
+    elif routing.via == "fallback":
+        was = f"权责清单中没有对应规则，原应由{listed}兜底"
+    else:
+        was = f"按权责清单原应派{listed}"
     where = f"{grid_name(city, grid.grid)}的“{'/'.join(city.category_names(category))}”诉求"
     apart = located_apart(city, grid)
     return Routing(

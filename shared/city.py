@@ -196,6 +196,10 @@ class Supervision(_Model):
     check_hours: float = Field(48, gt=0)  # clock hours for a grid worker to check a report nobody rates
     hotspot_count: int = Field(5, ge=2)  # this many appeals of one category in one grid ...
     hotspot_window_days: float = Field(7, gt=0)  # ... within this many days is a hotspot
+    # A joint meeting that named the lead for a category in a grid is a precedent (先例) for this many
+    # days after its decision: the next appeals of that category in that grid go to that lead, not
+    # by the responsibility list round the same returns again. 0: no precedents.
+    meeting_precedent_days: float = Field(30, ge=0, le=365)
     ambiguity_margin: float = Field(0.1, ge=0, le=1)  # top-two scores this close: a joint meeting
     # ... when the two together are at least this likely; below, the model cannot tell what the
     # appeal is about (a vague call), and a person at the desk reads it rather than a meeting of

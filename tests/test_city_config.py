@@ -233,6 +233,19 @@ def test_sla_class_needs_exactly_one_resolve_field(folder: Path, change: str) ->
     assert "exactly one of resolve_hours, resolve_days" in msg
 
 
+@pytest.mark.parametrize("days", [-1, 400, "a month"])
+def test_a_meeting_precedent_lasts_a_sensible_number_of_days(folder: Path, days) -> None:
+    """`supervision.meeting_precedent_days`: how long a joint meeting's lead takes its cluster's
+    next appeals (0 turns precedents off), refused on load beyond a year or when not a number."""
+    data = _read(folder, "sla.yaml")
+    assert data["supervision"]["meeting_precedent_days"] == 30
+    data["supervision"]["meeting_precedent_days"] = days
+    _write(folder, "sla.yaml", data)
+    msg = _error(folder)
+    assert "sla.yaml" in msg
+    assert "meeting_precedent_days" in msg
+
+
 def test_sla_unknown_class_and_category(folder: Path) -> None:
     data = _read(folder, "sla.yaml")
     data["urgent_class"] = "panic"

@@ -895,6 +895,21 @@ def test_the_preview_offers_an_operator_to_urge_each_duplicate_and_a_grid_worker
     html = render(preview=contested, reply=None, status_names={})
     assert "区供电公司同样可能承办，受理后将召集联席会议确定承办单位" in html
     assert "区供电公司同样可能承办，将召集联席会议" in html  # in the sentence a screen reader is told
+    # A joint meeting named the lead for this category in this grid (先例): said, and until when.
+    settled = {
+        **preview,
+        "department": {
+            **preview["department"],
+            "precedent": {"meeting_id": "M0123456789abcde", "until": "2026-12-23T10:00:00+08:00"},
+        },
+    }
+    html = render(preview=settled, reply=None, status_names={})
+    assert (
+        "本网格此类诉求已由联席会议（会议编号M0123456789abcde）确定由区城市管理委员会主办，2026-12-23前按此派单"
+        in html
+    )
+    assert "承办单位区城市管理委员会（联席会议已确定）" in html
+    assert 'id="pv-precedent"' not in render(preview=preview, reply=None, status_names={})
     # Urgent by the classifier (a gas leak): said, in the panel and in the sentence.
     urgent = render(preview={**preview, "urgent": True}, reply=None, status_names={})
     assert 'id="pv-urgent"' in urgent

@@ -7,6 +7,7 @@ import asyncio
 import io
 import os
 import random
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,9 +18,12 @@ from services.intake.domain import validate
 from services.intake.limits import RateLimited, RateLimiter
 from services.intake.photo_views import upload_limit
 from services.intake.service import BrokerUnavailable, Claim, IntakeService
+from services.router.rules import Precedent
+from services.router.service import precedent_key
 from shared.auth import issue_token
 from shared.bus import EventPublisher
 from shared.embedded import EmbeddedServers
+from shared.events import json_of
 from shared.photos import MAX_PER_ITEM, MAX_SIDE
 from shared.privacy import caller_id
 from shared.store import TicketStore
@@ -473,3 +477,34 @@ async def test_photo_uploads_have_a_body_limit_of_their_own(api, settings, redis
     ):
         line = await declared_length(str(api.base_url), path, settings.max_body_bytes * 2, token)
         assert (b" 413 " in line) is refused, (path, line)
+
+
+async def test_the_preview_proposes_the_lead_a_joint_meeting_named_for_the_cluster(api, redis):
+    """先例 in the operator's preview: a joint meeting named the lead of this category in this grid,
+    so the preview proposes that lead, as the router will assign it, and says a meeting decided it."""
+    body = {
+        "caller_phone": phone(),
+        "address": "阳光花园3号楼",
+        "text": "阳光花园3号楼门口路灯坏了好几天，晚上一片漆黑",
+    }
+    before = (await api.post("/api/v1/appeals/preview", json=body)).json()
+    category, grid = before["category"]["id"], before["grid"]["grid"]
+    assert grid
+    assert before["department"]["via"] == "rule"
+    assert before["department"]["precedent"] is None
+    lead = "power" if before["department"]["id"] != "power" else "urban_mgmt"
+    key = precedent_key(category, grid)
+    decided = Precedent(
+        category=category, grid=grid, lead=lead, meeting_id="M00000000000042", decided_at=datetime.now(UTC)
+    )
+    await redis.set(key, json_of(decided), ex=600)
+    try:
+        p = (await api.post("/api/v1/appeals/preview", json=body)).json()["department"]
+        assert p["id"] == lead
+        assert p["explanation"].startswith("按联席会议（会议编号M00000000000042）确定的主办单位派单：")
+        assert p["precedent"]["meeting_id"] == "M00000000000042"
+        assert p["precedent"]["until"] > p["precedent"]["decided_at"]
+        assert p["contested_by"] == []
+    finally:
+        await redis.delete(key)
+    assert (await api.post("/api/v1/appeals/preview", json=body)).json()["department"]["precedent"] is None

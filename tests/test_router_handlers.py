@@ -10,7 +10,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from services.router import meetings
 from services.router.app import RouterHandlers
+from services.router.rules import Precedent
+from services.router.service import list_key, precedent_key
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
@@ -138,3 +141,85 @@ async def test_a_first_assignment_to_a_committee_gets_the_time_its_kind_is_given
     assert ticket.department is not None
     assert ticket.department.id == "mediation_s03"
     assert ticket.resolve_by == add_working_days(at, 20, city.sla, ZoneInfo("Asia/Shanghai"))
+
+
+async def test_a_joint_meeting_s_decision_routes_the_next_appeals_of_its_cluster_to_its_lead(redis):
+    """先例: the desk's decision (`MeetingStore.change`, as `POST /meetings/{id}/decide` writes it)
+    sets the cluster's precedent in its own transaction, expiring with the city's window; the next
+    batch reads the batch's precedents in one MGET and sends a confident appeal of that category in
+    that grid to the lead, another category or a low confidence as before."""
+    smoke, tz = "env.air", ZoneInfo("Asia/Shanghai")
+    key, hot = precedent_key(smoke, GRID), f"hot:{smoke}:{GRID}"
+    sent = Sent()
+    h = handlers(redis, sent)
+    now = datetime.now(UTC)
+    first = number()
+    mid = meetings.meeting_id(first, "returned_twice", "2", "0")
+    try:
+        await h.classified([classified(CITY, smoke, GRID, no=first, at=now)])
+        ticket = await h.store.get(first)
+        assert ticket is not None
+        assert ticket.department is not None
+        assert ticket.department.id == "environment"  # by the responsibility list
+        # Convened (as a second return does) and decided by the desk.
+        spec = meetings.spec(
+            CITY,
+            mid=mid,
+            reason="returned_twice",
+            grid=GRID,
+            category=smoke,
+            summoned=["environment", "police", "urban_enforcement"],
+            now=now,
+            tz=tz,
+        )
+        opened, _ = meetings.merge(None, spec, [first], now)
+        await h.meetings.change(mid, lambda m: (opened, []))
+        assert await redis.get(key) is None  # open: no precedent yet
+
+        def decide(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]]:
+            assert m is not None
+            return meetings.decide(m, "urban_enforcement", "dispatch_desk", "城管牵头", CITY, now), []
+
+        await h.meetings.change(mid, decide)
+        raw = await redis.get(key)
+        assert raw is not None
+        stored = Precedent.model_validate_json(raw)
+        assert (stored.lead, stored.meeting_id, stored.category, stored.grid) == (
+            "urban_enforcement",
+            mid,
+            smoke,
+            GRID,
+        )
+        days = CITY.sla.supervision.meeting_precedent_days
+        assert days * 86400 - 60 < await redis.ttl(key) <= days * 86400
+
+        sent.events.clear()
+        later, noise, unsure = number(), number(), number()
+        await h.classified(
+            [
+                classified(CITY, smoke, GRID, no=later, at=now),
+                classified(CITY, "env.noise", GRID, no=noise, at=now),
+                classified(CITY, smoke, GRID, no=unsure, at=now, confidence=0.2),
+            ]
+        )
+        by_no = {e.ticket_no: e for e in sent.events if isinstance(e, TicketAssigned)}
+        assigned = by_no[later]
+        assert (assigned.department.id, assigned.via) == ("urban_enforcement", "rule")
+        assert assigned.rule == f"联席会议{mid}决定"
+        assert assigned.explanation.startswith(f"按联席会议（会议编号{mid}）确定的主办单位派单：")
+        assert by_no[noise].department.id == "environment"  # another category
+        assert by_no[unsure].via == "dispatch_desk"  # a person still reads a low confidence
+        t = await h.store.get(later)
+        assert t is not None
+        assert t.department is not None
+        assert t.department.id == "urban_enforcement"
+        # Written again as it is (the lists' upgrade): the precedent is not set again.
+        await redis.delete(key)
+        await h.meetings.change_many({mid: lambda m: (m, []) if m else None}, relist=True)
+        assert await redis.get(key) is None
+    finally:
+        # The session's Redis is shared: leave no precedent, cluster count or listed meeting behind.
+        await redis.delete(key, hot, f"meeting:{mid}")
+        for dept in (None, "street_s03", "environment", "police", "urban_enforcement"):
+            for listed in ("open", "decided"):
+                await redis.zrem(list_key(dept, listed), mid)

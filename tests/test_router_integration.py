@@ -478,6 +478,31 @@ async def contested_meetings(api, producer, city, tokens, grid: str, n: int) -> 
     return held
 
 
+async def test_a_joint_meeting_s_lead_takes_the_next_appeal_of_its_cluster(
+    api, producer, city, tokens, redis
+):
+    """先例: a meeting settled who leads on streetlights in one grid (the power company, not the
+    urban management the list names); the next streetlight of that grid goes straight to it, by the
+    router, with the meeting named in the explanation and no meeting of its own; one in another
+    grid goes by the list as before."""
+    grid = "s01c02g03"  # a grid of its own: no other test routes a streetlight there
+    [held] = await contested_meetings(api, producer, city, tokens, grid, 1)
+    mid, admin = held["meeting_id"], await tokens()
+    decision = {"lead": "power", "note": "线路归供电"}
+    r = await api.post(f"/api/v1/meetings/{mid}/decide", headers=admin, json=decision)
+    assert r.status_code == 200, r.text
+    assert await redis.ttl(f"precedent:city.facility.streetlight:{grid}") > 29 * 86400
+    later = await inject(producer, city, "city.facility.streetlight", grid)
+    t = await ticket_when(api, tokens, later, lambda t: t["status"] == "assigned")
+    assert (t["department"]["id"], t["assigned_via"], t["meeting_id"]) == ("power", "rule", None)
+    assigned = t["history"][-1]
+    assert assigned["rule"] == f"联席会议{mid}决定"
+    assert assigned["explanation"].startswith(f"按联席会议（会议编号{mid}）确定的主办单位派单：")
+    elsewhere = await inject(producer, city, "city.facility.streetlight", "s01c02g02")
+    t = await ticket_when(api, tokens, elsewhere, lambda t: t["status"] == "assigned")
+    assert t["department"]["id"] == "urban_mgmt"
+
+
 async def _status_of(api, headers: dict, path: str, status: int) -> bool:
     return (await api.get(path, headers=headers)).status_code == status
 

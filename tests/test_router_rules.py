@@ -9,9 +9,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import yaml
 
+from services.router import meetings
 from services.router.rules import (
+    Precedent,
+    answered_on_call,
     candidates,
     contested,
+    following_precedent,
+    handled_on_spot,
     located_apart,
     mediation_committee,
     responsible,
@@ -100,6 +105,14 @@ def test_no_rule_falls_back_to_the_district_office(city, tmp_path):
     r = route(c, "education.school", grid(c, "s01c01g01"), 0.9, 0.5)
     assert (r.lead, r.via) == ("district_office", "fallback")
     assert "兜底" in r.explanation
+    # A joint meeting named a lead for the cluster (先例): it takes the fallback's appeals too.
+    p = Precedent(
+        category="education.school", grid="s01c01g01", lead="police", meeting_id="M1", decided_at=T0
+    )
+    settled = following_precedent(c, r, "education.school", grid(c, "s01c01g01"), p, T0)
+    assert settled is not None
+    assert (settled.lead, settled.via) == ("police", "rule")
+    assert "权责清单中没有对应规则，原应由" in settled.explanation
 
 
 def test_equally_specific_rules_are_ambiguous(city):
@@ -198,6 +211,128 @@ def test_an_address_in_another_grid_than_the_coordinates_is_confirmed_by_a_perso
     routing, _ = routing_for(city, "safety.disputes", agreed, 0.95, 0.5, dispute)
     assert (routing.lead, routing.via) == ("mediation_s01", "rule")
     assert "不一致" not in routing.explanation
+
+
+SMOKE = "env.air"  # a barbecue's smoke: the environment bureau's by the responsibility list
+
+
+def smoke_precedent(**changes) -> Precedent:
+    """A joint meeting decided two days before T0 that 城管执法 leads on smoke in s01c01g01."""
+    return Precedent(
+        category=SMOKE,
+        grid="s01c01g01",
+        lead="urban_enforcement",
+        meeting_id="M0123456789abcde",
+        decided_at=T0 - timedelta(days=2),
+    ).model_copy(update=changes)
+
+
+def test_a_joint_meeting_s_lead_takes_the_next_appeals_of_its_cluster_while_the_precedent_lasts(city):
+    """先例: once a joint meeting named the lead of a category in a grid, the next confident appeals
+    of that cluster go to it instead of the rule's department (which returned such a ticket), the
+    explanation naming the meeting and what the list would have said."""
+    g = grid(city, "s01c01g01")
+    top = (CategoryScore(category=SMOKE, probability=0.9),)
+    by_rule, _ = routing_for(city, SMOKE, g, 0.9, 0.5, top)
+    assert (by_rule.lead, by_rule.via, by_rule.precedent) == ("environment", "rule", "")
+    routing, others = routing_for(city, SMOKE, g, 0.9, 0.5, top, precedent=smoke_precedent(), now=T0)
+    assert (routing.lead, routing.via, routing.co, others) == ("urban_enforcement", "rule", (), ())
+    assert routing.precedent == "M0123456789abcde"
+    assert routing.rule == "联席会议M0123456789abcde决定"
+    assert routing.explanation.startswith(
+        "按联席会议（会议编号M0123456789abcde）确定的主办单位派单：区城市管理综合行政执法局"
+    )
+    assert "按权责清单原应派市生态环境局示范区分局" in routing.explanation
+    # A reviewer's correction is what the appeal is about: the precedent holds for it too.
+    reviewed, _ = routing_for(
+        city, SMOKE, g, 0.3, 0.0, top, reviewed=True, precedent=smoke_precedent(), now=T0
+    )
+    assert reviewed.lead == "urban_enforcement"
+    # Until its days are up (supervision.meeting_precedent_days, 30 in the demo city), not after.
+    days = city.sla.supervision.meeting_precedent_days
+    assert days == 30
+    last = T0 - timedelta(days=2) + timedelta(days=days) - timedelta(seconds=1)
+    assert routing_for(city, SMOKE, g, 0.9, 0.5, top, precedent=smoke_precedent(), now=last)[0].lead == (
+        "urban_enforcement"
+    )
+    expired = last + timedelta(seconds=1)
+    assert routing_for(city, SMOKE, g, 0.9, 0.5, top, precedent=smoke_precedent(), now=expired)[0] == by_rule
+    # The same lead as the rule's: the rule's co-handlers stay, and the explanation says both agree.
+    same = following_precedent(city, by_rule, SMOKE, g, smoke_precedent(lead="environment"), T0)
+    assert same is not None
+    assert (same.lead, same.co) == ("environment", by_rule.co)
+    assert "权责清单同样指定该单位" in same.explanation
+
+
+def test_a_precedent_does_not_apply_elsewhere_nor_to_appeals_a_person_or_first_contact_handles(city):
+    g = grid(city, "s01c01g01")
+    top = (CategoryScore(category=SMOKE, probability=0.9),)
+    by_rule, _ = routing_for(city, SMOKE, g, 0.9, 0.5, top)
+    p = smoke_precedent()
+
+    def routed(category=SMOKE, where=g, confidence=0.9, precedent=p, now=T0):
+        scores = (CategoryScore(category=category, probability=confidence),)
+        return routing_for(city, category, where, confidence, 0.5, scores, precedent=precedent, now=now)[0]
+
+    assert routed(where=grid(city, "s01c01g02")).lead == "environment"  # another grid
+    assert routed(category="env.noise").lead == "environment"  # another category
+    assert routed(where=grid(city, None)).lead == "environment"  # no grid: no cluster
+    assert routed(now=None).lead == "environment"  # no clock: no precedent asked
+    assert routed(precedent=None) == by_rule
+    # Low confidence still waits for a person at the desk.
+    desk = routed(confidence=0.3)
+    assert (desk.via, desk.precedent) == ("dispatch_desk", "")
+    # A lead the city no longer has, or the desk: the rules, as before.
+    assert routed(precedent=smoke_precedent(lead="gone")).lead == "environment"
+    assert routed(precedent=smoke_precedent(lead=city.responsibilities.dispatch_desk)).lead == "environment"
+    # A city with no precedents (meeting_precedent_days: 0).
+    sup = city.sla.supervision.model_copy(update={"meeting_precedent_days": 0})
+    off = city.model_copy(update={"sla": city.sla.model_copy(update={"supervision": sup})})
+    assert routing_for(off, SMOKE, g, 0.9, 0.5, top, precedent=p, now=T0)[0].lead == "environment"
+    # Closed at first contact (answered on the call, handled on the spot): never routed by rule.
+    for first_contact in (answered_on_call(city, "op1"), handled_on_spot(city, g, "w1")):
+        assert following_precedent(city, first_contact, SMOKE, g, p, T0) is None
+
+
+def test_a_precedent_settles_a_contest_its_meeting_was_convened_for(city):
+    """A streetlight or the power line (a close runner-up): contested, a joint meeting each time; once
+    one named the lead for the cluster, the next goes to that lead with no meeting. A vague call
+    (two unlikely readings) still waits for the desk."""
+    g = grid(city, "s01c01g01")
+    close = (
+        CategoryScore(category="city.facility.streetlight", probability=0.55),
+        CategoryScore(category="utility.power", probability=0.50),
+    )
+    routing, others = routing_for(city, "city.facility.streetlight", g, 0.55, 0.5, close)
+    assert others == ("power",)
+    p = smoke_precedent(category="city.facility.streetlight", lead="power")
+    routing, others = routing_for(city, "city.facility.streetlight", g, 0.55, 0.5, close, precedent=p, now=T0)
+    assert (routing.lead, others) == ("power", ())
+    weak = tuple(s.model_copy(update={"probability": s.probability / 4}) for s in close)
+    routing, _ = routing_for(city, "city.facility.streetlight", g, 0.14, 0.05, weak, precedent=p, now=T0)
+    assert routing.via == "dispatch_desk"
+
+
+def test_a_meeting_sets_its_precedent_as_it_is_decided(city):
+    """`meetings.precedent`: a decision with a category and a grid; not a decided meeting written
+    again (a later meeting may have set the cluster's since), nor one without a cluster."""
+    opened = meetings.Meeting(
+        meeting_id="M0123456789abcde",
+        reason="returned_twice",
+        lead_street="street_s01",
+        summoned=["street_s01", "environment", "urban_enforcement"],
+        tickets=["20261123-000001"],
+        category=SMOKE,
+        grid="s01c01g01",
+        deadline=T0 + timedelta(days=3),
+        convened_at=T0,
+    )
+    decided = meetings.decide(opened, "urban_enforcement", "dispatch_desk", "城管牵头", city, T0)
+    assert meetings.precedent(opened, decided) == smoke_precedent(decided_at=T0)
+    assert meetings.precedent(None, decided) == smoke_precedent(decided_at=T0)
+    assert meetings.precedent(decided, decided) is None
+    assert meetings.precedent(None, opened) is None
+    assert meetings.precedent(opened, decided.model_copy(update={"grid": None})) is None
 
 
 def test_candidates_and_responsibility(city):

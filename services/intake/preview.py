@@ -96,12 +96,18 @@ class Previewer:
 
     async def _suggest(self, sub: Submission) -> dict[str, Any]:
         from services.router.rules import routing_for
+        from services.router.service import Precedents
 
         classifier = await self.classifiers.current(self.store.redis)
         (c,) = await asyncio.to_thread(classifier.classify, [sub.appeal("preview")])
         # The threshold the classifier applied, as the router uses it.
         threshold = classifier.threshold if c.review_threshold is None else c.review_threshold
-        routing, others = routing_for(self.city, c.category, c.grid, c.confidence, threshold, c.top)
+        # The cluster's precedent, as the router reads it (a joint meeting named its lead): one GET.
+        precedent = await Precedents(self.store.redis).get(c.category, c.grid.grid)
+        now = datetime.now(self.tz)
+        routing, others = routing_for(
+            self.city, c.category, c.grid, c.confidence, threshold, c.top, precedent=precedent, now=now
+        )
         lead = self.city.department_by_id[routing.lead]
         duplicates = await self.duplicates(
             sub, c.grid.grid, c.category, follow_up=classifier.cues.follows_up(f"{sub.title} {sub.text}")
@@ -122,6 +128,18 @@ class Previewer:
                 "explanation": routing.explanation,
                 # Departments with as strong a claim: the router convenes a joint meeting to settle it.
                 "contested_by": [self.city.department_by_id[d].name for d in others],
+                # A joint meeting named the lead of this category in this grid (its precedent).
+                "precedent": (
+                    {
+                        "meeting_id": precedent.meeting_id,
+                        "decided_at": precedent.decided_at.astimezone(self.tz).isoformat(),
+                        "until": precedent.until(self.city.sla.supervision.meeting_precedent_days)
+                        .astimezone(self.tz)
+                        .isoformat(),
+                    }
+                    if precedent is not None and routing.precedent == precedent.meeting_id
+                    else None
+                ),
             },
             "appeal_type": c.appeal_type,
             "urgent": c.urgent,

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from faststream import FastStream
 
 from services.router import meetings, timers, workflow
-from services.router.rules import FIRST_CONTACT, answered_on_call, handled_on_spot, routing_for
-from services.router.service import Escalation, FollowUps, Hotspots, MeetingStore
+from services.router.rules import FIRST_CONTACT, Precedent, answered_on_call, handled_on_spot, routing_for
+from services.router.service import Escalation, FollowUps, Hotspots, MeetingStore, Precedents
 from services.router.sla import deadlines
 from shared.bus import callers_path, publish, relay_outbox
 from shared.city import City
@@ -63,8 +63,9 @@ class RouterHandlers:
         sup = city.sla.supervision
         follow = FollowUps.attach(store, sup)
         self.timers, self.queues = follow.timers, follow.queues
-        self.meetings = MeetingStore(store.redis, store)
+        self.meetings = MeetingStore(store.redis, store, precedent_days=sup.meeting_precedent_days)
         self.hotspots = Hotspots(store.redis, sup)
+        self.precedents = Precedents(store.redis)
 
     async def _apply(self, changes: Sequence[Change], then: Then | None = None) -> list[Result]:
         return await apply_and_publish(self.store, changes, self.send, then)
@@ -77,8 +78,9 @@ class RouterHandlers:
 
     # --- appeal.classified ------------------------------------------------------------------------
 
-    def assignment(self, classified: AppealClassified) -> Decision:
-        """The assignment decision for one classified appeal."""
+    def assignment(self, classified: AppealClassified, precedent: Precedent | None = None) -> Decision:
+        """The assignment decision for one classified appeal; `precedent`: its cluster's, if any
+        (a joint meeting named the lead of its category in its grid: `rules.following_precedent`)."""
         # A person's correction is routed by the rules whatever the model's confidence was; otherwise
         # the threshold is the one the classifier applied (each model picks its own on held-out data).
         if classified.reviewed_by:
@@ -103,6 +105,8 @@ class RouterHandlers:
                 threshold,
                 classified.top,
                 reviewed=bool(classified.reviewed_by),
+                precedent=precedent,
+                now=self.clock(),
             )
         urgent = classified.urgent or classified.appeal.urgent_flag
         # The lead's kind may set the class (a dispute assigned to a committee: mediation's time).
@@ -121,8 +125,15 @@ class RouterHandlers:
 
     async def classified(self, batch: list[AppealClassified]) -> None:
         """Assign each classified appeal and count the assigned ones into their hotspot clusters;
-        the tickets a hot cluster calls to its meeting are held in the same write."""
-        changes = [Change(c.ticket_no, self.assignment(c)) for c in batch]
+        the tickets a hot cluster calls to its meeting are held in the same write. The clusters'
+        precedents are read first, the batch's in one MGET (none for a batch of calls answered on
+        the spot and appeals with no grid)."""
+        found = await self.precedents.read_many(
+            (c.category, c.grid.grid) for c in batch if not c.appeal.direct_answer
+        )
+        changes = [
+            Change(c.ticket_no, self.assignment(c, found.get((c.category, c.grid.grid or "")))) for c in batch
+        ]
         for _, events in await self._apply(changes, then=self.hotspot_holds):
             for e in events:
                 if isinstance(e, TicketAssigned):

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 
-from services.router.rules import street_office
+from services.router.rules import Precedent, street_office
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.errors import DomainError
@@ -165,6 +165,27 @@ def decide(meeting: Meeting, lead: str, by: str, note: str, city: City, now: dat
         )
     return meeting.model_copy(
         update={"status": "decided", "lead": lead, "decided_by": by, "decided_at": now, "note": note}
+    )
+
+
+def precedent(before: Meeting | None, meeting: Meeting) -> Precedent | None:
+    """The precedent a write of the meeting sets: its lead for its category in its grid, as it is
+    decided (a meeting written again as it is, decided, sets none: a later meeting of the cluster
+    may have set another since). None for a meeting with no category or grid."""
+    if (
+        meeting.status != "decided"
+        or (before is not None and before.status == "decided")
+        or meeting.lead is None
+        or not meeting.category
+        or not meeting.grid
+    ):
+        return None
+    return Precedent(
+        category=meeting.category,
+        grid=meeting.grid,
+        lead=meeting.lead,
+        meeting_id=meeting.meeting_id,
+        decided_at=meeting.decided_at or meeting.convened_at,
     )
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Literal
+
+from pydantic import BaseModel
 
 from shared.city import City, DepartmentKind, ResponsibilityRule
 from shared.events import CategoryScore, GridMatch
@@ -24,6 +27,7 @@ class Routing:
     rule: str  # the rule, in words
     explanation: str  # why, in Chinese, for the department that receives it
     ambiguous: tuple[str, ...] = ()  # other leads named by equally specific rules
+    precedent: str = ""  # the joint meeting whose precedent it follows (`following_precedent`)
 
 
 def _area_specificity(rule: ResponsibilityRule, grid: GridMatch) -> int | None:
@@ -237,6 +241,62 @@ def contested(
     return tuple(dict.fromkeys(d for d in others if d != routing.lead))
 
 
+class Precedent(BaseModel):
+    """A joint meeting's decision as a precedent (先例): the meeting named `lead` for `category` in
+    `grid`, so the next appeals of that cluster go to it for `supervision.meeting_precedent_days`
+    after `decided_at`, rather than round the same returns again. The router keeps the latest one
+    per cluster (`services/router/service.py`, written with the decision)."""
+
+    category: str
+    grid: str
+    lead: str
+    meeting_id: str
+    decided_at: datetime
+
+    def until(self, days: float) -> datetime:
+        return self.decided_at + timedelta(days=days)
+
+
+def following_precedent(
+    city: City, routing: Routing, category: str, grid: GridMatch, precedent: Precedent | None, now: datetime
+) -> Routing | None:
+    """The routing a precedent gives a confidently routed appeal (by rule, or the fallback owner) of
+    its category in its grid while it lasts: its lead, the explanation naming the meeting and what
+    the responsibility list would have said. None when none applies: no precedent, another cluster,
+    expired, a lead the city no longer has, or an appeal at the desk (low confidence, a place to
+    confirm: a person still reads it) or closed at first contact (never routed by rule)."""
+    days = city.sla.supervision.meeting_precedent_days
+    if (
+        precedent is None
+        or routing.via not in ("rule", "fallback")
+        or grid.grid is None
+        or (precedent.category, precedent.grid) != (category, grid.grid)
+        or now >= precedent.until(days)
+    ):
+        return None
+    lead = city.department_by_id.get(precedent.lead)
+    if lead is None or lead.kind == "dispatch_desk":
+        return None
+    listed = city.department_by_id[routing.lead].name
+    if routing.lead == lead.id:
+        was = "权责清单同样指定该单位"
+    elif routing.via == "fallback":
+        was = f"权责清单中没有对应规则，原应由{listed}兜底"
+    else:
+        was = f"按权责清单原应派{listed}"
+    where = f"{grid_name(city, grid.grid)}的“{'/'.join(city.category_names(category))}”诉求"
+    apart = located_apart(city, grid)
+    return Routing(
+        lead=lead.id,
+        co=routing.co if routing.lead == lead.id else (),
+        via="rule",  # the cluster's rule now, for as long as the precedent lasts
+        rule=f"联席会议{precedent.meeting_id}决定",
+        explanation=f"按联席会议（会议编号{precedent.meeting_id}）确定的主办单位派单：{lead.name}"
+        f"（{where}已由联席会议确定主办单位，{was}）" + (f"；{apart}，请核实事发位置" if apart else ""),
+        precedent=precedent.meeting_id,
+    )
+
+
 def routing_for(
     city: City,
     category: str,
@@ -246,12 +306,17 @@ def routing_for(
     top: Sequence[CategoryScore],
     *,
     reviewed: bool = False,
+    precedent: Precedent | None = None,
+    now: datetime | None = None,
 ) -> tuple[Routing, tuple[str, ...]]:
     """Who a classified appeal goes to, and the other departments contesting the lead (a joint
     meeting settles those): the rules (`route`), then a near tie of two readings (`contested`),
     which the dispatch desk reads instead when the two are both unlikely (`undecided`). A person's
-    correction (`reviewed`) is what the appeal is about, however the model read it. The router's
-    decision, and the hotline preview's, which must name the department the router will."""
+    correction (`reviewed`) is what the appeal is about, however the model read it. A live
+    `precedent` of the appeal's cluster (a joint meeting named its lead, `following_precedent`, as
+    of `now`) replaces a confident routing and settles any contest: that is what the meeting was
+    for. The router's decision, and the hotline preview's, which must name the department the
+    router will."""
     routing = route(city, category, grid, confidence, threshold)
     # The address names another grid than the coordinates (or the patrol): a person confirms the
     # place where it may change who leads it, and for every patrol report (`City.place_disputed`);
@@ -269,6 +334,8 @@ def routing_for(
     # Asked only of a contest: most appeals have none, and this is the router's hot path.
     if others and not reviewed and (desk := undecided(city, top, sup.ambiguity_margin, sup.ambiguity_floor)):
         return desk, ()
+    if now is not None and (settled := following_precedent(city, routing, category, grid, precedent, now)):
+        return settled, ()
     return routing, others
 
 

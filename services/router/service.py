@@ -16,6 +16,8 @@ Keys:
   meetings:of:{dept}:check_in  sorted set: the open ones it has not checked in to yet -> deadline
   meetings:all, meetings:all:decided  the same lists of every meeting (the dispatch desk's)
   hot:{cat}:{grid}       sorted set: recent tickets of that category in that grid -> received time
+  precedent:{cat}:{grid}  the lead the last joint meeting of that cluster named (rules.Precedent, as
+                         JSON), written with its decision, expiring `meeting_precedent_days` after it
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from services.router import meetings
+from services.router.rules import Precedent
 from services.router.timers import Timer, timers_for
 from shared.city import Supervision
 from shared.events import (
@@ -445,6 +448,34 @@ def open_key(category: str, grid: str) -> str:
     return f"meeting:open:{category}:{grid}"
 
 
+def precedent_key(category: str, grid: str) -> str:
+    """The cluster's precedent: the lead its last joint meeting named (`rules.Precedent`)."""
+    return f"precedent:{category}:{grid}"
+
+
+class Precedents:
+    """The joint meetings' precedents, read (`MeetingStore.change_many` writes them, with the
+    decisions). Expired ones are gone from Redis; the rules check the time again (`Precedent.until`),
+    so a window shortened since is the one that counts."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def get(self, category: str, grid: str | None) -> Precedent | None:
+        """The cluster's precedent, if there is one (one GET; none asked without a grid)."""
+        return (await self.read_many([(category, grid)])).get((category, grid or ""))
+
+    async def read_many(self, clusters: Iterable[tuple[str, str | None]]) -> dict[tuple[str, str], Precedent]:
+        """The precedents of these (category, grid) clusters that have one, in one MGET (a batch
+        of appeals costs one round trip, whatever its size); clusters without a grid have none."""
+        wanted = list(dict.fromkeys((c, g) for c, g in clusters if c and g))
+        if not wanted:
+            return {}
+        raws = await self.redis.mget([precedent_key(c, g) for c, g in wanted])
+        pairs = zip(wanted, raws, strict=True)
+        return {cluster: Precedent.model_validate_json(raw) for cluster, raw in pairs if raw}
+
+
 def list_key(dept: str | None, listed: meetings.Listed) -> str:
     """The list of the open or decided meetings that summon the department (None: every meeting)."""
     base = "meetings:all" if dept is None else f"meetings:of:{dept}"
@@ -502,8 +533,11 @@ return 1
 
 
 class MeetingStore:
-    def __init__(self, redis: Redis, store: TicketStore) -> None:
-        self.redis, self.store = redis, store
+    """`precedent_days`: how long a decision's precedent lasts (`supervision.meeting_precedent_days`;
+    0: none is written)."""
+
+    def __init__(self, redis: Redis, store: TicketStore, *, precedent_days: float = 30) -> None:
+        self.redis, self.store, self.precedent_days = redis, store, precedent_days
 
     @staticmethod
     def key(mid: str) -> str:
@@ -643,7 +677,9 @@ class MeetingStore:
         it). Every meeting written is put on the lists of the departments it summons in the same
         transaction too (`_list_into`), so a department's list is never behind its meetings: when
         its place there changes (`meetings.listing`), or always with `relist` (meetings written
-        before the lists existed). Returns each meeting as it now is."""
+        before the lists existed). A decision sets its cluster's precedent (`meetings.precedent`,
+        read by `Precedents`) in the same transaction too: the router is the one writer of meetings
+        and what follows from them. Returns each meeting as it now is."""
         keys = [self.key(mid) for mid in decisions]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
@@ -680,6 +716,14 @@ class MeetingStore:
                                 # have convened since.
                                 p.delete(key)
                                 p.zrem(f"hot:{meeting.category}:{meeting.grid}", *meeting.tickets)
+                        if self.precedent_days > 0 and (
+                            precedent := meetings.precedent(before[mid], meeting)
+                        ):
+                            p.set(
+                                precedent_key(precedent.category, precedent.grid),
+                                json_of(precedent),
+                                ex=max(1, int(self.precedent_days * 86400)),
+                            )
                     await p.execute()
                     return out
                 except WatchError:

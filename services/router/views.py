@@ -984,7 +984,10 @@ meeting_lister = require_role("department", "admin", refusal="只有承办单位
 
 
 def meeting_store(request: Request) -> MeetingStore:
-    return MeetingStore(request.app.state.redis, request.app.state.store)
+    state = request.app.state
+    return MeetingStore(
+        state.redis, state.store, precedent_days=state.city.sla.supervision.meeting_precedent_days
+    )
 
 
 def listed_department(

@@ -1592,37 +1592,56 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
 @router.post("/desk/{no}/assign")
 async def desk_assign(request: Request, no: str, s: session.Session = Depends(as_desk)):
     form = await checked_form(request, s)
+    city = city_of(request)
     # Two clicks: a category (a suggestion, or any leaf from the list), then a department button;
     # the grid (事发网格) when the desk places the ticket (none chosen: the ticket's stays).
+    picked = text(form, "category_other") or text(form, "category")
+    named = button_category(request, form, city)
+    category = named or picked
     body = {
         "department": text(form, "department") or text(form, "department_other"),
-        "category": text(form, "category_other") or text(form, "category") or None,
+        "category": category or None,
         "note": text(form, "note"),
         "grid": text(form, "grid") or None,
     }
     if not body["department"]:
         reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
-    elif stale := stale_suggestion(city_of(request), no, form):
+    elif stale := stale_suggestion(city, no, form, category):
         reply = Reply(422, {"message": stale, "field": "suggested"})
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
-        return desk_redirect(dispatched(no, reply.body), text(form, "next"), "desk")
+        done = dispatched(no, reply.body)
+        if named and picked and named != picked and picked in city.category_by_id:
+            done += f"，按所按按钮的分类派出，未采用所选的“{city.category_names(picked)[-1]}”"
+        return desk_redirect(done, text(form, "next"), "desk")
     # Refused: the category the desk picked still picked, so that the second try is the department
     # alone, not both steps; the refusal beside the select at fault, the grid's or the department's.
+    # A button pressed for another category than the one picked: that category is the desk's last
+    # choice, chosen in 其他分类 when the card comes back (its button first, as the refusal says).
     field = reply.field if reply.field in ("grid", "suggested") else ""
     target = {"grid": "grid", "suggested": "dept-first"}.get(field, "dept")
-    return desk_refused(reply, no, "desk", field, form, f"{target}-{no}")
+    chosen = {"category_other": named} if named and named != picked else {}
+    return desk_refused(reply, no, "desk", field, form, f"{target}-{no}", **chosen)
 
 
-def stale_suggestion(city: City, no: str, form: FormData) -> str:
+def button_category(request: Request, form: FormData, city: City) -> str:
+    """The category a one-click department button names (desk.html: `（物业服务）` on it, `?for=` in
+    its formaction), or "": the category the dispatch is sent under, whatever was picked above,
+    so that pressing a button labelled with a category does what the label says. 其他单位 (no
+    button pressed, or one the form does not name a category for) sends the category picked."""
+    named = request.query_params.get("for") or ""
+    return named if text(form, "department") and named in city.leaf_categories else ""
+
+
+def stale_suggestion(city: City, no: str, form: FormData, category: str) -> str:
     """Why a one-click department does not fit the grid the desk chose in 事发网格, or "". The
     buttons name the departments of the ticket's place as the card was drawn; the grid chosen may
     be another street's (a disputed place, a ticket the classifier could not place), whose
     responsibility list names another department. The card comes back with that grid's buttons.
+    `category`: the one the dispatch is sent under (the button's, else the one picked).
     其他单位 is the desk's deliberate choice and is not second-guessed."""
     grid, button = text(form, "grid"), text(form, "department")
-    category = text(form, "category_other") or text(form, "category")
     if not (grid in city.grids and button and category in city.category_by_id):
         return ""
     lead = present.likely_department(city, category, present.grid_match(city, grid))
@@ -1685,14 +1704,17 @@ def desk_redirect(done: str, after: str, card: str) -> Response:
     return RedirectResponse(f"/console/desk?{query}#{card}-{quote(after, safe='')}", status_code=303)
 
 
-def desk_refused(reply: Reply, no: str, card: str, field: str, form: FormData, target: str) -> Response:
+def desk_refused(
+    reply: Reply, no: str, card: str, field: str, form: FormData, target: str, **chosen: str
+) -> Response:
     """Back to the desk, refused, for every card alike (a dispatch, a verdict): to the card of `no`
     (`card`, one of DESK_CARDS; desk_page finds the page that holds it), where the refusal is said
     beside the field it is about (`field`, as desk.html names it), which takes the focus, marked and
     described by why, and what was picked or typed is still there (DESK_KEPT), so the second try is
     the part refused alone. `target`, the field's id, is the fragment: it focuses the field, where
-    the card's would take the focus first."""
-    kept = {name: text(form, name) for name in DESK_KEPT}
+    the card's would take the focus first. `chosen`: what the desk chose other than the form's
+    fields say (a button's category, `desk_assign`)."""
+    kept = {name: text(form, name) for name in DESK_KEPT} | chosen
     said = {"error": reply.message, "ticket": no, "card": card, "field": field, **kept}
     query = urlencode({k: v for k, v in said.items() if v})
     return RedirectResponse(f"/console/desk?{query}#{quote(target, safe='')}", status_code=303)

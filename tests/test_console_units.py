@@ -449,6 +449,70 @@ def test_a_tickets_forms_say_in_the_servers_words_what_a_step_cannot_go_without(
     assert "data-required" not in found[0]
 
 
+class _TicketApi:
+    """The API as a department reads one ticket: the ticket, with its history; nothing else."""
+
+    def __init__(self, ticket: dict) -> None:
+        self.ticket = ticket
+
+    async def get(self, path: str, **params):
+        if path == f"/api/v1/tickets/{self.ticket['ticket_no']}":
+            return Reply(200, self.ticket)
+        return Reply(200, {"to_check_in": 0})  # the menu's count of meetings
+
+
+async def department_sees(monkeypatch, city, ticket: dict, department: str) -> str:
+    """The ticket's page (`views.ticket_page`) as `department` reads it."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _TicketApi(ticket))
+    settings = SimpleNamespace(timezone="Asia/Shanghai")
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="department", department=department), csrf="c")
+    return (await views.ticket_page(request, ticket["ticket_no"], s)).body.decode()
+
+
+def held_ticket(city, category: str, department: str, grid: str = "s01c01g01", **more) -> dict:
+    """A ticket `department` holds (已派单) in `grid`, as the API returns it."""
+    dept = city.department_by_id[department]
+    return {
+        **DEPARTMENTS_TICKET,
+        "category": category,
+        "category_names": list(city.category_names(category)),
+        "grid": {"grid": grid, "method": "gazetteer"},
+        "department": {"id": dept.id, "name": dept.name},
+        "assigned_via": "rule",
+        "history": [],
+        **more,
+    }
+
+
+@pytest.mark.parametrize(
+    ("category", "department", "offered"),
+    [
+        ("housing.property.fee", "housing", True),  # owners and their property company: a dispute
+        ("env.noise", "environment", True),  # a neighbour's noise at night
+        ("city.facility.streetlight", "urban_mgmt", False),  # no one's dispute
+        ("utility.water", "water", False),
+    ],
+)
+async def test_mediation_is_offered_only_on_a_category_the_city_marks_for_it(
+    monkeypatch, city, category, department, offered
+):
+    """转人民调解 is offered on the ticket's page of the department holding it only where the
+    city's data says mediation fits (`mediation: true` in categories.yaml): a water cut or a broken
+    street light has no parties to mediate between (the API refuses it too, in words)."""
+    assert city.mediable(category) is offered
+    html = await department_sees(monkeypatch, city, held_ticket(city, category, department), department)
+    assert ('id="mediate"' in html) is offered
+    assert ('action="/console/tickets/20260302-000003/mediate"' in html) is offered
+    assert 'id="return"' in html  # the department's other forms stay
+
+
 def test_a_return_is_asked_for_the_rule_only_where_the_list_names_the_department(city):
     from services.router.workflow import dispute_wanted
     from shared.events import GridMatch

@@ -1133,9 +1133,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "can_verify": present.awaits_check(ticket, s.principal.grid),
         "verified": present.verified_line(ticket, tz),
         # 人民调解: the signed-in department is a committee (its resolve form asks how it ended), and
-        # the committee the ticket's street refers disputes to (转人民调解), if there is one.
+        # the committee the ticket's street refers disputes to (转人民调解), if there is one, for a
+        # ticket of a category that may be a dispute between parties (`mediable`, categories.yaml).
         "is_committee": is_mediation_committee(city, s.principal.department or ""),
         "committee": city.department_by_id[committee].name if committee else "",
+        "mediable": city.mediable(ticket.get("category")),
         "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
         "can_merge": can_merge,
         # 事发网格: the desk sets or corrects the grid of an assigned ticket (the API refuses the

@@ -2859,6 +2859,11 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#return-note")).to_be_focused()
         assert len(asked) == before  # refused before 退单's question, not after it was confirmed
         await page.locator("#return-reason").select_option("not_ours")
+        # The rule disputed is filled in, editable: the one the ticket was routed here by.
+        history = (await client.get(f"/api/v1/tickets/{second}")).json()["history"]
+        routed = [h for h in history if h.get("topic") == "ticket.assigned"][-1]
+        assert (routed["via"], routed["department"]["id"]) == ("rule", dept)
+        await expect(page.locator("#return-rule")).to_have_value(routed["rule"])
         await page.locator("#return-rule").fill("路灯维护属于街道职责")
         await page.locator("#return").click()
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")

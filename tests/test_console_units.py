@@ -513,6 +513,87 @@ async def test_mediation_is_offered_only_on_a_category_the_city_marks_for_it(
     assert 'id="return"' in html  # the department's other forms stay
 
 
+async def test_a_returns_disputed_rule_is_filled_in_with_the_rule_that_routed_the_ticket(monkeypatch, city):
+    """退单's 有异议的权责规则 is filled in, editable, with the rule the ticket was routed here by
+    (its last `ticket.assigned`'s `rule`), which a return disputing the list must quote: not typed
+    by hand from the refusal. Sent to the desk by another way (人工派单), the rule the list names the
+    department by (the refusal's); a department the list does not name is offered none."""
+    listed = workflow_listed(city, "city.facility.streetlight", "s01c01g01", "urban_mgmt")
+    assert listed == "城市管理/市政设施 → 区城市管理委员会"
+    routed = "城市管理/市政设施/路灯故障 → 区城市管理委员会"  # a rule the list had when it was routed
+    lamp = "city.facility.streetlight"
+
+    def assigned(dept: str, via: str, rule: str) -> dict:
+        name = city.department_by_id[dept].name
+        return {
+            "topic": "ticket.assigned",
+            "department": {"id": dept, "name": name},
+            "via": via,
+            "rule": rule,
+        }
+
+    def field(html: str) -> tuple[str, str, str]:
+        label = re.search(r'<label for="return-rule">([^<]*)</label>', html)
+        offered = re.search(r'<input type="hidden" name="disputed_rule_offered" value="([^"]*)">', html)
+        value = re.search(r'<input id="return-rule"[^>]*value="([^"]*)"', html)
+        assert label is not None
+        assert offered is not None
+        assert value is not None
+        return html_unescape(label[1]), html_unescape(offered[1]), html_unescape(value[1])
+
+    by_rule = held_ticket(city, lamp, "urban_mgmt", history=[assigned("urban_mgmt", "rule", routed)])
+    label, offered, value = field(await department_sees(monkeypatch, city, by_rule, "urban_mgmt"))
+    assert value == offered == routed
+    assert label == "有异议的权责规则（如权责清单指定本单位；已填入本工单派单所依据的规则，可修改）"
+    # Dispatched by the desk (no rule on the assignment): the list's rule for the department.
+    history = [
+        assigned("urban_mgmt", "rule", routed),
+        assigned("water", "redispatch", ""),
+        assigned("urban_mgmt", "operator", ""),
+    ]
+    by_desk = held_ticket(city, lamp, "urban_mgmt", history=history)
+    assert field(await department_sees(monkeypatch, city, by_desk, "urban_mgmt"))[1:] == (listed, listed)
+    # A department the list does not name for it: nothing to fill in, said as before.
+    elsewhere = held_ticket(city, lamp, "water", history=[assigned("water", "operator", "")])
+    assert field(await department_sees(monkeypatch, city, elsewhere, "water")) == (
+        "有异议的权责规则（如权责清单指定本单位）",
+        "",
+        "",
+    )
+    # A refused return keeps what the field had, emptied or edited, not the rule filled in.
+    kept = render_ticket(
+        city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True,
+        offered_rule=routed, values={"return": {"reason": "not_ours", "disputed_rule": ""}},
+    )  # fmt: skip
+    assert field(kept)[1:] == (routed, "")
+
+
+@pytest.mark.parametrize(
+    ("reason", "typed", "sent"),
+    [
+        ("not_ours", "R", "R"),  # disputes the list: the rule filled in is the one disputed
+        ("needs_other", "R", "R"),
+        ("duplicate", "R", ""),  # left as filled in with a reason that disputes nothing: nothing
+        ("wrong_grid", "R（限和平街道）有误", "R（限和平街道）有误"),  # typed: said, whatever the reason
+        ("not_ours", "", ""),  # emptied: the workflow asks for it
+    ],
+)
+def test_a_return_sends_the_rule_filled_in_only_as_a_dispute(reason, typed, sent):
+    from starlette.datastructures import FormData
+
+    from services.console.views import disputed_rule_of
+
+    form = FormData({"reason": reason, "disputed_rule": typed, "disputed_rule_offered": "R"})
+    assert disputed_rule_of(form) == sent
+
+
+def workflow_listed(city, category: str, grid: str, dept: str) -> str:
+    from services.router.workflow import listed_rule
+    from shared.events import GridMatch
+
+    return listed_rule(city, category, GridMatch(grid=grid, method="gazetteer"), dept)
+
+
 def test_a_return_is_asked_for_the_rule_only_where_the_list_names_the_department(city):
     from services.router.workflow import dispute_wanted
     from shared.events import GridMatch

@@ -834,7 +834,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]
         lambda f: {
             "reason": text(f, "reason"),
             "note": text(f, "note"),
-            "disputed_rule": text(f, "disputed_rule"),
+            "disputed_rule": disputed_rule_of(f),
         },
         {"reason": "退单理由", "note": "说明", "disputed_rule": "有异议的权责规则"},
     ),
@@ -1156,7 +1156,12 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
         # A department summoned to the ticket's joint meeting reads it without handling it.
         "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
-        # 退单 disputing the responsibility list that names this department: the rule, asked for.
+        # 退单 disputing the responsibility list that names this department: the rule, asked for,
+        # and filled in (editable): the rule that routed the ticket here (its last assignment's),
+        # else the one the list names this department by (which the refusal quotes).
+        "offered_rule": offered_rule(city, ticket, s.principal.department)
+        if s.principal.role == "department" and s.principal.department
+        else "",
         "dispute_wanted": workflow.dispute_wanted(
             city,
             ticket.get("category"),
@@ -1167,6 +1172,25 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         else "",
         "disputes": "|".join(workflow.DISPUTES),
     }
+
+
+def offered_rule(city: City, ticket: dict[str, Any], dept_id: str) -> str:
+    """The rule a return of the ticket by `dept_id` is offered to dispute (退单's 有异议的权责规则,
+    filled in): the rule its last assignment sent it here by, else the one the responsibility list
+    names the department the lead by, or "" when none."""
+    grid = GridMatch.model_validate(ticket["grid"]) if ticket.get("grid") else None
+    return present.routed_rule(ticket.get("history", []), dept_id) or workflow.listed_rule(
+        city, ticket.get("category"), grid, dept_id
+    )
+
+
+def disputed_rule_of(form: FormData) -> str:
+    """The rule a return disputes: as the field has it, but not the rule filled in (`offered_rule`,
+    sent back as `disputed_rule_offered`) left as it was with a reason that disputes nothing of the
+    list (a duplicate, a wrong grid): the department said nothing of a rule then."""
+    rule = text(form, "disputed_rule")
+    untouched = rule == text(form, "disputed_rule_offered")
+    return "" if untouched and text(form, "reason") not in workflow.DISPUTES else rule
 
 
 def handlers_of(ticket: dict[str, Any]) -> set[str]:

@@ -1315,13 +1315,20 @@ _TO_THE_DESK: dict[ReturnReason, str] = {
 }
 
 
+def listed_rule(city: City, category: str | None, grid: GridMatch | None, dept_id: str) -> str:
+    """The responsibility rule that names the department the lead for this appeal, in words (as a
+    routing's `rule` says it), or "" when none does."""
+    rule = responsible(city, category, grid or GridMatch(grid=None), dept_id) if category else None
+    return describe_rule(city, rule) if rule is not None else ""
+
+
 def dispute_wanted(city: City, category: str | None, grid: GridMatch | None, dept_id: str) -> str:
     """What a return disputing the responsibility list (DISPUTES) must say when the list names the
     department for this appeal: the rule it disputes (the refusal's words); "" when none names it."""
-    rule = responsible(city, category, grid or GridMatch(grid=None), dept_id) if category else None
-    if rule is None:
+    rule = listed_rule(city, category, grid, dept_id)
+    if not rule:
         return ""
-    return f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请写明所争议的规则及理由"
+    return f"权责清单规定由本单位主办（{rule}）；如有异议，请写明所争议的规则及理由"
 
 
 def return_ticket(

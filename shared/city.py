@@ -147,6 +147,12 @@ class Category(_Model):
     id: str
     name: str
     keywords: tuple[str, ...] = ()  # domain words for the tokenizer dictionary and the corpus
+    # 人民调解: appeals of this category may be disputes between parties (neighbours, an owner and
+    # the property company), which the department holding one may refer to the street's mediation
+    # committee (转人民调解); a street light or a water main is no one's dispute to mediate. Said on
+    # a branch, it holds for the categories under it, unless one of them says otherwise. Unsaid
+    # everywhere above: false.
+    mediation: bool | None = None
     children: tuple[Category, ...] = ()
 
 
@@ -418,6 +424,20 @@ class City(_Model):
     def leaf_categories(self) -> tuple[str, ...]:
         return tuple(cid for cid, c in self.category_by_id.items() if not c.children)
 
+    def mediable(self, category_id: str | None) -> bool:
+        """Whether an appeal of the category may be referred to people's mediation (转人民调解):
+        the nearest `mediation` said on the category or a branch above it (categories.yaml)."""
+        for cid in reversed(self.category_path.get(category_id or "", ())):
+            said = self.category_by_id[cid].mediation
+            if said is not None:
+                return said
+        return False
+
+    @cached_property
+    def mediation_categories(self) -> tuple[str, ...]:
+        """The leaves that may be referred to people's mediation, in the tree's order."""
+        return tuple(c for c in self.leaf_categories if self.mediable(c))
+
     @cached_property
     def category_names_by_id(self) -> dict[str, tuple[str, ...]]:
         # Built once: the router and the classifier ask for every appeal.
@@ -477,6 +497,14 @@ class City(_Model):
                         f"({committees[d.street]})"
                     )
                 committees.setdefault(d.street, d.id)
+        # Committees and nothing to refer to them: every 转人民调解 would be refused. Said on load,
+        # as the categories that may be disputes between parties are the city's to name.
+        said = {c.id: c.mediation for c in self.category_by_id.values()}
+        if committees and not any(said.values()):
+            problems.append(
+                "categories.yaml: departments.yaml has mediation committees, but no category says "
+                "`mediation: true` (disputes between parties that may be referred to them); mark them"
+            )
         r = self.responsibilities
         for field, dept in (("fallback_owner", r.fallback_owner), ("dispatch_desk", r.dispatch_desk)):
             if dept not in depts:

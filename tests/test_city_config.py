@@ -298,6 +298,28 @@ def test_a_mediation_committee_serves_one_street_and_a_street_has_one(folder: Pa
     assert "departments.yaml mediation_extra: street s02 has a mediation committee already" in msg
 
 
+def test_the_categories_referred_to_mediation_are_the_citys_and_checked_on_load(folder: Path) -> None:
+    """`mediation` on a category says whether an appeal of it may be referred to the street's
+    mediation committee (转人民调解): a yes or no, checked; a city with committees and no category
+    to refer to them is told so on load (every referral would be refused)."""
+    city = load_city(folder)
+    assert [city.mediable(c) for c in ("safety.disputes", "housing.property.fee")] == [True, True]
+    assert [city.mediable(c) for c in ("city.facility.streetlight", None)] == [False, False]
+    data = _read(folder, "categories.yaml")
+
+    def unsay(cats: list[dict]) -> None:
+        for c in cats:
+            c.pop("mediation", None)
+            unsay(c.get("children", []))
+
+    unsay(data)
+    _write(folder, "categories.yaml", data)
+    assert "no category says `mediation: true`" in _error(folder)
+    data[0]["mediation"] = "perhaps"
+    _write(folder, "categories.yaml", data)
+    assert "categories.yaml 0.mediation" in _error(folder)
+
+
 def test_unknown_field_is_rejected(folder: Path) -> None:
     """A typo in a key (e.g. `leed`) must not be silently ignored."""
     data = _read(folder, "responsibilities.yaml")

@@ -1957,7 +1957,9 @@ async def test_grid_worker_checks_resolutions_on_the_spot_from_a_phone(
 # --- the dispatch desk -------------------------------------------------------------------------
 
 
-async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, redis, system: System):
+async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(
+    page: Page, redis, system: System, system_city: City
+):
     async with await admin_api(system, redis) as client:
         no = await submit(client, "有个事情想反映一下，麻烦你们看看怎么处理", new_phone())
         ticket = await ticket_when(client, no, lambda t: t["status"] == "review")
@@ -1988,8 +1990,19 @@ async def test_desk_corrects_a_low_confidence_ticket_in_two_clicks(page: Page, r
         department = card.locator("button.dept").first  # the chosen category's, put first
         await expect(department).to_have_attribute("data-category", chosen)
         chosen_department = await department.get_attribute("value")
+        # Then a category in 其他分类 that has no button, and the button still pressed: it sends
+        # the ticket under the category it names, as its label says, and what was done says so.
+        readings = [await c.get_attribute("value") for c in await choices.all()]
+        other = next(c for c in system_city.leaf_categories if c not in readings)
+        await card.locator(f"#cat-{no}-other").select_option(other)
+        named = system_city.category_names(chosen)[-1]
+        await expect(department).to_have_text(
+            f"{system_city.department_by_id[chosen_department].name}（{named}）"
+        )
         await department.click()
-        await expect(page.locator("p.ok")).to_contain_text(f"工单{no}已派至")
+        await expect(page.locator("p.ok")).to_contain_text(
+            f"（分类：{named}），按所按按钮的分类派出，未采用所选的“{system_city.category_names(other)[-1]}”"
+        )
         routed = await ticket_when(client, no, lambda t: t["status"] == "assigned")
     assert routed["category"] == chosen
     assert routed["department"]["id"] == chosen_department
@@ -2891,6 +2904,11 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         await expect(page.locator("#return-note")).to_be_focused()
         assert len(asked) == before  # refused before 退单's question, not after it was confirmed
         await page.locator("#return-reason").select_option("not_ours")
+        # The rule disputed is filled in, editable: the one the ticket was routed here by.
+        history = (await client.get(f"/api/v1/tickets/{second}")).json()["history"]
+        routed = [h for h in history if h.get("topic") == "ticket.assigned"][-1]
+        assert (routed["via"], routed["department"]["id"]) == ("rule", dept)
+        await expect(page.locator("#return-rule")).to_have_value(routed["rule"])
         await page.locator("#return-rule").fill("路灯维护属于街道职责")
         await page.locator("#return").click()
         await expect(page.locator("#done")).to_contain_text(f"工单{second}已退单")

@@ -474,6 +474,151 @@ def test_a_tickets_forms_say_in_the_servers_words_what_a_step_cannot_go_without(
     assert "data-required" not in found[0]
 
 
+class _TicketApi:
+    """The API as a department reads one ticket: the ticket, with its history; nothing else."""
+
+    def __init__(self, ticket: dict) -> None:
+        self.ticket = ticket
+
+    async def get(self, path: str, **params):
+        if path == f"/api/v1/tickets/{self.ticket['ticket_no']}":
+            return Reply(200, self.ticket)
+        return Reply(200, {"to_check_in": 0})  # the menu's count of meetings
+
+
+async def department_sees(monkeypatch, city, ticket: dict, department: str) -> str:
+    """The ticket's page (`views.ticket_page`) as `department` reads it."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    monkeypatch.setattr(views, "api", lambda request, s: _TicketApi(ticket))
+    settings = SimpleNamespace(timezone="Asia/Shanghai")
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="department", department=department), csrf="c")
+    return (await views.ticket_page(request, ticket["ticket_no"], s)).body.decode()
+
+
+def held_ticket(city, category: str, department: str, grid: str = "s01c01g01", **more) -> dict:
+    """A ticket `department` holds (已派单) in `grid`, as the API returns it."""
+    dept = city.department_by_id[department]
+    return {
+        **DEPARTMENTS_TICKET,
+        "category": category,
+        "category_names": list(city.category_names(category)),
+        "grid": {"grid": grid, "method": "gazetteer"},
+        "department": {"id": dept.id, "name": dept.name},
+        "assigned_via": "rule",
+        "history": [],
+        **more,
+    }
+
+
+@pytest.mark.parametrize(
+    ("category", "department", "offered"),
+    [
+        ("housing.property.fee", "housing", True),  # owners and their property company: a dispute
+        ("env.noise", "environment", True),  # a neighbour's noise at night
+        ("city.facility.streetlight", "urban_mgmt", False),  # no one's dispute
+        ("utility.water", "water", False),
+    ],
+)
+async def test_mediation_is_offered_only_on_a_category_the_city_marks_for_it(
+    monkeypatch, city, category, department, offered
+):
+    """转人民调解 is offered on the ticket's page of the department holding it only where the
+    city's data says mediation fits (`mediation: true` in categories.yaml): a water cut or a broken
+    street light has no parties to mediate between (the API refuses it too, in words)."""
+    assert city.mediable(category) is offered
+    html = await department_sees(monkeypatch, city, held_ticket(city, category, department), department)
+    assert ('id="mediate"' in html) is offered
+    assert ('action="/console/tickets/20260302-000003/mediate"' in html) is offered
+    assert 'id="return"' in html  # the department's other forms stay
+
+
+async def test_a_returns_disputed_rule_is_filled_in_with_the_rule_that_routed_the_ticket(monkeypatch, city):
+    """退单's 有异议的权责规则 is filled in, editable, with the rule the ticket was routed here by
+    (its last `ticket.assigned`'s `rule`), which a return disputing the list must quote: not typed
+    by hand from the refusal. Sent to the desk by another way (人工派单), the rule the list names the
+    department by (the refusal's); a department the list does not name is offered none."""
+    listed = workflow_listed(city, "city.facility.streetlight", "s01c01g01", "urban_mgmt")
+    assert listed == "城市管理/市政设施 → 区城市管理委员会"
+    routed = "城市管理/市政设施/路灯故障 → 区城市管理委员会"  # a rule the list had when it was routed
+    lamp = "city.facility.streetlight"
+
+    def assigned(dept: str, via: str, rule: str) -> dict:
+        name = city.department_by_id[dept].name
+        return {
+            "topic": "ticket.assigned",
+            "department": {"id": dept, "name": name},
+            "via": via,
+            "rule": rule,
+        }
+
+    def field(html: str) -> tuple[str, str, str]:
+        label = re.search(r'<label for="return-rule">([^<]*)</label>', html)
+        offered = re.search(r'<input type="hidden" name="disputed_rule_offered" value="([^"]*)">', html)
+        value = re.search(r'<input id="return-rule"[^>]*value="([^"]*)"', html)
+        assert label is not None
+        assert offered is not None
+        assert value is not None
+        return html_unescape(label[1]), html_unescape(offered[1]), html_unescape(value[1])
+
+    by_rule = held_ticket(city, lamp, "urban_mgmt", history=[assigned("urban_mgmt", "rule", routed)])
+    label, offered, value = field(await department_sees(monkeypatch, city, by_rule, "urban_mgmt"))
+    assert value == offered == routed
+    assert label == "有异议的权责规则（如权责清单指定本单位；已填入本工单派单所依据的规则，可修改）"
+    # Dispatched by the desk (no rule on the assignment): the list's rule for the department.
+    history = [
+        assigned("urban_mgmt", "rule", routed),
+        assigned("water", "redispatch", ""),
+        assigned("urban_mgmt", "operator", ""),
+    ]
+    by_desk = held_ticket(city, lamp, "urban_mgmt", history=history)
+    assert field(await department_sees(monkeypatch, city, by_desk, "urban_mgmt"))[1:] == (listed, listed)
+    # A department the list does not name for it: nothing to fill in, said as before.
+    elsewhere = held_ticket(city, lamp, "water", history=[assigned("water", "operator", "")])
+    assert field(await department_sees(monkeypatch, city, elsewhere, "water")) == (
+        "有异议的权责规则（如权责清单指定本单位）",
+        "",
+        "",
+    )
+    # A refused return keeps what the field had, emptied or edited, not the rule filled in.
+    kept = render_ticket(
+        city, DEPARTMENTS_TICKET, role="department", department="urban_mgmt", handles=True,
+        offered_rule=routed, values={"return": {"reason": "not_ours", "disputed_rule": ""}},
+    )  # fmt: skip
+    assert field(kept)[1:] == (routed, "")
+
+
+@pytest.mark.parametrize(
+    ("reason", "typed", "sent"),
+    [
+        ("not_ours", "R", "R"),  # disputes the list: the rule filled in is the one disputed
+        ("needs_other", "R", "R"),
+        ("duplicate", "R", ""),  # left as filled in with a reason that disputes nothing: nothing
+        ("wrong_grid", "R（限和平街道）有误", "R（限和平街道）有误"),  # typed: said, whatever the reason
+        ("not_ours", "", ""),  # emptied: the workflow asks for it
+    ],
+)
+def test_a_return_sends_the_rule_filled_in_only_as_a_dispute(reason, typed, sent):
+    from starlette.datastructures import FormData
+
+    from services.console.views import disputed_rule_of
+
+    form = FormData({"reason": reason, "disputed_rule": typed, "disputed_rule_offered": "R"})
+    assert disputed_rule_of(form) == sent
+
+
+def workflow_listed(city, category: str, grid: str, dept: str) -> str:
+    from services.router.workflow import listed_rule
+    from shared.events import GridMatch
+
+    return listed_rule(city, category, GridMatch(grid=grid, method="gazetteer"), dept)
+
+
 def test_a_return_is_asked_for_the_rule_only_where_the_list_names_the_department(city):
     from services.router.workflow import dispute_wanted
     from shared.events import GridMatch
@@ -1679,10 +1824,11 @@ async def test_the_desks_first_department_button_is_the_chosen_categorys(monkeyp
 
 async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_in_other(monkeypatch, city):
     """The desk chose a category in 其他分类 that has no button of its own (none of the classifier's
-    readings), a grid, and pressed a button: `stale_suggestion` refuses it, saying the buttons now
-    follow the grid. They must: the card comes back with that category's department at that grid
-    first (focused: Enter sends it), not with the same buttons, whose first is refused again and
-    again. The radios stay the classifier's readings."""
+    readings), a grid, and a department for it as the card was drawn (a button the card came back
+    with, or the script's answer for another grid): `stale_suggestion` refuses it, saying the
+    buttons now follow the grid. They must: the card comes back with that category's department at
+    that grid first (focused: Enter sends it), not with the same buttons, whose first is refused
+    again and again. The radios stay the classifier's readings."""
     from starlette.datastructures import FormData
 
     from services.console import views
@@ -1700,7 +1846,7 @@ async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_i
     form = FormData(
         {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": first}
     )
-    said = views.stale_suggestion(city, no, form)
+    said = views.stale_suggestion(city, no, form, other)
     expected = present.likely_department(city, other, present.grid_match(city, grid))
     assert city.department_by_id[expected].name in said
 
@@ -1729,7 +1875,7 @@ async def test_a_stale_button_refusal_offers_the_button_of_the_category_chosen_i
     again = FormData(
         {"category": tops[0]["category"], "category_other": other, "grid": grid, "department": expected}
     )
-    assert views.stale_suggestion(city, no, again) == ""
+    assert views.stale_suggestion(city, no, again, other) == ""
 
 
 async def test_the_desk_lists_calls_answered_on_the_spot_that_were_reopened(monkeypatch, city):
@@ -1826,7 +1972,7 @@ async def test_a_refused_dispatch_comes_back_to_its_card_with_the_category_picke
     settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
     state = SimpleNamespace(city=city, settings=settings)
     s = Session(token="t", principal=Principal(role="admin"), csrf="c")
-    back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+    back = await views.desk_assign(SimpleNamespace(query_params={}, app=SimpleNamespace(state=state)), no, s)
     assert back.status_code == 303
     assert (f"/api/v1/dispatch/{no}/assign" in fake.posted) is (assign is not None)
     where = urlsplit(back.headers["location"])
@@ -1887,16 +2033,16 @@ class _DeskPages:
         request = SimpleNamespace(query_params=query or {}, app=SimpleNamespace(state=self.state))
         return (await self.views.desk_page(request, self.session)).body.decode()
 
-    async def assign(self, no: str, form: list[tuple[str, str]]):
+    async def assign(self, no: str, form: list[tuple[str, str]], query: dict | None = None):
+        """`query`: the address posted to (a one-click button's `?for=`, its category)."""
         from starlette.datastructures import FormData
 
         async def posted(request, s):
             return FormData(form)
 
         self.monkeypatch.setattr(self.views, "checked_form", posted)
-        return await self.views.desk_assign(
-            SimpleNamespace(app=SimpleNamespace(state=self.state)), no, self.session
-        )
+        request = SimpleNamespace(query_params=query or {}, app=SimpleNamespace(state=self.state))
+        return await self.views.desk_assign(request, no, self.session)
 
 
 @pytest.mark.parametrize("grid", [None, "s02c01g02"])
@@ -1967,6 +2113,102 @@ async def test_a_one_click_department_of_another_place_than_the_grid_chosen_come
         ("street_s03", "s03c02g03"),
         ("urban_mgmt", "s03c02g03"),
     ]
+
+
+async def test_a_department_button_dispatches_under_the_category_it_names(monkeypatch, city):
+    """Each one-click button names a department with the category it is for (住建局（物业服务）).
+    The desk picked 占道经营 in 其他分类, chose no grid, and pressed the (物业服务) button: the
+    ticket goes under 物业服务, as the button said, not to 住建局 as 占道经营; what was done says the
+    category used and that the one picked was not. 其他单位 (no button of a category) sends the
+    category picked, as ever; a button of the category picked says nothing more."""
+    no, other = "20261201-000055", "city.appearance.street_vending"
+    service, road = "housing.property.service", "city.facility.road_damage"
+    card = {"ticket_no": no, "status": "review", "text": "小区门口的事一直没人管", "confidence": 0.16}
+    card["top_categories"] = [
+        {"category": service, "probability": 0.16},
+        {"category": road, "probability": 0.09},
+    ]
+    housing = present.suggestions(city, card)[0]["department"]
+    names = city.category_names(service)
+    sent = Reply(200, {"department": {"name": "区住房和城乡建设局"}, "category_names": list(names)})
+    desk = _DeskPages(monkeypatch, city, card, sent)
+    html = await desk.page()
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    buttons = re.findall(
+        r'<button type="submit" name="department" value="([^"]+)" class="dept" data-category="([^"]+)" '
+        r'formaction="([^"]+)"[^>]*>([^<]*)</button>',
+        card_html,
+    )
+    assert buttons[0] == (
+        housing,
+        service,
+        f"/console/desk/{no}/assign?for={service}",
+        "区住房和城乡建设局（物业服务）",
+    )
+    assert all(action.endswith(f"?for={category}") for _, category, action, _ in buttons)
+
+    picked = [("category", service), ("category_other", other)]
+    done = await desk.assign(no, [*picked, ("department", housing)], {"for": service})
+    assert desk.api.bodies[-1]["category"] == service  # the button's, not 占道经营
+    said = dict(parse_qsl(urlsplit(done.headers["location"]).query))["done"]
+    assert (
+        said
+        == f"工单{no}已派至区住房和城乡建设局（分类：物业服务），按所按按钮的分类派出，未采用所选的“占道经营”"
+    )
+    # The button of the category picked: nothing more to say.
+    done = await desk.assign(no, [("category", service), ("department", housing)], {"for": service})
+    assert desk.api.bodies[-1]["category"] == service
+    assert dict(parse_qsl(urlsplit(done.headers["location"]).query))["done"] == (
+        f"工单{no}已派至区住房和城乡建设局（分类：物业服务）"
+    )
+    # 其他单位: any department, under the category picked (其他分类's over the radio's).
+    await desk.assign(no, [*picked, ("department", ""), ("department_other", housing)])
+    assert (desk.api.bodies[-1]["department"], desk.api.bodies[-1]["category"]) == (housing, other)
+    # A category the city does not have in the address is no button's: the category picked.
+    await desk.assign(no, [*picked, ("department", housing)], {"for": "no.such"})
+    assert desk.api.bodies[-1]["category"] == other
+
+    # Refused by the API: the card comes back with the button's category chosen, the desk's last
+    # choice, in 其他分类 (where a category with no reading of its own has its button offered).
+    desk.api.assign = Reply(409, {"error": "conflict", "message": f"工单{no}当前状态为“已派单”，不能派单"})
+    back = await desk.assign(
+        no, [("category", road), ("category_other", other), ("department", housing)], {"for": service}
+    )
+    query = dict(parse_qsl(urlsplit(back.headers["location"]).query))
+    assert (query["category"], query["category_other"]) == (road, service)
+    html = await desk.page(query)
+    card_html = html[html.index(f'id="desk-{no}"') : html.index('id="extensions"')]
+    chosen = re.search(rf'<select id="cat-{no}-other".*?</select>', card_html, re.S)[0]
+    assert re.findall(r'<option value="([^"]*)" selected>', chosen) == [service]
+    first = re.search(rf'data-category="([^"]+)"[^>]*id="dept-first-{no}"', card_html)
+    assert first is not None
+    assert first[1] == service
+
+
+async def test_a_stale_button_is_judged_by_the_category_it_names(monkeypatch, city):
+    """A button pressed with a grid chosen whose responsibility list names another department for
+    the button's category is stale, whatever was picked above: the refusal names the button's
+    category, and the card comes back with it chosen, its department at that grid first."""
+    no, grid = "20261201-000056", "s03c02g03"  # 南苑's market: 光明街道 clears its garbage
+    garbage, other = "city.appearance.garbage", "city.appearance.street_vending"
+    card = {"ticket_no": no, "status": "review", "text": "市场旁边垃圾没人收", "confidence": 0.3}
+    card |= {
+        "top_categories": [{"category": garbage, "probability": 0.4}],
+        "grid": {"grid": None, "method": "none"},
+    }
+    desk = _DeskPages(monkeypatch, city, card, Reply(200, {"department": {"name": "光明街道办事处"}}))
+    form = [("category", garbage), ("category_other", other), ("grid", grid), ("department", "urban_mgmt")]
+    back = await desk.assign(no, form, {"for": garbage})
+    assert desk.api.bodies == []
+    query = dict(parse_qsl(urlsplit(back.headers["location"]).query))
+    assert "“垃圾清运”由光明街道办事处承办" in query["error"]
+    assert query["category_other"] == garbage
+    html = await desk.page(query)
+    button = re.search(
+        rf'<button [^>]*value="([^"]+)" class="dept" data-category="([^"]+)"[^>]*id="dept-first-{no}"', html
+    )
+    assert button is not None
+    assert (button[1], button[2]) == ("street_s03", garbage)
 
 
 async def test_the_desk_card_says_where_the_coordinates_and_the_address_disagree(monkeypatch, city):
@@ -2086,7 +2328,9 @@ async def test_a_dispatch_sends_the_focus_on_to_the_next_card_or_to_what_was_don
 
         monkeypatch.setattr(views, "checked_form", posted)
         queue[:] = [t for t in queue if t["ticket_no"] != no]
-        back = await views.desk_assign(SimpleNamespace(app=SimpleNamespace(state=state)), no, s)
+        back = await views.desk_assign(
+            SimpleNamespace(query_params={}, app=SimpleNamespace(state=state)), no, s
+        )
         assert back.status_code == 303
         where = urlsplit(back.headers["location"])
         assert where.path == "/console/desk"

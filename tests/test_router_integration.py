@@ -714,7 +714,8 @@ async def test_a_dispute_referred_to_the_street_s_mediation_committee_is_resolve
     mediation committee of the ticket's street, which then holds it (the department and its
     co-handlers lose it) and resolves it with the outcome and the agreement's terms; the ticket, the
     record, its export and the counters show them. Refusals: a short reason, someone else's ticket,
-    the desk, the committee referring it again, a department sending a mediation outcome."""
+    the desk, the committee referring it again, a department sending a mediation outcome, a
+    category the city does not mark for mediation (a street light)."""
     first_day = local_today(settings.timezone)  # the counters' local day may turn meanwhile
     no = await inject(producer, city, "env.noise", "s02c02g01")  # 建设街道: environment leads
     await ticket_when(api, tokens, no, lambda t: t["status"] == "assigned")
@@ -790,6 +791,15 @@ async def test_a_dispute_referred_to_the_street_s_mediation_committee_is_resolve
     )
     assert (r.status_code, r.json()["field"]) == (422, "mediation")
     assert "只有人民调解委员会" in r.json()["message"]
+
+    # A broken street light is no one's dispute: not a category the city marks for mediation.
+    lamp = await inject(producer, city, "city.facility.streetlight", "s02c02g01")
+    held = await ticket_when(api, tokens, lamp, lambda t: t["status"] == "assigned")
+    r = await api.post(
+        f"/api/v1/tickets/{lamp}/mediate", headers=await tokens(held["department"]["id"]), json=reason
+    )
+    assert (r.status_code, r.json()["error"]) == (409, "not_a_dispute"), r.text
+    assert "诉求分类为“路灯故障”，不能转人民调解" in r.json()["message"]
 
     # The record: the row, its export in words, and the committee's counters.
     async def recorded():

@@ -689,6 +689,16 @@ def suggestions(
     return out
 
 
+def routed_rule(history: Iterable[Mapping[str, Any]], dept_id: str) -> str:
+    """The responsibility rule, in words, by which the ticket's last assignment sent it to
+    `dept_id` (`ticket.assigned`'s `rule`), or "": the last assignment was to another department,
+    or not by a rule (the desk's, a re-route after a return, a referral)."""
+    assigned = [h for h in history if h.get("topic") == "ticket.assigned"]
+    if not assigned or (assigned[-1].get("department") or {}).get("id") != dept_id:
+        return ""
+    return str(assigned[-1].get("rule") or "")
+
+
 def returns_of(history: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Each return (退单) in a ticket's history, oldest first: the department (id and name), the
     reason's name as the event carries it (whatever reasons the workflow lists, no code looked up

@@ -840,7 +840,7 @@ TICKET_ACTIONS: dict[str, tuple[str, Callable[[FormData], dict], dict[str, str]]
         lambda f: {
             "reason": text(f, "reason"),
             "note": text(f, "note"),
-            "disputed_rule": text(f, "disputed_rule"),
+            "disputed_rule": disputed_rule_of(f),
         },
         {"reason": "退单理由", "note": "说明", "disputed_rule": "有异议的权责规则"},
     ),
@@ -1139,9 +1139,11 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "can_verify": present.awaits_check(ticket, s.principal.grid),
         "verified": present.verified_line(ticket, tz),
         # 人民调解: the signed-in department is a committee (its resolve form asks how it ended), and
-        # the committee the ticket's street refers disputes to (转人民调解), if there is one.
+        # the committee the ticket's street refers disputes to (转人民调解), if there is one, for a
+        # ticket of a category that may be a dispute between parties (`mediable`, categories.yaml).
         "is_committee": is_mediation_committee(city, s.principal.department or ""),
         "committee": city.department_by_id[committee].name if committee else "",
+        "mediable": city.mediable(ticket.get("category")),
         "mediation_outcome": MEDIATION_OUTCOME_NAMES.get(ticket.get("mediation_outcome") or "", ""),
         "can_merge": can_merge,
         # 事发网格: the desk sets or corrects the grid of an assigned ticket (the API refuses the
@@ -1160,7 +1162,12 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
         # A department summoned to the ticket's joint meeting reads it without handling it.
         "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
-        # 退单 disputing the responsibility list that names this department: the rule, asked for.
+        # 退单 disputing the responsibility list that names this department: the rule, asked for,
+        # and filled in (editable): the rule that routed the ticket here (its last assignment's),
+        # else the one the list names this department by (which the refusal quotes).
+        "offered_rule": offered_rule(city, ticket, s.principal.department)
+        if s.principal.role == "department" and s.principal.department
+        else "",
         "dispute_wanted": workflow.dispute_wanted(
             city,
             ticket.get("category"),
@@ -1171,6 +1178,25 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         else "",
         "disputes": "|".join(workflow.DISPUTES),
     }
+
+
+def offered_rule(city: City, ticket: dict[str, Any], dept_id: str) -> str:
+    """The rule a return of the ticket by `dept_id` is offered to dispute (退单's 有异议的权责规则,
+    filled in): the rule its last assignment sent it here by, else the one the responsibility list
+    names the department the lead by, or "" when none."""
+    grid = GridMatch.model_validate(ticket["grid"]) if ticket.get("grid") else None
+    return present.routed_rule(ticket.get("history", []), dept_id) or workflow.listed_rule(
+        city, ticket.get("category"), grid, dept_id
+    )
+
+
+def disputed_rule_of(form: FormData) -> str:
+    """The rule a return disputes: as the field has it, but not the rule filled in (`offered_rule`,
+    sent back as `disputed_rule_offered`) left as it was with a reason that disputes nothing of the
+    list (a duplicate, a wrong grid): the department said nothing of a rule then."""
+    rule = text(form, "disputed_rule")
+    untouched = rule == text(form, "disputed_rule_offered")
+    return "" if untouched and text(form, "reason") not in workflow.DISPUTES else rule
 
 
 def handlers_of(ticket: dict[str, Any]) -> set[str]:
@@ -1599,37 +1625,56 @@ async def desk_page(request: Request, s: session.Session = Depends(as_desk)):
 @router.post("/desk/{no}/assign")
 async def desk_assign(request: Request, no: str, s: session.Session = Depends(as_desk)):
     form = await checked_form(request, s)
+    city = city_of(request)
     # Two clicks: a category (a suggestion, or any leaf from the list), then a department button;
     # the grid (事发网格) when the desk places the ticket (none chosen: the ticket's stays).
+    picked = text(form, "category_other") or text(form, "category")
+    named = button_category(request, form, city)
+    category = named or picked
     body = {
         "department": text(form, "department") or text(form, "department_other"),
-        "category": text(form, "category_other") or text(form, "category") or None,
+        "category": category or None,
         "note": text(form, "note"),
         "grid": text(form, "grid") or None,
     }
     if not body["department"]:
         reply = Reply(422, {"message": f"工单{no}未派出：请先在“其他单位”中选择承办单位"})
-    elif stale := stale_suggestion(city_of(request), no, form):
+    elif stale := stale_suggestion(city, no, form, category):
         reply = Reply(422, {"message": stale, "field": "suggested"})
     else:
         reply = await api(request, s).post(f"/api/v1/dispatch/{no}/assign", body)
     if reply.ok:
-        return desk_redirect(dispatched(no, reply.body), text(form, "next"), "desk")
+        done = dispatched(no, reply.body)
+        if named and picked and named != picked and picked in city.category_by_id:
+            done += f"，按所按按钮的分类派出，未采用所选的“{city.category_names(picked)[-1]}”"
+        return desk_redirect(done, text(form, "next"), "desk")
     # Refused: the category the desk picked still picked, so that the second try is the department
     # alone, not both steps; the refusal beside the select at fault, the grid's or the department's.
+    # A button pressed for another category than the one picked: that category is the desk's last
+    # choice, chosen in 其他分类 when the card comes back (its button first, as the refusal says).
     field = reply.field if reply.field in ("grid", "suggested") else ""
     target = {"grid": "grid", "suggested": "dept-first"}.get(field, "dept")
-    return desk_refused(reply, no, "desk", field, form, f"{target}-{no}")
+    chosen = {"category_other": named} if named and named != picked else {}
+    return desk_refused(reply, no, "desk", field, form, f"{target}-{no}", **chosen)
 
 
-def stale_suggestion(city: City, no: str, form: FormData) -> str:
+def button_category(request: Request, form: FormData, city: City) -> str:
+    """The category a one-click department button names (desk.html: `（物业服务）` on it, `?for=` in
+    its formaction), or "": the category the dispatch is sent under, whatever was picked above,
+    so that pressing a button labelled with a category does what the label says. 其他单位 (no
+    button pressed, or one the form does not name a category for) sends the category picked."""
+    named = request.query_params.get("for") or ""
+    return named if text(form, "department") and named in city.leaf_categories else ""
+
+
+def stale_suggestion(city: City, no: str, form: FormData, category: str) -> str:
     """Why a one-click department does not fit the grid the desk chose in 事发网格, or "". The
     buttons name the departments of the ticket's place as the card was drawn; the grid chosen may
     be another street's (a disputed place, a ticket the classifier could not place), whose
     responsibility list names another department. The card comes back with that grid's buttons.
+    `category`: the one the dispatch is sent under (the button's, else the one picked).
     其他单位 is the desk's deliberate choice and is not second-guessed."""
     grid, button = text(form, "grid"), text(form, "department")
-    category = text(form, "category_other") or text(form, "category")
     if not (grid in city.grids and button and category in city.category_by_id):
         return ""
     lead = present.likely_department(city, category, present.grid_match(city, grid))
@@ -1695,14 +1740,17 @@ def desk_redirect(done: str, after: str, card: str) -> Response:
     return RedirectResponse(f"/console/desk?{query}#{card}-{quote(after, safe='')}", status_code=303)
 
 
-def desk_refused(reply: Reply, no: str, card: str, field: str, form: FormData, target: str) -> Response:
+def desk_refused(
+    reply: Reply, no: str, card: str, field: str, form: FormData, target: str, **chosen: str
+) -> Response:
     """Back to the desk, refused, for every card alike (a dispatch, a verdict): to the card of `no`
     (`card`, one of DESK_CARDS; desk_page finds the page that holds it), where the refusal is said
     beside the field it is about (`field`, as desk.html names it), which takes the focus, marked and
     described by why, and what was picked or typed is still there (DESK_KEPT), so the second try is
     the part refused alone. `target`, the field's id, is the fragment: it focuses the field, where
-    the card's would take the focus first."""
-    kept = {name: text(form, name) for name in DESK_KEPT}
+    the card's would take the focus first. `chosen`: what the desk chose other than the form's
+    fields say (a button's category, `desk_assign`)."""
+    kept = {name: text(form, name) for name in DESK_KEPT} | chosen
     said = {"error": reply.message, "ticket": no, "card": card, "field": field, **kept}
     query = urlencode({k: v for k, v in said.items() if v})
     return RedirectResponse(f"/console/desk?{query}#{quote(target, safe='')}", status_code=303)

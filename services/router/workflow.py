@@ -1038,7 +1038,9 @@ def refer_to_mediation(
     parties (neighbours' noise, a leaking ceiling, property fees, a small debt) and refers it to the
     People's Mediation Committee of the ticket's street, which becomes its department with its full
     time from now, as after a re-dispatch (改派); the reason is the assignment's explanation, which
-    the mediator reads. Not a return (`returns` stays): the committee may still return it."""
+    the mediator reads. Not a return (`returns` stays): the committee may still return it. Only
+    an appeal of a category the city marks for mediation (`mediation: true` in categories.yaml,
+    `City.mediable`): a water cut or a broken street light is no one's dispute."""
     _require_owner(ticket, dept_id)
     check(ticket, "mediate")
     _not_settled_by_meeting(ticket, "转人民调解")
@@ -1048,6 +1050,8 @@ def refer_to_mediation(
             "already_with_committee",
             f"工单{ticket.ticket_no}已由{holder}调解，不能再转人民调解；调解不成的，办结时如实记录调解结果",
         )
+    if not city.mediable(ticket.category):
+        raise WorkflowError("not_a_dispute", not_mediable(ticket, city))
     grid = ticket.grid.grid if ticket.grid else None
     committee = mediation_committee(city, grid)
     if committee is None:
@@ -1071,6 +1075,19 @@ def refer_to_mediation(
         + (f"（{dropped}）" if dropped else ""),
     )
     return Outcome(new, publish=[event])
+
+
+def not_mediable(ticket: Ticket, city: City) -> str:
+    """Why a ticket of its category is not referred to people's mediation, and what to do instead:
+    a dispute between parties wrongly classified goes back to the desk, which may send it to the
+    committee (改派)."""
+    names = city.category_names_by_id.get(ticket.category or "")
+    kinds = "、".join(city.category_names(c)[-1] for c in city.mediation_categories)
+    fits = f"可转人民调解的是当事人之间的纠纷（{kinds}）" if kinds else "本市未设可转人民调解的诉求分类"
+    return (
+        f"工单{ticket.ticket_no}的诉求分类为“{names[-1] if names else '未分类'}”，不能转人民调解：{fits}；"
+        "确属当事人之间纠纷而分类有误的，请以“诉求分类有误”退单，或请派单中心改派"
+    )
 
 
 def _mediation_recorded(city: City, dept_id: str, mediation: Mediation | None) -> Mediation | None:
@@ -1301,13 +1318,20 @@ _TO_THE_DESK: dict[ReturnReason, str] = {
 }
 
 
+def listed_rule(city: City, category: str | None, grid: GridMatch | None, dept_id: str) -> str:
+    """The responsibility rule that names the department the lead for this appeal, in words (as a
+    routing's `rule` says it), or "" when none does."""
+    rule = responsible(city, category, grid or GridMatch(grid=None), dept_id) if category else None
+    return describe_rule(city, rule) if rule is not None else ""
+
+
 def dispute_wanted(city: City, category: str | None, grid: GridMatch | None, dept_id: str) -> str:
     """What a return disputing the responsibility list (DISPUTES) must say when the list names the
     department for this appeal: the rule it disputes (the refusal's words); "" when none names it."""
-    rule = responsible(city, category, grid or GridMatch(grid=None), dept_id) if category else None
-    if rule is None:
+    rule = listed_rule(city, category, grid, dept_id)
+    if not rule:
         return ""
-    return f"权责清单规定由本单位主办（{describe_rule(city, rule)}）；如有异议，请写明所争议的规则及理由"
+    return f"权责清单规定由本单位主办（{rule}）；如有异议，请写明所争议的规则及理由"
 
 
 def return_ticket(

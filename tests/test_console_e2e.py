@@ -25,7 +25,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from PIL import Image, ImageDraw
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
 from services.console import present
 from services.console.lookup import BAD_LINK, EXPIRED_LINK
@@ -2311,6 +2311,18 @@ async def test_grid_worker_asks_to_correct_the_grid_and_the_desk_approves_it_fro
     assert "同意网格员W091的更正申请" in placed["history"][-1]["note"]
 
 
+async def refused_beside(page: Page, card: Locator, field: Locator, error_id: str, said: str) -> None:
+    """A desk card's verdict refused for want of a reason: `said` beside the card's `field` (not at
+    the top of the page), which takes the focus, marked invalid and described by it."""
+    await expect(page.locator(f"#{error_id}")).to_have_text(said)
+    await expect(card.locator(f"#{error_id}")).to_have_count(1)  # on its card
+    await expect(page.locator("#desk-error")).to_have_count(0)  # not at the top of the page
+    await expect(field).to_be_focused()
+    await expect(field).to_have_attribute("aria-invalid", "true")
+    await expect(field).to_have_attribute("aria-describedby", error_id)
+    await accessible(page)
+
+
 async def test_the_desk_refuses_a_grid_workers_request_and_a_missing_reason_is_asked_for_on_its_card(
     page: Page, redis, system: System, settings: Settings, system_city: City
 ):
@@ -2335,14 +2347,9 @@ async def test_the_desk_refuses_a_grid_workers_request_and_a_missing_reason_is_a
         reason = card.get_by_role("textbox", name="不同意的理由（网格员将看到）")
         async with page.expect_navigation():
             await card.get_by_role("button", name="不同意", exact=True).click()
-        said = page.locator(f"#placereq-refuse-{no}-error")
-        await expect(said).to_have_text(REQUIRED["decide_place.reason"])
-        await expect(card.locator(f"#placereq-refuse-{no}-error")).to_have_count(1)  # on its card
-        await expect(page.locator("#desk-error")).to_have_count(0)  # not at the top of the page
-        await expect(reason).to_be_focused()
-        await expect(reason).to_have_attribute("aria-invalid", "true")
-        await expect(reason).to_have_attribute("aria-describedby", f"placereq-refuse-{no}-error")
-        await accessible(page)
+        await refused_beside(
+            page, card, reason, f"placereq-refuse-{no}-error", REQUIRED["decide_place.reason"]
+        )
         await shot(page, "desk-place-request-reason-wanted")
         await reason.fill(why)
         async with page.expect_navigation():
@@ -2382,14 +2389,9 @@ async def test_the_desk_refuses_an_extension_only_with_a_reason_which_the_depart
         await expect(reason).to_have_attribute("aria-required", "true")
         async with page.expect_navigation():
             await card.get_by_role("button", name="驳回", exact=True).click()
-        said = page.locator(f"#ext-refuse-{no}-error")
-        await expect(said).to_have_text(REQUIRED["decide_extension.reason"])
-        await expect(card.locator(f"#ext-refuse-{no}-error")).to_have_count(1)  # on its card
-        await expect(page.locator("#desk-error")).to_have_count(0)  # not at the top of the page
-        await expect(reason).to_be_focused()
-        await expect(reason).to_have_attribute("aria-invalid", "true")
-        await expect(reason).to_have_attribute("aria-describedby", f"ext-refuse-{no}-error")
-        await accessible(page)
+        await refused_beside(
+            page, card, reason, f"ext-refuse-{no}-error", REQUIRED["decide_extension.reason"]
+        )
         await reason.fill(why)
         async with page.expect_navigation():
             await card.get_by_role("button", name="驳回", exact=True).click()

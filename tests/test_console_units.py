@@ -1618,6 +1618,14 @@ def test_an_answer_taken_on_the_phone_names_the_operator(city):
     assert present.describe({**by_sms, "rating": 3, "by": "op09"}, city) == "电话回访（话务员op09）：不满意"
 
 
+def test_an_answer_says_whether_the_problem_is_solved_as_its_confirmation_did(city):
+    answered = {"topic": "survey.answered", "rating": 1, "outcome": "answered"}
+    assert present.describe({**answered, "solved": True}, city) == "市民回复回访：满意"
+    assert present.describe({**answered, "solved": False}, city) == "市民回复回访：满意，问题未解决"
+    unsatisfied = {**answered, "rating": 3, "solved": True, "via": "lookup"}
+    assert present.describe(unsatisfied, city) == "市民在查询页评价：不满意，问题已解决"
+
+
 def test_a_desk_card_names_the_tickets_of_its_grid_and_category_already_being_handled():
     """并案 from the desk's queue: the tickets it may repeat, before it is dispatched again."""
     desk = SimpleNamespace(

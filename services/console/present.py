@@ -261,7 +261,8 @@ def describe(record: Mapping[str, Any], city: City) -> str:
         share = f"（置信度{confidence:.0%}）" if isinstance(confidence, int | float) else ""
         return f"{TOPIC_NAMES[topic]}：{names}{share}"
     if topic == "survey.answered":
-        rating = RATING_NAMES.get(record.get("rating") or 0, "")
+        # The answer as its confirmation said it: 满意，问题未解决 is not 满意.
+        rating = rating_words(r, record.get("solved")) if (r := record.get("rating")) in (1, 2, 3) else ""
         if record.get("by"):  # asked on the phone (电话回访)
             return f"电话回访（话务员{record['by']}）：{rating}"
         if record.get("via") == "lookup":  # on the resident's lookup page, not by a reply

@@ -533,10 +533,11 @@ return 1
 
 
 class MeetingStore:
-    """`precedent_days`: how long a decision's precedent lasts (`supervision.meeting_precedent_days`;
-    0: none is written)."""
+    """`precedent_days`: how long a decision's precedent lasts, as the city says
+    (`supervision.meeting_precedent_days`), for the stores that decide meetings (the router's
+    worker and API); 0, the default, for those that only read or evict them: none is written."""
 
-    def __init__(self, redis: Redis, store: TicketStore, *, precedent_days: float = 30) -> None:
+    def __init__(self, redis: Redis, store: TicketStore, *, precedent_days: float = 0) -> None:
         self.redis, self.store, self.precedent_days = redis, store, precedent_days
 
     @staticmethod

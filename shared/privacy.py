@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from shared.settings import DEMO_CALLER_ID_SALT, Settings, get_settings
 from shared.tickets import Ticket
+from shared.yamlfile import load_model
 
 _MOBILE = re.compile(r"^1[3-9]\d{9}$")
 # Landline: area code 0 + 2-3 digits, then a 7-8 digit number; optional extension.
@@ -242,13 +242,7 @@ class NameWords(BaseModel):
 
 def load_names(path: Path = NAMES_FILE) -> NameWords:
     """The name lists, checked; a ValueError that names the file and the entries when they are wrong."""
-    try:
-        return NameWords.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
-    except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"{path}: invalid name lists:\n  " + "\n  ".join(lines)) from e
+    return load_model(path, NameWords, "name lists")
 
 
 class _Names:

@@ -16,18 +16,17 @@ import re
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     StringConstraints,
-    ValidationError,
     field_validator,
 )
 
 from shared.events import AppealType
+from shared.yamlfile import load_model
 
 DEFAULT_CUES = Path(__file__).resolve().parents[2] / "shared" / "dictionaries" / "cues.yaml"
 TYPES: tuple[str, ...] = get_args(AppealType)
@@ -115,10 +114,4 @@ def load_cues(city_config_dir: str | Path | None = None) -> Cues:
     path = DEFAULT_CUES
     if city_config_dir and (Path(city_config_dir) / "cues.yaml").is_file():
         path = Path(city_config_dir) / "cues.yaml"
-    try:
-        return Cues.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
-    except ValidationError as e:
-        lines = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"{path}: invalid cue lists:\n  " + "\n  ".join(lines)) from e
+    return load_model(path, Cues, "cue lists")

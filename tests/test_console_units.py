@@ -31,9 +31,10 @@ from services.console.views import (
     KNOWLEDGE_DONE,
     LIST_FILTERS,
     NOT_CLOSED,
+    co_handlers_of,
     erasure_body,
     erasure_of,
-    handlers_of,
+    lead_of,
     list_choices,
     list_errors,
     list_row,
@@ -643,7 +644,27 @@ def test_a_department_summoned_to_a_tickets_meeting_reads_it_without_its_handlin
     assert 'id="accept"' in holder
     assert 'id="summoned-only"' not in holder
     co_handled = {**ticket, "co_departments": [{"id": "water", "name": "区水务局"}]}
-    assert handlers_of(co_handled) == {"urban_mgmt", "water"}
+    assert (lead_of(co_handled), co_handlers_of(co_handled)) == ("urban_mgmt", {"water"})
+
+
+def test_a_co_handling_department_reads_the_ticket_without_the_leads_forms(city):
+    """协办: the workflow lets only the lead act (签收, 办结, 退单, 延期 refused to any other as if
+    the ticket did not exist), so a co-handler is not offered them: it reads who co-handles the
+    ticket and who handles it. Everyone reads the co-handlers under 承办单位."""
+    co_departments = [{"id": "water", "name": "区水务局"}, {"id": "police", "name": "区公安分局"}]
+    ticket = {**DEPARTMENTS_TICKET, "co_departments": co_departments}
+    co = render_ticket(city, ticket, role="department", department="water", co_handles=True)
+    assert 'id="co-departments">区水务局、区公安分局<' in co
+    assert 'id="co-handled"' in co
+    assert "由主办单位区城市管理委员会办理" in co
+    assert 'id="summoned-only"' not in co
+    assert 'id="accept"' not in co
+    assert 'action="/console/tickets/20260302-000003/' not in co
+    lead = render_ticket(city, ticket, role="department", department="urban_mgmt", handles=True)
+    assert 'id="accept"' in lead
+    assert 'id="co-handled"' not in lead
+    assert 'id="co-departments">区水务局、区公安分局<' in render_ticket(city, ticket)
+    assert 'id="co-departments"' not in render_ticket(city, DEPARTMENTS_TICKET)
 
 
 def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadline(city):

@@ -942,8 +942,12 @@ def place_of(item: dict, city: City) -> str:
 
 
 def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
+    names = city.department_by_id
     return {
         "place": place_of(item, city),
+        # 协办: the record's list finds a department's co-handled tickets too (department=), so the
+        # row says who co-handles it, or the count beside a department's name would not add up.
+        "co_names": [names[d].name if d in names else d for d in item.get("co_departments") or ()],
         **item,
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
@@ -1160,8 +1164,13 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "grid_groups": present.grid_choices(city),
         "grid_id": grid,
         "merge_candidates": candidates.body["candidates"] if candidates and candidates.ok else [],
-        # A department summoned to the ticket's joint meeting reads it without handling it.
-        "handles": s.principal.role == "department" and s.principal.department in handlers_of(ticket),
+        # Only the department that leads the ticket (主办) handles it: the workflow refuses 签收, 办结,
+        # 退单 and 延期 to any other. One that co-handles it (协办) or is summoned to its joint meeting
+        # reads it without the forms, and the page says who handles it.
+        "handles": s.principal.role == "department" and s.principal.department == lead_of(ticket),
+        "co_handles": s.principal.role == "department"
+        and s.principal.department != lead_of(ticket)
+        and s.principal.department in co_handlers_of(ticket),
         # 退单 disputing the responsibility list that names this department: the rule, asked for,
         # and filled in (editable): the rule that routed the ticket here (its last assignment's),
         # else the one the list names this department by (which the refusal quotes).
@@ -1199,9 +1208,15 @@ def disputed_rule_of(form: FormData) -> str:
     return "" if untouched and text(form, "reason") not in workflow.DISPUTES else rule
 
 
-def handlers_of(ticket: dict[str, Any]) -> set[str]:
-    """The departments that act on a ticket: the one that leads it and those that co-handle it."""
-    return {d["id"] for d in (ticket.get("department"), *(ticket.get("co_departments") or ())) if d}
+def lead_of(ticket: dict[str, Any]) -> str | None:
+    """The department that leads a ticket (主办), the only one that acts on it."""
+    return (ticket.get("department") or {}).get("id")
+
+
+def co_handlers_of(ticket: dict[str, Any]) -> set[str]:
+    """The departments that co-handle a ticket (协办): they read it, as the API lets them, but the
+    workflow refuses them its steps (`workflow._require_owner`), so they get none of its forms."""
+    return {d["id"] for d in ticket.get("co_departments") or () if d}
 
 
 async def action_refused(

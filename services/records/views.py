@@ -72,6 +72,7 @@ EXPORT = {
     "社区": "community",
     "网格": "grid",
     "承办单位": "department_name",
+    "协办单位": "co_departments",  # a department's export (department=) has the tickets it co-handles
     "紧急": "urgent",
     "超期": "overdue",
     "响应时限": "respond_by",
@@ -294,6 +295,7 @@ def export_names(city: City) -> dict[str, dict[Any, str]]:
 async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIterator[list[Any]]:
     """The rows through a server-side cursor: a thousand at a time in memory, whatever the total."""
     names = export_names(city)
+    co_names = {d.id: d.name for d in city.departments}
     columns = ", ".join(f"{ANSWERS_SQL} AS answers" if c == "answers" else c for c in EXPORT.values())
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="export")
@@ -304,6 +306,7 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIt
         while batch := await cur.fetchmany(1000):
             for r in batch:
                 r["answers"] = answers_words(r["answers"])
+                r["co_departments"] = "、".join(co_names.get(d, d) for d in r["co_departments"] or ())
                 yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
 
 

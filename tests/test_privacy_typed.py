@@ -6,6 +6,7 @@ repeat call's words. Names: tests/test_privacy_names.py."""
 
 from __future__ import annotations
 
+import importlib
 from datetime import date
 
 import pytest
@@ -356,3 +357,40 @@ def test_a_repeat_calls_words_are_masked_in_the_history():
     urged = workflow.urge(t, "0231", "还是没人修，回电139 1234 5678", T0)
     assert urged is not None
     assert urged.publish[0].note == "还是没人修，回电139****5678"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("services.router.views:ResolveIn", "note"),
+        ("services.router.views:ExtendIn", "reason"),
+        ("services.router.views:VerifyIn", "note"),
+        ("services.router.views:RedispatchIn", "reason"),
+        ("services.router.views:PlaceRequestIn", "reason"),
+        ("services.notifier.views:CallbackIn", "note"),
+    ],
+)
+def test_staff_text_is_masked_as_the_request_is_read(body, field):
+    """What staff type goes into the history the resident reads (办理结果 on the lookup page, the
+    survey SMS) and other departments read: a number or a name in it is masked as it is received."""
+    module, name = body.split(":")
+    model = getattr(importlib.import_module(module), name)
+    typed = "已现场处理，联系人：张三 13900001111，身份证110105199001011234"
+    read = model.model_validate(
+        {"note": "", "reason": "", "days": 5, "solved": False, "reached": True}
+        | {"grid": "s01c01g01", "department": "water", field: typed}
+    )
+    assert getattr(read, field) == "已现场处理，联系人：张* 139****1111，身份证110105********1234"
+
+
+def test_a_mediations_agreement_is_masked_as_the_resolution_is_read():
+    from services.router.views import ResolveIn
+
+    read = ResolveIn.model_validate(
+        {
+            "note": "调解成功",
+            "mediation": {"outcome": "agreed", "agreement": "赔偿1000元，转账至6222 0000 0000 0009"},
+        }
+    )
+    assert read.mediation is not None
+    assert read.mediation.agreement == "赔偿1000元，转账至6222 **** **** 0009"

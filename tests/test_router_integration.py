@@ -700,8 +700,13 @@ async def test_the_desk_redispatches_a_department_s_ticket_and_the_new_one_takes
     r = await api.get(f"/api/v1/tickets/{no}", headers=water)
     assert r.json()["history"][-1]["explanation"] == assigned["explanation"]
     assert (await api.post(f"/api/v1/tickets/{no}/accept", headers=water)).status_code == 200
-    r = await api.post(f"/api/v1/tickets/{no}/resolve", headers=water, json={"note": "已抢修水管并修复路面"})
+    # Staff text reaches the resident (办理结果 on the lookup page and in the survey SMS): a phone
+    # or a name typed into it is masked as it is received, as a resident's words are at intake.
+    note = "已抢修水管并修复路面。联系人：张三 13900001111"
+    r = await api.post(f"/api/v1/tickets/{no}/resolve", headers=water, json={"note": note})
     assert r.status_code == 200
+    assert r.json()["resolution_note"] == "已抢修水管并修复路面。联系人：张* 139****1111"
+    assert r.json()["history"][-1]["note"] == r.json()["resolution_note"]
     r = await api.post(url, headers=admin, json={**move, "department": "urban_mgmt"})
     assert r.status_code == 409
     assert "当前状态为“已办结”，不能改派" in r.json()["message"]

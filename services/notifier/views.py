@@ -27,7 +27,7 @@ from services.notifier.wechat_gateway import WeChatOutbox
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
 from shared.http import api_error
 from shared.periods import stats_period
-from shared.privacy import InvalidPhone, caller_id, mask_phone, normalize_phone
+from shared.privacy import InvalidPhone, StaffText, caller_id, mask_phone, normalize_phone
 from shared.spreadsheets import Bracketed, Format, Percent, download, each
 
 router = APIRouter(prefix="/api/v1", tags=["sms"])
@@ -276,7 +276,7 @@ class CallbackIn(BaseModel):
     reached: bool = Field(description="false: nobody answered the call (未接通)")
     rating: Literal[1, 2, 3] | None = Field(None, description="满意 1, 基本满意 2, 不满意 3 (reached)")
     solved: bool | None = Field(None, description="whether the resident says the problem is solved")
-    note: str = Field("", max_length=500, description="what the resident said, in a few words")
+    note: StaffText = Field("", max_length=500, description="what the resident said, in a few words")
 
 
 @router.get("/callbacks")

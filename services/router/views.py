@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from services.intake.photo_views import checked_photos, photo_store
 from services.router import meetings, workflow
@@ -36,6 +36,7 @@ from shared.feedback import record_example
 from shared.http import domain_error
 from shared.knowledge import category_filter
 from shared.photo_store import PhotoStore
+from shared.privacy import StaffText, mask_personal_data
 from shared.store import ConcurrentUpdate, Result, Then, TicketStore, apply_and_publish, together
 from shared.tickets import STATUS_NAMES, TICKET_NO_PATTERN, Status, Ticket
 
@@ -345,7 +346,7 @@ async def _accepted_on_time(store: TicketStore, ticket_no: str, event_id: str) -
 
 
 class ResolveIn(BaseModel):
-    note: str = Field(min_length=1, max_length=2000)
+    note: StaffText = Field(min_length=1, max_length=2000)
     photos: list[str] = Field(
         [], description="ids from POST /api/v1/photos (at most 9): photos of the result (处置照片)"
     )
@@ -354,6 +355,14 @@ class ResolveIn(BaseModel):
         description="a mediation committee only, and required of it: agreed (with the agreement's "
         "terms) or not_agreed (the note then says what the parties were told)",
     )
+
+    @field_validator("mediation")
+    @classmethod
+    def _agreement_masked(cls, mediation: Mediation | None) -> Mediation | None:
+        # The agreement's terms are staff text like the note (`StaffText`).
+        if mediation is None or not mediation.agreement:
+            return mediation
+        return mediation.model_copy(update={"agreement": mask_personal_data(mediation.agreement)})
 
 
 def _resolve(note: str, photos: tuple[str, ...], mediation: Mediation | None = None) -> Transition:
@@ -392,7 +401,7 @@ async def resolve_ticket(
 
 class MediateIn(BaseModel):
     # Checked by the workflow (at least a few characters), so a blank one is refused in words.
-    reason: str = Field("", max_length=2000, description="why it is a dispute between parties")
+    reason: StaffText = Field("", max_length=2000, description="why it is a dispute between parties")
 
 
 @router.post("/tickets/{ticket_no}/mediate")
@@ -414,7 +423,7 @@ async def mediate_ticket(
 
 class ReturnIn(BaseModel):
     reason: str = Field(examples=list(workflow.RETURN_REASONS))
-    note: str = Field("", max_length=2000)
+    note: StaffText = Field("", max_length=2000)
     disputed_rule: str = Field(
         "", max_length=500, description="the responsibility rule disputed, if it names us"
     )
@@ -436,7 +445,7 @@ async def return_ticket(
 
 class ExtendIn(BaseModel):
     days: int = Field(ge=1, le=30)
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: StaffText = Field(min_length=1, max_length=2000)
 
 
 @router.post("/tickets/{ticket_no}/extend")
@@ -452,7 +461,7 @@ async def extend_ticket(
 
 
 class DecisionIn(BaseModel):
-    note: str = Field("", max_length=2000)
+    note: StaffText = Field("", max_length=2000)
 
 
 @router.post("/tickets/{ticket_no}/extension/{verdict}")
@@ -485,7 +494,7 @@ urging_staff = require_role("operator", "admin", refusal="只有话务员（或�
 
 
 class UrgeIn(BaseModel):
-    note: str = Field("", max_length=5000, description="what the resident said on this call")
+    note: StaffText = Field("", max_length=5000, description="what the resident said on this call")
     operator_id: str | None = Field(
         None, max_length=50, description="the dispatch desk's token only: the operator who took the call"
     )
@@ -541,7 +550,7 @@ verifying_worker = require_role("grid_worker", refusal="只有本网格的网格
 
 class VerifyIn(BaseModel):
     solved: bool = Field(description="true: 核查属实，已解决; false: 核查未解决, back to the department")
-    note: str = Field("", max_length=2000, description="what the worker saw (required when not solved)")
+    note: StaffText = Field("", max_length=2000, description="what the worker saw (required when not solved)")
     photos: list[str] = Field([], description="ids from POST /api/v1/photos (at most 9): the worker's photos")
 
 
@@ -722,7 +731,7 @@ async def dispatch_followed(
 class DispatchIn(BaseModel):
     department: str
     category: str | None = None  # a corrected leaf category, if the classifier got it wrong
-    note: str = Field("", max_length=2000)
+    note: StaffText = Field("", max_length=2000)
     # The grid the ticket is in (areas.yaml's id), when the classifier found none or the wrong one:
     # the ticket's grid, community and street from then on. An unknown id is refused (422, field grid).
     grid: str | None = Field(None, max_length=100)
@@ -762,7 +771,7 @@ async def dispatch_assign(
 class RedispatchIn(BaseModel):
     department: str = Field(description="the department that is to hold the ticket now")
     # Checked by the workflow (at least a few characters), so a blank one is refused in words.
-    reason: str = Field("", max_length=2000, description="改派原因: the new department reads it")
+    reason: StaffText = Field("", max_length=2000, description="改派原因: the new department reads it")
 
 
 @router.post("/tickets/{ticket_no}/redispatch")
@@ -837,7 +846,7 @@ class PlaceRequestIn(BaseModel):
         max_length=100, description="the grid the problem is in, as seen on the spot (areas.yaml's id)"
     )
     # Checked by the workflow (at least a few characters), so a blank one is refused in words.
-    reason: str = Field("", max_length=2000, description="what the worker saw on the spot")
+    reason: StaffText = Field("", max_length=2000, description="what the worker saw on the spot")
 
 
 @router.post("/tickets/{ticket_no}/place-request")
@@ -885,7 +894,7 @@ async def decide_place_request(
 class MergeIn(BaseModel):
     into: str = Field(max_length=40, description="the main ticket (主件) the duplicate is merged into")
     # Checked by the workflow (at least a few characters), so a blank one is refused in words.
-    reason: str = Field("", max_length=2000, description="并案原因: why it is the same problem")
+    reason: StaffText = Field("", max_length=2000, description="并案原因: why it is the same problem")
 
 
 def _merge_nos(ticket_no: str, into: str) -> list[str]:
@@ -1146,7 +1155,7 @@ async def meeting_checkin(
 
 class MeetingDecisionIn(BaseModel):
     lead: str
-    note: str = Field("", max_length=2000)
+    note: StaffText = Field("", max_length=2000)
 
 
 @router.post("/meetings/{meeting_id}/decide")

@@ -853,6 +853,8 @@ async def test_a_co_handling_department_reads_its_ticket_and_is_told_who_handles
     assert page.status_code == 200, page.text
     row = page.text[page.text.index(f">{no}</a>") :]
     assert '<span class="tag">协办</span>' in row[: row.index("</td>")]
+    # A call typed with neither title nor address: its row shows how its words begin.
+    assert f'data-label="标题/地址">{text[:40]}</td>' in row
     export = await console.get("/console/tickets/export", params={"q": marker, "format": "csv"})
     assert export.status_code == 200, export.text
     table = list(csv.reader(io.StringIO(export.content.decode("utf-8-sig"))))

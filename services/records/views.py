@@ -53,8 +53,10 @@ FILTERS = (
     "verified", "phone", "caller", "answer", "reopened", "response", "answered",
 )  # fmt: skip
 LIST_COLUMNS = (
-    "ticket_no, status, channel, title, address, urgent, overdue, escalated, received_at, category, "
-    "category_names, grid, community, street, department, department_name, co_departments, "
+    # The text's start (excerpt) for a row with neither title nor address: an SMS, a WeChat message.
+    "ticket_no, status, channel, title, address, left(text, 40) AS excerpt, urgent, overdue, "
+    "escalated, received_at, category, category_names, grid, community, street, department, "
+    "department_name, co_departments, "
     "respond_by, resolve_by, accepted_at, resolved_at, closed_at, rating, solved, masked_phone, "
     "caller_id, reopens, returns, urges, verified_at, verified_by, verification, mediation_outcome, "
     f"merged_into, merged, updated_at, {ANSWERS_SQL} AS answers, "

@@ -39,7 +39,7 @@ $(CHROMIUM):
 # (the import contract among them), then the tests on the real broker, Redis and services.
 # One recipe, so the order holds under `make -j` too.
 test: lint setup $(CHROMIUM)
-	$(PYTEST) -m "not integration"
+	$(PYTEST) -m "not integration" -n 2
 	$(PYTEST) -m integration -n 2 --dist loadgroup --durations=25
 
 lint: $(STAMP)

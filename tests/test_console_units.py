@@ -5326,6 +5326,56 @@ def test_a_deadline_past_the_calendar_is_counted_by_weekends_only():
     assert add_working_days(start, 10, with_new_year, TZ).date() == date(2027, 1, 8)
 
 
+def test_an_extension_past_the_calendar_says_how_its_days_were_counted(city):
+    """The desk's preview of an extension request (延至…) says when the new deadline falls after the
+    working-day calendar's end (the demo city's: 2026-12-31), counted there as the router counts it
+    on approval: by weekends only, 元旦 not in it (7 January, not the 8th)."""
+    asked = {
+        "ticket_no": "20261201-000001", "category": "city.facility.streetlight", "urgent": False,
+        "resolve_by": "2026-12-24T02:00:00+00:00", "extension_request": {"days": 10, "reason": "需采购灯杆"},
+    }  # fmt: skip
+    dates = present.extension_dates(asked, city, TZ)
+    assert (dates["resolve_by"], dates["extended_to"]) == ("2026-12-24 10:00", "2027-01-07 10:00")
+    assert dates["calendar"] == (
+        "延期后的期限超出工作日历（只到2026-12-31）：此后的工作日暂按周末计算，未计节假日和调休。"
+    )
+    # 5 working days end on 31 December, the calendar's last day: counted by it, nothing to say.
+    inside = present.extension_dates({**asked, "extension_request": {"days": 5}}, city, TZ)
+    assert (inside["extended_to"], inside["calendar"]) == ("2026-12-31 10:00", "")
+    assert present.extension_dates(asked, calendar_to(city, 2027), TZ)["calendar"] == ""
+    assert present.extension_dates(asked, calendar_to(city, None), TZ)["calendar"] == ""  # weekends only
+
+
+async def test_the_desk_shows_the_note_beside_the_extended_deadline(monkeypatch, city):
+    """The note is on the request's card, under 延至…, whether or not the page's banner is up."""
+    from services.console import views
+    from services.console.session import Session
+    from shared.auth import Principal
+
+    fake = _DecidingDeskApi(city, Reply(200, {}))
+    fake.extension = {
+        **fake.extension, "category": "city.facility.streetlight", "urgent": False,
+        "resolve_by": "2026-12-24T02:00:00+00:00", "extension_request": {"days": 10, "reason": "需采购灯杆"},
+    }  # fmt: skip
+    monkeypatch.setattr(views, "api", lambda request, s: fake)
+    monkeypatch.setattr(views, "today_of", lambda request: date(2026, 9, 1))  # no banner: the note alone
+    settings = SimpleNamespace(timezone="Asia/Shanghai", review_confidence_threshold=0.6)
+    request = SimpleNamespace(
+        query_params={}, app=SimpleNamespace(state=SimpleNamespace(city=city, settings=settings))
+    )
+    s = Session(token="t", principal=Principal(role="admin"), csrf="c")
+    html = (await views.desk_page(request, s)).body.decode()
+    no = fake.extension["ticket_no"]
+    assert "批准后延至2027-01-07 10:00" in html
+    note = re.search(rf'<p class="warning" id="ext-{no}-calendar">(.*?)</p>', html)
+    assert note is not None
+    assert (
+        note.group(1)
+        == "延期后的期限超出工作日历（只到2026-12-31）：此后的工作日暂按周末计算，未计节假日和调休。"
+    )
+    assert 'id="calendar-notice"' not in html
+
+
 async def test_the_desk_and_the_dashboard_say_the_calendar_runs_out(monkeypatch, city):
     """The banner, first in the page, on the dispatch desk and the manager's dashboard, on the city's
     today (`views.today_of`)."""

@@ -8,11 +8,16 @@ Some urgency needs two facts at once: 独居老人 alone is no emergency, nor is
 person living alone who cannot be reached is. `urgent_together` holds such cues: lists of words, the
 appeal urgent when one sentence holds a word of every list (one sentence, so that 老人孩子出行不便 in
 one sentence and 有人摔倒了 in the next make no emergency).
+
+A cue word can also be said of a risk or a plan rather than of what is happening: 存在火灾隐患, 万一着火,
+明天整个小区停水. The `calm` words say so, and a cue they cover does not count (see `Calm`); an appeal
+whose only cues are covered is not urgent, and the model does not overrule that (the text was read).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
@@ -22,6 +27,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
 )
 
@@ -36,12 +42,35 @@ MODEL_URGENT_MIN = 0.8
 # What `urgent_together` counts as one sentence: up to a full stop, a question or exclamation mark, a
 # semicolon or a line break (commas do not end it: 独居老人敲门没人应，电话也打不通 is one).
 SENTENCE_END = re.compile(r"[。！？!?；;\n]")
+# What a `calm` word reaches: its clause, up to a comma or a sentence end (or the space between an
+# appeal's title and its text). Not 、 (火灾、触电等隐患) nor a colon (通知：下周二整栋楼停电).
+CLAUSE_END = re.compile(r"[，,；;。！？!?\s]")
+# A `calm.after` word covers a cue it follows by at most this many characters (火灾的隐患, 火灾等安全隐患).
+AFTER_GAP = 3
 
 # An empty word would match every text: refused on load, as are a combination of fewer than two lists
 # (a single list belongs in `urgent`) and an empty list.
 Word = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Words = tuple[Word, ...]
 Together = Annotated[tuple[Annotated[Words, Field(min_length=1)], ...], Field(min_length=2)]
+
+
+class Calm(BaseModel):
+    """Words that say a cue is not an emergency happening now. In one clause (up to a comma):
+
+    - `before`: a what-if or a plan; covers every cue after it in the clause (万一着火, 明天整个小区停水,
+      通知说下周二整栋楼停电), up to a `now` word;
+    - `after`: a risk; covers the cue just before it, at most AFTER_GAP characters away (火灾隐患);
+    - `now`: a word that it is happening all the same (但是, 现在, 已经) ends what a `before` word covers,
+      and a calm word inside one does not count (没有提前通知 holds 通知).
+
+    A cue before a `before` word, or in another clause, stays urgent: 整栋楼停水了，通知说明天才修好."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    before: Words = ()
+    after: Words = ()
+    now: Words = ()
 
 
 class Cues(BaseModel):
@@ -51,10 +80,12 @@ class Cues(BaseModel):
     urgent: Words
     urgent_together: tuple[Together, ...] = ()  # urgent when one sentence has a word of each list
     follow_up: Words = ()  # a caller asking after an earlier appeal (the hotline's preview)
+    calm: Calm = Calm()  # words that say a cue is a risk or a plan, not an emergency now
     _type_res: list[tuple[AppealType, re.Pattern[str] | None]] = PrivateAttr(default_factory=list)
     _urgent_re: re.Pattern[str] | None = PrivateAttr(default=None)
     _together_res: list[list[re.Pattern[str]]] = PrivateAttr(default_factory=list)
     _follow_up_re: re.Pattern[str] | None = PrivateAttr(default=None)
+    _calm_re: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
@@ -62,6 +93,24 @@ class Cues(BaseModel):
         unknown = sorted(set(v) - set(TYPES))
         if unknown:
             raise ValueError(f"unknown appeal type(s) {unknown}; allowed: {list(TYPES)}")
+        return v
+
+    @field_validator("calm")
+    @classmethod
+    def _calm_words_hold_no_cue(cls, v: Calm, info: ValidationInfo) -> Calm:
+        """A calm word holding a cue word (火灾隐患 holds 火灾) covers nothing: a cue is covered only by
+        a word before or after it, never by one it is part of. Say the calm part alone (隐患)."""
+        cues = set(info.data.get("urgent", ())) | {
+            w for c in info.data.get("urgent_together", ()) for words in c for w in words
+        }
+        for where in ("before", "after"):
+            for i, word in enumerate(getattr(v, where)):
+                held = sorted(c for c in cues if c in word)
+                if held:
+                    raise ValueError(
+                        f"calm.{where}.{i} {word!r} holds the urgent cue(s) {held}, so it covers no "
+                        "cue: list only the calm part of it"
+                    )
         return v
 
     def model_post_init(self, _: object) -> None:
@@ -76,6 +125,10 @@ class Cues(BaseModel):
             [re.compile("|".join(map(re.escape, words))) for words in c] for c in self.urgent_together
         ]
         self._follow_up_re = pattern(self.follow_up)
+        # One scan finds every calm word; `now` first, so that 没有提前通知 is one, not 通知.
+        calm = {"now": self.calm.now, "before": self.calm.before, "after": self.calm.after}
+        groups = [f"(?P<{name}>{'|'.join(map(re.escape, words))})" for name, words in calm.items() if words]
+        self._calm_re = re.compile("|".join(groups)) if self.calm.before or self.calm.after else None
 
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
         for kind, cue_re in self._type_res:
@@ -86,23 +139,76 @@ class Cues(BaseModel):
         return "诉求"
 
     def is_urgent(self, text: str, operator_flag: bool = False, model_p: float | None = None) -> bool:
-        if operator_flag or self.urgent_cue(text):
+        if operator_flag:
             return True
+        cue = self.urgent_cue_found(text)
+        if cue is not None:
+            return cue  # a cue decides, and so does one the calm words cover
         return model_p is not None and model_p >= MODEL_URGENT_MIN
 
     def urgent_cue(self, text: str) -> bool:
-        """Whether the text holds an urgent cue: a word of `urgent`, or in one sentence a word of every
-        list of one of `urgent_together`'s combinations."""
-        if self._urgent_re is not None and self._urgent_re.search(text):
-            return True
-        sentences: list[str] | None = None
+        """Whether the text holds an urgent cue that no calm word covers."""
+        return self.urgent_cue_found(text) is True
+
+    def urgent_cue_found(self, text: str) -> bool | None:
+        """True when the text holds an urgent cue: a word of `urgent`, or in one sentence a word of
+        every list of one of `urgent_together`'s combinations, none of them covered by a `calm` word;
+        False when it holds cues but the calm words cover them all (万一着火, 明天整个小区停水); None
+        when it holds none."""
+        found = False
+        calmed: Callable[[int, int], bool] | None = None  # looked for once a cue is found: most have none
+        if self._urgent_re is not None:
+            for m in self._urgent_re.finditer(text):
+                calmed = calmed if found else self._calm_cover(text)
+                found = True
+                if calmed is None or not calmed(m.start(), m.end()):
+                    return True
+        sentences: list[tuple[int, int]] | None = None
         for lists in self._together_res:
             if not all(words.search(text) for words in lists):
                 continue  # most texts: no sentence can have them all, and no split is needed
-            sentences = sentences if sentences is not None else SENTENCE_END.split(text)
-            if any(all(words.search(s) for words in lists) for s in sentences):
-                return True
-        return False
+            if sentences is None:
+                ends = [m.start() for m in SENTENCE_END.finditer(text)] + [len(text)]
+                sentences = list(zip([0] + [e + 1 for e in ends[:-1]], ends, strict=True))
+            for start, end in sentences:
+                if not all(words.search(text, start, end) for words in lists):
+                    continue
+                calmed = calmed if found else self._calm_cover(text)
+                found = True
+                if calmed is None or all(
+                    any(not calmed(m.start(), m.end()) for m in words.finditer(text, start, end))
+                    for words in lists
+                ):
+                    return True
+        return False if found else None
+
+    def _calm_cover(self, text: str) -> Callable[[int, int], bool] | None:
+        """Whether a cue at text[start:end] is covered by a calm word (see `Calm`); None when the text
+        has no calm word (most texts: every cue counts)."""
+        if self._calm_re is None:
+            return None
+        words = list(self._calm_re.finditer(text))
+        if not any(m.lastgroup != "now" for m in words):
+            return None
+        clause_ends = [m.start() for m in CLAUSE_END.finditer(text)]
+        nows = [m.start() for m in words if m.lastgroup == "now"]
+        covered: list[tuple[int, int]] = []  # what `before` words cover: to the clause's end or a `now`
+        afters: list[int] = []
+        for m in words:
+            if m.lastgroup == "before":
+                stop = min(
+                    [e for e in clause_ends if e >= m.end()] + [n for n in nows if n >= m.end()] + [len(text)]
+                )
+                covered.append((m.end(), stop))
+            elif m.lastgroup == "after":
+                afters.append(m.start())
+
+        def calmed(start: int, end: int) -> bool:
+            return any(a <= start < b for a, b in covered) or any(
+                0 <= p - end <= AFTER_GAP and CLAUSE_END.search(text, end, p) is None for p in afters
+            )
+
+        return calmed
 
     def follows_up(self, text: str) -> bool:
         """Whether the caller asks after an appeal they made before."""

@@ -769,7 +769,10 @@ def calendar_notice(city: City, today: date) -> str:
 def extension_dates(ticket: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict[str, str]:
     """What the desk weighs an extension request (延期申请) against: the resolution deadline now, the
     one approval would set (the days asked for, in working days from it, as the router counts
-    them), and the time the ticket's kind of appeal is given to be resolved."""
+    them), and the time the ticket's kind of appeal is given to be resolved. `calendar` says, when
+    that new deadline falls after the end of the city's working-day calendar (sla.yaml), that the
+    days past its end were counted as the router counts them there: by weekends only, no holiday
+    or make-up working day (调休) in them, so the real deadline may differ; else ""."""
     request, due = ticket.get("extension_request") or {}, parse_time(ticket.get("resolve_by"))
     if not request or due is None:
         return {}
@@ -778,7 +781,14 @@ def extension_dates(ticket: Mapping[str, Any], city: City, tz: ZoneInfo) -> dict
     cls = city.sla.classes[name]
     given = f"{cls.resolve_days}个工作日" if cls.resolve_days else f"{cls.resolve_hours:g}小时"
     later = add_working_days(due, int(request.get("days") or 0), city.sla, tz)
-    return {"resolve_by": local(due, tz), "extended_to": local(later, tz), "given": f"{cls.name}，{given}"}
+    ends, calendar = city.sla.calendar_ends, ""
+    if ends is not None and later.astimezone(tz).date() > ends:
+        calendar = (
+            f"延期后的期限超出工作日历（只到{ends.isoformat()}）：此后的工作日暂按周末计算，"
+            "未计节假日和调休。"
+        )
+    dates = {"resolve_by": local(due, tz), "extended_to": local(later, tz), "given": f"{cls.name}，{given}"}
+    return {**dates, "calendar": calendar}
 
 
 def grid_map(city: City, volume: Mapping[str, int]) -> dict[str, Any]:

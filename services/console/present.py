@@ -10,13 +10,13 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.notifier import scoring
-from services.notifier.survey import comment_in_note, rating_words
 from services.router.rules import FIRST_CONTACT, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
 from shared.access import ROLE_NAMES, subject_words
 from shared.city import City
 from shared.events import GridMatch
+from shared.survey_reply import comment_in_note, rating_words
 from shared.tickets import MEDIATION_OUTCOME_NAMES, RATING_NAMES
 
 ACTION_NAMES = {

@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from services.notifier.survey import answer_comment
 from services.router import meetings
 from services.router.rules import (
     FIRST_CONTACT,
@@ -78,6 +77,7 @@ from shared.events import (
     Verification,
 )
 from shared.privacy import mask_personal_data
+from shared.survey_reply import answer_comment
 from shared.tickets import STATUS_NAMES, Status, Ticket
 
 

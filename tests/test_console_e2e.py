@@ -2468,7 +2468,8 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
 ):
     """吹哨报到: a joint meeting about a ticket another department holds (whose street light it is
     is contested); the street office that leads it holds none of its tickets, yet its menu counts
-    the meeting, /console/meetings shows it, and it checks in there."""
+    the meeting, /console/meetings shows it, and it checks in there. While the meeting decides, the
+    ticket's page names no department as its 承办单位."""
     no = f"20261125-{random.randint(900000, 999999)}"
     contested = classified(
         system_city,
@@ -2511,6 +2512,8 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await expect(page.locator("#ticket-no")).to_have_text(no)
     await expect(page.locator("#summoned-only")).to_contain_text("由承办单位办理")
     await expect(page.locator("#accept")).to_have_count(0)
+    # The department the ticket still names is not its lead: the meeting decides, and is named.
+    await expect(page.locator("#ticket-department")).to_have_text(f"待会议确定（联席会议工单{no}）")
 
     # The desk reads the meeting by what it is about (its id is a hash), and its decision asks
     # first, naming the department chosen; called off here, the meeting stays open.

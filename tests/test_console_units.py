@@ -688,6 +688,60 @@ def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadli
     assert 'id="meeting"' not in render_ticket(city, {**decided, "meeting_id": None})
 
 
+def test_a_ticket_held_by_a_joint_meeting_names_no_department_as_its_lead(city):
+    """While a joint meeting decides who leads, the department the ticket still names (the one that
+    returned it twice, here) is not its 承办单位: the ticket's page says 待会议确定 and names the
+    meeting, and no list row, merge candidate or desk line claims that department either."""
+    returned_by = {"id": "street_s03", "name": "光明街道办事处"}
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "meeting",
+        "text": "小区门口垃圾堆积",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+        "confidence": None,
+        "received_at": "2026-03-01T08:00:00+00:00",
+        "department": returned_by,
+        "meeting_id": "M0123456789abcde",
+        "meeting_by": (NOW + timedelta(days=2)).isoformat(),
+    }
+    lead = re.search(r'<dt>承办单位</dt><dd id="ticket-department">(.*?)</dd>', render_ticket(city, ticket))
+    assert lead is not None
+    assert lead[1] == "待会议确定（联席会议M0123456789abcde）"
+    named = render_ticket(city, ticket, meeting_title="工单20260302-000002")
+    assert '<dd id="ticket-department">待会议确定（联席会议工单20260302-000002）</dd>' in named
+    # Decided, the ticket names its lead again.
+    decided = {**ticket, "status": "assigned", "department": {"id": "urban_mgmt", "name": "区城市管理委员会"}}
+    assert '<dd id="ticket-department">区城市管理委员会</dd>' in render_ticket(city, decided)
+    # The ticket list (as the record lists it: the department's name beside its id).
+    item = {
+        "ticket_no": ticket["ticket_no"],
+        "status": "meeting",
+        "department": "street_s03",
+        "department_name": "光明街道办事处",
+        "meeting_by": ticket["meeting_by"],
+    }
+    listed = tickets_html(city, rows=[list_row(item, TZ, city)], total=1)
+    table = listed[listed.index('<table class="list stack" id="ticket-list">') :]
+    assert '<td data-label="承办单位">待会议确定</td>' in table
+    assert "光明街道办事处" not in table
+    assert list_row({**item, "status": "assigned"}, TZ, city)["department_name"] == "光明街道办事处"
+    # The dashboard's overdue list and the desk's lines read the router's tickets (row), the grid
+    # worker's own reports the record's (report_row).
+    from services.console.reported import report_row
+
+    assert row(ticket, TZ, NOW)["department_name"] == "待会议确定"
+    assert report_row(item, TZ, city, NOW)["department_name"] == "待会议确定"
+    assert present.holder_name({**ticket, "status": "accepted"}) == "光明街道办事处"
+    assert present.holder_name({"status": "review"}) == ""
+    # A merge candidate the meeting holds, offered on another ticket's page.
+    other = {**DEPARTMENTS_TICKET, "status": "review", "department": None}
+    candidate = {**ticket, "status_name": "联席会议", "merged": 0}
+    offered = render_ticket(city, other, can_merge=True, merge_candidates=[candidate])
+    label = re.search(r'<label for="merge-into-1">(.*?)</label>', offered)
+    assert label is not None
+    assert label[1].startswith("工单20260302-000002（联席会议，待会议确定）")
+
+
 def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):
     ticket = {
         "ticket_no": "20260302-000001",

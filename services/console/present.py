@@ -94,6 +94,21 @@ def due_of(ticket: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+# What a ticket's 承办单位 is while a joint meeting holds it: the meeting decides who leads, and the
+# department the ticket still names (the one that returned it twice, or whose resolution the resident
+# or the grid worker sent back twice) is only summoned to it.
+PENDING_MEETING = "待会议确定"
+
+
+def holder_name(ticket: Mapping[str, Any]) -> str:
+    """The 承办单位 a ticket's page or a list row names: 待会议确定 while a joint meeting holds the
+    ticket, else its department's name ("" when none: not yet dispatched). Reads a ticket as the
+    router gives it (`department`) or a list item as the record does (`department_name`)."""
+    if ticket.get("status") == "meeting":
+        return PENDING_MEETING
+    return str(ticket.get("department_name") or (ticket.get("department") or {}).get("name") or "")
+
+
 def due_label(status: str | None) -> str:
     """What the time left counts down to (see due_of)."""
     return {"assigned": "签收时限", "accepted": "办结时限", "meeting": "会议时限"}.get(status or "", "时限")

@@ -83,6 +83,7 @@ templates.globals.update(
     reason_min=workflow.REASON_MIN,
     lead_required=LEAD_REQUIRED,  # a meeting's decision, without its lead
     answer_required=resident_lookup.ANSWER_REQUIRED,  # a resident's survey answer, without a choice
+    holder_of=present.holder_name,  # a ticket's 承办单位 in a line about it (待会议确定 at a meeting)
 )
 HOME = {
     "operator": "/console/operator",
@@ -626,6 +627,8 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     marked = ticket.get("overdue", False) and status != "meeting"
     return {
         **ticket,
+        # Held by a joint meeting, the ticket's department is not its 承办单位: the meeting decides.
+        "department_name": present.holder_name(ticket),
         "left": left,
         "due_label": present.due_label(status),
         # Not yet accepted: the resolution's deadline is set already (a committee's 20 working days,
@@ -945,6 +948,7 @@ def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
     return {
         "place": place_of(item, city),
         **item,
+        "department_name": present.holder_name(item),  # 待会议确定 while a joint meeting holds it
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
         "received": present.local(item.get("received_at"), tz),

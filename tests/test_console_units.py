@@ -1461,6 +1461,73 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert "记录决定" not in decided  # decided once: no second decision offered
 
 
+def test_a_decided_meeting_says_the_precedent_it_set_and_until_when(city):
+    """先例: a decision names the lead for the meeting's category in its grid, and the router sends
+    the next confident appeals of that cluster to it for `meeting_precedent_days` (30 in the demo
+    city): the meeting's card, on the list and on its own page, says so, and until when."""
+    lead = meeting(city)["summoned"][1]
+    decided = meeting(
+        city,
+        status="decided",
+        lead=lead["id"],
+        decided_at="2026-03-02T02:00:00+00:00",
+        tickets=["20260302-000001"],
+    )
+    assert city.sla.supervision.meeting_precedent_days == 30
+    said = f"先例：此后30天内本网格同类诉求直接派给{lead['name']}（至2026-04-01）"
+    shown = f'<p class="precedent" id="precedent-M1">{said}</p>'
+    now = datetime(2026, 3, 3, tzinfo=UTC)
+    own = templates.get_template("meeting.html").render(
+        request=None,
+        s=staff("admin"),
+        m=present.meeting_row(decided, city, TZ, now),
+        page_no=1,
+        own_page=True,
+    )
+    assert shown in own
+    assert shown in render_meetings(city, [decided])
+    # Its days up: said as over, not as a rule still in force.
+    over = present.precedent_words(decided, city, TZ, datetime(2026, 4, 2, tzinfo=UTC))
+    assert over == f"先例：决定后30天内本网格同类诉求直接派给{lead['name']}（已于2026-04-01到期）"
+    # None set: an open meeting, one with no grid or category, a city that keeps no precedents.
+    assert 'class="precedent"' not in render_meetings(city, [meeting(city)])
+    assert present.precedent_words({**decided, "grid": None}, city, TZ, now) == ""
+    assert present.precedent_words({**decided, "category": None}, city, TZ, now) == ""
+    sla = city.sla.model_copy(
+        update={"supervision": city.sla.supervision.model_copy(update={"meeting_precedent_days": 0})}
+    )
+    assert present.precedent_words(decided, city.model_copy(update={"sla": sla}), TZ, now) == ""
+
+
+def test_a_ticket_routed_by_a_meetings_precedent_says_so_in_its_history(city):
+    """The next appeal of the cluster, routed by the precedent, says in its history (its 派单 line)
+    which meeting decided its lead, as the router's explanation gives it."""
+    from services.router import workflow
+    from services.router.rules import Precedent, routing_for
+    from services.router.sla import deadlines
+    from shared.events import CategoryScore
+    from tests.router_factory import T0, classified
+
+    smoke = "env.air"
+    appeal = classified(city, smoke, "s01c01g01", confidence=0.9)
+    set_by = Precedent(
+        category=smoke,
+        grid="s01c01g01",
+        lead="urban_enforcement",
+        meeting_id="M0123456789abcde",
+        decided_at=T0 - timedelta(days=2),
+    )
+    top = (CategoryScore(category=smoke, probability=0.9),)
+    routing, _ = routing_for(city, smoke, appeal.grid, 0.9, 0.5, top, precedent=set_by, now=T0)
+    due = deadlines(city, smoke, False, T0, TZ, department=routing.lead)
+    out = workflow.assign(None, appeal, routing, due, city, tz=TZ)
+    (assigned,) = [e for e in out.publish if e.topic == "ticket.assigned"]
+    line = present.describe({**assigned.model_dump(mode="json"), "topic": assigned.topic}, city)
+    lead = city.department_by_id["urban_enforcement"].name
+    assert line.startswith(f"派单至{lead}（")
+    assert f"：按联席会议（会议编号M0123456789abcde）确定的主办单位派单：{lead}（" in line
+
+
 def test_a_meetings_forms_return_to_the_page_they_were_used_on(city):
     """On its own page a meeting's forms say so (`back`), and what came of them is said there, in
     its card; on the list they keep the list's page."""

@@ -2233,7 +2233,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         request,
         "meetings.html",
         s=s,
-        meetings=[present.meeting_row(m, city, tz) for m in listed],
+        meetings=[present.meeting_row(m, city, tz, datetime.now(UTC)) for m in listed],
         total=total,
         open_count=reply.body["open"] if reply.ok else 0,
         page_no=page_no,
@@ -2254,7 +2254,7 @@ async def meeting_page(request: Request, mid: str, s: session.Session = Depends(
     reply = await api(request, s).get(f"/api/v1/meetings/{mid}")
     if not reply.ok:
         return await page(request, "message.html", reply.status, s=s, title="联席会议", message=reply.message)
-    m = present.meeting_row(reply.body, city_of(request), tz_of(request))
+    m = present.meeting_row(reply.body, city_of(request), tz_of(request), datetime.now(UTC))
     q = request.query_params
     # What came of a check-in or a decision made here (meeting_back): said in the card, as on the list.
     return await page(

@@ -2468,7 +2468,10 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
 ):
     """吹哨报到: a joint meeting about a ticket another department holds (whose street light it is
     is contested); the street office that leads it holds none of its tickets, yet its menu counts
-    the meeting, /console/meetings shows it, and it checks in there."""
+    the meeting, /console/meetings shows it, and it checks in there. While the meeting decides, the
+    ticket's page names no department as its 承办单位; once decided, the meeting's page says the
+    precedent it set, and the next appeal of its category in its grid says in its history that the
+    meeting sent it to its lead."""
     no = f"20261125-{random.randint(900000, 999999)}"
     contested = classified(
         system_city,
@@ -2511,6 +2514,8 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await expect(page.locator("#ticket-no")).to_have_text(no)
     await expect(page.locator("#summoned-only")).to_contain_text("由承办单位办理")
     await expect(page.locator("#accept")).to_have_count(0)
+    # The department the ticket still names is not its lead: the meeting decides, and is named.
+    await expect(page.locator("#ticket-department")).to_have_text(f"待会议确定（联席会议工单{no}）")
 
     # The desk reads the meeting by what it is about (its id is a hash), and its decision asks
     # first, naming the department chosen; called off here, the meeting stays open.
@@ -2553,6 +2558,28 @@ async def test_the_lead_street_office_finds_the_meeting_it_is_summoned_to_and_ch
     await expect(card.locator("#meeting-done")).to_be_focused()
     await expect(card.locator(".lead-decided")).to_contain_text(f"主办单位：{street}")
     await expect(card.get_by_role("button", name="记录决定")).to_have_count(0)
+    # 先例: the lead takes the next confident streetlights of this grid for the city's 30 days.
+    days = system_city.sla.supervision.meeting_precedent_days
+    async with await admin_api(system, redis) as client:
+        decided = await meeting_of(client, mid)
+    assert decided is not None
+    until = (datetime.fromisoformat(decided["decided_at"]) + timedelta(days=days)).astimezone(
+        ZoneInfo(settings.timezone)
+    )
+    await expect(card.locator(f"#precedent-{mid}")).to_have_text(
+        f"先例：此后{days:g}天内本网格同类诉求直接派给{street}（至{until:%Y-%m-%d}）"
+    )
+    later = f"20261125-{random.randint(900000, 999999)}"
+    at = datetime.now(UTC)
+    streetlight = classified(system_city, "city.facility.streetlight", "s02c02g03", no=later, at=at)
+    await send_classified(settings, [streetlight])
+    async with await admin_api(system, redis) as client:
+        routed = await ticket_when(client, later, lambda t: t["status"] == "assigned")
+    assert routed["department"]["id"] == "street_s02"
+    await page.goto(f"/console/tickets/{later}")
+    await expect(page.locator("ol.history")).to_contain_text(
+        f"派单至{street}（按权责清单）：按联席会议（会议编号{mid}）确定的主办单位派单：{street}"
+    )
 
 
 async def meetings_to_check_in(page: Page) -> int:

@@ -709,6 +709,60 @@ def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadli
     assert 'id="meeting"' not in render_ticket(city, {**decided, "meeting_id": None})
 
 
+def test_a_ticket_held_by_a_joint_meeting_names_no_department_as_its_lead(city):
+    """While a joint meeting decides who leads, the department the ticket still names (the one that
+    returned it twice, here) is not its 承办单位: the ticket's page says 待会议确定 and names the
+    meeting, and no list row, merge candidate or desk line claims that department either."""
+    returned_by = {"id": "street_s03", "name": "光明街道办事处"}
+    ticket = {
+        "ticket_no": "20260302-000002",
+        "status": "meeting",
+        "text": "小区门口垃圾堆积",
+        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+        "confidence": None,
+        "received_at": "2026-03-01T08:00:00+00:00",
+        "department": returned_by,
+        "meeting_id": "M0123456789abcde",
+        "meeting_by": (NOW + timedelta(days=2)).isoformat(),
+    }
+    lead = re.search(r'<dt>承办单位</dt><dd id="ticket-department">(.*?)</dd>', render_ticket(city, ticket))
+    assert lead is not None
+    assert lead[1] == "待会议确定（联席会议M0123456789abcde）"
+    named = render_ticket(city, ticket, meeting_title="工单20260302-000002")
+    assert '<dd id="ticket-department">待会议确定（联席会议工单20260302-000002）</dd>' in named
+    # Decided, the ticket names its lead again.
+    decided = {**ticket, "status": "assigned", "department": {"id": "urban_mgmt", "name": "区城市管理委员会"}}
+    assert '<dd id="ticket-department">区城市管理委员会</dd>' in render_ticket(city, decided)
+    # The ticket list (as the record lists it: the department's name beside its id).
+    item = {
+        "ticket_no": ticket["ticket_no"],
+        "status": "meeting",
+        "department": "street_s03",
+        "department_name": "光明街道办事处",
+        "meeting_by": ticket["meeting_by"],
+    }
+    listed = tickets_html(city, rows=[list_row(item, TZ, city)], total=1)
+    table = listed[listed.index('<table class="list stack" id="ticket-list">') :]
+    assert '<td data-label="承办单位">待会议确定</td>' in table
+    assert "光明街道办事处" not in table
+    assert list_row({**item, "status": "assigned"}, TZ, city)["department_name"] == "光明街道办事处"
+    # The dashboard's overdue list and the desk's lines read the router's tickets (row), the grid
+    # worker's own reports the record's (report_row).
+    from services.console.reported import report_row
+
+    assert row(ticket, TZ, NOW)["department_name"] == "待会议确定"
+    assert report_row(item, TZ, city, NOW)["department_name"] == "待会议确定"
+    assert present.holder_name({**ticket, "status": "accepted"}) == "光明街道办事处"
+    assert present.holder_name({"status": "review"}) == ""
+    # A merge candidate the meeting holds, offered on another ticket's page.
+    other = {**DEPARTMENTS_TICKET, "status": "review", "department": None}
+    candidate = {**ticket, "status_name": "联席会议", "merged": 0}
+    offered = render_ticket(city, other, can_merge=True, merge_candidates=[candidate])
+    label = re.search(r'<label for="merge-into-1">(.*?)</label>', offered)
+    assert label is not None
+    assert label[1].startswith("工单20260302-000002（联席会议，待会议确定）")
+
+
 def test_a_ticket_whose_personal_data_was_erased_says_so_not_that_the_caller_was_anonymous(city):
     ticket = {
         "ticket_no": "20260302-000001",
@@ -1426,6 +1480,73 @@ def test_a_meetings_lead_is_chosen_among_those_summoned_and_named_once_decided(c
     assert f"主办单位：{lead['name']}（牵头处理）" in decided
     assert f"主办单位：{lead['id']}" not in decided
     assert "记录决定" not in decided  # decided once: no second decision offered
+
+
+def test_a_decided_meeting_says_the_precedent_it_set_and_until_when(city):
+    """先例: a decision names the lead for the meeting's category in its grid, and the router sends
+    the next confident appeals of that cluster to it for `meeting_precedent_days` (30 in the demo
+    city): the meeting's card, on the list and on its own page, says so, and until when."""
+    lead = meeting(city)["summoned"][1]
+    decided = meeting(
+        city,
+        status="decided",
+        lead=lead["id"],
+        decided_at="2026-03-02T02:00:00+00:00",
+        tickets=["20260302-000001"],
+    )
+    assert city.sla.supervision.meeting_precedent_days == 30
+    said = f"先例：此后30天内本网格同类诉求直接派给{lead['name']}（至2026-04-01）"
+    shown = f'<p class="precedent" id="precedent-M1">{said}</p>'
+    now = datetime(2026, 3, 3, tzinfo=UTC)
+    own = templates.get_template("meeting.html").render(
+        request=None,
+        s=staff("admin"),
+        m=present.meeting_row(decided, city, TZ, now),
+        page_no=1,
+        own_page=True,
+    )
+    assert shown in own
+    assert shown in render_meetings(city, [decided])
+    # Its days up: said as over, not as a rule still in force.
+    over = present.precedent_words(decided, city, TZ, datetime(2026, 4, 2, tzinfo=UTC))
+    assert over == f"先例：决定后30天内本网格同类诉求直接派给{lead['name']}（已于2026-04-01到期）"
+    # None set: an open meeting, one with no grid or category, a city that keeps no precedents.
+    assert 'class="precedent"' not in render_meetings(city, [meeting(city)])
+    assert present.precedent_words({**decided, "grid": None}, city, TZ, now) == ""
+    assert present.precedent_words({**decided, "category": None}, city, TZ, now) == ""
+    sla = city.sla.model_copy(
+        update={"supervision": city.sla.supervision.model_copy(update={"meeting_precedent_days": 0})}
+    )
+    assert present.precedent_words(decided, city.model_copy(update={"sla": sla}), TZ, now) == ""
+
+
+def test_a_ticket_routed_by_a_meetings_precedent_says_so_in_its_history(city):
+    """The next appeal of the cluster, routed by the precedent, says in its history (its 派单 line)
+    which meeting decided its lead, as the router's explanation gives it."""
+    from services.router import workflow
+    from services.router.rules import Precedent, routing_for
+    from services.router.sla import deadlines
+    from shared.events import CategoryScore
+    from tests.router_factory import T0, classified
+
+    smoke = "env.air"
+    appeal = classified(city, smoke, "s01c01g01", confidence=0.9)
+    set_by = Precedent(
+        category=smoke,
+        grid="s01c01g01",
+        lead="urban_enforcement",
+        meeting_id="M0123456789abcde",
+        decided_at=T0 - timedelta(days=2),
+    )
+    top = (CategoryScore(category=smoke, probability=0.9),)
+    routing, _ = routing_for(city, smoke, appeal.grid, 0.9, 0.5, top, precedent=set_by, now=T0)
+    due = deadlines(city, smoke, False, T0, TZ, department=routing.lead)
+    out = workflow.assign(None, appeal, routing, due, city, tz=TZ)
+    (assigned,) = [e for e in out.publish if e.topic == "ticket.assigned"]
+    line = present.describe({**assigned.model_dump(mode="json"), "topic": assigned.topic}, city)
+    lead = city.department_by_id["urban_enforcement"].name
+    assert line.startswith(f"派单至{lead}（")
+    assert f"：按联席会议（会议编号M0123456789abcde）确定的主办单位派单：{lead}（" in line
 
 
 def test_a_meetings_forms_return_to_the_page_they_were_used_on(city):

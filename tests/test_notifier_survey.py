@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.notifier.survey import answer_comment, comment_in_note, is_opt_out, parse_reply, reply_comment
+from services.notifier.survey import is_opt_out, parse_reply
 from services.notifier.surveys import answered_rating, answered_via
 from services.notifier.texts import NotificationsError, load_texts
 from shared.events import SurveyAnswered
+from shared.survey_reply import answer_comment, comment_in_note, reply_comment
 
 
 @pytest.mark.parametrize(

@@ -872,9 +872,38 @@ def test_an_answer_on_the_phone_or_the_lookup_page_keeps_the_words_written_down(
 def test_a_second_unsatisfied_reply_convenes_the_meeting_with_the_resident_s_comment_only():
     first = survey(resolved(assigned_ticket(CITY)), 3, 0, "3 灯还是不亮").ticket
     second = survey(resolved(first), 3, 1, "不满意，第二次了还没修")
-    assert second.publish[-1].note == "市民第2次不满意：第二次了还没修"
+    assert second.publish[-1].note == "第2次重办：市民回访答复不满意；市民意见：第二次了还没修"
     third = survey(resolved(assigned_ticket(CITY)), 3, 0, "3").ticket
-    assert survey(resolved(third), 3, 1, "不满意").publish[-1].note == "市民第2次不满意"
+    assert survey(resolved(third), 3, 1, "不满意").publish[-1].note == "第2次重办：市民回访答复不满意"
+
+
+@pytest.mark.parametrize(
+    ("rating", "text", "said"),
+    [
+        (1, "1 未解决", "满意，问题未解决"),
+        (2, "基本满意，但是没解决", "基本满意，问题未解决"),
+    ],
+)
+def test_a_second_reopen_by_an_unsolved_answer_says_what_the_resident_answered(rating, text, said):
+    """满意 (or 基本满意) but 未解决 reopens the ticket as 不满意 does, and a second reopen convenes a
+    joint meeting: its note says the answer the resident gave, not 不满意, which they did not say."""
+    first = survey(resolved(assigned_ticket(CITY)), 3, 0, "3 灯还是不亮").ticket
+    sent = SurveySent(
+        ticket_no=first.ticket_no, survey_id="s1", masked_phone="138****0000", message_id="m", text="请回复"
+    )
+    t = workflow.survey_sent(resolved(first), sent).ticket
+    given = SurveyAnswered(
+        ticket_no=t.ticket_no, survey_id="s1", rating=rating, solved=False, text=text, occurred_at=T0
+    )
+    out = workflow.record_rating(t, given, city=CITY, tz=TZ)
+    assert out is not None
+    assert out.ticket.status == st.MEETING
+    held = out.publish[-1]
+    assert held.action == "escalated"
+    assert held.note.startswith(f"第2次重办：市民回访答复{said}")
+    assert "不满意" not in held.note
+    why = meetings.explanation(held.meeting.reason, held.note)
+    assert "不满意" not in why.removeprefix(meetings.REASON_NAMES["reopened_twice"])
 
 
 def test_a_convened_meeting_says_its_reason_once_whatever_convened_it():

@@ -16,7 +16,6 @@ from services.notifier.survey import (
     answers_survey_in_chat,
     askable,
     choose_survey,
-    rating_words,
     read_inbound,
     reopens,
     short_ref,
@@ -24,6 +23,7 @@ from services.notifier.survey import (
     which_choices,
 )
 from services.notifier.texts import FIELDS, OPTIONAL, NotificationsError, load_texts
+from shared.survey_reply import rating_words
 
 SH = ZoneInfo("Asia/Shanghai")
 

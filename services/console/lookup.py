@@ -26,11 +26,12 @@ from services.console import present
 from services.intake.progress import ANSWERED, status_words, step_words
 
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
-from services.notifier.survey import rating_words, reopens
+from services.notifier.survey import reopens
 from shared import lookup_link
 from shared.city import City
 from shared.events import Rating, SurveyAnswered
 from shared.store import TicketStore
+from shared.survey_reply import rating_words
 from shared.tickets import MEDIATION_OUTCOME_NAMES, Status, Ticket
 
 HANDLED = (Status.ASSIGNED, Status.ACCEPTED)  # a department has it (its resolution deadline runs)

@@ -10,13 +10,13 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.notifier import scoring
-from services.notifier.survey import comment_in_note, rating_words
-from services.router.rules import FIRST_CONTACT, located_apart, matching_rules, route
+from services.router.rules import FIRST_CONTACT, Precedent, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
 from shared.access import ROLE_NAMES, subject_words
 from shared.city import City
 from shared.events import GridMatch
+from shared.survey_reply import comment_in_note, rating_words
 from shared.tickets import MEDIATION_OUTCOME_NAMES, RATING_NAMES
 
 ACTION_NAMES = {
@@ -92,6 +92,21 @@ def due_of(ticket: Mapping[str, Any]) -> datetime | None:
     if ticket.get("status") == "meeting":
         return parse_time(ticket.get("meeting_by"))
     return None
+
+
+# What a ticket's 承办单位 is while a joint meeting holds it: the meeting decides who leads, and the
+# department the ticket still names (the one that returned it twice, or whose resolution the resident
+# or the grid worker sent back twice) is only summoned to it.
+PENDING_MEETING = "待会议确定"
+
+
+def holder_name(ticket: Mapping[str, Any]) -> str:
+    """The 承办单位 a ticket's page or a list row names: 待会议确定 while a joint meeting holds the
+    ticket, else its department's name ("" when none: not yet dispatched). Reads a ticket as the
+    router gives it (`department`) or a list item as the record does (`department_name`)."""
+    if ticket.get("status") == "meeting":
+        return PENDING_MEETING
+    return str(ticket.get("department_name") or (ticket.get("department") or {}).get("name") or "")
 
 
 def due_label(status: str | None) -> str:
@@ -497,9 +512,33 @@ def meeting_title(meeting: Mapping[str, Any], city: City) -> str:
     return f"工单{tickets[0]}" + (f"等{len(tickets)}件" if len(tickets) > 1 else "")
 
 
-def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, Any]:
+def precedent_words(meeting: Mapping[str, Any], city: City, tz: ZoneInfo, now: datetime | None = None) -> str:
+    """先例: what a decided meeting's decision does to the appeals that follow it. Its lead takes the
+    next confidently routed appeals of its category in its grid for `meeting_precedent_days` after
+    the decision (`rules.following_precedent`; the router writes the precedent with the decision,
+    `meetings.precedent`), and the meeting's page says so, and until when (past `now`: that it
+    ended). "" when it sets none: not decided, no category or grid, or a city that keeps none."""
+    days = city.sla.supervision.meeting_precedent_days
+    lead = city.department_by_id.get(meeting.get("lead") or "")
+    decided_at = parse_time(meeting.get("decided_at")) or parse_time(meeting.get("convened_at"))
+    category, grid = meeting.get("category"), meeting.get("grid")
+    if meeting.get("status") != "decided" or days <= 0 or not (lead and decided_at and category and grid):
+        return ""
+    set_by = Precedent(
+        category=category, grid=grid, lead=lead.id, meeting_id=meeting["meeting_id"], decided_at=decided_at
+    )
+    until = set_by.until(days)
+    day, n = until.astimezone(tz).strftime("%Y-%m-%d"), f"{days:g}"
+    if now is not None and now >= until:
+        return f"先例：决定后{n}天内本网格同类诉求直接派给{lead.name}（已于{day}到期）"
+    return f"先例：此后{n}天内本网格同类诉求直接派给{lead.name}（至{day}）"
+
+
+def meeting_row(
+    meeting: dict[str, Any], city: City, tz: ZoneInfo, now: datetime | None = None
+) -> dict[str, Any]:
     """A joint meeting as the page shows it: its deadline in local time, its category, grid and
-    lead by name (the API gives their ids)."""
+    lead by name (the API gives their ids), and the precedent its decision set (`precedent_words`)."""
     lead = city.department_by_id.get(meeting.get("lead") or "")
     grid = city.grids.get(meeting.get("grid") or "")
     category = meeting.get("category")
@@ -510,6 +549,7 @@ def meeting_row(meeting: dict[str, Any], city: City, tz: ZoneInfo) -> dict[str, 
         "lead_name": lead.name if lead else meeting.get("lead") or "",
         "category_label": "/".join(city.category_names(category)) if category in city.category_path else "",
         "grid_name": grid.grid.name if grid else "",
+        "precedent": precedent_words(meeting, city, tz, now),
     }
 
 

@@ -57,6 +57,7 @@ def report_row(
     deadline, late = deadline_state(item, tz, now)
     return {
         **item,
+        "department_name": present.holder_name(item),  # 待会议确定 while a joint meeting holds it
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "received": present.local(item.get("received_at"), tz),
         "short_text": text[:SHORT_TEXT] + ("…" if len(text) > SHORT_TEXT else ""),

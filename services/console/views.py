@@ -83,6 +83,7 @@ templates.globals.update(
     reason_min=workflow.REASON_MIN,
     lead_required=LEAD_REQUIRED,  # a meeting's decision, without its lead
     answer_required=resident_lookup.ANSWER_REQUIRED,  # a resident's survey answer, without a choice
+    holder_of=present.holder_name,  # a ticket's 承办单位 in a line about it (待会议确定 at a meeting)
 )
 HOME = {
     "operator": "/console/operator",
@@ -626,6 +627,8 @@ def row(ticket: dict, tz: ZoneInfo, now: datetime) -> dict:
     marked = ticket.get("overdue", False) and status != "meeting"
     return {
         **ticket,
+        # Held by a joint meeting, the ticket's department is not its 承办单位: the meeting decides.
+        "department_name": present.holder_name(ticket),
         "left": left,
         "due_label": present.due_label(status),
         # Not yet accepted: the resolution's deadline is set already (a committee's 20 working days,
@@ -949,6 +952,7 @@ def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
         # row says who co-handles it, or the count beside a department's name would not add up.
         "co_names": [names[d].name if d in names else d for d in item.get("co_departments") or ()],
         **item,
+        "department_name": present.holder_name(item),  # 待会议确定 while a joint meeting holds it
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),
         "channel_name": CHANNEL_NAMES.get(item.get("channel", ""), item.get("channel", "")),
         "received": present.local(item.get("received_at"), tz),
@@ -2244,7 +2248,7 @@ async def meetings_page(request: Request, s: session.Session = Depends(as_staff)
         request,
         "meetings.html",
         s=s,
-        meetings=[present.meeting_row(m, city, tz) for m in listed],
+        meetings=[present.meeting_row(m, city, tz, datetime.now(UTC)) for m in listed],
         total=total,
         open_count=reply.body["open"] if reply.ok else 0,
         page_no=page_no,
@@ -2265,7 +2269,7 @@ async def meeting_page(request: Request, mid: str, s: session.Session = Depends(
     reply = await api(request, s).get(f"/api/v1/meetings/{mid}")
     if not reply.ok:
         return await page(request, "message.html", reply.status, s=s, title="联席会议", message=reply.message)
-    m = present.meeting_row(reply.body, city_of(request), tz_of(request))
+    m = present.meeting_row(reply.body, city_of(request), tz_of(request), datetime.now(UTC))
     q = request.query_params
     # What came of a check-in or a decision made here (meeting_back): said in the card, as on the list.
     return await page(

@@ -51,8 +51,6 @@ from services.notifier.jobs import SurveyJob, encode
 from services.notifier.routing import Channel, Recipient
 from services.notifier.states import ticket_records_key
 from services.notifier.survey import (
-    LOOKUP_ANSWER_TEXT,
-    PHONE_ANSWER_TEXT,
     Ask,
     Inbound,
     OptedOut,
@@ -65,7 +63,6 @@ from services.notifier.survey import (
     askable,
     bare_reference,
     choose_survey,
-    rating_words,
     read_inbound,
     reopens,
     short_ref,
@@ -85,6 +82,7 @@ from shared.events import (
 )
 from shared.metrics import SURVEYS_ANSWERED
 from shared.privacy import caller_id, mask_personal_data
+from shared.survey_reply import LOOKUP_ANSWER_TEXT, PHONE_ANSWER_TEXT, rating_words
 
 SURVEY_TTL = 30 * 86400
 LATE_REPLY_SECONDS = 72 * 3600  # after a survey closes, replies within this are comments on it

@@ -26,7 +26,7 @@ from shared.privacy import REMOVED
 REASON_NAMES: dict[str, str] = {
     "ambiguous": "权责不清，需明确主办单位",
     "returned_twice": "工单两次被退回",
-    "reopened_twice": "重办两次仍未解决（市民不满意或网格员核查未解决）",
+    "reopened_twice": "重办两次仍未解决（市民不满意或答复未解决，或网格员核查未解决）",
     "hotspot": "同一网格同类诉求集中（热点）",
 }
 

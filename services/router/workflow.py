@@ -40,7 +40,6 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from services.notifier.survey import answer_comment
 from services.router import meetings
 from services.router.rules import (
     FIRST_CONTACT,
@@ -78,6 +77,7 @@ from shared.events import (
     Verification,
 )
 from shared.privacy import mask_personal_data
+from shared.survey_reply import answer_comment, rating_words
 from shared.tickets import STATUS_NAMES, Status, Ticket
 
 
@@ -1632,7 +1632,10 @@ def record_rating(
         tz=tz,
         cause=event,
         summoned=(d.id for d in (ticket.department, *ticket.co_departments) if d),
-        note=f"市民第{ticket.reopens + 1}次不满意" + (f"：{said}" if said else ""),
+        # What the resident answered, as the history says it (满意，问题未解决 is not 不满意), and
+        # what they said beyond it; as a grid worker's check says its reopen (see verify).
+        note=f"第{ticket.reopens + 1}次重办：市民回访答复{rating_words(answer.rating, answer.solved)}"
+        + (f"；市民意见：{said}" if said else ""),
     )
     return Outcome(held.ticket, publish=[*reopened.publish, *held.publish], record=reopened.record)
 

@@ -22,6 +22,7 @@ from shared.bus import (
     make_broker,
     subscribe,
     subscribe_each,
+    subscribe_payloads,
     subscribe_topics,
 )
 from shared.city import City, load_city, warn_if_calendar_runs_out
@@ -174,6 +175,16 @@ class Runtime:
         """One consumer for several topics off the caller's path (`shared.bus.subscribe_topics`):
         `handle` gets each batch's events with their topics."""
         subscribe_topics(self.broker, self.publisher, self.name, models, handle, **overrides)
+
+    def subscribe_payloads(
+        self,
+        models: Mapping[str, type[Event]],
+        handle: Callable[[list[tuple[str, dict[str, Any]]]], Awaitable[None]],
+        **overrides: Any,
+    ) -> None:
+        """`subscribe_topics` for a handler of the events' JSON objects, held to their models
+        (`shared.bus.subscribe_payloads`)."""
+        subscribe_payloads(self.broker, self.publisher, self.name, models, handle, **overrides)
 
     def subscribe_each(
         self, handlers: Mapping[type[Event], Callable[[list[Any]], Awaitable[None]]], **overrides: Any

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
@@ -28,6 +29,8 @@ from shared.bus import (
     group_id,
     group_session,
     next_batch,
+    parse_batch,
+    read_batch,
     relay_outbox,
 )
 from shared.events import (
@@ -257,6 +260,75 @@ async def test_a_mixed_batch_reaches_each_event_classs_handler_in_pipeline_order
     ]
     await handle(batch)
     assert calls == [("received", ["T1"]), ("updated", ["T2", "T3"])]  # nothing for the survey
+
+
+def _read_as_parsed(model: type[Event], bodies: list[bytes]) -> tuple[list[dict], list[tuple[bytes, str]]]:
+    events, bad = parse_batch(model, bodies)
+    return [orjson.loads(e.json_bytes) for e in events], bad
+
+
+def test_a_batch_read_as_json_objects_keeps_and_refuses_what_parsing_it_does():
+    """The records worker reads its events as JSON objects (`read_batch`), checked against their
+    models on the object orjson made rather than on the text: the same events pass, each as the
+    object the parsed event's JSON is, and the same messages are refused with the same error."""
+    t0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    appeal = AppealReceived(ticket_no="T1", channel="hotline", text="路灯坏了", occurred_at=t0)
+    ref = DepartmentRef(id="d1", name="城管委")
+    samples: list[Event] = [
+        appeal,
+        AppealClassified(
+            ticket_no="T1",
+            appeal=appeal,
+            category="c1",
+            category_names=("城市管理", "路灯"),
+            confidence=0.9,
+            top=(),
+            grid=GridMatch(grid="g1"),
+            model_version="m",
+        ),
+        AppealLocated(ticket_no="T1", channel="wechat", location=GeoPoint(lng=116.4, lat=39.9)),
+        AppealPhotosAdded(ticket_no="T1", channel="wechat", photos=("p1",)),
+        TicketAssigned(
+            ticket_no="T1",
+            department=ref,
+            via="rule",
+            explanation="责任清单",
+            category="c1",
+            grid="g1",
+            respond_by=t0,
+            resolve_by=t0,
+        ),
+        TicketUpdated(
+            ticket_no="T1", action="closed", status="closed", actor="system", answer=Answer(rating=1)
+        ),
+        SurveySent(ticket_no="T1", survey_id="s1", masked_phone="138****5678", message_id="m1", text="回访"),
+        SurveyAnswered(ticket_no="T1", survey_id="s1", rating=None, text="好"),
+        PersonalDataRemoved(ticket_no="T1", caller_id="c1"),
+    ]
+    assert {e.topic for e in samples} == set(topics.EVENT_TYPES)
+    for event in samples:
+        model, body = topics.EVENT_TYPES[event.topic], event.to_bytes()
+        fields = json.loads(body)
+        required = next(n for n, f in model.model_fields.items() if f.is_required() and n != "ticket_no")
+        variants = [
+            body,
+            # Not an object's first byte: the event's own JSON is kept, with its defaults.
+            b"  " + json.dumps({k: v for k, v in fields.items() if k != "caused_by"}).encode(),
+            json.dumps({**fields, "version": str(fields["version"])}).encode(),  # "3": read as 3
+            json.dumps({**fields, "occurred_at": 1_790_000_000}).encode(),  # seconds: a time
+            json.dumps({k: v for k, v in fields.items() if k != required}).encode(),
+            json.dumps({**fields, "ticket_no": 7}).encode(),
+            json.dumps({**fields, "unknown": 1}).encode(),
+            json.dumps({**fields, "action": "teleported"}).encode(),
+            json.dumps([fields]).encode(),
+            b'"T1"',
+            body[:-1],
+            b"",
+        ]
+        assert read_batch(model, variants) == _read_as_parsed(model, variants), event.topic
+    assert len(read_batch(TicketUpdated, [samples[5].to_bytes()])[0]) == 1
+    poison = [json.dumps({**json.loads(samples[5].to_bytes()), "answer": None, "on_time": True}).encode()]
+    assert read_batch(TicketUpdated, poison)[1] == parse_batch(TicketUpdated, poison)[1] != []
 
 
 def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():

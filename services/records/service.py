@@ -241,9 +241,13 @@ class Records:
     async def project_many(self, events: Sequence[tuple[str, Event]]) -> None:
         """Record a batch of events (each with its topic) and fold them into their rows, in one
         transaction."""
-        if not events:
+        await self.project_payloads([payload(topic, e) for topic, e in events])
+
+    async def project_payloads(self, payloads: Sequence[dict[str, Any]]) -> None:
+        """`project_many` for events as the JSON objects they were published as, each with its
+        `topic` set (the worker's, `shared.bus.subscribe_payloads`: checked against their models)."""
+        if not payloads:
             return
-        payloads = [payload(topic, e) for topic, e in events]
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             # The tickets' locks before their events: a catch-up from Redis (`copy_histories`) locks
             # its tickets and then inserts their events, so taking them the other way round here

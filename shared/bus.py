@@ -495,8 +495,12 @@ def _read_indexed(
         except ValidationError as e:
             bad.append((i, body, _short_error(e)))
             continue
-        # An event, but not JSON orjson reads (NaN, say): raises, as reading it for the record did.
-        good.append(orjson.loads(event.json_bytes))
+        try:
+            good.append(orjson.loads(event.json_bytes))
+        except orjson.JSONDecodeError:
+            # An event to pydantic, but not JSON (NaN, Infinity): the record cannot store it, and
+            # raising would stop the worker on it at every retry. Dead-lettered, by this group.
+            bad.append((i, body, "message: not JSON the record can store (NaN or Infinity)"))
     return good, bad
 
 

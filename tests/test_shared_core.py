@@ -329,6 +329,14 @@ def test_a_batch_read_as_json_objects_keeps_and_refuses_what_parsing_it_does():
     assert len(read_batch(TicketUpdated, [samples[5].to_bytes()])[0]) == 1
     poison = [json.dumps({**json.loads(samples[5].to_bytes()), "answer": None, "on_time": True}).encode()]
     assert read_batch(TicketUpdated, poison)[1] == parse_batch(TicketUpdated, poison)[1] != []
+    # NaN: a number to pydantic, no JSON to orjson or to the record. Refused with a reason (before,
+    # it raised on every retry of its batch and stopped the records worker there).
+    classified = samples[1].to_bytes()
+    nan = classified.replace(b'"confidence":0.9', b'"confidence":NaN')
+    assert nan != classified
+    assert parse_batch(AppealClassified, [nan])[1] == []
+    good, bad = read_batch(AppealClassified, [nan, classified])
+    assert (len(good), [(b, "NaN" in e) for b, e in bad]) == (1, [(nan, True)])
 
 
 def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():

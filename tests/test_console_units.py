@@ -667,19 +667,26 @@ def test_a_co_handling_department_reads_the_ticket_without_the_leads_forms(city)
     assert 'id="co-departments"' not in render_ticket(city, DEPARTMENTS_TICKET)
 
 
+# A ticket a joint meeting holds: the department it names (the one that returned it twice) is
+# only summoned to the meeting.
+HELD_BY_MEETING = {
+    "ticket_no": "20260302-000002",
+    "status": "meeting",
+    "text": "小区门口垃圾堆积",
+    "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
+    "confidence": None,
+    "received_at": "2026-03-01T08:00:00+00:00",
+    "department": {"id": "street_s03", "name": "光明街道办事处"},
+    "meeting_id": "M0123456789abcde",
+}
+
+
 def test_a_ticket_held_by_a_joint_meeting_links_it_and_counts_down_to_its_deadline(city):
     """联席会议: the ticket's page links the meeting that holds it (for those who read meetings) and
     its 时限 is the meeting's (会议时限), not a dash; an overdue mark left from the department's
     deadline before the hold does not say the meeting is late."""
     ticket = {
-        "ticket_no": "20260302-000002",
-        "status": "meeting",
-        "text": "小区门口垃圾堆积",
-        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
-        "confidence": None,
-        "received_at": "2026-03-01T08:00:00+00:00",
-        "department": {"id": "street_s03", "name": "光明街道办事处"},
-        "meeting_id": "M0123456789abcde",
+        **HELD_BY_MEETING,
         "meeting_by": (NOW + timedelta(days=2, hours=3)).isoformat(),
         "overdue": True,  # its department's acceptance ran late before the meeting took it
     }
@@ -713,18 +720,7 @@ def test_a_ticket_held_by_a_joint_meeting_names_no_department_as_its_lead(city):
     """While a joint meeting decides who leads, the department the ticket still names (the one that
     returned it twice, here) is not its 承办单位: the ticket's page says 待会议确定 and names the
     meeting, and no list row, merge candidate or desk line claims that department either."""
-    returned_by = {"id": "street_s03", "name": "光明街道办事处"}
-    ticket = {
-        "ticket_no": "20260302-000002",
-        "status": "meeting",
-        "text": "小区门口垃圾堆积",
-        "caller": {"caller_id": "c1", "masked_phone": "138****0000"},
-        "confidence": None,
-        "received_at": "2026-03-01T08:00:00+00:00",
-        "department": returned_by,
-        "meeting_id": "M0123456789abcde",
-        "meeting_by": (NOW + timedelta(days=2)).isoformat(),
-    }
+    ticket = {**HELD_BY_MEETING, "meeting_by": (NOW + timedelta(days=2)).isoformat()}
     lead = re.search(r'<dt>承办单位</dt><dd id="ticket-department">(.*?)</dd>', render_ticket(city, ticket))
     assert lead is not None
     assert lead[1] == "待会议确定（联席会议M0123456789abcde）"

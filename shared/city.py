@@ -15,6 +15,7 @@ Files in the folder:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
@@ -326,6 +327,11 @@ class City(_Model):
     @cached_property
     def department_by_id(self) -> dict[str, Department]:
         return {d.id: d for d in self.departments}
+
+    def department_names(self, ids: Iterable[str] | None) -> list[str]:
+        """The departments' names, in order; an id the city no longer has (a record older than its
+        edit) as itself."""
+        return [d.name if (d := self.department_by_id.get(i)) else i for i in ids or ()]
 
     @cached_property
     def category_by_id(self) -> dict[str, Category]:

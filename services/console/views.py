@@ -945,12 +945,11 @@ def place_of(item: dict, city: City) -> str:
 
 
 def list_row(item: dict, tz: ZoneInfo, city: City) -> dict:
-    names = city.department_by_id
     return {
         "place": place_of(item, city),
         # 协办: the record's list finds a department's co-handled tickets too (department=), so the
         # row says who co-handles it, or the count beside a department's name would not add up.
-        "co_names": [names[d].name if d in names else d for d in item.get("co_departments") or ()],
+        "co_names": city.department_names(item.get("co_departments")),
         **item,
         "department_name": present.holder_name(item),  # 待会议确定 while a joint meeting holds it
         "status_name": STATUS_LABELS.get(item.get("status", ""), item.get("status", "")),

@@ -297,7 +297,6 @@ def export_names(city: City) -> dict[str, dict[Any, str]]:
 async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIterator[list[Any]]:
     """The rows through a server-side cursor: a thousand at a time in memory, whatever the total."""
     names = export_names(city)
-    co_names = {d.id: d.name for d in city.departments}
     columns = ", ".join(f"{ANSWERS_SQL} AS answers" if c == "answers" else c for c in EXPORT.values())
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(name="export")
@@ -308,7 +307,7 @@ async def _rows(pool: Pool, search: Search, tz: ZoneInfo, city: City) -> AsyncIt
         while batch := await cur.fetchmany(1000):
             for r in batch:
                 r["answers"] = answers_words(r["answers"])
-                r["co_departments"] = "、".join(co_names.get(d, d) for d in r["co_departments"] or ())
+                r["co_departments"] = "、".join(city.department_names(r["co_departments"]))
                 yield [_cell(names[c].get(r[c], r[c]) if c in names else r[c], tz) for c in EXPORT.values()]
 
 

@@ -9,7 +9,9 @@ what to do (see `pytest_runtest_protocol` below)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,11 +133,23 @@ def servers(tmp_path_factory) -> Iterator[EmbeddedServers | ExternalServers]:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data dir with a demo model trained once for the whole session."""
+    """A data dir with a demo model trained once for the whole session: under pytest-xdist, by the
+    first process that needs it, into the run's folder the processes share (about ten seconds of a
+    core each, at the start when both are busy); each process gets a copy, its systems approving
+    models there."""
     from services.classifier.analyst import train_demo_model
 
     d = tmp_path_factory.mktemp("data")
-    train_demo_model(demo_city(), d / "models", per_category=120, seed=7)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        train_demo_model(demo_city(), d / "models", per_category=120, seed=7)
+        return d
+    trained = tmp_path_factory.getbasetemp().parent / "demo-models"  # this run's, not an earlier one's
+    with open(f"{trained}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not trained.is_dir():
+            train_demo_model(demo_city(), trained.with_suffix(".part"), per_category=120, seed=7)
+            trained.with_suffix(".part").rename(trained)
+    shutil.copytree(trained, d / "models")
     return d
 
 

@@ -1657,6 +1657,12 @@ def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
     }
     too_many = present.refusal("days", "invalid_request", "请求参数days…", fields, {"days": "99"}, "reason")
     assert too_many == {"days": "延长工作日数不符合要求，请检查后重新填写"}
+    # What the value should be, when the API says it: the range a form without the browser's checks
+    # (an old page, a script) was refused by.
+    said = present.refusal(
+        "days", "invalid_request", "请求参数days…", fields, {"days": "45"}, "reason", expected="不能大于30"
+    )
+    assert said == {"days": "延长工作日数不能大于30"}
     # The API's own refusals are already in words for staff: shown as they are.
     late = "已超过签收时限，不能退单；请签收办理或申请延期"
     assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}

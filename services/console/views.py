@@ -224,7 +224,9 @@ def field_errors(
     """The API's refusal, beside the field it names (or above the form), in words for staff, with
     the page's labels for the fields the API names otherwise (`said_as`, see present.refusal)."""
     values = {name: text(form, name) for name in fields} if form is not None else {}
-    return present.refusal(reply.field, reply.code, reply.message, fields, values, default, said_as)
+    return present.refusal(
+        reply.field, reply.code, reply.message, fields, values, default, said_as, reply.expected
+    )
 
 
 # What intake's preview judges of an appeal (services/intake/views.py, preview_of): the name and
@@ -2345,7 +2347,13 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
             shown = present.refusal(
-                reply.field, reply.code, reply.message, PERIOD_FIELDS, {"from": start, "to": end}, ""
+                reply.field,
+                reply.code,
+                reply.message,
+                PERIOD_FIELDS,
+                {"from": start, "to": end},
+                "",
+                expected=reply.expected,
             )
             error_at, error = next(iter(shown.items()))
             break

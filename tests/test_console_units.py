@@ -867,6 +867,9 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     assert public_view(waiting, history, city, TZ)["status"] == "已受理"
     held = ticket.model_copy(update={"status": Status.MEETING})
     assert public_view(held, history, city, TZ)["status"] == "多部门协调办理中"
+    # The meeting decides who handles it: not the department it came from.
+    assert public_view(held, history, city, TZ)["department"] == "待联席会议确定"
+    assert public_view(ticket, history, city, TZ)["department"] == "区城市管理委员会"
     surveyed = ticket.model_copy(update={"status": Status.SURVEYED, "resolution_note": "已更换灯泡"})
     assert public_view(surveyed, history, city, TZ)["status"] == "已办结，待您评价"
 

@@ -48,8 +48,19 @@ def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -
     """The response for a refused request (see `shared.errors`), with Retry-After when it says when."""
     if error.retry_after is not None:
         headers = {"Retry-After": str(error.retry_after), **(headers or {})}
+    # Several fields at fault: each in `problems` (the first is also the error itself), the shape
+    # of the intake preview's.
+    extra = (
+        {
+            "problems": [
+                {"error": e.code, "field": e.field, "message": e.message} for e in (error, *error.also)
+            ]
+        }
+        if error.also
+        else {}
+    )
     return api_error(
-        STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
+        STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers, **extra
     )
 
 

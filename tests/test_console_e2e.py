@@ -3734,10 +3734,14 @@ async def test_knowledge_desk_edits_an_answer_and_the_department_confirms_one(
     await shot(page, "knowledge")
     await row.get_by_role("link").click()
     await expect(page.locator("#review-due")).to_contain_text("答复前请核实")
+    question = await page.locator("#question").input_value()
+    await page.locator("#question").fill("")
     await page.locator("#answer").fill("")
-    await page.locator("#save-entry").click()  # an empty answer: refused beside the field
+    await page.locator("#save-entry").click()  # each empty field refused beside it, at once
+    await expect(page.locator("#question-error")).to_contain_text("请填写问题")
     await expect(page.locator("#answer-error")).to_contain_text("请填写答复内容")
     await accessible(page)
+    await page.locator("#question").fill(question)
     await page.locator("#answer").fill(f"居住证{t}可在“示范区政务”小程序在线续签，也可到派出所办理。")
     await page.locator("#save-entry").click()
     await expect(page.locator("#done")).to_contain_text("已保存修改")

@@ -1671,6 +1671,26 @@ def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
     assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}
 
 
+def test_every_field_the_api_found_at_fault_is_said_beside_its_own():
+    from services.console.backend import Reply
+    from services.console.views import KNOWLEDGE_FIELDS, field_errors
+
+    problems = [
+        {"error": "question_required", "field": "question", "message": "请填写问题"},
+        {"error": "answer_required", "field": "answer", "message": "请填写答复内容"},
+        {"error": "department_required", "field": "department", "message": "请选择负责单位"},
+    ]
+    refused = Reply(
+        422,
+        {"error": "question_required", "field": "question", "message": "请填写问题", "problems": problems},
+    )
+    assert field_errors(refused, KNOWLEDGE_FIELDS, "form") == {
+        "question": "请填写问题",
+        "answer": "请填写答复内容",
+        "department": "请选择负责单位",
+    }
+
+
 def test_a_residents_ticket_number_is_read_as_typed_on_a_phone():
     for typed in (
         "20261201-000123",

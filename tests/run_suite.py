@@ -13,6 +13,7 @@ Usage: python tests/run_suite.py PYTHON (the environment's interpreter, which ru
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def interrupt(process: subprocess.Popen) -> None:
     if process.poll() is None and process.pid not in _interrupted:
         _interrupted.add(process.pid)
         with contextlib.suppress(ProcessLookupError):
-            signal.killpg(process.pid, signal.SIGINT)
+            os.killpg(process.pid, signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ from shared.bodies import BodyLimits, Limit
 from shared.bus import EventPublisher, ensure_topics, publish
 from shared.city import KnowledgeEntry, load_city, warn_if_calendar_runs_out
 from shared.errors import DomainError, Unavailable
-from shared.http import api_error, domain_error, http_exception, valid_path_params
+from shared.http import api_error, domain_error, http_exception, schema_words, valid_path_params
 from shared.lookup_link import lookup_links
 from shared.photo_store import PhotoStore
 from shared.privacy import check_salt
@@ -199,11 +199,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path", "header"))
         field = field or "body"
+        # The constraint in words where there are some (不能大于30), for a client to show its user.
+        words = schema_words(first)
         return api_error(
             422,
             "invalid_request",
-            f"请求参数{field}不符合要求（{first['msg']}），请按接口文档填写",
+            f"请求参数{field}不符合要求（{words or first['msg']}），请按接口文档填写",
             field=field,
+            expected=words,
             details=[{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
         )
 

@@ -24,6 +24,8 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.yamlfile import read_yaml
+
 log = logging.getLogger(__name__)
 
 # How long before the working-day calendar ends the services log it at start-up and the console's
@@ -623,14 +625,14 @@ def load_city(folder: str | Path | None = None) -> City:
         if not path.is_file():
             raise CityConfigError(f"{path}: file missing (a city configuration needs {filename})")
         try:
-            raw[key] = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw[key] = read_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise CityConfigError(f"{path}: not valid YAML: {e}") from e
     for key, filename in _OPTIONAL_FILES.items():
         path = folder / filename
         if path.is_file():
             try:
-                raw[key] = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+                raw[key] = read_yaml(path.read_text(encoding="utf-8")) or []
             except yaml.YAMLError as e:
                 raise CityConfigError(f"{path}: not valid YAML: {e}") from e
     try:

@@ -5,6 +5,7 @@ place (`shared.http.STATUS_BY_KIND`), so a rule change never needs a view change
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 # What kind of refusal it is; the HTTP status follows from the kind.
@@ -30,12 +31,21 @@ class DomainError(Exception):
     retry_after: int | None = None
 
     def __init__(
-        self, code: str, message: str, *, kind: ErrorKind | None = None, field: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        kind: ErrorKind | None = None,
+        field: str | None = None,
+        also: Sequence[DomainError] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        # The request's other fields at fault, found by the same check: a form's every mistake is
+        # said at once (the response's `problems`), not one per submit.
+        self.also = tuple(also)
         if kind is not None:
             self.kind = kind
 

@@ -5,6 +5,7 @@ Every view builds its error responses here, so clients parse one format."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
@@ -47,8 +48,19 @@ def domain_error(error: DomainError, *, headers: dict[str, str] | None = None) -
     """The response for a refused request (see `shared.errors`), with Retry-After when it says when."""
     if error.retry_after is not None:
         headers = {"Retry-After": str(error.retry_after), **(headers or {})}
+    # Several fields at fault: each in `problems` (the first is also the error itself), the shape
+    # of the intake preview's.
+    extra = (
+        {
+            "problems": [
+                {"error": e.code, "field": e.field, "message": e.message} for e in (error, *error.also)
+            ]
+        }
+        if error.also
+        else {}
+    )
     return api_error(
-        STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers
+        STATUS_BY_KIND[error.kind], error.code, error.message, field=error.field, headers=headers, **extra
     )
 
 
@@ -66,6 +78,39 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
     429: ("rate_limited", "请求过于频繁，请稍后再试"),
     503: ("unavailable", "系统繁忙，请稍后重试"),
 }
+
+
+# What a request schema's constraint asks of a value, in words for whoever fills it in, by
+# pydantic's error type (its `ctx` holds the bound). Other types keep pydantic's English message.
+_SCHEMA_WORDS: dict[str, str] = {
+    "greater_than_equal": "不能小于{ge}",
+    "less_than_equal": "不能大于{le}",
+    "greater_than": "须大于{gt}",
+    "less_than": "须小于{lt}",
+    "string_too_long": "不能超过{max_length}个字",
+    "string_too_short": "至少{min_length}个字",
+    "too_long": "最多{max_length}项",
+    "too_short": "至少{min_length}项",
+    "int_parsing": "须为整数",
+    "int_type": "须为整数",
+    "int_from_float": "须为整数",
+    "float_parsing": "须为数字",
+    "float_type": "须为数字",
+    "bool_parsing": "须为true或false",
+    "missing": "必须填写",
+}
+
+
+def schema_words(error: Mapping[str, Any]) -> str | None:
+    """What one of pydantic's validation errors asks of the value, in Chinese (不能大于30), or None
+    for an error type without words here."""
+    words = _SCHEMA_WORDS.get(str(error.get("type")))
+    if words is None:
+        return None
+    try:
+        return words.format(**(error.get("ctx") or {}))
+    except (KeyError, IndexError):  # a constraint without the bound the words name
+        return None
 
 
 def http_exception(exc: HTTPException) -> JSONResponse:

@@ -60,43 +60,64 @@ def checked_entry(
 ) -> KnowledgeEntry:
     """The entry `raw` describes (question, answer, category, keywords, department), checked: the
     question and the answer are required and bounded, the category and the department exist in the
-    city, the keywords are a short list. Raises DomainError naming the field at fault."""
+    city, the keywords are a short list. Raises DomainError naming the first field at fault and
+    the others (`also`)."""
     question = _text(raw, "question")
-    if len(question) < QUESTION_MIN:
-        raise _invalid(
-            "question_required", f"请填写问题（居民通常怎么问，至少{QUESTION_MIN}个字）", "question"
-        )
-    if len(question) > QUESTION_MAX:
-        raise _invalid(
-            "question_too_long", f"问题太长（{len(question)}字），请控制在{QUESTION_MAX}字以内", "question"
-        )
     answer = _text(raw, "answer")
-    if len(answer) < ANSWER_MIN:
-        raise _invalid(
-            "answer_required",
-            f"请填写答复内容（话务员可直接告知来电人的答复，至少{ANSWER_MIN}个字）",
-            "answer",
-        )
-    if len(answer) > ANSWER_MAX:
-        raise _invalid(
-            "answer_too_long", f"答复内容太长（{len(answer)}字），请控制在{ANSWER_MAX}字以内", "answer"
-        )
     category = _text(raw, "category") or None
-    if category is not None and category not in city.category_by_id:
-        raise _invalid("unknown_category", f"分类“{category[:40]}”不存在，请从分类列表中选择", "category")
     department = _text(raw, "department") or None
-    if department is None:
-        raise _invalid("department_required", "请选择负责单位（负责核对此答复的单位）", "department")
-    if department not in city.department_by_id:
-        raise _invalid(
-            "unknown_department", f"单位“{department[:40]}”不存在，请从单位列表中选择", "department"
+    # Every field is checked, so the form says each mistake at once.
+    faults: list[DomainError] = []
+    if len(question) < QUESTION_MIN:
+        faults.append(
+            _invalid("question_required", f"请填写问题（居民通常怎么问，至少{QUESTION_MIN}个字）", "question")
         )
+    elif len(question) > QUESTION_MAX:
+        faults.append(
+            _invalid(
+                "question_too_long",
+                f"问题太长（{len(question)}字），请控制在{QUESTION_MAX}字以内",
+                "question",
+            )
+        )
+    if len(answer) < ANSWER_MIN:
+        faults.append(
+            _invalid(
+                "answer_required",
+                f"请填写答复内容（话务员可直接告知来电人的答复，至少{ANSWER_MIN}个字）",
+                "answer",
+            )
+        )
+    elif len(answer) > ANSWER_MAX:
+        faults.append(
+            _invalid(
+                "answer_too_long", f"答复内容太长（{len(answer)}字），请控制在{ANSWER_MAX}字以内", "answer"
+            )
+        )
+    if category is not None and category not in city.category_by_id:
+        faults.append(
+            _invalid("unknown_category", f"分类“{category[:40]}”不存在，请从分类列表中选择", "category")
+        )
+    keywords: tuple[str, ...] = ()
+    try:
+        keywords = checked_keywords(raw.get("keywords"))
+    except DomainError as e:
+        faults.append(e)
+    if department is None:
+        faults.append(_invalid("department_required", "请选择负责单位（负责核对此答复的单位）", "department"))
+    elif department not in city.department_by_id:
+        faults.append(
+            _invalid("unknown_department", f"单位“{department[:40]}”不存在，请从单位列表中选择", "department")
+        )
+    if faults:
+        first = faults[0]
+        raise DomainError(first.code, first.message, kind="invalid", field=first.field, also=faults[1:])
     return KnowledgeEntry(
         id=entry_id,
         question=question,
         answer=answer,
         category=category,
-        keywords=checked_keywords(raw.get("keywords")),
+        keywords=keywords,
         department=department,
         reviewed=reviewed,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -267,6 +268,13 @@ class Runtime:
 
         @app.after_startup
         async def _serving() -> None:
+            # What the worker built to start (modules, the events' schemas, the city, a model, the
+            # clients) is moved out of the garbage collector's sight: every batch's events outlive a
+            # young collection, so full collections come every few thousand events and each went
+            # through all of it again (80 ms apiece, against 2 ms frozen, on the records benchmark:
+            # 9% of that worker's CPU). Collected first, so no garbage of the start is kept forever.
+            gc.collect()
+            gc.freeze()
             tasks.extend([asyncio.create_task(beat()), asyncio.create_task(watch())])
             # Opened once the subscribers have started: launchers wait for this port as "ready".
             if metrics_port:

@@ -9,7 +9,9 @@ what to do (see `pytest_runtest_protocol` below)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -131,11 +133,23 @@ def servers(tmp_path_factory) -> Iterator[EmbeddedServers | ExternalServers]:
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    """A data dir with a demo model trained once for the whole session."""
+    """A data dir with a demo model trained once for the whole session: under pytest-xdist, by the
+    first process that needs it, into the run's folder the processes share (about ten seconds of a
+    core each, at the start when both are busy); each process gets a copy, its systems approving
+    models there."""
     from services.classifier.analyst import train_demo_model
 
     d = tmp_path_factory.mktemp("data")
-    train_demo_model(demo_city(), d / "models", per_category=120, seed=7)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        train_demo_model(demo_city(), d / "models", per_category=120, seed=7)
+        return d
+    trained = tmp_path_factory.getbasetemp().parent / "demo-models"  # this run's, not an earlier one's
+    with open(f"{trained}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not trained.is_dir():
+            train_demo_model(demo_city(), trained.with_suffix(".part"), per_category=120, seed=7)
+            trained.with_suffix(".part").rename(trained)
+    shutil.copytree(trained, d / "models")
     return d
 
 
@@ -150,6 +164,10 @@ SESSION_TIMEOUT_MS = 3000
 # tests' own systems: at 100 ms the integration tests took 10:00 instead of 11:24, and 13.5 minutes of
 # CPU instead of 16.4. A hop may wait up to 100 ms more; no test depends on its latency.
 CALLERS_PATH_FETCH_WAIT_MS = 100
+# One photo's limit on the tests' system (PHOTO_MAX_BYTES): over a phone's photo (tests send one of
+# 5 MB), under the default (15 MB), whose oversized file took the browser test 5 s to hand to
+# Chromium and send up to the API.
+PHOTO_MAX_BYTES = 6 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -184,6 +202,7 @@ def settings(servers: EmbeddedServers, data_dir: Path, city_dir: Path) -> Settin
         # one internal host allowed; the same server as 127.0.0.1 stays refused (loopback).
         open311_media_allowed_hosts="localhost",
         open311_media_timeout_seconds=2,  # the test of a server that never answers waits this long
+        photo_max_bytes=PHOTO_MAX_BYTES,
     )
 
 

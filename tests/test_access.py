@@ -161,7 +161,7 @@ async def test_only_the_desk_manages_credentials(api, redis):
             "承办单位凭证不填工号",
         ),
         ({"role": "admin", "days": 5000}, "days", "有效天数须在0到3650之间"),
-        ({"role": "admin", "days": "三十"}, "days", "请求参数days不符合要求"),
+        ({"role": "admin", "days": "三十"}, "days", "请求参数days不符合要求（须为整数）"),
         ({"role": "admin", "note": "很长的备注" * 11}, "note", "备注最多50个字"),
     ],
 )

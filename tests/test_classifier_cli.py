@@ -9,20 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from services.classifier import corpus
 from services.classifier.model import CategoryModel
+from services.cli import cli
+from shared.settings import get_settings
 from tests.cities import demo_city
 from tests.conftest import ROOT
 
-# Every test here runs `appeals` in a subprocess that trains or loads a model: tens of seconds, so
-# they belong with the slow group, not the one that runs in seconds.
+# Every test here runs `appeals` to train or load a model: seconds to tens of seconds each, so they
+# belong with the slow group, not the one that runs in seconds.
 pytestmark = pytest.mark.integration
 
 GOVMSG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "govmsg"
 
 
 def appeals(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`appeals ARGS` as a shell runs it: a process of its own (the training and the benchmark)."""
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         cwd=ROOT,
@@ -30,6 +34,17 @@ def appeals(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
     )
+
+
+def appeals_here(*args: str) -> subprocess.CompletedProcess:
+    """`appeals ARGS` run by the same command-line code in this process: the same options, exit
+    code, stdout and stderr, without paying a fresh Python's imports of scikit-learn and jieba
+    (seconds each) for every check of what `evaluate` prints."""
+    get_settings.cache_clear()  # the environment as it is now, as a new process would read it
+    r = CliRunner().invoke(cli, list(args))
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return subprocess.CompletedProcess(["appeals", *args], r.exit_code, r.stdout, r.stderr)
 
 
 def top_level(records: list[dict]) -> list[dict]:
@@ -67,7 +82,7 @@ def test_train_writes_a_versioned_model_with_its_metadata(trained):
 
 def test_evaluate_prints_the_figures_and_one_json_object(trained):
     model, test = trained
-    out = appeals("evaluate", "--model", str(model), "--data", str(test), "--json")
+    out = appeals_here("evaluate", "--model", str(model), "--data", str(test), "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["n"] == sum(1 for _ in test.open(encoding="utf-8"))
@@ -76,7 +91,7 @@ def test_evaluate_prints_the_figures_and_one_json_object(trained):
     assert 0 <= rep["calibration_error"] <= 1
     assert set(rep["per_class"]["城市管理"]) == {"precision", "recall", "f1", "support"}
     assert len(rep["confusion_matrix"]) == len(rep["labels"])
-    text = appeals("evaluate", "--model", str(model), "--data", str(test))
+    text = appeals_here("evaluate", "--model", str(model), "--data", str(test))
     assert text.returncode == 0
     assert "macro-F1" in text.stdout
     assert "confusion matrix" in text.stdout
@@ -93,21 +108,23 @@ def with_threshold(model: Path, threshold: float, folder: Path) -> Path:
 def test_evaluate_reports_the_models_own_threshold_not_one_fitted_on_the_test_data(trained, tmp_path):
     model, test = trained
     own = json.loads(model.with_suffix(".json").read_text(encoding="utf-8"))["metrics"]["review"]["threshold"]
-    rep = json.loads(appeals("evaluate", "--model", str(model), "--data", str(test), "--json").stdout)
+    rep = json.loads(appeals_here("evaluate", "--model", str(model), "--data", str(test), "--json").stdout)
     assert rep["review"]["threshold"] == own
     assert rep["review"]["threshold_from"] == "model"
     assert rep["best_possible_review"]["fitted_on"] == "this data"
 
     # At a stored threshold of 0 every appeal is routed automatically: precision is the accuracy.
     everything = with_threshold(model, 0.0, tmp_path)
-    rep = json.loads(appeals("evaluate", "--model", str(everything), "--data", str(test), "--json").stdout)
+    rep = json.loads(
+        appeals_here("evaluate", "--model", str(everything), "--data", str(test), "--json").stdout
+    )
     assert rep["review"]["auto_routed_share"] == 1.0
     assert rep["review"]["review_share"] == 0.0
     assert rep["review"]["precision"] == rep["accuracy"]
 
     # Above every confidence nothing is: the report says so instead of fitting a threshold.
     nothing = with_threshold(model, 1.01, tmp_path)
-    out = appeals("evaluate", "--model", str(nothing), "--data", str(test))
+    out = appeals_here("evaluate", "--model", str(nothing), "--data", str(test))
     assert out.returncode == 0, out.stderr
     assert "at the model's threshold 1.0100 (its own): precision n/a" in out.stdout
     assert "auto-routed 0.00%" in out.stdout
@@ -116,11 +133,11 @@ def test_evaluate_reports_the_models_own_threshold_not_one_fitted_on_the_test_da
 
 def test_evaluate_refuses_what_it_cannot_do(trained, tmp_path):
     model, test = trained
-    assert appeals("evaluate", "--data", str(test)).returncode == 2  # neither --model nor --cv
-    no_cv = appeals("evaluate", "--model", str(model), "--data", str(test), "--learning-curve")
+    assert appeals_here("evaluate", "--data", str(test)).returncode == 2  # neither --model nor --cv
+    no_cv = appeals_here("evaluate", "--model", str(model), "--data", str(test), "--learning-curve")
     assert no_cv.returncode == 2
     assert "--learning-curve needs --cv" in no_cv.stderr
-    missing = appeals("evaluate", "--model", str(model), "--data", str(tmp_path / "none.jsonl"))
+    missing = appeals_here("evaluate", "--model", str(model), "--data", str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2
     assert "no such file" in missing.stderr
 
@@ -143,7 +160,7 @@ def test_cross_validation_on_the_real_message_board_data(tmp_path):
     lines = (GOVMSG / "dev.jsonl").read_text(encoding="utf-8").splitlines()[::2]
     data = tmp_path / "govmsg-half.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    out = appeals("evaluate", "--data", str(data), "--cv", "2", "--json")
+    out = appeals_here("evaluate", "--data", str(data), "--cv", "2", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     assert rep["n"] == len(lines)
@@ -155,7 +172,7 @@ def test_cross_validation_on_the_real_message_board_data(tmp_path):
 def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
     data = tmp_path / "train.jsonl"
     corpus.write_jsonl(top_level(corpus.generate(demo_city(), per_category=6, seed=33)), data)
-    out = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve", "--json")
+    out = appeals_here("evaluate", "--data", str(data), "--cv", "2", "--learning-curve", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)
     points = rep["learning_curve"]["points"]
@@ -165,7 +182,7 @@ def test_learning_curve_trains_on_growing_shares_of_the_same_folds(tmp_path):
     assert sizes[-1] == rep["n"] // 2
     assert points[-1]["macro_f1_mean"] == rep["macro_f1_mean"]
     assert rep["learning_curve"]["projection"]["n_all"] == rep["n"]
-    text = appeals("evaluate", "--data", str(data), "--cv", "2", "--learning-curve")
+    text = appeals_here("evaluate", "--data", str(data), "--cv", "2", "--learning-curve")
     assert text.returncode == 0
     assert "learning curve" in text.stdout
     assert "per doubling" in text.stdout

@@ -867,6 +867,9 @@ def test_a_residents_lookup_shows_no_personal_data(city):
     assert public_view(waiting, history, city, TZ)["status"] == "已受理"
     held = ticket.model_copy(update={"status": Status.MEETING})
     assert public_view(held, history, city, TZ)["status"] == "多部门协调办理中"
+    # The meeting decides who handles it: not the department it came from.
+    assert public_view(held, history, city, TZ)["department"] == "待联席会议确定"
+    assert public_view(ticket, history, city, TZ)["department"] == "区城市管理委员会"
     surveyed = ticket.model_copy(update={"status": Status.SURVEYED, "resolution_note": "已更换灯泡"})
     assert public_view(surveyed, history, city, TZ)["status"] == "已办结，待您评价"
 
@@ -1657,9 +1660,35 @@ def test_a_refusal_by_the_apis_schema_tells_staff_what_to_fill_in():
     }
     too_many = present.refusal("days", "invalid_request", "请求参数days…", fields, {"days": "99"}, "reason")
     assert too_many == {"days": "延长工作日数不符合要求，请检查后重新填写"}
+    # What the value should be, when the API says it: the range a form without the browser's checks
+    # (an old page, a script) was refused by.
+    said = present.refusal(
+        "days", "invalid_request", "请求参数days…", fields, {"days": "45"}, "reason", expected="不能大于30"
+    )
+    assert said == {"days": "延长工作日数不能大于30"}
     # The API's own refusals are already in words for staff: shown as they are.
     late = "已超过签收时限，不能退单；请签收办理或申请延期"
     assert present.refusal(None, "window_closed", late, fields, {}, "reason") == {"reason": late}
+
+
+def test_every_field_the_api_found_at_fault_is_said_beside_its_own():
+    from services.console.backend import Reply
+    from services.console.views import KNOWLEDGE_FIELDS, field_errors
+
+    problems = [
+        {"error": "question_required", "field": "question", "message": "请填写问题"},
+        {"error": "answer_required", "field": "answer", "message": "请填写答复内容"},
+        {"error": "department_required", "field": "department", "message": "请选择负责单位"},
+    ]
+    refused = Reply(
+        422,
+        {"error": "question_required", "field": "question", "message": "请填写问题", "problems": problems},
+    )
+    assert field_errors(refused, KNOWLEDGE_FIELDS, "form") == {
+        "question": "请填写问题",
+        "answer": "请填写答复内容",
+        "department": "请选择负责单位",
+    }
 
 
 def test_a_residents_ticket_number_is_read_as_typed_on_a_phone():

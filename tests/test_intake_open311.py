@@ -18,7 +18,7 @@ import pytest
 
 from shared.photo_store import PENDING
 from shared.photos import prepare
-from tests.conftest import eventually
+from tests.conftest import PHOTO_MAX_BYTES, eventually
 from tests.media_server import MediaServer, media_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
@@ -246,7 +246,7 @@ async def test_a_media_url_becomes_the_tickets_photo_as_an_upload_would(api, med
         # The photo host by number: loopback, and only `localhost` is allowed.
         ("/photo-by-number.jpg", "127.0.0.1", "media_url_forbidden", "内部网络地址"),
         ("/to-loopback", "localhost", "media_url_forbidden", "内部网络地址"),  # redirected there
-        ("/huge", "localhost", "media_url_too_large", "不能超过 15 MB"),
+        ("/huge", "localhost", "media_url_too_large", f"不能超过 {PHOTO_MAX_BYTES // 1048576} MB"),
         ("/notes.txt", "localhost", "media_url_not_image", "不是图片"),
         ("/slow", "localhost", "media_url_unreachable", "超时"),
         ("/missing", "localhost", "media_url_unreachable", "HTTP 404"),

@@ -19,6 +19,7 @@ from services.intake.progress import (
     Query,
     TicketProgress,
     _line,
+    holder_words,
     parse_query,
     progress_of,
     reply_text,
@@ -255,6 +256,16 @@ def test_a_ticket_held_for_a_joint_meeting_and_reassigned_says_why_each_step():
     assert step_words({**answered, "outcome": "answered", "rating": 1}) == "已收到您的评价"
     assert step_words({**answered, "outcome": "comment"}) == "已收到您的留言"
     assert step_words({**answered, "outcome": "no_answer"}) is None
+
+
+def test_while_a_joint_meeting_decides_the_resident_is_not_told_the_department_it_came_from():
+    held = _ticket(Status.MEETING, department=DEPT)
+    assert holder_words(held) == "待联席会议确定"
+    said = _line(progress_of(held, HISTORY, TZ))
+    assert "承办单位：待联席会议确定" in said
+    assert "区城市管理委员会" not in said
+    assert holder_words(_ticket(Status.ACCEPTED, department=DEPT)) == "区城市管理委员会"
+    assert holder_words(_ticket(Status.REVIEW, department=DEPT)) == "正在分派"
 
 
 def test_a_number_that_is_not_the_senders_is_answered_as_one_that_does_not_exist():

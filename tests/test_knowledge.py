@@ -3,6 +3,7 @@ and both through the API (the search, and the operator's preview)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -131,6 +132,29 @@ def test_an_entry_is_refused_with_the_field_at_fault(changes: dict, field: str, 
         rules.checked_entry(demo_city(), "kb-x", raw(**changes), reviewed=TODAY)
     assert (e.value.kind, e.value.field, e.value.code) == ("invalid", field, code)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in e.value.message)
+
+
+def test_every_field_at_fault_is_named_at_once_and_each_in_the_apis_problems() -> None:
+    from shared.http import domain_error
+
+    changes = {
+        "question": " ",
+        "answer": "好的",
+        "keywords": ["长" * (rules.KEYWORD_MAX + 1)],
+        "department": "",
+    }
+    with pytest.raises(DomainError) as e:
+        rules.checked_entry(demo_city(), "kb-x", raw(**changes), reviewed=TODAY)
+    faults = [e.value, *e.value.also]
+    assert [f.field for f in faults] == ["question", "answer", "keywords", "department"]
+    body = json.loads(domain_error(e.value).body)
+    assert (body["field"], body["error"]) == ("question", "question_required")
+    assert [p["field"] for p in body["problems"]] == ["question", "answer", "keywords", "department"]
+    assert body["problems"][1]["message"] == faults[1].message
+    # One field at fault: the error alone, as every other refusal.
+    with pytest.raises(DomainError) as one:
+        rules.checked_entry(demo_city(), "kb-x", raw(answer="好的"), reviewed=TODAY)
+    assert "problems" not in json.loads(domain_error(one.value).body)
 
 
 def test_an_entry_is_tidied_as_it_is_checked() -> None:

@@ -1161,6 +1161,12 @@ async def test_extension_moves_the_deadline_only_when_the_desk_approves(api, pro
     r = await api.post(f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 0, "reason": "x"})
     assert r.status_code == 422
     assert r.json()["field"] == "days"
+    # What the schema asks, in words a client shows its user (the console: 延长工作日数不能大于30).
+    r = await api.post(f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 45, "reason": "x"})
+    assert (r.json()["expected"], r.json()["message"]) == (
+        "不能大于30",
+        "请求参数days不符合要求（不能大于30），请按接口文档填写",
+    )
     r = await api.post(
         f"/api/v1/tickets/{no}/extend", headers=mgmt, json={"days": 3, "reason": "需要封路施工"}
     )

@@ -1128,3 +1128,30 @@ def test_a_grids_place_is_written_one_way(city):
     assert bare.model_copy(update={"grid": Grid(id="g", name="东湖社区第一网格")}).place == bare.place
     assert city.place_name("s01c01g01") == "和平街道/和平里社区第一网格"
     assert city.place_name(None) == city.place_name("s99c99g99") == "未定位"
+
+
+def test_a_schemas_constraints_are_said_in_chinese_and_others_left_to_pydantic():
+    from pydantic import Field
+
+    from shared.http import schema_words
+
+    class Form(BaseModel):
+        days: int = Field(ge=1, le=30)
+        reason: str = Field(min_length=1, max_length=5)
+        photos: list[str] = Field(default_factory=list, max_length=2)
+        when: datetime | None = None
+
+    def words(**body: Any) -> list[str | None]:
+        with pytest.raises(ValidationError) as refused:
+            Form.model_validate({"days": 3, "reason": "x", **body})
+        return [schema_words(e) for e in refused.value.errors()]
+
+    assert words(days=45) == ["不能大于30"]
+    assert words(days=0) == ["不能小于1"]
+    assert words(days="三十") == ["须为整数"]
+    assert words(reason="太长的一段说明") == ["不能超过5个字"]
+    assert words(photos=["a", "b", "c"]) == ["最多2项"]
+    assert words(when="昨天") == [None]  # no words here: the API keeps pydantic's message
+    with pytest.raises(ValidationError) as refused:
+        Form.model_validate({"reason": "x"})
+    assert [schema_words(e) for e in refused.value.errors()] == ["必须填写"]

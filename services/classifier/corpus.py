@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.city import DEMO_CITY_DIR, City, GridInfo
+from shared.yamlfile import read_yaml
 
 CONTENT_DIR = DEMO_CITY_DIR / "corpus"
 
@@ -205,7 +206,7 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ContentError(f"{path}: file missing (the demo corpus needs it)")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return read_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ContentError(f"{path}: not valid YAML: {e}") from e
 

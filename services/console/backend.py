@@ -45,6 +45,17 @@ class Reply:
     def field(self) -> str | None:
         return self.body.get("field") if isinstance(self.body, dict) else None
 
+    @property
+    def problems(self) -> list[dict[str, Any]]:
+        """Every field the API found at fault, when it found several (the first is `field`)."""
+        found = self.body.get("problems") if isinstance(self.body, dict) else None
+        return [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
+
+    @property
+    def expected(self) -> str | None:
+        """With invalid_request: what the schema asks of the field, in words (不能大于30), if said."""
+        return self.body.get("expected") if isinstance(self.body, dict) else None
+
 
 def reply_of(r: httpx.Response) -> Reply:
     try:

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from redis.asyncio import Redis
 
 from services.console import present
-from services.intake.progress import ANSWERED, status_words, step_words
+from services.intake.progress import ANSWERED, holder_words, status_words, step_words
 
 # The number as typed and the steps in words are the ones the WeChat and SMS progress query uses.
 from services.notifier.survey import reopens
@@ -140,7 +140,8 @@ def public_view(ticket: Ticket, history: list[dict[str, Any]], city: City, tz: Z
         "received": present.local(ticket.received_at, tz),
         # Waiting at the desk, its category is a guess the desk has still to confirm.
         "category": "/".join(ticket.category_names) if ticket.status != Status.REVIEW else "分类中",
-        "department": ticket.department.name if ticket.department and ticket.status != "review" else "",
+        # Not while the desk is still choosing it (the status says so); 待联席会议确定 in a meeting.
+        "department": holder_words(ticket) if ticket.department and ticket.status != "review" else "",
         # While a department has it, when it is due: what a resident asks first when they call.
         "due": present.local(ticket.resolve_by, tz) if ticket.status in HANDLED and ticket.resolve_by else "",
         "resolution": ticket.resolution_note if ticket.status in ANSWERED else "",

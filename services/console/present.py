@@ -408,17 +408,20 @@ def refusal(
     values: Mapping[str, str],
     default: str,
     said_as: Mapping[str, str] | None = None,
+    expected: str | None = None,
 ) -> dict[str, str]:
     """The API's refusal as {form field: message}, beside the field it names (else at `default`).
     When the API's schema refused the request (code invalid_request), its message is for developers
-    (the parameter's English name, the validator's English words): staff are told instead, by the
-    field's label, what to fill in. `said_as`: how the API's messages name a field that this page
-    labels otherwise (intake says 诉求内容 for every channel; the patrol form asks for 问题描述)."""
+    (the parameter's English name): staff are told instead, by the field's label, what to fill in,
+    and what the value should be when the API says (`expected`: 不能大于30). `said_as`: how the
+    API's messages name a field that this page labels otherwise (intake says 诉求内容 for every
+    channel; the patrol form asks for 问题描述)."""
     at = field if field is not None and field in fields else default
     label = fields.get(at, "")
     if code == "invalid_request" and label:
-        blank = not (values.get(at) or "").strip()
-        return {at: f"请填写{label}" if blank else f"{label}不符合要求，请检查后重新填写"}
+        if not (values.get(at) or "").strip():
+            return {at: f"请填写{label}"}
+        return {at: f"{label}{expected}" if expected else f"{label}不符合要求，请检查后重新填写"}
     return {at: relabelled(message, (said_as or {}).get(at), label)}
 
 

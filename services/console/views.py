@@ -224,7 +224,17 @@ def field_errors(
     """The API's refusal, beside the field it names (or above the form), in words for staff, with
     the page's labels for the fields the API names otherwise (`said_as`, see present.refusal)."""
     values = {name: text(form, name) for name in fields} if form is not None else {}
-    return present.refusal(reply.field, reply.code, reply.message, fields, values, default, said_as)
+    shown = present.refusal(
+        reply.field, reply.code, reply.message, fields, values, default, said_as, reply.expected
+    )
+    # The other fields the API found at fault in the same request, each beside its own.
+    for problem in reply.problems[1:]:
+        at = problem.get("field")
+        if at in fields and at not in shown:
+            shown[at] = present.relabelled(
+                str(problem.get("message") or ""), (said_as or {}).get(at), fields[at]
+            )
+    return shown
 
 
 # What intake's preview judges of an appeal (services/intake/views.py, preview_of): the name and
@@ -2345,7 +2355,13 @@ async def dashboard_page(request: Request, s: session.Session = Depends(as_desk)
         reply = await client.get("/api/v1/stats", group_by=dim, **{"from": start, "to": end})
         if not reply.ok:
             shown = present.refusal(
-                reply.field, reply.code, reply.message, PERIOD_FIELDS, {"from": start, "to": end}, ""
+                reply.field,
+                reply.code,
+                reply.message,
+                PERIOD_FIELDS,
+                {"from": start, "to": end},
+                "",
+                expected=reply.expected,
             )
             error_at, error = next(iter(shown.items()))
             break

@@ -98,6 +98,21 @@ def status_words(ticket: Ticket) -> str:
     return RESIDENT_STATUS_NAMES.get(ticket.status, str(ticket.status))
 
 
+# While a joint meeting holds a ticket the department it names is only the one it came from: the
+# meeting decides who handles it (the staff's pages say 待会议确定).
+PENDING_MEETING = "待联席会议确定"
+
+
+def holder_words(ticket: Ticket) -> str:
+    """The 承办单位 a resident is told: the department handling the ticket, 正在分派 while one is
+    being chosen, 待联席会议确定 while a joint meeting decides."""
+    if ticket.status == Status.MEETING:
+        return PENDING_MEETING
+    if ticket.department is None or ticket.status in (Status.RECEIVED, Status.REVIEW):
+        return "正在分派"
+    return ticket.department.name
+
+
 NOT_FOUND = (
     "未找到该用户的工单{ticket_no}。请核对工单号（受理时告知的编号，如20261201-000123）；"
     "发送“查询”可查看您近期的工单，也可拨打12345。"
@@ -230,12 +245,11 @@ def progress_of(
             at = _month_day_time(record.get("occurred_at"), tz)
             last = f"{at} {words}" if at else words
             break
-    held = ticket.department is not None and ticket.status not in (Status.RECEIVED, Status.REVIEW)
     note = " ".join(ticket.resolution_note.split()).rstrip("。.") if ticket.status == Status.CLOSED else ""
     return TicketProgress(
         ticket_no=ticket.ticket_no,
         status=status_words(ticket),
-        department=ticket.department.name if held and ticket.department else "正在分派",
+        department=holder_words(ticket),
         last_step=last,
         result=note if len(note) <= RESULT_MAX_CHARS else note[: RESULT_MAX_CHARS - 1] + "…",
     )

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.tickets import MEDIATION_OUTCOME_NAMES
+from shared.yamlfile import read_yaml
 
 DEFAULT_FILE = Path(__file__).with_name("notifications.yaml")
 
@@ -164,7 +165,7 @@ CLAUSE_ENDS = ("。", "；", "！", "？", "，", "、", ";", ",", " ")
 def load_texts(path: str | Path | None = None) -> Texts:
     path = Path(path) if path else DEFAULT_FILE
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise NotificationsError(f"{path}: file missing (NOTIFICATIONS_FILE)") from e
     except yaml.YAMLError as e:

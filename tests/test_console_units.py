@@ -5547,3 +5547,47 @@ async def test_the_desk_and_the_dashboard_say_the_calendar_runs_out(monkeypatch,
             assert (found is not None) is shown
             if found:
                 assert "工作日历只到2026-12-31：请在sla.yaml中补充2027年的节假日和调休安排" in found.group(1)
+
+
+def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    made = "2026-12-03T14:05:00+00:00"
+    sms = {"phone": "138****5678", "created_at": made, "text": "【12345】您的诉求已受理"}
+    rows = present.notices(
+        [
+            {**sms, "kind": "ack", "state": "delivered", "receipt_error": ""},
+            {**sms, "kind": "survey", "state": "held", "until": "2026-12-04T00:00:00+00:00"},
+            {**sms, "kind": "result", "state": "failed", "error": "号码不存在"},
+            {**sms, "kind": "reminder", "state": "undelivered", "receipt_error": "用户关机"},
+            {
+                "kind": "progress",
+                "state": "undelivered",
+                "channel": "wechat",
+                "openid": "oAbc****xyz",
+                "kept": "until the resident writes to the account again",
+                "error": "超过48小时",
+                "created_at": made,
+            },
+            # Written before records said when their message was made: when it was sent.
+            {"kind": "merged", "state": "sent", "phone": "138****5678", "sent_at": made},
+        ],
+        tz,
+    )
+    assert [(r["at"], r["kind"], r["channel"], r["to"]) for r in rows] == [
+        ("2026-12-03 22:05", "受理告知", "短信", "138****5678"),
+        ("2026-12-03 22:05", "回访评价", "短信", "138****5678"),
+        ("2026-12-03 22:05", "办理结果", "短信", "138****5678"),
+        ("2026-12-03 22:05", "评价提醒", "短信", "138****5678"),
+        ("2026-12-03 22:05", "进度告知", "微信", "oAbc****xyz"),
+        ("2026-12-03 22:05", "merged", "短信", "138****5678"),
+    ]
+    assert [r["state"] for r in rows] == [
+        "已送达",
+        "暂缓发送，将于2026-12-04 08:00发出（免打扰时段或当日条数已满）",
+        "发送失败（号码不存在）",
+        "未送达（用户关机）",
+        "未送达，市民再次发来消息时补发（超过48小时）",
+        "已发送",
+    ]
+    assert rows[0]["text"] == "【12345】您的诉求已受理"
+    assert rows[-1]["text"] == ""

@@ -27,6 +27,7 @@ from shared.spreadsheets import BRACKETED
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, local_today
 from tests.test_pipeline_e2e import LIGHT, outbox_for, resolve_when_assigned, submit, ticket_when
+from tests.test_records_reads import sign_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk")]
 SH = ZoneInfo("Asia/Shanghai")
@@ -133,6 +134,50 @@ async def test_outbox_and_receipts_need_the_admin_token(api, redis, admin):
     assert json.loads(await redis.get(f"sms:msg:{ack['message_id']}"))["state"] == "delivered"
     missing = await api.post("/api/v1/sms/receipts", json=receipt | {"message_id": "nope"}, headers=admin)
     assert missing.status_code == 404
+
+
+async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_became_of_it(
+    api, redis, admin, system
+):
+    """A resident calls to say no SMS came: the desk opens the ticket and reads each message, its
+    text, when it was made and whether the provider delivered it; no one else reads them."""
+    phone = new_phone()
+    no = await resolved_with_survey(api, redis, phone)
+    (ack,) = await eventually(lambda: outbox_for(redis, phone, "ack"))
+    await eventually(lambda: outbox_for(redis, phone, "survey"))
+    receipt = {"message_id": ack["message_id"], "status": "delivered"}
+    assert (await api.post("/api/v1/sms/receipts", json=receipt, headers=admin)).status_code == 200
+
+    r = await api.get(f"/api/v1/tickets/{no}/messages", headers=admin)
+    assert r.status_code == 200, r.text
+    messages = r.json()["messages"]
+    assert [m["kind"] for m in messages] == ["ack", "survey"]
+    first, survey = messages
+    assert first["message_id"] == ack["message_id"]
+    assert (first["state"], first["text"]) == ("delivered", ack["text"])
+    assert first["phone"] == f"{phone[:3]}****{phone[-4:]}"
+    assert first["created_at"] <= first["receipt_at"]
+    assert (survey["state"], survey["ticket_no"]) == ("sent", no)
+    assert no in survey["text"]
+    assert phone not in r.text
+    ticket = await ticket_when(api, no, lambda t: t["status"] in ("surveyed", "resolved"))
+    department = await as_department(redis, ticket)
+    assert (await api.get(f"/api/v1/tickets/{no}/messages", headers=department)).status_code == 403
+    other = await api.get(f"/api/v1/tickets/{no[:-1]}9/messages", headers=admin)
+    assert other.json()["messages"] == []
+
+    # On the ticket's page: the desk's, not the department's.
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as console:
+        await sign_in(console, redis)
+        page = (await console.get(f"/console/tickets/{no}")).text
+        assert 'id="notices-title">短信与微信通知<' in page
+        assert f"受理告知 · 短信 {first['phone']} · <strong>已送达</strong>" in page
+        assert "回访评价 · 短信" in page
+        assert ack["text"] in page
+        await sign_in(console, redis, ticket["department"]["id"])
+        page = (await console.get(f"/console/tickets/{no}")).text
+        assert f'id="ticket-no">{no}<' in page
+        assert "notices-title" not in page
 
 
 # --- the three rates ---------------------------------------------------------------------------

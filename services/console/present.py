@@ -202,6 +202,57 @@ def time_left(due: datetime | None, now: datetime) -> tuple[str, bool]:
     return ("已超期" if late else "剩余") + parts, late
 
 
+# 短信与微信通知 on a ticket's page (the desk's): what each kind of message to the resident is, and
+# what became of it (`services.notifier.states`); a kind or state not named here is shown as it is.
+NOTICE_KIND_NAMES = {
+    "ack": "受理告知",
+    "progress": "进度告知",
+    "result": "办理结果",
+    "survey": "回访评价",
+    "reminder": "评价提醒",
+    "clarification": "评价未识别",
+    "which_ticket": "询问评价哪件工单",
+    "confirmation": "评价确认",
+    "opt_out": "退订确认",
+    "query": "查询答复",
+}
+NOTICE_STATE_NAMES = {
+    "held": "暂缓发送",
+    "sent": "已发送",
+    "retrying": "发送失败，稍后重试",
+    "failed": "发送失败",
+    "cancelled": "已取消",
+    "delivered": "已送达",
+    "undelivered": "未送达",
+}
+
+
+def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[str, str]]:
+    """The messages to a ticket's resident (`GET /api/v1/tickets/{no}/messages`), as its page lists
+    them: when, what, to whom on which channel, what became of it and the text."""
+    out = []
+    for m in messages:
+        state = str(m.get("state") or "")
+        words = NOTICE_STATE_NAMES.get(state, state)
+        if state == "held" and m.get("until"):
+            words += f"，将于{local(m['until'], tz)}发出（免打扰时段或当日条数已满）"
+        elif state == "undelivered" and m.get("kept") and not m.get("dropped"):
+            words += "，市民再次发来消息时补发"
+        if reason := m.get("receipt_error") or (m.get("error") if state != "held" else ""):
+            words += f"（{reason}）"
+        out.append(
+            {
+                "at": local(m.get("created_at") or m.get("at") or m.get("sent_at"), tz),
+                "kind": NOTICE_KIND_NAMES.get(str(m.get("kind")), str(m.get("kind") or "")),
+                "channel": "微信" if m.get("channel") == "wechat" else "短信",
+                "to": str(m.get("phone") or m.get("openid") or ""),
+                "state": words,
+                "text": str(m.get("text") or ""),
+            }
+        )
+    return out
+
+
 OUTCOME_NAMES = {
     "no_answer": "市民未答复",
     "opted_out": "市民已退订回访",

@@ -1137,7 +1137,12 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
     mid = ticket.get("meeting_id")
     readable = mid and s.principal.role in ("admin", "department")
     meeting = await api(request, s).get(f"/api/v1/meetings/{mid}") if readable else None
+    # 短信与微信通知: the desk reads what the resident was sent (a resident calls to say nothing came).
+    sent = (
+        await api(request, s).get(f"/api/v1/tickets/{no}/messages") if s.principal.role == "admin" else None
+    )
     return {
+        "notices": present.notices(sent.body["messages"], tz) if sent and sent.ok else None,
         "meeting_title": present.meeting_title(meeting.body, city) if meeting and meeting.ok else "",
         "t": row(ticket, tz, datetime.now(UTC)),
         "history": history,

@@ -242,13 +242,14 @@ class Dispatcher:
         results: list[SendResult] = []
         written: list[tuple[str, bytes, str]] = []  # state key, state, address to count ('' : not sent)
         kept: list[Message] = []  # past WeChat's 48 hours: they wait for the resident to write
+        stamp = now.isoformat()  # when each message took its state
         # One transaction: a message is done exactly when its state (and held job) is written.
         async with self.redis.pipeline(transaction=True) as p:
             for i, m in enumerate(messages):
                 outcome = outcomes.get(i)
                 if i in held:
                     self.jobs.add_into(p, {SendJob(m): held[i]})
-                    written.append((*state_record(m, "held", until=held[i].isoformat()), ""))
+                    written.append((*state_record(m, "held", at=stamp, until=held[i].isoformat()), ""))
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):
                     # Undeliverable only until the resident writes to the account again: a notice
@@ -260,7 +261,9 @@ class Dispatcher:
                         ", kept until they write to the account again" if keep else "", outcome,
                     )  # fmt: skip
                     extra = {"kept": "until the resident writes to the account again"} if keep else {}
-                    written.append((*state_record(m, "undelivered", error=str(outcome), **extra), ""))
+                    written.append(
+                        (*state_record(m, "undelivered", at=stamp, error=str(outcome), **extra), "")
+                    )
                     results.append("undelivered")
                     if keep:
                         kept.append(m)
@@ -268,14 +271,14 @@ class Dispatcher:
                     log.warning(
                         "%s %s for %s to %s refused: %s", m.channel, m.kind, m.ticket_no, m.masked_to, outcome
                     )
-                    written.append((*state_record(m, "failed", error=str(outcome)), ""))
+                    written.append((*state_record(m, "failed", at=stamp, error=str(outcome)), ""))
                     results.append("failed")
                 elif isinstance(outcome, SmsError):
                     self.jobs.add_into(p, {SendJob(m): now + RETRY_LATER})
-                    written.append((*state_record(m, "retrying", error=str(outcome)), ""))
+                    written.append((*state_record(m, "retrying", at=stamp, error=str(outcome)), ""))
                     results.append("retrying")
                 else:
-                    key, record = state_record(m, "sent", provider_id=str(outcome), sent_at=now.isoformat())
+                    key, record = state_record(m, "sent", at=stamp, provider_id=str(outcome), sent_at=stamp)
                     # Counted against the cap unless exempt from it: an urgent notice, or an answer
                     # to the resident's own message (a query's, a rating's confirmation), which would
                     # otherwise use up the day's notices and hold the next one until morning.

@@ -1,8 +1,9 @@
 """What became of every message: its state, and the provider's delivery receipts that complete it.
 
   sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone (a WeChat message: the
-                         masked openid and `channel`), and what the state adds
-                         (until, error, provider_id, sent_at, receipt_error, reason; a WeChat
+                         masked openid and `channel`), the text, when the message was made
+                         (created_at) and when it took this state (at), and what the state adds
+                         (until, error, provider_id, sent_at, receipt_error, receipt_at, reason; a WeChat
                          notice kept for its resident's return: kept, then dropped if it is
                          not sent after all); 30 days
   sms:ticket:{no}        the keys of a ticket's records that reach its resident: its messages'
@@ -21,7 +22,8 @@ that send yields.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -48,7 +50,10 @@ def about_resident(message: Message) -> bool:
 
 def state_record(message: Message, state: MessageState, **extra: str) -> tuple[str, bytes]:
     """The message's state record: its key and JSON (for writers that batch it with other writes).
-    Written by orjson, several times faster than the json module at a record per message."""
+    Written by orjson, several times faster than the json module at a record per message. `at`,
+    when it took this state, is now unless `extra` says (the writer's clock). The text is kept so
+    that the desk can tell a resident what they were sent (`MessageStates.of_ticket`); staff's
+    words in it were masked when typed, and an erasure removes the record with the others."""
     to = (
         {"phone": message.masked_to}
         if message.channel == "sms"
@@ -57,7 +62,16 @@ def state_record(message: Message, state: MessageState, **extra: str) -> tuple[s
             "openid": message.masked_to,
         }
     )
-    record = {"state": state, "kind": message.kind, "ticket_no": message.ticket_no or "", **to, **extra}
+    record = {
+        "state": state,
+        "kind": message.kind,
+        "ticket_no": message.ticket_no or "",
+        **to,
+        "text": message.text,
+        "created_at": message.created_at.isoformat(),
+        "at": datetime.now(UTC).isoformat(),
+        **extra,
+    }
     return state_key(message.message_id), orjson.dumps(record)
 
 
@@ -88,6 +102,27 @@ class MessageStates:
         record = await self.get(message_id)
         if not record:
             return False
-        record |= {"state": "delivered" if delivered else "undelivered", "receipt_error": error}
+        record |= {
+            "state": "delivered" if delivered else "undelivered",
+            "receipt_error": error,
+            "receipt_at": datetime.now(UTC).isoformat(),
+        }
         await self.redis.set(state_key(message_id), json.dumps(record, ensure_ascii=False), keepttl=True)
         return True
+
+    async def of_ticket(self, ticket_no: str) -> list[dict[str, Any]]:
+        """What the ticket's resident was sent, or was to be sent, by SMS or WeChat, in the order the
+        messages were made, each with its id (`message_id`) and state record: what the desk reads
+        when a resident says no message came. Kept 30 days, and not after an erasure. Supervisors'
+        notices are not among them (they reach staff)."""
+        members = cast("set[bytes]", await self.redis.smembers(ticket_records_key(ticket_no)))
+        keys = sorted(k for m in members if (k := m.decode()).startswith(state_key("")))
+        if not keys:
+            return []
+        records = [
+            {"message_id": key.removeprefix(state_key("")), **json.loads(raw)}
+            for key, raw in zip(keys, await self.redis.mget(keys), strict=True)
+            if raw
+        ]
+        # Records written before they said when the message was made sort first, by when sent.
+        return sorted(records, key=lambda r: (r.get("created_at", ""), r.get("sent_at", "")))

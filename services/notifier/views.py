@@ -130,6 +130,16 @@ async def outbox(
     return {"messages": await gateway.sent(wanted, limit)}
 
 
+@router.get("/tickets/{ticket_no}/messages")
+async def ticket_messages(ticket_no: str, request: Request, _: Principal = Depends(require_admin)):
+    """短信与微信通知记录: what the ticket's resident was sent, or was to be sent, oldest first, each
+    with its text, its state (held for quiet hours, sent, delivered, failed ...) and when: what the
+    desk reads when a resident calls to say no message came. Whatever the gateway (the provider's
+    or the embedded outbox); kept 30 days; none after an erasure."""
+    notifier: Notifier = request.app.state.notifier
+    return {"ticket_no": ticket_no, "messages": await notifier.states.of_ticket(ticket_no)}
+
+
 @router.get("/wechat/outbox")
 async def wechat_outbox(
     request: Request,

@@ -5556,7 +5556,20 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     rows = present.notices(
         [
             {**sms, "kind": "ack", "state": "delivered", "receipt_error": ""},
-            {**sms, "kind": "survey", "state": "held", "until": "2026-12-04T00:00:00+00:00"},
+            {
+                **sms,
+                "kind": "survey",
+                "state": "held",
+                "until": "2026-12-04T00:00:00+00:00",
+                "held_for": "quiet_hours",
+            },
+            {
+                **sms,
+                "kind": "progress",
+                "state": "held",
+                "until": "2026-12-03T16:00:00+00:00",
+                "held_for": "daily_cap",
+            },
             {**sms, "kind": "result", "state": "failed", "error": "号码不存在"},
             {**sms, "kind": "reminder", "state": "undelivered", "receipt_error": "用户关机"},
             {
@@ -5576,18 +5589,20 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     assert [(r["at"], r["kind"], r["channel"], r["to"]) for r in rows] == [
         ("2026-12-03 22:05", "受理告知", "短信", "138****5678"),
         ("2026-12-03 22:05", "回访评价", "短信", "138****5678"),
+        ("2026-12-03 22:05", "进度告知", "短信", "138****5678"),
         ("2026-12-03 22:05", "办理结果", "短信", "138****5678"),
         ("2026-12-03 22:05", "评价提醒", "短信", "138****5678"),
         ("2026-12-03 22:05", "进度告知", "微信", "oAbc****xyz"),
         ("2026-12-03 22:05", "merged", "短信", "138****5678"),
     ]
-    assert [r["state"] for r in rows] == [
-        "已送达",
-        "暂缓发送，将于2026-12-04 08:00发出（免打扰时段或当日条数已满）",
-        "发送失败（号码不存在）",
-        "未送达（用户关机）",
-        "未送达，市民再次发来消息时补发（超过48小时）",
-        "已发送",
+    assert [(r["state"], r["detail"]) for r in rows] == [
+        ("已送达", ""),
+        ("暂缓发送", "夜间免打扰时段，将于2026-12-04 08:00发出"),
+        ("暂缓发送", "该号码今日通知已达上限，将于2026-12-04 00:00发出"),
+        ("发送失败", "号码不存在"),
+        ("未送达", "用户关机"),
+        ("未送达", "市民再次发来消息时补发；超过48小时"),
+        ("已发送", ""),
     ]
     assert rows[0]["text"] == "【12345】您的诉求已受理"
     assert rows[-1]["text"] == ""

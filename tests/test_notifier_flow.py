@@ -675,6 +675,11 @@ async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):
     assert await kit.notifier.acknowledge(normal, normal.ticket_no, phone) == "held"
     assert await kit.notifier.acknowledge(urgent, urgent.ticket_no, urgent_phone, urgent=True) == "sent"
     assert await kit.sent(phone) == []
+    # The desk reads why it waits, and until when (the ticket's 短信与微信通知).
+    (waiting,) = await kit.notifier.states.of_ticket(normal.ticket_no)
+    assert (waiting["state"], waiting["held_for"]) == ("held", "quiet_hours")
+    assert datetime.fromisoformat(waiting["until"]) == datetime(2026, 11, 24, 8, 0, tzinfo=SH)
+    assert datetime.fromisoformat(waiting["at"]) == clock.now
     assert len(await kit.sent(urgent_phone)) == 1
     assert await kit.notifier.scan(datetime(2026, 11, 24, 7, 59, tzinfo=SH)) == 0
     assert await kit.sent(phone) == []
@@ -696,6 +701,8 @@ async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
         results.append(await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone))
     assert results == ["sent", "sent", "held"]
     assert len(await kit.sent(phone)) == 2
+    (waiting,) = await kit.notifier.states.of_ticket("20261123-000202")
+    assert (waiting["state"], waiting["held_for"]) == ("held", "daily_cap")
     assert await kit.notifier.scan(datetime(2026, 11, 23, 23, 59, tzinfo=SH)) == 0
     assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
     assert next(m["ticket_no"] for m in await kit.sent(phone)) == "20261123-000202"

@@ -226,20 +226,26 @@ NOTICE_STATE_NAMES = {
     "undelivered": "未送达",
 }
 
+# Why a message waits (`services.notifier.dispatch`: the day's cap for that phone is checked first).
+HELD_FOR = {"quiet_hours": "夜间免打扰时段", "daily_cap": "该号码今日通知已达上限"}
+
 
 def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[str, str]]:
     """The messages to a ticket's resident (`GET /api/v1/tickets/{no}/messages`), as its page lists
-    them: when, what, to whom on which channel, what became of it and the text."""
+    them: when, what, to whom on which channel, what became of it (`state`, and `detail`: why it
+    waits and until when, the provider's reason) and the text."""
     out = []
     for m in messages:
         state = str(m.get("state") or "")
         words = NOTICE_STATE_NAMES.get(state, state)
+        detail = ""
         if state == "held" and m.get("until"):
-            words += f"，将于{local(m['until'], tz)}发出（免打扰时段或当日条数已满）"
+            why = HELD_FOR.get(str(m.get("held_for")), "免打扰时段或当日条数已满")
+            detail = f"{why}，将于{local(m['until'], tz)}发出"
         elif state == "undelivered" and m.get("kept") and not m.get("dropped"):
-            words += "，市民再次发来消息时补发"
+            detail = "市民再次发来消息时补发"
         if reason := m.get("receipt_error") or (m.get("error") if state != "held" else ""):
-            words += f"（{reason}）"
+            detail = f"{detail}；{reason}" if detail else str(reason)
         out.append(
             {
                 "at": local(m.get("created_at") or m.get("at") or m.get("sent_at"), tz),
@@ -247,6 +253,7 @@ def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[st
                 "channel": "微信" if m.get("channel") == "wechat" else "短信",
                 "to": str(m.get("phone") or m.get("openid") or ""),
                 "state": words,
+                "detail": detail,
                 "text": str(m.get("text") or ""),
             }
         )

@@ -231,10 +231,13 @@ class Dispatcher:
         counts = await self.redis.hmget(count_key, [m.to for m in messages])
         in_batch: Counter[str] = Counter()  # several messages to one address in the same batch
         held: dict[int, datetime] = {}
+        held_for: dict[int, str] = {}  # why: the day's cap reached, else the quiet hours
         for i, (m, count) in enumerate(zip(messages, counts, strict=True)):
-            at = self.policy.send_at(now, urgent=m.urgent, sent_today=int(count or 0) + in_batch[m.to])
+            sent_today = int(count or 0) + in_batch[m.to]
+            at = self.policy.send_at(now, urgent=m.urgent, sent_today=sent_today)
             if at > now:
                 held[i] = at
+                held_for[i] = "daily_cap" if sent_today >= self.policy.daily_cap else "quiet_hours"
             else:
                 in_batch[m.to] += 1
         to_send = [i for i in range(len(messages)) if i not in held]
@@ -249,7 +252,14 @@ class Dispatcher:
                 outcome = outcomes.get(i)
                 if i in held:
                     self.jobs.add_into(p, {SendJob(m): held[i]})
-                    written.append((*state_record(m, "held", at=stamp, until=held[i].isoformat()), ""))
+                    written.append(
+                        (
+                            *state_record(
+                                m, "held", at=stamp, until=held[i].isoformat(), held_for=held_for[i]
+                            ),
+                            "",
+                        )
+                    )
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):
                     # Undeliverable only until the resident writes to the account again: a notice

@@ -5555,7 +5555,7 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     sms = {"phone": "138****5678", "created_at": made, "text": "【12345】您的诉求已受理"}
     rows = present.notices(
         [
-            {**sms, "kind": "ack", "state": "delivered", "receipt_error": ""},
+            {**sms, "kind": "ack", "state": "delivered", "receipt_error": "", "message_id": "a" * 32},
             {
                 **sms,
                 "kind": "survey",
@@ -5571,7 +5571,13 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
                 "held_for": "daily_cap",
             },
             {**sms, "kind": "result", "state": "failed", "error": "号码不存在"},
-            {**sms, "kind": "reminder", "state": "undelivered", "receipt_error": "用户关机"},
+            {
+                **sms,
+                "kind": "reminder",
+                "state": "undelivered",
+                "receipt_error": "用户关机",
+                "message_id": "c" * 32,
+            },
             {
                 "kind": "progress",
                 "state": "undelivered",
@@ -5606,3 +5612,7 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     ]
     assert rows[0]["text"] == "【12345】您的诉求已受理"
     assert rows[-1]["text"] == ""
+    # 补发 for an acknowledgement, a progress notice or a result with its text; not a reminder.
+    assert [r["resendable"] for r in rows] == [True, False, False, False, False, False, False]
+    (resent,) = present.notices([{**sms, "kind": "ack", "state": "sent", "resent_from": "a" * 32}], tz)
+    assert (resent["kind"], resent["resent"]) == ("受理告知", "（补发）")

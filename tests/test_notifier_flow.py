@@ -25,6 +25,7 @@ from services.notifier.survey import OptedOut, SurveyAnswer, SurveyComment, Whic
 from services.notifier.surveys import CALL_ATTEMPTS, AnswerRefused, CallRefused
 from services.notifier.texts import load_texts
 from shared.bus import EventPublisher, ensure_topics, publish
+from shared.errors import DomainError
 from shared.events import (
     AppealReceived,
     Caller,
@@ -690,6 +691,50 @@ async def test_quiet_hours_hold_messages_but_not_urgent_ones(make_kit, clock):
     (ack,) = await kit.sent(phone, "ack")
     assert "20261123-000101" in ack["text"]
     assert (await kit.notifier.states.get(ack["message_id"]))["state"] == "sent"
+
+
+async def test_the_desk_resends_a_notice_at_once_to_the_residents_contact_once_per_click(make_kit, clock):
+    """补发: a resident on the line at night lost the ticket number the held acknowledgement carries:
+    the desk sends it now (the resident asked, so quiet hours do not hold it), to their contact."""
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    kit = make_kit()
+    phone = new_phone()
+    cid = caller_id(phone)
+    await kit.store.save_contact(cid, phone, None)
+    appeal = AppealReceived(ticket_no="20261123-000150", channel="hotline", text="路灯坏了")
+    assert await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "held"
+    (held,) = await kit.notifier.states.of_ticket(appeal.ticket_no)
+
+    message, state = await kit.notifier.resend(appeal.ticket_no, held["message_id"], cid)
+    assert state == "sent"
+    (sent,) = await kit.sent(phone, "ack")
+    assert (sent["message_id"], sent["text"]) == (message.message_id, held["text"])
+    # A second click the same minute sends nothing more; the next minute's does.
+    assert (await kit.notifier.resend(appeal.ticket_no, held["message_id"], cid))[1] == "duplicate"
+    assert len(await kit.sent(phone, "ack")) == 1
+    listed = await kit.notifier.states.of_ticket(appeal.ticket_no)
+    assert [(m["state"], m.get("resent_from")) for m in listed] == [
+        ("held", None),
+        ("sent", held["message_id"]),
+    ]
+
+    # Not another ticket's message, not a survey (answered by reply), not without a contact.
+    with pytest.raises(DomainError) as refused:
+        await kit.notifier.resend("20261123-000151", held["message_id"], cid)
+    assert refused.value.kind == "not_found"
+    with pytest.raises(DomainError) as refused:
+        await kit.notifier.resend(appeal.ticket_no, held["message_id"], None)
+    assert (refused.value.code, refused.value.message) == (
+        "no_contact",
+        "市民没有留下联系方式（匿名诉求，或个人信息已删除），无法补发",
+    )
+    ticket, resolved = await resolved_ticket(kit, new_phone())
+    await kit.notifier.start_surveys([resolved])
+    (survey,) = await kit.notifier.states.of_ticket(ticket.ticket_no)
+    assert survey["kind"] == "survey"
+    with pytest.raises(DomainError) as refused:
+        await kit.notifier.resend(ticket.ticket_no, survey["message_id"], ticket.caller.caller_id)
+    assert refused.value.code == "not_resendable"
 
 
 async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):

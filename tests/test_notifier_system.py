@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import random
+import re
 import uuid
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -174,10 +175,44 @@ async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_
         assert f"受理告知 · 短信 {first['phone']} · <strong>已送达</strong>" in page
         assert "回访评价 · 短信" in page
         assert ack["text"] in page
+        # 补发: the resident lost the ticket number; the desk sends the acknowledgement again.
+        resend = f"/console/tickets/{no}/messages/{first['message_id']}/resend"
+        assert f'action="{resend}"' in page
+        assert (
+            f"/console/tickets/{no}/messages/{survey['message_id']}/resend" not in page
+        )  # a survey: by phone
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert csrf is not None
+        r = await console.post(resend, data={"csrf": csrf.group(1)})
+        assert r.status_code == 303, r.text
+        assert r.headers["location"] == f"/console/tickets/{no}?done=resent#notices-title"
+        page = (await console.get(r.headers["location"])).text
+        assert "已向市民补发通知" in page
+        assert f"受理告知（补发） · 短信 {first['phone']} · <strong>已发送</strong>" in page
+        assert len(await outbox_for(redis, phone, "ack")) == 2
         await sign_in(console, redis, ticket["department"]["id"])
         page = (await console.get(f"/console/tickets/{no}")).text
         assert f'id="ticket-no">{no}<' in page
         assert "notices-title" not in page
+        assert (await console.post(resend, data={"csrf": csrf.group(1)})).status_code in (403, 404)
+
+    # The API: the desk's alone; a double click sends one; a survey, a wrong id, are refused.
+    url = f"/api/v1/tickets/{no}/messages/{first['message_id']}/resend"
+    assert (await api.post(url, headers=department)).status_code == 403
+    r = await api.post(url, headers=admin)
+    assert r.status_code == 201, r.text
+    again = await api.post(url, headers=admin)
+    # The console's click, this and the next are within a second or two: a minute turns between
+    # two of them at most, so one of the last two repeats one before it, and sends nothing.
+    states = [r.json()["state"], again.json()["state"]]
+    assert "duplicate" in states, states
+    assert len(await outbox_for(redis, phone, "ack")) == 2 + states.count("sent")
+    r = await api.post(f"/api/v1/tickets/{no}/messages/{survey['message_id']}/resend", headers=admin)
+    assert (r.status_code, r.json()["error"]) == (409, "not_resendable")
+    r = await api.post(f"/api/v1/tickets/{no}/messages/nope/resend", headers=admin)
+    assert (r.status_code, r.json()["error"]) == (404, "message_not_found")
+    r = await api.post(f"/api/v1/tickets/{no[:-1]}9/messages/{first['message_id']}/resend", headers=admin)
+    assert r.status_code == 404
 
 
 # --- the three rates ---------------------------------------------------------------------------

@@ -129,6 +129,7 @@ def deadline_shown(ticket: Mapping[str, Any], tz: ZoneInfo) -> str:
 
 # What a department is told after each action on a ticket, with what happens next.
 DONE = {
+    "resent": "已向市民补发通知，发送结果见“短信与微信通知”。",
     "accept": "已签收，请在办结时限内办理。",
     "resolve": "已办结，系统将向市民发送回访短信。",
     "extend": "延期申请已提交，等待派单中心审核。",
@@ -226,11 +227,13 @@ NOTICE_STATE_NAMES = {
     "undelivered": "未送达",
 }
 
+# What the desk may send again (`services.notifier.service.RESENDABLE`, which the API checks).
+RESENDABLE = ("ack", "progress", "result")
 # Why a message waits (`services.notifier.dispatch`: the day's cap for that phone is checked first).
 HELD_FOR = {"quiet_hours": "夜间免打扰时段", "daily_cap": "该号码今日通知已达上限"}
 
 
-def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[str, str]]:
+def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[str, Any]]:
     """The messages to a ticket's resident (`GET /api/v1/tickets/{no}/messages`), as its page lists
     them: when, what, to whom on which channel, what became of it (`state`, and `detail`: why it
     waits and until when, the provider's reason) and the text."""
@@ -255,6 +258,12 @@ def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[st
                 "state": words,
                 "detail": detail,
                 "text": str(m.get("text") or ""),
+                "id": str(m.get("message_id") or ""),
+                "resent": "（补发）" if m.get("resent_from") else "",
+                # 补发 is offered for what the notifier sends again (`Notifier.resend`).
+                "resendable": m.get("kind") in RESENDABLE
+                and bool(m.get("text"))
+                and bool(m.get("message_id")),
             }
         )
     return out

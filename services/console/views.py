@@ -1282,6 +1282,20 @@ async def ticket_page(request: Request, no: str, s: session.Session = Depends(as
     return await page(request, "ticket.html", s=s, errors={}, values={}, kept={}, done=done, **context)
 
 
+@router.post("/tickets/{no}/messages/{message_id}/resend")  # before the departments' actions below
+async def ticket_resend(request: Request, no: str, message_id: str, s: session.Session = Depends(as_desk)):
+    """补发: the desk sends one of the ticket's messages to its resident again (the resident, on the
+    line, lost the ticket number or never got it). A refusal is said above the list of messages."""
+    await checked_form(request, s)
+    reply = await api(request, s).post(f"/api/v1/tickets/{no}/messages/{message_id}/resend")
+    if reply.ok:
+        return RedirectResponse(f"/console/tickets/{no}?done=resent#notices-title", status_code=303)
+    status = reply.status if 400 <= reply.status < 500 else 422
+    return await action_refused(
+        request, s, no, reply, status, action="resend", errors={"form": reply.message}, values={}
+    )
+
+
 # The desk's 改派 form: its fields and their labels; an error that names no field (the ticket moved
 # on meanwhile) is shown above the form.
 REDISPATCH_FIELDS = {"form": "", "department": "改派至", "reason": "改派原因"}

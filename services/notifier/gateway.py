@@ -43,6 +43,7 @@ class Message:
     created_at: datetime = field(default_factory=now_utc)
     urgent: bool = False
     channel: Channel = "sms"
+    resent_from: str | None = None  # 补发: the message the desk sent again
 
     @property
     def masked_to(self) -> str:
@@ -58,6 +59,8 @@ class Message:
             "created_at": self.created_at.isoformat(),
             "urgent": self.urgent,
         }
+        if self.resent_from:
+            out["resent_from"] = self.resent_from
         # Only when not SMS: a record without a channel is an SMS.
         return out if self.channel == "sms" else out | {"channel": self.channel}
 

@@ -42,6 +42,7 @@ from services.notifier.texts import Texts, load_texts, month_day_time
 from services.notifier.wechat_gateway import WeChatGateway, make_wechat_gateway
 from services.notifier.window import Return, SurveyFacts, on_return
 from shared.city import City
+from shared.errors import DomainError
 from shared.events import Event, TicketAssigned, TicketUpdated, now_utc
 from shared.metrics import WECHAT_ON_RETURN
 from shared.redis_client import text
@@ -50,6 +51,9 @@ from shared.store import TicketStore
 from shared.tickets import Ticket
 
 log = logging.getLogger(__name__)
+# What the desk may send again (补发): notices whose text still says what it said. A survey is
+# answered by reply, which its SMS alone cannot tie to a second copy; its callback is by phone.
+RESENDABLE = frozenset({"ack", "progress", "result"})
 
 # KEYS: hashes; ARGV: the fields. Returns the fields of each, one after the other ('' where there is
 # none): the contacts of a batch's callers in one command (redis-py packs and parses every command
@@ -396,6 +400,32 @@ class Notifier:
         self, cause: Event, ticket_no: str, phone: str, *, urgent: bool = False
     ) -> SendResult:
         return await self.sms.send(cause.event_id, self.ack_message(ticket_no, phone, urgent=urgent))
+
+    async def resend(
+        self, ticket_no: str, message_id: str, caller_id: str | None, now: datetime | None = None
+    ) -> tuple[Message, SendResult]:
+        """补发: the desk sends one of the ticket's messages to its resident again (one who lost the
+        ticket number, or whose phone was off), with the text it had, to their contact as it is
+        now, at once: the resident asked for it, so quiet hours and the day's cap do not hold it.
+        A second request for the same message within the same minute (a double click) sends
+        nothing more (`duplicate`). Raises DomainError saying why it cannot."""
+        record = await self.states.get(message_id)
+        if record.get("ticket_no") != ticket_no:
+            raise DomainError("message_not_found", f"工单{ticket_no}没有这条通知", kind="not_found")
+        if record.get("kind") not in RESENDABLE or not record.get("text"):
+            raise DomainError(
+                "not_resendable", "只能补发受理告知、进度告知和办理结果；回访评价可在“电话回访”中处理"
+            )
+        (to,) = await self.recipients([caller_id])
+        if to is None:
+            raise DomainError("no_contact", "市民没有留下联系方式（匿名诉求，或个人信息已删除），无法补发")
+        now = now or self.clock()
+        message = Message(
+            to.address, record["text"], record["kind"], ticket_no, urgent=True, channel=to.channel,
+            resent_from=message_id,
+        )  # fmt: skip
+        minute = str(int(now.timestamp()) // 60)
+        return message, await self.sms.send(derived_id(message_id, "resend", minute), message)
 
     async def answer_query(self, phone: str, progress: str, ticket_nos: Sequence[str]) -> SendResult:
         """The answer to a progress query the resident just sent (`progress`, intake's words about

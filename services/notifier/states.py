@@ -2,7 +2,8 @@
 
   sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone (a WeChat message: the
                          masked openid and `channel`), the text, when the message was made
-                         (created_at) and when it took this state (at), and what the state adds
+                         (created_at) and when it took this state (at), the message it sends
+                         again (resent_from, 补发), and what the state adds
                          (until, error, provider_id, sent_at, receipt_error, receipt_at, reason; a WeChat
                          notice kept for its resident's return: kept, then dropped if it is
                          not sent after all); 30 days
@@ -70,6 +71,7 @@ def state_record(message: Message, state: MessageState, **extra: str) -> tuple[s
         "text": message.text,
         "created_at": message.created_at.isoformat(),
         "at": datetime.now(UTC).isoformat(),
+        **({"resent_from": message.resent_from} if message.resent_from else {}),
         **extra,
     }
     return state_key(message.message_id), orjson.dumps(record)

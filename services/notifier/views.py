@@ -5,6 +5,7 @@ outbox (embedded mode) and the scorecard (the three rates)."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import date
 from functools import partial
@@ -25,7 +26,8 @@ from services.notifier.survey import read_inbound
 from services.notifier.surveys import CALL_ANSWER_REQUIRED, CALL_ATTEMPTS, Call
 from services.notifier.wechat_gateway import WeChatOutbox
 from shared.auth import Principal, require_admin, require_resident_sms, require_role, require_sms_gateway
-from shared.http import api_error
+from shared.errors import DomainError
+from shared.http import api_error, domain_error
 from shared.periods import stats_period
 from shared.privacy import InvalidPhone, StaffText, caller_id, mask_phone, normalize_phone
 from shared.spreadsheets import Bracketed, Format, Percent, download, each
@@ -138,6 +140,30 @@ async def ticket_messages(ticket_no: str, request: Request, _: Principal = Depen
     or the embedded outbox); kept 30 days; none after an erasure."""
     notifier: Notifier = request.app.state.notifier
     return {"ticket_no": ticket_no, "messages": await notifier.states.of_ticket(ticket_no)}
+
+
+MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@router.post("/tickets/{ticket_no}/messages/{message_id}/resend", status_code=201)
+async def resend_message(
+    ticket_no: str, message_id: str, request: Request, principal: Principal = Depends(require_admin)
+):
+    """补发: the desk sends one of the ticket's messages (受理告知, 进度告知, 办理结果) to its resident
+    again, now, with the text it had (`Notifier.resend`). Answers the new message's id and what
+    became of it (`duplicate`: the same message was sent again a moment ago)."""
+    if not MESSAGE_ID.fullmatch(message_id):
+        return api_error(404, "message_not_found", f"工单{ticket_no}没有这条通知")
+    ticket = await request.app.state.store.get(ticket_no)
+    if ticket is None:
+        return api_error(404, "not_found", f"工单{ticket_no}不存在或已归档，无法补发")
+    notifier: Notifier = request.app.state.notifier
+    try:
+        message, state = await notifier.resend(ticket_no, message_id, ticket.caller.caller_id)
+    except DomainError as e:
+        return domain_error(e)
+    log.info("desk %s resent %s %s of %s", principal.scope, message.kind, message_id, ticket_no)
+    return {"message_id": message.message_id, "resent_from": message_id, "state": state}
 
 
 @router.get("/wechat/outbox")

@@ -185,7 +185,7 @@ async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_
         assert csrf is not None
         r = await console.post(resend, data={"csrf": csrf.group(1)})
         assert r.status_code == 303, r.text
-        assert r.headers["location"] == f"/console/tickets/{no}?done=resent#notices-title"
+        assert r.headers["location"] == f"/console/tickets/{no}?done=resent"
         page = (await console.get(r.headers["location"])).text
         assert "已向市民补发通知" in page
         assert f"受理告知（补发） · 短信 {first['phone']} · <strong>已发送</strong>" in page

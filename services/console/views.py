@@ -1289,7 +1289,7 @@ async def ticket_resend(request: Request, no: str, message_id: str, s: session.S
     await checked_form(request, s)
     reply = await api(request, s).post(f"/api/v1/tickets/{no}/messages/{message_id}/resend")
     if reply.ok:
-        return RedirectResponse(f"/console/tickets/{no}?done=resent#notices-title", status_code=303)
+        return RedirectResponse(f"/console/tickets/{no}?done=resent", status_code=303)
     status = reply.status if 400 <= reply.status < 500 else 422
     return await action_refused(
         request, s, no, reply, status, action="resend", errors={"form": reply.message}, values={}

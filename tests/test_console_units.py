@@ -5616,3 +5616,14 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     assert [r["resendable"] for r in rows] == [True, False, False, False, False, False, False]
     (resent,) = present.notices([{**sms, "kind": "ack", "state": "sent", "resent_from": "a" * 32}], tz)
     assert (resent["kind"], resent["resent"]) == ("受理告知", "（补发）")
+    waiting, cancelled, opted = present.notices(
+        [
+            {**sms, "kind": "ack", "state": "held", "until": made, "replaced_by": "b" * 32},
+            {**sms, "kind": "ack", "state": "cancelled", "reason": "resent", "replaced_by": "b" * 32},
+            {**sms, "kind": "survey", "state": "cancelled", "reason": "opted out while it was held"},
+        ],
+        tz,
+    )
+    assert (waiting["state"], waiting["detail"]) == ("暂缓发送", "已补发，到时不再发送")
+    assert (cancelled["state"], cancelled["detail"]) == ("已取消", "已补发，原定发送取消")
+    assert (opted["state"], opted["detail"]) == ("已取消", "市民已退订回访")

@@ -713,10 +713,14 @@ async def test_the_desk_resends_a_notice_at_once_to_the_residents_contact_once_p
     assert (await kit.notifier.resend(appeal.ticket_no, held["message_id"], cid))[1] == "duplicate"
     assert len(await kit.sent(phone, "ack")) == 1
     listed = await kit.notifier.states.of_ticket(appeal.ticket_no)
-    assert [(m["state"], m.get("resent_from")) for m in listed] == [
-        ("held", None),
-        ("sent", held["message_id"]),
+    assert [(m["state"], m.get("resent_from"), m.get("replaced_by")) for m in listed] == [
+        ("held", None, message.message_id),
+        ("sent", held["message_id"], None),
     ]
+    # At 08:00 the held acknowledgement is not sent a second time.
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
+    assert len(await kit.sent(phone, "ack")) == 1
+    assert (await kit.notifier.states.get(held["message_id"]))["state"] == "cancelled"
 
     # Not another ticket's message, not a survey (answered by reply), not without a contact.
     with pytest.raises(DomainError) as refused:

@@ -247,6 +247,10 @@ def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[st
             detail = f"{why}，将于{local(m['until'], tz)}发出"
         elif state == "undelivered" and m.get("kept") and not m.get("dropped"):
             detail = "市民再次发来消息时补发"
+        elif state == "cancelled":
+            detail = "已补发，原定发送取消" if m.get("replaced_by") else "市民已退订回访"
+        if state == "held" and m.get("replaced_by"):
+            detail = "已补发，到时不再发送"
         if reason := m.get("receipt_error") or (m.get("error") if state != "held" else ""):
             detail = f"{detail}；{reason}" if detail else str(reason)
         out.append(

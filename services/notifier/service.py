@@ -165,7 +165,12 @@ class Notifier:
                 # state, written with the job, is gone (`forget` ran on the notice).
                 if await self.forget_if_erased(message.ticket_no or ""):
                     return
-                if not await self.redis.exists(state_key(message.message_id)):
+                state = await self.states.get(message.message_id)
+                if not state:
+                    return
+                if replaced_by := state.get("replaced_by"):
+                    # Sent again at once (补发) while it waited: the resident has it already.
+                    await self.states.set(message, "cancelled", reason="resent", replaced_by=replaced_by)
                     return
             if message.kind in SURVEY_KINDS and await self.surveys.opted_out(message.to):
                 await self.states.set(message, "cancelled", reason="opted out while it was held")
@@ -406,9 +411,10 @@ class Notifier:
     ) -> tuple[Message, SendResult]:
         """补发: the desk sends one of the ticket's messages to its resident again (one who lost the
         ticket number, or whose phone was off), with the text it had, to their contact as it is
-        now, at once: the resident asked for it, so quiet hours and the day's cap do not hold it.
-        A second request for the same message within the same minute (a double click) sends
-        nothing more (`duplicate`). Raises DomainError saying why it cannot."""
+        now, at once: the resident asked for it, so quiet hours and the day's cap do not hold it;
+        the message itself, if it waits for them, is not sent when they end. A second request for
+        the same message within the same minute (a double click) sends nothing more
+        (`duplicate`). Raises DomainError saying why it cannot."""
         record = await self.states.get(message_id)
         if record.get("ticket_no") != ticket_no:
             raise DomainError("message_not_found", f"工单{ticket_no}没有这条通知", kind="not_found")
@@ -425,7 +431,10 @@ class Notifier:
             resent_from=message_id,
         )  # fmt: skip
         minute = str(int(now.timestamp()) // 60)
-        return message, await self.sms.send(derived_id(message_id, "resend", minute), message)
+        result = await self.sms.send(derived_id(message_id, "resend", minute), message)
+        if record["state"] == "held" and result != "duplicate":
+            await self.states.replaced(message_id, message.message_id)  # not sent a second time
+        return message, result
 
     async def answer_query(self, phone: str, progress: str, ticket_nos: Sequence[str]) -> SendResult:
         """The answer to a progress query the resident just sent (`progress`, intake's words about

@@ -3,7 +3,8 @@
   sms:msg:{message_id}   JSON: state, kind, ticket_no, the masked phone (a WeChat message: the
                          masked openid and `channel`), the text, when the message was made
                          (created_at) and when it took this state (at), the message it sends
-                         again (resent_from, 补发), and what the state adds
+                         again (resent_from, 补发) or that sent it again while it was held
+                         (replaced_by), and what the state adds
                          (until, error, provider_id, sent_at, receipt_error, receipt_at, reason; a WeChat
                          notice kept for its resident's return: kept, then dropped if it is
                          not sent after all); 30 days
@@ -97,6 +98,14 @@ class MessageStates:
         if record:
             record.pop("kept", None)
             record["dropped"] = reason
+            await self.redis.set(state_key(message_id), json.dumps(record, ensure_ascii=False), keepttl=True)
+
+    async def replaced(self, message_id: str, by: str) -> None:
+        """A held message sent again at once (补发, as `by`): it stays held until its job runs,
+        which cancels it rather than send it a second time."""
+        record = await self.get(message_id)
+        if record:
+            record["replaced_by"] = by
             await self.redis.set(state_key(message_id), json.dumps(record, ensure_ascii=False), keepttl=True)
 
     async def receipt(self, message_id: str, delivered: bool, error: str = "") -> bool:

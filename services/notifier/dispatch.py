@@ -252,13 +252,9 @@ class Dispatcher:
                 outcome = outcomes.get(i)
                 if i in held:
                     self.jobs.add_into(p, {SendJob(m): held[i]})
+                    until = held[i].isoformat()
                     written.append(
-                        (
-                            *state_record(
-                                m, "held", at=stamp, until=held[i].isoformat(), held_for=held_for[i]
-                            ),
-                            "",
-                        )
+                        (*state_record(m, "held", at=stamp, until=until, held_for=held_for[i]), "")
                     )
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):

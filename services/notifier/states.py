@@ -71,10 +71,11 @@ def state_record(message: Message, state: MessageState, **extra: str) -> tuple[s
         **to,
         "text": message.text,
         "created_at": message.created_at.isoformat(),
-        "at": datetime.now(UTC).isoformat(),
         **({"resent_from": message.resent_from} if message.resent_from else {}),
         **extra,
     }
+    if "at" not in extra:
+        record["at"] = datetime.now(UTC).isoformat()
     return state_key(message.message_id), orjson.dumps(record)
 
 

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from services.notifier import scoring
+from services.notifier.service import RESENDABLE
 from services.router.rules import FIRST_CONTACT, Precedent, located_apart, matching_rules, route
 from services.router.sla import add_working_days, sla_class_for
 from shared import trend
@@ -227,8 +228,6 @@ NOTICE_STATE_NAMES = {
     "undelivered": "未送达",
 }
 
-# What the desk may send again (`services.notifier.service.RESENDABLE`, which the API checks).
-RESENDABLE = ("ack", "progress", "result")
 # Why a message waits (`services.notifier.dispatch`: the day's cap for that phone is checked first).
 HELD_FOR = {"quiet_hours": "夜间免打扰时段", "daily_cap": "该号码今日通知已达上限"}
 
@@ -242,15 +241,15 @@ def notices(messages: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> list[dict[st
         state = str(m.get("state") or "")
         words = NOTICE_STATE_NAMES.get(state, state)
         detail = ""
-        if state == "held" and m.get("until"):
+        if state == "held" and m.get("replaced_by"):
+            detail = "已补发，到时不再发送"
+        elif state == "held" and m.get("until"):
             why = HELD_FOR.get(str(m.get("held_for")), "免打扰时段或当日条数已满")
             detail = f"{why}，将于{local(m['until'], tz)}发出"
         elif state == "undelivered" and m.get("kept") and not m.get("dropped"):
             detail = "市民再次发来消息时补发"
         elif state == "cancelled":
             detail = "已补发，原定发送取消" if m.get("replaced_by") else "市民已退订回访"
-        if state == "held" and m.get("replaced_by"):
-            detail = "已补发，到时不再发送"
         if reason := m.get("receipt_error") or (m.get("error") if state != "held" else ""):
             detail = f"{detail}；{reason}" if detail else str(reason)
         out.append(

@@ -323,6 +323,46 @@ async def test_the_dashboard_fits_a_phone_screen_its_rankings_scrolling_in_their
         await p.close()
 
 
+async def test_a_map_on_a_phone_scrolls_in_its_own_box_with_the_tickets_grid_in_view(browser: Browser):
+    """A map squeezed into a phone's width had its grids' names 5 px high. There it keeps a width
+    they read at and scrolls sideways in its own box, named as the map is and reached by the
+    keyboard; the page does not scroll. On a ticket's page the ticket's grid, drawn furthest right
+    here, is scrolled into view."""
+    from services.console.views import templates
+    from shared.city import load_city
+
+    city = load_city()
+    east = max(present.grid_map(city, {})["shapes"], key=lambda g: g["cx"])["grid"]
+    html = templates.get_template("_map.html").render(
+        map=present.grid_map(city, {east: 1}), map_id="ticket-map", map_title="事发网格位置", map_centre=east
+    )
+    page = f"<main><div class='columns'><section class='card'><h2>位置</h2>{html}</section></div></main>"
+    head = "<html lang='zh-CN'><head><title>工单</title></head>"
+    p = await on_a_phone(browser, f"{head}<body>{page}</body></html>")
+    try:
+        script = Path(__file__).parent.parent / "services/console/static/console.js"
+        await p.add_script_tag(content=script.read_text(encoding="utf-8"))
+        assert await p.evaluate("document.documentElement.scrollWidth") <= 360
+        frame = p.get_by_role("region", name="事发网格位置")
+        assert await frame.get_attribute("tabindex") == "0"
+        assert await frame.evaluate("e => e.scrollWidth > e.clientWidth")  # it scrolls, not the page
+        size = "m => m.getBoundingClientRect().width / m.viewBox.baseVal.width * 11"  # drawn at 11
+        names = await p.eval_on_selector(".map", size)
+        assert names >= 10, f"the grids' names are {names:.1f} px high"
+        shown = await frame.evaluate(
+            """(f, grid) => {
+                const a = f.getBoundingClientRect();
+                const b = f.querySelector(`g[data-grid="${grid}"]`).getBoundingClientRect();
+                return a.left <= b.left + b.width / 2 && b.left + b.width / 2 <= a.right && f.scrollLeft > 0;
+            }""",
+            east,
+        )
+        assert shown, "the ticket's grid is off the side of the map's box"
+        await accessible(p)
+    finally:
+        await p.close()
+
+
 async def test_the_dashboards_figures_are_its_first_screen_on_a_phone(browser: Browser):
     """On a phone (390 x 844) the figures come right after the heading and the period: the first
     card starts on the first screen, and the three rates and the score, what managers are judged

@@ -1147,6 +1147,7 @@ async def ticket_context(request: Request, s: session.Session, no: str) -> dict[
         "t": row(ticket, tz, datetime.now(UTC)),
         "history": history,
         "map": present.grid_map(city, volume),
+        "map_centre": grid,  # a phone shows part of the map: this grid is scrolled into view
         "grid_name": city.grids[grid].grid.name if grid in city.grids else "未定位",
         "place": city.place_name(grid),
         "grid_chosen": present.grid_chosen_by_desk(ticket, ticket.get("history", [])),

@@ -171,6 +171,15 @@
     next.focus();
   });
 
+  // A map wider than the phone it is on scrolls in its frame (the stylesheet): the ticket's grid
+  // (data-centre) is brought to the middle of what shows, not left off to one side.
+  for (const frame of document.querySelectorAll(".map-frame[data-centre]")) {
+    const shape = frame.querySelector(`g[data-grid="${CSS.escape(frame.dataset.centre)}"]`);
+    if (!shape || frame.scrollWidth <= frame.clientWidth) continue;
+    const [f, g] = [frame.getBoundingClientRect(), shape.getBoundingClientRect()];
+    frame.scrollLeft += g.left + g.width / 2 - (f.left + f.width / 2);
+  }
+
   // --- the hotline operator, and a grid worker's report ----------------------------------------
   // What was typed is kept in this tab (sessionStorage: gone when the tab closes) until the report
   // is accepted, so that the page reloaded, or left and come back to with the browser's back

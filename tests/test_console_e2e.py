@@ -56,6 +56,7 @@ from tests.test_console_units import (
     tickets_html,
 )
 from tests.test_intake_wechat import openid as wechat_user
+from tests.test_pipeline_e2e import outbox_for
 from tests.test_records_trend import appeal_events
 from tests.test_wechat_survey import surveyed_in_wechat
 
@@ -1380,6 +1381,20 @@ async def test_operator_sees_the_callers_history_and_the_desk_opens_the_earlier_
     await expect(history.locator("a")).to_have_count(0)  # an operator's token opens no ticket page
     await accessible(page)
     await shot(page, "operator-history")
+    # The caller says the SMS with the number never came: 补发受理短信, after a confirmation, sends it
+    # again to the number calling, and the number is read out.
+    asked: list[str] = []
+
+    async def confirm(dialog) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
+    await history.get_by_role("button", name="补发受理短信").click()
+    await expect(page.locator("#urged")).to_have_text("已向来电人补发受理短信。请告知来电人原工单号：")
+    await expect(page.locator("#accepted")).to_contain_text(earlier)
+    assert asked == [f"确定向来电号码补发工单{earlier}的受理短信吗？"]
+    assert len(await outbox_for(redis, phone, "ack")) == 2
 
     context = await browser.new_context(base_url=system.base_url, java_script_enabled=False)
     plain = await context.new_page()

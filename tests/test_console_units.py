@@ -5189,7 +5189,12 @@ def test_the_preview_shows_the_callers_history_compactly_and_links_only_for_read
     assert "近30天来电2次，近一年5次" in html
     assert '<a href="/console/tickets/20261102-000007">20261102-000007</a>' in html
     assert "2026-11-02，路灯故障，已关闭（阳光街道办事处），回访：满意" in html
-    assert "2026-10-30，未分类，待人工派单</li>" in html  # no department, no survey yet: not named
+    assert "2026-10-30，未分类，待人工派单\n" in html  # no department, no survey yet: not named
+    # 补发受理短信 beside each, a button of the intake form; not on a grid worker's report (no caller).
+    resend = 'formaction="/console/operator/resend"'
+    assert html.count(resend) == html.count("<li>") == len(PAST["tickets"])
+    assert 'value="20261102-000007" class="secondary resend"' in html
+    assert resend not in render(preview=history_preview(PAST), reply=None, ticket_links=False, patrol=True)
     # An operator's token opens no ticket page: the numbers, to read out, without a link.
     html = render(preview=history_preview(PAST), reply=None, ticket_links=False)
     assert "/console/tickets/" not in html

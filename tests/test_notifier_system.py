@@ -215,6 +215,35 @@ async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_
     assert r.status_code == 404
 
 
+async def test_an_operator_resends_a_callers_acknowledgement_to_the_number_calling_only(api, redis, admin):
+    """补发受理短信 from the hotline: the caller's number must be the ticket's, the message goes to it
+    again, and a department, another number or a ticket without one are refused in words."""
+    phone = new_phone()
+    no = await submit(api, phone, address="阳光花园3号楼")
+    (ack,) = await eventually(lambda: outbox_for(redis, phone, "ack"))
+    operator = {"Authorization": f"Bearer {await issue_token(redis, 'operator', operator='0231')}"}
+    url = f"/api/v1/tickets/{no}/acknowledgement/resend"
+
+    r = await api.post(url, json={"caller_phone": f"+86 {phone}"}, headers=operator)
+    assert r.status_code == 201, r.text
+    assert (r.json()["resent_from"], r.json()["state"]) == (ack["message_id"], "sent")
+    resent = await outbox_for(redis, phone, "ack")
+    assert [m["text"] for m in resent] == [ack["text"], ack["text"]]
+
+    r = await api.post(url, json={"caller_phone": new_phone()}, headers=operator)
+    assert (r.status_code, r.json()["error"]) == (403, "not_the_caller")
+    assert "不是从这个来电号码登记的" in r.json()["message"]
+    r = await api.post(url, json={"caller_phone": "12345"}, headers=operator)
+    assert (r.status_code, r.json()["error"]) == (422, "invalid_phone")
+    other = f"/api/v1/tickets/{no[:-1]}9/acknowledgement/resend"
+    r = await api.post(other, json={"caller_phone": phone}, headers=admin)
+    assert r.status_code == 404
+    ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")
+    department = await as_department(redis, ticket)
+    assert (await api.post(url, json={"caller_phone": phone}, headers=department)).status_code == 403
+    assert len(await outbox_for(redis, phone, "ack")) == 2  # none of the refusals sent anything
+
+
 # --- the three rates ---------------------------------------------------------------------------
 
 DAY = datetime(2020, 2, 3, 10, 0, tzinfo=SH)  # a day nothing else in the tests happens on

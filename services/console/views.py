@@ -488,6 +488,12 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
     if reply.ok:
         return await next_call(request, s, accepted=reply.body["ticket_no"], urged=reply.body["message"])
     # Refused (the ticket was finished meanwhile, or is unknown): the call as typed, with the reason.
+    return await refused_call(request, s, form, reply)
+
+
+async def refused_call(request: Request, s: session.Session, form: FormData, reply: Reply) -> Response:
+    """The operator's page again with the call as typed (under its own key) and why the step was
+    refused."""
     kept = [v for v in form.getlist("kept_photos") if isinstance(v, str) and PHOTO_ID.fullmatch(v)]
     values = {k: text(form, k) for k in INTAKE_FIELDS}
     status = reply.status if 400 <= reply.status < 500 else 422
@@ -498,9 +504,25 @@ async def operator_urge(request: Request, s: session.Session = Depends(as_operat
         s=s,
         values=values,
         errors={"form": reply.message},
-        idem=idem,
+        idem=text(form, "idem") or uuid.uuid4().hex,
         kept=kept,
     )
+
+
+@router.post("/operator/resend")
+async def operator_resend(request: Request, s: session.Session = Depends(as_operator)):
+    """The caller says the SMS with the number of a ticket the preview listed (来电历史) never came:
+    its 受理短信 is sent to them again, and the number read out. Only to the number calling (the
+    API checks the ticket was registered from it); refused, the call as typed, with the reason."""
+    form = await checked_form(request, s)
+    no = text(form, "resend").strip()
+    reply = await api(request, s).post(
+        f"/api/v1/tickets/{no}/acknowledgement/resend", {"caller_phone": text(form, "caller_phone")}
+    )
+    if reply.ok:
+        said = "已向来电人补发受理短信" if reply.body["state"] != "failed" else "受理短信补发失败"
+        return await next_call(request, s, accepted=no, urged=said)
+    return await refused_call(request, s, form, reply)
 
 
 # --- grid workers on patrol ----------------------------------------------------------------------

@@ -436,6 +436,21 @@ class Notifier:
             await self.states.replaced(message_id, message.message_id)  # not sent a second time
         return message, result
 
+    async def resend_acknowledgement(
+        self, ticket_no: str, caller_id: str | None
+    ) -> tuple[Message, SendResult]:
+        """补发受理短信: the ticket's 受理告知 (the one first made, not a copy resent since) sent again
+        as `resend` sends it. For the hotline, whose caller says the number never came."""
+        records = await self.states.of_ticket(ticket_no)
+        acks = [r for r in records if r.get("kind") == "ack" and not r.get("resent_from")]
+        if not acks:
+            raise DomainError(
+                "message_not_found",
+                f"工单{ticket_no}没有可补发的受理短信（匿名诉求、未留联系方式，或已超过30天保存期）",
+                kind="not_found",
+            )
+        return await self.resend(ticket_no, acks[0]["message_id"], caller_id)
+
     async def answer_query(self, phone: str, progress: str, ticket_nos: Sequence[str]) -> SendResult:
         """The answer to a progress query the resident just sent (`progress`, intake's words about
         `ticket_nos`), now: quiet hours do not hold an answer to their own SMS, as they do not hold

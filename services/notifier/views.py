@@ -53,6 +53,13 @@ class Receipt(BaseModel):
     error: str = ""
 
 
+# Those who take residents' calls: operators, and the desk. They phone back the residents who have
+# not answered the SMS survey, and resend a caller's 受理短信.
+require_callers = require_role(
+    "operator", "admin", refusal="只有话务员（或派单中心）可以电话回访或补发受理短信"
+)
+
+
 def _bad_phone(e: InvalidPhone) -> JSONResponse:
     return api_error(422, "invalid_phone", str(e), field="phone")
 
@@ -164,6 +171,40 @@ async def resend_message(
         return domain_error(e)
     log.info("desk %s resent %s %s of %s", principal.scope, message.kind, message_id, ticket_no)
     return {"message_id": message.message_id, "resent_from": message_id, "state": state}
+
+
+class AcknowledgementResendIn(BaseModel):
+    caller_phone: str = Field(max_length=40, description="the number calling, as the operator typed it")
+
+
+@router.post("/tickets/{ticket_no}/acknowledgement/resend", status_code=201)
+async def resend_acknowledgement(
+    ticket_no: str,
+    body: AcknowledgementResendIn,
+    request: Request,
+    principal: Principal = Depends(require_callers),
+):
+    """补发受理短信: a caller tells the hotline the SMS with their ticket number never came. The
+    operator, who reads no ticket, resends that ticket's 受理告知 to its resident only when the number
+    calling is the one the ticket was registered from: the message goes to that number, and nobody
+    has another's resent. Answers as the desk's 补发 does."""
+    try:
+        calling = caller_id(normalize_phone(body.caller_phone))
+    except InvalidPhone as e:
+        return api_error(422, "invalid_phone", str(e), field="caller_phone")
+    ticket = await request.app.state.store.get(ticket_no)
+    if ticket is None:
+        return api_error(404, "not_found", f"工单{ticket_no}不存在或已归档，无法补发")
+    if ticket.caller.caller_id != calling:
+        refusal = f"工单{ticket_no}不是从这个来电号码登记的，无法向其补发受理短信"
+        return api_error(403, "not_the_caller", refusal)
+    notifier: Notifier = request.app.state.notifier
+    try:
+        message, state = await notifier.resend_acknowledgement(ticket_no, calling)
+    except DomainError as e:
+        return domain_error(e)
+    log.info("%s resent the acknowledgement of %s", _caller_of(principal), ticket_no)
+    return {"message_id": message.message_id, "resent_from": message.resent_from, "state": state}
 
 
 @router.get("/wechat/outbox")
@@ -281,9 +322,6 @@ async def scorecard_export(
 
 
 # --- phone callbacks (电话回访) -------------------------------------------------------------------
-
-# Operators phone the residents who have not answered the SMS survey; the desk may too.
-require_callers = require_role("operator", "admin", refusal="只有话务员（或派单中心）可以电话回访")
 
 
 def _caller_of(principal: Principal) -> str:

@@ -34,6 +34,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("as_dispatch_desk
 SH = ZoneInfo("Asia/Shanghai")
 
 
+# A ticket number no test makes (the tests number today's tickets): a neighbour of a test's own number
+# may be another test's ticket, running at the same time.
+NO_SUCH_TICKET = "20000103-000001"
+
+
 def new_phone() -> str:
     return "137" + "".join(random.choices("0123456789", k=8))
 
@@ -164,7 +169,7 @@ async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_
     ticket = await ticket_when(api, no, lambda t: t["status"] in ("surveyed", "resolved"))
     department = await as_department(redis, ticket)
     assert (await api.get(f"/api/v1/tickets/{no}/messages", headers=department)).status_code == 403
-    other = await api.get(f"/api/v1/tickets/{no[:-1]}9/messages", headers=admin)
+    other = await api.get(f"/api/v1/tickets/{NO_SUCH_TICKET}/messages", headers=admin)
     assert other.json()["messages"] == []
 
     # On the ticket's page: the desk's, not the department's.
@@ -211,7 +216,8 @@ async def test_the_desk_reads_on_the_ticket_what_its_resident_was_sent_and_what_
     assert (r.status_code, r.json()["error"]) == (409, "not_resendable")
     r = await api.post(f"/api/v1/tickets/{no}/messages/nope/resend", headers=admin)
     assert (r.status_code, r.json()["error"]) == (404, "message_not_found")
-    r = await api.post(f"/api/v1/tickets/{no[:-1]}9/messages/{first['message_id']}/resend", headers=admin)
+    elsewhere = f"/api/v1/tickets/{NO_SUCH_TICKET}/messages/{first['message_id']}/resend"
+    r = await api.post(elsewhere, headers=admin)
     assert r.status_code == 404
 
 
@@ -235,7 +241,7 @@ async def test_an_operator_resends_a_callers_acknowledgement_to_the_number_calli
     assert "不是从这个来电号码登记的" in r.json()["message"]
     r = await api.post(url, json={"caller_phone": "12345"}, headers=operator)
     assert (r.status_code, r.json()["error"]) == (422, "invalid_phone")
-    other = f"/api/v1/tickets/{no[:-1]}9/acknowledgement/resend"
+    other = f"/api/v1/tickets/{NO_SUCH_TICKET}/acknowledgement/resend"
     r = await api.post(other, json={"caller_phone": phone}, headers=admin)
     assert r.status_code == 404
     ticket = await ticket_when(api, no, lambda t: t["status"] == "assigned")

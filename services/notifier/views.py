@@ -60,8 +60,8 @@ require_callers = require_role(
 )
 
 
-def _bad_phone(e: InvalidPhone) -> JSONResponse:
-    return api_error(422, "invalid_phone", str(e), field="phone")
+def _bad_phone(e: InvalidPhone, field: str = "phone") -> JSONResponse:
+    return api_error(422, "invalid_phone", str(e), field=field)
 
 
 @router.post("/sms/inbound")
@@ -191,7 +191,7 @@ async def resend_acknowledgement(
     try:
         calling = caller_id(normalize_phone(body.caller_phone))
     except InvalidPhone as e:
-        return api_error(422, "invalid_phone", str(e), field="caller_phone")
+        return _bad_phone(e, "caller_phone")
     ticket = await request.app.state.store.get(ticket_no)
     if ticket is None:
         return api_error(404, "not_found", f"工单{ticket_no}不存在或已归档，无法补发")

@@ -125,8 +125,14 @@ def run_pipeline_bench(
         launcher = Launcher(embedded=servers, log_dir=logs)
         print(f"logs of the servers and workers: {logs}")
         launcher.start_servers()
-        settings = get_settings().model_copy(
-            update={"kafka_bootstrap_servers": servers.kafka_bootstrap, "redis_url": servers.redis_url}
+        base = get_settings()
+        settings = base.model_copy(
+            update={
+                "kafka_bootstrap_servers": servers.kafka_bootstrap,
+                "redis_url": servers.redis_url,
+                # A partition for each replica of a group, or a replica would sit idle.
+                "kafka_topic_partitions": max(replicas, base.kafka_topic_partitions),
+            }
         )
         ensure_model(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
         print(f"starting the {len(WORKERS)} workers, {replicas} of each ...")
@@ -134,7 +140,13 @@ def run_pipeline_bench(
         for worker in WORKERS:
             for i in range(replicas):
                 port = free_port()
-                launcher.start(worker, **{f"METRICS_PORT_{worker.upper()}": str(port)})
+                launcher.start(
+                    worker,
+                    **{
+                        f"METRICS_PORT_{worker.upper()}": str(port),
+                        "KAFKA_TOPIC_PARTITIONS": str(settings.kafka_topic_partitions),
+                    },
+                )
                 launcher.procs[f"{worker}#{i}"] = launcher.procs.pop(worker)
                 ports.append(port)
         if via_api:

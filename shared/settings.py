@@ -24,7 +24,13 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Tansu (the embedded broker) has no idempotent producer; Apache Kafka does: switch it on there.
     kafka_enable_idempotence: bool = False
-    kafka_topic_partitions: int = Field(4, ge=1)  # consumers in a group scale up to this many
+    # Partitions of the topics this project creates: the most consumers a group can use. One suits
+    # the embedded default, which runs one process of each worker: the embedded Tansu does work for
+    # every batch a producer stores (one per partition a request touches) and lists a partition's
+    # stored batches at every fetch that finds new ones. At 1,000 appeals/s one partition took a
+    # third off the broker's CPU and more than halved the p99 against four (docs/performance.md).
+    # `deploy/` sets more, for its replicas; `appeals bench --replicas N` takes at least N.
+    kafka_topic_partitions: int = Field(1, ge=1)
     kafka_replication_factor: int = Field(1, ge=1)
     # How long the broker keeps an event (set on the topics this project creates). Events carry the
     # appeal's text and the caller's hash, so this bounds how long erased data stays on the broker.

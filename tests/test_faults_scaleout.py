@@ -47,7 +47,8 @@ async def groups_of_size(bootstrap: str, size: int) -> bool:
 
 async def test_the_surviving_replica_takes_over_when_one_of_each_consumer_is_killed(settings, tmp_path):
     started = time.monotonic()
-    with isolated_system(settings, tmp_path) as (system, s):
+    # More partitions than replicas, as a deployment has: each survivor ends with several.
+    with isolated_system(settings, tmp_path, kafka_topic_partitions=4) as (system, s):
         keys = system.start_replicas(2)
         await asyncio.to_thread(system.ready, [*keys, "intake"])
         bootstrap = s.kafka_bootstrap_servers

@@ -143,21 +143,30 @@ class Launcher:
         return again
 
     def stop(self, name: str, timeout: float = 20) -> None:
+        self._interrupt(name)
+        self._reap(name, timeout)
+
+    def stop_all(self) -> None:
+        names = list(self.procs)
+        for name in names:  # all at once, so they shut down side by side
+            self._interrupt(name)
+        for name in names:
+            self._reap(name)
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def _interrupt(self, name: str) -> None:
+        # Once: FastStream and uvicorn shut down cleanly on SIGINT, and take a second one as "quit
+        # now" (uvicorn then skips the API's lifespan shutdown and logs the interrupted lifespan).
+        proc = self.procs[name]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    def _reap(self, name: str, timeout: float = 20) -> None:
         proc = self.procs.pop(name)
         self.restart_at.pop(name, None)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # FastStream and uvicorn shut down cleanly on SIGINT
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            if self.procs[name].poll() is None:
-                self.procs[name].send_signal(signal.SIGINT)
-        for name in list(self.procs):
-            self.stop(name)
-        if self.embedded is not None:
-            self.embedded.stop()

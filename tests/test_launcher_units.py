@@ -1,0 +1,66 @@
+"""How `appeals up` stops what it started: each process is interrupted once.
+
+FastStream and uvicorn shut down cleanly on the first SIGINT and take a second as "quit now":
+uvicorn then skips the API's lifespan shutdown (Redis and the producer are not closed) and logs the
+interrupted lifespan as an error. So stopping must not send it twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.launcher import Launcher
+
+# Counts the SIGINTs it gets into a file, and exits some time after the first (a second signal sent
+# while it shuts down is counted; two sent together may arrive as one, as signals do).
+CHILD = """
+import signal, sys, time
+path, shutdown = sys.argv[1], float(sys.argv[2])
+got = []
+def on_int(signum, frame):
+    got.append(time.monotonic())
+    open(path, "w").write(str(len(got)))
+signal.signal(signal.SIGINT, on_int)
+open(path, "w").write("0")
+while not got or time.monotonic() - got[0] < shutdown:
+    time.sleep(0.01)
+"""
+
+
+def start_counting(launcher: Launcher, tmp_path: Path, shutdowns: dict[str, float]) -> dict[str, Path]:
+    """Start a counting child under each name, taking that long to shut down; return once each
+    has its handler in place."""
+    counts = {name: tmp_path / f"{name}.count" for name in shutdowns}
+    for name, count in counts.items():
+        launcher.procs[name] = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(count), str(shutdowns[name])]
+        )
+    deadline = time.monotonic() + 10
+    while not all(c.exists() for c in counts.values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return counts
+
+
+def test_stopping_everything_interrupts_each_process_once(tmp_path):
+    launcher = Launcher(env={})
+    # The router is still shutting down when the API has finished: it must not be sent another.
+    counts = start_counting(launcher, tmp_path, {"api": 0.5, "router": 2})
+
+    launcher.stop_all()
+
+    assert {name: c.read_text() for name, c in counts.items()} == {"api": "1", "router": "1"}
+    assert launcher.procs == {}
+
+
+def test_stopping_one_process_interrupts_it_once(tmp_path):
+    launcher = Launcher(env={})
+    (count,) = start_counting(launcher, tmp_path, {"notifier": 0.5}).values()
+    proc = launcher.procs["notifier"]
+
+    launcher.stop("notifier")
+
+    assert count.read_text() == "1"
+    assert proc.returncode == 0
+    assert "notifier" not in launcher.procs

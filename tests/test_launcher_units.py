@@ -1,8 +1,9 @@
 """How `appeals up` stops what it started: each process is interrupted once.
 
 FastStream and uvicorn shut down cleanly on the first SIGINT and take a second as "quit now":
-uvicorn then skips the API's lifespan shutdown (Redis and the producer are not closed) and logs the
-interrupted lifespan as an error. So stopping must not send it twice."""
+uvicorn then skips the API's lifespan shutdown (its producer and its Redis and PostgreSQL
+connections are not closed) and logs the interrupted lifespan as an error. So stopping must not
+send it twice."""
 
 from __future__ import annotations
 

@@ -243,7 +243,9 @@ class TicketAssigned(Event):
     # 4: `grid_chosen`, the grid the dispatch desk chose as it dispatched (人工选定), which the record
     # takes as the ticket's grid. Older versions parse unchanged (grid_chosen False: their `grid` is
     # the classifier's, the ticket's at the time, which the record had from the classification).
-    version: int = 4
+    # 5: `first`, whether this is the ticket's first owner other than the dispatch desk (None before:
+    # not known).
+    version: int = 5
     caller_id: str | None = None
     department: DepartmentRef
     co_departments: tuple[DepartmentRef, ...] = ()
@@ -270,6 +272,10 @@ class TicketAssigned(Event):
     urgent: bool = False
     respond_by: datetime
     resolve_by: datetime
+    # The ticket's first dispatch (受理): no department had it before. A ticket counts once in the
+    # appeals the direct-answer rate is a share of, however often it is sent on (returns, 改派,
+    # mediation, a joint meeting's decision).
+    first: bool | None = None
 
 
 TicketAction = Literal[

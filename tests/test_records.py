@@ -528,6 +528,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                 grid=f"g-{i % 3}",
                 respond_by=day,
                 resolve_by=day,
+                first=via != "dispatch_desk",  # each ticket's first dispatch, as the router says
                 occurred_at=day,
             )
         )
@@ -542,6 +543,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
                     grid=f"g-{i % 3}",
                     respond_by=day,
                     resolve_by=day,
+                    first=False,
                     occurred_at=day,
                 )
             )
@@ -704,6 +706,7 @@ async def test_the_three_rates_from_sql_agree_with_the_notifiers_live_figures(
         )
         counted = (
             sum(r["assigned"] for r in sql) == 12  # 11 departments' first assignments, 1 re-dispatch
+            and sum(r["first_assigned"] for r in sql) == 11  # the re-dispatch is no ticket's first
             and sum(r["answered"] + r["no_answer"] for r in sql) == 12
             and sum(r["urged"] for r in sql) == 3
             and sum(r["verified"] for r in sql) == 4  # i = 1, 4, 7, 10

@@ -563,6 +563,33 @@ def test_low_confidence_waits_at_the_desk_and_a_person_correction_routes_it():
     assert assign(CITY, again, t2).ticket.department.id == "water"
 
 
+def test_only_a_tickets_first_dispatch_says_it_is_the_first():
+    """受理: the direct-answer rate counts each ticket once, at the first department it went to; the
+    desk holding it is no dispatch, and every later one (a return's, 改派, a meeting's) is none."""
+    c = classified(CITY, "city.facility.streetlight", confidence=0.3)
+    waiting = assign(CITY, c)
+    assert [e.first for e in waiting.publish] == [False]  # the desk's waiting room
+    corrected = classified(CITY, "city.facility.streetlight", confidence=0.3, reviewed_by="op7")
+    routed = assign(CITY, corrected.model_copy(update={"event_id": "corrected-1"}), waiting.ticket)
+    assert [e.first for e in routed.publish] == [True]
+    returned = workflow.return_ticket(
+        routed.ticket, "urban_mgmt", "duplicate", "与上一单重复", "", CITY, TZ, T0
+    )
+    assert [e.first for e in returned.publish if isinstance(e, TicketAssigned)] == [False]
+    again = workflow.dispatch(returned.ticket, "water", None, "请水务局处理", "dispatch_desk", CITY, TZ, T0)
+    moved = workflow.redispatch(again.ticket, "urban_mgmt", "属地有误，应由城管委处理", CITY, TZ, T0)
+    assert [again.publish[0].first, moved.publish[0].first] == [False, False]
+    # Held for a joint meeting as it was first assigned; the meeting's decision sends it on.
+    contested = assign(
+        CITY, classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
+    )
+    assert contested.publish[0].first is True
+    held = contested.ticket
+    decided = workflow.meeting_decided(held, held.meeting_id, "power", "供电局牵头", CITY, TZ, T0)
+    assert decided is not None
+    assert [e.first for e in decided.publish if isinstance(e, TicketAssigned)] == [False]
+
+
 def test_contested_ownership_goes_to_a_joint_meeting():
     c = classified(CITY, "city.facility.streetlight", confidence=0.55, second=("utility.power", 0.5))
     out = assign(CITY, c)
@@ -1014,7 +1041,12 @@ def test_the_desk_places_a_ticket_the_classifier_could_not_in_the_grid_it_choose
     assert (grid.grid, grid.community, grid.street, grid.method) == ("s02c01g02", "s02c01", "s02", "desk")
     assert (out.ticket.status, out.ticket.department.id) == (Status.ASSIGNED, "urban_mgmt")
     (assigned,) = out.publish
-    assert (assigned.grid, assigned.grid_chosen, assigned.version) == ("s02c01g02", True, 4)
+    assert (assigned.grid, assigned.grid_chosen, assigned.version, assigned.first) == (
+        "s02c01g02",
+        True,
+        5,
+        True,
+    )
     assert "事发网格人工选定为建设街道/建设社区第二网格，原为未定位" in assigned.explanation
     # Its grid worker (of that grid) may check its resolution on the spot; another grid's may not.
     done = workflow.resolve(

@@ -91,7 +91,7 @@ def test_weights_from_settings():
         Weights.parse(1.5, "1,1,1")
 
 
-def _assigned(via="rule") -> TicketAssigned:
+def _assigned(via="rule", first: bool | None = None) -> TicketAssigned:
     now = datetime(2026, 11, 23, tzinfo=UTC)
     return TicketAssigned(
         ticket_no="T",
@@ -102,7 +102,31 @@ def _assigned(via="rule") -> TicketAssigned:
         grid=None,
         respond_by=now,
         resolve_by=now,
+        first=first,
     )
+
+
+def test_the_direct_answer_rate_counts_each_ticket_once_however_often_it_is_sent_on():
+    """直接答复率: the calls answered on the spot of the tickets dispatched, each ticket once. A
+    ticket returned and sent on, moved by the desk (改派) or sent out again by a joint meeting's
+    decision counts again in 派单 (for the department it went to) but not again here."""
+    answered, rule = _assigned("answered", first=True), _assigned("rule", first=True)
+    sent_on = [_assigned(via, first=False) for via in ("reroute", "redispatch", "meeting")]
+    assert fields_for(answered) == ("assigned", "due_counted", "first_assigned", "answered_directly")
+    assert fields_for(rule) == ("assigned", "due_counted", "first_assigned")
+    assert all(fields_for(e) == ("assigned", "due_counted") for e in sent_on)
+    counts: dict[str, int] = {}
+    for event in (answered, rule, *sent_on):
+        for f in fields_for(event):
+            counts[f] = counts.get(f, 0) + 1
+    got = rates(counts, W)
+    assert (got["assigned"], got["first_assigned"], got["direct_answer_rate"]) == (5, 2, 0.5)
+    # Days counted before assignments said which is the first keep the share of all of them.
+    before = {"assigned": 5, "answered_directly": 1}
+    assert scoring.direct_answer_base(before) == "assigned"
+    assert rates(before, W)["direct_answer_rate"] == 0.2
+    # An assignment that does not say (an older version's) is no first dispatch to count.
+    assert fields_for(_assigned("rule")) == ("assigned", "due_counted")
 
 
 def test_the_response_rate_counts_the_responses_that_came_due():

@@ -93,7 +93,7 @@ class PlacedBy(View):
     """An assignment, for the grid the dispatch desk placed the ticket in (`grid_chosen`)."""
 
     of = TicketAssigned
-    version: int = 4
+    version: int = 5
     grid: str | None
     grid_chosen: bool = False
 

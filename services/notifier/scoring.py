@@ -83,6 +83,11 @@ FIELDS = (
     "no_answer",
     "skipped",
     "answered_directly",  # of the assigned: calls the operator answered on the spot (直接答复)
+    # 受理件数: of the assigned, a ticket's first dispatch (`TicketAssigned.first`), so each ticket
+    # once however often it is sent on: what the direct-answer rate is a share of. Counted from the
+    # version that says which dispatch is the first; a period with none keeps the share of all the
+    # assignments it was counted for (`direct_answer_base`).
+    "first_assigned",
     "handled_on_spot",  # of the assigned: what grid workers found and dealt with there (现场处置)
     "urged",  # 催办件数: repeat calls about an open ticket, each counted on its day (not in a rate)
     "verified",  # 核查件数: resolutions a grid worker checked on the spot (现场核查), not in a rate
@@ -138,7 +143,8 @@ def fields_for(event: Event) -> tuple[str, ...]:
     if isinstance(event, TicketAssigned):
         if event.via == "dispatch_desk":
             return ()
-        return ("assigned", "due_counted", *_FIRST_CONTACT_FIELD.get(event.via, ()))
+        first = ("first_assigned",) if event.first else ()
+        return ("assigned", "due_counted", *first, *_FIRST_CONTACT_FIELD.get(event.via, ()))
     if isinstance(event, TicketUpdated):
         if event.action == "accepted":
             if event.on_time:
@@ -279,6 +285,7 @@ _PARTS = (
     ("answered_by_phone", "answered"),
     ("answered_directly", "assigned"),
     ("handled_on_spot", "assigned"),
+    ("first_assigned", "assigned"),
     ("verification_failed", "verified"),
     ("mediation_agreed", "mediated"),
 )
@@ -311,6 +318,14 @@ def response_measure(counts: Mapping[str, int]) -> tuple[str, str]:
     return "responded_on_time", "assigned"
 
 
+def direct_answer_base(counts: Mapping[str, int]) -> str:
+    """The counter the direct-answer rate is a share of: the tickets first dispatched in the period
+    (`first_assigned`), or for a period counted before that existed, every assignment. The one
+    period that spans the change shares its earlier days' direct answers among its later days'
+    first dispatches only, so it reads high (above 100%: no rate, `_ratio`)."""
+    return "first_assigned" if int(counts.get("first_assigned", 0) or 0) > 0 else "assigned"
+
+
 def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None]:
     """The counters, the three rates and the score for one group. A group whose counters are not
     consistent at the moment (`settling`, 统计中) has no rate and no score: a figure below 0% or
@@ -335,7 +350,7 @@ def rates(counts: Mapping[str, int], w: Weights) -> dict[str, float | int | None
         "satisfaction_rate": _round(satisfaction, 4),
         "score": _round(score, 2),
         # Not in the score: how much of the hotline's work ends on the call (直接答复率).
-        "direct_answer_rate": _round(_ratio(c["answered_directly"], c["assigned"]), 4),
+        "direct_answer_rate": _round(_ratio(c["answered_directly"], c[direct_answer_base(c)]), 4),
         "settling": False,
     }
 

@@ -53,6 +53,8 @@ COUNTERS = {
     # Not "erased" (the survey ended by the resident's erasure): it counts nowhere, as in scoring.
     "skipped": "e.topic = 'survey.answered' AND e.payload->>'outcome' IN ('opted_out', 'skipped_anonymous')",
     "answered_directly": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'answered'",
+    # Only where the assignment says (from its version 5), as the notifier counts it.
+    "first_assigned": f"{_ASSIGNED} AND coalesce((e.payload->>'first')::boolean, false)",
     "handled_on_spot": "e.topic = 'ticket.assigned' AND e.payload->>'via' = 'on_spot'",
     "urged": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'urged'",
     "verified": "e.topic = 'ticket.updated' AND e.payload->>'action' = 'verified'",

@@ -346,6 +346,7 @@ def assign(
         urgent=urgent,
         respond_by=due.respond_by,
         resolve_by=due.resolve_by,
+        first=_first_dispatch(ticket, routing.via),
         occurred_at=classified.occurred_at,
     )
     new = ticket.model_copy(
@@ -387,6 +388,14 @@ def assign(
         )
         return Outcome(held.ticket, publish=[assigned, *held.publish], record=[*recorded, classified])
     return Outcome(new, publish=[assigned], record=[*recorded, classified])
+
+
+def _first_dispatch(ticket: Ticket, via: str) -> bool:
+    """Whether giving `ticket` to an owner `via` is its first dispatch (受理): not to the desk, and no
+    department had it before (the desk or nobody held it, and none returned it; a joint meeting
+    holds a ticket without owning it)."""
+    unowned = ticket.assigned_via in (None, "dispatch_desk") and not ticket.returned_by
+    return via != "dispatch_desk" and unowned
 
 
 def _answered_on_call(ticket: Ticket, assigned: TicketAssigned, answer: str, city: City) -> Outcome:
@@ -438,6 +447,7 @@ def _assigned(
         urgent=ticket.urgent,
         respond_by=due.respond_by,
         resolve_by=due.resolve_by,
+        first=_first_dispatch(ticket, via),
         occurred_at=now,
     )
     new = ticket.model_copy(

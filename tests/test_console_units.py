@@ -5252,6 +5252,17 @@ def test_the_response_rates_base_is_counted_as_the_rate_is():
     assert set(present.rate_bases(settling).values()) == {""}
 
 
+def test_the_direct_answer_rates_base_is_the_tickets_dispatched_each_once():
+    """直接答复率 25.0%（1/4）: of the tickets first dispatched, not of every dispatch (8 here); a
+    period counted before assignments said which is the first shows its share of all of them."""
+    counts = {"assigned": 8, "first_assigned": 4, "answered_directly": 1}
+    shown = present.shown_figures(scoring.rates(counts, scoring.Weights()))
+    assert (shown["direct_answer_rate"], shown["direct_answer_base"]) == ("25.0%", "（1/4）")
+    old = present.shown_figures(scoring.rates({"assigned": 8, "answered_directly": 1}, scoring.Weights()))
+    assert (old["direct_answer_rate"], old["direct_answer_base"]) == ("12.5%", "（1/8）")
+    assert present.rate_bases({})["direct_answer_base"] == ""  # nothing dispatched: —
+
+
 def test_the_live_dashboard_shows_the_score_as_the_page_does():
     """The page wrote 100.0 and its live update 100 (a number through the page's script): both now
     take the score's text from the server."""

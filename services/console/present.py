@@ -531,23 +531,30 @@ def counted_to(asked: str, counted: str) -> str:
     return f"结束日期{asked}尚未到来，统计至今天（{counted}）；环比、同比按同样的天数比较。"
 
 
+BASES = ("response_base", "resolution_base", "satisfaction_base", "direct_answer_base")
+
+
 def rate_bases(figures: Mapping[str, Any]) -> dict[str, str]:
     """What each of the three rates is counted over, beside it on the dashboard (解决率 50.0%（4/8）),
     from the counters `scoring.rates` returns with them: the response rate over the responses due
     (or, for a period counted before those were, over the tickets assigned: the rate's own choice,
     `scoring.response_measure`), the resolution and satisfaction rates over the answered surveys,
-    satisfaction with its 满意 and 基本满意 (the latter weighted). "" where a rate has nothing to
-    count yet, or its counters are in the middle of a move (`scoring.settling`): it shows —."""
+    satisfaction with its 满意 and 基本满意 (the latter weighted); the direct-answer rate over the
+    tickets dispatched, each once (or all assignments, as `scoring.direct_answer_base` chooses).
+    "" where a rate has nothing to count yet, or its counters are in the middle of a move
+    (`scoring.settling`): it shows —."""
 
     def n(key: str) -> int:
         return int(figures.get(key) or 0)
 
     if figures.get("settling"):
-        return dict.fromkeys(("response_base", "resolution_base", "satisfaction_base"), "")
+        return dict.fromkeys(BASES, "")
 
-    on_time, due = scoring.response_measure(figures)  # as the rate above it is counted
+    on_time, due = scoring.response_measure(figures)  # as the rates above them are counted
+    dispatched = n(scoring.direct_answer_base(figures))
     answered = n("answered")
     return {
+        "direct_answer_base": f"（{n('answered_directly')}/{dispatched}）" if dispatched else "",
         "response_base": f"（{n(on_time)}/{n(due)}）" if n(due) else "",
         "resolution_base": f"（{n('solved')}/{answered}）" if answered else "",
         "satisfaction_base": (

@@ -122,16 +122,19 @@ def run_pipeline_bench(
         # The servers' and workers' own output goes to files, so the terminal shows the figures.
         logs = Path(tempfile.mkdtemp(prefix="appeals-bench-logs-"))
         servers = EmbeddedServers(postgres=True, log_dir=logs)
-        launcher = Launcher(embedded=servers, log_dir=logs)
+        # A partition for each replica of a group, or a replica would sit idle: every process
+        # started (workers and API), and this one, create the topics with as many.
+        partitions = max(replicas, get_settings().kafka_topic_partitions)
+        launcher = Launcher(
+            embedded=servers, env={**os.environ, "KAFKA_TOPIC_PARTITIONS": str(partitions)}, log_dir=logs
+        )
         print(f"logs of the servers and workers: {logs}")
         launcher.start_servers()
-        base = get_settings()
-        settings = base.model_copy(
+        settings = get_settings().model_copy(
             update={
                 "kafka_bootstrap_servers": servers.kafka_bootstrap,
                 "redis_url": servers.redis_url,
-                # A partition for each replica of a group, or a replica would sit idle.
-                "kafka_topic_partitions": max(replicas, base.kafka_topic_partitions),
+                "kafka_topic_partitions": partitions,
             }
         )
         ensure_model(load_city(settings.city_config_dir), settings.model_dir)  # before the workers race to
@@ -140,13 +143,7 @@ def run_pipeline_bench(
         for worker in WORKERS:
             for i in range(replicas):
                 port = free_port()
-                launcher.start(
-                    worker,
-                    **{
-                        f"METRICS_PORT_{worker.upper()}": str(port),
-                        "KAFKA_TOPIC_PARTITIONS": str(settings.kafka_topic_partitions),
-                    },
-                )
+                launcher.start(worker, **{f"METRICS_PORT_{worker.upper()}": str(port)})
                 launcher.procs[f"{worker}#{i}"] = launcher.procs.pop(worker)
                 ports.append(port)
         if via_api:

@@ -103,7 +103,10 @@ def reply_comment(raw: str) -> str:
     if reference := REFERENCE.match(text):
         text = text[reference.end() :]
     text = _GLUED_ANSWER.sub("", _stripped(text), count=1)
-    return _answer_parts_dropped(text)
+    comment = _answer_parts_dropped(text)
+    # A reply that says nothing but the words an answer without a comment is noted with says no
+    # more than they do: as a comment it would be read back from the note as none (`comment_in_note`).
+    return "" if comment in (PHONE_ANSWER_TEXT, LOOKUP_ANSWER_TEXT) else comment
 
 
 def answer_comment(text: str, *, by: str | None = None, via: str | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from services.notifier.survey import is_opt_out, parse_reply
@@ -96,6 +96,8 @@ def test_an_answer_written_down_keeps_its_words_and_the_text_of_none_is_no_comme
 
 
 @given(st.text(max_size=40))
+@example("查询页评价")  # the words a note has for an answer without a comment: none, then
+@example("2，电话回访")
 def test_a_comment_is_part_of_the_reply_and_read_again_is_the_same(text):
     comment = reply_comment(text)
     assert comment in text

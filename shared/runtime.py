@@ -275,6 +275,12 @@ class Runtime:
             # 9% of that worker's CPU). Collected first, so no garbage of the start is kept forever.
             gc.collect()
             gc.freeze()
+            # Young collections every 20,000 new objects instead of 700: a batch's events and
+            # tickets live until the batch is done, so each batch set off dozens of collections
+            # that freed next to nothing and moved it all on to the older generations, to be gone
+            # through again there. The collector took 4.7% of the machine's CPU flat out, 1.8%
+            # after (perf). Garbage in a cycle now waits a little longer to be freed.
+            gc.set_threshold(20_000, 20, 10)
             tasks.extend([asyncio.create_task(beat()), asyncio.create_task(watch())])
             # Opened once the subscribers have started: launchers wait for this port as "ready".
             if metrics_port:

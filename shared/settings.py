@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # at 600 appeals/s PostgreSQL and the worker took about 250 µs less per appeal. The record (lists,
     # search, reports) is then up to about a second behind Redis; 0 takes each fetch as it comes.
     records_linger_ms: int = Field(1000, ge=0, le=10000)
+    # How long the records worker may hold back the row of a ticket that waits for its assignment
+    # (received, classified), its events stored at once: the row is then written once, with the
+    # assignment's, where in a flood the stages come seconds apart and each was a write of the row
+    # with every index. The record's lists show such a ticket up to this much later. 0: never.
+    records_hold_seconds: float = Field(10, ge=0, le=300)
     # How long the broker waits for a consumer's heartbeat (sent every third of it) before it counts
     # the consumer gone and gives its partitions to the rest of its group. A worker killed outright
     # holds its partitions that long, and on the embedded Tansu a worker started again waits about as

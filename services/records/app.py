@@ -47,13 +47,18 @@ COUNTER_CHECK_SECONDS = 5
 # The most events a batch (one transaction) holds: what a lingering batch (RECORDS_LINGER_MS) of
 # half a second or more brings at several hundred appeals a second, against the 500 of other consumers.
 RECORDS_BATCH = 2000
+HELD_CHECK_SECONDS = 1  # how often the rows held back past RECORDS_HOLD_SECONDS are written
+RECOVER_AFTER_SECONDS = 30  # how long a worker with rows held back may be silent before it counts as gone
 
 
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_records)
     pool = db.pool(rt.settings.database_url)
-    records = Records(pool, rt.city, rt.store, PhotoStore.from_settings(rt.settings, rt.redis))
+    hold = rt.settings.records_hold_seconds
+    records = Records(
+        pool, rt.city, rt.store, PhotoStore.from_settings(rt.settings, rt.redis), hold_seconds=hold
+    )
     tz = ZoneInfo(rt.settings.timezone)
 
     # One consumer for every topic, one transaction per batch: no two batches of this worker wait
@@ -82,6 +87,13 @@ def build_app(settings: Settings | None = None) -> FastStream:
 
     @app.after_shutdown
     async def _close() -> None:
+        # The consumer has stopped: the rows held back are written now, or (PostgreSQL away) left
+        # to `recover_held` by the mark this worker leaves.
+        try:
+            await records.write_held(everything=True)
+            await records.forget_held()
+        except UNAVAILABLE as e:
+            log.warning("PostgreSQL unavailable (%s); held-back rows left to the next start", str(e)[:200])
         await pool.close()
 
     async def catch_up(give_up_after: float = RETRY_FOR_SECONDS) -> None:
@@ -117,6 +129,17 @@ def build_app(settings: Settings | None = None) -> FastStream:
         await records.raise_counters(rt.store, datetime.now(tz).date())
 
     run_periodically(app, COUNTER_CHECK_SECONDS, keep_counters_above_the_record, "records counters")
+    if hold > 0:
+        run_periodically(app, HELD_CHECK_SECONDS, records.write_held, "records held-back rows")
+    # Every worker, holding back or not, folds what one that crashed held back (a worker that has
+    # not written for this long is gone: one alive writes at least every `hold` seconds).
+    stale_after = hold + RECOVER_AFTER_SECONDS
+    run_periodically(
+        app,
+        RECOVER_AFTER_SECONDS,
+        lambda: records.recover_held(stale_after),
+        "records held by a stopped worker",
+    )
     retention = Retention(pool, rt.store, rt.settings)
     run_periodically(app, rt.settings.retention_scan_seconds, retention.run, "records retention")
     return app

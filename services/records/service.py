@@ -11,8 +11,12 @@ known about it, whatever order the topics were read in.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -140,7 +144,7 @@ UPSERT_TICKETS = (
 INSERT_EVENTS = (
     "INSERT INTO ticket_events (event_id, ticket_no, topic, occurred_at, payload) "
     "SELECT e->>'event_id', e->>'ticket_no', e->>'topic', (e->>'occurred_at')::timestamptz, e "
-    "FROM jsonb_array_elements(%s) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    "FROM jsonb_array_elements(%s) AS e ON CONFLICT (event_id) DO NOTHING RETURNING event_id, recorded_at"
 )
 # The stored rows, each with the [topic, event id] of its events at the row's `updated_at`: a new
 # event of the same time still folds onto the row when its topic comes later in the pipeline than
@@ -153,6 +157,21 @@ SELECT_TICKETS = (
     "t.personal_data_removed_at AS erased_at "
     "FROM tickets t WHERE t.ticket_no = ANY(%s)"
 )
+
+
+# The topics of a ticket that waits for its assignment: its row may be held back until that comes.
+WAITING_TOPICS = frozenset({"appeal.received", "appeal.located", "appeal.photos_added", "appeal.classified"})
+
+
+def waits(events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a ticket with these new events waits for the router: just received or classified
+    by the model, no more. Not one a person is to look at (a classification flagged for review),
+    nor one a reviewer has placed (its row shows the review until the assignment), nor later
+    news of a ticket with a row (a photo, a location), which would then be folded again."""
+    return any(e["topic"] in ("appeal.received", "appeal.classified") for e in events) and all(
+        e["topic"] in WAITING_TOPICS and not e.get("needs_review") and not e.get("reviewed_by")
+        for e in events
+    )
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:
@@ -173,11 +192,13 @@ async def upsert_tickets(cur: AsyncCursor[DictRow], rows: Sequence[Row]) -> None
         await cur.execute(UPSERT_TICKETS, (as_jsonb(rows),))
 
 
-async def insert_events(cur: AsyncCursor[DictRow], payloads: Sequence[Mapping[str, Any]]) -> set[str]:
+async def insert_events(
+    cur: AsyncCursor[DictRow], payloads: Sequence[Mapping[str, Any]]
+) -> dict[str, datetime]:
     """Store these events (as published, with their topic); returns the ids of those that were not
-    stored yet."""
+    stored yet, each with when it was (the transaction's time)."""
     await cur.execute(INSERT_EVENTS, (as_jsonb(payloads),))
-    return {r["event_id"] for r in await cur.fetchall()}
+    return {r["event_id"]: r["recorded_at"] for r in await cur.fetchall()}
 
 
 def street_index(city: City) -> dict[str, tuple[str, str]]:
@@ -220,18 +241,62 @@ def photos_of(event: Mapping[str, Any]) -> Sequence[str]:
     return (appeal.get("photos") or ()) if isinstance(appeal, Mapping) else ()
 
 
+UPSERT_HELD = (
+    "INSERT INTO records_held (instance, since, seen_at) VALUES (%s, %s, now()) "
+    "ON CONFLICT (instance) DO UPDATE SET since = EXCLUDED.since, seen_at = now()"
+)
+
+
+@dataclass(frozen=True)
+class Held:
+    """The events of a ticket whose row is held back: stored already, not folded yet."""
+
+    events: list[dict[str, Any]]
+    since: datetime  # when the first was stored (PostgreSQL's clock, as `records_held` keeps it)
+    at: float  # and when, on this worker's monotonic clock
+
+
+@dataclass(frozen=True)
+class _Holding:
+    fold: list[dict[str, Any]]  # the events a transaction folds
+    earlier: set[str]  # of those, the ids of the ones stored before it
+    kept: dict[str, Held]  # what is held back after it
+
+
 class Records:
     def __init__(
-        self, pool: Pool, city: City, store: TicketStore | None = None, photos: PhotoStore | None = None
+        self,
+        pool: Pool,
+        city: City,
+        store: TicketStore | None = None,
+        photos: PhotoStore | None = None,
+        *,
+        hold_seconds: float = 0,
+        hold_most: int = 20_000,
+        instance: str | None = None,
     ) -> None:
         """`store`: the ticket store in Redis, where a ticket the record has erased is erased again
         if it comes back (see `_fold_onto`); `photos`: where the tickets' photos are kept, which
         the removal of personal data deletes. The worker passes both; readers of the record need
-        neither."""
+        neither.
+
+        `hold_seconds`: how long the row of a ticket that waits for its assignment (`waits`) may be
+        held back, its events stored but not folded, so that the ticket's stages make one write of
+        its row, not one each (in a flood they come seconds apart); at most `hold_most` events held.
+        0 (the default, for all but the worker): every row written at once. `instance`: this
+        worker's name in `records_held` (a new one at every start)."""
         self.pool = pool
         self.streets = street_index(city)
         self.store = store
         self.photos = photos
+        self.hold_seconds, self.hold_most = hold_seconds, hold_most
+        self.instance = instance or uuid.uuid4().hex
+        self._held: dict[str, Held] = {}
+        self._marked = False  # `records_held` has our row with a `since`
+        self._unsure = False  # the last transaction failed: it may have committed
+        # One projection at a time: each computes what stays held from what was, and a batch and
+        # the periodic write of held rows interleaving would drop what the other held.
+        self._projecting = asyncio.Lock()
 
     # --- the projection -----------------------------------------------------------------------
 
@@ -246,15 +311,59 @@ class Records:
     async def project_payloads(self, payloads: Sequence[dict[str, Any]]) -> None:
         """`project_many` for events as the JSON objects they were published as, each with its
         `topic` set (the worker's, `shared.bus.subscribe_payloads`: checked against their models)."""
-        if not payloads:
-            return
+        if payloads:
+            await self._project(payloads)
+
+    async def write_held(self, *, everything: bool = False) -> int:
+        """Write the held-back rows whose time is up (all of them with `everything`: the worker is
+        stopping). Returns how many tickets were held back before."""
+        if not (self._held or self._marked):
+            return 0
+        held = len(self._held)
+        await self._project([], everything=everything)
+        return held
+
+    def _due(self, everything: bool, incoming: int) -> set[str]:
+        """The held tickets whose rows are to be written now: held `hold_seconds`, or the oldest
+        beyond `hold_most` events with the `incoming` ones of the batch (should all be held)."""
+        if everything:
+            return set(self._held)
+        now = time.monotonic()
+        due = {no for no, h in self._held.items() if now - h.at >= self.hold_seconds}
+        total = incoming + sum(len(h.events) for no, h in self._held.items() if no not in due)
+        for no, h in sorted(self._held.items(), key=lambda item: item[1].at):
+            if total <= self.hold_most:
+                break
+            if no not in due:
+                due.add(no)
+                total -= len(h.events)
+        return due
+
+    async def _project(self, payloads: Sequence[dict[str, Any]], *, everything: bool = False) -> None:
+        async with self._projecting:
+            try:
+                await self._project_alone(payloads, everything=everything)
+            except BaseException:
+                # It may have committed all the same (the answer to COMMIT lost with the connection):
+                # its events are then stored, and the batch read again finds them stored, so the
+                # tickets it held back would be held nowhere. The next transaction folds the stored
+                # events it is given again (`_held_after`).
+                self._unsure = True
+                raise
+            self._unsure = False
+
+    async def _project_alone(self, payloads: Sequence[dict[str, Any]], *, everything: bool) -> None:
+        due = self._due(everything, len(payloads))
+        taken: list[tuple[str, str, str]] = []
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             # The tickets' locks before their events: a catch-up from Redis (`copy_histories`) locks
             # its tickets and then inserts their events, so taking them the other way round here
             # let the two wait on each other (PostgreSQL reported the deadlock). The events go in
             # in one order, their ids', for the meetings' events, which no ticket's lock covers.
-            await self._lock(cur, {p["ticket_no"] for p in payloads if not p["topic"].startswith("meeting.")})
-            inserted = await insert_events(cur, sorted(payloads, key=lambda p: p["event_id"]))
+            nos = {p["ticket_no"] for p in payloads if not p["topic"].startswith("meeting.")}
+            await self._lock(cur, nos | due)
+            ordered = sorted(payloads, key=lambda p: p["event_id"])
+            inserted = await insert_events(cur, ordered) if payloads else {}
             # A replay inserts nothing; an event twice in the batch is inserted, and folded, once.
             fresh = list({p["event_id"]: p for p in payloads if p["event_id"] in inserted}.values())
             if taken := [(p["ticket_no"], i, p["event_id"]) for p in fresh for i in photos_of(p)]:
@@ -263,15 +372,98 @@ class Records:
                     "ON CONFLICT DO NOTHING",
                     taken,
                 )
+            held = self._held_after(fresh, inserted, due)
             # Tickets before meetings: every transaction takes its locks in that order.
-            if tickets := [p for p in fresh if not p["topic"].startswith("meeting.")]:
-                await self._fold_onto(cur, tickets)
+            if held.fold:
+                await self._fold_onto(cur, held.fold, held.earlier)
+            if self._unsure and self.hold_seconds > 0:
+                stored = nos - {p["ticket_no"] for p in fresh} - held.kept.keys()
+                await self._refold_tickets(cur, stored)
             if meetings := {p.get("meeting_id", "") for p in fresh if p["topic"].startswith("meeting.")}:
                 await self.refold_meetings(cur, meetings)
+            since = min((h.since for h in held.kept.values()), default=None)
+            if since is not None or self._marked:
+                await cur.execute(UPSERT_HELD, (self.instance, since))
+        # Committed: only now is what is held changed (a failed batch is read again, and what it
+        # took out to fold is still held).
+        self._held, self._marked = held.kept, since is not None
         if taken and self.photos is not None:
             # Recorded (committed): the sweep of unattached uploads leaves these alone. Should this
             # fail, the sweep still finds them in `ticket_photos` before it deletes anything.
             await self.photos.attached(i for _, i, _ in taken)
+
+    def _held_after(
+        self, fresh: Sequence[dict[str, Any]], inserted: Mapping[str, datetime], due: set[str]
+    ) -> _Holding:
+        """Which ticket events a transaction folds (the new ones, with those held of the same
+        tickets and of those due) and which it holds back (a ticket that still waits: `waits`)."""
+        by_ticket: dict[str, list[dict[str, Any]]] = {}
+        for p in fresh:
+            if not p["topic"].startswith("meeting."):
+                by_ticket.setdefault(p["ticket_no"], []).append(p)
+        kept = {no: h for no, h in self._held.items() if no not in by_ticket and no not in due}
+        fold: list[dict[str, Any]] = []
+        earlier: set[str] = set()
+        now = time.monotonic()
+        for no, events in by_ticket.items():
+            before = self._held.get(no)
+            if self.hold_seconds > 0 and no not in due and waits(events):
+                kept[no] = (
+                    Held([*before.events, *events], before.since, before.at)
+                    if before
+                    else Held(events, inserted[events[0]["event_id"]], now)
+                )
+                continue
+            if before:
+                fold += before.events
+                earlier.update(e["event_id"] for e in before.events)
+            fold += events
+        for no in due:
+            if no not in by_ticket and (h := self._held.get(no)):
+                fold += h.events
+                earlier.update(e["event_id"] for e in h.events)
+        return _Holding(fold, earlier, kept)
+
+    async def recover_held(self, stale_after: float) -> int:
+        """Fold the tickets whose rows a worker held back when it stopped without writing them (it
+        crashed): its `records_held` row, not written for `stale_after` seconds, says from when to
+        when it stored events. Each is folded again from all its events, which is right whatever
+        other workers wrote since; the row is then deleted. Rows of workers that hold nothing and
+        are gone are deleted too. Returns how many tickets were folded."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT instance, since, seen_at FROM records_held "
+                "WHERE instance <> %s AND seen_at < now() - make_interval(secs => %s)",
+                (self.instance, stale_after),
+            )
+            gone = await cur.fetchall()
+        folded = 0
+        for r in gone:
+            if r["since"] is not None:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT DISTINCT ticket_no FROM ticket_events "
+                        "WHERE recorded_at BETWEEN %s AND %s AND topic NOT LIKE 'meeting.%%'",
+                        (r["since"], r["seen_at"]),
+                    )
+                    nos = [n["ticket_no"] for n in await cur.fetchall()]
+                for i in range(0, len(nos), 1000):
+                    async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as c:
+                        folded += await self._refold_tickets(c, nos[i : i + 1000])
+                log.warning("folded %d ticket(s) whose rows a stopped records worker had held back", len(nos))
+            async with self.pool.connection() as conn:
+                # Only as it was read: a worker that was slow, not gone, and wrote since keeps it.
+                await conn.execute(
+                    "DELETE FROM records_held WHERE instance = %s AND seen_at = %s",
+                    (r["instance"], r["seen_at"]),
+                )
+        return folded
+
+    async def forget_held(self) -> None:
+        """Remove this worker's `records_held` row (it is stopping, and holds nothing now)."""
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM records_held WHERE instance = %s", (self.instance,))
+        self._marked = False
 
     @staticmethod
     async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:
@@ -285,11 +477,15 @@ class Records:
             (sorted(set(keys)),),
         )
 
-    async def _fold_onto(self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]]) -> None:
+    async def _fold_onto(
+        self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]], earlier: Container[str] = ()
+    ) -> None:
         """Fold new events onto the stored rows where they all come after what a row holds (the
         usual case: one read of the rows, not of every event); the others, events that arrived
-        out of order, and new tickets, are folded again from all their events. The caller holds
-        the tickets' locks."""
+        out of order, and new tickets, are folded again from all their events. `earlier`: the ids
+        of those stored by an earlier transaction (held back): a ticket with one of them and a row
+        is folded again too, as another worker may have folded them into it already. The caller
+        holds the tickets' locks."""
         by_ticket: dict[str, list[dict[str, Any]]] = {}
         for p in fresh:
             by_ticket.setdefault(p["ticket_no"], []).append(p)
@@ -319,7 +515,11 @@ class Records:
         again: list[str] = []
         for no, evs in by_ticket.items():
             row = stored.get(no)
-            if row is not None and all(_comes_after(e, row, ids) for e in evs):
+            if (
+                row is not None
+                and not any(e["event_id"] in earlier for e in evs)
+                and all(_comes_after(e, row, ids) for e in evs)
+            ):
                 del row["last_events"]
                 if (folded := fold_ticket(evs, self.streets, start=row)) is not None:
                     rows.append(folded)

@@ -131,8 +131,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
     run_periodically(app, COUNTER_CHECK_SECONDS, keep_counters_above_the_record, "records counters")
     if hold > 0:
         run_periodically(app, HELD_CHECK_SECONDS, records.write_held, "records held-back rows")
-    # Every worker, holding back or not, folds what one that crashed held back (a worker that has
-    # not written for this long is gone: one alive writes at least every `hold` seconds).
+    # Every worker, holding back or not, folds what one that crashed held back: a worker holding
+    # rows writes its mark every HELD_CHECK_SECONDS, so one silent for this long is gone.
     stale_after = hold + RECOVER_AFTER_SECONDS
     run_periodically(
         app,

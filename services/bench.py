@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
@@ -112,6 +113,7 @@ def run_pipeline_bench(
     broker_limit_messages: int = 0,
     via_api: bool = False,
     concurrency: int = 32,
+    wait_for_record: bool = False,
 ) -> dict[str, Any]:
     launcher = None
     if external_servers_configured():
@@ -134,6 +136,7 @@ def run_pipeline_bench(
             update={
                 "kafka_bootstrap_servers": servers.kafka_bootstrap,
                 "redis_url": servers.redis_url,
+                "database_url": servers.database_url,
                 "kafka_topic_partitions": partitions,
             }
         )
@@ -170,6 +173,7 @@ def run_pipeline_bench(
                 replicas=replicas,
                 via_api=via_api,
                 concurrency=concurrency,
+                wait_for_record=wait_for_record,
             )
         )
         if broker_limit:
@@ -271,6 +275,7 @@ async def _bench(
     replicas: int,
     via_api: bool = False,
     concurrency: int = 32,
+    wait_for_record: bool = False,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6].upper()
     phones = [f"139{i:08d}" for i in range(callers)]
@@ -336,13 +341,35 @@ async def _bench(
         published_in = await _drive(
             send, consumer, appeals, rate=rate, run=run, wait_seconds=max(120, duration * 4)
         )
+        behind = await _record_behind(settings, run) if wait_for_record else None
         cpu_after = _cpu_seconds(launcher)
     finally:
         while not clients.empty():
             await clients.get_nowait().aclose()
         await producer.stop()
         await consumer.stop()
-    return _figures(run, count, rate, published_in, replicas, cpu_before, cpu_after)
+    figures = _figures(run, count, rate, published_in, replicas, cpu_before, cpu_after)
+    figures["record_behind_s"] = behind
+    return figures
+
+
+async def _record_behind(settings: Settings, run: Run, give_up_after: float = 600) -> float | None:
+    """Seconds from the last assignment read until the record (PostgreSQL) holds the assignment of
+    every appeal assigned (the records worker reads on its own, behind in a flood); None if it did
+    not within `give_up_after` seconds. The CPU figures then count the record's whole work, not
+    what it had done by the last assignment."""
+    nos = sorted(no for no, t in run.traces.items() if t.assigned is not None)
+    started = time.monotonic()
+    async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        while time.monotonic() - started < give_up_after:
+            cur = await conn.execute(
+                "SELECT count(*) FROM tickets WHERE ticket_no = ANY(%s) AND assigned_at IS NOT NULL", (nos,)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] >= len(nos):
+                return time.monotonic() - started
+            await asyncio.sleep(0.2)
+    return None
 
 
 # Sends one appeal (with its index in the run) and gives what completes when it is acknowledged,
@@ -748,6 +775,11 @@ def _print(f: dict[str, Any]) -> None:
         lines.append(
             f"  broker limit       {f['broker_limit_per_s']:,.0f} messages/s through the same hops, no-op "
             f"handlers (the pipeline: {f['fraction_of_broker_limit']:.0%} of it)"
+        )
+    if f.get("record_behind_s") is not None:
+        lines.append(
+            f"  record             every assignment recorded {f['record_behind_s']:.1f} s after the "
+            "last was read"
         )
     if f["cpu_us_per_appeal"]:
         lines.append(

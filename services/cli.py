@@ -304,6 +304,11 @@ def bench_pipeline(
         False, "--via-api", help="Submit by POST /api/v1/appeals, as operators do, not to the broker."
     ),
     concurrency: int = typer.Option(32, min=1, help="With --via-api: requests out at once."),
+    wait_for_record: bool = typer.Option(
+        False,
+        "--wait-for-record",
+        help="Count the CPU until PostgreSQL holds every assignment, not only until the last is read.",
+    ),
 ) -> None:
     """Latency (ack -> ticket.assigned, per stage) at a fixed rate, throughput, and the broker's limit.
 
@@ -322,6 +327,7 @@ def bench_pipeline(
         broker_limit_messages=broker_limit_messages,
         via_api=via_api,
         concurrency=concurrency,
+        wait_for_record=wait_for_record,
     )
 
 

@@ -847,9 +847,12 @@ async def test_an_event_recorded_after_the_erasure_is_recorded_without_personal_
     await ticket_when(api, no, lambda t: t["status"] == "assigned")
 
     async def classified_in_record():
+        # The ticket's row too, with its assignment: the erasure finds the caller's tickets there
+        # (a row held back until the assignment is recorded is found by the late path instead).
         async with pool.connection() as conn:
             cur = await conn.execute(
-                "SELECT payload FROM ticket_events WHERE ticket_no = %s AND topic = %s",
+                "SELECT e.payload FROM ticket_events e JOIN tickets t USING (ticket_no) "
+                "WHERE e.ticket_no = %s AND e.topic = %s AND t.department IS NOT NULL",
                 (no, topics.APPEAL_CLASSIFIED),
             )
             return await cur.fetchone()

@@ -331,6 +331,8 @@ class Records:
         now = time.monotonic()
         due = {no for no, h in self._held.items() if now - h.at >= self.hold_seconds}
         total = incoming + sum(len(h.events) for no, h in self._held.items() if no not in due)
+        if total <= self.hold_most:
+            return due  # the usual case: no sort of thousands of held tickets at every batch
         for no, h in sorted(self._held.items(), key=lambda item: item[1].at):
             if total <= self.hold_most:
                 break

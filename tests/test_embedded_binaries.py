@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from shared.embedded import POSTGRES_MALLOC, EmbeddedServers, postgres_env
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,18 @@ def test_the_processes_that_first_need_the_broker_at_once_make_one_copy_and_each
     assert sum(c == ["copied"] for c in copied) == 1, copied
     (binary,) = (tmp_path / ".calfkit" / "bin").iterdir()
     assert os.access(binary, os.X_OK)
+
+
+def test_the_embedded_postgresql_keeps_the_memory_malloc_would_hand_back_and_the_callers_values_win(servers):
+    assert postgres_env({"PATH": "/bin"}) == {**POSTGRES_MALLOC, "PATH": "/bin"}
+    assert postgres_env({"MALLOC_TRIM_THRESHOLD_": "0"})["MALLOC_TRIM_THRESHOLD_"] == "0"
+    if not isinstance(servers, EmbeddedServers):
+        pytest.skip("PostgreSQL runs elsewhere: its environment is its own")
+    [pg] = [p for p in servers.processes if p.name == "postgres"]
+    environ = dict(
+        item.split("=", 1)
+        for item in Path(f"/proc/{pg.proc.pid}/environ").read_text().split("\0")
+        if "=" in item
+    )
+    for name, value in POSTGRES_MALLOC.items():
+        assert environ[name] == os.environ.get(name, value)

@@ -180,11 +180,12 @@ POSTGRES_OS_USER = "postgres"
 # glibc's malloc gives a large block back to the kernel when it is freed (one over its mmap
 # threshold, or the top of the heap past its trim threshold), so the next use faults every page in
 # again. A records batch reaches PostgreSQL as one JSON document of megabytes, so each statement did
-# that; and on a virtual machine whose memory the host hands out lazily a page fault costs tens of
-# microseconds. In a flood of the pipeline benchmark page faults were about 30% of PostgreSQL's CPU
-# (perf); with these, the records worker's backends faulted 60% less and PostgreSQL's CPU an appeal
-# fell by about a fifth. A backend keeps up to its largest batch's memory instead. A value the
-# caller's environment sets wins.
+# that; and on the virtual machines we measure on a page fault costs about 17 µs. In a flood of the
+# pipeline benchmark page faults were about 30% of PostgreSQL's CPU (perf); with these, its
+# processes faulted about half as often and its CPU an appeal fell by about a sixth. A backend
+# keeps up to its largest batch's memory instead. The workers ask the same of their own allocator
+# (`mallopt` in `services.cli`); PostgreSQL reads it from its environment. A value the caller's
+# environment sets wins.
 POSTGRES_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 

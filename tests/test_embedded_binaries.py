@@ -1,5 +1,6 @@
-"""The embedded broker's binary on a fresh machine: the processes that first need it at once (the two
-test processes of `make test`, `appeals up`'s) each get a copy they can start."""
+"""The embedded servers as started: the broker's binary on a fresh machine (the processes that first
+need it at once, the two test processes of `make test`, `appeals up`'s, each get a copy they can
+start), and the environment the embedded PostgreSQL runs with."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
 from shared.auth import issue
-from shared.bus import ensure_topics, group_session
+from shared.bus import compression, ensure_topics, group_session
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
@@ -307,8 +307,12 @@ async def _bench(
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
         await consumer.getmany(timeout_ms=200)
     await consumer.seek_to_end()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2, max_batch_size=256 * 1024
+    producer = AIOKafkaProducer(  # as intake's (`EventPublisher`)
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        compression_type=compression(settings),
     )
     await producer.start()
     # One client per request out at once, each with one connection: httpx's pool looks through all

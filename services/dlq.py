@@ -117,7 +117,7 @@ async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -
     from aiokafka import AIOKafkaProducer
     from redis.asyncio import Redis
 
-    from shared.bus import claim_key
+    from shared.bus import claim_key, compression
 
     letters = await read_dead_letters(settings, _dlq_topics(topic))
     unknown = refs - {d.ref for d in letters}
@@ -125,7 +125,9 @@ async def _replay(settings: Settings, topic: str, refs: set[str], again: bool) -
         raise typer.BadParameter(f"no such dead letter(s): {', '.join(sorted(unknown))}")
     chosen = [d for d in letters if not refs or d.ref in refs]
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", compression_type=compression(settings)
+    )
     await producer.start()
     counts = {"replayed": 0, "skipped": 0, "scrubbed": 0}
     try:

@@ -286,6 +286,11 @@ class ServiceBroker(KafkaBroker):
         self.running = True
 
 
+def compression(settings: Settings) -> str | None:
+    """The producers' codec (KAFKA_COMPRESSION), as aiokafka names it (None: uncompressed)."""
+    return None if settings.kafka_compression == "none" else settings.kafka_compression
+
+
 def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> KafkaBroker:
     """The FastStream broker for a service's subscribers (publishing goes through EventPublisher)."""
     return ServiceBroker(
@@ -317,6 +322,7 @@ class EventPublisher:
             enable_idempotence=self.settings.kafka_enable_idempotence,
             linger_ms=2,  # lets concurrent publishes share a request
             max_batch_size=256 * 1024,
+            compression_type=compression(self.settings),
             client_id=self.client_id,
         )
         await self._producer.start()

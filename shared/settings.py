@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     # third off the broker's CPU and more than halved the p99 against four (docs/performance.md).
     # `deploy/` sets more, for its replicas; `appeals bench --replicas N` takes at least N.
     kafka_topic_partitions: int = Field(1, ge=1)
+    # How the producers compress their batches (Kafka's codecs; "none" sends them as they are).
+    # lz4: the events are JSON with Chinese text, whose batches it shrinks two to five times (the
+    # bigger the batch, the more) for a few microseconds an event. The embedded broker keeps every
+    # batch in memory and faulted a page in for every 4 KB it took: with lz4 its faults fell from
+    # about 265,000 to 70,000 in a flood of 20,000 appeals and its CPU per appeal by half (the
+    # bytes on every hop fall on Apache Kafka too). Every process that reads decompresses.
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     kafka_replication_factor: int = Field(1, ge=1)
     # How long the broker keeps an event (set on the topics this project creates). Events carry the
     # appeal's text and the caller's hash, so this bounds how long erased data stays on the broker.

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.codec import has_lz4
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel, ValidationError
 
@@ -25,6 +26,7 @@ from shared.bus import (
     EventPublisher,
     batch_subscriber,
     by_event_class,
+    compression,
     ensure_topics,
     group_id,
     group_session,
@@ -68,7 +70,7 @@ from shared.privacy import (
     scrub_event,
     scrub_ticket,
 )
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from shared.store import (
     Change,
     Decision,
@@ -110,6 +112,16 @@ def test_masks_and_caller_ids():
     assert mask_name("欧阳娜娜") == "欧***"
     assert caller_id("13812345678") == caller_id("13812345678") != caller_id("13812345679")
     assert "13812345678" not in caller_id("13812345678")
+
+
+def test_the_producers_compress_with_lz4_unless_told_otherwise():
+    # lz4 needs cramjam (aiokafka's `lz4` extra): without it a producer refuses to start.
+    assert Settings.model_fields["kafka_compression"].default == "lz4"
+    assert has_lz4()
+    assert compression(Settings(kafka_compression="lz4")) == "lz4"
+    assert compression(Settings(kafka_compression="none")) is None
+    with pytest.raises(ValidationError):
+        Settings(kafka_compression="brotli")
 
 
 def test_an_event_caused_by_another_has_a_stable_derived_id():

@@ -328,9 +328,12 @@ class Records:
         beyond `hold_most` events with the `incoming` ones of the batch (should all be held)."""
         if everything:
             return set(self._held)
-        now = time.monotonic()
-        due = {no for no, h in self._held.items() if now - h.at >= self.hold_seconds}
-        total = incoming + sum(len(h.events) for no, h in self._held.items() if no not in due)
+        now, due, total = time.monotonic(), set(), incoming
+        for no, h in self._held.items():  # one pass: this runs at every batch
+            if now - h.at >= self.hold_seconds:
+                due.add(no)
+            else:
+                total += len(h.events)
         if total <= self.hold_most:
             return due  # the usual case: no sort of thousands of held tickets at every batch
         for no, h in sorted(self._held.items(), key=lambda item: item[1].at):
@@ -406,6 +409,11 @@ class Records:
         kept = {no: h for no, h in self._held.items() if no not in by_ticket and no not in due}
         fold: list[dict[str, Any]] = []
         earlier: set[str] = set()
+
+        def release(h: Held) -> None:  # a held ticket's stored events join the fold
+            fold.extend(h.events)
+            earlier.update(e["event_id"] for e in h.events)
+
         now = time.monotonic()
         for no, events in by_ticket.items():
             before = self._held.get(no)
@@ -417,13 +425,11 @@ class Records:
                 )
                 continue
             if before:
-                fold += before.events
-                earlier.update(e["event_id"] for e in before.events)
+                release(before)
             fold += events
         for no in due:
             if no not in by_ticket and (h := self._held.get(no)):
-                fold += h.events
-                earlier.update(e["event_id"] for e in h.events)
+                release(h)
         return _Holding(fold, earlier, kept)
 
     async def recover_held(self, stale_after: float) -> int:

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import mmap
 import multiprocessing
 import os
 import platform
@@ -340,6 +341,7 @@ async def _bench(
         appeals = _appeals(settings, count, run_id, phones)
         offered = f"{rate:,.0f}/s for {duration:g}s" if rate else "as fast as the broker takes them"
         print(f"publishing {count} appeals ({offered}) ...")
+        fresh, speed = fresh_page_us(), python_loop_ms()
         cpu_before = _cpu_seconds(launcher)
         run = Run(open=via_api)
         published_in = await _drive(
@@ -354,6 +356,7 @@ async def _bench(
         await consumer.stop()
     figures = _figures(run, count, rate, published_in, replicas, cpu_before, cpu_after)
     figures["record_behind_s"] = behind
+    figures["machine"] |= {"fresh_page_us": fresh, "python_loop_ms": speed}
     return figures
 
 
@@ -571,6 +574,38 @@ def _figures(
         "_sizes": {topic: round(statistics.fmean(s)) if s else 600 for topic, s in run.sizes.items()},
     }
     return figures
+
+
+def fresh_page_us(megabytes: int = 64) -> float:
+    """Microseconds this process takes to write to each page of `megabytes` of memory it has just
+    been given: what every process of the pipeline pays for the memory it grows into (Redis's data,
+    PostgreSQL's files in the page cache, the broker's batches, the workers' heaps).
+
+    On a machine whose memory is all its own that is well under a microsecond. On a virtual machine
+    whose host backs the guest's memory only when it is first written and takes back what the guest
+    frees (a Firecracker VM with free page reporting: `page_reporting` in `dmesg`), it is 15 to 20 µs
+    on memory not written lately and 2 to 3 on memory written a moment ago, and that changes from
+    one run to the next. Printed with the figures so that runs are compared in the same state."""
+    size, page = megabytes << 20, mmap.PAGESIZE
+    with mmap.mmap(-1, size) as memory:
+        started = time.perf_counter()
+        for offset in range(0, size, page):
+            memory[offset] = 1
+        took = time.perf_counter() - started
+    return round(took / (size // page) * 1e6, 1)
+
+
+def python_loop_ms(n: int = 1_000_000) -> float:
+    """Milliseconds for a fixed loop of Python additions (the best of three): how fast this
+    machine's CPU runs Python right now, which on a shared virtual machine changes by a third from
+    one hour to the next. Printed with the figures, beside `fresh_page_us`."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def _machine() -> dict[str, Any]:
@@ -792,6 +827,12 @@ def _print(f: dict[str, Any]) -> None:
         lines.append(
             "  CPU per appeal     "
             + "   ".join(f"{name} {us:,}µs" for name, us in f["cpu_us_per_appeal"].items())
+            + f"   (all together {sum(f['cpu_us_per_appeal'].values()):,}µs)"
         )
         lines.append(f"  classifier         {f['classifier_per_s_per_core'] or '-'} appeals/s per core")
+    if (fresh := m.get("fresh_page_us")) is not None:
+        lines.append(
+            f"  machine            {fresh} µs to write each page of memory just given (`fresh_page_us`), "
+            f"{m['python_loop_ms']} ms for a fixed Python loop (`python_loop_ms`), before the run"
+        )
     print("\n".join(lines))

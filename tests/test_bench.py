@@ -68,6 +68,11 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
     assert sum(figures["assigned_via"].values()) == figures["completed"]
     assert sum(figures["held_for_meeting"].values()) <= figures["completed"]
     assert "latency ms" in printed
+    # The state the run found the machine in, and all the CPU of an appeal together.
+    assert figures["machine"]["fresh_page_us"] > 0
+    assert figures["machine"]["python_loop_ms"] > 0
+    assert "fresh_page_us" in printed
+    assert "all together" in printed
 
 
 def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench import out_rate
+from services.bench import fresh_page_us, out_rate, python_loop_ms
 
 
 def test_the_broker_limit_counts_what_came_after_the_first_batch_over_the_time_since_it():
@@ -21,3 +21,14 @@ def test_two_batches_microseconds_apart_are_not_millions_a_second():
 def test_everything_in_one_batch_is_counted_from_the_start_of_publishing():
     assert out_rate(500, 500, 1.0, 1.0, started=0.5) == pytest.approx(1000)
     assert out_rate(0, 0, 0.0, 0.0, started=0.5) == 0.0
+
+
+def test_the_cost_of_fresh_memory_is_timed_per_page_written():
+    # A page costs from a fraction of a microsecond (memory of the machine's own) to about 20 (a
+    # host that backs a guest's memory on first write); a figure outside that is a wrong division.
+    assert 0.01 < fresh_page_us(8) < 1000
+
+
+def test_the_speed_of_python_is_timed_on_a_fixed_loop():
+    # A million additions: tens of milliseconds on any machine this runs on, never zero.
+    assert 1 < python_loop_ms() < 10_000

@@ -25,6 +25,12 @@ nothing but read and forward (separate processes, like the workers): the broker 
 which the pipeline's throughput is printed as a fraction. Latency at a rate the system sustains
 measures the system; at a rate above it, a queue.
 
+With `--rounds K` the same run is made K times on the same servers and workers, and the figures are
+the last round's: the first round pays for starting cold (PostgreSQL's shared buffers and every
+heap written for the first time, a new WAL file every 16 MB), which a deployment that has been
+running has paid already. Each round prints the state it found the machine in (`fresh_page_us`,
+`python_loop_ms`): on a virtual machine both change from one hour to the next.
+
 With `--via-api` the appeals go in as a hotline operator's would: `POST /api/v1/appeals` to the API
 (started here with its rate limits off, or the one at API_HOST:API_PORT with external servers), a
 given number at a time. "ack" is then the API's answer (it answers once the broker has the appeal),
@@ -115,7 +121,13 @@ def run_pipeline_bench(
     via_api: bool = False,
     concurrency: int = 32,
     wait_for_record: bool = False,
+    rounds: int = 1,
 ) -> dict[str, Any]:
+    """`rounds` > 1: the run again on the same servers and workers, one round after the other;
+    the figures are the last round's, with each round's main figures under `rounds`. The first
+    round finds the servers just started, the later ones servers that have been running (the
+    shared buffers and the heaps written once already, PostgreSQL's old WAL files recycled after
+    its first checkpoint), as a deployment's are."""
     launcher = None
     if external_servers_configured():
         settings = get_settings()
@@ -163,20 +175,29 @@ def run_pipeline_bench(
             ports.append(settings.api_port)
         launcher.wait_for_ports(ports)
     try:
-        figures = asyncio.run(
-            _bench(
-                settings,
-                launcher,
-                n=n,
-                callers=callers,
-                rate=rate,
-                duration=duration,
-                replicas=replicas,
-                via_api=via_api,
-                concurrency=concurrency,
-                wait_for_record=wait_for_record,
+        done: list[dict[str, Any]] = []
+        for i in range(rounds):
+            if rounds > 1:
+                print(f"round {i + 1} of {rounds}")
+            figures = asyncio.run(
+                _bench(
+                    settings,
+                    launcher,
+                    n=n,
+                    callers=callers,
+                    rate=rate,
+                    duration=duration,
+                    replicas=replicas,
+                    via_api=via_api,
+                    concurrency=concurrency,
+                    wait_for_record=wait_for_record,
+                )
             )
-        )
+            done.append(figures)
+            if i < rounds - 1:
+                _print(figures)  # the last round's after the broker's limit
+        if rounds > 1:
+            figures["rounds"] = [{k: f[k] for k in ROUND_KEYS} | f["machine"] for f in done]
         if broker_limit:
             count = figures["completed"] or n
             figures["broker_limit_per_s"] = round(
@@ -574,6 +595,10 @@ def _figures(
         "_sizes": {topic: round(statistics.fmean(s)) if s else 600 for topic, s in run.sizes.items()},
     }
     return figures
+
+
+# Each round's figures kept under `rounds` (with the machine's state before it).
+ROUND_KEYS = ("e2e_appeals_per_s", "e2e_p50_ms", "e2e_p99_ms", "cpu_us_per_appeal", "record_behind_s")
 
 
 def fresh_page_us(megabytes: int = 64) -> float:

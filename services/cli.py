@@ -309,6 +309,9 @@ def bench_pipeline(
         "--wait-for-record",
         help="Count the CPU until PostgreSQL holds every assignment, not only until the last is read.",
     ),
+    rounds: int = typer.Option(
+        1, min=1, help="Run it this many times on the same servers and workers (the last round's figures)."
+    ),
 ) -> None:
     """Latency (ack -> ticket.assigned, per stage) at a fixed rate, throughput, and the broker's limit.
 
@@ -328,6 +331,7 @@ def bench_pipeline(
         via_api=via_api,
         concurrency=concurrency,
         wait_for_record=wait_for_record,
+        rounds=rounds,
     )
 
 

@@ -601,7 +601,7 @@ def _figures(
 ROUND_KEYS = ("e2e_appeals_per_s", "e2e_p50_ms", "e2e_p99_ms", "cpu_us_per_appeal", "record_behind_s")
 
 
-def fresh_page_us(megabytes: int = 64) -> float:
+def fresh_page_us(megabytes: int = 16) -> float:
     """Microseconds this process takes to write to each page of `megabytes` of memory it has just
     been given: what every process of the pipeline pays for the memory it grows into (Redis's data,
     PostgreSQL's files in the page cache, the broker's batches, the workers' heaps).
@@ -610,7 +610,12 @@ def fresh_page_us(megabytes: int = 64) -> float:
     whose host backs the guest's memory only when it is first written and takes back what the guest
     frees (a Firecracker VM with free page reporting: `page_reporting` in `dmesg`), it is 15 to 20 µs
     on memory not written lately and 2 to 3 on memory written a moment ago, and that changes from
-    one run to the next. Printed with the figures so that runs are compared in the same state."""
+    one run to the next. Printed with the figures so that runs are compared in the same state.
+
+    It is a hint, not a measure of the run: it writes the memory a machine hands out first, often
+    what the run before had just freed, and the run grows into hundreds of megabytes more. It is
+    small so that the memory it leaves behind (which the run then finds written already) is worth
+    at most a tenth of a second of CPU."""
     size, page = megabytes << 20, mmap.PAGESIZE
     with mmap.mmap(-1, size) as memory:
         started = time.perf_counter()

@@ -197,7 +197,9 @@ def run_pipeline_bench(
             if i < rounds - 1:
                 _print(figures)  # the last round's after the broker's limit
         if rounds > 1:
-            figures["rounds"] = [{k: f[k] for k in ROUND_KEYS} | f["machine"] for f in done]
+            figures["rounds"] = [
+                {k: f[k] for k in ROUND_KEYS} | {k: f["machine"][k] for k in STATE_KEYS} for f in done
+            ]
         if broker_limit:
             count = figures["completed"] or n
             figures["broker_limit_per_s"] = round(
@@ -597,8 +599,9 @@ def _figures(
     return figures
 
 
-# Each round's figures kept under `rounds` (with the machine's state before it).
+# Each round's figures kept under `rounds`, with the machine's state before it.
 ROUND_KEYS = ("e2e_appeals_per_s", "e2e_p50_ms", "e2e_p99_ms", "cpu_us_per_appeal", "record_behind_s")
+STATE_KEYS = ("fresh_page_us", "python_loop_ms")
 
 
 def fresh_page_us(megabytes: int = 16) -> float:
@@ -608,7 +611,7 @@ def fresh_page_us(megabytes: int = 16) -> float:
 
     On a machine whose memory is all its own that is well under a microsecond. On a virtual machine
     whose host backs the guest's memory only when it is first written and takes back what the guest
-    frees (a Firecracker VM with free page reporting: `page_reporting` in `dmesg`), it is 15 to 20 µs
+    frees (a Firecracker VM with free page reporting: `page_reporting` in `dmesg`), it is 15 to 30 µs
     on memory not written lately and 2 to 3 on memory written a moment ago, and that changes from
     one run to the next. Printed with the figures so that runs are compared in the same state.
 

@@ -65,6 +65,7 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
     assert printed.count("latency ms") == 2
     assert [r["e2e_appeals_per_s"] > 0 for r in figures["rounds"]] == [True, True]
     assert figures["rounds"][-1]["e2e_p99_ms"] == figures["e2e_p99_ms"]
+    assert figures["rounds"][0]["fresh_page_us"] > 0
     # The CPU counted until the record held every assignment (it did, or the figure would be None).
     assert figures["record_behind_s"] is not None
     assert "every assignment recorded" in printed

@@ -24,7 +24,7 @@ def test_everything_in_one_batch_is_counted_from_the_start_of_publishing():
 
 
 def test_the_cost_of_fresh_memory_is_timed_per_page_written():
-    # A page costs from a fraction of a microsecond (memory of the machine's own) to about 20 (a
+    # A page costs from a fraction of a microsecond (memory of the machine's own) to about 30 (a
     # host that backs a guest's memory on first write); a figure outside that is a wrong division.
     assert 0.01 < fresh_page_us(8) < 1000
 

@@ -80,6 +80,9 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
     assert figures["machine"]["python_loop_ms"] > 0
     assert "fresh_page_us" in printed
     assert "all together" in printed
+    # What measuring cost this process, apart from the system's total.
+    assert figures["bench_cpu_us_per_appeal"] > 0
+    assert "this process" in printed
 
 
 def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):

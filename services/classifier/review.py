@@ -3,13 +3,12 @@ corrected event. Pure (no I/O): the view reads the queue, records the example an
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from services.classifier.grid import grid_match
 from shared.city import City
 from shared.errors import DomainError
-from shared.events import AppealClassified, CategoryScore
+from shared.events import AppealClassified, CategoryScore, derived_id
 
 
 def not_in_review(ticket_no: str) -> DomainError:
@@ -42,7 +41,7 @@ def corrected(
         )
     match = original.grid if grid is None else grid_match(city, grid, "reviewer", 1.0, "人工复核")
     # The same correction posted twice is the same fact (same id): consumers drop the copy.
-    event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"{original.event_id}/review/{category}/{match.grid}").hex
+    event_id = derived_id(f"{original.event_id}/review/{category}/{match.grid}")
     update = {
         "event_id": event_id,
         "caused_by": original.event_id,

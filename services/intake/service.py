@@ -36,7 +36,7 @@ from services.intake.domain import Submission, located, photographed
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.limits import RateLimiter, caller_limited
 from shared.bus import EventPublisher, publish
-from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, GeoPoint
+from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, GeoPoint, derived_id
 from shared.metrics import APPEALS_RECEIVED
 from shared.photos import MAX_PER_ITEM
 from shared.redis_client import text
@@ -254,7 +254,7 @@ class IntakeService:
         """The event for a numbered submission. With an idempotency key its id follows from the key,
         so the event published again on a retry is the same fact, dropped by every consumer."""
         sub, key = item
-        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"appeal/{key}").hex if key else uuid.uuid4().hex
+        event_id = derived_id(f"appeal/{key}") if key else uuid.uuid4().hex
         location, address = sub.location, sub.address
         photos: tuple[str, ...] = ()
         if sub.wechat_openid:
@@ -282,7 +282,7 @@ class IntakeService:
             return None
         ticket_no = text(last)
         place_event = AppealLocated(
-            event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-location/{msg_id}").hex,
+            event_id=derived_id(f"wechat-location/{msg_id}"),
             ticket_no=ticket_no,
             channel="wechat",
             location=point,
@@ -306,7 +306,7 @@ class IntakeService:
         if last is not None:
             ticket_no = text(last)
             added = AppealPhotosAdded(
-                event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"wechat-image/{msg_id}").hex,
+                event_id=derived_id(f"wechat-image/{msg_id}"),
                 ticket_no=ticket_no,
                 channel="wechat",
                 photos=(photo_id,),

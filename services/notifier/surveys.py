@@ -69,6 +69,7 @@ from services.notifier.survey import (
     which_choices,
 )
 from services.notifier.texts import Texts
+from shared import events
 from shared.errors import DomainError
 from shared.events import (
     AnswerVia,
@@ -115,7 +116,7 @@ Erased = Callable[[str], Awaitable[bool]]
 
 def derived_id(*parts: str) -> str:
     """A deterministic id: the same survey and step give the same event or message id."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex
+    return events.derived_id("/".join(parts))
 
 
 def message_id_of(survey_id: str, kind: Literal["survey", "reminder"]) -> str:

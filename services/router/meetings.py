@@ -8,7 +8,6 @@ naming the lead department, and every attached ticket is reassigned to it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Literal
@@ -20,7 +19,7 @@ from services.router.rules import Precedent, street_office
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.errors import DomainError
-from shared.events import MeetingReason, MeetingSpec
+from shared.events import MeetingReason, MeetingSpec, derived_id
 from shared.privacy import REMOVED
 
 REASON_NAMES: dict[str, str] = {
@@ -67,7 +66,7 @@ class Meeting(BaseModel):
 
 def meeting_id(*parts: str) -> str:
     """A deterministic id: the same cause convenes the same meeting, however often it is seen."""
-    return "M" + uuid.uuid5(uuid.NAMESPACE_URL, "/".join(parts)).hex[:15]
+    return "M" + derived_id("/".join(parts))[:15]
 
 
 def lead_street_office(city: City, grid_id: str | None) -> str:

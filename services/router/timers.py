@@ -14,7 +14,6 @@ ticket moved on and fires nothing. Firing is idempotent: the event id is derived
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -24,7 +23,7 @@ from services.router.rules import street_office
 from services.router.workflow import allowed, awaits_check, ticket_updated
 from shared.city import City, Supervision
 from shared.decisions import Outcome, applied
-from shared.events import DeadlineNotice, Stage
+from shared.events import DeadlineNotice, Stage, derived_id
 from shared.tickets import Status, Ticket
 
 Kind = Literal["warning", "overdue", "escalated"]
@@ -113,7 +112,7 @@ def fire(ticket: Ticket | None, timer: Timer, city: City, tz: ZoneInfo) -> Outco
         or _deadline(ticket, timer.stage, city.sla.supervision) != timer.deadline
     ):
         return None
-    event_id = uuid.uuid5(uuid.NAMESPACE_URL, "timer/" + timer.member).hex
+    event_id = derived_id("timer/" + timer.member)
     if ticket.has_applied(event_id):
         return None
     what = STAGE_NAMES[timer.stage]

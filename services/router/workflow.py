@@ -32,7 +32,6 @@ the handlers load, call these, and store.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +74,7 @@ from shared.events import (
     TicketUpdated,
     Urge,
     Verification,
+    derived_id,
 )
 from shared.privacy import mask_personal_data
 from shared.survey_reply import answer_comment, rating_words
@@ -1241,7 +1241,7 @@ def batch_to_accept(ticket_nos: Sequence[str]) -> list[str]:
 def accept_id(ticket_no: str, by: str, key: str) -> str:
     """The id of the acceptance `by` makes of the ticket under the key `key` (a 批量签收's
     idempotency key): the same batch sent again is the same event, which the ticket has applied."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"accept/{ticket_no}/{by}/{key}").hex
+    return derived_id(f"accept/{ticket_no}/{by}/{key}")
 
 
 def accept_once(ticket: Ticket, dept_id: str, city: City, now: datetime, event_id: str) -> Outcome | None:
@@ -1506,7 +1506,7 @@ def decide_extension(
 def urge_id(ticket_no: str, by: str, key: str) -> str:
     """The id of the urge `by` records on the ticket under the idempotency key `key`: the same call
     urged twice (a double click, a retry) is the same event, which the ticket has applied already."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"urge/{ticket_no}/{by}/{key}").hex
+    return derived_id(f"urge/{ticket_no}/{by}/{key}")
 
 
 def urge(ticket: Ticket, by: str, note: str, now: datetime, *, event_id: str | None = None) -> Outcome | None:

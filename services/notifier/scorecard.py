@@ -223,12 +223,14 @@ class Scorecard:
             if not fields:
                 continue
             groups = self.groups_of(event)
-            day = event.occurred_at.astimezone(self.tz).date()
+            # The day formatted once (strftime per key was a twentieth of the notifier's time).
+            stamp = event.occurred_at.astimezone(self.tz).date().strftime("%Y%m%d")
             # Late, into a month gone by (a backlog read after an outage): its sums are stale.
-            stale = [f"stats:{d}:{g}:{day:%Y%m}" for d, g in groups.items()] if _month(day) < current else []
+            month = stamp[:6]
+            stale = [f"stats:{d}:{g}:{month}" for d, g in groups.items()] if month < current else []
             keys += [
                 f"stats:seen:{event.event_id}",
-                *(f"stats:{d}:{g}:{day:%Y%m%d}" for d, g in groups.items()),
+                *(f"stats:{d}:{g}:{stamp}" for d, g in groups.items()),
                 *(f"stats:groups:{d}" for d in groups),
                 *stale,
             ]

@@ -1307,3 +1307,45 @@ def test_the_search_box_takes_several_words_and_ticket_numbers_however_typed():
     assert invalid_field({"q": "一二 三四 五六 七八 九十 十一"}) == "q"
     # A word keeps its full-width punctuation: the text has ， not ,.
     assert keywords("路灯不亮，晚上出行不便") == ([], ["路灯不亮，晚上出行不便"])
+
+
+def test_the_rows_held_back_are_kept_oldest_first_and_their_earliest_time_follows_them():
+    """The held tickets are a change per batch, not a pass over all of them: oldest first, so what
+    is due is a prefix, and the earliest stored event (the crash mark's `since`) is the first's,
+    or lower when PostgreSQL's clock went back while something was held."""
+    from services.records.service import Records
+
+    records = Records(None, CITY, hold_seconds=60, hold_most=4)  # type: ignore[arg-type]
+    t0 = datetime(2026, 12, 4, 8, tzinfo=UTC)
+
+    def received(no: str, i: int) -> dict:
+        return {"topic": "appeal.received", "event_id": f"e{no}{i}", "ticket_no": no}
+
+    def batch(nos: list[str], stored_at: datetime, i: int = 0) -> None:
+        events = [received(no, i) for no in nos]
+        due = records._due(False, len(events))
+        held = records._held_after(events, {e["event_id"]: stored_at for e in events}, due)
+        since = records._since_after(held)
+        records._apply_holding(held)
+        assert since == min((h.since for h in records._held.values()), default=None)
+
+    batch(["A", "B"], t0)
+    batch(["C"], t0 + timedelta(seconds=1))
+    batch(["A"], t0 + timedelta(seconds=2), i=1)  # more for A: it keeps its place and its time
+    assert list(records._held) == ["A", "B", "C"]
+    assert records._held_events == 4
+    assert records._held["A"].since == t0
+    # One more event is over the most: the oldest ticket (A, with its two events) is due.
+    batch(["D"], t0 + timedelta(seconds=3))
+    assert list(records._held) == ["B", "C", "D"]
+    assert records._held_events == 3
+    # The clock went back: the new ticket is the earliest though it is last.
+    batch(["E"], t0 - timedelta(hours=1))
+    assert list(records._held) == ["B", "C", "D", "E"]  # four events: the most, not over it
+    assert records._since_after(records._held_after([], {}, set())) == t0 - timedelta(hours=1)
+    # Everything due (the worker stopping): nothing held, no time, and the floor forgotten.
+    held = records._held_after([], {}, records._due(True, 0))
+    assert len(held.fold) == 4
+    assert records._since_after(held) is None
+    records._apply_holding(held)
+    assert (records._held, records._held_events, records._since_floor) == ({}, 0, None)

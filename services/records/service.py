@@ -258,9 +258,17 @@ class Held:
 
 @dataclass(frozen=True)
 class _Holding:
+    """What a transaction folds, and how what is held back changes with it (applied once it has
+    committed): a change, not a new copy of the held tickets, which in a flood are thousands."""
+
     fold: list[dict[str, Any]]  # the events a transaction folds
     earlier: set[str]  # of those, the ids of the ones stored before it
-    kept: dict[str, Held]  # what is held back after it
+    released: set[str]  # held tickets it folds
+    holding: dict[str, Held]  # tickets held back after it, new or with more events
+
+    def keeps(self, no: str, held: Mapping[str, Held]) -> bool:
+        """Whether ticket `no` is held back after the transaction (`held`: before it)."""
+        return no in self.holding or (no in held and no not in self.released)
 
 
 class Records:
@@ -291,7 +299,13 @@ class Records:
         self.photos = photos
         self.hold_seconds, self.hold_most = hold_seconds, hold_most
         self.instance = instance or uuid.uuid4().hex
+        # In the order each was first held: oldest first, by `at` and (as PostgreSQL's clock goes
+        # forward) by `since`. A ticket held again with more events keeps its place.
         self._held: dict[str, Held] = {}
+        self._held_events = 0  # their events, all together
+        # Set when a ticket was held with a `since` before the last one's (PostgreSQL's clock went
+        # back): the earliest of what is held may then not be the first; until nothing is held.
+        self._since_floor: datetime | None = None
         self._marked = False  # `records_held` has our row with a `since`
         self._unsure = False  # the last transaction failed: it may have committed
         # One projection at a time: each computes what stays held from what was, and a batch and
@@ -328,20 +342,14 @@ class Records:
         beyond `hold_most` events with the `incoming` ones of the batch (should all be held)."""
         if everything:
             return set(self._held)
-        now, due, total = time.monotonic(), set(), incoming
-        for no, h in self._held.items():  # one pass: this runs at every batch
-            if now - h.at >= self.hold_seconds:
-                due.add(no)
-            else:
-                total += len(h.events)
-        if total <= self.hold_most:
-            return due  # the usual case: no sort of thousands of held tickets at every batch
-        for no, h in sorted(self._held.items(), key=lambda item: item[1].at):
-            if total <= self.hold_most:
+        now, due, total = time.monotonic(), set(), self._held_events + incoming
+        # Oldest first, so both are a prefix: this stops at the first ticket neither due nor over
+        # the most, rather than passing over thousands of held tickets at every batch.
+        for no, h in self._held.items():
+            if now - h.at < self.hold_seconds and total <= self.hold_most:
                 break
-            if no not in due:
-                due.add(no)
-                total -= len(h.events)
+            due.add(no)
+            total -= len(h.events)
         return due
 
     async def _project(self, payloads: Sequence[dict[str, Any]], *, everything: bool = False) -> None:
@@ -382,16 +390,17 @@ class Records:
             if held.fold:
                 await self._fold_onto(cur, held.fold, held.earlier)
             if self._unsure and self.hold_seconds > 0:
-                stored = nos - {p["ticket_no"] for p in fresh} - held.kept.keys()
+                stored = {n for n in nos - {p["ticket_no"] for p in fresh} if not held.keeps(n, self._held)}
                 await self._refold_tickets(cur, stored)
             if meetings := {p.get("meeting_id", "") for p in fresh if p["topic"].startswith("meeting.")}:
                 await self.refold_meetings(cur, meetings)
-            since = min((h.since for h in held.kept.values()), default=None)
+            since = self._since_after(held)
             if since is not None or self._marked:
                 await cur.execute(UPSERT_HELD, (self.instance, since))
         # Committed: only now is what is held changed (a failed batch is read again, and what it
         # took out to fold is still held).
-        self._held, self._marked = held.kept, since is not None
+        self._apply_holding(held)
+        self._marked = since is not None
         if taken and self.photos is not None:
             # Recorded (committed): the sweep of unattached uploads leaves these alone. Should this
             # fail, the sweep still finds them in `ticket_photos` before it deletes anything.
@@ -406,31 +415,57 @@ class Records:
         for p in fresh:
             if not p["topic"].startswith("meeting."):
                 by_ticket.setdefault(p["ticket_no"], []).append(p)
-        kept = {no: h for no, h in self._held.items() if no not in by_ticket and no not in due}
         fold: list[dict[str, Any]] = []
         earlier: set[str] = set()
+        released: set[str] = set()
+        holding: dict[str, Held] = {}
 
-        def release(h: Held) -> None:  # a held ticket's stored events join the fold
+        def release(no: str, h: Held) -> None:  # a held ticket's stored events join the fold
             fold.extend(h.events)
             earlier.update(e["event_id"] for e in h.events)
+            released.add(no)
 
         now = time.monotonic()
         for no, events in by_ticket.items():
             before = self._held.get(no)
             if self.hold_seconds > 0 and no not in due and waits(events):
-                kept[no] = (
+                holding[no] = (
                     Held([*before.events, *events], before.since, before.at)
                     if before
                     else Held(events, inserted[events[0]["event_id"]], now)
                 )
                 continue
             if before:
-                release(before)
+                release(no, before)
             fold += events
         for no in due:
             if no not in by_ticket and (h := self._held.get(no)):
-                release(h)
-        return _Holding(fold, earlier, kept)
+                release(no, h)
+        return _Holding(fold, earlier, released, holding)
+
+    def _since_after(self, held: _Holding) -> datetime | None:
+        """When the earliest event of what is held back after `held` was stored (None: nothing
+        held). The first ticket still held is the earliest of the old ones, unless the clock went
+        back (`_since_floor`); the tickets held anew may be earlier still."""
+        first = next((h.since for no, h in self._held.items() if no not in held.released), None)
+        new = [h.since for no, h in held.holding.items() if no not in self._held]
+        if first is None and not new:
+            return None
+        return min(s for s in (first, self._since_floor, *new) if s is not None)
+
+    def _apply_holding(self, held: _Holding) -> None:
+        for no in held.released:
+            if (gone := self._held.pop(no, None)) is not None:
+                self._held_events -= len(gone.events)
+        for no, h in held.holding.items():
+            before = self._held.get(no)
+            if before is None and self._held and h.since < next(reversed(self._held.values())).since:
+                floor = self._since_floor
+                self._since_floor = h.since if floor is None else min(floor, h.since)
+            self._held_events += len(h.events) - (len(before.events) if before else 0)
+            self._held[no] = h  # in place when it was held: its place stays its first
+        if not self._held:
+            self._since_floor = None
 
     async def recover_held(self, stale_after: float) -> int:
         """Fold the tickets whose rows a worker held back when it stopped without writing them (it

@@ -124,3 +124,33 @@ async def test_a_ticket_shared_by_two_workers_is_folded_from_all_its_events(pool
     assert await row(pool, received.ticket_no) == expected
     await first.write_held(everything=True)
     assert await row(pool, received.ticket_no) == expected
+
+
+async def test_an_assignment_read_before_its_classification_waits_for_it(pool, system_city):
+    """In a flood the worker reads the large classifications behind the small assignments: the
+    row waits for the classification the assignment answers, and is written once, with all
+    three, not folded again from its events read back when the classification comes."""
+    received, classified, assigned, *_ = lives(system_city)[0]
+    assert assigned.caused_by == classified.event_id
+    no = received.ticket_no
+    records = worker(pool, system_city, hold_seconds=60)
+    await records.project(received.topic, [received])
+    await records.project(assigned.topic, [assigned])
+    assert await row(pool, no) is None  # still held: its classification is on its way
+    await records.project(classified.topic, [classified])
+    assert await row(pool, no) == {"status": "assigned", "events": 3, "category": classified.category}
+    assert await held_since(pool, records.instance) == [None]
+
+
+async def test_an_assignment_whose_classification_never_comes_is_written_in_time(pool, system_city):
+    received, _, assigned, *_ = lives(system_city)[0]
+    records = worker(pool, system_city, hold_seconds=0.05)
+    await records.project_many([(received.topic, received), (assigned.topic, assigned)])
+    assert await row(pool, received.ticket_no) is None
+    for _ in range(100):
+        await records.write_held()
+        if (found := await row(pool, received.ticket_no)) is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert found is not None
+    assert found["events"] == 2

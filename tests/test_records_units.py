@@ -1349,3 +1349,20 @@ def test_the_rows_held_back_are_kept_oldest_first_and_their_earliest_time_follow
     assert records._since_after(held) is None
     records._apply_holding(held)
     assert (records._held, records._held_events, records._since_floor) == ({}, 0, None)
+
+
+def test_a_tickets_row_waits_for_the_classification_its_assignment_answers():
+    from services.records.service import still_waits
+
+    received = {"topic": "appeal.received", "event_id": "r"}
+    classified = {"topic": "appeal.classified", "event_id": "c"}
+    assigned = {"topic": "ticket.assigned", "event_id": "a", "caused_by": "c"}
+    held = {"topic": "ticket.updated", "event_id": "u", "action": "escalated"}
+    assert still_waits((), [received])  # waits for the router
+    assert still_waits([received], [classified])
+    assert not still_waits([received, classified], [assigned])  # all here: written
+    assert still_waits([received], [assigned])  # its classification is on its way
+    assert still_waits([received, assigned], [held])
+    assert not still_waits([received, assigned], [classified])  # come: written, once
+    assert not still_waits((), [assigned])  # a ticket past its intake: written at once
+    assert not still_waits([received], [{**assigned, "caused_by": None}])  # answers no classification

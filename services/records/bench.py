@@ -98,6 +98,7 @@ def lifecycle(i: int, day: datetime, city: Any, rng: random.Random) -> list[Even
         respond_by=t0 + timedelta(hours=2),
         resolve_by=t0 + timedelta(days=3),
         occurred_at=classified.occurred_at,
+        caused_by=classified.event_id,  # as the router's: the classification it answers
     )
 
     def update(action: str, status: str, minutes: int, **kw: Any) -> TicketUpdated:

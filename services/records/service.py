@@ -174,6 +174,28 @@ def waits(events: Sequence[Mapping[str, Any]]) -> bool:
     )
 
 
+def awaits_its_classification(events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a ticket still in its intake (its appeal among these events) has an assignment here
+    whose classification (the event it answers, `caused_by`) is not: that is on its way. In a flood
+    the worker reads the large classifications behind the small assignments, and an assignment
+    folded first had its ticket folded again, from all its events read back, when the
+    classification came: most tickets of a flood were written twice."""
+    ids = {e["event_id"] for e in events}
+    return any(e["topic"] == "appeal.received" for e in events) and any(
+        e["topic"] == "ticket.assigned" and e.get("caused_by") is not None and e["caused_by"] not in ids
+        for e in events
+    )
+
+
+def still_waits(held: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a ticket whose row is held back with `held` (none: not held) stays held with these
+    new `events`: it waits for the router (`waits`), or for the classification of an assignment
+    that came before it (`awaits_its_classification`)."""
+    if all(e["topic"] in WAITING_TOPICS for e in held) and waits(events):
+        return True
+    return awaits_its_classification([*held, *events])
+
+
 def payload(topic: str, event: Event) -> dict[str, Any]:
     # From the event's JSON: the text it came in (see `Event.from_json`), read by orjson, costs a
     # fifth of dumping the model again.
@@ -428,7 +450,8 @@ class Records:
         now = time.monotonic()
         for no, events in by_ticket.items():
             before = self._held.get(no)
-            if self.hold_seconds > 0 and no not in due and waits(events):
+            waiting = still_waits(before.events if before else (), events)
+            if self.hold_seconds > 0 and no not in due and waiting:
                 holding[no] = (
                     Held([*before.events, *events], before.since, before.at)
                     if before

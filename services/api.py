@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
         redis = connect(settings.redis_url)
-        publisher = EventPublisher(settings, client_id="api")
+        publisher = EventPublisher(settings, client_id="api", linger_ms=settings.kafka_api_linger_ms)
         await ensure_topics(settings)
         await publisher.start()
         store = TicketStore(redis)

@@ -332,10 +332,10 @@ async def _bench(
     while not consumer.assignment():  # join the group before publishing, so nothing is missed
         await consumer.getmany(timeout_ms=200)
     await consumer.seek_to_end()
-    producer = AIOKafkaProducer(  # as intake's (`EventPublisher`)
+    producer = AIOKafkaProducer(  # as intake's (the API's `EventPublisher`)
         bootstrap_servers=settings.kafka_bootstrap_servers,
         acks="all",
-        linger_ms=2,
+        linger_ms=settings.kafka_api_linger_ms,
         max_batch_size=256 * 1024,
         compression_type=compression(settings),
     )

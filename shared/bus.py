@@ -306,9 +306,10 @@ class EventPublisher:
     stay in order. FastStream's per-message publish path (middlewares, message objects) costs more
     than a routing decision; consumers stay on FastStream."""
 
-    def __init__(self, settings: Settings, *, client_id: str) -> None:
+    def __init__(self, settings: Settings, *, client_id: str, linger_ms: int = 2) -> None:
         self.settings = settings
         self.client_id = f"appeals-{client_id}"
+        self.linger_ms = linger_ms  # lets concurrent publishes share a request
         self._producer: AIOKafkaProducer | None = None
         # Where consumers claim poison messages, so that one group dead-letters each (None: every
         # group does, as a process without Redis must).
@@ -320,7 +321,7 @@ class EventPublisher:
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             acks="all",
             enable_idempotence=self.settings.kafka_enable_idempotence,
-            linger_ms=2,  # lets concurrent publishes share a request
+            linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
             compression_type=compression(self.settings),
             client_id=self.client_id,

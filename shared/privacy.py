@@ -182,7 +182,10 @@ def _masked_number(m: re.Match[str], typed: str) -> str | None:
     if m["mobile"]:
         return typed[m.start() : m.start("mobile")] + mask_phone(_digits(m["mobile"]))
     if m["local"]:
-        return f"{typed[m.start() : m.start('local')]}****{_digits(m['local'])[-4:]}"
+        # A star for each digit hidden (a 7-digit local number has three): typed without
+        # separators, the text keeps its length and the words after it their place.
+        local = _digits(m["local"])
+        return f"{typed[m.start() : m.start('local')]}{'*' * (len(local) - 4)}{local[-4:]}"
     if m["card"]:
         return _stars_but(m["card"], 4, 4) if _luhn(_digits(m["card"])) else None
     return typed[m.start() : m.start("short")] + _stars_but(m["short"], 0, 4)

@@ -39,6 +39,7 @@ from tests.router_factory import T0, assigned_ticket
         ("01012345678", "010****5678"),
         ("0571 8888 6666", "0571 ****6666"),
         ("(0571)88886666", "(0571)****6666"),
+        ("0101000000", "010***0000"),  # a 7-digit local number: three stars, the length kept
         ("（０５７１）８８８８６６６６", "（０５７１）****6666"),
         ("020-8765-4321转8", "020-****4321转8"),
         ("身份证号11010519491231002X已登记", "身份证号110105********002X已登记"),
@@ -260,8 +261,9 @@ def test_a_resident_id_keeps_its_region_and_last_four(number: str, before: str, 
     WORDS,
 )
 def test_a_landline_keeps_its_area_code_and_last_four(area, local, sep, before, after):
+    # A star for each digit hidden: three for a 7-digit local number, four for an 8-digit one.
     shown = mask_personal_data(f"{before}{area}{sep}{local}{after}")
-    assert shown == f"{before}{area}{sep}****{str(local)[-4:]}{after}"
+    assert shown == f"{before}{area}{sep}{'*' * (len(str(local)) - 4)}{str(local)[-4:]}{after}"
 
 
 @given(st.text(alphabet=st.sampled_from("0123456789"), min_size=20, max_size=40), WORDS, WORDS)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +35,7 @@ from services.intake.domain import Submission, located, photographed
 from services.intake.errors import BrokerUnavailable, KeyReused, RateLimited
 from services.intake.limits import RateLimiter, caller_limited
 from shared.bus import EventPublisher, publish
-from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, GeoPoint, derived_id
+from shared.events import AppealLocated, AppealPhotosAdded, AppealReceived, GeoPoint, derived_id, new_id
 from shared.metrics import APPEALS_RECEIVED
 from shared.photos import MAX_PER_ITEM
 from shared.redis_client import text
@@ -254,7 +253,7 @@ class IntakeService:
         """The event for a numbered submission. With an idempotency key its id follows from the key,
         so the event published again on a retry is the same fact, dropped by every consumer."""
         sub, key = item
-        event_id = derived_id(f"appeal/{key}") if key else uuid.uuid4().hex
+        event_id = derived_id(f"appeal/{key}") if key else new_id()
         location, address = sub.location, sub.address
         photos: tuple[str, ...] = ()
         if sub.wechat_openid:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -391,7 +390,7 @@ class SurveyBook:
             return None
         rating, solved = reply.rating, reply.solved
         answered = await self._close(
-            survey, "answered", reply.text, now, event_id=uuid.uuid4().hex, rating=rating, solved=solved
+            survey, "answered", reply.text, now, event_id=events.new_id(), rating=rating, solved=solved
         )
         if answered is None:
             return None
@@ -449,7 +448,7 @@ class SurveyBook:
                 "answered",
                 text,
                 now,
-                event_id=uuid.uuid4().hex,
+                event_id=events.new_id(),
                 rating=parsed.rating,
                 solved=parsed.solved,
             )

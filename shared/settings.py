@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     # under load they wait for more rather than take each fetch as it comes. At 1,000 appeals/s the
     # batches grew from about a dozen appeals, the classifier's CPU per appeal fell by a fifth and
     # the broker's by a tenth, and the p99 fell from 0.75-1.7 s to 0.36-0.53 s. 100 rather than 50:
-    # at 700 and 1,000 appeals/s every process together took 4 to 11% less CPU an appeal (the
+    # at 700 and 1,000 appeals/s every process together took 4 to 16% less CPU an appeal (the
     # classifier about 40 µs less, the broker 10 to 30), where the two cores have none to spare;
     # at 100/s the p99 rose from about 100 to 165 ms, inside its 250 ms target (a batch waits up
     # to this long at each of the two hops). 0: no wait.

@@ -154,3 +154,28 @@ async def test_an_assignment_whose_classification_never_comes_is_written_in_time
         await asyncio.sleep(0.02)
     assert found is not None
     assert found["events"] == 2
+
+
+async def test_an_appeal_read_after_its_assignment_is_written_at_once(pool, system_city):
+    """The worker's topics advance apart: the assignment and its classification may be read in a
+    batch before the appeal's. They were folded then (into no row, without the appeal), so the
+    appeal's row does not wait for an assignment that has come already: it is written at once."""
+    received, classified, assigned, *_ = lives(system_city)[0]
+    no = received.ticket_no
+    records = worker(pool, system_city, hold_seconds=60)
+    await records.project_many([(classified.topic, classified), (assigned.topic, assigned)])
+    await records.project(received.topic, [received])
+    assert await row(pool, no) == {"status": "assigned", "events": 3, "category": classified.category}
+    assert await held_since(pool, records.instance) == []  # it held nothing at any time
+
+
+async def test_a_classification_read_after_its_assignment_and_alone_is_written_at_once(pool, system_city):
+    """The same with the classification last: it alone would wait for the router."""
+    received, classified, assigned, *_ = lives(system_city)[0]
+    no = received.ticket_no
+    records = worker(pool, system_city, hold_seconds=60)
+    await records.project_many([(received.topic, received), (assigned.topic, assigned)])
+    await records.write_held(everything=True)  # its time was up before the classification came
+    assert (await row(pool, no))["events"] == 2
+    await records.project(classified.topic, [classified])
+    assert await row(pool, no) == {"status": "assigned", "events": 3, "category": classified.category}

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -185,6 +185,15 @@ def awaits_its_classification(events: Sequence[Mapping[str, Any]]) -> bool:
         e["topic"] == "ticket.assigned" and e.get("caused_by") is not None and e["caused_by"] not in ids
         for e in events
     )
+
+
+def by_ticket(events: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Tickets' events (not meetings'), in the order given."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for p in events:
+        if not p["topic"].startswith("meeting."):
+            out.setdefault(p["ticket_no"], []).append(p)
+    return out
 
 
 def still_waits(held: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> bool:
@@ -407,7 +416,7 @@ class Records:
                     "ON CONFLICT DO NOTHING",
                     taken,
                 )
-            held = self._held_after(fresh, inserted, due)
+            held = self._held_after(fresh, inserted, due, await self._stored_before(cur, fresh, due))
             # Tickets before meetings: every transaction takes its locks in that order.
             if held.fold:
                 await self._fold_onto(cur, held.fold, held.earlier)
@@ -428,15 +437,41 @@ class Records:
             # fail, the sweep still finds them in `ticket_photos` before it deletes anything.
             await self.photos.attached(i for _, i, _ in taken)
 
+    async def _stored_before(
+        self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]], due: set[str]
+    ) -> set[str]:
+        """Of the tickets these new events would hold back anew, those with events stored by an
+        earlier transaction. Those were folded then (nothing held them, or their time was up), and
+        what they would wait for may be among them: read before the appeal, the assignment and its
+        classification were folded into no row, and the appeal's row then waited for an assignment
+        that had come already, until its time was up (at 1,000 appeals/s a few hundred rows were
+        seconds late at any moment). Such a ticket is folded at once."""
+        if self.hold_seconds <= 0:
+            return set()
+        anew = {
+            no: events
+            for no, events in by_ticket(fresh).items()
+            if no not in self._held and no not in due and still_waits((), events)
+        }
+        if not anew:
+            return set()
+        await cur.execute(  # NOT IN a subquery: hashed, where a list parameter is read row by row
+            "SELECT DISTINCT ticket_no FROM ticket_events "
+            "WHERE ticket_no = ANY(%s) AND event_id NOT IN (SELECT unnest(%s::text[]))",
+            (list(anew), [e["event_id"] for events in anew.values() for e in events]),
+        )
+        return {r["ticket_no"] for r in await cur.fetchall()}
+
     def _held_after(
-        self, fresh: Sequence[dict[str, Any]], inserted: Mapping[str, datetime], due: set[str]
+        self,
+        fresh: Sequence[dict[str, Any]],
+        inserted: Mapping[str, datetime],
+        due: set[str],
+        stored: Collection[str] = frozenset(),
     ) -> _Holding:
         """Which ticket events a transaction folds (the new ones, with those held of the same
-        tickets and of those due) and which it holds back (a ticket that still waits: `waits`)."""
-        by_ticket: dict[str, list[dict[str, Any]]] = {}
-        for p in fresh:
-            if not p["topic"].startswith("meeting."):
-                by_ticket.setdefault(p["ticket_no"], []).append(p)
+        tickets and of those due) and which it holds back (a ticket that still waits: `waits`;
+        not one with events stored before, `_stored_before`)."""
         fold: list[dict[str, Any]] = []
         earlier: set[str] = set()
         released: set[str] = set()
@@ -448,9 +483,12 @@ class Records:
             released.add(no)
 
         now = time.monotonic()
-        for no, events in by_ticket.items():
+        tickets = by_ticket(fresh)
+        for no, events in tickets.items():
             before = self._held.get(no)
-            waiting = still_waits(before.events if before else (), events)
+            waiting = (before is not None or no not in stored) and still_waits(
+                before.events if before else (), events
+            )
             if self.hold_seconds > 0 and no not in due and waiting:
                 holding[no] = (
                     Held([*before.events, *events], before.since, before.at)
@@ -462,7 +500,7 @@ class Records:
                 release(no, before)
             fold += events
         for no in due:
-            if no not in by_ticket and (h := self._held.get(no)):
+            if no not in tickets and (h := self._held.get(no)):
                 release(no, h)
         return _Holding(fold, earlier, released, holding)
 

@@ -416,7 +416,8 @@ class Records:
                     "ON CONFLICT DO NOTHING",
                     taken,
                 )
-            held = self._held_after(fresh, inserted, due, await self._stored_before(cur, fresh, due))
+            tickets = by_ticket(fresh)
+            held = self._held_after(tickets, inserted, due, await self._stored_before(cur, tickets, due))
             # Tickets before meetings: every transaction takes its locks in that order.
             if held.fold:
                 await self._fold_onto(cur, held.fold, held.earlier)
@@ -438,7 +439,7 @@ class Records:
             await self.photos.attached(i for _, i, _ in taken)
 
     async def _stored_before(
-        self, cur: AsyncCursor[DictRow], fresh: Sequence[dict[str, Any]], due: set[str]
+        self, cur: AsyncCursor[DictRow], tickets: Mapping[str, list[dict[str, Any]]], due: set[str]
     ) -> set[str]:
         """Of the tickets these new events would hold back anew, those with events stored by an
         earlier transaction. Those were folded then (nothing held them, or their time was up), and
@@ -450,7 +451,7 @@ class Records:
             return set()
         anew = {
             no: events
-            for no, events in by_ticket(fresh).items()
+            for no, events in tickets.items()
             if no not in self._held and no not in due and still_waits((), events)
         }
         if not anew:
@@ -464,14 +465,14 @@ class Records:
 
     def _held_after(
         self,
-        fresh: Sequence[dict[str, Any]],
+        tickets: Mapping[str, list[dict[str, Any]]],
         inserted: Mapping[str, datetime],
         due: set[str],
         stored: Collection[str] = frozenset(),
     ) -> _Holding:
-        """Which ticket events a transaction folds (the new ones, with those held of the same
-        tickets and of those due) and which it holds back (a ticket that still waits: `waits`;
-        not one with events stored before, `_stored_before`)."""
+        """Which ticket events a transaction folds (the new ones, `by_ticket`, with those held of
+        the same tickets and of those due) and which it holds back (a ticket that still waits:
+        `waits`; not one with events stored before, `_stored_before`)."""
         fold: list[dict[str, Any]] = []
         earlier: set[str] = set()
         released: set[str] = set()
@@ -483,7 +484,6 @@ class Records:
             released.add(no)
 
         now = time.monotonic()
-        tickets = by_ticket(fresh)
         for no, events in tickets.items():
             before = self._held.get(no)
             waiting = (before is not None or no not in stored) and still_waits(

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.records import db
 from services.records.bench import lifecycle
 from services.records.service import Records
-from shared.events import Event
+from shared.events import Event, MeetingSpec, TicketUpdated
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +179,34 @@ async def test_a_classification_read_after_its_assignment_and_alone_is_written_a
     assert (await row(pool, no))["events"] == 2
     await records.project(classified.topic, [classified])
     assert await row(pool, no) == {"status": "assigned", "events": 3, "category": classified.category}
+
+
+async def test_a_hold_read_before_its_assignment_waits_for_it(pool, system_city):
+    """The router writes a hotspot's hold with the assignment, and the hold names it (`caused_by`).
+    The worker reads each topic's partitions in turn, so the hold may come first: the row waits
+    for the assignment and is written once, with all four events, not folded without it and then
+    again from its events read back."""
+    received, classified, assigned, *_ = lives(system_city)[0]
+    no = received.ticket_no
+    hold = TicketUpdated.caused(
+        assigned,
+        action="escalated",
+        status="meeting",
+        actor="system",
+        department=assigned.department,
+        occurred_at=assigned.occurred_at + timedelta(seconds=1),
+        meeting=MeetingSpec(
+            meeting_id="M-test",
+            reason="hotspot",
+            lead_street="street_s01",
+            summoned=(assigned.department.id,),
+            deadline=assigned.resolve_by,
+        ),
+    )
+    records = worker(pool, system_city, hold_seconds=60)
+    await records.project_many([(received.topic, received), (classified.topic, classified)])
+    await records.project(hold.topic, [hold])
+    assert await row(pool, no) is None  # still held: the assignment is on its way
+    await records.project(assigned.topic, [assigned])
+    assert await row(pool, no) == {"status": "meeting", "events": 4, "category": classified.category}
+    assert await held_since(pool, records.instance) == [None]

@@ -13,7 +13,7 @@ import pytest
 from services.router import meetings
 from services.router.app import RouterHandlers
 from services.router.rules import Precedent
-from services.router.service import list_key, precedent_key
+from services.router.service import list_key, open_key, precedent_key
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
@@ -141,6 +141,29 @@ async def test_a_first_assignment_to_a_committee_gets_the_time_its_kind_is_given
     assert ticket.department is not None
     assert ticket.department.id == "mediation_s03"
     assert ticket.resolve_by == add_working_days(at, 20, city.sla, ZoneInfo("Asia/Shanghai"))
+
+
+async def test_a_hotspot_s_holds_name_the_assignments_written_with_them(redis):
+    """A cluster that turns hot in a batch: its tickets are assigned and held in one write, and
+    each hold names its assignment (`caused_by`), so that the record, should it read the hold
+    first, waits for the assignment rather than write the row twice."""
+    category = "city.appearance.garbage"
+    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
+    await redis.delete(*keys)
+    sent = Sent()
+    h = handlers(redis, sent)
+    now = datetime.now(UTC)
+    nos = [number() for _ in range(CITY.sla.supervision.hotspot_count)]
+    try:
+        await h.classified([classified(CITY, category, GRID, no=no, at=now) for no in nos])
+        assignments = {e.ticket_no: e for e in sent.events if isinstance(e, TicketAssigned)}
+        holds = {e.ticket_no: e for e in sent.events if isinstance(e, TicketUpdated)}
+        assert set(assignments) == set(holds) == set(nos)
+        for no, hold in holds.items():
+            assert (hold.action, hold.meeting is not None) == ("escalated", True)
+            assert hold.caused_by == assignments[no].event_id
+    finally:
+        await redis.delete(*keys)
 
 
 async def test_a_joint_meeting_s_decision_routes_the_next_appeals_of_its_cluster_to_its_lead(redis):

@@ -12,7 +12,7 @@ from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
-from shared.events import Caller
+from shared.events import Caller, DepartmentRef, TicketAssigned
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
 
@@ -346,6 +346,38 @@ def test_hot_clusters(ages_days, count, window, hot):
         assert got["c", "g"] == [no for no, _ in sorted(inside, key=lambda m: m[1])]  # oldest first
 
 
+def test_a_hold_written_with_its_assignment_names_it():
+    """A reader that gets the hold before the assignment knows the assignment is on its way."""
+    t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
+    spec = meetings.spec(
+        CITY,
+        mid="M1",
+        reason="hotspot",
+        grid="s03c02g03",
+        category="city.appearance.garbage",
+        summoned=["street_s03"],
+        now=T0,
+        tz=TZ,
+    )
+    cause = TicketAssigned(
+        ticket_no=t.ticket_no,
+        department=DepartmentRef(id="street_s03", name="街道"),
+        via="rule",
+        explanation="责任清单",
+        category=t.category,
+        grid="s03c02g03",
+        respond_by=T0,
+        resolve_by=T0,
+    )
+    [hold] = workflow.hold_for_meeting(t, spec, T0 + timedelta(seconds=1), cause=cause).publish
+    assert hold.caused_by == cause.event_id
+    assert hold.occurred_at == T0 + timedelta(seconds=1)  # the hold's time, not the assignment's
+    # The same assignment gives the same hold: consumers take a repeat for the one event it is.
+    assert workflow.hold_for_meeting(t, spec, T0 + timedelta(seconds=1), cause=cause).publish[0].event_id == (
+        hold.event_id
+    )
+
+
 def test_hold_for_meeting_only_moves_open_tickets():
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
     spec = meetings.spec(
@@ -363,6 +395,8 @@ def test_hold_for_meeting_only_moves_open_tickets():
     assert held.ticket.meeting_id == "M1"
     assert held.ticket.meeting_by == spec.deadline
     assert held.publish[0].meeting == spec
+    assert held.publish[0].caused_by is None
+    assert held.publish[0].occurred_at == T0
     assert workflow.hold_for_meeting(held.ticket, spec, T0) is None
     done = workflow.resolve(
         workflow.accept(t, "street_s03", CITY, T0).ticket, "street_s03", "好", CITY, T0

@@ -161,6 +161,8 @@ SELECT_TICKETS = (
 
 # The topics of a ticket that waits for its assignment: its row may be held back until that comes.
 WAITING_TOPICS = frozenset({"appeal.received", "appeal.located", "appeal.photos_added", "appeal.classified"})
+# The router's events that answer one of the pipeline's (`awaits_its_cause`).
+ANSWERING_TOPICS = frozenset({"ticket.assigned", "ticket.updated"})
 
 
 def waits(events: Sequence[Mapping[str, Any]]) -> bool:
@@ -174,15 +176,16 @@ def waits(events: Sequence[Mapping[str, Any]]) -> bool:
     )
 
 
-def awaits_its_classification(events: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a ticket still in its intake (its appeal among these events) has an assignment here
-    whose classification (the event it answers, `caused_by`) is not: that is on its way. In a flood
-    the worker reads the large classifications behind the small assignments, and an assignment
-    folded first had its ticket folded again, from all its events read back, when the
-    classification came: most tickets of a flood were written twice."""
+def awaits_its_cause(events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a ticket still in its intake (its appeal among these events) has an assignment whose
+    classification, or a hold whose assignment, is not here (the event it answers, `caused_by`):
+    that is on its way. The worker reads each topic's partitions in turn, so in a flood it reads
+    the large classifications behind the small assignments, and a hotspot's hold may come before
+    the assignment written with it. A ticket folded without its cause was folded again, from all
+    its events read back, when the cause came: most tickets of a flood were written twice."""
     ids = {e["event_id"] for e in events}
     return any(e["topic"] == "appeal.received" for e in events) and any(
-        e["topic"] == "ticket.assigned" and e.get("caused_by") is not None and e["caused_by"] not in ids
+        e["topic"] in ANSWERING_TOPICS and e.get("caused_by") is not None and e["caused_by"] not in ids
         for e in events
     )
 
@@ -199,10 +202,10 @@ def by_ticket(events: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
 def still_waits(held: Sequence[Mapping[str, Any]], events: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a ticket whose row is held back with `held` (none: not held) stays held with these
     new `events`: it waits for the router (`waits`), or for the classification of an assignment
-    that came before it (`awaits_its_classification`)."""
+    that came before it, or for the assignment of a hold that came before it (`awaits_its_cause`)."""
     if all(e["topic"] in WAITING_TOPICS for e in held) and waits(events):
         return True
-    return awaits_its_classification([*held, *events])
+    return awaits_its_cause([*held, *events])
 
 
 def payload(topic: str, event: Event) -> dict[str, Any]:

@@ -148,14 +148,14 @@ class RouterHandlers:
         trips are per batch, not per cluster: one to count, one to claim new meetings, one to read
         older members."""
         # An appeal closed at first contact is done: it joins no meeting.
-        assigned = [
-            t
+        assigned = {
+            t.ticket_no: (t, e)
             for t, events in results
-            if t is not None
-            and t.assigned_via not in FIRST_CONTACT
-            and any(isinstance(e, TicketAssigned) for e in events)
-        ]
-        hot = await self.hotspots.record(assigned, time.time())
+            if t is not None and t.assigned_via not in FIRST_CONTACT
+            for e in events
+            if isinstance(e, TicketAssigned)
+        }
+        hot = await self.hotspots.record([t for t, _ in assigned.values()], time.time())
         if not hot:
             return []
         claimed = await self.meetings.open_hotspots(
@@ -183,7 +183,11 @@ class RouterHandlers:
                 tz=self.tz,
             )
             hold = partial(workflow.hold_for_meeting, spec=spec, now=now)
-            changes += [Change(no, hold) for no in joining]
+            # A ticket assigned in this batch is held as a consequence of that assignment (see
+            # `workflow.hold_for_meeting`); the cluster's older tickets were assigned before.
+            changes += [
+                Change(no, partial(hold, cause=a[1]) if (a := assigned.get(no)) else hold) for no in joining
+            ]
         return changes
 
     # --- the survey -------------------------------------------------------------------------------

@@ -498,9 +498,7 @@ def _hold(
 ) -> Outcome:
     """Hold the ticket for the meeting `spec` describes. The `escalated` event carries the spec: the
     router opens the meeting (or attaches the ticket to it) when it sees the event."""
-    fields: dict[str, Any] = {"note": note, "meeting": spec}
-    if cause is None:
-        fields["occurred_at"] = now
+    fields: dict[str, Any] = {"note": note, "meeting": spec, "occurred_at": now}
     event = ticket_updated(ticket, "escalated", Status.MEETING, actor="system", cause=cause, **fields)
     return _updated(
         ticket,
@@ -513,13 +511,17 @@ def _hold(
     )
 
 
-def hold_for_meeting(ticket: Ticket | None, spec: MeetingSpec, now: datetime) -> Outcome | None:
+def hold_for_meeting(
+    ticket: Ticket | None, spec: MeetingSpec, now: datetime, cause: Event | None = None
+) -> Outcome | None:
     """Attach an open ticket to a meeting that gathers several (a hotspot cluster's: its spec is the
-    cluster's, built once for all its tickets); tickets already there, or finished, are left alone."""
+    cluster's, built once for all its tickets); tickets already there, or finished, are left alone.
+    `cause`: the assignment written with the hold, which the hold then names (`caused_by`): a reader
+    that gets the hold first knows the assignment is on its way."""
     if ticket is None or ticket.meeting_id == spec.meeting_id or not allowed(ticket.status, "hold"):
         return None
     note = f"{meetings.REASON_NAMES[spec.reason]}，提请联席会议（{spec.meeting_id}）统筹解决"
-    return _hold(ticket, spec, now=now, note=note)
+    return _hold(ticket, spec, now=now, note=note, cause=cause)
 
 
 def meeting_decided(

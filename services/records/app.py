@@ -47,8 +47,9 @@ COUNTER_CHECK_SECONDS = 5
 # The most events a batch (one transaction) holds: room for all that a lingering batch
 # (RECORDS_LINGER_MS) brings at 1,000 appeals a second, about four events each, twice over. A batch
 # cut at the most is cut topic by topic (the client hands out one partition's records, then the
-# next's), not at a moment: at 2,000, the router's assignment and the hotspot hold it wrote with it
-# came in different batches for three tickets in four, and each was a second write of the row.
+# next's), not at a moment: with 2,000, at 1,000 appeals a second, the router's assignment and the
+# hotspot hold it wrote with it came in different batches for three tickets in four, and each was a
+# second write of the row.
 RECORDS_BATCH = 8000
 HELD_CHECK_SECONDS = 1  # how often the rows held back past RECORDS_HOLD_SECONDS are written
 RECOVER_AFTER_SECONDS = 30  # how long a worker with rows held back may be silent before it counts as gone

@@ -919,6 +919,20 @@ async def test_a_meetings_facts_go_into_an_erased_tickets_history_scrubbed(redis
     assert (await redis.lrange(f"t:{kept}:h", 1, -1)) == [event_record(facts[2])]
 
 
+async def test_a_ticket_whose_words_name_the_erasure_mark_takes_facts_as_they_are(redis):
+    """The script looks for the mark in the ticket's JSON as text: words that spell it are inside a
+    string, their quotes escaped, and do not count."""
+    store = TicketStore(redis)
+    no = "20261123-777308"
+    words = '系统显示"personal_data_removed_at":"2026-11-23"，请核实'
+    await store.create_many([AppealReceived(ticket_no=no, channel="hotline", text=words)])
+    fact = TicketUpdated(ticket_no=no, action="accepted", status="accepted", actor="d1", on_time=True)
+    async with redis.pipeline(transaction=True) as pipe:
+        store.record_into(pipe, [fact])
+        await pipe.execute()
+    assert (await redis.lrange(f"t:{no}:h", 1, -1)) == [event_record(fact)]
+
+
 async def test_keep_erased_erases_again_only_a_ticket_that_came_back_without_its_mark(redis):
     """And announces it, with the caller id the ticket it finds still carries: intake and the
     notifier may hold keys linking the caller to it that no notice has removed (an appeal that

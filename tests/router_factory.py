@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from services.classifier.grid import grid_match
-from services.router import workflow
+from services.router import meetings, workflow
 from services.router.rules import contested, route
 from services.router.sla import deadlines
 from shared.city import City
-from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, GridMatch
+from shared.events import AppealClassified, AppealReceived, Caller, CategoryScore, GridMatch, MeetingSpec
 from shared.tickets import Ticket
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -74,3 +74,17 @@ def assigned_ticket(
     city: City, category: str = "city.facility.streetlight", grid_id: str | None = "s01c01g01", **kw
 ) -> Ticket:
     return assign(city, classified(city, category, grid_id, **kw)).ticket
+
+
+def garbage_hotspot(city: City) -> MeetingSpec:
+    """The spec of a hotspot meeting M1 on garbage in grid s03c02g03, summoning its street."""
+    return meetings.spec(
+        city,
+        mid="M1",
+        reason="hotspot",
+        grid="s03c02g03",
+        category="city.appearance.garbage",
+        summoned=["street_s03"],
+        now=T0,
+        tz=TZ,
+    )

@@ -14,7 +14,7 @@ from services.router.timers import Timer
 from shared import tickets as st
 from shared.events import Caller, DepartmentRef, TicketAssigned
 from tests.cities import demo_city
-from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
+from tests.router_factory import T0, TZ, assign, assigned_ticket, classified, garbage_hotspot
 
 CITY = demo_city()
 SUP = CITY.sla.supervision
@@ -349,16 +349,7 @@ def test_hot_clusters(ages_days, count, window, hot):
 def test_a_hold_written_with_its_assignment_names_it():
     """A reader that gets the hold before the assignment knows the assignment is on its way."""
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
-    spec = meetings.spec(
-        CITY,
-        mid="M1",
-        reason="hotspot",
-        grid="s03c02g03",
-        category="city.appearance.garbage",
-        summoned=["street_s03"],
-        now=T0,
-        tz=TZ,
-    )
+    spec = garbage_hotspot(CITY)
     cause = TicketAssigned(
         ticket_no=t.ticket_no,
         department=DepartmentRef(id="street_s03", name="街道"),
@@ -380,16 +371,7 @@ def test_a_hold_written_with_its_assignment_names_it():
 
 def test_hold_for_meeting_only_moves_open_tickets():
     t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
-    spec = meetings.spec(
-        CITY,
-        mid="M1",
-        reason="hotspot",
-        grid="s03c02g03",
-        category="city.appearance.garbage",
-        summoned=["street_s03"],
-        now=T0,
-        tz=TZ,
-    )
+    spec = garbage_hotspot(CITY)
     held = workflow.hold_for_meeting(t, spec, T0)
     assert held.ticket.status == st.MEETING
     assert held.ticket.meeting_id == "M1"

@@ -31,7 +31,7 @@ from shared.events import (
 )
 from shared.tickets import STATUS_NAMES, Status, Ticket
 from tests.cities import demo_city
-from tests.router_factory import T0, TZ, assign, assigned_ticket, classified
+from tests.router_factory import T0, TZ, assign, assigned_ticket, classified, garbage_hotspot
 
 CITY = demo_city()
 
@@ -944,16 +944,7 @@ def test_a_convened_meeting_says_its_reason_once_whatever_convened_it():
     reopened = survey(resolved(assigned_ticket(CITY)), 3, 0, "灯还是不亮").ticket
     later = T0 + timedelta(days=2)
     checked = workflow.verify(resolved(assigned_ticket(CITY)), "W017", GRID, False, "不亮", CITY, TZ, later)
-    hot = meetings.spec(
-        CITY,
-        mid="M1",
-        reason="hotspot",
-        grid="s03c02g03",
-        category="city.appearance.garbage",
-        summoned=["street_s03"],
-        now=T0,
-        tz=TZ,
-    )
+    hot = garbage_hotspot(CITY)
     holds = {
         "ambiguous": assign(CITY, contested).publish[-1],
         "returned_twice": workflow.return_ticket(

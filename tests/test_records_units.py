@@ -1313,7 +1313,7 @@ def test_the_rows_held_back_are_kept_oldest_first_and_their_earliest_time_follow
     """The held tickets are a change per batch, not a pass over all of them: oldest first, so what
     is due is a prefix, and the earliest stored event (the crash mark's `since`) is the first's,
     or lower when PostgreSQL's clock went back while something was held."""
-    from services.records.service import Records, by_ticket
+    from services.records.service import Records, events_by_ticket
 
     records = Records(None, CITY, hold_seconds=60, hold_most=4)  # type: ignore[arg-type]
     t0 = datetime(2026, 12, 4, 8, tzinfo=UTC)
@@ -1324,7 +1324,7 @@ def test_the_rows_held_back_are_kept_oldest_first_and_their_earliest_time_follow
     def batch(nos: list[str], stored_at: datetime, i: int = 0) -> None:
         events = [received(no, i) for no in nos]
         due = records._due(False, len(events))
-        held = records._held_after(by_ticket(events), {e["event_id"]: stored_at for e in events}, due)
+        held = records._held_after(events_by_ticket(events), {e["event_id"]: stored_at for e in events}, due)
         since = records._since_after(held)
         records._apply_holding(held)
         assert since == min((h.since for h in records._held.values()), default=None)

@@ -190,7 +190,7 @@ def awaits_its_cause(events: Sequence[Mapping[str, Any]]) -> bool:
     )
 
 
-def by_ticket(events: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def events_by_ticket(events: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Tickets' events (not meetings'), in the order given."""
     out: dict[str, list[dict[str, Any]]] = {}
     for p in events:
@@ -419,7 +419,7 @@ class Records:
                     "ON CONFLICT DO NOTHING",
                     taken,
                 )
-            tickets = by_ticket(fresh)
+            tickets = events_by_ticket(fresh)
             held = self._held_after(tickets, inserted, due, await self._stored_before(cur, tickets, due))
             # Tickets before meetings: every transaction takes its locks in that order.
             if held.fold:
@@ -473,7 +473,7 @@ class Records:
         due: set[str],
         stored: Collection[str] = frozenset(),
     ) -> _Holding:
-        """Which ticket events a transaction folds (the new ones, `by_ticket`, with those held of
+        """Which ticket events a transaction folds (the new ones, `events_by_ticket`, with those held of
         the same tickets and of those due) and which it holds back (a ticket that still waits:
         `waits`; not one with events stored before, `_stored_before`)."""
         fold: list[dict[str, Any]] = []
@@ -593,9 +593,7 @@ class Records:
         of those stored by an earlier transaction (held back): a ticket with one of them and a row
         is folded again too, as another worker may have folded them into it already. The caller
         holds the tickets' locks."""
-        by_ticket: dict[str, list[dict[str, Any]]] = {}
-        for p in fresh:
-            by_ticket.setdefault(p["ticket_no"], []).append(p)
+        by_ticket = events_by_ticket(fresh)
         await cur.execute(SELECT_TICKETS, (list(by_ticket),))
         stored = {r["ticket_no"]: r for r in await cur.fetchall()}
         # A ticket whose personal data was removed while some of its events were still on their

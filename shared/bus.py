@@ -291,6 +291,25 @@ def compression(settings: Settings) -> str | None:
     return None if settings.kafka_compression == "none" else settings.kafka_compression
 
 
+# LZ4's fast mode for the producers' batches. aiokafka compresses lz4 at level 9, LZ4's
+# high-compression mode, and takes no level from its caller: on batches of these events (JSON with
+# Chinese text) that mode ran at about 60 MB/s against about 580 in the fast mode, for batches a
+# fifth smaller. Every event is compressed once, by the process that publishes it, on the caller's
+# path; the broker stores the batch as it came (and Apache Kafka recompresses only a topic whose
+# own compression.type differs), and decompressing costs the same either way. Set through the
+# function's default because aiokafka's compiled record builder calls that very function.
+LZ4_LEVEL = 0
+
+
+def _fast_lz4() -> None:
+    from aiokafka import codec
+
+    codec.lz4_encode.__defaults__ = (LZ4_LEVEL,)
+
+
+_fast_lz4()
+
+
 def make_broker(settings: Settings, *, app_name: str, registry: CollectorRegistry = REGISTRY) -> KafkaBroker:
     """The FastStream broker for a service's subscribers (publishing goes through EventPublisher)."""
     return ServiceBroker(

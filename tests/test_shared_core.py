@@ -126,6 +126,42 @@ def test_the_producers_compress_with_lz4_unless_told_otherwise():
         Settings(kafka_compression="brotli")
 
 
+def test_the_producers_batches_take_lz4_s_fast_mode_and_read_back_whole():
+    # aiokafka's compiled record builder, which the producer uses, with what shared.bus set: the
+    # fast mode leaves these events' batches larger than the high-compression mode would (which
+    # finds the longer matches of the repeated JSON and text), and they still read back as written.
+    from aiokafka import codec
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    text = "号楼前的路灯坏了一周了，晚上很黑"
+    values = [
+        AppealReceived(ticket_no=f"20261123-{i:06d}", channel="hotline", text=f"{i}{text}").to_bytes()
+        for i in range(200)
+    ]
+
+    def batch() -> bytes:
+        b = DefaultRecordBatchBuilder(
+            magic=2, compression_type=3, is_transactional=0, producer_id=-1, producer_epoch=-1,
+            base_sequence=-1, batch_size=1 << 20,
+        )  # fmt: skip
+        for i, v in enumerate(values):
+            b.append(i, timestamp=None, key=None, value=v, headers=[])
+        return bytes(b.build())
+
+    fast = batch()
+    kept = codec.lz4_encode.__defaults__
+    codec.lz4_encode.__defaults__ = (9,)
+    try:
+        high = batch()
+    finally:
+        codec.lz4_encode.__defaults__ = kept
+    assert kept == (0,)
+    assert len(fast) > len(high)
+    records = MemoryRecords(fast).next_batch()
+    assert [r.value for r in records] == values
+
+
 def test_an_event_caused_by_another_has_a_stable_derived_id():
     appeal = AppealReceived(ticket_no="20261123-000001", channel="hotline", text="路灯坏了一周了")
     a = TicketUpdated.caused(appeal, action="accepted", status="accepted", actor="d1", on_time=True)

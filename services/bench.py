@@ -70,7 +70,7 @@ from services.classifier import corpus
 from services.launcher import WORKERS, Launcher, external_servers_configured
 from shared import topics
 from shared.auth import issue
-from shared.bus import compression, ensure_topics, group_session
+from shared.bus import compression, ensure_topics, group_session, partition_of
 from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
@@ -338,6 +338,7 @@ async def _bench(
         linger_ms=settings.kafka_api_linger_ms,
         max_batch_size=256 * 1024,
         compression_type=compression(settings),
+        partitioner=partition_of,
     )
     await producer.start()
     # One client per request out at once, each with one connection: httpx's pool looks through all

@@ -32,6 +32,7 @@ from shared.bus import (
     group_session,
     next_batch,
     parse_batch,
+    partition_of,
     read_batch,
     relay_outbox,
 )
@@ -160,6 +161,23 @@ def test_the_producers_batches_take_lz4_s_fast_mode_and_read_back_whole():
     assert len(fast) > len(high)
     records = MemoryRecords(fast).next_batch()
     assert [r.value for r in records] == values
+
+
+def test_a_ticket_s_events_go_to_the_partition_its_key_hashes_to():
+    # With several partitions, the Java client's choice (murmur2 of the key), which every producer
+    # of the ticket's events shares; with one, that one, without hashing. The expected partitions
+    # are what aiokafka's default partitioner picks for the same keys.
+    from aiokafka.partitioner import DefaultPartitioner, murmur2
+
+    keys = [f"20261123-{i:06d}".encode() for i in range(200)]
+    six = [0, 1, 2, 3, 4, 5]
+    picked = [partition_of(k, six, six) for k in keys]
+    assert picked == [DefaultPartitioner()(k, six, six) for k in keys]
+    assert picked == [(murmur2(k) & 0x7FFFFFFF) % 6 for k in keys]
+    assert len(set(picked)) == 6
+    assert partition_of(keys[0], six, [2]) == picked[0]  # by key, not by who is available
+    assert {partition_of(k, [3], [3]) for k in keys} == {3}
+    assert partition_of(None, [3], []) == 3
 
 
 def test_an_event_caused_by_another_has_a_stable_derived_id():

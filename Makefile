@@ -1,5 +1,13 @@
 # The two commands a newcomer needs: `make up` and `make test`. Each sets up its own environment.
-PYTHON ?= python3
+# The interpreter of .venv: the distribution's /usr/bin/python3 when it is 3.11 or newer and can make
+# a virtualenv, else the first python3 on PATH; `make setup PYTHON=...` (on a fresh .venv) picks
+# another. Distributions build CPython with profile-guided and link-time optimisation, as the
+# official image that deploy/ starts from does; a version manager's default build (pyenv's) has
+# neither, and on it every worker took more CPU per appeal (about 7% more throughput on
+# Debian's, alternated: docs/performance.md).
+SYSTEM_PYTHON := $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' \
+                   >/dev/null 2>&1 && echo /usr/bin/python3)
+PYTHON ?= $(or $(SYSTEM_PYTHON),python3)
 # The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here);
 # a CJK font so the pages' Chinese renders in the screenshots.
 CHROMIUM := /usr/bin/chromium

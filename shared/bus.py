@@ -295,10 +295,10 @@ def compression(settings: Settings) -> str | None:
 # LZ4's fast mode for the producers' batches. aiokafka compresses lz4 at level 9, LZ4's
 # high-compression mode, and takes no level from its caller: on a batch of the demo corpus's
 # appeals (JSON with Chinese text) that mode ran at 230 MB/s against 3,000 in the fast mode, for a
-# batch a tenth smaller. Every event is compressed once, by the process that publishes it, on the caller's
-# path; the broker stores the batch as it came (and Apache Kafka recompresses only a topic whose
-# own compression.type differs), and decompressing costs the same either way. Set through the
-# function's default because aiokafka's compiled record builder calls that very function.
+# batch a tenth smaller. Every event is compressed once, by the process that publishes it, on the
+# caller's path; the broker stores the batch as it came (Apache Kafka recompresses only a topic
+# whose own compression.type differs), and decompressing costs the same either way. Set through
+# the function's default because aiokafka's compiled record builder calls that very function.
 LZ4_LEVEL = 0
 
 

@@ -56,7 +56,7 @@ from shared.lookup_link import lookup_links
 from shared.photo_store import PhotoStore
 from shared.privacy import check_salt
 from shared.redis_client import connect
-from shared.runtime import configure_logging, readiness
+from shared.runtime import configure_logging, readiness, settle_heap
 from shared.settings import Settings, get_settings
 from shared.store import TicketStore
 
@@ -90,7 +90,10 @@ def follow_knowledge(app: FastAPI) -> asyncio.Task[None]:
     return asyncio.create_task(follower.run(), name="knowledge-follower")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, serving: bool = False) -> FastAPI:
+    """The API and the console. `serving`: the process serves it (`appeals run api`), so the
+    garbage collector is set for serving once it has started (`shared.runtime.settle_heap`); tests
+    leave their own process's collector alone."""
     settings = settings or get_settings()
     wechat_crypto = wechat_views.safe_mode(settings)  # a bad EncodingAESKey stops the start, with the reason
     check_salt(settings)  # so does a public caller-id salt in production
@@ -144,6 +147,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, store, partial(publish, publisher), city=app.state.city
         )
         app.state.scorecard = Scorecard.from_settings(redis, app.state.city, settings)
+        if serving:
+            settle_heap()  # as the workers do: a request's objects live until it is answered
         try:
             yield
         finally:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import json
 import mmap
@@ -76,7 +75,7 @@ from shared.city import load_city
 from shared.embedded import EmbeddedServers, free_port
 from shared.events import AppealReceived, Caller
 from shared.privacy import caller_id, mask_phone
-from shared.runtime import YOUNG_COLLECTION_EVERY
+from shared.runtime import settle_heap
 from shared.settings import Settings, get_settings
 
 WARMUP_APPEALS = 300  # model loaded, groups joined, caches warm before anything is measured
@@ -366,12 +365,10 @@ async def _bench(
 
         count = round(rate * duration) if rate else n
         appeals = _appeals(settings, count, run_id, phones)
-        # As a worker does (`shared.runtime`): what the run holds throughout, the appeals to send
-        # among it, out of the collector's sight, and young collections seldom. This process takes
-        # its CPU from the same two cores as the system it measures.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 10)
+        # As a worker does: what the run holds throughout, the appeals to send among it, out of the
+        # collector's sight, and young collections seldom. This process takes its CPU from the
+        # same two cores as the system it measures.
+        settle_heap()
         offered = f"{rate:,.0f}/s for {duration:g}s" if rate else "as fast as the broker takes them"
         print(f"publishing {count} appeals ({offered}) ...")
         fresh, speed = fresh_page_us(), python_loop_ms()

@@ -69,7 +69,7 @@ def run(service: Service) -> None:
         # appeal took 4 to 9% less of the API's CPU than on asyncio's loop and h11 (README, Why
         # these libraries). Named, not left to uvicorn's "auto", which would fall back silently.
         uvicorn.run(
-            create_app(s),
+            create_app(s, serving=True),
             host=s.api_host,
             port=s.api_port,
             log_level="warning",

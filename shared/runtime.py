@@ -48,9 +48,32 @@ CHECK_TIMEOUT_SECONDS = 3.0  # within the probes' own timeout
 BROKER_CHECK_TIMEOUT_SECONDS = 10.0  # a worker's round in the background: connect, list, create topics
 # One line per kind of Kafka client failure per this many seconds (the rest are counted).
 LOG_REPEAT_SECONDS = 30.0
-# New objects between two young garbage collections in a running worker (see `Runtime.app`).
-YOUNG_COLLECTION_EVERY = 200_000
 KAFKA_LOGGERS = ("aiokafka", "faststream")
+
+
+# New objects between two young garbage collections in a running process (see `settle_heap`).
+YOUNG_COLLECTION_EVERY = 200_000
+
+
+def settle_heap() -> None:
+    """Set the garbage collector for serving, once a process has built what it needs to start.
+
+    What it built (modules, the events' schemas, the city, a model, the clients) is moved out of
+    the collector's sight: every batch's events outlive a young collection, so full collections
+    come every few thousand events, and each went through all of it again (80 ms apiece, against
+    2 ms frozen, on the records benchmark: 9% of that worker's CPU). Collected first, so that no
+    garbage of the start is kept forever.
+
+    Young collections come every YOUNG_COLLECTION_EVERY new objects instead of 700: a batch's events
+    and tickets live until the batch is done, so a collection in the middle of one goes through all
+    of them, frees next to nothing and moves them on to the older generations, to be gone through
+    again there. A collection costs what is alive, which a batch (or a request) bounds, so the
+    fewer, the cheaper: the collector took 4.7% of the machine's CPU flat out at 700, 2.5% at
+    20,000 and 0.5% at 200,000 (perf), for about 20 MB more at the records worker's peak. Garbage
+    in a cycle (most is freed at once, by its count of references) waits longer to be freed."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 10)
 
 
 class RepeatLimiter(logging.Filter):
@@ -270,22 +293,7 @@ class Runtime:
 
         @app.after_startup
         async def _serving() -> None:
-            # What the worker built to start (modules, the events' schemas, the city, a model, the
-            # clients) is moved out of the garbage collector's sight: every batch's events outlive a
-            # young collection, so full collections come every few thousand events and each went
-            # through all of it again (80 ms apiece, against 2 ms frozen, on the records benchmark:
-            # 9% of that worker's CPU). Collected first, so no garbage of the start is kept forever.
-            gc.collect()
-            gc.freeze()
-            # Young collections every 200,000 new objects instead of 700: a batch's events and
-            # tickets live until the batch is done, so a collection in the middle of one goes
-            # through all of them, frees next to nothing and moves them on to the older
-            # generations, to be gone through again there. The cost of a collection is what is
-            # alive, which a batch bounds, so the fewer, the cheaper: the collector took 4.7% of
-            # the machine's CPU flat out at 700, 2.5% at 20,000 and 0.5% at 200,000 (perf), for
-            # about 20 MB more at the records worker's peak. Garbage in a cycle (most is freed at
-            # once, by its count of references) waits longer to be freed.
-            gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 10)
+            settle_heap()
             tasks.extend([asyncio.create_task(beat()), asyncio.create_task(watch())])
             # Opened once the subscribers have started: launchers wait for this port as "ready".
             if metrics_port:

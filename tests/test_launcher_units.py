@@ -15,16 +15,21 @@ from pathlib import Path
 from services.launcher import Launcher
 
 # Counts the SIGINTs it gets into a file, and exits some time after the first (a second signal sent
-# while it shuts down is counted; two sent together may arrive as one, as signals do).
+# while it shuts down is counted; two sent together may arrive as one, as signals do). It says it is
+# ready in a file of its own, once the count is written: a signal that came while "0" was being
+# written would have had its "1" overwritten.
 CHILD = """
 import signal, sys, time
 path, shutdown = sys.argv[1], float(sys.argv[2])
 got = []
 def on_int(signum, frame):
     got.append(time.monotonic())
-    open(path, "w").write(str(len(got)))
+    with open(path, "w") as f:
+        f.write(str(len(got)))
 signal.signal(signal.SIGINT, on_int)
-open(path, "w").write("0")
+with open(path, "w") as f:
+    f.write("0")
+open(path + ".ready", "w").close()
 while not got or time.monotonic() - got[0] < shutdown:
     time.sleep(0.01)
 """
@@ -39,7 +44,7 @@ def start_counting(launcher: Launcher, tmp_path: Path, shutdowns: dict[str, floa
             [sys.executable, "-c", CHILD, str(count), str(shutdowns[name])]
         )
     deadline = time.monotonic() + 10
-    while not all(c.exists() for c in counts.values()) and time.monotonic() < deadline:
+    while not all(Path(f"{c}.ready").exists() for c in counts.values()) and time.monotonic() < deadline:
         time.sleep(0.02)
     return counts
 

@@ -4,8 +4,8 @@
 # another. Distributions build CPython with profile-guided and link-time optimisation, as the
 # official image that deploy/ starts from does; a version manager's default build (pyenv's) has
 # neither, and on it every worker took more CPU per appeal (about 7% more throughput on
-# Debian's, alternated: docs/performance.md).
-SYSTEM_PYTHON := $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' \
+# Debian's, alternated: docs/performance.md). Asked only when a recipe needs it (a new .venv).
+SYSTEM_PYTHON = $(shell /usr/bin/python3 -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' \
                    >/dev/null 2>&1 && echo /usr/bin/python3)
 PYTHON ?= $(or $(SYSTEM_PYTHON),python3)
 # The console's browser tests drive Debian's Chromium (Playwright never downloads a browser here);

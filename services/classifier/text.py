@@ -11,7 +11,6 @@ repeated characters such as 大大大).
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import jieba
 import jieba_fast_dat
 
 from shared.city import City
+from shared.text import nfkc
 
 DICTIONARY_DIR = Path(__file__).resolve().parents[2] / "shared" / "dictionaries"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -36,7 +36,7 @@ jieba_fast_dat.setLogLevel(60)  # it logs its cache loading at INFO to stderr
 
 def normalize(text: str) -> str:
     """NFKC (full-width to half-width), no control characters, single spaces, lower-case Latin."""
-    text = unicodedata.normalize("NFKC", text)
+    text = nfkc(text)
     text = _CONTROL.sub(" ", text)
     return _SPACE.sub(" ", text).strip().lower()
 

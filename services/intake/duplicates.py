@@ -10,7 +10,8 @@ another resident usually scores 0.6-0.9, two different problems in the same comp
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from shared.text import nfkc
 
 NEAR_IDENTICAL = 0.6
 DUPLICATE_WINDOW_SECONDS = 7 * 86400  # a grid's tickets compared with a new text: the last 7 days
@@ -18,7 +19,7 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 
 def normalize(text: str) -> str:
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+    return _NOT_WORD.sub("", nfkc(text).lower())
 
 
 def shingles(text: str, n: int = 3) -> frozenset[str]:

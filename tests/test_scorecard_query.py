@@ -90,6 +90,41 @@ async def test_a_whole_month_gone_by_is_summed_once_and_kept_until_a_late_count_
         await redis.srem("stats:groups:department", dept.id)
 
 
+async def test_a_batchs_events_in_the_same_counters_are_summed_and_each_counted_once(redis):
+    """The script sums a batch's new events per counter before it increments: events of one day,
+    department and grid add up, one read twice in the batch and one counted by an earlier batch
+    count once, and every group is listed."""
+    from shared.events import DepartmentRef, TicketAssigned
+    from tests.router_factory import assign, classified
+
+    city = demo_city()
+    card = Scorecard(redis, city, ZoneInfo("Asia/Shanghai"), Weights())
+    run = uuid.uuid4().hex[:6]
+    dept = DepartmentRef(id=f"test-sum-{run}", name="测试单位")
+    at = datetime(2025, 5, 6, 4, tzinfo=UTC)
+
+    def assigned(i: int) -> TicketAssigned:
+        outcome = assign(
+            city, classified(city, "city.facility.streetlight", no=f"20250506-8{run[:3]}{i:02d}", at=at)
+        )
+        assert outcome is not None
+        (event,) = [e for e in outcome.publish if isinstance(e, TicketAssigned)]
+        return event.model_copy(update={"department": dept})
+
+    events = [assigned(i) for i in range(6)]
+    groups = card.groups_of(events[0])
+    counters = [f"stats:{d}:{g}:20250506" for d, g in groups.items()]
+    keys = [f"stats:seen:{e.event_id}" for e in events]
+    try:
+        assert await card.record(events[:1]) == 1
+        assert await card.record([*events, events[2]]) == 5  # the first counted before; the third twice
+        assert await redis.hget(f"stats:department:{dept.id}:20250506", "assigned") == b"6"
+        assert await redis.sismember("stats:groups:department", dept.id)
+    finally:
+        await redis.delete(*keys, *counters)
+        await redis.srem("stats:groups:department", dept.id)
+
+
 async def test_a_placement_moves_the_tickets_counts_to_its_new_grid_and_street_once(redis):
     """The desk places an assigned and accepted ticket of grid A (street s01) in grid B (street
     s02): its counts so far leave A and s01 and are in B and s02, on their days, its department's

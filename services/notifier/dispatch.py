@@ -38,7 +38,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.notifier.gateway import Message, PermanentSmsError, SmsError, SmsGateway, Undeliverable
-from services.notifier.jobs import RETRY_LATER, JobQueue, SendJob
+from services.notifier.jobs import RETRY_LATER, Job, JobQueue, SendJob
 from services.notifier.pending import PendingNotices
 from services.notifier.policy import Policy
 from services.notifier.states import STATE_TTL, about_resident, state_record, ticket_records_key
@@ -245,13 +245,14 @@ class Dispatcher:
         results: list[SendResult] = []
         written: list[tuple[str, bytes, str]] = []  # state key, state, address to count ('' : not sent)
         kept: list[Message] = []  # past WeChat's 48 hours: they wait for the resident to write
+        later: dict[Job, datetime] = {}  # held, or to retry: one command for the batch's jobs
         stamp = now.isoformat()  # when each message took its state
         # One transaction: a message is done exactly when its state (and held job) is written.
         async with self.redis.pipeline(transaction=True) as p:
             for i, m in enumerate(messages):
                 outcome = outcomes.get(i)
                 if i in held:
-                    self.jobs.add_into(p, {SendJob(m): held[i]})
+                    later[SendJob(m)] = held[i]
                     until = held[i].isoformat()
                     written.append(
                         (*state_record(m, "held", at=stamp, until=until, held_for=held_for[i]), "")
@@ -280,7 +281,7 @@ class Dispatcher:
                     written.append((*state_record(m, "failed", at=stamp, error=str(outcome)), ""))
                     results.append("failed")
                 elif isinstance(outcome, SmsError):
-                    self.jobs.add_into(p, {SendJob(m): now + RETRY_LATER})
+                    later[SendJob(m)] = now + RETRY_LATER
                     written.append((*state_record(m, "retrying", at=stamp, error=str(outcome)), ""))
                     results.append("retrying")
                 else:
@@ -291,6 +292,8 @@ class Dispatcher:
                     written.append((key, record, "" if m.urgent else m.to))
                     SMS_SENT.labels(kind=m.kind).inc()
                     results.append("sent")
+            if later:
+                self.jobs.add_into(p, later)
             indexes: dict[str, int] = {}  # a ticket's index key -> its position (from 1)
             slots = [
                 indexes.setdefault(ticket_records_key(m.ticket_no), len(indexes) + 1)

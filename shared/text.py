@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import cache
 
 # Control characters but tab and newline (a NUL cannot even be stored in PostgreSQL's text), and the
 # zero-width and bidi controls that change how a text displays.
@@ -14,10 +15,12 @@ def without_controls(text: str) -> str:
     return CONTROL.sub("", text)
 
 
+@cache
 def _one_for_one() -> dict[int, str]:
     """The characters of the Basic Multilingual Plane whose NFKC form is one other character and
     whose decomposition is that character: full-width Latin, digits and punctuation (，！？：；),
-    the ideographic space, the compatibility ideographs and the like."""
+    the ideographic space, the compatibility ideographs and the like. Made on first use (about 5
+    ms), not at import: most processes that import this module never normalise a text."""
     table = {}
     for code in range(0x10000):
         c = chr(code)
@@ -25,9 +28,6 @@ def _one_for_one() -> dict[int, str]:
         if len(folded) == 1 and folded != c and unicodedata.normalize("NFKD", c) == folded:
             table[code] = folded
     return table
-
-
-_ONE_FOR_ONE = str.maketrans(_one_for_one())
 
 
 def nfkc(text: str) -> str:
@@ -39,5 +39,5 @@ def nfkc(text: str) -> str:
     NFKC's decomposition does to them anyway; what remains is usually normal already (a check that
     stops at the first doubtful character), and is otherwise normalised in full. NFKC is the
     composition of that decomposition, so the result is the same either way."""
-    folded = text.translate(_ONE_FOR_ONE)
+    folded = text.translate(_one_for_one())
     return folded if unicodedata.is_normalized("NFKC", folded) else unicodedata.normalize("NFKC", folded)

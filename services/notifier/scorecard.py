@@ -68,19 +68,14 @@ _COUNT_ONCE_SCRIPT = """
 local ttl = ARGV[1]
 local k, a = 1, 2
 local out = {}
-local counts, order = {}, {}
-local groups, stale = {}, {}
+local counts, groups, stale = {}, {}, {}
 while a <= #ARGV do
   local n, f, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl) then
     for i = 1, n do
       local key = KEYS[k + i]
-      local c = counts[key]
-      if not c then
-        c = {}
-        counts[key] = c
-        order[#order + 1] = key
-      end
+      local c = counts[key] or {}
+      counts[key] = c
       for j = a + 3 + n, a + 2 + n + f do c[ARGV[j]] = (c[ARGV[j]] or 0) + 1 end
       local set = KEYS[k + n + i]
       groups[set] = groups[set] or {}
@@ -94,8 +89,8 @@ while a <= #ARGV do
   k = k + 1 + 2 * n + m
   a = a + 3 + n + f
 end
-for _, key in ipairs(order) do
-  for field, by in pairs(counts[key]) do redis.call('HINCRBY', key, field, by) end
+for key, c in pairs(counts) do
+  for field, by in pairs(c) do redis.call('HINCRBY', key, field, by) end
 end
 for set, names in pairs(groups) do
   for name in pairs(names) do redis.call('SADD', set, name) end

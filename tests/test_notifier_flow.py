@@ -757,6 +757,20 @@ async def test_daily_cap_holds_the_rest_until_tomorrow(make_kit):
     assert next(m["ticket_no"] for m in await kit.sent(phone)) == "20261123-000202"
 
 
+async def test_a_batch_read_again_counts_against_the_cap_only_what_it_sends_now(make_kit):
+    """A batch read again after part of it went out (a crash, a rebalance): what went out is a
+    duplicate now, counted once (by the day's count), and does not hold back the rest."""
+    kit = make_kit(cap=2, quiet="none")
+    phone = new_phone()
+    appeals = [
+        AppealReceived(ticket_no=f"20261123-00022{n}", channel="sms", text="路灯坏了") for n in range(3)
+    ]
+    assert await kit.notifier.acknowledge(appeals[0], appeals[0].ticket_no, phone) == "sent"
+    batch = [(a.event_id, kit.notifier.ack_message(a.ticket_no, phone)) for a in appeals]
+    assert await kit.notifier.sms.send_many(batch) == ["duplicate", "sent", "held"]
+    assert len(await kit.sent(phone)) == 2
+
+
 async def test_what_the_cap_exempts_it_does_not_count(make_kit):
     """An urgent appeal's acknowledgement (as an answer to the resident's own message: a rating's
     confirmation, a query's answer) goes past the cap, and does not use up the day's notices."""

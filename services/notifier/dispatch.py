@@ -214,7 +214,9 @@ class Dispatcher:
             firsts.setdefault((event_id, m.kind), i)
         order = list(firsts.values())
         counts = await self.redis.hmget(self._count_key(now), [items[i][1].to for i in order])
-        holds = self._holds([items[i][1] for i in order], counts, now)
+        # By the day's counts alone: a message that some of this batch would push over the cap is
+        # claimed, and `dispatch` decides (the others may turn out to be duplicates, sent before).
+        holds = self._holds([items[i][1] for i in order], counts, now, within_batch=False)
         to_claim = [i for n, i in enumerate(order) if n not in holds]
         busy: list[int] = []  # per message another notifier is sending: 1 + its lease's ms left
         if holds:
@@ -396,10 +398,16 @@ class Dispatcher:
         return f"sms:count:{self.policy.local_day(now):%Y%m%d}"
 
     def _holds(
-        self, messages: Sequence[Message], counts: Sequence[bytes | str | None], now: datetime
+        self,
+        messages: Sequence[Message],
+        counts: Sequence[bytes | str | None],
+        now: datetime,
+        *,
+        within_batch: bool = True,
     ) -> dict[int, tuple[datetime, str]]:
         """The positions of the messages that quiet hours or the daily cap hold, given the day's
-        count of each one's address: until when, and why ("daily_cap", else "quiet_hours")."""
+        count of each one's address: until when, and why ("daily_cap", else "quiet_hours").
+        `within_batch`: the messages before each one that are sent count against its cap too."""
         in_batch: Counter[str] = Counter()  # several messages to one address in the same batch
         held: dict[int, tuple[datetime, str]] = {}
         for i, (m, count) in enumerate(zip(messages, counts, strict=True)):
@@ -407,7 +415,7 @@ class Dispatcher:
             at = self.policy.send_at(now, urgent=m.urgent, sent_today=sent_today)
             if at > now:
                 held[i] = (at, "daily_cap" if sent_today >= self.policy.daily_cap else "quiet_hours")
-            else:
+            elif within_batch:
                 in_batch[m.to] += 1
         return held
 

@@ -15,9 +15,10 @@ committed) sends the recorded message again, with the SAME message id, which the
 the lease (its send in flight) is not sent: the batch fails with `SendInFlight`, is read again, and
 by then the message is done, or its lease has expired.
 
-A message that quiet hours or the daily cap hold is not claimed: holding it sends nothing, so one
-script marks it done, writes its state and schedules it, all at once, and a crash leaves either
-all of that or none (a flood's messages are mostly held: the cap reached, or the night).
+A message that quiet hours or the daily cap (by the day's count) hold is not claimed: holding it
+sends nothing, so one script marks it done, writes its state and schedules it, all at once, and a
+crash leaves either all of that or none (a flood's messages are mostly held: the cap reached, or
+the night).
 
 It also writes each message's state (`services.notifier.states`), schedules what it holds in the
 job queue (`services.notifier.jobs`), and keeps a WeChat notice that WeChat would not take past its

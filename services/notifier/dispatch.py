@@ -223,7 +223,7 @@ class Dispatcher:
         if holds:
             held = [(order[n], until, why) for n, (until, why) in holds.items()]
             for (i, _, _), answer in zip(held, await self._hold(items, held, now), strict=True):
-                if answer == 1:
+                if answer == 1:  # (0: done already, a duplicate)
                     results[i] = "held"
                 elif answer == -1:  # recorded by a sender that died: sent or held as recorded
                     to_claim.append(i)
@@ -248,7 +248,7 @@ class Dispatcher:
         for (i, until, why), m, slot in zip(held, messages, slots, strict=True):
             event_id = items[i][0]
             keys += [done_key(event_id, m.kind), lease_key(event_id, m.kind), state_key(m.message_id)]
-            _, record = state_record(m, "held", at=stamp, until=until.isoformat(), held_for=why)
+            _, record = _held_record(m, stamp, until, why)
             args += [m.message_id, record, encode(SendJob(m)), until.timestamp(), slot]
         return list(await self._hold_script(keys=[*keys, *indexes], args=args))
 
@@ -325,9 +325,7 @@ class Dispatcher:
                 if i in held:
                     until, why = held[i]
                     later[SendJob(m)] = until
-                    written.append(
-                        (*state_record(m, "held", at=stamp, until=until.isoformat(), held_for=why), "")
-                    )
+                    written.append((*_held_record(m, stamp, until, why), ""))
                     results.append("held")
                 elif isinstance(outcome, Undeliverable):
                     # Undeliverable only until the resident writes to the account again: a notice
@@ -449,6 +447,12 @@ class Dispatcher:
                 raise r
             out.append(r)
         return out
+
+
+def _held_record(message: Message, stamp: str, until: datetime, why: str) -> tuple[str, bytes]:
+    """The state of a message held since `stamp` until `until`, because of `why` (the two ways a
+    message is held, `Dispatcher._hold` and `Dispatcher.dispatch`, write the same record)."""
+    return state_record(message, "held", at=stamp, until=until.isoformat(), held_for=why)
 
 
 def _index_slots(messages: Sequence[Message]) -> tuple[dict[str, int], list[int]]:

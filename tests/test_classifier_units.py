@@ -4,6 +4,7 @@ path, segmentation, reading labelled data, and classifying with the session's de
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
 import subprocess
@@ -748,9 +749,32 @@ def test_vectorised_char_ngrams_equal_scikit_learns(docs):
 
     from services.classifier.features import CharNgramTfidf
 
-    fast = CharNgramTfidf(ngram_range=(1, 3), min_df=1).fit(_TRAIN_DOCS)
+    fitted = CharNgramTfidf(ngram_range=(1, 3), min_df=1).fit(_TRAIN_DOCS)
+    loaded = pickle.loads(pickle.dumps(fitted))  # its hash table is made again on load
     slow = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, min_df=1).fit(_TRAIN_DOCS)
-    assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+    for fast in (fitted, loaded):
+        assert np.allclose(fast.transform(docs).toarray(), slow.transform(docs).toarray(), atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sets(st.integers(0, 2**63 - 1), max_size=300),
+    st.lists(st.integers(0, 2**63 - 1), max_size=300),
+    st.integers(1, 6),
+)
+def test_the_code_table_finds_every_code_it_holds_and_no_other(vocabulary, others, neighbours):
+    # Codes close together (as packed n-grams of nearby characters are) and far apart, some sharing
+    # slots: each is found with its own column, anything else is not found.
+    from services.classifier.features import _CodeTable
+
+    held = sorted(
+        vocabulary | {c + k for c in list(vocabulary)[:20] for k in range(neighbours) if c + k < 2**63}
+    )
+    codes = np.array(held, dtype=np.int64)
+    columns = np.arange(len(codes), dtype=np.int64)[::-1].copy()
+    want = dict(zip(held, columns.tolist(), strict=True))
+    asked = np.array([*others, *held], dtype=np.int64)
+    assert _CodeTable(codes, columns).columns(asked).tolist() == [want.get(c, -1) for c in asked.tolist()]
 
 
 @settings(max_examples=40, deadline=None)

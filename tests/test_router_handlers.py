@@ -4,6 +4,7 @@ what it publishes."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -13,11 +14,12 @@ import pytest
 from services.router import meetings
 from services.router.app import RouterHandlers
 from services.router.rules import Precedent
-from services.router.service import list_key, open_key, precedent_key
+from services.router.service import Hotspots, list_key, open_key, precedent_key
 from services.router.sla import add_working_days
 from shared.city import City
-from shared.events import Event, MeetingConvened, TicketAssigned, TicketUpdated
+from shared.events import Event, GridMatch, MeetingConvened, TicketAssigned, TicketUpdated
 from shared.store import TicketStore
+from shared.tickets import Status, Ticket
 from tests.cities import demo_city
 from tests.router_factory import classified
 
@@ -246,3 +248,37 @@ async def test_a_joint_meeting_s_decision_routes_the_next_appeals_of_its_cluster
         for dept in (None, "street_s03", "environment", "police", "urban_enforcement"):
             for listed in ("open", "decided"):
                 await redis.zrem(list_key(dept, listed), mid)
+
+
+async def test_a_cluster_turns_hot_at_the_count_inside_the_window_and_not_before(redis):
+    """`Hotspots.record` counts in Redis and sends a cluster's members only once they are enough:
+    one short of the count is not hot, however many older tickets the window has let go or newer
+    ones (a replica's clock ahead) it holds; the ticket that makes the count brings all of them,
+    oldest first."""
+    category, count = "city.appearance.graffiti", CITY.sla.supervision.hotspot_count
+    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
+    await redis.delete(*keys)
+    spots = Hotspots(redis, CITY.sla.supervision)
+    now = time.time()
+    window = CITY.sla.supervision.hotspot_window_days * 86400
+
+    def ticket(age_seconds: float) -> Ticket:
+        return Ticket(
+            ticket_no=number(),
+            status=Status.ASSIGNED,
+            channel="hotline",
+            text="墙上乱涂乱画",
+            received_at=datetime.fromtimestamp(now - age_seconds, UTC),
+            category=category,
+            grid=GridMatch(grid=GRID),
+        )
+
+    try:
+        # Outside the window, and ahead of this clock: in the cluster's set, not in the count.
+        assert await spots.record([ticket(window + 3600), ticket(-600)], now) == {}
+        inside = [ticket(3600 * (count - i)) for i in range(count)]  # oldest first
+        assert await spots.record(inside[:-1], now) == {}
+        got = await spots.record(inside[-1:], now)
+        assert got == {(category, GRID): (None, [t.ticket_no for t in inside])}
+    finally:
+        await redis.delete(*keys)

@@ -811,15 +811,19 @@ class MeetingStore:
 
 
 # Count a batch into its clusters in one command. Per cluster: add the tickets, drop those older
-# than the window, then either the open meeting's id and how many tickets are in the window (the
-# cluster's other tickets are in the meeting already), or, with no meeting open, all its tickets
-# (few: a cluster with a meeting has its tickets taken out when the meeting is decided).
-# KEYS, per cluster: hot:{cat}:{grid}, meeting:open:{cat}:{grid}. ARGV: window start, now, ttl, then
-# per cluster: n, n times member, score.
+# than the window, count those in it, and give the open meeting's id and that count (the cluster's
+# other tickets are in the meeting already); with no meeting open, all its tickets once they are
+# enough to make it hot, else the count alone. A cluster stays below the count for as long as the
+# window lasts when a city sets the count high (or turns hotspots off with a count nobody reaches):
+# its whole list, sent and parsed at every batch that touched it, grew with the window, and in a
+# two-minute flood with the count out of reach it became most of Redis's time (ZRANGE and the
+# formatting of its scores).
+# KEYS, per cluster: hot:{cat}:{grid}, meeting:open:{cat}:{grid}. ARGV: window start, now, ttl, the
+# count that makes a cluster hot, then per cluster: n, n times member, score.
 _RECORD = """
-local since, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local since, now, ttl, hot = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local out = {}
-local a = 4
+local a = 5
 for c = 1, #KEYS, 2 do
   local key = KEYS[c]
   local last = a + 2 * tonumber(ARGV[a])
@@ -828,10 +832,13 @@ for c = 1, #KEYS, 2 do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', since)
   redis.call('EXPIRE', key, ttl)
   local open = redis.call('GET', KEYS[c + 1])
+  local inside = redis.call('ZCOUNT', key, since, now)
   if open then
-    out[#out + 1] = {open, redis.call('ZCOUNT', key, since, now)}
-  else
+    out[#out + 1] = {open, inside}
+  elseif inside >= hot then
     out[#out + 1] = {'', redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')}
+  else
+    out[#out + 1] = {'', inside}
   end
 end
 return out
@@ -857,7 +864,8 @@ class Hotspots:
         days = self.sup.hotspot_window_days
         since = meetings.window_start(now, days)
         keys: list[str] = []
-        args: list[str | float | int] = [since, now, int(days * 86400) + 86400]
+        count = self.sup.hotspot_count
+        args: list[str | float | int] = [since, now, int(days * 86400) + 86400, count]
         for (cat, grid), members in clusters.items():
             keys += [f"hot:{cat}:{grid}", open_key(cat, grid)]
             args.append(len(members))
@@ -867,12 +875,12 @@ class Hotspots:
         hot: dict[tuple[str, str], tuple[str | None, list[str]]] = {}
         recent: dict[tuple[str, str], list[tuple[str, float]]] = {}
         for cluster, (mid, reply) in zip(clusters, replies, strict=False):
-            if not mid:
+            if not mid and isinstance(reply, list):  # enough in the window: the rule reads the members
                 recent[cluster] = [(reply[i].decode(), float(reply[i + 1])) for i in range(0, len(reply), 2)]
-            elif reply >= self.sup.hotspot_count:  # the rule of meetings.hot_clusters, counted in Redis
+            elif mid and reply >= count:  # the rule of meetings.hot_clusters, counted in Redis
                 inside = meetings.hot_clusters({cluster: list(clusters[cluster].items())}, now, days, 1)
                 if inside:
                     hot[cluster] = (mid.decode(), inside[cluster])
-        for cluster, nos in meetings.hot_clusters(recent, now, days, self.sup.hotspot_count).items():
+        for cluster, nos in meetings.hot_clusters(recent, now, days, count).items():
             hot[cluster] = (None, nos)
         return hot

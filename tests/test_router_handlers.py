@@ -14,7 +14,7 @@ import pytest
 from services.router import meetings
 from services.router.app import RouterHandlers
 from services.router.rules import Precedent
-from services.router.service import Hotspots, list_key, open_key, precedent_key
+from services.router.service import _RECORD, Hotspots, list_key, open_key, precedent_key
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.events import Event, GridMatch, MeetingConvened, TicketAssigned, TicketUpdated
@@ -278,6 +278,10 @@ async def test_a_cluster_turns_hot_at_the_count_inside_the_window_and_not_before
         assert await spots.record([ticket(window + 3600), ticket(-600)], now) == {}
         inside = [ticket(3600 * (count - i)) for i in range(count)]  # oldest first
         assert await spots.record(inside[:-1], now) == {}
+        # Below the count the script answers with the count, not the members: a cluster that never
+        # gets there would otherwise send its whole window at every batch that touches it.
+        since, ttl = now - window, int(window) + 86400
+        assert await redis.eval(_RECORD, 2, *keys, since, now, ttl, count, 0) == [[b"", count - 1]]
         got = await spots.record(inside[-1:], now)
         assert got == {(category, GRID): (None, [t.ticket_no for t in inside])}
     finally:

@@ -702,16 +702,22 @@ class MeetingStore:
                         return out
                     p.multi()
                     self.store.record_into(p, events)
+                    # One command for all the meetings: in a hotspot flood a batch changes hundreds,
+                    # and each command of a transaction costs its packing, a reply of its own
+                    # (QUEUED) and one in the EXEC's, on top of its work in Redis.
+                    p.mset({self.key(mid): json_of(meeting) for mid, meeting in changed.items()})
                     since = meetings.listed_since(time.time())
                     for mid, meeting in changed.items():
-                        p.set(self.key(mid), json_of(meeting))
                         if relist or meetings.listing(before[mid]) != meetings.listing(meeting):
                             _list_into(p, meeting, since)
                         if meeting.reason == "hotspot" and meeting.category and meeting.grid:
                             key = open_key(meeting.category, meeting.grid)
+                            was_open = (old := before[mid]) is not None and old.status == "open"
                             if meeting.status == "open":
-                                p.set(key, mid)
-                            elif (old := before[mid]) is None or old.status == "open":
+                                # Taking more tickets, it is the cluster's already.
+                                if relist or not was_open:
+                                    p.set(key, mid)
+                            elif old is None or was_open:
                                 # Only as it is decided: a decided meeting written again as it is
                                 # (`list_existing`) must not end the open meeting its cluster may
                                 # have convened since.

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from shared import topics
-from shared.events import Event, PersonalDataRemoved
+from shared.events import Event, Payload, PersonalDataRemoved
 from shared.metrics import BATCH_SECONDS, DEAD_LETTERS
 from shared.settings import Settings
 from shared.store import TicketStore
@@ -518,13 +518,14 @@ def _parse_indexed(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], li
 def _read_indexed(
     model: type[Event], bodies: Sequence[bytes]
 ) -> tuple[list[dict[str, Any]], list[tuple[int, bytes, str]]]:
-    """`_parse_indexed`, but what passes is the body's JSON object as orjson reads it, and the JSON
-    is read once: the model checks orjson's object (pydantic on Python objects takes and refuses,
-    for what JSON holds, what it does on the text) and is dropped. Parsing the text and reading
-    it again with orjson was over a quarter of the records worker's CPU, and the models it kept a
-    batch long caused half its garbage collections, some of the whole heap. A body refused here
-    is read again as `_parse_indexed` reads it: the verdict and the error's words are every other
-    consumer's (the first group to meet a poison message writes them)."""
+    """`_parse_indexed`, but what passes is the body's JSON object as orjson reads it, with the
+    body (`Payload`), and the JSON is read once: the model checks orjson's object (pydantic on
+    Python objects takes and refuses, for what JSON holds, what it does on the text) and is
+    dropped. Parsing the text and reading it again with orjson was over a quarter of the records
+    worker's CPU, and the models it kept a batch long caused half its garbage collections, some of
+    the whole heap. A body refused here is read again as `_parse_indexed` reads it: the verdict and
+    the error's words are every other consumer's (the first group to meet a poison message writes
+    them)."""
     check = model.model_validate
     good: list[dict[str, Any]] = []
     bad: list[tuple[int, bytes, str]] = []
@@ -534,7 +535,7 @@ def _read_indexed(
                 data = orjson.loads(body)
                 if type(data) is dict:
                     check(data)
-                    good.append(data)
+                    good.append(Payload(data, body))
                     continue
             except (orjson.JSONDecodeError, ValidationError):
                 pass
@@ -544,7 +545,7 @@ def _read_indexed(
             bad.append((i, body, _short_error(e)))
             continue
         try:
-            good.append(orjson.loads(event.json_bytes))
+            good.append(Payload(orjson.loads(event.json_bytes), event.json_bytes))
         except orjson.JSONDecodeError:
             # An event to pydantic, but not JSON (NaN, Infinity): the record cannot store it, and
             # raising would stop the worker on it at every retry. Dead-lettered, by this group.

@@ -34,7 +34,7 @@ from redis.typing import EncodableT, FieldT
 
 # The decision types live with the pure code; re-exported for the callers that write them here.
 from shared.decisions import Change, Decision, JointDecision, Outcome, record_appeal
-from shared.events import AppealReceived, Event, PersonalDataRemoved, json_of
+from shared.events import AppealReceived, Event, PersonalDataRemoved, json_of, topic_first
 from shared.privacy import scrub_event, scrub_ticket
 from shared.tickets import Ticket
 
@@ -152,7 +152,7 @@ WRITE_CHUNK = 16
 
 def event_record(event: Event) -> bytes:
     """The event as stored in a history: its JSON with the topic first (pydantic's serializer)."""
-    return b'{"topic":"' + event.topic.encode() + b'",' + event.json_bytes[1:]
+    return topic_first(event.topic, event.json_bytes)
 
 
 def _scrubbed_record(event: Event) -> bytes:

@@ -10,13 +10,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import orjson
 import psycopg
 import pytest
 
 from services.records.callers import CallerHistories, history_of, survey_words
 from services.records.projection import TICKET_TOPICS, at, fold_meeting, fold_ticket, meeting_of, ticket_of
 from services.records.query import REPORTED_STATES, build, reported
+from services.records.service import events_json, payload
 from services.router import meetings
+from shared.bus import read_batch
 from shared.city import City
 from shared.errors import DomainError
 from shared.events import (
@@ -36,6 +39,7 @@ from shared.events import (
     MeetingSpec,
     MeetingUpdated,
     Merge,
+    Payload,
     PersonalDataRemoved,
     Place,
     Returned,
@@ -44,6 +48,7 @@ from shared.events import (
     TicketUpdated,
     Urge,
     Verification,
+    topic_first,
 )
 from shared.privacy import REMOVED, scrub_event
 from shared.tickets import Status
@@ -1366,3 +1371,33 @@ def test_a_tickets_row_waits_for_the_classification_its_assignment_answers():
     assert not still_waits([received, assigned], [classified])  # come: written, once
     assert not still_waits((), [assigned])  # a ticket past its intake: written at once
     assert not still_waits([received], [{**assigned, "caused_by": None}])  # answers no classification
+
+
+def test_events_are_stored_as_their_messages_bytes_with_the_topic_first():
+    """What `ticket_events` is given: each event read from its message as those very bytes with its
+    topic put first (not its object dumped again), one read from a model as that model's JSON, and
+    any other object dumped; the whole a JSON array of the objects the worker folds."""
+    appeal = AppealReceived(ticket_no="T1", channel="hotline", text="路灯坏了，晚上一片漆黑", occurred_at=T0)
+    # Bytes as another writer may send them (its own spacing), which the record keeps.
+    message = appeal.to_bytes().replace(b'{"', b'{ "', 1)
+    [read], bad = read_batch(AppealReceived, [message])
+    assert bad == []
+    assert isinstance(read, Payload)
+    read["topic"] = "appeal.received"  # as the worker sets it
+    assigned = payload(
+        "ticket.assigned",
+        TicketAssigned(
+            ticket_no="T1",
+            department=DEPT,
+            via="rule",
+            explanation="路灯归街道",
+            category="c1",
+            grid="g-001",
+            respond_by=T0 + timedelta(hours=2),
+            resolve_by=T0 + timedelta(days=3),
+        ),
+    )
+    plain = {"topic": "meeting.updated", "event_id": "e1", "ticket_no": "T1", "note": "会商"}
+    stored = events_json([read, assigned, plain])
+    assert stored.startswith(b"[" + topic_first("appeal.received", message) + b",")
+    assert orjson.loads(stored) == [dict(read), dict(assigned), plain]

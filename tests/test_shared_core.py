@@ -51,6 +51,7 @@ from shared.events import (
     MeetingConvened,
     MeetingUpdated,
     Part,
+    Payload,
     PersonalDataRemoved,
     Place,
     PlaceRequest,
@@ -402,6 +403,10 @@ def test_a_batch_read_as_json_objects_keeps_and_refuses_what_parsing_it_does():
             b"",
         ]
         assert read_batch(model, variants) == _read_as_parsed(model, variants), event.topic
+        # Each with the bytes it is (what the record stores rather than dumping it again).
+        for read in read_batch(model, variants)[0]:
+            assert isinstance(read, Payload), event.topic
+            assert orjson.loads(read.body) == read, event.topic
     assert len(read_batch(TicketUpdated, [samples[5].to_bytes()])[0]) == 1
     poison = [json.dumps({**json.loads(samples[5].to_bytes()), "answer": None, "on_time": True}).encode()]
     assert read_batch(TicketUpdated, poison)[1] == parse_batch(TicketUpdated, poison)[1] != []

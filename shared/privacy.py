@@ -484,6 +484,19 @@ _CONTACT: dict[str, Any] = {"caller": {}, "masked_phone": "****", "location": No
 _PHOTOS = ("photos", "resolution_photos", "verification_photos")
 
 
+def may_carry_personal_data(fields: Mapping[str, Any]) -> bool:
+    """Whether `scrub_event` may change an event with these fields (a model's `__dict__`): one it
+    blanks has a value, one it sets holds anything, or one that may nest free text is set. False
+    only when scrubbing certainly changes nothing, as for most of a joint meeting's facts (the
+    tickets it took, who checked in): those need no scrubbed copy of their own."""
+    return (
+        any(fields.get(k) for k in _FREE_TEXT)
+        or any(fields.get(k) for k in _PHOTOS)
+        or any(k in fields for k in _CONTACT)
+        or any(fields.get(k) is not None for k in (*_NESTED_TEXT, "appeal"))
+    )
+
+
 def scrub_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """The event (or a ticket, as its JSON) without personal data, in the same shape."""
     out = dict(event)

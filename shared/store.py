@@ -35,7 +35,7 @@ from redis.typing import EncodableT, FieldT
 # The decision types live with the pure code; re-exported for the callers that write them here.
 from shared.decisions import Change, Decision, JointDecision, Outcome, record_appeal
 from shared.events import AppealReceived, Event, PersonalDataRemoved, json_of, topic_first
-from shared.privacy import scrub_event, scrub_ticket
+from shared.privacy import may_carry_personal_data, scrub_event, scrub_ticket
 from shared.tickets import Ticket
 
 __all__ = [
@@ -156,7 +156,11 @@ def event_record(event: Event) -> bytes:
 
 
 def _scrubbed_record(event: Event) -> bytes:
-    """`event_record` of the event without personal data (an erased ticket's history)."""
+    """`event_record` of the event without personal data (an erased ticket's history): the event's
+    own when it has none to remove, as a meeting's facts mostly do (each of them is written with a
+    scrubbed copy, in case its ticket was erased: `TicketStore.record_into`)."""
+    if not may_carry_personal_data(event.__dict__):
+        return event_record(event)
     return orjson.dumps({"topic": event.topic, **scrub_event(event.model_dump(mode="json"))})
 
 

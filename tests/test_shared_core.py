@@ -5,6 +5,7 @@ and broker (an event whose writer died before publishing is published by the rel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -70,6 +71,7 @@ from shared.privacy import (
     caller_id,
     mask_name,
     mask_phone,
+    may_carry_personal_data,
     normalize_phone,
     scrub_event,
     scrub_ticket,
@@ -707,6 +709,27 @@ def test_a_scrubbed_event_keeps_its_shape_and_loses_the_person():
     # A located event's place is all it carries, and an erasure's notice its caller: blanked, they
     # are no events any more.
     assert unparsed == ["appeal.located", "ticket.personal_data_removed"]
+
+
+def test_an_event_said_to_carry_no_personal_data_is_its_own_scrubbed_copy():
+    """`may_carry_personal_data` may say yes when scrubbing would change nothing, never no when it
+    would: an event it clears is written as it is into an erased ticket's history."""
+    events: list[Event] = list(one_of_each("20261123-777202"))
+    for e in list(events):
+        with contextlib.suppress(ValidationError):
+            events.append(topics.EVENT_TYPES[e.topic].model_validate(scrub_event(e.model_dump(mode="json"))))
+    attached = MeetingUpdated(
+        ticket_no="20261123-777202", meeting_id="M1", action="attached", actor="system", tickets=("T2",)
+    )
+    events += [attached, attached.model_copy(update={"action": "checked_in", "note": "已到"})]
+    cleared = []
+    for e in events:
+        dumped = e.model_dump(mode="json")
+        assert may_carry_personal_data(e.__dict__) or scrub_event(dumped) == dumped, e.topic
+        if not may_carry_personal_data(e.__dict__):
+            cleared.append(e)
+    assert attached in cleared
+    assert all(may_carry_personal_data(e.__dict__) for e in one_of_each("20261123-777202"))
 
 
 def test_an_erasure_notice_is_a_registered_event_that_reads_back():

@@ -140,9 +140,9 @@ def topic_first(topic: str, body: bytes) -> bytes:
 class Payload(dict[str, Any]):
     """An event's JSON object as orjson read it from a message, with the message's bytes (`body`).
     A consumer that stores events as they came (the records worker) writes `topic_first(topic,
-    body)` rather than the object dumped again: in a flood that dump was about a fifth of its CPU
-    (every string with Chinese in it encoded to UTF-8 anew). So the object is read, never changed,
-    but for the `topic` the consumer sets."""
+    body)` rather than the object dumped again, which encodes every string with Chinese in it to
+    UTF-8 anew (a batch of 8,700 events: 14 ms joined, 21 to 27 ms dumped). So the object is read,
+    never changed, but for the `topic` the consumer sets."""
 
     __slots__ = ("body",)
 

@@ -1384,20 +1384,9 @@ def test_events_are_stored_as_their_messages_bytes_with_the_topic_first():
     assert bad == []
     assert isinstance(read, Payload)
     read["topic"] = "appeal.received"  # as the worker sets it
-    assigned = payload(
-        "ticket.assigned",
-        TicketAssigned(
-            ticket_no="T1",
-            department=DEPT,
-            via="rule",
-            explanation="路灯归街道",
-            category="c1",
-            grid="g-001",
-            respond_by=T0 + timedelta(hours=2),
-            resolve_by=T0 + timedelta(days=3),
-        ),
-    )
+    notice = PersonalDataRemoved(ticket_no="T1", caller_id="c1")
+    from_model = payload(notice.topic, notice)
     plain = {"topic": "meeting.updated", "event_id": "e1", "ticket_no": "T1", "note": "会商"}
-    stored = events_json([read, assigned, plain])
+    stored = events_json([read, from_model, plain])
     assert stored.startswith(b"[" + topic_first("appeal.received", message) + b",")
-    assert orjson.loads(stored) == [dict(read), dict(assigned), plain]
+    assert orjson.loads(stored) == [dict(read), dict(from_model), plain]

@@ -27,9 +27,17 @@ from services.intake.app import DuplicateIndex
 from services.launcher import Launcher
 from services.records import db
 from services.records.app import until_available
+from services.records.projection import fold_ticket
 from services.records.query import build
 from services.records.retention import Retention
-from services.records.service import EVENTS_PER_STATEMENT, Records, insert_events, payload
+from services.records.service import (
+    EVENTS_PER_STATEMENT,
+    ROWS_PER_STATEMENT,
+    Records,
+    insert_events,
+    payload,
+    upsert_tickets,
+)
 from services.router.app import RouterHandlers
 from shared import topics
 from shared.auth import issue_token
@@ -1199,16 +1207,22 @@ async def test_an_existing_record_learns_who_filed_its_patrol_reports_on_upgrade
         await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-async def test_a_batch_of_events_larger_than_a_statement_is_stored_whole_and_once(pool):
-    """The events of a flood's batch go in several statements (`EVENTS_PER_STATEMENT`): every one is
-    stored, as it came, and the ids said to be new are those no earlier batch stored."""
+async def test_a_batch_larger_than_a_statement_is_stored_whole_and_once(pool):
+    """The events and rows of a flood's batch go in several statements (`EVENTS_PER_STATEMENT`,
+    `ROWS_PER_STATEMENT`): every event is stored, as it came, the ids said to be new are those no
+    earlier batch stored, and every row is written."""
     run = uuid.uuid4().hex[:8]
     events = [
         AppealReceived(ticket_no=f"T{run}-{i:06d}", channel="hotline", text=f"第{i}件：路灯坏了")
-        for i in range(2 * EVENTS_PER_STATEMENT + 7)
+        for i in range(max(2 * EVENTS_PER_STATEMENT, 2 * ROWS_PER_STATEMENT) + 7)
     ]
     stored_before = [payload(e.topic, e) for e in events[:5]]
-    async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+    # Rolled back: the other tests' lists and counts share this record.
+    async with (
+        pool.connection() as conn,
+        conn.transaction(force_rollback=True),
+        conn.cursor(row_factory=dict_row) as cur,
+    ):
         assert set(await insert_events(cur, stored_before)) == {e.event_id for e in events[:5]}
         batch = sorted((payload(e.topic, e) for e in events), key=lambda p: p["event_id"])
         new = await insert_events(cur, batch)
@@ -1217,6 +1231,12 @@ async def test_a_batch_of_events_larger_than_a_statement_is_stored_whole_and_onc
             "SELECT payload FROM ticket_events WHERE event_id = ANY(%s)", ([e.event_id for e in events],)
         )
         rows = await cur.fetchall()
+        await upsert_tickets(cur, [fold_ticket([p], {}) for p in batch])
+        await cur.execute(
+            "SELECT text FROM tickets WHERE ticket_no LIKE %s ORDER BY ticket_no", (f"T{run}-%",)
+        )
+        texts = [r["text"] for r in await cur.fetchall()]
     assert sorted((r["payload"] for r in rows), key=lambda p: p["ticket_no"]) == [
         {"topic": e.topic, **json.loads(e.json_bytes)} for e in events
     ]
+    assert texts == [e.text for e in events]

@@ -233,12 +233,6 @@ def events_json(events: Sequence[Mapping[str, Any]]) -> bytes:
     return b"[" + b",".join(map(stored, events)) + b"]"
 
 
-async def upsert_tickets(cur: AsyncCursor[DictRow], rows: Sequence[Row]) -> None:
-    """Write these rows (one per ticket: a statement may not update a row twice), in this order."""
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        await cur.execute(UPSERT_TICKETS, (as_jsonb(rows[start : start + ROWS_PER_STATEMENT]),))
-
-
 # Events per INSERT_EVENTS statement, and rows per UPSERT_TICKETS. A batch of a flood holds up to
 # 20,000 events, 8 to 24 MB of JSON: as one statement that document was a fresh block of memory at
 # every batch, in the worker (above the allocator's threshold, mapped and unmapped) and in
@@ -246,6 +240,12 @@ async def upsert_tickets(cur: AsyncCursor[DictRow], rows: Sequence[Row]) -> None
 # hundred rows, are about a megabyte, which both reuse.
 EVENTS_PER_STATEMENT = 1000
 ROWS_PER_STATEMENT = 500
+
+
+async def upsert_tickets(cur: AsyncCursor[DictRow], rows: Sequence[Row]) -> None:
+    """Write these rows (one per ticket: a statement may not update a row twice), in this order."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        await cur.execute(UPSERT_TICKETS, (as_jsonb(rows[start : start + ROWS_PER_STATEMENT]),))
 
 
 async def insert_events(

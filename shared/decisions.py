@@ -47,8 +47,10 @@ class Change:
 
 
 def applied(ticket: Ticket, *events: Event) -> list[str]:
-    """The ticket's applied ids with these events' ids added (the idempotency check's memory)."""
-    return [*ticket.applied, *(e.event_id for e in events)][-APPLIED_KEPT:]
+    """The ticket's applied ids with these events' ids added (the idempotency check's memory), each
+    once: an assignment names the appeal its ticket was made from, whose id is there already, and a
+    second copy would push an older id out of the kept window sooner."""
+    return [*ticket.applied, *(i for e in events if (i := e.event_id) not in ticket.applied)][-APPLIED_KEPT:]
 
 
 def record_appeal(ticket: Ticket | None, appeal: AppealReceived) -> Outcome | None:

@@ -500,6 +500,8 @@ def test_assignment_explains_the_rule_and_sets_deadlines():
     assert "权责清单" in e.explanation
     assert t.respond_by == T0 + timedelta(hours=24)
     assert assign(CITY, c, t) is None  # the same event twice changes nothing
+    # The idempotency memory holds each event once, the appeal the ticket was made from too.
+    assert t.applied == [c.appeal.event_id, c.event_id, e.event_id]
 
 
 def test_a_call_answered_on_the_spot_is_resolved_by_the_desk_at_once():

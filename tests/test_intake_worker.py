@@ -162,8 +162,9 @@ async def found_in_the_new_grid_only(
 
 
 async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_in_the_old(redis):
-    """The dispatch desk chose the grid (the classifier found none, or another): the assignment
-    puts the ticket in that grid's index, and the grid it left passes it over."""
+    """Every assignment puts its ticket in its grid's index: the classifier's, or the one the
+    dispatch desk chose (the classifier found none, or another), and the grid it left passes it
+    over."""
     text = "建设路12号门口的井盖丢了，晚上很危险，已经有人差点掉下去"
     store, index, no, old, new = await placed_by_desk(redis, text, Status.ASSIGNED)
     dept = DepartmentRef(id="urban_mgmt", name="区城市管理委员会")
@@ -183,9 +184,12 @@ async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_
         )
         return PlacedBy.from_json(event.json_bytes)
 
-    await index.placed([assigned(f"test-{uuid.uuid4().hex[:8]}", False)])  # the grid it had: no change
+    classifiers = f"test-{uuid.uuid4().hex[:8]}"
+    await index.placed([assigned(classifiers, False)])  # routed in the grid the classifier found
+    assert await redis.zscore(keys.grid_index(classifiers), no) is not None
     await index.placed([assigned(new, True)])
     assert await redis.zscore(keys.grid_index(new), no) is not None
+    await redis.delete(keys.grid_index(classifiers))
     await found_in_the_new_grid_only(redis, store, text, no, old, new)
 
 

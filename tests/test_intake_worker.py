@@ -185,8 +185,13 @@ async def test_a_ticket_the_desk_placed_is_compared_in_its_new_grid_and_no_more_
         return PlacedBy.from_json(event.json_bytes)
 
     classifiers = f"test-{uuid.uuid4().hex[:8]}"
-    await index.placed([assigned(classifiers, False)])  # routed in the grid the classifier found
-    assert await redis.zscore(keys.grid_index(classifiers), no) is not None
+    first = assigned(classifiers, False)  # routed in the grid the classifier found
+    await index.placed([first])
+    assert await redis.zscore(keys.grid_index(classifiers), no) == first.occurred_at.timestamp()
+    # Assigned again there later (returned, or a joint meeting's decision): it keeps its time.
+    again = first.model_copy(update={"occurred_at": first.occurred_at + timedelta(hours=1)})
+    await index.placed([again])
+    assert await redis.zscore(keys.grid_index(classifiers), no) == first.occurred_at.timestamp()
     await index.placed([assigned(new, True)])
     assert await redis.zscore(keys.grid_index(new), no) is not None
     await redis.delete(keys.grid_index(classifiers))

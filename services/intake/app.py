@@ -41,9 +41,10 @@ end
 return #KEYS
 """
 # KEYS: per appeal its grid's index; ARGV: the cutoff, then per appeal its ticket number and time.
+# A ticket already in the index keeps its time (NX): see `DuplicateIndex._join_grids`.
 _INDEX_GRIDS = """
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[2 * i + 1], ARGV[2 * i])
+  redis.call('ZADD', KEYS[i], 'NX', ARGV[2 * i + 1], ARGV[2 * i])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[1])
 end
 return #KEYS
@@ -122,9 +123,12 @@ class DuplicateIndex:
         await self._join_grids([a for a in assigned if a.grid])
 
     async def _join_grids(self, placed: Sequence[PlacedBy | UpdateOf]) -> None:
-        """Tickets join the index of the grid they were placed in, from the time they were placed
-        (the older than 7 days leave it); the index of a grid one left keeps it until it ages out,
-        and the duplicate preview passes it over there (`open_in_grids` reads the ticket's grid)."""
+        """Tickets join the index of the grid they were placed in, from the time they came there
+        (the older than 7 days leave it). One assigned again in the same grid (returned, or sent
+        out by a joint meeting's decision) keeps its time: the preview compares an appeal with its
+        grid's newest tickets, which a flood's reassignments would otherwise crowd out. The index
+        of a grid one left keeps it until it ages out, and the duplicate preview passes it over
+        there (`open_in_grids` reads the ticket's grid)."""
         if not placed:
             return
         args: list[str | float] = [time.time() - DUPLICATE_WINDOW_SECONDS]

@@ -75,15 +75,14 @@ class CallerOf(View):
 
 class PlacedBy(View):
     """An assignment, for the grid its ticket is in from then on: the classifier's, or the one the
-    dispatch desk placed it in (`grid_chosen`). Every classified appeal is assigned (to the desk,
-    when no department is sure), so the grid index is kept from the assignments alone: the
+    dispatch desk placed it in. Every classified appeal is assigned (to the desk, when no
+    department is sure), so the grid index is kept from the assignments alone: the
     classification, which carries the whole appeal again, is not read here at all (a third of
     what this worker read in a flood)."""
 
     of = TicketAssigned
     version: int = 5
     grid: str | None
-    grid_chosen: bool = False
 
 
 class UpdateOf(View):

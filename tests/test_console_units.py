@@ -5643,3 +5643,35 @@ def test_a_tickets_notices_say_when_what_to_whom_and_what_became_of_each() -> No
     assert (waiting["state"], waiting["detail"]) == ("暂缓发送", "已补发，到时不再发送")
     assert (cancelled["state"], cancelled["detail"]) == ("已取消", "已补发，原定发送取消")
     assert (opted["state"], opted["detail"]) == ("已取消", "市民已退订回访")
+
+
+@pytest.mark.parametrize(
+    ("path", "strays"),
+    [
+        ("/api/v1/tickets/20261205-000001", False),
+        ("/api/v1/tickets/20261205-000001/messages/0123456789abcdef0123456789abcdef/resend", False),
+        ("/api/v1/knowledge/entries/社保卡补办", False),
+        # a segment decoded from the browser's URL: %3F and %23 end the path, . and .. climb out
+        ("/api/v1/tickets/20261205-000001?/urge", True),
+        ("/api/v1/tickets/20261205-000001/messages/x#/resend", True),
+        ("/api/v1/tickets/../dispatch/20261205-000001/assign", True),
+        ("/api/v1/tickets/20261205-000001/messages/./resend", True),
+    ],
+)
+def test_a_path_built_from_the_browsers_segments_may_not_leave_its_resource(path, strays):
+    from services.console import backend
+
+    assert backend.strays(path) is strays
+
+
+async def test_a_stray_path_is_answered_not_found_without_asking_the_api():
+    from services.console import backend
+
+    class NoApp:  # the in-process transport would need these: reaching them fails the test
+        def __getattr__(self, name):
+            raise AssertionError(f"the API was asked ({name})")
+
+    api = backend.Api(request=NoApp(), token="t")
+    reply = await api.post("/api/v1/tickets/20261205-000001?/messages/x/resend")
+    assert (reply.status, reply.code) == (404, "not_found")
+    assert "找不到" in reply.message

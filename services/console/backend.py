@@ -69,6 +69,15 @@ def refusal(message: str, field: str = "photos") -> Reply:
     return Reply(422, {"error": "invalid", "field": field, "message": message})
 
 
+def strays(path: str) -> bool:
+    """Whether an API path the console built leaves the resource its page names. The console's
+    routes take any text in a segment (a ticket number, a message id, a meeting id), and a segment
+    decoded from the browser's URL may end the path early ("?", "#": `/tickets/X%3F/urge` would
+    ask the API for `/tickets/X`) or climb out of it ("." and ".."). The console passes every
+    query parameter apart (`params`), so neither belongs in a path it builds."""
+    return "?" in path or "#" in path or any(part in (".", "..") for part in path.split("/"))
+
+
 @dataclass
 class Api:
     request: Request
@@ -85,6 +94,11 @@ class Api:
         headers: dict[str, str] | None = None,
         files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
     ) -> httpx.Response:
+        if strays(path):
+            # Answered as the API answers a number it does not know: nothing is asked of it.
+            return httpx.Response(
+                404, json={"error": "not_found", "field": None, "message": "地址有误，找不到这条记录"}
+            )
         client_host = self.request.client.host if self.request.client else "127.0.0.1"
         transport = httpx.ASGITransport(app=self.request.app, client=(client_host, 0))
         async with httpx.AsyncClient(transport=transport, base_url=str(self.request.base_url)) as client:

@@ -16,6 +16,7 @@ from starlette.datastructures import FormData, UploadFile
 from services.console import present
 from services.intake.photo_views import too_large
 from services.notifier import scoring
+from shared.http import api_error
 from shared.photos import ID as PHOTO_ID
 from shared.photos import MAX_PER_ITEM
 
@@ -95,10 +96,10 @@ class Api:
         files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
     ) -> httpx.Response:
         if strays(path):
-            # Answered as the API answers a number it does not know: nothing is asked of it.
-            return httpx.Response(
-                404, json={"error": "not_found", "field": None, "message": "地址有误，找不到这条记录"}
-            )
+            # Answered as the API answers a number it does not know (its one error shape): nothing
+            # is asked of it.
+            refused = api_error(404, "not_found", "地址有误，找不到这条记录")
+            return httpx.Response(refused.status_code, content=bytes(refused.body))
         client_host = self.request.client.host if self.request.client else "127.0.0.1"
         transport = httpx.ASGITransport(app=self.request.app, client=(client_host, 0))
         async with httpx.AsyncClient(transport=transport, base_url=str(self.request.base_url)) as client:

@@ -10,6 +10,8 @@ broker takes them (`--rate 0 --n N`), and follows each appeal to `ticket.assigne
   router      `appeal.classified` -> the router's `ticket.assigned` record
   delivery    `ticket.assigned` produced -> read by a consumer (this benchmark)
   e2e         ack -> `ticket.assigned` read
+  by fifth    the e2e p50 of each fifth of the appeals, in the order acknowledged: whether the
+              queue grew over the run
 
 What counts as assigned is the router's first `ticket.assigned` for the appeal, whatever it names:
 the department of the responsibility list (`via` rule or fallback) or the dispatch desk (low
@@ -581,6 +583,13 @@ def _figures(
     }
     if sent := [t for t in done if t.sent is not None]:  # --via-api: request -> the API's answer
         stages = {"api": [t.acked - t.sent for t in sent], **stages}  # type: ignore[operator]
+    # The latency of the appeals acknowledged in each fifth of the run, in that order: a queue that
+    # grows from one fifth to the next says the pipeline did not keep up with the offered rate,
+    # which the throughput (the assignments over the time from the first acknowledgement to the
+    # last read, that last queue's wait included) does not tell apart from a short queue kept.
+    timed = sorted((t.acked, t.read) for t in done if t.acked is not None and t.read is not None)
+    in_order = [read - acked for acked, read in timed]
+    fifths = [in_order[len(in_order) * i // 5 : len(in_order) * (i + 1) // 5] for i in range(5)]
     held = [t for t in done if t.held is not None]
     # Read on another topic: a hold written with the assignment may be read just before it.
     holds = [max(0.0, t.held - t.read) for t in held]  # type: ignore[operator]
@@ -599,6 +608,7 @@ def _figures(
         "e2e_p99_ms": e2e_pct["p99_ms"],
         "e2e_max_ms": e2e_pct["max_ms"],
         "e2e_mean_ms": round(statistics.fmean(e2e) * 1000, 1) if e2e else None,
+        "e2e_p50_ms_by_fifth": [_percentiles(part)["p50_ms"] for part in fifths if part],
         "stages": {name: _percentiles(values) for name, values in stages.items()},
         "assigned_via": dict(Counter(t.via for t in done).most_common()),
         "held_for_meeting": dict(Counter(t.hold_reason for t in held).most_common()),
@@ -858,6 +868,12 @@ def _print(f: dict[str, Any]) -> None:
     ]
     for stage, s in f["stages"].items():
         lines.append(f"    {stage:16s} p50 {ms(s['p50_ms'])}   p95 {ms(s['p95_ms'])}   p99 {ms(s['p99_ms'])}")
+    if len(f["e2e_p50_ms_by_fifth"]) == 5:
+        lines.append(
+            "    by fifth         p50 "
+            + ", ".join(ms(v) for v in f["e2e_p50_ms_by_fifth"])
+            + "   (appeals acknowledged in each fifth of the run: still growing, the rate was not kept up)"
+        )
     lines.append("  assigned via       " + ", ".join(f"{v} {n}" for v, n in f["assigned_via"].items()))
     if f["held_for_meeting"]:
         h = f["held_after_assignment"]

@@ -75,6 +75,10 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
     assert sum(figures["assigned_via"].values()) == figures["completed"]
     assert sum(figures["held_for_meeting"].values()) <= figures["completed"]
     assert "latency ms" in printed
+    # Whether the queue grew: the latency of each fifth of the appeals, in the order acknowledged.
+    assert len(figures["e2e_p50_ms_by_fifth"]) == 5
+    assert min(figures["e2e_p50_ms_by_fifth"]) <= figures["e2e_p50_ms"] <= max(figures["e2e_p50_ms_by_fifth"])
+    assert "by fifth" in printed
     # The state the run found the machine in, and all the CPU of an appeal together.
     assert figures["machine"]["fresh_page_us"] > 0
     assert figures["machine"]["python_loop_ms"] > 0

@@ -872,7 +872,7 @@ def _print(f: dict[str, Any]) -> None:
         lines.append(
             "    by fifth         p50 "
             + ", ".join(ms(v) for v in f["e2e_p50_ms_by_fifth"])
-            + "   (appeals acknowledged in each fifth of the run: still growing, the rate was not kept up)"
+            + "   (appeals acknowledged in each fifth of the run: level when the rate was kept up)"
         )
     lines.append("  assigned via       " + ", ".join(f"{v} {n}" for v, n in f["assigned_via"].items()))
     if f["held_for_meeting"]:

@@ -177,6 +177,10 @@ def postgres_bin_dir() -> Path:
 # package creates it); otherwise it runs as whoever we are.
 POSTGRES_OS_USER = "postgres"
 
+# The lock table's size a connection (PostgreSQL's `max_locks_per_transaction`, 64 by default):
+# with 200 connections 51,200 locks, about 15 MB of shared memory. deploy/ sets the same.
+POSTGRES_MAX_LOCKS_PER_TRANSACTION = 256
+
 # glibc's malloc gives a large block back to the kernel when it is freed (one over its mmap
 # threshold, or the top of the heap past its trim threshold), so the next use faults every page in
 # again. A records batch reaches PostgreSQL as one JSON document of megabytes, so each statement did
@@ -429,6 +433,11 @@ class EmbeddedServers:
                 f"unix_socket_directories={sockets}",
                 "-c",
                 "max_connections=200",
+                "-c",
+                # The records worker locks every ticket a batch touches (`Records._lock`), in a flood
+                # tens of thousands in one transaction: the default table (12,800 locks here)
+                # failed such batches with "out of shared memory" (`services.records.app`).
+                f"max_locks_per_transaction={POSTGRES_MAX_LOCKS_PER_TRANSACTION}",
             ],
             signal.SIGINT,  # "fast" shutdown: ends sessions, checkpoints, exits
             user=user,

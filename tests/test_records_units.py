@@ -1390,3 +1390,19 @@ def test_events_are_stored_as_their_messages_bytes_with_the_topic_first():
     stored = events_json([read, from_model, plain])
     assert stored.startswith(b"[" + topic_first("appeal.received", message) + b",")
     assert orjson.loads(stored) == [dict(read), dict(from_model), plain]
+
+
+def test_a_lock_table_too_small_for_a_floods_batch_is_named_with_the_setting_to_raise():
+    """The records worker locks each ticket a batch touches; a server whose lock table cannot hold
+    a flood's batch is told at start which setting to raise, and to what."""
+    from services.records.app import RECORDS_BATCH, lock_table_advice
+    from shared.embedded import POSTGRES_MAX_LOCKS_PER_TRANSACTION
+
+    most = RECORDS_BATCH + 20_000  # a batch and the most events held back (`Records.hold_most`)
+    advice = lock_table_advice(64, 64 * 200, most)  # PostgreSQL's default, 200 connections
+    assert advice is not None
+    assert "max_locks_per_transaction to at least 200 (it is 64)" in advice
+    assert lock_table_advice(200, 200 * 200, most) is None
+    # What the embedded server and deploy/ set holds it.
+    each = POSTGRES_MAX_LOCKS_PER_TRANSACTION
+    assert lock_table_advice(each, each * 200, most) is None

@@ -87,6 +87,9 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def _open() -> None:
         await db.migrate(rt.settings.database_url)
         await pool.open()
+        each, size = await records.lock_table()
+        if (advice := lock_table_advice(each, size, RECORDS_BATCH + records.hold_most)) is not None:
+            log.warning(advice)
         raised = await records.raise_counters(rt.store, datetime.now(tz).date())
         if raised:
             log.info("ticket counters kept above the record's highest numbers: %s", raised)
@@ -149,6 +152,22 @@ def build_app(settings: Settings | None = None) -> FastStream:
     retention = Retention(pool, rt.store, rt.settings)
     run_periodically(app, rt.settings.retention_scan_seconds, retention.run, "records retention")
     return app
+
+
+def lock_table_advice(each: int, size: int, most: int) -> str | None:
+    """What to tell an operator whose PostgreSQL's lock table (`size` locks, `each` a connection)
+    is smaller than the most locks a batch may take (`most`: one a ticket, a batch's events and
+    the held-back ones), or None when it is large enough. Such a batch fails with "out of shared
+    memory" and is retried until the tickets held back are written and it fits: in a two-minute
+    flood on the default table (12,800 locks), for up to ten seconds at a time."""
+    if size >= most:
+        return None
+    needed = -(-most * each // size)  # the same connections, each taking this many
+    return (
+        f"PostgreSQL's lock table holds {size:,} locks and a batch in a flood may take up to "
+        f"{most:,} (one a ticket); such a batch fails with 'out of shared memory' until it fits. "
+        f"Set max_locks_per_transaction to at least {needed} (it is {each})."
+    )
 
 
 async def until_available(

@@ -799,8 +799,8 @@ class Records:
         }
         # NOT IN a subquery: hashed, where a list parameter is read row by row. The topics are
         # picked here, not by a condition: `topic = ANY(the ticket topics)`, nearly every event, had
-        # the planner join the whole index by topic with the one by ticket (in a flood, 40 of a
-        # 55 ms read of 500 tickets' events, and more as the table grew).
+        # the planner join the whole index by topic with the one by ticket until the table's first
+        # analyze (in a flood on a fresh database, 40 of a 55 ms read of 500 tickets' events).
         await cur.execute(
             "SELECT ticket_no, topic, payload FROM ticket_events "
             "WHERE ticket_no = ANY(%s) AND event_id NOT IN (SELECT unnest(%s::text[]))",

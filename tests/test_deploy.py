@@ -19,7 +19,7 @@ import services.notifier.scorecard  # noqa: F401 - registers its metrics
 import shared.metrics  # noqa: F401 - registers the metrics the dashboard reads
 from services.cli import Service
 from services.launcher import WORKERS
-from shared.embedded import POSTGRES_MAX_LOCKS_PER_TRANSACTION
+from shared.embedded import POSTGRES_MAX_LOCKS_PER_TRANSACTION, REDIS_ZSET_PACKED_MOST
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,10 +157,14 @@ def test_no_secret_ships_and_production_refuses_demo_values():
             assert s["environment"]["CALLER_ID_SALT"].startswith("${CALLER_ID_SALT:?"), name
 
 
-def test_compose_postgres_holds_the_locks_of_a_floods_records_batch():
-    # As the embedded server does: the records worker locks every ticket a batch touches.
-    command = compose()["services"]["postgres"]["command"]
-    assert f"max_locks_per_transaction={POSTGRES_MAX_LOCKS_PER_TRANSACTION}" in command
+def test_compose_sets_its_servers_as_the_embedded_ones():
+    # PostgreSQL's lock table holds a flood's records batch (a lock a ticket it touches), and Redis
+    # keeps a hotspot's cluster of tickets as a skip list, as `shared.embedded` starts them.
+    services = compose()["services"]
+    postgres = services["postgres"]["command"]
+    assert f"max_locks_per_transaction={POSTGRES_MAX_LOCKS_PER_TRANSACTION}" in postgres
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--zset-max-listpack-entries") + 1] == str(REDIS_ZSET_PACKED_MOST)
 
 
 def test_every_process_has_liveness_and_readiness_on_the_port_it_serves():

@@ -87,8 +87,8 @@ def build_app(settings: Settings | None = None) -> FastStream:
     async def _open() -> None:
         await db.migrate(rt.settings.database_url)
         await pool.open()
-        each, size = await records.lock_table()
-        if (advice := lock_table_advice(each, size, RECORDS_BATCH + records.hold_most)) is not None:
+        each, backends = await records.lock_table()
+        if (advice := lock_table_advice(each, backends, RECORDS_BATCH + records.hold_most)) is not None:
             log.warning(advice)
         raised = await records.raise_counters(rt.store, datetime.now(tz).date())
         if raised:
@@ -154,15 +154,15 @@ def build_app(settings: Settings | None = None) -> FastStream:
     return app
 
 
-def lock_table_advice(each: int, size: int, most: int) -> str | None:
-    """What to tell an operator whose PostgreSQL's lock table (`size` locks, `each` a connection)
+def lock_table_advice(each: int, backends: int, most: int) -> str | None:
+    """What to tell an operator whose PostgreSQL's lock table (`each` locks for each of `backends`)
     is smaller than the most locks a batch may take (`most`: one a ticket, a batch's events and
     the held-back ones), or None when it is large enough. Such a batch fails with "out of shared
     memory" and is retried until the tickets held back are written and it fits: in a two-minute
     flood on the default table (12,800 locks), for up to ten seconds at a time."""
-    if size >= most:
+    if (size := each * backends) >= most:
         return None
-    needed = -(-most * each // size)  # the same connections, each taking this many
+    needed = -(-most // backends)  # rounded up
     return (
         f"PostgreSQL's lock table holds {size:,} locks and a batch in a flood may take up to "
         f"{most:,} (one a ticket); such a batch fails with 'out of shared memory' until it fits. "

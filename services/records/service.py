@@ -602,8 +602,9 @@ class Records:
         self._marked = False
 
     async def lock_table(self) -> tuple[int, int]:
-        """The server's `max_locks_per_transaction` and how many locks its table holds in all (that
-        times the connections and prepared transactions): one transaction may take them all."""
+        """The server's `max_locks_per_transaction` and the backends its lock table is sized for
+        (connections and prepared transactions): the table holds their product, and one
+        transaction may take it all."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT current_setting('max_locks_per_transaction')::int AS each, "
@@ -612,7 +613,7 @@ class Records:
             )
             r = await cur.fetchone()
         assert r is not None
-        return r["each"], r["each"] * r["backends"]
+        return r["each"], r["backends"]
 
     @staticmethod
     async def _lock(cur: AsyncCursor[DictRow], keys: Iterable[str]) -> None:

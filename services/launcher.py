@@ -20,12 +20,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import EmbeddedServers, die_with_parent, environment_for, port_open
+from shared.embedded import EmbeddedServers, die_with_parent, environment_for, lower_priority, port_open
+from shared.settings import get_settings
 
 log = logging.getLogger("appeals.launcher")
 
 WORKERS = ("intake", "classifier", "router", "notifier", "records")
 ALL_PROCESSES = (*WORKERS, "api")
+# What can wait while the machine is short of CPU: run `Settings.off_path_nice` lower. The API, the
+# classifier and the router are what a caller and a department wait for.
+OFF_CALLERS_PATH = frozenset({"intake", "notifier", "records"})
 
 
 def external_servers_configured(env: Mapping[str, str] = os.environ) -> bool:
@@ -54,8 +58,10 @@ class Launcher:
         embedded: EmbeddedServers | None = None,
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
+        off_path_nice: int | None = None,
     ) -> None:
         self.embedded = embedded
+        self.off_path_nice = get_settings().off_path_nice if off_path_nice is None else off_path_nice
         self.base_env = dict(env if env is not None else os.environ)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -86,12 +92,27 @@ class Launcher:
             # Own session: the terminal's Ctrl-C reaches only `appeals up`, which then stops the
             # services before the servers they depend on.
             start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGTERM),
+            preexec_fn=self.preexec(name),
         )
         self.procs[name] = proc
         self.started_at[name] = time.monotonic()
         self.extra_env[name] = dict(extra_env)
         return proc
+
+    def preexec(self, name: str) -> Callable[[], None] | None:
+        """What the child `name` runs before its program (after `setsid`): it dies with the
+        launcher, and one off the caller's path runs at a lower priority."""
+        arm = die_with_parent(signal.SIGTERM)
+        steps = self.off_path_nice if name in OFF_CALLERS_PATH else 0
+        if not steps:
+            return arm
+
+        def prepare() -> None:
+            if arm is not None:
+                arm()
+            lower_priority(steps)
+
+        return prepare
 
     def start_all(self, names: Iterable[str] = ALL_PROCESSES) -> None:
         for name in names:

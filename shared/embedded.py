@@ -114,6 +114,28 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     return arm
 
 
+def lower_priority(steps: int) -> None:
+    """Run the calling process `steps` lower than it was: its nice value, which its threads to come
+    inherit, and on Linux its session's scheduling group. With autogroup scheduling (Linux's default
+    on most distributions) the scheduler first shares the CPU evenly between sessions, whatever the
+    nice values inside them; each child of the launcher has a session of its own, so its nice value
+    alone changed nothing. The group is set only for a session leader: in anyone else's session it
+    would lower the whole session (the terminal's, say). For a `preexec_fn` after `setsid`."""
+    niceness = os.nice(steps)
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        fd = os.open("/proc/self/autogroup", os.O_WRONLY)
+    except OSError:  # not Linux, or a kernel without autogroup: the nice value is what counts
+        return
+    try:
+        os.write(fd, str(niceness).encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,10 +7,13 @@ send it twice."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from services.launcher import Launcher
 
@@ -70,3 +73,53 @@ def test_stopping_one_process_interrupts_it_once(tmp_path):
     assert count.read_text() == "1"
     assert proc.returncode == 0
     assert "notifier" not in launcher.procs
+
+
+# Prints the child's nice value and its scheduling group's ("/autogroup-712 nice 10").
+PRIORITY = """
+import os
+with open("/proc/self/autogroup") as f:
+    print(os.nice(0), f.read().split()[-1])
+"""
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def priority_of(launcher: Launcher, name: str, *, own_session: bool = True) -> list[int]:
+    out = subprocess.run(
+        [sys.executable, "-c", PRIORITY],
+        start_new_session=own_session,
+        preexec_fn=launcher.preexec(name),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [int(v) for v in out.stdout.split()]
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_workers_off_the_callers_path_run_lower_in_their_own_scheduling_group():
+    launcher = Launcher(env={}, off_path_nice=7)
+    ours = os.nice(0)
+    lowered = min(19, ours + 7)
+
+    for name in ("intake", "notifier", "records"):
+        assert priority_of(launcher, name) == [lowered, lowered], name
+    # A new session's group starts at 0, whatever the launcher's own nice value.
+    for name in ("api", "classifier", "router"):
+        assert priority_of(launcher, name) == [ours, 0], name
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_a_child_in_the_launchers_session_leaves_the_sessions_group_alone():
+    group = int(AUTOGROUP.read_text().split()[-1])
+    launcher = Launcher(env={}, off_path_nice=7)
+
+    assert priority_of(launcher, "records", own_session=False) == [min(19, os.nice(0) + 7), group]
+    assert int(AUTOGROUP.read_text().split()[-1]) == group
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_no_lower_priority_when_the_setting_is_zero():
+    launcher = Launcher(env={}, off_path_nice=0)
+
+    assert priority_of(launcher, "records") == [os.nice(0), 0]

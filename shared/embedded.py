@@ -121,7 +121,10 @@ def lower_priority(steps: int) -> None:
     nice values inside them; each child of the launcher has a session of its own, so its nice value
     alone changed nothing. The group is set only for a session leader: in anyone else's session it
     would lower the whole session (the terminal's, say). For a `preexec_fn` after `setsid`."""
-    niceness = os.nice(steps)
+    try:
+        niceness = os.nice(steps)
+    except OSError:  # refused (a sandbox): better run at the usual priority than not at all
+        return
     if os.getsid(0) != os.getpid():
         return
     try:

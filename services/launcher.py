@@ -28,8 +28,9 @@ log = logging.getLogger("appeals.launcher")
 WORKERS = ("intake", "classifier", "router", "notifier", "records")
 ALL_PROCESSES = (*WORKERS, "api")
 # What can wait while the machine is short of CPU: run `Settings.off_path_nice` lower. The API, the
-# classifier and the router are what a caller and a department wait for.
-OFF_CALLERS_PATH = frozenset({"intake", "notifier", "records"})
+# classifier and the router are what a caller and a department wait for, and the intake worker keeps
+# the index the operator's duplicate preview reads as the next call comes in.
+OFF_CALLERS_PATH = frozenset({"notifier", "records"})
 
 
 def external_servers_configured(env: Mapping[str, str] = os.environ) -> bool:

@@ -81,13 +81,13 @@ class Settings(BaseSettings):
     # with every index. The record's lists show such a ticket up to this much later. 0: never.
     records_hold_seconds: float = Field(10, ge=0, le=300)
     # How many steps lower than the rest the launcher (`appeals up`, `appeals bench`) runs the
-    # workers off the caller's path: intake's indexes, the notifier and the records worker. They all
-    # share one machine's cores there, and when a flood takes more than the cores have, the
-    # classification and the assignment go first and the SMS, the indexes and the record catch up
-    # after it. Without it the scheduler shared the cores out evenly and the router, behind by then,
-    # got a third of a core where it needed half. 0: the same priority as the rest. In `deploy/`
-    # each process has the cores its orchestrator gives it.
-    off_path_nice: int = Field(10, ge=0, le=19)
+    # workers off the caller's path: the notifier and the records worker. Everything shares one
+    # machine's cores there, and when a flood takes more than the cores have, the classification and
+    # the assignment go first and the SMS and the record catch up after it. Without it the scheduler
+    # shared the cores out evenly and the router, behind by then, got a third of a core where it
+    # needed half; at 10 they still took enough for the router to fall behind in a slow hour. 0: the
+    # same priority as the rest. In `deploy/` each process has the cores its orchestrator gives it.
+    off_path_nice: int = Field(19, ge=0, le=19)
     # How long the broker waits for a consumer's heartbeat (sent every third of it) before it counts
     # the consumer gone and gives its partitions to the rest of its group. A worker killed outright
     # holds its partitions that long, and on the embedded Tansu a worker started again waits about as

@@ -140,7 +140,8 @@ def run_pipeline_bench(
 
         # The servers' and workers' own output goes to files, so the terminal shows the figures.
         logs = Path(tempfile.mkdtemp(prefix="appeals-bench-logs-"))
-        servers = EmbeddedServers(postgres=True, log_dir=logs)
+        # Redis with its append-only file, fsynced before each reply, as `appeals up` runs it.
+        servers = EmbeddedServers(postgres=True, log_dir=logs, redis_append_only=True)
         # A partition for each replica of a group, or a replica would sit idle: every process
         # started (workers and API), and this one, create the topics with as many.
         partitions = max(replicas, get_settings().kafka_topic_partitions)

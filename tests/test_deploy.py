@@ -19,7 +19,7 @@ import services.notifier.scorecard  # noqa: F401 - registers its metrics
 import shared.metrics  # noqa: F401 - registers the metrics the dashboard reads
 from services.cli import Service
 from services.launcher import WORKERS
-from shared.embedded import POSTGRES_MAX_LOCKS_PER_TRANSACTION, REDIS_ZSET_PACKED_MOST
+from shared.embedded import POSTGRES_MAX_LOCKS_PER_TRANSACTION, REDIS_AOF_OPTIONS, REDIS_ZSET_PACKED_MOST
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,12 +159,16 @@ def test_no_secret_ships_and_production_refuses_demo_values():
 
 def test_compose_sets_its_servers_as_the_embedded_ones():
     # PostgreSQL's lock table holds a flood's records batch (a lock a ticket it touches), and Redis
-    # keeps a hotspot's cluster of tickets as a skip list, as `shared.embedded` starts them.
+    # keeps a hotspot's cluster of tickets as a skip list and its append-only file as
+    # `shared.embedded` starts them.
     services = compose()["services"]
     postgres = services["postgres"]["command"]
     assert f"max_locks_per_transaction={POSTGRES_MAX_LOCKS_PER_TRANSACTION}" in postgres
     redis = services["redis"]["command"]
     assert redis[redis.index("--zset-max-listpack-entries") + 1] == str(REDIS_ZSET_PACKED_MOST)
+    assert redis[redis.index("--appendfsync") + 1] == "always"
+    for name, value in REDIS_AOF_OPTIONS:
+        assert redis[redis.index(f"--{name}") + 1] == value, name
 
 
 def test_every_process_has_liveness_and_readiness_on_the_port_it_serves():

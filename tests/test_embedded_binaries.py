@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
 from shared.embedded import POSTGRES_MALLOC, EmbeddedServers, postgres_env
 
@@ -73,3 +74,20 @@ def test_the_embedded_postgresql_keeps_the_memory_malloc_would_hand_back_and_the
     )
     for name, value in POSTGRES_MALLOC.items():
         assert environ[name] == os.environ.get(name, value)
+
+
+def test_a_redis_without_a_data_folder_can_keep_its_append_only_file_in_a_throwaway_one(tmp_path):
+    # What the benchmark starts: Redis as `appeals up` runs it, its file gone with the servers.
+    servers = EmbeddedServers(log_dir=tmp_path, redis_append_only=True).start()
+    try:
+        with Redis.from_url(servers.redis_url, decode_responses=True) as redis:
+            config = redis.config_get("append*") | redis.config_get("dir")
+        assert config["appendonly"] == "yes"
+        assert config["appendfsync"] == "always"
+        folder = Path(config["dir"])
+        assert folder.is_dir()
+        assert not folder.is_relative_to(tmp_path)
+    finally:
+        servers.stop()
+    assert not folder.exists()
+    assert any(tmp_path.iterdir())  # the logs stay

@@ -97,6 +97,15 @@ async def test_redis_and_postgres_keep_their_data_across_a_kill_9(tmp_path, data
     try:
         redis = Redis.from_url(first.redis_url)
         await redis.set("t:20260101-000001", json.dumps({"ticket_no": "20260101-000001"}))
+        # Rewritten once (the part before, as Redis writes a rewrite: uncompressed here), then more
+        # appended: both parts are read back after the crash.
+        await redis.bgrewriteaof()
+
+        async def rewritten() -> bool:
+            info = await redis.info("persistence")
+            return not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+
+        await eventually(rewritten)
         await redis.hset("contact:abc", mapping={"phone": "13812345678"})
         await redis.zadd("timers", {"t1": 1.0})
         await redis.aclose()
@@ -114,6 +123,14 @@ async def test_redis_and_postgres_keep_their_data_across_a_kill_9(tmp_path, data
         assert await redis.get("t:20260101-000001")
         assert await redis.hget("contact:abc", "phone") == b"13812345678"
         assert await redis.zscore("timers", "t1") == 1.0
+        config = await redis.config_get("a*") | await redis.config_get("rdbcompression")
+        expected = {
+            "appendfsync": "always",
+            "auto-aof-rewrite-percentage": "400",
+            "auto-aof-rewrite-min-size": str(2**30),
+            "rdbcompression": "no",
+        }
+        assert {name: config[name] for name in expected} == expected
         await redis.aclose()
         with psycopg.connect(second.database_url) as conn:
             assert conn.execute("SELECT n FROM kept").fetchall() == [(42,)]

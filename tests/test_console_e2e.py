@@ -3075,6 +3075,39 @@ async def test_department_accepts_and_resolves_and_the_dashboard_moves_live(
         assert await page.evaluate("window.__pwned === undefined")
 
 
+async def test_a_live_redraw_of_the_queue_waits_for_a_click_and_keeps_the_focus(
+    page: Page, redis, system: System
+):
+    # The queue is redrawn whenever one of its tickets arrives or changes. Redrawn between the press
+    # and the release of a click, the click landed on no link and the page stayed where it was.
+    async with await admin_api(system, redis) as client:
+        no = await submit(client, "春晖园门口的路灯坏了，晚上一片漆黑", new_phone(), "春晖园")
+        ticket = await ticket_when(client, no, lambda t: t["status"] == "assigned")
+        await sign_in(page, await issue_token(redis, "department", ticket["department"]["id"]))
+        await expect(page.locator("#queue")).to_have_attribute("data-live-state", "ready", timeout=30_000)
+        link = page.locator(f"a[href='/console/tickets/{no}']")
+
+        # A keyboard user's place: the link in focus is in focus again after the redraw.
+        await link.focus()
+        second = await submit(client, "春晖园东门的路灯不亮，请尽快修理", new_phone(), "春晖园")
+        await expect(page.locator(f"a[href='/console/tickets/{second}']")).to_be_visible(timeout=30_000)
+        assert await page.evaluate("document.activeElement.getAttribute('href')") == f"/console/tickets/{no}"
+
+        # A click held down while a ticket arrives: the redraw waits for the release, and the click
+        # opens the ticket.
+        box = await link.bounding_box()
+        assert box is not None
+        await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        await page.mouse.down()
+        third = await submit(client, "春晖园西门的路灯也坏了", new_phone(), "春晖园")
+        await ticket_when(client, third, lambda t: t["status"] != "received")
+        await page.wait_for_timeout(2_000)  # the news reaches the page well within this, idle
+        await expect(page.locator(f"a[href='/console/tickets/{third}']")).to_have_count(0)
+        await page.mouse.up()
+        await expect(page).to_have_url(re.compile(f"/console/tickets/{no}$"))
+        await expect(page.locator("#status")).to_be_visible()
+
+
 async def test_a_department_accepts_its_new_tickets_together_with_and_without_the_script(
     page: Page, browser: Browser, redis, system: System, system_city, settings
 ):

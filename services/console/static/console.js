@@ -554,6 +554,26 @@
     // Tickets often come together (a meeting's decision, a batch at the desk): those of a moment
     // redraw the queue once, and the news names them all, not the last one alone.
     let arrived = [];
+    // A redraw waits while a button is held down on the queue: replacing the row between the press
+    // and the release would swallow the click (it would land on no link), and it keeps the focus on
+    // the same link or box, so that a keyboard user does not start again from the top.
+    let pressed = false;
+    let waiting = [];
+    queue.addEventListener("pointerdown", () => { pressed = true; });
+    const release = () => {
+      pressed = false;
+      for (const resume of waiting.splice(0)) setTimeout(resume, 0); // after the click it ends
+    };
+    window.addEventListener("pointerup", release);
+    window.addEventListener("pointercancel", release);
+    const released = () => new Promise((resume) => waiting.push(resume));
+    const twinOf = (el) => {
+      if (!(el instanceof HTMLElement) || !queue.contains(el)) return null;
+      if (el.id) return `#${CSS.escape(el.id)}`;
+      if (el instanceof HTMLAnchorElement) return `a[href="${CSS.escape(el.getAttribute("href") || "")}"]`;
+      if (el.classList.contains("pick")) return `input.pick[value="${CSS.escape(el.getAttribute("value") || "")}"]`;
+      return null;
+    };
     const redraw = async () => {
       const batch = arrived;
       arrived = [];
@@ -561,10 +581,14 @@
       if (!response.ok) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
       if (fresh) {
+        if (pressed) await released();
         const ticked = new Set(picks().filter((b) => b.checked).map((b) => b.value));
+        const focused = twinOf(document.activeElement);
         queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
         for (const b of picks()) b.checked = ticked.has(b.value);
         countPicked();
+        const again = focused && queue.querySelector(focused);
+        if (again instanceof HTMLElement) again.focus();
       }
       // A ticket that left (the desk re-dispatched it) is gone from the redrawn queue; say so.
       const kinds = [["工单已转出本单位：", (d) => d.left], ["新工单已派到本单位：", (d) => !d.left && d.topic === "ticket.assigned"], ["工单有更新：", (d) => !d.left && d.topic !== "ticket.assigned"]];

@@ -15,6 +15,39 @@
     return source;
   }
 
+  // A part of the page redrawn from the server's rendering (a department's live queue, the
+  // dashboard's rankings, the operator's preview) waits while a button is held down on it:
+  // replaced between the press and the release, the click would land on nothing. And the link,
+  // box or button in focus is in focus again after, so a keyboard user keeps their place.
+  let pressed = null;
+  const waiting = [];
+  document.addEventListener("pointerdown", (e) => { pressed = e.target; });
+  const release = () => {
+    pressed = null;
+    for (const resume of waiting.splice(0)) setTimeout(resume, 0); // once the click is handled
+  };
+  window.addEventListener("pointerup", release);
+  window.addEventListener("pointercancel", release);
+
+  async function unpressed(part) {
+    while (pressed instanceof Node && part.contains(pressed)) await new Promise((resume) => waiting.push(resume));
+  }
+
+  function twinOf(part, el) {
+    if (!(el instanceof HTMLElement) || !part.contains(el)) return null;
+    if (el.id) return `#${CSS.escape(el.id)}`;
+    if (el instanceof HTMLAnchorElement) return `a[href="${CSS.escape(el.getAttribute("href") || "")}"]`;
+    const name = el.getAttribute("name");
+    return name ? `[name="${CSS.escape(name)}"][value="${CSS.escape(el.getAttribute("value") || "")}"]` : null;
+  }
+
+  function redrawn(part, html) {
+    const focused = twinOf(part, document.activeElement);
+    part.innerHTML = html;
+    const again = focused && part.querySelector(focused);
+    if (again instanceof HTMLElement) again.focus();
+  }
+
   async function post(url, body) {
     const response = await fetch(url, {
       method: "POST",
@@ -398,7 +431,9 @@
         const html = await response.text(); // rendered and escaped by the server
         if (mine !== asked) return;
         if (html !== shown) {
-          preview.innerHTML = html;
+          await unpressed(preview);
+          if (mine !== asked) return;
+          redrawn(preview, html);
           shown = html;
         }
         judged = values;
@@ -554,26 +589,6 @@
     // Tickets often come together (a meeting's decision, a batch at the desk): those of a moment
     // redraw the queue once, and the news names them all, not the last one alone.
     let arrived = [];
-    // A redraw waits while a button is held down on the queue: replacing the row between the press
-    // and the release would swallow the click (it would land on no link), and it keeps the focus on
-    // the same link or box, so that a keyboard user does not start again from the top.
-    let pressed = false;
-    let waiting = [];
-    queue.addEventListener("pointerdown", () => { pressed = true; });
-    const release = () => {
-      pressed = false;
-      for (const resume of waiting.splice(0)) setTimeout(resume, 0); // after the click it ends
-    };
-    window.addEventListener("pointerup", release);
-    window.addEventListener("pointercancel", release);
-    const released = () => new Promise((resume) => waiting.push(resume));
-    const twinOf = (el) => {
-      if (!(el instanceof HTMLElement) || !queue.contains(el)) return null;
-      if (el.id) return `#${CSS.escape(el.id)}`;
-      if (el instanceof HTMLAnchorElement) return `a[href="${CSS.escape(el.getAttribute("href") || "")}"]`;
-      if (el.classList.contains("pick")) return `input.pick[value="${CSS.escape(el.getAttribute("value") || "")}"]`;
-      return null;
-    };
     const redraw = async () => {
       const batch = arrived;
       arrived = [];
@@ -581,14 +596,11 @@
       if (!response.ok) return;
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("queue");
       if (fresh) {
-        if (pressed) await released();
+        await unpressed(queue);
         const ticked = new Set(picks().filter((b) => b.checked).map((b) => b.value));
-        const focused = twinOf(document.activeElement);
-        queue.innerHTML = fresh.innerHTML; // the server's own escaped rendering
+        redrawn(queue, fresh.innerHTML); // the server's own escaped rendering
         for (const b of picks()) b.checked = ticked.has(b.value);
         countPicked();
-        const again = focused && queue.querySelector(focused);
-        if (again instanceof HTMLElement) again.focus();
       }
       // A ticket that left (the desk re-dispatched it) is gone from the redrawn queue; say so.
       const kinds = [["工单已转出本单位：", (d) => d.left], ["新工单已派到本单位：", (d) => !d.left && d.topic === "ticket.assigned"], ["工单有更新：", (d) => !d.left && d.topic !== "ticket.assigned"]];
@@ -706,7 +718,10 @@
         ? new DOMParser().parseFromString(await response.text(), "text/html").getElementById("rankings")
         : null;
       const rankings = document.getElementById("rankings");
-      if (fresh && rankings) rankings.innerHTML = fresh.innerHTML;
+      if (fresh && rankings) {
+        await unpressed(rankings);
+        redrawn(rankings, fresh.innerHTML);
+      }
       state.textContent = "实时更新：已连接（" + new Date().toLocaleTimeString("zh-CN") + " 更新）";
     });
   }

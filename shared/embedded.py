@@ -393,17 +393,19 @@ class EmbeddedServers:
 
     def _start_redis(self) -> None:
         assert self.log_dir is not None
+        if self.data_dir is not None:
+            redis_dir = self.data_dir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+        elif self.redis_append_only:
+            redis_dir = Path(tempfile.mkdtemp(prefix="appeals-redis-"))
+            self._throwaways.append(redis_dir)
+        else:
+            redis_dir = self.log_dir
         if self.data_dir is not None or self.redis_append_only:
-            if self.data_dir is not None:
-                redis_dir = self.data_dir / "redis"
-                redis_dir.mkdir(parents=True, exist_ok=True)
-            else:
-                redis_dir = Path(tempfile.mkdtemp(prefix="appeals-redis-"))
-                self._throwaways.append(redis_dir)
             persistence = ["--appendonly", "yes", "--appendfsync", self.redis_appendfsync]
             persistence += [arg for name, value in REDIS_AOF_OPTIONS for arg in (f"--{name}", value)]
         else:
-            redis_dir, persistence = self.log_dir, ["--appendonly", "no"]
+            persistence = ["--appendonly", "no"]
         proc = self._spawn(
             "redis",
             [

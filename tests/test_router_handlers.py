@@ -14,7 +14,7 @@ import pytest
 from services.router import meetings
 from services.router.app import RouterHandlers
 from services.router.rules import Precedent
-from services.router.service import _RECORD, Hotspots, list_key, open_key, precedent_key
+from services.router.service import _RECORD, Hotspots, list_key, open_key, precedent_key, tickets_key
 from services.router.sla import add_working_days
 from shared.city import City
 from shared.events import Event, GridMatch, MeetingConvened, TicketAssigned, TicketUpdated
@@ -124,6 +124,101 @@ async def test_an_escalation_opens_its_meeting_and_records_it_without_publishing
     assert raw is not None
     history = await h.store.history(no)
     assert [r["topic"] for r in history].count(MeetingConvened.topic) == 1
+
+
+async def test_a_meeting_takes_more_tickets_without_its_json_being_written_again(redis):
+    """A hotspot's meeting keeps its tickets in a sorted set beside its JSON: the ticket that joins
+    an open meeting is added there, in the order it came, and the JSON (who is summoned, the
+    deadline) is not written again; the meeting reads with all its tickets, and a hold delivered
+    twice attaches its ticket once."""
+    category = "city.appearance.illegal_construction"
+    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
+    await redis.delete(*keys)
+    sent = Sent()
+    h = handlers(redis, sent)
+    now = datetime.now(UTC)
+    # Received at the same moment, a hot cluster's tickets come oldest first, then by number.
+    nos = sorted(number() for _ in range(CITY.sla.supervision.hotspot_count))
+    later = number()
+    mid = ""
+    try:
+        await h.classified([classified(CITY, category, GRID, no=no, at=now) for no in nos])
+        holds = [e for e in sent.events if isinstance(e, TicketUpdated) and e.meeting is not None]
+        await h.updates(holds)
+        mid = holds[0].meeting.meeting_id if holds[0].meeting else ""
+        raw = await redis.get(f"meeting:{mid}")
+        assert raw is not None
+        assert meetings.Meeting.model_validate_json(raw).tickets == []
+        assert [t.decode() for t in await redis.zrange(tickets_key(mid), 0, -1)] == nos
+
+        sent.events.clear()
+        await h.classified([classified(CITY, category, GRID, no=later, at=now)])
+        [hold] = [e for e in sent.events if isinstance(e, TicketUpdated)]
+        await h.updates([hold])
+        await h.updates([hold])  # redelivered
+        assert await redis.get(f"meeting:{mid}") == raw
+        meeting = await h.meetings.get(mid)
+        assert meeting is not None
+        assert meeting.tickets == [*nos, later]
+        history = await h.store.history(later)
+        attached = [r for r in history if r["topic"] == "meeting.updated" and r["action"] == "attached"]
+        assert [r["tickets"] for r in attached] == [[later]]
+    finally:
+        opened = await h.meetings.get(mid) if mid else None
+        await redis.delete(*keys, f"meeting:{mid}", tickets_key(mid))
+        for dept in (None, *(opened.summoned if opened else ())):
+            for listed in ("open", "decided"):
+                await redis.zrem(list_key(dept, listed), mid)
+            if dept:
+                await redis.zrem(f"meetings:of:{dept}:check_in", mid)
+
+
+async def test_a_meeting_written_with_its_tickets_in_its_json_reads_whole_and_moves_them_at_its_next_write(
+    redis,
+):
+    """A meeting stored before its tickets had a set of their own (its JSON holds them) reads with
+    them, and the next ticket it takes moves them all to the set, in their order, before the new one."""
+    tz = ZoneInfo("Asia/Shanghai")
+    h = handlers(redis, Sent())
+    now = datetime.now(UTC)
+    first, second, third = number(), number(), number()
+    mid = meetings.meeting_id(first, "returned_twice", "older")
+    spec = meetings.spec(
+        CITY,
+        mid=mid,
+        reason="returned_twice",
+        grid=GRID,
+        category="env.noise",
+        summoned=["environment"],
+        now=now,
+        tz=tz,
+    )
+    older, _ = meetings.merge(None, spec, [first, second], now)
+    try:
+        await redis.set(f"meeting:{mid}", older.model_dump_json())
+        found = await h.meetings.get(mid)
+        assert found is not None
+        assert found.tickets == [first, second]
+
+        def attach(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
+            merged, added = meetings.merge(m, spec, [second, third], now)
+            return (merged, []) if added else None
+
+        await h.meetings.change_many({mid: attach}, probe={mid: [second, third]})
+        raw = await redis.get(f"meeting:{mid}")
+        assert raw is not None
+        assert meetings.Meeting.model_validate_json(raw).tickets == []
+        assert [t.decode() for t in await redis.zrange(tickets_key(mid), 0, -1)] == [first, second, third]
+        found = await h.meetings.get(mid)
+        assert found is not None
+        assert found.tickets == [first, second, third]
+    finally:
+        await redis.delete(f"meeting:{mid}", tickets_key(mid))
+        for dept in (None, "environment"):
+            for listed in ("open", "decided"):
+                await redis.zrem(list_key(dept, listed), mid)
+            if dept:
+                await redis.zrem(f"meetings:of:{dept}:check_in", mid)
 
 
 async def test_a_first_assignment_to_a_committee_gets_the_time_its_kind_is_given(redis):
@@ -244,7 +339,7 @@ async def test_a_joint_meeting_s_decision_routes_the_next_appeals_of_its_cluster
         assert await redis.get(key) is None
     finally:
         # The session's Redis is shared: leave no precedent, cluster count or listed meeting behind.
-        await redis.delete(key, hot, f"meeting:{mid}")
+        await redis.delete(key, hot, f"meeting:{mid}", tickets_key(mid))
         for dept in (None, "street_s03", "environment", "police", "urban_enforcement"):
             for listed in ("open", "decided"):
                 await redis.zrem(list_key(dept, listed), mid)

@@ -24,7 +24,7 @@ from services.records.db import Pool
 from services.records.projection import meeting_of
 from services.records.service import Records
 from services.router import meetings
-from services.router.service import MeetingStore
+from services.router.service import MeetingStore, StoredMeeting
 from shared.city import load_city
 from shared.photo_store import PhotoStore
 from shared.settings import Settings
@@ -177,21 +177,21 @@ class Retention:
                 break
             after = (rows[-1]["decided_at"], rows[-1]["meeting_id"])
             read = await store.read_many([r["meeting_id"] for r in rows])
-            held = {mid: meetings.Meeting.model_validate_json(raw) for mid, raw in read.items() if raw}
+            held = {mid: stored.meeting for mid, stored in read.items() if stored}
             recorded = {r["meeting_id"]: meeting_of(r, self.tz) for r in rows}
             if behind := [mid for mid, m in held.items() if meetings.unrecorded(m, recorded[mid])]:
                 recorded.update(await self._refolded_meetings(behind))
-            leaving: Mapping[str, bytes] = {
-                mid: raw
-                for mid, raw in read.items()
-                if raw and meetings.may_leave_redis(held[mid], recorded[mid], decided_before)
+            leaving: Mapping[str, StoredMeeting] = {
+                mid: stored
+                for mid, stored in read.items()
+                if stored and meetings.may_leave_redis(held[mid], recorded[mid], decided_before)
             }
             lacking |= {
                 mid: gaps
                 for mid in behind
                 if held[mid].status == "decided" and (gaps := meetings.unrecorded(held[mid], recorded[mid]))
             }
-            gone = [mid for mid, raw in read.items() if raw is None] + await store.leave(leaving)
+            gone = [mid for mid, stored in read.items() if stored is None] + await store.leave(leaving)
             if gone:
                 async with self.pool.connection() as conn:
                     await conn.execute(

@@ -8,8 +8,9 @@ Keys:
                          those in a meeting, a higher one still for those resolved)
   queue:{dept}:closed    sorted set: its closed tickets, newest first
   queue:owner            hash: ticket -> the department whose queue holds it
-  meeting:{id}           a joint meeting, as JSON (meetings.Meeting); a decided one leaves Redis
-                         after its tickets (`leave`, the records worker's retention)
+  meeting:{id}           a joint meeting, as JSON (meetings.Meeting) without its tickets; a decided
+                         one leaves Redis after its tickets (`leave`, the records worker's retention)
+  meeting:{id}:tickets   sorted set: its tickets -> the order they joined it in
   meeting:open:{cat}:{grid}  the open hotspot meeting of that cluster, if any
   meetings:of:{dept}     sorted set: the open meetings the department is summoned to -> deadline
   meetings:of:{dept}:decided  sorted set: its decided ones -> when decided (listed for 30 days)
@@ -28,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -508,25 +509,109 @@ def _list_into(pipe: Any, meeting: meetings.Meeting, since: float) -> None:
 
 ListedStatus = Literal["open", "decided", "all"]
 
+
+def tickets_key(mid: str) -> str:
+    """A meeting's tickets: a sorted set beside its JSON, so that taking more costs what they add.
+    In its JSON a hotspot's meeting was read, parsed, extended and written whole at every attach:
+    in a flood the router rewrote about a thousand meetings of several kilobytes a few times a
+    second, and Redis's append-only file took every byte of them."""
+    return f"meeting:{mid}:tickets"
+
+
+@dataclass(frozen=True)
+class StoredMeeting:
+    """A meeting as Redis holds it: its JSON as stored (`raw`, which `MeetingStore.leave` compares),
+    the meeting with its tickets (all of them, or only those asked about: `MeetingStore._read`),
+    which of those its set holds, and how many the set holds. A meeting written before its tickets
+    had a set of their own keeps them in its JSON (`in_json`) until its next write moves them."""
+
+    raw: bytes
+    meeting: meetings.Meeting
+    in_set: frozenset[str]
+    size: int
+    in_json: bool
+
+
+# Per meeting, in one round trip: its JSON, how many tickets its set holds, and its tickets: all of
+# them (n = -1), or those of the n named that it holds. KEYS: per meeting its key and its tickets'
+# key. ARGV: per meeting n, then the n tickets.
+_READ = """
+local out = {}
+local a = 1
+for i = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[a])
+  local held = {}
+  if n < 0 then
+    held = redis.call('ZRANGE', KEYS[i + 1], 0, -1)
+  elseif n > 0 then
+    local scores = redis.call('ZMSCORE', KEYS[i + 1], unpack(ARGV, a + 1, a + n))
+    for j = 1, n do
+      if scores[j] then held[#held + 1] = ARGV[a + j] end
+    end
+  end
+  out[#out + 1] = {redis.call('GET', KEYS[i]) or '', redis.call('ZCARD', KEYS[i + 1]), held}
+  a = a + 1 + math.max(n, 0)
+end
+return out
+"""
+
+
+def _stored(reply: list[Any]) -> StoredMeeting | None:
+    raw, size, held = reply
+    if not raw:
+        return None
+    meeting = meetings.Meeting.model_validate_json(raw)
+    in_set = [_text(t) for t in held]
+    in_json = bool(meeting.tickets)
+    meeting.tickets = list(dict.fromkeys([*meeting.tickets, *in_set])) if in_json else in_set
+    return StoredMeeting(bytes(raw), meeting, frozenset(in_set), int(size), in_json)
+
+
+def _meeting_json(meeting: meetings.Meeting) -> bytes:
+    """What a meeting's key holds: its JSON without its tickets (they are in their set)."""
+    return json_of(meeting.model_copy(update={"tickets": []}))
+
+
+def _write_meeting(pipe: Any, before: StoredMeeting | None, meeting: meetings.Meeting) -> bytes | None:
+    """Add the meeting's new tickets to its set, as a command of the caller's transaction, each
+    after those it holds. Returns its JSON when that is to be written: new, changed other than in
+    its tickets (a check-in, a decision, one more department summoned), or still holding tickets
+    of its own; None when only tickets joined it, most of a hotspot's meeting's writes."""
+    mid = meeting.meeting_id
+    known = before.in_set if before is not None else frozenset()
+    new = [t for t in meeting.tickets if t not in known]
+    if new:
+        start = before.size if before is not None else 0
+        pipe.zadd(tickets_key(mid), {t: start + i for i, t in enumerate(new)})
+    if (
+        before is not None
+        and not before.in_json
+        and before.meeting.model_copy(update={"tickets": meeting.tickets}) == meeting
+    ):
+        return None
+    return _meeting_json(meeting)
+
+
 # A decided meeting leaves Redis (the records worker's retention, once the record holds it) only as
 # it was read, so still decided and unchanged, and only if none of its tickets is in Redis (a
 # ticket there looks its meeting up there); off every list with it. The cluster's key goes only if
 # it still names this meeting: a hotspot's was removed with its decision, and the cluster may have
-# opened another meeting since. KEYS: the meeting, ARGV[3] list keys, the cluster's key if ARGV[4]
-# is 1, then its tickets. ARGV: the meeting as read, its id, those two counts. Returns 1: removed;
-# 0: changed since, or a ticket is in Redis; 2: already gone.
+# opened another meeting since. A decided meeting takes no more tickets, so its JSON as read says
+# it is unchanged. KEYS: the meeting, its tickets' set, ARGV[3] list keys, the cluster's key if
+# ARGV[4] is 1, then its tickets. ARGV: the meeting as read, its id, those two counts. Returns 1:
+# removed; 0: changed since, or a ticket is in Redis; 2: already gone.
 _LEAVE = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 2 end
 if raw ~= ARGV[1] then return 0 end
 local lists, cluster = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 2 + lists + cluster, #KEYS, 500 do
+for i = 3 + lists + cluster, #KEYS, 500 do
   if redis.call('EXISTS', unpack(KEYS, i, math.min(i + 499, #KEYS))) > 0 then return 0 end
 end
-redis.call('DEL', KEYS[1])
-for i = 2, 1 + lists do redis.call('ZREM', KEYS[i], ARGV[2]) end
-if cluster == 1 and redis.call('GET', KEYS[2 + lists]) == ARGV[2] then
-  redis.call('DEL', KEYS[2 + lists])
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 3, 2 + lists do redis.call('ZREM', KEYS[i], ARGV[2]) end
+if cluster == 1 and redis.call('GET', KEYS[3 + lists]) == ARGV[2] then
+  redis.call('DEL', KEYS[3 + lists])
 end
 return 1
 """
@@ -544,34 +629,50 @@ class MeetingStore:
     def key(mid: str) -> str:
         return f"meeting:{mid}"
 
+    async def _read(
+        self, client: Any, mids: Sequence[str], probe: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, StoredMeeting | None]:
+        """These meetings as stored, in one round trip (`client`: a pipeline under WATCH reads
+        there). A meeting named in `probe` comes with only those of the tickets named there that it
+        holds: enough to attach them, without reading what it holds already."""
+        if not mids:
+            return {}
+        keys: list[str] = []
+        args: list[str | int] = []
+        for mid in mids:
+            keys += [self.key(mid), tickets_key(mid)]
+            asked = probe.get(mid) if probe is not None else None
+            args += [-1] if asked is None else [len(asked), *asked]
+        replies = await client.eval(_READ, len(keys), *keys, *args)
+        return {mid: _stored(reply) for mid, reply in zip(mids, replies, strict=True)}
+
     async def get(self, mid: str) -> meetings.Meeting | None:
-        raw = await self.redis.get(self.key(mid))
-        return meetings.Meeting.model_validate_json(raw) if raw else None
+        found = (await self._read(self.redis, [mid]))[mid]
+        return found.meeting if found is not None else None
 
-    async def read_many(self, mids: Sequence[str]) -> dict[str, bytes | None]:
-        """These meetings as stored (their JSON), None for those Redis does not hold."""
-        raws = cast("list[bytes | None]", await self.redis.mget([self.key(m) for m in mids]) if mids else [])
-        return dict(zip(mids, raws, strict=True))
+    async def read_many(self, mids: Sequence[str]) -> dict[str, StoredMeeting | None]:
+        """These meetings as stored, with all their tickets; None for those Redis does not hold."""
+        return await self._read(self.redis, mids)
 
-    async def leave(self, read: Mapping[str, bytes]) -> list[str]:
+    async def leave(self, read: Mapping[str, StoredMeeting]) -> list[str]:
         """Remove these decided meetings from Redis, and from every list they are on, each only if
-        it is still as it was read (`read`: id -> its JSON) and none of its tickets is in Redis. For
-        the records worker's retention, once the record holds them (`meetings.may_leave_redis`).
+        it is still as it was read (`read_many`) and none of its tickets is in Redis. For the
+        records worker's retention, once the record holds them (`meetings.may_leave_redis`).
         Returns those no longer in Redis: removed, or gone already."""
         if not read:
             return []
         leave = self.redis.register_script(_LEAVE)
         async with self.redis.pipeline(transaction=False) as p:
-            for mid, raw in read.items():
-                m = meetings.Meeting.model_validate_json(raw)
+            for mid, stored in read.items():
+                m = stored.meeting
                 lists = [list_key(None, "open"), list_key(None, "decided")]
                 for dept in m.summoned:
                     lists += [list_key(dept, "open"), list_key(dept, "decided"), check_in_key(dept)]
                 cluster = (
                     [open_key(m.category, m.grid)] if m.reason == "hotspot" and m.category and m.grid else []
                 )
-                keys = [self.key(mid), *lists, *cluster, *map(ticket_key, m.tickets)]
-                await leave(keys=keys, args=[raw, mid, len(lists), len(cluster)], client=p)
+                keys = [self.key(mid), tickets_key(mid), *lists, *cluster, *map(ticket_key, m.tickets)]
+                await leave(keys=keys, args=[stored.raw, mid, len(lists), len(cluster)], client=p)
             results = await p.execute()
         return [mid for mid, done in zip(read, results, strict=True) if done]
 
@@ -598,11 +699,10 @@ class MeetingStore:
                 p.zrevrangebyscore(decided_key, "+inf", since, start=decided.start, num=len(decided))
             mids = [_text(m) for ids in await p.execute() for m in ids]
         found: list[meetings.Meeting] = []
-        for raw in await self.redis.mget([self.key(m) for m in mids]) if mids else []:
-            m = meetings.Meeting.model_validate_json(raw) if raw else None
+        for stored in (await self._read(self.redis, mids)).values():
             # Decided between the reads above: listed again where it now belongs on the next read.
-            if m is not None and status in ("all", m.status):
-                found.append(m)
+            if stored is not None and status in ("all", stored.meeting.status):
+                found.append(stored.meeting)
         return open_count + decided_count, open_count, found
 
     async def counts(self, dept: str | None) -> tuple[int, int | None]:
@@ -661,15 +761,19 @@ class MeetingStore:
         """The tickets of every open meeting, a batch of meetings at a time."""
         mids = [_text(m) for m in await self.redis.zrange(list_key(None, "open"), 0, -1)]
         for i in range(0, len(mids), batch):
-            raws = await self.redis.mget([self.key(m) for m in mids[i : i + batch]])
-            yield [no for raw in raws if raw for no in meetings.Meeting.model_validate_json(raw).tickets]
+            read = await self._read(self.redis, mids[i : i + batch])
+            yield [no for stored in read.values() if stored for no in stored.meeting.tickets]
 
     async def change(self, mid: str, decide: Decide) -> meetings.Meeting | None:
         """Change one meeting (see `change_many`)."""
         return (await self.change_many({mid: decide}))[mid]
 
     async def change_many(
-        self, decisions: dict[str, Decide], *, relist: bool = False
+        self,
+        decisions: dict[str, Decide],
+        *,
+        relist: bool = False,
+        probe: Mapping[str, Sequence[str]] | None = None,
     ) -> dict[str, meetings.Meeting | None]:
         """Change meetings under WATCH, all in one transaction. Their facts (convened, attached,
         checked in, decided) go into the history of the ticket each names, in the same transaction
@@ -680,20 +784,25 @@ class MeetingStore:
         its place there changes (`meetings.listing`), or always with `relist` (meetings written
         before the lists existed). A decision sets its cluster's precedent (`meetings.precedent`,
         read by `Precedents`) in the same transaction too: the router is the one writer of meetings
-        and what follows from them. Returns each meeting as it now is."""
-        keys = [self.key(mid) for mid in decisions]
+        and what follows from them.
+
+        A decision that only attaches tickets needs to know which of them the meeting holds: with
+        `probe` (meeting id -> the tickets to look for), its meeting comes with only those of its
+        tickets, so that attaching costs what it adds, not what the meeting holds. Returns each
+        meeting as it now is (with those tickets only, for a probed one)."""
+        keys = [k for mid in decisions for k in (self.key(mid), tickets_key(mid))]
         for _ in range(8):
             async with self.redis.pipeline(transaction=True) as p:
                 try:
                     await p.watch(*keys)
                     out: dict[str, meetings.Meeting | None] = {}
+                    stored = await self._read(p, list(decisions), probe)
                     before: dict[str, meetings.Meeting | None] = {}
                     changed: dict[str, meetings.Meeting] = {}
                     events: list[Event] = []
-                    for (mid, decide), raw in zip(decisions.items(), await p.mget(keys), strict=False):
-                        out[mid] = before[mid] = current = (
-                            meetings.Meeting.model_validate_json(raw) if raw else None
-                        )
+                    for mid, decide in decisions.items():
+                        found = stored[mid]
+                        out[mid] = before[mid] = current = found.meeting if found is not None else None
                         if (decided := decide(current)) is not None:
                             out[mid] = changed[mid] = decided[0]
                             events += decided[1]
@@ -702,10 +811,16 @@ class MeetingStore:
                         return out
                     p.multi()
                     self.store.record_into(p, events)
-                    # One command for all the meetings: in a hotspot flood a batch changes hundreds,
-                    # and each command of a transaction costs its packing, a reply of its own
-                    # (QUEUED) and one in the EXEC's, on top of its work in Redis.
-                    p.mset({self.key(mid): json_of(meeting) for mid, meeting in changed.items()})
+                    written = {
+                        self.key(mid): raw
+                        for mid, meeting in changed.items()
+                        if (raw := _write_meeting(p, stored[mid], meeting)) is not None
+                    }
+                    # One command for all the meetings: in a flood a batch may change hundreds, and
+                    # each command of a transaction costs its packing, a reply of its own (QUEUED)
+                    # and one in the EXEC's, on top of its work in Redis.
+                    if written:
+                        p.mset(written)
                     since = meetings.listed_since(time.time())
                     for mid, meeting in changed.items():
                         if relist or meetings.listing(before[mid]) != meetings.listing(meeting):
@@ -796,7 +911,9 @@ class MeetingStore:
             decisions[mid] = decide
         if not decisions:
             return []
-        changed = await self.change_many(decisions)
+        changed = await self.change_many(
+            decisions, probe={mid: [e.ticket_no for e in events] for mid, events in by_meeting.items()}
+        )
         return [
             (meeting, [e.ticket_no for e in events])
             for mid, events in by_meeting.items()

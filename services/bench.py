@@ -437,24 +437,28 @@ async def _drive(
         for a in appeals:
             run.traces[a.ticket_no] = Trace()
     reader = asyncio.create_task(_read(consumer, run, len(appeals)))
-    started = time.perf_counter()
-    pending: list[asyncio.Future[Any]] = []
-    tick = 0.005
-    for i, appeal in enumerate(appeals):
-        if rate:
-            due = started + i / rate
-            ahead = due - time.perf_counter()
-            if ahead > tick:
-                await asyncio.sleep(ahead)
-        pending.append(await send(appeal, i, run))
-        if len(pending) >= 2000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-    published = time.perf_counter() - started
-    with contextlib.suppress(TimeoutError):  # what is missing then is reported as missing
-        await asyncio.wait_for(reader, wait_seconds)
-    return published
+    try:
+        started = time.perf_counter()
+        pending: list[asyncio.Future[Any]] = []
+        tick = 0.005
+        for i, appeal in enumerate(appeals):
+            if rate:
+                due = started + i / rate
+                ahead = due - time.perf_counter()
+                if ahead > tick:
+                    await asyncio.sleep(ahead)
+            pending.append(await send(appeal, i, run))
+            if len(pending) >= 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        published = time.perf_counter() - started
+        with contextlib.suppress(TimeoutError):  # what is missing then is reported as missing
+            await asyncio.wait_for(reader, wait_seconds)
+        return published
+    finally:
+        # Interrupted (Ctrl-C cancels the run), the reader stops with it, before its consumer does.
+        reader.cancel()
 
 
 async def _publish(

@@ -86,6 +86,13 @@ def run(service: Service) -> None:
     asyncio.run(_worker_app(service.value).run())
 
 
+def take_sigint() -> None:
+    """Stop on SIGINT however the command was started. Started in the background by a script
+    (`appeals up &`), a process inherits SIGINT ignored and Python then leaves it so: `kill -INT`
+    did nothing, and a benchmark so started ran on to its end with its servers."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _keep_freed_memory() -> None:
     """Let glibc's allocator keep freed memory for the next request instead of returning it to the
     kernel. A worker's buffers of a few hundred kilobytes (a fetch of records, a batch's script
@@ -199,9 +206,7 @@ def up(
         raise KeyboardInterrupt  # a service manager's SIGTERM stops everything in order, as Ctrl-C
 
     signal.signal(signal.SIGTERM, stop_requested)
-    # Started in the background by a script (`appeals up &`), a process inherits SIGINT ignored and
-    # Python then leaves it so: `kill -INT` did nothing. Ctrl-C's signal stops it however started.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    take_sigint()
     try:
         if embedded:
             typer.echo("starting the embedded Kafka broker (Tansu), Redis and PostgreSQL ...")
@@ -319,20 +324,25 @@ def bench_pipeline(
     (then the workers must be running already)."""
     from services.bench import run_pipeline_bench
 
-    run_pipeline_bench(
-        n=n,
-        callers=callers,
-        rate=rate,
-        duration=duration,
-        replicas=replicas,
-        json_path=json_path,
-        broker_limit=broker_limit,
-        broker_limit_messages=broker_limit_messages,
-        via_api=via_api,
-        concurrency=concurrency,
-        wait_for_record=wait_for_record,
-        rounds=rounds,
-    )
+    take_sigint()
+    try:
+        run_pipeline_bench(
+            n=n,
+            callers=callers,
+            rate=rate,
+            duration=duration,
+            replicas=replicas,
+            json_path=json_path,
+            broker_limit=broker_limit,
+            broker_limit_messages=broker_limit_messages,
+            via_api=via_api,
+            concurrency=concurrency,
+            wait_for_record=wait_for_record,
+            rounds=rounds,
+        )
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the servers and workers it started are stopped; no figures", err=True)
+        raise typer.Exit(130) from None
 
 
 def _fail(message: str) -> NoReturn:

@@ -1,10 +1,13 @@
-"""The command line without servers: what `appeals up` prints for the reader to paste, and where the
-record's commands find PostgreSQL when DATABASE_URL is not set."""
+"""The command line without servers: what `appeals up` prints for the reader to paste, where the
+record's commands find PostgreSQL when DATABASE_URL is not set, and how a command takes SIGINT."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from services import cli
@@ -45,3 +48,37 @@ def test_the_records_commands_use_the_postgresql_appeals_up_starts_without_datab
     assert cli._database_url(Settings(database_url="")) == "postgresql://appeals@127.0.0.1:5433/appeals"
     other = "postgresql://appeals:secret@db.example.org:5432/appeals"
     assert cli._database_url(Settings(database_url=other)) == other
+
+
+def test_a_command_started_with_sigint_ignored_takes_it_again():
+    """`appeals up` and `appeals bench pipeline` started in the background by a script inherit
+    SIGINT ignored (as bash starts `cmd &`); they take it back, so `kill -INT` stops them, as Ctrl-C
+    does. Without it the process sleeps on (the control)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def started(take: bool) -> subprocess.Popen[bytes]:
+        code = f"import time; from services import cli; {'cli.take_sigint(); ' if take else ''}"
+        code += "print('ready', flush=True); time.sleep(30)"
+        process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"ready\n"
+        process.send_signal(signal.SIGINT)
+        return process
+
+    taking, ignoring = started(True), started(False)
+    try:
+        assert taking.wait(timeout=10) == -signal.SIGINT
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            ignoring.wait(timeout=1)
+        assert ignoring.poll() is None
+    finally:
+        for p in (taking, ignoring):
+            p.kill()
+            p.wait()
+            if p.stdout is not None:
+                p.stdout.close()

@@ -55,6 +55,15 @@ def handlers(redis, sent: Sent, city: City = CITY) -> RouterHandlers:
     )
 
 
+async def a_clean_cluster(redis, category: str) -> tuple[tuple[str, str], Sent, RouterHandlers]:
+    """The cluster of `category` in GRID with no count and no open meeting in the shared Redis (its
+    two keys, for the test to delete again), and handlers to drive it with what they publish."""
+    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
+    await redis.delete(*keys)
+    sent = Sent()
+    return keys, sent, handlers(redis, sent)
+
+
 def number() -> str:
     return f"20261130-{random.randint(800000, 899999)}"
 
@@ -132,10 +141,7 @@ async def test_a_meeting_takes_more_tickets_without_its_json_being_written_again
     deadline) is not written again; the meeting reads with all its tickets, and a hold delivered
     twice attaches its ticket once."""
     category = "city.appearance.illegal_construction"
-    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
-    await redis.delete(*keys)
-    sent = Sent()
-    h = handlers(redis, sent)
+    keys, sent, h = await a_clean_cluster(redis, category)
     now = datetime.now(UTC)
     # Received at the same moment, a hot cluster's tickets come oldest first, then by number.
     nos = sorted(number() for _ in range(CITY.sla.supervision.hotspot_count))
@@ -245,10 +251,7 @@ async def test_a_hotspot_s_holds_name_the_assignments_written_with_them(redis):
     each hold names its assignment (`caused_by`), so that the record, should it read the hold
     first, waits for the assignment rather than write the row twice."""
     category = "city.appearance.garbage"
-    keys = (f"hot:{category}:{GRID}", open_key(category, GRID))
-    await redis.delete(*keys)
-    sent = Sent()
-    h = handlers(redis, sent)
+    keys, sent, h = await a_clean_cluster(redis, category)
     now = datetime.now(UTC)
     nos = [number() for _ in range(CITY.sla.supervision.hotspot_count)]
     try:

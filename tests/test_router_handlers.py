@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -62,6 +62,9 @@ async def a_clean_cluster(redis, category: str) -> tuple[tuple[str, str], Sent, 
     await redis.delete(*keys)
     sent = Sent()
     return keys, sent, handlers(redis, sent)
+
+
+Decided = tuple[meetings.Meeting, list[Event]] | None
 
 
 def number() -> str:
@@ -183,7 +186,8 @@ async def test_a_meeting_written_with_its_tickets_in_its_json_reads_whole_and_mo
     redis,
 ):
     """A meeting stored before its tickets had a set of their own (its JSON holds them) reads with
-    them, and the next ticket it takes moves them all to the set, in their order, before the new one."""
+    them, and the next ticket it takes moves them all to the set, in their order, before the new
+    one; thousands asked about at once are each found, or added, once."""
     tz = ZoneInfo("Asia/Shanghai")
     h = handlers(redis, Sent())
     now = datetime.now(UTC)
@@ -206,11 +210,14 @@ async def test_a_meeting_written_with_its_tickets_in_its_json_reads_whole_and_mo
         assert found is not None
         assert found.tickets == [first, second]
 
-        def attach(m: meetings.Meeting | None) -> tuple[meetings.Meeting, list[Event]] | None:
-            merged, added = meetings.merge(m, spec, [second, third], now)
-            return (merged, []) if added else None
+        def attach_all(nos: list[str]) -> Callable[[meetings.Meeting | None], Decided]:
+            def attach(m: meetings.Meeting | None) -> Decided:
+                merged, added = meetings.merge(m, spec, nos, now)
+                return (merged, []) if added else None
 
-        await h.meetings.change_many({mid: attach}, probe={mid: [second, third]})
+            return attach
+
+        await h.meetings.change_many({mid: attach_all([second, third])}, probe={mid: [second, third]})
         raw = await redis.get(f"meeting:{mid}")
         assert raw is not None
         assert meetings.Meeting.model_validate_json(raw).tickets == []
@@ -218,6 +225,15 @@ async def test_a_meeting_written_with_its_tickets_in_its_json_reads_whole_and_mo
         found = await h.meetings.get(mid)
         assert found is not None
         assert found.tickets == [first, second, third]
+
+        # Thousands asked about at once (a script's arguments are unpacked a thousand at a time):
+        # those it holds and those it does not, on both sides of a thousand.
+        many = [f"20261130-{n:06d}" for n in range(900000, 902500)]
+        await h.meetings.change_many({mid: attach_all(many[:2000])}, probe={mid: many[:2000]})
+        await h.meetings.change_many({mid: attach_all([*many, third])}, probe={mid: [*many, third]})
+        found = await h.meetings.get(mid)
+        assert found is not None
+        assert found.tickets == [first, second, third, *many]
     finally:
         await redis.delete(f"meeting:{mid}", tickets_key(mid))
         for dept in (None, "environment"):

@@ -533,8 +533,8 @@ class StoredMeeting:
 
 
 # Per meeting, in one round trip: its JSON, how many tickets its set holds, and its tickets: all of
-# them (n = -1), or those of the n named that it holds. KEYS: per meeting its key and its tickets'
-# key. ARGV: per meeting n, then the n tickets.
+# them (n = -1), or those of the n named that it holds (asked 1,000 at a time: Lua's `unpack` has a
+# limit). KEYS: per meeting its key and its tickets' key. ARGV: per meeting n, then the n tickets.
 _READ = """
 local out = {}
 local a = 1
@@ -543,10 +543,12 @@ for i = 1, #KEYS, 2 do
   local held = {}
   if n < 0 then
     held = redis.call('ZRANGE', KEYS[i + 1], 0, -1)
-  elseif n > 0 then
-    local scores = redis.call('ZMSCORE', KEYS[i + 1], unpack(ARGV, a + 1, a + n))
-    for j = 1, n do
-      if scores[j] then held[#held + 1] = ARGV[a + j] end
+  end
+  for s = 0, n - 1, 1000 do
+    local e = math.min(s + 1000, n)
+    local scores = redis.call('ZMSCORE', KEYS[i + 1], unpack(ARGV, a + 1 + s, a + e))
+    for j = 1, e - s do
+      if scores[j] then held[#held + 1] = ARGV[a + s + j] end
     end
   end
   out[#out + 1] = {redis.call('GET', KEYS[i]) or '', redis.call('ZCARD', KEYS[i + 1]), held}

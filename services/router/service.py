@@ -512,9 +512,9 @@ ListedStatus = Literal["open", "decided", "all"]
 
 def tickets_key(mid: str) -> str:
     """A meeting's tickets: a sorted set beside its JSON, so that taking more costs what they add.
-    In its JSON a hotspot's meeting was read, parsed, extended and written whole at every attach:
-    in a flood the router rewrote about a thousand meetings of several kilobytes a few times a
-    second, and Redis's append-only file took every byte of them."""
+    A hotspot's meeting takes tickets at every batch of a flood and may hold thousands: kept in its
+    JSON, each attach read, parsed and wrote them all, and Redis's append-only file took every byte
+    (a thousand meetings of several kilobytes, rewritten a few times a second)."""
     return f"meeting:{mid}:tickets"
 
 

@@ -6,7 +6,6 @@ sent twice), a redelivery while the send is in flight, opt-out, anonymous appeal
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import random
 import uuid
@@ -42,6 +41,7 @@ from shared.events import (
 from shared.privacy import caller_id, mask_phone
 from shared.store import TicketStore
 from shared.tickets import Ticket
+from tests.numbering import made_up_numbers
 
 pytestmark = pytest.mark.integration
 SH = ZoneInfo("Asia/Shanghai")
@@ -103,11 +103,7 @@ def new_phone() -> str:
 
 # This file's made-up tickets, numbered one after the other on a day of their own: random numbers of
 # a shared day could meet another test's ticket (erased ones among them, whose surveys are forgotten).
-_numbers = itertools.count(random.randrange(100_000, 900_000))
-
-
-def made_up_no() -> str:
-    return f"20001123-{next(_numbers)}"
+made_up_no = made_up_numbers("20001123")
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import itertools
 import json
-import random
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -60,6 +58,7 @@ from shared.store import Change, Outcome, TicketStore
 from shared.tickets import Ticket
 from tests.cities import demo_city
 from tests.conftest import as_department, as_sms_gateway, eventually, settings_env
+from tests.numbering import made_up_numbers
 from tests.test_pipeline_e2e import LIGHT, resolve_when_assigned, submit, ticket_when
 from tests.test_shared_core import Broker
 
@@ -77,12 +76,8 @@ def fresh_phone() -> str:
 
 # Made-up tickets, written to Redis and the record without intake: numbered on a day long past (a
 # high number of today's would push today's real counter up, as the record keeps it above the
-# highest it has seen), one after the other so that no two tests of the file share one.
-_numbers = itertools.count(random.randrange(900_000, 990_000))
-
-
-def made_up_no() -> str:
-    return f"20001201-{next(_numbers)}"
+# highest it has seen), so that no two tests share one.
+made_up_no = made_up_numbers("20001201")
 
 
 async def row(pool: db.Pool, no: str) -> dict | None:

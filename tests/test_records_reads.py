@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
-import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -54,6 +52,7 @@ from shared.events import (
 from shared.store import Change, Outcome, TicketStore
 from shared.tickets import Status, Ticket
 from tests.conftest import System, eventually
+from tests.numbering import made_up_numbers
 from tests.test_records import made_up_no
 
 pytestmark = pytest.mark.integration
@@ -591,11 +590,7 @@ async def test_the_overdue_tickets_are_counted_and_listed_longest_overdue_first(
 # --- joint meetings that leave Redis ---------------------------------------------------------------
 
 # These tickets go through Redis: numbered on another day long past than `made_up_no`'s.
-_long_past = itertools.count(random.randrange(900_000, 990_000))
-
-
-def long_past_no() -> str:
-    return f"20001203-{next(_long_past)}"
+long_past_no = made_up_numbers("20001203")
 
 
 async def a_ticket_in_redis(redis, pool, city: City, text: str, *, closed: bool, held: TicketUpdated) -> None:

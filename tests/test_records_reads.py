@@ -28,7 +28,7 @@ from services.records.retention import Retention
 from services.records.service import Records
 from services.records.views import archived_ticket
 from services.router.meetings import Meeting
-from services.router.service import MeetingStore
+from services.router.service import MeetingStore, tickets_key
 from services.router.workflow import dept_ref
 from shared.auth import issue_token
 from shared.city import City
@@ -689,7 +689,7 @@ async def forget(redis, mid: str, nos: Sequence[str]) -> None:
     """Take what a test left in the shared Redis out of it: the meeting, off every list, and its
     tickets (the departments' lists and counts are other tests' too)."""
     await redis.delete(
-        f"meeting:{mid}", f"meeting:{mid}:tickets", *[k for no in nos for k in (f"t:{no}", f"t:{no}:h")]
+        f"meeting:{mid}", tickets_key(mid), *[k for no in nos for k in (f"t:{no}", f"t:{no}:h")]
     )
     for key in [k.decode() async for k in redis.scan_iter(match="meetings:*", count=1000)]:
         await redis.zrem(key, mid)
@@ -719,7 +719,7 @@ async def test_a_decided_meeting_whose_tickets_left_redis_leaves_it_and_is_read_
 
         retention = await evict_closed_tickets(redis, pool, settings, nos)
         assert await retention.evict_decided_meetings(datetime.now(UTC) + timedelta(minutes=1)) >= 1
-        assert not await redis.exists(f"meeting:{mid}", f"meeting:{mid}:tickets")
+        assert not await redis.exists(f"meeting:{mid}", tickets_key(mid))
         for dept in (None, STREET, LEAD, CALLED):  # off every list it was on
             base = "meetings:all" if dept is None else f"meetings:of:{dept}"
             for key in (base, f"{base}:decided", f"{base}:check_in"):

@@ -569,11 +569,6 @@ def _stored(reply: list[Any]) -> StoredMeeting | None:
     return StoredMeeting(bytes(raw), meeting, frozenset(in_set), int(size), in_json)
 
 
-def _meeting_json(meeting: meetings.Meeting) -> bytes:
-    """What a meeting's key holds: its JSON without its tickets (they are in their set)."""
-    return json_of(meeting.model_copy(update={"tickets": []}))
-
-
 def _write_meeting(pipe: Any, before: StoredMeeting | None, meeting: meetings.Meeting) -> bytes | None:
     """Add the meeting's new tickets to its set, as a command of the caller's transaction, each
     after those it holds. Returns its JSON when that is to be written: new, changed other than in
@@ -591,7 +586,7 @@ def _write_meeting(pipe: Any, before: StoredMeeting | None, meeting: meetings.Me
         and before.meeting.model_copy(update={"tickets": meeting.tickets}) == meeting
     ):
         return None
-    return _meeting_json(meeting)
+    return json_of(meeting.model_copy(update={"tickets": []}))  # they are in their set
 
 
 # A decided meeting leaves Redis (the records worker's retention, once the record holds it) only as
@@ -797,15 +792,13 @@ class MeetingStore:
             async with self.redis.pipeline(transaction=True) as p:
                 try:
                     await p.watch(*keys)
-                    out: dict[str, meetings.Meeting | None] = {}
                     stored = await self._read(p, list(decisions), probe)
-                    before: dict[str, meetings.Meeting | None] = {}
+                    before = {mid: found.meeting if found else None for mid, found in stored.items()}
+                    out = dict(before)
                     changed: dict[str, meetings.Meeting] = {}
                     events: list[Event] = []
                     for mid, decide in decisions.items():
-                        found = stored[mid]
-                        out[mid] = before[mid] = current = found.meeting if found is not None else None
-                        if (decided := decide(current)) is not None:
+                        if (decided := decide(before[mid])) is not None:
                             out[mid] = changed[mid] = decided[0]
                             events += decided[1]
                     if not changed:

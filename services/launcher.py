@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import EmbeddedServers, die_with_parent, environment_for, lower_priority, port_open
+from shared.embedded import EmbeddedServers, at_priority, die_with_parent, environment_for, port_open
 from shared.settings import get_settings
 
 log = logging.getLogger("appeals.launcher")
@@ -31,6 +31,8 @@ ALL_PROCESSES = (*WORKERS, "api")
 # classifier and the router are what a caller and a department wait for, and the intake worker keeps
 # the index the operator's duplicate preview reads as the next call comes in.
 OFF_CALLERS_PATH = frozenset({"notifier", "records"})
+# Run `Settings.waited_on_raise` higher, with the embedded Redis and broker: where a flood queues.
+WAITED_ON = frozenset({"router"})
 
 
 def external_servers_configured(env: Mapping[str, str] = os.environ) -> bool:
@@ -60,9 +62,12 @@ class Launcher:
         env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         off_path_nice: int | None = None,
+        waited_on_raise: int | None = None,
     ) -> None:
+        settings = get_settings()
         self.embedded = embedded
-        self.off_path_nice = get_settings().off_path_nice if off_path_nice is None else off_path_nice
+        self.off_path_nice = settings.off_path_nice if off_path_nice is None else off_path_nice
+        self.waited_on_raise = settings.waited_on_raise if waited_on_raise is None else waited_on_raise
         self.base_env = dict(env if env is not None else os.environ)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen] = {}
@@ -78,6 +83,7 @@ class Launcher:
 
     def start_servers(self) -> None:
         if self.embedded is not None and not self.embedded.processes:
+            self.embedded.raised = self.waited_on_raise  # as the router: every stage waits on them
             self.embedded.start()
 
     def start(self, name: str, **extra_env: str) -> subprocess.Popen:
@@ -102,18 +108,14 @@ class Launcher:
 
     def preexec(self, name: str) -> Callable[[], None] | None:
         """What the child `name` runs before its program (after `setsid`): it dies with the
-        launcher, and one off the caller's path runs at a lower priority."""
-        arm = die_with_parent(signal.SIGTERM)
-        steps = self.off_path_nice if name in OFF_CALLERS_PATH else 0
-        if not steps:
-            return arm
-
-        def prepare() -> None:
-            if arm is not None:
-                arm()
-            lower_priority(steps)
-
-        return prepare
+        launcher; one off the caller's path runs at a lower priority, the router at a higher."""
+        if name in OFF_CALLERS_PATH:
+            steps = self.off_path_nice
+        elif name in WAITED_ON:
+            steps = -self.waited_on_raise
+        else:
+            steps = 0
+        return at_priority(steps, die_with_parent(signal.SIGTERM))
 
     def start_all(self, names: Iterable[str] = ALL_PROCESSES) -> None:
         for name in names:

@@ -114,16 +114,18 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
     return arm
 
 
-def lower_priority(steps: int) -> None:
-    """Run the calling process `steps` lower than it was: its nice value, which its threads to come
-    inherit, and on Linux its session's scheduling group. With autogroup scheduling (Linux's default
-    on most distributions) the scheduler first shares the CPU evenly between sessions, whatever the
-    nice values inside them; each child of the launcher has a session of its own, so its nice value
-    alone changed nothing. The group is set only for a session leader: in anyone else's session it
-    would lower the whole session (the terminal's, say). For a `preexec_fn` after `setsid`."""
+def shift_priority(steps: int) -> None:
+    """Run the calling process `steps` lower than it was (higher when negative): its nice value,
+    which its threads to come inherit, and on Linux its session's scheduling group. With autogroup
+    scheduling (Linux's default on most distributions) the scheduler first shares the CPU evenly
+    between sessions, whatever the nice values inside them; each child of the launcher has a session
+    of its own, so its nice value alone changed nothing. The group is set only for a session leader:
+    in anyone else's session it would shift the whole session (the terminal's, say). Raising takes
+    the privilege to (root's, or CAP_SYS_NICE); without it the process runs at the usual priority.
+    For a `preexec_fn` after `setsid`."""
     try:
         niceness = os.nice(steps)
-    except OSError:  # refused (a sandbox): better run at the usual priority than not at all
+    except OSError:  # refused (a sandbox, or a raise without the privilege): the usual priority
         return
     if os.getsid(0) != os.getpid():
         return
@@ -137,6 +139,19 @@ def lower_priority(steps: int) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def at_priority(steps: int, arm: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that runs `arm` (`die_with_parent`'s, say) and then `shift_priority(steps)`."""
+    if not steps:
+        return arm
+
+    def prepare() -> None:
+        if arm is not None:
+            arm()
+        shift_priority(steps)
+
+    return prepare
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
@@ -321,6 +336,10 @@ class EmbeddedServers:
     # Without `data_dir`: Redis keeps its append-only file all the same, in a throwaway folder.
     # The benchmark measures Redis as `appeals up` runs it, file and fsyncs included.
     redis_append_only: bool = False
+    # How many steps higher than the launcher's workers Redis and the broker run (`Settings.
+    # waited_on_raise`): every stage waits on them. PostgreSQL is left as it is: it runs under
+    # another user, and it works when the records worker, off the caller's path, asks.
+    raised: int = 0
     processes: list[ManagedProcess] = field(default_factory=list)
     postgres_dir: Path | None = None
     _throwaways: list[Path] = field(default_factory=list, repr=False)
@@ -373,6 +392,7 @@ class EmbeddedServers:
         *,
         user: str | None = None,
         env: dict[str, str] | None = None,
+        raised: bool = False,
     ) -> subprocess.Popen:
         assert self.log_dir is not None, "start() sets the log folder before spawning"
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
@@ -382,7 +402,7 @@ class EmbeddedServers:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
-            preexec_fn=die_with_parent(stop_signal),
+            preexec_fn=at_priority(-self.raised if raised else 0, die_with_parent(stop_signal)),
             env=env,
             user=user,
             group=user,
@@ -433,6 +453,7 @@ class EmbeddedServers:
                 "yes",
             ],
             signal.SIGTERM,  # Redis flushes and fsyncs its append-only file on SIGTERM
+            raised=True,
         )
         # Loading a large append-only file takes a while; Redis opens its port once it is loaded.
         wait_for_port(self.redis_port, proc, "redis-server", timeout=300)
@@ -536,7 +557,7 @@ class EmbeddedServers:
             "--storage-engine",
             "memory://tansu/",
         ]
-        proc = self._spawn("kafka", env_argv, signal.SIGINT)  # Tansu ignores SIGTERM
+        proc = self._spawn("kafka", env_argv, signal.SIGINT, raised=True)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
 
     def stop(self) -> None:

@@ -91,3 +91,24 @@ def test_a_redis_without_a_data_folder_can_keep_its_append_only_file_in_a_throwa
         servers.stop()
     assert not folder.exists()
     assert any(tmp_path.iterdir())  # the logs stay
+
+
+def test_the_launcher_runs_redis_and_the_broker_higher_where_it_may(tmp_path):
+    # Every stage waits on them; PostgreSQL, started as another user, is left as it is.
+    from services.launcher import Launcher
+
+    may_raise = subprocess.run([sys.executable, "-c", "import os; os.nice(-1)"], check=False).returncode == 0
+    servers = EmbeddedServers(log_dir=tmp_path)
+    Launcher(embedded=servers, env={}, waited_on_raise=3).start_servers()
+    try:
+        assert {m.name for m in servers.processes} == {"redis", "kafka"}
+        for managed in servers.processes:
+            group = Path(f"/proc/{managed.proc.pid}/autogroup")
+            stat = Path(f"/proc/{managed.proc.pid}/stat").read_text()
+            nice = int(stat.rsplit(")", 1)[1].split()[16])  # the 19th field, after the name
+            expected = max(-20, os.nice(0) - 3) if may_raise else os.nice(0)
+            assert nice == expected, managed.name
+            if group.exists() and may_raise:
+                assert group.read_text().split()[-1] == str(expected), managed.name
+    finally:
+        servers.stop()

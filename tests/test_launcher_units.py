@@ -111,7 +111,7 @@ def test_workers_off_the_callers_path_run_lower_in_their_own_scheduling_group():
     for name in ("notifier", "records"):
         assert priority_of(launcher, name) == [lowered, lowered], name
     # A new session's group starts at 0, whatever the launcher's own nice value.
-    for name in ("api", "intake", "classifier", "router"):
+    for name in ("api", "intake", "classifier"):
         assert priority_of(launcher, name) == [ours, 0], name
 
 
@@ -126,6 +126,24 @@ def test_a_child_in_the_launchers_session_leaves_the_sessions_group_alone():
 
 @pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
 def test_no_lower_priority_when_the_setting_is_zero():
-    launcher = Launcher(env={}, off_path_nice=0)
+    launcher = Launcher(env={}, off_path_nice=0, waited_on_raise=0)
 
     assert priority_of(launcher, "records") == [os.nice(0), 0]
+    assert priority_of(launcher, "router") == [os.nice(0), 0]
+
+
+def may_raise_priority() -> bool:
+    """Whether a child of this process may raise its priority (root, or CAP_SYS_NICE: a container
+    may run as root without it)."""
+    return subprocess.run([sys.executable, "-c", "import os; os.nice(-1)"], check=False).returncode == 0
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_the_router_runs_higher_in_its_own_scheduling_group_where_it_may():
+    launcher = Launcher(env={}, off_path_nice=7, waited_on_raise=5)
+    ours = os.nice(0)
+
+    if may_raise_priority():
+        assert priority_of(launcher, "router") == [max(-20, ours - 5), max(-20, ours - 5)]
+    else:  # refused: it runs all the same, at the usual priority
+        assert priority_of(launcher, "router") == [ours, 0]

@@ -91,8 +91,8 @@ class Settings(BaseSettings):
     # How many steps higher than the other workers the launcher runs what every stage waits on (the
     # embedded Redis and broker) and the stage where a flood queues (the router: each of its batches
     # waits on Redis several times: its precedents, the tickets under WATCH, the clusters' counts,
-    # the meetings it claims, the write). In a flood at the usual priority Redis waited for a core 40% of the time and the
-    # router 34%, each round trip as long, and the router fell behind while the classifier kept up.
+    # the meetings it claims, the write). In a flood at the usual priority Redis waited for a core
+    # 40% of the time and the router 34%, and the router fell behind while the classifier kept up.
     # Raising takes root's privilege (CAP_SYS_NICE); without it they run at the usual priority.
     # 0: the same priority as the rest. No effect in `deploy/`, as above.
     waited_on_raise: int = Field(10, ge=0, le=20)

@@ -392,7 +392,7 @@ class EmbeddedServers:
         *,
         user: str | None = None,
         env: dict[str, str] | None = None,
-        raised: bool = False,
+        waited_on: bool = False,
     ) -> subprocess.Popen:
         assert self.log_dir is not None, "start() sets the log folder before spawning"
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
@@ -402,7 +402,7 @@ class EmbeddedServers:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop it in order
-            preexec_fn=at_priority(-self.raised if raised else 0, die_with_parent(stop_signal)),
+            preexec_fn=at_priority(-self.raised if waited_on else 0, die_with_parent(stop_signal)),
             env=env,
             user=user,
             group=user,
@@ -453,7 +453,7 @@ class EmbeddedServers:
                 "yes",
             ],
             signal.SIGTERM,  # Redis flushes and fsyncs its append-only file on SIGTERM
-            raised=True,
+            waited_on=True,
         )
         # Loading a large append-only file takes a while; Redis opens its port once it is loaded.
         wait_for_port(self.redis_port, proc, "redis-server", timeout=300)
@@ -557,7 +557,7 @@ class EmbeddedServers:
             "--storage-engine",
             "memory://tansu/",
         ]
-        proc = self._spawn("kafka", env_argv, signal.SIGINT, raised=True)  # Tansu ignores SIGTERM
+        proc = self._spawn("kafka", env_argv, signal.SIGINT, waited_on=True)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
 
     def stop(self) -> None:

@@ -96,8 +96,9 @@ def test_a_redis_without_a_data_folder_can_keep_its_append_only_file_in_a_throwa
 def test_the_launcher_runs_redis_and_the_broker_higher_where_it_may(tmp_path):
     # Every stage waits on them; PostgreSQL, started as another user, is left as it is.
     from services.launcher import Launcher
+    from tests.test_launcher_units import may_raise_priority
 
-    may_raise = subprocess.run([sys.executable, "-c", "import os; os.nice(-1)"], check=False).returncode == 0
+    may_raise = may_raise_priority()
     servers = EmbeddedServers(log_dir=tmp_path)
     Launcher(embedded=servers, env={}, waited_on_raise=3).start_servers()
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import hashlib
+import logging
 import os
 import pwd
 import random
@@ -29,6 +30,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("appeals.embedded")
 
 
 class EmbeddedServerError(RuntimeError):
@@ -163,6 +166,38 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float =
             return
         time.sleep(0.05)
     raise EmbeddedServerError(f"{what} did not open port {port} within {timeout:.0f}s")
+
+
+def redis_answer(port: int, host: str = "127.0.0.1") -> bytes:
+    """Redis's first reply line to a PING (`+PONG`, or `-LOADING ...` while it reads its data
+    back), or b"" when nothing answered."""
+    try:
+        with socket.create_connection((host, port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(256).split(b"\r\n", 1)[0]
+    except OSError:
+        return b""
+
+
+def wait_for_redis(port: int, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until Redis answers a PING. It opens its port at once and then, as long as it reads its
+    append-only file back, answers every command with -LOADING: 3 s for the 366 MB a day of floods
+    left, and a service started meanwhile failed its first command (`appeals up` stopped with
+    "Redis is loading the dataset in memory")."""
+    deadline = time.monotonic() + timeout
+    wait_for_port(port, proc, "redis-server", timeout)
+    told = False
+    while not (reply := redis_answer(port)).startswith(b"+PONG"):
+        if proc.poll() is not None:
+            raise EmbeddedServerError(f"redis-server exited with code {proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise EmbeddedServerError(
+                f"redis-server did not answer within {timeout:.0f}s: {reply.decode(errors='replace')}"
+            )
+        if reply.startswith(b"-LOADING") and not told:
+            log.warning("Redis is reading its data back from its append-only file ...")
+            told = True
+        time.sleep(0.05)
 
 
 def redis_server_binary() -> str:
@@ -455,8 +490,8 @@ class EmbeddedServers:
             signal.SIGTERM,  # Redis flushes and fsyncs its append-only file on SIGTERM
             waited_on=True,
         )
-        # Loading a large append-only file takes a while; Redis opens its port once it is loaded.
-        wait_for_port(self.redis_port, proc, "redis-server", timeout=300)
+        # Reading a large append-only file back takes a while (about a second for 100 MB).
+        wait_for_redis(self.redis_port, proc, timeout=300)
 
     def _start_postgres(self) -> None:
         assert self.log_dir is not None

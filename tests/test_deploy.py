@@ -171,6 +171,13 @@ def test_compose_sets_its_servers_as_the_embedded_ones():
         assert redis[redis.index(f"--{name}") + 1] == value, name
 
 
+def test_compose_counts_redis_healthy_once_it_has_read_its_data_back():
+    # While Redis reads its append-only file back it answers LOADING, and `redis-cli ping` exits 0.
+    check = compose()["services"]["redis"]["healthcheck"]
+    assert check["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    assert check["start_period"] == "300s"
+
+
 def test_every_process_has_liveness_and_readiness_on_the_port_it_serves():
     for service, d in deployments().items():
         (c,) = d["spec"]["template"]["spec"]["containers"]

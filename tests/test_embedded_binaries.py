@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from shared.embedded import POSTGRES_MALLOC, EmbeddedServers, postgres_env
+from shared import embedded
+from shared.embedded import POSTGRES_MALLOC, EmbeddedServers, postgres_env, redis_answer, redis_server_binary
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +92,35 @@ def test_a_redis_without_a_data_folder_can_keep_its_append_only_file_in_a_throwa
         servers.stop()
     assert not folder.exists()
     assert any(tmp_path.iterdir())  # the logs stay
+
+
+def test_the_embedded_redis_counts_as_started_once_it_has_read_its_data_back(tmp_path, monkeypatch, caplog):
+    # Redis opens its port at once and answers -LOADING while it reads its file back; what starts
+    # next (`appeals up`'s model check, the services) failed its first command.
+    data, logs = tmp_path / "data", tmp_path / "logs"
+    servers = EmbeddedServers(log_dir=logs, data_dir=data).start()
+    try:
+        with Redis.from_url(servers.redis_url) as redis, redis.pipeline(transaction=False) as p:
+            for i in range(3000):
+                p.set(f"k{i}", "x")
+            p.execute()
+    finally:
+        servers.stop()
+    # The same file read back slowly: Redis's debugging option pauses after each key it loads.
+    slow = tmp_path / "slow-redis-server"
+    slow.write_text(f'#!/bin/sh\nexec {redis_server_binary()} "$@" --key-load-delay 1000\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(embedded, "redis_server_binary", lambda: str(slow))
+    servers = EmbeddedServers(log_dir=logs, data_dir=data)
+    try:
+        with caplog.at_level("WARNING", logger="appeals.embedded"):
+            servers.start()
+        assert redis_answer(servers.redis_port) == b"+PONG"
+        assert "reading its data back" in caplog.text  # it was loading when its port opened
+        with Redis.from_url(servers.redis_url) as redis:
+            assert redis.dbsize() == 3000
+    finally:
+        servers.stop()
 
 
 def test_the_launcher_runs_redis_and_the_broker_higher_where_it_may(tmp_path):

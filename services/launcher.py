@@ -2,10 +2,11 @@
 fixture all use this one launcher. Embedded servers are started unless the environment names
 external ones (KAFKA_BOOTSTRAP_SERVERS and REDIS_URL).
 
-`appeals up` supervises what it started, like a service manager: a process that exits is logged
-and started again after a backoff that doubles with each quick failure (1 s up to 60 s) and resets
-once it has stayed up for a while; the others keep running. Every child dies with the launcher
-(`shared.embedded.die_with_parent`), so a `kill -9` of `appeals up` leaves no ports held.
+`appeals up` supervises what it started, like a service manager: a process that exits, a service
+or an embedded server, is logged and started again after a backoff that doubles with each quick
+failure (1 s up to 60 s) and resets once it has stayed up for a while; the others keep running.
+Every child dies with the launcher (`shared.embedded.die_with_parent`), so a `kill -9` of `appeals
+up` leaves no ports held.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import EmbeddedServers, at_priority, die_with_parent, environment_for, port_open
+from shared.embedded import (
+    EmbeddedServerError,
+    EmbeddedServers,
+    at_priority,
+    die_with_parent,
+    environment_for,
+    port_open,
+)
 from shared.settings import get_settings
 
 log = logging.getLogger("appeals.launcher")
@@ -85,6 +93,8 @@ class Launcher:
         if self.embedded is not None and not self.embedded.processes:
             self.embedded.raised = self.waited_on_raise  # as the router: every stage waits on them
             self.embedded.start()
+            started = time.monotonic()
+            self.started_at |= {p.name: started for p in self.embedded.processes}
 
     def start(self, name: str, **extra_env: str) -> subprocess.Popen:
         output = None
@@ -142,29 +152,47 @@ class Launcher:
     def first_exited(self) -> str | None:
         return next((n for n, p in self.procs.items() if p.poll() is not None), None)
 
+    def _running(self) -> dict[str, subprocess.Popen]:
+        """Every process started: the embedded servers (first: the services need them) and the
+        services."""
+        servers = self.embedded.processes if self.embedded is not None else []
+        return {p.name: p.proc for p in servers} | self.procs
+
     def supervise(
         self, now: Callable[[], float] = time.monotonic, report: Callable[[str], None] = log.warning
     ) -> list[str]:
         """One round of supervision: note processes that exited (their backoff starts), start
-        those whose backoff is over. Returns the names started again in this round."""
+        those whose backoff is over, an embedded server before the services. Returns the names
+        started again in this round."""
         t = now()
-        for name, proc in self.procs.items():
+        for name, proc in self._running().items():
             if name in self.restart_at or proc.poll() is None:
                 continue
-            ran = t - self.started_at.get(name, t)
-            delay = self.backoff.setdefault(name, Backoff()).delay_after(ran)
-            self.restart_at[name] = t + delay
-            report(
-                f"{name} exited with code {proc.returncode} after {ran:.0f}s; "
-                f"starting it again in {delay:.0f}s{self._log_tail(name, 600)}"
-            )
-        again = [n for n, at in self.restart_at.items() if at <= t]
+            self._retry_later(name, t, f"exited with code {proc.returncode}", report)
+        again = [n for n in self._running() if self.restart_at.get(n, float("inf")) <= t]
         for name in again:
             del self.restart_at[name]
             self.restarts[name] = self.restarts.get(name, 0) + 1
-            self.start(name, **self.extra_env.get(name, {}))
+            if name in self.procs:
+                self.start(name, **self.extra_env.get(name, {}))
+            else:
+                assert self.embedded is not None
+                self.started_at[name] = now()  # a start that fails counts as a quick failure
+                try:  # Redis reads its file back meanwhile: the services could do nothing anyway
+                    self.embedded.restart(name)
+                except EmbeddedServerError as e:
+                    self._retry_later(name, now(), f"did not start ({e})", report)
+                    continue
             report(f"{name} started again (restart {self.restarts[name]})")
         return again
+
+    def _retry_later(self, name: str, t: float, what: str, report: Callable[[str], None]) -> None:
+        ran = t - self.started_at.get(name, t)
+        delay = self.backoff.setdefault(name, Backoff()).delay_after(ran)
+        self.restart_at[name] = t + delay
+        report(
+            f"{name} {what} after {ran:.0f}s; starting it again in {delay:.0f}s{self._log_tail(name, 600)}"
+        )
 
     def stop(self, name: str, timeout: float = 20) -> None:
         self._interrupt(name)

@@ -378,6 +378,7 @@ class EmbeddedServers:
     processes: list[ManagedProcess] = field(default_factory=list)
     postgres_dir: Path | None = None
     _throwaways: list[Path] = field(default_factory=list, repr=False)
+    _redis_throwaway: Path | None = field(default=None, repr=False)
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -452,8 +453,10 @@ class EmbeddedServers:
             redis_dir = self.data_dir / "redis"
             redis_dir.mkdir(parents=True, exist_ok=True)
         elif self.redis_append_only:
-            redis_dir = Path(tempfile.mkdtemp(prefix="appeals-redis-"))
-            self._throwaways.append(redis_dir)
+            if self._redis_throwaway is None:  # once: started again, Redis reads its file back
+                self._redis_throwaway = Path(tempfile.mkdtemp(prefix="appeals-redis-"))
+                self._throwaways.append(self._redis_throwaway)
+            redis_dir = self._redis_throwaway
         else:
             redis_dir = self.log_dir
         if self.data_dir is not None or self.redis_append_only:
@@ -595,6 +598,27 @@ class EmbeddedServers:
         proc = self._spawn("kafka", env_argv, signal.SIGINT, waited_on=True)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
 
+    def exited(self) -> list[ManagedProcess]:
+        """The servers whose process has ended (killed, crashed), in the order they started."""
+        return [p for p in self.processes if p.proc.poll() is not None]
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start the server `name` ("redis", "kafka" or "postgres") again, on its port and with its
+        data: Redis reads its append-only file back, PostgreSQL recovers its folder, the broker
+        comes back empty (the workers re-create its topics and publish again what the store says
+        it still owed). Raises EmbeddedServerError when it does not come up."""
+        start = {"redis": self._start_redis, "kafka": self._start_kafka, "postgres": self._start_postgres}
+        if name not in start:
+            raise ValueError(f"no embedded server named {name!r}")
+        for old in [p for p in self.processes if p.name == name]:
+            old.stop()
+            self.processes.remove(old)
+        port = {"redis": self.redis_port, "kafka": self.kafka_port, "postgres": self.postgres_port}[name]
+        if not wait_until_free(port):
+            raise EmbeddedServerError(f"port {port} of the embedded {name} is still taken")
+        start[name]()
+        return self.processes[-1].proc
+
     def stop(self) -> None:
         for p in reversed(self.processes):
             p.stop()
@@ -602,6 +626,7 @@ class EmbeddedServers:
         for folder in self._throwaways:
             shutil.rmtree(folder, ignore_errors=True)
         self._throwaways.clear()
+        self._redis_throwaway = None
 
     def __enter__(self) -> EmbeddedServers:
         return self.start()

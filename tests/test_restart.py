@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from services.launcher import WORKERS, Backoff, Launcher
@@ -208,6 +209,38 @@ def test_a_worker_that_dies_is_started_again_and_the_others_keep_running(setting
     finally:
         launcher.stop_all()
         own.stop()
+
+
+def test_a_server_that_dies_is_started_again_on_its_port_with_its_data(tmp_path):
+    # `appeals up` keeps its servers running as it does its services: Redis comes back with its
+    # file, PostgreSQL with its folder, the broker on its port (empty: the workers recover).
+    servers = EmbeddedServers(log_dir=tmp_path, data_dir=tmp_path / "data", postgres=True)
+    launcher = Launcher(embedded=servers, env={}, log_dir=tmp_path)
+    launcher.start_servers()
+    try:
+        with SyncRedis.from_url(servers.redis_url) as r:
+            r.set("kept", "yes")
+        with psycopg.connect(servers.database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kept (v text)")
+            conn.execute("INSERT INTO kept VALUES ('yes')")
+        for managed in list(servers.processes):
+            managed.proc.kill()  # kill -9, as a crash or the kernel's OOM killer would
+            managed.proc.wait(10)
+        lines: list[str] = []
+        t = time.monotonic()
+        assert launcher.supervise(now=lambda: t, report=lines.append) == []  # noted, restarts due in 1 s
+        assert sorted(launcher.restart_at) == ["kafka", "postgres", "redis"]
+        assert launcher.supervise(now=lambda: t + 1, report=lines.append) == ["redis", "kafka", "postgres"]
+        assert "redis exited with code -9" in lines[0]
+        assert lines[-1] == "postgres started again (restart 1)"
+        with SyncRedis.from_url(servers.redis_url) as r:
+            assert r.get("kept") == b"yes"
+        with psycopg.connect(servers.database_url) as conn:
+            assert conn.execute("SELECT v FROM kept").fetchone() == ("yes",)
+        assert port_open(servers.kafka_port)
+        assert all(p.proc.poll() is None for p in servers.processes)
+    finally:
+        launcher.stop_all()
 
 
 async def test_numbers_are_never_handed_out_twice_when_the_counter_is_lost(redis):

@@ -424,7 +424,7 @@ class Follower:
             self._failed(e)
             return False
         if self._failing_since is not None:
-            log.warning("knowledge base: the record answers again, its entries are served")
+            log.warning("knowledge base: the record and Redis answer again, its entries are served")
             self._failing_since = None
         return True
 
@@ -436,7 +436,8 @@ class Follower:
             return
         self._logged_at = now
         log.warning(
-            "knowledge base: the record (PostgreSQL) is not reachable (%r); serving the %s and retrying",
+            "knowledge base: %s is not reachable (%r); serving the %s and retrying",
+            "Redis" if isinstance(e, RedisError) else "the record (PostgreSQL)",  # the version is Redis's
             e,
             "last entries loaded" if self._loaded_at is not None else "city's knowledge.yaml",
         )

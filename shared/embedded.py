@@ -181,8 +181,8 @@ def redis_answer(port: int, host: str = "127.0.0.1") -> bytes:
 
 def wait_for_redis(port: int, proc: subprocess.Popen, timeout: float) -> None:
     """Wait until Redis answers a PING. It opens its port at once and then, as long as it reads its
-    append-only file back, answers every command with -LOADING: 3 s for the 366 MB a day of floods
-    left, and a service started meanwhile failed its first command (`appeals up` stopped with
+    append-only file back, answers every command with -LOADING (3 s for a file of 366 MB, 35,000
+    tickets), and a service started meanwhile failed its first command (`appeals up` stopped with
     "Redis is loading the dataset in memory")."""
     deadline = time.monotonic() + timeout
     wait_for_port(port, proc, "redis-server", timeout)
@@ -597,10 +597,6 @@ class EmbeddedServers:
         ]
         proc = self._spawn("kafka", env_argv, signal.SIGINT, waited_on=True)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
-
-    def exited(self) -> list[ManagedProcess]:
-        """The servers whose process has ended (killed, crashed), in the order they started."""
-        return [p for p in self.processes if p.proc.poll() is not None]
 
     def restart(self, name: str) -> subprocess.Popen:
         """Start the server `name` ("redis", "kafka" or "postgres") again, on its port and with its

@@ -15,11 +15,12 @@ from zoneinfo import ZoneInfo
 from aiokafka.errors import KafkaError
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import make_asgi_app
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from services.access import views as access_views
 from services.classifier import views as classifier_views
@@ -226,6 +227,14 @@ def create_app(settings: Settings | None = None, *, serving: bool = False) -> Fa
 
     for away in (RedisConnectionError, RedisTimeoutError, KafkaError):
         app.add_exception_handler(away, store_away)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up while its request was still coming in (a browser closed, a phone's
+        # link dropped): nothing was taken and nobody is left to answer. Not a server error: it
+        # was logged as one, with a traceback, for every such request.
+        log.info("%s %s: the client went away before its request was read", request.method, request.url.path)
+        return Response(status_code=499)  # "client closed request", as nginx logs it; never sent
 
     @app.exception_handler(DomainError)
     async def refused(request: Request, exc: DomainError) -> JSONResponse:

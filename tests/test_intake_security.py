@@ -295,6 +295,33 @@ async def test_an_upload_without_a_token_is_refused_before_its_body_is_sent(syst
 
 
 @pytest.mark.integration
+async def test_a_client_that_hangs_up_mid_request_is_no_server_error(redis, system):
+    """A browser closed while its appeal was still being sent: nothing taken, nobody to answer, and
+    no traceback logged as a server error (there was one for every such request)."""
+    log = system.log_dir / "api.log"
+    seen = log.stat().st_size
+    token = await issue_token(redis, "operator", operator="0997")
+    _, writer = await asyncio.open_connection("127.0.0.1", system.api_port)
+    writer.write(
+        b"POST /api/v1/appeals HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"text": "\xe8\xb7\xaf'
+    )
+    await writer.drain()
+    writer.close()
+
+    def after() -> str:
+        return log.read_bytes()[seen:].decode(errors="replace")
+
+    async def told() -> bool:
+        return "went away before its request was read" in after()
+
+    await eventually(told, timeout=20)
+    assert "Exception in ASGI application" not in after()
+    assert "Traceback" not in after()
+
+
+@pytest.mark.integration
 async def test_health_keeps_answering_while_a_hostile_upload_is_read(api, redis):
     """20,000 rows, every one refused (so the old code never awaited between them): the read runs
     in a worker thread, and health answers again and again before the upload's answer comes."""

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.embedded import (
-    EmbeddedServerError,
     EmbeddedServers,
     at_priority,
     die_with_parent,
@@ -84,6 +83,7 @@ class Launcher:
         self.backoff: dict[str, Backoff] = {}
         self.restart_at: dict[str, float] = {}  # exited processes waiting for their backoff
         self.restarts: dict[str, int] = {}
+        self.servers: list[str] = []  # the embedded servers started, which supervise keeps running
 
     @property
     def env(self) -> dict[str, str]:
@@ -94,7 +94,8 @@ class Launcher:
             self.embedded.raised = self.waited_on_raise  # as the router: every stage waits on them
             self.embedded.start()
             started = time.monotonic()
-            self.started_at |= {p.name: started for p in self.embedded.processes}
+            self.servers = [p.name for p in self.embedded.processes]
+            self.started_at |= dict.fromkeys(self.servers, started)
 
     def start(self, name: str, **extra_env: str) -> subprocess.Popen:
         output = None
@@ -152,11 +153,11 @@ class Launcher:
     def first_exited(self) -> str | None:
         return next((n for n, p in self.procs.items() if p.poll() is not None), None)
 
-    def _running(self) -> dict[str, subprocess.Popen]:
-        """Every process started: the embedded servers (first: the services need them) and the
-        services."""
-        servers = self.embedded.processes if self.embedded is not None else []
-        return {p.name: p.proc for p in servers} | self.procs
+    def _running(self) -> dict[str, subprocess.Popen | None]:
+        """Every process started: the embedded servers (first: the services need them; None for
+        one whose restart failed before it had a process) and the services."""
+        procs = {p.name: p.proc for p in self.embedded.processes} if self.embedded is not None else {}
+        return {name: procs.get(name) for name in self.servers} | self.procs
 
     def supervise(
         self, now: Callable[[], float] = time.monotonic, report: Callable[[str], None] = log.warning
@@ -166,33 +167,34 @@ class Launcher:
         started again in this round."""
         t = now()
         for name, proc in self._running().items():
-            if name in self.restart_at or proc.poll() is None:
+            if name in self.restart_at or proc is None or proc.poll() is None:
                 continue
-            self._retry_later(name, t, f"exited with code {proc.returncode}", report)
-        again = [n for n in self._running() if self.restart_at.get(n, float("inf")) <= t]
-        for name in again:
+            ran = t - self.started_at.get(name, t)
+            self._retry_later(name, t, ran, f"exited with code {proc.returncode} after {ran:.0f}s", report)
+        started = []
+        for name in [n for n in self._running() if self.restart_at.get(n, float("inf")) <= t]:
             del self.restart_at[name]
-            self.restarts[name] = self.restarts.get(name, 0) + 1
             if name in self.procs:
                 self.start(name, **self.extra_env.get(name, {}))
             else:
                 assert self.embedded is not None
-                self.started_at[name] = now()  # a start that fails counts as a quick failure
                 try:  # Redis reads its file back meanwhile: the services could do nothing anyway
                     self.embedded.restart(name)
-                except EmbeddedServerError as e:
-                    self._retry_later(name, now(), f"did not start ({e})", report)
+                except Exception as e:  # whatever it was (a port, memory, recovery), try again later
+                    self._retry_later(name, now(), 0, f"did not start ({e})", report)
                     continue
+                self.started_at[name] = now()  # its run counts from when it answered
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            started.append(name)
             report(f"{name} started again (restart {self.restarts[name]})")
-        return again
+        return started
 
-    def _retry_later(self, name: str, t: float, what: str, report: Callable[[str], None]) -> None:
-        ran = t - self.started_at.get(name, t)
+    def _retry_later(self, name: str, t: float, ran: float, what: str, report: Callable[[str], None]) -> None:
+        """Start `name` again after its backoff; `ran`: how long its last run lasted (0 for a start
+        that failed, which counts as a quick failure)."""
         delay = self.backoff.setdefault(name, Backoff()).delay_after(ran)
         self.restart_at[name] = t + delay
-        report(
-            f"{name} {what} after {ran:.0f}s; starting it again in {delay:.0f}s{self._log_tail(name, 600)}"
-        )
+        report(f"{name} {what}; starting it again in {delay:.0f}s{self._log_tail(name, 600)}")
 
     def stop(self, name: str, timeout: float = 20) -> None:
         self._interrupt(name)

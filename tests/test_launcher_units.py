@@ -147,3 +147,49 @@ def test_the_router_runs_higher_in_its_own_scheduling_group_where_it_may():
         assert priority_of(launcher, "router") == [max(-20, ours - 5), max(-20, ours - 5)]
     else:  # refused: it runs all the same, at the usual priority
         assert priority_of(launcher, "router") == [ours, 0]
+
+
+class FailingServers:
+    """Embedded servers whose Redis died and whose restarts fail `failures` times (the old process
+    is gone either way, as `EmbeddedServers.restart` takes it out before it starts the new one)."""
+
+    def __init__(self, failures: int) -> None:
+        from shared.embedded import ManagedProcess
+
+        self.managed = ManagedProcess
+        dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+        dead.wait(10)
+        self.processes = [ManagedProcess("redis", dead)]
+        self.failures, self.tries = failures, 0
+
+    def restart(self, name: str) -> None:
+        self.tries += 1
+        self.processes = []
+        if self.tries <= self.failures:
+            raise OSError(12, "Cannot allocate memory")
+        self.processes = [
+            self.managed(name, subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+        ]
+
+
+def test_a_server_whose_restart_fails_is_tried_again_with_a_growing_backoff():
+    servers = FailingServers(failures=2)
+    launcher = Launcher(embedded=servers, env={}, off_path_nice=0, waited_on_raise=0)  # type: ignore[arg-type]
+    launcher.servers, launcher.started_at["redis"] = ["redis"], 0.0
+    lines: list[str] = []
+    try:
+        assert launcher.supervise(now=lambda: 100.0, report=lines.append) == []
+        assert "redis exited with code 3 after 100s; starting it again in 1s" in lines[-1]
+        assert launcher.supervise(now=lambda: 101.0, report=lines.append) == []  # refused: 2 s
+        assert "redis did not start ([Errno 12] Cannot allocate memory); starting it again in 2s" in lines[-1]
+        assert launcher.supervise(now=lambda: 102.0, report=lines.append) == []  # not yet
+        assert launcher.supervise(now=lambda: 103.0, report=lines.append) == []  # refused: 4 s
+        assert "starting it again in 4s" in lines[-1]
+        assert launcher.supervise(now=lambda: 107.0, report=lines.append) == ["redis"]
+        assert lines[-1] == "redis started again (restart 1)"
+        assert launcher.restarts == {"redis": 1}
+        assert servers.tries == 3
+    finally:
+        for managed in servers.processes:
+            managed.proc.kill()
+            managed.proc.wait(10)

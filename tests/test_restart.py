@@ -227,12 +227,20 @@ def test_a_server_that_dies_is_started_again_on_its_port_with_its_data(tmp_path)
             managed.proc.kill()  # kill -9, as a crash or the kernel's OOM killer would
             managed.proc.wait(10)
         lines: list[str] = []
-        t = time.monotonic()
-        assert launcher.supervise(now=lambda: t, report=lines.append) == []  # noted, restarts due in 1 s
+        clock = [time.monotonic()]
+        assert launcher.supervise(now=lambda: clock[0], report=lines.append) == []  # due in 1 s
         assert sorted(launcher.restart_at) == ["kafka", "postgres", "redis"]
-        assert launcher.supervise(now=lambda: t + 1, report=lines.append) == ["redis", "kafka", "postgres"]
         assert "redis exited with code -9" in lines[0]
-        assert lines[-1] == "postgres started again (restart 1)"
+        # PostgreSQL's own children may hold its shared memory a moment longer: a start refused
+        # then is tried again after its backoff, which this clock runs through.
+        deadline = time.monotonic() + 60
+        while launcher.restart_at and time.monotonic() < deadline:
+            clock[0] += 61
+            launcher.supervise(now=lambda: clock[0], report=lines.append)
+            time.sleep(0.2)
+        assert launcher.restarts == {"redis": 1, "kafka": 1, "postgres": 1}, lines
+        said = [line.split(" started again")[0] for line in lines if " started again" in line]
+        assert said == ["redis", "kafka", "postgres"]  # Redis and the broker first: all need them
         with SyncRedis.from_url(servers.redis_url) as r:
             assert r.get("kept") == b"yes"
         with psycopg.connect(servers.database_url) as conn:

@@ -600,23 +600,26 @@ class EmbeddedServers:
         proc = self._spawn("kafka", env_argv, signal.SIGINT, waited_on=True)  # Tansu ignores SIGTERM
         wait_for_port(self.kafka_port, proc, "the Tansu broker")
 
-    def restart(self, name: str) -> subprocess.Popen:
+    def restart(self, name: str) -> None:
         """Start the server `name` ("redis", "kafka" or "postgres") again, on its port and with its
         data: Redis reads its append-only file back (without one, as in most tests, it comes back
         empty), PostgreSQL recovers its folder, the broker comes back empty (the workers re-create
         its topics and publish again what the store says it still owed). Raises what kept it from
         coming up."""
-        start = {"redis": self._start_redis, "kafka": self._start_kafka, "postgres": self._start_postgres}
-        if name not in start:
+        servers = {
+            "redis": (self._start_redis, self.redis_port),
+            "kafka": (self._start_kafka, self.kafka_port),
+            "postgres": (self._start_postgres, self.postgres_port),
+        }
+        if name not in servers:
             raise ValueError(f"no embedded server named {name!r}")
+        start, port = servers[name]
         for old in [p for p in self.processes if p.name == name]:
             old.stop()
             self.processes.remove(old)
-        port = {"redis": self.redis_port, "kafka": self.kafka_port, "postgres": self.postgres_port}[name]
         if not wait_until_free(port):
             raise EmbeddedServerError(f"port {port} of the embedded {name} is still taken")
-        start[name]()
-        return self.processes[-1].proc
+        start()
 
     def stop(self) -> None:
         for p in reversed(self.processes):

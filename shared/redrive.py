@@ -43,7 +43,7 @@ from redis.asyncio import Redis
 from shared.bus import EventPublisher, publish
 from shared.events import AppealReceived, Event, PersonalDataRemoved
 from shared.settings import Settings
-from shared.store import history_key
+from shared.store import history_key, history_records
 from shared.tickets import TICKET_NO_PATTERN, Status
 from shared.topics import EVENT_TYPES
 
@@ -155,7 +155,7 @@ async def owed_events(redis: Redis, window: timedelta = REDRIVE_WINDOW, batch: i
                     pipe.lrange(history_key(no), 0, 0)
             histories = await pipe.execute()
         for (_, status, at), raws in zip(part, histories, strict=True):
-            records = [json.loads(r) for r in raws]
+            records = history_records(raws)
             for record in owed(status, records, since if at is not None and at >= since else None):
                 if (event := as_event(record)) is not None:
                     found.append(event)

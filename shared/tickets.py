@@ -94,7 +94,9 @@ class Ticket(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     ticket_no: str
-    status: Status = Status.RECEIVED
+    # No default, so the store's JSON (`shared.store.ticket_json`, which leaves defaults out) always
+    # names it: Lua scripts and the queues' filters read it from the raw JSON.
+    status: Status
     channel: Channel
     title: str = ""
     text: str
@@ -176,6 +178,7 @@ class Ticket(BaseModel):
     def from_appeal(cls, appeal: AppealReceived) -> Ticket:
         return cls(
             ticket_no=appeal.ticket_no,
+            status=Status.RECEIVED,
             channel=appeal.channel,
             title=appeal.title,
             text=appeal.text,

@@ -83,8 +83,11 @@ from shared.store import (
     Outcome,
     TicketStore,
     _Batch,
+    _scrubbed_record,
     event_record,
+    history_records,
     record_appeal,
+    ticket_json,
     ticket_key,
 )
 from shared.tickets import Ticket
@@ -857,7 +860,9 @@ def test_a_decision_cannot_bring_personal_data_back_onto_an_erased_ticket():
     assert ticket.category == classified.category  # the statistics stay
     assert ticket.caller == Caller()
     assert leaks(ticket.model_dump_json()) == []
-    records = [json.loads(r) for r in batch.history[ticket_key(no)]]
+    # Read as the store reads the history: after its first record, the appeal as the erasure left it.
+    first = _scrubbed_record(appeal)
+    records = history_records([first, *batch.history[ticket_key(no)]])[1:]
     assert [r["event_id"] for r in records] == [classified.event_id, update.event_id]
     assert leaks(json.dumps(records, ensure_ascii=False)) == []
     for r in records:  # still the events they were, for the relay and the record
@@ -875,6 +880,30 @@ def test_a_ticket_not_erased_is_written_as_decided():
     )
     assert ticket == Ticket.from_appeal(appeal)
     assert batch.history[ticket_key(no)] == [event_record(classified)]
+
+
+def test_a_classification_is_kept_without_its_appeal_and_read_back_with_it():
+    """The history's first record is the appeal; the classification after it does not repeat it."""
+    appeal = personal_appeal("20261123-777204")
+    classified = classified_from(appeal)
+    stored = [event_record(appeal), event_record(classified)]
+    assert b'"appeal"' not in stored[1]
+    assert appeal.text.encode() not in stored[1]
+    records = history_records(stored)
+    assert [r.pop("topic") for r in records] == ["appeal.received", "appeal.classified"]
+    assert AppealClassified.model_validate(records[1]) == classified
+    assert AppealReceived.model_validate(records[0]) == appeal
+
+
+def test_a_ticket_is_stored_without_its_defaults_but_always_with_its_status():
+    """Raw readers (Lua scripts, the queues' filters) read the status from the stored JSON."""
+    ticket = Ticket.from_appeal(personal_appeal("20261123-777205"))
+    stored = json.loads(ticket_json(ticket))
+    assert stored["status"] == "received"
+    assert "closed_at" not in stored
+    assert "applied" in stored
+    assert len(ticket_json(ticket)) < len(ticket.model_dump_json().encode()) / 2
+    assert Ticket.model_validate_json(ticket_json(ticket)) == ticket
 
 
 class Broker:

@@ -41,7 +41,7 @@ from shared.events import (
     TicketUpdated,
 )
 from shared.settings import get_settings
-from shared.store import TicketStore, event_record, history_key
+from shared.store import TicketStore, event_record, history_key, ticket_json, ticket_key
 from shared.tickets import Status, Ticket
 
 PLACES = ["阳光花园", "幸福里小区", "建设路", "人民公园", "和平街", "锦绣家园", "新华书店", "滨河路"]
@@ -229,7 +229,7 @@ async def run(n: int, redis_closed: int) -> dict[str, Any]:
                         ticket = Ticket.from_appeal(appeal).model_copy(
                             update={"status": Status.CLOSED, "closed_at": life[-1].occurred_at}
                         )
-                        p.set(f"t:{ticket.ticket_no}", ticket.model_dump_json())
+                        p.set(ticket_key(ticket.ticket_no), ticket_json(ticket))
                         # As the router keeps a history: each event with its topic.
                         p.rpush(history_key(ticket.ticket_no), *map(event_record, life))
                     await p.execute()

@@ -1,8 +1,9 @@
 """The ticket store in Redis: tickets, their event history, contacts, numbering, and the outbox.
 
 Keys:
-  t:{no}            the ticket, as JSON (shared.tickets.Ticket)
-  t:{no}:h          its history: every event about it, in order, as JSON with its topic
+  t:{no}            the ticket, as JSON without its defaults (shared.tickets.Ticket, `ticket_json`)
+  t:{no}:h          its history: every event about it, in order, as JSON with its topic (the first
+                    its appeal; a classification without it: `event_record`, `history_records`)
   seq:{yyyymmdd}    the per-day ticket counter
   contact:{caller}  the caller's raw phone and name (personal data: only intake and notifier read it)
   outbox            events written to Redis but not yet confirmed published (sorted by time), and

@@ -13,9 +13,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
+import psycopg
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
+from psycopg_pool import PoolTimeout
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.bus import (
     EventPublisher,
@@ -333,12 +338,30 @@ def in_background(app: FastStream, run: Callable[[], Coroutine[Any, Any, None]])
         await cancel_all(tasks)
 
 
+# Errors that say a server is away (stopped, restarting, still reading its data back) rather than
+# that the code is wrong. psycopg reports a server it cannot reach, or that went away, as an
+# OperationalError; its pool, as a timeout waiting for a connection.
+_AWAY: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
+    ("Redis", (RedisConnectionError, RedisTimeoutError)),
+    ("PostgreSQL", (psycopg.OperationalError, PoolTimeout)),
+    ("the broker", (KafkaConnectionError, KafkaTimeoutError)),
+)
+
+
+def away_server(error: BaseException) -> str | None:
+    """The server `error` says is away, in words for the log; None for any other error."""
+    return next((name for name, kinds in _AWAY if isinstance(error, kinds)), None)
+
+
 class FailureLog:
     """How a background job that keeps failing is logged: its first failure with the traceback,
     then, while it goes on failing with the same kind of error, one line per `interval` saying how
     many times, and one line when it works again. A job runs every few seconds; with Redis or
     PostgreSQL away for ten minutes a traceback every round would be hundreds of them, burying what
-    came before."""
+    came before. A server away (`away_server`) is said in one line at first, as a warning: its
+    traceback shows only where the connection was tried, and a server that restarts (`appeals up`
+    starts one that died again) is back within seconds; still away an interval later, it is an
+    error."""
 
     def __init__(
         self,
@@ -355,7 +378,16 @@ class FailureLog:
     def failed(self, error: Exception) -> None:
         now = self.clock()
         if type(error) is not self._kind:
-            self.log.error("%s failed; trying again", self.what, exc_info=error)
+            if (server := away_server(error)) is not None:
+                self.log.warning(
+                    "%s: %s is not reachable (%s: %s); trying again",
+                    self.what,
+                    server,
+                    type(error).__name__,
+                    str(error)[:200],
+                )
+            else:
+                self.log.error("%s failed; trying again", self.what, exc_info=error)
             self._kind, self._since, self._last, self._count = type(error), now, now, 1
             return
         self._count += 1

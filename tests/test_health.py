@@ -7,7 +7,11 @@ import asyncio
 import logging
 
 import httpx
+import psycopg
 import pytest
+from aiokafka.errors import KafkaConnectionError
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.metrics import KAFKA_CLIENT_ERRORS, LOG_LINES_HELD_BACK, Health
 from shared.privacy import UnsafeSettings, check_salt
@@ -75,6 +79,38 @@ def test_a_background_job_failing_on_and_on_logs_a_traceback_once_then_a_line_pe
     caplog.clear()
     failures.failed(ConnectionError("refused"))
     assert [r.exc_info is not None for r in caplog.records] == [True]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."), "Redis"),
+        (BusyLoadingError("Redis is loading the dataset in memory"), "Redis"),
+        (psycopg.OperationalError("connection failed: Connection refused"), "PostgreSQL"),
+        (KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]"), "the broker"),
+    ],
+)
+def test_a_background_job_says_which_server_is_away_in_one_line_not_a_traceback(caplog, error, said):
+    """A server restarting (as `appeals up` restarts one that died) is back within seconds: its
+    traceback shows only where the connection was tried. Away an interval later, it is an error."""
+    now = [0.0]
+    failures = FailureLog(logging.getLogger("model reload"), "model reload", 30, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="model reload")
+    for _ in range(7):
+        failures.failed(error)
+        now[0] += 5
+    failures.succeeded()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    kind = type(error).__name__
+    assert lines == [
+        ("WARNING", f"model reload: {said} is not reachable ({kind}: {error}); trying again", False),
+        ("ERROR", f"model reload still failing (7 times in 30 s): {kind}: {error}", False),
+        ("WARNING", "model reload works again after 7 failure(s) in 35 s", False),
+    ]
+    # A fault of the code itself still has its traceback.
+    caplog.clear()
+    failures.failed(KeyError("version"))
+    assert [(r.levelname, r.exc_info is not None) for r in caplog.records] == [("ERROR", True)]
 
 
 def test_health_is_ready_only_when_every_check_passed():

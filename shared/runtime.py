@@ -380,7 +380,7 @@ class FailureLog:
         if type(error) is not self._kind:
             if (server := away_server(error)) is not None:
                 self.log.warning(
-                    "%s: %s is not reachable (%s: %s); trying again",
+                    "%s failed: %s is not reachable (%s: %s); trying again",
                     self.what,
                     server,
                     type(error).__name__,

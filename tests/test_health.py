@@ -103,7 +103,7 @@ def test_a_background_job_says_which_server_is_away_in_one_line_not_a_traceback(
     lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
     kind = type(error).__name__
     assert lines == [
-        ("WARNING", f"model reload: {said} is not reachable ({kind}: {error}); trying again", False),
+        ("WARNING", f"model reload failed: {said} is not reachable ({kind}: {error}); trying again", False),
         ("ERROR", f"model reload still failing (7 times in 30 s): {kind}: {error}", False),
         ("WARNING", "model reload works again after 7 failure(s) in 35 s", False),
     ]

@@ -19,6 +19,7 @@ from faststream import FastStream
 from faststream.kafka import KafkaBroker
 from psycopg_pool import PoolTimeout
 from redis.asyncio import Redis
+from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -339,18 +340,37 @@ def in_background(app: FastStream, run: Callable[[], Coroutine[Any, Any, None]])
 
 
 # Errors that say a server is away (stopped, restarting, still reading its data back) rather than
-# that the code is wrong. psycopg reports a server it cannot reach, or that went away, as an
-# OperationalError; its pool, as a timeout waiting for a connection.
-_AWAY: tuple[tuple[str, tuple[type[BaseException], ...]], ...] = (
-    ("Redis", (RedisConnectionError, RedisTimeoutError)),
-    ("PostgreSQL", (psycopg.OperationalError, PoolTimeout)),
-    ("the broker", (KafkaConnectionError, KafkaTimeoutError)),
+# that the code, the configuration or the load is at fault. Redis's ConnectionError also covers a
+# refused password. psycopg raises a bare OperationalError when it cannot connect or the server
+# went away, the 08 and 57P classes when the server ends the connection; most other operational
+# errors (a deadlock, a cancelled statement, a full disk) are not an absence. The pool's timeout is
+# what a job waiting for a connection meets while PostgreSQL is down (an exhausted pool looks the
+# same, and still becomes an error line if it lasts).
+_POSTGRES_AWAY = (
+    psycopg.errors.ConnectionException,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CrashShutdown,
+    psycopg.errors.CannotConnectNow,
+    PoolTimeout,
 )
 
 
 def away_server(error: BaseException) -> str | None:
     """The server `error` says is away, in words for the log; None for any other error."""
-    return next((name for name, kinds in _AWAY if isinstance(error, kinds)), None)
+    if isinstance(error, RedisConnectionError | RedisTimeoutError) and not isinstance(
+        error, AuthenticationError | AuthorizationError
+    ):
+        return "Redis"
+    if type(error) is psycopg.OperationalError or isinstance(error, _POSTGRES_AWAY):
+        return "PostgreSQL"
+    if isinstance(error, KafkaConnectionError | KafkaTimeoutError):
+        return "the broker"
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (libpq's run over several), cut to a length a log reads."""
+    return " ".join(str(error).split())[:200]
 
 
 class FailureLog:
@@ -371,24 +391,28 @@ class FailureLog:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.log, self.what, self.interval, self.clock = log, what, interval, clock
-        self._kind: type[Exception] | None = None  # the kind of failure going on
+        # The kind of failure going on: the server away (a restarting Redis refuses, then says it is
+        # loading: one outage), or else the error's type.
+        self._kind: str | type[Exception] | None = None
         self._since = self._last = 0.0
         self._count = 0
 
     def failed(self, error: Exception) -> None:
         now = self.clock()
-        if type(error) is not self._kind:
-            if (server := away_server(error)) is not None:
+        server = away_server(error)
+        kind = server or type(error)
+        if kind != self._kind:
+            if server is not None:
                 self.log.warning(
                     "%s failed: %s is not reachable (%s: %s); trying again",
                     self.what,
                     server,
                     type(error).__name__,
-                    str(error)[:200],
+                    _one_line(error),
                 )
             else:
                 self.log.error("%s failed; trying again", self.what, exc_info=error)
-            self._kind, self._since, self._last, self._count = type(error), now, now, 1
+            self._kind, self._since, self._last, self._count = kind, now, now, 1
             return
         self._count += 1
         if now - self._last >= self.interval:
@@ -398,7 +422,7 @@ class FailureLog:
                 self._count,
                 now - self._since,
                 type(error).__name__,
-                str(error)[:200],
+                _one_line(error),
             )
             self._last = now
 

@@ -180,11 +180,12 @@ def history_records(raws: Sequence[bytes | str]) -> list[dict[str, Any]]:
     """A history as stored (`event_record`), read: each record a dict with its `topic`, each
     classification with its appeal again (a copy of the history's `appeal.received`)."""
     records = [json.loads(r) for r in raws]
-    appeal = next((r for r in records if r.get("topic") == AppealReceived.topic), None)
-    if appeal is not None:
+    first = next((i for i, r in enumerate(records) if r.get("topic") == AppealReceived.topic), None)
+    if first is not None:
         for r in records:
             if r.get("topic") == AppealClassified.topic and "appeal" not in r:
-                r["appeal"] = {k: v for k, v in appeal.items() if k != "topic"}
+                r["appeal"] = appeal = json.loads(raws[first])  # a copy of its own, nested dicts too
+                del appeal["topic"]
     return records
 
 

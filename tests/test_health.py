@@ -10,7 +10,7 @@ import httpx
 import psycopg
 import pytest
 from aiokafka.errors import KafkaConnectionError
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import AuthenticationError, BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.metrics import KAFKA_CLIENT_ERRORS, LOG_LINES_HELD_BACK, Health
@@ -87,6 +87,7 @@ def test_a_background_job_failing_on_and_on_logs_a_traceback_once_then_a_line_pe
         (RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."), "Redis"),
         (BusyLoadingError("Redis is loading the dataset in memory"), "Redis"),
         (psycopg.OperationalError("connection failed: Connection refused"), "PostgreSQL"),
+        (psycopg.errors.AdminShutdown("terminating connection due to administrator command"), "PostgreSQL"),
         (KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]"), "the broker"),
     ],
 )
@@ -111,6 +112,50 @@ def test_a_background_job_says_which_server_is_away_in_one_line_not_a_traceback(
     caplog.clear()
     failures.failed(KeyError("version"))
     assert [(r.levelname, r.exc_info is not None) for r in caplog.records] == [("ERROR", True)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        psycopg.errors.DeadlockDetected("deadlock detected"),
+        psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+        AuthenticationError("invalid username-password pair"),
+    ],
+)
+def test_an_error_of_a_server_that_answers_keeps_its_traceback(caplog, error):
+    """A deadlock, a statement cancelled or a refused password is no server away: what it came from
+    is what the traceback shows."""
+    failures = FailureLog(logging.getLogger("records retention"), "records retention")
+    caplog.set_level(logging.INFO, logger="records retention")
+    failures.failed(error)
+    assert [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        ("ERROR", "records retention failed; trying again", True)
+    ]
+
+
+def test_one_outage_is_one_warning_whatever_its_errors_say_on_one_line(caplog):
+    """Redis restarting refuses connections, then says it is loading: one outage, one warning, and
+    the error line after an interval; PostgreSQL's messages run over several lines."""
+    now = [0.0]
+    failures = FailureLog(logging.getLogger("timer scan"), "timer scan", 30, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="timer scan")
+    for error in [RedisConnectionError("refused")] * 3 + [BusyLoadingError("loading")] * 4:
+        failures.failed(error)
+        now[0] += 5
+    failures.succeeded()
+    failures.failed(
+        psycopg.OperationalError("server closed the connection unexpectedly\n\tThis probably means")
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "timer scan failed: Redis is not reachable (ConnectionError: refused); trying again"),
+        ("ERROR", "timer scan still failing (7 times in 30 s): BusyLoadingError: loading"),
+        ("WARNING", "timer scan works again after 7 failure(s) in 35 s"),
+        (
+            "WARNING",
+            "timer scan failed: PostgreSQL is not reachable (OperationalError: server closed the "
+            "connection unexpectedly This probably means); trying again",
+        ),
+    ]
 
 
 def test_health_is_ready_only_when_every_check_passed():

@@ -375,6 +375,7 @@ async def _bench(
         offered = f"{rate:,.0f}/s for {duration:g}s" if rate else "as fast as the broker takes them"
         print(f"publishing {count} appeals ({offered}) ...")
         fresh, speed = fresh_page_us(), python_loop_ms()
+        redis_before = await _redis_state(settings)
         cpu_before, own_before = _cpu_seconds(launcher), time.process_time()
         run = Run(open=via_api)
         published_in = await _drive(
@@ -382,6 +383,7 @@ async def _bench(
         )
         behind = await _record_behind(settings, run) if wait_for_record else None
         cpu_after, own_after = _cpu_seconds(launcher), time.process_time()
+        redis_after = await _redis_state(settings)
     finally:
         while not clients.empty():
             await clients.get_nowait().aclose()
@@ -392,7 +394,37 @@ async def _bench(
     # Not in the figures' total (the system's CPU), but on the same cores: what measuring costs.
     figures["bench_cpu_us_per_appeal"] = round((own_after - own_before) / max(1, figures["completed"]) * 1e6)
     figures["machine"] |= {"fresh_page_us": fresh, "python_loop_ms": speed}
+    figures["redis"] = _redis_growth(redis_before, redis_after, figures["completed"])
     return figures
+
+
+async def _redis_state(settings: Settings) -> dict[str, int]:
+    """What Redis holds and has written to its append-only file, and how often it rewrote the file."""
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        info = {**await redis.info("memory"), **await redis.info("persistence")}
+    finally:
+        await redis.aclose()
+    return {
+        "used_memory": int(info["used_memory"]),
+        "aof_enabled": int(info.get("aof_enabled", 0)),
+        "aof_current_size": int(info.get("aof_current_size", 0)),
+        "aof_rewrites": int(info.get("aof_rewrites", 0)),
+    }
+
+
+def _redis_growth(before: dict[str, int], after: dict[str, int], appeals: int) -> dict[str, Any]:
+    """Redis's memory and append-only file, grown by the run, per appeal (everything the run made:
+    tickets, histories, SMS states, indexes). A rewrite of the file during the run starts it anew
+    from the data: what was appended is then not known, and left out (None)."""
+    n = max(1, appeals)
+    rewrites = after["aof_rewrites"] - before["aof_rewrites"]
+    appended = after["aof_current_size"] - before["aof_current_size"]
+    return {
+        "memory_bytes_per_appeal": round((after["used_memory"] - before["used_memory"]) / n),
+        "aof_bytes_per_appeal": round(appended / n) if after["aof_enabled"] and not rewrites else None,
+        "aof_rewrites": rewrites,
+    }
 
 
 async def _record_behind(settings: Settings, run: Run, give_up_after: float = 600) -> float | None:
@@ -905,6 +937,18 @@ def _print(f: dict[str, Any]) -> None:
             f"{f.get('bench_cpu_us_per_appeal', 0):,}µs more)"
         )
         lines.append(f"  classifier         {f['classifier_per_s_per_core'] or '-'} appeals/s per core")
+    if (r := f.get("redis")) is not None:
+        written = (
+            f"{r['aof_bytes_per_appeal'] / 1000:,.2f} KB"
+            if r["aof_bytes_per_appeal"] is not None
+            else "- (the file was rewritten during the run)"
+            if r["aof_rewrites"]
+            else "- (no append-only file)"
+        )
+        lines.append(
+            f"  Redis              {r['memory_bytes_per_appeal'] / 1000:,.2f} KB more held, {written} "
+            "appended to its file, an appeal"
+        )
     if (fresh := m.get("fresh_page_us")) is not None:
         lines.append(
             f"  machine            {fresh} µs to write each page of memory just given (`fresh_page_us`), "

@@ -87,6 +87,10 @@ def test_bench_pipeline_at_a_fixed_rate_writes_the_figures(data_dir):
     # What measuring cost this process, apart from the system's total.
     assert figures["bench_cpu_us_per_appeal"] > 0
     assert "this process" in printed
+    # What the run left in Redis and appended to its file, an appeal (its tickets, histories, SMS).
+    assert figures["redis"]["memory_bytes_per_appeal"] > 0
+    assert figures["redis"]["aof_bytes_per_appeal"] > 1000
+    assert "appended to its file" in printed
 
 
 def test_bench_pipeline_via_the_api_submits_as_operators_do(data_dir):

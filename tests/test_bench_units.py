@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.bench import fresh_page_us, out_rate, python_loop_ms
+from services.bench import _redis_growth, fresh_page_us, out_rate, python_loop_ms
 
 
 def test_the_broker_limit_counts_what_came_after_the_first_batch_over_the_time_since_it():
@@ -32,3 +32,23 @@ def test_the_cost_of_fresh_memory_is_timed_per_page_written():
 def test_the_speed_of_python_is_timed_on_a_fixed_loop():
     # A million additions: tens of milliseconds on any machine this runs on, never zero.
     assert 1 < python_loop_ms() < 10_000
+
+
+def state(memory: int, aof: int, rewrites: int = 0, enabled: int = 1) -> dict[str, int]:
+    return {"used_memory": memory, "aof_enabled": enabled, "aof_current_size": aof, "aof_rewrites": rewrites}
+
+
+def test_redis_growth_is_counted_per_appeal_and_left_out_when_the_file_was_rewritten():
+    before = state(1_000_000, 5_000_000)
+    assert _redis_growth(before, state(11_000_000, 14_500_000), 1000) == {
+        "memory_bytes_per_appeal": 10_000,
+        "aof_bytes_per_appeal": 9_500,
+        "aof_rewrites": 0,
+    }
+    # Rewritten: the file starts anew from the data, so what was appended is not known.
+    rewritten = _redis_growth(before, state(11_000_000, 3_000_000, rewrites=1), 1000)
+    assert rewritten["aof_bytes_per_appeal"] is None
+    assert rewritten["aof_rewrites"] == 1
+    # A Redis without the file (an external one may run so).
+    without = _redis_growth(state(0, 0, enabled=0), state(10_000, 0, enabled=0), 1)
+    assert without["aof_bytes_per_appeal"] is None

@@ -21,13 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.embedded import (
-    EmbeddedServers,
-    at_priority,
-    die_with_parent,
-    environment_for,
-    port_open,
-)
+from shared.embedded import EmbeddedServers, at_priority, die_with_parent, environment_for, port_open
 from shared.settings import get_settings
 
 log = logging.getLogger("appeals.launcher")

@@ -7,17 +7,16 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-import psycopg
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
-from psycopg_pool import PoolTimeout
 from redis.asyncio import Redis
 from redis.exceptions import AuthenticationError, AuthorizationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -346,13 +345,21 @@ def in_background(app: FastStream, run: Callable[[], Coroutine[Any, Any, None]])
 # errors (a deadlock, a cancelled statement, a full disk) are not an absence. The pool's timeout is
 # what a job waiting for a connection meets while PostgreSQL is down (an exhausted pool looks the
 # same, and still becomes an error line if it lasts).
-_POSTGRES_AWAY = (
-    psycopg.errors.ConnectionException,
-    psycopg.errors.AdminShutdown,
-    psycopg.errors.CrashShutdown,
-    psycopg.errors.CannotConnectNow,
-    PoolTimeout,
-)
+_POSTGRES_AWAY = ("ConnectionException", "AdminShutdown", "CrashShutdown", "CannotConnectNow")
+
+
+def _postgres_away(error: BaseException) -> bool:
+    # Looked up where loaded: only the processes that use the record import psycopg (and can raise
+    # its errors); the others are spared importing it at start (60 ms).
+    psycopg, pool = sys.modules.get("psycopg"), sys.modules.get("psycopg_pool")
+    if psycopg is None:
+        return False
+    away = tuple(getattr(psycopg.errors, name) for name in _POSTGRES_AWAY)
+    return (
+        type(error) is psycopg.OperationalError
+        or isinstance(error, away)
+        or (pool is not None and isinstance(error, pool.PoolTimeout))
+    )
 
 
 def away_server(error: BaseException) -> str | None:
@@ -361,7 +368,7 @@ def away_server(error: BaseException) -> str | None:
         error, AuthenticationError | AuthorizationError
     ):
         return "Redis"
-    if type(error) is psycopg.OperationalError or isinstance(error, _POSTGRES_AWAY):
+    if _postgres_away(error):
         return "PostgreSQL"
     if isinstance(error, KafkaConnectionError | KafkaTimeoutError):
         return "the broker"

@@ -73,6 +73,7 @@ def callers_path(settings: Settings) -> dict[str, Any]:
         "fetch_max_wait_ms": settings.kafka_callers_path_fetch_wait_ms,
         "fetch_min_bytes": 1,
         "linger_ms": settings.kafka_callers_path_linger_ms,
+        "max_records": settings.kafka_callers_path_max_records,
     }
 
 

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     # at 100/s the p99 rose from about 100 to 165 ms, inside its 250 ms target (a batch waits up
     # to this long at each of the two hops). 0: no wait.
     kafka_callers_path_linger_ms: int = Field(100, ge=0, le=1000)
+    # The most records a batch of those two consumers takes. Below their capacity a batch holds
+    # what came during the linger, far fewer. Behind (a queue after a pause: Redis rewriting its
+    # file, a slow minute) every batch is full, and each costs its round trips, the waits for
+    # Redis's fsyncs, the produce and the offset commit whatever its size, so the most decides how
+    # fast a queue clears. In the demo city's two-minute flood at 2,000/s, alternated in one hour:
+    # with 500 the queue grew to 10 to 16 s (1,747 to 1,807 appeals/s), with 2,000 it reached 3.9
+    # to 7.6 s (1,885 to 1,966/s). A WATCH of a batch's tickets costs Redis the square of their
+    # number (about 15 ms for 2,000): not larger.
+    kafka_callers_path_max_records: int = Field(2000, ge=1, le=10000)
     # How long the API's producer waits for more appeals to share a produce request (aiokafka's
     # linger) before the broker is asked: the caller's answer waits for the broker, so this is up
     # to that much later. At 1,000 appeals/s with 2 ms, most requests carried one to five appeals,

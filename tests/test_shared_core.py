@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import topics
 from shared.bus import (
+    BATCH_SUBSCRIBER,
     BATCH_WAIT_MS,
     FETCH_MAX_WAIT_MS,
     EventPublisher,
@@ -426,17 +427,22 @@ def test_a_batch_read_as_json_objects_keeps_and_refuses_what_parsing_it_does():
 
 
 def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():
-    """The caller's-path consumer waits as the setting says (500 ms on Apache Kafka, see deploy/);
-    the router's one consumer of the rest reads its three topics at the off-path wait."""
+    """The caller's-path consumer waits as the setting says (500 ms on Apache Kafka, see deploy/)
+    and takes batches of the most the setting allows; the router's one consumer of the rest reads
+    its three topics at the off-path wait, in batches of the default most."""
     from services.router.app import build_app
 
-    settings = get_settings().model_copy(update={"kafka_callers_path_fetch_wait_ms": 500})
+    settings = get_settings().model_copy(
+        update={"kafka_callers_path_fetch_wait_ms": 500, "kafka_callers_path_max_records": 1500}
+    )
     subscribers = {s.group_id: s for s in build_app(settings).broker.subscribers}
     assert set(subscribers) == {group_id("router", topics.APPEAL_CLASSIFIED), group_id("router")}
-    hot = subscribers[group_id("router", topics.APPEAL_CLASSIFIED)]._connection_args
-    assert (hot["fetch_max_wait_ms"], hot["fetch_min_bytes"]) == (500, 1)
+    hot = subscribers[group_id("router", topics.APPEAL_CLASSIFIED)]
+    assert (hot._connection_args["fetch_max_wait_ms"], hot._connection_args["fetch_min_bytes"]) == (500, 1)
+    assert hot.get_msg.keywords["max_records"] == 1500
     rest = subscribers[group_id("router")]
     assert rest._connection_args["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
+    assert rest.get_msg.keywords["max_records"] == BATCH_SUBSCRIBER["max_records"]
     assert set(rest.topic_names) == {topics.TICKET_UPDATED, topics.SURVEY_SENT, topics.SURVEY_ANSWERED}
 
 

@@ -144,6 +144,28 @@ def shift_priority(steps: int) -> None:
         os.close(fd)
 
 
+def lower_to_own_priority(pid: int) -> bool:
+    """Run process `pid`, a server's process that works for this one (PostgreSQL's backend of one
+    of our connections), as low as this one runs, when this one was lowered (`shift_priority`): its
+    nice value, and its scheduling group when it leads a session of its own, as each PostgreSQL
+    backend does. A lowered worker's statements would otherwise run at the usual priority in the
+    server, and the work would not wait as the worker does. Never raises a process. False when
+    nothing was lowered (not lowered ourselves, the process gone, or another user's without the
+    privilege)."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        if ours <= 0 or os.getpriority(os.PRIO_PROCESS, pid) >= ours:
+            return False
+        os.setpriority(os.PRIO_PROCESS, pid, ours)
+        if os.getsid(pid) != pid:  # in someone else's session: its group is theirs to set
+            return True
+        with open(f"/proc/{pid}/autogroup", "w") as group:
+            group.write(str(ours))
+    except OSError:  # gone, refused, or a kernel without autogroup: what was set stays
+        return False
+    return True
+
+
 def at_priority(steps: int, arm: Callable[[], None] | None) -> Callable[[], None] | None:
     """A `preexec_fn` that runs `arm` (`die_with_parent`'s, say) and then `shift_priority(steps)`."""
     if not steps:
@@ -374,8 +396,9 @@ class EmbeddedServers:
     # The benchmark measures Redis as `appeals up` runs it, file and fsyncs included.
     redis_append_only: bool = False
     # How many steps higher than the launcher's workers Redis and the broker run (`Settings.
-    # waited_on_raise`): every stage waits on them. PostgreSQL is left as it is: it runs under
-    # another user, and it works when the records worker, off the caller's path, asks.
+    # waited_on_raise`): every stage waits on them. PostgreSQL is not raised: it works when the
+    # records worker, off the caller's path, asks, and that worker's backends run as low as it
+    # does (`lower_to_own_priority`).
     raised: int = 0
     processes: list[ManagedProcess] = field(default_factory=list)
     postgres_dir: Path | None = None

@@ -149,6 +149,77 @@ def test_the_router_runs_higher_in_its_own_scheduling_group_where_it_may():
         assert priority_of(launcher, "router") == [ours, 0]
 
 
+# Run lowered by 5 (or not), then lower the process named on the command line to our priority;
+# prints what `lower_to_own_priority` answered.
+LOWER_OTHER = """
+import os, sys
+from shared.embedded import lower_to_own_priority
+os.nice(int(sys.argv[2]))
+print(lower_to_own_priority(int(sys.argv[1])))
+"""
+
+
+def lowered_from(target: subprocess.Popen[bytes], steps: int) -> bool:
+    out = subprocess.run(
+        [sys.executable, "-c", LOWER_OTHER, str(target.pid), str(steps)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip() == "True"
+
+
+def sleeper(*, own_session: bool, nice: int = 0) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        start_new_session=own_session,
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,
+    )
+
+
+def group_nice(pid: int) -> int:
+    return int((Path(f"/proc/{pid}/autogroup").read_text().split() or ["-1"])[-1])
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_a_lowered_process_lowers_a_server_process_working_for_it_with_its_group():
+    # A PostgreSQL backend leads a session of its own: its nice value and its group both follow.
+    ours = os.nice(0)
+    backend = sleeper(own_session=True)
+    try:
+        assert lowered_from(backend, 5)
+        assert os.getpriority(os.PRIO_PROCESS, backend.pid) == min(19, ours + 5)
+        assert group_nice(backend.pid) == min(19, ours + 5)
+    finally:
+        backend.kill()
+        backend.wait()
+
+
+@pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")
+def test_lowering_another_process_leaves_a_session_it_does_not_lead_and_never_raises():
+    group = own_group_nice()
+    ours = os.nice(0)
+    in_our_session = sleeper(own_session=False)
+    already_lower = sleeper(own_session=True, nice=10)
+    usual = sleeper(own_session=True)
+    try:
+        assert lowered_from(in_our_session, 5)
+        assert os.getpriority(os.PRIO_PROCESS, in_our_session.pid) == min(19, ours + 5)
+        assert own_group_nice() == group  # the session's group (ours) is not touched
+
+        assert not lowered_from(already_lower, 5)
+        assert os.getpriority(os.PRIO_PROCESS, already_lower.pid) == min(19, ours + 10)
+
+        if ours == 0:  # a process that was not lowered lowers nothing
+            assert not lowered_from(usual, 0)
+            assert os.getpriority(os.PRIO_PROCESS, usual.pid) == 0
+            assert group_nice(usual.pid) == 0
+    finally:
+        for p in (in_our_session, already_lower, usual):
+            p.kill()
+            p.wait()
+
+
 class FailingServers:
     """Embedded servers whose Redis died and whose restarts fail `failures` times (the old process
     is gone either way, as `EmbeddedServers.restart` takes it out before it starts the new one)."""

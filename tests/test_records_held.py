@@ -5,9 +5,12 @@ another. In a real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -210,3 +213,47 @@ async def test_a_hold_read_before_its_assignment_waits_for_it(pool, system_city)
     await records.project(assigned.topic, [assigned])
     assert await row(pool, no) == {"status": "meeting", "events": 4, "category": classified.category}
     assert await held_since(pool, records.instance) == [None]
+
+
+# Lowered by 5, as the launcher lowers the records worker, with a pool whose backends follow it or
+# not; prints each backend's nice value and its scheduling group's.
+BACKEND_PRIORITY = """
+import asyncio, os, sys
+from pathlib import Path
+from services.records import db
+
+async def main(url: str, follow: bool) -> None:
+    pool = db.pool(url, backends_follow=follow)
+    await pool.open(wait=True)
+    async with pool.connection() as conn:
+        pid = conn.info.backend_pid
+        group = Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
+        print(os.getpriority(os.PRIO_PROCESS, pid), group)
+    await pool.close()
+
+os.nice(5)
+asyncio.run(main(sys.argv[1], sys.argv[2] == "follow"))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="a kernel without autogroup scheduling")
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="PostgreSQL elsewhere: not our processes")
+async def test_the_records_workers_backends_run_as_low_as_it_does(settings):
+    # The records worker is lowered in a flood; its statements run in PostgreSQL's backends, which
+    # must wait as it does (the API's, which do not follow, keep the usual priority).
+    async def priority(mode: str) -> list[int]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            BACKEND_PRIORITY,
+            settings.database_url,
+            mode,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0
+        return [int(v) for v in out.split()]
+
+    ours = os.nice(0)  # PostgreSQL was started from this process: its backends' nice value too
+    assert await priority("follow") == [min(19, ours + 5), min(19, ours + 5)]
+    assert await priority("stay") == [ours, 0]

@@ -60,7 +60,8 @@ RECOVER_AFTER_SECONDS = 30  # how long a worker with rows held back may be silen
 def build_app(settings: Settings | None = None) -> FastStream:
     rt = Runtime.create(NAME, settings)
     app = rt.app(metrics_port=rt.settings.metrics_port_records)
-    pool = db.pool(rt.settings.database_url)
+    # Its backends run as low as it does (the launcher lowers it: off the caller's path).
+    pool = db.pool(rt.settings.database_url, backends_follow=True)
     hold = rt.settings.records_hold_seconds
     records = Records(
         pool, rt.city, rt.store, PhotoStore.from_settings(rt.settings, rt.redis), hold_seconds=hold

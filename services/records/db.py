@@ -9,6 +9,8 @@ a second way of running the same SQL files.
 
 from __future__ import annotations
 
+import ipaddress
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -16,6 +18,8 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
+
+from shared.embedded import lower_to_own_priority
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
@@ -64,9 +68,11 @@ async def migrate(url: str) -> list[str]:
     return applied_now
 
 
-def pool(url: str, *, max_size: int = 4) -> Pool:
+def pool(url: str, *, max_size: int = 4, backends_follow: bool = False) -> Pool:
     """A pool that is not opened yet (`await pool.open()`): connections come and go with the
-    server, so a PostgreSQL that is down at start does not stop the process."""
+    server, so a PostgreSQL that is down at start does not stop the process. `backends_follow`:
+    the server's process of each connection runs as low as this process, when the server is on
+    this machine (`_backend_follows`)."""
     return AsyncConnectionPool(
         require_url(url),
         connection_class=psycopg.AsyncConnection[DictRow],
@@ -76,11 +82,11 @@ def pool(url: str, *, max_size: int = 4) -> Pool:
         kwargs={"row_factory": dict_row, "connect_timeout": 5},
         timeout=5,  # waiting for a connection: then the caller answers "unavailable"
         check=AsyncConnectionPool.check_connection,  # a server restart leaves dead connections behind
-        configure=_configure,
+        configure=partial(_configure, backend_follows=backends_follow),
     )
 
 
-async def _configure(conn: psycopg.AsyncConnection[DictRow]) -> None:
+async def _configure(conn: psycopg.AsyncConnection[DictRow], *, backend_follows: bool = False) -> None:
     # Stored events come back as JSON: orjson reads them several times faster than the standard
     # library (a rebuild reads every event; the worker, those of tickets folded again).
     set_json_loads(orjson.loads, conn)
@@ -94,3 +100,22 @@ async def _configure(conn: psycopg.AsyncConnection[DictRow]) -> None:
     # any `options` the DATABASE_URL carries. Once per connection, not per checkout.
     await conn.execute("SET TIME ZONE 'UTC'")
     await conn.commit()  # the pool takes back only an idle connection
+    if backend_follows:
+        _backend_follows(conn)
+
+
+def _backend_follows(conn: psycopg.AsyncConnection[DictRow]) -> bool:
+    """Run the connection's backend as low as this process runs (`lower_to_own_priority`), when the
+    server is on this machine: the records worker runs low in a flood, off the caller's path, but
+    each of its statements (a batch as one JSON document of megabytes) then ran in PostgreSQL at the
+    usual priority, beside the classifier: about a fifth of a core in two minutes at 2,000 appeals a
+    second. A server elsewhere (a socket that is not loopback, `deploy/`) is left alone: the number
+    of its backend names no process here."""
+    host = conn.info.hostaddr or conn.info.host
+    if not host.startswith("/"):  # a Unix socket's folder: this machine
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:  # a name: `hostaddr` is empty only for a socket
+            return False
+    return lower_to_own_priority(conn.info.backend_pid)

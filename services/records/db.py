@@ -111,7 +111,10 @@ def _backend_follows(conn: psycopg.AsyncConnection[DictRow]) -> bool:
     usual priority, beside the classifier: about a fifth of a core in two minutes at 2,000 appeals a
     second. A server elsewhere (a socket that is not loopback, `deploy/`) is left alone: the number
     of its backend names no process here."""
-    host = conn.info.hostaddr or conn.info.host
+    try:
+        host = conn.info.hostaddr or conn.info.host
+    except psycopg.NotSupportedError:  # a libpq before 12 does not say: treat it as elsewhere
+        return False
     if not host.startswith("/"):  # a Unix socket's folder: this machine
         try:
             if not ipaddress.ip_address(host).is_loopback:

@@ -86,8 +86,12 @@ with open("/proc/self/autogroup") as f:
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
+def group_nice(pid: int | str = "self") -> int:
+    return int((Path(f"/proc/{pid}/autogroup").read_text().split() or ["-1"])[-1])
+
+
 def own_group_nice() -> int:
-    return int((AUTOGROUP.read_text().split() or ["-1"])[-1])
+    return group_nice()
 
 
 def priority_of(launcher: Launcher, name: str, *, own_session: bool = True) -> list[int]:
@@ -175,10 +179,6 @@ def sleeper(*, own_session: bool, nice: int = 0) -> subprocess.Popen[bytes]:
         start_new_session=own_session,
         preexec_fn=(lambda: os.nice(nice)) if nice else None,
     )
-
-
-def group_nice(pid: int) -> int:
-    return int((Path(f"/proc/{pid}/autogroup").read_text().split() or ["-1"])[-1])
 
 
 @pytest.mark.skipif(not AUTOGROUP.exists(), reason="a kernel without autogroup scheduling")

@@ -104,7 +104,7 @@ async def _configure(conn: psycopg.AsyncConnection[DictRow], *, backend_follows:
         _backend_follows(conn)
 
 
-def _backend_follows(conn: psycopg.AsyncConnection[DictRow]) -> bool:
+def _backend_follows(conn: psycopg.AsyncConnection[DictRow]) -> None:
     """Run the connection's backend as low as this process runs (`lower_to_own_priority`), when the
     server is on this machine: the records worker runs low in a flood, off the caller's path, but
     each of its statements (a batch as one JSON document of megabytes) then ran in PostgreSQL at the
@@ -114,11 +114,11 @@ def _backend_follows(conn: psycopg.AsyncConnection[DictRow]) -> bool:
     try:
         host = conn.info.hostaddr or conn.info.host
     except psycopg.NotSupportedError:  # a libpq before 12 does not say: treat it as elsewhere
-        return False
+        return
     if not host.startswith("/"):  # a Unix socket's folder: this machine
         try:
             if not ipaddress.ip_address(host).is_loopback:
-                return False
+                return
         except ValueError:  # a name: `hostaddr` is empty only for a socket
-            return False
-    return lower_to_own_priority(conn.info.backend_pid)
+            return
+    lower_to_own_priority(conn.info.backend_pid)

@@ -17,7 +17,8 @@ whose only cues are covered is not urgent, and the model does not overrule that 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
@@ -25,7 +26,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     StringConstraints,
     ValidationInfo,
     field_validator,
@@ -73,6 +73,38 @@ class Calm(BaseModel):
     now: Words = ()
 
 
+def _alternation(words: Iterable[str]) -> re.Pattern[str] | None:
+    """One regex for a list: a single C-level scan per text instead of a Python loop per word."""
+    words = list(words)
+    return re.compile("|".join(map(re.escape, words))) if words else None
+
+
+class _Patterns:
+    """`Cues`' lists compiled (`Cues.patterns`)."""
+
+    __slots__ = ("calm", "follow_up", "together", "together_first", "types", "urgent")
+
+    def __init__(self, cues: Cues) -> None:
+        # The keys are checked against AppealType on load.
+        self.types = [(cast(AppealType, k), _alternation(c)) for k, c in cues.types.items()]
+        self.urgent = _alternation(cues.urgent)
+        self.together = [
+            [re.compile("|".join(map(re.escape, words))) for words in c] for c in cues.urgent_together
+        ]
+        # Found only if some combination's first list has a word in the text (a match of the union
+        # is a match of one of its words, wherever the others overlap it).
+        self.together_first = _alternation(dict.fromkeys(w for c in cues.urgent_together for w in c[0]))
+        self.follow_up = _alternation(cues.follow_up)
+        # One scan finds every calm word; `now` first, so that 没有提前通知 is one, not 通知.
+        calm = cues.calm
+        groups = [
+            f"(?P<{name}>{'|'.join(map(re.escape, words))})"
+            for name, words in (("now", calm.now), ("before", calm.before), ("after", calm.after))
+            if words
+        ]
+        self.calm = re.compile("|".join(groups)) if calm.before or calm.after else None
+
+
 class Cues(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,11 +113,6 @@ class Cues(BaseModel):
     urgent_together: tuple[Together, ...] = ()  # urgent when one sentence has a word of each list
     follow_up: Words = ()  # a caller asking after an earlier appeal (the hotline's preview)
     calm: Calm = Calm()  # words that say a cue is a risk or a plan, not an emergency now
-    _type_res: list[tuple[AppealType, re.Pattern[str] | None]] = PrivateAttr(default_factory=list)
-    _urgent_re: re.Pattern[str] | None = PrivateAttr(default=None)
-    _together_res: list[list[re.Pattern[str]]] = PrivateAttr(default_factory=list)
-    _follow_up_re: re.Pattern[str] | None = PrivateAttr(default=None)
-    _calm_re: re.Pattern[str] | None = PrivateAttr(default=None)
 
     @field_validator("types")
     @classmethod
@@ -113,25 +140,15 @@ class Cues(BaseModel):
                     )
         return v
 
-    def model_post_init(self, _: object) -> None:
-        # One regex per list: a single C-level scan per appeal instead of a Python loop per cue.
-        def pattern(cues: tuple[str, ...]) -> re.Pattern[str] | None:
-            return re.compile("|".join(map(re.escape, cues))) if cues else None
-
-        # The keys are checked against AppealType above.
-        self._type_res = [(cast(AppealType, k), pattern(c)) for k, c in self.types.items()]
-        self._urgent_re = pattern(self.urgent)
-        self._together_res = [
-            [re.compile("|".join(map(re.escape, words))) for words in c] for c in self.urgent_together
-        ]
-        self._follow_up_re = pattern(self.follow_up)
-        # One scan finds every calm word; `now` first, so that 没有提前通知 is one, not 通知.
-        calm = {"now": self.calm.now, "before": self.calm.before, "after": self.calm.after}
-        groups = [f"(?P<{name}>{'|'.join(map(re.escape, words))})" for name, words in calm.items() if words]
-        self._calm_re = re.compile("|".join(groups)) if self.calm.before or self.calm.after else None
+    @cached_property
+    def patterns(self) -> _Patterns:
+        """The lists compiled, once. Not pydantic private attributes: reading one of those goes
+        through `BaseModel.__getattr__` and a failed descriptor lookup, 1.6 µs a read, several reads
+        an appeal; a cached property is read from the instance's dict."""
+        return _Patterns(self)
 
     def appeal_type(self, text: str, model_guess: tuple[str, float] | None = None) -> AppealType:
-        for kind, cue_re in self._type_res:
+        for kind, cue_re in self.patterns.types:
             if cue_re is not None and cue_re.search(text):
                 return kind
         if model_guess and model_guess[1] >= MODEL_TYPE_MIN:
@@ -155,16 +172,20 @@ class Cues(BaseModel):
         every list of one of `urgent_together`'s combinations, none of them covered by a `calm` word;
         False when it holds cues but the calm words cover them all (万一着火, 明天整个小区停水); None
         when it holds none."""
+        p = self.patterns
         found = False
         calmed: Callable[[int, int], bool] | None = None  # looked for once a cue is found: most have none
-        if self._urgent_re is not None:
-            for m in self._urgent_re.finditer(text):
+        if p.urgent is not None:
+            for m in p.urgent.finditer(text):
                 calmed = calmed if found else self._calm_cover(text)
                 found = True
                 if calmed is None or not calmed(m.start(), m.end()):
                     return True
         sentences: list[tuple[int, int]] | None = None
-        for lists in self._together_res:
+        # No word of any combination's first list, no combination (most texts): one scan, not two a
+        # combination.
+        together = p.together if p.together_first is not None and p.together_first.search(text) else ()
+        for lists in together:
             if not all(words.search(text) for words in lists):
                 continue  # most texts: no sentence can have them all, and no split is needed
             if sentences is None:
@@ -185,9 +206,10 @@ class Cues(BaseModel):
     def _calm_cover(self, text: str) -> Callable[[int, int], bool] | None:
         """Whether a cue at text[start:end] is covered by a calm word (see `Calm`); None when the text
         has no calm word (most texts: every cue counts)."""
-        if self._calm_re is None:
+        calm_re = self.patterns.calm
+        if calm_re is None:
             return None
-        words = list(self._calm_re.finditer(text))
+        words = list(calm_re.finditer(text))
         if not any(m.lastgroup != "now" for m in words):
             return None
         clause_ends = [m.start() for m in CLAUSE_END.finditer(text)]
@@ -212,7 +234,8 @@ class Cues(BaseModel):
 
     def follows_up(self, text: str) -> bool:
         """Whether the caller asks after an appeal they made before."""
-        return self._follow_up_re is not None and self._follow_up_re.search(text) is not None
+        follow_up = self.patterns.follow_up
+        return follow_up is not None and follow_up.search(text) is not None
 
 
 def load_cues(city_config_dir: str | Path | None = None) -> Cues:

@@ -380,6 +380,38 @@ class EventPublisher:
             raise RuntimeError("EventPublisher.start() was not called")
         return await self._producer.send(topic, value, key=key)
 
+    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[asyncio.Future]:
+        """Queue (topic, value, key) records, in order within each partition; the futures resolve
+        when the broker acknowledged them all. The records of one partition go as one batch of
+        their own: aiokafka's `send` makes a future and a callback for every record, 13 µs a record
+        against 5 for a batch. A record alone in its partition goes through `send`, which joins the
+        batch that other callers (the API's requests) may have lingering there; a batch of our own
+        would wait for that one to leave first."""
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("EventPublisher.start() was not called")
+        partitions: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for topic, value, key in records:
+            known = partitions.get(topic)
+            if known is None:
+                known = partitions[topic] = sorted(await producer.partitions_for(topic))
+            groups.setdefault((topic, partition_of(key, known, known)), []).append((key, value))
+        pending: list[asyncio.Future] = []
+        for (topic, partition), group in groups.items():
+            if len(group) == 1:
+                key, value = group[0]
+                pending.append(await producer.send(topic, value, key=key, partition=partition))
+                continue
+            batch = producer.create_batch()
+            for key, value in group:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # a first record always fits
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+        return pending
+
 
 async def ensure_topics(settings: Settings, names: Iterable[str] = topics.ALL_TOPICS) -> list[str]:
     """Create the topics that do not exist yet (Apache Kafka may have auto-creation off, and a broker
@@ -482,8 +514,8 @@ async def publish(publisher: EventPublisher, events: Sequence[Event], topic: str
     Raises if any was not acknowledged."""
     if not events:
         return
-    pending = [await publisher.send(topic or e.topic, e.to_bytes(), e.ticket_no.encode()) for e in events]
-    await asyncio.gather(*pending)
+    records = [(topic or e.topic, e.to_bytes(), e.ticket_no.encode()) for e in events]
+    await asyncio.gather(*await publisher.send_many(records))
 
 
 def parse_batch(model: type[E], bodies: Sequence[bytes]) -> tuple[list[E], list[tuple[bytes, str]]]:

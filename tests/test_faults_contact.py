@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import Sequence
 
 import pytest
 
@@ -29,14 +30,15 @@ class Witness(EventPublisher):
         self.fail = fail
         self.found: list[bytes | None] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
-        cid = json.loads(value)["caller"]["caller_id"]
-        self.found.append(await self.redis.hget(f"contact:{cid}", "phone"))
+    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[asyncio.Future]:
+        for _, value, _ in records:
+            cid = json.loads(value)["caller"]["caller_id"]
+            self.found.append(await self.redis.hget(f"contact:{cid}", "phone"))
         if self.fail:
             raise ConnectionError("broker gone")
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
-        return done
+        return [done]
 
 
 def phone() -> str:

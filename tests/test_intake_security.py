@@ -11,6 +11,7 @@ import random
 import sys
 import time
 import zipfile
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -397,9 +398,10 @@ class BreaksRedisOnAck:
         self.real = real
         self.redis = redis
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
-        acked = await self.real.send(topic, value, key)
-        acked.add_done_callback(lambda _: setattr(self.redis, "broken", True))
+    async def send_many(self, records: Sequence[tuple[str, bytes, bytes]]) -> list[asyncio.Future]:
+        acked = await self.real.send_many(records)
+        for a in acked:
+            a.add_done_callback(lambda _: setattr(self.redis, "broken", True))
         return acked
 
 

@@ -508,6 +508,38 @@ async def test_outbox_relay_publishes_what_a_crashed_writer_left(settings, redis
         await publisher.stop()
 
 
+async def test_a_batch_of_records_keeps_each_tickets_order_and_partition(settings):
+    """`send_many` puts the records of a partition into batches of its own, splitting one that
+    outgrows the producer's batch: each ticket's records still arrive in order, in the partition
+    that aiokafka's own partitioner (the Java client's hash) gives its key, whoever published it."""
+    from shared.bus import read_topics
+
+    name = f"test.batches.{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings.model_copy(update={"kafka_topic_partitions": 3}), [name])
+    publisher = EventPublisher(settings, client_id="test-batches")
+    await publisher.start()
+    try:
+        keys = [f"20261123-77{i:04d}".encode() for i in range(12)]
+        # 2 KB a record and 600 records: each partition's share outgrows a 256 KB batch.
+        records = [(name, b"%s/%04d/" % (keys[i % 12], i) + b"x" * 2000, keys[i % 12]) for i in range(600)]
+        pending = await publisher.send_many(records)
+        # A lone record goes through `send`, partitioned by aiokafka itself.
+        lone = await publisher.send(name, b"%s/lone/" % keys[0], keys[0])
+        await asyncio.gather(*pending, lone)
+        assert len(pending) > 3  # some partition took more than one batch
+        found = (await read_topics(settings.kafka_bootstrap_servers, [name]))[name]
+    finally:
+        await publisher.stop()
+    by_key: dict[bytes, list[tuple[int, bytes]]] = {}
+    for r in found:
+        by_key.setdefault(r.key, []).append((r.partition, r.value.split(b"/")[1]))
+    for i, key in enumerate(keys):
+        assert len({p for p, _ in by_key[key]}) == 1  # the lone record's partition too
+        lone = [b"lone"] if i == 0 else []
+        assert [n for _, n in by_key[key]] == [b"%04d" % j for j in range(i, 600, 12)] + lone
+    assert len({p for rows in by_key.values() for p, _ in rows}) > 1  # the keys spread over partitions
+
+
 async def test_topics_are_created_with_the_configured_retention(settings):
     """Events carry the appeal's text: how long the broker keeps them is set, not left to its default."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -918,11 +950,11 @@ class Broker:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict]] = []
 
-    async def send(self, topic: str, body: bytes, key: bytes) -> asyncio.Future[None]:
-        self.sent.append((topic, json.loads(body)))
+    async def send_many(self, records: list[tuple[str, bytes, bytes]]) -> list[asyncio.Future[None]]:
+        self.sent += [(topic, json.loads(body)) for topic, body, _ in records]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
-        return done
+        return [done]
 
 
 class PrivateOutbox(TicketStore):

@@ -168,11 +168,10 @@ _KEPT_IN_FIRST_RECORD = {"appeal"}
 
 
 def event_record(event: Event) -> bytes:
-    """The event as stored in a history: its JSON with the topic first (pydantic's serializer);
-    a classification without its appeal."""
+    """The event as stored in a history: its JSON with the topic first; a classification without
+    its appeal (`AppealClassified.json_without_appeal`)."""
     if isinstance(event, AppealClassified):
-        body = event.__pydantic_serializer__.to_json(event, exclude=_KEPT_IN_FIRST_RECORD)
-        return topic_first(event.topic, body)
+        return topic_first(event.topic, event.json_without_appeal())
     return topic_first(event.topic, event.json_bytes)
 
 

@@ -933,6 +933,34 @@ def test_a_classification_is_kept_without_its_appeal_and_read_back_with_it():
     assert AppealReceived.model_validate(records[0]) == appeal
 
 
+def test_a_classification_written_with_its_appeals_own_bytes_reads_as_the_same_event():
+    """The classifier puts the appeal's bytes, as its message had them, into the classification;
+    the router cuts them off again for the history. Both as pydantic would write them, whatever the
+    appeal's words (a text that reads like JSON included), and from a classification of an earlier
+    order, where the appeal is not last, too."""
+    appeal = personal_appeal("20261123-777206").model_copy(
+        update={"text": '门口写着 ,"appeal":{"x":1}} 的牌子'}
+    )
+    built = classified_from(appeal)
+    assert list(AppealClassified.model_fields)[-1] == "appeal"
+    assert built.json_bytes == built.__pydantic_serializer__.to_json(built)
+    without = orjson.loads(built.__pydantic_serializer__.to_json(built, exclude={"appeal"}))
+    # The appeal as another producer wrote it (its keys in another order): kept as it came.
+    received = AppealReceived.from_json(orjson.dumps(dict(reversed(orjson.loads(appeal.json_bytes).items()))))
+    assert received == appeal
+    read = AppealClassified.from_json(built.model_copy(update={"appeal": received}).json_bytes)
+    assert read.json_bytes.endswith(b',"appeal":' + received.json_bytes + b"}")
+    assert read == built
+    assert orjson.loads(read.json_without_appeal()) == without
+    # An earlier order: the appeal right after the event's own fields.
+    fields = orjson.loads(built.json_bytes)
+    first = ("event_id", "version", "occurred_at", "ticket_no", "caused_by", "appeal")
+    earlier = {k: fields[k] for k in first} | {k: v for k, v in fields.items() if k not in first}
+    old = AppealClassified.from_json(orjson.dumps(earlier))
+    assert old == built
+    assert orjson.loads(old.json_without_appeal()) == without
+
+
 def test_a_ticket_is_stored_without_its_defaults_but_always_with_its_status():
     """Raw readers (Lua scripts, the queues' filters) read the status from the stored JSON."""
     ticket = Ticket.from_appeal(personal_appeal("20261123-777205"))

@@ -90,8 +90,12 @@ class Event(_Frozen):
         cache = self.__dict__
         data = cache.get("json_bytes")
         if data is None:
-            data = cache["json_bytes"] = json_of(self)
+            data = cache["json_bytes"] = self._serialised()
         return data
+
+    def _serialised(self) -> bytes:
+        """The event's JSON made anew (`json_bytes` keeps it)."""
+        return json_of(self)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
@@ -274,19 +278,14 @@ class AppealClassified(Event):
     review_threshold: float | None = None  # the confidence the model needed to be routed automatically
     model_version: str
     reviewed_by: str | None = None  # a person corrected it (confidence 1.0): routed by the rules
-    # Last, so that its JSON ends the classification's (`json_bytes`, `json_without_appeal`).
+    # Last, so that its JSON ends the classification's (`_serialised`, `json_without_appeal`).
     appeal: AppealReceived
 
-    @property
-    def json_bytes(self) -> bytes:
-        """`Event.json_bytes`, with the appeal's own bytes put in rather than serialised again: the
-        classifier has them from the message it read (a third of the classification's cost)."""
-        cache = self.__dict__
-        data = cache.get("json_bytes")
-        if data is None:
-            own = self.__pydantic_serializer__.to_json(self, exclude=_APPEAL)
-            data = cache["json_bytes"] = b"".join((own[:-1], b',"appeal":', self.appeal.json_bytes, b"}"))
-        return data
+    def _serialised(self) -> bytes:
+        """With the appeal's own bytes put in rather than serialised again: the classifier has them
+        from the message it read (a third of the classification's cost)."""
+        own = self.__pydantic_serializer__.to_json(self, exclude=_APPEAL)
+        return b"".join((own[:-1], b',"appeal":', self.appeal.json_bytes, b"}"))
 
     def json_without_appeal(self) -> bytes:
         """The classification's JSON without its appeal (how a ticket's history keeps it, whose first

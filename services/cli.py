@@ -37,14 +37,15 @@ class Service(StrEnum):
     intake = "intake"
     classifier = "classifier"
     router = "router"
+    meetings = "meetings"
     notifier = "notifier"
     records = "records"
 
 
 def _worker_app(name: str):
-    from importlib import import_module
+    from services.launcher import worker_app
 
-    return import_module(f"services.{name}.app").build_app()
+    return worker_app(name)
 
 
 @cli.command()

@@ -19,21 +19,31 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
 from shared.embedded import EmbeddedServers, at_priority, die_with_parent, environment_for, port_open
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger("appeals.launcher")
 
-WORKERS = ("intake", "classifier", "router", "notifier", "records")
+WORKERS = ("intake", "classifier", "router", "meetings", "notifier", "records")
 ALL_PROCESSES = (*WORKERS, "api")
 # What can wait while the machine is short of CPU: run `Settings.off_path_nice` lower. The API, the
 # classifier and the router are what a caller and a department wait for, and the intake worker keeps
-# the index the operator's duplicate preview reads as the next call comes in.
-OFF_CALLERS_PATH = frozenset({"notifier", "records"})
+# the index the operator's duplicate preview reads as the next call comes in. A joint meeting has
+# days to meet: the meetings worker may take its tickets a few seconds late.
+OFF_CALLERS_PATH = frozenset({"meetings", "notifier", "records"})
 # Run `Settings.waited_on_raise` higher, with the embedded Redis and broker: where a flood queues.
 WAITED_ON = frozenset({"router"})
+
+
+def worker_app(name: str, settings: Settings | None = None) -> Any:
+    """The app of the worker `name` (`appeals run NAME`), built, not started: its service's
+    `build_app`; the meetings worker is the router's second (`build_meetings_app`)."""
+    module, builder = ("router", "build_meetings_app") if name == "meetings" else (name, "build_app")
+    return getattr(import_module(f"services.{module}.app"), builder)(settings)
 
 
 def external_servers_configured(env: Mapping[str, str] = os.environ) -> bool:

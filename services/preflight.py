@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from shared.privacy import check_salt
 from shared.settings import Settings
 
-SERVICES = ("api", "intake", "classifier", "router", "notifier", "records")
+SERVICES = ("api", "intake", "classifier", "router", "meetings", "notifier", "records")
 SAMPLE_TEXT = "阳光花园3号楼门口的路灯坏了一个星期，晚上很黑"
 
 
@@ -41,9 +41,9 @@ def _city(settings: Settings) -> str:
 
 def _worker(name: str) -> Callable[[Settings], str]:
     def build(settings: Settings) -> str:
-        from importlib import import_module
+        from services.launcher import worker_app
 
-        import_module(f"services.{name}.app").build_app(settings)  # builds; connects only when run
+        worker_app(name, settings)  # builds; connects only when run
         return f"{name}: app built"
 
     return build
@@ -114,6 +114,7 @@ _STEPS: dict[str, tuple[Callable[[Settings], str], ...]] = {
     "intake": (_city, _worker("intake")),
     "classifier": (_city, _classify, _worker("classifier")),
     "router": (_city, _worker("router")),
+    "meetings": (_city, _worker("meetings")),
     "notifier": (_city, _templates, _worker("notifier")),
     "records": (_city, _migrations),  # its app needs DATABASE_URL; the check stays offline
 }

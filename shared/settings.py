@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     metrics_port_classifier: int = 9102
     metrics_port_router: int = 9103
     metrics_port_notifier: int = 9104
+    metrics_port_meetings: int = 9106  # the router's meetings worker (services/router/app.py)
     metrics_bind_all: bool = False  # containers: let Prometheus scrape from another host
 
     # The key of the caller ids (keyed hashes of phones). A secret in production, kept out of the

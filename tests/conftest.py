@@ -216,7 +216,7 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
 
 
 class System(Launcher):
-    """The five processes of `appeals up`, on the session's servers, each logging to a file."""
+    """The processes of `appeals up`, on the session's servers, each logging to a file."""
 
     def __init__(self, settings: Settings, log_dir: Path) -> None:
         self.api_port = free_port()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 TOPIC = topics.TICKET_UPDATED  # read by several services, each in its own group
 # Each reads it with its one consumer of what is off the caller's path (the records worker: of all).
-READERS = tuple(group_id(s) for s in ("intake", "router", "notifier", "records"))
+READERS = tuple(group_id(s) for s in ("intake", "meetings", "notifier", "records"))
 
 
 async def all_groups_past(settings, partition: int, offset: int) -> None:

@@ -112,7 +112,7 @@ def test_workers_off_the_callers_path_run_lower_in_their_own_scheduling_group():
     ours = os.nice(0)
     lowered = min(19, ours + 7)
 
-    for name in ("notifier", "records"):
+    for name in ("meetings", "notifier", "records"):
         assert priority_of(launcher, name) == [lowered, lowered], name
     # A new session's group starts at 0, whatever the launcher's own nice value.
     for name in ("api", "intake", "classifier"):

@@ -106,7 +106,7 @@ async def test_workers_wait_for_redis_and_route_what_was_acknowledged_before_it_
         finally:
             await redis.aclose()
 
-    for worker in ("intake", "classifier", "router", "notifier", "records", "api"):
+    for worker in ("intake", "classifier", "router", "meetings", "notifier", "records", "api"):
         lines = error_lines(tmp_path / "logs" / f"{worker}.log")
         assert len(lines) <= MAX_ERROR_LINES_PER_WORKER, f"{worker}: {len(lines)} lines:\n" + "\n".join(
             lines[:40]

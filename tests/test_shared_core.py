@@ -429,8 +429,9 @@ def test_a_batch_read_as_json_objects_keeps_and_refuses_what_parsing_it_does():
 def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():
     """The caller's-path consumer waits as the setting says (500 ms on Apache Kafka, see deploy/)
     and takes batches of the most the setting allows; the router's one consumer of the rest reads
-    its three topics at the off-path wait, in batches of the default most."""
-    from services.router.app import build_app
+    the survey's two topics at the off-path wait, in batches of the default most; the meetings
+    worker reads the ticket updates so."""
+    from services.router.app import build_app, build_meetings_app
 
     settings = get_settings().model_copy(
         update={"kafka_callers_path_fetch_wait_ms": 500, "kafka_callers_path_max_records": 1500}
@@ -443,7 +444,10 @@ def test_the_routers_consumers_fetch_as_their_place_in_the_pipeline_asks():
     rest = subscribers[group_id("router")]
     assert rest._connection_args["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
     assert rest.get_msg.keywords["max_records"] == BATCH_SUBSCRIBER["max_records"]
-    assert set(rest.topic_names) == {topics.TICKET_UPDATED, topics.SURVEY_SENT, topics.SURVEY_ANSWERED}
+    assert set(rest.topic_names) == {topics.SURVEY_SENT, topics.SURVEY_ANSWERED}
+    [meetings] = build_meetings_app(settings).broker.subscribers
+    assert (meetings.group_id, set(meetings.topic_names)) == (group_id("meetings"), {topics.TICKET_UPDATED})
+    assert meetings._connection_args["fetch_max_wait_ms"] == FETCH_MAX_WAIT_MS
 
 
 def test_every_consumer_joins_its_group_with_the_session_the_setting_gives():

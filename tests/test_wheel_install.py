@@ -127,7 +127,7 @@ def test_wheel_installs_and_every_service_starts_outside_the_source_tree(tmp_pat
         timeout=180,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    for service in ("api", "intake", "classifier", "router", "notifier"):
+    for service in ("api", "intake", "classifier", "router", "meetings", "notifier"):
         assert f"{service}: ok  {service}: app built" in run.stdout
     assert "classifier: ok  classifier: model" in run.stdout
     assert "city.facility.streetlight" in run.stdout, "the sample appeal is a broken streetlight"

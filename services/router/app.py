@@ -1,9 +1,17 @@
-"""The router worker: assigns classified appeals, follows the survey, opens joint meetings, fires
-deadline timers and relays the outbox.
+"""The router's workers. The router assigns classified appeals, follows the survey, fires deadline
+timers and relays the outbox; the meetings worker opens the joint meetings that escalations ask for,
+and attaches their tickets.
 
 `RouterHandlers` does the work, one method per event batch or periodic job: load, decide (the pure
-modules workflow / rules / sla / timers / meetings), write and publish. `build_app` only wires it.
-With ROUTER_CONSUME=false a replica runs only the timer scan and the outbox relay.
+modules workflow / rules / sla / timers / meetings), write and publish. `build_app` and
+`build_meetings_app` only wire it. With ROUTER_CONSUME=false a router replica runs only the timer
+scan and the outbox relay.
+
+The meetings are a process of their own so that they can wait while the machine is short of CPU:
+in a flood a hotspot's meeting takes tickets at every batch, a tenth of the router's work, and none
+of it is on the way to an assignment. Run at the lowest priority beside the others
+(`services.launcher.OFF_CALLERS_PATH`), it lets the assignments go first: in two-minute floods at
+2,000 appeals a second the queue then cleared by the end (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from shared.settings import Settings
 from shared.store import Read, Result, Then, TicketStore, apply_and_publish
 
 NAME = "router"
+MEETINGS = "meetings"
 log = logging.getLogger(__name__)
 
 Send = Callable[[Sequence[Event]], Awaitable[None]]
@@ -202,9 +211,10 @@ class RouterHandlers:
     # --- ticket.updated: escalations open meetings --------------------------------------------------
 
     async def updates(self, batch: Sequence[Escalation]) -> None:
-        """Open (or join) the joint meeting each escalation asks for. Escalations come from this
-        worker and from the API (a second return), so the meeting is opened here, from the event,
-        whoever wrote it. A ticket that reached a meeting just after its decision follows it."""
+        """Open (or join) the joint meeting each escalation asks for: the meetings worker's one
+        handler. Escalations come from the router and from the API (a second return), so the
+        meeting is opened here, from the event, whoever wrote it. A ticket that reached a meeting
+        just after its decision follows it."""
         escalations = [u for u in batch if u.meeting is not None]
         if not escalations:
             return
@@ -272,10 +282,8 @@ class RouterHandlers:
         return n
 
 
-def build_app(settings: Settings | None = None) -> FastStream:
-    rt = Runtime.create(NAME, settings)
-    app = rt.app(metrics_port=rt.settings.metrics_port_router)
-    handlers = RouterHandlers(
+def _handlers(rt: Runtime) -> RouterHandlers:
+    return RouterHandlers(
         rt.city,
         rt.store,
         partial(publish, rt.publisher),
@@ -283,16 +291,16 @@ def build_app(settings: Settings | None = None) -> FastStream:
         tz=ZoneInfo(rt.settings.timezone),
         review_threshold=rt.settings.review_confidence_threshold,
     )
+
+
+def build_app(settings: Settings | None = None) -> FastStream:
+    rt = Runtime.create(NAME, settings)
+    app = rt.app(metrics_port=rt.settings.metrics_port_router)
+    handlers = _handlers(rt)
     if rt.settings.router_consume:
         # On the caller's path to the assignment: polled often (see shared.bus).
         rt.subscribe(AppealClassified, handlers.classified, **callers_path(rt.settings))
-        rt.subscribe_each(
-            {
-                Escalation: handlers.updates,
-                SurveySent: handlers.surveys_sent,
-                SurveyAnswered: handlers.surveys_answered,
-            }
-        )
+        rt.subscribe_each({SurveySent: handlers.surveys_sent, SurveyAnswered: handlers.surveys_answered})
     # Every replica, consuming or not: an upgrade must not leave a meeting off the lists of the
     # departments it summons (a department finds its meetings on its list alone), and the run is
     # idempotent.
@@ -300,4 +308,12 @@ def build_app(settings: Settings | None = None) -> FastStream:
     run_at_start(app, handlers.band_held_tickets, "moving held tickets to their band")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.relay, "outbox relay")
     run_periodically(app, rt.settings.timer_scan_seconds, handlers.fire_due_timers, "timer scan")
+    return app
+
+
+def build_meetings_app(settings: Settings | None = None) -> FastStream:
+    """The meetings worker: `ticket.updated`, for the escalations (`RouterHandlers.updates`)."""
+    rt = Runtime.create(MEETINGS, settings)
+    app = rt.app(metrics_port=rt.settings.metrics_port_meetings)
+    rt.subscribe_each({Escalation: _handlers(rt).updates})
     return app
